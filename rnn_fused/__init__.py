@@ -1,0 +1,7 @@
+"""rnn_fused: fused forward and BPTT kernels for Elman RNNs, a drop-in for torch.nn.RNN."""
+
+from . import _ops  # noqa: F401  (loads the extension, registers ops and fake kernels)
+from .functional import rnn_layer
+from .reference import reference_layer
+
+__all__ = ["rnn_layer", "reference_layer"]

@@ -1,0 +1,107 @@
+"""Build of the rnn_fused._C extension.
+
+C++ sources under csrc/ (except csrc/cuda) are always compiled. CUDA sources under
+csrc/cuda/*.cu are compiled by nvcc whenever a CUDA toolkit is found, GPU or not,
+unless RNN_FUSED_CUDA=0.
+"""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def find_cuda_home():
+    """Toolkit root: $CUDA_HOME, else the TOP= line of `nvcc --dryrun`.
+
+    nvcc may be a wrapper script outside the toolkit, so the parent of its folder
+    (torch's own guess) is not reliable.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        out = subprocess.run(
+            [nvcc, "--dryrun", "-x", "cu", os.devnull, "-o", os.devnull],
+            capture_output=True, text=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"rnn_fused: could not run nvcc --dryrun ({exc}); building without CUDA", file=sys.stderr)
+        return None
+    match = re.search(r"TOP=(\S+)", out.stdout + out.stderr)
+    return os.path.realpath(match.group(1)) if match else None
+
+
+def want_cuda():
+    flag = os.environ.get("RNN_FUSED_CUDA", "auto").lower()
+    if flag in ("0", "off", "false", "no"):
+        return None
+    cuda_home = find_cuda_home()
+    if cuda_home is None and flag in ("1", "on", "true", "yes"):
+        raise RuntimeError("RNN_FUSED_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME)")
+    return cuda_home
+
+
+CUDA_HOME = want_cuda()
+if CUDA_HOME is not None:
+    # torch.utils.cpp_extension reads CUDA_HOME at import time.
+    os.environ["CUDA_HOME"] = CUDA_HOME
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def wheel_cuda_includes():
+    """Headers (cublas_v2.h, cusparse.h, ...) shipped in the nvidia cu13 wheels."""
+    dirs = []
+    for entry in sys.path:
+        candidate = os.path.join(entry, "nvidia", "cu13", "include")
+        if os.path.isdir(candidate) and candidate not in dirs:
+            dirs.append(candidate)
+    return dirs
+
+
+def sources():
+    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/simt/*.cpp"))
+    cu = sorted(glob.glob("csrc/cuda/*.cu")) if CUDA_HOME is not None else []
+    return cpp, cu
+
+
+def extension():
+    cpp, cu = sources()
+    debug = os.environ.get("RNN_FUSED_DEBUG", "0") == "1"
+    sanitize = os.environ.get("RNN_FUSED_SANITIZE", "0") == "1"
+    opt = ["-O0", "-g"] if debug or sanitize else ["-O3"]
+    cxx = ["-std=c++20", *opt, "-fopenmp", "-DRNN_FUSED_EXTENSION"]
+    link = ["-fopenmp"]
+    if sanitize:
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer"]
+        link += ["-fsanitize=address"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if cu:
+        include_dirs += wheel_cuda_includes()
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
+                "-DRNN_FUSED_WITH_CUDA", "-Xptxas=-warn-spills"]
+        return CUDAExtension(
+            "rnn_fused._C", cpp + cu, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + ["-DRNN_FUSED_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=link,
+        )
+    return CppExtension("rnn_fused._C", cpp, include_dirs=include_dirs,
+                        extra_compile_args={"cxx": cxx}, extra_link_args=link)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
