@@ -83,7 +83,7 @@ void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const sc
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, p.reverse);
-        activate_row<A>(out + (t * B + b) * H, rec + b * H, state + b * H, H);
+        activate_row(A, out + (t * B + b) * H, rec + b * H, state + b * H, H);
       }
     });
   }
@@ -115,7 +115,7 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
         const int64_t t = step_time(s, length, p.reverse);
         const int64_t at_t = (t * B + b) * H;
         const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
-        activation_grad_row<A>(dy + at_t, carry + b * H, extra, out + at_t, dz + at_t, dz_step + b * H, H);
+        activation_grad_row(A, dy + at_t, carry + b * H, extra, out + at_t, dz + at_t, dz_step + b * H, H);
       }
     });
   }
