@@ -9,45 +9,34 @@ from . import _ops
 from .reference import reference_layer
 
 
-class RNNLayerFunction(torch.autograd.Function):
-    """One layer, one direction; forward and backward call only the registered ops.
+def _setup_layer_context(ctx, inputs, output):
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse = inputs
+    out, _ = output
+    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
+    ctx.nonlinearity = nonlinearity
+    ctx.reverse = reverse
+    ctx.set_materialize_grads(True)
 
-    When the graph of the backward is requested (double backward), the gradient is
-    recomputed through the differentiable step loop of reference.py instead.
-    """
 
-    @staticmethod
-    def forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse):
-        return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                  nonlinearity, reverse)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse = inputs
-        out, _ = output
-        ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
-        ctx.nonlinearity = nonlinearity
-        ctx.reverse = reverse
-        ctx.set_materialize_grads(True)
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
-        input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        if torch.is_grad_enabled() and any(needs[:6]):
-            return _differentiable_backward(ctx, grad_output, grad_h_n)
-        grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.layer_backward(
-            grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
-            ctx.nonlinearity, ctx.reverse)
-        return (
-            grad_input if needs[0] else None,
-            grad_hx if needs[1] else None,
-            grad_w_ih if needs[2] else None,
-            grad_w_hh if needs[3] else None,
-            grad_bias if needs[4] else None,
-            grad_bias if needs[5] else None,
-            None, None, None,
-        )
+def _layer_backward(ctx, grad_output, grad_h_n):
+    """Backward of rnn_layer_forward: the fused BPTT op, or, when the graph of the
+    backward is requested (double backward), autograd through reference.py's loop."""
+    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if torch.is_grad_enabled():
+        return _differentiable_backward(ctx, grad_output, grad_h_n)
+    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.layer_backward(
+        grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
+        ctx.nonlinearity, ctx.reverse)
+    return (
+        grad_input if needs[0] else None,
+        grad_hx if needs[1] else None,
+        grad_w_ih if needs[2] else None,
+        grad_w_hh if needs[3] else None,
+        grad_bias if needs[4] else None,
+        grad_bias if needs[5] else None,
+        None, None, None,
+    )
 
 
 def _differentiable_backward(ctx, grad_output, grad_h_n):
@@ -55,13 +44,20 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, _ = ctx.saved_tensors
     args = [input, hx, weight_ih, weight_hh, bias_ih, bias_hh]
     wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
-    out, h_n = reference_layer(*args, lengths, ctx.nonlinearity, ctx.reverse)
-    grads = torch.autograd.grad((out, h_n), [args[i] for i in wanted], (grad_output, grad_h_n),
-                                create_graph=True, allow_unused=True)
+    with torch.enable_grad():
+        out, h_n = reference_layer(*args, lengths, ctx.nonlinearity, ctx.reverse)
+        grads = torch.autograd.grad((out, h_n), [args[i] for i in wanted], (grad_output, grad_h_n),
+                                    create_graph=True, allow_unused=True)
     result = [None] * 9
     for i, g in zip(wanted, grads):
         result[i] = g if g is not None else torch.zeros_like(args[i])
     return tuple(result)
+
+
+# The op itself is differentiable: register_autograd wraps it in an autograd.Function
+# whose forward and backward call only registered ops, so torch.compile traces it whole.
+torch.library.register_autograd("rnn_fused::rnn_layer_forward", _layer_backward,
+                                setup_context=_setup_layer_context)
 
 
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
@@ -72,13 +68,8 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
-    return RNNLayerFunction.apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                  nonlinearity, reverse)
-
-
-# The single-layer function the composition below runs. The fused op is the product;
-# reference_layer (same signature and semantics) stands in only while a backend lacks it.
-layer_impl = reference_layer  # TODO(module): back to rnn_layer once the CPU op lands
+    return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                              nonlinearity, reverse)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
@@ -107,8 +98,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
             weight_ih, weight_hh, *biases = weights[index]
             bias_ih, bias_hh = biases if biases else (None, None)
             h0 = None if hx is None else hx[index]
-            out, h_n = layer_impl(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                  lengths, nonlinearity, direction == 1)
+            out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                 lengths, nonlinearity, direction == 1)
             direction_outputs.append(out)
             final_states.append(h_n)
         layer_output = (direction_outputs[0] if directions == 1
