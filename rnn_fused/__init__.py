@@ -2,6 +2,7 @@
 
 from . import _ops  # noqa: F401  (loads the extension, registers ops and fake kernels)
 from .functional import rnn_layer
+from .modules import RNN
 from .reference import reference_layer
 
-__all__ = ["rnn_layer", "reference_layer"]
+__all__ = ["RNN", "rnn_layer", "reference_layer"]

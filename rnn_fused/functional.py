@@ -71,3 +71,66 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     """
     return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                               nonlinearity, reverse)
+
+
+def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
+        nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
+        lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
+
+    input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
+    weights: one sequence per (layer, direction) in nn.RNN's order (l0, l0_reverse, l1, ...),
+    each (weight_ih, weight_hh) or (weight_ih, weight_hh, bias_ih, bias_hh);
+    lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
+    Dropout with probability `dropout` is applied to every layer's output but the last,
+    only when `training`, as nn.RNN does.
+    Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
+    """
+    directions = 2 if bidirectional else 1
+    if len(weights) != num_layers * directions:
+        raise ValueError(f"expected {num_layers * directions} weight groups "
+                         f"(num_layers={num_layers}, bidirectional={bidirectional}), got {len(weights)}")
+    layer_input = input
+    final_states = []
+    for layer in range(num_layers):
+        direction_outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            weight_ih, weight_hh, *biases = weights[index]
+            bias_ih, bias_hh = biases if biases else (None, None)
+            h0 = None if hx is None else hx[index]
+            out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                 lengths, nonlinearity, direction == 1)
+            direction_outputs.append(out)
+            final_states.append(h_n)
+        layer_output = (direction_outputs[0] if directions == 1
+                        else torch.cat(direction_outputs, dim=2))
+        if dropout > 0 and training and layer < num_layers - 1:
+            # Padded positions are zero and stay zero under dropout, so applying it to the
+            # padded tensor matches nn.RNN applying it to the packed data.
+            layer_output = torch.nn.functional.dropout(layer_output, p=dropout, training=True)
+        layer_input = layer_output
+    return layer_input, torch.stack(final_states)
+
+
+def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A PackedSequence's data as a time-major padded batch, in the packed (sorted) order.
+
+    data [N,I] (N = sum of batch_sizes); batch_sizes int64 [T] on the CPU, non-increasing.
+    Returns padded [T,B,I] with zeros past each sample's length, lengths int64 [B] and
+    valid bool [T,B] (both on data's device), B = batch_sizes[0].
+    """
+    steps = batch_sizes.numel()
+    batch = int(batch_sizes[0])
+    # Packed data lists, step by step, samples 0..batch_sizes[t]-1: exactly the row-major
+    # order of the True entries of `valid`.
+    valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
+    lengths = valid.sum(0).to(data.device)
+    valid = valid.to(data.device)
+    padded = data.new_zeros(steps, batch, data.shape[1]).masked_scatter(valid.unsqueeze(2), data)
+    return padded, lengths, valid
+
+
+def padded_to_packed_data(padded: Tensor, valid: Tensor) -> Tensor:
+    """Inverse of packed_to_padded: padded [T,B,F] and valid [T,B] -> packed data [N,F]."""
+    return padded[valid]

@@ -1,0 +1,274 @@
+"""RNN: a drop-in for torch.nn.RNN whose layers run the fused kernels.
+
+Not derived from nn.RNN / nn.RNNBase: torch.compile graph-breaks on those. The
+constructor, parameters, state_dict keys, init, attributes, forward forms and the
+errors for bad arguments mirror torch.nn.RNN (torch 2.14).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import overload
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+
+# c10 ScalarType names, as ATen spells them in the error nn.RNN raises for an hx whose dtype
+# differs from the weights' ("mat1 and mat2 must have the same dtype, ...").
+_SCALAR_TYPE_NAMES = {
+    torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+    torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
+
+_PROJ_SIZE_MESSAGE = "proj_size argument is only supported for LSTM, not RNN or GRU"
+
+
+def _scalar_type_name(dtype: torch.dtype) -> str:
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype))
+
+
+class RNN(nn.Module):
+    """Multi-layer Elman RNN (tanh or relu), same interface and results as torch.nn.RNN.
+
+    Arguments, parameters (weight_ih_l{k}[_reverse], weight_hh_l{k}[_reverse],
+    bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]) and forward(input, hx=None) follow
+    torch.nn.RNN: input [T,B,I] (or [B,T,I] with batch_first), unbatched [T,I], or a
+    PackedSequence; hx [num_layers*D,B,H] or None. Returns (output, h_n).
+    """
+
+    @overload
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None) -> None: ...
+
+    @overload
+    def __init__(self, *args, **kwargs) -> None: ...
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError(_PROJ_SIZE_MESSAGE)
+        # nn.RNN takes nonlinearity as the 4th positional argument; the rest shift by one.
+        if len(args) > 3:
+            nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__()
+        self.nonlinearity = nonlinearity
+        self.mode = mode
+        self._build(*args, **kwargs)
+
+    def _build(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+               dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+        # Same order of assignments and checks as nn.RNNBase, so that the same bad argument
+        # fails with the same exception first.
+        if proj_size != 0:  # only reachable positionally; nn.RNN would build a broken module
+            raise ValueError(_PROJ_SIZE_MESSAGE)
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = 0
+        if (not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1
+                or isinstance(dropout, bool)):
+            raise ValueError("dropout should be a number in range [0, 1] representing the "
+                             "probability of an element being zeroed")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                          "non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+        if not isinstance(input_size, int):
+            raise TypeError(f"input_size should be of type int, got: {type(input_size).__name__}")
+        if input_size <= 0:
+            raise ValueError("input_size must be greater than zero")
+        if not isinstance(hidden_size, int):
+            raise TypeError(f"hidden_size should be of type int, got: {type(hidden_size).__name__}")
+        if hidden_size <= 0:
+            raise ValueError("hidden_size must be greater than zero")
+        if num_layers <= 0:
+            raise ValueError("num_layers must be greater than zero")
+
+        directions = 2 if bidirectional else 1
+        self._flat_weights_names = []
+        self._all_weights = []
+        for layer in range(num_layers):
+            layer_input_size = input_size if layer == 0 else hidden_size * directions
+            for direction in range(directions):
+                suffix = "_reverse" if direction == 1 else ""
+                shapes = {f"weight_ih_l{layer}{suffix}": (hidden_size, layer_input_size),
+                          f"weight_hh_l{layer}{suffix}": (hidden_size, hidden_size)}
+                if bias:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (hidden_size,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (hidden_size,)
+                for name, shape in shapes.items():
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory_kwargs)))
+                self._flat_weights_names.extend(shapes)
+                self._all_weights.append(list(shapes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.RNN's init: every parameter uniform in ±1/sqrt(hidden_size), registration order."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept so code written for nn.RNN (which repacks weights for cuDNN) runs."""
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def extra_repr(self) -> str:
+        s = "{input_size}, {hidden_size}"
+        if self.num_layers != 1:
+            s += ", num_layers={num_layers}"
+        if self.bias is not True:
+            s += ", bias={bias}"
+        if self.batch_first is not False:
+            s += ", batch_first={batch_first}"
+        if self.dropout != 0:
+            s += ", dropout={dropout}"
+        if self.bidirectional is not False:
+            s += ", bidirectional={bidirectional}"
+        return s.format(**self.__dict__)
+
+    # --- conversion --------------------------------------------------------------------
+
+    def _config(self) -> dict:
+        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                    num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
+                    batch_first=self.batch_first, dropout=self.dropout,
+                    bidirectional=self.bidirectional)
+
+    @classmethod
+    def from_torch(cls, module: nn.RNN) -> RNN:
+        """A copy of a torch.nn.RNN (configuration, weights, device, dtype, training mode)."""
+        if not isinstance(module, nn.RNN):
+            raise TypeError(f"from_torch expects a torch.nn.RNN, got {type(module).__name__}")
+        first = module.weight_ih_l0
+        with warnings.catch_warnings():
+            # The dropout/num_layers warning was already given when `module` was built.
+            warnings.simplefilter("ignore", UserWarning)
+            converted = cls(module.input_size, module.hidden_size, module.num_layers,
+                            module.nonlinearity, module.bias, module.batch_first,
+                            module.dropout, module.bidirectional,
+                            device=first.device, dtype=first.dtype)
+        converted.load_state_dict(module.state_dict())
+        return converted.train(module.training)
+
+    def to_torch(self) -> nn.RNN:
+        """A torch.nn.RNN with this module's configuration, weights, device, dtype and mode."""
+        first = self.weight_ih_l0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            converted = nn.RNN(**self._config(), device=first.device, dtype=first.dtype)
+        converted.load_state_dict(self.state_dict())
+        return converted.train(self.training)
+
+    # --- forward -----------------------------------------------------------------------
+
+    def _check_forward_args(self, input: Tensor, hx: Tensor | None, packed: bool,
+                            batch: int) -> None:
+        """nn.RNN's checks, in its order, with its exception types and messages.
+
+        input is already batched ([T,B,I], [B,T,I] or packed data [N,I]).
+        """
+        weight_dtype = self.weight_ih_l0.dtype
+        if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
+            raise ValueError(
+                f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
+                f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})")
+        expected_dim = 2 if packed else 3
+        if input.dim() != expected_dim:
+            raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
+        if self.input_size != input.size(-1):
+            raise RuntimeError("input.size(-1) must be equal to input_size. "
+                               f"Expected {self.input_size}, got {input.size(-1)}")
+        directions = 2 if self.bidirectional else 1
+        expected_hidden = (self.num_layers * directions, batch, self.hidden_size)
+        if hx is not None and hx.size() != expected_hidden:
+            raise RuntimeError(f"Expected hidden size {expected_hidden}, got {list(hx.size())}")
+        if hx is not None and hx.device != input.device:
+            if packed:
+                raise RuntimeError(
+                    f"Tensor on device {input.device} is not on the expected device {hx.device}!")
+            raise RuntimeError("Input and hidden tensors are not at the same device, found input "
+                               f"tensor at {input.device} and hidden tensor at {hx.device}")
+        if not packed and input.size(1 if self.batch_first else 0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        if hx is not None and hx.dtype != weight_dtype:
+            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
+                               f"{_scalar_type_name(hx.dtype)} and {_scalar_type_name(weight_dtype)}")
+
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError("For unbatched 2-D input, hx should also be 2-D but got "
+                                       f"{hx.dim()}-D tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        self._check_forward_args(input, hx, packed=False, batch=input.size(batch_dim))
+        input = input.to(self.weight_ih_l0.dtype)  # differs only under autocast
+        time_major = input.transpose(0, 1) if self.batch_first else input
+        output, h_n = self._run(time_major, hx, lengths=None)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            return output.squeeze(batch_dim), h_n.squeeze(1)
+        return output, h_n
+
+    def _forward_packed(self, input: PackedSequence, hx: Tensor | None):
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is not None and sorted_indices is not None:
+            # hx rows follow the caller's batch order; the packed data is sorted by length.
+            hx = hx.index_select(1, sorted_indices)
+        self._check_forward_args(data, hx, packed=True, batch=int(batch_sizes[0]))
+        data = data.to(self.weight_ih_l0.dtype)  # differs only under autocast
+        padded, lengths, valid = functional.packed_to_padded(data, batch_sizes)
+        output, h_n = self._run(padded, hx, lengths)
+        packed_output = PackedSequence(functional.padded_to_packed_data(output, valid),
+                                       batch_sizes, sorted_indices, unsorted_indices)
+        if unsorted_indices is not None:
+            h_n = h_n.index_select(1, unsorted_indices)
+        return packed_output, h_n
+
+    def _run(self, time_major: Tensor, hx: Tensor | None, lengths: Tensor | None):
+        return functional.rnn(time_major.contiguous(), hx, self.all_weights, self.num_layers,
+                              self.bidirectional, self.nonlinearity, self.dropout, self.training,
+                              lengths)

@@ -1,0 +1,186 @@
+"""The project's tolerance rule, and a runner that compares rnn_fused.RNN with torch.nn.RNN.
+
+The rule. A float64 run of stock torch.nn.RNN is the reference. Stock torch.nn.RNN run in
+the test dtype shows some error against it; ours, in the same dtype, may show at most
+
+    2 * stock_error + ulps * eps(dtype) * max|reference|
+
+The second term is a floor of a few units in the last place at the reference's scale: where
+stock PyTorch happens to be (nearly) exact, e.g. a float64 run compared with itself or a
+single step whose rounding cancels, the 2x rule alone would demand bitwise agreement, which
+a different but equally valid summation order cannot give. There is no other slack.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+DEFAULT_ULPS = 8
+
+# For float64 against float64 stock is the reference itself, so its error is 0 and only the
+# floor applies. Gradient entries are sums over up to T*B terms (512 in the parity grid)
+# taken in a different order, and with small hidden sizes they cancel far below the size of
+# their terms; measured worst case on the parity grid: 244 ulps of max|reference|.
+# 1024 ulps is 2.3e-13 relative: a real defect (a wrong step, index or mask) is orders of
+# magnitude above it.
+FLOAT64_PARITY_ULPS = 1024
+
+
+@dataclass
+class ToleranceResult:
+    name: str
+    ours_error: float
+    stock_error: float
+    floor: float
+    bound: float
+
+    @property
+    def passed(self) -> bool:
+        return self.ours_error <= self.bound  # False for NaN
+
+    def __str__(self) -> str:
+        return (f"{self.name}: ours {self.ours_error:.3e} vs bound {self.bound:.3e} "
+                f"(2 x stock {self.stock_error:.3e} + floor {self.floor:.3e})")
+
+
+def measure(reference: Tensor, stock: Tensor, ours: Tensor, *, name: str = "value",
+            ulps: float = DEFAULT_ULPS) -> ToleranceResult:
+    """Errors of `stock` and `ours` (max abs difference) against the float64 `reference`."""
+    if ours.shape != reference.shape or stock.shape != reference.shape:
+        raise AssertionError(f"{name}: shapes differ: reference {tuple(reference.shape)}, "
+                             f"stock {tuple(stock.shape)}, ours {tuple(ours.shape)}")
+    if ours.dtype != stock.dtype:
+        raise AssertionError(f"{name}: dtypes differ: stock {stock.dtype}, ours {ours.dtype}")
+    if reference.numel() == 0:
+        return ToleranceResult(name, 0.0, 0.0, 0.0, 0.0)
+    reference = reference.detach().double()
+    ours_error = (ours.detach().double() - reference).abs().max().item()
+    stock_error = (stock.detach().double() - reference).abs().max().item()
+    floor = ulps * torch.finfo(ours.dtype).eps * reference.abs().max().item()
+    return ToleranceResult(name, ours_error, stock_error, floor, 2 * stock_error + floor)
+
+
+def assert_within_tolerance(reference: Tensor, stock: Tensor, ours: Tensor, *,
+                            name: str = "value", ulps: float = DEFAULT_ULPS) -> ToleranceResult:
+    """Apply the rule; the assertion message carries every measured error."""
+    result = measure(reference, stock, ours, name=name, ulps=ulps)
+    if not result.passed:
+        raise AssertionError(f"outside tolerance: {result}")
+    return result
+
+
+# --- running nn.RNN and rnn_fused.RNN side by side ------------------------------------------
+
+
+def cast_input(input: Tensor | PackedSequence, dtype: torch.dtype, requires_grad: bool):
+    """A fresh leaf copy of input (tensor or the data of a PackedSequence) in dtype."""
+    if isinstance(input, PackedSequence):
+        data = input.data.detach().to(dtype).requires_grad_(requires_grad)
+        return PackedSequence(data, input.batch_sizes, input.sorted_indices,
+                              input.unsorted_indices)
+    return input.detach().to(dtype).requires_grad_(requires_grad)
+
+
+def _input_leaf(input: Tensor | PackedSequence) -> Tensor:
+    return input.data if isinstance(input, PackedSequence) else input
+
+
+def _output_tensor(output: Tensor | PackedSequence) -> Tensor:
+    return output.data if isinstance(output, PackedSequence) else output
+
+
+def run_rnn(module: nn.Module, input: Tensor | PackedSequence, hx: Tensor | None,
+            cotangents: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None,
+            ) -> dict[str, Tensor]:
+    """Forward, and backward with cotangents(output, h_n) -> (grad_output, grad_h_n) unless None.
+
+    Returns output (packed data for packed input), h_n, and the gradients of the input,
+    hx (when given) and every parameter, keyed "grad_input", "grad_hx", "grad_<param name>".
+    """
+    module.zero_grad(set_to_none=True)
+    output, h_n = module(input, hx)
+    results = {"output": _output_tensor(output).detach(), "h_n": h_n.detach()}
+    if isinstance(output, PackedSequence):
+        for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+            results[field] = getattr(output, field)
+    if cotangents is None:
+        return results
+    output = _output_tensor(output)
+    torch.autograd.backward([output, h_n], list(cotangents(output, h_n)))
+    results["grad_input"] = _input_leaf(input).grad
+    if hx is not None:
+        results["grad_hx"] = hx.grad
+    for name, param in module.named_parameters():
+        results[f"grad_{name}"] = param.grad
+    return results
+
+
+_EXACT_FIELDS = ("batch_sizes", "sorted_indices", "unsorted_indices")
+
+
+def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
+                       hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
+                       backward: bool = True, ulps: float = DEFAULT_ULPS,
+                       seed: int = 0) -> list[ToleranceResult]:
+    """Check rnn_fused.RNN against torch.nn.RNN under the tolerance rule.
+
+    The reference is a float64 copy of torch_module, stock a copy in `dtype`, ours
+    RNN.from_torch(stock). All three see the same input, hx and output cotangents (drawn
+    from `seed`, float64, then cast). Raises AssertionError listing every quantity out of
+    tolerance; returns the measured results.
+    """
+    from .modules import RNN
+
+    reference_module = copy.deepcopy(torch_module).double()
+    stock_module = copy.deepcopy(torch_module).to(dtype)
+    ours_module = RNN.from_torch(stock_module)
+
+    def leaves(cast_dtype):
+        x = cast_input(input, cast_dtype, backward)
+        h = None if hx is None else hx.detach().to(cast_dtype).requires_grad_(backward)
+        return x, h
+
+    drawn = []
+
+    def draw_cotangents(output, h_n):
+        generator = torch.Generator().manual_seed(seed)
+        drawn.extend(torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.device)
+                     for t in (output, h_n))
+        return drawn
+
+    def cast_cotangents(output, h_n):
+        return [c.to(dtype) for c in drawn]
+
+    reference = run_rnn(reference_module, *leaves(torch.float64),
+                        draw_cotangents if backward else None)
+    stock = run_rnn(stock_module, *leaves(dtype), cast_cotangents if backward else None)
+    ours = run_rnn(ours_module, *leaves(dtype), cast_cotangents if backward else None)
+
+    if set(ours) != set(reference):
+        raise AssertionError(f"results differ in kind: reference {sorted(reference)}, "
+                             f"ours {sorted(ours)}")
+    failures, results = [], []
+    for key in reference:
+        if key in _EXACT_FIELDS:
+            if not _same_optional(reference[key], ours[key]):
+                failures.append(f"{key}: reference {reference[key]}, ours {ours[key]}")
+            continue
+        result = measure(reference[key], stock[key], ours[key], name=key, ulps=ulps)
+        results.append(result)
+        if not result.passed:
+            failures.append(str(result))
+    if failures:
+        raise AssertionError("outside tolerance vs torch.nn.RNN:\n  " + "\n  ".join(failures))
+    return results
+
+
+def _same_optional(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return torch.equal(a, b)

@@ -1,0 +1,219 @@
+"""The nn.RNN surface of rnn_fused.RNN: parameters, init, attributes, state_dict, conversion,
+dropout, batch size 0, low precision, factory kwargs."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnn_fused
+from rnn_fused.testing import assert_within_tolerance, compare_with_torch
+
+CONFIGS = [
+    dict(input_size=4, hidden_size=3),
+    dict(input_size=4, hidden_size=3, num_layers=2, bidirectional=True),
+    dict(input_size=2, hidden_size=5, num_layers=3, nonlinearity="relu", bias=False,
+         batch_first=True, dropout=0.25),
+]
+
+
+def _pair(config, seed=0):
+    torch.manual_seed(seed)
+    theirs = nn.RNN(**config)
+    torch.manual_seed(seed)
+    ours = rnn_fused.RNN(**config)
+    return theirs, ours
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_parameters_init_and_attributes_match(config):
+    theirs, ours = _pair(config)
+    # Same names, shapes and registration order, and the same init draws from the same RNG.
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in theirs.named_parameters()]
+    for (name, p_ours), p_theirs in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(p_ours, p_theirs), name
+    bound = 1 / config["hidden_size"] ** 0.5
+    assert all(p.abs().max() <= bound for p in ours.parameters())
+    for attribute in ("mode", "nonlinearity", "input_size", "hidden_size", "num_layers", "bias",
+                      "batch_first", "dropout", "bidirectional", "proj_size",
+                      "_flat_weights_names", "_all_weights"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert [[w.shape for w in group] for group in ours.all_weights] == [
+        [w.shape for w in group] for group in theirs.all_weights]
+    assert all(a is b for a, b in zip(ours._flat_weights, ours.parameters()))
+    assert repr(ours) == repr(theirs)
+    assert ours.extra_repr() == theirs.extra_repr()
+
+
+def test_positional_nonlinearity_and_options_like_nn_rnn():
+    args = (4, 3, 2, "relu", False, True, 0.5, True)
+    theirs, ours = nn.RNN(*args), rnn_fused.RNN(*args)
+    assert repr(ours) == repr(theirs)
+    assert ours.mode == "RNN_RELU"
+
+
+def test_not_a_subclass_of_torch_rnn():
+    assert not isinstance(rnn_fused.RNN(2, 2), nn.RNNBase)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_state_dict_interchangeable_both_ways(config):
+    theirs, _ = _pair(config, seed=1)
+    _, ours = _pair(config, seed=2)
+    ours.load_state_dict(theirs.state_dict())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value)
+    _, ours = _pair(config, seed=3)
+    fresh_theirs = nn.RNN(**config)
+    fresh_theirs.load_state_dict(ours.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(fresh_theirs.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_from_torch_and_to_torch_copy_config_weights_and_mode(config):
+    theirs = nn.RNN(**config, dtype=torch.float64).eval()
+    ours = rnn_fused.RNN.from_torch(theirs)
+    assert repr(ours) == repr(theirs) and not ours.training
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(ours.parameters(), theirs.parameters()))
+    back = ours.train().to_torch()
+    assert isinstance(back, nn.RNN) and back.training and repr(back) == repr(theirs)
+    for (name, a), b in zip(back.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b) and a.dtype == b.dtype, name
+    x = torch.randn(5, 2, config["input_size"], dtype=torch.float64)
+    compare_with_torch(theirs, x, dtype=torch.float64)
+
+
+def test_from_torch_rejects_other_modules():
+    with pytest.raises(TypeError, match="torch.nn.RNN"):
+        rnn_fused.RNN.from_torch(nn.GRU(2, 3))
+
+
+def test_from_torch_does_not_repeat_the_dropout_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = nn.RNN(2, 3, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rnn_fused.RNN.from_torch(theirs).to_torch()
+
+
+def test_pickle_round_trip():
+    ours = rnn_fused.RNN(3, 4, 2, bidirectional=True)
+    copy = pickle.loads(pickle.dumps(ours))
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(copy(x)[0], ours(x)[0])
+
+
+def test_assigning_a_parameter_is_used_by_forward():
+    ours = rnn_fused.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    before = ours(x)[0]
+    ours.weight_hh_l0 = nn.Parameter(torch.zeros(4, 4))
+    after = ours(x)[0]
+    assert not torch.equal(before, after)
+    assert ours._flat_weights[1] is ours.weight_hh_l0
+
+
+def test_functional_call_uses_the_given_weights():
+    theirs, ours = _pair(dict(input_size=3, hidden_size=4))
+    replaced = {name: torch.randn_like(p) for name, p in ours.named_parameters()}
+    x = torch.randn(5, 2, 3)
+    reference = torch.func.functional_call(
+        theirs.double(), {k: v.double() for k, v in replaced.items()}, (x.double(),))
+    stock = torch.func.functional_call(theirs.float(), replaced, (x,))
+    got = torch.func.functional_call(ours, replaced, (x,))
+    for name, r, s, g in zip(("output", "h_n"), reference, stock, got):
+        assert_within_tolerance(r, s, g, name=name)
+
+
+# --- dropout -----------------------------------------------------------------------------
+
+
+def test_eval_mode_is_deterministic_and_matches_torch_with_dropout():
+    theirs = nn.RNN(3, 4, 3, dropout=0.5, bidirectional=True).eval()
+    ours = rnn_fused.RNN.from_torch(theirs)
+    x = torch.randn(6, 2, 3)
+    assert torch.equal(ours(x)[0], ours(x)[0])
+    compare_with_torch(theirs, x)
+
+
+def test_training_dropout_is_random_between_layers_and_spares_the_last_output():
+    ours = rnn_fused.RNN(3, 16, 2, dropout=0.5)
+    x = torch.randn(12, 4, 3)
+    first_output, first_h = ours(x)
+    second_output, second_h = ours(x)
+    eval_output, eval_h = ours.eval()(x)
+    assert not torch.equal(first_output, second_output)
+    assert not torch.equal(first_output, eval_output)
+    # Dropout acts on layer 0's output only, after its state is computed.
+    assert torch.equal(first_h[0], eval_h[0]) and torch.equal(second_h[0], eval_h[0])
+    # Dropout on the last layer would zero about half of the output and double the rest,
+    # beyond tanh's range: neither happens.
+    assert (first_output != 0).all() and (first_output.abs() < 1).all()
+
+
+def test_training_without_dropout_equals_eval():
+    ours = rnn_fused.RNN(3, 4, 2)
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(ours(x)[0], ours.eval()(x)[0])
+
+
+def test_one_layer_dropout_changes_nothing_in_training():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = rnn_fused.RNN(3, 4, dropout=0.9)
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(ours(x)[0], ours.eval()(x)[0])
+
+
+# --- sizes and dtypes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_batch_size_zero(bidirectional, with_hx):
+    theirs = nn.RNN(3, 4, 2, bidirectional=bidirectional)
+    hx = torch.randn(2 * (2 if bidirectional else 1), 0, 4) if with_hx else None
+    results = compare_with_torch(theirs, torch.randn(5, 0, 3), hx)
+    shapes = {r.name for r in results}
+    assert {"output", "h_n", "grad_weight_ih_l0"} <= shapes
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_low_precision_forward_close_to_reference(dtype, packed):
+    theirs = nn.RNN(5, 8, 2, bidirectional=True)
+    x = torch.randn(7, 3, 5)
+    input = pack_padded_sequence(x, torch.tensor([7, 3, 5]), enforce_sorted=False) if packed else x
+    compare_with_torch(theirs, input, torch.randn(4, 3, 8), dtype=dtype, backward=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtype_factory_kwarg(dtype):
+    ours = rnn_fused.RNN(3, 4, 2, dtype=dtype)
+    assert all(p.dtype == dtype for p in ours.parameters())
+    output, h_n = ours(torch.randn(5, 2, 3, dtype=dtype))
+    assert output.dtype == dtype and h_n.dtype == dtype
+
+
+def test_device_factory_kwarg_meta():
+    ours = rnn_fused.RNN(3, 4, 2, bidirectional=True, device="meta")
+    assert all(p.device.type == "meta" for p in ours.parameters())
+    output, h_n = ours(torch.randn(5, 2, 3, device="meta"))
+    assert output.shape == (5, 2, 8) and h_n.shape == (4, 2, 4)
+    assert output.device.type == "meta"
+
+
+def test_to_moves_and_casts_parameters():
+    ours = rnn_fused.RNN(3, 4).to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    assert ours._flat_weights[0].dtype == torch.float64
