@@ -75,7 +75,7 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
-        lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        lengths: Tensor | None = None, layer_fn=rnn_layer) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
@@ -84,6 +84,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
     only when `training`, as nn.RNN does.
+    `layer_fn` runs one layer and direction (rnn_layer's signature); tests pass the step loop
+    of reference.py to compose stock torch ops the same way.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -99,7 +101,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
             weight_ih, weight_hh, *biases = weights[index]
             bias_ih, bias_hh = biases if biases else (None, None)
             h0 = None if hx is None else hx[index]
-            out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+            out, h_n = layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                                  lengths, nonlinearity, direction == 1)
             direction_outputs.append(out)
             final_states.append(h_n)

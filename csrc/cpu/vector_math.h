@@ -1,9 +1,9 @@
 // Branch-free tanh for the CPU epilogues, written so the compiler vectorizes it
 // (the loops that call it are cloned per instruction set with target_clones).
 //
-// tanh|x| = -u / (2 + u) with u = expm1(-2|x|): no cancellation near 0, unlike
-// (1 - e)/(1 + e). expm1 uses y = k ln2 + r, |r| <= ln2/2, and a Taylor polynomial
-// for expm1(r) whose truncation error is below the type's rounding.
+// From one evaluation of expm1(r), r = y - k ln2 with y = -2|x| and |r| <= ln2/2 (a
+// Taylor polynomial whose truncation error is below the type's rounding), it forms
+// exp(y) and expm1(y) and picks the well-conditioned formula for tanh|x|.
 #pragma once
 
 #include <array>
@@ -77,10 +77,16 @@ inline scalar_t tanh_approx(scalar_t x) {
   // expm1(r) = r + r^2 (1/2! + r (1/3! + ...)), Horner from the highest term.
   const scalar_t poly = horner<scalar_t, C::terms + 1>(r, std::make_index_sequence<C::terms>{});
   const scalar_t expm1_r = r + r * r * poly;
-  // expm1(y) = 2^k expm1(r) + (2^k - 1); k <= 0 here.
+  // With E = exp(y) = exp(-2|x|) and u = expm1(y) = E - 1, both from 2^k and expm1(r):
+  //   |x| small:  tanh|x| = -u / (2 + u)      (u keeps full relative precision near 0)
+  //   |x| large:  tanh|x| = 1 - 2E / (1 + E)  (-u/(2+u) would double u's rounding as u -> -1)
+  // The switch at tanh = 1/2 keeps both branches within about 1.5 ulp.
   const scalar_t two_k = std::bit_cast<scalar_t>(static_cast<bits_t>(k + C::exponent_bias) << C::mantissa_bits);
   const scalar_t u = two_k * expm1_r + (two_k - scalar_t(1));
-  const scalar_t t = -u / (scalar_t(2) + u);
+  const scalar_t e = two_k * expm1_r + two_k;
+  const scalar_t t_small = -u / (scalar_t(2) + u);
+  const scalar_t t_large = scalar_t(1) - (e + e) / (scalar_t(1) + e);
+  const scalar_t t = clamped < scalar_t(0.5493061443340548) ? t_small : t_large;  // atanh(1/2)
   return x != x ? x : std::copysign(t, x);
 }
 
