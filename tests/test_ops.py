@@ -1,0 +1,209 @@
+"""The single-layer ops: gradients against the step-loop oracle, opcheck, validation."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused import _ops
+from rnn_fused.reference import reference_layer
+from rnn_fused.testing import assert_within_tolerance
+
+OPS = torch.ops.rnn_fused
+
+
+def make_layer_args(steps, batch, input_size, hidden, *, dtype=torch.float64, bias=True, hx=True,
+                    lengths=None, requires_grad=True, generator=None):
+    def leaf(*shape, scale=1.0):
+        t = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale
+        return t.to(dtype).requires_grad_(requires_grad)
+
+    args = [
+        leaf(steps, batch, input_size),
+        leaf(batch, hidden) if hx else None,
+        leaf(hidden, input_size, scale=0.5),
+        leaf(hidden, hidden, scale=0.5 / max(hidden, 1) ** 0.5),
+        leaf(hidden) if bias else None,
+        leaf(hidden) if bias else None,
+    ]
+    return args, lengths
+
+
+LAYER_CASES = [
+    # steps, batch, input, hidden, nonlinearity, reverse, bias, hx, lengths
+    (1, 1, 1, 1, "tanh", False, True, True, None),
+    (5, 3, 2, 4, "tanh", False, True, True, [5, 3, 1]),
+    (5, 3, 2, 4, "tanh", True, True, True, [5, 3, 1]),
+    (6, 4, 3, 5, "relu", False, False, False, None),
+    (6, 4, 3, 5, "relu", True, True, False, [2, 6, 0, 4]),   # unsorted, with an empty sample
+    (7, 2, 3, 3, "tanh", True, False, True, None),
+]
+
+
+def _ids(case):
+    return "-".join(str(v) for v in case).replace(" ", "")
+
+
+@pytest.mark.parametrize("case", LAYER_CASES, ids=_ids)
+def test_gradcheck_and_gradgradcheck(case):
+    steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
+    args, _ = make_layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    present = [a for a in args if a is not None]
+
+    def layer(*tensors):
+        it = iter(tensors)
+        full = [next(it) if a is not None else None for a in args]
+        return rnn_fused.rnn_layer(*full, lengths, nonlinearity, reverse)
+
+    assert torch.autograd.gradcheck(layer, present)
+    assert torch.autograd.gradgradcheck(layer, present)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("nonlinearity,reverse,varlen",
+                         list(itertools.product(["tanh", "relu"], [False, True], [False, True])))
+def test_layer_matches_step_loop(dtype, nonlinearity, reverse, varlen, generator):
+    """Fused op vs reference.py's step loop; float32 under the tolerance rule against float64."""
+    steps, batch, input_size, hidden = 17, 5, 6, 9
+    args64, _ = make_layer_args(steps, batch, input_size, hidden, generator=generator)
+    lengths = torch.tensor([17, 1, 9, 17, 4]) if varlen else None
+    cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=generator),
+           torch.randn(batch, hidden, dtype=torch.float64, generator=generator)]
+
+    def run(fn, cast):
+        leaves = [a.detach().to(cast).requires_grad_() for a in args64]
+        out, h_n = fn(*leaves, lengths, nonlinearity, reverse)
+        grads = torch.autograd.grad((out, h_n), leaves, [c.to(cast) for c in cot])
+        return [out, h_n, *grads]
+
+    reference = run(reference_layer, torch.float64)
+    stock = run(reference_layer, dtype)
+    ours = run(rnn_fused.rnn_layer, dtype)
+    names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
+    for name, r, s, o in zip(names, reference, stock, ours):
+        assert o.dtype == dtype
+        assert_within_tolerance(r, s, o, name=name, ulps=64 if dtype == torch.float64 else 8)
+    if varlen:
+        # Steps past a sample's length produce zero output, exactly.
+        for b, n in enumerate(lengths.tolist()):
+            assert torch.all(ours[0][n:, b] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_accumulates_in_float32(dtype, generator):
+    """float16/bfloat16 run in float32 internally and round once: closer to the float64
+    reference than stock ops evaluated in the reduced dtype step by step."""
+    args64, _ = make_layer_args(40, 4, 8, 16, generator=generator, requires_grad=False)
+    reference, _ = reference_layer(*args64)
+    stock, _ = reference_layer(*[a.to(dtype) for a in args64])
+    ours, _ = rnn_fused.rnn_layer(*[a.to(dtype) for a in args64])
+    assert ours.dtype == dtype
+    assert_within_tolerance(reference, stock, ours, name="output")
+
+
+def test_backward_output_mask_skips_gradients():
+    args, _ = make_layer_args(4, 2, 3, 5, requires_grad=False)
+    x, hx, w_ih, w_hh, b_ih, b_hh = args
+    out, h_n = _ops.layer_forward(x, hx, w_ih, w_hh, b_ih, b_hh, None, "tanh", False)
+    full = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), x, hx, w_ih, w_hh, out,
+                               None, "tanh", False, [True] * 5)
+    part = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), x, hx, w_ih, w_hh, out,
+                               None, "tanh", False, [False, False, True, True, True])
+    assert part[0].numel() == 0 and part[1].numel() == 0
+    for a, b in zip(full[2:], part[2:]):
+        assert torch.equal(a, b)
+
+
+def test_deterministic_bitwise():
+    args, _ = make_layer_args(30, 6, 7, 33, dtype=torch.float32)
+    lengths = torch.tensor([30, 29, 12, 12, 5, 1])
+
+    def once():
+        leaves = [a.detach().clone().requires_grad_() for a in args]
+        out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", True)
+        grads = torch.autograd.grad((out.sum() + h_n.square().sum()), leaves)
+        return [out, h_n, *grads]
+
+    first, second = once(), once()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_empty_batch_and_single_step():
+    args, _ = make_layer_args(3, 0, 2, 4)
+    out, h_n = rnn_fused.rnn_layer(*args)
+    assert out.shape == (3, 0, 4) and h_n.shape == (0, 4)
+    (out.sum() + h_n.sum()).backward()
+    assert args[2].grad.abs().sum() == 0
+
+
+def _opcheck_samples():
+    samples = []
+    for reverse, lengths in [(False, None), (True, torch.tensor([4, 2, 3]))]:
+        args, _ = make_layer_args(4, 3, 2, 5, dtype=torch.float32)
+        samples.append((*args, lengths, "tanh", reverse))
+    args, _ = make_layer_args(3, 2, 2, 3, dtype=torch.float32, bias=False, hx=False)
+    samples.append((*args, None, "relu", False))
+    return samples
+
+
+@pytest.mark.parametrize("sample", range(3))
+def test_opcheck_forward(sample):
+    torch.library.opcheck(OPS.rnn_layer_forward.default, _opcheck_samples()[sample])
+
+
+@pytest.mark.parametrize("sample", range(3))
+def test_opcheck_backward(sample):
+    x, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, reverse = _opcheck_samples()[sample]
+    with torch.no_grad():
+        out, h_n = OPS.rnn_layer_forward(x, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, reverse)
+    args = (torch.randn_like(out), torch.randn_like(h_n), x.detach(),
+            None if hx is None else hx.detach(), w_ih.detach(), w_hh.detach(), out, lengths,
+            nonlinearity, reverse, [True, hx is not None, True, True, True])
+    torch.library.opcheck(OPS.rnn_layer_backward.default, args)
+
+
+BAD_ARGUMENTS = [
+    ("input 2-D", lambda a: a.update(input=a["input"][0]), RuntimeError, "input must be 3-D"),
+    ("weight_hh shape", lambda a: a.update(weight_hh=a["weight_hh"][:, :2]), RuntimeError,
+     r"weight_hh must have shape \[4, 4\]"),
+    ("weight_ih shape", lambda a: a.update(weight_ih=a["weight_ih"][:, :1]), RuntimeError,
+     r"weight_ih must have shape \[4, 3\]"),
+    ("hx shape", lambda a: a.update(hx=a["hx"][:1]), RuntimeError, r"hx must have shape \[2, 4\]"),
+    ("hx dtype", lambda a: a.update(hx=a["hx"].double()), RuntimeError, "hx has dtype Double"),
+    ("one bias", lambda a: a.update(bias_hh=None), RuntimeError, "both be given or both be None"),
+    ("lengths dtype", lambda a: a.update(lengths=torch.tensor([1.0, 2.0])), RuntimeError,
+     "lengths must be int64"),
+    ("lengths value", lambda a: a.update(lengths=torch.tensor([6, 1])), RuntimeError,
+     r"lengths\[0\] = 6 is outside \[0, 5\]"),
+    ("negative length", lambda a: a.update(lengths=torch.tensor([2, -1])), RuntimeError,
+     r"lengths\[1\] = -1 is outside"),
+    ("nonlinearity", lambda a: a.update(nonlinearity="sigmoid"), ValueError,
+     "nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"),
+    ("integer input", lambda a: a.update(input=a["input"].long()), RuntimeError,
+     "input must be a floating-point tensor"),
+]
+
+
+@pytest.mark.parametrize("mutate,error,message", [b[1:] for b in BAD_ARGUMENTS],
+                         ids=[b[0] for b in BAD_ARGUMENTS])
+def test_forward_rejects_bad_arguments(mutate, error, message):
+    args = dict(input=torch.randn(5, 2, 3), hx=torch.randn(2, 4), weight_ih=torch.randn(4, 3),
+                weight_hh=torch.randn(4, 4), bias_ih=torch.randn(4), bias_hh=torch.randn(4),
+                lengths=None, nonlinearity="tanh", reverse=False)
+    mutate(args)
+    with pytest.raises(error, match=message):
+        OPS.rnn_layer_forward(**args)
+
+
+def test_backward_rejects_mismatched_gradient():
+    args, _ = make_layer_args(4, 2, 3, 5, dtype=torch.float32, requires_grad=False)
+    x, hx, w_ih, w_hh, *_ = args
+    out = torch.zeros(4, 2, 5)
+    with pytest.raises(RuntimeError, match=r"grad_output must have shape \[4, 2, 5\]"):
+        OPS.rnn_layer_backward(torch.zeros(3, 2, 5), torch.zeros(2, 5), x, hx, w_ih, w_hh, out,
+                               None, "tanh", False, [True] * 5)
