@@ -201,7 +201,8 @@ class RNN(nn.Module):
         input is already batched ([T,B,I], [B,T,I] or packed data [N,I]).
         """
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
+        autocast_dtype = _autocast_dtype(input.device)
+        if input.dtype != weight_dtype and autocast_dtype is None:
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})")
@@ -223,9 +224,14 @@ class RNN(nn.Module):
                                f"tensor at {input.device} and hidden tensor at {hx.device}")
         if not packed and input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        if hx is not None and hx.dtype != weight_dtype:
-            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
-                               f"{_scalar_type_name(hx.dtype)} and {_scalar_type_name(weight_dtype)}")
+        # nn.RNN meets these in its first matrix products (input, then hx, times a weight).
+        weight_dtype = _compute_dtype(weight_dtype, autocast_dtype)
+        for operand in (input, hx):
+            if operand is not None and _compute_dtype(operand.dtype, autocast_dtype) != weight_dtype:
+                raise RuntimeError(
+                    "mat1 and mat2 must have the same dtype, but got "
+                    f"{_scalar_type_name(_compute_dtype(operand.dtype, autocast_dtype))} "
+                    f"and {_scalar_type_name(weight_dtype)}")
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
@@ -244,7 +250,6 @@ class RNN(nn.Module):
         elif hx is not None and hx.dim() != 3:
             raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
         self._check_forward_args(input, hx, packed=False, batch=input.size(batch_dim))
-        input = input.to(self.weight_ih_l0.dtype)  # differs only under autocast
         time_major = input.transpose(0, 1) if self.batch_first else input
         output, h_n = self._run(time_major, hx, lengths=None)
         if self.batch_first:
@@ -259,7 +264,6 @@ class RNN(nn.Module):
             # hx rows follow the caller's batch order; the packed data is sorted by length.
             hx = hx.index_select(1, sorted_indices)
         self._check_forward_args(data, hx, packed=True, batch=int(batch_sizes[0]))
-        data = data.to(self.weight_ih_l0.dtype)  # differs only under autocast
         padded, lengths, valid = functional.packed_to_padded(data, batch_sizes)
         output, h_n = self._run(padded, hx, lengths)
         packed_output = PackedSequence(functional.padded_to_packed_data(output, valid),
@@ -269,6 +273,32 @@ class RNN(nn.Module):
         return packed_output, h_n
 
     def _run(self, time_major: Tensor, hx: Tensor | None, lengths: Tensor | None):
-        return functional.rnn(time_major.contiguous(), hx, self.all_weights, self.num_layers,
+        weights = self.all_weights
+        autocast_dtype = _autocast_dtype(time_major.device)
+        if autocast_dtype is not None:
+            # Autocast casts nn.RNN's input, hx and weights (the RNN ops are on its
+            # lower-precision list); the fused op has no autocast kernel, so cast here.
+            def cast(t):
+                return t.to(_compute_dtype(t.dtype, autocast_dtype))
+            weights = [[cast(w) for w in group] for group in weights]
+            time_major = cast(time_major)
+            hx = None if hx is None else cast(hx)
+        return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers,
                               self.bidirectional, self.nonlinearity, self.dropout, self.training,
                               lengths)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs RNNs in on this device, or None when autocast is off there."""
+    if not torch._C._is_any_autocast_enabled() or device.type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def _compute_dtype(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:
+    """Autocast casts floating tensors other than float64 to its dtype; others stay."""
+    if autocast_dtype is not None and dtype.is_floating_point and dtype != torch.float64:
+        return autocast_dtype
+    return dtype

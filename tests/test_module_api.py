@@ -217,3 +217,20 @@ def test_to_moves_and_casts_parameters():
     ours = rnn_fused.RNN(3, 4).to(torch.float64)
     assert all(p.dtype == torch.float64 for p in ours.parameters())
     assert ours._flat_weights[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("input_dtype,hx_dtype", [(torch.float32, None), (torch.float16, torch.float32),
+                                                  (torch.float32, torch.float16)])
+def test_autocast_runs_in_the_autocast_dtype_like_torch(input_dtype, hx_dtype):
+    theirs = nn.RNN(3, 6, 2, bidirectional=True)
+    ours = rnn_fused.RNN.from_torch(theirs)
+    x = torch.randn(5, 2, 3)
+    hx = None if hx_dtype is None else torch.randn(4, 2, 6)
+    reference = theirs.double()(x.double(), None if hx is None else hx.double())
+    theirs.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        args = (x.to(input_dtype), None if hx is None else hx.to(hx_dtype))
+        stock, got = theirs(*args), ours(*args)
+    for name, r, s, g in zip(("output", "h_n"), reference, stock, got):
+        assert g.dtype == s.dtype == torch.bfloat16
+        assert_within_tolerance(r, s, g, name=name)
