@@ -21,11 +21,12 @@ TORCH_LIBRARY(rnn_fused, m) {
       "-> (Tensor output, Tensor h_n)");
   // grad_output [T,B,H]; grad_h_n [B,H]; the forward's inputs and its output [T,B,H].
   // Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
-  // grad_bias [H] (the gradient of bias_ih and of bias_hh alike; zeros if has no bias).
+  // grad_bias [H] (the gradient of bias_ih and of bias_hh alike). output_mask says which
+  // of the five are wanted, in that order; the others come back as empty [0] tensors.
   m.def(
       "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? hx, "
       "Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor? lengths, str nonlinearity, "
-      "bool reverse) "
+      "bool reverse, bool[5] output_mask) "
       "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
       "Tensor grad_bias)");
 }

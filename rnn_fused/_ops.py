@@ -23,16 +23,11 @@ def _layer_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengt
 
 @torch.library.register_fake("rnn_fused::rnn_layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output, lengths,
-                         nonlinearity, reverse):
+                         nonlinearity, reverse, output_mask):
     batch = input.shape[1]
     hidden = weight_hh.shape[0]
-    return (
-        torch.empty_like(input),
-        input.new_empty(batch, hidden),
-        torch.empty_like(weight_ih),
-        torch.empty_like(weight_hh),
-        weight_hh.new_empty(hidden),
-    )
+    shapes = (input.shape, (batch, hidden), weight_ih.shape, weight_hh.shape, (hidden,))
+    return tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 
 
 def layer_forward(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
@@ -44,6 +39,8 @@ def layer_forward(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh
 
 def layer_backward(grad_output: Tensor, grad_h_n: Tensor, input: Tensor, hx: Tensor | None,
                    weight_ih: Tensor, weight_hh: Tensor, output: Tensor, lengths: Tensor | None,
-                   nonlinearity: str, reverse: bool):
+                   nonlinearity: str, reverse: bool, output_mask: list[bool]):
+    """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
+    to compute; the others come back as empty tensors."""
     return ops.rnn_layer_backward(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
-                                  lengths, nonlinearity, reverse)
+                                  lengths, nonlinearity, reverse, output_mask)

@@ -25,9 +25,10 @@ def _layer_backward(ctx, grad_output, grad_h_n):
     needs = ctx.needs_input_grad
     if torch.is_grad_enabled():
         return _differentiable_backward(ctx, grad_output, grad_h_n)
+    mask = [needs[0], needs[1] and hx is not None, needs[2], needs[3], needs[4] or needs[5]]
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.layer_backward(
         grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
-        ctx.nonlinearity, ctx.reverse)
+        ctx.nonlinearity, ctx.reverse, mask)
     return (
         grad_input if needs[0] else None,
         grad_hx if needs[1] else None,

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "cpu/activation.h"
@@ -83,7 +84,7 @@ void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const sc
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, p.reverse);
-        activate_row<A>(out + (t * B + b) * H, rec + b * H, state + b * H, H);
+        activate_row(A, out + (t * B + b) * H, rec + b * H, state + b * H, H);
       }
     });
   }
@@ -115,7 +116,7 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
         const int64_t t = step_time(s, length, p.reverse);
         const int64_t at_t = (t * B + b) * H;
         const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
-        activation_grad_row<A>(dy + at_t, carry + b * H, extra, out + at_t, dz + at_t, dz_step + b * H, H);
+        activation_grad_row(A, dy + at_t, carry + b * H, extra, out + at_t, dz + at_t, dz_step + b * H, H);
       }
     });
   }
@@ -181,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output, const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity,
-    bool reverse) {
+    bool reverse, std::array<bool, 5> output_mask) {
   LayerForwardParams p = check_layer_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt,
                                           lengths, std::string(nonlinearity), reverse);
   check_backward_args(p, input, grad_output, grad_h_n, output);
@@ -214,24 +215,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
     }
   });
 
-  // dz_step holds dz at each sample's first processing step, the one that read h_0.
-  at::Tensor grad_hx = at::mm(dz_step, w_hh);
-  for (int64_t b = 0; b < B; ++b) {
-    if (len.values[b] == 0) grad_hx[b].copy_(dh_n[b]);  // h_n is h_0 for an empty sample
+  // Gradients that were not asked for come back as empty tensors.
+  const at::Tensor skipped = at::empty({0}, input.options());
+  at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
+             grad_bias = skipped;
+  if (output_mask[1]) {
+    // dz_step holds dz at each sample's first processing step, the one that read h_0.
+    grad_hx = at::mm(dz_step, w_hh);
+    for (int64_t b = 0; b < B; ++b) {
+      if (len.values[b] == 0) grad_hx[b].copy_(dh_n[b]);  // h_n is h_0 for an empty sample
+    }
   }
   const at::Tensor dz2d = dz.view({T * B, H});
-  at::Tensor grad_input = at::mm(dz2d, w_ih).view({T, B, I});
-  at::Tensor grad_w_ih = at::mm(dz2d.t(), x.view({T * B, I}));
-  at::Tensor grad_bias = dz2d.sum(0);
-  // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
-  // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
-  at::Tensor grad_w_hh = hx.has_value() ? at::mm(dz_step.t(), hx->to(ct)) : at::zeros({H, H}, x.options());
-  if (T > 1) {
-    const int64_t n = (T - 1) * B;
-    if (reverse) {
-      grad_w_hh.addmm_(dz.narrow(0, 0, T - 1).reshape({n, H}).t(), out.narrow(0, 1, T - 1).reshape({n, H}));
-    } else {
-      grad_w_hh.addmm_(dz.narrow(0, 1, T - 1).reshape({n, H}).t(), out.narrow(0, 0, T - 1).reshape({n, H}));
+  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I});
+  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), x.view({T * B, I}));
+  if (output_mask[4]) grad_bias = dz2d.sum(0);
+  if (output_mask[3]) {
+    // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
+    // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
+    grad_w_hh = hx.has_value() ? at::mm(dz_step.t(), hx->to(ct)) : at::zeros({H, H}, x.options());
+    if (T > 1) {
+      const int64_t n = (T - 1) * B;
+      const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1).reshape({n, H});
+      const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1).reshape({n, H});
+      grad_w_hh.addmm_(dz_tail.t(), h_prev);
     }
   }
   return {grad_input.to(dt), grad_hx.to(dt), grad_w_ih.to(dt), grad_w_hh.to(dt), grad_bias.to(dt)};
