@@ -234,3 +234,19 @@ def test_autocast_runs_in_the_autocast_dtype_like_torch(input_dtype, hx_dtype):
     for name, r, s, g in zip(("output", "h_n"), reference, stock, got):
         assert g.dtype == s.dtype == torch.bfloat16
         assert_within_tolerance(r, s, g, name=name)
+
+
+def test_bitwise_deterministic_run_to_run():
+    ours = rnn_fused.RNN(5, 16, 2, bidirectional=True).eval()
+    x = pack_padded_sequence(torch.randn(9, 6, 5), torch.tensor([9, 2, 5, 9, 1, 4]),
+                             enforce_sorted=False)
+
+    def run():
+        ours.zero_grad(set_to_none=True)
+        data = x.data.detach().clone().requires_grad_()
+        output, h_n = ours(type(x)(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices))
+        (output.data.sum() + h_n.square().sum()).backward()
+        return [output.data, h_n, data.grad, *(p.grad for p in ours.parameters())]
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
