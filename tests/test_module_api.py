@@ -250,3 +250,22 @@ def test_bitwise_deterministic_run_to_run():
 
     for first, second in zip(run(), run()):
         assert torch.equal(first, second)
+
+
+def test_public_check_methods_behave_like_torch():
+    theirs, ours = _pair(dict(input_size=4, hidden_size=3, num_layers=2, bidirectional=True))
+    x = torch.randn(5, 2, 4)
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([2, 5, 3]), enforce_sorted=False)
+    for input, batch_sizes in ((x, None), (packed.data, packed.batch_sizes)):
+        assert ours.get_expected_hidden_size(input, batch_sizes) == \
+            theirs.get_expected_hidden_size(input, batch_sizes)
+    hx = torch.randn(4, 3, 3)
+    assert torch.equal(ours.permute_hidden(hx, packed.sorted_indices),
+                       theirs.permute_hidden(hx, packed.sorted_indices))
+    assert ours.permute_hidden(hx, None) is hx
+    bad_hx = torch.randn(4, 5, 3)
+    with pytest.raises(RuntimeError) as expected:
+        theirs.check_forward_args(x, bad_hx, None)
+    with pytest.raises(RuntimeError) as got:
+        ours.check_forward_args(x, bad_hx, None)
+    assert str(got.value) == str(expected.value)
