@@ -194,27 +194,49 @@ class RNN(nn.Module):
 
     # --- forward -----------------------------------------------------------------------
 
-    def _check_forward_args(self, input: Tensor, hx: Tensor | None, packed: bool,
-                            batch: int) -> None:
-        """nn.RNN's checks, in its order, with its exception types and messages.
+    # nn.RNN's argument checks, public under the same names and signatures.
 
-        input is already batched ([T,B,I], [B,T,I] or packed data [N,I]).
-        """
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and not torch.is_autocast_enabled(input.device.type):
+        if input.dtype != weight_dtype and _autocast_dtype(input.device) is None:
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})")
-        expected_dim = 2 if packed else 3
+        expected_dim = 2 if batch_sizes is not None else 3
         if input.dim() != expected_dim:
             raise RuntimeError(f"input must have {expected_dim} dimensions, got {input.dim()}")
         if self.input_size != input.size(-1):
             raise RuntimeError("input.size(-1) must be equal to input_size. "
                                f"Expected {self.input_size}, got {input.size(-1)}")
+
+    def get_expected_hidden_size(self, input: Tensor,
+                                 batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        if batch_sizes is not None:
+            mini_batch = int(batch_sizes[0])
+        else:
+            mini_batch = input.size(0) if self.batch_first else input.size(1)
         directions = 2 if self.bidirectional else 1
-        expected_hidden = (self.num_layers * directions, batch, self.hidden_size)
-        if hx is not None and hx.size() != expected_hidden:
-            raise RuntimeError(f"Expected hidden size {expected_hidden}, got {list(hx.size())}")
+        return (self.num_layers * directions, mini_batch, self.hidden_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, int, int],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        if hx.size() != expected_hidden_size:
+            raise RuntimeError(msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor | None,
+                           batch_sizes: Tensor | None) -> None:
+        """input: batched [T,B,I] / [B,T,I], or packed data [N,I] with its batch_sizes."""
+        self.check_input(input, batch_sizes)
+        if hidden is not None:  # None stands for the zeros nn.RNN would build, which fit
+            self.check_hidden_size(hidden, self.get_expected_hidden_size(input, batch_sizes))
+
+    def permute_hidden(self, hx: Tensor, permutation: Tensor | None) -> Tensor:
+        if permutation is None:
+            return hx
+        return hx.index_select(1, permutation)
+
+    def _check_kernel_args(self, input: Tensor, hx: Tensor | None, packed: bool) -> None:
+        """The checks nn.RNN leaves to its ATen kernel, in its order, with its messages."""
         if hx is not None and hx.device != input.device:
             if packed:
                 raise RuntimeError(
@@ -223,9 +245,18 @@ class RNN(nn.Module):
                                f"tensor at {input.device} and hidden tensor at {hx.device}")
         if not packed and input.size(1 if self.batch_first else 0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        if hx is not None and hx.dtype != weight_dtype:
-            raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
-                               f"{_scalar_type_name(hx.dtype)} and {_scalar_type_name(weight_dtype)}")
+        # nn.RNN meets these in its first matrix products (input, then hx, times a weight);
+        # without autocast a mismatched input was already rejected by check_input.
+        autocast_dtype = _autocast_dtype(input.device)
+        weight_dtype = _compute_dtype(self.weight_ih_l0.dtype, autocast_dtype)
+        for operand in (input, hx):
+            if operand is None:
+                continue
+            operand_dtype = _compute_dtype(operand.dtype, autocast_dtype)
+            if operand_dtype != weight_dtype:
+                raise RuntimeError("mat1 and mat2 must have the same dtype, but got "
+                                   f"{_scalar_type_name(operand_dtype)} and "
+                                   f"{_scalar_type_name(weight_dtype)}")
 
     def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
         if isinstance(input, PackedSequence):
@@ -243,8 +274,8 @@ class RNN(nn.Module):
                 hx = hx.unsqueeze(1)
         elif hx is not None and hx.dim() != 3:
             raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-        self._check_forward_args(input, hx, packed=False, batch=input.size(batch_dim))
-        input = input.to(self.weight_ih_l0.dtype)  # differs only under autocast
+        self.check_forward_args(input, hx, None)
+        self._check_kernel_args(input, hx, packed=False)
         time_major = input.transpose(0, 1) if self.batch_first else input
         output, h_n = self._run(time_major, hx, lengths=None)
         if self.batch_first:
@@ -255,20 +286,44 @@ class RNN(nn.Module):
 
     def _forward_packed(self, input: PackedSequence, hx: Tensor | None):
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        if hx is not None and sorted_indices is not None:
+        if hx is not None:
             # hx rows follow the caller's batch order; the packed data is sorted by length.
-            hx = hx.index_select(1, sorted_indices)
-        self._check_forward_args(data, hx, packed=True, batch=int(batch_sizes[0]))
-        data = data.to(self.weight_ih_l0.dtype)  # differs only under autocast
+            hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(data, hx, batch_sizes)
+        self._check_kernel_args(data, hx, packed=True)
         padded, lengths, valid = functional.packed_to_padded(data, batch_sizes)
         output, h_n = self._run(padded, hx, lengths)
         packed_output = PackedSequence(functional.padded_to_packed_data(output, valid),
                                        batch_sizes, sorted_indices, unsorted_indices)
-        if unsorted_indices is not None:
-            h_n = h_n.index_select(1, unsorted_indices)
-        return packed_output, h_n
+        return packed_output, self.permute_hidden(h_n, unsorted_indices)
 
     def _run(self, time_major: Tensor, hx: Tensor | None, lengths: Tensor | None):
-        return functional.rnn(time_major.contiguous(), hx, self.all_weights, self.num_layers,
+        weights = self.all_weights
+        autocast_dtype = _autocast_dtype(time_major.device)
+        if autocast_dtype is not None:
+            # Autocast casts nn.RNN's input, hx and weights (the RNN ops are on its
+            # lower-precision list); the fused op has no autocast kernel, so cast here.
+            def cast(t):
+                return t.to(_compute_dtype(t.dtype, autocast_dtype))
+            weights = [[cast(w) for w in group] for group in weights]
+            time_major = cast(time_major)
+            hx = None if hx is None else cast(hx)
+        return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers,
                               self.bidirectional, self.nonlinearity, self.dropout, self.training,
                               lengths)
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast runs RNNs in on this device, or None when autocast is off there."""
+    if not torch._C._is_any_autocast_enabled() or device.type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+def _compute_dtype(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:
+    """Autocast casts floating tensors other than float64 to its dtype; others stay."""
+    if autocast_dtype is not None and dtype.is_floating_point and dtype != torch.float64:
+        return autocast_dtype
+    return dtype

@@ -217,3 +217,55 @@ def test_to_moves_and_casts_parameters():
     ours = rnn_fused.RNN(3, 4).to(torch.float64)
     assert all(p.dtype == torch.float64 for p in ours.parameters())
     assert ours._flat_weights[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("input_dtype,hx_dtype", [(torch.float32, None), (torch.float16, torch.float32),
+                                                  (torch.float32, torch.float16)])
+def test_autocast_runs_in_the_autocast_dtype_like_torch(input_dtype, hx_dtype):
+    theirs = nn.RNN(3, 6, 2, bidirectional=True)
+    ours = rnn_fused.RNN.from_torch(theirs)
+    x = torch.randn(5, 2, 3)
+    hx = None if hx_dtype is None else torch.randn(4, 2, 6)
+    reference = theirs.double()(x.double(), None if hx is None else hx.double())
+    theirs.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        args = (x.to(input_dtype), None if hx is None else hx.to(hx_dtype))
+        stock, got = theirs(*args), ours(*args)
+    for name, r, s, g in zip(("output", "h_n"), reference, stock, got):
+        assert g.dtype == s.dtype == torch.bfloat16
+        assert_within_tolerance(r, s, g, name=name)
+
+
+def test_bitwise_deterministic_run_to_run():
+    ours = rnn_fused.RNN(5, 16, 2, bidirectional=True).eval()
+    x = pack_padded_sequence(torch.randn(9, 6, 5), torch.tensor([9, 2, 5, 9, 1, 4]),
+                             enforce_sorted=False)
+
+    def run():
+        ours.zero_grad(set_to_none=True)
+        data = x.data.detach().clone().requires_grad_()
+        output, h_n = ours(type(x)(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices))
+        (output.data.sum() + h_n.square().sum()).backward()
+        return [output.data, h_n, data.grad, *(p.grad for p in ours.parameters())]
+
+    for first, second in zip(run(), run()):
+        assert torch.equal(first, second)
+
+
+def test_public_check_methods_behave_like_torch():
+    theirs, ours = _pair(dict(input_size=4, hidden_size=3, num_layers=2, bidirectional=True))
+    x = torch.randn(5, 2, 4)
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([2, 5, 3]), enforce_sorted=False)
+    for input, batch_sizes in ((x, None), (packed.data, packed.batch_sizes)):
+        assert ours.get_expected_hidden_size(input, batch_sizes) == \
+            theirs.get_expected_hidden_size(input, batch_sizes)
+    hx = torch.randn(4, 3, 3)
+    assert torch.equal(ours.permute_hidden(hx, packed.sorted_indices),
+                       theirs.permute_hidden(hx, packed.sorted_indices))
+    assert ours.permute_hidden(hx, None) is hx
+    bad_hx = torch.randn(4, 5, 3)
+    with pytest.raises(RuntimeError) as expected:
+        theirs.check_forward_args(x, bad_hx, None)
+    with pytest.raises(RuntimeError) as got:
+        ours.check_forward_args(x, bad_hx, None)
+    assert str(got.value) == str(expected.value)

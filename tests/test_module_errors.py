@@ -121,3 +121,21 @@ def test_forward_errors(module_kwargs, make_args):
     ours = rnn_fused.RNN.from_torch(theirs)
     input, hx = make_args()
     assert_same_error(lambda: theirs(input, hx), lambda: ours(input, hx))
+
+
+# Under autocast nn.RNN skips its input dtype check and casts float32/16 tensors (never
+# float64) to the autocast dtype, so mismatches surface later, as matrix-product errors.
+AUTOCAST_CASES = {
+    "double_input": ({}, lambda: (torch.randn(5, 2, 4, dtype=torch.float64), None)),
+    "double_hx": ({}, lambda: (torch.randn(5, 2, 4), torch.zeros(2, 2, 3, dtype=torch.float64))),
+    "double_model_float_input": ({"dtype": torch.float64}, lambda: (torch.randn(5, 2, 4), None)),
+}
+
+
+@pytest.mark.parametrize("module_kwargs,make_args", AUTOCAST_CASES.values(), ids=AUTOCAST_CASES.keys())
+def test_forward_errors_under_autocast(module_kwargs, make_args):
+    theirs = nn.RNN(4, 3, 2, **module_kwargs)
+    ours = rnn_fused.RNN.from_torch(theirs)
+    input, hx = make_args()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_same_error(lambda: theirs(input, hx), lambda: ours(input, hx))
