@@ -4,8 +4,8 @@ Timing: warm-up, then repeated runs timed with a monotonic clock on the CPU (the
 synchronous there) or CUDA events on a GPU; the median is reported. Achieved GFLOP/s use
 the FLOP model below; the GEMM rate that they are compared with is measured in the same
 run with the same thread count. Peak memory is measured in a fresh child process per
-(implementation, shape): its peak resident set during one forward+backward, above what it
-held just before.
+(implementation, shape) by an allocation meter (malloc_meter.c, preloaded): the peak of
+live allocated bytes during one forward+backward, above what was live just before.
 """
 
 from __future__ import annotations
@@ -112,40 +112,50 @@ class Row:
     ours_peak_mb: float | None = None
 
 
+def _malloc_meter_library() -> str:
+    """Build (once) the allocation meter that the peak-memory child runs preload."""
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "malloc_meter.c")
+    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "rnn_fused")
+    os.makedirs(cache, exist_ok=True)
+    library = os.path.join(cache, "malloc_meter.so")
+    if not os.path.exists(library) or os.path.getmtime(library) < os.path.getmtime(source):
+        compiler = os.environ.get("CC", "cc")
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", source, "-o", library], check=True)
+    return library
+
+
 def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
-    """Peak resident memory (MB) of one forward+backward in a fresh process."""
+    """Peak bytes allocated (MB), above what was live before, during one forward+backward,
+    counted by an allocation meter in a fresh process."""
     code = (
-        "import sys, torch; from rnn_fused.benchmark import _child_peak; "
+        "from rnn_fused.benchmark import _child_peak; "
         f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}))"
     )
     env = dict(os.environ)
+    env["LD_PRELOAD"] = _malloc_meter_library()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _read_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
 def _child_peak(impl: str, shape, device: str) -> float:
+    import ctypes
+
+    meter = ctypes.CDLL(None)
+    meter.malloc_meter_live_bytes.restype = ctypes.c_long
+    meter.malloc_meter_peak_bytes.restype = ctypes.c_long
     torch.set_num_threads(2)
     stock, ours, x, grad_out = build_pair(shape, torch.device(device), torch.float32)
     module = stock if impl == "torch" else ours
     run = forward_backward_fn(module, x, grad_out)
-    run()  # first call allocates lazily-created state (thread pools, BLAS buffers)
+    run()  # the first call creates thread pools and BLAS buffers that stay
     for p in module.parameters():
         p.grad = None
-    baseline = _read_status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:  # resets the peak (VmHWM) to the current RSS
-        f.write("5")
+    before = meter.malloc_meter_live_bytes()
+    meter.malloc_meter_reset_peak()
     run()
-    return (_read_status_kb("VmHWM") - baseline) / 1024.0
+    return (meter.malloc_meter_peak_bytes() - before) / 2**20
 
 
 def cpu_table(shapes=CPU_SHAPES, threads: int = 2, measure_memory: bool = True, progress=None):

@@ -16,9 +16,33 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL: thread count for BLAS calls made by the calling thread; returns the previous value.
+int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 }
 
 namespace rnn_fused::cpu {
+
+// While alive, BLAS calls from this thread run single-threaded (where the BLAS allows it).
+// A per-step product of a few hundred thousand multiply-adds costs less than handing it
+// to a second thread and joining it, once per time step.
+class SingleThreadedBlas {
+ public:
+  explicit SingleThreadedBlas(bool enable) : active_(enable && MKL_Set_Num_Threads_Local != nullptr) {
+    if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (active_) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  bool active_;
+  int previous_ = 0;
+};
+
+// Per-step products below this many multiply-adds run single-threaded.
+constexpr int64_t kParallelStepMacs = int64_t(1) << 20;
 
 inline bool have_direct_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 

@@ -77,6 +77,7 @@ template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const scalar_t* w_hh,
                        scalar_t* out, scalar_t* state, scalar_t* rec) {
   const int64_t B = p.batch, H = p.hidden_size;
+  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
   for (int64_t s = 0; s < len.max_len; ++s) {
     const int64_t rows = active_rows(len, s);
     recurrent_matmul(state, w_hh, rec, rows, H);
@@ -106,6 +107,7 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
   const int64_t B = p.batch, H = p.hidden_size;
   std::fill_n(dz_step, B * H, scalar_t(0));
   std::fill_n(carry, B * H, scalar_t(0));
+  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
   for (int64_t s = len.max_len - 1; s >= 0; --s) {
     const int64_t rows = active_rows(len, s);
     // Rows that were not active at s+1 hold dz_step = 0, so their carry is 0.
@@ -123,23 +125,19 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
   }
 }
 
-// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: per-chunk GEMMs over about
-// sqrt(S) steps, then a sum over chunks. One GEMM with K = S*B accumulates each entry
-// in one long chain, about twice the rounding error of stock PyTorch's per-step sum.
-// The chunk partials take at most one [S,B,H]'s worth of memory.
+// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
+// sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
+// one long chain, about twice the rounding error of stock PyTorch's per-step sum.
 at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b) {
   const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
-  const int64_t max_chunks = std::max<int64_t>(1, S * B / std::max<int64_t>(H, 1));
-  const int64_t chunks = std::clamp<int64_t>(static_cast<int64_t>(std::lround(std::sqrt(double(S)))), 1, max_chunks);
-  const int64_t steps_per_chunk = S / chunks;
-  const int64_t whole = chunks * steps_per_chunk;
-  at::Tensor a_chunks = a.narrow(0, 0, whole).reshape({chunks, steps_per_chunk * B, H});
-  at::Tensor b_chunks = b.narrow(0, 0, whole).reshape({chunks, steps_per_chunk * B, H});
-  at::Tensor result = at::bmm(a_chunks.transpose(1, 2), b_chunks).sum(0);
-  if (whole < S) {
-    const int64_t rest = (S - whole) * B;
-    result.addmm_(a.narrow(0, whole, S - whole).reshape({rest, H}).t(),
-                  b.narrow(0, whole, S - whole).reshape({rest, H}));
+  const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
+  const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
+  at::Tensor result = at::zeros({H, H}, a.options());
+  at::Tensor partial = at::empty({H, H}, a.options());
+  for (int64_t start = 0; start < S; start += steps_per_chunk) {
+    const int64_t n = std::min(steps_per_chunk, S - start);
+    at::mm_out(partial, a.narrow(0, start, n).reshape({n * B, H}).t(), b.narrow(0, start, n).reshape({n * B, H}));
+    result.add_(partial);
   }
   return result;
 }
