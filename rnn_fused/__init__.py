@@ -3,5 +3,6 @@
 from . import _ops  # noqa: F401  (loads the extension, registers ops and fake kernels)
 from .functional import rnn_layer
 from .reference import reference_layer
+from . import simt  # noqa: F401  (SIMT emulator controls and self-tests)
 
 __all__ = ["rnn_layer", "reference_layer"]

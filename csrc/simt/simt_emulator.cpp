@@ -849,7 +849,7 @@ void set_device_properties(const DeviceProperties& p) {
   require(p.sm_count >= 1, "sm_count must be >= 1");
   require(p.warp_size == 32, "warp_size must be 32");
   require(p.max_threads_per_block >= 32 && p.max_threads_per_block <= 1024, "max_threads_per_block must be in [32, 1024]");
-  require(p.max_threads_per_sm >= p.max_threads_per_block, "max_threads_per_sm must be >= max_threads_per_block");
+  require(p.max_threads_per_sm >= 32, "max_threads_per_sm must be >= 32");
   require(p.max_blocks_per_sm >= 1, "max_blocks_per_sm must be >= 1");
   require(p.shared_mem_per_block >= 0 && p.shared_mem_per_block <= p.shared_mem_per_block_optin,
           "shared_mem_per_block must be in [0, shared_mem_per_block_optin]");
