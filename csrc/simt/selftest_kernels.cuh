@@ -11,6 +11,7 @@
 #include "simt/simt.cuh"
 
 namespace rnn_fused::simt_selftest {
+SIMT_BEGIN_WORLD
 
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -258,4 +259,5 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(128) bounded_kernel(float* out) {
 }
 SIMT_KERNEL_ATTRIBUTES(128, 32, bounded_kernel);
 
+SIMT_END_WORLD
 }  // namespace rnn_fused::simt_selftest

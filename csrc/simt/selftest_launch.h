@@ -25,6 +25,7 @@
 #endif
 
 namespace rnn_fused::simt_selftest {
+SIMT_BEGIN_WORLD
 
 inline void check_float_vector(const at::Tensor& x, const char* what) {
   TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(), what,
@@ -205,4 +206,5 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   return out;
 }
 
+SIMT_END_WORLD
 }  // namespace rnn_fused::simt_selftest

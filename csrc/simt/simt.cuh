@@ -7,7 +7,7 @@
 // kernels are executed, not only compiled, on GPU-less development and CI machines.
 //
 // Kernel-facing spellings (identical in both worlds):
-//   SIMT_GLOBAL, SIMT_DEVICE, SIMT_HOST_DEVICE, SIMT_LAUNCH_BOUNDS(n[, min_blocks])
+//   SIMT_GLOBAL, SIMT_DEVICE, SIMT_HOST_DEVICE, SIMT_LAUNCH_BOUNDS(n[, min_blocks]), SIMT_UNROLL
 //   threadIdx, blockIdx, blockDim, gridDim, warpSize (dim3 / uint3)
 //   __syncthreads(), __syncwarp(mask), __shfl_sync / __shfl_xor_sync / __shfl_up_sync /
 //   __shfl_down_sync, __ballot_sync, __any_sync, __all_sync
@@ -16,6 +16,7 @@
 //   simt::grid_sync()              cooperative-groups grid-wide barrier
 //   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)
 //   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
+//   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz
 //   SIMT_KERNEL_CHECK(cond, msg)   device-side assertion (trap on GPU, error in emulation)
 // Host-facing (launch planning, shared by both builds):
 //   simt::DeviceProperties simt::device_properties()
@@ -26,6 +27,8 @@
 //   SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, kernel)  register estimate for
 //     the emulator's occupancy model and launch-bounds check (no-op under nvcc, where the
 //     compiler's numbers are queried instead).
+//   SIMT_BEGIN_WORLD ... SIMT_END_WORLD  wrap kernels and host code compiled in both
+//     worlds (a world-specific inline namespace; see below).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -41,6 +44,19 @@
 #define SIMT_CAT_IMPL(a, b) a##b
 #define SIMT_CAT(a, b) SIMT_CAT_IMPL(a, b)
 
+// Both worlds are linked into one library, and inline functions or templates with the
+// same mangled name would be merged by the linker (the CPU op could end up calling the
+// CUDA launcher). Code compiled in both worlds therefore lives in a world-specific
+// inline namespace: wrap host launch-planning code and kernels in
+// SIMT_BEGIN_WORLD ... SIMT_END_WORLD inside your own namespace.
+#if defined(__CUDACC__)
+#define SIMT_WORLD cuda_world
+#else
+#define SIMT_WORLD emulated_world
+#endif
+#define SIMT_BEGIN_WORLD inline namespace SIMT_WORLD {
+#define SIMT_END_WORLD }
+
 #if defined(__CUDACC__)
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
@@ -49,6 +65,7 @@
 #endif
 
 namespace simt {
+SIMT_BEGIN_WORLD
 
 // Errors raised by launch validation and by the emulator. Derives from
 // std::runtime_error so that a failing op surfaces as RuntimeError in Python.
@@ -173,6 +190,7 @@ inline void validate_cooperative(const DeviceProperties& p, int blocks_per_sm, d
 }
 
 }  // namespace detail
+SIMT_END_WORLD
 }  // namespace simt
 
 #if defined(__CUDACC__)

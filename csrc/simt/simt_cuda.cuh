@@ -21,6 +21,7 @@
 #define SIMT_DEVICE __device__
 #define SIMT_HOST_DEVICE __host__ __device__
 #define SIMT_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
+#define SIMT_UNROLL _Pragma("unroll")
 
 // Static shared memory: SIMT_SHARED(float[32][33], tile);
 #define SIMT_SHARED(T, name) __shared__ ::std::type_identity_t<T> name
@@ -46,6 +47,7 @@
   } while (0)
 
 namespace simt {
+SIMT_BEGIN_WORLD
 
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
@@ -144,4 +146,5 @@ void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::siz
       converted);
 }
 
+SIMT_END_WORLD
 }  // namespace simt

@@ -96,7 +96,7 @@ simt_fiber_trampoline:
 namespace simt {
 namespace emu {
 
-thread_local ThreadHead* current_thread = nullptr;
+__thread ThreadHead* current_thread = nullptr;
 
 namespace {
 

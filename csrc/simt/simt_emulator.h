@@ -33,8 +33,9 @@ struct ThreadHead {
   dim3 grid_dim;
 };
 
-// The emulated thread running on this OS thread (null outside a kernel).
-extern thread_local ThreadHead* current_thread;
+// The emulated thread running on this OS thread (null outside a kernel). __thread, not
+// thread_local: no dynamic initialisation, so reads need no TLS wrapper call.
+extern __thread ThreadHead* current_thread;
 
 [[noreturn]] void outside_kernel(const char* what);
 
@@ -190,6 +191,21 @@ inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c,
   return atomic_rmw_cas(a, c, v);
 }
 
+// Fences and read-only loads: every emulated thread shares one OS thread and memory is
+// coherent, so these are plain operations.
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+// Bit intrinsics.
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+
 // Device math CUDA has and the C library lacks (tanhf, expf, fmaf come from <cmath>).
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
@@ -218,6 +234,13 @@ using simt::emu::atomicMax;
 using simt::emu::atomicMin;
 using simt::emu::atomicExch;
 using simt::emu::atomicCAS;
+using simt::emu::__threadfence;
+using simt::emu::__threadfence_block;
+using simt::emu::__ldg;
+using simt::emu::__popc;
+using simt::emu::__popcll;
+using simt::emu::__ffs;
+using simt::emu::__clz;
 using simt::emu::rsqrtf;
 using simt::emu::rsqrt;
 using simt::emu::__fdividef;

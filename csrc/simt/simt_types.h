@@ -41,3 +41,5 @@ using simt::emu::uint3;
 #define SIMT_DEVICE __device__
 #define SIMT_HOST_DEVICE __host__ __device__
 #define SIMT_LAUNCH_BOUNDS(...)
+// Loop unrolling hint spelled for both compilers (g++ ignores `#pragma unroll` with a warning).
+#define SIMT_UNROLL _Pragma("GCC unroll 8")
