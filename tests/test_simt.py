@@ -198,6 +198,17 @@ def test_shuffle_with_exited_lane_is_an_error(mode, seed):
         assert_fault("exited_lane", r"__shfl_xor_sync .*lane 3.*exited|lane 3.*has exited")
 
 
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_mismatched_warp_ops_are_an_error(mode, seed):
+    with simt.schedule(mode, seed):
+        assert_fault("mismatched_warp_ops", r"(__shfl_sync|__ballot_sync) at .*names lane \d+, which waits at "
+                     r"(__ballot_sync|__shfl_sync) .*same op with the same mask")
+
+
+def test_shuffle_reading_outside_its_mask_is_an_error():
+    assert_fault("shuffle_outside_mask", r"__shfl_sync at .*lane 0 reads lane 20, which is not in mask 0x0000ffff")
+
+
 def test_warp_op_against_barrier_deadlock_is_an_error():
     assert_fault("warp_barrier_deadlock", r"deadlock: .*__syncthreads.*__syncwarp|deadlock: .*__syncwarp.*__syncthreads")
 
@@ -273,6 +284,16 @@ def test_dynamic_shared_memory_limit():
     with simt.emulated_device(shared_mem_per_block_optin=64 * 1024, shared_mem_per_sm=100 * 1024):
         with pytest.raises(RuntimeError, match="per-block limit 65536 bytes"):
             simt.bounded(1, 32, dynamic_smem=64 * 1024 + 4)
+
+
+def test_static_plus_dynamic_shared_memory_limit():
+    # faulty_kernel has a 256-byte static array; its dynamic memory is 4 bytes per thread.
+    with simt.emulated_device(shared_mem_per_block=300, shared_mem_per_block_optin=300):
+        with pytest.raises(RuntimeError, match=r"shared memory exceeds the per-block limit 300 bytes"):
+            simt.faulty("missing_barrier", torch.ones(64), 1, 64)
+        # 256 static + 32 dynamic fits.
+        out = simt.faulty("missing_barrier", torch.ones(8), 1, 8)
+        assert out.shape == (8,)
 
 
 def test_occupancy_model():

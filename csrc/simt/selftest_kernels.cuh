@@ -177,6 +177,8 @@ enum class Fault : int {
   KernelCheck,            // SIMT_KERNEL_CHECK fails in one thread
   SharedOutOfBounds,      // writes one element past a static shared array
   DynamicSharedOutOfBounds,  // reads one element past the dynamic shared memory
+  MismatchedWarpOps,      // half the warp shuffles, the other half votes, same mask
+  ShuffleOutsideMask,     // lanes 0-15 shuffle among themselves but read lane 20
 };
 
 // Dispatches on the fault; `x` [gridDim.x * blockDim.x] float is read, `out` (same shape)
@@ -248,6 +250,16 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       out[i] = dyn[t + 1];
       break;
     }
+    case Fault::MismatchedWarpOps:
+      if (lane < 16) {
+        out[i] = __shfl_sync(kFullMask, x[i], 0);
+      } else {
+        out[i] = static_cast<float>(__ballot_sync(kFullMask, x[i] > 0.0f));
+      }
+      break;
+    case Fault::ShuffleOutsideMask:
+      if (lane < 16) out[i] = __shfl_sync(0x0000ffffu, x[i], 20);
+      break;
   }
 }
 SIMT_KERNEL_ATTRIBUTES(1024, 32, faulty_kernel);

@@ -175,6 +175,8 @@ inline Fault parse_fault(const std::string& name) {
       {"kernel_check", Fault::KernelCheck},
       {"shared_out_of_bounds", Fault::SharedOutOfBounds},
       {"dynamic_shared_out_of_bounds", Fault::DynamicSharedOutOfBounds},
+      {"mismatched_warp_ops", Fault::MismatchedWarpOps},
+      {"shuffle_outside_mask", Fault::ShuffleOutsideMask},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
