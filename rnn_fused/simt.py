@@ -157,7 +157,7 @@ FAULTS = (
     "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane",
     "mask_excludes_caller", "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative",
     "grid_sync_block_exits", "kernel_check", "shared_out_of_bounds", "dynamic_shared_out_of_bounds",
-    "mismatched_warp_ops", "shuffle_outside_mask",
+    "mismatched_warp_ops", "shuffle_outside_mask", "stack_overflow",
 )
 
 

@@ -9,7 +9,10 @@ on CUDA tensors and must match the emulator.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -207,6 +210,20 @@ def test_mismatched_warp_ops_are_an_error(mode, seed):
 
 def test_shuffle_reading_outside_its_mask_is_an_error():
     assert_fault("shuffle_outside_mask", r"__shfl_sync at .*lane 0 reads lane 20, which is not in mask 0x0000ffff")
+
+
+def test_stack_overflow_names_the_thread():
+    # The process cannot continue after a fiber overflows its stack: run it in a child.
+    code = ("import torch, rnn_fused\n"
+            "rnn_fused.simt.faulty('stack_overflow', torch.ones(64), 2, 32)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    if os.environ.get("RNN_FUSED_SANITIZER_RUN") == "1":
+        # The ASan build leaves SIGSEGV to ASan, which reports the overflow itself.
+        assert "ERROR: AddressSanitizer" in proc.stderr, proc.stderr
+        return
+    assert re.search(r"simt: stack overflow \(128 KiB fiber stack\) in block \(\d+,0,0\) thread \(\d+,0,0\) "
+                     r"of the kernel launched at .*" + LAUNCH_SITE, proc.stderr), proc.stderr
 
 
 def test_warp_op_against_barrier_deadlock_is_an_error():

@@ -179,7 +179,17 @@ enum class Fault : int {
   DynamicSharedOutOfBounds,  // reads one element past the dynamic shared memory
   MismatchedWarpOps,      // half the warp shuffles, the other half votes, same mask
   ShuffleOutsideMask,     // lanes 0-15 shuffle among themselves but read lane 20
+  StackOverflow,          // a thread needs more stack than an emulated thread has
 };
+
+// Uses far more than the emulator's 128 KiB (512 KiB under ASan) fiber stack.
+SIMT_DEVICE SIMT_NOINLINE float deep_local_sum(float v) {
+  volatile float scratch[256 * 1024];
+  for (int k = 0; k < 256 * 1024; k += 1024) scratch[k] = v + static_cast<float>(k);
+  float s = 0.0f;
+  for (int k = 0; k < 256 * 1024; k += 1024) s += scratch[k];
+  return s;
+}
 
 // Dispatches on the fault; `x` [gridDim.x * blockDim.x] float is read, `out` (same shape)
 // written where the case produces output.
@@ -259,6 +269,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       break;
     case Fault::ShuffleOutsideMask:
       if (lane < 16) out[i] = __shfl_sync(0x0000ffffu, x[i], 20);
+      break;
+    case Fault::StackOverflow:
+      out[i] = deep_local_sum(x[i]);
       break;
   }
 }

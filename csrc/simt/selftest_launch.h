@@ -177,6 +177,7 @@ inline Fault parse_fault(const std::string& name) {
       {"dynamic_shared_out_of_bounds", Fault::DynamicSharedOutOfBounds},
       {"mismatched_warp_ops", Fault::MismatchedWarpOps},
       {"shuffle_outside_mask", Fault::ShuffleOutsideMask},
+      {"stack_overflow", Fault::StackOverflow},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;

@@ -22,6 +22,7 @@
 #define SIMT_HOST_DEVICE __host__ __device__
 #define SIMT_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define SIMT_UNROLL _Pragma("unroll")
+#define SIMT_NOINLINE __noinline__
 
 // Static shared memory: SIMT_SHARED(float[32][33], tile);
 #define SIMT_SHARED(T, name) __shared__ ::std::type_identity_t<T> name

@@ -12,6 +12,7 @@
 // accesses are reported.
 #include "simt/simt.cuh"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -33,9 +34,7 @@
 #define SIMT_ASAN 0
 #endif
 
-#if !defined(__x86_64__)
 #include <ucontext.h>
-#endif
 
 // ---------------------------------------------------------------------------------------
 // Context switch. simt_fiber_switch saves the callee-saved registers, MXCSR and the x87
@@ -362,6 +361,73 @@ std::string describe(const Fiber& f) {
   }
   return "?";
 }
+
+// ---------------------------------------------------------------------------------------
+// Stack overflow: a fiber running into its guard page gets SIGSEGV. While a launch runs,
+// a handler on an alternate signal stack recognises the guard page, prints which emulated
+// thread overflowed, and hands the signal back to the previous handler (the process still
+// dies: the kernel cannot continue). Not installed under ASan, which reports it itself.
+thread_local struct sigaction previous_segv_action;
+thread_local char overflow_message[512];
+
+void on_segv(int, siginfo_t* info, void* context) {
+  const auto* f = static_cast<const Fiber*>(current_thread);
+  const auto* addr = static_cast<const char*>(info->si_addr);
+  const char* sp = nullptr;
+#if defined(__x86_64__)
+  sp = reinterpret_cast<const char*>(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RSP]);
+#else
+  (void)context;
+#endif
+  // A large frame can move the stack pointer past the guard page before the first access.
+  const bool overflow =
+      f != nullptr && ((addr >= f->stack.mapping && addr < f->stack.base) || (sp != nullptr && sp < f->stack.base));
+  if (overflow) {
+    const int n = std::snprintf(
+        overflow_message, sizeof overflow_message,
+        "simt: stack overflow (%zu KiB fiber stack) in block (%u,%u,%u) thread (%u,%u,%u) of the kernel launched at "
+        "%s:%u\n",
+        f->stack.bytes >> 10, f->block_idx.x, f->block_idx.y, f->block_idx.z, f->thread_idx.x, f->thread_idx.y,
+        f->thread_idx.z, f->launch->req.where.file_name(), static_cast<unsigned>(f->launch->req.where.line()));
+    if (n > 0) {
+      [[maybe_unused]] ssize_t written = write(2, overflow_message, static_cast<std::size_t>(n));
+    }
+  }
+  // Returning re-executes the faulting access, which now reaches the previous handler.
+  sigaction(SIGSEGV, &previous_segv_action, nullptr);
+}
+
+struct OverflowHandler {
+  bool installed = false;
+  bool own_altstack = false;
+  stack_t previous_altstack{};
+  OverflowHandler() {
+#if !SIMT_ASAN
+    static thread_local std::vector<char> altstack(64 * 1024);
+    if (sigaltstack(nullptr, &previous_altstack) != 0) return;
+    if (previous_altstack.ss_flags & SS_DISABLE) {
+      stack_t ss{};
+      ss.ss_sp = altstack.data();
+      ss.ss_size = altstack.size();
+      if (sigaltstack(&ss, nullptr) != 0) return;
+      own_altstack = true;
+    }
+    struct sigaction action {};
+    action.sa_sigaction = &on_segv;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    installed = sigaction(SIGSEGV, &action, &previous_segv_action) == 0;
+#endif
+  }
+  ~OverflowHandler() {
+    if (installed) sigaction(SIGSEGV, &previous_segv_action, nullptr);
+    if (own_altstack) {
+      stack_t ss{};
+      ss.ss_flags = SS_DISABLE;
+      sigaltstack(&ss, nullptr);
+    }
+  }
+};
 
 std::string launch_suffix(const Launch& L) {
   return "; kernel " + L.kernel_name + " launched at " + site(L.req.where) + " with grid " +
@@ -810,6 +876,7 @@ void run_launch(const LaunchRequest& request) {
   struct Deactivate {
     ~Deactivate() { active_launch = nullptr; }
   } deactivate;
+  const OverflowHandler overflow_handler;
 
   std::vector<unsigned long long> order(blocks);
   for (unsigned long long i = 0; i < blocks; ++i) order[i] = i;

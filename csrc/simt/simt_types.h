@@ -43,3 +43,4 @@ using simt::emu::uint3;
 #define SIMT_LAUNCH_BOUNDS(...)
 // Loop unrolling hint spelled for both compilers (g++ ignores `#pragma unroll` with a warning).
 #define SIMT_UNROLL _Pragma("GCC unroll 8")
+#define SIMT_NOINLINE __attribute__((noinline))
