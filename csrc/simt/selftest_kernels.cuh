@@ -182,12 +182,14 @@ enum class Fault : int {
   StackOverflow,          // a thread needs more stack than an emulated thread has
 };
 
-// Uses far more than the emulator's 128 KiB (512 KiB under ASan) fiber stack.
+// Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
+// less than CUDA's 512 KiB local-memory limit per thread.
+constexpr int kDeepLocalFloats = 96 * 1024;
 SIMT_DEVICE SIMT_NOINLINE float deep_local_sum(float v) {
-  volatile float scratch[256 * 1024];
-  for (int k = 0; k < 256 * 1024; k += 1024) scratch[k] = v + static_cast<float>(k);
+  volatile float scratch[kDeepLocalFloats];
+  for (int k = 0; k < kDeepLocalFloats; k += 1024) scratch[k] = v + static_cast<float>(k);
   float s = 0.0f;
-  for (int k = 0; k < 256 * 1024; k += 1024) s += scratch[k];
+  for (int k = 0; k < kDeepLocalFloats; k += 1024) s += scratch[k];
   return s;
 }
 

@@ -182,7 +182,7 @@ inline void asan_finish(void* fake_stack_save, const void** old_bottom, std::siz
 // ---------------------------------------------------------------------------------------
 // Stacks: mmap'ed, guard page below (stacks grow down), pooled per OS thread because a
 // launch may need thousands and mmap/mprotect per launch would dominate small launches.
-constexpr std::size_t kStackBytes = SIMT_ASAN ? (512u << 10) : (128u << 10);
+constexpr std::size_t kStackBytes = SIMT_ASAN ? (256u << 10) : (128u << 10);
 constexpr std::size_t kMaxPooledStacks = 4096;
 
 std::size_t page_bytes() {
