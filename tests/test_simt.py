@@ -256,6 +256,22 @@ def test_emulator_recovers_after_an_error():
     assert torch.equal(simt.barrier_loop(x, 96, 3), barrier_loop_reference(x, 96, 3))
 
 
+def test_launches_from_several_os_threads():
+    # Each OS thread runs its own launches (fibers, stacks, current thread are per thread).
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [torch.randn(2 * 96, generator=torch.Generator().manual_seed(k)) for k in range(8)]
+
+    def work(x):
+        return simt.barrier_loop(x, 96, 30), simt.warp_reduce(x, 96)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, inputs))
+    for x, (mixed, sums) in zip(inputs, results):
+        assert torch.equal(mixed, barrier_loop_reference(x, 96, 30))
+        assert torch.equal(sums, simt.warp_reduce(x, 96))
+
+
 # ---- launches, occupancy, device properties ---------------------------------------------
 
 def test_cooperative_grid_too_large_is_an_error():

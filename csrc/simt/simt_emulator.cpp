@@ -367,7 +367,11 @@ std::string describe(const Fiber& f) {
 // a handler on an alternate signal stack recognises the guard page, prints which emulated
 // thread overflowed, and hands the signal back to the previous handler (the process still
 // dies: the kernel cannot continue). Not installed under ASan, which reports it itself.
-thread_local struct sigaction previous_segv_action;
+// The SIGSEGV disposition is process wide: the first running launch installs the
+// handler and the last one restores the previous handler.
+std::mutex segv_mutex;
+int segv_users = 0;
+struct sigaction previous_segv_action;
 thread_local char overflow_message[512];
 
 void on_segv(int, siginfo_t* info, void* context) {
@@ -416,11 +420,16 @@ struct OverflowHandler {
     action.sa_sigaction = &on_segv;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    installed = sigaction(SIGSEGV, &action, &previous_segv_action) == 0;
+    std::lock_guard<std::mutex> lock(segv_mutex);
+    installed = segv_users > 0 || sigaction(SIGSEGV, &action, &previous_segv_action) == 0;
+    if (installed) segv_users++;
 #endif
   }
   ~OverflowHandler() {
-    if (installed) sigaction(SIGSEGV, &previous_segv_action, nullptr);
+    if (installed) {
+      std::lock_guard<std::mutex> lock(segv_mutex);
+      if (--segv_users == 0) sigaction(SIGSEGV, &previous_segv_action, nullptr);
+    }
     if (own_altstack) {
       stack_t ss{};
       ss.ss_flags = SS_DISABLE;
