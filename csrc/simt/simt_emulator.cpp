@@ -190,10 +190,19 @@ std::size_t page_bytes() {
   return bytes;
 }
 
+// Frames that never returned (finished or abandoned fibers) leave ASan's stack poison in
+// the shadow; clear it before the memory goes back to the system and gets reused.
+void unmap_stack(const Stack& s) {
+#if SIMT_ASAN
+  __asan_unpoison_memory_region(s.base, s.bytes);
+#endif
+  munmap(s.mapping, s.mapping_bytes);
+}
+
 struct StackPool {
   std::vector<Stack> free;
   ~StackPool() {
-    for (const Stack& s : free) munmap(s.mapping, s.mapping_bytes);
+    for (const Stack& s : free) unmap_stack(s);
   }
 };
 
@@ -228,7 +237,7 @@ void release_stack(const Stack& s) {
   if (stack_pool.free.size() < kMaxPooledStacks) {
     stack_pool.free.push_back(s);
   } else {
-    munmap(s.mapping, s.mapping_bytes);
+    unmap_stack(s);
   }
 }
 
