@@ -1,6 +1,7 @@
 # make test   - create .venv, install pinned dependencies, build the extension, run the suite
 # make bench  - same set-up, then the main job (CPU benchmark table)
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
+# make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests there
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ DEPS := $(VENV)/.deps-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build clean
+.PHONY: test bench build clean sanitize
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,18 @@ test: build
 
 bench: build
 	$(BIN)/python benchmarks/cpu_side_by_side.py
+
+# The ASan copy is CPU-only and -O0. libasan must be loaded before python's own libraries,
+# and libstdc++ with it so ASan's __cxa_throw interceptor finds the real one.
+SANITIZE_DIR := build/sanitize
+sanitize: $(DEPS)
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	cp -r setup.py pyproject.toml csrc rnn_fused tests $(SANITIZE_DIR)/
+	rm -rf $(SANITIZE_DIR)/rnn_fused/*.so $(SANITIZE_DIR)/rnn_fused/__pycache__ $(SANITIZE_DIR)/tests/__pycache__
+	cd $(SANITIZE_DIR) && RNN_FUSED_CUDA=0 RNN_FUSED_SANITIZE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
+	cd $(SANITIZE_DIR) && RNN_FUSED_SANITIZER_RUN=1 ASAN_OPTIONS=detect_leaks=0 \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py
 
 clean:
 	rm -rf build rnn_fused/*.so *.egg-info

@@ -4,5 +4,6 @@ from . import _ops  # noqa: F401  (loads the extension, registers ops and fake k
 from .functional import rnn_layer
 from .modules import RNN
 from .reference import reference_layer
+from . import simt  # noqa: F401  (SIMT emulator controls and self-tests)
 
 __all__ = ["RNN", "rnn_layer", "reference_layer"]

@@ -1,0 +1,21 @@
+// simt_selftest.cu — the SIMT self-test kernels compiled by nvcc and registered for CUDA
+// tensors. The schemas and the emulated (CPU) registration live in
+// csrc/simt/simt_ops.cpp; the kernels and their host launchers are shared
+// (csrc/simt/selftest_kernels.cuh, selftest_launch.h), so CI compiles the very sources the
+// emulator runs. The known-bad kernels are not registered here: on a GPU they would hang
+// or trap instead of raising an error.
+#include <torch/library.h>
+
+#include "simt/selftest_launch.h"
+
+TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
+  namespace st = ::rnn_fused::simt_selftest;
+  m.impl("simt_selftest_warp_reduce", &st::warp_reduce);
+  m.impl("simt_selftest_transpose", &st::transpose);
+  m.impl("simt_selftest_grid_stencil", &st::grid_stencil);
+  m.impl("simt_selftest_atomics", &st::atomics);
+  m.impl("simt_selftest_warp_scan", &st::warp_scan);
+  m.impl("simt_selftest_device_math", &st::device_math);
+  m.impl("simt_selftest_barrier_loop", &st::barrier_loop);
+  m.impl("simt_selftest_bounded", &st::bounded);
+}

@@ -1,0 +1,213 @@
+// selftest_launch.h — host side of the SIMT self-test ops: tensors in, simt::launch /
+// simt::launch_cooperative, tensors out. Shared verbatim by the emulated build
+// (simt_ops.cpp, CPU tensors) and the CUDA build (csrc/cuda/simt_selftest.cu, CUDA
+// tensors), exactly as the fused kernels' launch planning will be.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+#include <tuple>
+
+#include "simt/selftest_kernels.cuh"
+
+#if defined(__CUDACC__)
+#include <c10/cuda/CUDAGuard.h>
+#define RNN_FUSED_SELFTEST_GUARD(t) const c10::cuda::CUDAGuard simt_selftest_guard_((t).device())
+#else
+#define RNN_FUSED_SELFTEST_GUARD(t) (void)(t)
+#endif
+
+namespace rnn_fused::simt_selftest {
+SIMT_BEGIN_WORLD
+
+inline void check_float_vector(const at::Tensor& x, const char* what) {
+  TORCH_CHECK(x.dim() == 1 && x.scalar_type() == at::kFloat && x.is_contiguous(), what,
+              ": expected a contiguous 1-D float32 tensor, got ", x.sizes(), " ", x.scalar_type());
+}
+
+inline int checked_int(int64_t v, const char* what) {
+  TORCH_CHECK(v >= 0 && v <= 2147483647, what, " out of range: ", v);
+  return static_cast<int>(v);
+}
+
+// x [blocks * block_threads] -> per-block sums [blocks].
+inline at::Tensor warp_reduce(const at::Tensor& x, int64_t block_threads) {
+  check_float_vector(x, "simt_selftest_warp_reduce");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(block_threads > 0 && block_threads % 32 == 0 && x.numel() % block_threads == 0,
+              "simt_selftest_warp_reduce: block_threads must be a multiple of 32 dividing x.numel()");
+  const auto blocks = static_cast<unsigned>(x.numel() / block_threads);
+  at::Tensor sums = at::empty({static_cast<int64_t>(blocks)}, x.options());
+  simt::launch(warp_reduce_kernel, blocks, dim3(static_cast<unsigned>(block_threads)), 0, x.data_ptr<float>(),
+               sums.data_ptr<float>());
+  return sums;
+}
+
+// x [rows, cols] -> x^T [cols, rows].
+inline at::Tensor transpose(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "simt_selftest_transpose: expected a contiguous 2-D float32 tensor");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  const int rows = checked_int(x.size(0), "rows");
+  const int cols = checked_int(x.size(1), "cols");
+  at::Tensor out = at::empty({cols, rows}, x.options());
+  if (x.numel() == 0) return out;
+  const dim3 grid((cols + kTile - 1) / kTile, (rows + kTile - 1) / kTile);
+  simt::launch(transpose_kernel, grid, dim3(kTile, kTileRows), 0, x.data_ptr<float>(), out.data_ptr<float>(), rows, cols);
+  return out;
+}
+
+// Cooperative stencil. blocks == 0: the planner picks min(blocks needed, co-resident
+// capacity from the occupancy query), as the fused RNN kernels will. Returns the result
+// [n] and the plan [blocks, blocks_per_sm, sm_count] (int64, on the CPU).
+inline std::tuple<at::Tensor, at::Tensor> grid_stencil(const at::Tensor& x, int64_t steps, int64_t block_threads,
+                                                       int64_t blocks) {
+  check_float_vector(x, "simt_selftest_grid_stencil");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  const int n = checked_int(x.numel(), "n");
+  const int threads = checked_int(block_threads, "block_threads");
+  const simt::DeviceProperties props = simt::device_properties();
+  const int per_sm = simt::max_active_blocks_per_sm(grid_stencil_kernel, threads, 0);
+  if (blocks == 0) {
+    TORCH_CHECK(per_sm > 0, "simt_selftest_grid_stencil: the kernel cannot run with ", threads, " threads per block");
+    const int64_t needed = (n + threads - 1) / std::max(threads, 1);
+    blocks = std::max<int64_t>(1, std::min<int64_t>(needed, static_cast<int64_t>(per_sm) * props.sm_count));
+  }
+  at::Tensor state = at::empty({2, n}, x.options());
+  state[0].copy_(x);
+  simt::launch_cooperative(grid_stencil_kernel, static_cast<unsigned>(blocks), dim3(static_cast<unsigned>(threads)), 0,
+                           state.data_ptr<float>(), n, checked_int(steps, "steps"));
+  at::Tensor plan = at::empty({3}, at::TensorOptions().dtype(at::kLong));
+  int64_t* p = plan.data_ptr<int64_t>();
+  p[0] = blocks;
+  p[1] = per_sm;
+  p[2] = props.sm_count;
+  return {state[steps % 2].clone(), plan};
+}
+
+// values [n] int32 in [0, bins) -> (hist [bins] int32, maxima [2] int32, total [1] float32).
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> atomics(const at::Tensor& values, int64_t bins, int64_t blocks,
+                                                              int64_t block_threads) {
+  TORCH_CHECK(values.dim() == 1 && values.scalar_type() == at::kInt && values.is_contiguous(),
+              "simt_selftest_atomics: expected a contiguous 1-D int32 tensor");
+  RNN_FUSED_SELFTEST_GUARD(values);
+  const int b = checked_int(bins, "bins");
+  at::Tensor hist = at::zeros({b}, values.options());
+  at::Tensor maxima = at::full({2}, -2147483647 - 1, values.options());
+  at::Tensor total = at::zeros({1}, values.options().dtype(at::kFloat));
+  simt::launch(atomics_kernel, static_cast<unsigned>(checked_int(blocks, "blocks")),
+               dim3(static_cast<unsigned>(checked_int(block_threads, "block_threads"))), sizeof(int) * b,
+               values.data_ptr<int>(), checked_int(values.numel(), "n"), b, hist.data_ptr<int>(),
+               maxima.data_ptr<int>(), total.data_ptr<float>());
+  return {hist, maxima, total};
+}
+
+// x [blocks * block_threads] -> (per-warp inclusive scan [same], ballots [numel / 32] int32).
+inline std::tuple<at::Tensor, at::Tensor> warp_scan(const at::Tensor& x, int64_t block_threads) {
+  check_float_vector(x, "simt_selftest_warp_scan");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(block_threads > 0 && block_threads % 32 == 0 && x.numel() % block_threads == 0,
+              "simt_selftest_warp_scan: block_threads must be a multiple of 32 dividing x.numel()");
+  at::Tensor scan = at::empty_like(x);
+  at::Tensor ballot = at::empty({x.numel() / 32}, x.options().dtype(at::kInt));
+  simt::launch(warp_scan_kernel, static_cast<unsigned>(x.numel() / block_threads),
+               dim3(static_cast<unsigned>(block_threads)), 0, x.data_ptr<float>(), scan.data_ptr<float>(),
+               ballot.data_ptr<int>());
+  return {scan, ballot};
+}
+
+// x [n] -> (y, y through half, y through bfloat16), each [n] float32.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> device_math(const at::Tensor& x) {
+  check_float_vector(x, "simt_selftest_device_math");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  const int n = checked_int(x.numel(), "n");
+  at::Tensor y = at::empty_like(x), half = at::empty_like(x), bf16 = at::empty_like(x);
+  if (n == 0) return {y, half, bf16};
+  constexpr int threads = 128;
+  simt::launch(device_math_kernel, static_cast<unsigned>((n + threads - 1) / threads), dim3(threads), 0,
+               x.data_ptr<float>(), y.data_ptr<float>(), half.data_ptr<float>(), bf16.data_ptr<float>(), n);
+  return {y, half, bf16};
+}
+
+// x [blocks * block_threads] -> x after `rounds` rounds (2 barriers each) of neighbour mixing.
+inline at::Tensor barrier_loop(const at::Tensor& x, int64_t block_threads, int64_t rounds) {
+  check_float_vector(x, "simt_selftest_barrier_loop");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(block_threads > 0 && x.numel() % block_threads == 0,
+              "simt_selftest_barrier_loop: block_threads must divide x.numel()");
+  at::Tensor data = x.clone();
+  simt::launch(barrier_loop_kernel, static_cast<unsigned>(x.numel() / block_threads),
+               dim3(static_cast<unsigned>(block_threads)), sizeof(float) * block_threads, data.data_ptr<float>(),
+               checked_int(rounds, "rounds"));
+  return data;
+}
+
+// Launches bounded_kernel (launch bounds 128) with the given configuration; tests use it
+// to check launch validation. Returns out [blocks * block_threads].
+inline at::Tensor bounded(const at::Tensor& like, int64_t blocks, int64_t block_x, int64_t block_y,
+                          int64_t dynamic_smem) {
+  RNN_FUSED_SELFTEST_GUARD(like);
+  at::Tensor out = at::zeros({std::max<int64_t>(blocks * block_x * block_y, 1)}, like.options().dtype(at::kFloat));
+  simt::launch(bounded_kernel, static_cast<unsigned>(blocks),
+               dim3(static_cast<unsigned>(block_x), static_cast<unsigned>(block_y)),
+               static_cast<std::size_t>(dynamic_smem), out.data_ptr<float>());
+  return out;
+}
+
+inline Fault parse_fault(const std::string& name) {
+  static const std::pair<const char*, Fault> names[] = {
+      {"divergent_barrier", Fault::DivergentBarrier},
+      {"exit_before_barrier", Fault::ExitBeforeBarrier},
+      {"missing_barrier", Fault::MissingBarrier},
+      {"inactive_lane", Fault::InactiveLane},
+      {"mask_excludes_caller", Fault::MaskExcludesCaller},
+      {"exited_lane", Fault::ExitedLane},
+      {"warp_barrier_deadlock", Fault::WarpBarrierDeadlock},
+      {"grid_sync_not_cooperative", Fault::GridSyncNotCooperative},
+      {"grid_sync_block_exits", Fault::GridSyncBlockExits},
+      {"kernel_check", Fault::KernelCheck},
+      {"shared_out_of_bounds", Fault::SharedOutOfBounds},
+      {"dynamic_shared_out_of_bounds", Fault::DynamicSharedOutOfBounds},
+      {"mismatched_warp_ops", Fault::MismatchedWarpOps},
+      {"shuffle_outside_mask", Fault::ShuffleOutsideMask},
+      {"stack_overflow", Fault::StackOverflow},
+  };
+  for (const auto& [n, f] : names) {
+    if (name == n) return f;
+  }
+  TORCH_CHECK(false, "simt_selftest_faulty: unknown fault '", name, "'");
+}
+
+// Runs one known-bad kernel: x [blocks * block_threads] float -> out [same].
+// The grid_sync_block_exits case is launched cooperatively, every other case normally.
+inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int64_t blocks, int64_t block_threads) {
+  check_float_vector(x, "simt_selftest_faulty");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  const Fault fault = parse_fault(fault_name);
+  TORCH_CHECK(blocks > 0 && block_threads > 0 && x.numel() == blocks * block_threads,
+              "simt_selftest_faulty: x must have blocks * block_threads elements");
+  TORCH_CHECK((fault != Fault::MissingBarrier && fault != Fault::SharedOutOfBounds) || block_threads <= 64,
+              "simt_selftest_faulty: this case uses a 64-element shared array");
+  at::Tensor out = at::zeros_like(x);
+  const auto grid = static_cast<unsigned>(blocks);
+  const dim3 block(static_cast<unsigned>(block_threads));
+  const std::size_t dynamic_smem = sizeof(float) * block_threads;
+  if (fault == Fault::GridSyncBlockExits) {
+    simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
+                             out.data_ptr<float>());
+  } else {
+    simt::launch(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
+                 out.data_ptr<float>());
+  }
+  return out;
+}
+
+SIMT_END_WORLD
+}  // namespace rnn_fused::simt_selftest

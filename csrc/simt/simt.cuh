@@ -1,0 +1,201 @@
+// simt.cuh — the one header every kernel of this project includes.
+//
+// One kernel source, two worlds: under nvcc (__CUDACC__) this is a thin layer over real
+// CUDA (cooperative groups, launches on the current PyTorch stream, real device
+// properties and occupancy); under g++ it pulls in the fiber-based emulator
+// (simt_emulator.h) that runs every CUDA thread on the CPU with CUDA's semantics, so the
+// kernels are executed, not only compiled, on GPU-less development and CI machines.
+//
+// Kernel-facing spellings (identical in both worlds):
+//   SIMT_GLOBAL, SIMT_DEVICE, SIMT_HOST_DEVICE, SIMT_LAUNCH_BOUNDS(n[, min_blocks]), SIMT_UNROLL,
+//   SIMT_NOINLINE
+//   threadIdx, blockIdx, blockDim, gridDim, warpSize (dim3 / uint3)
+//   __syncthreads(), __syncwarp(mask), __shfl_sync / __shfl_xor_sync / __shfl_up_sync /
+//   __shfl_down_sync, __ballot_sync, __any_sync, __all_sync
+//   SIMT_SHARED(T, name)           static shared memory, e.g. SIMT_SHARED(float[32][33], tile)
+//   SIMT_DYNAMIC_SHARED(T, name)   T* name = the launch's dynamic shared memory
+//   simt::grid_sync()              cooperative-groups grid-wide barrier
+//   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)
+//   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
+//   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz
+//   SIMT_KERNEL_CHECK(cond, msg)   device-side assertion (trap on GPU, error in emulation)
+// Host-facing (launch planning, shared by both builds):
+//   simt::DeviceProperties simt::device_properties()
+//   simt::KernelAttributes simt::kernel_attributes(kernel)
+//   int simt::max_active_blocks_per_sm(kernel, block_threads, dynamic_smem_bytes)
+//   simt::launch(kernel, grid, block, dynamic_smem_bytes, args...)
+//   simt::launch_cooperative(kernel, grid, block, dynamic_smem_bytes, args...)
+//   SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, kernel)  register estimate for
+//     the emulator's occupancy model and launch-bounds check (no-op under nvcc, where the
+//     compiler's numbers are queried instead).
+//   SIMT_BEGIN_WORLD ... SIMT_END_WORLD  wrap kernels and host code compiled in both
+//     worlds (a world-specific inline namespace; see below).
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <source_location>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#define SIMT_CAT_IMPL(a, b) a##b
+#define SIMT_CAT(a, b) SIMT_CAT_IMPL(a, b)
+
+// Both worlds are linked into one library, and inline functions or templates with the
+// same mangled name would be merged by the linker (the CPU op could end up calling the
+// CUDA launcher). Code compiled in both worlds therefore lives in a world-specific
+// inline namespace: wrap host launch-planning code and kernels in
+// SIMT_BEGIN_WORLD ... SIMT_END_WORLD inside your own namespace.
+#if defined(__CUDACC__)
+#define SIMT_WORLD cuda_world
+#else
+#define SIMT_WORLD emulated_world
+#endif
+#define SIMT_BEGIN_WORLD inline namespace SIMT_WORLD {
+#define SIMT_END_WORLD }
+
+#if defined(__CUDACC__)
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+#else
+#include "simt/simt_types.h"
+#endif
+
+namespace simt {
+SIMT_BEGIN_WORLD
+
+// Errors raised by launch validation and by the emulator. Derives from
+// std::runtime_error so that a failing op surfaces as RuntimeError in Python.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The device numbers host launch-planning code may use. Under nvcc they come from the
+// current CUDA device; in emulation they are configurable (set_device_properties).
+struct DeviceProperties {
+  int sm_count = 132;
+  int max_threads_per_block = 1024;
+  int max_threads_per_sm = 2048;
+  int max_blocks_per_sm = 32;
+  int warp_size = 32;
+  int64_t shared_mem_per_block = 48 * 1024;           // without opt-in
+  int64_t shared_mem_per_block_optin = 227 * 1024;    // the most a launch can ask for
+  int64_t shared_mem_per_sm = 228 * 1024;
+  int64_t reserved_shared_mem_per_block = 1024;       // taken by the runtime per block
+  int regs_per_block = 65536;
+  int regs_per_sm = 65536;
+  bool cooperative_launch = true;
+};
+
+// Per-kernel numbers from the compiler (nvcc) or from SIMT_KERNEL_ATTRIBUTES (emulation).
+struct KernelAttributes {
+  int max_threads_per_block = 1024;  // launch bounds
+  int regs_per_thread = 32;
+  int64_t static_shared_bytes = 0;
+};
+
+// Grid argument of the launch helpers: converts implicitly from dim3 or an integer and
+// records the call site, so launch errors can name the file:line of the launch.
+struct GridDim {
+  dim3 dims;
+  std::source_location where;
+  GridDim(dim3 d, std::source_location w = std::source_location::current()) : dims(d), where(w) {}
+  GridDim(unsigned x, std::source_location w = std::source_location::current())
+      : dims(x, 1, 1), where(w) {}
+};
+
+namespace detail {
+
+inline std::string format_dim(dim3 d) {
+  return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
+}
+
+inline std::string format_site(const std::source_location& w) {
+  return std::string(w.file_name()) + ":" + std::to_string(w.line());
+}
+
+inline unsigned long long volume(dim3 d) {
+  return static_cast<unsigned long long>(d.x) * d.y * d.z;
+}
+
+// Occupancy model used by the emulator (documented in README_SECTION.md): the minimum of
+// the thread, block-slot, register and shared-memory limits of one SM. Exposed in both
+// worlds so tests can check the model itself.
+inline int occupancy_model(const DeviceProperties& p, const KernelAttributes& a, int block_threads,
+                           int64_t dynamic_smem) {
+  if (block_threads <= 0 || block_threads > p.max_threads_per_block ||
+      block_threads > a.max_threads_per_block) {
+    return 0;
+  }
+  const int warps = (block_threads + p.warp_size - 1) / p.warp_size;
+  const int by_threads = p.max_threads_per_sm / (warps * p.warp_size);
+  const int regs_per_warp = ((a.regs_per_thread * p.warp_size + 255) / 256) * 256;
+  if (static_cast<int64_t>(regs_per_warp) * warps > p.regs_per_block) return 0;
+  const int by_regs = regs_per_warp == 0 ? p.max_blocks_per_sm : (p.regs_per_sm / regs_per_warp) / warps;
+  const int64_t smem = a.static_shared_bytes + dynamic_smem;
+  if (smem > p.shared_mem_per_block_optin) return 0;
+  const int64_t smem_slot = ((smem + p.reserved_shared_mem_per_block + 127) / 128) * 128;
+  const int64_t by_smem = smem_slot == 0 ? p.max_blocks_per_sm : p.shared_mem_per_sm / smem_slot;
+  int64_t blocks = p.max_blocks_per_sm;
+  if (by_threads < blocks) blocks = by_threads;
+  if (by_regs < blocks) blocks = by_regs;
+  if (by_smem < blocks) blocks = by_smem;
+  return static_cast<int>(blocks < 0 ? 0 : blocks);
+}
+
+// Checks every launch makes before it runs (both worlds): grid and block dimensions,
+// threads per block against the device and the kernel's launch bounds, dynamic shared
+// memory against the opt-in limit.
+inline void validate_launch(const DeviceProperties& p, const KernelAttributes& a, dim3 grid, dim3 block,
+                            std::size_t dynamic_smem, const std::source_location& where) {
+  auto fail = [&](const std::string& why) {
+    throw Error("simt: invalid launch at " + format_site(where) + " (grid " + format_dim(grid) + ", block " +
+                format_dim(block) + ", dynamic shared memory " + std::to_string(dynamic_smem) + " bytes): " + why);
+  };
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) fail("every grid dimension must be at least 1");
+  if (block.x == 0 || block.y == 0 || block.z == 0) fail("every block dimension must be at least 1");
+  if (grid.x > 2147483647u || grid.y > 65535u || grid.z > 65535u) fail("grid dimension exceeds (2^31-1, 65535, 65535)");
+  if (block.x > 1024u || block.y > 1024u || block.z > 64u) fail("block dimension exceeds (1024, 1024, 64)");
+  const unsigned long long threads = volume(block);
+  if (threads > static_cast<unsigned long long>(p.max_threads_per_block)) {
+    fail(std::to_string(threads) + " threads per block exceed the device limit " +
+         std::to_string(p.max_threads_per_block));
+  }
+  if (threads > static_cast<unsigned long long>(a.max_threads_per_block)) {
+    fail(std::to_string(threads) + " threads per block exceed the kernel's launch bounds " +
+         std::to_string(a.max_threads_per_block));
+  }
+  if (static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes > p.shared_mem_per_block_optin) {
+    fail("static (" + std::to_string(a.static_shared_bytes) + ") + dynamic shared memory exceeds the per-block limit " +
+         std::to_string(p.shared_mem_per_block_optin) + " bytes");
+  }
+}
+
+inline void validate_cooperative(const DeviceProperties& p, int blocks_per_sm, dim3 grid,
+                                 const std::source_location& where) {
+  if (!p.cooperative_launch) {
+    throw Error("simt: cooperative launch at " + format_site(where) + ": the device does not support cooperative launches");
+  }
+  const unsigned long long capacity = static_cast<unsigned long long>(blocks_per_sm) * p.sm_count;
+  if (volume(grid) > capacity) {
+    throw Error("simt: cooperative launch too large at " + format_site(where) + " (cudaErrorCooperativeLaunchTooLarge): grid " +
+                format_dim(grid) + " has " + std::to_string(volume(grid)) + " blocks but at most " +
+                std::to_string(capacity) + " (" + std::to_string(blocks_per_sm) + " per SM x " +
+                std::to_string(p.sm_count) + " SMs) can be co-resident");
+  }
+}
+
+}  // namespace detail
+SIMT_END_WORLD
+}  // namespace simt
+
+#if defined(__CUDACC__)
+#include "simt/simt_cuda.cuh"
+#else
+#include "simt/simt_emulator.h"
+#endif

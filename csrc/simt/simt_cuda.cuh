@@ -1,0 +1,151 @@
+// simt_cuda.cuh — the nvcc side of simt.cuh: real CUDA behind the emulator's spellings.
+// Launches go to the current PyTorch stream and are checked; device properties and
+// occupancy come from the CUDA runtime. Only light c10/cuda headers, so a .cu file that
+// includes a kernel header stays cheap to compile. Include simt.cuh, not this file.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "simt_cuda.cuh is for nvcc; include simt/simt.cuh"
+#endif
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <tuple>
+#include <utility>
+
+#define SIMT_GLOBAL __global__
+#define SIMT_DEVICE __device__
+#define SIMT_HOST_DEVICE __host__ __device__
+#define SIMT_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
+#define SIMT_UNROLL _Pragma("unroll")
+#define SIMT_NOINLINE __noinline__
+
+// Static shared memory: SIMT_SHARED(float[32][33], tile);
+#define SIMT_SHARED(T, name) __shared__ ::std::type_identity_t<T> name
+// The launch's dynamic shared memory as a T*: SIMT_DYNAMIC_SHARED(float, buffer);
+#define SIMT_DYNAMIC_SHARED(T, name)                                  \
+  extern __shared__ __align__(16) unsigned char simt_dynamic_shared_[]; \
+  T* name = reinterpret_cast<T*>(simt_dynamic_shared_)
+
+// Register estimate and launch bounds for the emulator; nvcc reports the real numbers.
+#define SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, ...) \
+  static_assert((max_threads) > 0 && (regs_per_thread) > 0, "SIMT_KERNEL_ATTRIBUTES")
+
+// Device-side assertion: prints the coordinates and traps (the launch fails with
+// cudaErrorLaunchFailure / illegal instruction on the next synchronising call).
+#define SIMT_KERNEL_CHECK(cond, msg)                                                                  \
+  do {                                                                                                \
+    if (!(cond)) {                                                                                    \
+      printf("%s:%d: SIMT_KERNEL_CHECK(%s) failed in block (%u,%u,%u) thread (%u,%u,%u): %s\n",       \
+             __FILE__, __LINE__, #cond, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, \
+             threadIdx.z, msg);                                                                       \
+      __trap();                                                                                       \
+    }                                                                                                 \
+  } while (0)
+
+namespace simt {
+SIMT_BEGIN_WORLD
+
+// Grid-wide barrier of a cooperative launch.
+__device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
+
+inline DeviceProperties device_properties() {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  auto attr = [device](cudaDeviceAttr what) {
+    int value = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, what, device));
+    return value;
+  };
+  DeviceProperties p;
+  p.sm_count = attr(cudaDevAttrMultiProcessorCount);
+  p.max_threads_per_block = attr(cudaDevAttrMaxThreadsPerBlock);
+  p.max_threads_per_sm = attr(cudaDevAttrMaxThreadsPerMultiProcessor);
+  p.max_blocks_per_sm = attr(cudaDevAttrMaxBlocksPerMultiprocessor);
+  p.warp_size = attr(cudaDevAttrWarpSize);
+  p.shared_mem_per_block = attr(cudaDevAttrMaxSharedMemoryPerBlock);
+  p.shared_mem_per_block_optin = attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  p.shared_mem_per_sm = attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  p.reserved_shared_mem_per_block = attr(cudaDevAttrReservedSharedMemoryPerBlock);
+  p.regs_per_block = attr(cudaDevAttrMaxRegistersPerBlock);
+  p.regs_per_sm = attr(cudaDevAttrMaxRegistersPerMultiprocessor);
+  p.cooperative_launch = attr(cudaDevAttrCooperativeLaunch) != 0;
+  return p;
+}
+
+template <class... P>
+KernelAttributes kernel_attributes(void (*kernel)(P...)) {
+  cudaFuncAttributes fa{};
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(kernel)));
+  KernelAttributes a;
+  a.max_threads_per_block = fa.maxThreadsPerBlock;
+  a.regs_per_thread = fa.numRegs;
+  a.static_shared_bytes = static_cast<int64_t>(fa.sharedSizeBytes);
+  return a;
+}
+
+namespace detail {
+
+// Launches asking for more than the default 48 KB opt in to the larger limit, as the
+// emulator assumes (it checks against shared_mem_per_block_optin).
+template <class... P>
+void opt_in_shared_memory(void (*kernel)(P...), const DeviceProperties& p, const KernelAttributes& a,
+                          std::size_t dynamic_smem) {
+  if (static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes > p.shared_mem_per_block) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(dynamic_smem)));
+  }
+}
+
+}  // namespace detail
+
+template <class... P>
+int max_active_blocks_per_sm(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem) {
+  const DeviceProperties p = device_properties();
+  detail::opt_in_shared_memory(kernel, p, kernel_attributes(kernel), dynamic_smem);
+  int blocks = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, reinterpret_cast<const void*>(kernel),
+                                                               block_threads, dynamic_smem));
+  return blocks;
+}
+
+// kernel<<<grid, block, dynamic_smem, current stream>>>(args...), validated and checked.
+template <class... P, class... A>
+void launch(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "simt::launch: wrong number of kernel arguments");
+  const DeviceProperties p = device_properties();
+  const KernelAttributes a = kernel_attributes(kernel);
+  detail::validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
+  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  kernel<<<grid.dims, block, dynamic_smem, c10::cuda::getCurrentCUDAStream()>>>(std::forward<A>(args)...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// cudaLaunchCooperativeKernel on the current stream; fails (like CUDA) when the grid
+// cannot be co-resident.
+template <class... P, class... A>
+void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "simt::launch_cooperative: wrong number of kernel arguments");
+  const DeviceProperties p = device_properties();
+  const KernelAttributes a = kernel_attributes(kernel);
+  detail::validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
+  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  const int per_sm = max_active_blocks_per_sm(kernel, static_cast<int>(detail::volume(block)), dynamic_smem);
+  detail::validate_cooperative(p, per_sm, grid.dims, grid.where);
+  std::tuple<std::decay_t<P>...> converted(std::forward<A>(args)...);
+  std::apply(
+      [&](auto&... values) {
+        void* argv[] = {static_cast<void*>(&values)..., nullptr};
+        C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid.dims, block, argv,
+                                                   dynamic_smem, c10::cuda::getCurrentCUDAStream()));
+      },
+      converted);
+}
+
+SIMT_END_WORLD
+}  // namespace simt

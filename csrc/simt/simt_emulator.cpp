@@ -1,0 +1,752 @@
+// simt_emulator.cpp — the CPU runtime behind simt_emulator.h.
+//
+// A launch runs every CUDA thread as a fiber (simt_fiber.h) on the calling OS thread.
+// A fiber runs until it blocks (barrier, warp op, grid sync) or exits; the scheduler then
+// resumes the runnable fibers in the configured order (forward, reverse, seeded shuffle)
+// and, when nothing is runnable, releases a complete barrier or reports divergence or
+// deadlock as an error. Non-cooperative launches run their blocks one after another;
+// cooperative launches run all blocks interleaved so grid_sync can be honoured.
+// Built with AddressSanitizer, fiber switches are annotated so ASan follows the stacks,
+// and each shared-memory variable is its own heap allocation so out-of-bounds shared
+// accesses are reported.
+#include "simt/simt.cuh"
+
+#include <signal.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <mutex>
+#include <new>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "simt/simt_fiber.h"
+
+namespace simt {
+namespace emu {
+
+__thread ThreadHead* current_thread = nullptr;
+
+namespace {
+
+using namespace fiber;
+
+// ---------------------------------------------------------------------------------------
+// Launch state.
+
+enum class Wait : uint8_t { Ready, Barrier, Warp, Grid, Exited };
+
+struct Launch;
+struct Block;
+
+struct Fiber : ThreadHead {
+  Context ctx;
+  Stack stack;
+  Launch* launch = nullptr;
+  Block* block = nullptr;
+  unsigned index = 0;   // position in the session (block-major), the schedule's sort key
+  unsigned linear = 0;  // linear thread index in the block
+  Wait wait = Wait::Ready;
+  std::source_location where;  // call site of the primitive it waits at
+  WarpOp op = WarpOp::Sync;
+  unsigned mask = 0;
+  uint64_t value = 0;
+  int param = 0;
+  int width = 32;
+  uint64_t result = 0;
+  void* fake_stack = nullptr;  // ASan's fake stack of this fiber while switched out
+};
+
+struct SharedVar {
+  const void* key;
+  void* ptr;
+  std::size_t bytes;
+  std::size_t align;
+};
+
+struct Block {
+  uint3 idx{0, 0, 0};
+  Fiber* fibers = nullptr;
+  unsigned nthreads = 0;
+  unsigned at_barrier = 0;
+  unsigned exited = 0;
+  std::vector<SharedVar> statics;
+  std::size_t static_bytes = 0;
+  void* dynamic = nullptr;
+  std::size_t dynamic_bytes = 0;
+
+  Block() = default;
+  Block(const Block&) = delete;
+  Block& operator=(const Block&) = delete;
+  ~Block() {
+    for (const SharedVar& v : statics) ::operator delete(v.ptr, std::align_val_t(v.align));
+    if (dynamic != nullptr) ::operator delete(dynamic, std::align_val_t(16));
+  }
+};
+
+struct Launch {
+  LaunchRequest req;
+  DeviceProperties props;
+  KernelAttributes attrs;
+  std::string kernel_name;
+  unsigned threads_per_block = 0;
+  std::vector<Fiber> fibers;
+  std::vector<Block> blocks;
+  std::vector<Fiber*> ready;
+  std::vector<Fiber*> batch;
+  std::size_t exited = 0;
+  std::size_t at_grid = 0;
+  std::size_t max_static_bytes = 0;
+  Context scheduler;
+  Schedule mode = Schedule::Forward;
+  std::mt19937_64 rng;
+  bool failed = false;
+  std::string error;
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_stack_bottom = nullptr;
+  std::size_t scheduler_stack_size = 0;
+};
+
+// An error raised by a primitive inside a kernel (its message already names the
+// operation and file:line); the fiber adds block and thread coordinates.
+struct KernelFault : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+std::string site(const std::source_location& w) { return detail::format_site(w); }
+
+std::string coords(const Fiber& f) {
+  return "block " + detail::format_dim(f.block_idx) + " thread " + detail::format_dim(f.thread_idx);
+}
+
+std::string hex(unsigned v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "0x%08x", v);
+  return buf;
+}
+
+const char* op_name(WarpOp op) {
+  switch (op) {
+    case WarpOp::Sync: return "__syncwarp";
+    case WarpOp::Shfl: return "__shfl_sync";
+    case WarpOp::ShflUp: return "__shfl_up_sync";
+    case WarpOp::ShflDown: return "__shfl_down_sync";
+    case WarpOp::ShflXor: return "__shfl_xor_sync";
+    case WarpOp::Ballot: return "__ballot_sync";
+  }
+  return "warp op";
+}
+
+// What a thread is doing, for error messages.
+std::string describe(const Fiber& f) {
+  switch (f.wait) {
+    case Wait::Ready: return "is runnable";
+    case Wait::Exited: return "has exited";
+    case Wait::Barrier: return "waits at __syncthreads (" + site(f.where) + ")";
+    case Wait::Grid: return "waits at simt::grid_sync (" + site(f.where) + ")";
+    case Wait::Warp:
+      return std::string("waits at ") + op_name(f.op) + " (" + site(f.where) + ") with mask " + hex(f.mask);
+  }
+  return "?";
+}
+
+// ---------------------------------------------------------------------------------------
+// Stack overflow: a fiber running into its guard page gets SIGSEGV. While a launch runs,
+// a handler on an alternate signal stack recognises the guard page, prints which emulated
+// thread overflowed, and hands the signal back to the previous handler (the process still
+// dies: the kernel cannot continue). Not installed under ASan, which reports it itself.
+// The SIGSEGV disposition is process wide: the first running launch installs the
+// handler and the last one restores the previous handler.
+std::mutex segv_mutex;
+int segv_users = 0;
+struct sigaction previous_segv_action;
+thread_local char overflow_message[512];
+
+void on_segv(int, siginfo_t* info, void* context) {
+  const auto* f = static_cast<const Fiber*>(current_thread);
+  const auto* addr = static_cast<const char*>(info->si_addr);
+  const char* sp = nullptr;
+#if defined(__x86_64__)
+  sp = reinterpret_cast<const char*>(static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RSP]);
+#else
+  (void)context;
+#endif
+  // A large frame can move the stack pointer past the guard page before the first access.
+  const bool overflow =
+      f != nullptr && ((addr >= f->stack.mapping && addr < f->stack.base) || (sp != nullptr && sp < f->stack.base));
+  if (overflow) {
+    const int n = std::snprintf(
+        overflow_message, sizeof overflow_message,
+        "simt: stack overflow (%zu KiB fiber stack) in block (%u,%u,%u) thread (%u,%u,%u) of the kernel launched at "
+        "%s:%u\n",
+        f->stack.bytes >> 10, f->block_idx.x, f->block_idx.y, f->block_idx.z, f->thread_idx.x, f->thread_idx.y,
+        f->thread_idx.z, f->launch->req.where.file_name(), static_cast<unsigned>(f->launch->req.where.line()));
+    if (n > 0) {
+      [[maybe_unused]] ssize_t written = write(2, overflow_message, static_cast<std::size_t>(n));
+    }
+  }
+  // Returning re-executes the faulting access, which now reaches the previous handler.
+  sigaction(SIGSEGV, &previous_segv_action, nullptr);
+}
+
+struct OverflowHandler {
+  bool installed = false;
+  bool own_altstack = false;
+  stack_t previous_altstack{};
+  OverflowHandler() {
+#if !SIMT_ASAN
+    static thread_local std::vector<char> altstack(64 * 1024);
+    if (sigaltstack(nullptr, &previous_altstack) != 0) return;
+    if (previous_altstack.ss_flags & SS_DISABLE) {
+      stack_t ss{};
+      ss.ss_sp = altstack.data();
+      ss.ss_size = altstack.size();
+      if (sigaltstack(&ss, nullptr) != 0) return;
+      own_altstack = true;
+    }
+    struct sigaction action {};
+    action.sa_sigaction = &on_segv;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    std::lock_guard<std::mutex> lock(segv_mutex);
+    installed = segv_users > 0 || sigaction(SIGSEGV, &action, &previous_segv_action) == 0;
+    if (installed) segv_users++;
+#endif
+  }
+  ~OverflowHandler() {
+    if (installed) {
+      std::lock_guard<std::mutex> lock(segv_mutex);
+      if (--segv_users == 0) sigaction(SIGSEGV, &previous_segv_action, nullptr);
+    }
+    if (own_altstack) {
+      stack_t ss{};
+      ss.ss_flags = SS_DISABLE;
+      sigaltstack(&ss, nullptr);
+    }
+  }
+};
+
+std::string launch_suffix(const Launch& L) {
+  return "; kernel " + L.kernel_name + " launched at " + site(L.req.where) + " with grid " +
+         detail::format_dim(L.req.grid) + ", block " + detail::format_dim(L.req.block);
+}
+
+void fail(Launch& L, const std::string& message) {
+  if (L.failed) return;
+  L.failed = true;
+  L.error = "simt: " + message + launch_suffix(L);
+}
+
+thread_local Launch* active_launch = nullptr;
+
+Fiber* running_fiber(const char* what) {
+  auto* f = static_cast<Fiber*>(current_thread);
+  if (f == nullptr) outside_kernel(what);
+  return f;
+}
+
+[[noreturn]] void fault(const char* op, const std::source_location& where, const std::string& why) {
+  throw KernelFault(std::string(op) + " at " + site(where) + ": " + why);
+}
+
+// Switch from a fiber back to the scheduler; returns when the scheduler resumes it.
+void yield(Fiber* f) {
+  Launch& L = *f->launch;
+  asan_start(&f->fake_stack, L.scheduler_stack_bottom, L.scheduler_stack_size);
+  switch_context(f->ctx, L.scheduler);
+  asan_finish(f->fake_stack, nullptr, nullptr);
+}
+
+void fiber_main(void* arg) {
+  auto* f = static_cast<Fiber*>(arg);
+  Launch& L = *f->launch;
+  asan_finish(nullptr, &L.scheduler_stack_bottom, &L.scheduler_stack_size);
+  try {
+    L.req.invoke(L.req.bound);
+  } catch (const KernelFault& e) {
+    fail(L, std::string(e.what()) + " [" + coords(*f) + "]");
+  } catch (const std::exception& e) {
+    fail(L, "exception in kernel at " + coords(*f) + ": " + e.what());
+  } catch (...) {
+    fail(L, "unknown exception in kernel at " + coords(*f));
+  }
+  f->wait = Wait::Exited;
+  f->block->exited++;
+  L.exited++;
+  asan_start(nullptr, L.scheduler_stack_bottom, L.scheduler_stack_size);
+  switch_context(f->ctx, L.scheduler);
+  __builtin_trap();  // a finished fiber is never resumed
+}
+
+void resume(Launch& L, Fiber* f) {
+  current_thread = f;
+  asan_start(&L.scheduler_fake_stack, f->stack.base, f->stack.bytes);
+  switch_context(L.scheduler, f->ctx);
+  asan_finish(L.scheduler_fake_stack, nullptr, nullptr);
+  current_thread = nullptr;
+}
+
+void make_ready(Launch& L, Fiber* f) {
+  f->wait = Wait::Ready;
+  L.ready.push_back(f);
+}
+
+bool same_site(const std::source_location& a, const std::source_location& b) {
+  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+}
+
+[[noreturn]] void throw_failure(Launch& L) { throw Error(L.error); }
+
+// Nothing is runnable and not every thread has exited: name one waiting thread and the
+// thread it waits for.
+void diagnose_deadlock(Launch& L) {
+  for (Fiber& f : L.fibers) {
+    if (f.wait == Wait::Exited || f.wait == Wait::Ready) continue;
+    const Fiber* other = nullptr;
+    if (f.wait == Wait::Warp) {
+      const unsigned base = f.linear & ~31u;
+      for (unsigned l = 0; l < 32 && other == nullptr; ++l) {
+        if ((f.mask >> l & 1u) && f.block->fibers[base + l].wait != Wait::Warp) other = &f.block->fibers[base + l];
+      }
+    } else if (f.wait == Wait::Barrier) {
+      for (unsigned t = 0; t < f.block->nthreads && other == nullptr; ++t) {
+        if (f.block->fibers[t].wait != Wait::Barrier) other = &f.block->fibers[t];
+      }
+    } else {
+      for (const Fiber& g : L.fibers) {
+        if (g.wait != Wait::Grid) {
+          other = &g;
+          break;
+        }
+      }
+    }
+    if (other == nullptr) continue;
+    const bool divergence = f.wait == Wait::Barrier && other->wait == Wait::Exited;
+    fail(L, std::string(divergence ? "barrier divergence: " : "deadlock: ") + coords(f) + " " + describe(f) +
+                ", but " + coords(*other) + " " + describe(*other));
+    return;
+  }
+  fail(L, "deadlock: no thread can make progress");
+}
+
+// Releases complete barriers. Returns false when every thread has exited; on divergence
+// or deadlock marks the launch failed.
+bool resolve(Launch& L) {
+  if (L.exited == L.fibers.size()) return false;
+  bool released = false;
+  for (Block& b : L.blocks) {
+    if (b.at_barrier == 0 || b.at_barrier + b.exited != b.nthreads) continue;
+    Fiber* first = nullptr;
+    for (unsigned t = 0; t < b.nthreads; ++t) {
+      if (b.fibers[t].wait == Wait::Barrier) {
+        first = &b.fibers[t];
+        break;
+      }
+    }
+    for (unsigned t = 0; t < b.nthreads; ++t) {
+      const Fiber& g = b.fibers[t];
+      if (g.wait == Wait::Exited) {
+        fail(L, "barrier divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
+                    " has exited");
+        return true;
+      }
+      if (!same_site(g.where, first->where)) {
+        fail(L, "barrier divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) + " " +
+                    describe(g));
+        return true;
+      }
+    }
+    for (unsigned t = 0; t < b.nthreads; ++t) make_ready(L, &b.fibers[t]);
+    b.at_barrier = 0;
+    released = true;
+  }
+  if (released) return true;
+  if (L.at_grid > 0 && L.at_grid + L.exited == L.fibers.size()) {
+    if (L.exited > 0) {
+      const Fiber* waiting = nullptr;
+      const Fiber* gone = nullptr;
+      for (const Fiber& f : L.fibers) {
+        if (f.wait == Wait::Grid && waiting == nullptr) waiting = &f;
+        if (f.wait == Wait::Exited && gone == nullptr) gone = &f;
+      }
+      fail(L, "grid barrier divergence: " + coords(*waiting) + " " + describe(*waiting) + ", but " + coords(*gone) +
+                  " has exited");
+      return true;
+    }
+    for (Fiber& f : L.fibers) make_ready(L, &f);
+    L.at_grid = 0;
+    return true;
+  }
+  diagnose_deadlock(L);
+  return true;
+}
+
+void order_ready(Launch& L) {
+  auto& r = L.ready;
+  switch (L.mode) {
+    case Schedule::Forward:
+      std::sort(r.begin(), r.end(), [](const Fiber* a, const Fiber* b) { return a->index < b->index; });
+      break;
+    case Schedule::Reverse:
+      std::sort(r.begin(), r.end(), [](const Fiber* a, const Fiber* b) { return a->index > b->index; });
+      break;
+    case Schedule::Shuffle:
+      std::sort(r.begin(), r.end(), [](const Fiber* a, const Fiber* b) { return a->index < b->index; });
+      std::shuffle(r.begin(), r.end(), L.rng);
+      break;
+  }
+}
+
+uint3 unflatten(unsigned long long i, dim3 d) {
+  return uint3{static_cast<unsigned>(i % d.x), static_cast<unsigned>((i / d.x) % d.y),
+               static_cast<unsigned>(i / (static_cast<unsigned long long>(d.x) * d.y))};
+}
+
+void* allocate_shared(std::size_t bytes, std::size_t align) {
+  void* p = ::operator new(bytes, std::align_val_t(align));
+  std::memset(p, 0xff, bytes);  // poison: NaN for float, double, half and bfloat16
+  return p;
+}
+
+// Runs a set of blocks that are co-resident (one block, or the whole cooperative grid).
+void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
+  const unsigned T = L.threads_per_block;
+  L.blocks.clear();
+  L.fibers.clear();
+  L.blocks = std::vector<Block>(block_ids.size());
+  L.fibers = std::vector<Fiber>(block_ids.size() * T);
+  L.ready.clear();
+  L.exited = 0;
+  L.at_grid = 0;
+  struct StackReturn {
+    Launch& L;
+    ~StackReturn() {
+      for (Fiber& f : L.fibers) {
+        if (f.stack.mapping != nullptr) release_stack(f.stack);
+        f.stack = Stack{};
+      }
+    }
+  } stack_return{L};
+  for (std::size_t b = 0; b < block_ids.size(); ++b) {
+    Block& blk = L.blocks[b];
+    blk.idx = unflatten(block_ids[b], L.req.grid);
+    blk.fibers = &L.fibers[b * T];
+    blk.nthreads = T;
+    blk.dynamic_bytes = L.req.dynamic_smem;
+    blk.dynamic = allocate_shared(L.req.dynamic_smem, 16);
+    for (unsigned t = 0; t < T; ++t) {
+      Fiber& f = blk.fibers[t];
+      f.thread_idx = unflatten(t, L.req.block);
+      f.block_idx = blk.idx;
+      f.block_dim = L.req.block;
+      f.grid_dim = L.req.grid;
+      f.launch = &L;
+      f.block = &blk;
+      f.index = static_cast<unsigned>(b * T + t);
+      f.linear = t;
+      f.stack = acquire_stack();
+      make_context(f.ctx, f.stack, &fiber_main, &f);
+      L.ready.push_back(&f);
+    }
+  }
+  while (true) {
+    if (L.ready.empty() && !resolve(L)) break;
+    if (L.failed) throw_failure(L);
+    order_ready(L);
+    L.batch.swap(L.ready);
+    L.ready.clear();
+    for (Fiber* f : L.batch) {
+      resume(L, f);
+      if (L.failed) throw_failure(L);
+    }
+  }
+  for (const Block& blk : L.blocks) L.max_static_bytes = std::max(L.max_static_bytes, blk.static_bytes);
+}
+
+// ---------------------------------------------------------------------------------------
+// Global configuration: device properties, schedule, kernel registry.
+
+std::mutex config_mutex;
+DeviceProperties emulated_props;
+Schedule schedule_mode_value = Schedule::Forward;
+uint64_t schedule_seed_value = 0;
+uint64_t launches_since_schedule_set = 0;
+
+struct KernelEntry {
+  KernelAttributes attrs;
+  std::string name;
+};
+std::unordered_map<const void*, KernelEntry>& kernel_registry() {
+  static std::unordered_map<const void*, KernelEntry> registry;
+  return registry;
+}
+
+KernelEntry lookup_kernel(const void* kernel) {
+  std::lock_guard<std::mutex> lock(config_mutex);
+  auto it = kernel_registry().find(kernel);
+  if (it != kernel_registry().end()) return it->second;
+  char name[48];
+  std::snprintf(name, sizeof name, "<kernel %p>", kernel);
+  return KernelEntry{KernelAttributes{}, name};
+}
+
+}  // namespace
+
+[[noreturn]] void outside_kernel(const char* what) {
+  throw Error(std::string("simt: ") + what + " used outside an emulated kernel");
+}
+
+void syncthreads(const std::source_location& where) {
+  Fiber* f = running_fiber("__syncthreads");
+  f->wait = Wait::Barrier;
+  f->where = where;
+  f->block->at_barrier++;
+  yield(f);
+}
+
+void grid_sync(const std::source_location& where) {
+  Fiber* f = running_fiber("simt::grid_sync");
+  if (!f->launch->req.cooperative) {
+    fault("simt::grid_sync", where, "the kernel was not launched with simt::launch_cooperative");
+  }
+  f->wait = Wait::Grid;
+  f->where = where;
+  f->launch->at_grid++;
+  yield(f);
+}
+
+uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int width,
+                       const std::source_location& where) {
+  const char* name = op_name(op);
+  Fiber* f = running_fiber(name);
+  Block& b = *f->block;
+  const unsigned lane = f->linear & 31u;
+  const unsigned base = f->linear & ~31u;
+  const unsigned lanes = std::min(32u, b.nthreads - base);
+  const unsigned existing = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+  if (!(mask >> lane & 1u)) fault(name, where, "mask " + hex(mask) + " excludes the calling lane " + std::to_string(lane));
+  if (mask & ~existing) {
+    const unsigned l = static_cast<unsigned>(__builtin_ctz(mask & ~existing));
+    fault(name, where, "mask " + hex(mask) + " names inactive lane " + std::to_string(l) + " (warp " +
+                           std::to_string(base / 32) + " of the block has " + std::to_string(lanes) + " threads)");
+  }
+  if (op != WarpOp::Sync && op != WarpOp::Ballot && (width < 1 || width > 32 || (width & (width - 1)) != 0)) {
+    fault(name, where, "width " + std::to_string(width) + " is not a power of two in [1, 32]");
+  }
+  bool complete = true;
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(mask >> l & 1u) || l == lane) continue;
+    const Fiber& g = b.fibers[base + l];
+    if (g.wait == Wait::Exited) {
+      fault(name, where, "mask " + hex(mask) + " names inactive lane " + std::to_string(l) + ", which has exited");
+    }
+    if (g.wait == Wait::Warp && (g.op != op || g.mask != mask)) {
+      fault(name, where, "mask " + hex(mask) + " names lane " + std::to_string(l) + ", which " + describe(g) +
+                             " (the lanes of a warp op must call the same op with the same mask)");
+    }
+    if (g.wait != Wait::Warp) complete = false;
+  }
+  f->op = op;
+  f->mask = mask;
+  f->value = value;
+  f->param = param;
+  f->width = width;
+  f->where = where;
+  if (!complete) {
+    f->wait = Wait::Warp;
+    yield(f);
+    return f->result;
+  }
+  // Last lane to arrive: compute every lane's result and wake the others.
+  const auto w = static_cast<unsigned>(width);
+  uint64_t ballot = 0;
+  for (unsigned l = 0; l < 32; ++l) {
+    if ((mask >> l & 1u) && b.fibers[base + l].value != 0) ballot |= uint64_t{1} << l;
+  }
+  for (unsigned l = 0; l < 32; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    Fiber& g = b.fibers[base + l];
+    const unsigned segment = l & ~(w - 1);
+    unsigned src = l;
+    switch (op) {
+      case WarpOp::Sync:
+      case WarpOp::Ballot:
+        break;
+      case WarpOp::Shfl:
+        src = segment + (static_cast<unsigned>(param) & (w - 1));
+        break;
+      case WarpOp::ShflUp:
+        src = (l - segment) >= static_cast<unsigned>(param) ? l - static_cast<unsigned>(param) : l;
+        break;
+      case WarpOp::ShflDown:
+        src = (l - segment) + static_cast<unsigned>(param) < w ? l + static_cast<unsigned>(param) : l;
+        break;
+      case WarpOp::ShflXor:
+        src = l ^ static_cast<unsigned>(param);
+        if (src >= segment + w) src = l;  // later segments read their own value, as in CUDA
+        break;
+    }
+    if (!(mask >> src & 1u)) {
+      fault(name, where, "lane " + std::to_string(l) + " reads lane " + std::to_string(src) + ", which is not in mask " +
+                             hex(mask) + " (undefined in CUDA)");
+    }
+    g.result = op == WarpOp::Ballot ? ballot : b.fibers[base + src].value;
+  }
+  for (unsigned l = 0; l < 32; ++l) {
+    if ((mask >> l & 1u) && l != lane) make_ready(*f->launch, &b.fibers[base + l]);
+  }
+  f->wait = Wait::Ready;
+  return f->result;
+}
+
+void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where) {
+  Fiber* f = running_fiber("SIMT_SHARED");
+  Block& b = *f->block;
+  for (const SharedVar& v : b.statics) {
+    if (v.key == key) return v.ptr;
+  }
+  const Launch& L = *f->launch;
+  if (static_cast<int64_t>(b.static_bytes + bytes + b.dynamic_bytes) > L.props.shared_mem_per_block_optin) {
+    fault("SIMT_SHARED", where, "static (" + std::to_string(b.static_bytes + bytes) + " bytes) + dynamic (" +
+                                    std::to_string(b.dynamic_bytes) + " bytes) shared memory exceeds the per-block limit " +
+                                    std::to_string(L.props.shared_mem_per_block_optin) + " bytes");
+  }
+  void* p = allocate_shared(bytes, std::max<std::size_t>(align, 16));
+  b.statics.push_back(SharedVar{key, p, bytes, std::max<std::size_t>(align, 16)});
+  b.static_bytes += bytes;
+  return p;
+}
+
+void* block_dynamic_shared(const std::source_location&) { return running_fiber("SIMT_DYNAMIC_SHARED")->block->dynamic; }
+
+void kernel_check_failed(const char* condition, const std::string& message, const std::source_location& where) {
+  throw KernelFault("SIMT_KERNEL_CHECK(" + std::string(condition) + ") failed at " + site(where) + ": " + message);
+}
+
+bool register_kernel(const void* kernel, const char* name, int max_threads, int regs_per_thread) {
+  std::lock_guard<std::mutex> lock(config_mutex);
+  KernelEntry& e = kernel_registry()[kernel];
+  e.name = name;
+  e.attrs.max_threads_per_block = max_threads;
+  e.attrs.regs_per_thread = regs_per_thread;
+  return true;
+}
+
+KernelAttributes kernel_attributes(const void* kernel) { return lookup_kernel(kernel).attrs; }
+
+int max_active_blocks_per_sm(const void* kernel, int block_threads, std::size_t dynamic_smem) {
+  return detail::occupancy_model(device_properties(), kernel_attributes(kernel), block_threads,
+                                 static_cast<int64_t>(dynamic_smem));
+}
+
+void run_launch(const LaunchRequest& request) {
+  if (current_thread != nullptr || active_launch != nullptr) {
+    throw Error("simt: launch at " + site(request.where) + " from inside an emulated kernel (dynamic parallelism is not emulated)");
+  }
+  Launch L;
+  L.req = request;
+  L.props = device_properties();
+  const KernelEntry entry = lookup_kernel(request.kernel);
+  L.attrs = entry.attrs;
+  L.kernel_name = entry.name;
+  detail::validate_launch(L.props, L.attrs, request.grid, request.block, request.dynamic_smem, request.where);
+  L.threads_per_block = static_cast<unsigned>(detail::volume(request.block));
+  const unsigned long long blocks = detail::volume(request.grid);
+  if (request.cooperative) {
+    const int per_sm = detail::occupancy_model(L.props, L.attrs, static_cast<int>(L.threads_per_block),
+                                               static_cast<int64_t>(request.dynamic_smem));
+    detail::validate_cooperative(L.props, per_sm, request.grid, request.where);
+    if (blocks * L.threads_per_block > max_live_fibers()) {
+      throw Error("simt: cooperative launch at " + site(request.where) + " needs " +
+                  std::to_string(blocks * L.threads_per_block) + " co-resident emulated threads; the emulator holds at most " +
+                  std::to_string(max_live_fibers()) + " (emulate fewer SMs)");
+    }
+  }
+  uint64_t seed = 0;
+  {
+    std::lock_guard<std::mutex> lock(config_mutex);
+    L.mode = schedule_mode_value;
+    seed = schedule_seed_value * 0x9E3779B97F4A7C15ull + launches_since_schedule_set++;
+  }
+  L.rng.seed(seed);
+  active_launch = &L;
+  struct Deactivate {
+    ~Deactivate() { active_launch = nullptr; }
+  } deactivate;
+  const OverflowHandler overflow_handler;
+
+  std::vector<unsigned long long> order(blocks);
+  for (unsigned long long i = 0; i < blocks; ++i) order[i] = i;
+  if (L.mode == Schedule::Reverse) std::reverse(order.begin(), order.end());
+  if (L.mode == Schedule::Shuffle) std::shuffle(order.begin(), order.end(), L.rng);
+  if (request.cooperative) {
+    std::sort(order.begin(), order.end());  // fiber order within the session carries the schedule
+    run_session(L, order);
+  } else {
+    std::vector<unsigned long long> one(1);
+    for (unsigned long long id : order) {
+      one[0] = id;
+      run_session(L, one);
+    }
+  }
+  std::lock_guard<std::mutex> lock(config_mutex);
+  KernelEntry& e = kernel_registry()[request.kernel];
+  if (e.name.empty()) e.name = entry.name;
+  e.attrs.static_shared_bytes = std::max<int64_t>(e.attrs.static_shared_bytes, static_cast<int64_t>(L.max_static_bytes));
+}
+
+}  // namespace emu
+
+// ---------------------------------------------------------------------------------------
+
+DeviceProperties default_device_properties() { return DeviceProperties{}; }
+
+DeviceProperties device_properties() {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  return emu::emulated_props;
+}
+
+void set_device_properties(const DeviceProperties& p) {
+  auto require = [](bool ok, const char* what) {
+    if (!ok) throw Error(std::string("simt: invalid emulated device properties: ") + what);
+  };
+  require(p.sm_count >= 1, "sm_count must be >= 1");
+  require(p.warp_size == 32, "warp_size must be 32");
+  require(p.max_threads_per_block >= 32 && p.max_threads_per_block <= 1024, "max_threads_per_block must be in [32, 1024]");
+  require(p.max_threads_per_sm >= 32, "max_threads_per_sm must be >= 32");
+  require(p.max_blocks_per_sm >= 1, "max_blocks_per_sm must be >= 1");
+  require(p.shared_mem_per_block >= 0 && p.shared_mem_per_block <= p.shared_mem_per_block_optin,
+          "shared_mem_per_block must be in [0, shared_mem_per_block_optin]");
+  require(p.shared_mem_per_block_optin <= p.shared_mem_per_sm, "shared_mem_per_block_optin must be <= shared_mem_per_sm");
+  require(p.reserved_shared_mem_per_block >= 0, "reserved_shared_mem_per_block must be >= 0");
+  require(p.regs_per_block >= 1 && p.regs_per_sm >= p.regs_per_block, "need 1 <= regs_per_block <= regs_per_sm");
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  emu::emulated_props = p;
+}
+
+void reset_device_properties() {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  emu::emulated_props = DeviceProperties{};
+}
+
+void set_schedule(Schedule mode, uint64_t seed) {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  emu::schedule_mode_value = mode;
+  emu::schedule_seed_value = seed;
+  emu::launches_since_schedule_set = 0;
+}
+
+Schedule schedule_mode() {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  return emu::schedule_mode_value;
+}
+
+uint64_t schedule_seed() {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  return emu::schedule_seed_value;
+}
+
+}  // namespace simt

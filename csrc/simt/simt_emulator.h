@@ -1,0 +1,349 @@
+// simt_emulator.h — the g++ side of simt.cuh: CUDA's kernel-facing primitives on the CPU.
+//
+// Every CUDA thread of a launch runs as a fiber on the calling OS thread
+// (simt_emulator.cpp). Blocking primitives (__syncthreads, warp ops, grid sync) record
+// what the thread waits for and switch to the launch's scheduler, which resumes threads
+// in forward, reverse or seeded-shuffle order between barriers and turns divergence and
+// deadlock into errors that name block, thread, operation and file:line.
+// Include simt.cuh, not this file.
+#pragma once
+
+#if defined(__CUDACC__)
+#error "simt_emulator.h is for g++; nvcc uses simt_cuda.cuh"
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <source_location>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace simt {
+
+namespace emu {
+
+// The part of an emulated thread's state that kernels read through the builtins.
+struct ThreadHead {
+  uint3 thread_idx;
+  uint3 block_idx;
+  dim3 block_dim;
+  dim3 grid_dim;
+};
+
+// The emulated thread running on this OS thread (null outside a kernel). __thread, not
+// thread_local: no dynamic initialisation, so reads need no TLS wrapper call.
+extern __thread ThreadHead* current_thread;
+
+[[noreturn]] void outside_kernel(const char* what);
+
+inline const ThreadHead& head(const char* what) {
+  ThreadHead* t = current_thread;
+  if (t == nullptr) outside_kernel(what);
+  return *t;
+}
+
+enum class WarpOp : uint8_t { Sync, Shfl, ShflUp, ShflDown, ShflXor, Ballot };
+
+// Blocking primitives, implemented in simt_emulator.cpp.
+void syncthreads(const std::source_location& where);
+uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int width,
+                       const std::source_location& where);
+void grid_sync(const std::source_location& where);
+void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where);
+void* block_dynamic_shared(const std::source_location& where);
+[[noreturn]] void kernel_check_failed(const char* condition, const std::string& message,
+                                      const std::source_location& where);
+
+// Type-erased launch: run_launch calls invoke(bound) once per emulated thread.
+struct LaunchRequest {
+  const void* kernel;
+  void (*invoke)(void* bound);
+  void* bound;
+  dim3 grid;
+  dim3 block;
+  std::size_t dynamic_smem;
+  bool cooperative;
+  std::source_location where;
+};
+void run_launch(const LaunchRequest& request);
+
+template <class T>
+uint64_t to_bits(T value) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= sizeof(uint64_t),
+                "warp shuffles move trivially copyable values of at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  return bits;
+}
+
+template <class T>
+T from_bits(uint64_t bits) {
+  T value;
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+// ---- Builtins and intrinsics, spelled as in CUDA (brought to global scope below) ----
+
+constexpr int warpSize = 32;
+
+inline void __syncthreads(std::source_location where = std::source_location::current()) { syncthreads(where); }
+
+inline void __syncwarp(unsigned mask = 0xffffffffu, std::source_location where = std::source_location::current()) {
+  warp_exchange(WarpOp::Sync, mask, 0, 0, warpSize, where);
+}
+
+template <class T>
+T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize,
+              std::source_location where = std::source_location::current()) {
+  return from_bits<T>(warp_exchange(WarpOp::Shfl, mask, to_bits(var), src_lane, width, where));
+}
+
+template <class T>
+T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                 std::source_location where = std::source_location::current()) {
+  return from_bits<T>(warp_exchange(WarpOp::ShflUp, mask, to_bits(var), static_cast<int>(delta), width, where));
+}
+
+template <class T>
+T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                   std::source_location where = std::source_location::current()) {
+  return from_bits<T>(warp_exchange(WarpOp::ShflDown, mask, to_bits(var), static_cast<int>(delta), width, where));
+}
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,
+                  std::source_location where = std::source_location::current()) {
+  return from_bits<T>(warp_exchange(WarpOp::ShflXor, mask, to_bits(var), lane_mask, width, where));
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate,
+                              std::source_location where = std::source_location::current()) {
+  return static_cast<unsigned>(warp_exchange(WarpOp::Ballot, mask, predicate != 0, 0, warpSize, where));
+}
+
+inline int __any_sync(unsigned mask, int predicate, std::source_location where = std::source_location::current()) {
+  return __ballot_sync(mask, predicate, where) != 0;
+}
+
+inline int __all_sync(unsigned mask, int predicate, std::source_location where = std::source_location::current()) {
+  return __ballot_sync(mask, predicate, where) == mask;
+}
+
+// Atomics. All threads of a launch share one OS thread and switch only inside blocking
+// primitives, so a plain read-modify-write is atomic with respect to the other threads.
+template <class T>
+T atomic_rmw_add(T* address, T value) {
+  T old = *address;
+  *address = old + value;
+  return old;
+}
+inline int atomicAdd(int* a, int v) { return atomic_rmw_add(a, v); }
+inline unsigned atomicAdd(unsigned* a, unsigned v) { return atomic_rmw_add(a, v); }
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return atomic_rmw_add(a, v); }
+inline float atomicAdd(float* a, float v) { return atomic_rmw_add(a, v); }
+inline double atomicAdd(double* a, double v) { return atomic_rmw_add(a, v); }
+
+template <class T>
+T atomic_rmw_max(T* address, T value) {
+  T old = *address;
+  if (value > old) *address = value;
+  return old;
+}
+template <class T>
+T atomic_rmw_min(T* address, T value) {
+  T old = *address;
+  if (value < old) *address = value;
+  return old;
+}
+inline int atomicMax(int* a, int v) { return atomic_rmw_max(a, v); }
+inline unsigned atomicMax(unsigned* a, unsigned v) { return atomic_rmw_max(a, v); }
+inline long long atomicMax(long long* a, long long v) { return atomic_rmw_max(a, v); }
+inline unsigned long long atomicMax(unsigned long long* a, unsigned long long v) { return atomic_rmw_max(a, v); }
+inline int atomicMin(int* a, int v) { return atomic_rmw_min(a, v); }
+inline unsigned atomicMin(unsigned* a, unsigned v) { return atomic_rmw_min(a, v); }
+inline long long atomicMin(long long* a, long long v) { return atomic_rmw_min(a, v); }
+inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v) { return atomic_rmw_min(a, v); }
+
+template <class T>
+T atomic_rmw_exch(T* address, T value) {
+  T old = *address;
+  *address = value;
+  return old;
+}
+inline int atomicExch(int* a, int v) { return atomic_rmw_exch(a, v); }
+inline unsigned atomicExch(unsigned* a, unsigned v) { return atomic_rmw_exch(a, v); }
+inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return atomic_rmw_exch(a, v); }
+inline float atomicExch(float* a, float v) { return atomic_rmw_exch(a, v); }
+
+template <class T>
+T atomic_rmw_cas(T* address, T compare, T value) {
+  T old = *address;
+  if (old == compare) *address = value;
+  return old;
+}
+inline int atomicCAS(int* a, int c, int v) { return atomic_rmw_cas(a, c, v); }
+inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return atomic_rmw_cas(a, c, v); }
+inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) {
+  return atomic_rmw_cas(a, c, v);
+}
+
+// Fences and read-only loads: every emulated thread shares one OS thread and memory is
+// coherent, so these are plain operations.
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+// Bit intrinsics.
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+
+// Device math CUDA has and the C library lacks (tanhf, expf, fmaf come from <cmath>).
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+inline float __fdividef(float x, float y) { return x / y; }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+
+}  // namespace emu
+
+// Grid-wide barrier of a cooperative launch.
+inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
+
+}  // namespace simt
+
+using simt::emu::warpSize;
+using simt::emu::__syncthreads;
+using simt::emu::__syncwarp;
+using simt::emu::__shfl_sync;
+using simt::emu::__shfl_up_sync;
+using simt::emu::__shfl_down_sync;
+using simt::emu::__shfl_xor_sync;
+using simt::emu::__ballot_sync;
+using simt::emu::__any_sync;
+using simt::emu::__all_sync;
+using simt::emu::atomicAdd;
+using simt::emu::atomicMax;
+using simt::emu::atomicMin;
+using simt::emu::atomicExch;
+using simt::emu::atomicCAS;
+using simt::emu::__threadfence;
+using simt::emu::__threadfence_block;
+using simt::emu::__ldg;
+using simt::emu::__popc;
+using simt::emu::__popcll;
+using simt::emu::__ffs;
+using simt::emu::__clz;
+using simt::emu::rsqrtf;
+using simt::emu::rsqrt;
+using simt::emu::__fdividef;
+using simt::emu::__saturatef;
+
+#define threadIdx (::simt::emu::head("threadIdx").thread_idx)
+#define blockIdx (::simt::emu::head("blockIdx").block_idx)
+#define blockDim (::simt::emu::head("blockDim").block_dim)
+#define gridDim (::simt::emu::head("gridDim").grid_dim)
+
+// Static shared memory, one instance per block: SIMT_SHARED(float[32][33], tile);
+// The address of a function-local static identifies the declaration.
+#define SIMT_SHARED(T, name)                                                                   \
+  static const char SIMT_CAT(simt_shared_key_, __LINE__) = 0;                                  \
+  ::std::type_identity_t<T>& name = *static_cast<::std::type_identity_t<T>*>(                  \
+      ::simt::emu::block_static_shared(&SIMT_CAT(simt_shared_key_, __LINE__), sizeof(T), alignof(T), \
+                                       ::std::source_location::current()))
+
+// The launch's dynamic shared memory (one instance per block) as a T*.
+#define SIMT_DYNAMIC_SHARED(T, name) \
+  T* name = static_cast<T*>(::simt::emu::block_dynamic_shared(::std::source_location::current()))
+
+#define SIMT_KERNEL_CHECK(cond, msg)                                                               \
+  do {                                                                                             \
+    if (!(cond)) ::simt::emu::kernel_check_failed(#cond, (msg), ::std::source_location::current()); \
+  } while (0)
+
+// SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, kernel): the launch bounds and a
+// register estimate the emulator uses for validation and its occupancy model. Place it
+// after the kernel's definition, at namespace scope; a template kernel names one
+// instantiation per use (the kernel is the last, variadic argument so commas are fine).
+#define SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, ...)                                    \
+  [[maybe_unused]] static const bool SIMT_CAT(simt_kernel_attributes_, __LINE__) =                  \
+      ::simt::emu::register_kernel(reinterpret_cast<const void*>(&__VA_ARGS__), #__VA_ARGS__, (max_threads), \
+                                   (regs_per_thread))
+
+namespace simt {
+
+// The emulated device (configurable) and schedule.
+DeviceProperties device_properties();
+void set_device_properties(const DeviceProperties& p);
+void reset_device_properties();
+DeviceProperties default_device_properties();
+
+enum class Schedule { Forward, Reverse, Shuffle };
+void set_schedule(Schedule mode, uint64_t seed);
+Schedule schedule_mode();
+uint64_t schedule_seed();
+
+// Cost of one fiber switch (nanoseconds), measured over `switches` switches.
+double measure_fiber_switch_ns(int64_t switches);
+
+namespace emu {
+
+bool register_kernel(const void* kernel, const char* name, int max_threads, int regs_per_thread);
+KernelAttributes kernel_attributes(const void* kernel);
+
+template <class... P>
+struct BoundKernel {
+  void (*fn)(P...);
+  std::tuple<std::decay_t<P>...> args;
+  static void invoke(void* self) {
+    auto* b = static_cast<BoundKernel*>(self);
+    std::apply([b](const auto&... a) { b->fn(a...); }, b->args);
+  }
+};
+
+template <class... P, class... A>
+void launch_impl(bool cooperative, void (*kernel)(P...), const GridDim& grid, dim3 block, std::size_t dynamic_smem,
+                 A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "simt::launch: wrong number of kernel arguments");
+  BoundKernel<P...> bound{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+  LaunchRequest r{reinterpret_cast<const void*>(kernel), &BoundKernel<P...>::invoke, &bound, grid.dims, block,
+                  dynamic_smem, cooperative, grid.where};
+  run_launch(r);
+}
+
+int max_active_blocks_per_sm(const void* kernel, int block_threads, std::size_t dynamic_smem);
+
+}  // namespace emu
+
+template <class... P>
+KernelAttributes kernel_attributes(void (*kernel)(P...)) {
+  return emu::kernel_attributes(reinterpret_cast<const void*>(kernel));
+}
+
+template <class... P>
+int max_active_blocks_per_sm(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem) {
+  return emu::max_active_blocks_per_sm(reinterpret_cast<const void*>(kernel), block_threads, dynamic_smem);
+}
+
+// Runs the grid on the CPU; blocks run one after another (any order is valid for a
+// non-cooperative launch, and the schedule picks it).
+template <class... P, class... A>
+void launch(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  emu::launch_impl(false, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+}
+
+// Runs all blocks of the grid interleaved (they must be co-resident for grid_sync);
+// fails like cudaLaunchCooperativeKernel when the grid is larger than the device holds.
+template <class... P, class... A>
+void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
+  emu::launch_impl(true, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+}
+
+}  // namespace simt

@@ -1,0 +1,429 @@
+"""Tests of the SIMT emulator (csrc/simt/): the CUDA self-test kernels run on the CPU.
+
+Known-good kernels must be correct and bitwise equal under every thread schedule;
+known-bad kernels must be caught (an error naming block, thread, operation and
+file:line, or results that differ across schedules). Launch validation, occupancy and
+the emulated device are checked too. On a machine with a GPU the same kernels also run
+on CUDA tensors and must match the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import rnn_fused  # noqa: F401  (loads the extension)
+from rnn_fused import simt
+
+KERNEL_SITE = r"selftest_kernels\.cuh:\d+"
+LAUNCH_SITE = r"selftest_launch\.h:\d+"
+COORDS = r"block \(\d+,\d+,\d+\) thread \(\d+,\d+,\d+\)"
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
+
+
+@pytest.fixture(autouse=True)
+def fresh_emulator():
+    """Every test starts from the default device and forward schedule, and leaves them so."""
+    simt.reset_device_properties()
+    with simt.schedule("forward"):
+        yield
+    simt.reset_device_properties()
+
+
+def each_schedule(run):
+    """run() under every schedule; asserts the results are bitwise equal; returns them."""
+    results = []
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            out = run()
+        results.append(out if isinstance(out, tuple) else (out,))
+    first = results[0]
+    for (mode, seed), other in zip(simt.ALL_SCHEDULES[1:], results[1:]):
+        for a, b in zip(first, other):
+            assert torch.equal(a, b), f"result under schedule {mode}/{seed} differs from forward"
+    return first if len(first) > 1 else first[0]
+
+
+def stencil_reference(x: torch.Tensor, steps: int) -> torch.Tensor:
+    cur = x.clone()
+    for _ in range(steps):
+        left = torch.cat([cur.new_zeros(1), cur[:-1]])
+        right = torch.cat([cur[1:], cur.new_zeros(1)])
+        cur = 0.5 * cur + 0.25 * (left + right)  # 0.5*cur is exact, so this equals fmaf
+    return cur
+
+
+# ---- known-good kernels -----------------------------------------------------------------
+
+@pytest.mark.parametrize("block_threads", [32, 96, 256, 1024])
+def test_warp_reduce(block_threads):
+    x = torch.randn(3 * block_threads, generator=torch.Generator().manual_seed(block_threads))
+    sums = each_schedule(lambda: simt.warp_reduce(x, block_threads))
+    expected = x.double().view(3, block_threads).sum(1)
+    torch_err = (x.view(3, block_threads).sum(1).double() - expected).abs().max().item()
+    tol = max(2 * torch_err, 4 * block_threads * 2**-24 * x.abs().max().item())
+    assert (sums.double() - expected).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (32, 32), (70, 45), (33, 100)])
+def test_transpose(shape):
+    x = torch.randn(*shape)
+    out = each_schedule(lambda: simt.transpose(x))
+    assert torch.equal(out, x.t())
+
+
+@pytest.mark.parametrize("sm_count", [2, 3, 4])
+def test_grid_stencil_multi_block_grid_sync(sm_count):
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(sm_count))
+    # A small GPU: 2 blocks of 128 threads per SM, so the planner needs a grid-stride loop.
+    with simt.emulated_device(sm_count=sm_count, max_threads_per_sm=256):
+        out, plan = each_schedule(lambda: simt.grid_stencil(x, steps=9, block_threads=128))
+    assert plan.tolist() == [2 * sm_count, 2, sm_count]
+    assert torch.equal(out, stencil_reference(x, 9))
+
+
+def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
+    x = torch.randn(1000)
+    out, plan = simt.grid_stencil(x, steps=4, block_threads=256)
+    assert plan.tolist() == [4, 8, 132]
+    assert torch.equal(out, stencil_reference(x, 4))
+
+
+def test_atomics_global_and_shared():
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 37, (1000,), generator=g, dtype=torch.int32)
+    hist, maxima, total = each_schedule(lambda: simt.atomics(values, bins=37, blocks=3, block_threads=64))
+    assert torch.equal(hist, torch.bincount(values, minlength=37).int())
+    assert maxima.tolist() == [values.max().item()] * 2
+    assert total.item() == float(values.sum().item())  # integers < 2^24: exact in any order
+
+
+def test_warp_scan_and_ballot():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-8, 9, (4 * 64,), generator=g).float()  # integer-valued: sums are exact
+    scan, ballot = each_schedule(lambda: simt.warp_scan(x, block_threads=64))
+    assert torch.equal(scan, x.view(-1, 32).cumsum(1).view(-1))
+    bits = ((x.view(-1, 32) > 0).long() << torch.arange(32)).sum(1)
+    assert torch.equal(ballot.long() & 0xFFFFFFFF, bits)
+
+
+def test_device_math_and_16_bit_conversions():
+    x = torch.linspace(-6, 6, 301)
+    y, half, bf16 = simt.device_math(x)
+    xd = x.double()
+    expected = torch.tanh(xd) * torch.exp(-xd.abs()) + torch.rsqrt(1 + xd * xd)
+    torch_err = ((torch.tanh(x) * torch.exp(-x.abs()) + torch.rsqrt(1 + x * x)).double() - expected).abs().max()
+    assert (y.double() - expected).abs().max() <= max(2 * torch_err.item(), 4 * 2**-24)
+    assert torch.equal(half, y.half().float())
+    assert torch.equal(bf16, y.bfloat16().float())
+
+
+def barrier_loop_reference(x: torch.Tensor, block_threads: int, rounds: int) -> torch.Tensor:
+    v = x.view(-1, block_threads).clone()
+    for _ in range(rounds):
+        v = 0.5 * v + 0.25 * torch.roll(v, -1, dims=1)
+    return v.view(-1)
+
+
+def test_barrier_loop():
+    x = torch.randn(3 * 96)
+    out = each_schedule(lambda: simt.barrier_loop(x, 96, 20))
+    assert torch.equal(out, barrier_loop_reference(x, 96, 20))
+
+
+# ---- known-bad kernels ------------------------------------------------------------------
+
+def assert_fault(fault, pattern, blocks=2, block_threads=64, x=None):
+    if x is None:
+        x = torch.randn(blocks * block_threads)
+    with pytest.raises(RuntimeError) as info:
+        simt.faulty(fault, x, blocks, block_threads)
+    message = str(info.value)
+    assert re.search(pattern, message), message
+    assert re.search(COORDS, message), message
+    assert re.search(KERNEL_SITE, message), message
+    assert re.search(LAUNCH_SITE, message), message
+    return message
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_divergent_barrier_is_an_error(mode, seed):
+    with simt.schedule(mode, seed):
+        message = assert_fault("divergent_barrier", r"barrier divergence: .* waits at __syncthreads")
+    sites = re.findall(KERNEL_SITE, message)
+    assert len(set(sites)) == 2, message  # both call sites are named
+
+
+def test_exit_before_barrier_is_an_error():
+    assert_fault("exit_before_barrier", r"barrier divergence: .*waits at __syncthreads.*thread \(5,0,0\) has exited")
+
+
+def test_missing_barrier_differs_across_schedules():
+    x = torch.arange(64, dtype=torch.float32) + 1
+    results = []
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            results.append(simt.faulty("missing_barrier", x, 1, 64))
+    distinct = {tuple(r.tolist()) for r in results}
+    assert len(distinct) > 1, "the emulator did not expose the missing __syncthreads"
+    # Forward order: every thread but the last reads a neighbour that has not written yet,
+    # i.e. uninitialised shared memory, which the emulator fills with NaN.
+    assert torch.isnan(results[0][:-1]).all()
+    assert results[0][-1].item() == 1.0
+
+
+def test_uninitialised_shared_memory_is_nan():
+    # The reverse schedule runs thread 63 first: it reads cells[0] before thread 0 wrote it.
+    with simt.schedule("reverse"):
+        out = simt.faulty("missing_barrier", torch.ones(64), 1, 64)
+    assert torch.isnan(out[63])
+    assert torch.equal(out[:63], torch.ones(63))
+
+
+def test_shuffle_naming_inactive_lane_is_an_error():
+    assert_fault("inactive_lane", r"__shfl_sync at .*mask 0xffffffff names inactive lane 16", block_threads=48)
+
+
+def test_shuffle_mask_excluding_caller_is_an_error():
+    assert_fault("mask_excludes_caller", r"__shfl_sync at .*mask 0xfffffffe excludes the calling lane 0")
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_shuffle_with_exited_lane_is_an_error(mode, seed):
+    with simt.schedule(mode, seed):
+        assert_fault("exited_lane", r"__shfl_xor_sync .*lane 3.*exited|lane 3.*has exited")
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_mismatched_warp_ops_are_an_error(mode, seed):
+    with simt.schedule(mode, seed):
+        assert_fault("mismatched_warp_ops", r"(__shfl_sync|__ballot_sync) at .*names lane \d+, which waits at "
+                     r"(__ballot_sync|__shfl_sync) .*same op with the same mask")
+
+
+def test_shuffle_reading_outside_its_mask_is_an_error():
+    assert_fault("shuffle_outside_mask", r"__shfl_sync at .*lane 0 reads lane 20, which is not in mask 0x0000ffff")
+
+
+def test_stack_overflow_names_the_thread():
+    # The process cannot continue after a fiber overflows its stack: run it in a child.
+    code = ("import torch, rnn_fused\n"
+            "rnn_fused.simt.faulty('stack_overflow', torch.ones(64), 2, 32)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    if os.environ.get("RNN_FUSED_SANITIZER_RUN") == "1":
+        # The ASan build leaves SIGSEGV to ASan, which reports the overflow itself.
+        assert "ERROR: AddressSanitizer" in proc.stderr, proc.stderr
+        return
+    assert re.search(r"simt: stack overflow \(128 KiB fiber stack\) in block \(\d+,0,0\) thread \(\d+,0,0\) "
+                     r"of the kernel launched at .*" + LAUNCH_SITE, proc.stderr), proc.stderr
+
+
+def test_warp_op_against_barrier_deadlock_is_an_error():
+    assert_fault("warp_barrier_deadlock", r"deadlock: .*__syncthreads.*__syncwarp|deadlock: .*__syncwarp.*__syncthreads")
+
+
+def test_grid_sync_without_cooperative_launch_is_an_error():
+    assert_fault("grid_sync_not_cooperative", r"simt::grid_sync at .*not launched with simt::launch_cooperative")
+
+
+def test_grid_sync_with_exited_block_is_an_error():
+    assert_fault("grid_sync_block_exits", r"grid barrier divergence: .*simt::grid_sync.*block \(1,0,0\).*has exited")
+
+
+def test_exception_in_kernel_surfaces_with_coordinates():
+    x = torch.ones(128)
+    x[77] = -1.0
+    with pytest.raises(RuntimeError) as info:
+        simt.faulty("kernel_check", x, 2, 64)
+    message = str(info.value)
+    assert re.search(r"SIMT_KERNEL_CHECK\(x\[i\] >= 0.0f\) failed at .*" + KERNEL_SITE, message), message
+    assert "block (1,0,0) thread (13,0,0)" in message
+    assert "input must be non-negative" in message
+
+
+def test_emulator_recovers_after_an_error():
+    with pytest.raises(RuntimeError):
+        simt.faulty("divergent_barrier", torch.ones(128), 2, 64)
+    x = torch.randn(2 * 96)
+    assert torch.equal(simt.barrier_loop(x, 96, 3), barrier_loop_reference(x, 96, 3))
+
+
+def test_launches_from_several_os_threads():
+    # Each OS thread runs its own launches (fibers, stacks, current thread are per thread).
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [torch.randn(2 * 96, generator=torch.Generator().manual_seed(k)) for k in range(8)]
+
+    def work(x):
+        return simt.barrier_loop(x, 96, 30), simt.warp_reduce(x, 96)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(work, inputs))
+    for x, (mixed, sums) in zip(inputs, results):
+        assert torch.equal(mixed, barrier_loop_reference(x, 96, 30))
+        assert torch.equal(sums, simt.warp_reduce(x, 96))
+
+
+# ---- launches, occupancy, device properties ---------------------------------------------
+
+def test_cooperative_grid_too_large_is_an_error():
+    x = torch.randn(4000)
+    with simt.emulated_device(sm_count=2, max_threads_per_sm=256):
+        out, plan = simt.grid_stencil(x, 3, block_threads=128, blocks=4)  # exactly fits
+        assert plan.tolist() == [4, 2, 2]
+        assert torch.equal(out, stencil_reference(x, 3))
+        with pytest.raises(RuntimeError, match=r"cooperative launch too large at .*" + LAUNCH_SITE +
+                           r".*5 blocks but at most 4 \(2 per SM x 2 SMs\)"):
+            simt.grid_stencil(x, 3, block_threads=128, blocks=5)
+
+
+def test_cooperative_launch_unsupported_is_an_error():
+    with simt.emulated_device(cooperative_launch=False):
+        with pytest.raises(RuntimeError, match="does not support cooperative launches"):
+            simt.grid_stencil(torch.randn(100), 2)
+
+
+def test_launch_bounds_are_enforced():
+    assert torch.equal(simt.bounded(2, 128), torch.arange(128).float().repeat(2))
+    with pytest.raises(RuntimeError, match=r"256 threads per block exceed the kernel's launch bounds 128"):
+        simt.bounded(1, 256)
+    with pytest.raises(RuntimeError, match=r"exceed the kernel's launch bounds 128"):
+        simt.bounded(1, 16, 16)
+
+
+def test_invalid_dimensions_are_rejected():
+    with pytest.raises(RuntimeError, match="every block dimension must be at least 1"):
+        simt.bounded(1, 0)
+    with pytest.raises(RuntimeError, match="every grid dimension must be at least 1"):
+        simt.bounded(0, 32)
+    with simt.emulated_device(max_threads_per_block=64):
+        with pytest.raises(RuntimeError, match="96 threads per block exceed the device limit 64"):
+            simt.bounded(1, 96)
+
+
+def test_dynamic_shared_memory_limit():
+    props = simt.device_properties()
+    simt.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin)
+    with pytest.raises(RuntimeError, match=r"shared memory exceeds the per-block limit 232448 bytes"):
+        simt.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin + 1)
+    with simt.emulated_device(shared_mem_per_block_optin=64 * 1024, shared_mem_per_sm=100 * 1024):
+        with pytest.raises(RuntimeError, match="per-block limit 65536 bytes"):
+            simt.bounded(1, 32, dynamic_smem=64 * 1024 + 4)
+
+
+def test_static_plus_dynamic_shared_memory_limit():
+    # faulty_kernel has a 256-byte static array; its dynamic memory is 4 bytes per thread.
+    with simt.emulated_device(shared_mem_per_block=300, shared_mem_per_block_optin=300):
+        with pytest.raises(RuntimeError, match=r"shared memory exceeds the per-block limit 300 bytes"):
+            simt.faulty("missing_barrier", torch.ones(64), 1, 64)
+        # 256 static + 32 dynamic fits.
+        out = simt.faulty("missing_barrier", torch.ones(8), 1, 8)
+        assert out.shape == (8,)
+
+
+def test_occupancy_model():
+    # grid_stencil: 32 registers/thread, no shared memory.
+    assert simt.occupancy("grid_stencil", 128) == 16          # 2048 threads per SM
+    assert simt.occupancy("grid_stencil", 256) == 8
+    assert simt.occupancy("grid_stencil", 512) == 0           # above its launch bounds (256)
+    with simt.emulated_device(max_blocks_per_sm=4):
+        assert simt.occupancy("grid_stencil", 32) == 4         # block slots
+    # barrier_loop: shared memory limits it: 228 KB / (100 KB + 1 KB reserved) = 2.
+    assert simt.occupancy("barrier_loop", 128, 100 * 1024) == 2
+    assert simt.occupancy("barrier_loop", 128, 228 * 1024) == 0  # above the opt-in limit
+    # warp_reduce: 24 registers/thread -> 768 per warp; 1024 threads = 32 warps.
+    assert simt.occupancy("warp_reduce", 1024) == 2
+    with simt.emulated_device(regs_per_sm=32768, regs_per_block=32768):
+        assert simt.occupancy("warp_reduce", 1024) == 1
+    with simt.emulated_device(regs_per_sm=16384, regs_per_block=16384):
+        assert simt.occupancy("warp_reduce", 1024) == 0       # 24576 registers > per block
+
+
+def test_emulated_device_restores_and_validates():
+    default = simt.device_properties()
+    assert default == simt.DeviceProperties()
+    with simt.emulated_device(sm_count=3, shared_mem_per_block_optin=100 * 1024) as props:
+        assert simt.device_properties() == props
+        assert props.sm_count == 3 and props.max_threads_per_sm == default.max_threads_per_sm
+    assert simt.device_properties() == default
+    with pytest.raises(RuntimeError, match="sm_count must be >= 1"):
+        simt.set_device_properties(simt.DeviceProperties(sm_count=0))
+    assert simt.device_properties() == default
+
+
+def test_schedule_context_restores_and_validates():
+    assert simt.get_schedule() == ("forward", 0)
+    with simt.schedule("shuffle", 7):
+        assert simt.get_schedule() == ("shuffle", 7)
+    assert simt.get_schedule() == ("forward", 0)
+    with pytest.raises(ValueError):
+        with simt.schedule("sideways"):
+            pass
+    with pytest.raises(RuntimeError, match="mode must be"):
+        torch.ops.rnn_fused.simt_set_schedule("sideways", 0)
+
+
+def test_shuffle_schedule_is_reproducible_per_seed():
+    x = torch.arange(64, dtype=torch.float32) + 1
+    runs = {}
+    for seed in (1, 1, 2, 3):
+        with simt.schedule("shuffle", seed):
+            runs.setdefault(seed, []).append(simt.faulty("missing_barrier", x, 1, 64))
+    a, b = runs[1]
+    assert torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))
+    others = [runs[2][0].nan_to_num(-1), runs[3][0].nan_to_num(-1)]
+    assert any(not torch.equal(a.nan_to_num(-1), o) for o in others)
+
+
+# ---- speed ----------------------------------------------------------------------------
+
+def test_fiber_switch_is_well_under_a_microsecond():
+    ns = min(simt.fiber_switch_ns(200_000) for _ in range(3))
+    print(f"fiber switch: {ns:.1f} ns")
+    assert ns < 1000
+
+
+def test_launch_with_100_barriers_is_fast():
+    x = torch.randn(4 * 128)
+    simt.barrier_loop(x, 128, 1)  # warm the stack pool
+    start = time.perf_counter()
+    out = simt.barrier_loop(x, 128, 50)  # 4 blocks x 128 threads x 100 barriers
+    elapsed = time.perf_counter() - start
+    print(f"4 blocks x 128 threads x 100 barriers: {elapsed * 1e3:.1f} ms")
+    assert torch.equal(out, barrier_loop_reference(x, 128, 50))
+    assert elapsed < 1.0
+
+
+# ---- the same kernels on a real GPU ------------------------------------------------------
+
+@needs_cuda
+@pytest.mark.cuda
+def test_selftests_on_cuda_match_the_emulator():
+    x = torch.randn(4 * 256)
+    assert torch.allclose(simt.warp_reduce(x.cuda(), 256).cpu(), simt.warp_reduce(x, 256), rtol=1e-5, atol=1e-5)
+    a = torch.randn(70, 45)
+    assert torch.equal(simt.transpose(a.cuda()).cpu(), a.t())
+    out, plan = simt.grid_stencil(x.cuda(), 5)
+    assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
+    values = torch.randint(0, 37, (1000,), dtype=torch.int32)
+    hist, maxima, total = simt.atomics(values.cuda(), 37)
+    assert torch.equal(hist.cpu(), torch.bincount(values, minlength=37).int())
+    xs = torch.randint(-8, 9, (256,)).float()
+    scan, ballot = simt.warp_scan(xs.cuda())
+    assert torch.equal(scan.cpu(), simt.warp_scan(xs)[0])
+    assert torch.equal(ballot.cpu(), simt.warp_scan(xs)[1])
+    xm = torch.linspace(-6, 6, 301)
+    for got, want in zip(simt.device_math(xm.cuda()), simt.device_math(xm)):
+        assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
+    xb = torch.randn(4 * 128)
+    assert torch.equal(simt.barrier_loop(xb.cuda(), 128, 10).cpu(), barrier_loop_reference(xb, 128, 10))
+    with pytest.raises(RuntimeError, match="launch bounds 128"):
+        simt.bounded(1, 256, device="cuda")

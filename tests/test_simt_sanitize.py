@@ -1,0 +1,55 @@
+"""AddressSanitizer checks of the SIMT emulator; run by `make sanitize` only.
+
+`make sanitize` builds an ASan-instrumented copy of the extension (RNN_FUSED_SANITIZE=1)
+in build/sanitize and runs tests/test_simt.py there (good kernels must run clean: any
+ASan report aborts the run) plus this file, which asserts that out-of-bounds shared
+memory accesses in a kernel produce an ASan report. Each bad kernel runs in a child
+process because ASan aborts the process it reports in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RNN_FUSED_SANITIZER_RUN") != "1",
+    reason="AddressSanitizer checks run only under `make sanitize` (ASan build + LD_PRELOAD of libasan)",
+)
+
+
+def test_extension_is_asan_instrumented():
+    import rnn_fused
+
+    with open(rnn_fused._C.__file__, "rb") as f:
+        image = f.read()
+    assert b"__asan_report_store4" in image, f"{rnn_fused._C.__file__} is not an ASan build"
+    assert b"__sanitizer_start_switch_fiber" in image, "fiber switches are not annotated for ASan"
+
+
+@pytest.mark.parametrize(
+    "fault,access",
+    [("shared_out_of_bounds", "WRITE of size 4"), ("dynamic_shared_out_of_bounds", "READ of size 4")],
+)
+def test_shared_memory_out_of_bounds_is_reported(fault, access):
+    code = (
+        "import torch, rnn_fused\n"
+        f"rnn_fused.simt.faulty({fault!r}, torch.ones(64), 1, 64)\n"
+        "print('NO ASAN REPORT')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+    report = proc.stderr
+    assert proc.returncode != 0, f"the out-of-bounds kernel ran to completion:\n{proc.stdout}\n{report}"
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report
+    assert access in report, report
+    # The emulated shared array is 64 floats; the access is the element just past it,
+    # made from the kernel body.
+    assert re.search(r"0 bytes (after|to the right of) 256-byte region", report), report
+    assert re.search(r"SUMMARY: AddressSanitizer: heap-buffer-overflow .*selftest_kernels\.cuh:\d+ in faulty_kernel",
+                     report), report
+    assert "allocate_shared" in report, report  # the region is the emulator's shared memory
