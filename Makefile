@@ -23,7 +23,7 @@ test: build
 	$(BIN)/python -m pytest -q
 
 bench: build
-	$(BIN)/python benchmarks/cpu_side_by_side.py
+	$(BIN)/python -m rnn_fused bench
 
 # The ASan copy is CPU-only and -O0. libasan must be loaded before python's own libraries,
 # and libstdc++ with it so ASan's __cxa_throw interceptor finds the real one.
