@@ -211,3 +211,18 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
 
 SIMT_END_WORLD
 }  // namespace rnn_fused::simt_selftest
+
+// The known-good self-tests, registered for one dispatch key (CPU: emulated; CUDA: real).
+// The faulty kernels are emulation-only: on a GPU they would hang or trap.
+#define RNN_FUSED_REGISTER_GOOD_SELFTESTS(m)                               \
+  do {                                                                     \
+    namespace st = ::rnn_fused::simt_selftest;                             \
+    (m).impl("simt_selftest_warp_reduce", &st::warp_reduce);              \
+    (m).impl("simt_selftest_transpose", &st::transpose);                  \
+    (m).impl("simt_selftest_grid_stencil", &st::grid_stencil);            \
+    (m).impl("simt_selftest_atomics", &st::atomics);                      \
+    (m).impl("simt_selftest_warp_scan", &st::warp_scan);                  \
+    (m).impl("simt_selftest_device_math", &st::device_math);              \
+    (m).impl("simt_selftest_barrier_loop", &st::barrier_loop);            \
+    (m).impl("simt_selftest_bounded", &st::bounded);                      \
+  } while (0)

@@ -113,14 +113,6 @@ TORCH_LIBRARY_FRAGMENT(rnn_fused, m) {
 }
 
 TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
-  namespace st = ::rnn_fused::simt_selftest;
-  m.impl("simt_selftest_warp_reduce", &st::warp_reduce);
-  m.impl("simt_selftest_transpose", &st::transpose);
-  m.impl("simt_selftest_grid_stencil", &st::grid_stencil);
-  m.impl("simt_selftest_atomics", &st::atomics);
-  m.impl("simt_selftest_warp_scan", &st::warp_scan);
-  m.impl("simt_selftest_device_math", &st::device_math);
-  m.impl("simt_selftest_barrier_loop", &st::barrier_loop);
-  m.impl("simt_selftest_bounded", &st::bounded);
-  m.impl("simt_selftest_faulty", &st::faulty);
+  RNN_FUSED_REGISTER_GOOD_SELFTESTS(m);
+  m.impl("simt_selftest_faulty", &::rnn_fused::simt_selftest::faulty);
 }
