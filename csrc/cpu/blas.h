@@ -7,7 +7,10 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
+
+#include "cpu/activation.h"  // RNN_FUSED_SIMD_CLONES
 
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
@@ -46,30 +49,53 @@ constexpr int64_t kParallelStepMacs = int64_t(1) << 20;
 
 inline bool have_direct_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
-// Row-major C[rows, n] = A[rows, k] @ op(W), W row-major; op(W) = W^T if transpose_w
-// (W is [n, k]) else W (W is [k, n]). BLAS is column-major, so it computes C^T.
+// y[n] = x[k] @ w[k,n] for one row: n-wide multiply-adds over the rows of w, whose n
+// independent accumulators vectorize. About twice as fast as a BLAS call at the hidden
+// sizes of this loop, where the call's fixed cost dominates.
 template <typename scalar_t>
-inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n,
-                        int64_t k, bool transpose_w) {
+inline void vector_matrix_body(const scalar_t* __restrict x, const scalar_t* __restrict w,
+                               scalar_t* __restrict y, int64_t k, int64_t n) {
+  std::fill_n(y, n, scalar_t(0));
+  for (int64_t i = 0; i < k; ++i) {
+    const scalar_t xi = x[i];
+    const scalar_t* __restrict wi = w + i * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) y[j] += xi * wi[j];
+  }
+}
+
+RNN_FUSED_SIMD_CLONES inline void vector_matrix(const float* x, const float* w, float* y, int64_t k, int64_t n) {
+  vector_matrix_body(x, w, y, k, n);
+}
+RNN_FUSED_SIMD_CLONES inline void vector_matrix(const double* x, const double* w, double* y, int64_t k,
+                                                int64_t n) {
+  vector_matrix_body(x, w, y, k, n);
+}
+
+// Row-major c[rows,n] = a[rows,k] @ w[k,n]. BLAS is column-major, so it computes c^T.
+template <typename scalar_t>
+inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n, int64_t k) {
   if (rows == 0 || n == 0) return;
+  if (rows == 1) {
+    vector_matrix(a, w, c, k, n);
+    return;
+  }
   if (have_direct_blas()) {
-    const char ta = transpose_w ? 'T' : 'N', tb = 'N';
+    const char no_transpose = 'N';
     const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-    const int lda = static_cast<int>(transpose_w ? k : n), ldb = static_cast<int>(k), ldc = m_;
+    const int lda = m_, ldb = k_, ldc = m_;
     const scalar_t one = 1, zero = 0;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      sgemm_(&ta, &tb, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+      sgemm_(&no_transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
     } else {
-      dgemm_(&ta, &tb, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+      dgemm_(&no_transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
     }
     return;
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  at::Tensor a_t = at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options);
-  at::Tensor w_t = transpose_w ? at::from_blob(const_cast<scalar_t*>(w), {n, k}, options).t()
-                               : at::from_blob(const_cast<scalar_t*>(w), {k, n}, options);
   at::Tensor c_t = at::from_blob(c, {rows, n}, options);
-  at::mm_out(c_t, a_t, w_t);
+  at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options),
+             at::from_blob(const_cast<scalar_t*>(w), {k, n}, options));
 }
 
 }  // namespace rnn_fused::cpu

@@ -56,31 +56,19 @@ int64_t active_rows(const Lengths& len, int64_t s) {
          len.values.begin();
 }
 
-// rec[0:rows] = state[0:rows] @ W_hh^T;  state [rows,H], w_hh [H,H], rec [rows,H]
-template <typename scalar_t>
-void recurrent_matmul(const scalar_t* state, const scalar_t* w_hh, scalar_t* rec, int64_t rows, int64_t H) {
-  matmul_rows(state, w_hh, rec, rows, H, H, /*transpose_w=*/true);
-}
-
-// carry[0:rows] = dz[0:rows] @ W_hh, the gradient reaching h_{t-1} through W_hh;
-// dz [rows,H], w_hh [H,H], carry [rows,H]
-template <typename scalar_t>
-void recurrent_grad_matmul(const scalar_t* dz, const scalar_t* w_hh, scalar_t* carry, int64_t rows, int64_t H) {
-  matmul_rows(dz, w_hh, carry, rows, H, H, /*transpose_w=*/false);
-}
-
 // Forward time loop.
+// w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k)
 // out   [T,B,H]  in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
 // state [B,H]    in: h_0; out: h_n
 // rec   [B,H]    scratch
 template <typename scalar_t, Activation A>
-void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const scalar_t* w_hh,
+void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const scalar_t* w_hh_t,
                        scalar_t* out, scalar_t* state, scalar_t* rec) {
   const int64_t B = p.batch, H = p.hidden_size;
   const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
   for (int64_t s = 0; s < len.max_len; ++s) {
     const int64_t rows = active_rows(len, s);
-    recurrent_matmul(state, w_hh, rec, rows, H);
+    matmul_rows(state, w_hh_t, rec, rows, H, H);  // rec = h_{t-1} W_hh^T
     at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t length = len.values[b];
@@ -111,7 +99,8 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
   for (int64_t s = len.max_len - 1; s >= 0; --s) {
     const int64_t rows = active_rows(len, s);
     // Rows that were not active at s+1 hold dz_step = 0, so their carry is 0.
-    if (s + 1 < len.max_len) recurrent_grad_matmul(dz_step, w_hh, carry, rows, H);
+    // carry = dz_{s+1} W_hh: the gradient reaching h_{t-1} through W_hh.
+    if (s + 1 < len.max_len) matmul_rows(dz_step, w_hh, carry, rows, H, H);
     at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         const int64_t length = len.values[b];
@@ -167,7 +156,8 @@ std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
 
   const at::Tensor x = input.to(ct).contiguous();
   const at::Tensor w_ih = weight_ih.to(ct).contiguous();
-  const at::Tensor w_hh = weight_hh.to(ct).contiguous();
+  // Transposed once, so every step's product reads W_hh row by row.
+  const at::Tensor w_hh_t = weight_hh.to(ct).t().contiguous();
   at::Tensor out = at::empty({T, B, H}, x.options());
   at::Tensor state = hx.has_value() ? hx->to(ct).contiguous().clone() : at::zeros({B, H}, x.options());
   if (T > 0 && B > 0) {
@@ -182,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
     at::Tensor rec = at::empty({B, H}, x.options());
     AT_DISPATCH_FLOATING_TYPES(ct, "rnn_layer_forward_cpu", [&] {
       auto run = [&](auto act) {
-        forward_time_loop<scalar_t, decltype(act)::value>(p, len, w_hh.data_ptr<scalar_t>(),
+        forward_time_loop<scalar_t, decltype(act)::value>(p, len, w_hh_t.data_ptr<scalar_t>(),
                                                           out.data_ptr<scalar_t>(),
                                                           state.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>());
       };
