@@ -34,7 +34,13 @@ def _run(model, x, hx):
 
 
 @pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")
-def test_compiled_fullgraph_matches_eager():
+def test_compiled_fullgraph_matches_eager(monkeypatch):
+    # The compiled backward must run the fused BPTT op, not the differentiable step loop
+    # kept for double backward: make that path fail loudly if anything takes it.
+    def no_double_backward(*args):
+        raise AssertionError("the compiled backward took the double-backward path")
+
+    monkeypatch.setattr(rnn_fused.functional, "_differentiable_backward", no_double_backward)
     torch._dynamo.reset()
     model = Tagger()
     x, hx = torch.randn(4, 6, 5), torch.randn(4, 4, 8)
