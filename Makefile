@@ -1,6 +1,8 @@
 # make test   - create .venv, install pinned dependencies, build the extension, run the suite
 # make bench  - same set-up, then the main job (CPU benchmark table)
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
+# make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels
+#                  (benchmarks/nvcc_resource_usage.txt; no GPU needed)
 # make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests there
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +11,7 @@ DEPS := $(VENV)/.deps-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build clean sanitize
+.PHONY: test bench build clean sanitize resource-usage
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +26,9 @@ test: build
 
 bench: build
 	$(BIN)/python benchmarks/cpu_side_by_side.py
+
+resource-usage: $(DEPS)
+	$(BIN)/python benchmarks/nvcc_resource_usage.py
 
 # The ASan copy is CPU-only and -O0. libasan must be loaded before python's own libraries,
 # and libstdc++ with it so ASan's __cxa_throw interceptor finds the real one.
