@@ -82,7 +82,10 @@ def main() -> int:
               "# benchmarks/nvcc_resource_usage.py. nvcc: " +
               subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
               "# Shared memory of the persistent kernels is dynamic (units_per_block * H * sizeof(scalar_t)),",
-              "# so ptxas reports 0 bytes smem for them; the launch planner sizes it (rnn_fused.plan).", ""]
+              "# so ptxas reports 0 bytes smem for them; the launch planner sizes it (rnn_fused.plan).",
+              "# The 56-byte stack frame is printf's argument buffer of the in-kernel lengths check",
+              "# (SIMT_KERNEL_CHECK), not spilled registers: spill stores/loads are the spill numbers.",
+              "# Registers do not depend on H (a runtime argument; W_hh slices live in shared memory).", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(header + report) + "\n")
     print("\n".join(report))

@@ -31,16 +31,17 @@
 namespace rnn_fused::cuda_kernels {
 SIMT_BEGIN_WORLD
 
-// Launch bounds and a register estimate of every instantiation, for the emulator's
-// occupancy model (nvcc reports the real numbers; see benchmarks/nvcc_resource_usage.txt).
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, forward_step_kernel<Activation::Relu, double>);
+// Launch bounds and registers of every instantiation, for the emulator's occupancy model:
+// the most ptxas reports for the kernel over float/double and sm_80/sm_90
+// (benchmarks/nvcc_resource_usage.txt); under nvcc the real numbers are queried.
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Relu, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Relu, float>);
