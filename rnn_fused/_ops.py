@@ -60,7 +60,7 @@ def layer_forward(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh
                   bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None,
                   nonlinearity: str, reverse: bool, backend: str = "native") -> tuple[Tensor, Tensor]:
     return forward_op(backend)(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                 nonlinearity, reverse)
+                               nonlinearity, reverse)
 
 
 def layer_backward(grad_output: Tensor, grad_h_n: Tensor, input: Tensor, hx: Tensor | None,
@@ -69,4 +69,4 @@ def layer_backward(grad_output: Tensor, grad_h_n: Tensor, input: Tensor, hx: Ten
     """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
     to compute; the others come back as empty tensors."""
     return backward_op(backend)(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
-                                  lengths, nonlinearity, reverse, output_mask)
+                                lengths, nonlinearity, reverse, output_mask)
