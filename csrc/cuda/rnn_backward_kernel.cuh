@@ -11,8 +11,8 @@
 //    columns of W_hh (rows of W_hh^T) in dynamic shared memory, loaded once; one
 //    simt::grid_sync() per step.
 //  - backward_step_kernel: the fallback, one launch per step, W_hh^T rows from global memory.
-// Thread mapping as in the forward: warp w handles (sample, unit) pairs w, w + warps, ...
-// of the block's slice; its lanes split the length-H dot product.
+// Thread mapping as in the forward: warp w handles work items w, w + warps, ... of the
+// block's slice (one unit x kSamplesPerWarp samples); its lanes split the dot products.
 //
 // Arguments (BackwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
 //   w_hh_t  [H,H]    read: W_hh transposed (row u = column u of W_hh)
@@ -58,19 +58,29 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int warps = static_cast<int>(blockDim.x) / kWarp;
   const int64_t units = unit_end - unit_begin;
-  for (int64_t pair = warp; pair < units * B; pair += warps) {
-    const int64_t b = pair / units, local = pair % units, u = unit_begin + local;
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-    if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
-    if (s >= length) continue;  // warp-uniform: b is the same for every lane
-    // Edge scale c of the edge h_t -> h_{t+1} in processing order: 1 for full BPTT.
-    // Truncation / randomized truncation set it here (0 or 1/p) from (s + 1, b).
-    const scalar_t edge_scale = scalar_t(1);
-    const scalar_t carry = s + 1 < length ? warp_dot(w_cols + local * H, dz_later + b * H, H, lane) : scalar_t(0);
-    if (lane == 0) {
+  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
+  for (int64_t item = warp; item < units * groups; item += warps) {
+    const int64_t local = item % units, u = unit_begin + local, first = (item / units) * kSamplesPerWarp;
+    const scalar_t* rows[kSamplesPerWarp];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = dz_later + (first + j < B ? first + j : first) * H;
+    // Rows of samples that were not active at step s+1 hold stale values: their products
+    // are computed (the lanes stay uniform) and discarded below.
+    scalar_t carry[kSamplesPerWarp];
+    warp_dots(w_cols + local * H, rows, H, lane, carry);
+    if (lane != 0) continue;
+    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) {
+      const int64_t b = first + j;
+      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+      if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+      if (s >= length) continue;
+      // Edge scale c of the edge h_t -> h_{t+1} in processing order: 1 for full BPTT.
+      // Truncation / randomized truncation set it here (0 or 1/p) from (s + 1, b).
+      const scalar_t edge_scale = scalar_t(1);
       const int64_t t = step_time(s, length, a.reverse);
       const int64_t at = (t * B + b) * H + u;
-      scalar_t g = a.dy[at] + edge_scale * carry;
+      scalar_t g = a.dy[at];
+      if (s + 1 < length) g += edge_scale * carry[j];
       if (s == length - 1) g += a.dh_n[b * H + u];
       // Fused gradient-norm reduction goes here: g is the gradient arriving at h_t
       // (per step and sample ||g_t||^2 partial sums, and the non-finite flag).

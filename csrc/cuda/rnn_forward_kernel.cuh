@@ -8,10 +8,11 @@
 //    loaded once. Per processing step: compute the slice, then simt::grid_sync().
 //  - forward_step_kernel: the fallback, one launch per step, rows of W_hh read from global
 //    memory (when the slices do not fit on chip or cooperative launch is unavailable).
-// Thread mapping inside a block: warp w handles the (sample, unit) pairs w, w + warps, ...
-// of the block's slice (sample-major); its lanes split the length-H dot product and
-// reduce it with shuffles (float32 accumulation for float32/float16/bfloat16 inputs, which
-// the host runs in float32; float64 in float64).
+// Thread mapping inside a block: warp w handles the work items w, w + warps, ... of the
+// block's slice, an item being one unit and kSamplesPerWarp consecutive samples; its lanes
+// split the length-H dot products (one W_hh row against those samples' states) and reduce
+// them with shuffles, lane 0 applies bias + activation (float32 accumulation for
+// float32/float16/bfloat16 inputs, which the host runs in float32; float64 in float64).
 //
 // Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
 //   w_hh    [H,H]    read: recurrent weight (row u produces unit u)
@@ -55,20 +56,28 @@ SIMT_DEVICE void forward_step_slice(const ForwardRecurrenceArgs<scalar_t>& a, co
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int warps = static_cast<int>(blockDim.x) / kWarp;
   const int64_t units = unit_end - unit_begin;
-  for (int64_t pair = warp; pair < units * B; pair += warps) {
-    const int64_t b = pair / units, local = pair % units, u = unit_begin + local;
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-    if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
-    // The branch is uniform across the warp (b is), so the shuffles below see every lane.
-    if (s >= length) {
-      if (lane == 0) h_next[b * H + u] = h_prev[b * H + u];
-      continue;
-    }
-    const scalar_t recurrent = warp_dot(w_rows + local * H, h_prev + b * H, H, lane);
-    if (lane == 0) {
+  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
+  // Work item = (unit, group of kSamplesPerWarp samples); consecutive warps take the units
+  // of one group, so they read the same state rows (cache reuse).
+  for (int64_t item = warp; item < units * groups; item += warps) {
+    const int64_t local = item % units, u = unit_begin + local, first = (item / units) * kSamplesPerWarp;
+    const scalar_t* rows[kSamplesPerWarp];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = h_prev + (first + j < B ? first + j : first) * H;
+    scalar_t recurrent[kSamplesPerWarp];
+    warp_dots(w_rows + local * H, rows, H, lane, recurrent);
+    if (lane != 0) continue;
+    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) {
+      const int64_t b = first + j;
+      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+      if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+      if (s >= length) {  // frozen: the state carries over
+        h_next[b * H + u] = h_prev[b * H + u];
+        continue;
+      }
       const int64_t t = step_time(s, length, a.reverse);
       scalar_t* o = a.out + (t * B + b) * H + u;
-      const scalar_t h = activate<A>(*o + recurrent);
+      const scalar_t h = activate<A>(*o + recurrent[j]);
       *o = h;
       h_next[b * H + u] = h;
     }

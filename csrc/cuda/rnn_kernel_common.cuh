@@ -54,13 +54,27 @@ SIMT_DEVICE scalar_t warp_sum(scalar_t v) {
   return v;
 }
 
-// Dot product of a row (contiguous, length n) with a vector (contiguous, length n),
-// computed by the whole warp: lane l takes k = l, l+32, ... then the warp sums.
+// Samples per warp work item: one weight row is dotted with this many state rows at once,
+// so each weight element read from shared memory feeds several independent multiply-adds
+// (instruction-level parallelism, fewer shared-memory reads per multiply-add).
+constexpr int kSamplesPerWarp = 4;
+
+// dots[j] = row . vecs[j * n .. j * n + n) for j < kSamplesPerWarp, over a warp: lane l
+// takes k = l, l+32, ... then the warp sums each. Every row j is read even past the last
+// real sample (callers clamp the pointer), so the lanes stay uniform for the shuffles.
+// row: [n] contiguous; vec_rows[j]: [n] contiguous.
 template <typename scalar_t>
-SIMT_DEVICE scalar_t warp_dot(const scalar_t* row, const scalar_t* vec, int64_t n, int lane) {
-  scalar_t acc = 0;
-  for (int64_t k = lane; k < n; k += kWarp) acc += row[k] * vec[k];
-  return warp_sum(acc);
+SIMT_DEVICE void warp_dots(const scalar_t* row, const scalar_t* const (&vec_rows)[kSamplesPerWarp], int64_t n,
+                           int lane, scalar_t (&dots)[kSamplesPerWarp]) {
+  SIMT_UNROLL
+  for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] = 0;
+  for (int64_t k = lane; k < n; k += kWarp) {
+    const scalar_t w = row[k];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] += w * vec_rows[j][k];
+  }
+  SIMT_UNROLL
+  for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] = warp_sum(dots[j]);
 }
 
 SIMT_END_WORLD

@@ -34,22 +34,22 @@ SIMT_BEGIN_WORLD
 // Launch bounds and registers of every instantiation, for the emulator's occupancy model:
 // the most ptxas reports for the kernel over float/double and sm_80/sm_90
 // (benchmarks/nvcc_resource_usage.txt); under nvcc the real numbers are queried.
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 48, forward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 46, forward_step_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 40, backward_step_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Relu, double>);
 
 // A persistent block owns at least this many units: fewer would leave most of its warps
 // idle at small batch sizes and add blocks to every grid-wide barrier for little work.
