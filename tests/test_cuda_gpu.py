@@ -88,3 +88,13 @@ def test_deterministic_bitwise_on_gpu():
 
     for a, b in zip(once(), once()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_runs_in_float32_on_gpu(dtype):
+    args = [_to_cuda(a) for a in layer_args(6, 2, 3, 9)]
+    reference, _ = reference_layer(*args)
+    stock, _ = reference_layer(*[a.to(dtype) for a in args])
+    ours, h_n = rnn_fused.rnn_layer(*[a.to(dtype) for a in args])
+    assert ours.dtype == dtype and h_n.dtype == dtype
+    assert_within_tolerance(reference, stock, ours, name="output")
