@@ -1,7 +1,10 @@
 # make test   - create .venv, install pinned dependencies, build the extension, run the suite
 # make bench  - same set-up, then the main job (CPU benchmark table)
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
-# make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests there
+# make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels
+#                  (benchmarks/nvcc_resource_usage.txt; no GPU needed)
+# make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests and the
+#                 emulated CUDA kernel tests there
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +12,7 @@ DEPS := $(VENV)/.deps-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build clean sanitize
+.PHONY: test bench build clean sanitize resource-usage
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +28,9 @@ test: build
 bench: build
 	$(BIN)/python -m rnn_fused bench
 
+resource-usage: $(DEPS)
+	$(BIN)/python benchmarks/nvcc_resource_usage.py
+
 # The ASan copy is CPU-only and -O0. libasan must be loaded before python's own libraries,
 # and libstdc++ with it so ASan's __cxa_throw interceptor finds the real one.
 SANITIZE_DIR := build/sanitize
@@ -35,7 +41,7 @@ sanitize: $(DEPS)
 	cd $(SANITIZE_DIR) && RNN_FUSED_CUDA=0 RNN_FUSED_SANITIZE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && RNN_FUSED_SANITIZER_RUN=1 ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
-		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py
 
 clean:
 	rm -rf build rnn_fused/*.so *.egg-info

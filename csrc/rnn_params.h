@@ -21,8 +21,9 @@ struct LayerForwardParams {
   bool lengths_nonincreasing = true; // lets the time loop shrink the active batch
 };
 
-// Time index of processing step `s` for a sample with `len` valid steps.
-inline int64_t step_time(int64_t s, int64_t len, bool reverse) {
+// Time index of processing step `s` for a sample with `len` valid steps. constexpr so
+// that device code may call it too (nvcc --expt-relaxed-constexpr).
+constexpr int64_t step_time(int64_t s, int64_t len, bool reverse) {
   return reverse ? len - 1 - s : s;
 }
 

@@ -2,8 +2,9 @@
 
 from . import _ops  # noqa: F401  (loads the extension, registers ops and fake kernels)
 from .functional import rnn_layer
+from .launch_plan import LaunchPlan, plan
 from .modules import RNN
 from .reference import reference_layer
 from . import simt  # noqa: F401  (SIMT emulator controls and self-tests)
 
-__all__ = ["RNN", "rnn_layer", "reference_layer"]
+__all__ = ["RNN", "rnn_layer", "reference_layer", "plan", "LaunchPlan"]

@@ -14,14 +14,25 @@ from . import _C  # noqa: F401  (registers torch.ops.rnn_fused)
 ops = torch.ops.rnn_fused
 
 
-@torch.library.register_fake("rnn_fused::rnn_layer_forward")
+# Backends of the single-layer ops: "native" dispatches on the tensors' device (CPU loops
+# or the CUDA kernels); "simt" runs the CUDA kernels on CPU tensors through the emulator
+# (ops simt_rnn_layer_forward/backward, same schemas).
+BACKENDS = ("native", "simt")
+_FORWARD_OPS = {"native": "rnn_layer_forward", "simt": "simt_rnn_layer_forward"}
+_BACKWARD_OPS = {"native": "rnn_layer_backward", "simt": "simt_rnn_layer_backward"}
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"rnn_fused: backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def _layer_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse):
     steps, batch, _ = input.shape
     hidden = weight_hh.shape[0]
     return input.new_empty(steps, batch, hidden), input.new_empty(batch, hidden)
 
 
-@torch.library.register_fake("rnn_fused::rnn_layer_backward")
 def _layer_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output, lengths,
                          nonlinearity, reverse, output_mask):
     batch = input.shape[1]
@@ -30,17 +41,32 @@ def _layer_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
     return tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
 
 
+for _backend in BACKENDS:
+    torch.library.register_fake(f"rnn_fused::{_FORWARD_OPS[_backend]}")(_layer_forward_fake)
+    torch.library.register_fake(f"rnn_fused::{_BACKWARD_OPS[_backend]}")(_layer_backward_fake)
+
+
+def forward_op(backend: str):
+    _check_backend(backend)
+    return getattr(ops, _FORWARD_OPS[backend])
+
+
+def backward_op(backend: str):
+    _check_backend(backend)
+    return getattr(ops, _BACKWARD_OPS[backend])
+
+
 def layer_forward(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
                   bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None,
-                  nonlinearity: str, reverse: bool) -> tuple[Tensor, Tensor]:
-    return ops.rnn_layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                 nonlinearity, reverse)
+                  nonlinearity: str, reverse: bool, backend: str = "native") -> tuple[Tensor, Tensor]:
+    return forward_op(backend)(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                               nonlinearity, reverse)
 
 
 def layer_backward(grad_output: Tensor, grad_h_n: Tensor, input: Tensor, hx: Tensor | None,
                    weight_ih: Tensor, weight_hh: Tensor, output: Tensor, lengths: Tensor | None,
-                   nonlinearity: str, reverse: bool, output_mask: list[bool]):
+                   nonlinearity: str, reverse: bool, output_mask: list[bool], backend: str = "native"):
     """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
     to compute; the others come back as empty tensors."""
-    return ops.rnn_layer_backward(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
-                                  lengths, nonlinearity, reverse, output_mask)
+    return backward_op(backend)(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
+                                lengths, nonlinearity, reverse, output_mask)

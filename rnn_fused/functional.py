@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -18,9 +20,10 @@ def _setup_layer_context(ctx, inputs, output):
     ctx.set_materialize_grads(True)
 
 
-def _layer_backward(ctx, grad_output, grad_h_n):
-    """Backward of rnn_layer_forward: the fused BPTT op, or, when the graph of the
-    backward is requested (double backward), autograd through reference.py's loop."""
+def _layer_backward(ctx, grad_output, grad_h_n, backend="native"):
+    """Backward of rnn_layer_forward (or of the backend's forward op): the backend's fused
+    BPTT op, or, when the graph of the backward is requested (double backward), autograd
+    through reference.py's loop."""
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if torch.is_grad_enabled():
@@ -28,7 +31,7 @@ def _layer_backward(ctx, grad_output, grad_h_n):
     mask = [needs[0], needs[1] and hx is not None, needs[2], needs[3], needs[4] or needs[5]]
     grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.layer_backward(
         grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
-        ctx.nonlinearity, ctx.reverse, mask)
+        ctx.nonlinearity, ctx.reverse, mask, backend)
     return (
         grad_input if needs[0] else None,
         grad_hx if needs[1] else None,
@@ -57,20 +60,25 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
 
 # The op itself is differentiable: register_autograd wraps it in an autograd.Function
 # whose forward and backward call only registered ops, so torch.compile traces it whole.
-torch.library.register_autograd("rnn_fused::rnn_layer_forward", _layer_backward,
-                                setup_context=_setup_layer_context)
+for _backend in _ops.BACKENDS:
+    torch.library.register_autograd(f"rnn_fused::{_ops._FORWARD_OPS[_backend]}",
+                                    functools.partial(_layer_backward, backend=_backend),
+                                    setup_context=_setup_layer_context)
 
 
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None = None,
-              nonlinearity: str = "tanh", reverse: bool = False) -> tuple[Tensor, Tensor]:
+              nonlinearity: str = "tanh", reverse: bool = False,
+              backend: str = "native") -> tuple[Tensor, Tensor]:
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
+    backend: "native" (the op for the tensors' device) or "simt" (the CUDA kernels run on
+    CPU tensors by the SIMT emulator).
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
     return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                              nonlinearity, reverse)
+                              nonlinearity, reverse, backend)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,

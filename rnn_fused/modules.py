@@ -7,6 +7,7 @@ errors for bad arguments mirror torch.nn.RNN (torch 2.14).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -41,7 +42,13 @@ class RNN(nn.Module):
     bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]) and forward(input, hx=None) follow
     torch.nn.RNN: input [T,B,I] (or [B,T,I] with batch_first), unbatched [T,I], or a
     PackedSequence; hx [num_layers*D,B,H] or None. Returns (output, h_n).
+
+    kernel_backend: which implementation of the layer ops runs ("native", or "simt" for the
+    CUDA kernels emulated on CPU tensors; see functional.rnn_layer). Not a constructor
+    argument, so the constructor stays nn.RNN's; set it on an instance.
     """
+
+    kernel_backend: str = "native"
 
     @overload
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -310,7 +317,8 @@ class RNN(nn.Module):
             hx = None if hx is None else cast(hx)
         return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers,
                               self.bidirectional, self.nonlinearity, self.dropout, self.training,
-                              lengths)
+                              lengths, layer_fn=functools.partial(functional.rnn_layer,
+                                                                  backend=self.kernel_backend))
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

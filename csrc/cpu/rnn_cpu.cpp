@@ -20,6 +20,7 @@
 #include "cpu/activation.h"
 #include "cpu/blas.h"
 #include "layer_args.h"
+#include "layer_gemms.h"
 
 namespace rnn_fused::cpu {
 namespace {
@@ -114,35 +115,6 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
   }
 }
 
-// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
-// sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
-// one long chain, about twice the rounding error of stock PyTorch's per-step sum.
-at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b) {
-  const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
-  const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
-  const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
-  at::Tensor result = at::zeros({H, H}, a.options());
-  at::Tensor partial = at::empty({H, H}, a.options());
-  for (int64_t start = 0; start < S; start += steps_per_chunk) {
-    const int64_t n = std::min(steps_per_chunk, S - start);
-    at::mm_out(partial, a.narrow(0, start, n).reshape({n * B, H}).t(), b.narrow(0, start, n).reshape({n * B, H}));
-    result.add_(partial);
-  }
-  return result;
-}
-
-// Sum of both biases, or an undefined tensor when the layer has none.
-at::Tensor bias_sum(const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-                    at::ScalarType dtype) {
-  if (!bias_ih.has_value()) return at::Tensor();
-  return bias_ih->to(dtype) + bias_hh->to(dtype);
-}
-
-// Reduced-precision inputs run in float32 (float32 accumulation) and are rounded back once.
-at::ScalarType compute_dtype(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
 std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
@@ -163,12 +135,7 @@ std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
   if (T > 0 && B > 0) {
     // One GEMM for every step's input projection, biases folded in.
     at::Tensor out2d = out.view({T * B, H});
-    const at::Tensor b = bias_sum(bias_ih, bias_hh, ct);
-    if (b.defined()) {
-      at::addmm_out(out2d, b, x.view({T * B, I}), w_ih.t());
-    } else {
-      at::mm_out(out2d, x.view({T * B, I}), w_ih.t());
-    }
+    input_projection(out2d, x.view({T * B, I}), w_ih, bias_ih, bias_hh);
     at::Tensor rec = at::empty({B, H}, x.options());
     AT_DISPATCH_FLOATING_TYPES(ct, "rnn_layer_forward_cpu", [&] {
       auto run = [&](auto act) {
@@ -197,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
                                           lengths, std::string(nonlinearity), reverse);
   check_backward_args(p, input, grad_output, grad_h_n, output);
   const Lengths len = read_lengths(lengths, p.batch, p.steps);
-  const int64_t T = p.steps, B = p.batch, I = p.input_size, H = p.hidden_size;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden_size;
   const at::ScalarType dt = input.scalar_type();
   const at::ScalarType ct = compute_dtype(dt);
 
@@ -225,32 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
     }
   });
 
-  // Gradients that were not asked for come back as empty tensors.
-  const at::Tensor skipped = at::empty({0}, input.options());
-  at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
-             grad_bias = skipped;
-  if (output_mask[1]) {
-    // dz_step holds dz at each sample's first processing step, the one that read h_0.
-    grad_hx = at::mm(dz_step, w_hh);
-    for (int64_t b = 0; b < B; ++b) {
-      if (len.values[b] == 0) grad_hx[b].copy_(dh_n[b]);  // h_n is h_0 for an empty sample
-    }
-  }
-  const at::Tensor dz2d = dz.view({T * B, H});
-  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I});
-  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), x.view({T * B, I}));
-  if (output_mask[4]) grad_bias = dz2d.sum(0);
-  if (output_mask[3]) {
-    // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
-    // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
-    grad_w_hh = hx.has_value() ? at::mm(dz_step.t(), hx->to(ct)) : at::zeros({H, H}, x.options());
-    if (T > 1) {
-      const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
-      const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
-      grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev));
-    }
-  }
-  return {grad_input.to(dt), grad_hx.to(dt), grad_w_ih.to(dt), grad_w_hh.to(dt), grad_bias.to(dt)};
+  return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step, dh_n, hx, lengths, reverse, output_mask, dt);
 }
 
 }  // namespace

@@ -1,0 +1,102 @@
+"""nvcc's resource report (registers, shared memory, stack, spills) for the recurrence kernels.
+
+Compiles csrc/cuda/rnn_cuda.cu for sm_80 and sm_90 with the build's flags plus
+-Xptxas -v, keeps ptxas's lines for the kernels of rnn_forward_kernel.cuh /
+rnn_backward_kernel.cuh (names demangled), writes them to
+benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when a float32 persistent kernel
+spills to local memory. No GPU needed, only nvcc.
+
+Usage: python benchmarks/nvcc_resource_usage.py [--out benchmarks/nvcc_resource_usage.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = ("80", "90")
+KERNELS = ("forward_recurrence_persistent_kernel", "forward_step_kernel",
+           "backward_recurrence_persistent_kernel", "backward_step_kernel")
+
+
+def include_dirs() -> list[str]:
+    from torch.utils.cpp_extension import include_paths
+
+    dirs = [os.path.join(ROOT, "csrc"), *include_paths(), sysconfig.get_paths()["include"]]
+    for entry in sys.path:
+        candidate = os.path.join(entry, "nvidia", "cu13", "include")
+        if os.path.isdir(candidate):
+            dirs.append(candidate)
+    return dirs
+
+
+def demangle(lines: list[str]) -> list[str]:
+    tool = shutil.which("cu++filt") or shutil.which("c++filt")
+    if tool is None:
+        return lines
+    out = subprocess.run([tool], input="\n".join(lines), capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "nvcc_resource_usage.txt"))
+    args = parser.parse_args()
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        print("nvcc_resource_usage: nvcc is not on PATH", file=sys.stderr)
+        return 2
+    command = [nvcc, "-c", os.path.join(ROOT, "csrc", "cuda", "rnn_cuda.cu"), "-o", os.devnull,
+               "-O3", "-std=c++20", "--expt-relaxed-constexpr", "-DRNN_FUSED_WITH_CUDA", "-Xptxas=-v",
+               "-Xptxas=-warn-spills"]
+    for arch in ARCHS:
+        command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    command += [f"-I{d}" for d in include_dirs()]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(result.stdout + result.stderr, file=sys.stderr)
+        return result.returncode
+    # ptxas prints "Compiling entry function '<mangled>' for 'sm_XX'" then "Used N registers, ...".
+    lines = demangle((result.stdout + result.stderr).splitlines())
+    report, current, spills = [], None, []
+    for line in lines:
+        entry = re.search(r"Compiling entry function '(.*)' for '(sm_\d+)'", line)
+        if entry:
+            current = entry.group(1) if any(k in entry.group(1) for k in KERNELS) else None
+            if current:
+                report.append(f"{entry.group(2)}  {current}")
+            continue
+        if current and ("registers" in line or "stack frame" in line or "spill" in line):
+            report.append("    " + line.split("ptxas info    : ")[-1].strip())
+            persistent_f32 = "persistent" in current and "float" in current and "double" not in current
+            spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+            if persistent_f32 and spill and (int(spill.group(1)) or int(spill.group(2))):
+                spills.append(f"{current}: {line.strip()}")
+    header = ["# ptxas -v for the recurrence kernels (csrc/cuda/rnn_cuda.cu), produced by",
+              "# benchmarks/nvcc_resource_usage.py. nvcc: " +
+              subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
+              "# Shared memory of the persistent kernels is dynamic (units_per_block * H * sizeof(scalar_t)),",
+              "# so ptxas reports 0 bytes smem for them; the launch planner sizes it (rnn_fused.plan).",
+              "# The 56-byte stack frame is printf's argument buffer of the in-kernel lengths check",
+              "# (SIMT_KERNEL_CHECK), not spilled registers: spill stores/loads are the spill numbers.",
+              "# Registers do not depend on H (a runtime argument; W_hh slices live in shared memory).", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(header + report) + "\n")
+    print("\n".join(report))
+    if not report:
+        print("nvcc_resource_usage: no kernel lines found in ptxas's output", file=sys.stderr)
+        return 1
+    if spills:
+        print("float32 persistent kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+// Forward recurrence of one layer and direction: h_t = act(XW_t + W_hh h_{t-1}), where
+// XW_t (input projection plus both biases) was computed before by one GEMM.
+//
+// Two kernels share one step body (forward_step_slice), so they round identically:
+//  - forward_recurrence_persistent_kernel: ONE cooperative launch for the whole sequence.
+//    Block b owns hidden units [b*units_per_block, min(H, (b+1)*units_per_block)) and
+//    keeps those rows of W_hh in dynamic shared memory (units_per_block * H scalars),
+//    loaded once. Per processing step: compute the slice, then simt::grid_sync().
+//  - forward_step_kernel: the fallback, one launch per step, rows of W_hh read from global
+//    memory (when the slices do not fit on chip or cooperative launch is unavailable).
+// Thread mapping inside a block: warp w handles the work items w, w + warps, ... of the
+// block's slice, an item being one unit and kSamplesPerWarp consecutive samples; its lanes
+// split the length-H dot products (one W_hh row against those samples' states) and reduce
+// them with shuffles, lane 0 applies bias + activation (float32 accumulation for
+// float32/float16/bfloat16 inputs, which the host runs in float32; float64 in float64).
+//
+// Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
+//   w_hh    [H,H]    read: recurrent weight (row u produces unit u)
+//   out     [T,B,H]  in: XW_t + b_ih + b_hh at every step; out: h_t at each sample's valid
+//                    steps (steps t >= lengths[b] are left as they are; the host zeroes them)
+//   state   [2,B,H]  in: state[0] = h_0; ping-pong buffers: processing step s reads
+//                    state[s % 2] and writes state[(s + 1) % 2]; after T steps
+//                    state[T % 2] = h_n (frozen samples are copied forward)
+//   lengths [B]      int64 valid steps per sample, or null (all T)
+// Processing step s of sample b is time step_time(s, lengths[b], reverse) (rnn_params.h);
+// a sample with lengths[b] <= s is frozen. Every block runs all T steps, so the number of
+// steps never has to be read back to the host.
+#pragma once
+
+#include "cuda/rnn_kernel_common.cuh"
+
+namespace rnn_fused::cuda_kernels {
+SIMT_BEGIN_WORLD
+
+template <typename scalar_t>
+struct ForwardRecurrenceArgs {
+  const scalar_t* w_hh;
+  scalar_t* out;
+  scalar_t* state;
+  const int64_t* lengths;
+  int64_t steps;
+  int64_t batch;
+  int64_t hidden;
+  bool reverse;
+};
+
+// One processing step s for the units [unit_begin, unit_end) of this block.
+// w_rows: those units' rows of W_hh, row u - unit_begin at w_rows + (u - unit_begin) * H.
+template <Activation A, typename scalar_t>
+SIMT_DEVICE void forward_step_slice(const ForwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_rows,
+                                    int64_t unit_begin, int64_t unit_end, int64_t s) {
+  const int64_t B = a.batch, H = a.hidden;
+  const scalar_t* h_prev = a.state + (s % 2) * B * H;
+  scalar_t* h_next = a.state + ((s + 1) % 2) * B * H;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const int warps = static_cast<int>(blockDim.x) / kWarp;
+  const int64_t units = unit_end - unit_begin;
+  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
+  // Work item = (unit, group of kSamplesPerWarp samples); consecutive warps take the units
+  // of one group, so they read the same state rows (cache reuse).
+  for (int64_t item = warp; item < units * groups; item += warps) {
+    const int64_t local = item % units, u = unit_begin + local, first = (item / units) * kSamplesPerWarp;
+    const scalar_t* rows[kSamplesPerWarp];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = h_prev + (first + j < B ? first + j : first) * H;
+    scalar_t recurrent[kSamplesPerWarp];
+    warp_dots(w_rows + local * H, rows, H, lane, recurrent);
+    if (lane != 0) continue;
+    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) {
+      const int64_t b = first + j;
+      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+      if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+      if (s >= length) {  // frozen: the state carries over
+        h_next[b * H + u] = h_prev[b * H + u];
+        continue;
+      }
+      const int64_t t = step_time(s, length, a.reverse);
+      scalar_t* o = a.out + (t * B + b) * H + u;
+      const scalar_t h = activate<A>(*o + recurrent[j]);
+      *o = h;
+      h_next[b * H + u] = h;
+    }
+  }
+}
+
+// Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative
+// launch), kRecurrenceThreads threads, units_per_block * H * sizeof(scalar_t) bytes of
+// dynamic shared memory.
+template <Activation A, typename scalar_t>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    forward_recurrence_persistent_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
+  SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
+  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
+  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
+  const int64_t slice_elements = (unit_end - unit_begin) * a.hidden;
+  for (int64_t i = threadIdx.x; i < slice_elements; i += blockDim.x) w_slice[i] = a.w_hh[unit_begin * a.hidden + i];
+  __syncthreads();
+  for (int64_t s = 0; s < a.steps; ++s) {
+    forward_step_slice<A>(a, w_slice, unit_begin, unit_end, s);
+    simt::grid_sync();  // h_t of every unit is written before any block reads it
+  }
+}
+
+// Fallback: processing step s only. grid = ceil(H / units_per_block), kRecurrenceThreads
+// threads, no shared memory; launched once per step in order on one stream.
+template <Activation A, typename scalar_t>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    forward_step_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
+  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
+  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
+  forward_step_slice<A>(a, a.w_hh + unit_begin * a.hidden, unit_begin, unit_end, s);
+}
+
+SIMT_END_WORLD
+}  // namespace rnn_fused::cuda_kernels

@@ -1,0 +1,108 @@
+// Whole-sequence GEMMs and reductions around the recurrence, shared by every backend
+// (CPU, CUDA, SIMT emulation): the input projection before the forward time loop and
+// the gradients that follow from dz after the backward time loop. Only ATen ops, so
+// the same code runs on CPU tensors and, through cuBLAS, on CUDA tensors, on the
+// current stream and without host synchronisation.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+namespace rnn_fused {
+
+// Reduced-precision inputs run in float32 (float32 accumulation) and are rounded back once.
+inline at::ScalarType compute_dtype(at::ScalarType t) {
+  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
+}
+
+// out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
+// projection in one GEMM, biases folded in.
+inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at::Tensor& w_ih,
+                             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh) {
+  if (bias_ih.has_value()) {
+    const at::Tensor b = bias_ih->to(out2d.scalar_type()).add(bias_hh->to(out2d.scalar_type()));
+    at::addmm_out(out2d, b, x2d, w_ih.t());
+  } else {
+    at::mm_out(out2d, x2d, w_ih.t());
+  }
+}
+
+// Zeroes out [T,B,H] at steps t >= lengths[b] (lengths int64 [B] on out's device).
+inline void zero_past_lengths(at::Tensor& out, const std::optional<at::Tensor>& lengths) {
+  if (!lengths.has_value()) return;
+  const at::Tensor steps = at::arange(out.size(0), lengths->options());
+  const at::Tensor past_end = steps.unsqueeze(1).ge(lengths->unsqueeze(0));  // [T,B]
+  out.masked_fill_(past_end.unsqueeze(2), 0);
+}
+
+// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
+// sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
+// one long chain, about twice the rounding error of stock PyTorch's per-step sum.
+inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
+  const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
+  const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
+  at::Tensor result = at::zeros({H, H}, a.options());
+  at::Tensor partial = at::empty({H, H}, a.options());
+  for (int64_t start = 0; start < S; start += steps_per_chunk) {
+    const int64_t n = std::min(steps_per_chunk, S - start);
+    at::mm_out(partial, a.narrow(0, start, n).reshape({n * B, H}).t(), b.narrow(0, start, n).reshape({n * B, H}));
+    result.add_(partial);
+  }
+  return result;
+}
+
+// Everything the backward returns, from dz. All tensors in the compute dtype except
+// that results are converted to `result_dtype`.
+//   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
+//   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H],
+//   hx [B,H] or None, lengths int64 [B] or None.
+// Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias); those not in
+// output_mask are empty [0] tensors.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients_from_dz(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out, const at::Tensor& dz,
+    const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
+    at::ScalarType result_dtype) {
+  const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = x.size(2);
+  const at::Tensor skipped = at::empty({0}, x.options().dtype(result_dtype));
+  at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
+             grad_bias = skipped;
+  if (output_mask[1]) {
+    // dz_first holds dz at each sample's first processing step, the one that read h_0.
+    grad_hx = at::mm(dz_first, w_hh);
+    if (lengths.has_value()) {
+      // h_n is h_0 for an empty sample. A device-side select: no host read of lengths.
+      grad_hx = at::where(lengths->eq(0).unsqueeze(1), dh_n, grad_hx);
+    }
+  }
+  const at::Tensor dz2d = dz.view({T * B, H});
+  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I});
+  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), x.view({T * B, I}));
+  if (output_mask[4]) grad_bias = dz2d.sum(0);
+  if (output_mask[3]) {
+    // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
+    // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
+    grad_w_hh = hx.has_value() ? at::mm(dz_first.t(), hx->to(x.scalar_type())) : at::zeros({H, H}, x.options());
+    if (T > 1) {
+      const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
+      const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
+      grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev));
+    }
+  }
+  return {grad_input.to(result_dtype), grad_hx.to(result_dtype), grad_w_ih.to(result_dtype),
+          grad_w_hh.to(result_dtype), grad_bias.to(result_dtype)};
+}
+
+}  // namespace rnn_fused
