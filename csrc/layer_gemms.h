@@ -26,6 +26,20 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
+// The backward's tensor operands in the compute dtype, contiguous, as both backends'
+// time loops read them: input [T,B,I], weights [H,I] and [H,H], saved output [T,B,H],
+// grad_output [T,B,H], grad_h_n [B,H].
+struct BackwardOperands {
+  at::Tensor x, w_ih, w_hh, out, dy, dh_n;
+};
+
+inline BackwardOperands backward_operands(at::ScalarType ct, const at::Tensor& input, const at::Tensor& weight_ih,
+                                          const at::Tensor& weight_hh, const at::Tensor& output,
+                                          const at::Tensor& grad_output, const at::Tensor& grad_h_n) {
+  return {input.to(ct).contiguous(),  weight_ih.to(ct).contiguous(),   weight_hh.to(ct).contiguous(),
+          output.to(ct).contiguous(), grad_output.to(ct).contiguous(), grad_h_n.to(ct).contiguous()};
+}
+
 // out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
 // projection in one GEMM, biases folded in.
 inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at::Tensor& w_ih,

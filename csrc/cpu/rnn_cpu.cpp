@@ -168,12 +168,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
   const at::ScalarType dt = input.scalar_type();
   const at::ScalarType ct = compute_dtype(dt);
 
-  const at::Tensor x = input.to(ct).contiguous();
-  const at::Tensor w_ih = weight_ih.to(ct).contiguous();
-  const at::Tensor w_hh = weight_hh.to(ct).contiguous();
-  const at::Tensor out = output.to(ct).contiguous();
-  const at::Tensor dy = grad_output.to(ct).contiguous();
-  const at::Tensor dh_n = grad_h_n.to(ct).contiguous();
+  const BackwardOperands operands =
+      backward_operands(ct, input, weight_ih, weight_hh, output, grad_output, grad_h_n);
+  const at::Tensor &x = operands.x, &w_ih = operands.w_ih, &w_hh = operands.w_hh, &out = operands.out,
+                   &dy = operands.dy, &dh_n = operands.dh_n;
 
   at::Tensor dz = at::zeros({T, B, H}, x.options());
   at::Tensor dz_step = at::empty({B, H}, x.options());

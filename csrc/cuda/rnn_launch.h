@@ -248,12 +248,10 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> la
   const int64_t T = p.steps, B = p.batch, H = p.hidden_size;
   const at::ScalarType dt = input.scalar_type();
   const at::ScalarType ct = compute_dtype(dt);
-  const at::Tensor x = input.to(ct).contiguous();
-  const at::Tensor w_ih = weight_ih.to(ct).contiguous();
-  const at::Tensor w_hh = weight_hh.to(ct).contiguous();
-  const at::Tensor out = output.to(ct).contiguous();
-  const at::Tensor dy = grad_output.to(ct).contiguous();
-  const at::Tensor dh_n = grad_h_n.to(ct).contiguous();
+  const BackwardOperands operands =
+      backward_operands(ct, input, weight_ih, weight_hh, output, grad_output, grad_h_n);
+  const at::Tensor &x = operands.x, &w_ih = operands.w_ih, &w_hh = operands.w_hh, &out = operands.out,
+                   &dy = operands.dy, &dh_n = operands.dh_n;
   const std::optional<at::Tensor> len =
       lengths.has_value() ? std::optional<at::Tensor>(lengths->contiguous()) : std::nullopt;
 
