@@ -61,3 +61,24 @@ class RNNCase:
         packed = pack_padded_sequence(x, lengths, batch_first=self.batch_first,
                                       enforce_sorted=self.packing == "sorted")
         return packed, hx
+
+
+def layer_args(steps, batch, input_size, hidden, *, dtype=torch.float64, bias=True, hx=True,
+               requires_grad=False, generator=None):
+    """Arguments of one layer: [input [T,B,I], hx [B,H] or None, weight_ih [H,I],
+    weight_hh [H,H] (scaled so the recurrence neither explodes nor vanishes quickly),
+    bias_ih [H] or None, bias_hh [H] or None], drawn in float64 and cast to dtype."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        t = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale
+        return t.to(dtype).requires_grad_(requires_grad)
+
+    return [
+        leaf(steps, batch, input_size),
+        leaf(batch, hidden) if hx else None,
+        leaf(hidden, input_size, scale=0.5),
+        leaf(hidden, hidden, scale=0.5 / max(hidden, 1) ** 0.5),
+        leaf(hidden) if bias else None,
+        leaf(hidden) if bias else None,
+    ]

@@ -20,7 +20,7 @@ from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
 
-from rnn_cases import RNNCase
+from rnn_cases import RNNCase, layer_args
 
 OPS = torch.ops.rnn_fused
 
@@ -30,22 +30,6 @@ NO_COOPERATIVE = dict(sm_count=2, cooperative_launch=False)
 # Shared memory too small for any W_hh slice of the sizes below (>= 4 rows of >= 7 floats).
 TINY_SHARED = dict(sm_count=4, shared_mem_per_block=64, shared_mem_per_block_optin=64, shared_mem_per_sm=4096)
 DEVICES = {"2sm": SMALL_GPU, "4sm": dict(sm_count=4), "no_coop": NO_COOPERATIVE, "tiny_smem": TINY_SHARED}
-
-
-def layer_args(steps, batch, input_size, hidden, *, dtype=torch.float64, bias=True, hx=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def leaf(*shape, scale=1.0):
-        return (torch.randn(*shape, dtype=torch.float64, generator=g) * scale).to(dtype)
-
-    return [
-        leaf(steps, batch, input_size),
-        leaf(batch, hidden) if hx else None,
-        leaf(hidden, input_size, scale=0.5),
-        leaf(hidden, hidden, scale=0.5 / max(hidden, 1) ** 0.5),
-        leaf(hidden) if bias else None,
-        leaf(hidden) if bias else None,
-    ]
 
 
 def run_layer(args, lengths, nonlinearity, reverse, backend, cotangents):

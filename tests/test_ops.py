@@ -8,28 +8,12 @@ import pytest
 import torch
 
 import rnn_fused
+from rnn_cases import layer_args
 from rnn_fused import _ops
 from rnn_fused.reference import reference_layer
 from rnn_fused.testing import assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
-
-
-def make_layer_args(steps, batch, input_size, hidden, *, dtype=torch.float64, bias=True, hx=True,
-                    lengths=None, requires_grad=True, generator=None):
-    def leaf(*shape, scale=1.0):
-        t = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale
-        return t.to(dtype).requires_grad_(requires_grad)
-
-    args = [
-        leaf(steps, batch, input_size),
-        leaf(batch, hidden) if hx else None,
-        leaf(hidden, input_size, scale=0.5),
-        leaf(hidden, hidden, scale=0.5 / max(hidden, 1) ** 0.5),
-        leaf(hidden) if bias else None,
-        leaf(hidden) if bias else None,
-    ]
-    return args, lengths
 
 
 LAYER_CASES = [
@@ -50,7 +34,7 @@ def _ids(case):
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_ids)
 def test_gradcheck_and_gradgradcheck(case):
     steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
-    args, _ = make_layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)
+    args = layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx, requires_grad=True)
     lengths = None if lengths is None else torch.tensor(lengths)
     present = [a for a in args if a is not None]
 
@@ -69,7 +53,7 @@ def test_gradcheck_and_gradgradcheck(case):
 def test_layer_matches_step_loop(dtype, nonlinearity, reverse, varlen, generator):
     """Fused op vs reference.py's step loop; float32 under the tolerance rule against float64."""
     steps, batch, input_size, hidden = 17, 5, 6, 9
-    args64, _ = make_layer_args(steps, batch, input_size, hidden, generator=generator)
+    args64 = layer_args(steps, batch, input_size, hidden, generator=generator, requires_grad=True)
     lengths = torch.tensor([17, 1, 9, 17, 4]) if varlen else None
     cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=generator),
            torch.randn(batch, hidden, dtype=torch.float64, generator=generator)]
@@ -97,7 +81,7 @@ def test_layer_matches_step_loop(dtype, nonlinearity, reverse, varlen, generator
 def test_reduced_precision_accumulates_in_float32(dtype, generator):
     """float16/bfloat16 run in float32 internally and round once: closer to the float64
     reference than stock ops evaluated in the reduced dtype step by step."""
-    args64, _ = make_layer_args(40, 4, 8, 16, generator=generator, requires_grad=False)
+    args64 = layer_args(40, 4, 8, 16, generator=generator)
     reference, _ = reference_layer(*args64)
     stock, _ = reference_layer(*[a.to(dtype) for a in args64])
     ours, _ = rnn_fused.rnn_layer(*[a.to(dtype) for a in args64])
@@ -106,7 +90,7 @@ def test_reduced_precision_accumulates_in_float32(dtype, generator):
 
 
 def test_backward_output_mask_skips_gradients():
-    args, _ = make_layer_args(4, 2, 3, 5, requires_grad=False)
+    args = layer_args(4, 2, 3, 5)
     x, hx, w_ih, w_hh, b_ih, b_hh = args
     out, h_n = _ops.layer_forward(x, hx, w_ih, w_hh, b_ih, b_hh, None, "tanh", False)
     full = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), x, hx, w_ih, w_hh, out,
@@ -119,7 +103,7 @@ def test_backward_output_mask_skips_gradients():
 
 
 def test_deterministic_bitwise():
-    args, _ = make_layer_args(30, 6, 7, 33, dtype=torch.float32)
+    args = layer_args(30, 6, 7, 33, dtype=torch.float32, requires_grad=True)
     lengths = torch.tensor([30, 29, 12, 12, 5, 1])
 
     def once():
@@ -134,7 +118,7 @@ def test_deterministic_bitwise():
 
 
 def test_empty_batch_and_single_step():
-    args, _ = make_layer_args(3, 0, 2, 4)
+    args = layer_args(3, 0, 2, 4, requires_grad=True)
     out, h_n = rnn_fused.rnn_layer(*args)
     assert out.shape == (3, 0, 4) and h_n.shape == (0, 4)
     (out.sum() + h_n.sum()).backward()
@@ -144,9 +128,9 @@ def test_empty_batch_and_single_step():
 def _opcheck_samples():
     samples = []
     for reverse, lengths in [(False, None), (True, torch.tensor([4, 2, 3]))]:
-        args, _ = make_layer_args(4, 3, 2, 5, dtype=torch.float32)
+        args = layer_args(4, 3, 2, 5, dtype=torch.float32, requires_grad=True)
         samples.append((*args, lengths, "tanh", reverse))
-    args, _ = make_layer_args(3, 2, 2, 3, dtype=torch.float32, bias=False, hx=False)
+    args = layer_args(3, 2, 2, 3, dtype=torch.float32, bias=False, hx=False, requires_grad=True)
     samples.append((*args, None, "relu", False))
     return samples
 
@@ -201,7 +185,7 @@ def test_forward_rejects_bad_arguments(mutate, error, message):
 
 
 def test_backward_rejects_mismatched_gradient():
-    args, _ = make_layer_args(4, 2, 3, 5, dtype=torch.float32, requires_grad=False)
+    args = layer_args(4, 2, 3, 5, dtype=torch.float32)
     x, hx, w_ih, w_hh, *_ = args
     out = torch.zeros(4, 2, 5)
     with pytest.raises(RuntimeError, match=r"grad_output must have shape \[4, 2, 5\]"):
