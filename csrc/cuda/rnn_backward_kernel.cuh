@@ -46,49 +46,34 @@ struct BackwardRecurrenceArgs {
   bool reverse;
 };
 
-// One processing step s for the units [unit_begin, unit_end) of this block.
-// w_cols: those units' rows of W_hh^T, row u - unit_begin at w_cols + (u - unit_begin) * H.
+// One processing step s for the units of this block's slice.
+// w_cols: the slice's rows of W_hh^T, row u - slice.begin at w_cols + (u - slice.begin) * H.
 template <Activation A, typename scalar_t>
 SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_cols,
-                                     int64_t unit_begin, int64_t unit_end, int64_t s) {
+                                     UnitSlice slice, int64_t s) {
   const int64_t B = a.batch, H = a.hidden;
   const scalar_t* dz_later = a.dz_step + ((s + 1) % 2) * B * H;  // dz at processing step s+1
   scalar_t* dz_now = a.dz_step + (s % 2) * B * H;
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const int warps = static_cast<int>(blockDim.x) / kWarp;
-  const int64_t units = unit_end - unit_begin;
-  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
-  for (int64_t item = warp; item < units * groups; item += warps) {
-    const int64_t local = item % units, u = unit_begin + local, first = (item / units) * kSamplesPerWarp;
-    const scalar_t* rows[kSamplesPerWarp];
-    SIMT_UNROLL
-    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = dz_later + (first + j < B ? first + j : first) * H;
-    // Rows of samples that were not active at step s+1 hold stale values: their products
-    // are computed (the lanes stay uniform) and discarded below.
-    scalar_t carry[kSamplesPerWarp];
-    warp_dots(w_cols + local * H, rows, H, lane, carry);
-    if (lane != 0) continue;
-    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) {
-      const int64_t b = first + j;
-      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-      if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
-      if (s >= length) continue;
-      // Edge scale c of the edge h_t -> h_{t+1} in processing order: 1 for full BPTT.
-      // Truncation / randomized truncation set it here (0 or 1/p) from (s + 1, b).
-      const scalar_t edge_scale = scalar_t(1);
-      const int64_t t = step_time(s, length, a.reverse);
-      const int64_t at = (t * B + b) * H + u;
-      scalar_t g = a.dy[at];
-      if (s + 1 < length) g += edge_scale * carry[j];
-      if (s == length - 1) g += a.dh_n[b * H + u];
-      // Fused gradient-norm reduction goes here: g is the gradient arriving at h_t
-      // (per step and sample ||g_t||^2 partial sums, and the non-finite flag).
-      const scalar_t d = g * activation_slope<A>(a.out[at]);
-      a.dz[at] = d;
-      dz_now[b * H + u] = d;
-    }
-  }
+  // Rows of samples that were not active at step s+1 hold stale values: their products
+  // are computed (the lanes stay uniform) and discarded below.
+  for_each_slice_dot(w_cols, dz_later, B, H, slice, [&](int64_t u, int64_t b, scalar_t carry) {
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+    if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+    if (s >= length) return;
+    // Edge scale c of the edge h_t -> h_{t+1} in processing order: 1 for full BPTT.
+    // Truncation / randomized truncation set it here (0 or 1/p) from (s + 1, b).
+    const scalar_t edge_scale = scalar_t(1);
+    const int64_t t = step_time(s, length, a.reverse);
+    const int64_t at = (t * B + b) * H + u;
+    scalar_t g = a.dy[at];
+    if (s + 1 < length) g += edge_scale * carry;
+    if (s == length - 1) g += a.dh_n[b * H + u];
+    // Fused gradient-norm reduction goes here: g is the gradient arriving at h_t
+    // (per step and sample ||g_t||^2 partial sums, and the non-finite flag).
+    const scalar_t d = g * activation_slope<A>(a.out[at]);
+    a.dz[at] = d;
+    dz_now[b * H + u] = d;
+  });
 }
 
 // Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative
@@ -98,13 +83,10 @@ template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     backward_recurrence_persistent_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
   SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
-  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
-  const int64_t slice_elements = (unit_end - unit_begin) * a.hidden;
-  for (int64_t i = threadIdx.x; i < slice_elements; i += blockDim.x) w_slice[i] = a.w_hh_t[unit_begin * a.hidden + i];
-  __syncthreads();
+  const UnitSlice slice = block_units(units_per_block, a.hidden);
+  load_weight_slice(a.w_hh_t, w_slice, slice, a.hidden);
   for (int64_t s = a.steps - 1; s >= 0; --s) {
-    backward_step_slice<A>(a, w_slice, unit_begin, unit_end, s);
+    backward_step_slice<A>(a, w_slice, slice, s);
     simt::grid_sync();  // dz at step s of every unit is written before step s-1 reads it
   }
 }
@@ -114,9 +96,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
 template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     backward_step_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
-  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
-  backward_step_slice<A>(a, a.w_hh_t + unit_begin * a.hidden, unit_begin, unit_end, s);
+  const UnitSlice slice = block_units(units_per_block, a.hidden);
+  backward_step_slice<A>(a, a.w_hh_t + slice.begin * a.hidden, slice, s);
 }
 
 SIMT_END_WORLD

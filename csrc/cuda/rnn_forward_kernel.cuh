@@ -44,44 +44,27 @@ struct ForwardRecurrenceArgs {
   bool reverse;
 };
 
-// One processing step s for the units [unit_begin, unit_end) of this block.
-// w_rows: those units' rows of W_hh, row u - unit_begin at w_rows + (u - unit_begin) * H.
+// One processing step s for the units of this block's slice.
+// w_rows: the slice's rows of W_hh, row u - slice.begin at w_rows + (u - slice.begin) * H.
 template <Activation A, typename scalar_t>
 SIMT_DEVICE void forward_step_slice(const ForwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_rows,
-                                    int64_t unit_begin, int64_t unit_end, int64_t s) {
+                                    UnitSlice slice, int64_t s) {
   const int64_t B = a.batch, H = a.hidden;
   const scalar_t* h_prev = a.state + (s % 2) * B * H;
   scalar_t* h_next = a.state + ((s + 1) % 2) * B * H;
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const int warps = static_cast<int>(blockDim.x) / kWarp;
-  const int64_t units = unit_end - unit_begin;
-  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
-  // Work item = (unit, group of kSamplesPerWarp samples); consecutive warps take the units
-  // of one group, so they read the same state rows (cache reuse).
-  for (int64_t item = warp; item < units * groups; item += warps) {
-    const int64_t local = item % units, u = unit_begin + local, first = (item / units) * kSamplesPerWarp;
-    const scalar_t* rows[kSamplesPerWarp];
-    SIMT_UNROLL
-    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = h_prev + (first + j < B ? first + j : first) * H;
-    scalar_t recurrent[kSamplesPerWarp];
-    warp_dots(w_rows + local * H, rows, H, lane, recurrent);
-    if (lane != 0) continue;
-    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) {
-      const int64_t b = first + j;
-      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-      if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
-      if (s >= length) {  // frozen: the state carries over
-        h_next[b * H + u] = h_prev[b * H + u];
-        continue;
-      }
-      const int64_t t = step_time(s, length, a.reverse);
-      scalar_t* o = a.out + (t * B + b) * H + u;
-      const scalar_t h = activate<A>(*o + recurrent[j]);
-      *o = h;
-      h_next[b * H + u] = h;
+  for_each_slice_dot(w_rows, h_prev, B, H, slice, [&](int64_t u, int64_t b, scalar_t recurrent) {
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+    if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+    if (s >= length) {  // frozen: the state carries over
+      h_next[b * H + u] = h_prev[b * H + u];
+      return;
     }
-  }
+    const int64_t t = step_time(s, length, a.reverse);
+    scalar_t* o = a.out + (t * B + b) * H + u;
+    const scalar_t h = activate<A>(*o + recurrent);
+    *o = h;
+    h_next[b * H + u] = h;
+  });
 }
 
 // Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative
@@ -91,13 +74,10 @@ template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     forward_recurrence_persistent_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
   SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
-  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
-  const int64_t slice_elements = (unit_end - unit_begin) * a.hidden;
-  for (int64_t i = threadIdx.x; i < slice_elements; i += blockDim.x) w_slice[i] = a.w_hh[unit_begin * a.hidden + i];
-  __syncthreads();
+  const UnitSlice slice = block_units(units_per_block, a.hidden);
+  load_weight_slice(a.w_hh, w_slice, slice, a.hidden);
   for (int64_t s = 0; s < a.steps; ++s) {
-    forward_step_slice<A>(a, w_slice, unit_begin, unit_end, s);
+    forward_step_slice<A>(a, w_slice, slice, s);
     simt::grid_sync();  // h_t of every unit is written before any block reads it
   }
 }
@@ -107,9 +87,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
 template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     forward_step_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const int64_t unit_begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
-  const int64_t unit_end = unit_begin + units_per_block < a.hidden ? unit_begin + units_per_block : a.hidden;
-  forward_step_slice<A>(a, a.w_hh + unit_begin * a.hidden, unit_begin, unit_end, s);
+  const UnitSlice slice = block_units(units_per_block, a.hidden);
+  forward_step_slice<A>(a, a.w_hh + slice.begin * a.hidden, slice, s);
 }
 
 SIMT_END_WORLD

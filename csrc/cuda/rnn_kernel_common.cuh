@@ -77,5 +77,52 @@ SIMT_DEVICE void warp_dots(const scalar_t* row, const scalar_t* const (&vec_rows
   for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] = warp_sum(dots[j]);
 }
 
+// The units [unit_begin, unit_end) that block blockIdx.x owns: units_per_block of them,
+// fewer in the last block.
+struct UnitSlice {
+  int64_t begin, end;
+};
+
+SIMT_DEVICE __forceinline__ UnitSlice block_units(int64_t units_per_block, int64_t hidden) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
+  return {begin, begin + units_per_block < hidden ? begin + units_per_block : hidden};
+}
+
+// Copies this block's rows of a [H,H] weight (rows slice.begin .. slice.end) into shared
+// memory once, before a persistent kernel's time loop. weights [H,H] read; w_slice
+// [(slice.end - slice.begin) * H] written.
+template <typename scalar_t>
+SIMT_DEVICE void load_weight_slice(const scalar_t* weights, scalar_t* w_slice, UnitSlice slice, int64_t hidden) {
+  const int64_t elements = (slice.end - slice.begin) * hidden;
+  for (int64_t i = threadIdx.x; i < elements; i += blockDim.x) w_slice[i] = weights[slice.begin * hidden + i];
+  __syncthreads();
+}
+
+// The thread mapping of one step of either recurrence: a warp's work item is one unit u of
+// the block's slice and kSamplesPerWarp consecutive samples; its lanes compute the dot
+// products of weight row u with those samples' rows of `source`, then lane 0 calls
+// epilogue(u, b, dot) for each real sample b. Consecutive warps take the units of one
+// sample group, so they read the same source rows (cache reuse).
+// w_rows [(slice.end - slice.begin) * H] the slice's weight rows; source [B,H].
+template <typename scalar_t, typename Epilogue>
+SIMT_DEVICE void for_each_slice_dot(const scalar_t* w_rows, const scalar_t* source, int64_t B, int64_t H,
+                                    UnitSlice slice, Epilogue&& epilogue) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  const int warps = static_cast<int>(blockDim.x) / kWarp;
+  const int64_t units = slice.end - slice.begin;
+  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
+  for (int64_t item = warp; item < units * groups; item += warps) {
+    const int64_t local = item % units, first = (item / units) * kSamplesPerWarp;
+    const scalar_t* rows[kSamplesPerWarp];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = source + (first + j < B ? first + j : first) * H;
+    scalar_t dots[kSamplesPerWarp];
+    warp_dots(w_rows + local * H, rows, H, lane, dots);
+    if (lane != 0) continue;
+    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) epilogue(slice.begin + local, first + j, dots[j]);
+  }
+}
+
 SIMT_END_WORLD
 }  // namespace rnn_fused::cuda_kernels
