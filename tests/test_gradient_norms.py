@@ -28,7 +28,8 @@ DTYPE_IDS = ["f32", "f64"]
 CASES = {
     "2layer-bi-unsorted-hx": RNNCase(num_layers=2, bidirectional=True, packing="unsorted",
                                      with_hx=True, seq_len=7, batch=3, input_size=3, hidden_size=5),
-    "1layer-padded": RNNCase(seq_len=6, batch=2, input_size=2, hidden_size=4),
+    "1layer-padded-batchfirst": RNNCase(batch_first=True, seq_len=6, batch=2, input_size=2,
+                                        hidden_size=4),
     "3layer-relu-sorted-batchfirst": RNNCase(num_layers=3, packing="sorted", batch_first=True,
                                              nonlinearity="relu", seq_len=6, batch=3, input_size=2,
                                              hidden_size=3),

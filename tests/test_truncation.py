@@ -563,3 +563,34 @@ def test_failed_backward_setup_leaves_grads_untouched_for_packed_input():
     with pytest.raises(TypeError):
         model(packed, truncation=1.5)
     assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("truncation", [1, 3, "random"])
+def test_unbatched_input(truncation, backend):
+    """A 2-D input is one sample: the same gradients as the batched reference on it."""
+    torch.manual_seed(0)
+    torch_module = nn.RNN(2, 4, 2, bidirectional=True).double()
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    case = RNNCase(num_layers=2, bidirectional=True, seq_len=6, batch=1)
+    scales = None
+    if truncation == "random":
+        scales = _philox_scales_for(case, 0.5, 8)
+        truncation = rnn_fused.RandomTruncation(keep_prob=0.5, seed=8)
+    reference = BPTTReferenceRNN.from_module(torch_module)
+    reference.truncation = None if scales is not None else truncation
+    reference.edge_scales = scales
+    expected = run_rnn(reference, x.unsqueeze(1).requires_grad_(), None, cotangents(2))
+    model = ours_from(torch_module, torch.float64, backend, truncation=truncation)
+    with on_backend(backend):
+        x_leaf = x.clone().requires_grad_()
+        output, h_n = model(x_leaf)
+        drawn = cotangents(2)(output.unsqueeze(1), h_n.unsqueeze(1))
+        torch.autograd.backward([output, h_n], [drawn[0].squeeze(1), drawn[1].squeeze(1)])
+    ours = {"output": output.detach().unsqueeze(1), "h_n": h_n.detach().unsqueeze(1),
+            "grad_input": x_leaf.grad.unsqueeze(1),
+            **{f"grad_{name}": p.grad for name, p in model.named_parameters()}}
+    assert ours.keys() == expected.keys()
+    for key, value in expected.items():
+        result = measure(value, value, ours[key], name=key, ulps=ulps_for(torch.float64))
+        assert result.passed, str(result)
