@@ -89,6 +89,23 @@ inline bool check_length_values(const int64_t* lengths, int64_t batch, int64_t s
   return nonincreasing;
 }
 
+// The backward's truncation arguments (docs/bptt.md), checked before anything runs.
+// truncate_every 0 = never cut; keep_prob 1 = no randomized cuts.
+inline TruncationParams check_truncation_args(int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
+                                              bool reverse) {
+  TORCH_CHECK_VALUE(truncate_every >= 0, "rnn_fused: truncate_every must be >= 0 (0 = full BPTT), got ",
+                    truncate_every);
+  TORCH_CHECK_VALUE(keep_prob > 0.0 && keep_prob <= 1.0, "rnn_fused: keep_prob must be in (0, 1], got ", keep_prob);
+  TORCH_CHECK_VALUE(seed >= 0, "rnn_fused: seed must be >= 0, got ", seed);
+  TORCH_CHECK_VALUE(layer >= 0 && layer < (int64_t(1) << 30), "rnn_fused: layer must be in [0, 2^30), got ", layer);
+  TruncationParams tp;
+  tp.every = truncate_every;
+  tp.keep_prob = keep_prob;
+  tp.seed = static_cast<uint64_t>(seed);
+  tp.stream = static_cast<uint32_t>(2 * layer + (reverse ? 1 : 0));
+  return tp;
+}
+
 // Backward takes the forward's arguments plus the gradients and the saved output.
 inline void check_backward_args(const LayerForwardParams& p, const at::Tensor& input,
                                 const at::Tensor& grad_output, const at::Tensor& grad_h_n,

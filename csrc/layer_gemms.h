@@ -7,6 +7,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/logical_not.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
@@ -77,18 +81,34 @@ inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b
   return result;
 }
 
+// What rnn_layer_backward returns (schema in csrc/ops.cpp): grad_input, grad_hx,
+// grad_weight_ih, grad_weight_hh, grad_bias, step_norms [T,B], grad_sq_norms [5] float64,
+// nonfinite (bool, 0-d).
+using LayerBackwardResult =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Squared L2 norm of a gradient, accumulated in float64 as it is produced (0 for a
+// gradient that was not computed).
+inline at::Tensor squared_norm(const at::Tensor& grad) {
+  const at::Tensor norm = at::linalg_vector_norm(grad, 2, std::nullopt, false, at::kDouble);
+  return norm.mul(norm);
+}
+
 // Everything the backward returns, from dz. All tensors in the compute dtype except
 // that results are converted to `result_dtype`.
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
 //   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H],
-//   hx [B,H] or None, lengths int64 [B] or None.
-// Returns (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias); those not in
-// output_mask are empty [0] tensors.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients_from_dz(
+//   hx [B,H] or None, lengths int64 [B] or None, step_norms [T,B] ||g_t|| from the time
+//   loop when norms are recorded, else empty [0].
+// Returns a LayerBackwardResult; gradients not in output_mask are empty [0] tensors. When
+// norms are recorded, grad_sq_norms holds the squared norm of each of the five gradients
+// (0 for those not computed) and nonfinite whether any gradient or g_t is NaN/Inf;
+// otherwise both are empty [0].
+inline LayerBackwardResult gradients_from_dz(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out, const at::Tensor& dz,
     const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
-    at::ScalarType result_dtype) {
+    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = x.size(2);
   const at::Tensor skipped = at::empty({0}, x.options().dtype(result_dtype));
   at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
@@ -115,8 +135,21 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gr
       grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev));
     }
   }
-  return {grad_input.to(result_dtype), grad_hx.to(result_dtype), grad_w_ih.to(result_dtype),
-          grad_w_hh.to(result_dtype), grad_bias.to(result_dtype)};
+  std::array<at::Tensor, 5> grads = {grad_input.to(result_dtype), grad_hx.to(result_dtype),
+                                     grad_w_ih.to(result_dtype), grad_w_hh.to(result_dtype),
+                                     grad_bias.to(result_dtype)};
+  at::Tensor sq_norms = at::empty({0}, x.options().dtype(at::kDouble));
+  at::Tensor nonfinite = at::empty({0}, x.options().dtype(at::kBool));
+  if (record_norms) {
+    std::array<at::Tensor, 5> sq;
+    for (size_t i = 0; i < grads.size(); ++i) sq[i] = squared_norm(grads[i]);
+    sq_norms = at::stack(sq);
+    // The float64 sum of squares is finite for any finite float32 gradient, so it is
+    // non-finite exactly when some element is. step_norms carries g_t's.
+    const at::Tensor total = sq_norms.sum().add(step_norms.sum(at::kDouble));
+    nonfinite = at::logical_not(at::isfinite(total));
+  }
+  return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
 }
 
 }  // namespace rnn_fused

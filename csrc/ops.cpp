@@ -1,8 +1,12 @@
 // Operator schemas of rnn_fused. One single-layer, single-direction op pair
-// (forward, backward); layers and directions are composed in Python above it.
-// Shapes: T steps, B batch, I input features, H hidden units. Time-major.
+// (forward, backward; csrc/op_schemas.h); layers and directions are composed in Python
+// above it. Also edge_scales, the truncation draws the backward kernels apply.
+#include <ATen/ATen.h>
 #include <torch/library.h>
 #include <Python.h>
+
+#include "layer_args.h"
+#include "op_schemas.h"
 
 // Importing rnn_fused._C from Python only has to load this shared library: the
 // ops are registered by the static initialisers of TORCH_LIBRARY below.
@@ -11,22 +15,30 @@ extern "C" PyObject* PyInit__C(void) {
   return PyModule_Create(&module);
 }
 
+namespace {
+
+// c [T,B] float64: the edge scale of processing step s of sample b that the backward
+// kernels of every backend apply (rnn_params.h edge_scale), for checking and recording.
+at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, double keep_prob, int64_t seed,
+                       int64_t layer, bool reverse) {
+  TORCH_CHECK_VALUE(steps >= 0 && batch >= 0, "rnn_fused: edge_scales needs steps, batch >= 0, got ", steps, ", ",
+                    batch);
+  const rnn_fused::TruncationParams tp =
+      rnn_fused::check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);
+  at::Tensor scales = at::empty({steps, batch}, at::kDouble);
+  double* c = scales.data_ptr<double>();
+  for (int64_t s = 0; s < steps; ++s) {
+    for (int64_t b = 0; b < batch; ++b) c[s * batch + b] = rnn_fused::edge_scale(tp, s, b);
+  }
+  return scales;
+}
+
+}  // namespace
+
 TORCH_LIBRARY(rnn_fused, m) {
-  // input [T,B,I]; hx [B,H] or None (zeros); weight_ih [H,I]; weight_hh [H,H];
-  // bias_ih, bias_hh [H] or None; lengths int64 [B] on input's device or None (all T).
-  // Returns output [T,B,H] (zero at steps t >= lengths[b]) and h_n [B,H].
-  m.def(
-      "rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse) "
-      "-> (Tensor output, Tensor h_n)");
-  // grad_output [T,B,H]; grad_h_n [B,H]; the forward's inputs and its output [T,B,H].
-  // Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
-  // grad_bias [H] (the gradient of bias_ih and of bias_hh alike). output_mask says which
-  // of the five are wanted, in that order; the others come back as empty [0] tensors.
-  m.def(
-      "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? hx, "
-      "Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor? lengths, str nonlinearity, "
-      "bool reverse, bool[5] output_mask) "
-      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
-      "Tensor grad_bias)");
+  m.def(RNN_FUSED_LAYER_FORWARD_SCHEMA("rnn_layer_forward"));
+  m.def(RNN_FUSED_LAYER_BACKWARD_SCHEMA("rnn_layer_backward"));
+  m.def("edge_scales(int steps, int batch, int truncate_every, float keep_prob, int seed, int layer, bool reverse) "
+        "-> Tensor",
+        &edge_scales);
 }

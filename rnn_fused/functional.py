@@ -9,38 +9,56 @@ from torch import Tensor
 
 from . import _ops
 from .reference import reference_layer
+from .truncation import FULL_BPTT, TruncationArgs, check_truncation, resolve_truncation
 
 
 def _setup_layer_context(ctx, inputs, output):
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse = inputs
+    (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
+     truncate_every, keep_prob, seed, layer) = inputs
     out, _ = output
     ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
     ctx.nonlinearity = nonlinearity
     ctx.reverse = reverse
+    ctx.truncation = TruncationArgs(truncate_every, keep_prob, seed)
+    ctx.layer = layer
     ctx.set_materialize_grads(True)
 
 
-def _layer_backward(ctx, grad_output, grad_h_n, backend="native"):
-    """Backward of rnn_layer_forward (or of the backend's forward op): the backend's fused
-    BPTT op, or, when the graph of the backward is requested (double backward), autograd
-    through reference.py's loop."""
+# Gradients returned for the op's arguments past the first six (lengths, nonlinearity,
+# reverse, truncate_every, keep_prob, seed, layer): none are differentiable.
+_NON_DIFFERENTIABLE_ARGS = 7
+
+
+def _layer_backward(ctx, grad_output, grad_h_n, backend="native", sink=None):
+    """Backward of one layer: the backend's fused BPTT op, or, when the graph of the backward
+    is requested (double backward), autograd through reference.py's loop.
+    Returns the gradients of (input, hx, weight_ih, weight_hh, bias_ih, bias_hh).
+    sink: a recording.LayerSink that takes the norms the op reduced, or None (none reduced)."""
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if torch.is_grad_enabled():
+        if sink is not None:
+            raise RuntimeError("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
+                               "which has no graph of its own; record without create_graph=True")
         return _differentiable_backward(ctx, grad_output, grad_h_n)
     mask = [needs[0], needs[1] and hx is not None, needs[2], needs[3], needs[4] or needs[5]]
-    grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias = _ops.layer_backward(
-        grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
-        ctx.nonlinearity, ctx.reverse, mask, backend)
-    return (
+    (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, step_norms, grad_sq_norms,
+     nonfinite) = _ops.layer_backward(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
+                                      ctx.nonlinearity, ctx.reverse, mask, ctx.truncation, ctx.layer,
+                                      sink is not None, backend)
+    grads = (
         grad_input if needs[0] else None,
         grad_hx if needs[1] else None,
         grad_w_ih if needs[2] else None,
         grad_w_hh if needs[3] else None,
         grad_bias if needs[4] else None,
-        grad_bias if needs[5] else None,
-        None, None, None,
+        # Its own tensor when recording, so that autograd can hand each bias its gradient
+        # without a copy and the recorded norm stays tied to it (recording.py).
+        (grad_bias.clone() if sink is not None and needs[4] else grad_bias) if needs[5] else None,
     )
+    if sink is not None:
+        sink(step_norms, grad_sq_norms, nonfinite, grads)
+    return grads
 
 
 def _differentiable_backward(ctx, grad_output, grad_h_n):
@@ -48,42 +66,87 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
     input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, _ = ctx.saved_tensors
     args = [input, hx, weight_ih, weight_hh, bias_ih, bias_hh]
     wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
+    scales = None
+    if ctx.truncation != FULL_BPTT:
+        steps, batch = input.shape[0], input.shape[1]
+        scales = torch.ops.rnn_fused.edge_scales(steps, batch, ctx.truncation.every, ctx.truncation.keep_prob,
+                                                 ctx.truncation.seed, ctx.layer, ctx.reverse)
+        scales = scales.to(input.device, input.dtype)
     with torch.enable_grad():
-        out, h_n = reference_layer(*args, lengths, ctx.nonlinearity, ctx.reverse)
+        out, h_n = reference_layer(*args, lengths, ctx.nonlinearity, ctx.reverse, scales)
         grads = torch.autograd.grad((out, h_n), [args[i] for i in wanted], (grad_output, grad_h_n),
                                     create_graph=True, allow_unused=True)
-    result = [None] * 9
+    result = [None] * 6
     for i, g in zip(wanted, grads):
         result[i] = g if g is not None else torch.zeros_like(args[i])
     return tuple(result)
+
+
+def _registered_backward(ctx, grad_output, grad_h_n, backend):
+    return _layer_backward(ctx, grad_output, grad_h_n, backend) + (None,) * _NON_DIFFERENTIABLE_ARGS
 
 
 # The op itself is differentiable: register_autograd wraps it in an autograd.Function
 # whose forward and backward call only registered ops, so torch.compile traces it whole.
 for _backend in _ops.BACKENDS:
     torch.library.register_autograd(f"rnn_fused::{_ops._FORWARD_OPS[_backend]}",
-                                    functools.partial(_layer_backward, backend=_backend),
+                                    functools.partial(_registered_backward, backend=_backend),
                                     setup_context=_setup_layer_context)
+
+
+class _RecordedLayer(torch.autograd.Function):
+    """One layer whose backward also reduces gradient norms and hands them to a sink.
+    Eager only: the norms leave the backward as a Python side effect, which a compiled
+    graph would not replay."""
+
+    @staticmethod
+    def forward(ctx, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
+                truncation, layer, backend, sink):
+        out, h_n = _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                      nonlinearity, reverse, truncation, layer, backend)
+        ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
+        ctx.nonlinearity, ctx.reverse, ctx.truncation, ctx.layer = nonlinearity, reverse, truncation, layer
+        ctx.backend, ctx.sink = backend, sink
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        return _layer_backward(ctx, grad_output, grad_h_n, ctx.backend, ctx.sink) + (None,) * 7
 
 
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None = None,
               nonlinearity: str = "tanh", reverse: bool = False,
-              backend: str = "native") -> tuple[Tensor, Tensor]:
+              backend: str = "native", *, truncation=None, layer: int = 0,
+              sink=None) -> tuple[Tensor, Tensor]:
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
     backend: "native" (the op for the tensors' device) or "simt" (the CUDA kernels run on
     CPU tensors by the SIMT emulator).
+    truncation: None, an int K >= 1, a RandomTruncation (docs/bptt.md), or the already
+    resolved TruncationArgs; `layer` keys the randomized draws (with the direction).
+    sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
-    return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                              nonlinearity, reverse, backend)
+    args = truncation if isinstance(truncation, TruncationArgs) else resolve_truncation(truncation)
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+        raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
+    if sink is None:
+        return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                  nonlinearity, reverse, args, layer, backend)
+    if torch.compiler.is_compiling():
+        raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
+                           "the backward as a Python side effect; record in eager mode")
+    _ops.forward_op(backend)  # checks the backend name before anything runs
+    return _RecordedLayer.apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                                reverse, args, layer, backend, sink)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
-        lengths: Tensor | None = None, layer_fn=rnn_layer) -> tuple[Tensor, Tensor]:
+        lengths: Tensor | None = None, layer_fn=None, *, backend: str = "native", truncation=None,
+        record=None) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
@@ -92,14 +155,21 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
     only when `training`, as nn.RNN does.
-    `layer_fn` runs one layer and direction (rnn_layer's signature); tests pass the step loop
-    of reference.py to compose stock torch ops the same way.
+    truncation: None, an int K >= 1 or a RandomTruncation (docs/bptt.md), for every layer
+    and direction (a RandomTruncation without seed draws one seed for this call).
+    record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
+    `layer_fn` replaces the fused layer (reference_layer's signature): tests pass the step
+    loop of reference.py to compose stock torch ops the same way; it takes no truncation.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
     if len(weights) != num_layers * directions:
         raise ValueError(f"expected {num_layers * directions} weight groups "
                          f"(num_layers={num_layers}, bidirectional={bidirectional}), got {len(weights)}")
+    check_truncation(truncation)
+    if layer_fn is not None and (truncation is not None or record is not None):
+        raise ValueError("rnn: a custom layer_fn takes neither truncation nor record")
+    args = resolve_truncation(truncation)
     layer_input = input
     final_states = []
     for layer in range(num_layers):
@@ -109,8 +179,14 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
             weight_ih, weight_hh, *biases = weights[index]
             bias_ih, bias_hh = biases if biases else (None, None)
             h0 = None if hx is None else hx[index]
-            out, h_n = layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                 lengths, nonlinearity, direction == 1)
+            reverse = direction == 1
+            if layer_fn is not None:
+                out, h_n = layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
+                                    lengths, nonlinearity, reverse)
+            else:
+                sink = None if record is None else record.sink(layer, direction, args, tuple(weights[index]))
+                out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                     nonlinearity, reverse, backend, truncation=args, layer=layer, sink=sink)
             direction_outputs.append(out)
             final_states.append(h_n)
         layer_output = (direction_outputs[0] if directions == 1

@@ -7,7 +7,6 @@ errors for bad arguments mirror torch.nn.RNN (torch 2.14).
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import warnings
@@ -18,6 +17,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
+from .recording import ForwardRecord
+from .truncation import check_truncation, resolve_truncation
+
+# Default of forward's `truncation`: use the module's setting.
+_MODULE_SETTING = object()
 
 # c10 ScalarType names, as ATen spells them in the error nn.RNN raises for an hx whose dtype
 # differs from the weights' ("mat1 and mat2 must have the same dtype, ...").
@@ -43,18 +47,24 @@ class RNN(nn.Module):
     torch.nn.RNN: input [T,B,I] (or [B,T,I] with batch_first), unbatched [T,I], or a
     PackedSequence; hx [num_layers*D,B,H] or None. Returns (output, h_n).
 
+    truncation (keyword only, also an attribute): truncated BPTT in the fused backward,
+    None (full), an int K >= 1 or a RandomTruncation (docs/bptt.md); forward(...,
+    truncation=...) overrides it for one call. Forward values never depend on it.
+
     kernel_backend: which implementation of the layer ops runs ("native", or "simt" for the
     CUDA kernels emulated on CPU tensors; see functional.rnn_layer). Not a constructor
     argument, so the constructor stays nn.RNN's; set it on an instance.
     """
 
     kernel_backend: str = "native"
+    # The GradientRecorder of an enclosing record_gradients(self) block, or None.
+    _gradient_recorder = None
 
     @overload
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None) -> None: ...
+                 dtype=None, *, truncation=None) -> None: ...
 
     @overload
     def __init__(self, *args, **kwargs) -> None: ...
@@ -62,6 +72,8 @@ class RNN(nn.Module):
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError(_PROJ_SIZE_MESSAGE)
+        truncation = kwargs.pop("truncation", None)
+        check_truncation(truncation)
         # nn.RNN takes nonlinearity as the 4th positional argument; the rest shift by one.
         if len(args) > 3:
             nonlinearity = args[3]
@@ -78,6 +90,16 @@ class RNN(nn.Module):
         self.nonlinearity = nonlinearity
         self.mode = mode
         self._build(*args, **kwargs)
+        self.truncation = truncation
+
+    @property
+    def truncation(self):
+        return self._truncation
+
+    @truncation.setter
+    def truncation(self, value) -> None:
+        check_truncation(value)
+        self._truncation = value
 
     def _build(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
@@ -164,7 +186,10 @@ class RNN(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
-        return s.format(**self.__dict__)
+        s = s.format(**self.__dict__)
+        if self.truncation is not None:
+            s += f", truncation={self.truncation!r}"
+        return s
 
     # --- conversion --------------------------------------------------------------------
 
@@ -265,9 +290,14 @@ class RNN(nn.Module):
                                    f"{_scalar_type_name(operand_dtype)} and "
                                    f"{_scalar_type_name(weight_dtype)}")
 
-    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None):
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None, *, truncation=_MODULE_SETTING):
+        """truncation: this call's truncation, overriding the module's (see the class docstring)."""
+        if truncation is _MODULE_SETTING:
+            truncation = self.truncation
+        else:
+            check_truncation(truncation)
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
+            return self._forward_packed(input, hx, truncation)
         if input.dim() not in (2, 3):
             raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
         is_batched = input.dim() == 3
@@ -284,14 +314,14 @@ class RNN(nn.Module):
         self.check_forward_args(input, hx, None)
         self._check_kernel_args(input, hx, packed=False)
         time_major = input.transpose(0, 1) if self.batch_first else input
-        output, h_n = self._run(time_major, hx, lengths=None)
+        output, h_n = self._run(time_major, hx, None, truncation, batch_order=None)
         if self.batch_first:
             output = output.transpose(0, 1)
         if not is_batched:
             return output.squeeze(batch_dim), h_n.squeeze(1)
         return output, h_n
 
-    def _forward_packed(self, input: PackedSequence, hx: Tensor | None):
+    def _forward_packed(self, input: PackedSequence, hx: Tensor | None, truncation):
         data, batch_sizes, sorted_indices, unsorted_indices = input
         if hx is not None:
             # hx rows follow the caller's batch order; the packed data is sorted by length.
@@ -299,12 +329,15 @@ class RNN(nn.Module):
         self.check_forward_args(data, hx, batch_sizes)
         self._check_kernel_args(data, hx, packed=True)
         padded, lengths, valid = functional.packed_to_padded(data, batch_sizes)
-        output, h_n = self._run(padded, hx, lengths)
+        output, h_n = self._run(padded, hx, lengths, truncation, batch_order=unsorted_indices)
         packed_output = PackedSequence(functional.padded_to_packed_data(output, valid),
                                        batch_sizes, sorted_indices, unsorted_indices)
         return packed_output, self.permute_hidden(h_n, unsorted_indices)
 
-    def _run(self, time_major: Tensor, hx: Tensor | None, lengths: Tensor | None):
+    def _run(self, time_major: Tensor, hx: Tensor | None, lengths: Tensor | None, truncation,
+             batch_order: Tensor | None):
+        """time_major [T,B,I] padded; lengths [B] or None; batch_order: the padded column of
+        each of the caller's samples (a PackedSequence's unsorted_indices) or None."""
         weights = self.all_weights
         autocast_dtype = _autocast_dtype(time_major.device)
         if autocast_dtype is not None:
@@ -315,10 +348,15 @@ class RNN(nn.Module):
             weights = [[cast(w) for w in group] for group in weights]
             time_major = cast(time_major)
             hx = None if hx is None else cast(hx)
-        return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers,
-                              self.bidirectional, self.nonlinearity, self.dropout, self.training,
-                              lengths, layer_fn=functools.partial(functional.rnn_layer,
-                                                                  backend=self.kernel_backend))
+        record = None
+        if self._gradient_recorder is not None:
+            truncation = resolve_truncation(truncation)  # the seed drawn now is the one recorded
+            record = ForwardRecord(self.num_layers, 2 if self.bidirectional else 1, time_major.shape[0],
+                                   time_major.shape[1], self._all_weights, batch_order, lengths, truncation)
+            self._gradient_recorder.records.append(record)
+        return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers, self.bidirectional,
+                              self.nonlinearity, self.dropout, self.training, lengths,
+                              backend=self.kernel_backend, truncation=truncation, record=record)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -29,6 +29,13 @@ def processing_to_time_index(lengths: Tensor, steps: int, reverse: bool) -> tupl
     return torch.where(valid, index, torch.zeros_like(index)), valid
 
 
+def scale_gradient(h: Tensor, scale: Tensor) -> Tensor:
+    """h unchanged, its gradient multiplied by scale (broadcast against h). A zero scale
+    passes no gradient at all (as detach does), not 0 * grad, which keeps NaN."""
+    kept = h.detach() + scale.to(h.dtype) * (h - h.detach())
+    return torch.where(scale == 0, h.detach(), kept)
+
+
 def reference_layer(
     input: Tensor,
     hx: Tensor | None,
@@ -39,8 +46,11 @@ def reference_layer(
     lengths: Tensor | None = None,
     nonlinearity: str = "tanh",
     reverse: bool = False,
+    edge_scales: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One layer, one direction. input [T,B,I], hx [B,H] or None, lengths [B] or None.
+    edge_scales [T,B] or None: the gradient of the state entering processing step s of
+    sample b is multiplied by edge_scales[s, b] (truncation; forward values unchanged).
 
     Returns output [T,B,H] (zeros where t >= lengths[b]) and h_n [B,H].
     """
@@ -56,7 +66,8 @@ def reference_layer(
     x_proc = input.gather(0, time_of_step.unsqueeze(2).expand(-1, -1, input.shape[2]))
     states = []
     for s in range(steps):
-        z = x_proc[s] @ weight_ih.t() + h @ weight_hh.t()
+        h_in = h if edge_scales is None or s == 0 else scale_gradient(h, edge_scales[s].unsqueeze(1))
+        z = x_proc[s] @ weight_ih.t() + h_in @ weight_hh.t()
         if bias_ih is not None:
             z = z + bias_ih
         if bias_hh is not None:

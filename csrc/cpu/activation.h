@@ -48,27 +48,40 @@ inline void activate_row_body(scalar_t* __restrict xw, const scalar_t* __restric
   }
 }
 
-// dy [H] output gradient; carry [H] W_hh^T dz_{next}; extra [H] gradient of h_n or
-// null; h [H] saved output; dz, dz_step [H] out: (dy + carry + extra) * act'
-template <Activation A, typename scalar_t>
-inline void activation_grad_row_body(const scalar_t* __restrict dy, const scalar_t* __restrict carry,
-                                     const scalar_t* __restrict extra, const scalar_t* __restrict h,
-                                     scalar_t* __restrict dz, scalar_t* __restrict dz_step, int64_t H) {
-  if (extra != nullptr) {
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t d = (dy[j] + carry[j] + extra[j]) * activation_slope<A>(h[j]);
-      dz[j] = d;
-      dz_step[j] = d;
-    }
-  } else {
-#pragma omp simd
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t d = (dy[j] + carry[j]) * activation_slope<A>(h[j]);
-      dz[j] = d;
-      dz_step[j] = d;
-    }
+// g = dy + scale * carry (+ extra), dz = g * act'(h). scale is the edge scale of the
+// recurrent edge (1 for full BPTT); a cut edge (scale 0) is passed a zero carry row, so that
+// a non-finite carry cannot leak through 0 * inf. With kNorm the row also returns
+// sum_j g_j^2, accumulated in double as torch's CPU norm does (no overflow for finite g).
+// dy [H] output gradient; carry [H] W_hh^T dz_{next}; extra [H] gradient of h_n (kExtra);
+// h [H] saved output; dz, dz_step [H] out: dL/dz
+template <Activation A, bool kExtra, bool kNorm, typename scalar_t>
+inline double activation_grad_row_body(const scalar_t* __restrict dy, const scalar_t* __restrict carry,
+                                       scalar_t scale, const scalar_t* __restrict extra,
+                                       const scalar_t* __restrict h, scalar_t* __restrict dz,
+                                       scalar_t* __restrict dz_step, int64_t H) {
+  double g_sq = 0.0;
+#pragma omp simd reduction(+ : g_sq)
+  for (int64_t j = 0; j < H; ++j) {
+    scalar_t g = dy[j] + scale * carry[j];
+    if constexpr (kExtra) g += extra[j];
+    if constexpr (kNorm) g_sq += double(g) * double(g);
+    const scalar_t d = g * activation_slope<A>(h[j]);
+    dz[j] = d;
+    dz_step[j] = d;
   }
+  return g_sq;
+}
+
+template <Activation A, typename scalar_t>
+inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry, scalar_t scale,
+                                      const scalar_t* extra, const scalar_t* h, scalar_t* dz, scalar_t* dz_step,
+                                      int64_t H, bool want_norm) {
+  if (extra != nullptr) {
+    return want_norm ? activation_grad_row_body<A, true, true>(dy, carry, scale, extra, h, dz, dz_step, H)
+                     : activation_grad_row_body<A, true, false>(dy, carry, scale, extra, h, dz, dz_step, H);
+  }
+  return want_norm ? activation_grad_row_body<A, false, true>(dy, carry, scale, extra, h, dz, dz_step, H)
+                   : activation_grad_row_body<A, false, false>(dy, carry, scale, extra, h, dz, dz_step, H);
 }
 
 #define RNN_FUSED_DEFINE_ROWS(scalar_t)                                                                 \
@@ -80,15 +93,14 @@ inline void activation_grad_row_body(const scalar_t* __restrict dy, const scalar
       activate_row_body<Activation::Relu>(xw, rec, state, H);                                          \
     }                                                                                                   \
   }                                                                                                     \
-  RNN_FUSED_SIMD_CLONES inline void activation_grad_row(Activation a, const scalar_t* dy,              \
-                                                        const scalar_t* carry, const scalar_t* extra,   \
-                                                        const scalar_t* h, scalar_t* dz,                \
-                                                        scalar_t* dz_step, int64_t H) {                 \
-    if (a == Activation::Tanh) {                                                                        \
-      activation_grad_row_body<Activation::Tanh>(dy, carry, extra, h, dz, dz_step, H);                 \
-    } else {                                                                                            \
-      activation_grad_row_body<Activation::Relu>(dy, carry, extra, h, dz, dz_step, H);                 \
-    }                                                                                                   \
+  RNN_FUSED_SIMD_CLONES inline double activation_grad_row(                                              \
+      Activation a, const scalar_t* dy, const scalar_t* carry, scalar_t scale, const scalar_t* extra,      \
+      const scalar_t* h, scalar_t* dz, scalar_t* dz_step, int64_t H, bool want_norm) {                  \
+    return a == Activation::Tanh                                                                        \
+               ? activation_grad_row_any<Activation::Tanh>(dy, carry, scale, extra, h, dz, dz_step, H,  \
+                                                           want_norm)                                   \
+               : activation_grad_row_any<Activation::Relu>(dy, carry, scale, extra, h, dz, dz_step, H,  \
+                                                           want_norm);                                  \
   }
 
 RNN_FUSED_DEFINE_ROWS(float)

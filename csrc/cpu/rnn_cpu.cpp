@@ -88,11 +88,13 @@ void forward_time_loop(const LayerForwardParams& p, const Lengths& len, const sc
 // Backward time loop, s = max_len-1 .. 0.
 // dy [T,B,H] gradient of the output; dh_n [B,H]; out [T,B,H] saved h_t
 // dz [T,B,H] out: dL/dz_t (zero where t >= len); dz_step [B,H] out: dz at each
-// sample's processing step 0; carry [B,H] scratch
+// sample's processing step 0; carry [B,H] scratch; zero_row [H] zeros (the carry of a cut edge)
+// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded
 template <typename scalar_t, Activation A>
-void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const scalar_t* w_hh,
-                        const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out, scalar_t* dz,
-                        scalar_t* dz_step, scalar_t* carry) {
+void backward_time_loop(const LayerForwardParams& p, const TruncationParams& tp, const Lengths& len,
+                        const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
+                        scalar_t* dz, scalar_t* dz_step, scalar_t* carry, const scalar_t* zero_row,
+                        scalar_t* step_norms) {
   const int64_t B = p.batch, H = p.hidden_size;
   std::fill_n(dz_step, B * H, scalar_t(0));
   std::fill_n(carry, B * H, scalar_t(0));
@@ -109,7 +111,12 @@ void backward_time_loop(const LayerForwardParams& p, const Lengths& len, const s
         const int64_t t = step_time(s, length, p.reverse);
         const int64_t at_t = (t * B + b) * H;
         const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
-        activation_grad_row(A, dy + at_t, carry + b * H, extra, out + at_t, dz + at_t, dz_step + b * H, H);
+        // The carry crosses the edge into step s+1 (none past the sample's last step).
+        const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
+        const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H : zero_row;
+        const double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
+                                                dz_step + b * H, H, step_norms != nullptr);
+        if (step_norms != nullptr) step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
       }
     });
   }
@@ -119,9 +126,11 @@ std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
-    c10::string_view nonlinearity, bool reverse) {
+    c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, int64_t seed,
+    int64_t layer) {
   LayerForwardParams p = check_layer_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                           std::string(nonlinearity), reverse);
+  check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);  // used by the backward only
   const Lengths len = read_lengths(lengths, p.batch, p.steps);
   const int64_t T = p.steps, B = p.batch, I = p.input_size, H = p.hidden_size;
   const at::ScalarType ct = compute_dtype(input.scalar_type());
@@ -155,14 +164,16 @@ std::tuple<at::Tensor, at::Tensor> layer_forward_cpu(
   return {out.to(input.scalar_type()), state.to(input.scalar_type())};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward_cpu(
+LayerBackwardResult layer_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output, const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity,
-    bool reverse, std::array<bool, 5> output_mask) {
+    bool reverse, std::array<bool, 5> output_mask, int64_t truncate_every, double keep_prob, int64_t seed,
+    int64_t layer, bool record_norms) {
   LayerForwardParams p = check_layer_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt,
                                           lengths, std::string(nonlinearity), reverse);
   check_backward_args(p, input, grad_output, grad_h_n, output);
+  const TruncationParams tp = check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);
   const Lengths len = read_lengths(lengths, p.batch, p.steps);
   const int64_t T = p.steps, B = p.batch, H = p.hidden_size;
   const at::ScalarType dt = input.scalar_type();
@@ -176,12 +187,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
   at::Tensor dz = at::zeros({T, B, H}, x.options());
   at::Tensor dz_step = at::empty({B, H}, x.options());
   at::Tensor carry = at::empty({B, H}, x.options());
+  const at::Tensor zero_row = at::zeros({H}, x.options());
+  at::Tensor step_norms = record_norms ? at::zeros({T, B}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "rnn_layer_backward_cpu", [&] {
     auto run = [&](auto act) {
       backward_time_loop<scalar_t, decltype(act)::value>(
-          p, len, w_hh.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dh_n.data_ptr<scalar_t>(),
+          p, tp, len, w_hh.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dh_n.data_ptr<scalar_t>(),
           out.data_ptr<scalar_t>(), dz.data_ptr<scalar_t>(), dz_step.data_ptr<scalar_t>(),
-          carry.data_ptr<scalar_t>());
+          carry.data_ptr<scalar_t>(), zero_row.data_ptr<scalar_t>(),
+          record_norms ? step_norms.data_ptr<scalar_t>() : nullptr);
     };
     if (p.activation == Activation::Tanh) {
       run(std::integral_constant<Activation, Activation::Tanh>{});
@@ -190,7 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_bac
     }
   });
 
-  return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step, dh_n, hx, lengths, reverse, output_mask, dt);
+  return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step, dh_n, hx, lengths, reverse, output_mask, dt,
+                           record_norms, std::move(step_norms));
 }
 
 }  // namespace

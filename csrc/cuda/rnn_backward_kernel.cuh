@@ -1,9 +1,14 @@
 // Backward recurrence (BPTT) of one layer and direction, processing steps s = T-1 .. 0:
 //   carry = W_hh^T dz_{s+1}            (zero at a sample's last valid step)
-//   g_s   = dy_t + c * carry (+ dh_n at the sample's last valid step)
+//   g_s   = dy_t + c_{s+1} * carry (+ dh_n at the sample's last valid step)
 //   dz_s  = g_s * act'(h_t)            (from the saved output h_t)
-// with t = step_time(s, lengths[b], reverse). The weight, input, bias and h_0 gradients
+// with t = step_time(s, lengths[b], reverse) and c the edge scale of truncation
+// (rnn_params.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one, drawn
+// here from the counter-based generator). The weight, input, bias and h_0 gradients
 // follow from dz as whole-sequence GEMMs on the host (layer_gemms.h).
+// When norms are recorded, each block also reduces sum_u g^2 over its own units, per
+// sample, in a fixed order (no atomics: bitwise-reproducible), into norm_partials; the
+// host adds the blocks' partials of each (t, b).
 //
 // Two kernels share one step body (backward_step_slice), so they round identically:
 //  - backward_recurrence_persistent_kernel: ONE cooperative launch for the whole sequence.
@@ -24,6 +29,10 @@
 //                    and reads step s+1's from dz_step[(s + 1) % 2]; at exit dz_step[0]
 //                    holds dz at each sample's processing step 0 (zero if lengths[b] = 0)
 //   lengths [B]      int64 valid steps per sample, or null (all T)
+//   truncation       the edge scales' parameters (TruncationParams)
+//   g_sq    [B,H]    float64 scratch: g^2 of the current step, or null (norms not recorded)
+//   norm_partials [T,G,B] float64, zero on entry (G = gridDim.x): block k writes
+//                    sum over its units of g^2 at (t, k, b) for each valid step; or null
 #pragma once
 
 #include "cuda/rnn_kernel_common.cuh"
@@ -44,6 +53,9 @@ struct BackwardRecurrenceArgs {
   int64_t batch;
   int64_t hidden;
   bool reverse;
+  TruncationParams truncation;
+  double* g_sq;
+  double* norm_partials;
 };
 
 // One processing step s for the units of this block's slice.
@@ -60,20 +72,31 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
     const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
     if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
     if (s >= length) return;
-    // Edge scale c of the edge h_t -> h_{t+1} in processing order: 1 for full BPTT.
-    // Truncation / randomized truncation set it here (0 or 1/p) from (s + 1, b).
-    const scalar_t edge_scale = scalar_t(1);
     const int64_t t = step_time(s, length, a.reverse);
     const int64_t at = (t * B + b) * H + u;
     scalar_t g = a.dy[at];
-    if (s + 1 < length) g += edge_scale * carry;
+    if (s + 1 < length) {
+      // The carry crosses the edge h_t -> step s+1. A cut edge adds nothing (not 0 * carry,
+      // which would let an inf/NaN carry through, unlike a detached state).
+      const scalar_t c = static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
+      if (c != scalar_t(0)) g += c * carry;
+    }
     if (s == length - 1) g += a.dh_n[b * H + u];
-    // Fused gradient-norm reduction goes here: g is the gradient arriving at h_t
-    // (per step and sample ||g_t||^2 partial sums, and the non-finite flag).
+    if (a.g_sq != nullptr) a.g_sq[b * H + u] = static_cast<double>(g) * static_cast<double>(g);
     const scalar_t d = g * activation_slope<A>(a.out[at]);
     a.dz[at] = d;
     dz_now[b * H + u] = d;
   });
+  if (a.norm_partials != nullptr) {  // uniform over the grid, so the barrier is too
+    __syncthreads();                 // g_sq of every unit of the slice is written
+    for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+      if (s >= length) continue;
+      double sum = 0.0;
+      for (int64_t u = slice.begin; u < slice.end; ++u) sum += a.g_sq[b * H + u];
+      a.norm_partials[(step_time(s, length, a.reverse) * gridDim.x + blockIdx.x) * B + b] = sum;
+    }
+  }
 }
 
 // Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative

@@ -11,7 +11,7 @@
 // Thread mapping inside a block: warp w handles the work items w, w + warps, ... of the
 // block's slice, an item being one unit and kSamplesPerWarp consecutive samples; its lanes
 // split the length-H dot products (one W_hh row against those samples' states) and reduce
-// them with shuffles, lane 0 applies bias + activation (float32 accumulation for
+// them with shuffles, lane j applies bias + activation for sample j (float32 accumulation for
 // float32/float16/bfloat16 inputs, which the host runs in float32; float64 in float64).
 //
 // Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):

@@ -100,8 +100,8 @@ SIMT_DEVICE void load_weight_slice(const scalar_t* weights, scalar_t* w_slice, U
 
 // The thread mapping of one step of either recurrence: a warp's work item is one unit u of
 // the block's slice and kSamplesPerWarp consecutive samples; its lanes compute the dot
-// products of weight row u with those samples' rows of `source`, then lane 0 calls
-// epilogue(u, b, dot) for each real sample b. Consecutive warps take the units of one
+// products of weight row u with those samples' rows of `source`, then lane j calls
+// epilogue(u, b, dot) for the j-th sample b of the group (when b < B). Consecutive warps take the units of one
 // sample group, so they read the same source rows (cache reuse).
 // w_rows [(slice.end - slice.begin) * H] the slice's weight rows; source [B,H].
 template <typename scalar_t, typename Epilogue>
@@ -119,8 +119,12 @@ SIMT_DEVICE void for_each_slice_dot(const scalar_t* w_rows, const scalar_t* sour
     for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = source + (first + j < B ? first + j : first) * H;
     scalar_t dots[kSamplesPerWarp];
     warp_dots(w_rows + local * H, rows, H, lane, dots);
-    if (lane != 0) continue;
-    for (int j = 0; j < kSamplesPerWarp && first + j < B; ++j) epilogue(slice.begin + local, first + j, dots[j]);
+    // Every lane holds every dot: lane j runs sample j's epilogue, so the epilogues of a
+    // work item run side by side.
+    SIMT_UNROLL
+    for (int j = 0; j < kSamplesPerWarp; ++j) {
+      if (lane == j && first + j < B) epilogue(slice.begin + local, first + j, dots[j]);
+    }
   }
 }
 

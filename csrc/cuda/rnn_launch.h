@@ -145,9 +145,9 @@ void launch_forward_recurrence(const ForwardRecurrenceArgs<scalar_t>& args) {
   }
 }
 
+// plan: plan_backward's choice for args.hidden (its grid sizes args.norm_partials).
 template <Activation A, typename scalar_t>
-void launch_backward_recurrence(const BackwardRecurrenceArgs<scalar_t>& args) {
-  const RecurrencePlan plan = plan_backward<A, scalar_t>(args.hidden);
+void launch_backward_recurrence(const BackwardRecurrenceArgs<scalar_t>& args, const RecurrencePlan& plan) {
   const dim3 block(static_cast<unsigned>(plan.block_threads));
   if (plan.persistent) {
     simt::launch_cooperative(backward_recurrence_persistent_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid),
@@ -192,13 +192,15 @@ inline const int64_t* lengths_pointer(const std::optional<at::Tensor>& lengths_c
   return lengths_contiguous.has_value() ? lengths_contiguous->data_ptr<int64_t>() : nullptr;
 }
 
-// rnn_fused::rnn_layer_forward (schema and shapes in csrc/ops.cpp).
+// rnn_fused::rnn_layer_forward (schema and shapes in csrc/op_schemas.h).
 inline std::tuple<at::Tensor, at::Tensor> layer_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
-    const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse) {
+    const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse, int64_t truncate_every,
+    double keep_prob, int64_t seed, int64_t layer) {
   const LayerForwardParams p = check_layer_args(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                                 std::string(nonlinearity), reverse);
+  check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);  // used by the backward only
   RNN_FUSED_DEVICE_GUARD(input);
   check_lengths_on_host(lengths, p);
   const int64_t T = p.steps, B = p.batch, I = p.input_size, H = p.hidden_size;
@@ -234,15 +236,17 @@ inline std::tuple<at::Tensor, at::Tensor> layer_forward(
   return {out.to(input.scalar_type()), h_n.to(input.scalar_type()).contiguous()};
 }
 
-// rnn_fused::rnn_layer_backward (schema and shapes in csrc/ops.cpp).
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_backward(
+// rnn_fused::rnn_layer_backward (schema and shapes in csrc/op_schemas.h).
+inline LayerBackwardResult layer_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
     const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const at::Tensor& output, const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse,
-    std::array<bool, 5> output_mask) {
+    std::array<bool, 5> output_mask, int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
+    bool record_norms) {
   const LayerForwardParams p = check_layer_args(input, hx, weight_ih, weight_hh, std::nullopt, std::nullopt, lengths,
                                                 std::string(nonlinearity), reverse);
   check_backward_args(p, input, grad_output, grad_h_n, output);
+  const TruncationParams truncation = check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);
   RNN_FUSED_DEVICE_GUARD(input);
   check_lengths_on_host(lengths, p);
   const int64_t T = p.steps, B = p.batch, H = p.hidden_size;
@@ -257,20 +261,39 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> la
 
   at::Tensor dz = at::zeros({T, B, H}, x.options());
   at::Tensor dz_step = at::zeros({2, B, H}, x.options());
+  at::Tensor step_norms = record_norms ? at::zeros({T, B}, x.options()) : at::empty({0}, x.options());
   if (T > 0 && B > 0 && H > 0) {
     const at::Tensor w_hh_t = w_hh.t().contiguous();
     dispatch_recurrence(ct, p.activation, [&](auto activation, auto zero) {
       using scalar_t = decltype(zero);
-      BackwardRecurrenceArgs<scalar_t> args{w_hh_t.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
-                                            dh_n.data_ptr<scalar_t>(),   out.data_ptr<scalar_t>(),
-                                            dz.data_ptr<scalar_t>(),     dz_step.data_ptr<scalar_t>(),
-                                            lengths_pointer(len),        T,
-                                            B,                           H,
-                                            reverse};
-      launch_backward_recurrence<decltype(activation)::value, scalar_t>(args);
+      constexpr Activation A = decltype(activation)::value;
+      const RecurrencePlan plan = plan_backward<A, scalar_t>(H);
+      // Per-block partial sums of g^2 [T, grid, B], added up below in a fixed order.
+      at::Tensor g_sq, norm_partials;
+      if (record_norms) {
+        g_sq = at::empty({B, H}, x.options().dtype(at::kDouble));
+        norm_partials = at::zeros({T, plan.grid, B}, x.options().dtype(at::kDouble));
+      }
+      BackwardRecurrenceArgs<scalar_t> args{w_hh_t.data_ptr<scalar_t>(),
+                                            dy.data_ptr<scalar_t>(),
+                                            dh_n.data_ptr<scalar_t>(),
+                                            out.data_ptr<scalar_t>(),
+                                            dz.data_ptr<scalar_t>(),
+                                            dz_step.data_ptr<scalar_t>(),
+                                            lengths_pointer(len),
+                                            T,
+                                            B,
+                                            H,
+                                            reverse,
+                                            truncation,
+                                            record_norms ? g_sq.data_ptr<double>() : nullptr,
+                                            record_norms ? norm_partials.data_ptr<double>() : nullptr};
+      launch_backward_recurrence<A, scalar_t>(args, plan);
+      if (record_norms) step_norms.copy_(norm_partials.sum(1).sqrt_());
     });
   }
-  return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step[0], dh_n, hx, len, reverse, output_mask, dt);
+  return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step[0], dh_n, hx, len, reverse, output_mask, dt,
+                           record_norms, std::move(step_norms));
 }
 
 // rnn_fused::recurrence_plan: what launch_{forward,backward}_recurrence would do for

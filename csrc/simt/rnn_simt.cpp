@@ -8,18 +8,11 @@
 #include <torch/library.h>
 
 #include "cuda/rnn_launch.h"
+#include "op_schemas.h"
 
 TORCH_LIBRARY_FRAGMENT(rnn_fused, m) {
-  m.def(
-      "simt_rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, "
-      "Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse) "
-      "-> (Tensor output, Tensor h_n)");
-  m.def(
-      "simt_rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? hx, "
-      "Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor? lengths, str nonlinearity, "
-      "bool reverse, bool[5] output_mask) "
-      "-> (Tensor grad_input, Tensor grad_hx, Tensor grad_weight_ih, Tensor grad_weight_hh, "
-      "Tensor grad_bias)");
+  m.def(RNN_FUSED_LAYER_FORWARD_SCHEMA("simt_rnn_layer_forward"));
+  m.def(RNN_FUSED_LAYER_BACKWARD_SCHEMA("simt_rnn_layer_backward"));
   // like: a tensor with the layer's dtype on the device to plan for (CPU: the emulated
   // device). Returns (path 'persistent' | 'fallback', grid, block_threads, units_per_block,
   // shared_mem_bytes, blocks_per_sm, reason).
