@@ -5,6 +5,10 @@ run by the SIMT emulator on a small emulated GPU:
 - parity: every output and gradient of rnn_fused.RNN against a float64 torch.nn.RNN, within
   the tolerance rule of rnn_fused.testing (2x stock float32's error + 8 ulp; float64 runs
   get testing.FLOAT64_PARITY_ULPS). Error and tolerance are relative to max|reference|.
+- truncation: one layer with truncation K or randomized truncation, every output and
+  gradient against a float64 autograd step loop (reference.py) whose recurrent edges are
+  detached every K steps (scales computed here from the definition) or scaled by the
+  draws rnn_fused.edge_scales names; stock is the same loop in float32; same rule.
 - gradcheck: torch.autograd.gradcheck of the module in float64 (its verdict), with the
   largest |analytic - central difference| Jacobian entry and gradcheck's allowance there
   (atol + rtol |numerical|) shown.
@@ -21,9 +25,12 @@ import torch
 from torch.autograd.gradcheck import GradcheckError
 
 from . import simt
+from .functional import rnn_layer
 from .modules import RNN
-from .testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, RNNCase, measure_against_torch,
-                      module_as_function, true_float32_on_cuda)
+from .reference import reference_layer
+from .testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, RNNCase, layer_args, layer_results, measure,
+                      measure_against_torch, module_as_function, true_float32_on_cuda)
+from .truncation import RandomTruncation, edge_scales
 
 # torch.autograd.gradcheck's defaults, for the numbers shown beside its verdict.
 GRADCHECK_EPS, GRADCHECK_ATOL, GRADCHECK_RTOL = 1e-6, 1e-5, 1e-3
@@ -55,6 +62,33 @@ EMULATED_CASES = [
     RNNCase(num_layers=1, bidirectional=True, packing="sorted", bias=False,
             seq_len=6, batch=2, input_size=2, hidden_size=5),
 ]
+
+
+@dataclass(frozen=True)
+class TruncationCase:
+    """One layer and direction with truncated BPTT. lengths: valid steps per sample or None."""
+
+    truncation: int | RandomTruncation
+    steps: int
+    batch: int
+    input_size: int
+    hidden: int
+    nonlinearity: str = "tanh"
+    reverse: bool = False
+    lengths: tuple[int, ...] | None = None
+    layer: int = 0  # keys the randomized draws
+
+
+TRUNCATION_CASES = [
+    TruncationCase(4, 12, 4, 5, 16),
+    TruncationCase(5, 12, 4, 5, 16, "relu", reverse=True, lengths=(12, 7, 3, 10)),
+    TruncationCase(RandomTruncation(keep_prob=0.7, seed=11), 12, 4, 5, 16, lengths=(12, 9, 1, 6)),
+    TruncationCase(RandomTruncation(keep_prob=0.5, seed=12), 12, 4, 5, 16, reverse=True, layer=1),
+]
+EMULATED_TRUNCATION_CASES = [
+    TruncationCase(2, 6, 3, 4, 7, reverse=True, lengths=(6, 2, 5)),
+    TruncationCase(RandomTruncation(keep_prob=0.6, seed=5), 6, 3, 4, 7, "relu", lengths=(6, 4, 3), layer=1),
+]
 GRADCHECK_CASES = [
     RNNCase(with_hx=True),
     RNNCase(num_layers=2, bidirectional=True, nonlinearity="relu", packing="unsorted", with_hx=True,
@@ -64,7 +98,7 @@ GRADCHECK_CASES = [
 
 @dataclass
 class CheckRow:
-    kind: str            # "parity" or "gradcheck"
+    kind: str            # "parity", "truncation" or "gradcheck"
     backend: str         # "cpu", "cuda" or EMULATED
     config: str
     dtype: str
@@ -110,6 +144,52 @@ def parity_rows(case: RNNCase, dtype: torch.dtype, device: torch.device, backend
     # Packed-sequence bookkeeping must be identical, not close.
     rows += [CheckRow("parity", backend, describe(case), dtype_name, "packed metadata", 1.0, 0.0,
                       False, mismatch) for mismatch in mismatches]
+    return rows
+
+
+def describe_truncation(case: TruncationCase) -> str:
+    if isinstance(case.truncation, RandomTruncation):
+        how = f"random p={case.truncation.keep_prob} seed={case.truncation.seed}"
+    else:
+        how = f"K={case.truncation}"
+    parts = [f"layer {case.layer}", "reverse" if case.reverse else "forward", case.nonlinearity, how]
+    if case.lengths is not None:
+        parts.append("lengths " + ",".join(map(str, case.lengths)))
+    return " ".join(parts) + f" T{case.steps} B{case.batch} I{case.input_size} H{case.hidden}"
+
+
+def reference_edge_scales(case: TruncationCase) -> torch.Tensor:
+    """c [T, B] float64 in processing order. K: from the definition (the edge into step s is
+    cut when s % K == 0 and s > 0), independently of the kernels; randomized: the draws
+    rnn_fused.edge_scales names (a random draw has no second source)."""
+    lengths = None if case.lengths is None else torch.tensor(case.lengths)
+    if isinstance(case.truncation, RandomTruncation):
+        return edge_scales(case.steps, case.batch, case.truncation, case.layer, case.reverse, lengths)
+    step = torch.arange(case.steps, dtype=torch.float64).unsqueeze(1)
+    kept = (step % case.truncation != 0) | (step == 0)
+    return kept.to(torch.float64).expand(case.steps, case.batch).clone()
+
+
+def truncation_rows(case: TruncationCase, dtype: torch.dtype, device: torch.device, backend: str) -> list[CheckRow]:
+    args = [None if a is None else a.to(device)
+            for a in layer_args(case.steps, case.batch, case.input_size, case.hidden)]
+    generator = torch.Generator().manual_seed(7)
+    cotangents = [torch.randn(case.steps, case.batch, case.hidden, dtype=torch.float64, generator=generator),
+                  torch.randn(case.batch, case.hidden, dtype=torch.float64, generator=generator)]
+    lengths = None if case.lengths is None else torch.tensor(case.lengths, device=device)
+    common = dict(lengths=lengths, nonlinearity=case.nonlinearity, reverse=case.reverse)
+    scales = reference_edge_scales(case).to(device)
+    reference = layer_results(reference_layer, args, cotangents, torch.float64, edge_scales=scales, **common)
+    stock = layer_results(reference_layer, args, cotangents, dtype, edge_scales=scales, **common)
+    ours = layer_results(rnn_layer, args, cotangents, dtype, truncation=case.truncation, layer=case.layer,
+                         backend="simt" if backend == EMULATED else "native", **common)
+    ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else DEFAULT_ULPS
+    rows = []
+    for name in reference:
+        r = measure(reference[name], stock[name], ours[name], name=name, ulps=ulps)
+        rows.append(CheckRow("truncation", backend, describe_truncation(case), str(dtype).removeprefix("torch."),
+                             name, r.relative_error, r.relative_bound, r.passed,
+                             f"2 x stock {r.stock_error:.2e} + floor {r.floor:.2e} (absolute)"))
     return rows
 
 
@@ -176,6 +256,8 @@ def plan(device: torch.device, emulated: bool, quick: bool) -> list[tuple[str, C
     device_cases = DEVICE_CASES[::3] if quick else DEVICE_CASES
     emulated_cases = EMULATED_CASES[:1] if quick else EMULATED_CASES
     gradcheck_cases = GRADCHECK_CASES[:1] if quick else GRADCHECK_CASES
+    truncation_cases = TRUNCATION_CASES[1::2] if quick else TRUNCATION_CASES
+    emulated_truncation_cases = EMULATED_TRUNCATION_CASES[1:] if quick else EMULATED_TRUNCATION_CASES
     cpu = torch.device("cpu")
     backend = device.type
     tasks = []
@@ -185,6 +267,10 @@ def plan(device: torch.device, emulated: bool, quick: bool) -> list[tuple[str, C
         tasks.append((f"float32 {describe(case)}", lambda c=case: parity_rows(c, torch.float32, device, backend)))
     for case in device_cases[-2:]:
         tasks.append((f"float64 {describe(case)}", lambda c=case: parity_rows(c, torch.float64, device, backend)))
+    for case in truncation_cases:
+        for dtype in (torch.float32, torch.float64):
+            tasks.append((f"truncation {dtype} {describe_truncation(case)}",
+                          lambda c=case, d=dtype: truncation_rows(c, d, device, backend)))
     if emulated:
         for case in gradcheck_cases[:1]:
             tasks.append((f"emulated gradcheck {describe(case)}", lambda c=case: [gradcheck_row(c, cpu, EMULATED)]))
@@ -192,6 +278,10 @@ def plan(device: torch.device, emulated: bool, quick: bool) -> list[tuple[str, C
             for dtype in (torch.float32, torch.float64):
                 tasks.append((f"emulated {dtype} {describe(case)}",
                               lambda c=case, d=dtype: parity_rows(c, d, cpu, EMULATED)))
+        for case in emulated_truncation_cases:
+            for dtype in (torch.float32, torch.float64):
+                tasks.append((f"emulated truncation {dtype} {describe_truncation(case)}",
+                              lambda c=case, d=dtype: truncation_rows(c, d, cpu, EMULATED)))
     return tasks
 
 

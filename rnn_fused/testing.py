@@ -411,3 +411,22 @@ def module_as_function(module: nn.Module, input: Tensor | PackedSequence, hx: Te
 
     leaves = [_input_leaf(input), hx, *module.parameters()]
     return f, tuple(None if t is None else t.detach().clone().requires_grad_() for t in leaves)
+
+
+LAYER_ARG_NAMES = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def layer_results(layer_fn: Callable, args: Sequence[Tensor | None], cotangents: Sequence[Tensor],
+                  dtype: torch.dtype, **kwargs) -> dict[str, Tensor]:
+    """Forward and backward of one layer (rnn_fused.rnn_layer or reference_layer) on `args`
+    (layer_args' order, None for absent ones) cast to dtype, with cotangents (for output
+    and h_n) cast alike; kwargs go to layer_fn. Returns output, h_n and grad_<arg name> of
+    every present argument."""
+    leaves = [None if a is None else a.detach().to(dtype).requires_grad_() for a in args]
+    out, h_n = layer_fn(*leaves, **kwargs)
+    present = [(name, leaf) for name, leaf in zip(LAYER_ARG_NAMES, leaves) if leaf is not None]
+    grads = torch.autograd.grad((out, h_n), [leaf for _, leaf in present],
+                                [c.to(out.device, dtype) for c in cotangents])
+    results = {"output": out.detach(), "h_n": h_n.detach()}
+    results.update({f"grad_{name}": grad for (name, _), grad in zip(present, grads)})
+    return results
