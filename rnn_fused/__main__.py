@@ -80,18 +80,18 @@ def _check(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.run(device=args.device or torch.device("cpu"), seeds=args.seeds,
-                    threads=args.threads, quick=args.quick, out=args.out)
+    return demo.run(seeds=args.seeds, threads=args.threads, quick=args.quick, out=args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnn-fused", description="rnn_fused command line")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str, run, default_out: str, default_device: str, threads: int):
+    def command(name: str, help: str, run, default_out: str, threads: int, with_device: bool = True):
         sub = commands.add_parser(name, help=help, description=help)
-        sub.add_argument("--device", type=device_argument, default=None,
-                         help=f"cpu or cuda (default: {default_device})")
+        if with_device:
+            sub.add_argument("--device", type=device_argument, default=None,
+                             help="cpu or cuda (default: cuda if available, else cpu)")
         sub.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
         sub.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (seconds)")
         sub.add_argument("--threads", type=positive_int, default=threads,
@@ -100,20 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     bench = command("bench", "rnn_fused.RNN vs torch.nn.RNN: time, ratio, GFLOP/s, peak memory",
-                    _bench, "bench_out", "cuda if available, else cpu", 2)
+                    _bench, "bench_out", 2)
     bench.add_argument("--shapes", type=shapes_argument, default=None,
                        help="T,B,I,H[;T,B,I,H...] (default: a grid for the device)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
 
     check = command("check", "gradient agreement: float64 gradcheck and parity with nn.RNN and a "
                     "float64 reference, on the device and through the emulated CUDA kernels",
-                    _check, "check_out", "cuda if available, else cpu", 2)
+                    _check, "check_out", 2)
     check.add_argument("--no-emulated", action="store_true",
                        help="skip the rows of the CUDA kernels run by the SIMT emulator")
 
-    # One thread: the demo's models are tiny, so more threads only add synchronisation.
+    # On the CPU with one thread: the demo's models are tiny, and more threads only add
+    # synchronisation (and, on a busy machine, waiting for a core).
     demo = command("demo", "the backpropagation-through-time experiments, reproduced with "
-                   "rnn_fused kernels, as a Markdown report with figures", _demo, "demo_out", "cpu", 1)
+                   "rnn_fused kernels on the CPU, as a Markdown report with figures", _demo, "demo_out", 1,
+                   with_device=False)
     demo.add_argument("--seeds", type=seeds_argument, default=None,
                       help="training seeds, e.g. 0,1,2 (default 0-4; --quick: 0)")
     return parser
