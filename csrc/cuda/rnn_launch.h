@@ -42,14 +42,14 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::T
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 62, backward_recurrence_persistent_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Relu, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Tanh, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Relu, double>);
 
 // A persistent block owns at least this many units: fewer would leave most of its warps
 // idle at small batch sizes and add blocks to every grid-wide barrier for little work.

@@ -1,0 +1,177 @@
+"""What truncation and in-kernel gradient norms cost, and what they save.
+
+1. Overhead: forward+backward of rnn_fused.RNN with norms recorded and/or truncation,
+   against the same module with full BPTT and nothing recorded, timed alternately
+   (benchmark.paired_median_seconds) at the CPU benchmark shapes.
+2. The PyTorch way of getting the same numbers at T = 1000: per-step gradient norms need
+   the hidden states, so a step loop with a hook on every h_t; truncation every K steps is
+   nn.RNN run chunk by chunk with the state detached in between (and the step loop
+   detaching every K steps when norms are wanted as well).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .benchmark import CPU_SHAPES, build_pair, paired_median_seconds
+from .recording import record_gradients
+from .truncation import RandomTruncation
+
+# Variants of the fused forward+backward, each against full BPTT with nothing recorded.
+OVERHEAD_VARIANTS = {
+    "norms": dict(record=True, truncation=None),
+    "K=10": dict(record=False, truncation=10),
+    "random p=0.9": dict(record=False, truncation=RandomTruncation(0.9, seed=1)),
+    "norms + random p=0.9": dict(record=True, truncation=RandomTruncation(0.9, seed=1)),
+}
+PYTORCH_WAY_SHAPES = [(1000, 8, 32, 64), (1000, 1, 32, 128), (1000, 16, 64, 128)]
+PYTORCH_WAY_K = 50
+
+
+def fused_step(module, x, grad_out, *, record: bool, truncation):
+    """One forward+backward of an rnn_fused.RNN; returns the per-step norms when recorded."""
+    params = list(module.parameters())
+
+    def run():
+        for p in params:
+            p.grad = None
+        if record:
+            with record_gradients(module) as rec:
+                out, _ = module(x, truncation=truncation)
+            torch.autograd.backward(out, grad_out)
+            return rec.step_norms
+        out, _ = module(x, truncation=truncation)
+        torch.autograd.backward(out, grad_out)
+        return None
+    return run
+
+
+def hook_step_loop(stock: torch.nn.RNN, x, grad_out, *, every: int | None):
+    """The same numbers from stock PyTorch: a tanh step loop over nn.RNN's weights with a
+    hook on every h_t (the gradient arriving there), detaching every `every` steps."""
+    w_ih, w_hh, b_ih, b_hh = stock.weight_ih_l0, stock.weight_hh_l0, stock.bias_ih_l0, stock.bias_hh_l0
+    params = list(stock.parameters())
+    steps, batch = x.shape[:2]
+
+    def run():
+        for p in params:
+            p.grad = None
+        norms = x.new_zeros(steps, batch)
+        projected = torch.addmm(b_ih + b_hh, x.reshape(steps * batch, -1), w_ih.t()).view(steps, batch, -1)
+        h = x.new_zeros(batch, w_hh.shape[0])
+        outputs = []
+        for t in range(steps):
+            if every is not None and t > 0 and t % every == 0:
+                h = h.detach()
+            h = torch.tanh(torch.addmm(projected[t], h, w_hh.t()))
+            h.register_hook(lambda g, t=t: norms.__setitem__(t, g.norm(dim=1)))
+            outputs.append(h)
+        torch.autograd.backward(torch.stack(outputs), grad_out)
+        return norms
+    return run
+
+
+def chunked_stock(stock: torch.nn.RNN, x, grad_out, *, every: int):
+    """Truncation every `every` steps with stock nn.RNN: one call per chunk, the state
+    detached between chunks."""
+    params = list(stock.parameters())
+
+    def run():
+        for p in params:
+            p.grad = None
+        h = None
+        outputs = []
+        for start in range(0, x.shape[0], every):
+            out, h = stock(x[start:start + every], h)
+            outputs.append(out)
+            h = h.detach()
+        torch.autograd.backward(torch.cat(outputs), grad_out)
+    return run
+
+
+@dataclass
+class OverheadRow:
+    shape: tuple[int, int, int, int]
+    variant: str
+    baseline_ms: float
+    variant_ms: float
+
+    @property
+    def overhead(self) -> float:
+        return self.variant_ms / self.baseline_ms - 1.0
+
+
+@dataclass
+class PyTorchWayRow:
+    shape: tuple[int, int, int, int]
+    what: str
+    pytorch_way: str
+    pytorch_ms: float
+    ours_ms: float
+
+    @property
+    def speedup(self) -> float:
+        return self.pytorch_ms / self.ours_ms
+
+
+def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, **timing) -> list[OverheadRow]:
+    device = torch.device("cpu")
+    rows = []
+    for shape in shapes:
+        _, ours, x, grad_out = build_pair(shape, device, torch.float32)
+        baseline = fused_step(ours, x, grad_out, record=False, truncation=None)
+        for name, variant in variants.items():
+            t_base, t_variant = paired_median_seconds(baseline, fused_step(ours, x, grad_out, **variant),
+                                                      device=device, **timing)
+            rows.append(OverheadRow(shape, name, t_base * 1e3, t_variant * 1e3))
+            if progress is not None:
+                progress(rows[-1])
+    return rows
+
+
+def pytorch_way_rows(shapes=PYTORCH_WAY_SHAPES, every: int = PYTORCH_WAY_K, progress=None,
+                     **timing) -> list[PyTorchWayRow]:
+    device = torch.device("cpu")
+    rows = []
+    for shape in shapes:
+        stock, ours, x, grad_out = build_pair(shape, device, torch.float32)
+        cases = [
+            ("step norms", "step loop + hook on every h_t", hook_step_loop(stock, x, grad_out, every=None),
+             fused_step(ours, x, grad_out, record=True, truncation=None)),
+            (f"truncation K={every}", "nn.RNN per chunk, state detached", chunked_stock(stock, x, grad_out, every=every),
+             fused_step(ours, x, grad_out, record=False, truncation=every)),
+            (f"norms + K={every}", "step loop + hooks + detach", hook_step_loop(stock, x, grad_out, every=every),
+             fused_step(ours, x, grad_out, record=True, truncation=every)),
+        ]
+        for what, how, theirs, mine in cases:
+            t_theirs, t_ours = paired_median_seconds(theirs, mine, device=device, **timing)
+            rows.append(PyTorchWayRow(shape, what, how, t_theirs * 1e3, t_ours * 1e3))
+            if progress is not None:
+                progress(rows[-1])
+    return rows
+
+
+def format_overhead(rows: list[OverheadRow]) -> str:
+    lines = ["| T, B, I, H | variant | full BPTT ms | variant ms | overhead |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {', '.join(map(str, r.shape))} | {r.variant} | {r.baseline_ms:.2f} | {r.variant_ms:.2f} | "
+                     f"{100 * r.overhead:+.1f}% |")
+    return "\n".join(lines)
+
+
+def format_pytorch_way(rows: list[PyTorchWayRow]) -> str:
+    lines = ["| T, B, I, H | numbers | PyTorch way | PyTorch ms | rnn_fused ms | speed-up |",
+             "|---|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {', '.join(map(str, r.shape))} | {r.what} | {r.pytorch_way} | {r.pytorch_ms:.2f} | "
+                     f"{r.ours_ms:.2f} | {r.speedup:.2f}x |")
+    return "\n".join(lines)
+
+
+def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], threads: int) -> str:
+    return json.dumps({"device": "cpu", "threads": threads,
+                       "overhead": [dict(asdict(r), overhead=r.overhead) for r in overhead],
+                       "pytorch_way": [dict(asdict(r), speedup=r.speedup) for r in pytorch_way]}, indent=2)

@@ -1,0 +1,291 @@
+"""Truncation and gradient norms at the level of the single-layer ops, on every backend.
+
+The emulated CUDA kernels run on multi-block grids (each block reduces the norms of its
+own units; the host adds the blocks' partials), on the per-step fallback, and under every
+emulator schedule; the CPU loops run the same cases. References: autograd through
+reference.py's step loop with the same edge scales (float64), and hooks on its states.
+Module-level semantics (detach loops, packed input, statistics) are in
+test_truncation.py and test_gradient_norms.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused import _ops, simt
+from rnn_fused.recording import fused_sq_norm
+from rnn_fused.reference import reference_layer
+from rnn_fused.testing import FLOAT64_PARITY_ULPS
+from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
+
+from rnn_cases import layer_args
+
+OPS = torch.ops.rnn_fused
+DEVICES = {"2sm": dict(sm_count=2), "no_coop": dict(sm_count=2, cooperative_launch=False),
+           "tiny_smem": dict(sm_count=4, shared_mem_per_block=64, shared_mem_per_block_optin=64,
+                             shared_mem_per_sm=4096)}
+TRUNCATIONS = {"full": None, "K1": 1, "K2": 2, "K4": 4, "random": RandomTruncation(0.6, seed=11)}
+# steps, batch, input, hidden, nonlinearity, reverse, lengths
+CASES = [
+    (6, 3, 4, 9, "tanh", False, [6, 2, 4]),
+    (6, 3, 4, 9, "relu", True, [5, 6, 0]),
+    (5, 2, 3, 33, "tanh", True, None),
+]
+
+
+def _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeypatch):
+    """Float64 autograd through the step loop with edge scales, plus the norm of the
+    gradient arriving at every state (a hook on each h_t), by time step."""
+    leaves = [None if a is None else a.detach().double().requires_grad_() for a in args]
+    steps, batch = args[0].shape[:2]
+    norms = torch.zeros(steps, batch, dtype=torch.float64)
+    states = []
+    original = torch.tanh if nonlinearity == "tanh" else torch.relu
+
+    calls = []
+
+    def act(z):  # the activation's outputs are the states h_s, in processing order
+        h = original(z)
+        h.register_hook(lambda g, s=len(calls): states.append((s, g.norm(dim=1))))
+        calls.append(None)
+        return h
+
+    import rnn_fused.reference as reference
+    with monkeypatch.context() as patch:
+        patch.setattr(reference, "activation_fn", lambda name: act)
+        out, h_n = reference_layer(*leaves, lengths, nonlinearity, reverse, scales)
+    present = [a for a in leaves if a is not None]
+    grads = torch.autograd.grad((out, h_n), present, cotangents)
+    lengths_list = [steps] * batch if lengths is None else lengths.tolist()
+    for s, norm in states:
+        for b in range(batch):
+            if s < lengths_list[b]:
+                t = lengths_list[b] - 1 - s if reverse else s
+                norms[t, b] = norm[b]
+    return grads, norms
+
+
+def _run_op(args, lengths, nonlinearity, reverse, truncation_args, backend, cotangents, layer=0):
+    out, h_n = _ops.layer_forward(*args, lengths, nonlinearity, reverse, truncation_args, layer, backend)
+    input, hx, w_ih, w_hh = args[:4]
+    return _ops.layer_backward(cotangents[0], cotangents[1], input, hx, w_ih, w_hh, out, lengths, nonlinearity,
+                               reverse, [True, True, True, True, True], truncation_args, layer, True, backend)
+
+
+def _close64(actual, expected):
+    tol = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("truncation", list(TRUNCATIONS), ids=list(TRUNCATIONS))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
+def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeypatch):
+    """CPU op and emulated kernels (2-SM grid) vs float64 autograd with the same edge scales;
+    the emulated kernels are bitwise equal under forward, reverse and shuffled schedules."""
+    steps, batch, input_size, hidden, nonlinearity, reverse, lengths = case
+    lengths = None if lengths is None else torch.tensor(lengths)
+    layer = 1
+    args = [a.double() if a is not None else None
+            for a in layer_args(steps, batch, input_size, hidden, bias=True, hx=True)]
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    targs = resolve_truncation(TRUNCATIONS[truncation])
+    scales = rnn_fused.edge_scales(steps, batch, TRUNCATIONS[truncation], layer=layer, reverse=reverse)
+    ref_grads, ref_norms = _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeypatch)
+    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order
+    # (input, hx, w_ih, w_hh, b_ih, b_hh).
+    results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "native", cotangents, layer)}
+    with simt.emulated_device(**DEVICES["2sm"]):
+        for mode in ("forward", "reverse", "shuffle"):
+            with simt.schedule(mode, seed=5):
+                results[mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "simt", cotangents, layer)
+    for name, result in results.items():
+        grads, step_norms, sq_norms, nonfinite = result[:5], result[5], result[6], result[7]
+        for got, want in zip(grads, ref_grads[:5]):
+            _close64(got, want)
+        _close64(grads[4], ref_grads[5])
+        _close64(step_norms, ref_norms)
+        expected_sq = torch.stack([gr.pow(2).sum() for gr in grads])
+        _close64(sq_norms, expected_sq)
+        assert not nonfinite.item(), name
+    for mode in ("reverse", "shuffle"):
+        assert all(torch.equal(a, b) for a, b in zip(results["forward"], results[mode])), mode
+
+
+@pytest.mark.parametrize("device", list(DEVICES), ids=list(DEVICES))
+def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
+    """Multi-block, fallback and tiny-shared-memory plans all reduce the same norms (float32,
+    H = 40 spread over many blocks) as the CPU loop, to float32 rounding."""
+    steps, batch, hidden = 5, 3, 40
+    args = layer_args(steps, batch, 3, hidden, bias=True, hx=False, dtype=torch.float32)
+    lengths = torch.tensor([5, 3, 4])
+    g = torch.Generator().manual_seed(9)
+    cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    targs = TruncationArgs(every=2)
+    cpu = _run_op(args, lengths, "tanh", False, targs, "native", cot)
+    with simt.emulated_device(**DEVICES[device]):
+        emulated = _run_op(args, lengths, "tanh", False, targs, "simt", cot)
+        plan = rnn_fused.plan(hidden, backward=True)
+    assert plan.grid > 1
+    torch.testing.assert_close(emulated[5], cpu[5], rtol=1e-5, atol=0)
+    assert (emulated[5][3:, 1] == 0).all() and (emulated[5][4:, 2] == 0).all()  # past each length
+
+
+@pytest.mark.parametrize("backend", ["native", "simt"])
+def test_cut_edge_stops_nan_like_detach(backend):
+    """A NaN gradient arriving after a cut edge stays there (a detached state passes
+    nothing back, not 0 * NaN); the flag reports it."""
+    steps, batch, hidden = 6, 2, 5
+    args = layer_args(steps, batch, 3, hidden, bias=False, hx=True, dtype=torch.float32)
+    dy = torch.zeros(steps, batch, hidden)
+    dy[5, 0, 1] = float("nan")
+    dy[1] = 1.0
+    cot = [dy, torch.zeros(batch, hidden)]
+    with simt.emulated_device(sm_count=2):
+        result = _run_op(args, None, "tanh", False, TruncationArgs(every=3), backend, cot)
+    step_norms = result[5]
+    assert torch.isnan(step_norms[3:, 0]).all() and torch.isfinite(step_norms[:3]).all()
+    assert torch.isfinite(step_norms[:, 1]).all()
+    assert torch.isfinite(result[1]).all()  # grad_hx: only steps 0..2 reach h_0
+    assert result[7].item()
+
+
+@pytest.mark.parametrize("backend", ["native", "simt"])
+def test_no_norms_unless_asked(backend):
+    args = layer_args(4, 2, 3, 5, bias=True, hx=False, dtype=torch.float32)
+    out, h_n = _ops.layer_forward(*args, None, "tanh", False, backend=backend)
+    result = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), args[0], None, args[2], args[3], out,
+                                 None, "tanh", False, [True] * 5, TruncationArgs(every=2), 0, False, backend)
+    assert [r.numel() for r in result[5:]] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("op", ["rnn_layer_backward", "simt_rnn_layer_backward"])
+@pytest.mark.parametrize("bad, message", [
+    (dict(truncate_every=-1), "truncate_every must be >= 0"),
+    (dict(keep_prob=0.0), r"keep_prob must be in \(0, 1\]"),
+    (dict(keep_prob=1.5), r"keep_prob must be in \(0, 1\]"),
+    (dict(seed=-3), "seed must be >= 0"),
+    (dict(layer=-1), "layer must be in"),
+])
+def test_op_rejects_bad_truncation_arguments(op, bad, message):
+    args = layer_args(3, 2, 3, 4, bias=False, hx=False, dtype=torch.float32)
+    out = torch.zeros(3, 2, 4)
+    kwargs = dict(truncate_every=0, keep_prob=1.0, seed=0, layer=0)
+    kwargs.update(bad)
+    with pytest.raises(ValueError, match=message):
+        getattr(OPS, op)(out, torch.zeros(2, 4), args[0], None, args[2], args[3], out, None, "tanh", False,
+                         [True] * 5, **kwargs)
+    forward = op.replace("backward", "forward")
+    with pytest.raises(ValueError, match=message):
+        getattr(OPS, forward)(*args, None, "tanh", False, **kwargs)
+
+
+def test_edge_scales_op_follows_its_definition():
+    """K cuts exactly the multiples of K; step 0 is never cut; randomized scales are 0 or
+    1/p; streams of layers and directions differ; seeds are honoured."""
+    scales = rnn_fused.edge_scales(10, 3, 4)
+    assert scales[:, 0].tolist() == [1, 1, 1, 1, 0, 1, 1, 1, 0, 1]
+    random = RandomTruncation(0.25, seed=123)
+    a = rnn_fused.edge_scales(200, 8, random)
+    assert set(a[1:].unique().tolist()) == {0.0, 4.0} and (a[0] == 1).all()
+    assert not torch.equal(a, rnn_fused.edge_scales(200, 8, random, layer=1))
+    assert not torch.equal(a, rnn_fused.edge_scales(200, 8, random, reverse=True))
+    assert not torch.equal(a, rnn_fused.edge_scales(200, 8, RandomTruncation(0.25, seed=124)))
+    kept = (a[1:] > 0).double().mean().item()
+    assert abs(kept - 0.25) < 5 * (0.25 * 0.75 / a[1:].numel()) ** 0.5
+    with pytest.raises(ValueError, match="explicit seed"):
+        rnn_fused.edge_scales(4, 2, RandomTruncation(0.5))
+
+
+@pytest.mark.parametrize("backend", ["native", "simt"])
+def test_opcheck_with_truncation_and_norms(backend):
+    forward, backward = _ops.forward_op(backend), _ops.backward_op(backend)
+    args = layer_args(4, 3, 2, 5, bias=True, hx=True, dtype=torch.float32)
+    lengths = torch.tensor([4, 1, 3])
+    trunc = (2, 0.7, 99, 1)
+    torch.library.opcheck(forward.default, (*args, lengths, "relu", True, *trunc))
+    out, h_n = forward(*args, lengths, "relu", True, *trunc)
+    backward_args = (torch.randn_like(out), torch.randn_like(h_n), args[0], args[1], args[2], args[3], out, lengths,
+                     "relu", True, [True, True, False, True, True], *trunc, True)
+    torch.library.opcheck(backward.default, backward_args)
+
+
+def test_double_backward_with_truncation_follows_the_truncated_graph():
+    """create_graph=True goes through the step loop with the same edge scales: its first
+    derivatives equal the fused backward's, its second those of autograd on the loop."""
+    args = [a.requires_grad_() for a in layer_args(5, 2, 3, 4, bias=True, hx=True)]
+    truncation = RandomTruncation(0.5, seed=4)
+    scales = rnn_fused.edge_scales(5, 2, truncation, layer=2)
+
+    def first_and_second(layer):
+        out, h_n = layer(*args)
+        grads = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), args, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), args)
+        return grads, second
+
+    fused = first_and_second(lambda *t: rnn_fused.rnn_layer(*t, None, "tanh", False, truncation=truncation, layer=2))
+    loop = first_and_second(lambda *t: reference_layer(*t, None, "tanh", False, scales))
+    out, h_n = rnn_fused.rnn_layer(*args, None, "tanh", False, truncation=truncation, layer=2)
+    fused_only = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), args)
+    for a, b, c in zip(fused[0], loop[0], fused_only):
+        _close64(a, b)
+        _close64(c, b)
+    for a, b in zip(fused[1], loop[1]):
+        _close64(a, b)
+    untruncated = torch.autograd.grad(sum(o.sum() for o in reference_layer(*args, None, "tanh", False)), args[3])
+    truncated = torch.autograd.grad(sum(o.sum() for o in reference_layer(*args, None, "tanh", False, scales)), args[3])
+    assert not torch.allclose(untruncated[0], truncated[0])  # the draws do cut edges here
+
+
+def test_truncation_compiles_fullgraph():
+    model = rnn_fused.RNN(3, 6, num_layers=2, truncation=3)
+    x = torch.randn(7, 2, 3)
+
+    def loss_and_grads(m):
+        out, h = m(x)
+        loss = out.pow(2).sum() + h.sum()
+        return torch.autograd.grad(loss, list(m.parameters()))
+
+    eager = loss_and_grads(model)
+    compiled = loss_and_grads(torch.compile(model, fullgraph=True))
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    full = rnn_fused.RNN(3, 6, num_layers=2)
+    full.load_state_dict(model.state_dict())
+    assert not torch.equal(eager[1], loss_and_grads(full)[1])  # truncation changed dW_hh
+
+
+def test_recording_under_compile_is_refused():
+    model = rnn_fused.RNN(3, 4)
+    with rnn_fused.record_gradients(model):
+        with pytest.raises(Exception, match="does not work under torch.compile"):
+            torch.compile(model, fullgraph=True)(torch.randn(5, 2, 3))
+
+
+def test_fused_norm_is_reused_only_while_the_gradient_is_unchanged():
+    torch.manual_seed(0)
+    model = rnn_fused.RNN(3, 5, bidirectional=True)
+    x = torch.randn(6, 2, 3)
+    with rnn_fused.record_gradients(model) as rec:
+        out, _ = model(x)
+    out.pow(2).sum().backward()
+    for name, p in model.named_parameters():
+        sq = fused_sq_norm(p)
+        assert sq is not None, name
+        torch.testing.assert_close(sq, p.grad.double().pow(2).sum(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(rec.parameter_sq_norms[name], sq, rtol=0, atol=0)
+    model.weight_hh_l0.grad.mul_(2)  # changed in place
+    assert fused_sq_norm(model.weight_hh_l0) is None
+    with rnn_fused.record_gradients(model):
+        out, _ = model(x)
+    out.pow(2).sum().backward()  # accumulates into the existing grads
+    assert all(fused_sq_norm(p) is None for p in model.parameters())
+    model.zero_grad()
+    with rnn_fused.record_gradients(model):
+        first, _ = model(x)
+        second, _ = model(x.flip(0))
+    (first.sum() + second.pow(2).sum()).backward()  # two contributions in one graph
+    assert all(fused_sq_norm(p) is None for p in model.parameters())
