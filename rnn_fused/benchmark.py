@@ -108,14 +108,13 @@ def paired_median_seconds(fn_a, fn_b, *, device: torch.device, min_repeats: int 
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None,
-              min_seconds: float = 0.5) -> float:
+def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
     """Achieved FLOP/s of a large square matrix product on this device."""
     size = size or (4096 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
-    seconds = median_seconds(lambda: torch.mm(a, b, out=out), device=device, min_seconds=min_seconds)
+    seconds = median_seconds(lambda: torch.mm(a, b, out=out), device=device, min_seconds=0.5)
     return 2.0 * size**3 / seconds
 
 
