@@ -1,5 +1,8 @@
 # make test   - create .venv, install pinned dependencies, build the extension, run the suite
-# make bench  - same set-up, then the main job (CPU benchmark table)
+# make bench  - same set-up, then the main job: rnn-fused bench (rnn_fused vs torch.nn.RNN on the best
+#               device; table, bench_out/<device>_benchmark.{md,json} and a ratio chart)
+# make demo   - same set-up, then rnn-fused demo: the BPTT experiments as demo_out/report.md with figures
+#               (under a minute on 2 cores)
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
 # make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels
 #                  (benchmarks/nvcc_resource_usage.txt; no GPU needed)
@@ -12,7 +15,7 @@ DEPS := $(VENV)/.deps-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
 
-.PHONY: test bench build clean sanitize resource-usage
+.PHONY: test bench demo build clean sanitize resource-usage
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +30,9 @@ test: build
 
 bench: build
 	$(BIN)/python -m rnn_fused bench
+
+demo: build
+	$(BIN)/python -m rnn_fused demo
 
 resource-usage: $(DEPS)
 	$(BIN)/python benchmarks/nvcc_resource_usage.py

@@ -1,17 +1,20 @@
-"""Side-by-side timing of rnn_fused.RNN against torch.nn.RNN, from one process and run.
+"""Side-by-side timing of rnn_fused.RNN against torch.nn.RNN, from one process and run
+(`rnn-fused bench`).
 
 Timing: warm-up, then repeated runs timed with a monotonic clock on the CPU (the ops are
 synchronous there) or CUDA events on a GPU, the two implementations alternating run by
-run; the median is reported. Achieved GFLOP/s use
-the FLOP model below; the GEMM rate that they are compared with is measured in the same
-run with the same thread count (the better of a measurement before and one after). Peak memory is measured in a fresh child process per
+run; the median is reported. On a GPU the baseline is nn.RNN on cuDNN with TF32 off for
+both. Achieved GFLOP/s use the FLOP model below; the GEMM rate that they are compared with
+is measured in the same run with the same thread count (the better of a measurement before
+and one after). Peak memory on the CPU is measured in a fresh child process per
 (implementation, shape) by an allocation meter (malloc_meter.c, preloaded): the peak of
-live allocated bytes during one forward+backward, above what was live just before.
+live allocated bytes during one forward+backward, above what was live just before; on a
+GPU by the caching allocator's peak statistics, the same way.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import statistics
 import subprocess
@@ -21,6 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .testing import true_float32_on_cuda
+
 CPU_SHAPES = [  # (T, B, I, H)
     (1000, 8, 32, 64),
     (1000, 1, 32, 128),
@@ -28,6 +33,33 @@ CPU_SHAPES = [  # (T, B, I, H)
     (200, 32, 128, 256),
     (100, 64, 512, 1024),
 ]
+# Long and short sequences, batch 1 to 128, hidden 128 to 1024 (all of which the planner
+# keeps on chip on an H100-class GPU).
+CUDA_SHAPES = [
+    (1000, 1, 128, 128),
+    (1000, 8, 256, 256),
+    (1000, 32, 512, 512),
+    (1000, 128, 1024, 1024),
+    (100, 32, 256, 256),
+    (100, 128, 1024, 1024),
+]
+QUICK_SHAPES = [(20, 2, 4, 8), (10, 4, 8, 16)]
+
+
+def default_shapes(device: torch.device) -> list[tuple[int, int, int, int]]:
+    return CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each measurement runs: runs alternate until both minimums are met."""
+
+    min_repeats: int = 7
+    min_seconds: float = 2.0
+    gemm_size: int | None = None  # None: 2048 on a CPU, 4096 on a GPU
+
+
+QUICK_TIMING = Timing(min_repeats=3, min_seconds=0.0, gemm_size=256)
 
 
 def layer_flops(steps: int, batch: int, input_size: int, hidden: int, backward: bool) -> float:
@@ -76,8 +108,9 @@ def paired_median_seconds(fn_a, fn_b, *, device: torch.device, min_repeats: int 
     return statistics.median(times_a), statistics.median(times_b)
 
 
-def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
+def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: int | None = None) -> float:
     """Achieved FLOP/s of a large square matrix product on this device."""
+    size = size or (4096 if device.type == "cuda" else 2048)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     out = torch.empty(size, size, device=device, dtype=dtype)
@@ -174,40 +207,94 @@ def _child_peak(impl: str, shape, device: str) -> float:
     return (meter.malloc_meter_peak_bytes() - before) / 2**20
 
 
-def cpu_table(shapes=CPU_SHAPES, threads: int = 2, measure_memory: bool = True, progress=None):
-    """Rows for forward and forward+backward at each shape, float32, `threads` threads."""
+def cuda_peak_memory_mb(module, x, grad_out) -> float:
+    """Peak bytes (MB) the caching allocator handed out during one forward+backward, above
+    what was allocated just before."""
+    run = forward_backward_fn(module, x, grad_out)
+    run()
+    for p in module.parameters():
+        p.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+@dataclass
+class BenchResult:
+    device: str                # "cpu" or "cuda"
+    device_name: str
+    threads: int | None        # intra-op threads (CPU)
+    gemm_rate: float           # FLOP/s of a large float32 matrix product, this run
+    rows: list[Row]
+
+
+@contextlib.contextmanager
+def _benchmark_settings(device: torch.device, threads: int):
+    """CPU: `threads` intra-op threads; GPU: TF32 off (an honest float32 cuDNN baseline)."""
+    if device.type == "cuda":
+        with true_float32_on_cuda():
+            yield
+        return
+    saved = torch.get_num_threads()
     torch.set_num_threads(threads)
-    device = torch.device("cpu")
-    rate_before = gemm_rate(device)
-    rows: list[Row] = []
-    for shape in shapes:
-        stock, ours, x, grad_out = build_pair(shape, device, torch.float32)
-        for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
-            make = (lambda m: forward_backward_fn(m, x, grad_out)) if backward else (lambda m: forward_fn(m, x))
-            t_torch, t_ours = paired_median_seconds(make(stock), make(ours), device=device)
-            flops = layer_flops(*shape, backward=backward)
-            row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0)
-            if backward and measure_memory:
-                row.torch_peak_mb = peak_memory_mb("torch", shape)
-                row.ours_peak_mb = peak_memory_mb("ours", shape)
-            rows.append(row)
-            if progress is not None:
-                progress(row)
-    # The GEMM rate is a ceiling: the better of two measurements, around the table.
-    rate = max(rate_before, gemm_rate(device))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def measure_table(shapes, device: torch.device, threads: int = 2, measure_memory: bool = True,
+                  timing: Timing = Timing(), progress=None) -> BenchResult:
+    """Rows for forward and forward+backward at each (T, B, I, H) shape, float32, one layer;
+    progress(row) is called after each row."""
+    with _benchmark_settings(device, threads):
+        rate_before = gemm_rate(device, size=timing.gemm_size)
+        rows: list[Row] = []
+        for shape in shapes:
+            stock, ours, x, grad_out = build_pair(shape, device, torch.float32)
+            for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
+                make = (lambda m: forward_backward_fn(m, x, grad_out)) if backward else (lambda m: forward_fn(m, x))
+                t_torch, t_ours = paired_median_seconds(make(stock), make(ours), device=device,
+                                                        min_repeats=timing.min_repeats,
+                                                        min_seconds=timing.min_seconds)
+                flops = layer_flops(*shape, backward=backward)
+                row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0)
+                if backward and measure_memory:
+                    if device.type == "cuda":
+                        row.torch_peak_mb = cuda_peak_memory_mb(stock, x, grad_out)
+                        row.ours_peak_mb = cuda_peak_memory_mb(ours, x, grad_out)
+                    else:
+                        row.torch_peak_mb = peak_memory_mb("torch", shape)
+                        row.ours_peak_mb = peak_memory_mb("ours", shape)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+        # The GEMM rate is a ceiling: the better of two measurements, around the table.
+        rate = max(rate_before, gemm_rate(device, size=timing.gemm_size))
     for row in rows:
         row.gemm_fraction = row.gflops * 1e9 / rate
-    return rate, rows
+    if device.type == "cuda":
+        return BenchResult("cuda", torch.cuda.get_device_name(device), None, rate, rows)
+    return BenchResult("cpu", "CPU", threads, rate, rows)
 
 
-def format_table(rate: float, rows: list[Row], threads: int) -> str:
+def format_table(result: BenchResult) -> str:
+    if result.device == "cuda":
+        header = (f"{result.device_name}, float32, nn.RNN on cuDNN, TF32 off; "
+                  f"large-GEMM rate measured in this run: {result.gemm_rate / 1e9:.1f} GFLOP/s")
+    else:
+        header = (f"CPU, float32, {result.threads} threads; "
+                  f"large-GEMM rate measured in this run: {result.gemm_rate / 1e9:.1f} GFLOP/s")
     lines = [
-        f"CPU, float32, {threads} threads; large-GEMM rate measured in this run: {rate / 1e9:.1f} GFLOP/s",
+        header,
         "",
         "| T, B, I, H | pass | nn.RNN ms | rnn_fused ms | ratio | GFLOP/s | % of GEMM rate | peak MB nn.RNN | peak MB rnn_fused |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in result.rows:
         mem = ("", "") if r.torch_peak_mb is None else (f"{r.torch_peak_mb:.1f}", f"{r.ours_peak_mb:.1f}")
         lines.append(
             f"| {', '.join(map(str, r.shape))} | {r.pass_} | {r.torch_ms:.2f} | {r.ours_ms:.2f} | "
@@ -216,6 +303,52 @@ def format_table(rate: float, rows: list[Row], threads: int) -> str:
     return "\n".join(lines)
 
 
-def rows_as_json(rate: float, rows: list[Row], threads: int) -> str:
-    return json.dumps({"device": "cpu", "threads": threads, "gemm_gflops": rate / 1e9,
-                       "rows": [asdict(r) for r in rows]}, indent=2)
+def result_as_json(result: BenchResult) -> dict:
+    return {"device": result.device, "device_name": result.device_name, "threads": result.threads,
+            "torch": torch.__version__, "gemm_gflops": result.gemm_rate / 1e9,
+            "ratio": "nn.RNN ms / rnn_fused ms (> 1: rnn_fused faster)",
+            "rows": [asdict(r) for r in result.rows]}
+
+
+def plot_ratios(result: BenchResult, ax) -> None:
+    """Grouped bars: the ratio nn.RNN time / rnn_fused time per shape, forward and
+    forward+backward, with the break-even line."""
+    shapes = list(dict.fromkeys(r.shape for r in result.rows))
+    width = 0.4
+    for offset, pass_ in ((-width / 2, "fwd"), (width / 2, "fwd+bwd")):
+        ratios = {r.shape: r.ratio for r in result.rows if r.pass_ == pass_}
+        xs = [i + offset for i, shape in enumerate(shapes) if shape in ratios]
+        bars = ax.bar(xs, [ratios[shape] for shape in shapes if shape in ratios], width, label=pass_)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(shapes)), [",".join(map(str, s)) for s in shapes], fontsize=8, rotation=15)
+    ax.set_xlabel("T, B, I, H")
+    ax.set_ylabel("nn.RNN time / rnn_fused time")
+    baseline = "cuDNN" if result.device == "cuda" else "CPU"
+    ax.set_title(f"rnn_fused vs torch.nn.RNN ({baseline}), float32: > 1 means rnn_fused is faster")
+    ax.legend()
+
+
+def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, quick: bool,
+        out: str) -> int:
+    """`rnn-fused bench`: measure, print the table, write <device>_benchmark.{md,json,png}."""
+    from .command_output import figure, progress_bar, save_figure, write_json, write_text
+
+    shapes = shapes if shapes is not None else (QUICK_SHAPES if quick else default_shapes(device))
+    os.makedirs(out, exist_ok=True)
+    with progress_bar(2 * len(shapes), f"bench on {device.type}") as bar:
+        def progress(row: Row) -> None:
+            bar.set_postfix_str(f"{row.shape} {row.pass_}: {row.ratio:.2f}x")
+            bar.update()
+
+        result = measure_table(shapes, device, threads, measure_memory,
+                               QUICK_TIMING if quick else Timing(), progress)
+    table = format_table(result)
+    print(table)
+    stem = f"{result.device}_benchmark"
+    write_text(out, stem + ".md", table)
+    write_json(out, stem + ".json", result_as_json(result))
+    fig, ax = figure(width=max(7.0, 1.2 * len(shapes)))
+    plot_ratios(result, ax)
+    save_figure(fig, out, stem + "_ratios.png")
+    return 0

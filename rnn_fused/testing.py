@@ -1,4 +1,5 @@
-"""The project's tolerance rule, and a runner that compares rnn_fused.RNN with torch.nn.RNN.
+"""The project's tolerance rule, the configurations the tests and `rnn-fused check` draw
+(RNNCase, layer_args), and a runner that compares rnn_fused.RNN with torch.nn.RNN.
 
 The rule. A float64 run of stock torch.nn.RNN is the reference. Stock torch.nn.RNN run in
 the test dtype shows some error against it; ours, in the same dtype, may show at most
@@ -21,13 +22,14 @@ a different but equally valid summation order cannot give. There is no other sla
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 DEFAULT_ULPS = 8
 
@@ -47,10 +49,20 @@ class ToleranceResult:
     stock_error: float
     floor: float
     bound: float
+    scale: float = 0.0  # max|reference|, the unit of the relative figures below
 
     @property
     def passed(self) -> bool:
         return self.ours_error <= self.bound  # False for NaN
+
+    @property
+    def relative_error(self) -> float:
+        """ours_error / max|reference| (absolute when the reference is all zeros)."""
+        return self.ours_error / self.scale if self.scale > 0 else self.ours_error
+
+    @property
+    def relative_bound(self) -> float:
+        return self.bound / self.scale if self.scale > 0 else self.bound
 
     def __str__(self) -> str:
         return (f"{self.name}: ours {self.ours_error:.3e} vs bound {self.bound:.3e} "
@@ -75,8 +87,9 @@ def measure(reference: Tensor, stock: Tensor | Sequence[Tensor], ours: Tensor, *
     reference = reference.detach().double()
     ours_error = (ours.detach().double() - reference).abs().max().item()
     stock_error = max((s.detach().double() - reference).abs().max().item() for s in stocks)
-    floor = ulps * torch.finfo(ours.dtype).eps * reference.abs().max().item()
-    return ToleranceResult(name, ours_error, stock_error, floor, 2 * stock_error + floor)
+    scale = reference.abs().max().item()
+    floor = ulps * torch.finfo(ours.dtype).eps * scale
+    return ToleranceResult(name, ours_error, stock_error, floor, 2 * stock_error + floor, scale)
 
 
 def assert_within_tolerance(reference: Tensor, stock: Tensor, ours: Tensor, *,
@@ -86,6 +99,97 @@ def assert_within_tolerance(reference: Tensor, stock: Tensor, ours: Tensor, *,
     if not result.passed:
         raise AssertionError(f"outside tolerance: {result}")
     return result
+
+
+@contextlib.contextmanager
+def true_float32_on_cuda() -> Iterator[None]:
+    """TF32 off for cuBLAS and cuDNN inside the block, so stock nn.RNN on a GPU is an honest
+    float32 baseline (for the tolerance rule and for timings); restored on exit."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# --- configurations and their inputs (parity grids, fuzzing, rnn-fused check) ----------------
+
+
+@dataclass(frozen=True)
+class RNNCase:
+    """One configuration of module and input, as drawn by the parity grid and the fuzz test.
+
+    packing: "none", "sorted" (enforce_sorted=True) or "unsorted" (enforce_sorted=False).
+    unbatched: a 2-D input (batch is then ignored); never combined with packing.
+    """
+
+    num_layers: int = 1
+    bidirectional: bool = False
+    bias: bool = True
+    batch_first: bool = False
+    nonlinearity: str = "tanh"
+    packing: str = "none"
+    unbatched: bool = False
+    with_hx: bool = False
+    seq_len: int = 3
+    batch: int = 2
+    input_size: int = 2
+    hidden_size: int = 3
+
+    def __post_init__(self):
+        if self.unbatched and self.packing != "none":
+            raise ValueError("a PackedSequence is always batched")
+
+    def torch_module(self) -> nn.RNN:
+        return nn.RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
+                      bias=self.bias, batch_first=self.batch_first,
+                      bidirectional=self.bidirectional)
+
+    def inputs(self, generator: torch.Generator, dtype=torch.float64):
+        """(input, hx) for this case: a tensor or PackedSequence, and hx or None."""
+        directions = 2 if self.bidirectional else 1
+        if self.unbatched:
+            x = torch.randn(self.seq_len, self.input_size, generator=generator, dtype=dtype)
+            hx_shape = (self.num_layers * directions, self.hidden_size)
+        else:
+            shape = ((self.batch, self.seq_len) if self.batch_first
+                     else (self.seq_len, self.batch))
+            x = torch.randn(*shape, self.input_size, generator=generator, dtype=dtype)
+            hx_shape = (self.num_layers * directions, self.batch, self.hidden_size)
+        hx = torch.randn(hx_shape, generator=generator, dtype=dtype) if self.with_hx else None
+        if self.packing == "none":
+            return x, hx
+        # One sample runs the full length so the packed sequence keeps seq_len steps.
+        lengths = torch.randint(1, self.seq_len + 1, (self.batch,), generator=generator)
+        lengths[torch.randint(0, self.batch, (1,), generator=generator)] = self.seq_len
+        if self.packing == "sorted":
+            lengths = lengths.sort(descending=True).values
+        packed = pack_padded_sequence(x, lengths, batch_first=self.batch_first,
+                                      enforce_sorted=self.packing == "sorted")
+        return packed, hx
+
+
+def layer_args(steps, batch, input_size, hidden, *, dtype=torch.float64, bias=True, hx=True,
+               requires_grad=False, generator=None):
+    """Arguments of one layer: [input [T,B,I], hx [B,H] or None, weight_ih [H,I],
+    weight_hh [H,H] (scaled so the recurrence neither explodes nor vanishes quickly),
+    bias_ih [H] or None, bias_hh [H] or None], drawn in float64 and cast to dtype."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0):
+        t = torch.randn(*shape, dtype=torch.float64, generator=generator) * scale
+        return t.to(dtype).requires_grad_(requires_grad)
+
+    return [
+        leaf(steps, batch, input_size),
+        leaf(batch, hidden) if hx else None,
+        leaf(hidden, input_size, scale=0.5),
+        leaf(hidden, hidden, scale=0.5 / max(hidden, 1) ** 0.5),
+        leaf(hidden) if bias else None,
+        leaf(hidden) if bias else None,
+    ]
 
 
 # --- running nn.RNN and rnn_fused.RNN side by side ------------------------------------------
@@ -141,18 +245,37 @@ def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
                        hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
                        backward: bool = True, ulps: float = DEFAULT_ULPS,
                        seed: int = 0) -> list[ToleranceResult]:
-    """Check rnn_fused.RNN against torch.nn.RNN under the tolerance rule.
+    """Check rnn_fused.RNN against torch.nn.RNN under the tolerance rule (measure_against_torch).
+
+    Raises AssertionError listing every quantity out of tolerance; returns the measured results.
+    """
+    results, mismatches = measure_against_torch(torch_module, input, hx, dtype=dtype,
+                                                backward=backward, ulps=ulps, seed=seed)
+    failures = mismatches + [str(r) for r in results if not r.passed]
+    if failures:
+        raise AssertionError("outside tolerance vs torch.nn.RNN:\n  " + "\n  ".join(failures))
+    return results
+
+
+def measure_against_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
+                          hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
+                          backward: bool = True, ulps: float = DEFAULT_ULPS, seed: int = 0,
+                          kernel_backend: str | None = None,
+                          ) -> tuple[list[ToleranceResult], list[str]]:
+    """Measure rnn_fused.RNN against torch.nn.RNN under the tolerance rule, without judging.
 
     The reference is a float64 copy of torch_module, stock a copy in `dtype`, ours
-    RNN.from_torch(stock). All three see the same input, hx and output cotangents (drawn
-    from `seed`, float64, then cast). Raises AssertionError listing every quantity out of
-    tolerance; returns the measured results.
+    RNN.from_torch(stock) (on `kernel_backend` when given). All three see the same input,
+    hx and output cotangents (drawn from `seed`, float64, then cast). Returns the result of
+    every output and gradient, and a line for each packed-sequence field that differs.
     """
     from .modules import RNN
 
     reference_module = copy.deepcopy(torch_module).double()
     stock_module = copy.deepcopy(torch_module).to(dtype)
     ours_module = RNN.from_torch(stock_module)
+    if kernel_backend is not None:
+        ours_module.kernel_backend = kernel_backend
 
     def leaves(cast_dtype):
         x = cast_input(input, cast_dtype, backward)
@@ -186,20 +309,15 @@ def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
     if set(ours) != set(reference):
         raise AssertionError(f"results differ in kind: reference {sorted(reference)}, "
                              f"ours {sorted(ours)}")
-    failures, results = [], []
+    mismatches, results = [], []
     for key in reference:
         if key in _EXACT_FIELDS:
             if not _same_optional(reference[key], ours[key]):
-                failures.append(f"{key}: reference {reference[key]}, ours {ours[key]}")
+                mismatches.append(f"{key}: reference {reference[key]}, ours {ours[key]}")
             continue
-        result = measure(reference[key], [run[key] for run in stock_runs], ours[key], name=key,
-                         ulps=ulps)
-        results.append(result)
-        if not result.passed:
-            failures.append(str(result))
-    if failures:
-        raise AssertionError("outside tolerance vs torch.nn.RNN:\n  " + "\n  ".join(failures))
-    return results
+        results.append(measure(reference[key], [run[key] for run in stock_runs], ours[key],
+                               name=key, ulps=ulps))
+    return results, mismatches
 
 
 def _ulp_perturbed(t: Tensor, generator: torch.Generator) -> Tensor:
@@ -277,3 +395,38 @@ def _same_optional(a: Tensor | None, b: Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return torch.equal(a, b)
+
+
+def module_as_function(module: nn.Module, input: Tensor | PackedSequence, hx: Tensor | None):
+    """(f, leaves) for torch.autograd.gradcheck of a module: f maps (input data, hx,
+    *parameters) to (output data, h_n); leaves are fresh copies requiring grad (a missing hx
+    stays None)."""
+    names = [name for name, _ in module.named_parameters()]
+
+    def f(data, hx, *params):
+        x = (PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+             if isinstance(input, PackedSequence) else data)
+        output, h_n = torch.func.functional_call(module, dict(zip(names, params)), (x, hx))
+        return _output_tensor(output), h_n
+
+    leaves = [_input_leaf(input), hx, *module.parameters()]
+    return f, tuple(None if t is None else t.detach().clone().requires_grad_() for t in leaves)
+
+
+LAYER_ARG_NAMES = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def layer_results(layer_fn: Callable, args: Sequence[Tensor | None], cotangents: Sequence[Tensor],
+                  dtype: torch.dtype, **kwargs) -> dict[str, Tensor]:
+    """Forward and backward of one layer (rnn_fused.rnn_layer or reference_layer) on `args`
+    (layer_args' order, None for absent ones) cast to dtype, with cotangents (for output
+    and h_n) cast alike; kwargs go to layer_fn. Returns output, h_n and grad_<arg name> of
+    every present argument."""
+    leaves = [None if a is None else a.detach().to(dtype).requires_grad_() for a in args]
+    out, h_n = layer_fn(*leaves, **kwargs)
+    present = [(name, leaf) for name, leaf in zip(LAYER_ARG_NAMES, leaves) if leaf is not None]
+    grads = torch.autograd.grad((out, h_n), [leaf for _, leaf in present],
+                                [c.to(out.device, dtype) for c in cotangents])
+    results = {"output": out.detach(), "h_n": h_n.detach()}
+    results.update({f"grad_{name}": grad for (name, _), grad in zip(present, grads)})
+    return results

@@ -1,33 +1,85 @@
-"""The command line: argument errors exit non-zero with a message; bench's table code."""
+"""The command line: bench, check and demo at tiny sizes (--quick), their outputs, and the
+argument errors (status 2, a message on stderr)."""
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from rnn_fused.__main__ import main
-from rnn_fused.benchmark import Row, format_table, layer_flops
+import rnn_fused
+from rnn_fused import check, demo, experiments
+from rnn_fused.__main__ import main, shapes_argument
+from rnn_fused.benchmark import BenchResult, Row, format_table, layer_flops
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _exit_message(argv, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+# --- arguments ------------------------------------------------------------------------------
 
 
 def test_unknown_command_exits_nonzero(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["frobnicate"])
-    assert exc.value.code != 0
-    assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+    code, err = _exit_message(["frobnicate"], capsys)
+    assert code == 2 and "invalid choice: 'frobnicate'" in err
 
 
-def test_bad_thread_count_exits_nonzero(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["bench", "--threads", "0"])
-    assert exc.value.code != 0
-    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["bench", "check"])
+def test_unknown_device_is_an_argument_error(command, capsys):
+    code, err = _exit_message([command, "--device", "tpu"], capsys)
+    assert code == 2 and "unknown device 'tpu' (choose cpu or cuda)" in err
 
 
-def test_module_entry_point_runs():
+@pytest.mark.parametrize("command", ["bench", "check"])
+def test_cuda_without_a_gpu_is_an_argument_error(command, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = _exit_message([command, "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA device is available" in err and "--device cpu" in err
+
+
+@pytest.mark.parametrize("shapes", ["10,2,3", "10,2,3,x", "10,2,3,0", "1,2,3,4;5,6", "1,2,3,4,5"])
+def test_malformed_shapes_are_an_argument_error(shapes, capsys):
+    code, err = _exit_message(["bench", "--shapes", shapes], capsys)
+    assert code == 2 and "expected the form T,B,I,H[;T,B,I,H...]" in err
+
+
+def test_shapes_parse():
+    assert shapes_argument("1000,8,32,64; 200, 32,128,256") == [(1000, 8, 32, 64), (200, 32, 128, 256)]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--threads", "0"], "must be at least 1, got 0"),
+    (["demo", "--threads", "two"], "expected an integer, got 'two'"),
+    (["demo", "--seeds", "0,x"], "'0,x' is not a comma-separated list of non-negative integers"),
+    (["demo", "--device", "cpu"], "unrecognized arguments: --device"),
+])
+def test_other_bad_arguments(argv, message, capsys):
+    code, err = _exit_message(argv, capsys)
+    assert code == 2 and message in err
+
+
+def test_module_entry_point_runs_and_reports_argument_errors():
     out = subprocess.run([sys.executable, "-m", "rnn_fused", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "bench" in out.stdout
+    assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo"))
+    out = subprocess.run([sys.executable, "-m", "rnn_fused", "bench", "--device", "tpu"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown device 'tpu'" in out.stderr and out.stdout == ""
+
+
+# --- bench ----------------------------------------------------------------------------------
 
 
 def test_flop_model():
@@ -39,7 +91,171 @@ def test_flop_model():
 def test_table_has_one_row_per_measurement():
     rows = [Row((1, 2, 3, 4), "fwd", 2.0, 1.0, 2.0, 5.0, 0.5),
             Row((1, 2, 3, 4), "fwd+bwd", 6.0, 2.0, 3.0, 7.0, 0.25, 10.0, 4.0)]
-    table = format_table(100e9, rows, threads=2)
-    assert "100.0 GFLOP/s" in table
+    table = format_table(BenchResult("cpu", "CPU", 2, 100e9, rows))
+    assert "CPU, float32, 2 threads" in table and "100.0 GFLOP/s" in table
     assert "| 1, 2, 3, 4 | fwd | 2.00 | 1.00 | 2.00x | 5.0 | 50% |  |  |" in table
     assert "| 1, 2, 3, 4 | fwd+bwd | 6.00 | 2.00 | 3.00x | 7.0 | 25% | 10.0 | 4.0 |" in table
+    gpu = format_table(BenchResult("cuda", "Some GPU", None, 100e9, rows))
+    assert "Some GPU, float32, nn.RNN on cuDNN, TF32 off" in gpu
+
+
+def test_bench_quick_writes_table_json_and_chart(tmp_path, capsys):
+    assert main(["bench", "--quick", "--device", "cpu", "--shapes", "12,2,3,4", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 12, 2, 3, 4 | fwd |" in out and "| 12, 2, 3, 4 | fwd+bwd |" in out
+    results = json.loads((tmp_path / "cpu_benchmark.json").read_text())
+    assert results["device"] == "cpu" and results["threads"] == 2 and results["gemm_gflops"] > 0
+    assert [r["pass_"] for r in results["rows"]] == ["fwd", "fwd+bwd"]
+    for row in results["rows"]:
+        assert row["shape"] == [12, 2, 3, 4]
+        assert row["torch_ms"] > 0 and row["ours_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["torch_ms"] / row["ours_ms"])
+        assert row["gemm_fraction"] == pytest.approx(row["gflops"] / results["gemm_gflops"])
+    backward = results["rows"][1]
+    assert backward["torch_peak_mb"] > 0 and backward["ours_peak_mb"] > 0
+    assert (tmp_path / "cpu_benchmark.md").read_text().strip() in out
+    assert _is_png(tmp_path / "cpu_benchmark_ratios.png")
+
+
+# --- check ----------------------------------------------------------------------------------
+
+
+def test_check_quick_passes_every_row(tmp_path, capsys):
+    assert main(["check", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "check.json").read_text())
+    rows = results["rows"]
+    assert results["passed"] and all(r["passed"] and r["error"] <= r["tolerance"] for r in rows)
+    assert {r["kind"] for r in rows} == {"parity", "truncation", "gradcheck"}
+    assert {r["backend"] for r in rows} == {"cpu", check.EMULATED}
+    quantities = {r["quantity"] for r in rows if r["kind"] == "parity"}
+    assert {"output", "h_n", "grad_input", "grad_hx", "grad_weight_hh_l0"} <= quantities
+    assert f"{len(rows)} rows: {len(rows)} PASS, 0 FAIL." in out
+    assert _is_png(tmp_path / "check_margins.png")
+
+
+def test_check_fails_and_exits_1_when_a_gradient_is_wrong(tmp_path, capsys, monkeypatch):
+    backward = rnn_fused._ops.layer_backward
+
+    def one_percent_off_weight_hh(*args, **kwargs):
+        grads = list(backward(*args, **kwargs))
+        grads[3] = grads[3] * 1.01
+        return tuple(grads)
+
+    monkeypatch.setattr(rnn_fused._ops, "layer_backward", one_percent_off_weight_hh)
+    assert main(["check", "--quick", "--no-emulated", "--device", "cpu", "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    failed = [r for r in json.loads((tmp_path / "check.json").read_text())["rows"] if not r["passed"]]
+    assert {r["kind"] for r in failed} == {"parity", "truncation", "gradcheck"}
+    assert all(r["kind"] == "gradcheck" or r["quantity"].startswith("grad_weight_hh") for r in failed)
+    assert "| FAIL |" in out and f"{len(failed)} FAIL." in out
+
+
+def test_truncation_rows_tell_truncated_from_full_bptt(monkeypatch):
+    case = check.TRUNCATION_CASES[0]
+    assert all(r.passed for r in check.truncation_rows(case, torch.float32, torch.device("cpu"), "cpu"))
+    monkeypatch.setattr(check, "reference_edge_scales",
+                        lambda case: torch.ones(case.steps, case.batch, dtype=torch.float64))
+    rows = {r.quantity: r for r in check.truncation_rows(case, torch.float32, torch.device("cpu"), "cpu")}
+    assert rows["output"].passed and rows["h_n"].passed  # forward values do not depend on truncation
+    assert not rows["grad_weight_hh"].passed and not rows["grad_hx"].passed
+
+
+def test_jacobian_mismatch_sees_a_wrong_backward():
+    class WrongSin(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * x.cos() * 1.01
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    error, allowance = check.jacobian_mismatch(lambda t: (t.sin(),), (x,))
+    assert error < allowance
+    error, allowance = check.jacobian_mismatch(lambda t: (WrongSin.apply(t),), (x,))
+    assert error > allowance
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_quick_writes_a_reproducible_report(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["demo", "--quick", "--out", str(first)]) == 0
+    assert main(["demo", "--quick", "--out", str(second)]) == 0
+    out = capsys.readouterr().out
+    results = [json.loads((d / "results.json").read_text()) for d in (first, second)]
+    for r in results:
+        del r["wall_seconds"]
+    assert results[0] == results[1]
+    report = (first / "report.md").read_text()
+    assert report in out and "**Seeds:** 0." in report
+    for figure in ("jacobian_norms.png", "first_character_accuracy.png", "step_gradient_norms.png",
+                   "clipping.png", "truncation.png"):
+        assert f"]({figure})" in report and _is_png(first / figure)
+    runs = results[0]["runs"]
+    assert {(r["length"], r["clip"], r["truncation"]) for r in runs} >= {
+        (5, None, "full"), (10, None, "full"), (50, None, "full"), (20, 5.0, "full"), (20, 1.0, "full"),
+        (20, None, "K=10"), (20, None, "K=5"), (20, None, "random p=0.9")}
+    for r in runs:
+        assert len(r["losses"]) == len(r["grad_norms"]) == demo.QUICK.protocol.train_steps
+        if r["length"] in (*demo.QUICK.lengths, demo.QUICK.truncation_length):  # the tables' runs
+            assert f"{r['accuracy']:.3f} ({r['outcome']})" in report
+    steps = results[0]["step_norms"]["initial"]
+    assert len(steps["10"]) == 10 and len(steps["50"]) == 50
+
+
+def _synthetic_results(k_accuracy: float, jacobian_end: float) -> demo.DemoResults:
+    """A DemoResults with made-up numbers, to see that the report's verdicts follow them."""
+    config = demo.QUICK
+    results = demo.DemoResults(config)
+    for key in demo.planned_runs(config):
+        length, seed, clip, truncation = key
+        accuracy = k_accuracy if isinstance(truncation, int) else 1.0
+        results.runs[key] = experiments.TrainRun(length, seed, clip, experiments.truncation_label(truncation),
+                                                 accuracy, [1.0] * 3, [2.0] * 3)
+    results.jacobian = {sigma: [[sigma]] + [[jacobian_end]] * (config.jacobian_steps - 1) for sigma in config.sigmas}
+    curves = {t: [10.0 ** -(t - i) for i in range(t)] for t in config.norm_lengths}
+    results.step_norms = {"initial": curves, "trained": curves}
+    return results
+
+
+def test_report_verdicts_follow_the_numbers():
+    figures = {name: f"{name}.png" for name in ("jacobian", "task", "step_norms", "clipping", "truncation")}
+    at_chance = demo.report(_synthetic_results(0.125, 1e-3), figures, 1, "test")
+    learned = demo.report(_synthetic_results(0.95, 1e3), figures, 1, "test")
+    assert "K=10 at chance: held (1 seed); K=5 at chance: held (1 seed)." in at_chance
+    assert "K=10 at chance: did not hold (1 seed)" in learned
+    assert "| 0.5 | 0.5 | 0.001 | 0.001 |" in at_chance and "| vanished | vanished | yes |" in at_chance
+    assert "| exploded | vanished | no |" in learned and "| exploded | exploded | yes |" in learned
+    assert "initial model: held; trained model: held." in at_chance
+
+
+def test_verdict_rules():
+    assert demo.jacobian_verdict(0.9, 1e-3) == ("vanished", "vanished", True)
+    assert demo.jacobian_verdict(1.1, 1.65) == ("neither", "exploded", False)
+    assert demo.jacobian_verdict(1.5, 340.0) == ("exploded", "exploded", True)
+    assert demo.seeds_verdict(["chance", "learned", "chance"], "chance") == (2, 3)
+    assert demo.held_phrase(2, 3) == "held for 2 of 3 seeds"
+    assert demo.held_phrase(0, 3) == "did not hold for any of the 3 seeds"
+    ratios, held = demo.decay_verdict({10: [1e-3, 1.0], 50: [1e-9, 1.0]})
+    assert ratios == {10: 1e-3, 50: 1e-9} and held
+    assert not demo.decay_verdict({10: [3.0, 1.0], 50: [1e-9, 1.0]})[1]
+    ceiling = experiments.chance_ceiling(2000)
+    assert ceiling == pytest.approx(0.125 + 3.29 * math.sqrt(0.125 * 0.875 / 2000))
+    assert experiments.accuracy_outcome(ceiling, 2000) == "chance"
+    assert experiments.accuracy_outcome(ceiling + 1e-3, 2000) == "above chance"
+    assert experiments.accuracy_outcome(0.9, 2000) == "learned"
+
+
+def test_jacobian_norms_respect_the_tanh_bound():
+    """|tanh'| <= 1, so ||dh_t/dh_0|| <= sigma_max^t: the fused backward's products must obey it."""
+    for sigma in (0.9, 1.5):
+        norms = experiments.jacobian_product_norms(sigma, steps=12, batch=3, seed=0)
+        assert norms[0] == pytest.approx([sigma] * 3, rel=1e-3)  # h_0 = 0: tanh'(z_1) ~ 1
+        for t, samples in enumerate(norms, start=1):
+            assert max(samples) <= sigma**t * (1 + 1e-5)

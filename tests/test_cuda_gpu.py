@@ -9,7 +9,8 @@ import torch
 
 import rnn_fused
 from rnn_fused.reference import reference_layer
-from rnn_fused.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
+from rnn_fused.testing import (FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch,
+                                true_float32_on_cuda)
 
 from rnn_cases import RNNCase
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
@@ -20,11 +21,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(autouse=True)
 def no_tf32():
     """cuDNN and cuBLAS in true float32, so stock is an honest float32 baseline."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with true_float32_on_cuda():
+        yield
 
 
 def _to_cuda(x):

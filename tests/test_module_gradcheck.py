@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence
 
 from rnn_cases import RNNCase
 import rnn_fused
+from rnn_fused.testing import module_as_function
 
 CASES = {
     "tanh_1layer_hx": RNNCase(with_hx=True),
@@ -22,19 +22,7 @@ CASES = {
 def _module_as_function(case: RNNCase, generator):
     """(f, inputs): f maps (input data, hx, *parameters) to (output data, h_n)."""
     module = rnn_fused.RNN.from_torch(case.torch_module().double())
-    input, hx = case.inputs(generator)
-    names = [name for name, _ in module.named_parameters()]
-
-    def f(data, hx, *params):
-        x = (PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-             if isinstance(input, PackedSequence) else data)
-        output, h_n = torch.func.functional_call(module, dict(zip(names, params)), (x, hx))
-        return (output.data if isinstance(output, PackedSequence) else output), h_n
-
-    data = input.data if isinstance(input, PackedSequence) else input
-    leaves = [data, hx, *[p.detach() for p in module.parameters()]]
-    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in leaves]
-    return f, tuple(leaves)
+    return module_as_function(module, *case.inputs(generator))
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
