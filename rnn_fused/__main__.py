@@ -1,6 +1,7 @@
 """Command line: `python -m rnn_fused bench | check | demo` (installed as `rnn-fused`).
 
-bench  rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (benchmark.py)
+bench  rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (benchmark.py);
+       with --bptt, what truncation and recorded norms cost and save (bptt_benchmark.py)
 check  gradient agreement: gradcheck and parity under the tolerance rule (check.py)
 demo   the backpropagation-through-time experiments, as a Markdown report (demo.py)
 
@@ -65,6 +66,13 @@ def seeds_argument(text: str) -> list[int]:
 def _bench(args: argparse.Namespace) -> int:
     from . import benchmark
 
+    if args.bptt:
+        from . import bptt_benchmark
+
+        if args.shapes is not None:
+            raise SystemExit("rnn-fused bench: --bptt measures its own shapes; drop --shapes")
+        return bptt_benchmark.run(device=args.device or best_device(), threads=args.threads, quick=args.quick,
+                                  out=args.out)
     return benchmark.run(device=args.device or best_device(), shapes=args.shapes,
                          threads=args.threads, measure_memory=not args.no_memory,
                          quick=args.quick, out=args.out)
@@ -104,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shapes", type=shapes_argument, default=None,
                        help="T,B,I,H[;T,B,I,H...] (default: a grid for the device)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bench.add_argument("--bptt", action="store_true",
+                       help="instead: the overhead of recorded gradient norms and truncation over plain "
+                            "forward+backward, and the speed-up over hooks and detach loops at T = 1000")
 
     check = command("check", "gradient agreement: float64 gradcheck and parity with nn.RNN and a "
                     "float64 reference, on the device and through the emulated CUDA kernels",

@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict, dataclass
 
 import torch
 
-from .benchmark import CPU_SHAPES, build_pair, paired_median_seconds
+from .benchmark import CPU_SHAPES, QUICK_TIMING, Timing, _benchmark_settings, build_pair, paired_median_seconds
 from .recording import record_gradients
 from .truncation import RandomTruncation
 
@@ -29,6 +29,9 @@ OVERHEAD_VARIANTS = {
 }
 PYTORCH_WAY_SHAPES = [(1000, 8, 32, 64), (1000, 1, 32, 128), (1000, 16, 64, 128)]
 PYTORCH_WAY_K = 50
+QUICK_OVERHEAD_SHAPES = [(20, 2, 4, 8)]
+QUICK_PYTORCH_WAY_SHAPES = [(30, 2, 4, 8)]
+QUICK_K = 5
 
 
 def fused_step(module, x, grad_out, *, record: bool, truncation):
@@ -117,8 +120,8 @@ class PyTorchWayRow:
         return self.pytorch_ms / self.ours_ms
 
 
-def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, **timing) -> list[OverheadRow]:
-    device = torch.device("cpu")
+def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, device=torch.device("cpu"),
+                  **timing) -> list[OverheadRow]:
     rows = []
     for shape in shapes:
         _, ours, x, grad_out = build_pair(shape, device, torch.float32)
@@ -133,8 +136,7 @@ def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, 
 
 
 def pytorch_way_rows(shapes=PYTORCH_WAY_SHAPES, every: int = PYTORCH_WAY_K, progress=None,
-                     **timing) -> list[PyTorchWayRow]:
-    device = torch.device("cpu")
+                     device=torch.device("cpu"), **timing) -> list[PyTorchWayRow]:
     rows = []
     for shape in shapes:
         stock, ours, x, grad_out = build_pair(shape, device, torch.float32)
@@ -171,7 +173,51 @@ def format_pytorch_way(rows: list[PyTorchWayRow]) -> str:
     return "\n".join(lines)
 
 
-def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], threads: int) -> str:
-    return json.dumps({"device": "cpu", "threads": threads,
-                       "overhead": [dict(asdict(r), overhead=r.overhead) for r in overhead],
-                       "pytorch_way": [dict(asdict(r), speedup=r.speedup) for r in pytorch_way]}, indent=2)
+def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], device: torch.device,
+            threads: int) -> dict:
+    return {"device": device.type, "threads": threads,
+            "overhead": [dict(asdict(r), overhead=r.overhead) for r in overhead],
+            "pytorch_way": [dict(asdict(r), speedup=r.speedup) for r in pytorch_way]}
+
+
+def run(*, device: torch.device, threads: int, quick: bool, out: str) -> int:
+    """`rnn-fused bench --bptt`: both tables, printed and written to <device>_bptt_benchmark
+    .{md,json} with a figure of the overheads and speed-ups."""
+    from .command_output import figure, progress_bar, save_figure, write_json, write_text
+
+    timing = QUICK_TIMING if quick else Timing()
+    overhead_shapes = QUICK_OVERHEAD_SHAPES if quick else CPU_SHAPES
+    way_shapes = QUICK_PYTORCH_WAY_SHAPES if quick else PYTORCH_WAY_SHAPES
+    every = QUICK_K if quick else PYTORCH_WAY_K
+    os.makedirs(out, exist_ok=True)
+    total = len(overhead_shapes) * len(OVERHEAD_VARIANTS) + 3 * len(way_shapes)
+    with _benchmark_settings(device, threads), progress_bar(total, f"bptt bench on {device.type}") as bar:
+        def progress(row) -> None:
+            bar.set_postfix_str(f"{row.shape} {getattr(row, 'variant', None) or row.what}")
+            bar.update()
+
+        kwargs = dict(progress=progress, device=device, min_repeats=timing.min_repeats,
+                      min_seconds=timing.min_seconds)
+        overhead = overhead_rows(overhead_shapes, **kwargs)
+        way = pytorch_way_rows(way_shapes, every, **kwargs)
+    header = (f"{device.type}, float32, {threads} threads (CPU), one layer, forward+backward; medians of "
+              "alternating runs")
+    text = header + "\n\n" + format_overhead(overhead) + "\n\n" + format_pytorch_way(way)
+    print(text)
+    stem = f"{device.type}_bptt_benchmark"
+    write_text(out, stem + ".md", text)
+    write_json(out, stem + ".json", as_json(overhead, way, device, threads))
+    fig, (left, right) = figure(ncols=2, width=6.5)
+    labels = [f"{r.variant}\n{r.shape}" for r in overhead]
+    left.barh(range(len(overhead)), [100 * r.overhead for r in overhead], color="tab:orange")
+    left.set_yticks(range(len(overhead)), labels, fontsize=6)
+    left.axvline(5, color="gray", linestyle="--", label="5% goal")
+    left.set_xlabel("overhead over full BPTT without norms (%)")
+    left.legend(fontsize=7)
+    right.barh(range(len(way)), [r.speedup for r in way], color="tab:blue")
+    right.set_yticks(range(len(way)), [f"{r.what}\n{r.shape}" for r in way], fontsize=6)
+    right.axvline(1, color="gray", linestyle="--")
+    right.set_xscale("log")
+    right.set_xlabel("speed-up over the PyTorch way (x)")
+    save_figure(fig, out, stem + ".png")
+    return 0

@@ -36,14 +36,11 @@ def test_hook_loop_and_chunked_stock_compute_what_the_fused_runs_compute():
         _close64(a, b)
 
 
-def test_quick_run_writes_tables(tmp_path):
-    import subprocess
-    import sys
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bptt_overhead.py"), "--quick",
-                          "--out", str(tmp_path)], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=root))
-    assert out.returncode == 0, out.stderr
-    assert "overhead" in out.stdout and "speed-up" in out.stdout
-    assert (tmp_path / "bptt_overhead.json").exists() and (tmp_path / "bptt_overhead.md").exists()
+def test_quick_run_writes_tables(tmp_path, capsys):
+    from rnn_fused.__main__ import main
+
+    assert main(["bench", "--bptt", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "overhead" in out and "speed-up" in out
+    for name in ("cpu_bptt_benchmark.md", "cpu_bptt_benchmark.json", "cpu_bptt_benchmark.png"):
+        assert (tmp_path / name).stat().st_size > 0
