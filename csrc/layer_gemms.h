@@ -5,15 +5,17 @@
 // current stream and without host synchronisation.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/logical_not.h>
-#include <ATen/ops/stack.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
@@ -22,6 +24,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 namespace rnn_fused {
 
@@ -88,10 +91,54 @@ using LayerBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // Squared L2 norm of a gradient, accumulated in float64 as it is produced (0 for a
-// gradient that was not computed).
+// gradient that was not computed), as a 0-d float64 tensor on the gradient's device.
 inline at::Tensor squared_norm(const at::Tensor& grad) {
   const at::Tensor norm = at::linalg_vector_norm(grad, 2, std::nullopt, false, at::kDouble);
   return norm.mul(norm);
+}
+
+// The same on the host for a CPU tensor, in one vectorized pass: a handful of ATen calls
+// per layer would cost more than the reduction itself at small sizes.
+template <typename scalar_t>
+double host_sum_of_squares(const scalar_t* p, int64_t n) {
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(p[i]);
+    sum += v * v;
+  }
+  return sum;
+}
+
+inline double host_sum_of_squares(const at::Tensor& t) {
+  const at::Tensor c = t.contiguous();
+  double sum = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "rnn_fused_sum_of_squares", [&] {
+    sum = host_sum_of_squares(c.const_data_ptr<scalar_t>(), c.numel());
+  });
+  return sum;
+}
+
+// grad_sq_norms [5] float64 and nonfinite (bool 0-d) of LayerBackwardResult, from the five
+// gradients and the step norms. The float64 sum of squares is finite for any finite
+// float32 gradient, so it is non-finite exactly when some element is.
+inline std::pair<at::Tensor, at::Tensor> reduce_gradient_norms(const std::array<at::Tensor, 5>& grads,
+                                                               const at::Tensor& step_norms) {
+  if (step_norms.is_cpu()) {
+    at::Tensor sq = at::empty({5}, step_norms.options().dtype(at::kDouble));
+    double* out = sq.data_ptr<double>();
+    double total = host_sum_of_squares(step_norms);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      out[i] = host_sum_of_squares(grads[i]);
+      total += out[i];
+    }
+    return {sq, at::scalar_tensor(!std::isfinite(total), step_norms.options().dtype(at::kBool))};
+  }
+  std::array<at::Tensor, 5> sq;
+  for (size_t i = 0; i < grads.size(); ++i) sq[i] = squared_norm(grads[i]);
+  at::Tensor sq_norms = at::stack(sq);
+  const at::Tensor total = sq_norms.sum().add(squared_norm(step_norms));
+  return {sq_norms, at::logical_not(at::isfinite(total))};
 }
 
 // Everything the backward returns, from dz. All tensors in the compute dtype except
@@ -140,15 +187,7 @@ inline LayerBackwardResult gradients_from_dz(
                                      grad_bias.to(result_dtype)};
   at::Tensor sq_norms = at::empty({0}, x.options().dtype(at::kDouble));
   at::Tensor nonfinite = at::empty({0}, x.options().dtype(at::kBool));
-  if (record_norms) {
-    std::array<at::Tensor, 5> sq;
-    for (size_t i = 0; i < grads.size(); ++i) sq[i] = squared_norm(grads[i]);
-    sq_norms = at::stack(sq);
-    // The float64 sum of squares is finite for any finite float32 gradient, so it is
-    // non-finite exactly when some element is. step_norms carries g_t's.
-    const at::Tensor total = sq_norms.sum().add(step_norms.sum(at::kDouble));
-    nonfinite = at::logical_not(at::isfinite(total));
-  }
+  if (record_norms) std::tie(sq_norms, nonfinite) = reduce_gradient_norms(grads, step_norms);
   return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
 }
 

@@ -51,7 +51,8 @@ inline void activate_row_body(scalar_t* __restrict xw, const scalar_t* __restric
 // g = dy + scale * carry (+ extra), dz = g * act'(h). scale is the edge scale of the
 // recurrent edge (1 for full BPTT); a cut edge (scale 0) is passed a zero carry row, so that
 // a non-finite carry cannot leak through 0 * inf. With kNorm the row also returns
-// sum_j g_j^2, accumulated in double as torch's CPU norm does (no overflow for finite g).
+// sum_j g_j^2, accumulated in scalar_t at full vector width (see row_sum_of_squares for
+// when a float32 sum is redone in float64).
 // dy [H] output gradient; carry [H] W_hh^T dz_{next}; extra [H] gradient of h_n (kExtra);
 // h [H] saved output; dz, dz_step [H] out: dL/dz
 template <Activation A, bool kExtra, bool kNorm, typename scalar_t>
@@ -59,17 +60,35 @@ inline double activation_grad_row_body(const scalar_t* __restrict dy, const scal
                                        scalar_t scale, const scalar_t* __restrict extra,
                                        const scalar_t* __restrict h, scalar_t* __restrict dz,
                                        scalar_t* __restrict dz_step, int64_t H) {
-  double g_sq = 0.0;
+  scalar_t g_sq = 0;
 #pragma omp simd reduction(+ : g_sq)
   for (int64_t j = 0; j < H; ++j) {
     scalar_t g = dy[j] + scale * carry[j];
     if constexpr (kExtra) g += extra[j];
-    if constexpr (kNorm) g_sq += double(g) * double(g);
+    if constexpr (kNorm) g_sq += g * g;
     const scalar_t d = g * activation_slope<A>(h[j]);
     dz[j] = d;
     dz_step[j] = d;
   }
-  return g_sq;
+  return double(g_sq);
+}
+
+// sum_j g_j^2 of the row that activation_grad_row_body formed, in float64. Used when the
+// float32 sum left [kSafeLow, kSafeHigh): below, squares of |g| < 1e-19 may have underflowed
+// (vanishing gradients reach far lower); above, the sum may have overflowed. Inside, the
+// float32 sum is as accurate as a float32 norm can be.
+constexpr double kSafeLow = 1e-20, kSafeHigh = 1e36;
+
+template <typename scalar_t>
+inline double row_sum_of_squares(const scalar_t* dy, const scalar_t* carry, scalar_t scale, const scalar_t* extra,
+                                 int64_t H) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < H; ++j) {
+    scalar_t g = dy[j] + scale * carry[j];
+    if (extra != nullptr) g += extra[j];
+    sum += double(g) * double(g);
+  }
+  return sum;
 }
 
 template <Activation A, typename scalar_t>

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/activation.h"
@@ -114,9 +115,14 @@ void backward_time_loop(const LayerForwardParams& p, const TruncationParams& tp,
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
         const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H : zero_row;
-        const double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
-                                                dz_step + b * H, H, step_norms != nullptr);
-        if (step_norms != nullptr) step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
+        double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
+                                          dz_step + b * H, H, step_norms != nullptr);
+        if (step_norms != nullptr) {
+          if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
+            g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, H);
+          }
+          step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
+        }
       }
     });
   }
