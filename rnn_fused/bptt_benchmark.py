@@ -183,7 +183,7 @@ def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], devic
 def run(*, device: torch.device, threads: int, quick: bool, out: str) -> int:
     """`rnn-fused bench --bptt`: both tables, printed and written to <device>_bptt_benchmark
     .{md,json} with a figure of the overheads and speed-ups."""
-    from .command_output import figure, progress_bar, save_figure, write_json, write_text
+    from .command_output import progress_bar, write_json, write_text
 
     timing = QUICK_TIMING if quick else Timing()
     overhead_shapes = QUICK_OVERHEAD_SHAPES if quick else CPU_SHAPES
@@ -207,17 +207,24 @@ def run(*, device: torch.device, threads: int, quick: bool, out: str) -> int:
     stem = f"{device.type}_bptt_benchmark"
     write_text(out, stem + ".md", text)
     write_json(out, stem + ".json", as_json(overhead, way, device, threads))
-    fig, (left, right) = figure(ncols=2, width=6.5)
-    labels = [f"{r.variant}\n{r.shape}" for r in overhead]
+    plot(overhead, way, out, stem + ".png")
+    return 0
+
+
+def plot(overhead: list[OverheadRow], way: list[PyTorchWayRow], out: str, name: str) -> str:
+    """Overheads (left) and speed-ups (right) as horizontal bars, one row a measurement."""
+    from .command_output import figure, save_figure
+
+    rows = max(len(overhead), len(way))
+    fig, (left, right) = figure(ncols=2, width=6.5, height=max(3.0, 0.28 * rows + 1.0))
     left.barh(range(len(overhead)), [100 * r.overhead for r in overhead], color="tab:orange")
-    left.set_yticks(range(len(overhead)), labels, fontsize=6)
+    left.set_yticks(range(len(overhead)), [f"{r.variant}  {r.shape}" for r in overhead], fontsize=7)
     left.axvline(5, color="gray", linestyle="--", label="5% goal")
+    left.axvline(0, color="black", linewidth=0.5)
     left.set_xlabel("overhead over full BPTT without norms (%)")
     left.legend(fontsize=7)
     right.barh(range(len(way)), [r.speedup for r in way], color="tab:blue")
-    right.set_yticks(range(len(way)), [f"{r.what}\n{r.shape}" for r in way], fontsize=6)
-    right.axvline(1, color="gray", linestyle="--")
+    right.set_yticks(range(len(way)), [f"{r.what}  {r.shape}" for r in way], fontsize=7)
     right.set_xscale("log")
     right.set_xlabel("speed-up over the PyTorch way (x)")
-    save_figure(fig, out, stem + ".png")
-    return 0
+    return save_figure(fig, out, name)
