@@ -6,8 +6,8 @@
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
 # make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels
 #                  (benchmarks/nvcc_resource_usage.txt; no GPU needed)
-# make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests and the
-#                 emulated CUDA kernel tests there
+# make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests, the
+#                 emulated CUDA kernel tests and the op-level truncation/norm tests there
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -47,7 +47,8 @@ sanitize: $(DEPS)
 	cd $(SANITIZE_DIR) && RNN_FUSED_CUDA=0 RNN_FUSED_SANITIZE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && RNN_FUSED_SANITIZER_RUN=1 ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
-		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py \
+		tests/test_bptt_kernels.py
 
 clean:
 	rm -rf build rnn_fused/*.so *.egg-info
