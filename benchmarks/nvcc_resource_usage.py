@@ -22,7 +22,7 @@ import sysconfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
 KERNELS = ("forward_recurrence_persistent_kernel", "forward_step_kernel",
-           "backward_recurrence_persistent_kernel", "backward_step_kernel")
+           "backward_recurrence_persistent_kernel", "backward_step_kernel", "backward_norms_tail_kernel")
 
 
 def include_dirs() -> list[str]:

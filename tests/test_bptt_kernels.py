@@ -308,3 +308,23 @@ def test_float32_step_norms_neither_underflow_nor_overflow(scale, backend):
     expected = dy64.float().double().norm(dim=2)
     torch.testing.assert_close(result[5].double(), expected, rtol=4 * torch.finfo(torch.float32).eps, atol=0)
     assert not result[7].item()
+
+
+def test_more_samples_than_warps_in_the_grid():
+    """H = 4: one block of 8 warps adds up the partials of 11 samples (warps take several)."""
+    steps, batch, hidden = 5, 11, 4
+    args = layer_args(steps, batch, 3, hidden, bias=True, hx=True)
+    lengths = torch.tensor([5, 1, 3, 5, 0, 2, 4, 5, 5, 1, 3])
+    g = torch.Generator().manual_seed(4)
+    cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+           torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    targs = resolve_truncation(RandomTruncation(0.5, seed=8))
+    cpu = _run_op(args, lengths, "relu", True, targs, "native", cot)
+    with simt.emulated_device(sm_count=2):
+        assert rnn_fused.plan(hidden, torch.float64, backward=True).grid == 1
+        emulated = _run_op(args, lengths, "relu", True, targs, "simt", cot)
+    for a, b in zip(emulated, cpu):
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b)
+        else:
+            _close64(a, b)

@@ -7,8 +7,9 @@
 // here from the counter-based generator). The weight, input, bias and h_0 gradients
 // follow from dz as whole-sequence GEMMs on the host (layer_gemms.h).
 // When norms are recorded, each block also reduces sum_u g^2 over its own units, per
-// sample, in a fixed order (no atomics: bitwise-reproducible), into norm_partials; the
-// host adds the blocks' partials of each (t, b).
+// sample, into its partial of the step; at the next step (after the grid barrier) the
+// grid adds the blocks' partials of the previous step, one warp per sample, into step_sq.
+// Fixed orders and a fixed butterfly, no atomics: bitwise-reproducible, like the gradients.
 //
 // Two kernels share one step body (backward_step_slice), so they round identically:
 //  - backward_recurrence_persistent_kernel: ONE cooperative launch for the whole sequence.
@@ -31,14 +32,20 @@
 //   lengths [B]      int64 valid steps per sample, or null (all T)
 //   truncation       the edge scales' parameters (TruncationParams)
 //   g_sq    [B,H]    float64 scratch: g^2 of the current step, or null (norms not recorded)
-//   norm_partials [T,G,B] float64, zero on entry (G = gridDim.x): block k writes
-//                    sum over its units of g^2 at (t, k, b) for each valid step; or null
+//   norm_partials [2,G,B] float64 scratch (G = gridDim.x): at step s block k writes the
+//                    sum over its units of g^2 of sample b to [s % 2, k, b]; or null
+//   step_sq [T,B]    float64, zero on entry: ||g_t||^2 at each sample's valid steps; or null
 #pragma once
 
 #include "cuda/rnn_kernel_common.cuh"
 
 namespace rnn_fused::cuda_kernels {
 SIMT_BEGIN_WORLD
+
+// Launch bounds of the backward kernels: 256 threads, at least 3 blocks per SM, i.e. up to
+// 85 registers a thread (they use 78-80). Left to its own heuristic, ptxas (sm_90, float32)
+// held the step body with truncation and norm reduction to 64 registers and spilled.
+constexpr int kBackwardMinBlocksPerSm = 3;
 
 template <typename scalar_t>
 struct BackwardRecurrenceArgs {
@@ -56,7 +63,28 @@ struct BackwardRecurrenceArgs {
   TruncationParams truncation;
   double* g_sq;
   double* norm_partials;
+  double* step_sq;
 };
+
+// step_sq at processing step r of every sample = the sum of the blocks' partials of step r,
+// which every block wrote before the last grid-wide barrier. One warp per sample across the
+// grid: lanes take blocks k = lane, lane + 32, ... in order, then a fixed butterfly.
+template <typename scalar_t>
+SIMT_DEVICE void add_up_norm_partials(const BackwardRecurrenceArgs<scalar_t>& a, int64_t r) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t warps = static_cast<int64_t>(blockDim.x) / kWarp;
+  const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * warps;
+  const int64_t blocks = gridDim.x;
+  const double* partials = a.norm_partials + (r % 2) * blocks * a.batch;
+  for (int64_t b = blockIdx.x * warps + threadIdx.x / kWarp; b < a.batch; b += grid_warps) {
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+    if (r >= length) continue;  // uniform over the warp
+    double sum = 0.0;
+    for (int64_t k = lane; k < blocks; k += kWarp) sum += partials[k * a.batch + b];
+    sum = warp_sum(sum);
+    if (lane == 0) a.step_sq[step_time(r, length, a.reverse) * a.batch + b] = sum;
+  }
+}
 
 // One processing step s for the units of this block's slice.
 // w_cols: the slice's rows of W_hh^T, row u - slice.begin at w_cols + (u - slice.begin) * H.
@@ -64,6 +92,9 @@ template <Activation A, typename scalar_t>
 SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_cols,
                                      UnitSlice slice, int64_t s) {
   const int64_t B = a.batch, H = a.hidden;
+  // Step s+1's partials are complete (grid barrier or kernel boundary since); slot
+  // (s + 1) % 2 is written again only at step s-1, after the next barrier.
+  if (a.norm_partials != nullptr && s + 1 < a.steps) add_up_norm_partials(a, s + 1);
   const scalar_t* dz_later = a.dz_step + ((s + 1) % 2) * B * H;  // dz at processing step s+1
   scalar_t* dz_now = a.dz_step + (s % 2) * B * H;
   // Rows of samples that were not active at step s+1 hold stale values: their products
@@ -89,12 +120,13 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
   });
   if (a.norm_partials != nullptr) {  // uniform over the grid, so the barrier is too
     __syncthreads();                 // g_sq of every unit of the slice is written
+    double* partials = a.norm_partials + (s % 2) * gridDim.x * B;
     for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
       const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
       if (s >= length) continue;
       double sum = 0.0;
       for (int64_t u = slice.begin; u < slice.end; ++u) sum += a.g_sq[b * H + u];
-      a.norm_partials[(step_time(s, length, a.reverse) * gridDim.x + blockIdx.x) * B + b] = sum;
+      partials[blockIdx.x * B + b] = sum;
     }
   }
 }
@@ -103,7 +135,7 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
 // launch), kRecurrenceThreads threads, units_per_block * H * sizeof(scalar_t) bytes of
 // dynamic shared memory.
 template <Activation A, typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
     backward_recurrence_persistent_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
   SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
   const UnitSlice slice = block_units(units_per_block, a.hidden);
@@ -112,15 +144,23 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     backward_step_slice<A>(a, w_slice, slice, s);
     simt::grid_sync();  // dz at step s of every unit is written before step s-1 reads it
   }
+  if (a.norm_partials != nullptr) add_up_norm_partials(a, 0);  // step 0's, after the last barrier
 }
 
 // Fallback: processing step s only. grid = ceil(H / units_per_block), kRecurrenceThreads
 // threads, no shared memory; launched once per step (s = T-1 .. 0) on one stream.
 template <Activation A, typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
     backward_step_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
   const UnitSlice slice = block_units(units_per_block, a.hidden);
   backward_step_slice<A>(a, a.w_hh_t + slice.begin * a.hidden, slice, s);
+}
+
+// Fallback, norms recorded: after the launch of step 0, adds up step 0's partials. Same
+// grid and block as backward_step_kernel.
+template <typename scalar_t>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads) backward_norms_tail_kernel(BackwardRecurrenceArgs<scalar_t> a) {
+  add_up_norm_partials(a, 0);
 }
 
 SIMT_END_WORLD

@@ -42,14 +42,16 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::T
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Tanh, float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, backward_step_kernel<Activation::Relu, float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Relu, float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Relu, double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 32, backward_norms_tail_kernel<float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 32, backward_norms_tail_kernel<double>);
 
 // A persistent block owns at least this many units: fewer would leave most of its warps
 // idle at small batch sizes and add blocks to every grid-wide barrier for little work.
@@ -145,7 +147,7 @@ void launch_forward_recurrence(const ForwardRecurrenceArgs<scalar_t>& args) {
   }
 }
 
-// plan: plan_backward's choice for args.hidden (its grid sizes args.norm_partials).
+// plan: plan_backward's choice for args.hidden (its grid sizes args.norm_partials [2,grid,B]).
 template <Activation A, typename scalar_t>
 void launch_backward_recurrence(const BackwardRecurrenceArgs<scalar_t>& args, const RecurrencePlan& plan) {
   const dim3 block(static_cast<unsigned>(plan.block_threads));
@@ -156,6 +158,9 @@ void launch_backward_recurrence(const BackwardRecurrenceArgs<scalar_t>& args, co
     for (int64_t s = args.steps - 1; s >= 0; --s) {
       simt::launch(backward_step_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid), block, 0, args,
                    plan.units_per_block, s);
+    }
+    if (args.norm_partials != nullptr) {
+      simt::launch(backward_norms_tail_kernel<scalar_t>, static_cast<unsigned>(plan.grid), block, 0, args);
     }
   }
 }
@@ -268,11 +273,14 @@ inline LayerBackwardResult layer_backward(
       using scalar_t = decltype(zero);
       constexpr Activation A = decltype(activation)::value;
       const RecurrencePlan plan = plan_backward<A, scalar_t>(H);
-      // Per-block partial sums of g^2 [T, grid, B], added up below in a fixed order.
-      at::Tensor g_sq, norm_partials;
+      // Scratch of the in-kernel norm reduction: g^2 of a step, two steps of per-block
+      // partial sums; ||g_t||^2 per (t, b).
+      at::Tensor g_sq, norm_partials, step_sq;
       if (record_norms) {
-        g_sq = at::empty({B, H}, x.options().dtype(at::kDouble));
-        norm_partials = at::zeros({T, plan.grid, B}, x.options().dtype(at::kDouble));
+        const at::TensorOptions f64 = x.options().dtype(at::kDouble);
+        g_sq = at::empty({B, H}, f64);
+        norm_partials = at::empty({2, plan.grid, B}, f64);
+        step_sq = at::zeros({T, B}, f64);
       }
       BackwardRecurrenceArgs<scalar_t> args{w_hh_t.data_ptr<scalar_t>(),
                                             dy.data_ptr<scalar_t>(),
@@ -287,9 +295,10 @@ inline LayerBackwardResult layer_backward(
                                             reverse,
                                             truncation,
                                             record_norms ? g_sq.data_ptr<double>() : nullptr,
-                                            record_norms ? norm_partials.data_ptr<double>() : nullptr};
+                                            record_norms ? norm_partials.data_ptr<double>() : nullptr,
+                                            record_norms ? step_sq.data_ptr<double>() : nullptr};
       launch_backward_recurrence<A, scalar_t>(args, plan);
-      if (record_norms) step_norms.copy_(norm_partials.sum(1).sqrt_());
+      if (record_norms) step_norms.copy_(step_sq.sqrt_());
     });
   }
   return gradients_from_dz(x, w_ih, w_hh, out, dz, dz_step[0], dh_n, hx, len, reverse, output_mask, dt,
