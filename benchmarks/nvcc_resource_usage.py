@@ -72,6 +72,8 @@ def main() -> int:
             if current:
                 report.append(f"{entry.group(2)}  {current}")
             continue
+        if "Registers are spilled" in line:
+            continue  # ptxas's warning may print under another entry; each entry's own info line has the numbers
         if current and ("registers" in line or "stack frame" in line or "spill" in line):
             report.append("    " + line.split("ptxas info    : ")[-1].strip())
             persistent_f32 = "persistent" in current and "float" in current and "double" not in current

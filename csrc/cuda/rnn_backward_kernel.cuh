@@ -35,6 +35,8 @@
 //   norm_partials [2,G,B] float64 scratch (G = gridDim.x): at step s block k writes the
 //                    sum over its units of g^2 of sample b to [s % 2, k, b]; or null
 //   step_sq [T,B]    float64, zero on entry: ||g_t||^2 at each sample's valid steps; or null
+//   edge_scratch [G,B] scratch for randomized truncation: block k draws the step's edge
+//                    scales into row k; null when keep_prob = 1 (no draws: K or full BPTT)
 #pragma once
 
 #include "cuda/rnn_kernel_common.cuh"
@@ -64,6 +66,7 @@ struct BackwardRecurrenceArgs {
   double* g_sq;
   double* norm_partials;
   double* step_sq;
+  scalar_t* edge_scratch;
 };
 
 // step_sq at processing step r of every sample = the sum of the blocks' partials of step r,
@@ -95,6 +98,14 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
   // Step s+1's partials are complete (grid barrier or kernel boundary since); slot
   // (s + 1) % 2 is written again only at step s-1, after the next barrier.
   if (a.norm_partials != nullptr && s + 1 < a.steps) add_up_norm_partials(a, s + 1);
+  // Randomized truncation: the block draws the scales of the edges into step s+1 once per
+  // sample (a Philox evaluation each), not once per (unit, sample) in the epilogue.
+  if (a.edge_scratch != nullptr) {  // uniform over the grid, so the barrier is too
+    for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
+      a.edge_scratch[blockIdx.x * B + b] = static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
+    }
+    __syncthreads();  // the previous step's readers passed a grid barrier or kernel boundary
+  }
   const scalar_t* dz_later = a.dz_step + ((s + 1) % 2) * B * H;  // dz at processing step s+1
   scalar_t* dz_now = a.dz_step + (s % 2) * B * H;
   // Rows of samples that were not active at step s+1 hold stale values: their products
@@ -109,7 +120,8 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
     if (s + 1 < length) {
       // The carry crosses the edge h_t -> step s+1. A cut edge adds nothing (not 0 * carry,
       // which would let an inf/NaN carry through, unlike a detached state).
-      const scalar_t c = static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
+      const scalar_t c = a.edge_scratch != nullptr ? a.edge_scratch[blockIdx.x * B + b]
+                                                   : static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
       if (c != scalar_t(0)) g += c * carry;
     }
     if (s == length - 1) g += a.dh_n[b * H + u];

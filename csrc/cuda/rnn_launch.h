@@ -276,6 +276,8 @@ inline LayerBackwardResult layer_backward(
       // Scratch of the in-kernel norm reduction: g^2 of a step, two steps of per-block
       // partial sums; ||g_t||^2 per (t, b).
       at::Tensor g_sq, norm_partials, step_sq;
+      const at::Tensor edge_scratch =
+          truncation.keep_prob < 1.0 ? at::empty({plan.grid, B}, x.options()) : at::Tensor();
       if (record_norms) {
         const at::TensorOptions f64 = x.options().dtype(at::kDouble);
         g_sq = at::empty({B, H}, f64);
@@ -296,7 +298,8 @@ inline LayerBackwardResult layer_backward(
                                             truncation,
                                             record_norms ? g_sq.data_ptr<double>() : nullptr,
                                             record_norms ? norm_partials.data_ptr<double>() : nullptr,
-                                            record_norms ? step_sq.data_ptr<double>() : nullptr};
+                                            record_norms ? step_sq.data_ptr<double>() : nullptr,
+                                            edge_scratch.defined() ? edge_scratch.data_ptr<scalar_t>() : nullptr};
       launch_backward_recurrence<A, scalar_t>(args, plan);
       if (record_norms) step_norms.copy_(step_sq.sqrt_());
     });
