@@ -130,7 +130,9 @@ def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
         emulated = _run_op(args, lengths, "tanh", False, targs, "simt", cot)
         plan = rnn_fused.plan(hidden, backward=True)
     assert plan.grid > 1
-    torch.testing.assert_close(emulated[5], cpu[5], rtol=1e-5, atol=0)
+    # Two float32 evaluations of norms whose g differ by float32 rounding of the recurrence:
+    # within the classic worst-case bound of a length-H float32 sum, twice (one per side).
+    torch.testing.assert_close(emulated[5], cpu[5], rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
     assert (emulated[5][3:, 1] == 0).all() and (emulated[5][4:, 2] == 0).all()  # past each length
 
 

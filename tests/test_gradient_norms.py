@@ -19,7 +19,7 @@ import rnn_fused
 from bptt_reference import cotangents, edge_steps, exploding_weights, valid_steps, vanishing_weights
 from bptt_runs import BACKENDS, leaves, on_backend, ours_from, reference_runs, run_ours, ulps_for
 from rnn_cases import RNNCase
-from rnn_fused.testing import measure
+from rnn_fused.testing import FLOAT64_PARITY_ULPS, measure
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
@@ -182,7 +182,10 @@ def test_vanishing_gradient_norms(dtype, backend):
         assert (by_step[:-1] < 0.3 * by_step[1:] * (1 + 1e-4)).all()
         assert (by_step[0] < 1e-3 * by_step[-1]).all()
     if dtype == torch.float64:
-        torch.testing.assert_close(norms, expected["step_norms"], rtol=1e-10, atol=0)
+        # Per step at its own scale (they span many orders of magnitude): the float64 parity
+        # bound of the suite, relative to each norm.
+        relative = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps
+        torch.testing.assert_close(norms, expected["step_norms"], rtol=relative, atol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
