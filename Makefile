@@ -14,6 +14,8 @@ BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
+# The development build includes the SIMT emulator's self-test kernels (the test suite runs them).
+export RNN_FUSED_SELFTESTS ?= 1
 
 .PHONY: test bench demo build clean sanitize resource-usage
 

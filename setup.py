@@ -2,7 +2,8 @@
 
 C++ sources under csrc/ (except csrc/cuda) are always compiled. CUDA sources under
 csrc/cuda/*.cu are compiled by nvcc whenever a CUDA toolkit is found, GPU or not,
-unless RNN_FUSED_CUDA=0.
+unless RNN_FUSED_CUDA=0. RNN_FUSED_SELFTESTS=1 adds the SIMT emulator's self-test kernels
+(csrc/simt/selftest/, op namespace rnn_fused_selftest), which only the test suite uses.
 """
 
 import glob
@@ -71,10 +72,17 @@ def wheel_cuda_includes():
     return dirs
 
 
+def want_selftests():
+    return os.environ.get("RNN_FUSED_SELFTESTS", "0") == "1"
+
+
 def sources():
-    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/simt/*.cpp"))
-    cu = sorted(glob.glob("csrc/cuda/*.cu")) if CUDA_HOME is not None else []
-    return cpp, cu
+    cpp = glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp") + glob.glob("csrc/simt/*.cpp")
+    cu = glob.glob("csrc/cuda/*.cu")
+    if want_selftests():
+        cpp += glob.glob("csrc/simt/selftest/*.cpp")
+        cu += glob.glob("csrc/simt/selftest/*.cu")
+    return sorted(cpp), sorted(cu) if CUDA_HOME is not None else []
 
 
 def extension():
@@ -91,11 +99,10 @@ def extension():
     include_dirs = [os.path.join(ROOT, "csrc")]
     if cu:
         include_dirs += wheel_cuda_includes()
-        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
-                "-DRNN_FUSED_WITH_CUDA", "-Xptxas=-warn-spills"]
+        nvcc = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-warn-spills"]
         return CUDAExtension(
             "rnn_fused._C", cpp + cu, include_dirs=include_dirs,
-            extra_compile_args={"cxx": cxx + ["-DRNN_FUSED_WITH_CUDA"], "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
             extra_link_args=link,
         )
     return CppExtension("rnn_fused._C", cpp, include_dirs=include_dirs,

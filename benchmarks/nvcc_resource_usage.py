@@ -1,8 +1,8 @@
 """nvcc's resource report (registers, shared memory, stack, spills) for the recurrence kernels.
 
-Compiles csrc/cuda/rnn_cuda.cu for sm_80 and sm_90 with the build's flags plus
--Xptxas -v, keeps ptxas's lines for the kernels of rnn_forward_kernel.cuh /
-rnn_backward_kernel.cuh (names demangled), writes them to
+Compiles csrc/cuda/elman_cuda.cu for sm_80 and sm_90 with the build's flags plus
+-Xptxas -v, keeps ptxas's lines for the kernels of elman_forward_kernel.cuh /
+elman_backward_kernel.cuh (names demangled), writes them to
 benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when a float32 persistent kernel
 spills to local memory. No GPU needed, only nvcc.
 
@@ -52,8 +52,8 @@ def main() -> int:
     if nvcc is None:
         print("nvcc_resource_usage: nvcc is not on PATH", file=sys.stderr)
         return 2
-    command = [nvcc, "-c", os.path.join(ROOT, "csrc", "cuda", "rnn_cuda.cu"), "-o", os.devnull,
-               "-O3", "-std=c++20", "--expt-relaxed-constexpr", "-DRNN_FUSED_WITH_CUDA", "-Xptxas=-v",
+    command = [nvcc, "-c", os.path.join(ROOT, "csrc", "cuda", "elman_cuda.cu"), "-o", os.devnull,
+               "-O3", "-std=c++20", "--expt-relaxed-constexpr", "-Xptxas=-v",
                "-Xptxas=-warn-spills"]
     for arch in ARCHS:
         command += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
@@ -80,7 +80,7 @@ def main() -> int:
             spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
             if persistent_f32 and spill and (int(spill.group(1)) or int(spill.group(2))):
                 spills.append(f"{current}: {line.strip()}")
-    header = ["# ptxas -v for the recurrence kernels (csrc/cuda/rnn_cuda.cu), produced by",
+    header = ["# ptxas -v for the recurrence kernels (csrc/cuda/elman_cuda.cu), produced by",
               "# benchmarks/nvcc_resource_usage.py. nvcc: " +
               subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
               "# Shared memory of the persistent kernels is dynamic (units_per_block * H * sizeof(scalar_t)),",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnn_fused.benchmark import CPU_SHAPES, build_pair, forward_backward_fn, forward_fn
+from rnn_fused.tools.benchmark import CPU_SHAPES, build_pair, forward_backward_fn, forward_fn
 
 
 @pytest.fixture(autouse=True)

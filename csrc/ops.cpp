@@ -1,12 +1,18 @@
-// Operator schemas of rnn_fused. One single-layer, single-direction op pair
-// (forward, backward; csrc/op_schemas.h); layers and directions are composed in Python
-// above it. Also edge_scales, the truncation draws the backward kernels apply.
+// The product's operators (namespace rnn_fused): the single-layer, single-direction op pair
+// that every backend implements (layers and directions are composed in Python above it),
+// edge_scales (the truncation draws the backward applies) and recurrence_plan (what a
+// GPU-kernel backend would launch). The op entry points build the call descriptor
+// (layer_call.h) and hand it to the host layer (host_layer.h), which picks the backend.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <Python.h>
 
-#include "layer_args.h"
-#include "op_schemas.h"
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "host_layer.h"
 
 // Importing rnn_fused._C from Python only has to load this shared library: the
 // ops are registered by the static initialisers of TORCH_LIBRARY below.
@@ -15,30 +21,144 @@ extern "C" PyObject* PyInit__C(void) {
   return PyModule_Create(&module);
 }
 
+namespace rnn_fused {
 namespace {
 
+std::string backend_name(const std::optional<c10::string_view>& backend) {
+  return backend.has_value() ? std::string(*backend) : std::string();
+}
+
+// The forward's part of a call, shared by both op entry points.
+LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::Tensor>& hx,
+                              const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+                              const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                              const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse,
+                              int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
+                              const std::optional<c10::string_view>& backend) {
+  return LayerForwardCall{.input = input,
+                          .hx = hx,
+                          .weight_ih = weight_ih,
+                          .weight_hh = weight_hh,
+                          .bias_ih = bias_ih,
+                          .bias_hh = bias_hh,
+                          .lengths = lengths,
+                          .options = parse_options(std::string(nonlinearity), reverse, truncate_every, keep_prob,
+                                                   seed, layer, backend_name(backend))};
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
+    const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+    const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse, int64_t truncate_every,
+    double keep_prob, int64_t seed, int64_t layer, std::optional<c10::string_view> backend) {
+  LayerForwardCall call = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                                       reverse, truncate_every, keep_prob, seed, layer, backend);
+  check_forward_call(call);
+  return run_layer_forward(call);
+}
+
+LayerBackwardResult rnn_layer_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& output,
+    std::array<bool, 5> output_mask, bool record_norms, const at::Tensor& input, const std::optional<at::Tensor>& hx,
+    const at::Tensor& weight_ih, const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
+    const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
+    c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, int64_t seed,
+    int64_t layer, std::optional<c10::string_view> backend) {
+  LayerBackwardCall call{.forward = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                                 nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
+                                                 backend),
+                         .grad_output = grad_output,
+                         .grad_h_n = grad_h_n,
+                         .output = output,
+                         .output_mask = output_mask,
+                         .record_norms = record_norms};
+  check_backward_call(call);
+  return run_layer_backward(call);
+}
+
 // c [T,B] float64: the edge scale of processing step s of sample b that the backward
-// kernels of every backend apply (rnn_params.h edge_scale), for checking and recording.
+// kernels of every backend apply (recurrence_math.h edge_scale), for checking and recording.
 at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, double keep_prob, int64_t seed,
                        int64_t layer, bool reverse) {
   TORCH_CHECK_VALUE(steps >= 0 && batch >= 0, "rnn_fused: edge_scales needs steps, batch >= 0, got ", steps, ", ",
                     batch);
-  const rnn_fused::TruncationParams tp =
-      rnn_fused::check_truncation_args(truncate_every, keep_prob, seed, layer, reverse);
+  const TruncationParams tp = parse_truncation(truncate_every, keep_prob, seed, layer, reverse);
   at::Tensor scales = at::empty({steps, batch}, at::kDouble);
   double* c = scales.data_ptr<double>();
   for (int64_t s = 0; s < steps; ++s) {
-    for (int64_t b = 0; b < batch; ++b) c[s * batch + b] = rnn_fused::edge_scale(tp, s, b);
+    for (int64_t b = 0; b < batch; ++b) c[s * batch + b] = edge_scale(tp, s, b);
   }
   return scales;
 }
 
+// What backend `backend` (None: like's device's own) would launch for a recurrence of
+// hidden_size units in like's dtype, on like's (real or emulated) device.
+std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, std::string> recurrence_plan(
+    const at::Tensor& like, int64_t hidden_size, c10::string_view nonlinearity, bool backward,
+    std::optional<c10::string_view> backend) {
+  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), backend_name(backend));
+  TORCH_CHECK_VALUE(b.plan != nullptr, "rnn_fused.plan: backend '", b.name,
+                    "' runs no GPU kernels and has no launch plan (ask for a CUDA device or 'emulated')");
+  const c10::OptionalDeviceGuard guard(like.device());
+  const RecurrencePlanReport r =
+      b.plan(compute_dtype(like.scalar_type()), hidden_size, parse_activation(std::string(nonlinearity)), backward);
+  return {r.path, r.grid, r.block_threads, r.units_per_block, r.shared_mem_bytes, r.blocks_per_sm, r.reason};
+}
+
 }  // namespace
+}  // namespace rnn_fused
 
 TORCH_LIBRARY(rnn_fused, m) {
-  m.def(RNN_FUSED_LAYER_FORWARD_SCHEMA("rnn_layer_forward"));
-  m.def(RNN_FUSED_LAYER_BACKWARD_SCHEMA("rnn_layer_backward"));
-  m.def("edge_scales(int steps, int batch, int truncate_every, float keep_prob, int seed, int layer, bool reverse) "
-        "-> Tensor",
-        &edge_scales);
+  // input [T,B,I]; hx [B,H] or None (zeros); weight_ih [H,I]; weight_hh [H,H];
+  // bias_ih, bias_hh [H] or None; lengths int64 [B] (on the CPU or on input's device) or
+  // None (all T). truncate_every, keep_prob, seed, layer: the backward's truncation
+  // (docs/bptt.md); the forward only checks them (so a bad value fails before anything
+  // runs) and autograd hands them to the backward. backend: 'cpu', 'cuda', 'emulated' (the
+  // CUDA kernels run on CPU tensors by the SIMT emulator) or None (the input device's own).
+  // Returns output [T,B,H] (zero at steps t >= lengths[b]) and h_n [B,H].
+  m.def(
+      "rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
+      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None) -> (Tensor output, Tensor h_n)");
+  // grad_output [T,B,H]; grad_h_n [B,H]; the forward's output [T,B,H]; then the forward's
+  // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
+  // grad_bias [H] (the gradient of bias_ih and of bias_hh alike); output_mask says which of
+  // these five are wanted, in that order; the others come back as empty [0] tensors.
+  // With record_norms also step_norms [T,B] (||dL/dh_t||, compute dtype, zero at t >=
+  // lengths[b]), grad_sq_norms [5] float64 (squared norms of the five gradients, 0 for those
+  // not computed) and nonfinite (bool 0-d: some gradient or g_t is NaN/Inf); without, those
+  // three are empty [0].
+  m.def(
+      "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[5] output_mask, "
+      "bool record_norms, Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
+      "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
+      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor step_norms, Tensor grad_sq_norms, "
+      "Tensor nonfinite)");
+  m.def(
+      "edge_scales(int steps, int batch, int truncate_every, float keep_prob, int seed, int layer, bool reverse) "
+      "-> Tensor",
+      &rnn_fused::edge_scales);
+  // like: a tensor with the layer's dtype on the device to plan for (CPU with backend
+  // 'emulated': the emulated device). Returns (path, grid, block_threads, units_per_block,
+  // shared_mem_bytes, blocks_per_sm, reason).
+  m.def(
+      "recurrence_plan(Tensor like, int hidden_size, str nonlinearity, bool backward, str? backend=None) "
+      "-> (str, int, int, int, int, int, str)");
+  // The registered backends' names.
+  m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
+}
+
+// One entry point per op for both devices: the host layer picks the backend, and a CUDA
+// input in a build without CUDA kernels gets a message saying so.
+TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
+  m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
+  m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
+  m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
+}
+
+TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
+  m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
+  m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
+  m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
 }

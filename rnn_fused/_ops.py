@@ -1,46 +1,120 @@
-"""Typed wrappers over torch.ops.rnn_fused and their fake (meta) kernels.
+"""The op pair rnn_fused::rnn_layer_forward / rnn_layer_backward from Python.
 
-Loading rnn_fused._C registers the ops (TORCH_LIBRARY in csrc/ops.cpp); the fake
-kernels here let torch.compile and FakeTensor trace through them.
+Loading rnn_fused._C registers the ops (TORCH_LIBRARY in csrc/ops.cpp). This module is the
+one home of their argument list on the Python side: LayerInputs and LayerOptions, in schema
+order, drive the calls, the fake kernels (torch.compile, FakeTensor) and the autograd
+context. The backward takes (grad_output, grad_h_n, output, output_mask, record_norms)
+followed by exactly the forward's arguments.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (registers torch.ops.rnn_fused)
+from . import _build  # noqa: F401  (loads rnn_fused._C, or says how to build it)
 from .truncation import FULL_BPTT, TruncationArgs
 
 ops = torch.ops.rnn_fused
 
 
-# Backends of the single-layer ops: "native" dispatches on the tensors' device (CPU loops
-# or the CUDA kernels); "simt" runs the CUDA kernels on CPU tensors through the emulator
-# (ops simt_rnn_layer_forward/backward, same schemas).
-BACKENDS = ("native", "simt")
-_FORWARD_OPS = {"native": "rnn_layer_forward", "simt": "simt_rnn_layer_forward"}
-_BACKWARD_OPS = {"native": "rnn_layer_backward", "simt": "simt_rnn_layer_backward"}
+class LayerInputs(NamedTuple):
+    """The op pair's tensor arguments. input [T,B,I]; hx [B,H] or None; weight_ih [H,I];
+    weight_hh [H,H]; bias_ih, bias_hh [H] or None; lengths int64 [B] or None (all T)."""
+
+    input: Tensor
+    hx: Tensor | None
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Tensor | None
+    bias_hh: Tensor | None
+    lengths: Tensor | None
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"rnn_fused: backend must be one of {BACKENDS}, got {backend!r}")
+class LayerOptions(NamedTuple):
+    """The op pair's other arguments, in schema order after the tensors."""
+
+    nonlinearity: str = "tanh"
+    reverse: bool = False
+    truncate_every: int = 0
+    keep_prob: float = 1.0
+    seed: int = 0
+    layer: int = 0
+    backend: str | None = None  # 'cpu', 'cuda', 'emulated' or None (the input device's own)
+
+    @classmethod
+    def make(cls, nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
+             backend: str | None = None) -> LayerOptions:
+        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed, layer, backend)
+
+    @property
+    def truncation(self) -> TruncationArgs:
+        return TruncationArgs(self.truncate_every, self.keep_prob, self.seed)
 
 
-def _layer_forward_fake(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
-                        truncate_every=0, keep_prob=1.0, seed=0, layer=0):
+FORWARD_ARGUMENTS = LayerInputs._fields + LayerOptions._fields
+# The backward's own arguments before the forward's.
+BACKWARD_PREFIX = ("grad_output", "grad_h_n", "output", "output_mask", "record_norms")
+
+
+def _schema_names(op) -> tuple[str, ...]:
+    return tuple(argument.name for argument in op.default._schema.arguments)
+
+
+if _schema_names(ops.rnn_layer_forward) != FORWARD_ARGUMENTS or \
+        _schema_names(ops.rnn_layer_backward) != BACKWARD_PREFIX + FORWARD_ARGUMENTS:
+    raise ImportError("rnn_fused: the compiled extension's op schemas do not match this Python package; "
+                      "rebuild it (make build, or pip install --no-build-isolation .)")
+
+
+def split_forward_arguments(args) -> tuple[LayerInputs, LayerOptions]:
+    """The forward's positional arguments (as the op, its fake kernel or setup_context see
+    them; trailing defaults may be missing) as (LayerInputs, LayerOptions)."""
+    count = len(LayerInputs._fields)
+    return LayerInputs(*args[:count]), LayerOptions(*args[count:])
+
+
+def _bind(op, args: tuple, kwargs: dict) -> tuple:
+    """All arguments of a call in schema order, defaults filled in."""
+    arguments = op.default._schema.arguments
+    values = list(args)
+    for argument in arguments[len(args):]:
+        values.append(kwargs[argument.name] if argument.name in kwargs else argument.default_value)
+    return tuple(values)
+
+
+def layer_forward(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, Tensor]:
+    """(output [T,B,H], zero at t >= lengths[b]; h_n [B,H])."""
+    return ops.rnn_layer_forward(*inputs, *options)
+
+
+def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output_mask: list[bool],
+                   record_norms: bool, inputs: LayerInputs, options: LayerOptions):
+    """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
+    to compute; the others come back as empty tensors. Returns those five, then step_norms
+    [T,B], grad_sq_norms [5] float64 and nonfinite (empty unless record_norms)."""
+    return ops.rnn_layer_backward(grad_output, grad_h_n, output, output_mask, record_norms, *inputs, *options)
+
+
+@torch.library.register_fake("rnn_fused::rnn_layer_forward")
+def _layer_forward_fake(*args, **kwargs):
+    inputs, _ = split_forward_arguments(_bind(ops.rnn_layer_forward, args, kwargs))
+    steps, batch, _ = inputs.input.shape
+    hidden = inputs.weight_hh.shape[0]
+    return inputs.input.new_empty(steps, batch, hidden), inputs.input.new_empty(batch, hidden)
+
+
+@torch.library.register_fake("rnn_fused::rnn_layer_backward")
+def _layer_backward_fake(*args, **kwargs):
+    values = _bind(ops.rnn_layer_backward, args, kwargs)
+    output_mask, record_norms = values[3], values[4]
+    inputs, _ = split_forward_arguments(values[len(BACKWARD_PREFIX):])
+    input = inputs.input
     steps, batch, _ = input.shape
-    hidden = weight_hh.shape[0]
-    return input.new_empty(steps, batch, hidden), input.new_empty(batch, hidden)
-
-
-def _layer_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output, lengths,
-                         nonlinearity, reverse, output_mask, truncate_every=0, keep_prob=1.0, seed=0,
-                         layer=0, record_norms=False):
-    steps, batch, _ = input.shape
-    hidden = weight_hh.shape[0]
-    shapes = (input.shape, (batch, hidden), weight_ih.shape, weight_hh.shape, (hidden,))
+    hidden = inputs.weight_hh.shape[0]
+    shapes = (input.shape, (batch, hidden), inputs.weight_ih.shape, inputs.weight_hh.shape, (hidden,))
     grads = tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
     # Norms are in the compute dtype: float32 for float16/bfloat16 inputs.
     norm_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
@@ -51,40 +125,3 @@ def _layer_backward_fake(grad_output, grad_h_n, input, hx, weight_ih, weight_hh,
         extras = (input.new_empty(0, dtype=norm_dtype), input.new_empty(0, dtype=torch.float64),
                   input.new_empty(0, dtype=torch.bool))
     return grads + extras
-
-
-for _backend in BACKENDS:
-    torch.library.register_fake(f"rnn_fused::{_FORWARD_OPS[_backend]}")(_layer_forward_fake)
-    torch.library.register_fake(f"rnn_fused::{_BACKWARD_OPS[_backend]}")(_layer_backward_fake)
-
-
-def forward_op(backend: str):
-    _check_backend(backend)
-    return getattr(ops, _FORWARD_OPS[backend])
-
-
-def backward_op(backend: str):
-    _check_backend(backend)
-    return getattr(ops, _BACKWARD_OPS[backend])
-
-
-def layer_forward(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
-                  bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None,
-                  nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
-                  backend: str = "native") -> tuple[Tensor, Tensor]:
-    return forward_op(backend)(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                               nonlinearity, reverse, truncation.every, truncation.keep_prob,
-                               truncation.seed, layer)
-
-
-def layer_backward(grad_output: Tensor, grad_h_n: Tensor, input: Tensor, hx: Tensor | None,
-                   weight_ih: Tensor, weight_hh: Tensor, output: Tensor, lengths: Tensor | None,
-                   nonlinearity: str, reverse: bool, output_mask: list[bool],
-                   truncation: TruncationArgs = FULL_BPTT, layer: int = 0, record_norms: bool = False,
-                   backend: str = "native"):
-    """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
-    to compute; the others come back as empty tensors. Returns those five, then step_norms
-    [T,B], grad_sq_norms [5] and nonfinite (empty unless record_norms)."""
-    return backward_op(backend)(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, output,
-                                lengths, nonlinearity, reverse, output_mask, truncation.every,
-                                truncation.keep_prob, truncation.seed, layer, record_norms)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -13,39 +11,29 @@ from .truncation import FULL_BPTT, TruncationArgs, check_truncation, resolve_tru
 
 
 def _setup_layer_context(ctx, inputs, output):
-    (input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
-     truncate_every, keep_prob, seed, layer) = inputs
+    layer_inputs, options = _ops.split_forward_arguments(inputs)
     out, _ = output
-    ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
-    ctx.nonlinearity = nonlinearity
-    ctx.reverse = reverse
-    ctx.truncation = TruncationArgs(truncate_every, keep_prob, seed)
-    ctx.layer = layer
+    ctx.save_for_backward(*layer_inputs, out)
+    ctx.options = options
     ctx.set_materialize_grads(True)
 
 
-# Gradients returned for the op's arguments past the first six (lengths, nonlinearity,
-# reverse, truncate_every, keep_prob, seed, layer): none are differentiable.
-_NON_DIFFERENTIABLE_ARGS = 7
-
-
-def _layer_backward(ctx, grad_output, grad_h_n, backend="native", sink=None):
-    """Backward of one layer: the backend's fused BPTT op, or, when the graph of the backward
-    is requested (double backward), autograd through reference.py's loop.
+def _layer_backward(ctx, grad_output, grad_h_n, sink=None):
+    """Backward of one layer: the fused BPTT op, or, when the graph of the backward is
+    requested (double backward), autograd through reference.py's loop.
     Returns the gradients of (input, hx, weight_ih, weight_hh, bias_ih, bias_hh).
     sink: a recording.LayerSink that takes the norms the op reduced, or None (none reduced)."""
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out = ctx.saved_tensors
+    *saved, out = ctx.saved_tensors
+    inputs = _ops.LayerInputs(*saved)
     needs = ctx.needs_input_grad
     if torch.is_grad_enabled():
         if sink is not None:
             raise RuntimeError("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
                                "which has no graph of its own; record without create_graph=True")
-        return _differentiable_backward(ctx, grad_output, grad_h_n)
-    mask = [needs[0], needs[1] and hx is not None, needs[2], needs[3], needs[4] or needs[5]]
+        return _differentiable_backward(ctx, inputs, grad_output, grad_h_n)
+    mask = [needs[0], needs[1] and inputs.hx is not None, needs[2], needs[3], needs[4] or needs[5]]
     (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, step_norms, grad_sq_norms,
-     nonfinite) = _ops.layer_backward(grad_output, grad_h_n, input, hx, weight_ih, weight_hh, out, lengths,
-                                      ctx.nonlinearity, ctx.reverse, mask, ctx.truncation, ctx.layer,
-                                      sink is not None, backend)
+     nonfinite) = _ops.layer_backward(grad_output, grad_h_n, out, mask, sink is not None, inputs, ctx.options)
     grads = (
         grad_input if needs[0] else None,
         grad_hx if needs[1] else None,
@@ -61,19 +49,19 @@ def _layer_backward(ctx, grad_output, grad_h_n, backend="native", sink=None):
     return grads
 
 
-def _differentiable_backward(ctx, grad_output, grad_h_n):
+def _differentiable_backward(ctx, inputs: _ops.LayerInputs, grad_output, grad_h_n):
     """Gradient with a graph of its own (create_graph=True), for double backward."""
-    input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, _ = ctx.saved_tensors
-    args = [input, hx, weight_ih, weight_hh, bias_ih, bias_hh]
+    options = ctx.options
+    args = list(inputs[:6])
     wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
     scales = None
-    if ctx.truncation != FULL_BPTT:
-        steps, batch = input.shape[0], input.shape[1]
-        scales = torch.ops.rnn_fused.edge_scales(steps, batch, ctx.truncation.every, ctx.truncation.keep_prob,
-                                                 ctx.truncation.seed, ctx.layer, ctx.reverse)
-        scales = scales.to(input.device, input.dtype)
+    if options.truncation != FULL_BPTT:
+        steps, batch = inputs.input.shape[0], inputs.input.shape[1]
+        scales = torch.ops.rnn_fused.edge_scales(steps, batch, options.truncate_every, options.keep_prob,
+                                                 options.seed, options.layer, options.reverse)
+        scales = scales.to(inputs.input.device, inputs.input.dtype)
     with torch.enable_grad():
-        out, h_n = reference_layer(*args, lengths, ctx.nonlinearity, ctx.reverse, scales)
+        out, h_n = reference_layer(*args, inputs.lengths, options.nonlinearity, options.reverse, scales)
         grads = torch.autograd.grad((out, h_n), [args[i] for i in wanted], (grad_output, grad_h_n),
                                     create_graph=True, allow_unused=True)
     result = [None] * 6
@@ -82,16 +70,15 @@ def _differentiable_backward(ctx, grad_output, grad_h_n):
     return tuple(result)
 
 
-def _registered_backward(ctx, grad_output, grad_h_n, backend):
-    return _layer_backward(ctx, grad_output, grad_h_n, backend) + (None,) * _NON_DIFFERENTIABLE_ARGS
+def _registered_backward(ctx, grad_output, grad_h_n):
+    # No gradient for lengths and the options.
+    return _layer_backward(ctx, grad_output, grad_h_n) + (None,) * (1 + len(_ops.LayerOptions._fields))
 
 
 # The op itself is differentiable: register_autograd wraps it in an autograd.Function
 # whose forward and backward call only registered ops, so torch.compile traces it whole.
-for _backend in _ops.BACKENDS:
-    torch.library.register_autograd(f"rnn_fused::{_ops._FORWARD_OPS[_backend]}",
-                                    functools.partial(_registered_backward, backend=_backend),
-                                    setup_context=_setup_layer_context)
+torch.library.register_autograd("rnn_fused::rnn_layer_forward", _registered_backward,
+                                setup_context=_setup_layer_context)
 
 
 class _RecordedLayer(torch.autograd.Function):
@@ -100,30 +87,29 @@ class _RecordedLayer(torch.autograd.Function):
     graph would not replay."""
 
     @staticmethod
-    def forward(ctx, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
-                truncation, layer, backend, sink):
-        out, h_n = _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                      nonlinearity, reverse, truncation, layer, backend)
-        ctx.save_for_backward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, out)
-        ctx.nonlinearity, ctx.reverse, ctx.truncation, ctx.layer = nonlinearity, reverse, truncation, layer
-        ctx.backend, ctx.sink = backend, sink
-        return out, h_n
+    def forward(ctx, *args):
+        """args: the LayerInputs fields, then the LayerOptions and the sink."""
+        *inputs, options, sink = args
+        output = _ops.layer_forward(_ops.LayerInputs(*inputs), options)
+        _setup_layer_context(ctx, (*inputs, *options), output)
+        ctx.sink = sink
+        return output
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
-        return _layer_backward(ctx, grad_output, grad_h_n, ctx.backend, ctx.sink) + (None,) * 7
+        # No gradient for lengths, the options and the sink.
+        return _layer_backward(ctx, grad_output, grad_h_n, ctx.sink) + (None, None, None)
 
 
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None = None,
-              nonlinearity: str = "tanh", reverse: bool = False,
-              backend: str = "native", *, truncation=None, layer: int = 0,
-              sink=None) -> tuple[Tensor, Tensor]:
+              nonlinearity: str = "tanh", reverse: bool = False, *, backend: str | None = None,
+              truncation=None, layer: int = 0, sink=None) -> tuple[Tensor, Tensor]:
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
-    backend: "native" (the op for the tensors' device) or "simt" (the CUDA kernels run on
-    CPU tensors by the SIMT emulator).
+    backend: None (the input device's own: 'cpu' or 'cuda'), or 'emulated' (the CUDA
+    kernels run on CPU tensors by the SIMT emulator, rnn_fused.simt).
     truncation: None, an int K >= 1, a RandomTruncation (docs/bptt.md), or the already
     resolved TruncationArgs; `layer` keys the randomized draws (with the direction).
     sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
@@ -132,20 +118,19 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     args = truncation if isinstance(truncation, TruncationArgs) else resolve_truncation(truncation)
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
+    inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend)
     if sink is None:
-        return _ops.layer_forward(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                  nonlinearity, reverse, args, layer, backend)
+        return _ops.layer_forward(inputs, options)
     if torch.compiler.is_compiling():
         raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
                            "the backward as a Python side effect; record in eager mode")
-    _ops.forward_op(backend)  # checks the backend name before anything runs
-    return _RecordedLayer.apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                                reverse, args, layer, backend, sink)
+    return _RecordedLayer.apply(*inputs, options, sink)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
-        lengths: Tensor | None = None, layer_fn=None, *, backend: str = "native", truncation=None,
+        lengths: Tensor | None = None, layer_fn=None, *, backend: str | None = None, truncation=None,
         record=None) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
@@ -184,9 +169,10 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                 out, h_n = layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
                                     lengths, nonlinearity, reverse)
             else:
-                sink = None if record is None else record.sink(layer, direction, args, tuple(weights[index]))
+                sink = None if record is None else record.sink(layer, direction, tuple(weights[index]))
                 out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                     nonlinearity, reverse, backend, truncation=args, layer=layer, sink=sink)
+                                     nonlinearity, reverse, backend=backend, truncation=args, layer=layer,
+                                     sink=sink)
             direction_outputs.append(out)
             final_states.append(h_n)
         layer_output = (direction_outputs[0] if directions == 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _C  # noqa: F401  (registers torch.ops.rnn_fused)
+from . import _build  # noqa: F401  (loads rnn_fused._C)
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,10 @@ def plan(hidden_size: int, dtype: torch.dtype = torch.float32, device: str | tor
          nonlinearity: str = "tanh", backward: bool = False) -> LaunchPlan:
     """The plan of the forward (or backward) recurrence kernel for a layer of `hidden_size`
     units in `dtype` (float16/bfloat16 plan as float32, the compute dtype)."""
-    target = torch.device("cpu") if device == "emulated" else torch.device(device)
-    if target.type not in ("cpu", "cuda"):
+    emulated = device == "emulated"
+    target = torch.device("cpu") if emulated else torch.device(device)
+    if target.type != "cuda" and not emulated:
         raise ValueError(f"rnn_fused.plan: device must be 'emulated' or a CUDA device, got {device!r}")
     like = torch.empty(0, dtype=dtype, device=target)
-    return LaunchPlan(*torch.ops.rnn_fused.recurrence_plan(like, hidden_size, nonlinearity, backward))
+    backend = "emulated" if emulated else None
+    return LaunchPlan(*torch.ops.rnn_fused.recurrence_plan(like, hidden_size, nonlinearity, backward, backend))

@@ -51,12 +51,13 @@ class RNN(nn.Module):
     None (full), an int K >= 1 or a RandomTruncation (docs/bptt.md); forward(...,
     truncation=...) overrides it for one call. Forward values never depend on it.
 
-    kernel_backend: which implementation of the layer ops runs ("native", or "simt" for the
-    CUDA kernels emulated on CPU tensors; see functional.rnn_layer). Not a constructor
-    argument, so the constructor stays nn.RNN's; set it on an instance.
+    backend: which implementation of the layer ops runs: None (the input device's own), or
+    "emulated" (the CUDA kernels run on CPU tensors by the SIMT emulator; see
+    functional.rnn_layer). Not a constructor argument, so the constructor stays nn.RNN's;
+    set it on an instance.
     """
 
-    kernel_backend: str = "native"
+    backend: str | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
 
@@ -356,7 +357,7 @@ class RNN(nn.Module):
             self._gradient_recorder.records.append(record)
         return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers, self.bidirectional,
                               self.nonlinearity, self.dropout, self.training, lengths,
-                              backend=self.kernel_backend, truncation=truncation, record=record)
+                              backend=self.backend, truncation=truncation, record=record)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -100,8 +100,7 @@ class ForwardRecord:
         self._sq_norms: dict[str, Tensor] = {}
         self._nonfinite: list[Tensor] = []
 
-    def sink(self, layer: int, direction: int, truncation: TruncationArgs, weights: tuple) -> LayerSink:
-        self.truncation = truncation
+    def sink(self, layer: int, direction: int, weights: tuple) -> LayerSink:
         return LayerSink(self, layer, direction, weights)
 
     def _store(self, layer: int, direction: int, step_norms: Tensor, sq_norms: Tensor, nonfinite: Tensor) -> None:
@@ -186,8 +185,9 @@ class GradientRecorder:
 def record_gradients(module):
     """Records what the fused backward reduces for the forwards `module` (an rnn_fused.RNN)
     runs inside the block; the backward itself may run inside or after it."""
-    from .modules import RNN
-    if not isinstance(module, RNN):
+    # The modules that run recorded layers keep a recorder slot (modules.RNN); checking for it
+    # keeps this module free of an import of modules.py, which imports this one.
+    if not hasattr(type(module), "_gradient_recorder"):
         raise TypeError(f"record_gradients expects an rnn_fused.RNN, got {type(module).__name__}")
     recorder = GradientRecorder(module)
     previous = module._gradient_recorder

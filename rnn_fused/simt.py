@@ -1,10 +1,11 @@
-"""The SIMT emulator from Python: emulated device, thread schedule, self-test kernels.
+"""The SIMT emulator behind backend "emulated": the emulated device and the thread schedule.
 
-The project's CUDA kernels are compiled twice: by nvcc for CUDA tensors and by g++ with
-the fiber-based emulator (csrc/simt/) for CPU tensors. This module configures the
-emulator (what device it pretends to be, in which order threads run between barriers)
-and wraps the self-test kernels that check the emulation itself. Settings are process
-wide; use the context managers so a test restores what it changed.
+The project's CUDA kernels are compiled twice: by nvcc for CUDA tensors (backend "cuda")
+and by g++ with the fiber-based emulator (csrc/simt/) for CPU tensors (backend
+"emulated"). This module configures the emulator: what device it pretends to be, and in
+which order threads run between barriers. Settings are process wide; use the context
+managers so a test restores what it changed. `import rnn_fused` does not import this
+module; `rnn_fused.simt` does, on first use.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from . import _C  # noqa: F401  (registers torch.ops.rnn_fused)
+from . import _build  # noqa: F401  (loads rnn_fused._C)
 
-_ops = torch.ops.rnn_fused
+_ops = torch.ops.rnn_fused_simt
 
 SCHEDULE_MODES = ("forward", "reverse", "shuffle")
 
@@ -42,22 +43,22 @@ class DeviceProperties:
 
 def device_properties() -> DeviceProperties:
     """The emulated device's current properties."""
-    values = _ops.simt_get_device_properties()
+    values = _ops.get_device_properties()
     names = [f.name for f in fields(DeviceProperties)]
     if len(values) != len(names):
-        raise RuntimeError(f"simt_get_device_properties returned {len(values)} fields, expected {len(names)}")
+        raise RuntimeError(f"get_device_properties returned {len(values)} fields, expected {len(names)}")
     kwargs = dict(zip(names, values))
     kwargs["cooperative_launch"] = bool(kwargs["cooperative_launch"])
     return DeviceProperties(**kwargs)
 
 
 def set_device_properties(props: DeviceProperties) -> None:
-    _ops.simt_set_device_properties(**asdict(props))
+    _ops.set_device_properties(**asdict(props))
 
 
 def reset_device_properties() -> None:
     """Back to the defaults (DeviceProperties())."""
-    _ops.simt_reset_device_properties()
+    _ops.reset_device_properties()
 
 
 @contextlib.contextmanager
@@ -76,7 +77,7 @@ def emulated_device(**overrides) -> Iterator[DeviceProperties]:
 
 
 def get_schedule() -> tuple[str, int]:
-    mode, seed = _ops.simt_get_schedule()
+    mode, seed = _ops.get_schedule()
     return mode, seed
 
 
@@ -87,11 +88,11 @@ def schedule(mode: str, seed: int = 0) -> Iterator[None]:
     if mode not in SCHEDULE_MODES:
         raise ValueError(f"schedule mode must be one of {SCHEDULE_MODES}, got {mode!r}")
     previous = get_schedule()
-    _ops.simt_set_schedule(mode, seed)
+    _ops.set_schedule(mode, seed)
     try:
         yield
     finally:
-        _ops.simt_set_schedule(*previous)
+        _ops.set_schedule(*previous)
 
 
 # Schedules a race-sensitive test should run under: their results must agree bitwise.
@@ -100,67 +101,4 @@ ALL_SCHEDULES = (("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2))
 
 def fiber_switch_ns(switches: int = 1_000_000) -> float:
     """Measured cost of one fiber switch in nanoseconds."""
-    return _ops.simt_measure_fiber_switch_ns(switches)
-
-
-def occupancy(kernel: str, block_threads: int, dynamic_smem: int = 0) -> int:
-    """Blocks per SM of a self-test kernel under the emulated device's occupancy model."""
-    return _ops.simt_occupancy(kernel, block_threads, dynamic_smem)
-
-
-# ---- Self-test kernels (CPU tensors run emulated; CUDA tensors on the GPU) ----
-
-def warp_reduce(x: Tensor, block_threads: int) -> Tensor:
-    """Per-block sums of x [blocks * block_threads] via warp shuffles."""
-    return _ops.simt_selftest_warp_reduce(x, block_threads)
-
-
-def transpose(x: Tensor) -> Tensor:
-    """x.T through a shared-memory tile."""
-    return _ops.simt_selftest_transpose(x)
-
-
-def grid_stencil(x: Tensor, steps: int, block_threads: int = 128, blocks: int = 0) -> tuple[Tensor, Tensor]:
-    """`steps` rounds of a 3-point stencil in one cooperative launch with a grid sync per
-    step. blocks=0 lets the occupancy-based planner choose. Returns (result, plan) where
-    plan = [blocks, blocks_per_sm, sm_count]."""
-    return _ops.simt_selftest_grid_stencil(x, steps, block_threads, blocks)
-
-
-def atomics(values: Tensor, bins: int, blocks: int = 3, block_threads: int = 64) -> tuple[Tensor, Tensor, Tensor]:
-    """(histogram [bins], [max, max of block maxima], [float sum]) of int32 values."""
-    return _ops.simt_selftest_atomics(values, bins, blocks, block_threads)
-
-
-def warp_scan(x: Tensor, block_threads: int = 64) -> tuple[Tensor, Tensor]:
-    """(per-warp inclusive scan, per-warp ballot of x > 0 as int32)."""
-    return _ops.simt_selftest_warp_scan(x, block_threads)
-
-
-def device_math(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(y = fma(tanh x, exp(-|x|), rsqrt(1 + x^2)), y via float16, y via bfloat16)."""
-    return _ops.simt_selftest_device_math(x)
-
-
-def barrier_loop(x: Tensor, block_threads: int, rounds: int) -> Tensor:
-    """`rounds` rounds of neighbour mixing through shared memory, two barriers per round."""
-    return _ops.simt_selftest_barrier_loop(x, block_threads, rounds)
-
-
-def bounded(blocks: int, block_x: int, block_y: int = 1, dynamic_smem: int = 0, device="cpu") -> Tensor:
-    """Launch a kernel with launch bounds 128 in the given configuration (launch checks)."""
-    like = torch.empty(0, device=device)
-    return _ops.simt_selftest_bounded(like, blocks, block_x, block_y, dynamic_smem)
-
-
-FAULTS = (
-    "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane",
-    "mask_excludes_caller", "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative",
-    "grid_sync_block_exits", "kernel_check", "shared_out_of_bounds", "dynamic_shared_out_of_bounds",
-    "mismatched_warp_ops", "shuffle_outside_mask", "stack_overflow",
-)
-
-
-def faulty(fault: str, x: Tensor, blocks: int, block_threads: int) -> Tensor:
-    """Run one known-bad kernel (see FAULTS) over x [blocks * block_threads]."""
-    return _ops.simt_selftest_faulty(fault, x, blocks, block_threads)
+    return _ops.measure_fiber_switch_ns(switches)

@@ -333,7 +333,7 @@ def _largest_z(mean: Tensor, expected: Tensor, standard_error: Tensor) -> str:
 def cotangents(seed: int, *, output_scale: float = 1.0, h_n_scale: float = 1.0):
     """cotangents(output, h_n) -> [grad_output, grad_h_n], drawn in float64 from seed and cast
     to each tensor's dtype, so runs in different dtypes see the same values (for
-    rnn_fused.testing.run_rnn). A scale of 0 gives zeros (e.g. a loss on h_n only)."""
+    rnn_fused.tools.testing.run_rnn). A scale of 0 gives zeros (e.g. a loss on h_n only)."""
     def draw(output: Tensor, h_n: Tensor) -> list[Tensor]:
         generator = torch.Generator().manual_seed(seed)
         drawn = []

@@ -1,6 +1,6 @@
 """Running rnn_fused.RNN beside the autograd references of bptt_reference.py.
 
-compare_with_reference applies the project's tolerance rule (rnn_fused.testing): the
+compare_with_reference applies the project's tolerance rule (rnn_fused.tools.testing): the
 float64 reference loop is the reference, the same loop in the test dtype (as is, and with
 weights, input and hx moved by one unit of roundoff) gives the stock error, and ours may
 be off by at most twice that plus a floor of a few ulps. The same rule covers the per-step
@@ -19,17 +19,17 @@ from torch.nn.utils.rnn import PackedSequence
 import rnn_fused
 from bptt_reference import BPTTReferenceRNN
 from rnn_fused import simt
-from rnn_fused.testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, ToleranceResult, cast_input,
+from rnn_fused.tools.testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, ToleranceResult, cast_input,
                                measure, run_rnn)
 
-BACKENDS = ["native", "simt"]
+BACKENDS = ["cpu", "emulated"]
 EXACT_FIELDS = ("batch_sizes", "sorted_indices", "unsorted_indices")
 
 
 def on_backend(backend: str):
     """The emulated CUDA kernels run on a small emulated GPU (2 SMs: grid-wide barriers
-    span several blocks); the native backend needs nothing."""
-    if backend == "simt":
+    span several blocks); the CPU backend needs nothing."""
+    if backend == "emulated":
         return simt.emulated_device(sm_count=2)
     return contextlib.nullcontext()
 
@@ -42,7 +42,7 @@ def ours_from(torch_module: nn.Module, dtype: torch.dtype, backend: str, **kwarg
     """rnn_fused.RNN with torch_module's weights in dtype, on backend; kwargs are set as
     attributes (e.g. truncation=2)."""
     module = rnn_fused.RNN.from_torch(copy.deepcopy(torch_module).to(dtype))
-    module.kernel_backend = backend
+    module.backend = backend
     for name, value in kwargs.items():
         setattr(module, name, value)
     return module
@@ -102,7 +102,7 @@ def run_ours(module: rnn_fused.RNN, input, hx, cotangents, dtype: torch.dtype, *
     """run_rnn on ours (forward keyword arguments, e.g. truncation=..., passed through);
     returns (results, recorder or None)."""
     call = module if not call_kwargs else _with_call_kwargs(module, call_kwargs)
-    with on_backend(module.kernel_backend):
+    with on_backend(module.backend):
         if not record:
             return run_rnn(call, *leaves(input, hx, dtype), cotangents), None
         with rnn_fused.record_gradients(module) as recorder:

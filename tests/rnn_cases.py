@@ -1,4 +1,4 @@
-"""The test cases' configurations: RNNCase and layer_args live in rnn_fused.testing (rnn-fused
+"""The test cases' configurations: RNNCase and layer_args live in rnn_fused.tools.testing (rnn-fused
 check draws from them too); the tests import them from here."""
 
-from rnn_fused.testing import RNNCase, layer_args  # noqa: F401
+from rnn_fused.tools.testing import RNNCase, layer_args  # noqa: F401

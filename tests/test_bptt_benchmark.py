@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from rnn_fused import bptt_benchmark as bb
-from rnn_fused.benchmark import build_pair
-from rnn_fused.testing import FLOAT64_PARITY_ULPS
+from rnn_fused.tools import bptt_benchmark as bb
+from rnn_fused.tools.benchmark import build_pair
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
 
 
 def _close64(actual, expected):
@@ -37,7 +37,7 @@ def test_hook_loop_and_chunked_stock_compute_what_the_fused_runs_compute():
 
 
 def test_quick_run_writes_tables(tmp_path, capsys):
-    from rnn_fused.__main__ import main
+    from rnn_fused.tools.cli import main
 
     assert main(["bench", "--bptt", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out

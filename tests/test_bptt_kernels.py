@@ -17,7 +17,7 @@ import rnn_fused
 from rnn_fused import _ops, simt
 from rnn_fused.recording import fused_sq_norm
 from rnn_fused.reference import reference_layer
-from rnn_fused.testing import FLOAT64_PARITY_ULPS
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
 from rnn_cases import layer_args
@@ -68,10 +68,10 @@ def _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeyp
 
 
 def _run_op(args, lengths, nonlinearity, reverse, truncation_args, backend, cotangents, layer=0):
-    out, h_n = _ops.layer_forward(*args, lengths, nonlinearity, reverse, truncation_args, layer, backend)
-    input, hx, w_ih, w_hh = args[:4]
-    return _ops.layer_backward(cotangents[0], cotangents[1], input, hx, w_ih, w_hh, out, lengths, nonlinearity,
-                               reverse, [True, True, True, True, True], truncation_args, layer, True, backend)
+    inputs = _ops.LayerInputs(*args, lengths)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend)
+    out, h_n = _ops.layer_forward(inputs, options)
+    return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
 
 
 def _close64(actual, expected):
@@ -97,11 +97,11 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeyp
     ref_grads, ref_norms = _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeypatch)
     # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order
     # (input, hx, w_ih, w_hh, b_ih, b_hh).
-    results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "native", cotangents, layer)}
+    results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "cpu", cotangents, layer)}
     with simt.emulated_device(**DEVICES["2sm"]):
         for mode in ("forward", "reverse", "shuffle"):
             with simt.schedule(mode, seed=5):
-                results[mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "simt", cotangents, layer)
+                results[mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "emulated", cotangents, layer)
     for name, result in results.items():
         grads, step_norms, sq_norms, nonfinite = result[:5], result[5], result[6], result[7]
         for got, want in zip(grads, ref_grads[:5]):
@@ -125,9 +125,9 @@ def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
     g = torch.Generator().manual_seed(9)
     cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     targs = TruncationArgs(every=2)
-    cpu = _run_op(args, lengths, "tanh", False, targs, "native", cot)
+    cpu = _run_op(args, lengths, "tanh", False, targs, "cpu", cot)
     with simt.emulated_device(**DEVICES[device]):
-        emulated = _run_op(args, lengths, "tanh", False, targs, "simt", cot)
+        emulated = _run_op(args, lengths, "tanh", False, targs, "emulated", cot)
         plan = rnn_fused.plan(hidden, backward=True)
     assert plan.grid > 1
     # Two float32 evaluations of norms whose g differ by float32 rounding of the recurrence:
@@ -136,7 +136,7 @@ def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
     assert (emulated[5][3:, 1] == 0).all() and (emulated[5][4:, 2] == 0).all()  # past each length
 
 
-@pytest.mark.parametrize("backend", ["native", "simt"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 def test_cut_edge_stops_nan_like_detach(backend):
     """A NaN gradient arriving after a cut edge stays there (a detached state passes
     nothing back, not 0 * NaN); the flag reports it."""
@@ -155,16 +155,17 @@ def test_cut_edge_stops_nan_like_detach(backend):
     assert result[7].item()
 
 
-@pytest.mark.parametrize("backend", ["native", "simt"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 def test_no_norms_unless_asked(backend):
     args = layer_args(4, 2, 3, 5, bias=True, hx=False, dtype=torch.float32)
-    out, h_n = _ops.layer_forward(*args, None, "tanh", False, backend=backend)
-    result = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), args[0], None, args[2], args[3], out,
-                                 None, "tanh", False, [True] * 5, TruncationArgs(every=2), 0, False, backend)
+    inputs = _ops.LayerInputs(*args, None)
+    out, h_n = _ops.layer_forward(inputs, _ops.LayerOptions.make("tanh", False, backend=backend))
+    options = _ops.LayerOptions.make("tanh", False, TruncationArgs(every=2), 0, backend)
+    result = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), out, [True] * 5, False, inputs, options)
     assert [r.numel() for r in result[5:]] == [0, 0, 0]
 
 
-@pytest.mark.parametrize("op", ["rnn_layer_backward", "simt_rnn_layer_backward"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 @pytest.mark.parametrize("bad, message", [
     (dict(truncate_every=-1), "truncate_every must be >= 0"),
     (dict(keep_prob=0.0), r"keep_prob must be in \(0, 1\]"),
@@ -172,17 +173,15 @@ def test_no_norms_unless_asked(backend):
     (dict(seed=-3), "seed must be >= 0"),
     (dict(layer=-1), "layer must be in"),
 ])
-def test_op_rejects_bad_truncation_arguments(op, bad, message):
+def test_op_rejects_bad_truncation_arguments(backend, bad, message):
     args = layer_args(3, 2, 3, 4, bias=False, hx=False, dtype=torch.float32)
     out = torch.zeros(3, 2, 4)
-    kwargs = dict(truncate_every=0, keep_prob=1.0, seed=0, layer=0)
+    kwargs = dict(truncate_every=0, keep_prob=1.0, seed=0, layer=0, backend=backend)
     kwargs.update(bad)
     with pytest.raises(ValueError, match=message):
-        getattr(OPS, op)(out, torch.zeros(2, 4), args[0], None, args[2], args[3], out, None, "tanh", False,
-                         [True] * 5, **kwargs)
-    forward = op.replace("backward", "forward")
+        OPS.rnn_layer_backward(out, torch.zeros(2, 4), out, [True] * 5, False, *args, None, "tanh", False, **kwargs)
     with pytest.raises(ValueError, match=message):
-        getattr(OPS, forward)(*args, None, "tanh", False, **kwargs)
+        OPS.rnn_layer_forward(*args, None, "tanh", False, **kwargs)
 
 
 def test_edge_scales_op_follows_its_definition():
@@ -202,17 +201,16 @@ def test_edge_scales_op_follows_its_definition():
         rnn_fused.edge_scales(4, 2, RandomTruncation(0.5))
 
 
-@pytest.mark.parametrize("backend", ["native", "simt"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 def test_opcheck_with_truncation_and_norms(backend):
-    forward, backward = _ops.forward_op(backend), _ops.backward_op(backend)
     args = layer_args(4, 3, 2, 5, bias=True, hx=True, dtype=torch.float32)
     lengths = torch.tensor([4, 1, 3])
-    trunc = (2, 0.7, 99, 1)
-    torch.library.opcheck(forward.default, (*args, lengths, "relu", True, *trunc))
-    out, h_n = forward(*args, lengths, "relu", True, *trunc)
-    backward_args = (torch.randn_like(out), torch.randn_like(h_n), args[0], args[1], args[2], args[3], out, lengths,
-                     "relu", True, [True, True, False, True, True], *trunc, True)
-    torch.library.opcheck(backward.default, backward_args)
+    forward_args = (*args, lengths, "relu", True, 2, 0.7, 99, 1, backend)  # K = 2, p = 0.7, seed 99, layer 1
+    torch.library.opcheck(OPS.rnn_layer_forward.default, forward_args)
+    out, h_n = OPS.rnn_layer_forward(*forward_args)
+    backward_args = (torch.randn_like(out), torch.randn_like(h_n), out, [True, True, False, True, True], True,
+                     *forward_args)
+    torch.library.opcheck(OPS.rnn_layer_backward.default, backward_args)
 
 
 def test_double_backward_with_truncation_follows_the_truncated_graph():
@@ -294,7 +292,7 @@ def test_fused_norm_is_reused_only_while_the_gradient_is_unchanged():
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-12, 1.0, 1e12, 1e30], ids=lambda s: f"{s:g}")
-@pytest.mark.parametrize("backend", ["native", "simt"])
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
 def test_float32_step_norms_neither_underflow_nor_overflow(scale, backend):
     """float32 gradients whose squares leave float32's range (|g| < 1e-19 or > 1.8e19, as in
     vanishing and exploding regimes) still get their norm, to float32 rounding: the CPU
@@ -321,10 +319,10 @@ def test_more_samples_than_warps_in_the_grid():
     cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
            torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
     targs = resolve_truncation(RandomTruncation(0.5, seed=8))
-    cpu = _run_op(args, lengths, "relu", True, targs, "native", cot)
+    cpu = _run_op(args, lengths, "relu", True, targs, "cpu", cot)
     with simt.emulated_device(sm_count=2):
         assert rnn_fused.plan(hidden, torch.float64, backward=True).grid == 1
-        emulated = _run_op(args, lengths, "relu", True, targs, "simt", cot)
+        emulated = _run_op(args, lengths, "relu", True, targs, "emulated", cot)
     for a, b in zip(emulated, cpu):
         if a.dtype == torch.bool:
             assert torch.equal(a, b)

@@ -23,7 +23,7 @@ from bptt_reference import (
     vanishing_weights,
 )
 from rnn_cases import RNNCase
-from rnn_fused.testing import FLOAT64_PARITY_ULPS, measure, run_rnn
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, measure, run_rnn
 
 
 def _assert_float64_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -120,7 +120,7 @@ def test_full_bptt_reference_matches_nn_rnn(case, generator):
 
 
 def _leaves(input, hx):
-    from rnn_fused.testing import cast_input
+    from rnn_fused.tools.testing import cast_input
     x = cast_input(input, torch.float64, True)
     return x, None if hx is None else hx.detach().clone().requires_grad_()
 

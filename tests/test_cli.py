@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import rnn_fused
-from rnn_fused import check, demo, experiments
-from rnn_fused.__main__ import main, shapes_argument
-from rnn_fused.benchmark import BenchResult, Row, format_table, layer_flops
+from rnn_fused.tools import check, demo, experiments
+from rnn_fused.tools.cli import main, shapes_argument
+from rnn_fused.tools.benchmark import BenchResult, Row, format_table, layer_flops
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,7 @@ import torch
 
 import rnn_fused
 from rnn_fused.reference import reference_layer
-from rnn_fused.testing import (FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch,
+from rnn_fused.tools.testing import (FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch,
                                 true_float32_on_cuda)
 
 from rnn_cases import RNNCase
@@ -118,9 +118,10 @@ def test_truncation_and_norms_on_gpu_equal_the_cpu_op(truncation, hidden):
     def run(device):
         a = [_to_cuda(t) if device == "cuda" else t for t in args]
         ln = lengths.to(device)
-        out, h_n = _ops.layer_forward(*a, ln, "tanh", True, targs, 1)
-        return _ops.layer_backward(cot[0].to(device), cot[1].to(device), a[0], a[1], a[2], a[3], out, ln, "tanh",
-                                   True, [True] * 5, targs, 1, True)
+        inputs = _ops.LayerInputs(*a, ln)
+        options = _ops.LayerOptions.make("tanh", True, targs, 1)
+        out, h_n = _ops.layer_forward(inputs, options)
+        return _ops.layer_backward(cot[0].to(device), cot[1].to(device), out, [True] * 5, True, inputs, options)
 
     cpu, gpu, again = run("cpu"), run("cuda"), run("cuda")
     for c, d, e in zip(cpu, gpu, again):

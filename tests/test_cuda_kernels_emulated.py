@@ -1,7 +1,7 @@
 """The CUDA backend's kernels and launch planner, executed on the CPU by the SIMT emulator.
 
-The ops simt_rnn_layer_forward/backward run the exact sources of csrc/cuda/ (kernels and
-host launch code) on CPU tensors. The emulated device is small (2-4 SMs) so grid-wide
+Backend "emulated" of the op pair runs the exact sources of csrc/cuda/ (kernels and host
+launch code) on CPU tensors. The emulated device is small (2-4 SMs) so grid-wide
 barriers span several blocks; some configurations force the per-step fallback; hidden
 sizes are not multiples of the planner's tile. Sizes stay small: every emulated CUDA
 thread is a fiber.
@@ -18,7 +18,7 @@ import rnn_fused
 from rnn_fused import simt
 from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
-from rnn_fused.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
 
 from rnn_cases import RNNCase, layer_args
 
@@ -81,14 +81,14 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, device):
         runs = []
         for mode, seed in simt.ALL_SCHEDULES:
             with simt.schedule(mode, seed):
-                runs.append(run_layer(cast, lengths, nonlinearity, reverse, "simt", cotangents))
+                runs.append(run_layer(cast, lengths, nonlinearity, reverse, "emulated", cotangents))
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b), "results differ between emulator schedules"
     ours = runs[0]
     reference = reference_results(args, lengths, nonlinearity, reverse, cotangents, torch.float64)
     stock = reference_results(cast, lengths, nonlinearity, reverse, cotangents, dtype)
-    cpu = run_layer(cast, lengths, nonlinearity, reverse, "native", cotangents)
+    cpu = run_layer(cast, lengths, nonlinearity, reverse, "cpu", cotangents)
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
     names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(ours) - 2)]
     for name, r, s, o, c in zip(names, reference, stock, ours, cpu):
@@ -111,7 +111,7 @@ def test_persistent_and_fallback_paths_agree_bitwise(hidden):
     for device in ("2sm", "no_coop", "tiny_smem"):
         with simt.emulated_device(**DEVICES[device]):
             results[device] = (rnn_fused.plan(hidden).path,
-                               run_layer(args, lengths, "tanh", True, "simt", cotangents))
+                               run_layer(args, lengths, "tanh", True, "emulated", cotangents))
     assert [results[d][0] for d in ("2sm", "no_coop", "tiny_smem")] == ["persistent", "fallback", "fallback"]
     for device in ("no_coop", "tiny_smem"):
         for a, b in zip(results["2sm"][1], results[device][1]):
@@ -140,7 +140,7 @@ def test_module_matches_nn_rnn(case, dtype, device, monkeypatch, generator):
     """rnn_fused.RNN on the emulated CUDA kernels vs torch.nn.RNN (tolerance rule)."""
     rnn_case = MODULE_CASES[case]
     input, hx = rnn_case.inputs(generator)
-    monkeypatch.setattr(RNN, "kernel_backend", "simt")
+    monkeypatch.setattr(RNN, "backend", "emulated")
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
     with simt.emulated_device(**DEVICES[device]):
         compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, ulps=ulps)
@@ -160,7 +160,7 @@ def test_gradcheck_through_emulated_kernels(nonlinearity, reverse, bias, hx, len
     def layer(*tensors):
         it = iter(tensors)
         full = [next(it) if a is not None else None for a in args]
-        return rnn_fused.rnn_layer(*full, lengths, nonlinearity, reverse, backend="simt")
+        return rnn_fused.rnn_layer(*full, lengths, nonlinearity, reverse, backend="emulated")
 
     with simt.emulated_device(**DEVICES[device]):
         assert torch.autograd.gradcheck(layer, present)
@@ -172,36 +172,38 @@ def test_reduced_precision_runs_in_float32(dtype):
     reference, _ = reference_layer(*args)
     stock, _ = reference_layer(*[a.to(dtype) for a in args])
     with simt.emulated_device(**SMALL_GPU):
-        ours, h_n = rnn_fused.rnn_layer(*[a.to(dtype) for a in args], backend="simt")
+        ours, h_n = rnn_fused.rnn_layer(*[a.to(dtype) for a in args], backend="emulated")
     assert ours.dtype == dtype and h_n.dtype == dtype
     assert_within_tolerance(reference, stock, ours, name="output")
 
 
 def test_empty_batch_and_zero_steps():
     with simt.emulated_device(**SMALL_GPU):
-        out, h_n = rnn_fused.rnn_layer(*layer_args(3, 0, 2, 4), backend="simt")
+        out, h_n = rnn_fused.rnn_layer(*layer_args(3, 0, 2, 4), backend="emulated")
         assert out.shape == (3, 0, 4) and h_n.shape == (0, 4)
         args = layer_args(0, 2, 2, 4)
-        out, h_n = rnn_fused.rnn_layer(*args, backend="simt")
+        out, h_n = rnn_fused.rnn_layer(*args, backend="emulated")
         assert out.shape == (0, 2, 4) and torch.equal(h_n, args[1])
 
 
 def test_rejects_lengths_outside_range_like_the_cpu_backend():
     args = layer_args(5, 2, 3, 4)
-    for op in (OPS.rnn_layer_forward, OPS.simt_rnn_layer_forward):
-        with pytest.raises(RuntimeError, match=r"lengths\[0\] = 6 is outside \[0, 5\]"):
-            op(*args, torch.tensor([6, 1]), "tanh", False)
+    for backend in ("cpu", "emulated"):
+        with pytest.raises(ValueError, match=r"lengths\[0\] = 6 is outside \[0, 5\]"):
+            OPS.rnn_layer_forward(*args, torch.tensor([6, 1]), "tanh", False, backend=backend)
 
 
 def test_opcheck_emulated_ops():
     args = layer_args(4, 3, 2, 5, dtype=torch.float32)
     lengths = torch.tensor([4, 2, 3])
     with simt.emulated_device(**SMALL_GPU):
-        torch.library.opcheck(OPS.simt_rnn_layer_forward.default, (*args, lengths, "tanh", True))
-        out, h_n = OPS.simt_rnn_layer_forward(*args, lengths, "tanh", True)
-        torch.library.opcheck(OPS.simt_rnn_layer_backward.default,
-                              (torch.randn_like(out), torch.randn_like(h_n), args[0], args[1], args[2], args[3],
-                               out, lengths, "tanh", True, [True] * 5))
+        forward_args = (*args, lengths, "tanh", True)
+        kwargs = dict(backend="emulated")
+        torch.library.opcheck(OPS.rnn_layer_forward.default, forward_args, kwargs)
+        out, h_n = OPS.rnn_layer_forward(*forward_args, **kwargs)
+        torch.library.opcheck(OPS.rnn_layer_backward.default,
+                              (torch.randn_like(out), torch.randn_like(h_n), out, [True] * 5, False, *forward_args),
+                              kwargs)
 
 
 # ---- launch planner ----
@@ -247,5 +249,5 @@ def test_plan_h100_like_device_keeps_h1024_float32_on_chip():
 
 
 def test_plan_rejects_non_positive_hidden():
-    with pytest.raises(RuntimeError, match="hidden_size must be positive"):
+    with pytest.raises(ValueError, match="hidden_size must be positive, got 0"):
         rnn_fused.plan(0)

@@ -19,7 +19,7 @@ import rnn_fused
 from bptt_reference import cotangents, edge_steps, exploding_weights, valid_steps, vanishing_weights
 from bptt_runs import BACKENDS, leaves, on_backend, ours_from, reference_runs, run_ours, ulps_for
 from rnn_cases import RNNCase
-from rnn_fused.testing import FLOAT64_PARITY_ULPS, measure
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, measure
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
@@ -248,7 +248,7 @@ class RNNHead(nn.Module):
         super().__init__()
         self.rnn = rnn_fused.RNN(3, 5, num_layers=2, bidirectional=True, dtype=dtype,
                                  truncation=truncation)
-        self.rnn.kernel_backend = backend
+        self.rnn.backend = backend
         self.head = nn.Linear(10, 2, dtype=dtype)
         self.unused = nn.Linear(2, 2, dtype=dtype)
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnn_fused
-from rnn_fused.testing import assert_within_tolerance, compare_with_torch
+from rnn_fused.tools.testing import assert_within_tolerance, compare_with_torch
 
 CONFIGS = [
     dict(input_size=4, hidden_size=3),

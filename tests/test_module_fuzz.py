@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnn_cases import RNNCase
-from rnn_fused.testing import DEFAULT_ULPS, FLOAT64_PARITY_ULPS, compare_with_torch
+from rnn_fused.tools.testing import DEFAULT_ULPS, FLOAT64_PARITY_ULPS, compare_with_torch
 
 
 @st.composite

@@ -7,7 +7,7 @@ import torch
 
 from rnn_cases import RNNCase
 import rnn_fused
-from rnn_fused.testing import module_as_function
+from rnn_fused.tools.testing import module_as_function
 
 CASES = {
     "tanh_1layer_hx": RNNCase(with_hx=True),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rnn_cases import RNNCase
-from rnn_fused.testing import FLOAT64_PARITY_ULPS, compare_with_torch
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 
 FACTORS = {
     "num_layers": [1, 2, 3],

@@ -11,7 +11,7 @@ import rnn_fused
 from rnn_cases import layer_args
 from rnn_fused import _ops
 from rnn_fused.reference import reference_layer
-from rnn_fused.testing import assert_within_tolerance
+from rnn_fused.tools.testing import assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
 
@@ -92,11 +92,12 @@ def test_reduced_precision_accumulates_in_float32(dtype, generator):
 def test_backward_output_mask_skips_gradients():
     args = layer_args(4, 2, 3, 5)
     x, hx, w_ih, w_hh, b_ih, b_hh = args
-    out, h_n = _ops.layer_forward(x, hx, w_ih, w_hh, b_ih, b_hh, None, "tanh", False)
-    full = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), x, hx, w_ih, w_hh, out,
-                               None, "tanh", False, [True] * 5)
-    part = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), x, hx, w_ih, w_hh, out,
-                               None, "tanh", False, [False, False, True, True, True])
+    inputs = _ops.LayerInputs(x, hx, w_ih, w_hh, b_ih, b_hh, None)
+    options = _ops.LayerOptions.make("tanh", False)
+    out, h_n = _ops.layer_forward(inputs, options)
+    full = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), out, [True] * 5, False, inputs, options)
+    part = _ops.layer_backward(torch.ones_like(out), torch.ones_like(h_n), out, [False, False, True, True, True],
+                               False, inputs, options)
     assert part[0].numel() == 0 and part[1].numel() == 0
     for a, b in zip(full[2:], part[2:]):
         assert torch.equal(a, b)
@@ -145,9 +146,10 @@ def test_opcheck_backward(sample):
     x, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, reverse = _opcheck_samples()[sample]
     with torch.no_grad():
         out, h_n = OPS.rnn_layer_forward(x, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity, reverse)
-    args = (torch.randn_like(out), torch.randn_like(h_n), x.detach(),
-            None if hx is None else hx.detach(), w_ih.detach(), w_hh.detach(), out, lengths,
-            nonlinearity, reverse, [True, hx is not None, True, True, True])
+    forward_args = [None if a is None or not isinstance(a, torch.Tensor) else a.detach()
+                    for a in (x, hx, w_ih, w_hh, b_ih, b_hh, lengths)]
+    args = (torch.randn_like(out), torch.randn_like(h_n), out, [True, hx is not None, True, True, True], False,
+            *forward_args, nonlinearity, reverse)
     torch.library.opcheck(OPS.rnn_layer_backward.default, args)
 
 
@@ -162,9 +164,9 @@ BAD_ARGUMENTS = [
     ("one bias", lambda a: a.update(bias_hh=None), RuntimeError, "both be given or both be None"),
     ("lengths dtype", lambda a: a.update(lengths=torch.tensor([1.0, 2.0])), RuntimeError,
      "lengths must be int64"),
-    ("lengths value", lambda a: a.update(lengths=torch.tensor([6, 1])), RuntimeError,
+    ("lengths value", lambda a: a.update(lengths=torch.tensor([6, 1])), ValueError,
      r"lengths\[0\] = 6 is outside \[0, 5\]"),
-    ("negative length", lambda a: a.update(lengths=torch.tensor([2, -1])), RuntimeError,
+    ("negative length", lambda a: a.update(lengths=torch.tensor([2, -1])), ValueError,
      r"lengths\[1\] = -1 is outside"),
     ("nonlinearity", lambda a: a.update(nonlinearity="sigmoid"), ValueError,
      "nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"),
@@ -189,5 +191,5 @@ def test_backward_rejects_mismatched_gradient():
     x, hx, w_ih, w_hh, *_ = args
     out = torch.zeros(4, 2, 5)
     with pytest.raises(RuntimeError, match=r"grad_output must have shape \[4, 2, 5\]"):
-        OPS.rnn_layer_backward(torch.zeros(3, 2, 5), torch.zeros(2, 5), x, hx, w_ih, w_hh, out,
-                               None, "tanh", False, [True] * 5)
+        OPS.rnn_layer_backward(torch.zeros(3, 2, 5), torch.zeros(2, 5), out, [True] * 5, False, x, hx, w_ih, w_hh,
+                               None, None, None, "tanh", False)

@@ -20,6 +20,7 @@ import torch
 
 import rnn_fused  # noqa: F401  (loads the extension)
 from rnn_fused import simt
+from rnn_fused.tools import simt_selftest as selftest
 
 KERNEL_SITE = r"selftest_kernels\.cuh:\d+"
 LAUNCH_SITE = r"selftest_launch\.h:\d+"
@@ -65,7 +66,7 @@ def stencil_reference(x: torch.Tensor, steps: int) -> torch.Tensor:
 @pytest.mark.parametrize("block_threads", [32, 96, 256, 1024])
 def test_warp_reduce(block_threads):
     x = torch.randn(3 * block_threads, generator=torch.Generator().manual_seed(block_threads))
-    sums = each_schedule(lambda: simt.warp_reduce(x, block_threads))
+    sums = each_schedule(lambda: selftest.warp_reduce(x, block_threads))
     expected = x.double().view(3, block_threads).sum(1)
     torch_err = (x.view(3, block_threads).sum(1).double() - expected).abs().max().item()
     tol = max(2 * torch_err, 4 * block_threads * 2**-24 * x.abs().max().item())
@@ -75,7 +76,7 @@ def test_warp_reduce(block_threads):
 @pytest.mark.parametrize("shape", [(1, 1), (32, 32), (70, 45), (33, 100)])
 def test_transpose(shape):
     x = torch.randn(*shape)
-    out = each_schedule(lambda: simt.transpose(x))
+    out = each_schedule(lambda: selftest.transpose(x))
     assert torch.equal(out, x.t())
 
 
@@ -84,14 +85,14 @@ def test_grid_stencil_multi_block_grid_sync(sm_count):
     x = torch.randn(3000, generator=torch.Generator().manual_seed(sm_count))
     # A small GPU: 2 blocks of 128 threads per SM, so the planner needs a grid-stride loop.
     with simt.emulated_device(sm_count=sm_count, max_threads_per_sm=256):
-        out, plan = each_schedule(lambda: simt.grid_stencil(x, steps=9, block_threads=128))
+        out, plan = each_schedule(lambda: selftest.grid_stencil(x, steps=9, block_threads=128))
     assert plan.tolist() == [2 * sm_count, 2, sm_count]
     assert torch.equal(out, stencil_reference(x, 9))
 
 
 def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
     x = torch.randn(1000)
-    out, plan = simt.grid_stencil(x, steps=4, block_threads=256)
+    out, plan = selftest.grid_stencil(x, steps=4, block_threads=256)
     assert plan.tolist() == [4, 8, 132]
     assert torch.equal(out, stencil_reference(x, 4))
 
@@ -99,7 +100,7 @@ def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
 def test_atomics_global_and_shared():
     g = torch.Generator().manual_seed(0)
     values = torch.randint(0, 37, (1000,), generator=g, dtype=torch.int32)
-    hist, maxima, total = each_schedule(lambda: simt.atomics(values, bins=37, blocks=3, block_threads=64))
+    hist, maxima, total = each_schedule(lambda: selftest.atomics(values, bins=37, blocks=3, block_threads=64))
     assert torch.equal(hist, torch.bincount(values, minlength=37).int())
     assert maxima.tolist() == [values.max().item()] * 2
     assert total.item() == float(values.sum().item())  # integers < 2^24: exact in any order
@@ -108,7 +109,7 @@ def test_atomics_global_and_shared():
 def test_warp_scan_and_ballot():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-8, 9, (4 * 64,), generator=g).float()  # integer-valued: sums are exact
-    scan, ballot = each_schedule(lambda: simt.warp_scan(x, block_threads=64))
+    scan, ballot = each_schedule(lambda: selftest.warp_scan(x, block_threads=64))
     assert torch.equal(scan, x.view(-1, 32).cumsum(1).view(-1))
     bits = ((x.view(-1, 32) > 0).long() << torch.arange(32)).sum(1)
     assert torch.equal(ballot.long() & 0xFFFFFFFF, bits)
@@ -116,7 +117,7 @@ def test_warp_scan_and_ballot():
 
 def test_device_math_and_16_bit_conversions():
     x = torch.linspace(-6, 6, 301)
-    y, half, bf16 = simt.device_math(x)
+    y, half, bf16 = selftest.device_math(x)
     xd = x.double()
     expected = torch.tanh(xd) * torch.exp(-xd.abs()) + torch.rsqrt(1 + xd * xd)
     torch_err = ((torch.tanh(x) * torch.exp(-x.abs()) + torch.rsqrt(1 + x * x)).double() - expected).abs().max()
@@ -134,7 +135,7 @@ def barrier_loop_reference(x: torch.Tensor, block_threads: int, rounds: int) -> 
 
 def test_barrier_loop():
     x = torch.randn(3 * 96)
-    out = each_schedule(lambda: simt.barrier_loop(x, 96, 20))
+    out = each_schedule(lambda: selftest.barrier_loop(x, 96, 20))
     assert torch.equal(out, barrier_loop_reference(x, 96, 20))
 
 
@@ -144,7 +145,7 @@ def assert_fault(fault, pattern, blocks=2, block_threads=64, x=None):
     if x is None:
         x = torch.randn(blocks * block_threads)
     with pytest.raises(RuntimeError) as info:
-        simt.faulty(fault, x, blocks, block_threads)
+        selftest.faulty(fault, x, blocks, block_threads)
     message = str(info.value)
     assert re.search(pattern, message), message
     assert re.search(COORDS, message), message
@@ -170,7 +171,7 @@ def test_missing_barrier_differs_across_schedules():
     results = []
     for mode, seed in simt.ALL_SCHEDULES:
         with simt.schedule(mode, seed):
-            results.append(simt.faulty("missing_barrier", x, 1, 64))
+            results.append(selftest.faulty("missing_barrier", x, 1, 64))
     distinct = {tuple(r.tolist()) for r in results}
     assert len(distinct) > 1, "the emulator did not expose the missing __syncthreads"
     # Forward order: every thread but the last reads a neighbour that has not written yet,
@@ -182,7 +183,7 @@ def test_missing_barrier_differs_across_schedules():
 def test_uninitialised_shared_memory_is_nan():
     # The reverse schedule runs thread 63 first: it reads cells[0] before thread 0 wrote it.
     with simt.schedule("reverse"):
-        out = simt.faulty("missing_barrier", torch.ones(64), 1, 64)
+        out = selftest.faulty("missing_barrier", torch.ones(64), 1, 64)
     assert torch.isnan(out[63])
     assert torch.equal(out[:63], torch.ones(63))
 
@@ -214,8 +215,9 @@ def test_shuffle_reading_outside_its_mask_is_an_error():
 
 def test_stack_overflow_names_the_thread():
     # The process cannot continue after a fiber overflows its stack: run it in a child.
-    code = ("import torch, rnn_fused\n"
-            "rnn_fused.simt.faulty('stack_overflow', torch.ones(64), 2, 32)\n")
+    code = ("import torch\n"
+            "from rnn_fused.tools import simt_selftest\n"
+            "simt_selftest.faulty('stack_overflow', torch.ones(64), 2, 32)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     if os.environ.get("RNN_FUSED_SANITIZER_RUN") == "1":
@@ -242,7 +244,7 @@ def test_exception_in_kernel_surfaces_with_coordinates():
     x = torch.ones(128)
     x[77] = -1.0
     with pytest.raises(RuntimeError) as info:
-        simt.faulty("kernel_check", x, 2, 64)
+        selftest.faulty("kernel_check", x, 2, 64)
     message = str(info.value)
     assert re.search(r"SIMT_KERNEL_CHECK\(x\[i\] >= 0.0f\) failed at .*" + KERNEL_SITE, message), message
     assert "block (1,0,0) thread (13,0,0)" in message
@@ -251,9 +253,9 @@ def test_exception_in_kernel_surfaces_with_coordinates():
 
 def test_emulator_recovers_after_an_error():
     with pytest.raises(RuntimeError):
-        simt.faulty("divergent_barrier", torch.ones(128), 2, 64)
+        selftest.faulty("divergent_barrier", torch.ones(128), 2, 64)
     x = torch.randn(2 * 96)
-    assert torch.equal(simt.barrier_loop(x, 96, 3), barrier_loop_reference(x, 96, 3))
+    assert torch.equal(selftest.barrier_loop(x, 96, 3), barrier_loop_reference(x, 96, 3))
 
 
 def test_launches_from_several_os_threads():
@@ -263,13 +265,13 @@ def test_launches_from_several_os_threads():
     inputs = [torch.randn(2 * 96, generator=torch.Generator().manual_seed(k)) for k in range(8)]
 
     def work(x):
-        return simt.barrier_loop(x, 96, 30), simt.warp_reduce(x, 96)
+        return selftest.barrier_loop(x, 96, 30), selftest.warp_reduce(x, 96)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(work, inputs))
     for x, (mixed, sums) in zip(inputs, results):
         assert torch.equal(mixed, barrier_loop_reference(x, 96, 30))
-        assert torch.equal(sums, simt.warp_reduce(x, 96))
+        assert torch.equal(sums, selftest.warp_reduce(x, 96))
 
 
 # ---- launches, occupancy, device properties ---------------------------------------------
@@ -277,74 +279,74 @@ def test_launches_from_several_os_threads():
 def test_cooperative_grid_too_large_is_an_error():
     x = torch.randn(4000)
     with simt.emulated_device(sm_count=2, max_threads_per_sm=256):
-        out, plan = simt.grid_stencil(x, 3, block_threads=128, blocks=4)  # exactly fits
+        out, plan = selftest.grid_stencil(x, 3, block_threads=128, blocks=4)  # exactly fits
         assert plan.tolist() == [4, 2, 2]
         assert torch.equal(out, stencil_reference(x, 3))
         with pytest.raises(RuntimeError, match=r"cooperative launch too large at .*" + LAUNCH_SITE +
                            r".*5 blocks but at most 4 \(2 per SM x 2 SMs\)"):
-            simt.grid_stencil(x, 3, block_threads=128, blocks=5)
+            selftest.grid_stencil(x, 3, block_threads=128, blocks=5)
 
 
 def test_cooperative_launch_unsupported_is_an_error():
     with simt.emulated_device(cooperative_launch=False):
         with pytest.raises(RuntimeError, match="does not support cooperative launches"):
-            simt.grid_stencil(torch.randn(100), 2)
+            selftest.grid_stencil(torch.randn(100), 2)
 
 
 def test_launch_bounds_are_enforced():
-    assert torch.equal(simt.bounded(2, 128), torch.arange(128).float().repeat(2))
+    assert torch.equal(selftest.bounded(2, 128), torch.arange(128).float().repeat(2))
     with pytest.raises(RuntimeError, match=r"256 threads per block exceed the kernel's launch bounds 128"):
-        simt.bounded(1, 256)
+        selftest.bounded(1, 256)
     with pytest.raises(RuntimeError, match=r"exceed the kernel's launch bounds 128"):
-        simt.bounded(1, 16, 16)
+        selftest.bounded(1, 16, 16)
 
 
 def test_invalid_dimensions_are_rejected():
     with pytest.raises(RuntimeError, match="every block dimension must be at least 1"):
-        simt.bounded(1, 0)
+        selftest.bounded(1, 0)
     with pytest.raises(RuntimeError, match="every grid dimension must be at least 1"):
-        simt.bounded(0, 32)
+        selftest.bounded(0, 32)
     with simt.emulated_device(max_threads_per_block=64):
         with pytest.raises(RuntimeError, match="96 threads per block exceed the device limit 64"):
-            simt.bounded(1, 96)
+            selftest.bounded(1, 96)
 
 
 def test_dynamic_shared_memory_limit():
     props = simt.device_properties()
-    simt.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin)
+    selftest.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin)
     with pytest.raises(RuntimeError, match=r"shared memory exceeds the per-block limit 232448 bytes"):
-        simt.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin + 1)
+        selftest.bounded(1, 32, dynamic_smem=props.shared_mem_per_block_optin + 1)
     with simt.emulated_device(shared_mem_per_block_optin=64 * 1024, shared_mem_per_sm=100 * 1024):
         with pytest.raises(RuntimeError, match="per-block limit 65536 bytes"):
-            simt.bounded(1, 32, dynamic_smem=64 * 1024 + 4)
+            selftest.bounded(1, 32, dynamic_smem=64 * 1024 + 4)
 
 
 def test_static_plus_dynamic_shared_memory_limit():
     # faulty_kernel has a 256-byte static array; its dynamic memory is 4 bytes per thread.
     with simt.emulated_device(shared_mem_per_block=300, shared_mem_per_block_optin=300):
         with pytest.raises(RuntimeError, match=r"shared memory exceeds the per-block limit 300 bytes"):
-            simt.faulty("missing_barrier", torch.ones(64), 1, 64)
+            selftest.faulty("missing_barrier", torch.ones(64), 1, 64)
         # 256 static + 32 dynamic fits.
-        out = simt.faulty("missing_barrier", torch.ones(8), 1, 8)
+        out = selftest.faulty("missing_barrier", torch.ones(8), 1, 8)
         assert out.shape == (8,)
 
 
 def test_occupancy_model():
     # grid_stencil: 32 registers/thread, no shared memory.
-    assert simt.occupancy("grid_stencil", 128) == 16          # 2048 threads per SM
-    assert simt.occupancy("grid_stencil", 256) == 8
-    assert simt.occupancy("grid_stencil", 512) == 0           # above its launch bounds (256)
+    assert selftest.occupancy("grid_stencil", 128) == 16          # 2048 threads per SM
+    assert selftest.occupancy("grid_stencil", 256) == 8
+    assert selftest.occupancy("grid_stencil", 512) == 0           # above its launch bounds (256)
     with simt.emulated_device(max_blocks_per_sm=4):
-        assert simt.occupancy("grid_stencil", 32) == 4         # block slots
+        assert selftest.occupancy("grid_stencil", 32) == 4         # block slots
     # barrier_loop: shared memory limits it: 228 KB / (100 KB + 1 KB reserved) = 2.
-    assert simt.occupancy("barrier_loop", 128, 100 * 1024) == 2
-    assert simt.occupancy("barrier_loop", 128, 228 * 1024) == 0  # above the opt-in limit
+    assert selftest.occupancy("barrier_loop", 128, 100 * 1024) == 2
+    assert selftest.occupancy("barrier_loop", 128, 228 * 1024) == 0  # above the opt-in limit
     # warp_reduce: 24 registers/thread -> 768 per warp; 1024 threads = 32 warps.
-    assert simt.occupancy("warp_reduce", 1024) == 2
+    assert selftest.occupancy("warp_reduce", 1024) == 2
     with simt.emulated_device(regs_per_sm=32768, regs_per_block=32768):
-        assert simt.occupancy("warp_reduce", 1024) == 1
+        assert selftest.occupancy("warp_reduce", 1024) == 1
     with simt.emulated_device(regs_per_sm=16384, regs_per_block=16384):
-        assert simt.occupancy("warp_reduce", 1024) == 0       # 24576 registers > per block
+        assert selftest.occupancy("warp_reduce", 1024) == 0       # 24576 registers > per block
 
 
 def test_emulated_device_restores_and_validates():
@@ -368,7 +370,7 @@ def test_schedule_context_restores_and_validates():
         with simt.schedule("sideways"):
             pass
     with pytest.raises(RuntimeError, match="mode must be"):
-        torch.ops.rnn_fused.simt_set_schedule("sideways", 0)
+        torch.ops.rnn_fused_simt.set_schedule("sideways", 0)
 
 
 def test_shuffle_schedule_is_reproducible_per_seed():
@@ -376,7 +378,7 @@ def test_shuffle_schedule_is_reproducible_per_seed():
     runs = {}
     for seed in (1, 1, 2, 3):
         with simt.schedule("shuffle", seed):
-            runs.setdefault(seed, []).append(simt.faulty("missing_barrier", x, 1, 64))
+            runs.setdefault(seed, []).append(selftest.faulty("missing_barrier", x, 1, 64))
     a, b = runs[1]
     assert torch.equal(a.nan_to_num(-1), b.nan_to_num(-1))
     others = [runs[2][0].nan_to_num(-1), runs[3][0].nan_to_num(-1)]
@@ -393,9 +395,9 @@ def test_fiber_switch_is_well_under_a_microsecond():
 
 def test_launch_with_100_barriers_is_fast():
     x = torch.randn(4 * 128)
-    simt.barrier_loop(x, 128, 1)  # warm the stack pool
+    selftest.barrier_loop(x, 128, 1)  # warm the stack pool
     start = time.perf_counter()
-    out = simt.barrier_loop(x, 128, 50)  # 4 blocks x 128 threads x 100 barriers
+    out = selftest.barrier_loop(x, 128, 50)  # 4 blocks x 128 threads x 100 barriers
     elapsed = time.perf_counter() - start
     print(f"4 blocks x 128 threads x 100 barriers: {elapsed * 1e3:.1f} ms")
     assert torch.equal(out, barrier_loop_reference(x, 128, 50))
@@ -408,22 +410,22 @@ def test_launch_with_100_barriers_is_fast():
 @pytest.mark.cuda
 def test_selftests_on_cuda_match_the_emulator():
     x = torch.randn(4 * 256)
-    assert torch.allclose(simt.warp_reduce(x.cuda(), 256).cpu(), simt.warp_reduce(x, 256), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(selftest.warp_reduce(x.cuda(), 256).cpu(), selftest.warp_reduce(x, 256), rtol=1e-5, atol=1e-5)
     a = torch.randn(70, 45)
-    assert torch.equal(simt.transpose(a.cuda()).cpu(), a.t())
-    out, plan = simt.grid_stencil(x.cuda(), 5)
+    assert torch.equal(selftest.transpose(a.cuda()).cpu(), a.t())
+    out, plan = selftest.grid_stencil(x.cuda(), 5)
     assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
     values = torch.randint(0, 37, (1000,), dtype=torch.int32)
-    hist, maxima, total = simt.atomics(values.cuda(), 37)
+    hist, maxima, total = selftest.atomics(values.cuda(), 37)
     assert torch.equal(hist.cpu(), torch.bincount(values, minlength=37).int())
     xs = torch.randint(-8, 9, (256,)).float()
-    scan, ballot = simt.warp_scan(xs.cuda())
-    assert torch.equal(scan.cpu(), simt.warp_scan(xs)[0])
-    assert torch.equal(ballot.cpu(), simt.warp_scan(xs)[1])
+    scan, ballot = selftest.warp_scan(xs.cuda())
+    assert torch.equal(scan.cpu(), selftest.warp_scan(xs)[0])
+    assert torch.equal(ballot.cpu(), selftest.warp_scan(xs)[1])
     xm = torch.linspace(-6, 6, 301)
-    for got, want in zip(simt.device_math(xm.cuda()), simt.device_math(xm)):
+    for got, want in zip(selftest.device_math(xm.cuda()), selftest.device_math(xm)):
         assert torch.allclose(got.cpu(), want, rtol=1e-6, atol=1e-6)
     xb = torch.randn(4 * 128)
-    assert torch.equal(simt.barrier_loop(xb.cuda(), 128, 10).cpu(), barrier_loop_reference(xb, 128, 10))
+    assert torch.equal(selftest.barrier_loop(xb.cuda(), 128, 10).cpu(), barrier_loop_reference(xb, 128, 10))
     with pytest.raises(RuntimeError, match="launch bounds 128"):
-        simt.bounded(1, 256, device="cuda")
+        selftest.bounded(1, 256, device="cuda")

@@ -37,8 +37,9 @@ def test_extension_is_asan_instrumented():
 )
 def test_shared_memory_out_of_bounds_is_reported(fault, access):
     code = (
-        "import torch, rnn_fused\n"
-        f"rnn_fused.simt.faulty({fault!r}, torch.ones(64), 1, 64)\n"
+        "import torch\n"
+        "from rnn_fused.tools import simt_selftest\n"
+        f"simt_selftest.faulty({fault!r}, torch.ones(64), 1, 64)\n"
         "print('NO ASAN REPORT')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -1,11 +1,11 @@
-"""The tolerance rule of rnn_fused.testing: what it accepts and what it rejects."""
+"""The tolerance rule of rnn_fused.tools.testing: what it accepts and what it rejects."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from rnn_fused.testing import DEFAULT_ULPS, assert_within_tolerance, measure
+from rnn_fused.tools.testing import DEFAULT_ULPS, assert_within_tolerance, measure
 
 REFERENCE = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 EPS32 = torch.finfo(torch.float32).eps

@@ -42,7 +42,7 @@ from bptt_runs import (
     ulps_for,
 )
 from rnn_cases import RNNCase
-from rnn_fused.testing import measure, run_rnn
+from rnn_fused.tools.testing import measure, run_rnn
 
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["f32", "f64"]
@@ -368,7 +368,7 @@ def test_seed_none_draws_from_torch_default_generator(backend):
 def test_recorder_reports_no_seed_without_random_truncation():
     torch_module, input, hx = _random_leaves(CASES["1layer-bi-padded-nobias"])
     for truncation in (None, 3):
-        _, recorder = run_ours(ours_from(torch_module, torch.float64, "native", truncation=truncation),
+        _, recorder = run_ours(ours_from(torch_module, torch.float64, "cpu", truncation=truncation),
                                input, hx, cotangents(5), torch.float64, record=True)
         assert recorder.seed is None
 

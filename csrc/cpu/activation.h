@@ -2,38 +2,31 @@
 // projection already holds both biases) and its derivative written in terms of the
 // saved output h (tanh' = 1 - h^2, relu' = [h > 0]).
 //
-// The row functions are compiled once per instruction set (target_clones) and
-// picked at load time, so one binary runs everywhere and uses AVX-512/AVX2 where
-// the CPU has them.
+// On x86-64 the forward's row function is compiled once per instruction set (target_clones)
+// and picked at load time, so one binary runs everywhere and uses AVX-512/AVX2 where the CPU
+// has them. Other targets (aarch64) compile it once for the target's own vector unit.
 #pragma once
 
 #include <cstdint>
 
 #include "cpu/vector_math.h"
-#include "rnn_params.h"
+#include "recurrence_math.h"
 
+#if defined(__x86_64__)
 #define RNN_FUSED_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2,fma", "default")))
+#else
+#define RNN_FUSED_SIMD_CLONES
+#endif
 
 namespace rnn_fused::cpu {
 
-template <Activation A, typename scalar_t>
-inline scalar_t activate(scalar_t z) {
-  if constexpr (A == Activation::Tanh) {
+// The CPU's tanh for activate (recurrence_math.h): the vectorizable polynomial.
+struct ApproxTanh {
+  template <typename scalar_t>
+  scalar_t operator()(scalar_t z) const {
     return tanh_approx(z);
-  } else {
-    return z > scalar_t(0) ? z : scalar_t(0);
   }
-}
-
-// act'(z) from h = act(z).
-template <Activation A, typename scalar_t>
-inline scalar_t activation_slope(scalar_t h) {
-  if constexpr (A == Activation::Tanh) {
-    return scalar_t(1) - h * h;
-  } else {
-    return h > scalar_t(0) ? scalar_t(1) : scalar_t(0);
-  }
-}
+};
 
 // xw [H] in: projection + biases of this step, out: h; rec [H] W_hh h_{t-1};
 // state [H] out: h
@@ -42,7 +35,7 @@ inline void activate_row_body(scalar_t* __restrict xw, const scalar_t* __restric
                               scalar_t* __restrict state, int64_t H) {
 #pragma omp simd
   for (int64_t j = 0; j < H; ++j) {
-    const scalar_t h = activate<A>(xw[j] + rec[j]);
+    const scalar_t h = activate<A>(xw[j] + rec[j], ApproxTanh{});
     xw[j] = h;
     state[j] = h;
   }
@@ -103,6 +96,10 @@ inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry,
                    : activation_grad_row_body<A, false, false>(dy, carry, scale, extra, h, dz, dz_step, H);
 }
 
+// activate_row is cloned per instruction set. activation_grad_row is compiled once, for the
+// baseline ISA: its float results would otherwise depend on the machine (FMA contraction of
+// g = dy + c * carry, and the vector width that orders the g^2 reduction), and the backward's
+// rounding is kept the same on every x86-64 CPU; it is a small part of the step's cost.
 #define RNN_FUSED_DEFINE_ROWS(scalar_t)                                                                 \
   RNN_FUSED_SIMD_CLONES inline void activate_row(Activation a, scalar_t* xw, const scalar_t* rec,      \
                                                  scalar_t* state, int64_t H) {                          \
@@ -112,7 +109,7 @@ inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry,
       activate_row_body<Activation::Relu>(xw, rec, state, H);                                          \
     }                                                                                                   \
   }                                                                                                     \
-  RNN_FUSED_SIMD_CLONES inline double activation_grad_row(                                              \
+  inline double activation_grad_row(                                                                    \
       Activation a, const scalar_t* dy, const scalar_t* carry, scalar_t scale, const scalar_t* extra,      \
       const scalar_t* h, scalar_t* dz, scalar_t* dz_step, int64_t H, bool want_norm) {                  \
     return a == Activation::Tanh                                                                        \

@@ -51,9 +51,9 @@
 // inline namespace: wrap host launch-planning code and kernels in
 // SIMT_BEGIN_WORLD ... SIMT_END_WORLD inside your own namespace.
 #if defined(__CUDACC__)
-#define SIMT_WORLD cuda_world
+#define SIMT_WORLD gpu
 #else
-#define SIMT_WORLD emulated_world
+#define SIMT_WORLD emulated
 #endif
 #define SIMT_BEGIN_WORLD inline namespace SIMT_WORLD {
 #define SIMT_END_WORLD }

@@ -22,14 +22,14 @@
 //                    state[s % 2] and writes state[(s + 1) % 2]; after T steps
 //                    state[T % 2] = h_n (frozen samples are copied forward)
 //   lengths [B]      int64 valid steps per sample, or null (all T)
-// Processing step s of sample b is time step_time(s, lengths[b], reverse) (rnn_params.h);
+// Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
 // a sample with lengths[b] <= s is frozen. Every block runs all T steps, so the number of
 // steps never has to be read back to the host.
 #pragma once
 
-#include "cuda/rnn_kernel_common.cuh"
+#include "cuda/kernel_common.cuh"
 
-namespace rnn_fused::cuda_kernels {
+namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
 
 template <typename scalar_t>
@@ -38,9 +38,7 @@ struct ForwardRecurrenceArgs {
   scalar_t* out;
   scalar_t* state;
   const int64_t* lengths;
-  int64_t steps;
-  int64_t batch;
-  int64_t hidden;
+  LayerShape shape;  // input_size unused
   bool reverse;
 };
 
@@ -49,19 +47,21 @@ struct ForwardRecurrenceArgs {
 template <Activation A, typename scalar_t>
 SIMT_DEVICE void forward_step_slice(const ForwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_rows,
                                     UnitSlice slice, int64_t s) {
-  const int64_t B = a.batch, H = a.hidden;
+  const int64_t B = a.shape.batch, H = a.shape.hidden;
   const scalar_t* h_prev = a.state + (s % 2) * B * H;
   scalar_t* h_next = a.state + ((s + 1) % 2) * B * H;
   for_each_slice_dot(w_rows, h_prev, B, H, slice, [&](int64_t u, int64_t b, scalar_t recurrent) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-    if (s == 0) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
+    if (s == 0) {
+      SIMT_KERNEL_CHECK(length >= 0 && length <= a.shape.steps, "internal invariant: lengths in [0, T] (checked on the host)");
+    }
     if (s >= length) {  // frozen: the state carries over
       h_next[b * H + u] = h_prev[b * H + u];
       return;
     }
     const int64_t t = step_time(s, length, a.reverse);
     scalar_t* o = a.out + (t * B + b) * H + u;
-    const scalar_t h = activate<A>(*o + recurrent);
+    const scalar_t h = activate<A>(*o + recurrent, DeviceTanh{});
     *o = h;
     h_next[b * H + u] = h;
   });
@@ -74,9 +74,9 @@ template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     forward_recurrence_persistent_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
   SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const UnitSlice slice = block_units(units_per_block, a.hidden);
-  load_weight_slice(a.w_hh, w_slice, slice, a.hidden);
-  for (int64_t s = 0; s < a.steps; ++s) {
+  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
+  load_weight_slice(a.w_hh, w_slice, slice, a.shape.hidden);
+  for (int64_t s = 0; s < a.shape.steps; ++s) {
     forward_step_slice<A>(a, w_slice, slice, s);
     simt::grid_sync();  // h_t of every unit is written before any block reads it
   }
@@ -87,9 +87,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
 template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     forward_step_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const UnitSlice slice = block_units(units_per_block, a.hidden);
-  forward_step_slice<A>(a, a.w_hh + slice.begin * a.hidden, slice, s);
+  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
+  forward_step_slice<A>(a, a.w_hh + slice.begin * a.shape.hidden, slice, s);
 }
 
 SIMT_END_WORLD
-}  // namespace rnn_fused::cuda_kernels
+}  // namespace rnn_fused::kernels

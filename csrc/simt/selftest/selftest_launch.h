@@ -1,7 +1,7 @@
 // selftest_launch.h — host side of the SIMT self-test ops: tensors in, simt::launch /
 // simt::launch_cooperative, tensors out. Shared verbatim by the emulated build
-// (simt_ops.cpp, CPU tensors) and the CUDA build (csrc/cuda/simt_selftest.cu, CUDA
-// tensors), exactly as the fused kernels' launch planning will be.
+// (selftest_ops.cpp, CPU tensors) and the CUDA build (selftest_cuda.cu, CUDA tensors), as
+// the recurrence kernels' launcher is.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,7 +15,7 @@
 #include <string>
 #include <tuple>
 
-#include "simt/selftest_kernels.cuh"
+#include "simt/selftest/selftest_kernels.cuh"
 
 #if defined(__CUDACC__)
 #include <c10/cuda/CUDAGuard.h>
@@ -217,12 +217,12 @@ SIMT_END_WORLD
 #define RNN_FUSED_REGISTER_GOOD_SELFTESTS(m)                               \
   do {                                                                     \
     namespace st = ::rnn_fused::simt_selftest;                             \
-    (m).impl("simt_selftest_warp_reduce", &st::warp_reduce);              \
-    (m).impl("simt_selftest_transpose", &st::transpose);                  \
-    (m).impl("simt_selftest_grid_stencil", &st::grid_stencil);            \
-    (m).impl("simt_selftest_atomics", &st::atomics);                      \
-    (m).impl("simt_selftest_warp_scan", &st::warp_scan);                  \
-    (m).impl("simt_selftest_device_math", &st::device_math);              \
-    (m).impl("simt_selftest_barrier_loop", &st::barrier_loop);            \
-    (m).impl("simt_selftest_bounded", &st::bounded);                      \
+    (m).impl("warp_reduce", &st::warp_reduce);              \
+    (m).impl("transpose", &st::transpose);                  \
+    (m).impl("grid_stencil", &st::grid_stencil);            \
+    (m).impl("atomics", &st::atomics);                      \
+    (m).impl("warp_scan", &st::warp_scan);                  \
+    (m).impl("device_math", &st::device_math);              \
+    (m).impl("barrier_loop", &st::barrier_loop);            \
+    (m).impl("bounded", &st::bounded);                      \
   } while (0)

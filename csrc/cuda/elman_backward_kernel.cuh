@@ -3,7 +3,7 @@
 //   g_s   = dy_t + c_{s+1} * carry (+ dh_n at the sample's last valid step)
 //   dz_s  = g_s * act'(h_t)            (from the saved output h_t)
 // with t = step_time(s, lengths[b], reverse) and c the edge scale of truncation
-// (rnn_params.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one, drawn
+// (recurrence_math.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one, drawn
 // here from the counter-based generator). The weight, input, bias and h_0 gradients
 // follow from dz as whole-sequence GEMMs on the host (layer_gemms.h).
 // When norms are recorded, each block also reduces sum_u g^2 over its own units, per
@@ -39,9 +39,9 @@
 //                    scales into row k; null when keep_prob = 1 (no draws: K or full BPTT)
 #pragma once
 
-#include "cuda/rnn_kernel_common.cuh"
+#include "cuda/kernel_common.cuh"
 
-namespace rnn_fused::cuda_kernels {
+namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
 
 // Launch bounds of the backward kernels: 256 threads, at least 3 blocks per SM, i.e. up to
@@ -58,9 +58,7 @@ struct BackwardRecurrenceArgs {
   scalar_t* dz;
   scalar_t* dz_step;
   const int64_t* lengths;
-  int64_t steps;
-  int64_t batch;
-  int64_t hidden;
+  LayerShape shape;  // input_size unused
   bool reverse;
   TruncationParams truncation;
   double* g_sq;
@@ -78,14 +76,14 @@ SIMT_DEVICE void add_up_norm_partials(const BackwardRecurrenceArgs<scalar_t>& a,
   const int64_t warps = static_cast<int64_t>(blockDim.x) / kWarp;
   const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * warps;
   const int64_t blocks = gridDim.x;
-  const double* partials = a.norm_partials + (r % 2) * blocks * a.batch;
-  for (int64_t b = blockIdx.x * warps + threadIdx.x / kWarp; b < a.batch; b += grid_warps) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+  const double* partials = a.norm_partials + (r % 2) * blocks * a.shape.batch;
+  for (int64_t b = blockIdx.x * warps + threadIdx.x / kWarp; b < a.shape.batch; b += grid_warps) {
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
     if (r >= length) continue;  // uniform over the warp
     double sum = 0.0;
-    for (int64_t k = lane; k < blocks; k += kWarp) sum += partials[k * a.batch + b];
+    for (int64_t k = lane; k < blocks; k += kWarp) sum += partials[k * a.shape.batch + b];
     sum = warp_sum(sum);
-    if (lane == 0) a.step_sq[step_time(r, length, a.reverse) * a.batch + b] = sum;
+    if (lane == 0) a.step_sq[step_time(r, length, a.reverse) * a.shape.batch + b] = sum;
   }
 }
 
@@ -94,10 +92,10 @@ SIMT_DEVICE void add_up_norm_partials(const BackwardRecurrenceArgs<scalar_t>& a,
 template <Activation A, typename scalar_t>
 SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_cols,
                                      UnitSlice slice, int64_t s) {
-  const int64_t B = a.batch, H = a.hidden;
+  const int64_t B = a.shape.batch, H = a.shape.hidden;
   // Step s+1's partials are complete (grid barrier or kernel boundary since); slot
   // (s + 1) % 2 is written again only at step s-1, after the next barrier.
-  if (a.norm_partials != nullptr && s + 1 < a.steps) add_up_norm_partials(a, s + 1);
+  if (a.norm_partials != nullptr && s + 1 < a.shape.steps) add_up_norm_partials(a, s + 1);
   // Randomized truncation: the block draws the scales of the edges into step s+1 once per
   // sample (a Philox evaluation each), not once per (unit, sample) in the epilogue.
   if (a.edge_scratch != nullptr) {  // uniform over the grid, so the barrier is too
@@ -111,8 +109,10 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
   // Rows of samples that were not active at step s+1 hold stale values: their products
   // are computed (the lanes stay uniform) and discarded below.
   for_each_slice_dot(w_cols, dz_later, B, H, slice, [&](int64_t u, int64_t b, scalar_t carry) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
-    if (s == a.steps - 1) SIMT_KERNEL_CHECK(length >= 0 && length <= a.steps, "rnn_fused: lengths outside [0, T]");
+    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
+    if (s == a.shape.steps - 1) {
+      SIMT_KERNEL_CHECK(length >= 0 && length <= a.shape.steps, "internal invariant: lengths in [0, T] (checked on the host)");
+    }
     if (s >= length) return;
     const int64_t t = step_time(s, length, a.reverse);
     const int64_t at = (t * B + b) * H + u;
@@ -134,7 +134,7 @@ SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, 
     __syncthreads();                 // g_sq of every unit of the slice is written
     double* partials = a.norm_partials + (s % 2) * gridDim.x * B;
     for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.steps;
+      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
       if (s >= length) continue;
       double sum = 0.0;
       for (int64_t u = slice.begin; u < slice.end; ++u) sum += a.g_sq[b * H + u];
@@ -150,9 +150,9 @@ template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
     backward_recurrence_persistent_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
   SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const UnitSlice slice = block_units(units_per_block, a.hidden);
-  load_weight_slice(a.w_hh_t, w_slice, slice, a.hidden);
-  for (int64_t s = a.steps - 1; s >= 0; --s) {
+  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
+  load_weight_slice(a.w_hh_t, w_slice, slice, a.shape.hidden);
+  for (int64_t s = a.shape.steps - 1; s >= 0; --s) {
     backward_step_slice<A>(a, w_slice, slice, s);
     simt::grid_sync();  // dz at step s of every unit is written before step s-1 reads it
   }
@@ -164,8 +164,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
 template <Activation A, typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
     backward_step_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const UnitSlice slice = block_units(units_per_block, a.hidden);
-  backward_step_slice<A>(a, a.w_hh_t + slice.begin * a.hidden, slice, s);
+  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
+  backward_step_slice<A>(a, a.w_hh_t + slice.begin * a.shape.hidden, slice, s);
 }
 
 // Fallback, norms recorded: after the launch of step 0, adds up step 0's partials. Same
@@ -176,4 +176,4 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads) backward_norms_tail_kern
 }
 
 SIMT_END_WORLD
-}  // namespace rnn_fused::cuda_kernels
+}  // namespace rnn_fused::kernels

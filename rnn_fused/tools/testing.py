@@ -260,22 +260,21 @@ def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
 def measure_against_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
                           hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
                           backward: bool = True, ulps: float = DEFAULT_ULPS, seed: int = 0,
-                          kernel_backend: str | None = None,
+                          backend: str | None = None,
                           ) -> tuple[list[ToleranceResult], list[str]]:
     """Measure rnn_fused.RNN against torch.nn.RNN under the tolerance rule, without judging.
 
     The reference is a float64 copy of torch_module, stock a copy in `dtype`, ours
-    RNN.from_torch(stock) (on `kernel_backend` when given). All three see the same input,
+    RNN.from_torch(stock) (on `backend` when given). All three see the same input,
     hx and output cotangents (drawn from `seed`, float64, then cast). Returns the result of
     every output and gradient, and a line for each packed-sequence field that differs.
     """
-    from .modules import RNN
+    from ..modules import RNN
 
     reference_module = copy.deepcopy(torch_module).double()
     stock_module = copy.deepcopy(torch_module).to(dtype)
     ours_module = RNN.from_torch(stock_module)
-    if kernel_backend is not None:
-        ours_module.kernel_backend = kernel_backend
+    ours_module.backend = backend
 
     def leaves(cast_dtype):
         x = cast_input(input, cast_dtype, backward)
@@ -367,9 +366,9 @@ def _run_batch_reversed(module: nn.Module, input: Tensor, hx: Tensor | None, dra
 
 
 def _step_loop_rnn_class():
-    from . import functional
-    from .modules import RNN
-    from .reference import reference_layer
+    from .. import functional
+    from ..modules import RNN
+    from ..reference import reference_layer
 
     class StepLoopRNN(RNN):
         """rnn_fused.RNN's composition of layers over reference.py's step loop: stock torch

@@ -1,15 +1,15 @@
-// Device helpers shared by the forward and backward recurrence kernels: activation and
-// its slope from the saved output, a warp-wide sum, and the thread mapping constants.
-// Compiled by nvcc (CUDA) and by g++ (SIMT emulation); see csrc/simt/README_SECTION.md.
+// Device helpers shared by the forward and backward recurrence kernels: the device tanh,
+// a warp-wide sum, warp dot products, the block's unit slice and the thread mapping.
+// Compiled by nvcc (CUDA) and by g++ (SIMT emulation; docs/simt.md).
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
 
-#include "rnn_params.h"
+#include "recurrence_math.h"
 #include "simt/simt.cuh"
 
-namespace rnn_fused::cuda_kernels {
+namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
 
 // Threads per block of every recurrence kernel. Each warp computes one (sample, unit)
@@ -17,33 +17,17 @@ SIMT_BEGIN_WORLD
 constexpr int kRecurrenceThreads = 256;
 constexpr int kWarp = 32;
 
-template <typename scalar_t>
-SIMT_DEVICE scalar_t device_tanh(scalar_t z) {
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    return tanhf(z);
-  } else {
-    return tanh(z);
+// The device's tanh for activate (recurrence_math.h).
+struct DeviceTanh {
+  template <typename scalar_t>
+  RNN_FUSED_HOST_DEVICE scalar_t operator()(scalar_t z) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      return tanhf(z);
+    } else {
+      return tanh(z);
+    }
   }
-}
-
-template <Activation A, typename scalar_t>
-SIMT_DEVICE scalar_t activate(scalar_t z) {
-  if constexpr (A == Activation::Tanh) {
-    return device_tanh(z);
-  } else {
-    return z > scalar_t(0) ? z : scalar_t(0);
-  }
-}
-
-// act'(z) from h = act(z): tanh' = 1 - h^2, relu' = [h > 0].
-template <Activation A, typename scalar_t>
-SIMT_DEVICE scalar_t activation_slope(scalar_t h) {
-  if constexpr (A == Activation::Tanh) {
-    return scalar_t(1) - h * h;
-  } else {
-    return h > scalar_t(0) ? scalar_t(1) : scalar_t(0);
-  }
-}
+};
 
 // Sum over the 32 lanes of a warp, every lane gets the total. A fixed butterfly, so the
 // rounding is the same on every run and under every emulator schedule.
@@ -129,4 +113,4 @@ SIMT_DEVICE void for_each_slice_dot(const scalar_t* w_rows, const scalar_t* sour
 }
 
 SIMT_END_WORLD
-}  // namespace rnn_fused::cuda_kernels
+}  // namespace rnn_fused::kernels

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .benchmark import CPU_SHAPES, QUICK_TIMING, Timing, _benchmark_settings, build_pair, paired_median_seconds
-from .recording import record_gradients
-from .truncation import RandomTruncation
+from ..recording import record_gradients
+from ..truncation import RandomTruncation
 
 # Variants of the fused forward+backward, each against full BPTT with nothing recorded.
 OVERHEAD_VARIANTS = {

@@ -119,7 +119,7 @@ def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: in
 
 
 def build_pair(shape, device, dtype, seed: int = 0):
-    from .modules import RNN
+    from ..modules import RNN
 
     steps, batch, input_size, hidden = shape
     torch.manual_seed(seed)
@@ -177,7 +177,7 @@ def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
     """Peak bytes allocated (MB), above what was live before, during one forward+backward,
     counted by an allocation meter in a fresh process."""
     code = (
-        "from rnn_fused.benchmark import _child_peak; "
+        "from rnn_fused.tools.benchmark import _child_peak; "
         f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}))"
     )
     env = dict(os.environ)

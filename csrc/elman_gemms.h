@@ -1,8 +1,9 @@
-// Whole-sequence GEMMs and reductions around the recurrence, shared by every backend
-// (CPU, CUDA, SIMT emulation): the input projection before the forward time loop and
-// the gradients that follow from dz after the backward time loop. Only ATen ops, so
-// the same code runs on CPU tensors and, through cuBLAS, on CUDA tensors, on the
-// current stream and without host synchronisation.
+// Whole-sequence GEMMs and reductions of the Elman layer around its recurrence, run by the
+// host layer (host_layer.cpp) for every backend: the input projection before the forward
+// time loop and the gradients that follow from dz after the backward time loop. Only ATen
+// ops, so the same code runs on CPU tensors and, through cuBLAS, on CUDA tensors, on the
+// current stream and without host synchronisation. Elman-specific: one [H,I] and one [H,H]
+// weight, biases folded into the projection.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -33,7 +34,7 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// The backward's tensor operands in the compute dtype, contiguous, as both backends'
+// The backward's tensor operands in the compute dtype, contiguous, as the backends'
 // time loops read them: input [T,B,I], weights [H,I] and [H,H], saved output [T,B,H],
 // grad_output [T,B,H], grad_h_n [B,H].
 struct BackwardOperands {

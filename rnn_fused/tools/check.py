@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from . import simt
-from .functional import rnn_layer
-from .modules import RNN
-from .reference import reference_layer
+from .. import simt
+from ..functional import rnn_layer
+from ..modules import RNN
+from ..reference import reference_layer
 from .testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, RNNCase, layer_args, layer_results, measure,
                       measure_against_torch, module_as_function, true_float32_on_cuda)
-from .truncation import RandomTruncation, edge_scales
+from ..truncation import RandomTruncation, edge_scales
 
 # torch.autograd.gradcheck's defaults, for the numbers shown beside its verdict.
 GRADCHECK_EPS, GRADCHECK_ATOL, GRADCHECK_RTOL = 1e-6, 1e-5, 1e-3
@@ -135,7 +135,7 @@ def parity_rows(case: RNNCase, dtype: torch.dtype, device: torch.device, backend
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else DEFAULT_ULPS
     results, mismatches = measure_against_torch(
         case.torch_module().to(device), input, hx, dtype=dtype, ulps=ulps,
-        kernel_backend="simt" if backend == EMULATED else None)
+        backend="emulated" if backend == EMULATED else None)
     dtype_name = str(dtype).removeprefix("torch.")
     rows = [CheckRow("parity", backend, describe(case), dtype_name, r.name, r.relative_error,
                      r.relative_bound, r.passed,
@@ -182,7 +182,7 @@ def truncation_rows(case: TruncationCase, dtype: torch.dtype, device: torch.devi
     reference = layer_results(reference_layer, args, cotangents, torch.float64, edge_scales=scales, **common)
     stock = layer_results(reference_layer, args, cotangents, dtype, edge_scales=scales, **common)
     ours = layer_results(rnn_layer, args, cotangents, dtype, truncation=case.truncation, layer=case.layer,
-                         backend="simt" if backend == EMULATED else "native", **common)
+                         backend="emulated" if backend == EMULATED else None, **common)
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else DEFAULT_ULPS
     rows = []
     for name in reference:
@@ -236,7 +236,7 @@ def jacobian_mismatch(f: Callable, leaves: tuple) -> tuple[float, float]:
 def gradcheck_row(case: RNNCase, device: torch.device, backend: str) -> CheckRow:
     module = RNN.from_torch(case.torch_module().double().to(device))
     if backend == EMULATED:
-        module.kernel_backend = "simt"
+        module.backend = "emulated"
     input, hx = _to_device(*case.inputs(torch.Generator().manual_seed(1234)), device)
     f, leaves = module_as_function(module, input, hx)
     detail = ""

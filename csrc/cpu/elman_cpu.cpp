@@ -1,0 +1,174 @@
+// CPU backend of the single-layer ops: the Elman forward and BPTT time loops.
+//
+// The host layer (host_layer.cpp) runs the whole-sequence GEMMs around them. Each loop
+// is one C++ time loop with preallocated buffers: per step one BLAS call (W_hh against the
+// batch's states) and one fused epilogue (bias already folded into the projection,
+// activation, write of output and state). No dispatcher call and no allocation per step.
+//
+// Processing step s of sample b touches time t = step_time(s, len_b, reverse);
+// samples whose length is <= s are frozen (state kept, output zero).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/activation.h"
+#include "cpu/blas.h"
+#include "host_layer.h"
+
+namespace rnn_fused::cpu {
+namespace {
+
+// Rows per parallel chunk: enough elementwise work to pay for a thread hand-off.
+int64_t epilogue_grain(int64_t hidden) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden, 1)); }
+
+// Per-sample lengths as a host vector (all T when none are given).
+struct Lengths {
+  std::vector<int64_t> values;
+  bool nonincreasing = true;
+  int64_t max_len = 0;
+};
+
+// The call's lengths (checked by the host layer) as the time loops read them.
+Lengths host_lengths(const LayerForwardCall& call) {
+  Lengths out;
+  if (call.valid_lengths.on_device.has_value()) {
+    out.values = call.valid_lengths.host;
+    out.nonincreasing = std::is_sorted(out.values.begin(), out.values.end(), std::greater<int64_t>());
+  } else {
+    out.values.assign(call.shape.batch, call.shape.steps);
+  }
+  for (int64_t v : out.values) out.max_len = std::max(out.max_len, v);
+  return out;
+}
+
+// Samples still running at processing step s: the first `active` rows when the
+// lengths are non-increasing (packed order), else every row (the epilogue masks).
+int64_t active_rows(const Lengths& len, int64_t s) {
+  if (!len.nonincreasing) return static_cast<int64_t>(len.values.size());
+  return std::upper_bound(len.values.begin(), len.values.end(), s, std::greater<int64_t>()) -
+         len.values.begin();
+}
+
+// Forward time loop.
+// w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k)
+// out   [T,B,H]  in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
+// state [B,H]    in: h_0; out: h_n
+// rec   [B,H]    scratch
+template <typename scalar_t, Activation A>
+void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh_t,
+                       scalar_t* out, scalar_t* state, scalar_t* rec) {
+  const int64_t B = shape.batch, H = shape.hidden;
+  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
+  for (int64_t s = 0; s < len.max_len; ++s) {
+    const int64_t rows = active_rows(len, s);
+    matmul_rows(state, w_hh_t, rec, rows, H, H);  // rec = h_{t-1} W_hh^T
+    at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t length = len.values[b];
+        if (s >= length) continue;
+        const int64_t t = step_time(s, length, reverse);
+        activate_row(A, out + (t * B + b) * H, rec + b * H, state + b * H, H);
+      }
+    });
+  }
+  // Steps past a sample's length still hold the projection: outputs there are zero.
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = len.values[b]; t < shape.steps; ++t) std::fill_n(out + (t * B + b) * H, H, scalar_t(0));
+  }
+}
+
+// Backward time loop, s = max_len-1 .. 0.
+// dy [T,B,H] gradient of the output; dh_n [B,H]; out [T,B,H] saved h_t
+// dz [T,B,H] out: dL/dz_t (zero where t >= len); dz_step [B,H] out: dz at each
+// sample's processing step 0; carry [B,H] scratch; zero_row [H] zeros (the carry of a cut edge)
+// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded
+template <typename scalar_t, Activation A>
+void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
+                        const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
+                        scalar_t* dz, scalar_t* dz_step, scalar_t* carry, const scalar_t* zero_row,
+                        scalar_t* step_norms) {
+  const int64_t B = shape.batch, H = shape.hidden;
+  std::fill_n(dz_step, B * H, scalar_t(0));
+  std::fill_n(carry, B * H, scalar_t(0));
+  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
+  for (int64_t s = len.max_len - 1; s >= 0; --s) {
+    const int64_t rows = active_rows(len, s);
+    // Rows that were not active at s+1 hold dz_step = 0, so their carry is 0.
+    // carry = dz_{s+1} W_hh: the gradient reaching h_{t-1} through W_hh.
+    if (s + 1 < len.max_len) matmul_rows(dz_step, w_hh, carry, rows, H, H);
+    at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t length = len.values[b];
+        if (s >= length) continue;
+        const int64_t t = step_time(s, length, reverse);
+        const int64_t at_t = (t * B + b) * H;
+        const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
+        // The carry crosses the edge into step s+1 (none past the sample's last step).
+        const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
+        const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H : zero_row;
+        double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
+                                          dz_step + b * H, H, step_norms != nullptr);
+        if (step_norms != nullptr) {
+          if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
+            g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, H);
+          }
+          step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
+        }
+      }
+    });
+  }
+}
+
+// The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.
+at::Tensor forward_recurrence(const ForwardRecurrence& r) {
+  const LayerForwardCall& call = r.call;
+  const Lengths len = host_lengths(call);
+  // Transposed once, so every step's product reads W_hh row by row.
+  const at::Tensor w_hh_t = r.w_hh.t().contiguous();
+  at::Tensor state = r.h0.clone();
+  at::Tensor rec = at::empty({call.shape.batch, call.shape.hidden}, r.out.options());
+  dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
+    using scalar_t = decltype(zero);
+    forward_time_loop<scalar_t, decltype(activation)::value>(
+        call.shape, call.options.reverse, len, w_hh_t.data_ptr<scalar_t>(), r.out.data_ptr<scalar_t>(),
+        state.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>());
+  });
+  return state;
+}
+
+// The CPU backend's backward recurrence (host_layer.h BackwardRecurrence); returns dz at
+// each sample's processing step 0.
+at::Tensor backward_recurrence(const BackwardRecurrence& r) {
+  const LayerForwardCall& call = r.call.forward;
+  const Lengths len = host_lengths(call);
+  const BackwardOperands& op = r.operands;
+  const int64_t B = call.shape.batch, H = call.shape.hidden;
+  const at::TensorOptions options = op.x.options();
+  at::Tensor dz_step = at::empty({B, H}, options);
+  at::Tensor carry = at::empty({B, H}, options);
+  const at::Tensor zero_row = at::zeros({H}, options);
+  const bool record = r.call.record_norms;
+  dispatch_elman(op.x.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
+    using scalar_t = decltype(zero);
+    backward_time_loop<scalar_t, decltype(activation)::value>(
+        call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),
+        op.dy.data_ptr<scalar_t>(), op.dh_n.data_ptr<scalar_t>(), op.out.data_ptr<scalar_t>(),
+        r.dz.data_ptr<scalar_t>(), dz_step.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(),
+        zero_row.data_ptr<scalar_t>(), record ? r.step_norms.data_ptr<scalar_t>() : nullptr);
+  });
+  return dz_step;
+}
+
+const bool registered = register_recurrence_backend(RecurrenceBackend{.name = "cpu",
+                                                                       .device = c10::DeviceType::CPU,
+                                                                       .device_default = true,
+                                                                       .forward = &forward_recurrence,
+                                                                       .backward = &backward_recurrence});
+
+}  // namespace
+}  // namespace rnn_fused::cpu

@@ -1,0 +1,105 @@
+// The host layer's frame (host_layer.h): backend registry, casts, whole-sequence GEMMs.
+#include "host_layer.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+
+#include <algorithm>
+#include <sstream>
+
+namespace rnn_fused {
+namespace {
+
+std::vector<RecurrenceBackend>& registry() {
+  static std::vector<RecurrenceBackend> backends;
+  return backends;
+}
+
+// Sorted: registration order follows the static initialisation of translation units.
+std::string quoted_names() {
+  std::vector<std::string> sorted = recurrence_backend_names();
+  std::sort(sorted.begin(), sorted.end());
+  std::ostringstream names;
+  const char* separator = "";
+  for (const std::string& name : sorted) {
+    names << separator << "'" << name << "'";
+    separator = ", ";
+  }
+  return names.str();
+}
+
+}  // namespace
+
+bool register_recurrence_backend(const RecurrenceBackend& backend) {
+  registry().push_back(backend);
+  return true;
+}
+
+std::vector<std::string> recurrence_backend_names() {
+  std::vector<std::string> names;
+  for (const RecurrenceBackend& b : registry()) names.push_back(b.name);
+  return names;
+}
+
+const RecurrenceBackend& find_recurrence_backend(c10::DeviceType device, const std::string& requested) {
+  for (const RecurrenceBackend& b : registry()) {
+    const bool match = requested.empty() ? (b.device == device && b.device_default) : b.name == requested;
+    if (!match) continue;
+    TORCH_CHECK_VALUE(b.device == device, "rnn_fused: backend '", b.name, "' runs on ",
+                      c10::DeviceTypeName(b.device, /*lower_case=*/true), " tensors, but input is on ",
+                      c10::DeviceTypeName(device, /*lower_case=*/true));
+    return b;
+  }
+  TORCH_CHECK(!requested.empty(), "rnn_fused: no backend for ", c10::DeviceTypeName(device, true),
+              " tensors in this build (it has ", quoted_names(),
+              "); a CUDA backend needs a build with the CUDA toolkit (see the README's install section)");
+  TORCH_CHECK_VALUE(false, "rnn_fused: backend must be one of ", quoted_names(),
+                    " or None (the input device's own), got '", requested, "'");
+}
+
+std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call) {
+  const RecurrenceBackend& backend = find_recurrence_backend(call.input.device().type(), call.options.backend);
+  const c10::OptionalDeviceGuard guard(call.input.device());
+  const LayerShape& s = call.shape;
+  const at::ScalarType dtype = call.input.scalar_type();
+  const at::ScalarType ct = compute_dtype(dtype);
+  const at::Tensor x = call.input.to(ct).contiguous();
+  const at::Tensor w_ih = call.weight_ih.to(ct).contiguous();
+  const at::Tensor w_hh = call.weight_hh.to(ct).contiguous();
+  const at::Tensor h0 =
+      call.hx.has_value() ? call.hx->to(ct).contiguous() : at::zeros({s.batch, s.hidden}, x.options());
+  at::Tensor out = at::empty({s.steps, s.batch, s.hidden}, x.options());
+  at::Tensor h_n;
+  if (s.empty()) {
+    out.zero_();
+    h_n = h0.clone();  // never the caller's hx itself: an op's outputs do not alias its inputs
+  } else {
+    at::Tensor out2d = out.view({s.steps * s.batch, s.hidden});
+    input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), w_ih, call.bias_ih, call.bias_hh);
+    h_n = backend.forward(ForwardRecurrence{.call = call, .w_hh = w_hh, .out = out, .h0 = h0});
+  }
+  return {out.to(dtype), h_n.to(dtype).contiguous()};
+}
+
+LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
+  const LayerForwardCall& f = call.forward;
+  const RecurrenceBackend& backend = find_recurrence_backend(f.input.device().type(), f.options.backend);
+  const c10::OptionalDeviceGuard guard(f.input.device());
+  const LayerShape& s = f.shape;
+  const at::ScalarType dtype = f.input.scalar_type();
+  const at::ScalarType ct = compute_dtype(dtype);
+  const BackwardOperands operands =
+      backward_operands(ct, f.input, f.weight_ih, f.weight_hh, call.output, call.grad_output, call.grad_h_n);
+  const at::TensorOptions options = operands.x.options();
+  at::Tensor dz = at::zeros({s.steps, s.batch, s.hidden}, options);
+  at::Tensor step_norms = call.record_norms ? at::zeros({s.steps, s.batch}, options) : at::empty({0}, options);
+  const at::Tensor dz_first =
+      s.empty() ? at::zeros({s.batch, s.hidden}, options)
+                : backend.backward(BackwardRecurrence{
+                      .call = call, .operands = operands, .dz = dz, .step_norms = step_norms});
+  return gradients_from_dz(operands.x, operands.w_ih, operands.w_hh, operands.out, dz, dz_first, operands.dh_n, f.hx,
+                           f.valid_lengths.on_device, f.options.reverse, call.output_mask, dtype, call.record_norms,
+                           std::move(step_norms));
+}
+
+}  // namespace rnn_fused

@@ -1,0 +1,105 @@
+// The host layer: what every backend of the single-layer op pair shares.
+//
+// run_layer_forward / run_layer_backward take a checked call (layer_call.h), cast to the
+// compute dtype, run the whole-sequence GEMMs of the Elman layer (elman_gemms.h), hand the
+// time loop to the backend's recurrence, and cast back. A backend (CPU loops, CUDA kernels,
+// the CUDA kernels emulated on the CPU) supplies only its two recurrences and registers
+// them by name (register_recurrence_backend); the op picks one per call from the input's
+// device and the requested backend name (find_recurrence_backend).
+//
+// Cell boundary: ForwardRecurrence/BackwardRecurrence are the Elman recurrence
+// (z_t = XW_t + W_hh h_{t-1}, h_t = act(z_t); one [H,H] weight, one state). A GRU or LSTM
+// would bring its own GEMMs file and recurrence structs (3H/4H gate projections, a cell
+// state for LSTM) and reuse the rest: the call descriptor, the lengths and truncation
+// handling, the registry and the cast/dispatch frame below.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/DeviceType.h>
+
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "elman_gemms.h"
+#include "layer_call.h"
+
+namespace rnn_fused {
+
+// The forward time loop's problem, in the compute dtype, contiguous.
+struct ForwardRecurrence {
+  const LayerForwardCall& call;
+  at::Tensor w_hh;  // [H,H] read
+  at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step; out: h_t, zero at t >= lengths[b]
+  at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state
+};
+
+// The backward time loop's problem, in the compute dtype, contiguous.
+struct BackwardRecurrence {
+  const LayerBackwardCall& call;
+  const BackwardOperands& operands;  // x, w_ih, w_hh, saved out, dy, dh_n
+  at::Tensor dz;                     // [T,B,H] zero on entry; out: dL/dz_t at valid steps
+  at::Tensor step_norms;             // [T,B] zero on entry, out: ||g_t|| at valid steps; empty [0]
+                                     // unless the call records norms
+};
+
+// A backend's planner report for one recurrence (the GPU-kernel backends have one).
+struct RecurrencePlanReport {
+  std::string path;
+  int64_t grid = 0, block_threads = 0, units_per_block = 0, shared_mem_bytes = 0, blocks_per_sm = 0;
+  std::string reason;
+};
+
+struct RecurrenceBackend {
+  std::string name;            // what callers pass as `backend`
+  c10::DeviceType device;      // the tensors it runs on
+  bool device_default = false; // chosen for `device` when no backend is named
+  // Runs the forward loop; returns h_n [B,H] in the compute dtype.
+  at::Tensor (*forward)(const ForwardRecurrence&) = nullptr;
+  // Runs the backward loop; returns dz at each sample's processing step 0 [B,H] (zero for an
+  // empty sample), the gradient that reaches h_0 through W_hh.
+  at::Tensor (*backward)(const BackwardRecurrence&) = nullptr;
+  // The launch plan for a recurrence of `hidden` units in `compute` dtype, or null.
+  RecurrencePlanReport (*plan)(at::ScalarType compute, int64_t hidden, Activation activation,
+                               bool backward) = nullptr;
+};
+
+// Calls f(std::integral_constant<Activation, A>{}, scalar_t{}) for a compute dtype (float or
+// double) and activation: the one switch from runtime options to every backend's templates.
+template <class F>
+void dispatch_elman(at::ScalarType compute, Activation activation, F&& f) {
+  auto with_activation = [&](auto zero) {
+    if (activation == Activation::Tanh) {
+      f(std::integral_constant<Activation, Activation::Tanh>{}, zero);
+    } else {
+      f(std::integral_constant<Activation, Activation::Relu>{}, zero);
+    }
+  };
+  if (compute == at::kFloat) {
+    with_activation(float{});
+  } else if (compute == at::kDouble) {
+    with_activation(double{});
+  } else {
+    TORCH_CHECK(false, "rnn_fused: no recurrence for compute dtype ", compute);
+  }
+}
+
+// Registers a backend (static initialisers of each backend's translation unit).
+bool register_recurrence_backend(const RecurrenceBackend& backend);
+
+// The backend named `requested` ("" = the default of `device`); ValueError naming what is
+// allowed when it does not exist or does not run on `device`.
+const RecurrenceBackend& find_recurrence_backend(c10::DeviceType device, const std::string& requested);
+
+// Names of the registered backends, in registration order.
+std::vector<std::string> recurrence_backend_names();
+
+// rnn_fused::rnn_layer_forward: (output [T,B,H], h_n [B,H]) in the input's dtype.
+std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call);
+
+// rnn_fused::rnn_layer_backward (csrc/ops.cpp has the schema and the meaning of each result).
+LayerBackwardResult run_layer_backward(const LayerBackwardCall& call);
+
+}  // namespace rnn_fused

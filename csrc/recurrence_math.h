@@ -1,0 +1,110 @@
+// The arithmetic that host and device code share, so every backend (CPU loops, CUDA
+// kernels, the same kernels emulated on the CPU) computes it from one definition.
+// No torch includes: nvcc device code and the emulator see only this.
+//
+// Generic to any recurrence: the time index of a processing step (step_time) and the
+// truncation edge scales of the backward (TruncationParams, edge_scale).
+// Elman-cell specific: the activation and its slope from the saved output. A GRU or LSTM
+// cell would add its own gate math next to these, not change the generic part.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define RNN_FUSED_HOST_DEVICE __host__ __device__
+#else
+#define RNN_FUSED_HOST_DEVICE
+#endif
+
+namespace rnn_fused {
+
+// ---- Generic: sizes, processing order and truncation --------------------------------------
+
+// T steps, B samples, I input features, H hidden units (time-major tensors).
+struct LayerShape {
+  int64_t steps = 0;
+  int64_t batch = 0;
+  int64_t input_size = 0;
+  int64_t hidden = 0;
+
+  constexpr bool empty() const { return steps == 0 || batch == 0 || hidden == 0; }
+};
+
+// Time index of processing step `s` for a sample with `len` valid steps. The reverse
+// direction walks each sample's valid steps from its last to its first.
+constexpr int64_t step_time(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }
+
+// How the backward scales the recurrent edge h_{s-1} -> h_s of processing step s >= 1
+// (docs/bptt.md). The edge into step 0 (from h_0) always keeps scale 1.
+struct TruncationParams {
+  int64_t every = 0;       // cut the edge when s % every == 0; 0: never
+  double keep_prob = 1.0;  // < 1: keep with this probability, scaled by 1/keep_prob
+  uint64_t seed = 0;       // Philox key of the randomized draws
+  uint32_t stream = 0;     // 2 * layer + direction: separates the draws of each layer and direction
+
+  constexpr bool randomized() const { return keep_prob < 1.0; }
+};
+
+// First 32-bit output of Philox4x32-10 (a counter-based generator: the draw is a pure
+// function of key and counter, so every backend and run get the same one).
+constexpr uint32_t philox4x32_10_first(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                       uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    const uint64_t p0 = uint64_t(0xD2511F53u) * c0;
+    const uint64_t p1 = uint64_t(0xCD9E8D57u) * c2;
+    const uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0);
+    const uint32_t hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
+    c0 = hi1 ^ c1 ^ k0;
+    c1 = lo1;
+    c2 = hi0 ^ c3 ^ k1;
+    c3 = lo0;
+  }
+  return c0;
+}
+
+// Scale c of the edge into processing step s of sample b: 0 (cut), 1, or 1/keep_prob.
+// Randomized draw: u = (first output >> 8) * 2^-24 for counter (s, b, stream, 0), kept when
+// u < keep_prob. Computed in double and rounded once, identically on every backend.
+constexpr double edge_scale(const TruncationParams& tp, int64_t s, int64_t b) {
+  if (s == 0) return 1.0;
+  if (tp.every > 0 && s % tp.every == 0) return 0.0;
+  if (tp.keep_prob < 1.0) {
+    const uint32_t r = philox4x32_10_first(uint32_t(s), uint32_t(b), tp.stream, 0u, uint32_t(tp.seed),
+                                           uint32_t(tp.seed >> 32));
+    const double u = double(r >> 8) * (1.0 / 16777216.0);
+    return u < tp.keep_prob ? 1.0 / tp.keep_prob : 0.0;
+  }
+  return 1.0;
+}
+
+// ---- Elman cell: h_t = act(z_t) ----------------------------------------------------------
+
+enum class Activation : int32_t { Tanh = 0, Relu = 1 };
+
+// act(z). `tanh_fn` is the backend's tanh: a vectorizable polynomial on the CPU
+// (cpu/vector_math.h), tanhf/tanh on the device.
+template <Activation A, typename scalar_t, typename TanhFn>
+RNN_FUSED_HOST_DEVICE inline scalar_t activate(scalar_t z, TanhFn tanh_fn) {
+  if constexpr (A == Activation::Tanh) {
+    return tanh_fn(z);
+  } else {
+    return z > scalar_t(0) ? z : scalar_t(0);
+  }
+}
+
+// act'(z) from h = act(z), so the backward needs only the saved output:
+// tanh' = 1 - h^2, relu' = [h > 0].
+template <Activation A, typename scalar_t>
+RNN_FUSED_HOST_DEVICE inline scalar_t activation_slope(scalar_t h) {
+  if constexpr (A == Activation::Tanh) {
+    return scalar_t(1) - h * h;
+  } else {
+    return h > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+  }
+}
+
+}  // namespace rnn_fused

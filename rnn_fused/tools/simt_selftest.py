@@ -1,0 +1,79 @@
+"""The SIMT emulator's self-test kernels (op namespace rnn_fused_selftest): CPU tensors run
+emulated, CUDA tensors on the GPU. They check the emulation itself (tests/test_simt.py).
+Built only with RNN_FUSED_SELFTESTS=1, as `make build` does; not part of an installed
+rnn_fused."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import _build  # noqa: F401  (loads rnn_fused._C)
+
+
+def _ops():
+    if not hasattr(torch.ops.rnn_fused_selftest, "warp_reduce"):
+        raise RuntimeError("rnn_fused: the SIMT self-test kernels are not in this build; rebuild with "
+                           "RNN_FUSED_SELFTESTS=1 (make build does)")
+    return torch.ops.rnn_fused_selftest
+
+
+def occupancy(kernel: str, block_threads: int, dynamic_smem: int = 0) -> int:
+    """Blocks per SM of a self-test kernel under the emulated device's occupancy model."""
+    return _ops().occupancy(kernel, block_threads, dynamic_smem)
+
+
+def warp_reduce(x: Tensor, block_threads: int) -> Tensor:
+    """Per-block sums of x [blocks * block_threads] via warp shuffles."""
+    return _ops().warp_reduce(x, block_threads)
+
+
+def transpose(x: Tensor) -> Tensor:
+    """x.T through a shared-memory tile."""
+    return _ops().transpose(x)
+
+
+def grid_stencil(x: Tensor, steps: int, block_threads: int = 128, blocks: int = 0) -> tuple[Tensor, Tensor]:
+    """`steps` rounds of a 3-point stencil in one cooperative launch with a grid sync per
+    step. blocks=0 lets the occupancy-based planner choose. Returns (result, plan) where
+    plan = [blocks, blocks_per_sm, sm_count]."""
+    return _ops().grid_stencil(x, steps, block_threads, blocks)
+
+
+def atomics(values: Tensor, bins: int, blocks: int = 3, block_threads: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+    """(histogram [bins], [max, max of block maxima], [float sum]) of int32 values."""
+    return _ops().atomics(values, bins, blocks, block_threads)
+
+
+def warp_scan(x: Tensor, block_threads: int = 64) -> tuple[Tensor, Tensor]:
+    """(per-warp inclusive scan, per-warp ballot of x > 0 as int32)."""
+    return _ops().warp_scan(x, block_threads)
+
+
+def device_math(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(y = fma(tanh x, exp(-|x|), rsqrt(1 + x^2)), y via float16, y via bfloat16)."""
+    return _ops().device_math(x)
+
+
+def barrier_loop(x: Tensor, block_threads: int, rounds: int) -> Tensor:
+    """`rounds` rounds of neighbour mixing through shared memory, two barriers per round."""
+    return _ops().barrier_loop(x, block_threads, rounds)
+
+
+def bounded(blocks: int, block_x: int, block_y: int = 1, dynamic_smem: int = 0, device="cpu") -> Tensor:
+    """Launch a kernel with launch bounds 128 in the given configuration (launch checks)."""
+    like = torch.empty(0, device=device)
+    return _ops().bounded(like, blocks, block_x, block_y, dynamic_smem)
+
+
+FAULTS = (
+    "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane",
+    "mask_excludes_caller", "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative",
+    "grid_sync_block_exits", "kernel_check", "shared_out_of_bounds", "dynamic_shared_out_of_bounds",
+    "mismatched_warp_ops", "shuffle_outside_mask", "stack_overflow",
+)
+
+
+def faulty(fault: str, x: Tensor, blocks: int, block_threads: int) -> Tensor:
+    """Run one known-bad kernel (see FAULTS) over x [blocks * block_threads]."""
+    return _ops().faulty(fault, x, blocks, block_threads)
