@@ -57,8 +57,21 @@ const RecurrenceBackend& find_recurrence_backend(c10::DeviceType device, const s
                     " or None (the input device's own), got '", requested, "'");
 }
 
-std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call) {
+namespace {
+
+// The backend of a call; a requested GPU path needs a backend that runs GPU kernels.
+const RecurrenceBackend& backend_for(const LayerForwardCall& call) {
   const RecurrenceBackend& backend = find_recurrence_backend(call.input.device().type(), call.options.backend);
+  TORCH_CHECK_VALUE(call.options.path.empty() || backend.plan != nullptr, "rnn_fused: path='", call.options.path,
+                    "' chooses among the GPU kernels' paths (backends 'cuda' and 'emulated'); backend '", backend.name,
+                    "' runs its own loops: pass path=None");
+  return backend;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call) {
+  const RecurrenceBackend& backend = backend_for(call);
   const c10::OptionalDeviceGuard guard(call.input.device());
   const LayerShape& s = call.shape;
   const at::ScalarType dtype = call.input.scalar_type();
@@ -83,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 
 LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
   const LayerForwardCall& f = call.forward;
-  const RecurrenceBackend& backend = find_recurrence_backend(f.input.device().type(), f.options.backend);
+  const RecurrenceBackend& backend = backend_for(f);
   const c10::OptionalDeviceGuard guard(f.input.device());
   const LayerShape& s = f.shape;
   const at::ScalarType dtype = f.input.scalar_type();

@@ -45,11 +45,27 @@ struct BackwardRecurrence {
                                      // unless the call records norms
 };
 
-// A backend's planner report for one recurrence (the GPU-kernel backends have one).
+// rnn_fused.plan()'s question to a GPU-kernel backend's planner.
+struct RecurrencePlanQuery {
+  at::ScalarType compute = at::kFloat;
+  int64_t hidden = 0;
+  int64_t batch = 0;
+  bool backward = false;
+  std::string path;  // "" = the planner's choice
+};
+
+// Its answer: the chosen (or forced) launch shape and every path's best one.
 struct RecurrencePlanReport {
-  std::string path;
-  int64_t grid = 0, block_threads = 0, units_per_block = 0, shared_mem_bytes = 0, blocks_per_sm = 0;
-  std::string reason;
+  struct Entry {
+    std::string path;
+    bool feasible = false;
+    int64_t samples_per_group = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
+    int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
+    double us_per_step = 0.0;
+    std::string reason;
+  };
+  Entry chosen;
+  std::vector<Entry> candidates;
 };
 
 struct RecurrenceBackend {
@@ -61,9 +77,8 @@ struct RecurrenceBackend {
   // Runs the backward loop; returns dz at each sample's processing step 0 [B,H] (zero for an
   // empty sample), the gradient that reaches h_0 through W_hh.
   at::Tensor (*backward)(const BackwardRecurrence&) = nullptr;
-  // The launch plan for a recurrence of `hidden` units in `compute` dtype, or null.
-  RecurrencePlanReport (*plan)(at::ScalarType compute, int64_t hidden, Activation activation,
-                               bool backward) = nullptr;
+  // The planner's report (GPU-kernel backends), or null.
+  RecurrencePlanReport (*plan)(const RecurrencePlanQuery& query) = nullptr;
 };
 
 // Calls f(std::integral_constant<Activation, A>{}, scalar_t{}) for a compute dtype (float or

@@ -33,6 +33,7 @@ struct LayerOptions {
   bool reverse = false;              // process each sample's valid steps from last to first
   TruncationParams truncation;       // what the backward does to the recurrent edges
   std::string backend;               // requested implementation; "" = the input device's own
+  std::string path;                  // requested GPU recurrence path; "" = the planner's choice
 };
 
 struct LayerForwardCall {
@@ -79,11 +80,13 @@ inline TruncationParams parse_truncation(int64_t truncate_every, double keep_pro
 }
 
 inline LayerOptions parse_options(const std::string& nonlinearity, bool reverse, int64_t truncate_every,
-                                  double keep_prob, int64_t seed, int64_t layer, const std::string& backend) {
+                                  double keep_prob, int64_t seed, int64_t layer, const std::string& backend,
+                                  const std::string& path) {
   return LayerOptions{.activation = parse_activation(nonlinearity),
                       .reverse = reverse,
                       .truncation = parse_truncation(truncate_every, keep_prob, seed, layer, reverse),
-                      .backend = backend};
+                      .backend = backend,
+                      .path = path};
 }
 
 namespace detail {

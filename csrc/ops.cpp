@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "host_layer.h"
 
@@ -24,8 +25,8 @@ extern "C" PyObject* PyInit__C(void) {
 namespace rnn_fused {
 namespace {
 
-std::string backend_name(const std::optional<c10::string_view>& backend) {
-  return backend.has_value() ? std::string(*backend) : std::string();
+std::string optional_name(const std::optional<c10::string_view>& name) {
+  return name.has_value() ? std::string(*name) : std::string();
 }
 
 // The forward's part of a call, shared by both op entry points.
@@ -34,7 +35,8 @@ LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::T
                               const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                               const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse,
                               int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
-                              const std::optional<c10::string_view>& backend) {
+                              const std::optional<c10::string_view>& backend,
+                              const std::optional<c10::string_view>& path) {
   return LayerForwardCall{.input = input,
                           .hx = hx,
                           .weight_ih = weight_ih,
@@ -43,16 +45,17 @@ LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::T
                           .bias_hh = bias_hh,
                           .lengths = lengths,
                           .options = parse_options(std::string(nonlinearity), reverse, truncate_every, keep_prob,
-                                                   seed, layer, backend_name(backend))};
+                                                   seed, layer, optional_name(backend), optional_name(path))};
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
     const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse, int64_t truncate_every,
-    double keep_prob, int64_t seed, int64_t layer, std::optional<c10::string_view> backend) {
+    double keep_prob, int64_t seed, int64_t layer, std::optional<c10::string_view> backend,
+    std::optional<c10::string_view> path) {
   LayerForwardCall call = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                                       reverse, truncate_every, keep_prob, seed, layer, backend);
+                                       reverse, truncate_every, keep_prob, seed, layer, backend, path);
   check_forward_call(call);
   return run_layer_forward(call);
 }
@@ -63,10 +66,10 @@ LayerBackwardResult rnn_layer_backward(
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
     c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, int64_t seed,
-    int64_t layer, std::optional<c10::string_view> backend) {
+    int64_t layer, std::optional<c10::string_view> backend, std::optional<c10::string_view> path) {
   LayerBackwardCall call{.forward = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                                  nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
-                                                 backend),
+                                                 backend, path),
                          .grad_output = grad_output,
                          .grad_h_n = grad_h_n,
                          .output = output,
@@ -92,17 +95,38 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 }
 
 // What backend `backend` (None: like's device's own) would launch for a recurrence of
-// hidden_size units in like's dtype, on like's (real or emulated) device.
-std::tuple<std::string, int64_t, int64_t, int64_t, int64_t, int64_t, std::string> recurrence_plan(
-    const at::Tensor& like, int64_t hidden_size, c10::string_view nonlinearity, bool backward,
-    std::optional<c10::string_view> backend) {
-  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), backend_name(backend));
+// hidden_size units and batch_size samples in like's dtype, on like's (real or emulated)
+// device: entry 0 is the chosen (or forced) plan, then every path's best shape. Per entry:
+// path, feasible (0 or 1), 10 integers (samples_per_group, groups, ctas_per_group, units_per_cta, grid,
+// block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves), us_per_step, reason.
+std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
+           std::vector<std::string>>
+recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size, bool backward,
+                std::optional<c10::string_view> path, std::optional<c10::string_view> backend) {
+  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), optional_name(backend));
   TORCH_CHECK_VALUE(b.plan != nullptr, "rnn_fused.plan: backend '", b.name,
                     "' runs no GPU kernels and has no launch plan (ask for a CUDA device or 'emulated')");
   const c10::OptionalDeviceGuard guard(like.device());
-  const RecurrencePlanReport r =
-      b.plan(compute_dtype(like.scalar_type()), hidden_size, parse_activation(std::string(nonlinearity)), backward);
-  return {r.path, r.grid, r.block_threads, r.units_per_block, r.shared_mem_bytes, r.blocks_per_sm, r.reason};
+  const RecurrencePlanReport report = b.plan(RecurrencePlanQuery{.compute = compute_dtype(like.scalar_type()),
+                                                                 .hidden = hidden_size,
+                                                                 .batch = batch_size,
+                                                                 .backward = backward,
+                                                                 .path = optional_name(path)});
+  std::vector<std::string> paths, reasons;
+  std::vector<int64_t> feasible;
+  std::vector<int64_t> shapes;
+  std::vector<double> us;
+  std::vector<RecurrencePlanReport::Entry> entries = {report.chosen};
+  entries.insert(entries.end(), report.candidates.begin(), report.candidates.end());
+  for (const RecurrencePlanReport::Entry& e : entries) {
+    paths.push_back(e.path);
+    feasible.push_back(e.feasible);
+    shapes.insert(shapes.end(), {e.samples_per_group, e.groups, e.ctas_per_group, e.units_per_cta, e.grid,
+                                 e.block_threads, e.cluster, e.shared_mem_bytes, e.blocks_per_sm, e.waves});
+    us.push_back(e.us_per_step);
+    reasons.push_back(e.reason);
+  }
+  return {paths, feasible, shapes, us, reasons};
 }
 
 }  // namespace
@@ -119,7 +143,8 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None) -> (Tensor output, Tensor h_n)");
+      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None, str? path=None) "
+      "-> (Tensor output, Tensor h_n)");
   // grad_output [T,B,H]; grad_h_n [B,H]; the forward's output [T,B,H]; then the forward's
   // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
   // grad_bias [H] (the gradient of bias_ih and of bias_hh alike); output_mask says which of
@@ -132,7 +157,8 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[5] output_mask, "
       "bool record_norms, Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None) -> (Tensor grad_input, Tensor grad_hx, "
+      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None, str? path=None) -> (Tensor grad_input, "
+      "Tensor grad_hx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor step_norms, Tensor grad_sq_norms, "
       "Tensor nonfinite)");
   m.def(
@@ -140,11 +166,10 @@ TORCH_LIBRARY(rnn_fused, m) {
       "-> Tensor",
       &rnn_fused::edge_scales);
   // like: a tensor with the layer's dtype on the device to plan for (CPU with backend
-  // 'emulated': the emulated device). Returns (path, grid, block_threads, units_per_block,
-  // shared_mem_bytes, blocks_per_sm, reason).
+  // 'emulated': the emulated device). The report's layout is at recurrence_plan above.
   m.def(
-      "recurrence_plan(Tensor like, int hidden_size, str nonlinearity, bool backward, str? backend=None) "
-      "-> (str, int, int, int, int, int, str)");
+      "recurrence_plan(Tensor like, int hidden_size, int batch_size, bool backward, str? path=None, "
+      "str? backend=None) -> (str[], int[], int[], float[], str[])");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }

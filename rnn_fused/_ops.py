@@ -43,11 +43,13 @@ class LayerOptions(NamedTuple):
     seed: int = 0
     layer: int = 0
     backend: str | None = None  # 'cpu', 'cuda', 'emulated' or None (the input device's own)
+    path: str | None = None  # GPU kernels: 'block', 'cluster', 'grid', 'stepwise' or None (the planner's choice)
 
     @classmethod
     def make(cls, nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
-             backend: str | None = None) -> LayerOptions:
-        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed, layer, backend)
+             backend: str | None = None, path: str | None = None) -> LayerOptions:
+        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed, layer, backend,
+                   path)
 
     @property
     def truncation(self) -> TruncationArgs:

@@ -104,12 +104,15 @@ class _RecordedLayer(torch.autograd.Function):
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None = None,
               nonlinearity: str = "tanh", reverse: bool = False, *, backend: str | None = None,
-              truncation=None, layer: int = 0, sink=None) -> tuple[Tensor, Tensor]:
+              path: str | None = None, truncation=None, layer: int = 0, sink=None) -> tuple[Tensor, Tensor]:
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
     backend: None (the input device's own: 'cpu' or 'cuda'), or 'emulated' (the CUDA
     kernels run on CPU tensors by the SIMT emulator, rnn_fused.simt).
+    path: for the GPU kernels ('cuda', 'emulated'), force a recurrence path: 'block',
+    'cluster', 'grid' or 'stepwise' (rnn_fused.plan); None lets the planner choose. A path
+    that cannot run the shape raises ValueError naming the limit, before anything runs.
     truncation: None, an int K >= 1, a RandomTruncation (docs/bptt.md), or the already
     resolved TruncationArgs; `layer` keys the randomized draws (with the direction).
     sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
@@ -119,7 +122,7 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
     inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
-    options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path)
     if sink is None:
         return _ops.layer_forward(inputs, options)
     if torch.compiler.is_compiling():
@@ -130,8 +133,8 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
-        lengths: Tensor | None = None, layer_fn=None, *, backend: str | None = None, truncation=None,
-        record=None) -> tuple[Tensor, Tensor]:
+        lengths: Tensor | None = None, layer_fn=None, *, backend: str | None = None, path: str | None = None,
+        truncation=None, record=None) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
@@ -171,8 +174,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
             else:
                 sink = None if record is None else record.sink(layer, direction, tuple(weights[index]))
                 out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                     nonlinearity, reverse, backend=backend, truncation=args, layer=layer,
-                                     sink=sink)
+                                     nonlinearity, reverse, backend=backend, path=path, truncation=args,
+                                     layer=layer, sink=sink)
             direction_outputs.append(out)
             final_states.append(h_n)
         layer_output = (direction_outputs[0] if directions == 1

@@ -1,9 +1,14 @@
-"""The CUDA backend's launch planner, queried from Python.
+"""The GPU kernels' path planner, queried from Python.
 
-`plan(hidden_size, ...)` reports what the recurrence kernels would do: the persistent
-cooperative kernel (grid, threads, W_hh rows per block in shared memory) or the per-step
-fallback, and why. device="emulated" asks the SIMT emulator's device (see
-rnn_fused.simt.emulated_device); a CUDA device asks the real GPU.
+`plan(hidden_size, batch_size=...)` reports which recurrence path the CUDA kernels take for
+a layer on a device, with what launch shape, how long the cost model predicts a step takes,
+and why; `.candidates` holds every path's best shape (or the limit that rules it out). The
+paths: "block" (one CTA per sample group holds all of W_hh), "cluster" (a thread-block
+cluster splits W_hh and exchanges the state through distributed shared memory, compute
+capability >= 9.0), "grid" (a cooperative grid over the whole GPU), "stepwise" (a cuBLAS
+product and an epilogue launch per step). device="emulated" asks the SIMT emulator's device
+(rnn_fused.simt.emulated_device); a CUDA device asks the real GPU. The predictions come from
+constants measured on an H200 (csrc/cuda/recurrence_cost_model.h).
 """
 
 from __future__ import annotations
@@ -14,26 +19,53 @@ import torch
 
 from . import _build  # noqa: F401  (loads rnn_fused._C)
 
+PATHS = ("block", "cluster", "grid", "stepwise")
+
 
 @dataclass(frozen=True)
-class LaunchPlan:
-    path: str               # "persistent" or "fallback"
-    grid: int               # blocks
+class PathEstimate:
+    path: str                    # "block", "cluster", "grid" or "stepwise"
+    feasible: bool               # whether it can run the shape on the device
+    samples_per_group: int       # samples one CTA group carries (in chunks of its kernel's register tile)
+    groups: int                  # sample groups: ceil(batch_size / samples_per_group)
+    ctas_per_group: int          # CTAs that split one group's hidden units
+    units_per_cta: int           # hidden units (rows of W_hh) per CTA
+    grid: int                    # CTAs of the launch (epilogue blocks for "stepwise")
     block_threads: int
-    units_per_block: int    # hidden units (rows of W_hh) per block
-    shared_mem_bytes: int   # dynamic shared memory per block (0 on the fallback path)
-    blocks_per_sm: int      # co-resident blocks per SM at that shared memory (persistent)
-    reason: str
+    cluster: int                 # CTAs per thread-block cluster ("cluster"), else 1
+    shared_mem_bytes: int        # dynamic shared memory per CTA
+    blocks_per_sm: int           # co-resident CTAs per SM at that shared memory
+    waves: int                   # times the groups take turns on the device (1: all at once)
+    predicted_us_per_step: float
+    reason: str                  # the shape's description, or the limit that rules it out
 
 
-def plan(hidden_size: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated",
-         nonlinearity: str = "tanh", backward: bool = False) -> LaunchPlan:
-    """The plan of the forward (or backward) recurrence kernel for a layer of `hidden_size`
-    units in `dtype` (float16/bfloat16 plan as float32, the compute dtype)."""
+@dataclass(frozen=True)
+class LaunchPlan(PathEstimate):
+    """The chosen (or forced) path's estimate, and every path's best shape."""
+
+    candidates: tuple[PathEstimate, ...] = ()
+
+    def candidate(self, path: str) -> PathEstimate:
+        return next(c for c in self.candidates if c.path == path)
+
+
+_SHAPE_FIELDS = 10
+
+
+def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
+         device: str | torch.device = "emulated", backward: bool = False, path: str | None = None) -> LaunchPlan:
+    """The plan of the forward (or backward) recurrence for a layer of `hidden_size` units and
+    `batch_size` samples in `dtype` (float16/bfloat16 plan as float32, the compute dtype).
+    `path` forces one: ValueError naming the path, the shape and the limit when it cannot run."""
     emulated = device == "emulated"
     target = torch.device("cpu") if emulated else torch.device(device)
     if target.type != "cuda" and not emulated:
         raise ValueError(f"rnn_fused.plan: device must be 'emulated' or a CUDA device, got {device!r}")
     like = torch.empty(0, dtype=dtype, device=target)
-    backend = "emulated" if emulated else None
-    return LaunchPlan(*torch.ops.rnn_fused.recurrence_plan(like, hidden_size, nonlinearity, backward, backend))
+    paths, feasible, shapes, predicted, reasons = torch.ops.rnn_fused.recurrence_plan(
+        like, hidden_size, batch_size, backward, path, "emulated" if emulated else None)
+    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS],
+                              predicted[i], reasons[i]) for i in range(len(paths))]
+    chosen, *candidates = estimates
+    return LaunchPlan(**vars(chosen), candidates=tuple(candidates))

@@ -58,6 +58,9 @@ class RNN(nn.Module):
     """
 
     backend: str | None = None
+    # The GPU kernels' recurrence path ('block', 'cluster', 'grid', 'stepwise'), or None for the
+    # planner's choice (rnn_fused.plan). Like backend, set on an instance.
+    path: str | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
 
@@ -357,7 +360,7 @@ class RNN(nn.Module):
             self._gradient_recorder.records.append(record)
         return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers, self.bidirectional,
                               self.nonlinearity, self.dropout, self.training, lengths,
-                              backend=self.backend, truncation=truncation, record=record)
+                              backend=self.backend, path=self.path, truncation=truncation, record=record)
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -1,8 +1,8 @@
 """Truncation and gradient norms at the level of the single-layer ops, on every backend.
 
-The emulated CUDA kernels run on multi-block grids (each block reduces the norms of its
-own units; the host adds the blocks' partials), on the per-step fallback, and under every
-emulator schedule; the CPU loops run the same cases. References: autograd through
+The emulated CUDA kernels run on every recurrence path (block, grid with several CTAs per
+sample group adding their partial norms, stepwise), under every emulator schedule; the CPU
+loops run the same cases. References: autograd through
 reference.py's step loop with the same edge scales (float64), and hooks on its states.
 Module-level semantics (detach loops, packed input, statistics) are in
 test_truncation.py and test_gradient_norms.py.
@@ -20,12 +20,9 @@ from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import layer_args
+from rnn_cases import EMULATED_PATHS, layer_args
 
 OPS = torch.ops.rnn_fused
-DEVICES = {"2sm": dict(sm_count=2), "no_coop": dict(sm_count=2, cooperative_launch=False),
-           "tiny_smem": dict(sm_count=4, shared_mem_per_block=64, shared_mem_per_block_optin=64,
-                             shared_mem_per_sm=4096)}
 TRUNCATIONS = {"full": None, "K1": 1, "K2": 2, "K4": 4, "random": RandomTruncation(0.6, seed=11)}
 # steps, batch, input, hidden, nonlinearity, reverse, lengths
 CASES = [
@@ -67,9 +64,9 @@ def _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeyp
     return grads, norms
 
 
-def _run_op(args, lengths, nonlinearity, reverse, truncation_args, backend, cotangents, layer=0):
+def _run_op(args, lengths, nonlinearity, reverse, truncation_args, backend, cotangents, layer=0, path=None):
     inputs = _ops.LayerInputs(*args, lengths)
-    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend, path)
     out, h_n = _ops.layer_forward(inputs, options)
     return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
 
@@ -82,8 +79,9 @@ def _close64(actual, expected):
 @pytest.mark.parametrize("truncation", list(TRUNCATIONS), ids=list(TRUNCATIONS))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
 def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeypatch):
-    """CPU op and emulated kernels (2-SM grid) vs float64 autograd with the same edge scales;
-    the emulated kernels are bitwise equal under forward, reverse and shuffled schedules."""
+    """CPU op and emulated kernels on every path (2-SM device) vs float64 autograd with the same
+    edge scales; the emulated kernels are bitwise equal under forward, reverse and shuffled
+    schedules."""
     steps, batch, input_size, hidden, nonlinearity, reverse, lengths = case
     lengths = None if lengths is None else torch.tensor(lengths)
     layer = 1
@@ -98,10 +96,12 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeyp
     # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order
     # (input, hx, w_ih, w_hh, b_ih, b_hh).
     results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "cpu", cotangents, layer)}
-    with simt.emulated_device(**DEVICES["2sm"]):
-        for mode in ("forward", "reverse", "shuffle"):
-            with simt.schedule(mode, seed=5):
-                results[mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "emulated", cotangents, layer)
+    with simt.emulated_device(sm_count=2):
+        for path in EMULATED_PATHS:
+            for mode in ("forward", "reverse", "shuffle"):
+                with simt.schedule(mode, seed=5):
+                    results[path, mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "emulated",
+                                                  cotangents, layer, path)
     for name, result in results.items():
         grads, step_norms, sq_norms, nonfinite = result[:5], result[5], result[6], result[7]
         for got, want in zip(grads, ref_grads[:5]):
@@ -111,14 +111,15 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeyp
         expected_sq = torch.stack([gr.pow(2).sum() for gr in grads])
         _close64(sq_norms, expected_sq)
         assert not nonfinite.item(), name
-    for mode in ("reverse", "shuffle"):
-        assert all(torch.equal(a, b) for a, b in zip(results["forward"], results[mode])), mode
+    for path in EMULATED_PATHS:
+        for mode in ("reverse", "shuffle"):
+            assert all(torch.equal(a, b) for a, b in zip(results[path, "forward"], results[path, mode])), (path, mode)
 
 
-@pytest.mark.parametrize("device", list(DEVICES), ids=list(DEVICES))
-def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
-    """Multi-block, fallback and tiny-shared-memory plans all reduce the same norms (float32,
-    H = 40 spread over many blocks) as the CPU loop, to float32 rounding."""
+@pytest.mark.parametrize("path", EMULATED_PATHS)
+def test_norm_partials_of_every_path_agree_with_cpu(path):
+    """Every path reduces the same norms (float32, H = 40; on the grid path spread over two
+    CTAs per sample group) as the CPU loop, to float32 rounding."""
     steps, batch, hidden = 5, 3, 40
     args = layer_args(steps, batch, 3, hidden, bias=True, hx=False, dtype=torch.float32)
     lengths = torch.tensor([5, 3, 4])
@@ -126,10 +127,10 @@ def test_norm_partials_of_every_grid_shape_agree_with_cpu(device):
     cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     targs = TruncationArgs(every=2)
     cpu = _run_op(args, lengths, "tanh", False, targs, "cpu", cot)
-    with simt.emulated_device(**DEVICES[device]):
-        emulated = _run_op(args, lengths, "tanh", False, targs, "emulated", cot)
-        plan = rnn_fused.plan(hidden, backward=True)
-    assert plan.grid > 1
+    with simt.emulated_device(sm_count=2):
+        emulated = _run_op(args, lengths, "tanh", False, targs, "emulated", cot, path=path)
+        plan = rnn_fused.plan(hidden, batch, backward=True, path=path)
+    assert plan.path == path and (path != "grid" or plan.ctas_per_group > 1)
     # Two float32 evaluations of norms whose g differ by float32 rounding of the recurrence:
     # within the classic worst-case bound of a length-H float32 sum, twice (one per side).
     torch.testing.assert_close(emulated[5], cpu[5], rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
@@ -310,8 +311,10 @@ def test_float32_step_norms_neither_underflow_nor_overflow(scale, backend):
     assert not result[7].item()
 
 
-def test_more_samples_than_warps_in_the_grid():
-    """H = 4: one block of 8 warps adds up the partials of 11 samples (warps take several)."""
+@pytest.mark.parametrize("path", EMULATED_PATHS)
+def test_more_samples_than_a_chunk(path):
+    """H = 4, 11 samples: several sample groups in waves (block), several chunks per CTA on a
+    1-SM device holding one CTA (grid), one epilogue CTA per sample (stepwise)."""
     steps, batch, hidden = 5, 11, 4
     args = layer_args(steps, batch, 3, hidden, bias=True, hx=True)
     lengths = torch.tensor([5, 1, 3, 5, 0, 2, 4, 5, 5, 1, 3])
@@ -320,9 +323,13 @@ def test_more_samples_than_warps_in_the_grid():
            torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
     targs = resolve_truncation(RandomTruncation(0.5, seed=8))
     cpu = _run_op(args, lengths, "relu", True, targs, "cpu", cot)
-    with simt.emulated_device(sm_count=2):
-        assert rnn_fused.plan(hidden, torch.float64, backward=True).grid == 1
-        emulated = _run_op(args, lengths, "relu", True, targs, "emulated", cot)
+    with simt.emulated_device(sm_count=1, max_blocks_per_sm=1):
+        plan = rnn_fused.plan(hidden, batch, torch.float64, backward=True, path=path)
+        if path == "grid":
+            assert plan.groups == 1 and plan.samples_per_group >= batch  # one CTA, several chunks
+        if path == "block":
+            assert plan.waves > 1
+        emulated = _run_op(args, lengths, "relu", True, targs, "emulated", cot, path=path)
     for a, b in zip(emulated, cpu):
         if a.dtype == torch.bool:
             assert torch.equal(a, b)

@@ -1,10 +1,10 @@
-"""The CUDA backend's kernels and launch planner, executed on the CPU by the SIMT emulator.
+"""The CUDA backend's kernels and path planner, executed on the CPU by the SIMT emulator.
 
 Backend "emulated" of the op pair runs the exact sources of csrc/cuda/ (kernels and host
-launch code) on CPU tensors. The emulated device is small (2-4 SMs) so grid-wide
-barriers span several blocks; some configurations force the per-step fallback; hidden
-sizes are not multiples of the planner's tile. Sizes stay small: every emulated CUDA
-thread is a fiber.
+launch code) on CPU tensors. Every recurrence path (block, grid, stepwise) is forced in turn
+on a small emulated device (2 SMs, so grids span several CTAs), besides the planner's own
+choice; hidden sizes are not multiples of the kernels' tiles. Sizes stay small: every
+emulated CUDA thread is a fiber.
 """
 
 from __future__ import annotations
@@ -20,22 +20,23 @@ from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
 
-from rnn_cases import RNNCase, layer_args
+from rnn_cases import EMULATED_PATHS, RNNCase, layer_args
 
 OPS = torch.ops.rnn_fused
 
 SMALL_GPU = dict(sm_count=2)
-# Cooperative launch unavailable: the planner must take the per-step path.
+# Cooperative launch unavailable: no grid path.
 NO_COOPERATIVE = dict(sm_count=2, cooperative_launch=False)
-# Shared memory too small for any W_hh slice of the sizes below (>= 4 rows of >= 7 floats).
+# Shared memory too small for any W_hh slice of the sizes below: only the stepwise path runs.
 TINY_SHARED = dict(sm_count=4, shared_mem_per_block=64, shared_mem_per_block_optin=64, shared_mem_per_sm=4096)
-DEVICES = {"2sm": SMALL_GPU, "4sm": dict(sm_count=4), "no_coop": NO_COOPERATIVE, "tiny_smem": TINY_SHARED}
+# Forced paths and the planner's own choice (None).
+PATH_CHOICES = [*EMULATED_PATHS, None]
 
 
-def run_layer(args, lengths, nonlinearity, reverse, backend, cotangents):
+def run_layer(args, lengths, nonlinearity, reverse, backend, cotangents, path=None):
     """Forward and backward of one layer; returns [output, h_n, *grads of present args]."""
     leaves = [None if a is None else a.detach().clone().requires_grad_() for a in args]
-    out, h_n = rnn_fused.rnn_layer(*leaves, lengths, nonlinearity, reverse, backend=backend)
+    out, h_n = rnn_fused.rnn_layer(*leaves, lengths, nonlinearity, reverse, backend=backend, path=path)
     present = [a for a in leaves if a is not None]
     grads = torch.autograd.grad((out, h_n), present, [c.to(out.dtype) for c in cotangents])
     return [out.detach(), h_n.detach(), *grads]
@@ -64,12 +65,13 @@ def _case_id(case):
     return "-".join(str(v) for v in case).replace(" ", "")
 
 
-@pytest.mark.parametrize("device", list(DEVICES), ids=list(DEVICES))
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=[str(p) for p in PATH_CHOICES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
-def test_layer_matches_reference_under_every_schedule(case, dtype, device):
-    """Emulated CUDA kernels vs the float64 step loop (tolerance rule, stock = step loop in
-    dtype) and vs the CPU backend; bitwise-equal results under every emulator schedule."""
+def test_layer_matches_reference_under_every_schedule(case, dtype, path):
+    """Emulated CUDA kernels on each path vs the float64 step loop (tolerance rule, stock =
+    step loop in dtype) and vs the CPU backend; bitwise-equal results under every emulator
+    schedule and from run to run."""
     steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
     lengths = None if lengths is None else torch.tensor(lengths)
     args = layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)
@@ -77,11 +79,11 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, device):
     cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
                   torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
     cast = [None if a is None else a.to(dtype) for a in args]
-    with simt.emulated_device(**DEVICES[device]):
+    with simt.emulated_device(**SMALL_GPU):
         runs = []
-        for mode, seed in simt.ALL_SCHEDULES:
+        for mode, seed in (*simt.ALL_SCHEDULES, ("forward", 0)):
             with simt.schedule(mode, seed):
-                runs.append(run_layer(cast, lengths, nonlinearity, reverse, "emulated", cotangents))
+                runs.append(run_layer(cast, lengths, nonlinearity, reverse, "emulated", cotangents, path))
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b), "results differ between emulator schedules"
@@ -101,20 +103,20 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, device):
 
 
 @pytest.mark.parametrize("hidden", [7, 33, 100])
-def test_persistent_and_fallback_paths_agree_bitwise(hidden):
-    """Both paths share one step body, so they round identically."""
+def test_block_and_grid_paths_agree_bitwise(hidden):
+    """The persistent paths share the dot products and their fixed reduction tree, whatever
+    the samples per chunk, the CTAs per group or the chunks per CTA: they round identically."""
     args = layer_args(5, 3, 4, hidden, dtype=torch.float32)
     lengths = torch.tensor([5, 1, 3])
     g = torch.Generator().manual_seed(3)
     cotangents = [torch.randn(5, 3, hidden, generator=g), torch.randn(3, hidden, generator=g)]
-    results = {}
-    for device in ("2sm", "no_coop", "tiny_smem"):
-        with simt.emulated_device(**DEVICES[device]):
-            results[device] = (rnn_fused.plan(hidden).path,
-                               run_layer(args, lengths, "tanh", True, "emulated", cotangents))
-    assert [results[d][0] for d in ("2sm", "no_coop", "tiny_smem")] == ["persistent", "fallback", "fallback"]
-    for device in ("no_coop", "tiny_smem"):
-        for a, b in zip(results["2sm"][1], results[device][1]):
+    results = []
+    for device, path in [(SMALL_GPU, "block"), (SMALL_GPU, "grid"), (dict(sm_count=1, max_blocks_per_sm=1), "grid"),
+                         (dict(sm_count=1, max_blocks_per_sm=1), "block")]:
+        with simt.emulated_device(**device):
+            results.append(run_layer(args, lengths, "tanh", True, "emulated", cotangents, path))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
             assert torch.equal(a, b)
 
 
@@ -133,26 +135,28 @@ MODULE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("device", ["2sm", "4sm", "tiny_smem"])
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=[str(p) for p in PATH_CHOICES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", range(len(MODULE_CASES)))
-def test_module_matches_nn_rnn(case, dtype, device, monkeypatch, generator):
-    """rnn_fused.RNN on the emulated CUDA kernels vs torch.nn.RNN (tolerance rule)."""
+def test_module_matches_nn_rnn(case, dtype, path, monkeypatch, generator):
+    """rnn_fused.RNN on the emulated CUDA kernels, each path, vs torch.nn.RNN (tolerance
+    rule): layers, bidirectional, packed, batch_first, unbatched, hx, relu, no bias."""
     rnn_case = MODULE_CASES[case]
     input, hx = rnn_case.inputs(generator)
     monkeypatch.setattr(RNN, "backend", "emulated")
+    monkeypatch.setattr(RNN, "path", path)
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
-    with simt.emulated_device(**DEVICES[device]):
+    with simt.emulated_device(**SMALL_GPU):
         compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, ulps=ulps)
 
 
-@pytest.mark.parametrize("device", ["2sm", "no_coop"])
+@pytest.mark.parametrize("path", EMULATED_PATHS)
 @pytest.mark.parametrize("nonlinearity,reverse,bias,hx,lengths", [
     ("tanh", False, True, True, [4, 2, 0]),
     ("tanh", True, False, False, None),
     ("relu", True, True, True, [1, 4, 3]),
 ])
-def test_gradcheck_through_emulated_kernels(nonlinearity, reverse, bias, hx, lengths, device):
+def test_gradcheck_through_emulated_kernels(nonlinearity, reverse, bias, hx, lengths, path):
     args = layer_args(4, 3, 2, 6, bias=bias, hx=hx)
     lengths = None if lengths is None else torch.tensor(lengths)
     present = [a.requires_grad_() for a in args if a is not None]
@@ -160,9 +164,9 @@ def test_gradcheck_through_emulated_kernels(nonlinearity, reverse, bias, hx, len
     def layer(*tensors):
         it = iter(tensors)
         full = [next(it) if a is not None else None for a in args]
-        return rnn_fused.rnn_layer(*full, lengths, nonlinearity, reverse, backend="emulated")
+        return rnn_fused.rnn_layer(*full, lengths, nonlinearity, reverse, backend="emulated", path=path)
 
-    with simt.emulated_device(**DEVICES[device]):
+    with simt.emulated_device(**SMALL_GPU):
         assert torch.autograd.gradcheck(layer, present)
 
 
@@ -206,48 +210,81 @@ def test_opcheck_emulated_ops():
                               kwargs)
 
 
-# ---- launch planner ----
+# ---- path planner ----
 
-def test_plan_small_gpu_spans_several_blocks():
+def test_plan_reports_every_path_with_a_prediction():
     with simt.emulated_device(**SMALL_GPU):
-        plan = rnn_fused.plan(33)
-    assert plan.path == "persistent"
-    # 9 blocks of 4 units would need 5 per SM, registers allow 4 (64 per thread): so 8 blocks
-    # at most, tiles of 5 units, 7 blocks, the last one holding 3 units.
-    assert plan.blocks_per_sm == 4
-    assert (plan.grid, plan.units_per_block, plan.block_threads) == (7, 5, 256)
-    assert plan.shared_mem_bytes == 5 * 33 * 4
-    assert plan.grid > 2 and plan.blocks_per_sm * 2 >= plan.grid
-    assert "co-resident" in plan.reason
+        plan = rnn_fused.plan(33, 5)
+    assert [c.path for c in plan.candidates] == ["block", "cluster", "grid", "stepwise"]
+    feasible = [c for c in plan.candidates if c.feasible]
+    assert {c.path for c in feasible} >= {"block", "grid", "stepwise"}
+    assert all(c.predicted_us_per_step > 0 for c in feasible)
+    # The planner takes the fastest predicted feasible path.
+    assert plan.predicted_us_per_step == min(c.predicted_us_per_step for c in feasible)
+    assert plan.path == "block" and "fastest" in plan.reason
+    block = plan.candidate("block")
+    assert block.units_per_cta == 33 and block.ctas_per_group == 1 and block.block_threads == 256
+    assert block.groups * block.samples_per_group >= 5 and block.grid == block.groups
 
 
-def test_plan_takes_bigger_slices_when_blocks_per_sm_are_few():
+def test_plan_rules_out_paths_with_their_limits():
+    with simt.emulated_device(**NO_COOPERATIVE):
+        grid = rnn_fused.plan(33, 4).candidate("grid")
+    assert not grid.feasible and "cooperative" in grid.reason
+    with simt.emulated_device(**TINY_SHARED):
+        plan = rnn_fused.plan(33, 4)
+    assert plan.path == "stepwise"
+    for path in ("block", "grid"):
+        assert "shared_mem_per_block_optin = 64" in plan.candidate(path).reason
+    with simt.emulated_device(**SMALL_GPU):
+        assert "at most 256 hidden units" in rnn_fused.plan(300).candidate("block").reason
+
+
+def test_forced_path_that_cannot_run_is_refused_before_anything_runs():
+    args = layer_args(3, 2, 2, 300, dtype=torch.float32)
+    with simt.emulated_device(**SMALL_GPU):
+        with pytest.raises(ValueError, match=r"path 'block' cannot run hidden_size=300, batch_size=2 in float32 "
+                                             r"\(forward\) on this device: one CTA owns at most 256 hidden units"):
+            rnn_fused.rnn_layer(*args, backend="emulated", path="block")
+        with pytest.raises(ValueError, match=r"path 'grid' cannot run hidden_size=33"):
+            with simt.emulated_device(**NO_COOPERATIVE):
+                rnn_fused.plan(33, 2, path="grid")
+    with pytest.raises(ValueError, match="path must be 'block', 'cluster', 'grid', 'stepwise' or None, got 'warp'"):
+        rnn_fused.plan(33, path="warp")
+    with pytest.raises(ValueError, match="backend 'cpu' runs its own loops: pass path=None"):
+        rnn_fused.rnn_layer(*layer_args(3, 2, 2, 4), path="block")
+
+
+def test_plan_large_batches_take_chunks_on_the_grid_path():
+    """A cooperative grid must be co-resident: on a 2-SM device holding one CTA per SM, 40
+    samples go to at most 2 sample groups, each computing several chunks per step."""
     with simt.emulated_device(sm_count=2, max_blocks_per_sm=1):
-        plan = rnn_fused.plan(100, dtype=torch.float64, backward=True)
-    assert plan.path == "persistent"
-    assert (plan.grid, plan.units_per_block, plan.shared_mem_bytes) == (2, 50, 50 * 100 * 8)
+        grid = rnn_fused.plan(20, 40, path="grid")
+    assert grid.grid <= 2 and grid.groups * grid.samples_per_group >= 40 and "chunks" in grid.reason
 
 
-@pytest.mark.parametrize("device,why", [("no_coop", "does not support cooperative launch"),
-                                        ("tiny_smem", "does not stay on chip")])
-def test_plan_falls_back_with_reason(device, why):
-    with simt.emulated_device(**DEVICES[device]):
-        plan = rnn_fused.plan(33)
-    assert plan.path == "fallback" and why in plan.reason
-    assert (plan.grid, plan.units_per_block, plan.shared_mem_bytes) == (5, 8, 0)
-
-
-def test_plan_h100_like_device_keeps_h1024_float32_on_chip():
-    """The default emulated device resembles an H100 (132 SMs, 227 KB shared per block)."""
+@pytest.mark.parametrize("hidden,batch,path", [
+    (64, 1, "block"), (64, 8, "block"), (128, 32, "block"), (192, 8, "block"),  # W_hh fits one CTA
+    (1024, 8, "grid"), (1024, 32, "grid"),  # W_hh spread over the SMs
+    (4096, 4, "stepwise"),  # 64 MB of W_hh: beyond the chip
+])
+def test_plan_on_an_h100_like_device(hidden, batch, path):
+    """The default emulated device resembles an H100/H200 (132 SMs, 227 KB shared per block)."""
     simt.reset_device_properties()
-    for hidden, backward in itertools.product([128, 256, 512, 1024], [False, True]):
-        plan = rnn_fused.plan(hidden, backward=backward)
-        assert plan.path == "persistent", plan.reason
-        assert plan.grid * plan.units_per_block >= hidden > (plan.grid - 1) * plan.units_per_block
-    # W_hh of H = 4096 in float32 is 64 MB, beyond the chip's 132 x 228 KB.
-    assert rnn_fused.plan(4096).path == "fallback"
+    plan = rnn_fused.plan(hidden, batch)
+    assert plan.path == path, plan.reason
+    assert plan.candidate("stepwise").feasible
 
 
-def test_plan_rejects_non_positive_hidden():
+def test_plan_float64_halves_what_fits():
+    simt.reset_device_properties()
+    assert rnn_fused.plan(224, 8).candidate("block").feasible
+    block64 = rnn_fused.plan(224, 8, dtype=torch.float64).candidate("block")
+    assert not block64.feasible and "shared_mem_per_block_optin" in block64.reason
+
+
+def test_plan_rejects_non_positive_sizes():
     with pytest.raises(ValueError, match="hidden_size must be positive, got 0"):
         rnn_fused.plan(0)
+    with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
+        rnn_fused.plan(8, 0)

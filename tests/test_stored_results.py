@@ -1,12 +1,14 @@
-"""Results of the op pair are bitwise equal to those stored before the host-layer refactor.
+"""Results of the op pair are bitwise equal to stored ones: refactors must not move a bit.
 
 tests/data/stored_layer_results.json holds SHA-256 digests of every result of the op pair
-(forward: output, h_n; backward: the five gradients, step norms, squared norms, flag) at
-commit 54a1037, for 24 configurations (dtypes float32/float64/bfloat16, tanh/relu, both
-directions, lengths with empty samples, hx and biases present or not, full / K / randomized
-/ K + randomized truncation, norms recorded or not) on the CPU backend and through the
-emulated CUDA kernels on three emulated devices (default, 2 SMs, no cooperative launch).
-The inputs are drawn again here from the same seeds.
+(forward: output, h_n; backward: the five gradients, step norms, squared norms, flag) for
+24 configurations (dtypes float32/float64/bfloat16, tanh/relu, both directions, lengths with
+empty samples, hx and biases present or not, full / K / randomized / K + randomized
+truncation, norms recorded or not), on the CPU backend and through the emulated CUDA
+kernels on each recurrence path (2-SM emulated device). The inputs are drawn again here from
+the same seeds. The CPU digests date from commit 54a1037 (before the host-layer refactor);
+the emulated ones from the rewrite of the GPU kernels into block/grid/stepwise paths, whose
+new summation order (8-lane dot products, a fixed reduce-scatter) changed their rounding.
 
 Bitwise equality needs the same BLAS code path: the stored digests name the CPU capability
 they were made on (torch.backends.cpu.get_cpu_capability()) and the test runs single-threaded,
@@ -32,7 +34,7 @@ from rnn_fused import _ops, simt
 from rnn_fused.truncation import TruncationArgs
 
 STORED = os.path.join(os.path.dirname(__file__), "data", "stored_layer_results.json")
-DEVICES = {"default": {}, "2sm": dict(sm_count=2), "no_coop": dict(sm_count=2, cooperative_launch=False)}
+EMULATED_PATHS = ("block", "grid", "stepwise")
 DTYPES = {"torch.float32": torch.float32, "torch.float64": torch.float64, "torch.bfloat16": torch.bfloat16}
 
 
@@ -65,8 +67,8 @@ def inputs(case, seed):
     return layer_inputs, draw(steps, batch, hidden), draw(batch, hidden)
 
 
-def run(case, layer_inputs, grad_output, grad_h_n, backend):
-    options = _ops.LayerOptions.make(case["act"], case["reverse"], case["trunc"], case["layer"], backend)
+def run(case, layer_inputs, grad_output, grad_h_n, backend, path=None):
+    options = _ops.LayerOptions.make(case["act"], case["reverse"], case["trunc"], case["layer"], backend, path)
     out, h_n = _ops.layer_forward(layer_inputs, options)
     mask = [True, layer_inputs.hx is not None, True, True, True]
     backward = _ops.layer_backward(grad_output, grad_h_n, out, mask, case["record"], layer_inputs, options)
@@ -95,9 +97,9 @@ def all_digests():
         for seed, case in enumerate(cases()):
             args = inputs(case, seed)
             results = {"cpu": [digest(t) for t in run(case, *args, "cpu")]}
-            for name, device in DEVICES.items():
-                with simt.emulated_device(**device):
-                    results["emulated-" + name] = [digest(t) for t in run(case, *args, "emulated")]
+            with simt.emulated_device(sm_count=2):
+                for path in EMULATED_PATHS:
+                    results["emulated-" + path] = [digest(t) for t in run(case, *args, "emulated", path)]
             records.append(dict(case={k: str(v) if k == "trunc" else v for k, v in case.items()}, seed=seed,
                                 results=results))
     return records
@@ -128,7 +130,7 @@ def test_results_are_bitwise_equal_to_the_stored_ones():
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
-    meta = dict(data_from="tests/test_stored_results.py --write", cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                threads=1, torch=torch.__version__)
+    meta = dict(cpu_from="commit 54a1037", emulated_from="the block/grid/stepwise kernels",
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), threads=1, torch=torch.__version__)
     with open(STORED, "w") as f:
         json.dump(dict(meta=meta, records=all_digests()), f, indent=1)

@@ -1,53 +1,37 @@
-// Backward recurrence (BPTT) of one layer and direction, processing steps s = T-1 .. 0:
+// Backward recurrence (BPTT) of one Elman layer and direction, processing steps s = T-1 .. 0:
 //   carry = W_hh^T dz_{s+1}            (zero at a sample's last valid step)
 //   g_s   = dy_t + c_{s+1} * carry (+ dh_n at the sample's last valid step)
 //   dz_s  = g_s * act'(h_t)            (from the saved output h_t)
 // with t = step_time(s, lengths[b], reverse) and c the edge scale of truncation
-// (recurrence_math.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one, drawn
-// here from the counter-based generator). The weight, input, bias and h_0 gradients
-// follow from dz as whole-sequence GEMMs on the host (layer_gemms.h).
-// When norms are recorded, each block also reduces sum_u g^2 over its own units, per
-// sample, into its partial of the step; at the next step (after the grid barrier) the
-// grid adds the blocks' partials of the previous step, one warp per sample, into step_sq.
-// Fixed orders and a fixed butterfly, no atomics: bitwise-reproducible, like the gradients.
+// (recurrence_math.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one,
+// drawn here from the counter-based generator). The weight, input, bias and h_0 gradients
+// follow from dz as whole-sequence GEMMs on the host (elman_gemms.h).
 //
-// Two kernels share one step body (backward_step_slice), so they round identically:
-//  - backward_recurrence_persistent_kernel: ONE cooperative launch for the whole sequence.
-//    Block b owns units [b*units_per_block, min(H, (b+1)*units_per_block)) and keeps those
-//    columns of W_hh (rows of W_hh^T) in dynamic shared memory, loaded once; one
-//    simt::grid_sync() per step.
-//  - backward_step_kernel: the fallback, one launch per step, W_hh^T rows from global memory.
-// Thread mapping as in the forward: warp w handles work items w, w + warps, ... of the
-// block's slice (one unit x kSamplesPerWarp samples); its lanes split the dot products.
+// backward_recurrence_kernel<scalar_t, kSamples, kPath> mirrors the forward kernel
+// (elman_forward_kernel.cuh) with rows of W_hh^T and the group's dz rows as the state. When
+// norms are recorded, each owning lane adds g^2 of its units in float64; the CTA sums those
+// per sample in a fixed order, and the group's CTAs' sums are added (rank order) into
+// step_sq: bitwise-reproducible, like the gradients. backward_step_epilogue_kernel is the
+// Stepwise path's per-step epilogue.
 //
 // Arguments (BackwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
-//   w_hh_t  [H,H]    read: W_hh transposed (row u = column u of W_hh)
-//   dy      [T,B,H]  read: gradient of the output
-//   dh_n    [B,H]    read: gradient of h_n
-//   out     [T,B,H]  read: saved h_t
-//   dz      [T,B,H]  zero on entry; written at each sample's valid steps
-//   dz_step [2,B,H]  zero on entry; step s writes dz at processing step s to dz_step[s % 2]
-//                    and reads step s+1's from dz_step[(s + 1) % 2]; at exit dz_step[0]
-//                    holds dz at each sample's processing step 0 (zero if lengths[b] = 0)
-//   lengths [B]      int64 valid steps per sample, or null (all T)
-//   truncation       the edge scales' parameters (TruncationParams)
-//   g_sq    [B,H]    float64 scratch: g^2 of the current step, or null (norms not recorded)
-//   norm_partials [2,G,B] float64 scratch (G = gridDim.x): at step s block k writes the
-//                    sum over its units of g^2 of sample b to [s % 2, k, b]; or null
-//   step_sq [T,B]    float64, zero on entry: ||g_t||^2 at each sample's valid steps; or null
-//   edge_scratch [G,B] scratch for randomized truncation: block k draws the step's edge
-//                    scales into row k; null when keep_prob = 1 (no draws: K or full BPTT)
+//   w_hh_t   [H,H]    read: W_hh transposed (row u = column u of W_hh)
+//   dy       [T,B,H]  read: gradient of the output
+//   dh_n     [B,H]    read: gradient of h_n
+//   out      [T,B,H]  read: saved h_t
+//   dz       [T,B,H]  zero on entry; written at each sample's valid steps
+//   dz_first [B,H]    written: dz at each sample's processing step 0 (zero for an empty sample)
+//   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity), zero on entry; else null
+//   lengths  [B]      int64 valid steps per sample, or null (all T)
+//   truncation        the edge scales' parameters (TruncationParams)
+//   step_sq  [T,B]    float64, zero on entry: ||g_t||^2 at each sample's valid steps; or null
+//   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 #pragma once
 
-#include "cuda/kernel_common.cuh"
+#include "cuda/recurrence_paths.cuh"
 
 namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
-
-// Launch bounds of the backward kernels: 256 threads, at least 3 blocks per SM, i.e. up to
-// 85 registers a thread (they use 78-80). Left to its own heuristic, ptxas (sm_90, float32)
-// held the step body with truncation and norm reduction to 64 registers and spilled.
-constexpr int kBackwardMinBlocksPerSm = 3;
 
 template <typename scalar_t>
 struct BackwardRecurrenceArgs {
@@ -56,123 +40,234 @@ struct BackwardRecurrenceArgs {
   const scalar_t* dh_n;
   const scalar_t* out;
   scalar_t* dz;
-  scalar_t* dz_step;
+  scalar_t* dz_first;
+  scalar_t* exchange;
   const int64_t* lengths;
   LayerShape shape;  // input_size unused
   bool reverse;
+  Activation activation;
   TruncationParams truncation;
-  double* g_sq;
-  double* norm_partials;
   double* step_sq;
-  scalar_t* edge_scratch;
+  double* norm_partials;
 };
 
-// step_sq at processing step r of every sample = the sum of the blocks' partials of step r,
-// which every block wrote before the last grid-wide barrier. One warp per sample across the
-// grid: lanes take blocks k = lane, lane + 32, ... in order, then a fixed butterfly.
+// g and dz of one (sample, unit) at processing step s < length (the arithmetic every path
+// shares). carry = (W_hh^T dz_{s+1})_u; edge = c_{s+1}, read only when s + 1 < length.
 template <typename scalar_t>
-SIMT_DEVICE void add_up_norm_partials(const BackwardRecurrenceArgs<scalar_t>& a, int64_t r) {
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int64_t warps = static_cast<int64_t>(blockDim.x) / kWarp;
-  const int64_t grid_warps = static_cast<int64_t>(gridDim.x) * warps;
-  const int64_t blocks = gridDim.x;
-  const double* partials = a.norm_partials + (r % 2) * blocks * a.shape.batch;
-  for (int64_t b = blockIdx.x * warps + threadIdx.x / kWarp; b < a.shape.batch; b += grid_warps) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
-    if (r >= length) continue;  // uniform over the warp
-    double sum = 0.0;
-    for (int64_t k = lane; k < blocks; k += kWarp) sum += partials[k * a.shape.batch + b];
-    sum = warp_sum(sum);
-    if (lane == 0) a.step_sq[step_time(r, length, a.reverse) * a.shape.batch + b] = sum;
+SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const BackwardRecurrenceArgs<scalar_t>& a, int64_t s,
+                                                       int64_t length, int64_t b, int64_t u, scalar_t dy,
+                                                       scalar_t carry, scalar_t edge) {
+  scalar_t g = dy;
+  // A cut edge adds nothing (not 0 * carry, which would let an inf/NaN carry through,
+  // unlike a detached state).
+  if (s + 1 < length && edge != scalar_t(0)) g += edge * carry;
+  if (s == length - 1) g += a.dh_n[b * a.shape.hidden + u];
+  return g;
+}
+
+// Norms, Grid path: each CTA's per-sample sums of g^2 go to partials [3,B,C] (by step modulo 3:
+// a buffer is rewritten two steps after it was written, once its reader has moved on); after
+// the step's grid barrier, rank 0 of each group adds the ranks' sums (rank order) into step_sq.
+// Block path: the CTA's sums are the norms.
+
+// step_sq of sample b at processing step s = the sum over the group's ranks (Grid path).
+template <typename scalar_t>
+SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling, int64_t b,
+                                 int64_t s) {
+  const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
+  if (s >= length) return;
+  const double* partials = a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group;
+  double sum = 0.0;
+  for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += partials[r];
+  a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = sum;
+}
+
+// The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
+// unit_sums writes of this phase (unit groups in order): the step's norm on the Block path, a
+// partial on the Grid path. Threads j < kSamples.
+template <RecurrencePath kPath, int kSamples, typename scalar_t>
+SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
+                                 const CtaPlace& place, const double* unit_sums, int64_t first, int64_t s) {
+  const int64_t j = threadIdx.x;
+  if (j >= kSamples || first + j >= a.shape.batch) return;
+  const int64_t b = first + j;
+  double cta_sum = 0.0;
+  for (int i = 0; i < kUnitsPerPass; ++i) cta_sum += unit_sums[i * kSamples + j];
+  if constexpr (kPath == RecurrencePath::Grid) {
+    a.norm_partials[((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank] = cta_sum;
+  } else {
+    const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
+    if (s < length) a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = cta_sum;
   }
 }
 
-// One processing step s for the units of this block's slice.
-// w_cols: the slice's rows of W_hh^T, row u - slice.begin at w_cols + (u - slice.begin) * H.
-template <Activation A, typename scalar_t>
-SIMT_DEVICE void backward_step_slice(const BackwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_cols,
-                                     UnitSlice slice, int64_t s) {
-  const int64_t B = a.shape.batch, H = a.shape.hidden;
-  // Step s+1's partials are complete (grid barrier or kernel boundary since); slot
-  // (s + 1) % 2 is written again only at step s-1, after the next barrier.
-  if (a.norm_partials != nullptr && s + 1 < a.shape.steps) add_up_norm_partials(a, s + 1);
-  // Randomized truncation: the block draws the scales of the edges into step s+1 once per
-  // sample (a Philox evaluation each), not once per (unit, sample) in the epilogue.
-  if (a.edge_scratch != nullptr) {  // uniform over the grid, so the barrier is too
-    for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-      a.edge_scratch[blockIdx.x * B + b] = static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
-    }
-    __syncthreads();  // the previous step's readers passed a grid barrier or kernel boundary
+// Grid path, rank 0 of each group after the barrier of step s: the norms of step `finished`.
+template <int kSamples, typename scalar_t>
+SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
+                                    const CtaPlace& place, int64_t finished) {
+  if (place.rank != 0) return;
+  const int64_t group_samples = int64_t(kSamples) * tiling.chunks;
+  for (int64_t i = threadIdx.x; i < group_samples; i += blockDim.x) {
+    if (place.sample_begin + i < a.shape.batch) write_step_norm(a, tiling, place.sample_begin + i, finished);
   }
-  const scalar_t* dz_later = a.dz_step + ((s + 1) % 2) * B * H;  // dz at processing step s+1
-  scalar_t* dz_now = a.dz_step + (s % 2) * B * H;
-  // Rows of samples that were not active at step s+1 hold stale values: their products
-  // are computed (the lanes stay uniform) and discarded below.
-  for_each_slice_dot(w_cols, dz_later, B, H, slice, [&](int64_t u, int64_t b, scalar_t carry) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
-    if (s == a.shape.steps - 1) {
-      SIMT_KERNEL_CHECK(length >= 0 && length <= a.shape.steps, "internal invariant: lengths in [0, T] (checked on the host)");
-    }
-    if (s >= length) return;
+}
+
+// Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
+// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null).bytes of
+// dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid
+// path, whose exchange holds zeros on entry.
+template <typename scalar_t, int kSamples, RecurrencePath kPath>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
+  static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
+  constexpr bool kStateInShared = state_in_shared(kPath);
+  SIMT_DYNAMIC_SHARED(scalar_t, smem);
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
+  const int64_t R = layout.row;
+  const int vectors = static_cast<int>(R / vec_size<scalar_t>());
+  const CtaPlace place = cta_place(tiling, H);
+  scalar_t* weights = smem + layout.weights;
+  scalar_t* states = smem + layout.states;
+  double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
+  const int64_t units = place.unit_end - place.unit_begin;
+  load_padded_rows(a.w_hh_t, weights, place.unit_begin, units, H, H, R);
+  // No step after the last: dz_T = 0 (and the padding stays zero).
+  for (int64_t i = threadIdx.x; i < (kStateInShared ? 2 : 1) * kSamples * R; i += blockDim.x) states[i] = scalar_t(0);
+  __syncthreads();
+
+  const LaneRole role = lane_role();
+  const int64_t j = owned_sample<kSamples>(role.q);
+  const bool owns = owns_sample<kSamples>(role.q);
+  const int passes = static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass);
+  const bool one_chunk = tiling.chunks == 1;
+
+  // With one chunk a lane owns the same outputs every step: their dy and saved h are loaded
+  // one step ahead.
+  scalar_t dy[kMaxPasses] = {}, h[kMaxPasses] = {};
+  auto prefetch = [&](int64_t s) {
+    const int64_t b = place.sample_begin + j;
+    const int64_t length = sample_length(a.lengths, b, B, T);
+    if (!owns || s >= length) return;
     const int64_t t = step_time(s, length, a.reverse);
-    const int64_t at = (t * B + b) * H + u;
-    scalar_t g = a.dy[at];
-    if (s + 1 < length) {
-      // The carry crosses the edge h_t -> step s+1. A cut edge adds nothing (not 0 * carry,
-      // which would let an inf/NaN carry through, unlike a detached state).
-      const scalar_t c = a.edge_scratch != nullptr ? a.edge_scratch[blockIdx.x * B + b]
-                                                   : static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b));
-      if (c != scalar_t(0)) g += c * carry;
+    SIMT_UNROLL
+    for (int p = 0; p < kMaxPasses; ++p) {
+      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+      if (p < passes && u_local < units) {
+        const int64_t at = (t * B + b) * H + place.unit_begin + u_local;
+        dy[p] = a.dy[at];
+        h[p] = a.out[at];
+      }
     }
-    if (s == length - 1) g += a.dh_n[b * H + u];
-    if (a.g_sq != nullptr) a.g_sq[b * H + u] = static_cast<double>(g) * static_cast<double>(g);
-    const scalar_t d = g * activation_slope<A>(a.out[at]);
-    a.dz[at] = d;
-    dz_now[b * H + u] = d;
-  });
-  if (a.norm_partials != nullptr) {  // uniform over the grid, so the barrier is too
-    __syncthreads();                 // g_sq of every unit of the slice is written
-    double* partials = a.norm_partials + (s % 2) * gridDim.x * B;
-    for (int64_t b = threadIdx.x; b < B; b += blockDim.x) {
-      const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
-      if (s >= length) continue;
-      double sum = 0.0;
-      for (int64_t u = slice.begin; u < slice.end; ++u) sum += a.g_sq[b * H + u];
-      partials[blockIdx.x * B + b] = sum;
+  };
+  if (one_chunk) prefetch(T - 1);
+
+  int64_t phase = 0;  // (step, chunk) pairs so far: its parity picks the unit_sums buffer
+  for (int64_t s = T - 1; s >= 0; --s) {
+    scalar_t* exchange_now = kStateInShared ? nullptr : a.exchange + (s % 2) * B * H;
+    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk, ++phase) {
+      const int64_t first = place.sample_begin + chunk * kSamples;
+      if constexpr (!kStateInShared) {
+        stage_rows(a.exchange + ((s + 1) % 2) * B * H, states, first, kSamples, B, H, R);
+        __syncthreads();
+      }
+      const scalar_t* later = kStateInShared ? states + ((s + 1) % 2) * kSamples * R : states;  // dz at step s+1
+      scalar_t* now = kStateInShared ? states + (s % 2) * kSamples * R : nullptr;
+      double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
+      const int64_t b = first + j;
+      const bool owner = owns && b < B;
+      const int64_t length = sample_length(a.lengths, b, B, T);
+      const int64_t t = step_time(s, length, a.reverse);
+      // The edge into step s+1 of this lane's sample: one Philox evaluation per step, not per unit.
+      const scalar_t edge = (owner && s + 1 < length) ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b))
+                                                      : scalar_t(0);
+      double g_sq = 0.0;  // this lane's units, in pass order
+      SIMT_UNROLL
+      for (int p = 0; p < kMaxPasses; ++p) {
+        if (p >= passes) break;  // uniform over the CTA
+        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+        const bool valid_unit = u_local < units;
+        scalar_t acc[kSamples];
+        unit_dots(weights + (valid_unit ? u_local : units - 1) * R, later, R, vectors, role.q, acc);
+        reduce_scatter_unit(acc, role.q);
+        if (!owner || !valid_unit) continue;
+        const int64_t u = place.unit_begin + u_local;
+        scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
+        if (s < length) {
+          const int64_t at = (t * B + b) * H + u;
+          const scalar_t g = backward_gradient(a, s, length, b, u, one_chunk ? dy[p] : a.dy[at], acc[0], edge);
+          g_sq += static_cast<double>(g) * static_cast<double>(g);
+          d = g * slope_runtime(a.activation, one_chunk ? h[p] : a.out[at]);
+          a.dz[at] = d;
+        }
+        publish_state<kPath>(now, exchange_now, j, b, u, R, H, d);
+        if (s == 0) a.dz_first[b * H + u] = d;
+      }
+      // Read after the barrier below; this parity is written again two phases later.
+      if (norms && owner) phase_sums[role.unit_in_pass * kSamples + j] = g_sq;
+      if constexpr (!kStateInShared) {
+        __syncthreads();  // the chunk's rows and sums are complete
+        if (norms) store_cta_norms<kPath, kSamples>(a, tiling, place, phase_sums, first, s);
+      }
+    }
+    if (one_chunk && s > 0) prefetch(s - 1);
+    end_step<kPath>();
+    if (norms) {
+      if constexpr (kStateInShared) {
+        store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
+                                         place.sample_begin, s);
+      } else if (s + 1 < T) {
+        finish_group_norms<kSamples>(a, tiling, place, s + 1);
+      }
+    }
+  }
+  if constexpr (!kStateInShared) {
+    if (norms) {
+      simt::grid_sync();  // step 0's partials are complete
+      finish_group_norms<kSamples>(a, tiling, place, 0);
     }
   }
 }
 
-// Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative
-// launch), kRecurrenceThreads threads, units_per_block * H * sizeof(scalar_t) bytes of
-// dynamic shared memory.
-template <Activation A, typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
-    backward_recurrence_persistent_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
-  SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
-  load_weight_slice(a.w_hh_t, w_slice, slice, a.shape.hidden);
-  for (int64_t s = a.shape.steps - 1; s >= 0; --s) {
-    backward_step_slice<A>(a, w_slice, slice, s);
-    simt::grid_sync();  // dz at step s of every unit is written before step s-1 reads it
-  }
-  if (a.norm_partials != nullptr) add_up_norm_partials(a, 0);  // step 0's, after the last barrier
-}
-
-// Fallback: processing step s only. grid = ceil(H / units_per_block), kRecurrenceThreads
-// threads, no shared memory; launched once per step (s = T-1 .. 0) on one stream.
-template <Activation A, typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kBackwardMinBlocksPerSm)
-    backward_step_kernel(BackwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
-  backward_step_slice<A>(a, a.w_hh_t + slice.begin * a.shape.hidden, slice, s);
-}
-
-// Fallback, norms recorded: after the launch of step 0, adds up step 0's partials. Same
-// grid and block as backward_step_kernel.
+// Stepwise path, processing step s: the epilogue of the backward step after the cuBLAS
+// product carry = dz_{s+1} W_hh. One CTA per sample b (grid = B, kRecurrenceThreads threads);
+// thread i takes units i, i + blockDim.x, ... in order and the CTA sums g^2 in a fixed tree.
+//   carry [B,H] read; dz_now [B,H] written: dz at step s (zero past the sample's length),
+//   the next step's product operand; the other arguments as in BackwardRecurrenceArgs.
 template <typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads) backward_norms_tail_kernel(BackwardRecurrenceArgs<scalar_t> a) {
-  add_up_norm_partials(a, 0);
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    backward_step_epilogue_kernel(BackwardRecurrenceArgs<scalar_t> a, const scalar_t* carry, scalar_t* dz_now,
+                                  int64_t s) {
+  SIMT_SHARED(double[kRecurrenceThreads / kWarp], warp_sums);
+  const int64_t B = a.shape.batch, H = a.shape.hidden, T = a.shape.steps;
+  const int64_t b = blockIdx.x;
+  const int64_t length = sample_length(a.lengths, b, B, T);
+  const int64_t t = step_time(s, length, a.reverse);
+  const scalar_t edge = s + 1 < length ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
+  double g_sq = 0.0;
+  for (int64_t u = threadIdx.x; u < H; u += blockDim.x) {
+    scalar_t d = scalar_t(0);
+    if (s < length) {
+      const int64_t at = (t * B + b) * H + u;
+      const scalar_t g = backward_gradient(a, s, length, b, u, a.dy[at], carry[b * H + u], edge);
+      g_sq += static_cast<double>(g) * static_cast<double>(g);
+      d = g * slope_runtime(a.activation, a.out[at]);
+      a.dz[at] = d;
+    }
+    dz_now[b * H + u] = d;
+    if (s == 0) a.dz_first[b * H + u] = d;
+  }
+  if (a.step_sq == nullptr || s >= length) return;  // uniform over the CTA
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) g_sq += __shfl_xor_sync(kFullMask, g_sq, offset);
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  if (threadIdx.x % kWarp == 0) warp_sums[warp] = g_sq;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double sum = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x) / kWarp; ++w) sum += warp_sums[w];
+    a.step_sq[t * B + b] = sum;
+  }
 }
 
 SIMT_END_WORLD

@@ -1,33 +1,30 @@
-// Forward recurrence of one layer and direction: h_t = act(XW_t + W_hh h_{t-1}), where
+// Forward recurrence of one Elman layer and direction: h_t = act(XW_t + W_hh h_{t-1}), where
 // XW_t (input projection plus both biases) was computed before by one GEMM.
 //
-// Two kernels share one step body (forward_step_slice), so they round identically:
-//  - forward_recurrence_persistent_kernel: ONE cooperative launch for the whole sequence.
-//    Block b owns hidden units [b*units_per_block, min(H, (b+1)*units_per_block)) and
-//    keeps those rows of W_hh in dynamic shared memory (units_per_block * H scalars),
-//    loaded once. Per processing step: compute the slice, then simt::grid_sync().
-//  - forward_step_kernel: the fallback, one launch per step, rows of W_hh read from global
-//    memory (when the slices do not fit on chip or cooperative launch is unavailable).
-// Thread mapping inside a block: warp w handles the work items w, w + warps, ... of the
-// block's slice, an item being one unit and kSamplesPerWarp consecutive samples; its lanes
-// split the length-H dot products (one W_hh row against those samples' states) and reduce
-// them with shuffles, lane j applies bias + activation for sample j (float32 accumulation for
-// float32/float16/bfloat16 inputs, which the host runs in float32; float64 in float64).
+// forward_recurrence_kernel<scalar_t, kSamples, kPath> runs the whole sequence in one launch
+// on the Block, Cluster or Grid path (recurrence_paths.cuh): a CTA owns hidden units
+// [unit_begin, unit_end) of one sample group, keeps those rows of W_hh in shared memory for
+// the whole sequence and the group's state rows (double-buffered) beside them. Per
+// processing step: the unit dot products against the current state (kernel_common.cuh), the
+// reduce-scatter, the epilogue on the owning lane (add XW_t prefetched during the previous
+// step, activation, length mask), the new state published to every CTA of the group, one
+// barrier. forward_step_epilogue_kernel is the Stepwise path's per-step epilogue after a
+// cuBLAS product, with the same arithmetic.
 //
 // Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
-//   w_hh    [H,H]    read: recurrent weight (row u produces unit u)
-//   out     [T,B,H]  in: XW_t + b_ih + b_hh at every step; out: h_t at each sample's valid
-//                    steps (steps t >= lengths[b] are left as they are; the host zeroes them)
-//   state   [2,B,H]  in: state[0] = h_0; ping-pong buffers: processing step s reads
-//                    state[s % 2] and writes state[(s + 1) % 2]; after T steps
-//                    state[T % 2] = h_n (frozen samples are copied forward)
-//   lengths [B]      int64 valid steps per sample, or null (all T)
+//   w_hh     [H,H]    read: recurrent weight (row u produces unit u)
+//   out      [T,B,H]  in: XW_t + b_ih + b_hh at every step; out: h_t at each sample's valid
+//                     steps (steps t >= lengths[b] are left as they are; the host zeroes them)
+//   h0       [B,H]    read: initial state
+//   h_n      [B,H]    written: state after each sample's last valid step (h0 if it has none)
+//   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity), h0 in
+//                     exchange[0] on entry; null on the other paths
+//   lengths  [B]      int64 valid steps per sample, or null (all T)
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
-// a sample with lengths[b] <= s is frozen. Every block runs all T steps, so the number of
-// steps never has to be read back to the host.
+// a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
 #pragma once
 
-#include "cuda/kernel_common.cuh"
+#include "cuda/recurrence_paths.cuh"
 
 namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
@@ -36,59 +33,129 @@ template <typename scalar_t>
 struct ForwardRecurrenceArgs {
   const scalar_t* w_hh;
   scalar_t* out;
-  scalar_t* state;
+  const scalar_t* h0;
+  scalar_t* h_n;
+  scalar_t* exchange;
   const int64_t* lengths;
   LayerShape shape;  // input_size unused
   bool reverse;
+  Activation activation;
 };
 
-// One processing step s for the units of this block's slice.
-// w_rows: the slice's rows of W_hh, row u - slice.begin at w_rows + (u - slice.begin) * H.
-template <Activation A, typename scalar_t>
-SIMT_DEVICE void forward_step_slice(const ForwardRecurrenceArgs<scalar_t>& a, const scalar_t* w_rows,
-                                    UnitSlice slice, int64_t s) {
-  const int64_t B = a.shape.batch, H = a.shape.hidden;
-  const scalar_t* h_prev = a.state + (s % 2) * B * H;
-  scalar_t* h_next = a.state + ((s + 1) % 2) * B * H;
-  for_each_slice_dot(w_rows, h_prev, B, H, slice, [&](int64_t u, int64_t b, scalar_t recurrent) {
-    const int64_t length = a.lengths != nullptr ? a.lengths[b] : a.shape.steps;
-    if (s == 0) {
-      SIMT_KERNEL_CHECK(length >= 0 && length <= a.shape.steps, "internal invariant: lengths in [0, T] (checked on the host)");
-    }
-    if (s >= length) {  // frozen: the state carries over
-      h_next[b * H + u] = h_prev[b * H + u];
-      return;
-    }
-    const int64_t t = step_time(s, length, a.reverse);
-    scalar_t* o = a.out + (t * B + b) * H + u;
-    const scalar_t h = activate<A>(*o + recurrent, DeviceTanh{});
-    *o = h;
-    h_next[b * H + u] = h;
-  });
-}
-
-// Persistent kernel: grid = ceil(H / units_per_block) co-resident blocks (cooperative
-// launch), kRecurrenceThreads threads, units_per_block * H * sizeof(scalar_t) bytes of
-// dynamic shared memory.
-template <Activation A, typename scalar_t>
+// Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
+// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false).bytes of dynamic
+// shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path, whose
+// exchange[0] holds h0 on entry.
+template <typename scalar_t, int kSamples, RecurrencePath kPath>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
-    forward_recurrence_persistent_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block) {
-  SIMT_DYNAMIC_SHARED(scalar_t, w_slice);
-  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
-  load_weight_slice(a.w_hh, w_slice, slice, a.shape.hidden);
-  for (int64_t s = 0; s < a.shape.steps; ++s) {
-    forward_step_slice<A>(a, w_slice, slice, s);
-    simt::grid_sync();  // h_t of every unit is written before any block reads it
+    forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
+  static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
+  constexpr bool kStateInShared = state_in_shared(kPath);
+  SIMT_DYNAMIC_SHARED(scalar_t, smem);
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
+  const int64_t R = layout.row;
+  const int vectors = static_cast<int>(R / vec_size<scalar_t>());
+  const CtaPlace place = cta_place(tiling, H);
+  scalar_t* weights = smem + layout.weights;
+  scalar_t* states = smem + layout.states;
+  const int64_t units = place.unit_end - place.unit_begin;
+  load_padded_rows(a.w_hh, weights, place.unit_begin, units, H, H, R);
+  // Both buffers start as h0 (Block, Cluster) so their padding is zero; the Grid path's chunk
+  // buffer is staged from exchange each step.
+  for (int buffer = 0; buffer < (kStateInShared ? 2 : 1); ++buffer) {
+    load_padded_rows(a.h0, states + buffer * kSamples * R, place.sample_begin, kSamples, B, H, R);
+  }
+  __syncthreads();
+
+  const LaneRole role = lane_role();
+  const int64_t j = owned_sample<kSamples>(role.q);
+  const bool owns = owns_sample<kSamples>(role.q);
+  const int passes = static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass);
+  const bool one_chunk = tiling.chunks == 1;
+
+  // With one chunk a lane owns the same outputs every step: their XW is loaded one step ahead.
+  scalar_t xw[kMaxPasses] = {};
+  auto prefetch = [&](int64_t s) {
+    const int64_t b = place.sample_begin + j;
+    const int64_t length = sample_length(a.lengths, b, B, T);
+    if (!owns || s >= length) return;
+    const int64_t t = step_time(s, length, a.reverse);
+    SIMT_UNROLL
+    for (int p = 0; p < kMaxPasses; ++p) {
+      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+      if (p < passes && u_local < units) xw[p] = a.out[(t * B + b) * H + place.unit_begin + u_local];
+    }
+  };
+  if (one_chunk) prefetch(0);
+
+  for (int64_t s = 0; s < T; ++s) {
+    scalar_t* exchange_next = kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
+      const int64_t first = place.sample_begin + chunk * kSamples;
+      if constexpr (!kStateInShared) {
+        stage_rows(a.exchange + (s % 2) * B * H, states, first, kSamples, B, H, R);
+        __syncthreads();
+      }
+      const scalar_t* current = kStateInShared ? states + (s % 2) * kSamples * R : states;
+      scalar_t* next = kStateInShared ? states + ((s + 1) % 2) * kSamples * R : nullptr;
+      const int64_t b = first + j;
+      const bool owner = owns && b < B;
+      const int64_t length = sample_length(a.lengths, b, B, T);
+      const int64_t t = step_time(s, length, a.reverse);
+      SIMT_UNROLL
+      for (int p = 0; p < kMaxPasses; ++p) {
+        if (p >= passes) break;  // uniform over the CTA
+        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+        const bool valid_unit = u_local < units;
+        // Lanes past the last unit compute a copy of the last row: their warp stays whole for
+        // the shuffles, and the result is dropped.
+        scalar_t acc[kSamples];
+        unit_dots(weights + (valid_unit ? u_local : units - 1) * R, current, R, vectors, role.q, acc);
+        reduce_scatter_unit(acc, role.q);
+        if (!owner || !valid_unit) continue;
+        const int64_t u = place.unit_begin + u_local;
+        scalar_t h;
+        if (s < length) {
+          const int64_t at = (t * B + b) * H + u;
+          h = activate_runtime(a.activation, (one_chunk ? xw[p] : a.out[at]) + acc[0]);
+          a.out[at] = h;
+        } else {
+          h = current[j * R + u];  // frozen: the state carries over
+        }
+        publish_state<kPath>(next, exchange_next, j, b, u, R, H, h);
+        if (s == T - 1) a.h_n[b * H + u] = h;
+      }
+      if constexpr (!kStateInShared) __syncthreads();  // the chunk's rows are read before the next staging
+    }
+    if (one_chunk && s + 1 < T) prefetch(s + 1);
+    end_step<kPath>();
   }
 }
 
-// Fallback: processing step s only. grid = ceil(H / units_per_block), kRecurrenceThreads
-// threads, no shared memory; launched once per step in order on one stream.
-template <Activation A, typename scalar_t>
+// Stepwise path, processing step s: h = act(XW_t + recurrent) at valid steps, the state
+// carried over for frozen samples. One thread per (b, u) of the [B,H] step; any grid.
+//   recurrent [B,H] read: h_{s-1} W_hh^T from the cuBLAS product; h_prev [B,H] read;
+//   h_next [B,H] written; out and h_n as in ForwardRecurrenceArgs.
+template <typename scalar_t>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
-    forward_step_kernel(ForwardRecurrenceArgs<scalar_t> a, int64_t units_per_block, int64_t s) {
-  const UnitSlice slice = block_units(units_per_block, a.shape.hidden);
-  forward_step_slice<A>(a, a.w_hh + slice.begin * a.shape.hidden, slice, s);
+    forward_step_epilogue_kernel(ForwardRecurrenceArgs<scalar_t> a, const scalar_t* recurrent,
+                                 const scalar_t* h_prev, scalar_t* h_next, int64_t s) {
+  const int64_t B = a.shape.batch, H = a.shape.hidden, T = a.shape.steps;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < B * H; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t b = i / H, u = i % H;
+    const int64_t length = sample_length(a.lengths, b, B, T);
+    scalar_t h;
+    if (s < length) {
+      const int64_t at = (step_time(s, length, a.reverse) * B + b) * H + u;
+      h = activate_runtime(a.activation, a.out[at] + recurrent[i]);
+      a.out[at] = h;
+    } else {
+      h = h_prev[i];
+    }
+    h_next[i] = h;
+    if (s == T - 1) a.h_n[i] = h;
+  }
 }
 
 SIMT_END_WORLD

@@ -1,158 +1,301 @@
-// Host side of the CUDA kernels' backend: the launch planner, the kernel launches, and the
-// forward and backward recurrences the host layer (host_layer.h) calls. Shared verbatim by
-// the CUDA build (csrc/cuda/elman_cuda.cu: backend "cuda", CUDA tensors, real device) and
-// the emulated build (csrc/simt/elman_emulated.cpp: backend "emulated", CPU tensors, the
-// SIMT emulator's device), so the tests execute the very planner and kernels a GPU runs.
+// Host side of the CUDA kernels' backend: the path planner, the launches, and the forward
+// and backward recurrences the host layer (host_layer.h) calls. Shared verbatim by the CUDA
+// build (csrc/cuda/elman_cuda.cu: backend "cuda", CUDA tensors, real device) and the emulated
+// build (csrc/simt/elman_emulated.cpp: backend "emulated", CPU tensors, the SIMT emulator's
+// device), so the tests execute the very planner and kernels a GPU runs.
+//
+// The planner enumerates, for the device and the layer's H, B and dtype, every launch shape
+// of every path (recurrence_paths.cuh) that fits (shared memory, registers, co-residency,
+// cluster support), predicts its time per step with the cost model
+// (recurrence_cost_model.h) and takes the fastest; a forced path that cannot run the shape is
+// refused with the limit it exceeds, before anything is launched.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "cuda/elman_backward_kernel.cuh"
 #include "cuda/elman_forward_kernel.cuh"
+#include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
 namespace rnn_fused::kernels {
-SIMT_BEGIN_WORLD
 
-// Launch bounds and registers of every instantiation, for the emulator's occupancy model:
-// the most ptxas reports for the kernel over float/double and sm_80/sm_90
-// (benchmarks/nvcc_resource_usage.txt); under nvcc the real numbers are queried.
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 64, forward_step_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_recurrence_persistent_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Tanh, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Tanh, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Relu, float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 80, backward_step_kernel<Activation::Relu, double>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 32, backward_norms_tail_kernel<float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, 32, backward_norms_tail_kernel<double>);
+inline const char* path_name(RecurrencePath p) {
+  switch (p) {
+    case RecurrencePath::Block: return "block";
+    case RecurrencePath::Cluster: return "cluster";
+    case RecurrencePath::Grid: return "grid";
+    case RecurrencePath::Stepwise: return "stepwise";
+  }
+  return "?";
+}
 
-// A persistent block owns at least this many units: fewer would leave most of its warps
-// idle at small batch sizes and add blocks to every grid-wide barrier for little work.
-constexpr int64_t kMinUnitsPerBlock = 4;
-// Units per block of the per-step fallback kernels.
-constexpr int64_t kFallbackUnitsPerBlock = 8;
+inline std::optional<RecurrencePath> parse_path(const std::string& name) {
+  for (RecurrencePath p : {RecurrencePath::Block, RecurrencePath::Cluster, RecurrencePath::Grid,
+                           RecurrencePath::Stepwise}) {
+    if (name == path_name(p)) return p;
+  }
+  return std::nullopt;
+}
 
-// What the planner chose for one recurrence kernel.
+// What the planner chose for one recurrence, or why a path cannot run the shape.
 struct RecurrencePlan {
-  bool persistent = false;
-  int64_t grid = 0;              // blocks
-  int64_t block_threads = kRecurrenceThreads;
-  int64_t units_per_block = 0;   // hidden units per block
-  int64_t shared_mem_bytes = 0;  // dynamic shared memory per block (persistent only)
-  int64_t blocks_per_sm = 0;     // occupancy at that shared memory (persistent only)
-  std::string reason;
+  RecurrencePath path = RecurrencePath::Stepwise;
+  bool feasible = false;
+  RecurrenceTiling tiling;
+  int64_t grid = 0;              // CTAs (persistent paths) or epilogue blocks (stepwise)
+  int64_t cluster = 1;           // CTAs per thread-block cluster (cluster path)
+  int64_t shared_mem_bytes = 0;  // dynamic shared memory per CTA
+  int64_t blocks_per_sm = 0;     // co-resident CTAs per SM at that shared memory
+  int64_t waves = 1;             // times the groups take turns (1: all co-resident)
+  double us_per_step = 0.0;      // the cost model's prediction
+  std::string reason;            // why this shape, or the limit it exceeds
 };
 
-inline RecurrencePlan fallback_plan(int64_t hidden, std::string reason) {
+SIMT_BEGIN_WORLD
+
+// Registers per thread for the emulator's occupancy model: the most ptxas reports over
+// float/double and sm_80/sm_90 for these kernels (benchmarks/nvcc_resource_usage.txt);
+// under nvcc the real numbers are queried.
+constexpr int kPersistentKernelRegisters = 128;
+constexpr int kEpilogueKernelRegisters = 40;
+
+#define RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, samples, path)                                              \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
+                         forward_recurrence_kernel<scalar_t, samples, RecurrencePath::path>);               \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
+                         backward_recurrence_kernel<scalar_t, samples, RecurrencePath::path>)
+#define RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(scalar_t, path) \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 1, path);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 2, path);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 4, path);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path)
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
+#undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
+#undef RNN_FUSED_RECURRENCE_ATTRIBUTES
+
+// Calls f(kernel) with the persistent kernel for (direction, samples, path): the one switch
+// from a plan to a template instantiation.
+template <typename scalar_t, RecurrencePath kPath, class F>
+void with_persistent_kernel(bool backward, int64_t samples, F&& f) {
+  auto pick = [&](auto samples_constant) {
+    constexpr int S = decltype(samples_constant)::value;
+    if (backward) {
+      f(backward_recurrence_kernel<scalar_t, S, kPath>);
+    } else {
+      f(forward_recurrence_kernel<scalar_t, S, kPath>);
+    }
+  };
+  switch (samples) {
+    case 1: pick(std::integral_constant<int, 1>{}); break;
+    case 2: pick(std::integral_constant<int, 2>{}); break;
+    case 4: pick(std::integral_constant<int, 4>{}); break;
+    case 8: pick(std::integral_constant<int, 8>{}); break;
+    default: TORCH_CHECK(false, "rnn_fused: no recurrence kernel for ", samples, " samples per group");
+  }
+}
+
+template <typename scalar_t, class F>
+void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, F&& f) {
+  switch (path) {
+    case RecurrencePath::Block: with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, f); break;
+    case RecurrencePath::Grid: with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, f); break;
+    default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel in this build");
+  }
+}
+
+// What the planner needs to know about the layer.
+struct PlanRequest {
+  int64_t hidden = 0;
+  int64_t batch = 0;
+  bool backward = false;
+  bool fp64 = false;
+};
+
+inline std::string shape_text(const PlanRequest& r) {
+  return "hidden_size=" + std::to_string(r.hidden) + ", batch_size=" + std::to_string(r.batch) + " in " +
+         (r.fp64 ? "float64" : "float32") + (r.backward ? " (backward)" : " (forward)");
+}
+
+// The best launch shape of a persistent path (kPath) over samples per group and CTAs per
+// group, or an infeasible plan whose reason names the limit.
+template <typename scalar_t, RecurrencePath kPath>
+RecurrencePlan plan_persistent(const PlanRequest& r) {
+  const simt::DeviceProperties props = simt::device_properties();
+  const cost::Constants& model = cost::kH200;
+  RecurrencePlan best;
+  best.path = kPath;
+  std::string limit;
+  if (kPath == RecurrencePath::Grid && !props.cooperative_launch) {
+    best.reason = "the device does not support cooperative launches";
+    return best;
+  }
+  const int64_t vec = vec_size<scalar_t>();
+  const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
+  if (kPath == RecurrencePath::Block && r.hidden > kMaxUnitsPerCta) {
+    best.reason = "one CTA owns at most " + std::to_string(kMaxUnitsPerCta) + " hidden units";
+    return best;
+  }
+  // Units per CTA: whole passes of 32 (and a few smaller slices for tiny hidden sizes per SM).
+  std::vector<int64_t> unit_options;
+  if (kPath == RecurrencePath::Block) {
+    unit_options = {r.hidden};
+  } else {
+    for (int64_t units : {256, 224, 192, 160, 128, 96, 64, 48, 32, 16, 8}) {
+      if (units < r.hidden) unit_options.push_back(units);
+    }
+    if (r.hidden <= kMaxUnitsPerCta) unit_options.push_back(r.hidden);
+  }
+  for (int64_t samples : {1, 2, 4, 8}) {
+    if (samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
+    const int64_t sample_chunks = (r.batch + samples - 1) / samples;
+    for (int64_t units : unit_options) {
+      const int64_t ctas = (r.hidden + units - 1) / units;
+      RecurrenceTiling tiling{.samples = static_cast<int32_t>(samples),
+                              .chunks = 1,
+                              .groups = static_cast<int32_t>(sample_chunks),
+                              .ctas_per_group = static_cast<int32_t>(ctas),
+                              .units_per_cta = static_cast<int32_t>(units)};
+      const int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
+      if (smem > props.shared_mem_per_block_optin) {
+        limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" + std::to_string(units) +
+                " rows of W_hh and the state rows of " + std::to_string(samples) +
+                " samples), more than shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
+        continue;
+      }
+      int occupancy = 0;
+      with_persistent_kernel<scalar_t, kPath>(r.backward, samples, [&](auto kernel) {
+        occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
+      });
+      if (occupancy < 1) {
+        limit = "a CTA with " + std::to_string(smem) + " bytes of shared memory does not fit on an SM";
+        continue;
+      }
+      const int64_t resident = int64_t(occupancy) * props.sm_count;
+      int64_t waves = 1;
+      if (kPath == RecurrencePath::Grid) {
+        // A cooperative grid must be co-resident: groups take several chunks of samples each.
+        const int64_t max_groups = resident / ctas;
+        if (max_groups < 1) {
+          limit = std::to_string(ctas) + " CTAs of " + std::to_string(units) + " units exceed the " +
+                  std::to_string(resident) + " that can be co-resident for a cooperative launch";
+          continue;
+        }
+        tiling.chunks = static_cast<int32_t>((sample_chunks + max_groups - 1) / max_groups);
+        tiling.groups = static_cast<int32_t>((sample_chunks + tiling.chunks - 1) / tiling.chunks);
+      } else {
+        waves = (int64_t(tiling.groups) * ctas + resident - 1) / resident;
+      }
+      const int64_t ctas_total = int64_t(tiling.groups) * ctas;
+      const int64_t groups = tiling.groups;
+      const cost::StepWork work{samples, (units + kUnitsPerPass - 1) / kUnitsPerPass, chunk_iterations, vec, r.fp64};
+      const double us = kPath == RecurrencePath::Grid
+                            ? cost::grid_step_us(model, work, r.hidden, sizeof(scalar_t), tiling.chunks)
+                            : cost::block_step_us(model, work, waves);
+      if (best.feasible && us >= best.us_per_step) continue;
+      best.feasible = true;
+      best.tiling = tiling;
+      best.grid = ctas_total;
+      best.shared_mem_bytes = smem;
+      best.blocks_per_sm = occupancy;
+      best.waves = waves;
+      best.us_per_step = us;
+      best.reason = std::to_string(groups) + " sample group(s) of " +
+                    (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
+                    std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
+                    " units, " + std::to_string(smem) + " bytes of shared memory each" +
+                    (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
+    }
+  }
+  if (!best.feasible) best.reason = limit;
+  return best;
+}
+
+template <typename scalar_t>
+RecurrencePlan plan_stepwise(const PlanRequest& r) {
   RecurrencePlan plan;
-  plan.persistent = false;
-  plan.units_per_block = kFallbackUnitsPerBlock;
-  plan.grid = std::max<int64_t>(1, (hidden + kFallbackUnitsPerBlock - 1) / kFallbackUnitsPerBlock);
-  plan.reason = std::move(reason);
+  plan.path = RecurrencePath::Stepwise;
+  plan.feasible = true;
+  plan.grid = r.backward ? r.batch : std::min<int64_t>((r.batch * r.hidden + kRecurrenceThreads - 1) / kRecurrenceThreads,
+                                                        int64_t(simt::device_properties().sm_count) * 8);
+  plan.grid = std::max<int64_t>(plan.grid, 1);
+  plan.us_per_step = cost::stepwise_step_us(cost::kH200, r.batch, r.hidden, r.fp64);
+  plan.reason = "a cuBLAS product and an epilogue launch per step";
   return plan;
 }
 
-// Plans the persistent kernel `kernel` for H hidden units of `element_bytes` each: the
-// largest grid (at most one block per kMinUnitsPerBlock units) whose blocks can all be
-// co-resident while each keeps its W_hh slice (units_per_block * H elements) in shared
-// memory; tries fewer blocks per SM (bigger slices) until one fits. Falls back to the
-// per-step kernels when cooperative launch is unavailable or no grid fits.
-template <class Kernel>
-RecurrencePlan plan_recurrence(Kernel kernel, int64_t hidden, int64_t element_bytes) {
-  const simt::DeviceProperties props = simt::device_properties();
-  if (!props.cooperative_launch) {
-    return fallback_plan(hidden, "per-step kernels: the device does not support cooperative launch");
+// Every path's best shape, in the order block, cluster, grid, stepwise. Planning queries the
+// occupancy of dozens of launch shapes, so the result is kept per (device properties, request).
+template <typename scalar_t>
+std::vector<RecurrencePlan> plan_candidates(const PlanRequest& r) {
+  const simt::DeviceProperties d = simt::device_properties();
+  std::string key;
+  for (int64_t v : {int64_t(d.sm_count), int64_t(d.max_threads_per_sm), int64_t(d.max_blocks_per_sm),
+                    d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
+                    int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
+                    int64_t(r.backward), int64_t(sizeof(scalar_t))}) {
+    key += std::to_string(v) + ",";
   }
-  const simt::KernelAttributes attrs = simt::kernel_attributes(kernel);
-  const int64_t smem_limit = props.shared_mem_per_block_optin - attrs.static_shared_bytes;
-  const int64_t most_blocks = std::max<int64_t>(1, (hidden + kMinUnitsPerBlock - 1) / kMinUnitsPerBlock);
-  int64_t smallest_slice = -1;
-  for (int64_t per_sm = props.max_blocks_per_sm; per_sm >= 1; --per_sm) {
-    int64_t grid = std::min<int64_t>(most_blocks, per_sm * props.sm_count);
-    const int64_t units = (hidden + grid - 1) / grid;
-    grid = (hidden + units - 1) / units;  // no block without units
-    const int64_t smem = units * hidden * element_bytes;
-    if (smallest_slice < 0) smallest_slice = smem;
-    if (smem > smem_limit) continue;
-    const int occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
-    if (static_cast<int64_t>(occupancy) * props.sm_count < grid) continue;
-    RecurrencePlan plan;
-    plan.persistent = true;
-    plan.grid = grid;
-    plan.units_per_block = units;
-    plan.shared_mem_bytes = smem;
-    plan.blocks_per_sm = occupancy;
-    plan.reason = "persistent: " + std::to_string(grid) + " co-resident blocks (" + std::to_string(occupancy) +
-                  " per SM x " + std::to_string(props.sm_count) + " SMs), each holding " + std::to_string(units) +
-                  " rows of W_hh (" + std::to_string(smem) + " bytes of shared memory)";
-    return plan;
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::vector<RecurrencePlan>> cache;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
   }
-  return fallback_plan(hidden, "per-step kernels: W_hh does not stay on chip; the smallest slice (" +
-                                   std::to_string(smallest_slice) + " bytes per block at " +
-                                   std::to_string(std::min<int64_t>(most_blocks, int64_t(props.max_blocks_per_sm) * props.sm_count)) +
-                                   " blocks) exceeds what " + std::to_string(props.sm_count) +
-                                   " SMs can keep co-resident (" + std::to_string(props.shared_mem_per_block_optin) +
-                                   " bytes per block, " + std::to_string(props.shared_mem_per_sm) + " per SM)");
+  RecurrencePlan cluster;
+  cluster.path = RecurrencePath::Cluster;
+  cluster.reason = "thread-block clusters are not in this build yet";
+  std::vector<RecurrencePlan> candidates = {plan_persistent<scalar_t, RecurrencePath::Block>(r), cluster,
+                                            plan_persistent<scalar_t, RecurrencePath::Grid>(r),
+                                            plan_stepwise<scalar_t>(r)};
+  const std::lock_guard<std::mutex> lock(mutex);
+  cache.emplace(key, candidates);
+  return candidates;
 }
 
-template <Activation A, typename scalar_t>
-RecurrencePlan plan_forward(int64_t hidden) {
-  return plan_recurrence(forward_recurrence_persistent_kernel<A, scalar_t>, hidden, sizeof(scalar_t));
-}
-
-template <Activation A, typename scalar_t>
-RecurrencePlan plan_backward(int64_t hidden) {
-  return plan_recurrence(backward_recurrence_persistent_kernel<A, scalar_t>, hidden, sizeof(scalar_t));
-}
-
-template <Activation A, typename scalar_t>
-void launch_forward_recurrence(const ForwardRecurrenceArgs<scalar_t>& args) {
-  const RecurrencePlan plan = plan_forward<A, scalar_t>(args.shape.hidden);
-  const dim3 block(static_cast<unsigned>(plan.block_threads));
-  if (plan.persistent) {
-    simt::launch_cooperative(forward_recurrence_persistent_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid),
-                             block, static_cast<std::size_t>(plan.shared_mem_bytes), args, plan.units_per_block);
-  } else {
-    for (int64_t s = 0; s < args.shape.steps; ++s) {
-      simt::launch(forward_step_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid), block, 0, args,
-                   plan.units_per_block, s);
-    }
+// The plan for `requested` (a path name, or "" for the fastest predicted); a forced path
+// that cannot run the shape raises ValueError naming the path, the shape and the limit.
+template <typename scalar_t>
+RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
+  const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(r);
+  if (!requested.empty()) {
+    const std::optional<RecurrencePath> path = parse_path(requested);
+    TORCH_CHECK_VALUE(path.has_value(), "rnn_fused: path must be 'block', 'cluster', 'grid', 'stepwise' or None, got '",
+                      requested, "'");
+    const RecurrencePlan& plan = candidates[static_cast<size_t>(*path)];
+    TORCH_CHECK_VALUE(plan.feasible, "rnn_fused: path '", requested, "' cannot run ", shape_text(r), " on this device: ",
+                      plan.reason);
+    RecurrencePlan forced = plan;
+    forced.reason = "forced: " + forced.reason;
+    return forced;
   }
-}
-
-// plan: plan_backward's choice for args.shape.hidden (its grid sizes args.norm_partials [2,grid,B]).
-template <Activation A, typename scalar_t>
-void launch_backward_recurrence(const BackwardRecurrenceArgs<scalar_t>& args, const RecurrencePlan& plan) {
-  const dim3 block(static_cast<unsigned>(plan.block_threads));
-  if (plan.persistent) {
-    simt::launch_cooperative(backward_recurrence_persistent_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid),
-                             block, static_cast<std::size_t>(plan.shared_mem_bytes), args, plan.units_per_block);
-  } else {
-    for (int64_t s = args.shape.steps - 1; s >= 0; --s) {
-      simt::launch(backward_step_kernel<A, scalar_t>, static_cast<unsigned>(plan.grid), block, 0, args,
-                   plan.units_per_block, s);
-    }
-    if (args.norm_partials != nullptr) {
-      simt::launch(backward_norms_tail_kernel<scalar_t>, static_cast<unsigned>(plan.grid), block, 0, args);
-    }
+  const RecurrencePlan* best = nullptr;
+  for (const RecurrencePlan& p : candidates) {
+    if (p.feasible && (best == nullptr || p.us_per_step < best->us_per_step)) best = &p;
   }
+  RecurrencePlan chosen = *best;  // stepwise is always feasible
+  chosen.reason = std::string(path_name(chosen.path)) + " (predicted " + std::to_string(chosen.us_per_step) +
+                  " us per step, the fastest feasible path): " + chosen.reason;
+  return chosen;
 }
 
 inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
@@ -160,94 +303,167 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
   return lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
 }
 
+template <typename scalar_t, class Args>
+void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
+  const dim3 block(kRecurrenceThreads);
+  with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, [&](auto kernel) {
+    using Kernel = decltype(kernel);
+    if constexpr (std::is_invocable_v<Kernel, Args, RecurrenceTiling>) {
+      const auto grid = static_cast<unsigned>(plan.grid);
+      const auto smem = static_cast<std::size_t>(plan.shared_mem_bytes);
+      if (plan.path == RecurrencePath::Grid) {
+        simt::launch_cooperative(kernel, grid, block, smem, args, plan.tiling);
+      } else {
+        simt::launch(kernel, grid, block, smem, args, plan.tiling);
+      }
+    }
+  });
+}
+
 // The forward recurrence of the host layer (host_layer.h); returns h_n.
-inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {
+template <typename scalar_t>
+at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
   const LayerForwardCall& call = r.call;
   const LayerShape& shape = call.shape;
-  const int64_t B = shape.batch, H = shape.hidden;
-  at::Tensor state = at::empty({2, B, H}, r.out.options());
-  state[0].copy_(r.h0);
-  dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
-    using scalar_t = decltype(zero);
-    const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
-                                               .out = r.out.data_ptr<scalar_t>(),
-                                               .state = state.data_ptr<scalar_t>(),
-                                               .lengths = lengths_pointer(call),
-                                               .shape = shape,
-                                               .reverse = call.options.reverse};
-    launch_forward_recurrence<decltype(activation)::value, scalar_t>(args);
-  });
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
+  const RecurrencePlan plan =
+      choose_plan<scalar_t>({.hidden = H, .batch = B, .backward = false, .fp64 = sizeof(scalar_t) == 8},
+                            call.options.path);
+  at::Tensor h_n = at::empty({B, H}, r.out.options());
+  at::Tensor exchange;
+  if (plan.path == RecurrencePath::Grid || plan.path == RecurrencePath::Stepwise) {
+    exchange = at::empty({2, B, H}, r.out.options());
+    exchange[0].copy_(r.h0);  // the state at step 0
+  }
+  const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
+                                             .out = r.out.data_ptr<scalar_t>(),
+                                             .h0 = r.h0.data_ptr<scalar_t>(),
+                                             .h_n = h_n.data_ptr<scalar_t>(),
+                                             .exchange = exchange.defined() ? exchange.data_ptr<scalar_t>() : nullptr,
+                                             .lengths = lengths_pointer(call),
+                                             .shape = shape,
+                                             .reverse = call.options.reverse,
+                                             .activation = call.options.activation};
+  if (plan.path == RecurrencePath::Stepwise) {
+    // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer.
+    at::Tensor recurrent = at::empty({B, H}, r.out.options());
+    const at::Tensor w_hh_t = r.w_hh.t();
+    for (int64_t s = 0; s < T; ++s) {
+      const at::Tensor previous = exchange[s % 2];
+      at::mm_out(recurrent, previous, w_hh_t);
+      simt::launch(forward_step_epilogue_kernel<scalar_t>, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
+                   0, args, recurrent.data_ptr<scalar_t>(), previous.data_ptr<scalar_t>(),
+                   exchange[(s + 1) % 2].data_ptr<scalar_t>(), s);
+    }
+  } else {
+    launch_persistent<scalar_t>(plan, false, args);
+  }
   at::Tensor out = r.out;
   zero_past_lengths(out, call.valid_lengths.on_device);
-  // After T steps the final state is in state[T % 2] (frozen samples were copied forward).
-  return state[shape.steps % 2];
+  return h_n;
 }
 
 // The backward recurrence of the host layer (host_layer.h); returns dz at each sample's
 // processing step 0.
-inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
+template <typename scalar_t>
+at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   const LayerForwardCall& call = r.call.forward;
   const LayerShape& shape = call.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   const BackwardOperands& op = r.operands;
-  const TruncationParams& truncation = call.options.truncation;
   const bool record_norms = r.call.record_norms;
-  at::Tensor dz_step = at::zeros({2, B, H}, op.x.options());
+  const RecurrencePlan plan =
+      choose_plan<scalar_t>({.hidden = H, .batch = B, .backward = true, .fp64 = sizeof(scalar_t) == 8},
+                            call.options.path);
+  const at::TensorOptions options = op.x.options();
+  at::Tensor dz_first = at::empty({B, H}, options);
+  at::Tensor exchange;
+  if (plan.path == RecurrencePath::Grid || plan.path == RecurrencePath::Stepwise) {
+    exchange = at::zeros({2, B, H}, options);
+  }
+  at::Tensor step_sq, norm_partials;
+  if (record_norms) {
+    const at::TensorOptions f64 = options.dtype(at::kDouble);
+    step_sq = at::zeros({T, B}, f64);
+    if (plan.path == RecurrencePath::Grid) norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
+  }
   const at::Tensor w_hh_t = op.w_hh.t().contiguous();
-  dispatch_elman(op.x.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
-    using scalar_t = decltype(zero);
-    constexpr Activation A = decltype(activation)::value;
-    const RecurrencePlan plan = plan_backward<A, scalar_t>(H);
-    // Scratch of the in-kernel norm reduction: g^2 of a step, two steps of per-block
-    // partial sums; ||g_t||^2 per (t, b).
-    at::Tensor g_sq, norm_partials, step_sq;
-    const at::Tensor edge_scratch =
-        truncation.randomized() ? at::empty({plan.grid, B}, op.x.options()) : at::Tensor();
-    if (record_norms) {
-      const at::TensorOptions f64 = op.x.options().dtype(at::kDouble);
-      g_sq = at::empty({B, H}, f64);
-      norm_partials = at::empty({2, plan.grid, B}, f64);
-      step_sq = at::zeros({T, B}, f64);
+  const BackwardRecurrenceArgs<scalar_t> args{
+      .w_hh_t = w_hh_t.data_ptr<scalar_t>(),
+      .dy = op.dy.data_ptr<scalar_t>(),
+      .dh_n = op.dh_n.data_ptr<scalar_t>(),
+      .out = op.out.data_ptr<scalar_t>(),
+      .dz = r.dz.data_ptr<scalar_t>(),
+      .dz_first = dz_first.data_ptr<scalar_t>(),
+      .exchange = exchange.defined() ? exchange.data_ptr<scalar_t>() : nullptr,
+      .lengths = lengths_pointer(call),
+      .shape = shape,
+      .reverse = call.options.reverse,
+      .activation = call.options.activation,
+      .truncation = call.options.truncation,
+      .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
+      .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr};
+  if (plan.path == RecurrencePath::Stepwise) {
+    // exchange[(s + 1) % 2] holds dz at step s+1 (zero before the first step).
+    at::Tensor carry = at::empty({B, H}, options);
+    for (int64_t s = T - 1; s >= 0; --s) {
+      at::mm_out(carry, exchange[(s + 1) % 2], op.w_hh);
+      simt::launch(backward_step_epilogue_kernel<scalar_t>, static_cast<unsigned>(plan.grid),
+                   dim3(kRecurrenceThreads), 0, args, carry.data_ptr<scalar_t>(),
+                   exchange[s % 2].data_ptr<scalar_t>(), s);
     }
-    const BackwardRecurrenceArgs<scalar_t> args{
-        .w_hh_t = w_hh_t.data_ptr<scalar_t>(),
-        .dy = op.dy.data_ptr<scalar_t>(),
-        .dh_n = op.dh_n.data_ptr<scalar_t>(),
-        .out = op.out.data_ptr<scalar_t>(),
-        .dz = r.dz.data_ptr<scalar_t>(),
-        .dz_step = dz_step.data_ptr<scalar_t>(),
-        .lengths = lengths_pointer(call),
-        .shape = shape,
-        .reverse = call.options.reverse,
-        .truncation = truncation,
-        .g_sq = record_norms ? g_sq.data_ptr<double>() : nullptr,
-        .norm_partials = record_norms ? norm_partials.data_ptr<double>() : nullptr,
-        .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
-        .edge_scratch = edge_scratch.defined() ? edge_scratch.data_ptr<scalar_t>() : nullptr};
-    launch_backward_recurrence<A, scalar_t>(args, plan);
-    if (record_norms) r.step_norms.copy_(step_sq.sqrt_());
-  });
-  return dz_step[0];
+  } else {
+    launch_persistent<scalar_t>(plan, true, args);
+  }
+  if (record_norms) r.step_norms.copy_(step_sq.sqrt_());
+  return dz_first;
 }
 
-// What launch_{forward,backward}_recurrence would do for `hidden` units in `compute` dtype
-// on the current (real or emulated) device.
-inline RecurrencePlanReport recurrence_plan(at::ScalarType compute, int64_t hidden, Activation activation,
-                                            bool backward) {
-  TORCH_CHECK_VALUE(hidden > 0, "rnn_fused.plan: hidden_size must be positive, got ", hidden);
-  RecurrencePlan plan;
-  dispatch_elman(compute, activation, [&](auto act, auto zero) {
-    using scalar_t = decltype(zero);
-    constexpr Activation A = decltype(act)::value;
-    plan = backward ? plan_backward<A, scalar_t>(hidden) : plan_forward<A, scalar_t>(hidden);
+inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {
+  at::Tensor h_n;
+  dispatch_elman(r.out.scalar_type(), r.call.options.activation, [&](auto, auto zero) {
+    h_n = forward_recurrence_typed<decltype(zero)>(r);
   });
-  return RecurrencePlanReport{.path = plan.persistent ? "persistent" : "fallback",
-                              .grid = plan.grid,
-                              .block_threads = plan.block_threads,
-                              .units_per_block = plan.units_per_block,
-                              .shared_mem_bytes = plan.shared_mem_bytes,
-                              .blocks_per_sm = plan.blocks_per_sm,
-                              .reason = plan.reason};
+  return h_n;
+}
+
+inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
+  at::Tensor dz_first;
+  dispatch_elman(r.operands.x.scalar_type(), r.call.forward.options.activation, [&](auto, auto zero) {
+    dz_first = backward_recurrence_typed<decltype(zero)>(r);
+  });
+  return dz_first;
+}
+
+// The plan report of rnn_fused.plan(): the chosen (or forced) plan and every path's best shape.
+inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
+  TORCH_CHECK_VALUE(q.hidden > 0, "rnn_fused.plan: hidden_size must be positive, got ", q.hidden);
+  TORCH_CHECK_VALUE(q.batch > 0, "rnn_fused.plan: batch_size must be positive, got ", q.batch);
+  RecurrencePlanReport report;
+  dispatch_elman(q.compute, Activation::Tanh, [&](auto, auto zero) {
+    using scalar_t = decltype(zero);
+    const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .backward = q.backward,
+                              .fp64 = sizeof(scalar_t) == 8};
+    auto describe = [](const RecurrencePlan& p) {
+      return RecurrencePlanReport::Entry{.path = path_name(p.path),
+                                         .feasible = p.feasible,
+                                         .samples_per_group = p.tiling.samples * p.tiling.chunks,
+                                         .groups = p.tiling.groups,
+                                         .ctas_per_group = p.tiling.ctas_per_group,
+                                         .units_per_cta = p.tiling.units_per_cta,
+                                         .grid = p.grid,
+                                         .block_threads = kRecurrenceThreads,
+                                         .cluster = p.cluster,
+                                         .shared_mem_bytes = p.shared_mem_bytes,
+                                         .blocks_per_sm = p.blocks_per_sm,
+                                         .waves = p.waves,
+                                         .us_per_step = p.us_per_step,
+                                         .reason = p.reason};
+    };
+    report.chosen = describe(choose_plan<scalar_t>(request, q.path));
+    for (const RecurrencePlan& p : plan_candidates<scalar_t>(request)) report.candidates.push_back(describe(p));
+  });
+  return report;
 }
 
 SIMT_END_WORLD

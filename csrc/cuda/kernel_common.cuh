@@ -1,6 +1,17 @@
-// Device helpers shared by the forward and backward recurrence kernels: the device tanh,
-// a warp-wide sum, warp dot products, the block's unit slice and the thread mapping.
+// Device helpers shared by the recurrence kernels of every path (block, cluster, grid,
+// stepwise): the thread mapping, 16-byte vector loads from shared memory, the per-unit dot
+// products against the state rows, the 8-lane reduce-scatter, and the activation.
 // Compiled by nvcc (CUDA) and by g++ (SIMT emulation; docs/simt.md).
+//
+// Thread mapping of a CTA (kRecurrenceThreads threads): 8 consecutive lanes ("a unit
+// group") share one hidden unit u and split its dot products over k: lane q of the group
+// takes the 16-byte chunks q, q + 8, q + 16, ... of the weight row and of every state row.
+// A warp therefore covers 4 units, a CTA 32 units per pass; a CTA owning more units loops
+// over passes. Each lane keeps one accumulator per sample of its group (kSamples), so every
+// weight chunk loaded from shared memory feeds kSamples multiply-add chains (a 1 x kSamples
+// register tile), and the group's 8 partial sums are combined by a reduce-scatter over the
+// lane bits that leaves each sample's total in one lane: the epilogues of a unit's samples
+// run on different lanes side by side.
 #pragma once
 
 #include <cstdint>
@@ -12,10 +23,34 @@
 namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
 
-// Threads per block of every recurrence kernel. Each warp computes one (sample, unit)
-// dot product of length H at a time, so 8 warps keep 8 dot products in flight per block.
 constexpr int kRecurrenceThreads = 256;
 constexpr int kWarp = 32;
+constexpr int kUnitLanes = 8;                                      // lanes sharing one unit
+constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CTA covers per pass
+constexpr int kMaxPasses = 8;                                      // so a CTA owns at most 256 units
+constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// 16 bytes of scalars: 4 floats or 2 doubles, loaded from shared memory as one vector.
+template <typename scalar_t>
+struct alignas(16) Vec16 {
+  static constexpr int kSize = 16 / static_cast<int>(sizeof(scalar_t));
+  scalar_t v[kSize];
+};
+
+template <typename scalar_t>
+constexpr int vec_size() {
+  return Vec16<scalar_t>::kSize;
+}
+
+template <typename scalar_t>
+SIMT_DEVICE __forceinline__ Vec16<scalar_t> load_vec(const scalar_t* p) {
+  return *reinterpret_cast<const Vec16<scalar_t>*>(p);
+}
+
+// Shared-memory rows (weights, states) hold H scalars padded with zeros to a whole number
+// of 16-byte chunks, so the dot products read whole chunks without a tail case.
+SIMT_HOST_DEVICE constexpr int64_t padded_row(int64_t hidden, int64_t vec) { return (hidden + vec - 1) / vec * vec; }
 
 // The device's tanh for activate (recurrence_math.h).
 struct DeviceTanh {
@@ -29,87 +64,99 @@ struct DeviceTanh {
   }
 };
 
-// Sum over the 32 lanes of a warp, every lane gets the total. A fixed butterfly, so the
-// rounding is the same on every run and under every emulator schedule.
+// act(z) for the activation chosen at run time (uniform over the launch, so the branch
+// costs nothing; one kernel serves both activations).
 template <typename scalar_t>
-SIMT_DEVICE scalar_t warp_sum(scalar_t v) {
-  SIMT_UNROLL
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
+SIMT_DEVICE __forceinline__ scalar_t activate_runtime(Activation a, scalar_t z) {
+  return a == Activation::Tanh ? activate<Activation::Tanh>(z, DeviceTanh{})
+                               : activate<Activation::Relu>(z, DeviceTanh{});
 }
 
-// Samples per warp work item: one weight row is dotted with this many state rows at once,
-// so each weight element read from shared memory feeds several independent multiply-adds
-// (instruction-level parallelism, fewer shared-memory reads per multiply-add).
-constexpr int kSamplesPerWarp = 4;
-
-// dots[j] = row . vecs[j * n .. j * n + n) for j < kSamplesPerWarp, over a warp: lane l
-// takes k = l, l+32, ... then the warp sums each. Every row j is read even past the last
-// real sample (callers clamp the pointer), so the lanes stay uniform for the shuffles.
-// row: [n] contiguous; vec_rows[j]: [n] contiguous.
 template <typename scalar_t>
-SIMT_DEVICE void warp_dots(const scalar_t* row, const scalar_t* const (&vec_rows)[kSamplesPerWarp], int64_t n,
-                           int lane, scalar_t (&dots)[kSamplesPerWarp]) {
-  SIMT_UNROLL
-  for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] = 0;
-  for (int64_t k = lane; k < n; k += kWarp) {
-    const scalar_t w = row[k];
-    SIMT_UNROLL
-    for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] += w * vec_rows[j][k];
-  }
-  SIMT_UNROLL
-  for (int j = 0; j < kSamplesPerWarp; ++j) dots[j] = warp_sum(dots[j]);
+SIMT_DEVICE __forceinline__ scalar_t slope_runtime(Activation a, scalar_t h) {
+  return a == Activation::Tanh ? activation_slope<Activation::Tanh>(h) : activation_slope<Activation::Relu>(h);
 }
 
-// The units [unit_begin, unit_end) that block blockIdx.x owns: units_per_block of them,
-// fewer in the last block.
-struct UnitSlice {
-  int64_t begin, end;
+// Where this thread sits in the mapping above.
+struct LaneRole {
+  int unit_in_pass;  // 0 .. kUnitsPerPass-1: the unit group
+  int q;             // 0 .. 7: lane in the unit group, its k chunks
 };
 
-SIMT_DEVICE __forceinline__ UnitSlice block_units(int64_t units_per_block, int64_t hidden) {
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * units_per_block;
-  return {begin, begin + units_per_block < hidden ? begin + units_per_block : hidden};
+SIMT_DEVICE __forceinline__ LaneRole lane_role() {
+  const int t = static_cast<int>(threadIdx.x);
+  return {t / kUnitLanes, t % kUnitLanes};
 }
 
-// Copies this block's rows of a [H,H] weight (rows slice.begin .. slice.end) into shared
-// memory once, before a persistent kernel's time loop. weights [H,H] read; w_slice
-// [(slice.end - slice.begin) * H] written.
-template <typename scalar_t>
-SIMT_DEVICE void load_weight_slice(const scalar_t* weights, scalar_t* w_slice, UnitSlice slice, int64_t hidden) {
-  const int64_t elements = (slice.end - slice.begin) * hidden;
-  for (int64_t i = threadIdx.x; i < elements; i += blockDim.x) w_slice[i] = weights[slice.begin * hidden + i];
-  __syncthreads();
-}
-
-// The thread mapping of one step of either recurrence: a warp's work item is one unit u of
-// the block's slice and kSamplesPerWarp consecutive samples; its lanes compute the dot
-// products of weight row u with those samples' rows of `source`, then lane j calls
-// epilogue(u, b, dot) for the j-th sample b of the group (when b < B). Consecutive warps take the units of one
-// sample group, so they read the same source rows (cache reuse).
-// w_rows [(slice.end - slice.begin) * H] the slice's weight rows; source [B,H].
-template <typename scalar_t, typename Epilogue>
-SIMT_DEVICE void for_each_slice_dot(const scalar_t* w_rows, const scalar_t* source, int64_t B, int64_t H,
-                                    UnitSlice slice, Epilogue&& epilogue) {
-  const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int warp = static_cast<int>(threadIdx.x) / kWarp;
-  const int warps = static_cast<int>(blockDim.x) / kWarp;
-  const int64_t units = slice.end - slice.begin;
-  const int64_t groups = (B + kSamplesPerWarp - 1) / kSamplesPerWarp;
-  for (int64_t item = warp; item < units * groups; item += warps) {
-    const int64_t local = item % units, first = (item / units) * kSamplesPerWarp;
-    const scalar_t* rows[kSamplesPerWarp];
+// acc[j] = sum over the lane's k chunks of w_row[k] * states[j * row_stride + k], for the
+// kSamples state rows. w_row and states in shared memory, 16-byte aligned, rows padded with
+// zeros to `chunks` whole chunks. Each lane accumulates its chunks in order, so the result
+// is the same on every run.
+template <typename scalar_t, int kSamples>
+SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* w_row, const scalar_t* states, int64_t row_stride,
+                                           int chunks, int q, scalar_t (&acc)[kSamples]) {
+  constexpr int kVec = vec_size<scalar_t>();
+  SIMT_UNROLL
+  for (int j = 0; j < kSamples; ++j) acc[j] = scalar_t(0);
+  for (int c = q; c < chunks; c += kUnitLanes) {
+    const Vec16<scalar_t> w = load_vec(w_row + c * kVec);
     SIMT_UNROLL
-    for (int j = 0; j < kSamplesPerWarp; ++j) rows[j] = source + (first + j < B ? first + j : first) * H;
-    scalar_t dots[kSamplesPerWarp];
-    warp_dots(w_rows + local * H, rows, H, lane, dots);
-    // Every lane holds every dot: lane j runs sample j's epilogue, so the epilogues of a
-    // work item run side by side.
-    SIMT_UNROLL
-    for (int j = 0; j < kSamplesPerWarp; ++j) {
-      if (lane == j && first + j < B) epilogue(slice.begin + local, first + j, dots[j]);
+    for (int j = 0; j < kSamples; ++j) {
+      const Vec16<scalar_t> h = load_vec(states + j * row_stride + c * kVec);
+      SIMT_UNROLL
+      for (int e = 0; e < kVec; ++e) acc[j] += w.v[e] * h.v[e];
     }
   }
+}
+
+// The 8 lanes of a unit group hold partial sums acc[0..kSamples) of the same kSamples
+// outputs. Reduce-scatter over lane bits 4, 2, 1: while a lane holds more than one value it
+// keeps half of them (the upper half if its bit is set), adds the partner's copy of that
+// half, and sends the other half; once it holds one value the remaining bits are summed as a
+// butterfly. Afterwards acc[0] of lane q is the total of sample owned_sample(q); kSamples <= 8.
+// Fixed pairing and order: bitwise reproducible. Every lane of the warp must call it.
+template <typename scalar_t, int kSamples>
+SIMT_DEVICE __forceinline__ void reduce_scatter_unit(scalar_t (&acc)[kSamples], int q) {
+  static_assert(kSamples == 1 || kSamples == 2 || kSamples == 4 || kSamples == 8, "kSamples: 1, 2, 4 or 8");
+  SIMT_UNROLL
+  for (int level = 0; level < 3; ++level) {
+    const int bit = kUnitLanes >> (level + 1);  // 4, 2, 1
+    const int held = kSamples >> level;         // values held before this level (when >= 2)
+    if (held >= 2) {
+      const bool upper = (q & bit) != 0;
+      SIMT_UNROLL
+      for (int i = 0; i < kSamples / 2; ++i) {
+        if (i < held / 2) {
+          const scalar_t send = upper ? acc[i] : acc[i + held / 2];
+          const scalar_t keep = upper ? acc[i + held / 2] : acc[i];
+          acc[i] = keep + __shfl_xor_sync(kFullMask, send, bit);
+        }
+      }
+    } else {
+      acc[0] += __shfl_xor_sync(kFullMask, acc[0], bit);
+    }
+  }
+}
+
+// The sample whose total lane q holds after reduce_scatter_unit, and whether q is the one
+// lane that owns it (the others hold copies).
+template <int kSamples>
+SIMT_HOST_DEVICE constexpr int owned_sample(int q) {
+  // Halving levels consume lane bits 4, 2, 1 in turn while more than one value is held.
+  int sample = 0;
+  int held = kSamples;
+  for (int bit = 4; bit >= 1 && held >= 2; bit >>= 1) {
+    held /= 2;
+    if (q & bit) sample += held;
+  }
+  return sample;
+}
+
+template <int kSamples>
+SIMT_HOST_DEVICE constexpr bool owns_sample(int q) {
+  // Bits not used for halving must be 0: kSamples = 8 uses bits 4,2,1; 4 uses 4,2; 2 uses 4.
+  const int halving_bits = kSamples == 8 ? 7 : kSamples == 4 ? 6 : kSamples == 2 ? 4 : 0;
+  return (q & ~halving_bits) == 0;
 }
 
 SIMT_END_WORLD

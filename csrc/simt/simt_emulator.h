@@ -273,7 +273,7 @@ using simt::emu::__saturatef;
 // after the kernel's definition, at namespace scope; a template kernel names one
 // instantiation per use (the kernel is the last, variadic argument so commas are fine).
 #define SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, ...)                                    \
-  [[maybe_unused]] static const bool SIMT_CAT(simt_kernel_attributes_, __LINE__) =                  \
+  [[maybe_unused]] static const bool SIMT_CAT(simt_kernel_attributes_, __COUNTER__) =                  \
       ::simt::emu::register_kernel(reinterpret_cast<const void*>(&__VA_ARGS__), #__VA_ARGS__, (max_threads), \
                                    (regs_per_thread))
 

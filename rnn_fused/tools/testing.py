@@ -274,7 +274,8 @@ def measure_against_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
     reference_module = copy.deepcopy(torch_module).double()
     stock_module = copy.deepcopy(torch_module).to(dtype)
     ours_module = RNN.from_torch(stock_module)
-    ours_module.backend = backend
+    if backend is not None:
+        ours_module.backend = backend
 
     def leaves(cast_dtype):
         x = cast_input(input, cast_dtype, backward)

@@ -1,0 +1,162 @@
+// The cost model the recurrence planner chooses paths with (csrc/cuda/elman_launch.h), in
+// microseconds. Pure arithmetic on sizes and the constants below; no torch, no CUDA.
+//
+// Every constant was measured on an NVIDIA H200 (132 SMs, CUDA 13.0, driver 580.159,
+// 2026-11-30; ../shared/GPU_FACTS.md) or fitted to the measured times there; the table
+// names which. Predictions for the new paths are predictions: their kernels have not run on
+// a GPU yet. tests/test_cost_model.py holds the model to GPU_FACTS.md: the model of the
+// first grid kernel (legacy_grid_*) reproduces its measured forward and forward+backward
+// times within 30% at every row, and cudnn_* cuDNN's where cuDNN ran one GEMM per step.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace rnn_fused::cost {
+
+struct Constants {
+  // Measured (GPU_FACTS.md "Synchronisation floors"): one barrier, 256 threads per block.
+  double block_barrier_us = 0.016;
+  double cluster_barrier_us[17] = {0, 0, 0.187, 0.190, 0.195, 0.198, 0.200, 0.203, 0.205,
+                                   0.204, 0.203, 0.201, 0.200, 0.198, 0.197, 0.195, 0.193};  // by CTAs; 2/4/8/16 measured
+  double grid_barrier_us = 0.97;
+  double launch_us = 5.0;  // an empty kernel launch in a stream loop
+  // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (GPU_FACTS.md "Floors").
+  double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
+  double fp64_fma_fraction = 0.5;  // H100/H200 float64 FMA rate relative to float32
+  double clock_per_us = 1980;      // SM clock (H200 boost), to turn cycle counts into time
+  // Shared memory: one 128-byte wavefront per clock per SM (the architecture's bandwidth).
+  double smem_wavefronts_per_us = 1980;
+  // Fitted to the first grid kernel's measured times (tests/test_cost_model.py): a dependent
+  // load from L2 in the middle of a step, and the serialized per-sample epilogue around it.
+  double l2_dependent_load_us = 0.22;
+  double l2_bytes_per_sm_per_us = 75e3;  // assumed: ~10 TB/s of L2 reads over 132 SMs
+  // Whole-sequence GEMMs (cuBLAS, TF32 off) and per-op overhead, fitted to the same rows.
+  double gemm_tflops = 40.0;
+  double op_fixed_us = 96.0;
+  // Latencies in SM cycles of the step's pieces (architecture figures, not measured here).
+  double fma_latency_cycles = 4;
+  double smem_latency_cycles = 30;
+  double shuffle_latency_cycles = 25;
+  double epilogue_cycles = 60;        // activation, mask, stores of one output
+  double remote_store_cycles = 8;     // issue cost of one distributed-shared-memory store
+};
+
+inline constexpr Constants kH200{};
+
+inline double gemm_us(const Constants& c, double m, double n, double k) {
+  return 2.0 * m * n * k / (c.gemm_tflops * 1e6) + c.launch_us;
+}
+
+// What one CTA does per step on the persistent paths (kernel_common.cuh's mapping): `passes`
+// passes of 32 units, each lane kSamples accumulators over chunk_iterations 16-byte chunks.
+struct StepWork {
+  int64_t samples;           // kSamples
+  int64_t passes;            // ceil(units per CTA / 32)
+  int64_t chunk_iterations;  // ceil(ceil(H / vector) / 8)
+  int64_t vector;            // scalars per 16-byte chunk: 4 (float32) or 2 (float64)
+  bool fp64;
+};
+
+// Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
+// multiply-add throughput, the shared-memory wavefronts and the dependent chain, plus the
+// reduce-scatter and epilogue latencies of each pass.
+inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
+  const double fmas_per_thread = double(w.passes) * w.chunk_iterations * w.vector * w.samples;
+  const double fma_rate = c.fma_per_sm_per_us * (w.fp64 ? c.fp64_fma_fraction : 1.0);
+  const double throughput = 256.0 * fmas_per_thread / fma_rate;
+  // Per warp and chunk: the weight load spans 4 units (4 wavefronts), each state load is one
+  // 128-byte row segment shared by the warp's 4 unit groups (1 wavefront).
+  const double wavefronts = 8.0 * w.passes * w.chunk_iterations * (4 + w.samples);
+  const double shared = wavefronts / c.smem_wavefronts_per_us;
+  const double chain_cycles = double(w.passes) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
+  const double chain = chain_cycles / c.clock_per_us;
+  const double tail_cycles = double(w.passes) * (3 * c.shuffle_latency_cycles + c.epilogue_cycles);
+  return std::max({throughput, shared, chain}) + tail_cycles / c.clock_per_us;
+}
+
+// Per step of the three persistent paths (waves: how many times the groups' CTAs must take
+// turns because not all fit on the device at once).
+inline double block_step_us(const Constants& c, const StepWork& w, int64_t waves) {
+  return waves * (cta_step_compute_us(c, w) + c.block_barrier_us);
+}
+
+inline double cluster_step_us(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves) {
+  const double exchange_cycles = double(w.passes) * cluster * c.remote_store_cycles;
+  return waves * (cta_step_compute_us(c, w) + exchange_cycles / c.clock_per_us +
+                  c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)]);
+}
+
+// Grid: each CTA computes `chunks` chunks of samples in turn, staging each chunk's state rows
+// (samples x H scalars) from L2 first, then one grid barrier.
+inline double grid_step_us(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
+                           int64_t chunks) {
+  const double stage = c.l2_dependent_load_us + double(w.samples) * hidden * scalar_bytes / c.l2_bytes_per_sm_per_us;
+  return chunks * (cta_step_compute_us(c, w) + stage) + c.grid_barrier_us;
+}
+
+// Stepwise: a cuBLAS product [B,H] x [H,H] and an epilogue launch per step (two launches).
+inline double stepwise_step_us(const Constants& c, int64_t batch, int64_t hidden, bool fp64) {
+  const double rate = fp64 ? c.gemm_tflops * c.fp64_fma_fraction : c.gemm_tflops;
+  return 2 * c.launch_us + 2.0 * batch * hidden * hidden / (rate * 1e6);
+}
+
+// The layer's whole-sequence work around the recurrence, as the host layer runs it: the input
+// projection before the forward; dX, dW_ih, dW_hh (sqrt(T) chunk products) and the small
+// reductions after the backward; plus the op's fixed overhead.
+inline double forward_gemms_us(const Constants& c, int64_t steps, int64_t batch, int64_t input, int64_t hidden) {
+  return gemm_us(c, double(steps) * batch, hidden, input) + c.op_fixed_us;
+}
+
+inline double backward_gemms_us(const Constants& c, int64_t steps, int64_t batch, int64_t input, int64_t hidden) {
+  const double rows = double(steps) * batch;
+  return gemm_us(c, rows, input, hidden) + gemm_us(c, hidden, input, rows) + gemm_us(c, hidden, hidden, rows) +
+         4 * c.launch_us * std::sqrt(double(steps)) + c.op_fixed_us;
+}
+
+// ---- Reference models (not paths rnn_fused runs) ----------------------------------------
+
+// The first grid kernel (commit 54a1037): H/4 blocks of 4 units, a warp per (unit, 4
+// samples) work item reading h_{t-1} from L2 in a dependent loop of H/32 iterations, the 4
+// epilogues of an item serialized, one grid barrier per step. Per-step constants fitted to
+// its measured times (tests/test_cost_model.py); the shared constants above come with them.
+struct LegacyFit {
+  double forward_fixed_us = 0.226, forward_item_us = 0.091, forward_epilogue_us = 0.336, forward_iteration_us = 0.22;
+  double backward_fixed_us = 0.131, backward_item_us = 0.30, backward_epilogue_us = 0.60,
+         backward_iteration_us = 0.12;
+};
+inline constexpr LegacyFit kLegacyFit{};
+
+inline double legacy_grid_step_us(const Constants& c, int64_t batch, int64_t hidden, bool backward) {
+  const LegacyFit& f = kLegacyFit;
+  const int64_t items = 4 * ((batch + 3) / 4);  // 4 units per block x sample groups of 4
+  const int64_t per_warp = (items + 7) / 8;
+  const double iterations = double((hidden + 31) / 32);
+  const double samples = double(std::min<int64_t>(batch, 4));
+  if (!backward) {
+    return c.grid_barrier_us + f.forward_fixed_us +
+           per_warp * (f.forward_item_us + samples * f.forward_epilogue_us + iterations * f.forward_iteration_us);
+  }
+  return c.grid_barrier_us + f.backward_fixed_us +
+         per_warp * (f.backward_item_us + samples * f.backward_epilogue_us + iterations * f.backward_iteration_us);
+}
+
+// cuDNN where it runs one GEMM per step (H >= 512 in GPU_FACTS.md's profiles): a split-K SIMT
+// SGEMM launch and element-wise launches per step; the GEMM's rate grows with the batch and
+// saturates. Fitted to GPU_FACTS.md's rows with H >= 512 (within 30% of each).
+struct CudnnFit {
+  double max_tflops = 17.3, half_rate_batch = 11.6;
+  double forward_launches = 2.09, backward_launches = 4.0;
+  double fixed_us = 105.8;
+};
+inline constexpr CudnnFit kCudnnFit{};
+
+inline double cudnn_gemm_step_us(const Constants& c, int64_t batch, int64_t hidden, bool backward) {
+  const CudnnFit& f = kCudnnFit;
+  const double rate_tflops = f.max_tflops * batch / (batch + f.half_rate_batch);
+  const double launches = backward ? f.backward_launches : f.forward_launches;
+  return launches * c.launch_us + 2.0 * batch * hidden * hidden / (rate_tflops * 1e6);
+}
+
+}  // namespace rnn_fused::cost
