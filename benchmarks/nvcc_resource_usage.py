@@ -3,8 +3,8 @@
 Compiles csrc/cuda/elman_cuda.cu for sm_80 and sm_90 with the build's flags plus
 -Xptxas -v, keeps ptxas's lines for the kernels of elman_forward_kernel.cuh /
 elman_backward_kernel.cuh (names demangled), writes them to
-benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when a float32 persistent kernel
-spills to local memory. No GPU needed, only nvcc.
+benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when any of them spills to local
+memory. No GPU needed, only nvcc.
 
 Usage: python benchmarks/nvcc_resource_usage.py [--out benchmarks/nvcc_resource_usage.txt]
 """
@@ -21,8 +21,8 @@ import sysconfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
-KERNELS = ("forward_recurrence_persistent_kernel", "forward_step_kernel",
-           "backward_recurrence_persistent_kernel", "backward_step_kernel", "backward_norms_tail_kernel")
+KERNELS = ("forward_recurrence_kernel", "backward_recurrence_kernel", "forward_step_epilogue_kernel",
+           "backward_step_epilogue_kernel")
 
 
 def include_dirs() -> list[str]:
@@ -76,9 +76,8 @@ def main() -> int:
             continue  # ptxas's warning may print under another entry; each entry's own info line has the numbers
         if current and ("registers" in line or "stack frame" in line or "spill" in line):
             report.append("    " + line.split("ptxas info    : ")[-1].strip())
-            persistent_f32 = "persistent" in current and "float" in current and "double" not in current
             spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-            if persistent_f32 and spill and (int(spill.group(1)) or int(spill.group(2))):
+            if spill and (int(spill.group(1)) or int(spill.group(2))):
                 spills.append(f"{current}: {line.strip()}")
     header = ["# ptxas -v for the recurrence kernels (csrc/cuda/elman_cuda.cu), produced by",
               "# benchmarks/nvcc_resource_usage.py. nvcc: " +

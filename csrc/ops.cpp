@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
 // Importing rnn_fused._C from Python only has to load this shared library: the
@@ -129,6 +130,33 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   return {paths, feasible, shapes, us, reasons};
 }
 
+// The cost model's prediction, in microseconds, for one layer and direction (forward, or
+// backward after a forward) of `kernel`: a reference model ("legacy-grid": the first grid
+// kernel; "cudnn": cuDNN's per-step GEMM regime) or "planned" (the path the planner of
+// like's device would choose, with the layer's whole-sequence GEMMs).
+double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t steps, int64_t batch,
+                     int64_t input_size, int64_t hidden_size, bool backward) {
+  TORCH_CHECK_VALUE(steps > 0 && batch > 0 && input_size > 0 && hidden_size > 0,
+                    "rnn_fused: cost_model needs positive steps, batch, input_size and hidden_size, got ", steps, ", ",
+                    batch, ", ", input_size, ", ", hidden_size);
+  const cost::Constants& c = cost::kH200;
+  const double gemms = backward ? cost::backward_gemms_us(c, steps, batch, input_size, hidden_size)
+                                : cost::forward_gemms_us(c, steps, batch, input_size, hidden_size);
+  const std::string name(kernel);
+  if (name == "legacy-grid") return steps * cost::legacy_grid_step_us(c, batch, hidden_size, backward) + gemms;
+  if (name == "cudnn") {
+    return steps * cost::cudnn_gemm_step_us(c, batch, hidden_size, backward) + gemms - c.op_fixed_us +
+           cost::kCudnnFit.fixed_us;
+  }
+  TORCH_CHECK_VALUE(name == "planned", "rnn_fused: cost_model kernel must be 'planned', 'legacy-grid' or 'cudnn', got '",
+                    name, "'");
+  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), like.is_cpu() ? "emulated" : "");
+  const c10::OptionalDeviceGuard guard(like.device());
+  const RecurrencePlanReport report = b.plan(RecurrencePlanQuery{
+      .compute = compute_dtype(like.scalar_type()), .hidden = hidden_size, .batch = batch, .backward = backward});
+  return steps * report.chosen.us_per_step + gemms;
+}
+
 }  // namespace
 }  // namespace rnn_fused
 
@@ -170,6 +198,11 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "recurrence_plan(Tensor like, int hidden_size, int batch_size, bool backward, str? path=None, "
       "str? backend=None) -> (str[], int[], int[], float[], str[])");
+  // like: as for recurrence_plan. The predicted microseconds of a layer's forward or backward.
+  m.def(
+      "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "
+      "-> float",
+      &rnn_fused::cost_model_us);
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }

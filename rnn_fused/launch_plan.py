@@ -69,3 +69,15 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
                               predicted[i], reasons[i]) for i in range(len(paths))]
     chosen, *candidates = estimates
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates))
+
+
+def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int, hidden_size: int,
+                       backward: bool = False, dtype: torch.dtype = torch.float32,
+                       device: str | torch.device = "emulated") -> float:
+    """The cost model's time, in microseconds, of one layer and direction: its forward, or
+    (backward=True) its backward, whole-sequence GEMMs included. kernel: "planned" (the path
+    plan() chooses on `device`), or a reference model measured on an H200: "legacy-grid" (the
+    first grid kernel, commit 54a1037) or "cudnn" (cuDNN where it runs one GEMM per step)."""
+    emulated = device == "emulated"
+    like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
+    return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
