@@ -2,8 +2,9 @@
 
 The project's CUDA kernels are compiled twice: by nvcc for CUDA tensors (backend "cuda")
 and by g++ with the fiber-based emulator (csrc/simt/) for CPU tensors (backend
-"emulated"). This module configures the emulator: what device it pretends to be, and in
-which order threads run between barriers. Settings are process wide; use the context
+"emulated"). This module configures the emulator: what device it pretends to be (its
+compute capability decides whether thread-block clusters exist), and
+in which order threads run between barriers. Settings are process wide; use the context
 managers so a test restores what it changed. `import rnn_fused` does not import this
 module; `rnn_fused.simt` does, on first use.
 """
