@@ -49,7 +49,7 @@ sanitize: $(DEPS)
 	cd $(SANITIZE_DIR) && RNN_FUSED_CUDA=0 RNN_FUSED_SANITIZE=1 $(abspath $(BIN))/python setup.py -q build_ext --inplace
 	cd $(SANITIZE_DIR) && RNN_FUSED_SANITIZER_RUN=1 ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
-		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py \
+		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_cluster.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py \
 		tests/test_bptt_kernels.py
 
 clean:

@@ -2,8 +2,9 @@
 
 The project's CUDA kernels are compiled twice: by nvcc for CUDA tensors (backend "cuda")
 and by g++ with the fiber-based emulator (csrc/simt/) for CPU tensors (backend
-"emulated"). This module configures the emulator: what device it pretends to be, and in
-which order threads run between barriers. Settings are process wide; use the context
+"emulated"). This module configures the emulator: what device it pretends to be (its
+compute capability decides whether thread-block clusters exist), and
+in which order threads run between barriers. Settings are process wide; use the context
 managers so a test restores what it changed. `import rnn_fused` does not import this
 module; `rnn_fused.simt` does, on first use.
 """
@@ -11,7 +12,7 @@ module; `rnn_fused.simt` does, on first use.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Iterator
 
 import torch
@@ -26,7 +27,9 @@ SCHEDULE_MODES = ("forward", "reverse", "shuffle")
 
 @dataclass(frozen=True)
 class DeviceProperties:
-    """The emulated GPU. Defaults resemble an H100 SXM (132 SMs, 227 KB opt-in shared)."""
+    """The emulated GPU. Defaults resemble an H100 SXM (132 SMs, 227 KB opt-in shared,
+    compute capability 9.0: thread-block clusters). The field order is the C++ side's
+    (SIMT_DEVICE_PROPERTY_FIELDS in csrc/simt/simt.cuh); device_properties() checks it."""
 
     sm_count: int = 132
     max_threads_per_block: int = 1024
@@ -39,21 +42,35 @@ class DeviceProperties:
     regs_per_block: int = 65536
     regs_per_sm: int = 65536
     cooperative_launch: bool = True
+    compute_capability_major: int = 9
+    compute_capability_minor: int = 0
+
+    @property
+    def compute_capability(self) -> tuple[int, int]:
+        return self.compute_capability_major, self.compute_capability_minor
+
+
+def _field_names() -> list[str]:
+    """DeviceProperties' fields, checked against the extension's order (count and names)."""
+    names = [f.name for f in fields(DeviceProperties)]
+    native = list(_ops.device_property_names())
+    if len(native) != len(names) or native != names:
+        raise RuntimeError(f"rnn_fused.simt.DeviceProperties has {len(names)} fields {names}, but the extension "
+                           f"exchanges {len(native)}: {native}; rebuild the extension or update rnn_fused/simt.py")
+    return names
 
 
 def device_properties() -> DeviceProperties:
     """The emulated device's current properties."""
+    names = _field_names()
     values = _ops.get_device_properties()
-    names = [f.name for f in fields(DeviceProperties)]
-    if len(values) != len(names):
-        raise RuntimeError(f"get_device_properties returned {len(values)} fields, expected {len(names)}")
-    kwargs = dict(zip(names, values))
+    kwargs = dict(zip(names, values, strict=True))
     kwargs["cooperative_launch"] = bool(kwargs["cooperative_launch"])
     return DeviceProperties(**kwargs)
 
 
 def set_device_properties(props: DeviceProperties) -> None:
-    _ops.set_device_properties(**asdict(props))
+    _ops.set_device_properties([int(getattr(props, name)) for name in _field_names()])
 
 
 def reset_device_properties() -> None:
@@ -62,11 +79,21 @@ def reset_device_properties() -> None:
 
 
 @contextlib.contextmanager
-def emulated_device(**overrides) -> Iterator[DeviceProperties]:
+def emulated_device(*, compute_capability: tuple[int, int] | None = None, **overrides) -> Iterator[DeviceProperties]:
     """Emulate a device with some properties changed, e.g. emulated_device(sm_count=2).
 
-    Unnamed properties keep their current values; the previous device is restored on exit.
+    `compute_capability=(8, 0)` sets compute_capability_major/minor: (8, 0) behaves like an
+    A100 (no thread-block clusters), the default (9, 0) like an H100/H200. Unnamed
+    properties keep their current values; the previous device is restored on exit.
     """
+    if compute_capability is not None:
+        if ({"compute_capability_major", "compute_capability_minor"} & overrides.keys()):
+            raise TypeError("emulated_device: give compute_capability or compute_capability_major/minor, not both")
+        if (not isinstance(compute_capability, tuple) or len(compute_capability) != 2
+                or not all(isinstance(v, int) for v in compute_capability)):
+            raise TypeError(f"emulated_device: compute_capability must be a (major, minor) tuple of ints, "
+                            f"got {compute_capability!r}")
+        overrides["compute_capability_major"], overrides["compute_capability_minor"] = compute_capability
     previous = device_properties()
     wanted = replace(previous, **overrides)
     set_device_properties(wanted)

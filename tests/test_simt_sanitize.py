@@ -3,7 +3,8 @@
 `make sanitize` builds an ASan-instrumented copy of the extension (RNN_FUSED_SANITIZE=1)
 in build/sanitize and runs tests/test_simt.py there (good kernels must run clean: any
 ASan report aborts the run) plus this file, which asserts that out-of-bounds shared
-memory accesses in a kernel produce an ASan report. Each bad kernel runs in a child
+memory accesses in a kernel (also through distributed shared memory, into another block of
+a cluster) and accesses to an exited block's shared memory produce an ASan report. Each bad kernel runs in a child
 process because ASan aborts the process it reports in.
 """
 
@@ -54,3 +55,48 @@ def test_shared_memory_out_of_bounds_is_reported(fault, access):
     assert re.search(r"SUMMARY: AddressSanitizer: heap-buffer-overflow .*selftest_kernels\.cuh:\d+ in faulty_kernel",
                      report), report
     assert "allocate_shared" in report, report  # the region is the emulator's shared memory
+
+
+def _run_child(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ))
+
+
+def test_distributed_shared_memory_out_of_bounds_is_reported():
+    # Each block's shared memory is its own allocation, so a mapped pointer into another
+    # block of the cluster is bounds-checked like the block's own shared memory.
+    code = (
+        "import torch\n"
+        "from rnn_fused.tools import simt_selftest\n"
+        "simt_selftest.faulty_cluster('remote_shared_out_of_bounds', torch.ones(64), 16, 2)\n"
+        "print('NO ASAN REPORT')\n"
+    )
+    proc = _run_child(code)
+    report = proc.stderr
+    assert proc.returncode != 0, f"the out-of-bounds kernel ran to completion:\n{proc.stdout}\n{report}"
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report
+    assert "WRITE of size 4" in report, report
+    # The dynamic shared memory is [2, n] floats, n = 2 blocks x 16 threads: 256 bytes.
+    assert re.search(r"0 bytes (after|to the right of) 256-byte region", report), report
+    assert re.search(r"SUMMARY: AddressSanitizer: heap-buffer-overflow .*selftest_kernels\.cuh:\d+ in "
+                     r"faulty_cluster_kernel", report), report
+    assert "allocate_shared" in report, report
+
+
+def test_access_to_an_exited_blocks_shared_memory_is_reported():
+    # Rank 0 mapped rank 1's shared memory before the last cluster_sync and writes through it
+    # afterwards; under the reverse schedule rank 1 has exited by then.
+    code = (
+        "import torch\n"
+        "from rnn_fused import simt\n"
+        "from rnn_fused.tools import simt_selftest\n"
+        "with simt.schedule('reverse'):\n"
+        "    simt_selftest.faulty_cluster('stale_remote_access', torch.ones(64), 16, 2)\n"
+        "print('NO ASAN REPORT')\n"
+    )
+    proc = _run_child(code)
+    report = proc.stderr
+    assert proc.returncode != 0, f"the stale access ran to completion:\n{proc.stdout}\n{report}"
+    assert "ERROR: AddressSanitizer: use-after-poison" in report, report
+    assert re.search(r"SUMMARY: AddressSanitizer: use-after-poison .*selftest_kernels\.cuh:\d+ in faulty_cluster_kernel",
+                     report), report

@@ -15,6 +15,12 @@
 //   SIMT_SHARED(T, name)           static shared memory, e.g. SIMT_SHARED(float[32][33], tile)
 //   SIMT_DYNAMIC_SHARED(T, name)   T* name = the launch's dynamic shared memory
 //   simt::grid_sync()              cooperative-groups grid-wide barrier
+//   simt::cluster_rank(), simt::cluster_size()   this block's rank in its thread-block cluster
+//                                  and the blocks per cluster (1 without a cluster launch)
+//   simt::cluster_sync()           barrier over every thread of every block of the cluster
+//                                  (orders distributed shared memory accesses)
+//   simt::cluster_map_shared(p, rank)   the same shared variable in block `rank` of the cluster
+//                                  (distributed shared memory); clusters need compute capability 9.0
 //   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)
 //   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
 //   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz
@@ -25,6 +31,10 @@
 //   int simt::max_active_blocks_per_sm(kernel, block_threads, dynamic_smem_bytes)
 //   simt::launch(kernel, grid, block, dynamic_smem_bytes, args...)
 //   simt::launch_cooperative(kernel, grid, block, dynamic_smem_bytes, args...)
+//   simt::launch_cluster(kernel, grid, block, dynamic_smem_bytes, cluster_size, args...)
+//     clusters of cluster_size consecutive blocks along x (compute capability >= 9.0)
+//   int simt::max_active_clusters(kernel, block_threads, dynamic_smem_bytes, cluster_size)
+//   simt::allow_nonportable_cluster_size(kernel[, allowed])  clusters of 9..16 blocks
 //   SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, kernel)  register estimate for
 //     the emulator's occupancy model and launch-bounds check (no-op under nvcc, where the
 //     compiler's numbers are queried instead).
@@ -90,13 +100,23 @@ struct DeviceProperties {
   int regs_per_block = 65536;
   int regs_per_sm = 65536;
   bool cooperative_launch = true;
+  int compute_capability_major = 9;  // thread-block clusters need 9.0 or newer
+  int compute_capability_minor = 0;
 };
+
+// Every DeviceProperties field once, in the order the emulator's controls exchange them
+// (csrc/simt/simt_ops.cpp; rnn_fused/simt.py checks its own field list against it).
+#define SIMT_DEVICE_PROPERTY_FIELDS(X)                                                                       \
+  X(sm_count) X(max_threads_per_block) X(max_threads_per_sm) X(max_blocks_per_sm) X(shared_mem_per_block)    \
+  X(shared_mem_per_block_optin) X(shared_mem_per_sm) X(reserved_shared_mem_per_block) X(regs_per_block)      \
+  X(regs_per_sm) X(cooperative_launch) X(compute_capability_major) X(compute_capability_minor)
 
 // Per-kernel numbers from the compiler (nvcc) or from SIMT_KERNEL_ATTRIBUTES (emulation).
 struct KernelAttributes {
   int max_threads_per_block = 1024;  // launch bounds
   int regs_per_thread = 32;
   int64_t static_shared_bytes = 0;
+  bool nonportable_cluster_size_allowed = false;  // allow_nonportable_cluster_size
 };
 
 // Grid argument of the launch helpers: converts implicitly from dim3 or an integer and
@@ -187,6 +207,69 @@ inline void validate_cooperative(const DeviceProperties& p, int blocks_per_sm, d
                 format_dim(grid) + " has " + std::to_string(volume(grid)) + " blocks but at most " +
                 std::to_string(capacity) + " (" + std::to_string(blocks_per_sm) + " per SM x " +
                 std::to_string(p.sm_count) + " SMs) can be co-resident");
+  }
+}
+
+// Thread-block clusters: at most 8 blocks portably, 16 where the kernel opted in to
+// non-portable sizes (H100/H200; cudaFuncAttributeNonPortableClusterSizeAllowed).
+constexpr unsigned kPortableClusterSize = 8;
+constexpr unsigned kMaxClusterSize = 16;
+
+inline bool has_clusters(const DeviceProperties& p) { return p.compute_capability_major >= 9; }
+
+inline std::string format_compute_capability(const DeviceProperties& p) {
+  return std::to_string(p.compute_capability_major) + "." + std::to_string(p.compute_capability_minor);
+}
+
+// Why clusters of `cluster_size` blocks of this kernel cannot launch on this device ("" if
+// they can, as far as the device and the size go; co-residency is checked separately).
+inline std::string cluster_size_problem(const DeviceProperties& p, const KernelAttributes& a, unsigned cluster_size) {
+  if (!has_clusters(p)) {
+    return "cluster launch is not supported on this device (compute capability " + format_compute_capability(p) +
+           "; thread-block clusters need 9.0 or newer)";
+  }
+  if (cluster_size < 1 || cluster_size > kMaxClusterSize) {
+    return "cluster size " + std::to_string(cluster_size) + " is outside [1, " + std::to_string(kMaxClusterSize) +
+           "] (cudaErrorInvalidClusterSize)";
+  }
+  if (cluster_size > kPortableClusterSize && !a.nonportable_cluster_size_allowed) {
+    return "cluster size " + std::to_string(cluster_size) + " exceeds the portable limit " +
+           std::to_string(kPortableClusterSize) +
+           " and the kernel did not opt in with simt::allow_nonportable_cluster_size (cudaErrorInvalidClusterSize)";
+  }
+  return "";
+}
+
+// The emulator's cluster occupancy: blocks per SM x SMs / cluster size, 0 without clusters.
+// Real GPUs place a cluster inside one GPC (16-18 SMs on an H100), so cudaOccupancyMaxActiveClusters
+// can be lower, e.g. for 16-block clusters of one block per SM; the emulator ignores GPCs.
+inline int cluster_occupancy_model(const DeviceProperties& p, const KernelAttributes& a, int block_threads,
+                                   int64_t dynamic_smem, unsigned cluster_size) {
+  if (!cluster_size_problem(p, a, cluster_size).empty()) return 0;
+  const int64_t blocks = static_cast<int64_t>(occupancy_model(p, a, block_threads, dynamic_smem)) * p.sm_count;
+  return static_cast<int>(blocks / cluster_size);
+}
+
+// Checks a cluster launch makes (both worlds) on top of validate_launch: the device has
+// clusters, the size is allowed, clusters tile the grid along x, and at least one whole
+// cluster can be co-resident (`max_clusters`, from max_active_clusters).
+inline void validate_cluster(const DeviceProperties& p, const KernelAttributes& a, dim3 grid, dim3 block,
+                             std::size_t dynamic_smem, unsigned cluster_size, int max_clusters,
+                             const std::source_location& where) {
+  auto fail = [&](const std::string& why) {
+    throw Error("simt: invalid cluster launch at " + format_site(where) + " (grid " + format_dim(grid) + ", block " +
+                format_dim(block) + ", dynamic shared memory " + std::to_string(dynamic_smem) + " bytes, cluster size " +
+                std::to_string(cluster_size) + "): " + why);
+  };
+  const std::string problem = cluster_size_problem(p, a, cluster_size);
+  if (!problem.empty()) fail(problem);
+  if (grid.x % cluster_size != 0) {
+    fail("grid.x = " + std::to_string(grid.x) + " is not a multiple of the cluster size " +
+         std::to_string(cluster_size) + " (cudaErrorInvalidClusterSize)");
+  }
+  if (max_clusters < 1) {
+    fail("not even one cluster of " + std::to_string(cluster_size) +
+         " blocks can be co-resident with this block size and shared memory (max_active_clusters is 0)");
   }
 }
 

@@ -47,11 +47,66 @@
     }                                                                                                 \
   } while (0)
 
+// Thread-block clusters exist from compute capability 9.0. The cluster primitives compile
+// for older targets too (the library is built for sm_80 and sm_90) and trap there; the host
+// never launches a cluster kernel on such a device (launch_cluster refuses it).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SIMT_HAS_CLUSTERS 1
+#else
+#define SIMT_HAS_CLUSTERS 0
+#define SIMT_NO_CLUSTERS_TRAP(op)                                                                               \
+  do {                                                                                                          \
+    printf("%s:%d: %s needs compute capability 9.0 (thread-block clusters); block (%u,%u,%u) thread (%u,%u,%u) " \
+           "runs code compiled for an older architecture\n",                                                   \
+           __FILE__, __LINE__, op, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);  \
+    __trap();                                                                                                   \
+  } while (0)
+#endif
+
 namespace simt {
 SIMT_BEGIN_WORLD
 
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
+
+// This block's rank in its cluster, and the blocks per cluster (1 without a cluster launch).
+__device__ inline unsigned cluster_rank() {
+#if SIMT_HAS_CLUSTERS
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_rank");
+  return 0;
+#endif
+}
+
+__device__ inline unsigned cluster_size() {
+#if SIMT_HAS_CLUSTERS
+  return cooperative_groups::this_cluster().num_blocks();
+#else
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_size");
+  return 1;
+#endif
+}
+
+// Barrier over every thread of the cluster; orders distributed shared memory accesses.
+__device__ inline void cluster_sync() {
+#if SIMT_HAS_CLUSTERS
+  cooperative_groups::this_cluster().sync();
+#else
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_sync");
+#endif
+}
+
+// The same shared variable as `local`, in block `rank` of this cluster.
+template <class T>
+__device__ inline T* cluster_map_shared(T* local, unsigned rank) {
+#if SIMT_HAS_CLUSTERS
+  return cooperative_groups::this_cluster().map_shared_rank(local, static_cast<int>(rank));
+#else
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_map_shared");
+  return local;
+#endif
+}
 
 inline DeviceProperties device_properties() {
   int device = 0;
@@ -74,6 +129,8 @@ inline DeviceProperties device_properties() {
   p.regs_per_block = attr(cudaDevAttrMaxRegistersPerBlock);
   p.regs_per_sm = attr(cudaDevAttrMaxRegistersPerMultiprocessor);
   p.cooperative_launch = attr(cudaDevAttrCooperativeLaunch) != 0;
+  p.compute_capability_major = attr(cudaDevAttrComputeCapabilityMajor);
+  p.compute_capability_minor = attr(cudaDevAttrComputeCapabilityMinor);
   return p;
 }
 
@@ -85,6 +142,7 @@ KernelAttributes kernel_attributes(void (*kernel)(P...)) {
   a.max_threads_per_block = fa.maxThreadsPerBlock;
   a.regs_per_thread = fa.numRegs;
   a.static_shared_bytes = static_cast<int64_t>(fa.sharedSizeBytes);
+  a.nonportable_cluster_size_allowed = fa.nonPortableClusterSizeAllowed != 0;
   return a;
 }
 
@@ -145,6 +203,74 @@ void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::siz
                                                    dynamic_smem, c10::cuda::getCurrentCUDAStream()));
       },
       converted);
+}
+
+// Lets launch_cluster use 9..16 blocks per cluster for this kernel (persists per kernel).
+template <class... P>
+void allow_nonportable_cluster_size(void (*kernel)(P...), bool allowed = true) {
+  if (!detail::has_clusters(device_properties())) return;  // the attribute does not exist there
+  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                      cudaFuncAttributeNonPortableClusterSizeAllowed, allowed ? 1 : 0));
+}
+
+namespace detail {
+
+// The launch configuration of clusters of `cluster_size` blocks along x; `attribute` must
+// outlive the configuration.
+inline cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, std::size_t dynamic_smem, unsigned cluster_size,
+                                         cudaLaunchAttribute& attribute) {
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = cluster_size;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = dynamic_smem;
+  config.stream = c10::cuda::getCurrentCUDAStream();
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+}  // namespace detail
+
+// Clusters of `cluster_size` blocks that can be co-resident (cudaOccupancyMaxActiveClusters);
+// 0 where the device has no clusters or the size is not allowed for this kernel.
+template <class... P>
+int max_active_clusters(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem, unsigned cluster_size) {
+  const DeviceProperties p = device_properties();
+  const KernelAttributes a = kernel_attributes(kernel);
+  // Answered here rather than by a failing CUDA call, which would leave a pending error.
+  if (!detail::cluster_size_problem(p, a, cluster_size).empty()) return 0;
+  if (block_threads < 1 || block_threads > a.max_threads_per_block || block_threads > p.max_threads_per_block ||
+      static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes > p.shared_mem_per_block_optin) {
+    return 0;
+  }
+  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  cudaLaunchAttribute attribute{};
+  const cudaLaunchConfig_t config = detail::cluster_config(dim3(cluster_size), dim3(static_cast<unsigned>(block_threads)),
+                                                           dynamic_smem, cluster_size, attribute);
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
+  return clusters;
+}
+
+// cudaLaunchKernelEx with a cluster dimension (cluster_size, 1, 1) on the current stream;
+// validated first (detail::validate_cluster), so an unsupported launch fails on the host.
+template <class... P, class... A>
+void launch_cluster(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, unsigned cluster_size,
+                    A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "simt::launch_cluster: wrong number of kernel arguments");
+  const DeviceProperties p = device_properties();
+  const KernelAttributes a = kernel_attributes(kernel);
+  detail::validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
+  const int clusters = max_active_clusters(kernel, static_cast<int>(detail::volume(block)), dynamic_smem, cluster_size);
+  detail::validate_cluster(p, a, grid.dims, block, dynamic_smem, cluster_size, clusters, grid.where);
+  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  cudaLaunchAttribute attribute{};
+  const cudaLaunchConfig_t config = detail::cluster_config(grid.dims, block, dynamic_smem, cluster_size, attribute);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
 }
 
 SIMT_END_WORLD

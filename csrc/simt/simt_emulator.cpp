@@ -5,7 +5,12 @@
 // resumes the runnable fibers in the configured order (forward, reverse, seeded shuffle)
 // and, when nothing is runnable, releases a complete barrier or reports divergence or
 // deadlock as an error. Non-cooperative launches run their blocks one after another;
-// cooperative launches run all blocks interleaved so grid_sync can be honoured.
+// cooperative launches run all blocks interleaved so grid_sync can be honoured; cluster
+// launches run the blocks of one cluster interleaved (cluster_sync, distributed shared
+// memory) and clusters one after another. Within a cluster the scheduler runs one block
+// at a time as far as it gets (through its own __syncthreads) before switching to the next
+// in schedule order, so a block runs ahead of the others exactly where only a cluster_sync
+// would stop it, and a missing cluster_sync changes results between schedules.
 // Built with AddressSanitizer, fiber switches are annotated so ASan follows the stacks,
 // and each shared-memory variable is its own heap allocation so out-of-bounds shared
 // accesses are reported.
@@ -37,10 +42,11 @@ using namespace fiber;
 // ---------------------------------------------------------------------------------------
 // Launch state.
 
-enum class Wait : uint8_t { Ready, Barrier, Warp, Grid, Exited };
+enum class Wait : uint8_t { Ready, Barrier, Warp, Grid, Cluster, Exited };
 
 struct Launch;
 struct Block;
+struct Cluster;
 
 struct Fiber : ThreadHead {
   Context ctx;
@@ -67,12 +73,23 @@ struct SharedVar {
   std::size_t align;
 };
 
+// Another block of the cluster obtained this block's shared memory through
+// cluster_map_shared since the last cluster_sync.
+struct Mapping {
+  const Fiber* by;
+  std::source_location where;
+};
+
 struct Block {
   uint3 idx{0, 0, 0};
   Fiber* fibers = nullptr;
   unsigned nthreads = 0;
   unsigned at_barrier = 0;
   unsigned exited = 0;
+  std::vector<Fiber*> ready;  // runnable threads of this block
+  Cluster* cluster = nullptr;
+  unsigned rank = 0;  // in the cluster
+  std::vector<Mapping> mapped_by;  // at most one entry per other block
   std::vector<SharedVar> statics;
   std::size_t static_bytes = 0;
   void* dynamic = nullptr;
@@ -82,9 +99,31 @@ struct Block {
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
   ~Block() {
-    for (const SharedVar& v : statics) ::operator delete(v.ptr, std::align_val_t(v.align));
-    if (dynamic != nullptr) ::operator delete(dynamic, std::align_val_t(16));
+    for (const SharedVar& v : statics) {
+      unpoison(v.ptr, v.bytes);
+      ::operator delete(v.ptr, std::align_val_t(v.align));
+    }
+    if (dynamic != nullptr) {
+      unpoison(dynamic, dynamic_bytes);
+      ::operator delete(dynamic, std::align_val_t(16));
+    }
   }
+  static void unpoison(void* p, std::size_t bytes) {
+#if SIMT_ASAN
+    __asan_unpoison_memory_region(p, bytes);
+#else
+    (void)p, (void)bytes;
+#endif
+  }
+};
+
+// The blocks of one thread-block cluster (one block per cluster outside cluster launches).
+struct Cluster {
+  Block* blocks = nullptr;
+  unsigned size = 0;      // blocks
+  unsigned nthreads = 0;  // threads over all its blocks
+  unsigned at_barrier = 0;
+  unsigned exited = 0;
 };
 
 struct Launch {
@@ -95,7 +134,8 @@ struct Launch {
   unsigned threads_per_block = 0;
   std::vector<Fiber> fibers;
   std::vector<Block> blocks;
-  std::vector<Fiber*> ready;
+  std::vector<Cluster> clusters;
+  std::size_t ready = 0;  // runnable threads over all blocks
   std::vector<Fiber*> batch;
   std::size_t exited = 0;
   std::size_t at_grid = 0;
@@ -147,6 +187,7 @@ std::string describe(const Fiber& f) {
     case Wait::Exited: return "has exited";
     case Wait::Barrier: return "waits at __syncthreads (" + site(f.where) + ")";
     case Wait::Grid: return "waits at simt::grid_sync (" + site(f.where) + ")";
+    case Wait::Cluster: return "waits at simt::cluster_sync (" + site(f.where) + ")";
     case Wait::Warp:
       return std::string("waits at ") + op_name(f.op) + " (" + site(f.where) + ") with mask " + hex(f.mask);
   }
@@ -230,8 +271,10 @@ struct OverflowHandler {
 };
 
 std::string launch_suffix(const Launch& L) {
-  return "; kernel " + L.kernel_name + " launched at " + site(L.req.where) + " with grid " +
-         detail::format_dim(L.req.grid) + ", block " + detail::format_dim(L.req.block);
+  std::string s = "; kernel " + L.kernel_name + " launched at " + site(L.req.where) + " with grid " +
+                  detail::format_dim(L.req.grid) + ", block " + detail::format_dim(L.req.block);
+  if (L.req.kind == LaunchKind::Cluster) s += ", cluster size " + std::to_string(L.req.cluster_size);
+  return s;
 }
 
 void fail(Launch& L, const std::string& message) {
@@ -260,6 +303,31 @@ void yield(Fiber* f) {
   asan_finish(f->fake_stack, nullptr, nullptr);
 }
 
+// The last thread of `b` (`last`) has exited: its shared memory is gone. Other blocks of
+// the cluster that mapped it since the last cluster_sync may still access it (CUDA: every
+// distributed shared memory access must complete before the owner exits).
+void block_exited(Launch& L, Block& b, const Fiber& last) {
+  if (!b.mapped_by.empty()) {
+    const Mapping& m = b.mapped_by.front();
+    fail(L, "block " + detail::format_dim(b.idx) + " (cluster rank " + std::to_string(b.rank) + ") exited (its last thread, " +
+                coords(last) + ", returned) while block " + detail::format_dim(m.by->block_idx) +
+                " may still access its shared memory (" + coords(*m.by) + " mapped it with simt::cluster_map_shared at " +
+                site(m.where) + " after the last cluster_sync): cluster_sync before exit");
+    return;
+  }
+  if (b.cluster->size == 1) return;
+  // Later accesses through pointers mapped before the last cluster_sync read NaN, and the
+  // ASan build reports them.
+  auto retire = [](void* p, std::size_t bytes) {
+    std::memset(p, 0xff, bytes);
+#if SIMT_ASAN
+    __asan_poison_memory_region(p, bytes);
+#endif
+  };
+  for (const SharedVar& v : b.statics) retire(v.ptr, v.bytes);
+  retire(b.dynamic, b.dynamic_bytes);
+}
+
 void fiber_main(void* arg) {
   auto* f = static_cast<Fiber*>(arg);
   Launch& L = *f->launch;
@@ -275,7 +343,9 @@ void fiber_main(void* arg) {
   }
   f->wait = Wait::Exited;
   f->block->exited++;
+  f->block->cluster->exited++;
   L.exited++;
+  if (f->block->exited == f->block->nthreads) block_exited(L, *f->block, *f);
   asan_start(nullptr, L.scheduler_stack_bottom, L.scheduler_stack_size);
   switch_context(f->ctx, L.scheduler);
   __builtin_trap();  // a finished fiber is never resumed
@@ -291,7 +361,8 @@ void resume(Launch& L, Fiber* f) {
 
 void make_ready(Launch& L, Fiber* f) {
   f->wait = Wait::Ready;
-  L.ready.push_back(f);
+  f->block->ready.push_back(f);
+  L.ready++;
 }
 
 bool same_site(const std::source_location& a, const std::source_location& b) {
@@ -315,6 +386,13 @@ void diagnose_deadlock(Launch& L) {
       for (unsigned t = 0; t < f.block->nthreads && other == nullptr; ++t) {
         if (f.block->fibers[t].wait != Wait::Barrier) other = &f.block->fibers[t];
       }
+    } else if (f.wait == Wait::Cluster) {
+      const Cluster& c = *f.block->cluster;
+      for (unsigned b = 0; b < c.size && other == nullptr; ++b) {
+        for (unsigned t = 0; t < c.blocks[b].nthreads && other == nullptr; ++t) {
+          if (c.blocks[b].fibers[t].wait != Wait::Cluster) other = &c.blocks[b].fibers[t];
+        }
+      }
     } else {
       for (const Fiber& g : L.fibers) {
         if (g.wait != Wait::Grid) {
@@ -324,44 +402,78 @@ void diagnose_deadlock(Launch& L) {
       }
     }
     if (other == nullptr) continue;
-    const bool divergence = f.wait == Wait::Barrier && other->wait == Wait::Exited;
-    fail(L, std::string(divergence ? "barrier divergence: " : "deadlock: ") + coords(f) + " " + describe(f) +
-                ", but " + coords(*other) + " " + describe(*other));
+    const char* kind = "deadlock: ";
+    if (other->wait == Wait::Exited && f.wait == Wait::Barrier) kind = "barrier divergence: ";
+    if (other->wait == Wait::Exited && f.wait == Wait::Cluster) kind = "cluster barrier divergence: ";
+    fail(L, kind + coords(f) + " " + describe(f) + ", but " + coords(*other) + " " + describe(*other));
     return;
   }
   fail(L, "deadlock: no thread can make progress");
 }
 
-// Releases complete barriers. Returns false when every thread has exited; on divergence
-// or deadlock marks the launch failed.
+// Checks a barrier that every live thread has reached (`visit(fn)` calls fn on each of its
+// threads): none exited, all at the same call site. Marks the launch failed otherwise.
+template <class Visit>
+bool barrier_consistent(Launch& L, Visit visit, Wait kind, const char* what) {
+  const Fiber* first = nullptr;
+  visit([&](Fiber& g) {
+    if (first == nullptr && g.wait == kind) first = &g;
+  });
+  visit([&](Fiber& g) {
+    if (L.failed) return;
+    if (g.wait == Wait::Exited) {
+      fail(L, std::string(what) + " divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
+                  " has exited");
+    } else if (!same_site(g.where, first->where)) {
+      fail(L, std::string(what) + " divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
+                  " " + describe(g));
+    }
+  });
+  return !L.failed;
+}
+
+// Releases the block's __syncthreads if every live thread waits there.
+bool release_block_barrier(Launch& L, Block& b) {
+  if (b.at_barrier == 0 || b.at_barrier + b.exited != b.nthreads) return false;
+  auto visit = [&b](auto&& fn) {
+    for (unsigned t = 0; t < b.nthreads; ++t) fn(b.fibers[t]);
+  };
+  if (!barrier_consistent(L, visit, Wait::Barrier, "barrier")) return false;
+  visit([&L](Fiber& g) { make_ready(L, &g); });
+  b.at_barrier = 0;
+  return true;
+}
+
+// Releases the cluster's cluster_sync if every live thread of its blocks waits there; the
+// blocks' distributed shared memory accesses so far are then ordered before what follows.
+bool release_cluster_barrier(Launch& L, Cluster& c) {
+  if (c.at_barrier == 0 || c.at_barrier + c.exited != c.nthreads) return false;
+  auto visit = [&c](auto&& fn) {
+    for (unsigned b = 0; b < c.size; ++b) {
+      for (unsigned t = 0; t < c.blocks[b].nthreads; ++t) fn(c.blocks[b].fibers[t]);
+    }
+  };
+  if (!barrier_consistent(L, visit, Wait::Cluster, "cluster barrier")) return false;
+  visit([&L](Fiber& g) { make_ready(L, &g); });
+  for (unsigned b = 0; b < c.size; ++b) c.blocks[b].mapped_by.clear();
+  c.at_barrier = 0;
+  return true;
+}
+
+// Releases complete barriers (block barriers first, then cluster barriers, then the grid
+// barrier). Returns false when every thread has exited; on divergence or deadlock marks
+// the launch failed.
 bool resolve(Launch& L) {
   if (L.exited == L.fibers.size()) return false;
   bool released = false;
   for (Block& b : L.blocks) {
-    if (b.at_barrier == 0 || b.at_barrier + b.exited != b.nthreads) continue;
-    Fiber* first = nullptr;
-    for (unsigned t = 0; t < b.nthreads; ++t) {
-      if (b.fibers[t].wait == Wait::Barrier) {
-        first = &b.fibers[t];
-        break;
-      }
-    }
-    for (unsigned t = 0; t < b.nthreads; ++t) {
-      const Fiber& g = b.fibers[t];
-      if (g.wait == Wait::Exited) {
-        fail(L, "barrier divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
-                    " has exited");
-        return true;
-      }
-      if (!same_site(g.where, first->where)) {
-        fail(L, "barrier divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) + " " +
-                    describe(g));
-        return true;
-      }
-    }
-    for (unsigned t = 0; t < b.nthreads; ++t) make_ready(L, &b.fibers[t]);
-    b.at_barrier = 0;
-    released = true;
+    released = release_block_barrier(L, b) || released;
+    if (L.failed) return true;
+  }
+  if (released) return true;
+  for (Cluster& c : L.clusters) {
+    released = release_cluster_barrier(L, c) || released;
+    if (L.failed) return true;
   }
   if (released) return true;
   if (L.at_grid > 0 && L.at_grid + L.exited == L.fibers.size()) {
@@ -384,8 +496,8 @@ bool resolve(Launch& L) {
   return true;
 }
 
-void order_ready(Launch& L) {
-  auto& r = L.ready;
+void order_batch(Launch& L) {
+  auto& r = L.batch;
   switch (L.mode) {
     case Schedule::Forward:
       std::sort(r.begin(), r.end(), [](const Fiber* a, const Fiber* b) { return a->index < b->index; });
@@ -411,14 +523,33 @@ void* allocate_shared(std::size_t bytes, std::size_t align) {
   return p;
 }
 
-// Runs a set of blocks that are co-resident (one block, or the whole cooperative grid).
+// The block whose threads run next in a cluster session: the lowest (forward) or highest
+// (reverse) cluster rank with runnable threads, or a random one (shuffle).
+Block* pick_block(Launch& L) {
+  Block* chosen = nullptr;
+  unsigned candidates = 0;
+  for (Block& b : L.blocks) {
+    if (b.ready.empty()) continue;
+    ++candidates;
+    if (L.mode == Schedule::Forward && chosen != nullptr) continue;
+    if (L.mode == Schedule::Shuffle && L.rng() % candidates != 0) continue;  // reservoir sampling
+    chosen = &b;
+  }
+  return chosen;
+}
+
+// Runs a set of blocks that are co-resident (one block, the whole cooperative grid, or
+// one cluster; block_ids in cluster-rank order).
 void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
   const unsigned T = L.threads_per_block;
+  const unsigned per_cluster = L.req.kind == LaunchKind::Cluster ? L.req.cluster_size : 1;
   L.blocks.clear();
   L.fibers.clear();
+  L.clusters.clear();
   L.blocks = std::vector<Block>(block_ids.size());
   L.fibers = std::vector<Fiber>(block_ids.size() * T);
-  L.ready.clear();
+  L.clusters = std::vector<Cluster>(block_ids.size() / per_cluster);
+  L.ready = 0;
   L.exited = 0;
   L.at_grid = 0;
   struct StackReturn {
@@ -437,6 +568,12 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
     blk.nthreads = T;
     blk.dynamic_bytes = L.req.dynamic_smem;
     blk.dynamic = allocate_shared(L.req.dynamic_smem, 16);
+    Cluster& cluster = L.clusters[b / per_cluster];
+    if (b % per_cluster == 0) cluster.blocks = &blk;
+    cluster.size++;
+    cluster.nthreads += T;
+    blk.cluster = &cluster;
+    blk.rank = static_cast<unsigned>(b % per_cluster);
     for (unsigned t = 0; t < T; ++t) {
       Fiber& f = blk.fibers[t];
       f.thread_idx = unflatten(t, L.req.block);
@@ -449,17 +586,32 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
       f.linear = t;
       f.stack = acquire_stack();
       make_context(f.ctx, f.stack, &fiber_main, &f);
-      L.ready.push_back(&f);
+      make_ready(L, &f);
     }
   }
   while (true) {
-    if (L.ready.empty() && !resolve(L)) break;
+    if (L.ready == 0 && !resolve(L)) break;
     if (L.failed) throw_failure(L);
-    order_ready(L);
-    L.batch.swap(L.ready);
-    L.ready.clear();
+    L.batch.clear();
+    Block* focus = nullptr;
+    if (L.req.kind == LaunchKind::Cluster) {
+      // One block at a time, released from its own barriers at once (see the file comment).
+      focus = pick_block(L);
+      L.batch.swap(focus->ready);
+    } else {
+      for (Block& b : L.blocks) {
+        L.batch.insert(L.batch.end(), b.ready.begin(), b.ready.end());
+        b.ready.clear();
+      }
+    }
+    L.ready -= L.batch.size();
+    order_batch(L);
     for (Fiber* f : L.batch) {
       resume(L, f);
+      if (L.failed) throw_failure(L);
+    }
+    if (focus != nullptr) {
+      release_block_barrier(L, *focus);
       if (L.failed) throw_failure(L);
     }
   }
@@ -509,7 +661,7 @@ void syncthreads(const std::source_location& where) {
 
 void grid_sync(const std::source_location& where) {
   Fiber* f = running_fiber("simt::grid_sync");
-  if (!f->launch->req.cooperative) {
+  if (f->launch->req.kind != LaunchKind::Cooperative) {
     fault("simt::grid_sync", where, "the kernel was not launched with simt::launch_cooperative");
   }
   f->wait = Wait::Grid;
@@ -602,17 +754,19 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int 
   return f->result;
 }
 
-void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where) {
-  Fiber* f = running_fiber("SIMT_SHARED");
-  Block& b = *f->block;
+namespace {
+
+// Block b's instance of the static shared variable `key`, allocated on first use (by one of
+// b's threads, or by another block of the cluster mapping it).
+void* static_shared(const Launch& L, Block& b, const void* key, std::size_t bytes, std::size_t align,
+                    const char* op, const std::source_location& where) {
   for (const SharedVar& v : b.statics) {
     if (v.key == key) return v.ptr;
   }
-  const Launch& L = *f->launch;
   if (static_cast<int64_t>(b.static_bytes + bytes + b.dynamic_bytes) > L.props.shared_mem_per_block_optin) {
-    fault("SIMT_SHARED", where, "static (" + std::to_string(b.static_bytes + bytes) + " bytes) + dynamic (" +
-                                    std::to_string(b.dynamic_bytes) + " bytes) shared memory exceeds the per-block limit " +
-                                    std::to_string(L.props.shared_mem_per_block_optin) + " bytes");
+    fault(op, where, "static (" + std::to_string(b.static_bytes + bytes) + " bytes) + dynamic (" +
+                         std::to_string(b.dynamic_bytes) + " bytes) shared memory exceeds the per-block limit " +
+                         std::to_string(L.props.shared_mem_per_block_optin) + " bytes");
   }
   void* p = allocate_shared(bytes, std::max<std::size_t>(align, 16));
   b.statics.push_back(SharedVar{key, p, bytes, std::max<std::size_t>(align, 16)});
@@ -620,7 +774,99 @@ void* block_static_shared(const void* key, std::size_t bytes, std::size_t align,
   return p;
 }
 
+// The cluster primitives exist from compute capability 9.0 (the nvcc build traps below it).
+Fiber* cluster_fiber(const char* op, const std::source_location& where) {
+  Fiber* f = running_fiber(op);
+  const DeviceProperties& p = f->launch->props;
+  if (!detail::has_clusters(p)) {
+    fault(op, where, "thread-block clusters need compute capability 9.0; the emulated device has " +
+                         detail::format_compute_capability(p) + " (a GPU build for it traps here)");
+  }
+  return f;
+}
+
+bool points_into(const void* p, const void* base, std::size_t bytes) {
+  const auto* c = static_cast<const char*>(p);
+  const auto* b = static_cast<const char*>(base);
+  return c >= b && c <= b + bytes;  // one past the end is a valid pointer too
+}
+
+}  // namespace
+
+void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where) {
+  Fiber* f = running_fiber("SIMT_SHARED");
+  return static_shared(*f->launch, *f->block, key, bytes, align, "SIMT_SHARED", where);
+}
+
 void* block_dynamic_shared(const std::source_location&) { return running_fiber("SIMT_DYNAMIC_SHARED")->block->dynamic; }
+
+unsigned cluster_rank(const std::source_location& where) { return cluster_fiber("simt::cluster_rank", where)->block->rank; }
+
+unsigned cluster_size(const std::source_location& where) {
+  return cluster_fiber("simt::cluster_size", where)->block->cluster->size;
+}
+
+void cluster_sync(const std::source_location& where) {
+  Fiber* f = cluster_fiber("simt::cluster_sync", where);
+  f->wait = Wait::Cluster;
+  f->where = where;
+  f->block->cluster->at_barrier++;
+  yield(f);
+}
+
+void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where) {
+  constexpr const char* op = "simt::cluster_map_shared";
+  Fiber* f = cluster_fiber(op, where);
+  Block& b = *f->block;
+  const Cluster& c = *b.cluster;
+  if (rank >= c.size) {
+    fault(op, where, "rank " + std::to_string(rank) + " is out of range: the cluster has " + std::to_string(c.size) +
+                         " block" + (c.size == 1 ? "" : "s") + " (ranks 0.." + std::to_string(c.size - 1) + ")");
+  }
+  // Which of this block's shared variables `local` points into, and where.
+  const SharedVar* var = nullptr;
+  std::size_t offset = 0;
+  if (points_into(local, b.dynamic, b.dynamic_bytes)) {
+    offset = static_cast<std::size_t>(static_cast<const char*>(local) - static_cast<const char*>(b.dynamic));
+  } else {
+    for (const SharedVar& v : b.statics) {
+      if (points_into(local, v.ptr, v.bytes)) {
+        var = &v;
+        offset = static_cast<std::size_t>(static_cast<const char*>(local) - static_cast<const char*>(v.ptr));
+        break;
+      }
+    }
+    if (var == nullptr) {
+      std::string whose = "";
+      for (unsigned r = 0; r < c.size; ++r) {
+        const Block& o = c.blocks[r];
+        bool inside = points_into(local, o.dynamic, o.dynamic_bytes);
+        for (const SharedVar& v : o.statics) inside = inside || points_into(local, v.ptr, v.bytes);
+        if (inside) whose = " (it points into the shared memory of block " + detail::format_dim(o.idx) + ", cluster rank " +
+                            std::to_string(r) + ": map this block's own address)";
+      }
+      char address[32];
+      std::snprintf(address, sizeof address, "%p", local);
+      fault(op, where, std::string("pointer ") + address +
+                           " does not point into this block's shared memory (a SIMT_SHARED variable or the dynamic "
+                           "shared memory)" + whose);
+    }
+  }
+  Block& target = c.blocks[rank];
+  if (target.exited == target.nthreads) {
+    fault(op, where, "block " + detail::format_dim(target.idx) + " (cluster rank " + std::to_string(rank) +
+                         ") has exited: its shared memory is gone (cluster_sync before it exits)");
+  }
+  char* base = var == nullptr ? static_cast<char*>(target.dynamic)
+                              : static_cast<char*>(static_shared(*f->launch, target, var->key, var->bytes, var->align,
+                                                                 op, where));
+  if (&target != &b) {
+    bool known = false;
+    for (const Mapping& m : target.mapped_by) known = known || m.by->block == &b;
+    if (!known) target.mapped_by.push_back(Mapping{f, where});
+  }
+  return base + offset;
+}
 
 void kernel_check_failed(const char* condition, const std::string& message, const std::source_location& where) {
   throw KernelFault("SIMT_KERNEL_CHECK(" + std::string(condition) + ") failed at " + site(where) + ": " + message);
@@ -637,9 +883,22 @@ bool register_kernel(const void* kernel, const char* name, int max_threads, int 
 
 KernelAttributes kernel_attributes(const void* kernel) { return lookup_kernel(kernel).attrs; }
 
+void set_nonportable_cluster_size_allowed(const void* kernel, bool allowed) {
+  const std::string name = lookup_kernel(kernel).name;
+  std::lock_guard<std::mutex> lock(config_mutex);
+  KernelEntry& e = kernel_registry()[kernel];
+  if (e.name.empty()) e.name = name;
+  e.attrs.nonportable_cluster_size_allowed = allowed;
+}
+
 int max_active_blocks_per_sm(const void* kernel, int block_threads, std::size_t dynamic_smem) {
   return detail::occupancy_model(device_properties(), kernel_attributes(kernel), block_threads,
                                  static_cast<int64_t>(dynamic_smem));
+}
+
+int max_active_clusters(const void* kernel, int block_threads, std::size_t dynamic_smem, unsigned cluster_size) {
+  return detail::cluster_occupancy_model(device_properties(), kernel_attributes(kernel), block_threads,
+                                         static_cast<int64_t>(dynamic_smem), cluster_size);
 }
 
 void run_launch(const LaunchRequest& request) {
@@ -655,7 +914,18 @@ void run_launch(const LaunchRequest& request) {
   detail::validate_launch(L.props, L.attrs, request.grid, request.block, request.dynamic_smem, request.where);
   L.threads_per_block = static_cast<unsigned>(detail::volume(request.block));
   const unsigned long long blocks = detail::volume(request.grid);
-  if (request.cooperative) {
+  if (request.kind == LaunchKind::Cluster) {
+    const int clusters = detail::cluster_occupancy_model(L.props, L.attrs, static_cast<int>(L.threads_per_block),
+                                                         static_cast<int64_t>(request.dynamic_smem), request.cluster_size);
+    detail::validate_cluster(L.props, L.attrs, request.grid, request.block, request.dynamic_smem, request.cluster_size,
+                             clusters, request.where);
+    if (static_cast<unsigned long long>(request.cluster_size) * L.threads_per_block > max_live_fibers()) {
+      throw Error("simt: cluster launch at " + site(request.where) + " needs " +
+                  std::to_string(static_cast<unsigned long long>(request.cluster_size) * L.threads_per_block) +
+                  " co-resident emulated threads; the emulator holds at most " + std::to_string(max_live_fibers()));
+    }
+  }
+  if (request.kind == LaunchKind::Cooperative) {
     const int per_sm = detail::occupancy_model(L.props, L.attrs, static_cast<int>(L.threads_per_block),
                                                static_cast<int64_t>(request.dynamic_smem));
     detail::validate_cooperative(L.props, per_sm, request.grid, request.where);
@@ -678,13 +948,26 @@ void run_launch(const LaunchRequest& request) {
   } deactivate;
   const OverflowHandler overflow_handler;
 
-  std::vector<unsigned long long> order(blocks);
-  for (unsigned long long i = 0; i < blocks; ++i) order[i] = i;
+  // Blocks (clusters in a cluster launch) in schedule order.
+  const unsigned per_cluster = request.kind == LaunchKind::Cluster ? request.cluster_size : 1;
+  const unsigned long long units = blocks / per_cluster;
+  std::vector<unsigned long long> order(units);
+  for (unsigned long long i = 0; i < units; ++i) order[i] = i;
   if (L.mode == Schedule::Reverse) std::reverse(order.begin(), order.end());
   if (L.mode == Schedule::Shuffle) std::shuffle(order.begin(), order.end(), L.rng);
-  if (request.cooperative) {
+  if (request.kind == LaunchKind::Cooperative) {
     std::sort(order.begin(), order.end());  // fiber order within the session carries the schedule
     run_session(L, order);
+  } else if (request.kind == LaunchKind::Cluster) {
+    // Cluster k: blocks x = (k mod clusters along x) * size + rank, for each y and z.
+    const unsigned long long along_x = request.grid.x / per_cluster;
+    std::vector<unsigned long long> members(per_cluster);
+    for (unsigned long long k : order) {
+      const unsigned long long first_x = (k % along_x) * per_cluster;
+      const unsigned long long row = k / along_x;  // y + grid.y * z
+      for (unsigned r = 0; r < per_cluster; ++r) members[r] = first_x + r + request.grid.x * row;
+      run_session(L, members);
+    }
   } else {
     std::vector<unsigned long long> one(1);
     for (unsigned long long id : order) {
@@ -723,6 +1006,8 @@ void set_device_properties(const DeviceProperties& p) {
   require(p.shared_mem_per_block_optin <= p.shared_mem_per_sm, "shared_mem_per_block_optin must be <= shared_mem_per_sm");
   require(p.reserved_shared_mem_per_block >= 0, "reserved_shared_mem_per_block must be >= 0");
   require(p.regs_per_block >= 1 && p.regs_per_sm >= p.regs_per_block, "need 1 <= regs_per_block <= regs_per_sm");
+  require(p.compute_capability_major >= 1 && p.compute_capability_minor >= 0 && p.compute_capability_minor <= 9,
+          "compute capability must be major >= 1, minor in [0, 9]");
   std::lock_guard<std::mutex> lock(emu::config_mutex);
   emu::emulated_props = p;
 }

@@ -1,7 +1,7 @@
 // simt_emulator.h — the g++ side of simt.cuh: CUDA's kernel-facing primitives on the CPU.
 //
 // Every CUDA thread of a launch runs as a fiber on the calling OS thread
-// (simt_emulator.cpp). Blocking primitives (__syncthreads, warp ops, grid sync) record
+// (simt_emulator.cpp). Blocking primitives (__syncthreads, warp ops, grid and cluster sync) record
 // what the thread waits for and switch to the launch's scheduler, which resumes threads
 // in forward, reverse or seeded-shuffle order between barriers and turns divergence and
 // deadlock into errors that name block, thread, operation and file:line.
@@ -52,10 +52,18 @@ void syncthreads(const std::source_location& where);
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int width,
                        const std::source_location& where);
 void grid_sync(const std::source_location& where);
+void cluster_sync(const std::source_location& where);
+unsigned cluster_rank(const std::source_location& where);
+unsigned cluster_size(const std::source_location& where);
+void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
 void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where);
 void* block_dynamic_shared(const std::source_location& where);
 [[noreturn]] void kernel_check_failed(const char* condition, const std::string& message,
                                       const std::source_location& where);
+
+// Plain: blocks one after another. Cooperative: all blocks interleaved (grid_sync).
+// Cluster: the blocks of one cluster interleaved, clusters one after another.
+enum class LaunchKind : uint8_t { Plain, Cooperative, Cluster };
 
 // Type-erased launch: run_launch calls invoke(bound) once per emulated thread.
 struct LaunchRequest {
@@ -65,7 +73,8 @@ struct LaunchRequest {
   dim3 grid;
   dim3 block;
   std::size_t dynamic_smem;
-  bool cooperative;
+  LaunchKind kind;
+  unsigned cluster_size;  // blocks per cluster along x; 1 unless kind == Cluster
   std::source_location where;
 };
 void run_launch(const LaunchRequest& request);
@@ -217,6 +226,23 @@ inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : 
 // Grid-wide barrier of a cooperative launch.
 inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
 
+// Thread-block clusters (compute capability >= 9.0). A launch without clusters is a grid
+// of one-block clusters, as on the GPU.
+inline unsigned cluster_rank(std::source_location where = std::source_location::current()) {
+  return emu::cluster_rank(where);
+}
+inline unsigned cluster_size(std::source_location where = std::source_location::current()) {
+  return emu::cluster_size(where);
+}
+// Barrier over every thread of every block of the cluster; makes earlier distributed
+// shared memory writes visible to the whole cluster.
+inline void cluster_sync(std::source_location where = std::source_location::current()) { emu::cluster_sync(where); }
+// The address of the shared variable `local` points into, in block `rank` of this cluster.
+template <class T>
+T* cluster_map_shared(T* local, unsigned rank, std::source_location where = std::source_location::current()) {
+  return static_cast<T*>(emu::cluster_map_shared(local, rank, where));
+}
+
 }  // namespace simt
 
 using simt::emu::warpSize;
@@ -297,6 +323,7 @@ namespace emu {
 
 bool register_kernel(const void* kernel, const char* name, int max_threads, int regs_per_thread);
 KernelAttributes kernel_attributes(const void* kernel);
+void set_nonportable_cluster_size_allowed(const void* kernel, bool allowed);
 
 template <class... P>
 struct BoundKernel {
@@ -309,16 +336,17 @@ struct BoundKernel {
 };
 
 template <class... P, class... A>
-void launch_impl(bool cooperative, void (*kernel)(P...), const GridDim& grid, dim3 block, std::size_t dynamic_smem,
-                 A&&... args) {
+void launch_impl(LaunchKind kind, unsigned cluster_size, void (*kernel)(P...), const GridDim& grid, dim3 block,
+                 std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "simt::launch: wrong number of kernel arguments");
   BoundKernel<P...> bound{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
   LaunchRequest r{reinterpret_cast<const void*>(kernel), &BoundKernel<P...>::invoke, &bound, grid.dims, block,
-                  dynamic_smem, cooperative, grid.where};
+                  dynamic_smem, kind, cluster_size, grid.where};
   run_launch(r);
 }
 
 int max_active_blocks_per_sm(const void* kernel, int block_threads, std::size_t dynamic_smem);
+int max_active_clusters(const void* kernel, int block_threads, std::size_t dynamic_smem, unsigned cluster_size);
 
 }  // namespace emu
 
@@ -332,18 +360,42 @@ int max_active_blocks_per_sm(void (*kernel)(P...), int block_threads, std::size_
   return emu::max_active_blocks_per_sm(reinterpret_cast<const void*>(kernel), block_threads, dynamic_smem);
 }
 
+// Clusters of `cluster_size` blocks that can be co-resident (the occupancy model of
+// detail::cluster_occupancy_model); 0 where the device has no clusters or the size is not allowed.
+template <class... P>
+int max_active_clusters(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem, unsigned cluster_size) {
+  return emu::max_active_clusters(reinterpret_cast<const void*>(kernel), block_threads, dynamic_smem, cluster_size);
+}
+
+// Lets launch_cluster use 9..16 blocks per cluster for this kernel (a per-kernel setting
+// that persists, like cudaFuncAttributeNonPortableClusterSizeAllowed); allowed=false revokes it.
+template <class... P>
+void allow_nonportable_cluster_size(void (*kernel)(P...), bool allowed = true) {
+  emu::set_nonportable_cluster_size_allowed(reinterpret_cast<const void*>(kernel), allowed);
+}
+
 // Runs the grid on the CPU; blocks run one after another (any order is valid for a
 // non-cooperative launch, and the schedule picks it).
 template <class... P, class... A>
 void launch(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
-  emu::launch_impl(false, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+  emu::launch_impl(emu::LaunchKind::Plain, 1, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
 }
 
 // Runs all blocks of the grid interleaved (they must be co-resident for grid_sync);
 // fails like cudaLaunchCooperativeKernel when the grid is larger than the device holds.
 template <class... P, class... A>
 void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
-  emu::launch_impl(true, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+  emu::launch_impl(emu::LaunchKind::Cooperative, 1, kernel, grid, block, dynamic_smem, std::forward<A>(args)...);
+}
+
+// Clusters of `cluster_size` consecutive blocks along x; validated like cudaLaunchKernelEx
+// with cudaLaunchAttributeClusterDimension (detail::validate_cluster). The blocks of a
+// cluster run interleaved (co-resident, for cluster_sync); clusters run one after another.
+template <class... P, class... A>
+void launch_cluster(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, unsigned cluster_size,
+                    A&&... args) {
+  emu::launch_impl(emu::LaunchKind::Cluster, cluster_size, kernel, grid, block, dynamic_smem,
+                   std::forward<A>(args)...);
 }
 
 }  // namespace simt

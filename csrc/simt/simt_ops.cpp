@@ -3,6 +3,8 @@
 // fiber-switch benchmark. They configure backend "emulated" (csrc/simt/elman_emulated.cpp).
 #include <torch/library.h>
 
+#include <c10/util/StringUtil.h>
+
 #include <string>
 #include <vector>
 
@@ -11,37 +13,43 @@
 namespace rnn_fused::simt_ops {
 namespace {
 
-// Field order of rnn_fused/simt.py DeviceProperties.
+// The emulated device crosses the op boundary as one int per field, in the order of
+// SIMT_DEVICE_PROPERTY_FIELDS (simt.cuh); device_property_names lets rnn_fused/simt.py check
+// that its DeviceProperties lists the same fields in the same order.
+std::vector<std::string> device_property_names() {
+#define SIMT_FIELD_NAME(field) #field,
+  return {SIMT_DEVICE_PROPERTY_FIELDS(SIMT_FIELD_NAME)};
+#undef SIMT_FIELD_NAME
+}
+
 std::vector<int64_t> get_device_properties() {
   const simt::DeviceProperties p = simt::device_properties();
-  return {p.sm_count,           p.max_threads_per_block,      p.max_threads_per_sm,
-          p.max_blocks_per_sm,  p.shared_mem_per_block,       p.shared_mem_per_block_optin,
-          p.shared_mem_per_sm,  p.reserved_shared_mem_per_block, p.regs_per_block,
-          p.regs_per_sm,        p.cooperative_launch ? 1 : 0};
+#define SIMT_FIELD_VALUE(field) static_cast<int64_t>(p.field),
+  return {SIMT_DEVICE_PROPERTY_FIELDS(SIMT_FIELD_VALUE)};
+#undef SIMT_FIELD_VALUE
 }
 
-int to_int(int64_t v, const char* what) {
-  TORCH_CHECK(v >= 0 && v <= 2147483647, "rnn_fused.simt.set_device_properties: ", what, " out of range: ", v);
-  return static_cast<int>(v);
+void assign_field(int& field, int64_t v, const std::string& name) {
+  TORCH_CHECK(v >= -2147483647 - 1 && v <= 2147483647, "rnn_fused.simt.set_device_properties: ", name,
+              " out of range: ", v);
+  field = static_cast<int>(v);
+}
+void assign_field(int64_t& field, int64_t v, const std::string&) { field = v; }
+void assign_field(bool& field, int64_t v, const std::string& name) {
+  TORCH_CHECK(v == 0 || v == 1, "rnn_fused.simt.set_device_properties: ", name, " must be 0 or 1, got ", v);
+  field = v != 0;
 }
 
-void set_device_properties(int64_t sm_count, int64_t max_threads_per_block, int64_t max_threads_per_sm,
-                           int64_t max_blocks_per_sm, int64_t shared_mem_per_block, int64_t shared_mem_per_block_optin,
-                           int64_t shared_mem_per_sm, int64_t reserved_shared_mem_per_block, int64_t regs_per_block,
-                           int64_t regs_per_sm, bool cooperative_launch) {
+void set_device_properties(const std::vector<int64_t>& values) {
+  const std::vector<std::string> names = device_property_names();
+  TORCH_CHECK(values.size() == names.size(), "rnn_fused.simt.set_device_properties: expected ", names.size(),
+              " values (", c10::Join(", ", names), "), got ", values.size());
   simt::DeviceProperties p;
-  p.sm_count = to_int(sm_count, "sm_count");
-  p.max_threads_per_block = to_int(max_threads_per_block, "max_threads_per_block");
-  p.max_threads_per_sm = to_int(max_threads_per_sm, "max_threads_per_sm");
-  p.max_blocks_per_sm = to_int(max_blocks_per_sm, "max_blocks_per_sm");
-  p.shared_mem_per_block = shared_mem_per_block;
-  p.shared_mem_per_block_optin = shared_mem_per_block_optin;
-  p.shared_mem_per_sm = shared_mem_per_sm;
-  p.reserved_shared_mem_per_block = reserved_shared_mem_per_block;
-  p.regs_per_block = to_int(regs_per_block, "regs_per_block");
-  p.regs_per_sm = to_int(regs_per_sm, "regs_per_sm");
-  p.cooperative_launch = cooperative_launch;
-  simt::set_device_properties(p);
+  std::size_t i = 0;
+#define SIMT_FIELD_ASSIGN(field) assign_field(p.field, values[i], names[i]), ++i;
+  SIMT_DEVICE_PROPERTY_FIELDS(SIMT_FIELD_ASSIGN)
+#undef SIMT_FIELD_ASSIGN
+  simt::set_device_properties(p);  // range checks of the values themselves
 }
 
 void set_schedule(const std::string& mode, int64_t seed) {
@@ -68,15 +76,10 @@ std::tuple<std::string, int64_t> get_schedule() {
 
 TORCH_LIBRARY(rnn_fused_simt, m) {
   using namespace rnn_fused::simt_ops;
-  // Emulated device. Field order: sm_count, max_threads_per_block, max_threads_per_sm,
-  // max_blocks_per_sm, shared_mem_per_block, shared_mem_per_block_optin, shared_mem_per_sm,
-  // reserved_shared_mem_per_block, regs_per_block, regs_per_sm, cooperative_launch.
+  // Emulated device: one int per field, in the order device_property_names() gives.
+  m.def("device_property_names() -> str[]", &device_property_names);
   m.def("get_device_properties() -> int[]", &get_device_properties);
-  m.def(
-      "set_device_properties(int sm_count, int max_threads_per_block, int max_threads_per_sm, "
-      "int max_blocks_per_sm, int shared_mem_per_block, int shared_mem_per_block_optin, int shared_mem_per_sm, "
-      "int reserved_shared_mem_per_block, int regs_per_block, int regs_per_sm, bool cooperative_launch) -> ()",
-      &set_device_properties);
+  m.def("set_device_properties(int[] values) -> ()", &set_device_properties);
   m.def("reset_device_properties() -> ()", [] { simt::reset_device_properties(); });
   // Order in which threads run between barriers: 'forward', 'reverse' or 'shuffle' (seeded).
   m.def("set_schedule(str mode, int seed=0) -> ()", &set_schedule);

@@ -23,6 +23,12 @@ def occupancy(kernel: str, block_threads: int, dynamic_smem: int = 0) -> int:
     return _ops().occupancy(kernel, block_threads, dynamic_smem)
 
 
+def cluster_occupancy(block_threads: int, dynamic_smem: int, cluster_size: int, nonportable: bool = False) -> int:
+    """Co-resident clusters of the cluster all-gather kernel under the emulated device
+    (simt::max_active_clusters), after setting its opt-in to 9..16-block clusters."""
+    return _ops().cluster_occupancy(block_threads, dynamic_smem, cluster_size, nonportable)
+
+
 def warp_reduce(x: Tensor, block_threads: int) -> Tensor:
     """Per-block sums of x [blocks * block_threads] via warp shuffles."""
     return _ops().warp_reduce(x, block_threads)
@@ -66,6 +72,18 @@ def bounded(blocks: int, block_x: int, block_y: int = 1, dynamic_smem: int = 0, 
     return _ops().bounded(like, blocks, block_x, block_y, dynamic_smem)
 
 
+def cluster_allgather(x: Tensor, block_threads: int, cluster_size: int, rounds: int, static_buffers: bool = False,
+                      nonportable: bool = False) -> tuple[Tensor, Tensor]:
+    """`rounds` rounds of a recurrence whose state each cluster shares through distributed
+    shared memory (one cluster_sync per round); x [blocks * block_threads] holds one vector of
+    cluster_size * block_threads elements per cluster. cluster_size=0 launches without
+    clusters (one-block clusters). Returns (each block's copy of its cluster's final vector
+    [blocks, n], (cluster_rank, cluster_size) per block [blocks, 2] int32)."""
+    if block_threads <= 0 or x.numel() % block_threads:
+        raise ValueError(f"block_threads ({block_threads}) must be positive and divide x.numel() ({x.numel()})")
+    return _ops().cluster_allgather(x, x.numel() // block_threads, cluster_size, rounds, static_buffers, nonportable)
+
+
 FAULTS = (
     "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane",
     "mask_excludes_caller", "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative",
@@ -77,3 +95,18 @@ FAULTS = (
 def faulty(fault: str, x: Tensor, blocks: int, block_threads: int) -> Tensor:
     """Run one known-bad kernel (see FAULTS) over x [blocks * block_threads]."""
     return _ops().faulty(fault, x, blocks, block_threads)
+
+
+CLUSTER_FAULTS = (
+    "missing_cluster_sync", "divergent_cluster_sync", "rank_out_of_range", "map_non_shared", "exit_while_mapped",
+    "exit_before_cluster_sync", "cluster_sync_against_barrier", "remote_shared_out_of_bounds", "stale_remote_access",
+    "grid_sync_in_cluster",
+)
+
+
+def faulty_cluster(fault: str, x: Tensor, block_threads: int, cluster_size: int, rounds: int = 0) -> Tensor:
+    """Run one known-bad cluster kernel (see CLUSTER_FAULTS) over x [blocks * block_threads]
+    in clusters of `cluster_size` blocks; returns out [blocks, cluster_size * block_threads]."""
+    if block_threads <= 0 or x.numel() % block_threads:
+        raise ValueError(f"block_threads ({block_threads}) must be positive and divide x.numel() ({x.numel()})")
+    return _ops().faulty_cluster(fault, x, x.numel() // block_threads, cluster_size, rounds)

@@ -2,7 +2,8 @@
 //
 // The known-good kernels (warp-shuffle reduction, tiled transpose, cooperative stencil
 // with a grid-wide barrier per step, atomics, warp scan/ballot, device math, a barrier
-// loop) must give the same, correct results under every emulator schedule and on a GPU.
+// loop, a thread-block cluster all-gather through distributed shared memory) must give the
+// same, correct results under every emulator schedule and on a GPU.
 // The known-bad kernels (faulty_*) each contain one classic bug the emulator must catch
 // (an error, or results that differ across schedules). The file compiles under nvcc
 // (csrc/cuda/simt_selftest.cu) and under g++ (csrc/simt/simt_ops.cpp).
@@ -162,6 +163,78 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) barrier_loop_kernel(float* data, int r
 }
 SIMT_KERNEL_ATTRIBUTES(1024, 32, barrier_loop_kernel);
 
+// ---- Thread-block clusters ------------------------------------------------------------
+
+// Elements of the vector a cluster shares when it is kept in static shared memory.
+constexpr int kClusterVectorMax = 512;
+
+// One round of the cluster recurrence for element j of h [n]:
+//   h'[j] = 0.5 h[j] + 0.25 (h[(j + 1) mod n] + h[n - 1 - j])
+// so every element soon depends on every block's slice.
+SIMT_DEVICE float cluster_mix(const float* h, int j, int n) {
+  return fmaf(0.5f, h[j], 0.25f * (h[(j + 1) % n] + h[n - 1 - j]));
+}
+
+// Writes element j = v into `copy` [n] of every block of the cluster (distributed shared
+// memory; each block starts with a different destination), then the barrier that makes the
+// writes visible: cluster_sync, or, in the known-bad variant, only __syncthreads.
+template <bool kClusterBarrier>
+SIMT_DEVICE void publish_element(float* copy, int j, float v) {
+  const unsigned size = simt::cluster_size();
+  const unsigned rank = simt::cluster_rank();
+  for (unsigned k = 0; k < size; ++k) simt::cluster_map_shared(copy, (rank + k) % size)[j] = v;
+  if constexpr (kClusterBarrier) {
+    simt::cluster_sync();
+  } else {
+    __syncthreads();
+  }
+}
+
+// The all-gather recurrence of cluster_allgather_kernel over `copies` [2, n] (two copies so
+// one barrier per round suffices: round r writes copy r % 2 while reads use the other).
+// Returns the cluster's final h in copies[rounds % 2].
+template <bool kClusterBarrier>
+SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rounds) {
+  const unsigned size = simt::cluster_size();
+  const int n = static_cast<int>(size * blockDim.x);
+  const int j = static_cast<int>(simt::cluster_rank() * blockDim.x + threadIdx.x);
+  float v = x[static_cast<int64_t>(blockIdx.x / size) * n + j];
+  for (int r = 0; r <= rounds; ++r) {
+    float* copy = copies + (r % 2) * n;
+    publish_element<kClusterBarrier>(copy, j, v);
+    if (r < rounds) v = cluster_mix(copy, j, n);
+  }
+  return copies + (rounds % 2) * n;
+}
+
+// Thread-block cluster all-gather iterated like a recurrence (the pattern of the cluster
+// recurrence path). Cluster c (cluster_size consecutive blocks along x) owns
+// h = x[c] [n], n = cluster_size * blockDim.x; block rank r owns elements
+// [r * blockDim.x, (r + 1) * blockDim.x). Each round every block writes its slice into every
+// block's copy of h, one cluster_sync, then computes its next slice from its own full copy
+// (cluster_mix). After `rounds` rounds every block writes its whole copy.
+//   x              [gridDim.x / cluster_size, n] float, read
+//   out            [gridDim.x, n] float: each block's copy of its cluster's final h, written
+//   ranks          [gridDim.x, 2] int32: (cluster_rank, cluster_size) of each block, written
+//   static_buffers nonzero: the two copies in static shared memory (n <= kClusterVectorMax);
+//                  zero: in the dynamic shared memory ([2, n] float)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024)
+    cluster_allgather_kernel(const float* x, float* out, int* ranks, int rounds, int static_buffers) {
+  SIMT_SHARED(float[2 * kClusterVectorMax], static_copies);
+  SIMT_DYNAMIC_SHARED(float, dynamic_copies);
+  float* copies = static_buffers != 0 ? &static_copies[0] : dynamic_copies;
+  const float* h = allgather_rounds<true>(x, copies, rounds);
+  const int n = static_cast<int>(simt::cluster_size() * blockDim.x);
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
+    out[static_cast<int64_t>(blockIdx.x) * n + i] = h[i];
+  }
+  if (threadIdx.x == 0) {
+    ranks[2 * blockIdx.x] = static_cast<int>(simt::cluster_rank());
+    ranks[2 * blockIdx.x + 1] = static_cast<int>(simt::cluster_size());
+  }
+}
+SIMT_KERNEL_ATTRIBUTES(1024, 32, cluster_allgather_kernel);
+
 // ---- Known-bad kernels. Each case below is one bug. ------------------------------------
 
 enum class Fault : int {
@@ -278,6 +351,98 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
   }
 }
 SIMT_KERNEL_ATTRIBUTES(1024, 32, faulty_kernel);
+
+enum class ClusterFault : int {
+  MissingClusterSync = 0,   // the all-gather with __syncthreads where cluster_sync belongs (race)
+  DivergentClusterSync,     // even and odd threads wait at two different cluster_sync
+  RankOutOfRange,           // maps rank cluster_size()
+  MapNonShared,             // maps a global-memory pointer
+  ExitWhileMapped,          // rank 0 writes into rank 1's shared memory after the last cluster_sync
+  ExitBeforeClusterSync,    // rank 1 returns while the other blocks wait at cluster_sync
+  ClusterSyncAgainstBarrier,  // thread 0 waits at cluster_sync, its block at __syncthreads
+  RemoteSharedOutOfBounds,  // writes one element past the next block's dynamic shared memory
+  StaleRemoteAccess,        // writes through a pointer mapped before the owner exited
+  GridSyncInCluster,        // grid_sync in a cluster launch (not cooperative)
+};
+
+// Dispatches on the fault. The launch is a cluster launch with dynamic shared memory of
+// [2, n] floats, n = cluster_size * blockDim.x.
+//   x   [gridDim.x * blockDim.x] float, read
+//   out [gridDim.x, n] float, written where the case produces output
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const float* x, float* out, int rounds) {
+  SIMT_DYNAMIC_SHARED(float, copies);
+  const unsigned t = threadIdx.x;
+  const unsigned rank = simt::cluster_rank();
+  const unsigned size = simt::cluster_size();
+  const int n = static_cast<int>(size * blockDim.x);
+  float* my_out = out + static_cast<int64_t>(blockIdx.x) * n;
+  const float v = x[blockIdx.x * blockDim.x + t];
+  switch (static_cast<ClusterFault>(fault)) {
+    case ClusterFault::MissingClusterSync: {
+      // Zeroed copies (then a correct cluster_sync) so stale reads give finite values, and a
+      // correct cluster_sync before the blocks exit, so only the rounds race.
+      for (int i = static_cast<int>(t); i < 2 * n; i += static_cast<int>(blockDim.x)) copies[i] = 0.0f;
+      simt::cluster_sync();
+      const float* h = allgather_rounds<false>(x, copies, rounds);
+      simt::cluster_sync();
+      for (int i = static_cast<int>(t); i < n; i += static_cast<int>(blockDim.x)) my_out[i] = h[i];
+      break;
+    }
+    case ClusterFault::DivergentClusterSync:
+      if (t % 2 == 0) {
+        simt::cluster_sync();
+      } else {
+        simt::cluster_sync();
+      }
+      my_out[t] = v;
+      break;
+    case ClusterFault::RankOutOfRange:
+      simt::cluster_map_shared(copies, size)[t] = v;
+      simt::cluster_sync();
+      break;
+    case ClusterFault::MapNonShared:
+      simt::cluster_map_shared(my_out, 0)[t] = v;
+      simt::cluster_sync();
+      break;
+    case ClusterFault::ExitWhileMapped:
+      copies[t] = v;
+      simt::cluster_sync();
+      // Rank 1 may exit before rank 0's write lands: a cluster_sync belongs after it.
+      if (rank == 0) simt::cluster_map_shared(copies, 1)[t] = v;
+      break;
+    case ClusterFault::ExitBeforeClusterSync:
+      if (rank == 1) return;
+      simt::cluster_sync();
+      my_out[t] = v;
+      break;
+    case ClusterFault::ClusterSyncAgainstBarrier:
+      if (t == 0) {
+        simt::cluster_sync();
+        __syncthreads();
+      } else {
+        __syncthreads();
+        simt::cluster_sync();
+      }
+      my_out[t] = v;
+      break;
+    case ClusterFault::RemoteSharedOutOfBounds:
+      if (t == 0) simt::cluster_map_shared(copies, (rank + 1) % size)[2 * n] = v;
+      simt::cluster_sync();
+      break;
+    case ClusterFault::StaleRemoteAccess: {
+      float* next = simt::cluster_map_shared(copies, (rank + 1) % size);
+      simt::cluster_sync();
+      if (rank == 1) return;
+      next[t] = v;  // block 1 may have exited
+      break;
+    }
+    case ClusterFault::GridSyncInCluster:
+      simt::grid_sync();
+      my_out[t] = v;
+      break;
+  }
+}
+SIMT_KERNEL_ATTRIBUTES(1024, 32, faulty_cluster_kernel);
 
 // A kernel whose launch bounds (128) tests exceed on purpose.
 //   out [gridDim.x * blockDim.x] float, written

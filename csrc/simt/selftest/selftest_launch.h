@@ -1,5 +1,5 @@
 // selftest_launch.h — host side of the SIMT self-test ops: tensors in, simt::launch /
-// simt::launch_cooperative, tensors out. Shared verbatim by the emulated build
+// simt::launch_cooperative / simt::launch_cluster, tensors out. Shared verbatim by the emulated build
 // (selftest_ops.cpp, CPU tensors) and the CUDA build (selftest_cuda.cu, CUDA tensors), as
 // the recurrence kernels' launcher is.
 #pragma once
@@ -161,6 +161,39 @@ inline at::Tensor bounded(const at::Tensor& like, int64_t blocks, int64_t block_
   return out;
 }
 
+// The cluster all-gather recurrence: x [blocks * block_threads] holds one vector of
+// n = cluster_size * block_threads per cluster. cluster_size 0 launches without clusters
+// (simt::launch: one-block clusters, n = block_threads). `nonportable` sets the kernel's
+// opt-in to 9..16 blocks per cluster before the launch. Returns (each block's final copy
+// [blocks, n], (cluster_rank, cluster_size) per block [blocks, 2] int32).
+inline std::tuple<at::Tensor, at::Tensor> cluster_allgather(const at::Tensor& x, int64_t blocks, int64_t cluster_size,
+                                                            int64_t rounds, bool static_buffers, bool nonportable) {
+  check_float_vector(x, "simt_selftest_cluster_allgather");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(blocks > 0 && x.numel() % blocks == 0 && x.numel() > 0,
+              "simt_selftest_cluster_allgather: blocks must divide x.numel()");
+  const int64_t block_threads = x.numel() / blocks;
+  const int64_t n = std::max<int64_t>(cluster_size, 1) * block_threads;
+  TORCH_CHECK(!static_buffers || n <= kClusterVectorMax, "simt_selftest_cluster_allgather: static buffers hold ",
+              kClusterVectorMax, " elements, the cluster's vector has ", n);
+  at::Tensor out = at::empty({blocks, n}, x.options());
+  at::Tensor ranks = at::empty({blocks, 2}, x.options().dtype(at::kInt));
+  const auto grid = static_cast<unsigned>(checked_int(blocks, "blocks"));
+  const dim3 block(static_cast<unsigned>(checked_int(block_threads, "block_threads")));
+  const std::size_t dynamic_smem = static_buffers ? 0 : 2 * sizeof(float) * static_cast<std::size_t>(n);
+  const int r = checked_int(rounds, "rounds");
+  if (cluster_size == 0) {
+    simt::launch(cluster_allgather_kernel, grid, block, dynamic_smem, x.data_ptr<float>(), out.data_ptr<float>(),
+                 ranks.data_ptr<int>(), r, static_buffers ? 1 : 0);
+  } else {
+    simt::allow_nonportable_cluster_size(cluster_allgather_kernel, nonportable);
+    simt::launch_cluster(cluster_allgather_kernel, grid, block, dynamic_smem,
+                         static_cast<unsigned>(checked_int(cluster_size, "cluster_size")), x.data_ptr<float>(),
+                         out.data_ptr<float>(), ranks.data_ptr<int>(), r, static_buffers ? 1 : 0);
+  }
+  return {out, ranks};
+}
+
 inline Fault parse_fault(const std::string& name) {
   static const std::pair<const char*, Fault> names[] = {
       {"divergent_barrier", Fault::DivergentBarrier},
@@ -209,6 +242,46 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   return out;
 }
 
+inline ClusterFault parse_cluster_fault(const std::string& name) {
+  static const std::pair<const char*, ClusterFault> names[] = {
+      {"missing_cluster_sync", ClusterFault::MissingClusterSync},
+      {"divergent_cluster_sync", ClusterFault::DivergentClusterSync},
+      {"rank_out_of_range", ClusterFault::RankOutOfRange},
+      {"map_non_shared", ClusterFault::MapNonShared},
+      {"exit_while_mapped", ClusterFault::ExitWhileMapped},
+      {"exit_before_cluster_sync", ClusterFault::ExitBeforeClusterSync},
+      {"cluster_sync_against_barrier", ClusterFault::ClusterSyncAgainstBarrier},
+      {"remote_shared_out_of_bounds", ClusterFault::RemoteSharedOutOfBounds},
+      {"stale_remote_access", ClusterFault::StaleRemoteAccess},
+      {"grid_sync_in_cluster", ClusterFault::GridSyncInCluster},
+  };
+  for (const auto& [n, f] : names) {
+    if (name == n) return f;
+  }
+  TORCH_CHECK(false, "simt_selftest_faulty_cluster: unknown fault '", name, "'");
+}
+
+// Runs one known-bad cluster kernel: x [blocks * block_threads] float -> out [blocks, n],
+// n = cluster_size * block_threads, in a cluster launch with [2, n] floats of dynamic
+// shared memory.
+inline at::Tensor faulty_cluster(const std::string& fault_name, const at::Tensor& x, int64_t blocks,
+                                 int64_t cluster_size, int64_t rounds) {
+  check_float_vector(x, "simt_selftest_faulty_cluster");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  const ClusterFault fault = parse_cluster_fault(fault_name);
+  TORCH_CHECK(blocks > 0 && x.numel() % blocks == 0 && x.numel() > 0 && cluster_size > 0,
+              "simt_selftest_faulty_cluster: blocks must divide x.numel() and cluster_size must be positive");
+  const int64_t block_threads = x.numel() / blocks;
+  const int64_t n = cluster_size * block_threads;
+  at::Tensor out = at::zeros({blocks, n}, x.options());
+  simt::launch_cluster(faulty_cluster_kernel, static_cast<unsigned>(checked_int(blocks, "blocks")),
+                       dim3(static_cast<unsigned>(checked_int(block_threads, "block_threads"))),
+                       2 * sizeof(float) * static_cast<std::size_t>(n),
+                       static_cast<unsigned>(checked_int(cluster_size, "cluster_size")), static_cast<int>(fault),
+                       x.data_ptr<float>(), out.data_ptr<float>(), checked_int(rounds, "rounds"));
+  return out;
+}
+
 SIMT_END_WORLD
 }  // namespace rnn_fused::simt_selftest
 
@@ -224,5 +297,6 @@ SIMT_END_WORLD
     (m).impl("warp_scan", &st::warp_scan);                  \
     (m).impl("device_math", &st::device_math);              \
     (m).impl("barrier_loop", &st::barrier_loop);            \
+    (m).impl("cluster_allgather", &st::cluster_allgather);  \
     (m).impl("bounded", &st::bounded);                      \
   } while (0)
