@@ -4,4 +4,4 @@ check draws from them too); the tests import them from here."""
 from rnn_fused.tools.testing import RNNCase, layer_args  # noqa: F401
 
 # The GPU kernels' recurrence paths the emulated backend is tested on (rnn_fused.plan).
-EMULATED_PATHS = ("block", "grid", "stepwise")
+EMULATED_PATHS = ("block", "cluster", "grid", "stepwise")

@@ -313,8 +313,9 @@ def test_float32_step_norms_neither_underflow_nor_overflow(scale, backend):
 
 @pytest.mark.parametrize("path", EMULATED_PATHS)
 def test_more_samples_than_a_chunk(path):
-    """H = 4, 11 samples: several sample groups in waves (block), several chunks per CTA on a
-    1-SM device holding one CTA (grid), one epilogue CTA per sample (stepwise)."""
+    """H = 4, 11 samples on a device holding one CTA per SM: several sample groups in waves
+    (block on 1 SM, cluster of 2 CTAs on 2 SMs), several chunks per CTA (grid on 1 SM), one
+    epilogue CTA per sample (stepwise)."""
     steps, batch, hidden = 5, 11, 4
     args = layer_args(steps, batch, 3, hidden, bias=True, hx=True)
     lengths = torch.tensor([5, 1, 3, 5, 0, 2, 4, 5, 5, 1, 3])
@@ -323,11 +324,11 @@ def test_more_samples_than_a_chunk(path):
            torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
     targs = resolve_truncation(RandomTruncation(0.5, seed=8))
     cpu = _run_op(args, lengths, "relu", True, targs, "cpu", cot)
-    with simt.emulated_device(sm_count=1, max_blocks_per_sm=1):
+    with simt.emulated_device(sm_count=2 if path == "cluster" else 1, max_blocks_per_sm=1):
         plan = rnn_fused.plan(hidden, batch, torch.float64, backward=True, path=path)
         if path == "grid":
             assert plan.groups == 1 and plan.samples_per_group >= batch  # one CTA, several chunks
-        if path == "block":
+        if path in ("block", "cluster"):
             assert plan.waves > 1
         emulated = _run_op(args, lengths, "relu", True, targs, "emulated", cot, path=path)
     for a, b in zip(emulated, cpu):

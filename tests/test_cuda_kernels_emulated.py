@@ -80,6 +80,11 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, path):
                   torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
     cast = [None if a is None else a.to(dtype) for a in args]
     with simt.emulated_device(**SMALL_GPU):
+        if path is not None and not rnn_fused.plan(hidden, batch, dtype, path=None).candidate(path).feasible:
+            # e.g. a cluster needs two CTAs, so at least two hidden units: refused, not skipped.
+            with pytest.raises(ValueError, match=f"path '{path}' cannot run hidden_size={hidden}"):
+                run_layer(cast, lengths, nonlinearity, reverse, "emulated", cotangents, path)
+            return
         runs = []
         for mode, seed in (*simt.ALL_SCHEDULES, ("forward", 0)):
             with simt.schedule(mode, seed):
@@ -147,6 +152,10 @@ def test_module_matches_nn_rnn(case, dtype, path, monkeypatch, generator):
     monkeypatch.setattr(RNN, "path", path)
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
     with simt.emulated_device(**SMALL_GPU):
+        if path is not None and not rnn_fused.plan(rnn_case.hidden_size, dtype=dtype).candidate(path).feasible:
+            with pytest.raises(ValueError, match=f"path '{path}' cannot run hidden_size={rnn_case.hidden_size}"):
+                compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, ulps=ulps)
+            return
         compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, ulps=ulps)
 
 
@@ -263,17 +272,30 @@ def test_plan_large_batches_take_chunks_on_the_grid_path():
     assert grid.grid <= 2 and grid.groups * grid.samples_per_group >= 40 and "chunks" in grid.reason
 
 
-@pytest.mark.parametrize("hidden,batch,path", [
-    (64, 1, "block"), (64, 8, "block"), (128, 32, "block"), (192, 8, "block"),  # W_hh fits one CTA
-    (1024, 8, "grid"), (1024, 32, "grid"),  # W_hh spread over the SMs
-    (4096, 4, "stepwise"),  # 64 MB of W_hh: beyond the chip
-])
-def test_plan_on_an_h100_like_device(hidden, batch, path):
-    """The default emulated device resembles an H100/H200 (132 SMs, 227 KB shared per block)."""
+# (H, B, dtype, compute capability) -> the path the planner takes on an H100/H200-like device
+# (132 SMs, 227 KB of shared memory per block) and on an A100-like one (no clusters).
+PLANNED_PATHS = [
+    (64, 1, torch.float32, (9, 0), "block"), (64, 8, torch.float64, (9, 0), "block"),  # W_hh in one CTA
+    (128, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float32, (9, 0), "cluster"),
+    (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
+    (1024, 8, torch.float32, (9, 0), "grid"), (1024, 128, torch.float32, (9, 0), "grid"),  # W_hh over the SMs
+    (1024, 128, torch.float64, (9, 0), "stepwise"),  # float64 halves the co-resident W_hh
+    (4096, 4, torch.float32, (9, 0), "stepwise"),  # 64 MB of W_hh: beyond the chip
+    (128, 32, torch.float32, (8, 0), "block"), (256, 8, torch.float32, (8, 0), "grid"),
+    (512, 32, torch.float32, (8, 0), "grid"), (4096, 4, torch.float32, (8, 0), "stepwise"),
+]
+
+
+@pytest.mark.parametrize("hidden,batch,dtype,capability,path", PLANNED_PATHS,
+                         ids=lambda v: str(v).replace("torch.", "").replace(" ", ""))
+def test_plan_per_shape_dtype_and_architecture(hidden, batch, dtype, capability, path):
     simt.reset_device_properties()
-    plan = rnn_fused.plan(hidden, batch)
+    with simt.emulated_device(compute_capability=capability):
+        plan = rnn_fused.plan(hidden, batch, dtype)
     assert plan.path == path, plan.reason
     assert plan.candidate("stepwise").feasible
+    if capability < (9, 0):
+        assert "compute capability 9.0" in plan.candidate("cluster").reason
 
 
 def test_plan_float64_halves_what_fits():

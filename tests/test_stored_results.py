@@ -34,7 +34,7 @@ from rnn_fused import _ops, simt
 from rnn_fused.truncation import TruncationArgs
 
 STORED = os.path.join(os.path.dirname(__file__), "data", "stored_layer_results.json")
-EMULATED_PATHS = ("block", "grid", "stepwise")
+EMULATED_PATHS = ("block", "cluster", "grid", "stepwise")
 DTYPES = {"torch.float32": torch.float32, "torch.float64": torch.float64, "torch.bfloat16": torch.bfloat16}
 
 

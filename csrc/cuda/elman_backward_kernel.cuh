@@ -65,10 +65,11 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const BackwardRecurrenceA
   return g;
 }
 
-// Norms, Grid path: each CTA's per-sample sums of g^2 go to partials [3,B,C] (by step modulo 3:
-// a buffer is rewritten two steps after it was written, once its reader has moved on); after
-// the step's grid barrier, rank 0 of each group adds the ranks' sums (rank order) into step_sq.
-// Block path: the CTA's sums are the norms.
+// Norms. Block path: the CTA's per-sample sums of g^2 are the norms. Grid path: each CTA's
+// sums go to partials [3,B,C] in global memory; Cluster path: to cta_sums [3][C][S] in the
+// shared memory of the cluster's rank 0. Either buffer is indexed by step modulo 3 (it is
+// rewritten two steps after it was written, once its reader has moved on); after the step's
+// barrier, rank 0 of each group adds the ranks' sums (rank order) into step_sq.
 
 // step_sq of sample b at processing step s = the sum over the group's ranks (Grid path).
 template <typename scalar_t>
@@ -87,7 +88,8 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
 // partial on the Grid path. Threads j < kSamples.
 template <RecurrencePath kPath, int kSamples, typename scalar_t>
 SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
-                                 const CtaPlace& place, const double* unit_sums, int64_t first, int64_t s) {
+                                 const CtaPlace& place, const double* unit_sums, double* cta_sums, int64_t first,
+                                 int64_t s) {
   const int64_t j = threadIdx.x;
   if (j >= kSamples || first + j >= a.shape.batch) return;
   const int64_t b = first + j;
@@ -95,10 +97,28 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
   for (int i = 0; i < kUnitsPerPass; ++i) cta_sum += unit_sums[i * kSamples + j];
   if constexpr (kPath == RecurrencePath::Grid) {
     a.norm_partials[((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank] = cta_sum;
+  } else if constexpr (kPath == RecurrencePath::Cluster) {
+    double* at_rank0 = simt::cluster_map_shared(cta_sums, 0u);
+    at_rank0[((s % 3) * tiling.ctas_per_group + place.rank) * kSamples + j] = cta_sum;
   } else {
     const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
     if (s < length) a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = cta_sum;
   }
+}
+
+// Cluster path, rank 0 after the barrier of step s: the norms of step `finished` from the
+// ranks' sums gathered in its shared memory. Threads j < kSamples.
+template <int kSamples, typename scalar_t>
+SIMT_DEVICE void finish_cluster_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
+                                      const CtaPlace& place, const double* cta_sums, int64_t finished) {
+  const int64_t j = threadIdx.x;
+  const int64_t b = place.sample_begin + j;
+  if (place.rank != 0 || j >= kSamples || b >= a.shape.batch) return;
+  const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
+  if (finished >= length) return;
+  double sum = 0.0;
+  for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += cta_sums[((finished % 3) * tiling.ctas_per_group + r) * kSamples + j];
+  a.step_sq[step_time(finished, length, a.reverse) * a.shape.batch + b] = sum;
 }
 
 // Grid path, rank 0 of each group after the barrier of step s: the norms of step `finished`.
@@ -131,11 +151,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   scalar_t* weights = smem + layout.weights;
   scalar_t* states = smem + layout.states;
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
+  double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.cta_sums_offset);
   const int64_t units = place.unit_end - place.unit_begin;
   load_padded_rows(a.w_hh_t, weights, place.unit_begin, units, H, H, R);
   // No step after the last: dz_T = 0 (and the padding stays zero).
   for (int64_t i = threadIdx.x; i < (kStateInShared ? 2 : 1) * kSamples * R; i += blockDim.x) states[i] = scalar_t(0);
   __syncthreads();
+  start_exchange<kPath>();
 
   const LaneRole role = lane_role();
   const int64_t j = owned_sample<kSamples>(role.q);
@@ -201,14 +223,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
           d = g * slope_runtime(a.activation, one_chunk ? h[p] : a.out[at]);
           a.dz[at] = d;
         }
-        publish_state<kPath>(now, exchange_now, j, b, u, R, H, d);
+        publish_state<kPath>(now, exchange_now, j, b, u, R, H, tiling.ctas_per_group, d);
         if (s == 0) a.dz_first[b * H + u] = d;
       }
       // Read after the barrier below; this parity is written again two phases later.
       if (norms && owner) phase_sums[role.unit_in_pass * kSamples + j] = g_sq;
       if constexpr (!kStateInShared) {
         __syncthreads();  // the chunk's rows and sums are complete
-        if (norms) store_cta_norms<kPath, kSamples>(a, tiling, place, phase_sums, first, s);
+        if (norms) store_cta_norms<kPath, kSamples>(a, tiling, place, phase_sums, cta_sums, first, s);
       }
     }
     if (one_chunk && s > 0) prefetch(s - 1);
@@ -216,16 +238,24 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     if (norms) {
       if constexpr (kStateInShared) {
         store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
-                                         place.sample_begin, s);
-      } else if (s + 1 < T) {
-        finish_group_norms<kSamples>(a, tiling, place, s + 1);
+                                         cta_sums, place.sample_begin, s);
+      }
+      if constexpr (kPath == RecurrencePath::Cluster) {
+        if (s + 1 < T) finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, s + 1);
+      } else if constexpr (kPath == RecurrencePath::Grid) {
+        if (s + 1 < T) finish_group_norms<kSamples>(a, tiling, place, s + 1);
       }
     }
   }
-  if constexpr (!kStateInShared) {
-    if (norms) {
-      simt::grid_sync();  // step 0's partials are complete
+  if (norms) {
+    // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
+    // cluster alive until rank 0's shared memory is no longer written).
+    if constexpr (kPath == RecurrencePath::Grid) {
+      simt::grid_sync();
       finish_group_norms<kSamples>(a, tiling, place, 0);
+    } else if constexpr (kPath == RecurrencePath::Cluster) {
+      simt::cluster_sync();
+      finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
     }
   }
 }

@@ -67,6 +67,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     load_padded_rows(a.h0, states + buffer * kSamples * R, place.sample_begin, kSamples, B, H, R);
   }
   __syncthreads();
+  start_exchange<kPath>();
 
   const LaneRole role = lane_role();
   const int64_t j = owned_sample<kSamples>(role.q);
@@ -123,7 +124,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
         } else {
           h = current[j * R + u];  // frozen: the state carries over
         }
-        publish_state<kPath>(next, exchange_next, j, b, u, R, H, h);
+        publish_state<kPath>(next, exchange_next, j, b, u, R, H, tiling.ctas_per_group, h);
         if (s == T - 1) a.h_n[b * H + u] = h;
       }
       if constexpr (!kStateInShared) __syncthreads();  // the chunk's rows are read before the next staging

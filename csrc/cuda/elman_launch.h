@@ -83,6 +83,8 @@ constexpr int kEpilogueKernelRegisters = 40;
   RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path)
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
@@ -117,8 +119,9 @@ template <typename scalar_t, class F>
 void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, F&& f) {
   switch (path) {
     case RecurrencePath::Block: with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, f); break;
+    case RecurrencePath::Cluster: with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, f); break;
     case RecurrencePath::Grid: with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, f); break;
-    default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel in this build");
+    default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel");
   }
 }
 
@@ -148,6 +151,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
     best.reason = "the device does not support cooperative launches";
     return best;
   }
+  if (kPath == RecurrencePath::Cluster && props.compute_capability_major < 9) {
+    best.reason = "thread-block clusters need compute capability 9.0, the device has " +
+                  std::to_string(props.compute_capability_major) + "." + std::to_string(props.compute_capability_minor);
+    return best;
+  }
   const int64_t vec = vec_size<scalar_t>();
   const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
   if (kPath == RecurrencePath::Block && r.hidden > kMaxUnitsPerCta) {
@@ -158,6 +166,17 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   std::vector<int64_t> unit_options;
   if (kPath == RecurrencePath::Block) {
     unit_options = {r.hidden};
+  } else if (kPath == RecurrencePath::Cluster) {
+    // 2 .. 16 CTAs per cluster, each owning the same number of units but possibly the last.
+    for (int64_t cluster = 2; cluster <= simt::detail::kMaxClusterSize && cluster <= r.hidden; ++cluster) {
+      const int64_t units = (r.hidden + cluster - 1) / cluster;
+      if ((r.hidden + units - 1) / units == cluster && units <= kMaxUnitsPerCta) unit_options.push_back(units);
+    }
+    if (unit_options.empty()) {
+      best.reason = "a cluster of at most " + std::to_string(simt::detail::kMaxClusterSize) + " CTAs of at most " +
+                    std::to_string(kMaxUnitsPerCta) + " units each cannot hold " + std::to_string(r.hidden) + " units";
+      return best;
+    }
   } else {
     for (int64_t units : {256, 224, 192, 160, 128, 96, 64, 48, 32, 16, 8}) {
       if (units < r.hidden) unit_options.push_back(units);
@@ -181,17 +200,29 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                 " samples), more than shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
         continue;
       }
-      int occupancy = 0;
+      int occupancy = 0, clusters = 0;
       with_persistent_kernel<scalar_t, kPath>(r.backward, samples, [&](auto kernel) {
         occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
+        if (kPath == RecurrencePath::Cluster) {
+          if (ctas > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
+          clusters = simt::max_active_clusters(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem),
+                                               static_cast<unsigned>(ctas));
+        }
       });
       if (occupancy < 1) {
         limit = "a CTA with " + std::to_string(smem) + " bytes of shared memory does not fit on an SM";
         continue;
       }
+      if (kPath == RecurrencePath::Cluster && clusters < 1) {
+        limit = "no cluster of " + std::to_string(ctas) + " CTAs with " + std::to_string(smem) +
+                " bytes of shared memory each fits on the device";
+        continue;
+      }
       const int64_t resident = int64_t(occupancy) * props.sm_count;
       int64_t waves = 1;
-      if (kPath == RecurrencePath::Grid) {
+      if (kPath == RecurrencePath::Cluster) {
+        waves = (int64_t(tiling.groups) + clusters - 1) / clusters;
+      } else if (kPath == RecurrencePath::Grid) {
         // A cooperative grid must be co-resident: groups take several chunks of samples each.
         const int64_t max_groups = resident / ctas;
         if (max_groups < 1) {
@@ -209,11 +240,13 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       const cost::StepWork work{samples, (units + kUnitsPerPass - 1) / kUnitsPerPass, chunk_iterations, vec, r.fp64};
       const double us = kPath == RecurrencePath::Grid
                             ? cost::grid_step_us(model, work, r.hidden, sizeof(scalar_t), tiling.chunks)
-                            : cost::block_step_us(model, work, waves);
+                        : kPath == RecurrencePath::Cluster ? cost::cluster_step_us(model, work, ctas, waves)
+                                                           : cost::block_step_us(model, work, waves);
       if (best.feasible && us >= best.us_per_step) continue;
       best.feasible = true;
       best.tiling = tiling;
       best.grid = ctas_total;
+      best.cluster = kPath == RecurrencePath::Cluster ? ctas : 1;
       best.shared_mem_bytes = smem;
       best.blocks_per_sm = occupancy;
       best.waves = waves;
@@ -248,7 +281,8 @@ template <typename scalar_t>
 std::vector<RecurrencePlan> plan_candidates(const PlanRequest& r) {
   const simt::DeviceProperties d = simt::device_properties();
   std::string key;
-  for (int64_t v : {int64_t(d.sm_count), int64_t(d.max_threads_per_sm), int64_t(d.max_blocks_per_sm),
+  for (int64_t v : {int64_t(d.sm_count), int64_t(d.compute_capability_major), int64_t(d.max_threads_per_sm),
+                    int64_t(d.max_blocks_per_sm),
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t))}) {
@@ -261,10 +295,8 @@ std::vector<RecurrencePlan> plan_candidates(const PlanRequest& r) {
     const auto it = cache.find(key);
     if (it != cache.end()) return it->second;
   }
-  RecurrencePlan cluster;
-  cluster.path = RecurrencePath::Cluster;
-  cluster.reason = "thread-block clusters are not in this build yet";
-  std::vector<RecurrencePlan> candidates = {plan_persistent<scalar_t, RecurrencePath::Block>(r), cluster,
+  std::vector<RecurrencePlan> candidates = {plan_persistent<scalar_t, RecurrencePath::Block>(r),
+                                            plan_persistent<scalar_t, RecurrencePath::Cluster>(r),
                                             plan_persistent<scalar_t, RecurrencePath::Grid>(r),
                                             plan_stepwise<scalar_t>(r)};
   const std::lock_guard<std::mutex> lock(mutex);
@@ -313,6 +345,8 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
       const auto smem = static_cast<std::size_t>(plan.shared_mem_bytes);
       if (plan.path == RecurrencePath::Grid) {
         simt::launch_cooperative(kernel, grid, block, smem, args, plan.tiling);
+      } else if (plan.path == RecurrencePath::Cluster) {
+        simt::launch_cluster(kernel, grid, block, smem, static_cast<unsigned>(plan.cluster), args, plan.tiling);
       } else {
         simt::launch(kernel, grid, block, smem, args, plan.tiling);
       }

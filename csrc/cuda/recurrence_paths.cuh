@@ -129,13 +129,19 @@ SIMT_DEVICE void stage_rows(const scalar_t* exchange, scalar_t* rows, int64_t fi
 }
 
 // The new state (h, or dz in the backward) of (sample b, row j of its chunk, unit u) reaches
-// every CTA of the group that reads it next step: its own next buffer (Block) or the global
-// buffer of the next step (Grid).
+// every CTA of the group that reads it next step: its own next buffer (Block), the next
+// buffer of each of the cluster's CTAs through distributed shared memory (Cluster), or the
+// global buffer of the next step (Grid).
 template <RecurrencePath kPath, typename scalar_t>
 SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* exchange_next, int64_t j, int64_t b,
-                                               int64_t u, int64_t row, int64_t hidden, scalar_t value) {
+                                               int64_t u, int64_t row, int64_t hidden, int64_t cluster,
+                                               scalar_t value) {
   if constexpr (kPath == RecurrencePath::Grid) {
     exchange_next[b * hidden + u] = value;
+  } else if constexpr (kPath == RecurrencePath::Cluster) {
+    for (int64_t rank = 0; rank < cluster; ++rank) {
+      simt::cluster_map_shared(next_rows, static_cast<unsigned>(rank))[j * row + u] = value;
+    }
   } else {
     next_rows[j * row + u] = value;
   }
@@ -146,9 +152,18 @@ template <RecurrencePath kPath>
 SIMT_DEVICE __forceinline__ void end_step() {
   if constexpr (kPath == RecurrencePath::Grid) {
     simt::grid_sync();
+  } else if constexpr (kPath == RecurrencePath::Cluster) {
+    simt::cluster_sync();
   } else {
     __syncthreads();
   }
+}
+
+// After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
+// buffers before the peer initialised them.
+template <RecurrencePath kPath>
+SIMT_DEVICE __forceinline__ void start_exchange() {
+  if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_sync();
 }
 
 SIMT_END_WORLD
