@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -204,6 +205,37 @@ def test_module_entry_point_runs_and_reports_usage_errors():
     out = subprocess.run([sys.executable, "-m", "rnn_fused", "bench", "--bptt", "--shapes", "10,2,3,4"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--shapes does not apply to --bptt" in _one_line(out.stderr) and out.stdout == ""
+
+
+# --- install ---------------------------------------------------------------------------------
+# `make` installs the checkout into the venv in editable mode: the console script and the
+# package work from any directory, not only from the repository root.
+
+NOT_INSTALLED = ("rnn_fused is not installed in this Python environment ({}); `make test` installs it, or run "
+                 "`pip install --no-build-isolation --no-deps -e .` in the checkout")
+
+
+def _without_pythonpath() -> dict[str, str]:
+    """The environment, rnn_fused to be found through the install only."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def test_console_script_runs_from_any_directory(tmp_path):
+    script = os.path.join(sysconfig.get_path("scripts"), "rnn-fused")
+    assert os.path.isfile(script), NOT_INSTALLED.format(f"no {script}")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path, env=_without_pythonpath())
+    assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo")), out.stderr
+    out = subprocess.run([script, "bench", "--device", "tpu"], capture_output=True, text=True, cwd=tmp_path,
+                         env=_without_pythonpath())
+    assert out.returncode == 2 and "unknown device 'tpu'" in _one_line(out.stderr)
+
+
+def test_module_runs_from_any_directory(tmp_path):
+    env = _without_pythonpath()
+    out = subprocess.run([sys.executable, "-m", "rnn_fused", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo")), (
+        NOT_INSTALLED.format(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""))
 
 
 # --- bench ----------------------------------------------------------------------------------
