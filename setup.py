@@ -4,6 +4,8 @@ C++ sources under csrc/ (except csrc/cuda) are always compiled. CUDA sources und
 csrc/cuda/*.cu are compiled by nvcc whenever a CUDA toolkit is found, GPU or not,
 unless RNN_FUSED_CUDA=0. RNN_FUSED_SELFTESTS=1 adds the SIMT emulator's self-test kernels
 (csrc/simt/selftest/, op namespace rnn_fused_selftest), which only the test suite uses.
+The benchmark's allocation meter (rnn_fused/tools/malloc_meter.c) is built alongside, as
+the plain shared library rnn_fused/tools/libmalloc_meter.so (BuildExtensionAndMeter).
 """
 
 import glob

@@ -286,6 +286,14 @@ def test_bench_quick_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
     assert "Peak memory not measured" not in out and results["memory_note"] is None
 
 
+def test_peak_memory_child_imports_the_same_package_from_any_directory(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); from rnn_fused.tools import benchmark; "
+            "print(benchmark.peak_memory_mb('ours', (12, 2, 3, 4)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=_without_pythonpath())
+    assert out.returncode == 0 and float(out.stdout) > 0, out.stderr
+
+
 def test_allocation_meter_is_built_with_the_package():
     assert os.path.isfile(benchmark.MALLOC_METER) and benchmark.malloc_meter_problem() is None
 

@@ -193,8 +193,9 @@ def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
         f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}))"
     )
     env = _metered_environment()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    # The child imports this same rnn_fused: the folder that holds the package comes first.
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
