@@ -1,4 +1,5 @@
-# make test   - create .venv, install pinned dependencies, build the extension, run the suite
+# make test   - create .venv, install pinned dependencies and this checkout (editable: `rnn-fused` and
+#               `python -m rnn_fused` then work from any directory), build the extension, run the suite
 # make bench  - same set-up, then the main job: rnn-fused bench (rnn_fused vs torch.nn.RNN on the best
 #               device; table, bench_out/<device>_benchmark.{md,json} and a ratio chart)
 # make demo   - same set-up, then rnn-fused demo: the BPTT experiments as demo_out/report.md with figures
@@ -12,6 +13,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEPS := $(VENV)/.deps-installed
+EDITABLE := $(VENV)/.editable-installed
 # The extension compiles with 2 parallel jobs on these 2-core machines.
 export MAX_JOBS ?= 2
 # The development build includes the SIMT emulator's self-test kernels (the test suite runs them).
@@ -24,7 +26,14 @@ $(DEPS): requirements.txt
 	$(BIN)/pip install -r requirements.txt
 	touch $@
 
-build: $(DEPS)
+# The checkout in editable mode (the console script rnn-fused, and rnn_fused importable from
+# any directory). This compiles the extension in place, into the same build/temp.* folder as
+# `make build`, so the build below finds every object up to date.
+$(EDITABLE): $(DEPS) pyproject.toml
+	$(BIN)/pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(EDITABLE)
 	$(BIN)/python setup.py -q build_ext --inplace
 
 test: build
@@ -53,4 +62,4 @@ sanitize: $(DEPS)
 		tests/test_bptt_kernels.py
 
 clean:
-	rm -rf build rnn_fused/*.so *.egg-info
+	rm -rf build rnn_fused/*.so rnn_fused/tools/*.so *.egg-info

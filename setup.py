@@ -4,6 +4,8 @@ C++ sources under csrc/ (except csrc/cuda) are always compiled. CUDA sources und
 csrc/cuda/*.cu are compiled by nvcc whenever a CUDA toolkit is found, GPU or not,
 unless RNN_FUSED_CUDA=0. RNN_FUSED_SELFTESTS=1 adds the SIMT emulator's self-test kernels
 (csrc/simt/selftest/, op namespace rnn_fused_selftest), which only the test suite uses.
+The benchmark's allocation meter (rnn_fused/tools/malloc_meter.c) is built alongside, as
+the plain shared library rnn_fused/tools/libmalloc_meter.so (BuildExtensionAndMeter).
 """
 
 import glob
@@ -12,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -109,7 +112,47 @@ def extension():
                         extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
+class BuildExtensionAndMeter(BuildExtension.with_options(use_ninja=True)):
+    """torch's build_ext, then the benchmark's allocation meter (rnn_fused/tools/malloc_meter.c)
+    as a plain shared library next to the benchmark, so that `rnn-fused bench` needs no
+    compiler at run time. The meter replaces malloc under LD_PRELOAD: it is no Python module,
+    hence no Extension (torch's build_ext would compile it as C++ with torch's flags)."""
+
+    METER_SOURCE = "rnn_fused/tools/malloc_meter.c"
+    METER_PACKAGE, METER_LIBRARY = "rnn_fused.tools", "libmalloc_meter.so"
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.editable_mode:
+            # `pip install -e .` compiles in a throw-away folder; the in-place build's folder
+            # (`make build`) lets ninja reuse its objects instead of compiling everything twice.
+            self.build_temp = os.path.join("build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+
+    def _meter_path(self, package_root: str) -> str:
+        return os.path.join(package_root, *self.METER_PACKAGE.split("."), self.METER_LIBRARY)
+
+    def run(self):
+        super().run()
+        if not sys.platform.startswith("linux"):  # glibc's allocator entry points; the bench says it is missing
+            return
+        from distutils.ccompiler import new_compiler
+        from distutils.sysconfig import customize_compiler
+
+        compiler = new_compiler()
+        customize_compiler(compiler)  # the C compiler and flags Python was built with ($CC overrides)
+        objects = compiler.compile([self.METER_SOURCE], output_dir=self.build_temp, extra_postargs=["-O2"])
+        built = self._meter_path(self.build_lib)
+        compiler.link_shared_object(objects, built)
+        if self.inplace:
+            package_dir = self.get_finalized_command("build_py").get_package_dir(self.METER_PACKAGE)
+            self.copy_file(built, os.path.join(package_dir, self.METER_LIBRARY))
+
+    def get_outputs(self):
+        meter = [self._meter_path(self.build_lib)] if sys.platform.startswith("linux") else []
+        return super().get_outputs() + meter
+
+
 setup(
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtensionAndMeter},
 )

@@ -1,28 +1,57 @@
 """The command line: bench, check and demo at tiny sizes (--quick), their outputs, and the
-argument errors (status 2, a message on stderr)."""
+exit statuses: 0 done, 1 a check failed, 2 a usage error told in one line before any work,
+3 an unexpected error told in one line (the traceback with --debug)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
 
 import rnn_fused
-from rnn_fused.tools import check, demo, experiments
-from rnn_fused.tools.cli import main, shapes_argument
+from rnn_fused.tools import benchmark, bptt_benchmark, check, demo, experiments
+from rnn_fused.tools.cli import build_parser, main, shapes_argument
 from rnn_fused.tools.benchmark import BenchResult, Row, format_table, layer_flops
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each command with the function that starts its work: a usage error must come before it.
+COMMANDS = {
+    "bench": (["bench", "--quick", "--device", "cpu"], benchmark, "measure_table"),
+    "bench --bptt": (["bench", "--bptt", "--quick", "--device", "cpu"], bptt_benchmark, "overhead_rows"),
+    "check": (["check", "--quick", "--device", "cpu"], check, "plan"),
+    "demo": (["demo", "--quick"], demo, "run_experiments"),
+}
 
 
 def _exit_message(argv, capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    return exc.value.code, capsys.readouterr().err
+    """(exit status, stderr) of a call that must fail before printing anything on stdout."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return code, captured.err
+
+
+def _one_line(err: str) -> str:
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    return err
+
+
+def _forbid_work(monkeypatch, command: str) -> list[str]:
+    """argv of `command`, with the work of every command replaced by a failure (exit status
+    3 if reached)."""
+    for name, (_, module, work) in COMMANDS.items():
+        def started(*args, name=name, **kwargs):
+            raise AssertionError(f"{name} started working")
+
+        monkeypatch.setattr(module, work, started)
+    return list(COMMANDS[command][0])
 
 
 def _is_png(path) -> bool:
@@ -32,28 +61,53 @@ def _is_png(path) -> bool:
 # --- arguments ------------------------------------------------------------------------------
 
 
-def test_unknown_command_exits_nonzero(capsys):
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("bench", "check", "demo", "exit status"))
+    assert main(["bench", "--help"]) == 0
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_2_with_one_line(capsys):
     code, err = _exit_message(["frobnicate"], capsys)
-    assert code == 2 and "invalid choice: 'frobnicate'" in err
+    assert code == 2 and "invalid choice: 'frobnicate'" in _one_line(err) and "see rnn-fused --help" in err
 
 
 @pytest.mark.parametrize("command", ["bench", "check"])
-def test_unknown_device_is_an_argument_error(command, capsys):
-    code, err = _exit_message([command, "--device", "tpu"], capsys)
-    assert code == 2 and "unknown device 'tpu' (choose cpu or cuda)" in err
+@pytest.mark.parametrize("device", ["tpu", "cpu:0", "cuda:", "cuda:x", "cuda:-1"])
+def test_unknown_device_is_a_usage_error(command, device, capsys):
+    code, err = _exit_message([command, "--device", device], capsys)
+    assert code == 2 and f"unknown device {device!r} (choose cpu, cuda or cuda:N)" in _one_line(err)
 
 
 @pytest.mark.parametrize("command", ["bench", "check"])
-def test_cuda_without_a_gpu_is_an_argument_error(command, capsys, monkeypatch):
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_cuda_without_a_gpu_is_a_usage_error(command, device, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, err = _exit_message([command, "--device", "cuda"], capsys)
-    assert code == 2 and "no CUDA device is available" in err and "--device cpu" in err
+    code, err = _exit_message([command, "--device", device], capsys)
+    assert code == 2 and "no CUDA device is available" in _one_line(err) and "--device cpu" in err
+
+
+def test_cuda_index_is_accepted_below_the_device_count(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    parser = build_parser()
+    assert parser.parse_args(["bench", "--device", "cuda:1"]).device == torch.device("cuda", 1)
+    assert parser.parse_args(["check", "--device", "cuda:0"]).device == torch.device("cuda", 0)
+    assert parser.parse_args(["check", "--device", "cuda"]).device == torch.device("cuda")
+    code, err = _exit_message(["bench", "--device", "cuda:2"], capsys)
+    assert code == 2 and "cuda:2 was asked for but torch.cuda.device_count() is 2; use cuda:0 to cuda:1" in (
+        _one_line(err))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, err = _exit_message(["check", "--device", "cuda:1"], capsys)
+    assert code == 2 and "torch.cuda.device_count() is 1; use cuda:0" in _one_line(err)
 
 
 @pytest.mark.parametrize("shapes", ["10,2,3", "10,2,3,x", "10,2,3,0", "1,2,3,4;5,6", "1,2,3,4,5"])
-def test_malformed_shapes_are_an_argument_error(shapes, capsys):
+def test_malformed_shapes_are_a_usage_error(shapes, capsys):
     code, err = _exit_message(["bench", "--shapes", shapes], capsys)
-    assert code == 2 and "expected the form T,B,I,H[;T,B,I,H...]" in err
+    assert code == 2 and "expected the form T,B,I,H[;T,B,I,H...]" in _one_line(err)
 
 
 def test_shapes_parse():
@@ -64,19 +118,124 @@ def test_shapes_parse():
     (["bench", "--threads", "0"], "must be at least 1, got 0"),
     (["demo", "--threads", "two"], "expected an integer, got 'two'"),
     (["demo", "--seeds", "0,x"], "'0,x' is not a comma-separated list of non-negative integers"),
+    (["demo", "--seeds", "1,2,1"], "'1,2,1' names a seed twice"),
+    (["demo", "--seeds", str(2**32)], f"seed {2**32} is out of range (0 to {2**32 - 1})"),
     (["demo", "--device", "cpu"], "unrecognized arguments: --device"),
+    (["bench", "--bptt", "--shapes", "10,2,3,4"], "--shapes does not apply to --bptt"),
+    (["bench", "--bptt", "--no-memory"], "--no-memory does not apply to --bptt"),
 ])
-def test_other_bad_arguments(argv, message, capsys):
+def test_other_bad_arguments(argv, message, capsys, monkeypatch):
+    _forbid_work(monkeypatch, "bench")
     code, err = _exit_message(argv, capsys)
-    assert code == 2 and message in err
+    assert code == 2 and message in _one_line(err)
 
 
-def test_module_entry_point_runs_and_reports_argument_errors():
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("out", ["a file", "below a file", "/proc/rnn_fused_out"])
+def test_unusable_out_is_a_usage_error_before_any_work(command, out, tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / "results.json"
+    a_file.write_text("{}")
+    path = {"a file": str(a_file), "below a file": str(a_file / "out")}.get(out, out)
+    code, err = _exit_message(_forbid_work(monkeypatch, command) + ["--out", path], capsys)
+    assert code == 2 and f"--out {path!r}" in _one_line(err)
+    assert ("exists and is not a directory" if out == "a file" else "is not a writable directory") in err
+    assert a_file.read_text() == "{}"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("missing", [("tqdm",), ("matplotlib",), ("tqdm", "matplotlib")])
+def test_missing_optional_package_is_a_usage_error_before_any_work(command, missing, tmp_path, capsys, monkeypatch):
+    for name in missing:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ModuleNotFoundError
+    code, err = _exit_message(_forbid_work(monkeypatch, command) + ["--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and f"the optional package{'s' if len(missing) > 1 else ''} {' and '.join(missing)} " in (
+        _one_line(err))
+    assert 'install with: pip install tqdm matplotlib (or pip install "rnn_fused[cli]")' in err
+
+
+def test_missing_optional_package_from_the_command_line(tmp_path):
+    """The same through `python -m rnn_fused` in a fresh process: nothing on stdout, one line."""
+    code = ("import runpy, sys; sys.modules['tqdm'] = None; sys.argv = ['rnn-fused', *sys.argv[1:]]; "
+            "runpy.run_module('rnn_fused', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", code, "check", "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2 and out.stdout == "" and not list(tmp_path.iterdir())
+    assert "rnn-fused check: error: the optional package tqdm " in _one_line(out.stderr)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unexpected_error_exits_3_with_one_line(command, tmp_path, capsys, monkeypatch):
+    argv, module, _ = COMMANDS[command]
+
+    def broken(**kwargs):
+        raise RuntimeError("something broke\n  a second line that stays out")
+
+    monkeypatch.setattr(module, "run", broken)
+    code, err = _exit_message(argv + ["--out", str(tmp_path)], capsys)
+    assert code == 3
+    assert _one_line(err) == (f"rnn-fused {command.split()[0]}: unexpected error: RuntimeError: something broke "
+                              "(run again with --debug for the traceback)\n")
+
+
+def test_debug_prints_the_traceback(tmp_path, capsys, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("something broke")
+
+    monkeypatch.setattr(check, "run", broken)
+    code, err = _exit_message(["check", "--quick", "--debug", "--out", str(tmp_path)], capsys)
+    assert code == 3 and err.startswith("Traceback (most recent call last):")
+    assert "in broken" in err and err.endswith("RuntimeError: something broke\n")
+
+
+def test_interrupt_exits_130(tmp_path, capsys, monkeypatch):
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    code, err = _exit_message(["demo", "--quick", "--out", str(tmp_path)], capsys)
+    assert code == 130 and _one_line(err) == "rnn-fused demo: interrupted\n"
+
+
+def test_module_entry_point_runs_and_reports_usage_errors():
     out = subprocess.run([sys.executable, "-m", "rnn_fused", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo"))
     out = subprocess.run([sys.executable, "-m", "rnn_fused", "bench", "--device", "tpu"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown device 'tpu'" in out.stderr and out.stdout == ""
+    assert out.returncode == 2 and "unknown device 'tpu'" in _one_line(out.stderr) and out.stdout == ""
+    out = subprocess.run([sys.executable, "-m", "rnn_fused", "bench", "--bptt", "--shapes", "10,2,3,4"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--shapes does not apply to --bptt" in _one_line(out.stderr) and out.stdout == ""
+
+
+# --- install ---------------------------------------------------------------------------------
+# `make` installs the checkout into the venv in editable mode: the console script and the
+# package work from any directory, not only from the repository root.
+
+NOT_INSTALLED = ("rnn_fused is not installed in this Python environment ({}); `make test` installs it, or run "
+                 "`pip install --no-build-isolation --no-deps -e .` in the checkout")
+
+
+def _without_pythonpath() -> dict[str, str]:
+    """The environment, rnn_fused to be found through the install only."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def test_console_script_runs_from_any_directory(tmp_path):
+    script = os.path.join(sysconfig.get_path("scripts"), "rnn-fused")
+    assert os.path.isfile(script), NOT_INSTALLED.format(f"no {script}")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, cwd=tmp_path, env=_without_pythonpath())
+    assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo")), out.stderr
+    out = subprocess.run([script, "bench", "--device", "tpu"], capture_output=True, text=True, cwd=tmp_path,
+                         env=_without_pythonpath())
+    assert out.returncode == 2 and "unknown device 'tpu'" in _one_line(out.stderr)
+
+
+def test_module_runs_from_any_directory(tmp_path):
+    env = _without_pythonpath()
+    out = subprocess.run([sys.executable, "-m", "rnn_fused", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("bench", "check", "demo")), (
+        NOT_INSTALLED.format(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else ""))
 
 
 # --- bench ----------------------------------------------------------------------------------
@@ -99,8 +258,17 @@ def test_table_has_one_row_per_measurement():
     assert "Some GPU, float32, nn.RNN on cuDNN, TF32 off" in gpu
 
 
-def test_bench_quick_writes_table_json_and_chart(tmp_path, capsys):
+def test_bench_quick_writes_table_json_and_chart(tmp_path, capsys, monkeypatch):
+    started = []  # every process bench starts: Python children only, no compiler
+    run = subprocess.run
+
+    def recorded_run(argv, *args, **kwargs):
+        started.append(argv[0])
+        return run(argv, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", recorded_run)
     assert main(["bench", "--quick", "--device", "cpu", "--shapes", "12,2,3,4", "--out", str(tmp_path)]) == 0
+    assert started and set(started) == {sys.executable}
     out = capsys.readouterr().out
     assert "| 12, 2, 3, 4 | fwd |" in out and "| 12, 2, 3, 4 | fwd+bwd |" in out
     results = json.loads((tmp_path / "cpu_benchmark.json").read_text())
@@ -115,6 +283,43 @@ def test_bench_quick_writes_table_json_and_chart(tmp_path, capsys):
     assert backward["torch_peak_mb"] > 0 and backward["ours_peak_mb"] > 0
     assert (tmp_path / "cpu_benchmark.md").read_text().strip() in out
     assert _is_png(tmp_path / "cpu_benchmark_ratios.png")
+    assert "Peak memory not measured" not in out and results["memory_note"] is None
+
+
+def test_peak_memory_child_imports_the_same_package_from_any_directory(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); from rnn_fused.tools import benchmark; "
+            "print(benchmark.peak_memory_mb('ours', (12, 2, 3, 4)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=_without_pythonpath())
+    assert out.returncode == 0 and float(out.stdout) > 0, out.stderr
+
+
+def test_allocation_meter_is_built_with_the_package():
+    assert os.path.isfile(benchmark.MALLOC_METER) and benchmark.malloc_meter_problem() is None
+
+
+@pytest.mark.parametrize("meter", ["missing", "not a library"])
+def test_bench_without_a_usable_meter_says_so_and_leaves_memory_empty(meter, tmp_path, capsys, monkeypatch):
+    library = tmp_path / "libmalloc_meter.so"
+    if meter == "not a library":
+        library.write_text("not an ELF file")
+    monkeypatch.setattr(benchmark, "MALLOC_METER", str(library))
+    out_dir = tmp_path / "out"
+    assert main(["bench", "--quick", "--device", "cpu", "--shapes", "12,2,3,4", "--out", str(out_dir)]) == 0
+    captured = capsys.readouterr()
+    said = [line for line in captured.err.splitlines() if "allocation meter" in line]
+    why = "is missing" if meter == "missing" else "could not be preloaded"
+    assert len(said) == 1 and why in said[0] and said[0].endswith("the peak-memory columns stay empty")
+    results = json.loads((out_dir / "cpu_benchmark.json").read_text())
+    assert why in results["memory_note"]
+    assert all(r["torch_peak_mb"] is None and r["ours_peak_mb"] is None for r in results["rows"])
+    assert f"Peak memory not measured: {results['memory_note']}." in captured.out
+
+
+def test_no_memory_is_noted_in_the_table():
+    rows = [Row((1, 2, 3, 4), "fwd+bwd", 6.0, 2.0, 3.0, 7.0, 0.25)]
+    table = format_table(BenchResult("cpu", "CPU", 2, 100e9, rows, memory_note="--no-memory"))
+    assert "Peak memory not measured: --no-memory." in table
 
 
 # --- check ----------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ run; the median is reported. On a GPU the baseline is nn.RNN on cuDNN with TF32 
 both. Achieved GFLOP/s use the FLOP model below; the GEMM rate that they are compared with
 is measured in the same run with the same thread count (the better of a measurement before
 and one after). Peak memory on the CPU is measured in a fresh child process per
-(implementation, shape) by an allocation meter (malloc_meter.c, preloaded): the peak of
-live allocated bytes during one forward+backward, above what was live just before; on a
-GPU by the caching allocator's peak statistics, the same way.
+(implementation, shape) by an allocation meter (malloc_meter.c, built with the package as
+libmalloc_meter.so and preloaded): the peak of live allocated bytes during one
+forward+backward, above what was live just before; on a GPU by the caching allocator's
+peak statistics, the same way.
 """
 
 from __future__ import annotations
@@ -161,16 +162,27 @@ class Row:
     ours_peak_mb: float | None = None
 
 
-def _malloc_meter_library() -> str:
-    """Build (once) the allocation meter that the peak-memory child runs preload."""
-    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "malloc_meter.c")
-    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "rnn_fused")
-    os.makedirs(cache, exist_ok=True)
-    library = os.path.join(cache, "malloc_meter.so")
-    if not os.path.exists(library) or os.path.getmtime(library) < os.path.getmtime(source):
-        compiler = os.environ.get("CC", "cc")
-        subprocess.run([compiler, "-O2", "-shared", "-fPIC", source, "-o", library], check=True)
-    return library
+# Built by setup.py next to this file (the package's build_ext), never at run time.
+MALLOC_METER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmalloc_meter.so")
+
+
+def _metered_environment() -> dict[str, str]:
+    """The environment of a child process whose allocations the meter counts."""
+    return dict(os.environ, LD_PRELOAD=MALLOC_METER)
+
+
+def malloc_meter_problem() -> str | None:
+    """None when the allocation meter can be preloaded into a child process, else why not,
+    in one line. Asked before any measurement (the probe child does not import torch)."""
+    if not os.path.isfile(MALLOC_METER):
+        return (f"the allocation meter {MALLOC_METER} is missing (it is built with the package: `make build` "
+                "in a checkout, or reinstall with `pip install --no-build-isolation .`)")
+    probe = subprocess.run([sys.executable, "-c", "import ctypes; ctypes.CDLL(None).malloc_meter_peak_bytes"],
+                           capture_output=True, text=True, env=_metered_environment())
+    if probe.returncode != 0:
+        lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+        return f"the allocation meter {MALLOC_METER} could not be preloaded ({lines[-1] if lines else 'no message'})"
+    return None
 
 
 def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
@@ -180,10 +192,10 @@ def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
         "from rnn_fused.tools.benchmark import _child_peak; "
         f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}))"
     )
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = _malloc_meter_library()
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env = _metered_environment()
+    # The child imports this same rnn_fused: the folder that holds the package comes first.
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -229,6 +241,7 @@ class BenchResult:
     threads: int | None        # intra-op threads (CPU)
     gemm_rate: float           # FLOP/s of a large float32 matrix product, this run
     rows: list[Row]
+    memory_note: str | None = None  # why the peak-memory columns are empty, when they are
 
 
 @contextlib.contextmanager
@@ -294,6 +307,8 @@ def format_table(result: BenchResult) -> str:
         "| T, B, I, H | pass | nn.RNN ms | rnn_fused ms | ratio | GFLOP/s | % of GEMM rate | peak MB nn.RNN | peak MB rnn_fused |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if result.memory_note is not None:
+        lines[1:1] = ["", f"Peak memory not measured: {result.memory_note}."]
     for r in result.rows:
         mem = ("", "") if r.torch_peak_mb is None else (f"{r.torch_peak_mb:.1f}", f"{r.ours_peak_mb:.1f}")
         lines.append(
@@ -306,7 +321,7 @@ def format_table(result: BenchResult) -> str:
 def result_as_json(result: BenchResult) -> dict:
     return {"device": result.device, "device_name": result.device_name, "threads": result.threads,
             "torch": torch.__version__, "gemm_gflops": result.gemm_rate / 1e9,
-            "ratio": "nn.RNN ms / rnn_fused ms (> 1: rnn_fused faster)",
+            "ratio": "nn.RNN ms / rnn_fused ms (> 1: rnn_fused faster)", "memory_note": result.memory_note,
             "rows": [asdict(r) for r in result.rows]}
 
 
@@ -332,10 +347,16 @@ def plot_ratios(result: BenchResult, ax) -> None:
 def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, quick: bool,
         out: str) -> int:
     """`rnn-fused bench`: measure, print the table, write <device>_benchmark.{md,json,png}."""
-    from .command_output import figure, progress_bar, save_figure, write_json, write_text
+    from .command_output import figure, prepare_output, progress_bar, save_figure, write_json, write_text
 
+    prepare_output(out)
+    memory_note = None if measure_memory else "--no-memory"
+    if measure_memory and device.type == "cpu":
+        problem = malloc_meter_problem()
+        if problem is not None:
+            print(f"rnn-fused bench: {problem}; the peak-memory columns stay empty", file=sys.stderr)
+            measure_memory, memory_note = False, problem
     shapes = shapes if shapes is not None else (QUICK_SHAPES if quick else default_shapes(device))
-    os.makedirs(out, exist_ok=True)
     with progress_bar(2 * len(shapes), f"bench on {device.type}") as bar:
         def progress(row: Row) -> None:
             bar.set_postfix_str(f"{row.shape} {row.pass_}: {row.ratio:.2f}x")
@@ -343,6 +364,7 @@ def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, qui
 
         result = measure_table(shapes, device, threads, measure_memory,
                                QUICK_TIMING if quick else Timing(), progress)
+    result.memory_note = memory_note
     table = format_table(result)
     print(table)
     stem = f"{result.device}_benchmark"

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -183,13 +182,13 @@ def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], devic
 def run(*, device: torch.device, threads: int, quick: bool, out: str) -> int:
     """`rnn-fused bench --bptt`: both tables, printed and written to <device>_bptt_benchmark
     .{md,json} with a figure of the overheads and speed-ups."""
-    from .command_output import progress_bar, write_json, write_text
+    from .command_output import prepare_output, progress_bar, write_json, write_text
 
+    prepare_output(out)
     timing = QUICK_TIMING if quick else Timing()
     overhead_shapes = QUICK_OVERHEAD_SHAPES if quick else CPU_SHAPES
     way_shapes = QUICK_PYTORCH_WAY_SHAPES if quick else PYTORCH_WAY_SHAPES
     every = QUICK_K if quick else PYTORCH_WAY_K
-    os.makedirs(out, exist_ok=True)
     total = len(overhead_shapes) * len(OVERHEAD_VARIANTS) + 3 * len(way_shapes)
     with _benchmark_settings(device, threads), progress_bar(total, f"bptt bench on {device.type}") as bar:
         def progress(row) -> None:
@@ -212,19 +211,47 @@ def run(*, device: torch.device, threads: int, quick: bool, out: str) -> int:
 
 
 def plot(overhead: list[OverheadRow], way: list[PyTorchWayRow], out: str, name: str) -> str:
-    """Overheads (left) and speed-ups (right) as horizontal bars, one row a measurement."""
-    from .command_output import figure, save_figure
+    from .command_output import save_figure
+
+    return save_figure(draw(overhead, way)[0], out, name)
+
+
+def draw(overhead: list[OverheadRow], way: list[PyTorchWayRow]):
+    """(figure, left axes, right axes): overheads (left) and speed-ups (right) as horizontal
+    bars, one row a measurement in the tables' order, each bar labelled with its value. The
+    speed-ups are on a linear axis that starts at 1x (break-even), their bars growing from
+    there (leftwards for a slow-down, the axis then reaching below 1x)."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    from .command_output import figure
+
+    def label(what: str, shape) -> str:
+        return f"{what}  ({', '.join(map(str, shape))})"
 
     rows = max(len(overhead), len(way))
-    fig, (left, right) = figure(ncols=2, width=6.5, height=max(3.0, 0.28 * rows + 1.0))
-    left.barh(range(len(overhead)), [100 * r.overhead for r in overhead], color="tab:orange")
-    left.set_yticks(range(len(overhead)), [f"{r.variant}  {r.shape}" for r in overhead], fontsize=7)
-    left.axvline(5, color="gray", linestyle="--", label="5% goal")
+    fig, (left, right) = figure(ncols=2, width=6.5, height=max(3.0, 0.3 * rows + 1.4))
+    bars = left.barh(range(len(overhead)), [100 * r.overhead for r in overhead], color="tab:orange")
+    left.bar_label(bars, fmt="%+.1f%%", fontsize=7, padding=2)
+    left.set_yticks(range(len(overhead)), [label(r.variant, r.shape) for r in overhead], fontsize=7)
+    left.axvline(5, color="gray", linestyle="--")
     left.axvline(0, color="black", linewidth=0.5)
-    left.set_xlabel("overhead over full BPTT without norms (%)")
-    left.legend(fontsize=7)
-    right.barh(range(len(way)), [r.speedup for r in way], color="tab:blue")
-    right.set_yticks(range(len(way)), [f"{r.what}  {r.shape}" for r in way], fontsize=7)
-    right.set_xscale("log")
-    right.set_xlabel("speed-up over the PyTorch way (x)")
-    return save_figure(fig, out, name)
+    left.margins(x=0.2)  # room for the value labels
+    left.xaxis.set_major_formatter(FormatStrFormatter("%g%%"))
+    left.set_xlabel("overhead over full BPTT without norms (dashed: the 5% goal)")
+    left.set_title("What norms and truncation cost", fontsize=10)
+
+    speedups = [r.speedup for r in way]
+    bars = right.barh(range(len(way)), [s - 1.0 for s in speedups], left=1.0, color="tab:blue")
+    right.bar_label(bars, labels=[f"{s:.2f}x" for s in speedups], fontsize=7, padding=2)
+    right.set_yticks(range(len(way)), [label(r.what, r.shape) for r in way], fontsize=7)
+    right.axvline(1.0, color="black", linewidth=0.5)
+    low, high = min([1.0, *speedups]), max([1.0, *speedups])
+    right.set_xlim(low - 0.2 * (high - low) if low < 1.0 else 1.0, high + 0.2 * (high - low) + 0.1)
+    start, end = right.get_xlim()
+    right.set_xticks(sorted({1.0, *(t for t in right.get_xticks() if start <= t <= end)}))  # 1x always named
+    right.xaxis.set_major_formatter(FormatStrFormatter("%gx"))
+    right.set_xlabel("speed-up over the PyTorch way (PyTorch time / rnn_fused time)")
+    right.set_title("What they save against hooks and detach loops", fontsize=10)
+    for ax in (left, right):
+        ax.invert_yaxis()  # first row on top, as in the tables
+    return fig, left, right

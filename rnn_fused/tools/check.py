@@ -17,7 +17,6 @@ Exit status 1 when any row fails.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -314,8 +313,9 @@ def plot_margins(rows: list[CheckRow], ax) -> None:
 def run(*, device: torch.device, threads: int, emulated: bool, quick: bool, out: str) -> int:
     """`rnn-fused check`: print the table, write check.{md,json} and check_margins.png;
     1 when any row fails."""
-    from .command_output import figure, progress_bar, save_figure, write_json, write_text
+    from .command_output import figure, prepare_output, progress_bar, save_figure, write_json, write_text
 
+    prepare_output(out)
     torch.set_num_threads(threads)
     tasks = plan(device, emulated, quick)
     rows: list[CheckRow] = []
@@ -327,7 +327,6 @@ def run(*, device: torch.device, threads: int, emulated: bool, quick: bool, out:
             bar.update()
     table = format_table(rows)
     print(table)
-    os.makedirs(out, exist_ok=True)
     write_text(out, "check.md", table)
     write_json(out, "check.json", {"device": device.type, "torch": torch.__version__,
                                    "emulated_device": EMULATED_DEVICE if emulated else None,

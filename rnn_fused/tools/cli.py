@@ -5,27 +5,53 @@ bench  rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (ben
 check  gradient agreement: gradcheck and parity under the tolerance rule (check.py)
 demo   the backpropagation-through-time experiments, as a Markdown report (demo.py)
 
-Each prints a table, writes JSON and PNG figures to --out, shows progress on stderr and
-exits non-zero on failure. Argument errors exit with status 2 and a message on stderr.
+Each prints a table, writes JSON and PNG figures to --out and shows progress on stderr.
+Exit status (docs/cli.md): 0 done; 1 a check failed; 2 a usage error (bad argument,
+unusable --out, missing optional package), found before any work and told in one line on
+stderr; 3 anything else, told in one line (the traceback with --debug).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
+import traceback
 
 import torch
 
-DEVICES = ("cpu", "cuda")
+from .command_output import UsageError
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_UNEXPECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MAX_SEED = 2**32 - 1
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its error told in one line (argparse prints the usage text first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def device_argument(text: str) -> torch.device:
-    if text not in DEVICES:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r} (choose {' or '.join(DEVICES)})")
-    if text == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("cuda was asked for but no CUDA device is available "
+    """'cpu', 'cuda' or 'cuda:N' with N a visible CUDA device."""
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", text)
+    if match is None or (match[1] == "cpu" and match[2] is not None):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (choose cpu, cuda or cuda:N)")
+    if match[1] == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text} was asked for but no CUDA device is available "
                                          "(torch.cuda.is_available() is False); use --device cpu")
-    return torch.device(text)
+    if match[2] is None:
+        return torch.device("cuda")
+    count = torch.cuda.device_count()
+    if int(match[2]) >= count:
+        allowed = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise argparse.ArgumentTypeError(f"{text} was asked for but torch.cuda.device_count() is {count}; "
+                                         f"use {allowed}")
+    return torch.device("cuda", int(match[2]))
 
 
 def best_device() -> torch.device:
@@ -56,23 +82,30 @@ def positive_int(text: str) -> int:
 
 
 def seeds_argument(text: str) -> list[int]:
-    """'0,1,2' -> [0, 1, 2]."""
+    """'0,1,2' -> [0, 1, 2]: distinct integers from 0 to 2^32 - 1."""
     fields = [f.strip() for f in text.split(",")]
     if not all(f.isdigit() for f in fields):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of non-negative integers")
-    return [int(f) for f in fields]
+    seeds = [int(f) for f in fields]
+    if max(seeds) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {max(seeds)} is out of range (0 to {MAX_SEED})")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice; each seed is one training run")
+    return seeds
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import benchmark
-
     if args.bptt:
+        if args.shapes is not None:
+            raise UsageError("--shapes does not apply to --bptt (it measures its own shapes); drop --shapes")
+        if args.no_memory:
+            raise UsageError("--no-memory does not apply to --bptt (it measures no memory); drop --no-memory")
         from . import bptt_benchmark
 
-        if args.shapes is not None:
-            raise SystemExit("rnn-fused bench: --bptt measures its own shapes; drop --shapes")
         return bptt_benchmark.run(device=args.device or best_device(), threads=args.threads, quick=args.quick,
                                   out=args.out)
+    from . import benchmark
+
     return benchmark.run(device=args.device or best_device(), shapes=args.shapes,
                          threads=args.threads, measure_memory=not args.no_memory,
                          quick=args.quick, out=args.out)
@@ -92,18 +125,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnn-fused", description="rnn_fused command line")
+    parser = Parser(prog="rnn-fused", description="rnn_fused command line",
+                    epilog="exit status: 0 done, 1 a check failed, 2 usage error, 3 unexpected error "
+                           "(details: --debug)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, run, default_out: str, threads: int, with_device: bool = True):
         sub = commands.add_parser(name, help=help, description=help)
         if with_device:
             sub.add_argument("--device", type=device_argument, default=None,
-                             help="cpu or cuda (default: cuda if available, else cpu)")
+                             help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
         sub.add_argument("--out", default=default_out, help=f"output directory (default {default_out})")
         sub.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (seconds)")
         sub.add_argument("--threads", type=positive_int, default=threads,
                          help=f"CPU intra-op threads (default {threads})")
+        sub.add_argument("--debug", action="store_true",
+                         help="on an unexpected error, print the full traceback instead of one line")
         sub.set_defaults(run=run)
         return sub
 
@@ -133,8 +170,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    """Runs one command; returns the exit status (argparse's --help and errors included)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2)
+        return EXIT_OK if exit_.code is None else exit_.code
+    prog = f"{parser.prog} {args.command}"
+    device = getattr(args, "device", None)
+    # cuda:N: CUDA events, streams and allocator statistics follow the current device.
+    on_device = contextlib.nullcontext()
+    if device is not None and device.type == "cuda":
+        on_device = torch.cuda.device(device)
+    try:
+        with on_device:
+            return args.run(args)
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"{prog}: unexpected error: {one_line(error)} (run again with --debug for the traceback)",
+                  file=sys.stderr)
+        return EXIT_UNEXPECTED
+
+
+def one_line(error: BaseException) -> str:
+    """'Type: first line of the message' (torch's messages can run to a C++ stack trace)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -458,13 +458,13 @@ def results_as_json(results: DemoResults, threads: int) -> dict:
 def run(*, seeds: list[int] | None, threads: int, quick: bool, out: str) -> int:
     """`rnn-fused demo`: run the experiments (CPU: the models are tiny), print the report,
     write report.md, results.json and the figures to `out`."""
-    from .command_output import progress_bar, write_json, write_text
+    from .command_output import prepare_output, progress_bar, write_json, write_text
 
+    prepare_output(out)
     config = QUICK if quick else FULL
     if seeds is not None:
         config = replace(config, seeds=tuple(seeds))
     torch.set_num_threads(threads)
-    os.makedirs(out, exist_ok=True)
     with progress_bar(progress_units(config), "demo") as bar:
         def progress(label: str) -> None:
             bar.set_postfix_str(label)
