@@ -40,18 +40,19 @@ class LayerOptions(NamedTuple):
     reverse: bool = False
     truncate_every: int = 0
     keep_prob: float = 1.0
-    seed: int = 0
+    seed: Tensor | None = None  # int64 0-d CPU tensor when keep_prob < 1 (TruncationArgs.seed_tensor)
     layer: int = 0
     backend: str | None = None  # 'cpu', 'cuda', 'emulated' or None (the input device's own)
 
     @classmethod
     def make(cls, nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
              backend: str | None = None) -> LayerOptions:
-        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed, layer, backend)
+        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer,
+                   backend)
 
     @property
     def truncation(self) -> TruncationArgs:
-        return TruncationArgs(self.truncate_every, self.keep_prob, self.seed)
+        return TruncationArgs(self.truncate_every, self.keep_prob, 0 if self.seed is None else self.seed)
 
 
 FORWARD_ARGUMENTS = LayerInputs._fields + LayerOptions._fields

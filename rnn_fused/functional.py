@@ -7,7 +7,7 @@ from torch import Tensor
 
 from . import _ops
 from .reference import reference_layer
-from .truncation import FULL_BPTT, TruncationArgs, check_truncation, resolve_truncation
+from .truncation import TruncationArgs, check_truncation, resolve_truncation
 
 
 def _setup_layer_context(ctx, inputs, output):
@@ -55,10 +55,11 @@ def _differentiable_backward(ctx, inputs: _ops.LayerInputs, grad_output, grad_h_
     args = list(inputs[:6])
     wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
     scales = None
-    if options.truncation != FULL_BPTT:
+    truncation = options.truncation
+    if not truncation.full:
         steps, batch = inputs.input.shape[0], inputs.input.shape[1]
-        scales = torch.ops.rnn_fused.edge_scales(steps, batch, options.truncate_every, options.keep_prob,
-                                                 options.seed, options.layer, options.reverse)
+        scales = torch.ops.rnn_fused.edge_scales(steps, batch, truncation.every, truncation.keep_prob,
+                                                 truncation.seed_int(), options.layer, options.reverse)
         scales = scales.to(inputs.input.device, inputs.input.dtype)
     with torch.enable_grad():
         out, h_n = reference_layer(*args, inputs.lengths, options.nonlinearity, options.reverse, scales)

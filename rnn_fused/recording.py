@@ -168,7 +168,7 @@ class GradientRecorder:
     def seed(self) -> int | None:
         """The seed of the latest recorded forward's randomized truncation, else None."""
         truncation = self._latest().truncation
-        return truncation.seed if truncation.randomized else None
+        return truncation.seed_int() if truncation.randomized else None
 
     @property
     def parameter_sq_norms(self) -> dict[str, Tensor]:

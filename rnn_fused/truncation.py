@@ -13,8 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-
 # Seeds are int64 op arguments; Philox takes them as two 32-bit key words.
 _SEED_LIMIT = 2**63
 
@@ -46,15 +44,37 @@ class RandomTruncation:
 @dataclass(frozen=True)
 class TruncationArgs:
     """The op arguments of one forward call: cut every `every` steps (0: never), keep with
-    probability `keep_prob` (1: always), Philox `seed` (already drawn when it was None)."""
+    probability `keep_prob` (1: always), Philox `seed` (already drawn when it was None).
+
+    A seed drawn for the call is an int64 0-d CPU tensor (torch.randint), not an int: under
+    torch.compile the draw is then an op of the graph, made afresh at every call, instead of
+    a constant baked into it. The ops take the seed as such a tensor (seed_tensor)."""
 
     every: int = 0
     keep_prob: float = 1.0
-    seed: int = 0
+    seed: int | Tensor = 0
 
     @property
     def randomized(self) -> bool:
         return self.keep_prob < 1.0
+
+    @property
+    def full(self) -> bool:
+        """No cut at all: the full BPTT gradient."""
+        return self.every == 0 and not self.randomized
+
+    def seed_int(self) -> int:
+        """The seed as a Python int (eager code only: reads a drawn seed's value)."""
+        return int(self.seed)
+
+    def seed_tensor(self) -> Tensor | None:
+        """The ops' `seed` argument: None without randomized truncation (no seed is read),
+        else an int64 0-d CPU tensor."""
+        if not self.randomized:
+            return None
+        if isinstance(self.seed, Tensor):
+            return self.seed
+        return torch.tensor(self.seed, dtype=torch.int64)
 
 
 FULL_BPTT = TruncationArgs()
@@ -75,7 +95,8 @@ def check_truncation(truncation) -> None:
 
 def resolve_truncation(truncation) -> TruncationArgs:
     """The op arguments for one forward call; a RandomTruncation without seed gets a fresh
-    one from torch's default CPU generator (so torch.manual_seed makes runs reproducible)."""
+    one from torch's default CPU generator (so torch.manual_seed makes runs reproducible),
+    kept as a 0-d tensor (see TruncationArgs): a compiled graph draws it at every call."""
     check_truncation(truncation)
     if isinstance(truncation, TruncationArgs):
         return truncation
@@ -84,9 +105,14 @@ def resolve_truncation(truncation) -> TruncationArgs:
     if isinstance(truncation, RandomTruncation):
         seed = truncation.seed
         if seed is None:
-            seed = int(torch.randint(0, _SEED_LIMIT - 1, (), dtype=torch.int64))
+            return TruncationArgs(0, float(truncation.keep_prob), draw_seed())
         return TruncationArgs(0, float(truncation.keep_prob), int(seed))
     return TruncationArgs(int(truncation), 1.0, 0)
+
+
+def draw_seed() -> Tensor:
+    """A fresh seed in [0, 2**63 - 1): int64 0-d tensor from torch's default CPU generator."""
+    return torch.randint(0, _SEED_LIMIT - 1, (), dtype=torch.int64)
 
 
 def edge_scales(steps: int, batch: int, truncation, layer: int = 0, reverse: bool = False,
@@ -104,7 +130,8 @@ def edge_scales(steps: int, batch: int, truncation, layer: int = 0, reverse: boo
 def edge_scales_for_args(steps: int, batch: int, args: TruncationArgs, layer: int, reverse: bool,
                          lengths: Tensor | None) -> Tensor:
     """edge_scales for resolved op arguments (the kernels' own function, csrc/rnn_params.h)."""
-    scales = torch.ops.rnn_fused.edge_scales(steps, batch, args.every, args.keep_prob, args.seed, layer, reverse)
+    scales = torch.ops.rnn_fused.edge_scales(steps, batch, args.every, args.keep_prob, args.seed_int(), layer,
+                                             reverse)
     if lengths is not None:
         valid = torch.arange(steps).unsqueeze(1) < lengths.cpu().unsqueeze(0)
         scales = scales.masked_fill(~valid, 0.0)
