@@ -126,7 +126,9 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     if torch.compiler.is_compiling():
         raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
                            "the backward as a Python side effect; record in eager mode")
-    return _RecordedLayer.apply(*inputs, options, sink)
+    # Cast outside the autograd.Function, so that its backward sees the inputs the op ran on
+    # (inside it the op's autocast kernel would cast behind the Function's back).
+    return _RecordedLayer.apply(*_ops.autocast_layer_inputs(inputs), options, sink)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
