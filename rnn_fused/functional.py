@@ -142,7 +142,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     each (weight_ih, weight_hh) or (weight_ih, weight_hh, bias_ih, bias_hh);
     lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
-    only when `training`, as nn.RNN does.
+    only when `training`, with nn.RNN's random draws (dropout_between_layers).
     truncation: None, an int K >= 1 or a RandomTruncation (docs/bptt.md), for every layer
     and direction (a RandomTruncation without seed draws one seed for this call).
     record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
@@ -181,11 +181,31 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         layer_output = (direction_outputs[0] if directions == 1
                         else torch.cat(direction_outputs, dim=2))
         if dropout > 0 and training and layer < num_layers - 1:
-            # Padded positions are zero and stay zero under dropout, so applying it to the
-            # padded tensor matches nn.RNN applying it to the packed data.
-            layer_output = torch.nn.functional.dropout(layer_output, p=dropout, training=True)
+            layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
     return layer_input, torch.stack(final_states)
+
+
+def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """Dropout of one layer's output [T,B,F] with the random draws of nn.RNN's CPU kernel.
+
+    ATen (aten/src/ATen/native/RNN.cpp, apply_layer_stack) calls at::dropout(output, p,
+    train=true) on each layer's output but the last, in layer order, as it holds it: the
+    whole [T,B,F] tensor for a padded batch, the packed data [N,F] (valid positions in
+    (step, sample) order) for a PackedSequence; on the CPU at::dropout draws one Bernoulli
+    mask the shape of its input from the default generator. So without lengths the draws are
+    over [T,B,F]; with lengths over the valid positions t < lengths[b] in (step, sample)
+    order, which is the packed data's order when the batch is a PackedSequence padded in its
+    own order (packed_to_padded). Same calls, same shapes, same order: same masks and the
+    same generator state afterwards. Positions past a sample's length stay zero.
+    """
+    if lengths is None:
+        return torch.nn.functional.dropout(layer_output, p, training=True)
+    steps = layer_output.shape[0]
+    valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
+    valid = valid.to(layer_output.device)
+    dropped = torch.nn.functional.dropout(layer_output[valid], p, training=True)  # [N,F]
+    return layer_output.new_zeros(layer_output.shape).masked_scatter(valid.unsqueeze(2), dropped)
 
 
 def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
