@@ -111,8 +111,11 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
     backend: None (the input device's own: 'cpu' or 'cuda'), or 'emulated' (the CUDA
     kernels run on CPU tensors by the SIMT emulator, rnn_fused.simt).
-    truncation: None, an int K >= 1, a RandomTruncation (docs/bptt.md), or the already
-    resolved TruncationArgs; `layer` keys the randomized draws (with the direction).
+    truncation: truncated BPTT in the fused backward (forward values never depend on it):
+    None (full), an int K >= 1 (cut the recurrent gradient every K steps), a
+    RandomTruncation (see its docstring), or the already resolved TruncationArgs; `layer`
+    keys the randomized draws (with the direction).
+    Under torch.autocast the op runs in the autocast dtype (float64 arguments excepted).
     sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
@@ -143,8 +146,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
     only when `training`, with nn.RNN's random draws (dropout_between_layers).
-    truncation: None, an int K >= 1 or a RandomTruncation (docs/bptt.md), for every layer
-    and direction (a RandomTruncation without seed draws one seed for this call).
+    truncation: None, an int K >= 1 or a RandomTruncation (as for rnn_layer), for every
+    layer and direction (a RandomTruncation without seed draws one seed for this call).
     record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
     `layer_fn` replaces the fused layer (reference_layer's signature): tests pass the step
     loop of reference.py to compose stock torch ops the same way; it takes no truncation.

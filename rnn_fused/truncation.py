@@ -2,7 +2,8 @@
 
 The user-facing forms (`None`, an int K, `RandomTruncation(keep_prob, seed)`) are checked
 and turned here into the op arguments (truncate_every, keep_prob, seed); the kernels
-compute the edge scales themselves (csrc/rnn_params.h edge_scale, docs/bptt.md).
+compute the edge scales themselves (edge_scale in the extension's csrc/recurrence_math.h,
+the same function on the host and the device).
 """
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ _SEED_LIMIT = 2**63
 class RandomTruncation:
     """Randomized truncation (Tallec & Ollivier): each recurrent edge h_{s-1} -> h_s, s >= 1,
     of each sample is kept with probability `keep_prob` and then scaled by 1/keep_prob, or
-    cut; the gradient is unbiased. `seed` fixes the draws; None draws a fresh seed from
-    torch's default generator at every forward."""
+    cut; the gradient is unbiased. Steps s count in each direction's own processing order,
+    per layer and direction, over a sample's valid steps.
+
+    The draws come from Philox4x32-10, keyed by the seed and counted by (step, sample,
+    2 * layer + direction): the same seed gives the same cuts on every backend and run
+    (rnn_fused.edge_scales shows them). `seed` (an int in [0, 2**63)) fixes the draws; None
+    draws a fresh seed from torch's default CPU generator at every forward, so
+    torch.manual_seed makes a run reproducible, and record_gradients reports the seed used.
+    """
 
     keep_prob: float
     seed: int | None = None
@@ -129,7 +137,7 @@ def edge_scales(steps: int, batch: int, truncation, layer: int = 0, reverse: boo
 
 def edge_scales_for_args(steps: int, batch: int, args: TruncationArgs, layer: int, reverse: bool,
                          lengths: Tensor | None) -> Tensor:
-    """edge_scales for resolved op arguments (the kernels' own function, csrc/rnn_params.h)."""
+    """edge_scales for resolved op arguments (the kernels' own function, csrc/recurrence_math.h)."""
     scales = torch.ops.rnn_fused.edge_scales(steps, batch, args.every, args.keep_prob, args.seed_int(), layer,
                                              reverse)
     if lengths is not None:
