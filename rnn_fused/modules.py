@@ -21,6 +21,7 @@ from . import _ops, functional
 from .recording import ForwardRecord
 from .truncation import RandomTruncation, check_truncation, resolve_truncation
 
+
 class _ModuleSetting(enum.Enum):
     """Type of MODULE_SETTING, the default of forward's `truncation`: use the module's."""
 
