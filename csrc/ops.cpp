@@ -30,13 +30,24 @@ std::string optional_name(const std::optional<c10::string_view>& name) {
   return name.has_value() ? std::string(*name) : std::string();
 }
 
+// The seed travels as a tensor so that a seed drawn inside a compiled graph (torch.randint)
+// reaches the op without becoming a Python int; it is read on the host, so it must live
+// there (reading a CUDA tensor would synchronize). None: no randomized truncation (seed 0).
+int64_t seed_value(const std::optional<at::Tensor>& seed) {
+  if (!seed.has_value()) return 0;
+  TORCH_CHECK_VALUE(seed->device().is_cpu() && seed->scalar_type() == at::kLong && seed->numel() == 1,
+                    "rnn_fused: seed must be None or a one-element int64 CPU tensor, got a ", seed->scalar_type(),
+                    " tensor of shape ", seed->sizes(), " on ", seed->device());
+  return seed->item<int64_t>();
+}
+
 // The forward's part of a call, shared by both op entry points.
 LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::Tensor>& hx,
                               const at::Tensor& weight_ih, const at::Tensor& weight_hh,
                               const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                               const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse,
-                              int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
-                              const std::optional<c10::string_view>& backend,
+                              int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
+                              int64_t layer, const std::optional<c10::string_view>& backend,
                               const std::optional<c10::string_view>& path) {
   return LayerForwardCall{.input = input,
                           .hx = hx,
@@ -46,14 +57,15 @@ LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::T
                           .bias_hh = bias_hh,
                           .lengths = lengths,
                           .options = parse_options(std::string(nonlinearity), reverse, truncate_every, keep_prob,
-                                                   seed, layer, optional_name(backend), optional_name(path))};
+                                                   seed_value(seed), layer, optional_name(backend),
+                                                   optional_name(path))};
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const at::Tensor& weight_ih,
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
     const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse, int64_t truncate_every,
-    double keep_prob, int64_t seed, int64_t layer, std::optional<c10::string_view> backend,
+    double keep_prob, const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend,
     std::optional<c10::string_view> path) {
   LayerForwardCall call = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
                                        reverse, truncate_every, keep_prob, seed, layer, backend, path);
@@ -66,8 +78,9 @@ LayerBackwardResult rnn_layer_backward(
     std::array<bool, 5> output_mask, bool record_norms, const at::Tensor& input, const std::optional<at::Tensor>& hx,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
-    c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, int64_t seed,
-    int64_t layer, std::optional<c10::string_view> backend, std::optional<c10::string_view> path) {
+    c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob,
+    const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend,
+    std::optional<c10::string_view> path) {
   LayerBackwardCall call{.forward = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                                  nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
                                                  backend, path),
@@ -163,15 +176,15 @@ double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t st
 TORCH_LIBRARY(rnn_fused, m) {
   // input [T,B,I]; hx [B,H] or None (zeros); weight_ih [H,I]; weight_hh [H,H];
   // bias_ih, bias_hh [H] or None; lengths int64 [B] (on the CPU or on input's device) or
-  // None (all T). truncate_every, keep_prob, seed, layer: the backward's truncation
-  // (docs/bptt.md); the forward only checks them (so a bad value fails before anything
-  // runs) and autograd hands them to the backward. backend: 'cpu', 'cuda', 'emulated' (the
+  // None (all T). truncate_every, keep_prob, seed (a one-element int64 CPU tensor; None = 0),
+  // layer: the backward's truncation (docs/bptt.md); the forward only checks them (so a bad
+  // value fails before anything runs) and autograd hands them to the backward. backend: 'cpu', 'cuda', 'emulated' (the
   // CUDA kernels run on CPU tensors by the SIMT emulator) or None (the input device's own).
   // Returns output [T,B,H] (zero at steps t >= lengths[b]) and h_n [B,H].
   m.def(
       "rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None, str? path=None) "
+      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None) "
       "-> (Tensor output, Tensor h_n)");
   // grad_output [T,B,H]; grad_h_n [B,H]; the forward's output [T,B,H]; then the forward's
   // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
@@ -185,7 +198,7 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[5] output_mask, "
       "bool record_norms, Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, int seed=0, int layer=0, str? backend=None, str? path=None) -> (Tensor grad_input, "
+      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None) -> (Tensor grad_input, "
       "Tensor grad_hx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor step_norms, Tensor grad_sq_norms, "
       "Tensor nonfinite)");

@@ -1,5 +1,6 @@
 """rnn_fused: fused forward and BPTT kernels for Elman RNNs, a drop-in for torch.nn.RNN."""
 
+from ._version import __version__
 from . import _ops  # noqa: F401  (loads the extension, registers the fake kernels)
 from .functional import rnn_layer
 from .launch_plan import LaunchPlan, plan

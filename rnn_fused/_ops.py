@@ -40,7 +40,7 @@ class LayerOptions(NamedTuple):
     reverse: bool = False
     truncate_every: int = 0
     keep_prob: float = 1.0
-    seed: int = 0
+    seed: Tensor | None = None  # int64 0-d CPU tensor when keep_prob < 1 (TruncationArgs.seed_tensor)
     layer: int = 0
     backend: str | None = None  # 'cpu', 'cuda', 'emulated' or None (the input device's own)
     path: str | None = None  # GPU kernels: 'block', 'cluster', 'grid', 'stepwise' or None (the planner's choice)
@@ -48,12 +48,12 @@ class LayerOptions(NamedTuple):
     @classmethod
     def make(cls, nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
              backend: str | None = None, path: str | None = None) -> LayerOptions:
-        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed, layer, backend,
-                   path)
+        return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer,
+                   backend, path)
 
     @property
     def truncation(self) -> TruncationArgs:
-        return TruncationArgs(self.truncate_every, self.keep_prob, self.seed)
+        return TruncationArgs(self.truncate_every, self.keep_prob, 0 if self.seed is None else self.seed)
 
 
 FORWARD_ARGUMENTS = LayerInputs._fields + LayerOptions._fields
@@ -98,6 +98,65 @@ def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output
     to compute; the others come back as empty tensors. Returns those five, then step_norms
     [T,B], grad_sq_norms [5] float64 and nonfinite (empty unless record_norms)."""
     return ops.rnn_layer_backward(grad_output, grad_h_n, output, output_mask, record_norms, *inputs, *options)
+
+
+# --- autocast --------------------------------------------------------------------------
+# nn.RNN's ops are on autocast's lower-precision list: under autocast their floating
+# arguments (float64 excepted) are cast to the autocast dtype of their device, which the
+# user chooses (torch.autocast(..., dtype=...)). torch.library.register_autocast casts to
+# one fixed dtype, so the forward op gets kernels of its own for the Autocast keys, built
+# the same way: cast, then run the op below autocast. The backward needs none: autograd
+# hands it gradients in the dtype of the outputs, and it saved the cast inputs.
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast runs RNNs in on this device type, or None when it is off there."""
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.get_autocast_dtype(device_type)
+
+
+def autocast_cast(value, device_type: str, dtype: torch.dtype):
+    """What autocast does to one argument: a floating tensor on `device_type`, other than
+    float64, is cast to `dtype`; anything else passes unchanged."""
+    if isinstance(value, Tensor) and value.is_floating_point() and value.device.type == device_type \
+            and value.dtype != torch.float64:
+        return value.to(dtype)
+    return value
+
+
+def autocast_layer_inputs(inputs: LayerInputs) -> LayerInputs:
+    """inputs as the forward op's autocast kernel casts them (unchanged without autocast)."""
+    device_type = inputs.input.device.type
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        return inputs
+    return LayerInputs(*(autocast_cast(value, device_type, dtype) for value in inputs))
+
+
+_autocast_library = torch.library.Library("rnn_fused", "IMPL")
+
+
+def _register_autocast_kernel(op: torch._ops.OpOverload, device_type: str) -> None:
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def kernel(*args, **kwargs):
+        dtype = torch.get_autocast_dtype(device_type)
+        args = tuple(autocast_cast(value, device_type, dtype) for value in args)
+        kwargs = {name: autocast_cast(value, device_type, dtype) for name, value in kwargs.items()}
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*args, **kwargs)
+
+    # The Python dispatcher (tracing under torch.compile) looks up py_impl; eager calls go
+    # through the C++ dispatcher to the library kernel. Both run the same cast.
+    op.py_impl(key)(kernel)
+    _autocast_library.impl(op.__name__.split(".")[0], lambda _keyset, *args, **kwargs: kernel(*args, **kwargs),
+                           key_name, with_keyset=True)
+
+
+for _device_type in ("cpu", "cuda"):
+    _register_autocast_kernel(ops.rnn_layer_forward.default, _device_type)
 
 
 @torch.library.register_fake("rnn_fused::rnn_layer_forward")

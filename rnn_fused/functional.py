@@ -6,8 +6,9 @@ import torch
 from torch import Tensor
 
 from . import _ops
+from .launch_plan import log_layer_plan
 from .reference import reference_layer
-from .truncation import FULL_BPTT, TruncationArgs, check_truncation, resolve_truncation
+from .truncation import TruncationArgs, check_truncation, resolve_truncation
 
 
 def _setup_layer_context(ctx, inputs, output):
@@ -55,10 +56,11 @@ def _differentiable_backward(ctx, inputs: _ops.LayerInputs, grad_output, grad_h_
     args = list(inputs[:6])
     wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
     scales = None
-    if options.truncation != FULL_BPTT:
+    truncation = options.truncation
+    if not truncation.full:
         steps, batch = inputs.input.shape[0], inputs.input.shape[1]
-        scales = torch.ops.rnn_fused.edge_scales(steps, batch, options.truncate_every, options.keep_prob,
-                                                 options.seed, options.layer, options.reverse)
+        scales = torch.ops.rnn_fused.edge_scales(steps, batch, truncation.every, truncation.keep_prob,
+                                                 truncation.seed_int(), options.layer, options.reverse)
         scales = scales.to(inputs.input.device, inputs.input.dtype)
     with torch.enable_grad():
         out, h_n = reference_layer(*args, inputs.lengths, options.nonlinearity, options.reverse, scales)
@@ -113,14 +115,18 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     path: for the GPU kernels ('cuda', 'emulated'), force a recurrence path: 'block',
     'cluster', 'grid' or 'stepwise' (rnn_fused.plan); None lets the planner choose. A path
     that cannot run the shape raises ValueError naming the limit, before anything runs.
-    truncation: None, an int K >= 1, a RandomTruncation (docs/bptt.md), or the already
-    resolved TruncationArgs; `layer` keys the randomized draws (with the direction).
+    truncation: truncated BPTT in the fused backward (forward values never depend on it):
+    None (full), an int K >= 1 (cut the recurrent gradient every K steps), a
+    RandomTruncation (see its docstring), or the already resolved TruncationArgs; `layer`
+    keys the randomized draws (with the direction).
+    Under torch.autocast the op runs in the autocast dtype (float64 arguments excepted).
     sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
     args = truncation if isinstance(truncation, TruncationArgs) else resolve_truncation(truncation)
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
+    log_layer_plan(input, weight_hh.shape[0], path)
     inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
     options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path)
     if sink is None:
@@ -128,7 +134,9 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     if torch.compiler.is_compiling():
         raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
                            "the backward as a Python side effect; record in eager mode")
-    return _RecordedLayer.apply(*inputs, options, sink)
+    # Cast outside the autograd.Function, so that its backward sees the inputs the op ran on
+    # (inside it the op's autocast kernel would cast behind the Function's back).
+    return _RecordedLayer.apply(*_ops.autocast_layer_inputs(inputs), options, sink)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
@@ -142,9 +150,9 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     each (weight_ih, weight_hh) or (weight_ih, weight_hh, bias_ih, bias_hh);
     lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
-    only when `training`, as nn.RNN does.
-    truncation: None, an int K >= 1 or a RandomTruncation (docs/bptt.md), for every layer
-    and direction (a RandomTruncation without seed draws one seed for this call).
+    only when `training`, with nn.RNN's random draws (dropout_between_layers).
+    truncation: None, an int K >= 1 or a RandomTruncation (as for rnn_layer), for every
+    layer and direction (a RandomTruncation without seed draws one seed for this call).
     record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
     `layer_fn` replaces the fused layer (reference_layer's signature): tests pass the step
     loop of reference.py to compose stock torch ops the same way; it takes no truncation.
@@ -181,11 +189,31 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         layer_output = (direction_outputs[0] if directions == 1
                         else torch.cat(direction_outputs, dim=2))
         if dropout > 0 and training and layer < num_layers - 1:
-            # Padded positions are zero and stay zero under dropout, so applying it to the
-            # padded tensor matches nn.RNN applying it to the packed data.
-            layer_output = torch.nn.functional.dropout(layer_output, p=dropout, training=True)
+            layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
     return layer_input, torch.stack(final_states)
+
+
+def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:
+    """Dropout of one layer's output [T,B,F] with the random draws of nn.RNN's CPU kernel.
+
+    ATen (aten/src/ATen/native/RNN.cpp, apply_layer_stack) calls at::dropout(output, p,
+    train=true) on each layer's output but the last, in layer order, as it holds it: the
+    whole [T,B,F] tensor for a padded batch, the packed data [N,F] (valid positions in
+    (step, sample) order) for a PackedSequence; on the CPU at::dropout draws one Bernoulli
+    mask the shape of its input from the default generator. So without lengths the draws are
+    over [T,B,F]; with lengths over the valid positions t < lengths[b] in (step, sample)
+    order, which is the packed data's order when the batch is a PackedSequence padded in its
+    own order (packed_to_padded). Same calls, same shapes, same order: same masks and the
+    same generator state afterwards. Positions past a sample's length stay zero.
+    """
+    if lengths is None:
+        return torch.nn.functional.dropout(layer_output, p, training=True)
+    steps = layer_output.shape[0]
+    valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
+    valid = valid.to(layer_output.device)
+    dropped = torch.nn.functional.dropout(layer_output[valid], p, training=True)  # [N,F]
+    return layer_output.new_zeros(layer_output.shape).masked_scatter(valid.unsqueeze(2), dropped)
 
 
 def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:

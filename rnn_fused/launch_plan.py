@@ -9,15 +9,26 @@ capability >= 9.0), "grid" (a cooperative grid over the whole GPU), "stepwise" (
 product and an epilogue launch per step). device="emulated" asks the SIMT emulator's device
 (rnn_fused.simt.emulated_device); a CUDA device asks the real GPU. The predictions come from
 constants measured on an H200 (csrc/cuda/recurrence_cost_model.h).
+
+log_plan_once(plan, key) tells the "rnn_fused" logger, once per key (device, dtype, shape),
+which path the planner chose for a layer run on CUDA tensors and why: at INFO, or at WARNING
+for the stepwise path (a launch per step, the slow one a user would not expect). Python's
+logging prints warnings to stderr even when the application configured nothing; INFO shows
+once it asks for it (logging.getLogger("rnn_fused").setLevel(logging.INFO) and a handler).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import torch
 
 from . import _build  # noqa: F401  (loads rnn_fused._C)
+
+logger = logging.getLogger("rnn_fused")
 
 PATHS = ("block", "cluster", "grid", "stepwise")
 
@@ -81,3 +92,34 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     emulated = device == "emulated"
     like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
+
+
+SLOW_PATH = "stepwise"
+
+_logged_plan_keys: set[Hashable] = set()
+_logged_plan_keys_lock = threading.Lock()
+
+
+def log_plan_once(plan: LaunchPlan, key: Hashable) -> bool:
+    """Log `plan` on the "rnn_fused" logger unless a plan was already logged under `key` (in
+    this process): INFO for an on-chip path, WARNING for the stepwise path. Returns whether it
+    logged. `key` names what the plan was made for, e.g. ("cuda:0", torch.float32, 256, 8)."""
+    with _logged_plan_keys_lock:
+        if key in _logged_plan_keys:
+            return False
+        _logged_plan_keys.add(key)
+    level = logging.WARNING if plan.path == SLOW_PATH else logging.INFO
+    logger.log(level, "rnn_fused: %s: the CUDA planner chose the %s path (%d CTAs of %d threads, predicted %.2f us "
+               "per step): %s", key, plan.path, plan.grid, plan.block_threads, plan.predicted_us_per_step, plan.reason)
+    return True
+
+
+def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None) -> None:
+    """Before a layer runs on CUDA tensors: log the planner's choice once per (device, dtype,
+    hidden_size, batch_size). Eager only (under torch.compile nothing is logged)."""
+    if input.device.type != "cuda" or torch.compiler.is_compiling():
+        return
+    key = (str(input.device), input.dtype, hidden_size, input.shape[1])
+    if key in _logged_plan_keys:  # the common case: no plan query at all
+        return
+    log_plan_once(plan(hidden_size, input.shape[1], input.dtype, input.device, path=path), key)

@@ -7,21 +7,31 @@ errors for bad arguments mirror torch.nn.RNN (torch 2.14).
 
 from __future__ import annotations
 
+import enum
+import inspect
 import math
 import numbers
 import warnings
-from typing import overload
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import _ops, functional
 from .recording import ForwardRecord
-from .truncation import check_truncation, resolve_truncation
+from .truncation import RandomTruncation, check_truncation, resolve_truncation
 
-# Default of forward's `truncation`: use the module's setting.
-_MODULE_SETTING = object()
+
+class _ModuleSetting(enum.Enum):
+    """Type of MODULE_SETTING, the default of forward's `truncation`: use the module's."""
+
+    MODULE_SETTING = "the module's truncation"
+
+    def __repr__(self) -> str:
+        return "MODULE_SETTING"
+
+
+MODULE_SETTING = _ModuleSetting.MODULE_SETTING
 
 # c10 ScalarType names, as ATen spells them in the error nn.RNN raises for an hx whose dtype
 # differs from the weights' ("mat1 and mat2 must have the same dtype, ...").
@@ -40,21 +50,83 @@ def _scalar_type_name(dtype: torch.dtype) -> str:
 
 
 class RNN(nn.Module):
-    """Multi-layer Elman RNN (tanh or relu), same interface and results as torch.nn.RNN.
+    r"""Multi-layer Elman RNN (tanh or relu) whose layers run fused forward and BPTT kernels:
+    a drop-in for torch.nn.RNN (same constructor, parameters, state_dict, initialization,
+    forward forms, results and errors), with truncated BPTT inside the fused backward.
 
-    Arguments, parameters (weight_ih_l{k}[_reverse], weight_hh_l{k}[_reverse],
-    bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]) and forward(input, hx=None) follow
-    torch.nn.RNN: input [T,B,I] (or [B,T,I] with batch_first), unbatched [T,I], or a
-    PackedSequence; hx [num_layers*D,B,H] or None. Returns (output, h_n).
+    For each element of the input sequence, each layer computes
 
-    truncation (keyword only, also an attribute): truncated BPTT in the fused backward,
-    None (full), an int K >= 1 or a RandomTruncation (docs/bptt.md); forward(...,
-    truncation=...) overrides it for one call. Forward values never depend on it.
+        h_t = nonlinearity(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
 
-    backend: which implementation of the layer ops runs: None (the input device's own), or
-    "emulated" (the CUDA kernels run on CPU tensors by the SIMT emulator; see
-    functional.rnn_layer). Not a constructor argument, so the constructor stays nn.RNN's;
-    set it on an instance.
+    where x_t is the layer's input at time t (the previous layer's output for layers after
+    the first) and h_{t-1} the layer's state at t-1 (hx, or zeros, at t = 0).
+
+    Args:
+        input_size: number of features of the input x.
+        hidden_size: number of features of the hidden state h.
+        num_layers: number of stacked recurrent layers. Default 1.
+        nonlinearity: 'tanh' or 'relu'. Default 'tanh'.
+        bias: whether the layers have the biases b_ih and b_hh. Default True.
+        batch_first: input and output are [B, T, feature] instead of [T, B, feature] (hx
+            and h_n keep the batch in dimension 1). Default False.
+        dropout: probability of zeroing each element of every layer's output but the last,
+            in training mode. Default 0. On the CPU the masks are those torch.nn.RNN draws
+            from the same generator state (same calls, shapes and order: one Bernoulli mask
+            per layer from the default CPU generator, over [T, B, D*H] for a tensor input,
+            over the packed data for a PackedSequence). On CUDA they come from torch's CUDA
+            generator, while torch.nn.RNN on cuDNN draws from cuDNN's own dropout state:
+            the same distribution, not the same masks.
+        bidirectional: run a reverse direction too (D = 2). Default False.
+        device, dtype: of the parameters (factory keyword arguments, as in torch.nn.RNN).
+        truncation (keyword only): truncated BPTT in the fused backward; forward values
+            never depend on it. None: full BPTT. An int K >= 1: the recurrent gradient is
+            cut every K steps of each sample (what detaching the hidden state every K steps
+            of a step loop gives). RandomTruncation(keep_prob, seed=None): each recurrent
+            edge of each sample is kept with probability keep_prob and scaled by
+            1/keep_prob, or cut (an unbiased gradient); seed=None draws a fresh seed from
+            torch's default CPU generator at every forward (torch.manual_seed makes runs
+            reproducible). Also an attribute; forward(..., truncation=...) overrides it
+            for one call.
+
+    Inputs: input, hx
+        input: [T, B, input_size] (batch_first: [B, T, input_size]), [T, input_size]
+            unbatched, or a torch.nn.utils.rnn.PackedSequence.
+        hx: [num_layers * D, B, hidden_size] ([num_layers * D, hidden_size] unbatched), the
+            initial state of each layer and direction in the order (layer 0, layer 0
+            reverse, layer 1, ...); None means zeros.
+
+    Outputs: output, h_n
+        output: [T, B, D * hidden_size] (batch_first: [B, T, D * hidden_size]), the last
+            layer's h_t of both directions (forward first); a PackedSequence for a packed
+            input.
+        h_n: [num_layers * D, B, hidden_size], each layer's and direction's final state
+            (for a packed input, at each sequence's own last step).
+
+    Attributes:
+        weight_ih_l{k}[_reverse]: [hidden_size, input_size] for k = 0, else
+            [hidden_size, D * hidden_size].
+        weight_hh_l{k}[_reverse]: [hidden_size, hidden_size].
+        bias_ih_l{k}[_reverse], bias_hh_l{k}[_reverse]: [hidden_size].
+        All initialized from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), in registration
+        order, as torch.nn.RNN does (the same draws for the same generator state).
+        backend: which implementation of the layer ops runs: None (the input device's own:
+            the CPU kernels or the CUDA kernels), or "emulated" (the CUDA kernels run on CPU
+            tensors by the SIMT emulator, for testing them without a GPU). Not a
+            constructor argument, so the constructor stays torch.nn.RNN's; set it on an
+            instance.
+
+    Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
+    tensors are left alone). torch.compile(fullgraph=True) traces the module without a
+    graph break, randomized truncation included. rnn_fused.record_gradients(module) records
+    the per-step gradient norms and the parameter gradients' squared norms that the fused
+    backward reduces in the same pass (eager mode only).
+
+    Example::
+
+        >>> rnn = rnn_fused.RNN(10, 20, num_layers=2, truncation=rnn_fused.RandomTruncation(0.9))
+        >>> output, h_n = rnn(torch.randn(5, 3, 10), torch.randn(2, 3, 20))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
 
     backend: str | None = None
@@ -64,26 +136,17 @@ class RNN(nn.Module):
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
 
-    @overload
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, device=None,
-                 dtype=None, *, truncation=None) -> None: ...
-
-    @overload
-    def __init__(self, *args, **kwargs) -> None: ...
-
-    def __init__(self, *args, **kwargs):
-        if "proj_size" in kwargs:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device: torch.device | str | int | None = None, dtype: torch.dtype | None = None, *,
+                 truncation: int | RandomTruncation | None = None, **unsupported) -> None:
+        # `unsupported` only lets proj_size (which nn.RNN accepts to reject) meet nn.RNN's
+        # error; it is left out of the signature shown (see below the class).
+        if "proj_size" in unsupported:
             raise ValueError(_PROJ_SIZE_MESSAGE)
-        truncation = kwargs.pop("truncation", None)
+        for name in unsupported:
+            raise TypeError(f"RNNBase.__init__() got an unexpected keyword argument '{name}'")
         check_truncation(truncation)
-        # nn.RNN takes nonlinearity as the 4th positional argument; the rest shift by one.
-        if len(args) > 3:
-            nonlinearity = args[3]
-            args = args[:3] + args[4:]
-        else:
-            nonlinearity = kwargs.pop("nonlinearity", "tanh")
         if nonlinearity == "tanh":
             mode = "RNN_TANH"
         elif nonlinearity == "relu":
@@ -93,7 +156,7 @@ class RNN(nn.Module):
         super().__init__()
         self.nonlinearity = nonlinearity
         self.mode = mode
-        self._build(*args, **kwargs)
+        self._build(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype)
         self.truncation = truncation
 
     @property
@@ -105,12 +168,10 @@ class RNN(nn.Module):
         check_truncation(value)
         self._truncation = value
 
-    def _build(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-               dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
+    def _build(self, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
+               dtype) -> None:
         # Same order of assignments and checks as nn.RNNBase, so that the same bad argument
         # fails with the same exception first.
-        if proj_size != 0:  # only reachable positionally; nn.RNN would build a broken module
-            raise ValueError(_PROJ_SIZE_MESSAGE)
         factory_kwargs = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -234,7 +295,7 @@ class RNN(nn.Module):
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and _autocast_dtype(input.device) is None:
+        if input.dtype != weight_dtype and _ops.autocast_dtype(input.device.type) is None:
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})")
@@ -283,7 +344,7 @@ class RNN(nn.Module):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         # nn.RNN meets these in its first matrix products (input, then hx, times a weight);
         # without autocast a mismatched input was already rejected by check_input.
-        autocast_dtype = _autocast_dtype(input.device)
+        autocast_dtype = _ops.autocast_dtype(input.device.type)
         weight_dtype = _compute_dtype(self.weight_ih_l0.dtype, autocast_dtype)
         for operand in (input, hx):
             if operand is None:
@@ -294,9 +355,16 @@ class RNN(nn.Module):
                                    f"{_scalar_type_name(operand_dtype)} and "
                                    f"{_scalar_type_name(weight_dtype)}")
 
-    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None, *, truncation=_MODULE_SETTING):
-        """truncation: this call's truncation, overriding the module's (see the class docstring)."""
-        if truncation is _MODULE_SETTING:
+    def forward(self, input: Tensor | PackedSequence, hx: Tensor | None = None, *,
+                truncation: int | RandomTruncation | None | _ModuleSetting = MODULE_SETTING
+                ) -> tuple[Tensor | PackedSequence, Tensor]:
+        """(output, h_n) for input [T, B, input_size] ([B, T, input_size] with batch_first),
+        [T, input_size] unbatched, or a PackedSequence, and hx [num_layers * D, B,
+        hidden_size] or None (zeros); see the class docstring for the shapes.
+
+        truncation: this call's truncated BPTT (None, an int K >= 1 or a RandomTruncation),
+        overriding the module's; MODULE_SETTING (the default) uses self.truncation."""
+        if truncation is MODULE_SETTING:
             truncation = self.truncation
         else:
             check_truncation(truncation)
@@ -342,16 +410,8 @@ class RNN(nn.Module):
              batch_order: Tensor | None):
         """time_major [T,B,I] padded; lengths [B] or None; batch_order: the padded column of
         each of the caller's samples (a PackedSequence's unsorted_indices) or None."""
+        # Under autocast the layer op casts its own arguments (its autocast kernel, _ops.py).
         weights = self.all_weights
-        autocast_dtype = _autocast_dtype(time_major.device)
-        if autocast_dtype is not None:
-            # Autocast casts nn.RNN's input, hx and weights (the RNN ops are on its
-            # lower-precision list); the fused op has no autocast kernel, so cast here.
-            def cast(t):
-                return t.to(_compute_dtype(t.dtype, autocast_dtype))
-            weights = [[cast(w) for w in group] for group in weights]
-            time_major = cast(time_major)
-            hx = None if hx is None else cast(hx)
         record = None
         if self._gradient_recorder is not None:
             truncation = resolve_truncation(truncation)  # the seed drawn now is the one recorded
@@ -363,17 +423,15 @@ class RNN(nn.Module):
                               backend=self.backend, path=self.path, truncation=truncation, record=record)
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast runs RNNs in on this device, or None when autocast is off there."""
-    if not torch._C._is_any_autocast_enabled() or device.type not in ("cpu", "cuda"):
-        return None
-    if not torch.is_autocast_enabled(device.type):
-        return None
-    return torch.get_autocast_dtype(device.type)
-
-
 def _compute_dtype(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:
-    """Autocast casts floating tensors other than float64 to its dtype; others stay."""
+    """The dtype autocast gives a tensor of `dtype` (_ops.autocast_cast): floating tensors
+    other than float64 take the autocast dtype; others keep theirs."""
     if autocast_dtype is not None and dtype.is_floating_point and dtype != torch.float64:
         return autocast_dtype
     return dtype
+
+
+# The signature shown (inspect.signature, help) is nn.RNN's plus truncation, without the
+# catch-all that only exists to reject proj_size with nn.RNN's message.
+RNN.__init__.__signature__ = inspect.signature(RNN.__init__).replace(
+    parameters=[p for p in inspect.signature(RNN.__init__).parameters.values() if p.kind != p.VAR_KEYWORD])

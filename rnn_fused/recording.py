@@ -168,11 +168,18 @@ class GradientRecorder:
     def seed(self) -> int | None:
         """The seed of the latest recorded forward's randomized truncation, else None."""
         truncation = self._latest().truncation
-        return truncation.seed if truncation.randomized else None
+        return truncation.seed_int() if truncation.randomized else None
 
     @property
     def parameter_sq_norms(self) -> dict[str, Tensor]:
-        """{parameter name: squared L2 norm of the gradient the backward produced for it}."""
+        """{parameter name: squared L2 norm of the gradient the backward produced for it}.
+
+        These are the norms of the gradients this process's backward computed. Under
+        DistributedDataParallel they are each rank's local norms, before DDP averages the
+        gradients across ranks: the norm of an average is not a function of the ranks'
+        norms, so no reduction of these gives the global one. For the global norm, compute
+        it from p.grad after the backward (DDP has averaged it by then);
+        rnn_fused.clip_grad_norm_ does so by itself, see its docstring."""
         return self._latest().parameter_sq_norms()
 
     @property
@@ -203,7 +210,14 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
                     foreach: bool | None = None) -> Tensor:
     """torch.nn.utils.clip_grad_norm_ (same arguments, result and return value), taking the
     2-norm of each gradient that a recorded rnn_fused backward produced (and that has not
-    changed since) from the squared norm that backward reduced, instead of a new pass."""
+    changed since) from the squared norm that backward reduced, instead of a new pass.
+
+    A fused norm is reused only while p.grad is exactly the tensor that backward returned
+    (same storage, unchanged version counter); any other gradient gets a new pass. So under
+    DistributedDataParallel, which writes the averaged gradients into p.grad after the
+    backward (copied into it, or p.grad replaced by a view of its bucket), the norm is that
+    of the averaged gradients, as with torch's clip_grad_norm_; the recorded local norms
+    are not used. The same holds after gradient accumulation over several backwards."""
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     else:

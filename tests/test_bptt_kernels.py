@@ -171,13 +171,16 @@ def test_no_norms_unless_asked(backend):
     (dict(truncate_every=-1), "truncate_every must be >= 0"),
     (dict(keep_prob=0.0), r"keep_prob must be in \(0, 1\]"),
     (dict(keep_prob=1.5), r"keep_prob must be in \(0, 1\]"),
-    (dict(seed=-3), "seed must be >= 0"),
+    (dict(seed=torch.tensor(-3)), "seed must be >= 0"),
+    (dict(seed=torch.tensor(3, dtype=torch.int32)), "seed must be None or a one-element int64 CPU tensor, got a Int"),
+    (dict(seed=torch.tensor([3, 4])), r"seed must be None or a one-element int64 CPU tensor, got a Long tensor of "
+                                      r"shape \[2\]"),
     (dict(layer=-1), "layer must be in"),
 ])
 def test_op_rejects_bad_truncation_arguments(backend, bad, message):
     args = layer_args(3, 2, 3, 4, bias=False, hx=False, dtype=torch.float32)
     out = torch.zeros(3, 2, 4)
-    kwargs = dict(truncate_every=0, keep_prob=1.0, seed=0, layer=0, backend=backend)
+    kwargs = dict(truncate_every=0, keep_prob=1.0, seed=None, layer=0, backend=backend)
     kwargs.update(bad)
     with pytest.raises(ValueError, match=message):
         OPS.rnn_layer_backward(out, torch.zeros(2, 4), out, [True] * 5, False, *args, None, "tanh", False, **kwargs)
@@ -206,7 +209,8 @@ def test_edge_scales_op_follows_its_definition():
 def test_opcheck_with_truncation_and_norms(backend):
     args = layer_args(4, 3, 2, 5, bias=True, hx=True, dtype=torch.float32)
     lengths = torch.tensor([4, 1, 3])
-    forward_args = (*args, lengths, "relu", True, 2, 0.7, 99, 1, backend)  # K = 2, p = 0.7, seed 99, layer 1
+    seed = torch.tensor(99)  # an int64 0-d CPU tensor: a seed drawn in a compiled graph stays one
+    forward_args = (*args, lengths, "relu", True, 2, 0.7, seed, 1, backend)  # K = 2, p = 0.7, seed 99, layer 1
     torch.library.opcheck(OPS.rnn_layer_forward.default, forward_args)
     out, h_n = OPS.rnn_layer_forward(*forward_args)
     backward_args = (torch.randn_like(out), torch.randn_like(h_n), out, [True, True, False, True, True], True,

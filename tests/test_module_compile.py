@@ -63,3 +63,51 @@ def _assert_close_eager(compiled, eager, name):
     scale = eager.abs().max().item()
     error = (compiled - eager).abs().max().item()
     assert error <= 8 * torch.finfo(eager.dtype).eps * max(scale, 1.0), (name, error, scale)
+
+
+def _weight_grads(result):
+    return [result[4][name] for name in sorted(result[4])]
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")
+def test_random_truncation_without_seed_compiles_and_draws_a_seed_per_call():
+    """RandomTruncation(p) with seed=None: the seed is drawn inside the graph (a tensor op,
+    not a constant), so every compiled call draws afresh, torch.manual_seed replays a run,
+    and with torch's own random ops (fallback_random) the compiled run equals eager."""
+    torch._dynamo.reset()
+    model = Tagger()
+    model.rnn.truncation = rnn_fused.RandomTruncation(0.5)
+    x, hx = torch.randn(4, 12, 5), torch.randn(4, 4, 8)
+    assert torch._dynamo.explain(model)(x, hx).graph_break_count == 0
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True):
+        compiled = torch.compile(model, fullgraph=True)
+        torch.manual_seed(7)
+        first = _run(compiled, x, hx)
+        second = _run(compiled, x, hx)  # no reseeding: a fresh seed
+        torch.manual_seed(7)
+        replay = _run(compiled, x, hx)
+    assert all(torch.equal(a, b) for a, b in zip(_weight_grads(first), _weight_grads(replay)))
+    assert not torch.equal(first[4]["rnn.weight_hh_l0"], second[4]["rnn.weight_hh_l0"])
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(force_disable_caches=True, fallback_random=True):
+        torch.manual_seed(11)
+        compiled = _run(torch.compile(model, fullgraph=True), x, hx)
+    torch.manual_seed(11)
+    eager = _run(model, x, hx)
+    for name in eager[4]:
+        _assert_close_eager(compiled[4][name], eager[4][name], f"grad {name}")
+    torch._dynamo.reset()
+
+
+def test_eager_seed_is_the_default_generators_next_draw():
+    """In eager mode the seed of a forward is torch.randint(0, 2**63 - 1, ()) from the default
+    CPU generator, as before seeds became tensors; the recorder reports it as an int."""
+    model = rnn_fused.RNN(3, 4, 2, truncation=rnn_fused.RandomTruncation(0.5))
+    x = torch.randn(6, 2, 3)
+    torch.manual_seed(5)
+    expected = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+    torch.manual_seed(5)
+    with rnn_fused.record_gradients(model) as recorder:
+        model(x)[0].sum().backward()
+    assert type(recorder.seed) is int and recorder.seed == expected

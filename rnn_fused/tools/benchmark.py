@@ -45,6 +45,11 @@ CUDA_SHAPES = [
     (100, 128, 1024, 1024),
 ]
 QUICK_SHAPES = [(20, 2, 4, 8), (10, 4, 8, 16)]
+# One very long sequence per device (docs/long_sequences.md). cuDNN refuses the CUDA one
+# (CUDNN_STATUS_NOT_SUPPORTED on an H200, 2026-11-30: rnn_fused ran it in 1.09 s forward +
+# backward), so its row must show the baseline as refused rather than fail the run; on the
+# CPU nn.RNN's autograd over 100,000 steps is slow, so time that row with few repeats.
+LONG_SEQUENCE_SHAPES = {"cpu": (100_000, 4, 32, 64), "cuda": (100_000, 4, 256, 256)}
 
 
 def default_shapes(device: torch.device) -> list[tuple[int, int, int, int]]:
