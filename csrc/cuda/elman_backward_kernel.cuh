@@ -137,7 +137,7 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid
 // path, whose exchange holds zeros on entry.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   constexpr bool kStateInShared = state_in_shared(kPath);

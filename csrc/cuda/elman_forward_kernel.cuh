@@ -47,7 +47,7 @@ struct ForwardRecurrenceArgs {
 // shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path, whose
 // exchange[0] holds h0 on entry.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   constexpr bool kStateInShared = state_in_shared(kPath);
