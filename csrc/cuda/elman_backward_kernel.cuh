@@ -177,7 +177,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     for (int p = 0; p < kMaxPasses; ++p) {
       const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
       if (p < passes && u_local < units) {
-        const int64_t at = (t * B + b) * H + place.unit_begin + u_local;
+        const int64_t at = time_major_offset(t, b, place.unit_begin + u_local, B, H);
         dy[p] = a.dy[at];
         h[p] = a.out[at];
       }
@@ -217,7 +217,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         const int64_t u = place.unit_begin + u_local;
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
         if (s < length) {
-          const int64_t at = (t * B + b) * H + u;
+          const int64_t at = time_major_offset(t, b, u, B, H);
           const scalar_t g = backward_gradient(a, s, length, b, u, one_chunk ? dy[p] : a.dy[at], acc[0], edge);
           g_sq += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, one_chunk ? h[p] : a.out[at]);
@@ -279,7 +279,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   for (int64_t u = threadIdx.x; u < H; u += blockDim.x) {
     scalar_t d = scalar_t(0);
     if (s < length) {
-      const int64_t at = (t * B + b) * H + u;
+      const int64_t at = time_major_offset(t, b, u, B, H);
       const scalar_t g = backward_gradient(a, s, length, b, u, a.dy[at], carry[b * H + u], edge);
       g_sq += static_cast<double>(g) * static_cast<double>(g);
       d = g * slope_runtime(a.activation, a.out[at]);

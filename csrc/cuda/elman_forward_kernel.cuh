@@ -85,7 +85,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     SIMT_UNROLL
     for (int p = 0; p < kMaxPasses; ++p) {
       const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-      if (p < passes && u_local < units) xw[p] = a.out[(t * B + b) * H + place.unit_begin + u_local];
+      if (p < passes && u_local < units) xw[p] = a.out[time_major_offset(t, b, place.unit_begin + u_local, B, H)];
     }
   };
   if (one_chunk) prefetch(0);
@@ -118,7 +118,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         const int64_t u = place.unit_begin + u_local;
         scalar_t h;
         if (s < length) {
-          const int64_t at = (t * B + b) * H + u;
+          const int64_t at = time_major_offset(t, b, u, B, H);
           h = activate_runtime(a.activation, (one_chunk ? xw[p] : a.out[at]) + acc[0]);
           a.out[at] = h;
         } else {
@@ -148,7 +148,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     const int64_t length = sample_length(a.lengths, b, B, T);
     scalar_t h;
     if (s < length) {
-      const int64_t at = (step_time(s, length, a.reverse) * B + b) * H + u;
+      const int64_t at = time_major_offset(step_time(s, length, a.reverse), b, u, B, H);
       h = activate_runtime(a.activation, a.out[at] + recurrent[i]);
       a.out[at] = h;
     } else {
