@@ -229,20 +229,11 @@ class BPTTReferenceRNN(nn.Module):
         self.truncation: int | None = None
         self.edge_scales: Tensor | None = None
         self.step_norms: Tensor | None = None
-        directions = 2 if bidirectional else 1
-        self._groups = []
-        for layer in range(num_layers):
-            layer_input = input_size if layer == 0 else hidden_size * directions
-            for direction in range(directions):
-                suffix = "_reverse" if direction == 1 else ""
-                shapes = {f"weight_ih_l{layer}{suffix}": (hidden_size, layer_input),
-                          f"weight_hh_l{layer}{suffix}": (hidden_size, hidden_size)}
-                if bias:
-                    shapes[f"bias_ih_l{layer}{suffix}"] = (hidden_size,)
-                    shapes[f"bias_hh_l{layer}{suffix}"] = (hidden_size,)
-                for name, shape in shapes.items():
-                    self.register_parameter(name, nn.Parameter(torch.zeros(shape, dtype=dtype)))
-                self._groups.append(list(shapes))
+        # nn.RNN's own parameter names and shapes, grouped by layer and direction.
+        stock = nn.RNN(input_size, hidden_size, num_layers, bias=bias, bidirectional=bidirectional, device="meta")
+        self._groups = stock._all_weights
+        for name, param in stock.named_parameters():
+            self.register_parameter(name, nn.Parameter(torch.zeros(param.shape, dtype=dtype)))
 
     @classmethod
     def from_module(cls, module: nn.Module) -> BPTTReferenceRNN:

@@ -16,33 +16,7 @@ import rnn_fused  # noqa: F401  (loads the extension)
 from rnn_fused import simt
 from rnn_fused.tools import simt_selftest as selftest
 
-KERNEL_SITE = r"selftest_kernels\.cuh:\d+"
-LAUNCH_SITE = r"selftest_launch\.h:\d+"
-COORDS = r"block \(\d+,\d+,\d+\) thread \(\d+,\d+,\d+\)"
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none here)")
-
-
-@pytest.fixture(autouse=True)
-def fresh_emulator():
-    """Every test starts from the default device and forward schedule, and leaves them so."""
-    simt.reset_device_properties()
-    with simt.schedule("forward"):
-        yield
-    simt.reset_device_properties()
-
-
-def each_schedule(run):
-    """run() under every schedule; asserts the results are bitwise equal; returns them."""
-    results = []
-    for mode, seed in simt.ALL_SCHEDULES:
-        with simt.schedule(mode, seed):
-            results.append(run())
-    for (mode, seed), other in zip(simt.ALL_SCHEDULES[1:], results[1:]):
-        for a, b in zip(results[0], other):
-            assert torch.equal(a, b), f"result under schedule {mode}/{seed} differs from forward"
-    return results[0]
-
+from simt_helpers import COORDS, KERNEL_SITE, LAUNCH_SITE, each_schedule, fresh_emulator, needs_cuda  # noqa: F401
 
 def mix_reference(x: torch.Tensor, n: int, rounds: int) -> torch.Tensor:
     """The clusters' recurrence on the CPU: h'[j] = 0.5 h[j] + 0.25 (h[(j+1) mod n] + h[n-1-j])

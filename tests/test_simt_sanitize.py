@@ -37,17 +37,7 @@ def test_extension_is_asan_instrumented():
     [("shared_out_of_bounds", "WRITE of size 4"), ("dynamic_shared_out_of_bounds", "READ of size 4")],
 )
 def test_shared_memory_out_of_bounds_is_reported(fault, access):
-    code = (
-        "import torch\n"
-        "from rnn_fused.tools import simt_selftest\n"
-        f"simt_selftest.faulty({fault!r}, torch.ones(64), 1, 64)\n"
-        "print('NO ASAN REPORT')\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ))
-    report = proc.stderr
-    assert proc.returncode != 0, f"the out-of-bounds kernel ran to completion:\n{proc.stdout}\n{report}"
-    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report
+    report = asan_report(f"simt_selftest.faulty({fault!r}, torch.ones(64), 1, 64)", "heap-buffer-overflow")
     assert access in report, report
     # The emulated shared array is 64 floats; the access is the element just past it,
     # made from the kernel body.
@@ -57,24 +47,24 @@ def test_shared_memory_out_of_bounds_is_reported(fault, access):
     assert "allocate_shared" in report, report  # the region is the emulator's shared memory
 
 
-def _run_child(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+def asan_report(statement: str, error: str) -> str:
+    """Runs `statement` (a faulty self-test kernel; torch, simt and simt_selftest imported) in a
+    child process, asserts that AddressSanitizer stopped it with `error`, returns the report."""
+    code = ("import torch\nfrom rnn_fused import simt\nfrom rnn_fused.tools import simt_selftest\n"
+            f"{statement}\nprint('NO ASAN REPORT')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ))
+    report = proc.stderr
+    assert proc.returncode != 0, f"the faulty kernel ran to completion:\n{proc.stdout}\n{report}"
+    assert f"ERROR: AddressSanitizer: {error}" in report, report
+    return report
 
 
 def test_distributed_shared_memory_out_of_bounds_is_reported():
     # Each block's shared memory is its own allocation, so a mapped pointer into another
     # block of the cluster is bounds-checked like the block's own shared memory.
-    code = (
-        "import torch\n"
-        "from rnn_fused.tools import simt_selftest\n"
-        "simt_selftest.faulty_cluster('remote_shared_out_of_bounds', torch.ones(64), 16, 2)\n"
-        "print('NO ASAN REPORT')\n"
-    )
-    proc = _run_child(code)
-    report = proc.stderr
-    assert proc.returncode != 0, f"the out-of-bounds kernel ran to completion:\n{proc.stdout}\n{report}"
-    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report
+    report = asan_report("simt_selftest.faulty_cluster('remote_shared_out_of_bounds', torch.ones(64), 16, 2)",
+                         "heap-buffer-overflow")
     assert "WRITE of size 4" in report, report
     # The dynamic shared memory is [2, n] floats, n = 2 blocks x 16 threads: 256 bytes.
     assert re.search(r"0 bytes (after|to the right of) 256-byte region", report), report
@@ -86,17 +76,8 @@ def test_distributed_shared_memory_out_of_bounds_is_reported():
 def test_access_to_an_exited_blocks_shared_memory_is_reported():
     # Rank 0 mapped rank 1's shared memory before the last cluster_sync and writes through it
     # afterwards; under the reverse schedule rank 1 has exited by then.
-    code = (
-        "import torch\n"
-        "from rnn_fused import simt\n"
-        "from rnn_fused.tools import simt_selftest\n"
-        "with simt.schedule('reverse'):\n"
-        "    simt_selftest.faulty_cluster('stale_remote_access', torch.ones(64), 16, 2)\n"
-        "print('NO ASAN REPORT')\n"
-    )
-    proc = _run_child(code)
-    report = proc.stderr
-    assert proc.returncode != 0, f"the stale access ran to completion:\n{proc.stdout}\n{report}"
-    assert "ERROR: AddressSanitizer: use-after-poison" in report, report
+    report = asan_report("with simt.schedule('reverse'):\n"
+                         "    simt_selftest.faulty_cluster('stale_remote_access', torch.ones(64), 16, 2)",
+                         "use-after-poison")
     assert re.search(r"SUMMARY: AddressSanitizer: use-after-poison .*selftest_kernels\.cuh:\d+ in faulty_cluster_kernel",
                      report), report

@@ -139,11 +139,10 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
-  SIMT_DYNAMIC_SHARED(scalar_t, smem);
-  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
   Cta cta(smem, layout, tiling, a.shape);
   const int64_t R = cta.row, j = cta.sample;

@@ -49,10 +49,9 @@ struct ForwardRecurrenceArgs {
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
-  SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  SIMT_DYNAMIC_SHARED(scalar_t, smem);
   Cta cta(smem, SharedLayout<scalar_t>::make(H, tiling, kPath, false), tiling, a.shape);
   const int64_t R = cta.row, j = cta.sample;
   cta.load_weights(a.w_hh);

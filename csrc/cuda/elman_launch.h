@@ -355,21 +355,31 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   });
 }
 
+// The plan of a call's forward or backward recurrence.
+template <typename scalar_t>
+RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
+  return choose_plan<scalar_t>(
+      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
+      call.options.path);
+}
+
+// The Grid and Stepwise paths exchange the state through global memory: [2,B,H] (parity of
+// the step), zeros; the other paths need none (an undefined tensor).
+inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape, const at::TensorOptions& options) {
+  if (plan.path != RecurrencePath::Grid && plan.path != RecurrencePath::Stepwise) return {};
+  return at::zeros({2, shape.batch, shape.hidden}, options);
+}
+
 // The forward recurrence of the host layer (host_layer.h); returns h_n.
 template <typename scalar_t>
 at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
   const LayerForwardCall& call = r.call;
   const LayerShape& shape = call.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
-  const RecurrencePlan plan =
-      choose_plan<scalar_t>({.hidden = H, .batch = B, .backward = false, .fp64 = sizeof(scalar_t) == 8},
-                            call.options.path);
+  const RecurrencePlan plan = plan_for<scalar_t>(call, false);
   at::Tensor h_n = at::empty({B, H}, r.out.options());
-  at::Tensor exchange;
-  if (plan.path == RecurrencePath::Grid || plan.path == RecurrencePath::Stepwise) {
-    exchange = at::empty({2, B, H}, r.out.options());
-    exchange[0].copy_(r.h0);  // the state at step 0
-  }
+  at::Tensor exchange = exchange_buffer(plan, shape, r.out.options());
+  if (exchange.defined()) exchange[0].copy_(r.h0);  // the state at step 0
   const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
                                              .out = r.out.data_ptr<scalar_t>(),
                                              .h0 = r.h0.data_ptr<scalar_t>(),
@@ -407,15 +417,10 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   const BackwardOperands& op = r.operands;
   const bool record_norms = r.call.record_norms;
-  const RecurrencePlan plan =
-      choose_plan<scalar_t>({.hidden = H, .batch = B, .backward = true, .fp64 = sizeof(scalar_t) == 8},
-                            call.options.path);
+  const RecurrencePlan plan = plan_for<scalar_t>(call, true);
   const at::TensorOptions options = op.x.options();
   at::Tensor dz_first = at::empty({B, H}, options);
-  at::Tensor exchange;
-  if (plan.path == RecurrencePath::Grid || plan.path == RecurrencePath::Stepwise) {
-    exchange = at::zeros({2, B, H}, options);
-  }
+  at::Tensor exchange = exchange_buffer(plan, shape, options);  // dz after the last step: zero
   at::Tensor step_sq, norm_partials;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
@@ -470,6 +475,10 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   return dz_first;
 }
 
+// The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in
+// elman_emulated.cpp).
+inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default);
+
 // The plan report of rnn_fused.plan(): the chosen (or forced) plan and every path's best shape.
 inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
   TORCH_CHECK_VALUE(q.hidden > 0, "rnn_fused.plan: hidden_size must be positive, got ", q.hidden);
@@ -499,6 +508,15 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
     for (const RecurrencePlan& p : plan_candidates<scalar_t>(request)) report.candidates.push_back(describe(p));
   });
   return report;
+}
+
+inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default) {
+  return RecurrenceBackend{.name = name,
+                           .device = device,
+                           .device_default = device_default,
+                           .forward = &forward_recurrence,
+                           .backward = &backward_recurrence,
+                           .plan = &recurrence_plan};
 }
 
 SIMT_END_WORLD

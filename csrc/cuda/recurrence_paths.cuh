@@ -171,6 +171,7 @@ SIMT_DEVICE __forceinline__ void start_exchange() {
 // computes the unit dot products and hands each owned result to the kernel's epilogue.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
 struct RecurrenceCta {
+  static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   static constexpr bool kStateInShared = state_in_shared(kPath);
 
   RecurrenceTiling tiling;

@@ -1,4 +1,4 @@
-// elman_emulated.cpp — backend "emulated": the CUDA backend's kernels and launch planner
+// elman_emulated.cpp — backend "emulated": the CUDA backend's kernels and path planner
 // (csrc/cuda/elman_*_kernel.cuh, elman_launch.h) compiled by g++ against the SIMT emulator
 // and run on CPU tensors, so the exact CUDA sources execute on a GPU-less machine. The
 // emulated device is configured through rnn_fused.simt (docs/simt.md).
@@ -6,14 +6,8 @@
 
 namespace {
 
-namespace k = ::rnn_fused::kernels;
-
+// Not the CPU's default: CPU tensors run the CPU loops unless backend="emulated" is asked for.
 const bool registered = ::rnn_fused::register_recurrence_backend(
-    ::rnn_fused::RecurrenceBackend{.name = "emulated",
-                                   .device = c10::DeviceType::CPU,
-                                   .device_default = false,
-                                   .forward = &k::forward_recurrence,
-                                   .backward = &k::backward_recurrence,
-                                   .plan = &k::recurrence_plan});
+    ::rnn_fused::kernels::kernels_backend("emulated", c10::DeviceType::CPU, /*device_default=*/false));
 
 }  // namespace

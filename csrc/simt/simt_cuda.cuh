@@ -69,44 +69,34 @@ SIMT_BEGIN_WORLD
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
 
-// This block's rank in its cluster, and the blocks per cluster (1 without a cluster launch).
-__device__ inline unsigned cluster_rank() {
+// Thread-block clusters (compute capability 9.0): this block's rank in its cluster, the blocks
+// per cluster (1 without a cluster launch), the barrier over every thread of the cluster
+// (it also orders distributed shared memory accesses), and the same shared variable as
+// `local` in block `rank` of the cluster. Code compiled for older architectures traps.
 #if SIMT_HAS_CLUSTERS
-  return cooperative_groups::this_cluster().block_rank();
-#else
-  SIMT_NO_CLUSTERS_TRAP("simt::cluster_rank");
-  return 0;
-#endif
-}
-
-__device__ inline unsigned cluster_size() {
-#if SIMT_HAS_CLUSTERS
-  return cooperative_groups::this_cluster().num_blocks();
-#else
-  SIMT_NO_CLUSTERS_TRAP("simt::cluster_size");
-  return 1;
-#endif
-}
-
-// Barrier over every thread of the cluster; orders distributed shared memory accesses.
-__device__ inline void cluster_sync() {
-#if SIMT_HAS_CLUSTERS
-  cooperative_groups::this_cluster().sync();
-#else
-  SIMT_NO_CLUSTERS_TRAP("simt::cluster_sync");
-#endif
-}
-
-// The same shared variable as `local`, in block `rank` of this cluster.
+__device__ inline unsigned cluster_rank() { return cooperative_groups::this_cluster().block_rank(); }
+__device__ inline unsigned cluster_size() { return cooperative_groups::this_cluster().num_blocks(); }
+__device__ inline void cluster_sync() { cooperative_groups::this_cluster().sync(); }
 template <class T>
 __device__ inline T* cluster_map_shared(T* local, unsigned rank) {
-#if SIMT_HAS_CLUSTERS
   return cooperative_groups::this_cluster().map_shared_rank(local, static_cast<int>(rank));
+}
 #else
+__device__ inline unsigned cluster_rank() {
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_rank");
+  return 0;
+}
+__device__ inline unsigned cluster_size() {
+  SIMT_NO_CLUSTERS_TRAP("simt::cluster_size");
+  return 1;
+}
+__device__ inline void cluster_sync() { SIMT_NO_CLUSTERS_TRAP("simt::cluster_sync"); }
+template <class T>
+__device__ inline T* cluster_map_shared(T* local, unsigned) {
   SIMT_NO_CLUSTERS_TRAP("simt::cluster_map_shared");
   return local;
-#endif
 }
+#endif
 
 inline DeviceProperties device_properties() {
   int device = 0;
@@ -160,6 +150,16 @@ void opt_in_shared_memory(void (*kernel)(P...), const DeviceProperties& p, const
   }
 }
 
+// What every launch does first: check the launch against the device and the kernel's
+// launch bounds, and opt in to the shared memory it asks for.
+template <class... P>
+void prepare_launch(void (*kernel)(P...), const DeviceProperties& p, const GridDim& grid, dim3 block,
+                    std::size_t dynamic_smem) {
+  const KernelAttributes a = kernel_attributes(kernel);
+  validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
+  opt_in_shared_memory(kernel, p, a, dynamic_smem);
+}
+
 }  // namespace detail
 
 template <class... P>
@@ -177,9 +177,7 @@ template <class... P, class... A>
 void launch(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "simt::launch: wrong number of kernel arguments");
   const DeviceProperties p = device_properties();
-  const KernelAttributes a = kernel_attributes(kernel);
-  detail::validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
-  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  detail::prepare_launch(kernel, p, grid, block, dynamic_smem);
   kernel<<<grid.dims, block, dynamic_smem, c10::cuda::getCurrentCUDAStream()>>>(std::forward<A>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -190,9 +188,7 @@ template <class... P, class... A>
 void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t dynamic_smem, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "simt::launch_cooperative: wrong number of kernel arguments");
   const DeviceProperties p = device_properties();
-  const KernelAttributes a = kernel_attributes(kernel);
-  detail::validate_launch(p, a, grid.dims, block, dynamic_smem, grid.where);
-  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
+  detail::prepare_launch(kernel, p, grid, block, dynamic_smem);
   const int per_sm = max_active_blocks_per_sm(kernel, static_cast<int>(detail::volume(block)), dynamic_smem);
   detail::validate_cooperative(p, per_sm, grid.dims, grid.where);
   std::tuple<std::decay_t<P>...> converted(std::forward<A>(args)...);

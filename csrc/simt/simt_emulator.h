@@ -144,30 +144,38 @@ inline int __all_sync(unsigned mask, int predicate, std::source_location where =
 
 // Atomics. All threads of a launch share one OS thread and switch only inside blocking
 // primitives, so a plain read-modify-write is atomic with respect to the other threads.
+// old = *address; *address = update(old); returns old.
+template <class T, class Update>
+T atomic_rmw(T* address, Update update) {
+  const T old = *address;
+  *address = update(old);
+  return old;
+}
 template <class T>
 T atomic_rmw_add(T* address, T value) {
-  T old = *address;
-  *address = old + value;
-  return old;
+  return atomic_rmw(address, [value](T old) { return old + value; });
+}
+template <class T>
+T atomic_rmw_max(T* address, T value) {
+  return atomic_rmw(address, [value](T old) { return value > old ? value : old; });
+}
+template <class T>
+T atomic_rmw_min(T* address, T value) {
+  return atomic_rmw(address, [value](T old) { return value < old ? value : old; });
+}
+template <class T>
+T atomic_rmw_exch(T* address, T value) {
+  return atomic_rmw(address, [value](T) { return value; });
+}
+template <class T>
+T atomic_rmw_cas(T* address, T compare, T value) {
+  return atomic_rmw(address, [compare, value](T old) { return old == compare ? value : old; });
 }
 inline int atomicAdd(int* a, int v) { return atomic_rmw_add(a, v); }
 inline unsigned atomicAdd(unsigned* a, unsigned v) { return atomic_rmw_add(a, v); }
 inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) { return atomic_rmw_add(a, v); }
 inline float atomicAdd(float* a, float v) { return atomic_rmw_add(a, v); }
 inline double atomicAdd(double* a, double v) { return atomic_rmw_add(a, v); }
-
-template <class T>
-T atomic_rmw_max(T* address, T value) {
-  T old = *address;
-  if (value > old) *address = value;
-  return old;
-}
-template <class T>
-T atomic_rmw_min(T* address, T value) {
-  T old = *address;
-  if (value < old) *address = value;
-  return old;
-}
 inline int atomicMax(int* a, int v) { return atomic_rmw_max(a, v); }
 inline unsigned atomicMax(unsigned* a, unsigned v) { return atomic_rmw_max(a, v); }
 inline long long atomicMax(long long* a, long long v) { return atomic_rmw_max(a, v); }
@@ -176,24 +184,10 @@ inline int atomicMin(int* a, int v) { return atomic_rmw_min(a, v); }
 inline unsigned atomicMin(unsigned* a, unsigned v) { return atomic_rmw_min(a, v); }
 inline long long atomicMin(long long* a, long long v) { return atomic_rmw_min(a, v); }
 inline unsigned long long atomicMin(unsigned long long* a, unsigned long long v) { return atomic_rmw_min(a, v); }
-
-template <class T>
-T atomic_rmw_exch(T* address, T value) {
-  T old = *address;
-  *address = value;
-  return old;
-}
 inline int atomicExch(int* a, int v) { return atomic_rmw_exch(a, v); }
 inline unsigned atomicExch(unsigned* a, unsigned v) { return atomic_rmw_exch(a, v); }
 inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return atomic_rmw_exch(a, v); }
 inline float atomicExch(float* a, float v) { return atomic_rmw_exch(a, v); }
-
-template <class T>
-T atomic_rmw_cas(T* address, T compare, T value) {
-  T old = *address;
-  if (old == compare) *address = value;
-  return old;
-}
 inline int atomicCAS(int* a, int c, int v) { return atomic_rmw_cas(a, c, v); }
 inline unsigned atomicCAS(unsigned* a, unsigned c, unsigned v) { return atomic_rmw_cas(a, c, v); }
 inline unsigned long long atomicCAS(unsigned long long* a, unsigned long long c, unsigned long long v) {

@@ -18,6 +18,7 @@ import torch
 from .benchmark import CPU_SHAPES, QUICK_TIMING, Timing, _benchmark_settings, build_pair, paired_median_seconds
 from ..recording import record_gradients
 from ..truncation import RandomTruncation
+from .command_output import markdown_table
 
 # Variants of the fused forward+backward, each against full BPTT with nothing recorded.
 OVERHEAD_VARIANTS = {
@@ -156,20 +157,16 @@ def pytorch_way_rows(shapes=PYTORCH_WAY_SHAPES, every: int = PYTORCH_WAY_K, prog
 
 
 def format_overhead(rows: list[OverheadRow]) -> str:
-    lines = ["| T, B, I, H | variant | full BPTT ms | variant ms | overhead |", "|---|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {', '.join(map(str, r.shape))} | {r.variant} | {r.baseline_ms:.2f} | {r.variant_ms:.2f} | "
-                     f"{100 * r.overhead:+.1f}% |")
-    return "\n".join(lines)
+    cells = [[", ".join(map(str, r.shape)), r.variant, f"{r.baseline_ms:.2f}", f"{r.variant_ms:.2f}",
+              f"{100 * r.overhead:+.1f}%"] for r in rows]
+    return "\n".join(markdown_table(["T, B, I, H", "variant", "full BPTT ms", "variant ms", "overhead"], cells, range(2, 5)))
 
 
 def format_pytorch_way(rows: list[PyTorchWayRow]) -> str:
-    lines = ["| T, B, I, H | numbers | PyTorch way | PyTorch ms | rnn_fused ms | speed-up |",
-             "|---|---|---|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {', '.join(map(str, r.shape))} | {r.what} | {r.pytorch_way} | {r.pytorch_ms:.2f} | "
-                     f"{r.ours_ms:.2f} | {r.speedup:.2f}x |")
-    return "\n".join(lines)
+    cells = [[", ".join(map(str, r.shape)), r.what, r.pytorch_way, f"{r.pytorch_ms:.2f}", f"{r.ours_ms:.2f}",
+              f"{r.speedup:.2f}x"] for r in rows]
+    columns = ["T, B, I, H", "numbers", "PyTorch way", "PyTorch ms", "rnn_fused ms", "speed-up"]
+    return "\n".join(markdown_table(columns, cells, range(3, 6)))
 
 
 def as_json(overhead: list[OverheadRow], pytorch_way: list[PyTorchWayRow], device: torch.device,

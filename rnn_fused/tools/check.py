@@ -30,6 +30,7 @@ from ..reference import reference_layer
 from .testing import (DEFAULT_ULPS, FLOAT64_PARITY_ULPS, RNNCase, layer_args, layer_results, measure,
                       measure_against_torch, module_as_function, true_float32_on_cuda)
 from ..truncation import RandomTruncation, edge_scales
+from .command_output import markdown_table
 
 # torch.autograd.gradcheck's defaults, for the numbers shown beside its verdict.
 GRADCHECK_EPS, GRADCHECK_ATOL, GRADCHECK_RTOL = 1e-6, 1e-5, 1e-3
@@ -285,11 +286,10 @@ def plan(device: torch.device, emulated: bool, quick: bool) -> list[tuple[str, C
 
 
 def format_table(rows: list[CheckRow]) -> str:
-    lines = ["| check | backend | configuration | dtype | quantity | error | tolerance | result |",
-             "|---|---|---|---|---|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r.kind} | {r.backend} | {r.config} | {r.dtype} | {r.quantity} | "
-                     f"{r.error:.2e} | {r.tolerance:.2e} | {'PASS' if r.passed else 'FAIL'} |")
+    cells = [[r.kind, r.backend, r.config, r.dtype, r.quantity, f"{r.error:.2e}", f"{r.tolerance:.2e}",
+              "PASS" if r.passed else "FAIL"] for r in rows]
+    columns = ["check", "backend", "configuration", "dtype", "quantity", "error", "tolerance", "result"]
+    lines = markdown_table(columns, cells, range(5, 7))
     failed = [r for r in rows if not r.passed]
     lines += ["", f"{len(rows)} rows: {len(rows) - len(failed)} PASS, {len(failed)} FAIL."]
     lines += [f"FAIL {r.kind} {r.backend} {r.config} {r.dtype} {r.quantity}: {r.detail}" for r in failed]

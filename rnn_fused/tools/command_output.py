@@ -99,3 +99,10 @@ def save_figure(fig, directory: str, name: str) -> str:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def markdown_table(columns: list[str], rows: list[list[str]], numeric: range) -> list[str]:
+    """The lines of a Markdown table: `columns` headings, one line per row of cells; the
+    columns whose index is in `numeric` are right-aligned (numbers)."""
+    align = ["---:" if i in numeric else "---" for i in range(len(columns))]
+    return ["| " + " | ".join(cells) + " |" for cells in [columns, align, *rows]]

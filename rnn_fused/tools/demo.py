@@ -162,6 +162,17 @@ def median_curve(samples_by_t: list[list[float]]) -> list[float]:
     return [statistics.median(samples) for samples in samples_by_t]
 
 
+def _label(ax, title: str, xlabel: str | None, ylabel: str, log: bool = False) -> None:
+    """Title, axis labels, legend (and a log y axis) of one of the demo's plots."""
+    if log:
+        ax.set_yscale("log")
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def draw_figures(results: DemoResults, out: str) -> dict[str, str]:
     """Write the five PNG figures; returns {experiment: file name}."""
     from .command_output import figure, save_figure
@@ -173,11 +184,8 @@ def draw_figures(results: DemoResults, out: str) -> dict[str, str]:
     for sigma, norms in results.jacobian.items():
         line, = ax.plot(steps, median_curve(norms), label=rf"$\sigma_{{max}}$ = {sigma}")
         ax.plot(steps, [sigma**t for t in steps], linestyle=":", color=line.get_color(), linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("steps t")
-    ax.set_ylabel(r"$\|\partial h_t / \partial h_0\|$ (median over sequences)")
-    ax.set_title(r"Product of temporal Jacobians (dotted: $\sigma_{max}^t$, an upper bound for tanh)")
-    ax.legend(fontsize=8)
+    _label(ax, r"Product of temporal Jacobians (dotted: $\sigma_{max}^t$, an upper bound for tanh)", "steps t",
+           r"$\|\partial h_t / \partial h_0\|$ (median over sequences)", log=True)
     names["jacobian"] = os.path.basename(save_figure(fig, out, "jacobian_norms.png"))
 
     fig, ax = figure()
@@ -192,20 +200,15 @@ def draw_figures(results: DemoResults, out: str) -> dict[str, str]:
                label="not above chance below this")
     ax.set_xticks(range(len(config.lengths)), [f"T = {t}" for t in config.lengths])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("Remember the first character: accuracy after training")
-    ax.legend(fontsize=8)
+    _label(ax, "Remember the first character: accuracy after training", None, "held-out accuracy")
     names["task"] = os.path.basename(save_figure(fig, out, "first_character_accuracy.png"))
 
     fig, axes = figure(ncols=len(config.norm_lengths), width=5.0)
     for ax, length in zip(axes, config.norm_lengths):
         for stage, curves in results.step_norms.items():
             ax.plot(range(length), curves[length], marker=".", label=f"{stage} model")
-        ax.set_yscale("log")
-        ax.set_xlabel("time step t (the loss is at t = T - 1)")
-        ax.set_ylabel(r"$\|\partial L / \partial h_t\|$ (in-kernel norms, batch mean)")
-        ax.set_title(f"T = {length}")
-        ax.legend(fontsize=8)
+        _label(ax, f"T = {length}", "time step t (the loss is at t = T - 1)",
+               r"$\|\partial L / \partial h_t\|$ (in-kernel norms, batch mean)", log=True)
     names["step_norms"] = os.path.basename(save_figure(fig, out, "step_gradient_norms.png"))
 
     window = max(1, config.protocol.train_steps // 20)
@@ -219,15 +222,10 @@ def draw_figures(results: DemoResults, out: str) -> dict[str, str]:
     for clip in config.clip_norms:
         if clip is not None:
             norm_ax.axhline(clip, color="gray", linestyle=":", linewidth=0.8)
-    loss_ax.set_xlabel("training step")
-    loss_ax.set_ylabel(f"training loss (mean over seeds, moving average of {window})")
-    loss_ax.set_title(f"Clipping, T = {config.clip_length}: loss")
-    loss_ax.legend(fontsize=8)
-    norm_ax.set_yscale("log")
-    norm_ax.set_xlabel("training step")
-    norm_ax.set_ylabel("gradient norm before clipping")
-    norm_ax.set_title(f"Pre-clip gradient norm (seed {config.seeds[0]})")
-    norm_ax.legend(fontsize=8)
+    _label(loss_ax, f"Clipping, T = {config.clip_length}: loss", "training step",
+           f"training loss (mean over seeds, moving average of {window})")
+    _label(norm_ax, f"Pre-clip gradient norm (seed {config.seeds[0]})", "training step",
+           "gradient norm before clipping", log=True)
     names["clipping"] = os.path.basename(save_figure(fig, out, "clipping.png"))
 
     fig, (acc_ax, loss_ax) = figure(ncols=2, width=5.5)
@@ -241,13 +239,9 @@ def draw_figures(results: DemoResults, out: str) -> dict[str, str]:
     acc_ax.axhline(ex.CHANCE, color="red", linestyle="--", label="chance")
     acc_ax.set_xticks(range(len(config.truncations)), [ex.truncation_label(t) for t in config.truncations])
     acc_ax.set_ylim(0, 1.05)
-    acc_ax.set_ylabel("held-out accuracy (dots: seeds, bar: mean)")
-    acc_ax.set_title(f"Truncated BPTT, T = {config.truncation_length}")
-    acc_ax.legend(fontsize=8)
-    loss_ax.set_xlabel("training step")
-    loss_ax.set_ylabel(f"training loss (mean over seeds, moving average of {window})")
-    loss_ax.set_title("Loss")
-    loss_ax.legend(fontsize=8)
+    _label(acc_ax, f"Truncated BPTT, T = {config.truncation_length}", None,
+           "held-out accuracy (dots: seeds, bar: mean)")
+    _label(loss_ax, "Loss", "training step", f"training loss (mean over seeds, moving average of {window})")
     names["truncation"] = os.path.basename(save_figure(fig, out, "truncation.png"))
     return names
 
