@@ -620,7 +620,7 @@ def format_shape_table(rows: list[ShapeRow], baseline: str) -> str:
     for r in rows:
         if r.skipped or (r.error and r.ours_fwd_ms is None):
             lines.append(f"| {r.label} | {'skipped: ' + r.skipped if r.skipped else 'ERROR: ' + r.error} |"
-                         + " |" * 12)
+                         + " |" * 11)
             continue
         baseline_fwd = _num(r.baseline_fwd_ms) if r.baseline_fwd_ms is not None else (r.note or "–")
         baseline_fwd_bwd = _num(r.baseline_fwd_bwd_ms) if r.baseline_fwd_bwd_ms is not None else (r.note or "–")
