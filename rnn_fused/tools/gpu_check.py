@@ -840,6 +840,7 @@ def describe(target: Target, timing: Timing, budget_s: float) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         "version": __version__, "commit": _commit(), "budget_s": budget_s, "elapsed_s": 0.0,
+        "model_constants": model_constants(),
         "timing": (f"fp32 with TF32 off (and bf16 rows); medians of at least {timing.min_repeats} runs and "
                    f"{timing.min_seconds} s timed with {clock} (long rows: {LONG_TIMING.min_repeats} runs), "
                    f"after warm-up; {target.baseline} and rnn_fused alternate run by run."),
