@@ -343,7 +343,8 @@ def test_report_and_json_carry_every_row_and_the_failures():
 
 
 def test_shape_labels():
-    assert Shape(500, 32, 256, 256, layers=2, bidirectional=True).label() == "500, 32, 256, 256, 2 layers, bidirectional"
+    two_layers = Shape(500, 32, 256, 256, layers=2, bidirectional=True)
+    assert two_layers.label() == "500, 32, 256, 256, 2 layers, bidirectional"
     assert Shape(1000, 8, 256, 256, dtype="bfloat16").label() == "bf16: 1000, 8, 256, 256"
     assert gpu_check.LONG_SHAPE.long and gpu_check.LONG_SHAPE in gpu_check.GPU_SHAPES
 
