@@ -7,6 +7,11 @@
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
 # make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels
 #                  (benchmarks/nvcc_resource_usage.txt; no GPU needed)
+# make gpu-check - on a machine with an NVIDIA GPU and torch already installed (no venv, no downloads;
+#                  PYTHON=python3 make gpu-check): build for that GPU's architecture only, run the GPU
+#                  tests, benchmark against cuDNN with predicted and measured time per step for each path,
+#                  into gpu_out/ (docs/gpu_check.md; about 3-4 minutes on an H200). Every stage runs even if
+#                  one before it failed; the target fails at the end if any did
 # make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests, the
 #                 emulated CUDA kernel tests and the op-level truncation/norm tests there
 PYTHON ?= python3
@@ -19,7 +24,7 @@ export MAX_JOBS ?= 2
 # The development build includes the SIMT emulator's self-test kernels (the test suite runs them).
 export RNN_FUSED_SELFTESTS ?= 1
 
-.PHONY: test bench demo build clean sanitize resource-usage
+.PHONY: test bench demo build clean sanitize resource-usage gpu-check
 
 $(DEPS): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +49,10 @@ bench: build
 
 demo: build
 	$(BIN)/python -m rnn_fused demo
+
+# No venv and none of the targets above: the GPU machine's own python and torch.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py --out gpu_out
 
 resource-usage: $(DEPS)
 	$(BIN)/python benchmarks/nvcc_resource_usage.py

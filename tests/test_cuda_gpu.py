@@ -1,6 +1,13 @@
-"""The CUDA backend on a real GPU: the cases of test_cuda_kernels_emulated.py against
-torch.nn.RNN on cuDNN (TF32 off) under the tolerance rule, and the planner's real choice.
-Skipped, with the reason stated, where no CUDA device is present."""
+"""The CUDA backend on a real GPU: every recurrence path forced (block, cluster, grid,
+stepwise) and the planner's own choice, forward and backward, mirroring the emulated tests
+(test_cuda_kernels_emulated.py, test_bptt_kernels.py) on CUDA tensors: the float64 step loop
+and the CPU op under the tolerance rule, cuDNN for the module, truncation (K and randomized)
+with recorded norms, bitwise determinism run to run, odd H and B, zero lengths, reverse,
+bidirectional; and a device that still works after a refused call. A path the GPU cannot
+take for a shape (the cluster path below compute capability 9.0, the block path beyond 256
+units) must be refused with ValueError before anything runs, never skipped.
+Skipped, with the reason stated, where no CUDA device is present (`make gpu-check` runs them
+on a GPU machine)."""
 
 from __future__ import annotations
 
@@ -8,14 +15,27 @@ import pytest
 import torch
 
 import rnn_fused
+from rnn_fused import _ops
+from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import (FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch,
-                                true_float32_on_cuda)
+                                     true_float32_on_cuda)
+from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import RNNCase
+from rnn_cases import EMULATED_PATHS, RNNCase
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+# Where the kernels under test run: CUDA tensors, the op's backend chosen by their device, the
+# real GPU's plan. (Pointing these at "cpu", "emulated", "emulated" rehearses the file on the
+# SIMT emulator, which is how it was checked without a GPU.)
+DEVICE = "cuda"
+BACKEND = None
+PLAN_DEVICE = "cuda"
+# Forced paths and the planner's own choice (None).
+PATH_CHOICES = [*EMULATED_PATHS, None]
+PATH_IDS = [str(p) for p in PATH_CHOICES]
 
 
 @pytest.fixture(autouse=True)
@@ -25,109 +45,376 @@ def no_tf32():
         yield
 
 
-def _to_cuda(x):
-    return None if x is None else x.to("cuda")
+def _cuda(x):
+    return None if x is None else x.to(DEVICE)
 
 
+def gpu_layer(*args, **kwargs):
+    """rnn_fused.rnn_layer on the kernels under test."""
+    return rnn_fused.rnn_layer(*args, backend=BACKEND, **kwargs)
+
+
+def clusters_supported() -> bool:
+    return torch.cuda.get_device_capability() >= (9, 0)
+
+
+def path_refusal(path: str | None, hidden: int, batch: int, dtype: torch.dtype) -> str | None:
+    """None when `path` runs forward and backward at this shape on this GPU, else the limit
+    the planner names (the forced call must then raise ValueError)."""
+    if path is None:
+        return None
+    for backward in (False, True):
+        candidate = rnn_fused.plan(hidden, batch, dtype, PLAN_DEVICE, backward=backward).candidate(path)
+        if not candidate.feasible:
+            return candidate.reason
+    return None
+
+
+def expect_refusal(path: str, hidden: int, reason: str):
+    """The ValueError a forced path that cannot run must raise; below compute capability 9.0
+    the cluster path's reason is the missing clusters."""
+    if path == "cluster" and not clusters_supported():
+        assert "compute capability 9.0" in reason, reason
+    return pytest.raises(ValueError, match=f"path '{path}' cannot run hidden_size={hidden}")
+
+
+def run_layer(args, lengths, nonlinearity, reverse, cotangents, path=None, backend=BACKEND):
+    """Forward and backward of one layer; returns [output, h_n, *grads of present args]."""
+    leaves = [None if a is None else a.detach().clone().requires_grad_() for a in args]
+    out, h_n = rnn_fused.rnn_layer(*leaves, lengths, nonlinearity, reverse, backend=backend, path=path)
+    present = [a for a in leaves if a is not None]
+    grads = torch.autograd.grad((out, h_n), present, [c.to(out.device, out.dtype) for c in cotangents])
+    return [out.detach(), h_n.detach(), *grads]
+
+
+def reference_results(args, lengths, nonlinearity, reverse, cotangents, dtype):
+    leaves = [None if a is None else a.detach().to(dtype).requires_grad_() for a in args]
+    out, h_n = reference_layer(*leaves, lengths, nonlinearity, reverse)
+    present = [a for a in leaves if a is not None]
+    grads = torch.autograd.grad((out, h_n), present, [c.to(out.device, dtype) for c in cotangents])
+    return [out.detach(), h_n.detach(), *grads]
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", LAYER_CASES, ids=_case_id)
-def test_layer_matches_reference(case, dtype):
+def test_layer_matches_reference_on_every_path(case, dtype, path):
+    """Each path vs the float64 step loop (tolerance rule, stock = step loop in dtype) and the
+    CPU op; lengths given as a CUDA tensor (checked on the device by one reduction); two runs
+    bitwise equal."""
     steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
-    lengths = None if lengths is None else torch.tensor(lengths, device="cuda")
-    args = [_to_cuda(a) for a in layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)]
+    cpu_lengths = None if lengths is None else torch.tensor(lengths)
+    cuda_lengths = _cuda(cpu_lengths)
+    args = [None if a is None else a.to(dtype) for a in layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)]
     g = torch.Generator().manual_seed(7)
-    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g).cuda(),
-                  torch.randn(batch, hidden, dtype=torch.float64, generator=g).cuda()]
-
-    def run(fn, cast):
-        leaves = [None if a is None else a.detach().to(cast).requires_grad_() for a in args]
-        out, h_n = fn(*leaves, lengths, nonlinearity, reverse)
-        present = [a for a in leaves if a is not None]
-        return [out.detach(), h_n.detach(),
-                *torch.autograd.grad((out, h_n), present, [c.to(cast) for c in cotangents])]
-
-    reference = run(reference_layer, torch.float64)
-    stock = run(reference_layer, dtype)
-    ours = run(rnn_fused.rnn_layer, dtype)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    cuda_args = [_cuda(a) for a in args]
+    refusal = path_refusal(path, hidden, batch, dtype)
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            run_layer(cuda_args, cuda_lengths, nonlinearity, reverse, cotangents, path)
+        return
+    ours = run_layer(cuda_args, cuda_lengths, nonlinearity, reverse, cotangents, path)
+    again = run_layer(cuda_args, cuda_lengths, nonlinearity, reverse, cotangents, path)
+    for a, b in zip(ours, again):
+        assert torch.equal(a, b), "two runs differ"
+    reference = reference_results([_cuda(a.double()) if a is not None else None for a in args], cuda_lengths,
+                                  nonlinearity, reverse, cotangents, torch.float64)
+    stock = reference_results(cuda_args, cuda_lengths, nonlinearity, reverse, cotangents, dtype)
+    cpu = run_layer(args, cpu_lengths, nonlinearity, reverse, cotangents, backend="cpu")
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
-    for i, (r, s, o) in enumerate(zip(reference, stock, ours)):
-        assert o.device.type == "cuda" and o.dtype == dtype
-        assert_within_tolerance(r, s, o, name=f"result {i}", ulps=ulps)
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(ours) - 2)]
+    for name, r, s, o, c in zip(names, reference, stock, ours, cpu):
+        assert o.device.type == torch.device(DEVICE).type and o.dtype == dtype
+        assert_within_tolerance(r, s, o, name=f"{name} ({path})", ulps=ulps)
+        assert_within_tolerance(r.cpu(), s.cpu(), c, name=f"{name} (cpu op)", ulps=ulps)
+    if lengths is not None:
+        for b, n in enumerate(lengths):
+            assert torch.all(ours[0][n:, b] == 0)
 
 
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", range(len(MODULE_CASES)))
-def test_module_matches_cudnn(case, dtype, generator):
+def test_module_matches_cudnn_on_every_path(case, dtype, path, monkeypatch, generator):
+    """rnn_fused.RNN with each path vs torch.nn.RNN on cuDNN (tolerance rule): layers,
+    bidirectional, packed, batch_first, unbatched, hx, relu, no bias."""
     rnn_case: RNNCase = MODULE_CASES[case]
     input, hx = rnn_case.inputs(generator)
+    monkeypatch.setattr(RNN, "backend", BACKEND)
+    monkeypatch.setattr(RNN, "path", path)
     ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
-    compare_with_torch(rnn_case.torch_module().cuda(), input.to("cuda"), _to_cuda(hx), dtype=dtype, ulps=ulps)
+    run = lambda: compare_with_torch(rnn_case.torch_module().to(DEVICE), input.to(DEVICE), _cuda(hx),  # noqa: E731
+                                     dtype=dtype, ulps=ulps)
+    refusal = path_refusal(path, rnn_case.hidden_size, rnn_case.batch if not rnn_case.unbatched else 1, dtype)
+    if refusal is not None:
+        with expect_refusal(path, rnn_case.hidden_size, refusal):
+            run()
+        return
+    run()
 
 
-@pytest.mark.parametrize("hidden", [7, 33, 100, 1024])
-def test_forward_backward_run_on_both_paths_where_planned(hidden):
-    """Large and odd hidden sizes on the real device's plan, against the step loop."""
-    plan = rnn_fused.plan(hidden, device="cuda")
-    assert plan.path in ("persistent", "fallback") and plan.reason
-    args = [_to_cuda(a) for a in layer_args(6, 5, 8, hidden, dtype=torch.float32)]
-    lengths = torch.tensor([6, 6, 3, 2, 0], device="cuda")
-    reference, _ = reference_layer(*[a.double() for a in args], lengths)
-    stock, _ = reference_layer(*args, lengths)
-    ours, _ = rnn_fused.rnn_layer(*args, lengths)
-    assert_within_tolerance(reference, stock, ours, name=f"output H={hidden} ({plan.path})")
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+@pytest.mark.parametrize("hidden", [7, 33, 100, 300, 1024])
+def test_odd_and_large_hidden_sizes_on_every_path(hidden, path):
+    """Odd and large H, odd B with an empty sample, forward and backward vs the step loop."""
+    steps, batch = 6, 5
+    args = [_cuda(a) for a in layer_args(steps, batch, 8, hidden, dtype=torch.float32)]
+    lengths = torch.tensor([6, 6, 3, 2, 0], device=DEVICE)
+    g = torch.Generator().manual_seed(2)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    refusal = path_refusal(path, hidden, batch, torch.float32)
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            run_layer(args, lengths, "tanh", False, cotangents, path)
+        return
+    reference = reference_results([a.double() for a in args], lengths, "tanh", False, cotangents, torch.float64)
+    stock = reference_results(args, lengths, "tanh", False, cotangents, torch.float32)
+    ours = run_layer(args, lengths, "tanh", False, cotangents, path)
+    for i, (r, s, o) in enumerate(zip(reference, stock, ours)):
+        assert_within_tolerance(r, s, o, name=f"result {i} H={hidden} ({path})")
 
 
-def test_deterministic_bitwise_on_gpu():
-    args = [_to_cuda(a).requires_grad_() for a in layer_args(30, 6, 7, 33, dtype=torch.float32)]
+def test_every_path_runs_somewhere_on_this_gpu():
+    """So that the forced-path tests above exercise every kernel: at H = 33, B = 5 the block,
+    grid and stepwise paths run, and the cluster path runs exactly where the GPU has clusters."""
+    for backward in (False, True):
+        plan = rnn_fused.plan(33, 5, torch.float32, PLAN_DEVICE, backward=backward)
+        assert [c.path for c in plan.candidates] == ["block", "cluster", "grid", "stepwise"]
+        for path in ("block", "grid", "stepwise"):
+            assert plan.candidate(path).feasible, plan.candidate(path).reason
+        cluster = plan.candidate("cluster")
+        assert cluster.feasible == clusters_supported(), cluster.reason
+        if not clusters_supported():
+            assert "compute capability 9.0" in cluster.reason
+        feasible = [c for c in plan.candidates if c.feasible]
+        assert plan.path in rnn_fused.launch_plan.PATHS and plan.reason
+        assert plan.predicted_us_per_step == min(c.predicted_us_per_step for c in feasible)
 
+
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+def test_deterministic_bitwise_on_every_path(path):
+    args = [_cuda(a).requires_grad_() for a in layer_args(30, 6, 7, 33, dtype=torch.float32)]
+    lengths = torch.tensor([30, 29, 12, 12, 5, 1], device=DEVICE)
     def once():
-        out, h_n = rnn_fused.rnn_layer(*args, torch.tensor([30, 29, 12, 12, 5, 1], device="cuda"), "tanh", True)
+        out, h_n = gpu_layer(*args, lengths, "tanh", True, path=path)
         return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), args)]
 
+    refusal = path_refusal(path, 33, 6, torch.float32)
+    if refusal is not None:
+        with expect_refusal(path, 33, refusal):
+            once()
+        return
     for a, b in zip(once(), once()):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_reduced_precision_runs_in_float32_on_gpu(dtype):
-    args = [_to_cuda(a) for a in layer_args(6, 2, 3, 9)]
+def test_reduced_precision_runs_in_float32_on_every_path(dtype, path):
+    args = [_cuda(a) for a in layer_args(6, 2, 3, 9)]
     reference, _ = reference_layer(*args)
     stock, _ = reference_layer(*[a.to(dtype) for a in args])
-    ours, h_n = rnn_fused.rnn_layer(*[a.to(dtype) for a in args])
+    refusal = path_refusal(path, 9, 2, dtype)
+    if refusal is not None:
+        with expect_refusal(path, 9, refusal):
+            gpu_layer(*[a.to(dtype) for a in args], path=path)
+        return
+    ours, h_n = gpu_layer(*[a.to(dtype) for a in args], path=path)
     assert ours.dtype == dtype and h_n.dtype == dtype
-    assert_within_tolerance(reference, stock, ours, name="output")
+    assert_within_tolerance(reference, stock, ours, name=f"output ({path})")
 
 
-@pytest.mark.parametrize("truncation", [None, 3, rnn_fused.RandomTruncation(0.7, seed=5)],
-                         ids=["full", "K3", "random"])
-@pytest.mark.parametrize("hidden", [33, 1024])
-def test_truncation_and_norms_on_gpu_equal_the_cpu_op(truncation, hidden):
-    """float64: the CUDA backward (persistent or fallback, as planned) with truncation and
-    norms recorded gives the CPU op's gradients, step norms and squared norms, to float64
-    rounding; twice in a row, bitwise-equal."""
-    from rnn_fused import _ops
-    from rnn_fused.truncation import resolve_truncation
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+def test_zero_lengths_empty_batch_and_zero_steps(path):
+    """All samples empty: zero output, h_n = hx, zero weight gradients; B = 0 and T = 0."""
+    args = [_cuda(a) for a in layer_args(4, 3, 2, 5, dtype=torch.float32)]
+    lengths = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    cotangents = [torch.ones(4, 3, 5, dtype=torch.float64), torch.ones(3, 5, dtype=torch.float64)]
+    refusal = path_refusal(path, 5, 3, torch.float32)
+    if refusal is not None:
+        with expect_refusal(path, 5, refusal):
+            run_layer(args, lengths, "tanh", False, cotangents, path)
+        return
+    out, h_n, grad_x, grad_hx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = run_layer(
+        args, lengths, "tanh", False, cotangents, path)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(h_n, args[1])
+    assert torch.equal(grad_hx, torch.ones_like(grad_hx))  # dh_n passes straight to hx
+    for grad in (grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh):
+        assert torch.equal(grad, torch.zeros_like(grad))
+    out, h_n = gpu_layer(*[_cuda(a) for a in layer_args(3, 0, 2, 4)], path=path)
+    assert out.shape == (3, 0, 4) and h_n.shape == (0, 4)
+    empty = [_cuda(a) for a in layer_args(0, 2, 2, 4)]
+    out, h_n = gpu_layer(*empty, path=path)
+    assert out.shape == (0, 2, 4) and torch.equal(h_n, empty[1])
 
-    args = layer_args(12, 5, 8, hidden)
+
+# ---- truncation and recorded norms (test_bptt_kernels.py on CUDA tensors) ----
+
+TRUNCATIONS = {"full": None, "K1": 1, "K3": 3, "random": RandomTruncation(0.7, seed=5)}
+
+
+def _run_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer=0, path=None, backend=BACKEND):
+    inputs = _ops.LayerInputs(*args, lengths)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend, path)
+    out, h_n = _ops.layer_forward(inputs, options)
+    return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
+
+
+def _close64(actual, expected):
+    bound = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+@pytest.mark.parametrize("truncation", list(TRUNCATIONS), ids=list(TRUNCATIONS))
+@pytest.mark.parametrize("hidden", [33, 300])
+def test_truncation_and_norms_equal_the_cpu_op_on_every_path(hidden, truncation, path):
+    """float64: the CUDA backward with truncation and norms recorded gives the CPU op's
+    gradients, step norms, squared norms and non-finite flag to float64 rounding; twice in
+    a row bitwise equal."""
+    steps, batch = 12, 5
+    args = layer_args(steps, batch, 8, hidden)
     lengths = torch.tensor([12, 12, 7, 3, 0])
-    targs = resolve_truncation(truncation)
+    targs = resolve_truncation(TRUNCATIONS[truncation])
     g = torch.Generator().manual_seed(1)
-    cot = [torch.randn(12, 5, hidden, dtype=torch.float64, generator=g),
-           torch.randn(5, hidden, dtype=torch.float64, generator=g)]
-
-    def run(device):
-        a = [_to_cuda(t) if device == "cuda" else t for t in args]
-        ln = lengths.to(device)
-        inputs = _ops.LayerInputs(*a, ln)
-        options = _ops.LayerOptions.make("tanh", True, targs, 1)
-        out, h_n = _ops.layer_forward(inputs, options)
-        return _ops.layer_backward(cot[0].to(device), cot[1].to(device), out, [True] * 5, True, inputs, options)
-
-    cpu, gpu, again = run("cpu"), run("cuda"), run("cuda")
+    cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+           torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    cuda_args = [_cuda(a) for a in args]
+    cuda_cot = [_cuda(c) for c in cot]
+    refusal = path_refusal(path, hidden, batch, torch.float64)
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            _run_op(cuda_args, _cuda(lengths), "tanh", True, targs, cuda_cot, 1, path)
+        return
+    cpu = _run_op(args, lengths, "tanh", True, targs, cot, 1, backend="cpu")
+    gpu = _run_op(cuda_args, _cuda(lengths), "tanh", True, targs, cuda_cot, 1, path)
+    again = _run_op(cuda_args, _cuda(lengths), "tanh", True, targs, cuda_cot, 1, path)
     for c, d, e in zip(cpu, gpu, again):
         assert torch.equal(d, e)
         if c.dtype == torch.bool:
             assert torch.equal(c, d.cpu())
-            continue
-        bound = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, c.abs().max().item())
-        assert (d.cpu() - c).abs().max().item() <= bound
+        else:
+            _close64(d.cpu(), c)
+
+
+@pytest.mark.parametrize("path", EMULATED_PATHS)
+def test_norm_partials_of_every_path_agree_with_cpu(path):
+    """float32, H = 40: every path reduces the same step norms as the CPU loop, to float32
+    rounding (the bound of a length-H float32 sum, twice)."""
+    steps, batch, hidden = 5, 3, 40
+    args = layer_args(steps, batch, 3, hidden, bias=True, hx=False, dtype=torch.float32)
+    lengths = torch.tensor([5, 3, 4])
+    g = torch.Generator().manual_seed(9)
+    cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    targs = TruncationArgs(every=2)
+    refusal = path_refusal(path, hidden, batch, torch.float32)
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            _run_op([_cuda(a) for a in args], lengths, "tanh", False, targs, [_cuda(c) for c in cot], path=path)
+        return
+    cpu = _run_op(args, lengths, "tanh", False, targs, cot, backend="cpu")
+    gpu = _run_op([_cuda(a) for a in args], lengths, "tanh", False, targs, [_cuda(c) for c in cot], path=path)
+    torch.testing.assert_close(gpu[5].cpu(), cpu[5], rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
+    assert (gpu[5][3:, 1] == 0).all() and (gpu[5][4:, 2] == 0).all()  # past each length
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+@pytest.mark.parametrize("batch", [11, 130])
+def test_more_samples_than_a_chunk(batch, path):
+    """Many samples (several sample groups, chunks or waves), randomized truncation, relu,
+    reverse, float64, against the CPU op."""
+    steps, hidden = 5, 4
+    args = layer_args(steps, batch, 3, hidden, bias=True, hx=True)
+    lengths = torch.randint(0, steps + 1, (batch,), generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(4)
+    cot = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+           torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    targs = resolve_truncation(RandomTruncation(0.5, seed=8))
+    refusal = path_refusal(path, hidden, batch, torch.float64)
+    cuda_args, cuda_cot = [_cuda(a) for a in args], [_cuda(c) for c in cot]
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            _run_op(cuda_args, lengths, "relu", True, targs, cuda_cot, path=path)
+        return
+    cpu = _run_op(args, lengths, "relu", True, targs, cot, backend="cpu")
+    gpu = _run_op(cuda_args, lengths, "relu", True, targs, cuda_cot, path=path)
+    for a, b in zip(gpu, cpu):
+        if a.dtype == torch.bool:
+            assert torch.equal(a.cpu(), b)
+        else:
+            _close64(a.cpu(), b)
+
+
+def test_bidirectional_module_with_truncation_and_norms_matches_the_cpu_module():
+    """2-layer bidirectional, packed, randomized truncation, recorded norms: CUDA (planned
+    paths) vs the CPU module, float64."""
+    torch.manual_seed(0)
+    cpu_model = rnn_fused.RNN(5, 37, num_layers=2, bidirectional=True, truncation=RandomTruncation(0.8, seed=2),
+                              dtype=torch.float64)
+    gpu_model = rnn_fused.RNN(5, 37, num_layers=2, bidirectional=True, truncation=RandomTruncation(0.8, seed=2),
+                              dtype=torch.float64, device=DEVICE)
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_model.backend = BACKEND
+    x = torch.randn(9, 4, 5, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([9, 7, 7, 2]))
+
+    def run(model, device):
+        with rnn_fused.record_gradients(model) as record:
+            out, h_n = model(packed.to(device))
+        (out.data.square().sum() + h_n.sum()).backward()
+        return record, [p.grad for p in model.parameters()]
+
+    cpu_record, cpu_grads = run(cpu_model, "cpu")
+    gpu_record, gpu_grads = run(gpu_model, DEVICE)
+    for c, d in zip(cpu_grads, gpu_grads):
+        _close64(d.cpu(), c)
+    for name, value in cpu_record.parameter_sq_norms.items():
+        _close64(gpu_record.parameter_sq_norms[name].cpu(), value)
+
+
+# ---- a refused call leaves the device usable (issue 12) ----
+
+
+def _good_call_still_runs():
+    args = [_cuda(a) for a in layer_args(10, 2, 3, 4, dtype=torch.float32)]
+    ours, _ = gpu_layer(*args, torch.tensor([10, 4], device=DEVICE))
+    torch.cuda.synchronize()
+    reference, _ = reference_layer(*[a.double() for a in args], torch.tensor([10, 4], device=DEVICE))
+    stock, _ = reference_layer(*args, torch.tensor([10, 4], device=DEVICE))
+    assert_within_tolerance(reference, stock, ours, name="output after a refused call")
+
+
+@pytest.mark.parametrize("bad_lengths, message", [
+    ([15, 3], r"lengths\[0\] = 15 is outside \[0, 10\]"),
+    ([10, -1], r"lengths\[1\] = -1 is outside \[0, 10\]"),
+])
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+def test_bad_cuda_lengths_are_refused_on_the_host_and_the_device_still_runs(bad_lengths, message, path):
+    """An entry of a CUDA lengths tensor outside [0, T] is a ValueError before any kernel
+    runs; it used to trip a device-side check ('unspecified launch failure') and leave every
+    later CUDA call failing."""
+    args = [_cuda(a) for a in layer_args(10, 2, 3, 4, dtype=torch.float32)]
+    if path_refusal(path, 4, 2, torch.float32) is None:
+        with pytest.raises(ValueError, match=message):
+            gpu_layer(*args, torch.tensor(bad_lengths, device=DEVICE), path=path)
+        torch.cuda.synchronize()
+    _good_call_still_runs()
+
+
+def test_a_forced_path_that_cannot_run_is_refused_and_the_device_still_runs():
+    args = [_cuda(a) for a in layer_args(3, 2, 2, 300, dtype=torch.float32)]
+    with pytest.raises(ValueError, match=r"path 'block' cannot run hidden_size=300, batch_size=2 in float32 "
+                                         r"\(forward\) on this device: one CTA owns at most 256 hidden units"):
+        gpu_layer(*args, path="block")
+    torch.cuda.synchronize()
+    _good_call_still_runs()
+    if not clusters_supported():
+        with pytest.raises(ValueError, match="path 'cluster' cannot run .* compute capability 9.0"):
+            gpu_layer(*[_cuda(a) for a in layer_args(3, 2, 2, 8, dtype=torch.float32)], path="cluster")
+        _good_call_still_runs()
+    with pytest.raises(ValueError, match="path must be 'block', 'cluster', 'grid', 'stepwise' or None, got 'warp'"):
+        gpu_layer(*args, path="warp")
+    _good_call_still_runs()

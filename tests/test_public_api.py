@@ -8,6 +8,7 @@ import inspect
 import logging
 import pydoc
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,17 @@ def test_a_real_plan_can_be_logged(caplog, fresh_plan_log):
     plan = rnn_fused.plan(64, device="emulated")
     assert launch_plan.log_plan_once(plan, ("emulated", 64))
     assert plan.reason in caplog.records[-1].getMessage()
+
+
+def test_an_empty_cuda_batch_is_not_planned(monkeypatch, fresh_plan_log):
+    """B = 0 launches nothing; the planner would reject batch_size = 0, so rnn_layer on an
+    empty CUDA batch must not ask it (a stand-in for a CUDA tensor: only device and shape
+    are read before the plan)."""
+    planned = []
+    monkeypatch.setattr(launch_plan, "plan", lambda *args, **kwargs: planned.append(args) or _plan("block"))
+    empty = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32, shape=(3, 0, 2))
+    launch_plan.log_layer_plan(empty, 4, None)
+    assert planned == []
+    launch_plan.log_layer_plan(types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32,
+                                                     shape=(3, 1, 2)), 4, None)
+    assert planned == [(4, 1, torch.float32, torch.device("cuda"))]

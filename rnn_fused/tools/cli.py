@@ -1,9 +1,11 @@
-"""Command line: `python -m rnn_fused bench | check | demo` (installed as `rnn-fused`).
+"""Command line: `python -m rnn_fused bench | check | demo | gpu-check` (installed as `rnn-fused`).
 
-bench  rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (benchmark.py);
-       with --bptt, what truncation and recorded norms cost and save (bptt_benchmark.py)
-check  gradient agreement: gradcheck and parity under the tolerance rule (check.py)
-demo   the backpropagation-through-time experiments, as a Markdown report (demo.py)
+bench      rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (benchmark.py);
+           with --bptt, what truncation and recorded norms cost and save (bptt_benchmark.py)
+check      gradient agreement: gradcheck and parity under the tolerance rule (check.py)
+demo       the backpropagation-through-time experiments, as a Markdown report (demo.py)
+gpu-check  rnn_fused vs cuDNN with the planner's predicted and measured time per step and
+           every path forced (gpu_check.py); needs neither tqdm nor matplotlib
 
 Each prints a table, writes JSON and PNG figures to --out and shows progress on stderr.
 Exit status (docs/cli.md): 0 done; 1 a check failed; 2 a usage error (bad argument,
@@ -118,6 +120,22 @@ def _check(args: argparse.Namespace) -> int:
                      emulated=not args.no_emulated, quick=args.quick, out=args.out)
 
 
+def _gpu_check(args: argparse.Namespace) -> int:
+    if args.emulated:
+        if args.device is not None and args.device.type != "cpu":
+            raise UsageError(f"--emulated rehearses on the CPU; drop --device {args.device}")
+        device = torch.device("cpu")
+    else:
+        device = args.device or best_device()
+        if device.type != "cuda":
+            raise UsageError("gpu-check measures a CUDA device and none was chosen (torch.cuda.is_available() is "
+                             f"{torch.cuda.is_available()}); add --emulated to rehearse it on the CPU")
+    from . import gpu_check
+
+    return gpu_check.run(device=device, emulated=args.emulated, quick=args.quick, budget_s=args.budget_s,
+                         threads=args.threads, out=args.out)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -158,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
                     _check, "check_out", 2)
     check.add_argument("--no-emulated", action="store_true",
                        help="skip the rows of the CUDA kernels run by the SIMT emulator")
+
+    gpu = command("gpu-check", "rnn_fused vs cuDNN on a GPU, with the planner's predicted and the measured "
+                  "time per step, every recurrence path forced on a few shapes, and the cost model's constants "
+                  "measured (docs/gpu_check.md)", _gpu_check, "gpu_out", 2)
+    gpu.add_argument("--emulated", action="store_true",
+                     help="rehearse on the CPU: the CUDA kernels through the SIMT emulator at tiny sizes, nn.RNN "
+                          "on the CPU for cuDNN (the test suite's run; the numbers mean nothing)")
+    gpu.add_argument("--budget-s", type=positive_int, default=240,
+                     help="stop starting new rows after this many seconds (default 240); the rest are listed as "
+                          "skipped")
 
     # On the CPU with one thread: the demo's models are tiny, and more threads only add
     # synchronisation (and, on a busy machine, waiting for a core).

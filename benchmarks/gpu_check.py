@@ -1,0 +1,165 @@
+"""`make gpu-check`: the whole GPU check in one command, for a machine with an NVIDIA GPU and
+torch already installed (no venv, no downloads; docs/gpu_check.md).
+
+Stages, each run to its end (or its time limit) whatever the others did:
+  build      setup.py build_ext --inplace for this GPU's architecture only
+             (TORCH_CUDA_ARCH_LIST from torch.cuda.get_device_capability(), MAX_JOBS = cores,
+             RNN_FUSED_CUDA=1, RNN_FUSED_SELFTESTS=1)
+  tests      pytest on tests/test_cuda_gpu.py, test_simt.py and test_simt_cluster.py (the
+             emulator's self-test kernels also run on CUDA tensors there); the project's
+             pytest addopts are dropped, so pytest-benchmark need not be installed
+  benchmark  python -m rnn_fused gpu-check (rnn_fused/tools/gpu_check.py)
+Each stage's output goes to the terminal and to OUT/<stage>.log; OUT/stages.md and
+OUT/stages.json sum them up. Exit status 0 when every stage passed, else 1.
+
+This script imports torch but not rnn_fused (which is not built yet when it starts).
+
+Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 240]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_FILES = ("tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py")
+# Generous limits that still end the whole check within a 10-minute session if a stage hangs
+# (a kernel that never returns); on an H200 the stages take about 40 s, 30 s and 2-3 minutes.
+BUILD_TIMEOUT_S = 200
+TESTS_TIMEOUT_S = 120
+BENCHMARK_SLACK_S = 40  # beyond the benchmark's own budget: the rows under way, the report
+
+
+@dataclass
+class Stage:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # on top of the inherited environment
+    timeout_s: float = 600.0
+    # Filled in by run_stage:
+    status: str = "not run"  # "passed", "failed (exit status N)", "timed out after N s", "could not start: ..."
+    seconds: float = 0.0
+    last_line: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+def cuda_arch_list() -> tuple[str | None, str]:
+    """("9.0", description) for the visible GPU, or (None, why not)."""
+    try:
+        import torch
+    except ImportError as error:
+        return None, f"torch cannot be imported: {error}"
+    if not torch.cuda.is_available():
+        return None, "no CUDA device: torch.cuda.is_available() is False"
+    major, minor = torch.cuda.get_device_capability()
+    return f"{major}.{minor}", f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
+    """The three stages of the check. Without a GPU architecture the build is not attempted
+    (it would build CPU-only and the GPU tests would skip): the stage fails and says why."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    build = ([python, "setup.py", "-q", "build_ext", "--inplace"] if arch is not None
+             else [python, "-c", "import sys; sys.exit('build: no CUDA device, so no architecture to build for')"])
+    return [
+        Stage("build", build, {"TORCH_CUDA_ARCH_LIST": arch or "", "MAX_JOBS": str(cores()),
+                               "RNN_FUSED_CUDA": "1", "RNN_FUSED_SELFTESTS": "1"}, BUILD_TIMEOUT_S),
+        Stage("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-ra",
+                        f"--junitxml={os.path.join(out, 'tests.xml')}", *TEST_FILES],
+              {"PYTHONPATH": path}, TESTS_TIMEOUT_S),
+        Stage("benchmark", [python, "-m", "rnn_fused", "gpu-check", "--out", out, "--budget-s", str(int(budget_s))],
+              {"PYTHONPATH": path}, budget_s + BENCHMARK_SLACK_S),
+    ]
+
+
+def run_stage(stage: Stage, log_path: str, echo=sys.stdout) -> Stage:
+    """Runs one stage in its own process group, copying its output to `echo` and the log;
+    kills the group when the stage runs past its limit."""
+    start = time.perf_counter()
+    print(f"==> gpu-check stage {stage.name}: {' '.join(stage.argv)}", file=echo, flush=True)
+    with open(log_path, "w") as log:
+        try:
+            process = subprocess.Popen(stage.argv, cwd=ROOT, env={**os.environ, **stage.env}, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        except OSError as error:
+            stage.status = f"could not start: {error}"
+            stage.last_line = str(error)
+            log.write(stage.status + "\n")
+            return stage
+        last = [""]
+
+        def copy_output():
+            for line in process.stdout:
+                echo.write(line)
+                echo.flush()
+                log.write(line)
+                if line.strip():
+                    last[0] = line.strip()
+
+        reader = threading.Thread(target=copy_output, daemon=True)
+        reader.start()
+        try:
+            code = process.wait(timeout=stage.timeout_s)
+            stage.status = "passed" if code == 0 else f"failed (exit status {code})"
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the stage's own process group, started above
+            process.wait()
+            stage.status = f"timed out after {stage.timeout_s:.0f} s"
+        reader.join(timeout=10)
+        stage.last_line = last[0]
+    stage.seconds = time.perf_counter() - start
+    print(f"==> gpu-check stage {stage.name}: {stage.status} ({stage.seconds:.0f} s)", file=echo, flush=True)
+    return stage
+
+
+def summary(stages: list[Stage], device: str) -> str:
+    lines = [f"# gpu-check stages: {device}", "", "| stage | status | seconds | last line of output |",
+             "|---|---|---:|---|"]
+    for s in stages:
+        lines.append(f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.last_line.replace('|', '/')[:200]} |")
+    failed = [s.name for s in stages if not s.passed]
+    lines += ["", f"FAILED: {', '.join(failed)}" if failed else "All stages passed."]
+    return "\n".join(lines) + "\n"
+
+
+def run_stages(stages: list[Stage], out: str, device: str, echo=sys.stdout) -> int:
+    os.makedirs(out, exist_ok=True)
+    for stage in stages:
+        run_stage(stage, os.path.join(out, f"{stage.name}.log"), echo)
+    text = summary(stages, device)
+    with open(os.path.join(out, "stages.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "stages.json"), "w") as f:
+        json.dump({"device": device, "stages": [asdict(s) for s in stages]}, f, indent=2)
+    print(text, file=echo, flush=True)
+    return 0 if all(s.passed for s in stages) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu_out", help="output directory (default gpu_out)")
+    parser.add_argument("--budget-s", type=float, default=240, help="the benchmark's time budget (default 240)")
+    args = parser.parse_args(argv)
+    out = os.path.abspath(args.out)
+    arch, device = cuda_arch_list()
+    print(f"==> gpu-check on {device}; TORCH_CUDA_ARCH_LIST={arch}; MAX_JOBS={cores()}", flush=True)
+    return run_stages(gpu_check_stages(sys.executable, out, arch, args.budget_s), out, device)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,939 @@
+"""`rnn-fused gpu-check`: rnn_fused against cuDNN on one GPU, with the recurrence planner's
+predicted time per step beside the measured one, and every path forced on a few shapes: the
+data that recalibrates csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md).
+
+Three parts, in this order, each row written to --out as soon as it is measured (a run cut
+short still leaves its rows):
+1. the cost model's constants measured on this GPU (launch latency, L2 and HBM read
+   bandwidth, GEMM rates) beside the values the model holds;
+2. the shape table: rnn_fused.RNN vs nn.RNN on cuDNN (fp32 with TF32 off, and bf16), forward
+   and forward+backward, peak memory, relative error against a float64 cuDNN run, the path
+   the planner chose and its predicted microseconds per step, and the measured ones;
+3. the path table: for a subset of shapes, rnn_fused.rnn_layer with each path forced.
+
+Timing is benchmark.py's (CUDA events, medians; the two implementations alternate run by
+run). The measured time per step of the recurrence is the layer pass minus the same
+whole-sequence GEMMs the host layer runs around it (csrc/elman_gemms.h) timed alone,
+divided by T: an estimate by subtraction, documented as such in the report.
+
+--emulated rehearses everything on the CPU (CI has no GPU): the CUDA kernels run through
+the SIMT emulator (backend "emulated") on tiny shapes, nn.RNN on the CPU stands in for
+cuDNN, plans are the emulated device's and timing is the host clock. Only the numbers mean
+nothing there. matplotlib is optional: without it the figure is skipped (one line says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..functional import rnn_layer
+from ..launch_plan import PATHS, PathEstimate, plan, predicted_layer_us
+from ..modules import RNN
+from ..reference import reference_layer
+from .benchmark import (Timing, _benchmark_settings, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
+                        gemm_rate, median_seconds, paired_median_seconds)
+from .command_output import output_directory, write_json, write_text
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One configuration of the benchmark: sizes, layers, directions and dtype."""
+
+    steps: int
+    batch: int
+    input_size: int
+    hidden: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
+    long: bool = False  # few repeats and no float64 reference (a long sequence)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def single_layer(self) -> bool:
+        return self.layers == 1 and not self.bidirectional
+
+    def label(self) -> str:
+        text = f"{self.steps}, {self.batch}, {self.input_size}, {self.hidden}"
+        if self.layers > 1:
+            text += f", {self.layers} layers"
+        if self.bidirectional:
+            text += ", bidirectional"
+        return text if self.dtype == "float32" else f"{_short_dtype(self.dtype)}: {text}"
+
+
+def _short_dtype(name: str) -> str:
+    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}.get(name, name)
+
+
+# GPU_FACTS.md's table (H200, 2026-11-30), so that the numbers of the first kernels and these can be read side by side.
+FACTS_SHAPES = [
+    Shape(1000, 1, 64, 64), Shape(1000, 1, 256, 256), Shape(1000, 1, 1024, 1024),
+    Shape(1000, 8, 64, 64), Shape(1000, 8, 128, 128), Shape(1000, 8, 256, 256), Shape(1000, 8, 512, 512),
+    Shape(1000, 8, 1024, 1024),
+    Shape(1000, 32, 128, 128), Shape(1000, 32, 256, 256), Shape(1000, 32, 512, 512), Shape(1000, 32, 1024, 1024),
+    Shape(1000, 128, 256, 256), Shape(1000, 128, 1024, 1024),
+    Shape(1024, 16, 768, 768), Shape(100, 64, 512, 1024), Shape(100, 64, 2048, 2048),
+    Shape(500, 32, 256, 256, layers=2, bidirectional=True),
+    Shape(1000, 8, 256, 256, dtype="bfloat16"), Shape(1024, 16, 768, 768, dtype="bfloat16"),
+]
+# Shapes in no table of the project: odd sizes, a single input feature, three layers, odd
+# bidirectional layers (issue 11: "never below 1.0x at any shape ... checked independently").
+ODD_SHAPES = [
+    Shape(777, 3, 97, 333), Shape(64, 5, 1, 1000), Shape(300, 7, 50, 129, layers=3),
+    Shape(257, 33, 40, 200, layers=2, bidirectional=True),
+]
+# cuDNN refuses this one (CUDNN_STATUS_NOT_SUPPORTED on an H200; docs/long_sequences.md).
+LONG_SHAPE = Shape(100_000, 4, 256, 256, long=True)
+GPU_SHAPES = FACTS_SHAPES + ODD_SHAPES + [LONG_SHAPE]
+# Every path forced: small and large H and B, an odd shape, one beyond the chip.
+GPU_PATH_SHAPES = [
+    Shape(1000, 1, 64, 64), Shape(1000, 8, 64, 64), Shape(1000, 32, 128, 128), Shape(1000, 8, 256, 256),
+    Shape(1000, 128, 256, 256), Shape(1000, 32, 512, 512), Shape(1000, 8, 1024, 1024),
+    Shape(1000, 128, 1024, 1024), Shape(777, 3, 97, 333), Shape(100, 64, 2048, 2048),
+]
+GPU_QUICK_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333),
+                    Shape(500, 32, 256, 256, layers=2, bidirectional=True), Shape(1000, 8, 256, 256, dtype="bfloat16")]
+GPU_QUICK_PATH_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333)]
+# The CPU rehearsal: every kind of row, at sizes the emulator runs in seconds.
+EMULATED_SHAPES = [Shape(6, 2, 3, 5), Shape(5, 3, 2, 9, layers=2, bidirectional=True),
+                   Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
+EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
+# A small emulated GPU (the tests' choice): grids still span several CTAs.
+EMULATED_DEVICE = dict(sm_count=2)
+
+GPU_TIMING = Timing(min_repeats=7, min_seconds=0.3)
+LONG_TIMING = Timing(min_repeats=2, min_seconds=0.0)
+QUICK_TIMING = Timing(min_repeats=2, min_seconds=0.0)
+DEFAULT_BUDGET_S = 240
+
+
+@dataclass
+class Target:
+    """Where the check runs: a CUDA device, or the CPU rehearsal through the emulator."""
+
+    device: torch.device
+    emulated: bool
+
+    @property
+    def backend(self) -> str | None:
+        return "emulated" if self.emulated else None
+
+    @property
+    def plan_device(self) -> str | torch.device:
+        return "emulated" if self.emulated else self.device
+
+    @property
+    def baseline(self) -> str:
+        return "nn.RNN (CPU)" if self.emulated else "cuDNN"
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapeRow:
+    """rnn_fused.RNN vs nn.RNN at one shape. Times in ms; None where not measured (see note)."""
+
+    label: str
+    shape: dict
+    baseline_fwd_ms: float | None = None
+    ours_fwd_ms: float | None = None
+    baseline_fwd_bwd_ms: float | None = None
+    ours_fwd_bwd_ms: float | None = None
+    baseline_peak_mb: float | None = None
+    ours_peak_mb: float | None = None
+    baseline_rel_error: float | None = None
+    ours_rel_error: float | None = None
+    forward_path: str | None = None
+    backward_path: str | None = None
+    predicted_fwd_us_per_step: float | None = None
+    predicted_bwd_us_per_step: float | None = None
+    # Single-layer rows: (layer pass - the same whole-sequence GEMMs timed alone) / T.
+    measured_fwd_us_per_step: float | None = None
+    measured_bwd_us_per_step: float | None = None
+    # The cost model's whole-layer time (GEMMs included), summed over layers and directions.
+    predicted_fwd_ms: float | None = None
+    predicted_fwd_bwd_ms: float | None = None
+    note: str | None = None    # e.g. "cuDNN: not supported"
+    error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
+    skipped: str | None = None
+
+    @property
+    def fwd_ratio(self) -> float | None:
+        return _ratio(self.baseline_fwd_ms, self.ours_fwd_ms)
+
+    @property
+    def fwd_bwd_ratio(self) -> float | None:
+        return _ratio(self.baseline_fwd_bwd_ms, self.ours_fwd_bwd_ms)
+
+
+def _ratio(baseline: float | None, ours: float | None) -> float | None:
+    return None if baseline is None or ours is None or ours <= 0 else baseline / ours
+
+
+@dataclass
+class PathRow:
+    """One layer (rnn_fused.rnn_layer) with one path forced: the plan's launch shape and
+    prediction, and the measurement. forward_plan/backward_plan are the PathEstimate fields
+    (launch_plan.py) for the forward and the backward recurrence."""
+
+    label: str
+    shape: dict
+    path: str
+    planned_forward: bool = False   # the planner's own choice for this shape
+    planned_backward: bool = False
+    forward_plan: dict = field(default_factory=dict)
+    backward_plan: dict = field(default_factory=dict)
+    fwd_ms: float | None = None
+    fwd_bwd_ms: float | None = None
+    forward_gemms_ms: float | None = None   # the host layer's whole-sequence GEMMs alone
+    backward_gemms_ms: float | None = None
+    measured_fwd_us_per_step: float | None = None
+    measured_bwd_us_per_step: float | None = None
+    rel_error: float | None = None          # worst over output, h_n and the weight gradients vs float64
+    note: str | None = None                 # why the path was not run (the planner's limit)
+    error: str | None = None
+    skipped: str | None = None
+
+    @property
+    def predicted_fwd_us_per_step(self) -> float | None:
+        return self.forward_plan.get("predicted_us_per_step") if self.forward_plan.get("feasible") else None
+
+    @property
+    def predicted_bwd_us_per_step(self) -> float | None:
+        return self.backward_plan.get("predicted_us_per_step") if self.backward_plan.get("feasible") else None
+
+
+@dataclass
+class Probe:
+    """A constant of the cost model measured on this device."""
+
+    name: str
+    unit: str
+    measured: float
+    model_constant: str | None = None  # the field of cost::Constants it corresponds to
+    model_value: float | None = None
+    how: str = ""
+
+
+@dataclass
+class GpuCheckResult:
+    meta: dict
+    probes: list[Probe] = field(default_factory=list)
+    shape_rows: list[ShapeRow] = field(default_factory=list)
+    path_rows: list[PathRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{r.label}: {r.error}" for r in self.shape_rows if r.error] + \
+               [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error]
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def baseline_refusal(error: BaseException) -> str | None:
+    """'cuDNN: not supported' when `error` is cuDNN refusing a shape (CUDNN_STATUS_NOT_SUPPORTED),
+    else None: any other error is a real failure and must propagate."""
+    if isinstance(error, RuntimeError) and "CUDNN_STATUS_NOT_SUPPORTED" in str(error):
+        return "cuDNN: not supported"
+    return None
+
+
+def refused_by_baseline(run) -> str | None:
+    """Runs the baseline once: None if it ran, the refusal if cuDNN refused the shape."""
+    try:
+        run()
+    except RuntimeError as error:
+        refusal = baseline_refusal(error)
+        if refusal is None:
+            raise
+        return refusal
+    return None
+
+
+def build_modules(shape: Shape, target: Target, seed: int = 0):
+    """(stock nn.RNN, rnn_fused.RNN with the same weights, input [T,B,I], grad_out [T,B,D*H]).
+    W_hh is halved so that the dynamics contract: a chaotic RNN makes every float32 run
+    equally wrong, and the relative errors would measure nothing."""
+    torch.manual_seed(seed)
+    stock = nn.RNN(shape.input_size, shape.hidden, shape.layers, bidirectional=shape.bidirectional)
+    with torch.no_grad():
+        for name, parameter in stock.named_parameters():
+            if name.startswith("weight_hh"):
+                parameter.mul_(0.5)
+    stock = stock.to(target.device, shape.torch_dtype)
+    ours = RNN.from_torch(stock)
+    ours.backend = target.backend
+    directions = 2 if shape.bidirectional else 1
+    x = torch.randn(shape.steps, shape.batch, shape.input_size, device=target.device, dtype=shape.torch_dtype)
+    grad_out = torch.randn(shape.steps, shape.batch, directions * shape.hidden, device=target.device,
+                           dtype=shape.torch_dtype)
+    return stock, ours, x, grad_out
+
+
+def relative_error(results: list[Tensor], reference: list[Tensor]) -> float:
+    """Worst ||x - ref|| / ||ref|| over the results (absolute where ref is all zeros)."""
+    worst = 0.0
+    for got, want in zip(results, reference, strict=True):
+        want = want.detach().double()
+        difference = (got.detach().double() - want).norm().item()
+        norm = want.norm().item()
+        worst = max(worst, difference / norm if norm > 0 else difference)
+    return worst
+
+
+def module_results(module: nn.Module, x: Tensor, grad_out: Tensor, dtype: torch.dtype) -> list[Tensor]:
+    """[output, h_n, grad of x, grads of every parameter] of `module` run in dtype."""
+    module = copy.deepcopy(module).to(dtype)
+    leaf = x.detach().to(dtype).requires_grad_()
+    out, h_n = module(leaf)
+    grad_h_n = torch.ones_like(h_n)
+    params = list(module.parameters())
+    grads = torch.autograd.grad((out, h_n), [leaf, *params], (grad_out.to(dtype), grad_h_n))
+    return [out.detach(), h_n.detach(), *grads]
+
+
+def whole_sequence_work(shape: Shape, target: Target, backward: bool):
+    """A function that runs the ATen work the host layer (csrc/host_layer.cpp, elman_gemms.h)
+    does around one layer's recurrence, in the compute dtype: the input projection before the
+    forward; dz's allocation, dW_ih, the bias gradient and dW_hh's chunked sum of outer
+    products after the backward (no input gradient: the timed input needs none)."""
+    steps, batch, inputs, hidden = shape.steps, shape.batch, shape.input_size, shape.hidden
+    compute = torch.float64 if shape.torch_dtype == torch.float64 else torch.float32
+    options = dict(device=target.device, dtype=compute)
+    x2d = torch.randn(steps * batch, inputs, **options)
+    w_ih = torch.randn(hidden, inputs, **options)
+    bias_ih, bias_hh = torch.randn(hidden, **options), torch.randn(hidden, **options)
+    out2d = torch.empty(steps * batch, hidden, **options)
+    if not backward:
+        def forward_gemms():
+            torch.addmm(bias_ih + bias_hh, x2d, w_ih.t(), out=out2d)
+        return forward_gemms
+    outputs = torch.randn(steps, batch, hidden, **options)
+    chunks = max(1, round(math.sqrt(steps)))
+    per_chunk = -(-steps // chunks)
+
+    def backward_gemms():
+        dz = torch.zeros(steps, batch, hidden, **options)
+        dz2d = dz.view(steps * batch, hidden)
+        torch.mm(dz2d.t(), x2d)
+        dz2d.sum(0)
+        grad_w_hh = torch.zeros(hidden, hidden, **options)
+        for start in range(0, steps, per_chunk):
+            n = min(per_chunk, steps - start)
+            grad_w_hh.add_(torch.mm(dz[start:start + n].reshape(n * batch, hidden).t(),
+                                    outputs[start:start + n].reshape(n * batch, hidden)))
+    return backward_gemms
+
+
+def per_step_us(total_s: float | None, gemms_s: float | None, steps: int) -> float | None:
+    """(total - gemms) / steps in microseconds; None when either is missing."""
+    if total_s is None or gemms_s is None:
+        return None
+    return (total_s - gemms_s) * 1e6 / steps
+
+
+def estimate_fields(estimate: PathEstimate) -> dict:
+    """The PathEstimate fields of a plan or candidate (a LaunchPlan's candidates left out)."""
+    return {f.name: getattr(estimate, f.name) for f in dataclasses.fields(PathEstimate)}
+
+
+def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
+    """The cost model's time of the planned path, whole-sequence GEMMs included, summed over
+    the layers and directions (as if they ran one after the other)."""
+    directions = 2 if shape.bidirectional else 1
+    total_us = 0.0
+    for layer in range(shape.layers):
+        inputs = shape.input_size if layer == 0 else directions * shape.hidden
+        total_us += directions * predicted_layer_us("planned", shape.steps, shape.batch, inputs, shape.hidden,
+                                                    backward, shape.torch_dtype, target.plan_device)
+    return total_us / 1e3
+
+
+def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_error: bool) -> ShapeRow:
+    row = ShapeRow(shape.label(), dataclasses.asdict(shape))
+    stock, ours, x, grad_out = build_modules(shape, target)
+    dtype = shape.torch_dtype
+    forward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device)
+    backward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device, backward=True)
+    row.forward_path, row.backward_path = forward_plan.path, backward_plan.path
+    row.predicted_fwd_us_per_step = forward_plan.predicted_us_per_step
+    row.predicted_bwd_us_per_step = backward_plan.predicted_us_per_step
+    row.predicted_fwd_ms = predicted_model_ms(shape, target, False)
+    row.predicted_fwd_bwd_ms = row.predicted_fwd_ms + predicted_model_ms(shape, target, True)
+    seconds = {}
+    for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
+                        ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
+        refusal = refused_by_baseline(make(stock))
+        if refusal is None:
+            baseline_s, ours_s = paired_median_seconds(make(stock), make(ours), device=target.device,
+                                                       min_repeats=timing.min_repeats, min_seconds=timing.min_seconds)
+            setattr(row, f"baseline_{pass_}_ms", baseline_s * 1e3)
+        else:
+            row.note = refusal
+            ours_s = median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
+                                    min_seconds=timing.min_seconds, warmup=1)
+        setattr(row, f"ours_{pass_}_ms", ours_s * 1e3)
+        seconds[pass_] = ours_s
+    if shape.single_layer:
+        forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
+                                       min_repeats=timing.min_repeats, min_seconds=0)
+        backward_gemms = median_seconds(whole_sequence_work(shape, target, True), device=target.device,
+                                        min_repeats=timing.min_repeats, min_seconds=0)
+        row.measured_fwd_us_per_step = per_step_us(seconds["fwd"], forward_gemms, shape.steps)
+        row.measured_bwd_us_per_step = per_step_us(seconds["fwd_bwd"] - seconds["fwd"], backward_gemms, shape.steps)
+    if target.device.type == "cuda":
+        if row.note is None:
+            row.baseline_peak_mb = cuda_peak_memory_mb(stock, x, grad_out)
+        row.ours_peak_mb = cuda_peak_memory_mb(ours, x, grad_out)
+    if measure_error and dtype == torch.float32 and not shape.long:
+        reference = module_results(stock, x, grad_out, torch.float64)
+        row.baseline_rel_error = relative_error(module_results(stock, x, grad_out, dtype), reference)
+        row.ours_rel_error = relative_error(module_results(ours, x, grad_out, dtype), reference)
+    return row
+
+
+def layer_arguments(shape: Shape, target: Target):
+    """(input, weight_ih, weight_hh, bias_ih, bias_hh, grad_out) of one layer, W_hh scaled as in build_modules."""
+    stock, _, x, grad_out = build_modules(Shape(shape.steps, shape.batch, shape.input_size, shape.hidden,
+                                                dtype=shape.dtype), target)
+    weights = [p.detach() for p in (stock.weight_ih_l0, stock.weight_hh_l0, stock.bias_ih_l0, stock.bias_hh_l0)]
+    return x, weights, grad_out
+
+
+def layer_results(x: Tensor, weights: list[Tensor], grad_out: Tensor, layer, dtype: torch.dtype) -> list[Tensor]:
+    """[output, h_n, grads of the weights and biases] of `layer` (rnn_layer's signature) in dtype."""
+    leaves = [w.to(dtype).requires_grad_() for w in weights]
+    out, h_n = layer(x.to(dtype), None, *leaves)
+    grads = torch.autograd.grad((out, h_n), leaves, (grad_out.to(dtype), torch.ones_like(h_n)))
+    return [out.detach(), h_n.detach(), *grads]
+
+
+def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_error: bool, deadline: float,
+                      progress) -> list[PathRow]:
+    """One row per path at `shape` (one layer, float32): feasible paths forced and timed,
+    the others with the planner's limit as the note."""
+    dtype = shape.torch_dtype
+    forward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device)
+    backward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device, backward=True)
+    x, weights, grad_out = layer_arguments(shape, target)
+    leaves = [w.clone().requires_grad_() for w in weights]
+    forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
+                                   min_repeats=timing.min_repeats, min_seconds=0)
+    backward_gemms = median_seconds(whole_sequence_work(shape, target, True), device=target.device,
+                                    min_repeats=timing.min_repeats, min_seconds=0)
+    reference = (layer_results(x, weights, grad_out, reference_layer, torch.float64)
+                 if measure_error else None)
+    rows = []
+    for path in PATHS:
+        row = PathRow(shape.label(), dataclasses.asdict(shape), path,
+                      planned_forward=forward_plan.path == path, planned_backward=backward_plan.path == path,
+                      forward_plan=estimate_fields(forward_plan.candidate(path)),
+                      backward_plan=estimate_fields(backward_plan.candidate(path)),
+                      forward_gemms_ms=forward_gemms * 1e3, backward_gemms_ms=backward_gemms * 1e3)
+        rows.append(row)
+        if time.perf_counter() > deadline:
+            row.skipped = "over the time budget"
+            continue
+        if not row.forward_plan["feasible"] or not row.backward_plan["feasible"]:
+            limits = [f"{name}: {plan['reason']}" for name, plan in (("forward", row.forward_plan),
+                                                                     ("backward", row.backward_plan))
+                      if not plan["feasible"]]
+            row.note = "; ".join(limits)
+            if not row.forward_plan["feasible"]:
+                continue
+        try:
+            def layer(*args, path=path):
+                return rnn_layer(*args, backend=target.backend, path=path)
+
+            def forward():
+                with torch.no_grad():
+                    layer(x, None, *weights)
+
+            def forward_backward():
+                for leaf in leaves:
+                    leaf.grad = None
+                out, _ = layer(x, None, *leaves)
+                torch.autograd.backward(out, grad_out)
+
+            fwd_s = median_seconds(forward, device=target.device, min_repeats=timing.min_repeats,
+                                   min_seconds=timing.min_seconds)
+            row.fwd_ms = fwd_s * 1e3
+            row.measured_fwd_us_per_step = per_step_us(fwd_s, forward_gemms, shape.steps)
+            if row.backward_plan["feasible"]:
+                fwd_bwd_s = median_seconds(forward_backward, device=target.device, min_repeats=timing.min_repeats,
+                                           min_seconds=timing.min_seconds)
+                row.fwd_bwd_ms = fwd_bwd_s * 1e3
+                row.measured_bwd_us_per_step = per_step_us(fwd_bwd_s - fwd_s, backward_gemms, shape.steps)
+                if reference is not None:
+                    row.rel_error = relative_error(layer_results(x, weights, grad_out, layer, dtype), reference)
+        except Exception as error:  # recorded in the row and the exit status; the next path still runs
+            row.error = _one_line(error)
+            traceback.print_exc(file=sys.stderr)
+        progress(f"path {path} at {shape.label()}: " + _path_summary(row))
+    return rows
+
+
+def _path_summary(row: PathRow) -> str:
+    if row.error:
+        return f"ERROR {row.error}"
+    if row.fwd_ms is None:
+        return f"not run ({row.note})"
+    return (f"fwd {row.fwd_ms:.3f} ms (predicted {_num(row.predicted_fwd_us_per_step)} us/step, measured "
+            f"{_num(row.measured_fwd_us_per_step)}), fwd+bwd {_num(row.fwd_bwd_ms, 3)} ms")
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+# --- the cost model's constants on this device ------------------------------------------------
+
+COST_MODEL_HEADER = os.path.join("csrc", "cuda", "recurrence_cost_model.h")
+
+
+def model_constants(root: str | None = None) -> dict[str, float]:
+    """The plain numeric fields of cost::Constants (`double name = value;`), read from the
+    checkout's header; {} for an installed package without the sources."""
+    root = root if root is not None else _checkout_root()
+    path = os.path.join(root, COST_MODEL_HEADER)
+    if not os.path.isfile(path):
+        return {}
+    text = open(path).read()
+    block = text[text.find("struct Constants"):]
+    block = block[:block.find("\n};")]
+    return {name: float(value) for name, value in
+            re.findall(r"double\s+(\w+)\s*=\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*;", block)}
+
+
+def _checkout_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@dataclass(frozen=True)
+class ProbeSizes:
+    l2_bytes: int        # resident in L2 (H100/H200: 50 MB of L2)
+    memory_bytes: int    # far beyond L2: device memory bandwidth
+    gemm_size: int       # the square GEMM of the rate probe
+    launches: int
+
+
+GPU_PROBE_SIZES = ProbeSizes(l2_bytes=8 << 20, memory_bytes=1 << 30, gemm_size=4096, launches=2000)
+SMALL_PROBE_SIZES = ProbeSizes(l2_bytes=1 << 20, memory_bytes=16 << 20, gemm_size=256, launches=200)
+
+
+def _seconds_per_call(fn, target: Target, calls: int) -> float:
+    """The median over a few repeats of `calls` back-to-back calls, per call."""
+    def many():
+        for _ in range(calls):
+            fn()
+    return median_seconds(many, device=target.device, min_repeats=5, min_seconds=0) / calls
+
+
+def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
+    """Launch latency, L2 and device-memory read bandwidth, GEMM rates, each beside the model
+    constant it corresponds to (None where the model has none)."""
+    constants = model_constants()
+    sm_count = torch.cuda.get_device_properties(target.device).multi_processor_count \
+        if target.device.type == "cuda" else None
+    probes = []
+
+    def add(name, unit, measured, constant=None, how=""):
+        probes.append(Probe(name, unit, measured, constant, constants.get(constant) if constant else None, how))
+
+    one = torch.zeros(1, device=target.device)
+    add("launch", "us", _seconds_per_call(lambda: one.add_(1.0), target, sizes.launches) * 1e6, "launch_us",
+        f"{sizes.launches} one-element ATen ops back to back in a stream (what the stepwise path pays per launch)")
+    resident = torch.randn(sizes.l2_bytes // 4, device=target.device)
+    l2_s = _seconds_per_call(lambda: resident.sum(), target, 50)
+    l2_bytes_per_us = sizes.l2_bytes / (l2_s * 1e6)
+    add("L2 read bandwidth", "GB/s", l2_bytes_per_us / 1e3, None,
+        f"sum of a {sizes.l2_bytes >> 20} MB tensor, 50 times in a row (resident in L2 after the first)")
+    if sm_count is not None:
+        add("L2 read bandwidth per SM", "bytes/us", l2_bytes_per_us / sm_count, "l2_bytes_per_sm_per_us",
+            f"the above over {sm_count} SMs")
+    del resident
+    far = torch.randn(sizes.memory_bytes // 4, device=target.device)
+    memory_s = _seconds_per_call(lambda: far.sum(), target, 5)
+    add("device memory read bandwidth", "GB/s", sizes.memory_bytes / memory_s / 1e9, None,
+        f"sum of a {sizes.memory_bytes >> 20} MB tensor")
+    del far
+    add("square GEMM rate", "TFLOP/s", gemm_rate(target.device, size=sizes.gemm_size) / 1e12, None,
+        f"fp32 {sizes.gemm_size}^3 matrix product, TF32 off")
+    projection = Shape(1000, 8, 256, 256)
+    projection_s = median_seconds(whole_sequence_work(projection, target, False), device=target.device,
+                                  min_repeats=7, min_seconds=0)
+    flops = 2.0 * projection.steps * projection.batch * projection.input_size * projection.hidden
+    add("input projection GEMM rate", "TFLOP/s", flops / projection_s / 1e12, "gemm_tflops",
+        "[8000, 256] x [256, 256] + bias (T=1000, B=8, I=H=256), launch included; the model's value is fitted")
+    return probes
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if value != 0 and abs(value) < 10 ** -digits:
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _pair(a: str, b: str) -> str:
+    return f"{a} / {b}"
+
+
+def format_shape_table(rows: list[ShapeRow], baseline: str) -> str:
+    lines = [
+        f"| T, B, I, H | fwd {baseline} ms | fwd ours ms | fwd ratio | fwd+bwd {baseline} ms | fwd+bwd ours ms | "
+        f"fwd+bwd ratio | peak MB {baseline} / ours | rel. error {baseline} / ours | path fwd / bwd | "
+        "predicted µs/step fwd / bwd | measured µs/step fwd / bwd | predicted ms fwd / fwd+bwd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.skipped or (r.error and r.ours_fwd_ms is None):
+            lines.append(f"| {r.label} | {'skipped: ' + r.skipped if r.skipped else 'ERROR: ' + r.error} |"
+                         + " |" * 11)
+            continue
+        baseline_fwd = _num(r.baseline_fwd_ms) if r.baseline_fwd_ms is not None else (r.note or "–")
+        baseline_fwd_bwd = _num(r.baseline_fwd_bwd_ms) if r.baseline_fwd_bwd_ms is not None else (r.note or "–")
+        errors = ("–" if r.ours_rel_error is None
+                  else _pair(f"{r.baseline_rel_error:.1e}", f"{r.ours_rel_error:.1e}"))
+        lines.append(
+            f"| {r.label} | {baseline_fwd} | {_num(r.ours_fwd_ms)} | {_ratio_text(r.fwd_ratio)} | {baseline_fwd_bwd} | "
+            f"{_num(r.ours_fwd_bwd_ms)} | {_ratio_text(r.fwd_bwd_ratio)} | "
+            f"{_pair(_num(r.baseline_peak_mb, 0), _num(r.ours_peak_mb, 0))} | {errors} | "
+            f"{_pair(r.forward_path or '–', r.backward_path or '–')} | "
+            f"{_pair(_num(r.predicted_fwd_us_per_step), _num(r.predicted_bwd_us_per_step))} | "
+            f"{_pair(_num(r.measured_fwd_us_per_step), _num(r.measured_bwd_us_per_step))} | "
+            f"{_pair(_num(r.predicted_fwd_ms), _num(r.predicted_fwd_bwd_ms))} |"
+            + (f" ERROR: {r.error}" if r.error else ""))
+    return "\n".join(lines)
+
+
+def _launch_text(plan: dict) -> str:
+    if not plan.get("feasible"):
+        return "–"
+    if plan["path"] == "stepwise":
+        return f"per step: a GEMM and {plan['grid']}×{plan['block_threads']} epilogue"
+    text = f"{plan['grid']}×{plan['block_threads']}"
+    if plan["cluster"] > 1:
+        text += f", cluster {plan['cluster']}"
+    text += f", {plan['units_per_cta']} units/CTA, {plan['samples_per_group']} samples/group"
+    if plan["waves"] > 1:
+        text += f", {plan['waves']} waves"
+    return text
+
+
+def fastest_paths(rows: list[PathRow]) -> dict[tuple[str, str], str]:
+    """(shape label, 'fwd' | 'fwd_bwd') -> the path measured fastest there."""
+    best: dict[tuple[str, str], tuple[float, str]] = {}
+    for r in rows:
+        for pass_, ms in (("fwd", r.fwd_ms), ("fwd_bwd", r.fwd_bwd_ms)):
+            key = (r.label, pass_)
+            if ms is not None and (key not in best or ms < best[key][0]):
+                best[key] = (ms, r.path)
+    return {key: path for key, (_, path) in best.items()}
+
+
+def format_path_table(rows: list[PathRow]) -> str:
+    fastest = fastest_paths(rows)
+    lines = [
+        "| T, B, I, H | path | launch (forward) | predicted µs/step fwd / bwd | measured µs/step fwd / bwd | "
+        "fwd ms | fwd+bwd ms | rel. error | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        marks = []
+        if r.planned_forward or r.planned_backward:
+            marks.append("planned" + ("" if r.planned_forward and r.planned_backward
+                                      else " (fwd)" if r.planned_forward else " (bwd)"))
+        if fastest.get((r.label, "fwd")) == r.path:
+            marks.append("fastest fwd")
+        if fastest.get((r.label, "fwd_bwd")) == r.path:
+            marks.append("fastest fwd+bwd")
+        path = r.path + (f" ({', '.join(marks)})" if marks else "")
+        note = "; ".join(text for text in (r.skipped and f"skipped: {r.skipped}", r.error and f"ERROR: {r.error}",
+                                           r.note) if text)
+        lines.append(
+            f"| {r.label} | {path} | {_launch_text(r.forward_plan)} | "
+            f"{_pair(_num(r.predicted_fwd_us_per_step), _num(r.predicted_bwd_us_per_step))} | "
+            f"{_pair(_num(r.measured_fwd_us_per_step), _num(r.measured_bwd_us_per_step))} | "
+            f"{_num(r.fwd_ms, 3)} | {_num(r.fwd_bwd_ms, 3)} | "
+            f"{'–' if r.rel_error is None else f'{r.rel_error:.1e}'} | {note} |")
+    return "\n".join(lines)
+
+
+def format_probe_table(probes: list[Probe]) -> str:
+    lines = ["| quantity | measured | unit | model constant | model value | how |", "|---|---:|---|---|---:|---|"]
+    for p in probes:
+        lines.append(f"| {p.name} | {_num(p.measured)} | {p.unit} | {p.model_constant or '–'} | "
+                     f"{_num(p.model_value)} | {p.how} |")
+    return "\n".join(lines)
+
+
+def format_report(result: GpuCheckResult) -> str:
+    meta = result.meta
+    baseline = meta["baseline"]
+    lines = [
+        f"# rnn_fused gpu-check: {meta['device_name']}",
+        "",
+        f"{meta['date']}; torch {meta['torch']}, CUDA {meta['cuda']}, cuDNN {meta['cudnn']}; rnn_fused "
+        f"{meta['version']} at commit {meta['commit'] or 'unknown'}; {meta['elapsed_s']:.0f} s.",
+        "",
+        f"{meta['timing']}",
+        "",
+        "## rnn_fused vs " + baseline,
+        "",
+        f"ratio = {baseline} time / rnn_fused time (> 1: rnn_fused faster). Relative error = worst "
+        "‖x − ref‖/‖ref‖ over output, h_n and every gradient against a float64 run of " + baseline +
+        " (W_hh halved so the dynamics contract); fp32 rows only. Path and predicted µs/step: "
+        "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
+        "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
+        "by subtraction. Predicted ms: the cost model's layer time (GEMMs included), summed over layers and "
+        "directions.",
+        "",
+        format_shape_table(result.shape_rows, baseline),
+        "",
+        "## Every path forced (one layer, fp32)",
+        "",
+        "`rnn_layer(..., path=p)`. A path the planner rules out for the shape is not run; the note "
+        "says why. 'planned' marks the planner's choice, 'fastest' the fastest measured path.",
+        "",
+        format_path_table(result.path_rows),
+        "",
+        "## Cost-model constants measured on this device",
+        "",
+        "Model values from csrc/cuda/recurrence_cost_model.h (measured on an H200, 2026-11-30, or fitted).",
+        "",
+        format_probe_table(result.probes),
+    ]
+    if result.notes or result.failures:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in result.notes]
+        lines += [f"- FAILED: {failure}" for failure in result.failures]
+    return "\n".join(lines)
+
+
+def result_as_json(result: GpuCheckResult) -> dict:
+    def row_json(row, derived: tuple[str, ...]) -> dict:
+        return {**dataclasses.asdict(row), **{name: getattr(row, name) for name in derived}}
+
+    return {
+        "meta": result.meta,
+        "probes": [dataclasses.asdict(p) for p in result.probes],
+        "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio")) for r in result.shape_rows],
+        "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
+                      for r in result.path_rows],
+        "notes": result.notes,
+        "failures": result.failures,
+    }
+
+
+def plot(result: GpuCheckResult, ax_ratios, ax_paths) -> None:
+    """Left: the ratio per shape (log scale) with the break-even line. Right: predicted vs
+    measured µs per step of every forced path (log-log) with the line of perfect prediction."""
+    rows = [r for r in result.shape_rows if r.ours_fwd_ms is not None]
+    width = 0.4
+    for offset, name, attr in ((-width / 2, "fwd", "fwd_ratio"), (width / 2, "fwd+bwd", "fwd_bwd_ratio")):
+        points = [(i + offset, getattr(r, attr)) for i, r in enumerate(rows) if getattr(r, attr) is not None]
+        if points:
+            ax_ratios.bar([p[0] for p in points], [p[1] for p in points], width, label=name)
+    ax_ratios.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax_ratios.set_yscale("log")
+    ax_ratios.set_xticks(range(len(rows)), [r.label for r in rows], fontsize=6, rotation=60, ha="right")
+    ax_ratios.set_ylabel(f"{result.meta['baseline']} time / rnn_fused time")
+    ax_ratios.set_title("> 1: rnn_fused faster")
+    ax_ratios.legend(fontsize=8)
+    markers = {"fwd": "o", "bwd": "s"}
+    low, high = math.inf, 0.0
+    for path in PATHS:
+        for pass_ in ("fwd", "bwd"):
+            pairs = [(getattr(r, f"predicted_{pass_}_us_per_step"), getattr(r, f"measured_{pass_}_us_per_step"))
+                     for r in result.path_rows if r.path == path]
+            pairs = [(p, m) for p, m in pairs if p is not None and m is not None and p > 0 and m > 0]
+            if pairs:
+                ax_paths.scatter([p for p, _ in pairs], [m for _, m in pairs], marker=markers[pass_],
+                                 label=f"{path} {pass_}", alpha=0.8)
+                low = min(low, *(min(pair) for pair in pairs))
+                high = max(high, *(max(pair) for pair in pairs))
+    if high > 0:
+        ax_paths.plot([low / 2, high * 2], [low / 2, high * 2], color="black", linewidth=0.8, linestyle="--")
+        ax_paths.set_xscale("log")
+        ax_paths.set_yscale("log")
+        ax_paths.legend(fontsize=7)
+    ax_paths.set_xlabel("predicted µs per step")
+    ax_paths.set_ylabel("measured µs per step (pass − GEMMs) / T")
+    ax_paths.set_title("cost model vs measurement, every path forced")
+
+
+def write_figure(result: GpuCheckResult, out: str) -> str | None:
+    """gpu_check.png, or None with one line on stderr when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        message = "matplotlib is not installed: gpu_check.png skipped (pip install matplotlib to draw it)"
+        print(f"rnn-fused gpu-check: {message}", file=sys.stderr)
+        result.notes.append(message)
+        return None
+    matplotlib.use("Agg")
+    from .command_output import figure, save_figure
+
+    fig, (ax_ratios, ax_paths) = figure(ncols=2, width=8.0, height=5.5)
+    plot(result, ax_ratios, ax_paths)
+    return save_figure(fig, out, "gpu_check.png")
+
+
+def write_outputs(result: GpuCheckResult, out: str) -> None:
+    write_text(out, "gpu_check.md", format_report(result))
+    write_json(out, "gpu_check.json", result_as_json(result))
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _commit() -> str | None:
+    try:
+        found = subprocess.run(["git", "-C", _checkout_root(), "rev-parse", "--short", "HEAD"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() or None
+
+
+def describe(target: Target, timing: Timing, budget_s: float) -> dict:
+    if target.emulated:
+        name = "SIMT emulator on the CPU (rehearsal: the numbers mean nothing)"
+    else:
+        props = torch.cuda.get_device_properties(target.device)
+        name = f"{props.name} ({props.multi_processor_count} SMs, compute capability {props.major}.{props.minor})"
+    clock = "the host clock" if target.device.type == "cpu" else "CUDA events"
+    return {
+        "device_name": name, "emulated": target.emulated, "baseline": target.baseline,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "version": __version__, "commit": _commit(), "budget_s": budget_s, "elapsed_s": 0.0,
+        "model_constants": model_constants(),
+        "timing": (f"fp32 with TF32 off (and bf16 rows); medians of at least {timing.min_repeats} runs and "
+                   f"{timing.min_seconds} s timed with {clock} (long rows: {LONG_TIMING.min_repeats} runs), "
+                   f"after warm-up; {target.baseline} and rnn_fused alternate run by run."),
+    }
+
+
+@contextlib.contextmanager
+def _on_target(target: Target, threads: int):
+    with _benchmark_settings(target.device, threads):
+        if not target.emulated:
+            yield
+            return
+        from .. import simt
+
+        with simt.emulated_device(**EMULATED_DEVICE):
+            yield
+
+
+def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, timing: Timing, long_timing: Timing,
+            probe_sizes: ProbeSizes, budget_s: float, threads: int, out: str, measure_error: bool = True,
+            progress=None) -> GpuCheckResult:
+    """Every part of the check; the outputs are rewritten after each row."""
+    start = time.perf_counter()
+    deadline = start + budget_s
+
+    def log(message: str) -> None:
+        text = f"[gpu-check {time.perf_counter() - start:6.1f} s] {message}"
+        (progress or (lambda line: print(line, file=sys.stderr, flush=True)))(text)
+
+    result = GpuCheckResult(describe(target, timing, budget_s))
+
+    def save() -> None:
+        result.meta["elapsed_s"] = time.perf_counter() - start
+        write_outputs(result, out)
+
+    with _on_target(target, threads):
+        log("measuring the cost model's constants")
+        try:
+            result.probes = measure_probes(target, probe_sizes)
+        except Exception as error:  # noted, and the run goes on: the probes are the optional part
+            result.notes.append(f"the constant probes failed: {_one_line(error)}")
+            traceback.print_exc(file=sys.stderr)
+        save()
+        for index, shape in enumerate(shapes):
+            if time.perf_counter() > deadline:
+                result.shape_rows.append(ShapeRow(shape.label(), dataclasses.asdict(shape),
+                                                  skipped="over the time budget"))
+                continue
+            try:
+                row = measure_shape_row(shape, target, long_timing if shape.long else timing, measure_error)
+            except Exception as error:  # recorded in the row and the exit status; the next row still runs
+                row = ShapeRow(shape.label(), dataclasses.asdict(shape), error=_one_line(error))
+                traceback.print_exc(file=sys.stderr)
+            result.shape_rows.append(row)
+            log(f"shape {index + 1}/{len(shapes)} {shape.label()}: "
+                + (f"ERROR {row.error}" if row.error else
+                   f"fwd {_ratio_text(row.fwd_ratio)}x, fwd+bwd {_ratio_text(row.fwd_bwd_ratio)}x "
+                   f"({row.note or 'paths ' + str(row.forward_path) + '/' + str(row.backward_path)})"))
+            save()
+        for shape in path_shapes:
+            try:
+                result.path_rows += measure_path_rows(shape, target, timing, measure_error, deadline, log)
+            except Exception as error:
+                result.path_rows.append(PathRow(shape.label(), dataclasses.asdict(shape), "all",
+                                                error=_one_line(error)))
+                traceback.print_exc(file=sys.stderr)
+            save()
+    skipped = sum(1 for r in [*result.shape_rows, *result.path_rows] if r.skipped)
+    if skipped:
+        result.notes.append(f"{skipped} rows skipped: the run went over its time budget of {budget_s:.0f} s")
+    save()
+    return result
+
+
+def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, threads: int, out: str) -> int:
+    """`rnn-fused gpu-check`: measure, print the report, write gpu_check.{md,json,png}. Exit
+    status 1 when a row failed unexpectedly (the report lists it), else 0."""
+    output_directory(out)
+    target = Target(device, emulated)
+    if emulated:
+        shapes, path_shapes, timing, long_timing, sizes = (EMULATED_SHAPES, EMULATED_PATH_SHAPES, QUICK_TIMING,
+                                                           QUICK_TIMING, SMALL_PROBE_SIZES)
+    elif quick:
+        shapes, path_shapes, timing, long_timing, sizes = (GPU_QUICK_SHAPES, GPU_QUICK_PATH_SHAPES, QUICK_TIMING,
+                                                           LONG_TIMING, SMALL_PROBE_SIZES)
+    else:
+        shapes, path_shapes, timing, long_timing, sizes = (GPU_SHAPES, GPU_PATH_SHAPES, GPU_TIMING, LONG_TIMING,
+                                                           GPU_PROBE_SIZES)
+    result = measure(target, shapes, path_shapes, timing=timing, long_timing=long_timing, probe_sizes=sizes,
+                     budget_s=budget_s, threads=threads, out=out)
+    write_figure(result, out)
+    write_outputs(result, out)
+    print(format_report(result))
+    for failure in result.failures:
+        print(f"rnn-fused gpu-check: FAILED {failure}", file=sys.stderr)
+    return 1 if result.failures else 0

@@ -1,0 +1,414 @@
+"""`rnn-fused gpu-check` and `make gpu-check` without a GPU.
+
+The benchmark's whole code path (plan queries, every path forced, the cost-model probes, the
+tables, JSON and figure) runs here through --emulated: the CUDA kernels on CPU tensors by the
+SIMT emulator at tiny sizes, nn.RNN on the CPU in cuDNN's place. The report's formatting is
+checked on synthetic rows, and the stage runner of `make gpu-check` (benchmarks/gpu_check.py)
+on stand-in stages: it keeps going after a failed or hung stage and fails at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnn_fused.launch_plan import PATHS
+from rnn_fused.tools import gpu_check
+from rnn_fused.tools.cli import main
+from rnn_fused.tools.gpu_check import (EMULATED_PATH_SHAPES, EMULATED_SHAPES, GpuCheckResult, PathRow, Probe,
+                                       Shape, ShapeRow, baseline_refusal, format_path_table, format_report,
+                                       format_shape_table, refused_by_baseline, result_as_json)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Float32 against float64 on these small, contracting shapes: about 1e-7. A wrong step, index
+# or mask is of order 1.
+FLOAT32_RELATIVE_ERROR = 1e-5
+
+
+def _load_stage_runner():
+    spec = importlib.util.spec_from_file_location("gpu_check_stages", os.path.join(REPO, "benchmarks", "gpu_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+stages = _load_stage_runner()
+
+
+# --- the emulated rehearsal, end to end -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_out")
+    code = main(["gpu-check", "--emulated", "--out", str(out)])
+    report = json.loads((out / "gpu_check.json").read_text())
+    return code, out, report
+
+
+def test_rehearsal_succeeds_and_writes_report_json_and_figure(rehearsal):
+    code, out, report = rehearsal
+    assert code == 0 and report["failures"] == []
+    text = (out / "gpu_check.md").read_text()
+    for heading in ("## rnn_fused vs nn.RNN (CPU)", "## Every path forced", "## Cost-model constants"):
+        assert heading in text
+    assert (out / "gpu_check.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert report["meta"]["emulated"] and report["meta"]["baseline"] == "nn.RNN (CPU)"
+
+
+def test_rehearsal_measures_every_shape_row(rehearsal):
+    _, _, report = rehearsal
+    rows = report["shape_rows"]
+    assert [r["label"] for r in rows] == [s.label() for s in EMULATED_SHAPES]
+    for row, shape in zip(rows, EMULATED_SHAPES):
+        assert row["error"] is None and row["skipped"] is None, row
+        for name in ("baseline_fwd_ms", "ours_fwd_ms", "baseline_fwd_bwd_ms", "ours_fwd_bwd_ms"):
+            assert row[name] > 0, (row["label"], name)
+        assert row["fwd_ratio"] == pytest.approx(row["baseline_fwd_ms"] / row["ours_fwd_ms"])
+        assert row["forward_path"] in PATHS and row["backward_path"] in PATHS
+        assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
+        # The recurrence per step is estimated for single-layer rows only.
+        assert (row["measured_fwd_us_per_step"] is not None) == shape.single_layer
+        if shape.dtype == "float32" and not shape.long:
+            assert 0 < row["ours_rel_error"] < FLOAT32_RELATIVE_ERROR
+            assert 0 < row["baseline_rel_error"] < FLOAT32_RELATIVE_ERROR
+        else:
+            assert row["ours_rel_error"] is None
+        # Peak memory comes from the CUDA caching allocator: none on the CPU.
+        assert row["ours_peak_mb"] is None
+
+
+def test_rehearsal_forces_every_path(rehearsal):
+    _, _, report = rehearsal
+    rows = report["path_rows"]
+    assert [(r["label"], r["path"]) for r in rows] == [(s.label(), p) for s in EMULATED_PATH_SHAPES for p in PATHS]
+    for shape in EMULATED_PATH_SHAPES:
+        mine = [r for r in rows if r["label"] == shape.label()]
+        assert sum(r["planned_forward"] for r in mine) == 1 and sum(r["planned_backward"] for r in mine) == 1
+    for row in rows:
+        assert row["error"] is None, row
+        plan = row["forward_plan"]
+        assert plan["path"] == row["path"] and {"grid", "block_threads", "cluster", "units_per_cta",
+                                                "samples_per_group", "waves", "shared_mem_bytes"} <= plan.keys()
+        if plan["feasible"]:
+            assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 and row["predicted_fwd_us_per_step"] > 0
+            assert row["measured_fwd_us_per_step"] is not None and row["forward_gemms_ms"] > 0
+            assert row["rel_error"] < FLOAT32_RELATIVE_ERROR
+        else:
+            assert row["fwd_ms"] is None and row["note"]
+    # On the emulated H100-like device every path runs these shapes.
+    assert all(r["forward_plan"]["feasible"] for r in rows)
+
+
+def test_rehearsal_probes_the_model_constants(rehearsal):
+    _, _, report = rehearsal
+    probes = {p["name"]: p for p in report["probes"]}
+    assert {"launch", "L2 read bandwidth", "device memory read bandwidth", "square GEMM rate",
+            "input projection GEMM rate"} <= probes.keys()
+    assert all(p["measured"] > 0 for p in probes.values())
+    # The model's values come from the checkout's header.
+    assert probes["launch"]["model_constant"] == "launch_us" and probes["launch"]["model_value"] == 5.0
+    assert probes["input projection GEMM rate"]["model_value"] == 40.0
+
+
+def test_model_constants_are_read_from_the_header():
+    constants = gpu_check.model_constants()
+    assert constants["grid_barrier_us"] == 0.97 and constants["l2_bytes_per_sm_per_us"] == 75e3
+    assert "cluster_barrier_us" not in constants  # an array, not a plain number
+    assert gpu_check.model_constants(root="/nonexistent") == {}
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_without_a_gpu_it_is_a_usage_error_that_names_the_rehearsal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["gpu-check", "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "gpu-check measures a CUDA device" in captured.err and "--emulated" in captured.err
+    assert main(["gpu-check", "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_emulated_with_a_cuda_device_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())  # the CLI enters it
+    assert main(["gpu-check", "--emulated", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--emulated rehearses on the CPU; drop --device cuda" in capsys.readouterr().err
+
+
+def test_unusable_out_is_a_usage_error(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["gpu-check", "--emulated", "--out", str(a_file)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+
+
+def _synthetic_result() -> GpuCheckResult:
+    meta = gpu_check.describe(gpu_check.Target(torch.device("cpu"), True), gpu_check.QUICK_TIMING, 10)
+    result = GpuCheckResult(meta)
+    result.shape_rows = [_shape_row()]
+    result.path_rows = _path_rows()
+    result.probes = [Probe("launch", "us", 4.2, "launch_us", 5.0, "back to back")]
+    return result
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, capsys, monkeypatch):
+    """The GPU machine may have neither: the report and JSON are written, the figure is
+    skipped with one line, and the exit status stays 0."""
+    for name in ("tqdm", "matplotlib"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+    result = _synthetic_result()
+    result.path_rows = [r for r in result.path_rows if r.error is None]
+    monkeypatch.setattr(gpu_check, "measure", lambda *args, **kwargs: result)
+    assert main(["gpu-check", "--emulated", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if "matplotlib" in line]
+    assert skipped == ["rnn-fused gpu-check: matplotlib is not installed: gpu_check.png skipped "
+                       "(pip install matplotlib to draw it)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert "gpu_check.png skipped" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_failing_row_is_recorded_the_rest_still_run_and_the_exit_status_is_1(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def measure_shape_row(shape, *args):
+        calls.append(shape)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: unspecified launch failure\nmore")
+        return _shape_row()
+
+    monkeypatch.setattr(gpu_check, "measure_probes", lambda *args: [])
+    monkeypatch.setattr(gpu_check, "measure_shape_row", measure_shape_row)
+    monkeypatch.setattr(gpu_check, "measure_path_rows", lambda *args: [])
+    assert main(["gpu-check", "--emulated", "--out", str(tmp_path)]) == 1
+    assert calls == EMULATED_SHAPES
+    err = capsys.readouterr().err
+    assert f"rnn-fused gpu-check: FAILED {EMULATED_SHAPES[0].label()}: RuntimeError: CUDA error: unspecified launch " \
+           "failure" in err
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["shape_rows"][0]["error"] == "RuntimeError: CUDA error: unspecified launch failure"
+    assert "ERROR: RuntimeError" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_rows_past_the_budget_are_listed_as_skipped(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "measure_probes", lambda *args: [])
+    target = gpu_check.Target(torch.device("cpu"), True)
+    result = gpu_check.measure(target, EMULATED_SHAPES, EMULATED_PATH_SHAPES[:1], timing=gpu_check.QUICK_TIMING,
+                               long_timing=gpu_check.QUICK_TIMING, probe_sizes=gpu_check.SMALL_PROBE_SIZES,
+                               budget_s=0, threads=1, out=str(tmp_path), progress=lambda line: None)
+    assert all(r.skipped == "over the time budget" for r in result.shape_rows + result.path_rows)
+    assert len(result.path_rows) == len(PATHS) and not result.failures
+    assert f"{len(EMULATED_SHAPES) + len(PATHS)} rows skipped" in result.notes[0]
+
+
+# --- cuDNN's refusal ----------------------------------------------------------------------------
+
+
+def test_only_cudnns_not_supported_counts_as_a_refusal():
+    refused = RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED. This error may appear if you passed in a "
+                           "non-contiguous input.")
+    assert baseline_refusal(refused) == "cuDNN: not supported"
+    assert baseline_refusal(RuntimeError("CUDA out of memory")) is None
+    assert baseline_refusal(ValueError("CUDNN_STATUS_NOT_SUPPORTED")) is None
+
+    def refuse():
+        raise refused
+
+    def break_():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    assert refused_by_baseline(refuse) == "cuDNN: not supported"
+    assert refused_by_baseline(lambda: None) is None
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        refused_by_baseline(break_)
+
+
+def test_a_refused_baseline_still_times_rnn_fused(monkeypatch):
+    """The long row's code path: the baseline refuses, rnn_fused alone is timed and the row
+    says why the baseline columns are empty."""
+    original = gpu_check.build_modules
+
+    def build_with_a_refusing_baseline(shape, target, seed=0):
+        stock, ours, x, grad_out = original(shape, target, seed)
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+        monkeypatch.setattr(stock, "forward", refuse)
+        return stock, ours, x, grad_out
+
+    monkeypatch.setattr(gpu_check, "build_modules", build_with_a_refusing_baseline)
+    target = gpu_check.Target(torch.device("cpu"), True)
+    from rnn_fused import simt
+
+    with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
+        row = gpu_check.measure_shape_row(Shape(30, 2, 3, 4, long=True), target, gpu_check.QUICK_TIMING, True)
+    assert row.note == "cuDNN: not supported"
+    assert row.baseline_fwd_ms is None and row.baseline_fwd_bwd_ms is None and row.fwd_ratio is None
+    assert row.ours_fwd_ms > 0 and row.ours_fwd_bwd_ms > 0 and row.ours_rel_error is None
+    line = format_shape_table([row], "cuDNN").splitlines()[2]
+    assert line.startswith("| 30, 2, 3, 4 | cuDNN: not supported | ") and "| – |" in line
+
+
+# --- formatting on synthetic rows -----------------------------------------------------------------
+
+
+def _shape_row(**changes) -> ShapeRow:
+    row = ShapeRow("1000, 8, 256, 256", dataclasses.asdict(Shape(1000, 8, 256, 256)), baseline_fwd_ms=1.78,
+                   ours_fwd_ms=0.89, baseline_fwd_bwd_ms=3.96, ours_fwd_bwd_ms=4.4, baseline_peak_mb=150.0,
+                   ours_peak_mb=32.4, baseline_rel_error=6.0e-6, ours_rel_error=3.4e-7, forward_path="cluster",
+                   backward_path="grid", predicted_fwd_us_per_step=0.61, predicted_bwd_us_per_step=1.7,
+                   measured_fwd_us_per_step=0.7, measured_bwd_us_per_step=2.25, predicted_fwd_ms=0.8,
+                   predicted_fwd_bwd_ms=2.9)
+    return dataclasses.replace(row, **changes)
+
+
+def _plan(path: str, feasible: bool = True, **changes) -> dict:
+    plan = dict(path=path, feasible=feasible, samples_per_group=8, groups=1, ctas_per_group=4, units_per_cta=64,
+                grid=4, block_threads=256, cluster=4 if path == "cluster" else 1, shared_mem_bytes=65536,
+                blocks_per_sm=1, waves=1, predicted_us_per_step=0.61, reason="a reason")
+    plan.update(changes)
+    return plan
+
+
+def _path_rows() -> list[PathRow]:
+    label, shape = "1000, 8, 256, 256", dataclasses.asdict(Shape(1000, 8, 256, 256))
+    return [
+        PathRow(label, shape, "block", forward_plan=_plan("block", False, reason="one CTA owns at most 256 units"),
+                backward_plan=_plan("block", False, reason="one CTA owns at most 256 units"),
+                note="forward: one CTA owns at most 256 units"),
+        PathRow(label, shape, "cluster", planned_forward=True, forward_plan=_plan("cluster"),
+                backward_plan=_plan("cluster", predicted_us_per_step=0.9), fwd_ms=0.9, fwd_bwd_ms=4.0,
+                measured_fwd_us_per_step=0.7, measured_bwd_us_per_step=2.5, rel_error=3e-7),
+        PathRow(label, shape, "grid", planned_backward=True, forward_plan=_plan("grid", predicted_us_per_step=1.3),
+                backward_plan=_plan("grid", predicted_us_per_step=1.7), fwd_ms=1.5, fwd_bwd_ms=3.8,
+                measured_fwd_us_per_step=1.4, measured_bwd_us_per_step=2.0, rel_error=3e-7),
+        PathRow(label, shape, "stepwise", forward_plan=_plan("stepwise", grid=8, predicted_us_per_step=10.0),
+                backward_plan=_plan("stepwise", predicted_us_per_step=10.0), error="RuntimeError: broke"),
+    ]
+
+
+def test_shape_table_rows():
+    rows = [_shape_row(),
+            _shape_row(label="100000, 4, 256, 256", baseline_fwd_ms=None, baseline_fwd_bwd_ms=None,
+                       baseline_peak_mb=None, baseline_rel_error=None, ours_rel_error=None,
+                       note="cuDNN: not supported", measured_fwd_us_per_step=-0.004),
+            ShapeRow("1000, 1, 64, 64", {}, skipped="over the time budget"),
+            ShapeRow("64, 5, 1, 1000", {}, error="RuntimeError: broke")]
+    header, rule, full, refused, skipped, failed = format_shape_table(rows, "cuDNN").splitlines()
+    assert header.count("|") == rule.count("|") == full.count("|") == 14
+    assert full == ("| 1000, 8, 256, 256 | 1.78 | 0.89 | 2.00 | 3.96 | 4.40 | 0.90 | 150 / 32 | 6.0e-06 / 3.4e-07 | "
+                    "cluster / grid | 0.61 / 1.70 | 0.70 / 2.25 | 0.80 / 2.90 |")
+    assert refused.startswith("| 100000, 4, 256, 256 | cuDNN: not supported | 0.89 | – | cuDNN: not supported | "
+                              "4.40 | – | – / 32 | – |")
+    assert "| -4.0e-03 / 2.25 |" in refused  # a negative estimate is shown, not hidden
+    assert skipped.startswith("| 1000, 1, 64, 64 | skipped: over the time budget |") and skipped.count("|") == 14
+    assert failed.startswith("| 64, 5, 1, 1000 | ERROR: RuntimeError: broke |")
+
+
+def test_path_table_marks_the_planned_and_the_fastest_path():
+    lines = format_path_table(_path_rows()).splitlines()
+    block, cluster, grid, stepwise = lines[2:]
+    assert block == ("| 1000, 8, 256, 256 | block | – | – / – | – / – | – | – | – | "
+                     "forward: one CTA owns at most 256 units |")
+    assert cluster.startswith("| 1000, 8, 256, 256 | cluster (planned (fwd), fastest fwd) | 4×256, cluster 4, "
+                              "64 units/CTA, 8 samples/group | 0.61 / 0.90 | 0.70 / 2.50 | 0.900 | 4.000 | 3.0e-07 |")
+    assert grid.startswith("| 1000, 8, 256, 256 | grid (planned (bwd), fastest fwd+bwd) |")
+    assert "per step: a GEMM and 8×256 epilogue" in stepwise and "ERROR: RuntimeError: broke" in stepwise
+
+
+def test_report_and_json_carry_every_row_and_the_failures():
+    result = _synthetic_result()
+    text = format_report(result)
+    assert "| launch | 4.20 | us | launch_us | 5.00 | back to back |" in text
+    assert "FAILED: 1000, 8, 256, 256 path stepwise: RuntimeError: broke" in text
+    data = json.loads(json.dumps(result_as_json(result)))
+    assert data["shape_rows"][0]["fwd_ratio"] == pytest.approx(2.0)
+    assert data["path_rows"][1]["predicted_fwd_us_per_step"] == 0.61
+    assert data["path_rows"][0]["predicted_fwd_us_per_step"] is None  # infeasible: no prediction
+    assert data["failures"] == ["1000, 8, 256, 256 path stepwise: RuntimeError: broke"]
+
+
+def test_shape_labels():
+    two_layers = Shape(500, 32, 256, 256, layers=2, bidirectional=True)
+    assert two_layers.label() == "500, 32, 256, 256, 2 layers, bidirectional"
+    assert Shape(1000, 8, 256, 256, dtype="bfloat16").label() == "bf16: 1000, 8, 256, 256"
+    assert gpu_check.LONG_SHAPE.long and gpu_check.LONG_SHAPE in gpu_check.GPU_SHAPES
+
+
+# --- make gpu-check's stage runner -------------------------------------------------------------
+
+
+def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projects_addopts(tmp_path):
+    build, tests, benchmark = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
+    assert build.argv == ["python3", "setup.py", "-q", "build_ext", "--inplace"]
+    assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["RNN_FUSED_SELFTESTS"] == "1"
+    assert build.env["RNN_FUSED_CUDA"] == "1" and int(build.env["MAX_JOBS"]) == stages.cores()
+    assert tests.argv[:8] == ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
+    assert tests.argv[-3:] == ["tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py"]
+    assert tests.env["PYTHONPATH"].split(os.pathsep)[0] == REPO
+    assert benchmark.argv == ["python3", "-m", "rnn_fused", "gpu-check", "--out", str(tmp_path), "--budget-s", "240"]
+    assert benchmark.timeout_s > 240
+    # The worst case (every stage at its limit) still ends within a 10-minute session.
+    assert build.timeout_s + tests.timeout_s + benchmark.timeout_s <= 600
+
+
+def test_without_a_gpu_the_build_stage_fails_and_says_why(tmp_path):
+    build = stages.gpu_check_stages(sys.executable, str(tmp_path), None, 240)[0]
+    stages.run_stage(build, str(tmp_path / "build.log"), echo=open(os.devnull, "w"))
+    assert build.status == "failed (exit status 1)"
+    assert build.last_line == "build: no CUDA device, so no architecture to build for"
+
+
+def test_the_test_stage_runs_without_pytest_benchmark(tmp_path):
+    """The project's addopts hold --benchmark-disable, which pytest rejects without the
+    pytest-benchmark plugin; the stage drops them (-p no:benchmark plays the missing plugin)."""
+    tests = stages.gpu_check_stages(sys.executable, str(tmp_path), "9.0", 240)[1]
+    argv = tests.argv[:-3] + ["-p", "no:benchmark", "tests/test_cuda_gpu.py"]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env={**os.environ, **tests.env})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "tests.xml").exists()
+    without_override = [a for a in argv if a not in ("-o", "addopts=")]
+    done = subprocess.run(without_override, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode != 0 and "--benchmark-disable" in done.stderr
+
+
+def test_every_stage_runs_and_the_check_fails_at_the_end_if_one_failed(tmp_path):
+    python = sys.executable
+    runs = [
+        stages.Stage("first", [python, "-c", "print('built'); raise SystemExit(3)"]),
+        stages.Stage("hangs", [python, "-c", "import time; print('started', flush=True); time.sleep(60)"],
+                     timeout_s=2),
+        stages.Stage("last", [python, "-c", "import os; print('ran', os.environ['MARK'])"], {"MARK": "yes"}),
+    ]
+    echo = open(tmp_path / "console.txt", "w")
+    assert stages.run_stages(runs, str(tmp_path / "out"), "a device", echo=echo) == 1
+    assert [s.status for s in runs] == ["failed (exit status 3)", "timed out after 2 s", "passed"]
+    assert [s.last_line for s in runs] == ["built", "started", "ran yes"]
+    assert runs[1].seconds < 30
+    out = tmp_path / "out"
+    assert (out / "last.log").read_text() == "ran yes\n"
+    summary = (out / "stages.md").read_text()
+    assert "| hangs | timed out after 2 s |" in summary and summary.rstrip().endswith("FAILED: first, hangs")
+    assert json.loads((out / "stages.json").read_text())["stages"][2]["status"] == "passed"
+    assert stages.run_stages(runs[2:], str(out), "a device", echo=echo) == 0
+    assert (out / "stages.md").read_text().rstrip().endswith("All stages passed.")
+
+
+def test_makefile_target_calls_the_stage_runner_with_the_given_python():
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    recipe = makefile[makefile.index("\ngpu-check:"):].splitlines()[2]
+    assert recipe == "\t$(PYTHON) benchmarks/gpu_check.py --out gpu_out"
