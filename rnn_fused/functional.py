@@ -169,29 +169,70 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     layer_input = input
     final_states = []
     for layer in range(num_layers):
-        direction_outputs = []
-        for direction in range(directions):
+        def run_direction(direction):
             index = layer * directions + direction
             weight_ih, weight_hh, *biases = weights[index]
             bias_ih, bias_hh = biases if biases else (None, None)
             h0 = None if hx is None else hx[index]
             reverse = direction == 1
             if layer_fn is not None:
-                out, h_n = layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh,
-                                    lengths, nonlinearity, reverse)
-            else:
-                sink = None if record is None else record.sink(layer, direction, tuple(weights[index]))
-                out, h_n = rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                                     nonlinearity, reverse, backend=backend, path=path, truncation=args,
-                                     layer=layer, sink=sink)
-            direction_outputs.append(out)
-            final_states.append(h_n)
+                return layer_fn(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                                reverse)
+            sink = None if record is None else record.sink(layer, direction, tuple(weights[index]))
+            return rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                             reverse, backend=backend, path=path, truncation=args, layer=layer, sink=sink)
+
+        if directions == 2 and layer_fn is None and _overlap_directions(layer_input, weights[layer * 2][1], path):
+            results = _run_concurrently(run_direction, layer_input)
+        else:
+            results = [run_direction(direction) for direction in range(directions)]
+        direction_outputs = [out for out, _ in results]
+        final_states.extend(h_n for _, h_n in results)
         layer_output = (direction_outputs[0] if directions == 1
                         else torch.cat(direction_outputs, dim=2))
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
     return layer_input, torch.stack(final_states)
+
+
+# One side stream per CUDA device for the reverse direction of a bidirectional layer.
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _overlap_directions(layer_input: Tensor, weight_hh: Tensor, path: str | None) -> bool:
+    """Whether the two directions of a bidirectional layer on CUDA run side by side: in eager
+    mode, when neither takes the grid path (a cooperative grid wants the whole GPU) and both
+    directions' CTAs fit on the device at once (each persistent path keeps one CTA per SM)."""
+    if layer_input.device.type != "cuda" or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
+        return False
+    from .launch_plan import plan
+
+    chosen = plan(weight_hh.shape[0], layer_input.shape[1], layer_input.dtype, layer_input.device, path=path)
+    if chosen.path in ("grid", "stepwise"):
+        return False
+    sm_count = torch.cuda.get_device_properties(layer_input.device).multi_processor_count
+    return 2 * chosen.grid <= sm_count * chosen.blocks_per_sm
+
+
+def _run_concurrently(run_direction, layer_input: Tensor) -> list:
+    """run_direction(0) on the current stream and run_direction(1) on a side stream, which
+    waits for the current stream's work first; the current stream then waits for the side
+    stream. Autograd runs each direction's backward on the stream of its forward."""
+    device = layer_input.device
+    current = torch.cuda.current_stream(device)
+    side = _SIDE_STREAMS.get(device.index)
+    if side is None:
+        side = _SIDE_STREAMS.setdefault(device.index, torch.cuda.Stream(device))
+    side.wait_stream(current)
+    layer_input.record_stream(side)  # the side stream reads it: keep its memory until then
+    forward = run_direction(0)
+    with torch.cuda.stream(side):
+        reverse = run_direction(1)
+    current.wait_stream(side)
+    for tensor in reverse:
+        tensor.record_stream(current)  # made on the side stream, used on the current one
+    return [forward, reverse]
 
 
 def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:
