@@ -76,12 +76,14 @@ def _close64(actual, expected):
     assert (actual - expected).abs().max().item() <= tol
 
 
+@pytest.mark.parametrize("capability", [(9, 0), (8, 0)], ids=["sm90", "sm80"])
 @pytest.mark.parametrize("truncation", list(TRUNCATIONS), ids=list(TRUNCATIONS))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)).replace(" ", ""))
-def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeypatch):
-    """CPU op and emulated kernels on every path (2-SM device) vs float64 autograd with the same
-    edge scales; the emulated kernels are bitwise equal under forward, reverse and shuffled
-    schedules."""
+def test_truncated_gradients_and_norms_match_step_loop(case, truncation, capability, monkeypatch):
+    """CPU op and emulated kernels on every path (2-SM device, H100/H200-like and A100-like)
+    vs float64 autograd with the same edge scales; the emulated kernels are bitwise equal
+    under forward, reverse and shuffled schedules. Without clusters (8.0) the cluster path is
+    refused with the reason."""
     steps, batch, input_size, hidden, nonlinearity, reverse, lengths = case
     lengths = None if lengths is None else torch.tensor(lengths)
     layer = 1
@@ -96,8 +98,12 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeyp
     # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order
     # (input, hx, w_ih, w_hh, b_ih, b_hh).
     results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "cpu", cotangents, layer)}
-    with simt.emulated_device(sm_count=2):
-        for path in EMULATED_PATHS:
+    paths = [p for p in EMULATED_PATHS if capability >= (9, 0) or p != "cluster"]
+    with simt.emulated_device(sm_count=2, compute_capability=capability):
+        if capability < (9, 0):
+            with pytest.raises(ValueError, match="path 'cluster' cannot run .*compute capability 9.0"):
+                _run_op(args, lengths, nonlinearity, reverse, targs, "emulated", cotangents, layer, "cluster")
+        for path in paths:
             for mode in ("forward", "reverse", "shuffle"):
                 with simt.schedule(mode, seed=5):
                     results[path, mode] = _run_op(args, lengths, nonlinearity, reverse, targs, "emulated",
@@ -111,7 +117,7 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, monkeyp
         expected_sq = torch.stack([gr.pow(2).sum() for gr in grads])
         _close64(sq_norms, expected_sq)
         assert not nonfinite.item(), name
-    for path in EMULATED_PATHS:
+    for path in paths:
         for mode in ("reverse", "shuffle"):
             assert all(torch.equal(a, b) for a, b in zip(results[path, "forward"], results[path, mode])), (path, mode)
 
