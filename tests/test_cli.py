@@ -464,3 +464,34 @@ def test_jacobian_norms_respect_the_tanh_bound():
         assert norms[0] == pytest.approx([sigma] * 3, rel=1e-3)  # h_0 = 0: tanh'(z_1) ~ 1
         for t, samples in enumerate(norms, start=1):
             assert max(samples) <= sigma**t * (1 + 1e-5)
+
+
+def test_bench_long_writes_its_own_table(tmp_path, capsys):
+    """--long (here --quick: T = 2,000) measures the long-sequence row only, beside nn.RNN."""
+    from rnn_fused.tools.benchmark import LONG_QUICK_STEPS, LONG_SEQUENCE_SHAPES
+
+    code = main(["bench", "--long", "--quick", "--device", "cpu", "--no-memory", "--out", str(tmp_path)])
+    assert code == 0
+    rows = json.loads((tmp_path / "cpu_long_sequence.json").read_text())["rows"]
+    _, batch, input_size, hidden = LONG_SEQUENCE_SHAPES["cpu"]
+    assert [tuple(r["shape"]) for r in rows] == [(LONG_QUICK_STEPS, batch, input_size, hidden)] * 2
+    assert all(r["ours_ms"] > 0 and r["torch_ms"] > 0 and r["baseline_note"] is None for r in rows)
+
+
+@pytest.mark.parametrize("extra", [["--shapes", "10,2,3,4"], ["--bptt"]])
+def test_bench_long_takes_no_shapes_nor_bptt(extra, capsys):
+    code, err = _exit_message(["bench", "--long", *extra], capsys)
+    assert code == 2 and "--long measures its own shape" in err
+
+
+def test_a_cudnn_refusal_is_reported_not_raised():
+    from rnn_fused.tools.benchmark import baseline_refusal, refused_by_baseline
+
+    def refuse():
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED")
+
+    assert refused_by_baseline(refuse) == "cuDNN: not supported"
+    assert refused_by_baseline(lambda: None) is None
+    assert baseline_refusal(ValueError("CUDNN_STATUS_NOT_SUPPORTED")) is None
+    with pytest.raises(RuntimeError, match="out of memory"):
+        refused_by_baseline(lambda: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))

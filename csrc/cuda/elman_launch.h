@@ -66,7 +66,7 @@ struct RecurrencePlan {
 SIMT_BEGIN_WORLD
 
 // Registers per thread for the emulator's occupancy model, at least what ptxas reports over
-// float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 246 for the
+// float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 250 for the
 // persistent kernels, whose launch bounds allow 255 at one CTA per SM); under nvcc the real
 // numbers are queried.
 constexpr int kPersistentKernelRegisters = 255;

@@ -2,7 +2,8 @@
 // (its sample group and its slice of the hidden units), its shared-memory layout, the loads
 // before the time loop, and how a step's new state reaches every CTA that needs it.
 //
-// Paths (host_layer.h picks one per call; csrc/cuda/recurrence_planner.h says when):
+// Paths (the planner in elman_launch.h picks one per call with the cost model of
+// recurrence_cost_model.h):
 //  - Block:   one CTA per sample group holds all of W_hh; the state is exchanged in its own
 //             shared memory; one __syncthreads per step.
 //  - Cluster: a thread-block cluster of C CTAs per sample group, each holding a slice of

@@ -16,6 +16,7 @@ peak statistics, the same way.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import statistics
 import subprocess
@@ -158,13 +159,35 @@ def forward_backward_fn(module, x, grad_out):
 class Row:
     shape: tuple[int, int, int, int]
     pass_: str
-    torch_ms: float
+    torch_ms: float  # nan where nn.RNN refused the shape (baseline_note says why)
     ours_ms: float
     ratio: float
     gflops: float
     gemm_fraction: float
     torch_peak_mb: float | None = None
     ours_peak_mb: float | None = None
+    baseline_note: str | None = None
+
+
+def baseline_refusal(error: BaseException) -> str | None:
+    """'cuDNN: not supported' when `error` is cuDNN refusing a shape (CUDNN_STATUS_NOT_SUPPORTED),
+    else None: any other error is a real failure and must propagate."""
+    if isinstance(error, RuntimeError) and "CUDNN_STATUS_NOT_SUPPORTED" in str(error):
+        return "cuDNN: not supported"
+    return None
+
+
+def refused_by_baseline(run) -> str | None:
+    """Runs the baseline once: None if it ran, the refusal if cuDNN refused the shape."""
+    try:
+        run()
+    except RuntimeError as error:
+        refusal = baseline_refusal(error)
+        if refusal is None:
+            raise
+        return refusal
+    return None
+
 
 
 # Built by setup.py next to this file (the package's build_ext), never at run time.
@@ -275,12 +298,19 @@ def measure_table(shapes, device: torch.device, threads: int = 2, measure_memory
             stock, ours, x, grad_out = build_pair(shape, device, torch.float32)
             for pass_, backward in (("fwd", False), ("fwd+bwd", True)):
                 make = (lambda m: forward_backward_fn(m, x, grad_out)) if backward else (lambda m: forward_fn(m, x))
-                t_torch, t_ours = paired_median_seconds(make(stock), make(ours), device=device,
-                                                        min_repeats=timing.min_repeats,
-                                                        min_seconds=timing.min_seconds)
+                refusal = refused_by_baseline(make(stock)) if device.type == "cuda" else None
+                if refusal is None:
+                    t_torch, t_ours = paired_median_seconds(make(stock), make(ours), device=device,
+                                                            min_repeats=timing.min_repeats,
+                                                            min_seconds=timing.min_seconds)
+                else:
+                    t_torch = math.nan
+                    t_ours = median_seconds(make(ours), device=device, min_repeats=timing.min_repeats,
+                                            min_seconds=timing.min_seconds)
                 flops = layer_flops(*shape, backward=backward)
-                row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0)
-                if backward and measure_memory:
+                row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0,
+                          baseline_note=refusal)
+                if backward and measure_memory and refusal is None:
                     if device.type == "cuda":
                         row.torch_peak_mb = cuda_peak_memory_mb(stock, x, grad_out)
                         row.ours_peak_mb = cuda_peak_memory_mb(ours, x, grad_out)
@@ -316,9 +346,10 @@ def format_table(result: BenchResult) -> str:
         lines[1:1] = ["", f"Peak memory not measured: {result.memory_note}."]
     for r in result.rows:
         mem = ("", "") if r.torch_peak_mb is None else (f"{r.torch_peak_mb:.1f}", f"{r.ours_peak_mb:.1f}")
+        torch_ms, ratio = (r.baseline_note, "") if r.baseline_note else (f"{r.torch_ms:.2f}", f"{r.ratio:.2f}x")
         lines.append(
-            f"| {', '.join(map(str, r.shape))} | {r.pass_} | {r.torch_ms:.2f} | {r.ours_ms:.2f} | "
-            f"{r.ratio:.2f}x | {r.gflops:.1f} | {100 * r.gemm_fraction:.0f}% | {mem[0]} | {mem[1]} |"
+            f"| {', '.join(map(str, r.shape))} | {r.pass_} | {torch_ms} | {r.ours_ms:.2f} | "
+            f"{ratio} | {r.gflops:.1f} | {100 * r.gemm_fraction:.0f}% | {mem[0]} | {mem[1]} |"
         )
     return "\n".join(lines)
 
@@ -349,9 +380,15 @@ def plot_ratios(result: BenchResult, ax) -> None:
     ax.legend()
 
 
+# `bench --long`: one very long sequence per device, timed once (nn.RNN on the CPU takes about
+# a minute for it; cuDNN refuses it: docs/long_sequences.md). --quick shortens it.
+LONG_QUICK_STEPS = 2_000
+
+
 def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, quick: bool,
-        out: str) -> int:
-    """`rnn-fused bench`: measure, print the table, write <device>_benchmark.{md,json,png}."""
+        out: str, long: bool = False) -> int:
+    """`rnn-fused bench`: measure, print the table, write <device>_benchmark.{md,json,png}.
+    long: instead, the very long sequence LONG_SEQUENCE_SHAPES[device], one timed run each."""
     from .command_output import figure, prepare_output, progress_bar, save_figure, write_json, write_text
 
     prepare_output(out)
@@ -361,18 +398,22 @@ def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, qui
         if problem is not None:
             print(f"rnn-fused bench: {problem}; the peak-memory columns stay empty", file=sys.stderr)
             measure_memory, memory_note = False, problem
+    timing = QUICK_TIMING if quick else Timing()
+    if long:
+        steps, batch, input_size, hidden = LONG_SEQUENCE_SHAPES[device.type]
+        shapes = [(LONG_QUICK_STEPS if quick else steps, batch, input_size, hidden)]
+        timing = Timing(min_repeats=1, min_seconds=0.0, gemm_size=timing.gemm_size)
     shapes = shapes if shapes is not None else (QUICK_SHAPES if quick else default_shapes(device))
     with progress_bar(2 * len(shapes), f"bench on {device.type}") as bar:
         def progress(row: Row) -> None:
             bar.set_postfix_str(f"{row.shape} {row.pass_}: {row.ratio:.2f}x")
             bar.update()
 
-        result = measure_table(shapes, device, threads, measure_memory,
-                               QUICK_TIMING if quick else Timing(), progress)
+        result = measure_table(shapes, device, threads, measure_memory, timing, progress)
     result.memory_note = memory_note
     table = format_table(result)
     print(table)
-    stem = f"{result.device}_benchmark"
+    stem = f"{result.device}_{'long_sequence' if long else 'benchmark'}"
     write_text(out, stem + ".md", table)
     write_json(out, stem + ".json", result_as_json(result))
     fig, ax = figure(width=max(7.0, 1.2 * len(shapes)))

@@ -97,6 +97,8 @@ def seeds_argument(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.long and (args.shapes is not None or args.bptt):
+        raise UsageError("--long measures its own shape; drop --shapes and --bptt")
     if args.bptt:
         if args.shapes is not None:
             raise UsageError("--shapes does not apply to --bptt (it measures its own shapes); drop --shapes")
@@ -110,7 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     return benchmark.run(device=args.device or best_device(), shapes=args.shapes,
                          threads=args.threads, measure_memory=not args.no_memory,
-                         quick=args.quick, out=args.out)
+                         quick=args.quick, out=args.out, long=args.long)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shapes", type=shapes_argument, default=None,
                        help="T,B,I,H[;T,B,I,H...] (default: a grid for the device)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    bench.add_argument("--long", action="store_true",
+                       help="instead: one very long sequence (T = 100,000), rnn_fused against nn.RNN, one timed "
+                            "run each (on a GPU cuDNN refuses it: reported as not supported)")
     bench.add_argument("--bptt", action="store_true",
                        help="instead: the overhead of recorded gradient norms and truncation over plain "
                             "forward+backward, and the speed-up over hooks and detach loops at T = 1000")

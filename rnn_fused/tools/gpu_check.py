@@ -45,7 +45,7 @@ from ..functional import rnn_layer
 from ..launch_plan import PATHS, PathEstimate, plan, predicted_layer_us
 from ..modules import RNN
 from ..reference import reference_layer
-from .benchmark import (Timing, _benchmark_settings, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
+from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
                         gemm_rate, median_seconds, paired_median_seconds)
 from .command_output import output_directory, write_json, write_text
 
@@ -250,26 +250,6 @@ class GpuCheckResult:
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-
-def baseline_refusal(error: BaseException) -> str | None:
-    """'cuDNN: not supported' when `error` is cuDNN refusing a shape (CUDNN_STATUS_NOT_SUPPORTED),
-    else None: any other error is a real failure and must propagate."""
-    if isinstance(error, RuntimeError) and "CUDNN_STATUS_NOT_SUPPORTED" in str(error):
-        return "cuDNN: not supported"
-    return None
-
-
-def refused_by_baseline(run) -> str | None:
-    """Runs the baseline once: None if it ran, the refusal if cuDNN refused the shape."""
-    try:
-        run()
-    except RuntimeError as error:
-        refusal = baseline_refusal(error)
-        if refusal is None:
-            raise
-        return refusal
-    return None
 
 
 def build_modules(shape: Shape, target: Target, seed: int = 0):
