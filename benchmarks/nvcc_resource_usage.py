@@ -82,10 +82,9 @@ def main() -> int:
     header = ["# ptxas -v for the recurrence kernels (csrc/cuda/elman_cuda.cu), produced by",
               "# benchmarks/nvcc_resource_usage.py. nvcc: " +
               subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
-              "# Shared memory of the persistent kernels is dynamic (units_per_block * H * sizeof(scalar_t)),",
-              "# so ptxas reports 0 bytes smem for them; the launch planner sizes it (rnn_fused.plan).",
-              "# The 56-byte stack frame is printf's argument buffer of the in-kernel lengths check",
-              "# (SIMT_KERNEL_CHECK), not spilled registers: spill stores/loads are the spill numbers.",
+              "# Shared memory of the persistent kernels is dynamic (rows of W_hh and state rows: SharedLayout",
+              "# in csrc/cuda/recurrence_paths.cuh), so ptxas reports 0 bytes smem for them; the planner sizes",
+              "# it (rnn_fused.plan). A stack frame is not a spill: the spill stores/loads are the spill numbers.",
               "# Registers do not depend on H (a runtime argument; W_hh slices live in shared memory).", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(header + report) + "\n")
@@ -94,7 +93,7 @@ def main() -> int:
         print("nvcc_resource_usage: no kernel lines found in ptxas's output", file=sys.stderr)
         return 1
     if spills:
-        print("float32 persistent kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
+        print("recurrence kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
         return 1
     return 0
 
