@@ -82,9 +82,10 @@ def main() -> int:
     header = ["# ptxas -v for the recurrence kernels (csrc/cuda/elman_cuda.cu), produced by",
               "# benchmarks/nvcc_resource_usage.py. nvcc: " +
               subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
-              "# Shared memory of the persistent kernels is dynamic (rows of W_hh and state rows: SharedLayout",
-              "# in csrc/cuda/recurrence_paths.cuh), so ptxas reports 0 bytes smem for them; the planner sizes",
-              "# it (rnn_fused.plan). A stack frame is not a spill: the spill stores/loads are the spill numbers.",
+              "# Shared memory of the persistent kernels is dynamic (SharedLayout in recurrence_paths.cuh:",
+              "# W_hh rows and state rows), so ptxas reports 0 bytes smem for them; the planner sizes it.",
+              "# The cluster kernels' 48-byte stack frame on sm_80 is the printf buffer of the trap that",
+              "# stops them there (clusters need sm_90), not spilled registers: see the spill numbers.",
               "# Registers do not depend on H (a runtime argument; W_hh slices live in shared memory).", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(header + report) + "\n")

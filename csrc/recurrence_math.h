@@ -30,6 +30,17 @@ struct LayerShape {
   constexpr bool empty() const { return steps == 0 || batch == 0 || hidden == 0; }
 };
 
+// Offset of element (t, b, u) of a time-major [T,B,H] tensor; every backend indexes with it.
+// int64 throughout: T*B*H exceeds 2^31 for long sequences (T = 100,000, B = 64, H = 512).
+constexpr int64_t time_major_offset(int64_t t, int64_t b, int64_t u, int64_t batch, int64_t hidden) {
+  return (t * batch + b) * hidden + u;
+}
+
+// Compile-time checks of the index arithmetic past 2^31 elements (no run could allocate them).
+static_assert(time_major_offset(99'999, 63, 511, 64, 512) == int64_t(100'000) * 64 * 512 - 1);
+static_assert(time_major_offset(1'000'000, 4'095, 4'095, 4'096, 4'096) ==
+              int64_t(1'000'000) * 4'096 * 4'096 + int64_t(4'095) * 4'096 + 4'095);
+
 // Time index of processing step `s` for a sample with `len` valid steps. The reverse
 // direction walks each sample's valid steps from its last to its first.
 constexpr int64_t step_time(int64_t s, int64_t len, bool reverse) { return reverse ? len - 1 - s : s; }

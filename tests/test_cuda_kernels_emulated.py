@@ -310,3 +310,30 @@ def test_plan_rejects_non_positive_sizes():
         rnn_fused.plan(0)
     with pytest.raises(ValueError, match="batch_size must be positive, got 0"):
         rnn_fused.plan(8, 0)
+
+
+def test_bad_calls_leave_the_emulated_device_usable():
+    """Every bad argument is refused on the host, before a launch: the next good call runs and
+    gives the result it gives without the bad calls before it."""
+    args = layer_args(5, 2, 3, 4)
+    g = torch.Generator().manual_seed(5)
+    cotangents = [torch.randn(5, 2, 4, dtype=torch.float64, generator=g), torch.randn(2, 4, dtype=torch.float64, generator=g)]
+    with simt.emulated_device(**SMALL_GPU):
+        before = run_layer(args, torch.tensor([5, 3]), "tanh", False, "emulated", cotangents)
+        bad_calls = [
+            (dict(lengths=torch.tensor([6, 1])), ValueError, r"lengths\[0\] = 6 is outside \[0, 5\]"),
+            (dict(lengths=torch.tensor([2, -1])), ValueError, r"lengths\[1\] = -1 is outside"),
+            (dict(path="block", hidden=300), ValueError, "path 'block' cannot run"),
+            (dict(path="warp"), ValueError, "path must be"),
+            (dict(nonlinearity="gelu"), ValueError, "nonlinearity must be"),
+        ]
+        for bad, error, message in bad_calls:
+            hidden = bad.pop("hidden", 4)
+            call_args = layer_args(5, 2, 3, hidden)
+            kwargs = dict(lengths=None, nonlinearity="tanh", path=None) | bad
+            with pytest.raises(error, match=message):
+                rnn_fused.rnn_layer(*call_args, kwargs["lengths"], kwargs["nonlinearity"], backend="emulated",
+                                    path=kwargs["path"])
+        after = run_layer(args, torch.tensor([5, 3]), "tanh", False, "emulated", cotangents)
+    for a, b in zip(before, after):
+        assert torch.equal(a, b)

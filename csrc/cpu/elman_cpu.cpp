@@ -72,13 +72,13 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
-        activate_row(A, out + (t * B + b) * H, rec + b * H, state + b * H, H);
+        activate_row(A, out + time_major_offset(t, b, 0, B, H), rec + b * H, state + b * H, H);
       }
     });
   }
   // Steps past a sample's length still hold the projection: outputs there are zero.
   for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = len.values[b]; t < shape.steps; ++t) std::fill_n(out + (t * B + b) * H, H, scalar_t(0));
+    for (int64_t t = len.values[b]; t < shape.steps; ++t) std::fill_n(out + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
   }
 }
 
@@ -106,7 +106,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
-        const int64_t at_t = (t * B + b) * H;
+        const int64_t at_t = time_major_offset(t, b, 0, B, H);
         const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);

@@ -137,106 +137,86 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid
 // path, whose exchange holds zeros on entry.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  constexpr bool kStateInShared = state_in_shared(kPath);
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   const bool norms = a.step_sq != nullptr;  // uniform over the launch
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
-  const int64_t R = layout.row;
-  const int vectors = static_cast<int>(R / vec_size<scalar_t>());
-  const CtaPlace place = cta_place(tiling, H);
-  scalar_t* weights = smem + layout.weights;
-  scalar_t* states = smem + layout.states;
+  Cta cta(smem, layout, tiling, a.shape);
+  const int64_t R = cta.row, j = cta.sample;
+  const CtaPlace& place = cta.place;
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
   double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.cta_sums_offset);
-  const int64_t units = place.unit_end - place.unit_begin;
-  load_padded_rows(a.w_hh_t, weights, place.unit_begin, units, H, H, R);
+  cta.load_weights(a.w_hh_t);
   // No step after the last: dz_T = 0 (and the padding stays zero).
-  for (int64_t i = threadIdx.x; i < (kStateInShared ? 2 : 1) * kSamples * R; i += blockDim.x) states[i] = scalar_t(0);
+  for (int64_t i = threadIdx.x; i < (Cta::kStateInShared ? 2 : 1) * kSamples * R; i += blockDim.x) {
+    cta.states[i] = scalar_t(0);
+  }
   __syncthreads();
   start_exchange<kPath>();
 
-  const LaneRole role = lane_role();
-  const int64_t j = owned_sample<kSamples>(role.q);
-  const bool owns = owns_sample<kSamples>(role.q);
-  const int passes = static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass);
-  const bool one_chunk = tiling.chunks == 1;
-
   // With one chunk a lane owns the same outputs every step: their dy and saved h are loaded
   // one step ahead.
+  const bool one_chunk = tiling.chunks == 1;
   scalar_t dy[kMaxPasses] = {}, h[kMaxPasses] = {};
   auto prefetch = [&](int64_t s) {
     const int64_t b = place.sample_begin + j;
     const int64_t length = sample_length(a.lengths, b, B, T);
-    if (!owns || s >= length) return;
+    if (!cta.owns || s >= length) return;
     const int64_t t = step_time(s, length, a.reverse);
-    SIMT_UNROLL
-    for (int p = 0; p < kMaxPasses; ++p) {
-      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-      if (p < passes && u_local < units) {
-        const int64_t at = (t * B + b) * H + place.unit_begin + u_local;
-        dy[p] = a.dy[at];
-        h[p] = a.out[at];
-      }
-    }
+    cta.for_each_owned_unit([&](int p, int64_t u) {
+      const int64_t at = time_major_offset(t, b, u, B, H);
+      dy[p] = a.dy[at];
+      h[p] = a.out[at];
+    });
   };
   if (one_chunk) prefetch(T - 1);
 
-  int64_t phase = 0;  // (step, chunk) pairs so far: its parity picks the unit_sums buffer
+  int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
   for (int64_t s = T - 1; s >= 0; --s) {
-    scalar_t* exchange_now = kStateInShared ? nullptr : a.exchange + (s % 2) * B * H;
-    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk, ++phase) {
-      const int64_t first = place.sample_begin + chunk * kSamples;
-      if constexpr (!kStateInShared) {
-        stage_rows(a.exchange + ((s + 1) % 2) * B * H, states, first, kSamples, B, H, R);
-        __syncthreads();
-      }
-      const scalar_t* later = kStateInShared ? states + ((s + 1) % 2) * kSamples * R : states;  // dz at step s+1
-      scalar_t* now = kStateInShared ? states + (s % 2) * kSamples * R : nullptr;
+    scalar_t* exchange_now = Cta::kStateInShared ? nullptr : a.exchange + (s % 2) * B * H;
+    // `later` holds dz at step s+1; `now` takes dz at step s.
+    auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
       double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
       const int64_t b = first + j;
-      const bool owner = owns && b < B;
+      const bool owner = cta.owns && b < B;
       const int64_t length = sample_length(a.lengths, b, B, T);
       const int64_t t = step_time(s, length, a.reverse);
       // The edge into step s+1 of this lane's sample: one Philox evaluation per step, not per unit.
       const scalar_t edge = (owner && s + 1 < length) ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b))
                                                       : scalar_t(0);
       double g_sq = 0.0;  // this lane's units, in pass order
-      SIMT_UNROLL
-      for (int p = 0; p < kMaxPasses; ++p) {
-        if (p >= passes) break;  // uniform over the CTA
-        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-        const bool valid_unit = u_local < units;
-        scalar_t acc[kSamples];
-        unit_dots(weights + (valid_unit ? u_local : units - 1) * R, later, R, vectors, role.q, acc);
-        reduce_scatter_unit(acc, role.q);
-        if (!owner || !valid_unit) continue;
-        const int64_t u = place.unit_begin + u_local;
+      cta.for_each_output(later, owner, [&](int p, int64_t u, scalar_t carry) {
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
         if (s < length) {
-          const int64_t at = (t * B + b) * H + u;
-          const scalar_t g = backward_gradient(a, s, length, b, u, one_chunk ? dy[p] : a.dy[at], acc[0], edge);
+          const int64_t at = time_major_offset(t, b, u, B, H);
+          const scalar_t g = backward_gradient(a, s, length, b, u, one_chunk ? dy[p] : a.dy[at], carry, edge);
           g_sq += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, one_chunk ? h[p] : a.out[at]);
           a.dz[at] = d;
         }
         publish_state<kPath>(now, exchange_now, j, b, u, R, H, tiling.ctas_per_group, d);
         if (s == 0) a.dz_first[b * H + u] = d;
+      });
+      // Read after the next barrier; this parity is written again two chunks later.
+      if (norms && owner) phase_sums[cta.role.unit_in_pass * kSamples + j] = g_sq;
+      ++phase;
+    };
+    auto after_chunk = [&](int64_t first) {  // Grid path: the chunk's rows and sums are complete
+      if (norms) {
+        store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
+                                         cta_sums, first, s);
       }
-      // Read after the barrier below; this parity is written again two phases later.
-      if (norms && owner) phase_sums[role.unit_in_pass * kSamples + j] = g_sq;
-      if constexpr (!kStateInShared) {
-        __syncthreads();  // the chunk's rows and sums are complete
-        if (norms) store_cta_norms<kPath, kSamples>(a, tiling, place, phase_sums, cta_sums, first, s);
-      }
-    }
+    };
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H, (s + 1) % 2, step_chunk,
+                       after_chunk);
     if (one_chunk && s > 0) prefetch(s - 1);
     end_step<kPath>();
     if (norms) {
-      if constexpr (kStateInShared) {
+      if constexpr (Cta::kStateInShared) {
         store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
                                          cta_sums, place.sample_begin, s);
       }
@@ -279,7 +259,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   for (int64_t u = threadIdx.x; u < H; u += blockDim.x) {
     scalar_t d = scalar_t(0);
     if (s < length) {
-      const int64_t at = (t * B + b) * H + u;
+      const int64_t at = time_major_offset(t, b, u, B, H);
       const scalar_t g = backward_gradient(a, s, length, b, u, a.dy[at], carry[b * H + u], edge);
       g_sq += static_cast<double>(g) * static_cast<double>(g);
       d = g * slope_runtime(a.activation, a.out[at]);

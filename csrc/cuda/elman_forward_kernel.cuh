@@ -47,88 +47,56 @@ struct ForwardRecurrenceArgs {
 // shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path, whose
 // exchange[0] holds h0 on entry.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  constexpr bool kStateInShared = state_in_shared(kPath);
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
-  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
-  const int64_t R = layout.row;
-  const int vectors = static_cast<int>(R / vec_size<scalar_t>());
-  const CtaPlace place = cta_place(tiling, H);
-  scalar_t* weights = smem + layout.weights;
-  scalar_t* states = smem + layout.states;
-  const int64_t units = place.unit_end - place.unit_begin;
-  load_padded_rows(a.w_hh, weights, place.unit_begin, units, H, H, R);
+  Cta cta(smem, SharedLayout<scalar_t>::make(H, tiling, kPath, false), tiling, a.shape);
+  const int64_t R = cta.row, j = cta.sample;
+  cta.load_weights(a.w_hh);
   // Both buffers start as h0 (Block, Cluster) so their padding is zero; the Grid path's chunk
   // buffer is staged from exchange each step.
-  for (int buffer = 0; buffer < (kStateInShared ? 2 : 1); ++buffer) {
-    load_padded_rows(a.h0, states + buffer * kSamples * R, place.sample_begin, kSamples, B, H, R);
+  for (int buffer = 0; buffer < (Cta::kStateInShared ? 2 : 1); ++buffer) {
+    load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, B, H, R);
   }
   __syncthreads();
   start_exchange<kPath>();
 
-  const LaneRole role = lane_role();
-  const int64_t j = owned_sample<kSamples>(role.q);
-  const bool owns = owns_sample<kSamples>(role.q);
-  const int passes = static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass);
-  const bool one_chunk = tiling.chunks == 1;
-
   // With one chunk a lane owns the same outputs every step: their XW is loaded one step ahead.
+  const bool one_chunk = tiling.chunks == 1;
   scalar_t xw[kMaxPasses] = {};
   auto prefetch = [&](int64_t s) {
-    const int64_t b = place.sample_begin + j;
+    const int64_t b = cta.place.sample_begin + j;
     const int64_t length = sample_length(a.lengths, b, B, T);
-    if (!owns || s >= length) return;
+    if (!cta.owns || s >= length) return;
     const int64_t t = step_time(s, length, a.reverse);
-    SIMT_UNROLL
-    for (int p = 0; p < kMaxPasses; ++p) {
-      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-      if (p < passes && u_local < units) xw[p] = a.out[(t * B + b) * H + place.unit_begin + u_local];
-    }
+    cta.for_each_owned_unit([&](int p, int64_t u) { xw[p] = a.out[time_major_offset(t, b, u, B, H)]; });
   };
   if (one_chunk) prefetch(0);
 
   for (int64_t s = 0; s < T; ++s) {
-    scalar_t* exchange_next = kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
-    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
-      const int64_t first = place.sample_begin + chunk * kSamples;
-      if constexpr (!kStateInShared) {
-        stage_rows(a.exchange + (s % 2) * B * H, states, first, kSamples, B, H, R);
-        __syncthreads();
-      }
-      const scalar_t* current = kStateInShared ? states + (s % 2) * kSamples * R : states;
-      scalar_t* next = kStateInShared ? states + ((s + 1) % 2) * kSamples * R : nullptr;
+    scalar_t* exchange_next = Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+    auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
       const int64_t b = first + j;
-      const bool owner = owns && b < B;
       const int64_t length = sample_length(a.lengths, b, B, T);
       const int64_t t = step_time(s, length, a.reverse);
-      SIMT_UNROLL
-      for (int p = 0; p < kMaxPasses; ++p) {
-        if (p >= passes) break;  // uniform over the CTA
-        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-        const bool valid_unit = u_local < units;
-        // Lanes past the last unit compute a copy of the last row: their warp stays whole for
-        // the shuffles, and the result is dropped.
-        scalar_t acc[kSamples];
-        unit_dots(weights + (valid_unit ? u_local : units - 1) * R, current, R, vectors, role.q, acc);
-        reduce_scatter_unit(acc, role.q);
-        if (!owner || !valid_unit) continue;
-        const int64_t u = place.unit_begin + u_local;
+      cta.for_each_output(current, cta.owns && b < B, [&](int p, int64_t u, scalar_t recurrent) {
         scalar_t h;
         if (s < length) {
-          const int64_t at = (t * B + b) * H + u;
-          h = activate_runtime(a.activation, (one_chunk ? xw[p] : a.out[at]) + acc[0]);
+          const int64_t at = time_major_offset(t, b, u, B, H);
+          h = activate_runtime(a.activation, (one_chunk ? xw[p] : a.out[at]) + recurrent);
           a.out[at] = h;
         } else {
           h = current[j * R + u];  // frozen: the state carries over
         }
         publish_state<kPath>(next, exchange_next, j, b, u, R, H, tiling.ctas_per_group, h);
         if (s == T - 1) a.h_n[b * H + u] = h;
-      }
-      if constexpr (!kStateInShared) __syncthreads();  // the chunk's rows are read before the next staging
-    }
+      });
+    };
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + (s % 2) * B * H, s % 2, step_chunk,
+                       [](int64_t) {});
     if (one_chunk && s + 1 < T) prefetch(s + 1);
     end_step<kPath>();
   }
@@ -148,7 +116,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     const int64_t length = sample_length(a.lengths, b, B, T);
     scalar_t h;
     if (s < length) {
-      const int64_t at = (step_time(s, length, a.reverse) * B + b) * H + u;
+      const int64_t at = time_major_offset(step_time(s, length, a.reverse), b, u, B, H);
       h = activate_runtime(a.activation, a.out[at] + recurrent[i]);
       a.out[at] = h;
     } else {

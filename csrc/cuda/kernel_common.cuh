@@ -24,6 +24,9 @@ namespace rnn_fused::kernels {
 SIMT_BEGIN_WORLD
 
 constexpr int kRecurrenceThreads = 256;
+// The persistent kernels run one CTA per SM: ptxas may give each thread up to 255 registers
+// (left to its own occupancy target it capped some instantiations at 128 and spilled).
+constexpr int kPersistentMinBlocksPerSm = 1;
 constexpr int kWarp = 32;
 constexpr int kUnitLanes = 8;                                      // lanes sharing one unit
 constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CTA covers per pass

@@ -166,5 +166,97 @@ SIMT_DEVICE __forceinline__ void start_exchange() {
   if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_sync();
 }
 
+// What a persistent kernel's CTA knows and does every step, whichever the direction: its
+// place, its shared memory, this lane's role, and the loop over chunks and passes that
+// computes the unit dot products and hands each owned result to the kernel's epilogue.
+template <typename scalar_t, int kSamples, RecurrencePath kPath>
+struct RecurrenceCta {
+  static constexpr bool kStateInShared = state_in_shared(kPath);
+
+  RecurrenceTiling tiling;
+  int64_t steps, batch, hidden, row;
+  int vectors;
+  CtaPlace place;
+  int64_t units;   // this CTA's units
+  int passes;      // ceil(units / kUnitsPerPass)
+  LaneRole role;
+  int64_t sample;  // this lane's sample row j in every chunk (owned_sample)
+  bool owns;       // whether this lane owns its sample's total (one lane per sample and unit)
+  scalar_t* weights;
+  scalar_t* states;
+
+  SIMT_DEVICE RecurrenceCta(scalar_t* smem, const SharedLayout<scalar_t>& layout, const RecurrenceTiling& t,
+                            const LayerShape& shape)
+      : tiling(t),
+        steps(shape.steps),
+        batch(shape.batch),
+        hidden(shape.hidden),
+        row(layout.row),
+        vectors(static_cast<int>(layout.row / vec_size<scalar_t>())),
+        place(cta_place(t, shape.hidden)),
+        units(place.unit_end - place.unit_begin),
+        passes(static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass)),
+        role(lane_role()),
+        sample(owned_sample<kSamples>(role.q)),
+        owns(owns_sample<kSamples>(role.q)),
+        weights(smem + layout.weights),
+        states(smem + layout.states) {}
+
+  // The CTA's rows of a [H,H] weight into shared memory (zero-padded). All threads call it.
+  SIMT_DEVICE void load_weights(const scalar_t* w) { load_padded_rows(w, weights, place.unit_begin, units, hidden, hidden, row); }
+
+  // f(p, u) for each unit u this lane owns an output of (the same every step and chunk).
+  template <class F>
+  SIMT_DEVICE __forceinline__ void for_each_owned_unit(F&& f) const {
+    SIMT_UNROLL
+    for (int p = 0; p < kMaxPasses; ++p) {
+      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+      if (p < passes && u_local < units) f(p, place.unit_begin + u_local);
+    }
+  }
+
+  // The step's chunks in turn: the Grid path first stages the chunk's state rows from
+  // `exchange_current` ([B,H], global); then body(first, current, next) with the chunk's first
+  // sample, its current state rows (shared) and where the Block and Cluster paths write the
+  // next ones (`current_parity` picks the buffer); on the Grid path a barrier follows each
+  // chunk (its rows are restaged next), then after_chunk(first).
+  template <class Body, class AfterChunk>
+  SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, int64_t current_parity, Body&& body,
+                                  AfterChunk&& after_chunk) {
+    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
+      const int64_t first = place.sample_begin + chunk * kSamples;
+      if constexpr (!kStateInShared) {
+        stage_rows(exchange_current, states, first, kSamples, batch, hidden, row);
+        __syncthreads();
+      }
+      const scalar_t* current = kStateInShared ? states + current_parity * kSamples * row : states;
+      scalar_t* next = kStateInShared ? states + (1 - current_parity) * kSamples * row : nullptr;
+      body(first, current, next);
+      if constexpr (!kStateInShared) {
+        __syncthreads();
+        after_chunk(first);
+      }
+    }
+  }
+
+  // The chunk's unit dot products against `current`, every pass; epilogue(p, u, total) on the
+  // lane that owns each existing unit's total for its sample (`owner`: that sample exists).
+  template <class Epilogue>
+  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, bool owner, Epilogue&& epilogue) const {
+    SIMT_UNROLL
+    for (int p = 0; p < kMaxPasses; ++p) {
+      if (p >= passes) break;  // uniform over the CTA
+      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+      const bool valid_unit = u_local < units;
+      // Lanes past the last unit compute a copy of the last row: their warp stays whole for
+      // the shuffles, and the result is dropped.
+      scalar_t acc[kSamples];
+      unit_dots(weights + (valid_unit ? u_local : units - 1) * row, current, row, vectors, role.q, acc);
+      reduce_scatter_unit(acc, role.q);
+      if (owner && valid_unit) epilogue(p, place.unit_begin + u_local, acc[0]);
+    }
+  }
+};
+
 SIMT_END_WORLD
 }  // namespace rnn_fused::kernels
