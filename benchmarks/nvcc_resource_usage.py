@@ -94,7 +94,7 @@ def main() -> int:
         print("nvcc_resource_usage: no kernel lines found in ptxas's output", file=sys.stderr)
         return 1
     if spills:
-        print("float32 persistent kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
+        print("recurrence kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
         return 1
     return 0
 

@@ -1,7 +1,8 @@
 // The product's operators (namespace rnn_fused): the single-layer, single-direction op pair
 // that every backend implements (layers and directions are composed in Python above it),
-// edge_scales (the truncation draws the backward applies) and recurrence_plan (what a
-// GPU-kernel backend would launch). The op entry points build the call descriptor
+// edge_scales (the truncation draws the backward applies), recurrence_plan (what a
+// GPU-kernel backend would launch), cost_model (its predicted time of a layer) and backends
+// (the registered backends' names). The op entry points build the call descriptor
 // (layer_call.h) and hand it to the host layer (host_layer.h), which picks the backend.
 #include <ATen/ATen.h>
 #include <torch/library.h>

@@ -2,7 +2,8 @@
 
 `record_gradients(module)` makes the module's forwards run layers whose backward also
 reduces, in the same pass, ||dL/dh_t|| per step and sample, the squared norms of the
-parameter gradients and a non-finite flag (csrc/op_schemas.h); the backward hands them to
+parameter gradients and a non-finite flag (results of the op rnn_layer_backward with
+record_norms, csrc/ops.cpp); the backward hands them to
 a ForwardRecord through one LayerSink per layer and direction. Nothing is reduced for a
 forward run outside a recorder. `clip_grad_norm_` is torch.nn.utils.clip_grad_norm_ with
 the squared norms of such gradients taken from the backward instead of a new pass.

@@ -1,9 +1,9 @@
 """Truncation and gradient norms at the level of the single-layer ops, on every backend.
 
-The emulated CUDA kernels run on every recurrence path (block, grid with several CTAs per
-sample group adding their partial norms, stepwise), under every emulator schedule; the CPU
-loops run the same cases. References: autograd through
-reference.py's step loop with the same edge scales (float64), and hooks on its states.
+The emulated CUDA kernels run on every recurrence path (block; cluster and grid with several
+CTAs per sample group adding their partial norms; stepwise), under every emulator schedule;
+the CPU loops run the same cases. References: autograd through reference.py's step loop with
+the same edge scales (float64), and hooks on its states.
 Module-level semantics (detach loops, packed input, statistics) are in
 test_truncation.py and test_gradient_norms.py.
 """

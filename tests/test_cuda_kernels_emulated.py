@@ -1,10 +1,10 @@
 """The CUDA backend's kernels and path planner, executed on the CPU by the SIMT emulator.
 
 Backend "emulated" of the op pair runs the exact sources of csrc/cuda/ (kernels and host
-launch code) on CPU tensors. Every recurrence path (block, grid, stepwise) is forced in turn
-on a small emulated device (2 SMs, so grids span several CTAs), besides the planner's own
-choice; hidden sizes are not multiples of the kernels' tiles. Sizes stay small: every
-emulated CUDA thread is a fiber.
+launch code) on CPU tensors. Every recurrence path (block, cluster, grid, stepwise) is
+forced in turn on a small emulated device (2 SMs, so grids and clusters span several CTAs),
+besides the planner's own choice; hidden sizes are not multiples of the kernels' tiles.
+Sizes stay small: every emulated CUDA thread is a fiber.
 """
 
 from __future__ import annotations

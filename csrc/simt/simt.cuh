@@ -143,7 +143,7 @@ inline unsigned long long volume(dim3 d) {
   return static_cast<unsigned long long>(d.x) * d.y * d.z;
 }
 
-// Occupancy model used by the emulator (documented in README_SECTION.md): the minimum of
+// Occupancy model used by the emulator (documented in docs/simt.md): the minimum of
 // the thread, block-slot, register and shared-memory limits of one SM. Exposed in both
 // worlds so tests can check the model itself.
 inline int occupancy_model(const DeviceProperties& p, const KernelAttributes& a, int block_threads,

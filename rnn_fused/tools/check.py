@@ -3,7 +3,7 @@
 Rows of three kinds, on the device (CPU loops or CUDA kernels) and through the CUDA kernels
 run by the SIMT emulator on a small emulated GPU:
 - parity: every output and gradient of rnn_fused.RNN against a float64 torch.nn.RNN, within
-  the tolerance rule of rnn_fused.testing (2x stock float32's error + 8 ulp; float64 runs
+  the tolerance rule of rnn_fused.tools.testing (2x stock float32's error + 8 ulp; float64 runs
   get testing.FLOAT64_PARITY_ULPS). Error and tolerance are relative to max|reference|.
 - truncation: one layer with truncation K or randomized truncation, every output and
   gradient against a float64 autograd step loop (reference.py) whose recurrent edges are
@@ -35,7 +35,7 @@ from .command_output import markdown_table
 # torch.autograd.gradcheck's defaults, for the numbers shown beside its verdict.
 GRADCHECK_EPS, GRADCHECK_ATOL, GRADCHECK_RTOL = 1e-6, 1e-5, 1e-3
 
-# The emulated GPU: two SMs, so the persistent kernels' grid-wide barriers span blocks.
+# The emulated GPU: two SMs, so the recurrence kernels' grids and clusters span several CTAs.
 EMULATED_DEVICE = dict(sm_count=2)
 EMULATED = "emulated CUDA kernels"
 

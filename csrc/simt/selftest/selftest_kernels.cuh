@@ -6,7 +6,7 @@
 // same, correct results under every emulator schedule and on a GPU.
 // The known-bad kernels (faulty_*) each contain one classic bug the emulator must catch
 // (an error, or results that differ across schedules). The file compiles under nvcc
-// (csrc/cuda/simt_selftest.cu) and under g++ (csrc/simt/simt_ops.cpp).
+// (selftest_cuda.cu) and under g++ (selftest_ops.cpp), both in csrc/simt/selftest/.
 #pragma once
 
 #include "simt/simt.cuh"
