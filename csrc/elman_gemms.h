@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -17,6 +18,7 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
@@ -71,10 +73,27 @@ inline void zero_past_lengths(at::Tensor& out, const std::optional<at::Tensor>& 
 // sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
 // sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
 // one long chain, about twice the rounding error of stock PyTorch's per-step sum.
-inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b) {
+// batched: the GPU kernels' backends (CUDA, and the emulated one that mirrors it), where each
+// product is a kernel launch.
+inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b, bool batched) {
   const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
   const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
   const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
+  const int64_t full = S / steps_per_chunk;
+  if (batched && full > 1 && H <= steps_per_chunk * B) {
+    // On a GPU each product is a launch (about 5 us: 2 sqrt(T) of them cost more than a small
+    // layer's whole recurrence): the full chunks as one batched product and one sum, the rest
+    // as one more product. The [chunks, H, H] partials take no more memory than a or b.
+    const int64_t rows = full * steps_per_chunk;
+    at::Tensor result = at::bmm(a.narrow(0, 0, rows).reshape({full, steps_per_chunk * B, H}).transpose(1, 2),
+                                b.narrow(0, 0, rows).reshape({full, steps_per_chunk * B, H}))
+                            .sum(0);
+    if (rows < S) {
+      const int64_t n = S - rows;
+      result.add_(at::mm(a.narrow(0, rows, n).reshape({n * B, H}).t(), b.narrow(0, rows, n).reshape({n * B, H})));
+    }
+    return result;
+  }
   at::Tensor result = at::zeros({H, H}, a.options());
   at::Tensor partial = at::empty({H, H}, a.options());
   for (int64_t start = 0; start < S; start += steps_per_chunk) {
@@ -147,7 +166,8 @@ inline std::pair<at::Tensor, at::Tensor> reduce_gradient_norms(const std::array<
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
 //   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H],
 //   hx [B,H] or None, lengths int64 [B] or None, step_norms [T,B] ||g_t|| from the time
-//   loop when norms are recorded, else empty [0].
+//   loop when norms are recorded, else empty [0]. launch_bound: the backend runs GPU kernels
+//   (each product a launch; see sum_of_outer_products).
 // Returns a LayerBackwardResult; gradients not in output_mask are empty [0] tensors. When
 // norms are recorded, grad_sq_norms holds the squared norm of each of the five gradients
 // (0 for those not computed) and nonfinite whether any gradient or g_t is NaN/Inf;
@@ -156,7 +176,7 @@ inline LayerBackwardResult gradients_from_dz(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out, const at::Tensor& dz,
     const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
-    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms) {
+    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = x.size(2);
   const at::Tensor skipped = at::empty({0}, x.options().dtype(result_dtype));
   at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
@@ -180,7 +200,7 @@ inline LayerBackwardResult gradients_from_dz(
     if (T > 1) {
       const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
       const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
-      grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev));
+      grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev, launch_bound));
     }
   }
   std::array<at::Tensor, 5> grads = {grad_input.to(result_dtype), grad_hx.to(result_dtype),

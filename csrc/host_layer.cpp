@@ -112,7 +112,7 @@ LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
                       .call = call, .operands = operands, .dz = dz, .step_norms = step_norms});
   return gradients_from_dz(operands.x, operands.w_ih, operands.w_hh, operands.out, dz, dz_first, operands.dh_n, f.hx,
                            f.valid_lengths.on_device, f.options.reverse, call.output_mask, dtype, call.record_norms,
-                           std::move(step_norms));
+                           std::move(step_norms), /*launch_bound=*/backend.plan != nullptr);
 }
 
 }  // namespace rnn_fused

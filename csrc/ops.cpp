@@ -154,9 +154,11 @@ double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t st
                     "rnn_fused: cost_model needs positive steps, batch, input_size and hidden_size, got ", steps, ", ",
                     batch, ", ", input_size, ", ", hidden_size);
   const cost::Constants& c = cost::kH200;
-  const double gemms = backward ? cost::backward_gemms_us(c, steps, batch, input_size, hidden_size)
-                                : cost::forward_gemms_us(c, steps, batch, input_size, hidden_size);
   const std::string name(kernel);
+  const double dw_hh_launches = name == "planned" ? cost::dw_hh_launches(steps, batch, hidden_size)
+                                                  : cost::legacy_dw_hh_launches(steps);
+  const double gemms = backward ? cost::backward_gemms_us(c, steps, batch, input_size, hidden_size, dw_hh_launches)
+                                : cost::forward_gemms_us(c, steps, batch, input_size, hidden_size);
   if (name == "legacy-grid") return steps * cost::legacy_grid_step_us(c, batch, hidden_size, backward) + gemms;
   if (name == "cudnn") {
     return steps * cost::cudnn_gemm_step_us(c, batch, hidden_size, backward) + gemms - c.op_fixed_us +

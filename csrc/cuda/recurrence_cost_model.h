@@ -2,9 +2,9 @@
 // microseconds. Pure arithmetic on sizes and the constants below; no torch, no CUDA.
 //
 // Every constant was measured on an NVIDIA H200 (132 SMs, CUDA 13.0, driver 580.159,
-// 2026-11-30; ../shared/GPU_FACTS.md) or fitted to the measured times there; the table
+// 2026-11-30; docs/benchmarks.md#gpu-measured) or fitted to the measured times there; the table
 // names which. Predictions for the new paths are predictions: their kernels have not run on
-// a GPU yet. tests/test_cost_model.py holds the model to GPU_FACTS.md: the model of the
+// a GPU yet. tests/test_cost_model.py holds the model to those measurements: the model of the
 // first grid kernel (legacy_grid_*) reproduces its measured forward and forward+backward
 // times within 30% at every row, and cudnn_* cuDNN's where cuDNN ran one GEMM per step.
 #pragma once
@@ -16,13 +16,13 @@
 namespace rnn_fused::cost {
 
 struct Constants {
-  // Measured (GPU_FACTS.md "Synchronisation floors"): one barrier, 256 threads per block.
+  // Measured (docs/benchmarks.md, synchronisation floors): one barrier, 256 threads per block.
   double block_barrier_us = 0.016;
   double cluster_barrier_us[17] = {0, 0, 0.187, 0.190, 0.195, 0.198, 0.200, 0.203, 0.205,
                                    0.204, 0.203, 0.201, 0.200, 0.198, 0.197, 0.195, 0.193};  // by CTAs; 2/4/8/16 measured
   double grid_barrier_us = 0.97;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
-  // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (GPU_FACTS.md "Floors").
+  // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
   double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
   double fp64_fma_fraction = 0.5;  // H100/H200 float64 FMA rate relative to float32
   double clock_per_us = 1980;      // SM clock (H200 boost), to turn cycle counts into time
@@ -109,10 +109,21 @@ inline double forward_gemms_us(const Constants& c, int64_t steps, int64_t batch,
   return gemm_us(c, double(steps) * batch, hidden, input) + c.op_fixed_us;
 }
 
-inline double backward_gemms_us(const Constants& c, int64_t steps, int64_t batch, int64_t input, int64_t hidden) {
+// dW_hh is a two-level sum over chunks of about sqrt(T) steps (elman_gemms.h): on the GPU one
+// batched product, one sum and one product for the rest, where the partials fit in the
+// memory of one [T,B,H] tensor, else a product and an add per chunk (the first kernels always
+// did the latter: legacy_dw_hh_launches).
+inline double dw_hh_launches(int64_t steps, int64_t batch, int64_t hidden) {
+  const double chunk = std::ceil(std::sqrt(double(steps)));
+  return hidden <= chunk * batch ? 3.0 : 2.0 * chunk;
+}
+inline double legacy_dw_hh_launches(int64_t steps) { return 4.0 * std::sqrt(double(steps)); }
+
+inline double backward_gemms_us(const Constants& c, int64_t steps, int64_t batch, int64_t input, int64_t hidden,
+                                double dw_hh_chunk_launches) {
   const double rows = double(steps) * batch;
   return gemm_us(c, rows, input, hidden) + gemm_us(c, hidden, input, rows) + gemm_us(c, hidden, hidden, rows) +
-         4 * c.launch_us * std::sqrt(double(steps)) + c.op_fixed_us;
+         dw_hh_chunk_launches * c.launch_us + c.op_fixed_us;
 }
 
 // ---- Reference models (not paths rnn_fused runs) ----------------------------------------
@@ -142,9 +153,9 @@ inline double legacy_grid_step_us(const Constants& c, int64_t batch, int64_t hid
          per_warp * (f.backward_item_us + samples * f.backward_epilogue_us + iterations * f.backward_iteration_us);
 }
 
-// cuDNN where it runs one GEMM per step (H >= 512 in GPU_FACTS.md's profiles): a split-K SIMT
+// cuDNN where it runs one GEMM per step (H >= 512 in the measured profiles): a split-K SIMT
 // SGEMM launch and element-wise launches per step; the GEMM's rate grows with the batch and
-// saturates. Fitted to GPU_FACTS.md's rows with H >= 512 (within 30% of each).
+// saturates. Fitted to the measured rows with H >= 512 (within 30% of each).
 struct CudnnFit {
   double max_tflops = 17.3, half_rate_batch = 11.6;
   double forward_launches = 2.09, backward_launches = 4.0;
