@@ -57,8 +57,11 @@ def code_blocks(path: str) -> list[Block]:
         marker = NOT_RUN.match(lines[i - 1]) if i > 0 else None
         body = []
         j = i + 1
+        indent = len(opening["indent"])
         while j < len(lines) and not re.match(rf"^ {{0,3}}{fence[0]}{{{len(fence)},}}\s*$", lines[j]):
-            body.append(lines[j])
+            # As Markdown reads it: the opening fence's indentation is not part of the code.
+            line = lines[j]
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))):])
             j += 1
         assert j < len(lines), f"{path}:{i + 1}: code block never closed"
         language = info.split()[0].lower() if info else ""
