@@ -1,7 +1,27 @@
 """The test cases' configurations: RNNCase and layer_args live in rnn_fused.tools.testing (rnn-fused
 check draws from them too); the tests import them from here."""
 
-from rnn_fused.tools.testing import RNNCase, layer_args  # noqa: F401
+import torch
+
+from rnn_fused import _ops
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, RNNCase, layer_args  # noqa: F401
 
 # The GPU kernels' recurrence paths the emulated backend is tested on (rnn_fused.plan).
 EMULATED_PATHS = ("block", "cluster", "grid", "stepwise")
+
+
+def run_layer_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer=0, path=None,
+                 backend=None):
+    """Forward and backward of the op pair with norms recorded: the backward's eight results
+    (five gradients, step norms, squared norms, non-finite flag)."""
+    inputs = _ops.LayerInputs(*args, lengths)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend, path)
+    out, h_n = _ops.layer_forward(inputs, options)
+    return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
+
+
+def assert_close64(actual, expected):
+    """float64 results within the suite's float64 parity bound of max|expected| (at least 1)."""
+    bound = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, expected.abs().max().item())
+    assert (actual - expected).abs().max().item() <= bound
+

@@ -20,7 +20,7 @@ from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import EMULATED_PATHS, layer_args
+from rnn_cases import EMULATED_PATHS, assert_close64, layer_args, run_layer_op
 
 OPS = torch.ops.rnn_fused
 TRUNCATIONS = {"full": None, "K1": 1, "K2": 2, "K4": 4, "random": RandomTruncation(0.6, seed=11)}
@@ -65,15 +65,7 @@ def _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeyp
 
 
 def _run_op(args, lengths, nonlinearity, reverse, truncation_args, backend, cotangents, layer=0, path=None):
-    inputs = _ops.LayerInputs(*args, lengths)
-    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend, path)
-    out, h_n = _ops.layer_forward(inputs, options)
-    return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
-
-
-def _close64(actual, expected):
-    tol = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, expected.abs().max().item())
-    assert (actual - expected).abs().max().item() <= tol
+    return run_layer_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer, path, backend)
 
 
 @pytest.mark.parametrize("capability", [(9, 0), (8, 0)], ids=["sm90", "sm80"])
@@ -111,11 +103,11 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, capabil
     for name, result in results.items():
         grads, step_norms, sq_norms, nonfinite = result[:5], result[5], result[6], result[7]
         for got, want in zip(grads, ref_grads[:5]):
-            _close64(got, want)
-        _close64(grads[4], ref_grads[5])
-        _close64(step_norms, ref_norms)
+            assert_close64(got, want)
+        assert_close64(grads[4], ref_grads[5])
+        assert_close64(step_norms, ref_norms)
         expected_sq = torch.stack([gr.pow(2).sum() for gr in grads])
-        _close64(sq_norms, expected_sq)
+        assert_close64(sq_norms, expected_sq)
         assert not nonfinite.item(), name
     for path in paths:
         for mode in ("reverse", "shuffle"):
@@ -242,10 +234,10 @@ def test_double_backward_with_truncation_follows_the_truncated_graph():
     out, h_n = rnn_fused.rnn_layer(*args, None, "tanh", False, truncation=truncation, layer=2)
     fused_only = torch.autograd.grad(out.pow(2).sum() + h_n.sum(), args)
     for a, b, c in zip(fused[0], loop[0], fused_only):
-        _close64(a, b)
-        _close64(c, b)
+        assert_close64(a, b)
+        assert_close64(c, b)
     for a, b in zip(fused[1], loop[1]):
-        _close64(a, b)
+        assert_close64(a, b)
     untruncated = torch.autograd.grad(sum(o.sum() for o in reference_layer(*args, None, "tanh", False)), args[3])
     truncated = torch.autograd.grad(sum(o.sum() for o in reference_layer(*args, None, "tanh", False, scales)), args[3])
     assert not torch.allclose(untruncated[0], truncated[0])  # the draws do cut edges here
@@ -345,4 +337,4 @@ def test_more_samples_than_a_chunk(path):
         if a.dtype == torch.bool:
             assert torch.equal(a, b)
         else:
-            _close64(a, b)
+            assert_close64(a, b)

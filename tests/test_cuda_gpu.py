@@ -22,7 +22,7 @@ from rnn_fused.tools.testing import (FLOAT64_PARITY_ULPS, assert_within_toleranc
                                      true_float32_on_cuda)
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import EMULATED_PATHS, RNNCase
+from rnn_cases import EMULATED_PATHS, RNNCase, assert_close64, run_layer_op
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -257,15 +257,7 @@ TRUNCATIONS = {"full": None, "K1": 1, "K3": 3, "random": RandomTruncation(0.7, s
 
 
 def _run_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer=0, path=None, backend=BACKEND):
-    inputs = _ops.LayerInputs(*args, lengths)
-    options = _ops.LayerOptions.make(nonlinearity, reverse, truncation_args, layer, backend, path)
-    out, h_n = _ops.layer_forward(inputs, options)
-    return _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, True, inputs, options)
-
-
-def _close64(actual, expected):
-    bound = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps * max(1.0, expected.abs().max().item())
-    assert (actual - expected).abs().max().item() <= bound
+    return run_layer_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer, path, backend)
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
@@ -297,7 +289,7 @@ def test_truncation_and_norms_equal_the_cpu_op_on_every_path(hidden, truncation,
         if c.dtype == torch.bool:
             assert torch.equal(c, d.cpu())
         else:
-            _close64(d.cpu(), c)
+            assert_close64(d.cpu(), c)
 
 
 @pytest.mark.parametrize("path", EMULATED_PATHS)
@@ -345,7 +337,7 @@ def test_more_samples_than_a_chunk(batch, path):
         if a.dtype == torch.bool:
             assert torch.equal(a.cpu(), b)
         else:
-            _close64(a.cpu(), b)
+            assert_close64(a.cpu(), b)
 
 
 def test_bidirectional_module_with_truncation_and_norms_matches_the_cpu_module():
@@ -370,9 +362,9 @@ def test_bidirectional_module_with_truncation_and_norms_matches_the_cpu_module()
     cpu_record, cpu_grads = run(cpu_model, "cpu")
     gpu_record, gpu_grads = run(gpu_model, DEVICE)
     for c, d in zip(cpu_grads, gpu_grads):
-        _close64(d.cpu(), c)
+        assert_close64(d.cpu(), c)
     for name, value in cpu_record.parameter_sq_norms.items():
-        _close64(gpu_record.parameter_sq_norms[name].cpu(), value)
+        assert_close64(gpu_record.parameter_sq_norms[name].cpu(), value)
 
 
 # ---- a refused call leaves the device usable (issue 12) ----
