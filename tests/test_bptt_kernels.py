@@ -20,7 +20,8 @@ from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import EMULATED_PATHS, assert_close64, layer_args, run_layer_op
+from rnn_cases import (EMULATED_PATHS, assert_close64, assert_norm_partials_match, layer_args, norm_partials_case,
+                        run_layer_op)
 
 OPS = torch.ops.rnn_fused
 TRUNCATIONS = {"full": None, "K1": 1, "K2": 2, "K4": 4, "random": RandomTruncation(0.6, seed=11)}
@@ -118,21 +119,13 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, capabil
 def test_norm_partials_of_every_path_agree_with_cpu(path):
     """Every path reduces the same norms (float32, H = 40; on the grid path spread over two
     CTAs per sample group) as the CPU loop, to float32 rounding."""
-    steps, batch, hidden = 5, 3, 40
-    args = layer_args(steps, batch, 3, hidden, bias=True, hx=False, dtype=torch.float32)
-    lengths = torch.tensor([5, 3, 4])
-    g = torch.Generator().manual_seed(9)
-    cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
-    targs = TruncationArgs(every=2)
+    args, lengths, cot, targs = norm_partials_case()
     cpu = _run_op(args, lengths, "tanh", False, targs, "cpu", cot)
     with simt.emulated_device(sm_count=2):
         emulated = _run_op(args, lengths, "tanh", False, targs, "emulated", cot, path=path)
-        plan = rnn_fused.plan(hidden, batch, backward=True, path=path)
+        plan = rnn_fused.plan(40, 3, backward=True, path=path)
     assert plan.path == path and (path != "grid" or plan.ctas_per_group > 1)
-    # Two float32 evaluations of norms whose g differ by float32 rounding of the recurrence:
-    # within the classic worst-case bound of a length-H float32 sum, twice (one per side).
-    torch.testing.assert_close(emulated[5], cpu[5], rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
-    assert (emulated[5][3:, 1] == 0).all() and (emulated[5][4:, 2] == 0).all()  # past each length
+    assert_norm_partials_match(emulated[5], cpu[5])
 
 
 @pytest.mark.parametrize("backend", ["cpu", "emulated"])

@@ -22,7 +22,8 @@ from rnn_fused.tools.testing import (FLOAT64_PARITY_ULPS, assert_within_toleranc
                                      true_float32_on_cuda)
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
-from rnn_cases import EMULATED_PATHS, RNNCase, assert_close64, run_layer_op
+from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_partials_match, norm_partials_case,
+                        run_layer_op)
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -296,21 +297,15 @@ def test_truncation_and_norms_equal_the_cpu_op_on_every_path(hidden, truncation,
 def test_norm_partials_of_every_path_agree_with_cpu(path):
     """float32, H = 40: every path reduces the same step norms as the CPU loop, to float32
     rounding (the bound of a length-H float32 sum, twice)."""
-    steps, batch, hidden = 5, 3, 40
-    args = layer_args(steps, batch, 3, hidden, bias=True, hx=False, dtype=torch.float32)
-    lengths = torch.tensor([5, 3, 4])
-    g = torch.Generator().manual_seed(9)
-    cot = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
-    targs = TruncationArgs(every=2)
-    refusal = path_refusal(path, hidden, batch, torch.float32)
+    args, lengths, cot, targs = norm_partials_case()
+    refusal = path_refusal(path, 40, 3, torch.float32)
     if refusal is not None:
-        with expect_refusal(path, hidden, refusal):
+        with expect_refusal(path, 40, refusal):
             _run_op([_cuda(a) for a in args], lengths, "tanh", False, targs, [_cuda(c) for c in cot], path=path)
         return
     cpu = _run_op(args, lengths, "tanh", False, targs, cot, backend="cpu")
     gpu = _run_op([_cuda(a) for a in args], lengths, "tanh", False, targs, [_cuda(c) for c in cot], path=path)
-    torch.testing.assert_close(gpu[5].cpu(), cpu[5], rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
-    assert (gpu[5][3:, 1] == 0).all() and (gpu[5][4:, 2] == 0).all()  # past each length
+    assert_norm_partials_match(gpu[5], cpu[5])
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
