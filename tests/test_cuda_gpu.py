@@ -20,7 +20,7 @@ from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import (FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch,
                                      true_float32_on_cuda)
-from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
+from rnn_fused.truncation import RandomTruncation, resolve_truncation
 
 from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_partials_match, norm_partials_case,
                         run_layer_op)
