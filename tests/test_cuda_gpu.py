@@ -24,6 +24,7 @@ from rnn_fused.truncation import RandomTruncation, resolve_truncation
 
 from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_partials_match, norm_partials_case,
                         run_layer_op)
+from test_autocast import _stock_layer
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -405,3 +406,19 @@ def test_a_forced_path_that_cannot_run_is_refused_and_the_device_still_runs():
     with pytest.raises(ValueError, match="path must be 'block', 'cluster', 'grid', 'stepwise' or None, got 'warp'"):
         gpu_layer(*args, path="warp")
     _good_call_still_runs()
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_rnn_layer_under_cuda_autocast_matches_torch_rnn_op(autocast_dtype):
+    """CUDA autocast reaches the op's AutocastCUDA kernel: the result dtype is torch.rnn_tanh's
+    (cuDNN) and the values meet the tolerance rule against a float64 run. The cast happens
+    before the path is chosen, so the planned path stands for all of them."""
+    args = layer_args(9, 3, 5, 24, dtype=torch.float64)
+    reference = _stock_layer(*args)
+    float32_args = [_cuda(a.float()) for a in args]
+    with torch.autocast("cuda", dtype=autocast_dtype):
+        stock = _stock_layer(*float32_args)
+        ours = gpu_layer(*float32_args, None, "tanh")
+    for name, r, s, o in zip(("output", "h_n"), reference, stock, ours):
+        assert s.dtype == autocast_dtype and o.dtype == s.dtype, (name, s.dtype, o.dtype)
+        assert_within_tolerance(r, s.cpu(), o.cpu(), name=name)
