@@ -4,7 +4,7 @@ under the tolerance rule), through the forward op's own Autocast kernels.
 
 CUDA autocast cannot run on a machine without a GPU; its kernel is the same Python function
 as the CPU one, registered for AutocastCUDA (checked below), so the CPU tests exercise the
-code path both devices take.
+code path both devices take; tests/test_cuda_gpu.py runs it under CUDA autocast on a GPU.
 """
 
 from __future__ import annotations
