@@ -9,6 +9,7 @@ Sizes stay small: every emulated CUDA thread is a fiber.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import pytest
@@ -123,6 +124,53 @@ def test_block_and_grid_paths_agree_bitwise(hidden):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b)
+
+
+def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32, backend="emulated"):
+    """Output, h_n, every gradient and the recorded step norms of a 1-layer module in dtype
+    with randomized truncation, on the block path of an emulated device of sm_count SMs (or
+    the CPU backend), and the forward and backward plans' samples per group."""
+    torch.manual_seed(0)
+    module = RNN(5, hidden, truncation=rnn_fused.RandomTruncation(0.7, seed=3)).to(dtype)
+    module.backend = backend
+    module.path = "block" if backend == "emulated" else None
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(6, batch, 5, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    context = simt.emulated_device(sm_count=sm_count) if backend == "emulated" else contextlib.nullcontext()
+    with context:
+        samples = tuple(rnn_fused.plan(hidden, batch, dtype, path="block", backward=bwd).samples_per_group
+                        for bwd in (False, True)) if backend == "emulated" else ()
+        with rnn_fused.record_gradients(module) as rec:
+            out, h_n = module(packed)
+        (out.data.sin().sum() + h_n.cos().sum()).backward()
+    grads = [x.grad] + [p.grad for p in module.parameters()]
+    return [out.data.detach(), h_n.detach(), *grads, rec.step_norms], samples
+
+
+def test_register_tiles_of_every_sample_count_round_alike():
+    """A CTA computes its passes pass_batch(S) at a time (a tile of units x S samples per
+    lane; kernel_common.cuh). H = 200 gives 7 passes: full and partial batches for every
+    S in 1, 2, 4, 8, which the planner picks from the SMs the groups can spread over. Each
+    accumulator keeps its chunk order, so the forward, the truncated backward and the norms
+    are bitwise equal whatever the tile, and within the tolerance rule of the float64 run
+    (stock: the CPU backend in float32)."""
+    hidden, batch = 200, 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    runs, tiles = [], set()
+    for sm_count in (9, 5, 3, 2):  # 9, 5, 3, 2 sample groups
+        results, samples = _block_run_with_norms(sm_count, hidden, batch, lengths)
+        runs.append(results)
+        tiles.update(samples)
+    assert tiles == {1, 2, 4, 8}
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+    reference, _ = _block_run_with_norms(0, hidden, batch, lengths, torch.float64, backend="cpu")
+    stock, _ = _block_run_with_norms(0, hidden, batch, lengths, backend="cpu")
+    names = ["output", "h_n", "grad_input", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "step_norms"]
+    for name, r, s, o in zip(names, reference, stock, runs[0], strict=True):
+        assert_within_tolerance(r, s, o, name=name)
 
 
 # A reduced version of the module parity grid (tests/test_module_parity.py): layers,

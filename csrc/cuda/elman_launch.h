@@ -238,7 +238,12 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
-      const cost::StepWork work{samples, (units + kUnitsPerPass - 1) / kUnitsPerPass, chunk_iterations, vec, r.fp64};
+      const cost::StepWork work{.samples = samples,
+                                .passes = (units + kUnitsPerPass - 1) / kUnitsPerPass,
+                                .chunk_iterations = chunk_iterations,
+                                .vector = vec,
+                                .fp64 = r.fp64,
+                                .pass_batch = pass_batch(static_cast<int>(samples))};
       const double us = kPath == RecurrencePath::Grid
                             ? cost::grid_step_us(model, work, r.hidden, sizeof(scalar_t), tiling.chunks)
                         : kPath == RecurrencePath::Cluster ? cost::cluster_step_us(model, work, ctas, waves)

@@ -6,12 +6,15 @@
 // Thread mapping of a CTA (kRecurrenceThreads threads): 8 consecutive lanes ("a unit
 // group") share one hidden unit u and split its dot products over k: lane q of the group
 // takes the 16-byte chunks q, q + 8, q + 16, ... of the weight row and of every state row.
-// A warp therefore covers 4 units, a CTA 32 units per pass; a CTA owning more units loops
-// over passes. Each lane keeps one accumulator per sample of its group (kSamples), so every
-// weight chunk loaded from shared memory feeds kSamples multiply-add chains (a 1 x kSamples
-// register tile), and the group's 8 partial sums are combined by a reduce-scatter over the
-// lane bits that leaves each sample's total in one lane: the epilogues of a unit's samples
-// run on different lanes side by side.
+// A warp therefore covers 4 units, a CTA 32 units per pass; a CTA owning more units has
+// several passes. Each lane keeps a register tile of accumulators, kPassBatch passes (units)
+// x kSamples samples: every state chunk loaded from shared memory feeds kPassBatch units and
+// every weight chunk kSamples samples, and the passes of a batch are independent, so their
+// multiply-add chains, reduce-scatters and epilogues overlap instead of running one after
+// the other (one CTA per SM leaves 2 warps per scheduler: latency is hidden by this
+// instruction-level parallelism, not by other warps). The group's 8 partial sums of a unit
+// are combined by a reduce-scatter over the lane bits that leaves each sample's total in one
+// lane: the epilogues of a unit's samples run on different lanes side by side.
 #pragma once
 
 #include <cstdint>
@@ -32,6 +35,9 @@ constexpr int kUnitLanes = 8;                                      // lanes shar
 constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CTA covers per pass
 constexpr int kMaxPasses = 8;                                      // so a CTA owns at most 256 units
 constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
+// Passes computed together: a tile of at most 16 accumulators per lane (8 units at 1 sample,
+// 4 at 4, 2 at 8).
+SIMT_HOST_DEVICE constexpr int pass_batch(int samples) { return 16 / samples < kMaxPasses ? 16 / samples : kMaxPasses; }
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // 16 bytes of scalars: 4 floats or 2 doubles, loaded from shared memory as one vector.
@@ -91,23 +97,34 @@ SIMT_DEVICE __forceinline__ LaneRole lane_role() {
   return {t / kUnitLanes, t % kUnitLanes};
 }
 
-// acc[j] = sum over the lane's k chunks of w_row[k] * states[j * row_stride + k], for the
-// kSamples state rows. w_row and states in shared memory, 16-byte aligned, rows padded with
-// zeros to `chunks` whole chunks. Each lane accumulates its chunks in order, so the result
-// is the same on every run.
-template <typename scalar_t, int kSamples>
-SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* w_row, const scalar_t* states, int64_t row_stride,
-                                           int chunks, int q, scalar_t (&acc)[kSamples]) {
+// acc[i][j] = sum over the lane's k chunks of w_rows[i][k] * states[j * row_stride + k], for
+// the first `used` rows (the rest are left at zero) and the kSamples state rows. Rows in
+// shared memory, 16-byte aligned, padded with zeros to `chunks` whole chunks. Each
+// accumulator takes its chunks in order, so the result is the same on every run and does not
+// depend on kUnits. `used` must be uniform over the warp.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], int used, const scalar_t* states,
+                                           int64_t row_stride, int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
   constexpr int kVec = vec_size<scalar_t>();
   SIMT_UNROLL
-  for (int j = 0; j < kSamples; ++j) acc[j] = scalar_t(0);
-  for (int c = q; c < chunks; c += kUnitLanes) {
-    const Vec16<scalar_t> w = load_vec(w_row + c * kVec);
+  for (int i = 0; i < kUnits; ++i) {
     SIMT_UNROLL
-    for (int j = 0; j < kSamples; ++j) {
-      const Vec16<scalar_t> h = load_vec(states + j * row_stride + c * kVec);
-      SIMT_UNROLL
-      for (int e = 0; e < kVec; ++e) acc[j] += w.v[e] * h.v[e];
+    for (int j = 0; j < kSamples; ++j) acc[i][j] = scalar_t(0);
+  }
+  for (int c = q; c < chunks; c += kUnitLanes) {
+    Vec16<scalar_t> h[kSamples];
+    SIMT_UNROLL
+    for (int j = 0; j < kSamples; ++j) h[j] = load_vec(states + j * row_stride + c * kVec);
+    SIMT_UNROLL
+    for (int i = 0; i < kUnits; ++i) {
+      if (i < used) {
+        const Vec16<scalar_t> w = load_vec(w_rows[i] + c * kVec);
+        SIMT_UNROLL
+        for (int j = 0; j < kSamples; ++j) {
+          SIMT_UNROLL
+          for (int e = 0; e < kVec; ++e) acc[i][j] += w.v[e] * h[j].v[e];
+        }
+      }
     }
   }
 }

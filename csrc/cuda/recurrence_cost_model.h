@@ -41,6 +41,10 @@ struct Constants {
   double shuffle_latency_cycles = 25;
   double epilogue_cycles = 60;        // activation, mask, stores of one output
   double remote_store_cycles = 8;     // issue cost of one distributed-shared-memory store
+  // Estimated, not measured: the issue slots one more pass of a batch adds to a scheduler
+  // (its 2 warps x about 40 instructions of reduce-scatter and epilogue), overlapped with
+  // the batch's other passes.
+  double pass_tail_issue_cycles = 80;
 };
 
 inline constexpr Constants kH200{};
@@ -50,29 +54,37 @@ inline double gemm_us(const Constants& c, double m, double n, double k) {
 }
 
 // What one CTA does per step on the persistent paths (kernel_common.cuh's mapping): `passes`
-// passes of 32 units, each lane kSamples accumulators over chunk_iterations 16-byte chunks.
+// passes of 32 units, computed `pass_batch` at a time; each lane keeps pass_batch x kSamples
+// accumulators over chunk_iterations 16-byte chunks.
 struct StepWork {
   int64_t samples;           // kSamples
   int64_t passes;            // ceil(units per CTA / 32)
   int64_t chunk_iterations;  // ceil(ceil(H / vector) / 8)
   int64_t vector;            // scalars per 16-byte chunk: 4 (float32) or 2 (float64)
   bool fp64;
+  int64_t pass_batch;        // pass_batch(kSamples): passes computed together
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
-// multiply-add throughput, the shared-memory wavefronts and the dependent chain, plus the
-// reduce-scatter and epilogue latencies of each pass.
+// multiply-add throughput, the shared-memory wavefronts and the dependent chains, plus each
+// batch's reduce-scatter and epilogue (latency-bound for one pass, issue-bound for many).
 inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
+  const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
   const double fmas_per_thread = double(w.passes) * w.chunk_iterations * w.vector * w.samples;
   const double fma_rate = c.fma_per_sm_per_us * (w.fp64 ? c.fp64_fma_fraction : 1.0);
   const double throughput = 256.0 * fmas_per_thread / fma_rate;
-  // Per warp and chunk: the weight load spans 4 units (4 wavefronts), each state load is one
-  // 128-byte row segment shared by the warp's 4 unit groups (1 wavefront).
-  const double wavefronts = 8.0 * w.passes * w.chunk_iterations * (4 + w.samples);
+  // Per warp and chunk: a weight load spans 4 units (4 wavefronts) for each pass of the
+  // batch; each state load is one 128-byte row segment shared by the warp's 4 unit groups
+  // and the batch's passes (1 wavefront).
+  const double wavefronts = 8.0 * w.chunk_iterations * (4.0 * w.passes + double(batches) * w.samples);
   const double shared = wavefronts / c.smem_wavefronts_per_us;
-  const double chain_cycles = double(w.passes) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
+  const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
   const double chain = chain_cycles / c.clock_per_us;
-  const double tail_cycles = double(w.passes) * (3 * c.shuffle_latency_cycles + c.epilogue_cycles);
+  double tail_cycles = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t in_batch = std::min(w.pass_batch, w.passes - b * w.pass_batch);
+    tail_cycles += std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, in_batch * c.pass_tail_issue_cycles);
+  }
   return std::max({throughput, shared, chain}) + tail_cycles / c.clock_per_us;
 }
 

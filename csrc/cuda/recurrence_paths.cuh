@@ -241,21 +241,36 @@ struct RecurrenceCta {
     }
   }
 
-  // The chunk's unit dot products against `current`, every pass; epilogue(p, u, total) on the
-  // lane that owns each existing unit's total for its sample (`owner`: that sample exists).
+  // The chunk's unit dot products against `current`, every pass, pass_batch(kSamples) passes
+  // at a time; epilogue(p, u, total) on the lane that owns each existing unit's total for its
+  // sample (`owner`: that sample exists), in pass order.
   template <class Epilogue>
   SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, bool owner, Epilogue&& epilogue) const {
+    constexpr int kBatch = pass_batch(kSamples);
     SIMT_UNROLL
-    for (int p = 0; p < kMaxPasses; ++p) {
-      if (p >= passes) break;  // uniform over the CTA
-      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-      const bool valid_unit = u_local < units;
+    for (int first_pass = 0; first_pass < kMaxPasses; first_pass += kBatch) {
+      if (first_pass >= passes) break;  // uniform over the CTA
+      const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
       // Lanes past the last unit compute a copy of the last row: their warp stays whole for
       // the shuffles, and the result is dropped.
-      scalar_t acc[kSamples];
-      unit_dots(weights + (valid_unit ? u_local : units - 1) * row, current, row, vectors, role.q, acc);
-      reduce_scatter_unit(acc, role.q);
-      if (owner && valid_unit) epilogue(p, place.unit_begin + u_local, acc[0]);
+      const scalar_t* rows[kBatch];
+      SIMT_UNROLL
+      for (int i = 0; i < kBatch; ++i) {
+        const int64_t u_local = role.unit_in_pass + int64_t(first_pass + i) * kUnitsPerPass;
+        rows[i] = weights + (u_local < units ? u_local : units - 1) * row;
+      }
+      scalar_t acc[kBatch][kSamples];
+      unit_dots(rows, used, current, row, vectors, role.q, acc);
+      SIMT_UNROLL
+      for (int i = 0; i < kBatch; ++i) {
+        if (i < used) reduce_scatter_unit(acc[i], role.q);
+      }
+      SIMT_UNROLL
+      for (int i = 0; i < kBatch; ++i) {
+        const int p = first_pass + i;
+        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+        if (i < used && owner && u_local < units) epilogue(p, place.unit_begin + u_local, acc[i][0]);
+      }
     }
   }
 };
