@@ -80,14 +80,23 @@ inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b
   const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
   const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
   const int64_t full = S / steps_per_chunk;
-  if (batched && full > 1 && H <= steps_per_chunk * B) {
+  // Full chunks per batched product: as many as keep its [group, H, H] partials within the
+  // memory of a (or b).
+  const int64_t group = std::min(full, S * B / H);
+  if (batched && group > 1) {
     // On a GPU each product is a launch (about 5 us: 2 sqrt(T) of them cost more than a small
-    // layer's whole recurrence): the full chunks as one batched product and one sum, the rest
-    // as one more product. The [chunks, H, H] partials take no more memory than a or b.
+    // layer's whole recurrence): groups of full chunks as one batched product and one sum
+    // each (one group where H <= steps_per_chunk * B), the rest as one more product.
+    at::Tensor result;
+    for (int64_t first = 0; first < full; first += group) {
+      const int64_t n = std::min(group, full - first);
+      const auto rows_of = [&](const at::Tensor& t) {
+        return t.narrow(0, first * steps_per_chunk, n * steps_per_chunk).reshape({n, steps_per_chunk * B, H});
+      };
+      at::Tensor sum = at::bmm(rows_of(a).transpose(1, 2), rows_of(b)).sum(0);
+      result = result.defined() ? result.add_(sum) : sum;
+    }
     const int64_t rows = full * steps_per_chunk;
-    at::Tensor result = at::bmm(a.narrow(0, 0, rows).reshape({full, steps_per_chunk * B, H}).transpose(1, 2),
-                                b.narrow(0, 0, rows).reshape({full, steps_per_chunk * B, H}))
-                            .sum(0);
     if (rows < S) {
       const int64_t n = S - rows;
       result.add_(at::mm(a.narrow(0, rows, n).reshape({n * B, H}).t(), b.narrow(0, rows, n).reshape({n * B, H})));

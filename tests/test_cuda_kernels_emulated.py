@@ -126,6 +126,26 @@ def test_block_and_grid_paths_agree_bitwise(hidden):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("steps,batch,hidden", [(30, 1, 12), (30, 2, 5), (30, 1, 40)],
+                         ids=["groups-of-2-chunks", "one-group", "one-chunk-per-product"])
+def test_weight_gradient_chunk_products_under_the_tolerance_rule(steps, batch, hidden):
+    """dW_hh on the GPU backends is a two-level sum over chunks of about sqrt(T) steps, the
+    chunks' products batched in groups whose partials fit in the memory of dz (elman_gemms.h):
+    30 steps make 5 chunks of 6; H = 12, B = 1 takes groups of 2, 2 and 1 chunks; H = 5,
+    B = 2 one group; H = 40 a product per chunk. Every gradient within the tolerance rule."""
+    args = layer_args(steps, batch, 3, hidden)
+    g = torch.Generator().manual_seed(5)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    cast = [None if a is None else a.to(torch.float32) for a in args]
+    with simt.emulated_device(**SMALL_GPU):
+        ours = run_layer(cast, None, "tanh", False, "emulated", cotangents)
+    reference = reference_results(args, None, "tanh", False, cotangents, torch.float64)
+    stock = reference_results(cast, None, "tanh", False, cotangents, torch.float32)
+    for i, (r, s_, o) in enumerate(zip(reference, stock, ours, strict=True)):
+        assert_within_tolerance(r, s_, o, name=f"result {i}", ulps=8)
+
+
 def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32, backend="emulated"):
     """Output, h_n, every gradient and the recorded step norms of a 1-layer module in dtype
     with randomized truncation, on the block path of an emulated device of sm_count SMs (or
@@ -152,9 +172,11 @@ def test_register_tiles_of_every_sample_count_round_alike():
     """A CTA computes its passes pass_batch(S) at a time (a tile of units x S samples per
     lane; kernel_common.cuh). H = 200 gives 7 passes: full and partial batches for every
     S in 1, 2, 4, 8, which the planner picks from the SMs the groups can spread over. Each
-    accumulator keeps its chunk order, so the forward, the truncated backward and the norms
-    are bitwise equal whatever the tile, and within the tolerance rule of the float64 run
-    (stock: the CPU backend in float32)."""
+    accumulator keeps its chunk order and every total the same reduction tree, so the
+    forward and the truncated backward are bitwise equal whatever the tile; the norms are
+    summed in float64 in an order that depends on the tile, and agree once rounded to the
+    module's float32. All within the tolerance rule of the float64 run (stock: the CPU
+    backend in float32)."""
     hidden, batch = 200, 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs, tiles = [], set()
@@ -324,7 +346,8 @@ def test_plan_large_batches_take_chunks_on_the_grid_path():
 # (132 SMs, 227 KB of shared memory per block) and on an A100-like one (no clusters).
 PLANNED_PATHS = [
     (64, 1, torch.float32, (9, 0), "block"), (64, 8, torch.float64, (9, 0), "block"),  # W_hh in one CTA
-    (128, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float32, (9, 0), "cluster"),
+    (128, 32, torch.float32, (9, 0), "block"),  # W_hh rows in registers: no cluster barrier needed
+    (256, 8, torch.float32, (9, 0), "cluster"),
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
     (1024, 8, torch.float32, (9, 0), "grid"), (1024, 128, torch.float32, (9, 0), "grid"),  # W_hh over the SMs
     (1024, 128, torch.float64, (9, 0), "stepwise"),  # float64 halves the co-resident W_hh
@@ -344,6 +367,15 @@ def test_plan_per_shape_dtype_and_architecture(hidden, batch, dtype, capability,
     assert plan.candidate("stepwise").feasible
     if capability < (9, 0):
         assert "compute capability 9.0" in plan.candidate("cluster").reason
+
+
+@pytest.mark.parametrize("hidden,dtype,in_registers", [(128, torch.float32, True), (129, torch.float32, False),
+                                                        (8, torch.float64, False)])
+def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, in_registers):
+    """A lane holds its weight chunks in registers when they take at most 4 passes x 4
+    chunk iterations (64 registers): H <= 128 in float32; never in float64 (it would spill)."""
+    plan = rnn_fused.plan(hidden, 8, dtype, path="block")
+    assert ("weight rows in registers" in plan.reason) == in_registers, plan.reason
 
 
 def test_plan_float64_halves_what_fits():

@@ -9,9 +9,10 @@
 //
 // backward_recurrence_kernel<scalar_t, kSamples, kPath> mirrors the forward kernel
 // (elman_forward_kernel.cuh) with rows of W_hh^T and the group's dz rows as the state. When
-// norms are recorded, each owning lane adds g^2 of its units in float64; the CTA sums those
-// per sample in a fixed order, and the group's CTAs' sums are added (rank order) into
-// step_sq: bitwise-reproducible, like the gradients. backward_step_epilogue_kernel is the
+// norms are recorded, each lane adds g^2 of its outputs in float64, the lanes of a unit group
+// combine theirs by a fixed butterfly, the CTA sums those per sample in unit-group order, and
+// the group's CTAs' sums are added (rank order) into step_sq: bitwise-reproducible run to
+// run, like the gradients (the order depends on the tile, so not across launch shapes). backward_step_epilogue_kernel is the
 // Stepwise path's per-step epilogue.
 //
 // Arguments (BackwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
@@ -145,32 +146,36 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
   Cta cta(smem, layout, tiling, a.shape);
-  const int64_t R = cta.row, j = cta.sample;
+  constexpr int kOwned = Cta::kOwned;
   const CtaPlace& place = cta.place;
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
   double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.cta_sums_offset);
   cta.load_weights(a.w_hh_t);
   // No step after the last: dz_T = 0 (and the padding stays zero).
-  for (int64_t i = threadIdx.x; i < (Cta::kStateInShared ? 2 : 1) * kSamples * R; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < (Cta::kStateInShared ? 2 : 1) * kSamples * cta.row; i += blockDim.x) {
     cta.states[i] = scalar_t(0);
   }
   __syncthreads();
+  cta.cache_weights();
   start_exchange<kPath>();
 
   // With one chunk a lane owns the same outputs every step: their dy and saved h are loaded
   // one step ahead.
   const bool one_chunk = tiling.chunks == 1;
-  scalar_t dy[kMaxPasses] = {}, h[kMaxPasses] = {};
+  scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
   auto prefetch = [&](int64_t s) {
-    const int64_t b = place.sample_begin + j;
-    const int64_t length = sample_length(a.lengths, b, B, T);
-    if (!cta.owns || s >= length) return;
-    const int64_t t = step_time(s, length, a.reverse);
-    cta.for_each_owned_unit([&](int p, int64_t u) {
-      const int64_t at = time_major_offset(t, b, u, B, H);
-      dy[p] = a.dy[at];
-      h[p] = a.out[at];
-    });
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      const int64_t b = place.sample_begin + cta.first_sample + k;
+      const int64_t length = sample_length(a.lengths, b, B, T);
+      if (s >= length) continue;
+      const int64_t t = step_time(s, length, a.reverse);
+      cta.for_each_owned_unit([&](int batch, int64_t u) {
+        const int64_t at = time_major_offset(t, b, u, B, H);
+        dy[batch][k] = a.dy[at];
+        h[batch][k] = a.out[at];
+      });
+    }
   };
   if (one_chunk) prefetch(T - 1);
 
@@ -180,28 +185,42 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // `later` holds dz at step s+1; `now` takes dz at step s.
     auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
       double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
-      const int64_t b = first + j;
-      const bool owner = cta.owns && b < B;
-      const int64_t length = sample_length(a.lengths, b, B, T);
-      const int64_t t = step_time(s, length, a.reverse);
-      // The edge into step s+1 of this lane's sample: one Philox evaluation per step, not per unit.
-      const scalar_t edge = (owner && s + 1 < length) ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b))
-                                                      : scalar_t(0);
-      double g_sq = 0.0;  // this lane's units, in pass order
-      cta.for_each_output(later, owner, [&](int p, int64_t u, scalar_t carry) {
+      // The lane's samples: lengths (0 past the batch), times, and the edge into step s+1 (one
+      // Philox evaluation per sample and step, not per unit).
+      int64_t length[kOwned], t[kOwned];
+      scalar_t edge[kOwned];
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) {
+        const int64_t b = first + cta.first_sample + k;
+        length[k] = sample_length(a.lengths, b, B, T);
+        t[k] = step_time(s, length[k], a.reverse);
+        edge[k] = s + 1 < length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
+      }
+      double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
+      cta.for_each_output(later, [&](int batch, int k, int64_t u, scalar_t carry) {
+        const int64_t j = cta.first_sample + k, b = first + j;
+        if (b >= B) return;
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
-        if (s < length) {
-          const int64_t at = time_major_offset(t, b, u, B, H);
-          const scalar_t g = backward_gradient(a, s, length, b, u, one_chunk ? dy[p] : a.dy[at], carry, edge);
-          g_sq += static_cast<double>(g) * static_cast<double>(g);
-          d = g * slope_runtime(a.activation, one_chunk ? h[p] : a.out[at]);
+        if (s < length[k]) {
+          const int64_t at = time_major_offset(t[k], b, u, B, H);
+          const scalar_t g =
+              backward_gradient(a, s, length[k], b, u, one_chunk ? dy[batch][k] : a.dy[at], carry, edge[k]);
+          g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
+          d = g * slope_runtime(a.activation, one_chunk ? h[batch][k] : a.out[at]);
           a.dz[at] = d;
         }
-        publish_state<kPath>(now, exchange_now, j, b, u, R, H, tiling.ctas_per_group, d);
+        publish_state<kPath>(now, exchange_now, j, b, u, cta.row, H, tiling.ctas_per_group, d);
         if (s == 0) a.dz_first[b * H + u] = d;
       });
-      // Read after the next barrier; this parity is written again two chunks later.
-      if (norms && owner) phase_sums[cta.role.unit_in_pass * kSamples + j] = g_sq;
+      if (norms) {
+        // The unit group's sums per sample; read after the next barrier, this parity is
+        // written again two chunks later.
+        cta.sum_over_unit_group(g_sq);
+        if (cta.role.q < Cta::kSampleLanes) {
+          SIMT_UNROLL
+          for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+        }
+      }
       ++phase;
     };
     auto after_chunk = [&](int64_t first) {  // Grid path: the chunk's rows and sums are complete

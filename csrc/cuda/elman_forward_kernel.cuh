@@ -4,7 +4,8 @@
 // forward_recurrence_kernel<scalar_t, kSamples, kPath> runs the whole sequence in one launch
 // on the Block, Cluster or Grid path (recurrence_paths.cuh): a CTA owns hidden units
 // [unit_begin, unit_end) of one sample group, keeps those rows of W_hh in shared memory for
-// the whole sequence and the group's state rows (double-buffered) beside them. Per
+// the whole sequence (each lane's share also in registers where it fits: H <= 128 in
+// float32) and the group's state rows (double-buffered) beside them. Per
 // processing step: the unit dot products against the current state (kernel_common.cuh), the
 // reduce-scatter, the epilogue on the owning lane (add XW_t prefetched during the previous
 // step, activation, length mask), the new state published to every CTA of the group, one
@@ -53,7 +54,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   Cta cta(smem, SharedLayout<scalar_t>::make(H, tiling, kPath, false), tiling, a.shape);
-  const int64_t R = cta.row, j = cta.sample;
+  constexpr int kOwned = Cta::kOwned;
+  const int64_t R = cta.row;
   cta.load_weights(a.w_hh);
   // Both buffers start as h0 (Block, Cluster) so their padding is zero; the Grid path's chunk
   // buffer is staged from exchange each step.
@@ -61,31 +63,40 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, B, H, R);
   }
   __syncthreads();
+  cta.cache_weights();
   start_exchange<kPath>();
 
   // With one chunk a lane owns the same outputs every step: their XW is loaded one step ahead.
   const bool one_chunk = tiling.chunks == 1;
-  scalar_t xw[kMaxPasses] = {};
+  scalar_t xw[Cta::kBatches][kOwned] = {};
   auto prefetch = [&](int64_t s) {
-    const int64_t b = cta.place.sample_begin + j;
-    const int64_t length = sample_length(a.lengths, b, B, T);
-    if (!cta.owns || s >= length) return;
-    const int64_t t = step_time(s, length, a.reverse);
-    cta.for_each_owned_unit([&](int p, int64_t u) { xw[p] = a.out[time_major_offset(t, b, u, B, H)]; });
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+      const int64_t length = sample_length(a.lengths, b, B, T);
+      if (s >= length) continue;
+      const int64_t t = step_time(s, length, a.reverse);
+      cta.for_each_owned_unit([&](int batch, int64_t u) { xw[batch][k] = a.out[time_major_offset(t, b, u, B, H)]; });
+    }
   };
   if (one_chunk) prefetch(0);
 
   for (int64_t s = 0; s < T; ++s) {
     scalar_t* exchange_next = Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
     auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
-      const int64_t b = first + j;
-      const int64_t length = sample_length(a.lengths, b, B, T);
-      const int64_t t = step_time(s, length, a.reverse);
-      cta.for_each_output(current, cta.owns && b < B, [&](int p, int64_t u, scalar_t recurrent) {
+      int64_t length[kOwned], t[kOwned];  // of the lane's samples (length 0 past the batch)
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) {
+        length[k] = sample_length(a.lengths, first + cta.first_sample + k, B, T);
+        t[k] = step_time(s, length[k], a.reverse);
+      }
+      cta.for_each_output(current, [&](int batch, int k, int64_t u, scalar_t recurrent) {
+        const int64_t j = cta.first_sample + k, b = first + j;
+        if (b >= B) return;
         scalar_t h;
-        if (s < length) {
-          const int64_t at = time_major_offset(t, b, u, B, H);
-          h = activate_runtime(a.activation, (one_chunk ? xw[p] : a.out[at]) + recurrent);
+        if (s < length[k]) {
+          const int64_t at = time_major_offset(t[k], b, u, B, H);
+          h = activate_runtime(a.activation, (one_chunk ? xw[batch][k] : a.out[at]) + recurrent);
           a.out[at] = h;
         } else {
           h = current[j * R + u];  // frozen: the state carries over

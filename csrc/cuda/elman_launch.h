@@ -238,12 +238,15 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
+      const int64_t passes = (units + kUnitsPerPass - 1) / kUnitsPerPass;
       const cost::StepWork work{.samples = samples,
-                                .passes = (units + kUnitsPerPass - 1) / kUnitsPerPass,
+                                .passes = passes,
                                 .chunk_iterations = chunk_iterations,
                                 .vector = vec,
                                 .fp64 = r.fp64,
-                                .pass_batch = pass_batch(static_cast<int>(samples))};
+                                .pass_batch = pass_batch(static_cast<int>(samples), sizeof(scalar_t)),
+                                .outputs_per_lane = outputs_per_lane(static_cast<int>(samples), sizeof(scalar_t)),
+                                .weights_in_registers = weights_fit_registers(passes, chunk_iterations, r.fp64)};
       const double us = kPath == RecurrencePath::Grid
                             ? cost::grid_step_us(model, work, r.hidden, sizeof(scalar_t), tiling.chunks)
                         : kPath == RecurrencePath::Cluster ? cost::cluster_step_us(model, work, ctas, waves)
@@ -261,6 +264,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
                     std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
                     " units, " + std::to_string(smem) + " bytes of shared memory each" +
+                    (work.weights_in_registers ? ", weight rows in registers" : "") +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
     }
   }

@@ -35,9 +35,26 @@ constexpr int kUnitLanes = 8;                                      // lanes shar
 constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CTA covers per pass
 constexpr int kMaxPasses = 8;                                      // so a CTA owns at most 256 units
 constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
-// Passes computed together: a tile of at most 16 accumulators per lane (8 units at 1 sample,
-// 4 at 4, 2 at 8).
-SIMT_HOST_DEVICE constexpr int pass_batch(int samples) { return 16 / samples < kMaxPasses ? 16 / samples : kMaxPasses; }
+// A lane's register tile of accumulators: pass_batch passes (units) x S samples, 64 bytes
+// (16 float32 or 8 float64 values), at most kMaxPasses passes; always 8 or 16 values.
+SIMT_HOST_DEVICE constexpr int pass_batch(int samples, int scalar_bytes) {
+  const int passes = 64 / scalar_bytes / samples;
+  return passes < 1 ? 1 : passes > kMaxPasses ? kMaxPasses : passes;
+}
+SIMT_HOST_DEVICE constexpr int tile_size(int samples, int scalar_bytes) {
+  return pass_batch(samples, scalar_bytes) * samples;
+}
+// Outputs (totals) a lane holds after reduce_scatter_tile: tile / 8, all of one pass and
+// consecutive samples (1 or 2).
+SIMT_HOST_DEVICE constexpr int outputs_per_lane(int samples, int scalar_bytes) {
+  return tile_size(samples, scalar_bytes) / kUnitLanes;
+}
+// The first tile value (pass i * S + sample j) whose total lane q holds after
+// reduce_scatter_tile; the lane's other totals follow it.
+SIMT_HOST_DEVICE constexpr int tile_base(int samples, int scalar_bytes, int q) {
+  const int n = tile_size(samples, scalar_bytes);
+  return ((q & 4) != 0 ? n / 2 : 0) + ((q & 2) != 0 ? n / 4 : 0) + ((q & 1) != 0 ? n / 8 : 0);
+}
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // 16 bytes of scalars: 4 floats or 2 doubles, loaded from shared memory as one vector.
@@ -97,86 +114,123 @@ SIMT_DEVICE __forceinline__ LaneRole lane_role() {
   return {t / kUnitLanes, t % kUnitLanes};
 }
 
-// acc[i][j] = sum over the lane's k chunks of w_rows[i][k] * states[j * row_stride + k], for
-// the first `used` rows (the rest are left at zero) and the kSamples state rows. Rows in
-// shared memory, 16-byte aligned, padded with zeros to `chunks` whole chunks. Each
-// accumulator takes its chunks in order, so the result is the same on every run and does not
-// depend on kUnits. `used` must be uniform over the warp.
-template <typename scalar_t, int kUnits, int kSamples>
-SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], int used, const scalar_t* states,
-                                           int64_t row_stride, int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
+// acc[j] += sum over e of w[e] * h[j][e]: one 16-byte chunk of a weight row against the same
+// chunk of the kSamples state rows, elements in order.
+template <typename scalar_t, int kSamples>
+SIMT_DEVICE __forceinline__ void accumulate_chunk(const Vec16<scalar_t>& w, const Vec16<scalar_t> (&h)[kSamples],
+                                                  scalar_t (&acc)[kSamples]) {
   constexpr int kVec = vec_size<scalar_t>();
+  SIMT_UNROLL
+  for (int j = 0; j < kSamples; ++j) {
+    SIMT_UNROLL
+    for (int e = 0; e < kVec; ++e) acc[j] += w.v[e] * h[j].v[e];
+  }
+}
+
+// h[j] = chunk c of state row j (row j at states + j * row_stride).
+template <typename scalar_t, int kSamples>
+SIMT_DEVICE __forceinline__ void load_state_chunks(const scalar_t* states, int64_t row_stride, int c,
+                                                   Vec16<scalar_t> (&h)[kSamples]) {
+  SIMT_UNROLL
+  for (int j = 0; j < kSamples; ++j) h[j] = load_vec(states + j * row_stride + c * vec_size<scalar_t>());
+}
+
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void zero_tile(scalar_t (&acc)[kUnits][kSamples]) {
   SIMT_UNROLL
   for (int i = 0; i < kUnits; ++i) {
     SIMT_UNROLL
     for (int j = 0; j < kSamples; ++j) acc[i][j] = scalar_t(0);
   }
+}
+
+// acc[i][j] = sum over the lane's k chunks of w_rows[i][k] * states[j * row_stride + k], for
+// the first `used` rows (the rest are left at zero) and the kSamples state rows. Rows in
+// shared memory, 16-byte aligned, padded with zeros to `chunks` whole chunks. Each
+// accumulator takes its chunks in order, so the result is the same on every run and does not
+// depend on kUnits or on where the weights are (register_unit_dots). `used` must be uniform
+// over the warp.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], int used, const scalar_t* states,
+                                           int64_t row_stride, int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
+  zero_tile(acc);
   for (int c = q; c < chunks; c += kUnitLanes) {
     Vec16<scalar_t> h[kSamples];
-    SIMT_UNROLL
-    for (int j = 0; j < kSamples; ++j) h[j] = load_vec(states + j * row_stride + c * kVec);
+    load_state_chunks(states, row_stride, c, h);
     SIMT_UNROLL
     for (int i = 0; i < kUnits; ++i) {
-      if (i < used) {
-        const Vec16<scalar_t> w = load_vec(w_rows[i] + c * kVec);
-        SIMT_UNROLL
-        for (int j = 0; j < kSamples; ++j) {
-          SIMT_UNROLL
-          for (int e = 0; e < kVec; ++e) acc[i][j] += w.v[e] * h[j].v[e];
-        }
-      }
+      if (i < used) accumulate_chunk(load_vec(w_rows[i] + c * vec_size<scalar_t>()), h, acc[i]);
     }
   }
 }
 
-// The 8 lanes of a unit group hold partial sums acc[0..kSamples) of the same kSamples
-// outputs. Reduce-scatter over lane bits 4, 2, 1: while a lane holds more than one value it
-// keeps half of them (the upper half if its bit is set), adds the partner's copy of that
-// half, and sends the other half; once it holds one value the remaining bits are summed as a
-// butterfly. Afterwards acc[0] of lane q is the total of sample owned_sample(q); kSamples <= 8.
-// Fixed pairing and order: bitwise reproducible. Every lane of the warp must call it.
-template <typename scalar_t, int kSamples>
-SIMT_DEVICE __forceinline__ void reduce_scatter_unit(scalar_t (&acc)[kSamples], int q) {
-  static_assert(kSamples == 1 || kSamples == 2 || kSamples == 4 || kSamples == 8, "kSamples: 1, 2, 4 or 8");
+// Weights held in registers where a lane's share fits: for each of at most
+// kRegisterPasses passes, its chunks q, q + 8, ... up to kRegisterIterations of them (64
+// registers: H <= 128, at most 128 units per CTA). Float32 only: in float64 the same share
+// takes twice the registers and the kernels spill (benchmarks/nvcc_resource_usage.txt).
+constexpr int kRegisterPasses = 4;
+constexpr int kRegisterIterations = 4;
+template <typename scalar_t>
+constexpr bool weights_can_be_in_registers() {
+  return sizeof(scalar_t) == 4;
+}
+SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t chunk_iterations, bool fp64) {
+  return !fp64 && passes <= kRegisterPasses && chunk_iterations <= kRegisterIterations;
+}
+
+// unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
+// (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row). The same sums in the
+// same order.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kRegisterPasses][kRegisterIterations],
+                                                    int first_pass, int used, const scalar_t* states,
+                                                    int64_t row_stride, int chunks, int q,
+                                                    scalar_t (&acc)[kUnits][kSamples]) {
+  zero_tile(acc);
+  SIMT_UNROLL
+  for (int it = 0; it < kRegisterIterations; ++it) {
+    const int c = q + it * kUnitLanes;
+    if (c >= chunks) break;
+    Vec16<scalar_t> h[kSamples];
+    load_state_chunks(states, row_stride, c, h);
+    SIMT_UNROLL
+    for (int i = 0; i < kUnits; ++i) {
+      const int p = first_pass + i;
+      if (i < used && p < kRegisterPasses) accumulate_chunk(w[p][it], h, acc[i]);
+    }
+  }
+}
+
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ scalar_t& tile_at(scalar_t (&acc)[kUnits][kSamples], int v) {
+  return acc[v / kSamples][v % kSamples];
+}
+
+// The 8 lanes of a unit group hold partial sums of the same tile of outputs. Reduce-scatter
+// over lane bits 4, 2, 1: at each level a lane keeps half of the values it holds (the upper
+// half if its bit is set), adds the partner's partial sums of that half and sends the other
+// half. Afterwards acc[0][k], k < outputs_per_lane, of lane q is the total of tile value
+// tile_base(q) + k (v = pass * kSamples + sample): every lane finishes different outputs, so a batch's epilogues run on all
+// 8 lanes side by side. Every total is the same tree over the 8 lanes' partial sums (pairs
+// by bit 4, then 2, then 1), whatever the tile: bitwise reproducible, independent of the
+// tile's shape. Every lane of the warp must call it.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void reduce_scatter_tile(scalar_t (&acc)[kUnits][kSamples], int q) {
+  constexpr int kTile = kUnits * kSamples;
+  static_assert(kTile == 8 || kTile == 16, "a tile of 8 or 16 values");
   SIMT_UNROLL
   for (int level = 0; level < 3; ++level) {
     const int bit = kUnitLanes >> (level + 1);  // 4, 2, 1
-    const int held = kSamples >> level;         // values held before this level (when >= 2)
-    if (held >= 2) {
-      const bool upper = (q & bit) != 0;
-      SIMT_UNROLL
-      for (int i = 0; i < kSamples / 2; ++i) {
-        if (i < held / 2) {
-          const scalar_t send = upper ? acc[i] : acc[i + held / 2];
-          const scalar_t keep = upper ? acc[i + held / 2] : acc[i];
-          acc[i] = keep + __shfl_xor_sync(kFullMask, send, bit);
-        }
+    const int half = kTile >> (level + 1);      // values kept at this level
+    const bool upper = (q & bit) != 0;
+    SIMT_UNROLL
+    for (int v = 0; v < kTile / 2; ++v) {
+      if (v < half) {
+        const scalar_t low = tile_at(acc, v), high = tile_at(acc, v + half);
+        tile_at(acc, v) = (upper ? high : low) + __shfl_xor_sync(kFullMask, upper ? low : high, bit);
       }
-    } else {
-      acc[0] += __shfl_xor_sync(kFullMask, acc[0], bit);
     }
   }
-}
-
-// The sample whose total lane q holds after reduce_scatter_unit, and whether q is the one
-// lane that owns it (the others hold copies).
-template <int kSamples>
-SIMT_HOST_DEVICE constexpr int owned_sample(int q) {
-  // Halving levels consume lane bits 4, 2, 1 in turn while more than one value is held.
-  int sample = 0;
-  int held = kSamples;
-  for (int bit = 4; bit >= 1 && held >= 2; bit >>= 1) {
-    held /= 2;
-    if (q & bit) sample += held;
-  }
-  return sample;
-}
-
-template <int kSamples>
-SIMT_HOST_DEVICE constexpr bool owns_sample(int q) {
-  // Bits not used for halving must be 0: kSamples = 8 uses bits 4,2,1; 4 uses 4,2; 2 uses 4.
-  const int halving_bits = kSamples == 8 ? 7 : kSamples == 4 ? 6 : kSamples == 2 ? 4 : 0;
-  return (q & ~halving_bits) == 0;
 }
 
 SIMT_END_WORLD

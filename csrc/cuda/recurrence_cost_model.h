@@ -41,10 +41,10 @@ struct Constants {
   double shuffle_latency_cycles = 25;
   double epilogue_cycles = 60;        // activation, mask, stores of one output
   double remote_store_cycles = 8;     // issue cost of one distributed-shared-memory store
-  // Estimated, not measured: the issue slots one more pass of a batch adds to a scheduler
-  // (its 2 warps x about 40 instructions of reduce-scatter and epilogue), overlapped with
-  // the batch's other passes.
-  double pass_tail_issue_cycles = 80;
+  // Estimated, not measured: the issue slots one output per lane adds to a scheduler (its 2
+  // warps x about 40 instructions of reduce-scatter share and epilogue), overlapped with the
+  // batch's other outputs.
+  double output_issue_cycles = 80;
 };
 
 inline constexpr Constants kH200{};
@@ -55,36 +55,38 @@ inline double gemm_us(const Constants& c, double m, double n, double k) {
 
 // What one CTA does per step on the persistent paths (kernel_common.cuh's mapping): `passes`
 // passes of 32 units, computed `pass_batch` at a time; each lane keeps pass_batch x kSamples
-// accumulators over chunk_iterations 16-byte chunks.
+// accumulators over chunk_iterations 16-byte chunks, and after each batch's reduce-scatter
+// finishes outputs_per_lane of them.
 struct StepWork {
   int64_t samples;           // kSamples
   int64_t passes;            // ceil(units per CTA / 32)
   int64_t chunk_iterations;  // ceil(ceil(H / vector) / 8)
   int64_t vector;            // scalars per 16-byte chunk: 4 (float32) or 2 (float64)
   bool fp64;
-  int64_t pass_batch;        // pass_batch(kSamples): passes computed together
+  int64_t pass_batch;        // pass_batch(kSamples, scalar bytes): passes computed together
+  int64_t outputs_per_lane;  // outputs_per_lane(kSamples, scalar bytes): epilogues per lane and batch
+  bool weights_in_registers; // weights_fit_registers(passes, chunk_iterations): no weight loads
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
 // multiply-add throughput, the shared-memory wavefronts and the dependent chains, plus each
-// batch's reduce-scatter and epilogue (latency-bound for one pass, issue-bound for many).
+// batch's reduce-scatter and epilogues (latency-bound for one output per lane, issue-bound
+// for more).
 inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
   const double fmas_per_thread = double(w.passes) * w.chunk_iterations * w.vector * w.samples;
   const double fma_rate = c.fma_per_sm_per_us * (w.fp64 ? c.fp64_fma_fraction : 1.0);
   const double throughput = 256.0 * fmas_per_thread / fma_rate;
   // Per warp and chunk: a weight load spans 4 units (4 wavefronts) for each pass of the
-  // batch; each state load is one 128-byte row segment shared by the warp's 4 unit groups
-  // and the batch's passes (1 wavefront).
-  const double wavefronts = 8.0 * w.chunk_iterations * (4.0 * w.passes + double(batches) * w.samples);
+  // batch, unless the weights are in registers; each state load is one 128-byte row segment
+  // shared by the warp's 4 unit groups and the batch's passes (1 wavefront).
+  const double weight_wavefronts = w.weights_in_registers ? 0.0 : 4.0 * w.passes;
+  const double wavefronts = 8.0 * w.chunk_iterations * (weight_wavefronts + double(batches) * w.samples);
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
   const double chain = chain_cycles / c.clock_per_us;
-  double tail_cycles = 0;
-  for (int64_t b = 0; b < batches; ++b) {
-    const int64_t in_batch = std::min(w.pass_batch, w.passes - b * w.pass_batch);
-    tail_cycles += std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, in_batch * c.pass_tail_issue_cycles);
-  }
+  const double tail_cycles =
+      double(batches) * std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, w.outputs_per_lane * c.output_issue_cycles);
   return std::max({throughput, shared, chain}) + tail_cycles / c.clock_per_us;
 }
 
@@ -121,13 +123,16 @@ inline double forward_gemms_us(const Constants& c, int64_t steps, int64_t batch,
   return gemm_us(c, double(steps) * batch, hidden, input) + c.op_fixed_us;
 }
 
-// dW_hh is a two-level sum over chunks of about sqrt(T) steps (elman_gemms.h): on the GPU one
-// batched product, one sum and one product for the rest, where the partials fit in the
-// memory of one [T,B,H] tensor, else a product and an add per chunk (the first kernels always
-// did the latter: legacy_dw_hh_launches).
+// dW_hh is a two-level sum over chunks of about sqrt(T) steps (elman_gemms.h): on the GPU a
+// batched product and a sum per group of chunks whose [group,H,H] partials fit in the memory
+// of one [T,B,H] tensor (one group where H <= chunk * B), and one product for the rest; a
+// product and an add per chunk where not even two fit (the first kernels always did the
+// latter: legacy_dw_hh_launches).
 inline double dw_hh_launches(int64_t steps, int64_t batch, int64_t hidden) {
   const double chunk = std::ceil(std::sqrt(double(steps)));
-  return hidden <= chunk * batch ? 3.0 : 2.0 * chunk;
+  const double full = std::floor(double(steps) / chunk);
+  const double group = std::min(full, std::floor(double(steps) * batch / hidden));
+  return group > 1 ? 3.0 * std::ceil(full / group) : 2.0 * chunk;
 }
 inline double legacy_dw_hh_launches(int64_t steps) { return 4.0 * std::sqrt(double(steps)); }
 

@@ -174,6 +174,13 @@ template <typename scalar_t, int kSamples, RecurrencePath kPath>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   static constexpr bool kStateInShared = state_in_shared(kPath);
+  static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
+  static constexpr int kBatch = pass_batch(kSamples, kScalarBytes);      // passes computed together
+  static constexpr int kBatches = (kMaxPasses + kBatch - 1) / kBatch;     // at most, per step and chunk
+  static constexpr int kOwned = outputs_per_lane(kSamples, kScalarBytes);  // outputs per lane and batch
+  // Lanes of a unit group that own different samples; the others own the same samples in
+  // other passes: 1, 1, 2, 4 for 1, 2, 4, 8 samples (float32), kSamples (float64).
+  static constexpr int kSampleLanes = kSamples / kOwned;
 
   RecurrenceTiling tiling;
   int64_t steps, batch, hidden, row;
@@ -181,11 +188,13 @@ struct RecurrenceCta {
   CtaPlace place;
   int64_t units;   // this CTA's units
   int passes;      // ceil(units / kUnitsPerPass)
+  bool weights_in_registers;  // weights_fit_registers(passes, chunk iterations): uniform
   LaneRole role;
-  int64_t sample;  // this lane's sample row j in every chunk (owned_sample)
-  bool owns;       // whether this lane owns its sample's total (one lane per sample and unit)
+  int owned_pass;    // the pass of this lane's outputs within every batch
+  int first_sample;  // its outputs' samples (rows j of every chunk): first_sample .. + kOwned - 1
   scalar_t* weights;
   scalar_t* states;
+  Vec16<scalar_t> weight_registers[kRegisterPasses][kRegisterIterations];  // cache_weights()
 
   SIMT_DEVICE RecurrenceCta(scalar_t* smem, const SharedLayout<scalar_t>& layout, const RecurrenceTiling& t,
                             const LayerShape& shape)
@@ -198,22 +207,49 @@ struct RecurrenceCta {
         place(cta_place(t, shape.hidden)),
         units(place.unit_end - place.unit_begin),
         passes(static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass)),
+        weights_in_registers(weights_fit_registers(passes, (vectors + kUnitLanes - 1) / kUnitLanes,
+                                                   !weights_can_be_in_registers<scalar_t>())),
         role(lane_role()),
-        sample(owned_sample<kSamples>(role.q)),
-        owns(owns_sample<kSamples>(role.q)),
+        owned_pass(tile_base(kSamples, kScalarBytes, role.q) / kSamples),
+        first_sample(tile_base(kSamples, kScalarBytes, role.q) % kSamples),
         weights(smem + layout.weights),
         states(smem + layout.states) {}
 
   // The CTA's rows of a [H,H] weight into shared memory (zero-padded). All threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) { load_padded_rows(w, weights, place.unit_begin, units, hidden, hidden, row); }
 
-  // f(p, u) for each unit u this lane owns an output of (the same every step and chunk).
+  // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
+  // last row: their warp stays whole for the shuffles, and the result is dropped).
+  SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
+    const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+    return weights + (u_local < units ? u_local : units - 1) * row;
+  }
+
+  // Where they fit, the lane's weight chunks into registers for the whole sequence (read
+  // from shared memory every step otherwise). After the barrier that follows load_weights.
+  SIMT_DEVICE void cache_weights() {
+    if constexpr (!weights_can_be_in_registers<scalar_t>()) return;
+    SIMT_UNROLL
+    for (int p = 0; p < kRegisterPasses; ++p) {
+      SIMT_UNROLL
+      for (int it = 0; it < kRegisterIterations; ++it) {
+        const int c = role.q + it * kUnitLanes;
+        Vec16<scalar_t> w{};
+        if (weights_in_registers && p < passes && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
+        weight_registers[p][it] = w;
+      }
+    }
+  }
+
+  // f(batch, u) for each batch in which this lane owns outputs, of unit u (the same every
+  // step and chunk; the samples are first_sample + k, k < kOwned).
   template <class F>
   SIMT_DEVICE __forceinline__ void for_each_owned_unit(F&& f) const {
     SIMT_UNROLL
-    for (int p = 0; p < kMaxPasses; ++p) {
+    for (int batch = 0; batch < kBatches; ++batch) {
+      const int p = batch * kBatch + owned_pass;
       const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-      if (p < passes && u_local < units) f(p, place.unit_begin + u_local);
+      if (p < passes && u_local < units) f(batch, place.unit_begin + u_local);
     }
   }
 
@@ -241,36 +277,43 @@ struct RecurrenceCta {
     }
   }
 
-  // The chunk's unit dot products against `current`, every pass, pass_batch(kSamples) passes
-  // at a time; epilogue(p, u, total) on the lane that owns each existing unit's total for its
-  // sample (`owner`: that sample exists), in pass order.
+  // The chunk's unit dot products against `current`, every pass, kBatch passes at a time;
+  // epilogue(batch, k, u, total) for each output this lane owns (unit u, sample
+  // first_sample + k), batches in order. The caller skips samples past the batch.
   template <class Epilogue>
-  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, bool owner, Epilogue&& epilogue) const {
-    constexpr int kBatch = pass_batch(kSamples);
+  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, Epilogue&& epilogue) const {
     SIMT_UNROLL
-    for (int first_pass = 0; first_pass < kMaxPasses; first_pass += kBatch) {
+    for (int batch = 0; batch < kBatches; ++batch) {
+      const int first_pass = batch * kBatch;
       if (first_pass >= passes) break;  // uniform over the CTA
       const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
-      // Lanes past the last unit compute a copy of the last row: their warp stays whole for
-      // the shuffles, and the result is dropped.
-      const scalar_t* rows[kBatch];
-      SIMT_UNROLL
-      for (int i = 0; i < kBatch; ++i) {
-        const int64_t u_local = role.unit_in_pass + int64_t(first_pass + i) * kUnitsPerPass;
-        rows[i] = weights + (u_local < units ? u_local : units - 1) * row;
-      }
       scalar_t acc[kBatch][kSamples];
-      unit_dots(rows, used, current, row, vectors, role.q, acc);
-      SIMT_UNROLL
-      for (int i = 0; i < kBatch; ++i) {
-        if (i < used) reduce_scatter_unit(acc[i], role.q);
+      if (weights_can_be_in_registers<scalar_t>() && weights_in_registers) {
+        register_unit_dots(weight_registers, first_pass, used, current, row, vectors, role.q, acc);
+      } else {
+        const scalar_t* rows[kBatch];
+        SIMT_UNROLL
+        for (int i = 0; i < kBatch; ++i) rows[i] = weight_row(first_pass + i);
+        unit_dots(rows, used, current, row, vectors, role.q, acc);
       }
-      SIMT_UNROLL
-      for (int i = 0; i < kBatch; ++i) {
-        const int p = first_pass + i;
-        const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
-        if (i < used && owner && u_local < units) epilogue(p, place.unit_begin + u_local, acc[i][0]);
+      reduce_scatter_tile(acc, role.q);
+      const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * kUnitsPerPass;
+      if (owned_pass < used && u_local < units) {
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) epilogue(batch, k, place.unit_begin + u_local, acc[0][k]);
       }
+    }
+  }
+
+  // v[k] (this lane's sums for sample first_sample + k) summed over the lanes of its unit group
+  // that own the same samples in other passes, by a butterfly over their lane bits (fixed
+  // pairing: bitwise reproducible); every such lane gets the totals, and lanes
+  // q < kSampleLanes hold one copy of each sample's. All lanes of the warp must call it.
+  SIMT_DEVICE __forceinline__ void sum_over_unit_group(double (&v)[kOwned]) const {
+    SIMT_UNROLL
+    for (int bit = kUnitLanes / 2; bit >= kSampleLanes; bit /= 2) {
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) v[k] += __shfl_xor_sync(kFullMask, v[k], bit);
     }
   }
 };
