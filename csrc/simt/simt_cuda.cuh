@@ -14,6 +14,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <utility>
 
@@ -98,9 +100,28 @@ __device__ inline T* cluster_map_shared(T* local, unsigned) {
 }
 #endif
 
-inline DeviceProperties device_properties() {
+namespace detail {
+
+// What the runtime answers about a device or a kernel does not change while the process runs,
+// and the launch path asks it on every launch (every step on the stepwise path): each answer
+// is queried once per key and kept. `make` runs under the lock (queries are rare and short).
+template <class Key, class Value, class Make>
+Value remembered(const Key& key, Make&& make) {
+  static std::mutex mutex;
+  static std::map<Key, Value> answers;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = answers.find(key);
+  if (it == answers.end()) it = answers.emplace(key, make()).first;
+  return it->second;
+}
+
+inline int current_device() {
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
+inline DeviceProperties query_device_properties(int device) {
   auto attr = [device](cudaDeviceAttr what) {
     int value = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, what, device));
@@ -124,15 +145,48 @@ inline DeviceProperties device_properties() {
   return p;
 }
 
+}  // namespace detail
+
+// The current device's properties (queried once per device).
+inline DeviceProperties device_properties() {
+  const int device = detail::current_device();
+  return detail::remembered<int, DeviceProperties>(device, [&] { return detail::query_device_properties(device); });
+}
+
+namespace detail {
+
+// What allow_nonportable_cluster_size last set per (kernel, device): the one attribute this
+// layer changes, laid over the remembered ones.
+struct NonportableClusterSizes {
+  std::mutex mutex;
+  std::map<std::pair<const void*, int>, bool> allowed;
+};
+inline NonportableClusterSizes& nonportable_cluster_sizes() {
+  static NonportableClusterSizes sizes;
+  return sizes;
+}
+
+}  // namespace detail
+
+// The kernel's attributes on the current device (queried once per kernel and device).
 template <class... P>
 KernelAttributes kernel_attributes(void (*kernel)(P...)) {
-  cudaFuncAttributes fa{};
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(kernel)));
-  KernelAttributes a;
-  a.max_threads_per_block = fa.maxThreadsPerBlock;
-  a.regs_per_thread = fa.numRegs;
-  a.static_shared_bytes = static_cast<int64_t>(fa.sharedSizeBytes);
-  a.nonportable_cluster_size_allowed = fa.nonPortableClusterSizeAllowed != 0;
+  const void* function = reinterpret_cast<const void*>(kernel);
+  const int device = detail::current_device();
+  KernelAttributes a = detail::remembered<std::pair<const void*, int>, KernelAttributes>({function, device}, [&] {
+    cudaFuncAttributes fa{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, function));
+    KernelAttributes a;
+    a.max_threads_per_block = fa.maxThreadsPerBlock;
+    a.regs_per_thread = fa.numRegs;
+    a.static_shared_bytes = static_cast<int64_t>(fa.sharedSizeBytes);
+    a.nonportable_cluster_size_allowed = fa.nonPortableClusterSizeAllowed != 0;
+    return a;
+  });
+  detail::NonportableClusterSizes& sizes = detail::nonportable_cluster_sizes();
+  const std::lock_guard<std::mutex> lock(sizes.mutex);
+  const auto set = sizes.allowed.find({function, device});
+  if (set != sizes.allowed.end()) a.nonportable_cluster_size_allowed = set->second;
   return a;
 }
 
@@ -140,14 +194,20 @@ namespace detail {
 
 // Launches asking for more than the default 48 KB opt in to the larger limit, as the
 // emulator assumes (it checks against shared_mem_per_block_optin).
+// The attribute is raised only past the largest size this kernel opted in to on the device.
 template <class... P>
 void opt_in_shared_memory(void (*kernel)(P...), const DeviceProperties& p, const KernelAttributes& a,
                           std::size_t dynamic_smem) {
-  if (static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes > p.shared_mem_per_block) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(dynamic_smem)));
-  }
+  if (static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes <= p.shared_mem_per_block) return;
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, std::size_t> opted_in;
+  const void* function = reinterpret_cast<const void*>(kernel);
+  const std::lock_guard<std::mutex> lock(mutex);
+  std::size_t& largest = opted_in[{function, current_device()}];
+  if (dynamic_smem <= largest) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(dynamic_smem)));
+  largest = dynamic_smem;
 }
 
 // What every launch does first: check the launch against the device and the kernel's
@@ -162,14 +222,18 @@ void prepare_launch(void (*kernel)(P...), const DeviceProperties& p, const GridD
 
 }  // namespace detail
 
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor (queried once per kernel, device and shape).
 template <class... P>
 int max_active_blocks_per_sm(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem) {
   const DeviceProperties p = device_properties();
   detail::opt_in_shared_memory(kernel, p, kernel_attributes(kernel), dynamic_smem);
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, reinterpret_cast<const void*>(kernel),
-                                                               block_threads, dynamic_smem));
-  return blocks;
+  const void* function = reinterpret_cast<const void*>(kernel);
+  return detail::remembered<std::tuple<const void*, int, int, std::size_t>, int>(
+      {function, detail::current_device(), block_threads, dynamic_smem}, [&] {
+        int blocks = 0;
+        C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, function, block_threads, dynamic_smem));
+        return blocks;
+      });
 }
 
 // kernel<<<grid, block, dynamic_smem, current stream>>>(args...), validated and checked.
@@ -205,8 +269,14 @@ void launch_cooperative(void (*kernel)(P...), GridDim grid, dim3 block, std::siz
 template <class... P>
 void allow_nonportable_cluster_size(void (*kernel)(P...), bool allowed = true) {
   if (!detail::has_clusters(device_properties())) return;  // the attribute does not exist there
-  C10_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
-                                      cudaFuncAttributeNonPortableClusterSizeAllowed, allowed ? 1 : 0));
+  const void* function = reinterpret_cast<const void*>(kernel);
+  detail::NonportableClusterSizes& sizes = detail::nonportable_cluster_sizes();
+  const std::lock_guard<std::mutex> lock(sizes.mutex);
+  const auto key = std::make_pair(function, detail::current_device());
+  const auto set = sizes.allowed.find(key);
+  if (set != sizes.allowed.end() && set->second == allowed) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(function, cudaFuncAttributeNonPortableClusterSizeAllowed, allowed ? 1 : 0));
+  sizes.allowed[key] = allowed;
 }
 
 namespace detail {
@@ -244,12 +314,16 @@ int max_active_clusters(void (*kernel)(P...), int block_threads, std::size_t dyn
     return 0;
   }
   detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
-  cudaLaunchAttribute attribute{};
-  const cudaLaunchConfig_t config = detail::cluster_config(dim3(cluster_size), dim3(static_cast<unsigned>(block_threads)),
-                                                           dynamic_smem, cluster_size, attribute);
-  int clusters = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, reinterpret_cast<const void*>(kernel), &config));
-  return clusters;
+  const void* function = reinterpret_cast<const void*>(kernel);
+  return detail::remembered<std::tuple<const void*, int, int, std::size_t, unsigned>, int>(
+      {function, detail::current_device(), block_threads, dynamic_smem, cluster_size}, [&] {
+        cudaLaunchAttribute attribute{};
+        const cudaLaunchConfig_t config = detail::cluster_config(
+            dim3(cluster_size), dim3(static_cast<unsigned>(block_threads)), dynamic_smem, cluster_size, attribute);
+        int clusters = 0;
+        C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, function, &config));
+        return clusters;
+      });
 }
 
 // cudaLaunchKernelEx with a cluster dimension (cluster_size, 1, 1) on the current stream;
