@@ -113,7 +113,8 @@ def test_rehearsal_probes_the_model_constants(rehearsal):
     _, _, report = rehearsal
     probes = {p["name"]: p for p in report["probes"]}
     assert {"launch", "L2 read bandwidth", "device memory read bandwidth", "square GEMM rate",
-            "input projection GEMM rate"} <= probes.keys()
+            "input projection GEMM rate", "layer forward call (T = 1)",
+            "layer forward+backward call (T = 1)"} <= probes.keys()
     assert all(p["measured"] > 0 for p in probes.values())
     # The model's values come from the checkout's header.
     assert probes["launch"]["model_constant"] == "launch_us" and probes["launch"]["model_value"] == 5.0

@@ -562,6 +562,25 @@ def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
     del far
     add("square GEMM rate", "TFLOP/s", gemm_rate(target.device, size=sizes.gemm_size) / 1e12, None,
         f"fp32 {sizes.gemm_size}^3 matrix product, TF32 off")
+    # A layer call with almost no GPU work: the stream waits on the host, so the time per call
+    # is the op's host path (checks, plan, allocations, launches). The model charges
+    # op_fixed_us plus a launch for the input projection and one for the recurrence.
+    x, weights, grad_out = layer_arguments(Shape(1, 1, 64, 64), target)
+    leaves = [w.clone().requires_grad_() for w in weights]
+
+    def forward_call():
+        with torch.no_grad():
+            rnn_layer(x, None, *weights, backend=target.backend)
+
+    def forward_backward_call():
+        out, _ = rnn_layer(x, None, *leaves, backend=target.backend)
+        torch.autograd.grad(out, leaves, grad_out)
+
+    add("layer forward call (T = 1)", "us", _seconds_per_call(forward_call, target, 200) * 1e6, "op_fixed_us",
+        "200 one-step forward calls at B = 1, I = H = 64 back to back (two launches included); the model's "
+        "value is fitted to the first kernels and excludes the launches")
+    add("layer forward+backward call (T = 1)", "us", _seconds_per_call(forward_backward_call, target, 100) * 1e6,
+        None, "100 one-step forward+backward calls at B = 1, I = H = 64 back to back (autograd included)")
     projection = Shape(1000, 8, 256, 256)
     projection_s = median_seconds(whole_sequence_work(projection, target, False), device=target.device,
                                   min_repeats=7, min_seconds=0)
