@@ -6,9 +6,10 @@
 // [unit_begin, unit_end) of one sample group, keeps those rows of W_hh in shared memory for
 // the whole sequence (each lane's share also in registers where it fits: H <= 128 in
 // float32) and the group's state rows (double-buffered) beside them. Per
-// processing step: the unit dot products against the current state (kernel_common.cuh), the
-// reduce-scatter, the epilogue on the owning lane (add XW_t prefetched during the previous
-// step, activation, length mask), the new state published to every CTA of the group, one
+// processing step, a batch of passes at a time: the unit dot products against the current
+// state (kernel_common.cuh), the reduce-scatter of the lane's tile, the epilogue of each
+// output on the lane that holds its total (add XW_t prefetched during the previous step,
+// activation, length mask), the new state published to every CTA of the group; then one
 // barrier. forward_step_epilogue_kernel is the Stepwise path's per-step epilogue after a
 // cuBLAS product, with the same arithmetic.
 //
