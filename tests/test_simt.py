@@ -212,6 +212,28 @@ def test_grid_sync_with_exited_block_is_an_error():
     assert_fault("grid_sync_block_exits", r"grid barrier divergence: .*simt::grid_sync.*block \(1,0,0\).*has exited")
 
 
+def test_missing_grid_sync_differs_across_schedules():
+    """Blocks of a cooperative grid exchange values through global memory behind only
+    __syncthreads. The emulator runs one block at a time as far as its own barriers let it,
+    so a block runs ahead where only a grid_sync would stop it: the result is wrong under
+    every schedule and differs between them (lockstep blocks would have hidden the race)."""
+    blocks, block_threads = 4, 32
+    x = torch.arange(blocks * block_threads, dtype=torch.float32) + 1
+    correct = x + x.roll(-block_threads)
+    results = {}
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            results[mode, seed] = selftest.faulty("missing_grid_sync", x, blocks, block_threads)
+    forward = results["forward", 0]
+    for key, result in results.items():
+        assert not torch.equal(result, correct), f"schedule {key} gives the right result: race not exposed"
+        if key != ("forward", 0):
+            assert not torch.equal(result, forward), f"schedule {key} gives the forward result"
+    # The same exchange with grid_sync (the stencil) is right under every schedule.
+    stencil, _ = each_schedule(lambda: selftest.grid_stencil(x, steps=3, block_threads=block_threads, blocks=blocks))
+    assert torch.equal(stencil, stencil_reference(x, 3))
+
+
 def test_exception_in_kernel_surfaces_with_coordinates():
     x = torch.ones(128)
     x[77] = -1.0

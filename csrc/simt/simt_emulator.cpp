@@ -7,10 +7,11 @@
 // deadlock as an error. Non-cooperative launches run their blocks one after another;
 // cooperative launches run all blocks interleaved so grid_sync can be honoured; cluster
 // launches run the blocks of one cluster interleaved (cluster_sync, distributed shared
-// memory) and clusters one after another. Within a cluster the scheduler runs one block
-// at a time as far as it gets (through its own __syncthreads) before switching to the next
-// in schedule order, so a block runs ahead of the others exactly where only a cluster_sync
-// would stop it, and a missing cluster_sync changes results between schedules.
+// memory) and clusters one after another. Within a cooperative grid or a cluster the
+// scheduler runs one block at a time as far as it gets (through its own __syncthreads)
+// before switching to the next in schedule order, so a block runs ahead of the others
+// exactly where only a grid_sync or cluster_sync would stop it, and a missing one changes
+// results between schedules.
 // Built with AddressSanitizer, fiber switches are annotated so ASan follows the stacks,
 // and each shared-memory variable is its own heap allocation so out-of-bounds shared
 // accesses are reported.
@@ -523,8 +524,8 @@ void* allocate_shared(std::size_t bytes, std::size_t align) {
   return p;
 }
 
-// The block whose threads run next in a cluster session: the lowest (forward) or highest
-// (reverse) cluster rank with runnable threads, or a random one (shuffle).
+// The block whose threads run next in a cooperative or cluster session: the lowest
+// (forward) or highest (reverse) block with runnable threads, or a random one (shuffle).
 Block* pick_block(Launch& L) {
   Block* chosen = nullptr;
   unsigned candidates = 0;
@@ -594,7 +595,7 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
     if (L.failed) throw_failure(L);
     L.batch.clear();
     Block* focus = nullptr;
-    if (L.req.kind == LaunchKind::Cluster) {
+    if (L.req.kind != LaunchKind::Plain) {
       // One block at a time, released from its own barriers at once (see the file comment).
       focus = pick_block(L);
       L.batch.swap(focus->ready);

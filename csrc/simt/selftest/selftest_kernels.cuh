@@ -247,6 +247,7 @@ enum class Fault : int {
   WarpBarrierDeadlock,    // lane 0 at __syncthreads while the others wait at __syncwarp
   GridSyncNotCooperative, // grid_sync in a kernel launched without launch_cooperative
   GridSyncBlockExits,     // block 1 returns while block 0 waits at grid_sync
+  MissingGridSync,        // blocks exchange values through global memory behind only __syncthreads
   KernelCheck,            // SIMT_KERNEL_CHECK fails in one thread
   SharedOutOfBounds,      // writes one element past a static shared array
   DynamicSharedOutOfBounds,  // reads one element past the dynamic shared memory
@@ -319,6 +320,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       simt::grid_sync();
       out[i] = x[i];
       break;
+    case Fault::MissingGridSync: {
+      // Meant: out[i] = x[i] + x[i + blockDim.x] (cyclically), with a grid_sync where each
+      // __syncthreads is: a block that runs ahead reads the next block's out before it is
+      // written, or after it was overwritten.
+      const int64_t n = static_cast<int64_t>(gridDim.x) * blockDim.x;
+      out[i] = x[i];
+      __syncthreads();
+      const float next_block = out[(i + blockDim.x) % n];
+      __syncthreads();
+      out[i] += next_block;
+      break;
+    }
     case Fault::KernelCheck:
       SIMT_KERNEL_CHECK(x[i] >= 0.0f, "input must be non-negative");
       out[i] = x[i];

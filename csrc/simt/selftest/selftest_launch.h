@@ -205,6 +205,7 @@ inline Fault parse_fault(const std::string& name) {
       {"warp_barrier_deadlock", Fault::WarpBarrierDeadlock},
       {"grid_sync_not_cooperative", Fault::GridSyncNotCooperative},
       {"grid_sync_block_exits", Fault::GridSyncBlockExits},
+      {"missing_grid_sync", Fault::MissingGridSync},
       {"kernel_check", Fault::KernelCheck},
       {"shared_out_of_bounds", Fault::SharedOutOfBounds},
       {"dynamic_shared_out_of_bounds", Fault::DynamicSharedOutOfBounds},
@@ -219,7 +220,7 @@ inline Fault parse_fault(const std::string& name) {
 }
 
 // Runs one known-bad kernel: x [blocks * block_threads] float -> out [same].
-// The grid_sync_block_exits case is launched cooperatively, every other case normally.
+// The grid_sync cases are launched cooperatively, every other case normally.
 inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int64_t blocks, int64_t block_threads) {
   check_float_vector(x, "simt_selftest_faulty");
   RNN_FUSED_SELFTEST_GUARD(x);
@@ -232,7 +233,7 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   const auto grid = static_cast<unsigned>(blocks);
   const dim3 block(static_cast<unsigned>(block_threads));
   const std::size_t dynamic_smem = sizeof(float) * block_threads;
-  if (fault == Fault::GridSyncBlockExits) {
+  if (fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync) {
     simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
                              out.data_ptr<float>());
   } else {
