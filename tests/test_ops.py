@@ -9,7 +9,7 @@ import torch
 
 import rnn_fused
 from rnn_cases import layer_args
-from rnn_fused import _ops
+from rnn_fused import _ops, simt
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import assert_within_tolerance
 
@@ -116,6 +116,34 @@ def test_deterministic_bitwise():
     first, second = once(), once()
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "emulated"])
+def test_eager_function_and_registered_autograd_agree_bitwise(backend):
+    """Eager rnn_layer runs a plain autograd.Function (less host time per call); the op's
+    registered autograd (what torch.compile traces, and a direct op call) must give the
+    same output, h_n and gradients, bit for bit, with truncation and lengths."""
+    args = layer_args(9, 4, 3, 10, dtype=torch.float32, requires_grad=True)
+    lengths = torch.tensor([9, 3, 0, 7])
+    truncation = rnn_fused.RandomTruncation(0.7, seed=4)
+
+    def eager():
+        leaves = [a.detach().clone().requires_grad_() for a in args]
+        out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", False, backend=backend, truncation=truncation)
+        assert type(out.grad_fn).__name__ == "_EagerLayerBackward"
+        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), leaves)]
+
+    def registered():
+        leaves = [a.detach().clone().requires_grad_() for a in args]
+        options = _ops.LayerOptions.make("tanh", False, rnn_fused.truncation.resolve_truncation(truncation), 0,
+                                         backend, None)
+        out, h_n = _ops.layer_forward(_ops.LayerInputs(*leaves, lengths), options)
+        assert "rnn_layer_forward" in type(out.grad_fn).__name__
+        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), leaves)]
+
+    with simt.emulated_device(sm_count=2):
+        for a, b in zip(eager(), registered(), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_empty_batch_and_single_step():
