@@ -88,8 +88,18 @@ def _bind(op, args: tuple, kwargs: dict) -> tuple:
 
 
 def layer_forward(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, Tensor]:
-    """(output [T,B,H], zero at t >= lengths[b]; h_n [B,H])."""
+    """(output [T,B,H], zero at t >= lengths[b]; h_n [B,H]), through the op's registered
+    autograd (what torch.compile traces)."""
     return ops.rnn_layer_forward(*inputs, *options)
+
+
+def layer_forward_untracked(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, Tensor]:
+    """layer_forward below autograd, for callers that record no graph (grad mode off, or an
+    autograd.Function's forward): the registered autograd kernel is Python and costs host time
+    on every call, even when it records nothing. torch.library enters its own backend
+    kernels the same way."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return ops.rnn_layer_forward(*inputs, *options)
 
 
 def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output_mask: list[bool],

@@ -94,7 +94,7 @@ class _EagerLayer(torch.autograd.Function):
     def forward(ctx, *args):
         """args: the LayerInputs fields, then the LayerOptions and the sink."""
         *inputs, options, sink = args
-        output = _ops.layer_forward(_ops.LayerInputs(*inputs), options)
+        output = _ops.layer_forward_untracked(_ops.LayerInputs(*inputs), options)
         _setup_layer_context(ctx, (*inputs, *options), output)
         ctx.sink = sink
         return output
@@ -137,7 +137,7 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
                                "the backward as a Python side effect; record in eager mode")
         return _ops.layer_forward(inputs, options)  # the registered op: compile traces its autograd
     if sink is None and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
-        return _ops.layer_forward(inputs, options)  # nothing to differentiate: no Function needed
+        return _ops.layer_forward_untracked(inputs, options)  # nothing to differentiate: no Function needed
     # Cast outside the autograd.Function, so that its backward sees the inputs the op ran on
     # (inside it the op's autocast kernel would cast behind the Function's back).
     return _EagerLayer.apply(*_ops.autocast_layer_inputs(inputs), options, sink)
