@@ -7,14 +7,14 @@
 // group") share one hidden unit u and split its dot products over k: lane q of the group
 // takes the 16-byte chunks q, q + 8, q + 16, ... of the weight row and of every state row.
 // A warp therefore covers 4 units, a CTA 32 units per pass; a CTA owning more units has
-// several passes. Each lane keeps a register tile of accumulators, kPassBatch passes (units)
-// x kSamples samples: every state chunk loaded from shared memory feeds kPassBatch units and
-// every weight chunk kSamples samples, and the passes of a batch are independent, so their
-// multiply-add chains, reduce-scatters and epilogues overlap instead of running one after
-// the other (one CTA per SM leaves 2 warps per scheduler: latency is hidden by this
-// instruction-level parallelism, not by other warps). The group's 8 partial sums of a unit
-// are combined by a reduce-scatter over the lane bits that leaves each sample's total in one
-// lane: the epilogues of a unit's samples run on different lanes side by side.
+// several passes. Each lane keeps a register tile of accumulators, pass_batch passes (units)
+// x kSamples samples: every state chunk loaded from shared memory feeds the batch's units and
+// every weight chunk (from shared memory, or from registers where a lane's share fits) its
+// samples, and the batch's multiply-add chains are independent (one CTA per SM leaves 2
+// warps per scheduler: latency is hidden by this instruction-level parallelism, not by other
+// warps). The unit group's 8 partial tiles are combined by a reduce-scatter over the lane
+// bits that leaves each lane with the totals of 1 or 2 of the batch's outputs, so the
+// batch's epilogues run on all 8 lanes side by side.
 #pragma once
 
 #include <cstdint>
