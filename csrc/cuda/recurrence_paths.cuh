@@ -228,15 +228,16 @@ struct RecurrenceCta {
   // Where they fit, the lane's weight chunks into registers for the whole sequence (read
   // from shared memory every step otherwise). After the barrier that follows load_weights.
   SIMT_DEVICE void cache_weights() {
-    if constexpr (!weights_can_be_in_registers<scalar_t>()) return;
-    SIMT_UNROLL
-    for (int p = 0; p < kRegisterPasses; ++p) {
+    if constexpr (weights_can_be_in_registers<scalar_t>()) {
       SIMT_UNROLL
-      for (int it = 0; it < kRegisterIterations; ++it) {
-        const int c = role.q + it * kUnitLanes;
-        Vec16<scalar_t> w{};
-        if (weights_in_registers && p < passes && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
-        weight_registers[p][it] = w;
+      for (int p = 0; p < kRegisterPasses; ++p) {
+        SIMT_UNROLL
+        for (int it = 0; it < kRegisterIterations; ++it) {
+          const int c = role.q + it * kUnitLanes;
+          Vec16<scalar_t> w{};
+          if (weights_in_registers && p < passes && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
+          weight_registers[p][it] = w;
+        }
       }
     }
   }
