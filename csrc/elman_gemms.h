@@ -37,17 +37,22 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
 }
 
 // The backward's tensor operands in the compute dtype, contiguous, as the backends'
-// time loops read them: input [T,B,I], weights [H,I] and [H,H], saved output [T,B,H],
-// grad_output [T,B,H], grad_h_n [B,H].
+// time loops read them: weights [H,I] and [H,H], saved output [T,B,H], grad_output [T,B,H],
+// grad_h_n [B,H]. The input [T,B,I] stays as given: only dW_ih reads it, after the time loop
+// (in reduced precision its float32 copy is made there, when dy's copy is gone).
 struct BackwardOperands {
-  at::Tensor x, w_ih, w_hh, out, dy, dh_n;
+  at::Tensor input, w_ih, w_hh, out, dy, dh_n;
 };
 
 inline BackwardOperands backward_operands(at::ScalarType ct, const at::Tensor& input, const at::Tensor& weight_ih,
                                           const at::Tensor& weight_hh, const at::Tensor& output,
                                           const at::Tensor& grad_output, const at::Tensor& grad_h_n) {
-  return {input.to(ct).contiguous(),  weight_ih.to(ct).contiguous(),   weight_hh.to(ct).contiguous(),
-          output.to(ct).contiguous(), grad_output.to(ct).contiguous(), grad_h_n.to(ct).contiguous()};
+  return {input,
+          weight_ih.to(ct).contiguous(),
+          weight_hh.to(ct).contiguous(),
+          output.to(ct).contiguous(),
+          grad_output.to(ct).contiguous(),
+          grad_h_n.to(ct).contiguous()};
 }
 
 // out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
@@ -182,12 +187,13 @@ inline std::pair<at::Tensor, at::Tensor> reduce_gradient_norms(const std::array<
 // (0 for those not computed) and nonfinite whether any gradient or g_t is NaN/Inf;
 // otherwise both are empty [0].
 inline LayerBackwardResult gradients_from_dz(
-    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out, const at::Tensor& dz,
-    const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
+    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
+    const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
     at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound) {
-  const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = x.size(2);
-  const at::Tensor skipped = at::empty({0}, x.options().dtype(result_dtype));
+  const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
+  const at::TensorOptions compute = dz.options();
+  const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));
   at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
              grad_bias = skipped;
   if (output_mask[1]) {
@@ -199,13 +205,15 @@ inline LayerBackwardResult gradients_from_dz(
     }
   }
   const at::Tensor dz2d = dz.view({T * B, H});
-  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I});
-  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), x.view({T * B, I}));
+  // grad_input is rounded to the result dtype before the input's compute-dtype copy is made
+  // (reduced precision): the two [T,B,I] float32 tensors are never live together.
+  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I}).to(result_dtype);
+  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), input.to(compute.dtype()).contiguous().view({T * B, I}));
   if (output_mask[4]) grad_bias = dz2d.sum(0);
   if (output_mask[3]) {
     // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
     // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
-    grad_w_hh = hx.has_value() ? at::mm(dz_first.t(), hx->to(x.scalar_type())) : at::zeros({H, H}, x.options());
+    grad_w_hh = hx.has_value() ? at::mm(dz_first.t(), hx->to(compute.dtype())) : at::zeros({H, H}, compute);
     if (T > 1) {
       const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
       const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
@@ -215,8 +223,8 @@ inline LayerBackwardResult gradients_from_dz(
   std::array<at::Tensor, 5> grads = {grad_input.to(result_dtype), grad_hx.to(result_dtype),
                                      grad_w_ih.to(result_dtype), grad_w_hh.to(result_dtype),
                                      grad_bias.to(result_dtype)};
-  at::Tensor sq_norms = at::empty({0}, x.options().dtype(at::kDouble));
-  at::Tensor nonfinite = at::empty({0}, x.options().dtype(at::kBool));
+  at::Tensor sq_norms = at::empty({0}, compute.dtype(at::kDouble));
+  at::Tensor nonfinite = at::empty({0}, compute.dtype(at::kBool));
   if (record_norms) std::tie(sq_norms, nonfinite) = reduce_gradient_norms(grads, step_norms);
   return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
 }

@@ -101,16 +101,17 @@ LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
   const LayerShape& s = f.shape;
   const at::ScalarType dtype = f.input.scalar_type();
   const at::ScalarType ct = compute_dtype(dtype);
-  const BackwardOperands operands =
+  BackwardOperands operands =
       backward_operands(ct, f.input, f.weight_ih, f.weight_hh, call.output, call.grad_output, call.grad_h_n);
-  const at::TensorOptions options = operands.x.options();
+  const at::TensorOptions options = operands.out.options();
   at::Tensor dz = at::zeros({s.steps, s.batch, s.hidden}, options);
   at::Tensor step_norms = call.record_norms ? at::zeros({s.steps, s.batch}, options) : at::empty({0}, options);
   const at::Tensor dz_first =
       s.empty() ? at::zeros({s.batch, s.hidden}, options)
                 : backend.backward(BackwardRecurrence{
                       .call = call, .operands = operands, .dz = dz, .step_norms = step_norms});
-  return gradients_from_dz(operands.x, operands.w_ih, operands.w_hh, operands.out, dz, dz_first, operands.dh_n, f.hx,
+  operands.dy = at::Tensor();  // read by the time loop only: its compute-dtype copy goes before the GEMMs
+  return gradients_from_dz(operands.input, operands.w_ih, operands.w_hh, operands.out, dz, dz_first, operands.dh_n, f.hx,
                            f.valid_lengths.on_device, f.options.reverse, call.output_mask, dtype, call.record_norms,
                            std::move(step_norms), /*launch_bound=*/backend.plan != nullptr);
 }

@@ -39,7 +39,7 @@ struct ForwardRecurrence {
 // The backward time loop's problem, in the compute dtype, contiguous.
 struct BackwardRecurrence {
   const LayerBackwardCall& call;
-  const BackwardOperands& operands;  // x, w_ih, w_hh, saved out, dy, dh_n
+  const BackwardOperands& operands;  // input, w_ih, w_hh, saved out, dy, dh_n
   at::Tensor dz;                     // [T,B,H] zero on entry; out: dL/dz_t at valid steps
   at::Tensor step_norms;             // [T,B] zero on entry, out: ||g_t|| at valid steps; empty [0]
                                      // unless the call records norms

@@ -294,6 +294,18 @@ def test_peak_memory_child_imports_the_same_package_from_any_directory(tmp_path)
     assert out.returncode == 0 and float(out.stdout) > 0, out.stderr
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_backward_keeps_few_float32_copies(dtype):
+    """Reduced precision runs in float32. In units of one float32 [T,B,H] tensor (I = H), the
+    backward's peak holds the saved output (half a unit), its float32 copy, dy's float32 copy
+    and dz (one unit each): 3.5 units plus small tensors. The input's float32 copy and
+    grad_input's are made only once dy's copy is gone (all of them together were 4.7 units)."""
+    steps, batch, hidden = 400, 8, 128
+    unit_mb = steps * batch * hidden * 4 / 2**20
+    peak = benchmark.peak_memory_mb("ours", (steps, batch, hidden, hidden), dtype=dtype)
+    assert 3.5 * unit_mb <= peak <= 3.75 * unit_mb, f"{peak / unit_mb:.2f} float32 [T,B,H] tensors"
+
+
 def test_allocation_meter_is_built_with_the_package():
     assert os.path.isfile(benchmark.MALLOC_METER) and benchmark.malloc_meter_problem() is None
 

@@ -148,12 +148,12 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   const Lengths len = host_lengths(call);
   const BackwardOperands& op = r.operands;
   const int64_t B = call.shape.batch, H = call.shape.hidden;
-  const at::TensorOptions options = op.x.options();
+  const at::TensorOptions options = op.out.options();
   at::Tensor dz_step = at::empty({B, H}, options);
   at::Tensor carry = at::empty({B, H}, options);
   const at::Tensor zero_row = at::zeros({H}, options);
   const bool record = r.call.record_norms;
-  dispatch_elman(op.x.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
+  dispatch_elman(op.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);
     backward_time_loop<scalar_t, decltype(activation)::value>(
         call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),

@@ -427,7 +427,7 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   const BackwardOperands& op = r.operands;
   const bool record_norms = r.call.record_norms;
   const RecurrencePlan plan = plan_for<scalar_t>(call, true);
-  const at::TensorOptions options = op.x.options();
+  const at::TensorOptions options = op.out.options();
   at::Tensor dz_first = at::empty({B, H}, options);
   at::Tensor exchange = exchange_buffer(plan, shape, options);  // dz after the last step: zero
   at::Tensor step_sq, norm_partials;
@@ -478,7 +478,7 @@ inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {
 
 inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   at::Tensor dz_first;
-  dispatch_elman(r.operands.x.scalar_type(), r.call.forward.options.activation, [&](auto, auto zero) {
+  dispatch_elman(r.operands.out.scalar_type(), r.call.forward.options.activation, [&](auto, auto zero) {
     dz_first = backward_recurrence_typed<decltype(zero)>(r);
   });
   return dz_first;

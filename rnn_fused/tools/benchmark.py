@@ -213,12 +213,12 @@ def malloc_meter_problem() -> str | None:
     return None
 
 
-def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
+def peak_memory_mb(impl: str, shape, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
     """Peak bytes allocated (MB), above what was live before, during one forward+backward,
     counted by an allocation meter in a fresh process."""
     code = (
-        "from rnn_fused.tools.benchmark import _child_peak; "
-        f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}))"
+        "import torch; from rnn_fused.tools.benchmark import _child_peak; "
+        f"print(_child_peak({impl!r}, {tuple(shape)!r}, {device!r}, {dtype}))"
     )
     env = _metered_environment()
     # The child imports this same rnn_fused: the folder that holds the package comes first.
@@ -228,14 +228,14 @@ def peak_memory_mb(impl: str, shape, device: str = "cpu") -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _child_peak(impl: str, shape, device: str) -> float:
+def _child_peak(impl: str, shape, device: str, dtype: torch.dtype = torch.float32) -> float:
     import ctypes
 
     meter = ctypes.CDLL(None)
     meter.malloc_meter_live_bytes.restype = ctypes.c_long
     meter.malloc_meter_peak_bytes.restype = ctypes.c_long
     torch.set_num_threads(2)
-    stock, ours, x, grad_out = build_pair(shape, torch.device(device), torch.float32)
+    stock, ours, x, grad_out = build_pair(shape, torch.device(device), dtype)
     module = stock if impl == "torch" else ours
     run = forward_backward_fn(module, x, grad_out)
     run()  # the first call creates thread pools and BLAS buffers that stay
