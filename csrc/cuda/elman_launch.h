@@ -18,6 +18,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -399,15 +400,17 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
                                              .reverse = call.options.reverse,
                                              .activation = call.options.activation};
   if (plan.path == RecurrencePath::Stepwise) {
-    // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer.
+    // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer. The
+    // views are made once: the host issues two launches per step and must keep ahead of them.
     at::Tensor recurrent = at::empty({B, H}, r.out.options());
     const at::Tensor w_hh_t = r.w_hh.t();
+    const std::array<at::Tensor, 2> states = {exchange[0], exchange[1]};
     for (int64_t s = 0; s < T; ++s) {
-      const at::Tensor previous = exchange[s % 2];
+      const at::Tensor& previous = states[s % 2];
       at::mm_out(recurrent, previous, w_hh_t);
       simt::launch(forward_step_epilogue_kernel<scalar_t>, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
                    0, args, recurrent.data_ptr<scalar_t>(), previous.data_ptr<scalar_t>(),
-                   exchange[(s + 1) % 2].data_ptr<scalar_t>(), s);
+                   states[(s + 1) % 2].data_ptr<scalar_t>(), s);
     }
   } else {
     launch_persistent<scalar_t>(plan, false, args);
@@ -455,11 +458,12 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[(s + 1) % 2] holds dz at step s+1 (zero before the first step).
     at::Tensor carry = at::empty({B, H}, options);
+    const std::array<at::Tensor, 2> states = {exchange[0], exchange[1]};
     for (int64_t s = T - 1; s >= 0; --s) {
-      at::mm_out(carry, exchange[(s + 1) % 2], op.w_hh);
+      at::mm_out(carry, states[(s + 1) % 2], op.w_hh);
       simt::launch(backward_step_epilogue_kernel<scalar_t>, static_cast<unsigned>(plan.grid),
-                   dim3(kRecurrenceThreads), 0, args, carry.data_ptr<scalar_t>(),
-                   exchange[s % 2].data_ptr<scalar_t>(), s);
+                   dim3(kRecurrenceThreads), 0, args, carry.data_ptr<scalar_t>(), states[s % 2].data_ptr<scalar_t>(),
+                   s);
     }
   } else {
     launch_persistent<scalar_t>(plan, true, args);
