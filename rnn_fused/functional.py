@@ -85,10 +85,10 @@ torch.library.register_autograd("rnn_fused::rnn_layer_forward", _registered_back
 
 class _EagerLayer(torch.autograd.Function):
     """One layer in eager mode: the same ops and backward as the registered autograd, without
-    the registered wrapper's per-call handling of the op's arguments (about 40 us of host time
-    per forward on a 2-core CPU, which a GPU waits for at small sizes). Its backward can also hand the gradient norms it reduces to a sink: eager
-    only, since the norms leave the backward as a Python side effect, which a compiled graph
-    would not replay."""
+    the registered wrapper's per-call handling of the op's arguments (host time a GPU waits
+    for at small sizes; docs/architecture.md has the measured figures). Its backward can also
+    hand the gradient norms it reduces to a sink: eager only, since the norms leave the
+    backward as a Python side effect, which a compiled graph would not replay."""
 
     @staticmethod
     def forward(ctx, *args):
