@@ -59,8 +59,10 @@ def test_rehearsal_succeeds_and_writes_report_json_and_figure(rehearsal):
     code, out, report = rehearsal
     assert code == 0 and report["failures"] == []
     text = (out / "gpu_check.md").read_text()
-    for heading in ("## rnn_fused vs nn.RNN (CPU)", "## Every path forced", "## Cost-model constants"):
+    for heading in ("## rnn_fused vs nn.RNN (CPU)", "## Against issue 11's goals", "## Every path forced",
+                    "## Cost-model constants"):
         assert heading in text
+    assert [g["goal"] for g in report["goals"]] == [g.goal for g in gpu_check.issue_goals([])]
     assert (out / "gpu_check.png").read_bytes()[:8] == PNG_SIGNATURE
     assert report["meta"]["emulated"] and report["meta"]["baseline"] == "nn.RNN (CPU)"
 
@@ -275,6 +277,35 @@ def _shape_row(**changes) -> ShapeRow:
                    measured_fwd_us_per_step=0.7, measured_bwd_us_per_step=2.25, predicted_fwd_ms=0.8,
                    predicted_fwd_bwd_ms=2.9)
     return dataclasses.replace(row, **changes)
+
+
+def test_goal_verdicts_take_the_worst_covered_row():
+    """Each goal over the rows it covers: the default row (1000, 8, 256, 256) has forward 2.0x and
+    forward+backward 0.9x; a B = 128, H = 1024 row 1.6x and 1.5x; a 2-layer row 1.2x and 3.0x."""
+    large = _shape_row(label="1000, 128, 1024, 1024", shape=dataclasses.asdict(Shape(1000, 128, 1024, 1024)),
+                       baseline_fwd_ms=1.6, ours_fwd_ms=1.0, baseline_fwd_bwd_ms=3.0, ours_fwd_bwd_ms=2.0,
+                       baseline_peak_mb=10.0, ours_peak_mb=12.0, ours_rel_error=2.3e-6)
+    layered = _shape_row(label="300, 7, 50, 129, 3 layers", shape=dataclasses.asdict(Shape(300, 7, 50, 129, layers=3)),
+                         baseline_fwd_ms=1.2, ours_fwd_ms=1.0, baseline_fwd_bwd_ms=3.0, ours_fwd_bwd_ms=1.0)
+    skipped = _shape_row(label="1000, 1, 64, 64", shape=dataclasses.asdict(Shape(1000, 1, 64, 64)),
+                         baseline_fwd_ms=None, ours_fwd_ms=None, baseline_fwd_bwd_ms=None, ours_fwd_bwd_ms=None,
+                         skipped="over the time budget")
+    goals = {g.goal: g for g in gpu_check.issue_goals([_shape_row(), large, layered, skipped])}
+    small = goals["forward+backward >= 1.5x at H <= 256, B <= 32"]
+    assert small.rows == ["1000, 8, 256, 256"] and small.worst == pytest.approx(0.9) and small.met is False
+    assert goals["forward >= 1.5x at H <= 256, B <= 32"].met is True
+    assert goals["forward+backward >= 3x at H = 512-1024, B <= 32"].met is None  # no such row measured
+    batch = goals["forward+backward >= 1.5x at B = 128 (H = 256, 1024)"]
+    assert batch.rows == ["1000, 128, 1024, 1024"] and batch.worst == pytest.approx(1.5) and batch.met is True
+    floor = goals["never below 1.0x (every row, forward and forward+backward)"]
+    assert len(floor.rows) == 3 and floor.worst_row == "1000, 8, 256, 256" and floor.met is False
+    memory = goals["peak memory <= the baseline's (ours / baseline)"]
+    assert memory.worst == pytest.approx(1.2) and memory.worst_row == "1000, 128, 1024, 1024" and memory.met is False
+    error = goals["relative error <= the first kernels' (GPU_FACTS.md; ours / theirs)"]
+    assert error.worst == pytest.approx(1.0) and error.met is True
+    table = gpu_check.format_goal_table(list(goals.values()))
+    assert "| forward+backward >= 3x at H = 512-1024, B <= 32 | 0 | – | – | not measured |" in table
+    assert "| 1 | 0.90 | 1000, 8, 256, 256 | MISSED |" in table
 
 
 def _plan(path: str, feasible: bool = True, **changes) -> dict:

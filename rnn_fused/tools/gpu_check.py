@@ -249,6 +249,91 @@ class GpuCheckResult:
                [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error]
 
 
+# --- issue 11's goals -----------------------------------------------------------------------
+
+# The first kernels' measured relative errors (GPU_FACTS.md, H200, commit 54a1037), the bar of
+# "accuracy no worse than today's", by shape label.
+FIRST_KERNELS_REL_ERROR = {
+    "1000, 1, 64, 64": 2.2e-7, "1000, 1, 256, 256": 3.2e-7, "1000, 1, 1024, 1024": 6.3e-7,
+    "1000, 8, 64, 64": 3.5e-7, "1000, 8, 128, 128": 3.2e-7, "1000, 8, 256, 256": 3.4e-7,
+    "1000, 8, 512, 512": 5.0e-7, "1000, 8, 1024, 1024": 8.4e-7, "1000, 32, 128, 128": 3.7e-7,
+    "1000, 32, 256, 256": 4.4e-7, "1000, 32, 512, 512": 8.3e-7, "1000, 32, 1024, 1024": 1.2e-6,
+    "1000, 128, 256, 256": 8.1e-7, "1000, 128, 1024, 1024": 2.3e-6, "1024, 16, 768, 768": 6.6e-7,
+    "100, 64, 512, 1024": 6.0e-7, "100, 64, 2048, 2048": 1.1e-6,
+    "500, 32, 256, 256, 2 layers, bidirectional": 5.0e-7,
+}
+
+
+@dataclass
+class GoalVerdict:
+    """One of issue 11's "done means" criteria against the measured shape rows."""
+
+    goal: str
+    rows: list[str]              # the labels of the rows it covers that were measured
+    worst: float | None          # the worst measured value over those rows (None: none measured)
+    worst_row: str | None
+    met: bool | None             # None: no row measured
+
+
+def _one_layer_fp32(shape: dict) -> bool:
+    return shape["dtype"] == "float32" and shape["layers"] == 1 and not shape["bidirectional"] and not shape["long"]
+
+
+def _verdict(goal: str, rows: list[ShapeRow], value, better_high: bool, bar: float) -> GoalVerdict:
+    """The worst of value(row) over the rows where it is measured, against bar."""
+    measured = [(value(r), r.label) for r in rows if value(r) is not None]
+    if not measured:
+        return GoalVerdict(goal, [], None, None, None)
+    worst, label = min(measured) if better_high else max(measured)
+    return GoalVerdict(goal, [lb for _, lb in measured], worst, label, worst >= bar if better_high else worst <= bar)
+
+
+def issue_goals(rows: list[ShapeRow]) -> list[GoalVerdict]:
+    """Issue 11's criteria (fp32, TF32 off, T = 1000 where the issue names shapes; ratio =
+    baseline time / rnn_fused time) over the rows measured."""
+    def covered(h_low, h_high, b_low, b_high):
+        return [r for r in rows if _one_layer_fp32(r.shape) and h_low <= r.shape["hidden"] <= h_high
+                and b_low <= r.shape["batch"] <= b_high]
+
+    small, middle = covered(1, 256, 1, 32), covered(512, 1024, 1, 32)
+    large_batch = [r for r in covered(256, 1024, 128, 128) if r.shape["hidden"] in (256, 1024)]
+    ratios = [r for r in rows if r.skipped is None and r.error is None]
+
+    def slowest(r: ShapeRow) -> float | None:
+        present = [v for v in (r.fwd_ratio, r.fwd_bwd_ratio) if v is not None]
+        return min(present) if present else None
+
+    def memory(r: ShapeRow) -> float | None:
+        return _ratio(r.ours_peak_mb, r.baseline_peak_mb)  # ours / baseline
+
+    def error_vs_first(r: ShapeRow) -> float | None:
+        first = FIRST_KERNELS_REL_ERROR.get(r.label)
+        return None if first is None or r.ours_rel_error is None else r.ours_rel_error / first
+
+    return [
+        _verdict("forward+backward >= 1.5x at H <= 256, B <= 32", small, lambda r: r.fwd_bwd_ratio, True, 1.5),
+        _verdict("forward >= 1.5x at H <= 256, B <= 32", small, lambda r: r.fwd_ratio, True, 1.5),
+        _verdict("forward+backward >= 3x at H = 512-1024, B <= 32", middle, lambda r: r.fwd_bwd_ratio, True, 3.0),
+        _verdict("forward >= 3x at H = 512-1024, B <= 32", middle, lambda r: r.fwd_ratio, True, 3.0),
+        _verdict("forward+backward >= 1.5x at B = 128 (H = 256, 1024)", large_batch, lambda r: r.fwd_bwd_ratio,
+                 True, 1.5),
+        _verdict("forward >= 1.5x at B = 128 (H = 256, 1024)", large_batch, lambda r: r.fwd_ratio, True, 1.5),
+        _verdict("never below 1.0x (every row, forward and forward+backward)", ratios, slowest, True, 1.0),
+        _verdict("peak memory <= the baseline's (ours / baseline)", ratios, memory, False, 1.0),
+        _verdict("relative error <= the first kernels' (GPU_FACTS.md; ours / theirs)", ratios, error_vs_first,
+                 False, 1.0),
+    ]
+
+
+def format_goal_table(goals: list[GoalVerdict]) -> str:
+    lines = ["| goal | rows measured | worst | at | verdict |", "|---|---:|---:|---|---|"]
+    for g in goals:
+        verdict = "not measured" if g.met is None else "met" if g.met else "MISSED"
+        lines.append(f"| {g.goal} | {len(g.rows)} | {_num(g.worst)} | {g.worst_row or '–'} | {verdict} |")
+    return "\n".join(lines)
+
+
+# --- measuring ------------------------------------------------------------------------------
 # --- measuring ------------------------------------------------------------------------------
 
 
@@ -721,6 +806,14 @@ def format_report(result: GpuCheckResult) -> str:
         "",
         format_shape_table(result.shape_rows, baseline),
         "",
+        "## Against issue 11's goals",
+        "",
+        f"The worst measured value over the rows each goal covers (ratio = {baseline} time / rnn_fused "
+        "time; memory and error as ours / theirs). Only a run on an H100/H200-class GPU against cuDNN "
+        "decides them.",
+        "",
+        format_goal_table(issue_goals(result.shape_rows)),
+        "",
         "## Every path forced (one layer, fp32)",
         "",
         "`rnn_layer(..., path=p)`. A path the planner rules out for the shape is not run; the note "
@@ -751,6 +844,7 @@ def result_as_json(result: GpuCheckResult) -> dict:
         "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio")) for r in result.shape_rows],
         "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
                       for r in result.path_rows],
+        "goals": [dataclasses.asdict(g) for g in issue_goals(result.shape_rows)],
         "notes": result.notes,
         "failures": result.failures,
     }
