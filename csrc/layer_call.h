@@ -125,7 +125,9 @@ inline SequenceLengths check_lengths(const std::optional<at::Tensor>& lengths, c
     for (int64_t b = 0; b < batch; ++b) {
       if (values[b] < 0 || values[b] > steps) length_out_of_range(b, values[b], steps);
     }
-    out.on_device = input.is_cpu() ? host : host.to(input.device());
+    // non_blocking: a blocking copy to the GPU would wait for the stream's queued work. The
+    // copy from pageable memory is staged before the call returns, so `host` may go at once.
+    out.on_device = input.is_cpu() ? host : host.to(input.device(), at::kLong, /*non_blocking=*/true);
   } else {
     const at::Tensor contiguous = len.contiguous();
     const at::Tensor bad = contiguous.lt(0).logical_or_(contiguous.gt(steps));

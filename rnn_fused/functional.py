@@ -152,7 +152,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
     weights: one sequence per (layer, direction) in nn.RNN's order (l0, l0_reverse, l1, ...),
     each (weight_ih, weight_hh) or (weight_ih, weight_hh, bias_ih, bias_hh);
-    lengths int64 [B] (valid steps per sample, on input's device) or None (all T).
+    lengths int64 [B] (valid steps per sample, on the CPU or input's device; the CPU costs no
+    host synchronisation) or None (all T).
     Dropout with probability `dropout` is applied to every layer's output but the last,
     only when `training`, with nn.RNN's random draws (dropout_between_layers).
     truncation: None, an int K >= 1 or a RandomTruncation (as for rnn_layer), for every
@@ -256,7 +257,7 @@ def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | Non
         return torch.nn.functional.dropout(layer_output, p, training=True)
     steps = layer_output.shape[0]
     valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
-    valid = valid.to(layer_output.device)
+    valid = valid.to(layer_output.device, non_blocking=True)
     dropped = torch.nn.functional.dropout(layer_output[valid], p, training=True)  # [N,F]
     return layer_output.new_zeros(layer_output.shape).masked_scatter(valid.unsqueeze(2), dropped)
 
@@ -265,16 +266,18 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor,
     """A PackedSequence's data as a time-major padded batch, in the packed (sorted) order.
 
     data [N,I] (N = sum of batch_sizes); batch_sizes int64 [T] on the CPU, non-increasing.
-    Returns padded [T,B,I] with zeros past each sample's length, lengths int64 [B] and
-    valid bool [T,B] (both on data's device), B = batch_sizes[0].
+    Returns padded [T,B,I] with zeros past each sample's length, lengths int64 [B] on the CPU
+    (the layers check CPU lengths on the host and copy them to the device without waiting for
+    it; device lengths would cost a host synchronisation per layer) and valid bool [T,B] on
+    data's device, B = batch_sizes[0].
     """
     steps = batch_sizes.numel()
     batch = int(batch_sizes[0])
     # Packed data lists, step by step, samples 0..batch_sizes[t]-1: exactly the row-major
     # order of the True entries of `valid`.
     valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    lengths = valid.sum(0).to(data.device)
-    valid = valid.to(data.device)
+    lengths = valid.sum(0)
+    valid = valid.to(data.device, non_blocking=True)
     padded = data.new_zeros(steps, batch, data.shape[1]).masked_scatter(valid.unsqueeze(2), data)
     return padded, lengths, valid
 

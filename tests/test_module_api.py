@@ -269,3 +269,16 @@ def test_public_check_methods_behave_like_torch():
     with pytest.raises(RuntimeError) as got:
         ours.check_forward_args(x, bad_hx, None)
     assert str(got.value) == str(expected.value)
+
+
+def test_packed_input_lengths_stay_on_the_cpu():
+    """A PackedSequence's lengths come from its CPU batch_sizes and stay there: the layers
+    check CPU lengths on the host and copy them to the device without waiting for it, where
+    lengths on the GPU would cost a host synchronisation per layer (a reduction read back).
+    The data (here on the meta device, standing in for a GPU) and the mask follow the input."""
+    from rnn_fused.functional import packed_to_padded
+
+    batch_sizes = torch.tensor([3, 2, 2, 1])
+    padded, lengths, valid = packed_to_padded(torch.randn(8, 4, device="meta"), batch_sizes)
+    assert lengths.device.type == "cpu" and lengths.tolist() == [4, 3, 1]
+    assert padded.device.type == "meta" and padded.shape == (4, 3, 4) and valid.device.type == "meta"
