@@ -108,12 +108,19 @@ inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b
     }
     return result;
   }
-  at::Tensor result = at::zeros({H, H}, a.options());
-  at::Tensor partial = at::empty({H, H}, a.options());
-  for (int64_t start = 0; start < S; start += steps_per_chunk) {
+  // The first chunk's product is the running sum (zeros plus it would round alike).
+  const auto product = [&](at::Tensor& into, int64_t start) {
     const int64_t n = std::min(steps_per_chunk, S - start);
-    at::mm_out(partial, a.narrow(0, start, n).reshape({n * B, H}).t(), b.narrow(0, start, n).reshape({n * B, H}));
-    result.add_(partial);
+    at::mm_out(into, a.narrow(0, start, n).reshape({n * B, H}).t(), b.narrow(0, start, n).reshape({n * B, H}));
+  };
+  at::Tensor result = at::empty({H, H}, a.options());
+  product(result, 0);
+  if (steps_per_chunk < S) {
+    at::Tensor partial = at::empty({H, H}, a.options());
+    for (int64_t start = steps_per_chunk; start < S; start += steps_per_chunk) {
+      product(partial, start);
+      result.add_(partial);
+    }
   }
   return result;
 }
@@ -213,11 +220,16 @@ inline LayerBackwardResult gradients_from_dz(
   if (output_mask[3]) {
     // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
     // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
-    grad_w_hh = hx.has_value() ? at::mm(dz_first.t(), hx->to(compute.dtype())) : at::zeros({H, H}, compute);
+    // Without hx the h_0 term is zero and nothing is added for it (two launches fewer on a GPU).
+    const std::optional<at::Tensor> first_term =
+        hx.has_value() ? std::optional<at::Tensor>(at::mm(dz_first.t(), hx->to(compute.dtype()))) : std::nullopt;
     if (T > 1) {
       const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
       const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
-      grad_w_hh.add_(sum_of_outer_products(dz_tail, h_prev, launch_bound));
+      grad_w_hh = sum_of_outer_products(dz_tail, h_prev, launch_bound);
+      if (first_term.has_value()) grad_w_hh = first_term->add_(grad_w_hh);
+    } else {
+      grad_w_hh = first_term.has_value() ? *first_term : at::zeros({H, H}, compute);
     }
   }
   std::array<at::Tensor, 5> grads = {grad_input.to(result_dtype), grad_hx.to(result_dtype),

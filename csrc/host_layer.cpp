@@ -79,13 +79,14 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
   const at::Tensor x = call.input.to(ct).contiguous();
   const at::Tensor w_ih = call.weight_ih.to(ct).contiguous();
   const at::Tensor w_hh = call.weight_hh.to(ct).contiguous();
-  const at::Tensor h0 =
-      call.hx.has_value() ? call.hx->to(ct).contiguous() : at::zeros({s.batch, s.hidden}, x.options());
+  // No hx: no tensor of zeros either (on a GPU, a launch per call); the recurrences start from zero.
+  const at::Tensor h0 = call.hx.has_value() ? call.hx->to(ct).contiguous() : at::Tensor();
   at::Tensor out = at::empty({s.steps, s.batch, s.hidden}, x.options());
   at::Tensor h_n;
   if (s.empty()) {
     out.zero_();
-    h_n = h0.clone();  // never the caller's hx itself: an op's outputs do not alias its inputs
+    // Never the caller's hx itself: an op's outputs do not alias its inputs.
+    h_n = h0.defined() ? h0.clone() : at::zeros({s.batch, s.hidden}, x.options());
   } else {
     at::Tensor out2d = out.view({s.steps * s.batch, s.hidden});
     input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), w_ih, call.bias_ih, call.bias_hh);
@@ -104,8 +105,13 @@ LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
   BackwardOperands operands =
       backward_operands(ct, f.input, f.weight_ih, f.weight_hh, call.output, call.grad_output, call.grad_h_n);
   const at::TensorOptions options = operands.out.options();
-  at::Tensor dz = at::zeros({s.steps, s.batch, s.hidden}, options);
-  at::Tensor step_norms = call.record_norms ? at::zeros({s.steps, s.batch}, options) : at::empty({0}, options);
+  // The recurrences write dz and the step norms at every valid step: without lengths that is
+  // every entry, and the buffers need no clearing (on a GPU, a [T,B,H] memset per call).
+  const auto buffer = [&](at::IntArrayRef sizes) {
+    return f.lengths.has_value() ? at::zeros(sizes, options) : at::empty(sizes, options);
+  };
+  at::Tensor dz = buffer({s.steps, s.batch, s.hidden});
+  at::Tensor step_norms = call.record_norms ? buffer({s.steps, s.batch}) : at::empty({0}, options);
   const at::Tensor dz_first =
       s.empty() ? at::zeros({s.batch, s.hidden}, options)
                 : backend.backward(BackwardRecurrence{

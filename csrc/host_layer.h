@@ -33,16 +33,17 @@ struct ForwardRecurrence {
   const LayerForwardCall& call;
   at::Tensor w_hh;  // [H,H] read
   at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step; out: h_t, zero at t >= lengths[b]
-  at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state
+  at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state; undefined: zeros
 };
 
 // The backward time loop's problem, in the compute dtype, contiguous.
 struct BackwardRecurrence {
   const LayerBackwardCall& call;
   const BackwardOperands& operands;  // input, w_ih, w_hh, saved out, dy, dh_n
-  at::Tensor dz;                     // [T,B,H] zero on entry; out: dL/dz_t at valid steps
-  at::Tensor step_norms;             // [T,B] zero on entry, out: ||g_t|| at valid steps; empty [0]
-                                     // unless the call records norms
+  at::Tensor dz;                     // [T,B,H] out: dL/dz_t written at every valid step; zero
+                                     // on entry where lengths were given (else uninitialised)
+  at::Tensor step_norms;             // [T,B] out: ||g_t|| at valid steps, entered like dz; empty
+                                     // [0] unless the call records norms
 };
 
 // rnn_fused.plan()'s question to a GPU-kernel backend's planner.

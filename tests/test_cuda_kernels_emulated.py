@@ -9,6 +9,7 @@ Sizes stay small: every emulated CUDA thread is a fiber.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 
@@ -267,6 +268,102 @@ def test_empty_batch_and_zero_steps():
         args = layer_args(0, 2, 2, 4)
         out, h_n = rnn_fused.rnn_layer(*args, backend="emulated")
         assert out.shape == (0, 2, 4) and torch.equal(h_n, args[1])
+
+
+@contextlib.contextmanager
+def uninitialized_memory_is_nan():
+    """New tensors, torch.empty and the ops' at::empty alike, come filled with NaN (torch's
+    deterministic mode), so a result read from a buffer nobody wrote is NaN, not zero."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        assert torch.empty(4).isnan().all()
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
+@pytest.mark.parametrize("backend,path", [("cpu", None), *[("emulated", p) for p in EMULATED_PATHS]])
+@pytest.mark.parametrize("lengths", [None, [4, 1, 0]], ids=["all-steps", "lengths"])
+@pytest.mark.parametrize("hx", [False, True], ids=["no-hx", "hx"])
+def test_buffers_left_uncleared_are_written_everywhere(backend, path, lengths, hx):
+    """Without hx no initial state is materialised, and without lengths dz and the step norms
+    are not cleared before the recurrences write them: every entry must be written. The same
+    calls with every new buffer full of NaN give bitwise the results of an ordinary run."""
+    args = layer_args(4, 3, 2, 9, dtype=torch.float32, hx=hx)
+    length_tensor = None if lengths is None else torch.tensor(lengths)
+    g = torch.Generator().manual_seed(5)
+    grad_output, grad_h_n = torch.randn(4, 3, 9, generator=g), torch.randn(3, 9, generator=g)
+    forward_args = (*args, length_tensor, "tanh", False)
+    kwargs = dict(backend=backend, path=path)
+
+    def run():
+        out, h_n = OPS.rnn_layer_forward(*forward_args, **kwargs)
+        grads = OPS.rnn_layer_backward(grad_output, grad_h_n, out, [True, hx, True, True, True], True,
+                                       *forward_args, **kwargs)
+        return [out, h_n, *grads]
+
+    with simt.emulated_device(**SMALL_GPU):
+        expected = run()
+        with uninitialized_memory_is_nan():
+            filled = run()
+    assert all(t.isfinite().all() for t in expected)
+    for name, a, b in zip(["output", "h_n", "grad_input", "grad_hx", "grad_weight_ih", "grad_weight_hh",
+                           "grad_bias", "step_norms", "grad_sq_norms", "nonfinite"], expected, filled):
+        assert torch.equal(a, b), name
+
+
+# ATen ops that do device work (each a kernel launch or memset on a GPU).
+_WORK_OPS = {"aten::fill_", "aten::zero_", "aten::copy_", "aten::add", "aten::add_", "aten::addmm", "aten::mm",
+             "aten::bmm", "aten::sum", "aten::where", "aten::masked_fill_", "aten::mul", "aten::sqrt_"}
+
+
+def _device_work(call) -> collections.Counter:
+    """The outermost device-work ATen ops that call() runs (zeros -> zero_ -> fill_ counts once)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        call()
+    counts = collections.Counter()
+    for event in profile.events():
+        if event.name not in _WORK_OPS:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and parent.name not in _WORK_OPS:
+            parent = parent.cpu_parent
+        if parent is None:
+            counts[event.name] += 1
+    return counts
+
+
+@pytest.mark.parametrize("path", ["block", "grid"])
+def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
+    """At small sizes a GPU waits for the host, and each ATen call is a launch. The emulated
+    backend runs the CUDA backend's host code, so its ATen calls are the GPU's launches: with
+    no hx and no lengths the forward issues the bias sum and the input projection (and, on
+    the grid path, clears the exchanged state); the backward dX, dW_ih, two dW_hh chunk
+    products and their sum, and the bias gradient. No state, dz or W_hh^T is materialised."""
+    args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
+    forward_args = (*args, None, "tanh", False)
+    kwargs = dict(backend="emulated", path=path)
+    grad_output, grad_h_n = torch.ones(5, 2, 8), torch.ones(2, 8)
+    with simt.emulated_device(**SMALL_GPU):
+        out, _ = OPS.rnn_layer_forward(*forward_args, **kwargs)
+        forward = _device_work(lambda: OPS.rnn_layer_forward(*forward_args, **kwargs))
+        mask = [True, False, True, True, True]
+        backward = _device_work(
+            lambda: OPS.rnn_layer_backward(grad_output, grad_h_n, out, mask, False, *forward_args, **kwargs))
+    exchange = {"aten::zero_": 1} if path == "grid" else {}
+    assert forward == collections.Counter({"aten::add": 1, "aten::addmm": 1, **exchange})
+    assert backward == collections.Counter({"aten::mm": 4, "aten::add_": 1, "aten::sum": 1, **exchange})
+
+
+def test_zero_steps_without_hx_give_a_zero_state():
+    for backend in ("cpu", "emulated"):
+        with simt.emulated_device(**SMALL_GPU):
+            out, h_n = OPS.rnn_layer_forward(*layer_args(0, 2, 2, 4, hx=False), None, "tanh", False, backend=backend)
+        assert out.shape == (0, 2, 4) and torch.equal(h_n, torch.zeros(2, 4, dtype=torch.float64))
 
 
 def test_rejects_lengths_outside_range_like_the_cpu_backend():

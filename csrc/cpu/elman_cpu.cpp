@@ -130,7 +130,7 @@ at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   const Lengths len = host_lengths(call);
   // Transposed once, so every step's product reads W_hh row by row.
   const at::Tensor w_hh_t = r.w_hh.t().contiguous();
-  at::Tensor state = r.h0.clone();
+  at::Tensor state = r.h0.defined() ? r.h0.clone() : at::zeros({call.shape.batch, call.shape.hidden}, r.out.options());
   at::Tensor rec = at::empty({call.shape.batch, call.shape.hidden}, r.out.options());
   dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);

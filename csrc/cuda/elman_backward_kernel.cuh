@@ -16,16 +16,18 @@
 // Stepwise path's per-step epilogue.
 //
 // Arguments (BackwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
-//   w_hh_t   [H,H]    read: W_hh transposed (row u = column u of W_hh)
+//   w_hh     [H,H]    read: the recurrent weight (a CTA loads the columns of its units: rows of W_hh^T)
 //   dy       [T,B,H]  read: gradient of the output
 //   dh_n     [B,H]    read: gradient of h_n
 //   out      [T,B,H]  read: saved h_t
-//   dz       [T,B,H]  zero on entry; written at each sample's valid steps
+//   dz       [T,B,H]  written at each sample's valid steps (the host zeroes it first only when
+//                     some steps are not valid: lengths given)
 //   dz_first [B,H]    written: dz at each sample's processing step 0 (zero for an empty sample)
-//   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity), zero on entry; else null
+//   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity); slot T % 2 (dz after the
+//                     last step) zero on entry, the other written before it is read; else null
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   truncation        the edge scales' parameters (TruncationParams)
-//   step_sq  [T,B]    float64, zero on entry: ||g_t||^2 at each sample's valid steps; or null
+//   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 #pragma once
 
@@ -36,7 +38,7 @@ SIMT_BEGIN_WORLD
 
 template <typename scalar_t>
 struct BackwardRecurrenceArgs {
-  const scalar_t* w_hh_t;
+  const scalar_t* w_hh;
   const scalar_t* dy;
   const scalar_t* dh_n;
   const scalar_t* out;
@@ -150,7 +152,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const CtaPlace& place = cta.place;
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
   double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.cta_sums_offset);
-  cta.load_weights(a.w_hh_t);
+  cta.load_weights_transposed(a.w_hh);
   // No step after the last: dz_T = 0 (and the padding stays zero).
   for (int64_t i = threadIdx.x; i < (Cta::kStateInShared ? 2 : 1) * kSamples * cta.row; i += blockDim.x) {
     cta.states[i] = scalar_t(0);

@@ -17,10 +17,10 @@
 //   w_hh     [H,H]    read: recurrent weight (row u produces unit u)
 //   out      [T,B,H]  in: XW_t + b_ih + b_hh at every step; out: h_t at each sample's valid
 //                     steps (steps t >= lengths[b] are left as they are; the host zeroes them)
-//   h0       [B,H]    read: initial state
+//   h0       [B,H]    read: initial state; null for zeros
 //   h_n      [B,H]    written: state after each sample's last valid step (h0 if it has none)
-//   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity), h0 in
-//                     exchange[0] on entry; null on the other paths
+//   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity), h0 (or
+//                     zeros) in exchange[0] on entry; null on the other paths
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
 // a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
@@ -59,9 +59,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t R = cta.row;
   cta.load_weights(a.w_hh);
   // Both buffers start as h0 (Block, Cluster) so their padding is zero; the Grid path's chunk
-  // buffer is staged from exchange each step.
+  // buffer is staged from exchange each step. No h0: no rows available, all zeros.
   for (int buffer = 0; buffer < (Cta::kStateInShared ? 2 : 1); ++buffer) {
-    load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, B, H, R);
+    load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples,
+                     a.h0 != nullptr ? B : 0, H, R);
   }
   __syncthreads();
   cta.cache_weights();

@@ -373,11 +373,20 @@ RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
       call.options.path);
 }
 
-// The Grid and Stepwise paths exchange the state through global memory: [2,B,H] (parity of
-// the step), zeros; the other paths need none (an undefined tensor).
-inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape, const at::TensorOptions& options) {
+// The Grid and Stepwise paths exchange the state through global memory: [2,B,H], by parity
+// of the step, in slot `first_slot` the state the first step reads: `first`, or zeros where it
+// is undefined. The other slot is written before it is read. The other paths need none (an
+// undefined tensor).
+inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape, const at::TensorOptions& options,
+                                  int64_t first_slot, const at::Tensor& first) {
   if (plan.path != RecurrencePath::Grid && plan.path != RecurrencePath::Stepwise) return {};
-  return at::zeros({2, shape.batch, shape.hidden}, options);
+  at::Tensor exchange = at::empty({2, shape.batch, shape.hidden}, options);
+  if (first.defined()) {
+    exchange[first_slot].copy_(first);
+  } else {
+    exchange[first_slot].zero_();
+  }
+  return exchange;
 }
 
 // The forward recurrence of the host layer (host_layer.h); returns h_n.
@@ -388,11 +397,10 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   const RecurrencePlan plan = plan_for<scalar_t>(call, false);
   at::Tensor h_n = at::empty({B, H}, r.out.options());
-  at::Tensor exchange = exchange_buffer(plan, shape, r.out.options());
-  if (exchange.defined()) exchange[0].copy_(r.h0);  // the state at step 0
+  at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
   const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
                                              .out = r.out.data_ptr<scalar_t>(),
-                                             .h0 = r.h0.data_ptr<scalar_t>(),
+                                             .h0 = r.h0.defined() ? r.h0.data_ptr<scalar_t>() : nullptr,
                                              .h_n = h_n.data_ptr<scalar_t>(),
                                              .exchange = exchange.defined() ? exchange.data_ptr<scalar_t>() : nullptr,
                                              .lengths = lengths_pointer(call),
@@ -432,16 +440,17 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   const RecurrencePlan plan = plan_for<scalar_t>(call, true);
   const at::TensorOptions options = op.out.options();
   at::Tensor dz_first = at::empty({B, H}, options);
-  at::Tensor exchange = exchange_buffer(plan, shape, options);  // dz after the last step: zero
+  // Step T-1 reads slot T % 2: dz after the last step, zero.
+  at::Tensor exchange = exchange_buffer(plan, shape, options, T % 2, at::Tensor());
   at::Tensor step_sq, norm_partials;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
-    step_sq = at::zeros({T, B}, f64);
+    // Every entry is written where every step is valid.
+    step_sq = call.lengths.has_value() ? at::zeros({T, B}, f64) : at::empty({T, B}, f64);
     if (plan.path == RecurrencePath::Grid) norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
   }
-  const at::Tensor w_hh_t = op.w_hh.t().contiguous();
   const BackwardRecurrenceArgs<scalar_t> args{
-      .w_hh_t = w_hh_t.data_ptr<scalar_t>(),
+      .w_hh = op.w_hh.data_ptr<scalar_t>(),
       .dy = op.dy.data_ptr<scalar_t>(),
       .dh_n = op.dh_n.data_ptr<scalar_t>(),
       .out = op.out.data_ptr<scalar_t>(),

@@ -218,6 +218,18 @@ struct RecurrenceCta {
   // The CTA's rows of a [H,H] weight into shared memory (zero-padded). All threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) { load_padded_rows(w, weights, place.unit_begin, units, hidden, hidden, row); }
 
+  // The same for the rows of w^T, read from w itself (the backward's W_hh^T without a
+  // transposed copy on the host: a launch and an [H,H] round trip per call). Consecutive
+  // threads read consecutive units of one row of w, so the global loads are coalesced; the
+  // strided shared-memory stores happen once per launch. All threads call it.
+  SIMT_DEVICE void load_weights_transposed(const scalar_t* w) {
+    const int64_t total = units * row;
+    for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+      const int64_t k = i / units, u = place.unit_begin + i % units;
+      weights[(i % units) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
+    }
+  }
+
   // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
   // last row: their warp stays whole for the shuffles, and the result is dropped).
   SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
