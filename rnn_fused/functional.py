@@ -198,7 +198,9 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
-    return layer_input, torch.stack(final_states)
+    # One state needs no stack (a launch on a GPU): a view with the layers' dimension.
+    h_n = final_states[0].unsqueeze(0) if len(final_states) == 1 else torch.stack(final_states)
+    return layer_input, h_n
 
 
 # One side stream per CUDA device for the reverse direction of a bidirectional layer.
