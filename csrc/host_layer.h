@@ -34,6 +34,9 @@ struct ForwardRecurrence {
   at::Tensor w_hh;  // [H,H] read
   at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step; out: h_t, zero at t >= lengths[b]
   at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state; undefined: zeros
+  // Step-phase timing (GPU-kernel backends, persistent paths): when set, receives [CTAs, 3]
+  // int64 cycles per CTA staging, computing and in the step barrier (recurrence_step_phases).
+  at::Tensor* phase_cycles = nullptr;
 };
 
 // The backward time loop's problem, in the compute dtype, contiguous.
@@ -44,6 +47,7 @@ struct BackwardRecurrence {
                                      // on entry where lengths were given (else uninitialised)
   at::Tensor step_norms;             // [T,B] out: ||g_t|| at valid steps, entered like dz; empty
                                      // [0] unless the call records norms
+  at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };
 
 // rnn_fused.plan()'s question to a GPU-kernel backend's planner.

@@ -94,6 +94,59 @@ LayerBackwardResult rnn_layer_backward(
   return run_layer_backward(call);
 }
 
+// Step-phase timing of one recurrence on a GPU-kernel backend (a persistent path): the
+// forward recurrence of a layer whose input projection XW_t is `xw` itself, from a zero
+// state; with `backward`, after an untimed forward, the backward recurrence with dy = xw and
+// dh_n = 0. xw [T,B,H] and weight_hh [H,H] in float32 or float64. Returns (phase_cycles [CTAs, 3]
+// int64: per CTA, the cycles thread 0 spent staging state rows, computing and in the step
+// barrier, summed over the T steps; result [T,B,H]: the forward's h_t, or the backward's dz_t).
+std::tuple<at::Tensor, at::Tensor> recurrence_step_phases(const at::Tensor& xw, const at::Tensor& weight_hh,
+                                                          bool backward, c10::string_view nonlinearity,
+                                                          std::optional<c10::string_view> path,
+                                                          std::optional<c10::string_view> backend) {
+  TORCH_CHECK_VALUE(xw.dim() == 3, "rnn_fused.recurrence_step_phases: xw must be 3-D [T, B, H], got ", xw.dim(), "-D");
+  TORCH_CHECK_VALUE(xw.scalar_type() == at::kFloat || xw.scalar_type() == at::kDouble,
+                    "rnn_fused.recurrence_step_phases: xw must be float32 or float64, got ", xw.scalar_type());
+  LayerForwardCall call{.input = xw,
+                        .weight_ih = at::eye(xw.size(2), xw.options()),  // checked only: the projection is xw
+                        .weight_hh = weight_hh,
+                        .options = parse_options(std::string(nonlinearity), false, 0, 1.0, 0, 0, optional_name(backend),
+                                                 optional_name(path))};
+  check_forward_call(call);
+  const RecurrenceBackend& b = find_recurrence_backend(xw.device().type(), call.options.backend);
+  TORCH_CHECK_VALUE(b.plan != nullptr, "rnn_fused.recurrence_step_phases: backend '", b.name,
+                    "' runs no GPU kernels to time (use a CUDA device or backend 'emulated')");
+  TORCH_CHECK_VALUE(!call.shape.empty(), "rnn_fused.recurrence_step_phases: needs T, B, H > 0, got xw of shape ",
+                    xw.sizes());
+  const c10::OptionalDeviceGuard guard(xw.device());
+  // Refused before anything runs: the stepwise path has no persistent kernel to time.
+  const RecurrencePlanReport report = b.plan(RecurrencePlanQuery{.compute = xw.scalar_type(),
+                                                                 .hidden = call.shape.hidden,
+                                                                 .batch = call.shape.batch,
+                                                                 .backward = backward,
+                                                                 .path = call.options.path});
+  TORCH_CHECK_VALUE(report.chosen.path != "stepwise",
+                    "rnn_fused: step phases are timed inside a persistent kernel; path 'stepwise' launches two "
+                    "kernels per step and has none (force 'block', 'cluster' or 'grid')");
+  const at::Tensor w_hh = weight_hh.contiguous();
+  at::Tensor cycles;
+  at::Tensor out = xw.contiguous().clone();  // the forward overwrites XW_t with h_t
+  b.forward(ForwardRecurrence{
+      .call = call, .w_hh = w_hh, .out = out, .h0 = {}, .phase_cycles = backward ? nullptr : &cycles});
+  if (!backward) return {cycles, out};
+  const at::Tensor grad_h_n = at::zeros({call.shape.batch, call.shape.hidden}, xw.options());
+  LayerBackwardCall backward_call{.forward = call, .grad_output = xw, .grad_h_n = grad_h_n, .output = out};
+  check_backward_call(backward_call);
+  const BackwardOperands operands = backward_operands(xw.scalar_type(), xw, call.weight_ih, weight_hh, out, xw, grad_h_n);
+  at::Tensor dz = at::empty_like(out);
+  b.backward(BackwardRecurrence{.call = backward_call,
+                                .operands = operands,
+                                .dz = dz,
+                                .step_norms = at::empty({0}, xw.options()),
+                                .phase_cycles = &cycles});
+  return {cycles, dz};
+}
+
 // c [T,B] float64: the edge scale of processing step s of sample b that the backward
 // kernels of every backend apply (recurrence_math.h edge_scale), for checking and recording.
 at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, double keep_prob, int64_t seed,
@@ -219,6 +272,11 @@ TORCH_LIBRARY(rnn_fused, m) {
       "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "
       "-> float",
       &rnn_fused::cost_model_us);
+  // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):
+  // (phase_cycles [CTAs, 3] int64, result [T,B,H]).
+  m.def(
+      "recurrence_step_phases(Tensor xw, Tensor weight_hh, bool backward, str nonlinearity=\"tanh\", "
+      "str? path=None, str? backend=None) -> (Tensor phase_cycles, Tensor result)");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }
@@ -229,10 +287,12 @@ TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
+  m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
 }
 
 TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
+  m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
 }

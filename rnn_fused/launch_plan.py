@@ -10,6 +10,10 @@ product and an epilogue launch per step). device="emulated" asks the SIMT emulat
 (rnn_fused.simt.emulated_device); a CUDA device asks the real GPU. The predictions come from
 constants measured on an H200 (csrc/cuda/recurrence_cost_model.h).
 
+step_phases(hidden_size, batch_size, ...) times where the steps of a persistent kernel go
+(staging state rows, compute, the step barrier) with the kernels' own cycle counter: the
+measurements that fit the cost model's terms one by one (docs/gpu_check.md).
+
 log_plan_once(plan, key) tells the "rnn_fused" logger, once per key (device, dtype, shape),
 which path the planner chose for a layer run on CUDA tensors and why: at INFO, or at WARNING
 for the stepwise path (a launch per step, the slow one a user would not expect). Python's
@@ -92,6 +96,45 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     emulated = device == "emulated"
     like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
+
+
+@dataclass(frozen=True)
+class StepPhases:
+    """Where the steps of a persistent recurrence kernel go (step_phases). Thread 0 of every
+    CTA reads the SM's cycle counter at the boundaries of each step's phases; the figures are
+    cycles per step, the mean over the CTAs (the slowest CTA's compute beside it). Thread 0's
+    view: the other warps' lag shows in the barrier. On the emulated device they are host
+    nanoseconds: they show that the timing runs, not how fast a GPU is."""
+
+    path: str                     # the persistent path that ran ("block", "cluster" or "grid")
+    ctas: int
+    steps: int
+    stage_cycles: float           # the Grid path's state rows into shared memory (0 on the others)
+    compute_cycles: float         # dot products, reduce-scatter, epilogues, publishing the new state
+    barrier_cycles: float         # the step's barrier
+    slowest_compute_cycles: float
+    predicted_us_per_step: float  # the plan's
+
+
+def step_phases(hidden_size: int, batch_size: int, steps: int = 200, backward: bool = False,
+                dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated",
+                path: str | None = None) -> StepPhases:
+    """Times the phases of the recurrence kernel the planner would launch (or `path`, which
+    must be a persistent one) for `steps` steps of a layer of `hidden_size` units and
+    `batch_size` samples in float32 or float64 on `device`, on random data (the forward from
+    a zero state; the backward after it). For fitting the cost model's terms (docs/gpu_check.md)."""
+    chosen = plan(hidden_size, batch_size, dtype, device, backward, path)
+    emulated = device == "emulated"
+    target = torch.device("cpu") if emulated else torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    xw = torch.randn(steps, batch_size, hidden_size, generator=generator, dtype=dtype) * 0.5
+    w_hh = torch.randn(hidden_size, hidden_size, generator=generator, dtype=dtype) * (0.5 / hidden_size ** 0.5)
+    cycles, _ = torch.ops.rnn_fused.recurrence_step_phases(
+        xw.to(target), w_hh.to(target), backward, "tanh", chosen.path, "emulated" if emulated else None)
+    per_step = cycles.double().cpu() / steps  # [CTAs, 3]
+    stage, compute, barrier = per_step.mean(0).tolist()
+    return StepPhases(chosen.path, per_step.shape[0], steps, stage, compute, barrier,
+                      per_step[:, 1].max().item(), chosen.predicted_us_per_step)
 
 
 SLOW_PATH = "stepwise"

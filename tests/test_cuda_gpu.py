@@ -408,6 +408,34 @@ def test_a_forced_path_that_cannot_run_is_refused_and_the_device_still_runs():
     _good_call_still_runs()
 
 
+@pytest.mark.parametrize("path", ["block", "cluster", "grid"])
+def test_step_phase_timing_on_every_persistent_path(path):
+    """The phase clock on the GPU: per CTA, cycles in compute and barrier (staging only on the
+    grid path), and the timed kernels' results are the ordinary op's, bitwise (as in
+    test_cuda_kernels_emulated.py)."""
+    if path == "cluster" and not clusters_supported():
+        with pytest.raises(ValueError, match="compute capability 9.0"):
+            rnn_fused.launch_plan.step_phases(33, 3, 5, device=PLAN_DEVICE, path=path)
+        return
+    g = torch.Generator().manual_seed(2)
+    xw = _cuda(torch.randn(5, 3, 33, generator=g) * 0.5)
+    w_hh = _cuda(torch.randn(33, 33, generator=g) * 0.1)
+    forward_cycles, h = torch.ops.rnn_fused.recurrence_step_phases(xw, w_hh, False, path=path, backend=BACKEND)
+    backward_cycles, dz = torch.ops.rnn_fused.recurrence_step_phases(xw, w_hh, True, path=path, backend=BACKEND)
+    layer = (xw, None, torch.eye(33, device=DEVICE), w_hh, None, None, None, "tanh", False)
+    out, h_n = torch.ops.rnn_fused.rnn_layer_forward(*layer, backend=BACKEND, path=path)
+    mask = [True, False, False, False, False]
+    grad_input = torch.ops.rnn_fused.rnn_layer_backward(xw, torch.zeros_like(h_n), out, mask, False, *layer,
+                                                        backend=BACKEND, path=path)[0]
+    assert torch.equal(h, out) and torch.equal(dz, grad_input)
+    ctas = rnn_fused.plan(33, 3, torch.float32, PLAN_DEVICE, path=path).grid
+    for cycles in (forward_cycles, backward_cycles):
+        assert cycles.shape == (ctas, 3) and cycles.dtype == torch.int64
+        stage, compute, barrier = cycles.cpu().unbind(1)
+        assert (compute > 0).all() and (barrier > 0).all()
+        assert ((stage > 0) if path == "grid" else (stage == 0)).all()
+
+
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
 def test_rnn_layer_under_cuda_autocast_matches_torch_rnn_op(autocast_dtype):
     """CUDA autocast reaches the op's AutocastCUDA kernel: the result dtype is torch.rnn_tanh's

@@ -359,6 +359,45 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
     assert backward == collections.Counter({"aten::mm": 4, "aten::add_": 1, "aten::sum": 1, **exchange})
 
 
+@pytest.mark.parametrize("path", ["block", "cluster", "grid"])
+def test_step_phase_timing_changes_no_result(path):
+    """recurrence_step_phases runs the layer kernels with the phase clock on. Its forward is a
+    layer whose projection is xw (weight_ih = I, no biases) from a zero state, its backward
+    the same layer's with dy = xw and dh_n = 0, whose dz is grad_input when weight_ih = I: both
+    must equal the ordinary op's bitwise, and only the grid path spends time staging."""
+    g = torch.Generator().manual_seed(2)
+    steps, batch, hidden = 5, 3, 33
+    xw = torch.randn(steps, batch, hidden, generator=g) * 0.5
+    w_hh = torch.randn(hidden, hidden, generator=g) * 0.1
+    eye = torch.eye(hidden)
+    with simt.emulated_device(**SMALL_GPU):
+        forward_cycles, h = OPS.recurrence_step_phases(
+            xw, w_hh, False, path=path, backend="emulated")
+        backward_cycles, dz = OPS.recurrence_step_phases(xw, w_hh, True, path=path, backend="emulated")
+        layer = (xw, None, eye, w_hh, None, None, None, "tanh", False)
+        out, h_n = OPS.rnn_layer_forward(*layer, backend="emulated", path=path)
+        grad_input = OPS.rnn_layer_backward(xw, torch.zeros_like(h_n), out, [True, False, False, False, False],
+                                            False, *layer, backend="emulated", path=path)[0]
+        ctas = rnn_fused.plan(hidden, batch, path=path).grid
+    assert torch.equal(h, out) and torch.equal(dz, grad_input)
+    for cycles in (forward_cycles, backward_cycles):
+        assert cycles.shape == (ctas, 3) and cycles.dtype == torch.int64
+        stage, compute, barrier = cycles.unbind(1)
+        assert (compute > 0).all() and (barrier > 0).all()
+        assert ((stage > 0) if path == "grid" else (stage == 0)).all()
+
+
+def test_step_phase_timing_needs_a_persistent_kernel_backend():
+    xw, w_hh = torch.randn(3, 2, 5), torch.randn(5, 5)
+    with simt.emulated_device(**SMALL_GPU):
+        with pytest.raises(ValueError, match="path 'stepwise' launches two kernels per step"):
+            OPS.recurrence_step_phases(xw, w_hh, False, path="stepwise", backend="emulated")
+        with pytest.raises(ValueError, match="backend 'cpu' runs no GPU kernels to time"):
+            OPS.recurrence_step_phases(xw, w_hh, False)
+        with pytest.raises(ValueError, match="xw must be float32 or float64"):
+            OPS.recurrence_step_phases(xw.half(), w_hh.half(), False, backend="emulated")
+
+
 def test_zero_steps_without_hx_give_a_zero_state():
     for backend in ("cpu", "emulated"):
         with simt.emulated_device(**SMALL_GPU):

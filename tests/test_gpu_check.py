@@ -123,6 +123,18 @@ def test_rehearsal_probes_the_model_constants(rehearsal):
     assert probes["input projection GEMM rate"]["model_value"] == 40.0
 
 
+def test_rehearsal_times_the_step_phases_of_every_persistent_path(rehearsal):
+    _, _, report = rehearsal
+    rows = report["phase_rows"]
+    assert [(r["label"], r["direction"], r["path"]) for r in rows] == [
+        (s.label(), d, s.path) for s in gpu_check.EMULATED_PHASE_SHAPES for d in ("forward", "backward")]
+    for r in rows:
+        assert r["error"] is None and r["compute_cycles"] > 0 and r["barrier_cycles"] > 0
+        # Only the grid path stages state rows from global memory.
+        assert (r["stage_cycles"] > 0) == (r["path"] == "grid")
+        assert r["measured_us_per_step"] > 0 and r["predicted_us_per_step"] > 0
+
+
 def test_model_constants_are_read_from_the_header():
     constants = gpu_check.model_constants()
     assert constants["grid_barrier_us"] == 0.97 and constants["l2_bytes_per_sm_per_us"] == 75e3

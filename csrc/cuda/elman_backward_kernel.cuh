@@ -29,6 +29,7 @@
 //   truncation        the edge scales' parameters (TruncationParams)
 //   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
+//   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
 #pragma once
 
 #include "cuda/recurrence_paths.cuh"
@@ -52,6 +53,7 @@ struct BackwardRecurrenceArgs {
   TruncationParams truncation;
   double* step_sq;
   double* norm_partials;
+  int64_t* phase_cycles = nullptr;
 };
 
 // g and dz of one (sample, unit) at processing step s < length (the arithmetic every path
@@ -160,6 +162,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   __syncthreads();
   cta.cache_weights();
   start_exchange<kPath>();
+  SIMT_SHARED(long long[kStepPhases + 1], phase_running);
+  PhaseClock clock(a.phase_cycles, phase_running);
+  clock.start();
 
   // With one chunk a lane owns the same outputs every step: their dy and saved h are loaded
   // one step ahead.
@@ -232,9 +237,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       }
     };
     cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H, (s + 1) % 2, step_chunk,
-                       after_chunk);
+                       after_chunk, clock);
     if (one_chunk && s > 0) prefetch(s - 1);
+    clock.lap(kComputePhase);
     end_step<kPath>();
+    clock.lap(kBarrierPhase);
     if (norms) {
       if constexpr (Cta::kStateInShared) {
         store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
@@ -245,8 +252,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       } else if constexpr (kPath == RecurrencePath::Grid) {
         if (s + 1 < T) finish_group_norms<kSamples>(a, tiling, place, s + 1);
       }
+      clock.lap(kComputePhase);
     }
   }
+  clock.store();
   if (norms) {
     // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
     // cluster alive until rank 0's shared memory is no longer written).

@@ -22,6 +22,7 @@
 //   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity), h0 (or
 //                     zeros) in exchange[0] on entry; null on the other paths
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
+//   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
 // a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
 #pragma once
@@ -42,6 +43,7 @@ struct ForwardRecurrenceArgs {
   LayerShape shape;  // input_size unused
   bool reverse;
   Activation activation;
+  int64_t* phase_cycles = nullptr;
 };
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
@@ -67,6 +69,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   __syncthreads();
   cta.cache_weights();
   start_exchange<kPath>();
+  SIMT_SHARED(long long[kStepPhases + 1], phase_running);
+  PhaseClock clock(a.phase_cycles, phase_running);
+  clock.start();
 
   // With one chunk a lane owns the same outputs every step: their XW is loaded one step ahead.
   const bool one_chunk = tiling.chunks == 1;
@@ -108,10 +113,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       });
     };
     cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + (s % 2) * B * H, s % 2, step_chunk,
-                       [](int64_t) {});
+                       [](int64_t) {}, clock);
     if (one_chunk && s + 1 < T) prefetch(s + 1);
+    clock.lap(kComputePhase);
     end_step<kPath>();
+    clock.lap(kBarrierPhase);
   }
+  clock.store();
 }
 
 // Stepwise path, processing step s: h = act(XW_t + recurrent) at valid steps, the state

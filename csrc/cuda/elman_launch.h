@@ -341,6 +341,18 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
   return chosen;
 }
 
+// Where a timed recurrence writes its step phases: [CTAs, 3] int64 zeros in `phase_cycles`
+// (null when the call is not timed; the Stepwise path has no persistent kernel to time).
+inline int64_t* phase_cycles_pointer(at::Tensor* phase_cycles, const RecurrencePlan& plan,
+                                     const at::TensorOptions& options) {
+  if (phase_cycles == nullptr) return nullptr;
+  TORCH_CHECK_VALUE(plan.path != RecurrencePath::Stepwise,
+                    "rnn_fused: step phases are timed inside a persistent kernel; path 'stepwise' launches two "
+                    "kernels per step and has none");
+  *phase_cycles = at::zeros({plan.grid, kStepPhases}, options.dtype(at::kLong));
+  return phase_cycles->data_ptr<int64_t>();
+}
+
 inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
   const std::optional<at::Tensor>& lengths = call.valid_lengths.on_device;
   return lengths.has_value() ? lengths->data_ptr<int64_t>() : nullptr;
@@ -406,7 +418,8 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
                                              .lengths = lengths_pointer(call),
                                              .shape = shape,
                                              .reverse = call.options.reverse,
-                                             .activation = call.options.activation};
+                                             .activation = call.options.activation,
+                                             .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, r.out.options())};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer. The
     // views are made once: the host issues two launches per step and must keep ahead of them.
@@ -463,7 +476,8 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
       .activation = call.options.activation,
       .truncation = call.options.truncation,
       .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
-      .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr};
+      .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr,
+      .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options)};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[(s + 1) % 2] holds dz at step s+1 (zero before the first step).
     at::Tensor carry = at::empty({B, H}, options);

@@ -160,6 +160,52 @@ SIMT_DEVICE __forceinline__ void end_step() {
   }
 }
 
+// The phases of a step that step-phase timing tells apart (rnn_fused::recurrence_step_phases).
+enum StepPhase : int {
+  kStagePhase = 0,    // Grid: the chunk's state rows from global memory into shared memory
+  kComputePhase = 1,  // dot products, reduce-scatter, epilogues, publishing the new state
+  kBarrierPhase = 2,  // the step's barrier, waiting for the slowest warp or CTA included
+  kStepPhases = 3
+};
+
+// Step-phase timing of a persistent kernel: thread 0 of each CTA reads the SM's cycle counter
+// at every phase boundary and adds the cycles to its CTA's row of `cycles` [CTAs, kStepPhases]
+// (global, int64, summed over steps). Its running sums live in shared memory, so an untimed
+// launch (cycles null) keeps no register for them and only tests a kernel argument. Thread
+// 0's view: time its own warp spends, with the other warps' lag counted in the barrier.
+class PhaseClock {
+ public:
+  SIMT_DEVICE explicit PhaseClock(int64_t* cycles, long long* running) : cycles_(cycles), running_(running) {}
+
+  SIMT_DEVICE __forceinline__ bool timing() const { return cycles_ != nullptr && threadIdx.x == 0; }
+
+  // Starts the first phase.
+  SIMT_DEVICE void start() {
+    if (!timing()) return;
+    for (int p = 0; p < kStepPhases; ++p) running_[p] = 0;
+    running_[kStepPhases] = clock64();
+  }
+
+  // The time since the last boundary belongs to `phase`.
+  SIMT_DEVICE __forceinline__ void lap(StepPhase phase) {
+    if (!timing()) return;
+    const long long now = clock64();
+    running_[phase] += now - running_[kStepPhases];
+    running_[kStepPhases] = now;
+  }
+
+  // This CTA's sums into its row of `cycles`.
+  SIMT_DEVICE void store() {
+    if (!timing()) return;
+    const int64_t cta = int64_t(blockIdx.x);
+    for (int p = 0; p < kStepPhases; ++p) cycles_[cta * kStepPhases + p] = running_[p];
+  }
+
+ private:
+  int64_t* cycles_;
+  long long* running_;  // shared [kStepPhases + 1]: the sums, then the last boundary
+};
+
 // After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
 // buffers before the peer initialised them.
 template <RecurrencePath kPath>
@@ -270,15 +316,17 @@ struct RecurrenceCta {
   // `exchange_current` ([B,H], global); then body(first, current, next) with the chunk's first
   // sample, its current state rows (shared) and where the Block and Cluster paths write the
   // next ones (`current_parity` picks the buffer); on the Grid path a barrier follows each
-  // chunk (its rows are restaged next), then after_chunk(first).
+  // chunk (its rows are restaged next), then after_chunk(first). `clock` times the staging
+  // and the rest.
   template <class Body, class AfterChunk>
   SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, int64_t current_parity, Body&& body,
-                                  AfterChunk&& after_chunk) {
+                                  AfterChunk&& after_chunk, PhaseClock& clock) {
     for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
       const int64_t first = place.sample_begin + chunk * kSamples;
       if constexpr (!kStateInShared) {
         stage_rows(exchange_current, states, first, kSamples, batch, hidden, row);
         __syncthreads();
+        clock.lap(kStagePhase);
       }
       const scalar_t* current = kStateInShared ? states + current_parity * kSamples * row : states;
       scalar_t* next = kStateInShared ? states + (1 - current_parity) * kSamples * row : nullptr;
@@ -287,6 +335,7 @@ struct RecurrenceCta {
         __syncthreads();
         after_chunk(first);
       }
+      clock.lap(kComputePhase);
     }
   }
 

@@ -24,6 +24,7 @@
 //   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)
 //   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
 //   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz
+//   clock64()                      the SM's cycle counter (in emulation the host's steady clock, ns)
 //   SIMT_KERNEL_CHECK(cond, msg)   device-side assertion (trap on GPU, error in emulation)
 // Host-facing (launch planning, shared by both builds):
 //   simt::DeviceProperties simt::device_properties()

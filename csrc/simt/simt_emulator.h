@@ -12,6 +12,7 @@
 #error "simt_emulator.h is for g++; nvcc uses simt_cuda.cuh"
 #endif
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -203,6 +204,13 @@ T __ldg(const T* p) {
   return *p;
 }
 
+// The SM's cycle counter; here the host's steady clock in nanoseconds (monotonic per thread,
+// as on the GPU, but it measures the emulator, not a GPU).
+inline long long clock64() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 // Bit intrinsics.
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
@@ -257,6 +265,7 @@ using simt::emu::atomicCAS;
 using simt::emu::__threadfence;
 using simt::emu::__threadfence_block;
 using simt::emu::__ldg;
+using simt::emu::clock64;
 using simt::emu::__popc;
 using simt::emu::__popcll;
 using simt::emu::__ffs;

@@ -2,10 +2,11 @@
 predicted time per step beside the measured one, and every path forced on a few shapes: the
 data that recalibrates csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md).
 
-Three parts, in this order, each row written to --out as soon as it is measured (a run cut
+Four parts, in this order, each row written to --out as soon as it is measured (a run cut
 short still leaves its rows):
 1. the cost model's constants measured on this GPU (launch latency, L2 and HBM read
-   bandwidth, GEMM rates) beside the values the model holds;
+   bandwidth, GEMM rates) beside the values the model holds, and where a step of each
+   persistent path goes (step-phase timing inside the kernels: staging, compute, barrier);
 2. the shape table: rnn_fused.RNN vs nn.RNN on cuDNN (fp32 with TF32 off, and bf16), forward
    and forward+backward, peak memory, relative error against a float64 cuDNN run, the path
    the planner chose and its predicted microseconds per step, and the measured ones;
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import PATHS, PathEstimate, plan, predicted_layer_us
+from ..launch_plan import PATHS, PathEstimate, plan, predicted_layer_us, step_phases
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -119,6 +120,25 @@ GPU_QUICK_PATH_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333)]
 EMULATED_SHAPES = [Shape(6, 2, 3, 5), Shape(5, 3, 2, 9, layers=2, bidirectional=True),
                    Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
 EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
+
+
+@dataclass(frozen=True)
+class PhaseShape:
+    """A recurrence whose step phases are timed: H, B, and the path (None: the planner's)."""
+
+    hidden: int
+    batch: int
+    path: str | None = None
+    steps: int = 200
+
+    def label(self) -> str:
+        return f"{self.hidden}, {self.batch}"
+
+
+# One shape per persistent path the planner takes on an H200 (block, cluster, grid with one
+# chunk, grid with several chunks per CTA), forward and backward.
+GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128)]
+EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4)]
 # A small emulated GPU (the tests' choice): grids still span several CTAs.
 EMULATED_DEVICE = dict(sm_count=2)
 
@@ -238,9 +258,28 @@ class Probe:
 
 
 @dataclass
+class PhaseRow:
+    """Where the steps of one recurrence kernel go (launch_plan.step_phases): cycles per step
+    of thread 0, mean over the CTAs, and their sum in µs at the model's SM clock."""
+
+    label: str
+    direction: str  # "forward" or "backward"
+    path: str | None = None
+    ctas: int | None = None
+    stage_cycles: float | None = None
+    compute_cycles: float | None = None
+    barrier_cycles: float | None = None
+    slowest_compute_cycles: float | None = None
+    measured_us_per_step: float | None = None
+    predicted_us_per_step: float | None = None
+    error: str | None = None
+
+
+@dataclass
 class GpuCheckResult:
     meta: dict
     probes: list[Probe] = field(default_factory=list)
+    phase_rows: list[PhaseRow] = field(default_factory=list)
     shape_rows: list[ShapeRow] = field(default_factory=list)
     path_rows: list[PathRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -248,7 +287,8 @@ class GpuCheckResult:
     @property
     def failures(self) -> list[str]:
         return [f"{r.label}: {r.error}" for r in self.shape_rows if r.error] + \
-               [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error]
+               [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error] + \
+               [f"step phases {r.label} {r.direction}: {r.error}" for r in self.phase_rows if r.error]
 
 
 # --- issue 11's goals -----------------------------------------------------------------------
@@ -680,6 +720,43 @@ def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
 # --- report -----------------------------------------------------------------------------------
 
 
+def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRow]:
+    """Step-phase timing of each shape's forward and backward recurrence (fp32)."""
+    clock_per_us = model_constants().get("clock_per_us", 1980.0)
+    rows = []
+    for shape in shapes:
+        for backward in (False, True):
+            row = PhaseRow(shape.label(), "backward" if backward else "forward")
+            try:
+                phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
+                                     target.plan_device, shape.path)
+                row.path, row.ctas = phases.path, phases.ctas
+                row.stage_cycles, row.compute_cycles = phases.stage_cycles, phases.compute_cycles
+                row.barrier_cycles, row.slowest_compute_cycles = phases.barrier_cycles, phases.slowest_compute_cycles
+                total = phases.stage_cycles + phases.compute_cycles + phases.barrier_cycles
+                row.measured_us_per_step = total / clock_per_us
+                row.predicted_us_per_step = phases.predicted_us_per_step
+            except Exception as error:  # recorded in the row and the exit status; the next row still runs
+                row.error = _one_line(error)
+                traceback.print_exc(file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def format_phase_table(rows: list[PhaseRow], clock_per_us: float) -> str:
+    lines = ["| H, B | pass | path | CTAs | stage | compute (slowest CTA) | barrier | µs/step at "
+             f"{clock_per_us:.0f} MHz | predicted µs/step |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.label} | {r.direction} | – | – | – | – | – | – | ERROR {r.error} |")
+            continue
+        lines.append(f"| {r.label} | {r.direction} | {r.path} | {r.ctas} | {_num(r.stage_cycles, 0)} | "
+                     f"{_num(r.compute_cycles, 0)} ({_num(r.slowest_compute_cycles, 0)}) | "
+                     f"{_num(r.barrier_cycles, 0)} | {_num(r.measured_us_per_step, 3)} | "
+                     f"{_num(r.predicted_us_per_step, 3)} |")
+    return "\n".join(lines)
+
+
 def _num(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -828,6 +905,17 @@ def format_report(result: GpuCheckResult) -> str:
         "Model values from csrc/cuda/recurrence_cost_model.h (measured on an H200, 2026-11-30, or fitted).",
         "",
         format_probe_table(result.probes),
+        "",
+        "## Where a step goes (step-phase timing)",
+        "",
+        "Thread 0 of every CTA reads the SM's cycle counter at each phase boundary of T steps "
+        "(`launch_plan.step_phases`; random data, fp32, T = " + str(result.meta.get("phase_steps", "?")) +
+        "): cycles per step, mean over the CTAs, in the staging of state rows (grid path), the compute "
+        "(dot products, reduce-scatter, epilogues, publishing) and the step barrier (the other warps' and "
+        "CTAs' lag included); µs at the model's SM clock (`clock_per_us`). The cost model's terms are "
+        "fitted from these (docs/gpu_check.md). On the emulated rehearsal the cycles are host nanoseconds.",
+        "",
+        format_phase_table(result.phase_rows, model_constants().get("clock_per_us", 1980.0)),
     ]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
@@ -843,6 +931,7 @@ def result_as_json(result: GpuCheckResult) -> dict:
     return {
         "meta": result.meta,
         "probes": [dataclasses.asdict(p) for p in result.probes],
+        "phase_rows": [dataclasses.asdict(r) for r in result.phase_rows],
         "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio")) for r in result.shape_rows],
         "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
                       for r in result.path_rows],
@@ -956,7 +1045,7 @@ def _on_target(target: Target, threads: int):
 
 def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, timing: Timing, long_timing: Timing,
             probe_sizes: ProbeSizes, budget_s: float, threads: int, out: str, measure_error: bool = True,
-            progress=None) -> GpuCheckResult:
+            progress=None, phase_shapes: list[PhaseShape] = ()) -> GpuCheckResult:
     """Every part of the check; the outputs are rewritten after each row."""
     start = time.perf_counter()
     deadline = start + budget_s
@@ -979,6 +1068,11 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             result.notes.append(f"the constant probes failed: {_one_line(error)}")
             traceback.print_exc(file=sys.stderr)
         save()
+        if phase_shapes:
+            log("timing the step phases of the persistent paths")
+            result.meta["phase_steps"] = phase_shapes[0].steps
+            result.phase_rows = measure_phase_rows(target, list(phase_shapes))
+            save()
         for index, shape in enumerate(shapes):
             if time.perf_counter() > deadline:
                 result.shape_rows.append(ShapeRow(shape.label(), dataclasses.asdict(shape),
@@ -1015,6 +1109,7 @@ def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, t
     status 1 when a row failed unexpectedly (the report lists it), else 0."""
     output_directory(out)
     target = Target(device, emulated)
+    phase_shapes = EMULATED_PHASE_SHAPES if emulated else GPU_PHASE_SHAPES
     if emulated:
         shapes, path_shapes, timing, long_timing, sizes = (EMULATED_SHAPES, EMULATED_PATH_SHAPES, QUICK_TIMING,
                                                            QUICK_TIMING, SMALL_PROBE_SIZES)
@@ -1025,7 +1120,7 @@ def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, t
         shapes, path_shapes, timing, long_timing, sizes = (GPU_SHAPES, GPU_PATH_SHAPES, GPU_TIMING, LONG_TIMING,
                                                            GPU_PROBE_SIZES)
     result = measure(target, shapes, path_shapes, timing=timing, long_timing=long_timing, probe_sizes=sizes,
-                     budget_s=budget_s, threads=threads, out=out)
+                     budget_s=budget_s, threads=threads, out=out, phase_shapes=phase_shapes)
     write_figure(result, out)
     write_outputs(result, out)
     print(format_report(result))
