@@ -423,3 +423,26 @@ def test_selftests_on_cuda_match_the_emulator():
     assert torch.equal(selftest.barrier_loop(xb.cuda(), 128, 10).cpu(), barrier_loop_reference(xb, 128, 10))
     with pytest.raises(RuntimeError, match="launch bounds 128"):
         selftest.bounded(1, 256, device="cuda")
+
+
+def test_async_copies_land_only_when_waited_for():
+    """A read of shared memory that an asynchronous copy fills, before the wait, sees what was
+    there before: the emulator performs a thread's copies at its wait (a GPU may be that late).
+    The issuing thread reads first, so it always sees the old value; its neighbours read after
+    the barrier, before or after its wait, depending on the schedule."""
+    x = torch.arange(128, dtype=torch.float32)
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            out = selftest.faulty("async_copy_unwaited", x, 2, 64)
+        assert torch.equal(out[::4], torch.full((32,), -1.0)), (mode, seed)
+        assert ((out == x) | (out == -1)).all(), (mode, seed)
+
+
+def test_async_copies_never_waited_for_are_an_error():
+    assert_fault("async_copy_pending_at_exit", r"simt::copy_async_16 at .*exited with asynchronous copies it never "
+                                               r"waited for \(1 committed group\(s\), 0 uncommitted\)")
+
+
+def test_async_copy_outside_shared_memory_is_an_error():
+    assert_fault("async_copy_outside_shared",
+                 r"simt::copy_async_16 at .*the destination does not lie within this block's shared memory")

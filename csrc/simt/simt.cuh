@@ -25,6 +25,9 @@
 //   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
 //   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz
 //   clock64()                      the SM's cycle counter (in emulation the host's steady clock, ns)
+//   simt::copy_async_16(dst_shared, src_global), simt::commit_async(), simt::wait_async<N>()
+//                                  16-byte asynchronous copies into shared memory (cp.async) in
+//                                  groups; wait until at most N of this thread's groups are pending
 //   SIMT_KERNEL_CHECK(cond, msg)   device-side assertion (trap on GPU, error in emulation)
 // Host-facing (launch planning, shared by both builds):
 //   simt::DeviceProperties simt::device_properties()

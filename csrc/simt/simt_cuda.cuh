@@ -68,6 +68,30 @@
 namespace simt {
 SIMT_BEGIN_WORLD
 
+// Asynchronous 16-byte copy global -> shared (cp.async, compute capability >= 8.0; a plain
+// copy below), grouped by commit_async, waited for by wait_async<N>() (at most N groups of this
+// thread still pending). Other threads see the data after the wait and a barrier.
+template <class T>
+__device__ inline void copy_async_16(T* dst_shared, const T* src_global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src_global) : "memory");
+#else
+  *reinterpret_cast<uint4*>(dst_shared) = *reinterpret_cast<const uint4*>(src_global);
+#endif
+}
+__device__ inline void commit_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ inline void wait_async() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
 

@@ -23,6 +23,8 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <deque>
 #include <mutex>
 #include <new>
 #include <random>
@@ -49,6 +51,14 @@ struct Launch;
 struct Block;
 struct Cluster;
 
+// An asynchronous copy issued and not yet performed (copy_async).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  std::size_t bytes;
+  std::source_location where;  // where it was issued
+};
+
 struct Fiber : ThreadHead {
   Context ctx;
   Stack stack;
@@ -65,6 +75,8 @@ struct Fiber : ThreadHead {
   int width = 32;
   uint64_t result = 0;
   void* fake_stack = nullptr;  // ASan's fake stack of this fiber while switched out
+  std::vector<AsyncCopy> open_copies;             // issued since the last commit_async
+  std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first, not yet waited for
 };
 
 struct SharedVar {
@@ -341,6 +353,13 @@ void fiber_main(void* arg) {
     fail(L, "exception in kernel at " + coords(*f) + ": " + e.what());
   } catch (...) {
     fail(L, "unknown exception in kernel at " + coords(*f));
+  }
+  if (!f->open_copies.empty() || !f->copy_groups.empty()) {
+    const AsyncCopy& first = f->copy_groups.empty() ? f->open_copies.front() : f->copy_groups.front().front();
+    fail(L, "simt::copy_async_16 at " + site(first.where) + ": thread " + coords(*f) +
+                " exited with asynchronous copies it never waited for (" + std::to_string(f->copy_groups.size()) +
+                " committed group(s), " + std::to_string(f->open_copies.size()) +
+                " uncommitted): simt::wait_async<0>() before they are read or the thread exits");
   }
   f->wait = Wait::Exited;
   f->block->exited++;
@@ -797,6 +816,37 @@ bool points_into(const void* p, const void* base, std::size_t bytes) {
 void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where) {
   Fiber* f = running_fiber("SIMT_SHARED");
   return static_shared(*f->launch, *f->block, key, bytes, align, "SIMT_SHARED", where);
+}
+
+void copy_async(void* dst, const void* src, std::size_t bytes, const std::source_location& where) {
+  constexpr const char* op = "simt::copy_async_16";
+  Fiber* f = running_fiber(op);
+  const Block& b = *f->block;
+  const auto* last = static_cast<const char*>(dst) + bytes - 1;
+  bool shared = points_into(dst, b.dynamic, b.dynamic_bytes) && points_into(last + 1, b.dynamic, b.dynamic_bytes);
+  for (const SharedVar& v : b.statics) {
+    shared = shared || (points_into(dst, v.ptr, v.bytes) && points_into(last + 1, v.ptr, v.bytes));
+  }
+  if (!shared) fault(op, where, "the destination does not lie within this block's shared memory");
+  if (reinterpret_cast<std::uintptr_t>(dst) % bytes != 0 || reinterpret_cast<std::uintptr_t>(src) % bytes != 0) {
+    fault(op, where, "a " + std::to_string(bytes) + "-byte copy needs " + std::to_string(bytes) +
+                         "-byte aligned source and destination addresses");
+  }
+  f->open_copies.push_back(AsyncCopy{dst, src, bytes, where});
+}
+
+void commit_async(const std::source_location&) {
+  Fiber* f = running_fiber("simt::commit_async");
+  f->copy_groups.push_back(std::move(f->open_copies));
+  f->open_copies.clear();
+}
+
+void wait_async(unsigned pending, const std::source_location&) {
+  Fiber* f = running_fiber("simt::wait_async");
+  while (f->copy_groups.size() > pending) {
+    for (const AsyncCopy& c : f->copy_groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    f->copy_groups.pop_front();
+  }
 }
 
 void* block_dynamic_shared(const std::source_location&) { return running_fiber("SIMT_DYNAMIC_SHARED")->block->dynamic; }

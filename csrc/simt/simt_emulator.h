@@ -58,6 +58,9 @@ unsigned cluster_rank(const std::source_location& where);
 unsigned cluster_size(const std::source_location& where);
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
 void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where);
+void copy_async(void* dst, const void* src, std::size_t bytes, const std::source_location& where);
+void commit_async(const std::source_location& where);
+void wait_async(unsigned pending, const std::source_location& where);
 void* block_dynamic_shared(const std::source_location& where);
 [[noreturn]] void kernel_check_failed(const char* condition, const std::string& message,
                                       const std::source_location& where);
@@ -227,6 +230,20 @@ inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : 
 
 // Grid-wide barrier of a cooperative launch.
 inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
+
+// Asynchronous copies global -> shared (cp.async). The emulator performs a thread's copies
+// only when it waits for their group, so a read before the wait (and the barrier that makes
+// them visible to other threads) sees the old contents, as it may on a GPU.
+template <class T>
+void copy_async_16(T* dst_shared, const T* src_global, std::source_location where = std::source_location::current()) {
+  emu::copy_async(dst_shared, src_global, 16, where);
+}
+inline void commit_async(std::source_location where = std::source_location::current()) { emu::commit_async(where); }
+template <int kPending>
+void wait_async(std::source_location where = std::source_location::current()) {
+  static_assert(kPending >= 0, "a count of copy groups");
+  emu::wait_async(static_cast<unsigned>(kPending), where);
+}
 
 // Thread-block clusters (compute capability >= 9.0). A launch without clusters is a grid
 // of one-block clusters, as on the GPU.

@@ -254,6 +254,9 @@ enum class Fault : int {
   MismatchedWarpOps,      // half the warp shuffles, the other half votes, same mask
   ShuffleOutsideMask,     // lanes 0-15 shuffle among themselves but read lane 20
   StackOverflow,          // a thread needs more stack than an emulated thread has
+  AsyncCopyUnwaited,      // reads shared memory that an asynchronous copy fills, before waiting for it
+  AsyncCopyPendingAtExit, // exits without waiting for its asynchronous copies
+  AsyncCopyOutsideShared, // an asynchronous copy into global memory
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -332,6 +335,24 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       out[i] += next_block;
       break;
     }
+    case Fault::AsyncCopyUnwaited:
+    case Fault::AsyncCopyPendingAtExit: {
+      // Every 4th thread copies 4 floats of x into the dynamic shared memory, which held -1.
+      SIMT_DYNAMIC_SHARED(float, dyn);
+      dyn[t] = -1.0f;
+      __syncthreads();
+      if (t % 4 == 0) simt::copy_async_16(dyn + t, x + i);
+      simt::commit_async();
+      __syncthreads();  // meant: simt::wait_async<0>() first
+      out[i] = dyn[t];
+      if (fault == static_cast<int>(Fault::AsyncCopyUnwaited)) simt::wait_async<0>();
+      break;
+    }
+    case Fault::AsyncCopyOutsideShared:
+      if (t % 4 == 0) simt::copy_async_16(out + i, x + i);
+      simt::commit_async();
+      simt::wait_async<0>();
+      break;
     case Fault::KernelCheck:
       SIMT_KERNEL_CHECK(x[i] >= 0.0f, "input must be non-negative");
       out[i] = x[i];

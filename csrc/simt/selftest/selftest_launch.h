@@ -212,6 +212,9 @@ inline Fault parse_fault(const std::string& name) {
       {"mismatched_warp_ops", Fault::MismatchedWarpOps},
       {"shuffle_outside_mask", Fault::ShuffleOutsideMask},
       {"stack_overflow", Fault::StackOverflow},
+      {"async_copy_unwaited", Fault::AsyncCopyUnwaited},
+      {"async_copy_pending_at_exit", Fault::AsyncCopyPendingAtExit},
+      {"async_copy_outside_shared", Fault::AsyncCopyOutsideShared},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
