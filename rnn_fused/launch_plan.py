@@ -12,7 +12,7 @@ constants measured on an H200 (csrc/cuda/recurrence_cost_model.h).
 
 step_phases(hidden_size, batch_size, ...) times where the steps of a persistent kernel go
 (staging state rows, compute, the step barrier) with the kernels' own cycle counter: the
-measurements that fit the cost model's terms one by one (docs/gpu_check.md).
+measurements that fit the cost model's terms one by one (`rnn-fused gpu-check` reports them).
 
 log_plan_once(plan, key) tells the "rnn_fused" logger, once per key (device, dtype, shape),
 which path the planner chose for a layer run on CUDA tensors and why: at INFO, or at WARNING
@@ -122,7 +122,7 @@ def step_phases(hidden_size: int, batch_size: int, steps: int = 200, backward: b
     """Times the phases of the recurrence kernel the planner would launch (or `path`, which
     must be a persistent one) for `steps` steps of a layer of `hidden_size` units and
     `batch_size` samples in float32 or float64 on `device`, on random data (the forward from
-    a zero state; the backward after it). For fitting the cost model's terms (docs/gpu_check.md)."""
+    a zero state; the backward after it). For fitting the cost model's terms one by one."""
     chosen = plan(hidden_size, batch_size, dtype, device, backward, path)
     emulated = device == "emulated"
     target = torch.device("cpu") if emulated else torch.device(device)

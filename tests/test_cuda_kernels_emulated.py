@@ -127,6 +127,56 @@ def test_block_and_grid_paths_agree_bitwise(hidden):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("hidden", [32, 100])
+def test_grid_chunks_prefetched_asynchronously_agree_with_the_block_path(hidden):
+    """A CTA that computes several chunks per step copies the next chunk's state rows into a
+    second buffer (asynchronous copies) while it computes the current one. The emulator
+    performs a thread's copies only when it waits for them, so a missing wait or barrier reads
+    the previous chunk's rows: under every schedule the results must equal the block path's,
+    bitwise, forward and backward (13 samples on one CTA: the last chunk has rows past the
+    batch, stored as zeros)."""
+    batch = 13
+    args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
+    g = torch.Generator().manual_seed(6)
+    cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    one_cta = dict(sm_count=1, max_blocks_per_sm=1)
+    with simt.emulated_device(**one_cta):
+        expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "block")
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="grid")
+            assert plan.grid == 1 and "chunks of" in plan.reason, plan.reason
+        for mode, seed in simt.ALL_SCHEDULES:
+            with simt.schedule(mode, seed):
+                got = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+            for a, b in zip(expected, got):
+                assert torch.equal(a, b), (mode, seed)
+
+
+@pytest.mark.parametrize("hidden", [64, 160, 300])
+def test_grid_rows_staged_in_pieces_agree_with_the_block_path(hidden):
+    """With one chunk per step the grid path's state rows arrive in 4 pieces along H, and the
+    first batch of dot products computes on each piece once it has landed (a wait and a
+    barrier per piece). A missing wait reads rows of the previous step. Under every schedule
+    the results equal the block (or cluster) path's bitwise: H = 64 keeps the weights in
+    registers (one wait for all pieces), H = 160 splits its 40 chunks as 8, 8, 8, 16, H = 300
+    takes two batches of passes per CTA (only the first waits)."""
+    batch = 3
+    args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
+    g = torch.Generator().manual_seed(7)
+    cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    with simt.emulated_device(**SMALL_GPU):
+        reference_path = "block" if hidden <= 256 else "cluster"
+        expected = run_layer(args, None, "tanh", False, "emulated", cotangents, reference_path)
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="grid")
+            assert "chunks of" not in plan.reason, plan.reason
+        for mode, seed in simt.ALL_SCHEDULES:
+            with simt.schedule(mode, seed):
+                got = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+            for a, b in zip(expected, got):
+                assert torch.equal(a, b), (mode, seed)
+
+
 @pytest.mark.parametrize("steps,batch,hidden", [(30, 1, 12), (30, 2, 5), (30, 1, 40)],
                          ids=["groups-of-2-chunks", "one-group", "one-chunk-per-product"])
 def test_weight_gradient_chunk_products_under_the_tolerance_rule(steps, batch, hidden):

@@ -156,7 +156,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.cta_sums_offset);
   cta.load_weights_transposed(a.w_hh);
   // No step after the last: dz_T = 0 (and the padding stays zero).
-  for (int64_t i = threadIdx.x; i < (Cta::kStateInShared ? 2 : 1) * kSamples * cta.row; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < state_buffers(kPath, tiling.chunks) * kSamples * cta.row; i += blockDim.x) {
     cta.states[i] = scalar_t(0);
   }
   __syncthreads();
@@ -204,7 +204,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         edge[k] = s + 1 < length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
       }
       double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
-      cta.for_each_output(later, [&](int batch, int k, int64_t u, scalar_t carry) {
+      cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, scalar_t carry) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on

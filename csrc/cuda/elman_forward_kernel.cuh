@@ -60,9 +60,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;
   cta.load_weights(a.w_hh);
-  // Both buffers start as h0 (Block, Cluster) so their padding is zero; the Grid path's chunk
-  // buffer is staged from exchange each step. No h0: no rows available, all zeros.
-  for (int buffer = 0; buffer < (Cta::kStateInShared ? 2 : 1); ++buffer) {
+  // Every buffer starts as h0 so that its padding past H is zero (the Grid path's chunk buffers
+  // are restaged from exchange every step, the padding never). No h0: all zeros.
+  for (int buffer = 0; buffer < state_buffers(kPath, tiling.chunks); ++buffer) {
     load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples,
                      a.h0 != nullptr ? B : 0, H, R);
   }
@@ -97,7 +97,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         length[k] = sample_length(a.lengths, first + cta.first_sample + k, B, T);
         t[k] = step_time(s, length[k], a.reverse);
       }
-      cta.for_each_output(current, [&](int batch, int k, int64_t u, scalar_t recurrent) {
+      cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, scalar_t recurrent) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t h;

@@ -66,8 +66,11 @@ struct RecurrencePlan {
 
 SIMT_BEGIN_WORLD
 
+// The cost model prices the pieces the Grid path stages a single chunk in.
+static_assert(RecurrenceCta<float, 1, RecurrencePath::Grid>::kStagePieces == cost::kGridStagePieces);
+
 // Registers per thread for the emulator's occupancy model, at least what ptxas reports over
-// float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 250 for the
+// float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 255 for the
 // persistent kernels, whose launch bounds allow 255 at one CTA per SM); under nvcc the real
 // numbers are queried.
 constexpr int kPersistentKernelRegisters = 255;
@@ -195,7 +198,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .groups = static_cast<int32_t>(sample_chunks),
                               .ctas_per_group = static_cast<int32_t>(ctas),
                               .units_per_cta = static_cast<int32_t>(units)};
-      const int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
+      int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" + std::to_string(units) +
                 " rows of W_hh and the state rows of " + std::to_string(samples) +
@@ -234,6 +237,28 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         }
         tiling.chunks = static_cast<int32_t>((sample_chunks + max_groups - 1) / max_groups);
         tiling.groups = static_cast<int32_t>((sample_chunks + tiling.chunks - 1) / tiling.chunks);
+        if (tiling.chunks > 1) {
+          // Several chunks per CTA: a second buffer of state rows, filled while the first is read.
+          smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
+          if (smem > props.shared_mem_per_block_optin) {
+            limit = "a CTA taking " + std::to_string(tiling.chunks) + " chunks per step needs " + std::to_string(smem) +
+                    " bytes of shared memory (" + std::to_string(units) + " rows of W_hh and two buffers of " +
+                    std::to_string(samples) + " state rows), more than shared_mem_per_block_optin = " +
+                    std::to_string(props.shared_mem_per_block_optin);
+            continue;
+          }
+          with_persistent_kernel<scalar_t, kPath>(r.backward, samples, [&](auto kernel) {
+            occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
+          });
+          const int64_t groups_at_once = int64_t(occupancy) * props.sm_count / ctas;
+          if (groups_at_once < 1) {
+            limit = std::to_string(ctas) + " CTAs of " + std::to_string(units) + " units with two buffers of state "
+                    "rows exceed what can be co-resident for a cooperative launch";
+            continue;
+          }
+          tiling.chunks = static_cast<int32_t>((sample_chunks + groups_at_once - 1) / groups_at_once);
+          tiling.groups = static_cast<int32_t>((sample_chunks + tiling.chunks - 1) / tiling.chunks);
+        }
       } else {
         waves = (int64_t(tiling.groups) * ctas + resident - 1) / resident;
       }

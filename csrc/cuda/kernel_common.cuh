@@ -144,6 +144,23 @@ SIMT_DEVICE __forceinline__ void zero_tile(scalar_t (&acc)[kUnits][kSamples]) {
   }
 }
 
+// acc += the products of unit_dots over chunks [first_chunk, end_chunk) only; first_chunk a
+// multiple of kUnitLanes, so that a lane takes the same chunks in the same order as in one call
+// over the whole row (split at such boundaries, the sums are bitwise those of unit_dots).
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void add_unit_dots(const scalar_t* const (&w_rows)[kUnits], int used,
+                                               const scalar_t* states, int64_t row_stride, int first_chunk,
+                                               int end_chunk, int q, scalar_t (&acc)[kUnits][kSamples]) {
+  for (int c = first_chunk + q; c < end_chunk; c += kUnitLanes) {
+    Vec16<scalar_t> h[kSamples];
+    load_state_chunks(states, row_stride, c, h);
+    SIMT_UNROLL
+    for (int i = 0; i < kUnits; ++i) {
+      if (i < used) accumulate_chunk(load_vec(w_rows[i] + c * vec_size<scalar_t>()), h, acc[i]);
+    }
+  }
+}
+
 // acc[i][j] = sum over the lane's k chunks of w_rows[i][k] * states[j * row_stride + k], for
 // the first `used` rows (the rest are left at zero) and the kSamples state rows. Rows in
 // shared memory, 16-byte aligned, padded with zeros to `chunks` whole chunks. Each
@@ -154,14 +171,7 @@ template <typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], int used, const scalar_t* states,
                                            int64_t row_stride, int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
   zero_tile(acc);
-  for (int c = q; c < chunks; c += kUnitLanes) {
-    Vec16<scalar_t> h[kSamples];
-    load_state_chunks(states, row_stride, c, h);
-    SIMT_UNROLL
-    for (int i = 0; i < kUnits; ++i) {
-      if (i < used) accumulate_chunk(load_vec(w_rows[i] + c * vec_size<scalar_t>()), h, acc[i]);
-    }
-  }
+  add_unit_dots(w_rows, used, states, row_stride, 0, chunks, q, acc);
 }
 
 // Weights held in registers where a lane's share fits: for each of at most

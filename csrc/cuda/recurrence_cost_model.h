@@ -102,12 +102,32 @@ inline double cluster_step_us(const Constants& c, const StepWork& w, int64_t clu
                   c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)]);
 }
 
-// Grid: each CTA computes `chunks` chunks of samples in turn, staging each chunk's state rows
-// (samples x H scalars) from L2 first, then one grid barrier.
+// Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier. A chunk's
+// state rows (samples x H scalars) come from L2 by asynchronous copies. With several chunks
+// each next chunk's rows arrive while the current one is computed: the first chunk's staging
+// is exposed, and a later chunk costs the slower of its compute (plus the copies'
+// shared-memory writes) and its staging. With one chunk the rows arrive in `pieces` pieces
+// along H and the first batch of passes computes on each as it lands: exposed are the load
+// latency, the first piece, any piece that takes longer to arrive than the one before takes to
+// compute, and a block barrier per piece.
+constexpr int64_t kGridStagePieces = 4;  // RecurrenceCta::kStagePieces
+
 inline double grid_step_us(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
                            int64_t chunks) {
-  const double stage = c.l2_dependent_load_us + double(w.samples) * hidden * scalar_bytes / c.l2_bytes_per_sm_per_us;
-  return chunks * (cta_step_compute_us(c, w) + stage) + c.grid_barrier_us;
+  const double rows_bytes = double(w.samples) * hidden * scalar_bytes;
+  const double copy = rows_bytes / c.l2_bytes_per_sm_per_us;
+  const double compute = cta_step_compute_us(c, w);
+  if (chunks == 1) {
+    const double pieces = double(kGridStagePieces);
+    const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
+    const double piece_compute = compute / double(batches) / pieces;
+    const double exposed = c.l2_dependent_load_us + copy / pieces +
+                           (pieces - 1) * std::max(0.0, copy / pieces - piece_compute) + pieces * c.block_barrier_us;
+    return exposed + compute + c.grid_barrier_us;
+  }
+  const double stage = c.l2_dependent_load_us + copy;
+  const double overlapped = compute + rows_bytes / 128.0 / c.smem_wavefronts_per_us;
+  return stage + compute + double(chunks - 1) * std::max(overlapped, stage) + c.grid_barrier_us;
 }
 
 // Stepwise: a cuBLAS product [B,H] x [H,H] and an epilogue launch per step (two launches).

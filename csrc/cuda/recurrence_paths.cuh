@@ -55,10 +55,18 @@ SIMT_DEVICE __forceinline__ CtaPlace cta_place(const RecurrenceTiling& tiling, i
 // current and next step); the Grid path stages one chunk of rows at a time from global memory.
 constexpr bool state_in_shared(RecurrencePath p) { return p != RecurrencePath::Grid; }
 
+// Buffers of state rows in shared memory: current and next step (Block, Cluster); on the Grid
+// path one chunk's, or two where a CTA takes several chunks per step, so that the next
+// chunk's rows are copied in while the current one is computed.
+SIMT_HOST_DEVICE constexpr int64_t state_buffers(RecurrencePath p, int64_t chunks) {
+  return state_in_shared(p) || chunks > 1 ? 2 : 1;
+}
+
 // Dynamic shared memory of a persistent kernel, in scalars of the compute type:
 //   weights [U][R]      the CTA's rows of W_hh (forward) or of W_hh^T (backward), zero-padded
-//   states  [n][S][R]   state rows: n = 2 (current and next step) on the Block and Cluster
-//                       paths, 1 (the chunk being computed) on the Grid path
+//   states  [n][S][R]   state rows: n = state_buffers(path, chunks): 2 (current and next
+//                       step) on the Block and Cluster paths; on the Grid path 1 (the chunk
+//                       being computed), 2 with several chunks (and the next one's)
 // with R = padded_row(H); then, for the backward with norms recorded, in doubles:
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
 //   cta_sums  [3][C][S]              Cluster path: the group's CTA sums, gathered in rank 0
@@ -77,7 +85,7 @@ struct SharedLayout {
     l.row = padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
     l.states = int64_t(t.units_per_cta) * l.row;
-    const int64_t buffers = state_in_shared(path) ? 2 : 1;
+    const int64_t buffers = state_buffers(path, t.chunks);
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
     const int64_t unit_sums = with_norms ? 2 * int64_t(kUnitsPerPass) * t.samples : 0;
@@ -125,6 +133,33 @@ SIMT_DEVICE void stage_rows(const scalar_t* exchange, scalar_t* rows, int64_t fi
     for (int64_t i = threadIdx.x; i < samples * hidden; i += blockDim.x) {
       const int64_t j = i / hidden, k = i % hidden;
       rows[j * row + k] = first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
+    }
+  }
+}
+
+// stage_rows with asynchronous 16-byte copies where H is a whole number of vectors (the caller
+// commits them and waits before a __syncthreads), for the vectors (16-byte chunks) [begin, end)
+// of each row; the zero rows past B are stored at once. Where H is not a whole number of
+// vectors, the call with begin = 0 stages the whole rows at once and the others do nothing.
+// The rows' source was written before the last grid barrier.
+template <typename scalar_t>
+SIMT_DEVICE void stage_rows_async(const scalar_t* exchange, scalar_t* rows, int64_t first, int samples,
+                                  int64_t batch, int64_t hidden, int64_t row, int64_t begin = 0,
+                                  int64_t end = INT64_MAX) {
+  constexpr int kVec = vec_size<scalar_t>();
+  if (hidden % kVec != 0) {
+    if (begin == 0) stage_rows(exchange, rows, first, samples, batch, hidden, row);
+    return;
+  }
+  end = end < hidden / kVec ? end : hidden / kVec;
+  const int64_t vectors = end > begin ? end - begin : 0;
+  for (int64_t i = threadIdx.x; i < samples * vectors; i += blockDim.x) {
+    const int64_t j = i / vectors, c = begin + i % vectors;
+    scalar_t* to = rows + j * row + c * kVec;
+    if (first + j < batch) {
+      simt::copy_async_16(to, exchange + (first + j) * hidden + c * kVec);
+    } else {
+      *reinterpret_cast<Vec16<scalar_t>*>(to) = Vec16<scalar_t>{};
     }
   }
 }
@@ -313,23 +348,51 @@ struct RecurrenceCta {
   }
 
   // The step's chunks in turn: the Grid path first stages the chunk's state rows from
-  // `exchange_current` ([B,H], global); then body(first, current, next) with the chunk's first
-  // sample, its current state rows (shared) and where the Block and Cluster paths write the
-  // next ones (`current_parity` picks the buffer); on the Grid path a barrier follows each
-  // chunk (its rows are restaged next), then after_chunk(first). `clock` times the staging
-  // and the rest.
+  // `exchange_current` ([B,H], global), the next chunk's into the other buffer while this one
+  // is computed; then body(first, current, next) with the chunk's first sample, its current
+  // state rows (shared) and where the Block and Cluster paths write the next ones
+  // (`current_parity` picks the buffer); on the Grid path a barrier follows each chunk (its
+  // buffer is refilled two chunks later), then after_chunk(first). `clock` times the wait for
+  // the staged rows and the rest.
+  //
+  // With one chunk per step (no next chunk to overlap) the Grid path's rows arrive in
+  // kStagePieces pieces along H instead, and for_each_output starts its first batch's dot
+  // products on each piece as it lands.
   template <class Body, class AfterChunk>
   SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, int64_t current_parity, Body&& body,
                                   AfterChunk&& after_chunk, PhaseClock& clock) {
+    const int64_t chunk_scalars = int64_t(kSamples) * row;
+    if constexpr (!kStateInShared) {
+      if (tiling.chunks == 1) {
+        for (int piece = 0; piece < kStagePieces; ++piece) {
+          stage_rows_async(exchange_current, states, place.sample_begin, kSamples, batch, hidden, row,
+                           piece_begin(piece), piece_begin(piece + 1));
+          simt::commit_async();
+        }
+      } else {
+        stage_rows_async(exchange_current, states, place.sample_begin, kSamples, batch, hidden, row);
+        simt::commit_async();
+      }
+    }
     for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
       const int64_t first = place.sample_begin + chunk * kSamples;
       if constexpr (!kStateInShared) {
-        stage_rows(exchange_current, states, first, kSamples, batch, hidden, row);
-        __syncthreads();
-        clock.lap(kStagePhase);
+        if (tiling.chunks > 1) {  // (one chunk: for_each_output waits for its pieces)
+          if (chunk + 1 < tiling.chunks) {
+            stage_rows_async(exchange_current, states + ((chunk + 1) % 2) * chunk_scalars, first + kSamples,
+                             kSamples, batch, hidden, row);
+            simt::commit_async();
+            simt::wait_async<1>();  // this chunk's rows; the next chunk's may still be in flight
+          } else {
+            simt::wait_async<0>();
+          }
+          __syncthreads();
+          clock.lap(kStagePhase);
+        }
       }
-      const scalar_t* current = kStateInShared ? states + current_parity * kSamples * row : states;
-      scalar_t* next = kStateInShared ? states + (1 - current_parity) * kSamples * row : nullptr;
+      const scalar_t* current =
+          kStateInShared ? states + current_parity * chunk_scalars : states + (chunk % 2) * chunk_scalars;
+      scalar_t* next = kStateInShared ? states + (1 - current_parity) * chunk_scalars : nullptr;
       body(first, current, next);
       if constexpr (!kStateInShared) {
         __syncthreads();
@@ -339,11 +402,38 @@ struct RecurrenceCta {
     }
   }
 
+  // Pieces of a staged chunk (Grid path, one chunk per step): piece p holds the 16-byte
+  // chunks [piece_begin(p), piece_begin(p + 1)) of every state row, whole chunk iterations of
+  // a unit group (multiples of kUnitLanes), so that dot products split at them add up bitwise
+  // as in one pass over the row.
+  static constexpr int kStagePieces = 4;
+  SIMT_DEVICE __forceinline__ int piece_begin(int piece) const {
+    const int iterations = (vectors + kUnitLanes - 1) / kUnitLanes;
+    const int begin = iterations * piece / kStagePieces * kUnitLanes;
+    return begin < vectors ? begin : vectors;
+  }
+
+  // Waits until at most `pending` of this thread's copy groups are in flight.
+  SIMT_DEVICE __forceinline__ static void wait_for_copies(int pending) {
+    static_assert(kStagePieces == 4, "one case per piece");
+    switch (pending) {
+      case 0: simt::wait_async<0>(); break;
+      case 1: simt::wait_async<1>(); break;
+      case 2: simt::wait_async<2>(); break;
+      default: simt::wait_async<3>(); break;
+    }
+  }
+
   // The chunk's unit dot products against `current`, every pass, kBatch passes at a time;
   // epilogue(batch, k, u, total) for each output this lane owns (unit u, sample
-  // first_sample + k), batches in order. The caller skips samples past the batch.
+  // first_sample + k), batches in order. The caller skips samples past the batch. Every thread
+  // calls it once per chunk (for_each_chunk's body): with one chunk per step on the Grid path
+  // the first batch waits for the staged rows piece by piece (a barrier each), `clock` timing
+  // the waits as staging.
   template <class Epilogue>
-  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, Epilogue&& epilogue) const {
+  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, PhaseClock& clock,
+                                                   Epilogue&& epilogue) const {
+    const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1;  // uniform
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
       const int first_pass = batch * kBatch;
@@ -351,12 +441,29 @@ struct RecurrenceCta {
       const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
       scalar_t acc[kBatch][kSamples];
       if (weights_can_be_in_registers<scalar_t>() && weights_in_registers) {
+        if (staged_in_pieces && batch == 0) {
+          clock.lap(kComputePhase);
+          simt::wait_async<0>();
+          __syncthreads();
+          clock.lap(kStagePhase);
+        }
         register_unit_dots(weight_registers, first_pass, used, current, row, vectors, role.q, acc);
       } else {
         const scalar_t* rows[kBatch];
         SIMT_UNROLL
         for (int i = 0; i < kBatch; ++i) rows[i] = weight_row(first_pass + i);
-        unit_dots(rows, used, current, row, vectors, role.q, acc);
+        if (staged_in_pieces && batch == 0) {
+          zero_tile(acc);
+          for (int piece = 0; piece < kStagePieces; ++piece) {
+            clock.lap(kComputePhase);
+            wait_for_copies(kStagePieces - 1 - piece);
+            __syncthreads();
+            clock.lap(kStagePhase);
+            add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
+          }
+        } else {
+          unit_dots(rows, used, current, row, vectors, role.q, acc);
+        }
       }
       reduce_scatter_tile(acc, role.q);
       const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * kUnitsPerPass;
