@@ -119,6 +119,12 @@ def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output
 # hands it gradients in the dtype of the outputs, and it saved the cast inputs.
 
 
+def device_type_of(tensor: Tensor) -> str:
+    """tensor.device.type without building a torch.device for the common two (every layer call
+    asks, and at small sizes host time is the whole cost)."""
+    return "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type
+
+
 def autocast_dtype(device_type: str) -> torch.dtype | None:
     """The dtype autocast runs RNNs in on this device type, or None when it is off there."""
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
@@ -137,7 +143,7 @@ def autocast_cast(value, device_type: str, dtype: torch.dtype):
 
 def autocast_layer_inputs(inputs: LayerInputs) -> LayerInputs:
     """inputs as the forward op's autocast kernel casts them (unchanged without autocast)."""
-    device_type = inputs.input.device.type
+    device_type = device_type_of(inputs.input)
     dtype = autocast_dtype(device_type)
     if dtype is None:
         return inputs

@@ -211,7 +211,7 @@ def _overlap_directions(layer_input: Tensor, weight_hh: Tensor, path: str | None
     """Whether the two directions of a bidirectional layer on CUDA run side by side: in eager
     mode, when neither takes the grid path (a cooperative grid wants the whole GPU) and both
     directions' CTAs fit on the device at once (each persistent path keeps one CTA per SM)."""
-    if layer_input.device.type != "cuda" or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
+    if not layer_input.is_cuda or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
         return False
     from .launch_plan import plan
 

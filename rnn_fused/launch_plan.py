@@ -161,7 +161,7 @@ def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None) -> N
     """Before a layer runs on CUDA tensors: log the planner's choice once per (device, dtype,
     hidden_size, batch_size). Eager only (under torch.compile nothing is logged). An empty
     batch launches nothing, so nothing is planned (the planner rejects batch_size = 0)."""
-    if input.device.type != "cuda" or input.shape[1] == 0 or torch.compiler.is_compiling():
+    if not input.is_cuda or input.shape[1] == 0 or torch.compiler.is_compiling():
         return
     key = (str(input.device), input.dtype, hidden_size, input.shape[1])
     if key in _logged_plan_keys:  # the common case: no plan query at all

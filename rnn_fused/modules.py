@@ -237,7 +237,12 @@ class RNN(nn.Module):
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
+        # Registered parameters straight from _parameters (Module.__getattr__ per weight is a
+        # measurable part of a short call); getattr where something took a name over: a
+        # parametrization's property, weight_norm's recomputed attribute.
+        registered = self._parameters
+        return [[registered[name] if name in registered else getattr(self, name) for name in names]
+                for names in self._all_weights]
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -295,7 +300,7 @@ class RNN(nn.Module):
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         weight_dtype = self.weight_ih_l0.dtype
-        if input.dtype != weight_dtype and _ops.autocast_dtype(input.device.type) is None:
+        if input.dtype != weight_dtype and _ops.autocast_dtype(_ops.device_type_of(input)) is None:
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight_dtype}). "
                 f"Convert input: input.to({weight_dtype}), or convert model: model.to({input.dtype})")
@@ -344,7 +349,7 @@ class RNN(nn.Module):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         # nn.RNN meets these in its first matrix products (input, then hx, times a weight);
         # without autocast a mismatched input was already rejected by check_input.
-        autocast_dtype = _ops.autocast_dtype(input.device.type)
+        autocast_dtype = _ops.autocast_dtype(_ops.device_type_of(input))
         weight_dtype = _compute_dtype(self.weight_ih_l0.dtype, autocast_dtype)
         for operand in (input, hx):
             if operand is None:

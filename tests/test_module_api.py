@@ -135,6 +135,26 @@ def test_functional_call_uses_the_given_weights():
         assert_within_tolerance(r, s, g, name=name)
 
 
+def test_parametrized_weight_is_used_by_forward_and_trained_through():
+    """A parametrization takes the weight's name over (a property computing it from the
+    original): forward must use the computed weight, and gradients reach the original."""
+    class Symmetric(nn.Module):
+        def forward(self, w):
+            return (w + w.t()) / 2
+
+    ours = rnn_fused.RNN(3, 4)
+    x = torch.randn(5, 2, 3)
+    torch.nn.utils.parametrize.register_parametrization(ours, "weight_hh_l0", Symmetric())
+    plain = rnn_fused.RNN(3, 4)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            p.copy_(getattr(ours, name))
+    assert torch.equal(ours(x)[0], plain(x)[0])
+    ours(x)[0].sum().backward()
+    original = ours.parametrizations.weight_hh_l0.original
+    assert original.grad is not None and original.grad.abs().sum() > 0
+
+
 # --- dropout -----------------------------------------------------------------------------
 
 

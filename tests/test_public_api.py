@@ -164,13 +164,13 @@ def test_a_real_plan_can_be_logged(caplog, fresh_plan_log):
 
 def test_an_empty_cuda_batch_is_not_planned(monkeypatch, fresh_plan_log):
     """B = 0 launches nothing; the planner would reject batch_size = 0, so rnn_layer on an
-    empty CUDA batch must not ask it (a stand-in for a CUDA tensor: only device and shape
-    are read before the plan)."""
+    empty CUDA batch must not ask it (a stand-in for a CUDA tensor: only is_cuda, device and
+    shape are read before the plan)."""
     planned = []
     monkeypatch.setattr(launch_plan, "plan", lambda *args, **kwargs: planned.append(args) or _plan("block"))
-    empty = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32, shape=(3, 0, 2))
+    empty = types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32, shape=(3, 0, 2))
     launch_plan.log_layer_plan(empty, 4, None)
     assert planned == []
-    launch_plan.log_layer_plan(types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32,
+    launch_plan.log_layer_plan(types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32,
                                                      shape=(3, 1, 2)), 4, None)
     assert planned == [(4, 1, torch.float32, torch.device("cuda"))]
