@@ -11,7 +11,8 @@
 //             through distributed shared memory; one cluster barrier per step.
 //  - Grid:    a cooperative grid of groups x C CTAs; new state slices go through a global
 //             buffer [2,B,H]; after the grid barrier each CTA stages its group's state rows
-//             into shared memory with 16-byte loads.
+//             into shared memory with 16-byte asynchronous copies (stage_rows_async),
+//             overlapped with the compute of the previous chunk or of the rows' earlier pieces.
 // The fourth path, Stepwise (a cuBLAS product and an epilogue launch per step), has no
 // persistent kernel and shares only the epilogue arithmetic.
 #pragma once
@@ -115,25 +116,15 @@ SIMT_DEVICE __forceinline__ int64_t sample_length(const int64_t* lengths, int64_
 }
 
 // Grid path: rows [S][R] (shared) = rows [first, first + S) of the global state [B,H] (zero
-// past B; the zero padding past H is left as it is). 16-byte loads where H is a whole number
-// of vectors. All threads call it; a __syncthreads must follow before the rows are read.
+// past B; the zero padding past H is left as it is) by plain scalar loads: stage_rows_async's
+// way for an H that is not a whole number of 16-byte vectors. All threads call it; a
+// __syncthreads must follow before the rows are read.
 template <typename scalar_t>
 SIMT_DEVICE void stage_rows(const scalar_t* exchange, scalar_t* rows, int64_t first, int samples, int64_t batch,
                             int64_t hidden, int64_t row) {
-  constexpr int kVec = vec_size<scalar_t>();
-  if (hidden % kVec == 0) {
-    const int64_t vectors = hidden / kVec;
-    for (int64_t i = threadIdx.x; i < samples * vectors; i += blockDim.x) {
-      const int64_t j = i / vectors, c = i % vectors;
-      Vec16<scalar_t> v{};
-      if (first + j < batch) v = load_vec(exchange + (first + j) * hidden + c * kVec);
-      *reinterpret_cast<Vec16<scalar_t>*>(rows + j * row + c * kVec) = v;
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < samples * hidden; i += blockDim.x) {
-      const int64_t j = i / hidden, k = i % hidden;
-      rows[j * row + k] = first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
-    }
+  for (int64_t i = threadIdx.x; i < samples * hidden; i += blockDim.x) {
+    const int64_t j = i / hidden, k = i % hidden;
+    rows[j * row + k] = first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
   }
 }
 
