@@ -258,6 +258,17 @@ TORCH_LIBRARY(rnn_fused, m) {
       "Tensor grad_hx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor step_norms, Tensor grad_sq_norms, "
       "Tensor nonfinite)");
+  // The backward with a graph of its own, for a double backward (create_graph=True): the
+  // autograd kernel of rnn_layer_forward (layer_autograd.cpp) calls it instead of
+  // rnn_layer_backward. Its kernel is Python (CompositeImplicitAutograd, rnn_fused/functional.py):
+  // the plain step loop of differentiable ATen ops. needs: which of (input, hx, weight_ih,
+  // weight_hh, bias_ih, bias_hh) to differentiate; returns those six gradients, an empty [0]
+  // tensor for each one not needed.
+  m.def(
+      "rnn_layer_backward_with_graph(Tensor grad_output, Tensor grad_h_n, bool[6] needs, Tensor input, Tensor? hx, "
+      "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, str nonlinearity, "
+      "bool reverse, int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
+      "str? path=None) -> Tensor[]");
   m.def(
       "edge_scales(int steps, int batch, int truncate_every, float keep_prob, int seed, int layer, bool reverse) "
       "-> Tensor",

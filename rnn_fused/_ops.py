@@ -2,9 +2,10 @@
 
 Loading rnn_fused._C registers the ops (TORCH_LIBRARY in csrc/ops.cpp). This module is the
 one home of their argument list on the Python side: LayerInputs and LayerOptions, in schema
-order, drive the calls, the fake kernels (torch.compile, FakeTensor) and the autograd
-context. The backward takes (grad_output, grad_h_n, output, output_mask, record_norms)
-followed by exactly the forward's arguments.
+order, drive the calls, the fake kernels (torch.compile, FakeTensor) and the recording
+Function. The backward takes (grad_output, grad_h_n, output, output_mask, record_norms)
+followed by exactly the forward's arguments; the double backward's op (grad_output,
+grad_h_n, needs) followed by them.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def _schema_names(op) -> tuple[str, ...]:
 
 
 if _schema_names(ops.rnn_layer_forward) != FORWARD_ARGUMENTS or \
-        _schema_names(ops.rnn_layer_backward) != BACKWARD_PREFIX + FORWARD_ARGUMENTS:
+        _schema_names(ops.rnn_layer_backward) != BACKWARD_PREFIX + FORWARD_ARGUMENTS or \
+        _schema_names(ops.rnn_layer_backward_with_graph) != ("grad_output", "grad_h_n", "needs") + FORWARD_ARGUMENTS:
     raise ImportError("rnn_fused: the compiled extension's op schemas do not match this Python package; "
                       "rebuild it (make build, or pip install --no-build-isolation .)")
 
@@ -88,18 +90,10 @@ def _bind(op, args: tuple, kwargs: dict) -> tuple:
 
 
 def layer_forward(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, Tensor]:
-    """(output [T,B,H], zero at t >= lengths[b]; h_n [B,H]), through the op's registered
-    autograd (what torch.compile traces)."""
+    """(output [T,B,H], zero at t >= lengths[b]; h_n [B,H]). Differentiable: the op's autograd
+    kernel is C++ (csrc/layer_autograd.cpp), which records a graph node only where grad mode
+    is on and an input requires grad."""
     return ops.rnn_layer_forward(*inputs, *options)
-
-
-def layer_forward_untracked(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, Tensor]:
-    """layer_forward below autograd, for callers that record no graph (grad mode off, or an
-    autograd.Function's forward): the registered autograd kernel is Python and costs host time
-    on every call, even when it records nothing. torch.library enters its own backend
-    kernels the same way."""
-    with torch._C._AutoDispatchBelowAutograd():
-        return ops.rnn_layer_forward(*inputs, *options)
 
 
 def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output_mask: list[bool],

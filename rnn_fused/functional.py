@@ -11,50 +11,14 @@ from .reference import reference_layer
 from .truncation import TruncationArgs, check_truncation, resolve_truncation
 
 
-def _setup_layer_context(ctx, inputs, output):
-    layer_inputs, options = _ops.split_forward_arguments(inputs)
-    out, _ = output
-    ctx.save_for_backward(*layer_inputs, out)
-    ctx.options = options
-    ctx.set_materialize_grads(True)
-
-
-def _layer_backward(ctx, grad_output, grad_h_n, sink=None):
-    """Backward of one layer: the fused BPTT op, or, when the graph of the backward is
-    requested (double backward), autograd through reference.py's loop.
-    Returns the gradients of (input, hx, weight_ih, weight_hh, bias_ih, bias_hh).
-    sink: a recording.LayerSink that takes the norms the op reduced, or None (none reduced)."""
-    *saved, out = ctx.saved_tensors
-    inputs = _ops.LayerInputs(*saved)
-    needs = ctx.needs_input_grad
-    if torch.is_grad_enabled():
-        if sink is not None:
-            raise RuntimeError("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
-                               "which has no graph of its own; record without create_graph=True")
-        return _differentiable_backward(ctx, inputs, grad_output, grad_h_n)
-    mask = [needs[0], needs[1] and inputs.hx is not None, needs[2], needs[3], needs[4] or needs[5]]
-    (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, step_norms, grad_sq_norms,
-     nonfinite) = _ops.layer_backward(grad_output, grad_h_n, out, mask, sink is not None, inputs, ctx.options)
-    grads = (
-        grad_input if needs[0] else None,
-        grad_hx if needs[1] else None,
-        grad_w_ih if needs[2] else None,
-        grad_w_hh if needs[3] else None,
-        grad_bias if needs[4] else None,
-        # Its own tensor when recording, so that autograd can hand each bias its gradient
-        # without a copy and the recorded norm stays tied to it (recording.py).
-        (grad_bias.clone() if sink is not None and needs[4] else grad_bias) if needs[5] else None,
-    )
-    if sink is not None:
-        sink(step_norms, grad_sq_norms, nonfinite, grads)
-    return grads
-
-
-def _differentiable_backward(ctx, inputs: _ops.LayerInputs, grad_output, grad_h_n):
-    """Gradient with a graph of its own (create_graph=True), for double backward."""
-    options = ctx.options
+def _differentiable_backward(grad_output: Tensor, grad_h_n: Tensor, needs, inputs: _ops.LayerInputs,
+                             options: _ops.LayerOptions) -> list:
+    """Gradient with a graph of its own (create_graph=True), for double backward: autograd
+    through reference.py's step loop, with the truncation's edge scales. needs: which of
+    (input, hx, weight_ih, weight_hh, bias_ih, bias_hh) to differentiate. Returns those six
+    gradients (None where not needed)."""
     args = list(inputs[:6])
-    wanted = [i for i, a in enumerate(args) if a is not None and ctx.needs_input_grad[i]]
+    wanted = [i for i, a in enumerate(args) if a is not None and needs[i]]
     scales = None
     truncation = options.truncation
     if not truncation.full:
@@ -69,40 +33,63 @@ def _differentiable_backward(ctx, inputs: _ops.LayerInputs, grad_output, grad_h_
     result = [None] * 6
     for i, g in zip(wanted, grads):
         result[i] = g if g is not None else torch.zeros_like(args[i])
-    return tuple(result)
+    return result
 
 
-def _registered_backward(ctx, grad_output, grad_h_n):
-    # No gradient for lengths and the options.
-    return _layer_backward(ctx, grad_output, grad_h_n) + (None,) * (1 + len(_ops.LayerOptions._fields))
+def _backward_with_graph(grad_output, grad_h_n, needs, *forward_args):
+    """Kernel of rnn_fused::rnn_layer_backward_with_graph, which the op's C++ autograd
+    (csrc/layer_autograd.cpp) calls for a double backward. Registered as
+    CompositeImplicitAutograd: autograd records the ATen ops it runs."""
+    inputs, options = _ops.split_forward_arguments(forward_args)
+    grads = _differentiable_backward(grad_output, grad_h_n, needs, inputs, options)
+    return [grad if grad is not None else grad_output.new_empty(0) for grad in grads]
 
 
-# The op itself is differentiable: register_autograd wraps it in an autograd.Function
-# whose forward and backward call only registered ops, so torch.compile traces it whole.
-torch.library.register_autograd("rnn_fused::rnn_layer_forward", _registered_backward,
-                                setup_context=_setup_layer_context)
+_library = torch.library.Library("rnn_fused", "IMPL")
+_library.impl("rnn_layer_backward_with_graph", _backward_with_graph, "CompositeImplicitAutograd")
 
 
-class _EagerLayer(torch.autograd.Function):
-    """One layer in eager mode: the same ops and backward as the registered autograd, without
-    the registered wrapper's per-call handling of the op's arguments (host time a GPU waits
-    for at small sizes; docs/architecture.md has the measured figures). Its backward can also
-    hand the gradient norms it reduces to a sink: eager only, since the norms leave the
-    backward as a Python side effect, which a compiled graph would not replay."""
+class _RecordingLayer(torch.autograd.Function):
+    """One layer whose backward hands the gradient norms the fused backward reduces to a sink
+    (recording.LayerSink). Eager only: the norms leave the backward as a Python side effect,
+    which a compiled graph would not replay. Every other call differentiates through the op's
+    own autograd (csrc/layer_autograd.cpp), the same ops in C++."""
 
     @staticmethod
     def forward(ctx, *args):
         """args: the LayerInputs fields, then the LayerOptions and the sink."""
         *inputs, options, sink = args
-        output = _ops.layer_forward_untracked(_ops.LayerInputs(*inputs), options)
-        _setup_layer_context(ctx, (*inputs, *options), output)
+        output = _ops.layer_forward(_ops.LayerInputs(*inputs), options)  # grad mode is off here: no graph node
+        ctx.save_for_backward(*inputs, output[0])
+        ctx.options = options
         ctx.sink = sink
+        ctx.set_materialize_grads(True)
         return output
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        if torch.is_grad_enabled():
+            raise RuntimeError("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
+                               "which has no graph of its own; record without create_graph=True")
+        *saved, out = ctx.saved_tensors
+        inputs = _ops.LayerInputs(*saved)
+        needs = ctx.needs_input_grad
+        mask = [needs[0], needs[1] and inputs.hx is not None, needs[2], needs[3], needs[4] or needs[5]]
+        (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias, step_norms, grad_sq_norms,
+         nonfinite) = _ops.layer_backward(grad_output, grad_h_n, out, mask, True, inputs, ctx.options)
+        grads = (
+            grad_input if needs[0] else None,
+            grad_hx if needs[1] else None,
+            grad_w_ih if needs[2] else None,
+            grad_w_hh if needs[3] else None,
+            grad_bias if needs[4] else None,
+            # Its own tensor, so that autograd can hand each bias its gradient without a copy
+            # and the recorded norm stays tied to it (recording.py).
+            (grad_bias.clone() if needs[4] else grad_bias) if needs[5] else None,
+        )
+        ctx.sink(step_norms, grad_sq_norms, nonfinite, grads)
         # No gradient for lengths, the options and the sink.
-        return _layer_backward(ctx, grad_output, grad_h_n, ctx.sink) + (None, None, None)
+        return grads + (None, None, None)
 
 
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
@@ -131,16 +118,15 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     log_layer_plan(input, weight_hh.shape[0], path)
     inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
     options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path)
+    if sink is None:
+        # The op's own autograd (C++); under autocast its Autocast kernel casts first.
+        return _ops.layer_forward(inputs, options)
     if torch.compiler.is_compiling():
-        if sink is not None:
-            raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
-                               "the backward as a Python side effect; record in eager mode")
-        return _ops.layer_forward(inputs, options)  # the registered op: compile traces its autograd
-    if sink is None and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
-        return _ops.layer_forward_untracked(inputs, options)  # nothing to differentiate: no Function needed
+        raise RuntimeError("rnn_fused.record_gradients does not work under torch.compile: the norms leave "
+                           "the backward as a Python side effect; record in eager mode")
     # Cast outside the autograd.Function, so that its backward sees the inputs the op ran on
     # (inside it the op's autocast kernel would cast behind the Function's back).
-    return _EagerLayer.apply(*_ops.autocast_layer_inputs(inputs), options, sink)
+    return _RecordingLayer.apply(*_ops.autocast_layer_inputs(inputs), options, sink)
 
 
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,

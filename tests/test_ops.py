@@ -119,31 +119,50 @@ def test_deterministic_bitwise():
 
 
 @pytest.mark.parametrize("backend", ["cpu", "emulated"])
-def test_eager_function_and_registered_autograd_agree_bitwise(backend):
-    """Eager rnn_layer runs a plain autograd.Function (less host time per call); the op's
-    registered autograd (what torch.compile traces, and a direct op call) must give the
-    same output, h_n and gradients, bit for bit, with truncation and lengths."""
+def test_cpp_autograd_and_recording_function_agree_bitwise(backend):
+    """The op's autograd is C++ (csrc/layer_autograd.cpp); recording gradient norms goes
+    through a Python autograd.Function instead. Both must give the same output, h_n and
+    gradients, bit for bit, with truncation and lengths; the recording route hands its sink
+    the norms of the gradients it returns."""
     args = layer_args(9, 4, 3, 10, dtype=torch.float32, requires_grad=True)
     lengths = torch.tensor([9, 3, 0, 7])
     truncation = rnn_fused.RandomTruncation(0.7, seed=4)
+    received = []
 
-    def eager():
+    def run(sink):
         leaves = [a.detach().clone().requires_grad_() for a in args]
-        out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", False, backend=backend, truncation=truncation)
-        assert type(out.grad_fn).__name__ == "_EagerLayerBackward"
-        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), leaves)]
+        out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", False, backend=backend, truncation=truncation,
+                                       sink=sink)
+        node = out.grad_fn.name()
+        return node, [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), leaves)]
 
-    def registered():
-        leaves = [a.detach().clone().requires_grad_() for a in args]
-        options = _ops.LayerOptions.make("tanh", False, rnn_fused.truncation.resolve_truncation(truncation), 0,
-                                         backend, None)
-        out, h_n = _ops.layer_forward(_ops.LayerInputs(*leaves, lengths), options)
-        assert "rnn_layer_forward" in type(out.grad_fn).__name__
-        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), leaves)]
+    def sink(step_norms, grad_sq_norms, nonfinite, grads):
+        received.append((grad_sq_norms, grads))
 
     with simt.emulated_device(sm_count=2):
-        for a, b in zip(eager(), registered(), strict=True):
-            assert torch.equal(a, b)
+        cpp_node, cpp = run(None)
+        recording_node, recording = run(sink)
+    assert cpp_node == "torch::autograd::CppNode<rnn_fused::FusedRnnLayer>"
+    assert recording_node == "_RecordingLayerBackward"
+    for a, b in zip(cpp, recording, strict=True):
+        assert torch.equal(a, b)
+    (grad_sq_norms, grads), = received
+    for index, grad in enumerate(grads[:5]):
+        torch.testing.assert_close(grad_sq_norms[index], grad.double().square().sum())
+
+
+def test_op_without_grad_records_no_graph_node():
+    """The autograd kernel adds a node only where grad mode is on and an input requires grad."""
+    args = layer_args(3, 2, 2, 4, requires_grad=True)
+    with torch.no_grad():
+        out, h_n = rnn_fused.rnn_layer(*args)
+    assert out.grad_fn is None and not out.requires_grad
+    out, h_n = rnn_fused.rnn_layer(*(a.detach() for a in args))
+    assert out.grad_fn is None and not h_n.requires_grad
+    out, h_n = rnn_fused.rnn_layer(args[0].detach(), args[1].detach(), args[2], *(a.detach() for a in args[3:]))
+    assert out.requires_grad and h_n.requires_grad
+    grad_w_ih, = torch.autograd.grad(out.sum() + h_n.sum(), args[2])
+    assert grad_w_ih.shape == args[2].shape
 
 
 def test_empty_batch_and_single_step():

@@ -1,0 +1,190 @@
+// Autograd of the forward op, in C++ (the Autograd dispatch key of rnn_layer_forward).
+//
+// The forward saves its inputs and output; the backward calls rnn_layer_backward, the fused
+// BPTT op, for the gradients autograd asks for. Both go through the dispatcher, so
+// torch.compile traces them like any other op with fake kernels (rnn_fused/_ops.py), and
+// autocast casts before autograd sees the arguments (the op's Autocast kernels), as for
+// torch.rnn_tanh. When the backward itself is to be differentiated (create_graph=True) it
+// calls rnn_layer_backward_with_graph instead, whose Python composite kernel builds the
+// gradient from differentiable ATen ops (rnn_fused/functional.py).
+//
+// Why C++: at small sizes host time is the whole cost of a call, and a Python
+// autograd.Function costs about 10 us per forward on the development CPU in its context
+// and saved tensors alone (docs/architecture.md has the measured figures). Recording
+// gradient norms stays in Python (functional._RecordingLayer): the norms leave the backward
+// as a Python side effect.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace rnn_fused {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using OptionalTensor = std::optional<at::Tensor>;
+using OptionalName = std::optional<c10::string_view>;
+
+// The signatures of the ops this file calls (ops.cpp has their schemas): after the forward's
+// own arguments come, in every op, the same layer options.
+#define RNN_FUSED_LAYER_ARGUMENTS                                                                           \
+  const at::Tensor &, const OptionalTensor &, const at::Tensor &, const at::Tensor &, const OptionalTensor &, \
+      const OptionalTensor &, const OptionalTensor &, c10::string_view, bool, int64_t, double,               \
+      const OptionalTensor &, int64_t, OptionalName, OptionalName
+using ForwardSignature = std::tuple<at::Tensor, at::Tensor>(RNN_FUSED_LAYER_ARGUMENTS);
+using BackwardSignature =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 5>, bool, RNN_FUSED_LAYER_ARGUMENTS);
+using BackwardWithGraphSignature =
+    std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, std::array<bool, 6>, RNN_FUSED_LAYER_ARGUMENTS);
+#undef RNN_FUSED_LAYER_ARGUMENTS
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op = typed_op<ForwardSignature>("rnn_fused::rnn_layer_forward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto op = typed_op<BackwardSignature>("rnn_fused::rnn_layer_backward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardWithGraphSignature>& backward_with_graph_op() {
+  static const auto op = typed_op<BackwardWithGraphSignature>("rnn_fused::rnn_layer_backward_with_graph");
+  return op;
+}
+
+OptionalTensor present(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+OptionalName name_of(const c10::IValue& saved, std::string& storage) {
+  if (saved.isNone()) return std::nullopt;
+  storage = saved.toStringRef();
+  return c10::string_view(storage);
+}
+
+// Differentiable inputs in the order of the forward's arguments (their gradients come back in it).
+constexpr int kInput = 0, kHx = 1, kWeightIh = 2, kWeightHh = 3, kBiasIh = 4, kBiasHh = 5, kDifferentiable = 6;
+// All arguments of the forward op: the backward returns one gradient (or none) for each.
+constexpr int kForwardArguments = 15;
+
+}  // namespace
+
+// Named outside the anonymous namespace: the graph node shows it (CppNode<rnn_fused::FusedRnnLayer>).
+class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptionalTensor& hx,
+                               const at::Tensor& weight_ih, const at::Tensor& weight_hh, const OptionalTensor& bias_ih,
+                               const OptionalTensor& bias_hh, const OptionalTensor& lengths,
+                               c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob,
+                               const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, h_n] = forward_op().call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                                           reverse, truncate_every, keep_prob, seed, layer, backend, path);
+    const at::Tensor none;
+    ctx->save_for_backward({input, hx.value_or(none), weight_ih, weight_hh, bias_ih.value_or(none),
+                            bias_hh.value_or(none), lengths.value_or(none), seed.value_or(none), output});
+    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["truncate_every"] = truncate_every;
+    ctx->saved_data["keep_prob"] = keep_prob;
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
+    ctx->saved_data["path"] = path ? c10::IValue(std::string(*path)) : c10::IValue();
+    return {output, h_n};
+  }
+
+  // grads: dL/d output [T,B,H] and dL/d h_n [B,H] (zeros where the graph gave none).
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &weight_ih = saved[2], &weight_hh = saved[3], &output = saved[8];
+    const OptionalTensor hx = present(saved[1]), bias_ih = present(saved[4]), bias_hh = present(saved[5]),
+                         lengths = present(saved[6]), seed = present(saved[7]);
+    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
+    const bool reverse = ctx->saved_data["reverse"].toBool();
+    const int64_t truncate_every = ctx->saved_data["truncate_every"].toInt();
+    const double keep_prob = ctx->saved_data["keep_prob"].toDouble();
+    const int64_t layer = ctx->saved_data["layer"].toInt();
+    std::string backend_storage, path_storage;
+    const OptionalName backend = name_of(ctx->saved_data["backend"], backend_storage);
+    const OptionalName path = name_of(ctx->saved_data["path"], path_storage);
+
+    // needs_input_grad counts only the arguments that were tensors: absent optionals have no edge.
+    std::array<bool, kDifferentiable> needs{};
+    const std::array<bool, kDifferentiable> present_input{true, hx.has_value(), true, true, bias_ih.has_value(),
+                                                          bias_hh.has_value()};
+    size_t edge = 0;
+    for (int i = 0; i < kDifferentiable; ++i) {
+      if (present_input[i]) needs[i] = ctx->needs_input_grad(edge++);
+    }
+
+    variable_list result(kForwardArguments);
+    if (at::GradMode::is_enabled()) {  // create_graph=True: a gradient with a graph of its own
+      const std::vector<at::Tensor> with_graph = backward_with_graph_op().call(
+          grads[0], grads[1], needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+          reverse, truncate_every, keep_prob, seed, layer, backend, path);
+      for (int i = 0; i < kDifferentiable; ++i) {
+        if (needs[i]) result[i] = with_graph[i];
+      }
+      return result;
+    }
+    const std::array<bool, 5> mask{needs[kInput], needs[kHx], needs[kWeightIh], needs[kWeightHh],
+                                   needs[kBiasIh] || needs[kBiasHh]};
+    auto [grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, step_norms, grad_sq_norms, nonfinite] =
+        backward_op().call(grads[0], grads[1], output, mask, /*record_norms=*/false, input, hx, weight_ih, weight_hh,
+                           bias_ih, bias_hh, lengths, nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
+                           backend, path);
+    if (needs[kInput]) result[kInput] = grad_input;
+    if (needs[kHx]) result[kHx] = grad_hx;
+    if (needs[kWeightIh]) result[kWeightIh] = grad_weight_ih;
+    if (needs[kWeightHh]) result[kWeightHh] = grad_weight_hh;
+    // One gradient for both biases (d/db_ih = d/db_hh); autograd copies it where it must.
+    if (needs[kBiasIh]) result[kBiasIh] = grad_bias;
+    if (needs[kBiasHh]) result[kBiasHh] = grad_bias;
+    return result;
+  }
+};
+
+namespace {
+
+bool requires_grad(const OptionalTensor& t) { return t.has_value() && t->requires_grad(); }
+
+// The Autograd kernel: a graph node only where autograd would record one; otherwise straight
+// to the backend kernel (no context, nothing saved).
+std::tuple<at::Tensor, at::Tensor> rnn_layer_forward_autograd(
+    const at::Tensor& input, const OptionalTensor& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
+    const OptionalTensor& bias_ih, const OptionalTensor& bias_hh, const OptionalTensor& lengths,
+    c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, const OptionalTensor& seed,
+    int64_t layer, OptionalName backend, OptionalName path) {
+  const bool records = at::GradMode::is_enabled() &&
+                       (input.requires_grad() || requires_grad(hx) || weight_ih.requires_grad() ||
+                        weight_hh.requires_grad() || requires_grad(bias_ih) || requires_grad(bias_hh));
+  if (!records) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op().call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
+                             truncate_every, keep_prob, seed, layer, backend, path);
+  }
+  const variable_list outputs = FusedRnnLayer::apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                                                     nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
+                                                     backend, path);
+  return {outputs[0], outputs[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnn_fused, Autograd, m) {
+  m.impl("rnn_layer_forward", &rnn_layer_forward_autograd);
+}
+
+}  // namespace rnn_fused
