@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -199,12 +201,22 @@ def _overlap_directions(layer_input: Tensor, weight_hh: Tensor, path: str | None
     directions' CTAs fit on the device at once (each persistent path keeps one CTA per SM)."""
     if not layer_input.is_cuda or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
         return False
+    return _directions_fit_side_by_side(layer_input.device, layer_input.dtype, weight_hh.shape[0],
+                                        layer_input.shape[1], path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _directions_fit_side_by_side(device: torch.device, dtype: torch.dtype, hidden: int, batch: int,
+                                 path: str | None) -> bool:
+    """_overlap_directions' answer for a shape, asked of the planner once per process: a plan
+    query costs about 24 us of host time (measured on the emulated device), which a small
+    bidirectional layer would pay on every call, and a device's answer never changes."""
     from .launch_plan import plan
 
-    chosen = plan(weight_hh.shape[0], layer_input.shape[1], layer_input.dtype, layer_input.device, path=path)
+    chosen = plan(hidden, batch, dtype, device, path=path)
     if chosen.path in ("grid", "stepwise"):
         return False
-    sm_count = torch.cuda.get_device_properties(layer_input.device).multi_processor_count
+    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     return 2 * chosen.grid <= sm_count * chosen.blocks_per_sm
 
 

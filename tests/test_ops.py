@@ -240,3 +240,37 @@ def test_backward_rejects_mismatched_gradient():
     with pytest.raises(RuntimeError, match=r"grad_output must have shape \[4, 2, 5\]"):
         OPS.rnn_layer_backward(torch.zeros(3, 2, 5), torch.zeros(2, 5), out, [True] * 5, False, x, hx, w_ih, w_hh,
                                None, None, None, "tanh", False)
+
+
+def test_bidirectional_overlap_asks_the_planner_once_per_shape(monkeypatch):
+    """Whether a bidirectional layer's directions run side by side on CUDA is the planner's
+    answer for the shape, asked once per process rather than on every call (a plan query
+    costs tens of microseconds of host time). Stubbed device: 132 SMs."""
+    from types import SimpleNamespace
+
+    from rnn_fused import functional, launch_plan
+
+    asked = []
+
+    def fake_plan(hidden, batch, dtype, device, path=None):
+        asked.append((hidden, batch, path))
+        grid = {64: 1, 256: 8, 1024: 128}[hidden]
+        return SimpleNamespace(path="grid" if hidden == 1024 else "block", grid=grid, blocks_per_sm=1)
+
+    monkeypatch.setattr(launch_plan, "plan", fake_plan)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
+    functional._directions_fit_side_by_side.cache_clear()
+    weight = {h: torch.empty(h, h) for h in (64, 256, 1024)}
+
+    def layer_input(batch):
+        return SimpleNamespace(is_cuda=True, shape=(5, batch, 3), device=torch.device("cuda", 0), dtype=torch.float32)
+
+    try:
+        for _ in range(3):
+            assert functional._overlap_directions(layer_input(8), weight[64], None)
+            assert functional._overlap_directions(layer_input(8), weight[256], "block")
+            assert not functional._overlap_directions(layer_input(8), weight[1024], None)  # the grid wants the GPU
+            assert not functional._overlap_directions(layer_input(0), weight[64], None)  # empty batch: no launch
+        assert asked == [(64, 8, None), (256, 8, "block"), (1024, 8, None)]
+    finally:
+        functional._directions_fit_side_by_side.cache_clear()  # nothing stubbed stays cached
