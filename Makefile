@@ -10,8 +10,8 @@
 # make gpu-check - on a machine with an NVIDIA GPU and torch already installed (no venv, no downloads;
 #                  PYTHON=python3 make gpu-check): build for that GPU's architecture only, run the GPU
 #                  tests, benchmark against cuDNN with predicted and measured time per step for each path,
-#                  into gpu_out/ (docs/gpu_check.md; about 3-4 minutes on an H200). Every stage runs even if
-#                  one before it failed; the target fails at the end if any did
+#                  into gpu_out/, and refit the cost model to it (docs/gpu_check.md; about 3-4 minutes on an
+#                  H200). Every stage runs even if one before it failed; the target fails at the end if any did
 # make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests, the
 #                 emulated CUDA kernel tests and the op-level truncation/norm tests there
 PYTHON ?= python3

@@ -9,6 +9,8 @@ Stages, each run to its end (or its time limit) whatever the others did:
              emulator's self-test kernels also run on CUDA tensors there); the project's
              pytest addopts are dropped, so pytest-benchmark need not be installed
   benchmark  python -m rnn_fused gpu-check (rnn_fused/tools/gpu_check.py)
+  fit-model  python -m rnn_fused fit-model OUT/gpu_check.json: the cost model's constants
+             refitted to the benchmark's measured steps (rnn_fused/tools/fit_model.py)
 Each stage's output goes to the terminal and to OUT/<stage>.log; OUT/stages.md and
 OUT/stages.json sum them up. Exit status 0 when every stage passed, else 1.
 
@@ -32,10 +34,12 @@ from dataclasses import asdict, dataclass, field
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_FILES = ("tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py")
 # Generous limits that still end the whole check within a 10-minute session if a stage hangs
-# (a kernel that never returns); on an H200 the stages take about 40 s, 30 s and 2-3 minutes.
-BUILD_TIMEOUT_S = 200
+# (a kernel that never returns); on an H200 the stages take about 40 s, 30 s, 2-3 minutes and
+# 1 s (the fit runs on the CPU).
+BUILD_TIMEOUT_S = 180
 TESTS_TIMEOUT_S = 120
 BENCHMARK_SLACK_S = 40  # beyond the benchmark's own budget: the rows under way, the report
+FIT_TIMEOUT_S = 20
 
 
 @dataclass
@@ -71,8 +75,10 @@ def cores() -> int:
 
 
 def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
-    """The three stages of the check. Without a GPU architecture the build is not attempted
-    (it would build CPU-only and the GPU tests would skip): the stage fails and says why."""
+    """The four stages of the check: build, GPU tests, benchmark, and the cost model refitted
+    to the benchmark's measurements (fit_model.md beside its report). Without a GPU
+    architecture the build is not attempted (it would build CPU-only and the GPU tests would
+    skip): the stage fails and says why."""
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     build = ([python, "setup.py", "-q", "build_ext", "--inplace"] if arch is not None
              else [python, "-c", "import sys; sys.exit('build: no CUDA device, so no architecture to build for')"])
@@ -84,6 +90,8 @@ def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -
               {"PYTHONPATH": path}, TESTS_TIMEOUT_S),
         Stage("benchmark", [python, "-m", "rnn_fused", "gpu-check", "--out", out, "--budget-s", str(int(budget_s))],
               {"PYTHONPATH": path}, budget_s + BENCHMARK_SLACK_S),
+        Stage("fit-model", [python, "-m", "rnn_fused", "fit-model", os.path.join(out, "gpu_check.json"), "--out", out],
+              {"PYTHONPATH": path}, FIT_TIMEOUT_S),
     ]
 
 

@@ -64,13 +64,24 @@ struct RecurrencePlanReport {
   struct Entry {
     std::string path;
     bool feasible = false;
-    int64_t samples_per_group = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
+    int64_t samples_per_group = 0, samples = 0, chunks = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
     int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
     double us_per_step = 0.0;
     std::string reason;
   };
   Entry chosen;
   std::vector<Entry> candidates;
+};
+
+// The cost model's time per step of one given launch shape (not a search: the shape a GPU
+// ran, for refitting the model to its measurements), with some constants replaced by name.
+struct StepCostQuery {
+  std::string path;  // "block", "cluster", "grid" or "stepwise"
+  at::ScalarType compute = at::kFloat;
+  int64_t hidden = 0, batch = 0;
+  int64_t samples = 1, chunks = 1, ctas_per_group = 1, units_per_cta = 0, waves = 1;  // the launch shape
+  std::vector<std::string> constant_names;
+  std::vector<double> constant_values;
 };
 
 struct RecurrenceBackend {
@@ -84,6 +95,8 @@ struct RecurrenceBackend {
   at::Tensor (*backward)(const BackwardRecurrence&) = nullptr;
   // The planner's report (GPU-kernel backends), or null.
   RecurrencePlanReport (*plan)(const RecurrencePlanQuery& query) = nullptr;
+  // The cost model's microseconds per step of a given launch shape (GPU-kernel backends), or null.
+  double (*step_cost)(const StepCostQuery& query) = nullptr;
 };
 
 // Calls f(std::integral_constant<Activation, A>{}, scalar_t{}) for a compute dtype (float or

@@ -165,8 +165,8 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 // What backend `backend` (None: like's device's own) would launch for a recurrence of
 // hidden_size units and batch_size samples in like's dtype, on like's (real or emulated)
 // device: entry 0 is the chosen (or forced) plan, then every path's best shape. Per entry:
-// path, feasible (0 or 1), 10 integers (samples_per_group, groups, ctas_per_group, units_per_cta, grid,
-// block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves), us_per_step, reason.
+// path, feasible (0 or 1), 12 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
+// units_per_cta, grid, block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves), us_per_step, reason.
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
            std::vector<std::string>>
 recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size, bool backward,
@@ -189,12 +189,48 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   for (const RecurrencePlanReport::Entry& e : entries) {
     paths.push_back(e.path);
     feasible.push_back(e.feasible);
-    shapes.insert(shapes.end(), {e.samples_per_group, e.groups, e.ctas_per_group, e.units_per_cta, e.grid,
-                                 e.block_threads, e.cluster, e.shared_mem_bytes, e.blocks_per_sm, e.waves});
+    shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
+                                 e.units_per_cta, e.grid, e.block_threads, e.cluster, e.shared_mem_bytes,
+                                 e.blocks_per_sm, e.waves});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
   }
   return {paths, feasible, shapes, us, reasons};
+}
+
+// The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:
+// samples, chunks, ctas_per_group, units_per_cta, waves) for hidden_size and batch_size in
+// `dtype` (float32 or float64), with the constants named in constant_names replaced by
+// constant_values: a shape a GPU ran, priced under other constants (refitting the model).
+double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
+                    int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
+                    std::vector<std::string> constant_names, std::vector<double> constant_values) {
+  const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
+  return b.step_cost(StepCostQuery{.path = std::string(path),
+                                   .compute = dtype,
+                                   .hidden = hidden_size,
+                                   .batch = batch_size,
+                                   .samples = samples,
+                                   .chunks = chunks,
+                                   .ctas_per_group = ctas_per_group,
+                                   .units_per_cta = units_per_cta,
+                                   .waves = waves,
+                                   .constant_names = std::move(constant_names),
+                                   .constant_values = std::move(constant_values)});
+}
+
+// The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
+// in this build, then cluster_barrier_scale (1).
+std::tuple<std::vector<std::string>, std::vector<double>> cost_constants() {
+  std::vector<std::string> names;
+  std::vector<double> values;
+  for (const cost::NamedConstant& c : cost::kNamedConstants) {
+    names.emplace_back(c.name);
+    values.push_back(cost::kH200.*c.member);
+  }
+  names.emplace_back(cost::kClusterBarrierScale);
+  values.push_back(1.0);
+  return {names, values};
 }
 
 // The cost model's prediction, in microseconds, for one layer and direction (forward, or
@@ -283,6 +319,13 @@ TORCH_LIBRARY(rnn_fused, m) {
       "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "
       "-> float",
       &rnn_fused::cost_model_us);
+  // Microseconds per step of a given launch shape under replaced constants (step_cost_us above).
+  m.def(
+      "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
+      "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values) "
+      "-> float",
+      &rnn_fused::step_cost_us);
+  m.def("cost_constants() -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):
   // (phase_cycles [CTAs, 3] int64, result [T,B,H]).
   m.def(

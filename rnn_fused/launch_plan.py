@@ -41,7 +41,9 @@ PATHS = ("block", "cluster", "grid", "stepwise")
 class PathEstimate:
     path: str                    # "block", "cluster", "grid" or "stepwise"
     feasible: bool               # whether it can run the shape on the device
-    samples_per_group: int       # samples one CTA group carries (in chunks of its kernel's register tile)
+    samples_per_group: int       # samples one CTA group carries: samples x chunks
+    samples: int                 # samples per chunk: the kernel's register tile (1, 2, 4 or 8)
+    chunks: int                  # sample chunks a CTA computes in turn each step (grid path; else 1)
     groups: int                  # sample groups: ceil(batch_size / samples_per_group)
     ctas_per_group: int          # CTAs that split one group's hidden units
     units_per_cta: int           # hidden units (rows of W_hh) per CTA
@@ -65,7 +67,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 10
+_SHAPE_FIELDS = 12
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -96,6 +98,29 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     emulated = device == "emulated"
     like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
+
+
+def cost_constants() -> dict[str, float]:
+    """The cost model's named constants and their values in this build
+    (csrc/cuda/recurrence_cost_model.h), plus cluster_barrier_scale (1: the measured table)."""
+    names, values = torch.ops.rnn_fused.cost_constants()
+    return dict(zip(names, values))
+
+
+def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32,
+                 constants: dict[str, float] | None = None) -> float:
+    """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
+    plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
+    ctas_per_group, units_per_cta and waves) for a layer of hidden_size units and batch_size
+    samples, with `constants` (names from cost_constants()) replacing the built-in values.
+    The same shape is priced, not searched for: what refitting the model to a GPU's
+    measurements needs."""
+    fields = estimate if isinstance(estimate, dict) else vars(estimate)
+    constants = constants or {}
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.ops.rnn_fused.step_cost(fields["path"], hidden_size, batch_size, compute, fields["samples"],
+                                         fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
+                                         fields["waves"], list(constants), [float(v) for v in constants.values()])
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from rnn_fused.launch_plan import PATHS
+from rnn_fused.launch_plan import PATHS, cost_constants
 from rnn_fused.tools import gpu_check
 from rnn_fused.tools.cli import main
 from rnn_fused.tools.gpu_check import (EMULATED_PATH_SHAPES, EMULATED_SHAPES, GpuCheckResult, PathRow, Probe,
@@ -118,7 +118,7 @@ def test_rehearsal_probes_the_model_constants(rehearsal):
             "input projection GEMM rate", "layer forward call (T = 1)",
             "layer forward+backward call (T = 1)"} <= probes.keys()
     assert all(p["measured"] > 0 for p in probes.values())
-    # The model's values come from the checkout's header.
+    # The model's values are the compiled ones.
     assert probes["launch"]["model_constant"] == "launch_us" and probes["launch"]["model_value"] == 5.0
     assert probes["input projection GEMM rate"]["model_value"] == 40.0
 
@@ -135,11 +135,23 @@ def test_rehearsal_times_the_step_phases_of_every_persistent_path(rehearsal):
         assert r["measured_us_per_step"] > 0 and r["predicted_us_per_step"] > 0
 
 
-def test_model_constants_are_read_from_the_header():
-    constants = gpu_check.model_constants()
+def test_rehearsal_report_is_what_fit_model_reads(rehearsal):
+    """rnn-fused fit-model refits the model from this JSON: every single-layer (shape, path)
+    row with a measured step becomes an observation priced at the plan that ran."""
+    from rnn_fused.tools import fit_model
+
+    _, _, report = rehearsal
+    observations = fit_model.observations_from_report(report)
+    assert {o.plan["path"] for o in observations} == set(PATHS)
+    for o in observations:
+        assert o.predicted_us(cost_constants()) == pytest.approx(o.plan["predicted_us_per_step"])
+
+
+def test_report_keeps_the_constants_the_build_predicts_with(rehearsal):
+    _, _, report = rehearsal
+    constants = report["meta"]["model_constants"]
+    assert constants == cost_constants()  # the compiled values (launch_plan.cost_constants), not a parse of a header
     assert constants["grid_barrier_us"] == 0.97 and constants["l2_bytes_per_sm_per_us"] == 75e3
-    assert "cluster_barrier_us" not in constants  # an array, not a plain number
-    assert gpu_check.model_constants(root="/nonexistent") == {}
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -397,7 +409,7 @@ def test_shape_labels():
 
 
 def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projects_addopts(tmp_path):
-    build, tests, benchmark = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
+    build, tests, benchmark, fit = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
     assert build.argv == ["python3", "setup.py", "-q", "build_ext", "--inplace"]
     assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["RNN_FUSED_SELFTESTS"] == "1"
     assert build.env["RNN_FUSED_CUDA"] == "1" and int(build.env["MAX_JOBS"]) == stages.cores()
@@ -406,8 +418,10 @@ def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projec
     assert tests.env["PYTHONPATH"].split(os.pathsep)[0] == REPO
     assert benchmark.argv == ["python3", "-m", "rnn_fused", "gpu-check", "--out", str(tmp_path), "--budget-s", "240"]
     assert benchmark.timeout_s > 240
+    assert fit.argv == ["python3", "-m", "rnn_fused", "fit-model", str(tmp_path / "gpu_check.json"), "--out",
+                        str(tmp_path)]
     # The worst case (every stage at its limit) still ends within a 10-minute session.
-    assert build.timeout_s + tests.timeout_s + benchmark.timeout_s <= 600
+    assert build.timeout_s + tests.timeout_s + benchmark.timeout_s + fit.timeout_s <= 600
 
 
 def test_without_a_gpu_the_build_stage_fails_and_says_why(tmp_path):

@@ -129,8 +129,10 @@ def fresh_plan_log():
 
 
 def _plan(path: str) -> rnn_fused.LaunchPlan:
-    return rnn_fused.LaunchPlan(path, True, 8, 2, 4, 64, 8, 256, 4 if path == "cluster" else 1,
-                                1024 if path != "stepwise" else 0, 1, 1, 0.5, f"why {path}")
+    return rnn_fused.LaunchPlan(path, True, samples_per_group=8, samples=8, chunks=1, groups=2, ctas_per_group=4,
+                                units_per_cta=64, grid=8, block_threads=256, cluster=4 if path == "cluster" else 1,
+                                shared_mem_bytes=1024 if path != "stepwise" else 0, blocks_per_sm=1, waves=1,
+                                predicted_us_per_step=0.5, reason=f"why {path}")
 
 
 def test_plan_is_logged_once_per_key_at_info(caplog, fresh_plan_log):

@@ -143,6 +143,31 @@ inline std::string shape_text(const PlanRequest& r) {
          (r.fp64 ? "float64" : "float32") + (r.backward ? " (backward)" : " (forward)");
 }
 
+// The cost model's microseconds per step for one launch shape of `path` (the planner's figure
+// for it, and what rnn_fused::step_cost reports for a shape a GPU ran). `ctas` is the CTAs per
+// group (the cluster size on the Cluster path).
+inline double predicted_step_us(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
+                                const RecurrenceTiling& tiling, int64_t waves) {
+  if (path == RecurrencePath::Stepwise) return cost::stepwise_step_us(model, r.batch, r.hidden, r.fp64);
+  const int scalar_bytes = r.fp64 ? 8 : 4;
+  const int64_t vec = 16 / scalar_bytes;
+  const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
+  const int64_t passes = (int64_t(tiling.units_per_cta) + kUnitsPerPass - 1) / kUnitsPerPass;
+  const cost::StepWork work{.samples = tiling.samples,
+                            .passes = passes,
+                            .chunk_iterations = chunk_iterations,
+                            .vector = vec,
+                            .fp64 = r.fp64,
+                            .pass_batch = pass_batch(tiling.samples, scalar_bytes),
+                            .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
+                            .weights_in_registers = weights_fit_registers(passes, chunk_iterations, r.fp64)};
+  switch (path) {
+    case RecurrencePath::Grid: return cost::grid_step_us(model, work, r.hidden, scalar_bytes, tiling.chunks);
+    case RecurrencePath::Cluster: return cost::cluster_step_us(model, work, tiling.ctas_per_group, waves);
+    default: return cost::block_step_us(model, work, waves);
+  }
+}
+
 // The best launch shape of a persistent path (kPath) over samples per group and CTAs per
 // group, or an infeasible plan whose reason names the limit.
 template <typename scalar_t, RecurrencePath kPath>
@@ -264,19 +289,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
-      const int64_t passes = (units + kUnitsPerPass - 1) / kUnitsPerPass;
-      const cost::StepWork work{.samples = samples,
-                                .passes = passes,
-                                .chunk_iterations = chunk_iterations,
-                                .vector = vec,
-                                .fp64 = r.fp64,
-                                .pass_batch = pass_batch(static_cast<int>(samples), sizeof(scalar_t)),
-                                .outputs_per_lane = outputs_per_lane(static_cast<int>(samples), sizeof(scalar_t)),
-                                .weights_in_registers = weights_fit_registers(passes, chunk_iterations, r.fp64)};
-      const double us = kPath == RecurrencePath::Grid
-                            ? cost::grid_step_us(model, work, r.hidden, sizeof(scalar_t), tiling.chunks)
-                        : kPath == RecurrencePath::Cluster ? cost::cluster_step_us(model, work, ctas, waves)
-                                                           : cost::block_step_us(model, work, waves);
+      const double us = predicted_step_us(model, kPath, r, tiling, waves);
       if (best.feasible && us >= best.us_per_step) continue;
       best.feasible = true;
       best.tiling = tiling;
@@ -290,7 +303,9 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
                     std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
                     " units, " + std::to_string(smem) + " bytes of shared memory each" +
-                    (work.weights_in_registers ? ", weight rows in registers" : "") +
+                    (weights_fit_registers((units + kUnitsPerPass - 1) / kUnitsPerPass, chunk_iterations, r.fp64)
+                         ? ", weight rows in registers"
+                         : "") +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
     }
   }
@@ -306,7 +321,7 @@ RecurrencePlan plan_stepwise(const PlanRequest& r) {
   plan.grid = r.backward ? r.batch : std::min<int64_t>((r.batch * r.hidden + kRecurrenceThreads - 1) / kRecurrenceThreads,
                                                         int64_t(simt::device_properties().sm_count) * 8);
   plan.grid = std::max<int64_t>(plan.grid, 1);
-  plan.us_per_step = cost::stepwise_step_us(cost::kH200, r.batch, r.hidden, r.fp64);
+  plan.us_per_step = predicted_step_us(cost::kH200, RecurrencePath::Stepwise, r, plan.tiling, 1);
   plan.reason = "a cuBLAS product and an epilogue launch per step";
   return plan;
 }
@@ -553,6 +568,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
       return RecurrencePlanReport::Entry{.path = path_name(p.path),
                                          .feasible = p.feasible,
                                          .samples_per_group = p.tiling.samples * p.tiling.chunks,
+                                         .samples = p.tiling.samples,
+                                         .chunks = p.tiling.chunks,
                                          .groups = p.tiling.groups,
                                          .ctas_per_group = p.tiling.ctas_per_group,
                                          .units_per_cta = p.tiling.units_per_cta,
@@ -571,13 +588,53 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
   return report;
 }
 
+// rnn_fused::step_cost: predicted_step_us for a launch shape given by the caller, with the
+// named constants replaced. ValueError for a shape no kernel has or an unknown constant.
+inline double step_cost(const StepCostQuery& q) {
+  const std::optional<RecurrencePath> path = parse_path(q.path);
+  TORCH_CHECK_VALUE(path.has_value(), "rnn_fused.step_cost: path must be 'block', 'cluster', 'grid' or 'stepwise', got '",
+                    q.path, "'");
+  TORCH_CHECK_VALUE(q.compute == at::kFloat || q.compute == at::kDouble,
+                    "rnn_fused.step_cost: dtype must be float32 or float64 (the compute dtypes), got ", q.compute);
+  TORCH_CHECK_VALUE(q.hidden > 0 && q.batch > 0, "rnn_fused.step_cost: hidden and batch must be positive, got ",
+                    q.hidden, " and ", q.batch);
+  if (*path != RecurrencePath::Stepwise) {  // (the stepwise path's time depends on H and B alone)
+    TORCH_CHECK_VALUE(q.samples == 1 || q.samples == 2 || q.samples == 4 || q.samples == 8,
+                      "rnn_fused.step_cost: samples must be 1, 2, 4 or 8 (the kernels' register tiles), got ",
+                      q.samples);
+    TORCH_CHECK_VALUE(q.chunks >= 1 && q.ctas_per_group >= 1 && q.waves >= 1 && q.units_per_cta >= 1 &&
+                          q.units_per_cta <= kMaxUnitsPerCta,
+                      "rnn_fused.step_cost: needs chunks, ctas_per_group, waves >= 1 and units_per_cta in [1, ",
+                      kMaxUnitsPerCta, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ",
+                      q.units_per_cta);
+  }
+  TORCH_CHECK_VALUE(q.constant_names.size() == q.constant_values.size(), "rnn_fused.step_cost: ",
+                    q.constant_names.size(), " constant names for ", q.constant_values.size(), " values");
+  cost::Constants model = cost::kH200;
+  for (size_t i = 0; i < q.constant_names.size(); ++i) {
+    const double value = q.constant_values[i];
+    TORCH_CHECK_VALUE(value > 0.0 && std::isfinite(value), "rnn_fused.step_cost: constant '", q.constant_names[i],
+                      "' must be a positive finite number, got ", value);
+    TORCH_CHECK_VALUE(cost::set_constant(model, q.constant_names[i], value), "rnn_fused.step_cost: unknown constant '",
+                      q.constant_names[i], "' (rnn_fused.launch_plan.cost_constants() lists them)");
+  }
+  const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .fp64 = q.compute == at::kDouble};
+  const RecurrenceTiling tiling{.samples = static_cast<int32_t>(q.samples),
+                                .chunks = static_cast<int32_t>(q.chunks),
+                                .groups = 1,
+                                .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
+                                .units_per_cta = static_cast<int32_t>(q.units_per_cta)};
+  return predicted_step_us(model, *path, request, tiling, q.waves);
+}
+
 inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default) {
   return RecurrenceBackend{.name = name,
                            .device = device,
                            .device_default = device_default,
                            .forward = &forward_recurrence,
                            .backward = &backward_recurrence,
-                           .plan = &recurrence_plan};
+                           .plan = &recurrence_plan,
+                           .step_cost = &step_cost};
 }
 
 SIMT_END_WORLD

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 namespace rnn_fused::cost {
 
@@ -48,6 +49,50 @@ struct Constants {
 };
 
 inline constexpr Constants kH200{};
+
+// The scalar constants by name, for refitting the model to a GPU's measurements without a
+// rebuild (rnn_fused/tools/fit_model.py, through the op rnn_fused::step_cost).
+// "cluster_barrier_scale" is a pseudo-constant: a factor applied to the whole
+// cluster_barrier_us table (1 = as measured).
+struct NamedConstant {
+  const char* name;
+  double Constants::*member;
+};
+inline constexpr NamedConstant kNamedConstants[] = {
+    {"block_barrier_us", &Constants::block_barrier_us},
+    {"grid_barrier_us", &Constants::grid_barrier_us},
+    {"launch_us", &Constants::launch_us},
+    {"fma_per_sm_per_us", &Constants::fma_per_sm_per_us},
+    {"fp64_fma_fraction", &Constants::fp64_fma_fraction},
+    {"clock_per_us", &Constants::clock_per_us},
+    {"smem_wavefronts_per_us", &Constants::smem_wavefronts_per_us},
+    {"l2_dependent_load_us", &Constants::l2_dependent_load_us},
+    {"l2_bytes_per_sm_per_us", &Constants::l2_bytes_per_sm_per_us},
+    {"gemm_tflops", &Constants::gemm_tflops},
+    {"op_fixed_us", &Constants::op_fixed_us},
+    {"fma_latency_cycles", &Constants::fma_latency_cycles},
+    {"smem_latency_cycles", &Constants::smem_latency_cycles},
+    {"shuffle_latency_cycles", &Constants::shuffle_latency_cycles},
+    {"epilogue_cycles", &Constants::epilogue_cycles},
+    {"remote_store_cycles", &Constants::remote_store_cycles},
+    {"output_issue_cycles", &Constants::output_issue_cycles},
+};
+inline constexpr const char* kClusterBarrierScale = "cluster_barrier_scale";
+
+// Sets the named constant of `c` to `value`; false (nothing set) for an unknown name.
+inline bool set_constant(Constants& c, const std::string& name, double value) {
+  if (name == kClusterBarrierScale) {
+    for (double& barrier : c.cluster_barrier_us) barrier *= value;
+    return true;
+  }
+  for (const NamedConstant& named : kNamedConstants) {
+    if (name == named.name) {
+      c.*named.member = value;
+      return true;
+    }
+  }
+  return false;
+}
 
 inline double gemm_us(const Constants& c, double m, double n, double k) {
   return 2.0 * m * n * k / (c.gemm_tflops * 1e6) + c.launch_us;

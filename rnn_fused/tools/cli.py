@@ -1,4 +1,4 @@
-"""Command line: `python -m rnn_fused bench | check | demo | gpu-check` (installed as `rnn-fused`).
+"""Command line: `python -m rnn_fused bench | check | demo | gpu-check | fit-model` (installed as `rnn-fused`).
 
 bench      rnn_fused.RNN vs torch.nn.RNN: timings, ratios, GFLOP/s, peak memory (benchmark.py);
            with --bptt, what truncation and recorded norms cost and save (bptt_benchmark.py)
@@ -6,6 +6,7 @@ check      gradient agreement: gradcheck and parity under the tolerance rule (ch
 demo       the backpropagation-through-time experiments, as a Markdown report (demo.py)
 gpu-check  rnn_fused vs cuDNN with the planner's predicted and measured time per step and
            every path forced (gpu_check.py); needs neither tqdm nor matplotlib
+fit-model  the cost model's constants refitted to gpu-check's measurements (fit_model.py)
 
 Each prints a table, writes JSON and PNG figures to --out and shows progress on stderr.
 Exit status (docs/cli.md): 0 done; 1 a check failed; 2 a usage error (bad argument,
@@ -138,6 +139,12 @@ def _gpu_check(args: argparse.Namespace) -> int:
                          threads=args.threads, out=args.out)
 
 
+def _fit_model(args: argparse.Namespace) -> int:
+    from . import fit_model
+
+    return fit_model.run(args.report, args.out)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -191,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--budget-s", type=positive_int, default=240,
                      help="stop starting new rows after this many seconds (default 240); the rest are listed as "
                           "skipped")
+
+    fit = commands.add_parser("fit-model", help="the cost model's constants refitted to a gpu-check run's "
+                              "measured times per step (docs/gpu_check.md)",
+                              description="the cost model's constants refitted to a gpu-check run's measured "
+                              "times per step: every row's ratio before and after, and the constants to put in "
+                              "csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md)")
+    fit.add_argument("report", help="gpu-check's JSON (gpu_out/gpu_check.json)")
+    fit.add_argument("--out", default="gpu_out", help="output directory for fit_model.md and fit_model.json "
+                     "(default gpu_out)")
+    fit.add_argument("--debug", action="store_true",
+                     help="on an unexpected error, print the full traceback instead of one line")
+    fit.set_defaults(run=_fit_model)
 
     # On the CPU with one thread: the demo's models are tiny, and more threads only add
     # synchronisation (and, on a busy machine, waiting for a core).

@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import PATHS, PathEstimate, plan, predicted_layer_us, step_phases
+from ..launch_plan import PATHS, PathEstimate, cost_constants, plan, predicted_layer_us, step_phases
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -616,25 +615,6 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-# --- the cost model's constants on this device ------------------------------------------------
-
-COST_MODEL_HEADER = os.path.join("csrc", "cuda", "recurrence_cost_model.h")
-
-
-def model_constants(root: str | None = None) -> dict[str, float]:
-    """The plain numeric fields of cost::Constants (`double name = value;`), read from the
-    checkout's header; {} for an installed package without the sources."""
-    root = root if root is not None else _checkout_root()
-    path = os.path.join(root, COST_MODEL_HEADER)
-    if not os.path.isfile(path):
-        return {}
-    text = open(path).read()
-    block = text[text.find("struct Constants"):]
-    block = block[:block.find("\n};")]
-    return {name: float(value) for name, value in
-            re.findall(r"double\s+(\w+)\s*=\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*;", block)}
-
-
 def _checkout_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -662,7 +642,7 @@ def _seconds_per_call(fn, target: Target, calls: int) -> float:
 def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
     """Launch latency, L2 and device-memory read bandwidth, GEMM rates, each beside the model
     constant it corresponds to (None where the model has none)."""
-    constants = model_constants()
+    constants = cost_constants()
     sm_count = torch.cuda.get_device_properties(target.device).multi_processor_count \
         if target.device.type == "cuda" else None
     probes = []
@@ -722,7 +702,7 @@ def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
 
 def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRow]:
     """Step-phase timing of each shape's forward and backward recurrence (fp32)."""
-    clock_per_us = model_constants().get("clock_per_us", 1980.0)
+    clock_per_us = cost_constants().get("clock_per_us", 1980.0)
     rows = []
     for shape in shapes:
         for backward in (False, True):
@@ -915,7 +895,7 @@ def format_report(result: GpuCheckResult) -> str:
         "CTAs' lag included); µs at the model's SM clock (`clock_per_us`). The cost model's terms are "
         "fitted from these (docs/gpu_check.md). On the emulated rehearsal the cycles are host nanoseconds.",
         "",
-        format_phase_table(result.phase_rows, model_constants().get("clock_per_us", 1980.0)),
+        format_phase_table(result.phase_rows, cost_constants().get("clock_per_us", 1980.0)),
     ]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
@@ -1024,7 +1004,7 @@ def describe(target: Target, timing: Timing, budget_s: float) -> dict:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         "version": __version__, "commit": _commit(), "budget_s": budget_s, "elapsed_s": 0.0,
-        "model_constants": model_constants(),
+        "model_constants": cost_constants(),
         "timing": (f"fp32 with TF32 off (and bf16 rows); medians of at least {timing.min_repeats} runs and "
                    f"{timing.min_seconds} s timed with {clock} (long rows: {LONG_TIMING.min_repeats} runs), "
                    f"after warm-up; {target.baseline} and rnn_fused alternate run by run."),

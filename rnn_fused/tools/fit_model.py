@@ -1,0 +1,229 @@
+"""`rnn-fused fit-model`: the cost model's constants refitted to what a GPU measured.
+
+Input: the JSON of `rnn-fused gpu-check` (gpu_out/gpu_check.json). Every (shape, path) row
+with a measured time per step is an observation, forward and backward apart: the launch
+shape that ran (the plan's samples, chunks, CTAs per group, units per CTA, waves), H, B and
+the dtype, and the measured microseconds per step. The model prices exactly that shape under
+trial constants through the op rnn_fused::step_cost (launch_plan.step_cost_us), so a fit
+needs no rebuild and no copy of the C++ formulas.
+
+The fit: the constants that the probes of the same run measure directly (launch_us;
+op_fixed_us from the one-step layer call) are set first; the others listed in FITTED are
+fitted by damped Gauss-Newton on log(predicted / measured), on a log scale (every constant
+stays positive), each pulled toward its current value by a weak prior so that a constant the
+rows cannot tell apart stays where it was. The report gives the constants before and after,
+every row's ratio before and after, and the Constants lines to paste into
+csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md says what to rebuild and rerun after).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..launch_plan import cost_constants, step_cost_us
+from .command_output import UsageError, markdown_table, output_directory, write_json, write_text
+
+# The constants the per-step rows can inform (the launch shape's compute, staging, exchange
+# and barrier terms), in the order the report lists them. Not fitted here: clock_per_us
+# (it only converts cycles, and trades off exactly against the latencies), fp64_fma_fraction
+# (the float64 rows' FMA rate; a fit of its own when float64 rows exist) and gemm_tflops and
+# op_fixed_us (whole-layer terms outside the step).
+FITTED = ("block_barrier_us", "cluster_barrier_scale", "grid_barrier_us", "fma_per_sm_per_us",
+          "smem_wavefronts_per_us", "l2_dependent_load_us", "l2_bytes_per_sm_per_us", "fma_latency_cycles",
+          "smem_latency_cycles", "shuffle_latency_cycles", "epilogue_cycles", "remote_store_cycles",
+          "output_issue_cycles", "launch_us")
+# How strongly a constant is held to its current value: the weight of log(new / current) beside
+# a row's log(predicted / measured). Weak: 20% of one row's pull at a factor of e.
+PRIOR_WEIGHT = 0.2
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float32,
+           "bfloat16": torch.float32}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured time per step of one launch shape."""
+
+    label: str           # the shape row's label, e.g. "1000, 8, 256, 256"
+    direction: str       # "forward" or "backward"
+    plan: dict           # the launch shape that ran (a plan's fields)
+    hidden: int
+    batch: int
+    dtype: torch.dtype
+    measured_us: float
+
+    def predicted_us(self, constants: dict[str, float]) -> float:
+        return step_cost_us(self.plan, self.hidden, self.batch, self.dtype, constants)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    before: dict[str, float]        # the constants the run was predicted with (this build's)
+    after: dict[str, float]         # fitted (and probe-set) constants
+    set_from_probes: tuple[str, ...]
+    observations: tuple[Observation, ...]
+    iterations: int
+
+    def ratios(self, constants: dict[str, float]) -> list[float]:
+        """predicted / measured for every observation."""
+        return [o.predicted_us(constants) / o.measured_us for o in self.observations]
+
+
+def observations_from_report(report: dict) -> list[Observation]:
+    """Every (shape, path, direction) of gpu-check's path_rows with a measured time per step and
+    the plan that ran (one layer, one direction: the per-step time of a deeper or
+    bidirectional model mixes several launches)."""
+    found = []
+    for row in report.get("path_rows", []):
+        shape = row.get("shape") or {}
+        if shape.get("layers", 1) != 1 or shape.get("bidirectional") or row.get("error"):
+            continue
+        for direction, key, plan_key in (("forward", "measured_fwd_us_per_step", "forward_plan"),
+                                         ("backward", "measured_bwd_us_per_step", "backward_plan")):
+            measured, plan = row.get(key), row.get(plan_key)
+            if not measured or measured <= 0 or not plan or not plan.get("feasible"):
+                continue
+            if "samples" not in plan:
+                raise UsageError(f"row {row.get('label')!r}: its {plan_key} has no 'samples' field: the JSON was "
+                                 "written before plans reported their register tile; run gpu-check again")
+            found.append(Observation(row["label"], direction, plan, shape["hidden"], shape["batch"],
+                                     _DTYPES[shape.get("dtype", "float32")], float(measured)))
+    return found
+
+
+def probe_constants(report: dict) -> dict[str, float]:
+    """Constants the run's probes measured directly: launch_us (back-to-back launches) and
+    op_fixed_us (the one-step layer call less its two launches)."""
+    probes = {p["name"]: p for p in report.get("probes", [])}
+    constants = {}
+    launch = probes.get("launch", {}).get("measured")
+    if launch and launch > 0:
+        constants["launch_us"] = float(launch)
+    call = next((p for p in probes.values() if p.get("model_constant") == "op_fixed_us"), None)
+    if call and call.get("measured") and launch:
+        fixed = float(call["measured"]) - 2 * float(launch)
+        if fixed > 0:
+            constants["op_fixed_us"] = fixed
+    return constants
+
+
+def fit(observations: list[Observation], start: dict[str, float] | None = None,
+        fitted: tuple[str, ...] = FITTED, max_iterations: int = 50) -> tuple[dict[str, float], int]:
+    """Constants (start's, or this build's) with `fitted` moved to minimise
+    sum over rows of log(predicted / measured)^2 + PRIOR_WEIGHT^2 * sum log(new / start)^2.
+    Returns (constants, iterations run)."""
+    if not observations:
+        raise UsageError("no measured per-step rows to fit (gpu_check.json path_rows)")
+    base = dict(start or cost_constants())
+    names = [n for n in fitted if n in base]
+    anchor = np.log([base[n] for n in names])
+    theta = anchor.copy()
+
+    def constants_at(t):
+        c = dict(base)
+        c.update({n: float(math.exp(v)) for n, v in zip(names, t)})
+        return c
+
+    def residuals(t):
+        c = constants_at(t)
+        rows = [math.log(o.predicted_us(c) / o.measured_us) for o in observations]
+        return np.concatenate([rows, PRIOR_WEIGHT * (t - anchor)])
+
+    damping = 1e-3
+    current = residuals(theta)
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        step_size = 1e-4
+        jacobian = np.empty((current.size, len(names)))
+        for j in range(len(names)):
+            shifted = theta.copy()
+            shifted[j] += step_size
+            jacobian[:, j] = (residuals(shifted) - current) / step_size
+        normal = jacobian.T @ jacobian
+        gradient = jacobian.T @ current
+        improved = False
+        while damping < 1e8:
+            step = -np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), gradient)
+            trial = residuals(theta + step)
+            if trial @ trial < current @ current:
+                theta, current = theta + step, trial
+                damping = max(damping / 3, 1e-9)
+                improved = True
+                break
+            damping *= 4
+        if not improved or np.max(np.abs(step)) < 1e-6:
+            break
+    return constants_at(theta), iterations
+
+
+def fit_report(report: dict) -> FitResult:
+    observations = observations_from_report(report)
+    before = cost_constants()
+    probes = probe_constants(report)
+    start = {**before, **probes}
+    # What the probes measured is not refitted from the rows.
+    after, iterations = fit(observations, start, tuple(n for n in FITTED if n not in probes))
+    return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations)
+
+
+def format_report(result: FitResult, source: str) -> str:
+    before, after = result.ratios(result.before), result.ratios(result.after)
+
+    def spread(ratios):
+        errors = [abs(r - 1) for r in ratios]
+        return f"median |error| {np.median(errors):.0%}, worst {max(errors):.0%}"
+
+    lines = [f"# Cost model refitted to {source}", "",
+             f"{len(result.observations)} measured rows (one layer and direction each); "
+             f"{result.iterations} Gauss-Newton iterations. Ratio = predicted / measured.", "",
+             f"- before: {spread(before)}", f"- after: {spread(after)}", ""]
+    constants = []
+    for name, new in result.after.items():
+        how = "probe" if name in result.set_from_probes else "fitted" if name in FITTED else "kept"
+        constants.append([name, f"{result.before[name]:.6g}", f"{new:.6g}", how])
+    lines += markdown_table(["constant", "before", "after", "how"], constants, range(1, 3)) + [""]
+    rows = [[o.label, o.direction, o.plan["path"], f"{o.measured_us:.3f}", f"{o.measured_us * r0:.3f}", f"{r0:.2f}",
+             f"{o.measured_us * r1:.3f}", f"{r1:.2f}"] for o, r0, r1 in zip(result.observations, before, after)]
+    lines += markdown_table(["shape", "direction", "path", "measured us/step", "predicted before", "ratio",
+                             "predicted after", "ratio"], rows, range(3, 8)) + [""]
+    lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted and probe-set ones):", "", "```cpp"]
+    for name, new in result.after.items():
+        if name not in result.set_from_probes and name not in FITTED:
+            continue
+        if name == "cluster_barrier_scale":
+            lines.append(f"// cluster_barrier_us: every entry times {new:.4g}")
+        else:
+            lines.append(f"double {name} = {new:.6g};")
+    return "\n".join(lines + ["```", ""])
+
+
+def run(report_path: str, out: str) -> int:
+    """Fits the model to gpu-check's JSON at report_path; prints the report and writes
+    fit_model.md and fit_model.json to `out`."""
+    path = Path(report_path)
+    if not path.is_file():
+        raise UsageError(f"{report_path} is not a file (expected gpu_out/gpu_check.json from rnn-fused gpu-check)")
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{report_path} is not JSON: {error}") from None
+    directory = output_directory(out)
+    started = time.monotonic()
+    result = fit_report(report)
+    text = format_report(result, str(path))
+    print(text)
+    write_text(directory, "fit_model.md", text)
+    write_json(directory, "fit_model.json", {
+        "source": str(path), "seconds": time.monotonic() - started, "iterations": result.iterations,
+        "before": result.before, "after": result.after, "set_from_probes": list(result.set_from_probes),
+        "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "measured_us": o.measured_us,
+                  "predicted_before_us": o.predicted_us(result.before),
+                  "predicted_after_us": o.predicted_us(result.after)} for o in result.observations],
+    })
+    return 0

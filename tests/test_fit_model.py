@@ -1,0 +1,179 @@
+"""Refitting the cost model to a GPU's measurements (rnn_fused/tools/fit_model.py) and the op
+it prices launch shapes with (rnn_fused::step_cost, launch_plan.step_cost_us).
+
+No GPU here: the "measurements" are the model's own times under other constants, which a fit
+must reproduce, and gpu-check's JSON layout is built from the emulated device's plans."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused.launch_plan import cost_constants, plan, step_cost_us
+from rnn_fused.tools import fit_model
+from rnn_fused.tools.cli import main
+from rnn_fused.tools.command_output import UsageError
+
+SHAPES = [(64, 1), (64, 8), (128, 8), (128, 32), (256, 8), (256, 128), (512, 8), (512, 32), (768, 16), (1024, 1),
+          (1024, 8), (1024, 32), (1024, 128)]
+
+
+def test_step_cost_of_a_planned_shape_is_the_planners_prediction():
+    """One home for the per-step formulas: the planner's figure for every candidate shape is
+    what step_cost prices that shape at, bitwise."""
+    priced = 0
+    for hidden in (1, 7, 64, 100, 256, 300, 1024, 2048):
+        for batch in (1, 3, 32, 128):
+            for dtype in (torch.float32, torch.float64):
+                for backward in (False, True):
+                    for candidate in plan(hidden, batch, dtype, backward=backward).candidates:
+                        if candidate.feasible:
+                            assert step_cost_us(candidate, hidden, batch, dtype) == candidate.predicted_us_per_step
+                            priced += 1
+    assert priced > 300
+
+
+def test_replaced_constants_move_only_their_terms():
+    grid = plan(1024, 32, path="grid")
+    block = plan(64, 8, path="block")
+    cluster = plan(256, 8, path="cluster")
+    slower = {"grid_barrier_us": cost_constants()["grid_barrier_us"] + 0.5}
+    assert step_cost_us(grid, 1024, 32, constants=slower) == pytest.approx(grid.predicted_us_per_step + 0.5)
+    assert step_cost_us(block, 64, 8, constants=slower) == block.predicted_us_per_step
+    doubled = step_cost_us(cluster, 256, 8, constants={"cluster_barrier_scale": 2.0})
+    assert doubled > cluster.predicted_us_per_step
+    assert step_cost_us(cluster, 256, 8, constants={"cluster_barrier_scale": 1.0}) == cluster.predicted_us_per_step
+    # The shape is priced as given, not planned again: a fast barrier does not change the tiling.
+    assert step_cost_us(grid, 1024, 32, constants={"grid_barrier_us": 1e-3}) < grid.predicted_us_per_step
+
+
+@pytest.mark.parametrize("constants, message", [
+    ({"warp_speed": 2.0}, "unknown constant 'warp_speed'"),
+    ({"grid_barrier_us": 0.0}, "constant 'grid_barrier_us' must be a positive finite number, got 0"),
+    ({"launch_us": float("inf")}, "constant 'launch_us' must be a positive finite number"),
+])
+def test_step_cost_refuses_bad_constants(constants, message):
+    with pytest.raises(ValueError, match=message):
+        step_cost_us(plan(64, 8), 64, 8, constants=constants)
+
+
+def test_step_cost_refuses_shapes_no_kernel_has():
+    fields = dict(path="grid", samples=3, chunks=1, ctas_per_group=4, units_per_cta=32, waves=1)
+    with pytest.raises(ValueError, match="samples must be 1, 2, 4 or 8"):
+        step_cost_us(fields, 128, 3)
+    with pytest.raises(ValueError, match="path must be 'block', 'cluster', 'grid' or 'stepwise', got 'warp'"):
+        step_cost_us({**fields, "path": "warp", "samples": 1}, 128, 3)
+    with pytest.raises(ValueError, match=r"units_per_cta in \[1, 256\], got 1, 4, 1, 300"):
+        step_cost_us({**fields, "samples": 1, "units_per_cta": 300}, 128, 3)
+
+
+def _observations(constants: dict[str, float], paths=("block", "cluster", "grid")) -> list[fit_model.Observation]:
+    """Every feasible (shape, path, direction) of SHAPES on the emulated device, 'measured' at
+    the model's times under `constants`."""
+    found = []
+    for hidden, batch in SHAPES:
+        for path in paths:
+            for backward in (False, True):
+                try:
+                    estimate = plan(hidden, batch, path=path, backward=backward)
+                except ValueError:
+                    continue
+                fields = {k: v for k, v in vars(estimate).items() if k != "candidates"}  # as gpu-check keeps it
+                row = fit_model.Observation(f"{hidden}, {batch}", "backward" if backward else "forward", fields,
+                                            hidden, batch, torch.float32, 1.0)
+                found.append(fit_model.Observation(row.label, row.direction, row.plan, hidden, batch, torch.float32,
+                                                   row.predicted_us(constants)))
+    return found
+
+
+def test_fit_reproduces_times_measured_under_other_constants():
+    truth = {**cost_constants(), "grid_barrier_us": 1.4, "block_barrier_us": 0.03, "cluster_barrier_scale": 1.3,
+             "l2_dependent_load_us": 0.35, "smem_latency_cycles": 45.0, "output_issue_cycles": 120.0}
+    observations = _observations(truth)
+    assert {o.plan["path"] for o in observations} == {"block", "cluster", "grid"}
+    before = [o.predicted_us(cost_constants()) / o.measured_us for o in observations]
+    assert max(abs(r - 1) for r in before) > 0.2  # the built-in constants are far off these rows
+    fitted, iterations = fit_model.fit(observations)
+    after = [o.predicted_us(fitted) / o.measured_us for o in observations]
+    assert max(abs(r - 1) for r in after) < 0.05, after
+    assert 1 <= iterations < 50
+    # Constants no row depends on stay where they were (the prior holds them).
+    assert fitted["fp64_fma_fraction"] == cost_constants()["fp64_fma_fraction"]
+
+
+def test_fit_recovers_a_constant_the_rows_identify():
+    truth = {**cost_constants(), "grid_barrier_us": 1.6}
+    observations = _observations(truth, paths=("grid",))
+    fitted, _ = fit_model.fit(observations, fitted=("grid_barrier_us",))
+    assert fitted["grid_barrier_us"] == pytest.approx(1.6, rel=0.02)
+
+
+def _report(observations: list[fit_model.Observation]) -> dict:
+    """gpu-check's JSON layout (path_rows, probes) around observations."""
+    rows = {}
+    for o in observations:
+        row = rows.setdefault((o.label, o.plan["path"]), {
+            "label": o.label, "path": o.plan["path"], "error": None,
+            "shape": {"steps": 1000, "batch": o.batch, "input_size": o.hidden, "hidden": o.hidden, "layers": 1,
+                      "bidirectional": False, "dtype": "float32", "long": False}})
+        key = "fwd" if o.direction == "forward" else "bwd"
+        row[f"{o.direction}_plan"] = o.plan
+        row[f"measured_{key}_us_per_step"] = o.measured_us
+    deeper = {"label": "500, 32, 256, 256, 2 layers", "path": "cluster", "error": None,
+              "shape": {"hidden": 256, "batch": 32, "layers": 2, "bidirectional": False},
+              "forward_plan": vars(plan(256, 32).candidate("cluster")), "measured_fwd_us_per_step": 1.0}
+    probes = [{"name": "launch", "measured": 4.0, "model_constant": "launch_us"},
+              {"name": "layer forward call (T = 1)", "measured": 30.0, "model_constant": "op_fixed_us"}]
+    return {"path_rows": [*rows.values(), deeper], "probes": probes}
+
+
+def test_report_rows_and_probes_become_observations_and_constants():
+    observations = _observations(cost_constants(), paths=("block", "grid"))
+    report = _report(observations)
+    read = fit_model.observations_from_report(report)
+    # Every single-layer row's directions, not the 2-layer row (its time mixes several launches).
+    assert sorted((o.label, o.direction, o.plan["path"]) for o in read) == \
+        sorted((o.label, o.direction, o.plan["path"]) for o in observations)
+    assert fit_model.probe_constants(report) == {"launch_us": 4.0, "op_fixed_us": 22.0}
+    stale = json.loads(json.dumps(report))
+    del stale["path_rows"][0]["forward_plan"]["samples"]
+    with pytest.raises(UsageError, match="has no 'samples' field"):
+        fit_model.observations_from_report(stale)
+
+
+def test_fit_model_command_writes_the_report(tmp_path, capsys):
+    truth = {**cost_constants(), "grid_barrier_us": 1.3}
+    source = tmp_path / "gpu_check.json"
+    source.write_text(json.dumps(_report(_observations(truth, paths=("grid",)))))
+    assert main(["fit-model", str(source), "--out", str(tmp_path / "fit")]) == 0
+    text = capsys.readouterr().out
+    assert "| grid_barrier_us | 0.97 |" in text and "double grid_barrier_us = " in text
+    assert "| launch_us | 5 | 4 | probe |" in text
+    written = json.loads((tmp_path / "fit" / "fit_model.json").read_text())
+    assert written["after"]["launch_us"] == 4.0 and written["after"]["op_fixed_us"] == 22.0
+    assert all(abs(r["predicted_after_us"] / r["measured_us"] - 1) < 0.05 for r in written["rows"])
+    assert (tmp_path / "fit" / "fit_model.md").read_text().startswith("# Cost model refitted to")
+
+
+def test_fit_model_command_refuses_what_is_not_a_report(tmp_path, capsys):
+    assert main(["fit-model", str(tmp_path / "missing.json")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert main(["fit-model", str(bad), "--out", str(tmp_path)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"path_rows": [], "probes": []}))
+    assert main(["fit-model", str(empty), "--out", str(tmp_path)]) == 2
+    assert "no measured per-step rows" in capsys.readouterr().err
+
+
+def test_cost_constants_are_the_compiled_model():
+    constants = cost_constants()
+    assert constants["grid_barrier_us"] == 0.97 and constants["launch_us"] == 5.0
+    assert constants["cluster_barrier_scale"] == 1.0
+    assert set(fit_model.FITTED) <= constants.keys()
+    assert rnn_fused.launch_plan.cost_constants is cost_constants
