@@ -82,6 +82,7 @@ struct StepCostQuery {
   int64_t samples = 1, chunks = 1, ctas_per_group = 1, units_per_cta = 0, waves = 1;  // the launch shape
   std::vector<std::string> constant_names;
   std::vector<double> constant_values;
+  std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
 };
 
 struct RecurrenceBackend {

@@ -202,9 +202,11 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
 // samples, chunks, ctas_per_group, units_per_cta, waves) for hidden_size and batch_size in
 // `dtype` (float32 or float64), with the constants named in constant_names replaced by
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
+// term: "total", or the part step-phase timing measures apart: "stage", "compute", "barrier".
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
-                    std::vector<std::string> constant_names, std::vector<double> constant_values) {
+                    std::vector<std::string> constant_names, std::vector<double> constant_values,
+                    c10::string_view term) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -216,7 +218,8 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .units_per_cta = units_per_cta,
                                    .waves = waves,
                                    .constant_names = std::move(constant_names),
-                                   .constant_values = std::move(constant_values)});
+                                   .constant_values = std::move(constant_values),
+                                   .term = std::string(term)});
 }
 
 // The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
@@ -322,8 +325,8 @@ TORCH_LIBRARY(rnn_fused, m) {
   // Microseconds per step of a given launch shape under replaced constants (step_cost_us above).
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
-      "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values) "
-      "-> float",
+      "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
+      "str term=\"total\") -> float",
       &rnn_fused::step_cost_us);
   m.def("cost_constants() -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):

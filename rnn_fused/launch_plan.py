@@ -108,19 +108,21 @@ def cost_constants() -> dict[str, float]:
 
 
 def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32,
-                 constants: dict[str, float] | None = None) -> float:
+                 constants: dict[str, float] | None = None, term: str = "total") -> float:
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
     ctas_per_group, units_per_cta and waves) for a layer of hidden_size units and batch_size
     samples, with `constants` (names from cost_constants()) replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
-    measurements needs."""
+    measurements needs. term: "total" (the time per step), or the part of it that step-phase
+    timing measures apart (step_phases): "stage", "compute" or "barrier"."""
     fields = estimate if isinstance(estimate, dict) else vars(estimate)
     constants = constants or {}
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     return torch.ops.rnn_fused.step_cost(fields["path"], hidden_size, batch_size, compute, fields["samples"],
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
-                                         fields["waves"], list(constants), [float(v) for v in constants.values()])
+                                         fields["waves"], list(constants), [float(v) for v in constants.values()],
+                                         term)
 
 
 @dataclass(frozen=True)

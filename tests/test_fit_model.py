@@ -6,6 +6,7 @@ must reproduce, and gpu-check's JSON layout is built from the emulated device's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -70,11 +71,12 @@ def test_step_cost_refuses_shapes_no_kernel_has():
         step_cost_us({**fields, "samples": 1, "units_per_cta": 300}, 128, 3)
 
 
-def _observations(constants: dict[str, float], paths=("block", "cluster", "grid")) -> list[fit_model.Observation]:
-    """Every feasible (shape, path, direction) of SHAPES on the emulated device, 'measured' at
-    the model's times under `constants`."""
+def _observations(constants: dict[str, float], paths=("block", "cluster", "grid"), shapes=SHAPES,
+                  terms=("total",)) -> list[fit_model.Observation]:
+    """Every feasible (shape, path, direction) of `shapes` on the emulated device, 'measured' at
+    the model's times (or parts of them: `terms`) under `constants`."""
     found = []
-    for hidden, batch in SHAPES:
+    for hidden, batch in shapes:
         for path in paths:
             for backward in (False, True):
                 try:
@@ -82,10 +84,12 @@ def _observations(constants: dict[str, float], paths=("block", "cluster", "grid"
                 except ValueError:
                     continue
                 fields = {k: v for k, v in vars(estimate).items() if k != "candidates"}  # as gpu-check keeps it
-                row = fit_model.Observation(f"{hidden}, {batch}", "backward" if backward else "forward", fields,
-                                            hidden, batch, torch.float32, 1.0)
-                found.append(fit_model.Observation(row.label, row.direction, row.plan, hidden, batch, torch.float32,
-                                                   row.predicted_us(constants)))
+                for term in terms:
+                    if term == "stage" and path != "grid":
+                        continue
+                    row = fit_model.Observation(f"{hidden}, {batch}", "backward" if backward else "forward", fields,
+                                                hidden, batch, torch.float32, 1.0, term)
+                    found.append(dataclasses.replace(row, measured_us=row.predicted_us(constants)))
     return found
 
 
@@ -111,10 +115,41 @@ def test_fit_recovers_a_constant_the_rows_identify():
     assert fitted["grid_barrier_us"] == pytest.approx(1.6, rel=0.02)
 
 
+PHASE_SHAPES = [(64, 8), (256, 8), (1024, 32), (1024, 128)]  # gpu-check's GPU_PHASE_SHAPES
+
+
+def test_step_phases_tell_the_barriers_apart():
+    """The totals cannot tell a slower barrier from slower compute; the step-phase table's
+    parts can: with them the barrier constants come back within 3% while compute constants
+    move too."""
+    truth = {**cost_constants(), "grid_barrier_us": 1.4, "block_barrier_us": 0.03, "cluster_barrier_scale": 1.3,
+             "smem_latency_cycles": 45.0, "fma_per_sm_per_us": 1.5e5}
+    phases = _observations(truth, shapes=PHASE_SHAPES, terms=("stage", "compute", "barrier"))
+    assert {(o.plan["path"], o.term) for o in phases} >= {("block", "barrier"), ("cluster", "barrier"),
+                                                          ("grid", "barrier"), ("grid", "stage")}
+    fitted, _ = fit_model.fit(_observations(truth) + phases)
+    for name in ("grid_barrier_us", "block_barrier_us", "cluster_barrier_scale"):
+        assert fitted[name] == pytest.approx(truth[name], rel=0.03), name
+    totals, _ = fit_model.fit(_observations(truth))
+    assert abs(totals["block_barrier_us"] / truth["block_barrier_us"] - 1) > 0.03  # without the phases they drift
+
+
+def test_phase_parts_add_up_to_the_step():
+    for hidden, batch in PHASE_SHAPES:
+        estimate = plan(hidden, batch)
+        parts = [step_cost_us(estimate, hidden, batch, term=t) for t in ("stage", "compute", "barrier")]
+        assert sum(parts) == pytest.approx(estimate.predicted_us_per_step, rel=1e-12)
+        assert (parts[0] > 0) == (estimate.path == "grid")
+    with pytest.raises(ValueError, match="term must be 'total', 'stage', 'compute' or 'barrier', got 'epilogue'"):
+        step_cost_us(plan(64, 8), 64, 8, term="epilogue")
+
+
 def _report(observations: list[fit_model.Observation]) -> dict:
     """gpu-check's JSON layout (path_rows, probes) around observations."""
     rows = {}
     for o in observations:
+        if o.term != "total":
+            continue
         row = rows.setdefault((o.label, o.plan["path"]), {
             "label": o.label, "path": o.plan["path"], "error": None,
             "shape": {"steps": 1000, "batch": o.batch, "input_size": o.hidden, "hidden": o.hidden, "layers": 1,
@@ -125,18 +160,33 @@ def _report(observations: list[fit_model.Observation]) -> dict:
     deeper = {"label": "500, 32, 256, 256, 2 layers", "path": "cluster", "error": None,
               "shape": {"hidden": 256, "batch": 32, "layers": 2, "bidirectional": False},
               "forward_plan": vars(plan(256, 32).candidate("cluster")), "measured_fwd_us_per_step": 1.0}
+    clock = cost_constants()["clock_per_us"]
+    phases = {}
+    for o in observations:
+        if o.term == "total":
+            continue
+        row = phases.setdefault((o.label, o.direction, o.plan["path"]), {
+            "label": o.label, "direction": o.direction, "hidden": o.hidden, "batch": o.batch, "path": o.plan["path"],
+            "plan": o.plan, "error": None, "stage_cycles": 0.0, "compute_cycles": 0.0, "barrier_cycles": 0.0})
+        row[f"{o.term}_cycles"] = o.measured_us * clock
     probes = [{"name": "launch", "measured": 4.0, "model_constant": "launch_us"},
               {"name": "layer forward call (T = 1)", "measured": 30.0, "model_constant": "op_fixed_us"}]
-    return {"path_rows": [*rows.values(), deeper], "probes": probes}
+    return {"path_rows": [*rows.values(), deeper], "phase_rows": list(phases.values()), "probes": probes,
+            "meta": {"model_constants": cost_constants()}}
 
 
 def test_report_rows_and_probes_become_observations_and_constants():
     observations = _observations(cost_constants(), paths=("block", "grid"))
-    report = _report(observations)
+    phases = _observations(cost_constants(), paths=("block", "grid"), shapes=[(64, 8), (1024, 32)],
+                           terms=("stage", "compute", "barrier"))
+    report = _report(observations + phases)
     read = fit_model.observations_from_report(report)
-    # Every single-layer row's directions, not the 2-layer row (its time mixes several launches).
-    assert sorted((o.label, o.direction, o.plan["path"]) for o in read) == \
-        sorted((o.label, o.direction, o.plan["path"]) for o in observations)
+    # Every single-layer row's directions, not the 2-layer row (its time mixes several launches),
+    # then every part of a step the phase table measured (stage on the grid path only).
+    assert sorted((o.label, o.direction, o.plan["path"], o.term) for o in read if o.term == "total") == \
+        sorted((o.label, o.direction, o.plan["path"], o.term) for o in observations)
+    assert sorted((o.direction, o.plan["path"], o.term, round(o.measured_us, 9)) for o in read if o.term != "total") \
+        == sorted((o.direction, o.plan["path"], o.term, round(o.measured_us, 9)) for o in phases)
     assert fit_model.probe_constants(report) == {"launch_us": 4.0, "op_fixed_us": 22.0}
     stale = json.loads(json.dumps(report))
     del stale["path_rows"][0]["forward_plan"]["samples"]

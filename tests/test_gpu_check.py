@@ -137,14 +137,20 @@ def test_rehearsal_times_the_step_phases_of_every_persistent_path(rehearsal):
 
 def test_rehearsal_report_is_what_fit_model_reads(rehearsal):
     """rnn-fused fit-model refits the model from this JSON: every single-layer (shape, path)
-    row with a measured step becomes an observation priced at the plan that ran."""
+    row with a measured step becomes an observation priced at the plan that ran, and every
+    part of a step the phase table measured an observation of that term."""
     from rnn_fused.tools import fit_model
 
     _, _, report = rehearsal
     observations = fit_model.observations_from_report(report)
-    assert {o.plan["path"] for o in observations} == set(PATHS)
-    for o in observations:
+    totals = [o for o in observations if o.term == "total"]
+    assert {o.plan["path"] for o in totals} == set(PATHS)
+    for o in totals:
         assert o.predicted_us(cost_constants()) == pytest.approx(o.plan["predicted_us_per_step"])
+    parts = {(o.plan["path"], o.direction, o.term) for o in observations if o.term != "total"}
+    assert parts == {(path, direction, term) for path in ("block", "cluster", "grid")
+                     for direction in ("forward", "backward") for term in ("stage", "compute", "barrier")
+                     if term != "stage" or path == "grid"}
 
 
 def test_report_keeps_the_constants_the_build_predicts_with(rehearsal):

@@ -143,12 +143,15 @@ inline std::string shape_text(const PlanRequest& r) {
          (r.fp64 ? "float64" : "float32") + (r.backward ? " (backward)" : " (forward)");
 }
 
-// The cost model's microseconds per step for one launch shape of `path` (the planner's figure
-// for it, and what rnn_fused::step_cost reports for a shape a GPU ran). `ctas` is the CTAs per
-// group (the cluster size on the Cluster path).
-inline double predicted_step_us(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
-                                const RecurrenceTiling& tiling, int64_t waves) {
-  if (path == RecurrencePath::Stepwise) return cost::stepwise_step_us(model, r.batch, r.hidden, r.fp64);
+// The cost model's time per step for one launch shape of `path`, and its parts (the planner's
+// figure for the shape, and what rnn_fused::step_cost reports for a shape a GPU ran).
+// `tiling.ctas_per_group` is the cluster size on the Cluster path.
+inline cost::StepTerms predicted_step_terms(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
+                                            const RecurrenceTiling& tiling, int64_t waves) {
+  if (path == RecurrencePath::Stepwise) {
+    const double us = cost::stepwise_step_us(model, r.batch, r.hidden, r.fp64);
+    return {.compute = us, .total = us};
+  }
   const int scalar_bytes = r.fp64 ? 8 : 4;
   const int64_t vec = 16 / scalar_bytes;
   const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
@@ -162,10 +165,15 @@ inline double predicted_step_us(const cost::Constants& model, RecurrencePath pat
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
                             .weights_in_registers = weights_fit_registers(passes, chunk_iterations, r.fp64)};
   switch (path) {
-    case RecurrencePath::Grid: return cost::grid_step_us(model, work, r.hidden, scalar_bytes, tiling.chunks);
-    case RecurrencePath::Cluster: return cost::cluster_step_us(model, work, tiling.ctas_per_group, waves);
-    default: return cost::block_step_us(model, work, waves);
+    case RecurrencePath::Grid: return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks);
+    case RecurrencePath::Cluster: return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves);
+    default: return cost::block_step_terms(model, work, waves);
   }
+}
+
+inline double predicted_step_us(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
+                                const RecurrenceTiling& tiling, int64_t waves) {
+  return predicted_step_terms(model, path, r, tiling, waves).total;
 }
 
 // The best launch shape of a persistent path (kPath) over samples per group and CTAs per
@@ -588,8 +596,9 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
   return report;
 }
 
-// rnn_fused::step_cost: predicted_step_us for a launch shape given by the caller, with the
-// named constants replaced. ValueError for a shape no kernel has or an unknown constant.
+// rnn_fused::step_cost: predicted_step_terms for a launch shape given by the caller, with the
+// named constants replaced: the total or one part (q.term). ValueError for a shape no kernel
+// has, an unknown constant or term.
 inline double step_cost(const StepCostQuery& q) {
   const std::optional<RecurrencePath> path = parse_path(q.path);
   TORCH_CHECK_VALUE(path.has_value(), "rnn_fused.step_cost: path must be 'block', 'cluster', 'grid' or 'stepwise', got '",
@@ -624,7 +633,13 @@ inline double step_cost(const StepCostQuery& q) {
                                 .groups = 1,
                                 .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
                                 .units_per_cta = static_cast<int32_t>(q.units_per_cta)};
-  return predicted_step_us(model, *path, request, tiling, q.waves);
+  const cost::StepTerms terms = predicted_step_terms(model, *path, request, tiling, q.waves);
+  if (q.term == "total") return terms.total;
+  if (q.term == "stage") return terms.stage;
+  if (q.term == "compute") return terms.compute;
+  TORCH_CHECK_VALUE(q.term == "barrier", "rnn_fused.step_cost: term must be 'total', 'stage', 'compute' or 'barrier', got '",
+                    q.term, "'");
+  return terms.barrier;
 }
 
 inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default) {

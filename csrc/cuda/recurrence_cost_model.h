@@ -137,14 +137,28 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
 
 // Per step of the three persistent paths (waves: how many times the groups' CTAs must take
 // turns because not all fit on the device at once).
-inline double block_step_us(const Constants& c, const StepWork& w, int64_t waves) {
-  return waves * (cta_step_compute_us(c, w) + c.block_barrier_us);
+
+// A step's time and the parts of it that step-phase timing measures apart (recurrence_paths.cuh
+// StepPhase): staging state rows from global memory (Grid), compute (dot products, epilogues,
+// publishing the state), the step's barrier. total is the model's time per step; the three
+// parts add up to it (up to rounding).
+struct StepTerms {
+  double stage = 0.0, compute = 0.0, barrier = 0.0, total = 0.0;
+};
+
+inline StepTerms block_step_terms(const Constants& c, const StepWork& w, int64_t waves) {
+  const double compute = cta_step_compute_us(c, w);
+  return {.stage = 0.0,
+          .compute = waves * compute,
+          .barrier = waves * c.block_barrier_us,
+          .total = waves * (compute + c.block_barrier_us)};
 }
 
-inline double cluster_step_us(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves) {
+inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves) {
   const double exchange_cycles = double(w.passes) * cluster * c.remote_store_cycles;
-  return waves * (cta_step_compute_us(c, w) + exchange_cycles / c.clock_per_us +
-                  c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)]);
+  const double compute = cta_step_compute_us(c, w) + exchange_cycles / c.clock_per_us;
+  const double barrier = c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)];
+  return {.stage = 0.0, .compute = waves * compute, .barrier = waves * barrier, .total = waves * (compute + barrier)};
 }
 
 // Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier. A chunk's
@@ -157,8 +171,8 @@ inline double cluster_step_us(const Constants& c, const StepWork& w, int64_t clu
 // compute, and a block barrier per piece.
 constexpr int64_t kGridStagePieces = 4;  // RecurrenceCta::kStagePieces
 
-inline double grid_step_us(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
-                           int64_t chunks) {
+inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
+                                 int64_t chunks) {
   const double rows_bytes = double(w.samples) * hidden * scalar_bytes;
   const double copy = rows_bytes / c.l2_bytes_per_sm_per_us;
   const double compute = cta_step_compute_us(c, w);
@@ -168,11 +182,17 @@ inline double grid_step_us(const Constants& c, const StepWork& w, int64_t hidden
     const double piece_compute = compute / double(batches) / pieces;
     const double exposed = c.l2_dependent_load_us + copy / pieces +
                            (pieces - 1) * std::max(0.0, copy / pieces - piece_compute) + pieces * c.block_barrier_us;
-    return exposed + compute + c.grid_barrier_us;
+    return {.stage = exposed, .compute = compute, .barrier = c.grid_barrier_us,
+            .total = exposed + compute + c.grid_barrier_us};
   }
   const double stage = c.l2_dependent_load_us + copy;
   const double overlapped = compute + rows_bytes / 128.0 / c.smem_wavefronts_per_us;
-  return stage + compute + double(chunks - 1) * std::max(overlapped, stage) + c.grid_barrier_us;
+  const double later = double(chunks - 1);
+  // The wait for a later chunk's rows is what its staging takes beyond the chunk before.
+  return {.stage = stage + later * std::max(0.0, stage - overlapped),
+          .compute = compute + later * overlapped,
+          .barrier = c.grid_barrier_us,
+          .total = stage + compute + later * std::max(overlapped, stage) + c.grid_barrier_us};
 }
 
 // Stepwise: a cuBLAS product [B,H] x [H,H] and an epilogue launch per step (two launches).

@@ -3,7 +3,9 @@
 Input: the JSON of `rnn-fused gpu-check` (gpu_out/gpu_check.json). Every (shape, path) row
 with a measured time per step is an observation, forward and backward apart: the launch
 shape that ran (the plan's samples, chunks, CTAs per group, units per CTA, waves), H, B and
-the dtype, and the measured microseconds per step. The model prices exactly that shape under
+the dtype, and the measured microseconds per step. So is each part of a step that the
+step-phase table measured (staging, compute, barrier): these separate the terms that the
+totals alone cannot. The model prices exactly that shape under
 trial constants through the op rnn_fused::step_cost (launch_plan.step_cost_us), so a fit
 needs no rebuild and no copy of the C++ formulas.
 
@@ -48,7 +50,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 
 @dataclass(frozen=True)
 class Observation:
-    """One measured time per step of one launch shape."""
+    """One measured time per step of one launch shape, or one part of it."""
 
     label: str           # the shape row's label, e.g. "1000, 8, 256, 256"
     direction: str       # "forward" or "backward"
@@ -57,9 +59,10 @@ class Observation:
     batch: int
     dtype: torch.dtype
     measured_us: float
+    term: str = "total"  # or the step phase measured: "stage", "compute", "barrier"
 
     def predicted_us(self, constants: dict[str, float]) -> float:
-        return step_cost_us(self.plan, self.hidden, self.batch, self.dtype, constants)
+        return step_cost_us(self.plan, self.hidden, self.batch, self.dtype, constants, self.term)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,26 @@ def observations_from_report(report: dict) -> list[Observation]:
                                  "written before plans reported their register tile; run gpu-check again")
             found.append(Observation(row["label"], direction, plan, shape["hidden"], shape["batch"],
                                      _DTYPES[shape.get("dtype", "float32")], float(measured)))
+    return found + phase_observations(report)
+
+
+def phase_observations(report: dict) -> list[Observation]:
+    """The step-phase table's parts as observations of the model's terms (float32, T = 200):
+    compute and barrier on every persistent path, stage on the grid path (the others stage
+    nothing). Cycles are converted at the clock the run reported them with. These are what
+    tell a barrier from compute, which the totals alone cannot. Thread 0's view: another warp's
+    lag shows up as barrier time."""
+    clock = report.get("meta", {}).get("model_constants", {}).get("clock_per_us") or cost_constants()["clock_per_us"]
+    found = []
+    for row in report.get("phase_rows", []):
+        if row.get("error") or not row.get("plan", {}).get("feasible"):
+            continue
+        for term in ("stage", "compute", "barrier"):
+            cycles = row.get(f"{term}_cycles")
+            if term == "stage" and row["path"] != "grid" or not cycles or cycles <= 0:
+                continue
+            found.append(Observation(f"{row['label']} ({term})", row["direction"], row["plan"], row["hidden"],
+                                     row["batch"], torch.float32, cycles / clock, term))
     return found
 
 
@@ -180,7 +203,7 @@ def format_report(result: FitResult, source: str) -> str:
         return f"median |error| {np.median(errors):.0%}, worst {max(errors):.0%}"
 
     lines = [f"# Cost model refitted to {source}", "",
-             f"{len(result.observations)} measured rows (one layer and direction each); "
+             f"{len(result.observations)} measured rows (one layer and direction each; a step or a part of one); "
              f"{result.iterations} Gauss-Newton iterations. Ratio = predicted / measured.", "",
              f"- before: {spread(before)}", f"- after: {spread(after)}", ""]
     constants = []
@@ -188,10 +211,10 @@ def format_report(result: FitResult, source: str) -> str:
         how = "probe" if name in result.set_from_probes else "fitted" if name in FITTED else "kept"
         constants.append([name, f"{result.before[name]:.6g}", f"{new:.6g}", how])
     lines += markdown_table(["constant", "before", "after", "how"], constants, range(1, 3)) + [""]
-    rows = [[o.label, o.direction, o.plan["path"], f"{o.measured_us:.3f}", f"{o.measured_us * r0:.3f}", f"{r0:.2f}",
+    rows = [[o.label, o.direction, o.plan["path"], o.term, f"{o.measured_us:.3f}", f"{o.measured_us * r0:.3f}", f"{r0:.2f}",
              f"{o.measured_us * r1:.3f}", f"{r1:.2f}"] for o, r0, r1 in zip(result.observations, before, after)]
-    lines += markdown_table(["shape", "direction", "path", "measured us/step", "predicted before", "ratio",
-                             "predicted after", "ratio"], rows, range(3, 8)) + [""]
+    lines += markdown_table(["shape", "direction", "path", "term", "measured us/step", "predicted before", "ratio",
+                             "predicted after", "ratio"], rows, range(4, 9)) + [""]
     lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted and probe-set ones):", "", "```cpp"]
     for name, new in result.after.items():
         if name not in result.set_from_probes and name not in FITTED:
@@ -222,7 +245,8 @@ def run(report_path: str, out: str) -> int:
     write_json(directory, "fit_model.json", {
         "source": str(path), "seconds": time.monotonic() - started, "iterations": result.iterations,
         "before": result.before, "after": result.after, "set_from_probes": list(result.set_from_probes),
-        "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "measured_us": o.measured_us,
+        "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "term": o.term,
+                  "measured_us": o.measured_us,
                   "predicted_before_us": o.predicted_us(result.before),
                   "predicted_after_us": o.predicted_us(result.after)} for o in result.observations],
     })

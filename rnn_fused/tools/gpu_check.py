@@ -263,8 +263,11 @@ class PhaseRow:
 
     label: str
     direction: str  # "forward" or "backward"
+    hidden: int | None = None
+    batch: int | None = None
     path: str | None = None
     ctas: int | None = None
+    plan: dict = field(default_factory=dict)  # the launch shape that ran (estimate_fields): what fit-model prices
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -706,11 +709,13 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
     rows = []
     for shape in shapes:
         for backward in (False, True):
-            row = PhaseRow(shape.label(), "backward" if backward else "forward")
+            row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch)
             try:
                 phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                      target.plan_device, shape.path)
                 row.path, row.ctas = phases.path, phases.ctas
+                row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device, backward,
+                                                phases.path))
                 row.stage_cycles, row.compute_cycles = phases.stage_cycles, phases.compute_cycles
                 row.barrier_cycles, row.slowest_compute_cycles = phases.barrier_cycles, phases.slowest_compute_cycles
                 total = phases.stage_cycles + phases.compute_cycles + phases.barrier_cycles
