@@ -363,6 +363,32 @@ def test_bidirectional_module_with_truncation_and_norms_matches_the_cpu_module()
         assert_close64(gpu_record.parameter_sq_norms[name].cpu(), value)
 
 
+# ---- double backward: the op's C++ autograd calls the composite backward ----
+
+
+def test_double_backward_on_cuda_matches_the_step_loop():
+    """create_graph=True through the op's C++ autograd node: its backward calls
+    rnn_layer_backward_with_graph (a Python composite op) on CUDA tensors, from the autograd
+    engine's device thread. The second-order gradient (of the squared first-order gradient
+    norm) matches autograd through the float64 step loop, under the tolerance rule."""
+    lengths = torch.tensor([7, 3, 5], device=DEVICE)
+
+    def second_order(layer, dtype):
+        leaves = [_cuda(a.to(dtype)).requires_grad_() if a is not None else None
+                  for a in layer_args(7, 3, 2, 5, dtype=torch.float64)]
+        present = [a for a in leaves if a is not None]
+        out, h_n = layer(*leaves, lengths)
+        grads = torch.autograd.grad(out.square().sum() + h_n.sum(), present, create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        return torch.autograd.grad(penalty, present)
+
+    reference = second_order(reference_layer, torch.float64)
+    stock = second_order(reference_layer, torch.float32)
+    ours = second_order(lambda *a: gpu_layer(*a, "tanh", False, truncation=None), torch.float32)
+    for name, r, s, o in zip(("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh"), reference, stock, ours):
+        assert_within_tolerance(r.cpu(), s.cpu(), o.cpu(), name=f"second-order grad of {name}")
+
+
 # ---- a refused call leaves the device usable (issue 12) ----
 
 
