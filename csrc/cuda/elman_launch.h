@@ -390,13 +390,12 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
 }
 
 // Where a timed recurrence writes its step phases: [CTAs, 3] int64 zeros in `phase_cycles`
-// (null when the call is not timed; the Stepwise path has no persistent kernel to time).
+// (null when the call is not timed). The op that times (recurrence_step_phases in ops.cpp)
+// refuses the Stepwise path, which has no persistent kernel, before anything runs.
 inline int64_t* phase_cycles_pointer(at::Tensor* phase_cycles, const RecurrencePlan& plan,
                                      const at::TensorOptions& options) {
   if (phase_cycles == nullptr) return nullptr;
-  TORCH_CHECK_VALUE(plan.path != RecurrencePath::Stepwise,
-                    "rnn_fused: step phases are timed inside a persistent kernel; path 'stepwise' launches two "
-                    "kernels per step and has none");
+  TORCH_INTERNAL_ASSERT(plan.path != RecurrencePath::Stepwise, "step phases of the stepwise path were asked for");
   *phase_cycles = at::zeros({plan.grid, kStepPhases}, options.dtype(at::kLong));
   return phase_cycles->data_ptr<int64_t>();
 }
