@@ -227,3 +227,19 @@ def test_cost_constants_are_the_compiled_model():
     assert constants["cluster_barrier_scale"] == 1.0
     assert set(fit_model.FITTED) <= constants.keys()
     assert rnn_fused.launch_plan.cost_constants is cost_constants
+
+
+def test_the_fit_makes_the_model_choose_the_path_measured_fastest():
+    """Where a slower grid barrier than the built-in one makes the stepwise path the fastest
+    measured, the refitted model picks it too."""
+    truth = {**cost_constants(), "grid_barrier_us": 12.0}
+    observations = _observations(truth, paths=("block", "cluster", "grid", "stepwise"),
+                                 shapes=[(64, 8), (256, 8), (1024, 32), (2048, 8)])
+    fitted, iterations = fit_model.fit(observations)
+    result = fit_model.FitResult(cost_constants(), fitted, (), tuple(observations), iterations)
+    choices = fit_model.path_choices(result)
+    assert len(choices) == 8  # 4 shapes x 2 directions, each run on several paths
+    assert all(c.after == c.measured for c in choices), choices
+    assert any(c.before != c.measured and c.measured == "stepwise" for c in choices), choices
+    assert "The path measured fastest is the model's choice at 8 of 8 shapes after the fit" in \
+        fit_model.format_report(result, "synthetic")

@@ -20,6 +20,7 @@ csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md says what to rebuild and re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -195,6 +196,37 @@ def fit_report(report: dict) -> FitResult:
     return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations)
 
 
+@dataclass(frozen=True)
+class PathChoice:
+    """For one shape and direction that ran on several paths: the path measured fastest and
+    the path the model picks among them, before and after the fit."""
+
+    label: str
+    direction: str
+    measured: str
+    before: str
+    after: str
+
+
+def path_choices(result: FitResult) -> list[PathChoice]:
+    """Among the paths each (shape, direction) was measured on, the fastest measured and the
+    fastest predicted under the old and the fitted constants (each path at the launch shape
+    that ran: the planner, searching shapes under the fitted constants, can only do better)."""
+    groups: dict[tuple[str, str], list[Observation]] = {}
+    for o in result.observations:
+        if o.term == "total":
+            groups.setdefault((o.label, o.direction), []).append(o)
+    choices = []
+    for (label, direction), rows in groups.items():
+        if len(rows) < 2:
+            continue
+        fastest = lambda key: min(rows, key=key).plan["path"]  # noqa: E731
+        choices.append(PathChoice(label, direction, fastest(lambda o: o.measured_us),
+                                  fastest(lambda o: o.predicted_us(result.before)),
+                                  fastest(lambda o: o.predicted_us(result.after))))
+    return choices
+
+
 def format_report(result: FitResult, source: str) -> str:
     before, after = result.ratios(result.before), result.ratios(result.after)
 
@@ -215,6 +247,14 @@ def format_report(result: FitResult, source: str) -> str:
              f"{o.measured_us * r1:.3f}", f"{r1:.2f}"] for o, r0, r1 in zip(result.observations, before, after)]
     lines += markdown_table(["shape", "direction", "path", "term", "measured us/step", "predicted before", "ratio",
                              "predicted after", "ratio"], rows, range(4, 9)) + [""]
+    choices = path_choices(result)
+    if choices:
+        agree = sum(c.after == c.measured for c in choices), sum(c.before == c.measured for c in choices)
+        lines += [f"The path measured fastest is the model's choice at {agree[0]} of {len(choices)} shapes after the "
+                  f"fit ({agree[1]} before):", ""]
+        lines += markdown_table(["shape", "direction", "measured fastest", "model before", "model after"],
+                                [[c.label, c.direction, c.measured, c.before, c.after] for c in choices],
+                                range(0)) + [""]
     lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted and probe-set ones):", "", "```cpp"]
     for name, new in result.after.items():
         if name not in result.set_from_probes and name not in FITTED:
@@ -245,6 +285,7 @@ def run(report_path: str, out: str) -> int:
     write_json(directory, "fit_model.json", {
         "source": str(path), "seconds": time.monotonic() - started, "iterations": result.iterations,
         "before": result.before, "after": result.after, "set_from_probes": list(result.set_from_probes),
+        "path_choices": [dataclasses.asdict(c) for c in path_choices(result)],
         "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "term": o.term,
                   "measured_us": o.measured_us,
                   "predicted_before_us": o.predicted_us(result.before),
