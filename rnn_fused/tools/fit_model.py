@@ -5,16 +5,17 @@ with a measured time per step is an observation, forward and backward apart: the
 shape that ran (the plan's samples, chunks, CTAs per group, units per CTA, waves), H, B and
 the dtype, and the measured microseconds per step. So is each part of a step that the
 step-phase table measured (staging, compute, barrier): these separate the terms that the
-totals alone cannot. The model prices exactly that shape under
-trial constants through the op rnn_fused::step_cost (launch_plan.step_cost_us), so a fit
-needs no rebuild and no copy of the C++ formulas.
+totals alone cannot. The model prices exactly that shape under trial constants through the
+op rnn_fused::step_cost (launch_plan.step_cost_us), so a fit needs no rebuild and no copy of
+the C++ formulas. "Before" is this build's constants.
 
 The fit: the constants that the probes of the same run measure directly (launch_us;
 op_fixed_us from the one-step layer call) are set first; the others listed in FITTED are
 fitted by damped Gauss-Newton on log(predicted / measured), on a log scale (every constant
 stays positive), each pulled toward its current value by a weak prior so that a constant the
 rows cannot tell apart stays where it was. The report gives the constants before and after,
-every row's ratio before and after, and the Constants lines to paste into
+every row's ratio before and after, the path measured fastest beside the model's pick where
+a shape ran on several paths, and the Constants lines to paste into
 csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md says what to rebuild and rerun after).
 """
 
