@@ -274,3 +274,28 @@ def test_bidirectional_overlap_asks_the_planner_once_per_shape(monkeypatch):
         assert asked == [(64, 8, None), (256, 8, "block"), (1024, 8, None)]
     finally:
         functional._directions_fit_side_by_side.cache_clear()  # nothing stubbed stays cached
+
+
+@pytest.mark.parametrize("steps, batch, lengths, transposes", [
+    (1, 1, None, False),     # one step: BLAS multiplies by W_hh as stored
+    (63, 1, None, False),    # below the threshold of one-row steps
+    (64, 1, None, True),     # from it on, one transposed copy for vector_matrix
+    (80, 3, [80, 10, 5], True),  # a packed batch whose last sample runs alone for 70 steps
+    (80, 3, None, False),    # three rows every step: no one-row step
+])
+def test_cpu_forward_transposes_w_hh_only_where_the_one_row_steps_pay_for_it(steps, batch, lengths, transposes):
+    """The CPU forward multiplies by W_hh as stored (BLAS transposes it on the fly), and makes
+    a transposed copy only for 64 or more steps with one active row, whose vector_matrix
+    product reads it: the copy costs as much as 15-100 such steps (at H = 1024 it used to be
+    9x the whole one-step call). Either way the results meet the tolerance rule against the
+    float64 step loop."""
+    args = layer_args(steps, batch, 3, 24, dtype=torch.float32)
+    lengths = None if lengths is None else torch.tensor(lengths)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        out, h_n = OPS.rnn_layer_forward(*args, lengths, "tanh", False)
+    copies = [e for e in profile.events() if e.name == "aten::clone"]
+    assert len(copies) == (1 if transposes else 0) + (1 if args[1] is not None else 0)  # + the state from hx
+    reference = reference_layer(*[a.double() for a in args], lengths)
+    stock = reference_layer(*args, lengths)
+    for name, r, s, o in zip(("output", "h_n"), reference, stock, (out, h_n)):
+        assert_within_tolerance(r, s, o, name=name)

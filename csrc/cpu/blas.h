@@ -98,4 +98,29 @@ inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64
              at::from_blob(const_cast<scalar_t*>(w), {k, n}, options));
 }
 
+// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T: w as stored (a weight [out, in]), as nn.Linear
+// multiplies it; no transposed copy. BLAS is column-major and sees w as its transpose, so
+// transa = 'T' gives it back: c^T = w a^T.
+template <typename scalar_t>
+inline void matmul_rows_transposed(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n,
+                                   int64_t k) {
+  if (rows == 0 || n == 0) return;
+  if (have_direct_blas()) {
+    const char transpose = 'T', no_transpose = 'N';
+    const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
+    const int lda = k_, ldb = k_, ldc = m_;
+    const scalar_t one = 1, zero = 0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      sgemm_(&transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+    } else {
+      dgemm_(&transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+    }
+    return;
+  }
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  at::Tensor c_t = at::from_blob(c, {rows, n}, options);
+  at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options),
+             at::from_blob(const_cast<scalar_t*>(w), {n, k}, options).t());
+}
+
 }  // namespace rnn_fused::cpu
