@@ -72,7 +72,33 @@ RNN_FUSED_SIMD_CLONES inline void vector_matrix(const double* x, const double* w
   vector_matrix_body(x, w, y, k, n);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[k,n]. BLAS is column-major, so it computes c^T.
+// Row-major c[rows,n] = a[rows,k] @ op(w): w is [k,n] (op = identity) or, with
+// w_transposed, [n,k] (op = transpose: a weight [out, in] as stored, as nn.Linear multiplies
+// it). BLAS is column-major, so it computes c^T = op(w)^T a^T, seeing each row-major matrix as
+// its transpose. One home for the call and its fallback.
+template <typename scalar_t>
+inline void blas_rows_product(const scalar_t* a, const scalar_t* w, bool w_transposed, scalar_t* c, int64_t rows,
+                              int64_t n, int64_t k) {
+  if (have_direct_blas()) {
+    const char transa = w_transposed ? 'T' : 'N', no_transpose = 'N';
+    const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
+    const int lda = w_transposed ? k_ : m_, ldb = k_, ldc = m_;
+    const scalar_t one = 1, zero = 0;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      sgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+    } else {
+      dgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+    }
+    return;
+  }
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  at::Tensor c_t = at::from_blob(c, {rows, n}, options);
+  const at::Tensor w_t = w_transposed ? at::from_blob(const_cast<scalar_t*>(w), {n, k}, options).t()
+                                      : at::from_blob(const_cast<scalar_t*>(w), {k, n}, options);
+  at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options), w_t);
+}
+
+// Row-major c[rows,n] = a[rows,k] @ w[k,n]; one row by vector_matrix.
 template <typename scalar_t>
 inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n, int64_t k) {
   if (rows == 0 || n == 0) return;
@@ -80,47 +106,15 @@ inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64
     vector_matrix(a, w, c, k, n);
     return;
   }
-  if (have_direct_blas()) {
-    const char no_transpose = 'N';
-    const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-    const int lda = m_, ldb = k_, ldc = m_;
-    const scalar_t one = 1, zero = 0;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      sgemm_(&no_transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
-    } else {
-      dgemm_(&no_transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
-    }
-    return;
-  }
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  at::Tensor c_t = at::from_blob(c, {rows, n}, options);
-  at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options),
-             at::from_blob(const_cast<scalar_t*>(w), {k, n}, options));
+  blas_rows_product(a, w, /*w_transposed=*/false, c, rows, n, k);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T: w as stored (a weight [out, in]), as nn.Linear
-// multiplies it; no transposed copy. BLAS is column-major and sees w as its transpose, so
-// transa = 'T' gives it back: c^T = w a^T.
+// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T: w as stored, no transposed copy.
 template <typename scalar_t>
 inline void matmul_rows_transposed(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n,
                                    int64_t k) {
   if (rows == 0 || n == 0) return;
-  if (have_direct_blas()) {
-    const char transpose = 'T', no_transpose = 'N';
-    const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-    const int lda = k_, ldb = k_, ldc = m_;
-    const scalar_t one = 1, zero = 0;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      sgemm_(&transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
-    } else {
-      dgemm_(&transpose, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
-    }
-    return;
-  }
-  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  at::Tensor c_t = at::from_blob(c, {rows, n}, options);
-  at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options),
-             at::from_blob(const_cast<scalar_t*>(w), {n, k}, options).t());
+  blas_rows_product(a, w, /*w_transposed=*/true, c, rows, n, k);
 }
 
 }  // namespace rnn_fused::cpu
