@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <mutex>
 #include <sstream>
 
 namespace rnn_fused {
@@ -29,6 +30,30 @@ std::string quoted_names() {
 }
 
 }  // namespace
+
+namespace {
+std::mutex forced_tiling_mutex;
+ForcedTiling forced;
+}  // namespace
+
+ForcedTiling forced_tiling() {
+  const std::lock_guard<std::mutex> lock(forced_tiling_mutex);
+  return forced;
+}
+
+ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
+  const int64_t s = tiling.samples, u = tiling.units_per_pass;
+  TORCH_CHECK_VALUE(s == 0 || s == 1 || s == 2 || s == 4 || s == 8,
+                    "rnn_fused.launch_plan.forced_tiling: samples must be 1, 2, 4 or 8 (or None: each plan's own "
+                    "choice), got ", s);
+  TORCH_CHECK_VALUE(u == 0 || u == 16 || u == 32,
+                    "rnn_fused.launch_plan.forced_tiling: units_per_pass must be 16 or 32 (or None: each plan's own "
+                    "choice), got ", u);
+  const std::lock_guard<std::mutex> lock(forced_tiling_mutex);
+  const ForcedTiling previous = forced;
+  forced = tiling;
+  return previous;
+}
 
 bool register_recurrence_backend(const RecurrenceBackend& backend) {
   registry().push_back(backend);

@@ -165,8 +165,9 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 // What backend `backend` (None: like's device's own) would launch for a recurrence of
 // hidden_size units and batch_size samples in like's dtype, on like's (real or emulated)
 // device: entry 0 is the chosen (or forced) plan, then every path's best shape. Per entry:
-// path, feasible (0 or 1), 12 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
-// units_per_cta, grid, block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves), us_per_step, reason.
+// path, feasible (0 or 1), 13 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
+// units_per_cta, units_per_pass, grid, block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves),
+// us_per_step, reason.
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
            std::vector<std::string>>
 recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size, bool backward,
@@ -190,7 +191,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
     paths.push_back(e.path);
     feasible.push_back(e.feasible);
     shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
-                                 e.units_per_cta, e.grid, e.block_threads, e.cluster, e.shared_mem_bytes,
+                                 e.units_per_cta, e.units_per_pass, e.grid, e.block_threads, e.cluster, e.shared_mem_bytes,
                                  e.blocks_per_sm, e.waves});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
@@ -199,14 +200,14 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
 }
 
 // The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:
-// samples, chunks, ctas_per_group, units_per_cta, waves) for hidden_size and batch_size in
+// samples, chunks, ctas_per_group, units_per_cta, waves, units_per_pass) for hidden_size and batch_size in
 // `dtype` (float32 or float64), with the constants named in constant_names replaced by
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
 // term: "total", or the part step-phase timing measures apart: "stage", "compute", "barrier".
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,
-                    c10::string_view term) {
+                    c10::string_view term, int64_t units_per_pass) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -217,6 +218,7 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .ctas_per_group = ctas_per_group,
                                    .units_per_cta = units_per_cta,
                                    .waves = waves,
+                                   .units_per_pass = units_per_pass,
                                    .constant_names = std::move(constant_names),
                                    .constant_values = std::move(constant_values),
                                    .term = std::string(term)});
@@ -326,8 +328,14 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
-      "str term=\"total\") -> float",
+      "str term=\"total\", int units_per_pass=32) -> float",
       &rnn_fused::step_cost_us);
+  // The samples per chunk and units per pass every planner must use (0: each plan's own
+  // choice; host_layer.h ForcedTiling); returns the previous setting.
+  m.def("set_forced_tiling(int samples, int units_per_pass) -> int[]", [](int64_t samples, int64_t units_per_pass) {
+    const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling({samples, units_per_pass});
+    return std::vector<int64_t>{previous.samples, previous.units_per_pass};
+  });
   m.def("cost_constants() -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):
   // (phase_cycles [CTAs, 3] int64, result [T,B,H]).

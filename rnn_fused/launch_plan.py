@@ -23,9 +23,10 @@ once it asks for it (logging.getLogger("rnn_fused").setLevel(logging.INFO) and a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,8 @@ class PathEstimate:
     groups: int                  # sample groups: ceil(batch_size / samples_per_group)
     ctas_per_group: int          # CTAs that split one group's hidden units
     units_per_cta: int           # hidden units (rows of W_hh) per CTA
+    units_per_pass: int          # 32 (all 8 warps compute the dot products) or 16 (warps 0-3, each
+                                 # state chunk loaded feeding twice the units); 0 for "stepwise"
     grid: int                    # CTAs of the launch (epilogue blocks for "stepwise")
     block_threads: int
     cluster: int                 # CTAs per thread-block cluster ("cluster"), else 1
@@ -67,7 +70,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 12
+_SHAPE_FIELDS = 13
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -122,7 +125,32 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     return torch.ops.rnn_fused.step_cost(fields["path"], hidden_size, batch_size, compute, fields["samples"],
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
-                                         term)
+                                         term, fields.get("units_per_pass") or 32)
+
+
+@contextlib.contextmanager
+def forced_tiling(samples: int | None = None, units_per_pass: int | None = None) -> Iterator[None]:
+    """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
+    samples per chunk (1, 2, 4 or 8: the kernels' register tiles) and `units_per_pass` units
+    per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
+    twice the passes); None leaves that part to each plan. For running or timing launch shapes
+    the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the
+    shape so is infeasible, and forcing it says why. The previous setting is restored on exit."""
+    from . import functional
+
+    # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
+    for name, value in (("samples", samples), ("units_per_pass", units_per_pass)):
+        if value == 0:
+            allowed = "1, 2, 4 or 8" if name == "samples" else "16 or 32"
+            raise ValueError(f"rnn_fused.launch_plan.forced_tiling: {name} must be {allowed} (or None: each plan's "
+                             f"own choice), got 0")
+    previous = torch.ops.rnn_fused.set_forced_tiling(samples or 0, units_per_pass or 0)
+    functional._directions_fit_side_by_side.cache_clear()
+    try:
+        yield
+    finally:
+        torch.ops.rnn_fused.set_forced_tiling(*previous)
+        functional._directions_fit_side_by_side.cache_clear()
 
 
 @dataclass(frozen=True)

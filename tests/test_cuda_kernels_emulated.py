@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import rnn_fused
-from rnn_fused import simt
+from rnn_fused import launch_plan, simt
 from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
@@ -157,9 +157,9 @@ def test_grid_rows_staged_in_pieces_agree_with_the_block_path(hidden):
     """With one chunk per step the grid path's state rows arrive in 4 pieces along H, and the
     first batch of dot products computes on each piece once it has landed (a wait and a
     barrier per piece). A missing wait reads rows of the previous step. Under every schedule
-    the results equal the block (or cluster) path's bitwise: H = 64 keeps the weights in
-    registers (one wait for all pieces), H = 160 splits its 40 chunks as 8, 8, 8, 16, H = 300
-    takes two batches of passes per CTA (only the first waits)."""
+    the results equal the block (or cluster) path's bitwise: H = 64 splits its 16 chunks as
+    0, 8, 0, 8 (empty pieces), H = 160 splits its 40 chunks as 8, 8, 8, 16, H = 300 takes two
+    batches of passes per CTA (only the first waits)."""
     batch = 3
     args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
     g = torch.Generator().manual_seed(7)
@@ -197,45 +197,37 @@ def test_weight_gradient_chunk_products_under_the_tolerance_rule(steps, batch, h
         assert_within_tolerance(r, s_, o, name=f"result {i}", ulps=8)
 
 
-def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32, backend="emulated"):
+def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32, backend="emulated", path="block",
+                          **tiling):
     """Output, h_n, every gradient and the recorded step norms of a 1-layer module in dtype
-    with randomized truncation, on the block path of an emulated device of sm_count SMs (or
-    the CPU backend), and the forward and backward plans' samples per group."""
+    with randomized truncation, on `path` of an emulated device of sm_count SMs with the
+    launch shape's `tiling` forced (launch_plan.forced_tiling), or on the CPU backend; and the
+    forward and backward plans' (samples per group, units per pass)."""
     torch.manual_seed(0)
     module = RNN(5, hidden, truncation=rnn_fused.RandomTruncation(0.7, seed=3)).to(dtype)
     module.backend = backend
-    module.path = "block" if backend == "emulated" else None
+    module.path = path if backend == "emulated" else None
     g = torch.Generator().manual_seed(11)
     x = (torch.randn(6, batch, 5, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    context = simt.emulated_device(sm_count=sm_count) if backend == "emulated" else contextlib.nullcontext()
-    with context:
-        samples = tuple(rnn_fused.plan(hidden, batch, dtype, path="block", backward=bwd).samples_per_group
-                        for bwd in (False, True)) if backend == "emulated" else ()
+    emulated = backend == "emulated"
+    with contextlib.ExitStack() as stack:
+        if emulated:
+            stack.enter_context(simt.emulated_device(sm_count=sm_count))
+            stack.enter_context(launch_plan.forced_tiling(**tiling))
+        plans = [rnn_fused.plan(hidden, batch, dtype, path=path, backward=bwd) for bwd in (False, True)] if emulated else []
         with rnn_fused.record_gradients(module) as rec:
             out, h_n = module(packed)
         (out.data.sin().sum() + h_n.cos().sum()).backward()
     grads = [x.grad] + [p.grad for p in module.parameters()]
-    return [out.data.detach(), h_n.detach(), *grads, rec.step_norms], samples
+    return [out.data.detach(), h_n.detach(), *grads, rec.step_norms], {(p.samples, p.units_per_pass) for p in plans}
 
 
-def test_register_tiles_of_every_sample_count_round_alike():
-    """A CTA computes its passes pass_batch(S) at a time (a tile of units x S samples per
-    lane; kernel_common.cuh). H = 200 gives 7 passes: full and partial batches for every
-    S in 1, 2, 4, 8, which the planner picks from the SMs the groups can spread over. Each
-    accumulator keeps its chunk order and every total the same reduction tree, so the
-    forward and the truncated backward are bitwise equal whatever the tile; the norms are
-    summed in float64 in an order that depends on the tile, and agree once rounded to the
-    module's float32. All within the tolerance rule of the float64 run (stock: the CPU
-    backend in float32)."""
-    hidden, batch = 200, 9
-    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
-    runs, tiles = [], set()
-    for sm_count in (9, 5, 3, 2):  # 9, 5, 3, 2 sample groups
-        results, samples = _block_run_with_norms(sm_count, hidden, batch, lengths)
-        runs.append(results)
-        tiles.update(samples)
-    assert tiles == {1, 2, 4, 8}
+def _assert_tiles_round_alike(hidden, batch, lengths, runs):
+    """runs: results of _block_run_with_norms. The forward and the truncated backward are
+    bitwise equal whatever the tile; the norms are summed in float64 in an order that depends
+    on the tile and agree once rounded to the module's float32. All within the tolerance rule
+    of the float64 run (stock: the CPU backend in float32)."""
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
@@ -244,6 +236,60 @@ def test_register_tiles_of_every_sample_count_round_alike():
     names = ["output", "h_n", "grad_input", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "step_norms"]
     for name, r, s, o in zip(names, reference, stock, runs[0], strict=True):
         assert_within_tolerance(r, s, o, name=name)
+
+
+def test_register_tiles_of_every_sample_count_round_alike():
+    """A CTA computes its passes pass_batch(S) at a time (a tile of units x S samples per
+    lane; kernel_common.cuh). H = 200 gives 7 passes of 32 units: full and partial batches for
+    every S in 1, 2, 4, 8 (each forced in turn). Each accumulator keeps its chunk order and
+    every total the same reduction tree, so the results are those of any other tile."""
+    hidden, batch = 200, 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    runs = []
+    for samples in (1, 2, 4, 8):
+        results, tiles = _block_run_with_norms(2, hidden, batch, lengths, samples=samples)
+        assert tiles == {(samples, 32)}
+        runs.append(results)
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+@pytest.mark.parametrize("path,hidden,sm_count", [("block", 112, 2), ("cluster", 100, 4), ("grid", 100, 2),
+                                                  ("grid", 300, 6)])
+def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
+    """With 16 units per pass only warps 0-3 compute (each lane twice the passes of a tile),
+    warps 4-7 stage rows and join the barriers. The sums keep their order, so the results are
+    bitwise those of all 8 warps computing, at 1 and 8 samples per chunk: block H = 112 (7
+    passes of 16, 4 of 32), cluster and grid H = 100 (one or two passes per CTA), grid H = 300
+    (rows staged in pieces, two batches of passes). The float64 norms agree once rounded."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    runs = []
+    for samples, units_per_pass in itertools.product((1, 8), (32, 16)):
+        results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path=path, samples=samples,
+                                               units_per_pass=units_per_pass)
+        assert tiles == {(samples, units_per_pass)}
+        runs.append(results)
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+def test_forced_tiling_is_checked_and_restored():
+    with pytest.raises(ValueError, match=r"forced_tiling: samples must be 1, 2, 4 or 8 \(or None: each plan's own "
+                                         r"choice\), got 3"):
+        with launch_plan.forced_tiling(samples=3):
+            pass
+    with pytest.raises(ValueError, match=r"units_per_pass must be 16 or 32 .*got 0"):
+        with launch_plan.forced_tiling(units_per_pass=0):
+            pass
+    chosen = rnn_fused.plan(200, 9)
+    with launch_plan.forced_tiling(samples=2, units_per_pass=16):
+        with pytest.raises(ValueError, match=r"path 'block' cannot run hidden_size=200.*200 units per CTA exceed the "
+                                             r"128 that 8 passes of 16 units hold"):
+            rnn_fused.plan(200, 9, path="block")
+        with launch_plan.forced_tiling(samples=8):
+            assert rnn_fused.plan(100, 9, path="block").samples == 8
+        grid = rnn_fused.plan(200, 9, path="grid")
+        assert (grid.samples, grid.units_per_pass) == (2, 16) and "dot products on 4 warps" in grid.reason
+    assert rnn_fused.plan(200, 9) == chosen
 
 
 # A reduced version of the module parity grid (tests/test_module_parity.py): layers,
@@ -555,13 +601,32 @@ def test_plan_per_shape_dtype_and_architecture(hidden, batch, dtype, capability,
         assert "compute capability 9.0" in plan.candidate("cluster").reason
 
 
+def test_plan_computes_on_half_the_warps_where_it_saves_instructions():
+    """H = 1024, B = 32 on the H100/H200-like device: 4 sample groups x 32 CTAs of 32 units,
+    8 samples per chunk. With all 8 warps computing, a lane's tile holds one unit x 8 samples
+    and each warp loads every state chunk for 4 units; on warps 0-3, a tile of 2 units x 8
+    samples halves those loads per multiply-add, and the model (issue term) takes it. At
+    H = 128 the block path keeps its weights in registers and all 8 warps compute."""
+    simt.reset_device_properties()
+    grid = rnn_fused.plan(1024, 32)
+    assert (grid.path, grid.samples, grid.units_per_cta, grid.units_per_pass) == ("grid", 8, 32, 16), grid.reason
+    with launch_plan.forced_tiling(units_per_pass=32):
+        assert rnn_fused.plan(1024, 32).predicted_us_per_step > grid.predicted_us_per_step
+    block = rnn_fused.plan(128, 8)
+    assert (block.path, block.units_per_pass) == ("block", 32) and "registers" in block.reason, block.reason
+    assert rnn_fused.plan(2048, 64).candidate("stepwise").units_per_pass == 0
+
+
 @pytest.mark.parametrize("hidden,dtype,in_registers", [(128, torch.float32, True), (129, torch.float32, False),
                                                         (8, torch.float64, False)])
 def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, in_registers):
     """A lane holds its weight chunks in registers when they take at most 4 passes x 4
-    chunk iterations (64 registers): H <= 128 in float32; never in float64 (it would spill)."""
+    chunk iterations (64 registers): H <= 128 in float32 on the block path; never in float64
+    (it would spill), nor on the cluster and grid paths (whose kernels have no room for them)."""
     plan = rnn_fused.plan(hidden, 8, dtype, path="block")
     assert ("weight rows in registers" in plan.reason) == in_registers, plan.reason
+    for path in ("cluster", "grid"):
+        assert "weight rows in registers" not in rnn_fused.plan(hidden, 8, dtype, path=path).reason
 
 
 def test_plan_float64_halves_what_fits():

@@ -89,7 +89,7 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
 }
 
 // The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
-// unit_sums writes of this phase (unit groups in order): the step's norm on the Block path, a
+// unit_sums writes of this phase (the computing unit groups in order): the step's norm on the Block path, a
 // partial on the Grid path. Threads j < kSamples.
 template <RecurrencePath kPath, int kSamples, typename scalar_t>
 SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
@@ -99,7 +99,7 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
   if (j >= kSamples || first + j >= a.shape.batch) return;
   const int64_t b = first + j;
   double cta_sum = 0.0;
-  for (int i = 0; i < kUnitsPerPass; ++i) cta_sum += unit_sums[i * kSamples + j];
+  for (int i = 0; i < tiling.units_per_pass; ++i) cta_sum += unit_sums[i * kSamples + j];
   if constexpr (kPath == RecurrencePath::Grid) {
     a.norm_partials[((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank] = cta_sum;
   } else if constexpr (kPath == RecurrencePath::Cluster) {
@@ -223,7 +223,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         // The unit group's sums per sample; read after the next barrier, this parity is
         // written again two chunks later.
         cta.sum_over_unit_group(g_sq);
-        if (cta.role.q < Cta::kSampleLanes) {
+        if (cta.computes && cta.role.q < Cta::kSampleLanes) {
           SIMT_UNROLL
           for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
         }

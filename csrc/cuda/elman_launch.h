@@ -155,15 +155,16 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
   const int scalar_bytes = r.fp64 ? 8 : 4;
   const int64_t vec = 16 / scalar_bytes;
   const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
-  const int64_t passes = (int64_t(tiling.units_per_cta) + kUnitsPerPass - 1) / kUnitsPerPass;
+  const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
   const cost::StepWork work{.samples = tiling.samples,
+                            .warps = tiling.units_per_pass * kUnitLanes / kWarp,
                             .passes = passes,
                             .chunk_iterations = chunk_iterations,
                             .vector = vec,
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .weights_in_registers = weights_fit_registers(passes, chunk_iterations, r.fp64)};
+                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
   switch (path) {
     case RecurrencePath::Grid: return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks);
     case RecurrencePath::Cluster: return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves);
@@ -201,6 +202,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
     return best;
   }
   // Units per CTA: whole passes of 32 (and a few smaller slices for tiny hidden sizes per SM).
+  // Each is tried with every computing-warp count (units per pass) allowed, at most as many
+  // units as that count's passes hold.
   std::vector<int64_t> unit_options;
   if (kPath == RecurrencePath::Block) {
     unit_options = {r.hidden};
@@ -221,16 +224,37 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
     }
     if (r.hidden <= kMaxUnitsPerCta) unit_options.push_back(r.hidden);
   }
+  struct Slice {
+    int64_t units;
+    int per_pass;
+  };
+  std::vector<Slice> slices;
+  const ForcedTiling forced = forced_tiling();
+  for (int64_t units : unit_options) {
+    for (int per_pass : kUnitsPerPassOptions) {
+      if (forced.units_per_pass != 0 && per_pass != forced.units_per_pass) continue;
+      if (units <= max_units_per_cta(per_pass)) {
+        slices.push_back({units, per_pass});
+      } else {
+        limit = std::to_string(units) + " units per CTA exceed the " + std::to_string(max_units_per_cta(per_pass)) +
+                " that " + std::to_string(kMaxPasses) + " passes of " + std::to_string(per_pass) + " units hold";
+      }
+    }
+  }
   for (int64_t samples : {1, 2, 4, 8}) {
-    if (samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
+    if (forced.samples != 0 && samples != forced.samples) continue;
+    if (forced.samples == 0 && samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
     const int64_t sample_chunks = (r.batch + samples - 1) / samples;
-    for (int64_t units : unit_options) {
+    for (const Slice& slice : slices) {
+      const int64_t units = slice.units;
+      const int per_pass = slice.per_pass;
       const int64_t ctas = (r.hidden + units - 1) / units;
       RecurrenceTiling tiling{.samples = static_cast<int32_t>(samples),
                               .chunks = 1,
                               .groups = static_cast<int32_t>(sample_chunks),
                               .ctas_per_group = static_cast<int32_t>(ctas),
-                              .units_per_cta = static_cast<int32_t>(units)};
+                              .units_per_cta = static_cast<int32_t>(units),
+                              .units_per_pass = per_pass};
       int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" + std::to_string(units) +
@@ -311,7 +335,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
                     std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
                     " units, " + std::to_string(smem) + " bytes of shared memory each" +
-                    (weights_fit_registers((units + kUnitsPerPass - 1) / kUnitsPerPass, chunk_iterations, r.fp64)
+                    (per_pass != kUnitsPerPass
+                         ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
+                               std::to_string(per_pass) + " units per pass)"
+                         : "") +
+                    (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
                          ? ", weight rows in registers"
                          : "") +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
@@ -344,7 +372,8 @@ std::vector<RecurrencePlan> plan_candidates(const PlanRequest& r) {
                     int64_t(d.max_blocks_per_sm),
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
-                    int64_t(r.backward), int64_t(sizeof(scalar_t))}) {
+                    int64_t(r.backward), int64_t(sizeof(scalar_t)), forced_tiling().samples,
+                    forced_tiling().units_per_pass}) {
     key += std::to_string(v) + ",";
   }
   static std::mutex mutex;
@@ -580,6 +609,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .groups = p.tiling.groups,
                                          .ctas_per_group = p.tiling.ctas_per_group,
                                          .units_per_cta = p.tiling.units_per_cta,
+                                         .units_per_pass = p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
                                          .grid = p.grid,
                                          .block_threads = kRecurrenceThreads,
                                          .cluster = p.cluster,
@@ -610,11 +640,14 @@ inline double step_cost(const StepCostQuery& q) {
     TORCH_CHECK_VALUE(q.samples == 1 || q.samples == 2 || q.samples == 4 || q.samples == 8,
                       "rnn_fused.step_cost: samples must be 1, 2, 4 or 8 (the kernels' register tiles), got ",
                       q.samples);
+    TORCH_CHECK_VALUE(q.units_per_pass == kUnitsPerPassOptions[0] || q.units_per_pass == kUnitsPerPassOptions[1],
+                      "rnn_fused.step_cost: units_per_pass must be ", kUnitsPerPassOptions[0], " or ",
+                      kUnitsPerPassOptions[1], ", got ", q.units_per_pass);
+    const int max_units = max_units_per_cta(static_cast<int>(q.units_per_pass));
     TORCH_CHECK_VALUE(q.chunks >= 1 && q.ctas_per_group >= 1 && q.waves >= 1 && q.units_per_cta >= 1 &&
-                          q.units_per_cta <= kMaxUnitsPerCta,
+                          q.units_per_cta <= max_units,
                       "rnn_fused.step_cost: needs chunks, ctas_per_group, waves >= 1 and units_per_cta in [1, ",
-                      kMaxUnitsPerCta, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ",
-                      q.units_per_cta);
+                      max_units, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ", q.units_per_cta);
   }
   TORCH_CHECK_VALUE(q.constant_names.size() == q.constant_values.size(), "rnn_fused.step_cost: ",
                     q.constant_names.size(), " constant names for ", q.constant_values.size(), " values");
@@ -631,7 +664,8 @@ inline double step_cost(const StepCostQuery& q) {
                                 .chunks = static_cast<int32_t>(q.chunks),
                                 .groups = 1,
                                 .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
-                                .units_per_cta = static_cast<int32_t>(q.units_per_cta)};
+                                .units_per_cta = static_cast<int32_t>(q.units_per_cta),
+                                .units_per_pass = static_cast<int32_t>(q.units_per_pass)};
   const cost::StepTerms terms = predicted_step_terms(model, *path, request, tiling, q.waves);
   if (q.term == "total") return terms.total;
   if (q.term == "stage") return terms.stage;

@@ -6,8 +6,8 @@
 // Thread mapping of a CTA (kRecurrenceThreads threads): 8 consecutive lanes ("a unit
 // group") share one hidden unit u and split its dot products over k: lane q of the group
 // takes the 16-byte chunks q, q + 8, q + 16, ... of the weight row and of every state row.
-// A warp therefore covers 4 units, a CTA 32 units per pass; a CTA owning more units has
-// several passes. Each lane keeps a register tile of accumulators, pass_batch passes (units)
+// A warp therefore covers 4 units, a CTA 32 units per pass (or 16 with only warps 0-3
+// computing: see kUnitsPerPassOptions); a CTA owning more units has several passes. Each lane keeps a register tile of accumulators, pass_batch passes (units)
 // x kSamples samples: every state chunk loaded from shared memory feeds the batch's units and
 // every weight chunk (from shared memory, or from registers where a lane's share fits) its
 // samples, and the batch's multiply-add chains are independent (one CTA per SM leaves 2
@@ -35,6 +35,15 @@ constexpr int kUnitLanes = 8;                                      // lanes shar
 constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CTA covers per pass
 constexpr int kMaxPasses = 8;                                      // so a CTA owns at most 256 units
 constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
+// Units per pass a launch may take (RecurrenceTiling::units_per_pass): all 8 warps compute,
+// or only warps 0-3, each lane then holding twice the passes of a tile. Every warp reads every
+// state chunk of a step from shared memory, so with half the warps each state load feeds twice
+// the units: where a CTA owns a single pass of 32 units and 8 samples (the Grid path at
+// H ~ 1024), 8 warps make 3 shared-memory wavefronts per 256 FMAs per warp and 4 warps 2 per
+// 256, the same multiply-adds. Warps 4-7 then only stage state rows and join the barriers.
+// The sums are the same either way: each output's order does not depend on the mapping.
+constexpr int kUnitsPerPassOptions[] = {kUnitsPerPass, kUnitsPerPass / 2};
+SIMT_HOST_DEVICE constexpr int max_units_per_cta(int units_per_pass) { return units_per_pass * kMaxPasses; }
 // A lane's register tile of accumulators: pass_batch passes (units) x S samples, 64 bytes
 // (16 float32 or 8 float64 values), at most kMaxPasses passes; always 8 or 16 values.
 SIMT_HOST_DEVICE constexpr int pass_batch(int samples, int scalar_bytes) {
@@ -105,7 +114,7 @@ SIMT_DEVICE __forceinline__ scalar_t slope_runtime(Activation a, scalar_t h) {
 
 // Where this thread sits in the mapping above.
 struct LaneRole {
-  int unit_in_pass;  // 0 .. kUnitsPerPass-1: the unit group
+  int unit_in_pass;  // 0 .. kUnitsPerPass-1: the unit group (computing only below units_per_pass)
   int q;             // 0 .. 7: lane in the unit group, its k chunks
 };
 
@@ -147,16 +156,25 @@ SIMT_DEVICE __forceinline__ void zero_tile(scalar_t (&acc)[kUnits][kSamples]) {
 // acc += the products of unit_dots over chunks [first_chunk, end_chunk) only; first_chunk a
 // multiple of kUnitLanes, so that a lane takes the same chunks in the same order as in one call
 // over the whole row (split at such boundaries, the sums are bitwise those of unit_dots).
+// Unrolled by 2: nvcc then addresses the second iteration's loads by immediate offsets and
+// issues them among the first one's multiply-adds (sm_90 SASS: 16 instructions of loop
+// overhead per iteration instead of 27 at 8 samples x 2 units). The weight loads of a batch
+// come before its multiply-adds, not behind the branch on `used`. By 4 it would spill.
 template <typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void add_unit_dots(const scalar_t* const (&w_rows)[kUnits], int used,
                                                const scalar_t* states, int64_t row_stride, int first_chunk,
                                                int end_chunk, int q, scalar_t (&acc)[kUnits][kSamples]) {
+  SIMT_UNROLL_2
   for (int c = first_chunk + q; c < end_chunk; c += kUnitLanes) {
-    Vec16<scalar_t> h[kSamples];
+    Vec16<scalar_t> h[kSamples], w[kUnits];
     load_state_chunks(states, row_stride, c, h);
     SIMT_UNROLL
     for (int i = 0; i < kUnits; ++i) {
-      if (i < used) accumulate_chunk(load_vec(w_rows[i] + c * vec_size<scalar_t>()), h, acc[i]);
+      if (i < used) w[i] = load_vec(w_rows[i] + c * vec_size<scalar_t>());
+    }
+    SIMT_UNROLL
+    for (int i = 0; i < kUnits; ++i) {
+      if (i < used) accumulate_chunk(w[i], h, acc[i]);
     }
   }
 }
@@ -176,14 +194,12 @@ SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnit
 
 // Weights held in registers where a lane's share fits: for each of at most
 // kRegisterPasses passes, its chunks q, q + 8, ... up to kRegisterIterations of them (64
-// registers: H <= 128, at most 128 units per CTA). Float32 only: in float64 the same share
-// takes twice the registers and the kernels spill (benchmarks/nvcc_resource_usage.txt).
+// registers: H <= 128, at most 128 units per CTA). Float32 on the Block path only: in float64
+// the same share takes twice the registers and the kernels spill; the Cluster and Grid
+// kernels, which the planner takes for larger H, would hold the 64 registers for nothing and
+// spill with the unrolled dot loop (benchmarks/nvcc_resource_usage.txt).
 constexpr int kRegisterPasses = 4;
 constexpr int kRegisterIterations = 4;
-template <typename scalar_t>
-constexpr bool weights_can_be_in_registers() {
-  return sizeof(scalar_t) == 4;
-}
 SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t chunk_iterations, bool fp64) {
   return !fp64 && passes <= kRegisterPasses && chunk_iterations <= kRegisterIterations;
 }

@@ -46,6 +46,11 @@ struct Constants {
   // warps x about 40 instructions of reduce-scatter share and epilogue), overlapped with the
   // batch's other outputs.
   double output_issue_cycles = 80;
+  // Counted, not measured: the instructions of the dot products' loop besides its loads and
+  // multiply-adds, in the sm_90 SASS of the kernels (cuobjdump, the loop unrolled by 2): one
+  // address instruction per shared-memory load, and about 6 per iteration for the loop itself.
+  double address_instructions_per_load = 1;
+  double loop_instructions = 6;
 };
 
 inline constexpr Constants kH200{};
@@ -76,6 +81,8 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"epilogue_cycles", &Constants::epilogue_cycles},
     {"remote_store_cycles", &Constants::remote_store_cycles},
     {"output_issue_cycles", &Constants::output_issue_cycles},
+    {"address_instructions_per_load", &Constants::address_instructions_per_load},
+    {"loop_instructions", &Constants::loop_instructions},
 };
 inline constexpr const char* kClusterBarrierScale = "cluster_barrier_scale";
 
@@ -98,13 +105,14 @@ inline double gemm_us(const Constants& c, double m, double n, double k) {
   return 2.0 * m * n * k / (c.gemm_tflops * 1e6) + c.launch_us;
 }
 
-// What one CTA does per step on the persistent paths (kernel_common.cuh's mapping): `passes`
-// passes of 32 units, computed `pass_batch` at a time; each lane keeps pass_batch x kSamples
-// accumulators over chunk_iterations 16-byte chunks, and after each batch's reduce-scatter
-// finishes outputs_per_lane of them.
+// What one CTA does per step on the persistent paths (kernel_common.cuh's mapping): `warps`
+// warps compute `passes` passes of 4 * warps units, `pass_batch` at a time; each lane keeps
+// pass_batch x kSamples accumulators over chunk_iterations 16-byte chunks, and after each
+// batch's reduce-scatter finishes outputs_per_lane of them.
 struct StepWork {
   int64_t samples;           // kSamples
-  int64_t passes;            // ceil(units per CTA / 32)
+  int64_t warps;             // computing warps: units_per_pass / 4 (8 or 4)
+  int64_t passes;            // ceil(units per CTA / units_per_pass)
   int64_t chunk_iterations;  // ceil(ceil(H / vector) / 8)
   int64_t vector;            // scalars per 16-byte chunk: 4 (float32) or 2 (float64)
   bool fp64;
@@ -114,25 +122,43 @@ struct StepWork {
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
-// multiply-add throughput, the shared-memory wavefronts and the dependent chains, plus each
-// batch's reduce-scatter and epilogues (latency-bound for one output per lane, issue-bound
-// for more).
+// multiply-add throughput, the shared-memory wavefronts, the dependent chains and the
+// instruction issue, plus each batch's reduce-scatter and epilogues (latency-bound for one
+// output per lane, issue-bound for more).
 inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
+  // Issue: 4 schedulers per SM, one instruction each per cycle, every computing warp's loop
+  // instructions on one of them. Per warp, chunk iteration and batch: the state and weight
+  // loads with their address arithmetic, the multiply-adds, the loop's own instructions. A
+  // scheduler with a single warp also waits for the loads that the unrolled loop issues ahead
+  // of its first multiply-add, every second iteration.
+  const double warps_per_scheduler = double(w.warps) / 4.0;
+  double issue_cycles = 0.0;
+  for (int64_t batch = 0; batch < batches; ++batch) {
+    const int64_t used = std::min(w.pass_batch, w.passes - batch * w.pass_batch);
+    const double loads = double(w.samples + (w.weights_in_registers ? 0 : used));
+    const double instructions = loads * (1.0 + c.address_instructions_per_load) +
+                                double(used * w.samples * w.vector) + c.loop_instructions;
+    const double exposed = warps_per_scheduler < 2.0 ? c.smem_latency_cycles / 2.0 : 0.0;
+    issue_cycles += double(w.chunk_iterations) * (warps_per_scheduler * instructions + exposed);
+  }
+  const double issue = issue_cycles / c.clock_per_us;
   const double fmas_per_thread = double(w.passes) * w.chunk_iterations * w.vector * w.samples;
   const double fma_rate = c.fma_per_sm_per_us * (w.fp64 ? c.fp64_fma_fraction : 1.0);
-  const double throughput = 256.0 * fmas_per_thread / fma_rate;
+  const double warps = double(w.warps);
+  const double throughput = 32.0 * warps * fmas_per_thread / fma_rate;
   // Per warp and chunk: a weight load spans 4 units (4 wavefronts) for each pass of the
   // batch, unless the weights are in registers; each state load is one 128-byte row segment
-  // shared by the warp's 4 unit groups and the batch's passes (1 wavefront).
+  // shared by the warp's 4 unit groups and the batch's passes (1 wavefront), and every
+  // computing warp loads it.
   const double weight_wavefronts = w.weights_in_registers ? 0.0 : 4.0 * w.passes;
-  const double wavefronts = 8.0 * w.chunk_iterations * (weight_wavefronts + double(batches) * w.samples);
+  const double wavefronts = warps * w.chunk_iterations * (weight_wavefronts + double(batches) * w.samples);
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
   const double chain = chain_cycles / c.clock_per_us;
   const double tail_cycles =
       double(batches) * std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, w.outputs_per_lane * c.output_issue_cycles);
-  return std::max({throughput, shared, chain}) + tail_cycles / c.clock_per_us;
+  return std::max({throughput, shared, chain, issue}) + tail_cycles / c.clock_per_us;
 }
 
 // Per step of the three persistent paths (waves: how many times the groups' CTAs must take

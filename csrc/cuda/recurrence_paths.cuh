@@ -32,6 +32,7 @@ struct RecurrenceTiling {
   int32_t groups = 1;          // sample groups of S * chunks samples: ceil(B / (S * chunks))
   int32_t ctas_per_group = 1;  // C: CTAs that split a group's hidden units
   int32_t units_per_cta = 0;   // U: hidden units per CTA (the last CTA of a group may own fewer)
+  int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
 };
 
 SIMT_BEGIN_WORLD
@@ -52,6 +53,13 @@ SIMT_DEVICE __forceinline__ CtaPlace cta_place(const RecurrenceTiling& tiling, i
   return {group, rank, begin, end, group * int64_t(tiling.samples) * tiling.chunks};
 }
 
+// Whether a CTA of `path` holds its weight rows in registers (kernel_common.cuh
+// weights_fit_registers): only the Block path's kernels have the registers for them.
+SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
+                                                     bool fp64) {
+  return path == RecurrencePath::Block && weights_fit_registers(passes, chunk_iterations, fp64);
+}
+
 // The paths that keep the whole state of a group in each CTA's shared memory (two buffers,
 // current and next step); the Grid path stages one chunk of rows at a time from global memory.
 constexpr bool state_in_shared(RecurrencePath p) { return p != RecurrencePath::Grid; }
@@ -70,6 +78,7 @@ SIMT_HOST_DEVICE constexpr int64_t state_buffers(RecurrencePath p, int64_t chunk
 //                       being computed), 2 with several chunks (and the next one's)
 // with R = padded_row(H); then, for the backward with norms recorded, in doubles:
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
+//                                    (the first units_per_pass unit groups written)
 //   cta_sums  [3][C][S]              Cluster path: the group's CTA sums, gathered in rank 0
 template <typename scalar_t>
 struct SharedLayout {
@@ -246,6 +255,7 @@ template <typename scalar_t, int kSamples, RecurrencePath kPath>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   static constexpr bool kStateInShared = state_in_shared(kPath);
+  static constexpr bool kRegisterWeights = kPath == RecurrencePath::Block && sizeof(scalar_t) == 4;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
   static constexpr int kBatch = pass_batch(kSamples, kScalarBytes);      // passes computed together
   static constexpr int kBatches = (kMaxPasses + kBatch - 1) / kBatch;     // at most, per step and chunk
@@ -259,8 +269,10 @@ struct RecurrenceCta {
   int vectors;
   CtaPlace place;
   int64_t units;   // this CTA's units
-  int passes;      // ceil(units / kUnitsPerPass)
-  bool weights_in_registers;  // weights_fit_registers(passes, chunk iterations): uniform
+  int units_per_pass;  // tiling.units_per_pass: unit groups that compute
+  bool computes;       // this lane's unit group computes (uniform over a warp)
+  int passes;          // ceil(units / units_per_pass)
+  bool weights_in_registers;  // rnn_fused::kernels::weights_in_registers(kPath, ...): uniform
   LaneRole role;
   int owned_pass;    // the pass of this lane's outputs within every batch
   int first_sample;  // its outputs' samples (rows j of every chunk): first_sample .. + kOwned - 1
@@ -278,9 +290,11 @@ struct RecurrenceCta {
         vectors(static_cast<int>(layout.row / vec_size<scalar_t>())),
         place(cta_place(t, shape.hidden)),
         units(place.unit_end - place.unit_begin),
-        passes(static_cast<int>((units + kUnitsPerPass - 1) / kUnitsPerPass)),
-        weights_in_registers(weights_fit_registers(passes, (vectors + kUnitLanes - 1) / kUnitLanes,
-                                                   !weights_can_be_in_registers<scalar_t>())),
+        units_per_pass(t.units_per_pass),
+        computes(lane_role().unit_in_pass < t.units_per_pass),
+        passes(static_cast<int>((units + t.units_per_pass - 1) / t.units_per_pass)),
+        weights_in_registers(kernels::weights_in_registers(kPath, passes, (vectors + kUnitLanes - 1) / kUnitLanes,
+                                                           sizeof(scalar_t) == 8)),
         role(lane_role()),
         owned_pass(tile_base(kSamples, kScalarBytes, role.q) / kSamples),
         first_sample(tile_base(kSamples, kScalarBytes, role.q) % kSamples),
@@ -305,14 +319,14 @@ struct RecurrenceCta {
   // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
   // last row: their warp stays whole for the shuffles, and the result is dropped).
   SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
-    const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+    const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
     return weights + (u_local < units ? u_local : units - 1) * row;
   }
 
   // Where they fit, the lane's weight chunks into registers for the whole sequence (read
   // from shared memory every step otherwise). After the barrier that follows load_weights.
   SIMT_DEVICE void cache_weights() {
-    if constexpr (weights_can_be_in_registers<scalar_t>()) {
+    if constexpr (kRegisterWeights) {
       SIMT_UNROLL
       for (int p = 0; p < kRegisterPasses; ++p) {
         SIMT_UNROLL
@@ -330,10 +344,11 @@ struct RecurrenceCta {
   // step and chunk; the samples are first_sample + k, k < kOwned).
   template <class F>
   SIMT_DEVICE __forceinline__ void for_each_owned_unit(F&& f) const {
+    if (!computes) return;
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
       const int p = batch * kBatch + owned_pass;
-      const int64_t u_local = role.unit_in_pass + int64_t(p) * kUnitsPerPass;
+      const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
       if (p < passes && u_local < units) f(batch, place.unit_begin + u_local);
     }
   }
@@ -420,7 +435,8 @@ struct RecurrenceCta {
   // first_sample + k), batches in order. The caller skips samples past the batch. Every thread
   // calls it once per chunk (for_each_chunk's body): with one chunk per step on the Grid path
   // the first batch waits for the staged rows piece by piece (a barrier each), `clock` timing
-  // the waits as staging.
+  // the waits as staging. Lanes of the warps that do not compute (units_per_pass 16) only wait
+  // and join those barriers.
   template <class Epilogue>
   SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, PhaseClock& clock,
                                                    Epilogue&& epilogue) const {
@@ -431,13 +447,14 @@ struct RecurrenceCta {
       if (first_pass >= passes) break;  // uniform over the CTA
       const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
       scalar_t acc[kBatch][kSamples];
-      if (weights_can_be_in_registers<scalar_t>() && weights_in_registers) {
+      if (kRegisterWeights && weights_in_registers) {
         if (staged_in_pieces && batch == 0) {
           clock.lap(kComputePhase);
           simt::wait_async<0>();
           __syncthreads();
           clock.lap(kStagePhase);
         }
+        if (!computes) continue;  // uniform over the warp
         register_unit_dots(weight_registers, first_pass, used, current, row, vectors, role.q, acc);
       } else {
         const scalar_t* rows[kBatch];
@@ -450,14 +467,15 @@ struct RecurrenceCta {
             wait_for_copies(kStagePieces - 1 - piece);
             __syncthreads();
             clock.lap(kStagePhase);
-            add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
+            if (computes) add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
           }
-        } else {
+        } else if (computes) {
           unit_dots(rows, used, current, row, vectors, role.q, acc);
         }
+        if (!computes) continue;  // uniform over the warp
       }
       reduce_scatter_tile(acc, role.q);
-      const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * kUnitsPerPass;
+      const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * units_per_pass;
       if (owned_pass < used && u_local < units) {
         SIMT_UNROLL
         for (int k = 0; k < kOwned; ++k) epilogue(batch, k, place.unit_begin + u_local, acc[0][k]);

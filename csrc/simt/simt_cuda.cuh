@@ -24,6 +24,7 @@
 #define SIMT_HOST_DEVICE __host__ __device__
 #define SIMT_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define SIMT_UNROLL _Pragma("unroll")
+#define SIMT_UNROLL_2 _Pragma("unroll 2")
 #define SIMT_NOINLINE __noinline__
 
 // Static shared memory: SIMT_SHARED(float[32][33], tile);

@@ -42,7 +42,8 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import PATHS, PathEstimate, cost_constants, plan, predicted_layer_us, step_phases
+from ..launch_plan import (PATHS, PathEstimate, cost_constants, forced_tiling, plan, predicted_layer_us,
+                           step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -123,21 +124,28 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 
 @dataclass(frozen=True)
 class PhaseShape:
-    """A recurrence whose step phases are timed: H, B, and the path (None: the planner's)."""
+    """A recurrence whose step phases are timed: H, B, the path (None: the planner's) and the
+    units per pass (None: the planner's; launch_plan.forced_tiling)."""
 
     hidden: int
     batch: int
     path: str | None = None
     steps: int = 200
+    units_per_pass: int | None = None
 
     def label(self) -> str:
-        return f"{self.hidden}, {self.batch}"
+        forced = f" ({self.units_per_pass} units/pass)" if self.units_per_pass else ""
+        return f"{self.hidden}, {self.batch}{forced}"
 
 
 # One shape per persistent path the planner takes on an H200 (block, cluster, grid with one
-# chunk, grid with several chunks per CTA), forward and backward.
-GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128)]
-EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4)]
+# chunk, grid with several chunks per CTA), forward and backward; and the grid path at
+# H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
+# its issue term, counted in SASS, not measured).
+GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
+                    PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16)]
+EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
+                         PhaseShape(33, 2, "grid", 4, units_per_pass=16)]
 # A small emulated GPU (the tests' choice): grids still span several CTAs.
 EMULATED_DEVICE = dict(sm_count=2)
 
@@ -711,11 +719,12 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
         for backward in (False, True):
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch)
             try:
-                phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
-                                     target.plan_device, shape.path)
+                with forced_tiling(units_per_pass=shape.units_per_pass):
+                    phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
+                                         target.plan_device, shape.path)
+                    row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
+                                                    backward, phases.path))
                 row.path, row.ctas = phases.path, phases.ctas
-                row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device, backward,
-                                                phases.path))
                 row.stage_cycles, row.compute_cycles = phases.stage_cycles, phases.compute_cycles
                 row.barrier_cycles, row.slowest_compute_cycles = phases.barrier_cycles, phases.slowest_compute_cycles
                 total = phases.stage_cycles + phases.compute_cycles + phases.barrier_cycles
@@ -795,6 +804,8 @@ def _launch_text(plan: dict) -> str:
     if plan["cluster"] > 1:
         text += f", cluster {plan['cluster']}"
     text += f", {plan['units_per_cta']} units/CTA, {plan['samples_per_group']} samples/group"
+    if plan.get("units_per_pass", 32) != 32:  # (absent from the JSON of runs before it existed)
+        text += f", dot products on {plan['units_per_pass'] // 4} warps"
     if plan["waves"] > 1:
         text += f", {plan['waves']} waves"
     return text
