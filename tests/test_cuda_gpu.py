@@ -213,6 +213,45 @@ def test_deterministic_bitwise_on_every_path(path):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("path,hidden,batch", [("block", 112, 9), ("cluster", 256, 8), ("grid", 300, 9),
+                                               ("grid", 1024, 32)])
+def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
+    """A module with randomized truncation and recorded norms, forward and backward, on each
+    persistent path with the samples per chunk and the units per pass forced
+    (launch_plan.forced_tiling): output, h_n and every gradient are bitwise those of the
+    planner's own tile, whatever the tile or how many warps compute; the float64 norm sums
+    agree once rounded to float32. H = 1024, B = 32 is where the planner computes on 4 warps."""
+    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
+
+    def once():
+        torch.manual_seed(0)
+        module = RNN(5, hidden, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE)
+        module.backend, module.path = BACKEND, path
+        x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE)
+        x.requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with rnn_fused.record_gradients(module) as recording:
+            out, h_n = module(packed)
+        (out.data.sin().sum() + h_n.cos().sum()).backward()
+        return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
+
+    refusal = path_refusal(path, hidden, batch, torch.float32)
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            once()
+        return
+    expected = once()
+    for samples, units_per_pass in [(1, 32), (8, 16), (8, 32), (2, 16)]:
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
+            for backward in (False, True):
+                forced = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward).candidate(path)
+                assert forced.feasible and (forced.samples, forced.units_per_pass) == (samples, units_per_pass), \
+                    forced.reason
+            got = once()
+        for a, b in zip(expected, got, strict=True):
+            assert torch.equal(a, b), (samples, units_per_pass)
+
+
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_reduced_precision_runs_in_float32_on_every_path(dtype, path):
