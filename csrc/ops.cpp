@@ -191,8 +191,8 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
     paths.push_back(e.path);
     feasible.push_back(e.feasible);
     shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
-                                 e.units_per_cta, e.units_per_pass, e.grid, e.block_threads, e.cluster, e.shared_mem_bytes,
-                                 e.blocks_per_sm, e.waves});
+                                 e.units_per_cta, e.units_per_pass, e.grid, e.block_threads, e.cluster,
+                                 e.shared_mem_bytes, e.blocks_per_sm, e.waves});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
   }

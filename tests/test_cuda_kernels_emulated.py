@@ -215,7 +215,8 @@ def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32,
         if emulated:
             stack.enter_context(simt.emulated_device(sm_count=sm_count))
             stack.enter_context(launch_plan.forced_tiling(**tiling))
-        plans = [rnn_fused.plan(hidden, batch, dtype, path=path, backward=bwd) for bwd in (False, True)] if emulated else []
+        plans = [rnn_fused.plan(hidden, batch, dtype, path=path, backward=bwd) for bwd in (False, True)
+                 if emulated]
         with rnn_fused.record_gradients(module) as rec:
             out, h_n = module(packed)
         (out.data.sin().sum() + h_n.cos().sum()).backward()

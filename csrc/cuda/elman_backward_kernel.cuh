@@ -89,8 +89,8 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
 }
 
 // The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
-// unit_sums writes of this phase (the computing unit groups in order): the step's norm on the Block path, a
-// partial on the Grid path. Threads j < kSamples.
+// unit_sums writes of this phase (the computing unit groups in order): the step's norm on the
+// Block path, a partial on the Grid path. Threads j < kSamples.
 template <RecurrencePath kPath, int kSamples, typename scalar_t>
 SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
                                  const CtaPlace& place, const double* unit_sums, double* cta_sums, int64_t first,

@@ -609,7 +609,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .groups = p.tiling.groups,
                                          .ctas_per_group = p.tiling.ctas_per_group,
                                          .units_per_cta = p.tiling.units_per_cta,
-                                         .units_per_pass = p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
+                                         .units_per_pass =
+                                             p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
                                          .grid = p.grid,
                                          .block_threads = kRecurrenceThreads,
                                          .cluster = p.cluster,

@@ -7,12 +7,13 @@
 // group") share one hidden unit u and split its dot products over k: lane q of the group
 // takes the 16-byte chunks q, q + 8, q + 16, ... of the weight row and of every state row.
 // A warp therefore covers 4 units, a CTA 32 units per pass (or 16 with only warps 0-3
-// computing: see kUnitsPerPassOptions); a CTA owning more units has several passes. Each lane keeps a register tile of accumulators, pass_batch passes (units)
-// x kSamples samples: every state chunk loaded from shared memory feeds the batch's units and
-// every weight chunk (from shared memory, or from registers where a lane's share fits) its
-// samples, and the batch's multiply-add chains are independent (one CTA per SM leaves 2
-// warps per scheduler: latency is hidden by this instruction-level parallelism, not by other
-// warps). The unit group's 8 partial tiles are combined by a reduce-scatter over the lane
+// computing: see kUnitsPerPassOptions); a CTA owning more units has several passes. Each
+// lane keeps a register tile of accumulators, pass_batch passes (units) x kSamples samples:
+// every state chunk loaded from shared memory feeds the batch's units and every weight chunk
+// (from shared memory, or from registers where a lane's share fits) its samples, and the
+// batch's multiply-add chains are independent (one CTA per SM leaves 2 warps per scheduler, 1
+// with 16 units per pass: latency is hidden by this instruction-level parallelism, not by
+// other warps). The unit group's 8 partial tiles are combined by a reduce-scatter over the lane
 // bits that leaves each lane with the totals of 1 or 2 of the batch's outputs, so the
 // batch's epilogues run on all 8 lanes side by side.
 #pragma once
@@ -36,12 +37,13 @@ constexpr int kUnitsPerPass = kRecurrenceThreads / kUnitLanes;     // units a CT
 constexpr int kMaxPasses = 8;                                      // so a CTA owns at most 256 units
 constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
 // Units per pass a launch may take (RecurrenceTiling::units_per_pass): all 8 warps compute,
-// or only warps 0-3, each lane then holding twice the passes of a tile. Every warp reads every
-// state chunk of a step from shared memory, so with half the warps each state load feeds twice
-// the units: where a CTA owns a single pass of 32 units and 8 samples (the Grid path at
-// H ~ 1024), 8 warps make 3 shared-memory wavefronts per 256 FMAs per warp and 4 warps 2 per
-// 256, the same multiply-adds. Warps 4-7 then only stage state rows and join the barriers.
-// The sums are the same either way: each output's order does not depend on the mapping.
+// or only warps 0-3, each lane then holding twice the passes of a tile. Every computing warp
+// loads every state chunk of a step from shared memory, so with half the warps each state load
+// feeds twice the units: where a CTA owns a single pass of 32 units and 8 samples (the Grid
+// path at H ~ 1024), a lane of 8 warps loads 9 chunks per 32 multiply-adds and a lane of 4
+// warps 10 per 64, fewer loads and address instructions to issue for the same multiply-adds
+// per SM. Warps 4-7 then only stage state rows and join the barriers. The sums are the same
+// either way: each output's order does not depend on the mapping.
 constexpr int kUnitsPerPassOptions[] = {kUnitsPerPass, kUnitsPerPass / 2};
 SIMT_HOST_DEVICE constexpr int max_units_per_cta(int units_per_pass) { return units_per_pass * kMaxPasses; }
 // A lane's register tile of accumulators: pass_batch passes (units) x S samples, 64 bytes

@@ -255,7 +255,8 @@ template <typename scalar_t, int kSamples, RecurrencePath kPath>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   static constexpr bool kStateInShared = state_in_shared(kPath);
-  static constexpr bool kRegisterWeights = kPath == RecurrencePath::Block && sizeof(scalar_t) == 4;
+  // Whether the kernel has weight registers at all (they are used where the shape fits them).
+  static constexpr bool kRegisterWeights = kernels::weights_in_registers(kPath, 1, 1, sizeof(scalar_t) == 8);
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
   static constexpr int kBatch = pass_batch(kSamples, kScalarBytes);      // passes computed together
   static constexpr int kBatches = (kMaxPasses + kBatch - 1) / kBatch;     // at most, per step and chunk
@@ -467,7 +468,9 @@ struct RecurrenceCta {
             wait_for_copies(kStagePieces - 1 - piece);
             __syncthreads();
             clock.lap(kStagePhase);
-            if (computes) add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
+            if (computes) {
+              add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
+            }
           }
         } else if (computes) {
           unit_dots(rows, used, current, row, vectors, role.q, acc);
