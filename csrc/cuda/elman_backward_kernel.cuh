@@ -23,8 +23,9 @@
 //   dz       [T,B,H]  written at each sample's valid steps (the host zeroes it first only when
 //                     some steps are not valid: lengths given)
 //   dz_first [B,H]    written: dz at each sample's processing step 0 (zero for an empty sample)
-//   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity); slot T % 2 (dz after the
-//                     last step) zero on entry, the other written before it is read; else null
+//   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity); else null.
+//                     Stepwise: slot T % 2 (dz after the last step) zero on entry; Grid:
+//                     uninitialised (the last step stages zeros); each slot written before read
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   truncation        the edge scales' parameters (TruncationParams)
 //   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
@@ -139,8 +140,7 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null).bytes of
-// dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid
-// path, whose exchange holds zeros on entry.
+// dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
@@ -236,7 +236,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                                          cta_sums, first, s);
       }
     };
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H, (s + 1) % 2, step_chunk,
+    // dz after the last step is zero: the Grid path stages it from no buffer (zeros).
+    const scalar_t* exchange_later = s == T - 1 ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, (s + 1) % 2, step_chunk,
                        after_chunk, clock);
     if (one_chunk && s > 0) prefetch(s - 1);
     clock.lap(kComputePhase);

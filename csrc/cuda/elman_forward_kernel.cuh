@@ -19,8 +19,9 @@
 //                     steps (steps t >= lengths[b] are left as they are; the host zeroes them)
 //   h0       [B,H]    read: initial state; null for zeros
 //   h_n      [B,H]    written: state after each sample's last valid step (h0 if it has none)
-//   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity), h0 (or
-//                     zeros) in exchange[0] on entry; null on the other paths
+//   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity); null on
+//                     the other paths. Stepwise: h0 (or zeros) in exchange[0] on entry; Grid:
+//                     uninitialised (step 0 stages h0, or zeros, directly)
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
@@ -48,8 +49,7 @@ struct ForwardRecurrenceArgs {
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false).bytes of dynamic
-// shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path, whose
-// exchange[0] holds h0 on entry.
+// shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path.
 template <typename scalar_t, int kSamples, RecurrencePath kPath>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
@@ -112,7 +112,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (s == T - 1) a.h_n[b * H + u] = h;
       });
     };
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : a.exchange + (s % 2) * B * H, s % 2, step_chunk,
+    // The Grid path stages step 0's rows from h0 itself (null: zeros), the others' from exchange.
+    const scalar_t* exchange_current = s == 0 ? a.h0 : a.exchange + (s % 2) * B * H;
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, s % 2, step_chunk,
                        [](int64_t) {}, clock);
     if (one_chunk && s + 1 < T) prefetch(s + 1);
     clock.lap(kComputePhase);

@@ -462,13 +462,15 @@ RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
 }
 
 // The Grid and Stepwise paths exchange the state through global memory: [2,B,H], by parity
-// of the step, in slot `first_slot` the state the first step reads: `first`, or zeros where it
-// is undefined. The other slot is written before it is read. The other paths need none (an
+// of the step. The Stepwise path's products read slot `first_slot` first: it holds `first`, or
+// zeros where that is undefined; the Grid kernels read the first state from `first` itself (a
+// launch fewer). Every other slot is written before it is read. The other paths need none (an
 // undefined tensor).
 inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape, const at::TensorOptions& options,
                                   int64_t first_slot, const at::Tensor& first) {
   if (plan.path != RecurrencePath::Grid && plan.path != RecurrencePath::Stepwise) return {};
   at::Tensor exchange = at::empty({2, shape.batch, shape.hidden}, options);
+  if (plan.path == RecurrencePath::Grid) return exchange;
   if (first.defined()) {
     exchange[first_slot].copy_(first);
   } else {

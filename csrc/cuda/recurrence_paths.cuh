@@ -125,15 +125,15 @@ SIMT_DEVICE __forceinline__ int64_t sample_length(const int64_t* lengths, int64_
 }
 
 // Grid path: rows [S][R] (shared) = rows [first, first + S) of the global state [B,H] (zero
-// past B; the zero padding past H is left as it is) by plain scalar loads: stage_rows_async's
-// way for an H that is not a whole number of 16-byte vectors. All threads call it; a
-// __syncthreads must follow before the rows are read.
+// past B, all zeros for a null state; the zero padding past H is left as it is) by plain
+// scalar loads: stage_rows_async's way for an H that is not a whole number of 16-byte vectors.
+// All threads call it; a __syncthreads must follow before the rows are read.
 template <typename scalar_t>
 SIMT_DEVICE void stage_rows(const scalar_t* exchange, scalar_t* rows, int64_t first, int samples, int64_t batch,
                             int64_t hidden, int64_t row) {
   for (int64_t i = threadIdx.x; i < samples * hidden; i += blockDim.x) {
     const int64_t j = i / hidden, k = i % hidden;
-    rows[j * row + k] = first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
+    rows[j * row + k] = exchange != nullptr && first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
   }
 }
 
@@ -156,7 +156,7 @@ SIMT_DEVICE void stage_rows_async(const scalar_t* exchange, scalar_t* rows, int6
   for (int64_t i = threadIdx.x; i < samples * vectors; i += blockDim.x) {
     const int64_t j = i / vectors, c = begin + i % vectors;
     scalar_t* to = rows + j * row + c * kVec;
-    if (first + j < batch) {
+    if (exchange != nullptr && first + j < batch) {
       simt::copy_async_16(to, exchange + (first + j) * hidden + c * kVec);
     } else {
       *reinterpret_cast<Vec16<scalar_t>*>(to) = Vec16<scalar_t>{};
