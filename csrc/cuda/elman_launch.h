@@ -136,6 +136,7 @@ struct PlanRequest {
   int64_t batch = 0;
   bool backward = false;
   bool fp64 = false;
+  ForcedTiling forced;  // what the plan must take (plan_candidates reads it once per query)
 };
 
 inline std::string shape_text(const PlanRequest& r) {
@@ -229,7 +230,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
     int per_pass;
   };
   std::vector<Slice> slices;
-  const ForcedTiling forced = forced_tiling();
+  const ForcedTiling& forced = r.forced;
   for (int64_t units : unit_options) {
     for (int per_pass : kUnitsPerPassOptions) {
       if (forced.units_per_pass != 0 && per_pass != forced.units_per_pass) continue;
@@ -365,15 +366,16 @@ RecurrencePlan plan_stepwise(const PlanRequest& r) {
 // Every path's best shape, in the order block, cluster, grid, stepwise. Planning queries the
 // occupancy of dozens of launch shapes, so the result is kept per (device properties, request).
 template <typename scalar_t>
-std::vector<RecurrencePlan> plan_candidates(const PlanRequest& r) {
+std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
   const simt::DeviceProperties d = simt::device_properties();
+  PlanRequest r = request;
+  r.forced = forced_tiling();
   std::string key;
   for (int64_t v : {int64_t(d.sm_count), int64_t(d.compute_capability_major), int64_t(d.max_threads_per_sm),
                     int64_t(d.max_blocks_per_sm),
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
-                    int64_t(r.backward), int64_t(sizeof(scalar_t)), forced_tiling().samples,
-                    forced_tiling().units_per_pass}) {
+                    int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass}) {
     key += std::to_string(v) + ",";
   }
   static std::mutex mutex;
