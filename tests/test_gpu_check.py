@@ -22,7 +22,7 @@ import torch
 from rnn_fused.launch_plan import PATHS, cost_constants
 from rnn_fused.tools import gpu_check
 from rnn_fused.tools.cli import main
-from rnn_fused.tools.gpu_check import (EMULATED_PATH_SHAPES, EMULATED_SHAPES, GpuCheckResult, PathRow, Probe,
+from rnn_fused.tools.gpu_check import (EMULATED_PATH_SHAPES, EMULATED_SHAPES, GpuCheckResult, PathRow, PhaseRow, Probe,
                                        Shape, ShapeRow, baseline_refusal, format_path_table, format_report,
                                        format_shape_table, refused_by_baseline, result_as_json)
 
@@ -133,6 +133,35 @@ def test_rehearsal_times_the_step_phases_of_every_persistent_path(rehearsal):
         # Only the grid path stages state rows from global memory.
         assert (r["stage_cycles"] > 0) == (r["path"] == "grid")
         assert r["measured_us_per_step"] > 0 and r["predicted_us_per_step"] > 0
+        # A forced count of units per pass is the one that ran and the one fit-model prices.
+        assert r["forced_units_per_pass"] in (None, r["plan"]["units_per_pass"])
+    assert {r["forced_units_per_pass"] for r in rows} == {None, 16, 32}
+
+
+def test_rehearsal_report_compares_the_warp_counts(rehearsal):
+    _, out, _ = rehearsal
+    text = (out / "gpu_check.md").read_text()
+    assert "Units per pass (the rows forced to 16 and to 32):" in text
+    for direction in ("forward", "backward"):
+        assert f"- grid at H, B = 33, 2, {direction}: dot products on 4 warps " in text
+
+
+def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> PhaseRow:
+    row = PhaseRow(f"1024, 32 ({per_pass} units/pass)", "forward", 1024, 32, "grid", 128,
+                   plan={"units_per_pass": per_pass}, forced_units_per_pass=per_pass,
+                   measured_us_per_step=measured, predicted_us_per_step=predicted)
+    return dataclasses.replace(row, **changes)
+
+
+def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
+    agree = gpu_check.warp_count_verdicts([_phase_row(32, 2.0, 3.58), _phase_row(16, 1.5, 3.14)])
+    assert agree == ["grid at H, B = 1024, 32, forward: dot products on 4 warps 1.500 µs/step, on 8 warps 2.000 "
+                     "(predicted 3.140 and 3.580): 4 warps faster, as the model predicts."]
+    disagree = gpu_check.warp_count_verdicts([_phase_row(32, 1.2, 3.58), _phase_row(16, 1.5, 3.14)])
+    assert disagree[0].endswith("8 warps faster, the model predicted the other: run fit-model (docs/gpu_check.md).")
+    # The planner's own row, an errored row or a lone count give no verdict.
+    assert gpu_check.warp_count_verdicts([_phase_row(16, 1.5, 3.14), _phase_row(32, 2.0, 3.58, error="boom"),
+                                          _phase_row(16, 1.4, 3.14, forced_units_per_pass=None)]) == []
 
 
 def test_rehearsal_report_is_what_fit_model_reads(rehearsal):

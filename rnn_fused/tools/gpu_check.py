@@ -145,6 +145,7 @@ class PhaseShape:
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16)]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
+                         PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16)]
 # A small emulated GPU (the tests' choice): grids still span several CTAs.
 EMULATED_DEVICE = dict(sm_count=2)
@@ -276,6 +277,7 @@ class PhaseRow:
     path: str | None = None
     ctas: int | None = None
     plan: dict = field(default_factory=dict)  # the launch shape that ran (estimate_fields): what fit-model prices
+    forced_units_per_pass: int | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -717,7 +719,8 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
     rows = []
     for shape in shapes:
         for backward in (False, True):
-            row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch)
+            row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
+                           forced_units_per_pass=shape.units_per_pass)
             try:
                 with forced_tiling(units_per_pass=shape.units_per_pass):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
@@ -749,6 +752,33 @@ def format_phase_table(rows: list[PhaseRow], clock_per_us: float) -> str:
                      f"{_num(r.barrier_cycles, 0)} | {_num(r.measured_us_per_step, 3)} | "
                      f"{_num(r.predicted_us_per_step, 3)} |")
     return "\n".join(lines)
+
+
+def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """For each recurrence timed with the dot products on 8 warps and on 4 (32 and 16 units
+    per pass forced, the same H, B, path and direction): both measured times beside the
+    model's, and whether the faster one is the one the model predicts faster (the planner's
+    pick between them)."""
+    timed: dict[tuple, dict[int, PhaseRow]] = {}
+    for row in rows:
+        if row.error or row.measured_us_per_step is None or row.forced_units_per_pass is None:
+            continue
+        timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[row.forced_units_per_pass] = row
+    verdicts = []
+    for (hidden, batch, path, direction), pair in timed.items():
+        if set(pair) != {16, 32}:
+            continue
+        four, eight = pair[16], pair[32]
+        measured_four = four.measured_us_per_step < eight.measured_us_per_step
+        predicted_four = four.predicted_us_per_step < eight.predicted_us_per_step
+        verdict = ("as the model predicts" if measured_four == predicted_four else
+                   "the model predicted the other: run fit-model (docs/gpu_check.md)")
+        verdicts.append(
+            f"{path} at H, B = {hidden}, {batch}, {direction}: dot products on 4 warps "
+            f"{four.measured_us_per_step:.3f} µs/step, on 8 warps {eight.measured_us_per_step:.3f} (predicted "
+            f"{four.predicted_us_per_step:.3f} and {eight.predicted_us_per_step:.3f}): "
+            f"{'4' if measured_four else '8'} warps faster, {verdict}.")
+    return verdicts
 
 
 def _num(value: float | None, digits: int = 2) -> str:
@@ -913,6 +943,10 @@ def format_report(result: GpuCheckResult) -> str:
         "",
         format_phase_table(result.phase_rows, cost_constants().get("clock_per_us", 1980.0)),
     ]
+    verdicts = warp_count_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in result.notes]
