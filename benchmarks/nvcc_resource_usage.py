@@ -4,9 +4,12 @@ Compiles csrc/cuda/elman_cuda.cu for sm_80 and sm_90 with the build's flags plus
 -Xptxas -v, keeps ptxas's lines for the kernels of elman_forward_kernel.cuh /
 elman_backward_kernel.cuh (names demangled), writes them to
 benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when any of them spills to local
-memory. No GPU needed, only nvcc.
+memory. Then counts the dot-product loops in the same object's sm_90 machine code
+(benchmarks/sass_dot_loop.py: benchmarks/sass_dot_loop.txt) and fails when they no longer
+match the cost model's instruction counts. No GPU needed, only nvcc and cuobjdump.
 
 Usage: python benchmarks/nvcc_resource_usage.py [--out benchmarks/nvcc_resource_usage.txt]
+                                                [--sass-out benchmarks/sass_dot_loop.txt]
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sass_dot_loop  # noqa: E402  (benchmarks/ is not a package)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
@@ -47,12 +54,19 @@ def demangle(lines: list[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "nvcc_resource_usage.txt"))
+    parser.add_argument("--sass-out", default=os.path.join(ROOT, "benchmarks", "sass_dot_loop.txt"))
     args = parser.parse_args()
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         print("nvcc_resource_usage: nvcc is not on PATH", file=sys.stderr)
         return 2
-    command = [nvcc, "-c", os.path.join(ROOT, "csrc", "cuda", "elman_cuda.cu"), "-o", os.devnull,
+    with tempfile.TemporaryDirectory(prefix="nvcc_resource_usage_") as work:
+        return reports(args, nvcc, os.path.join(work, "elman_cuda.o"))
+
+
+def reports(args: argparse.Namespace, nvcc: str, object_file: str) -> int:
+    """Compiles into object_file, writes both reports; the exit status."""
+    command = [nvcc, "-c", os.path.join(ROOT, "csrc", "cuda", "elman_cuda.cu"), "-o", object_file,
                "-O3", "-std=c++20", "--expt-relaxed-constexpr", "-Xptxas=-v",
                "-Xptxas=-warn-spills"]
     for arch in ARCHS:
@@ -95,6 +109,16 @@ def main() -> int:
         return 1
     if spills:
         print("recurrence kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
+        return 1
+    loops, error = sass_dot_loop.report(object_file)
+    sass_header = ["# The recurrence kernels' innermost loops with multiply-adds in sm_90 SASS (cuobjdump -sass),",
+                   "# produced by benchmarks/nvcc_resource_usage.py (benchmarks/sass_dot_loop.py): instructions =",
+                   "# shared-memory loads + FMAs + other (address arithmetic, loop control), per loop trip.", ""]
+    with open(args.sass_out, "w") as f:
+        f.write("\n".join(sass_header + loops) + "\n")
+    print("\n".join(loops[-2:]))
+    if error:
+        print(f"nvcc_resource_usage: {error}", file=sys.stderr)
         return 1
     return 0
 

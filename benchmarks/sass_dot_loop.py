@@ -1,0 +1,160 @@
+"""The dot-product loop of the recurrence kernels in machine code (sm_90 SASS), counted.
+
+The cost model's issue term (csrc/cuda/recurrence_cost_model.h) prices a chunk iteration of
+the dot products (kernel_common.cuh add_unit_dots) as its shared-memory loads, its
+multiply-adds and `loop_instructions` other instructions (address arithmetic, loop control;
+`loop_instructions_fp64` in float64). Those constants are counts, not timings: this module
+reads them off the compiled kernels. benchmarks/nvcc_resource_usage.py calls it on the object
+it compiles (no second compile), writes every kernel's loops to benchmarks/sass_dot_loop.txt
+and fails when the model's constants are more than MAX_DIFFERENCE from the mean over the
+kernels of a dtype.
+
+A dot loop is recognised by its counts: per iteration S state loads and `used` weight loads
+for used x S x (4 float32 or 2 float64) multiply-adds, S the kernel's samples per chunk; the
+loop is unrolled by 2, so a trip holds 2 iterations (or 1, or 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COST_MODEL = os.path.join(ROOT, "csrc", "cuda", "recurrence_cost_model.h")
+ARCH = "sm_90"
+# Mangled-name pieces: forward/backward kernel, float (f) or double (d), samples, path
+# (RecurrencePath: 0 block, 1 cluster, 2 grid).
+PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
+KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)E")
+MAX_DIFFERENCE = 2.0  # instructions per iteration
+
+
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """An innermost loop of a kernel with multiply-adds in it: its instruction counts."""
+
+    instructions: int
+    loads: int  # shared-memory loads (LDS*)
+    fmas: int   # FFMA or DFMA
+
+    @property
+    def other(self) -> int:
+        return self.instructions - self.loads - self.fmas
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump from PATH, the CUDA toolkit, or the copy the triton wheel (a torch dependency) ships."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and os.path.isfile(os.path.join(root, "bin", "cuobjdump")):
+            return os.path.join(root, "bin", "cuobjdump")
+    spec = importlib.util.find_spec("triton")
+    if spec and spec.submodule_search_locations:
+        bundled = os.path.join(spec.submodule_search_locations[0], "backends", "nvidia", "bin", "cuobjdump")
+        if os.path.isfile(bundled):
+            return bundled
+    return None
+
+
+def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]]]:
+    """(direction, dtype, samples, path) -> [(address, instruction)] of each recurrence kernel
+    compiled for `arch` in cuobjdump -sass output."""
+    kernels: dict[tuple, list[tuple[int, str]]] = {}
+    current, in_arch = None, False
+    for line in sass.splitlines():
+        arch_line = re.match(r"\s*arch = (sm_\d+)", line)
+        if arch_line:
+            in_arch, current = arch_line.group(1) == arch, None
+            continue
+        function = re.search(r"Function : (\S+)", line)
+        if function:
+            match = KERNEL.search(function.group(1)) if in_arch else None
+            current = None
+            if match:
+                direction, dtype, samples, path = match.groups()
+                current = (direction, "float" if dtype == "f" else "double", int(samples), PATH_NAMES[path])
+                kernels[current] = []
+            continue
+        instruction = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
+        if current is not None and instruction:
+            kernels[current].append((int(instruction.group(1), 16), instruction.group(2).strip()))
+    return kernels
+
+
+def innermost_fma_loops(instructions: list[tuple[int, str]], min_fmas: int = 8) -> list[Loop]:
+    """The loops (backward branches) that contain no other loop and at least min_fmas FMAs."""
+    index = {address: i for i, (address, _) in enumerate(instructions)}
+    spans = []
+    for i, (address, text) in enumerate(instructions):
+        branch = re.search(r"BRA\b.*?(0x[0-9a-f]+)", text)
+        if branch and int(branch.group(1), 16) in index and int(branch.group(1), 16) < address:
+            spans.append((index[int(branch.group(1), 16)], i))
+    loops = []
+    for start, end in spans:
+        if any(start <= s and e <= end and (s, e) != (start, end) for s, e in spans):
+            continue
+        body = [text for _, text in instructions[start:end + 1]]
+        fmas = sum(1 for text in body if re.match(r"(@!?U?P\w+ )?[FD]FMA\b", text))
+        if fmas >= min_fmas:
+            loads = sum(1 for text in body if re.match(r"(@!?U?P\w+ )?LDS\b", text))
+            loops.append(Loop(len(body), loads, fmas))
+    return loops
+
+
+def model_constants() -> dict[str, float]:
+    """The dot-loop constants as recurrence_cost_model.h sets them, by dtype."""
+    text = open(COST_MODEL).read()
+    value = {name: float(re.search(rf"double {name} = ([\d.]+);", text).group(1))
+             for name in ("loop_instructions", "loop_instructions_fp64")}
+    return {"float": value["loop_instructions"], "double": value["loop_instructions_fp64"]}
+
+
+def other_per_iteration(key: tuple, loop: Loop) -> float | None:
+    """A dot loop's other instructions per iteration, or None for a loop that is not one."""
+    samples, vector = key[2], 4 if key[1] == "float" else 2
+    for iterations in (2, 1, 4):
+        if loop.loads % iterations or loop.fmas % iterations:
+            continue
+        used = loop.loads // iterations - samples
+        if used >= 1 and used * samples * vector == loop.fmas // iterations:
+            return loop.other / iterations
+    return None
+
+
+def report(object_file: str) -> tuple[list[str], str | None]:
+    """(report lines, error or None) for the recurrence kernels in `object_file`."""
+    tool = find_cuobjdump()
+    if tool is None:
+        return [], "cuobjdump not found (PATH, CUDA_HOME/bin, or the triton wheel's copy)"
+    sass = subprocess.run([tool, "-sass", object_file], capture_output=True, text=True, check=True).stdout
+    kernels = kernel_sass(sass)
+    lines, means = [], {"float": [], "double": []}
+    for key in sorted(kernels):
+        loops = sorted(innermost_fma_loops(kernels[key]), key=lambda loop: -loop.fmas)
+        shown = ", ".join(f"{loop.instructions} = {loop.loads} LDS + {loop.fmas} FMA + {loop.other} other"
+                          for loop in loops)
+        counts = [c for c in (other_per_iteration(key, loop) for loop in loops) if c is not None]
+        if counts:
+            means[key[1]].append(sum(counts) / len(counts))
+        per_iteration = f"; dot loop: {sum(counts) / len(counts):g} other per iteration" if counts else ""
+        lines.append(f"{key[0]} {key[1]} {key[2]} samples {key[3]}: {shown or 'no loop with FMAs'}{per_iteration}")
+    lines.append("")
+    errors = []
+    for dtype, model in model_constants().items():
+        if not means[dtype]:
+            errors.append(f"no {dtype} dot loop found")
+            continue
+        mean = sum(means[dtype]) / len(means[dtype])
+        lines.append(f"{dtype}: mean other instructions per iteration over {len(means[dtype])} kernels {mean:.2f} "
+                     f"(range {min(means[dtype]):g}-{max(means[dtype]):g}); the cost model counts {model:g}")
+        if abs(mean - model) > MAX_DIFFERENCE:
+            errors.append(f"the {dtype} dot loops have {mean:.2f} other instructions per iteration, the cost "
+                          f"model counts {model:g}: update loop_instructions{'_fp64' if dtype == 'double' else ''} "
+                          "in recurrence_cost_model.h")
+    return lines, "; ".join(errors) or None
