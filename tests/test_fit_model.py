@@ -78,20 +78,21 @@ def test_step_cost_refuses_shapes_no_kernel_has():
 def test_issue_term_counts_the_dot_loops_instructions():
     """The grid path at H = 1024, B = 32 (32 units and 8 samples per CTA, 32 chunk
     iterations) is issue-bound in the model. Per scheduler and iteration: 8 computing warps
-    (2 per scheduler) x (9 loads + 32 FMAs + 20 other instructions, the float32 dot loops'
-    mean in their machine code); or 4 warps (1 per scheduler) x (10 loads + 64 FMAs + 20) +
-    half a shared load latency (30 cycles) exposed. Plus one batch's epilogue tail, 2 outputs
-    per lane x 80 cycles. At 1980 cycles per us."""
+    (2 per scheduler) x (9 loads with an address instruction each + 32 FMAs + 1 for the loop,
+    as counted in the kernels' machine code); or 4 warps (1 per scheduler) x (10 loads x 2 +
+    64 FMAs + 1) + half a shared load latency (30 cycles) exposed. Plus one batch's epilogue
+    tail, 2 outputs per lane x 80 cycles. At 1980 cycles per us."""
     fields = dict(path="grid", samples=8, chunks=1, ctas_per_group=32, units_per_cta=32, waves=1)
     tail = 2 * 80
     all_warps = step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, term="compute")
-    assert all_warps == pytest.approx((32 * 2 * (9 + 32 + 20) + tail) / 1980, rel=1e-12)
+    assert all_warps == pytest.approx((32 * 2 * (9 * 2 + 32 + 1) + tail) / 1980, rel=1e-12)
     half_warps = step_cost_us({**fields, "units_per_pass": 16}, 1024, 32, term="compute")
-    assert half_warps == pytest.approx((32 * (10 + 64 + 20 + 15) + tail) / 1980, rel=1e-12)
-    # Without the loop's other instructions, shared-memory wavefronts bound the 8 warps:
+    assert half_warps == pytest.approx((32 * (10 * 2 + 64 + 1 + 15) + tail) / 1980, rel=1e-12)
+    # Without address and loop instructions, shared-memory wavefronts bound the 8 warps:
     # 8 warps x 32 iterations x (4 weight + 8 state wavefronts), one per cycle.
-    assert step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants={"loop_instructions": 1e-9},
-                        term="compute") == pytest.approx((8 * 32 * 12 + tail) / 1980, rel=1e-6)
+    free_loop = {"address_instructions_per_load": 1e-9, "loop_instructions": 1e-9}
+    assert step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=free_loop, term="compute") == \
+        pytest.approx((8 * 32 * 12 + tail) / 1980, rel=1e-6)
 
 
 def _observations(constants: dict[str, float], paths=("block", "cluster", "grid"), shapes=SHAPES,

@@ -155,43 +155,57 @@ SIMT_DEVICE __forceinline__ void zero_tile(scalar_t (&acc)[kUnits][kSamples]) {
   }
 }
 
+// Calls f(std::integral_constant<int, U>{}) with U = used (1 <= used <= kUnits): a batch's dot
+// products compiled for the number of units it has. With the count at run time nvcc predicates
+// the missing units' loads and multiply-adds off instead of branching around them, and
+// predicated-off instructions still take issue slots (sm_90 SASS of the 1-sample kernels: all 8
+// units' instructions every iteration, for a batch of 1 or 2 units).
+template <int kUnits, int U = kUnits, class F>
+SIMT_DEVICE __forceinline__ void with_used_units(int used, F&& f) {
+  if constexpr (U == 1) {
+    f(std::integral_constant<int, 1>{});
+  } else {
+    if (used == U) {
+      f(std::integral_constant<int, U>{});
+    } else {
+      with_used_units<kUnits, U - 1>(used, f);
+    }
+  }
+}
+
 // acc += the products of unit_dots over chunks [first_chunk, end_chunk) only; first_chunk a
 // multiple of kUnitLanes, so that a lane takes the same chunks in the same order as in one call
 // over the whole row (split at such boundaries, the sums are bitwise those of unit_dots).
 // Unrolled by 2: nvcc then addresses the second iteration's loads by immediate offsets and
 // issues them among the first one's multiply-adds (sm_90 SASS: 16 instructions of loop
 // overhead per iteration instead of 27 at 8 samples x 2 units). The weight loads of a batch
-// come before its multiply-adds, not behind the branch on `used`. By 4 it would spill.
-template <typename scalar_t, int kUnits, int kSamples>
-SIMT_DEVICE __forceinline__ void add_unit_dots(const scalar_t* const (&w_rows)[kUnits], int used,
-                                               const scalar_t* states, int64_t row_stride, int first_chunk,
-                                               int end_chunk, int q, scalar_t (&acc)[kUnits][kSamples]) {
+// come before its multiply-adds. By 4 it would spill.
+template <int kUsed, typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void add_unit_dots(const scalar_t* const (&w_rows)[kUnits], const scalar_t* states,
+                                               int64_t row_stride, int first_chunk, int end_chunk, int q,
+                                               scalar_t (&acc)[kUnits][kSamples]) {
+  static_assert(kUsed >= 1 && kUsed <= kUnits, "a batch of 1 to kUnits units");
   SIMT_UNROLL_2
   for (int c = first_chunk + q; c < end_chunk; c += kUnitLanes) {
-    Vec16<scalar_t> h[kSamples], w[kUnits];
+    Vec16<scalar_t> h[kSamples], w[kUsed];
     load_state_chunks(states, row_stride, c, h);
     SIMT_UNROLL
-    for (int i = 0; i < kUnits; ++i) {
-      if (i < used) w[i] = load_vec(w_rows[i] + c * vec_size<scalar_t>());
-    }
+    for (int i = 0; i < kUsed; ++i) w[i] = load_vec(w_rows[i] + c * vec_size<scalar_t>());
     SIMT_UNROLL
-    for (int i = 0; i < kUnits; ++i) {
-      if (i < used) accumulate_chunk(w[i], h, acc[i]);
-    }
+    for (int i = 0; i < kUsed; ++i) accumulate_chunk(w[i], h, acc[i]);
   }
 }
 
 // acc[i][j] = sum over the lane's k chunks of w_rows[i][k] * states[j * row_stride + k], for
-// the first `used` rows (the rest are left at zero) and the kSamples state rows. Rows in
+// the first kUsed rows (the rest are left at zero) and the kSamples state rows. Rows in
 // shared memory, 16-byte aligned, padded with zeros to `chunks` whole chunks. Each
 // accumulator takes its chunks in order, so the result is the same on every run and does not
-// depend on kUnits or on where the weights are (register_unit_dots). `used` must be uniform
-// over the warp.
-template <typename scalar_t, int kUnits, int kSamples>
-SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], int used, const scalar_t* states,
+// depend on kUnits or on where the weights are (register_unit_dots).
+template <int kUsed, typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void unit_dots(const scalar_t* const (&w_rows)[kUnits], const scalar_t* states,
                                            int64_t row_stride, int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
   zero_tile(acc);
-  add_unit_dots(w_rows, used, states, row_stride, 0, chunks, q, acc);
+  add_unit_dots<kUsed>(w_rows, states, row_stride, 0, chunks, q, acc);
 }
 
 // Weights held in registers where a lane's share fits: for each of at most
@@ -209,11 +223,10 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row). The same sums in the
 // same order.
-template <typename scalar_t, int kUnits, int kSamples>
+template <int kUsed, typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kRegisterPasses][kRegisterIterations],
-                                                    int first_pass, int used, const scalar_t* states,
-                                                    int64_t row_stride, int chunks, int q,
-                                                    scalar_t (&acc)[kUnits][kSamples]) {
+                                                    int first_pass, const scalar_t* states, int64_t row_stride,
+                                                    int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
   zero_tile(acc);
   SIMT_UNROLL
   for (int it = 0; it < kRegisterIterations; ++it) {
@@ -222,9 +235,9 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
     Vec16<scalar_t> h[kSamples];
     load_state_chunks(states, row_stride, c, h);
     SIMT_UNROLL
-    for (int i = 0; i < kUnits; ++i) {
+    for (int i = 0; i < kUsed; ++i) {
       const int p = first_pass + i;
-      if (i < used && p < kRegisterPasses) accumulate_chunk(w[p][it], h, acc[i]);
+      if (p < kRegisterPasses) accumulate_chunk(w[p][it], h, acc[i]);
     }
   }
 }

@@ -47,12 +47,13 @@ struct Constants {
   // batch's other outputs.
   double output_issue_cycles = 80;
   // Counted, not measured: the instructions of a chunk iteration of the dot products besides
-  // its loads and multiply-adds (address arithmetic, loop control), in the sm_90 machine code
-  // of the kernels (benchmarks/sass_dot_loop.txt, the loop unrolled by 2): the mean over the 24
-  // float32 kernels' loops (12-30 each; 14 at 8 samples, 21-22 below) and over the float64
-  // ones (6.5-41.5; 34.5 at 1 sample, 7-11 above).
-  double loop_instructions = 20;
-  double loop_instructions_fp64 = 15;
+  // its loads and multiply-adds, in the sm_90 machine code of the kernels
+  // (benchmarks/sass_dot_loop.txt; the loop unrolled by 2, compiled per number of units in the
+  // batch): one address instruction per shared-memory load and about one for the loop (over the
+  // kernels' loops, other instructions - loads: 0.7 on average in float32, 0.15 in float64,
+  // within 2.5 everywhere).
+  double address_instructions_per_load = 1;
+  double loop_instructions = 1;
 };
 
 inline constexpr Constants kH200{};
@@ -83,8 +84,8 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"epilogue_cycles", &Constants::epilogue_cycles},
     {"remote_store_cycles", &Constants::remote_store_cycles},
     {"output_issue_cycles", &Constants::output_issue_cycles},
+    {"address_instructions_per_load", &Constants::address_instructions_per_load},
     {"loop_instructions", &Constants::loop_instructions},
-    {"loop_instructions_fp64", &Constants::loop_instructions_fp64},
 };
 inline constexpr const char* kClusterBarrierScale = "cluster_barrier_scale";
 
@@ -131,16 +132,16 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
   // Issue: 4 schedulers per SM, one instruction each per cycle, every computing warp's loop
   // instructions on one of them. Per warp, chunk iteration and batch: the state and weight
-  // loads, the multiply-adds, and the loop's other instructions (address arithmetic, loop
-  // control; none where the weights are in registers: those dot products are unrolled whole,
-  // kernel_common.cuh register_unit_dots). A scheduler with a single warp also waits for the
+  // loads with their address instructions, the multiply-adds, and the loop's own (none where
+  // the weights are in registers: those dot products are unrolled whole, kernel_common.cuh
+  // register_unit_dots, and their loads take immediate offsets). A scheduler with a single warp also waits for the
   // loads that the unrolled loop issues ahead of its first multiply-add, every second iteration.
   const double warps_per_scheduler = double(w.warps) / 4.0;
   double issue_cycles = 0.0;
   for (int64_t batch = 0; batch < batches; ++batch) {
     const int64_t used = std::min(w.pass_batch, w.passes - batch * w.pass_batch);
     const double loads = double(w.samples + (w.weights_in_registers ? 0 : used));
-    const double other = w.weights_in_registers ? 0.0 : w.fp64 ? c.loop_instructions_fp64 : c.loop_instructions;
+    const double other = w.weights_in_registers ? 0.0 : loads * c.address_instructions_per_load + c.loop_instructions;
     const double instructions = loads + double(used * w.samples * w.vector) + other;
     const double exposed = warps_per_scheduler < 2.0 ? c.smem_latency_cycles / 2.0 : 0.0;
     issue_cycles += double(w.chunk_iterations) * (warps_per_scheduler * instructions + exposed);

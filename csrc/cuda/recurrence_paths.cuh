@@ -456,7 +456,9 @@ struct RecurrenceCta {
           clock.lap(kStagePhase);
         }
         if (!computes) continue;  // uniform over the warp
-        register_unit_dots(weight_registers, first_pass, used, current, row, vectors, role.q, acc);
+        with_used_units<kBatch>(used, [&](auto units) {
+          register_unit_dots<decltype(units)::value>(weight_registers, first_pass, current, row, vectors, role.q, acc);
+        });
       } else {
         const scalar_t* rows[kBatch];
         SIMT_UNROLL
@@ -469,11 +471,16 @@ struct RecurrenceCta {
             __syncthreads();
             clock.lap(kStagePhase);
             if (computes) {
-              add_unit_dots(rows, used, current, row, piece_begin(piece), piece_begin(piece + 1), role.q, acc);
+              with_used_units<kBatch>(used, [&](auto units) {
+                add_unit_dots<decltype(units)::value>(rows, current, row, piece_begin(piece), piece_begin(piece + 1),
+                                                      role.q, acc);
+              });
             }
           }
         } else if (computes) {
-          unit_dots(rows, used, current, row, vectors, role.q, acc);
+          with_used_units<kBatch>(used, [&](auto units) {
+            unit_dots<decltype(units)::value>(rows, current, row, vectors, role.q, acc);
+          });
         }
         if (!computes) continue;  // uniform over the warp
       }

@@ -42,7 +42,7 @@ from .command_output import UsageError, markdown_table, output_directory, write_
 FITTED = ("block_barrier_us", "cluster_barrier_scale", "grid_barrier_us", "fma_per_sm_per_us",
           "smem_wavefronts_per_us", "l2_dependent_load_us", "l2_bytes_per_sm_per_us", "fma_latency_cycles",
           "smem_latency_cycles", "shuffle_latency_cycles", "epilogue_cycles", "remote_store_cycles",
-          "output_issue_cycles", "loop_instructions", "launch_us")
+          "output_issue_cycles", "address_instructions_per_load", "loop_instructions", "launch_us")
 # How strongly a constant is held to its current value: the weight of log(new / current) beside
 # a row's log(predicted / measured). Weak: 20% of one row's pull at a factor of e.
 PRIOR_WEIGHT = 0.2
