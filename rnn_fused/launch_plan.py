@@ -114,7 +114,8 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                  constants: dict[str, float] | None = None, term: str = "total") -> float:
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
-    ctas_per_group, units_per_cta and waves) for a layer of hidden_size units and batch_size
+    ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32, as in runs
+    from before it existed) for a layer of hidden_size units and batch_size
     samples, with `constants` (names from cost_constants()) replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
     measurements needs. term: "total" (the time per step), or the part of it that step-phase
