@@ -55,6 +55,25 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   return previous;
 }
 
+namespace {
+std::mutex autotune_mutex;
+Autotune autotune_setting;
+}  // namespace
+
+Autotune autotune() {
+  const std::lock_guard<std::mutex> lock(autotune_mutex);
+  return autotune_setting;
+}
+
+Autotune set_autotune(const Autotune& setting) {
+  TORCH_CHECK_VALUE(setting.steps >= 1, "rnn_fused.launch_plan.autotune: steps must be at least 1, got ",
+                    setting.steps);
+  const std::lock_guard<std::mutex> lock(autotune_mutex);
+  const Autotune previous = autotune_setting;
+  autotune_setting = setting;
+  return previous;
+}
+
 bool register_recurrence_backend(const RecurrenceBackend& backend) {
   registry().push_back(backend);
   return true;

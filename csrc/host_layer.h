@@ -18,6 +18,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/DeviceType.h>
 
+#include <cmath>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -67,7 +68,8 @@ struct RecurrencePlanReport {
     int64_t samples_per_group = 0, samples = 0, chunks = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
     int64_t units_per_pass = 0;
     int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
-    double us_per_step = 0.0;
+    double us_per_step = 0.0;           // the cost model's prediction
+    double measured_us_per_step = NAN;  // timed on the device (Autotune), else NaN
     std::string reason;
   };
   Entry chosen;
@@ -133,6 +135,19 @@ struct ForcedTiling {
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.
 ForcedTiling set_forced_tiling(const ForcedTiling& tiling);
+
+// Autotuning (rnn_fused.launch_plan.autotune): where enabled, a GPU-kernel planner times
+// every feasible path's launch shape on the device at the first unforced plan of each
+// (device, H, B, direction, dtype) and takes the fastest it measured, instead of the cost
+// model's pick; the measurements are kept for the process. `steps`: the steps a timed run
+// adds to a short one (the time per step is their difference over `steps`). Process-wide.
+struct Autotune {
+  bool enabled = false;
+  int64_t steps = 64;
+};
+Autotune autotune();
+// Sets it (ValueError naming steps when it is below 1, and nothing set); returns the previous one.
+Autotune set_autotune(const Autotune& setting);
 
 // Registers a backend (static initialisers of each backend's translation unit).
 bool register_recurrence_backend(const RecurrenceBackend& backend);

@@ -167,9 +167,10 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 // device: entry 0 is the chosen (or forced) plan, then every path's best shape. Per entry:
 // path, feasible (0 or 1), 13 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
 // units_per_cta, units_per_pass, grid, block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves),
-// us_per_step, reason.
+// us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
+// measured it: host_layer.h Autotune).
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
-           std::vector<std::string>>
+           std::vector<std::string>, std::vector<double>>
 recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size, bool backward,
                 std::optional<c10::string_view> path, std::optional<c10::string_view> backend) {
   const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), optional_name(backend));
@@ -184,7 +185,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   std::vector<std::string> paths, reasons;
   std::vector<int64_t> feasible;
   std::vector<int64_t> shapes;
-  std::vector<double> us;
+  std::vector<double> us, measured;
   std::vector<RecurrencePlanReport::Entry> entries = {report.chosen};
   entries.insert(entries.end(), report.candidates.begin(), report.candidates.end());
   for (const RecurrencePlanReport::Entry& e : entries) {
@@ -195,8 +196,9 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
                                  e.shared_mem_bytes, e.blocks_per_sm, e.waves});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
+    measured.push_back(e.measured_us_per_step);
   }
-  return {paths, feasible, shapes, us, reasons};
+  return {paths, feasible, shapes, us, reasons, measured};
 }
 
 // The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:
@@ -318,7 +320,7 @@ TORCH_LIBRARY(rnn_fused, m) {
   // 'emulated': the emulated device). The report's layout is at recurrence_plan above.
   m.def(
       "recurrence_plan(Tensor like, int hidden_size, int batch_size, bool backward, str? path=None, "
-      "str? backend=None) -> (str[], int[], int[], float[], str[])");
+      "str? backend=None) -> (str[], int[], int[], float[], str[], float[])");
   // like: as for recurrence_plan. The predicted microseconds of a layer's forward or backward.
   m.def(
       "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "
@@ -335,6 +337,12 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def("set_forced_tiling(int samples, int units_per_pass) -> int[]", [](int64_t samples, int64_t units_per_pass) {
     const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling({samples, units_per_pass});
     return std::vector<int64_t>{previous.samples, previous.units_per_pass};
+  });
+  // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
+  // previous setting.
+  m.def("set_autotune(bool enabled, int steps) -> (bool, int)", [](bool enabled, int64_t steps) {
+    const rnn_fused::Autotune previous = rnn_fused::set_autotune({.enabled = enabled, .steps = steps});
+    return std::make_tuple(previous.enabled, previous.steps);
   });
   m.def("cost_constants() -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):

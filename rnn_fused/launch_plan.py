@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class PathEstimate:
     waves: int                   # times the groups take turns on the device (1: all at once)
     predicted_us_per_step: float
     reason: str                  # the shape's description, or the limit that rules it out
+    measured_us_per_step: float | None = None  # timed on the device where autotune() measured it
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,11 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     if target.type != "cuda" and not emulated:
         raise ValueError(f"rnn_fused.plan: device must be 'emulated' or a CUDA device, got {device!r}")
     like = torch.empty(0, dtype=dtype, device=target)
-    paths, feasible, shapes, predicted, reasons = torch.ops.rnn_fused.recurrence_plan(
+    paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
         like, hidden_size, batch_size, backward, path, "emulated" if emulated else None)
     estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS],
-                              predicted[i], reasons[i]) for i in range(len(paths))]
+                              predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i])
+                 for i in range(len(paths))]
     chosen, *candidates = estimates
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates))
 
@@ -151,6 +154,33 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None)
         yield
     finally:
         torch.ops.rnn_fused.set_forced_tiling(*previous)
+        functional._directions_fit_side_by_side.cache_clear()
+
+
+DEFAULT_AUTOTUNE_STEPS = 64
+
+
+@contextlib.contextmanager
+def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
+    """Inside, the planner measures instead of predicting: at the first plan of each (device,
+    hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
+    the device, the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the
+    median of 3 each; their difference over `steps` is the time per step), and takes the
+    fastest; plan() reports each path's measured_us_per_step beside its prediction. The
+    measurements are kept for the process, so tuning costs one such set of runs per shape
+    (it waits for the device). Like torch.backends.cudnn.benchmark, it can pick another path
+    in another process: block, cluster and grid give bitwise the same results, the stepwise
+    path (cuBLAS products) the same within rounding. A forced path (path=...) is never tuned,
+    and nothing is timed while the current stream captures a CUDA graph (the model chooses
+    then). Process-wide; the previous setting is restored on exit."""
+    from . import functional
+
+    previous = torch.ops.rnn_fused.set_autotune(True, steps)
+    functional._directions_fit_side_by_side.cache_clear()
+    try:
+        yield
+    finally:
+        torch.ops.rnn_fused.set_autotune(*previous)
         functional._directions_fit_side_by_side.cache_clear()
 
 

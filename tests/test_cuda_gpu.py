@@ -196,6 +196,37 @@ def test_every_path_runs_somewhere_on_this_gpu():
         assert plan.predicted_us_per_step == min(c.predicted_us_per_step for c in feasible)
 
 
+def test_autotune_times_every_path_on_this_gpu_and_the_layer_runs_its_pick():
+    """Under launch_plan.autotune the planner times every feasible path on the GPU and takes
+    the fastest it measured; the layer then runs that path (bitwise the results of forcing it).
+    While the current stream captures a CUDA graph nothing is timed: the model chooses."""
+    hidden, batch = 65, 3  # a shape no other test tunes
+    args = [_cuda(a).requires_grad_() for a in layer_args(20, batch, 7, hidden, dtype=torch.float32)]
+
+    def once(path=None):
+        out, h_n = gpu_layer(*args, None, "tanh", False, path=path)
+        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), args)]
+
+    with rnn_fused.launch_plan.autotune(steps=16):
+        plans = [rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=b) for b in (False, True)]
+        tuned = once()
+        capture = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(capture):
+            untimed = rnn_fused.plan(hidden + 2, batch, torch.float32, PLAN_DEVICE)
+    for plan in plans:
+        feasible = [c for c in plan.candidates if c.feasible]
+        assert all(c.measured_us_per_step > 0 for c in feasible), plan.candidates
+        assert plan.measured_us_per_step == min(c.measured_us_per_step for c in feasible)
+        assert plan.reason.startswith(f"{plan.path} (measured ")
+    assert untimed.measured_us_per_step is None and "measured" not in untimed.reason
+    # path= forces both directions: the forward's results always compare, the gradients where
+    # the backward took the same path as the forward.
+    forced = once(plans[0].path)
+    compared = len(tuned) if plans[0].path == plans[1].path else 2
+    for a, b in zip(tuned[:compared], forced[:compared], strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
 def test_deterministic_bitwise_on_every_path(path):
     args = [_cuda(a).requires_grad_() for a in layer_args(30, 6, 7, 33, dtype=torch.float32)]

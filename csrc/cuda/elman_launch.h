@@ -13,12 +13,14 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -365,11 +367,10 @@ RecurrencePlan plan_stepwise(const PlanRequest& r) {
 
 // Every path's best shape, in the order block, cluster, grid, stepwise. Planning queries the
 // occupancy of dozens of launch shapes, so the result is kept per (device properties, request).
+// What a plan depends on: the device's properties, the request and the forced tiling.
 template <typename scalar_t>
-std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
+std::string plan_key(const PlanRequest& r) {
   const simt::DeviceProperties d = simt::device_properties();
-  PlanRequest r = request;
-  r.forced = forced_tiling();
   std::string key;
   for (int64_t v : {int64_t(d.sm_count), int64_t(d.compute_capability_major), int64_t(d.max_threads_per_sm),
                     int64_t(d.max_blocks_per_sm),
@@ -378,6 +379,14 @@ std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass}) {
     key += std::to_string(v) + ",";
   }
+  return key;
+}
+
+template <typename scalar_t>
+std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
+  PlanRequest r = request;
+  r.forced = forced_tiling();
+  const std::string key = plan_key<scalar_t>(r);
   static std::mutex mutex;
   static std::unordered_map<std::string, std::vector<RecurrencePlan>> cache;
   {
@@ -392,32 +401,6 @@ std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
   const std::lock_guard<std::mutex> lock(mutex);
   cache.emplace(key, candidates);
   return candidates;
-}
-
-// The plan for `requested` (a path name, or "" for the fastest predicted); a forced path
-// that cannot run the shape raises ValueError naming the path, the shape and the limit.
-template <typename scalar_t>
-RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
-  const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(r);
-  if (!requested.empty()) {
-    const std::optional<RecurrencePath> path = parse_path(requested);
-    TORCH_CHECK_VALUE(path.has_value(), "rnn_fused: path must be 'block', 'cluster', 'grid', 'stepwise' or None, got '",
-                      requested, "'");
-    const RecurrencePlan& plan = candidates[static_cast<size_t>(*path)];
-    TORCH_CHECK_VALUE(plan.feasible, "rnn_fused: path '", requested, "' cannot run ", shape_text(r), " on this device: ",
-                      plan.reason);
-    RecurrencePlan forced = plan;
-    forced.reason = "forced: " + forced.reason;
-    return forced;
-  }
-  const RecurrencePlan* best = nullptr;
-  for (const RecurrencePlan& p : candidates) {
-    if (p.feasible && (best == nullptr || p.us_per_step < best->us_per_step)) best = &p;
-  }
-  RecurrencePlan chosen = *best;  // stepwise is always feasible
-  chosen.reason = std::string(path_name(chosen.path)) + " (predicted " + std::to_string(chosen.us_per_step) +
-                  " us per step, the fastest feasible path): " + chosen.reason;
-  return chosen;
 }
 
 // Where a timed recurrence writes its step phases: [CTAs, 3] int64 zeros in `phase_cycles`
@@ -455,14 +438,6 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   });
 }
 
-// The plan of a call's forward or backward recurrence.
-template <typename scalar_t>
-RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
-  return choose_plan<scalar_t>(
-      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
-      call.options.path);
-}
-
 // The Grid and Stepwise paths exchange the state through global memory: [2,B,H], by parity
 // of the step. The Stepwise path's products read slot `first_slot` first: it holds `first`, or
 // zeros where that is undefined; the Grid kernels read the first state from `first` itself (a
@@ -481,13 +456,12 @@ inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& 
   return exchange;
 }
 
-// The forward recurrence of the host layer (host_layer.h); returns h_n.
+// The forward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns h_n.
 template <typename scalar_t>
-at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
+at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const RecurrencePlan& plan) {
   const LayerForwardCall& call = r.call;
   const LayerShape& shape = call.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
-  const RecurrencePlan plan = plan_for<scalar_t>(call, false);
   at::Tensor h_n = at::empty({B, H}, r.out.options());
   at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
   const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
@@ -521,16 +495,15 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
   return h_n;
 }
 
-// The backward recurrence of the host layer (host_layer.h); returns dz at each sample's
-// processing step 0.
+// The backward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns
+// dz at each sample's processing step 0.
 template <typename scalar_t>
-at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
+at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const RecurrencePlan& plan) {
   const LayerForwardCall& call = r.call.forward;
   const LayerShape& shape = call.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   const BackwardOperands& op = r.operands;
   const bool record_norms = r.call.record_norms;
-  const RecurrencePlan plan = plan_for<scalar_t>(call, true);
   const at::TensorOptions options = op.out.options();
   at::Tensor dz_first = at::empty({B, H}, options);
   // Step T-1 reads slot T % 2: dz after the last step, zero.
@@ -573,6 +546,153 @@ at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
   }
   if (record_norms) r.step_norms.copy_(step_sq.sqrt_());
   return dz_first;
+}
+
+// ---- Autotuning (host_layer.h Autotune) --------------------------------------------------
+
+// Where this world's kernels find their tensors: the current CUDA device, or the CPU (emulated).
+inline c10::DeviceType kernel_device_type() {
+#if defined(__CUDACC__)
+  return c10::DeviceType::CUDA;
+#else
+  return c10::DeviceType::CPU;
+#endif
+}
+
+// Which device a measurement was made on.
+inline std::string kernel_device_name() {
+#if defined(__CUDACC__)
+  return "cuda:" + std::to_string(simt::detail::current_device());
+#else
+  return "emulated";
+#endif
+}
+
+// The time per step of the launch shape `plan` on this device, in microseconds: the difference
+// between the median of kTimedRuns runs of kShortSteps + steps steps and that of runs of
+// kShortSteps steps, over `steps` (a persistent path's launch, or the first steps' staging, is
+// not a step's cost), after a warm-up run. The forward from constant inputs that keep every
+// value finite (the kernels' time does not depend on the values), or the backward through such
+// saved states.
+template <typename scalar_t>
+double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_t steps) {
+  constexpr int64_t kShortSteps = 2;
+  constexpr int kTimedRuns = 3;
+  const at::TensorOptions options =
+      at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value).device(kernel_device_type());
+  const int64_t B = r.batch, H = r.hidden, T = kShortSteps + steps;
+  // Forward: XW_t in, h_t out (in place). Backward: saved h_t, dy_t in; dz_t out.
+  const at::Tensor states = at::full({T, B, H}, 0.25, options);
+  const at::Tensor w_hh = at::full({H, H}, 0.5 / double(H), options);
+  const at::Tensor dy = at::full({T, B, H}, 0.01, options);
+  const at::Tensor dz = at::empty({T, B, H}, options);
+  const at::Tensor dh_n = at::zeros({B, H}, options);
+  auto run_us = [&](int64_t n) {
+    LayerBackwardCall call{};
+    call.forward.shape = LayerShape{.steps = n, .batch = B, .input_size = H, .hidden = H};
+    const at::Tensor saved = states.narrow(0, 0, n);
+    const BackwardOperands operands{.w_hh = w_hh, .out = saved, .dy = dy.narrow(0, 0, n), .dh_n = dh_n};
+    return simt::stream_time_us([&] {
+      if (r.backward) {
+        backward_recurrence_planned<scalar_t>(
+            BackwardRecurrence{.call = call, .operands = operands, .dz = dz.narrow(0, 0, n), .step_norms = {}}, plan);
+      } else {
+        forward_recurrence_planned<scalar_t>(ForwardRecurrence{.call = call.forward, .w_hh = w_hh, .out = saved}, plan);
+      }
+    });
+  };
+  auto median_us = [&](int64_t n) {
+    std::array<double, kTimedRuns> times{};
+    for (double& t : times) t = run_us(n);
+    std::sort(times.begin(), times.end());
+    return times[kTimedRuns / 2];
+  };
+  run_us(kShortSteps);  // warm-up: first launches of the kernels, allocations
+  const double short_us = median_us(kShortSteps);
+  return std::max(median_us(T) - short_us, 0.0) / double(steps);
+}
+
+// Every candidate's measured time per step (NaN for an infeasible one), timed once per
+// (device, request, steps) and kept for the process; none (nullopt) where autotuning is off or
+// a measurement would be needed while the current stream captures a CUDA graph.
+template <typename scalar_t>
+std::optional<std::vector<double>> measured_candidates(const PlanRequest& r,
+                                                       const std::vector<RecurrencePlan>& candidates) {
+  const Autotune setting = autotune();
+  if (!setting.enabled) return std::nullopt;
+  PlanRequest keyed = r;
+  keyed.forced = forced_tiling();
+  const std::string key = plan_key<scalar_t>(keyed) + std::to_string(setting.steps) + "," + kernel_device_name();
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::vector<double>> measured;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = measured.find(key);
+    if (it != measured.end()) return it->second;
+  }
+  if (simt::stream_capturing()) return std::nullopt;
+  simt::synchronize_device();  // time each path on an idle device (the other direction's work may be queued)
+  std::vector<double> times;
+  for (const RecurrencePlan& p : candidates) {
+    times.push_back(p.feasible ? measured_step_us<scalar_t>(p, r, setting.steps) : NAN);
+  }
+  const std::lock_guard<std::mutex> lock(mutex);
+  return measured.emplace(key, times).first->second;
+}
+
+// The plan for `requested` (a path name, or "" for the planner's choice); a forced path
+// that cannot run the shape raises ValueError naming the path, the shape and the limit. The
+// planner's choice is the fastest feasible path: as measured on the device where autotuning is
+// on (measured_candidates), else as the cost model predicts.
+template <typename scalar_t>
+RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
+  const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(r);
+  if (!requested.empty()) {
+    const std::optional<RecurrencePath> path = parse_path(requested);
+    TORCH_CHECK_VALUE(path.has_value(), "rnn_fused: path must be 'block', 'cluster', 'grid', 'stepwise' or None, got '",
+                      requested, "'");
+    const RecurrencePlan& plan = candidates[static_cast<size_t>(*path)];
+    TORCH_CHECK_VALUE(plan.feasible, "rnn_fused: path '", requested, "' cannot run ", shape_text(r), " on this device: ",
+                      plan.reason);
+    RecurrencePlan forced = plan;
+    forced.reason = "forced: " + forced.reason;
+    return forced;
+  }
+  const std::optional<std::vector<double>> measured = measured_candidates<scalar_t>(r, candidates);
+  auto us_per_step = [&](size_t i) { return measured ? (*measured)[i] : candidates[i].us_per_step; };
+  size_t best = static_cast<size_t>(RecurrencePath::Stepwise);  // always feasible
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (candidates[i].feasible && us_per_step(i) < us_per_step(best)) best = i;
+  }
+  RecurrencePlan chosen = candidates[best];
+  const std::string predicted = "predicted " + std::to_string(chosen.us_per_step) + " us per step";
+  chosen.reason = std::string(path_name(chosen.path)) + " (" +
+                  (measured ? "measured " + std::to_string((*measured)[best]) + " us per step, the fastest feasible "
+                                  "path timed on this device; " + predicted
+                            : predicted + ", the fastest feasible path") +
+                  "): " + chosen.reason;
+  return chosen;
+}
+
+// The plan of a call's forward or backward recurrence.
+template <typename scalar_t>
+RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
+  return choose_plan<scalar_t>(
+      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
+      call.options.path);
+}
+
+// The forward recurrence of the host layer (host_layer.h); returns h_n.
+template <typename scalar_t>
+at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
+  return forward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call, false));
+}
+
+// The backward recurrence of the host layer (host_layer.h); returns dz at each sample's
+// processing step 0.
+template <typename scalar_t>
+at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
+  return backward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call.forward, true));
 }
 
 inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {
@@ -625,7 +745,15 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .reason = p.reason};
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
-    for (const RecurrencePlan& p : plan_candidates<scalar_t>(request)) report.candidates.push_back(describe(p));
+    const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
+    // A forced path is not tuned; otherwise choose_plan measured them (or autotuning is off).
+    const std::optional<std::vector<double>> measured =
+        q.path.empty() ? measured_candidates<scalar_t>(request, candidates) : std::nullopt;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      report.candidates.push_back(describe(candidates[i]));
+      if (measured) report.candidates.back().measured_us_per_step = (*measured)[i];
+    }
+    if (measured) report.chosen.measured_us_per_step = (*measured)[static_cast<size_t>(*parse_path(report.chosen.path))];
   });
   return report;
 }

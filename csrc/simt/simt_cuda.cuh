@@ -368,5 +368,39 @@ void launch_cluster(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t 
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...));
 }
 
+// Waits until the device has finished all work queued on it.
+inline void synchronize_device() { C10_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+// Whether work queued on the current stream now would be captured into a CUDA graph instead
+// of running (nothing can be timed, and nothing waited for, then).
+inline bool stream_capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// The device time, in microseconds, of the work `queue_work()` puts on the current stream:
+// between two events recorded around it. Waits for that work to finish.
+template <class F>
+double stream_time_us(F&& queue_work) {
+  struct Events {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    ~Events() {
+      if (start != nullptr) cudaEventDestroy(start);
+      if (stop != nullptr) cudaEventDestroy(stop);
+    }
+  } events;
+  C10_CUDA_CHECK(cudaEventCreate(&events.start));
+  C10_CUDA_CHECK(cudaEventCreate(&events.stop));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  C10_CUDA_CHECK(cudaEventRecord(events.start, stream));
+  queue_work();
+  C10_CUDA_CHECK(cudaEventRecord(events.stop, stream));
+  C10_CUDA_CHECK(cudaEventSynchronize(events.stop));
+  float ms = 0.0f;
+  C10_CUDA_CHECK(cudaEventElapsedTime(&ms, events.start, events.stop));
+  return double(ms) * 1e3;
+}
+
 SIMT_END_WORLD
 }  // namespace simt

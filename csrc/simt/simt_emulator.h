@@ -418,4 +418,17 @@ void launch_cluster(void (*kernel)(P...), GridDim grid, dim3 block, std::size_t 
                    std::forward<A>(args)...);
 }
 
+// Emulated launches run to completion before they return, and there is no graph capture:
+// the time of the work is the host's (it says that the timing code runs, not how fast a GPU
+// is).
+inline bool stream_capturing() { return false; }
+inline void synchronize_device() {}
+
+template <class F>
+double stream_time_us(F&& queue_work) {
+  const auto start = std::chrono::steady_clock::now();
+  queue_work();
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+}
+
 }  // namespace simt

@@ -1,0 +1,109 @@
+"""Autotuning (rnn_fused.launch_plan.autotune): the planner times every feasible path on the
+device and takes the fastest it measured, instead of the cost model's pick.
+
+Run on the SIMT emulator (backend "emulated"), where a "device time" is host time: these
+tests check what the planner does with measurements (which paths it times, which it takes,
+that it keeps them, that the layer runs the path it took), not how fast a GPU is. On the
+emulator the stepwise path (CPU matrix products) is far faster than the fiber-emulated
+persistent kernels, so tuning overrules the model at these sizes, which is what lets the
+tests tell a tuned plan from a predicted one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused import launch_plan, simt
+
+from test_cuda_kernels_emulated import SMALL_GPU, run_layer
+
+STEPS = 3  # steps of a timed run beyond the short one: small, the emulator is slow
+
+
+def _measured_fastest(plan: launch_plan.LaunchPlan) -> launch_plan.PathEstimate:
+    feasible = [c for c in plan.candidates if c.feasible]
+    return min(feasible, key=lambda c: c.measured_us_per_step)
+
+
+@pytest.mark.parametrize("hidden,batch,backward", [(33, 2, False), (33, 2, True), (9, 3, False)])
+def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backward):
+    with simt.emulated_device(**SMALL_GPU):
+        predicted = rnn_fused.plan(hidden, batch, backward=backward)
+        assert predicted.measured_us_per_step is None
+        assert all(c.measured_us_per_step is None for c in predicted.candidates)
+        with launch_plan.autotune(steps=STEPS):
+            tuned = rnn_fused.plan(hidden, batch, backward=backward)
+    for c in tuned.candidates:
+        if c.feasible:
+            assert math.isfinite(c.measured_us_per_step) and c.measured_us_per_step > 0
+        else:
+            assert c.measured_us_per_step is None
+    assert len([c for c in tuned.candidates if c.feasible]) >= 3  # block, cluster (2 SMs, 9.0), grid, stepwise
+    fastest = _measured_fastest(tuned)
+    assert tuned.path == fastest.path
+    assert tuned.measured_us_per_step == fastest.measured_us_per_step
+    assert tuned.reason.startswith(f"{tuned.path} (measured ")
+    # The launch shape is the path's own (the model's best tiling of that path); only the
+    # choice between paths is measured.
+    assert (tuned.grid, tuned.samples, tuned.units_per_pass) == (fastest.grid, fastest.samples, fastest.units_per_pass)
+    assert "(predicted " in predicted.reason and "measured" not in predicted.reason
+
+
+def test_measurements_are_kept_and_the_setting_restored():
+    with simt.emulated_device(**SMALL_GPU):
+        with launch_plan.autotune(steps=STEPS):
+            first = rnn_fused.plan(21, 2)
+            again = rnn_fused.plan(21, 2)
+        after = rnn_fused.plan(21, 2)
+    # Timed once: a second timing would not reproduce the first's microseconds to the last bit.
+    assert [c.measured_us_per_step for c in again.candidates] == [c.measured_us_per_step for c in first.candidates]
+    assert after.measured_us_per_step is None and "measured" not in after.reason
+
+
+def test_a_forced_path_is_not_timed():
+    with simt.emulated_device(**SMALL_GPU), launch_plan.autotune(steps=STEPS):
+        forced = rnn_fused.plan(17, 2, path="grid")
+    assert forced.path == "grid" and forced.reason.startswith("forced: ")
+    assert forced.measured_us_per_step is None
+    assert all(c.measured_us_per_step is None for c in forced.candidates)
+
+
+def test_the_layer_runs_the_path_tuning_took():
+    """Forward and backward under autotune are bitwise those of the tuned path forced, and not
+    those of the model's pick (which differs here, and rounds differently: the stepwise path's
+    products are the CPU's matrix products)."""
+    steps, batch, input_size, hidden = 5, 3, 4, 33
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(steps, batch, input_size, generator=g), torch.randn(batch, hidden, generator=g) * 0.5,
+            torch.randn(hidden, input_size, generator=g) * 0.3, torch.randn(hidden, hidden, generator=g) * 0.2,
+            torch.randn(hidden, generator=g) * 0.1, torch.randn(hidden, generator=g) * 0.1]
+    lengths = torch.tensor([5, 2, 4])
+    cotangents = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+
+    def run(path=None):
+        return run_layer(args, lengths, "tanh", False, "emulated", cotangents, path=path)
+
+    with simt.emulated_device(**SMALL_GPU):
+        model = {rnn_fused.plan(hidden, batch, backward=b).path for b in (False, True)}
+        with launch_plan.autotune(steps=STEPS):
+            tuned = {rnn_fused.plan(hidden, batch, backward=b).path for b in (False, True)}
+            ours = run()
+        assert len(tuned) == 1 and tuned != model, (tuned, model)
+        (tuned_path,) = tuned
+        forced = run(tuned_path)
+        (model_path,) = model
+        predicted = run(model_path)
+    assert all(torch.equal(a, b) for a, b in zip(ours, forced, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(ours, predicted, strict=True))
+
+
+def test_steps_are_checked():
+    with pytest.raises(ValueError, match=r"rnn_fused\.launch_plan\.autotune: steps must be at least 1, got 0"):
+        with launch_plan.autotune(steps=0):
+            pass
+    with simt.emulated_device(**SMALL_GPU):
+        assert rnn_fused.plan(19, 2).measured_us_per_step is None  # nothing was switched on
