@@ -146,6 +146,35 @@ def test_rehearsal_report_compares_the_warp_counts(rehearsal):
         assert f"- grid at H, B = 33, 2, {direction}: dot products on 4 warps " in text
 
 
+def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(rehearsal):
+    _, out, report = rehearsal
+    rows = report["tune_rows"]
+    sizes = [(s.hidden, s.batch) for s in EMULATED_SHAPES if s.layers == 1 and s.dtype == "float32"]
+    assert [(r["hidden"], r["batch"], r["direction"]) for r in rows] == [
+        (h, b, d) for h, b in dict.fromkeys(sizes) for d in ("forward", "backward")]
+    for r in rows:
+        assert r["error"] is None
+        assert set(r["measured_us_per_step"]) == set(r["predicted_us_per_step"]) >= {"block", "grid", "stepwise"}
+        assert all(us > 0 for us in r["measured_us_per_step"].values())
+        assert r["tuned_path"] == min(r["measured_us_per_step"], key=r["measured_us_per_step"].get)
+        assert r["model_path"] == min(r["predicted_us_per_step"], key=r["predicted_us_per_step"].get)
+    assert report["meta"]["tune_steps"] == gpu_check.EMULATED_TUNE_STEPS
+    text = (out / "gpu_check.md").read_text()
+    assert "## Every path timed by autotuning (one recurrence, fp32)" in text
+    assert "The model picked the measured fastest path in " in text
+
+
+def test_tune_verdict_names_the_recurrences_the_model_got_wrong():
+    right = gpu_check.TuneRow(64, 8, "forward", "block", "block")
+    wrong = gpu_check.TuneRow(1024, 32, "backward", "grid", "stepwise")
+    failed = gpu_check.TuneRow(9, 9, "forward", error="boom")
+    assert gpu_check.tune_verdict([right, failed]) == "The model picked the measured fastest path in 1 of 1 recurrences."
+    assert gpu_check.tune_verdict([right, wrong]) == (
+        "The model picked the measured fastest path in 1 of 2 recurrences; not in: 1024, 32 backward (grid predicted, "
+        "stepwise measured) (run fit-model, docs/gpu_check.md).")
+    assert gpu_check.tune_verdict([failed]) is None
+
+
 def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> PhaseRow:
     row = PhaseRow(f"1024, 32 ({per_pass} units/pass)", "forward", 1024, 32, "grid", 128,
                    plan={"units_per_pass": per_pass}, forced_units_per_pass=per_pass,

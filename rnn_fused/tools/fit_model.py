@@ -5,9 +5,10 @@ with a measured time per step is an observation, forward and backward apart: the
 shape that ran (the plan's samples, chunks, CTAs per group, units per CTA, waves), H, B and
 the dtype, and the measured microseconds per step. So is each part of a step that the
 step-phase table measured (staging, compute, barrier): these separate the terms that the
-totals alone cannot. The model prices exactly that shape under trial constants through the
-op rnn_fused::step_cost (launch_plan.step_cost_us), so a fit needs no rebuild and no copy of
-the C++ formulas. "Before" is this build's constants.
+totals alone cannot; and each path's time per step that autotuning measured (tune_rows).
+The model prices exactly that shape under trial constants through the op
+rnn_fused::step_cost (launch_plan.step_cost_us), so a fit needs no rebuild and no copy of the
+C++ formulas. "Before" is this build's constants.
 
 The fit: the constants that the probes of the same run measure directly (launch_us;
 op_fixed_us from the one-step layer call) are set first; the others listed in FITTED are
@@ -99,7 +100,7 @@ def observations_from_report(report: dict) -> list[Observation]:
                                  "written before plans reported their register tile; run gpu-check again")
             found.append(Observation(row["label"], direction, plan, shape["hidden"], shape["batch"],
                                      _DTYPES[shape.get("dtype", "float32")], float(measured)))
-    return found + phase_observations(report)
+    return found + phase_observations(report) + tune_observations(report)
 
 
 def phase_observations(report: dict) -> list[Observation]:
@@ -119,6 +120,22 @@ def phase_observations(report: dict) -> list[Observation]:
                 continue
             found.append(Observation(f"{row['label']} ({term})", row["direction"], row["plan"], row["hidden"],
                                      row["batch"], torch.float32, cycles / clock, term))
+    return found
+
+
+def tune_observations(report: dict) -> list[Observation]:
+    """Every path's time per step that autotuning measured (gpu-check's tune_rows, float32):
+    the recurrence alone, timed directly (runs of two lengths, no GEMMs to subtract), each
+    priced at the launch shape that ran."""
+    found = []
+    for row in report.get("tune_rows", []):
+        if row.get("error"):
+            continue
+        for path, measured in row.get("measured_us_per_step", {}).items():
+            plan = row.get("plans", {}).get(path)
+            if plan and plan.get("feasible") and measured and measured > 0:
+                found.append(Observation(f"{row['hidden']}, {row['batch']} (autotune)", row["direction"], plan,
+                                         row["hidden"], row["batch"], torch.float32, float(measured)))
     return found
 
 

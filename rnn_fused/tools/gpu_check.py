@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import (PATHS, PathEstimate, cost_constants, forced_tiling, plan, predicted_layer_us,
+from ..launch_plan import (PATHS, PathEstimate, autotune, cost_constants, forced_tiling, plan, predicted_layer_us,
                            step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
@@ -147,6 +147,9 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32),
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16)]
+# Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
+GPU_TUNE_STEPS = 64
+EMULATED_TUNE_STEPS = 3
 # A small emulated GPU (the tests' choice): grids still span several CTAs.
 EMULATED_DEVICE = dict(sm_count=2)
 
@@ -288,10 +291,28 @@ class PhaseRow:
 
 
 @dataclass
+class TuneRow:
+    """One recurrence (H, B, direction; fp32) planned with autotuning (launch_plan.autotune):
+    every feasible path timed on the device beside the cost model's prediction, the path the
+    model picks and the one the measurements pick."""
+
+    hidden: int
+    batch: int
+    direction: str  # "forward" or "backward"
+    model_path: str | None = None
+    tuned_path: str | None = None
+    predicted_us_per_step: dict = field(default_factory=dict)  # path -> µs (feasible paths)
+    measured_us_per_step: dict = field(default_factory=dict)   # path -> µs (feasible paths)
+    plans: dict = field(default_factory=dict)  # path -> the launch shape timed (estimate_fields): what fit-model prices
+    error: str | None = None
+
+
+@dataclass
 class GpuCheckResult:
     meta: dict
     probes: list[Probe] = field(default_factory=list)
     phase_rows: list[PhaseRow] = field(default_factory=list)
+    tune_rows: list[TuneRow] = field(default_factory=list)
     shape_rows: list[ShapeRow] = field(default_factory=list)
     path_rows: list[PathRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -300,7 +321,8 @@ class GpuCheckResult:
     def failures(self) -> list[str]:
         return [f"{r.label}: {r.error}" for r in self.shape_rows if r.error] + \
                [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error] + \
-               [f"step phases {r.label} {r.direction}: {r.error}" for r in self.phase_rows if r.error]
+               [f"step phases {r.label} {r.direction}: {r.error}" for r in self.phase_rows if r.error] + \
+               [f"autotune {r.hidden}, {r.batch} {r.direction}: {r.error}" for r in self.tune_rows if r.error]
 
 
 # --- issue 11's goals -----------------------------------------------------------------------
@@ -781,6 +803,64 @@ def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
     return verdicts
 
 
+def tune_shapes(shapes: list[Shape]) -> list[tuple[int, int]]:
+    """(H, B) of every single-layer fp32 shape, once each, in order."""
+    seen = []
+    for shape in shapes:
+        if shape.layers == 1 and not shape.bidirectional and shape.dtype == "float32" and \
+                (shape.hidden, shape.batch) not in seen:
+            seen.append((shape.hidden, shape.batch))
+    return seen
+
+
+def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) -> list[TuneRow]:
+    """Each (H, B)'s forward and backward plan with autotuning: every feasible path's time per
+    step measured on the device (runs of 2 and 2 + `steps` steps), beside the model's."""
+    rows = []
+    for hidden, batch in sizes:
+        for backward in (False, True):
+            row = TuneRow(hidden, batch, "backward" if backward else "forward")
+            try:
+                row.model_path = plan(hidden, batch, torch.float32, target.plan_device, backward).path
+                with autotune(steps=steps):
+                    tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
+                row.tuned_path = tuned.path
+                for c in tuned.candidates:
+                    if c.feasible:
+                        row.predicted_us_per_step[c.path] = c.predicted_us_per_step
+                        row.measured_us_per_step[c.path] = c.measured_us_per_step
+                        row.plans[c.path] = estimate_fields(c)
+            except Exception as error:  # recorded in the row and the exit status; the next row still runs
+                row.error = _one_line(error)
+                traceback.print_exc(file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def format_tune_table(rows: list[TuneRow]) -> str:
+    lines = ["| H, B | pass | " + " | ".join(f"{p} measured (predicted) µs/step" for p in PATHS) +
+             " | model's path | measured fastest |", "|---|---|" + "---:|" * len(PATHS) + "---|---|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + "– | " * len(PATHS) + f"– | ERROR {r.error} |")
+            continue
+        cells = [f"{_num(r.measured_us_per_step[p], 3)} ({_num(r.predicted_us_per_step[p], 3)})"
+                 if p in r.measured_us_per_step else "–" for p in PATHS]
+        lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + " | ".join(cells) +
+                     f" | {r.model_path} | {r.tuned_path} |")
+    return "\n".join(lines)
+
+
+def tune_verdict(rows: list[TuneRow]) -> str | None:
+    timed = [r for r in rows if not r.error]
+    if not timed:
+        return None
+    misses = [f"{r.hidden}, {r.batch} {r.direction} ({r.model_path} predicted, {r.tuned_path} measured)"
+              for r in timed if r.model_path != r.tuned_path]
+    return (f"The model picked the measured fastest path in {len(timed) - len(misses)} of {len(timed)} recurrences"
+            + (f"; not in: {'; '.join(misses)} (run fit-model, docs/gpu_check.md)." if misses else "."))
+
+
 def _num(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "–"
@@ -947,6 +1027,16 @@ def format_report(result: GpuCheckResult) -> str:
     if verdicts:
         lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
+    if result.tune_rows:
+        lines += ["", "## Every path timed by autotuning (one recurrence, fp32)", "",
+                  "`launch_plan.autotune(steps=" + str(result.meta.get("tune_steps", "?")) + ")`: each feasible "
+                  "path's launch shape run on constant data, the median of 3 runs of 2 and of 2 + steps steps; "
+                  "their difference over the steps is the time per step (no launch cost), beside the cost "
+                  "model's prediction. The recurrence alone, no GEMMs; the rows above time the model's path.",
+                  "", format_tune_table(result.tune_rows)]
+        verdict = tune_verdict(result.tune_rows)
+        if verdict:
+            lines += ["", verdict]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in result.notes]
@@ -962,6 +1052,7 @@ def result_as_json(result: GpuCheckResult) -> dict:
         "meta": result.meta,
         "probes": [dataclasses.asdict(p) for p in result.probes],
         "phase_rows": [dataclasses.asdict(r) for r in result.phase_rows],
+        "tune_rows": [dataclasses.asdict(r) for r in result.tune_rows],
         "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio")) for r in result.shape_rows],
         "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
                       for r in result.path_rows],
@@ -1075,7 +1166,7 @@ def _on_target(target: Target, threads: int):
 
 def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, timing: Timing, long_timing: Timing,
             probe_sizes: ProbeSizes, budget_s: float, threads: int, out: str, measure_error: bool = True,
-            progress=None, phase_shapes: list[PhaseShape] = ()) -> GpuCheckResult:
+            progress=None, phase_shapes: list[PhaseShape] = (), tune_steps: int = 0) -> GpuCheckResult:
     """Every part of the check; the outputs are rewritten after each row."""
     start = time.perf_counter()
     deadline = start + budget_s
@@ -1102,6 +1193,11 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             log("timing the step phases of the persistent paths")
             result.meta["phase_steps"] = phase_shapes[0].steps
             result.phase_rows = measure_phase_rows(target, list(phase_shapes))
+            save()
+        if tune_steps:
+            log("timing every path of each shape (autotune)")
+            result.meta["tune_steps"] = tune_steps
+            result.tune_rows = measure_tune_rows(target, tune_shapes(shapes), tune_steps)
             save()
         for index, shape in enumerate(shapes):
             if time.perf_counter() > deadline:
@@ -1150,7 +1246,8 @@ def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, t
         shapes, path_shapes, timing, long_timing, sizes = (GPU_SHAPES, GPU_PATH_SHAPES, GPU_TIMING, LONG_TIMING,
                                                            GPU_PROBE_SIZES)
     result = measure(target, shapes, path_shapes, timing=timing, long_timing=long_timing, probe_sizes=sizes,
-                     budget_s=budget_s, threads=threads, out=out, phase_shapes=phase_shapes)
+                     budget_s=budget_s, threads=threads, out=out, phase_shapes=phase_shapes,
+                     tune_steps=EMULATED_TUNE_STEPS if emulated else GPU_TUNE_STEPS)
     write_figure(result, out)
     write_outputs(result, out)
     print(format_report(result))
