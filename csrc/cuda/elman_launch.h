@@ -584,9 +584,9 @@ double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_
   // Forward: XW_t in, h_t out (in place). Backward: saved h_t, dy_t in; dz_t out.
   const at::Tensor states = at::full({T, B, H}, 0.25, options);
   const at::Tensor w_hh = at::full({H, H}, 0.5 / double(H), options);
-  const at::Tensor dy = at::full({T, B, H}, 0.01, options);
-  const at::Tensor dz = at::empty({T, B, H}, options);
-  const at::Tensor dh_n = at::zeros({B, H}, options);
+  const at::Tensor dy = r.backward ? at::full({T, B, H}, 0.01, options) : states;
+  const at::Tensor dz = r.backward ? at::empty({T, B, H}, options) : at::Tensor();
+  const at::Tensor dh_n = r.backward ? at::zeros({B, H}, options) : at::Tensor();
   auto run_us = [&](int64_t n) {
     LayerBackwardCall call{};
     call.forward.shape = LayerShape{.steps = n, .batch = B, .input_size = H, .hidden = H};
