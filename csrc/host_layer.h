@@ -73,7 +73,8 @@ struct RecurrencePlanReport {
     std::string reason;
   };
   Entry chosen;
-  std::vector<Entry> candidates;
+  std::vector<Entry> candidates;  // per path: its best shape (the fastest timed, where autotuning timed them)
+  std::vector<Entry> timed;       // every launch shape autotuning timed (none when it did not)
 };
 
 // The cost model's time per step of one given launch shape (not a search: the shape a GPU

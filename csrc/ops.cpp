@@ -164,7 +164,8 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 
 // What backend `backend` (None: like's device's own) would launch for a recurrence of
 // hidden_size units and batch_size samples in like's dtype, on like's (real or emulated)
-// device: entry 0 is the chosen (or forced) plan, then every path's best shape. Per entry:
+// device: entry 0 is the chosen (or forced) plan, then every path's best shape (block, cluster,
+// grid, stepwise), then every launch shape autotuning timed (none unless it did). Per entry:
 // path, feasible (0 or 1), 13 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
 // units_per_cta, units_per_pass, grid, block_threads, cluster, shared_mem_bytes, blocks_per_sm, waves),
 // us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
@@ -188,6 +189,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   std::vector<double> us, measured;
   std::vector<RecurrencePlanReport::Entry> entries = {report.chosen};
   entries.insert(entries.end(), report.candidates.begin(), report.candidates.end());
+  entries.insert(entries.end(), report.timed.begin(), report.timed.end());
   for (const RecurrencePlanReport::Entry& e : entries) {
     paths.push_back(e.path);
     feasible.push_back(e.feasible);

@@ -2,8 +2,9 @@
 
 `plan(hidden_size, batch_size=...)` reports which recurrence path the CUDA kernels take for
 a layer on a device, with what launch shape, how long the cost model predicts a step takes,
-and why; `.candidates` holds every path's best shape (or the limit that rules it out). The
-paths: "block" (one CTA per sample group holds all of W_hh), "cluster" (a thread-block
+and why; `.candidates` holds every path's best shape (or the limit that rules it out), and
+under autotune() `.timed` every launch shape it measured. The paths: "block" (one CTA per
+sample group holds all of W_hh), "cluster" (a thread-block
 cluster splits W_hh and exchanges the state through distributed shared memory, compute
 capability >= 9.0), "grid" (a cooperative grid over the whole GPU), "stepwise" (a cuBLAS
 product and an epilogue launch per step). device="emulated" asks the SIMT emulator's device
@@ -67,6 +68,7 @@ class LaunchPlan(PathEstimate):
     """The chosen (or forced) path's estimate, and every path's best shape."""
 
     candidates: tuple[PathEstimate, ...] = ()
+    timed: tuple[PathEstimate, ...] = ()  # every launch shape autotune() timed, with its measured time
 
     def candidate(self, path: str) -> PathEstimate:
         return next(c for c in self.candidates if c.path == path)
@@ -90,8 +92,8 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS],
                               predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i])
                  for i in range(len(paths))]
-    chosen, *candidates = estimates
-    return LaunchPlan(**vars(chosen), candidates=tuple(candidates))
+    chosen, candidates, timed = estimates[0], estimates[1:1 + len(PATHS)], estimates[1 + len(PATHS):]
+    return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
 
 
 def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int, hidden_size: int,
@@ -164,9 +166,12 @@ DEFAULT_AUTOTUNE_STEPS = 64
 def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     """Inside, the planner measures instead of predicting: at the first plan of each (device,
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
-    the device, the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the
-    median of 3 each; their difference over `steps` is the time per step), and takes the
-    fastest; plan() reports each path's measured_us_per_step beside its prediction. The
+    the device, a persistent path's with the dot products on 8 and on 4 warps (32 and 16
+    units per pass: the model's choice there rests on instruction counts, not measurements),
+    the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
+    each; their difference over `steps` is the time per step), and takes the fastest;
+    plan() reports each path's fastest shape with its measured_us_per_step beside its
+    prediction, and `.timed` every shape measured. The
     measurements are kept for the process, so tuning costs one such set of runs per shape
     (it waits for the device). Like torch.backends.cudnn.benchmark, it can pick another path
     in another process: block, cluster and grid give bitwise the same results, the stepwise

@@ -223,18 +223,14 @@ def test_autotuned_path_times_become_observations_at_the_shape_that_ran():
     an errored row, an infeasible plan and a non-positive time are left out."""
     truth = {**cost_constants(), "grid_barrier_us": 1.3}
     observations = _observations(truth, paths=("block", "cluster", "grid", "stepwise"), shapes=[(64, 8)])
-    row = {"hidden": 64, "batch": 8, "direction": "forward", "error": None, "measured_us_per_step": {}, "plans": {}}
-    for o in observations:
-        if o.direction == "forward":
-            row["measured_us_per_step"][o.plan["path"]] = o.measured_us
-            row["plans"][o.plan["path"]] = o.plan
-    row["measured_us_per_step"]["cluster"] = 0.0
-    infeasible = {**row, "direction": "backward", "plans": {p: {**plan, "feasible": False}
-                                                            for p, plan in row["plans"].items()}}
+    timed = [{**o.plan, "measured_us_per_step": o.measured_us} for o in observations if o.direction == "forward"]
+    timed[1]["measured_us_per_step"] = 0.0
+    row = {"hidden": 64, "batch": 8, "direction": "forward", "error": None, "timed": timed}
+    infeasible = {**row, "direction": "backward", "timed": [{**t, "feasible": False} for t in timed]}
     errored = {**row, "error": "boom"}
     read = fit_model.tune_observations({"tune_rows": [row, infeasible, errored]})
     assert sorted((o.plan["path"], o.measured_us) for o in read) == sorted(
-        (p, us) for p, us in row["measured_us_per_step"].items() if p != "cluster")
+        (t["path"], t["measured_us_per_step"]) for i, t in enumerate(timed) if i != 1)
     assert all(o.label == "64, 8 (autotune)" and o.direction == "forward" for o in read)
     assert [o.predicted_us(truth) for o in read] == pytest.approx([o.measured_us for o in read])
     assert fit_model.observations_from_report({"tune_rows": [row]}) == read

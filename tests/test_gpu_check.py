@@ -19,6 +19,7 @@ import sys
 import pytest
 import torch
 
+import rnn_fused
 from rnn_fused.launch_plan import PATHS, cost_constants
 from rnn_fused.tools import gpu_check
 from rnn_fused.tools.cli import main
@@ -154,14 +155,22 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
         (h, b, d) for h, b in dict.fromkeys(sizes) for d in ("forward", "backward")]
     for r in rows:
         assert r["error"] is None
-        assert set(r["measured_us_per_step"]) == set(r["predicted_us_per_step"]) >= {"block", "grid", "stepwise"}
-        assert all(us > 0 for us in r["measured_us_per_step"].values())
-        assert r["tuned_path"] == min(r["measured_us_per_step"], key=r["measured_us_per_step"].get)
-        assert r["model_path"] == min(r["predicted_us_per_step"], key=r["predicted_us_per_step"].get)
+        assert {t["path"] for t in r["timed"]} >= {"block", "grid", "stepwise"}
+        assert all(t["measured_us_per_step"] > 0 and t["predicted_us_per_step"] > 0 for t in r["timed"])
+        fastest = min(r["timed"], key=lambda t: t["measured_us_per_step"])
+        assert (r["tuned_path"], r["tuned_units_per_pass"]) == (fastest["path"], fastest["units_per_pass"])
+        assert r["model_path"] == plan_of(r).path
     assert report["meta"]["tune_steps"] == gpu_check.EMULATED_TUNE_STEPS
     text = (out / "gpu_check.md").read_text()
     assert "## Every path timed by autotuning (one recurrence, fp32)" in text
     assert "The model picked the measured fastest path in " in text
+
+
+def plan_of(row: dict):
+    from rnn_fused import simt
+
+    with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
+        return rnn_fused.plan(row["hidden"], row["batch"], backward=row["direction"] == "backward")
 
 
 def test_tune_verdict_names_the_recurrences_the_model_got_wrong():

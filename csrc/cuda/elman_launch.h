@@ -569,11 +569,13 @@ inline std::string kernel_device_name() {
 }
 
 // The time per step of the launch shape `plan` on this device, in microseconds: the difference
-// between the median of kTimedRuns runs of kShortSteps + steps steps and that of runs of
-// kShortSteps steps, over `steps` (a persistent path's launch, or the first steps' staging, is
-// not a step's cost), after a warm-up run. The forward from constant inputs that keep every
-// value finite (the kernels' time does not depend on the values), or the backward through such
-// saved states.
+// between the fastest of kTimedRuns runs of kShortSteps + steps steps and the fastest of runs
+// of kShortSteps steps, over `steps` (a persistent path's launch, or the first steps' staging,
+// is not a step's cost), after a warm-up run. The fastest, not the median: what delays a run
+// (another process, the host) only ever adds time. Where noise still leaves the difference at
+// or below zero, the longer run's time over its steps, launch included (an overestimate,
+// never zero). The forward from constant inputs that keep every value finite (the kernels'
+// time does not depend on the values), or the backward through such saved states.
 template <typename scalar_t>
 double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_t steps) {
   constexpr int64_t kShortSteps = 2;
@@ -601,49 +603,98 @@ double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_
       }
     });
   };
-  auto median_us = [&](int64_t n) {
-    std::array<double, kTimedRuns> times{};
-    for (double& t : times) t = run_us(n);
-    std::sort(times.begin(), times.end());
-    return times[kTimedRuns / 2];
+  auto fastest_us = [&](int64_t n) {
+    double fastest = run_us(n);
+    for (int i = 1; i < kTimedRuns; ++i) fastest = std::min(fastest, run_us(n));
+    return fastest;
   };
   run_us(kShortSteps);  // warm-up: first launches of the kernels, allocations
-  const double short_us = median_us(kShortSteps);
-  return std::max(median_us(T) - short_us, 0.0) / double(steps);
+  const double short_us = fastest_us(kShortSteps), long_us = fastest_us(T);
+  return long_us > short_us ? (long_us - short_us) / double(steps) : long_us / double(T);
 }
 
-// Every candidate's measured time per step (NaN for an infeasible one), timed once per
-// (device, request, steps) and kept for the process; none (nullopt) where autotuning is off or
-// a measurement would be needed while the current stream captures a CUDA graph.
+// The best launch shape of `path` by the model (plan_candidates' entry for it, uncached).
 template <typename scalar_t>
-std::optional<std::vector<double>> measured_candidates(const PlanRequest& r,
-                                                       const std::vector<RecurrencePlan>& candidates) {
+RecurrencePlan plan_of_path(RecurrencePath path, const PlanRequest& r) {
+  switch (path) {
+    case RecurrencePath::Block: return plan_persistent<scalar_t, RecurrencePath::Block>(r);
+    case RecurrencePath::Cluster: return plan_persistent<scalar_t, RecurrencePath::Cluster>(r);
+    case RecurrencePath::Grid: return plan_persistent<scalar_t, RecurrencePath::Grid>(r);
+    default: return plan_stepwise<scalar_t>(r);
+  }
+}
+
+// What autotuning measured for a request: every launch shape it timed, and per path (in path
+// order) the shape timed fastest, or the path's infeasible plan.
+struct TunedPaths {
+  std::vector<RecurrencePlan> timed;
+  std::vector<double> timed_us;
+  std::vector<RecurrencePlan> fastest;
+  std::vector<double> fastest_us;  // NaN where the path cannot run the shape
+};
+
+// The launch shapes autotuning times (r.forced holds the forced tiling): each feasible
+// persistent path's best shape by the model for each number of units per pass (the model's
+// choice between 8 and 4 computing warps rests on its issue term, whose instruction counts
+// are counted in the machine code, not measured), only the forced count where one is forced;
+// the stepwise path's shape.
+template <typename scalar_t>
+std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
+  std::vector<RecurrencePlan> shapes;
+  for (const RecurrencePlan& c : candidates) {
+    if (!c.feasible) continue;
+    if (c.path == RecurrencePath::Stepwise || r.forced.units_per_pass != 0) {
+      shapes.push_back(c);
+      continue;
+    }
+    for (int per_pass : kUnitsPerPassOptions) {
+      PlanRequest variant = r;
+      variant.forced.units_per_pass = per_pass;
+      const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
+      if (p.feasible) shapes.push_back(p);
+    }
+  }
+  return shapes;
+}
+
+// tuning_shapes timed on the device, once per (device, request, forced tiling, steps) and kept
+// for the process; none (nullopt) where autotuning is off or a measurement would be needed
+// while the current stream captures a CUDA graph.
+template <typename scalar_t>
+std::optional<TunedPaths> tuned_paths(const PlanRequest& request, const std::vector<RecurrencePlan>& candidates) {
   const Autotune setting = autotune();
   if (!setting.enabled) return std::nullopt;
-  PlanRequest keyed = r;
-  keyed.forced = forced_tiling();
-  const std::string key = plan_key<scalar_t>(keyed) + std::to_string(setting.steps) + "," + kernel_device_name();
+  PlanRequest r = request;
+  r.forced = forced_tiling();
+  const std::string key = plan_key<scalar_t>(r) + std::to_string(setting.steps) + "," + kernel_device_name();
   static std::mutex mutex;
-  static std::unordered_map<std::string, std::vector<double>> measured;
+  static std::unordered_map<std::string, TunedPaths> measured;
   {
     const std::lock_guard<std::mutex> lock(mutex);
     const auto it = measured.find(key);
     if (it != measured.end()) return it->second;
   }
   if (simt::stream_capturing()) return std::nullopt;
-  simt::synchronize_device();  // time each path on an idle device (the other direction's work may be queued)
-  std::vector<double> times;
-  for (const RecurrencePlan& p : candidates) {
-    times.push_back(p.feasible ? measured_step_us<scalar_t>(p, r, setting.steps) : NAN);
+  simt::synchronize_device();  // time on an idle device (the other direction's work may be queued)
+  TunedPaths tuned{.fastest = candidates, .fastest_us = std::vector<double>(candidates.size(), NAN)};
+  tuned.timed = tuning_shapes<scalar_t>(r, candidates);
+  for (const RecurrencePlan& p : tuned.timed) {
+    const double us = measured_step_us<scalar_t>(p, r, setting.steps);
+    tuned.timed_us.push_back(us);
+    const size_t i = static_cast<size_t>(p.path);
+    if (std::isnan(tuned.fastest_us[i]) || us < tuned.fastest_us[i]) {
+      tuned.fastest[i] = p;
+      tuned.fastest_us[i] = us;
+    }
   }
   const std::lock_guard<std::mutex> lock(mutex);
-  return measured.emplace(key, times).first->second;
+  return measured.emplace(key, std::move(tuned)).first->second;
 }
 
 // The plan for `requested` (a path name, or "" for the planner's choice); a forced path
 // that cannot run the shape raises ValueError naming the path, the shape and the limit. The
-// planner's choice is the fastest feasible path: as measured on the device where autotuning is
-// on (measured_candidates), else as the cost model predicts.
+// planner's choice is the fastest feasible launch shape: as measured on the device where
+// autotuning is on (tuned_paths), else the fastest path's best shape as the cost model predicts.
 template <typename scalar_t>
 RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
   const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(r);
@@ -658,18 +709,19 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
     forced.reason = "forced: " + forced.reason;
     return forced;
   }
-  const std::optional<std::vector<double>> measured = measured_candidates<scalar_t>(r, candidates);
-  auto us_per_step = [&](size_t i) { return measured ? (*measured)[i] : candidates[i].us_per_step; };
+  const std::optional<TunedPaths> tuned = tuned_paths<scalar_t>(r, candidates);
+  const std::vector<RecurrencePlan>& options = tuned ? tuned->fastest : candidates;
+  auto us_per_step = [&](size_t i) { return tuned ? tuned->fastest_us[i] : options[i].us_per_step; };
   size_t best = static_cast<size_t>(RecurrencePath::Stepwise);  // always feasible
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    if (candidates[i].feasible && us_per_step(i) < us_per_step(best)) best = i;
+  for (size_t i = 0; i < options.size(); ++i) {
+    if (options[i].feasible && us_per_step(i) < us_per_step(best)) best = i;
   }
-  RecurrencePlan chosen = candidates[best];
+  RecurrencePlan chosen = options[best];
   const std::string predicted = "predicted " + std::to_string(chosen.us_per_step) + " us per step";
   chosen.reason = std::string(path_name(chosen.path)) + " (" +
-                  (measured ? "measured " + std::to_string((*measured)[best]) + " us per step, the fastest feasible "
-                                  "path timed on this device; " + predicted
-                            : predicted + ", the fastest feasible path") +
+                  (tuned ? "measured " + std::to_string(us_per_step(best)) + " us per step, the fastest of " +
+                               std::to_string(tuned->timed.size()) + " launch shapes timed on this device; " + predicted
+                         : predicted + ", the fastest feasible path") +
                   "): " + chosen.reason;
   return chosen;
 }
@@ -746,14 +798,21 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
-    // A forced path is not tuned; otherwise choose_plan measured them (or autotuning is off).
-    const std::optional<std::vector<double>> measured =
-        q.path.empty() ? measured_candidates<scalar_t>(request, candidates) : std::nullopt;
-    for (size_t i = 0; i < candidates.size(); ++i) {
-      report.candidates.push_back(describe(candidates[i]));
-      if (measured) report.candidates.back().measured_us_per_step = (*measured)[i];
+    // A forced path is not tuned; otherwise choose_plan tuned (or autotuning is off).
+    const std::optional<TunedPaths> tuned = q.path.empty() ? tuned_paths<scalar_t>(request, candidates) : std::nullopt;
+    if (!tuned) {
+      for (const RecurrencePlan& p : candidates) report.candidates.push_back(describe(p));
+      return;
     }
-    if (measured) report.chosen.measured_us_per_step = (*measured)[static_cast<size_t>(*parse_path(report.chosen.path))];
+    for (size_t i = 0; i < tuned->fastest.size(); ++i) {
+      report.candidates.push_back(describe(tuned->fastest[i]));
+      report.candidates.back().measured_us_per_step = tuned->fastest_us[i];
+    }
+    for (size_t i = 0; i < tuned->timed.size(); ++i) {
+      report.timed.push_back(describe(tuned->timed[i]));
+      report.timed.back().measured_us_per_step = tuned->timed_us[i];
+    }
+    report.chosen.measured_us_per_step = tuned->fastest_us[static_cast<size_t>(*parse_path(report.chosen.path))];
   });
   return report;
 }

@@ -131,9 +131,9 @@ def tune_observations(report: dict) -> list[Observation]:
     for row in report.get("tune_rows", []):
         if row.get("error"):
             continue
-        for path, measured in row.get("measured_us_per_step", {}).items():
-            plan = row.get("plans", {}).get(path)
-            if plan and plan.get("feasible") and measured and measured > 0:
+        for plan in row.get("timed", []):
+            measured = plan.get("measured_us_per_step")
+            if plan.get("feasible") and measured and measured > 0:
                 found.append(Observation(f"{row['hidden']}, {row['batch']} (autotune)", row["direction"], plan,
                                          row["hidden"], row["batch"], torch.float32, float(measured)))
     return found

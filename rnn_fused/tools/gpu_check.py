@@ -293,18 +293,23 @@ class PhaseRow:
 @dataclass
 class TuneRow:
     """One recurrence (H, B, direction; fp32) planned with autotuning (launch_plan.autotune):
-    every feasible path timed on the device beside the cost model's prediction, the path the
-    model picks and the one the measurements pick."""
+    every launch shape it timed on the device (each feasible path's, a persistent path's with
+    32 and 16 units per pass) with its measured and predicted µs per step, the path the model
+    picks and the one the measurements pick."""
 
     hidden: int
     batch: int
     direction: str  # "forward" or "backward"
     model_path: str | None = None
     tuned_path: str | None = None
-    predicted_us_per_step: dict = field(default_factory=dict)  # path -> µs (feasible paths)
-    measured_us_per_step: dict = field(default_factory=dict)   # path -> µs (feasible paths)
-    plans: dict = field(default_factory=dict)  # path -> the launch shape timed (estimate_fields): what fit-model prices
+    tuned_units_per_pass: int | None = None
+    timed: list = field(default_factory=list)  # estimate_fields of each shape timed: what fit-model prices
     error: str | None = None
+
+    def fastest(self, path: str) -> dict | None:
+        """The shape of `path` timed fastest, or None."""
+        shapes = [t for t in self.timed if t["path"] == path]
+        return min(shapes, key=lambda t: t["measured_us_per_step"]) if shapes else None
 
 
 @dataclass
@@ -824,12 +829,8 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
                 row.model_path = plan(hidden, batch, torch.float32, target.plan_device, backward).path
                 with autotune(steps=steps):
                     tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
-                row.tuned_path = tuned.path
-                for c in tuned.candidates:
-                    if c.feasible:
-                        row.predicted_us_per_step[c.path] = c.predicted_us_per_step
-                        row.measured_us_per_step[c.path] = c.measured_us_per_step
-                        row.plans[c.path] = estimate_fields(c)
+                row.tuned_path, row.tuned_units_per_pass = tuned.path, tuned.units_per_pass
+                row.timed = [estimate_fields(t) for t in tuned.timed]
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row.error = _one_line(error)
                 traceback.print_exc(file=sys.stderr)
@@ -837,17 +838,25 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
     return rows
 
 
+def _timed_cell(shape: dict | None) -> str:
+    """A path's fastest timed shape: measured (predicted) µs per step, and the units per pass."""
+    if shape is None:
+        return "–"
+    per_pass = f", {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
+    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{per_pass})"
+
+
 def format_tune_table(rows: list[TuneRow]) -> str:
-    lines = ["| H, B | pass | " + " | ".join(f"{p} measured (predicted) µs/step" for p in PATHS) +
+    lines = ["| H, B | pass | " + " | ".join(f"{p}: measured (predicted) µs/step" for p in PATHS) +
              " | model's path | measured fastest |", "|---|---|" + "---:|" * len(PATHS) + "---|---|"]
     for r in rows:
         if r.error:
             lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + "– | " * len(PATHS) + f"– | ERROR {r.error} |")
             continue
-        cells = [f"{_num(r.measured_us_per_step[p], 3)} ({_num(r.predicted_us_per_step[p], 3)})"
-                 if p in r.measured_us_per_step else "–" for p in PATHS]
+        cells = [_timed_cell(r.fastest(p)) for p in PATHS]
+        per_pass = f" ({r.tuned_units_per_pass} u/p)" if r.tuned_units_per_pass else ""
         lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + " | ".join(cells) +
-                     f" | {r.model_path} | {r.tuned_path} |")
+                     f" | {r.model_path} | {r.tuned_path}{per_pass} |")
     return "\n".join(lines)
 
 
@@ -1030,9 +1039,10 @@ def format_report(result: GpuCheckResult) -> str:
     if result.tune_rows:
         lines += ["", "## Every path timed by autotuning (one recurrence, fp32)", "",
                   "`launch_plan.autotune(steps=" + str(result.meta.get("tune_steps", "?")) + ")`: each feasible "
-                  "path's launch shape run on constant data, the median of 3 runs of 2 and of 2 + steps steps; "
-                  "their difference over the steps is the time per step (no launch cost), beside the cost "
-                  "model's prediction. The recurrence alone, no GEMMs; the rows above time the model's path.",
+                  "path's launch shape (a persistent path's with 32 and with 16 units per pass) run on constant "
+                  "data, the fastest of 3 runs of 2 and of 2 + steps steps; their difference over the steps is "
+                  "the time per step (no launch cost). Each cell: the path's fastest shape, measured (predicted, "
+                  "units per pass). The recurrence alone, no GEMMs; the rows above time the model's path.",
                   "", format_tune_table(result.tune_rows)]
         verdict = tune_verdict(result.tune_rows)
         if verdict:
