@@ -66,8 +66,8 @@ Autotune autotune() {
 }
 
 Autotune set_autotune(const Autotune& setting) {
-  TORCH_CHECK_VALUE(setting.steps >= 1, "rnn_fused.launch_plan.autotune: steps must be at least 1, got ",
-                    setting.steps);
+  TORCH_CHECK_VALUE(!setting.enabled || setting.steps >= 1,
+                    "rnn_fused.launch_plan.autotune: steps must be at least 1, got ", setting.steps);
   const std::lock_guard<std::mutex> lock(autotune_mutex);
   const Autotune previous = autotune_setting;
   autotune_setting = setting;

@@ -144,10 +144,11 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling);
 // adds to a short one (the time per step is their difference over `steps`). Process-wide.
 struct Autotune {
   bool enabled = false;
-  int64_t steps = 64;
+  int64_t steps = 0;  // rnn_fused.launch_plan.autotune's default where enabled
 };
 Autotune autotune();
-// Sets it (ValueError naming steps when it is below 1, and nothing set); returns the previous one.
+// Sets it (ValueError naming steps when it is enabled with fewer than 1, and nothing set);
+// returns the previous one.
 Autotune set_autotune(const Autotune& setting);
 
 // Registers a backend (static initialisers of each backend's translation unit).

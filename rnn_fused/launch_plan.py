@@ -171,9 +171,8 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its
-    prediction, and `.timed` every shape measured. The
-    measurements are kept for the process, so tuning costs one such set of runs per shape
-    (it waits for the device). Like torch.backends.cudnn.benchmark, it can pick another path
+    prediction, and `.timed` every shape measured. The measurements are kept for the
+    process, so tuning costs one such set of runs per shape (it waits for the device). Like torch.backends.cudnn.benchmark, it can pick another path
     in another process: block, cluster and grid give bitwise the same results, the stepwise
     path (cuBLAS products) the same within rounding. A forced path (path=...) is never tuned,
     and nothing is timed while the current stream captures a CUDA graph (the model chooses

@@ -365,8 +365,6 @@ RecurrencePlan plan_stepwise(const PlanRequest& r) {
   return plan;
 }
 
-// Every path's best shape, in the order block, cluster, grid, stepwise. Planning queries the
-// occupancy of dozens of launch shapes, so the result is kept per (device properties, request).
 // What a plan depends on: the device's properties, the request and the forced tiling.
 template <typename scalar_t>
 std::string plan_key(const PlanRequest& r) {
@@ -382,6 +380,8 @@ std::string plan_key(const PlanRequest& r) {
   return key;
 }
 
+// Every path's best shape, in the order block, cluster, grid, stepwise. Planning queries the
+// occupancy of dozens of launch shapes, so the result is kept per (device properties, request).
 template <typename scalar_t>
 std::vector<RecurrencePlan> plan_candidates(const PlanRequest& request) {
   PlanRequest r = request;
