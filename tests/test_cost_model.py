@@ -81,3 +81,34 @@ def test_planned_prediction_is_the_chosen_paths_steps_plus_the_layers_gemms():
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel must be 'planned', 'legacy-grid' or 'cudnn', got 'magic'"):
         predicted_layer_us("magic", 10, 1, 1, 1)
+
+
+# RecurrenceCta::kOperandL1Steps (csrc/cuda/recurrence_paths.cuh): on the block path, at up to
+# 4 samples per chunk, the kernels prefetch a step's operands into L1 this many steps ahead;
+# elsewhere (the cluster and grid barriers invalidate L1) they load them into registers one
+# step ahead only, or, with several chunks per step, as each chunk's dot products start.
+OPERAND_L1_STEPS = 4
+
+
+def test_operands_read_ahead_arrive_before_the_planned_steps_need_them():
+    """The model prices no wait for the operands the epilogues read from global memory (XW_t;
+    dy_t and h_t): that holds where the read-ahead spans at least one dependent L2 load on
+    every step the planner takes (float32, the default emulated device: H100/H200-like)."""
+    from rnn_fused import plan
+    from rnn_fused.launch_plan import cost_constants
+
+    latency = cost_constants()["l2_dependent_load_us"]
+    for hidden in (8, 16, 33, 64, 96, 128, 200, 256, 512, 1024, 2048):
+        for batch in (1, 2, 8, 32, 128, 512):
+            for backward in (False, True):
+                p = plan(hidden, batch, backward=backward)
+                if p.path == "stepwise":
+                    continue
+                step = p.predicted_us_per_step
+                if p.chunks > 1:  # loaded as a chunk's dot products start, needed after them
+                    span = step / p.chunks
+                elif p.path == "block" and p.samples <= 4:
+                    span = (OPERAND_L1_STEPS - 1) * step
+                else:
+                    span = step
+                assert span >= latency, (hidden, batch, backward, p)

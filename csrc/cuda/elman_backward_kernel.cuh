@@ -166,25 +166,36 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   PhaseClock clock(a.phase_cycles, phase_running);
   clock.start();
 
-  // With one chunk a lane owns the same outputs every step: their dy and saved h are loaded
-  // one step ahead.
+  // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:
+  // with one chunk, step s - kOperandL1Steps's into L1 and step s - 1's into registers during
+  // step s; with several chunks, each chunk's into registers as its dot products start.
   const bool one_chunk = tiling.chunks == 1;
   scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
-  auto prefetch = [&](int64_t s) {
-    SIMT_UNROLL
-    for (int k = 0; k < kOwned; ++k) {
-      const int64_t b = place.sample_begin + cta.first_sample + k;
+  auto for_each_operand = [&](int64_t first, int64_t s, auto&& f) {  // f(batch, k, offset in dy and out)
+    cta.for_each_owned_output(first, [&](int batch, int k, int64_t b, int64_t u) {
       const int64_t length = sample_length(a.lengths, b, B, T);
-      if (s >= length) continue;
-      const int64_t t = step_time(s, length, a.reverse);
-      cta.for_each_owned_unit([&](int batch, int64_t u) {
-        const int64_t at = time_major_offset(t, b, u, B, H);
-        dy[batch][k] = a.dy[at];
-        h[batch][k] = a.out[at];
+      if (s < length) f(batch, k, time_major_offset(step_time(s, length, a.reverse), b, u, B, H));
+    });
+  };
+  auto load_operands = [&](int64_t first, int64_t s) {
+    for_each_operand(first, s, [&](int batch, int k, int64_t at) {
+      dy[batch][k] = a.dy[at];
+      h[batch][k] = a.out[at];
+    });
+  };
+  auto prefetch_operands = [&](int64_t s) {
+    if constexpr (Cta::kOperandsAheadInL1) {
+      if (s < 0) return;
+      for_each_operand(place.sample_begin, s, [&](int, int, int64_t at) {
+        simt::prefetch_l1(a.dy + at);
+        simt::prefetch_l1(a.out + at);
       });
     }
   };
-  if (one_chunk) prefetch(T - 1);
+  if (one_chunk) {
+    for (int64_t s = T - 2; s > T - 1 - Cta::kOperandL1Steps; --s) prefetch_operands(s);
+    load_operands(place.sample_begin, T - 1);
+  }
 
   int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -204,16 +215,16 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         edge[k] = s + 1 < length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
       }
       double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
+      if (!one_chunk) load_operands(first, s);
       cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, scalar_t carry) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
         if (s < length[k]) {
           const int64_t at = time_major_offset(t[k], b, u, B, H);
-          const scalar_t g =
-              backward_gradient(a, s, length[k], b, u, one_chunk ? dy[batch][k] : a.dy[at], carry, edge[k]);
+          const scalar_t g = backward_gradient(a, s, length[k], b, u, dy[batch][k], carry, edge[k]);
           g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
-          d = g * slope_runtime(a.activation, one_chunk ? h[batch][k] : a.out[at]);
+          d = g * slope_runtime(a.activation, h[batch][k]);
           a.dz[at] = d;
         }
         publish_state<kPath>(now, exchange_now, j, b, u, cta.row, H, tiling.ctas_per_group, d);
@@ -240,7 +251,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     const scalar_t* exchange_later = s == T - 1 ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
     cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, (s + 1) % 2, step_chunk,
                        after_chunk, clock);
-    if (one_chunk && s > 0) prefetch(s - 1);
+    if (one_chunk) {
+      prefetch_operands(s - Cta::kOperandL1Steps);
+      if (s > 0) load_operands(place.sample_begin, s - 1);
+    }
     clock.lap(kComputePhase);
     end_step<kPath>();
     clock.lap(kBarrierPhase);

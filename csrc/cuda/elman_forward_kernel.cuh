@@ -8,7 +8,7 @@
 // float32) and the group's state rows (double-buffered) beside them. Per
 // processing step, a batch of passes at a time: the unit dot products against the current
 // state (kernel_common.cuh), the reduce-scatter of the lane's tile, the epilogue of each
-// output on the lane that holds its total (add XW_t prefetched during the previous step,
+// output on the lane that holds its total (add XW_t read ahead: RecurrenceCta::kOperandL1Steps;
 // activation, length mask), the new state published to every CTA of the group; then one
 // barrier. forward_step_epilogue_kernel is the Stepwise path's per-step epilogue after a
 // cuBLAS product, with the same arithmetic.
@@ -73,20 +73,29 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   PhaseClock clock(a.phase_cycles, phase_running);
   clock.start();
 
-  // With one chunk a lane owns the same outputs every step: their XW is loaded one step ahead.
+  // The lane's XW_t operands, read ahead (Cta::kOperandL1Steps): with one chunk a lane owns the
+  // same outputs every step, so step s + kOperandL1Steps's go into L1 and step s + 1's into
+  // xw during step s; with several chunks, each chunk's go into xw as its dot products start.
   const bool one_chunk = tiling.chunks == 1;
   scalar_t xw[Cta::kBatches][kOwned] = {};
-  auto prefetch = [&](int64_t s) {
-    SIMT_UNROLL
-    for (int k = 0; k < kOwned; ++k) {
-      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+  auto for_each_operand = [&](int64_t first, int64_t s, auto&& f) {  // f(batch, k, offset in out)
+    cta.for_each_owned_output(first, [&](int batch, int k, int64_t b, int64_t u) {
       const int64_t length = sample_length(a.lengths, b, B, T);
-      if (s >= length) continue;
-      const int64_t t = step_time(s, length, a.reverse);
-      cta.for_each_owned_unit([&](int batch, int64_t u) { xw[batch][k] = a.out[time_major_offset(t, b, u, B, H)]; });
+      if (s < length) f(batch, k, time_major_offset(step_time(s, length, a.reverse), b, u, B, H));
+    });
+  };
+  auto load_operands = [&](int64_t first, int64_t s) {
+    for_each_operand(first, s, [&](int batch, int k, int64_t at) { xw[batch][k] = a.out[at]; });
+  };
+  auto prefetch_operands = [&](int64_t s) {
+    if constexpr (Cta::kOperandsAheadInL1) {
+      if (s < T) for_each_operand(cta.place.sample_begin, s, [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
     }
   };
-  if (one_chunk) prefetch(0);
+  if (one_chunk) {
+    for (int64_t s = 1; s < Cta::kOperandL1Steps; ++s) prefetch_operands(s);
+    load_operands(cta.place.sample_begin, 0);
+  }
 
   for (int64_t s = 0; s < T; ++s) {
     scalar_t* exchange_next = Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
@@ -97,13 +106,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         length[k] = sample_length(a.lengths, first + cta.first_sample + k, B, T);
         t[k] = step_time(s, length[k], a.reverse);
       }
+      if (!one_chunk) load_operands(first, s);
       cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, scalar_t recurrent) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t h;
         if (s < length[k]) {
           const int64_t at = time_major_offset(t[k], b, u, B, H);
-          h = activate_runtime(a.activation, (one_chunk ? xw[batch][k] : a.out[at]) + recurrent);
+          h = activate_runtime(a.activation, xw[batch][k] + recurrent);
           a.out[at] = h;
         } else {
           h = current[j * R + u];  // frozen: the state carries over
@@ -116,7 +126,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     const scalar_t* exchange_current = s == 0 ? a.h0 : a.exchange + (s % 2) * B * H;
     cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, s % 2, step_chunk,
                        [](int64_t) {}, clock);
-    if (one_chunk && s + 1 < T) prefetch(s + 1);
+    if (one_chunk) {
+      prefetch_operands(s + Cta::kOperandL1Steps);
+      if (s + 1 < T) load_operands(cta.place.sample_begin, s + 1);
+    }
     clock.lap(kComputePhase);
     end_step<kPath>();
     clock.lap(kBarrierPhase);

@@ -166,7 +166,12 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
 }
 
 // Per step of the three persistent paths (waves: how many times the groups' CTAs must take
-// turns because not all fit on the device at once).
+// turns because not all fit on the device at once). The operands a step's epilogues read from
+// global memory (XW_t; dy_t and h_t) cost nothing here: the kernels read them ahead, into L1
+// 4 steps ahead on the block path, whose steps are the shortest (3 steps of the shortest
+// planned one, 0.107 us, exceed l2_dependent_load_us), and into registers one step ahead, or
+// as a chunk's dot products start (RecurrenceCta::kOperandL1Steps; tests/test_cost_model.py
+// checks the planner's steps against these spans).
 
 // A step's time and the parts of it that step-phase timing measures apart (recurrence_paths.cuh
 // StepPhase): staging state rows from global memory (Grid), compute (dot products, epilogues,

@@ -341,6 +341,32 @@ struct RecurrenceCta {
     }
   }
 
+  // A step's operands from global memory (each owned output's XW_t in the forward, dy_t and
+  // h_t in the backward) are read ahead of the epilogue that needs them: with one chunk per
+  // step, into L1 kOperandL1Steps steps ahead (simt::prefetch_l1: no register is held, so the
+  // distance costs nothing) and into registers one step ahead, from L1 then; with several
+  // chunks, into registers as each chunk's dot products start. A dependent load from L2 takes
+  // about 0.2 us (cost::Constants::l2_dependent_load_us), more than the shortest steps (0.12 us
+  // at H = 64): one step ahead alone would leave part of it exposed every step. The L1 reads
+  // ahead are issued on the Block path at up to 4 samples per chunk only: the cluster and grid
+  // barriers invalidate L1 (their acquire: CCTL.IVALL in the sm_90 SASS), and the planner's
+  // steps on those paths, or at 8 samples, take 0.3 us or more (cost model, H100/H200), where
+  // one step ahead suffices.
+  static constexpr int kOperandL1Steps = 4;
+  static constexpr bool kOperandsAheadInL1 = kPath == RecurrencePath::Block && kSamples <= 4;
+
+  // f(batch, k, b, u) for each output this lane owns in the chunk of samples starting at
+  // `first`: sample b = first + first_sample + k (those past the batch left out), unit u.
+  template <class F>
+  SIMT_DEVICE __forceinline__ void for_each_owned_output(int64_t first, F&& f) const {
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      const int64_t b = first + first_sample + k;
+      if (b >= batch) continue;
+      for_each_owned_unit([&](int pass_batch_index, int64_t u) { f(pass_batch_index, k, b, u); });
+    }
+  }
+
   // f(batch, u) for each batch in which this lane owns outputs, of unit u (the same every
   // step and chunk; the samples are first_sample + k, k < kOwned).
   template <class F>

@@ -93,6 +93,10 @@ __device__ inline void wait_async() {
 #endif
 }
 
+// Brings the line of global memory holding *p into this SM's L1 ahead of a load (a hint: no
+// register waits for it, and nothing faults).
+__device__ inline void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p)); }
+
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
 

@@ -228,6 +228,12 @@ inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : 
 
 }  // namespace emu
 
+// An L1 prefetch hint: nothing to do on the CPU but read one byte, so that AddressSanitizer
+// (make sanitize) reports an address outside the tensor, which the GPU would silently drop.
+inline void prefetch_l1(const void* p) {
+  [[maybe_unused]] const volatile unsigned char byte = *static_cast<const volatile unsigned char*>(p);
+}
+
 // Grid-wide barrier of a cooperative launch.
 inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
 
