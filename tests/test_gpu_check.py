@@ -166,6 +166,31 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
     assert "The model picked the measured fastest path in " in text
 
 
+def test_rehearsal_times_again_under_autotune_where_it_takes_another_shape(rehearsal):
+    _, out, report = rehearsal
+    retuned = {(r["hidden"], r["batch"]) for r in report["tune_rows"]
+               if (r["tuned_path"], r["tuned_units_per_pass"]) != (r["model_path"], r["model_units_per_pass"])}
+    assert retuned, "on the emulator the stepwise path's CPU products win: some shape must be retuned"
+    for r in report["shape_rows"]:
+        shape = r["shape"]
+        if (shape["hidden"], shape["batch"]) in retuned and not shape["long"]:
+            assert r["tuned_fwd_ms"] > 0 and r["tuned_fwd_bwd_ms"] > 0
+            assert r["tuned_fwd_ratio"] == pytest.approx(r["baseline_fwd_ms"] / r["tuned_fwd_ms"])
+            assert r["tuned_paths"] == "stepwise / stepwise"
+        else:
+            assert r["tuned_fwd_ms"] is None and r["tuned_paths"] is None
+    assert "Where autotuning takes another launch shape than the model" in (out / "gpu_check.md").read_text()
+
+
+def test_tuned_rows_table_lists_only_the_retimed_rows():
+    retimed = ShapeRow("1000, 8, 64, 64", {}, baseline_fwd_ms=0.4, ours_fwd_ms=0.2, baseline_fwd_bwd_ms=1.2,
+                       ours_fwd_bwd_ms=0.6, forward_path="block", backward_path="block", tuned_fwd_ms=0.1,
+                       tuned_fwd_bwd_ms=0.4, tuned_paths="cluster / block")
+    untouched = ShapeRow("1000, 8, 256, 256", {}, baseline_fwd_ms=1.0, ours_fwd_ms=0.5)
+    assert gpu_check.format_tuned_rows_table([retimed, untouched]).splitlines()[2:] == [
+        "| 1000, 8, 64, 64 | block / block | cluster / block | 2.00 | 4.00 | 2.00 | 3.00 |"]
+
+
 def plan_of(row: dict):
     from rnn_fused import simt
 
@@ -174,8 +199,8 @@ def plan_of(row: dict):
 
 
 def test_tune_verdict_names_the_recurrences_the_model_got_wrong():
-    right = gpu_check.TuneRow(64, 8, "forward", "block", "block")
-    wrong = gpu_check.TuneRow(1024, 32, "backward", "grid", "stepwise")
+    right = gpu_check.TuneRow(64, 8, "forward", model_path="block", tuned_path="block")
+    wrong = gpu_check.TuneRow(1024, 32, "backward", model_path="grid", tuned_path="stepwise")
     failed = gpu_check.TuneRow(9, 9, "forward", error="boom")
     assert gpu_check.tune_verdict([right, failed]) == "The model picked the measured fastest path in 1 of 1 recurrences."
     assert gpu_check.tune_verdict([right, wrong]) == (

@@ -206,6 +206,11 @@ class ShapeRow:
     # The cost model's whole-layer time (GEMMs included), summed over layers and directions.
     predicted_fwd_ms: float | None = None
     predicted_fwd_bwd_ms: float | None = None
+    # Rows where autotuning takes another launch shape than the model (tune_rows): rnn_fused
+    # timed again under launch_plan.autotune, and the paths it took.
+    tuned_fwd_ms: float | None = None
+    tuned_fwd_bwd_ms: float | None = None
+    tuned_paths: str | None = None  # "forward path / backward path"
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -217,6 +222,14 @@ class ShapeRow:
     @property
     def fwd_bwd_ratio(self) -> float | None:
         return _ratio(self.baseline_fwd_bwd_ms, self.ours_fwd_bwd_ms)
+
+    @property
+    def tuned_fwd_ratio(self) -> float | None:
+        return _ratio(self.baseline_fwd_ms, self.tuned_fwd_ms)
+
+    @property
+    def tuned_fwd_bwd_ratio(self) -> float | None:
+        return _ratio(self.baseline_fwd_bwd_ms, self.tuned_fwd_bwd_ms)
 
 
 def _ratio(baseline: float | None, ours: float | None) -> float | None:
@@ -301,6 +314,7 @@ class TuneRow:
     batch: int
     direction: str  # "forward" or "backward"
     model_path: str | None = None
+    model_units_per_pass: int | None = None
     tuned_path: str | None = None
     tuned_units_per_pass: int | None = None
     timed: list = field(default_factory=list)  # estimate_fields of each shape timed: what fit-model prices
@@ -515,6 +529,21 @@ def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
         total_us += directions * predicted_layer_us("planned", shape.steps, shape.batch, inputs, shape.hidden,
                                                     backward, shape.torch_dtype, target.plan_device)
     return total_us / 1e3
+
+
+def measure_tuned(row: ShapeRow, shape: Shape, target: Target, timing: Timing, tune_steps: int) -> None:
+    """rnn_fused again under launch_plan.autotune (the measurements of tune_rows, kept by the
+    process): its forward and forward+backward times and the paths it took."""
+    _, ours, x, grad_out = build_modules(shape, target)
+    with autotune(steps=tune_steps):
+        paths = [plan(shape.hidden, shape.batch, shape.torch_dtype, target.plan_device, backward).path
+                 for backward in (False, True)]
+        row.tuned_fwd_ms = median_seconds(forward_fn(ours, x), device=target.device, min_repeats=timing.min_repeats,
+                                          min_seconds=timing.min_seconds, warmup=1) * 1e3
+        row.tuned_fwd_bwd_ms = median_seconds(forward_backward_fn(ours, x, grad_out), device=target.device,
+                                              min_repeats=timing.min_repeats, min_seconds=timing.min_seconds,
+                                              warmup=1) * 1e3
+    row.tuned_paths = " / ".join(paths)
 
 
 def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_error: bool) -> ShapeRow:
@@ -826,7 +855,8 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
         for backward in (False, True):
             row = TuneRow(hidden, batch, "backward" if backward else "forward")
             try:
-                row.model_path = plan(hidden, batch, torch.float32, target.plan_device, backward).path
+                model = plan(hidden, batch, torch.float32, target.plan_device, backward)
+                row.model_path, row.model_units_per_pass = model.path, model.units_per_pass
                 with autotune(steps=steps):
                     tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.tuned_path, row.tuned_units_per_pass = tuned.path, tuned.units_per_pass
@@ -844,6 +874,25 @@ def _timed_cell(shape: dict | None) -> str:
         return "–"
     per_pass = f", {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
     return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{per_pass})"
+
+
+def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
+    """(H, B) where autotuning took another launch shape (path or units per pass) than the
+    model, in either direction."""
+    return {(r.hidden, r.batch) for r in rows
+            if not r.error and (r.tuned_path, r.tuned_units_per_pass) != (r.model_path, r.model_units_per_pass)}
+
+
+def format_tuned_rows_table(rows: list[ShapeRow]) -> str:
+    lines = ["| T, B, I, H | paths fwd / bwd: model | autotune | fwd ratio: model | autotune | "
+             "fwd+bwd ratio: model | autotune |", "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.tuned_paths is None:
+            continue
+        lines.append(f"| {r.label} | {r.forward_path} / {r.backward_path} | {r.tuned_paths} | "
+                     f"{_ratio_text(r.fwd_ratio)} | {_ratio_text(r.tuned_fwd_ratio)} | "
+                     f"{_ratio_text(r.fwd_bwd_ratio)} | {_ratio_text(r.tuned_fwd_bwd_ratio)} |")
+    return "\n".join(lines)
 
 
 def format_tune_table(rows: list[TuneRow]) -> str:
@@ -1047,6 +1096,11 @@ def format_report(result: GpuCheckResult) -> str:
         verdict = tune_verdict(result.tune_rows)
         if verdict:
             lines += ["", verdict]
+        if any(r.tuned_paths is not None for r in result.shape_rows):
+            lines += ["", "Where autotuning takes another launch shape than the model (path or units per pass), "
+                      "the shape rows above timed again with `launch_plan.autotune` (ratio = " + baseline +
+                      " time / rnn_fused time; the same " + baseline + " times):", "",
+                      format_tuned_rows_table(result.shape_rows)]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in result.notes]
@@ -1063,7 +1117,8 @@ def result_as_json(result: GpuCheckResult) -> dict:
         "probes": [dataclasses.asdict(p) for p in result.probes],
         "phase_rows": [dataclasses.asdict(r) for r in result.phase_rows],
         "tune_rows": [dataclasses.asdict(r) for r in result.tune_rows],
-        "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio")) for r in result.shape_rows],
+        "shape_rows": [row_json(r, ("fwd_ratio", "fwd_bwd_ratio", "tuned_fwd_ratio", "tuned_fwd_bwd_ratio"))
+                       for r in result.shape_rows],
         "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
                       for r in result.path_rows],
         "goals": [dataclasses.asdict(g) for g in issue_goals(result.shape_rows)],
@@ -1209,6 +1264,7 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             result.meta["tune_steps"] = tune_steps
             result.tune_rows = measure_tune_rows(target, tune_shapes(shapes), tune_steps)
             save()
+        retune = retuned_sizes(result.tune_rows)
         for index, shape in enumerate(shapes):
             if time.perf_counter() > deadline:
                 result.shape_rows.append(ShapeRow(shape.label(), dataclasses.asdict(shape),
@@ -1216,6 +1272,8 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
                 continue
             try:
                 row = measure_shape_row(shape, target, long_timing if shape.long else timing, measure_error)
+                if not shape.long and (shape.hidden, shape.batch) in retune:
+                    measure_tuned(row, shape, target, timing, tune_steps)
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row = ShapeRow(shape.label(), dataclasses.asdict(shape), error=_one_line(error))
                 traceback.print_exc(file=sys.stderr)
