@@ -32,14 +32,34 @@ std::string quoted_names() {
 }  // namespace
 
 namespace {
-std::mutex forced_tiling_mutex;
-ForcedTiling forced;
+
+// A process-wide setting that plans read: a value behind a mutex.
+template <class T>
+class ProcessSetting {
+ public:
+  T get() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return value_;
+  }
+  // Sets it; returns the previous value.
+  T exchange(const T& value) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const T previous = value_;
+    value_ = value;
+    return previous;
+  }
+
+ private:
+  std::mutex mutex_;
+  T value_{};
+};
+
+ProcessSetting<ForcedTiling> forced_tiling_setting;
+ProcessSetting<Autotune> autotune_setting;
+
 }  // namespace
 
-ForcedTiling forced_tiling() {
-  const std::lock_guard<std::mutex> lock(forced_tiling_mutex);
-  return forced;
-}
+ForcedTiling forced_tiling() { return forced_tiling_setting.get(); }
 
 ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   const int64_t s = tiling.samples, u = tiling.units_per_pass;
@@ -49,29 +69,15 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   TORCH_CHECK_VALUE(u == 0 || u == 16 || u == 32,
                     "rnn_fused.launch_plan.forced_tiling: units_per_pass must be 16 or 32 (or None: each plan's own "
                     "choice), got ", u);
-  const std::lock_guard<std::mutex> lock(forced_tiling_mutex);
-  const ForcedTiling previous = forced;
-  forced = tiling;
-  return previous;
+  return forced_tiling_setting.exchange(tiling);
 }
 
-namespace {
-std::mutex autotune_mutex;
-Autotune autotune_setting;
-}  // namespace
-
-Autotune autotune() {
-  const std::lock_guard<std::mutex> lock(autotune_mutex);
-  return autotune_setting;
-}
+Autotune autotune() { return autotune_setting.get(); }
 
 Autotune set_autotune(const Autotune& setting) {
   TORCH_CHECK_VALUE(!setting.enabled || setting.steps >= 1,
                     "rnn_fused.launch_plan.autotune: steps must be at least 1, got ", setting.steps);
-  const std::lock_guard<std::mutex> lock(autotune_mutex);
-  const Autotune previous = autotune_setting;
-  autotune_setting = setting;
-  return previous;
+  return autotune_setting.exchange(setting);
 }
 
 bool register_recurrence_backend(const RecurrenceBackend& backend) {

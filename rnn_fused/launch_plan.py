@@ -142,20 +142,29 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None)
     twice the passes); None leaves that part to each plan. For running or timing launch shapes
     the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the
     shape so is infeasible, and forcing it says why. The previous setting is restored on exit."""
-    from . import functional
-
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
     for name, value in (("samples", samples), ("units_per_pass", units_per_pass)):
         if value == 0:
             allowed = "1, 2, 4 or 8" if name == "samples" else "16 or 32"
             raise ValueError(f"rnn_fused.launch_plan.forced_tiling: {name} must be {allowed} (or None: each plan's "
                              f"own choice), got 0")
-    previous = torch.ops.rnn_fused.set_forced_tiling(samples or 0, units_per_pass or 0)
+    with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0):
+        yield
+
+
+@contextlib.contextmanager
+def _planner_setting(set_op, *values) -> Iterator[None]:
+    """A process-wide setting of the planner, through `set_op` (which returns the previous
+    values), for the block. Plans change with it, so what is cached from plans is dropped on
+    entry and on exit."""
+    from . import functional
+
+    previous = set_op(*values)
     functional._directions_fit_side_by_side.cache_clear()
     try:
         yield
     finally:
-        torch.ops.rnn_fused.set_forced_tiling(*previous)
+        set_op(*previous)
         functional._directions_fit_side_by_side.cache_clear()
 
 
@@ -172,20 +181,14 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its
     prediction, and `.timed` every shape measured. The measurements are kept for the
-    process, so tuning costs one such set of runs per shape (it waits for the device). Like torch.backends.cudnn.benchmark, it can pick another path
-    in another process: block, cluster and grid give bitwise the same results, the stepwise
-    path (cuBLAS products) the same within rounding. A forced path (path=...) is never tuned,
-    and nothing is timed while the current stream captures a CUDA graph (the model chooses
-    then). Process-wide; the previous setting is restored on exit."""
-    from . import functional
-
-    previous = torch.ops.rnn_fused.set_autotune(True, steps)
-    functional._directions_fit_side_by_side.cache_clear()
-    try:
+    process, so tuning costs one such set of runs per shape (it waits for the device). Like
+    torch.backends.cudnn.benchmark, it can pick another path in another process: block,
+    cluster and grid give bitwise the same results, the stepwise path (cuBLAS products) the
+    same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
+    the current stream captures a CUDA graph (the model chooses then). Process-wide; the
+    previous setting is restored on exit."""
+    with _planner_setting(torch.ops.rnn_fused.set_autotune, True, steps):
         yield
-    finally:
-        torch.ops.rnn_fused.set_autotune(*previous)
-        functional._directions_fit_side_by_side.cache_clear()
 
 
 @dataclass(frozen=True)

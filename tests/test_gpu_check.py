@@ -171,12 +171,14 @@ def test_rehearsal_times_again_under_autotune_where_it_takes_another_shape(rehea
     retuned = {(r["hidden"], r["batch"]) for r in report["tune_rows"]
                if (r["tuned_path"], r["tuned_units_per_pass"]) != (r["model_path"], r["model_units_per_pass"])}
     assert retuned, "on the emulator the stepwise path's CPU products win: some shape must be retuned"
+    tuned_path = {(r["hidden"], r["batch"], r["direction"]): r["tuned_path"] for r in report["tune_rows"]}
     for r in report["shape_rows"]:
         shape = r["shape"]
-        if (shape["hidden"], shape["batch"]) in retuned and not shape["long"]:
+        size = (shape["hidden"], shape["batch"])
+        if size in retuned and not shape["long"]:
             assert r["tuned_fwd_ms"] > 0 and r["tuned_fwd_bwd_ms"] > 0
             assert r["tuned_fwd_ratio"] == pytest.approx(r["baseline_fwd_ms"] / r["tuned_fwd_ms"])
-            assert r["tuned_paths"] == "stepwise / stepwise"
+            assert r["tuned_paths"] == f"{tuned_path[(*size, 'forward')]} / {tuned_path[(*size, 'backward')]}"
         else:
             assert r["tuned_fwd_ms"] is None and r["tuned_paths"] is None
     assert "Where autotuning takes another launch shape than the model" in (out / "gpu_check.md").read_text()
