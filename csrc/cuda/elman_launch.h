@@ -658,12 +658,12 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
 }
 
 // tuning_shapes timed on the device, once per (device, request, forced tiling, steps) and kept
-// for the process; none (nullopt) where autotuning is off or a measurement would be needed
-// while the current stream captures a CUDA graph.
+// for the process (the answer points into that store and stays valid); null where autotuning
+// is off or a measurement would be needed while the current stream captures a CUDA graph.
 template <typename scalar_t>
-std::optional<TunedPaths> tuned_paths(const PlanRequest& request, const std::vector<RecurrencePlan>& candidates) {
+const TunedPaths* tuned_paths(const PlanRequest& request, const std::vector<RecurrencePlan>& candidates) {
   const Autotune setting = autotune();
-  if (!setting.enabled) return std::nullopt;
+  if (!setting.enabled) return nullptr;
   PlanRequest r = request;
   r.forced = forced_tiling();
   const std::string key = plan_key<scalar_t>(r) + std::to_string(setting.steps) + "," + kernel_device_name();
@@ -672,9 +672,9 @@ std::optional<TunedPaths> tuned_paths(const PlanRequest& request, const std::vec
   {
     const std::lock_guard<std::mutex> lock(mutex);
     const auto it = measured.find(key);
-    if (it != measured.end()) return it->second;
+    if (it != measured.end()) return &it->second;
   }
-  if (simt::stream_capturing()) return std::nullopt;
+  if (simt::stream_capturing()) return nullptr;
   simt::synchronize_device();  // time on an idle device (the other direction's work may be queued)
   TunedPaths tuned{.fastest = candidates, .fastest_us = std::vector<double>(candidates.size(), NAN)};
   tuned.timed = tuning_shapes<scalar_t>(r, candidates);
@@ -688,7 +688,7 @@ std::optional<TunedPaths> tuned_paths(const PlanRequest& request, const std::vec
     }
   }
   const std::lock_guard<std::mutex> lock(mutex);
-  return measured.emplace(key, std::move(tuned)).first->second;
+  return &measured.emplace(key, std::move(tuned)).first->second;  // (an element's address survives rehashing)
 }
 
 // The plan for `requested` (a path name, or "" for the planner's choice); a forced path
@@ -709,20 +709,20 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
     forced.reason = "forced: " + forced.reason;
     return forced;
   }
-  const std::optional<TunedPaths> tuned = tuned_paths<scalar_t>(r, candidates);
-  const std::vector<RecurrencePlan>& options = tuned ? tuned->fastest : candidates;
-  auto us_per_step = [&](size_t i) { return tuned ? tuned->fastest_us[i] : options[i].us_per_step; };
+  const TunedPaths* tuned = tuned_paths<scalar_t>(r, candidates);
+  const std::vector<RecurrencePlan>& options = tuned != nullptr ? tuned->fastest : candidates;
+  auto us_per_step = [&](size_t i) { return tuned != nullptr ? tuned->fastest_us[i] : options[i].us_per_step; };
   size_t best = static_cast<size_t>(RecurrencePath::Stepwise);  // always feasible
   for (size_t i = 0; i < options.size(); ++i) {
     if (options[i].feasible && us_per_step(i) < us_per_step(best)) best = i;
   }
   RecurrencePlan chosen = options[best];
   const std::string predicted = "predicted " + std::to_string(chosen.us_per_step) + " us per step";
-  chosen.reason = std::string(path_name(chosen.path)) + " (" +
-                  (tuned ? "measured " + std::to_string(us_per_step(best)) + " us per step, the fastest of " +
-                               std::to_string(tuned->timed.size()) + " launch shapes timed on this device; " + predicted
-                         : predicted + ", the fastest feasible path") +
-                  "): " + chosen.reason;
+  const std::string why = tuned != nullptr ? "measured " + std::to_string(us_per_step(best)) +
+                                                 " us per step, the fastest of " + std::to_string(tuned->timed.size()) +
+                                                 " launch shapes timed on this device; " + predicted
+                                           : predicted + ", the fastest feasible path";
+  chosen.reason = std::string(path_name(chosen.path)) + " (" + why + "): " + chosen.reason;
   return chosen;
 }
 
@@ -799,8 +799,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
     // A forced path is not tuned; otherwise choose_plan tuned (or autotuning is off).
-    const std::optional<TunedPaths> tuned = q.path.empty() ? tuned_paths<scalar_t>(request, candidates) : std::nullopt;
-    if (!tuned) {
+    const TunedPaths* tuned = q.path.empty() ? tuned_paths<scalar_t>(request, candidates) : nullptr;
+    if (tuned == nullptr) {
       for (const RecurrencePlan& p : candidates) report.candidates.push_back(describe(p));
       return;
     }
