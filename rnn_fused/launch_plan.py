@@ -152,23 +152,33 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None)
         yield
 
 
-@contextlib.contextmanager
-def _planner_setting(set_op, *values) -> Iterator[None]:
-    """A process-wide setting of the planner, through `set_op` (which returns the previous
-    values), for the block. Plans change with it, so what is cached from plans is dropped on
-    entry and on exit."""
+def _apply_planner_setting(set_op, *values):
+    """Sets a process-wide setting of the planner through `set_op`; returns the previous values.
+    Plans change with it, so what is cached from plans is dropped."""
     from . import functional
 
     previous = set_op(*values)
     functional._directions_fit_side_by_side.cache_clear()
+    return previous
+
+
+@contextlib.contextmanager
+def _planner_setting(set_op, *values) -> Iterator[None]:
+    """_apply_planner_setting for the block; the previous values are restored on exit."""
+    previous = _apply_planner_setting(set_op, *values)
     try:
         yield
     finally:
-        set_op(*previous)
-        functional._directions_fit_side_by_side.cache_clear()
+        _apply_planner_setting(set_op, *previous)
 
 
 DEFAULT_AUTOTUNE_STEPS = 64
+
+
+def set_autotune(enabled: bool, steps: int = DEFAULT_AUTOTUNE_STEPS) -> None:
+    """Switches autotuning on or off for the rest of the process (what autotune() does for a
+    block), as torch.backends.cudnn.benchmark = True does for cuDNN."""
+    _apply_planner_setting(torch.ops.rnn_fused.set_autotune, enabled, steps)
 
 
 @contextlib.contextmanager

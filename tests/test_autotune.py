@@ -146,3 +146,16 @@ def test_steps_are_checked():
             pass
     with simt.emulated_device(**SMALL_GPU):
         assert rnn_fused.plan(19, 2).measured_us_per_step is None  # nothing was switched on
+
+
+def test_set_autotune_switches_it_for_the_process():
+    with simt.emulated_device(**SMALL_GPU):
+        try:
+            launch_plan.set_autotune(True, steps=STEPS)
+            assert rnn_fused.plan(23, 2).measured_us_per_step > 0
+            with pytest.raises(ValueError, match=r"autotune: steps must be at least 1, got -1"):
+                launch_plan.set_autotune(True, steps=-1)
+            assert rnn_fused.plan(25, 2).measured_us_per_step > 0  # the refused call changed nothing
+        finally:
+            launch_plan.set_autotune(False)
+        assert rnn_fused.plan(27, 2).measured_us_per_step is None
