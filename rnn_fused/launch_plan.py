@@ -185,8 +185,9 @@ def set_autotune(enabled: bool, steps: int = DEFAULT_AUTOTUNE_STEPS) -> None:
 def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     """Inside, the planner measures instead of predicting: at the first plan of each (device,
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
-    the device, a persistent path's with the dot products on 8 and on 4 warps (32 and 16
-    units per pass: the model's choice there rests on instruction counts, not measurements),
+    the device, a persistent path's with every sample tile it considers and the dot products
+    on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on counted
+    instructions and fitted terms, not on timings of these kernels),
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its

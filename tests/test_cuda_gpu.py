@@ -219,8 +219,10 @@ def test_autotune_times_every_path_on_this_gpu_and_the_layer_runs_its_pick():
         assert plan.measured_us_per_step == min(c.measured_us_per_step for c in feasible)
         assert plan.measured_us_per_step == min(t.measured_us_per_step for t in plan.timed)
         assert plan.reason.startswith(f"{plan.path} (measured ")
-        # The block path fits H = 65 with 32 and with 16 units per pass: both were timed.
-        assert sorted(t.units_per_pass for t in plan.timed if t.path == "block") == [16, 32]
+        # The block path fits H = 65 at 1, 2 and 4 samples per chunk (8 would be more than twice
+        # the batch), each with 32 and with 16 units per pass: all six were timed.
+        assert sorted((t.samples, t.units_per_pass) for t in plan.timed if t.path == "block") == [
+            (s, u) for s in (1, 2, 4) for u in (16, 32)]
     assert untimed.measured_us_per_step is None and "measured" not in untimed.reason
     # path= forces both directions: the forward's results always compare, the gradients where
     # the backward took the same path as the forward.

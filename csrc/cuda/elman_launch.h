@@ -634,24 +634,29 @@ struct TunedPaths {
 };
 
 // The launch shapes autotuning times (r.forced holds the forced tiling): each feasible
-// persistent path's best shape by the model for each number of units per pass (the model's
-// choice between 8 and 4 computing warps rests on its issue term, whose instruction counts
-// are counted in the machine code, not measured), only the forced count where one is forced;
-// the stepwise path's shape.
+// persistent path's best shape by the model for each sample tile the planner considers (1, 2,
+// 4, 8 samples per chunk, fewer than twice the batch) and each number of units per pass (the
+// model's choices between them rest on its issue and staging terms, counted and fitted, not
+// measured at these kernels), only the forced ones where they are forced; the stepwise path's
+// shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
   for (const RecurrencePlan& c : candidates) {
     if (!c.feasible) continue;
-    if (c.path == RecurrencePath::Stepwise || r.forced.units_per_pass != 0) {
+    if (c.path == RecurrencePath::Stepwise) {
       shapes.push_back(c);
       continue;
     }
-    for (int per_pass : kUnitsPerPassOptions) {
-      PlanRequest variant = r;
-      variant.forced.units_per_pass = per_pass;
-      const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
-      if (p.feasible) shapes.push_back(p);
+    for (int64_t samples : {1, 2, 4, 8}) {
+      if (r.forced.samples != 0 ? samples != r.forced.samples : samples > 1 && samples / 2 >= r.batch) continue;
+      for (int per_pass : kUnitsPerPassOptions) {
+        if (r.forced.units_per_pass != 0 && per_pass != r.forced.units_per_pass) continue;
+        PlanRequest variant = r;
+        variant.forced = {.samples = samples, .units_per_pass = per_pass};
+        const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
+        if (p.feasible) shapes.push_back(p);
+      }
     }
   }
   return shapes;

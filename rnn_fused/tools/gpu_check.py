@@ -307,8 +307,8 @@ class PhaseRow:
 class TuneRow:
     """One recurrence (H, B, direction; fp32) planned with autotuning (launch_plan.autotune):
     every launch shape it timed on the device (each feasible path's, a persistent path's with
-    32 and 16 units per pass) with its measured and predicted µs per step, the path the model
-    picks and the one the measurements pick."""
+    every sample tile and 32 and 16 units per pass) with its measured and predicted µs per
+    step, the path the model picks and the one the measurements pick."""
 
     hidden: int
     batch: int
@@ -869,11 +869,12 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
 
 
 def _timed_cell(shape: dict | None) -> str:
-    """A path's fastest timed shape: measured (predicted) µs per step, and the units per pass."""
+    """A path's fastest timed shape: measured (predicted) µs per step, its samples per chunk and
+    units per pass."""
     if shape is None:
         return "–"
-    per_pass = f", {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
-    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{per_pass})"
+    tile = f", {shape['samples']} s x {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
+    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{tile})"
 
 
 def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
@@ -1088,10 +1089,11 @@ def format_report(result: GpuCheckResult) -> str:
     if result.tune_rows:
         lines += ["", "## Every path timed by autotuning (one recurrence, fp32)", "",
                   "`launch_plan.autotune(steps=" + str(result.meta.get("tune_steps", "?")) + ")`: each feasible "
-                  "path's launch shape (a persistent path's with 32 and with 16 units per pass) run on constant "
+                  "path's launch shape (a persistent path's with every sample tile and 32 and 16 units per pass) "
+                  "run on constant "
                   "data, the fastest of 3 runs of 2 and of 2 + steps steps; their difference over the steps is "
                   "the time per step (no launch cost). Each cell: the path's fastest shape, measured (predicted, "
-                  "units per pass). The recurrence alone, no GEMMs; the rows above time the model's path.",
+                  "samples per chunk x units per pass). The recurrence alone, no GEMMs; the rows above time the model's path.",
                   "", format_tune_table(result.tune_rows)]
         verdict = tune_verdict(result.tune_rows)
         if verdict:
