@@ -52,6 +52,8 @@ class PathEstimate:
     units_per_cta: int           # hidden units (rows of W_hh) per CTA
     units_per_pass: int          # 32 (all 8 warps compute the dot products) or 16 (warps 0-3, each
                                  # state chunk loaded feeding twice the units); 0 for "stepwise"
+    flag_barrier: int            # "grid": 1 where each step ends in a flag barrier over the sample
+                                 # group's CTAs (simt::flag_barrier), 0 for the grid barrier; else 0
     grid: int                    # CTAs of the launch (epilogue blocks for "stepwise")
     block_threads: int
     cluster: int                 # CTAs per thread-block cluster ("cluster"), else 1
@@ -74,7 +76,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 13
+_SHAPE_FIELDS = 14
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -119,8 +121,9 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                  constants: dict[str, float] | None = None, term: str = "total") -> float:
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
-    ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32, as in runs
-    from before it existed) for a layer of hidden_size units and batch_size
+    ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32 and
+    flag_barrier where it is 1, as in runs from before they existed) for a layer of hidden_size
+    units and batch_size
     samples, with `constants` (names from cost_constants()) replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
     measurements needs. term: "total" (the time per step), or the part of it that step-phase
@@ -131,15 +134,19 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     return torch.ops.rnn_fused.step_cost(fields["path"], hidden_size, batch_size, compute, fields["samples"],
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
-                                         term, fields.get("units_per_pass") or 32)
+                                         term, fields.get("units_per_pass") or 32,
+                                         bool(fields.get("flag_barrier") or 0))
 
 
 @contextlib.contextmanager
-def forced_tiling(samples: int | None = None, units_per_pass: int | None = None) -> Iterator[None]:
+def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
+                  barrier: str | None = None) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
-    samples per chunk (1, 2, 4 or 8: the kernels' register tiles) and `units_per_pass` units
+    samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
-    twice the passes); None leaves that part to each plan. For running or timing launch shapes
+    twice the passes) and, on the grid path, `barrier` to end each step: "grid_sync" (the
+    cooperative grid barrier) or "flags" (a flag barrier over the CTAs of each sample group,
+    one flag per CTA in global memory); None leaves that part to each plan. For running or timing launch shapes
     the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the
     shape so is infeasible, and forcing it says why. The previous setting is restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
@@ -148,8 +155,16 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None)
             allowed = "1, 2, 4 or 8" if name == "samples" else "16 or 32"
             raise ValueError(f"rnn_fused.launch_plan.forced_tiling: {name} must be {allowed} (or None: each plan's "
                              f"own choice), got 0")
-    with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0):
+    if barrier is not None and barrier not in _BARRIER_CODES:
+        raise ValueError(f"rnn_fused.launch_plan.forced_tiling: barrier must be 'grid_sync' or 'flags' (or None: each "
+                         f"plan's own choice), got {barrier!r}")
+    with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
+                          _BARRIER_CODES.get(barrier, 0)):
         yield
+
+
+# forced_tiling's barrier names, as the op takes them (host_layer.h ForcedTiling).
+_BARRIER_CODES = {"grid_sync": 1, "flags": 2}
 
 
 def _apply_planner_setting(set_op, *values):

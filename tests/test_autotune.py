@@ -51,9 +51,9 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     assert f"the fastest of {len(tuned.timed)} launch shapes timed" in tuned.reason
     assert "(predicted " in predicted.reason and "measured" not in predicted.reason
     # What was timed: each feasible persistent path's best shape by the model for each sample
-    # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch) and
-    # each number of units per pass (the model's own pick among them), the stepwise path's;
-    # each path's candidate is its fastest of those.
+    # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
+    # each number of units per pass (the model's own pick among them) and on the grid path each
+    # step barrier, the stepwise path's; each path's candidate is its fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -66,9 +66,11 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
             continue
         model = predicted.candidate(c.path)
         tiles = [samples for samples in (1, 2, 4, 8) if samples == 1 or samples // 2 < batch]
-        assert sorted((t.samples, t.units_per_pass) for t in shapes) == [(s, u) for s in tiles for u in (16, 32)]
-        assert any((t.grid, t.samples, t.units_per_pass) == (model.grid, model.samples, model.units_per_pass)
-                   for t in shapes)
+        barriers = (0, 1) if c.path == "grid" else (0,)
+        assert sorted((t.samples, t.units_per_pass, t.flag_barrier) for t in shapes) == [
+            (s, u, f) for s in tiles for u in (16, 32) for f in barriers]
+        assert any((t.grid, t.samples, t.units_per_pass, t.flag_barrier)
+                   == (model.grid, model.samples, model.units_per_pass, model.flag_barrier) for t in shapes)
     assert all(math.isfinite(t.measured_us_per_step) and t.measured_us_per_step > 0 for t in tuned.timed)
     assert predicted.timed == ()
 
@@ -88,10 +90,11 @@ def test_a_forced_tiling_is_the_only_one_timed():
     with simt.emulated_device(**SMALL_GPU), launch_plan.autotune(steps=STEPS):
         with launch_plan.forced_tiling(units_per_pass=16):
             per_pass = rnn_fused.plan(40, 2)
-        with launch_plan.forced_tiling(samples=2, units_per_pass=32):
-            both = rnn_fused.plan(40, 2)
-    assert sorted((t.samples, t.units_per_pass) for t in per_pass.timed if t.path == "grid") == [(1, 16), (2, 16)]
-    assert [(t.samples, t.units_per_pass) for t in both.timed if t.path == "grid"] == [(2, 32)]
+        with launch_plan.forced_tiling(samples=2, units_per_pass=32, barrier="flags"):
+            forced = rnn_fused.plan(40, 2)
+    assert sorted((t.samples, t.units_per_pass, t.flag_barrier) for t in per_pass.timed if t.path == "grid") == [
+        (1, 16, 0), (1, 16, 1), (2, 16, 0), (2, 16, 1)]
+    assert [(t.samples, t.units_per_pass, t.flag_barrier) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
 
 
 def test_a_forced_path_is_not_timed():

@@ -273,6 +273,66 @@ def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
+@pytest.mark.parametrize("hidden,sm_count,samples", [(100, 2, 1), (300, 6, 2), (100, 4, 8)])
+def test_grid_steps_ending_in_a_flag_barrier_round_alike(hidden, sm_count, samples):
+    """On the grid path a step may end in a flag barrier over the CTAs of its sample group
+    instead of the grid barrier (simt::flag_barrier): the group's rows and norm partials come
+    from its own CTAs only. Forward and backward with lengths, randomized truncation and
+    recorded norms give bitwise the grid barrier's results, with several sample groups
+    (H = 100 at 1 and 8 samples per chunk) and with rows staged in pieces (H = 300)."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    runs = []
+    for barrier in ("grid_sync", "flags"):
+        with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples, barrier=barrier):
+            plans = [rnn_fused.plan(hidden, batch, path="grid", backward=b) for b in (False, True)]
+        assert {p.flag_barrier for p in plans} == {int(barrier == "flags")}
+        assert all(("flag barrier" in p.reason) == (barrier == "flags") for p in plans)
+        if samples < 8:
+            assert all(p.groups > 1 for p in plans), [p.reason for p in plans]
+        results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="grid", samples=samples,
+                                               barrier=barrier)
+        assert {t[0] for t in tiles} == {samples}
+        runs.append(results)
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+def test_flag_barrier_rounds_alike_under_every_schedule():
+    """A CTA that ran ahead of its group's flags would read rows of the previous step: under
+    every schedule the flag barrier's forward and backward equal the grid barrier's bitwise."""
+    batch, hidden = 3, 300
+    args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    with simt.emulated_device(sm_count=9):
+        with launch_plan.forced_tiling(samples=1, barrier="grid_sync"):
+            expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+        with launch_plan.forced_tiling(samples=1, barrier="flags"):
+            plan = rnn_fused.plan(hidden, batch, path="grid")
+            assert plan.flag_barrier == 1 and plan.groups > 1 and plan.ctas_per_group > 1, plan.reason
+            for mode, seed in simt.ALL_SCHEDULES:
+                with simt.schedule(mode, seed):
+                    got = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+                for a, b in zip(expected, got):
+                    assert torch.equal(a, b), (mode, seed)
+
+
+def test_model_keeps_the_grid_barrier_until_the_flag_barrier_is_measured():
+    """flag_barrier_us is not measured: it equals the measured grid barrier, so the planner's
+    tie keeps the grid barrier; the step costs agree but for that term."""
+    constants = launch_plan.cost_constants()
+    assert constants["flag_barrier_us"] == constants["grid_barrier_us"]
+    plan = rnn_fused.plan(1024, 8, path="grid")
+    assert plan.flag_barrier == 0 and "flag barrier" not in plan.reason
+    fields = dict(vars(plan), flag_barrier=1)
+    assert launch_plan.step_cost_us(fields, 1024, 8) == launch_plan.step_cost_us(plan, 1024, 8)
+    cheaper = {"flag_barrier_us": 0.4}
+    assert launch_plan.step_cost_us(fields, 1024, 8, constants=cheaper, term="barrier") == 0.4
+    assert launch_plan.step_cost_us(plan, 1024, 8, constants=cheaper, term="barrier") == constants["grid_barrier_us"]
+    with pytest.raises(ValueError, match="flag_barrier=True needs path 'grid'"):
+        launch_plan.step_cost_us(dict(vars(rnn_fused.plan(64, 1)), flag_barrier=1), 64, 1)
+
+
 def test_forced_tiling_is_checked_and_restored():
     with pytest.raises(ValueError, match=r"forced_tiling: samples must be 1, 2, 4 or 8 \(or None: each plan's own "
                                          r"choice\), got 3"):
@@ -290,6 +350,13 @@ def test_forced_tiling_is_checked_and_restored():
             assert rnn_fused.plan(100, 9, path="block").samples == 8
         grid = rnn_fused.plan(200, 9, path="grid")
         assert (grid.samples, grid.units_per_pass) == (2, 16) and "dot products on 4 warps" in grid.reason
+    with pytest.raises(ValueError, match=r"barrier must be 'grid_sync' or 'flags' \(or None: each plan's own "
+                                         r"choice\), got 'atomic'"):
+        with launch_plan.forced_tiling(barrier="atomic"):
+            pass
+    with launch_plan.forced_tiling(barrier="flags"):
+        assert rnn_fused.plan(200, 9, path="grid").flag_barrier == 1
+        assert rnn_fused.plan(200, 9, path="block").flag_barrier == 0  # (only the grid path has one)
     assert rnn_fused.plan(200, 9) == chosen
 
 

@@ -62,6 +62,31 @@ def test_grid_stencil_multi_block_grid_sync(sm_count):
     assert torch.equal(out, stencil_reference(x, 9))
 
 
+@pytest.mark.parametrize("sm_count", [2, 3])
+def test_flag_barrier_stencil_matches_the_grid_sync_one(sm_count):
+    """simt::flag_barrier in place of grid_sync: every block waits for every other block's
+    flag of the step, so the stencil is right under every schedule, with a grid-stride loop."""
+    x = torch.randn(3000, generator=torch.Generator().manual_seed(sm_count))
+    with simt.emulated_device(sm_count=sm_count, max_threads_per_sm=256):
+        out, plan = each_schedule(lambda: selftest.flag_stencil(x, steps=9, block_threads=128))
+    assert plan.tolist() == [2 * sm_count, 2, sm_count]
+    assert torch.equal(out, stencil_reference(x, 9))
+
+
+def test_flag_wait_nobody_publishes_is_a_deadlock():
+    message = assert_fault("flag_never_published", r"deadlock: block \(\d,0,0\) thread \(0,0,0\) waits at "
+                           r"simt::wait_flag \(.*\) for the flag at 0x[0-9a-f]+ to reach 1 \(it holds 0\)")
+    assert "no thread that can still run publishes it" in message
+
+
+def test_flag_wait_across_a_plain_launch_is_a_deadlock():
+    """Blocks of a plain launch need not be co-resident: block 0 spinning on block 1's flag may
+    never end on a GPU, and the emulator (running block 0 first) reports it."""
+    message = assert_fault("flag_across_plain_launch", r"deadlock: block \(0,0,0\) thread \(0,0,0\) waits at "
+                           r"simt::wait_flag .* to reach 1 \(it holds 0\)")
+    assert "a plain launch runs its blocks one after another" in message
+
+
 def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
     x = torch.randn(1000)
     out, plan = selftest.grid_stencil(x, steps=4, block_threads=256)
@@ -408,6 +433,8 @@ def test_selftests_on_cuda_match_the_emulator():
     a = torch.randn(70, 45)
     assert torch.equal(selftest.transpose(a.cuda()).cpu(), a.t())
     out, plan = selftest.grid_stencil(x.cuda(), 5)
+    assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
+    out, plan = selftest.flag_stencil(x.cuda(), 5)
     assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
     values = torch.randint(0, 37, (1000,), dtype=torch.int32)
     hist, maxima, total = selftest.atomics(values.cuda(), 37)

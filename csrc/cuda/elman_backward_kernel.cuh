@@ -31,6 +31,8 @@
 //   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
+//   step_flags [CTAs] unsigned: Grid path with tiling.flag_barrier: the step barrier's flags
+//                     (StepBarrier; uninitialised, zeroed by the kernel); else null
 #pragma once
 
 #include "cuda/recurrence_paths.cuh"
@@ -55,6 +57,7 @@ struct BackwardRecurrenceArgs {
   double* step_sq;
   double* norm_partials;
   int64_t* phase_cycles = nullptr;
+  unsigned* step_flags = nullptr;
 };
 
 // g and dz of one (sample, unit) at processing step s < length (the arithmetic every path
@@ -161,7 +164,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  start_exchange<kPath>();
+  StepBarrier<kPath> barrier(a.step_flags, tiling, place);
+  barrier.start();
   SIMT_SHARED(long long[kStepPhases + 1], phase_running);
   PhaseClock clock(a.phase_cycles, phase_running);
   clock.start();
@@ -256,7 +260,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (s > 0) load_operands(place.sample_begin, s - 1);
     }
     clock.lap(kComputePhase);
-    end_step<kPath>();
+    barrier.wait();
     clock.lap(kBarrierPhase);
     if (norms) {
       if constexpr (Cta::kStateInShared) {
@@ -276,10 +280,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
     // cluster alive until rank 0's shared memory is no longer written).
     if constexpr (kPath == RecurrencePath::Grid) {
-      simt::grid_sync();
+      barrier.wait();
       finish_group_norms<kSamples>(a, tiling, place, 0);
     } else if constexpr (kPath == RecurrencePath::Cluster) {
-      simt::cluster_sync();
+      barrier.wait();
       finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
     }
   }

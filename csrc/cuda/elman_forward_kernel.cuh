@@ -24,6 +24,8 @@
 //                     uninitialised (step 0 stages h0, or zeros, directly)
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
+//   step_flags [CTAs] unsigned: Grid path with tiling.flag_barrier: the step barrier's flags
+//                     (StepBarrier; uninitialised, zeroed by the kernel); else null
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
 // a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
 #pragma once
@@ -45,6 +47,7 @@ struct ForwardRecurrenceArgs {
   bool reverse;
   Activation activation;
   int64_t* phase_cycles = nullptr;
+  unsigned* step_flags = nullptr;
 };
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
@@ -68,7 +71,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  start_exchange<kPath>();
+  StepBarrier<kPath> barrier(a.step_flags, tiling, cta.place);
+  barrier.start();
   SIMT_SHARED(long long[kStepPhases + 1], phase_running);
   PhaseClock clock(a.phase_cycles, phase_running);
   clock.start();
@@ -131,7 +135,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (s + 1 < T) load_operands(cta.place.sample_begin, s + 1);
     }
     clock.lap(kComputePhase);
-    end_step<kPath>();
+    barrier.wait();
     clock.lap(kBarrierPhase);
   }
   clock.store();

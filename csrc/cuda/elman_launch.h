@@ -169,7 +169,8 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
                             .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
   switch (path) {
-    case RecurrencePath::Grid: return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks);
+    case RecurrencePath::Grid:
+      return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.flag_barrier != 0);
     case RecurrencePath::Cluster: return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves);
     default: return cost::block_step_terms(model, work, waves);
   }
@@ -233,6 +234,16 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   };
   std::vector<Slice> slices;
   const ForcedTiling& forced = r.forced;
+  // The Grid path's step barrier: the grid barrier first (the model's tie goes to it), then the
+  // flag barrier over the group's CTAs; the other paths have one barrier each.
+  std::vector<int32_t> flag_barriers = {0};
+  if (kPath == RecurrencePath::Grid) {
+    if (forced.barrier == kForcedFlagBarrier) {
+      flag_barriers = {1};
+    } else if (forced.barrier == 0) {
+      flag_barriers = {0, 1};
+    }
+  }
   for (int64_t units : unit_options) {
     for (int per_pass : kUnitsPerPassOptions) {
       if (forced.units_per_pass != 0 && per_pass != forced.units_per_pass) continue;
@@ -324,28 +335,32 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
-      const double us = predicted_step_us(model, kPath, r, tiling, waves);
-      if (best.feasible && us >= best.us_per_step) continue;
-      best.feasible = true;
-      best.tiling = tiling;
-      best.grid = ctas_total;
-      best.cluster = kPath == RecurrencePath::Cluster ? ctas : 1;
-      best.shared_mem_bytes = smem;
-      best.blocks_per_sm = occupancy;
-      best.waves = waves;
-      best.us_per_step = us;
-      best.reason = std::to_string(groups) + " sample group(s) of " +
-                    (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
-                    std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
-                    " units, " + std::to_string(smem) + " bytes of shared memory each" +
-                    (per_pass != kUnitsPerPass
-                         ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
-                               std::to_string(per_pass) + " units per pass)"
-                         : "") +
-                    (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
-                         ? ", weight rows in registers"
-                         : "") +
-                    (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
+      for (const int32_t flag_barrier : flag_barriers) {
+        tiling.flag_barrier = flag_barrier;
+        const double us = predicted_step_us(model, kPath, r, tiling, waves);
+        if (best.feasible && us >= best.us_per_step) continue;
+        best.feasible = true;
+        best.tiling = tiling;
+        best.grid = ctas_total;
+        best.cluster = kPath == RecurrencePath::Cluster ? ctas : 1;
+        best.shared_mem_bytes = smem;
+        best.blocks_per_sm = occupancy;
+        best.waves = waves;
+        best.us_per_step = us;
+        best.reason = std::to_string(groups) + " sample group(s) of " +
+                      (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
+                      std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
+                      " units, " + std::to_string(smem) + " bytes of shared memory each" +
+                      (per_pass != kUnitsPerPass
+                           ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
+                                 std::to_string(per_pass) + " units per pass)"
+                           : "") +
+                      (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
+                           ? ", weight rows in registers"
+                           : "") +
+                      (flag_barrier != 0 ? ", steps end in a flag barrier over the group's CTAs" : "") +
+                      (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
+      }
     }
   }
   if (!best.feasible) best.reason = limit;
@@ -374,7 +389,8 @@ std::string plan_key(const PlanRequest& r) {
                     int64_t(d.max_blocks_per_sm),
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
-                    int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass}) {
+                    int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
+                    r.forced.barrier}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -456,6 +472,17 @@ inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& 
   return exchange;
 }
 
+// The Grid path's step-barrier flags where its steps end in a flag barrier: [CTAs] int32
+// (the kernels read them as unsigned and zero them first); else an undefined tensor.
+inline at::Tensor step_flags_buffer(const RecurrencePlan& plan, const at::TensorOptions& options) {
+  if (plan.path != RecurrencePath::Grid || plan.tiling.flag_barrier == 0) return {};
+  return at::empty({plan.grid}, options.dtype(at::kInt));
+}
+
+inline unsigned* step_flags_pointer(const at::Tensor& flags) {
+  return flags.defined() ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+}
+
 // The forward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns h_n.
 template <typename scalar_t>
 at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const RecurrencePlan& plan) {
@@ -464,6 +491,7 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   at::Tensor h_n = at::empty({B, H}, r.out.options());
   at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
+  const at::Tensor flags = step_flags_buffer(plan, r.out.options());
   const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
                                              .out = r.out.data_ptr<scalar_t>(),
                                              .h0 = r.h0.defined() ? r.h0.data_ptr<scalar_t>() : nullptr,
@@ -473,7 +501,8 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
                                              .shape = shape,
                                              .reverse = call.options.reverse,
                                              .activation = call.options.activation,
-                                             .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, r.out.options())};
+                                             .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, r.out.options()),
+                                             .step_flags = step_flags_pointer(flags)};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer. The
     // views are made once: the host issues two launches per step and must keep ahead of them.
@@ -508,6 +537,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   at::Tensor dz_first = at::empty({B, H}, options);
   // Step T-1 reads slot T % 2: dz after the last step, zero.
   at::Tensor exchange = exchange_buffer(plan, shape, options, T % 2, at::Tensor());
+  const at::Tensor flags = step_flags_buffer(plan, options);
   at::Tensor step_sq, norm_partials;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
@@ -530,7 +560,8 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
       .truncation = call.options.truncation,
       .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
       .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr,
-      .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options)};
+      .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options),
+      .step_flags = step_flags_pointer(flags)};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[(s + 1) % 2] holds dz at step s+1 (zero before the first step).
     at::Tensor carry = at::empty({B, H}, options);
@@ -635,10 +666,10 @@ struct TunedPaths {
 
 // The launch shapes autotuning times (r.forced holds the forced tiling): each feasible
 // persistent path's best shape by the model for each sample tile the planner considers (1, 2,
-// 4, 8 samples per chunk, fewer than twice the batch) and each number of units per pass (the
+// 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
 // model's choices between them rest on its issue and staging terms, counted and fitted, not
-// measured at these kernels), only the forced ones where they are forced; the stepwise path's
-// shape.
+// measured at these kernels) and, on the Grid path, each step barrier (the flag barrier's cost
+// is not measured yet), only the forced ones where they are forced; the stepwise path's shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
@@ -652,10 +683,16 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
       if (r.forced.samples != 0 ? samples != r.forced.samples : samples > 1 && samples / 2 >= r.batch) continue;
       for (int per_pass : kUnitsPerPassOptions) {
         if (r.forced.units_per_pass != 0 && per_pass != r.forced.units_per_pass) continue;
-        PlanRequest variant = r;
-        variant.forced = {.samples = samples, .units_per_pass = per_pass};
-        const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
-        if (p.feasible) shapes.push_back(p);
+        for (int64_t barrier : {kForcedGridSync, kForcedFlagBarrier}) {
+          if (c.path != RecurrencePath::Grid ? barrier != kForcedGridSync
+                                             : r.forced.barrier != 0 && barrier != r.forced.barrier) {
+            continue;
+          }
+          PlanRequest variant = r;
+          variant.forced = {.samples = samples, .units_per_pass = per_pass, .barrier = barrier};
+          const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
+          if (p.feasible) shapes.push_back(p);
+        }
       }
     }
   }
@@ -792,6 +829,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .units_per_cta = p.tiling.units_per_cta,
                                          .units_per_pass =
                                              p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
+                                         .flag_barrier = p.tiling.flag_barrier,
                                          .grid = p.grid,
                                          .block_threads = kRecurrenceThreads,
                                          .cluster = p.cluster,
@@ -846,6 +884,9 @@ inline double step_cost(const StepCostQuery& q) {
                       "rnn_fused.step_cost: needs chunks, ctas_per_group, waves >= 1 and units_per_cta in [1, ",
                       max_units, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ", q.units_per_cta);
   }
+  TORCH_CHECK_VALUE(!q.flag_barrier || *path == RecurrencePath::Grid,
+                    "rnn_fused.step_cost: flag_barrier=True needs path 'grid' (the only path with a flag barrier), got '",
+                    q.path, "'");
   TORCH_CHECK_VALUE(q.constant_names.size() == q.constant_values.size(), "rnn_fused.step_cost: ",
                     q.constant_names.size(), " constant names for ", q.constant_values.size(), " values");
   cost::Constants model = cost::kH200;
@@ -862,7 +903,8 @@ inline double step_cost(const StepCostQuery& q) {
                                 .groups = 1,
                                 .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
                                 .units_per_cta = static_cast<int32_t>(q.units_per_cta),
-                                .units_per_pass = static_cast<int32_t>(q.units_per_pass)};
+                                .units_per_pass = static_cast<int32_t>(q.units_per_pass),
+                                .flag_barrier = q.flag_barrier ? 1 : 0};
   const cost::StepTerms terms = predicted_step_terms(model, *path, request, tiling, q.waves);
   if (q.term == "total") return terms.total;
   if (q.term == "stage") return terms.stage;

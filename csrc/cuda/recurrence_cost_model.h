@@ -22,6 +22,11 @@ struct Constants {
   double cluster_barrier_us[17] = {0, 0, 0.187, 0.190, 0.195, 0.198, 0.200, 0.203, 0.205,
                                    0.204, 0.203, 0.201, 0.200, 0.198, 0.197, 0.195, 0.193};  // by CTAs; 2/4/8/16 measured
   double grid_barrier_us = 0.97;
+  // Not measured: the Grid path's flag barrier over a sample group's CTAs (simt::flag_barrier:
+  // a release store per CTA, an acquire spin per awaited CTA, no atomic read-modify-write).
+  // Set to the grid barrier's measured cost until a GPU run measures it (gpu-check's step-phase
+  // rows; autotuning times both), so that the model never prefers the unmeasured barrier.
+  double flag_barrier_us = 0.97;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
   // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
   double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
@@ -69,6 +74,7 @@ struct NamedConstant {
 inline constexpr NamedConstant kNamedConstants[] = {
     {"block_barrier_us", &Constants::block_barrier_us},
     {"grid_barrier_us", &Constants::grid_barrier_us},
+    {"flag_barrier_us", &Constants::flag_barrier_us},
     {"launch_us", &Constants::launch_us},
     {"fma_per_sm_per_us", &Constants::fma_per_sm_per_us},
     {"fp64_fma_fraction", &Constants::fp64_fma_fraction},
@@ -196,7 +202,8 @@ inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64
   return {.stage = 0.0, .compute = waves * compute, .barrier = waves * barrier, .total = waves * (compute + barrier)};
 }
 
-// Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier. A chunk's
+// Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier (or a flag
+// barrier over its group's CTAs: flag_barrier). A chunk's
 // state rows (samples x H scalars) come from L2 by asynchronous copies. With several chunks
 // each next chunk's rows arrive while the current one is computed: the first chunk's staging
 // is exposed, and a later chunk costs the slower of its compute (plus the copies'
@@ -207,7 +214,8 @@ inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64
 constexpr int64_t kGridStagePieces = 4;  // RecurrenceCta::kStagePieces
 
 inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
-                                 int64_t chunks) {
+                                 int64_t chunks, bool flag_barrier = false) {
+  const double barrier = flag_barrier ? c.flag_barrier_us : c.grid_barrier_us;
   const double rows_bytes = double(w.samples) * hidden * scalar_bytes;
   const double copy = rows_bytes / c.l2_bytes_per_sm_per_us;
   const double compute = cta_step_compute_us(c, w);
@@ -217,8 +225,8 @@ inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t 
     const double piece_compute = compute / double(batches) / pieces;
     const double exposed = c.l2_dependent_load_us + copy / pieces +
                            (pieces - 1) * std::max(0.0, copy / pieces - piece_compute) + pieces * c.block_barrier_us;
-    return {.stage = exposed, .compute = compute, .barrier = c.grid_barrier_us,
-            .total = exposed + compute + c.grid_barrier_us};
+    return {.stage = exposed, .compute = compute, .barrier = barrier,
+            .total = exposed + compute + barrier};
   }
   const double stage = c.l2_dependent_load_us + copy;
   const double overlapped = compute + rows_bytes / 128.0 / c.smem_wavefronts_per_us;
@@ -226,8 +234,8 @@ inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t 
   // The wait for a later chunk's rows is what its staging takes beyond the chunk before.
   return {.stage = stage + later * std::max(0.0, stage - overlapped),
           .compute = compute + later * overlapped,
-          .barrier = c.grid_barrier_us,
-          .total = stage + compute + later * std::max(overlapped, stage) + c.grid_barrier_us};
+          .barrier = barrier,
+          .total = stage + compute + later * std::max(overlapped, stage) + barrier};
 }
 
 // Stepwise: a cuBLAS product [B,H] x [H,H] and an epilogue launch per step (two launches).

@@ -33,6 +33,8 @@ struct RecurrenceTiling {
   int32_t ctas_per_group = 1;  // C: CTAs that split a group's hidden units
   int32_t units_per_cta = 0;   // U: hidden units per CTA (the last CTA of a group may own fewer)
   int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
+  int32_t flag_barrier = 0;    // Grid path: 1 = a step ends in simt::flag_barrier over the group's
+                               // CTAs (one flag per CTA in global memory), 0 = simt::grid_sync
 };
 
 SIMT_BEGIN_WORLD
@@ -183,17 +185,55 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
   }
 }
 
-// The barrier that ends a step: the whole new state is where every CTA reads it.
+// The barrier that ends a step: the whole new state is where every CTA that reads it next
+// step reads it. Block: __syncthreads; Cluster: the cluster barrier; Grid: the grid barrier,
+// or (tiling.flag_barrier) a flag barrier over the CTAs of the sample group only: the state
+// rows a CTA stages, and the norm partials its group's rank 0 sums, come from its own group,
+// and every CTA of the group has staged the rows of step s before it publishes its flag of
+// step s, so the buffer of step s may be rewritten at step s + 2 (two parities) as after a grid
+// barrier. The flags ([CTAs] unsigned in global memory) are zeroed by start() before a grid
+// barrier; the n-th barrier waits for the value n.
 template <RecurrencePath kPath>
-SIMT_DEVICE __forceinline__ void end_step() {
-  if constexpr (kPath == RecurrencePath::Grid) {
-    simt::grid_sync();
-  } else if constexpr (kPath == RecurrencePath::Cluster) {
-    simt::cluster_sync();
-  } else {
-    __syncthreads();
+class StepBarrier {
+ public:
+  SIMT_DEVICE StepBarrier(unsigned* flags, const RecurrenceTiling& tiling, const CtaPlace& place)
+      : flags_(kPath == RecurrencePath::Grid && tiling.flag_barrier != 0 ? flags : nullptr),
+        first_(static_cast<unsigned>(place.group * tiling.ctas_per_group)),
+        count_(static_cast<unsigned>(tiling.ctas_per_group)) {}
+
+  // After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
+  // buffers before the peer initialised them; with flags, every flag is zero before any is
+  // published.
+  SIMT_DEVICE void start() {
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      simt::cluster_sync();
+    } else if constexpr (kPath == RecurrencePath::Grid) {
+      if (flags_ != nullptr) {
+        if (threadIdx.x == 0) flags_[blockIdx.x] = 0u;
+        simt::grid_sync();
+      }
+    }
   }
-}
+
+  SIMT_DEVICE __forceinline__ void wait() {
+    if constexpr (kPath == RecurrencePath::Grid) {
+      if (flags_ != nullptr) {
+        simt::flag_barrier(flags_, first_, count_, ++epoch_);
+      } else {
+        simt::grid_sync();
+      }
+    } else if constexpr (kPath == RecurrencePath::Cluster) {
+      simt::cluster_sync();
+    } else {
+      __syncthreads();
+    }
+  }
+
+ private:
+  unsigned* flags_;  // null: no flag barrier
+  unsigned first_, count_;
+  unsigned epoch_ = 0;
+};
 
 // The phases of a step that step-phase timing tells apart (rnn_fused::recurrence_step_phases).
 enum StepPhase : int {
@@ -240,13 +280,6 @@ class PhaseClock {
   int64_t* cycles_;
   long long* running_;  // shared [kStepPhases + 1]: the sums, then the last boundary
 };
-
-// After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
-// buffers before the peer initialised them.
-template <RecurrencePath kPath>
-SIMT_DEVICE __forceinline__ void start_exchange() {
-  if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_sync();
-}
 
 // What a persistent kernel's CTA knows and does every step, whichever the direction: its
 // place, its shared memory, this lane's role, and the loop over chunks and passes that

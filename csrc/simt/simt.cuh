@@ -15,6 +15,11 @@
 //   SIMT_SHARED(T, name)           static shared memory, e.g. SIMT_SHARED(float[32][33], tile)
 //   SIMT_DYNAMIC_SHARED(T, name)   T* name = the launch's dynamic shared memory
 //   simt::grid_sync()              cooperative-groups grid-wide barrier
+//   simt::publish_flag(flag, v), simt::wait_flag(flag, at_least)   a release store and an
+//                                  acquire spin at device scope on an unsigned flag in global
+//                                  memory, between co-resident blocks
+//   simt::flag_barrier(flags, first, count, epoch)   barrier over blocks [first, first + count)
+//                                  of a cooperative launch through one flag per block
 //   simt::cluster_rank(), simt::cluster_size()   this block's rank in its thread-block cluster
 //                                  and the blocks per cluster (1 without a cluster launch)
 //   simt::cluster_sync()           barrier over every thread of every block of the cluster
@@ -286,3 +291,23 @@ SIMT_END_WORLD
 #else
 #include "simt/simt_emulator.h"
 #endif
+
+namespace simt {
+SIMT_BEGIN_WORLD
+
+// Barrier over the blocks [first, first + count) of a cooperative launch (co-resident, so a
+// spin-wait ends), through one flag per block in global memory: every thread of each of those
+// blocks calls it with the same `epoch`, 1 at the first use and one more at each later one.
+// flags [gridDim.x] unsigned, zero before the first use. On return every thread sees what
+// those blocks wrote before their call. Unlike grid_sync, blocks outside the range neither
+// wait nor are waited for, and no atomic read-modify-write is involved: one release store
+// per block and one acquire spin per awaited block.
+SIMT_DEVICE __forceinline__ void flag_barrier(unsigned* flags, unsigned first, unsigned count, unsigned epoch) {
+  __syncthreads();  // the block's writes before the release
+  if (threadIdx.x == 0) publish_flag(flags + blockIdx.x, epoch);
+  for (unsigned i = threadIdx.x; i < count; i += blockDim.x) wait_flag(flags + first + i, epoch);
+  __syncthreads();  // the acquires before the block's reads
+}
+
+SIMT_END_WORLD
+}  // namespace simt

@@ -100,6 +100,21 @@ __device__ inline void prefetch_l1(const void* p) { asm volatile("prefetch.globa
 // Grid-wide barrier of a cooperative launch.
 __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
 
+// Flags in global memory between co-resident blocks (a cooperative launch, or one cluster).
+// publish_flag: a release store at device scope: what this thread wrote before, and what its
+// block wrote before a __syncthreads that precedes it, is visible to any thread whose
+// wait_flag saw the value. wait_flag: spins with acquire loads at device scope until the flag
+// has reached `at_least` (a counter that may wrap: compared by signed difference).
+__device__ inline void publish_flag(unsigned* flag, unsigned value) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+}
+__device__ inline void wait_flag(const unsigned* flag, unsigned at_least) {
+  unsigned held;
+  do {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(held) : "l"(flag) : "memory");
+  } while (static_cast<int>(held - at_least) < 0);
+}
+
 // Thread-block clusters (compute capability 9.0): this block's rank in its cluster, the blocks
 // per cluster (1 without a cluster launch), the barrier over every thread of the cluster
 // (it also orders distributed shared memory accesses), and the same shared variable as

@@ -45,7 +45,7 @@ using namespace fiber;
 // ---------------------------------------------------------------------------------------
 // Launch state.
 
-enum class Wait : uint8_t { Ready, Barrier, Warp, Grid, Cluster, Exited };
+enum class Wait : uint8_t { Ready, Barrier, Warp, Grid, Cluster, Flag, Exited };
 
 struct Launch;
 struct Block;
@@ -74,6 +74,7 @@ struct Fiber : ThreadHead {
   int param = 0;
   int width = 32;
   uint64_t result = 0;
+  const unsigned* flag = nullptr;  // Wait::Flag: the flag it waits on, for at least `value`
   void* fake_stack = nullptr;  // ASan's fake stack of this fiber while switched out
   std::vector<AsyncCopy> open_copies;             // issued since the last commit_async
   std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first, not yet waited for
@@ -152,6 +153,7 @@ struct Launch {
   std::vector<Fiber*> batch;
   std::size_t exited = 0;
   std::size_t at_grid = 0;
+  std::vector<Fiber*> flag_waiters;  // threads at wait_flag
   std::size_t max_static_bytes = 0;
   Context scheduler;
   Schedule mode = Schedule::Forward;
@@ -193,6 +195,15 @@ const char* op_name(WarpOp op) {
   return "warp op";
 }
 
+std::string pointer_text(const void* p) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%p", p);
+  return buf;
+}
+
+// Whether a flag holding `held` has reached `target` (wait_flag's test: counters may wrap).
+bool flag_reached(unsigned held, unsigned target) { return static_cast<int>(held - target) >= 0; }
+
 // What a thread is doing, for error messages.
 std::string describe(const Fiber& f) {
   switch (f.wait) {
@@ -201,6 +212,9 @@ std::string describe(const Fiber& f) {
     case Wait::Barrier: return "waits at __syncthreads (" + site(f.where) + ")";
     case Wait::Grid: return "waits at simt::grid_sync (" + site(f.where) + ")";
     case Wait::Cluster: return "waits at simt::cluster_sync (" + site(f.where) + ")";
+    case Wait::Flag:
+      return "waits at simt::wait_flag (" + site(f.where) + ") for the flag at " + pointer_text(f.flag) +
+             " to reach " + std::to_string(f.value) + " (it holds " + std::to_string(*f.flag) + ")";
     case Wait::Warp:
       return std::string("waits at ") + op_name(f.op) + " (" + site(f.where) + ") with mask " + hex(f.mask);
   }
@@ -413,6 +427,15 @@ void diagnose_deadlock(Launch& L) {
           if (c.blocks[b].fibers[t].wait != Wait::Cluster) other = &c.blocks[b].fibers[t];
         }
       }
+    } else if (f.wait == Wait::Flag) {
+      // No thread that can still run publishes it (every runnable thread has run).
+      const char* why = L.req.kind == LaunchKind::Plain
+                            ? "; a plain launch runs its blocks one after another (a GPU does not promise them "
+                              "co-resident either): wait only for flags of blocks of a cooperative launch or of "
+                              "the same cluster"
+                            : "; no thread that can still run publishes it";
+      fail(L, "deadlock: " + coords(f) + " " + describe(f) + why);
+      return;
     } else {
       for (const Fiber& g : L.fibers) {
         if (g.wait != Wait::Grid) {
@@ -480,6 +503,19 @@ bool release_cluster_barrier(Launch& L, Cluster& c) {
   return true;
 }
 
+// Makes the threads whose flag has reached its target runnable again.
+bool release_flag_waiters(Launch& L) {
+  bool released = false;
+  std::erase_if(L.flag_waiters, [&](Fiber* f) {
+    if (!flag_reached(*f->flag, static_cast<unsigned>(f->value))) return false;
+    f->flag = nullptr;
+    make_ready(L, f);
+    released = true;
+    return true;
+  });
+  return released;
+}
+
 // Releases complete barriers (block barriers first, then cluster barriers, then the grid
 // barrier). Returns false when every thread has exited; on divergence or deadlock marks
 // the launch failed.
@@ -490,6 +526,8 @@ bool resolve(Launch& L) {
     released = release_block_barrier(L, b) || released;
     if (L.failed) return true;
   }
+  if (released) return true;
+  released = release_flag_waiters(L);
   if (released) return true;
   for (Cluster& c : L.clusters) {
     released = release_cluster_barrier(L, c) || released;
@@ -572,6 +610,7 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
   L.ready = 0;
   L.exited = 0;
   L.at_grid = 0;
+  L.flag_waiters.clear();
   struct StackReturn {
     Launch& L;
     ~StackReturn() {
@@ -687,6 +726,24 @@ void grid_sync(const std::source_location& where) {
   f->wait = Wait::Grid;
   f->where = where;
   f->launch->at_grid++;
+  yield(f);
+}
+
+void publish_flag(unsigned* flag, unsigned value, const std::source_location& where) {
+  running_fiber("simt::publish_flag");
+  if (flag == nullptr) fault("simt::publish_flag", where, "the flag is a null pointer");
+  *flag = value;
+}
+
+void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where) {
+  Fiber* f = running_fiber("simt::wait_flag");
+  if (flag == nullptr) fault("simt::wait_flag", where, "the flag is a null pointer");
+  if (flag_reached(*flag, at_least)) return;
+  f->wait = Wait::Flag;
+  f->where = where;
+  f->flag = flag;
+  f->value = at_least;
+  f->launch->flag_waiters.push_back(f);
   yield(f);
 }
 

@@ -54,6 +54,8 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int 
                        const std::source_location& where);
 void grid_sync(const std::source_location& where);
 void cluster_sync(const std::source_location& where);
+void publish_flag(unsigned* flag, unsigned value, const std::source_location& where);
+void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where);
 unsigned cluster_rank(const std::source_location& where);
 unsigned cluster_size(const std::source_location& where);
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
@@ -236,6 +238,18 @@ inline void prefetch_l1(const void* p) {
 
 // Grid-wide barrier of a cooperative launch.
 inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
+
+// Flags in global memory between co-resident blocks (simt.cuh). The emulator's memory is
+// sequentially consistent, so ordering is not checked here; a wait that no running thread
+// can satisfy is reported as a deadlock, and blocks of a plain launch (run one after another)
+// never see each other's flags change, as co-residency is not promised there on a GPU either.
+inline void publish_flag(unsigned* flag, unsigned value, std::source_location where = std::source_location::current()) {
+  emu::publish_flag(flag, value, where);
+}
+inline void wait_flag(const unsigned* flag, unsigned at_least,
+                      std::source_location where = std::source_location::current()) {
+  emu::wait_flag(flag, at_least, where);
+}
 
 // Asynchronous copies global -> shared (cp.async). The emulator performs a thread's copies
 // only when it waits for their group, so a read before the wait (and the barrier that makes

@@ -124,29 +124,37 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 
 @dataclass(frozen=True)
 class PhaseShape:
-    """A recurrence whose step phases are timed: H, B, the path (None: the planner's) and the
-    units per pass (None: the planner's; launch_plan.forced_tiling)."""
+    """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
+    units per pass and the grid path's step barrier ("grid_sync" or "flags"; None: the
+    planner's; launch_plan.forced_tiling)."""
 
     hidden: int
     batch: int
     path: str | None = None
     steps: int = 200
     units_per_pass: int | None = None
+    barrier: str | None = None
 
     def label(self) -> str:
-        forced = f" ({self.units_per_pass} units/pass)" if self.units_per_pass else ""
-        return f"{self.hidden}, {self.batch}{forced}"
+        forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
+        forced += [f"{self.barrier} barrier"] if self.barrier else []
+        return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
 # One shape per persistent path the planner takes on an H200 (block, cluster, grid with one
-# chunk, grid with several chunks per CTA), forward and backward; and the grid path at
+# chunk, grid with several chunks per CTA), forward and backward; the grid path at
 # H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
-# its issue term, counted in SASS, not measured).
+# its issue term, counted in SASS, not measured); and the grid path at H = 1024, B = 1 and 32
+# with each step barrier (the flag barrier's cost is not measured yet).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
-                    PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16)]
+                    PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
+                    PhaseShape(1024, 1, "grid", barrier="grid_sync"), PhaseShape(1024, 1, "grid", barrier="flags"),
+                    PhaseShape(1024, 32, "grid", barrier="grid_sync"), PhaseShape(1024, 32, "grid", barrier="flags")]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
-                         PhaseShape(33, 2, "grid", 4, units_per_pass=16)]
+                         PhaseShape(33, 2, "grid", 4, units_per_pass=16),
+                         PhaseShape(33, 2, "grid", 4, barrier="grid_sync"),
+                         PhaseShape(33, 2, "grid", 4, barrier="flags")]
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -294,6 +302,7 @@ class PhaseRow:
     ctas: int | None = None
     plan: dict = field(default_factory=dict)  # the launch shape that ran (estimate_fields): what fit-model prices
     forced_units_per_pass: int | None = None  # launch_plan.forced_tiling's, or None (the planner's)
+    forced_barrier: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -307,16 +316,19 @@ class PhaseRow:
 class TuneRow:
     """One recurrence (H, B, direction; fp32) planned with autotuning (launch_plan.autotune):
     every launch shape it timed on the device (each feasible path's, a persistent path's with
-    every sample tile and 32 and 16 units per pass) with its measured and predicted µs per
-    step, the path the model picks and the one the measurements pick."""
+    every sample tile, 32 and 16 units per pass and, on the grid path, both barriers) with its
+    measured and predicted µs per step, the path the model picks and the one the measurements
+    pick."""
 
     hidden: int
     batch: int
     direction: str  # "forward" or "backward"
     model_path: str | None = None
     model_units_per_pass: int | None = None
+    model_flag_barrier: int | None = None  # grid path: 1 for the flag barrier (PathEstimate.flag_barrier)
     tuned_path: str | None = None
     tuned_units_per_pass: int | None = None
+    tuned_flag_barrier: int | None = None
     timed: list = field(default_factory=list)  # estimate_fields of each shape timed: what fit-model prices
     error: str | None = None
 
@@ -776,9 +788,9 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
     for shape in shapes:
         for backward in (False, True):
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
-                           forced_units_per_pass=shape.units_per_pass)
+                           forced_units_per_pass=shape.units_per_pass, forced_barrier=shape.barrier)
             try:
-                with forced_tiling(units_per_pass=shape.units_per_pass):
+                with forced_tiling(units_per_pass=shape.units_per_pass, barrier=shape.barrier):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -810,31 +822,47 @@ def format_phase_table(rows: list[PhaseRow], clock_per_us: float) -> str:
     return "\n".join(lines)
 
 
-def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
-    """For each recurrence timed with the dot products on 8 warps and on 4 (32 and 16 units
-    per pass forced, the same H, B, path and direction): both measured times beside the
-    model's, and whether the faster one is the one the model predicts faster (the planner's
-    pick between them)."""
-    timed: dict[tuple, dict[int, PhaseRow]] = {}
+def _forced_pair_verdicts(rows: list[PhaseRow], setting: str, names: dict, subject: str) -> list[str]:
+    """For each recurrence (H, B, path, direction) timed with the PhaseRow field `setting` (a
+    forced part of the launch shape) at both values of `names` ({value: how the verdict names
+    it}, the first one first): both measured times beside the model's, and whether the faster
+    one is the one the model predicts faster (the planner's pick between them)."""
+    timed: dict[tuple, dict] = {}
     for row in rows:
-        if row.error or row.measured_us_per_step is None or row.forced_units_per_pass is None:
+        value = getattr(row, setting)
+        if row.error or row.measured_us_per_step is None or value is None:
             continue
-        timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[row.forced_units_per_pass] = row
+        timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[value] = row
+    (first, first_name), (second, second_name) = names.items()
     verdicts = []
     for (hidden, batch, path, direction), pair in timed.items():
-        if set(pair) != {16, 32}:
+        if set(pair) != {first, second}:
             continue
-        four, eight = pair[16], pair[32]
-        measured_four = four.measured_us_per_step < eight.measured_us_per_step
-        predicted_four = four.predicted_us_per_step < eight.predicted_us_per_step
-        verdict = ("as the model predicts" if measured_four == predicted_four else
+        a, b = pair[first], pair[second]
+        measured_first = a.measured_us_per_step < b.measured_us_per_step
+        predicted_first = a.predicted_us_per_step < b.predicted_us_per_step
+        verdict = ("as the model predicts" if measured_first == predicted_first else
                    "the model predicted the other: run fit-model (docs/gpu_check.md)")
         verdicts.append(
-            f"{path} at H, B = {hidden}, {batch}, {direction}: dot products on 4 warps "
-            f"{four.measured_us_per_step:.3f} µs/step, on 8 warps {eight.measured_us_per_step:.3f} (predicted "
-            f"{four.predicted_us_per_step:.3f} and {eight.predicted_us_per_step:.3f}): "
-            f"{'4' if measured_four else '8'} warps faster, {verdict}.")
+            f"{path} at H, B = {hidden}, {batch}, {direction}: {subject} {first_name} "
+            f"{a.measured_us_per_step:.3f} µs/step, {second_name} {b.measured_us_per_step:.3f} (predicted "
+            f"{a.predicted_us_per_step:.3f} and {b.predicted_us_per_step:.3f}): "
+            f"{first_name if measured_first else second_name} faster, {verdict}.")
     return verdicts
+
+
+def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """The rows forced to 16 and to 32 units per pass: dot products on 4 warps against 8."""
+    return _forced_pair_verdicts(rows, "forced_units_per_pass", {16: "on 4 warps", 32: "on 8 warps"},
+                                 "dot products")
+
+
+def barrier_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """The grid rows forced to each step barrier: the flag barrier over a group's CTAs against
+    the grid barrier (the model prices the flag barrier as the grid barrier until fit-model
+    fits flag_barrier_us)."""
+    return _forced_pair_verdicts(rows, "forced_barrier", {"flags": "with the flag barrier",
+                                                          "grid_sync": "with the grid barrier"}, "steps")
 
 
 def tune_shapes(shapes: list[Shape]) -> list[tuple[int, int]]:
@@ -857,9 +885,11 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
             try:
                 model = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.model_path, row.model_units_per_pass = model.path, model.units_per_pass
+                row.model_flag_barrier = model.flag_barrier
                 with autotune(steps=steps):
                     tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.tuned_path, row.tuned_units_per_pass = tuned.path, tuned.units_per_pass
+                row.tuned_flag_barrier = tuned.flag_barrier
                 row.timed = [estimate_fields(t) for t in tuned.timed]
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row.error = _one_line(error)
@@ -878,10 +908,11 @@ def _timed_cell(shape: dict | None) -> str:
 
 
 def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
-    """(H, B) where autotuning took another launch shape (path or units per pass) than the
-    model, in either direction."""
+    """(H, B) where autotuning took another launch shape (path, units per pass or the grid
+    path's barrier) than the model, in either direction."""
     return {(r.hidden, r.batch) for r in rows
-            if not r.error and (r.tuned_path, r.tuned_units_per_pass) != (r.model_path, r.model_units_per_pass)}
+            if not r.error and (r.tuned_path, r.tuned_units_per_pass, r.tuned_flag_barrier)
+            != (r.model_path, r.model_units_per_pass, r.model_flag_barrier)}
 
 
 def format_tuned_rows_table(rows: list[ShapeRow]) -> str:
@@ -904,7 +935,8 @@ def format_tune_table(rows: list[TuneRow]) -> str:
             lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + "– | " * len(PATHS) + f"– | ERROR {r.error} |")
             continue
         cells = [_timed_cell(r.fastest(p)) for p in PATHS]
-        per_pass = f" ({r.tuned_units_per_pass} u/p)" if r.tuned_units_per_pass else ""
+        per_pass = f" ({r.tuned_units_per_pass} u/p{', flags' if r.tuned_flag_barrier else ''})" \
+            if r.tuned_units_per_pass else ""
         lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + " | ".join(cells) +
                      f" | {r.model_path} | {r.tuned_path}{per_pass} |")
     return "\n".join(lines)
@@ -1086,11 +1118,16 @@ def format_report(result: GpuCheckResult) -> str:
     if verdicts:
         lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
+    verdicts = barrier_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "Grid path's step barrier (the rows forced to each; the barrier column is the barrier's own "
+                  "cost, the other CTAs' lag included):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
     if result.tune_rows:
         lines += ["", "## Every path timed by autotuning (one recurrence, fp32)", "",
                   "`launch_plan.autotune(steps=" + str(result.meta.get("tune_steps", "?")) + ")`: each feasible "
-                  "path's launch shape (a persistent path's with every sample tile and 32 and 16 units per pass) "
-                  "run on constant "
+                  "path's launch shape (a persistent path's with every sample tile and 32 and 16 units per pass, "
+                  "the grid path's with both step barriers) run on constant "
                   "data, the fastest of 3 runs of 2 and of 2 + steps steps; their difference over the steps is "
                   "the time per step (no launch cost). Each cell: the path's fastest shape, measured (predicted, "
                   "samples per chunk x units per pass). The recurrence alone, no GEMMs; the rows above time the model's path.",

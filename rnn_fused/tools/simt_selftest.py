@@ -46,6 +46,12 @@ def grid_stencil(x: Tensor, steps: int, block_threads: int = 128, blocks: int = 
     return _ops().grid_stencil(x, steps, block_threads, blocks)
 
 
+def flag_stencil(x: Tensor, steps: int, block_threads: int = 128, blocks: int = 0) -> tuple[Tensor, Tensor]:
+    """grid_stencil with simt::flag_barrier (one flag per block in global memory) where
+    grid_stencil has its grid sync."""
+    return _ops().flag_stencil(x, steps, block_threads, blocks)
+
+
 def atomics(values: Tensor, bins: int, blocks: int = 3, block_threads: int = 64) -> tuple[Tensor, Tensor, Tensor]:
     """(histogram [bins], [max, max of block maxima], [float sum]) of int32 values."""
     return _ops().atomics(values, bins, blocks, block_threads)

@@ -68,7 +68,9 @@ SIMT_KERNEL_ATTRIBUTES(256, 32, transpose_kernel);
 // pattern of the fused RNN forward). Grid-stride loops, so any grid size is correct.
 //   state [2, n] float, read and written; state[0] holds the input, the result ends in
 //         state[steps % 2]
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) grid_stencil_kernel(float* state, int n, int steps) {
+//   flags [gridDim.x] unsigned, zeros: the barrier is simt::flag_barrier over every block;
+//         null: simt::grid_sync
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) grid_stencil_kernel(float* state, int n, int steps, unsigned* flags) {
   const int stride = static_cast<int>(gridDim.x * blockDim.x);
   for (int s = 0; s < steps; ++s) {
     const float* cur = state + static_cast<int64_t>(s % 2) * n;
@@ -78,7 +80,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) grid_stencil_kernel(float* state, int n
       const float right = i + 1 < n ? cur[i + 1] : 0.0f;
       next[i] = fmaf(0.5f, cur[i], 0.25f * (left + right));
     }
-    simt::grid_sync();
+    if (flags != nullptr) {
+      simt::flag_barrier(flags, 0, gridDim.x, static_cast<unsigned>(s + 1));
+    } else {
+      simt::grid_sync();
+    }
   }
 }
 SIMT_KERNEL_ATTRIBUTES(256, 32, grid_stencil_kernel);
@@ -257,6 +263,8 @@ enum class Fault : int {
   AsyncCopyUnwaited,      // reads shared memory that an asynchronous copy fills, before waiting for it
   AsyncCopyPendingAtExit, // exits without waiting for its asynchronous copies
   AsyncCopyOutsideShared, // an asynchronous copy into global memory
+  FlagNeverPublished,     // each block waits for the next block's flag, which nobody publishes
+  FlagAcrossPlainLaunch,  // block 0 waits for block 1's flag in a plain launch
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -318,6 +326,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       simt::grid_sync();
       out[i] = x[i];
       break;
+    case Fault::FlagNeverPublished:
+    case Fault::FlagAcrossPlainLaunch: {
+      // The flags are the first words of out (zeros on entry), one per block.
+      unsigned* flags = reinterpret_cast<unsigned*>(out);
+      if (fault == static_cast<int>(Fault::FlagAcrossPlainLaunch) && blockIdx.x == 1 && t == 0) {
+        simt::publish_flag(flags + 1, 1u);
+      }
+      if (t == 0 && (fault == static_cast<int>(Fault::FlagNeverPublished) || blockIdx.x == 0)) {
+        simt::wait_flag(flags + (blockIdx.x + 1) % gridDim.x, 1u);
+      }
+      break;
+    }
     case Fault::GridSyncBlockExits:
       if (blockIdx.x == 1) return;
       simt::grid_sync();

@@ -66,9 +66,10 @@ inline at::Tensor transpose(const at::Tensor& x) {
 
 // Cooperative stencil. blocks == 0: the planner picks min(blocks needed, co-resident
 // capacity from the occupancy query), as the fused RNN kernels will. Returns the result
-// [n] and the plan [blocks, blocks_per_sm, sm_count] (int64, on the CPU).
-inline std::tuple<at::Tensor, at::Tensor> grid_stencil(const at::Tensor& x, int64_t steps, int64_t block_threads,
-                                                       int64_t blocks) {
+// [n] and the plan [blocks, blocks_per_sm, sm_count] (int64, on the CPU). with_flags: each
+// step ends in simt::flag_barrier instead of simt::grid_sync.
+inline std::tuple<at::Tensor, at::Tensor> run_grid_stencil(const at::Tensor& x, int64_t steps, int64_t block_threads,
+                                                           int64_t blocks, bool with_flags) {
   check_float_vector(x, "simt_selftest_grid_stencil");
   RNN_FUSED_SELFTEST_GUARD(x);
   const int n = checked_int(x.numel(), "n");
@@ -82,14 +83,24 @@ inline std::tuple<at::Tensor, at::Tensor> grid_stencil(const at::Tensor& x, int6
   }
   at::Tensor state = at::empty({2, n}, x.options());
   state[0].copy_(x);
+  at::Tensor flags = with_flags ? at::zeros({blocks}, x.options().dtype(at::kInt)) : at::Tensor();
   simt::launch_cooperative(grid_stencil_kernel, static_cast<unsigned>(blocks), dim3(static_cast<unsigned>(threads)), 0,
-                           state.data_ptr<float>(), n, checked_int(steps, "steps"));
+                           state.data_ptr<float>(), n, checked_int(steps, "steps"),
+                           with_flags ? reinterpret_cast<unsigned*>(flags.data_ptr<int>()) : nullptr);
   at::Tensor plan = at::empty({3}, at::TensorOptions().dtype(at::kLong));
   int64_t* p = plan.data_ptr<int64_t>();
   p[0] = blocks;
   p[1] = per_sm;
   p[2] = props.sm_count;
   return {state[steps % 2].clone(), plan};
+}
+inline std::tuple<at::Tensor, at::Tensor> grid_stencil(const at::Tensor& x, int64_t steps, int64_t block_threads,
+                                                       int64_t blocks) {
+  return run_grid_stencil(x, steps, block_threads, blocks, false);
+}
+inline std::tuple<at::Tensor, at::Tensor> flag_stencil(const at::Tensor& x, int64_t steps, int64_t block_threads,
+                                                       int64_t blocks) {
+  return run_grid_stencil(x, steps, block_threads, blocks, true);
 }
 
 // values [n] int32 in [0, bins) -> (hist [bins] int32, maxima [2] int32, total [1] float32).
@@ -215,6 +226,8 @@ inline Fault parse_fault(const std::string& name) {
       {"async_copy_unwaited", Fault::AsyncCopyUnwaited},
       {"async_copy_pending_at_exit", Fault::AsyncCopyPendingAtExit},
       {"async_copy_outside_shared", Fault::AsyncCopyOutsideShared},
+      {"flag_never_published", Fault::FlagNeverPublished},
+      {"flag_across_plain_launch", Fault::FlagAcrossPlainLaunch},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
@@ -223,7 +236,8 @@ inline Fault parse_fault(const std::string& name) {
 }
 
 // Runs one known-bad kernel: x [blocks * block_threads] float -> out [same].
-// The grid_sync cases are launched cooperatively, every other case normally.
+// The grid_sync cases and flag_never_published are launched cooperatively, every other case
+// normally.
 inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int64_t blocks, int64_t block_threads) {
   check_float_vector(x, "simt_selftest_faulty");
   RNN_FUSED_SELFTEST_GUARD(x);
@@ -236,7 +250,7 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   const auto grid = static_cast<unsigned>(blocks);
   const dim3 block(static_cast<unsigned>(block_threads));
   const std::size_t dynamic_smem = sizeof(float) * block_threads;
-  if (fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync) {
+  if (fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync || fault == Fault::FlagNeverPublished) {
     simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
                              out.data_ptr<float>());
   } else {
@@ -297,6 +311,7 @@ SIMT_END_WORLD
     (m).impl("warp_reduce", &st::warp_reduce);              \
     (m).impl("transpose", &st::transpose);                  \
     (m).impl("grid_stencil", &st::grid_stencil);            \
+    (m).impl("flag_stencil", &st::flag_stencil);            \
     (m).impl("atomics", &st::atomics);                      \
     (m).impl("warp_scan", &st::warp_scan);                  \
     (m).impl("device_math", &st::device_math);              \
