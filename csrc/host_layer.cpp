@@ -62,16 +62,16 @@ ProcessSetting<Autotune> autotune_setting;
 ForcedTiling forced_tiling() { return forced_tiling_setting.get(); }
 
 ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
-  const int64_t s = tiling.samples, u = tiling.units_per_pass, b = tiling.barrier;
+  const int64_t s = tiling.samples, u = tiling.units_per_pass, sync = tiling.step_sync;
   TORCH_CHECK_VALUE(s == 0 || s == 1 || s == 2 || s == 4 || s == 8,
                     "rnn_fused.launch_plan.forced_tiling: samples must be 1, 2, 4 or 8 (or None: each plan's own "
                     "choice), got ", s);
   TORCH_CHECK_VALUE(u == 0 || u == 16 || u == 32,
                     "rnn_fused.launch_plan.forced_tiling: units_per_pass must be 16 or 32 (or None: each plan's own "
                     "choice), got ", u);
-  TORCH_CHECK_VALUE(b == 0 || b == kForcedGridSync || b == kForcedFlagBarrier,
-                    "rnn_fused.launch_plan.forced_tiling: barrier must be 'grid_sync' or 'flags' (or None: each "
-                    "plan's own choice), got code ", b);
+  TORCH_CHECK_VALUE(sync >= -1 && sync <= 2,
+                    "rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier' or "
+                    "'tagged_exchange' (or None: each plan's own choice), got code ", sync);
   return forced_tiling_setting.exchange(tiling);
 }
 

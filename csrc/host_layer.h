@@ -67,7 +67,7 @@ struct RecurrencePlanReport {
     bool feasible = false;
     int64_t samples_per_group = 0, samples = 0, chunks = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
     int64_t units_per_pass = 0;
-    int64_t flag_barrier = 0;  // Grid path: 1 where steps end in a flag barrier over the group's CTAs
+    int64_t step_sync = 0;  // Grid path: RecurrenceTiling::step_sync (0 grid barrier, 1 flag barrier, 2 tagged exchange)
     int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
     double us_per_step = 0.0;           // the cost model's prediction
     double measured_us_per_step = NAN;  // timed on the device (Autotune), else NaN
@@ -86,7 +86,7 @@ struct StepCostQuery {
   int64_t hidden = 0, batch = 0;
   int64_t samples = 1, chunks = 1, ctas_per_group = 1, units_per_cta = 0, waves = 1;  // the launch shape
   int64_t units_per_pass = 32;
-  bool flag_barrier = false;  // Grid path: steps end in a flag barrier (RecurrenceTiling::flag_barrier)
+  int64_t step_sync = 0;  // Grid path: RecurrenceTiling::step_sync (0 grid barrier, 1 flag barrier, 2 tagged exchange)
   std::vector<std::string> constant_names;
   std::vector<double> constant_values;
   std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
@@ -127,18 +127,17 @@ void dispatch_elman(at::ScalarType compute, Activation activation, F&& f) {
   }
 }
 
-// Parts of the launch shape every GPU-kernel planner must use (0: each plan's own choice):
-// samples per chunk (1, 2, 4 or 8: the kernels' register tiles), units per pass (16 or 32:
-// RecurrenceTiling::units_per_pass) and the Grid path's step barrier (kForcedGridSync or
-// kForcedFlagBarrier: RecurrenceTiling::flag_barrier). To run or time other launch shapes at
-// one size than the cost model picks (rnn_fused.launch_plan.forced_tiling: gpu-check, tests).
-// Process-wide.
+// Parts of the launch shape every GPU-kernel planner must use: samples per chunk (1, 2, 4 or 8:
+// the kernels' register tiles), units per pass (16 or 32: RecurrenceTiling::units_per_pass),
+// each 0 for each plan's own choice, and the Grid path's step synchronisation
+// (RecurrenceTiling::step_sync: 0 grid barrier, 1 flag barrier, 2 tagged exchange; -1 for each
+// plan's own). To run or time other launch shapes at one size than the cost model picks
+// (rnn_fused.launch_plan.forced_tiling: gpu-check, tests). Process-wide.
 struct ForcedTiling {
   int64_t samples = 0;
   int64_t units_per_pass = 0;
-  int64_t barrier = 0;
+  int64_t step_sync = -1;
 };
-constexpr int64_t kForcedGridSync = 1, kForcedFlagBarrier = 2;
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.
 ForcedTiling set_forced_tiling(const ForcedTiling& tiling);

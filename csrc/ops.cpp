@@ -167,7 +167,7 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 // device: entry 0 is the chosen (or forced) plan, then every path's best shape (block, cluster,
 // grid, stepwise), then every launch shape autotuning timed (none unless it did). Per entry:
 // path, feasible (0 or 1), 14 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
-// units_per_cta, units_per_pass, flag_barrier, grid, block_threads, cluster, shared_mem_bytes,
+// units_per_cta, units_per_pass, step_sync, grid, block_threads, cluster, shared_mem_bytes,
 // blocks_per_sm, waves),
 // us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
 // measured it: host_layer.h Autotune).
@@ -195,7 +195,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
     paths.push_back(e.path);
     feasible.push_back(e.feasible);
     shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
-                                 e.units_per_cta, e.units_per_pass, e.flag_barrier, e.grid, e.block_threads,
+                                 e.units_per_cta, e.units_per_pass, e.step_sync, e.grid, e.block_threads,
                                  e.cluster,
                                  e.shared_mem_bytes, e.blocks_per_sm, e.waves});
     us.push_back(e.us_per_step);
@@ -206,7 +206,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
 }
 
 // The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:
-// samples, chunks, ctas_per_group, units_per_cta, waves, units_per_pass, flag_barrier) for hidden_size and
+// samples, chunks, ctas_per_group, units_per_cta, waves, units_per_pass, step_sync) for hidden_size and
 // batch_size in
 // `dtype` (float32 or float64), with the constants named in constant_names replaced by
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
@@ -214,7 +214,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,
-                    c10::string_view term, int64_t units_per_pass, bool flag_barrier) {
+                    c10::string_view term, int64_t units_per_pass, int64_t step_sync) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -226,7 +226,7 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .units_per_cta = units_per_cta,
                                    .waves = waves,
                                    .units_per_pass = units_per_pass,
-                                   .flag_barrier = flag_barrier,
+                                   .step_sync = step_sync,
                                    .constant_names = std::move(constant_names),
                                    .constant_values = std::move(constant_values),
                                    .term = std::string(term)});
@@ -336,14 +336,15 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
-      "str term=\"total\", int units_per_pass=32, bool flag_barrier=False) -> float",
+      "str term=\"total\", int units_per_pass=32, int step_sync=0) -> float",
       &rnn_fused::step_cost_us);
-  // The samples per chunk, units per pass and grid-path barrier every planner must use (0: each
-  // plan's own choice; host_layer.h ForcedTiling); returns the previous setting.
-  m.def("set_forced_tiling(int samples, int units_per_pass, int barrier=0) -> int[]",
-        [](int64_t samples, int64_t units_per_pass, int64_t barrier) {
-          const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling({samples, units_per_pass, barrier});
-          return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.barrier};
+  // The samples per chunk, units per pass (0: each plan's own choice) and grid-path step
+  // synchronisation (-1: each plan's own) every planner must use (host_layer.h ForcedTiling);
+  // returns the previous setting.
+  m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1) -> int[]",
+        [](int64_t samples, int64_t units_per_pass, int64_t step_sync) {
+          const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling({samples, units_per_pass, step_sync});
+          return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

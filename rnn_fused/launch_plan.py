@@ -38,6 +38,9 @@ from . import _build  # noqa: F401  (loads rnn_fused._C)
 logger = logging.getLogger("rnn_fused")
 
 PATHS = ("block", "cluster", "grid", "stepwise")
+# The grid path's ways to hand a step's state to the next (PathEstimate.step_sync indexes them;
+# csrc/cuda/recurrence_paths.cuh StepSync).
+STEP_SYNCS = ("grid_barrier", "flag_barrier", "tagged_exchange")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ class PathEstimate:
     units_per_cta: int           # hidden units (rows of W_hh) per CTA
     units_per_pass: int          # 32 (all 8 warps compute the dot products) or 16 (warps 0-3, each
                                  # state chunk loaded feeding twice the units); 0 for "stepwise"
-    flag_barrier: int            # "grid": 1 where each step ends in a flag barrier over the sample
-                                 # group's CTAs (simt::flag_barrier), 0 for the grid barrier; else 0
+    step_sync: int               # "grid": how a step hands over its state, an index into STEP_SYNCS
+                                 # (0 the grid barrier, 1 a flag barrier over the sample group's CTAs,
+                                 # 2 the tagged exchange, no barrier); else 0
     grid: int                    # CTAs of the launch (epilogue blocks for "stepwise")
     block_threads: int
     cluster: int                 # CTAs per thread-block cluster ("cluster"), else 1
@@ -122,7 +126,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
     ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32 and
-    flag_barrier where it is 1, as in runs from before they existed) for a layer of hidden_size
+    step_sync where it is not 0, as in runs from before they existed) for a layer of hidden_size
     units and batch_size
     samples, with `constants` (names from cost_constants()) replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
@@ -135,18 +139,20 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
                                          term, fields.get("units_per_pass") or 32,
-                                         bool(fields.get("flag_barrier") or 0))
+                                         int(fields.get("step_sync") or 0))
 
 
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
-                  barrier: str | None = None) -> Iterator[None]:
+                  step_sync: str | None = None) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
-    twice the passes) and, on the grid path, `barrier` to end each step: "grid_sync" (the
-    cooperative grid barrier) or "flags" (a flag barrier over the CTAs of each sample group,
-    one flag per CTA in global memory); None leaves that part to each plan. For running or timing launch shapes
+    twice the passes) and, on the grid path, `step_sync` (one of STEP_SYNCS): "grid_barrier"
+    (the cooperative grid barrier ends each step), "flag_barrier" (a barrier over the CTAs of
+    each sample group, one flag per CTA in global memory) or "tagged_exchange" (no barrier: each
+    state value travels with its step's tag in one 8-byte word; float32 only); None leaves that
+    part to each plan. For running or timing launch shapes
     the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the
     shape so is infeasible, and forcing it says why. The previous setting is restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
@@ -155,16 +161,12 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
             allowed = "1, 2, 4 or 8" if name == "samples" else "16 or 32"
             raise ValueError(f"rnn_fused.launch_plan.forced_tiling: {name} must be {allowed} (or None: each plan's "
                              f"own choice), got 0")
-    if barrier is not None and barrier not in _BARRIER_CODES:
-        raise ValueError(f"rnn_fused.launch_plan.forced_tiling: barrier must be 'grid_sync' or 'flags' (or None: each "
-                         f"plan's own choice), got {barrier!r}")
+    if step_sync is not None and step_sync not in STEP_SYNCS:
+        raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier' or "
+                         f"'tagged_exchange' (or None: each plan's own choice), got {step_sync!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
-                          _BARRIER_CODES.get(barrier, 0)):
+                          -1 if step_sync is None else STEP_SYNCS.index(step_sync)):
         yield
-
-
-# forced_tiling's barrier names, as the op takes them (host_layer.h ForcedTiling).
-_BARRIER_CODES = {"grid_sync": 1, "flags": 2}
 
 
 def _apply_planner_setting(set_op, *values):
@@ -202,7 +204,8 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
     the device, a persistent path's with every sample tile it considers and the dot products
     on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on counted
-    instructions and fitted terms, not on timings of these kernels),
+    instructions and fitted terms, not on timings of these kernels), the grid path's with
+    each step synchronisation (STEP_SYNCS: their costs are not measured yet),
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its

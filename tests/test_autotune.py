@@ -53,7 +53,7 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     # What was timed: each feasible persistent path's best shape by the model for each sample
     # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
     # each number of units per pass (the model's own pick among them) and on the grid path each
-    # step barrier, the stepwise path's; each path's candidate is its fastest of those.
+    # step synchronisation, the stepwise path's; each path's candidate is its fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -66,11 +66,11 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
             continue
         model = predicted.candidate(c.path)
         tiles = [samples for samples in (1, 2, 4, 8) if samples == 1 or samples // 2 < batch]
-        barriers = (0, 1) if c.path == "grid" else (0,)
-        assert sorted((t.samples, t.units_per_pass, t.flag_barrier) for t in shapes) == [
-            (s, u, f) for s in tiles for u in (16, 32) for f in barriers]
-        assert any((t.grid, t.samples, t.units_per_pass, t.flag_barrier)
-                   == (model.grid, model.samples, model.units_per_pass, model.flag_barrier) for t in shapes)
+        syncs = (0, 1, 2) if c.path == "grid" else (0,)
+        assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in shapes) == [
+            (s, u, f) for s in tiles for u in (16, 32) for f in syncs]
+        assert any((t.grid, t.samples, t.units_per_pass, t.step_sync)
+                   == (model.grid, model.samples, model.units_per_pass, model.step_sync) for t in shapes)
     assert all(math.isfinite(t.measured_us_per_step) and t.measured_us_per_step > 0 for t in tuned.timed)
     assert predicted.timed == ()
 
@@ -90,11 +90,14 @@ def test_a_forced_tiling_is_the_only_one_timed():
     with simt.emulated_device(**SMALL_GPU), launch_plan.autotune(steps=STEPS):
         with launch_plan.forced_tiling(units_per_pass=16):
             per_pass = rnn_fused.plan(40, 2)
-        with launch_plan.forced_tiling(samples=2, units_per_pass=32, barrier="flags"):
+        with launch_plan.forced_tiling(samples=2, units_per_pass=32, step_sync="flag_barrier"):
             forced = rnn_fused.plan(40, 2)
-    assert sorted((t.samples, t.units_per_pass, t.flag_barrier) for t in per_pass.timed if t.path == "grid") == [
-        (1, 16, 0), (1, 16, 1), (2, 16, 0), (2, 16, 1)]
-    assert [(t.samples, t.units_per_pass, t.flag_barrier) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
+        fp64 = rnn_fused.plan(40, 2, torch.float64)
+    assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in per_pass.timed if t.path == "grid") == [
+        (s, 16, f) for s in (1, 2) for f in (0, 1, 2)]
+    assert [(t.samples, t.units_per_pass, t.step_sync) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
+    # The tagged exchange carries float32 only: float64 grids are timed with the two barriers.
+    assert {t.step_sync for t in fp64.timed if t.path == "grid"} == {0, 1}
 
 
 def test_a_forced_path_is_not_timed():

@@ -223,8 +223,8 @@ def test_autotune_times_every_path_on_this_gpu_and_the_layer_runs_its_pick():
         # the batch), each with 32 and with 16 units per pass: all six were timed.
         assert sorted((t.samples, t.units_per_pass) for t in plan.timed if t.path == "block") == [
             (s, u) for s in (1, 2, 4) for u in (16, 32)]
-        # The grid path's shapes were timed with both step barriers.
-        assert {t.flag_barrier for t in plan.timed if t.path == "grid"} == {0, 1}
+        # The grid path's shapes were timed with each step synchronisation.
+        assert {t.step_sync for t in plan.timed if t.path == "grid"} == {0, 1, 2}
     assert untimed.measured_us_per_step is None and "measured" not in untimed.reason
     # path= forces both directions: the forward's results always compare, the gradients where
     # the backward took the same path as the forward.
@@ -259,8 +259,9 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
     (launch_plan.forced_tiling): output, h_n and every gradient are bitwise those of the
     planner's own tile, whatever the tile or how many warps compute; the float64 norm sums
     agree once rounded to float32. H = 1024, B = 32 is where the planner computes on 4 warps.
-    The grid path also ends its steps in the flag barrier over each sample group's CTAs (its
-    release stores and acquire spins run only here, on a GPU's memory model), bitwise alike."""
+    The grid path also ends its steps in the flag barrier over each sample group's CTAs, or
+    exchanges its state in tagged words without a barrier (their release stores, acquire spins
+    and relaxed 8-byte words run only here, on a GPU's memory model), bitwise alike."""
     lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
 
     def once():
@@ -283,18 +284,19 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
     expected = once()
     tilings = [(1, 32, None), (8, 16, None), (8, 32, None), (2, 16, None)]
     if path == "grid":
-        tilings += [(1, 32, "flags"), (8, 16, "flags"), (2, 16, "grid_sync")]
-    for samples, units_per_pass, barrier in tilings:
-        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, barrier=barrier):
+        tilings += [(1, 32, "flag_barrier"), (8, 16, "flag_barrier"), (2, 16, "grid_barrier"),
+                    (1, 32, "tagged_exchange"), (8, 16, "tagged_exchange"), (4, 32, "tagged_exchange")]
+    for samples, units_per_pass, sync in tilings:
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, step_sync=sync):
             for backward in (False, True):
                 forced = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward).candidate(path)
                 assert forced.feasible and (forced.samples, forced.units_per_pass) == (samples, units_per_pass), \
                     forced.reason
-                if barrier is not None:
-                    assert forced.flag_barrier == (barrier == "flags"), forced.reason
+                if sync is not None:
+                    assert forced.step_sync == rnn_fused.launch_plan.STEP_SYNCS.index(sync), forced.reason
             got = once()
         for a, b in zip(expected, got, strict=True):
-            assert torch.equal(a, b), (samples, units_per_pass, barrier)
+            assert torch.equal(a, b), (samples, units_per_pass, sync)
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)

@@ -273,64 +273,86 @@ def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden,sm_count,samples", [(100, 2, 1), (300, 6, 2), (100, 4, 8)])
-def test_grid_steps_ending_in_a_flag_barrier_round_alike(hidden, sm_count, samples):
+@pytest.mark.parametrize("hidden,sm_count,samples", [(100, 2, 1), (300, 6, 2), (100, 4, 8), (300, 2, 4)])
+def test_grid_step_syncs_round_alike(hidden, sm_count, samples):
     """On the grid path a step may end in a flag barrier over the CTAs of its sample group
-    instead of the grid barrier (simt::flag_barrier): the group's rows and norm partials come
-    from its own CTAs only. Forward and backward with lengths, randomized truncation and
-    recorded norms give bitwise the grid barrier's results, with several sample groups
-    (H = 100 at 1 and 8 samples per chunk) and with rows staged in pieces (H = 300)."""
+    instead of the grid barrier (simt::flag_barrier), or in none, the state travelling in tagged
+    words that each reader waits for (the tagged exchange); the group's rows and norm partials
+    come from its own CTAs only. Forward and backward with lengths, randomized truncation and
+    recorded norms (with the tagged exchange the backward's steps then end in the flag barrier)
+    give bitwise the grid barrier's results: several sample groups (H = 100 at 1 and 8 samples
+    per chunk), rows staged in pieces (H = 300), several chunks per CTA (H = 300 on 2 SMs)."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs = []
-    for barrier in ("grid_sync", "flags"):
-        with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples, barrier=barrier):
+    for sync in launch_plan.STEP_SYNCS:
+        with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples, step_sync=sync):
             plans = [rnn_fused.plan(hidden, batch, path="grid", backward=b) for b in (False, True)]
-        assert {p.flag_barrier for p in plans} == {int(barrier == "flags")}
-        assert all(("flag barrier" in p.reason) == (barrier == "flags") for p in plans)
+        assert {p.step_sync for p in plans} == {launch_plan.STEP_SYNCS.index(sync)}
+        assert all(("flag barrier" in p.reason) == (sync == "flag_barrier") for p in plans)
+        assert all(("tagged words" in p.reason) == (sync == "tagged_exchange") for p in plans)
         if samples < 8:
-            assert all(p.groups > 1 for p in plans), [p.reason for p in plans]
+            assert all(p.groups > 1 or p.chunks > 1 for p in plans), [p.reason for p in plans]
         results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="grid", samples=samples,
-                                               barrier=barrier)
+                                               step_sync=sync)
         assert {t[0] for t in tiles} == {samples}
         runs.append(results)
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-def test_flag_barrier_rounds_alike_under_every_schedule():
-    """A CTA that ran ahead of its group's flags would read rows of the previous step: under
-    every schedule the flag barrier's forward and backward equal the grid barrier's bitwise."""
+@pytest.mark.parametrize("sync", ["flag_barrier", "tagged_exchange"])
+def test_step_syncs_round_alike_under_every_schedule(sync):
+    """A CTA that ran ahead of its group's flags, or staged a word before its producer stored
+    it, would read state of the previous step: under every schedule the flag barrier's and the
+    tagged exchange's forward and backward equal the grid barrier's bitwise (several groups of
+    3 CTAs; and several chunks per CTA, whose rows are staged one after another)."""
     batch, hidden = 3, 300
     args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
     g = torch.Generator().manual_seed(3)
     cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
-    with simt.emulated_device(sm_count=9):
-        with launch_plan.forced_tiling(samples=1, barrier="grid_sync"):
-            expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
-        with launch_plan.forced_tiling(samples=1, barrier="flags"):
-            plan = rnn_fused.plan(hidden, batch, path="grid")
-            assert plan.flag_barrier == 1 and plan.groups > 1 and plan.ctas_per_group > 1, plan.reason
-            for mode, seed in simt.ALL_SCHEDULES:
-                with simt.schedule(mode, seed):
-                    got = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
-                for a, b in zip(expected, got):
-                    assert torch.equal(a, b), (mode, seed)
+    for sm_count, several_chunks in ((9, False), (3, True)):
+        with simt.emulated_device(sm_count=sm_count):
+            with launch_plan.forced_tiling(samples=1, step_sync="grid_barrier"):
+                expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+            with launch_plan.forced_tiling(samples=1, step_sync=sync):
+                plan = rnn_fused.plan(hidden, batch, path="grid")
+                assert plan.step_sync == launch_plan.STEP_SYNCS.index(sync) and plan.ctas_per_group > 1, plan.reason
+                assert (plan.chunks > 1) == several_chunks and (plan.groups > 1) != several_chunks, plan.reason
+                for mode, seed in simt.ALL_SCHEDULES:
+                    with simt.schedule(mode, seed):
+                        got = run_layer(args, None, "tanh", False, "emulated", cotangents, "grid")
+                    for a, b in zip(expected, got):
+                        assert torch.equal(a, b), (sm_count, mode, seed)
 
 
-def test_model_keeps_the_grid_barrier_until_the_flag_barrier_is_measured():
-    """flag_barrier_us is not measured: it equals the measured grid barrier, so the planner's
-    tie keeps the grid barrier; the step costs agree but for that term."""
+@pytest.mark.parametrize("hidden,batch", [(64, 8), (300, 9), (1024, 8), (1024, 128)])
+def test_planner_keeps_the_grid_barrier_until_the_others_are_measured(hidden, batch):
+    """flag_barrier_us and tagged_exchange_us are not measured: the planner's grid plans keep the
+    grid barrier whatever the model prices the others at (at H = 64 the tagged exchange's
+    synchronous staging skips the piece barriers and prices lower); the step costs of one
+    shape differ by those terms."""
+    for backward in (False, True):
+        plan = rnn_fused.plan(hidden, batch, path="grid", backward=backward)
+        assert plan.step_sync == 0 and "flag barrier" not in plan.reason and "tagged" not in plan.reason
+
+
+def test_the_other_step_syncs_are_priced_by_their_own_constants():
     constants = launch_plan.cost_constants()
-    assert constants["flag_barrier_us"] == constants["grid_barrier_us"]
+    assert constants["flag_barrier_us"] == constants["grid_barrier_us"] == constants["tagged_exchange_us"]
     plan = rnn_fused.plan(1024, 8, path="grid")
-    assert plan.flag_barrier == 0 and "flag barrier" not in plan.reason
-    fields = dict(vars(plan), flag_barrier=1)
-    assert launch_plan.step_cost_us(fields, 1024, 8) == launch_plan.step_cost_us(plan, 1024, 8)
-    cheaper = {"flag_barrier_us": 0.4}
-    assert launch_plan.step_cost_us(fields, 1024, 8, constants=cheaper, term="barrier") == 0.4
+    flags, tagged = dict(vars(plan), step_sync=1), dict(vars(plan), step_sync=2)
+    assert launch_plan.step_cost_us(flags, 1024, 8) == launch_plan.step_cost_us(plan, 1024, 8)
+    assert launch_plan.step_cost_us(tagged, 1024, 8) > launch_plan.step_cost_us(plan, 1024, 8)
+    cheaper = {"flag_barrier_us": 0.4, "tagged_exchange_us": 0.1}
+    assert launch_plan.step_cost_us(flags, 1024, 8, constants=cheaper, term="barrier") == 0.4
+    assert launch_plan.step_cost_us(tagged, 1024, 8, constants=cheaper, term="barrier") == 0.0
     assert launch_plan.step_cost_us(plan, 1024, 8, constants=cheaper, term="barrier") == constants["grid_barrier_us"]
-    with pytest.raises(ValueError, match="flag_barrier=True needs path 'grid'"):
-        launch_plan.step_cost_us(dict(vars(rnn_fused.plan(64, 1)), flag_barrier=1), 64, 1)
+    assert launch_plan.step_cost_us(tagged, 1024, 8, constants=cheaper) < launch_plan.step_cost_us(plan, 1024, 8)
+    with pytest.raises(ValueError, match=r"step_sync must be 0 \(the grid barrier\), or on path 'grid' 1"):
+        launch_plan.step_cost_us(dict(vars(rnn_fused.plan(64, 1)), step_sync=1), 64, 1)
+    with launch_plan.forced_tiling(step_sync="tagged_exchange"):
+        with pytest.raises(ValueError, match="path 'grid' cannot run .* float64.*the tagged exchange carries float32"):
+            rnn_fused.plan(1024, 8, torch.float64, path="grid")
 
 
 def test_forced_tiling_is_checked_and_restored():
@@ -350,13 +372,13 @@ def test_forced_tiling_is_checked_and_restored():
             assert rnn_fused.plan(100, 9, path="block").samples == 8
         grid = rnn_fused.plan(200, 9, path="grid")
         assert (grid.samples, grid.units_per_pass) == (2, 16) and "dot products on 4 warps" in grid.reason
-    with pytest.raises(ValueError, match=r"barrier must be 'grid_sync' or 'flags' \(or None: each plan's own "
-                                         r"choice\), got 'atomic'"):
-        with launch_plan.forced_tiling(barrier="atomic"):
+    with pytest.raises(ValueError, match=r"step_sync must be 'grid_barrier', 'flag_barrier' or 'tagged_exchange' "
+                                         r"\(or None: each plan's own choice\), got 'atomic'"):
+        with launch_plan.forced_tiling(step_sync="atomic"):
             pass
-    with launch_plan.forced_tiling(barrier="flags"):
-        assert rnn_fused.plan(200, 9, path="grid").flag_barrier == 1
-        assert rnn_fused.plan(200, 9, path="block").flag_barrier == 0  # (only the grid path has one)
+    with launch_plan.forced_tiling(step_sync="flag_barrier"):
+        assert rnn_fused.plan(200, 9, path="grid").step_sync == 1
+        assert rnn_fused.plan(200, 9, path="block").step_sync == 0  # (only the grid path has a choice)
     assert rnn_fused.plan(200, 9) == chosen
 
 

@@ -158,8 +158,8 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
         assert {t["path"] for t in r["timed"]} >= {"block", "grid", "stepwise"}
         assert all(t["measured_us_per_step"] > 0 and t["predicted_us_per_step"] > 0 for t in r["timed"])
         fastest = min(r["timed"], key=lambda t: t["measured_us_per_step"])
-        assert (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_flag_barrier"]) == (
-            fastest["path"], fastest["units_per_pass"], fastest["flag_barrier"])
+        assert (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"]) == (
+            fastest["path"], fastest["units_per_pass"], fastest["step_sync"])
         assert r["model_path"] == plan_of(r).path
     assert report["meta"]["tune_steps"] == gpu_check.EMULATED_TUNE_STEPS
     text = (out / "gpu_check.md").read_text()
@@ -170,8 +170,8 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
 def test_rehearsal_times_again_under_autotune_where_it_takes_another_shape(rehearsal):
     _, out, report = rehearsal
     retuned = {(r["hidden"], r["batch"]) for r in report["tune_rows"]
-               if (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_flag_barrier"])
-               != (r["model_path"], r["model_units_per_pass"], r["model_flag_barrier"])}
+               if (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"])
+               != (r["model_path"], r["model_units_per_pass"], r["model_step_sync"])}
     assert retuned, "on the emulator the stepwise path's CPU products win: some shape must be retuned"
     tuned_path = {(r["hidden"], r["batch"], r["direction"]): r["tuned_path"] for r in report["tune_rows"]}
     for r in report["shape_rows"]:
@@ -231,17 +231,22 @@ def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
                                           _phase_row(16, 1.4, 3.14, forced_units_per_pass=None)]) == []
 
 
-def test_barrier_verdicts_compare_the_grid_paths_two_barriers():
-    def row(barrier, measured, predicted, **changes):
-        return _phase_row(32, measured, predicted, forced_units_per_pass=None, forced_barrier=barrier, **changes)
+def test_step_sync_verdicts_compare_each_with_the_grid_barrier():
+    def row(sync, measured, predicted, **changes):
+        return _phase_row(32, measured, predicted, forced_units_per_pass=None, forced_step_sync=sync, **changes)
 
-    verdicts = gpu_check.barrier_verdicts([row("grid_sync", 2.0, 3.0), row("flags", 1.6, 3.0)])
-    assert verdicts == ["grid at H, B = 1024, 32, forward: steps with the flag barrier 1.600 µs/step, with the grid "
-                        "barrier 2.000 (predicted 3.000 and 3.000): with the flag barrier faster, the model predicted "
-                        "the other: run fit-model (docs/gpu_check.md)."]
-    assert gpu_check.barrier_verdicts([row("flags", 1.6, 3.0), row("grid_sync", 2.0, 3.0, error="boom")]) == []
-    # The rows forced to a warp count are not barrier rows, and the other way round.
-    assert gpu_check.warp_count_verdicts([row("grid_sync", 2.0, 3.0), row("flags", 1.6, 3.0)]) == []
+    verdicts = gpu_check.step_sync_verdicts([row("grid_barrier", 2.0, 3.0), row("flag_barrier", 1.6, 3.0),
+                                             row("tagged_exchange", 2.4, 3.5)])
+    assert verdicts == [
+        "grid at H, B = 1024, 32, forward: steps with the flag barrier 1.600 µs/step, with the grid barrier 2.000 "
+        "(predicted 3.000 and 3.000): with the flag barrier faster, the model predicted the other: run fit-model "
+        "(docs/gpu_check.md).",
+        "grid at H, B = 1024, 32, forward: steps with the tagged exchange 2.400 µs/step, with the grid barrier 2.000 "
+        "(predicted 3.500 and 3.000): with the grid barrier faster, as the model predicts."]
+    assert gpu_check.step_sync_verdicts([row("flag_barrier", 1.6, 3.0),
+                                         row("grid_barrier", 2.0, 3.0, error="boom")]) == []
+    # The rows forced to a warp count are not step-sync rows, and the other way round.
+    assert gpu_check.warp_count_verdicts([row("grid_barrier", 2.0, 3.0), row("flag_barrier", 1.6, 3.0)]) == []
 
 
 def test_rehearsal_report_is_what_fit_model_reads(rehearsal):

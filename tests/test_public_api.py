@@ -130,7 +130,7 @@ def fresh_plan_log():
 
 def _plan(path: str) -> rnn_fused.LaunchPlan:
     return rnn_fused.LaunchPlan(path, True, samples_per_group=8, samples=8, chunks=1, groups=2, ctas_per_group=4,
-                                units_per_cta=64, units_per_pass=32, flag_barrier=0, grid=8, block_threads=256,
+                                units_per_cta=64, units_per_pass=32, step_sync=0, grid=8, block_threads=256,
                                 cluster=4 if path == "cluster" else 1,
                                 shared_mem_bytes=1024 if path != "stepwise" else 0, blocks_per_sm=1, waves=1,
                                 predicted_us_per_step=0.5, reason=f"why {path}")

@@ -87,6 +87,13 @@ def test_flag_wait_across_a_plain_launch_is_a_deadlock():
     assert "a plain launch runs its blocks one after another" in message
 
 
+def test_waiting_for_an_overwritten_tag_is_an_error():
+    """A tagged word that already carries a later tag than the one awaited was overwritten before
+    it was read: the exchange's protocol is broken, and the wait says so instead of spinning."""
+    assert_fault("tagged_word_overwritten", r"simt::wait_word_tag at .*waits for tag 1 of the word at 0x[0-9a-f]+, "
+                 r"which was overwritten with tag 2 before it read it")
+
+
 def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
     x = torch.randn(1000)
     out, plan = selftest.grid_stencil(x, steps=4, block_threads=256)

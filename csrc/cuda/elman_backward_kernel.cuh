@@ -31,8 +31,12 @@
 //   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
-//   step_flags [CTAs] unsigned: Grid path with tiling.flag_barrier: the step barrier's flags
-//                     (StepBarrier; uninitialised, zeroed by the kernel); else null
+//   step_flags [CTAs] unsigned: Grid path with StepSync::FlagBarrier, or with the tagged exchange
+//                     and step_sq: the step barrier's flags (StepBarrier; uninitialised, zeroed by
+//                     the kernel); else null
+//   tagged_exchange [2,B,H] words: Grid path with StepSync::TaggedExchange (float32): dz at step s
+//                     with tag T - s in slot s % 2 (uninitialised, zeroed by the kernel; exchange is
+//                     then null); else null
 #pragma once
 
 #include "cuda/recurrence_paths.cuh"
@@ -58,6 +62,7 @@ struct BackwardRecurrenceArgs {
   double* norm_partials;
   int64_t* phase_cycles = nullptr;
   unsigned* step_flags = nullptr;
+  unsigned long long* tagged_exchange = nullptr;
 };
 
 // g and dz of one (sample, unit) at processing step s < length (the arithmetic every path
@@ -164,7 +169,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  StepBarrier<kPath> barrier(a.step_flags, tiling, place);
+  StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms);
   barrier.start();
   SIMT_SHARED(long long[kStepPhases + 1], phase_running);
   PhaseClock clock(a.phase_cycles, phase_running);
@@ -203,7 +208,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 
   int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
   for (int64_t s = T - 1; s >= 0; --s) {
-    scalar_t* exchange_now = Cta::kStateInShared ? nullptr : a.exchange + (s % 2) * B * H;
+    scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
+    unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
     // `later` holds dz at step s+1; `now` takes dz at step s.
     auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
       double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
@@ -231,7 +237,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           d = g * slope_runtime(a.activation, h[batch][k]);
           a.dz[at] = d;
         }
-        publish_state<kPath>(now, exchange_now, j, b, u, cta.row, H, tiling.ctas_per_group, d);
+        publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H,
+                             tiling.ctas_per_group, d);
         if (s == 0) a.dz_first[b * H + u] = d;
       });
       if (norms) {
@@ -251,10 +258,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                                          cta_sums, first, s);
       }
     };
-    // dz after the last step is zero: the Grid path stages it from no buffer (zeros).
-    const scalar_t* exchange_later = s == T - 1 ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, (s + 1) % 2, step_chunk,
-                       after_chunk, clock);
+    // dz after the last step is zero: the Grid path stages it from no buffer (zeros); the others
+    // from exchange (or from the tagged words of tag T - (s + 1)).
+    const scalar_t* exchange_later =
+        s == T - 1 || a.exchange == nullptr ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+    const unsigned long long* tagged_later =
+        s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
+                       (s + 1) % 2, step_chunk, after_chunk, clock);
     if (one_chunk) {
       prefetch_operands(s - Cta::kOperandL1Steps);
       if (s > 0) load_operands(place.sample_begin, s - 1);

@@ -24,8 +24,11 @@
 //                     uninitialised (step 0 stages h0, or zeros, directly)
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
-//   step_flags [CTAs] unsigned: Grid path with tiling.flag_barrier: the step barrier's flags
+//   step_flags [CTAs] unsigned: Grid path with StepSync::FlagBarrier: the step barrier's flags
 //                     (StepBarrier; uninitialised, zeroed by the kernel); else null
+//   tagged_exchange [2,B,H] words: Grid path with StepSync::TaggedExchange (float32): h_s with
+//                     tag s + 1 in slot (s + 1) % 2 (uninitialised, zeroed by the kernel; exchange
+//                     is then null); else null
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
 // a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
 #pragma once
@@ -48,6 +51,7 @@ struct ForwardRecurrenceArgs {
   Activation activation;
   int64_t* phase_cycles = nullptr;
   unsigned* step_flags = nullptr;
+  unsigned long long* tagged_exchange = nullptr;
 };
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
@@ -71,7 +75,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  StepBarrier<kPath> barrier(a.step_flags, tiling, cta.place);
+  StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false);
   barrier.start();
   SIMT_SHARED(long long[kStepPhases + 1], phase_running);
   PhaseClock clock(a.phase_cycles, phase_running);
@@ -102,7 +106,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
 
   for (int64_t s = 0; s < T; ++s) {
-    scalar_t* exchange_next = Cta::kStateInShared ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+    scalar_t* exchange_next = a.exchange != nullptr ? a.exchange + ((s + 1) % 2) * B * H : nullptr;
+    unsigned long long* tagged_next = a.tagged_exchange != nullptr ? a.tagged_exchange + ((s + 1) % 2) * B * H : nullptr;
     auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
       int64_t length[kOwned], t[kOwned];  // of the lane's samples (length 0 past the batch)
       SIMT_UNROLL
@@ -122,14 +127,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         } else {
           h = current[j * R + u];  // frozen: the state carries over
         }
-        publish_state<kPath>(next, exchange_next, j, b, u, R, H, tiling.ctas_per_group, h);
+        publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H,
+                             tiling.ctas_per_group, h);
         if (s == T - 1) a.h_n[b * H + u] = h;
       });
     };
-    // The Grid path stages step 0's rows from h0 itself (null: zeros), the others' from exchange.
-    const scalar_t* exchange_current = s == 0 ? a.h0 : a.exchange + (s % 2) * B * H;
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, s % 2, step_chunk,
-                       [](int64_t) {}, clock);
+    // The Grid path stages step 0's rows from h0 itself (null: zeros), the others' from exchange
+    // (or from the tagged words of tag s).
+    const scalar_t* exchange_current = s == 0 ? a.h0 : (a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr);
+    const unsigned long long* tagged_current =
+        s == 0 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + (s % 2) * B * H;
+    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, tagged_current, static_cast<unsigned>(s),
+                       s % 2, step_chunk, [](int64_t) {}, clock);
     if (one_chunk) {
       prefetch_operands(s + Cta::kOperandL1Steps);
       if (s + 1 < T) load_operands(cta.place.sample_begin, s + 1);

@@ -170,7 +170,7 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
   switch (path) {
     case RecurrencePath::Grid:
-      return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.flag_barrier != 0);
+      return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
     case RecurrencePath::Cluster: return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves);
     default: return cost::block_step_terms(model, work, waves);
   }
@@ -179,6 +179,20 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
 inline double predicted_step_us(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
                                 const RecurrenceTiling& tiling, int64_t waves) {
   return predicted_step_terms(model, path, r, tiling, waves).total;
+}
+
+// How a plan's reason says the Grid path's steps hand over their state ("" for the grid barrier).
+inline std::string step_sync_text(StepSync sync) {
+  switch (sync) {
+    case StepSync::FlagBarrier: return ", steps end in a flag barrier over the group's CTAs";
+    case StepSync::TaggedExchange: return ", the state exchanged in tagged words, no step barrier";
+    default: return "";
+  }
+}
+
+// How a plan's Grid steps hand over their state (the grid barrier on the other paths).
+inline StepSync step_sync_of(const RecurrencePlan& plan) {
+  return plan.path == RecurrencePath::Grid ? static_cast<StepSync>(plan.tiling.step_sync) : StepSync::GridBarrier;
 }
 
 // The best launch shape of a persistent path (kPath) over samples per group and CTAs per
@@ -234,15 +248,16 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   };
   std::vector<Slice> slices;
   const ForcedTiling& forced = r.forced;
-  // The Grid path's step barrier: the grid barrier first (the model's tie goes to it), then the
-  // flag barrier over the group's CTAs; the other paths have one barrier each.
-  std::vector<int32_t> flag_barriers = {0};
-  if (kPath == RecurrencePath::Grid) {
-    if (forced.barrier == kForcedFlagBarrier) {
-      flag_barriers = {1};
-    } else if (forced.barrier == 0) {
-      flag_barriers = {0, 1};
+  // The Grid path's step synchronisation: the grid barrier, whose cost was measured; the flag
+  // barrier and the tagged exchange only where forced (forced_tiling, and autotuning, which
+  // times each): their costs are not measured yet, so the model does not choose them.
+  std::vector<int32_t> step_syncs = {int32_t(StepSync::GridBarrier)};
+  if (kPath == RecurrencePath::Grid && forced.step_sync >= 0) {
+    if (r.fp64 && forced.step_sync == int32_t(StepSync::TaggedExchange)) {
+      best.reason = "the tagged exchange carries float32 state only";
+      return best;
     }
+    step_syncs = {int32_t(forced.step_sync)};
   }
   for (int64_t units : unit_options) {
     for (int per_pass : kUnitsPerPassOptions) {
@@ -335,8 +350,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
-      for (const int32_t flag_barrier : flag_barriers) {
-        tiling.flag_barrier = flag_barrier;
+      for (const int32_t step_sync : step_syncs) {
+        tiling.step_sync = step_sync;
         const double us = predicted_step_us(model, kPath, r, tiling, waves);
         if (best.feasible && us >= best.us_per_step) continue;
         best.feasible = true;
@@ -358,7 +373,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                       (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
                            ? ", weight rows in registers"
                            : "") +
-                      (flag_barrier != 0 ? ", steps end in a flag barrier over the group's CTAs" : "") +
+                      step_sync_text(static_cast<StepSync>(step_sync)) +
                       (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
       }
     }
@@ -390,7 +405,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.barrier}) {
+                    r.forced.step_sync}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -462,6 +477,7 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
 inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape, const at::TensorOptions& options,
                                   int64_t first_slot, const at::Tensor& first) {
   if (plan.path != RecurrencePath::Grid && plan.path != RecurrencePath::Stepwise) return {};
+  if (step_sync_of(plan) == StepSync::TaggedExchange) return {};  // (the tagged words instead)
   at::Tensor exchange = at::empty({2, shape.batch, shape.hidden}, options);
   if (plan.path == RecurrencePath::Grid) return exchange;
   if (first.defined()) {
@@ -472,15 +488,29 @@ inline at::Tensor exchange_buffer(const RecurrencePlan& plan, const LayerShape& 
   return exchange;
 }
 
-// The Grid path's step-barrier flags where its steps end in a flag barrier: [CTAs] int32
-// (the kernels read them as unsigned and zero them first); else an undefined tensor.
-inline at::Tensor step_flags_buffer(const RecurrencePlan& plan, const at::TensorOptions& options) {
-  if (plan.path != RecurrencePath::Grid || plan.tiling.flag_barrier == 0) return {};
+// The Grid path's step-barrier flags where its steps end in a flag barrier (also with the tagged
+// exchange where the backward exchanges norm partials): [CTAs] int32 (the kernels read them as
+// unsigned and zero them first); else an undefined tensor.
+inline at::Tensor step_flags_buffer(const RecurrencePlan& plan, const at::TensorOptions& options,
+                                    bool exchanges_norms) {
+  const StepSync sync = step_sync_of(plan);
+  if (sync != StepSync::FlagBarrier && !(sync == StepSync::TaggedExchange && exchanges_norms)) return {};
   return at::empty({plan.grid}, options.dtype(at::kInt));
 }
 
 inline unsigned* step_flags_pointer(const at::Tensor& flags) {
   return flags.defined() ? reinterpret_cast<unsigned*>(flags.data_ptr<int32_t>()) : nullptr;
+}
+
+// The tagged exchange's words [2,B,H] (int64; the kernels zero them first), else undefined.
+inline at::Tensor tagged_exchange_buffer(const RecurrencePlan& plan, const LayerShape& shape,
+                                         const at::TensorOptions& options) {
+  if (step_sync_of(plan) != StepSync::TaggedExchange) return {};
+  return at::empty({2, shape.batch, shape.hidden}, options.dtype(at::kLong));
+}
+
+inline unsigned long long* tagged_words_pointer(const at::Tensor& words) {
+  return words.defined() ? reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()) : nullptr;
 }
 
 // The forward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns h_n.
@@ -491,7 +521,8 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   at::Tensor h_n = at::empty({B, H}, r.out.options());
   at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
-  const at::Tensor flags = step_flags_buffer(plan, r.out.options());
+  const at::Tensor flags = step_flags_buffer(plan, r.out.options(), false);
+  const at::Tensor tagged = tagged_exchange_buffer(plan, shape, r.out.options());
   const ForwardRecurrenceArgs<scalar_t> args{.w_hh = r.w_hh.data_ptr<scalar_t>(),
                                              .out = r.out.data_ptr<scalar_t>(),
                                              .h0 = r.h0.defined() ? r.h0.data_ptr<scalar_t>() : nullptr,
@@ -502,7 +533,8 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
                                              .reverse = call.options.reverse,
                                              .activation = call.options.activation,
                                              .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, r.out.options()),
-                                             .step_flags = step_flags_pointer(flags)};
+                                             .step_flags = step_flags_pointer(flags),
+                                             .tagged_exchange = tagged_words_pointer(tagged)};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer. The
     // views are made once: the host issues two launches per step and must keep ahead of them.
@@ -537,7 +569,8 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   at::Tensor dz_first = at::empty({B, H}, options);
   // Step T-1 reads slot T % 2: dz after the last step, zero.
   at::Tensor exchange = exchange_buffer(plan, shape, options, T % 2, at::Tensor());
-  const at::Tensor flags = step_flags_buffer(plan, options);
+  const at::Tensor flags = step_flags_buffer(plan, options, record_norms);
+  const at::Tensor tagged = tagged_exchange_buffer(plan, shape, options);
   at::Tensor step_sq, norm_partials;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
@@ -561,7 +594,8 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
       .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
       .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr,
       .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options),
-      .step_flags = step_flags_pointer(flags)};
+      .step_flags = step_flags_pointer(flags),
+      .tagged_exchange = tagged_words_pointer(tagged)};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[(s + 1) % 2] holds dz at step s+1 (zero before the first step).
     at::Tensor carry = at::empty({B, H}, options);
@@ -668,8 +702,9 @@ struct TunedPaths {
 // persistent path's best shape by the model for each sample tile the planner considers (1, 2,
 // 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
 // model's choices between them rest on its issue and staging terms, counted and fitted, not
-// measured at these kernels) and, on the Grid path, each step barrier (the flag barrier's cost
-// is not measured yet), only the forced ones where they are forced; the stepwise path's shape.
+// measured at these kernels) and, on the Grid path, each step synchronisation (the flag barrier's
+// and the tagged exchange's costs are not measured yet), only the forced ones where they are
+// forced; the stepwise path's shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
@@ -683,13 +718,13 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
       if (r.forced.samples != 0 ? samples != r.forced.samples : samples > 1 && samples / 2 >= r.batch) continue;
       for (int per_pass : kUnitsPerPassOptions) {
         if (r.forced.units_per_pass != 0 && per_pass != r.forced.units_per_pass) continue;
-        for (int64_t barrier : {kForcedGridSync, kForcedFlagBarrier}) {
-          if (c.path != RecurrencePath::Grid ? barrier != kForcedGridSync
-                                             : r.forced.barrier != 0 && barrier != r.forced.barrier) {
+        for (int64_t sync = 0; sync < kStepSyncs; ++sync) {
+          if (c.path != RecurrencePath::Grid ? sync != 0 : r.forced.step_sync >= 0 && sync != r.forced.step_sync) {
             continue;
           }
+          if (r.fp64 && sync == int64_t(StepSync::TaggedExchange)) continue;
           PlanRequest variant = r;
-          variant.forced = {.samples = samples, .units_per_pass = per_pass, .barrier = barrier};
+          variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync};
           const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
           if (p.feasible) shapes.push_back(p);
         }
@@ -829,7 +864,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .units_per_cta = p.tiling.units_per_cta,
                                          .units_per_pass =
                                              p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
-                                         .flag_barrier = p.tiling.flag_barrier,
+                                         .step_sync = p.tiling.step_sync,
                                          .grid = p.grid,
                                          .block_threads = kRecurrenceThreads,
                                          .cluster = p.cluster,
@@ -884,9 +919,9 @@ inline double step_cost(const StepCostQuery& q) {
                       "rnn_fused.step_cost: needs chunks, ctas_per_group, waves >= 1 and units_per_cta in [1, ",
                       max_units, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ", q.units_per_cta);
   }
-  TORCH_CHECK_VALUE(!q.flag_barrier || *path == RecurrencePath::Grid,
-                    "rnn_fused.step_cost: flag_barrier=True needs path 'grid' (the only path with a flag barrier), got '",
-                    q.path, "'");
+  TORCH_CHECK_VALUE(q.step_sync >= 0 && q.step_sync < kStepSyncs && (q.step_sync == 0 || *path == RecurrencePath::Grid),
+                    "rnn_fused.step_cost: step_sync must be 0 (the grid barrier), or on path 'grid' 1 (the flag "
+                    "barrier) or 2 (the tagged exchange), got ", q.step_sync, " on path '", q.path, "'");
   TORCH_CHECK_VALUE(q.constant_names.size() == q.constant_values.size(), "rnn_fused.step_cost: ",
                     q.constant_names.size(), " constant names for ", q.constant_values.size(), " values");
   cost::Constants model = cost::kH200;
@@ -904,7 +939,7 @@ inline double step_cost(const StepCostQuery& q) {
                                 .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
                                 .units_per_cta = static_cast<int32_t>(q.units_per_cta),
                                 .units_per_pass = static_cast<int32_t>(q.units_per_pass),
-                                .flag_barrier = q.flag_barrier ? 1 : 0};
+                                .step_sync = static_cast<int32_t>(q.step_sync)};
   const cost::StepTerms terms = predicted_step_terms(model, *path, request, tiling, q.waves);
   if (q.term == "total") return terms.total;
   if (q.term == "stage") return terms.stage;

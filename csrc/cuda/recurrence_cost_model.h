@@ -25,8 +25,13 @@ struct Constants {
   // Not measured: the Grid path's flag barrier over a sample group's CTAs (simt::flag_barrier:
   // a release store per CTA, an acquire spin per awaited CTA, no atomic read-modify-write).
   // Set to the grid barrier's measured cost until a GPU run measures it (gpu-check's step-phase
-  // rows; autotuning times both), so that the model never prefers the unmeasured barrier.
+  // rows); the planner does not choose it on its own (elman_launch.h), forced and autotuned
+  // runs are priced with it.
   double flag_barrier_us = 0.97;
+  // Not measured: with the tagged exchange (no barrier), the wait of a step's staging for the
+  // last producer's words beyond one L2 load: a store's way to L2 and the CTAs' skew. Set to
+  // the measured grid barrier until a GPU run measures it, as flag_barrier_us.
+  double tagged_exchange_us = 0.97;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
   // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
   double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
@@ -75,6 +80,7 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"block_barrier_us", &Constants::block_barrier_us},
     {"grid_barrier_us", &Constants::grid_barrier_us},
     {"flag_barrier_us", &Constants::flag_barrier_us},
+    {"tagged_exchange_us", &Constants::tagged_exchange_us},
     {"launch_us", &Constants::launch_us},
     {"fma_per_sm_per_us", &Constants::fma_per_sm_per_us},
     {"fp64_fma_fraction", &Constants::fp64_fma_fraction},
@@ -202,8 +208,10 @@ inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64
   return {.stage = 0.0, .compute = waves * compute, .barrier = waves * barrier, .total = waves * (compute + barrier)};
 }
 
-// Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier (or a flag
-// barrier over its group's CTAs: flag_barrier). A chunk's
+// Grid: each CTA computes `chunks` chunks of samples in turn, then one grid barrier, or a flag
+// barrier over its group's CTAs (step_sync 1). With the tagged exchange (step_sync 2) there is
+// no barrier: each chunk's rows (8-byte words, twice the bytes) are staged before it is
+// computed, the first word after tagged_exchange_us. A chunk's
 // state rows (samples x H scalars) come from L2 by asynchronous copies. With several chunks
 // each next chunk's rows arrive while the current one is computed: the first chunk's staging
 // is exposed, and a later chunk costs the slower of its compute (plus the copies'
@@ -214,11 +222,19 @@ inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64
 constexpr int64_t kGridStagePieces = 4;  // RecurrenceCta::kStagePieces
 
 inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
-                                 int64_t chunks, bool flag_barrier = false) {
-  const double barrier = flag_barrier ? c.flag_barrier_us : c.grid_barrier_us;
+                                 int64_t chunks, int32_t step_sync = 0) {
+  const double barrier = step_sync == 1 ? c.flag_barrier_us : c.grid_barrier_us;
   const double rows_bytes = double(w.samples) * hidden * scalar_bytes;
   const double copy = rows_bytes / c.l2_bytes_per_sm_per_us;
   const double compute = cta_step_compute_us(c, w);
+  if (step_sync == 2) {
+    const double stage = c.tagged_exchange_us + c.l2_dependent_load_us + 2.0 * copy;
+    const double chunk_stage = c.l2_dependent_load_us + 2.0 * copy;  // later chunks: written long before
+    return {.stage = stage + double(chunks - 1) * chunk_stage,
+            .compute = double(chunks) * compute,
+            .barrier = 0.0,
+            .total = stage + double(chunks - 1) * chunk_stage + double(chunks) * compute};
+  }
   if (chunks == 1) {
     const double pieces = double(kGridStagePieces);
     const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;

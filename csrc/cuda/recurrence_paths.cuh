@@ -25,6 +25,15 @@ namespace rnn_fused::kernels {
 
 enum class RecurrencePath : int32_t { Block = 0, Cluster = 1, Grid = 2, Stepwise = 3 };
 
+// How the Grid path's CTAs hand a step's state to the next step (RecurrenceTiling::step_sync).
+enum class StepSync : int32_t {
+  GridBarrier = 0,     // the plain exchange buffer, then simt::grid_sync
+  FlagBarrier = 1,     // the plain exchange buffer, then simt::flag_barrier over the sample group's CTAs
+  TaggedExchange = 2,  // no barrier: each value travels with its step's tag in one 8-byte word
+                       // (simt::tag_word; float32 only), and a reader waits for the tag
+};
+inline constexpr int64_t kStepSyncs = 3;
+
 // The launch shape the planner chose; the same for the forward and backward kernels.
 struct RecurrenceTiling {
   int32_t samples = 1;         // S: samples per chunk, the kernel's kSamples (1, 2, 4 or 8)
@@ -33,8 +42,7 @@ struct RecurrenceTiling {
   int32_t ctas_per_group = 1;  // C: CTAs that split a group's hidden units
   int32_t units_per_cta = 0;   // U: hidden units per CTA (the last CTA of a group may own fewer)
   int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
-  int32_t flag_barrier = 0;    // Grid path: 1 = a step ends in simt::flag_barrier over the group's
-                               // CTAs (one flag per CTA in global memory), 0 = simt::grid_sync
+  int32_t step_sync = 0;       // Grid path: a StepSync (else 0)
 };
 
 SIMT_BEGIN_WORLD
@@ -166,16 +174,56 @@ SIMT_DEVICE void stage_rows_async(const scalar_t* exchange, scalar_t* rows, int6
   }
 }
 
+// Tagged exchange (float32): rows [S][R] (shared) = rows [first, first + S) of the state [B,H]
+// in tagged words, each once it carries `tag` (zero past B; the padding past H is left as it
+// is). Every word is loaded once before any is waited for, a batch at a time, so the loads'
+// latencies overlap; only a word whose producer has not stored it yet is loaded again. All
+// threads call it; a __syncthreads must follow before the rows are read.
+template <typename scalar_t>
+SIMT_DEVICE void stage_rows_tagged(const unsigned long long* tagged, scalar_t* rows, int64_t first, int samples,
+                                   int64_t batch, int64_t hidden, int64_t row, unsigned tag) {
+  if constexpr (sizeof(scalar_t) != 4) {
+    SIMT_KERNEL_CHECK(false, "the tagged exchange carries float32 values only");
+  } else {
+    constexpr int kWordsAtOnce = 8;
+    const int64_t total = int64_t(samples) * hidden, stride = int64_t(blockDim.x);
+    for (int64_t base = threadIdx.x; base < total; base += kWordsAtOnce * stride) {
+      unsigned long long words[kWordsAtOnce];
+      SIMT_UNROLL
+      for (int w = 0; w < kWordsAtOnce; ++w) {
+        const int64_t i = base + w * stride;
+        const int64_t j = i / hidden, k = i % hidden;
+        words[w] = i < total && first + j < batch ? simt::load_relaxed(tagged + (first + j) * hidden + k)
+                                                  : simt::tag_word(0.0f, tag);
+      }
+      SIMT_UNROLL
+      for (int w = 0; w < kWordsAtOnce; ++w) {
+        const int64_t i = base + w * stride;
+        if (i >= total) break;
+        const int64_t j = i / hidden, k = i % hidden;
+        if (simt::word_tag(words[w]) != tag) words[w] = simt::wait_word_tag(tagged + (first + j) * hidden + k, tag);
+        rows[j * row + k] = simt::word_value(words[w]);
+      }
+    }
+  }
+}
+
 // The new state (h, or dz in the backward) of (sample b, row j of its chunk, unit u) reaches
 // every CTA of the group that reads it next step: its own next buffer (Block), the next
 // buffer of each of the cluster's CTAs through distributed shared memory (Cluster), or the
-// global buffer of the next step (Grid).
+// global buffer of the next step (Grid): plain, or with a tagged exchange (tagged_next
+// non-null) a word carrying `tag`.
 template <RecurrencePath kPath, typename scalar_t>
-SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* exchange_next, int64_t j, int64_t b,
+SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* exchange_next,
+                                               unsigned long long* tagged_next, unsigned tag, int64_t j, int64_t b,
                                                int64_t u, int64_t row, int64_t hidden, int64_t cluster,
                                                scalar_t value) {
   if constexpr (kPath == RecurrencePath::Grid) {
-    exchange_next[b * hidden + u] = value;
+    if (tagged_next != nullptr) {
+      simt::store_relaxed(tagged_next + b * hidden + u, simt::tag_word(static_cast<float>(value), tag));
+    } else {
+      exchange_next[b * hidden + u] = value;
+    }
   } else if constexpr (kPath == RecurrencePath::Cluster) {
     for (int64_t rank = 0; rank < cluster; ++rank) {
       simt::cluster_map_shared(next_rows, static_cast<unsigned>(rank))[j * row + u] = value;
@@ -185,33 +233,44 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
   }
 }
 
-// The barrier that ends a step: the whole new state is where every CTA that reads it next
-// step reads it. Block: __syncthreads; Cluster: the cluster barrier; Grid: the grid barrier,
-// or (tiling.flag_barrier) a flag barrier over the CTAs of the sample group only: the state
-// rows a CTA stages, and the norm partials its group's rank 0 sums, come from its own group,
-// and every CTA of the group has staged the rows of step s before it publishes its flag of
-// step s, so the buffer of step s may be rewritten at step s + 2 (two parities) as after a grid
-// barrier. The flags ([CTAs] unsigned in global memory) are zeroed by start() before a grid
-// barrier; the n-th barrier waits for the value n.
+// What ends a step: the whole new state is where every CTA that reads it next step reads it.
+// Block: __syncthreads; Cluster: the cluster barrier; Grid (tiling.step_sync): the grid
+// barrier, or a flag barrier over the CTAs of the sample group only, or nothing with a tagged
+// exchange (each reader waits for the words it stages). A CTA's rows, and the norm partials its
+// group's rank 0 sums, come from its own group, and every CTA of the group has staged the rows
+// of step s before it publishes anything of step s + 1 (its flag, or its tagged words of step
+// s + 1, which need all of step s's), so the buffer of step s may be rewritten at step s + 2
+// (two parities) as after a grid barrier. The norm partials of a backward with recorded norms
+// carry no tag: with a tagged exchange its steps still end in the flag barrier. start() zeroes
+// the flags ([CTAs] unsigned; the n-th barrier waits for the value n) and the tagged words
+// ([2,B,H]: tags count from 1) before one grid barrier.
 template <RecurrencePath kPath>
 class StepBarrier {
  public:
-  SIMT_DEVICE StepBarrier(unsigned* flags, const RecurrenceTiling& tiling, const CtaPlace& place)
-      : flags_(kPath == RecurrencePath::Grid && tiling.flag_barrier != 0 ? flags : nullptr),
+  SIMT_DEVICE StepBarrier(const RecurrenceTiling& tiling, const CtaPlace& place, unsigned* flags,
+                          unsigned long long* tagged, int64_t tagged_words, bool exchanges_norms)
+      : sync_(kPath == RecurrencePath::Grid ? static_cast<StepSync>(tiling.step_sync) : StepSync::GridBarrier),
+        flags_(sync_ == StepSync::FlagBarrier || (sync_ == StepSync::TaggedExchange && exchanges_norms) ? flags
+                                                                                                         : nullptr),
+        tagged_(sync_ == StepSync::TaggedExchange ? tagged : nullptr),
+        tagged_words_(tagged_words),
         first_(static_cast<unsigned>(place.group * tiling.ctas_per_group)),
         count_(static_cast<unsigned>(tiling.ctas_per_group)) {}
 
   // After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
-  // buffers before the peer initialised them; with flags, every flag is zero before any is
-  // published.
+  // buffers before the peer initialised them; on the Grid path every flag and tagged word is
+  // zero before any is published.
   SIMT_DEVICE void start() {
     if constexpr (kPath == RecurrencePath::Cluster) {
       simt::cluster_sync();
     } else if constexpr (kPath == RecurrencePath::Grid) {
-      if (flags_ != nullptr) {
-        if (threadIdx.x == 0) flags_[blockIdx.x] = 0u;
-        simt::grid_sync();
+      if (flags_ == nullptr && tagged_ == nullptr) return;
+      if (flags_ != nullptr && threadIdx.x == 0) flags_[blockIdx.x] = 0u;
+      if (tagged_ != nullptr) {
+        const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+        for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < tagged_words_; i += stride) tagged_[i] = 0;
       }
+      simt::grid_sync();
     }
   }
 
@@ -219,7 +278,7 @@ class StepBarrier {
     if constexpr (kPath == RecurrencePath::Grid) {
       if (flags_ != nullptr) {
         simt::flag_barrier(flags_, first_, count_, ++epoch_);
-      } else {
+      } else if (tagged_ == nullptr) {
         simt::grid_sync();
       }
     } else if constexpr (kPath == RecurrencePath::Cluster) {
@@ -230,7 +289,10 @@ class StepBarrier {
   }
 
  private:
-  unsigned* flags_;  // null: no flag barrier
+  StepSync sync_;
+  unsigned* flags_;            // null: no flag barrier
+  unsigned long long* tagged_; // null: no tagged exchange
+  int64_t tagged_words_;
   unsigned first_, count_;
   unsigned epoch_ = 0;
 };
@@ -415,7 +477,9 @@ struct RecurrenceCta {
 
   // The step's chunks in turn: the Grid path first stages the chunk's state rows from
   // `exchange_current` ([B,H], global), the next chunk's into the other buffer while this one
-  // is computed; then body(first, current, next) with the chunk's first sample, its current
+  // is computed (with a tagged exchange: from `tagged_current` [B,H] once they carry `tag`,
+  // or from exchange_current where tagged_current is null, a chunk at a time, each staged
+  // before it is computed); then body(first, current, next) with the chunk's first sample, its current
   // state rows (shared) and where the Block and Cluster paths write the next ones
   // (`current_parity` picks the buffer); on the Grid path a barrier follows each chunk (its
   // buffer is refilled two chunks later), then after_chunk(first). `clock` times the wait for
@@ -425,11 +489,14 @@ struct RecurrenceCta {
   // kStagePieces pieces along H instead, and for_each_output starts its first batch's dot
   // products on each piece as it lands.
   template <class Body, class AfterChunk>
-  SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, int64_t current_parity, Body&& body,
-                                  AfterChunk&& after_chunk, PhaseClock& clock) {
+  SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, const unsigned long long* tagged_current,
+                                  unsigned tag, int64_t current_parity, Body&& body, AfterChunk&& after_chunk,
+                                  PhaseClock& clock) {
     const int64_t chunk_scalars = int64_t(kSamples) * row;
     if constexpr (!kStateInShared) {
-      if (tiling.chunks == 1) {
+      if (tagged_exchange()) {
+        // (each chunk staged below)
+      } else if (tiling.chunks == 1) {
         for (int piece = 0; piece < kStagePieces; ++piece) {
           stage_rows_async(exchange_current, states, place.sample_begin, kSamples, batch, hidden, row,
                            piece_begin(piece), piece_begin(piece + 1));
@@ -443,7 +510,16 @@ struct RecurrenceCta {
     for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
       const int64_t first = place.sample_begin + chunk * kSamples;
       if constexpr (!kStateInShared) {
-        if (tiling.chunks > 1) {  // (one chunk: for_each_output waits for its pieces)
+        if (tagged_exchange()) {
+          scalar_t* rows = states + (chunk % 2) * chunk_scalars;
+          if (tagged_current != nullptr) {
+            stage_rows_tagged(tagged_current, rows, first, kSamples, batch, hidden, row, tag);
+          } else {
+            stage_rows(exchange_current, rows, first, kSamples, batch, hidden, row);
+          }
+          __syncthreads();
+          clock.lap(kStagePhase);
+        } else if (tiling.chunks > 1) {  // (one chunk: for_each_output waits for its pieces)
           if (chunk + 1 < tiling.chunks) {
             stage_rows_async(exchange_current, states + ((chunk + 1) % 2) * chunk_scalars, first + kSamples,
                              kSamples, batch, hidden, row);
@@ -466,6 +542,12 @@ struct RecurrenceCta {
       }
       clock.lap(kComputePhase);
     }
+  }
+
+  // Grid path: the state travels in tagged words (StepSync::TaggedExchange), staged a chunk at a
+  // time by for_each_chunk, not in pieces.
+  SIMT_DEVICE __forceinline__ bool tagged_exchange() const {
+    return !kStateInShared && tiling.step_sync == static_cast<int32_t>(StepSync::TaggedExchange);
   }
 
   // Pieces of a staged chunk (Grid path, one chunk per step): piece p holds the 16-byte
@@ -500,7 +582,7 @@ struct RecurrenceCta {
   template <class Epilogue>
   SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, PhaseClock& clock,
                                                    Epilogue&& epilogue) const {
-    const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1;  // uniform
+    const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1 && !tagged_exchange();  // uniform
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
       const int first_pass = batch * kBatch;

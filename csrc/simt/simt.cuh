@@ -20,6 +20,10 @@
 //                                  memory, between co-resident blocks
 //   simt::flag_barrier(flags, first, count, epoch)   barrier over blocks [first, first + count)
 //                                  of a cooperative launch through one flag per block
+//   simt::tag_word(v, tag), simt::word_tag(w), simt::word_value(w)   a float32 value and a step
+//                                  tag in one 8-byte word; simt::store_relaxed(word, w),
+//                                  simt::load_relaxed(word), simt::wait_word_tag(word, tag)
+//                                  (spins until the word carries `tag`, returns it)
 //   simt::cluster_rank(), simt::cluster_size()   this block's rank in its thread-block cluster
 //                                  and the blocks per cluster (1 without a cluster launch)
 //   simt::cluster_sync()           barrier over every thread of every block of the cluster
@@ -54,6 +58,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <source_location>
@@ -307,6 +312,26 @@ SIMT_DEVICE __forceinline__ void flag_barrier(unsigned* flags, unsigned first, u
   if (threadIdx.x == 0) publish_flag(flags + blockIdx.x, epoch);
   for (unsigned i = threadIdx.x; i < count; i += blockDim.x) wait_flag(flags + first + i, epoch);
   __syncthreads();  // the acquires before the block's reads
+}
+
+// A tagged word: a float32 value's bits in the low half, a tag (a step count) in the high half.
+// One 8-byte store publishes both at once, so a reader that sees the tag it expects sees the
+// value stored with it, without a fence (the tagged exchange of the Grid path).
+SIMT_HOST_DEVICE __forceinline__ unsigned long long tag_word(float value, unsigned tag) {
+#if defined(__CUDACC__)
+  const unsigned bits = __float_as_uint(value);
+#else
+  const unsigned bits = std::bit_cast<unsigned>(value);
+#endif
+  return static_cast<unsigned long long>(tag) << 32 | bits;
+}
+SIMT_HOST_DEVICE __forceinline__ unsigned word_tag(unsigned long long word) { return static_cast<unsigned>(word >> 32); }
+SIMT_HOST_DEVICE __forceinline__ float word_value(unsigned long long word) {
+#if defined(__CUDACC__)
+  return __uint_as_float(static_cast<unsigned>(word));
+#else
+  return std::bit_cast<float>(static_cast<unsigned>(word));
+#endif
 }
 
 SIMT_END_WORLD

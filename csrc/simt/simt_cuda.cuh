@@ -115,6 +115,24 @@ __device__ inline void wait_flag(const unsigned* flag, unsigned at_least) {
   } while (static_cast<int>(held - at_least) < 0);
 }
 
+// Tagged words (simt.cuh): relaxed 8-byte stores and loads at device scope (single-copy atomic,
+// served by L2, not by a stale L1 line); wait_word_tag spins until the word carries `tag`.
+__device__ inline void store_relaxed(unsigned long long* word, unsigned long long value) {
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;\n" ::"l"(word), "l"(value) : "memory");
+}
+__device__ inline unsigned long long load_relaxed(const unsigned long long* word) {
+  unsigned long long value;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];\n" : "=l"(value) : "l"(word) : "memory");
+  return value;
+}
+__device__ inline unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag) {
+  unsigned long long value;
+  do {
+    value = load_relaxed(word);
+  } while (static_cast<unsigned>(value >> 32) != tag);
+  return value;
+}
+
 // Thread-block clusters (compute capability 9.0): this block's rank in its cluster, the blocks
 // per cluster (1 without a cluster launch), the barrier over every thread of the cluster
 // (it also orders distributed shared memory accesses), and the same shared variable as

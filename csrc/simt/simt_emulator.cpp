@@ -74,7 +74,8 @@ struct Fiber : ThreadHead {
   int param = 0;
   int width = 32;
   uint64_t result = 0;
-  const unsigned* flag = nullptr;  // Wait::Flag: the flag it waits on, for at least `value`
+  const void* flag = nullptr;  // Wait::Flag: the flag (unsigned) it waits on to reach `value`, or
+  bool tagged_word = false;     // the tagged word (unsigned long long) whose tag must equal `value`
   void* fake_stack = nullptr;  // ASan's fake stack of this fiber while switched out
   std::vector<AsyncCopy> open_copies;             // issued since the last commit_async
   std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first, not yet waited for
@@ -204,6 +205,14 @@ std::string pointer_text(const void* p) {
 // Whether a flag holding `held` has reached `target` (wait_flag's test: counters may wrap).
 bool flag_reached(unsigned held, unsigned target) { return static_cast<int>(held - target) >= 0; }
 
+unsigned word_tag(unsigned long long word) { return static_cast<unsigned>(word >> 32); }
+
+// A waiting thread's condition holds.
+bool wait_satisfied(const Fiber& f) {
+  if (f.tagged_word) return word_tag(*static_cast<const unsigned long long*>(f.flag)) == f.value;
+  return flag_reached(*static_cast<const unsigned*>(f.flag), static_cast<unsigned>(f.value));
+}
+
 // What a thread is doing, for error messages.
 std::string describe(const Fiber& f) {
   switch (f.wait) {
@@ -213,8 +222,14 @@ std::string describe(const Fiber& f) {
     case Wait::Grid: return "waits at simt::grid_sync (" + site(f.where) + ")";
     case Wait::Cluster: return "waits at simt::cluster_sync (" + site(f.where) + ")";
     case Wait::Flag:
+      if (f.tagged_word) {
+        return "waits at simt::wait_word_tag (" + site(f.where) + ") for the word at " + pointer_text(f.flag) +
+               " to carry tag " + std::to_string(f.value) + " (it carries " +
+               std::to_string(word_tag(*static_cast<const unsigned long long*>(f.flag))) + ")";
+      }
       return "waits at simt::wait_flag (" + site(f.where) + ") for the flag at " + pointer_text(f.flag) +
-             " to reach " + std::to_string(f.value) + " (it holds " + std::to_string(*f.flag) + ")";
+             " to reach " + std::to_string(f.value) + " (it holds " +
+             std::to_string(*static_cast<const unsigned*>(f.flag)) + ")";
     case Wait::Warp:
       return std::string("waits at ") + op_name(f.op) + " (" + site(f.where) + ") with mask " + hex(f.mask);
   }
@@ -507,7 +522,14 @@ bool release_cluster_barrier(Launch& L, Cluster& c) {
 bool release_flag_waiters(Launch& L) {
   bool released = false;
   std::erase_if(L.flag_waiters, [&](Fiber* f) {
-    if (!flag_reached(*f->flag, static_cast<unsigned>(f->value))) return false;
+    if (f->tagged_word && flag_reached(word_tag(*static_cast<const unsigned long long*>(f->flag)),
+                                       static_cast<unsigned>(f->value) + 1)) {
+      fail(L, "simt::wait_word_tag at " + site(f->where) + ": " + coords(*f) + " waited for tag " +
+                  std::to_string(f->value) + " of the word at " + pointer_text(f->flag) + ", which was overwritten with tag " +
+                  std::to_string(word_tag(*static_cast<const unsigned long long*>(f->flag))) + " before it read it");
+      return false;
+    }
+    if (!wait_satisfied(*f)) return false;
     f->flag = nullptr;
     make_ready(L, f);
     released = true;
@@ -735,16 +757,35 @@ void publish_flag(unsigned* flag, unsigned value, const std::source_location& wh
   *flag = value;
 }
 
+// A thread's wait at wait_flag or wait_word_tag: it sleeps until its condition holds (resolve).
+void wait_on(Fiber* f, const void* address, bool tagged_word, unsigned value, const std::source_location& where) {
+  f->wait = Wait::Flag;
+  f->where = where;
+  f->flag = address;
+  f->tagged_word = tagged_word;
+  f->value = value;
+  f->launch->flag_waiters.push_back(f);
+  yield(f);
+}
+
 void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where) {
   Fiber* f = running_fiber("simt::wait_flag");
   if (flag == nullptr) fault("simt::wait_flag", where, "the flag is a null pointer");
   if (flag_reached(*flag, at_least)) return;
-  f->wait = Wait::Flag;
-  f->where = where;
-  f->flag = flag;
-  f->value = at_least;
-  f->launch->flag_waiters.push_back(f);
-  yield(f);
+  wait_on(f, flag, false, at_least, where);
+}
+
+unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where) {
+  Fiber* f = running_fiber("simt::wait_word_tag");
+  if (word == nullptr) fault("simt::wait_word_tag", where, "the word is a null pointer");
+  const unsigned held = word_tag(*word);
+  if (held == tag) return *word;
+  if (flag_reached(held, tag + 1)) {
+    fault("simt::wait_word_tag", where, "waits for tag " + std::to_string(tag) + " of the word at " + pointer_text(word) +
+                                            ", which was overwritten with tag " + std::to_string(held) + " before it read it");
+  }
+  wait_on(f, word, true, tag, where);
+  return *word;
 }
 
 uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int width,

@@ -56,6 +56,7 @@ void grid_sync(const std::source_location& where);
 void cluster_sync(const std::source_location& where);
 void publish_flag(unsigned* flag, unsigned value, const std::source_location& where);
 void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where);
+unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where);
 unsigned cluster_rank(const std::source_location& where);
 unsigned cluster_size(const std::source_location& where);
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
@@ -249,6 +250,15 @@ inline void publish_flag(unsigned* flag, unsigned value, std::source_location wh
 inline void wait_flag(const unsigned* flag, unsigned at_least,
                       std::source_location where = std::source_location::current()) {
   emu::wait_flag(flag, at_least, where);
+}
+// Tagged words (simt.cuh): single-copy atomic 8-byte stores and loads, nothing to order. A wait
+// whose word already carries a later tag is an error (the word was overwritten before it was
+// read: the protocol's guarantee broken).
+inline void store_relaxed(unsigned long long* word, unsigned long long value) { *word = value; }
+inline unsigned long long load_relaxed(const unsigned long long* word) { return *word; }
+inline unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag,
+                                        std::source_location where = std::source_location::current()) {
+  return emu::wait_word_tag(word, tag, where);
 }
 
 // Asynchronous copies global -> shared (cp.async). The emulator performs a thread's copies

@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import (PATHS, PathEstimate, autotune, cost_constants, forced_tiling, plan, predicted_layer_us,
-                           step_phases)
+from ..launch_plan import (PATHS, STEP_SYNCS, PathEstimate, autotune, cost_constants, forced_tiling, plan,
+                           predicted_layer_us, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -125,19 +125,19 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 @dataclass(frozen=True)
 class PhaseShape:
     """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
-    units per pass and the grid path's step barrier ("grid_sync" or "flags"; None: the
-    planner's; launch_plan.forced_tiling)."""
+    units per pass and the grid path's step synchronisation (one of launch_plan.STEP_SYNCS;
+    None: the planner's; launch_plan.forced_tiling)."""
 
     hidden: int
     batch: int
     path: str | None = None
     steps: int = 200
     units_per_pass: int | None = None
-    barrier: str | None = None
+    step_sync: str | None = None
 
     def label(self) -> str:
         forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
-        forced += [f"{self.barrier} barrier"] if self.barrier else []
+        forced += [self.step_sync.replace("_", " ")] if self.step_sync else []
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
@@ -145,16 +145,15 @@ class PhaseShape:
 # chunk, grid with several chunks per CTA), forward and backward; the grid path at
 # H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
 # its issue term, counted in SASS, not measured); and the grid path at H = 1024, B = 1 and 32
-# with each step barrier (the flag barrier's cost is not measured yet).
+# with each step synchronisation (the flag barrier's and the tagged exchange's costs are not
+# measured yet).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
-                    PhaseShape(1024, 1, "grid", barrier="grid_sync"), PhaseShape(1024, 1, "grid", barrier="flags"),
-                    PhaseShape(1024, 32, "grid", barrier="grid_sync"), PhaseShape(1024, 32, "grid", barrier="flags")]
+                    *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in STEP_SYNCS]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16),
-                         PhaseShape(33, 2, "grid", 4, barrier="grid_sync"),
-                         PhaseShape(33, 2, "grid", 4, barrier="flags")]
+                         *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in STEP_SYNCS]]
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -302,7 +301,7 @@ class PhaseRow:
     ctas: int | None = None
     plan: dict = field(default_factory=dict)  # the launch shape that ran (estimate_fields): what fit-model prices
     forced_units_per_pass: int | None = None  # launch_plan.forced_tiling's, or None (the planner's)
-    forced_barrier: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
+    forced_step_sync: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -316,7 +315,7 @@ class PhaseRow:
 class TuneRow:
     """One recurrence (H, B, direction; fp32) planned with autotuning (launch_plan.autotune):
     every launch shape it timed on the device (each feasible path's, a persistent path's with
-    every sample tile, 32 and 16 units per pass and, on the grid path, both barriers) with its
+    every sample tile, 32 and 16 units per pass and, on the grid path, each step sync) with its
     measured and predicted µs per step, the path the model picks and the one the measurements
     pick."""
 
@@ -325,10 +324,10 @@ class TuneRow:
     direction: str  # "forward" or "backward"
     model_path: str | None = None
     model_units_per_pass: int | None = None
-    model_flag_barrier: int | None = None  # grid path: 1 for the flag barrier (PathEstimate.flag_barrier)
+    model_step_sync: int | None = None  # PathEstimate.step_sync
     tuned_path: str | None = None
     tuned_units_per_pass: int | None = None
-    tuned_flag_barrier: int | None = None
+    tuned_step_sync: int | None = None
     timed: list = field(default_factory=list)  # estimate_fields of each shape timed: what fit-model prices
     error: str | None = None
 
@@ -788,9 +787,9 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
     for shape in shapes:
         for backward in (False, True):
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
-                           forced_units_per_pass=shape.units_per_pass, forced_barrier=shape.barrier)
+                           forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync)
             try:
-                with forced_tiling(units_per_pass=shape.units_per_pass, barrier=shape.barrier):
+                with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -857,12 +856,18 @@ def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
                                  "dot products")
 
 
-def barrier_verdicts(rows: list[PhaseRow]) -> list[str]:
-    """The grid rows forced to each step barrier: the flag barrier over a group's CTAs against
-    the grid barrier (the model prices the flag barrier as the grid barrier until fit-model
-    fits flag_barrier_us)."""
-    return _forced_pair_verdicts(rows, "forced_barrier", {"flags": "with the flag barrier",
-                                                          "grid_sync": "with the grid barrier"}, "steps")
+def step_sync_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """The grid rows forced to each step synchronisation: the flag barrier over a group's CTAs,
+    and the tagged exchange, each against the grid barrier (the model prices both as no faster
+    until fit-model fits flag_barrier_us and tagged_exchange_us)."""
+    names = {"grid_barrier": "with the grid barrier", "flag_barrier": "with the flag barrier",
+             "tagged_exchange": "with the tagged exchange"}
+    verdicts = []
+    for other in ("flag_barrier", "tagged_exchange"):
+        verdicts += _forced_pair_verdicts([r for r in rows if r.forced_step_sync in (other, "grid_barrier")],
+                                          "forced_step_sync", {other: names[other], "grid_barrier": names["grid_barrier"]},
+                                          "steps")
+    return verdicts
 
 
 def tune_shapes(shapes: list[Shape]) -> list[tuple[int, int]]:
@@ -885,11 +890,11 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
             try:
                 model = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.model_path, row.model_units_per_pass = model.path, model.units_per_pass
-                row.model_flag_barrier = model.flag_barrier
+                row.model_step_sync = model.step_sync
                 with autotune(steps=steps):
                     tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.tuned_path, row.tuned_units_per_pass = tuned.path, tuned.units_per_pass
-                row.tuned_flag_barrier = tuned.flag_barrier
+                row.tuned_step_sync = tuned.step_sync
                 row.timed = [estimate_fields(t) for t in tuned.timed]
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row.error = _one_line(error)
@@ -909,10 +914,10 @@ def _timed_cell(shape: dict | None) -> str:
 
 def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
     """(H, B) where autotuning took another launch shape (path, units per pass or the grid
-    path's barrier) than the model, in either direction."""
+    path's step synchronisation) than the model, in either direction."""
     return {(r.hidden, r.batch) for r in rows
-            if not r.error and (r.tuned_path, r.tuned_units_per_pass, r.tuned_flag_barrier)
-            != (r.model_path, r.model_units_per_pass, r.model_flag_barrier)}
+            if not r.error and (r.tuned_path, r.tuned_units_per_pass, r.tuned_step_sync)
+            != (r.model_path, r.model_units_per_pass, r.model_step_sync)}
 
 
 def format_tuned_rows_table(rows: list[ShapeRow]) -> str:
@@ -935,8 +940,8 @@ def format_tune_table(rows: list[TuneRow]) -> str:
             lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + "– | " * len(PATHS) + f"– | ERROR {r.error} |")
             continue
         cells = [_timed_cell(r.fastest(p)) for p in PATHS]
-        per_pass = f" ({r.tuned_units_per_pass} u/p{', flags' if r.tuned_flag_barrier else ''})" \
-            if r.tuned_units_per_pass else ""
+        sync = f", {STEP_SYNCS[r.tuned_step_sync].replace('_', ' ')}" if r.tuned_step_sync else ""
+        per_pass = f" ({r.tuned_units_per_pass} u/p{sync})" if r.tuned_units_per_pass else ""
         lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + " | ".join(cells) +
                      f" | {r.model_path} | {r.tuned_path}{per_pass} |")
     return "\n".join(lines)
@@ -1118,16 +1123,17 @@ def format_report(result: GpuCheckResult) -> str:
     if verdicts:
         lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
-    verdicts = barrier_verdicts(result.phase_rows)
+    verdicts = step_sync_verdicts(result.phase_rows)
     if verdicts:
-        lines += ["", "Grid path's step barrier (the rows forced to each; the barrier column is the barrier's own "
-                  "cost, the other CTAs' lag included):", ""]
+        lines += ["", "Grid path's step synchronisation (the rows forced to each; the barrier column is the "
+                  "barrier's own cost, the other CTAs' lag included; with the tagged exchange the wait for the "
+                  "producers' words is in the stage column):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     if result.tune_rows:
         lines += ["", "## Every path timed by autotuning (one recurrence, fp32)", "",
                   "`launch_plan.autotune(steps=" + str(result.meta.get("tune_steps", "?")) + ")`: each feasible "
                   "path's launch shape (a persistent path's with every sample tile and 32 and 16 units per pass, "
-                  "the grid path's with both step barriers) run on constant "
+                  "the grid path's with each step synchronisation) run on constant "
                   "data, the fastest of 3 runs of 2 and of 2 + steps steps; their difference over the steps is "
                   "the time per step (no launch cost). Each cell: the path's fastest shape, measured (predicted, "
                   "samples per chunk x units per pass). The recurrence alone, no GEMMs; the rows above time the model's path.",

@@ -265,6 +265,7 @@ enum class Fault : int {
   AsyncCopyOutsideShared, // an asynchronous copy into global memory
   FlagNeverPublished,     // each block waits for the next block's flag, which nobody publishes
   FlagAcrossPlainLaunch,  // block 0 waits for block 1's flag in a plain launch
+  TaggedWordOverwritten,  // waits for tag 1 of a word that already carries tag 2
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -335,6 +336,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       }
       if (t == 0 && (fault == static_cast<int>(Fault::FlagNeverPublished) || blockIdx.x == 0)) {
         simt::wait_flag(flags + (blockIdx.x + 1) % gridDim.x, 1u);
+      }
+      break;
+    }
+    case Fault::TaggedWordOverwritten: {
+      // The tagged word is the first 8 bytes of out (zeros on entry).
+      auto* word = reinterpret_cast<unsigned long long*>(out);
+      if (blockIdx.x == 0 && t == 0) {
+        simt::store_relaxed(word, simt::tag_word(1.5f, 2u));
+        out[2] = simt::word_value(simt::wait_word_tag(word, 1u));
       }
       break;
     }

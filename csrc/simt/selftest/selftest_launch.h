@@ -228,6 +228,7 @@ inline Fault parse_fault(const std::string& name) {
       {"async_copy_outside_shared", Fault::AsyncCopyOutsideShared},
       {"flag_never_published", Fault::FlagNeverPublished},
       {"flag_across_plain_launch", Fault::FlagAcrossPlainLaunch},
+      {"tagged_word_overwritten", Fault::TaggedWordOverwritten},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
