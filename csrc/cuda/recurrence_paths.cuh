@@ -188,21 +188,31 @@ SIMT_DEVICE void stage_rows_tagged(const unsigned long long* tagged, scalar_t* r
     constexpr int kWordsAtOnce = 8;
     const int64_t total = int64_t(samples) * hidden, stride = int64_t(blockDim.x);
     for (int64_t base = threadIdx.x; base < total; base += kWordsAtOnce * stride) {
+      // Word w of the batch is element base + w * stride: (row j[w], unit k[w]), stepped from the
+      // first without a division per word.
+      int64_t j[kWordsAtOnce], k[kWordsAtOnce];
+      j[0] = base / hidden;
+      k[0] = base - j[0] * hidden;
+      SIMT_UNROLL
+      for (int w = 1; w < kWordsAtOnce; ++w) {
+        j[w] = j[w - 1];
+        k[w] = k[w - 1] + stride;
+        while (k[w] >= hidden) {
+          k[w] -= hidden;
+          ++j[w];
+        }
+      }
       unsigned long long words[kWordsAtOnce];
       SIMT_UNROLL
       for (int w = 0; w < kWordsAtOnce; ++w) {
-        const int64_t i = base + w * stride;
-        const int64_t j = i / hidden, k = i % hidden;
-        words[w] = i < total && first + j < batch ? simt::load_relaxed(tagged + (first + j) * hidden + k)
-                                                  : simt::tag_word(0.0f, tag);
+        const bool loaded = j[w] < samples && first + j[w] < batch;
+        words[w] = loaded ? simt::load_relaxed(tagged + (first + j[w]) * hidden + k[w]) : simt::tag_word(0.0f, tag);
       }
       SIMT_UNROLL
       for (int w = 0; w < kWordsAtOnce; ++w) {
-        const int64_t i = base + w * stride;
-        if (i >= total) break;
-        const int64_t j = i / hidden, k = i % hidden;
-        if (simt::word_tag(words[w]) != tag) words[w] = simt::wait_word_tag(tagged + (first + j) * hidden + k, tag);
-        rows[j * row + k] = simt::word_value(words[w]);
+        if (j[w] >= samples) break;
+        if (simt::word_tag(words[w]) != tag) words[w] = simt::wait_word_tag(tagged + (first + j[w]) * hidden + k[w], tag);
+        rows[j[w] * row + k[w]] = simt::word_value(words[w]);
       }
     }
   }

@@ -317,7 +317,7 @@ SIMT_DEVICE __forceinline__ void flag_barrier(unsigned* flags, unsigned first, u
 // A tagged word: a float32 value's bits in the low half, a tag (a step count) in the high half.
 // One 8-byte store publishes both at once, so a reader that sees the tag it expects sees the
 // value stored with it, without a fence (the tagged exchange of the Grid path).
-SIMT_HOST_DEVICE __forceinline__ unsigned long long tag_word(float value, unsigned tag) {
+SIMT_DEVICE __forceinline__ unsigned long long tag_word(float value, unsigned tag) {
 #if defined(__CUDACC__)
   const unsigned bits = __float_as_uint(value);
 #else
@@ -325,8 +325,8 @@ SIMT_HOST_DEVICE __forceinline__ unsigned long long tag_word(float value, unsign
 #endif
   return static_cast<unsigned long long>(tag) << 32 | bits;
 }
-SIMT_HOST_DEVICE __forceinline__ unsigned word_tag(unsigned long long word) { return static_cast<unsigned>(word >> 32); }
-SIMT_HOST_DEVICE __forceinline__ float word_value(unsigned long long word) {
+SIMT_DEVICE __forceinline__ unsigned word_tag(unsigned long long word) { return static_cast<unsigned>(word >> 32); }
+SIMT_DEVICE __forceinline__ float word_value(unsigned long long word) {
 #if defined(__CUDACC__)
   return __uint_as_float(static_cast<unsigned>(word));
 #else
