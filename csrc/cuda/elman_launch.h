@@ -70,6 +70,7 @@ SIMT_BEGIN_WORLD
 
 // The cost model prices the pieces the Grid path stages a single chunk in.
 static_assert(RecurrenceCta<float, 1, RecurrencePath::Grid>::kStagePieces == cost::kGridStagePieces);
+static_assert(kTaggedWordsAtOnce == cost::kTaggedWordsAtOnce && kRecurrenceThreads == cost::kGridThreads);
 
 // Registers per thread for the emulator's occupancy model, at least what ptxas reports over
 // float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 255 for the

@@ -220,6 +220,10 @@ inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64
 // latency, the first piece, any piece that takes longer to arrive than the one before takes to
 // compute, and a block barrier per piece.
 constexpr int64_t kGridStagePieces = 4;  // RecurrenceCta::kStagePieces
+// The tagged exchange's words a thread loads before it checks any (stage_rows_tagged): a chunk's
+// S x H words take ceil(S x H / (256 x 8)) dependent rounds of loads.
+constexpr int64_t kTaggedWordsAtOnce = 8;
+constexpr int64_t kGridThreads = 256;  // kRecurrenceThreads
 
 inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t hidden, int64_t scalar_bytes,
                                  int64_t chunks, int32_t step_sync = 0) {
@@ -228,8 +232,10 @@ inline StepTerms grid_step_terms(const Constants& c, const StepWork& w, int64_t 
   const double copy = rows_bytes / c.l2_bytes_per_sm_per_us;
   const double compute = cta_step_compute_us(c, w);
   if (step_sync == 2) {
-    const double stage = c.tagged_exchange_us + c.l2_dependent_load_us + 2.0 * copy;
-    const double chunk_stage = c.l2_dependent_load_us + 2.0 * copy;  // later chunks: written long before
+    const double rounds = std::ceil(double(w.samples) * hidden / double(kGridThreads * kTaggedWordsAtOnce));
+    // A chunk's words: the slower of their rounds of dependent loads and their bytes (8 per value).
+    const double chunk_stage = std::max(rounds * c.l2_dependent_load_us, c.l2_dependent_load_us + 2.0 * copy);
+    const double stage = c.tagged_exchange_us + chunk_stage;  // (later chunks: written long before)
     return {.stage = stage + double(chunks - 1) * chunk_stage,
             .compute = double(chunks) * compute,
             .barrier = 0.0,

@@ -174,6 +174,9 @@ SIMT_DEVICE void stage_rows_async(const scalar_t* exchange, scalar_t* rows, int6
   }
 }
 
+// Words of the tagged exchange a thread loads before it checks any (its registers bound it).
+inline constexpr int kTaggedWordsAtOnce = 8;
+
 // Tagged exchange (float32): rows [S][R] (shared) = rows [first, first + S) of the state [B,H]
 // in tagged words, each once it carries `tag` (zero past B; the padding past H is left as it
 // is). Every word is loaded once before any is waited for, a batch at a time, so the loads'
@@ -185,7 +188,7 @@ SIMT_DEVICE void stage_rows_tagged(const unsigned long long* tagged, scalar_t* r
   if constexpr (sizeof(scalar_t) != 4) {
     SIMT_KERNEL_CHECK(false, "the tagged exchange carries float32 values only");
   } else {
-    constexpr int kWordsAtOnce = 8;
+    constexpr int kWordsAtOnce = kTaggedWordsAtOnce;
     const int64_t total = int64_t(samples) * hidden, stride = int64_t(blockDim.x);
     for (int64_t base = threadIdx.x; base < total; base += kWordsAtOnce * stride) {
       // Word w of the batch is element base + w * stride: (row j[w], unit k[w]), stepped from the
