@@ -126,9 +126,9 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
     ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32 and
-    step_sync where it is not 0, as in runs from before they existed) for a layer of hidden_size
-    units and batch_size
-    samples, with `constants` (names from cost_constants()) replacing the built-in values.
+    step_sync where it is not 0, as in runs from before they existed) for a layer of
+    hidden_size units and batch_size samples, with `constants` (names from cost_constants())
+    replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
     measurements needs. term: "total" (the time per step), or the part of it that step-phase
     timing measures apart (step_phases): "stage", "compute" or "barrier"."""
@@ -152,9 +152,9 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     (the cooperative grid barrier ends each step), "flag_barrier" (a barrier over the CTAs of
     each sample group, one flag per CTA in global memory) or "tagged_exchange" (no barrier: each
     state value travels with its step's tag in one 8-byte word; float32 only); None leaves that
-    part to each plan. For running or timing launch shapes
-    the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the
-    shape so is infeasible, and forcing it says why. The previous setting is restored on exit."""
+    part to each plan. For running or timing launch shapes the cost model would not pick
+    (gpu-check, tests). Process-wide; a path that cannot run the shape so is infeasible, and
+    forcing it says why. The previous setting is restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
     for name, value in (("samples", samples), ("units_per_pass", units_per_pass)):
         if value == 0:

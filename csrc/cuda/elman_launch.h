@@ -252,13 +252,13 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   // The Grid path's step synchronisation: the grid barrier, whose cost was measured; the flag
   // barrier and the tagged exchange only where forced (forced_tiling, and autotuning, which
   // times each): their costs are not measured yet, so the model does not choose them.
-  std::vector<int32_t> step_syncs = {int32_t(StepSync::GridBarrier)};
+  int32_t step_sync = int32_t(StepSync::GridBarrier);
   if (kPath == RecurrencePath::Grid && forced.step_sync >= 0) {
     if (r.fp64 && forced.step_sync == int32_t(StepSync::TaggedExchange)) {
       best.reason = "the tagged exchange carries float32 state only";
       return best;
     }
-    step_syncs = {int32_t(forced.step_sync)};
+    step_sync = int32_t(forced.step_sync);
   }
   for (int64_t units : unit_options) {
     for (int per_pass : kUnitsPerPassOptions) {
@@ -284,7 +284,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .groups = static_cast<int32_t>(sample_chunks),
                               .ctas_per_group = static_cast<int32_t>(ctas),
                               .units_per_cta = static_cast<int32_t>(units),
-                              .units_per_pass = per_pass};
+                              .units_per_pass = per_pass,
+                              .step_sync = step_sync};
       int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" + std::to_string(units) +
@@ -351,32 +352,29 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
       const int64_t ctas_total = int64_t(tiling.groups) * ctas;
       const int64_t groups = tiling.groups;
-      for (const int32_t step_sync : step_syncs) {
-        tiling.step_sync = step_sync;
-        const double us = predicted_step_us(model, kPath, r, tiling, waves);
-        if (best.feasible && us >= best.us_per_step) continue;
-        best.feasible = true;
-        best.tiling = tiling;
-        best.grid = ctas_total;
-        best.cluster = kPath == RecurrencePath::Cluster ? ctas : 1;
-        best.shared_mem_bytes = smem;
-        best.blocks_per_sm = occupancy;
-        best.waves = waves;
-        best.us_per_step = us;
-        best.reason = std::to_string(groups) + " sample group(s) of " +
-                      (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
-                      std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
-                      " units, " + std::to_string(smem) + " bytes of shared memory each" +
-                      (per_pass != kUnitsPerPass
-                           ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
-                                 std::to_string(per_pass) + " units per pass)"
-                           : "") +
-                      (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
-                           ? ", weight rows in registers"
-                           : "") +
-                      step_sync_text(static_cast<StepSync>(step_sync)) +
-                      (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
-      }
+      const double us = predicted_step_us(model, kPath, r, tiling, waves);
+      if (best.feasible && us >= best.us_per_step) continue;
+      best.feasible = true;
+      best.tiling = tiling;
+      best.grid = ctas_total;
+      best.cluster = kPath == RecurrencePath::Cluster ? ctas : 1;
+      best.shared_mem_bytes = smem;
+      best.blocks_per_sm = occupancy;
+      best.waves = waves;
+      best.us_per_step = us;
+      best.reason = std::to_string(groups) + " sample group(s) of " +
+                    (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
+                    std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
+                    " units, " + std::to_string(smem) + " bytes of shared memory each" +
+                    (per_pass != kUnitsPerPass
+                         ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
+                               std::to_string(per_pass) + " units per pass)"
+                         : "") +
+                    (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
+                         ? ", weight rows in registers"
+                         : "") +
+                    step_sync_text(static_cast<StepSync>(step_sync)) +
+                    (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
     }
   }
   if (!best.feasible) best.reason = limit;

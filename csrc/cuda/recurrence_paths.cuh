@@ -491,8 +491,8 @@ struct RecurrenceCta {
   // The step's chunks in turn: the Grid path first stages the chunk's state rows from
   // `exchange_current` ([B,H], global), the next chunk's into the other buffer while this one
   // is computed (with a tagged exchange: from `tagged_current` [B,H] once they carry `tag`,
-  // or from exchange_current where tagged_current is null, a chunk at a time, each staged
-  // before it is computed); then body(first, current, next) with the chunk's first sample, its current
+  // or from exchange_current where tagged_current is null, each chunk's just before it is
+  // computed); then body(first, current, next) with the chunk's first sample, its current
   // state rows (shared) and where the Block and Cluster paths write the next ones
   // (`current_parity` picks the buffer); on the Grid path a barrier follows each chunk (its
   // buffer is refilled two chunks later), then after_chunk(first). `clock` times the wait for
@@ -507,15 +507,14 @@ struct RecurrenceCta {
                                   PhaseClock& clock) {
     const int64_t chunk_scalars = int64_t(kSamples) * row;
     if constexpr (!kStateInShared) {
-      if (tagged_exchange()) {
-        // (each chunk staged below)
-      } else if (tiling.chunks == 1) {
+      const bool staged_ahead = !tagged_exchange();  // (the tagged exchange stages each chunk in its turn, below)
+      if (staged_ahead && tiling.chunks == 1) {
         for (int piece = 0; piece < kStagePieces; ++piece) {
           stage_rows_async(exchange_current, states, place.sample_begin, kSamples, batch, hidden, row,
                            piece_begin(piece), piece_begin(piece + 1));
           simt::commit_async();
         }
-      } else {
+      } else if (staged_ahead) {
         stage_rows_async(exchange_current, states, place.sample_begin, kSamples, batch, hidden, row);
         simt::commit_async();
       }

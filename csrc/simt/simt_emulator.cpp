@@ -207,6 +207,15 @@ bool flag_reached(unsigned held, unsigned target) { return static_cast<int>(held
 
 unsigned word_tag(unsigned long long word) { return static_cast<unsigned>(word >> 32); }
 
+// A tagged word awaited for `tag` that carries a later one was overwritten before it was read
+// (the exchange's protocol broken): what the error says, or "" if it was not.
+std::string overwritten(const unsigned long long* word, unsigned tag) {
+  const unsigned held = word_tag(*word);
+  if (!flag_reached(held, tag + 1)) return "";
+  return "waits for tag " + std::to_string(tag) + " of the word at " + pointer_text(word) +
+         ", which was overwritten with tag " + std::to_string(held) + " before it read it";
+}
+
 // A waiting thread's condition holds.
 bool wait_satisfied(const Fiber& f) {
   if (f.tagged_word) return word_tag(*static_cast<const unsigned long long*>(f.flag)) == f.value;
@@ -522,11 +531,10 @@ bool release_cluster_barrier(Launch& L, Cluster& c) {
 bool release_flag_waiters(Launch& L) {
   bool released = false;
   std::erase_if(L.flag_waiters, [&](Fiber* f) {
-    if (f->tagged_word && flag_reached(word_tag(*static_cast<const unsigned long long*>(f->flag)),
-                                       static_cast<unsigned>(f->value) + 1)) {
-      fail(L, "simt::wait_word_tag at " + site(f->where) + ": " + coords(*f) + " waited for tag " +
-                  std::to_string(f->value) + " of the word at " + pointer_text(f->flag) + ", which was overwritten with tag " +
-                  std::to_string(word_tag(*static_cast<const unsigned long long*>(f->flag))) + " before it read it");
+    const std::string broken =
+        f->tagged_word ? overwritten(static_cast<const unsigned long long*>(f->flag), static_cast<unsigned>(f->value)) : "";
+    if (!broken.empty()) {
+      fail(L, "simt::wait_word_tag at " + site(f->where) + ": " + coords(*f) + " " + broken);
       return false;
     }
     if (!wait_satisfied(*f)) return false;
@@ -550,7 +558,7 @@ bool resolve(Launch& L) {
   }
   if (released) return true;
   released = release_flag_waiters(L);
-  if (released) return true;
+  if (released || L.failed) return true;
   for (Cluster& c : L.clusters) {
     released = release_cluster_barrier(L, c) || released;
     if (L.failed) return true;
@@ -778,12 +786,9 @@ void wait_flag(const unsigned* flag, unsigned at_least, const std::source_locati
 unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where) {
   Fiber* f = running_fiber("simt::wait_word_tag");
   if (word == nullptr) fault("simt::wait_word_tag", where, "the word is a null pointer");
-  const unsigned held = word_tag(*word);
-  if (held == tag) return *word;
-  if (flag_reached(held, tag + 1)) {
-    fault("simt::wait_word_tag", where, "waits for tag " + std::to_string(tag) + " of the word at " + pointer_text(word) +
-                                            ", which was overwritten with tag " + std::to_string(held) + " before it read it");
-  }
+  if (word_tag(*word) == tag) return *word;
+  const std::string broken = overwritten(word, tag);
+  if (!broken.empty()) fault("simt::wait_word_tag", where, broken);
   wait_on(f, word, true, tag, where);
   return *word;
 }
