@@ -590,3 +590,35 @@ def test_makefile_target_calls_the_stage_runner_with_the_given_python():
     makefile = open(os.path.join(REPO, "Makefile")).read()
     recipe = makefile[makefile.index("\ngpu-check:"):].splitlines()[2]
     assert recipe == "\t$(PYTHON) benchmarks/gpu_check.py --out gpu_out"
+
+
+def test_code_never_run_on_a_gpu_runs_after_the_shape_rows(monkeypatch, tmp_path):
+    """The shape rows (the planner's own choices) are measured before the step-phase rows and
+    autotuning, which run the grid path's flag barrier and tagged exchange; a failure of a row's
+    second timing under autotune keeps the row's own times and fails the run."""
+    order = []
+
+    def noting(name, function):
+        def wrapper(*args, **kwargs):
+            order.append(name)
+            return function(*args, **kwargs)
+        return wrapper
+
+    def failing_retime(row, *args):
+        raise RuntimeError("a trap in the tagged exchange")
+
+    monkeypatch.setattr(gpu_check, "measure_shape_row", noting("shape", gpu_check.measure_shape_row))
+    monkeypatch.setattr(gpu_check, "measure_phase_rows", noting("phases", gpu_check.measure_phase_rows))
+    monkeypatch.setattr(gpu_check, "measure_tune_rows", noting("tune", gpu_check.measure_tune_rows))
+    monkeypatch.setattr(gpu_check, "retuned_sizes", lambda rows: {(5, 2)})
+    monkeypatch.setattr(gpu_check, "measure_tuned", failing_retime)
+    target = gpu_check.Target(torch.device("cpu"), True)
+    result = gpu_check.measure(target, [gpu_check.Shape(6, 2, 3, 5)], [], timing=gpu_check.QUICK_TIMING,
+                               long_timing=gpu_check.QUICK_TIMING, probe_sizes=gpu_check.SMALL_PROBE_SIZES,
+                               budget_s=120, threads=1, out=str(tmp_path),
+                               phase_shapes=[gpu_check.PhaseShape(9, 3, "block", 4)],
+                               tune_steps=gpu_check.EMULATED_TUNE_STEPS)
+    assert order == ["shape", "phases", "tune"]
+    [row] = result.shape_rows
+    assert row.error is None and row.ours_fwd_ms > 0 and row.tuned_error == "RuntimeError: a trap in the tagged exchange"
+    assert result.failures == ["6, 2, 3, 5 under autotune: RuntimeError: a trap in the tagged exchange"]

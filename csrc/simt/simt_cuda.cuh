@@ -105,14 +105,28 @@ __device__ inline void grid_sync() { cooperative_groups::this_grid().sync(); }
 // block wrote before a __syncthreads that precedes it, is visible to any thread whose
 // wait_flag saw the value. wait_flag: spins with acquire loads at device scope until the flag
 // has reached `at_least` (a counter that may wrap: compared by signed difference).
+// A spin that has not ended after kMaxPolls polls (seconds on an H200; a step takes
+// microseconds) waits for a producer that will never come: the kernel reports it and traps,
+// so the launch fails with an error instead of hanging the process.
+constexpr unsigned kMaxPolls = 1u << 22;
+__device__ __noinline__ inline void spin_timed_out(const char* op, const void* address, unsigned target, unsigned held) {
+  printf("%s: the spin on %p for %u (it holds %u) did not end after %u polls in block (%u,%u,%u) thread (%u,%u,%u): "
+         "its producer never arrived\n",
+         op, address, target, held, kMaxPolls, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+         threadIdx.z);
+  __trap();
+}
+
 __device__ inline void publish_flag(unsigned* flag, unsigned value) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
 }
 __device__ inline void wait_flag(const unsigned* flag, unsigned at_least) {
-  unsigned held;
-  do {
+  unsigned held, polls = 0;
+  while (true) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(held) : "l"(flag) : "memory");
-  } while (static_cast<int>(held - at_least) < 0);
+    if (static_cast<int>(held - at_least) >= 0) return;
+    if (++polls == kMaxPolls) spin_timed_out("simt::wait_flag", flag, at_least, held);
+  }
 }
 
 // Tagged words (simt.cuh): relaxed 8-byte stores and loads at device scope (single-copy atomic,
@@ -126,11 +140,12 @@ __device__ inline unsigned long long load_relaxed(const unsigned long long* word
   return value;
 }
 __device__ inline unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag) {
-  unsigned long long value;
-  do {
-    value = load_relaxed(word);
-  } while (static_cast<unsigned>(value >> 32) != tag);
-  return value;
+  unsigned polls = 0;
+  while (true) {
+    const unsigned long long value = load_relaxed(word);
+    if (static_cast<unsigned>(value >> 32) == tag) return value;
+    if (++polls == kMaxPolls) spin_timed_out("simt::wait_word_tag", word, tag, static_cast<unsigned>(value >> 32));
+  }
 }
 
 // Thread-block clusters (compute capability 9.0): this block's rank in its cluster, the blocks

@@ -218,6 +218,7 @@ class ShapeRow:
     tuned_fwd_ms: float | None = None
     tuned_fwd_bwd_ms: float | None = None
     tuned_paths: str | None = None  # "forward path / backward path"
+    tuned_error: str | None = None  # a failure of that second timing (the exit status is then 1)
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -352,7 +353,8 @@ class GpuCheckResult:
         return [f"{r.label}: {r.error}" for r in self.shape_rows if r.error] + \
                [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error] + \
                [f"step phases {r.label} {r.direction}: {r.error}" for r in self.phase_rows if r.error] + \
-               [f"autotune {r.hidden}, {r.batch} {r.direction}: {r.error}" for r in self.tune_rows if r.error]
+               [f"autotune {r.hidden}, {r.batch} {r.direction}: {r.error}" for r in self.tune_rows if r.error] + \
+               [f"{r.label} under autotune: {r.tuned_error}" for r in self.shape_rows if r.tuned_error]
 
 
 # --- issue 11's goals -----------------------------------------------------------------------
@@ -1299,17 +1301,10 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             result.notes.append(f"the constant probes failed: {_one_line(error)}")
             traceback.print_exc(file=sys.stderr)
         save()
-        if phase_shapes:
-            log("timing the step phases of the persistent paths")
-            result.meta["phase_steps"] = phase_shapes[0].steps
-            result.phase_rows = measure_phase_rows(target, list(phase_shapes))
-            save()
-        if tune_steps:
-            log("timing every path of each shape (autotune)")
-            result.meta["tune_steps"] = tune_steps
-            result.tune_rows = measure_tune_rows(target, tune_shapes(shapes), tune_steps)
-            save()
-        retune = retuned_sizes(result.tune_rows)
+        # The planner's own launch shapes first (its grid barrier ran on an H200 before), then the
+        # forced paths, and last what runs the step synchronisations never run on a GPU before
+        # (the phase rows forced to them, autotuning, which times them): a fault there (a trap
+        # loses the process's CUDA context) leaves the rows before it measured.
         for index, shape in enumerate(shapes):
             if time.perf_counter() > deadline:
                 result.shape_rows.append(ShapeRow(shape.label(), dataclasses.asdict(shape),
@@ -1317,8 +1312,6 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
                 continue
             try:
                 row = measure_shape_row(shape, target, long_timing if shape.long else timing, measure_error)
-                if not shape.long and (shape.hidden, shape.batch) in retune:
-                    measure_tuned(row, shape, target, timing, tune_steps)
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row = ShapeRow(shape.label(), dataclasses.asdict(shape), error=_one_line(error))
                 traceback.print_exc(file=sys.stderr)
@@ -1334,6 +1327,26 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             except Exception as error:
                 result.path_rows.append(PathRow(shape.label(), dataclasses.asdict(shape), "all",
                                                 error=_one_line(error)))
+                traceback.print_exc(file=sys.stderr)
+            save()
+        if phase_shapes:
+            log("timing the step phases of the persistent paths")
+            result.meta["phase_steps"] = phase_shapes[0].steps
+            result.phase_rows = measure_phase_rows(target, list(phase_shapes))
+            save()
+        if tune_steps:
+            log("timing every path of each shape (autotune)")
+            result.meta["tune_steps"] = tune_steps
+            result.tune_rows = measure_tune_rows(target, tune_shapes(shapes), tune_steps)
+            save()
+        retune = retuned_sizes(result.tune_rows)
+        for shape, row in zip(shapes, result.shape_rows):
+            if shape.long or (shape.hidden, shape.batch) not in retune or row.error or row.skipped:
+                continue
+            try:
+                measure_tuned(row, shape, target, timing, tune_steps)
+            except Exception as error:  # recorded in the row and the exit status; its own times stand
+                row.tuned_error = _one_line(error)
                 traceback.print_exc(file=sys.stderr)
             save()
     skipped = sum(1 for r in [*result.shape_rows, *result.path_rows] if r.skipped)
