@@ -250,10 +250,16 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
 // Block: __syncthreads; Cluster: the cluster barrier; Grid (tiling.step_sync): the grid
 // barrier, or a flag barrier over the CTAs of the sample group only, or nothing with a tagged
 // exchange (each reader waits for the words it stages). A CTA's rows, and the norm partials its
-// group's rank 0 sums, come from its own group, and every CTA of the group has staged the rows
-// of step s before it publishes anything of step s + 1 (its flag, or its tagged words of step
-// s + 1, which need all of step s's), so the buffer of step s may be rewritten at step s + 2
-// (two parities) as after a grid barrier. The norm partials of a backward with recorded norms
+// group's rank 0 sums, come from its own group, and every CTA of the group has staged a
+// chunk's rows of step s before it publishes anything of that chunk at step s + 1 (its flag
+// ends the whole step; its tagged words of the chunk at step s + 1 need all of the chunk's at
+// step s), so the buffer of step s may be rewritten at step s + 2 (two parities) as after a
+// grid barrier. For the tagged exchange this rests on the staging loads being complete when
+// their values are stored to shared memory before the __syncthreads that precedes the CTA's
+// next stores (the hardware does not let a load observe a store issued after it completed);
+// relaxed loads and stores alone form no release/acquire pair, so the PTX memory model by
+// itself does not order them. Were it violated, a reader would see a later tag and spin until
+// the trap (simt_cuda.cuh), not take a wrong value. The norm partials of a backward with recorded norms
 // carry no tag: with a tagged exchange its steps still end in the flag barrier. start() zeroes
 // the flags ([CTAs] unsigned; the n-th barrier waits for the value n) and the tagged words
 // ([2,B,H]: tags count from 1) before one grid barrier.

@@ -787,9 +787,12 @@ unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, c
   Fiber* f = running_fiber("simt::wait_word_tag");
   if (word == nullptr) fault("simt::wait_word_tag", where, "the word is a null pointer");
   if (word_tag(*word) == tag) return *word;
-  const std::string broken = overwritten(word, tag);
+  std::string broken = overwritten(word, tag);
   if (!broken.empty()) fault("simt::wait_word_tag", where, broken);
   wait_on(f, word, true, tag, where);
+  // Other threads ran between the release and this resume: the word must still carry the tag.
+  broken = overwritten(word, tag);
+  if (!broken.empty()) fault("simt::wait_word_tag", where, broken);
   return *word;
 }
 
