@@ -94,6 +94,48 @@ def test_waiting_for_an_overwritten_tag_is_an_error():
                  r"which was overwritten with tag 2 before it read it")
 
 
+# Blocks hand values to the next block through simt::store_cross_block / load_cross_block,
+# behind a flag per block that each case gets wrong in one way. The emulator's memory is
+# sequentially consistent, so the values read are right; the launch fails because nothing
+# orders a write before a read (or a read before a write) in CUDA's memory model. Which of the
+# two accesses finds the gap depends on the schedule (a read before the write, or after it).
+UNORDERED = (r"simt::(load|store)_cross_block at .*selftest_kernels\.cuh:\d+: (reads|writes) the word at "
+             r"0x[0-9a-f]+, which block \(\d,0,0\) thread \((\d+),0,0\) (wrote|read) with "
+             r"simt::(store|load)_cross_block at .*selftest_kernels\.cuh:\d+, and nothing orders that access "
+             r"before this one: ")
+BETWEEN_BLOCKS = "a grid or cluster barrier, or a release made after it"
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_release_before_the_block_barrier_is_unordered(mode, seed):
+    """Thread 0 publishes its block's flag before the __syncthreads that would order the other
+    threads' stores before it: a reader that acquired the flag is not ordered after them."""
+    with simt.schedule(mode, seed):
+        message = assert_fault("flag_before_block_barrier", UNORDERED + BETWEEN_BLOCKS, blocks=3, block_threads=8)
+    assert re.search(UNORDERED, message).group(3) != "0", message  # thread 0's own store is ordered
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_acquire_without_the_block_barrier_is_unordered(mode, seed):
+    """Thread 0 acquires the next block's flag, but the threads that read the next block's
+    values have no __syncthreads after that acquire."""
+    with simt.schedule(mode, seed):
+        assert_fault("flag_wait_without_block_barrier", UNORDERED + BETWEEN_BLOCKS, blocks=3, block_threads=8)
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_overwrite_before_the_readers_are_done_is_unordered(mode, seed):
+    """After a correct exchange each block overwrites its values, but the block before it has
+    released nothing since reading them: a write-after-read race."""
+    with simt.schedule(mode, seed):
+        assert_fault("cross_block_overwrite", UNORDERED + BETWEEN_BLOCKS, blocks=3, block_threads=8)
+
+
+def test_cross_block_exchange_in_a_plain_launch_is_unordered():
+    assert_fault("cross_block_plain_launch", UNORDERED + r"the blocks of a plain launch \(or of different clusters\) "
+                 r"are not co-resident", blocks=3, block_threads=8)
+
+
 def test_grid_stencil_on_default_device_uses_one_block_per_needed_tile():
     x = torch.randn(1000)
     out, plan = selftest.grid_stencil(x, steps=4, block_threads=256)

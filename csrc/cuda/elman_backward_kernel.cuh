@@ -93,7 +93,7 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
   if (s >= length) return;
   const double* partials = a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group;
   double sum = 0.0;
-  for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += partials[r];
+  for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += simt::load_cross_block(partials + r);
   a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = sum;
 }
 
@@ -110,7 +110,8 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
   double cta_sum = 0.0;
   for (int i = 0; i < tiling.units_per_pass; ++i) cta_sum += unit_sums[i * kSamples + j];
   if constexpr (kPath == RecurrencePath::Grid) {
-    a.norm_partials[((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank] = cta_sum;
+    simt::store_cross_block(a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank,
+                            cta_sum);
   } else if constexpr (kPath == RecurrencePath::Cluster) {
     double* at_rank0 = simt::cluster_map_shared(cta_sums, 0u);
     at_rank0[((s % 3) * tiling.ctas_per_group + place.rank) * kSamples + j] = cta_sum;

@@ -143,7 +143,8 @@ SIMT_DEVICE void stage_rows(const scalar_t* exchange, scalar_t* rows, int64_t fi
                             int64_t hidden, int64_t row) {
   for (int64_t i = threadIdx.x; i < samples * hidden; i += blockDim.x) {
     const int64_t j = i / hidden, k = i % hidden;
-    rows[j * row + k] = exchange != nullptr && first + j < batch ? exchange[(first + j) * hidden + k] : scalar_t(0);
+    rows[j * row + k] =
+        exchange != nullptr && first + j < batch ? simt::load_cross_block(exchange + (first + j) * hidden + k) : scalar_t(0);
   }
 }
 
@@ -235,7 +236,7 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
     if (tagged_next != nullptr) {
       simt::store_relaxed(tagged_next + b * hidden + u, simt::tag_word(static_cast<float>(value), tag));
     } else {
-      exchange_next[b * hidden + u] = value;
+      simt::store_cross_block(exchange_next + b * hidden + u, value);
     }
   } else if constexpr (kPath == RecurrencePath::Cluster) {
     for (int64_t rank = 0; rank < cluster; ++rank) {

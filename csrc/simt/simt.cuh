@@ -24,6 +24,10 @@
 //                                  tag in one 8-byte word; simt::store_relaxed(word, w),
 //                                  simt::load_relaxed(word), simt::wait_word_tag(word, tag)
 //                                  (spins until the word carries `tag`, returns it)
+//   simt::store_cross_block(p, v), simt::load_cross_block(p)   plain accesses to global memory
+//                                  that other blocks of the launch access during it; the emulator
+//                                  checks that a grid or cluster barrier or a release/acquire pair
+//                                  orders each after the other blocks' conflicting accesses
 //   simt::cluster_rank(), simt::cluster_size()   this block's rank in its thread-block cluster
 //                                  and the blocks per cluster (1 without a cluster launch)
 //   simt::cluster_sync()           barrier over every thread of every block of the cluster

@@ -93,6 +93,17 @@ __device__ inline void wait_async() {
 #endif
 }
 
+// Global memory that other blocks of the launch access during it: plain accesses here (the
+// emulator checks their order against the other blocks'; simt.cuh).
+template <class T>
+__device__ __forceinline__ void store_cross_block(T* p, std::type_identity_t<T> value) {
+  *p = value;
+}
+template <class T>
+__device__ __forceinline__ T load_cross_block(const T* p) {
+  return *p;
+}
+
 // Brings the line of global memory holding *p into this SM's L1 ahead of a load (a hint: no
 // register waits for it, and nothing faults).
 __device__ inline void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p)); }

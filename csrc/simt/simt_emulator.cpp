@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "simt/simt_fiber.h"
+#include "simt/simt_memory_order.h"
 
 namespace simt {
 namespace emu {
@@ -97,6 +98,8 @@ struct Mapping {
 
 struct Block {
   uint3 idx{0, 0, 0};
+  unsigned long long linear = 0;  // index in the grid
+  uint64_t phase = 0;             // block-wide barriers (__syncthreads, grid, cluster) completed
   Fiber* fibers = nullptr;
   unsigned nthreads = 0;
   unsigned at_barrier = 0;
@@ -155,6 +158,7 @@ struct Launch {
   std::size_t exited = 0;
   std::size_t at_grid = 0;
   std::vector<Fiber*> flag_waiters;  // threads at wait_flag
+  MemoryOrder order;                 // of the blocks' accesses to each other's global memory
   std::size_t max_static_bytes = 0;
   Context scheduler;
   Schedule mode = Schedule::Forward;
@@ -336,6 +340,8 @@ void fail(Launch& L, const std::string& message) {
 
 thread_local Launch* active_launch = nullptr;
 
+Actor actor_of(const Fiber& f) { return Actor{f.block->linear, f.linear, f.block->phase}; }
+
 Fiber* running_fiber(const char* what) {
   auto* f = static_cast<Fiber*>(current_thread);
   if (f == nullptr) outside_kernel(what);
@@ -508,6 +514,8 @@ bool release_block_barrier(Launch& L, Block& b) {
   if (!barrier_consistent(L, visit, Wait::Barrier, "barrier")) return false;
   visit([&L](Fiber& g) { make_ready(L, &g); });
   b.at_barrier = 0;
+  L.order.block_barrier(b.linear);
+  b.phase++;
   return true;
 }
 
@@ -524,6 +532,10 @@ bool release_cluster_barrier(Launch& L, Cluster& c) {
   visit([&L](Fiber& g) { make_ready(L, &g); });
   for (unsigned b = 0; b < c.size; ++b) c.blocks[b].mapped_by.clear();
   c.at_barrier = 0;
+  std::vector<Actor> members;
+  for (unsigned b = 0; b < c.size; ++b) members.push_back(Actor{c.blocks[b].linear, 0, c.blocks[b].phase});
+  L.order.collective_barrier(members);
+  for (unsigned b = 0; b < c.size; ++b) c.blocks[b].phase++;
   return true;
 }
 
@@ -578,6 +590,10 @@ bool resolve(Launch& L) {
     }
     for (Fiber& f : L.fibers) make_ready(L, &f);
     L.at_grid = 0;
+    std::vector<Actor> members;
+    for (const Block& b : L.blocks) members.push_back(Actor{b.linear, 0, b.phase});
+    L.order.collective_barrier(members);
+    for (Block& b : L.blocks) b.phase++;
     return true;
   }
   diagnose_deadlock(L);
@@ -653,6 +669,7 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
   for (std::size_t b = 0; b < block_ids.size(); ++b) {
     Block& blk = L.blocks[b];
     blk.idx = unflatten(block_ids[b], L.req.grid);
+    blk.linear = block_ids[b];
     blk.fibers = &L.fibers[b * T];
     blk.nthreads = T;
     blk.dynamic_bytes = L.req.dynamic_smem;
@@ -760,8 +777,9 @@ void grid_sync(const std::source_location& where) {
 }
 
 void publish_flag(unsigned* flag, unsigned value, const std::source_location& where) {
-  running_fiber("simt::publish_flag");
+  Fiber* f = running_fiber("simt::publish_flag");
   if (flag == nullptr) fault("simt::publish_flag", where, "the flag is a null pointer");
+  f->launch->order.release(actor_of(*f), flag);
   *flag = value;
 }
 
@@ -779,8 +797,8 @@ void wait_on(Fiber* f, const void* address, bool tagged_word, unsigned value, co
 void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where) {
   Fiber* f = running_fiber("simt::wait_flag");
   if (flag == nullptr) fault("simt::wait_flag", where, "the flag is a null pointer");
-  if (flag_reached(*flag, at_least)) return;
-  wait_on(f, flag, false, at_least, where);
+  if (!flag_reached(*flag, at_least)) wait_on(f, flag, false, at_least, where);
+  f->launch->order.acquire(actor_of(*f), flag);
 }
 
 unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where) {
@@ -938,6 +956,9 @@ void copy_async(void* dst, const void* src, std::size_t bytes, const std::source
     fault(op, where, "a " + std::to_string(bytes) + "-byte copy needs " + std::to_string(bytes) +
                          "-byte aligned source and destination addresses");
   }
+  // Ordered after the source's writers when issued; a read until performed (at the wait).
+  const std::string unordered = f->launch->order.check_read(actor_of(*f), src, bytes);
+  if (!unordered.empty()) fault(op, where, unordered);
   f->open_copies.push_back(AsyncCopy{dst, src, bytes, where});
 }
 
@@ -950,9 +971,29 @@ void commit_async(const std::source_location&) {
 void wait_async(unsigned pending, const std::source_location&) {
   Fiber* f = running_fiber("simt::wait_async");
   while (f->copy_groups.size() > pending) {
-    for (const AsyncCopy& c : f->copy_groups.front()) std::memcpy(c.dst, c.src, c.bytes);
+    for (const AsyncCopy& c : f->copy_groups.front()) {
+      f->launch->order.record_read(actor_of(*f), c.src, c.bytes, "simt::copy_async_16", c.where.file_name(),
+                                   c.where.line(), /*track_new=*/false);
+      std::memcpy(c.dst, c.src, c.bytes);
+    }
     f->copy_groups.pop_front();
   }
+}
+
+void cross_block_access(const void* p, std::size_t bytes, bool write, const std::source_location& where) {
+  const char* op = write ? "simt::store_cross_block" : "simt::load_cross_block";
+  Fiber* f = running_fiber(op);
+  if (p == nullptr) fault(op, where, "the address is a null pointer");
+  MemoryOrder& order = f->launch->order;
+  const Actor who = actor_of(*f);
+  std::string unordered;
+  if (write) {
+    unordered = order.write(who, p, bytes, op, where.file_name(), where.line());
+  } else {
+    unordered = order.check_read(who, p, bytes);
+    if (unordered.empty()) order.record_read(who, p, bytes, op, where.file_name(), where.line(), /*track_new=*/true);
+  }
+  if (!unordered.empty()) fault(op, where, unordered);
 }
 
 void* block_dynamic_shared(const std::source_location&) { return running_fiber("SIMT_DYNAMIC_SHARED")->block->dynamic; }
@@ -1099,6 +1140,14 @@ void run_launch(const LaunchRequest& request) {
     seed = schedule_seed_value * 0x9E3779B97F4A7C15ull + launches_since_schedule_set++;
   }
   L.rng.seed(seed);
+  L.order.begin_launch(blocks, request.kind != LaunchKind::Plain);
+  L.order.set_describer(
+      [](unsigned long long block, unsigned thread, const void* launch) {
+        const LaunchRequest& r = static_cast<const Launch*>(launch)->req;
+        return "block " + detail::format_dim(unflatten(block, r.grid)) + " thread " +
+               detail::format_dim(unflatten(thread, r.block));
+      },
+      &L);
   active_launch = &L;
   struct Deactivate {
     ~Deactivate() { active_launch = nullptr; }

@@ -62,6 +62,7 @@ unsigned cluster_size(const std::source_location& where);
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
 void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where);
 void copy_async(void* dst, const void* src, std::size_t bytes, const std::source_location& where);
+void cross_block_access(const void* p, std::size_t bytes, bool write, const std::source_location& where);
 void commit_async(const std::source_location& where);
 void wait_async(unsigned pending, const std::source_location& where);
 void* block_dynamic_shared(const std::source_location& where);
@@ -240,10 +241,10 @@ inline void prefetch_l1(const void* p) {
 // Grid-wide barrier of a cooperative launch.
 inline void grid_sync(std::source_location where = std::source_location::current()) { emu::grid_sync(where); }
 
-// Flags in global memory between co-resident blocks (simt.cuh). The emulator's memory is
-// sequentially consistent, so ordering is not checked here; a wait that no running thread
+// Flags in global memory between co-resident blocks (simt.cuh). A wait that no running thread
 // can satisfy is reported as a deadlock, and blocks of a plain launch (run one after another)
 // never see each other's flags change, as co-residency is not promised there on a GPU either.
+// The release and the acquire order the blocks' cross-block accesses (below).
 inline void publish_flag(unsigned* flag, unsigned value, std::source_location where = std::source_location::current()) {
   emu::publish_flag(flag, value, where);
 }
@@ -261,9 +262,26 @@ inline unsigned long long wait_word_tag(const unsigned long long* word, unsigned
   return emu::wait_word_tag(word, tag, where);
 }
 
+// Global memory that other blocks of the launch access during it (simt.cuh). The emulator's
+// memory is sequentially consistent, so the value is always the latest; instead it checks that
+// CUDA's memory model orders the access after every conflicting access of another thread
+// (simt_memory_order.h) and fails the launch naming both where it does not.
+template <class T>
+void store_cross_block(T* p, std::type_identity_t<T> value,
+                       std::source_location where = std::source_location::current()) {
+  emu::cross_block_access(p, sizeof(T), true, where);
+  *p = value;
+}
+template <class T>
+T load_cross_block(const T* p, std::source_location where = std::source_location::current()) {
+  emu::cross_block_access(p, sizeof(T), false, where);
+  return *p;
+}
+
 // Asynchronous copies global -> shared (cp.async). The emulator performs a thread's copies
 // only when it waits for their group, so a read before the wait (and the barrier that makes
-// them visible to other threads) sees the old contents, as it may on a GPU.
+// them visible to other threads) sees the old contents, as it may on a GPU. A copy from words
+// written by simt::store_cross_block is checked as simt::load_cross_block is, when issued.
 template <class T>
 void copy_async_16(T* dst_shared, const T* src_global, std::source_location where = std::source_location::current()) {
   emu::copy_async(dst_shared, src_global, 16, where);

@@ -65,7 +65,9 @@ SIMT_KERNEL_ATTRIBUTES(256, 32, transpose_kernel);
 
 // Persistent cooperative kernel: `steps` rounds of a 3-point smoothing stencil over n
 // values, ping-ponging between two buffers with one grid-wide barrier per step (the
-// pattern of the fused RNN forward). Grid-stride loops, so any grid size is correct.
+// pattern of the fused RNN forward). Grid-stride loops, so any grid size is correct. The
+// values other blocks read go through simt::load_cross_block / store_cross_block, so the
+// emulator checks that the barriers order them.
 //   state [2, n] float, read and written; state[0] holds the input, the result ends in
 //         state[steps % 2]
 //   flags [gridDim.x] unsigned, zeros: the barrier is simt::flag_barrier over every block;
@@ -76,9 +78,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) grid_stencil_kernel(float* state, int n
     const float* cur = state + static_cast<int64_t>(s % 2) * n;
     float* next = state + static_cast<int64_t>((s + 1) % 2) * n;
     for (int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); i < n; i += stride) {
-      const float left = i > 0 ? cur[i - 1] : 0.0f;
-      const float right = i + 1 < n ? cur[i + 1] : 0.0f;
-      next[i] = fmaf(0.5f, cur[i], 0.25f * (left + right));
+      const float left = i > 0 ? simt::load_cross_block(cur + i - 1) : 0.0f;
+      const float right = i + 1 < n ? simt::load_cross_block(cur + i + 1) : 0.0f;
+      simt::store_cross_block(next + i, fmaf(0.5f, simt::load_cross_block(cur + i), 0.25f * (left + right)));
     }
     if (flags != nullptr) {
       simt::flag_barrier(flags, 0, gridDim.x, static_cast<unsigned>(s + 1));
@@ -266,6 +268,12 @@ enum class Fault : int {
   FlagNeverPublished,     // each block waits for the next block's flag, which nobody publishes
   FlagAcrossPlainLaunch,  // block 0 waits for block 1's flag in a plain launch
   TaggedWordOverwritten,  // waits for tag 1 of a word that already carries tag 2
+  // Blocks hand values to the next block through global memory (simt::store_cross_block /
+  // load_cross_block), ordered by a flag per block, each missing one piece of the order:
+  FlagBeforeBlockBarrier,       // thread 0 publishes the flag before the __syncthreads that orders the block's stores
+  FlagWaitWithoutBlockBarrier,  // thread 0 acquires the flag, the other threads read without a __syncthreads after
+  CrossBlockOverwrite,          // a block overwrites its values while the block before may still read them
+  CrossBlockPlainLaunch,        // the same exchange between the blocks of a plain launch, behind no flag
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -346,6 +354,30 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
         simt::store_relaxed(word, simt::tag_word(1.5f, 2u));
         out[2] = simt::word_value(simt::wait_word_tag(word, 1u));
       }
+      break;
+    }
+    case Fault::FlagBeforeBlockBarrier:
+    case Fault::FlagWaitWithoutBlockBarrier:
+    case Fault::CrossBlockOverwrite:
+    case Fault::CrossBlockPlainLaunch: {
+      // flags: the first gridDim.x words of out (zeros on entry); values [gridDim.x][blockDim.x / 2]:
+      // the upper half of out. Threads t < blockDim.x / 2 store x[i], then read the next block's.
+      const auto f = static_cast<Fault>(fault);
+      unsigned* flags = reinterpret_cast<unsigned*>(out);
+      const unsigned half = blockDim.x / 2;
+      float* values = out + static_cast<int64_t>(gridDim.x) * half;
+      const unsigned next = (blockIdx.x + 1) % gridDim.x;
+      if (t < half) simt::store_cross_block(values + blockIdx.x * half + t, x[i]);
+      if (f != Fault::CrossBlockPlainLaunch) {
+        if (f != Fault::FlagBeforeBlockBarrier) __syncthreads();
+        if (t == 0) {
+          simt::publish_flag(flags + blockIdx.x, 1u);
+          simt::wait_flag(flags + next, 1u);
+        }
+        if (f != Fault::FlagWaitWithoutBlockBarrier) __syncthreads();
+      }
+      const float from_next = t < half ? simt::load_cross_block(values + next * half + t) : 0.0f;
+      if (f == Fault::CrossBlockOverwrite && t < half) simt::store_cross_block(values + blockIdx.x * half + t, from_next);
       break;
     }
     case Fault::GridSyncBlockExits:

@@ -229,6 +229,10 @@ inline Fault parse_fault(const std::string& name) {
       {"flag_never_published", Fault::FlagNeverPublished},
       {"flag_across_plain_launch", Fault::FlagAcrossPlainLaunch},
       {"tagged_word_overwritten", Fault::TaggedWordOverwritten},
+      {"flag_before_block_barrier", Fault::FlagBeforeBlockBarrier},
+      {"flag_wait_without_block_barrier", Fault::FlagWaitWithoutBlockBarrier},
+      {"cross_block_overwrite", Fault::CrossBlockOverwrite},
+      {"cross_block_plain_launch", Fault::CrossBlockPlainLaunch},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
@@ -237,8 +241,8 @@ inline Fault parse_fault(const std::string& name) {
 }
 
 // Runs one known-bad kernel: x [blocks * block_threads] float -> out [same].
-// The grid_sync cases and flag_never_published are launched cooperatively, every other case
-// normally.
+// The grid_sync cases, flag_never_published and the flag exchanges are launched cooperatively,
+// every other case normally.
 inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int64_t blocks, int64_t block_threads) {
   check_float_vector(x, "simt_selftest_faulty");
   RNN_FUSED_SELFTEST_GUARD(x);
@@ -251,7 +255,10 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   const auto grid = static_cast<unsigned>(blocks);
   const dim3 block(static_cast<unsigned>(block_threads));
   const std::size_t dynamic_smem = sizeof(float) * block_threads;
-  if (fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync || fault == Fault::FlagNeverPublished) {
+  const bool cooperative = fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync ||
+                           fault == Fault::FlagNeverPublished || fault == Fault::FlagBeforeBlockBarrier ||
+                           fault == Fault::FlagWaitWithoutBlockBarrier || fault == Fault::CrossBlockOverwrite;
+  if (cooperative) {
     simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
                              out.data_ptr<float>());
   } else {
