@@ -213,6 +213,24 @@ def test_tune_verdict_names_the_recurrences_the_model_got_wrong():
     assert gpu_check.tune_verdict([failed]) is None
 
 
+def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
+    def row(layers, theirs, ours, **shape_changes):
+        shape = dataclasses.asdict(dataclasses.replace(gpu_check.Shape(1000, 8, 64, 64, layers=layers),
+                                                       **shape_changes))
+        return gpu_check.ShapeRow(gpu_check.Shape(**shape).label(), shape, baseline_fwd_ms=theirs,
+                                  ours_fwd_ms=ours, baseline_fwd_bwd_ms=3 * theirs, ours_fwd_bwd_ms=2 * ours)
+
+    rows = [row(1, 0.4, 0.2), row(4, 0.8, 0.8), row(4, 2.0, 1.0, input_size=32),
+            row(4, 2.0, 1.0, bidirectional=True), row(4, 2.0, 1.0, steps=500)]
+    assert gpu_check.layer_overlap_verdicts(rows, "cuDNN") == [
+        "1000, 8, 64, 64, 4 layers: the stack's time over one layer's (one after another: 4x): forward cuDNN 2.00x, "
+        "rnn_fused 4.00x; forward+backward cuDNN 2.00x, rnn_fused 4.00x."]
+    # Without its one-layer row, or with that row failed, a stack gives no verdict.
+    assert gpu_check.layer_overlap_verdicts([row(4, 0.8, 0.8)], "cuDNN") == []
+    failed = dataclasses.replace(row(1, 0.4, 0.2), error="boom")
+    assert gpu_check.layer_overlap_verdicts([failed, row(4, 0.8, 0.8)], "cuDNN") == []
+
+
 def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> PhaseRow:
     row = PhaseRow(f"1024, 32 ({per_pass} units/pass)", "forward", 1024, 32, "grid", 128,
                    plan={"units_per_pass": per_pass}, forced_units_per_pass=per_pass,

@@ -99,10 +99,13 @@ FACTS_SHAPES = [
 # Shapes in no table of the project: odd sizes, a single input feature, three layers, odd
 # bidirectional layers, and sequences so short that host time per call decides (one step;
 # eleven steps of two layers) (issue 11: "never below 1.0x at any shape ... checked
-# independently").
+# independently"). Four layers of 1000, 8, 64, 64 beside its one-layer row: whether cuDNN
+# overlaps the layers of a stack (layer l + 1 at step t beside layer l at step t + 1), which
+# rnn_fused does not (layer_overlap_verdicts).
 ODD_SHAPES = [
     Shape(777, 3, 97, 333), Shape(64, 5, 1, 1000), Shape(300, 7, 50, 129, layers=3),
     Shape(257, 33, 40, 200, layers=2, bidirectional=True), Shape(1, 1, 16, 32), Shape(11, 3, 20, 48, layers=2),
+    Shape(1000, 8, 64, 64, layers=4),
 ]
 # cuDNN refuses this one (CUDNN_STATUS_NOT_SUPPORTED on an H200; docs/long_sequences.md).
 LONG_SHAPE = Shape(100_000, 4, 256, 256, long=True)
@@ -872,6 +875,37 @@ def step_sync_verdicts(rows: list[PhaseRow]) -> list[str]:
     return verdicts
 
 
+def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
+    """Each unidirectional stack of L layers with input size H beside the one-layer row of the
+    same T, B, I = H, dtype: the stack's time as a multiple of the one layer's, for the baseline
+    and for rnn_fused, forward and forward+backward. L times means the layers ran one after the
+    other (rnn_fused does); well under L, that they overlap."""
+    def key(shape: dict) -> tuple:
+        return shape["steps"], shape["batch"], shape["input_size"], shape["hidden"], shape["dtype"], shape["long"]
+
+    single = {key(r.shape): r for r in rows if r.shape["layers"] == 1 and not r.shape["bidirectional"] and not r.error}
+    verdicts = []
+    for row in rows:
+        shape = row.shape
+        one = single.get(key(shape))
+        if shape["layers"] < 2 or shape["bidirectional"] or shape["input_size"] != shape["hidden"] or one is None \
+                or row.error:
+            continue
+        parts = []
+        for name, stack_theirs, one_theirs, stack_ours, one_ours in (
+                ("forward", row.baseline_fwd_ms, one.baseline_fwd_ms, row.ours_fwd_ms, one.ours_fwd_ms),
+                ("forward+backward", row.baseline_fwd_bwd_ms, one.baseline_fwd_bwd_ms, row.ours_fwd_bwd_ms,
+                 one.ours_fwd_bwd_ms)):
+            theirs, ours = _ratio(stack_theirs, one_theirs), _ratio(stack_ours, one_ours)
+            if theirs is not None and ours is not None:
+                parts.append(f"{name} {baseline} {theirs:.2f}x, rnn_fused {ours:.2f}x")
+        if parts:
+            layers = shape["layers"]
+            verdicts.append(f"{row.label}: the stack's time over one layer's (one after another: {layers}x): "
+                            + "; ".join(parts) + ".")
+    return verdicts
+
+
 def tune_shapes(shapes: list[Shape]) -> list[tuple[int, int]]:
     """(H, B) of every single-layer fp32 shape, once each, in order."""
     seen = []
@@ -1097,6 +1131,12 @@ def format_report(result: GpuCheckResult) -> str:
         "",
         format_goal_table(issue_goals(result.shape_rows)),
         "",
+    ]
+    verdicts = layer_overlap_verdicts(result.shape_rows, baseline)
+    if verdicts:
+        lines += ["Layers of a stack, overlapped or one after another:", ""]
+        lines += [f"- {verdict}" for verdict in verdicts] + [""]
+    lines += [
         "## Every path forced (one layer, fp32)",
         "",
         "`rnn_layer(..., path=p)`. A path the planner rules out for the shape is not run; the note "
