@@ -131,6 +131,23 @@ def test_overwrite_before_the_readers_are_done_is_unordered(mode, seed):
         assert_fault("cross_block_overwrite", UNORDERED + BETWEEN_BLOCKS, blocks=3, block_threads=8)
 
 
+def test_flag_relay_orders_through_the_chain():
+    """Block 0's stores reach the last block only through a chain of flags (each block acquires
+    the one before and then releases its own, storing nothing): the order composes."""
+    x = torch.randn(4 * 8)
+    out = each_schedule(lambda: selftest.flag_relay(x, 4))
+    assert torch.equal(out, x[:4])
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_broken_flag_relay_is_unordered(mode, seed):
+    """Each block publishes its flag before acquiring the previous one: the release carries
+    nothing of block 0, so the last block's read of block 0's values is not ordered."""
+    with simt.schedule(mode, seed):
+        message = assert_fault("flag_relay_broken", UNORDERED + BETWEEN_BLOCKS, blocks=4, block_threads=8)
+    assert "which block (0,0,0)" in message, message
+
+
 def test_cross_block_exchange_in_a_plain_launch_is_unordered():
     assert_fault("cross_block_plain_launch", UNORDERED + r"the blocks of a plain launch \(or of different clusters\) "
                  r"are not co-resident", blocks=3, block_threads=8)
@@ -485,6 +502,7 @@ def test_selftests_on_cuda_match_the_emulator():
     assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
     out, plan = selftest.flag_stencil(x.cuda(), 5)
     assert torch.equal(out.cpu(), stencil_reference(x, 5)) and plan[0] >= 1
+    assert torch.equal(selftest.flag_relay(x.cuda(), 4).cpu(), x[:128])
     values = torch.randint(0, 37, (1000,), dtype=torch.int32)
     hist, maxima, total = selftest.atomics(values.cuda(), 37)
     assert torch.equal(hist.cpu(), torch.bincount(values, minlength=37).int())

@@ -270,6 +270,35 @@ def test_device_property_fields_agree_with_the_extension():
 
 # ---- the same kernel on a real GPU --------------------------------------------------------
 
+def exchange_reference(x: torch.Tensor, block_threads: int, cluster_size: int) -> torch.Tensor:
+    """Each block gets the slice of the next rank of its cluster."""
+    slices = x.view(-1, cluster_size, block_threads)
+    return torch.roll(slices, -1, dims=1).reshape(-1)
+
+
+@pytest.mark.parametrize("cluster_size", [2, 4])
+def test_cluster_exchange_through_global_memory(cluster_size):
+    """Blocks of a cluster hand values to each other through global memory behind one
+    cluster_sync, which orders global memory as well as distributed shared memory."""
+    x = torch.randn(3 * cluster_size * 16)
+    got = each_schedule(lambda: selftest.cluster_exchange(x, 16, cluster_size))
+    assert torch.equal(got, exchange_reference(x, 16, cluster_size))
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_global_exchange_across_clusters_is_unordered(mode, seed):
+    """A cluster's barrier orders nothing for the blocks of another cluster (nor are they
+    co-resident): reading the next cluster's values through global memory is unordered."""
+    with simt.schedule(mode, seed):
+        with pytest.raises(RuntimeError) as info:
+            run_fault("global_exchange_across_clusters", cluster_size=2)
+    message = str(info.value)
+    assert re.search(r"simt::(load|store)_cross_block at .*selftest_kernels\.cuh:\d+: (reads|writes) the word at "
+                     r"0x[0-9a-f]+, which block \(\d,0,0\) thread \(\d+,0,0\) (wrote|read) with "
+                     r"simt::(store|load)_cross_block at .*, and nothing orders that access before this one: the "
+                     r"blocks of a plain launch \(or of different clusters\) are not co-resident", message), message
+
+
 @needs_cuda
 @pytest.mark.cuda
 def test_cluster_allgather_on_cuda_matches_the_emulator():
@@ -279,6 +308,7 @@ def test_cluster_allgather_on_cuda_matches_the_emulator():
         with pytest.raises(RuntimeError, match="cluster launch is not supported on this device"):
             selftest.cluster_allgather(x.cuda(), 32, 8, rounds=3)
         return
+    assert torch.equal(selftest.cluster_exchange(x.cuda(), 32, 8).cpu(), exchange_reference(x, 32, 8))
     for cluster_size, nonportable in ((8, False), (16, True)):
         for static_buffers in (False, True):
             want = selftest.cluster_allgather(x, 32, cluster_size, 3, static_buffers, nonportable)

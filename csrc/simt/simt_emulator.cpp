@@ -1140,7 +1140,11 @@ void run_launch(const LaunchRequest& request) {
     seed = schedule_seed_value * 0x9E3779B97F4A7C15ull + launches_since_schedule_set++;
   }
   L.rng.seed(seed);
-  L.order.begin_launch(blocks, request.kind != LaunchKind::Plain);
+  L.order.begin_launch(blocks, request.grid.x,
+                       request.kind == LaunchKind::Plain         ? MemoryOrder::Residency::None
+                       : request.kind == LaunchKind::Cooperative ? MemoryOrder::Residency::Grid
+                                                                 : MemoryOrder::Residency::Cluster,
+                       request.cluster_size);
   L.order.set_describer(
       [](unsigned long long block, unsigned thread, const void* launch) {
         const LaunchRequest& r = static_cast<const Launch*>(launch)->req;

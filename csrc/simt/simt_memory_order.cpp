@@ -23,9 +23,13 @@ std::string address_text(std::uintptr_t a) {
 
 }  // namespace
 
-void MemoryOrder::begin_launch(unsigned long long blocks, bool co_resident) {
+void MemoryOrder::begin_launch(unsigned long long blocks, unsigned grid_x, Residency residency,
+                               unsigned cluster_size) {
   active_ = false;
-  co_resident_ = co_resident;
+  residency_ = residency;
+  tracks_releases_ = residency != Residency::None;
+  grid_x_ = grid_x;
+  cluster_size_ = cluster_size;
   blocks_ = blocks;
   states_.clear();
   flag_release_.clear();
@@ -34,8 +38,18 @@ void MemoryOrder::begin_launch(unsigned long long blocks, bool co_resident) {
 
 MemoryOrder::BlockState& MemoryOrder::state(unsigned long long block) { return states_[block]; }
 
+bool MemoryOrder::co_resident(unsigned long long a, unsigned long long b) const {
+  switch (residency_) {
+    case Residency::None: return a == b;
+    case Residency::Grid: return true;
+    case Residency::Cluster:
+      return a / grid_x_ == b / grid_x_ && (a % grid_x_) / cluster_size_ == (b % grid_x_) / cluster_size_;
+  }
+  return false;
+}
+
 uint32_t MemoryOrder::releases_of(unsigned long long block) const {
-  return co_resident_ && active_ ? static_cast<uint32_t>(states_[block].releases.size()) : 0;
+  return tracks_releases_ && active_ ? static_cast<uint32_t>(states_[block].releases.size()) : 0;
 }
 
 void MemoryOrder::learn(std::vector<uint32_t>& known, unsigned long long from, uint32_t epoch) const {
@@ -46,14 +60,14 @@ void MemoryOrder::learn(std::vector<uint32_t>& known, unsigned long long from, u
 }
 
 void MemoryOrder::block_barrier(unsigned long long block) {
-  if (!active_ || !co_resident_) return;
+  if (!active_ || !tracks_releases_) return;
   BlockState& s = state(block);
   for (const Acquired& a : s.pending) learn(s.known, a.from, a.epoch);
   s.pending.clear();
 }
 
 void MemoryOrder::collective_barrier(const std::vector<Actor>& blocks) {
-  if (!active_ || !co_resident_) return;
+  if (!active_ || !tracks_releases_) return;
   // After it every member follows every member's release at the barrier, and all any member
   // followed before it.
   std::vector<uint32_t> all(blocks_, 0);
@@ -68,7 +82,7 @@ void MemoryOrder::collective_barrier(const std::vector<Actor>& blocks) {
 }
 
 void MemoryOrder::release(const Actor& who, const void* flag) {
-  if (!active_ || !co_resident_) return;
+  if (!active_ || !tracks_releases_) return;
   BlockState& s = state(who.block);
   Release r{.thread = who.thread, .phase = who.phase, .whole_block = false, .knows = s.known};
   for (const Acquired& a : s.pending) {
@@ -79,14 +93,14 @@ void MemoryOrder::release(const Actor& who, const void* flag) {
 }
 
 void MemoryOrder::acquire(const Actor& who, const void* flag) {
-  if (!active_ || !co_resident_) return;
+  if (!active_ || !tracks_releases_) return;
   const auto it = flag_release_.find(flag);
   if (it == flag_release_.end()) return;
   state(who.block).pending.push_back(Acquired{who.thread, it->second.first, it->second.second});
 }
 
 uint32_t MemoryOrder::knowledge(const Actor& who, unsigned long long x) const {
-  if (!co_resident_ || !active_) return 0;
+  if (!tracks_releases_ || !active_) return 0;
   const BlockState& s = states_[who.block];
   uint32_t k = s.known.empty() ? 0 : s.known[x];
   for (const Acquired& a : s.pending) {
@@ -103,6 +117,7 @@ uint32_t MemoryOrder::knowledge(const Actor& who, unsigned long long x) const {
 
 bool MemoryOrder::ordered(const Access& earlier, const Actor& who) const {
   if (earlier.block == who.block) return earlier.thread == who.thread || earlier.phase < who.phase;
+  if (!co_resident(earlier.block, who.block)) return false;
   const uint32_t known = knowledge(who, earlier.block);
   if (known <= earlier.releases) return false;
   const std::vector<Release>& releases = states_[earlier.block].releases;
@@ -129,7 +144,7 @@ std::string MemoryOrder::unordered(const char* access, std::uintptr_t a, const c
   std::string how;
   if (earlier.block == who.block) {
     how = "a __syncthreads must come between them";
-  } else if (co_resident_) {
+  } else if (co_resident(earlier.block, who.block)) {
     how = "a grid or cluster barrier, or a release made after it (simt::publish_flag; after a __syncthreads for other "
           "threads' accesses) that this thread acquired (simt::wait_flag; then a __syncthreads for the block's other "
           "threads) must come between them";
@@ -158,7 +173,7 @@ void MemoryOrder::record_read(const Actor& who, const void* p, std::size_t bytes
                               unsigned line, bool track_new) {
   if (!track_new && !active_) return;
   active_ = true;
-  if (co_resident_ && states_.empty()) states_.resize(blocks_);
+  if (tracks_releases_ && states_.empty()) states_.resize(blocks_);
   const Access read{who.block, who.thread, who.phase, releases_of(who.block), op, file, line};
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
   for (std::uintptr_t a = first_word(p); a < end; a += kWordBytes) {
@@ -179,7 +194,7 @@ void MemoryOrder::record_read(const Actor& who, const void* p, std::size_t bytes
 std::string MemoryOrder::write(const Actor& who, const void* p, std::size_t bytes, const char* op, const char* file,
                                unsigned line) {
   active_ = true;
-  if (co_resident_ && states_.empty()) states_.resize(blocks_);
+  if (tracks_releases_ && states_.empty()) states_.resize(blocks_);
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
   for (std::uintptr_t a = first_word(p); a < end; a += kWordBytes) {
     Word& word = words_[a];

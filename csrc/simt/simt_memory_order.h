@@ -41,9 +41,12 @@ struct Actor {
 
 class MemoryOrder {
  public:
-  // A new launch of `blocks` blocks; co_resident: cooperative or cluster launch (blocks whose
-  // accesses a barrier or flag can order).
-  void begin_launch(unsigned long long blocks, bool co_resident);
+  // Which blocks of a launch run at the same time, so that a barrier or a flag can order their
+  // accesses: none (a plain launch), all (cooperative), those of one cluster (cluster launch:
+  // clusters of cluster_size consecutive blocks along x).
+  enum class Residency { None, Grid, Cluster };
+  // A new launch of `blocks` blocks, grid_x along x.
+  void begin_launch(unsigned long long blocks, unsigned grid_x, Residency residency, unsigned cluster_size);
 
   // A block-wide barrier of `block` completed: what its threads acquired before now holds for
   // all of them.
@@ -109,6 +112,7 @@ class MemoryOrder {
   };
 
   BlockState& state(unsigned long long block);
+  bool co_resident(unsigned long long a, unsigned long long b) const;
   uint32_t releases_of(unsigned long long block) const;
   // The latest release of block `x` that `who` follows.
   uint32_t knowledge(const Actor& who, unsigned long long x) const;
@@ -122,7 +126,9 @@ class MemoryOrder {
   std::string describe(unsigned long long block, unsigned thread) const;
 
   bool active_ = false;  // set by the first access: until then no access needs ordering
-  bool co_resident_ = false;
+  bool tracks_releases_ = false;  // some blocks are co-resident
+  Residency residency_ = Residency::None;
+  unsigned grid_x_ = 1, cluster_size_ = 1;
   unsigned long long blocks_ = 0;
   std::vector<BlockState> states_;  // [blocks] when co-resident and active
   std::unordered_map<const void*, std::pair<unsigned long long, uint32_t>> flag_release_;

@@ -52,6 +52,21 @@ def flag_stencil(x: Tensor, steps: int, block_threads: int = 128, blocks: int = 
     return _ops().flag_stencil(x, steps, block_threads, blocks)
 
 
+def flag_relay(x: Tensor, blocks: int) -> Tensor:
+    """Block 0's first block_threads / 2 values of x [blocks * block_threads], relayed by a flag
+    through every block to the last, which copies them (one cooperative launch); returns the
+    copy. Ordered only through the chain of releases and acquires."""
+    return _ops().flag_relay(x, blocks)
+
+
+def cluster_exchange(x: Tensor, block_threads: int, cluster_size: int) -> Tensor:
+    """Each block's slice of x [blocks * block_threads] handed through global memory to the
+    previous rank of its cluster, behind one cluster_sync; returns what each block got."""
+    if block_threads <= 0 or x.numel() % block_threads:
+        raise ValueError(f"block_threads ({block_threads}) must be positive and divide x.numel() ({x.numel()})")
+    return _ops().cluster_exchange(x, x.numel() // block_threads, cluster_size)
+
+
 def atomics(values: Tensor, bins: int, blocks: int = 3, block_threads: int = 64) -> tuple[Tensor, Tensor, Tensor]:
     """(histogram [bins], [max, max of block maxima], [float sum]) of int32 values."""
     return _ops().atomics(values, bins, blocks, block_threads)
@@ -91,10 +106,14 @@ def cluster_allgather(x: Tensor, block_threads: int, cluster_size: int, rounds: 
 
 
 FAULTS = (
-    "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane",
-    "mask_excludes_caller", "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative",
-    "grid_sync_block_exits", "kernel_check", "shared_out_of_bounds", "dynamic_shared_out_of_bounds",
-    "mismatched_warp_ops", "shuffle_outside_mask", "stack_overflow",
+    "divergent_barrier", "exit_before_barrier", "missing_barrier", "inactive_lane", "mask_excludes_caller",
+    "exited_lane", "warp_barrier_deadlock", "grid_sync_not_cooperative", "grid_sync_block_exits",
+    "missing_grid_sync", "kernel_check", "shared_out_of_bounds", "dynamic_shared_out_of_bounds",
+    "mismatched_warp_ops", "shuffle_outside_mask", "stack_overflow", "async_copy_unwaited",
+    "async_copy_pending_at_exit", "async_copy_outside_shared", "flag_never_published",
+    "flag_across_plain_launch", "tagged_word_overwritten", "flag_before_block_barrier",
+    "flag_wait_without_block_barrier", "cross_block_overwrite", "cross_block_plain_launch",
+    "flag_relay_broken",
 )
 
 
@@ -104,9 +123,10 @@ def faulty(fault: str, x: Tensor, blocks: int, block_threads: int) -> Tensor:
 
 
 CLUSTER_FAULTS = (
-    "missing_cluster_sync", "divergent_cluster_sync", "rank_out_of_range", "map_non_shared", "exit_while_mapped",
-    "exit_before_cluster_sync", "cluster_sync_against_barrier", "remote_shared_out_of_bounds", "stale_remote_access",
-    "grid_sync_in_cluster",
+    "missing_cluster_sync", "divergent_cluster_sync", "rank_out_of_range", "map_non_shared",
+    "exit_while_mapped", "exit_before_cluster_sync", "cluster_sync_against_barrier",
+    "remote_shared_out_of_bounds", "stale_remote_access", "grid_sync_in_cluster",
+    "global_exchange_across_clusters",
 )
 
 

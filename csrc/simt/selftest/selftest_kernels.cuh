@@ -91,6 +91,37 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) grid_stencil_kernel(float* state, int n
 }
 SIMT_KERNEL_ATTRIBUTES(256, 32, grid_stencil_kernel);
 
+// A flag relayed along the blocks: block 0 stores its values and publishes flag 0; block k > 0
+// acquires flag k - 1, then publishes flag k, storing nothing; the last block then copies
+// block 0's values, ordered after their stores only through the chain of releases and acquires
+// (each release carries what its block acquired before it). relay_first: block k publishes
+// before it acquires, and the chain is broken (a known-bad case of faulty_kernel).
+//   x   [gridDim.x * blockDim.x] float, read (block 0 stores x[0 .. blockDim.x / 2))
+//   out [gridDim.x * blockDim.x] float, zeros on entry: the flags in its first gridDim.x words;
+//       block 0's values, then the last block's copy of them, from out[gridDim.x * blockDim.x / 2]
+SIMT_DEVICE void flag_relay_body(const float* x, float* out, bool relay_first) {
+  const unsigned t = threadIdx.x, half = blockDim.x / 2;
+  unsigned* flags = reinterpret_cast<unsigned*>(out);
+  float* values = out + static_cast<int64_t>(gridDim.x) * blockDim.x / 2;
+  if (blockIdx.x == 0) {
+    if (t < half) simt::store_cross_block(values + t, x[t]);
+    __syncthreads();
+    if (t == 0) simt::publish_flag(flags, 1u);
+    return;
+  }
+  if (t == 0) {
+    if (relay_first) simt::publish_flag(flags + blockIdx.x, 1u);
+    simt::wait_flag(flags + blockIdx.x - 1, 1u);
+    if (!relay_first) simt::publish_flag(flags + blockIdx.x, 1u);
+  }
+  if (blockIdx.x + 1 != gridDim.x) return;
+  __syncthreads();  // thread 0's acquire before the block's reads
+  if (t < half) values[half + t] = simt::load_cross_block(values + t);
+}
+
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(256) flag_relay_kernel(const float* x, float* out) { flag_relay_body(x, out, false); }
+SIMT_KERNEL_ATTRIBUTES(256, 32, flag_relay_kernel);
+
 // Histogram in shared memory, then merged into global memory; global and shared maxima;
 // a float sum. Dynamic shared memory holds `bins` counters.
 //   values [n] int32 in [0, bins), read
@@ -274,6 +305,7 @@ enum class Fault : int {
   FlagWaitWithoutBlockBarrier,  // thread 0 acquires the flag, the other threads read without a __syncthreads after
   CrossBlockOverwrite,          // a block overwrites its values while the block before may still read them
   CrossBlockPlainLaunch,        // the same exchange between the blocks of a plain launch, behind no flag
+  FlagRelayBroken,              // flag_relay_body with each block publishing before it acquires
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -380,6 +412,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
       if (f == Fault::CrossBlockOverwrite && t < half) simt::store_cross_block(values + blockIdx.x * half + t, from_next);
       break;
     }
+    case Fault::FlagRelayBroken:
+      flag_relay_body(x, out, true);
+      break;
     case Fault::GridSyncBlockExits:
       if (blockIdx.x == 1) return;
       simt::grid_sync();
@@ -448,6 +483,29 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
 }
 SIMT_KERNEL_ATTRIBUTES(1024, 32, faulty_kernel);
 
+// Blocks of a cluster hand values to each other through global memory, behind one
+// cluster_sync: block i stores x's slice of its threads into stage[i], then reads the slice of
+// the next rank of its cluster (across_clusters: of the same rank in the next cluster, which no
+// barrier orders; a known-bad case of faulty_cluster_kernel).
+//   x     [gridDim.x * blockDim.x] float, read
+//   stage [gridDim.x * blockDim.x] float, written then read
+//   got   [gridDim.x * blockDim.x] float, written: the partner's slice
+SIMT_DEVICE void cluster_exchange_body(const float* x, float* stage, float* got, bool across_clusters) {
+  const unsigned size = simt::cluster_size(), rank = simt::cluster_rank();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  simt::store_cross_block(stage + i, x[i]);
+  simt::cluster_sync();
+  const unsigned partner =
+      across_clusters ? (blockIdx.x + size) % gridDim.x : blockIdx.x - rank + (rank + 1) % size;
+  got[i] = simt::load_cross_block(stage + static_cast<int64_t>(partner) * blockDim.x + threadIdx.x);
+  simt::cluster_sync();  // no block exits while another may still read its slice
+}
+
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) cluster_exchange_kernel(const float* x, float* stage, float* got) {
+  cluster_exchange_body(x, stage, got, false);
+}
+SIMT_KERNEL_ATTRIBUTES(1024, 32, cluster_exchange_kernel);
+
 enum class ClusterFault : int {
   MissingClusterSync = 0,   // the all-gather with __syncthreads where cluster_sync belongs (race)
   DivergentClusterSync,     // even and odd threads wait at two different cluster_sync
@@ -459,6 +517,7 @@ enum class ClusterFault : int {
   RemoteSharedOutOfBounds,  // writes one element past the next block's dynamic shared memory
   StaleRemoteAccess,        // writes through a pointer mapped before the owner exited
   GridSyncInCluster,        // grid_sync in a cluster launch (not cooperative)
+  GlobalExchangeAcrossClusters,  // cluster_exchange_body reading the next cluster's stage, which no barrier orders
 };
 
 // Dispatches on the fault. The launch is a cluster launch with dynamic shared memory of
@@ -536,6 +595,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const
       simt::grid_sync();
       my_out[t] = v;
       break;
+    case ClusterFault::GlobalExchangeAcrossClusters: {
+      // stage and got: the first two [gridDim.x * blockDim.x] stretches of out (n >= 2 blockDim.x).
+      const int64_t threads = static_cast<int64_t>(gridDim.x) * blockDim.x;
+      cluster_exchange_body(x, out, out + threads, true);
+      break;
+    }
   }
 }
 SIMT_KERNEL_ATTRIBUTES(1024, 32, faulty_cluster_kernel);

@@ -103,6 +103,36 @@ inline std::tuple<at::Tensor, at::Tensor> flag_stencil(const at::Tensor& x, int6
   return run_grid_stencil(x, steps, block_threads, blocks, true);
 }
 
+// x [blocks * block_threads]: block 0's first block_threads / 2 values, relayed by a flag through
+// every block to the last, which copies them (flag_relay_kernel; a cooperative launch). Returns
+// the copy [block_threads / 2].
+inline at::Tensor flag_relay(const at::Tensor& x, int64_t blocks) {
+  check_float_vector(x, "simt_selftest_flag_relay");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(blocks >= 2 && x.numel() % blocks == 0 && x.numel() / blocks >= 2,
+              "simt_selftest_flag_relay: at least 2 blocks of at least 2 threads, blocks dividing x.numel()");
+  const int64_t block_threads = x.numel() / blocks, half = block_threads / 2;
+  at::Tensor out = at::zeros_like(x);
+  simt::launch_cooperative(flag_relay_kernel, static_cast<unsigned>(checked_int(blocks, "blocks")),
+                           dim3(static_cast<unsigned>(checked_int(block_threads, "block_threads"))), 0,
+                           x.data_ptr<float>(), out.data_ptr<float>());
+  return out.narrow(0, x.numel() / 2 + half, half).clone();
+}
+
+// x [blocks * block_threads]: each block's slice handed through global memory to the previous
+// rank of its cluster (cluster_exchange_kernel). Returns what each block got [same].
+inline at::Tensor cluster_exchange(const at::Tensor& x, int64_t blocks, int64_t cluster_size) {
+  check_float_vector(x, "simt_selftest_cluster_exchange");
+  RNN_FUSED_SELFTEST_GUARD(x);
+  TORCH_CHECK(blocks > 0 && x.numel() % blocks == 0, "simt_selftest_cluster_exchange: blocks must divide x.numel()");
+  at::Tensor stage = at::empty_like(x), got = at::empty_like(x);
+  simt::launch_cluster(cluster_exchange_kernel, static_cast<unsigned>(checked_int(blocks, "blocks")),
+                       dim3(static_cast<unsigned>(checked_int(x.numel() / blocks, "block_threads"))), 0,
+                       static_cast<unsigned>(checked_int(cluster_size, "cluster_size")), x.data_ptr<float>(),
+                       stage.data_ptr<float>(), got.data_ptr<float>());
+  return got;
+}
+
 // values [n] int32 in [0, bins) -> (hist [bins] int32, maxima [2] int32, total [1] float32).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> atomics(const at::Tensor& values, int64_t bins, int64_t blocks,
                                                               int64_t block_threads) {
@@ -233,6 +263,7 @@ inline Fault parse_fault(const std::string& name) {
       {"flag_wait_without_block_barrier", Fault::FlagWaitWithoutBlockBarrier},
       {"cross_block_overwrite", Fault::CrossBlockOverwrite},
       {"cross_block_plain_launch", Fault::CrossBlockPlainLaunch},
+      {"flag_relay_broken", Fault::FlagRelayBroken},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
@@ -257,7 +288,8 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   const std::size_t dynamic_smem = sizeof(float) * block_threads;
   const bool cooperative = fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync ||
                            fault == Fault::FlagNeverPublished || fault == Fault::FlagBeforeBlockBarrier ||
-                           fault == Fault::FlagWaitWithoutBlockBarrier || fault == Fault::CrossBlockOverwrite;
+                           fault == Fault::FlagWaitWithoutBlockBarrier || fault == Fault::CrossBlockOverwrite ||
+                           fault == Fault::FlagRelayBroken;
   if (cooperative) {
     simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
                              out.data_ptr<float>());
@@ -280,6 +312,7 @@ inline ClusterFault parse_cluster_fault(const std::string& name) {
       {"remote_shared_out_of_bounds", ClusterFault::RemoteSharedOutOfBounds},
       {"stale_remote_access", ClusterFault::StaleRemoteAccess},
       {"grid_sync_in_cluster", ClusterFault::GridSyncInCluster},
+      {"global_exchange_across_clusters", ClusterFault::GlobalExchangeAcrossClusters},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
@@ -320,6 +353,8 @@ SIMT_END_WORLD
     (m).impl("transpose", &st::transpose);                  \
     (m).impl("grid_stencil", &st::grid_stencil);            \
     (m).impl("flag_stencil", &st::flag_stencil);            \
+    (m).impl("flag_relay", &st::flag_relay);                \
+    (m).impl("cluster_exchange", &st::cluster_exchange);    \
     (m).impl("atomics", &st::atomics);                      \
     (m).impl("warp_scan", &st::warp_scan);                  \
     (m).impl("device_math", &st::device_math);              \

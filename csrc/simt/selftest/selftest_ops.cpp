@@ -45,6 +45,8 @@ TORCH_LIBRARY(rnn_fused_selftest, m) {
   m.def("transpose(Tensor x) -> Tensor");
   m.def("grid_stencil(Tensor x, int steps, int block_threads, int blocks) -> (Tensor, Tensor)");
   m.def("flag_stencil(Tensor x, int steps, int block_threads, int blocks) -> (Tensor, Tensor)");
+  m.def("flag_relay(Tensor x, int blocks) -> Tensor");
+  m.def("cluster_exchange(Tensor x, int blocks, int cluster_size) -> Tensor");
   m.def("atomics(Tensor values, int bins, int blocks, int block_threads) -> (Tensor, Tensor, Tensor)");
   m.def("warp_scan(Tensor x, int block_threads) -> (Tensor, Tensor)");
   m.def("device_math(Tensor x) -> (Tensor, Tensor, Tensor)");
