@@ -550,6 +550,8 @@ bool release_flag_waiters(Launch& L) {
       return false;
     }
     if (!wait_satisfied(*f)) return false;
+    // It acquires the release that satisfied it, not a later one made before it resumes.
+    if (!f->tagged_word) L.order.acquire(actor_of(*f), f->flag);
     f->flag = nullptr;
     make_ready(L, f);
     released = true;
@@ -797,8 +799,11 @@ void wait_on(Fiber* f, const void* address, bool tagged_word, unsigned value, co
 void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where) {
   Fiber* f = running_fiber("simt::wait_flag");
   if (flag == nullptr) fault("simt::wait_flag", where, "the flag is a null pointer");
-  if (!flag_reached(*flag, at_least)) wait_on(f, flag, false, at_least, where);
-  f->launch->order.acquire(actor_of(*f), flag);
+  if (flag_reached(*flag, at_least)) {
+    f->launch->order.acquire(actor_of(*f), flag);
+    return;
+  }
+  wait_on(f, flag, false, at_least, where);  // (release_flag_waiters records the acquire)
 }
 
 unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where) {
