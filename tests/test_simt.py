@@ -148,6 +148,29 @@ def test_broken_flag_relay_is_unordered(mode, seed):
     assert "which block (0,0,0)" in message, message
 
 
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_wait_acquires_the_earliest_release_that_satisfies_it(mode, seed):
+    """Block 0 stores a word, publishes 1, stores another, publishes 2; block 1 waits for 1 and
+    reads the second word. Woken late it sees 2, but its load need not have: only the release
+    of 1 is acquired, which the second store does not precede."""
+    with simt.schedule(mode, seed):
+        message = assert_fault("flag_later_release", UNORDERED + BETWEEN_BLOCKS, blocks=2, block_threads=8)
+    assert "which block (0,0,0) thread (0,0,0) wrote" in message, message
+
+
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_write_under_a_copy_in_flight_is_unordered(mode, seed):
+    """Block 0 issues an asynchronous copy of a word, hands the word over with a flag and waits
+    for block 1's answer before it waits for the copy; block 1 overwrites the word before
+    answering. The emulator performs the copy at its wait, after the write; a GPU may perform it
+    any time between the issue and the wait: the write races the copy."""
+    with simt.schedule(mode, seed):
+        assert_fault("copy_overwritten_in_flight", r"simt::store_cross_block at .*selftest_kernels\.cuh:\d+: writes the "
+                     r"word at 0x[0-9a-f]+, which block \(0,0,0\) thread \(0,0,0\) reads with simt::copy_async_16 "
+                     r"issued at .*selftest_kernels\.cuh:\d+ and not yet waited for: the copy may read it at any time "
+                     r"until its wait", blocks=2, block_threads=8)
+
+
 def test_cross_block_exchange_in_a_plain_launch_is_unordered():
     assert_fault("cross_block_plain_launch", UNORDERED + r"the blocks of a plain launch \(or of different clusters\) "
                  r"are not co-resident", blocks=3, block_threads=8)

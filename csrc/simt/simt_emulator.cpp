@@ -550,8 +550,8 @@ bool release_flag_waiters(Launch& L) {
       return false;
     }
     if (!wait_satisfied(*f)) return false;
-    // It acquires the release that satisfied it, not a later one made before it resumes.
-    if (!f->tagged_word) L.order.acquire(actor_of(*f), f->flag);
+    // Recorded now, as the release that satisfied it (MemoryOrder::acquire takes the earliest).
+    if (!f->tagged_word) L.order.acquire(actor_of(*f), f->flag, static_cast<unsigned>(f->value));
     f->flag = nullptr;
     make_ready(L, f);
     released = true;
@@ -781,7 +781,7 @@ void grid_sync(const std::source_location& where) {
 void publish_flag(unsigned* flag, unsigned value, const std::source_location& where) {
   Fiber* f = running_fiber("simt::publish_flag");
   if (flag == nullptr) fault("simt::publish_flag", where, "the flag is a null pointer");
-  f->launch->order.release(actor_of(*f), flag);
+  f->launch->order.release(actor_of(*f), flag, value);
   *flag = value;
 }
 
@@ -800,7 +800,7 @@ void wait_flag(const unsigned* flag, unsigned at_least, const std::source_locati
   Fiber* f = running_fiber("simt::wait_flag");
   if (flag == nullptr) fault("simt::wait_flag", where, "the flag is a null pointer");
   if (flag_reached(*flag, at_least)) {
-    f->launch->order.acquire(actor_of(*f), flag);
+    f->launch->order.acquire(actor_of(*f), flag, at_least);
     return;
   }
   wait_on(f, flag, false, at_least, where);  // (release_flag_waiters records the acquire)
@@ -961,9 +961,12 @@ void copy_async(void* dst, const void* src, std::size_t bytes, const std::source
     fault(op, where, "a " + std::to_string(bytes) + "-byte copy needs " + std::to_string(bytes) +
                          "-byte aligned source and destination addresses");
   }
-  // Ordered after the source's writers when issued; a read until performed (at the wait).
-  const std::string unordered = f->launch->order.check_read(actor_of(*f), src, bytes);
+  // Ordered after the source's writers when issued; a read in flight until its wait.
+  MemoryOrder& order = f->launch->order;
+  const std::string unordered = order.check_read(actor_of(*f), src, bytes);
   if (!unordered.empty()) fault(op, where, unordered);
+  order.record_read(actor_of(*f), src, bytes, op, where.file_name(), where.line(), /*track_new=*/false,
+                    /*in_flight=*/true);
   f->open_copies.push_back(AsyncCopy{dst, src, bytes, where});
 }
 
@@ -977,8 +980,7 @@ void wait_async(unsigned pending, const std::source_location&) {
   Fiber* f = running_fiber("simt::wait_async");
   while (f->copy_groups.size() > pending) {
     for (const AsyncCopy& c : f->copy_groups.front()) {
-      f->launch->order.record_read(actor_of(*f), c.src, c.bytes, "simt::copy_async_16", c.where.file_name(),
-                                   c.where.line(), /*track_new=*/false);
+      f->launch->order.complete_read(actor_of(*f), c.src, c.bytes);
       std::memcpy(c.dst, c.src, c.bytes);
     }
     f->copy_groups.pop_front();

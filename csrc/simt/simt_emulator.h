@@ -269,11 +269,13 @@ inline unsigned long long wait_word_tag(const unsigned long long* word, unsigned
 template <class T>
 void store_cross_block(T* p, std::type_identity_t<T> value,
                        std::source_location where = std::source_location::current()) {
+  static_assert(sizeof(T) % 4 == 0, "the emulator tracks cross-block accesses per 4-byte word");
   emu::cross_block_access(p, sizeof(T), true, where);
   *p = value;
 }
 template <class T>
 T load_cross_block(const T* p, std::source_location where = std::source_location::current()) {
+  static_assert(sizeof(T) % 4 == 0, "the emulator tracks cross-block accesses per 4-byte word");
   emu::cross_block_access(p, sizeof(T), false, where);
   return *p;
 }

@@ -31,8 +31,9 @@ void MemoryOrder::begin_launch(unsigned long long blocks, unsigned grid_x, Resid
   grid_x_ = grid_x;
   cluster_size_ = cluster_size;
   blocks_ = blocks;
+  slots_ = residency == Residency::Cluster ? cluster_size : blocks;
   states_.clear();
-  flag_release_.clear();
+  flag_releases_.clear();
   words_.clear();
 }
 
@@ -48,13 +49,17 @@ bool MemoryOrder::co_resident(unsigned long long a, unsigned long long b) const 
   return false;
 }
 
+std::size_t MemoryOrder::slot(unsigned long long block) const {
+  return residency_ == Residency::Cluster ? (block % grid_x_) % cluster_size_ : block;
+}
+
 uint32_t MemoryOrder::releases_of(unsigned long long block) const {
   return tracks_releases_ && active_ ? static_cast<uint32_t>(states_[block].releases.size()) : 0;
 }
 
 void MemoryOrder::learn(std::vector<uint32_t>& known, unsigned long long from, uint32_t epoch) const {
-  if (known.empty()) known.assign(blocks_, 0);
-  known[from] = std::max(known[from], epoch);
+  if (known.empty()) known.assign(slots_, 0);
+  known[slot(from)] = std::max(known[slot(from)], epoch);
   const std::vector<uint32_t>& through = states_[from].releases[epoch - 1].knows;
   for (std::size_t x = 0; x < through.size(); ++x) known[x] = std::max(known[x], through[x]);
 }
@@ -70,18 +75,18 @@ void MemoryOrder::collective_barrier(const std::vector<Actor>& blocks) {
   if (!active_ || !tracks_releases_) return;
   // After it every member follows every member's release at the barrier, and all any member
   // followed before it.
-  std::vector<uint32_t> all(blocks_, 0);
+  std::vector<uint32_t> all(slots_, 0);
   for (const Actor& a : blocks) {
     block_barrier(a.block);
     BlockState& s = state(a.block);
     s.releases.push_back(Release{.thread = 0, .phase = a.phase, .whole_block = true, .knows = s.known});
     for (std::size_t x = 0; x < s.known.size(); ++x) all[x] = std::max(all[x], s.known[x]);
   }
-  for (const Actor& a : blocks) all[a.block] = static_cast<uint32_t>(state(a.block).releases.size());
+  for (const Actor& a : blocks) all[slot(a.block)] = static_cast<uint32_t>(state(a.block).releases.size());
   for (const Actor& a : blocks) state(a.block).known = all;
 }
 
-void MemoryOrder::release(const Actor& who, const void* flag) {
+void MemoryOrder::release(const Actor& who, const void* flag, unsigned value) {
   if (!active_ || !tracks_releases_) return;
   BlockState& s = state(who.block);
   Release r{.thread = who.thread, .phase = who.phase, .whole_block = false, .knows = s.known};
@@ -89,27 +94,33 @@ void MemoryOrder::release(const Actor& who, const void* flag) {
     if (a.thread == who.thread) learn(r.knows, a.from, a.epoch);
   }
   s.releases.push_back(std::move(r));
-  flag_release_[flag] = {who.block, static_cast<uint32_t>(s.releases.size())};
+  flag_releases_[flag].push_back({value, who.block, static_cast<uint32_t>(s.releases.size())});
 }
 
-void MemoryOrder::acquire(const Actor& who, const void* flag) {
+void MemoryOrder::acquire(const Actor& who, const void* flag, unsigned at_least) {
   if (!active_ || !tracks_releases_) return;
-  const auto it = flag_release_.find(flag);
-  if (it == flag_release_.end()) return;
-  state(who.block).pending.push_back(Acquired{who.thread, it->second.first, it->second.second});
+  const auto it = flag_releases_.find(flag);
+  if (it == flag_releases_.end()) return;
+  // The earliest release that satisfies the wait: its load may have seen no later one.
+  for (const FlagRelease& r : it->second) {
+    if (static_cast<int>(r.value - at_least) >= 0) {
+      state(who.block).pending.push_back(Acquired{who.thread, r.block, r.epoch});
+      return;
+    }
+  }
 }
 
 uint32_t MemoryOrder::knowledge(const Actor& who, unsigned long long x) const {
   if (!tracks_releases_ || !active_) return 0;
   const BlockState& s = states_[who.block];
-  uint32_t k = s.known.empty() ? 0 : s.known[x];
+  uint32_t k = s.known.empty() ? 0 : s.known[slot(x)];
   for (const Acquired& a : s.pending) {
     if (a.thread != who.thread) continue;
     if (a.from == x) {
       k = std::max(k, a.epoch);
     } else {
       const std::vector<uint32_t>& through = states_[a.from].releases[a.epoch - 1].knows;
-      if (!through.empty()) k = std::max(k, through[x]);
+      if (!through.empty()) k = std::max(k, through[slot(x)]);
     }
   }
   return k;
@@ -170,23 +181,35 @@ std::string MemoryOrder::check_read(const Actor& who, const void* p, std::size_t
 }
 
 void MemoryOrder::record_read(const Actor& who, const void* p, std::size_t bytes, const char* op, const char* file,
-                              unsigned line, bool track_new) {
+                              unsigned line, bool track_new, bool in_flight) {
   if (!track_new && !active_) return;
   active_ = true;
   if (tracks_releases_ && states_.empty()) states_.resize(blocks_);
-  const Access read{who.block, who.thread, who.phase, releases_of(who.block), op, file, line};
+  const Access read{who.block, who.thread, who.phase, releases_of(who.block), in_flight, op, file, line};
   const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
   for (std::uintptr_t a = first_word(p); a < end; a += kWordBytes) {
     const auto it = track_new ? words_.try_emplace(a).first : words_.find(a);
+    // (A thread's earlier reads of the word may stay listed: each is ordered before the next
+    // write if its later one is, and looking for them would cost a pass over every reader.)
+    if (it != words_.end()) it->second.reads.push_back(read);
+  }
+}
+
+void MemoryOrder::complete_read(const Actor& who, const void* p, std::size_t bytes) {
+  if (!active_) return;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(p) + bytes;
+  for (std::uintptr_t a = first_word(p); a < end; a += kWordBytes) {
+    const auto it = words_.find(a);
     if (it == words_.end()) continue;
     std::vector<Access>& reads = it->second.reads;
-    const auto same = std::find_if(reads.begin(), reads.end(), [&](const Access& r) {
-      return r.block == who.block && r.thread == who.thread;
-    });
-    if (same != reads.end()) {
-      *same = read;
-    } else {
-      reads.push_back(read);
+    // The thread's copy in flight; the latest such, searched from the end, where it usually is.
+    for (auto r = reads.rbegin(); r != reads.rend(); ++r) {
+      if (r->in_flight && r->block == who.block && r->thread == who.thread) {
+        r->in_flight = false;
+        r->phase = who.phase;
+        r->releases = releases_of(who.block);
+        break;
+      }
     }
   }
 }
@@ -200,10 +223,15 @@ std::string MemoryOrder::write(const Actor& who, const void* p, std::size_t byte
     Word& word = words_[a];
     if (word.written && !ordered(word.write, who)) return unordered("writes", a, "wrote", word.write, who);
     for (const Access& r : word.reads) {
+      if (r.in_flight) {
+        return "writes the word at " + address_text(a) + ", which " + describe(r.block, r.thread) + " reads with " +
+               r.op + " issued at " + r.file + ":" + std::to_string(r.line) +
+               " and not yet waited for: the copy may read it at any time until its wait";
+      }
       if (!ordered(r, who)) return unordered("writes", a, "read", r, who);
     }
     word.written = true;
-    word.write = Access{who.block, who.thread, who.phase, releases_of(who.block), op, file, line};
+    word.write = Access{who.block, who.thread, who.phase, releases_of(who.block), false, op, file, line};
     word.reads.clear();
   }
   return "";

@@ -17,10 +17,13 @@
 //    (simt::wait_flag) does after, and what its block does after a later block-wide barrier.
 //    Such orders compose through further releases and acquires.
 // Blocks of a plain launch, and of different clusters, are not co-resident: nothing orders
-// their accesses to each other's words. The flags are assumed to be written only by
-// simt::publish_flag during the launch. A block's knowledge of another block's releases is
-// kept as the latest release it acquired (with what that release knew), which is exact for
-// releases made by one thread of a block, or separated by barriers, as in this project.
+// their accesses to each other's words. A flag's values are assumed to come from
+// simt::publish_flag once anyone waits for them (a plain store may initialise it before a
+// barrier); a wait acquires the earliest release whose value satisfied it (the load may have
+// seen no later one). A block's knowledge of another block's releases is kept as the latest
+// release it acquired (with what that release knew), which is exact for releases made by one
+// thread of a block, or separated by barriers, as in this project. Words are 4 bytes: the
+// accessors take 4- and 8-byte types.
 #pragma once
 
 #include <cstddef>
@@ -54,21 +57,23 @@ class MemoryOrder {
   // A grid barrier, or a cluster's barrier, completed over `blocks`, each with the phase it
   // had when its threads arrived: everything before it is ordered before everything after.
   void collective_barrier(const std::vector<Actor>& blocks);
-  // simt::publish_flag by `who` of `flag` (just before the store), and simt::wait_flag by
-  // `who` having seen `flag` reach its target.
-  void release(const Actor& who, const void* flag);
-  void acquire(const Actor& who, const void* flag);
+  // simt::publish_flag by `who` of `value` to `flag` (just before the store), and
+  // simt::wait_flag by `who`, satisfied (the flag reached `at_least`).
+  void release(const Actor& who, const void* flag, unsigned value);
+  void acquire(const Actor& who, const void* flag, unsigned at_least);
 
   // An access of `bytes` bytes at `p` by `who` through `op` at file:line. check_read: "", or
   // the error for a read not ordered after the word's last write by another thread; the read
-  // is then recorded with record_read (copy_async_16 records it when the copy is performed),
-  // for words not yet tracked too where track_new (simt::load_cross_block: a later write must
-  // follow it; a copy reads weights and inputs no block writes, and tracking them would cost
-  // for nothing). write: "", or the error for a write not ordered after the word's last write
-  // and the reads since; then records it.
+  // is then recorded with record_read, for words not yet tracked too where track_new
+  // (simt::load_cross_block: a later write must follow it; a copy reads weights and inputs no
+  // block writes, and tracking them would cost for nothing). A copy's read is recorded in
+  // flight when issued (no write of the word may come before its wait) and completed by
+  // complete_read at the wait. write: "", or the error for a write not ordered after the word's
+  // last write and the reads since; then records it.
   std::string check_read(const Actor& who, const void* p, std::size_t bytes) const;
   void record_read(const Actor& who, const void* p, std::size_t bytes, const char* op, const char* file,
-                   unsigned line, bool track_new);
+                   unsigned line, bool track_new, bool in_flight = false);
+  void complete_read(const Actor& who, const void* p, std::size_t bytes);
   std::string write(const Actor& who, const void* p, std::size_t bytes, const char* op, const char* file,
                     unsigned line);
 
@@ -85,6 +90,7 @@ class MemoryOrder {
     unsigned thread = 0;
     uint64_t phase = 0;
     uint32_t releases = 0;  // the block's releases before the access
+    bool in_flight = false;  // a copy's read, issued and not yet waited for
     const char* op = nullptr;
     const char* file = nullptr;
     unsigned line = 0;
@@ -92,13 +98,13 @@ class MemoryOrder {
   struct Word {
     bool written = false;
     Access write;
-    std::vector<Access> reads;  // since the write, at most one per reading thread
+    std::vector<Access> reads;  // since the write
   };
   struct Release {
     unsigned thread = 0;
     uint64_t phase = 0;
     bool whole_block = false;     // a grid or cluster barrier: after every thread of the block
-    std::vector<uint32_t> knows;  // [blocks]: the latest release of each block ordered before it
+    std::vector<uint32_t> knows;  // [slots]: the latest release of each co-resident block ordered before it
   };
   struct Acquired {
     unsigned thread;  // in the acquiring block; its block learns it at its next barrier
@@ -107,12 +113,15 @@ class MemoryOrder {
   };
   struct BlockState {
     std::vector<Release> releases;  // epoch e is releases[e - 1]
-    std::vector<uint32_t> known;    // [blocks] (empty: none): releases every thread of the block follows
+    std::vector<uint32_t> known;    // [slots] (empty: none): releases every thread of the block follows
     std::vector<Acquired> pending;  // acquired by single threads since the block's last barrier
   };
 
   BlockState& state(unsigned long long block);
   bool co_resident(unsigned long long a, unsigned long long b) const;
+  // Where a block's releases are counted in the knowledge vectors of the blocks co-resident
+  // with it: its index in the grid, or its rank in its cluster.
+  std::size_t slot(unsigned long long block) const;
   uint32_t releases_of(unsigned long long block) const;
   // The latest release of block `x` that `who` follows.
   uint32_t knowledge(const Actor& who, unsigned long long x) const;
@@ -131,7 +140,13 @@ class MemoryOrder {
   unsigned grid_x_ = 1, cluster_size_ = 1;
   unsigned long long blocks_ = 0;
   std::vector<BlockState> states_;  // [blocks] when co-resident and active
-  std::unordered_map<const void*, std::pair<unsigned long long, uint32_t>> flag_release_;
+  std::size_t slots_ = 0;  // knowledge vector length: the grid's blocks, or a cluster's
+  struct FlagRelease {
+    unsigned value;
+    unsigned long long block;
+    uint32_t epoch;
+  };
+  std::unordered_map<const void*, std::vector<FlagRelease>> flag_releases_;  // in release order
   std::unordered_map<std::uintptr_t, Word> words_;
   Describe describe_ = nullptr;
   const void* describe_context_ = nullptr;

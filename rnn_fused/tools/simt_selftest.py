@@ -113,7 +113,7 @@ FAULTS = (
     "async_copy_pending_at_exit", "async_copy_outside_shared", "flag_never_published",
     "flag_across_plain_launch", "tagged_word_overwritten", "flag_before_block_barrier",
     "flag_wait_without_block_barrier", "cross_block_overwrite", "cross_block_plain_launch",
-    "flag_relay_broken",
+    "flag_relay_broken", "flag_later_release", "copy_overwritten_in_flight",
 )
 
 

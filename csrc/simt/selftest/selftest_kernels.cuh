@@ -306,6 +306,8 @@ enum class Fault : int {
   CrossBlockOverwrite,          // a block overwrites its values while the block before may still read them
   CrossBlockPlainLaunch,        // the same exchange between the blocks of a plain launch, behind no flag
   FlagRelayBroken,              // flag_relay_body with each block publishing before it acquires
+  FlagLaterRelease,             // block 1 waits for flag value 1 and reads a store block 0 made before value 2
+  CopyOverwrittenInFlight,      // block 1 overwrites a word that block 0's asynchronous copy, not yet waited for, reads
 };
 
 // Uses 384 KiB of stack: more than an emulated thread has (128 KiB; 256 KiB under ASan),
@@ -415,6 +417,44 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_kernel(int fault, const float* 
     case Fault::FlagRelayBroken:
       flag_relay_body(x, out, true);
       break;
+    case Fault::FlagLaterRelease:
+    case Fault::CopyOverwrittenInFlight: {
+      // Two blocks, thread 0 of each. flag: the first word of out (zero on entry); words: the
+      // 16-byte aligned stretch from out[n / 2].
+      unsigned* flag = reinterpret_cast<unsigned*>(out);
+      float* words = out + static_cast<int64_t>(gridDim.x) * blockDim.x / 2;
+      if (t != 0) break;
+      if (static_cast<Fault>(fault) == Fault::FlagLaterRelease) {
+        if (blockIdx.x == 0) {
+          simt::store_cross_block(words, x[0]);
+          simt::publish_flag(flag, 1u);
+          simt::store_cross_block(words + 1, x[1]);
+          simt::publish_flag(flag, 2u);
+        } else {
+          simt::wait_flag(flag, 1u);  // may see 2, but need not
+          out[1] = simt::load_cross_block(words + 1);
+        }
+      } else {
+        // Block 0 hands the word over and waits for block 1's answer before waiting for its own
+        // copy of the word (meant: wait_async first); the answer's flag is out's second word.
+        SIMT_DYNAMIC_SHARED(float, dyn);
+        unsigned* answer = flag + 1;
+        if (blockIdx.x == 0) {
+          simt::store_cross_block(words, x[0]);
+          simt::copy_async_16(dyn, words);
+          simt::commit_async();
+          simt::publish_flag(flag, 1u);
+          simt::wait_flag(answer, 1u);
+          simt::wait_async<0>();
+          out[2] = dyn[0];
+        } else {
+          simt::wait_flag(flag, 1u);
+          simt::store_cross_block(words, x[1]);
+          simt::publish_flag(answer, 1u);
+        }
+      }
+      break;
+    }
     case Fault::GridSyncBlockExits:
       if (blockIdx.x == 1) return;
       simt::grid_sync();

@@ -264,6 +264,8 @@ inline Fault parse_fault(const std::string& name) {
       {"cross_block_overwrite", Fault::CrossBlockOverwrite},
       {"cross_block_plain_launch", Fault::CrossBlockPlainLaunch},
       {"flag_relay_broken", Fault::FlagRelayBroken},
+      {"flag_later_release", Fault::FlagLaterRelease},
+      {"copy_overwritten_in_flight", Fault::CopyOverwrittenInFlight},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
@@ -289,7 +291,8 @@ inline at::Tensor faulty(const std::string& fault_name, const at::Tensor& x, int
   const bool cooperative = fault == Fault::GridSyncBlockExits || fault == Fault::MissingGridSync ||
                            fault == Fault::FlagNeverPublished || fault == Fault::FlagBeforeBlockBarrier ||
                            fault == Fault::FlagWaitWithoutBlockBarrier || fault == Fault::CrossBlockOverwrite ||
-                           fault == Fault::FlagRelayBroken;
+                           fault == Fault::FlagRelayBroken || fault == Fault::FlagLaterRelease ||
+                           fault == Fault::CopyOverwrittenInFlight;
   if (cooperative) {
     simt::launch_cooperative(faulty_kernel, grid, block, dynamic_smem, static_cast<int>(fault), x.data_ptr<float>(),
                              out.data_ptr<float>());
