@@ -202,7 +202,9 @@ void MemoryOrder::complete_read(const Actor& who, const void* p, std::size_t byt
     const auto it = words_.find(a);
     if (it == words_.end()) continue;
     std::vector<Access>& reads = it->second.reads;
-    // The thread's copy in flight; the latest such, searched from the end, where it usually is.
+    // The thread's copy in flight, searched from the end, where it usually is. A thread with two
+    // copies of one word in flight at once (none of this project's kernels) would have the newer
+    // completed first, and a later write would be reported against the older: loud, not silent.
     for (auto r = reads.rbegin(); r != reads.rend(); ++r) {
       if (r->in_flight && r->block == who.block && r->thread == who.thread) {
         r->in_flight = false;
