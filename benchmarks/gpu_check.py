@@ -7,7 +7,8 @@ Stages, each run to its end (or its time limit) whatever the others did:
              RNN_FUSED_CUDA=1, RNN_FUSED_SELFTESTS=1)
   tests      pytest on tests/test_cuda_gpu.py, test_simt.py and test_simt_cluster.py (the
              emulator's self-test kernels also run on CUDA tensors there); the project's
-             pytest addopts are dropped, so pytest-benchmark need not be installed
+             pytest addopts are dropped, so pytest-benchmark need not be installed; in one
+             pytest-xdist worker where xdist is installed, so that a crash names its test
   benchmark  python -m rnn_fused gpu-check (rnn_fused/tools/gpu_check.py)
   fit-model  python -m rnn_fused fit-model OUT/gpu_check.json: the cost model's constants
              refitted to the benchmark's measured steps (rnn_fused/tools/fit_model.py)
@@ -74,6 +75,15 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def crash_isolation() -> list[str]:
+    """pytest-xdist's one worker where it is installed: a test that kills its process (a
+    segmentation fault) is then reported as a failure by name, and a new worker runs the tests
+    after it; without xdist such a crash ends the stage there."""
+    import importlib.util
+
+    return ["-n", "1"] if importlib.util.find_spec("xdist") is not None else []
+
+
 def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
     """The four stages of the check: build, GPU tests, benchmark, and the cost model refitted
     to the benchmark's measurements (fit_model.md beside its report). Without a GPU
@@ -86,7 +96,7 @@ def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -
         Stage("build", build, {"TORCH_CUDA_ARCH_LIST": arch or "", "MAX_JOBS": str(cores()),
                                "RNN_FUSED_CUDA": "1", "RNN_FUSED_SELFTESTS": "1"}, BUILD_TIMEOUT_S),
         Stage("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-ra",
-                        f"--junitxml={os.path.join(out, 'tests.xml')}", *TEST_FILES],
+                        *crash_isolation(), f"--junitxml={os.path.join(out, 'tests.xml')}", *TEST_FILES],
               {"PYTHONPATH": path}, TESTS_TIMEOUT_S),
         Stage("benchmark", [python, "-m", "rnn_fused", "gpu-check", "--out", out, "--budget-s", str(int(budget_s))],
               {"PYTHONPATH": path}, budget_s + BENCHMARK_SLACK_S),

@@ -640,3 +640,19 @@ def test_code_never_run_on_a_gpu_runs_after_the_shape_rows(monkeypatch, tmp_path
     [row] = result.shape_rows
     assert row.error is None and row.ours_fwd_ms > 0 and row.tuned_error == "RuntimeError: a trap in the tagged exchange"
     assert result.failures == ["6, 2, 3, 5 under autotune: RuntimeError: a trap in the tagged exchange"]
+
+
+def test_the_test_stage_isolates_crashes_where_xdist_is_installed(tmp_path, monkeypatch):
+    """With pytest-xdist one worker runs the GPU tests, so a test that kills its process is
+    reported by name and the tests after it still run; without xdist the argv is unchanged."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    for installed in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, installed=installed: (object() if installed else None)
+                            if name == "xdist" else real_find_spec(name, *a))
+        argv = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)[1].argv
+        assert ("-n" in argv) == installed
+        if installed:
+            assert argv[argv.index("-n") + 1] == "1"

@@ -172,8 +172,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms);
   barrier.start();
-  SIMT_SHARED(long long[kStepPhases + 1], phase_running);
-  PhaseClock clock(a.phase_cycles, phase_running);
+  PhaseClock clock(a.phase_cycles, layout.phase_running(smem));
   clock.start();
 
   // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:

@@ -63,7 +63,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
-  Cta cta(smem, SharedLayout<scalar_t>::make(H, tiling, kPath, false), tiling, a.shape);
+  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
+  Cta cta(smem, layout, tiling, a.shape);
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;
   cta.load_weights(a.w_hh);
@@ -77,8 +78,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false);
   barrier.start();
-  SIMT_SHARED(long long[kStepPhases + 1], phase_running);
-  PhaseClock clock(a.phase_cycles, phase_running);
+  PhaseClock clock(a.phase_cycles, layout.phase_running(smem));
   clock.start();
 
   // The lane's XW_t operands, read ahead (Cta::kOperandL1Steps): with one chunk a lane owns the

@@ -81,6 +81,14 @@ SIMT_HOST_DEVICE constexpr int64_t state_buffers(RecurrencePath p, int64_t chunk
   return state_in_shared(p) || chunks > 1 ? 2 : 1;
 }
 
+// The phases of a step that step-phase timing tells apart (rnn_fused::recurrence_step_phases).
+enum StepPhase : int {
+  kStagePhase = 0,    // Grid: the chunk's state rows from global memory into shared memory
+  kComputePhase = 1,  // dot products, reduce-scatter, epilogues, publishing the new state
+  kBarrierPhase = 2,  // the step's barrier, waiting for the slowest warp or CTA included
+  kStepPhases = 3
+};
+
 // Dynamic shared memory of a persistent kernel, in scalars of the compute type:
 //   weights [U][R]      the CTA's rows of W_hh (forward) or of W_hh^T (backward), zero-padded
 //   states  [n][S][R]   state rows: n = state_buffers(path, chunks): 2 (current and next
@@ -90,6 +98,10 @@ SIMT_HOST_DEVICE constexpr int64_t state_buffers(RecurrencePath p, int64_t chunk
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
 //                                    (the first units_per_pass unit groups written)
 //   cta_sums  [3][C][S]              Cluster path: the group's CTA sums, gathered in rank 0
+// and last, in long longs, the step-phase clock's running sums (PhaseClock):
+//   phase_running [kStepPhases + 1]
+// This is all of a persistent kernel's shared memory (it declares no static shared memory),
+// so `bytes` is what the planner checks against the device's per-block limit, exactly.
 template <typename scalar_t>
 struct SharedLayout {
   int64_t row;                // R
@@ -97,6 +109,7 @@ struct SharedLayout {
   int64_t states;
   int64_t unit_sums_offset;   // byte offsets of the double arrays (16-byte aligned)
   int64_t cta_sums_offset;
+  int64_t phase_offset;       // byte offset of phase_running (8-byte aligned)
   int64_t bytes;              // total
 
   SIMT_HOST_DEVICE static SharedLayout make(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
@@ -111,8 +124,13 @@ struct SharedLayout {
     const int64_t unit_sums = with_norms ? 2 * int64_t(kUnitsPerPass) * t.samples : 0;
     l.cta_sums_offset = l.unit_sums_offset + unit_sums * int64_t(sizeof(double));
     const int64_t cta_sums = with_norms && path == RecurrencePath::Cluster ? 3 * int64_t(t.ctas_per_group) * t.samples : 0;
-    l.bytes = l.cta_sums_offset + cta_sums * int64_t(sizeof(double));
+    l.phase_offset = l.cta_sums_offset + cta_sums * int64_t(sizeof(double));
+    l.bytes = l.phase_offset + (kStepPhases + 1) * int64_t(sizeof(long long));
     return l;
+  }
+
+  SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
+    return reinterpret_cast<long long*>(reinterpret_cast<unsigned char*>(smem) + phase_offset);
   }
 };
 
@@ -317,17 +335,10 @@ class StepBarrier {
   unsigned epoch_ = 0;
 };
 
-// The phases of a step that step-phase timing tells apart (rnn_fused::recurrence_step_phases).
-enum StepPhase : int {
-  kStagePhase = 0,    // Grid: the chunk's state rows from global memory into shared memory
-  kComputePhase = 1,  // dot products, reduce-scatter, epilogues, publishing the new state
-  kBarrierPhase = 2,  // the step's barrier, waiting for the slowest warp or CTA included
-  kStepPhases = 3
-};
-
 // Step-phase timing of a persistent kernel: thread 0 of each CTA reads the SM's cycle counter
 // at every phase boundary and adds the cycles to its CTA's row of `cycles` [CTAs, kStepPhases]
-// (global, int64, summed over steps). Its running sums live in shared memory, so an untimed
+// (global, int64, summed over steps). Its running sums live in shared memory
+// (SharedLayout::phase_offset), so an untimed
 // launch (cycles null) keeps no register for them and only tests a kernel argument. Thread
 // 0's view: time its own warp spends, with the other warps' lag counted in the barrier.
 class PhaseClock {

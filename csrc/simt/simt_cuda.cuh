@@ -314,7 +314,11 @@ void prepare_launch(void (*kernel)(P...), const DeviceProperties& p, const GridD
 template <class... P>
 int max_active_blocks_per_sm(void (*kernel)(P...), int block_threads, std::size_t dynamic_smem) {
   const DeviceProperties p = device_properties();
-  detail::opt_in_shared_memory(kernel, p, kernel_attributes(kernel), dynamic_smem);
+  const KernelAttributes a = kernel_attributes(kernel);
+  // A CTA that cannot opt in to that much shared memory does not fit (as in occupancy_model):
+  // answered here, since the opt-in itself would fail with "invalid argument".
+  if (static_cast<int64_t>(dynamic_smem) + a.static_shared_bytes > p.shared_mem_per_block_optin) return 0;
+  detail::opt_in_shared_memory(kernel, p, a, dynamic_smem);
   const void* function = reinterpret_cast<const void*>(kernel);
   return detail::remembered<std::tuple<const void*, int, int, std::size_t>, int>(
       {function, detail::current_device(), block_threads, dynamic_smem}, [&] {

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..launch_plan import cost_constants, step_cost_us
+from ..launch_plan import STEP_SYNCS, cost_constants, step_cost_us
 from .command_output import UsageError, markdown_table, output_directory, write_json, write_text
 
 # The constants the per-step rows can inform (the launch shape's compute, staging, exchange
@@ -118,9 +118,15 @@ def phase_observations(report: dict) -> list[Observation]:
             cycles = row.get(f"{term}_cycles")
             if term == "stage" and row["path"] != "grid" or not cycles or cycles <= 0:
                 continue
+            if term == "barrier" and _tagged_exchange(row["plan"]):
+                continue  # no step barrier: the clock reads only its own overhead there
             found.append(Observation(f"{row['label']} ({term})", row["direction"], row["plan"], row["hidden"],
                                      row["batch"], torch.float32, cycles / clock, term))
     return found
+
+
+def _tagged_exchange(plan: dict) -> bool:
+    return plan.get("path") == "grid" and plan.get("step_sync") == STEP_SYNCS.index("tagged_exchange")
 
 
 def tune_observations(report: dict) -> list[Observation]:
@@ -163,6 +169,9 @@ def fit(observations: list[Observation], start: dict[str, float] | None = None,
     if not observations:
         raise UsageError("no measured per-step rows to fit (gpu_check.json path_rows)")
     base = dict(start or cost_constants())
+    unpriced = [f"{o.label} {o.direction}" for o in observations if not o.predicted_us(base) > 0]
+    if unpriced:  # the log ratio needs a time; a term the model lacks for a shape cannot be fitted
+        raise UsageError(f"the model prices {len(unpriced)} measured row(s) at 0 us: {', '.join(unpriced)}")
     names = [n for n in fitted if n in base]
     anchor = np.log([base[n] for n in names])
     theta = anchor.copy()
