@@ -13,7 +13,10 @@ Stages, each run to its end (or its time limit) whatever the others did:
   fit-model  python -m rnn_fused fit-model OUT/gpu_check.json: the cost model's constants
              refitted to the benchmark's measured steps (rnn_fused/tools/fit_model.py)
 Each stage's output goes to the terminal and to OUT/<stage>.log; OUT/stages.md and
-OUT/stages.json sum them up. Exit status 0 when every stage passed, else 1.
+OUT/stages.json sum them up. A test process that dies of a signal leaves its native frames in
+OUT/native_backtrace.txt (benchmarks/native_backtrace.c, preloaded where a C compiler is
+found), with the extension's frames resolved to functions and lines (addr2line).
+Exit status 0 when every stage passed, else 1.
 
 This script imports torch but not rnn_fused (which is not built yet when it starts).
 
@@ -23,8 +26,11 @@ Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 240]
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,6 +88,62 @@ def crash_isolation() -> list[str]:
     import importlib.util
 
     return ["-n", "1"] if importlib.util.find_spec("xdist") is not None else []
+
+
+def native_backtrace_env(out: str) -> dict[str, str]:
+    """The environment that makes a crashing test process leave its native frames in
+    OUT/native_backtrace.txt: benchmarks/native_backtrace.c built into OUT and preloaded. Empty
+    (and one line on stdout saying why) where no C compiler is found or the build fails."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("==> gpu-check: no C compiler (cc, gcc): a crashing test leaves its Python frames only", flush=True)
+        return {}
+    os.makedirs(out, exist_ok=True)
+    library = os.path.join(out, "native_backtrace.so")
+    built = subprocess.run([compiler, "-shared", "-fPIC", "-O1", "-o", library,
+                            os.path.join(ROOT, "benchmarks", "native_backtrace.c")], capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"==> gpu-check: native_backtrace.c did not build ({built.stderr.strip()[:300]}): a crashing test "
+              "leaves its Python frames only", flush=True)
+        return {}
+    preload = " ".join(p for p in (library, os.environ.get("LD_PRELOAD")) if p)
+    return {"LD_PRELOAD": preload, "RNN_FUSED_NATIVE_BACKTRACE": os.path.join(out, "native_backtrace.txt")}
+
+
+# A frame of backtrace_symbols_fd: "path(symbol+0xoffset) [0xaddress]" or "path(+0xoffset) [...]".
+_FRAME = re.compile(r"^(?P<path>[^(\s]+)\((?P<symbol>[^+)]*)\+(?P<offset>0x[0-9a-f]+)\)")
+
+
+def resolve_extension_frames(text: str, extension: str) -> str:
+    """`text` with each frame of the file `extension` (the built rnn_fused/_C*.so) followed by
+    its function and source line (addr2line, from the debug information -g leaves there);
+    frames given by symbol+offset are resolved through the symbol's address (nm). Unchanged
+    where addr2line or nm is missing."""
+    addr2line, nm = shutil.which("addr2line"), shutil.which("nm")
+    if addr2line is None or not os.path.isfile(extension):
+        return text
+    symbols = {}
+    if nm is not None:
+        listing = subprocess.run([nm, "--defined-only", extension], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                symbols[parts[2]] = int(parts[0], 16)
+    lines = []
+    for line in text.splitlines():
+        lines.append(line)
+        frame = _FRAME.match(line.strip())
+        if frame is None or os.path.realpath(frame["path"]) != os.path.realpath(extension):
+            continue
+        offset = int(frame["offset"], 16)
+        if frame["symbol"]:
+            if frame["symbol"] not in symbols:
+                continue
+            offset += symbols[frame["symbol"]]
+        where = subprocess.run([addr2line, "-C", "-f", "-i", "-e", extension, hex(offset)],
+                               capture_output=True, text=True).stdout.split("\n")
+        lines += [f"    {w}" for w in where if w.strip()]
+    return "\n".join(lines) + "\n"
 
 
 def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
@@ -176,7 +238,18 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     arch, device = cuda_arch_list()
     print(f"==> gpu-check on {device}; TORCH_CUDA_ARCH_LIST={arch}; MAX_JOBS={cores()}", flush=True)
-    return run_stages(gpu_check_stages(sys.executable, out, arch, args.budget_s), out, device)
+    stages = gpu_check_stages(sys.executable, out, arch, args.budget_s)
+    stages[1].env.update(native_backtrace_env(out))  # the GPU tests
+    status = run_stages(stages, out, device)
+    crashes = os.path.join(out, "native_backtrace.txt")
+    if os.path.isfile(crashes) and os.path.getsize(crashes) > 0:
+        extension = next(iter(glob.glob(os.path.join(ROOT, "rnn_fused", "_C*.so"))), "")
+        with open(crashes) as f:
+            text = resolve_extension_frames(f.read(), extension)
+        with open(crashes, "w") as f:
+            f.write(text)
+        print(f"==> gpu-check: a test process died of a signal; its native frames are in {crashes}", flush=True)
+    return status
 
 
 if __name__ == "__main__":

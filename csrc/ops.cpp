@@ -233,16 +233,19 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
 }
 
 // The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
-// in this build, then cluster_barrier_scale (1).
-std::tuple<std::vector<std::string>, std::vector<double>> cost_constants() {
+// in this build: the planner's (kH200), or with first_kernels those the reference models were
+// fitted with (kFirstKernels); then cluster_barrier_scale, the set's cluster barrier table
+// relative to the planner's (the table step_cost scales).
+std::tuple<std::vector<std::string>, std::vector<double>> cost_constants(bool first_kernels) {
+  const cost::Constants& set = first_kernels ? cost::kFirstKernels : cost::kH200;
   std::vector<std::string> names;
   std::vector<double> values;
   for (const cost::NamedConstant& c : cost::kNamedConstants) {
     names.emplace_back(c.name);
-    values.push_back(cost::kH200.*c.member);
+    values.push_back(set.*c.member);
   }
   names.emplace_back(cost::kClusterBarrierScale);
-  values.push_back(1.0);
+  values.push_back(set.cluster_barrier_us[2] / cost::kH200.cluster_barrier_us[2]);
   return {names, values};
 }
 
@@ -255,8 +258,10 @@ double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t st
   TORCH_CHECK_VALUE(steps > 0 && batch > 0 && input_size > 0 && hidden_size > 0,
                     "rnn_fused: cost_model needs positive steps, batch, input_size and hidden_size, got ", steps, ", ",
                     batch, ", ", input_size, ", ", hidden_size);
-  const cost::Constants& c = cost::kH200;
+  // The reference models were fitted with the first kernels' constants; the planner prices
+  // with the refitted ones (recurrence_cost_model.h).
   const std::string name(kernel);
+  const cost::Constants& c = name == "planned" ? cost::kH200 : cost::kFirstKernels;
   const double dw_hh_launches = name == "planned" ? cost::dw_hh_launches(steps, batch, hidden_size)
                                                   : cost::legacy_dw_hh_launches(steps);
   const double gemms = backward ? cost::backward_gemms_us(c, steps, batch, input_size, hidden_size, dw_hh_launches)
@@ -352,7 +357,7 @@ TORCH_LIBRARY(rnn_fused, m) {
     const rnn_fused::Autotune previous = rnn_fused::set_autotune({.enabled = enabled, .steps = steps});
     return std::make_tuple(previous.enabled, previous.steps);
   });
-  m.def("cost_constants() -> (str[] names, float[] values)", &rnn_fused::cost_constants);
+  m.def("cost_constants(bool first_kernels=False) -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):
   // (phase_cycles [CTAs, 3] int64, result [T,B,H]).
   m.def(

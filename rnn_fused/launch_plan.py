@@ -114,10 +114,13 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
 
 
-def cost_constants() -> dict[str, float]:
+def cost_constants(first_kernels: bool = False) -> dict[str, float]:
     """The cost model's named constants and their values in this build
-    (csrc/cuda/recurrence_cost_model.h), plus cluster_barrier_scale (1: the measured table)."""
-    names, values = torch.ops.rnn_fused.cost_constants()
+    (csrc/cuda/recurrence_cost_model.h): those the planner prices with (fitted to an H200's
+    measurements of today's kernels), or with first_kernels=True those the reference models
+    of the first kernels and of cuDNN were fitted with. Plus cluster_barrier_scale: the set's
+    table of cluster barrier costs relative to the planner's (1 for the planner's own)."""
+    names, values = torch.ops.rnn_fused.cost_constants(first_kernels)
     return dict(zip(names, values))
 
 
@@ -203,9 +206,8 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     """Inside, the planner measures instead of predicting: at the first plan of each (device,
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
     the device, a persistent path's with every sample tile it considers and the dot products
-    on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on counted
-    instructions and fitted terms, not on timings of these kernels), the grid path's with
-    each step synchronisation (STEP_SYNCS: their costs are not measured yet),
+    on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on fitted
+    terms), the grid path's with each step synchronisation (STEP_SYNCS),
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its

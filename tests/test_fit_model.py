@@ -81,16 +81,18 @@ def test_issue_term_counts_the_dot_loops_instructions():
     (2 per scheduler) x (9 loads with an address instruction each + 32 FMAs + 1 for the loop,
     as counted in the kernels' machine code); or 4 warps (1 per scheduler) x (10 loads x 2 +
     64 FMAs + 1) + half a shared load latency (30 cycles) exposed. Plus one batch's epilogue
-    tail, 2 outputs per lane x 80 cycles. At 1980 cycles per us."""
+    tail, 2 outputs per lane x 80 cycles. At 1980 cycles per us. (The constants the first
+    kernels were priced with: the architecture's figures and the counted instructions.)"""
     fields = dict(path="grid", samples=8, chunks=1, ctas_per_group=32, units_per_cta=32, waves=1)
+    first = cost_constants(first_kernels=True)
     tail = 2 * 80
-    all_warps = step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, term="compute")
+    all_warps = step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=first, term="compute")
     assert all_warps == pytest.approx((32 * 2 * (9 * 2 + 32 + 1) + tail) / 1980, rel=1e-12)
-    half_warps = step_cost_us({**fields, "units_per_pass": 16}, 1024, 32, term="compute")
+    half_warps = step_cost_us({**fields, "units_per_pass": 16}, 1024, 32, constants=first, term="compute")
     assert half_warps == pytest.approx((32 * (10 * 2 + 64 + 1 + 15) + tail) / 1980, rel=1e-12)
     # Without address and loop instructions, shared-memory wavefronts bound the 8 warps:
     # 8 warps x 32 iterations x (4 weight + 8 state wavefronts), one per cycle.
-    free_loop = {"address_instructions_per_load": 1e-9, "loop_instructions": 1e-9}
+    free_loop = {**first, "address_instructions_per_load": 1e-9, "loop_instructions": 1e-9}
     assert step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=free_loop, term="compute") == \
         pytest.approx((8 * 32 * 12 + tail) / 1980, rel=1e-6)
 
@@ -113,18 +115,21 @@ def _observations(constants: dict[str, float], paths=("block", "cluster", "grid"
                         continue
                     row = fit_model.Observation(f"{hidden}, {batch}", "backward" if backward else "forward", fields,
                                                 hidden, batch, torch.float32, 1.0, term)
+                    if row.predicted_us(constants) == 0:
+                        continue  # a part the shape does not have: the tagged exchange's barrier
                     found.append(dataclasses.replace(row, measured_us=row.predicted_us(constants)))
     return found
 
 
 def test_fit_reproduces_times_measured_under_other_constants():
-    truth = {**cost_constants(), "grid_barrier_us": 1.4, "block_barrier_us": 0.03, "cluster_barrier_scale": 1.3,
+    first = cost_constants(first_kernels=True)
+    truth = {**first, "grid_barrier_us": 1.4, "block_barrier_us": 0.03, "cluster_barrier_scale": 1.3,
              "l2_dependent_load_us": 0.35, "smem_latency_cycles": 45.0, "output_issue_cycles": 120.0}
     observations = _observations(truth)
     assert {o.plan["path"] for o in observations} == {"block", "cluster", "grid"}
-    before = [o.predicted_us(cost_constants()) / o.measured_us for o in observations]
-    assert max(abs(r - 1) for r in before) > 0.2  # the built-in constants are far off these rows
-    fitted, iterations = fit_model.fit(observations)
+    before = [o.predicted_us(first) / o.measured_us for o in observations]
+    assert max(abs(r - 1) for r in before) > 0.2  # the starting constants are far off these rows
+    fitted, iterations = fit_model.fit(observations, first)
     after = [o.predicted_us(fitted) / o.measured_us for o in observations]
     assert max(abs(r - 1) for r in after) < 0.05, after
     assert 1 <= iterations < 50
@@ -134,7 +139,8 @@ def test_fit_reproduces_times_measured_under_other_constants():
 
 def test_fit_recovers_a_constant_the_rows_identify():
     truth = {**cost_constants(), "grid_barrier_us": 1.6}
-    observations = _observations(truth, paths=("grid",))
+    with rnn_fused.launch_plan.forced_tiling(step_sync="grid_barrier"):  # rows that all depend on it
+        observations = _observations(truth, paths=("grid",))
     fitted, _ = fit_model.fit(observations, fitted=("grid_barrier_us",))
     assert fitted["grid_barrier_us"] == pytest.approx(1.6, rel=0.02)
 
@@ -242,8 +248,9 @@ def test_fit_model_command_writes_the_report(tmp_path, capsys):
     source.write_text(json.dumps(_report(_observations(truth, paths=("grid",)))))
     assert main(["fit-model", str(source), "--out", str(tmp_path / "fit")]) == 0
     text = capsys.readouterr().out
-    assert "| grid_barrier_us | 0.97 |" in text and "double grid_barrier_us = " in text
-    assert "| launch_us | 5 | 4 | probe |" in text
+    built_in = cost_constants()
+    assert f"| grid_barrier_us | {built_in['grid_barrier_us']:g} |" in text and "double grid_barrier_us = " in text
+    assert f"| launch_us | {built_in['launch_us']:g} | 4 | probe |" in text
     written = json.loads((tmp_path / "fit" / "fit_model.json").read_text())
     assert written["after"]["launch_us"] == 4.0 and written["after"]["op_fixed_us"] == 22.0
     assert all(abs(r["predicted_after_us"] / r["measured_us"] - 1) < 0.05 for r in written["rows"])
@@ -264,9 +271,12 @@ def test_fit_model_command_refuses_what_is_not_a_report(tmp_path, capsys):
 
 
 def test_cost_constants_are_the_compiled_model():
-    constants = cost_constants()
-    assert constants["grid_barrier_us"] == 0.97 and constants["launch_us"] == 5.0
-    assert constants["cluster_barrier_scale"] == 1.0
+    constants, first = cost_constants(), cost_constants(first_kernels=True)
+    # The planner's set was refitted to an H200 run (recurrence_cost_model.h): its grid barrier
+    # includes the wait for the slowest CTA; the first kernels' set has the measured floor.
+    assert constants["grid_barrier_us"] == pytest.approx(2.28374) and constants["launch_us"] == pytest.approx(7.10757)
+    assert first["grid_barrier_us"] == 0.97 and first["launch_us"] == 5.0
+    assert constants["cluster_barrier_scale"] == 1.0 and first["cluster_barrier_scale"] == pytest.approx(1 / 1.752)
     assert set(fit_model.FITTED) <= constants.keys()
     assert rnn_fused.launch_plan.cost_constants is cost_constants
 

@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cuda/elman_backward_kernel.cuh"
@@ -249,16 +250,21 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   };
   std::vector<Slice> slices;
   const ForcedTiling& forced = r.forced;
-  // The Grid path's step synchronisation: the grid barrier, whose cost was measured; the flag
-  // barrier and the tagged exchange only where forced (forced_tiling, and autotuning, which
-  // times each): their costs are not measured yet, so the model does not choose them.
-  int32_t step_sync = int32_t(StepSync::GridBarrier);
-  if (kPath == RecurrencePath::Grid && forced.step_sync >= 0) {
-    if (r.fp64 && forced.step_sync == int32_t(StepSync::TaggedExchange)) {
-      best.reason = "the tagged exchange carries float32 state only";
-      return best;
+  // The Grid path's ways to end a step (StepSync), each priced by the model with its cost
+  // measured on an H200 (recurrence_cost_model.h), or the forced one; the other paths have
+  // their own barrier. The tagged exchange carries float32 state only.
+  std::vector<int32_t> step_syncs = {int32_t(StepSync::GridBarrier)};
+  if (kPath == RecurrencePath::Grid) {
+    if (forced.step_sync >= 0) {
+      if (r.fp64 && forced.step_sync == int32_t(StepSync::TaggedExchange)) {
+        best.reason = "the tagged exchange carries float32 state only";
+        return best;
+      }
+      step_syncs = {int32_t(forced.step_sync)};
+    } else {
+      step_syncs.push_back(int32_t(StepSync::FlagBarrier));
+      if (!r.fp64) step_syncs.push_back(int32_t(StepSync::TaggedExchange));
     }
-    step_sync = int32_t(forced.step_sync);
   }
   for (int64_t units : unit_options) {
     for (int per_pass : kUnitsPerPassOptions) {
@@ -271,11 +277,15 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       }
     }
   }
+  std::vector<std::pair<Slice, int32_t>> slice_syncs;
+  for (const Slice& slice : slices) {
+    for (const int32_t step_sync : step_syncs) slice_syncs.emplace_back(slice, step_sync);
+  }
   for (int64_t samples : {1, 2, 4, 8}) {
     if (forced.samples != 0 && samples != forced.samples) continue;
     if (forced.samples == 0 && samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
     const int64_t sample_chunks = (r.batch + samples - 1) / samples;
-    for (const Slice& slice : slices) {
+    for (const auto& [slice, step_sync] : slice_syncs) {
       const int64_t units = slice.units;
       const int per_pass = slice.per_pass;
       const int64_t ctas = (r.hidden + units - 1) / units;
@@ -700,10 +710,8 @@ struct TunedPaths {
 // The launch shapes autotuning times (r.forced holds the forced tiling): each feasible
 // persistent path's best shape by the model for each sample tile the planner considers (1, 2,
 // 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
-// model's choices between them rest on its issue and staging terms, counted and fitted, not
-// measured at these kernels) and, on the Grid path, each step synchronisation (the flag barrier's
-// and the tagged exchange's costs are not measured yet), only the forced ones where they are
-// forced; the stepwise path's shape.
+// model's choices between them rest on fitted terms) and, on the Grid path, each step
+// synchronisation, only the forced ones where they are forced; the stepwise path's shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;

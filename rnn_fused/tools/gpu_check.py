@@ -1277,12 +1277,19 @@ def write_outputs(result: GpuCheckResult, out: str) -> None:
 
 
 def _commit() -> str | None:
+    """HEAD's short hash, with "+ changes" where tracked files differ from it (a working tree
+    copied to a GPU machine may come with older git metadata than its files)."""
     try:
         found = subprocess.run(["git", "-C", _checkout_root(), "rev-parse", "--short", "HEAD"],
                                capture_output=True, text=True, timeout=10)
+        changed = subprocess.run(["git", "-C", _checkout_root(), "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return found.stdout.strip() or None
+    head = found.stdout.strip()
+    if not head:
+        return None
+    return f"{head} + changes" if changed.returncode == 0 and changed.stdout.strip() else head
 
 
 def describe(target: Target, timing: Timing, budget_s: float) -> dict:
@@ -1341,10 +1348,9 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
             result.notes.append(f"the constant probes failed: {_one_line(error)}")
             traceback.print_exc(file=sys.stderr)
         save()
-        # The planner's own launch shapes first (its grid barrier ran on an H200 before), then the
-        # forced paths, and last what runs the step synchronisations never run on a GPU before
-        # (the phase rows forced to them, autotuning, which times them): a fault there (a trap
-        # loses the process's CUDA context) leaves the rows before it measured.
+        # The planner's own launch shapes first, then the forced paths, and last what forces every
+        # step synchronisation and tile (the phase rows, autotuning): a fault there (a trap loses
+        # the process's CUDA context) leaves the rows before it measured.
         for index, shape in enumerate(shapes):
             if time.perf_counter() > deadline:
                 result.shape_rows.append(ShapeRow(shape.label(), dataclasses.asdict(shape),
