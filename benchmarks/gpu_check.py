@@ -84,10 +84,11 @@ def cores() -> int:
 def crash_isolation() -> list[str]:
     """pytest-xdist's one worker where it is installed: a test that kills its process (a
     segmentation fault) is then reported as a failure by name, and a new worker runs the tests
-    after it; without xdist such a crash ends the stage there."""
+    after it, however many crash (xdist's default stops replacing workers after 4, which left
+    16 tests unrun on the H200); without xdist such a crash ends the stage there."""
     import importlib.util
 
-    return ["-n", "1"] if importlib.util.find_spec("xdist") is not None else []
+    return ["-n", "1", "--max-worker-restart=1000"] if importlib.util.find_spec("xdist") is not None else []
 
 
 def native_backtrace_env(out: str) -> dict[str, str]:

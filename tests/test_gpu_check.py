@@ -661,7 +661,7 @@ def test_the_test_stage_isolates_crashes_where_xdist_is_installed(tmp_path, monk
         argv = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)[1].argv
         assert ("-n" in argv) == installed
         if installed:
-            assert argv[argv.index("-n") + 1] == "1"
+            assert argv[argv.index("-n") + 1] == "1" and "--max-worker-restart=1000" in argv
 
 
 def test_a_crashing_test_process_leaves_its_native_frames(tmp_path):
