@@ -107,8 +107,11 @@ def native_backtrace_env(out: str) -> dict[str, str]:
         print(f"==> gpu-check: native_backtrace.c did not build ({built.stderr.strip()[:300]}): a crashing test "
               "leaves its Python frames only", flush=True)
         return {}
+    frames = os.path.join(out, "native_backtrace.txt")
+    if os.path.exists(frames):
+        os.remove(frames)  # (an earlier run's crashes)
     preload = " ".join(p for p in (library, os.environ.get("LD_PRELOAD")) if p)
-    return {"LD_PRELOAD": preload, "RNN_FUSED_NATIVE_BACKTRACE": os.path.join(out, "native_backtrace.txt")}
+    return {"LD_PRELOAD": preload, "RNN_FUSED_NATIVE_BACKTRACE": frames}
 
 
 # A frame of backtrace_symbols_fd: "path(symbol+0xoffset) [0xaddress]" or "path(+0xoffset) [...]".

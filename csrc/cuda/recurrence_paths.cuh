@@ -338,9 +338,9 @@ class StepBarrier {
 // Step-phase timing of a persistent kernel: thread 0 of each CTA reads the SM's cycle counter
 // at every phase boundary and adds the cycles to its CTA's row of `cycles` [CTAs, kStepPhases]
 // (global, int64, summed over steps). Its running sums live in shared memory
-// (SharedLayout::phase_offset), so an untimed
-// launch (cycles null) keeps no register for them and only tests a kernel argument. Thread
-// 0's view: time its own warp spends, with the other warps' lag counted in the barrier.
+// (SharedLayout::phase_running), so an untimed launch (cycles null) keeps no register for them
+// and only tests a kernel argument. Thread 0's view: time its own warp spends, with the other
+// warps' lag counted in the barrier.
 class PhaseClock {
  public:
   SIMT_DEVICE explicit PhaseClock(int64_t* cycles, long long* running) : cycles_(cycles), running_(running) {}
