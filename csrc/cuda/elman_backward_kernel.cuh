@@ -180,14 +180,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // step s; with several chunks, each chunk's into registers as its dot products start.
   const bool one_chunk = tiling.chunks == 1;
   scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
-  auto for_each_operand = [&](int64_t first, int64_t s, auto&& f) {  // f(batch, k, offset in dy and out)
-    cta.for_each_owned_output(first, [&](int batch, int k, int64_t b, int64_t u) {
-      const int64_t length = sample_length(a.lengths, b, B, T);
-      if (s < length) f(batch, k, time_major_offset(step_time(s, length, a.reverse), b, u, B, H));
+  // With one chunk the lane's samples are those of every step (SampleRows).
+  const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
+  // f(batch, k, offset in dy and out) for the lane's outputs of the chunk at `first` (samples
+  // `rows`) valid at step s.
+  auto for_each_operand = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s, auto&& f) {
+    const int64_t shift = rows.shift(s);
+    cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
+      if (s < rows.length[k]) f(batch, k, rows.origin[k] + u + shift);
     });
   };
-  auto load_operands = [&](int64_t first, int64_t s) {
-    for_each_operand(first, s, [&](int batch, int k, int64_t at) {
+  auto load_operands = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s) {
+    for_each_operand(rows, first, s, [&](int batch, int k, int64_t at) {
       dy[batch][k] = a.dy[at];
       h[batch][k] = a.out[at];
     });
@@ -195,7 +199,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   auto prefetch_operands = [&](int64_t s) {
     if constexpr (Cta::kOperandsAheadInL1) {
       if (s < 0) return;
-      for_each_operand(place.sample_begin, s, [&](int, int, int64_t at) {
+      for_each_operand(lane_rows, place.sample_begin, s, [&](int, int, int64_t at) {
         simt::prefetch_l1(a.dy + at);
         simt::prefetch_l1(a.out + at);
       });
@@ -203,7 +207,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   };
   if (one_chunk) {
     for (int64_t s = T - 2; s > T - 1 - Cta::kOperandL1Steps; --s) prefetch_operands(s);
-    load_operands(place.sample_begin, T - 1);
+    load_operands(lane_rows, place.sample_begin, T - 1);
   }
 
   int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
@@ -213,26 +217,26 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // `later` holds dz at step s+1; `now` takes dz at step s.
     auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
       double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
-      // The lane's samples: lengths (0 past the batch), times, and the edge into step s+1 (one
-      // Philox evaluation per sample and step, not per unit).
-      int64_t length[kOwned], t[kOwned];
+      // The lane's samples (SampleRows), and the edge into step s+1 (one Philox evaluation per
+      // sample and step, not per unit).
+      const SampleRows<kOwned> rows =
+          one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
+      const int64_t shift = rows.shift(s);
       scalar_t edge[kOwned];
       SIMT_UNROLL
       for (int k = 0; k < kOwned; ++k) {
         const int64_t b = first + cta.first_sample + k;
-        length[k] = sample_length(a.lengths, b, B, T);
-        t[k] = step_time(s, length[k], a.reverse);
-        edge[k] = s + 1 < length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
+        edge[k] = s + 1 < rows.length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
       }
       double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
-      if (!one_chunk) load_operands(first, s);
+      if (!one_chunk) load_operands(rows, first, s);
       cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, scalar_t carry) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
-        if (s < length[k]) {
-          const int64_t at = time_major_offset(t[k], b, u, B, H);
-          const scalar_t g = backward_gradient(a, s, length[k], b, u, dy[batch][k], carry, edge[k]);
+        if (s < rows.length[k]) {
+          const int64_t at = rows.origin[k] + u + shift;
+          const scalar_t g = backward_gradient(a, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
           g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           a.dz[at] = d;
@@ -268,7 +272,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                        (s + 1) % 2, step_chunk, after_chunk, clock);
     if (one_chunk) {
       prefetch_operands(s - Cta::kOperandL1Steps);
-      if (s > 0) load_operands(place.sample_begin, s - 1);
+      if (s > 0) load_operands(lane_rows, place.sample_begin, s - 1);
     }
     clock.lap(kComputePhase);
     barrier.wait();

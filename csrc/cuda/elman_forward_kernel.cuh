@@ -86,42 +86,46 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // xw during step s; with several chunks, each chunk's go into xw as its dot products start.
   const bool one_chunk = tiling.chunks == 1;
   scalar_t xw[Cta::kBatches][kOwned] = {};
-  auto for_each_operand = [&](int64_t first, int64_t s, auto&& f) {  // f(batch, k, offset in out)
-    cta.for_each_owned_output(first, [&](int batch, int k, int64_t b, int64_t u) {
-      const int64_t length = sample_length(a.lengths, b, B, T);
-      if (s < length) f(batch, k, time_major_offset(step_time(s, length, a.reverse), b, u, B, H));
+  // With one chunk the lane's samples are those of every step (SampleRows).
+  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, a.reverse);
+  // f(batch, k, offset in out) for the lane's outputs of the chunk at `first` (samples `rows`)
+  // valid at step s.
+  auto for_each_operand = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s, auto&& f) {
+    const int64_t shift = rows.shift(s);
+    cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
+      if (s < rows.length[k]) f(batch, k, rows.origin[k] + u + shift);
     });
   };
-  auto load_operands = [&](int64_t first, int64_t s) {
-    for_each_operand(first, s, [&](int batch, int k, int64_t at) { xw[batch][k] = a.out[at]; });
+  auto load_operands = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s) {
+    for_each_operand(rows, first, s, [&](int batch, int k, int64_t at) { xw[batch][k] = a.out[at]; });
   };
   auto prefetch_operands = [&](int64_t s) {
     if constexpr (Cta::kOperandsAheadInL1) {
-      if (s < T) for_each_operand(cta.place.sample_begin, s, [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
+      if (s < T) {
+        for_each_operand(lane_rows, cta.place.sample_begin, s,
+                         [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
+      }
     }
   };
   if (one_chunk) {
     for (int64_t s = 1; s < Cta::kOperandL1Steps; ++s) prefetch_operands(s);
-    load_operands(cta.place.sample_begin, 0);
+    load_operands(lane_rows, cta.place.sample_begin, 0);
   }
 
   for (int64_t s = 0; s < T; ++s) {
     scalar_t* exchange_next = a.exchange != nullptr ? a.exchange + ((s + 1) % 2) * B * H : nullptr;
     unsigned long long* tagged_next = a.tagged_exchange != nullptr ? a.tagged_exchange + ((s + 1) % 2) * B * H : nullptr;
     auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
-      int64_t length[kOwned], t[kOwned];  // of the lane's samples (length 0 past the batch)
-      SIMT_UNROLL
-      for (int k = 0; k < kOwned; ++k) {
-        length[k] = sample_length(a.lengths, first + cta.first_sample + k, B, T);
-        t[k] = step_time(s, length[k], a.reverse);
-      }
-      if (!one_chunk) load_operands(first, s);
+      const SampleRows<kOwned> rows =
+          one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
+      const int64_t shift = rows.shift(s);
+      if (!one_chunk) load_operands(rows, first, s);
       cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, scalar_t recurrent) {
         const int64_t j = cta.first_sample + k, b = first + j;
         if (b >= B) return;
         scalar_t h;
-        if (s < length[k]) {
-          const int64_t at = time_major_offset(t[k], b, u, B, H);
+        if (s < rows.length[k]) {
+          const int64_t at = rows.origin[k] + u + shift;
           h = activate_runtime(a.activation, xw[batch][k] + recurrent);
           a.out[at] = h;
         } else {
@@ -141,7 +145,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                        s % 2, step_chunk, [](int64_t) {}, clock);
     if (one_chunk) {
       prefetch_operands(s + Cta::kOperandL1Steps);
-      if (s + 1 < T) load_operands(cta.place.sample_begin, s + 1);
+      if (s + 1 < T) load_operands(lane_rows, cta.place.sample_begin, s + 1);
     }
     clock.lap(kComputePhase);
     barrier.wait();
