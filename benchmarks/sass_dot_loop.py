@@ -12,10 +12,18 @@ by more than MAX_DIFFERENCE on average.
 A dot loop is recognised by its counts: per iteration S state loads and `used` weight loads
 for used x S x (4 float32 or 2 float64) multiply-adds, S the kernel's samples per chunk; the
 loop is unrolled by 2, so a trip holds 2 iterations (or 1, or 4).
+
+For the kernels compiled for their passes (recurrence_paths.cuh compiled_passes: the block
+path with its weight rows in registers, which has no dot loop, and the cluster path at 1 or 2
+passes) the report also counts the step loop of their untimed copy (the loop with the step's
+barrier and no read of the cycle counter) by kind of instruction, and fails where it is
+missing: a count of the code every warp may issue per step (branches skip parts of it), not
+a timing.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib.util
 import os
@@ -27,9 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST_MODEL = os.path.join(ROOT, "csrc", "cuda", "recurrence_cost_model.h")
 ARCH = "sm_90"
 # Mangled-name pieces: forward/backward kernel, float (f) or double (d), samples, path
-# (RecurrencePath: 0 block, 1 cluster, 2 grid).
+# (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time).
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
-KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)E")
+KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)EE")
 MAX_DIFFERENCE = 2.0  # instructions per iteration
 
 
@@ -63,8 +71,8 @@ def find_cuobjdump() -> str | None:
 
 
 def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]]]:
-    """(direction, dtype, samples, path) -> [(address, instruction)] of each recurrence kernel
-    compiled for `arch` in cuobjdump -sass output."""
+    """(direction, dtype, samples, path, passes) -> [(address, instruction)] of each recurrence
+    kernel compiled for `arch` in cuobjdump -sass output."""
     kernels: dict[tuple, list[tuple[int, str]]] = {}
     current, in_arch = None, False
     for line in sass.splitlines():
@@ -77,8 +85,9 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
             match = KERNEL.search(function.group(1)) if in_arch else None
             current = None
             if match:
-                direction, dtype, samples, path = match.groups()
-                current = (direction, "float" if dtype == "f" else "double", int(samples), PATH_NAMES[path])
+                direction, dtype, samples, path, passes = match.groups()
+                current = (direction, "float" if dtype == "f" else "double", int(samples), PATH_NAMES[path],
+                           int(passes))
                 kernels[current] = []
             continue
         instruction = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
@@ -87,14 +96,42 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
     return kernels
 
 
-def innermost_fma_loops(instructions: list[tuple[int, str]], min_fmas: int = 8) -> list[Loop]:
-    """The loops (backward branches) that contain no other loop and at least min_fmas FMAs."""
+def loop_spans(instructions: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(first, last) instruction index of each loop: a branch back to an earlier address."""
     index = {address: i for i, (address, _) in enumerate(instructions)}
     spans = []
     for i, (address, text) in enumerate(instructions):
         branch = re.search(r"BRA\b.*?(0x[0-9a-f]+)", text)
         if branch and int(branch.group(1), 16) in index and int(branch.group(1), 16) < address:
             spans.append((index[int(branch.group(1), 16)], i))
+    return spans
+
+
+def opcode(text: str) -> str:
+    """The opcode of an instruction without its predicate and modifiers: FFMA, LDS, SHFL, ..."""
+    return re.sub(r"^@!?U?P\w+ ", "", text).split()[0].split(".")[0]
+
+
+def untimed_step_loop(instructions: list[tuple[int, str]]) -> collections.Counter | None:
+    """Opcode counts of the largest loop that holds a barrier (BAR.SYNC) and no read of the
+    cycle counter (SR_CLOCKLO): the step loop of a kernel's untimed copy, or None. Only loops
+    closed by a conditional branch count (the step loop's test of s): the unconditional
+    branches back are the returns of out-of-line code (a divergent shuffle's fallback) into
+    the middle of a loop, whose spans cover parts of two loops."""
+    best = None
+    for start, end in loop_spans(instructions):
+        if not instructions[end][1].startswith("@"):
+            continue
+        body = [text for _, text in instructions[start:end + 1]]
+        if any("BAR.SYNC" in text for text in body) and not any("SR_CLOCKLO" in text for text in body):
+            if best is None or len(body) > sum(best.values()):
+                best = collections.Counter(opcode(text) for text in body)
+    return best
+
+
+def innermost_fma_loops(instructions: list[tuple[int, str]], min_fmas: int = 8) -> list[Loop]:
+    """The loops (backward branches) that contain no other loop and at least min_fmas FMAs."""
+    spans = loop_spans(instructions)
     loops = []
     for start, end in spans:
         if any(start <= s and e <= end and (s, e) != (start, end) for s, e in spans):
@@ -134,8 +171,20 @@ def report(object_file: str) -> tuple[list[str], str | None]:
     sass = subprocess.run([tool, "-sass", object_file], capture_output=True, text=True, check=True).stdout
     kernels = kernel_sass(sass)
     constants = model_constants()
-    lines, misses = [], {"float": [], "double": []}
+    lines, misses, errors = [], {"float": [], "double": []}, []
     for key in sorted(kernels):
+        name = f"{key[0]} {key[1]} {key[2]} samples {key[3]}" + (f" compiled for {key[4]} passes" if key[4] else "")
+        if key[4] > 0:
+            step = untimed_step_loop(kernels[key])
+            if step is None:
+                errors.append(f"{name}: no untimed step loop found")
+            else:
+                kinds = ("FFMA", "LDS", "SHFL", "BRA", "MUFU")
+                shown = " + ".join(f"{step[kind]} {kind}" for kind in kinds)
+                other = sum(step.values()) - sum(step[kind] for kind in kinds)
+                lines.append(f"{name}: untimed step loop {sum(step.values())} = {shown} + {other} other")
+            if key[3] == "block":
+                continue  # (the weight rows in registers: no dot loop)
         loops = sorted(innermost_fma_loops(kernels[key]), key=lambda loop: -loop.fmas)
         shown = ", ".join(f"{loop.instructions} = {loop.loads} LDS + {loop.fmas} FMA + {loop.other} other"
                           for loop in loops)
@@ -143,9 +192,8 @@ def report(object_file: str) -> tuple[list[str], str | None]:
             loads, other = counts
             misses[key[1]].append(other - (loads * constants["address_instructions_per_load"] +
                                            constants["loop_instructions"]))
-        lines.append(f"{key[0]} {key[1]} {key[2]} samples {key[3]}: {shown or 'no loop with FMAs'}")
+        lines.append(f"{name}: {shown or 'no loop with FMAs'}")
     lines.append("")
-    errors = []
     for dtype, miss in misses.items():
         if not miss:
             errors.append(f"no {dtype} dot loop found")

@@ -149,16 +149,18 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null).bytes of
-// dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path.
-template <typename scalar_t, int kSamples, RecurrencePath kPath>
+// dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
+// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   const bool norms = a.step_sq != nullptr;  // uniform over the launch
-  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
   Cta cta(smem, layout, tiling, a.shape);
+  cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const CtaPlace& place = cta.place;
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
@@ -172,136 +174,147 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms);
   barrier.start();
-  PhaseClock clock(a.phase_cycles, layout.phase_running(smem));
-  clock.start();
-
-  // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:
-  // with one chunk, step s - kOperandL1Steps's into L1 and step s - 1's into registers during
-  // step s; with several chunks, each chunk's into registers as its dot products start.
-  const bool one_chunk = tiling.chunks == 1;
-  scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
-  // With one chunk the lane's samples are those of every step (SampleRows).
-  const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
-  // f(batch, k, offset in dy and out) for the lane's outputs of the chunk at `first` (samples
-  // `rows`) valid at step s.
-  auto for_each_operand = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s, auto&& f) {
-    const int64_t shift = rows.shift(s);
-    cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
-      if (s < rows.length[k]) f(batch, k, rows.origin[k] + u + shift);
-    });
-  };
-  auto load_operands = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s) {
-    for_each_operand(rows, first, s, [&](int batch, int k, int64_t at) {
-      dy[batch][k] = a.dy[at];
-      h[batch][k] = a.out[at];
-    });
-  };
-  auto prefetch_operands = [&](int64_t s) {
-    if constexpr (Cta::kOperandsAheadInL1) {
-      if (s < 0) return;
-      for_each_operand(lane_rows, place.sample_begin, s, [&](int, int, int64_t at) {
-        simt::prefetch_l1(a.dy + at);
-        simt::prefetch_l1(a.out + at);
+  // The steps, timed by `clock` (a PhaseClock).
+  auto run = [&](auto clock) {
+    clock.start();
+    // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:
+    // with one chunk (LaneOutputs), step s - kOperandL1Steps's into L1 and step s - 1's into
+    // registers during step s; with several chunks, each chunk's into registers as its dot
+    // products start.
+    const bool one_chunk = cta.chunk_count() == 1;
+    scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
+    const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
+    LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);
+    auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
+      lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t at) {
+        dy[batch][k] = a.dy[at];
+        h[batch][k] = a.out[at];
       });
-    }
-  };
-  if (one_chunk) {
-    for (int64_t s = T - 2; s > T - 1 - Cta::kOperandL1Steps; --s) prefetch_operands(s);
-    load_operands(lane_rows, place.sample_begin, T - 1);
-  }
-
-  int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
-  for (int64_t s = T - 1; s >= 0; --s) {
-    scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
-    unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
-    // `later` holds dz at step s+1; `now` takes dz at step s.
-    auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
-      double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
-      // The lane's samples (SampleRows), and the edge into step s+1 (one Philox evaluation per
-      // sample and step, not per unit).
-      const SampleRows<kOwned> rows =
-          one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
-      const int64_t shift = rows.shift(s);
-      scalar_t edge[kOwned];
-      SIMT_UNROLL
-      for (int k = 0; k < kOwned; ++k) {
-        const int64_t b = first + cta.first_sample + k;
-        edge[k] = s + 1 < rows.length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
-      }
-      double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
-      if (!one_chunk) load_operands(rows, first, s);
-      cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, scalar_t carry) {
-        const int64_t j = cta.first_sample + k, b = first + j;
-        if (b >= B) return;
-        scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
-        if (s < rows.length[k]) {
-          const int64_t at = rows.origin[k] + u + shift;
-          const scalar_t g = backward_gradient(a, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
-          g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
-          d = g * slope_runtime(a.activation, h[batch][k]);
-          a.dz[at] = d;
-        }
-        publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H,
-                             tiling.ctas_per_group, d);
-        if (s == 0) a.dz_first[b * H + u] = d;
-      });
-      if (norms) {
-        // The unit group's sums per sample; read after the next barrier, this parity is
-        // written again two chunks later.
-        cta.sum_over_unit_group(g_sq);
-        if (cta.computes && cta.role.q < Cta::kSampleLanes) {
-          SIMT_UNROLL
-          for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
-        }
-      }
-      ++phase;
     };
-    auto after_chunk = [&](int64_t first) {  // Grid path: the chunk's rows and sums are complete
-      if (norms) {
-        store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
-                                         cta_sums, first, s);
+    auto prefetch_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's into L1, one chunk
+      if constexpr (Cta::kOperandsAheadInL1) {
+        if (s + ahead < 0) return;
+        lane.for_each_valid(cta, s, ahead, [&](int, int, int64_t at) {
+          simt::prefetch_l1(a.dy + at);
+          simt::prefetch_l1(a.out + at);
+        });
       }
     };
-    // dz after the last step is zero: the Grid path stages it from no buffer (zeros); the others
-    // from exchange (or from the tagged words of tag T - (s + 1)).
-    const scalar_t* exchange_later =
-        s == T - 1 || a.exchange == nullptr ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
-    const unsigned long long* tagged_later =
-        s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
-                       (s + 1) % 2, step_chunk, after_chunk, clock);
     if (one_chunk) {
-      prefetch_operands(s - Cta::kOperandL1Steps);
-      if (s > 0) load_operands(lane_rows, place.sample_begin, s - 1);
+      for (int64_t ahead = 1; ahead < Cta::kOperandL1Steps; ++ahead) prefetch_operands(T - 1, -ahead);
+      load_operands(T - 1, 0);
     }
-    clock.lap(kComputePhase);
-    barrier.wait();
-    clock.lap(kBarrierPhase);
-    if (norms) {
-      if constexpr (Cta::kStateInShared) {
-        store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
-                                         cta_sums, place.sample_begin, s);
-      }
-      if constexpr (kPath == RecurrencePath::Cluster) {
-        if (s + 1 < T) finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, s + 1);
-      } else if constexpr (kPath == RecurrencePath::Grid) {
-        if (s + 1 < T) finish_group_norms<kSamples>(a, tiling, place, s + 1);
+
+    int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
+    for (int64_t s = T - 1; s >= 0; --s) {
+      scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
+      unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
+      // `later` holds dz at step s+1; `now` takes dz at step s.
+      auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
+        double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
+        // The lane's samples (SampleRows), and the edge into step s+1 (one Philox evaluation per
+        // sample and step, not per unit).
+        const SampleRows<kOwned> rows =
+            one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
+        const int64_t shift = one_chunk ? 0 : rows.shift(s);
+        scalar_t edge[kOwned];
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) {
+          const int64_t b = first + cta.first_sample + k;
+          edge[k] = s + 1 < rows.length[k] ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
+        }
+        double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
+        if (!one_chunk) {
+          cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
+            if (s < rows.length[k]) {
+              dy[batch][k] = a.dy[rows.origin[k] + u + shift];
+              h[batch][k] = a.out[rows.origin[k] + u + shift];
+            }
+          });
+        }
+        cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, scalar_t carry) {
+          const int64_t j = cta.first_sample + k, b = first + j;
+          if (b >= B) return;
+          scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
+          if (s < rows.length[k]) {
+            const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
+            const scalar_t g = backward_gradient(a, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
+            g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
+            d = g * slope_runtime(a.activation, h[batch][k]);
+            a.dz[at] = d;
+          }
+          publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H,
+                               tiling.ctas_per_group, d);
+          if (s == 0) a.dz_first[b * H + u] = d;
+        });
+        if (norms) {
+          // The unit group's sums per sample; read after the next barrier, this parity is
+          // written again two chunks later.
+          cta.sum_over_unit_group(g_sq);
+          if (cta.computes && cta.holds_sample_sums()) {
+            SIMT_UNROLL
+            for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+          }
+        }
+        ++phase;
+      };
+      auto after_chunk = [&](int64_t first) {  // Grid path: the chunk's rows and sums are complete
+        if (norms) {
+          store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
+                                           cta_sums, first, s);
+        }
+      };
+      // dz after the last step is zero: the Grid path stages it from no buffer (zeros); the others
+      // from exchange (or from the tagged words of tag T - (s + 1)).
+      const scalar_t* exchange_later =
+          s == T - 1 || a.exchange == nullptr ? nullptr : a.exchange + ((s + 1) % 2) * B * H;
+      const unsigned long long* tagged_later =
+          s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
+      cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
+                         (s + 1) % 2, step_chunk, after_chunk, clock);
+      if (one_chunk) {
+        prefetch_operands(s, -Cta::kOperandL1Steps);
+        if (s > 0) load_operands(s, -1);
+        lane.move(-1);
       }
       clock.lap(kComputePhase);
+      barrier.wait();
+      clock.lap(kBarrierPhase);
+      if (norms) {
+        if constexpr (Cta::kStateInShared) {
+          store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
+                                           cta_sums, place.sample_begin, s);
+        }
+        if constexpr (kPath == RecurrencePath::Cluster) {
+          if (s + 1 < T) finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, s + 1);
+        } else if constexpr (kPath == RecurrencePath::Grid) {
+          if (s + 1 < T) finish_group_norms<kSamples>(a, tiling, place, s + 1);
+        }
+        clock.lap(kComputePhase);
+      }
+    }
+    clock.store();
+    if (norms) {
+      // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
+      // cluster alive until rank 0's shared memory is no longer written).
+      if constexpr (kPath == RecurrencePath::Grid) {
+        barrier.wait();
+        finish_group_norms<kSamples>(a, tiling, place, 0);
+      } else if constexpr (kPath == RecurrencePath::Cluster) {
+        barrier.wait();
+        finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
+      }
+    }
+  };
+  // The kernels compiled for their passes step without the clock's code where the launch is
+  // untimed (PhaseClock<false>); the others test the argument.
+  if constexpr (kPasses > 0) {
+    if (a.phase_cycles == nullptr) {
+      run(PhaseClock<false>(nullptr, nullptr));
+      return;
     }
   }
-  clock.store();
-  if (norms) {
-    // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
-    // cluster alive until rank 0's shared memory is no longer written).
-    if constexpr (kPath == RecurrencePath::Grid) {
-      barrier.wait();
-      finish_group_norms<kSamples>(a, tiling, place, 0);
-    } else if constexpr (kPath == RecurrencePath::Cluster) {
-      barrier.wait();
-      finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
-    }
-  }
+  run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
 }
 
 // Stepwise path, processing step s: the epilogue of the backward step after the cuBLAS

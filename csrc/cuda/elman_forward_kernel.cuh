@@ -56,15 +56,17 @@ struct ForwardRecurrenceArgs {
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false).bytes of dynamic
-// shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path.
-template <typename scalar_t, int kSamples, RecurrencePath kPath>
+// shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
+// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  using Cta = RecurrenceCta<scalar_t, kSamples, kPath>;
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
   Cta cta(smem, layout, tiling, a.shape);
+  cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;
   cta.load_weights(a.w_hh);
@@ -78,80 +80,88 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false);
   barrier.start();
-  PhaseClock clock(a.phase_cycles, layout.phase_running(smem));
-  clock.start();
 
-  // The lane's XW_t operands, read ahead (Cta::kOperandL1Steps): with one chunk a lane owns the
-  // same outputs every step, so step s + kOperandL1Steps's go into L1 and step s + 1's into
-  // xw during step s; with several chunks, each chunk's go into xw as its dot products start.
-  const bool one_chunk = tiling.chunks == 1;
-  scalar_t xw[Cta::kBatches][kOwned] = {};
-  // With one chunk the lane's samples are those of every step (SampleRows).
-  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, a.reverse);
-  // f(batch, k, offset in out) for the lane's outputs of the chunk at `first` (samples `rows`)
-  // valid at step s.
-  auto for_each_operand = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s, auto&& f) {
-    const int64_t shift = rows.shift(s);
-    cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
-      if (s < rows.length[k]) f(batch, k, rows.origin[k] + u + shift);
-    });
-  };
-  auto load_operands = [&](const SampleRows<kOwned>& rows, int64_t first, int64_t s) {
-    for_each_operand(rows, first, s, [&](int batch, int k, int64_t at) { xw[batch][k] = a.out[at]; });
-  };
-  auto prefetch_operands = [&](int64_t s) {
-    if constexpr (Cta::kOperandsAheadInL1) {
-      if (s < T) {
-        for_each_operand(lane_rows, cta.place.sample_begin, s,
-                         [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
-      }
-    }
-  };
-  if (one_chunk) {
-    for (int64_t s = 1; s < Cta::kOperandL1Steps; ++s) prefetch_operands(s);
-    load_operands(lane_rows, cta.place.sample_begin, 0);
-  }
-
-  for (int64_t s = 0; s < T; ++s) {
-    scalar_t* exchange_next = a.exchange != nullptr ? a.exchange + ((s + 1) % 2) * B * H : nullptr;
-    unsigned long long* tagged_next = a.tagged_exchange != nullptr ? a.tagged_exchange + ((s + 1) % 2) * B * H : nullptr;
-    auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
-      const SampleRows<kOwned> rows =
-          one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
-      const int64_t shift = rows.shift(s);
-      if (!one_chunk) load_operands(rows, first, s);
-      cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, scalar_t recurrent) {
-        const int64_t j = cta.first_sample + k, b = first + j;
-        if (b >= B) return;
-        scalar_t h;
-        if (s < rows.length[k]) {
-          const int64_t at = rows.origin[k] + u + shift;
-          h = activate_runtime(a.activation, xw[batch][k] + recurrent);
-          a.out[at] = h;
-        } else {
-          h = current[j * R + u];  // frozen: the state carries over
-        }
-        publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H,
-                             tiling.ctas_per_group, h);
-        if (s == T - 1) a.h_n[b * H + u] = h;
-      });
+  // The steps, timed by `clock` (a PhaseClock).
+  auto run = [&](auto clock) {
+    clock.start();
+    // The lane's XW_t operands, read ahead (Cta::kOperandL1Steps): with one chunk a lane owns the
+    // same outputs every step (LaneOutputs), so step s + kOperandL1Steps's go into L1 and step
+    // s + 1's into xw during step s; with several chunks, each chunk's go into xw as its dot
+    // products start.
+    const bool one_chunk = cta.chunk_count() == 1;
+    scalar_t xw[Cta::kBatches][kOwned] = {};
+    const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, a.reverse);
+    LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0);
+    auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
+      lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t at) { xw[batch][k] = a.out[at]; });
     };
-    // The Grid path stages step 0's rows from h0 itself (null: zeros), the others' from exchange
-    // (or from the tagged words of tag s).
-    const scalar_t* exchange_current = s == 0 ? a.h0 : (a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr);
-    const unsigned long long* tagged_current =
-        s == 0 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + (s % 2) * B * H;
-    cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, tagged_current, static_cast<unsigned>(s),
-                       s % 2, step_chunk, [](int64_t) {}, clock);
+    auto prefetch_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's into L1 (the lane at step s), one chunk
+      if constexpr (Cta::kOperandsAheadInL1) {
+        lane.for_each_valid(cta, s, ahead, [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
+      }
+    };
     if (one_chunk) {
-      prefetch_operands(s + Cta::kOperandL1Steps);
-      if (s + 1 < T) load_operands(lane_rows, cta.place.sample_begin, s + 1);
+      for (int64_t ahead = 1; ahead < Cta::kOperandL1Steps; ++ahead) prefetch_operands(0, ahead);
+      load_operands(0, 0);
     }
-    clock.lap(kComputePhase);
-    barrier.wait();
-    clock.lap(kBarrierPhase);
+
+    for (int64_t s = 0; s < T; ++s) {
+      scalar_t* exchange_next = a.exchange != nullptr ? a.exchange + ((s + 1) % 2) * B * H : nullptr;
+      unsigned long long* tagged_next =
+          a.tagged_exchange != nullptr ? a.tagged_exchange + ((s + 1) % 2) * B * H : nullptr;
+      auto step_chunk = [&](int64_t first, const scalar_t* current, scalar_t* next) {
+        const SampleRows<kOwned> rows =
+            one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
+        const int64_t shift = one_chunk ? 0 : rows.shift(s);
+        if (!one_chunk) {
+          cta.for_each_owned_output(first, [&](int batch, int k, int64_t, int64_t u) {
+            if (s < rows.length[k]) xw[batch][k] = a.out[rows.origin[k] + u + shift];
+          });
+        }
+        cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, scalar_t recurrent) {
+          const int64_t j = cta.first_sample + k, b = first + j;
+          if (b >= B) return;
+          scalar_t h;
+          if (s < rows.length[k]) {
+            const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
+            h = activate_runtime(a.activation, xw[batch][k] + recurrent);
+            a.out[at] = h;
+          } else {
+            h = current[j * R + u];  // frozen: the state carries over
+          }
+          publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H,
+                               tiling.ctas_per_group, h);
+          if (s == T - 1) a.h_n[b * H + u] = h;
+        });
+      };
+      // The Grid path stages step 0's rows from h0 itself (null: zeros), the others' from exchange
+      // (or from the tagged words of tag s).
+      const scalar_t* exchange_current =
+          s == 0 ? a.h0 : (a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr);
+      const unsigned long long* tagged_current =
+          s == 0 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + (s % 2) * B * H;
+      cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, tagged_current, static_cast<unsigned>(s),
+                         s % 2, step_chunk, [](int64_t) {}, clock);
+      if (one_chunk) {
+        prefetch_operands(s, Cta::kOperandL1Steps);  // (none past a sample's length, so none past T)
+        load_operands(s, 1);
+        lane.move(1);
+      }
+      clock.lap(kComputePhase);
+      barrier.wait();
+      clock.lap(kBarrierPhase);
+    }
+    clock.store();
+  };
+  // The kernels compiled for their passes step without the clock's code where the launch is
+  // untimed (PhaseClock<false>); the others test the argument.
+  if constexpr (kPasses > 0) {
+    if (a.phase_cycles == nullptr) {
+      run(PhaseClock<false>(nullptr, nullptr));
+      return;
+    }
   }
-  clock.store();
+  run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
 }
 
 // Stepwise path, processing step s: h = act(XW_t + recurrent) at valid steps, the state

@@ -80,22 +80,28 @@ static_assert(kTaggedWordsAtOnce == cost::kTaggedWordsAtOnce && kRecurrenceThrea
 constexpr int kPersistentKernelRegisters = 255;
 constexpr int kEpilogueKernelRegisters = 40;
 
-#define RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, samples, path)                                              \
+#define RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, samples, path, passes)                                      \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
-                         forward_recurrence_kernel<scalar_t, samples, RecurrencePath::path>);               \
+                         forward_recurrence_kernel<scalar_t, samples, RecurrencePath::path, passes>);       \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
-                         backward_recurrence_kernel<scalar_t, samples, RecurrencePath::path>)
-#define RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(scalar_t, path) \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 1, path);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 2, path);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 4, path);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path)
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid);
+                         backward_recurrence_kernel<scalar_t, samples, RecurrencePath::path, passes>)
+#define RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(scalar_t, path, passes) \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 1, path, passes);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 2, path, passes);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 4, path, passes);               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path, passes)
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 0);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 1);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 2);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 3);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 4);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 1);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 2);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<float>);
@@ -103,33 +109,71 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
 
-// Calls f(kernel) with the persistent kernel for (direction, samples, path): the one switch
-// from a plan to a template instantiation.
+// The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time).
+inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64) {
+  const int64_t vec = fp64 ? 2 : 4;
+  const int64_t chunk_iterations = (padded_row(hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
+  const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
+  return compiled_passes(path, passes, chunk_iterations, fp64);
+}
+
+// Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
+// the one switch from a plan to a template instantiation.
 template <typename scalar_t, RecurrencePath kPath, class F>
-void with_persistent_kernel(bool backward, int64_t samples, F&& f) {
-  auto pick = [&](auto samples_constant) {
-    constexpr int S = decltype(samples_constant)::value;
+void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f) {
+  auto pick = [&](auto samples_constant, auto passes_constant) {
+    constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
     if (backward) {
-      f(backward_recurrence_kernel<scalar_t, S, kPath>);
+      f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
     } else {
-      f(forward_recurrence_kernel<scalar_t, S, kPath>);
+      f(forward_recurrence_kernel<scalar_t, S, kPath, P>);
     }
   };
+  auto pick_passes = [&](auto samples_constant) {
+    if constexpr (kPath == RecurrencePath::Block && std::is_same_v<scalar_t, float>) {
+      switch (passes) {
+        case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
+        case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
+        case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
+        case 3: pick(samples_constant, std::integral_constant<int, 3>{}); return;
+        case 4: pick(samples_constant, std::integral_constant<int, 4>{}); return;
+        default: break;
+      }
+    } else if constexpr (kPath == RecurrencePath::Cluster && std::is_same_v<scalar_t, float>) {
+      static_assert(kMaxCompiledClusterPasses == 2, "one case per compiled pass count");
+      switch (passes) {
+        case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
+        case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
+        case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
+        default: break;
+      }
+    } else if (passes == 0) {
+      pick(samples_constant, std::integral_constant<int, 0>{});
+      return;
+    }
+    TORCH_CHECK(false, "rnn_fused: no ", path_name(kPath), " recurrence kernel compiled for ", passes, " passes");
+  };
   switch (samples) {
-    case 1: pick(std::integral_constant<int, 1>{}); break;
-    case 2: pick(std::integral_constant<int, 2>{}); break;
-    case 4: pick(std::integral_constant<int, 4>{}); break;
-    case 8: pick(std::integral_constant<int, 8>{}); break;
+    case 1: pick_passes(std::integral_constant<int, 1>{}); break;
+    case 2: pick_passes(std::integral_constant<int, 2>{}); break;
+    case 4: pick_passes(std::integral_constant<int, 4>{}); break;
+    case 8: pick_passes(std::integral_constant<int, 8>{}); break;
     default: TORCH_CHECK(false, "rnn_fused: no recurrence kernel for ", samples, " samples per group");
   }
 }
 
 template <typename scalar_t, class F>
-void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, F&& f) {
+void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, int passes, F&& f) {
   switch (path) {
-    case RecurrencePath::Block: with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, f); break;
-    case RecurrencePath::Cluster: with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, f); break;
-    case RecurrencePath::Grid: with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, f); break;
+    case RecurrencePath::Block:
+      with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, passes, f);
+      break;
+    case RecurrencePath::Cluster:
+      with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, passes, f);
+      break;
+    case RecurrencePath::Grid:
+      with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, passes, f);
+      break;
     default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel");
   }
 }
@@ -215,8 +259,6 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                   std::to_string(props.compute_capability_major) + "." + std::to_string(props.compute_capability_minor);
     return best;
   }
-  const int64_t vec = vec_size<scalar_t>();
-  const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
   if (kPath == RecurrencePath::Block && r.hidden > kMaxUnitsPerCta) {
     best.reason = "one CTA owns at most " + std::to_string(kMaxUnitsPerCta) + " hidden units";
     return best;
@@ -304,7 +346,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         continue;
       }
       int occupancy = 0, clusters = 0;
-      with_persistent_kernel<scalar_t, kPath>(r.backward, samples, [&](auto kernel) {
+      const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64);
+      with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
         occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
         if (kPath == RecurrencePath::Cluster) {
           if (ctas > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
@@ -345,7 +388,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     std::to_string(props.shared_mem_per_block_optin);
             continue;
           }
-          with_persistent_kernel<scalar_t, kPath>(r.backward, samples, [&](auto kernel) {
+          with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
             occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
           });
           const int64_t groups_at_once = int64_t(occupancy) * props.sm_count / ctas;
@@ -380,9 +423,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                          ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
-                    (weights_in_registers(kPath, (units + per_pass - 1) / per_pass, chunk_iterations, r.fp64)
-                         ? ", weight rows in registers"
-                         : "") +
+                    (kPath == RecurrencePath::Block && passes > 0 ? ", weight rows in registers" : "") +
+                    (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
                     step_sync_text(static_cast<StepSync>(step_sync)) +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
     }
@@ -462,7 +504,8 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
 template <typename scalar_t, class Args>
 void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
   const dim3 block(kRecurrenceThreads);
-  with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, [&](auto kernel) {
+  const int passes = compiled_passes_of(plan.path, plan.tiling, args.shape.hidden, sizeof(scalar_t) == 8);
+  with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, passes, [&](auto kernel) {
     using Kernel = decltype(kernel);
     if constexpr (std::is_invocable_v<Kernel, Args, RecurrenceTiling>) {
       const auto grid = static_cast<unsigned>(plan.grid);

@@ -47,25 +47,38 @@ constexpr int kMaxUnitsPerCta = kUnitsPerPass * kMaxPasses;
 constexpr int kUnitsPerPassOptions[] = {kUnitsPerPass, kUnitsPerPass / 2};
 SIMT_HOST_DEVICE constexpr int max_units_per_cta(int units_per_pass) { return units_per_pass * kMaxPasses; }
 // A lane's register tile of accumulators: pass_batch passes (units) x S samples, 64 bytes
-// (16 float32 or 8 float64 values), at most kMaxPasses passes; always 8 or 16 values.
-SIMT_HOST_DEVICE constexpr int pass_batch(int samples, int scalar_bytes) {
+// (16 float32 or 8 float64 values), at most kMaxPasses passes; always 8 or 16 values. A kernel
+// compiled for a fixed number of passes (`fixed_passes` > 0: the Block path with the weight
+// rows in registers) takes no more passes than it has, rounded up to a power of two, so that
+// its reduce-scatter shuffles no empty passes: a tile of 1 to 16 values.
+SIMT_HOST_DEVICE constexpr int pass_batch(int samples, int scalar_bytes, int fixed_passes = 0) {
   const int passes = 64 / scalar_bytes / samples;
-  return passes < 1 ? 1 : passes > kMaxPasses ? kMaxPasses : passes;
+  const int batch = passes < 1 ? 1 : passes > kMaxPasses ? kMaxPasses : passes;
+  int fixed = 1;
+  while (fixed < fixed_passes) fixed *= 2;
+  return fixed_passes > 0 && fixed < batch ? fixed : batch;
 }
-SIMT_HOST_DEVICE constexpr int tile_size(int samples, int scalar_bytes) {
-  return pass_batch(samples, scalar_bytes) * samples;
+SIMT_HOST_DEVICE constexpr int tile_size(int samples, int scalar_bytes, int fixed_passes = 0) {
+  return pass_batch(samples, scalar_bytes, fixed_passes) * samples;
 }
 // Outputs (totals) a lane holds after reduce_scatter_tile: tile / 8, all of one pass and
-// consecutive samples (1 or 2).
-SIMT_HOST_DEVICE constexpr int outputs_per_lane(int samples, int scalar_bytes) {
-  return tile_size(samples, scalar_bytes) / kUnitLanes;
+// consecutive samples (1 or 2); 1 for a tile of fewer than 8 values, whose totals several
+// lanes hold (tile_copy_lanes).
+SIMT_HOST_DEVICE constexpr int outputs_per_lane(int samples, int scalar_bytes, int fixed_passes = 0) {
+  const int n = tile_size(samples, scalar_bytes, fixed_passes);
+  return n < kUnitLanes ? 1 : n / kUnitLanes;
 }
 // The first tile value (pass i * S + sample j) whose total lane q holds after
 // reduce_scatter_tile; the lane's other totals follow it.
-SIMT_HOST_DEVICE constexpr int tile_base(int samples, int scalar_bytes, int q) {
-  const int n = tile_size(samples, scalar_bytes);
+SIMT_HOST_DEVICE constexpr int tile_base(int samples, int scalar_bytes, int q, int fixed_passes = 0) {
+  const int n = tile_size(samples, scalar_bytes, fixed_passes);
   return ((q & 4) != 0 ? n / 2 : 0) + ((q & 2) != 0 ? n / 4 : 0) + ((q & 1) != 0 ? n / 8 : 0);
 }
+// The lane bits of a unit group along which lanes hold copies of the same totals after
+// reduce_scatter_tile (a tile of n < 8 values is down to one per lane after log2(n) levels;
+// the others add both partners' sums): 7, 3, 1 for 1, 2, 4 values, else 0. The lane with
+// these bits clear owns the outputs (runs their epilogues).
+SIMT_HOST_DEVICE constexpr int tile_copy_lanes(int tile) { return tile >= kUnitLanes ? 0 : kUnitLanes / tile - 1; }
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // 16 bytes of scalars: 4 floats or 2 doubles, loaded from shared memory as one vector.
@@ -221,15 +234,16 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 }
 
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
-// (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row). The same sums in the
-// same order.
-template <int kUsed, typename scalar_t, int kUnits, int kSamples>
+// (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row), over at most
+// kIterations chunk iterations. The same sums in the same order.
+template <int kUsed, int kIterations, typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kRegisterPasses][kRegisterIterations],
                                                     int first_pass, const scalar_t* states, int64_t row_stride,
                                                     int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
+  static_assert(kIterations >= 1 && kIterations <= kRegisterIterations, "the iterations the registers hold");
   zero_tile(acc);
   SIMT_UNROLL
-  for (int it = 0; it < kRegisterIterations; ++it) {
+  for (int it = 0; it < kIterations; ++it) {
     const int c = q + it * kUnitLanes;
     if (c >= chunks) break;
     Vec16<scalar_t> h[kSamples];
@@ -250,22 +264,29 @@ SIMT_DEVICE __forceinline__ scalar_t& tile_at(scalar_t (&acc)[kUnits][kSamples],
 // The 8 lanes of a unit group hold partial sums of the same tile of outputs. Reduce-scatter
 // over lane bits 4, 2, 1: at each level a lane keeps half of the values it holds (the upper
 // half if its bit is set), adds the partner's partial sums of that half and sends the other
-// half. Afterwards acc[0][k], k < outputs_per_lane, of lane q is the total of tile value
-// tile_base(q) + k (v = pass * kSamples + sample): every lane finishes different outputs, so a batch's epilogues run on all
-// 8 lanes side by side. Every total is the same tree over the 8 lanes' partial sums (pairs
-// by bit 4, then 2, then 1), whatever the tile: bitwise reproducible, independent of the
-// tile's shape. Every lane of the warp must call it.
+// half; once a lane holds a single value (tiles of fewer than 8), the remaining levels add the
+// partner's sum of it (both lanes then hold the same total). Afterwards acc[0][k],
+// k < outputs_per_lane, of lane q is the total of tile value tile_base(q) + k
+// (v = pass * kSamples + sample): every lane, or every copy_lanes group of lanes, finishes
+// different outputs, so a batch's epilogues run on the lanes side by side. Every total is the
+// same tree over the 8 lanes' partial sums (pairs by bit 4, then 2, then 1; a + b == b + a
+// in IEEE arithmetic, so which partner keeps it does not matter), whatever the tile: bitwise
+// reproducible, independent of the tile's shape. Every lane of the warp must call it.
 template <typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void reduce_scatter_tile(scalar_t (&acc)[kUnits][kSamples], int q) {
   constexpr int kTile = kUnits * kSamples;
-  static_assert(kTile == 8 || kTile == 16, "a tile of 8 or 16 values");
+  static_assert(kTile == 1 || kTile == 2 || kTile == 4 || kTile == 8 || kTile == 16, "a tile of 1 to 16 values");
   SIMT_UNROLL
   for (int level = 0; level < 3; ++level) {
     const int bit = kUnitLanes >> (level + 1);  // 4, 2, 1
     const int half = kTile >> (level + 1);      // values kept at this level
+    if (half == 0) {  // one value left: both partners add the other's
+      acc[0][0] += __shfl_xor_sync(kFullMask, acc[0][0], bit);
+      continue;
+    }
     const bool upper = (q & bit) != 0;
     SIMT_UNROLL
-    for (int v = 0; v < kTile / 2; ++v) {
+    for (int v = 0; v < (kTile + 1) / 2; ++v) {
       if (v < half) {
         const scalar_t low = tile_at(acc, v), high = tile_at(acc, v + half);
         tile_at(acc, v) = (upper ? high : low) + __shfl_xor_sync(kFullMask, upper ? low : high, bit);

@@ -70,6 +70,23 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
   return path == RecurrencePath::Block && weights_fit_registers(passes, chunk_iterations, fp64);
 }
 
+// The passes a persistent kernel is compiled for (its kPasses), so that its step is
+// straight-line code around the dot products: the batches and the units of each known to the
+// compiler, no branch on them and no empty pass in the reduce-scatter (sm_90 SASS:
+// benchmarks/sass_dot_loop.txt). Float32 only, where a CTA's steps are short:
+//  - the Block path where the weight rows are held in registers (H <= 128): 1 to 4 passes,
+//    the chunk iterations then known too (a chunk iteration never outnumbers the passes there:
+//    ceil(H / 32) iterations, ceil(H / units per pass) >= that passes, so kPasses bounds both);
+//  - the Cluster path at 1 or 2 passes (up to 64 units per CTA: H <= 1024 on 16 CTAs).
+// Else 0: the count is read at run time.
+inline constexpr int kMaxCompiledClusterPasses = 2;
+SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
+                                               bool fp64) {
+  if (weights_in_registers(path, passes, chunk_iterations, fp64)) return static_cast<int>(passes);
+  if (path == RecurrencePath::Cluster && !fp64 && passes <= kMaxCompiledClusterPasses) return static_cast<int>(passes);
+  return 0;
+}
+
 // The paths that keep the whole state of a group in each CTA's shared memory (two buffers,
 // current and next step); the Grid path stages one chunk of rows at a time from global memory.
 constexpr bool state_in_shared(RecurrencePath p) { return p != RecurrencePath::Grid; }
@@ -177,6 +194,51 @@ struct SampleRows {
   }
 
   SIMT_DEVICE __forceinline__ int64_t shift(int64_t s) const { return s * time_stride; }
+};
+
+// With one chunk of samples per step (every path but the Grid path with several chunks), the
+// outputs a lane owns are the same every step: their offsets in the time-major [T,B,H]
+// tensors at the current processing step, moved one step at a time (an add per output and
+// step, where SampleRows costs a multiply per step and an add per use; kept in registers,
+// nothing to recompute: in sm_90 SASS nvcc rebuilt SampleRows' origins from the lengths every
+// step, about 30 instructions per use).
+template <int kBatches, int kOwned>
+struct LaneOutputs {
+  int64_t at[kBatches][kOwned];  // offset of output (batch, k) at the current step; unowned: unused
+  int64_t length[kOwned];        // valid steps of the lane's samples
+  int64_t time_stride;           // one processing step's move (SampleRows::time_stride)
+
+  template <class Cta>
+  SIMT_DEVICE LaneOutputs(const Cta& cta, const SampleRows<kOwned>& rows, int64_t s) : time_stride(rows.time_stride) {
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      length[k] = rows.length[k];
+      SIMT_UNROLL
+      for (int batch = 0; batch < kBatches; ++batch) at[batch][k] = 0;
+    }
+    const int64_t shift = rows.shift(s);
+    cta.for_each_owned_output(cta.place.sample_begin,
+                              [&](int batch, int k, int64_t, int64_t u) { at[batch][k] = rows.origin[k] + u + shift; });
+  }
+
+  // f(batch, k, offset there) for each owned output valid at step s + ahead (s the current step).
+  template <class Cta, class F>
+  SIMT_DEVICE __forceinline__ void for_each_valid(const Cta& cta, int64_t s, int64_t ahead, F&& f) const {
+    const int64_t shift = ahead * time_stride;
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t) {
+      if (s + ahead < length[k]) f(batch, k, at[batch][k] + shift);
+    });
+  }
+
+  // To step s + steps.
+  SIMT_DEVICE __forceinline__ void move(int steps) {
+    const int64_t shift = steps * time_stride;
+    SIMT_UNROLL
+    for (int batch = 0; batch < kBatches; ++batch) {
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) at[batch][k] += shift;
+    }
+  }
 };
 
 // Grid path: rows [S][R] (shared) = rows [first, first + S) of the global state [B,H] (zero
@@ -367,12 +429,15 @@ class StepBarrier {
 // (global, int64, summed over steps). Its running sums live in shared memory
 // (SharedLayout::phase_running), so an untimed launch (cycles null) keeps no register for them
 // and only tests a kernel argument. Thread 0's view: time its own warp spends, with the other
-// warps' lag counted in the barrier.
+// warps' lag counted in the barrier. PhaseClock<false> does nothing: the kernels compiled for
+// their passes run their steps with it where the launch is untimed, since there the predicated
+// clock code (about 20 instructions per step, issued by every warp) is a tenth of a step.
+template <bool kEnabled = true>
 class PhaseClock {
  public:
   SIMT_DEVICE explicit PhaseClock(int64_t* cycles, long long* running) : cycles_(cycles), running_(running) {}
 
-  SIMT_DEVICE __forceinline__ bool timing() const { return cycles_ != nullptr && threadIdx.x == 0; }
+  SIMT_DEVICE __forceinline__ bool timing() const { return kEnabled && cycles_ != nullptr && threadIdx.x == 0; }
 
   // Starts the first phase.
   SIMT_DEVICE void start() {
@@ -404,19 +469,27 @@ class PhaseClock {
 // What a persistent kernel's CTA knows and does every step, whichever the direction: its
 // place, its shared memory, this lane's role, and the loop over chunks and passes that
 // computes the unit dot products and hands each owned result to the kernel's epilogue.
-template <typename scalar_t, int kSamples, RecurrencePath kPath>
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
+  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, 1, sizeof(scalar_t) == 8) == kPasses,
+                "a fixed pass count only where compiled_passes gives one");
   static constexpr bool kStateInShared = state_in_shared(kPath);
-  // Whether the kernel has weight registers at all (they are used where the shape fits them).
-  static constexpr bool kRegisterWeights = kernels::weights_in_registers(kPath, 1, 1, sizeof(scalar_t) == 8);
+  // The weight rows in registers: exactly the Block path's kernels compiled for their passes.
+  static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
-  static constexpr int kBatch = pass_batch(kSamples, kScalarBytes);      // passes computed together
-  static constexpr int kBatches = (kMaxPasses + kBatch - 1) / kBatch;     // at most, per step and chunk
-  static constexpr int kOwned = outputs_per_lane(kSamples, kScalarBytes);  // outputs per lane and batch
-  // Lanes of a unit group that own different samples; the others own the same samples in
-  // other passes: 1, 1, 2, 4 for 1, 2, 4, 8 samples (float32), kSamples (float64).
-  static constexpr int kSampleLanes = kSamples / kOwned;
+  static constexpr int kBatch = pass_batch(kSamples, kScalarBytes, kPasses);  // passes computed together
+  static constexpr int kBatches = ((kPasses > 0 ? kPasses : kMaxPasses) + kBatch - 1) / kBatch;  // at most, per step and chunk
+  static constexpr int kTile = kBatch * kSamples;
+  static constexpr int kOwned = outputs_per_lane(kSamples, kScalarBytes, kPasses);  // outputs per lane and batch
+  // Lane bits of a unit group along which lanes hold copies of the same totals
+  // (tile_copy_lanes): only the lane with them clear runs the epilogues.
+  static constexpr int kCopyLanes = tile_copy_lanes(kTile);
+  // Lane bits of a unit group that pick a lane's samples (those whose place in tile_base is
+  // below kSamples); along the others, lanes own the same samples in other passes or are copies.
+  static constexpr int kSampleBits = (kTile * 4 / kUnitLanes >= 1 && kTile * 4 / kUnitLanes < kSamples ? 4 : 0) |
+                                     (kTile * 2 / kUnitLanes >= 1 && kTile * 2 / kUnitLanes < kSamples ? 2 : 0) |
+                                     (kTile / kUnitLanes >= 1 && kTile / kUnitLanes < kSamples ? 1 : 0);
 
   RecurrenceTiling tiling;
   int64_t steps, batch, hidden, row;
@@ -425,8 +498,7 @@ struct RecurrenceCta {
   int64_t units;   // this CTA's units
   int units_per_pass;  // tiling.units_per_pass: unit groups that compute
   bool computes;       // this lane's unit group computes (uniform over a warp)
-  int passes;          // ceil(units / units_per_pass)
-  bool weights_in_registers;  // rnn_fused::kernels::weights_in_registers(kPath, ...): uniform
+  int passes;          // ceil(units / units_per_pass) (kPasses where fixed)
   LaneRole role;
   int owned_pass;    // the pass of this lane's outputs within every batch
   int first_sample;  // its outputs' samples (rows j of every chunk): first_sample .. + kOwned - 1
@@ -446,14 +518,24 @@ struct RecurrenceCta {
         units(place.unit_end - place.unit_begin),
         units_per_pass(t.units_per_pass),
         computes(lane_role().unit_in_pass < t.units_per_pass),
-        passes(static_cast<int>((units + t.units_per_pass - 1) / t.units_per_pass)),
-        weights_in_registers(kernels::weights_in_registers(kPath, passes, (vectors + kUnitLanes - 1) / kUnitLanes,
-                                                           sizeof(scalar_t) == 8)),
+        passes(kPasses > 0 ? kPasses : static_cast<int>((units + t.units_per_pass - 1) / t.units_per_pass)),
         role(lane_role()),
-        owned_pass(tile_base(kSamples, kScalarBytes, role.q) / kSamples),
-        first_sample(tile_base(kSamples, kScalarBytes, role.q) % kSamples),
+        owned_pass(tile_base(kSamples, kScalarBytes, role.q, kPasses) / kSamples),
+        first_sample(tile_base(kSamples, kScalarBytes, role.q, kPasses) % kSamples),
         weights(smem + layout.weights),
         states(smem + layout.states) {}
+
+  // A kernel compiled for its passes runs only the launch shapes that have them (the host
+  // picks it by compiled_passes; a mismatch would drop units silently). The last CTA of a
+  // cluster may own fewer units, even a pass fewer: it computes that pass on copies of its last
+  // row and drops the results (as lanes past the last unit do).
+  SIMT_DEVICE void check_compiled_passes() const {
+    if constexpr (kPasses > 0) {
+      SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
+                            (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kPasses),
+                        "the launch shape's passes are not the kernel's kPasses");
+    }
+  }
 
   // The CTA's rows of a [H,H] weight into shared memory (zero-padded). All threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) { load_padded_rows(w, weights, place.unit_begin, units, hidden, hidden, row); }
@@ -477,8 +559,9 @@ struct RecurrenceCta {
     return weights + (u_local < units ? u_local : units - 1) * row;
   }
 
-  // Where they fit, the lane's weight chunks into registers for the whole sequence (read
-  // from shared memory every step otherwise). After the barrier that follows load_weights.
+  // In the kernels compiled for their passes, the lane's weight chunks into registers for the
+  // whole sequence (read from shared memory every step otherwise). After the barrier that
+  // follows load_weights.
   SIMT_DEVICE void cache_weights() {
     if constexpr (kRegisterWeights) {
       SIMT_UNROLL
@@ -487,7 +570,7 @@ struct RecurrenceCta {
         for (int it = 0; it < kRegisterIterations; ++it) {
           const int c = role.q + it * kUnitLanes;
           Vec16<scalar_t> w{};
-          if (weights_in_registers && p < passes && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
+          if (p < kPasses && it < kPasses && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
           weight_registers[p][it] = w;
         }
       }
@@ -524,7 +607,7 @@ struct RecurrenceCta {
   // step and chunk; the samples are first_sample + k, k < kOwned).
   template <class F>
   SIMT_DEVICE __forceinline__ void for_each_owned_unit(F&& f) const {
-    if (!computes) return;
+    if (!computes || !owns_outputs()) return;
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
       const int p = batch * kBatch + owned_pass;
@@ -546,10 +629,10 @@ struct RecurrenceCta {
   // With one chunk per step (no next chunk to overlap) the Grid path's rows arrive in
   // kStagePieces pieces along H instead, and for_each_output starts its first batch's dot
   // products on each piece as it lands.
-  template <class Body, class AfterChunk>
+  template <class Body, class AfterChunk, class Clock>
   SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, const unsigned long long* tagged_current,
                                   unsigned tag, int64_t current_parity, Body&& body, AfterChunk&& after_chunk,
-                                  PhaseClock& clock) {
+                                  Clock& clock) {
     const int64_t chunk_scalars = int64_t(kSamples) * row;
     if constexpr (!kStateInShared) {
       const bool staged_ahead = !tagged_exchange();  // (the tagged exchange stages each chunk in its turn, below)
@@ -564,7 +647,7 @@ struct RecurrenceCta {
         simt::commit_async();
       }
     }
-    for (int64_t chunk = 0; chunk < tiling.chunks; ++chunk) {
+    for (int64_t chunk = 0; chunk < chunk_count(); ++chunk) {
       const int64_t first = place.sample_begin + chunk * kSamples;
       if constexpr (!kStateInShared) {
         if (tagged_exchange()) {
@@ -601,6 +684,13 @@ struct RecurrenceCta {
     }
   }
 
+  // Sample chunks per step: 1 wherever the state is in shared memory (tiling.chunks then is 1),
+  // so that those paths' kernels compile their one-chunk code only.
+  SIMT_DEVICE __forceinline__ int64_t chunk_count() const { return kStateInShared ? 1 : tiling.chunks; }
+
+  // Whether this lane runs the epilogues of the totals it holds (not a copy: kCopyLanes).
+  SIMT_DEVICE __forceinline__ bool owns_outputs() const { return (role.q & kCopyLanes) == 0; }
+
   // Grid path: the state travels in tagged words (StepSync::TaggedExchange), staged a chunk at a
   // time by for_each_chunk, not in pieces.
   SIMT_DEVICE __forceinline__ bool tagged_exchange() const {
@@ -636,9 +726,8 @@ struct RecurrenceCta {
   // the first batch waits for the staged rows piece by piece (a barrier each), `clock` timing
   // the waits as staging. Lanes of the warps that do not compute (units_per_pass 16) only wait
   // and join those barriers.
-  template <class Epilogue>
-  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, PhaseClock& clock,
-                                                   Epilogue&& epilogue) const {
+  template <class Epilogue, class Clock>
+  SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, Clock& clock, Epilogue&& epilogue) const {
     const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1 && !tagged_exchange();  // uniform
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
@@ -646,16 +735,11 @@ struct RecurrenceCta {
       if (first_pass >= passes) break;  // uniform over the CTA
       const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
       scalar_t acc[kBatch][kSamples];
-      if (kRegisterWeights && weights_in_registers) {
-        if (staged_in_pieces && batch == 0) {
-          clock.lap(kComputePhase);
-          simt::wait_async<0>();
-          __syncthreads();
-          clock.lap(kStagePhase);
-        }
+      if constexpr (kRegisterWeights) {  // (the Block path: no staging)
         if (!computes) continue;  // uniform over the warp
         with_used_units<kBatch>(used, [&](auto units) {
-          register_unit_dots<decltype(units)::value>(weight_registers, first_pass, current, row, vectors, role.q, acc);
+          register_unit_dots<decltype(units)::value, kPasses>(weight_registers, first_pass, current, row, vectors,
+                                                              role.q, acc);
         });
       } else {
         const scalar_t* rows[kBatch];
@@ -684,24 +768,27 @@ struct RecurrenceCta {
       }
       reduce_scatter_tile(acc, role.q);
       const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * units_per_pass;
-      if (owned_pass < used && u_local < units) {
+      if (owned_pass < used && u_local < units && owns_outputs()) {
         SIMT_UNROLL
         for (int k = 0; k < kOwned; ++k) epilogue(batch, k, place.unit_begin + u_local, acc[0][k]);
       }
     }
   }
 
-  // v[k] (this lane's sums for sample first_sample + k) summed over the lanes of its unit group
-  // that own the same samples in other passes, by a butterfly over their lane bits (fixed
-  // pairing: bitwise reproducible); every such lane gets the totals, and lanes
-  // q < kSampleLanes hold one copy of each sample's. All lanes of the warp must call it.
+  // v[k] (this lane's sums for sample first_sample + k; zero on a copy lane) summed over the
+  // lanes of its unit group that own the same samples in other passes, by a butterfly over
+  // their lane bits (fixed pairing: bitwise reproducible); every such lane gets the totals, and
+  // the lanes that hold one copy of each sample's are those for which holds_sample_sums().
+  // All lanes of the warp must call it.
   SIMT_DEVICE __forceinline__ void sum_over_unit_group(double (&v)[kOwned]) const {
     SIMT_UNROLL
-    for (int bit = kUnitLanes / 2; bit >= kSampleLanes; bit /= 2) {
+    for (int bit = kUnitLanes / 2; bit >= 1; bit /= 2) {
+      if ((bit & kSampleBits) != 0) continue;
       SIMT_UNROLL
       for (int k = 0; k < kOwned; ++k) v[k] += __shfl_xor_sync(kFullMask, v[k], bit);
     }
   }
+  SIMT_DEVICE __forceinline__ bool holds_sample_sums() const { return (role.q & ~kSampleBits) == 0; }
 };
 
 SIMT_END_WORLD
