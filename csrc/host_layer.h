@@ -69,6 +69,7 @@ struct RecurrencePlanReport {
     int64_t units_per_pass = 0;
     int64_t step_sync = 0;  // Grid path: RecurrenceTiling::step_sync (0 grid barrier, 1 flag barrier, 2 tagged exchange)
     int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
+    int64_t compiled_passes = 0;  // the passes its kernels are compiled for (0: read at run time)
     double us_per_step = 0.0;           // the cost model's prediction
     double measured_us_per_step = NAN;  // timed on the device (Autotune), else NaN
     std::string reason;

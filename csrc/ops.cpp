@@ -166,9 +166,9 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 // hidden_size units and batch_size samples in like's dtype, on like's (real or emulated)
 // device: entry 0 is the chosen (or forced) plan, then every path's best shape (block, cluster,
 // grid, stepwise), then every launch shape autotuning timed (none unless it did). Per entry:
-// path, feasible (0 or 1), 14 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
+// path, feasible (0 or 1), 15 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
 // units_per_cta, units_per_pass, step_sync, grid, block_threads, cluster, shared_mem_bytes,
-// blocks_per_sm, waves),
+// blocks_per_sm, waves, compiled_passes),
 // us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
 // measured it: host_layer.h Autotune).
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
@@ -197,7 +197,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
     shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
                                  e.units_per_cta, e.units_per_pass, e.step_sync, e.grid, e.block_threads,
                                  e.cluster,
-                                 e.shared_mem_bytes, e.blocks_per_sm, e.waves});
+                                 e.shared_mem_bytes, e.blocks_per_sm, e.waves, e.compiled_passes});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
     measured.push_back(e.measured_us_per_step);

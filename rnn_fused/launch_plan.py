@@ -64,6 +64,9 @@ class PathEstimate:
     shared_mem_bytes: int        # dynamic shared memory per CTA
     blocks_per_sm: int           # co-resident CTAs per SM at that shared memory
     waves: int                   # times the groups take turns on the device (1: all at once)
+    compiled_passes: int         # the passes per CTA its kernels are compiled for (1-4: the block path
+                                 # with its weight rows in registers, 1-2: the cluster path, float32);
+                                 # 0: read at run time
     predicted_us_per_step: float
     reason: str                  # the shape's description, or the limit that rules it out
     measured_us_per_step: float | None = None  # timed on the device where autotune() measured it
@@ -80,7 +83,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 14
+_SHAPE_FIELDS = 15
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,

@@ -304,6 +304,7 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
         with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
             compiled, general = (rnn_fused.plan(hidden, batch, path=p) for p in (path, other))
         passes = -(-compiled.units_per_cta // units_per_pass)
+        assert compiled.compiled_passes == passes and general.compiled_passes == 0
         assert f"the step compiled for its {passes} pass(es)" in compiled.reason, compiled.reason
         assert "compiled for" not in general.reason, general.reason
     _assert_tiles_round_alike(hidden, batch, lengths, runs)

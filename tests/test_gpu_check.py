@@ -490,7 +490,7 @@ def _path_rows() -> list[PathRow]:
         PathRow(label, shape, "block", forward_plan=_plan("block", False, reason="one CTA owns at most 256 units"),
                 backward_plan=_plan("block", False, reason="one CTA owns at most 256 units"),
                 note="forward: one CTA owns at most 256 units"),
-        PathRow(label, shape, "cluster", planned_forward=True, forward_plan=_plan("cluster"),
+        PathRow(label, shape, "cluster", planned_forward=True, forward_plan=_plan("cluster", compiled_passes=2),
                 backward_plan=_plan("cluster", predicted_us_per_step=0.9), fwd_ms=0.9, fwd_bwd_ms=4.0,
                 measured_fwd_us_per_step=0.7, measured_bwd_us_per_step=2.5, rel_error=3e-7),
         PathRow(label, shape, "grid", planned_backward=True, forward_plan=_plan("grid", predicted_us_per_step=1.3),
@@ -525,7 +525,8 @@ def test_path_table_marks_the_planned_and_the_fastest_path():
     assert block == ("| 1000, 8, 256, 256 | block | – | – / – | – / – | – | – | – | "
                      "forward: one CTA owns at most 256 units |")
     assert cluster.startswith("| 1000, 8, 256, 256 | cluster (planned (fwd), fastest fwd) | 4×256, cluster 4, "
-                              "64 units/CTA, 8 samples/group | 0.61 / 0.90 | 0.70 / 2.50 | 0.900 | 4.000 | 3.0e-07 |")
+                              "64 units/CTA, 8 samples/group, step compiled for 2 pass(es) | 0.61 / 0.90 | 0.70 / 2.50 | "
+                              "0.900 | 4.000 | 3.0e-07 |")
     assert grid.startswith("| 1000, 8, 256, 256 | grid (planned (bwd), fastest fwd+bwd) |")
     assert "per step: a GEMM and 8×256 epilogue" in stepwise and "ERROR: RuntimeError: broke" in stepwise
 

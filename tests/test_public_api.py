@@ -133,7 +133,7 @@ def _plan(path: str) -> rnn_fused.LaunchPlan:
                                 units_per_cta=64, units_per_pass=32, step_sync=0, grid=8, block_threads=256,
                                 cluster=4 if path == "cluster" else 1,
                                 shared_mem_bytes=1024 if path != "stepwise" else 0, blocks_per_sm=1, waves=1,
-                                predicted_us_per_step=0.5, reason=f"why {path}")
+                                compiled_passes=0, predicted_us_per_step=0.5, reason=f"why {path}")
 
 
 def test_plan_is_logged_once_per_key_at_info(caplog, fresh_plan_log):

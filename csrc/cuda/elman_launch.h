@@ -903,7 +903,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
     using scalar_t = decltype(zero);
     const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .backward = q.backward,
                               .fp64 = sizeof(scalar_t) == 8};
-    auto describe = [](const RecurrencePlan& p) {
+    auto describe = [&request](const RecurrencePlan& p) {
       return RecurrencePlanReport::Entry{.path = path_name(p.path),
                                          .feasible = p.feasible,
                                          .samples_per_group = p.tiling.samples * p.tiling.chunks,
@@ -921,6 +921,10 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .shared_mem_bytes = p.shared_mem_bytes,
                                          .blocks_per_sm = p.blocks_per_sm,
                                          .waves = p.waves,
+                                         .compiled_passes = p.feasible && p.path != RecurrencePath::Stepwise
+                                                                ? compiled_passes_of(p.path, p.tiling, request.hidden,
+                                                                                     request.fp64)
+                                                                : 0,
                                          .us_per_step = p.us_per_step,
                                          .reason = p.reason};
     };

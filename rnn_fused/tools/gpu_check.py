@@ -1048,6 +1048,8 @@ def _launch_text(plan: dict) -> str:
     text += f", {plan['units_per_cta']} units/CTA, {plan['samples_per_group']} samples/group"
     if plan.get("units_per_pass", 32) != 32:  # (absent from the JSON of runs before it existed)
         text += f", dot products on {plan['units_per_pass'] // 4} warps"
+    if plan.get("compiled_passes"):  # (likewise)
+        text += f", step compiled for {plan['compiled_passes']} pass(es)"
     if plan["waves"] > 1:
         text += f", {plan['waves']} waves"
     return text
