@@ -183,6 +183,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // products start.
     const bool one_chunk = cta.chunk_count() == 1;
     scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
+    // With one chunk on the cluster and grid paths, dz_s waits here for the step's barrier
+    // (Cta::kStoresAfterBarrier).
+    const bool stores_after_barrier = Cta::kStoresAfterBarrier && one_chunk;
+    scalar_t dz_out[Cta::kBatches][kOwned] = {};
     const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
     LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);
     auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
@@ -241,7 +245,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             const scalar_t g = backward_gradient(a, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
             g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
             d = g * slope_runtime(a.activation, h[batch][k]);
-            a.dz[at] = d;
+            if (stores_after_barrier) {
+              dz_out[batch][k] = d;
+            } else {
+              a.dz[at] = d;
+            }
           }
           publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H,
                                tiling.ctas_per_group, d);
@@ -280,6 +288,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       clock.lap(kComputePhase);
       barrier.wait();
       clock.lap(kBarrierPhase);
+      if (stores_after_barrier) {  // step s's dz (the lane is at step s - 1)
+        lane.for_each_valid(cta, s - 1, 1, [&](int batch, int k, int64_t at) { a.dz[at] = dz_out[batch][k]; });
+      }
       if (norms) {
         if constexpr (Cta::kStateInShared) {
           store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,

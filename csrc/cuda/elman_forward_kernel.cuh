@@ -90,6 +90,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // products start.
     const bool one_chunk = cta.chunk_count() == 1;
     scalar_t xw[Cta::kBatches][kOwned] = {};
+    // With one chunk on the cluster and grid paths, h_t waits here for the step's barrier
+    // (Cta::kStoresAfterBarrier).
+    const bool stores_after_barrier = Cta::kStoresAfterBarrier && one_chunk;
+    scalar_t h_out[Cta::kBatches][kOwned] = {};
     const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, a.reverse);
     LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0);
     auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
@@ -125,7 +129,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (s < rows.length[k]) {
             const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
             h = activate_runtime(a.activation, xw[batch][k] + recurrent);
-            a.out[at] = h;
+            if (stores_after_barrier) {
+              h_out[batch][k] = h;
+            } else {
+              a.out[at] = h;
+            }
           } else {
             h = current[j * R + u];  // frozen: the state carries over
           }
@@ -150,6 +158,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       clock.lap(kComputePhase);
       barrier.wait();
       clock.lap(kBarrierPhase);
+      if (stores_after_barrier) {  // step s's h_t (the lane is at step s + 1)
+        lane.for_each_valid(cta, s + 1, -1, [&](int batch, int k, int64_t at) { a.out[at] = h_out[batch][k]; });
+      }
     }
     clock.store();
   };

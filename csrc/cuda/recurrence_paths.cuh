@@ -688,6 +688,14 @@ struct RecurrenceCta {
   // so that those paths' kernels compile their one-chunk code only.
   SIMT_DEVICE __forceinline__ int64_t chunk_count() const { return kStateInShared ? 1 : tiling.chunks; }
 
+  // Whether a kernel stores a step's outputs into its global result (h_t into out, dz_s into
+  // dz) after the step's barrier rather than in the epilogue, where it has one chunk per step.
+  // The cluster and grid barriers release the CTA's writes (MEMBAR.ALL.GPU before the arrive in
+  // the sm_90 SASS), which waits until its earlier global stores have landed; no CTA reads those
+  // results during the launch, so they need not precede the barrier, and issued after it they
+  // land during the next step. (The block path's __syncthreads waits for no global store.)
+  static constexpr bool kStoresAfterBarrier = kPath != RecurrencePath::Block;
+
   // Whether this lane runs the epilogues of the totals it holds (not a copy: kCopyLanes).
   SIMT_DEVICE __forceinline__ bool owns_outputs() const { return (role.q & kCopyLanes) == 0; }
 
