@@ -251,6 +251,43 @@ def test_deterministic_bitwise_on_every_path(path):
         assert torch.equal(a, b)
 
 
+def _truncated_run_with_norms(path, hidden, batch):
+    """Output, h_n, every gradient and the recorded step norms of a module with randomized
+    truncation on `path`, forward and backward over 12 steps with lengths 8-12."""
+    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
+    torch.manual_seed(0)
+    module = RNN(5, hidden, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE)
+    module.backend, module.path = BACKEND, path
+    x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE)
+    x.requires_grad_()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with rnn_fused.record_gradients(module) as recording:
+        out, h_n = module(packed)
+    (out.data.sin().sum() + h_n.cos().sum()).backward()
+    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
+
+
+@pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("cluster", 256, 8),
+                                               ("cluster", 200, 9)])
+def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hidden, batch):
+    """The block path at H <= 128 and the cluster path at 1-2 passes per CTA run kernels
+    compiled for their pass count (plan.compiled_passes); the grid path's kernels read it at run
+    time. With the same samples per chunk and units per pass, forward and backward with
+    lengths, randomized truncation and recorded norms are bitwise alike on this GPU (the norms
+    once rounded to float32), at 1 and 8 samples per chunk."""
+    for samples in (1, 8):
+        runs, plans = [], []
+        for p in (path, "grid"):
+            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=32):
+                plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
+                if path_refusal(p, hidden, batch, torch.float32) is not None:
+                    pytest.skip(f"path '{p}' cannot run H = {hidden} on this GPU: {plans[-1].reason}")
+                runs.append(_truncated_run_with_norms(p, hidden, batch))
+        assert plans[0].compiled_passes > 0 and plans[1].compiled_passes == 0, [p.reason for p in plans]
+        for a, b in zip(*runs, strict=True):
+            assert torch.equal(a, b), (samples, plans[0].reason)
+
+
 @pytest.mark.parametrize("path,hidden,batch", [("block", 112, 9), ("cluster", 256, 8), ("grid", 300, 9),
                                                ("grid", 1024, 32)])
 def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
@@ -262,19 +299,8 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
     The grid path also ends its steps in the flag barrier over each sample group's CTAs, or
     exchanges its state in tagged words without a barrier (their release stores, acquire spins
     and relaxed 8-byte words run only here, on a GPU's memory model), bitwise alike."""
-    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
-
     def once():
-        torch.manual_seed(0)
-        module = RNN(5, hidden, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE)
-        module.backend, module.path = BACKEND, path
-        x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE)
-        x.requires_grad_()
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        with rnn_fused.record_gradients(module) as recording:
-            out, h_n = module(packed)
-        (out.data.sin().sum() + h_n.cos().sum()).backward()
-        return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
+        return _truncated_run_with_norms(path, hidden, batch)
 
     refusal = path_refusal(path, hidden, batch, torch.float32)
     if refusal is not None:
