@@ -235,23 +235,36 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row), over at most
-// kIterations chunk iterations. The same sums in the same order.
+// kIterations chunk iterations. The same sums in the same order. The state chunks of up to
+// kLoadedTogether iterations are loaded before their multiply-adds (a lane past the row's
+// last chunk loads chunk 0 and skips its products): with a test between them, as in a loop
+// that stops at the row's end, each load waited for the previous iteration's multiply-adds to
+// be issued, one shared-memory latency per iteration on the step's critical path (sm_90 SASS).
 template <int kUsed, int kIterations, typename scalar_t, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kRegisterPasses][kRegisterIterations],
                                                     int first_pass, const scalar_t* states, int64_t row_stride,
                                                     int chunks, int q, scalar_t (&acc)[kUnits][kSamples]) {
   static_assert(kIterations >= 1 && kIterations <= kRegisterIterations, "the iterations the registers hold");
+  // At most 8 vectors (32 registers) of state chunks in flight.
+  constexpr int kLoadedTogether = kSamples >= 8 ? 1 : 8 / kSamples < kIterations ? 8 / kSamples : kIterations;
   zero_tile(acc);
   SIMT_UNROLL
-  for (int it = 0; it < kIterations; ++it) {
-    const int c = q + it * kUnitLanes;
-    if (c >= chunks) break;
-    Vec16<scalar_t> h[kSamples];
-    load_state_chunks(states, row_stride, c, h);
+  for (int first = 0; first < kIterations; first += kLoadedTogether) {
+    Vec16<scalar_t> h[kLoadedTogether][kSamples];
     SIMT_UNROLL
-    for (int i = 0; i < kUsed; ++i) {
-      const int p = first_pass + i;
-      if (p < kRegisterPasses) accumulate_chunk(w[p][it], h, acc[i]);
+    for (int g = 0; g < kLoadedTogether; ++g) {
+      const int c = q + (first + g) * kUnitLanes;
+      if (first + g < kIterations) load_state_chunks(states, row_stride, c < chunks ? c : 0, h[g]);
+    }
+    SIMT_UNROLL
+    for (int g = 0; g < kLoadedTogether; ++g) {
+      const int it = first + g;
+      if (it >= kIterations || q + it * kUnitLanes >= chunks) continue;
+      SIMT_UNROLL
+      for (int i = 0; i < kUsed; ++i) {
+        const int p = first_pass + i;
+        if (p < kRegisterPasses) accumulate_chunk(w[p][it], h[g], acc[i]);
+      }
     }
   }
 }
