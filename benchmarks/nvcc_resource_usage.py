@@ -98,8 +98,10 @@ def reports(args: argparse.Namespace, nvcc: str, object_file: str) -> int:
               subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
               "# Shared memory of the persistent kernels is dynamic (SharedLayout in recurrence_paths.cuh:",
               "# W_hh rows and state rows), so ptxas reports 0 bytes smem for them; the planner sizes it.",
-              "# The cluster kernels' 48-byte stack frame on sm_80 is the printf buffer of the trap that",
-              "# stops them there (clusters need sm_90), not spilled registers: see the spill numbers.",
+              "# Stack frames of 48-112 bytes are the argument buffers of the printf before a device-side",
+              "# check's trap (SIMT_KERNEL_CHECK: the compiled kernels' pass check, the grid path's waits,",
+              "# the cluster kernels' trap on sm_80, where clusters do not exist), used only when a check",
+              "# fails; they are not spilled registers: see the spill numbers.",
               "# Registers do not depend on H (a runtime argument; W_hh slices live in shared memory).", ""]
     with open(args.out, "w") as f:
         f.write("\n".join(header + report) + "\n")
