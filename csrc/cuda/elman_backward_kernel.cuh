@@ -7,7 +7,7 @@
 // drawn here from the counter-based generator). The weight, input, bias and h_0 gradients
 // follow from dz as whole-sequence GEMMs on the host (elman_gemms.h).
 //
-// backward_recurrence_kernel<scalar_t, kSamples, kPath> mirrors the forward kernel
+// backward_recurrence_kernel<scalar_t, kSamples, kPath, kPasses> mirrors the forward kernel
 // (elman_forward_kernel.cuh) with rows of W_hh^T and the group's dz rows as the state. When
 // norms are recorded, each lane adds g^2 of its outputs in float64, the lanes of a unit group
 // combine theirs by a fixed butterfly, the CTA sums those per sample in unit-group order, and

@@ -1,11 +1,12 @@
 // Forward recurrence of one Elman layer and direction: h_t = act(XW_t + W_hh h_{t-1}), where
 // XW_t (input projection plus both biases) was computed before by one GEMM.
 //
-// forward_recurrence_kernel<scalar_t, kSamples, kPath> runs the whole sequence in one launch
-// on the Block, Cluster or Grid path (recurrence_paths.cuh): a CTA owns hidden units
-// [unit_begin, unit_end) of one sample group, keeps those rows of W_hh in shared memory for
-// the whole sequence (each lane's share also in registers where it fits: H <= 128 in
-// float32) and the group's state rows (double-buffered) beside them. Per
+// forward_recurrence_kernel<scalar_t, kSamples, kPath, kPasses> runs the whole sequence in one
+// launch on the Block, Cluster or Grid path (recurrence_paths.cuh; kPasses: the passes it is
+// compiled for, compiled_passes, or 0): a CTA owns hidden units [unit_begin, unit_end) of one
+// sample group, keeps those rows of W_hh in shared memory for the whole sequence (each lane's
+// share also in registers where it fits: H <= 128 in float32) and the group's state rows
+// (double-buffered) beside them. Per
 // processing step, a batch of passes at a time: the unit dot products against the current
 // state (kernel_common.cuh), the reduce-scatter of the lane's tile, the epilogue of each
 // output on the lane that holds its total (add XW_t read ahead: RecurrenceCta::kOperandL1Steps;
