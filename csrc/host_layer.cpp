@@ -1,7 +1,10 @@
 // The host layer's frame (host_layer.h): backend registry, casts, whole-sequence GEMMs.
 #include "host_layer.h"
 
+#include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
@@ -146,6 +149,87 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
     h_n = backend.forward(ForwardRecurrence{.call = call, .w_hh = w_hh, .out = out, .h0 = h0});
   }
   return {out.to(dtype), h_n.to(dtype).contiguous()};
+}
+
+namespace {
+
+// The backend of a stack's calls: one with a stack kernel, the same for every layer.
+const RecurrenceBackend& stack_backend_for(const std::vector<LayerForwardCall>& calls) {
+  TORCH_CHECK_VALUE(calls.size() >= 2, "rnn_fused.rnn_stack_forward: a stack needs at least 2 layers, got ",
+                    calls.size());
+  const RecurrenceBackend& backend = backend_for(calls[0]);
+  TORCH_CHECK_VALUE(backend.forward_stack != nullptr, "rnn_fused.rnn_stack_forward: backend '", backend.name,
+                    "' runs no layer stack in one launch (backends 'cuda' and 'emulated' do)");
+  return backend;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls) {
+  const RecurrenceBackend& backend = stack_backend_for(calls);
+  const LayerForwardCall& first = calls[0];
+  const LayerShape& s = first.shape;
+  const int64_t L = static_cast<int64_t>(calls.size()), T = s.steps, B = s.batch, H = s.hidden;
+  TORCH_CHECK_VALUE(first.input.scalar_type() == at::kFloat, "rnn_fused.rnn_stack_forward: runs float32, got input of ",
+                    "dtype ", first.input.scalar_type());
+  for (int64_t l = 1; l < L; ++l) {
+    const LayerForwardCall& c = calls[static_cast<size_t>(l)];
+    TORCH_CHECK_VALUE(c.shape.hidden == H && c.shape.input_size == H && c.shape.steps == T && c.shape.batch == B,
+                      "rnn_fused.rnn_stack_forward: layer ", l, " must take [", T, ", ", B, ", ", H,
+                      "] inputs to H = ", H, " units like layer 0's output, got input [", c.shape.steps, ", ",
+                      c.shape.batch, ", ", c.shape.input_size, "] and H = ", c.shape.hidden);
+  }
+  const c10::OptionalDeviceGuard guard(first.input.device());
+  const at::TensorOptions options = first.input.options();
+  at::Tensor out = at::empty({L, T, B, H}, options);
+  at::Tensor h_n;
+  if (s.empty()) {
+    out.zero_();
+    std::vector<at::Tensor> states;
+    for (const LayerForwardCall& c : calls) {
+      states.push_back(c.hx.has_value() ? c.hx->contiguous() : at::zeros({B, H}, options));
+    }
+    return {out, at::stack(states)};
+  }
+  std::vector<at::Tensor> stacked_rows, next_biases, initial;
+  bool any_hx = false;
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerForwardCall& c = calls[static_cast<size_t>(l)];
+    const bool top = l == L - 1;
+    const LayerForwardCall* above = top ? nullptr : &calls[static_cast<size_t>(l + 1)];
+    stacked_rows.push_back(at::cat({c.weight_hh, top ? at::zeros({H, H}, options) : above->weight_ih}));
+    next_biases.push_back(top || !above->bias_ih.has_value() ? at::zeros({H}, options)
+                                                              : above->bias_ih->add(*above->bias_hh));
+    any_hx = any_hx || c.hx.has_value();
+  }
+  if (any_hx) {
+    for (const LayerForwardCall& c : calls) initial.push_back(c.hx.has_value() ? *c.hx : at::zeros({B, H}, options));
+  }
+  at::Tensor first_xw = out[0].view({T * B, H});
+  input_projection(first_xw, first.input.contiguous().view({T * B, s.input_size}), first.weight_ih.contiguous(),
+                   first.bias_ih, first.bias_hh);
+  h_n = backend.forward_stack(ForwardStack{.first = first,
+                                           .layers = L,
+                                           .w_stacked = at::stack(stacked_rows).contiguous(),
+                                           .bias_next = at::stack(next_biases).contiguous(),
+                                           .out = out,
+                                           .h0 = any_hx ? at::stack(initial).contiguous() : at::Tensor()});
+  if (first.valid_lengths.on_device.has_value()) {
+    const at::Tensor& lengths = *first.valid_lengths.on_device;
+    const at::Tensor past_end = at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0));  // [T,B]
+    out.masked_fill_(past_end.view({1, T, B, 1}), 0);
+  }
+  return {out, h_n};
+}
+
+StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend_name, const StackPlanQuery& query) {
+  const RecurrenceBackend& backend = find_recurrence_backend(device, backend_name);
+  TORCH_CHECK_VALUE(backend.stack_plan != nullptr, "rnn_fused: backend '", backend.name,
+                    "' runs no layer stack in one launch (backends 'cuda' and 'emulated' do)");
+  TORCH_CHECK_VALUE(query.hidden > 0 && query.batch > 0 && query.steps > 0 && query.layers > 0,
+                    "rnn_fused: a stack plan needs hidden_size, batch_size, steps and num_layers > 0, got ",
+                    query.hidden, ", ", query.batch, ", ", query.steps, " and ", query.layers);
+  return backend.stack_plan(query);
 }
 
 LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {

@@ -51,6 +51,36 @@ struct BackwardRecurrence {
   at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };
 
+// The forward of a stack of L >= 2 unidirectional layers of one hidden size in one launch
+// (GPU-kernel backends: elman_forward_kernel.cuh forward_stack_kernel), float32.
+struct ForwardStack {
+  const LayerForwardCall& first;  // layer 0's call, checked: the shape, lengths and activation
+  int64_t layers = 0;
+  at::Tensor w_stacked;  // [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (zeros for the top)
+  at::Tensor bias_next;  // [L,H] read: the next layer's b_ih + b_hh (zeros without biases; row L-1 unused)
+  at::Tensor out;        // [L,T,B,H] in: out[0] = layer 0's XW_t + b_ih + b_hh; out: every layer's h_t at
+                         // valid steps (the host zeroes the rest)
+  at::Tensor h0;         // [L,B,H] read: the initial states; undefined: zeros
+};
+
+// Whether a backend runs such a stack for a shape, and what the cost model predicts for it and
+// for the same layers one launch after another (T steps each, their forward plans).
+struct StackPlanQuery {
+  int64_t hidden = 0, batch = 0, steps = 0, layers = 0;
+};
+struct StackPlanReport {
+  bool feasible = false;       // the stack's kernel can run the shape on the device
+  bool faster = false;         // feasible and predicted faster than the layers one after another
+  double stack_us = 0.0;       // predicted: (T + 1) steps of the stack's kernel
+  double layers_us = 0.0;      // predicted: L layers of T steps on their own plans
+  int64_t grid = 0;            // CTAs: L x sample groups
+  int64_t samples = 0;         // samples per group
+  int64_t units_per_pass = 0;  // 32, or 16 (the dot products on half the warps)
+  int64_t shared_mem_bytes = 0;
+  int64_t compiled_passes = 0;
+  std::string reason;          // the launch shape, or the limit it exceeds
+};
+
 // rnn_fused.plan()'s question to a GPU-kernel backend's planner.
 struct RecurrencePlanQuery {
   at::ScalarType compute = at::kFloat;
@@ -106,6 +136,10 @@ struct RecurrenceBackend {
   RecurrencePlanReport (*plan)(const RecurrencePlanQuery& query) = nullptr;
   // The cost model's microseconds per step of a given launch shape (GPU-kernel backends), or null.
   double (*step_cost)(const StepCostQuery& query) = nullptr;
+  // Runs a stack's forward in one launch (GPU-kernel backends), returns h_n [L,B,H]; or null.
+  at::Tensor (*forward_stack)(const ForwardStack&) = nullptr;
+  // Whether and how it would (GPU-kernel backends), or null.
+  StackPlanReport (*stack_plan)(const StackPlanQuery& query) = nullptr;
 };
 
 // Calls f(std::integral_constant<Activation, A>{}, scalar_t{}) for a compute dtype (float or
@@ -169,6 +203,14 @@ std::vector<std::string> recurrence_backend_names();
 
 // rnn_fused::rnn_layer_forward: (output [T,B,H], h_n [B,H]) in the input's dtype.
 std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call);
+
+// rnn_fused::rnn_stack_forward: (outputs [L,T,B,H], h_n [L,B,H]) of a stack of unidirectional
+// layers, one checked call per layer (layer l >= 1's input a [T,B,H] placeholder: only its
+// shape is read), in one launch of a backend with forward_stack.
+std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls);
+
+// rnn_fused::stack_plan: the backend's StackPlanReport for a device type.
+StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend, const StackPlanQuery& query);
 
 // rnn_fused::rnn_layer_backward (csrc/ops.cpp has the schema and the meaning of each result).
 LayerBackwardResult run_layer_backward(const LayerBackwardCall& call);

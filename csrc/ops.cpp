@@ -205,6 +205,60 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   return {paths, feasible, shapes, us, reasons, measured};
 }
 
+// The forward of a stack of unidirectional layers in one launch (host_layer.h run_stack_forward):
+// weights holds per layer (weight_ih, weight_hh) and, with has_biases, (bias_ih, bias_hh) after
+// them, in nn.RNN's order; hx [L,B,H] or None. Returns (outputs [L,T,B,H]: every layer's output,
+// zero at t >= lengths[b]; h_n [L,B,H]). No autograd of its own: rnn_fused.functional wraps it.
+std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const std::optional<at::Tensor>& hx,
+                                                     const std::vector<at::Tensor>& weights, bool has_biases,
+                                                     const std::optional<at::Tensor>& lengths,
+                                                     c10::string_view nonlinearity,
+                                                     std::optional<c10::string_view> backend) {
+  const size_t per_layer = has_biases ? 4 : 2;
+  TORCH_CHECK_VALUE(!weights.empty() && weights.size() % per_layer == 0, "rnn_fused.rnn_stack_forward: weights must ",
+                    "hold ", per_layer, " tensors per layer, got ", weights.size());
+  const int64_t layers = static_cast<int64_t>(weights.size() / per_layer);
+  TORCH_CHECK(input.dim() == 3, "rnn_fused: input must be 3-D [T, B, I], got ", input.dim(), "-D");
+  if (hx.has_value()) {
+    TORCH_CHECK(hx->dim() == 3 && hx->size(0) == layers, "rnn_fused.rnn_stack_forward: hx must have shape [", layers,
+                ", B, H] (one state per layer), got ", hx->sizes());
+  }
+  std::vector<LayerForwardCall> calls;
+  for (int64_t l = 0; l < layers; ++l) {
+    const size_t at = static_cast<size_t>(l) * per_layer;
+    const at::Tensor& weight_hh = weights[at + 1];
+    // Layer l >= 1's input is layer l - 1's output, made by the launch: a placeholder of its
+    // shape (no memory) for the checks.
+    const at::Tensor layer_input =
+        l == 0 ? input : at::empty({1, 1, 1}, input.options()).expand({input.size(0), input.size(1), weight_hh.size(0)});
+    calls.push_back(LayerForwardCall{
+        .input = layer_input,
+        .hx = hx.has_value() ? std::optional<at::Tensor>((*hx)[l]) : std::nullopt,
+        .weight_ih = weights[at],
+        .weight_hh = weight_hh,
+        .bias_ih = has_biases ? std::optional<at::Tensor>(weights[at + 2]) : std::nullopt,
+        .bias_hh = has_biases ? std::optional<at::Tensor>(weights[at + 3]) : std::nullopt,
+        .lengths = lengths,
+        .options = parse_options(std::string(nonlinearity), false, 0, 1.0, 0, l, optional_name(backend), "")});
+    check_forward_call(calls.back());
+  }
+  return run_stack_forward(calls);
+}
+
+// Whether a backend would run a stack of num_layers layers in one launch, from its cost model:
+// (feasible, faster than the layers one after another, predicted us of the stack's launch,
+// predicted us of the layers' recurrences, [grid, samples per group, units per pass, shared
+// memory bytes, compiled passes], reason). like: as for recurrence_plan.
+std::tuple<bool, bool, double, double, std::vector<int64_t>, std::string> stack_plan(
+    const at::Tensor& like, int64_t hidden_size, int64_t batch_size, int64_t steps, int64_t num_layers,
+    std::optional<c10::string_view> backend) {
+  const c10::OptionalDeviceGuard guard(like.device());
+  const StackPlanReport r = plan_stack(like.device().type(), optional_name(backend),
+                                       {.hidden = hidden_size, .batch = batch_size, .steps = steps, .layers = num_layers});
+  return {r.feasible, r.faster, r.stack_us, r.layers_us,
+          std::vector<int64_t>{r.grid, r.samples, r.units_per_pass, r.shared_mem_bytes, r.compiled_passes}, r.reason};
+}
+
 // The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:
 // samples, chunks, ctas_per_group, units_per_cta, waves, units_per_pass, step_sync) for hidden_size and
 // batch_size in
@@ -363,6 +417,13 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "recurrence_step_phases(Tensor xw, Tensor weight_hh, bool backward, str nonlinearity=\"tanh\", "
       "str? path=None, str? backend=None) -> (Tensor phase_cycles, Tensor result)");
+  // A stack of unidirectional layers' forward in one launch (rnn_stack_forward above).
+  m.def(
+      "rnn_stack_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
+      "str nonlinearity=\"tanh\", str? backend=None) -> (Tensor outputs, Tensor h_n)");
+  m.def(
+      "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
+      "-> (bool feasible, bool faster, float stack_us, float layers_us, int[] shape, str reason)");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }
@@ -371,6 +432,8 @@ TORCH_LIBRARY(rnn_fused, m) {
 // input in a build without CUDA kernels gets a message saying so.
 TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
+  m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
+  m.impl("stack_plan", &rnn_fused::stack_plan);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
   m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
@@ -378,6 +441,8 @@ TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
 
 TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
+  m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
+  m.impl("stack_plan", &rnn_fused::stack_plan);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
   m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);

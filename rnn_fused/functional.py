@@ -134,7 +134,7 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
         lengths: Tensor | None = None, layer_fn=None, *, backend: str | None = None, path: str | None = None,
-        truncation=None, record=None) -> tuple[Tensor, Tensor]:
+        truncation=None, record=None, stack: bool | None = None) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
@@ -149,6 +149,11 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
     `layer_fn` replaces the fused layer (reference_layer's signature): tests pass the step
     loop of reference.py to compose stock torch ops the same way; it takes no truncation.
+    stack: whether the forward of a unidirectional stack runs in one launch of the GPU kernels
+    (layer l a few steps behind layer l - 1; _LayerStack): None where the cost model predicts it
+    faster and the call allows it (float32, no dropout in training, no record, path None or
+    'block', eager mode, no autocast), False never, True always (ValueError saying why a call
+    cannot). The backward is the layers' own, one after another, either way.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -158,7 +163,16 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     check_truncation(truncation)
     if layer_fn is not None and (truncation is not None or record is not None):
         raise ValueError("rnn: a custom layer_fn takes neither truncation nor record")
+    if stack not in (None, True, False):
+        raise ValueError(f"rnn: stack must be None, True or False, got {stack!r}")
     args = resolve_truncation(truncation)
+    if stack is not False:
+        why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, dropout, training, layer_fn, backend,
+                                path, record, decide=stack is None)
+        if why_not is None:
+            return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args)
+        if stack:
+            raise ValueError(f"rnn: stack=True, but this call cannot run its layers in one launch: {why_not}")
     layer_input = input
     final_states = []
     for layer in range(num_layers):
@@ -189,6 +203,132 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     # One state needs no stack (a launch on a GPU): a view with the layers' dimension.
     h_n = final_states[0].unsqueeze(0) if len(final_states) == 1 else torch.stack(final_states)
     return layer_input, h_n
+
+
+def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, dropout: float,
+                  training: bool, layer_fn, backend: str | None, path: str | None, record,
+                  decide: bool) -> str | None:
+    """None where rnn() may run the stack's forward in one launch (_LayerStack), else why not;
+    with `decide`, also None only where the cost model predicts it faster."""
+    if num_layers < 2 or bidirectional:
+        return "it needs 2 or more layers in one direction (a bidirectional layer reads all of the layer below)"
+    if layer_fn is not None or record is not None:
+        return "a custom layer_fn or recorded gradient norms run the layers one by one"
+    if dropout > 0 and training:
+        return "dropout between layers applies to the whole layer output before the next layer reads it"
+    if path not in (None, "block"):
+        return f"path={path!r} forces another kernel than the block path's"
+    emulated = backend == "emulated"
+    if not (input.is_cpu if emulated else input.is_cuda and backend in (None, "cuda")):
+        return "the stack runs on the GPU kernels (a CUDA input, or backend='emulated' with a CPU input)"
+    if torch.compiler.is_compiling() or _ops.autocast_dtype(_ops.device_type_of(input)) is not None:
+        return "it runs in eager mode without autocast"
+    hidden = weights[0][1].shape[0]
+    float32 = [input] + ([] if hx is None else [hx]) + [w for group in weights for w in group]
+    if any(t.dtype != torch.float32 or t.device != input.device for t in float32):
+        return "it runs float32 tensors on one device"
+    if input.dim() != 3 or input.shape[0] == 0 or input.shape[1] == 0:
+        return "it needs a [T, B, I] input with T, B > 0"
+    if any(len(group) != len(weights[0]) for group in weights) or \
+            any(group[1].shape != (hidden, hidden) for group in weights) or \
+            any(group[0].shape != (hidden, hidden) for group in weights[1:]):
+        return "its layers must have one hidden size and all or none have biases"
+    if hx is not None and hx.shape != (num_layers, input.shape[1], hidden):
+        return f"hx must have shape [{num_layers}, {input.shape[1]}, {hidden}]"
+    stack_step_us, layers_step_us = _stack_step_costs(input.device, emulated, hidden, input.shape[1], num_layers)
+    if stack_step_us is None:
+        return layers_step_us  # the limit the stack's kernel exceeds
+    steps = input.shape[0]
+    if decide and not (steps + 1) * stack_step_us < steps * layers_step_us:
+        return "the cost model predicts the layers one after another faster"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: int, layers: int):
+    """(the stack kernel's predicted us per step, the layers' one after another per step), or
+    (None, why it cannot run), asked of the planner once per shape in a process (the planner's
+    settings clear it: launch_plan._apply_planner_setting)."""
+    from .launch_plan import stack_plan
+
+    report = stack_plan(hidden, batch, 1, layers, "emulated" if emulated else device)
+    if not report.feasible:
+        return None, report.reason
+    return report.predicted_stack_us / 2, report.predicted_layers_us
+
+
+def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,
+               lengths: Tensor | None, backend: str | None, path: str | None, truncation) -> tuple[Tensor, Tensor]:
+    flat = [w for group in weights for w in group]
+    output, h_n = _LayerStack.apply(input, hx, lengths, (nonlinearity, backend, path, truncation, num_layers,
+                                                         len(weights[0]) == 4), *flat)
+    return output, h_n
+
+
+class _LayerStack(torch.autograd.Function):
+    """A unidirectional stack whose forward runs in one launch (rnn_fused::rnn_stack_forward),
+    and whose backward runs each layer's fused backward (rnn_layer_backward) from the top layer
+    down, with the arguments rnn() gives each layer's op otherwise: the same gradients, the same
+    truncation draws. With create_graph=True it differentiates the layers run one by one instead
+    (their ops' own double backward), recomputing the forward: the stack's saved outputs carry no
+    graph."""
+
+    @staticmethod
+    def forward(ctx, input, hx, lengths, config, *flat):
+        nonlinearity, backend, path, truncation, num_layers, has_biases = config
+        outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(input, hx, list(flat), has_biases, lengths, nonlinearity,
+                                                             backend)
+        ctx.save_for_backward(input, hx, lengths, outputs, *flat)
+        ctx.config = config
+        ctx.set_materialize_grads(True)
+        return outputs[num_layers - 1], h_n
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        input, hx, lengths, outputs, *flat = ctx.saved_tensors
+        nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
+        per_layer = 4 if has_biases else 2
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():
+            return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
+        grad_hx = [None] * num_layers
+        grad_weights = [None] * len(flat)
+        grad = grad_output
+        for layer in reversed(range(num_layers)):
+            group = flat[layer * per_layer:(layer + 1) * per_layer]
+            bias_ih, bias_hh = (group[2], group[3]) if has_biases else (None, None)
+            inputs = _ops.LayerInputs(input if layer == 0 else outputs[layer - 1], None if hx is None else hx[layer],
+                                      group[0], group[1], bias_ih, bias_hh, lengths)
+            options = _ops.LayerOptions.make(nonlinearity, False, truncation, layer, backend, path)
+            at = 4 + layer * per_layer  # this layer's weight_ih among the Function's inputs
+            wanted = [layer > 0 or needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
+                      has_biases and (needs[at + 2] or needs[at + 3])]
+            grad, grad_h0, grad_ih, grad_hh, grad_bias = _ops.layer_backward(
+                grad, grad_h_n[layer], outputs[layer], wanted, False, inputs, options)[:5]
+            grad_hx[layer] = grad_h0
+            grad_weights[at - 4:at - 2] = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            if has_biases:  # each bias its own tensor
+                grad_weights[at - 2:at] = [grad_bias if needs[at + 2] else None,
+                                           grad_bias.clone() if needs[at + 3] else None]
+        grad_h = torch.stack(grad_hx) if hx is not None and needs[1] else None
+        return (grad if needs[0] else None, grad_h, None, None, *grad_weights)
+
+    @staticmethod
+    def _backward_with_graph(ctx, grad_output, grad_h_n):
+        input, hx, lengths, _, *flat = ctx.saved_tensors
+        nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
+        per_layer = 4 if has_biases else 2
+        weights = [tuple(flat[i * per_layer:(i + 1) * per_layer]) for i in range(num_layers)]
+        candidates = [input, hx, None, None, *flat]
+        wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]
+        output, h_n = rnn(input, hx, weights, num_layers, False, nonlinearity, lengths=lengths, backend=backend,
+                          path=path, truncation=truncation, stack=False)
+        grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
+                                    create_graph=True, allow_unused=True)
+        result = [None] * len(candidates)
+        for i, grad in zip(wanted, grads):
+            result[i] = grad if grad is not None else torch.zeros_like(candidates[i])
+        return tuple(result)
 
 
 # One side stream per CUDA device for the reverse direction of a bidirectional layer.

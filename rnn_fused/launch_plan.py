@@ -105,6 +105,39 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
 
 
+@dataclass(frozen=True)
+class StackPlan:
+    """Whether the GPU kernels would run a stack of unidirectional layers' forward in one
+    launch (layer l a few steps behind layer l - 1, each CTA holding its layer's W_hh and the
+    next layer's W_ih; csrc/cuda/elman_forward_kernel.cuh forward_stack_kernel), and what the
+    cost model predicts for it and for the same layers one launch after another."""
+
+    feasible: bool                 # the stack's kernel can run the shape on the device
+    faster: bool                   # feasible and predicted faster: rnn_fused.functional.rnn takes it then
+    predicted_stack_us: float      # T + 1 steps of the stack's kernel
+    predicted_layers_us: float     # the L layers' T steps each, on their own forward plans
+    grid: int                      # CTAs: layers x sample groups
+    samples: int                   # samples per group
+    units_per_pass: int
+    shared_mem_bytes: int
+    compiled_passes: int
+    reason: str                    # the launch shape, or the limit that rules it out
+
+
+def stack_plan(hidden_size: int, batch_size: int, steps: int, num_layers: int,
+               device: str | torch.device = "emulated") -> StackPlan:
+    """The plan of a float32 stack of `num_layers` unidirectional layers of `hidden_size` units
+    over `steps` steps and `batch_size` samples, forward (device as for plan())."""
+    emulated = device == "emulated"
+    target = torch.device("cpu") if emulated else torch.device(device)
+    if target.type != "cuda" and not emulated:
+        raise ValueError(f"rnn_fused.launch_plan.stack_plan: device must be 'emulated' or a CUDA device, got {device!r}")
+    like = torch.empty(0, dtype=torch.float32, device=target)
+    feasible, faster, stack_us, layers_us, shape, reason = torch.ops.rnn_fused.stack_plan(
+        like, hidden_size, batch_size, steps, num_layers, "emulated" if emulated else None)
+    return StackPlan(feasible, faster, stack_us, layers_us, *shape, reason)
+
+
 def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int, hidden_size: int,
                        backward: bool = False, dtype: torch.dtype = torch.float32,
                        device: str | torch.device = "emulated") -> float:
@@ -182,6 +215,7 @@ def _apply_planner_setting(set_op, *values):
 
     previous = set_op(*values)
     functional._directions_fit_side_by_side.cache_clear()
+    functional._stack_step_costs.cache_clear()
     return previous
 
 

@@ -26,6 +26,9 @@ from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_part
                         run_layer_op)
 from test_autocast import _stock_layer
 from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
+from test_layer_stack import STACK_CASES, cotangents_for, run_stack, stack_inputs
+from test_layer_stack import _case_id as _stack_case_id
+from test_layer_stack import names_for as stack_names
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -503,6 +506,32 @@ def test_double_backward_on_cuda_matches_the_step_loop():
 
 
 # ---- a refused call leaves the device usable (issue 12) ----
+
+
+@pytest.mark.parametrize("case", STACK_CASES + [(50, 32, 16, 128, 2, "tanh", True, True, None)], ids=_stack_case_id)
+def test_layer_stack_in_one_launch_on_the_gpu(case):
+    """A unidirectional stack's forward in one launch (stack=True): outputs, final states and
+    every gradient against the float64 step loop (tolerance rule, stock: the loop in float32),
+    bitwise alike run to run; layer 0 bitwise equal to the block path's layer."""
+    steps, batch, input_size, hidden, layers, nonlinearity, bias, hx, lengths = case
+    lengths = None if lengths is None else torch.tensor(lengths)
+    x, h0, groups = stack_inputs(steps, batch, input_size, hidden, layers, bias=bias, hx=hx)
+    cotangents = cotangents_for(steps, batch, hidden, layers)
+    assert rnn_fused.launch_plan.stack_plan(hidden, batch, steps, layers, PLAN_DEVICE).feasible
+    runs = [run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32, DEVICE, backend=BACKEND,
+                      stack=True) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a, b), "the stack's results differ from run to run"
+    reference = run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float64, layer_fn=reference_layer)
+    stock = run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32, layer_fn=reference_layer)
+    for name, r, s, o in zip(stack_names(len(runs[0])), reference, stock, runs[0]):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+    flat = [_cuda(w.float()) for group in groups for w in group]
+    outputs, _ = torch.ops.rnn_fused.rnn_stack_forward(_cuda(x.float()), None if h0 is None else _cuda(h0.float()),
+                                                       flat, bias, lengths, nonlinearity, BACKEND)
+    first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
+                         *([] if bias else [None, None]), lengths, nonlinearity, path="block")
+    assert torch.equal(outputs[0], first)
 
 
 def _good_call_still_runs():

@@ -159,7 +159,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms);
-  Cta cta(smem, layout, tiling, a.shape);
+  Cta cta(smem, layout, tiling, a.shape, a.shape.hidden, blockIdx.x);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const CtaPlace& place = cta.place;

@@ -66,7 +66,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
-  Cta cta(smem, layout, tiling, a.shape);
+  Cta cta(smem, layout, tiling, a.shape, a.shape.hidden, blockIdx.x);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;
@@ -174,6 +174,139 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
   }
   run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
+}
+
+// The forward of a stack of L unidirectional layers of hidden size H in one launch, layer l
+// running a few steps behind layer l - 1 (a wavefront), float32 on the Block path: one CTA per
+// (layer, sample group) holds 2H weight rows, layer l's W_hh (rows 0..H-1, the recurrence) and
+// layer l + 1's W_ih (rows H..2H-1), so that the dot products of step s against the state
+// h_{s-1} give both z_s's recurrent part and the next layer's input projection of h_{s-1}:
+// the step's one pass over the state rows serves both, and the layers' steps overlap instead of
+// following each other (one launch for the stack, no input GEMM between layers). Layer 0's
+// input projection comes from one GEMM before the launch, as on the other paths; layer
+// l + 1's reaches it in tagged words (simt::tag_word, tag kStackTag), each stored once by layer
+// l's CTA and waited for by the lane that adds it: no barrier between layers and no fence. A
+// layer's step s + 1 needs its own step s and the previous layer's step s + 2. The launch is
+// cooperative (every CTA co-resident, so a wait ends). Step T computes the projections of
+// h_{T-1} only. Without dropout between layers: the projection reads the state as the
+// recurrence does.
+//
+// Arguments (ForwardStackArgs, all contiguous float32 but the lengths and the words):
+//   w_stacked [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (zeros for the top)
+//   bias_next [L,H]    read: the next layer's b_ih + b_hh (row L-1 unused)
+//   out       [L,T,B,H] out[0] in: layer 0's XW_t + b_ih + b_hh; out[l]: h_t of layer l at each
+//                     sample's valid steps (the other positions are left as they are: the host
+//                     zeroes them)
+//   xw_tagged [L-1,T,B,H] words: slot l - 1 holds layer l's XW_t + b_ih + b_hh in tagged words,
+//                     stored by layer l - 1's CTAs at valid steps; zero on entry
+//   h0        [L,B,H] read: the initial states; null for zeros
+//   h_n       [L,B,H] written: each layer's state after each sample's last valid step
+//   lengths   [B]      int64 valid steps per sample, or null (all T)
+inline constexpr int kMaxStackLayers = 16;
+inline constexpr unsigned kStackTag = 1;
+
+struct ForwardStackArgs {
+  const float* w_stacked;
+  const float* bias_next;
+  float* out;
+  unsigned long long* xw_tagged;
+  const float* h0;
+  float* h_n;
+  const int64_t* lengths;
+  LayerShape shape;  // one layer's (input_size unused)
+  int64_t layers;
+  Activation activation;
+};
+
+// Grid = layers * tiling.groups CTAs of kRecurrenceThreads threads, cooperative; block index
+// = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with
+// units_per_cta = 2H; SharedLayout<float>::make(H, tiling, Block, false).bytes of dynamic
+// shared memory; kPasses == compiled_passes_of(Block, tiling, H, false).
+template <int kSamples, int kPasses>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
+    forward_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses>;
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  const int64_t layer = int64_t(blockIdx.x) / tiling.groups, group_block = int64_t(blockIdx.x) % tiling.groups;
+  const int64_t sequence = T * B * H, state = B * H;
+  const bool top = layer == a.layers - 1;
+  SIMT_DYNAMIC_SHARED(float, smem);
+  const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
+  Cta cta(smem, layout, tiling, a.shape, 2 * H, group_block);
+  cta.check_compiled_passes();
+  constexpr int kOwned = Cta::kOwned;
+  const int64_t R = cta.row;
+  cta.load_weights(a.w_stacked + layer * 2 * H * H);
+  const float* h0 = a.h0 != nullptr ? a.h0 + layer * state : nullptr;
+  for (int buffer = 0; buffer < 2; ++buffer) {
+    load_padded_rows(h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, h0 != nullptr ? B : 0,
+                     H, R);
+  }
+  __syncthreads();
+  cta.cache_weights();
+  float* out = a.out + layer * sequence;
+  float* h_n = a.h_n + layer * state;
+  const unsigned long long* xw_words = layer > 0 ? a.xw_tagged + (layer - 1) * sequence : nullptr;
+  unsigned long long* next_words = top ? nullptr : a.xw_tagged + layer * sequence;
+  // The next layer's bias of each unit this lane owns among rows H..2H-1 (the same every step).
+  float next_bias[Cta::kBatches] = {};
+  cta.for_each_owned_unit([&](int batch, int64_t u) {
+    if (u >= H && !top) next_bias[batch] = a.bias_next[layer * H + u - H];
+  });
+  PhaseClock<false> clock(nullptr, nullptr);
+  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0);  // offsets of unit u at step s (u < H: out's)
+  // The lane's operands of step s + ahead (the lane at step s), read one step ahead: layer 0's
+  // XW_t, or the tagged word (whose tag is checked where the value is used).
+  float xw[Cta::kBatches][kOwned] = {};
+  unsigned long long xw_word[Cta::kBatches][kOwned] = {};
+  auto load_operands = [&](int64_t s, int64_t ahead) {
+    const int64_t shift = ahead * lane.time_stride;
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
+      if (u >= H || s + ahead >= lane.length[k]) return;
+      if (xw_words == nullptr) {
+        xw[batch][k] = out[lane.at[batch][k] + shift];
+      } else {
+        xw_word[batch][k] = simt::load_relaxed(xw_words + lane.at[batch][k] + shift);
+      }
+    });
+  };
+  load_operands(0, 0);
+  for (int64_t s = 0; s <= T; ++s) {
+    const float* current = cta.states + (s % 2) * kSamples * R;
+    float* next = cta.states + (1 - s % 2) * kSamples * R;
+    cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, float total) {
+      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+      if (b >= B) return;
+      if (u >= H) {  // the next layer's XW at step s - 1: W_ih h_{s-1} + its biases
+        if (top || s == 0 || s - 1 >= lane.length[k]) return;
+        const int64_t at = lane.at[batch][k] - H - lane.time_stride;  // (unit u - H, step s - 1)
+        simt::store_relaxed(next_words + at, simt::tag_word(total + next_bias[batch], kStackTag));
+        return;
+      }
+      if (s == T) return;
+      float h;
+      if (s < lane.length[k]) {
+        const int64_t at = lane.at[batch][k];
+        float x = xw[batch][k];
+        if (xw_words != nullptr) {
+          unsigned long long word = xw_word[batch][k];
+          if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(xw_words + at, kStackTag);
+          x = simt::word_value(word);
+        }
+        h = activate_runtime(a.activation, x + total);
+        out[at] = h;
+      } else {
+        h = current[j * R + u];  // frozen: the state carries over
+      }
+      publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, h);
+      if (s == T - 1) h_n[b * H + u] = h;
+    });
+    if (s == T) break;
+    load_operands(s, 1);
+    lane.move(1);
+    __syncthreads();
+  }
 }
 
 // Stepwise path, processing step s: h = act(XW_t + recurrent) at valid steps, the state

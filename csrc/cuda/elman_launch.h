@@ -108,6 +108,17 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
+#define RNN_FUSED_STACK_ATTRIBUTES(passes)                                                                      \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<1, passes>);    \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<2, passes>);    \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<4, passes>);    \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<8, passes>)
+RNN_FUSED_STACK_ATTRIBUTES(0);
+RNN_FUSED_STACK_ATTRIBUTES(1);
+RNN_FUSED_STACK_ATTRIBUTES(2);
+RNN_FUSED_STACK_ATTRIBUTES(3);
+RNN_FUSED_STACK_ATTRIBUTES(4);
+#undef RNN_FUSED_STACK_ATTRIBUTES
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time).
 inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64) {
@@ -890,6 +901,146 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   return dz_first;
 }
 
+// Calls f(kernel) with forward_stack_kernel for (samples, compiled passes).
+template <class F>
+void with_stack_kernel(int64_t samples, int passes, F&& f) {
+  auto pick_passes = [&](auto samples_constant) {
+    constexpr int S = decltype(samples_constant)::value;
+    switch (passes) {
+      case 0: f(forward_stack_kernel<S, 0>); return;
+      case 1: f(forward_stack_kernel<S, 1>); return;
+      case 2: f(forward_stack_kernel<S, 2>); return;
+      case 3: f(forward_stack_kernel<S, 3>); return;
+      case 4: f(forward_stack_kernel<S, 4>); return;
+      default: TORCH_CHECK(false, "rnn_fused: no layer stack kernel compiled for ", passes, " passes");
+    }
+  };
+  switch (samples) {
+    case 1: pick_passes(std::integral_constant<int, 1>{}); break;
+    case 2: pick_passes(std::integral_constant<int, 2>{}); break;
+    case 4: pick_passes(std::integral_constant<int, 4>{}); break;
+    case 8: pick_passes(std::integral_constant<int, 8>{}); break;
+    default: TORCH_CHECK(false, "rnn_fused: no layer stack kernel for ", samples, " samples per group");
+  }
+}
+
+// The launch shape of forward_stack_kernel for L layers of H units and B samples (float32): the
+// Block path's tilings with 2H rows per CTA (1, 2, 4 or 8 samples per group, 32 or 16 units
+// per pass, as forced_tiling allows), every CTA of every layer co-resident; the fastest by the
+// cost model. The stack is worth it where (T + 1) of its steps are predicted faster than the
+// layers' T steps each on their own forward plans (the GEMMs and launches between layers, which
+// the stack also saves, left out of the comparison).
+inline StackPlanReport stack_plan(const StackPlanQuery& q) {
+  const simt::DeviceProperties props = simt::device_properties();
+  const cost::Constants& model = cost::kH200;
+  StackPlanReport best;
+  const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .backward = false, .fp64 = false,
+                            .forced = forced_tiling()};
+  if (q.layers < 2 || q.layers > kMaxStackLayers) {
+    best.reason = "a stack launch runs 2 to " + std::to_string(kMaxStackLayers) + " layers, not " +
+                  std::to_string(q.layers);
+    return best;
+  }
+  if (!props.cooperative_launch) {
+    best.reason = "the device does not support cooperative launches";
+    return best;
+  }
+  const int64_t rows = 2 * q.hidden;
+  std::string limit = "one CTA holds at most " + std::to_string(kMaxUnitsPerCta) + " weight rows, and a stack's CTA " +
+                      std::to_string(rows) + " (its layer's W_hh and the next layer's W_ih)";
+  for (int64_t samples : {1, 2, 4, 8}) {
+    if (request.forced.samples != 0 && samples != request.forced.samples) continue;
+    if (request.forced.samples == 0 && samples > 1 && samples / 2 >= q.batch) break;
+    for (int per_pass : kUnitsPerPassOptions) {
+      if (request.forced.units_per_pass != 0 && per_pass != request.forced.units_per_pass) continue;
+      if (rows > max_units_per_cta(per_pass)) continue;
+      const RecurrenceTiling tiling{.samples = static_cast<int32_t>(samples),
+                                    .chunks = 1,
+                                    .groups = static_cast<int32_t>((q.batch + samples - 1) / samples),
+                                    .ctas_per_group = 1,
+                                    .units_per_cta = static_cast<int32_t>(rows),
+                                    .units_per_pass = per_pass};
+      const int64_t smem = SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, false).bytes;
+      if (smem > props.shared_mem_per_block_optin) {
+        limit = "a stack's CTA needs " + std::to_string(smem) + " bytes of shared memory, more than "
+                "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
+        continue;
+      }
+      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false);
+      int occupancy = 0;
+      with_stack_kernel(samples, passes, [&](auto kernel) {
+        occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
+      });
+      const int64_t ctas = q.layers * tiling.groups;
+      if (occupancy < 1 || ctas > int64_t(occupancy) * props.sm_count) {
+        limit = std::to_string(ctas) + " CTAs (" + std::to_string(q.layers) + " layers x " +
+                std::to_string(tiling.groups) + " sample groups) with " + std::to_string(smem) +
+                " bytes of shared memory each cannot all be co-resident";
+        continue;
+      }
+      const double us = predicted_step_us(model, RecurrencePath::Block, request, tiling, 1);
+      const double stack_us = us * double(q.steps + 1);
+      if (best.feasible && stack_us >= best.stack_us) continue;
+      best.feasible = true;
+      best.stack_us = stack_us;
+      best.grid = ctas;
+      best.samples = samples;
+      best.units_per_pass = per_pass;
+      best.shared_mem_bytes = smem;
+      best.compiled_passes = passes;
+      best.reason = std::to_string(q.layers) + " layers x " + std::to_string(tiling.groups) + " sample group(s) of " +
+                    std::to_string(samples) + ", one CTA of " + std::to_string(rows) + " weight rows each (" +
+                    std::to_string(smem) + " bytes of shared memory)" +
+                    (per_pass != kUnitsPerPass ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) +
+                                                     " warps"
+                                               : "") +
+                    (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "");
+    }
+  }
+  if (!best.feasible) {
+    best.reason = limit;
+    return best;
+  }
+  const RecurrencePlan layer = choose_plan<float>(request, "");
+  best.layers_us = layer.us_per_step * double(q.steps) * double(q.layers);
+  best.faster = best.stack_us < best.layers_us;
+  return best;
+}
+
+// The layer stack's forward (host_layer.h ForwardStack) on the plan stack_plan gives; returns h_n.
+inline at::Tensor forward_stack(const ForwardStack& r) {
+  const LayerShape& shape = r.first.shape;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
+  const StackPlanReport plan = stack_plan({.hidden = H, .batch = B, .steps = T, .layers = L});
+  TORCH_CHECK_VALUE(plan.feasible, "rnn_fused.rnn_stack_forward: cannot run ", L, " layers of hidden_size=", H,
+                    ", batch_size=", B, " in one launch on this device: ", plan.reason);
+  const at::TensorOptions options = r.out.options();
+  at::Tensor h_n = at::empty({L, B, H}, options);
+  // Layer l >= 1's input projections in tagged words, zero (untagged) before the launch.
+  at::Tensor words = at::zeros({L - 1, T, B, H}, options.dtype(at::kLong));
+  const RecurrenceTiling tiling{.samples = static_cast<int32_t>(plan.samples),
+                          .chunks = 1,
+                          .groups = static_cast<int32_t>((B + plan.samples - 1) / plan.samples),
+                          .ctas_per_group = 1,
+                          .units_per_cta = static_cast<int32_t>(2 * H),
+                          .units_per_pass = static_cast<int32_t>(plan.units_per_pass)};
+  const ForwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
+                              .bias_next = r.bias_next.data_ptr<float>(),
+                              .out = r.out.data_ptr<float>(),
+                              .xw_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
+                              .h0 = r.h0.defined() ? r.h0.data_ptr<float>() : nullptr,
+                              .h_n = h_n.data_ptr<float>(),
+                              .lengths = lengths_pointer(r.first),
+                              .shape = shape,
+                              .layers = L,
+                              .activation = r.first.options.activation};
+  with_stack_kernel(plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+    simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
+                             static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
+  });
+  return h_n;
+}
+
 // The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in
 // elman_emulated.cpp).
 inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default);
@@ -1010,7 +1161,9 @@ inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType devic
                            .forward = &forward_recurrence,
                            .backward = &backward_recurrence,
                            .plan = &recurrence_plan,
-                           .step_cost = &step_cost};
+                           .step_cost = &step_cost,
+                           .forward_stack = &forward_stack,
+                           .stack_plan = &stack_plan};
 }
 
 SIMT_END_WORLD

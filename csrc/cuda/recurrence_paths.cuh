@@ -55,11 +55,12 @@ struct CtaPlace {
   int64_t sample_begin;          // the group's first sample
 };
 
-SIMT_DEVICE __forceinline__ CtaPlace cta_place(const RecurrenceTiling& tiling, int64_t hidden) {
-  const int64_t block = blockIdx.x;
+// `rows`: the weight rows the CTAs of a group split (H; 2H in the layer stack's kernel, whose
+// CTAs also hold the next layer's W_ih); `block`: the CTA's index among one layer's CTAs.
+SIMT_DEVICE __forceinline__ CtaPlace cta_place(const RecurrenceTiling& tiling, int64_t rows, int64_t block) {
   const int64_t group = block / tiling.ctas_per_group, rank = block % tiling.ctas_per_group;
   const int64_t begin = rank * tiling.units_per_cta;
-  const int64_t end = begin + tiling.units_per_cta < hidden ? begin + tiling.units_per_cta : hidden;
+  const int64_t end = begin + tiling.units_per_cta < rows ? begin + tiling.units_per_cta : rows;
   return {group, rank, begin, end, group * int64_t(tiling.samples) * tiling.chunks};
 }
 
@@ -494,6 +495,7 @@ struct RecurrenceCta {
   RecurrenceTiling tiling;
   int64_t steps, batch, hidden, row;
   int vectors;
+  int64_t rows_total;  // weight rows of all the group's CTAs: H, or 2H (forward_stack_kernel)
   CtaPlace place;
   int64_t units;   // this CTA's units
   int units_per_pass;  // tiling.units_per_pass: unit groups that compute
@@ -506,15 +508,18 @@ struct RecurrenceCta {
   scalar_t* states;
   Vec16<scalar_t> weight_registers[kRegisterPasses][kRegisterIterations];  // cache_weights()
 
+  // rows: the weight rows the group's CTAs split (H, or 2H for forward_stack_kernel); block:
+  // the CTA's index among its layer's CTAs.
   SIMT_DEVICE RecurrenceCta(scalar_t* smem, const SharedLayout<scalar_t>& layout, const RecurrenceTiling& t,
-                            const LayerShape& shape)
+                            const LayerShape& shape, int64_t rows, int64_t block)
       : tiling(t),
         steps(shape.steps),
         batch(shape.batch),
         hidden(shape.hidden),
         row(layout.row),
         vectors(static_cast<int>(layout.row / vec_size<scalar_t>())),
-        place(cta_place(t, shape.hidden)),
+        rows_total(rows),
+        place(cta_place(t, rows, block)),
         units(place.unit_end - place.unit_begin),
         units_per_pass(t.units_per_pass),
         computes(lane_role().unit_in_pass < t.units_per_pass),
@@ -537,8 +542,10 @@ struct RecurrenceCta {
     }
   }
 
-  // The CTA's rows of a [H,H] weight into shared memory (zero-padded). All threads call it.
-  SIMT_DEVICE void load_weights(const scalar_t* w) { load_padded_rows(w, weights, place.unit_begin, units, hidden, hidden, row); }
+  // The CTA's rows of a [rows_total,H] weight into shared memory (zero-padded). All threads call it.
+  SIMT_DEVICE void load_weights(const scalar_t* w) {
+    load_padded_rows(w, weights, place.unit_begin, units, rows_total, hidden, row);
+  }
 
   // The same for the rows of w^T, read from w itself (the backward's W_hh^T without a
   // transposed copy on the host: a launch and an [H,H] round trip per call). Consecutive

@@ -1,0 +1,288 @@
+"""A unidirectional stack's forward in one launch (forward_stack_kernel), through the emulator.
+
+rnn_fused.functional.rnn runs the layers of a float32 unidirectional stack in one launch of
+the GPU kernels where the cost model predicts it faster (stack=None), or where asked
+(stack=True): each CTA holds its layer's W_hh and the next layer's W_ih, so layer l + 1's input
+projection comes out of layer l's step, and layer l + 1 runs a few steps behind it. The
+backward is each layer's own fused backward. Checked here on the emulated device: values and
+gradients against the float64 step loop under the tolerance rule, bitwise agreement under
+every emulator schedule, layer 0 bitwise equal to the block path's, truncation, the planner's
+choice, and the errors.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused import functional, launch_plan, simt
+from rnn_fused.modules import RNN
+from rnn_fused.reference import reference_layer
+from rnn_fused.tools.testing import assert_within_tolerance, compare_with_torch
+from rnn_fused.truncation import RandomTruncation, TruncationArgs
+
+from rnn_cases import RNNCase
+
+OPS = torch.ops.rnn_fused
+# Enough SMs for every CTA of the stacks below to be co-resident (a cooperative launch).
+STACK_GPU = dict(sm_count=16)
+
+
+def stack_inputs(steps, batch, input_size, hidden, layers, *, bias=True, hx=True, seed=0):
+    """(x [T,B,I], hx [L,B,H] or None, per-layer weight groups) in float64, nn.RNN's init."""
+    g = torch.Generator().manual_seed(seed)
+    bound = hidden ** -0.5
+
+    def uniform(*shape):
+        return torch.empty(*shape, dtype=torch.float64).uniform_(-bound, bound, generator=g)
+
+    groups = []
+    for layer in range(layers):
+        group = [uniform(hidden, input_size if layer == 0 else hidden), uniform(hidden, hidden)]
+        if bias:
+            group += [uniform(hidden), uniform(hidden)]
+        groups.append(tuple(group))
+    x = torch.randn(steps, batch, input_size, dtype=torch.float64, generator=g)
+    h0 = torch.randn(layers, batch, hidden, dtype=torch.float64, generator=g) if hx else None
+    return x, h0, groups
+
+
+def run_stack(x, hx, groups, lengths, nonlinearity, cotangents, dtype, device="cpu", **kwargs):
+    """functional.rnn forward and backward in `dtype` on `device`: [output, h_n, grads of x, hx
+    and every weight], on the CPU."""
+    def leaf(t):
+        return t.to(device=device, dtype=dtype, copy=True).requires_grad_()
+
+    leaves_x = leaf(x)
+    leaves_hx = None if hx is None else leaf(hx)
+    leaves_w = [tuple(leaf(w) for w in group) for group in groups]
+    out, h_n = functional.rnn(leaves_x, leaves_hx, leaves_w, len(groups), False, nonlinearity, lengths=lengths,
+                              **kwargs)
+    present = [leaves_x] + ([] if leaves_hx is None else [leaves_hx]) + [w for group in leaves_w for w in group]
+    grads = torch.autograd.grad((out, h_n), present, [c.to(device=device, dtype=dtype) for c in cotangents])
+    return [t.detach().cpu() for t in (out, h_n, *grads)]
+
+
+def cotangents_for(steps, batch, hidden, layers, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+            torch.randn(layers, batch, hidden, dtype=torch.float64, generator=g)]
+
+
+def names_for(count):
+    return ["output", "h_n"] + [f"grad_{i}" for i in range(count - 2)]
+
+
+# steps, batch, input, hidden, layers, nonlinearity, bias, hx, lengths
+STACK_CASES = [
+    (6, 3, 5, 7, 2, "tanh", True, True, [6, 2, 0]),     # odd H, an empty sample, unsorted
+    (5, 2, 3, 16, 3, "relu", False, False, None),       # 32 rows: one pass
+    (4, 4, 3, 33, 3, "tanh", True, False, [4, 3, 1, 4]),  # 66 rows: three passes
+    (4, 2, 6, 64, 4, "tanh", True, True, None),         # 128 rows: four passes, weights in registers
+    (3, 9, 4, 100, 2, "tanh", True, True, [3, 1, 2, 3, 3, 0, 1, 2, 3]),  # 200 rows, 8 samples per group
+]
+
+
+def _case_id(case):
+    return "-".join(str(v) for v in case).replace(" ", "")
+
+
+@pytest.mark.parametrize("case", STACK_CASES, ids=_case_id)
+def test_stack_matches_the_float64_step_loop_under_every_schedule(case):
+    """The stack's outputs, final states and every gradient against the float64 step loop
+    (tolerance rule, stock: the same loop in float32), bitwise alike under every emulator
+    schedule; zeros past each sample's length."""
+    steps, batch, input_size, hidden, layers, nonlinearity, bias, hx, lengths = case
+    lengths = None if lengths is None else torch.tensor(lengths)
+    x, h0, groups = stack_inputs(steps, batch, input_size, hidden, layers, bias=bias, hx=hx)
+    cotangents = cotangents_for(steps, batch, hidden, layers)
+    runs = []
+    with simt.emulated_device(**STACK_GPU):
+        assert launch_plan.stack_plan(hidden, batch, steps, layers).feasible
+        for mode, seed in simt.ALL_SCHEDULES:
+            with simt.schedule(mode, seed):
+                runs.append(run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32,
+                                      backend="emulated", stack=True))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b), "results differ between emulator schedules"
+    ours = runs[0]
+    reference = run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float64, layer_fn=reference_layer)
+    stock = run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32, layer_fn=reference_layer)
+    for name, r, s, o in zip(names_for(len(ours)), reference, stock, ours):
+        assert o.dtype == torch.float32
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert torch.all(ours[0][n:, b] == 0)
+
+
+@pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])
+def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, lengths):
+    """Layer 0 of the stack bitwise equals the block path's layer (the same input projection
+    GEMM, the same dot-product tree); each layer above equals the block path's layer run on the
+    stack's own layer below within the tolerance rule (its input projection is the kernel's dot
+    product instead of a GEMM), and so does h_n."""
+    steps, batch = 5, 3
+    lengths = None if lengths is None else torch.tensor(lengths)
+    x, h0, groups = stack_inputs(steps, batch, 4, hidden, layers)
+    x32, h32 = x.float(), h0.float()
+    groups32 = [tuple(w.float() for w in group) for group in groups]
+    with simt.emulated_device(**STACK_GPU):
+        outputs, h_n = OPS.rnn_stack_forward(x32, h32, [w for group in groups32 for w in group], True, lengths, "tanh",
+                                             "emulated")
+        layer_input = x32
+        for layer in range(layers):
+            out, last = rnn_fused.rnn_layer(layer_input, h32[layer], *groups32[layer], lengths, backend="emulated",
+                                            path="block")
+            if layer == 0:
+                assert torch.equal(outputs[0], out) and torch.equal(h_n[0], last)
+            else:
+                below = outputs[layer - 1].double()
+                reference = reference_layer(below, h0[layer], *groups[layer], lengths, "tanh", False)
+                stock = reference_layer(outputs[layer - 1], h32[layer], *groups32[layer], lengths, "tanh", False)
+                for name, r, s, o in zip(("output", "h_n"), reference, stock, (outputs[layer], h_n[layer])):
+                    assert_within_tolerance(r, s, o, name=f"layer {layer} {name}", ulps=8)
+            layer_input = outputs[layer]
+
+
+@pytest.mark.parametrize("truncation", [2, RandomTruncation(0.6, seed=11)], ids=["every-2", "random"])
+def test_truncated_backward_matches_the_layers_one_by_one(truncation):
+    """With truncation the stack's backward is each layer's own, with the same draws: against
+    the CPU backend's layers in float64 (tolerance rule, stock: the CPU layers in float32)."""
+    steps, batch, hidden, layers = 7, 3, 24, 3
+    lengths = torch.tensor([7, 4, 6])
+    x, h0, groups = stack_inputs(steps, batch, 5, hidden, layers, seed=3)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=4)
+    with simt.emulated_device(**STACK_GPU):
+        ours = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                         truncation=truncation, stack=True)
+    reference = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float64, backend="cpu",
+                          truncation=truncation)
+    stock = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="cpu", truncation=truncation)
+    for name, r, s, o in zip(names_for(len(ours)), reference, stock, ours):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+
+
+def test_double_backward_through_the_stack():
+    """create_graph=True: the stack's backward builds a graph (the layers' differentiable
+    backward), so a gradient of the gradients matches the float64 step loop's."""
+    steps, batch, hidden, layers = 4, 2, 9, 2
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
+
+    def second_order(dtype, **kwargs):
+        leaves = [w.to(dtype).requires_grad_() for group in groups for w in group]
+        xs = x.to(dtype).requires_grad_()
+        weights = [tuple(leaves[4 * i:4 * i + 4]) for i in range(layers)]
+        out, h_n = functional.rnn(xs, h0.to(dtype), weights, layers, False, **kwargs)
+        (grad_x,) = torch.autograd.grad(out.sum() + h_n.square().sum(), xs, create_graph=True)
+        return list(torch.autograd.grad(grad_x.square().sum(), leaves))
+
+    with simt.emulated_device(**STACK_GPU):
+        ours = second_order(torch.float32, backend="emulated", stack=True)
+    reference = second_order(torch.float64, layer_fn=reference_layer)
+    stock = second_order(torch.float32, layer_fn=reference_layer)
+    for i, (r, s, o) in enumerate(zip(reference, stock, ours)):
+        assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
+
+
+def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, generator):
+    """rnn_fused.RNN with 3 layers on the emulated kernels takes the stack where the model
+    predicts it faster, and matches torch.nn.RNN (tolerance rule), packed input included."""
+    launches = []
+    real = functional._LayerStack.apply
+
+    def counting(*args):
+        launches.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(functional._LayerStack, "apply", counting)
+    monkeypatch.setattr(RNN, "backend", "emulated")
+    for packing in ("none", "unsorted"):
+        case = RNNCase(num_layers=3, bidirectional=False, packing=packing, with_hx=True, seq_len=5, batch=3,
+                       hidden_size=12)
+        input, hx = case.inputs(generator)
+        with simt.emulated_device(**STACK_GPU):
+            assert launch_plan.stack_plan(12, 3, 5, 3).faster
+            before = len(launches)
+            compare_with_torch(case.torch_module(), input, hx, ulps=8)
+            assert len(launches) > before, "the module did not run its stack in one launch"
+
+
+def test_planner_rules_the_stack_out_with_its_limits():
+    with simt.emulated_device(**STACK_GPU):
+        plan = launch_plan.stack_plan(64, 8, 100, 4)
+        assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 4
+        assert "128 weight rows" in plan.reason
+        too_wide = launch_plan.stack_plan(129, 1, 100, 2)
+        assert not too_wide.feasible and "a stack's CTA 258" in too_wide.reason
+        too_many = launch_plan.stack_plan(32, 64, 100, 4)  # 4 layers x 8 groups of 8 > 16 SMs
+        assert not too_many.feasible and "cannot all be co-resident" in too_many.reason
+        one_layer = launch_plan.stack_plan(32, 4, 100, 1)
+        assert not one_layer.feasible and "2 to 16 layers, not 1" in one_layer.reason
+    with simt.emulated_device(sm_count=16, cooperative_launch=False):
+        assert "cooperative launches" in launch_plan.stack_plan(32, 4, 100, 2).reason
+
+
+def test_stack_true_says_why_a_call_cannot():
+    x, h0, groups = stack_inputs(4, 2, 3, 8, 2)
+    x32 = x.float()
+    weights = [tuple(w.float() for w in group) for group in groups]
+    bidirectional = weights + [tuple(w.float() for w in group) for group in stack_inputs(4, 2, 8, 8, 2)[2]]
+    bidirectional[1] = tuple(w.float() for w in stack_inputs(4, 2, 3, 8, 1)[2][0])  # l0_reverse takes the input
+    cases = [
+        (dict(weights=bidirectional, bidirectional=True, backend="emulated"), "2 or more layers in one direction"),
+        (dict(dropout=0.5, training=True, backend="emulated"), "dropout between layers"),
+        (dict(backend="emulated", path="grid"), "path='grid' forces another kernel"),
+        (dict(backend="cpu"), "runs on the GPU kernels"),
+        (dict(backend="emulated", x=x), "float32 tensors on one device"),
+    ]
+    with simt.emulated_device(**STACK_GPU):
+        for kwargs, message in cases:
+            call = dict(x=x32, weights=weights, bidirectional=False, dropout=0.0, training=False)
+            call.update(kwargs)
+            x_in, w_in = call.pop("x"), call.pop("weights")
+            bidir = call.pop("bidirectional")
+            with pytest.raises(ValueError, match=f"stack=True, but this call cannot run its layers in one launch: "
+                                                 f".*{message}"):
+                functional.rnn(x_in, None, w_in, 2, bidir, stack=True, **call)
+        with pytest.raises(ValueError, match="stack must be None, True or False, got 'yes'"):
+            functional.rnn(x32, None, weights, 2, False, backend="emulated", stack="yes")
+        # Dropout in eval mode is no dropout: the stack runs.
+        out, _ = functional.rnn(x32, None, weights, 2, False, dropout=0.5, training=False, backend="emulated",
+                                stack=True)
+        assert out.shape == (4, 2, 8)
+
+
+def test_stack_op_rejects_bad_arguments_before_anything_runs():
+    x, h0, groups = stack_inputs(4, 2, 3, 8, 3)
+    flat = [w.float() for group in groups for w in group]
+    x32, h32 = x.float(), h0.float()
+    with simt.emulated_device(**STACK_GPU):
+        with pytest.raises(ValueError, match="weights must hold 4 tensors per layer, got 11"):
+            OPS.rnn_stack_forward(x32, h32, flat[:-1], True, None, "tanh", "emulated")
+        with pytest.raises(RuntimeError, match=r"hx must have shape \[3, B, H\] \(one state per layer\), got \[2, 2, 8\]"):
+            OPS.rnn_stack_forward(x32, h32[:2], flat, True, None, "tanh", "emulated")
+        with pytest.raises(ValueError, match="runs no layer stack in one launch"):
+            OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "cpu")
+        with pytest.raises(ValueError, match="runs float32, got input of dtype Double"):
+            OPS.rnn_stack_forward(x, h0, [w for group in groups for w in group], True, None, "tanh", "emulated")
+        narrow = list(flat)
+        narrow[5] = narrow[5][:4, :4].contiguous()  # layer 1's W_hh 4 x 4
+        with pytest.raises(RuntimeError, match=r"weight_hh must have shape|weight_ih must have shape"):
+            OPS.rnn_stack_forward(x32, h32, narrow, True, None, "tanh", "emulated")
+        with pytest.raises(ValueError, match=r"lengths\[1\] = 9 is outside \[0, 4\]"):
+            OPS.rnn_stack_forward(x32, h32, flat, True, torch.tensor([4, 9]), "tanh", "emulated")
+        with pytest.raises(ValueError, match="a stack needs at least 2 layers, got 1"):
+            OPS.rnn_stack_forward(x32, h32[:1], flat[:4], True, None, "tanh", "emulated")
+
+
+def test_empty_batch_and_zero_steps_give_zeros_and_the_initial_states():
+    x, h0, groups = stack_inputs(4, 2, 3, 8, 2)
+    flat = [w.float() for group in groups for w in group]
+    with simt.emulated_device(**STACK_GPU):
+        outputs, h_n = OPS.rnn_stack_forward(x[:0].float(), h0.float(), flat, True, None, "tanh", "emulated")
+        assert outputs.shape == (2, 0, 2, 8) and torch.equal(h_n, h0.float())
+        outputs, h_n = OPS.rnn_stack_forward(x[:, :0].float(), None, flat, True, None, "tanh", "emulated")
+        assert outputs.shape == (2, 4, 0, 8) and h_n.shape == (2, 0, 8)
