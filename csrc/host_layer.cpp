@@ -222,6 +222,64 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
   return {out, h_n};
 }
 
+std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
+                                           const at::Tensor& grad_h_n, const at::Tensor& outputs,
+                                           const std::vector<std::array<bool, 5>>& output_masks) {
+  const RecurrenceBackend& backend = stack_backend_for(calls);
+  TORCH_CHECK_VALUE(backend.backward_stack != nullptr, "rnn_fused.rnn_stack_backward: backend '", backend.name,
+                    "' runs no layer stack in one launch (backends 'cuda' and 'emulated' do)");
+  const LayerForwardCall& first = calls[0];
+  const LayerShape& s = first.shape;
+  const int64_t L = static_cast<int64_t>(calls.size()), T = s.steps, B = s.batch, H = s.hidden;
+  TORCH_CHECK_VALUE(first.input.scalar_type() == at::kFloat, "rnn_fused.rnn_stack_backward: runs float32, got input ",
+                    "of dtype ", first.input.scalar_type());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(output_masks.size()) == L, "rnn_fused.rnn_stack_backward: expected ",
+                    L, " output masks (one per layer), got ", output_masks.size());
+  const auto check = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(t.device() == first.input.device() && t.scalar_type() == at::kFloat && t.sizes() == shape,
+                "rnn_fused.rnn_stack_backward: ", name, " must be a float32 tensor of shape ", shape, " on ",
+                first.input.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  };
+  check(grad_output, {T, B, H}, "grad_output");
+  check(grad_h_n, {L, B, H}, "grad_h_n");
+  check(outputs, {L, T, B, H}, "outputs");
+  const c10::OptionalDeviceGuard guard(first.input.device());
+  const at::TensorOptions options = first.input.options();
+  // The recurrences write dz at every valid step: without lengths that is every entry.
+  at::Tensor dz = first.lengths.has_value() ? at::zeros({L, T, B, H}, options) : at::empty({L, T, B, H}, options);
+  at::Tensor dz_first = at::empty({L, B, H}, options);
+  const at::Tensor out = outputs.contiguous();
+  const at::Tensor dh_n = grad_h_n.contiguous();
+  if (!s.empty()) {
+    std::vector<at::Tensor> stacked_rows;
+    for (int64_t l = 0; l < L; ++l) {
+      const LayerForwardCall& c = calls[static_cast<size_t>(l)];
+      stacked_rows.push_back(at::cat({c.weight_hh.t(), l == 0 ? at::zeros({H, H}, options) : c.weight_ih.t()}));
+    }
+    backend.backward_stack(BackwardStack{.first = first,
+                                         .layers = L,
+                                         .w_stacked = at::stack(stacked_rows).contiguous(),
+                                         .dy = grad_output.contiguous(),
+                                         .dh_n = dh_n,
+                                         .out = out,
+                                         .dz = dz,
+                                         .dz_first = dz_first});
+  } else {
+    dz_first.zero_();
+  }
+  std::vector<at::Tensor> grads;
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerForwardCall& c = calls[static_cast<size_t>(l)];
+    const at::Tensor input = l == 0 ? first.input : out[l - 1];
+    const LayerBackwardResult r = gradients_from_dz(
+        input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l], dh_n[l], c.hx,
+        first.valid_lengths.on_device, /*reverse=*/false, output_masks[static_cast<size_t>(l)], at::kFloat,
+        /*record_norms=*/false, at::empty({0}, options), /*launch_bound=*/true);
+    grads.insert(grads.end(), {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)});
+  }
+  return grads;
+}
+
 StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend_name, const StackPlanQuery& query) {
   const RecurrenceBackend& backend = find_recurrence_backend(device, backend_name);
   TORCH_CHECK_VALUE(backend.stack_plan != nullptr, "rnn_fused: backend '", backend.name,

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <string>
 #include <tuple>
+#include <array>
 #include <type_traits>
 #include <vector>
 
@@ -61,6 +62,18 @@ struct ForwardStack {
   at::Tensor out;        // [L,T,B,H] in: out[0] = layer 0's XW_t + b_ih + b_hh; out: every layer's h_t at
                          // valid steps (the host zeroes the rest)
   at::Tensor h0;         // [L,B,H] read: the initial states; undefined: zeros
+};
+
+// Its backward recurrences in one launch (backward_stack_kernel), float32, without norms.
+struct BackwardStack {
+  const LayerForwardCall& first;  // layer 0's call: the shape, lengths, activation and truncation
+  int64_t layers = 0;
+  at::Tensor w_stacked;  // [L,2H,H] read: per layer W_hh^T, then W_ih^T (zeros for layer 0)
+  at::Tensor dy;         // [T,B,H] read: the gradient of the top layer's output
+  at::Tensor dh_n;       // [L,B,H] read
+  at::Tensor out;        // [L,T,B,H] read: every layer's saved h_t
+  at::Tensor dz;         // [L,T,B,H] written at valid steps (zero on entry where lengths were given)
+  at::Tensor dz_first;   // [L,B,H] written: dz at each sample's step 0 (zero for an empty sample)
 };
 
 // Whether a backend runs such a stack for a shape, and what the cost model predicts for it and
@@ -138,6 +151,8 @@ struct RecurrenceBackend {
   double (*step_cost)(const StepCostQuery& query) = nullptr;
   // Runs a stack's forward in one launch (GPU-kernel backends), returns h_n [L,B,H]; or null.
   at::Tensor (*forward_stack)(const ForwardStack&) = nullptr;
+  // Runs a stack's backward recurrences in one launch (GPU-kernel backends), or null.
+  void (*backward_stack)(const BackwardStack&) = nullptr;
   // Whether and how it would (GPU-kernel backends), or null.
   StackPlanReport (*stack_plan)(const StackPlanQuery& query) = nullptr;
 };
@@ -208,6 +223,15 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 // layers, one checked call per layer (layer l >= 1's input a [T,B,H] placeholder: only its
 // shape is read), in one launch of a backend with forward_stack.
 std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls);
+
+// rnn_fused::rnn_stack_backward: the five gradients of each layer (LayerBackwardResult's first
+// five, in layer order; output_masks[l] says which of layer l's are wanted, the others empty
+// [0]) from grad_output [T,B,H] of the top layer, grad_h_n [L,B,H] and the forward's outputs
+// [L,T,B,H]; the recurrences in one launch of a backend with backward_stack, the GEMMs of each
+// layer after it (elman_gemms.h gradients_from_dz), without norms.
+std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
+                                           const at::Tensor& grad_h_n, const at::Tensor& outputs,
+                                           const std::vector<std::array<bool, 5>>& output_masks);
 
 // rnn_fused::stack_plan: the backend's StackPlanReport for a device type.
 StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend, const StackPlanQuery& query);

@@ -205,30 +205,28 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
   return {paths, feasible, shapes, us, reasons, measured};
 }
 
-// The forward of a stack of unidirectional layers in one launch (host_layer.h run_stack_forward):
-// weights holds per layer (weight_ih, weight_hh) and, with has_biases, (bias_ih, bias_hh) after
-// them, in nn.RNN's order; hx [L,B,H] or None. Returns (outputs [L,T,B,H]: every layer's output,
-// zero at t >= lengths[b]; h_n [L,B,H]). No autograd of its own: rnn_fused.functional wraps it.
-std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const std::optional<at::Tensor>& hx,
-                                                     const std::vector<at::Tensor>& weights, bool has_biases,
-                                                     const std::optional<at::Tensor>& lengths,
-                                                     c10::string_view nonlinearity,
-                                                     std::optional<c10::string_view> backend) {
+// One checked call per layer of a stack: weights holds per layer (weight_ih, weight_hh) and,
+// with has_biases, (bias_ih, bias_hh) after them, in nn.RNN's order; hx [L,B,H] or None. Layer
+// l >= 1's input is layer l - 1's output: a placeholder of its shape (no memory) for the checks.
+std::vector<LayerForwardCall> stack_calls(const char* what, const at::Tensor& input,
+                                          const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
+                                          bool has_biases, const std::optional<at::Tensor>& lengths,
+                                          c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
+                                          const std::optional<at::Tensor>& seed,
+                                          const std::optional<c10::string_view>& backend) {
   const size_t per_layer = has_biases ? 4 : 2;
-  TORCH_CHECK_VALUE(!weights.empty() && weights.size() % per_layer == 0, "rnn_fused.rnn_stack_forward: weights must ",
-                    "hold ", per_layer, " tensors per layer, got ", weights.size());
+  TORCH_CHECK_VALUE(!weights.empty() && weights.size() % per_layer == 0, "rnn_fused.", what, ": weights must hold ",
+                    per_layer, " tensors per layer, got ", weights.size());
   const int64_t layers = static_cast<int64_t>(weights.size() / per_layer);
   TORCH_CHECK(input.dim() == 3, "rnn_fused: input must be 3-D [T, B, I], got ", input.dim(), "-D");
   if (hx.has_value()) {
-    TORCH_CHECK(hx->dim() == 3 && hx->size(0) == layers, "rnn_fused.rnn_stack_forward: hx must have shape [", layers,
+    TORCH_CHECK(hx->dim() == 3 && hx->size(0) == layers, "rnn_fused.", what, ": hx must have shape [", layers,
                 ", B, H] (one state per layer), got ", hx->sizes());
   }
   std::vector<LayerForwardCall> calls;
   for (int64_t l = 0; l < layers; ++l) {
     const size_t at = static_cast<size_t>(l) * per_layer;
     const at::Tensor& weight_hh = weights[at + 1];
-    // Layer l >= 1's input is layer l - 1's output, made by the launch: a placeholder of its
-    // shape (no memory) for the checks.
     const at::Tensor layer_input =
         l == 0 ? input : at::empty({1, 1, 1}, input.options()).expand({input.size(0), input.size(1), weight_hh.size(0)});
     calls.push_back(LayerForwardCall{
@@ -239,10 +237,46 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
         .bias_ih = has_biases ? std::optional<at::Tensor>(weights[at + 2]) : std::nullopt,
         .bias_hh = has_biases ? std::optional<at::Tensor>(weights[at + 3]) : std::nullopt,
         .lengths = lengths,
-        .options = parse_options(std::string(nonlinearity), false, 0, 1.0, 0, l, optional_name(backend), "")});
+        .options = parse_options(std::string(nonlinearity), false, truncate_every, keep_prob, seed_value(seed), l,
+                                 optional_name(backend), "")});
     check_forward_call(calls.back());
   }
-  return run_stack_forward(calls);
+  return calls;
+}
+
+// The forward of a stack of unidirectional layers in one launch (host_layer.h run_stack_forward),
+// the arguments as for stack_calls. Returns (outputs [L,T,B,H]: every layer's output, zero at
+// t >= lengths[b]; h_n [L,B,H]). No autograd of its own: rnn_fused.functional wraps it.
+std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const std::optional<at::Tensor>& hx,
+                                                     const std::vector<at::Tensor>& weights, bool has_biases,
+                                                     const std::optional<at::Tensor>& lengths,
+                                                     c10::string_view nonlinearity,
+                                                     std::optional<c10::string_view> backend) {
+  return run_stack_forward(stack_calls("rnn_stack_forward", input, hx, weights, has_biases, lengths, nonlinearity, 0,
+                                       1.0, std::nullopt, backend));
+}
+
+// Its backward (host_layer.h run_stack_backward): grad_output [T,B,H] of the top layer,
+// grad_h_n [L,B,H], the forward's outputs [L,T,B,H]; output_mask: 5 per layer (grad_input,
+// grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, as for rnn_layer_backward); then the
+// forward's arguments and the truncation (layer l's draws keyed as rnn_layer_backward's with
+// layer = l). Returns the 5 gradients of each layer in layer order, empty [0] where not wanted.
+std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                                           const at::Tensor& outputs, c10::List<bool> output_mask,
+                                           const at::Tensor& input, const std::optional<at::Tensor>& hx,
+                                           const std::vector<at::Tensor>& weights, bool has_biases,
+                                           const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity,
+                                           int64_t truncate_every, double keep_prob,
+                                           const std::optional<at::Tensor>& seed,
+                                           std::optional<c10::string_view> backend) {
+  const std::vector<LayerForwardCall> calls = stack_calls("rnn_stack_backward", input, hx, weights, has_biases,
+                                                          lengths, nonlinearity, truncate_every, keep_prob, seed,
+                                                          backend);
+  TORCH_CHECK_VALUE(output_mask.size() == 5 * calls.size(), "rnn_fused.rnn_stack_backward: output_mask must hold 5 ",
+                    "entries per layer (", 5 * calls.size(), "), got ", output_mask.size());
+  std::vector<std::array<bool, 5>> masks(calls.size());
+  for (size_t i = 0; i < output_mask.size(); ++i) masks[i / 5][i % 5] = output_mask.get(i);
+  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks);
 }
 
 // Whether a backend would run a stack of num_layers layers in one launch, from its cost model:
@@ -422,6 +456,10 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_stack_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
       "str nonlinearity=\"tanh\", str? backend=None) -> (Tensor outputs, Tensor h_n)");
   m.def(
+      "rnn_stack_backward(Tensor grad_output, Tensor grad_h_n, Tensor outputs, bool[] output_mask, Tensor input, "
+      "Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
+      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, str? backend=None) -> Tensor[]");
+  m.def(
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, int[] shape, str reason)");
   // The registered backends' names.
@@ -433,6 +471,7 @@ TORCH_LIBRARY(rnn_fused, m) {
 TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
   m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
+  m.impl("rnn_stack_backward", &rnn_fused::rnn_stack_backward);
   m.impl("stack_plan", &rnn_fused::stack_plan);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
@@ -442,6 +481,7 @@ TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
 TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
   m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
+  m.impl("rnn_stack_backward", &rnn_fused::rnn_stack_backward);
   m.impl("stack_plan", &rnn_fused::stack_plan);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);

@@ -266,12 +266,12 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
 
 
 class _LayerStack(torch.autograd.Function):
-    """A unidirectional stack whose forward runs in one launch (rnn_fused::rnn_stack_forward),
-    and whose backward runs each layer's fused backward (rnn_layer_backward) from the top layer
-    down, with the arguments rnn() gives each layer's op otherwise: the same gradients, the same
-    truncation draws. With create_graph=True it differentiates the layers run one by one instead
-    (their ops' own double backward), recomputing the forward: the stack's saved outputs carry no
-    graph."""
+    """A unidirectional stack whose forward and backward recurrences each run in one launch
+    (rnn_fused::rnn_stack_forward / rnn_stack_backward): the gradients of the layers run one by
+    one (rnn() with stack=False), with the same truncation draws (layer l's keyed as layer l's
+    op keys them), within rounding. With create_graph=True it differentiates the layers run one
+    by one instead (their ops' own double backward), recomputing the forward: the stack's saved
+    outputs carry no graph."""
 
     @staticmethod
     def forward(ctx, input, hx, lengths, config, *flat):
@@ -285,33 +285,29 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        if torch.is_grad_enabled():
+            return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
         input, hx, lengths, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
-        if torch.is_grad_enabled():
-            return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
-        grad_hx = [None] * num_layers
-        grad_weights = [None] * len(flat)
-        grad = grad_output
-        for layer in reversed(range(num_layers)):
-            group = flat[layer * per_layer:(layer + 1) * per_layer]
-            bias_ih, bias_hh = (group[2], group[3]) if has_biases else (None, None)
-            inputs = _ops.LayerInputs(input if layer == 0 else outputs[layer - 1], None if hx is None else hx[layer],
-                                      group[0], group[1], bias_ih, bias_hh, lengths)
-            options = _ops.LayerOptions.make(nonlinearity, False, truncation, layer, backend, path)
+        mask = []
+        for layer in range(num_layers):
             at = 4 + layer * per_layer  # this layer's weight_ih among the Function's inputs
-            wanted = [layer > 0 or needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
-                      has_biases and (needs[at + 2] or needs[at + 3])]
-            grad, grad_h0, grad_ih, grad_hh, grad_bias = _ops.layer_backward(
-                grad, grad_h_n[layer], outputs[layer], wanted, False, inputs, options)[:5]
-            grad_hx[layer] = grad_h0
-            grad_weights[at - 4:at - 2] = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            mask += [layer == 0 and needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
+                     has_biases and (needs[at + 2] or needs[at + 3])]
+        grads = torch.ops.rnn_fused.rnn_stack_backward(
+            grad_output, grad_h_n, outputs, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), backend)
+        grad_weights = []
+        for layer in range(num_layers):
+            at = 4 + layer * per_layer
+            _, _, grad_ih, grad_hh, grad_bias = grads[5 * layer:5 * layer + 5]
+            grad_weights += [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
             if has_biases:  # each bias its own tensor
-                grad_weights[at - 2:at] = [grad_bias if needs[at + 2] else None,
-                                           grad_bias.clone() if needs[at + 3] else None]
-        grad_h = torch.stack(grad_hx) if hx is not None and needs[1] else None
-        return (grad if needs[0] else None, grad_h, None, None, *grad_weights)
+                grad_weights += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+        grad_h = torch.stack(grads[1::5]) if hx is not None and needs[1] else None
+        return (grads[0] if needs[0] else None, grad_h, None, None, *grad_weights)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):

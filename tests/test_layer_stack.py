@@ -147,6 +147,33 @@ def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, len
             layer_input = outputs[layer]
 
 
+@pytest.mark.parametrize("truncation", [TruncationArgs(), TruncationArgs(3, 1.0, 0), TruncationArgs(0, 0.7, 5)],
+                         ids=["full", "every-3", "random"])
+def test_top_layer_backward_bitwise_like_the_block_path(truncation):
+    """The stack's backward of its top layer reads what the top layer's own backward reads (the
+    top layer's output gradient, its saved output, its input: the layer below's output): its
+    gradients bitwise equal the block path's layer backward there, truncation included (layer
+    L - 1's draws)."""
+    steps, batch, hidden, layers = 6, 3, 20, 3
+    lengths = torch.tensor([6, 2, 5])
+    x, h0, groups = stack_inputs(steps, batch, 4, hidden, layers, seed=8)
+    x32, h32 = x.float(), h0.float()
+    flat = [w.float() for group in groups for w in group]
+    grad_output, grad_h_n = (c.float() for c in cotangents_for(steps, batch, hidden, layers, seed=9))
+    seed = truncation.seed_tensor()
+    with simt.emulated_device(**STACK_GPU):
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, lengths, "tanh", "emulated")
+        grads = OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * (5 * layers), x32, h32, flat, True,
+                                       lengths, "tanh", truncation.every, truncation.keep_prob, seed, "emulated")
+        top = layers - 1
+        own = OPS.rnn_layer_backward(grad_output, grad_h_n[top], outputs[top], [False, True, True, True, True], False,
+                                     outputs[top - 1], h32[top], *flat[4 * top:4 * top + 4], lengths, "tanh", False,
+                                     truncation.every, truncation.keep_prob, seed, top, "emulated", "block")
+    for name, ours, theirs in zip(("grad_hx", "grad_weight_ih", "grad_weight_hh", "grad_bias"),
+                                  grads[5 * top + 1:5 * top + 5], own[1:5]):
+        assert torch.equal(ours, theirs), name
+
+
 @pytest.mark.parametrize("truncation", [2, RandomTruncation(0.6, seed=11)], ids=["every-2", "random"])
 def test_truncated_backward_matches_the_layers_one_by_one(truncation):
     """With truncation the stack's backward is each layer's own, with the same draws: against
@@ -276,6 +303,26 @@ def test_stack_op_rejects_bad_arguments_before_anything_runs():
             OPS.rnn_stack_forward(x32, h32, flat, True, torch.tensor([4, 9]), "tanh", "emulated")
         with pytest.raises(ValueError, match="a stack needs at least 2 layers, got 1"):
             OPS.rnn_stack_forward(x32, h32[:1], flat[:4], True, None, "tanh", "emulated")
+
+
+def test_stack_backward_rejects_bad_arguments_before_anything_runs():
+    x, h0, groups = stack_inputs(4, 2, 3, 8, 2)
+    flat = [w.float() for group in groups for w in group]
+    x32, h32 = x.float(), h0.float()
+    grad_output, grad_h_n = torch.zeros(4, 2, 8), torch.zeros(2, 2, 8)
+    with simt.emulated_device(**STACK_GPU):
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated")
+        with pytest.raises(ValueError, match=r"output_mask must hold 5 entries per layer \(10\), got 9"):
+            OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 9, x32, h32, flat, True, None)
+        with pytest.raises(RuntimeError, match=r"grad_h_n must be a float32 tensor of shape \[2, 2, 8\]"):
+            OPS.rnn_stack_backward(grad_output, grad_h_n[:1], outputs, [True] * 10, x32, h32, flat, True, None,
+                                   backend="emulated")
+        with pytest.raises(RuntimeError, match=r"outputs must be a float32 tensor of shape \[2, 4, 2, 8\]"):
+            OPS.rnn_stack_backward(grad_output, grad_h_n, outputs[:, :3], [True] * 10, x32, h32, flat, True, None,
+                                   backend="emulated")
+        with pytest.raises(ValueError, match=r"keep_prob must be in \(0, 1\], got 0"):
+            OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 10, x32, h32, flat, True, None,
+                                   keep_prob=0.0, backend="emulated")
 
 
 def test_empty_batch_and_zero_steps_give_zeros_and_the_initial_states():

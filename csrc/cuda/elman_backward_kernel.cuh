@@ -65,17 +65,18 @@ struct BackwardRecurrenceArgs {
   unsigned long long* tagged_exchange = nullptr;
 };
 
-// g and dz of one (sample, unit) at processing step s < length (the arithmetic every path
-// shares). carry = (W_hh^T dz_{s+1})_u; edge = c_{s+1}, read only when s + 1 < length.
+// g of one (sample, unit) at processing step s < length (the arithmetic every path and the
+// layer stack share). carry = (W_hh^T dz_{s+1})_u; edge = c_{s+1}, read only when s + 1 <
+// length; dh_n [B,H] the gradient of h_n.
 template <typename scalar_t>
-SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const BackwardRecurrenceArgs<scalar_t>& a, int64_t s,
+SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int64_t hidden, int64_t s,
                                                        int64_t length, int64_t b, int64_t u, scalar_t dy,
                                                        scalar_t carry, scalar_t edge) {
   scalar_t g = dy;
   // A cut edge adds nothing (not 0 * carry, which would let an inf/NaN carry through,
   // unlike a detached state).
   if (s + 1 < length && edge != scalar_t(0)) g += edge * carry;
-  if (s == length - 1) g += a.dh_n[b * a.shape.hidden + u];
+  if (s == length - 1) g += dh_n[b * hidden + u];
   return g;
 }
 
@@ -242,7 +243,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           scalar_t d = scalar_t(0);  // a sample past its length passes no gradient on
           if (s < rows.length[k]) {
             const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
-            const scalar_t g = backward_gradient(a, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
+            const scalar_t g = backward_gradient(a.dh_n, H, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
             g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
             d = g * slope_runtime(a.activation, h[batch][k]);
             if (stores_after_barrier) {
@@ -328,6 +329,135 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
 }
 
+// The backward of a stack of L unidirectional layers in one launch, the mirror of
+// forward_stack_kernel (elman_forward_kernel.cuh): processing steps s = T-1 .. 0, layer l a few
+// steps behind layer l + 1. One CTA per (layer, sample group) holds 2H rows, W_hh^T of its
+// layer (rows 0..H-1) and W_ih^T of its layer (rows H..2H-1: zeros for layer 0, whose input
+// gradient the host takes from dz by a GEMM), so the dot products of step s against
+// dz_{s+1} give the recurrent carry and the gradient of the layer below's output at time
+// s + 1, dy^{l-1}_{s+1} = W_ih^T dz_{s+1}, handed down in tagged words; step -1 computes
+// dy^{l-1}_0 only. Float32, the Block path's arithmetic (backward_gradient, the truncation's edge
+// scales drawn with stream 2 l as each layer's own backward draws them), without norms (a
+// backward that records norms runs the layers one by one). Cooperative launch.
+//
+// Arguments (BackwardStackArgs, all contiguous float32 but the lengths and the words):
+//   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (zeros for layer 0)
+//   dy        [T,B,H]  read: the gradient of the top layer's output
+//   dh_n      [L,B,H]  read: the gradients of the final states
+//   out       [L,T,B,H] read: every layer's saved h_t
+//   dz        [L,T,B,H] written at each sample's valid steps (the host zeroes it first where
+//                     lengths were given)
+//   dz_first  [L,B,H]  written: dz at each sample's step 0 (zero for an empty sample)
+//   dy_tagged [L-1,T,B,H] words: slot l holds layer l's dy_t in tagged words, stored by layer
+//                     l + 1's CTAs at valid steps; zero on entry
+//   lengths   [B]      int64 valid steps per sample, or null (all T)
+//   truncation         layer 0's edge-scale parameters (layer l's: stream 2 l)
+struct BackwardStackArgs {
+  const float* w_stacked;
+  const float* dy;
+  const float* dh_n;
+  const float* out;
+  float* dz;
+  float* dz_first;
+  unsigned long long* dy_tagged;
+  const int64_t* lengths;
+  LayerShape shape;  // one layer's (input_size unused)
+  int64_t layers;
+  Activation activation;
+  TruncationParams truncation;
+};
+
+// Grid, tiling, shared memory and kPasses as for forward_stack_kernel.
+template <int kSamples, int kPasses>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
+    backward_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses>;
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
+  const int64_t layer = int64_t(blockIdx.x) / tiling.groups, group_block = int64_t(blockIdx.x) % tiling.groups;
+  const int64_t sequence = T * B * H, state = B * H;
+  const bool top = layer == a.layers - 1, bottom = layer == 0;
+  SIMT_DYNAMIC_SHARED(float, smem);
+  const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
+  Cta cta(smem, layout, tiling, a.shape, 2 * H, group_block);
+  cta.check_compiled_passes();
+  constexpr int kOwned = Cta::kOwned;
+  const int64_t R = cta.row;
+  cta.load_weights(a.w_stacked + layer * 2 * H * H);
+  for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
+  __syncthreads();
+  cta.cache_weights();
+  const float* out = a.out + layer * sequence;
+  float* dz = a.dz + layer * sequence;
+  const float* dh_n = a.dh_n + layer * state;
+  float* dz_first = a.dz_first + layer * state;
+  const unsigned long long* dy_words = top ? nullptr : a.dy_tagged + layer * sequence;
+  unsigned long long* below_words = bottom ? nullptr : a.dy_tagged + (layer - 1) * sequence;
+  TruncationParams truncation = a.truncation;
+  truncation.stream = static_cast<uint32_t>(2 * layer);
+  PhaseClock<false> clock(nullptr, nullptr);
+  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);  // offsets of unit u at step s (u < H: out's)
+  // The lane's operands of step s + ahead (the lane at step s), read one step ahead: the saved
+  // h_t, and dy_t (the top layer's) or its tagged word (checked where the value is used).
+  float dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
+  unsigned long long dy_word[Cta::kBatches][kOwned] = {};
+  auto load_operands = [&](int64_t s, int64_t ahead) {
+    const int64_t shift = ahead * lane.time_stride;
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
+      if (u >= H || s + ahead >= lane.length[k]) return;
+      const int64_t at = lane.at[batch][k] + shift;
+      h[batch][k] = out[at];
+      if (dy_words == nullptr) {
+        dy[batch][k] = a.dy[at];
+      } else {
+        dy_word[batch][k] = simt::load_relaxed(dy_words + at);
+      }
+    });
+  };
+  load_operands(T - 1, 0);
+  for (int64_t s = T - 1; s >= -1; --s) {
+    const int64_t parity = (T - 1 - s) % 2;
+    const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
+    float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
+    float edge[kOwned];
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+      edge[k] = s >= 0 && s + 1 < lane.length[k] ? static_cast<float>(edge_scale(truncation, s + 1, b)) : 0.0f;
+    }
+    cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, float total) {
+      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+      if (b >= B) return;
+      if (u >= H) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
+        if (bottom || s + 1 >= lane.length[k]) return;
+        const int64_t at = lane.at[batch][k] - H + lane.time_stride;  // (unit u - H, step s + 1)
+        simt::store_relaxed(below_words + at, simt::tag_word(total, kStackTag));
+        return;
+      }
+      if (s < 0) return;
+      float d = 0.0f;  // a sample past its length passes no gradient on
+      if (s < lane.length[k]) {
+        const int64_t at = lane.at[batch][k];
+        float gradient_in = dy[batch][k];
+        if (dy_words != nullptr) {
+          unsigned long long word = dy_word[batch][k];
+          if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(dy_words + at, kStackTag);
+          gradient_in = simt::word_value(word);
+        }
+        const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
+        d = g * slope_runtime(a.activation, h[batch][k]);
+        dz[at] = d;
+      }
+      publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, d);
+      if (s == 0) dz_first[b * H + u] = d;
+    });
+    if (s < 0) break;
+    if (s > 0) load_operands(s, -1);
+    lane.move(-1);
+    __syncthreads();
+  }
+}
+
 // Stepwise path, processing step s: the epilogue of the backward step after the cuBLAS
 // product carry = dz_{s+1} W_hh. One CTA per sample b (grid = B, kRecurrenceThreads threads);
 // thread i takes units i, i + blockDim.x, ... in order and the CTA sums g^2 in a fixed tree.
@@ -348,7 +478,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     scalar_t d = scalar_t(0);
     if (s < length) {
       const int64_t at = time_major_offset(t, b, u, B, H);
-      const scalar_t g = backward_gradient(a, s, length, b, u, a.dy[at], carry[b * H + u], edge);
+      const scalar_t g = backward_gradient(a.dh_n, H, s, length, b, u, a.dy[at], carry[b * H + u], edge);
       g_sq += static_cast<double>(g) * static_cast<double>(g);
       d = g * slope_runtime(a.activation, a.out[at]);
       a.dz[at] = d;

@@ -202,9 +202,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   h0        [L,B,H] read: the initial states; null for zeros
 //   h_n       [L,B,H] written: each layer's state after each sample's last valid step
 //   lengths   [B]      int64 valid steps per sample, or null (all T)
-inline constexpr int kMaxStackLayers = 16;
-inline constexpr unsigned kStackTag = 1;
-
 struct ForwardStackArgs {
   const float* w_stacked;
   const float* bias_next;

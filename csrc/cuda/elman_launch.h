@@ -108,17 +108,21 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
-#define RNN_FUSED_STACK_ATTRIBUTES(passes)                                                                      \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<1, passes>);    \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<2, passes>);    \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<4, passes>);    \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<8, passes>)
+#define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>); \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>)
+#define RNN_FUSED_STACK_ATTRIBUTES(passes)    \
+  RNN_FUSED_STACK_ATTRIBUTES_OF(1, passes);   \
+  RNN_FUSED_STACK_ATTRIBUTES_OF(2, passes);   \
+  RNN_FUSED_STACK_ATTRIBUTES_OF(4, passes);   \
+  RNN_FUSED_STACK_ATTRIBUTES_OF(8, passes)
 RNN_FUSED_STACK_ATTRIBUTES(0);
 RNN_FUSED_STACK_ATTRIBUTES(1);
 RNN_FUSED_STACK_ATTRIBUTES(2);
 RNN_FUSED_STACK_ATTRIBUTES(3);
 RNN_FUSED_STACK_ATTRIBUTES(4);
 #undef RNN_FUSED_STACK_ATTRIBUTES
+#undef RNN_FUSED_STACK_ATTRIBUTES_OF
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time).
 inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64) {
@@ -901,17 +905,24 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   return dz_first;
 }
 
-// Calls f(kernel) with forward_stack_kernel for (samples, compiled passes).
+// Calls f(kernel) with forward_stack_kernel or backward_stack_kernel for (samples, compiled passes).
 template <class F>
-void with_stack_kernel(int64_t samples, int passes, F&& f) {
+void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
+  auto pick = [&](auto samples_constant, auto passes_constant) {
+    constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+    if (backward) {
+      f(backward_stack_kernel<S, P>);
+    } else {
+      f(forward_stack_kernel<S, P>);
+    }
+  };
   auto pick_passes = [&](auto samples_constant) {
-    constexpr int S = decltype(samples_constant)::value;
     switch (passes) {
-      case 0: f(forward_stack_kernel<S, 0>); return;
-      case 1: f(forward_stack_kernel<S, 1>); return;
-      case 2: f(forward_stack_kernel<S, 2>); return;
-      case 3: f(forward_stack_kernel<S, 3>); return;
-      case 4: f(forward_stack_kernel<S, 4>); return;
+      case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
+      case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
+      case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
+      case 3: pick(samples_constant, std::integral_constant<int, 3>{}); return;
+      case 4: pick(samples_constant, std::integral_constant<int, 4>{}); return;
       default: TORCH_CHECK(false, "rnn_fused: no layer stack kernel compiled for ", passes, " passes");
     }
   };
@@ -967,10 +978,13 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
         continue;
       }
       const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false);
-      int occupancy = 0;
-      with_stack_kernel(samples, passes, [&](auto kernel) {
-        occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
-      });
+      int occupancy = INT32_MAX;  // the lower of the forward's and the backward's kernel
+      for (const bool backward : {false, true}) {
+        with_stack_kernel(backward, samples, passes, [&](auto kernel) {
+          occupancy = std::min(occupancy, simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads,
+                                                                         static_cast<std::size_t>(smem)));
+        });
+      }
       const int64_t ctas = q.layers * tiling.groups;
       if (occupancy < 1 || ctas > int64_t(occupancy) * props.sm_count) {
         limit = std::to_string(ctas) + " CTAs (" + std::to_string(q.layers) + " layers x " +
@@ -1007,23 +1021,44 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
   return best;
 }
 
+// The plan of a stack's launch, or ValueError naming the limit (`what`: the op).
+inline StackPlanReport feasible_stack_plan(const LayerShape& shape, int64_t layers, const char* what) {
+  const StackPlanReport plan =
+      stack_plan({.hidden = shape.hidden, .batch = shape.batch, .steps = shape.steps, .layers = layers});
+  TORCH_CHECK_VALUE(plan.feasible, "rnn_fused.", what, ": cannot run ", layers, " layers of hidden_size=", shape.hidden,
+                    ", batch_size=", shape.batch, " in one launch on this device: ", plan.reason);
+  return plan;
+}
+
+inline RecurrenceTiling stack_tiling(const StackPlanReport& plan, const LayerShape& shape) {
+  return {.samples = static_cast<int32_t>(plan.samples),
+          .chunks = 1,
+          .groups = static_cast<int32_t>((shape.batch + plan.samples - 1) / plan.samples),
+          .ctas_per_group = 1,
+          .units_per_cta = static_cast<int32_t>(2 * shape.hidden),
+          .units_per_pass = static_cast<int32_t>(plan.units_per_pass)};
+}
+
+template <class Args>
+void launch_stack(const StackPlanReport& plan, const LayerShape& shape, bool backward, const Args& args) {
+  const RecurrenceTiling tiling = stack_tiling(plan, shape);
+  with_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+    if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
+      simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
+                               static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
+    }
+  });
+}
+
 // The layer stack's forward (host_layer.h ForwardStack) on the plan stack_plan gives; returns h_n.
 inline at::Tensor forward_stack(const ForwardStack& r) {
   const LayerShape& shape = r.first.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
-  const StackPlanReport plan = stack_plan({.hidden = H, .batch = B, .steps = T, .layers = L});
-  TORCH_CHECK_VALUE(plan.feasible, "rnn_fused.rnn_stack_forward: cannot run ", L, " layers of hidden_size=", H,
-                    ", batch_size=", B, " in one launch on this device: ", plan.reason);
+  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_forward");
   const at::TensorOptions options = r.out.options();
   at::Tensor h_n = at::empty({L, B, H}, options);
   // Layer l >= 1's input projections in tagged words, zero (untagged) before the launch.
   at::Tensor words = at::zeros({L - 1, T, B, H}, options.dtype(at::kLong));
-  const RecurrenceTiling tiling{.samples = static_cast<int32_t>(plan.samples),
-                          .chunks = 1,
-                          .groups = static_cast<int32_t>((B + plan.samples - 1) / plan.samples),
-                          .ctas_per_group = 1,
-                          .units_per_cta = static_cast<int32_t>(2 * H),
-                          .units_per_pass = static_cast<int32_t>(plan.units_per_pass)};
   const ForwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                               .bias_next = r.bias_next.data_ptr<float>(),
                               .out = r.out.data_ptr<float>(),
@@ -1034,11 +1069,30 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
                               .shape = shape,
                               .layers = L,
                               .activation = r.first.options.activation};
-  with_stack_kernel(plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
-    simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
-                             static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
-  });
+  launch_stack(plan, shape, false, args);
   return h_n;
+}
+
+// The layer stack's backward recurrences (host_layer.h BackwardStack): fills r.dz and r.dz_first.
+inline void backward_stack(const BackwardStack& r) {
+  const LayerShape& shape = r.first.shape;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
+  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_backward");
+  // Layer l < L-1's output gradients in tagged words, zero (untagged) before the launch.
+  at::Tensor words = at::zeros({L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
+  const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
+                               .dy = r.dy.data_ptr<float>(),
+                               .dh_n = r.dh_n.data_ptr<float>(),
+                               .out = r.out.data_ptr<float>(),
+                               .dz = r.dz.data_ptr<float>(),
+                               .dz_first = r.dz_first.data_ptr<float>(),
+                               .dy_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
+                               .lengths = lengths_pointer(r.first),
+                               .shape = shape,
+                               .layers = L,
+                               .activation = r.first.options.activation,
+                               .truncation = r.first.options.truncation};
+  launch_stack(plan, shape, true, args);
 }
 
 // The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in
@@ -1163,6 +1217,7 @@ inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType devic
                            .plan = &recurrence_plan,
                            .step_cost = &step_cost,
                            .forward_stack = &forward_stack,
+                           .backward_stack = &backward_stack,
                            .stack_plan = &stack_plan};
 }
 

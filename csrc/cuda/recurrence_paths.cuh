@@ -71,6 +71,12 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
   return path == RecurrencePath::Block && weights_fit_registers(passes, chunk_iterations, fp64);
 }
 
+// The layer stack's kernels (forward_stack_kernel, backward_stack_kernel): at most this many
+// layers per launch, and the tag of a word one layer hands the next (simt::tag_word; the
+// words start at zero and each is stored once).
+inline constexpr int kMaxStackLayers = 16;
+inline constexpr unsigned kStackTag = 1;
+
 // The passes a persistent kernel is compiled for (its kPasses), so that its step is
 // straight-line code around the dot products: the batches and the units of each known to the
 // compiler, no branch on them and no empty pass in the reduce-scatter (sm_90 SASS:
