@@ -114,6 +114,10 @@ class RNN(nn.Module):
             tensors by the SIMT emulator, for testing them without a GPU). Not a
             constructor argument, so the constructor stays torch.nn.RNN's; set it on an
             instance.
+        path, stack: the GPU kernels' recurrence path (rnn_fused.plan), and whether a
+            unidirectional float32 stack runs its recurrences in one launch each
+            (rnn_fused.functional.rnn's `stack`); None: the planner's choice. Set on an
+            instance, like backend.
 
     Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
     tensors are left alone). torch.compile(fullgraph=True) traces the module without a
@@ -133,6 +137,9 @@ class RNN(nn.Module):
     # The GPU kernels' recurrence path ('block', 'cluster', 'grid', 'stepwise'), or None for the
     # planner's choice (rnn_fused.plan). Like backend, set on an instance.
     path: str | None = None
+    # Whether a unidirectional stack's recurrences run in one launch each on the GPU kernels
+    # (functional.rnn's `stack`): None where the planner predicts it faster, True or False.
+    stack: bool | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
 
@@ -425,7 +432,8 @@ class RNN(nn.Module):
             self._gradient_recorder.records.append(record)
         return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers, self.bidirectional,
                               self.nonlinearity, self.dropout, self.training, lengths,
-                              backend=self.backend, path=self.path, truncation=truncation, record=record)
+                              backend=self.backend, path=self.path, truncation=truncation, record=record,
+                              stack=self.stack)
 
 
 def _compute_dtype(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:

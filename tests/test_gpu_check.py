@@ -233,6 +233,24 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
     assert gpu_check.layer_overlap_verdicts([row(4, 0.8, 0.8)], "cuDNN") == []
     failed = dataclasses.replace(row(1, 0.4, 0.2), error="boom")
     assert gpu_check.layer_overlap_verdicts([failed, row(4, 0.8, 0.8)], "cuDNN") == []
+    # A stack that ran in one launch each way, timed again with its layers one by one.
+    stacked = dataclasses.replace(row(4, 0.8, 0.5), one_by_one_fwd_ms=1.0, one_by_one_fwd_bwd_ms=1.5)
+    assert gpu_check.layer_overlap_verdicts([stacked], "cuDNN") == [
+        "1000, 8, 64, 64, 4 layers: rnn_fused's layers in one launch each against the same layers one by one "
+        "(RNN.stack = False; > 1: the stack faster): forward 2.00x, forward+backward 1.50x."]
+
+
+def test_the_benchmark_says_which_rows_run_as_a_stack():
+    """runs_as_stack: unidirectional float32 stacks the planner predicts faster in one launch,
+    on the emulated H100/H200-like device; the bidirectional, single-layer, bfloat16 and too
+    wide ones not."""
+    target = gpu_check.Target(torch.device("cpu"), emulated=True)
+    assert gpu_check.runs_as_stack(gpu_check.Shape(1000, 8, 64, 64, layers=4), target)
+    assert gpu_check.runs_as_stack(gpu_check.Shape(300, 7, 50, 100, layers=3), target)
+    for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
+                  gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),
+                  gpu_check.Shape(300, 7, 50, 129, layers=3)):
+        assert not gpu_check.runs_as_stack(shape, target), shape
 
 
 def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> PhaseRow:

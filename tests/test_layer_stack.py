@@ -235,6 +235,11 @@ def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, gener
             before = len(launches)
             compare_with_torch(case.torch_module(), input, hx, ulps=8)
             assert len(launches) > before, "the module did not run its stack in one launch"
+    monkeypatch.setattr(RNN, "stack", False)  # the layers one by one
+    before = len(launches)
+    with simt.emulated_device(**STACK_GPU):
+        compare_with_torch(case.torch_module(), input, hx, ulps=8)
+    assert len(launches) == before
 
 
 def test_planner_rules_the_stack_out_with_its_limits():

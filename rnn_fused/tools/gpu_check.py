@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..functional import rnn_layer
 from ..launch_plan import (PATHS, STEP_SYNCS, PathEstimate, autotune, cost_constants, forced_tiling, plan,
-                           predicted_layer_us, step_phases)
+                           predicted_layer_us, stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -222,6 +222,10 @@ class ShapeRow:
     tuned_fwd_bwd_ms: float | None = None
     tuned_paths: str | None = None  # "forward path / backward path"
     tuned_error: str | None = None  # a failure of that second timing (the exit status is then 1)
+    # Stacks whose recurrences ran in one launch each (functional.rnn's stack): rnn_fused timed
+    # again with the layers one by one (RNN.stack = False).
+    one_by_one_fwd_ms: float | None = None
+    one_by_one_fwd_bwd_ms: float | None = None
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -547,6 +551,14 @@ def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
     return total_us / 1e3
 
 
+def runs_as_stack(shape: Shape, target: Target) -> bool:
+    """Whether rnn_fused.RNN runs this shape's layers in one launch each (functional.rnn's
+    stack=None: a unidirectional float32 stack the planner predicts faster so)."""
+    if shape.layers < 2 or shape.bidirectional or shape.torch_dtype != torch.float32:
+        return False
+    return stack_plan(shape.hidden, shape.batch, shape.steps, shape.layers, target.plan_device).faster
+
+
 def measure_tuned(row: ShapeRow, shape: Shape, target: Target, timing: Timing, tune_steps: int) -> None:
     """rnn_fused again under launch_plan.autotune (the measurements of tune_rows, kept by the
     process): its forward and forward+backward times and the paths it took."""
@@ -569,6 +581,9 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
     forward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device)
     backward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device, backward=True)
     row.forward_path, row.backward_path = forward_plan.path, backward_plan.path
+    stacked = runs_as_stack(shape, target)
+    if stacked:
+        row.forward_path = row.backward_path = "stack"
     row.predicted_fwd_us_per_step = forward_plan.predicted_us_per_step
     row.predicted_bwd_us_per_step = backward_plan.predicted_us_per_step
     row.predicted_fwd_ms = predicted_model_ms(shape, target, False)
@@ -587,6 +602,14 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                                     min_seconds=timing.min_seconds, warmup=1)
         setattr(row, f"ours_{pass_}_ms", ours_s * 1e3)
         seconds[pass_] = ours_s
+    if stacked:
+        ours.stack = False
+        for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
+                            ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
+            setattr(row, f"one_by_one_{pass_}_ms",
+                    median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
+                                   min_seconds=timing.min_seconds, warmup=1) * 1e3)
+        ours.stack = None
     if shape.single_layer:
         forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
                                        min_repeats=timing.min_repeats, min_seconds=0)
@@ -903,6 +926,13 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
             layers = shape["layers"]
             verdicts.append(f"{row.label}: the stack's time over one layer's (one after another: {layers}x): "
                             + "; ".join(parts) + ".")
+    for row in rows:
+        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
+            ("forward", _ratio(row.one_by_one_fwd_ms, row.ours_fwd_ms)),
+            ("forward+backward", _ratio(row.one_by_one_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
+        if gains:
+            verdicts.append(f"{row.label}: rnn_fused's layers in one launch each against the same layers one by one "
+                            f"(RNN.stack = False; > 1: the stack faster): " + ", ".join(gains) + ".")
     return verdicts
 
 
