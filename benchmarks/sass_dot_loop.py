@@ -15,7 +15,7 @@ loop is unrolled by 2, so a trip holds 2 iterations (or 1, or 4).
 
 For the kernels compiled for their passes (recurrence_paths.cuh compiled_passes: the block
 path with its weight rows in registers, which has no dot loop, and the cluster path at 1 or 2
-passes) the report also counts the step loop of their untimed copy (the loop with the step's
+passes) and the layer stack's kernels the report also counts the step loop of their untimed copy (the loop with the step's
 barrier and no read of the cycle counter) by kind of instruction, and fails where it is
 missing: a count of the code every warp may issue per step (branches skip parts of it), not
 a timing.
@@ -38,6 +38,8 @@ ARCH = "sm_90"
 # (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time).
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)EE")
+# The layer stack's kernels (float32, the block path's tiling): samples, compiled passes.
+STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)EE")
 MAX_DIFFERENCE = 2.0  # instructions per iteration
 
 
@@ -83,11 +85,16 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
         function = re.search(r"Function : (\S+)", line)
         if function:
             match = KERNEL.search(function.group(1)) if in_arch else None
+            stack = STACK_KERNEL.search(function.group(1)) if in_arch else None
             current = None
             if match:
                 direction, dtype, samples, path, passes = match.groups()
                 current = (direction, "float" if dtype == "f" else "double", int(samples), PATH_NAMES[path],
                            int(passes))
+            elif stack:
+                direction, samples, passes = stack.groups()
+                current = (f"{direction} stack", "float", int(samples), "block", int(passes))
+            if current is not None:
                 kernels[current] = []
             continue
         instruction = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
@@ -174,7 +181,7 @@ def report(object_file: str) -> tuple[list[str], str | None]:
     lines, misses, errors = [], {"float": [], "double": []}, []
     for key in sorted(kernels):
         name = f"{key[0]} {key[1]} {key[2]} samples {key[3]}" + (f" compiled for {key[4]} passes" if key[4] else "")
-        if key[4] > 0:
+        if key[4] > 0 or key[0].endswith("stack"):  # (the stack kernels have no timed copy)
             step = untimed_step_loop(kernels[key])
             if step is None:
                 errors.append(f"{name}: no untimed step loop found")
@@ -183,7 +190,7 @@ def report(object_file: str) -> tuple[list[str], str | None]:
                 shown = " + ".join(f"{step[kind]} {kind}" for kind in kinds)
                 other = sum(step.values()) - sum(step[kind] for kind in kinds)
                 lines.append(f"{name}: untimed step loop {sum(step.values())} = {shown} + {other} other")
-            if key[3] == "block":
+            if key[3] == "block" and key[4] > 0:
                 continue  # (the weight rows in registers: no dot loop)
         loops = sorted(innermost_fma_loops(kernels[key]), key=lambda loop: -loop.fmas)
         shown = ", ".join(f"{loop.instructions} = {loop.loads} LDS + {loop.fmas} FMA + {loop.other} other"

@@ -373,12 +373,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     backward_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
   using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
-  const int64_t layer = int64_t(blockIdx.x) / tiling.groups, group_block = int64_t(blockIdx.x) % tiling.groups;
-  const int64_t sequence = T * B * H, state = B * H;
-  const bool top = layer == a.layers - 1, bottom = layer == 0;
+  const StackPlace place = stack_place(tiling, a.layers);
+  const int64_t layer = place.layer, sequence = T * B * H, state = B * H;
+  const bool top = place.top, bottom = place.bottom;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
-  Cta cta(smem, layout, tiling, a.shape, 2 * H, group_block);
+  Cta cta(smem, layout, tiling, a.shape, 2 * H, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;

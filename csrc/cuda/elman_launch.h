@@ -132,49 +132,55 @@ inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tilin
   return compiled_passes(path, passes, chunk_iterations, fp64);
 }
 
+// Calls f(std::integral_constant<int, S>{}) for a kernel's samples per group S (1, 2, 4 or 8);
+// false for another count.
+template <class F>
+bool with_samples_constant(int64_t samples, F&& f) {
+  switch (samples) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: return false;
+  }
+}
+
+// Calls f(std::integral_constant<int, P>{}) for compiled passes P in 0 .. kMax (kMax <= 4); false
+// past kMax.
+template <int kMax, class F>
+bool with_passes_constant(int passes, F&& f) {
+  static_assert(kMax >= 0 && kMax <= kRegisterPasses, "one case per compiled pass count");
+  if (passes < 0 || passes > kMax) return false;
+  switch (passes) {
+    case 0: f(std::integral_constant<int, 0>{}); break;
+    case 1: if constexpr (kMax >= 1) f(std::integral_constant<int, 1>{}); break;
+    case 2: if constexpr (kMax >= 2) f(std::integral_constant<int, 2>{}); break;
+    case 3: if constexpr (kMax >= 3) f(std::integral_constant<int, 3>{}); break;
+    default: if constexpr (kMax >= 4) f(std::integral_constant<int, 4>{}); break;
+  }
+  return true;
+}
+
 // Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
 // the one switch from a plan to a template instantiation.
 template <typename scalar_t, RecurrencePath kPath, class F>
 void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f) {
-  auto pick = [&](auto samples_constant, auto passes_constant) {
-    constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
-    if (backward) {
-      f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
-    } else {
-      f(forward_recurrence_kernel<scalar_t, S, kPath, P>);
-    }
-  };
-  auto pick_passes = [&](auto samples_constant) {
-    if constexpr (kPath == RecurrencePath::Block && std::is_same_v<scalar_t, float>) {
-      switch (passes) {
-        case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
-        case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
-        case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
-        case 3: pick(samples_constant, std::integral_constant<int, 3>{}); return;
-        case 4: pick(samples_constant, std::integral_constant<int, 4>{}); return;
-        default: break;
+  constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  constexpr int kMaxCompiled = kPath == RecurrencePath::Block && kFloat     ? kRegisterPasses
+                               : kPath == RecurrencePath::Cluster && kFloat ? kMaxCompiledClusterPasses
+                                                                            : 0;
+  const bool found = with_samples_constant(samples, [&](auto samples_constant) {
+    return with_passes_constant<kMaxCompiled>(passes, [&](auto passes_constant) {
+      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+      if (backward) {
+        f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
+      } else {
+        f(forward_recurrence_kernel<scalar_t, S, kPath, P>);
       }
-    } else if constexpr (kPath == RecurrencePath::Cluster && std::is_same_v<scalar_t, float>) {
-      static_assert(kMaxCompiledClusterPasses == 2, "one case per compiled pass count");
-      switch (passes) {
-        case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
-        case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
-        case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
-        default: break;
-      }
-    } else if (passes == 0) {
-      pick(samples_constant, std::integral_constant<int, 0>{});
-      return;
-    }
-    TORCH_CHECK(false, "rnn_fused: no ", path_name(kPath), " recurrence kernel compiled for ", passes, " passes");
-  };
-  switch (samples) {
-    case 1: pick_passes(std::integral_constant<int, 1>{}); break;
-    case 2: pick_passes(std::integral_constant<int, 2>{}); break;
-    case 4: pick_passes(std::integral_constant<int, 4>{}); break;
-    case 8: pick_passes(std::integral_constant<int, 8>{}); break;
-    default: TORCH_CHECK(false, "rnn_fused: no recurrence kernel for ", samples, " samples per group");
-  }
+    });
+  });
+  TORCH_CHECK(found, "rnn_fused: no ", path_name(kPath), " recurrence kernel for ", samples,
+              " samples per group compiled for ", passes, " passes");
 }
 
 template <typename scalar_t, class F>
@@ -908,31 +914,18 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
 // Calls f(kernel) with forward_stack_kernel or backward_stack_kernel for (samples, compiled passes).
 template <class F>
 void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
-  auto pick = [&](auto samples_constant, auto passes_constant) {
-    constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
-    if (backward) {
-      f(backward_stack_kernel<S, P>);
-    } else {
-      f(forward_stack_kernel<S, P>);
-    }
-  };
-  auto pick_passes = [&](auto samples_constant) {
-    switch (passes) {
-      case 0: pick(samples_constant, std::integral_constant<int, 0>{}); return;
-      case 1: pick(samples_constant, std::integral_constant<int, 1>{}); return;
-      case 2: pick(samples_constant, std::integral_constant<int, 2>{}); return;
-      case 3: pick(samples_constant, std::integral_constant<int, 3>{}); return;
-      case 4: pick(samples_constant, std::integral_constant<int, 4>{}); return;
-      default: TORCH_CHECK(false, "rnn_fused: no layer stack kernel compiled for ", passes, " passes");
-    }
-  };
-  switch (samples) {
-    case 1: pick_passes(std::integral_constant<int, 1>{}); break;
-    case 2: pick_passes(std::integral_constant<int, 2>{}); break;
-    case 4: pick_passes(std::integral_constant<int, 4>{}); break;
-    case 8: pick_passes(std::integral_constant<int, 8>{}); break;
-    default: TORCH_CHECK(false, "rnn_fused: no layer stack kernel for ", samples, " samples per group");
-  }
+  const bool found = with_samples_constant(samples, [&](auto samples_constant) {
+    return with_passes_constant<kRegisterPasses>(passes, [&](auto passes_constant) {
+      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+      if (backward) {
+        f(backward_stack_kernel<S, P>);
+      } else {
+        f(forward_stack_kernel<S, P>);
+      }
+    });
+  });
+  TORCH_CHECK(found, "rnn_fused: no layer stack kernel for ", samples, " samples per group compiled for ", passes,
+              " passes");
 }
 
 // The launch shape of forward_stack_kernel for L layers of H units and B samples (float32): the

@@ -77,6 +77,18 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
 inline constexpr int kMaxStackLayers = 16;
 inline constexpr unsigned kStackTag = 1;
 
+// A stack kernel's CTA: its layer, and its index among the layer's CTAs (block index = layer x
+// groups + group: one CTA per sample group and layer).
+struct StackPlace {
+  int64_t layer;
+  int64_t block;
+  bool top, bottom;  // the last layer, the first
+};
+SIMT_DEVICE __forceinline__ StackPlace stack_place(const RecurrenceTiling& tiling, int64_t layers) {
+  const int64_t layer = int64_t(blockIdx.x) / tiling.groups;
+  return {layer, int64_t(blockIdx.x) % tiling.groups, layer == layers - 1, layer == 0};
+}
+
 // The passes a persistent kernel is compiled for (its kPasses), so that its step is
 // straight-line code around the dot products: the batches and the units of each known to the
 // compiler, no branch on them and no empty pass in the reduce-scatter (sm_90 SASS:
