@@ -191,29 +191,30 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
     }
     return {out, at::stack(states)};
   }
-  std::vector<at::Tensor> stacked_rows, next_biases, initial;
-  bool any_hx = false;
+  // One copy each (a launch apiece on a GPU): per layer its W_hh and the next layer's W_ih, and
+  // the next layer's b_ih + b_hh; the top layer's second half repeats its own (dotted, dropped).
+  std::vector<at::Tensor> rows, biases_ih, biases_hh, initial;
+  const bool biases = first.bias_ih.has_value();
   for (int64_t l = 0; l < L; ++l) {
     const LayerForwardCall& c = calls[static_cast<size_t>(l)];
-    const bool top = l == L - 1;
-    const LayerForwardCall* above = top ? nullptr : &calls[static_cast<size_t>(l + 1)];
-    stacked_rows.push_back(at::cat({c.weight_hh, top ? at::zeros({H, H}, options) : above->weight_ih}));
-    next_biases.push_back(top || !above->bias_ih.has_value() ? at::zeros({H}, options)
-                                                              : above->bias_ih->add(*above->bias_hh));
-    any_hx = any_hx || c.hx.has_value();
-  }
-  if (any_hx) {
-    for (const LayerForwardCall& c : calls) initial.push_back(c.hx.has_value() ? *c.hx : at::zeros({B, H}, options));
+    const LayerForwardCall& next = calls[static_cast<size_t>(l + 1 < L ? l + 1 : l)];
+    rows.insert(rows.end(), {c.weight_hh, l + 1 < L ? next.weight_ih : c.weight_hh});
+    if (biases) {
+      biases_ih.push_back(*next.bias_ih);
+      biases_hh.push_back(*next.bias_hh);
+    }
+    if (c.hx.has_value()) initial.push_back(*c.hx);
   }
   at::Tensor first_xw = out[0].view({T * B, H});
   input_projection(first_xw, first.input.contiguous().view({T * B, s.input_size}), first.weight_ih.contiguous(),
                    first.bias_ih, first.bias_hh);
   h_n = backend.forward_stack(ForwardStack{.first = first,
                                            .layers = L,
-                                           .w_stacked = at::stack(stacked_rows).contiguous(),
-                                           .bias_next = at::stack(next_biases).contiguous(),
+                                           .w_stacked = at::cat(rows).view({L, 2 * H, H}),
+                                           .bias_next = biases ? at::cat(biases_ih).add_(at::cat(biases_hh)).view({L, H})
+                                                               : at::Tensor(),
                                            .out = out,
-                                           .h0 = any_hx ? at::stack(initial).contiguous() : at::Tensor()});
+                                           .h0 = initial.empty() ? at::Tensor() : at::stack(initial)});
   if (first.valid_lengths.on_device.has_value()) {
     const at::Tensor& lengths = *first.valid_lengths.on_device;
     const at::Tensor past_end = at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0));  // [T,B]
@@ -251,14 +252,15 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
   const at::Tensor out = outputs.contiguous();
   const at::Tensor dh_n = grad_h_n.contiguous();
   if (!s.empty()) {
-    std::vector<at::Tensor> stacked_rows;
-    for (int64_t l = 0; l < L; ++l) {
-      const LayerForwardCall& c = calls[static_cast<size_t>(l)];
-      stacked_rows.push_back(at::cat({c.weight_hh.t(), l == 0 ? at::zeros({H, H}, options) : c.weight_ih.t()}));
+    // One copy (a launch on a GPU): per layer W_hh^T and W_ih^T (layer 0's second half repeats
+    // its W_hh^T: dotted, dropped).
+    std::vector<at::Tensor> rows;
+    for (const LayerForwardCall& c : calls) {
+      rows.insert(rows.end(), {c.weight_hh.t(), &c == &first ? c.weight_hh.t() : c.weight_ih.t()});
     }
     backend.backward_stack(BackwardStack{.first = first,
                                          .layers = L,
-                                         .w_stacked = at::stack(stacked_rows).contiguous(),
+                                         .w_stacked = at::cat(rows).view({L, 2 * H, H}),
                                          .dy = grad_output.contiguous(),
                                          .dh_n = dh_n,
                                          .out = out,

@@ -57,8 +57,8 @@ struct BackwardRecurrence {
 struct ForwardStack {
   const LayerForwardCall& first;  // layer 0's call, checked: the shape, lengths and activation
   int64_t layers = 0;
-  at::Tensor w_stacked;  // [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (zeros for the top)
-  at::Tensor bias_next;  // [L,H] read: the next layer's b_ih + b_hh (zeros without biases; row L-1 unused)
+  at::Tensor w_stacked;  // [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (the top: unused rows)
+  at::Tensor bias_next;  // [L,H] read: the next layer's b_ih + b_hh (row L-1 unused); undefined: no biases
   at::Tensor out;        // [L,T,B,H] in: out[0] = layer 0's XW_t + b_ih + b_hh; out: every layer's h_t at
                          // valid steps (the host zeroes the rest)
   at::Tensor h0;         // [L,B,H] read: the initial states; undefined: zeros
@@ -68,7 +68,7 @@ struct ForwardStack {
 struct BackwardStack {
   const LayerForwardCall& first;  // layer 0's call: the shape, lengths, activation and truncation
   int64_t layers = 0;
-  at::Tensor w_stacked;  // [L,2H,H] read: per layer W_hh^T, then W_ih^T (zeros for layer 0)
+  at::Tensor w_stacked;  // [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0: unused rows)
   at::Tensor dy;         // [T,B,H] read: the gradient of the top layer's output
   at::Tensor dh_n;       // [L,B,H] read
   at::Tensor out;        // [L,T,B,H] read: every layer's saved h_t

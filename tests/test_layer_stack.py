@@ -242,6 +242,17 @@ def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, gener
     assert len(launches) == before
 
 
+def test_planner_prices_the_stack_step_with_both_epilogues():
+    """The model prices a stack's step as a block step of 2H units whose warps issue both kinds
+    of epilogue: well above one layer's step, so 2 layers at H = 128, B = 32 stay one by one,
+    while 4 layers at H = 64 run as a stack."""
+    four = launch_plan.stack_plan(64, 8, 1000, 4)
+    assert four.faster and four.predicted_stack_us / 1001 > 1.5 * four.predicted_layers_us / 4000
+    assert four.predicted_layers_us < 2.5 * four.predicted_stack_us
+    two_wide = launch_plan.stack_plan(128, 32, 1000, 2)
+    assert two_wide.feasible and not two_wide.faster
+
+
 def test_planner_rules_the_stack_out_with_its_limits():
     with simt.emulated_device(**STACK_GPU):
         plan = launch_plan.stack_plan(64, 8, 100, 4)

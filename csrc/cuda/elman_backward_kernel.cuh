@@ -332,7 +332,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // The backward of a stack of L unidirectional layers in one launch, the mirror of
 // forward_stack_kernel (elman_forward_kernel.cuh): processing steps s = T-1 .. 0, layer l a few
 // steps behind layer l + 1. One CTA per (layer, sample group) holds 2H rows, W_hh^T of its
-// layer (rows 0..H-1) and W_ih^T of its layer (rows H..2H-1: zeros for layer 0, whose input
+// layer (rows 0..H-1) and W_ih^T of its layer (rows H..2H-1: unused for layer 0, whose input
 // gradient the host takes from dz by a GEMM), so the dot products of step s against
 // dz_{s+1} give the recurrent carry and the gradient of the layer below's output at time
 // s + 1, dy^{l-1}_{s+1} = W_ih^T dz_{s+1}, handed down in tagged words; step -1 computes
@@ -341,7 +341,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // backward that records norms runs the layers one by one). Cooperative launch.
 //
 // Arguments (BackwardStackArgs, all contiguous float32 but the lengths and the words):
-//   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (zeros for layer 0)
+//   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0's second half: rows whose
+//                     dot products are dropped)
 //   dy        [T,B,H]  read: the gradient of the top layer's output
 //   dh_n      [L,B,H]  read: the gradients of the final states
 //   out       [L,T,B,H] read: every layer's saved h_t
@@ -451,10 +452,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, d);
       if (s == 0) dz_first[b * H + u] = d;
     });
-    if (s < 0) break;
-    if (s > 0) load_operands(s, -1);
-    lane.move(-1);
-    __syncthreads();
+    if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)
+      if (s > 0) load_operands(s, -1);
+      lane.move(-1);
+      __syncthreads();
+    }
   }
 }
 

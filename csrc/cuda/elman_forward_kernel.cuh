@@ -192,8 +192,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // recurrence does.
 //
 // Arguments (ForwardStackArgs, all contiguous float32 but the lengths and the words):
-//   w_stacked [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (zeros for the top)
-//   bias_next [L,H]    read: the next layer's b_ih + b_hh (row L-1 unused)
+//   w_stacked [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (the top layer's
+//                     second half: rows whose dot products are dropped)
+//   bias_next [L,H]    read: the next layer's b_ih + b_hh (row L-1 unused); null: no biases
 //   out       [L,T,B,H] out[0] in: layer 0's XW_t + b_ih + b_hh; out[l]: h_t of layer l at each
 //                     sample's valid steps (the other positions are left as they are: the host
 //                     zeroes them)
@@ -248,7 +249,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // The next layer's bias of each unit this lane owns among rows H..2H-1 (the same every step).
   float next_bias[Cta::kBatches] = {};
   cta.for_each_owned_unit([&](int batch, int64_t u) {
-    if (u >= H && !top) next_bias[batch] = a.bias_next[layer * H + u - H];
+    if (u >= H && !top && a.bias_next != nullptr) next_bias[batch] = a.bias_next[layer * H + u - H];
   });
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
@@ -299,10 +300,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, h);
       if (s == T - 1) h_n[b * H + u] = h;
     });
-    if (s == T) break;
-    load_operands(s, 1);
-    lane.move(1);
-    __syncthreads();
+    if (s < T) {  // (step T only hands up the projection of h_{T-1}: the loop ends without a barrier)
+      load_operands(s, 1);
+      lane.move(1);
+      __syncthreads();
+    }
   }
 }
 

@@ -216,8 +216,9 @@ inline std::string shape_text(const PlanRequest& r) {
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
 // figure for the shape, and what rnn_fused::step_cost reports for a shape a GPU ran).
 // `tiling.ctas_per_group` is the cluster size on the Cluster path.
+// `epilogue_kinds`: 2 for the layer stack's kernels (cost::StepWork).
 inline cost::StepTerms predicted_step_terms(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
-                                            const RecurrenceTiling& tiling, int64_t waves) {
+                                            const RecurrenceTiling& tiling, int64_t waves, int64_t epilogue_kinds = 1) {
   if (path == RecurrencePath::Stepwise) {
     const double us = cost::stepwise_step_us(model, r.batch, r.hidden, r.fp64);
     return {.compute = us, .total = us};
@@ -234,7 +235,8 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
+                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64),
+                            .epilogue_kinds = epilogue_kinds};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -931,7 +933,8 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 // The launch shape of forward_stack_kernel for L layers of H units and B samples (float32): the
 // Block path's tilings with 2H rows per CTA (1, 2, 4 or 8 samples per group, 32 or 16 units
 // per pass, as forced_tiling allows), every CTA of every layer co-resident; the fastest by the
-// cost model. The stack is worth it where (T + 1) of its steps are predicted faster than the
+// cost model, which prices its step as a block step of 2H units whose warps issue both kinds of
+// epilogue (the recurrence's and the projection's). The stack is worth it where (T + 1) of its steps are predicted faster than the
 // layers' T steps each on their own forward plans (the GEMMs and launches between layers, which
 // the stack also saves, left out of the comparison).
 inline StackPlanReport stack_plan(const StackPlanQuery& q) {
@@ -985,7 +988,7 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                 " bytes of shared memory each cannot all be co-resident";
         continue;
       }
-      const double us = predicted_step_us(model, RecurrencePath::Block, request, tiling, 1);
+      const double us = predicted_step_terms(model, RecurrencePath::Block, request, tiling, 1, 2).total;
       const double stack_us = us * double(q.steps + 1);
       if (best.feasible && stack_us >= best.stack_us) continue;
       best.feasible = true;
@@ -1053,7 +1056,7 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
   // Layer l >= 1's input projections in tagged words, zero (untagged) before the launch.
   at::Tensor words = at::zeros({L - 1, T, B, H}, options.dtype(at::kLong));
   const ForwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
-                              .bias_next = r.bias_next.data_ptr<float>(),
+                              .bias_next = r.bias_next.defined() ? r.bias_next.data_ptr<float>() : nullptr,
                               .out = r.out.data_ptr<float>(),
                               .xw_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
                               .h0 = r.h0.defined() ? r.h0.data_ptr<float>() : nullptr,
