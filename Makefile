@@ -14,7 +14,7 @@
 #                  into gpu_out/, and refit the cost model to it (docs/gpu_check.md; about 3-4 minutes on an
 #                  H200). Every stage runs even if one before it failed; the target fails at the end if any did
 # make sanitize - AddressSanitizer build of a copy in build/sanitize; runs the SIMT emulator tests, the
-#                 emulated CUDA kernel tests and the op-level truncation/norm tests there
+#                 emulated CUDA kernel tests (the layer stack's included) and the op-level truncation/norm tests there
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -69,7 +69,7 @@ sanitize: $(DEPS)
 	cd $(SANITIZE_DIR) && RNN_FUSED_SANITIZER_RUN=1 ASAN_OPTIONS=detect_leaks=0 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider tests/test_simt.py tests/test_simt_cluster.py tests/test_simt_sanitize.py tests/test_cuda_kernels_emulated.py \
-		tests/test_bptt_kernels.py
+		tests/test_bptt_kernels.py tests/test_layer_stack.py
 
 clean:
 	rm -rf build rnn_fused/*.so rnn_fused/tools/*.so *.egg-info
