@@ -262,6 +262,10 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
     flat = [w for group in weights for w in group]
     output, h_n = _LayerStack.apply(input, hx, lengths, (nonlinearity, backend, path, truncation, num_layers,
                                                          len(weights[0]) == 4), *flat)
+    if output.grad_fn is None:
+        # No backward will read the layers below: the top layer's output on its own, so that the
+        # [L,T,B,H] outputs are freed now rather than kept alive by a view.
+        output = output.clone()
     return output, h_n
 
 

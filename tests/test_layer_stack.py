@@ -349,3 +349,17 @@ def test_empty_batch_and_zero_steps_give_zeros_and_the_initial_states():
         assert outputs.shape == (2, 0, 2, 8) and torch.equal(h_n, h0.float())
         outputs, h_n = OPS.rnn_stack_forward(x[:, :0].float(), None, flat, True, None, "tanh", "emulated")
         assert outputs.shape == (2, 4, 0, 8) and h_n.shape == (2, 0, 8)
+
+
+def test_without_a_graph_the_output_keeps_no_other_layer_alive():
+    """Under no_grad the stack's output is the top layer's alone (the [L,T,B,H] outputs are
+    freed); with a graph it is a view of them, which the backward reads."""
+    x, h0, groups = stack_inputs(5, 2, 3, 8, 3)
+    weights = [tuple(w.float() for w in group) for group in groups]
+    with simt.emulated_device(**STACK_GPU):
+        with torch.no_grad():
+            out, _ = functional.rnn(x.float(), None, weights, 3, False, backend="emulated", stack=True)
+        assert out.untyped_storage().nbytes() == out.numel() * out.element_size()
+        leaf = x.float().requires_grad_()
+        out, _ = functional.rnn(leaf, None, weights, 3, False, backend="emulated", stack=True)
+        assert out.untyped_storage().nbytes() == 3 * out.numel() * out.element_size()
