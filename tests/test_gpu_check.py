@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import rnn_fused
+from rnn_fused import simt
 from rnn_fused.launch_plan import PATHS, cost_constants
 from rnn_fused.tools import gpu_check
 from rnn_fused.tools.cli import main
@@ -79,7 +80,15 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
         for name in ("baseline_fwd_ms", "ours_fwd_ms", "baseline_fwd_bwd_ms", "ours_fwd_bwd_ms"):
             assert row[name] > 0, (row["label"], name)
         assert row["fwd_ratio"] == pytest.approx(row["baseline_fwd_ms"] / row["ours_fwd_ms"])
-        assert row["forward_path"] in PATHS and row["backward_path"] in PATHS
+        with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
+            stacked = gpu_check.runs_as_stack(shape, gpu_check.Target(torch.device("cpu"), emulated=True))
+        if stacked:
+            # A stack in one launch each way, timed again with its layers one by one.
+            assert row["forward_path"] == row["backward_path"] == "stack"
+            assert row["one_by_one_fwd_ms"] > 0 and row["one_by_one_fwd_bwd_ms"] > 0
+        else:
+            assert row["forward_path"] in PATHS and row["backward_path"] in PATHS
+            assert row["one_by_one_fwd_ms"] is None
         assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
         # The recurrence per step is estimated for single-layer rows only.
         assert (row["measured_fwd_us_per_step"] is not None) == shape.single_layer
@@ -90,6 +99,14 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
             assert row["ours_rel_error"] is None
         # Peak memory comes from the CUDA caching allocator: none on the CPU.
         assert row["ours_peak_mb"] is None
+
+
+def test_rehearsal_runs_a_stack_row(rehearsal):
+    _, out, report = rehearsal
+    stacked = [r for r in report["shape_rows"] if r["forward_path"] == "stack"]
+    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers"]
+    assert "30, 1, 3, 5, 2 layers: rnn_fused's layers in one launch each against the same layers one by one" in \
+        (out / "gpu_check.md").read_text()
 
 
 def test_rehearsal_forces_every_path(rehearsal):
@@ -200,7 +217,6 @@ def test_tuned_rows_table_lists_only_the_retimed_rows():
 
 
 def plan_of(row: dict):
-    from rnn_fused import simt
 
     with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
         return rnn_fused.plan(row["hidden"], row["batch"], backward=row["direction"] == "backward")
@@ -441,7 +457,6 @@ def test_a_refused_baseline_still_times_rnn_fused(monkeypatch):
 
     monkeypatch.setattr(gpu_check, "build_modules", build_with_a_refusing_baseline)
     target = gpu_check.Target(torch.device("cpu"), True)
-    from rnn_fused import simt
 
     with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
         row = gpu_check.measure_shape_row(Shape(30, 2, 3, 4, long=True), target, gpu_check.QUICK_TIMING, True)
