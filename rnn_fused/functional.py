@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import Tensor
 
-from . import _ops
+from . import _ops, launch_plan
 from .launch_plan import log_layer_plan
 from .reference import reference_layer
 from .truncation import TruncationArgs, check_truncation, resolve_truncation
@@ -249,9 +249,7 @@ def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: 
     """(the stack kernel's predicted us per step, the layers' one after another per step), or
     (None, why it cannot run), asked of the planner once per shape in a process (the planner's
     settings clear it: launch_plan._apply_planner_setting)."""
-    from .launch_plan import stack_plan
-
-    report = stack_plan(hidden, batch, 1, layers, "emulated" if emulated else device)
+    report = launch_plan.stack_plan(hidden, batch, 1, layers, "emulated" if emulated else device)
     if not report.feasible:
         return None, report.reason
     return report.predicted_stack_us / 2, report.predicted_layers_us
@@ -259,6 +257,12 @@ def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: 
 
 def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,
                lengths: Tensor | None, backend: str | None, path: str | None, truncation) -> tuple[Tensor, Tensor]:
+    if input.is_cuda:
+        hidden, batch = weights[0][1].shape[0], input.shape[1]
+        key = (str(input.device), input.dtype, hidden, batch, num_layers)
+        if ("stack", key) not in launch_plan._logged_plan_keys:  # the common case: no plan query
+            report = launch_plan.stack_plan(hidden, batch, 1, num_layers, input.device)
+            launch_plan.log_stack_plan_once(report, 1, num_layers, key)
     flat = [w for group in weights for w in group]
     output, h_n = _LayerStack.apply(input, hx, lengths, (nonlinearity, backend, path, truncation, num_layers,
                                                          len(weights[0]) == 4), *flat)

@@ -318,6 +318,21 @@ def log_plan_once(plan: LaunchPlan, key: Hashable) -> bool:
     return True
 
 
+def log_stack_plan_once(report: StackPlan, steps: int, layers: int, key: Hashable) -> bool:
+    """Log at INFO, once per `key` (device, dtype, hidden_size, batch_size, layers), that a
+    stack's layers run in one launch each way (rnn_fused.functional.rnn's stack) and why;
+    `report` is stack_plan's for `steps` steps. Returns whether it logged."""
+    with _logged_plan_keys_lock:
+        if ("stack", key) in _logged_plan_keys:
+            return False
+        _logged_plan_keys.add(("stack", key))
+    logger.info("rnn_fused: %s: the CUDA planner runs the %d layers in one launch each way (%d CTAs, predicted "
+                "%.2f us per step of the stack against %.2f us per step of the layers one by one): %s", key, layers,
+                report.grid, report.predicted_stack_us / (steps + 1), report.predicted_layers_us / steps,
+                report.reason)
+    return True
+
+
 def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None) -> None:
     """Before a layer runs on CUDA tensors: log the planner's choice once per (device, dtype,
     hidden_size, batch_size). Eager only (under torch.compile nothing is logged). An empty

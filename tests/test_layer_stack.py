@@ -363,3 +363,58 @@ def test_without_a_graph_the_output_keeps_no_other_layer_alive():
         leaf = x.float().requires_grad_()
         out, _ = functional.rnn(leaf, None, weights, 3, False, backend="emulated", stack=True)
         assert out.untyped_storage().nbytes() == 3 * out.numel() * out.element_size()
+
+
+@pytest.mark.parametrize("lengths", [None, [4, 1, 0]], ids=["all-steps", "lengths"])
+@pytest.mark.parametrize("hx", [False, True], ids=["no-hx", "hx"])
+def test_stack_buffers_left_uncleared_are_written_everywhere(lengths, hx):
+    """The stack's outputs and, without lengths, its dz are not cleared before the kernels
+    write them: with every new buffer full of NaN the forward and backward give bitwise the
+    results of an ordinary run."""
+    from test_cuda_kernels_emulated import uninitialized_memory_is_nan
+
+    x, h0, groups = stack_inputs(4, 3, 2, 9, 3, hx=hx, seed=6)
+    flat = [w.float() for group in groups for w in group]
+    h32 = None if h0 is None else h0.float()
+    length_tensor = None if lengths is None else torch.tensor(lengths)
+    grad_output, grad_h_n = (c.float() for c in cotangents_for(4, 3, 9, 3, seed=7))
+
+    def run():
+        outputs, h_n = OPS.rnn_stack_forward(x.float(), h32, flat, True, length_tensor, "tanh", "emulated")
+        grads = OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 15, x.float(), h32, flat, True,
+                                       length_tensor, backend="emulated")
+        return [outputs, h_n, *[g for g in grads if g.numel()]]
+
+    with simt.emulated_device(**STACK_GPU):
+        expected = run()
+        with uninitialized_memory_is_nan():
+            filled = run()
+    assert all(t.isfinite().all() for t in expected)
+    for i, (a, b) in enumerate(zip(expected, filled)):
+        assert torch.equal(a, b), i
+
+
+def test_stack_host_work_is_one_copy_of_the_weights_and_the_layer_gemms(monkeypatch):
+    """Each ATen call is a launch on a GPU (the emulated backend runs the CUDA host code). A
+    3-layer stack with biases, no hx, no lengths: forward, one copy of the weights, the next
+    layers' biases (two copies and a sum), layer 0's input projection (bias sum and GEMM) and
+    the tagged words' clearing; backward, one copy of the transposed weights, the words'
+    clearing and each layer's gradient GEMMs (layer 0's dX, dW_ih, dW_hh in two chunk
+    products and their sum, the bias sum; the layers above without dX)."""
+    import test_cuda_kernels_emulated as layer_tests
+
+    monkeypatch.setattr(layer_tests, "_WORK_OPS", layer_tests._WORK_OPS | {"aten::cat", "aten::stack", "aten::clone"})
+    x, _, groups = stack_inputs(5, 2, 3, 8, 3)
+    x32 = x.float()
+    flat = [w.float() for group in groups for w in group]
+    grad_output, grad_h_n = torch.ones(5, 2, 8), torch.ones(3, 2, 8)
+    mask = [True, False, True, True, True] + [False, False, True, True, True] * 2
+    with simt.emulated_device(**STACK_GPU):
+        outputs, _ = OPS.rnn_stack_forward(x32, None, flat, True, None, "tanh", "emulated")
+        forward = layer_tests._device_work(
+            lambda: OPS.rnn_stack_forward(x32, None, flat, True, None, "tanh", "emulated"))
+        backward = layer_tests._device_work(
+            lambda: OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, mask, x32, None, flat, True, None,
+                                           backend="emulated"))
+    assert forward == {"aten::cat": 3, "aten::add_": 1, "aten::add": 1, "aten::addmm": 1, "aten::zero_": 1}
+    assert backward == {"aten::cat": 1, "aten::zero_": 1, "aten::mm": 4 + 3 + 3, "aten::add_": 3, "aten::sum": 3}

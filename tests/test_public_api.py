@@ -177,3 +177,14 @@ def test_an_empty_cuda_batch_is_not_planned(monkeypatch, fresh_plan_log):
     launch_plan.log_layer_plan(types.SimpleNamespace(device=torch.device("cuda"), is_cuda=True, dtype=torch.float32,
                                                      shape=(3, 1, 2)), 4, None)
     assert planned == [(4, 1, torch.float32, torch.device("cuda"))]
+
+
+def test_a_stack_plan_is_logged_once_per_key(caplog, fresh_plan_log):
+    caplog.set_level(logging.INFO, logger="rnn_fused")
+    report = launch_plan.stack_plan(64, 8, 1, 4)
+    key = ("cuda:0", torch.float32, 64, 8, 4)
+    assert launch_plan.log_stack_plan_once(report, 1, 4, key)
+    assert not launch_plan.log_stack_plan_once(report, 1, 4, key)
+    message = caplog.records[-1].getMessage()
+    assert "runs the 4 layers in one launch each way" in message and report.reason in message
+    assert f"{report.predicted_stack_us / 2:.2f} us per step of the stack" in message
