@@ -149,11 +149,12 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     record: a recording.ForwardRecord whose sinks receive each layer's gradient norms, or None.
     `layer_fn` replaces the fused layer (reference_layer's signature): tests pass the step
     loop of reference.py to compose stock torch ops the same way; it takes no truncation.
-    stack: whether the forward of a unidirectional stack runs in one launch of the GPU kernels
-    (layer l a few steps behind layer l - 1; _LayerStack): None where the cost model predicts it
-    faster and the call allows it (float32, no dropout in training, no record, path None or
-    'block', eager mode, no autocast), False never, True always (ValueError saying why a call
-    cannot). The backward is the layers' own, one after another, either way.
+    stack: whether a unidirectional stack's forward recurrences run in one launch of the GPU
+    kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
+    _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
+    H <= 128, no dropout in training, no record, path None or 'block', eager mode, no
+    autocast), False never, True always (ValueError saying why a call cannot). The results are
+    the layers' run one by one, within rounding.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
