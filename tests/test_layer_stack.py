@@ -418,3 +418,20 @@ def test_stack_host_work_is_one_copy_of_the_weights_and_the_layer_gemms(monkeypa
                                            backend="emulated"))
     assert forward == {"aten::cat": 3, "aten::add_": 1, "aten::add": 1, "aten::addmm": 1, "aten::zero_": 1}
     assert backward == {"aten::cat": 1, "aten::zero_": 1, "aten::mm": 4 + 3 + 3, "aten::add_": 3, "aten::sum": 3}
+
+
+@pytest.mark.slow
+def test_a_long_stack_matches_the_cpu_layers():
+    """3000 steps of a 3-layer stack (the tagged words and each lane's output offsets over a
+    long run): every result against the CPU backend's layers in float64 (tolerance rule, stock:
+    the CPU layers in float32)."""
+    steps, batch, hidden, layers = 3000, 2, 8, 3
+    lengths = torch.tensor([3000, 1777])
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=12)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=13)
+    with simt.emulated_device(**STACK_GPU):
+        ours = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated", stack=True)
+    reference = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float64, backend="cpu")
+    stock = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="cpu")
+    for name, r, s, o in zip(names_for(len(ours)), reference, stock, ours):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
