@@ -242,15 +242,21 @@ def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, gener
     assert len(launches) == before
 
 
-def test_planner_prices_the_stack_step_with_both_epilogues():
-    """The model prices a stack's step as a block step of 2H units whose warps issue both kinds
-    of epilogue: well above one layer's step, so 2 layers at H = 128, B = 32 stay one by one,
-    while 4 layers at H = 64 run as a stack."""
-    four = launch_plan.stack_plan(64, 8, 1000, 4)
-    assert four.faster and four.predicted_stack_us / 1001 > 1.5 * four.predicted_layers_us / 4000
-    assert four.predicted_layers_us < 2.5 * four.predicted_stack_us
-    two_wide = launch_plan.stack_plan(128, 32, 1000, 2)
-    assert two_wide.feasible and not two_wide.faster
+def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
+    """The model prices a stack's step as the block path's step of its CTA's rows (2H in whole
+    passes, each warp one kind of epilogue), for (T + 1) steps, against the layers' T steps
+    each on their own forward plans."""
+    for hidden, batch, layers in ((64, 8, 4), (64, 8, 2), (48, 3, 2), (100, 8, 3), (128, 32, 2)):
+        plan = launch_plan.stack_plan(hidden, batch, 1000, layers)
+        assert plan.feasible
+        rows = 2 * -(-hidden // (plan.units_per_pass // 2)) * (plan.units_per_pass // 2)
+        step = OPS.step_cost("block", hidden, batch, torch.float32, plan.samples, 1, 1, rows, 1, [], [], "total",
+                             plan.units_per_pass, 0)
+        assert plan.predicted_stack_us == pytest.approx(1001 * step)
+        one_layer = rnn_fused.plan(hidden, batch).predicted_us_per_step
+        assert plan.predicted_layers_us == pytest.approx(1000 * layers * one_layer)
+        assert plan.faster == (plan.predicted_stack_us < plan.predicted_layers_us)
+    assert launch_plan.stack_plan(64, 8, 1000, 2).faster
 
 
 def test_planner_rules_the_stack_out_with_its_limits():
@@ -259,7 +265,7 @@ def test_planner_rules_the_stack_out_with_its_limits():
         assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 4
         assert "128 weight rows" in plan.reason
         too_wide = launch_plan.stack_plan(129, 1, 100, 2)
-        assert not too_wide.feasible and "a stack's CTA 258" in too_wide.reason
+        assert not too_wide.feasible and "a stack's CTA 288 (its layer's W_hh and the next layer's W_ih, in whole passes)" in too_wide.reason
         too_many = launch_plan.stack_plan(32, 64, 100, 4)  # 4 layers x 8 groups of 8 > 16 SMs
         assert not too_many.feasible and "cannot all be co-resident" in too_many.reason
         one_layer = launch_plan.stack_plan(32, 4, 100, 1)

@@ -332,8 +332,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // The backward of a stack of L unidirectional layers in one launch, the mirror of
 // forward_stack_kernel (elman_forward_kernel.cuh): processing steps s = T-1 .. 0, layer l a few
 // steps behind layer l + 1. One CTA per (layer, sample group) holds 2H rows, W_hh^T of its
-// layer (rows 0..H-1) and W_ih^T of its layer (rows H..2H-1: unused for layer 0, whose input
-// gradient the host takes from dz by a GEMM), so the dot products of step s against
+// layer and W_ih^T of its layer (unused for layer 0, whose input gradient the host takes from
+// dz by a GEMM), interleaved by halves of each pass (stack_row), so the dot products of step s against
 // dz_{s+1} give the recurrent carry and the gradient of the layer below's output at time
 // s + 1, dy^{l-1}_{s+1} = W_ih^T dz_{s+1}, handed down in tagged words; step -1 computes
 // dy^{l-1}_0 only. Float32, the Block path's arithmetic (backward_gradient, the truncation's edge
@@ -379,11 +379,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool top = place.top, bottom = place.bottom;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
-  Cta cta(smem, layout, tiling, a.shape, 2 * H, place.block);
+  Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
-  const int64_t R = cta.row;
-  cta.load_weights(a.w_stacked + layer * 2 * H * H);
+  const int64_t R = cta.row, per_pass = tiling.units_per_pass;
+  load_stack_rows(a.w_stacked + layer * 2 * H * H, cta.weights, cta.units, per_pass, H, R);
   for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
   __syncthreads();
   cta.cache_weights();
@@ -397,15 +397,21 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   truncation.stream = static_cast<uint32_t>(2 * layer);
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
-  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);  // offsets of unit u at step s (u < H: out's)
+  // The row this lane owns in each batch (the same every step).
+  StackRow lane_row[Cta::kBatches] = {};
+  cta.for_each_owned_unit([&](int batch, int64_t u) { lane_row[batch] = stack_row(u, per_pass); });
+  // Offsets of each output's unit (stack_row) at step s in the [T,B,H] tensors.
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1,
+                                          [&](int64_t u) { return stack_row(u, per_pass).unit; });
   // The lane's operands of step s + ahead (the lane at step s), read one step ahead: the saved
   // h_t, and dy_t (the top layer's) or its tagged word (checked where the value is used).
   float dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
   unsigned long long dy_word[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t s, int64_t ahead) {
     const int64_t shift = ahead * lane.time_stride;
-    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
-      if (u >= H || s + ahead >= lane.length[k]) return;
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t) {
+      const StackRow& row = lane_row[batch];
+      if (row.projection || row.unit >= H || s + ahead >= lane.length[k]) return;
       const int64_t at = lane.at[batch][k] + shift;
       h[batch][k] = out[at];
       if (dy_words == nullptr) {
@@ -426,12 +432,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const int64_t b = cta.place.sample_begin + cta.first_sample + k;
       edge[k] = s >= 0 && s + 1 < lane.length[k] ? static_cast<float>(edge_scale(truncation, s + 1, b)) : 0.0f;
     }
-    cta.for_each_output(later, clock, [&](int batch, int k, int64_t u, float total) {
+    cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
-      if (b >= B) return;
-      if (u >= H) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
+      const StackRow& row = lane_row[batch];
+      const int64_t u = row.unit;
+      if (b >= B || u >= H) return;
+      if (row.projection) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
         if (bottom || s + 1 >= lane.length[k]) return;
-        const int64_t at = lane.at[batch][k] - H + lane.time_stride;  // (unit u - H, step s + 1)
+        const int64_t at = lane.at[batch][k] + lane.time_stride;  // (unit u, step s + 1)
         simt::store_relaxed(below_words + at, simt::tag_word(total, kStackTag));
         return;
       }

@@ -178,9 +178,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 
 // The forward of a stack of L unidirectional layers of hidden size H in one launch, layer l
 // running a few steps behind layer l - 1 (a wavefront), float32 on the Block path: one CTA per
-// (layer, sample group) holds 2H weight rows, layer l's W_hh (rows 0..H-1, the recurrence) and
-// layer l + 1's W_ih (rows H..2H-1), so that the dot products of step s against the state
-// h_{s-1} give both z_s's recurrent part and the next layer's input projection of h_{s-1}:
+// (layer, sample group) holds 2H weight rows, layer l's W_hh (the recurrence) and layer l + 1's
+// W_ih, interleaved by halves of each pass (stack_row: a warp runs one kind of epilogue), so
+// that the dot products of step s against the state h_{s-1} give both z_s's recurrent part and
+// the next layer's input projection of h_{s-1}:
 // the step's one pass over the state rows serves both, and the layers' steps overlap instead of
 // following each other (one launch for the stack, no input GEMM between layers). Layer 0's
 // input projection comes from one GEMM before the launch, as on the other paths; layer
@@ -218,7 +219,7 @@ struct ForwardStackArgs {
 
 // Grid = layers * tiling.groups CTAs of kRecurrenceThreads threads, cooperative; block index
 // = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with
-// units_per_cta = 2H; SharedLayout<float>::make(H, tiling, Block, false).bytes of dynamic
+// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, false).bytes of dynamic
 // shared memory; kPasses == compiled_passes_of(Block, tiling, H, false).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
@@ -230,11 +231,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool top = place.top;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
-  Cta cta(smem, layout, tiling, a.shape, 2 * H, place.block);
+  Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
-  const int64_t R = cta.row;
-  cta.load_weights(a.w_stacked + layer * 2 * H * H);
+  const int64_t R = cta.row, per_pass = tiling.units_per_pass;
+  load_stack_rows(a.w_stacked + layer * 2 * H * H, cta.weights, cta.units, per_pass, H, R);
   const float* h0 = a.h0 != nullptr ? a.h0 + layer * state : nullptr;
   for (int buffer = 0; buffer < 2; ++buffer) {
     load_padded_rows(h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, h0 != nullptr ? B : 0,
@@ -246,22 +247,30 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   float* h_n = a.h_n + layer * state;
   const unsigned long long* xw_words = layer > 0 ? a.xw_tagged + (layer - 1) * sequence : nullptr;
   unsigned long long* next_words = top ? nullptr : a.xw_tagged + layer * sequence;
-  // The next layer's bias of each unit this lane owns among rows H..2H-1 (the same every step).
+  // The row this lane owns in each batch (the same every step), and for a projection unit the
+  // next layer's bias.
+  StackRow lane_row[Cta::kBatches] = {};
   float next_bias[Cta::kBatches] = {};
   cta.for_each_owned_unit([&](int batch, int64_t u) {
-    if (u >= H && !top && a.bias_next != nullptr) next_bias[batch] = a.bias_next[layer * H + u - H];
+    lane_row[batch] = stack_row(u, per_pass);
+    const StackRow& row = lane_row[batch];
+    if (row.projection && row.unit < H && !top && a.bias_next != nullptr) {
+      next_bias[batch] = a.bias_next[layer * H + row.unit];
+    }
   });
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
-  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0);  // offsets of unit u at step s (u < H: out's)
+  // Offsets of each output's unit (stack_row) at step s in the [T,B,H] tensors.
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0, [&](int64_t u) { return stack_row(u, per_pass).unit; });
   // The lane's operands of step s + ahead (the lane at step s), read one step ahead: layer 0's
   // XW_t, or the tagged word (whose tag is checked where the value is used).
   float xw[Cta::kBatches][kOwned] = {};
   unsigned long long xw_word[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t s, int64_t ahead) {
     const int64_t shift = ahead * lane.time_stride;
-    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
-      if (u >= H || s + ahead >= lane.length[k]) return;
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t) {
+      const StackRow& row = lane_row[batch];
+      if (row.projection || row.unit >= H || s + ahead >= lane.length[k]) return;
       if (xw_words == nullptr) {
         xw[batch][k] = out[lane.at[batch][k] + shift];
       } else {
@@ -273,12 +282,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   for (int64_t s = 0; s <= T; ++s) {
     const float* current = cta.states + (s % 2) * kSamples * R;
     float* next = cta.states + (1 - s % 2) * kSamples * R;
-    cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, float total) {
+    cta.for_each_output(current, clock, [&](int batch, int k, int64_t, float total) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
-      if (b >= B) return;
-      if (u >= H) {  // the next layer's XW at step s - 1: W_ih h_{s-1} + its biases
+      const StackRow& row = lane_row[batch];
+      const int64_t u = row.unit;
+      if (b >= B || u >= H) return;
+      if (row.projection) {  // the next layer's XW at step s - 1: W_ih h_{s-1} + its biases
         if (top || s == 0 || s - 1 >= lane.length[k]) return;
-        const int64_t at = lane.at[batch][k] - H - lane.time_stride;  // (unit u - H, step s - 1)
+        const int64_t at = lane.at[batch][k] - lane.time_stride;  // (unit u, step s - 1)
         simt::store_relaxed(next_words + at, simt::tag_word(total + next_bias[batch], kStackTag));
         return;
       }

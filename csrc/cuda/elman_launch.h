@@ -216,9 +216,8 @@ inline std::string shape_text(const PlanRequest& r) {
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
 // figure for the shape, and what rnn_fused::step_cost reports for a shape a GPU ran).
 // `tiling.ctas_per_group` is the cluster size on the Cluster path.
-// `epilogue_kinds`: 2 for the layer stack's kernels (cost::StepWork).
 inline cost::StepTerms predicted_step_terms(const cost::Constants& model, RecurrencePath path, const PlanRequest& r,
-                                            const RecurrenceTiling& tiling, int64_t waves, int64_t epilogue_kinds = 1) {
+                                            const RecurrenceTiling& tiling, int64_t waves) {
   if (path == RecurrencePath::Stepwise) {
     const double us = cost::stepwise_step_us(model, r.batch, r.hidden, r.fp64);
     return {.compute = us, .total = us};
@@ -235,8 +234,7 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64),
-                            .epilogue_kinds = epilogue_kinds};
+                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -931,10 +929,10 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 }
 
 // The launch shape of forward_stack_kernel for L layers of H units and B samples (float32): the
-// Block path's tilings with 2H rows per CTA (1, 2, 4 or 8 samples per group, 32 or 16 units
-// per pass, as forced_tiling allows), every CTA of every layer co-resident; the fastest by the
-// cost model, which prices its step as a block step of 2H units whose warps issue both kinds of
-// epilogue (the recurrence's and the projection's). The stack is worth it where (T + 1) of its steps are predicted faster than the
+// Block path's tilings with stack_rows(H, units per pass) rows per CTA (2H, in whole passes;
+// 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as forced_tiling allows), every CTA
+// of every layer co-resident; the fastest by the cost model, which prices its step as a block
+// step of that many units (each warp runs one kind of epilogue: stack_row). The stack is worth it where (T + 1) of its steps are predicted faster than the
 // layers' T steps each on their own forward plans (the GEMMs and launches between layers, which
 // the stack also saves, left out of the comparison).
 inline StackPlanReport stack_plan(const StackPlanQuery& q) {
@@ -952,14 +950,15 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
     best.reason = "the device does not support cooperative launches";
     return best;
   }
-  const int64_t rows = 2 * q.hidden;
   std::string limit = "one CTA holds at most " + std::to_string(kMaxUnitsPerCta) + " weight rows, and a stack's CTA " +
-                      std::to_string(rows) + " (its layer's W_hh and the next layer's W_ih)";
+                      std::to_string(stack_rows(q.hidden, kUnitsPerPass)) +
+                      " (its layer's W_hh and the next layer's W_ih, in whole passes)";
   for (int64_t samples : {1, 2, 4, 8}) {
     if (request.forced.samples != 0 && samples != request.forced.samples) continue;
     if (request.forced.samples == 0 && samples > 1 && samples / 2 >= q.batch) break;
     for (int per_pass : kUnitsPerPassOptions) {
       if (request.forced.units_per_pass != 0 && per_pass != request.forced.units_per_pass) continue;
+      const int64_t rows = stack_rows(q.hidden, per_pass);
       if (rows > max_units_per_cta(per_pass)) continue;
       const RecurrenceTiling tiling{.samples = static_cast<int32_t>(samples),
                                     .chunks = 1,
@@ -988,7 +987,7 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                 " bytes of shared memory each cannot all be co-resident";
         continue;
       }
-      const double us = predicted_step_terms(model, RecurrencePath::Block, request, tiling, 1, 2).total;
+      const double us = predicted_step_us(model, RecurrencePath::Block, request, tiling, 1);
       const double stack_us = us * double(q.steps + 1);
       if (best.feasible && stack_us >= best.stack_us) continue;
       best.feasible = true;
@@ -1031,7 +1030,7 @@ inline RecurrenceTiling stack_tiling(const StackPlanReport& plan, const LayerSha
           .chunks = 1,
           .groups = static_cast<int32_t>((shape.batch + plan.samples - 1) / plan.samples),
           .ctas_per_group = 1,
-          .units_per_cta = static_cast<int32_t>(2 * shape.hidden),
+          .units_per_cta = static_cast<int32_t>(stack_rows(shape.hidden, plan.units_per_pass)),
           .units_per_pass = static_cast<int32_t>(plan.units_per_pass)};
 }
 

@@ -169,10 +169,6 @@ struct StepWork {
   int64_t pass_batch;        // pass_batch(kSamples, scalar bytes): passes computed together
   int64_t outputs_per_lane;  // outputs_per_lane(kSamples, scalar bytes): epilogues per lane and batch
   bool weights_in_registers; // weights_fit_registers(passes, chunk_iterations): no weight loads
-  // Kinds of epilogue a warp's lanes run on their outputs: 1, or 2 in the layer stack's kernels,
-  // whose rows are the recurrence's and the next layer's projection, both in every warp (its
-  // lanes own outputs of every pass), so each warp issues both epilogues, one after the other.
-  int64_t epilogue_kinds = 1;
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
@@ -211,9 +207,8 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
   const double chain = chain_cycles / c.clock_per_us;
-  const double tail_cycles = double(batches) * double(w.epilogue_kinds) *
-                             std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles,
-                                      w.outputs_per_lane * c.output_issue_cycles);
+  const double tail_cycles =
+      double(batches) * std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, w.outputs_per_lane * c.output_issue_cycles);
   return std::max({throughput, shared, chain, issue}) + tail_cycles / c.clock_per_us;
 }
 

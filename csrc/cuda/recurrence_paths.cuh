@@ -77,6 +77,39 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
 inline constexpr int kMaxStackLayers = 16;
 inline constexpr unsigned kStackTag = 1;
 
+// A stack kernel's CTA rows: each pass of units_per_pass rows holds half of them for its
+// layer's recurrence (rows of W_hh, or W_hh^T) and half for the other layer's projection
+// (W_ih^{l+1}, or W_ih^T), units in order, so that the warps computing the first half of a pass
+// run only recurrence epilogues and the others only projection epilogues (a pass's unit groups
+// lie on consecutive warps: lane_role), instead of every warp both. Rows past H are zero and
+// their results dropped.
+struct StackRow {
+  bool projection;  // the other layer's projection (else the recurrence)
+  int64_t unit;     // its unit: a row of W_hh (W_hh^T) or of W_ih (W_ih^T)
+};
+SIMT_HOST_DEVICE constexpr StackRow stack_row(int64_t row, int64_t units_per_pass) {
+  const int64_t half = units_per_pass / 2, in_pass = row % units_per_pass;
+  return {in_pass >= half, row / units_per_pass * half + in_pass % half};
+}
+// The rows of a stack CTA for hidden size H: whole passes, half of each for either kind.
+SIMT_HOST_DEVICE constexpr int64_t stack_rows(int64_t hidden, int64_t units_per_pass) {
+  return 2 * ((2 * hidden + units_per_pass - 1) / units_per_pass) * (units_per_pass / 2);
+}
+
+// rows [count][R] (shared) = the stack CTA's rows (stack_row) of source [2H,H]: rows 0..H-1 its
+// layer's recurrence weight, H..2H-1 the projection's; zero-padded past H, and zero for units
+// past H. All threads call it.
+template <typename scalar_t>
+SIMT_DEVICE void load_stack_rows(const scalar_t* source, scalar_t* rows, int64_t count, int64_t units_per_pass,
+                                 int64_t hidden, int64_t row) {
+  for (int64_t i = threadIdx.x; i < count * row; i += blockDim.x) {
+    const int64_t k = i % row;
+    const StackRow at = stack_row(i / row, units_per_pass);
+    rows[i] = at.unit < hidden && k < hidden ? source[((at.projection ? hidden : 0) + at.unit) * hidden + k]
+                                             : scalar_t(0);
+  }
+}
+
 // A stack kernel's CTA: its layer, and its index among the layer's CTAs (block index = layer x
 // groups + group: one CTA per sample group and layer).
 struct StackPlace {
@@ -221,14 +254,21 @@ struct SampleRows {
 // step, where SampleRows costs a multiply per step and an add per use; kept in registers,
 // nothing to recompute: in sm_90 SASS nvcc rebuilt SampleRows' origins from the lengths every
 // step, about 30 instructions per use).
+struct SameUnit {
+  SIMT_DEVICE int64_t operator()(int64_t u) const { return u; }
+};
+
 template <int kBatches, int kOwned>
 struct LaneOutputs {
   int64_t at[kBatches][kOwned];  // offset of output (batch, k) at the current step; unowned: unused
   int64_t length[kOwned];        // valid steps of the lane's samples
   int64_t time_stride;           // one processing step's move (SampleRows::time_stride)
 
-  template <class Cta>
-  SIMT_DEVICE LaneOutputs(const Cta& cta, const SampleRows<kOwned>& rows, int64_t s) : time_stride(rows.time_stride) {
+  // unit_of(u): the unit of the tensors' last dimension that CTA row u's outputs go to (u itself
+  // but in the layer stack's kernels: stack_row).
+  template <class Cta, class UnitOf = SameUnit>
+  SIMT_DEVICE LaneOutputs(const Cta& cta, const SampleRows<kOwned>& rows, int64_t s, UnitOf unit_of = {})
+      : time_stride(rows.time_stride) {
     SIMT_UNROLL
     for (int k = 0; k < kOwned; ++k) {
       length[k] = rows.length[k];
@@ -236,8 +276,9 @@ struct LaneOutputs {
       for (int batch = 0; batch < kBatches; ++batch) at[batch][k] = 0;
     }
     const int64_t shift = rows.shift(s);
-    cta.for_each_owned_output(cta.place.sample_begin,
-                              [&](int batch, int k, int64_t, int64_t u) { at[batch][k] = rows.origin[k] + u + shift; });
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
+      at[batch][k] = rows.origin[k] + unit_of(u) + shift;
+    });
   }
 
   // f(batch, k, offset there) for each owned output valid at step s + ahead (s the current step).
