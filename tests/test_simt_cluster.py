@@ -100,6 +100,42 @@ def test_missing_cluster_sync_differs_across_schedules():
     assert torch.equal(good, correct)
 
 
+def test_reads_between_cluster_arrive_and_wait_differ_across_schedules():
+    # The barrier in halves (the known-good kernel's odd rounds) with each round's reads of the
+    # gathered copy moved between the arrival and the wait: a block reads slices that others
+    # have not written yet, and which ones depends on the schedule.
+    cluster_size, block_threads, rounds = 4, 16, 3
+    x = torch.arange(2 * cluster_size * block_threads, dtype=torch.float32) + 1
+    results = {}
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            results[mode, seed] = selftest.faulty_cluster("read_before_cluster_wait", x, block_threads, cluster_size,
+                                                          rounds)
+    correct = mix_reference(x, cluster_size * block_threads, rounds).repeat_interleave(cluster_size, dim=0)
+    assert all(torch.isfinite(r).all() for r in results.values())
+    assert any(not torch.equal(r, correct) for r in results.values()), "no schedule exposed the race"
+    assert len({tuple(r.flatten().tolist()) for r in results.values()}) > 1, "every schedule gives one result"
+
+
+@pytest.mark.parametrize("fault,pattern", [
+    ("wait_without_arrive", r"simt::cluster_wait at .*: this thread has not arrived at the cluster barrier "
+                            r"\(simt::cluster_arrive\) since it last passed one"),
+    ("arrive_twice", r"simt::cluster_arrive at .*: this thread arrived at the cluster barrier at .* and has not "
+                     r"waited since: simt::cluster_wait before it arrives again"),
+    ("map_between_arrive_and_wait", r"simt::cluster_map_shared at .*: called between simt::cluster_arrive \(.*\) "
+                                    r"and simt::cluster_wait, where the cluster barrier orders no access to another "
+                                    r"block's memory"),
+    ("exit_after_arrive", r"cluster barrier divergence: block \((1|3),0,0\) thread \(\d+,0,0\) exited after "
+                          r"simt::cluster_arrive at .* without its simt::cluster_wait"),
+])
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_misused_split_cluster_barrier_is_an_error(fault, pattern, mode, seed):
+    with simt.schedule(mode, seed):
+        with pytest.raises(RuntimeError) as info:
+            run_fault(fault)
+    assert re.search(pattern, str(info.value)), str(info.value)
+
+
 @pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
 def test_divergent_cluster_sync_is_an_error(mode, seed):
     with simt.schedule(mode, seed):

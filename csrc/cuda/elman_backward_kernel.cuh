@@ -281,12 +281,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
                          (s + 1) % 2, step_chunk, after_chunk, clock);
-      if (one_chunk) {
+      clock.lap(kComputePhase);
+      barrier.arrive();
+      if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, -Cta::kOperandL1Steps);
         if (s > 0) load_operands(s, -1);
         lane.move(-1);
       }
-      clock.lap(kComputePhase);
       barrier.wait();
       clock.lap(kBarrierPhase);
       if (stores_after_barrier) {  // step s's dz (the lane is at step s - 1)
@@ -310,9 +311,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
       // cluster alive until rank 0's shared memory is no longer written).
       if constexpr (kPath == RecurrencePath::Grid) {
+        barrier.arrive();
         barrier.wait();
         finish_group_norms<kSamples>(a, tiling, place, 0);
       } else if constexpr (kPath == RecurrencePath::Cluster) {
+        barrier.arrive();
         barrier.wait();
         finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
       }

@@ -461,6 +461,16 @@ class StepBarrier {
     }
   }
 
+  // The step's barrier is arrive() then wait(). Between them a kernel issues the global loads
+  // of the next step's operands: on the Cluster path the arrival is a release, which waits for
+  // the thread's outstanding loads too (MEMBAR.ALL.GPU in the sm_90 SASS), so a load issued
+  // before it would put its latency from L2 into every step; issued after it, the load's latency
+  // overlaps the wait and the next step's dot products. Nothing between them may touch another
+  // CTA's memory (the emulator refuses it). On the other paths arrive() does nothing.
+  SIMT_DEVICE __forceinline__ void arrive() {
+    if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_arrive();
+  }
+
   SIMT_DEVICE __forceinline__ void wait() {
     if constexpr (kPath == RecurrencePath::Grid) {
       if (flags_ != nullptr) {
@@ -469,7 +479,7 @@ class StepBarrier {
         simt::grid_sync();
       }
     } else if constexpr (kPath == RecurrencePath::Cluster) {
-      simt::cluster_sync();
+      simt::cluster_wait();
     } else {
       __syncthreads();
     }

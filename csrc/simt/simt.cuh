@@ -32,6 +32,8 @@
 //                                  and the blocks per cluster (1 without a cluster launch)
 //   simt::cluster_sync()           barrier over every thread of every block of the cluster
 //                                  (orders distributed shared memory accesses)
+//   simt::cluster_arrive(), simt::cluster_wait()   cluster_sync in two halves (release, then
+//                                  acquire); between them no access to another block's memory
 //   simt::cluster_map_shared(p, rank)   the same shared variable in block `rank` of the cluster
 //                                  (distributed shared memory); clusters need compute capability 9.0
 //   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)

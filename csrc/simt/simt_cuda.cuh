@@ -167,6 +167,10 @@ __device__ inline unsigned long long wait_word_tag(const unsigned long long* wor
 __device__ inline unsigned cluster_rank() { return cooperative_groups::this_cluster().block_rank(); }
 __device__ inline unsigned cluster_size() { return cooperative_groups::this_cluster().num_blocks(); }
 __device__ inline void cluster_sync() { cooperative_groups::this_cluster().sync(); }
+// The barrier's two halves: the arrival is the release (on sm_90 a MEMBAR.ALL.GPU that waits
+// for this thread's outstanding memory accesses, loads included), the wait the acquire.
+__device__ inline void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+__device__ inline void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
 template <class T>
 __device__ inline T* cluster_map_shared(T* local, unsigned rank) {
   return cooperative_groups::this_cluster().map_shared_rank(local, static_cast<int>(rank));
@@ -181,6 +185,8 @@ __device__ inline unsigned cluster_size() {
   return 1;
 }
 __device__ inline void cluster_sync() { SIMT_NO_CLUSTERS_TRAP("simt::cluster_sync"); }
+__device__ inline void cluster_arrive() { SIMT_NO_CLUSTERS_TRAP("simt::cluster_arrive"); }
+__device__ inline void cluster_wait() { SIMT_NO_CLUSTERS_TRAP("simt::cluster_wait"); }
 template <class T>
 __device__ inline T* cluster_map_shared(T* local, unsigned) {
   SIMT_NO_CLUSTERS_TRAP("simt::cluster_map_shared");

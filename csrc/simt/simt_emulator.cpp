@@ -77,6 +77,12 @@ struct Fiber : ThreadHead {
   uint64_t result = 0;
   const void* flag = nullptr;  // Wait::Flag: the flag (unsigned) it waits on to reach `value`, or
   bool tagged_word = false;     // the tagged word (unsigned long long) whose tag must equal `value`
+  // Arrived at its cluster's barrier (cluster_arrive, or cluster_sync) and not yet past its wait:
+  // where, and the cluster's completed barriers then (the wait passes once that count grew).
+  bool cluster_arrived = false;
+  bool split_wait = false;  // Wait::Cluster: at cluster_wait (else at cluster_sync)
+  std::source_location arrived_where;
+  uint64_t arrived_phase = 0;
   void* fake_stack = nullptr;  // ASan's fake stack of this fiber while switched out
   std::vector<AsyncCopy> open_copies;             // issued since the last commit_async
   std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, oldest first, not yet waited for
@@ -140,8 +146,10 @@ struct Cluster {
   Block* blocks = nullptr;
   unsigned size = 0;      // blocks
   unsigned nthreads = 0;  // threads over all its blocks
-  unsigned at_barrier = 0;
+  unsigned arrived = 0;     // threads arrived at the current barrier (cluster_arrive or cluster_sync)
+  unsigned at_barrier = 0;  // of them, threads waiting (cluster_wait or cluster_sync)
   unsigned exited = 0;
+  uint64_t phase = 0;       // barriers completed
 };
 
 struct Launch {
@@ -233,7 +241,9 @@ std::string describe(const Fiber& f) {
     case Wait::Exited: return "has exited";
     case Wait::Barrier: return "waits at __syncthreads (" + site(f.where) + ")";
     case Wait::Grid: return "waits at simt::grid_sync (" + site(f.where) + ")";
-    case Wait::Cluster: return "waits at simt::cluster_sync (" + site(f.where) + ")";
+    case Wait::Cluster:
+      return std::string("waits at ") + (f.split_wait ? "simt::cluster_wait" : "simt::cluster_sync") + " (" +
+             site(f.where) + ")";
     case Wait::Flag:
       if (f.tagged_word) {
         return "waits at simt::wait_word_tag (" + site(f.where) + ") for the word at " + pointer_text(f.flag) +
@@ -405,6 +415,10 @@ void fiber_main(void* arg) {
                 " committed group(s), " + std::to_string(f->open_copies.size()) +
                 " uncommitted): simt::wait_async<0>() before they are read or the thread exits");
   }
+  if (f->cluster_arrived && !L.failed) {
+    fail(L, "cluster barrier divergence: " + coords(*f) + " exited after simt::cluster_arrive at " +
+                site(f->arrived_where) + " without its simt::cluster_wait");
+  }
   f->wait = Wait::Exited;
   f->block->exited++;
   f->block->cluster->exited++;
@@ -485,7 +499,8 @@ void diagnose_deadlock(Launch& L) {
 }
 
 // Checks a barrier that every live thread has reached (`visit(fn)` calls fn on each of its
-// threads): none exited, all at the same call site. Marks the launch failed otherwise.
+// threads): none exited, all that wait there at the same call site (a thread past a cluster
+// barrier's arrival and not yet at its wait counts as reached). Marks the launch failed otherwise.
 template <class Visit>
 bool barrier_consistent(Launch& L, Visit visit, Wait kind, const char* what) {
   const Fiber* first = nullptr;
@@ -497,7 +512,7 @@ bool barrier_consistent(Launch& L, Visit visit, Wait kind, const char* what) {
     if (g.wait == Wait::Exited) {
       fail(L, std::string(what) + " divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
                   " has exited");
-    } else if (!same_site(g.where, first->where)) {
+    } else if (g.wait == kind && !same_site(g.where, first->where)) {
       fail(L, std::string(what) + " divergence: " + coords(*first) + " " + describe(*first) + ", but " + coords(g) +
                   " " + describe(g));
     }
@@ -519,19 +534,39 @@ bool release_block_barrier(Launch& L, Block& b) {
   return true;
 }
 
-// Releases the cluster's cluster_sync if every live thread of its blocks waits there; the
-// blocks' distributed shared memory accesses so far are then ordered before what follows.
+// Releases the cluster's barrier once every live thread of its blocks has arrived
+// (cluster_arrive or cluster_sync) and one of them waits: the waiting threads run on, the
+// others pass their cluster_wait when they reach it. The blocks' distributed shared memory
+// accesses before their arrival are then ordered before what follows the barrier (none may
+// come between a thread's arrival and its wait: refuse_inside_split_barrier). Every live thread
+// arrived at one call site, and waits at one.
 bool release_cluster_barrier(Launch& L, Cluster& c) {
-  if (c.at_barrier == 0 || c.at_barrier + c.exited != c.nthreads) return false;
+  if (c.at_barrier == 0 || c.arrived + c.exited != c.nthreads) return false;
   auto visit = [&c](auto&& fn) {
     for (unsigned b = 0; b < c.size; ++b) {
       for (unsigned t = 0; t < c.blocks[b].nthreads; ++t) fn(c.blocks[b].fibers[t]);
     }
   };
   if (!barrier_consistent(L, visit, Wait::Cluster, "cluster barrier")) return false;
-  visit([&L](Fiber& g) { make_ready(L, &g); });
+  const Fiber* first = nullptr;
+  visit([&](Fiber& g) {
+    if (L.failed || g.wait == Wait::Exited) return;
+    if (first == nullptr) first = &g;
+    if (!same_site(g.arrived_where, first->arrived_where)) {
+      fail(L, "cluster barrier divergence: " + coords(*first) + " arrived at simt::cluster_arrive (" +
+                  site(first->arrived_where) + "), but " + coords(g) + " at " + site(g.arrived_where));
+    }
+  });
+  if (L.failed) return false;
+  visit([&L](Fiber& g) {
+    if (g.wait != Wait::Cluster) return;
+    g.cluster_arrived = false;
+    make_ready(L, &g);
+  });
   for (unsigned b = 0; b < c.size; ++b) c.blocks[b].mapped_by.clear();
+  c.arrived = 0;
   c.at_barrier = 0;
+  c.phase++;
   std::vector<Actor> members;
   for (unsigned b = 0; b < c.size; ++b) members.push_back(Actor{c.blocks[b].linear, 0, c.blocks[b].phase});
   L.order.collective_barrier(members);
@@ -934,6 +969,16 @@ Fiber* cluster_fiber(const char* op, const std::source_location& where) {
   return f;
 }
 
+// Between a thread's cluster_arrive and its cluster_wait the barrier orders none of its accesses
+// to other blocks' memory: the emulator refuses them there rather than order them wrongly.
+void refuse_inside_split_barrier(const Fiber* f, const char* op, const std::source_location& where) {
+  if (f->cluster_arrived) {
+    fault(op, where, "called between simt::cluster_arrive (" + site(f->arrived_where) +
+                         ") and simt::cluster_wait, where the cluster barrier orders no access to another block's "
+                         "memory: before the arrival or after the wait");
+  }
+}
+
 bool points_into(const void* p, const void* base, std::size_t bytes) {
   const auto* c = static_cast<const char*>(p);
   const auto* b = static_cast<const char*>(base);
@@ -991,6 +1036,7 @@ void cross_block_access(const void* p, std::size_t bytes, bool write, const std:
   const char* op = write ? "simt::store_cross_block" : "simt::load_cross_block";
   Fiber* f = running_fiber(op);
   if (p == nullptr) fault(op, where, "the address is a null pointer");
+  refuse_inside_split_barrier(f, op, where);
   MemoryOrder& order = f->launch->order;
   const Actor who = actor_of(*f);
   std::string unordered;
@@ -1011,17 +1057,66 @@ unsigned cluster_size(const std::source_location& where) {
   return cluster_fiber("simt::cluster_size", where)->block->cluster->size;
 }
 
+// The cluster barrier in two halves (cluster_sync is both at one site). cluster_arrive counts
+// the thread in and lets it run on (other threads run first: a schedule may reach the wait
+// with the barrier complete or not); cluster_wait sleeps until every live thread of the
+// cluster has arrived (release_cluster_barrier), or passes if that happened already.
+void arrive_at_cluster_barrier(Fiber* f, const char* op, const std::source_location& where) {
+  if (f->cluster_arrived) {
+    fault(op, where, "this thread arrived at the cluster barrier at " + site(f->arrived_where) +
+                         " and has not waited since: simt::cluster_wait before it arrives again");
+  }
+  f->cluster_arrived = true;
+  f->arrived_where = where;
+  f->arrived_phase = f->block->cluster->phase;
+  f->block->cluster->arrived++;
+}
+
+void wait_at_cluster_barrier(Fiber* f, bool split, const std::source_location& where) {
+  Cluster& c = *f->block->cluster;
+  if (c.phase > f->arrived_phase) {  // complete since it arrived
+    f->cluster_arrived = false;
+    make_ready(*f->launch, f);
+    yield(f);
+    return;
+  }
+  f->wait = Wait::Cluster;
+  f->split_wait = split;
+  f->where = where;
+  c.at_barrier++;
+  yield(f);
+}
+
 void cluster_sync(const std::source_location& where) {
   Fiber* f = cluster_fiber("simt::cluster_sync", where);
-  f->wait = Wait::Cluster;
-  f->where = where;
-  f->block->cluster->at_barrier++;
+  if (f->cluster_arrived) {
+    fault("simt::cluster_sync", where, "this thread arrived at the cluster barrier at " + site(f->arrived_where) +
+                                           " and has not waited since: simt::cluster_wait first");
+  }
+  arrive_at_cluster_barrier(f, "simt::cluster_sync", where);
+  wait_at_cluster_barrier(f, false, where);
+}
+
+void cluster_arrive(const std::source_location& where) {
+  Fiber* f = cluster_fiber("simt::cluster_arrive", where);
+  arrive_at_cluster_barrier(f, "simt::cluster_arrive", where);
+  make_ready(*f->launch, f);
   yield(f);
+}
+
+void cluster_wait(const std::source_location& where) {
+  Fiber* f = cluster_fiber("simt::cluster_wait", where);
+  if (!f->cluster_arrived) {
+    fault("simt::cluster_wait", where, "this thread has not arrived at the cluster barrier (simt::cluster_arrive) "
+                                       "since it last passed one");
+  }
+  wait_at_cluster_barrier(f, true, where);
 }
 
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where) {
   constexpr const char* op = "simt::cluster_map_shared";
   Fiber* f = cluster_fiber(op, where);
+  refuse_inside_split_barrier(f, op, where);
   Block& b = *f->block;
   const Cluster& c = *b.cluster;
   if (rank >= c.size) {

@@ -54,6 +54,8 @@ uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int 
                        const std::source_location& where);
 void grid_sync(const std::source_location& where);
 void cluster_sync(const std::source_location& where);
+void cluster_arrive(const std::source_location& where);
+void cluster_wait(const std::source_location& where);
 void publish_flag(unsigned* flag, unsigned value, const std::source_location& where);
 void wait_flag(const unsigned* flag, unsigned at_least, const std::source_location& where);
 unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, const std::source_location& where);
@@ -306,6 +308,12 @@ inline unsigned cluster_size(std::source_location where = std::source_location::
 // Barrier over every thread of every block of the cluster; makes earlier distributed
 // shared memory writes visible to the whole cluster.
 inline void cluster_sync(std::source_location where = std::source_location::current()) { emu::cluster_sync(where); }
+// cluster_sync in two halves: the arrival releases this thread's earlier distributed shared
+// memory writes, the wait returns once every thread of the cluster has arrived. Between them a
+// thread may do work that no other block's memory is part of (the emulator refuses
+// cluster_map_shared and cross-block accesses there).
+inline void cluster_arrive(std::source_location where = std::source_location::current()) { emu::cluster_arrive(where); }
+inline void cluster_wait(std::source_location where = std::source_location::current()) { emu::cluster_wait(where); }
 // The address of the shared variable `local` points into, in block `rank` of this cluster.
 template <class T>
 T* cluster_map_shared(T* local, unsigned rank, std::source_location where = std::source_location::current()) {

@@ -214,33 +214,49 @@ SIMT_DEVICE float cluster_mix(const float* h, int j, int n) {
   return fmaf(0.5f, h[j], 0.25f * (h[(j + 1) % n] + h[n - 1 - j]));
 }
 
+// How a round of the all-gather ends after each block wrote its slice into every block's copy:
+// cluster_sync; the barrier in halves (cluster_arrive, cluster_wait: the emulator runs other
+// threads at the arrival, so a thread reaches its wait with the barrier complete or not); or,
+// known-bad, only __syncthreads, or the halves with the round's reads of the copy between them.
+enum class RoundEnd : int { ClusterSync, SplitBarrier, BlockBarrierOnly, ReadBeforeWait };
+
 // Writes element j = v into `copy` [n] of every block of the cluster (distributed shared
-// memory; each block starts with a different destination), then the barrier that makes the
-// writes visible: cluster_sync, or, in the known-bad variant, only __syncthreads.
-template <bool kClusterBarrier>
+// memory; each block starts with a different destination).
 SIMT_DEVICE void publish_element(float* copy, int j, float v) {
   const unsigned size = simt::cluster_size();
   const unsigned rank = simt::cluster_rank();
   for (unsigned k = 0; k < size; ++k) simt::cluster_map_shared(copy, (rank + k) % size)[j] = v;
-  if constexpr (kClusterBarrier) {
-    simt::cluster_sync();
-  } else {
-    __syncthreads();
-  }
 }
 
 // The all-gather recurrence of cluster_allgather_kernel over `copies` [2, n] (two copies so
-// one barrier per round suffices: round r writes copy r % 2 while reads use the other).
+// one barrier per round suffices: round r writes copy r % 2 while reads use the other). The
+// known-good kernel ends even rounds with cluster_sync and odd ones with the split barrier.
 // Returns the cluster's final h in copies[rounds % 2].
-template <bool kClusterBarrier>
-SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rounds) {
+SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rounds, bool known_good,
+                                          RoundEnd bad_end = RoundEnd::BlockBarrierOnly) {
   const unsigned size = simt::cluster_size();
   const int n = static_cast<int>(size * blockDim.x);
   const int j = static_cast<int>(simt::cluster_rank() * blockDim.x + threadIdx.x);
   float v = x[static_cast<int64_t>(blockIdx.x / size) * n + j];
   for (int r = 0; r <= rounds; ++r) {
     float* copy = copies + (r % 2) * n;
-    publish_element<kClusterBarrier>(copy, j, v);
+    publish_element(copy, j, v);
+    const RoundEnd end = known_good ? (r % 2 == 0 ? RoundEnd::ClusterSync : RoundEnd::SplitBarrier) : bad_end;
+    switch (end) {
+      case RoundEnd::ClusterSync: simt::cluster_sync(); break;
+      case RoundEnd::SplitBarrier:
+        simt::cluster_arrive();
+        simt::cluster_wait();
+        break;
+      case RoundEnd::BlockBarrierOnly: __syncthreads(); break;
+      case RoundEnd::ReadBeforeWait: {
+        simt::cluster_arrive();
+        const float next = r < rounds ? cluster_mix(copy, j, n) : v;
+        simt::cluster_wait();
+        if (r < rounds) v = next;
+        continue;
+      }
+    }
     if (r < rounds) v = cluster_mix(copy, j, n);
   }
   return copies + (rounds % 2) * n;
@@ -262,7 +278,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024)
   SIMT_SHARED(float[2 * kClusterVectorMax], static_copies);
   SIMT_DYNAMIC_SHARED(float, dynamic_copies);
   float* copies = static_buffers != 0 ? &static_copies[0] : dynamic_copies;
-  const float* h = allgather_rounds<true>(x, copies, rounds);
+  const float* h = allgather_rounds(x, copies, rounds, true);
   const int n = static_cast<int>(simt::cluster_size() * blockDim.x);
   for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
     out[static_cast<int64_t>(blockIdx.x) * n + i] = h[i];
@@ -558,6 +574,11 @@ enum class ClusterFault : int {
   StaleRemoteAccess,        // writes through a pointer mapped before the owner exited
   GridSyncInCluster,        // grid_sync in a cluster launch (not cooperative)
   GlobalExchangeAcrossClusters,  // cluster_exchange_body reading the next cluster's stage, which no barrier orders
+  ReadBeforeClusterWait,    // the all-gather reading each round's copy between cluster_arrive and cluster_wait (race)
+  WaitWithoutArrive,        // cluster_wait with no cluster_arrive before it
+  ArriveTwice,              // two cluster_arrive without a cluster_wait between them
+  MapBetweenArriveAndWait,  // a distributed shared memory write between cluster_arrive and cluster_wait
+  ExitAfterArrive,          // rank 1 returns after cluster_arrive, without its cluster_wait
 };
 
 // Dispatches on the fault. The launch is a cluster launch with dynamic shared memory of
@@ -578,7 +599,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const
       // correct cluster_sync before the blocks exit, so only the rounds race.
       for (int i = static_cast<int>(t); i < 2 * n; i += static_cast<int>(blockDim.x)) copies[i] = 0.0f;
       simt::cluster_sync();
-      const float* h = allgather_rounds<false>(x, copies, rounds);
+      const float* h = allgather_rounds(x, copies, rounds, false);
       simt::cluster_sync();
       for (int i = static_cast<int>(t); i < n; i += static_cast<int>(blockDim.x)) my_out[i] = h[i];
       break;
@@ -633,6 +654,35 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const
     }
     case ClusterFault::GridSyncInCluster:
       simt::grid_sync();
+      my_out[t] = v;
+      break;
+    case ClusterFault::ReadBeforeClusterWait: {
+      // Zeroed copies and a correct cluster_sync before and after, as for MissingClusterSync.
+      for (int i = static_cast<int>(t); i < 2 * n; i += static_cast<int>(blockDim.x)) copies[i] = 0.0f;
+      simt::cluster_sync();
+      const float* h = allgather_rounds(x, copies, rounds, false, RoundEnd::ReadBeforeWait);
+      simt::cluster_sync();
+      for (int i = static_cast<int>(t); i < n; i += static_cast<int>(blockDim.x)) my_out[i] = h[i];
+      break;
+    }
+    case ClusterFault::WaitWithoutArrive:
+      simt::cluster_wait();
+      my_out[t] = v;
+      break;
+    case ClusterFault::ArriveTwice:
+      simt::cluster_arrive();
+      simt::cluster_arrive();
+      simt::cluster_wait();
+      break;
+    case ClusterFault::MapBetweenArriveAndWait:
+      simt::cluster_arrive();
+      simt::cluster_map_shared(copies, (rank + 1) % size)[t] = v;
+      simt::cluster_wait();
+      break;
+    case ClusterFault::ExitAfterArrive:
+      simt::cluster_arrive();
+      if (rank == 1) return;
+      simt::cluster_wait();
       my_out[t] = v;
       break;
     case ClusterFault::GlobalExchangeAcrossClusters: {

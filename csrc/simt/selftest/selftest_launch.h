@@ -316,6 +316,11 @@ inline ClusterFault parse_cluster_fault(const std::string& name) {
       {"stale_remote_access", ClusterFault::StaleRemoteAccess},
       {"grid_sync_in_cluster", ClusterFault::GridSyncInCluster},
       {"global_exchange_across_clusters", ClusterFault::GlobalExchangeAcrossClusters},
+      {"read_before_cluster_wait", ClusterFault::ReadBeforeClusterWait},
+      {"wait_without_arrive", ClusterFault::WaitWithoutArrive},
+      {"arrive_twice", ClusterFault::ArriveTwice},
+      {"map_between_arrive_and_wait", ClusterFault::MapBetweenArriveAndWait},
+      {"exit_after_arrive", ClusterFault::ExitAfterArrive},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;
