@@ -310,6 +310,40 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
+@pytest.mark.parametrize("hidden,sm_count,samples,dtype,units_per_cta,vectors", [
+    (128, 2, 8, torch.float32, 64, True), (70, 3, 2, torch.float32, 24, True), (100, 2, 8, torch.float32, 50, False),
+    (33, 3, 8, torch.float32, 11, False), (96, 3, 1, torch.float64, 32, True), (33, 3, 8, torch.float64, 11, False)])
+def test_cluster_slices_shared_as_vectors_or_scalars_round_like_the_grid_path(hidden, sm_count, samples, dtype,
+                                                                              units_per_cta, vectors):
+    """A cluster CTA's epilogues write its slice of the new state into its own buffer; then its
+    threads copy the slice into the group's other CTAs (RecurrenceCta::share_slice): 16-byte
+    vectors where every slice starts on a whole vector (H = 128 on 2 CTAs; 96 on 3 in float64;
+    70 on 3, whose last slice runs on into the row's zero padding), scalars elsewhere (H = 100 on
+    2 CTAs at 8 samples: 400 pieces per rank, more than a CTA's threads, so each thread copies
+    several; H = 33 on 3). Forward and backward with lengths, randomized truncation and recorded
+    norms give bitwise the grid path's results (its state through global memory)."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples):
+        plan = rnn_fused.plan(hidden, batch, dtype, path="cluster")
+    assert (plan.units_per_cta, plan.ctas_per_group) == (units_per_cta, sm_count)
+    vec = 16 // torch.empty(0, dtype=dtype).element_size()
+    assert (units_per_cta % vec == 0) == vectors  # (the last slice ends at the padded row)
+    runs = []
+    for path in ("cluster", "grid"):
+        results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, dtype, path=path, samples=samples)
+        assert {t[0] for t in tiles} == {samples}
+        runs.append(results)
+    for a, b in zip(runs[0][:-1], runs[1][:-1], strict=True):
+        assert torch.equal(a, b)
+    # The step norms: the same squares of g summed in float64 in each path's order (its tiles and
+    # CTAs), within one rounding per term; bitwise once rounded to a float32 module's dtype.
+    cluster_norms, grid_norms = runs[0][-1], runs[1][-1]
+    torch.testing.assert_close(cluster_norms, grid_norms, rtol=hidden * torch.finfo(torch.float64).eps, atol=0)
+    if dtype == torch.float32:
+        assert torch.equal(cluster_norms, grid_norms)
+
+
 @pytest.mark.parametrize("hidden,sm_count,samples", [(100, 2, 1), (300, 6, 2), (100, 4, 8), (300, 2, 4)])
 def test_grid_step_syncs_round_alike(hidden, sm_count, samples):
     """On the grid path a step may end in a flag barrier over the CTAs of its sample group

@@ -252,8 +252,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
               a.dz[at] = d;
             }
           }
-          publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H,
-                               tiling.ctas_per_group, d);
+          publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H, d);
           if (s == 0) a.dz_first[b * H + u] = d;
         });
         if (norms) {
@@ -460,7 +459,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         d = g * slope_runtime(a.activation, h[batch][k]);
         dz[at] = d;
       }
-      publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, d);
+      publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
       if (s == 0) dz_first[b * H + u] = d;
     });
     if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)

@@ -138,8 +138,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           } else {
             h = current[j * R + u];  // frozen: the state carries over
           }
-          publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H,
-                               tiling.ctas_per_group, h);
+          publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H, h);
           if (s == T - 1) a.h_n[b * H + u] = h;
         });
       };
@@ -309,7 +308,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       } else {
         h = current[j * R + u];  // frozen: the state carries over
       }
-      publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, 1, h);
+      publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, h);
       if (s == T - 1) h_n[b * H + u] = h;
     });
     if (s < T) {  // (step T only hands up the projection of h_{T-1}: the loop ends without a barrier)

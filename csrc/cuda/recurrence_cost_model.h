@@ -54,7 +54,7 @@ struct Constants {
   double smem_latency_cycles = 30;
   double shuffle_latency_cycles = 25;
   double epilogue_cycles = 60;        // activation, mask, stores of one output
-  double remote_store_cycles = 8;     // issue cost of one distributed-shared-memory store
+  double remote_store_cycles = 8;     // issue cost of one distributed-shared-memory store (a 16-byte vector)
   // Estimated, not measured: the issue slots one output per lane adds to a scheduler (its 2
   // warps x about 40 instructions of reduce-scatter share and epilogue), overlapped with the
   // batch's other outputs.
@@ -236,9 +236,15 @@ inline StepTerms block_step_terms(const Constants& c, const StepWork& w, int64_t
           .total = waves * (compute + c.block_barrier_us)};
 }
 
+// Cluster: after the epilogues a block barrier, then the CTA's threads copy its slice of the new
+// state (samples x about passes x units per pass scalars, in 16-byte vectors) into the C - 1
+// other CTAs (RecurrenceCta::share_slice), each thread its share of the remote stores.
 inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves) {
-  const double exchange_cycles = double(w.passes) * cluster * c.remote_store_cycles;
-  const double compute = cta_step_compute_us(c, w) + exchange_cycles / c.clock_per_us;
+  constexpr int64_t kThreads = 256;  // kRecurrenceThreads
+  const int64_t slice_vectors = w.samples * ((w.passes * 4 * w.warps + w.vector - 1) / w.vector);
+  const int64_t stores_per_thread = (slice_vectors * (cluster - 1) + kThreads - 1) / kThreads;
+  const double exchange_cycles = double(stores_per_thread) * c.remote_store_cycles;
+  const double compute = cta_step_compute_us(c, w) + c.block_barrier_us + exchange_cycles / c.clock_per_us;
   const double barrier = c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)];
   return {.stage = 0.0, .compute = waves * compute, .barrier = waves * barrier, .total = waves * (compute + barrier)};
 }

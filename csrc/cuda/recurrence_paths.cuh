@@ -389,25 +389,20 @@ SIMT_DEVICE void stage_rows_tagged(const unsigned long long* tagged, scalar_t* r
   }
 }
 
-// The new state (h, or dz in the backward) of (sample b, row j of its chunk, unit u) reaches
-// every CTA of the group that reads it next step: its own next buffer (Block), the next
-// buffer of each of the cluster's CTAs through distributed shared memory (Cluster), or the
-// global buffer of the next step (Grid): plain, or with a tagged exchange (tagged_next
-// non-null) a word carrying `tag`.
+// The new state (h, or dz in the backward) of (sample b, row j of its chunk, unit u) goes where
+// the CTAs of the group read it next step: into the CTA's own next buffer (Block, Cluster: the
+// Cluster path then copies the CTA's slice of it into the other CTAs' buffers,
+// RecurrenceCta::share_slice), or into the global buffer of the next step (Grid): plain, or with a
+// tagged exchange (tagged_next non-null) a word carrying `tag`.
 template <RecurrencePath kPath, typename scalar_t>
 SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* exchange_next,
                                                unsigned long long* tagged_next, unsigned tag, int64_t j, int64_t b,
-                                               int64_t u, int64_t row, int64_t hidden, int64_t cluster,
-                                               scalar_t value) {
+                                               int64_t u, int64_t row, int64_t hidden, scalar_t value) {
   if constexpr (kPath == RecurrencePath::Grid) {
     if (tagged_next != nullptr) {
       simt::store_relaxed(tagged_next + b * hidden + u, simt::tag_word(static_cast<float>(value), tag));
     } else {
       simt::store_cross_block(exchange_next + b * hidden + u, value);
-    }
-  } else if constexpr (kPath == RecurrencePath::Cluster) {
-    for (int64_t rank = 0; rank < cluster; ++rank) {
-      simt::cluster_map_shared(next_rows, static_cast<unsigned>(rank))[j * row + u] = value;
     }
   } else {
     next_rows[j * row + u] = value;
@@ -536,6 +531,23 @@ class PhaseClock {
   long long* running_;  // shared [kStepPhases + 1]: the sums, then the last boundary
 };
 
+// Cluster path: what a thread copies each step of its CTA's slice of the new state (units
+// [unit_begin, unit_end) of each of the kSamples state rows) into the other CTAs of the group
+// (RecurrenceCta::share_slice). The slice is cut into pieces, 16-byte vectors where it starts and
+// ends on whole vectors (the slice that ends at H runs on to the row's zero padding), else
+// scalars; the CTA's threads split the pieces x other ranks, each thread the same pieces every
+// step: pieces first_within, + within_stride, ... for the ranks first_other, + other_stride, ...
+// after its own (first_other past the ranks: a thread with nothing to copy).
+struct SliceCopies {
+  int per_rank = 0;        // pieces of the slice (all its rows)
+  int pieces_per_row = 1;
+  int first_within = 0, within_stride = 1;
+  int first_other = 0, other_stride = 1;
+  int begin = 0;           // the slice's first unit
+  bool vectors = false;
+  int64_t first_offset = 0;  // of piece first_within in a state buffer, in scalars
+};
+
 // What a persistent kernel's CTA knows and does every step, whichever the direction: its
 // place, its shared memory, this lane's role, and the loop over chunks and passes that
 // computes the unit dot products and hands each owned result to the kernel's epilogue.
@@ -575,6 +587,7 @@ struct RecurrenceCta {
   int first_sample;  // its outputs' samples (rows j of every chunk): first_sample .. + kOwned - 1
   scalar_t* weights;
   scalar_t* states;
+  SliceCopies slice_copies;  // Cluster path (share_slice)
   Vec16<scalar_t> weight_registers[kRegisterPasses][kRegisterIterations];  // cache_weights()
 
   // rows: the weight rows the group's CTAs split (H, or 2H for forward_stack_kernel); block:
@@ -597,7 +610,71 @@ struct RecurrenceCta {
         owned_pass(tile_base(kSamples, kScalarBytes, role.q, kPasses) / kSamples),
         first_sample(tile_base(kSamples, kScalarBytes, role.q, kPasses) % kSamples),
         weights(smem + layout.weights),
-        states(smem + layout.states) {}
+        states(smem + layout.states),
+        slice_copies(slice_copies_of(place, t.ctas_per_group, shape.hidden, layout.row)) {}
+
+  static SIMT_DEVICE SliceCopies slice_copies_of(const CtaPlace& place, int64_t ctas, int64_t hidden, int64_t row) {
+    SliceCopies c;
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      constexpr int kVec = vec_size<scalar_t>();
+      const int64_t begin = place.unit_begin;
+      const int64_t end = place.unit_end >= hidden ? row : place.unit_end;
+      c.vectors = begin % kVec == 0 && end % kVec == 0;
+      c.pieces_per_row = static_cast<int>(end > begin ? (end - begin) / (c.vectors ? kVec : 1) : 0);
+      c.per_rank = kSamples * c.pieces_per_row;
+      c.begin = static_cast<int>(begin);
+      const int threads = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
+      if (c.per_rank == 0) {
+        c.first_other = static_cast<int>(ctas);  // nothing to copy
+      } else if (c.per_rank <= threads) {  // each thread one piece, the ranks split over the threads
+        c.other_stride = threads / c.per_rank;
+        c.first_within = t % c.per_rank;
+        c.within_stride = c.per_rank;
+        c.first_other = t < c.other_stride * c.per_rank ? t / c.per_rank : static_cast<int>(ctas);
+      } else {  // each thread its pieces, to every rank
+        c.first_within = t;
+        c.within_stride = threads;
+      }
+      c.first_offset = piece_offset(c, c.first_within, row);
+    }
+    return c;
+  }
+
+  static SIMT_DEVICE __forceinline__ int64_t piece_offset(const SliceCopies& c, int within, int64_t row) {
+    const int j = within / (c.pieces_per_row > 0 ? c.pieces_per_row : 1);
+    const int piece = within - j * c.pieces_per_row;
+    return int64_t(j) * row + c.begin + int64_t(piece) * (c.vectors ? vec_size<scalar_t>() : 1);
+  }
+
+  // Cluster path, after the epilogues of a step wrote the CTA's slice of the new state into its
+  // own `next` buffer (publish_state): the slice into the same buffer of the group's other CTAs
+  // through distributed shared memory, 16-byte vectors split over all the CTA's threads, where
+  // each owning lane stored each output into every CTA before (C scalar remote stores per
+  // output, with their 64-bit generic addresses: about 6 instructions each in the sm_90 SASS,
+  // on the warps that hold the outputs). Costs a __syncthreads. Other paths: nothing.
+  SIMT_DEVICE void share_slice(scalar_t* next) const {
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      __syncthreads();  // the CTA's slice is whole in its own buffer
+      const SliceCopies& c = slice_copies;
+      const int others = static_cast<int>(tiling.ctas_per_group) - 1;
+      const unsigned own = static_cast<unsigned>(place.rank), ctas = static_cast<unsigned>(tiling.ctas_per_group);
+      int64_t offset = c.first_offset;
+      for (int within = c.first_within; within < c.per_rank;) {
+        for (int other = c.first_other; other < others; other += c.other_stride) {
+          unsigned rank = own + 1 + static_cast<unsigned>(other);
+          if (rank >= ctas) rank -= ctas;
+          scalar_t* to = simt::cluster_map_shared(next + offset, rank);
+          if (c.vectors) {
+            *reinterpret_cast<Vec16<scalar_t>*>(to) = load_vec(next + offset);
+          } else {
+            *to = next[offset];
+          }
+        }
+        within += c.within_stride;
+        if (within < c.per_rank) offset = piece_offset(c, within, row);
+      }
+    }
+  }
 
   // A kernel compiled for its passes runs only the launch shapes that have them (the host
   // picks it by compiled_passes; a mismatch would drop units silently). The last CTA of a
@@ -752,6 +829,7 @@ struct RecurrenceCta {
           kStateInShared ? states + current_parity * chunk_scalars : states + (chunk % 2) * chunk_scalars;
       scalar_t* next = kStateInShared ? states + (1 - current_parity) * chunk_scalars : nullptr;
       body(first, current, next);
+      share_slice(next);
       if constexpr (!kStateInShared) {
         __syncthreads();
         after_chunk(first);
