@@ -310,25 +310,28 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden,sm_count,samples,dtype,units_per_cta,vectors", [
-    (128, 2, 8, torch.float32, 64, True), (70, 3, 2, torch.float32, 24, True), (100, 2, 8, torch.float32, 50, False),
-    (33, 3, 8, torch.float32, 11, False), (96, 3, 1, torch.float64, 32, True), (33, 3, 8, torch.float64, 11, False)])
+@pytest.mark.parametrize("hidden,sm_count,samples,dtype,slices,vectors", [
+    (128, 2, 8, torch.float32, (64, 2), True), (70, 3, 2, torch.float32, (24, 3), True),
+    (300, 2, 8, torch.float32, (152, 2), True), (96, 3, 1, torch.float64, (32, 3), True),
+    (129, 132, 2, torch.float64, (9, 15), False)])
 def test_cluster_slices_shared_as_vectors_or_scalars_round_like_the_grid_path(hidden, sm_count, samples, dtype,
-                                                                              units_per_cta, vectors):
+                                                                              slices, vectors):
     """A cluster CTA's epilogues write its slice of the new state into its own buffer; then its
     threads copy the slice into the group's other CTAs (RecurrenceCta::share_slice): 16-byte
     vectors where every slice starts on a whole vector (H = 128 on 2 CTAs; 96 on 3 in float64;
-    70 on 3, whose last slice runs on into the row's zero padding), scalars elsewhere (H = 100 on
-    2 CTAs at 8 samples: 400 pieces per rank, more than a CTA's threads, so each thread copies
-    several; H = 33 on 3). Forward and backward with lengths, randomized truncation and recorded
-    norms give bitwise the grid path's results (its state through global memory)."""
+    70 on 3, whose last slice runs on into the row's zero padding; 300 on 2 at 8 samples: 304
+    pieces per rank, more than a CTA's threads, so each thread copies several), scalars where
+    the planner cannot round the slices to whole vectors without changing the cluster's size
+    (H = 129 on 15 CTAs of 9 units in float64). Forward and backward with lengths, randomized
+    truncation and recorded norms give bitwise the grid path's results (its state through
+    global memory)."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples):
         plan = rnn_fused.plan(hidden, batch, dtype, path="cluster")
-    assert (plan.units_per_cta, plan.ctas_per_group) == (units_per_cta, sm_count)
+    assert (plan.units_per_cta, plan.ctas_per_group) == slices
     vec = 16 // torch.empty(0, dtype=dtype).element_size()
-    assert (units_per_cta % vec == 0) == vectors  # (the last slice ends at the padded row)
+    assert (plan.units_per_cta % vec == 0) == vectors  # (the last slice ends at the padded row)
     runs = []
     for path in ("cluster", "grid"):
         results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, dtype, path=path, samples=samples)

@@ -291,9 +291,15 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   if (kPath == RecurrencePath::Block) {
     unit_options = {r.hidden};
   } else if (kPath == RecurrencePath::Cluster) {
-    // 2 .. 16 CTAs per cluster, each owning the same number of units but possibly the last.
+    // 2 .. 16 CTAs per cluster, each owning the same number of units but possibly the last;
+    // rounded up to whole 16-byte vectors where the cluster keeps its CTA count, so that every
+    // slice starts on a vector and share_slice copies vectors (the passes stay the same: the
+    // units per pass are whole vectors).
+    const int64_t vec = r.fp64 ? 2 : 4;
     for (int64_t cluster = 2; cluster <= simt::detail::kMaxClusterSize && cluster <= r.hidden; ++cluster) {
-      const int64_t units = (r.hidden + cluster - 1) / cluster;
+      int64_t units = (r.hidden + cluster - 1) / cluster;
+      const int64_t whole = (units + vec - 1) / vec * vec;
+      if ((r.hidden + whole - 1) / whole == cluster) units = whole;
       if ((r.hidden + units - 1) / units == cluster && units <= kMaxUnitsPerCta) unit_options.push_back(units);
     }
     if (unit_options.empty()) {
