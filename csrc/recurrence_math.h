@@ -54,6 +54,8 @@ struct TruncationParams {
   uint32_t stream = 0;     // 2 * layer + direction: separates the draws of each layer and direction
 
   constexpr bool randomized() const { return keep_prob < 1.0; }
+  // Whether any edge may be cut or scaled (else every edge_scale is 1).
+  constexpr bool cuts() const { return every > 0 || keep_prob < 1.0; }
 };
 
 // First 32-bit output of Philox4x32-10 (a counter-based generator: the draw is a pure
