@@ -79,24 +79,35 @@ def assert_cluster_fault(fault, pattern, **kwargs):
     return message
 
 
-def test_missing_cluster_sync_differs_across_schedules():
-    # Blocks exchange their slices through distributed shared memory but wait only at
-    # __syncthreads: a block runs ahead and reads slices the others have not written yet.
-    cluster_size, block_threads, rounds = 4, 16, 3
-    x = torch.arange(2 * cluster_size * block_threads, dtype=torch.float32) + 1
+RACE_CLUSTER, RACE_THREADS, RACE_ROUNDS = 4, 16, 3
+
+
+def race_results(fault):
+    """A racy all-gather (known-bad `fault`) on x = 1, 2, ... under every schedule: the results
+    by (mode, seed), and the correct result."""
+    x = torch.arange(2 * RACE_CLUSTER * RACE_THREADS, dtype=torch.float32) + 1
     results = {}
     for mode, seed in simt.ALL_SCHEDULES:
         with simt.schedule(mode, seed):
-            results[mode, seed] = selftest.faulty_cluster("missing_cluster_sync", x, block_threads, cluster_size, rounds)
+            results[mode, seed] = selftest.faulty_cluster(fault, x, RACE_THREADS, RACE_CLUSTER, RACE_ROUNDS)
+    correct = mix_reference(x, RACE_CLUSTER * RACE_THREADS, RACE_ROUNDS).repeat_interleave(RACE_CLUSTER, dim=0)
+    # Zeroed copies: stale reads give finite values.
+    assert all(torch.isfinite(r).all() for r in results.values())
+    return results, correct
+
+
+def test_missing_cluster_sync_differs_across_schedules():
+    # Blocks exchange their slices through distributed shared memory but wait only at
+    # __syncthreads: a block runs ahead and reads slices the others have not written yet.
+    results, correct = race_results("missing_cluster_sync")
     forward = results["forward", 0]
     for key, other in results.items():
-        assert torch.isfinite(other).all(), key  # zeroed copies: stale reads give finite values
         if key != ("forward", 0):
             assert not torch.equal(other, forward), f"schedule {key} gives the forward result: race not exposed"
-    correct = mix_reference(x, cluster_size * block_threads, rounds).repeat_interleave(cluster_size, dim=0)
     assert all(not torch.equal(r, correct) for r in results.values())
-    # The same exchange with cluster_sync is right under every schedule.
-    good, _ = each_schedule(lambda: selftest.cluster_allgather(x, block_threads, cluster_size, rounds))
+    # The same exchange with the barrier (cluster_sync, and in halves) is right under every schedule.
+    x = torch.arange(2 * RACE_CLUSTER * RACE_THREADS, dtype=torch.float32) + 1
+    good, _ = each_schedule(lambda: selftest.cluster_allgather(x, RACE_THREADS, RACE_CLUSTER, RACE_ROUNDS))
     assert torch.equal(good, correct)
 
 
@@ -104,15 +115,7 @@ def test_reads_between_cluster_arrive_and_wait_differ_across_schedules():
     # The barrier in halves (the known-good kernel's odd rounds) with each round's reads of the
     # gathered copy moved between the arrival and the wait: a block reads slices that others
     # have not written yet, and which ones depends on the schedule.
-    cluster_size, block_threads, rounds = 4, 16, 3
-    x = torch.arange(2 * cluster_size * block_threads, dtype=torch.float32) + 1
-    results = {}
-    for mode, seed in simt.ALL_SCHEDULES:
-        with simt.schedule(mode, seed):
-            results[mode, seed] = selftest.faulty_cluster("read_before_cluster_wait", x, block_threads, cluster_size,
-                                                          rounds)
-    correct = mix_reference(x, cluster_size * block_threads, rounds).repeat_interleave(cluster_size, dim=0)
-    assert all(torch.isfinite(r).all() for r in results.values())
+    results, correct = race_results("read_before_cluster_wait")
     assert any(not torch.equal(r, correct) for r in results.values()), "no schedule exposed the race"
     assert len({tuple(r.flatten().tolist()) for r in results.values()}) > 1, "every schedule gives one result"
 

@@ -325,15 +325,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       }
     }
   };
-  // The kernels compiled for their passes step without the clock's code where the launch is
-  // untimed (PhaseClock<false>); the others test the argument.
-  if constexpr (kPasses > 0) {
-    if (a.phase_cycles == nullptr) {
-      run(PhaseClock<false>(nullptr, nullptr));
-      return;
-    }
-  }
-  run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
+  run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), run);
 }
 
 // The backward of a stack of L unidirectional layers in one launch, the mirror of

@@ -165,15 +165,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
     clock.store();
   };
-  // The kernels compiled for their passes step without the clock's code where the launch is
-  // untimed (PhaseClock<false>); the others test the argument.
-  if constexpr (kPasses > 0) {
-    if (a.phase_cycles == nullptr) {
-      run(PhaseClock<false>(nullptr, nullptr));
-      return;
-    }
-  }
-  run(PhaseClock<true>(a.phase_cycles, layout.phase_running(smem)));
+  run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), run);
 }
 
 // The forward of a stack of L unidirectional layers of hidden size H in one launch, layer l

@@ -531,6 +531,20 @@ class PhaseClock {
   long long* running_;  // shared [kStepPhases + 1]: the sums, then the last boundary
 };
 
+// Runs a persistent kernel's step loop run(clock): the kernels compiled for their passes step
+// without the clock's code where the launch is untimed (PhaseClock<false>); the others test
+// the argument (cycles null: untimed) every step.
+template <int kPasses, class Run>
+SIMT_DEVICE __forceinline__ void run_with_phase_clock(int64_t* cycles, long long* running, Run&& run) {
+  if constexpr (kPasses > 0) {
+    if (cycles == nullptr) {
+      run(PhaseClock<false>(nullptr, nullptr));
+      return;
+    }
+  }
+  run(PhaseClock<true>(cycles, running));
+}
+
 // Cluster path: what a thread copies each step of its CTA's slice of the new state (units
 // [unit_begin, unit_end) of each of the kSamples state rows) into the other CTAs of the group
 // (RecurrenceCta::share_slice). The slice is cut into pieces, 16-byte vectors where it starts and
