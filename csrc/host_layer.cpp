@@ -165,7 +165,22 @@ const RecurrenceBackend& stack_backend_for(const std::vector<LayerForwardCall>& 
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls) {
+// The dropout masks of a stack of L layers of the calls' shape: [L-1,T,B,H] float32 on the
+// input's device, or undefined.
+static void check_dropout_masks(const char* what, const std::vector<LayerForwardCall>& calls, const at::Tensor& masks) {
+  if (!masks.defined()) return;
+  const LayerForwardCall& first = calls[0];
+  const LayerShape& s = first.shape;
+  const int64_t L = static_cast<int64_t>(calls.size());
+  TORCH_CHECK_VALUE(masks.scalar_type() == at::kFloat && masks.device() == first.input.device() &&
+                        masks.sizes() == at::IntArrayRef({L - 1, s.steps, s.batch, s.hidden}),
+                    "rnn_fused.", what, ": dropout_masks must be a float32 tensor of shape [", L - 1, ", ", s.steps,
+                    ", ", s.batch, ", ", s.hidden, "] (one mask per layer but the last) on ", first.input.device(),
+                    ", got ", masks.scalar_type(), " ", masks.sizes(), " on ", masks.device());
+}
+
+std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls,
+                                                     const at::Tensor& dropout_masks) {
   const RecurrenceBackend& backend = stack_backend_for(calls);
   const LayerForwardCall& first = calls[0];
   const LayerShape& s = first.shape;
@@ -179,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
                       "] inputs to H = ", H, " units like layer 0's output, got input [", c.shape.steps, ", ",
                       c.shape.batch, ", ", c.shape.input_size, "] and H = ", c.shape.hidden);
   }
+  check_dropout_masks("rnn_stack_forward", calls, dropout_masks);
   const c10::OptionalDeviceGuard guard(first.input.device());
   const at::TensorOptions options = first.input.options();
   at::Tensor out = at::empty({L, T, B, H}, options);
@@ -214,7 +230,9 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
                                            .bias_next = biases ? at::cat(biases_ih).add_(at::cat(biases_hh)).view({L, H})
                                                                : at::Tensor(),
                                            .out = out,
-                                           .h0 = initial.empty() ? at::Tensor() : at::stack(initial)});
+                                           .h0 = initial.empty() ? at::Tensor() : at::stack(initial),
+                                           .dropout_masks = dropout_masks.defined() ? dropout_masks.contiguous()
+                                                                                    : at::Tensor()});
   if (first.valid_lengths.on_device.has_value()) {
     const at::Tensor& lengths = *first.valid_lengths.on_device;
     const at::Tensor past_end = at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0));  // [T,B]
@@ -225,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
 
 std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n, const at::Tensor& outputs,
-                                           const std::vector<std::array<bool, 5>>& output_masks) {
+                                           const std::vector<std::array<bool, 5>>& output_masks,
+                                           const at::Tensor& dropout_masks) {
   const RecurrenceBackend& backend = stack_backend_for(calls);
   TORCH_CHECK_VALUE(backend.backward_stack != nullptr, "rnn_fused.rnn_stack_backward: backend '", backend.name,
                     "' runs no layer stack in one launch (backends 'cuda' and 'emulated' do)");
@@ -244,6 +263,8 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
   check(grad_output, {T, B, H}, "grad_output");
   check(grad_h_n, {L, B, H}, "grad_h_n");
   check(outputs, {L, T, B, H}, "outputs");
+  check_dropout_masks("rnn_stack_backward", calls, dropout_masks);
+  const at::Tensor masks = dropout_masks.defined() ? dropout_masks.contiguous() : at::Tensor();
   const c10::OptionalDeviceGuard guard(first.input.device());
   const at::TensorOptions options = first.input.options();
   // The recurrences write dz at every valid step: without lengths that is every entry.
@@ -265,14 +286,16 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
                                          .dh_n = dh_n,
                                          .out = out,
                                          .dz = dz,
-                                         .dz_first = dz_first});
+                                         .dz_first = dz_first,
+                                         .dropout_masks = masks});
   } else {
     dz_first.zero_();
   }
   std::vector<at::Tensor> grads;
   for (int64_t l = 0; l < L; ++l) {
     const LayerForwardCall& c = calls[static_cast<size_t>(l)];
-    const at::Tensor input = l == 0 ? first.input : out[l - 1];
+    // Layer l's input: layer l - 1's output as the next layer read it (its mask applied).
+    const at::Tensor input = l == 0 ? first.input : masks.defined() ? out[l - 1].mul(masks[l - 1]) : out[l - 1];
     const LayerBackwardResult r = gradients_from_dz(
         input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l], dh_n[l], c.hx,
         first.valid_lengths.on_device, /*reverse=*/false, output_masks[static_cast<size_t>(l)], at::kFloat,

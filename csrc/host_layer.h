@@ -62,6 +62,8 @@ struct ForwardStack {
   at::Tensor out;        // [L,T,B,H] in: out[0] = layer 0's XW_t + b_ih + b_hh; out: every layer's h_t at
                          // valid steps (the host zeroes the rest)
   at::Tensor h0;         // [L,B,H] read: the initial states; undefined: zeros
+  at::Tensor dropout_masks;  // [L-1,T,B,H] read: each element's scale in the next layer's input
+                             // (0 or 1 / (1 - p)); undefined: no dropout between layers
 };
 
 // Its backward recurrences in one launch (backward_stack_kernel), float32, without norms.
@@ -74,6 +76,7 @@ struct BackwardStack {
   at::Tensor out;        // [L,T,B,H] read: every layer's saved h_t
   at::Tensor dz;         // [L,T,B,H] written at valid steps (zero on entry where lengths were given)
   at::Tensor dz_first;   // [L,B,H] written: dz at each sample's step 0 (zero for an empty sample)
+  at::Tensor dropout_masks;  // [L-1,T,B,H] read, as ForwardStack's; undefined: none
 };
 
 // Whether a backend runs such a stack for a shape, and what the cost model predicts for it and
@@ -221,17 +224,21 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 
 // rnn_fused::rnn_stack_forward: (outputs [L,T,B,H], h_n [L,B,H]) of a stack of unidirectional
 // layers, one checked call per layer (layer l >= 1's input a [T,B,H] placeholder: only its
-// shape is read), in one launch of a backend with forward_stack.
-std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls);
+// shape is read), in one launch of a backend with forward_stack. dropout_masks [L-1,T,B,H]
+// (float32, on the input's device) or undefined: dropout between layers (ForwardStack).
+std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForwardCall>& calls,
+                                                     const at::Tensor& dropout_masks);
 
 // rnn_fused::rnn_stack_backward: the five gradients of each layer (LayerBackwardResult's first
 // five, in layer order; output_masks[l] says which of layer l's are wanted, the others empty
 // [0]) from grad_output [T,B,H] of the top layer, grad_h_n [L,B,H] and the forward's outputs
 // [L,T,B,H]; the recurrences in one launch of a backend with backward_stack, the GEMMs of each
 // layer after it (elman_gemms.h gradients_from_dz), without norms.
+// With dropout_masks (the forward's), layer l >= 1's input is layer l - 1's output times its mask.
 std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n, const at::Tensor& outputs,
-                                           const std::vector<std::array<bool, 5>>& output_masks);
+                                           const std::vector<std::array<bool, 5>>& output_masks,
+                                           const at::Tensor& dropout_masks);
 
 // rnn_fused::stack_plan: the backend's StackPlanReport for a device type.
 StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend, const StackPlanQuery& query);

@@ -245,22 +245,27 @@ std::vector<LayerForwardCall> stack_calls(const char* what, const at::Tensor& in
 }
 
 // The forward of a stack of unidirectional layers in one launch (host_layer.h run_stack_forward),
-// the arguments as for stack_calls. Returns (outputs [L,T,B,H]: every layer's output, zero at
-// t >= lengths[b]; h_n [L,B,H]). No autograd of its own: rnn_fused.functional wraps it.
+// the arguments as for stack_calls; dropout_masks [L-1,T,B,H] or None: each element of layer l's
+// output is scaled by mask[l] in layer l + 1's input (dropout between layers, drawn by the
+// caller). Returns (outputs [L,T,B,H]: every layer's output, unmasked, zero at t >= lengths[b];
+// h_n [L,B,H]). No autograd of its own: rnn_fused.functional wraps it.
 std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, const std::optional<at::Tensor>& hx,
                                                      const std::vector<at::Tensor>& weights, bool has_biases,
                                                      const std::optional<at::Tensor>& lengths,
                                                      c10::string_view nonlinearity,
-                                                     std::optional<c10::string_view> backend) {
+                                                     std::optional<c10::string_view> backend,
+                                                     const std::optional<at::Tensor>& dropout_masks) {
   return run_stack_forward(stack_calls("rnn_stack_forward", input, hx, weights, has_biases, lengths, nonlinearity, 0,
-                                       1.0, std::nullopt, backend));
+                                       1.0, std::nullopt, backend),
+                           dropout_masks.value_or(at::Tensor()));
 }
 
 // Its backward (host_layer.h run_stack_backward): grad_output [T,B,H] of the top layer,
 // grad_h_n [L,B,H], the forward's outputs [L,T,B,H]; output_mask: 5 per layer (grad_input,
 // grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, as for rnn_layer_backward); then the
 // forward's arguments and the truncation (layer l's draws keyed as rnn_layer_backward's with
-// layer = l). Returns the 5 gradients of each layer in layer order, empty [0] where not wanted.
+// layer = l), and the forward's dropout masks. Returns the 5 gradients of each layer in layer
+// order, empty [0] where not wanted.
 std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                            const at::Tensor& outputs, c10::List<bool> output_mask,
                                            const at::Tensor& input, const std::optional<at::Tensor>& hx,
@@ -268,7 +273,8 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                                            const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity,
                                            int64_t truncate_every, double keep_prob,
                                            const std::optional<at::Tensor>& seed,
-                                           std::optional<c10::string_view> backend) {
+                                           std::optional<c10::string_view> backend,
+                                           const std::optional<at::Tensor>& dropout_masks) {
   const std::vector<LayerForwardCall> calls = stack_calls("rnn_stack_backward", input, hx, weights, has_biases,
                                                           lengths, nonlinearity, truncate_every, keep_prob, seed,
                                                           backend);
@@ -276,7 +282,7 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                     "entries per layer (", 5 * calls.size(), "), got ", output_mask.size());
   std::vector<std::array<bool, 5>> masks(calls.size());
   for (size_t i = 0; i < output_mask.size(); ++i) masks[i / 5][i % 5] = output_mask.get(i);
-  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks);
+  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks, dropout_masks.value_or(at::Tensor()));
 }
 
 // Whether a backend would run a stack of num_layers layers in one launch, from its cost model:
@@ -454,11 +460,12 @@ TORCH_LIBRARY(rnn_fused, m) {
   // A stack of unidirectional layers' forward in one launch (rnn_stack_forward above).
   m.def(
       "rnn_stack_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
-      "str nonlinearity=\"tanh\", str? backend=None) -> (Tensor outputs, Tensor h_n)");
+      "str nonlinearity=\"tanh\", str? backend=None, Tensor? dropout_masks=None) -> (Tensor outputs, Tensor h_n)");
   m.def(
       "rnn_stack_backward(Tensor grad_output, Tensor grad_h_n, Tensor outputs, bool[] output_mask, Tensor input, "
       "Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
-      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, str? backend=None) -> Tensor[]");
+      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, str? backend=None, "
+      "Tensor? dropout_masks=None) -> Tensor[]");
   m.def(
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, int[] shape, str reason)");

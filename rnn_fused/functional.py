@@ -152,9 +152,11 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     stack: whether a unidirectional stack's forward recurrences run in one launch of the GPU
     kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
-    H <= 128, no dropout in training, no record, path None or 'block', eager mode, no
-    autocast), False never, True always (ValueError saying why a call cannot). The results are
-    the layers' run one by one, within rounding.
+    H <= 128, no record, path None or 'block', eager mode, no autocast), False never, True
+    always (ValueError saying why a call cannot). With dropout in training the stack draws the
+    layers' masks first, as the layers one by one would (the same calls, shapes and order), and
+    applies each to its layer's output where the next layer reads it. The results are the
+    layers' run one by one, within rounding.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -171,7 +173,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, dropout, training, layer_fn, backend,
                                 path, record, decide=stack is None)
         if why_not is None:
-            return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args)
+            p = dropout if training else 0.0
+            return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args, p)
         if stack:
             raise ValueError(f"rnn: stack=True, but this call cannot run its layers in one launch: {why_not}")
     layer_input = input
@@ -215,8 +218,6 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return "it needs 2 or more layers in one direction (a bidirectional layer reads all of the layer below)"
     if layer_fn is not None or record is not None:
         return "a custom layer_fn or recorded gradient norms run the layers one by one"
-    if dropout > 0 and training:
-        return "dropout between layers applies to the whole layer output before the next layer reads it"
     if path not in (None, "block"):
         return f"path={path!r} forces another kernel than the block path's"
     emulated = backend == "emulated"
@@ -257,7 +258,8 @@ def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: 
 
 
 def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,
-               lengths: Tensor | None, backend: str | None, path: str | None, truncation) -> tuple[Tensor, Tensor]:
+               lengths: Tensor | None, backend: str | None, path: str | None, truncation,
+               dropout: float) -> tuple[Tensor, Tensor]:
     if input.is_cuda:
         hidden, batch = weights[0][1].shape[0], input.shape[1]
         key = (str(input.device), input.dtype, hidden, batch, num_layers)
@@ -265,8 +267,14 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
             report = launch_plan.stack_plan(hidden, batch, 1, num_layers, input.device)
             launch_plan.log_stack_plan_once(report, 1, num_layers, key)
     flat = [w for group in weights for w in group]
-    output, h_n = _LayerStack.apply(input, hx, lengths, (nonlinearity, backend, path, truncation, num_layers,
-                                                         len(weights[0]) == 4), *flat)
+    masks = None
+    if dropout > 0:
+        # Each layer's mask, drawn as dropout_between_layers draws it on that layer's output
+        # (dropout of ones is its mask: 0 or 1 / (1 - p)), in layer order.
+        ones = input.new_ones(input.shape[0], input.shape[1], weights[0][1].shape[0])
+        masks = torch.stack([dropout_between_layers(ones, dropout, lengths) for _ in range(num_layers - 1)])
+    output, h_n = _LayerStack.apply(input, hx, lengths, masks, (nonlinearity, backend, path, truncation, num_layers,
+                                                                len(weights[0]) == 4), *flat)
     if output.grad_fn is None:
         # No backward will read the layers below: the top layer's output on its own, so that the
         # [L,T,B,H] outputs are freed now rather than kept alive by a view.
@@ -280,14 +288,14 @@ class _LayerStack(torch.autograd.Function):
     one (rnn() with stack=False), with the same truncation draws (layer l's keyed as layer l's
     op keys them), within rounding. With create_graph=True it differentiates the layers run one
     by one instead (their ops' own double backward), recomputing the forward: the stack's saved
-    outputs carry no graph."""
+    outputs carry no graph. masks: the dropout masks [L-1,T,B,H] of the layers' outputs, or None."""
 
     @staticmethod
-    def forward(ctx, input, hx, lengths, config, *flat):
+    def forward(ctx, input, hx, lengths, masks, config, *flat):
         nonlinearity, backend, path, truncation, num_layers, has_biases = config
         outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(input, hx, list(flat), has_biases, lengths, nonlinearity,
-                                                             backend)
-        ctx.save_for_backward(input, hx, lengths, outputs, *flat)
+                                                             backend, masks)
+        ctx.save_for_backward(input, hx, lengths, masks, outputs, *flat)
         ctx.config = config
         ctx.set_materialize_grads(True)
         return outputs[num_layers - 1], h_n
@@ -296,38 +304,45 @@ class _LayerStack(torch.autograd.Function):
     def backward(ctx, grad_output, grad_h_n):
         if torch.is_grad_enabled():
             return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
-        input, hx, lengths, outputs, *flat = ctx.saved_tensors
+        input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
         mask = []
         for layer in range(num_layers):
-            at = 4 + layer * per_layer  # this layer's weight_ih among the Function's inputs
+            at = 5 + layer * per_layer  # this layer's weight_ih among the Function's inputs
             mask += [layer == 0 and needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
                      has_biases and (needs[at + 2] or needs[at + 3])]
         grads = torch.ops.rnn_fused.rnn_stack_backward(
             grad_output, grad_h_n, outputs, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
-            truncation.every, truncation.keep_prob, truncation.seed_tensor(), backend)
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), backend, masks)
         grad_weights = []
         for layer in range(num_layers):
-            at = 4 + layer * per_layer
+            at = 5 + layer * per_layer
             _, _, grad_ih, grad_hh, grad_bias = grads[5 * layer:5 * layer + 5]
             grad_weights += [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
             if has_biases:  # each bias its own tensor
                 grad_weights += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
         grad_h = torch.stack(grads[1::5]) if hx is not None and needs[1] else None
-        return (grads[0] if needs[0] else None, grad_h, None, None, *grad_weights)
+        return (grads[0] if needs[0] else None, grad_h, None, None, None, *grad_weights)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
-        input, hx, lengths, _, *flat = ctx.saved_tensors
+        input, hx, lengths, masks, _, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
         per_layer = 4 if has_biases else 2
-        weights = [tuple(flat[i * per_layer:(i + 1) * per_layer]) for i in range(num_layers)]
-        candidates = [input, hx, None, None, *flat]
+        candidates = [input, hx, None, None, None, *flat]
         wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]
-        output, h_n = rnn(input, hx, weights, num_layers, False, nonlinearity, lengths=lengths, backend=backend,
-                          path=path, truncation=truncation, stack=False)
+        # The layers one by one, each output times its mask where the next layer reads it.
+        layer_input, states = input, []
+        for layer in range(num_layers):
+            weight_ih, weight_hh, *biases = flat[layer * per_layer:(layer + 1) * per_layer]
+            out, state = rnn_layer(layer_input, None if hx is None else hx[layer], weight_ih, weight_hh,
+                                   *(biases or (None, None)), lengths, nonlinearity, backend=backend, path=path,
+                                   truncation=truncation, layer=layer)
+            states.append(state)
+            layer_input = out * masks[layer] if masks is not None and layer < num_layers - 1 else out
+        output, h_n = layer_input, torch.stack(states)
         grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
                                     create_graph=True, allow_unused=True)
         result = [None] * len(candidates)

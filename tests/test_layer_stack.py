@@ -1,13 +1,14 @@
-"""A unidirectional stack's forward in one launch (forward_stack_kernel), through the emulator.
+"""A unidirectional stack's forward and backward each in one launch (forward_stack_kernel,
+backward_stack_kernel), through the emulator.
 
 rnn_fused.functional.rnn runs the layers of a float32 unidirectional stack in one launch of
 the GPU kernels where the cost model predicts it faster (stack=None), or where asked
 (stack=True): each CTA holds its layer's W_hh and the next layer's W_ih, so layer l + 1's input
-projection comes out of layer l's step, and layer l + 1 runs a few steps behind it. The
-backward is each layer's own fused backward. Checked here on the emulated device: values and
-gradients against the float64 step loop under the tolerance rule, bitwise agreement under
-every emulator schedule, layer 0 bitwise equal to the block path's, truncation, the planner's
-choice, and the errors.
+projection comes out of layer l's step, and layer l + 1 runs a few steps behind it; the
+backward mirrors it. Checked here on the emulated device: values and gradients against the
+float64 step loop under the tolerance rule, bitwise agreement under every emulator schedule,
+layer 0 bitwise equal to the block path's, truncation, dropout between layers (nn.RNN's
+masks), double backward, the planner's choice, and the errors.
 """
 
 from __future__ import annotations
@@ -242,6 +243,102 @@ def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, gener
     assert len(launches) == before
 
 
+def draw_masks(steps, batch, hidden, layers, p, lengths):
+    """The masks the layers one by one would draw: dropout_between_layers on each layer's
+    [T,B,H] float32 output, in layer order, from the default generator."""
+    ones = torch.ones(steps, batch, hidden)
+    return [functional.dropout_between_layers(ones, p, lengths) for _ in range(layers - 1)]
+
+
+def run_masked_layers(x, hx, groups, lengths, masks, cotangents, dtype):
+    """The step loop (reference.py) layer by layer in `dtype`, layer l's output times masks[l]
+    where layer l + 1 reads it: [output, h_n, grads of x, hx and every weight]."""
+    leaves_x = x.to(dtype).requires_grad_()
+    leaves_hx = hx.to(dtype).requires_grad_()
+    leaves_w = [tuple(w.to(dtype).requires_grad_() for w in group) for group in groups]
+    layer_input, states = leaves_x, []
+    for layer, group in enumerate(leaves_w):
+        out, state = reference_layer(layer_input, leaves_hx[layer], *group, lengths, "tanh", False)
+        states.append(state)
+        layer_input = out * masks[layer].to(dtype) if layer < len(groups) - 1 else out
+    present = [leaves_x, leaves_hx] + [w for group in leaves_w for w in group]
+    h_n = torch.stack(states)
+    grads = torch.autograd.grad((layer_input, h_n), present, [c.to(dtype) for c in cotangents])
+    return [t.detach() for t in (layer_input, h_n, *grads)]
+
+
+@pytest.mark.parametrize("p", [0.4, 1.0])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 0, 5]], ids=["all-steps", "lengths"])
+def test_stack_with_dropout_draws_the_masks_of_the_layers_one_by_one(lengths, p):
+    """Dropout between layers in a stack: the masks are drawn before the launch with the calls
+    the layers one by one make (the generator ends in the same state), each layer's output is
+    scaled by its mask where the next layer reads it and the gradient handed down by the same
+    mask. Outputs, final states and every gradient against the float64 step loop with those
+    masks (tolerance rule), bitwise alike under every schedule; p = 1 drops every element."""
+    steps, batch, hidden, layers = 6, 4, 20, 3
+    lengths = None if lengths is None else torch.tensor(lengths)
+    x, h0, groups = stack_inputs(steps, batch, 5, hidden, layers, seed=12)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=13)
+    torch.manual_seed(7)
+    masks = draw_masks(steps, batch, hidden, layers, p, lengths)
+    drawn = torch.get_rng_state()
+    runs = []
+    with simt.emulated_device(**STACK_GPU):
+        for mode, seed in simt.ALL_SCHEDULES:
+            torch.manual_seed(7)
+            with simt.schedule(mode, seed):
+                runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                                      stack=True, dropout=p, training=True))
+            assert torch.equal(torch.get_rng_state(), drawn)
+        torch.manual_seed(7)
+        one_by_one = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                               stack=False, dropout=p, training=True)
+    assert torch.equal(torch.get_rng_state(), drawn)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b), "results differ between emulator schedules"
+    reference = run_masked_layers(x, h0, groups, lengths, masks, cotangents, torch.float64)
+    stock = run_masked_layers(x, h0, groups, lengths, masks, cotangents, torch.float32)
+    for name, r, s, o, b in zip(names_for(len(runs[0])), reference, stock, runs[0], one_by_one):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+        assert_within_tolerance(r, s, b, name=f"{name} (one by one)", ulps=8)
+    if p == 1.0:  # every element dropped: layer 0's weights get gradient only through h_n[0]
+        assert all(torch.count_nonzero(m) == 0 for m in masks)
+
+
+def test_double_backward_through_a_stack_with_dropout():
+    """create_graph=True recomputes the layers one by one with the stack's own masks."""
+    steps, batch, hidden, layers = 4, 2, 9, 3
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=15)
+    torch.manual_seed(3)
+    masks = draw_masks(steps, batch, hidden, layers, 0.3, None)
+
+    def second_order(dtype, stacked):
+        leaves = [w.to(dtype).requires_grad_() for group in groups for w in group]
+        xs = x.to(dtype).requires_grad_()
+        weights = [tuple(leaves[4 * i:4 * i + 4]) for i in range(layers)]
+        if stacked:
+            torch.manual_seed(3)
+            out, h_n = functional.rnn(xs, h0.to(dtype), weights, layers, False, dropout=0.3, training=True,
+                                      backend="emulated", stack=True)
+        else:
+            layer_input, states = xs, []
+            for layer in range(layers):
+                out, state = reference_layer(layer_input, h0[layer].to(dtype), *weights[layer], None, "tanh", False)
+                states.append(state)
+                layer_input = out * masks[layer].to(dtype) if layer < layers - 1 else out
+            out, h_n = layer_input, torch.stack(states)
+        (grad_x,) = torch.autograd.grad(out.sum() + h_n.square().sum(), xs, create_graph=True)
+        return list(torch.autograd.grad(grad_x.square().sum(), leaves))
+
+    with simt.emulated_device(**STACK_GPU):
+        ours = second_order(torch.float32, True)
+    reference = second_order(torch.float64, False)
+    stock = second_order(torch.float32, False)
+    for i, (r, s, o) in enumerate(zip(reference, stock, ours)):
+        assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
+
+
 def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
     """The model prices a stack's step as the block path's step of its CTA's rows (2H in whole
     passes, each warp one kind of epilogue), for (T + 1) steps, against the layers' T steps
@@ -282,7 +379,6 @@ def test_stack_true_says_why_a_call_cannot():
     bidirectional[1] = tuple(w.float() for w in stack_inputs(4, 2, 3, 8, 1)[2][0])  # l0_reverse takes the input
     cases = [
         (dict(weights=bidirectional, bidirectional=True, backend="emulated"), "2 or more layers in one direction"),
-        (dict(dropout=0.5, training=True, backend="emulated"), "dropout between layers"),
         (dict(backend="emulated", path="grid"), "path='grid' forces another kernel"),
         (dict(backend="cpu"), "runs on the GPU kernels"),
         (dict(backend="emulated", x=x), "float32 tensors on one device"),
@@ -325,6 +421,10 @@ def test_stack_op_rejects_bad_arguments_before_anything_runs():
             OPS.rnn_stack_forward(x32, h32, flat, True, torch.tensor([4, 9]), "tanh", "emulated")
         with pytest.raises(ValueError, match="a stack needs at least 2 layers, got 1"):
             OPS.rnn_stack_forward(x32, h32[:1], flat[:4], True, None, "tanh", "emulated")
+        for masks in (torch.ones(3, 4, 2, 8), torch.ones(2, 4, 2, 8, dtype=torch.float64)):
+            with pytest.raises(ValueError, match=r"dropout_masks must be a float32 tensor of shape \[2, 4, 2, 8\] "
+                                                 r"\(one mask per layer but the last\) on cpu, got"):
+                OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated", masks)
 
 
 def test_stack_backward_rejects_bad_arguments_before_anything_runs():
@@ -345,6 +445,10 @@ def test_stack_backward_rejects_bad_arguments_before_anything_runs():
         with pytest.raises(ValueError, match=r"keep_prob must be in \(0, 1\], got 0"):
             OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 10, x32, h32, flat, True, None,
                                    keep_prob=0.0, backend="emulated")
+        with pytest.raises(ValueError, match=r"rnn_stack_backward: dropout_masks must be a float32 tensor of shape "
+                                             r"\[1, 4, 2, 8\]"):
+            OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 10, x32, h32, flat, True, None,
+                                   backend="emulated", dropout_masks=torch.ones(1, 4, 2, 7))
 
 
 def test_empty_batch_and_zero_steps_give_zeros_and_the_initial_states():

@@ -337,7 +337,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // s + 1, dy^{l-1}_{s+1} = W_ih^T dz_{s+1}, handed down in tagged words; step -1 computes
 // dy^{l-1}_0 only. Float32, the Block path's arithmetic (backward_gradient, the truncation's edge
 // scales drawn with stream 2 l as each layer's own backward draws them), without norms (a
-// backward that records norms runs the layers one by one). Cooperative launch.
+// backward that records norms runs the layers one by one). With dropout between layers the
+// gradient handed down is scaled by the layer below's mask (its output's share of this layer's
+// input). Cooperative launch.
 //
 // Arguments (BackwardStackArgs, all contiguous float32 but the lengths and the words):
 //   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0's second half: rows whose
@@ -352,6 +354,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //                     l + 1's CTAs at valid steps; zero on entry
 //   lengths   [B]      int64 valid steps per sample, or null (all T)
 //   truncation         layer 0's edge-scale parameters (layer l's: stream 2 l)
+//   dropout_masks [L-1,T,B,H] read: as for forward_stack_kernel, or null
 struct BackwardStackArgs {
   const float* w_stacked;
   const float* dy;
@@ -365,6 +368,7 @@ struct BackwardStackArgs {
   int64_t layers;
   Activation activation;
   TruncationParams truncation;
+  const float* dropout_masks = nullptr;
 };
 
 // Grid, tiling, shared memory and kPasses as for forward_stack_kernel.
@@ -377,7 +381,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t layer = place.layer, sequence = T * B * H, state = B * H;
   const bool top = place.top, bottom = place.bottom;
   SIMT_DYNAMIC_SHARED(float, smem);
-  const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
+  const SharedLayout<float> layout =
+      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false, kStackStateBuffers);
   Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
@@ -392,6 +397,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   float* dz_first = a.dz_first + layer * state;
   const unsigned long long* dy_words = top ? nullptr : a.dy_tagged + layer * sequence;
   unsigned long long* below_words = bottom ? nullptr : a.dy_tagged + (layer - 1) * sequence;
+  const float* masks_below = a.dropout_masks != nullptr && !bottom ? a.dropout_masks + (layer - 1) * sequence : nullptr;
   TruncationParams truncation = a.truncation;
   truncation.stream = static_cast<uint32_t>(2 * layer);
   const bool cuts = truncation.cuts();  // (as in backward_recurrence_kernel)
@@ -404,14 +410,22 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1,
                                           [&](int64_t u) { return stack_row(u, per_pass).unit; });
   // The lane's operands of step s + ahead (the lane at step s), read one step ahead: the saved
-  // h_t, and dy_t (the top layer's) or its tagged word (checked where the value is used).
-  float dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
+  // h_t, and dy_t (the top layer's) or its tagged word (checked where the value is used); on a
+  // projection lane with dropout, the layer below's mask at the time it hands down (s + ahead + 1).
+  float dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {}, mask_below[Cta::kBatches][kOwned] = {};
   unsigned long long dy_word[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t s, int64_t ahead) {
     const int64_t shift = ahead * lane.time_stride;
     cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t) {
       const StackRow& row = lane_row[batch];
-      if (row.projection || row.unit >= H || s + ahead >= lane.length[k]) return;
+      if (row.unit >= H) return;
+      if (row.projection) {
+        if (masks_below != nullptr && s + ahead + 1 < lane.length[k]) {
+          mask_below[batch][k] = masks_below[lane.at[batch][k] + shift + lane.time_stride];
+        }
+        return;
+      }
+      if (s + ahead < 0 || s + ahead >= lane.length[k]) return;
       const int64_t at = lane.at[batch][k] + shift;
       h[batch][k] = out[at];
       if (dy_words == nullptr) {
@@ -442,7 +456,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (row.projection) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
         if (bottom || s + 1 >= lane.length[k]) return;
         const int64_t at = lane.at[batch][k] + lane.time_stride;  // (unit u, step s + 1)
-        simt::store_relaxed(below_words + at, simt::tag_word(total, kStackTag));
+        const float handed = masks_below != nullptr ? total * mask_below[batch][k] : total;
+        simt::store_relaxed(below_words + at, simt::tag_word(handed, kStackTag));
         return;
       }
       if (s < 0) return;
@@ -463,7 +478,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (s == 0) dz_first[b * H + u] = d;
     });
     if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)
-      if (s > 0) load_operands(s, -1);
+      load_operands(s, -1);
       lane.move(-1);
       __syncthreads();
     }

@@ -181,8 +181,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // l's CTA and waited for by the lane that adds it: no barrier between layers and no fence. A
 // layer's step s + 1 needs its own step s and the previous layer's step s + 2. The launch is
 // cooperative (every CTA co-resident, so a wait ends). Step T computes the projections of
-// h_{T-1} only. Without dropout between layers: the projection reads the state as the
-// recurrence does.
+// h_{T-1} only. With dropout between layers the recurrence lanes also keep the state times
+// the layer's mask in a second pair of buffers, which the projection warps read instead (the
+// warps of a pass's second half: stack_row): the next layer's input is the masked output, as
+// when the layers run one by one.
 //
 // Arguments (ForwardStackArgs, all contiguous float32 but the lengths and the words):
 //   w_stacked [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (the top layer's
@@ -196,6 +198,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   h0        [L,B,H] read: the initial states; null for zeros
 //   h_n       [L,B,H] written: each layer's state after each sample's last valid step
 //   lengths   [B]      int64 valid steps per sample, or null (all T)
+//   dropout_masks [L-1,T,B,H] read: the scale of each element of layer l's output in the next
+//                     layer's input (0 or 1 / (1 - p)), or null: no dropout between layers
 struct ForwardStackArgs {
   const float* w_stacked;
   const float* bias_next;
@@ -207,11 +211,13 @@ struct ForwardStackArgs {
   LayerShape shape;  // one layer's (input_size unused)
   int64_t layers;
   Activation activation;
+  const float* dropout_masks = nullptr;
 };
 
 // Grid = layers * tiling.groups CTAs of kRecurrenceThreads threads, cooperative; block index
 // = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with
-// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, false).bytes of dynamic
+// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, false,
+// kStackStateBuffers).bytes of dynamic
 // shared memory; kPasses == compiled_passes_of(Block, tiling, H, false).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
@@ -222,7 +228,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const int64_t layer = place.layer, sequence = T * B * H, state = B * H;
   const bool top = place.top;
   SIMT_DYNAMIC_SHARED(float, smem);
-  const SharedLayout<float> layout = SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false);
+  const SharedLayout<float> layout =
+      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false, kStackStateBuffers);
   Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
@@ -233,6 +240,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     load_padded_rows(h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples, h0 != nullptr ? B : 0,
                      H, R);
   }
+  // With dropout, the masked state: zero (padding included) until the recurrence lanes write it;
+  // the projection of h_{-1} at step 0 is dropped.
+  const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
+  float* masked_states = cta.states + 2 * kSamples * R;
+  if (masks != nullptr) {
+    for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) masked_states[i] = 0.0f;
+  }
+  // The warps of a pass's second half hold projection rows (stack_row; uniform over a warp).
+  const bool projection_warp = cta.role.unit_in_pass >= per_pass / 2;
   __syncthreads();
   cta.cache_weights();
   float* out = a.out + layer * sequence;
@@ -255,8 +271,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // Offsets of each output's unit (stack_row) at step s in the [T,B,H] tensors.
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, 0, [&](int64_t u) { return stack_row(u, per_pass).unit; });
   // The lane's operands of step s + ahead (the lane at step s), read one step ahead: layer 0's
-  // XW_t, or the tagged word (whose tag is checked where the value is used).
-  float xw[Cta::kBatches][kOwned] = {};
+  // XW_t, or the tagged word (whose tag is checked where the value is used); with dropout, the
+  // mask of the output.
+  float xw[Cta::kBatches][kOwned] = {}, mask[Cta::kBatches][kOwned] = {};
   unsigned long long xw_word[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t s, int64_t ahead) {
     const int64_t shift = ahead * lane.time_stride;
@@ -268,13 +285,16 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       } else {
         xw_word[batch][k] = simt::load_relaxed(xw_words + lane.at[batch][k] + shift);
       }
+      if (masks != nullptr) mask[batch][k] = masks[lane.at[batch][k] + shift];
     });
   };
   load_operands(0, 0);
   for (int64_t s = 0; s <= T; ++s) {
     const float* current = cta.states + (s % 2) * kSamples * R;
     float* next = cta.states + (1 - s % 2) * kSamples * R;
-    cta.for_each_output(current, clock, [&](int batch, int k, int64_t, float total) {
+    float* masked_next = masked_states + (1 - s % 2) * kSamples * R;
+    const float* read = masks != nullptr && projection_warp ? masked_states + (s % 2) * kSamples * R : current;
+    cta.for_each_output(read, clock, [&](int batch, int k, int64_t, float total) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
       const StackRow& row = lane_row[batch];
       const int64_t u = row.unit;
@@ -297,8 +317,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         }
         h = activate_runtime(a.activation, x + total);
         out[at] = h;
+        if (masks != nullptr) masked_next[j * R + u] = h * mask[batch][k];
       } else {
-        h = current[j * R + u];  // frozen: the state carries over
+        h = current[j * R + u];  // frozen: the state carries over (its projections are dropped)
       }
       publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, h);
       if (s == T - 1) h_n[b * H + u] = h;

@@ -972,7 +972,8 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                                     .ctas_per_group = 1,
                                     .units_per_cta = static_cast<int32_t>(rows),
                                     .units_per_pass = per_pass};
-      const int64_t smem = SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, false).bytes;
+      const int64_t smem =
+          SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, false, kStackStateBuffers).bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a stack's CTA needs " + std::to_string(smem) + " bytes of shared memory, more than "
                 "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
@@ -1069,7 +1070,8 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
                               .lengths = lengths_pointer(r.first),
                               .shape = shape,
                               .layers = L,
-                              .activation = r.first.options.activation};
+                              .activation = r.first.options.activation,
+                              .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr};
   launch_stack(plan, shape, false, args);
   return h_n;
 }
@@ -1092,7 +1094,8 @@ inline void backward_stack(const BackwardStack& r) {
                                .shape = shape,
                                .layers = L,
                                .activation = r.first.options.activation,
-                               .truncation = r.first.options.truncation};
+                               .truncation = r.first.options.truncation,
+                               .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr};
   launch_stack(plan, shape, true, args);
 }
 

@@ -76,6 +76,10 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
 // words start at zero and each is stored once).
 inline constexpr int kMaxStackLayers = 16;
 inline constexpr unsigned kStackTag = 1;
+// A stack CTA's state buffers beyond the Block path's two: the state times its layer's
+// dropout mask (current and next step), which the next layer's projection reads. Always
+// reserved (at most 8 samples x 128 units x 2 x 4 bytes), used with dropout between layers.
+inline constexpr int64_t kStackStateBuffers = 2;
 
 // A stack kernel's CTA rows: each pass of units_per_pass rows holds half of them for its
 // layer's recurrence (rows of W_hh, or W_hh^T) and half for the other layer's projection
@@ -162,7 +166,8 @@ enum StepPhase : int {
 //   weights [U][R]      the CTA's rows of W_hh (forward) or of W_hh^T (backward), zero-padded
 //   states  [n][S][R]   state rows: n = state_buffers(path, chunks): 2 (current and next
 //                       step) on the Block and Cluster paths; on the Grid path 1 (the chunk
-//                       being computed), 2 with several chunks (and the next one's)
+//                       being computed), 2 with several chunks (and the next one's); plus
+//                       extra_buffers (the layer stack's masked state: kStackStateBuffers)
 // with R = padded_row(H); then, for the backward with norms recorded, in doubles:
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
 //                                    (the first units_per_pass unit groups written)
@@ -181,13 +186,15 @@ struct SharedLayout {
   int64_t phase_offset;       // byte offset of phase_running (8-byte aligned)
   int64_t bytes;              // total
 
+  // extra_buffers: more state buffers after the path's (the layer stack's kernels: 2, the
+  // state with dropout's mask applied, which the next layer's projection reads).
   SIMT_HOST_DEVICE static SharedLayout make(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
-                                            bool with_norms) {
+                                            bool with_norms, int64_t extra_buffers = 0) {
     SharedLayout l{};
     l.row = padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
     l.states = int64_t(t.units_per_cta) * l.row;
-    const int64_t buffers = state_buffers(path, t.chunks);
+    const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
     const int64_t unit_sums = with_norms ? 2 * int64_t(kUnitsPerPass) * t.samples : 0;
