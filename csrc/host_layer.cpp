@@ -244,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
 std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n, const at::Tensor& outputs,
                                            const std::vector<std::array<bool, 5>>& output_masks,
-                                           const at::Tensor& dropout_masks) {
+                                           const at::Tensor& dropout_masks, bool record_norms) {
   const RecurrenceBackend& backend = stack_backend_for(calls);
   TORCH_CHECK_VALUE(backend.backward_stack != nullptr, "rnn_fused.rnn_stack_backward: backend '", backend.name,
                     "' runs no layer stack in one launch (backends 'cuda' and 'emulated' do)");
@@ -270,6 +270,12 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
   // The recurrences write dz at every valid step: without lengths that is every entry.
   at::Tensor dz = first.lengths.has_value() ? at::zeros({L, T, B, H}, options) : at::empty({L, T, B, H}, options);
   at::Tensor dz_first = at::empty({L, B, H}, options);
+  // ||g_t||^2 per layer, written at valid steps (every entry where every step is valid).
+  at::Tensor step_sq;
+  if (record_norms) {
+    const at::TensorOptions f64 = options.dtype(at::kDouble);
+    step_sq = first.lengths.has_value() || s.empty() ? at::zeros({L, T, B}, f64) : at::empty({L, T, B}, f64);
+  }
   const at::Tensor out = outputs.contiguous();
   const at::Tensor dh_n = grad_h_n.contiguous();
   if (!s.empty()) {
@@ -287,7 +293,8 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
                                          .out = out,
                                          .dz = dz,
                                          .dz_first = dz_first,
-                                         .dropout_masks = masks});
+                                         .dropout_masks = masks,
+                                         .step_sq = step_sq});
   } else {
     dz_first.zero_();
   }
@@ -299,8 +306,10 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
     const LayerBackwardResult r = gradients_from_dz(
         input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l], dh_n[l], c.hx,
         first.valid_lengths.on_device, /*reverse=*/false, output_masks[static_cast<size_t>(l)], at::kFloat,
-        /*record_norms=*/false, at::empty({0}, options), /*launch_bound=*/true);
+        record_norms, record_norms ? step_sq[l].sqrt().to(at::kFloat) : at::empty({0}, options),
+        /*launch_bound=*/true);
     grads.insert(grads.end(), {std::get<0>(r), std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)});
+    if (record_norms) grads.insert(grads.end(), {std::get<5>(r), std::get<6>(r), std::get<7>(r)});
   }
   return grads;
 }

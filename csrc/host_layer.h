@@ -66,7 +66,7 @@ struct ForwardStack {
                              // (0 or 1 / (1 - p)); undefined: no dropout between layers
 };
 
-// Its backward recurrences in one launch (backward_stack_kernel), float32, without norms.
+// Its backward recurrences in one launch (backward_stack_kernel), float32.
 struct BackwardStack {
   const LayerForwardCall& first;  // layer 0's call: the shape, lengths, activation and truncation
   int64_t layers = 0;
@@ -77,6 +77,7 @@ struct BackwardStack {
   at::Tensor dz;         // [L,T,B,H] written at valid steps (zero on entry where lengths were given)
   at::Tensor dz_first;   // [L,B,H] written: dz at each sample's step 0 (zero for an empty sample)
   at::Tensor dropout_masks;  // [L-1,T,B,H] read, as ForwardStack's; undefined: none
+  at::Tensor step_sq;        // [L,T,B] float64 written: ||g_t||^2 at valid steps; undefined: no norms
 };
 
 // Whether a backend runs such a stack for a shape, and what the cost model predicts for it and
@@ -233,12 +234,13 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
 // five, in layer order; output_masks[l] says which of layer l's are wanted, the others empty
 // [0]) from grad_output [T,B,H] of the top layer, grad_h_n [L,B,H] and the forward's outputs
 // [L,T,B,H]; the recurrences in one launch of a backend with backward_stack, the GEMMs of each
-// layer after it (elman_gemms.h gradients_from_dz), without norms.
+// layer after it (elman_gemms.h gradients_from_dz). With record_norms each layer's five are
+// followed by its step norms [T,B], grad_sq_norms [5] and nonfinite flag (LayerBackwardResult).
 // With dropout_masks (the forward's), layer l >= 1's input is layer l - 1's output times its mask.
 std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n, const at::Tensor& outputs,
                                            const std::vector<std::array<bool, 5>>& output_masks,
-                                           const at::Tensor& dropout_masks);
+                                           const at::Tensor& dropout_masks, bool record_norms);
 
 // rnn_fused::stack_plan: the backend's StackPlanReport for a device type.
 StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend, const StackPlanQuery& query);

@@ -265,7 +265,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
 // grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, as for rnn_layer_backward); then the
 // forward's arguments and the truncation (layer l's draws keyed as rnn_layer_backward's with
 // layer = l), and the forward's dropout masks. Returns the 5 gradients of each layer in layer
-// order, empty [0] where not wanted.
+// order, empty [0] where not wanted; with record_norms each layer's 5 are followed by its step
+// norms [T,B], grad_sq_norms [5] (float64) and nonfinite flag, as rnn_layer_backward's.
 std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                            const at::Tensor& outputs, c10::List<bool> output_mask,
                                            const at::Tensor& input, const std::optional<at::Tensor>& hx,
@@ -274,7 +275,7 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                                            int64_t truncate_every, double keep_prob,
                                            const std::optional<at::Tensor>& seed,
                                            std::optional<c10::string_view> backend,
-                                           const std::optional<at::Tensor>& dropout_masks) {
+                                           const std::optional<at::Tensor>& dropout_masks, bool record_norms) {
   const std::vector<LayerForwardCall> calls = stack_calls("rnn_stack_backward", input, hx, weights, has_biases,
                                                           lengths, nonlinearity, truncate_every, keep_prob, seed,
                                                           backend);
@@ -282,7 +283,8 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                     "entries per layer (", 5 * calls.size(), "), got ", output_mask.size());
   std::vector<std::array<bool, 5>> masks(calls.size());
   for (size_t i = 0; i < output_mask.size(); ++i) masks[i / 5][i % 5] = output_mask.get(i);
-  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks, dropout_masks.value_or(at::Tensor()));
+  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks, dropout_masks.value_or(at::Tensor()),
+                            record_norms);
 }
 
 // Whether a backend would run a stack of num_layers layers in one launch, from its cost model:
@@ -465,7 +467,7 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_stack_backward(Tensor grad_output, Tensor grad_h_n, Tensor outputs, bool[] output_mask, Tensor input, "
       "Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, str? backend=None, "
-      "Tensor? dropout_masks=None) -> Tensor[]");
+      "Tensor? dropout_masks=None, bool record_norms=False) -> Tensor[]");
   m.def(
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, int[] shape, str reason)");

@@ -51,6 +51,10 @@ _library = torch.library.Library("rnn_fused", "IMPL")
 _library.impl("rnn_layer_backward_with_graph", _backward_with_graph, "CompositeImplicitAutograd")
 
 
+_NO_GRAPH_WHILE_RECORDING = ("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
+                              "which has no graph of its own; record without create_graph=True")
+
+
 class _RecordingLayer(torch.autograd.Function):
     """One layer whose backward hands the gradient norms the fused backward reduces to a sink
     (recording.LayerSink). Eager only: the norms leave the backward as a Python side effect,
@@ -71,8 +75,7 @@ class _RecordingLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
         if torch.is_grad_enabled():
-            raise RuntimeError("rnn_fused.record_gradients: gradient norms are reduced by the fused backward, "
-                               "which has no graph of its own; record without create_graph=True")
+            raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
         *saved, out = ctx.saved_tensors
         inputs = _ops.LayerInputs(*saved)
         needs = ctx.needs_input_grad
@@ -152,7 +155,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     stack: whether a unidirectional stack's forward recurrences run in one launch of the GPU
     kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
-    H <= 128, no record, path None or 'block', eager mode, no autocast), False never, True
+    H <= 128, path None or 'block', eager mode, no autocast), False never, True
     always (ValueError saying why a call cannot). With dropout in training the stack draws the
     layers' masks first, as the layers one by one would (the same calls, shapes and order), and
     applies each to its layer's output where the next layer reads it. The results are the
@@ -170,11 +173,13 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         raise ValueError(f"rnn: stack must be None, True or False, got {stack!r}")
     args = resolve_truncation(truncation)
     if stack is not False:
-        why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, dropout, training, layer_fn, backend,
-                                path, record, decide=stack is None)
+        why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, layer_fn, backend, path,
+                                decide=stack is None)
         if why_not is None:
             p = dropout if training else 0.0
-            return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args, p)
+            sinks = None if record is None else [record.sink(layer, 0, tuple(weights[layer]))
+                                                 for layer in range(num_layers)]
+            return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args, p, sinks)
         if stack:
             raise ValueError(f"rnn: stack=True, but this call cannot run its layers in one launch: {why_not}")
     layer_input = input
@@ -209,15 +214,14 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     return layer_input, h_n
 
 
-def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, dropout: float,
-                  training: bool, layer_fn, backend: str | None, path: str | None, record,
-                  decide: bool) -> str | None:
+def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, layer_fn,
+                  backend: str | None, path: str | None, decide: bool) -> str | None:
     """None where rnn() may run the stack's forward in one launch (_LayerStack), else why not;
     with `decide`, also None only where the cost model predicts it faster."""
     if num_layers < 2 or bidirectional:
         return "it needs 2 or more layers in one direction (a bidirectional layer reads all of the layer below)"
-    if layer_fn is not None or record is not None:
-        return "a custom layer_fn or recorded gradient norms run the layers one by one"
+    if layer_fn is not None:
+        return "a custom layer_fn runs the layers one by one"
     if path not in (None, "block"):
         return f"path={path!r} forces another kernel than the block path's"
     emulated = backend == "emulated"
@@ -259,7 +263,7 @@ def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: 
 
 def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,
                lengths: Tensor | None, backend: str | None, path: str | None, truncation,
-               dropout: float) -> tuple[Tensor, Tensor]:
+               dropout: float, sinks) -> tuple[Tensor, Tensor]:
     if input.is_cuda:
         hidden, batch = weights[0][1].shape[0], input.shape[1]
         key = (str(input.device), input.dtype, hidden, batch, num_layers)
@@ -274,7 +278,7 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
         ones = input.new_ones(input.shape[0], input.shape[1], weights[0][1].shape[0])
         masks = torch.stack([dropout_between_layers(ones, dropout, lengths) for _ in range(num_layers - 1)])
     output, h_n = _LayerStack.apply(input, hx, lengths, masks, (nonlinearity, backend, path, truncation, num_layers,
-                                                                len(weights[0]) == 4), *flat)
+                                                                len(weights[0]) == 4, sinks), *flat)
     if output.grad_fn is None:
         # No backward will read the layers below: the top layer's output on its own, so that the
         # [L,T,B,H] outputs are freed now rather than kept alive by a view.
@@ -288,11 +292,12 @@ class _LayerStack(torch.autograd.Function):
     one (rnn() with stack=False), with the same truncation draws (layer l's keyed as layer l's
     op keys them), within rounding. With create_graph=True it differentiates the layers run one
     by one instead (their ops' own double backward), recomputing the forward: the stack's saved
-    outputs carry no graph. masks: the dropout masks [L-1,T,B,H] of the layers' outputs, or None."""
+    outputs carry no graph. masks: the dropout masks [L-1,T,B,H] of the layers' outputs, or None;
+    sinks: one recording.LayerSink per layer, handed the norms the backward reduces, or None."""
 
     @staticmethod
     def forward(ctx, input, hx, lengths, masks, config, *flat):
-        nonlinearity, backend, path, truncation, num_layers, has_biases = config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = config
         outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(input, hx, list(flat), has_biases, lengths, nonlinearity,
                                                              backend, masks)
         ctx.save_for_backward(input, hx, lengths, masks, outputs, *flat)
@@ -302,10 +307,13 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        sinks = ctx.config[-1]
         if torch.is_grad_enabled():
+            if sinks is not None:
+                raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
         mask = []
@@ -315,21 +323,28 @@ class _LayerStack(torch.autograd.Function):
                      has_biases and (needs[at + 2] or needs[at + 3])]
         grads = torch.ops.rnn_fused.rnn_stack_backward(
             grad_output, grad_h_n, outputs, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
-            truncation.every, truncation.keep_prob, truncation.seed_tensor(), backend, masks)
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), backend, masks, sinks is not None)
+        per = 8 if sinks is not None else 5  # each layer's gradients, then its norms when recorded
+        grad_input = grads[0] if needs[0] else None
         grad_weights = []
         for layer in range(num_layers):
             at = 5 + layer * per_layer
-            _, _, grad_ih, grad_hh, grad_bias = grads[5 * layer:5 * layer + 5]
-            grad_weights += [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            _, grad_hx, grad_ih, grad_hh, grad_bias = grads[per * layer:per * layer + 5]
+            layer_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
             if has_biases:  # each bias its own tensor
-                grad_weights += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
-        grad_h = torch.stack(grads[1::5]) if hx is not None and needs[1] else None
-        return (grads[0] if needs[0] else None, grad_h, None, None, None, *grad_weights)
+                layer_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+            if sinks is not None:
+                step_norms, grad_sq_norms, nonfinite = grads[per * layer + 5:per * layer + 8]
+                returned = (grad_input if layer == 0 else None, grad_hx if hx is not None and needs[1] else None)
+                sinks[layer](step_norms, grad_sq_norms, nonfinite, returned + tuple(layer_grads))
+            grad_weights += layer_grads
+        grad_h = torch.stack(grads[1::per]) if hx is not None and needs[1] else None
+        return (grad_input, grad_h, None, None, None, *grad_weights)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
         input, hx, lengths, masks, _, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
         candidates = [input, hx, None, None, None, *flat]
         wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]

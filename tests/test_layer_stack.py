@@ -13,6 +13,9 @@ masks), double backward, the planner's choice, and the errors.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 
@@ -337,6 +340,68 @@ def test_double_backward_through_a_stack_with_dropout():
     stock = second_order(torch.float32, False)
     for i, (r, s, o) in enumerate(zip(reference, stock, ours)):
         assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
+
+
+@pytest.mark.parametrize("truncation", [None, RandomTruncation(0.6, seed=4)], ids=["full", "random"])
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5]], ids=["all-steps", "lengths"])
+def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, monkeypatch):
+    """rnn_fused.record_gradients with a stack run in one launch: the backward kernel sums each
+    layer's ||g_t||^2 as the block path does (step norms against the CPU layers in float64 under
+    the tolerance rule, stock: the CPU layers in float32), the host reduces each parameter
+    gradient's squared norm (equal to ||p.grad||^2 of the gradient the stack returned, within
+    the rounding of a sum of squares, and clip_grad_norm_ takes them), recording changes no
+    value or gradient, and a recorded backward with create_graph=True is refused."""
+    launches = []
+    real = functional._LayerStack.apply
+
+    def counting(*args):
+        launches.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(functional._LayerStack, "apply", counting)
+    steps, batch, hidden, layers = 6, 4, 20, 3
+    torch.manual_seed(21)
+    base = RNN(5, hidden, num_layers=layers, truncation=truncation)
+    x64 = torch.randn(steps, batch, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    lengths = None if lengths is None else torch.tensor(lengths)
+
+    def run(dtype, backend, stack, record=True):
+        module = copy.deepcopy(base).to(dtype)
+        module.backend, module.stack = backend, stack
+        x = x64.to(dtype).requires_grad_()
+        input = x if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        recorder = rnn_fused.record_gradients(module) if record else contextlib.nullcontext()
+        with recorder as rec:
+            out, h_n = module(input)
+        out = out if lengths is None else out.data
+        (out.sin().sum() + h_n.cos().sum()).backward()
+        return module, rec
+
+    with simt.emulated_device(**STACK_GPU):
+        module, rec = run(torch.float32, "emulated", True)
+        assert len(launches) == 1, "the module did not run its stack in one launch"
+        unrecorded, _ = run(torch.float32, "emulated", True, record=False)
+    _, reference = run(torch.float64, "cpu", False)
+    _, stock = run(torch.float32, "cpu", False)
+    assert_within_tolerance(reference.step_norms, stock.step_norms, rec.step_norms, name="step norms", ulps=8)
+    assert not rec.nonfinite
+    eps = torch.finfo(torch.float32).eps
+    exact_total = 0.0
+    for (name, param), (_, same) in zip(module.named_parameters(), unrecorded.named_parameters(), strict=True):
+        assert torch.equal(param.grad, same.grad), name
+        value, exact = rec.parameter_sq_norms[name], param.grad.double().pow(2).sum()
+        assert abs(value - exact) <= (param.numel() + 2) * eps * exact, (name, value, exact)
+        exact_total += exact.item()
+    total = rnn_fused.clip_grad_norm_(module.parameters(), 1e9)
+    assert total.item() == pytest.approx(exact_total ** 0.5, rel=1e-6)
+    with simt.emulated_device(**STACK_GPU):
+        module = copy.deepcopy(base)
+        module.backend, module.stack = "emulated", True
+        x = x64.float().requires_grad_()
+        with rnn_fused.record_gradients(module):
+            out, h_n = module(x)
+        with pytest.raises(RuntimeError, match="record without create_graph=True"):
+            torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
 def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():

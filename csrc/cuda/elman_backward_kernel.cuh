@@ -336,8 +336,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // dz_{s+1} give the recurrent carry and the gradient of the layer below's output at time
 // s + 1, dy^{l-1}_{s+1} = W_ih^T dz_{s+1}, handed down in tagged words; step -1 computes
 // dy^{l-1}_0 only. Float32, the Block path's arithmetic (backward_gradient, the truncation's edge
-// scales drawn with stream 2 l as each layer's own backward draws them), without norms (a
-// backward that records norms runs the layers one by one). With dropout between layers the
+// scales drawn with stream 2 l as each layer's own backward draws them; recorded norms summed
+// as the Block path sums them: each lane's g^2, its unit group's butterfly, the CTA's unit
+// groups in order after the step's barrier). With dropout between layers the
 // gradient handed down is scaled by the layer below's mask (its output's share of this layer's
 // input). Cooperative launch.
 //
@@ -355,6 +356,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   lengths   [B]      int64 valid steps per sample, or null (all T)
 //   truncation         layer 0's edge-scale parameters (layer l's: stream 2 l)
 //   dropout_masks [L-1,T,B,H] read: as for forward_stack_kernel, or null
+//   step_sq   [L,T,B]  float64: ||g_t||^2 of each layer written at each sample's valid steps (the
+//                     host zeroes it first where lengths were given), or null: no norms
 struct BackwardStackArgs {
   const float* w_stacked;
   const float* dy;
@@ -369,6 +372,7 @@ struct BackwardStackArgs {
   Activation activation;
   TruncationParams truncation;
   const float* dropout_masks = nullptr;
+  double* step_sq = nullptr;
 };
 
 // Grid, tiling, shared memory and kPasses as for forward_stack_kernel.
@@ -382,11 +386,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool top = place.top, bottom = place.bottom;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout =
-      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false, kStackStateBuffers);
+      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, true, kStackStateBuffers);
   Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row, per_pass = tiling.units_per_pass;
+  const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
   load_stack_rows(a.w_stacked + layer * 2 * H * H, cta.weights, cta.units, per_pass, H, R);
   for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
   __syncthreads();
@@ -448,6 +454,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                 : cuts                            ? static_cast<float>(edge_scale(truncation, s + 1, b))
                                                   : 1.0f;
     }
+    double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
     cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
       const StackRow& row = lane_row[batch];
@@ -471,16 +478,33 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           gradient_in = simt::word_value(word);
         }
         const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
+        if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
         d = g * slope_runtime(a.activation, h[batch][k]);
         dz[at] = d;
       }
       publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
       if (s == 0) dz_first[b * H + u] = d;
     });
+    double* phase_sums = unit_sums + parity * kUnitsPerPass * kSamples;
+    if (norms && s >= 0) {
+      // The unit group's sums per sample (zero on the projection warps), read after the step's
+      // barrier; this parity is written again two steps later.
+      cta.sum_over_unit_group(g_sq);
+      if (cta.computes && cta.holds_sample_sums()) {
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+      }
+    }
     if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)
       load_operands(s, -1);
       lane.move(-1);
       __syncthreads();
+      const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
+      if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
+        double sum = 0.0;
+        for (int i = 0; i < tiling.units_per_pass; ++i) sum += phase_sums[i * kSamples + j];
+        a.step_sq[(layer * T + s) * B + b] = sum;
+      }
     }
   }
 }

@@ -216,9 +216,9 @@ struct ForwardStackArgs {
 
 // Grid = layers * tiling.groups CTAs of kRecurrenceThreads threads, cooperative; block index
 // = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with
-// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, false,
-// kStackStateBuffers).bytes of dynamic
-// shared memory; kPasses == compiled_passes_of(Block, tiling, H, false).
+// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, true,
+// kStackStateBuffers).bytes of dynamic shared memory (one size for both stack kernels: the
+// backward's norm sums included); kPasses == compiled_passes_of(Block, tiling, H, false).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {

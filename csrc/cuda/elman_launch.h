@@ -973,7 +973,7 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                                     .units_per_cta = static_cast<int32_t>(rows),
                                     .units_per_pass = per_pass};
       const int64_t smem =
-          SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, false, kStackStateBuffers).bytes;
+          SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, true, kStackStateBuffers).bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a stack's CTA needs " + std::to_string(smem) + " bytes of shared memory, more than "
                 "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
@@ -1095,7 +1095,8 @@ inline void backward_stack(const BackwardStack& r) {
                                .layers = L,
                                .activation = r.first.options.activation,
                                .truncation = r.first.options.truncation,
-                               .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr};
+                               .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr,
+                               .step_sq = r.step_sq.defined() ? r.step_sq.data_ptr<double>() : nullptr};
   launch_stack(plan, shape, true, args);
 }
 
