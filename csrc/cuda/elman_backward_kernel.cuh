@@ -285,18 +285,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
                          (s + 1) % 2, step_chunk, after_chunk, clock);
-      auto next_operands = [&] {  // the next step's, one chunk (StepBarrier::arrive says where)
-        if (!one_chunk) return;
+      clock.lap(kComputePhase);
+      barrier.arrive();
+      if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, -Cta::kOperandL1Steps);
         if (s > 0) load_operands(s, -1);
         lane.move(-1);
-      };
-      clock.lap(kComputePhase);
-      barrier.arrive();
-      if constexpr (!StepBarrier<kPath>::kLoadsAfterWait) next_operands();
+      }
       barrier.wait();
       clock.lap(kBarrierPhase);
-      if constexpr (StepBarrier<kPath>::kLoadsAfterWait) next_operands();
       if (stores_after_barrier) {  // step s's dz (the lane is at step s - 1)
         lane.for_each_valid(cta, s - 1, 1, [&](int batch, int k, int64_t at) { a.dz[at] = dz_out[batch][k]; });
       }

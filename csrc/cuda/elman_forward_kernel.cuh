@@ -150,18 +150,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           s == 0 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + (s % 2) * B * H;
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, tagged_current, static_cast<unsigned>(s),
                          s % 2, step_chunk, [](int64_t) {}, clock);
-      auto next_operands = [&] {  // the next step's, one chunk (StepBarrier::arrive says where)
-        if (!one_chunk) return;
+      clock.lap(kComputePhase);
+      barrier.arrive();
+      if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, Cta::kOperandL1Steps);  // (none past a sample's length, so none past T)
         load_operands(s, 1);
         lane.move(1);
-      };
-      clock.lap(kComputePhase);
-      barrier.arrive();
-      if constexpr (!StepBarrier<kPath>::kLoadsAfterWait) next_operands();
+      }
       barrier.wait();
       clock.lap(kBarrierPhase);
-      if constexpr (StepBarrier<kPath>::kLoadsAfterWait) next_operands();
       if (stores_after_barrier) {  // step s's h_t (the lane is at step s + 1)
         lane.for_each_valid(cta, s + 1, -1, [&](int batch, int k, int64_t at) { a.out[at] = h_out[batch][k]; });
       }

@@ -463,17 +463,12 @@ class StepBarrier {
     }
   }
 
-  // The step's barrier is arrive() then wait(). A kernel issues the global loads of the next
-  // step's operands between them, or after wait() where kLoadsAfterWait. A release waits for
+  // The step's barrier is arrive() then wait(). Between them a kernel issues the global loads
+  // of the next step's operands: on the Cluster path the arrival is a release, which waits for
   // the thread's outstanding loads too (MEMBAR.ALL.GPU in the sm_90 SASS), so a load issued
-  // before it puts its latency from L2 into every step: on the Cluster path the arrival is the
-  // release (every thread's), so the loads go after it and their latency overlaps the wait and
-  // the next step's dot products; on the Grid path the barriers release from thread 0 of each
-  // CTA inside one call (simt::flag_barrier, the cooperative grid barrier), so the loads go
-  // after the whole barrier, where the next step's staging and dot products hide them. Nothing
-  // between arrive() and wait() may touch another CTA's memory (the emulator refuses it). On the
-  // Block and Grid paths arrive() does nothing.
-  static constexpr bool kLoadsAfterWait = kPath == RecurrencePath::Grid;
+  // before it would put its latency from L2 into every step; issued after it, the load's latency
+  // overlaps the wait and the next step's dot products. Nothing between them may touch another
+  // CTA's memory (the emulator refuses it). On the other paths arrive() does nothing.
   SIMT_DEVICE __forceinline__ void arrive() {
     if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_arrive();
   }
