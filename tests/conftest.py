@@ -22,3 +22,20 @@ def seeded():
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def stack_launches(monkeypatch):
+    """The inputs' shapes of every layer stack run in one launch (functional._LayerStack) while
+    the test runs, in order."""
+    from rnn_fused import functional
+
+    launches = []
+    real = functional._LayerStack.apply
+
+    def counting(*args):
+        launches.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(functional._LayerStack, "apply", counting)
+    return launches

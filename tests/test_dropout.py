@@ -127,28 +127,20 @@ def test_dropout_draws_follow_the_generator_state():
 
 
 @pytest.mark.parametrize("name", ["padded-3layer", "unbatched-relu", "packed-sorted"])
-def test_a_stack_run_in_one_launch_draws_the_masks_of_nn_rnn(name, monkeypatch):
+def test_a_stack_run_in_one_launch_draws_the_masks_of_nn_rnn(name, stack_launches):
     """On the GPU kernels (emulated here) a unidirectional float32 stack runs in one launch
     (RNN.stack = True) and draws its masks before the launch, with nn.RNN's calls: the same
     masks, the same generator state afterwards, and outputs and gradients within the tolerance
     rule of the float64 nn.RNN."""
-    from rnn_fused import functional, simt
+    from rnn_fused import simt
 
     case = CASES[name]
-    launches = []
-    real = functional._LayerStack.apply
-
-    def counting(*args):
-        launches.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(functional._LayerStack, "apply", counting)
     theirs, ours = _pair(case, torch.float32)
     ours.backend, ours.stack = "emulated", True
     expected, expected_recorder, expected_state = _run(theirs, case, torch.float32)
     with simt.emulated_device(sm_count=16):
         got, got_recorder, got_state = _run(ours, case, torch.float32)
-    assert len(launches) == 1, "the module did not run its stack in one launch"
+    assert len(stack_launches) == 1, "the module did not run its stack in one launch"
     assert [m.shape for m in got_recorder.masks] == [m.shape for m in expected_recorder.masks]
     assert all(torch.equal(a, b) for a, b in zip(got_recorder.masks, expected_recorder.masks))
     assert torch.equal(got_state, expected_state)

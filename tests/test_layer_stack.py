@@ -218,17 +218,9 @@ def test_double_backward_through_the_stack():
         assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
 
 
-def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, generator):
+def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, generator, stack_launches):
     """rnn_fused.RNN with 3 layers on the emulated kernels takes the stack where the model
     predicts it faster, and matches torch.nn.RNN (tolerance rule), packed input included."""
-    launches = []
-    real = functional._LayerStack.apply
-
-    def counting(*args):
-        launches.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(functional._LayerStack, "apply", counting)
     monkeypatch.setattr(RNN, "backend", "emulated")
     for packing in ("none", "unsorted"):
         case = RNNCase(num_layers=3, bidirectional=False, packing=packing, with_hx=True, seq_len=5, batch=3,
@@ -236,14 +228,14 @@ def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, gener
         input, hx = case.inputs(generator)
         with simt.emulated_device(**STACK_GPU):
             assert launch_plan.stack_plan(12, 3, 5, 3).faster
-            before = len(launches)
+            before = len(stack_launches)
             compare_with_torch(case.torch_module(), input, hx, ulps=8)
-            assert len(launches) > before, "the module did not run its stack in one launch"
+            assert len(stack_launches) > before, "the module did not run its stack in one launch"
     monkeypatch.setattr(RNN, "stack", False)  # the layers one by one
-    before = len(launches)
+    before = len(stack_launches)
     with simt.emulated_device(**STACK_GPU):
         compare_with_torch(case.torch_module(), input, hx, ulps=8)
-    assert len(launches) == before
+    assert len(stack_launches) == before
 
 
 def draw_masks(steps, batch, hidden, layers, p, lengths):
@@ -344,21 +336,13 @@ def test_double_backward_through_a_stack_with_dropout():
 
 @pytest.mark.parametrize("truncation", [None, RandomTruncation(0.6, seed=4)], ids=["full", "random"])
 @pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5]], ids=["all-steps", "lengths"])
-def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, monkeypatch):
+def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_launches):
     """rnn_fused.record_gradients with a stack run in one launch: the backward kernel sums each
     layer's ||g_t||^2 as the block path does (step norms against the CPU layers in float64 under
     the tolerance rule, stock: the CPU layers in float32), the host reduces each parameter
     gradient's squared norm (equal to ||p.grad||^2 of the gradient the stack returned, within
     the rounding of a sum of squares, and clip_grad_norm_ takes them), recording changes no
     value or gradient, and a recorded backward with create_graph=True is refused."""
-    launches = []
-    real = functional._LayerStack.apply
-
-    def counting(*args):
-        launches.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(functional._LayerStack, "apply", counting)
     steps, batch, hidden, layers = 6, 4, 20, 3
     torch.manual_seed(21)
     base = RNN(5, hidden, num_layers=layers, truncation=truncation)
@@ -379,7 +363,7 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, monkey
 
     with simt.emulated_device(**STACK_GPU):
         module, rec = run(torch.float32, "emulated", True)
-        assert len(launches) == 1, "the module did not run its stack in one launch"
+        assert len(stack_launches) == 1, "the module did not run its stack in one launch"
         unrecorded, _ = run(torch.float32, "emulated", True, record=False)
     _, reference = run(torch.float64, "cpu", False)
     _, stock = run(torch.float32, "cpu", False)
