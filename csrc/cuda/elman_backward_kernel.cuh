@@ -379,7 +379,7 @@ struct BackwardStackArgs {
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
-  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses>;
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses, stack_iterations(kPasses)>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   const StackPlace place = stack_place(tiling, a.layers);
   const int64_t layer = place.layer, sequence = T * B * H, state = B * H;

@@ -222,7 +222,7 @@ struct ForwardStackArgs {
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {
-  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses>;
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses, stack_iterations(kPasses)>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   const StackPlace place = stack_place(tiling, a.layers);
   const int64_t layer = place.layer, sequence = T * B * H, state = B * H;

@@ -99,6 +99,11 @@ SIMT_HOST_DEVICE constexpr StackRow stack_row(int64_t row, int64_t units_per_pas
 SIMT_HOST_DEVICE constexpr int64_t stack_rows(int64_t hidden, int64_t units_per_pass) {
   return 2 * ((2 * hidden + units_per_pass - 1) / units_per_pass) * (units_per_pass / 2);
 }
+// The chunk iterations of a stack CTA compiled for kPasses passes: its rows' dot products run
+// over H columns, ceil(H / 32) iterations, while its passes are ceil(2H / units per pass) >=
+// ceil(H / 16): half the passes (rounded up) bound them, where a layer's passes bound its
+// iterations (compiled_passes). 0 for a kernel that reads its passes at run time.
+SIMT_HOST_DEVICE constexpr int stack_iterations(int passes) { return (passes + 1) / 2; }
 
 // rows [count][R] (shared) = the stack CTA's rows (stack_row) of source [2H,H]: rows 0..H-1 its
 // layer's recurrence weight, H..2H-1 the projection's; zero-padded past H, and zero for units
@@ -572,11 +577,16 @@ struct SliceCopies {
 // What a persistent kernel's CTA knows and does every step, whichever the direction: its
 // place, its shared memory, this lane's role, and the loop over chunks and passes that
 // computes the unit dot products and hands each owned result to the kernel's epilogue.
-template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0>
+// kIterations: the chunk iterations the weight registers hold (kernel_common.cuh
+// register_unit_dots), at most kPasses; the layer stack's CTAs, whose rows are 2H, need half
+// their passes (stack_iterations).
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, 1, sizeof(scalar_t) == 8) == kPasses,
                 "a fixed pass count only where compiled_passes gives one");
+  static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
+                "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
   // The weight rows in registers: exactly the Block path's kernels compiled for their passes.
   static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
@@ -704,7 +714,7 @@ struct RecurrenceCta {
   SIMT_DEVICE void check_compiled_passes() const {
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
-                            (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kPasses),
+                            (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations),
                         "the launch shape's passes are not the kernel's kPasses");
     }
   }
@@ -744,7 +754,7 @@ struct RecurrenceCta {
         for (int it = 0; it < kRegisterIterations; ++it) {
           const int c = role.q + it * kUnitLanes;
           Vec16<scalar_t> w{};
-          if (p < kPasses && it < kPasses && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
+          if (p < kPasses && it < kIterations && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
           weight_registers[p][it] = w;
         }
       }
@@ -921,7 +931,7 @@ struct RecurrenceCta {
       if constexpr (kRegisterWeights) {  // (the Block path: no staging)
         if (!computes) continue;  // uniform over the warp
         with_used_units<kBatch>(used, [&](auto units) {
-          register_unit_dots<decltype(units)::value, kPasses>(weight_registers, first_pass, current, row, vectors,
+          register_unit_dots<decltype(units)::value, kIterations>(weight_registers, first_pass, current, row, vectors,
                                                               role.q, acc);
         });
       } else {
