@@ -1089,10 +1089,6 @@ void wait_at_cluster_barrier(Fiber* f, bool split, const std::source_location& w
 
 void cluster_sync(const std::source_location& where) {
   Fiber* f = cluster_fiber("simt::cluster_sync", where);
-  if (f->cluster_arrived) {
-    fault("simt::cluster_sync", where, "this thread arrived at the cluster barrier at " + site(f->arrived_where) +
-                                           " and has not waited since: simt::cluster_wait first");
-  }
   arrive_at_cluster_barrier(f, "simt::cluster_sync", where);
   wait_at_cluster_barrier(f, false, where);
 }
