@@ -204,6 +204,51 @@ def test_emulator_recovers_after_a_cluster_error():
     assert torch.equal(out, mix_reference(x, 128, 2).repeat_interleave(4, dim=0))
 
 
+# ---- the exchange by asynchronous stores (simt::store_async, mbarriers) -------------------
+
+@pytest.mark.parametrize("cluster_size,block_threads,clusters", [(2, 32, 3), (4, 48, 2), (16, 32, 2)])
+def test_cluster_allgather_by_asynchronous_stores(cluster_size, block_threads, clusters):
+    # No cluster barrier per round: each block waits on its own mbarrier for the bytes the
+    # others (and itself) store into its copy; right and bitwise alike under every schedule.
+    n = cluster_size * block_threads
+    x = torch.randn(clusters * n, generator=torch.Generator().manual_seed(n))
+    out, ranks = each_schedule(lambda: selftest.cluster_allgather(x, block_threads, cluster_size, rounds=7,
+                                                                  nonportable=cluster_size > 8, async_exchange=True))
+    assert torch.equal(out, mix_reference(x, n, 7).repeat_interleave(cluster_size, dim=0))
+    assert torch.equal(ranks, expected_ranks(clusters * cluster_size, cluster_size))
+
+
+def test_reads_before_the_mbarrier_wait_see_the_old_copy():
+    # The emulator performs an asynchronous store when the phase that counts it completes (the
+    # latest a GPU may): a round that reads its copy before the wait reads the round before's.
+    results, correct = race_results("async_read_before_wait")
+    assert all(not torch.equal(r, correct) for r in results.values())
+
+
+@pytest.mark.parametrize("fault,pattern", [
+    ("async_expect_too_many_bytes",
+     r"deadlock: block \(\d+,0,0\) thread \(\d+,0,0\) waits at simt::mbarrier_wait \(.*\) for the phase of parity "
+     r"0 of the mbarrier at \S+ \(initialised at .*; 0 of 1 arrivals and 4 bytes still expected\); no thread that "
+     r"can still run arrives on it or stores to it"),
+    # Without the cluster_sync a block stores into one whose init has not run or is not published.
+    ("async_store_before_init_visible",
+     r"simt::store_async at .*: the mbarrier at \S+ (was not initialised \(simt::mbarrier_init\)|\(block "
+     r"\(\d+,0,0\)\) was initialised at .* and no cluster_sync has made it visible to this block since)"),
+    ("async_uninitialised_barrier",
+     r"simt::(store_async|mbarrier_arrive_expect_tx) at .*: the mbarrier at \S+ was not initialised "
+     r"\(simt::mbarrier_init\)"),
+    ("async_exit_with_stores_pending",
+     r"block \((1|3),0,0\) \(cluster rank 1\) exited \(its last thread, .*, returned\) with a phase of its "
+     r"mbarrier at \S+ \(initialised at .*\) in progress: 1 of 1 arrivals and -\d+ bytes still expected, \d+ "
+     r"asynchronous store\(s\) received and never waited for|simt::store_async at .*: block \((1|3),0,0\) \(cluster "
+     r"rank 1\) has exited: its shared memory is gone"),
+])
+@pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
+def test_misused_mbarrier_exchange_is_an_error(fault, pattern, mode, seed):
+    with simt.schedule(mode, seed):
+        assert_cluster_fault(fault, pattern, rounds=2)
+
+
 # ---- launch validation, occupancy, device ------------------------------------------------
 
 def launch_error(pattern):

@@ -36,6 +36,16 @@
 //                                  acquire); between them no access to another block's memory
 //   simt::cluster_map_shared(p, rank)   the same shared variable in block `rank` of the cluster
 //                                  (distributed shared memory); clusters need compute capability 9.0
+//   simt::mbarrier_init(bar, arrivals)   an mbarrier (unsigned long long in shared memory) for
+//                                  `arrivals` arrivals per phase; other blocks of the cluster may
+//                                  use it after the next cluster_sync
+//   simt::mbarrier_arrive_expect_tx(bar, bytes)   one arrival on this block's mbarrier, whose
+//                                  phase then also waits for `bytes` of asynchronous stores
+//   simt::mbarrier_wait(bar, parity)   until the phase of that parity (0, 1, 0, ...) has completed
+//                                  (acquire at cluster scope: the stores it counted are visible)
+//   simt::store_async(p, rank, value, bar)   `value` (4, 8 or 16 bytes) into the shared variable
+//                                  p points to in block `rank`, completing its bytes on that
+//                                  block's mbarrier at bar's place (st.async; no barrier needed)
 //   atomicAdd, atomicMax, atomicMin, atomicExch, atomicCAS (global and shared memory)
 //   tanhf, expf, fmaf, rsqrtf, ...; c10::Half / c10::BFloat16 conversions
 //   __ldg, __threadfence (no-ops in emulation), __popc, __ffs, __clz

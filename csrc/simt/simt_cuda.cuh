@@ -175,6 +175,79 @@ template <class T>
 __device__ inline T* cluster_map_shared(T* local, unsigned rank) {
   return cooperative_groups::this_cluster().map_shared_rank(local, static_cast<int>(rank));
 }
+
+// mbarriers in shared memory and asynchronous stores into another block's shared memory that
+// complete bytes on that block's mbarrier (st.async): PTX's mbarrier.* and st.async, with
+// 32-bit shared-window addresses (mapa for another block's).
+__device__ inline unsigned shared_window_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ inline unsigned cluster_window_address(const void* local, unsigned rank) {
+  unsigned address;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(address) : "r"(shared_window_address(local)), "r"(rank));
+  return address;
+}
+// Initialises the mbarrier for `arrivals` arrivals per phase; the fence makes it visible to the
+// cluster's asynchronous stores once a cluster barrier follows.
+__device__ inline void mbarrier_init(unsigned long long* bar, unsigned arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(shared_window_address(bar)), "r"(arrivals) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// One arrival on the phase in progress, which then also waits for `bytes` of asynchronous stores.
+__device__ inline void mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_window_address(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __noinline__ inline void mbarrier_timed_out(const void* bar, unsigned parity) {
+  printf("simt::mbarrier_wait: the phase of parity %u of the mbarrier at %p did not complete after %u polls in block "
+         "(%u,%u,%u) thread (%u,%u,%u): an arrival or asynchronous store it expects never came\n",
+         parity, bar, kMaxPolls, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  __trap();
+}
+// Until the phase of parity `parity` has completed; acquire at cluster scope, so the bytes the
+// cluster's asynchronous stores completed on it are visible.
+__device__ inline void mbarrier_wait(unsigned long long* bar, unsigned parity) {
+  const unsigned address = shared_window_address(bar);
+  unsigned polls = 0;
+  while (true) {
+    unsigned done;
+    asm volatile(
+        "{\n"
+        ".reg .pred complete;\n"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 complete, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, complete;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"(address), "r"(parity)
+        : "memory");
+    if (done != 0) return;
+    if (++polls == kMaxPolls) mbarrier_timed_out(bar, parity);
+  }
+}
+// `value` (4, 8 or 16 bytes) into the variable `local_dst` is in block `rank`'s shared memory,
+// completing sizeof(V) bytes on that block's mbarrier at `local_bar`'s place.
+template <class T, class V>
+__device__ inline void store_async(T* local_dst, unsigned rank, const V& value, unsigned long long* local_bar) {
+  static_assert(sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16, "st.async stores 4, 8 or 16 bytes");
+  const unsigned dst = cluster_window_address(local_dst, rank), bar = cluster_window_address(local_bar, rank);
+  if constexpr (sizeof(V) == 16) {
+    uint4 w;
+    __builtin_memcpy(&w, &value, 16);
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];\n" ::"r"(dst),
+                 "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w), "r"(bar)
+                 : "memory");
+  } else if constexpr (sizeof(V) == 8) {
+    unsigned long long w;
+    __builtin_memcpy(&w, &value, 8);
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];\n" ::"r"(dst), "l"(w), "r"(bar)
+                 : "memory");
+  } else {
+    unsigned w;
+    __builtin_memcpy(&w, &value, 4);
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(dst), "r"(w), "r"(bar)
+                 : "memory");
+  }
+}
 #else
 __device__ inline unsigned cluster_rank() {
   SIMT_NO_CLUSTERS_TRAP("simt::cluster_rank");
@@ -191,6 +264,15 @@ template <class T>
 __device__ inline T* cluster_map_shared(T* local, unsigned) {
   SIMT_NO_CLUSTERS_TRAP("simt::cluster_map_shared");
   return local;
+}
+__device__ inline void mbarrier_init(unsigned long long*, unsigned) { SIMT_NO_CLUSTERS_TRAP("simt::mbarrier_init"); }
+__device__ inline void mbarrier_arrive_expect_tx(unsigned long long*, unsigned) {
+  SIMT_NO_CLUSTERS_TRAP("simt::mbarrier_arrive_expect_tx");
+}
+__device__ inline void mbarrier_wait(unsigned long long*, unsigned) { SIMT_NO_CLUSTERS_TRAP("simt::mbarrier_wait"); }
+template <class T, class V>
+__device__ inline void store_async(T*, unsigned, const V&, unsigned long long*) {
+  SIMT_NO_CLUSTERS_TRAP("simt::store_async");
 }
 #endif
 

@@ -60,6 +60,29 @@ struct AsyncCopy {
   std::source_location where;  // where it was issued
 };
 
+// A store_async issued into a block's shared memory and not yet performed: the emulator
+// performs it when the phase of the receiving mbarrier that counted its bytes completes, the
+// latest a GPU may, so a read before the mbarrier wait sees the old contents.
+struct AsyncStore {
+  void* dst;
+  unsigned char bytes[16];
+  std::size_t size;
+};
+
+// An mbarrier (simt::mbarrier_init) in a block's shared memory, keyed by its address: arrivals
+// and transaction bytes still expected by the phase in progress, the phases completed, and the
+// asynchronous stores whose bytes the phase counted.
+struct MBarrier {
+  Block* block = nullptr;
+  unsigned arrivals = 0;  // per phase (mbarrier_init)
+  unsigned pending = 0;   // arrivals the phase in progress still waits for
+  int64_t tx = 0;         // bytes it still waits for (negative: bytes that came before their expect_tx)
+  uint64_t phase = 0;     // phases completed
+  uint64_t visible_after = 0;  // the cluster barrier count at init: other blocks use it after one more
+  std::source_location init_where;
+  std::vector<AsyncStore> stores;
+};
+
 struct Fiber : ThreadHead {
   Context ctx;
   Stack stack;
@@ -77,6 +100,7 @@ struct Fiber : ThreadHead {
   uint64_t result = 0;
   const void* flag = nullptr;  // Wait::Flag: the flag (unsigned) it waits on to reach `value`, or
   bool tagged_word = false;     // the tagged word (unsigned long long) whose tag must equal `value`
+  bool mbarrier = false;        // or the mbarrier whose phase of parity `value` must complete
   // Arrived at its cluster's barrier (cluster_arrive, or cluster_sync) and not yet past its wait:
   // where, and the cluster's completed barriers then (the wait passes once that count grew).
   bool cluster_arrived = false;
@@ -165,7 +189,8 @@ struct Launch {
   std::vector<Fiber*> batch;
   std::size_t exited = 0;
   std::size_t at_grid = 0;
-  std::vector<Fiber*> flag_waiters;  // threads at wait_flag
+  std::vector<Fiber*> flag_waiters;  // threads at wait_flag, wait_word_tag and mbarrier_wait
+  std::unordered_map<const void*, MBarrier> mbarriers;  // of the session's blocks, by address
   MemoryOrder order;                 // of the blocks' accesses to each other's global memory
   std::size_t max_static_bytes = 0;
   Context scheduler;
@@ -230,6 +255,7 @@ std::string overwritten(const unsigned long long* word, unsigned tag) {
 
 // A waiting thread's condition holds.
 bool wait_satisfied(const Fiber& f) {
+  if (f.mbarrier) return (f.launch->mbarriers.at(f.flag).phase & 1u) != f.value;
   if (f.tagged_word) return word_tag(*static_cast<const unsigned long long*>(f.flag)) == f.value;
   return flag_reached(*static_cast<const unsigned*>(f.flag), static_cast<unsigned>(f.value));
 }
@@ -245,6 +271,13 @@ std::string describe(const Fiber& f) {
       return std::string("waits at ") + (f.split_wait ? "simt::cluster_wait" : "simt::cluster_sync") + " (" +
              site(f.where) + ")";
     case Wait::Flag:
+      if (f.mbarrier) {
+        const MBarrier& m = f.launch->mbarriers.at(f.flag);
+        return "waits at simt::mbarrier_wait (" + site(f.where) + ") for the phase of parity " + std::to_string(f.value) +
+               " of the mbarrier at " + pointer_text(f.flag) + " (initialised at " + site(m.init_where) + "; " +
+               std::to_string(m.pending) + " of " + std::to_string(m.arrivals) + " arrivals and " +
+               std::to_string(m.tx) + " bytes still expected)";
+      }
       if (f.tagged_word) {
         return "waits at simt::wait_word_tag (" + site(f.where) + ") for the word at " + pointer_text(f.flag) +
                " to carry tag " + std::to_string(f.value) + " (it carries " +
@@ -374,6 +407,22 @@ void yield(Fiber* f) {
 // the cluster that mapped it since the last cluster_sync may still access it (CUDA: every
 // distributed shared memory access must complete before the owner exits).
 void block_exited(Launch& L, Block& b, const Fiber& last) {
+  for (auto it = L.mbarriers.begin(); it != L.mbarriers.end();) {
+    const MBarrier& m = it->second;
+    if (m.block != &b) {
+      ++it;
+      continue;
+    }
+    if (m.tx != 0 || !m.stores.empty() || m.pending != m.arrivals) {
+      fail(L, "block " + detail::format_dim(b.idx) + " (cluster rank " + std::to_string(b.rank) + ") exited (its last thread, " +
+                  coords(last) + ", returned) with a phase of its mbarrier at " + pointer_text(it->first) +
+                  " (initialised at " + site(m.init_where) + ") in progress: " + std::to_string(m.pending) + " of " +
+                  std::to_string(m.arrivals) + " arrivals and " + std::to_string(m.tx) + " bytes still expected, " +
+                  std::to_string(m.stores.size()) + " asynchronous store(s) received and never waited for");
+      return;
+    }
+    it = L.mbarriers.erase(it);
+  }
   if (!b.mapped_by.empty()) {
     const Mapping& m = b.mapped_by.front();
     fail(L, "block " + detail::format_dim(b.idx) + " (cluster rank " + std::to_string(b.rank) + ") exited (its last thread, " +
@@ -473,7 +522,8 @@ void diagnose_deadlock(Launch& L) {
       }
     } else if (f.wait == Wait::Flag) {
       // No thread that can still run publishes it (every runnable thread has run).
-      const char* why = L.req.kind == LaunchKind::Plain
+      const char* why = f.mbarrier ? "; no thread that can still run arrives on it or stores to it"
+                        : L.req.kind == LaunchKind::Plain
                             ? "; a plain launch runs its blocks one after another (a GPU does not promise them "
                               "co-resident either): wait only for flags of blocks of a cooperative launch or of "
                               "the same cluster"
@@ -586,8 +636,9 @@ bool release_flag_waiters(Launch& L) {
     }
     if (!wait_satisfied(*f)) return false;
     // Recorded now, as the release that satisfied it (MemoryOrder::acquire takes the earliest).
-    if (!f->tagged_word) L.order.acquire(actor_of(*f), f->flag, static_cast<unsigned>(f->value));
+    if (!f->tagged_word && !f->mbarrier) L.order.acquire(actor_of(*f), f->flag, static_cast<unsigned>(f->value));
     f->flag = nullptr;
+    f->mbarrier = false;
     make_ready(L, f);
     released = true;
     return true;
@@ -694,6 +745,7 @@ void run_session(Launch& L, const std::vector<unsigned long long>& block_ids) {
   L.exited = 0;
   L.at_grid = 0;
   L.flag_waiters.clear();
+  L.mbarriers.clear();
   struct StackReturn {
     Launch& L;
     ~StackReturn() {
@@ -821,11 +873,13 @@ void publish_flag(unsigned* flag, unsigned value, const std::source_location& wh
 }
 
 // A thread's wait at wait_flag or wait_word_tag: it sleeps until its condition holds (resolve).
-void wait_on(Fiber* f, const void* address, bool tagged_word, unsigned value, const std::source_location& where) {
+void wait_on(Fiber* f, const void* address, bool tagged_word, unsigned value, const std::source_location& where,
+             bool mbarrier = false) {
   f->wait = Wait::Flag;
   f->where = where;
   f->flag = address;
   f->tagged_word = tagged_word;
+  f->mbarrier = mbarrier;
   f->value = value;
   f->launch->flag_waiters.push_back(f);
   yield(f);
@@ -1109,9 +1163,10 @@ void cluster_wait(const std::source_location& where) {
   wait_at_cluster_barrier(f, true, where);
 }
 
-void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where) {
-  constexpr const char* op = "simt::cluster_map_shared";
-  Fiber* f = cluster_fiber(op, where);
+namespace {
+
+// cluster_map_shared's work for the primitive `op` of thread f.
+void* map_shared(Fiber* f, const void* local, unsigned rank, const char* op, const std::source_location& where) {
   refuse_inside_split_barrier(f, op, where);
   Block& b = *f->block;
   const Cluster& c = *b.cluster;
@@ -1162,6 +1217,126 @@ void* cluster_map_shared(const void* local, unsigned rank, const std::source_loc
     if (!known) target.mapped_by.push_back(Mapping{f, where});
   }
   return base + offset;
+}
+
+}  // namespace
+
+void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where) {
+  constexpr const char* op = "simt::cluster_map_shared";
+  return map_shared(cluster_fiber(op, where), local, rank, op, where);
+}
+
+// ---------------------------------------------------------------------------------------
+// mbarriers and asynchronous stores into distributed shared memory (st.async).
+
+namespace {
+
+// Whether `p` .. p + bytes lies within one of block b's shared variables (or its dynamic memory).
+bool within_shared(const Block& b, const void* p, std::size_t bytes) {
+  const char* last = static_cast<const char*>(p) + bytes;
+  if (points_into(p, b.dynamic, b.dynamic_bytes) && points_into(last, b.dynamic, b.dynamic_bytes)) return true;
+  for (const SharedVar& v : b.statics) {
+    if (points_into(p, v.ptr, v.bytes) && points_into(last, v.ptr, v.bytes)) return true;
+  }
+  return false;
+}
+
+MBarrier& find_mbarrier(Launch& L, const void* bar, const char* op, const std::source_location& where) {
+  auto it = L.mbarriers.find(bar);
+  if (it == L.mbarriers.end()) {
+    fault(op, where, "the mbarrier at " + pointer_text(bar) + " was not initialised (simt::mbarrier_init)");
+  }
+  return it->second;
+}
+
+// A phase whose arrivals and bytes are all in completes: its stores land, waiters may pass.
+void complete_phases(MBarrier& m) {
+  if (m.pending != 0 || m.tx != 0) return;
+  for (const AsyncStore& st : m.stores) std::memcpy(st.dst, st.bytes, st.size);
+  m.stores.clear();
+  m.phase++;
+  m.pending = m.arrivals;
+}
+
+// The hardware's transaction count holds 20 bits and a sign.
+constexpr int64_t kMaxTxCount = (int64_t(1) << 20) - 1;
+
+void check_tx(const MBarrier& m, const void* bar, const char* op, const std::source_location& where) {
+  if (m.tx > kMaxTxCount || m.tx < -kMaxTxCount) {
+    fault(op, where, "the transaction count of the mbarrier at " + pointer_text(bar) + " is " + std::to_string(m.tx) +
+                         " bytes, outside [-(2^20 - 1), 2^20 - 1]");
+  }
+}
+
+}  // namespace
+
+void mbarrier_init(unsigned long long* bar, unsigned arrivals, const std::source_location& where) {
+  constexpr const char* op = "simt::mbarrier_init";
+  Fiber* f = running_fiber(op);
+  if (!within_shared(*f->block, bar, sizeof *bar)) {
+    fault(op, where, "the mbarrier at " + pointer_text(bar) + " does not lie within this block's shared memory");
+  }
+  if (reinterpret_cast<std::uintptr_t>(bar) % 8 != 0) fault(op, where, "an mbarrier needs an 8-byte aligned address");
+  if (arrivals < 1 || arrivals > static_cast<unsigned>(kMaxTxCount)) {
+    fault(op, where, "the arrival count is " + std::to_string(arrivals) + ", outside [1, 2^20 - 1]");
+  }
+  MBarrier& m = f->launch->mbarriers[bar];
+  m = MBarrier{};
+  m.block = f->block;
+  m.arrivals = m.pending = arrivals;
+  m.visible_after = f->block->cluster->phase;
+  m.init_where = where;
+  *bar = 0;  // (the word itself is opaque; the emulator keeps the state)
+}
+
+void mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes, const std::source_location& where) {
+  constexpr const char* op = "simt::mbarrier_arrive_expect_tx";
+  Fiber* f = running_fiber(op);
+  MBarrier& m = find_mbarrier(*f->launch, bar, op, where);
+  if (m.block != f->block) fault(op, where, "the mbarrier at " + pointer_text(bar) + " belongs to another block");
+  m.tx += bytes;
+  check_tx(m, bar, op, where);
+  m.pending--;
+  complete_phases(m);
+}
+
+void mbarrier_wait(unsigned long long* bar, unsigned parity, const std::source_location& where) {
+  constexpr const char* op = "simt::mbarrier_wait";
+  Fiber* f = running_fiber(op);
+  MBarrier& m = find_mbarrier(*f->launch, bar, op, where);
+  if (m.block != f->block) fault(op, where, "the mbarrier at " + pointer_text(bar) + " belongs to another block");
+  if (parity > 1) fault(op, where, "the phase parity is " + std::to_string(parity) + ", not 0 or 1");
+  if ((m.phase & 1u) != parity) return;  // the phase of that parity has completed
+  wait_on(f, bar, false, parity, where, /*mbarrier=*/true);
+}
+
+void store_async(void* local_dst, unsigned rank, const void* value, std::size_t bytes, unsigned long long* local_bar,
+                 const std::source_location& where) {
+  constexpr const char* op = "simt::store_async";
+  Fiber* f = cluster_fiber(op, where);
+  if (reinterpret_cast<std::uintptr_t>(local_dst) % bytes != 0) {
+    fault(op, where, "a " + std::to_string(bytes) + "-byte store needs a " + std::to_string(bytes) +
+                         "-byte aligned address");
+  }
+  if (!within_shared(*f->block, local_dst, bytes)) {
+    fault(op, where, "the " + std::to_string(bytes) + " bytes at " + pointer_text(local_dst) +
+                         " do not lie within this block's shared memory");
+  }
+  void* dst = map_shared(f, local_dst, rank, op, where);
+  const void* bar = map_shared(f, local_bar, rank, op, where);
+  Launch& L = *f->launch;
+  MBarrier& m = find_mbarrier(L, bar, op, where);
+  if (m.block != f->block && f->block->cluster->phase <= m.visible_after) {
+    fault(op, where, "the mbarrier at " + pointer_text(bar) + " (block " + detail::format_dim(m.block->idx) +
+                         ") was initialised at " + site(m.init_where) +
+                         " and no cluster_sync has made it visible to this block since");
+  }
+  AsyncStore st{dst, {}, bytes};
+  std::memcpy(st.bytes, value, bytes);
+  m.stores.push_back(st);
+  m.tx -= static_cast<int64_t>(bytes);
+  check_tx(m, bar, op, where);
+  complete_phases(m);
 }
 
 void kernel_check_failed(const char* condition, const std::string& message, const std::source_location& where) {

@@ -62,6 +62,11 @@ unsigned long long wait_word_tag(const unsigned long long* word, unsigned tag, c
 unsigned cluster_rank(const std::source_location& where);
 unsigned cluster_size(const std::source_location& where);
 void* cluster_map_shared(const void* local, unsigned rank, const std::source_location& where);
+void mbarrier_init(unsigned long long* bar, unsigned arrivals, const std::source_location& where);
+void mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes, const std::source_location& where);
+void mbarrier_wait(unsigned long long* bar, unsigned parity, const std::source_location& where);
+void store_async(void* local_dst, unsigned rank, const void* value, std::size_t bytes, unsigned long long* local_bar,
+                 const std::source_location& where);
 void* block_static_shared(const void* key, std::size_t bytes, std::size_t align, const std::source_location& where);
 void copy_async(void* dst, const void* src, std::size_t bytes, const std::source_location& where);
 void cross_block_access(const void* p, std::size_t bytes, bool write, const std::source_location& where);
@@ -318,6 +323,28 @@ inline void cluster_wait(std::source_location where = std::source_location::curr
 template <class T>
 T* cluster_map_shared(T* local, unsigned rank, std::source_location where = std::source_location::current()) {
   return static_cast<T*>(emu::cluster_map_shared(local, rank, where));
+}
+// mbarriers (simt.cuh). The emulator keeps each one's state beside the launch, keyed by its
+// address, and performs a store_async only when the phase that counted its bytes completes
+// (the latest a GPU may: a read of the data before the wait sees the old contents).
+inline void mbarrier_init(unsigned long long* bar, unsigned arrivals,
+                          std::source_location where = std::source_location::current()) {
+  emu::mbarrier_init(bar, arrivals, where);
+}
+inline void mbarrier_arrive_expect_tx(unsigned long long* bar, unsigned bytes,
+                                      std::source_location where = std::source_location::current()) {
+  emu::mbarrier_arrive_expect_tx(bar, bytes, where);
+}
+inline void mbarrier_wait(unsigned long long* bar, unsigned parity,
+                          std::source_location where = std::source_location::current()) {
+  emu::mbarrier_wait(bar, parity, where);
+}
+template <class T, class V>
+void store_async(T* local_dst, unsigned rank, const V& value, unsigned long long* local_bar,
+                 std::source_location where = std::source_location::current()) {
+  static_assert(std::is_trivially_copyable_v<V> && (sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16),
+                "st.async stores 4, 8 or 16 bytes");
+  emu::store_async(local_dst, rank, &value, sizeof(V), local_bar, where);
 }
 
 }  // namespace simt

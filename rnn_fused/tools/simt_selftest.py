@@ -94,15 +94,17 @@ def bounded(blocks: int, block_x: int, block_y: int = 1, dynamic_smem: int = 0, 
 
 
 def cluster_allgather(x: Tensor, block_threads: int, cluster_size: int, rounds: int, static_buffers: bool = False,
-                      nonportable: bool = False) -> tuple[Tensor, Tensor]:
+                      nonportable: bool = False, async_exchange: bool = False) -> tuple[Tensor, Tensor]:
     """`rounds` rounds of a recurrence whose state each cluster shares through distributed
-    shared memory (one cluster_sync per round); x [blocks * block_threads] holds one vector of
+    shared memory (one cluster_sync per round; with async_exchange, asynchronous stores counted
+    by each block's mbarriers instead); x [blocks * block_threads] holds one vector of
     cluster_size * block_threads elements per cluster. cluster_size=0 launches without
     clusters (one-block clusters). Returns (each block's copy of its cluster's final vector
     [blocks, n], (cluster_rank, cluster_size) per block [blocks, 2] int32)."""
     if block_threads <= 0 or x.numel() % block_threads:
         raise ValueError(f"block_threads ({block_threads}) must be positive and divide x.numel() ({x.numel()})")
-    return _ops().cluster_allgather(x, x.numel() // block_threads, cluster_size, rounds, static_buffers, nonportable)
+    return _ops().cluster_allgather(x, x.numel() // block_threads, cluster_size, rounds, static_buffers, nonportable,
+                                    async_exchange)
 
 
 FAULTS = (
@@ -126,7 +128,9 @@ CLUSTER_FAULTS = (
     "missing_cluster_sync", "divergent_cluster_sync", "rank_out_of_range", "map_non_shared",
     "exit_while_mapped", "exit_before_cluster_sync", "cluster_sync_against_barrier",
     "remote_shared_out_of_bounds", "stale_remote_access", "grid_sync_in_cluster",
-    "global_exchange_across_clusters",
+    "global_exchange_across_clusters", "read_before_cluster_wait", "wait_without_arrive", "arrive_twice",
+    "map_between_arrive_and_wait", "exit_after_arrive", "async_read_before_wait", "async_expect_too_many_bytes",
+    "async_store_before_init_visible", "async_uninitialised_barrier", "async_exit_with_stores_pending",
 )
 
 

@@ -262,6 +262,57 @@ SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rou
   return copies + (rounds % 2) * n;
 }
 
+// How a round of the all-gather by asynchronous stores (allgather_async_rounds) goes: right, or
+// known-bad: each round's copy read before the mbarrier wait; one byte more expected than the
+// blocks store (the phase never completes); no cluster_sync between the mbarriers' init and the
+// other blocks' first stores; no init at all.
+enum class AsyncRound : int { Correct, ReadBeforeWait, ExpectTooManyBytes, NoClusterSyncAfterInit, Uninitialised };
+
+// The all-gather recurrence of allgather_rounds with the exchange by asynchronous stores and no
+// cluster barrier per round: each thread stores its element into every block's copy (its own
+// included) with simt::store_async, whose bytes that block's mbarrier of the copy counts
+// (`arrivals` [2] in shared memory: one arrival per phase, thread 0's, which also says how many
+// bytes to expect), and reads the copy after waiting on its own block's mbarrier. Copy r % 2 is
+// rewritten in round r + 2 only by a block that has all of round r + 1's elements, each stored
+// by a thread after its reads of round r's copy. Returns the final h in copies[rounds % 2]; a
+// cluster_sync ends it (no block exits while another may still store into its memory).
+SIMT_DEVICE const float* allgather_async_rounds(const float* x, float* copies, unsigned long long* arrivals, int rounds,
+                                                AsyncRound how = AsyncRound::Correct) {
+  const unsigned size = simt::cluster_size(), rank = simt::cluster_rank();
+  const int n = static_cast<int>(size * blockDim.x);
+  const int j = static_cast<int>(rank * blockDim.x + threadIdx.x);
+  float v = x[static_cast<int64_t>(blockIdx.x / size) * n + j];
+  if (how != AsyncRound::Uninitialised && threadIdx.x == 0) {
+    simt::mbarrier_init(&arrivals[0], 1);
+    simt::mbarrier_init(&arrivals[1], 1);
+  }
+  if (how == AsyncRound::NoClusterSyncAfterInit) {
+    __syncthreads();
+  } else {
+    simt::cluster_sync();
+  }
+  const unsigned bytes = static_cast<unsigned>(n * sizeof(float)) + (how == AsyncRound::ExpectTooManyBytes ? 4u : 0u);
+  for (int r = 0; r <= rounds; ++r) {
+    float* copy = copies + (r % 2) * n;
+    unsigned long long* bar = &arrivals[r % 2];
+    const unsigned parity = static_cast<unsigned>(r / 2) & 1u;
+    if (threadIdx.x == 0) simt::mbarrier_arrive_expect_tx(bar, bytes);
+    for (unsigned k = 0; k < size; ++k) simt::store_async(copy + j, (rank + k) % size, v, bar);
+    if (r == rounds) {
+      simt::mbarrier_wait(bar, parity);
+    } else if (how == AsyncRound::ReadBeforeWait) {
+      const float next = cluster_mix(copy, j, n);
+      simt::mbarrier_wait(bar, parity);
+      v = next;
+    } else {
+      simt::mbarrier_wait(bar, parity);
+      v = cluster_mix(copy, j, n);
+    }
+  }
+  simt::cluster_sync();
+  return copies + (rounds % 2) * n;
+}
+
 // Thread-block cluster all-gather iterated like a recurrence (the pattern of the cluster
 // recurrence path). Cluster c (cluster_size consecutive blocks along x) owns
 // h = x[c] [n], n = cluster_size * blockDim.x; block rank r owns elements
@@ -273,12 +324,16 @@ SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rou
 //   ranks          [gridDim.x, 2] int32: (cluster_rank, cluster_size) of each block, written
 //   static_buffers nonzero: the two copies in static shared memory (n <= kClusterVectorMax);
 //                  zero: in the dynamic shared memory ([2, n] float)
+//   async_exchange nonzero: the rounds exchange by asynchronous stores and mbarriers
+//                  (allgather_async_rounds), not cluster barriers
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024)
-    cluster_allgather_kernel(const float* x, float* out, int* ranks, int rounds, int static_buffers) {
+    cluster_allgather_kernel(const float* x, float* out, int* ranks, int rounds, int static_buffers, int async_exchange) {
   SIMT_SHARED(float[2 * kClusterVectorMax], static_copies);
+  SIMT_SHARED(unsigned long long[2], arrivals);
   SIMT_DYNAMIC_SHARED(float, dynamic_copies);
   float* copies = static_buffers != 0 ? &static_copies[0] : dynamic_copies;
-  const float* h = allgather_rounds(x, copies, rounds, true);
+  const float* h = async_exchange != 0 ? allgather_async_rounds(x, copies, &arrivals[0], rounds)
+                                       : allgather_rounds(x, copies, rounds, true);
   const int n = static_cast<int>(simt::cluster_size() * blockDim.x);
   for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
     out[static_cast<int64_t>(blockIdx.x) * n + i] = h[i];
@@ -579,6 +634,11 @@ enum class ClusterFault : int {
   ArriveTwice,              // two cluster_arrive without a cluster_wait between them
   MapBetweenArriveAndWait,  // a distributed shared memory write between cluster_arrive and cluster_wait
   ExitAfterArrive,          // rank 1 returns after cluster_arrive, without its cluster_wait
+  AsyncReadBeforeWait,      // the asynchronous all-gather reading each round's copy before its mbarrier wait
+  AsyncExpectTooManyBytes,  // the asynchronous all-gather expecting 4 bytes more than are stored (deadlock)
+  AsyncStoreBeforeInitVisible,  // the asynchronous all-gather without the cluster_sync after the mbarriers' init
+  AsyncUninitialisedBarrier,    // the asynchronous all-gather on mbarriers never initialised
+  AsyncExitWithStoresPending,   // rank 0 stores into rank 1, which exits without arriving or waiting
 };
 
 // Dispatches on the fault. The launch is a cluster launch with dynamic shared memory of
@@ -587,6 +647,19 @@ enum class ClusterFault : int {
 //   out [gridDim.x, n] float, written where the case produces output
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const float* x, float* out, int rounds) {
   SIMT_DYNAMIC_SHARED(float, copies);
+  SIMT_SHARED(unsigned long long[2], arrivals);
+  // The asynchronous all-gather with one bug, its copies zeroed first (stale reads stay finite).
+  auto async_rounds = [&](AsyncRound how) {
+    for (int i = static_cast<int>(threadIdx.x); i < 2 * static_cast<int>(simt::cluster_size() * blockDim.x);
+         i += static_cast<int>(blockDim.x)) {
+      copies[i] = 0.0f;
+    }
+    const float* h = allgather_async_rounds(x, copies, &arrivals[0], rounds, how);
+    const int n = static_cast<int>(simt::cluster_size() * blockDim.x);
+    for (int i = static_cast<int>(threadIdx.x); i < n; i += static_cast<int>(blockDim.x)) {
+      out[static_cast<int64_t>(blockIdx.x) * n + i] = h[i];
+    }
+  };
   const unsigned t = threadIdx.x;
   const unsigned rank = simt::cluster_rank();
   const unsigned size = simt::cluster_size();
@@ -684,6 +757,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const
       if (rank == 1) return;
       simt::cluster_wait();
       my_out[t] = v;
+      break;
+    case ClusterFault::AsyncReadBeforeWait: async_rounds(AsyncRound::ReadBeforeWait); break;
+    case ClusterFault::AsyncExpectTooManyBytes: async_rounds(AsyncRound::ExpectTooManyBytes); break;
+    case ClusterFault::AsyncStoreBeforeInitVisible: async_rounds(AsyncRound::NoClusterSyncAfterInit); break;
+    case ClusterFault::AsyncUninitialisedBarrier: async_rounds(AsyncRound::Uninitialised); break;
+    case ClusterFault::AsyncExitWithStoresPending:
+      if (t == 0) simt::mbarrier_init(&arrivals[0], 1);
+      simt::cluster_sync();
+      if (rank == 0) simt::store_async(copies + t, 1u, v, &arrivals[0]);
       break;
     case ClusterFault::GlobalExchangeAcrossClusters: {
       // stage and got: the first two [gridDim.x * blockDim.x] stretches of out (n >= 2 blockDim.x).

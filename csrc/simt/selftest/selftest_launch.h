@@ -205,10 +205,12 @@ inline at::Tensor bounded(const at::Tensor& like, int64_t blocks, int64_t block_
 // The cluster all-gather recurrence: x [blocks * block_threads] holds one vector of
 // n = cluster_size * block_threads per cluster. cluster_size 0 launches without clusters
 // (simt::launch: one-block clusters, n = block_threads). `nonportable` sets the kernel's
-// opt-in to 9..16 blocks per cluster before the launch. Returns (each block's final copy
+// opt-in to 9..16 blocks per cluster before the launch; `async_exchange` exchanges by
+// asynchronous stores and mbarriers instead of cluster barriers. Returns (each block's final copy
 // [blocks, n], (cluster_rank, cluster_size) per block [blocks, 2] int32).
 inline std::tuple<at::Tensor, at::Tensor> cluster_allgather(const at::Tensor& x, int64_t blocks, int64_t cluster_size,
-                                                            int64_t rounds, bool static_buffers, bool nonportable) {
+                                                            int64_t rounds, bool static_buffers, bool nonportable,
+                                                            bool async_exchange) {
   check_float_vector(x, "simt_selftest_cluster_allgather");
   RNN_FUSED_SELFTEST_GUARD(x);
   TORCH_CHECK(blocks > 0 && x.numel() % blocks == 0 && x.numel() > 0,
@@ -225,12 +227,13 @@ inline std::tuple<at::Tensor, at::Tensor> cluster_allgather(const at::Tensor& x,
   const int r = checked_int(rounds, "rounds");
   if (cluster_size == 0) {
     simt::launch(cluster_allgather_kernel, grid, block, dynamic_smem, x.data_ptr<float>(), out.data_ptr<float>(),
-                 ranks.data_ptr<int>(), r, static_buffers ? 1 : 0);
+                 ranks.data_ptr<int>(), r, static_buffers ? 1 : 0, async_exchange ? 1 : 0);
   } else {
     simt::allow_nonportable_cluster_size(cluster_allgather_kernel, nonportable);
     simt::launch_cluster(cluster_allgather_kernel, grid, block, dynamic_smem,
                          static_cast<unsigned>(checked_int(cluster_size, "cluster_size")), x.data_ptr<float>(),
-                         out.data_ptr<float>(), ranks.data_ptr<int>(), r, static_buffers ? 1 : 0);
+                         out.data_ptr<float>(), ranks.data_ptr<int>(), r, static_buffers ? 1 : 0,
+                         async_exchange ? 1 : 0);
   }
   return {out, ranks};
 }
@@ -321,6 +324,11 @@ inline ClusterFault parse_cluster_fault(const std::string& name) {
       {"arrive_twice", ClusterFault::ArriveTwice},
       {"map_between_arrive_and_wait", ClusterFault::MapBetweenArriveAndWait},
       {"exit_after_arrive", ClusterFault::ExitAfterArrive},
+      {"async_read_before_wait", ClusterFault::AsyncReadBeforeWait},
+      {"async_expect_too_many_bytes", ClusterFault::AsyncExpectTooManyBytes},
+      {"async_store_before_init_visible", ClusterFault::AsyncStoreBeforeInitVisible},
+      {"async_uninitialised_barrier", ClusterFault::AsyncUninitialisedBarrier},
+      {"async_exit_with_stores_pending", ClusterFault::AsyncExitWithStoresPending},
   };
   for (const auto& [n, f] : names) {
     if (name == n) return f;

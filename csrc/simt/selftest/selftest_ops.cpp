@@ -53,8 +53,8 @@ TORCH_LIBRARY(rnn_fused_selftest, m) {
   m.def("barrier_loop(Tensor x, int block_threads, int rounds) -> Tensor");
   m.def("bounded(Tensor like, int blocks, int block_x, int block_y, int dynamic_smem) -> Tensor");
   m.def("faulty(str fault, Tensor x, int blocks, int block_threads) -> Tensor");
-  m.def("cluster_allgather(Tensor x, int blocks, int cluster_size, int rounds, bool static_buffers, bool nonportable) "
-        "-> (Tensor, Tensor)");
+  m.def("cluster_allgather(Tensor x, int blocks, int cluster_size, int rounds, bool static_buffers, bool nonportable, "
+        "bool async_exchange=False) -> (Tensor, Tensor)");
   m.def("faulty_cluster(str fault, Tensor x, int blocks, int cluster_size, int rounds) -> Tensor");
 }
 
