@@ -72,9 +72,9 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   TORCH_CHECK_VALUE(u == 0 || u == 16 || u == 32,
                     "rnn_fused.launch_plan.forced_tiling: units_per_pass must be 16 or 32 (or None: each plan's own "
                     "choice), got ", u);
-  TORCH_CHECK_VALUE(sync >= -1 && sync <= 2,
-                    "rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier' or "
-                    "'tagged_exchange' (or None: each plan's own choice), got code ", sync);
+  TORCH_CHECK_VALUE(sync >= -1 && sync <= 3,
+                    "rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
+                    "'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got code ", sync);
   return forced_tiling_setting.exchange(tiling);
 }
 

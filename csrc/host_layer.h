@@ -114,7 +114,7 @@ struct RecurrencePlanReport {
     bool feasible = false;
     int64_t samples_per_group = 0, samples = 0, chunks = 0, groups = 0, ctas_per_group = 0, units_per_cta = 0;
     int64_t units_per_pass = 0;
-    int64_t step_sync = 0;  // Grid path: RecurrenceTiling::step_sync (0 grid barrier, 1 flag barrier, 2 tagged exchange)
+    int64_t step_sync = 0;  // RecurrenceTiling::step_sync (0 the barrier, Grid: 1 flag barrier, 2 tagged exchange; Cluster: 3 asynchronous exchange)
     int64_t grid = 0, block_threads = 0, cluster = 0, shared_mem_bytes = 0, blocks_per_sm = 0, waves = 0;
     int64_t compiled_passes = 0;  // the passes its kernels are compiled for (0: read at run time)
     double us_per_step = 0.0;           // the cost model's prediction
@@ -134,7 +134,7 @@ struct StepCostQuery {
   int64_t hidden = 0, batch = 0;
   int64_t samples = 1, chunks = 1, ctas_per_group = 1, units_per_cta = 0, waves = 1;  // the launch shape
   int64_t units_per_pass = 32;
-  int64_t step_sync = 0;  // Grid path: RecurrenceTiling::step_sync (0 grid barrier, 1 flag barrier, 2 tagged exchange)
+  int64_t step_sync = 0;  // RecurrenceTiling::step_sync (0 the barrier, Grid: 1 flag barrier, 2 tagged exchange; Cluster: 3 asynchronous exchange)
   std::vector<std::string> constant_names;
   std::vector<double> constant_values;
   std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
@@ -183,9 +183,9 @@ void dispatch_elman(at::ScalarType compute, Activation activation, F&& f) {
 
 // Parts of the launch shape every GPU-kernel planner must use: samples per chunk (1, 2, 4 or 8:
 // the kernels' register tiles), units per pass (16 or 32: RecurrenceTiling::units_per_pass),
-// each 0 for each plan's own choice, and the Grid path's step synchronisation
-// (RecurrenceTiling::step_sync: 0 grid barrier, 1 flag barrier, 2 tagged exchange; -1 for each
-// plan's own). To run or time other launch shapes at one size than the cost model picks
+// each 0 for each plan's own choice, and the step synchronisation (RecurrenceTiling::step_sync:
+// 0 the Grid and Cluster paths' barriers, Grid: 1 flag barrier, 2 tagged exchange, Cluster: 3
+// asynchronous exchange; a code binds only the paths that have it; -1 for each plan's own). To run or time other launch shapes at one size than the cost model picks
 // (rnn_fused.launch_plan.forced_tiling: gpu-check, tests). Process-wide.
 struct ForcedTiling {
   int64_t samples = 0;

@@ -38,9 +38,12 @@ from . import _build  # noqa: F401  (loads rnn_fused._C)
 logger = logging.getLogger("rnn_fused")
 
 PATHS = ("block", "cluster", "grid", "stepwise")
-# The grid path's ways to hand a step's state to the next (PathEstimate.step_sync indexes them;
-# csrc/cuda/recurrence_paths.cuh StepSync).
-STEP_SYNCS = ("grid_barrier", "flag_barrier", "tagged_exchange")
+# The grid and cluster paths' ways to hand a step's state to the next (PathEstimate.step_sync
+# indexes them; csrc/cuda/recurrence_paths.cuh StepSync): "grid_barrier" is either path's barrier
+# (the grid barrier, the cluster barrier), the next two the grid path's, the last the cluster path's.
+STEP_SYNCS = ("grid_barrier", "flag_barrier", "tagged_exchange", "async_exchange")
+GRID_STEP_SYNCS = STEP_SYNCS[:3]
+CLUSTER_STEP_SYNCS = (STEP_SYNCS[0], STEP_SYNCS[3])
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ class PathEstimate:
     units_per_cta: int           # hidden units (rows of W_hh) per CTA
     units_per_pass: int          # 32 (all 8 warps compute the dot products) or 16 (warps 0-3, each
                                  # state chunk loaded feeding twice the units); 0 for "stepwise"
-    step_sync: int               # "grid": how a step hands over its state, an index into STEP_SYNCS
-                                 # (0 the grid barrier, 1 a flag barrier over the sample group's CTAs,
-                                 # 2 the tagged exchange, no barrier); else 0
+    step_sync: int               # how a step hands over its state, an index into STEP_SYNCS: "grid"
+                                 # 0 the grid barrier, 1 a flag barrier over the sample group's CTAs,
+                                 # 2 the tagged exchange, no barrier; "cluster" 0 the cluster barrier,
+                                 # 3 the asynchronous exchange (mbarriers, no barrier); else 0
     grid: int                    # CTAs of the launch (epilogue blocks for "stepwise")
     block_threads: int
     cluster: int                 # CTAs per thread-block cluster ("cluster"), else 1
@@ -187,11 +191,14 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
-    twice the passes) and, on the grid path, `step_sync` (one of STEP_SYNCS): "grid_barrier"
-    (the cooperative grid barrier ends each step), "flag_barrier" (a barrier over the CTAs of
-    each sample group, one flag per CTA in global memory) or "tagged_exchange" (no barrier: each
-    state value travels with its step's tag in one 8-byte word; float32 only); None leaves that
-    part to each plan. For running or timing launch shapes the cost model would not pick
+    twice the passes) and `step_sync` (one of STEP_SYNCS): "grid_barrier" (the grid and cluster
+    paths end each step in their barrier: the cooperative grid barrier, the cluster barrier),
+    on the grid path "flag_barrier" (a barrier over the CTAs of each sample group, one flag per
+    CTA in global memory) or "tagged_exchange" (no barrier: each state value travels with its
+    step's tag in one 8-byte word; float32 only), on the cluster path "async_exchange" (no
+    barrier: each CTA's slice of the state goes into the others' shared memory by asynchronous
+    stores that an mbarrier per state buffer counts; not in a backward that records norms); a
+    path that has not the forced one chooses its own. None leaves that part to each plan. For running or timing launch shapes the cost model would not pick
     (gpu-check, tests). Process-wide; a path that cannot run the shape so is infeasible, and
     forcing it says why. The previous setting is restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
@@ -201,8 +208,8 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
             raise ValueError(f"rnn_fused.launch_plan.forced_tiling: {name} must be {allowed} (or None: each plan's "
                              f"own choice), got 0")
     if step_sync is not None and step_sync not in STEP_SYNCS:
-        raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier' or "
-                         f"'tagged_exchange' (or None: each plan's own choice), got {step_sync!r}")
+        raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
+                         f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync)):
         yield

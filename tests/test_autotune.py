@@ -52,8 +52,9 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     assert "(predicted " in predicted.reason and "measured" not in predicted.reason
     # What was timed: each feasible persistent path's best shape by the model for each sample
     # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
-    # each number of units per pass (the model's own pick among them) and on the grid path each
-    # step synchronisation, the stepwise path's; each path's candidate is its fastest of those.
+    # each number of units per pass (the model's own pick among them) and on the grid and
+    # cluster paths each step synchronisation, the stepwise path's; each path's candidate is its
+    # fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -66,7 +67,7 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
             continue
         model = predicted.candidate(c.path)
         tiles = [samples for samples in (1, 2, 4, 8) if samples == 1 or samples // 2 < batch]
-        syncs = (0, 1, 2) if c.path == "grid" else (0,)
+        syncs = {"grid": (0, 1, 2), "cluster": (0, 3)}.get(c.path, (0,))
         assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in shapes) == [
             (s, u, f) for s in tiles for u in (16, 32) for f in syncs]
         assert any((t.grid, t.samples, t.units_per_pass, t.step_sync)

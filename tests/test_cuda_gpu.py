@@ -226,8 +226,9 @@ def test_autotune_times_every_path_on_this_gpu_and_the_layer_runs_its_pick():
         # the batch), each with 32 and with 16 units per pass: all six were timed.
         assert sorted((t.samples, t.units_per_pass) for t in plan.timed if t.path == "block") == [
             (s, u) for s in (1, 2, 4) for u in (16, 32)]
-        # The grid path's shapes were timed with each step synchronisation.
+        # The grid and cluster paths' shapes were timed with each of their step synchronisations.
         assert {t.step_sync for t in plan.timed if t.path == "grid"} == {0, 1, 2}
+        assert {t.step_sync for t in plan.timed if t.path == "cluster"} in ({0, 3}, set())  # (set(): no clusters)
     assert untimed.measured_us_per_step is None and "measured" not in untimed.reason
     # path= forces both directions: the forward's results always compare, the gradients where
     # the backward took the same path as the forward.
@@ -327,6 +328,48 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
             got = once()
         for a, b in zip(expected, got, strict=True):
             assert torch.equal(a, b), (samples, units_per_pass, sync)
+
+
+def _cluster_run(hidden, batch, dtype, bidirectional):
+    """Output, h_n and every gradient of a module with randomized truncation on the cluster
+    path, forward and backward over 12 steps with lengths 8-12 (no recorded norms: the
+    asynchronous exchange does not gather them)."""
+    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
+    torch.manual_seed(0)
+    module = RNN(5, hidden, bidirectional=bidirectional, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE, dtype)
+    module.backend, module.path = BACKEND, "cluster"
+    x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE, dtype)
+    x.requires_grad_()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, h_n = module(packed)
+    (out.data.sin().sum() + h_n.cos().sum()).backward()
+    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()]]
+
+
+@pytest.mark.parametrize("hidden,batch,dtype,bidirectional", [
+    (256, 1, torch.float32, False), (256, 8, torch.float32, True), (129, 3, torch.float32, False),
+    (512, 32, torch.float32, False), (768, 16, torch.float32, False), (200, 5, torch.float64, False)])
+def test_cluster_async_exchange_rounds_as_the_cluster_barrier_on_the_gpu(hidden, batch, dtype, bidirectional):
+    """The cluster path's steps ended by the asynchronous exchange (each CTA's slice stored into
+    the others by st.async, counted by an mbarrier per state buffer, no cluster barrier; on the
+    GPU's memory model only here): forward and backward with randomized truncation, uneven
+    lengths and a reversed direction, bitwise the cluster barrier's results, run three times (a
+    read before the data landed, or an early phase, would show as a difference)."""
+    refusal = path_refusal("cluster", hidden, batch, dtype)
+    if refusal is not None:
+        with expect_refusal("cluster", hidden, refusal):
+            _cluster_run(hidden, batch, dtype, bidirectional)
+        return
+    with rnn_fused.launch_plan.forced_tiling(step_sync="grid_barrier"):
+        expected = _cluster_run(hidden, batch, dtype, bidirectional)
+    with rnn_fused.launch_plan.forced_tiling(step_sync="async_exchange"):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, dtype, PLAN_DEVICE, backward=backward).candidate("cluster")
+            assert plan.step_sync == rnn_fused.launch_plan.STEP_SYNCS.index("async_exchange"), plan.reason
+        for _ in range(3):
+            got = _cluster_run(hidden, batch, dtype, bidirectional)
+            for a, b in zip(expected, got, strict=True):
+                assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)

@@ -359,7 +359,7 @@ def test_grid_step_syncs_round_alike(hidden, sm_count, samples):
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs = []
-    for sync in launch_plan.STEP_SYNCS:
+    for sync in launch_plan.GRID_STEP_SYNCS:
         with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples, step_sync=sync):
             plans = [rnn_fused.plan(hidden, batch, path="grid", backward=b) for b in (False, True)]
         assert {p.step_sync for p in plans} == {launch_plan.STEP_SYNCS.index(sync)}
@@ -399,6 +399,94 @@ def test_step_syncs_round_alike_under_every_schedule(sync):
                         assert torch.equal(a, b), (sm_count, mode, seed)
 
 
+def _cluster_run(sm_count, hidden, batch, lengths, dtype, step_sync, samples, bidirectional=False):
+    """Output, h_n and every gradient of a 1-layer module (bidirectional: a reversed direction
+    too) with randomized truncation, on the cluster path of an emulated device of sm_count SMs
+    with the samples per chunk and the step synchronisation forced."""
+    torch.manual_seed(0)
+    module = RNN(5, hidden, bidirectional=bidirectional, truncation=rnn_fused.RandomTruncation(0.7, seed=3)).to(dtype)
+    module.backend, module.path = "emulated", "cluster"
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(6, batch, 5, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples, step_sync=step_sync):
+        out, h_n = module(packed)
+        (out.data.sin().sum() + h_n.cos().sum()).backward()
+    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()]]
+
+
+CLUSTER_LENGTHS = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+
+
+@pytest.mark.parametrize("hidden,sm_count,samples,dtype,bidirectional", [
+    (128, 2, 8, torch.float32, False), (70, 3, 2, torch.float32, True), (300, 2, 8, torch.float32, False),
+    (96, 3, 1, torch.float64, False), (129, 132, 2, torch.float64, False)])
+def test_cluster_async_exchange_rounds_as_the_cluster_barrier(hidden, sm_count, samples, dtype, bidirectional):
+    """The cluster path's steps may end without the cluster barrier: each CTA stores its slice
+    of the new state into the others' buffers by asynchronous stores that an mbarrier per buffer
+    counts, and waits on its own (StepSync::AsyncExchange). Forward and backward with uneven
+    lengths, randomized truncation and a reversed direction give bitwise the cluster
+    barrier's results: slices in 16-byte vectors (H = 128, 70, 96 in float64; 300 at 8 samples,
+    several pieces per thread) and in scalars (H = 129 on 15 CTAs of 9 units, float64)."""
+    batch = 9
+    with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(samples=samples,
+                                                                            step_sync="async_exchange"):
+        plans = [rnn_fused.plan(hidden, batch, dtype, path="cluster", backward=b) for b in (False, True)]
+    assert all(p.step_sync == launch_plan.STEP_SYNCS.index("async_exchange") and p.ctas_per_group > 1 and
+               "asynchronous stores counted by mbarriers" in p.reason for p in plans), [p.reason for p in plans]
+    expected = _cluster_run(sm_count, hidden, batch, CLUSTER_LENGTHS, dtype, "grid_barrier", samples, bidirectional)
+    got = _cluster_run(sm_count, hidden, batch, CLUSTER_LENGTHS, dtype, "async_exchange", samples, bidirectional)
+    for a, b in zip(expected, got, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_cluster_async_exchange_under_every_schedule():
+    """A CTA that read a peer's slice before its mbarrier's phase completed would read the step
+    before's (the emulator performs asynchronous stores only then): under every schedule the
+    exchange gives the cluster barrier's results bitwise."""
+    expected = _cluster_run(3, 70, 9, CLUSTER_LENGTHS, torch.float32, "grid_barrier", 2)
+    for mode, seed in simt.ALL_SCHEDULES:
+        with simt.schedule(mode, seed):
+            got = _cluster_run(3, 70, 9, CLUSTER_LENGTHS, torch.float32, "async_exchange", 2)
+        for a, b in zip(expected, got, strict=True):
+            assert torch.equal(a, b), (mode, seed)
+
+
+def test_cluster_async_exchange_is_planned_only_where_it_can_run_and_is_priced_apart():
+    """Not measured on a GPU yet: priced at the slowest cluster barrier, so the planner keeps the
+    barrier (the first option on a tie) until a fit sets async_exchange_us; autotuning times it.
+    The asynchronous exchange does not gather recorded norms: forced where a backward records
+    them, the cluster path cannot run it and says why. A forced step synchronisation binds only
+    the path that has it."""
+    for backward in (False, True):
+        assert rnn_fused.plan(256, 8, path="cluster", backward=backward).step_sync == 0
+    constants = launch_plan.cost_constants()
+    for hidden in (64, 256, 512):
+        barrier = dict(vars(rnn_fused.plan(hidden, 8, path="cluster")), step_sync=0)
+        priced = launch_plan.step_cost_us(dict(barrier, step_sync=3), hidden, 8, term="barrier")
+        assert priced == constants["async_exchange_us"] >= launch_plan.step_cost_us(barrier, hidden, 8, term="barrier")
+    barrier = dict(vars(rnn_fused.plan(256, 8, path="cluster")), step_sync=0)
+    exchange = dict(barrier, step_sync=3)
+    assert launch_plan.step_cost_us(exchange, 256, 8, constants={"async_exchange_us": 0.05}, term="barrier") == 0.05
+    assert launch_plan.step_cost_us(exchange, 256, 8, constants={"async_exchange_us": 0.05}) < \
+        launch_plan.step_cost_us(barrier, 256, 8)
+    with launch_plan.forced_tiling(step_sync="async_exchange"):
+        assert rnn_fused.plan(256, 8, path="cluster").step_sync == 3
+        assert rnn_fused.plan(1024, 8, path="grid").step_sync in (0, 1, 2)  # (the grid path chooses its own)
+        module = RNN(3, 40)
+        module.backend, module.path = "emulated", "cluster"
+        with simt.emulated_device(sm_count=2):
+            with rnn_fused.record_gradients(module):
+                out, _ = module(torch.randn(4, 2, 3))
+                with pytest.raises(ValueError, match=r"path 'cluster' cannot run hidden_size=40, batch_size=2 in "
+                                                     r"float32 \(backward\) on this device: the asynchronous exchange "
+                                                     r"does not gather recorded norms"):
+                    out.sum().backward()
+    with pytest.raises(ValueError, match=r"step_sync must be 0 \(the path's barrier\), or on path 'grid' 1 .* or on "
+                                         r"path 'cluster' 3 \(the asynchronous exchange\), got 3 on path 'grid'"):
+        launch_plan.step_cost_us(dict(vars(rnn_fused.plan(1024, 8, path="grid")), step_sync=3), 1024, 8)
+
+
 @pytest.mark.parametrize("hidden,batch", [(64, 8), (300, 9), (1024, 8), (1024, 128)])
 def test_planner_ends_grid_steps_the_way_the_model_prices_fastest(hidden, batch):
     """The grid path's three step synchronisations, each measured on an H200 (their constants
@@ -408,7 +496,7 @@ def test_planner_ends_grid_steps_the_way_the_model_prices_fastest(hidden, batch)
     for backward in (False, True):
         plan = rnn_fused.plan(hidden, batch, path="grid", backward=backward)
         priced = {}
-        for sync in launch_plan.STEP_SYNCS:
+        for sync in launch_plan.GRID_STEP_SYNCS:
             with launch_plan.forced_tiling(step_sync=sync):
                 priced[sync] = rnn_fused.plan(hidden, batch, path="grid", backward=backward).predicted_us_per_step
         assert launch_plan.STEP_SYNCS[plan.step_sync] == min(priced, key=priced.get), (priced, plan.reason)
@@ -433,7 +521,7 @@ def test_the_step_syncs_are_priced_by_their_own_constants():
     assert launch_plan.step_cost_us(tagged, 1024, 32, constants=cheaper, term="barrier") == 0.0
     assert launch_plan.step_cost_us(barrier, 1024, 32, constants=cheaper, term="barrier") == \
         constants["grid_barrier_us"]
-    with pytest.raises(ValueError, match=r"step_sync must be 0 \(the grid barrier\), or on path 'grid' 1"):
+    with pytest.raises(ValueError, match=r"step_sync must be 0 \(the path's barrier\), or on path 'grid' 1"):
         launch_plan.step_cost_us(dict(vars(rnn_fused.plan(64, 1)), step_sync=1), 64, 1)
     with launch_plan.forced_tiling(step_sync="tagged_exchange"):
         with pytest.raises(ValueError, match="path 'grid' cannot run .* float64.*the tagged exchange carries float32"):
@@ -457,13 +545,14 @@ def test_forced_tiling_is_checked_and_restored():
             assert rnn_fused.plan(100, 9, path="block").samples == 8
         grid = rnn_fused.plan(200, 9, path="grid")
         assert (grid.samples, grid.units_per_pass) == (2, 16) and "dot products on 4 warps" in grid.reason
-    with pytest.raises(ValueError, match=r"step_sync must be 'grid_barrier', 'flag_barrier' or 'tagged_exchange' "
-                                         r"\(or None: each plan's own choice\), got 'atomic'"):
+    with pytest.raises(ValueError, match=r"step_sync must be 'grid_barrier', 'flag_barrier', 'tagged_exchange' or "
+                                         r"'async_exchange' \(or None: each plan's own choice\), got 'atomic'"):
         with launch_plan.forced_tiling(step_sync="atomic"):
             pass
     with launch_plan.forced_tiling(step_sync="flag_barrier"):
         assert rnn_fused.plan(200, 9, path="grid").step_sync == 1
-        assert rnn_fused.plan(200, 9, path="block").step_sync == 0  # (only the grid path has a choice)
+        assert rnn_fused.plan(200, 9, path="block").step_sync == 0  # (the block path has no choice)
+        assert rnn_fused.plan(200, 9, path="cluster").step_sync == 0  # (the flag barrier is the grid path's)
     assert rnn_fused.plan(200, 9) == chosen
 
 

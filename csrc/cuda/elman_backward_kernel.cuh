@@ -176,7 +176,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms);
+  StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms,
+                             layout.exchange_arrivals(smem), cta.exchange_bytes_in(layout));
   barrier.start();
   // The steps, timed by `clock` (a PhaseClock).
   auto run = [&](auto clock) {
@@ -284,7 +285,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const unsigned long long* tagged_later =
           s == T - 1 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + ((s + 1) % 2) * B * H;
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
-                         (s + 1) % 2, step_chunk, after_chunk, clock);
+                         (s + 1) % 2, step_chunk, after_chunk, clock, barrier.step_arrivals());
       clock.lap(kComputePhase);
       barrier.arrive();
       if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
@@ -324,6 +325,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
       }
     }
+    barrier.finish();
   };
   run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), run);
 }

@@ -79,7 +79,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
   __syncthreads();
   cta.cache_weights();
-  StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false);
+  StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false,
+                             layout.exchange_arrivals(smem), cta.exchange_bytes_in(layout));
   barrier.start();
 
   // The steps, timed by `clock` (a PhaseClock).
@@ -149,7 +150,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const unsigned long long* tagged_current =
           s == 0 || a.tagged_exchange == nullptr ? nullptr : a.tagged_exchange + (s % 2) * B * H;
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_current, tagged_current, static_cast<unsigned>(s),
-                         s % 2, step_chunk, [](int64_t) {}, clock);
+                         s % 2, step_chunk, [](int64_t) {}, clock, barrier.step_arrivals());
       clock.lap(kComputePhase);
       barrier.arrive();
       if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
@@ -164,6 +165,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       }
     }
     clock.store();
+    barrier.finish();
   };
   run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), run);
 }

@@ -205,6 +205,7 @@ struct PlanRequest {
   int64_t batch = 0;
   bool backward = false;
   bool fp64 = false;
+  bool norms = false;   // a backward that records step norms (the cluster barrier gathers them)
   ForcedTiling forced;  // what the plan must take (plan_candidates reads it once per query)
 };
 
@@ -238,7 +239,8 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
-    case RecurrencePath::Cluster: return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves);
+    case RecurrencePath::Cluster:
+      return cost::cluster_step_terms(model, work, tiling.ctas_per_group, waves, tiling.step_sync);
     default: return cost::block_step_terms(model, work, waves);
   }
 }
@@ -248,18 +250,21 @@ inline double predicted_step_us(const cost::Constants& model, RecurrencePath pat
   return predicted_step_terms(model, path, r, tiling, waves).total;
 }
 
-// How a plan's reason says the Grid path's steps hand over their state ("" for the grid barrier).
+// How a plan's reason says the steps hand over their state ("" for the path's barrier).
 inline std::string step_sync_text(StepSync sync) {
   switch (sync) {
     case StepSync::FlagBarrier: return ", steps end in a flag barrier over the group's CTAs";
     case StepSync::TaggedExchange: return ", the state exchanged in tagged words, no step barrier";
+    case StepSync::AsyncExchange: return ", the state exchanged by asynchronous stores counted by mbarriers, no cluster barrier";
     default: return "";
   }
 }
 
-// How a plan's Grid steps hand over their state (the grid barrier on the other paths).
+// How a plan's Grid or Cluster steps hand over their state (the barrier on the other paths).
 inline StepSync step_sync_of(const RecurrencePlan& plan) {
-  return plan.path == RecurrencePath::Grid ? static_cast<StepSync>(plan.tiling.step_sync) : StepSync::GridBarrier;
+  return plan.path == RecurrencePath::Grid || plan.path == RecurrencePath::Cluster
+             ? static_cast<StepSync>(plan.tiling.step_sync)
+             : StepSync::GridBarrier;
 }
 
 // The best launch shape of a persistent path (kPath) over samples per group and CTAs per
@@ -319,20 +324,23 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   };
   std::vector<Slice> slices;
   const ForcedTiling& forced = r.forced;
-  // The Grid path's ways to end a step (StepSync), each priced by the model with its cost
-  // measured on an H200 (recurrence_cost_model.h), or the forced one; the other paths have
-  // their own barrier. The tagged exchange carries float32 state only.
+  // The Grid and Cluster paths' ways to end a step (StepSync), each priced by the model with
+  // its cost measured on an H200 (recurrence_cost_model.h), or the forced one where it is one of
+  // the path's (a forced one of another path leaves the choice to the model); the barrier first,
+  // which a tie keeps. The tagged exchange carries float32 state only; the asynchronous
+  // exchange does not gather recorded norms. The Block path has its own barrier.
   std::vector<int32_t> step_syncs = {int32_t(StepSync::GridBarrier)};
-  if (kPath == RecurrencePath::Grid) {
-    if (forced.step_sync >= 0) {
-      if (r.fp64 && forced.step_sync == int32_t(StepSync::TaggedExchange)) {
-        best.reason = "the tagged exchange carries float32 state only";
-        return best;
-      }
-      step_syncs = {int32_t(forced.step_sync)};
-    } else {
-      step_syncs.push_back(int32_t(StepSync::FlagBarrier));
-      if (!r.fp64) step_syncs.push_back(int32_t(StepSync::TaggedExchange));
+  if (sync_forced_on(kPath, forced.step_sync)) {
+    if (!step_sync_allowed(kPath, StepSync(forced.step_sync), r.fp64, r.backward && r.norms)) {
+      best.reason = forced.step_sync == int32_t(StepSync::TaggedExchange)
+                        ? "the tagged exchange carries float32 state only"
+                        : "the asynchronous exchange does not gather recorded norms (the cluster barrier does)";
+      return best;
+    }
+    step_syncs = {int32_t(forced.step_sync)};
+  } else {
+    for (int32_t sync = 1; sync < int32_t(kStepSyncs); ++sync) {
+      if (step_sync_allowed(kPath, StepSync(sync), r.fp64, r.backward && r.norms)) step_syncs.push_back(sync);
     }
   }
   for (int64_t units : unit_options) {
@@ -483,7 +491,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync}) {
+                    r.forced.step_sync, int64_t(r.norms)}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -796,10 +804,8 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
       for (int per_pass : kUnitsPerPassOptions) {
         if (r.forced.units_per_pass != 0 && per_pass != r.forced.units_per_pass) continue;
         for (int64_t sync = 0; sync < kStepSyncs; ++sync) {
-          if (c.path != RecurrencePath::Grid ? sync != 0 : r.forced.step_sync >= 0 && sync != r.forced.step_sync) {
-            continue;
-          }
-          if (r.fp64 && sync == int64_t(StepSync::TaggedExchange)) continue;
+          if (!step_sync_allowed(c.path, StepSync(sync), r.fp64, r.backward && r.norms)) continue;
+          if (sync_forced_on(c.path, r.forced.step_sync) && sync != r.forced.step_sync) continue;
           PlanRequest variant = r;
           variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync};
           const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
@@ -880,12 +886,15 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
   return chosen;
 }
 
-// The plan of a call's forward or backward recurrence.
+// The plan of a call's forward or backward recurrence (norms: the backward records step norms).
 template <typename scalar_t>
-RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
-  return choose_plan<scalar_t>(
-      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
-      call.options.path);
+RecurrencePlan plan_for(const LayerForwardCall& call, bool backward, bool norms = false) {
+  return choose_plan<scalar_t>({.hidden = call.shape.hidden,
+                                .batch = call.shape.batch,
+                                .backward = backward,
+                                .fp64 = sizeof(scalar_t) == 8,
+                                .norms = norms},
+                               call.options.path);
 }
 
 // The forward recurrence of the host layer (host_layer.h); returns h_n.
@@ -898,7 +907,7 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
 // processing step 0.
 template <typename scalar_t>
 at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
-  return backward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call.forward, true));
+  return backward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call.forward, true, r.call.record_norms));
 }
 
 inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {
@@ -1183,9 +1192,11 @@ inline double step_cost(const StepCostQuery& q) {
                       "rnn_fused.step_cost: needs chunks, ctas_per_group, waves >= 1 and units_per_cta in [1, ",
                       max_units, "], got ", q.chunks, ", ", q.ctas_per_group, ", ", q.waves, ", ", q.units_per_cta);
   }
-  TORCH_CHECK_VALUE(q.step_sync >= 0 && q.step_sync < kStepSyncs && (q.step_sync == 0 || *path == RecurrencePath::Grid),
-                    "rnn_fused.step_cost: step_sync must be 0 (the grid barrier), or on path 'grid' 1 (the flag "
-                    "barrier) or 2 (the tagged exchange), got ", q.step_sync, " on path '", q.path, "'");
+  TORCH_CHECK_VALUE(q.step_sync >= 0 && q.step_sync < kStepSyncs &&
+                        (q.step_sync == 0 || step_sync_path(StepSync(q.step_sync)) == *path),
+                    "rnn_fused.step_cost: step_sync must be 0 (the path's barrier), or on path 'grid' 1 (the flag "
+                    "barrier) or 2 (the tagged exchange), or on path 'cluster' 3 (the asynchronous exchange), got ",
+                    q.step_sync, " on path '", q.path, "'");
   TORCH_CHECK_VALUE(q.constant_names.size() == q.constant_values.size(), "rnn_fused.step_cost: ",
                     q.constant_names.size(), " constant names for ", q.constant_values.size(), " values");
   cost::Constants model = cost::kH200;

@@ -35,6 +35,11 @@ struct Constants {
   // producer's words beyond one L2 load: a store's way to L2 and the CTAs' skew. As
   // flag_barrier_us.
   double tagged_exchange_us = 0.97;
+  // The Cluster path with the asynchronous exchange (StepSync::AsyncExchange: no cluster
+  // barrier), the wait of a CTA for the last of the other CTAs' stores after its own epilogue.
+  // Not yet run on a GPU: the largest cluster barrier of the table, so that the planner takes
+  // the cluster barrier (the first option on a tie) until a fit of measured steps sets it.
+  double async_exchange_us = 0.205;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
   // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
   double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
@@ -99,6 +104,7 @@ inline constexpr Constants fitted_h200() {
   c.address_instructions_per_load = 17.0435;
   c.loop_instructions = 1.01175;
   for (double& barrier : c.cluster_barrier_us) barrier *= 1.752;  // fitted scale of the measured table
+  c.async_exchange_us = 0.205 * 1.752;  // not measured: the largest fitted cluster barrier (see Constants)
   return c;
 }
 inline constexpr Constants kH200 = fitted_h200();
@@ -116,6 +122,7 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"grid_barrier_us", &Constants::grid_barrier_us},
     {"flag_barrier_us", &Constants::flag_barrier_us},
     {"tagged_exchange_us", &Constants::tagged_exchange_us},
+    {"async_exchange_us", &Constants::async_exchange_us},
     {"launch_us", &Constants::launch_us},
     {"fma_per_sm_per_us", &Constants::fma_per_sm_per_us},
     {"fp64_fma_fraction", &Constants::fp64_fma_fraction},
@@ -238,14 +245,18 @@ inline StepTerms block_step_terms(const Constants& c, const StepWork& w, int64_t
 
 // Cluster: after the epilogues a block barrier, then the CTA's threads copy its slice of the new
 // state (samples x about passes x units per pass scalars, in 16-byte vectors) into the C - 1
-// other CTAs (RecurrenceCta::share_slice), each thread its share of the remote stores.
-inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves) {
+// other CTAs (RecurrenceCta::share_slice), each thread its share of the remote stores; then the
+// cluster barrier, or with the asynchronous exchange (step_sync 3) the wait for the other CTAs'
+// stores.
+inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves,
+                                    int32_t step_sync = 0) {
   constexpr int64_t kThreads = 256;  // kRecurrenceThreads
   const int64_t slice_vectors = w.samples * ((w.passes * 4 * w.warps + w.vector - 1) / w.vector);
   const int64_t stores_per_thread = (slice_vectors * (cluster - 1) + kThreads - 1) / kThreads;
   const double exchange_cycles = double(stores_per_thread) * c.remote_store_cycles;
   const double compute = cta_step_compute_us(c, w) + c.block_barrier_us + exchange_cycles / c.clock_per_us;
-  const double barrier = c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)];
+  const double barrier = step_sync == 3 ? c.async_exchange_us
+                                        : c.cluster_barrier_us[std::min<int64_t>(std::max<int64_t>(cluster, 2), 16)];
   return {.stage = 0.0, .compute = waves * compute, .barrier = waves * barrier, .total = waves * (compute + barrier)};
 }
 

@@ -25,14 +25,43 @@ namespace rnn_fused::kernels {
 
 enum class RecurrencePath : int32_t { Block = 0, Cluster = 1, Grid = 2, Stepwise = 3 };
 
-// How the Grid path's CTAs hand a step's state to the next step (RecurrenceTiling::step_sync).
+// How the CTAs of a Grid or Cluster path hand a step's state to the next step
+// (RecurrenceTiling::step_sync). The Block path has one way (__syncthreads: 0).
 enum class StepSync : int32_t {
-  GridBarrier = 0,     // the plain exchange buffer, then simt::grid_sync
-  FlagBarrier = 1,     // the plain exchange buffer, then simt::flag_barrier over the sample group's CTAs
-  TaggedExchange = 2,  // no barrier: each value travels with its step's tag in one 8-byte word
+  GridBarrier = 0,     // Grid: the plain exchange buffer, then simt::grid_sync; Cluster: the cluster barrier
+  FlagBarrier = 1,     // Grid: the plain exchange buffer, then simt::flag_barrier over the sample group's CTAs
+  TaggedExchange = 2,  // Grid, no barrier: each value travels with its step's tag in one 8-byte word
                        // (simt::tag_word; float32 only), and a reader waits for the tag
+  AsyncExchange = 3,   // Cluster, no cluster barrier: each CTA's slice goes into the others' shared
+                       // memory by asynchronous stores (simt::store_async) that an mbarrier per
+                       // state buffer counts; a CTA waits on its own mbarrier (no recorded norms)
 };
-inline constexpr int64_t kStepSyncs = 3;
+inline constexpr int64_t kStepSyncs = 4;
+
+// Whether a path can end its steps with `sync` (recorded norms: whether the backward records
+// them, which the Cluster path's exchange gathers in rank 0 under the cluster barrier).
+SIMT_HOST_DEVICE constexpr bool step_sync_allowed(RecurrencePath path, StepSync sync, bool fp64, bool norms) {
+  switch (sync) {
+    case StepSync::GridBarrier: return true;
+    case StepSync::FlagBarrier: return path == RecurrencePath::Grid;
+    case StepSync::TaggedExchange: return path == RecurrencePath::Grid && !fp64;
+    case StepSync::AsyncExchange: return path == RecurrencePath::Cluster && !norms;
+  }
+  return false;
+}
+
+// The path a step synchronisation other than the barrier belongs to.
+SIMT_HOST_DEVICE constexpr RecurrencePath step_sync_path(StepSync sync) {
+  return sync == StepSync::AsyncExchange ? RecurrencePath::Cluster : RecurrencePath::Grid;
+}
+
+// Whether a forced step synchronisation (forced_tiling's code, -1: none) binds `path`'s plans:
+// the barrier (0) binds the Grid and Cluster paths, another code the path it belongs to; the
+// other paths choose their own.
+SIMT_HOST_DEVICE constexpr bool sync_forced_on(RecurrencePath path, int64_t forced) {
+  if (forced < 0 || path == RecurrencePath::Block || path == RecurrencePath::Stepwise) return false;
+  return forced == 0 || step_sync_path(StepSync(forced)) == path;
+}
 
 // The launch shape the planner chose; the same for the forward and backward kernels.
 struct RecurrenceTiling {
@@ -177,8 +206,10 @@ enum StepPhase : int {
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
 //                                    (the first units_per_pass unit groups written)
 //   cta_sums  [3][C][S]              Cluster path: the group's CTA sums, gathered in rank 0
-// and last, in long longs, the step-phase clock's running sums (PhaseClock):
+// then, in long longs, the step-phase clock's running sums (PhaseClock):
 //   phase_running [kStepPhases + 1]
+// and last, on the Cluster path with StepSync::AsyncExchange, one mbarrier per state buffer:
+//   exchange_arrivals [2]            (StepBarrier)
 // This is all of a persistent kernel's shared memory (it declares no static shared memory),
 // so `bytes` is what the planner checks against the device's per-block limit, exactly.
 template <typename scalar_t>
@@ -189,6 +220,7 @@ struct SharedLayout {
   int64_t unit_sums_offset;   // byte offsets of the double arrays (16-byte aligned)
   int64_t cta_sums_offset;
   int64_t phase_offset;       // byte offset of phase_running (8-byte aligned)
+  int64_t arrivals_offset;    // byte offset of exchange_arrivals (8-byte aligned; none: bytes)
   int64_t bytes;              // total
 
   // extra_buffers: more state buffers after the path's (the layer stack's kernels: 2, the
@@ -206,12 +238,20 @@ struct SharedLayout {
     l.cta_sums_offset = l.unit_sums_offset + unit_sums * int64_t(sizeof(double));
     const int64_t cta_sums = with_norms && path == RecurrencePath::Cluster ? 3 * int64_t(t.ctas_per_group) * t.samples : 0;
     l.phase_offset = l.cta_sums_offset + cta_sums * int64_t(sizeof(double));
-    l.bytes = l.phase_offset + (kStepPhases + 1) * int64_t(sizeof(long long));
+    l.arrivals_offset = l.phase_offset + (kStepPhases + 1) * int64_t(sizeof(long long));
+    const bool arrivals = path == RecurrencePath::Cluster && t.step_sync == int32_t(StepSync::AsyncExchange);
+    l.bytes = l.arrivals_offset + (arrivals ? 2 * int64_t(sizeof(unsigned long long)) : 0);
     return l;
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
     return reinterpret_cast<long long*>(reinterpret_cast<unsigned char*>(smem) + phase_offset);
+  }
+  // The mbarriers of StepSync::AsyncExchange, or null where the layout has none.
+  SIMT_DEVICE unsigned long long* exchange_arrivals(scalar_t* smem) const {
+    return arrivals_offset == bytes ? nullptr
+                                    : reinterpret_cast<unsigned long long*>(reinterpret_cast<unsigned char*>(smem) +
+                                                                            arrivals_offset);
   }
 };
 
@@ -438,24 +478,48 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
 // carry no tag: with a tagged exchange its steps still end in the flag barrier. start() zeroes
 // the flags ([CTAs] unsigned; the n-th barrier waits for the value n) and the tagged words
 // ([2,B,H]: tags count from 1) before one grid barrier.
+//
+// Cluster path with StepSync::AsyncExchange (`arrivals`: SharedLayout::exchange_arrivals, the
+// CTA's mbarriers, one per state buffer; `bytes_in`: what the other CTAs store into this one each
+// step, RecurrenceCta::exchange_bytes_in): no cluster barrier per step. share_slice stores the
+// CTA's slice of step k's state into the others by simt::store_async on their mbarrier k % 2
+// (step_arrivals()), arrive() is thread 0's arrival on its own with the bytes to expect, wait()
+// every thread's wait for that phase. A CTA stores step k + 1's slice only after its wait for
+// step k, which needs every other CTA's slice of step k, each stored after a __syncthreads that
+// follows all of that CTA's reads of the buffer step k + 1 overwrites: no write lands in a buffer
+// still being read, and no step's bytes reach an mbarrier before its phase of step k - 2 has
+// completed. Every CTA's slice must be non-empty for that (checked). finish() ends the launch
+// with a cluster barrier, so that no CTA exits while another may still store into it.
 template <RecurrencePath kPath>
 class StepBarrier {
  public:
   SIMT_DEVICE StepBarrier(const RecurrenceTiling& tiling, const CtaPlace& place, unsigned* flags,
-                          unsigned long long* tagged, int64_t tagged_words, bool exchanges_norms)
-      : sync_(kPath == RecurrencePath::Grid ? static_cast<StepSync>(tiling.step_sync) : StepSync::GridBarrier),
+                          unsigned long long* tagged, int64_t tagged_words, bool exchanges_norms,
+                          unsigned long long* arrivals = nullptr, unsigned bytes_in = 0)
+      : sync_(kPath != RecurrencePath::Block ? static_cast<StepSync>(tiling.step_sync) : StepSync::GridBarrier),
         flags_(sync_ == StepSync::FlagBarrier || (sync_ == StepSync::TaggedExchange && exchanges_norms) ? flags
                                                                                                          : nullptr),
         tagged_(sync_ == StepSync::TaggedExchange ? tagged : nullptr),
         tagged_words_(tagged_words),
         first_(static_cast<unsigned>(place.group * tiling.ctas_per_group)),
-        count_(static_cast<unsigned>(tiling.ctas_per_group)) {}
+        count_(static_cast<unsigned>(tiling.ctas_per_group)),
+        arrivals_(sync_ == StepSync::AsyncExchange ? arrivals : nullptr),
+        bytes_in_(bytes_in) {
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      SIMT_KERNEL_CHECK((sync_ == StepSync::AsyncExchange) == (arrivals_ != nullptr) && (arrivals_ == nullptr || !exchanges_norms),
+                        "the asynchronous exchange needs its mbarriers and records no norms");
+    }
+  }
 
   // After each CTA loaded its state buffers: on the Cluster path no CTA may write into a peer's
   // buffers before the peer initialised them; on the Grid path every flag and tagged word is
   // zero before any is published.
   SIMT_DEVICE void start() {
     if constexpr (kPath == RecurrencePath::Cluster) {
+      if (arrivals_ != nullptr && threadIdx.x == 0) {
+        simt::mbarrier_init(&arrivals_[0], 1);
+        simt::mbarrier_init(&arrivals_[1], 1);
+      }
       simt::cluster_sync();
     } else if constexpr (kPath == RecurrencePath::Grid) {
       if (flags_ == nullptr && tagged_ == nullptr) return;
@@ -475,7 +539,13 @@ class StepBarrier {
   // overlaps the wait and the next step's dot products. Nothing between them may touch another
   // CTA's memory (the emulator refuses it). On the other paths arrive() does nothing.
   SIMT_DEVICE __forceinline__ void arrive() {
-    if constexpr (kPath == RecurrencePath::Cluster) simt::cluster_arrive();
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      if (arrivals_ == nullptr) {
+        simt::cluster_arrive();
+      } else if (threadIdx.x == 0) {
+        simt::mbarrier_arrive_expect_tx(step_arrivals(), bytes_in_);
+      }
+    }
   }
 
   SIMT_DEVICE __forceinline__ void wait() {
@@ -486,9 +556,27 @@ class StepBarrier {
         simt::grid_sync();
       }
     } else if constexpr (kPath == RecurrencePath::Cluster) {
-      simt::cluster_wait();
+      if (arrivals_ == nullptr) {
+        simt::cluster_wait();
+      } else {
+        simt::mbarrier_wait(step_arrivals(), (epoch_ / 2) & 1u);
+        ++epoch_;
+      }
     } else {
       __syncthreads();
+    }
+  }
+
+  // Cluster path with the asynchronous exchange: the mbarrier of this step's state buffer, on
+  // which share_slice's stores complete in the other CTAs (null: the cluster barrier).
+  SIMT_DEVICE __forceinline__ unsigned long long* step_arrivals() const {
+    return arrivals_ != nullptr ? arrivals_ + (epoch_ & 1u) : nullptr;
+  }
+
+  // After the last step.
+  SIMT_DEVICE void finish() {
+    if constexpr (kPath == RecurrencePath::Cluster) {
+      if (arrivals_ != nullptr) simt::cluster_sync();
     }
   }
 
@@ -498,7 +586,9 @@ class StepBarrier {
   unsigned long long* tagged_; // null: no tagged exchange
   int64_t tagged_words_;
   unsigned first_, count_;
-  unsigned epoch_ = 0;
+  unsigned long long* arrivals_;  // null: no asynchronous exchange
+  unsigned bytes_in_;
+  unsigned epoch_ = 0;  // steps ended (flag barrier: its epochs; asynchronous exchange: the waits)
 };
 
 // Step-phase timing of a persistent kernel: thread 0 of each CTA reads the SM's cycle counter
@@ -644,16 +734,38 @@ struct RecurrenceCta {
         states(smem + layout.states),
         slice_copies(slice_copies_of(place, t.ctas_per_group, shape.hidden, layout.row)) {}
 
+  // The pieces of the slice of a CTA at `place` (SliceCopies: begin, vectors, pieces_per_row, per_rank).
+  static SIMT_DEVICE SliceCopies slice_of(const CtaPlace& place, int64_t hidden, int64_t row) {
+    constexpr int kVec = vec_size<scalar_t>();
+    SliceCopies c;
+    const int64_t begin = place.unit_begin;
+    const int64_t end = place.unit_end >= hidden ? row : place.unit_end;
+    c.vectors = begin % kVec == 0 && end % kVec == 0;
+    c.pieces_per_row = static_cast<int>(end > begin ? (end - begin) / (c.vectors ? kVec : 1) : 0);
+    c.per_rank = kSamples * c.pieces_per_row;
+    c.begin = static_cast<int>(begin);
+    return c;
+  }
+
+  // With StepSync::AsyncExchange (the layout has its mbarriers), the bytes share_slice stores
+  // into this CTA each step from the group's other CTAs, each of whose slices must be non-empty
+  // (StepBarrier: the exchange's ordering rests on every CTA storing something each step); else 0.
+  SIMT_DEVICE unsigned exchange_bytes_in(const SharedLayout<scalar_t>& layout) const {
+    int64_t bytes = 0;
+    if (layout.arrivals_offset == layout.bytes) return 0;
+    for (int64_t r = 0; r < tiling.ctas_per_group; ++r) {
+      if (r == place.rank) continue;
+      const SliceCopies other = slice_of(cta_place(tiling, rows_total, place.group * tiling.ctas_per_group + r), hidden, row);
+      SIMT_KERNEL_CHECK(other.per_rank > 0, "every CTA of a cluster owns units");
+      bytes += int64_t(other.per_rank) * (other.vectors ? 16 : kScalarBytes);
+    }
+    return static_cast<unsigned>(bytes);
+  }
+
   static SIMT_DEVICE SliceCopies slice_copies_of(const CtaPlace& place, int64_t ctas, int64_t hidden, int64_t row) {
     SliceCopies c;
     if constexpr (kPath == RecurrencePath::Cluster) {
-      constexpr int kVec = vec_size<scalar_t>();
-      const int64_t begin = place.unit_begin;
-      const int64_t end = place.unit_end >= hidden ? row : place.unit_end;
-      c.vectors = begin % kVec == 0 && end % kVec == 0;
-      c.pieces_per_row = static_cast<int>(end > begin ? (end - begin) / (c.vectors ? kVec : 1) : 0);
-      c.per_rank = kSamples * c.pieces_per_row;
-      c.begin = static_cast<int>(begin);
+      c = slice_of(place, hidden, row);
       const int threads = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
       if (c.per_rank == 0) {
         c.first_other = static_cast<int>(ctas);  // nothing to copy
@@ -682,8 +794,10 @@ struct RecurrenceCta {
   // through distributed shared memory, 16-byte vectors split over all the CTA's threads, where
   // each owning lane stored each output into every CTA before (C scalar remote stores per
   // output, with their 64-bit generic addresses: about 6 instructions each in the sm_90 SASS,
-  // on the warps that hold the outputs). Costs a __syncthreads. Other paths: nothing.
-  SIMT_DEVICE void share_slice(scalar_t* next) const {
+  // on the warps that hold the outputs). Plain stores, which the step's cluster barrier orders,
+  // or with `arrivals` (StepBarrier::step_arrivals) asynchronous stores that complete on the
+  // other CTAs' mbarriers. Costs a __syncthreads. Other paths: nothing.
+  SIMT_DEVICE void share_slice(scalar_t* next, unsigned long long* arrivals) const {
     if constexpr (kPath == RecurrencePath::Cluster) {
       __syncthreads();  // the CTA's slice is whole in its own buffer
       const SliceCopies& c = slice_copies;
@@ -694,11 +808,17 @@ struct RecurrenceCta {
         for (int other = c.first_other; other < others; other += c.other_stride) {
           unsigned rank = own + 1 + static_cast<unsigned>(other);
           if (rank >= ctas) rank -= ctas;
-          scalar_t* to = simt::cluster_map_shared(next + offset, rank);
           if (c.vectors) {
-            *reinterpret_cast<Vec16<scalar_t>*>(to) = load_vec(next + offset);
+            const Vec16<scalar_t> piece = load_vec(next + offset);
+            if (arrivals != nullptr) {
+              simt::store_async(next + offset, rank, piece, arrivals);
+            } else {
+              *reinterpret_cast<Vec16<scalar_t>*>(simt::cluster_map_shared(next + offset, rank)) = piece;
+            }
+          } else if (arrivals != nullptr) {
+            simt::store_async(next + offset, rank, next[offset], arrivals);
           } else {
-            *to = next[offset];
+            *simt::cluster_map_shared(next + offset, rank) = next[offset];
           }
         }
         within += c.within_stride;
@@ -808,7 +928,8 @@ struct RecurrenceCta {
   // state rows (shared) and where the Block and Cluster paths write the next ones
   // (`current_parity` picks the buffer); on the Grid path a barrier follows each chunk (its
   // buffer is refilled two chunks later), then after_chunk(first). `clock` times the wait for
-  // the staged rows and the rest.
+  // the staged rows and the rest. `step_arrivals`: the Cluster path's exchange by asynchronous
+  // stores (StepBarrier::step_arrivals; null: plain stores before the cluster barrier).
   //
   // With one chunk per step (no next chunk to overlap) the Grid path's rows arrive in
   // kStagePieces pieces along H instead, and for_each_output starts its first batch's dot
@@ -816,7 +937,7 @@ struct RecurrenceCta {
   template <class Body, class AfterChunk, class Clock>
   SIMT_DEVICE void for_each_chunk(const scalar_t* exchange_current, const unsigned long long* tagged_current,
                                   unsigned tag, int64_t current_parity, Body&& body, AfterChunk&& after_chunk,
-                                  Clock& clock) {
+                                  Clock& clock, unsigned long long* step_arrivals = nullptr) {
     const int64_t chunk_scalars = int64_t(kSamples) * row;
     if constexpr (!kStateInShared) {
       const bool staged_ahead = !tagged_exchange();  // (the tagged exchange stages each chunk in its turn, below)
@@ -860,7 +981,7 @@ struct RecurrenceCta {
           kStateInShared ? states + current_parity * chunk_scalars : states + (chunk % 2) * chunk_scalars;
       scalar_t* next = kStateInShared ? states + (1 - current_parity) * chunk_scalars : nullptr;
       body(first, current, next);
-      share_slice(next);
+      share_slice(next, step_arrivals);
       if constexpr (!kStateInShared) {
         __syncthreads();
         after_chunk(first);

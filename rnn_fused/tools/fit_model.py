@@ -41,6 +41,7 @@ from .command_output import UsageError, markdown_table, output_directory, write_
 # (the float64 rows' FMA rate; a fit of its own when float64 rows exist) and gemm_tflops and
 # op_fixed_us (whole-layer terms outside the step).
 FITTED = ("block_barrier_us", "cluster_barrier_scale", "grid_barrier_us", "flag_barrier_us", "tagged_exchange_us",
+          "async_exchange_us",
           "fma_per_sm_per_us", "smem_wavefronts_per_us", "l2_dependent_load_us", "l2_bytes_per_sm_per_us", "fma_latency_cycles",
           "smem_latency_cycles", "shuffle_latency_cycles", "epilogue_cycles", "remote_store_cycles",
           "output_issue_cycles", "address_instructions_per_load", "loop_instructions", "launch_us")

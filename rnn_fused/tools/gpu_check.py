@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..functional import rnn_layer
-from ..launch_plan import (PATHS, STEP_SYNCS, PathEstimate, autotune, cost_constants, forced_tiling, plan,
-                           predicted_layer_us, stack_plan, step_phases)
+from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNCS, PathEstimate, autotune,
+                           cost_constants, forced_tiling, plan, predicted_layer_us, stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
@@ -130,8 +130,8 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 @dataclass(frozen=True)
 class PhaseShape:
     """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
-    units per pass and the grid path's step synchronisation (one of launch_plan.STEP_SYNCS;
-    None: the planner's; launch_plan.forced_tiling)."""
+    units per pass and the step synchronisation (one of launch_plan.STEP_SYNCS; None: the
+    planner's; launch_plan.forced_tiling)."""
 
     hidden: int
     batch: int
@@ -149,16 +149,19 @@ class PhaseShape:
 # One shape per persistent path the planner takes on an H200 (block, cluster, grid with one
 # chunk, grid with several chunks per CTA), forward and backward; the grid path at
 # H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
-# its issue term, counted in SASS, not measured); and the grid path at H = 1024, B = 1 and 32
-# with each step synchronisation (the flag barrier's and the tagged exchange's costs are not
-# measured yet).
+# its issue term, counted in SASS, not measured); the grid path at H = 1024, B = 1 and 32
+# with each step synchronisation; and the cluster path at H = 256, B = 1 and 8 with the cluster
+# barrier and with the asynchronous exchange (not yet run on a GPU).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
-                    *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in STEP_SYNCS]]
+                    *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
+                    *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
+                      for sync in CLUSTER_STEP_SYNCS]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16),
-                         *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in STEP_SYNCS]]
+                         *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in GRID_STEP_SYNCS],
+                         *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS]]
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -887,16 +890,16 @@ def warp_count_verdicts(rows: list[PhaseRow]) -> list[str]:
 
 
 def step_sync_verdicts(rows: list[PhaseRow]) -> list[str]:
-    """The grid rows forced to each step synchronisation: the flag barrier over a group's CTAs,
-    and the tagged exchange, each against the grid barrier (the model prices both as no faster
-    until fit-model fits flag_barrier_us and tagged_exchange_us)."""
-    names = {"grid_barrier": "with the grid barrier", "flag_barrier": "with the flag barrier",
-             "tagged_exchange": "with the tagged exchange"}
+    """The rows forced to each step synchronisation against the path's barrier: on the grid path
+    the flag barrier over a group's CTAs and the tagged exchange, on the cluster path the
+    asynchronous exchange (priced as no faster until fit-model fits async_exchange_us)."""
+    names = {"flag_barrier": "with the flag barrier", "tagged_exchange": "with the tagged exchange",
+             "async_exchange": "with the asynchronous exchange"}
     verdicts = []
-    for other in ("flag_barrier", "tagged_exchange"):
+    for other, name in names.items():
+        barrier = "with the cluster barrier" if other == "async_exchange" else "with the grid barrier"
         verdicts += _forced_pair_verdicts([r for r in rows if r.forced_step_sync in (other, "grid_barrier")],
-                                          "forced_step_sync", {other: names[other], "grid_barrier": names["grid_barrier"]},
-                                          "steps")
+                                          "forced_step_sync", {other: name, "grid_barrier": barrier}, "steps")
     return verdicts
 
 
