@@ -218,11 +218,16 @@ def test_cluster_allgather_by_asynchronous_stores(cluster_size, block_threads, c
     assert torch.equal(ranks, expected_ranks(clusters * cluster_size, cluster_size))
 
 
-def test_reads_before_the_mbarrier_wait_see_the_old_copy():
-    # The emulator performs an asynchronous store when the phase that counts it completes (the
-    # latest a GPU may): a round that reads its copy before the wait reads the round before's.
-    results, correct = race_results("async_read_before_wait")
-    assert all(not torch.equal(r, correct) for r in results.values())
+@pytest.mark.parametrize("fault", ["async_read_before_wait", "async_one_copy"])
+def test_misordered_asynchronous_exchange_differs_across_schedules(fault):
+    # The emulator performs an asynchronous store at the latest a GPU may (the forward schedule:
+    # when the phase that counts it completes), at the earliest (reverse: at once) or either
+    # (shuffled). A round that reads its copy before the wait reads the round before's under
+    # the first; with one copy for every round, a block's next stores land in a copy another
+    # block still reads under the second.
+    results, correct = race_results(fault)
+    assert any(not torch.equal(r, correct) for r in results.values()), "no schedule exposed the race"
+    assert len({tuple(r.flatten().tolist()) for r in results.values()}) > 1, "every schedule gives one result"
 
 
 @pytest.mark.parametrize("fault,pattern", [
@@ -239,8 +244,8 @@ def test_reads_before_the_mbarrier_wait_see_the_old_copy():
      r"\(simt::mbarrier_init\)"),
     ("async_exit_with_stores_pending",
      r"block \((1|3),0,0\) \(cluster rank 1\) exited \(its last thread, .*, returned\) with a phase of its "
-     r"mbarrier at \S+ \(initialised at .*\) in progress: 1 of 1 arrivals and -\d+ bytes still expected, \d+ "
-     r"asynchronous store\(s\) received and never waited for|simt::store_async at .*: block \((1|3),0,0\) \(cluster "
+     r"mbarrier at \S+ \(initialised at .*\) in progress: 1 of 1 arrivals and -\d+ bytes still expected: "
+     r"asynchronous stores or arrivals it never waited for|simt::store_async at .*: block \((1|3),0,0\) \(cluster "
      r"rank 1\) has exited: its shared memory is gone"),
 ])
 @pytest.mark.parametrize("mode,seed", simt.ALL_SCHEDULES)
@@ -394,8 +399,8 @@ def test_cluster_allgather_on_cuda_matches_the_emulator():
         return
     assert torch.equal(selftest.cluster_exchange(x.cuda(), 32, 8).cpu(), exchange_reference(x, 32, 8))
     for cluster_size, nonportable in ((8, False), (16, True)):
-        for static_buffers in (False, True):
-            want = selftest.cluster_allgather(x, 32, cluster_size, 3, static_buffers, nonportable)
-            got = selftest.cluster_allgather(x.cuda(), 32, cluster_size, 3, static_buffers, nonportable)
+        for static_buffers, async_exchange in ((False, False), (True, False), (False, True), (True, True)):
+            want = selftest.cluster_allgather(x, 32, cluster_size, 3, static_buffers, nonportable, async_exchange)
+            got = selftest.cluster_allgather(x.cuda(), 32, cluster_size, 3, static_buffers, nonportable, async_exchange)
             assert torch.equal(got[0].cpu(), want[0])
             assert torch.equal(got[1].cpu(), want[1])

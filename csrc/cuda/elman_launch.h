@@ -255,7 +255,8 @@ inline std::string step_sync_text(StepSync sync) {
   switch (sync) {
     case StepSync::FlagBarrier: return ", steps end in a flag barrier over the group's CTAs";
     case StepSync::TaggedExchange: return ", the state exchanged in tagged words, no step barrier";
-    case StepSync::AsyncExchange: return ", the state exchanged by asynchronous stores counted by mbarriers, no cluster barrier";
+    case StepSync::AsyncExchange:
+      return ", the state exchanged by asynchronous stores counted by mbarriers, no cluster barrier";
     default: return "";
   }
 }

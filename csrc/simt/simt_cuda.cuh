@@ -198,17 +198,20 @@ __device__ inline void mbarrier_arrive_expect_tx(unsigned long long* bar, unsign
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_window_address(bar)), "r"(bytes)
                : "memory");
 }
+// The longest mbarrier_wait before it traps, in SM cycles (about 4 s at 2 GHz): each try_wait
+// may suspend the thread for a time of the hardware's choosing, so polls are not counted.
+constexpr long long kMaxWaitCycles = 1ll << 33;
 __device__ __noinline__ inline void mbarrier_timed_out(const void* bar, unsigned parity) {
-  printf("simt::mbarrier_wait: the phase of parity %u of the mbarrier at %p did not complete after %u polls in block "
+  printf("simt::mbarrier_wait: the phase of parity %u of the mbarrier at %p did not complete in %lld cycles in block "
          "(%u,%u,%u) thread (%u,%u,%u): an arrival or asynchronous store it expects never came\n",
-         parity, bar, kMaxPolls, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+         parity, bar, kMaxWaitCycles, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 // Until the phase of parity `parity` has completed; acquire at cluster scope, so the bytes the
 // cluster's asynchronous stores completed on it are visible.
 __device__ inline void mbarrier_wait(unsigned long long* bar, unsigned parity) {
   const unsigned address = shared_window_address(bar);
-  unsigned polls = 0;
+  long long first_miss = -1;
   while (true) {
     unsigned done;
     asm volatile(
@@ -221,7 +224,12 @@ __device__ inline void mbarrier_wait(unsigned long long* bar, unsigned parity) {
         : "r"(address), "r"(parity)
         : "memory");
     if (done != 0) return;
-    if (++polls == kMaxPolls) mbarrier_timed_out(bar, parity);
+    const long long now = clock64();
+    if (first_miss < 0) {
+      first_miss = now;
+    } else if (now - first_miss > kMaxWaitCycles) {
+      mbarrier_timed_out(bar, parity);
+    }
   }
 }
 // `value` (4, 8 or 16 bytes) into the variable `local_dst` is in block `rank`'s shared memory,

@@ -60,9 +60,12 @@ struct AsyncCopy {
   std::source_location where;  // where it was issued
 };
 
-// A store_async issued into a block's shared memory and not yet performed: the emulator
-// performs it when the phase of the receiving mbarrier that counted its bytes completes, the
-// latest a GPU may, so a read before the mbarrier wait sees the old contents.
+// A store_async issued into a block's shared memory and not yet performed. A GPU performs it
+// at some time between its issue and the completion of the receiving mbarrier's phase that
+// counts its bytes; the emulator takes the latest under the forward schedule (a read before
+// the mbarrier wait sees the old contents), the earliest under the reverse one (a store into
+// memory its owner still reads lands at once), and either at random under the shuffled ones:
+// both kinds of misordered exchange give results that differ between schedules.
 struct AsyncStore {
   void* dst;
   unsigned char bytes[16];
@@ -417,8 +420,8 @@ void block_exited(Launch& L, Block& b, const Fiber& last) {
       fail(L, "block " + detail::format_dim(b.idx) + " (cluster rank " + std::to_string(b.rank) + ") exited (its last thread, " +
                   coords(last) + ", returned) with a phase of its mbarrier at " + pointer_text(it->first) +
                   " (initialised at " + site(m.init_where) + ") in progress: " + std::to_string(m.pending) + " of " +
-                  std::to_string(m.arrivals) + " arrivals and " + std::to_string(m.tx) + " bytes still expected, " +
-                  std::to_string(m.stores.size()) + " asynchronous store(s) received and never waited for");
+                  std::to_string(m.arrivals) + " arrivals and " + std::to_string(m.tx) +
+                  " bytes still expected: asynchronous stores or arrivals it never waited for");
       return;
     }
     it = L.mbarriers.erase(it);
@@ -1331,9 +1334,14 @@ void store_async(void* local_dst, unsigned rank, const void* value, std::size_t 
                          ") was initialised at " + site(m.init_where) +
                          " and no cluster_sync has made it visible to this block since");
   }
-  AsyncStore st{dst, {}, bytes};
-  std::memcpy(st.bytes, value, bytes);
-  m.stores.push_back(st);
+  const bool at_once = L.mode == Schedule::Reverse || (L.mode == Schedule::Shuffle && (L.rng() & 1u) != 0);
+  if (at_once) {
+    std::memcpy(dst, value, bytes);
+  } else {
+    AsyncStore st{dst, {}, bytes};
+    std::memcpy(st.bytes, value, bytes);
+    m.stores.push_back(st);
+  }
   m.tx -= static_cast<int64_t>(bytes);
   check_tx(m, bar, op, where);
   complete_phases(m);

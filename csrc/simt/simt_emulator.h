@@ -325,8 +325,8 @@ T* cluster_map_shared(T* local, unsigned rank, std::source_location where = std:
   return static_cast<T*>(emu::cluster_map_shared(local, rank, where));
 }
 // mbarriers (simt.cuh). The emulator keeps each one's state beside the launch, keyed by its
-// address, and performs a store_async only when the phase that counted its bytes completes
-// (the latest a GPU may: a read of the data before the wait sees the old contents).
+// address, and performs a store_async when the phase that counted its bytes completes (the
+// latest a GPU may) or at once (the earliest), by schedule (simt_emulator.cpp AsyncStore).
 inline void mbarrier_init(unsigned long long* bar, unsigned arrivals,
                           std::source_location where = std::source_location::current()) {
   emu::mbarrier_init(bar, arrivals, where);

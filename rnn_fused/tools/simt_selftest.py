@@ -129,7 +129,7 @@ CLUSTER_FAULTS = (
     "exit_while_mapped", "exit_before_cluster_sync", "cluster_sync_against_barrier",
     "remote_shared_out_of_bounds", "stale_remote_access", "grid_sync_in_cluster",
     "global_exchange_across_clusters", "read_before_cluster_wait", "wait_without_arrive", "arrive_twice",
-    "map_between_arrive_and_wait", "exit_after_arrive", "async_read_before_wait", "async_expect_too_many_bytes",
+    "map_between_arrive_and_wait", "exit_after_arrive", "async_read_before_wait", "async_one_copy", "async_expect_too_many_bytes",
     "async_store_before_init_visible", "async_uninitialised_barrier", "async_exit_with_stores_pending",
 )
 

@@ -263,10 +263,11 @@ SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rou
 }
 
 // How a round of the all-gather by asynchronous stores (allgather_async_rounds) goes: right, or
-// known-bad: each round's copy read before the mbarrier wait; one byte more expected than the
-// blocks store (the phase never completes); no cluster_sync between the mbarriers' init and the
-// other blocks' first stores; no init at all.
-enum class AsyncRound : int { Correct, ReadBeforeWait, ExpectTooManyBytes, NoClusterSyncAfterInit, Uninitialised };
+// known-bad: each round's copy read before the mbarrier wait; one copy for every round, so a
+// block's stores of round r + 1 may land while another still reads round r's; 4 bytes more
+// expected than the blocks store (the phase never completes); no cluster_sync between the
+// mbarriers' init and the other blocks' first stores; no init at all.
+enum class AsyncRound : int { Correct, ReadBeforeWait, OneCopy, ExpectTooManyBytes, NoClusterSyncAfterInit, Uninitialised };
 
 // The all-gather recurrence of allgather_rounds with the exchange by asynchronous stores and no
 // cluster barrier per round: each thread stores its element into every block's copy (its own
@@ -293,7 +294,7 @@ SIMT_DEVICE const float* allgather_async_rounds(const float* x, float* copies, u
   }
   const unsigned bytes = static_cast<unsigned>(n * sizeof(float)) + (how == AsyncRound::ExpectTooManyBytes ? 4u : 0u);
   for (int r = 0; r <= rounds; ++r) {
-    float* copy = copies + (r % 2) * n;
+    float* copy = copies + (how == AsyncRound::OneCopy ? 0 : r % 2) * n;
     unsigned long long* bar = &arrivals[r % 2];
     const unsigned parity = static_cast<unsigned>(r / 2) & 1u;
     if (threadIdx.x == 0) simt::mbarrier_arrive_expect_tx(bar, bytes);
@@ -310,7 +311,7 @@ SIMT_DEVICE const float* allgather_async_rounds(const float* x, float* copies, u
     }
   }
   simt::cluster_sync();
-  return copies + (rounds % 2) * n;
+  return copies + (how == AsyncRound::OneCopy ? 0 : rounds % 2) * n;
 }
 
 // Thread-block cluster all-gather iterated like a recurrence (the pattern of the cluster
@@ -635,6 +636,7 @@ enum class ClusterFault : int {
   MapBetweenArriveAndWait,  // a distributed shared memory write between cluster_arrive and cluster_wait
   ExitAfterArrive,          // rank 1 returns after cluster_arrive, without its cluster_wait
   AsyncReadBeforeWait,      // the asynchronous all-gather reading each round's copy before its mbarrier wait
+  AsyncOneCopy,             // the asynchronous all-gather storing every round into one copy (race)
   AsyncExpectTooManyBytes,  // the asynchronous all-gather expecting 4 bytes more than are stored (deadlock)
   AsyncStoreBeforeInitVisible,  // the asynchronous all-gather without the cluster_sync after the mbarriers' init
   AsyncUninitialisedBarrier,    // the asynchronous all-gather on mbarriers never initialised
@@ -759,6 +761,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(1024) faulty_cluster_kernel(int fault, const
       my_out[t] = v;
       break;
     case ClusterFault::AsyncReadBeforeWait: async_rounds(AsyncRound::ReadBeforeWait); break;
+    case ClusterFault::AsyncOneCopy: async_rounds(AsyncRound::OneCopy); break;
     case ClusterFault::AsyncExpectTooManyBytes: async_rounds(AsyncRound::ExpectTooManyBytes); break;
     case ClusterFault::AsyncStoreBeforeInitVisible: async_rounds(AsyncRound::NoClusterSyncAfterInit); break;
     case ClusterFault::AsyncUninitialisedBarrier: async_rounds(AsyncRound::Uninitialised); break;

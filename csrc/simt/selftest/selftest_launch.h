@@ -325,6 +325,7 @@ inline ClusterFault parse_cluster_fault(const std::string& name) {
       {"map_between_arrive_and_wait", ClusterFault::MapBetweenArriveAndWait},
       {"exit_after_arrive", ClusterFault::ExitAfterArrive},
       {"async_read_before_wait", ClusterFault::AsyncReadBeforeWait},
+      {"async_one_copy", ClusterFault::AsyncOneCopy},
       {"async_expect_too_many_bytes", ClusterFault::AsyncExpectTooManyBytes},
       {"async_store_before_init_visible", ClusterFault::AsyncStoreBeforeInitVisible},
       {"async_uninitialised_barrier", ClusterFault::AsyncUninitialisedBarrier},
