@@ -506,7 +506,8 @@ class StepBarrier {
         arrivals_(sync_ == StepSync::AsyncExchange ? arrivals : nullptr),
         bytes_in_(bytes_in) {
     if constexpr (kPath == RecurrencePath::Cluster) {
-      SIMT_KERNEL_CHECK((sync_ == StepSync::AsyncExchange) == (arrivals_ != nullptr) && (arrivals_ == nullptr || !exchanges_norms),
+      SIMT_KERNEL_CHECK((sync_ == StepSync::AsyncExchange) == (arrivals_ != nullptr) &&
+                            (arrivals_ == nullptr || !exchanges_norms),
                         "the asynchronous exchange needs its mbarriers and records no norms");
     }
   }

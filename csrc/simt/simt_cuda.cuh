@@ -198,20 +198,26 @@ __device__ inline void mbarrier_arrive_expect_tx(unsigned long long* bar, unsign
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(shared_window_address(bar)), "r"(bytes)
                : "memory");
 }
-// The longest mbarrier_wait before it traps, in SM cycles (about 4 s at 2 GHz): each try_wait
-// may suspend the thread for a time of the hardware's choosing, so polls are not counted.
-constexpr long long kMaxWaitCycles = 1ll << 33;
+// The longest mbarrier_wait before it traps, in nanoseconds of the global timer (not the SM's
+// cycle counter, whose reads mark the timed step loops in the machine code): each try_wait may
+// suspend the thread for a time of the hardware's choosing, so polls are not counted.
+constexpr unsigned long long kMaxWaitNs = 4'000'000'000ull;
+__device__ inline unsigned long long global_timer_ns() {
+  unsigned long long ns;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(ns));
+  return ns;
+}
 __device__ __noinline__ inline void mbarrier_timed_out(const void* bar, unsigned parity) {
-  printf("simt::mbarrier_wait: the phase of parity %u of the mbarrier at %p did not complete in %lld cycles in block "
+  printf("simt::mbarrier_wait: the phase of parity %u of the mbarrier at %p did not complete in %llu ns in block "
          "(%u,%u,%u) thread (%u,%u,%u): an arrival or asynchronous store it expects never came\n",
-         parity, bar, kMaxWaitCycles, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+         parity, bar, kMaxWaitNs, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 // Until the phase of parity `parity` has completed; acquire at cluster scope, so the bytes the
 // cluster's asynchronous stores completed on it are visible.
 __device__ inline void mbarrier_wait(unsigned long long* bar, unsigned parity) {
   const unsigned address = shared_window_address(bar);
-  long long first_miss = -1;
+  unsigned long long first_miss = 0;
   while (true) {
     unsigned done;
     asm volatile(
@@ -224,10 +230,10 @@ __device__ inline void mbarrier_wait(unsigned long long* bar, unsigned parity) {
         : "r"(address), "r"(parity)
         : "memory");
     if (done != 0) return;
-    const long long now = clock64();
-    if (first_miss < 0) {
+    const unsigned long long now = global_timer_ns();
+    if (first_miss == 0) {
       first_miss = now;
-    } else if (now - first_miss > kMaxWaitCycles) {
+    } else if (now - first_miss > kMaxWaitNs) {
       mbarrier_timed_out(bar, parity);
     }
   }
