@@ -13,7 +13,6 @@ Usage (on a GPU machine, the extension built in place):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 import torch
@@ -30,9 +29,9 @@ CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), (
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
-        dtype=torch.float32, record: bool = True):
+        dtype=torch.float32):
     """Output, h_n and every gradient of one forward+backward (on the CPU), and the recorded
-    step norms (None where record is false)."""
+    step norms."""
     torch.manual_seed(0)
     module = RNN(7, hidden, num_layers=2, bidirectional=True, truncation=RandomTruncation(0.8, seed=5))
     module = module.to(device=device, dtype=dtype)
@@ -41,11 +40,11 @@ def run(device: str, backend: str | None, path: str | None, hidden: int, batch: 
     x = x.to(device).requires_grad_()
     lengths = torch.tensor([steps - (b % 4) for b in range(batch)])
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    with rnn_fused.record_gradients(module) if record else contextlib.nullcontext() as recording:
+    with rnn_fused.record_gradients(module) as recording:
         out, h_n = module(packed)
     (out.data.sin().sum() + h_n.cos().sum()).backward()
     values = [out.data, h_n, x.grad, *[p.grad for p in module.parameters()]]
-    return [v.detach().cpu() for v in values], recording.step_norms if record else None
+    return [v.detach().cpu() for v in values], recording.step_norms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   backward=backward).candidate(path)
                             if plan.feasible and plan.step_sync != STEP_SYNCS.index(sync):
                                 raise AssertionError(f"{name}: the plan's step_sync is {plan.step_sync}")
-                    # (the asynchronous exchange does not gather recorded norms)
-                    ours, _ = run(device, backend, path, *shape, record=sync != "async_exchange")
+                    ours, _ = run(device, backend, path, *shape)
             except ValueError as refusal:  # a path the planner rules out for this shape says why
                 print(f"{name}: refused ({refusal})", flush=True)
                 continue

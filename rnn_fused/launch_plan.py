@@ -197,9 +197,9 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     CTA in global memory) or "tagged_exchange" (no barrier: each state value travels with its
     step's tag in one 8-byte word; float32 only), on the cluster path "async_exchange" (no
     barrier: each CTA's slice of the state goes into the others' shared memory by asynchronous
-    stores that an mbarrier per state buffer counts; not in a backward that records norms); a
-    path that has not the forced one chooses its own. None leaves that part to each plan. For running or timing launch shapes the cost model would not pick
-    (gpu-check, tests). Process-wide; a path that cannot run the shape so is infeasible, and
+    stores that an mbarrier per state buffer counts); a path that has not the forced one
+    chooses its own. None leaves that part to each plan. For running or timing launch shapes
+    the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the shape so is infeasible, and
     forcing it says why. The previous setting is restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
     for name, value in (("samples", samples), ("units_per_pass", units_per_pass)):

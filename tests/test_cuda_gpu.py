@@ -331,9 +331,8 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
 
 
 def _cluster_run(hidden, batch, dtype, bidirectional):
-    """Output, h_n and every gradient of a module with randomized truncation on the cluster
-    path, forward and backward over 12 steps with lengths 8-12 (no recorded norms: the
-    asynchronous exchange does not gather them)."""
+    """Output, h_n, every gradient and the recorded step norms of a module with randomized
+    truncation on the cluster path, forward and backward over 12 steps with lengths 8-12."""
     lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
     torch.manual_seed(0)
     module = RNN(5, hidden, bidirectional=bidirectional, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE, dtype)
@@ -341,9 +340,10 @@ def _cluster_run(hidden, batch, dtype, bidirectional):
     x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE, dtype)
     x.requires_grad_()
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    out, h_n = module(packed)
+    with rnn_fused.record_gradients(module) as recording:
+        out, h_n = module(packed)
     (out.data.sin().sum() + h_n.cos().sum()).backward()
-    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()]]
+    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
 
 
 @pytest.mark.parametrize("hidden,batch,dtype,bidirectional", [
@@ -352,9 +352,10 @@ def _cluster_run(hidden, batch, dtype, bidirectional):
 def test_cluster_async_exchange_rounds_as_the_cluster_barrier_on_the_gpu(hidden, batch, dtype, bidirectional):
     """The cluster path's steps ended by the asynchronous exchange (each CTA's slice stored into
     the others by st.async, counted by an mbarrier per state buffer, no cluster barrier; on the
-    GPU's memory model only here): forward and backward with randomized truncation, uneven
-    lengths and a reversed direction, bitwise the cluster barrier's results, run three times (a
-    read before the data landed, or an early phase, would show as a difference)."""
+    GPU's memory model only here; the norm sums reach rank 0 the same way): forward and backward
+    with randomized truncation, recorded norms, uneven lengths and a reversed direction, bitwise
+    the cluster barrier's results, run three times (a read before the data landed, or an early
+    phase, would show as a difference)."""
     refusal = path_refusal("cluster", hidden, batch, dtype)
     if refusal is not None:
         with expect_refusal("cluster", hidden, refusal):

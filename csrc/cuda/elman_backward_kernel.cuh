@@ -82,9 +82,11 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int
 
 // Norms. Block path: the CTA's per-sample sums of g^2 are the norms. Grid path: each CTA's
 // sums go to partials [3,B,C] in global memory; Cluster path: to cta_sums [3][C][S] in the
-// shared memory of the cluster's rank 0. Either buffer is indexed by step modulo 3 (it is
-// rewritten two steps after it was written, once its reader has moved on); after the step's
-// barrier, rank 0 of each group adds the ranks' sums (rank order) into step_sq.
+// shared memory of the cluster's rank 0 (with the asynchronous exchange by simt::store_async,
+// counted on rank 0's mbarrier of the next step: norm_sum_bytes). Either buffer is indexed by
+// step modulo 3 (it is rewritten two steps after it was written, once its reader has moved
+// on); after the step's barrier (or wait), rank 0 of each group adds the ranks' sums (rank
+// order) into step_sq.
 
 // step_sq of sample b at processing step s = the sum over the group's ranks (Grid path).
 template <typename scalar_t>
@@ -101,10 +103,12 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
 // The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
 // unit_sums writes of this phase (the computing unit groups in order): the step's norm on the
 // Block path, a partial on the Grid path. Threads j < kSamples.
+// `arrivals`: the Cluster path's asynchronous exchange, rank 0's mbarrier that counts them
+// (StepBarrier::step_arrivals after the wait); null: plain stores, ordered by the next barrier.
 template <RecurrencePath kPath, int kSamples, typename scalar_t>
 SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling,
                                  const CtaPlace& place, const double* unit_sums, double* cta_sums, int64_t first,
-                                 int64_t s) {
+                                 int64_t s, unsigned long long* arrivals = nullptr) {
   const int64_t j = threadIdx.x;
   if (j >= kSamples || first + j >= a.shape.batch) return;
   const int64_t b = first + j;
@@ -114,12 +118,28 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
     simt::store_cross_block(a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank,
                             cta_sum);
   } else if constexpr (kPath == RecurrencePath::Cluster) {
-    double* at_rank0 = simt::cluster_map_shared(cta_sums, 0u);
-    at_rank0[((s % 3) * tiling.ctas_per_group + place.rank) * kSamples + j] = cta_sum;
+    const int64_t at = ((s % 3) * tiling.ctas_per_group + place.rank) * kSamples + j;
+    if (place.rank == 0) {
+      cta_sums[at] = cta_sum;
+    } else if (arrivals != nullptr) {
+      simt::store_async(cta_sums + at, 0u, cta_sum, arrivals);
+    } else {
+      simt::cluster_map_shared(cta_sums, 0u)[at] = cta_sum;
+    }
   } else {
     const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
     if (s < length) a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = cta_sum;
   }
+}
+
+// Cluster path with the asynchronous exchange: the bytes of the other CTAs' norm sums of a step
+// that rank 0's phase of the next step counts (store_cta_norms: a double per sample of the
+// group within the batch, from each of the C - 1 other ranks); 0 on the other ranks.
+template <int kSamples>
+SIMT_DEVICE unsigned norm_sum_bytes(const RecurrenceTiling& tiling, const CtaPlace& place, int64_t batch) {
+  if (place.rank != 0) return 0;
+  const int64_t samples = batch - place.sample_begin < kSamples ? batch - place.sample_begin : kSamples;
+  return static_cast<unsigned>((tiling.ctas_per_group - 1) * samples * int64_t(sizeof(double)));
 }
 
 // Cluster path, rank 0 after the barrier of step s: the norms of step `finished` from the
@@ -179,6 +199,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms,
                              layout.exchange_arrivals(smem), cta.exchange_bytes_in(layout));
   barrier.start();
+  // With the asynchronous exchange, what rank 0's phase of a step also counts: the other CTAs'
+  // norm sums of the step before (none before the first step).
+  const unsigned sums_in = norms && barrier.async_exchange() ? norm_sum_bytes<kSamples>(tiling, place, B) : 0u;
   // The steps, timed by `clock` (a PhaseClock).
   auto run = [&](auto clock) {
     clock.start();
@@ -287,7 +310,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       cta.for_each_chunk(Cta::kStateInShared ? nullptr : exchange_later, tagged_later, static_cast<unsigned>(T - 1 - s),
                          (s + 1) % 2, step_chunk, after_chunk, clock, barrier.step_arrivals());
       clock.lap(kComputePhase);
-      barrier.arrive();
+      barrier.arrive(s < T - 1 ? sums_in : 0u);
       if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, -Cta::kOperandL1Steps);
         if (s > 0) load_operands(s, -1);
@@ -299,9 +322,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         lane.for_each_valid(cta, s - 1, 1, [&](int batch, int k, int64_t at) { a.dz[at] = dz_out[batch][k]; });
       }
       if (norms) {
-        if constexpr (Cta::kStateInShared) {
+        if constexpr (Cta::kStateInShared) {  // (the asynchronous exchange's: counted by the next step's phase)
           store_cta_norms<kPath, kSamples>(a, tiling, place, unit_sums + ((phase - 1) % 2) * kUnitsPerPass * kSamples,
-                                           cta_sums, place.sample_begin, s);
+                                           cta_sums, place.sample_begin, s, barrier.step_arrivals());
         }
         if constexpr (kPath == RecurrencePath::Cluster) {
           if (s + 1 < T) finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, s + 1);
@@ -314,14 +337,20 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     clock.store();
     if (norms) {
       // Step 0's sums are complete after one more barrier (which also keeps every CTA of a
-      // cluster alive until rank 0's shared memory is no longer written).
+      // cluster alive until rank 0's shared memory is no longer written); with the asynchronous
+      // exchange after rank 0's phase of them alone (finish()'s barrier keeps the CTAs alive).
       if constexpr (kPath == RecurrencePath::Grid) {
         barrier.arrive();
         barrier.wait();
         finish_group_norms<kSamples>(a, tiling, place, 0);
       } else if constexpr (kPath == RecurrencePath::Cluster) {
-        barrier.arrive();
-        barrier.wait();
+        if (!barrier.async_exchange()) {
+          barrier.arrive();
+          barrier.wait();
+        } else if (place.rank == 0) {
+          barrier.arrive_extra(sums_in);
+          barrier.wait();
+        }
         finish_cluster_norms<kSamples>(a, tiling, place, cta_sums, 0);
       }
     }

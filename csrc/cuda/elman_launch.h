@@ -205,7 +205,6 @@ struct PlanRequest {
   int64_t batch = 0;
   bool backward = false;
   bool fp64 = false;
-  bool norms = false;   // a backward that records step norms (the cluster barrier gathers them)
   ForcedTiling forced;  // what the plan must take (plan_candidates reads it once per query)
 };
 
@@ -328,20 +327,18 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   // The Grid and Cluster paths' ways to end a step (StepSync), each priced by the model with
   // its cost measured on an H200 (recurrence_cost_model.h), or the forced one where it is one of
   // the path's (a forced one of another path leaves the choice to the model); the barrier first,
-  // which a tie keeps. The tagged exchange carries float32 state only; the asynchronous
-  // exchange does not gather recorded norms. The Block path has its own barrier.
+  // which a tie keeps. The tagged exchange carries float32 state only. The Block path has its
+  // own barrier.
   std::vector<int32_t> step_syncs = {int32_t(StepSync::GridBarrier)};
   if (sync_forced_on(kPath, forced.step_sync)) {
-    if (!step_sync_allowed(kPath, StepSync(forced.step_sync), r.fp64, r.backward && r.norms)) {
-      best.reason = forced.step_sync == int32_t(StepSync::TaggedExchange)
-                        ? "the tagged exchange carries float32 state only"
-                        : "the asynchronous exchange does not gather recorded norms (the cluster barrier does)";
+    if (!step_sync_allowed(kPath, StepSync(forced.step_sync), r.fp64)) {
+      best.reason = "the tagged exchange carries float32 state only";
       return best;
     }
     step_syncs = {int32_t(forced.step_sync)};
   } else {
     for (int32_t sync = 1; sync < int32_t(kStepSyncs); ++sync) {
-      if (step_sync_allowed(kPath, StepSync(sync), r.fp64, r.backward && r.norms)) step_syncs.push_back(sync);
+      if (step_sync_allowed(kPath, StepSync(sync), r.fp64)) step_syncs.push_back(sync);
     }
   }
   for (int64_t units : unit_options) {
@@ -492,7 +489,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync, int64_t(r.norms)}) {
+                    r.forced.step_sync}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -805,7 +802,7 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
       for (int per_pass : kUnitsPerPassOptions) {
         if (r.forced.units_per_pass != 0 && per_pass != r.forced.units_per_pass) continue;
         for (int64_t sync = 0; sync < kStepSyncs; ++sync) {
-          if (!step_sync_allowed(c.path, StepSync(sync), r.fp64, r.backward && r.norms)) continue;
+          if (!step_sync_allowed(c.path, StepSync(sync), r.fp64)) continue;
           if (sync_forced_on(c.path, r.forced.step_sync) && sync != r.forced.step_sync) continue;
           PlanRequest variant = r;
           variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync};
@@ -887,15 +884,12 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
   return chosen;
 }
 
-// The plan of a call's forward or backward recurrence (norms: the backward records step norms).
+// The plan of a call's forward or backward recurrence.
 template <typename scalar_t>
-RecurrencePlan plan_for(const LayerForwardCall& call, bool backward, bool norms = false) {
-  return choose_plan<scalar_t>({.hidden = call.shape.hidden,
-                                .batch = call.shape.batch,
-                                .backward = backward,
-                                .fp64 = sizeof(scalar_t) == 8,
-                                .norms = norms},
-                               call.options.path);
+RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
+  return choose_plan<scalar_t>(
+      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
+      call.options.path);
 }
 
 // The forward recurrence of the host layer (host_layer.h); returns h_n.
@@ -908,7 +902,7 @@ at::Tensor forward_recurrence_typed(const ForwardRecurrence& r) {
 // processing step 0.
 template <typename scalar_t>
 at::Tensor backward_recurrence_typed(const BackwardRecurrence& r) {
-  return backward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call.forward, true, r.call.record_norms));
+  return backward_recurrence_planned<scalar_t>(r, plan_for<scalar_t>(r.call.forward, true));
 }
 
 inline at::Tensor forward_recurrence(const ForwardRecurrence& r) {

@@ -34,18 +34,17 @@ enum class StepSync : int32_t {
                        // (simt::tag_word; float32 only), and a reader waits for the tag
   AsyncExchange = 3,   // Cluster, no cluster barrier: each CTA's slice goes into the others' shared
                        // memory by asynchronous stores (simt::store_async) that an mbarrier per
-                       // state buffer counts; a CTA waits on its own mbarrier (no recorded norms)
+                       // state buffer counts; a CTA waits on its own mbarrier
 };
 inline constexpr int64_t kStepSyncs = 4;
 
-// Whether a path can end its steps with `sync` (recorded norms: whether the backward records
-// them, which the Cluster path's exchange gathers in rank 0 under the cluster barrier).
-SIMT_HOST_DEVICE constexpr bool step_sync_allowed(RecurrencePath path, StepSync sync, bool fp64, bool norms) {
+// Whether a path can end its steps with `sync`.
+SIMT_HOST_DEVICE constexpr bool step_sync_allowed(RecurrencePath path, StepSync sync, bool fp64) {
   switch (sync) {
     case StepSync::GridBarrier: return true;
     case StepSync::FlagBarrier: return path == RecurrencePath::Grid;
     case StepSync::TaggedExchange: return path == RecurrencePath::Grid && !fp64;
-    case StepSync::AsyncExchange: return path == RecurrencePath::Cluster && !norms;
+    case StepSync::AsyncExchange: return path == RecurrencePath::Cluster;
   }
   return false;
 }
@@ -488,8 +487,10 @@ SIMT_DEVICE __forceinline__ void publish_state(scalar_t* next_rows, scalar_t* ex
 // step k, which needs every other CTA's slice of step k, each stored after a __syncthreads that
 // follows all of that CTA's reads of the buffer step k + 1 overwrites: no write lands in a buffer
 // still being read, and no step's bytes reach an mbarrier before its phase of step k - 2 has
-// completed. Every CTA's slice must be non-empty for that (checked). finish() ends the launch
-// with a cluster barrier, so that no CTA exits while another may still store into it.
+// completed. Every CTA's slice must be non-empty for that (checked). What else a step's phase
+// counts (the backward's norm sums that rank 0 gathers) is arrive()'s `extra_bytes`; a phase of
+// extra bytes only is arrive_extra(). finish() ends the launch with a cluster barrier, so that no
+// CTA exits while another may still store into it.
 template <RecurrencePath kPath>
 class StepBarrier {
  public:
@@ -506,9 +507,8 @@ class StepBarrier {
         arrivals_(sync_ == StepSync::AsyncExchange ? arrivals : nullptr),
         bytes_in_(bytes_in) {
     if constexpr (kPath == RecurrencePath::Cluster) {
-      SIMT_KERNEL_CHECK((sync_ == StepSync::AsyncExchange) == (arrivals_ != nullptr) &&
-                            (arrivals_ == nullptr || !exchanges_norms),
-                        "the asynchronous exchange needs its mbarriers and records no norms");
+      SIMT_KERNEL_CHECK((sync_ == StepSync::AsyncExchange) == (arrivals_ != nullptr),
+                        "the asynchronous exchange needs its mbarriers");
     }
   }
 
@@ -539,15 +539,23 @@ class StepBarrier {
   // before it would put its latency from L2 into every step; issued after it, the load's latency
   // overlaps the wait and the next step's dot products. Nothing between them may touch another
   // CTA's memory (the emulator refuses it). On the other paths arrive() does nothing.
-  SIMT_DEVICE __forceinline__ void arrive() {
+  SIMT_DEVICE __forceinline__ void arrive(unsigned extra_bytes = 0) {
     if constexpr (kPath == RecurrencePath::Cluster) {
       if (arrivals_ == nullptr) {
         simt::cluster_arrive();
       } else if (threadIdx.x == 0) {
-        simt::mbarrier_arrive_expect_tx(step_arrivals(), bytes_in_);
+        simt::mbarrier_arrive_expect_tx(step_arrivals(), bytes_in_ + extra_bytes);
       }
     }
   }
+
+  // Cluster path with the asynchronous exchange: a phase without a state exchange, in which
+  // this CTA expects `extra_bytes` (may be 0); wait() ends it as a step's.
+  SIMT_DEVICE __forceinline__ void arrive_extra(unsigned extra_bytes) {
+    if (threadIdx.x == 0) simt::mbarrier_arrive_expect_tx(step_arrivals(), extra_bytes);
+  }
+
+  SIMT_DEVICE __forceinline__ bool async_exchange() const { return arrivals_ != nullptr; }
 
   SIMT_DEVICE __forceinline__ void wait() {
     if constexpr (kPath == RecurrencePath::Grid) {
