@@ -270,13 +270,15 @@ SIMT_DEVICE const float* allgather_rounds(const float* x, float* copies, int rou
 enum class AsyncRound : int { Correct, ReadBeforeWait, OneCopy, ExpectTooManyBytes, NoClusterSyncAfterInit, Uninitialised };
 
 // The all-gather recurrence of allgather_rounds with the exchange by asynchronous stores and no
-// cluster barrier per round: each thread stores its element into every block's copy (its own
-// included) with simt::store_async, whose bytes that block's mbarrier of the copy counts
+// cluster barrier per round (the pattern of the cluster recurrence path's asynchronous exchange):
+// each thread writes its element into its own block's copy and stores it into every other
+// block's with simt::store_async, whose bytes that block's mbarrier of the copy counts
 // (`arrivals` [2] in shared memory: one arrival per phase, thread 0's, which also says how many
-// bytes to expect), and reads the copy after waiting on its own block's mbarrier. Copy r % 2 is
-// rewritten in round r + 2 only by a block that has all of round r + 1's elements, each stored
-// by a thread after its reads of round r's copy. Returns the final h in copies[rounds % 2]; a
-// cluster_sync ends it (no block exits while another may still store into its memory).
+// bytes to expect); it reads the copy after waiting on its own block's mbarrier and a
+// __syncthreads (its own block's elements). Copy r % 2 is rewritten in round r + 2 only by a
+// thread that has all of round r + 1's elements, each written after the writer's reads of round
+// r's copy. Returns the final h in copies[rounds % 2]; a cluster_sync ends it (no block exits
+// while another may still store into its memory).
 SIMT_DEVICE const float* allgather_async_rounds(const float* x, float* copies, unsigned long long* arrivals, int rounds,
                                                 AsyncRound how = AsyncRound::Correct) {
   const unsigned size = simt::cluster_size(), rank = simt::cluster_rank();
@@ -292,23 +294,25 @@ SIMT_DEVICE const float* allgather_async_rounds(const float* x, float* copies, u
   } else {
     simt::cluster_sync();
   }
-  const unsigned bytes = static_cast<unsigned>(n * sizeof(float)) + (how == AsyncRound::ExpectTooManyBytes ? 4u : 0u);
+  const unsigned bytes = static_cast<unsigned>((size - 1) * blockDim.x * sizeof(float)) +
+                         (how == AsyncRound::ExpectTooManyBytes ? 4u : 0u);
   for (int r = 0; r <= rounds; ++r) {
     float* copy = copies + (how == AsyncRound::OneCopy ? 0 : r % 2) * n;
     unsigned long long* bar = &arrivals[r % 2];
     const unsigned parity = static_cast<unsigned>(r / 2) & 1u;
+    copy[j] = v;
     if (threadIdx.x == 0) simt::mbarrier_arrive_expect_tx(bar, bytes);
-    for (unsigned k = 0; k < size; ++k) simt::store_async(copy + j, (rank + k) % size, v, bar);
-    if (r == rounds) {
-      simt::mbarrier_wait(bar, parity);
-    } else if (how == AsyncRound::ReadBeforeWait) {
+    for (unsigned k = 1; k < size; ++k) simt::store_async(copy + j, (rank + k) % size, v, bar);
+    if (how == AsyncRound::ReadBeforeWait && r < rounds) {
       const float next = cluster_mix(copy, j, n);
       simt::mbarrier_wait(bar, parity);
+      __syncthreads();
       v = next;
-    } else {
-      simt::mbarrier_wait(bar, parity);
-      v = cluster_mix(copy, j, n);
+      continue;
     }
+    simt::mbarrier_wait(bar, parity);
+    __syncthreads();
+    if (r < rounds) v = cluster_mix(copy, j, n);
   }
   simt::cluster_sync();
   return copies + (how == AsyncRound::OneCopy ? 0 : rounds % 2) * n;
