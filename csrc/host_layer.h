@@ -90,6 +90,8 @@ struct StackPlanReport {
   bool faster = false;         // feasible and predicted faster than the layers one after another
   double stack_us = 0.0;       // predicted: (T + 1) steps of the stack's kernel
   double layers_us = 0.0;      // predicted: L layers of T steps on their own plans
+  double measured_stack_us = -1.0;   // under launch_plan.autotune, the same measured; else -1
+  double measured_layers_us = -1.0;  // (faster then compares these)
   int64_t grid = 0;            // CTAs: L x sample groups
   int64_t samples = 0;         // samples per group
   int64_t units_per_pass = 0;  // 32, or 16 (the dot products on half the warps)

@@ -287,17 +287,18 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                             record_norms);
 }
 
-// Whether a backend would run a stack of num_layers layers in one launch, from its cost model:
-// (feasible, faster than the layers one after another, predicted us of the stack's launch,
-// predicted us of the layers' recurrences, [grid, samples per group, units per pass, shared
-// memory bytes, compiled passes], reason). like: as for recurrence_plan.
-std::tuple<bool, bool, double, double, std::vector<int64_t>, std::string> stack_plan(
+// Whether a backend would run a stack of num_layers layers in one launch, from its cost model
+// or, under autotuning, its measurements: (feasible, faster than the layers one after another,
+// predicted us of the stack's launch, predicted us of the layers' recurrences, the same two
+// measured (-1: not measured), [grid, samples per group, units per pass, shared memory bytes,
+// compiled passes], reason). like: as for recurrence_plan.
+std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std::string> stack_plan(
     const at::Tensor& like, int64_t hidden_size, int64_t batch_size, int64_t steps, int64_t num_layers,
     std::optional<c10::string_view> backend) {
   const c10::OptionalDeviceGuard guard(like.device());
   const StackPlanReport r = plan_stack(like.device().type(), optional_name(backend),
                                        {.hidden = hidden_size, .batch = batch_size, .steps = steps, .layers = num_layers});
-  return {r.feasible, r.faster, r.stack_us, r.layers_us,
+  return {r.feasible, r.faster, r.stack_us, r.layers_us, r.measured_stack_us, r.measured_layers_us,
           std::vector<int64_t>{r.grid, r.samples, r.units_per_pass, r.shared_mem_bytes, r.compiled_passes}, r.reason};
 }
 
@@ -470,7 +471,8 @@ TORCH_LIBRARY(rnn_fused, m) {
       "Tensor? dropout_masks=None, bool record_norms=False) -> Tensor[]");
   m.def(
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
-      "-> (bool feasible, bool faster, float stack_us, float layers_us, int[] shape, str reason)");
+      "-> (bool feasible, bool faster, float stack_us, float layers_us, float measured_stack_us, "
+      "float measured_layers_us, int[] shape, str reason)");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }

@@ -241,24 +241,29 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return "its layers must have one hidden size and all or none have biases"
     if hx is not None and hx.shape != (num_layers, input.shape[1], hidden):
         return f"hx must have shape [{num_layers}, {input.shape[1]}, {hidden}]"
-    stack_step_us, layers_step_us = _stack_step_costs(input.device, emulated, hidden, input.shape[1], num_layers)
+    stack_step_us, layers_step_us, measured = _stack_step_costs(input.device, emulated, hidden, input.shape[1],
+                                                                num_layers)
     if stack_step_us is None:
         return layers_step_us  # the limit the stack's kernel exceeds
     steps = input.shape[0]
     if decide and not (steps + 1) * stack_step_us < steps * layers_step_us:
-        return "the cost model predicts the layers one after another faster"
+        return ("the layers one after another measured faster" if measured else
+                "the cost model predicts the layers one after another faster")
     return None
 
 
 @functools.lru_cache(maxsize=1024)
 def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: int, layers: int):
-    """(the stack kernel's predicted us per step, the layers' one after another per step), or
-    (None, why it cannot run), asked of the planner once per shape in a process (the planner's
-    settings clear it: launch_plan._apply_planner_setting)."""
+    """(the stack kernel's us per step, the layers' one after another per step, whether measured:
+    under launch_plan.autotune, else predicted), or (None, why it cannot run, False), asked of
+    the planner once per shape in a process (the planner's settings clear it:
+    launch_plan._apply_planner_setting)."""
     report = launch_plan.stack_plan(hidden, batch, 1, layers, "emulated" if emulated else device)
     if not report.feasible:
-        return None, report.reason
-    return report.predicted_stack_us / 2, report.predicted_layers_us
+        return None, report.reason, False
+    if report.measured_stack_us is not None:
+        return report.measured_stack_us / 2, report.measured_layers_us, True
+    return report.predicted_stack_us / 2, report.predicted_layers_us, False
 
 
 def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,

@@ -114,12 +114,16 @@ class StackPlan:
     """Whether the GPU kernels would run a stack of unidirectional layers' forward in one
     launch (layer l a few steps behind layer l - 1, each CTA holding its layer's W_hh and the
     next layer's W_ih; csrc/cuda/elman_forward_kernel.cuh forward_stack_kernel), and what the
-    cost model predicts for it and for the same layers one launch after another."""
+    cost model predicts for it and for the same layers one launch after another, and under
+    autotune() what the device measured."""
 
     feasible: bool                 # the stack's kernel can run the shape on the device
-    faster: bool                   # feasible and predicted faster: rnn_fused.functional.rnn takes it then
+    faster: bool                   # feasible and faster (measured under autotune(), else predicted):
+                                   # rnn_fused.functional.rnn takes it then
     predicted_stack_us: float      # T + 1 steps of the stack's kernel
     predicted_layers_us: float     # the L layers' T steps each, on their own forward plans
+    measured_stack_us: float | None   # the same two under autotune(): the stack's step timed on the
+    measured_layers_us: float | None  # device, a layer's as its own tuned plan's; else None
     grid: int                      # CTAs: layers x sample groups
     samples: int                   # samples per group
     units_per_pass: int
@@ -137,9 +141,11 @@ def stack_plan(hidden_size: int, batch_size: int, steps: int, num_layers: int,
     if target.type != "cuda" and not emulated:
         raise ValueError(f"rnn_fused.launch_plan.stack_plan: device must be 'emulated' or a CUDA device, got {device!r}")
     like = torch.empty(0, dtype=torch.float32, device=target)
-    feasible, faster, stack_us, layers_us, shape, reason = torch.ops.rnn_fused.stack_plan(
-        like, hidden_size, batch_size, steps, num_layers, "emulated" if emulated else None)
-    return StackPlan(feasible, faster, stack_us, layers_us, *shape, reason)
+    feasible, faster, stack_us, layers_us, measured_stack_us, measured_layers_us, shape, reason = \
+        torch.ops.rnn_fused.stack_plan(like, hidden_size, batch_size, steps, num_layers,
+                                       "emulated" if emulated else None)
+    return StackPlan(feasible, faster, stack_us, layers_us, measured_stack_us if measured_stack_us >= 0 else None,
+                     measured_layers_us if measured_layers_us >= 0 else None, *shape, reason)
 
 
 def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int, hidden_size: int,
@@ -333,9 +339,12 @@ def log_stack_plan_once(report: StackPlan, steps: int, layers: int, key: Hashabl
         if ("stack", key) in _logged_plan_keys:
             return False
         _logged_plan_keys.add(("stack", key))
-    logger.info("rnn_fused: %s: the CUDA planner runs the %d layers in one launch each way (%d CTAs, predicted "
+    measured = report.measured_stack_us is not None
+    stack_us = report.measured_stack_us if measured else report.predicted_stack_us
+    layers_us = report.measured_layers_us if measured else report.predicted_layers_us
+    logger.info("rnn_fused: %s: the CUDA planner runs the %d layers in one launch each way (%d CTAs, %s "
                 "%.2f us per step of the stack against %.2f us per step of the layers one by one): %s", key, layers,
-                report.grid, report.predicted_stack_us / (steps + 1), report.predicted_layers_us / steps,
+                report.grid, "measured" if measured else "predicted", stack_us / (steps + 1), layers_us / steps,
                 report.reason)
     return True
 

@@ -170,3 +170,30 @@ def test_set_autotune_switches_it_for_the_process():
         finally:
             launch_plan.set_autotune(False)
         assert rnn_fused.plan(27, 2).measured_us_per_step is None
+
+
+def test_the_stack_is_decided_by_measurement_under_autotune(stack_launches):
+    """Under autotune() the planner times the layer stack's step on the device and compares it
+    with a layer's step as that layer's own tuned plan measured; functional.rnn then follows the
+    measured verdict (on the emulator, where the stepwise path's CPU products are fast, it may
+    differ from the model's). The measurement is kept, and gone with the setting."""
+    hidden, batch, layers, steps = 20, 2, 2, 50
+    with simt.emulated_device(**SMALL_GPU):
+        predicted = launch_plan.stack_plan(hidden, batch, steps, layers)
+        assert predicted.feasible and predicted.measured_stack_us is None and predicted.measured_layers_us is None
+        with launch_plan.autotune(steps=STEPS):
+            tuned = launch_plan.stack_plan(hidden, batch, steps, layers)
+            layer = rnn_fused.plan(hidden, batch)
+            again = launch_plan.stack_plan(hidden, batch, steps, layers)
+            module = rnn_fused.RNN(hidden, hidden, num_layers=layers)
+            module.backend = "emulated"
+            module(torch.randn(steps, batch, hidden))
+        assert launch_plan.stack_plan(hidden, batch, steps, layers).measured_stack_us is None
+    assert tuned.measured_stack_us > 0 and tuned.measured_layers_us > 0
+    assert tuned.measured_layers_us == pytest.approx(layer.measured_us_per_step * steps * layers)
+    assert tuned.faster == (tuned.measured_stack_us < tuned.measured_layers_us)
+    assert tuned.predicted_stack_us == predicted.predicted_stack_us  # (the layers' own plans are the tuned ones)
+    assert again.measured_stack_us == tuned.measured_stack_us  # kept, not timed again
+    # The module's forward took the stack exactly where the measurement (for its T) says so.
+    per_step_stack, per_step_layers = tuned.measured_stack_us / (steps + 1), tuned.measured_layers_us / steps
+    assert len(stack_launches) == int((steps + 1) * per_step_stack < steps * per_step_layers)

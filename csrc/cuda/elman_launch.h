@@ -718,21 +718,36 @@ inline std::string kernel_device_name() {
 #endif
 }
 
-// The time per step of the launch shape `plan` on this device, in microseconds: the difference
-// between the fastest of kTimedRuns runs of kShortSteps + steps steps and the fastest of runs
-// of kShortSteps steps, over `steps` (a persistent path's launch, or the first steps' staging,
-// is not a step's cost), after a warm-up run. The fastest, not the median: what delays a run
-// (another process, the host) only ever adds time. Where noise still leaves the difference at
-// or below zero, the longer run's time over its steps, launch included (an overestimate,
-// never zero). The forward from constant inputs that keep every value finite (the kernels'
-// time does not depend on the values), or the backward through such saved states.
+// The time per step of a recurrence launch on this device, in microseconds, from run_us(n)
+// (one run of n steps, timed): the difference between the fastest of kTimedRuns runs of
+// kTimedShortSteps + steps steps and the fastest of runs of kTimedShortSteps steps, over `steps`
+// (a persistent kernel's launch, or the first steps' staging, is not a step's cost), after a
+// warm-up run. The fastest, not the median: what delays a run (another process, the host)
+// only ever adds time. Where noise still leaves the difference at or below zero, the longer
+// run's time over its steps, launch included (an overestimate, never zero).
+inline constexpr int64_t kTimedShortSteps = 2;
+template <class RunUs>
+double per_step_us(int64_t steps, RunUs&& run_us) {
+  constexpr int kTimedRuns = 3;
+  const int64_t T = kTimedShortSteps + steps;
+  auto fastest_us = [&](int64_t n) {
+    double fastest = run_us(n);
+    for (int i = 1; i < kTimedRuns; ++i) fastest = std::min(fastest, run_us(n));
+    return fastest;
+  };
+  run_us(kTimedShortSteps);  // warm-up: first launches of the kernels, allocations
+  const double short_us = fastest_us(kTimedShortSteps), long_us = fastest_us(T);
+  return long_us > short_us ? (long_us - short_us) / double(steps) : long_us / double(T);
+}
+
+// The time per step of the launch shape `plan` (per_step_us): the forward from constant inputs
+// that keep every value finite (the kernels' time does not depend on the values), or the
+// backward through such saved states.
 template <typename scalar_t>
 double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_t steps) {
-  constexpr int64_t kShortSteps = 2;
-  constexpr int kTimedRuns = 3;
   const at::TensorOptions options =
       at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value).device(kernel_device_type());
-  const int64_t B = r.batch, H = r.hidden, T = kShortSteps + steps;
+  const int64_t B = r.batch, H = r.hidden, T = kTimedShortSteps + steps;
   // Forward: XW_t in, h_t out (in place). Backward: saved h_t, dy_t in; dz_t out.
   const at::Tensor states = at::full({T, B, H}, 0.25, options);
   const at::Tensor w_hh = at::full({H, H}, 0.5 / double(H), options);
@@ -753,14 +768,7 @@ double measured_step_us(const RecurrencePlan& plan, const PlanRequest& r, int64_
       }
     });
   };
-  auto fastest_us = [&](int64_t n) {
-    double fastest = run_us(n);
-    for (int i = 1; i < kTimedRuns; ++i) fastest = std::min(fastest, run_us(n));
-    return fastest;
-  };
-  run_us(kShortSteps);  // warm-up: first launches of the kernels, allocations
-  const double short_us = fastest_us(kShortSteps), long_us = fastest_us(T);
-  return long_us > short_us ? (long_us - short_us) / double(steps) : long_us / double(T);
+  return per_step_us(steps, run_us);
 }
 
 // The best launch shape of `path` by the model (plan_candidates' entry for it, uncached).
@@ -942,9 +950,14 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 // Block path's tilings with stack_rows(H, units per pass) rows per CTA (2H, in whole passes;
 // 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as forced_tiling allows), every CTA
 // of every layer co-resident; the fastest by the cost model, which prices its step as a block
-// step of that many units (each warp runs one kind of epilogue: stack_row). The stack is worth it where (T + 1) of its steps are predicted faster than the
-// layers' T steps each on their own forward plans (the GEMMs and launches between layers, which
-// the stack also saves, left out of the comparison).
+// step of that many units (each warp runs one kind of epilogue: stack_row). The stack is worth
+// it where (T + 1) of its steps are faster than the layers' T steps each on their own forward
+// plans (the GEMMs and launches between layers, which the stack also saves, left out of the
+// comparison): as the model predicts, or under launch_plan.autotune as measured on the device
+// (the stack's step by measured_stack_step_us, a layer's step as its own autotuned plan's;
+// once per shape and device in a process; not while the stream captures a CUDA graph).
+inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
+
 inline StackPlanReport stack_plan(const StackPlanQuery& q) {
   const simt::DeviceProperties props = simt::device_properties();
   const cost::Constants& model = cost::kH200;
@@ -1024,6 +1037,34 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
   const RecurrencePlan layer = choose_plan<float>(request, "");
   best.layers_us = layer.us_per_step * double(q.steps) * double(q.layers);
   best.faster = best.stack_us < best.layers_us;
+  const Autotune setting = autotune();
+  if (!setting.enabled) return best;
+  const TunedPaths* tuned = tuned_paths<float>(request, plan_candidates<float>(request));
+  if (tuned == nullptr) return best;  // (a CUDA graph is being captured: nothing is timed)
+  double layer_step_us = INFINITY;
+  for (const double us : tuned->fastest_us) {
+    if (!std::isnan(us)) layer_step_us = std::min(layer_step_us, us);
+  }
+  const std::string key = plan_key<float>(request) + std::to_string(q.layers) + "," + std::to_string(best.samples) +
+                          "," + std::to_string(best.units_per_pass) + "," + std::to_string(setting.steps) + "," +
+                          kernel_device_name();
+  static std::mutex mutex;
+  static std::unordered_map<std::string, double> measured;
+  double stack_step_us = 0.0;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = measured.find(key);
+    if (it != measured.end()) stack_step_us = it->second;
+  }
+  if (stack_step_us == 0.0) {
+    simt::synchronize_device();  // time on an idle device
+    stack_step_us = measured_stack_step_us(best, q, setting.steps);
+    const std::lock_guard<std::mutex> lock(mutex);
+    measured.emplace(key, stack_step_us);
+  }
+  best.measured_stack_us = stack_step_us * double(q.steps + 1);
+  best.measured_layers_us = layer_step_us * double(q.steps) * double(q.layers);
+  best.faster = best.measured_stack_us < best.measured_layers_us;
   return best;
 }
 
@@ -1053,6 +1094,39 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, bool bac
       simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
                                static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
     }
+  });
+}
+
+// The stack's forward step on this device (per_step_us) at the launch shape `plan`: L layers
+// of constant weights and inputs that keep every value finite, the words cleared in each run as
+// forward_stack clears them.
+inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps) {
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kFloat).device(kernel_device_type());
+  const int64_t B = q.batch, H = q.hidden, L = q.layers;
+  const at::Tensor w_stacked = at::full({L, 2 * H, H}, 0.5 / double(H), options);
+  const at::Tensor h_n = at::empty({L, B, H}, options);
+  std::unordered_map<int64_t, std::pair<at::Tensor, at::Tensor>> runs;  // steps -> (out, words)
+  for (const int64_t n : {kTimedShortSteps, kTimedShortSteps + steps}) {
+    runs[n] = {at::full({L, n, B, H}, 0.25, options), at::empty({L - 1, n, B, H}, options.dtype(at::kLong))};
+  }
+  return per_step_us(steps, [&](int64_t n) {
+    const auto& [out, words] = runs.at(n);
+    const LayerShape shape{.steps = n, .batch = B, .input_size = H, .hidden = H};
+    const ForwardStackArgs args{.w_stacked = w_stacked.data_ptr<float>(),
+                                .bias_next = nullptr,
+                                .out = out.data_ptr<float>(),
+                                .xw_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
+                                .h0 = nullptr,
+                                .h_n = h_n.data_ptr<float>(),
+                                .lengths = nullptr,
+                                .shape = shape,
+                                .layers = L,
+                                .activation = Activation::Tanh};
+    return simt::stream_time_us([&] {
+      at::Tensor cleared = words;
+      cleared.zero_();
+      launch_stack(plan, shape, false, args);
+    });
   });
 }
 
