@@ -255,14 +255,15 @@ def test_deterministic_bitwise_on_every_path(path):
         assert torch.equal(a, b)
 
 
-def _truncated_run_with_norms(path, hidden, batch):
-    """Output, h_n, every gradient and the recorded step norms of a module with randomized
-    truncation on `path`, forward and backward over 12 steps with lengths 8-12."""
+def _truncated_run_with_norms(path, hidden, batch, dtype=torch.float32, bidirectional=False):
+    """Output, h_n, every gradient and the recorded step norms of a module (in dtype;
+    bidirectional: a reversed direction too) with randomized truncation on `path`, forward and
+    backward over 12 steps with lengths 8-12."""
     lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
     torch.manual_seed(0)
-    module = RNN(5, hidden, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE)
+    module = RNN(5, hidden, bidirectional=bidirectional, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE, dtype)
     module.backend, module.path = BACKEND, path
-    x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE)
+    x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE, dtype)
     x.requires_grad_()
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
     with rnn_fused.record_gradients(module) as recording:
@@ -330,22 +331,6 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
             assert torch.equal(a, b), (samples, units_per_pass, sync)
 
 
-def _cluster_run(hidden, batch, dtype, bidirectional):
-    """Output, h_n, every gradient and the recorded step norms of a module with randomized
-    truncation on the cluster path, forward and backward over 12 steps with lengths 8-12."""
-    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
-    torch.manual_seed(0)
-    module = RNN(5, hidden, bidirectional=bidirectional, truncation=RandomTruncation(0.7, seed=3)).to(DEVICE, dtype)
-    module.backend, module.path = BACKEND, "cluster"
-    x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE, dtype)
-    x.requires_grad_()
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    with rnn_fused.record_gradients(module) as recording:
-        out, h_n = module(packed)
-    (out.data.sin().sum() + h_n.cos().sum()).backward()
-    return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
-
-
 @pytest.mark.parametrize("hidden,batch,dtype,bidirectional", [
     (256, 1, torch.float32, False), (256, 8, torch.float32, True), (129, 3, torch.float32, False),
     (512, 32, torch.float32, False), (768, 16, torch.float32, False), (200, 5, torch.float64, False)])
@@ -359,16 +344,16 @@ def test_cluster_async_exchange_rounds_as_the_cluster_barrier_on_the_gpu(hidden,
     refusal = path_refusal("cluster", hidden, batch, dtype)
     if refusal is not None:
         with expect_refusal("cluster", hidden, refusal):
-            _cluster_run(hidden, batch, dtype, bidirectional)
+            _truncated_run_with_norms("cluster", hidden, batch, dtype, bidirectional)
         return
     with rnn_fused.launch_plan.forced_tiling(step_sync="grid_barrier"):
-        expected = _cluster_run(hidden, batch, dtype, bidirectional)
+        expected = _truncated_run_with_norms("cluster", hidden, batch, dtype, bidirectional)
     with rnn_fused.launch_plan.forced_tiling(step_sync="async_exchange"):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, dtype, PLAN_DEVICE, backward=backward).candidate("cluster")
             assert plan.step_sync == rnn_fused.launch_plan.STEP_SYNCS.index("async_exchange"), plan.reason
         for _ in range(3):
-            got = _cluster_run(hidden, batch, dtype, bidirectional)
+            got = _truncated_run_with_norms("cluster", hidden, batch, dtype, bidirectional)
             for a, b in zip(expected, got, strict=True):
                 assert torch.equal(a, b)
 
