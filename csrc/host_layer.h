@@ -106,7 +106,8 @@ struct RecurrencePlanQuery {
   int64_t hidden = 0;
   int64_t batch = 0;
   bool backward = false;
-  std::string path;  // "" = the planner's choice
+  std::string path;          // "" = the planner's choice
+  int64_t side_by_side = 1;  // LayerOptions::side_by_side
 };
 
 // Its answer: the chosen (or forced) launch shape and every path's best one.

@@ -37,7 +37,7 @@ using OptionalName = std::optional<c10::string_view>;
 #define RNN_FUSED_LAYER_ARGUMENTS                                                                           \
   const at::Tensor &, const OptionalTensor &, const at::Tensor &, const at::Tensor &, const OptionalTensor &, \
       const OptionalTensor &, const OptionalTensor &, c10::string_view, bool, int64_t, double,               \
-      const OptionalTensor &, int64_t, OptionalName, OptionalName
+      const OptionalTensor &, int64_t, OptionalName, OptionalName, int64_t
 using ForwardSignature = std::tuple<at::Tensor, at::Tensor>(RNN_FUSED_LAYER_ARGUMENTS);
 using BackwardSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
@@ -77,7 +77,7 @@ OptionalName name_of(const c10::IValue& saved, std::string& storage) {
 // Differentiable inputs in the order of the forward's arguments (their gradients come back in it).
 constexpr int kInput = 0, kHx = 1, kWeightIh = 2, kWeightHh = 3, kBiasIh = 4, kBiasHh = 5, kDifferentiable = 6;
 // All arguments of the forward op: the backward returns one gradient (or none) for each.
-constexpr int kForwardArguments = 15;
+constexpr int kForwardArguments = 16;
 
 }  // namespace
 
@@ -88,10 +88,12 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
                                const at::Tensor& weight_ih, const at::Tensor& weight_hh, const OptionalTensor& bias_ih,
                                const OptionalTensor& bias_hh, const OptionalTensor& lengths,
                                c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob,
-                               const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path) {
+                               const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path,
+                               int64_t side_by_side) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n] = forward_op().call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                                           reverse, truncate_every, keep_prob, seed, layer, backend, path);
+                                           reverse, truncate_every, keep_prob, seed, layer, backend, path,
+                                           side_by_side);
     const at::Tensor none;
     ctx->save_for_backward({input, hx.value_or(none), weight_ih, weight_hh, bias_ih.value_or(none),
                             bias_hh.value_or(none), lengths.value_or(none), seed.value_or(none), output});
@@ -102,6 +104,7 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     ctx->saved_data["layer"] = layer;
     ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
     ctx->saved_data["path"] = path ? c10::IValue(std::string(*path)) : c10::IValue();
+    ctx->saved_data["side_by_side"] = side_by_side;
     return {output, h_n};
   }
 
@@ -119,6 +122,7 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     std::string backend_storage, path_storage;
     const OptionalName backend = name_of(ctx->saved_data["backend"], backend_storage);
     const OptionalName path = name_of(ctx->saved_data["path"], path_storage);
+    const int64_t side_by_side = ctx->saved_data["side_by_side"].toInt();
 
     // needs_input_grad counts only the arguments that were tensors: absent optionals have no edge.
     std::array<bool, kDifferentiable> needs{};
@@ -133,7 +137,7 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     if (at::GradMode::is_enabled()) {  // create_graph=True: a gradient with a graph of its own
       const std::vector<at::Tensor> with_graph = backward_with_graph_op().call(
           grads[0], grads[1], needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-          reverse, truncate_every, keep_prob, seed, layer, backend, path);
+          reverse, truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
       for (int i = 0; i < kDifferentiable; ++i) {
         if (needs[i]) result[i] = with_graph[i];
       }
@@ -144,7 +148,7 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     auto [grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, step_norms, grad_sq_norms, nonfinite] =
         backward_op().call(grads[0], grads[1], output, mask, /*record_norms=*/false, input, hx, weight_ih, weight_hh,
                            bias_ih, bias_hh, lengths, nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
-                           backend, path);
+                           backend, path, side_by_side);
     if (needs[kInput]) result[kInput] = grad_input;
     if (needs[kHx]) result[kHx] = grad_hx;
     if (needs[kWeightIh]) result[kWeightIh] = grad_weight_ih;
@@ -166,18 +170,18 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_forward_autograd(
     const at::Tensor& input, const OptionalTensor& hx, const at::Tensor& weight_ih, const at::Tensor& weight_hh,
     const OptionalTensor& bias_ih, const OptionalTensor& bias_hh, const OptionalTensor& lengths,
     c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob, const OptionalTensor& seed,
-    int64_t layer, OptionalName backend, OptionalName path) {
+    int64_t layer, OptionalName backend, OptionalName path, int64_t side_by_side) {
   const bool records = at::GradMode::is_enabled() &&
                        (input.requires_grad() || requires_grad(hx) || weight_ih.requires_grad() ||
                         weight_hh.requires_grad() || requires_grad(bias_ih) || requires_grad(bias_hh));
   if (!records) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return forward_op().call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse,
-                             truncate_every, keep_prob, seed, layer, backend, path);
+                             truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
   }
   const variable_list outputs = FusedRnnLayer::apply(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                                      nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
-                                                     backend, path);
+                                                     backend, path, side_by_side);
   return {outputs[0], outputs[1]};
 }
 

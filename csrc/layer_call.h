@@ -34,6 +34,9 @@ struct LayerOptions {
   TruncationParams truncation;       // what the backward does to the recurrent edges
   std::string backend;               // requested implementation; "" = the input device's own
   std::string path;                  // requested GPU recurrence path; "" = the planner's choice
+  // How many recurrences run side by side on the device (the two directions of a
+  // bidirectional layer: 2); the GPU planner gives this one 1/side_by_side of its SMs.
+  int64_t side_by_side = 1;
 };
 
 struct LayerForwardCall {
@@ -79,14 +82,22 @@ inline TruncationParams parse_truncation(int64_t truncate_every, double keep_pro
                           .stream = static_cast<uint32_t>(2 * layer + (reverse ? 1 : 0))};
 }
 
+// How many recurrences share the device, checked before anything runs.
+inline int64_t parse_side_by_side(int64_t side_by_side) {
+  TORCH_CHECK_VALUE(side_by_side >= 1, "rnn_fused: side_by_side must be >= 1 (how many recurrences run side by side "
+                    "on the device), got ", side_by_side);
+  return side_by_side;
+}
+
 inline LayerOptions parse_options(const std::string& nonlinearity, bool reverse, int64_t truncate_every,
                                   double keep_prob, int64_t seed, int64_t layer, const std::string& backend,
-                                  const std::string& path) {
+                                  const std::string& path, int64_t side_by_side = 1) {
   return LayerOptions{.activation = parse_activation(nonlinearity),
                       .reverse = reverse,
                       .truncation = parse_truncation(truncate_every, keep_prob, seed, layer, reverse),
                       .backend = backend,
-                      .path = path};
+                      .path = path,
+                      .side_by_side = parse_side_by_side(side_by_side)};
 }
 
 namespace detail {

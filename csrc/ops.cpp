@@ -49,7 +49,7 @@ LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::T
                               const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse,
                               int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
                               int64_t layer, const std::optional<c10::string_view>& backend,
-                              const std::optional<c10::string_view>& path) {
+                              const std::optional<c10::string_view>& path, int64_t side_by_side) {
   return LayerForwardCall{.input = input,
                           .hx = hx,
                           .weight_ih = weight_ih,
@@ -59,7 +59,7 @@ LayerForwardCall forward_call(const at::Tensor& input, const std::optional<at::T
                           .lengths = lengths,
                           .options = parse_options(std::string(nonlinearity), reverse, truncate_every, keep_prob,
                                                    seed_value(seed), layer, optional_name(backend),
-                                                   optional_name(path))};
+                                                   optional_name(path), side_by_side)};
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
@@ -67,9 +67,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
     const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
     const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, bool reverse, int64_t truncate_every,
     double keep_prob, const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend,
-    std::optional<c10::string_view> path) {
+    std::optional<c10::string_view> path, int64_t side_by_side) {
   LayerForwardCall call = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                                       reverse, truncate_every, keep_prob, seed, layer, backend, path);
+                                       reverse, truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
   check_forward_call(call);
   return run_layer_forward(call);
 }
@@ -81,10 +81,10 @@ LayerBackwardResult rnn_layer_backward(
     const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
     c10::string_view nonlinearity, bool reverse, int64_t truncate_every, double keep_prob,
     const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend,
-    std::optional<c10::string_view> path) {
+    std::optional<c10::string_view> path, int64_t side_by_side) {
   LayerBackwardCall call{.forward = forward_call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                                                  nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
-                                                 backend, path),
+                                                 backend, path, side_by_side),
                          .grad_output = grad_output,
                          .grad_h_n = grad_h_n,
                          .output = output,
@@ -174,7 +174,7 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
            std::vector<std::string>, std::vector<double>>
 recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size, bool backward,
-                std::optional<c10::string_view> path, std::optional<c10::string_view> backend) {
+                std::optional<c10::string_view> path, std::optional<c10::string_view> backend, int64_t side_by_side) {
   const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), optional_name(backend));
   TORCH_CHECK_VALUE(b.plan != nullptr, "rnn_fused.plan: backend '", b.name,
                     "' runs no GPU kernels and has no launch plan (ask for a CUDA device or 'emulated')");
@@ -183,7 +183,8 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
                                                                  .hidden = hidden_size,
                                                                  .batch = batch_size,
                                                                  .backward = backward,
-                                                                 .path = optional_name(path)});
+                                                                 .path = optional_name(path),
+                                                                 .side_by_side = parse_side_by_side(side_by_side)});
   std::vector<std::string> paths, reasons;
   std::vector<int64_t> feasible;
   std::vector<int64_t> shapes;
@@ -387,12 +388,14 @@ TORCH_LIBRARY(rnn_fused, m) {
   // layer: the backward's truncation (docs/bptt.md); the forward only checks them (so a bad
   // value fails before anything runs) and autograd hands them to the backward. backend: 'cpu', 'cuda', 'emulated' (the
   // CUDA kernels run on CPU tensors by the SIMT emulator) or None (the input device's own).
+  // path: the GPU recurrence path, or None (the planner's); side_by_side: how many recurrences
+  // run side by side on the device (the planner gives this one 1/side_by_side of its SMs).
   // Returns output [T,B,H] (zero at steps t >= lengths[b]) and h_n [B,H].
   m.def(
       "rnn_layer_forward(Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None) "
-      "-> (Tensor output, Tensor h_n)");
+      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None, "
+      "int side_by_side=1) -> (Tensor output, Tensor h_n)");
   // grad_output [T,B,H]; grad_h_n [B,H]; the forward's output [T,B,H]; then the forward's
   // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
   // grad_bias [H] (the gradient of bias_ih and of bias_hh alike); output_mask says which of
@@ -405,7 +408,8 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[5] output_mask, "
       "bool record_norms, Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
-      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None) -> (Tensor grad_input, "
+      "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None, "
+      "int side_by_side=1) -> (Tensor grad_input, "
       "Tensor grad_hx, "
       "Tensor grad_weight_ih, Tensor grad_weight_hh, Tensor grad_bias, Tensor step_norms, Tensor grad_sq_norms, "
       "Tensor nonfinite)");
@@ -419,7 +423,7 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_layer_backward_with_graph(Tensor grad_output, Tensor grad_h_n, bool[6] needs, Tensor input, Tensor? hx, "
       "Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, Tensor? lengths, str nonlinearity, "
       "bool reverse, int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
-      "str? path=None) -> Tensor[]");
+      "str? path=None, int side_by_side=1) -> Tensor[]");
   m.def(
       "edge_scales(int steps, int batch, int truncate_every, float keep_prob, int seed, int layer, bool reverse) "
       "-> Tensor",
@@ -428,7 +432,7 @@ TORCH_LIBRARY(rnn_fused, m) {
   // 'emulated': the emulated device). The report's layout is at recurrence_plan above.
   m.def(
       "recurrence_plan(Tensor like, int hidden_size, int batch_size, bool backward, str? path=None, "
-      "str? backend=None) -> (str[], int[], int[], float[], str[], float[])");
+      "str? backend=None, int side_by_side=1) -> (str[], int[], int[], float[], str[], float[])");
   // like: as for recurrence_plan. The predicted microseconds of a layer's forward or backward.
   m.def(
       "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "

@@ -45,12 +45,13 @@ class LayerOptions(NamedTuple):
     layer: int = 0
     backend: str | None = None  # 'cpu', 'cuda', 'emulated' or None (the input device's own)
     path: str | None = None  # GPU kernels: 'block', 'cluster', 'grid', 'stepwise' or None (the planner's choice)
+    side_by_side: int = 1  # GPU kernels: recurrences running side by side, each planned for 1/side_by_side of the SMs
 
     @classmethod
     def make(cls, nonlinearity: str, reverse: bool, truncation: TruncationArgs = FULL_BPTT, layer: int = 0,
-             backend: str | None = None, path: str | None = None) -> LayerOptions:
+             backend: str | None = None, path: str | None = None, side_by_side: int = 1) -> LayerOptions:
         return cls(nonlinearity, reverse, truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer,
-                   backend, path)
+                   backend, path, side_by_side)
 
     @property
     def truncation(self) -> TruncationArgs:

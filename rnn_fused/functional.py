@@ -100,7 +100,8 @@ class _RecordingLayer(torch.autograd.Function):
 def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
               bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None = None,
               nonlinearity: str = "tanh", reverse: bool = False, *, backend: str | None = None,
-              path: str | None = None, truncation=None, layer: int = 0, sink=None) -> tuple[Tensor, Tensor]:
+              path: str | None = None, truncation=None, layer: int = 0, sink=None,
+              side_by_side: int = 1) -> tuple[Tensor, Tensor]:
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
@@ -109,6 +110,9 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     path: for the GPU kernels ('cuda', 'emulated'), force a recurrence path: 'block',
     'cluster', 'grid' or 'stepwise' (rnn_fused.plan); None lets the planner choose. A path
     that cannot run the shape raises ValueError naming the limit, before anything runs.
+    side_by_side: for the GPU kernels, how many recurrences run side by side on the device
+    (rnn() passes 2 for the directions of a bidirectional layer that it runs at once): the
+    planner gives this one 1/side_by_side of the SMs.
     truncation: truncated BPTT in the fused backward (forward values never depend on it):
     None (full), an int K >= 1 (cut the recurrent gradient every K steps), a
     RandomTruncation (see its docstring), or the already resolved TruncationArgs; `layer`
@@ -120,9 +124,9 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     args = truncation if isinstance(truncation, TruncationArgs) else resolve_truncation(truncation)
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
-    log_layer_plan(input, weight_hh.shape[0], path)
+    log_layer_plan(input, weight_hh.shape[0], path, side_by_side)
     inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
-    options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path, side_by_side)
     if sink is None:
         # The op's own autograd (C++); under autocast its Autocast kernel casts first.
         return _ops.layer_forward(inputs, options)
@@ -137,7 +141,8 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
 def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool,
         nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
         lengths: Tensor | None = None, layer_fn=None, *, backend: str | None = None, path: str | None = None,
-        truncation=None, record=None, stack: bool | None = None) -> tuple[Tensor, Tensor]:
+        truncation=None, record=None, stack: bool | None = None,
+        side_by_side: bool | None = None) -> tuple[Tensor, Tensor]:
     """Multi-layer, optionally bidirectional Elman RNN over a time-major padded batch.
 
     input [T,B,I]; hx [num_layers*D,B,H] or None (zeros), D = 2 if bidirectional else 1;
@@ -160,6 +165,10 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     layers' masks first, as the layers one by one would (the same calls, shapes and order), and
     applies each to its layer's output where the next layer reads it. The results are the
     layers' run one by one, within rounding.
+    side_by_side: whether the two directions of a bidirectional layer on the GPU kernels run at
+    once, each planned for half the SMs (rnn_layer's side_by_side=2; on CUDA in eager mode the
+    reverse one on a side stream), or one after the other, each on the whole device: None where
+    the planner prices them faster at once (directions_side_by_side), True, False.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -171,6 +180,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         raise ValueError("rnn: a custom layer_fn takes neither truncation nor record")
     if stack not in (None, True, False):
         raise ValueError(f"rnn: stack must be None, True or False, got {stack!r}")
+    if side_by_side not in (None, True, False):
+        raise ValueError(f"rnn: side_by_side must be None, True or False, got {side_by_side!r}")
     args = resolve_truncation(truncation)
     if stack is not False:
         why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, layer_fn, backend, path,
@@ -185,6 +196,11 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     layer_input = input
     final_states = []
     for layer in range(num_layers):
+        # The directions of a bidirectional layer at once (each on half the SMs) or one after the other.
+        share = 1
+        if directions == 2 and layer_fn is None and side_by_side is not False:
+            share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
+
         def run_direction(direction):
             index = layer * directions + direction
             weight_ih, weight_hh, *biases = weights[index]
@@ -196,9 +212,10 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                                 reverse)
             sink = None if record is None else record.sink(layer, direction, tuple(weights[index]))
             return rnn_layer(layer_input, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                             reverse, backend=backend, path=path, truncation=args, layer=layer, sink=sink)
+                             reverse, backend=backend, path=path, truncation=args, layer=layer, sink=sink,
+                             side_by_side=share)
 
-        if directions == 2 and layer_fn is None and _overlap_directions(layer_input, weights[layer * 2][1], path):
+        if share == 2 and _streams_usable(layer_input):
             results = _run_concurrently(run_direction, layer_input)
         else:
             results = [run_direction(direction) for direction in range(directions)]
@@ -375,29 +392,48 @@ class _LayerStack(torch.autograd.Function):
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
-def _overlap_directions(layer_input: Tensor, weight_hh: Tensor, path: str | None) -> bool:
-    """Whether the two directions of a bidirectional layer on CUDA run side by side: in eager
-    mode, when neither takes the grid path (a cooperative grid wants the whole GPU) and both
-    directions' CTAs fit on the device at once (each persistent path keeps one CTA per SM)."""
-    if not layer_input.is_cuda or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
-        return False
-    return _directions_fit_side_by_side(layer_input.device, layer_input.dtype, weight_hh.shape[0],
-                                        layer_input.shape[1], path)
+def _streams_usable(layer_input: Tensor) -> bool:
+    """Whether a layer's directions can go to two CUDA streams: CUDA tensors in eager mode, and
+    a batch to launch anything for."""
+    return layer_input.is_cuda and not torch.compiler.is_compiling() and layer_input.shape[1] > 0
+
+
+def _directions_side_by_side(layer_input: Tensor, weight_hh: Tensor, path: str | None) -> int:
+    """How many directions of a bidirectional layer the planner runs at once where they can go
+    to two streams (_streams_usable): directions_side_by_side's answer for the shape; else 1."""
+    if not _streams_usable(layer_input):
+        return 1
+    return directions_side_by_side(layer_input.device, layer_input.dtype, weight_hh.shape[0], layer_input.shape[1],
+                                   path)
 
 
 @functools.lru_cache(maxsize=1024)
-def _directions_fit_side_by_side(device: torch.device, dtype: torch.dtype, hidden: int, batch: int,
-                                 path: str | None) -> bool:
-    """_overlap_directions' answer for a shape, asked of the planner once per process: a plan
-    query costs about 24 us of host time (measured on the emulated device), which a small
-    bidirectional layer would pay on every call, and a device's answer never changes."""
+def directions_side_by_side(device: torch.device | str, dtype: torch.dtype, hidden: int, batch: int,
+                            path: str | None) -> int:
+    """2 where the two directions of a bidirectional layer are faster at once, each planned for
+    half the SMs (side_by_side=2: the reverse one on a side stream), than one after the other,
+    each on the whole device; else 1. Per direction, the forward and backward step on the
+    block or cluster path (a cooperative grid wants the whole device, and the stepwise path's
+    launches are priced alone) against twice those of the whole-device plans, as autotuning
+    measured them where it did, else as the cost model predicts. Asked of the planner once per
+    shape in a process: a plan query costs about 24 us of host time (measured on the emulated
+    device), which a small bidirectional layer would pay on every call, and a device's answer
+    does not change. `device` as for launch_plan.plan ('emulated' or a CUDA device)."""
     from .launch_plan import plan
 
-    chosen = plan(hidden, batch, dtype, device, path=path)
-    if chosen.path in ("grid", "stepwise"):
-        return False
-    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * chosen.grid <= sm_count * chosen.blocks_per_sm
+    def step_us(side_by_side: int) -> float | None:
+        total = 0.0
+        for backward in (False, True):
+            chosen = plan(hidden, batch, dtype, device, backward=backward, side_by_side=side_by_side)
+            if path is not None:
+                chosen = chosen.candidate(path)
+            if not chosen.feasible or (side_by_side > 1 and chosen.path not in ("block", "cluster")):
+                return None
+            total += chosen.measured_us_per_step or chosen.predicted_us_per_step
+        return total
+
+    whole, half = step_us(1), step_us(2)
+    return 2 if half is not None and whole is not None and half < 2 * whole else 1
 
 
 def _run_concurrently(run_direction, layer_input: Tensor) -> list:

@@ -91,17 +91,21 @@ _SHAPE_FIELDS = 15
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
-         device: str | torch.device = "emulated", backward: bool = False, path: str | None = None) -> LaunchPlan:
+         device: str | torch.device = "emulated", backward: bool = False, path: str | None = None,
+         side_by_side: int = 1) -> LaunchPlan:
     """The plan of the forward (or backward) recurrence for a layer of `hidden_size` units and
     `batch_size` samples in `dtype` (float16/bfloat16 plan as float32, the compute dtype).
-    `path` forces one: ValueError naming the path, the shape and the limit when it cannot run."""
+    `path` forces one: ValueError naming the path, the shape and the limit when it cannot run.
+    `side_by_side`: how many recurrences run side by side on the device (the two directions of
+    a bidirectional layer: 2); the plan takes 1/side_by_side of its SMs, and the grid path,
+    which wants the whole device, is then ruled out."""
     emulated = device == "emulated"
     target = torch.device("cpu") if emulated else torch.device(device)
     if target.type != "cuda" and not emulated:
         raise ValueError(f"rnn_fused.plan: device must be 'emulated' or a CUDA device, got {device!r}")
     like = torch.empty(0, dtype=dtype, device=target)
     paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
-        like, hidden_size, batch_size, backward, path, "emulated" if emulated else None)
+        like, hidden_size, batch_size, backward, path, "emulated" if emulated else None, side_by_side)
     estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS],
                               predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i])
                  for i in range(len(paths))]
@@ -227,7 +231,7 @@ def _apply_planner_setting(set_op, *values):
     from . import functional
 
     previous = set_op(*values)
-    functional._directions_fit_side_by_side.cache_clear()
+    functional.directions_side_by_side.cache_clear()
     functional._stack_step_costs.cache_clear()
     return previous
 
@@ -349,13 +353,14 @@ def log_stack_plan_once(report: StackPlan, steps: int, layers: int, key: Hashabl
     return True
 
 
-def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None) -> None:
+def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None, side_by_side: int = 1) -> None:
     """Before a layer runs on CUDA tensors: log the planner's choice once per (device, dtype,
-    hidden_size, batch_size). Eager only (under torch.compile nothing is logged). An empty
+    hidden_size, batch_size, side_by_side). Eager only (under torch.compile nothing is logged). An empty
     batch launches nothing, so nothing is planned (the planner rejects batch_size = 0)."""
     if not input.is_cuda or input.shape[1] == 0 or torch.compiler.is_compiling():
         return
-    key = (str(input.device), input.dtype, hidden_size, input.shape[1])
+    key = (str(input.device), input.dtype, hidden_size, input.shape[1], side_by_side)
     if key in _logged_plan_keys:  # the common case: no plan query at all
         return
-    log_plan_once(plan(hidden_size, input.shape[1], input.dtype, input.device, path=path), key)
+    log_plan_once(plan(hidden_size, input.shape[1], input.dtype, input.device, path=path, side_by_side=side_by_side),
+                  key)

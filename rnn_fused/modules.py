@@ -114,10 +114,11 @@ class RNN(nn.Module):
             tensors by the SIMT emulator, for testing them without a GPU). Not a
             constructor argument, so the constructor stays torch.nn.RNN's; set it on an
             instance.
-        path, stack: the GPU kernels' recurrence path (rnn_fused.plan), and whether a
-            unidirectional float32 stack runs its recurrences in one launch each
-            (rnn_fused.functional.rnn's `stack`); None: the planner's choice. Set on an
-            instance, like backend.
+        path, stack, side_by_side: the GPU kernels' recurrence path (rnn_fused.plan),
+            whether a unidirectional float32 stack runs its recurrences in one launch each
+            (rnn_fused.functional.rnn's `stack`), and whether a bidirectional layer's two
+            directions run at once, each on half the SMs (its `side_by_side`); None: the
+            planner's choice. Set on an instance, like backend.
 
     Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
     tensors are left alone). torch.compile(fullgraph=True) traces the module without a
@@ -140,6 +141,9 @@ class RNN(nn.Module):
     # Whether a unidirectional stack's recurrences run in one launch each on the GPU kernels
     # (functional.rnn's `stack`): None where the planner predicts it faster, True or False.
     stack: bool | None = None
+    # Whether a bidirectional layer's directions run at once on the GPU kernels, each planned for
+    # half the SMs (functional.rnn's `side_by_side`): None where the planner prices it faster.
+    side_by_side: bool | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
 
@@ -433,7 +437,7 @@ class RNN(nn.Module):
         return functional.rnn(time_major.contiguous(), hx, weights, self.num_layers, self.bidirectional,
                               self.nonlinearity, self.dropout, self.training, lengths,
                               backend=self.backend, path=self.path, truncation=truncation, record=record,
-                              stack=self.stack)
+                              stack=self.stack, side_by_side=self.side_by_side)
 
 
 def _compute_dtype(dtype: torch.dtype, autocast_dtype: torch.dtype | None) -> torch.dtype:

@@ -508,6 +508,22 @@ def test_bidirectional_module_with_truncation_and_norms_matches_the_cpu_module()
         assert_close64(gpu_record.parameter_sq_norms[name].cpu(), value)
 
 
+@pytest.mark.parametrize("hidden,batch", [(256, 32), (200, 33), (256, 8)])
+def test_bidirectional_directions_side_by_side_match_cudnn(hidden, batch):
+    """Shapes whose two directions the planner runs at once, each planned for half the SMs
+    (functional.directions_side_by_side: on an H100/H200 the cluster path's half-device step is
+    priced below twice its whole-device one), the reverse direction on a side stream: a
+    2-layer bidirectional module, forward and backward, vs nn.RNN on cuDNN (tolerance rule)."""
+    from rnn_fused import functional
+
+    side_by_side = functional.directions_side_by_side(PLAN_DEVICE, torch.float32, hidden, batch, None)
+    if clusters_supported():
+        assert side_by_side == 2
+    torch.manual_seed(1)
+    stock = torch.nn.RNN(16, hidden, num_layers=2, bidirectional=True).to(DEVICE)
+    compare_with_torch(stock, torch.randn(12, batch, 16, device=DEVICE), dtype=torch.float32)
+
+
 # ---- double backward: the op's C++ autograd calls the composite backward ----
 
 

@@ -605,6 +605,36 @@ def test_module_matches_nn_rnn(case, dtype, path, monkeypatch, generator):
         compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, ulps=ulps)
 
 
+@pytest.mark.parametrize("side_by_side", [True, False, None], ids=["at-once", "in-turn", "planner"])
+@pytest.mark.parametrize("case", [1, 2])
+def test_bidirectional_module_directions_side_by_side_match_nn_rnn(case, side_by_side, monkeypatch, generator):
+    """RNN.side_by_side: True plans each direction of a bidirectional layer for half the SMs
+    (side_by_side=2; on CUDA they also run at once on two streams), False for the whole device,
+    None as the planner prices it (on CPU tensors, which have no streams: the whole device).
+    4-SM emulated device, packed input, vs torch.nn.RNN (tolerance rule); a value other than
+    None, True or False is refused."""
+    from rnn_fused import functional
+
+    rnn_case = MODULE_CASES[case]
+    input, hx = rnn_case.inputs(generator)
+    shares = []
+    layer = functional.rnn_layer
+
+    def spy(*args, side_by_side=1, **kwargs):
+        shares.append(side_by_side)
+        return layer(*args, side_by_side=side_by_side, **kwargs)
+
+    monkeypatch.setattr(functional, "rnn_layer", spy)
+    monkeypatch.setattr(RNN, "backend", "emulated")
+    monkeypatch.setattr(RNN, "side_by_side", side_by_side)
+    with simt.emulated_device(sm_count=4):
+        compare_with_torch(rnn_case.torch_module(), input, hx, dtype=torch.float32)
+    assert shares and set(shares) == {2 if side_by_side else 1}
+    monkeypatch.setattr(RNN, "side_by_side", "yes")
+    with pytest.raises(ValueError, match="rnn: side_by_side must be None, True or False, got 'yes'"):
+        RNN.from_torch(rnn_case.torch_module().double())(input, hx)
+
+
 @pytest.mark.parametrize("path", EMULATED_PATHS)
 @pytest.mark.parametrize("nonlinearity,reverse,bias,hx,lengths", [
     ("tanh", False, True, True, [4, 2, 0]),
@@ -915,6 +945,75 @@ def test_plan_float64_halves_what_fits():
     assert rnn_fused.plan(224, 8).candidate("block").feasible
     block64 = rnn_fused.plan(224, 8, dtype=torch.float64).candidate("block")
     assert not block64.feasible and "shared_mem_per_block_optin" in block64.reason
+
+
+def test_plan_side_by_side_takes_its_share_of_the_device():
+    """side_by_side=n plans one of n recurrences that run at once (the directions of a
+    bidirectional layer: 2) for 1/n of the SMs. H = 256, B = 32 on the H100/H200-like device:
+    the whole device's plan takes 128 CTAs (32 clusters of 4), half of it at most 66; the
+    model prices the half-device step slower, but less than twice as slow, so two such
+    recurrences at once beat two one after the other. The grid path is ruled out beside
+    another recurrence (every CTA of a cooperative grid must be resident at once), and where
+    1/n of the SMs is none only the stepwise path is left. Each setting is planned apart."""
+    simt.reset_device_properties()
+    whole, half = (rnn_fused.plan(256, 32, side_by_side=n) for n in (1, 2))
+    assert (whole.path, half.path) == ("cluster", "cluster")
+    assert whole.grid == 128 and half.grid <= 66 * half.blocks_per_sm, (whole.reason, half.reason)
+    assert whole.predicted_us_per_step < half.predicted_us_per_step < 2 * whole.predicted_us_per_step
+    assert rnn_fused.plan(1024, 8).candidate("grid").feasible
+    grid = rnn_fused.plan(1024, 8, side_by_side=2).candidate("grid")
+    assert not grid.feasible and "planned for the whole device" in grid.reason
+    with pytest.raises(ValueError, match=r"path 'grid' cannot run hidden_size=1024, batch_size=8 in float32 "
+                                         r"\(forward\), one of 2 side by side, on this device"):
+        rnn_fused.plan(1024, 8, path="grid", side_by_side=2)
+    with simt.emulated_device(sm_count=1):
+        alone = rnn_fused.plan(64, 4, side_by_side=2)
+    assert alone.path == "stepwise" and "1/2 of 1 SMs is no SM" in alone.candidate("block").reason
+    with pytest.raises(ValueError, match=r"side_by_side must be >= 1 \(how many recurrences run side by side on "
+                                         r"the device\), got 0"):
+        rnn_fused.plan(64, side_by_side=0)
+
+
+@pytest.mark.parametrize("path", ["block", "cluster", None])
+def test_layer_side_by_side_matches_the_reference(path):
+    """A direction planned for half the device (side_by_side=2) on a 4-SM emulated device, forward
+    and backward with lengths and h0, against the float64 step loop under the tolerance rule."""
+    steps, batch, input_size, hidden = 5, 6, 3, 40
+    lengths = torch.tensor([5, 2, 4, 0, 5, 1])
+    args = layer_args(steps, batch, input_size, hidden)
+    g = torch.Generator().manual_seed(11)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    cast = [None if a is None else a.to(torch.float32) for a in args]
+    leaves = [None if a is None else a.detach().clone().requires_grad_() for a in cast]
+    with simt.emulated_device(sm_count=4):
+        plans = [rnn_fused.plan(hidden, batch, path=path, side_by_side=n) for n in (1, 2)]
+        out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", True, backend="emulated", path=path, side_by_side=2)
+        present = [a for a in leaves if a is not None]
+        grads = torch.autograd.grad((out, h_n), present, [c.to(out.dtype) for c in cotangents])
+    assert plans[1].grid <= 2 * plans[1].blocks_per_sm < plans[0].grid, [p.reason for p in plans]
+    ours = [out.detach(), h_n.detach(), *grads]
+    reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
+    stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(ours) - 2)]
+    for name, r, s, o in zip(names, reference, stock, ours, strict=True):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+
+
+def test_layer_backward_is_planned_side_by_side_as_its_forward():
+    """Autograd hands the forward's side_by_side to the backward op, which plans with it: on a
+    1-SM emulated device half the SMs is none, so both recurrences take the stepwise path (a
+    product per step) where the whole device runs them in one block-path launch each."""
+    steps = 6
+    args = layer_args(steps, 2, 3, 8, dtype=torch.float32, hx=False)
+    leaves = [None if a is None else a.detach().clone().requires_grad_() for a in args]
+    products = []
+    for side_by_side in (1, 2):
+        with simt.emulated_device(sm_count=1):
+            out, _ = rnn_fused.rnn_layer(*leaves, None, "tanh", False, backend="emulated", side_by_side=side_by_side)
+            work = _device_work(lambda: torch.autograd.grad(out.sum(), leaves[3]))
+        products.append(work["aten::mm"])
+    assert products[0] < steps <= products[1], products
 
 
 def test_plan_rejects_non_positive_sizes():

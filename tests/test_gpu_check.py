@@ -89,6 +89,8 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
         else:
             assert row["forward_path"] in PATHS and row["backward_path"] in PATHS
             assert row["one_by_one_fwd_ms"] is None
+        # CPU tensors have no streams: no directions run at once, so none are timed again in turn.
+        assert row["in_turn_fwd_ms"] is None and row["in_turn_fwd_bwd_ms"] is None
         assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
         # The recurrence per step is estimated for single-layer rows only.
         assert (row["measured_fwd_us_per_step"] is not None) == shape.single_layer
@@ -254,6 +256,33 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
     assert gpu_check.layer_overlap_verdicts([stacked], "cuDNN") == [
         "1000, 8, 64, 64, 4 layers: rnn_fused's layers in one launch each against the same layers one by one "
         "(RNN.stack = False; > 1: the stack faster): forward 2.00x, forward+backward 1.50x."]
+    # Directions that ran at once, timed again one after the other.
+    at_once = dataclasses.replace(row(2, 1.0, 0.5, bidirectional=True), in_turn_fwd_ms=0.8, in_turn_fwd_bwd_ms=1.5)
+    assert gpu_check.layer_overlap_verdicts([at_once], "cuDNN") == [
+        "1000, 8, 64, 64, 2 layers, bidirectional: rnn_fused's directions at once, each on half the SMs, against one "
+        "after the other on the whole device (RNN.side_by_side = False; > 1: at once faster): forward 1.60x, "
+        "forward+backward 1.50x."]
+
+
+def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeypatch):
+    """runs_side_by_side: bidirectional rows on CUDA whose directions the planner runs at once
+    (functional.directions_side_by_side, asked for the layer's compute dtype); never on CPU
+    tensors (no streams), never unidirectional. Stubbed planner: at once below H = 512."""
+    asked = []
+
+    def fake(device, dtype, hidden, batch, path):
+        asked.append((device.type, dtype, hidden, batch, path))
+        return 2 if hidden < 512 else 1
+
+    monkeypatch.setattr(gpu_check, "directions_side_by_side", fake)
+    cuda, cpu = (gpu_check.Target(torch.device(d), emulated=False) for d in ("cuda", "cpu"))
+    assert gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, layers=2, bidirectional=True), cuda)
+    assert gpu_check.runs_side_by_side(gpu_check.Shape(10, 8, 16, 256, bidirectional=True, dtype="bfloat16"), cuda)
+    assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 512, bidirectional=True), cuda)
+    assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, bidirectional=True), cpu)
+    assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, layers=2), cuda)
+    assert asked == [("cuda", torch.float32, 256, 32, None), ("cuda", torch.float32, 256, 8, None),
+                     ("cuda", torch.float32, 512, 32, None)]
 
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():

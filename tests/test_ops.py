@@ -242,38 +242,54 @@ def test_backward_rejects_mismatched_gradient():
                                None, None, None, "tanh", False)
 
 
-def test_bidirectional_overlap_asks_the_planner_once_per_shape(monkeypatch):
-    """Whether a bidirectional layer's directions run side by side on CUDA is the planner's
-    answer for the shape, asked once per process rather than on every call (a plan query
-    costs tens of microseconds of host time). Stubbed device: 132 SMs."""
+def test_bidirectional_directions_side_by_side_where_the_planner_prices_it_faster(monkeypatch):
+    """Whether a bidirectional layer's directions run at once on CUDA (each planned for half the
+    SMs, the reverse one on a side stream) or one after the other (each on the whole device)
+    is the planner's answer for the shape: at once where one half-device forward and backward
+    step costs less than two whole-device ones, and only on the block or cluster path. Asked
+    once per process rather than on every call (a plan query costs tens of microseconds of
+    host time). Stubbed planner: (path, us per step) per hidden size and share."""
     from types import SimpleNamespace
 
     from rnn_fused import functional, launch_plan
 
+    prices = {(64, 1): ("block", 1.0), (64, 2): ("block", 1.0),  # fits twice: the same plan
+              (256, 1): ("cluster", 1.6), (256, 2): ("cluster", 1.9),
+              (512, 1): ("cluster", 1.0), (512, 2): ("cluster", 2.5),  # more than twice as slow on half
+              (1024, 1): ("grid", 4.9), (1024, 2): ("stepwise", 1.0)}  # no persistent path beside another
     asked = []
 
-    def fake_plan(hidden, batch, dtype, device, path=None):
-        asked.append((hidden, batch, path))
-        grid = {64: 1, 256: 8, 1024: 128}[hidden]
-        return SimpleNamespace(path="grid" if hidden == 1024 else "block", grid=grid, blocks_per_sm=1)
+    def estimate(path, us):
+        return SimpleNamespace(path=path, feasible=True, predicted_us_per_step=us, measured_us_per_step=None)
+
+    def fake_plan(hidden, batch, dtype, device, backward=False, side_by_side=1):
+        asked.append((hidden, batch, backward, side_by_side))
+        chosen = estimate(*prices[hidden, side_by_side])
+        chosen.candidate = lambda path: estimate(path, 2.0 if side_by_side == 1 else 3.0)
+        return chosen
 
     monkeypatch.setattr(launch_plan, "plan", fake_plan)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(multi_processor_count=132))
-    functional._directions_fit_side_by_side.cache_clear()
-    weight = {h: torch.empty(h, h) for h in (64, 256, 1024)}
+    functional.directions_side_by_side.cache_clear()
+    weight = {h: torch.empty(h, h) for h in (64, 256, 512, 1024)}
 
-    def layer_input(batch):
-        return SimpleNamespace(is_cuda=True, shape=(5, batch, 3), device=torch.device("cuda", 0), dtype=torch.float32)
+    def layer_input(batch, cuda=True):
+        return SimpleNamespace(is_cuda=cuda, shape=(5, batch, 3), device=torch.device("cuda", 0), dtype=torch.float32)
 
     try:
         for _ in range(3):
-            assert functional._overlap_directions(layer_input(8), weight[64], None)
-            assert functional._overlap_directions(layer_input(8), weight[256], "block")
-            assert not functional._overlap_directions(layer_input(8), weight[1024], None)  # the grid wants the GPU
-            assert not functional._overlap_directions(layer_input(0), weight[64], None)  # empty batch: no launch
-        assert asked == [(64, 8, None), (256, 8, "block"), (1024, 8, None)]
+            assert functional._directions_side_by_side(layer_input(8), weight[64], None) == 2
+            assert functional._directions_side_by_side(layer_input(8), weight[256], None) == 2
+            assert functional._directions_side_by_side(layer_input(8), weight[512], None) == 1
+            assert functional._directions_side_by_side(layer_input(8), weight[1024], None) == 1
+            assert functional._directions_side_by_side(layer_input(8), weight[512], "block") == 2  # 3 < 2 x 2
+            assert functional._directions_side_by_side(layer_input(0), weight[64], None) == 1  # empty: no launch
+            assert functional._directions_side_by_side(layer_input(8, cuda=False), weight[64], None) == 1
+        shapes = [(hidden, 8, backward, share) for hidden in (64, 256, 512, 1024, 512)
+                  for share in (1, 2) for backward in (False, True)]
+        shapes.remove((1024, 8, True, 2))  # (its half-device forward has no persistent path: no need to ask)
+        assert asked == shapes
     finally:
-        functional._directions_fit_side_by_side.cache_clear()  # nothing stubbed stays cached
+        functional.directions_side_by_side.cache_clear()  # nothing stubbed stays cached
 
 
 @pytest.mark.parametrize("steps, batch, lengths, transposes", [

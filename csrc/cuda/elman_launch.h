@@ -206,11 +206,15 @@ struct PlanRequest {
   bool backward = false;
   bool fp64 = false;
   ForcedTiling forced;  // what the plan must take (plan_candidates reads it once per query)
+  // Recurrences running side by side on the device (LayerOptions::side_by_side): this one is
+  // planned for 1/side_by_side of its SMs (and of the clusters that fit at once).
+  int64_t side_by_side = 1;
 };
 
 inline std::string shape_text(const PlanRequest& r) {
   return "hidden_size=" + std::to_string(r.hidden) + ", batch_size=" + std::to_string(r.batch) + " in " +
-         (r.fp64 ? "float64" : "float32") + (r.backward ? " (backward)" : " (forward)");
+         (r.fp64 ? "float64" : "float32") + (r.backward ? " (backward)" : " (forward)") +
+         (r.side_by_side > 1 ? ", one of " + std::to_string(r.side_by_side) + " side by side," : "");
 }
 
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
@@ -287,6 +291,17 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   }
   if (kPath == RecurrencePath::Block && r.hidden > kMaxUnitsPerCta) {
     best.reason = "one CTA owns at most " + std::to_string(kMaxUnitsPerCta) + " hidden units";
+    return best;
+  }
+  // The SMs this recurrence may take: all, or its share beside the others running with it.
+  const int64_t sm_count = props.sm_count / r.side_by_side;
+  if (sm_count < 1) {
+    best.reason = "1/" + std::to_string(r.side_by_side) + " of " + std::to_string(props.sm_count) + " SMs is no SM";
+    return best;
+  }
+  if (kPath == RecurrencePath::Grid && r.side_by_side > 1) {
+    // (Its CTAs must all be resident at once, which another kernel on the device can delay.)
+    best.reason = "a cooperative grid is planned for the whole device, not beside another recurrence";
     return best;
   }
   // Units per CTA: whole passes of 32 (and a few smaller slices for tiny hidden sizes per SM).
@@ -392,12 +407,14 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         limit = "a CTA with " + std::to_string(smem) + " bytes of shared memory does not fit on an SM";
         continue;
       }
+      clusters = static_cast<int>(int64_t(clusters) / r.side_by_side);  // (a share of those that fit at once)
       if (kPath == RecurrencePath::Cluster && clusters < 1) {
         limit = "no cluster of " + std::to_string(ctas) + " CTAs with " + std::to_string(smem) +
-                " bytes of shared memory each fits on the device";
+                " bytes of shared memory each fits on " +
+                (r.side_by_side > 1 ? "1/" + std::to_string(r.side_by_side) + " of " : std::string()) + "the device";
         continue;
       }
-      const int64_t resident = int64_t(occupancy) * props.sm_count;
+      const int64_t resident = int64_t(occupancy) * sm_count;
       int64_t waves = 1;
       if (kPath == RecurrencePath::Cluster) {
         waves = (int64_t(tiling.groups) + clusters - 1) / clusters;
@@ -424,7 +441,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
           with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
             occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
           });
-          const int64_t groups_at_once = int64_t(occupancy) * props.sm_count / ctas;
+          const int64_t groups_at_once = int64_t(occupancy) * sm_count / ctas;
           if (groups_at_once < 1) {
             limit = std::to_string(ctas) + " CTAs of " + std::to_string(units) + " units with two buffers of state "
                     "rows exceed what can be co-resident for a cooperative launch";
@@ -489,7 +506,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync}) {
+                    r.forced.step_sync, r.side_by_side}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -896,7 +913,11 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
 template <typename scalar_t>
 RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
   return choose_plan<scalar_t>(
-      {.hidden = call.shape.hidden, .batch = call.shape.batch, .backward = backward, .fp64 = sizeof(scalar_t) == 8},
+      {.hidden = call.shape.hidden,
+       .batch = call.shape.batch,
+       .backward = backward,
+       .fp64 = sizeof(scalar_t) == 8,
+       .side_by_side = call.options.side_by_side},
       call.options.path);
 }
 
@@ -1190,7 +1211,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
   dispatch_elman(q.compute, Activation::Tanh, [&](auto, auto zero) {
     using scalar_t = decltype(zero);
     const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .backward = q.backward,
-                              .fp64 = sizeof(scalar_t) == 8};
+                              .fp64 = sizeof(scalar_t) == 8, .side_by_side = q.side_by_side};
     auto describe = [&request](const RecurrencePlan& p) {
       return RecurrencePlanReport::Entry{.path = path_name(p.path),
                                          .feasible = p.feasible,

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..functional import rnn_layer
+from ..functional import directions_side_by_side, rnn_layer
 from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNCS, PathEstimate, autotune,
                            cost_constants, forced_tiling, plan, predicted_layer_us, stack_plan, step_phases)
 from ..modules import RNN
@@ -231,6 +231,10 @@ class ShapeRow:
     # again with the layers one by one (RNN.stack = False).
     one_by_one_fwd_ms: float | None = None
     one_by_one_fwd_bwd_ms: float | None = None
+    # Bidirectional rows whose directions ran at once, each on half the SMs (functional.rnn's
+    # side_by_side): rnn_fused timed again with them one after the other (RNN.side_by_side = False).
+    in_turn_fwd_ms: float | None = None
+    in_turn_fwd_bwd_ms: float | None = None
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -564,6 +568,15 @@ def runs_as_stack(shape: Shape, target: Target) -> bool:
     return stack_plan(shape.hidden, shape.batch, shape.steps, shape.layers, target.plan_device).faster
 
 
+def runs_side_by_side(shape: Shape, target: Target) -> bool:
+    """Whether rnn_fused.RNN runs this bidirectional shape's directions at once, each on half the
+    SMs (functional.rnn's side_by_side=None: on CUDA, where the planner prices it faster)."""
+    if not shape.bidirectional or target.device.type != "cuda":
+        return False
+    dtype = torch.float32 if shape.torch_dtype in (torch.float16, torch.bfloat16) else shape.torch_dtype
+    return directions_side_by_side(target.plan_device, dtype, shape.hidden, shape.batch, None) == 2
+
+
 def measure_tuned(row: ShapeRow, shape: Shape, target: Target, timing: Timing, tune_steps: int) -> None:
     """rnn_fused again under launch_plan.autotune (the measurements of tune_rows, kept by the
     process): its forward and forward+backward times and the paths it took."""
@@ -607,14 +620,19 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                                     min_seconds=timing.min_seconds, warmup=1)
         setattr(row, f"ours_{pass_}_ms", ours_s * 1e3)
         seconds[pass_] = ours_s
-    if stacked:
-        ours.stack = False
+    # What the planner overlaps, timed again without the overlap: a stack's layers one by one, a
+    # bidirectional layer's directions one after the other.
+    for overlapped, setting, prefix in ((stacked, "stack", "one_by_one"),
+                                        (runs_side_by_side(shape, target), "side_by_side", "in_turn")):
+        if not overlapped:
+            continue
+        setattr(ours, setting, False)
         for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
                             ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
-            setattr(row, f"one_by_one_{pass_}_ms",
+            setattr(row, f"{prefix}_{pass_}_ms",
                     median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
                                    min_seconds=timing.min_seconds, warmup=1) * 1e3)
-        ours.stack = None
+        setattr(ours, setting, None)
     if shape.single_layer:
         forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
                                        min_repeats=timing.min_repeats, min_seconds=0)
@@ -907,7 +925,9 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
     """Each unidirectional stack of L layers with input size H beside the one-layer row of the
     same T, B, I = H, dtype: the stack's time as a multiple of the one layer's, for the baseline
     and for rnn_fused, forward and forward+backward. L times means the layers ran one after the
-    other (rnn_fused does); well under L, that they overlap."""
+    other (rnn_fused does); well under L, that they overlap. Then what rnn_fused's own overlaps
+    gained where they ran: a stack in one launch each way against its layers one by one, a
+    bidirectional layer's directions at once against one after the other."""
     def key(shape: dict) -> tuple:
         return shape["steps"], shape["batch"], shape["input_size"], shape["hidden"], shape["dtype"], shape["long"]
 
@@ -938,6 +958,13 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
         if gains:
             verdicts.append(f"{row.label}: rnn_fused's layers in one launch each against the same layers one by one "
                             f"(RNN.stack = False; > 1: the stack faster): " + ", ".join(gains) + ".")
+        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
+            ("forward", _ratio(row.in_turn_fwd_ms, row.ours_fwd_ms)),
+            ("forward+backward", _ratio(row.in_turn_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
+        if gains:
+            verdicts.append(f"{row.label}: rnn_fused's directions at once, each on half the SMs, against one after the "
+                            f"other on the whole device (RNN.side_by_side = False; > 1: at once faster): "
+                            + ", ".join(gains) + ".")
     return verdicts
 
 
