@@ -182,6 +182,44 @@ def test_odd_and_large_hidden_sizes_on_every_path(hidden, path):
         assert_within_tolerance(r, s, o, name=f"result {i} H={hidden} ({path})")
 
 
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+def test_layer_replays_from_a_cuda_graph(path):
+    """A layer's forward and backward captured in a CUDA graph (torch.cuda.graph: the plan and
+    the persistent kernels' cooperative and cluster launches recorded as graph nodes) and
+    replayed on new values of its input, state and weights give bitwise what eager calls give
+    on those values."""
+    steps, batch, hidden = 7, 5, 33
+    refusal = path_refusal(path, hidden, batch, torch.float32)
+    leaves = [_cuda(a).requires_grad_() for a in layer_args(steps, batch, 4, hidden, dtype=torch.float32)]
+
+    def run(args):
+        out, h_n = gpu_layer(*args, None, "tanh", False, path=path)
+        return [out, h_n, *torch.autograd.grad(out.sum() + h_n.square().sum(), args)]
+
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            run(leaves)
+        return
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (plans, cuBLAS handles), as torch advises
+        run(leaves)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run(leaves)
+    fresh = [_cuda(a) for a in layer_args(steps, batch, 4, hidden, dtype=torch.float32,
+                                          generator=torch.Generator().manual_seed(5))]
+    with torch.no_grad():
+        for leaf, value in zip(leaves, fresh, strict=True):
+            leaf.copy_(value)
+    graph.replay()
+    eager = run([value.clone().requires_grad_() for value in fresh])
+    for name, got, expected in zip(["output", "h_n", "grad_input", "grad_hx", "grad_weight_ih", "grad_weight_hh",
+                                    "grad_bias_ih", "grad_bias_hh"], captured, eager, strict=True):
+        assert torch.equal(got, expected), name
+
+
 def test_every_path_runs_somewhere_on_this_gpu():
     """So that the forced-path tests above exercise every kernel: at H = 33, B = 5 the block,
     grid and stepwise paths run, and the cluster path runs exactly where the GPU has clusters."""
