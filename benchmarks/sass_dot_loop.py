@@ -40,6 +40,8 @@ PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)EE")
 # The layer stack's kernels (float32, the block path's tiling): samples, compiled passes.
 STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)EE")
+# The cluster path's layer stack (forward only, passes read at run time): samples.
+CLUSTER_STACK_KERNEL = re.compile(r"forward_cluster_stack_kernelILi(\d+)EE")
 MAX_DIFFERENCE = 2.0  # instructions per iteration
 
 
@@ -86,6 +88,7 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
         if function:
             match = KERNEL.search(function.group(1)) if in_arch else None
             stack = STACK_KERNEL.search(function.group(1)) if in_arch else None
+            cluster_stack = CLUSTER_STACK_KERNEL.search(function.group(1)) if in_arch else None
             current = None
             if match:
                 direction, dtype, samples, path, passes = match.groups()
@@ -94,6 +97,8 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
             elif stack:
                 direction, samples, passes = stack.groups()
                 current = (f"{direction} stack", "float", int(samples), "block", int(passes))
+            elif cluster_stack:
+                current = ("forward stack", "float", int(cluster_stack.group(1)), "cluster", 0)
             if current is not None:
                 kernels[current] = []
             continue

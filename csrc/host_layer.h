@@ -84,19 +84,25 @@ struct BackwardStack {
 // for the same layers one launch after another (T steps each, their forward plans).
 struct StackPlanQuery {
   int64_t hidden = 0, batch = 0, steps = 0, layers = 0;
+  bool backward = false;  // the backward's launch (only the Block path's stack has one)
 };
 struct StackPlanReport {
   bool feasible = false;       // the stack's kernel can run the shape on the device
   bool faster = false;         // feasible and predicted faster than the layers one after another
-  double stack_us = 0.0;       // predicted: (T + 1) steps of the stack's kernel
+  double stack_us = 0.0;       // predicted: T + lead_steps steps of the stack's kernel
   double layers_us = 0.0;      // predicted: L layers of T steps on their own plans
   double measured_stack_us = -1.0;   // under launch_plan.autotune, the same measured; else -1
   double measured_layers_us = -1.0;  // (faster then compares these)
-  int64_t grid = 0;            // CTAs: L x sample groups
+  int64_t grid = 0;            // CTAs: L x sample groups (x P on the Cluster path)
   int64_t samples = 0;         // samples per group
   int64_t units_per_pass = 0;  // 32, or 16 (the dot products on half the warps)
   int64_t shared_mem_bytes = 0;
   int64_t compiled_passes = 0;
+  // The Block path's stack (one CTA per layer and group: cluster 1) or the Cluster path's (a
+  // cluster of L x P CTAs per group, P per layer, of units_per_cta units each).
+  int64_t cluster = 1;
+  int64_t units_per_cta = 0;
+  int64_t lead_steps = 1;      // steps beyond T: 1 (Block: the projection of h_{T-1}), L - 1 (Cluster: the wavefront)
   std::string reason;          // the launch shape, or the limit it exceeds
 };
 

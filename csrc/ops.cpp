@@ -292,7 +292,8 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
 // or, under autotuning, its measurements: (feasible, faster than the layers one after another,
 // predicted us of the stack's launch, predicted us of the layers' recurrences, the same two
 // measured (-1: not measured), [grid, samples per group, units per pass, shared memory bytes,
-// compiled passes], reason). like: as for recurrence_plan.
+// compiled passes, CTAs per cluster (1: the Block path's stack), units per CTA, steps beyond T],
+// reason). like: as for recurrence_plan.
 std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std::string> stack_plan(
     const at::Tensor& like, int64_t hidden_size, int64_t batch_size, int64_t steps, int64_t num_layers,
     std::optional<c10::string_view> backend) {
@@ -300,7 +301,9 @@ std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std
   const StackPlanReport r = plan_stack(like.device().type(), optional_name(backend),
                                        {.hidden = hidden_size, .batch = batch_size, .steps = steps, .layers = num_layers});
   return {r.feasible, r.faster, r.stack_us, r.layers_us, r.measured_stack_us, r.measured_layers_us,
-          std::vector<int64_t>{r.grid, r.samples, r.units_per_pass, r.shared_mem_bytes, r.compiled_passes}, r.reason};
+          std::vector<int64_t>{r.grid, r.samples, r.units_per_pass, r.shared_mem_bytes, r.compiled_passes, r.cluster,
+                               r.units_per_cta, r.lead_steps},
+          r.reason};
 }
 
 // The cost model's microseconds per step of one launch shape of `path` (the fields of a plan:

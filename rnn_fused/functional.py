@@ -160,8 +160,9 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     stack: whether a unidirectional stack's forward recurrences run in one launch of the GPU
     kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
-    H <= 128, path None or 'block', eager mode, no autocast), False never, True
-    always (ValueError saying why a call cannot). With dropout in training the stack draws the
+    eager mode, no autocast; H <= 128 on the block path, path None or 'block'; beyond, the
+    cluster path's stack, path None or 'cluster', without dropout, whose backward runs the
+    layers one by one), False never, True always (ValueError saying why a call cannot). With dropout in training the stack draws the
     layers' masks first, as the layers one by one would (the same calls, shapes and order), and
     applies each to its layer's output where the next layer reads it. The results are the
     layers' run one by one, within rounding.
@@ -185,7 +186,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     args = resolve_truncation(truncation)
     if stack is not False:
         why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, layer_fn, backend, path,
-                                decide=stack is None)
+                                decide=stack is None, dropout_in_training=dropout > 0 and training)
         if why_not is None:
             p = dropout if training else 0.0
             sinks = None if record is None else [record.sink(layer, 0, tuple(weights[layer]))
@@ -232,15 +233,13 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
 
 
 def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, layer_fn,
-                  backend: str | None, path: str | None, decide: bool) -> str | None:
+                  backend: str | None, path: str | None, decide: bool, dropout_in_training: bool) -> str | None:
     """None where rnn() may run the stack's forward in one launch (_LayerStack), else why not;
     with `decide`, also None only where the cost model predicts it faster."""
     if num_layers < 2 or bidirectional:
         return "it needs 2 or more layers in one direction (a bidirectional layer reads all of the layer below)"
     if layer_fn is not None:
         return "a custom layer_fn runs the layers one by one"
-    if path not in (None, "block"):
-        return f"path={path!r} forces another kernel than the block path's"
     emulated = backend == "emulated"
     if not (input.is_cpu if emulated else input.is_cuda and backend in (None, "cuda")):
         return "the stack runs on the GPU kernels (a CUDA input, or backend='emulated' with a CPU input)"
@@ -258,12 +257,16 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return "its layers must have one hidden size and all or none have biases"
     if hx is not None and hx.shape != (num_layers, input.shape[1], hidden):
         return f"hx must have shape [{num_layers}, {input.shape[1]}, {hidden}]"
-    stack_step_us, layers_step_us, measured = _stack_step_costs(input.device, emulated, hidden, input.shape[1],
-                                                                num_layers)
+    stack_step_us, layers_step_us, measured, stack_path, lead_steps = _stack_step_costs(
+        input.device, emulated, hidden, input.shape[1], num_layers)
     if stack_step_us is None:
         return layers_step_us  # the limit the stack's kernel exceeds
+    if path not in (None, stack_path):
+        return f"path={path!r} forces another kernel than the {stack_path} path's, whose stack this shape takes"
+    if stack_path == "cluster" and dropout_in_training:
+        return "the cluster path's stack (hidden_size > 128) runs without dropout between layers"
     steps = input.shape[0]
-    if decide and not (steps + 1) * stack_step_us < steps * layers_step_us:
+    if decide and not (steps + lead_steps) * stack_step_us < steps * layers_step_us:
         return ("the layers one after another measured faster" if measured else
                 "the cost model predicts the layers one after another faster")
     return None
@@ -272,15 +275,16 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
 @functools.lru_cache(maxsize=1024)
 def _stack_step_costs(device: torch.device, emulated: bool, hidden: int, batch: int, layers: int):
     """(the stack kernel's us per step, the layers' one after another per step, whether measured:
-    under launch_plan.autotune, else predicted), or (None, why it cannot run, False), asked of
-    the planner once per shape in a process (the planner's settings clear it:
-    launch_plan._apply_planner_setting)."""
+    under launch_plan.autotune, else predicted; the stack's path, its steps beyond T), or (None,
+    why it cannot run, False, None, 0), asked of the planner once per shape in a process (the
+    planner's settings clear it: launch_plan._apply_planner_setting)."""
     report = launch_plan.stack_plan(hidden, batch, 1, layers, "emulated" if emulated else device)
     if not report.feasible:
-        return None, report.reason, False
+        return None, report.reason, False, None, 0
+    steps = 1 + report.lead_steps  # (of the one-step plan)
     if report.measured_stack_us is not None:
-        return report.measured_stack_us / 2, report.measured_layers_us, True
-    return report.predicted_stack_us / 2, report.predicted_layers_us, False
+        return report.measured_stack_us / steps, report.measured_layers_us, True, report.path, report.lead_steps
+    return report.predicted_stack_us / steps, report.predicted_layers_us, False, report.path, report.lead_steps
 
 
 def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonlinearity: str,
@@ -299,8 +303,11 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
         # (dropout of ones is its mask: 0 or 1 / (1 - p)), in layer order.
         ones = input.new_ones(input.shape[0], input.shape[1], weights[0][1].shape[0])
         masks = torch.stack([dropout_between_layers(ones, dropout, lengths) for _ in range(num_layers - 1)])
+    # (The cluster path's stack has no backward kernel: its backward runs the layers one by one.)
+    stack_path = _stack_step_costs(input.device, backend == "emulated", weights[0][1].shape[0], input.shape[1],
+                                   num_layers)[3]
     output, h_n = _LayerStack.apply(input, hx, lengths, masks, (nonlinearity, backend, path, truncation, num_layers,
-                                                                len(weights[0]) == 4, sinks), *flat)
+                                                                len(weights[0]) == 4, stack_path, sinks), *flat)
     if output.grad_fn is None:
         # No backward will read the layers below: the top layer's output on its own, so that the
         # [L,T,B,H] outputs are freed now rather than kept alive by a view.
@@ -319,7 +326,7 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, hx, lengths, masks, config, *flat):
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = config
         outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(input, hx, list(flat), has_biases, lengths, nonlinearity,
                                                              backend, masks)
         ctx.save_for_backward(input, hx, lengths, masks, outputs, *flat)
@@ -334,8 +341,10 @@ class _LayerStack(torch.autograd.Function):
             if sinks is not None:
                 raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
+        if ctx.config[-2] == "cluster":
+            return _LayerStack._backward_layer_by_layer(ctx, grad_output, grad_h_n)
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
         mask = []
@@ -364,9 +373,44 @@ class _LayerStack(torch.autograd.Function):
         return (grad_input, grad_h, None, None, None, *grad_weights)
 
     @staticmethod
+    def _backward_layer_by_layer(ctx, grad_output, grad_h_n):
+        """The cluster path's stack (no dropout between its layers) has a forward kernel only:
+        each layer's fused backward in turn, from the top, on the outputs the stack saved (a
+        layer's input: the output of the layer below), with each layer's truncation draws and
+        norms, as the layers run one by one would compute them."""
+        input, hx, lengths, _, outputs, *flat = ctx.saved_tensors
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _, sinks = ctx.config
+        per_layer = 4 if has_biases else 2
+        needs = ctx.needs_input_grad
+        grad_weights, grad_states = [], []
+        upstream = grad_output  # the gradient of the current layer's output
+        for layer in reversed(range(num_layers)):
+            at = 5 + layer * per_layer  # this layer's weight_ih among the Function's inputs
+            weight_ih, weight_hh, *biases = flat[layer * per_layer:(layer + 1) * per_layer]
+            inputs = _ops.LayerInputs(input if layer == 0 else outputs[layer - 1], None if hx is None else hx[layer],
+                                      weight_ih, weight_hh, *(biases or (None, None)), lengths)
+            options = _ops.LayerOptions.make(nonlinearity, False, truncation, layer, backend, path)
+            mask = [layer > 0 or needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
+                    has_biases and (needs[at + 2] or needs[at + 3])]
+            (grad_in, grad_hx, grad_ih, grad_hh, grad_bias, step_norms, grad_sq_norms,
+             nonfinite) = _ops.layer_backward(upstream, grad_h_n[layer], outputs[layer], mask, sinks is not None,
+                                              inputs, options)
+            layer_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            if has_biases:  # each bias its own tensor
+                layer_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+            if sinks is not None:
+                returned = (grad_in if layer == 0 and needs[0] else None, grad_hx if hx is not None and needs[1] else None)
+                sinks[layer](step_norms, grad_sq_norms, nonfinite, returned + tuple(layer_grads))
+            grad_weights = layer_grads + grad_weights
+            grad_states.insert(0, grad_hx)
+            upstream = grad_in
+        grad_h = torch.stack(grad_states) if hx is not None and needs[1] else None
+        return (upstream if needs[0] else None, grad_h, None, None, None, *grad_weights)
+
+    @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
         input, hx, lengths, masks, _, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = ctx.config
         per_layer = 4 if has_biases else 2
         candidates = [input, hx, None, None, None, *flat]
         wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]

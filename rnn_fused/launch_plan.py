@@ -116,15 +116,18 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
 @dataclass(frozen=True)
 class StackPlan:
     """Whether the GPU kernels would run a stack of unidirectional layers' forward in one
-    launch (layer l a few steps behind layer l - 1, each CTA holding its layer's W_hh and the
-    next layer's W_ih; csrc/cuda/elman_forward_kernel.cuh forward_stack_kernel), and what the
-    cost model predicts for it and for the same layers one launch after another, and under
-    autotune() what the device measured."""
+    launch (csrc/cuda/elman_forward_kernel.cuh): at H <= 128 on the block path, layer l a few
+    steps behind layer l - 1, each CTA holding its layer's W_hh and the next layer's W_ih
+    (forward_stack_kernel); beyond, on the cluster path, one cluster of L x P CTAs per sample
+    group, each holding [W_ih | W_hh] rows of its layer, layer l one step behind layer l - 1
+    (forward_cluster_stack_kernel, forward only: the backward runs the layers one by one).
+    And what the cost model predicts for it and for the same layers one launch after another,
+    and under autotune() what the device measured."""
 
     feasible: bool                 # the stack's kernel can run the shape on the device
     faster: bool                   # feasible and faster (measured under autotune(), else predicted):
                                    # rnn_fused.functional.rnn takes it then
-    predicted_stack_us: float      # T + 1 steps of the stack's kernel
+    predicted_stack_us: float      # T + lead_steps steps of the stack's kernel
     predicted_layers_us: float     # the L layers' T steps each, on their own forward plans
     measured_stack_us: float | None   # the same two under autotune(): the stack's step timed on the
     measured_layers_us: float | None  # device, a layer's as its own tuned plan's; else None
@@ -133,7 +136,14 @@ class StackPlan:
     units_per_pass: int
     shared_mem_bytes: int
     compiled_passes: int
+    cluster: int                   # CTAs per thread-block cluster: L x P on the cluster path, 1 on the block path
+    units_per_cta: int             # the cluster path's hidden units per CTA (0 on the block path: 2H rows)
+    lead_steps: int                # the stack's steps beyond T: 1 (block path), L - 1 (cluster path)
     reason: str                    # the launch shape, or the limit that rules it out
+
+    @property
+    def path(self) -> str:
+        return "cluster" if self.cluster > 1 else "block"
 
 
 def stack_plan(hidden_size: int, batch_size: int, steps: int, num_layers: int,
@@ -348,7 +358,8 @@ def log_stack_plan_once(report: StackPlan, steps: int, layers: int, key: Hashabl
     layers_us = report.measured_layers_us if measured else report.predicted_layers_us
     logger.info("rnn_fused: %s: the CUDA planner runs the %d layers in one launch each way (%d CTAs, %s "
                 "%.2f us per step of the stack against %.2f us per step of the layers one by one): %s", key, layers,
-                report.grid, "measured" if measured else "predicted", stack_us / (steps + 1), layers_us / steps,
+                report.grid, "measured" if measured else "predicted", stack_us / (steps + report.lead_steps),
+                layers_us / steps,
                 report.reason)
     return True
 

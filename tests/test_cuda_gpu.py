@@ -595,12 +595,14 @@ def test_double_backward_on_cuda_matches_the_step_loop():
 def test_layer_stack_in_one_launch_on_the_gpu(case):
     """A unidirectional stack's forward in one launch (stack=True): outputs, final states and
     every gradient against the float64 step loop (tolerance rule, stock: the loop in float32),
-    bitwise alike run to run; layer 0 bitwise equal to the block path's layer."""
+    bitwise alike run to run; on the block path's stack (H <= 128) layer 0 bitwise equal to the
+    block path's layer (the cluster path's stack dots whole [W_ih | W_hh] rows: another sum)."""
     steps, batch, input_size, hidden, layers, nonlinearity, bias, hx, lengths = case
     lengths = None if lengths is None else torch.tensor(lengths)
     x, h0, groups = stack_inputs(steps, batch, input_size, hidden, layers, bias=bias, hx=hx)
     cotangents = cotangents_for(steps, batch, hidden, layers)
-    assert rnn_fused.launch_plan.stack_plan(hidden, batch, steps, layers, PLAN_DEVICE).feasible
+    plan = rnn_fused.launch_plan.stack_plan(hidden, batch, steps, layers, PLAN_DEVICE)
+    assert plan.feasible, plan.reason
     runs = [run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32, DEVICE, backend=BACKEND,
                       stack=True) for _ in range(2)]
     for a, b in zip(*runs):
@@ -609,6 +611,8 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     stock = run_stack(x, h0, groups, lengths, nonlinearity, cotangents, torch.float32, layer_fn=reference_layer)
     for name, r, s, o in zip(stack_names(len(runs[0])), reference, stock, runs[0]):
         assert_within_tolerance(r, s, o, name=name, ulps=8)
+    if plan.path != "block":
+        return
     flat = [_cuda(w.float()) for group in groups for w in group]
     outputs, _ = torch.ops.rnn_fused.rnn_stack_forward(_cuda(x.float()), None if h0 is None else _cuda(h0.float()),
                                                        flat, bias, lengths, nonlinearity, BACKEND)

@@ -287,14 +287,15 @@ def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeyp
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():
     """runs_as_stack: unidirectional float32 stacks the planner predicts faster in one launch,
-    on the emulated H100/H200-like device; the bidirectional, single-layer, bfloat16 and too
-    wide ones not."""
+    on the emulated H100/H200-like device (at H = 129 and 256 the cluster path's stack); the
+    bidirectional, single-layer, bfloat16 and too wide ones not."""
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
-    assert gpu_check.runs_as_stack(gpu_check.Shape(1000, 8, 64, 64, layers=4), target)
-    assert gpu_check.runs_as_stack(gpu_check.Shape(300, 7, 50, 100, layers=3), target)
+    for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=4), gpu_check.Shape(300, 7, 50, 100, layers=3),
+                  gpu_check.Shape(300, 7, 50, 129, layers=3), gpu_check.Shape(1000, 8, 256, 256, layers=2)):
+        assert gpu_check.runs_as_stack(shape, target), shape
     for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
                   gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),
-                  gpu_check.Shape(300, 7, 50, 129, layers=3)):
+                  gpu_check.Shape(100, 8, 64, 1024, layers=2)):
         assert not gpu_check.runs_as_stack(shape, target), shape
 
 

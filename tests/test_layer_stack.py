@@ -85,6 +85,9 @@ STACK_CASES = [
     (4, 4, 3, 33, 3, "tanh", True, False, [4, 3, 1, 4]),  # 66 rows: three passes
     (4, 2, 6, 64, 4, "tanh", True, True, None),         # 128 rows: four passes, weights in registers
     (3, 9, 4, 100, 2, "tanh", True, True, [3, 1, 2, 3, 3, 0, 1, 2, 3]),  # 200 rows, 8 samples per group
+    # H > 128: the cluster path's stack (its forward; the backward runs the layers one by one)
+    (4, 3, 5, 129, 2, "tanh", True, True, [4, 0, 2]),   # scalar slices (129 over whole vectors fails)
+    (3, 2, 4, 150, 3, "relu", False, False, None),      # 3 layers in one cluster
 ]
 
 
@@ -178,11 +181,14 @@ def test_top_layer_backward_bitwise_like_the_block_path(truncation):
         assert torch.equal(ours, theirs), name
 
 
+@pytest.mark.parametrize("hidden", [24, 136], ids=["block", "cluster"])
 @pytest.mark.parametrize("truncation", [2, RandomTruncation(0.6, seed=11)], ids=["every-2", "random"])
-def test_truncated_backward_matches_the_layers_one_by_one(truncation):
-    """With truncation the stack's backward is each layer's own, with the same draws: against
-    the CPU backend's layers in float64 (tolerance rule, stock: the CPU layers in float32)."""
-    steps, batch, hidden, layers = 7, 3, 24, 3
+def test_truncated_backward_matches_the_layers_one_by_one(truncation, hidden):
+    """With truncation the stack's backward is each layer's own, with the same draws (the
+    block path's stack kernel, or the cluster path's stack running its layers' backward one by
+    one): against the CPU backend's layers in float64 (tolerance rule, stock: the CPU layers in
+    float32)."""
+    steps, batch, layers = 7, 3, 3
     lengths = torch.tensor([7, 4, 6])
     x, h0, groups = stack_inputs(steps, batch, 5, hidden, layers, seed=3)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=4)
@@ -196,10 +202,11 @@ def test_truncated_backward_matches_the_layers_one_by_one(truncation):
         assert_within_tolerance(r, s, o, name=name, ulps=8)
 
 
-def test_double_backward_through_the_stack():
+@pytest.mark.parametrize("hidden", [9, 129], ids=["block", "cluster"])
+def test_double_backward_through_the_stack(hidden):
     """create_graph=True: the stack's backward builds a graph (the layers' differentiable
     backward), so a gradient of the gradients matches the float64 step loop's."""
-    steps, batch, hidden, layers = 4, 2, 9, 2
+    steps, batch, layers = 4, 2, 2
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
 
     def second_order(dtype, **kwargs):
@@ -218,16 +225,19 @@ def test_double_backward_through_the_stack():
         assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
 
 
-def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, generator, stack_launches):
+@pytest.mark.parametrize("hidden", [12, 140], ids=["block", "cluster"])
+def test_module_runs_a_stack_in_one_launch_and_matches_nn_rnn(monkeypatch, generator, stack_launches, hidden):
     """rnn_fused.RNN with 3 layers on the emulated kernels takes the stack where the model
-    predicts it faster, and matches torch.nn.RNN (tolerance rule), packed input included."""
+    predicts it faster (the block path's at H = 12, the cluster path's at 140), and matches
+    torch.nn.RNN (tolerance rule), packed input included."""
     monkeypatch.setattr(RNN, "backend", "emulated")
     for packing in ("none", "unsorted"):
         case = RNNCase(num_layers=3, bidirectional=False, packing=packing, with_hx=True, seq_len=5, batch=3,
-                       hidden_size=12)
+                       hidden_size=hidden)
         input, hx = case.inputs(generator)
         with simt.emulated_device(**STACK_GPU):
-            assert launch_plan.stack_plan(12, 3, 5, 3).faster
+            plan = launch_plan.stack_plan(hidden, 3, 5, 3)
+            assert plan.faster and plan.path == ("block" if hidden <= 128 else "cluster"), plan.reason
             before = len(stack_launches)
             compare_with_torch(case.torch_module(), input, hx, ulps=8)
             assert len(stack_launches) > before, "the module did not run its stack in one launch"
@@ -334,16 +344,18 @@ def test_double_backward_through_a_stack_with_dropout():
         assert_within_tolerance(r, s, o, name=f"second-order grad {i}", ulps=8)
 
 
+@pytest.mark.parametrize("hidden", [20, 130], ids=["block", "cluster"])
 @pytest.mark.parametrize("truncation", [None, RandomTruncation(0.6, seed=4)], ids=["full", "random"])
 @pytest.mark.parametrize("lengths", [None, [6, 3, 1, 5]], ids=["all-steps", "lengths"])
-def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_launches):
+def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_launches, hidden):
     """rnn_fused.record_gradients with a stack run in one launch: the backward kernel sums each
     layer's ||g_t||^2 as the block path does (step norms against the CPU layers in float64 under
     the tolerance rule, stock: the CPU layers in float32), the host reduces each parameter
     gradient's squared norm (equal to ||p.grad||^2 of the gradient the stack returned, within
     the rounding of a sum of squares, and clip_grad_norm_ takes them), recording changes no
-    value or gradient, and a recorded backward with create_graph=True is refused."""
-    steps, batch, hidden, layers = 6, 4, 20, 3
+    value or gradient, and a recorded backward with create_graph=True is refused. The cluster
+    path's stack (H = 130) records its layers' norms in their backward run one by one."""
+    steps, batch, layers = 6, 4, 3
     torch.manual_seed(21)
     base = RNN(5, hidden, num_layers=layers, truncation=truncation)
     x64 = torch.randn(steps, batch, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
@@ -410,14 +422,47 @@ def test_planner_rules_the_stack_out_with_its_limits():
         plan = launch_plan.stack_plan(64, 8, 100, 4)
         assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 4
         assert "128 weight rows" in plan.reason
-        too_wide = launch_plan.stack_plan(129, 1, 100, 2)
-        assert not too_wide.feasible and "a stack's CTA 288 (its layer's W_hh and the next layer's W_ih, in whole passes)" in too_wide.reason
+        # Past H = 128 one CTA cannot hold a layer's W_hh and the next layer's W_ih (288 rows at
+        # 129): the cluster path's stack, 8 CTAs of 17 units per layer in a cluster of 16.
+        wide = launch_plan.stack_plan(129, 1, 100, 2)
+        assert wide.feasible and (wide.path, wide.cluster, wide.units_per_cta, wide.lead_steps) == ("cluster", 16, 17, 1)
+        assert "a cluster of 2 layers x 8 CTA(s) of 17 units" in wide.reason
+        too_wide = launch_plan.stack_plan(512, 8, 100, 2)  # 64 rows of 1024 columns per CTA at most
+        assert not too_wide.feasible and "more than shared_mem_per_block_optin" in too_wide.reason
         too_many = launch_plan.stack_plan(32, 64, 100, 4)  # 4 layers x 8 groups of 8 > 16 SMs
         assert not too_many.feasible and "cannot all be co-resident" in too_many.reason
         one_layer = launch_plan.stack_plan(32, 4, 100, 1)
         assert not one_layer.feasible and "2 to 16 layers, not 1" in one_layer.reason
     with simt.emulated_device(sm_count=16, cooperative_launch=False):
         assert "cooperative launches" in launch_plan.stack_plan(32, 4, 100, 2).reason
+        assert launch_plan.stack_plan(129, 4, 100, 2).feasible  # (a cluster needs no cooperative launch)
+    with simt.emulated_device(sm_count=16, compute_capability=(8, 0)):
+        assert "needs thread-block clusters (compute capability 9.0)" in launch_plan.stack_plan(129, 4, 100, 2).reason
+
+
+def test_the_cluster_stack_runs_its_forward_only_and_without_dropout():
+    """At H > 128 the stack's forward runs on the cluster path, which has no backward kernel
+    (functional.rnn runs the layers' backward one by one) and no dropout between layers: the
+    backward op refuses the shape, and stack=True says why a call with dropout in training, or
+    with another path forced, cannot run."""
+    steps, batch, hidden = 3, 2, 130
+    x, h0, groups = stack_inputs(steps, batch, 4, hidden, 2)
+    x32, h32 = x.float(), h0.float()
+    flat = [w.float() for group in groups for w in group]
+    weights = [tuple(w.float() for w in group) for group in groups]
+    with simt.emulated_device(**STACK_GPU):
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated")
+        with pytest.raises(ValueError, match="cannot run 2 layers of hidden_size=130, batch_size=2 in one launch on "
+                                             "this device: the stack's backward runs in one launch at hidden sizes up "
+                                             "to 128 only"):
+            OPS.rnn_stack_backward(torch.ones(steps, batch, hidden), torch.zeros(2, batch, hidden), outputs,
+                                   [True] * 10, x32, h32, flat, True, None, "tanh", backend="emulated")
+        for kwargs, message in ((dict(dropout=0.5, training=True), "runs without dropout between layers"),
+                                (dict(path="block"), "path='block' forces another kernel than the cluster path's")):
+            with pytest.raises(ValueError, match=f"cannot run its layers in one launch: .*{message}"):
+                functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, **kwargs)
+        out, _ = functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, path="cluster")
+        assert torch.equal(out, outputs[1])
 
 
 def test_stack_true_says_why_a_call_cannot():

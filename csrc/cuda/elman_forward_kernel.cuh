@@ -334,6 +334,96 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
 }
 
+// The forward of a stack of L unidirectional layers in one launch on the Cluster path, for
+// hidden sizes whose W_hh needs several CTAs (H > 128): one thread-block cluster of L x P CTAs
+// per sample group (ClusterStackPlace), P per layer, each holding its units' rows [W_ih^l |
+// W_hh^l] and the state rows [h^{l-1} | h^l] of the group's samples, so that one dot product
+// over 2 x padded_row(H) columns gives both of layer l's terms (layer 0: [0 | W_hh^0], its
+// input projection XW_t from one GEMM before the launch, as on the other paths). Every layer
+// computes in every step of a wavefront: at step w layer l is at time t = w - l, whose input
+// h^{l-1}_t layer l - 1 computed at step w - 1; a layer outside [0, length) is frozen (before
+// its start its rows hold h0 in both buffers, nothing is sent; after a sample's end its state
+// carries over). A step's new slice of h^l goes into the layer's other CTAs and into the first
+// half of the next layer's (share_cluster_stack_slice), then one cluster barrier: T + L - 1
+// steps and barriers for the stack, where its layers one after another take L x T. No dropout
+// between layers (the caller runs those stacks otherwise).
+//
+// Arguments: ForwardStackArgs as forward_stack_kernel's (w_stacked [L,2H,H] per layer its W_hh,
+// then the next layer's W_ih; bias_next [L,H] the next layer's b_ih + b_hh; xw_tagged and
+// dropout_masks unused, null).
+//
+// Grid = groups x L x P CTAs of kRecurrenceThreads threads in clusters of L x P; tiling: one
+// layer's (ctas_per_group P, units_per_cta, samples, units_per_pass, chunks 1, step_sync 0);
+// SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, false).bytes of dynamic shared
+// memory.
+template <int kSamples>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
+    forward_cluster_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Cluster, 0>;
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden, L = a.layers;
+  const int64_t half = padded_row(H, vec_size<float>());
+  const ClusterStackPlace at = cluster_stack_place(tiling, L);
+  const int64_t layer = at.layer, state = B * H;
+  SIMT_DYNAMIC_SHARED(float, smem);
+  const SharedLayout<float> layout = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false);
+  Cta cta(smem, layout, tiling, a.shape, H, at.block);
+  constexpr int kOwned = Cta::kOwned;
+  const int64_t R = cta.row;  // 2 * half
+  load_cluster_stack_rows(a.w_stacked, cta.weights, layer, cta.place.unit_begin, cta.units, H, half);
+  // Both buffers: no input yet, the layer's h0 (zero-padded; zeros without h0).
+  const float* h0 = a.h0 != nullptr ? a.h0 + layer * state : nullptr;
+  for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) {
+    const int64_t j = i / R % kSamples, k = i % R - half, b = cta.place.sample_begin + j;
+    cta.states[i] = k >= 0 && k < H && h0 != nullptr && b < B ? h0[b * H + k] : 0.0f;
+  }
+  __syncthreads();
+  StepBarrier<RecurrencePath::Cluster> barrier(tiling, cta.place, nullptr, nullptr, 0, false);
+  barrier.start();
+  float* out = a.out + layer * T * state;
+  float* h_n = a.h_n + layer * state;
+  // Layers above the first add their b_ih + b_hh (the next-layer biases of the layer below).
+  float bias[Cta::kBatches] = {};
+  cta.for_each_owned_unit([&](int batch, int64_t u) {
+    if (layer > 0 && a.bias_next != nullptr) bias[batch] = a.bias_next[(layer - 1) * H + u];
+  });
+  PhaseClock<false> clock(nullptr, nullptr);
+  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, -layer);  // at time t = -layer: step 0
+  // Layer 0's XW_t, read one step ahead (the lane at step w, time t = w).
+  float xw[Cta::kBatches][kOwned] = {}, h_out[Cta::kBatches][kOwned] = {};
+  auto load_operands = [&](int64_t t, int64_t ahead) {  // time t + ahead's (the lane at time t)
+    if (layer != 0) return;
+    lane.for_each_valid(cta, t, ahead, [&](int batch, int k, int64_t offset) { xw[batch][k] = out[offset]; });
+  };
+  load_operands(0, 0);
+  for (int64_t w = 0; w < T + L - 1; ++w) {
+    const int64_t t = w - layer;
+    const float* current = cta.states + (w % 2) * kSamples * R;
+    float* next = cta.states + (1 - w % 2) * kSamples * R;
+    cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, float total) {
+      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+      if (b >= B || t < 0) return;  // (not started: both buffers hold h0, the next layer waits)
+      float h;
+      if (t < lane.length[k]) {
+        h = activate_runtime(a.activation, (layer == 0 ? xw[batch][k] : bias[batch]) + total);
+        h_out[batch][k] = h;
+      } else {
+        h = current[j * R + half + u];  // frozen: the state carries over
+      }
+      next[j * R + half + u] = h;
+      if (t == T - 1) h_n[b * H + u] = h;
+    });
+    share_cluster_stack_slice<kSamples>(next, at, cta.place, tiling, L, H, half);
+    barrier.arrive();
+    load_operands(t, 1);  // (after the arrival: StepBarrier::arrive)
+    barrier.wait();
+    if (t >= 0) {  // step w's h_t (stored after the barrier: Cta::kStoresAfterBarrier)
+      lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { out[offset] = h_out[batch][k]; });
+    }
+    lane.move(1);
+  }
+}
+
 // Stepwise path, processing step s: h = act(XW_t + recurrent) at valid steps, the state
 // carried over for frozen samples. One thread per (b, u) of the [B,H] step; any grid.
 //   recurrent [B,H] read: h_{s-1} W_hh^T from the cuBLAS product; h_prev [B,H] read;

@@ -979,6 +979,107 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 // once per shape and device in a process; not while the stream captures a CUDA graph).
 inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
 
+// Calls f(kernel) with forward_cluster_stack_kernel for `samples`.
+template <class F>
+void with_cluster_stack_kernel(int64_t samples, F&& f) {
+  const bool found = with_samples_constant(samples, [&](auto samples_constant) {
+    f(forward_cluster_stack_kernel<decltype(samples_constant)::value>);
+    return true;
+  });
+  TORCH_CHECK(found, "rnn_fused: no cluster layer stack kernel for ", samples, " samples per group");
+}
+
+// stack_plan's Cluster path (forward_cluster_stack_kernel), for hidden sizes whose stack CTA
+// would not fit one CTA: per layer P CTAs of U units (P = 1 .. 16 / L, U rounded to whole
+// 16-byte vectors where P stays), 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as
+// forced_tiling allows; one cluster of L x P CTAs per group, at least one co-resident. Priced as
+// a cluster step of U rows of 2 x padded_row(H) columns on L x P CTAs, T + L - 1 of them. Sets
+// `best` to the fastest, or its reason to the limit.
+inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
+  const simt::DeviceProperties props = simt::device_properties();
+  if (q.backward) {
+    best.reason = "the stack's backward runs in one launch at hidden sizes up to " + std::to_string(kMaxUnitsPerCta / 2) +
+                  " only (the Cluster path's stack has its forward only)";
+    return;
+  }
+  if (props.compute_capability_major < 9) {
+    best.reason = "a stack of " + std::to_string(q.hidden) + "-unit layers needs thread-block clusters (compute "
+                  "capability 9.0), the device has " + std::to_string(props.compute_capability_major) + "." +
+                  std::to_string(props.compute_capability_minor);
+    return;
+  }
+  const ForcedTiling forced = forced_tiling();
+  const int64_t half = padded_row(q.hidden, 4), vec = 4;
+  std::string limit = "a cluster of at most " + std::to_string(simt::detail::kMaxClusterSize) + " CTAs cannot hold " +
+                      std::to_string(q.layers) + " layers of " + std::to_string(q.hidden) + " units";
+  for (int64_t per_layer = 1; per_layer * q.layers <= simt::detail::kMaxClusterSize; ++per_layer) {
+    int64_t units = (q.hidden + per_layer - 1) / per_layer;
+    const int64_t whole = (units + vec - 1) / vec * vec;
+    if ((q.hidden + whole - 1) / whole == per_layer) units = whole;
+    if ((q.hidden + units - 1) / units != per_layer) continue;
+    const int64_t cluster = q.layers * per_layer;
+    for (int64_t samples : {1, 2, 4, 8}) {
+      if (forced.samples != 0 && samples != forced.samples) continue;
+      if (forced.samples == 0 && samples > 1 && samples / 2 >= q.batch) break;
+      for (int per_pass : kUnitsPerPassOptions) {
+        if (forced.units_per_pass != 0 && per_pass != forced.units_per_pass) continue;
+        if (units > max_units_per_cta(per_pass)) continue;
+        RecurrenceTiling tiling{.samples = static_cast<int32_t>(samples),
+                                .chunks = 1,
+                                .groups = static_cast<int32_t>((q.batch + samples - 1) / samples),
+                                .ctas_per_group = static_cast<int32_t>(per_layer),
+                                .units_per_cta = static_cast<int32_t>(units),
+                                .units_per_pass = per_pass};
+        const int64_t smem = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false).bytes;
+        if (smem > props.shared_mem_per_block_optin) {
+          limit = "a CTA of the stack's cluster needs " + std::to_string(smem) + " bytes of shared memory (" +
+                  std::to_string(units) + " rows of [W_ih | W_hh] and the state rows of " + std::to_string(samples) +
+                  " samples), more than shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
+          continue;
+        }
+        int occupancy = 0, clusters = 0;
+        with_cluster_stack_kernel(samples, [&](auto kernel) {
+          occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
+          if (cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
+          clusters = simt::max_active_clusters(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem),
+                                               static_cast<unsigned>(cluster));
+        });
+        if (occupancy < 1 || clusters < 1) {
+          limit = "no cluster of " + std::to_string(cluster) + " CTAs with " + std::to_string(smem) +
+                  " bytes of shared memory each fits on the device";
+          continue;
+        }
+        const int64_t waves = (int64_t(tiling.groups) + clusters - 1) / clusters;
+        RecurrenceTiling priced = tiling;  // (the cluster step's cost counts the cluster's CTAs)
+        priced.ctas_per_group = static_cast<int32_t>(cluster);
+        const PlanRequest row{.hidden = 2 * half, .batch = q.batch};
+        const double stack_us =
+            predicted_step_us(cost::kH200, RecurrencePath::Cluster, row, priced, waves) * double(q.steps + q.layers - 1);
+        if (best.feasible && stack_us >= best.stack_us) continue;
+        best.feasible = true;
+        best.stack_us = stack_us;
+        best.grid = int64_t(tiling.groups) * cluster;
+        best.samples = samples;
+        best.units_per_pass = per_pass;
+        best.shared_mem_bytes = smem;
+        best.compiled_passes = 0;
+        best.cluster = cluster;
+        best.units_per_cta = units;
+        best.lead_steps = q.layers - 1;
+        best.reason = std::to_string(tiling.groups) + " sample group(s) of " + std::to_string(samples) +
+                      ", each a cluster of " + std::to_string(q.layers) + " layers x " + std::to_string(per_layer) +
+                      " CTA(s) of " + std::to_string(units) + " units with [W_ih | W_hh] rows (" +
+                      std::to_string(smem) + " bytes of shared memory each)" +
+                      (per_pass != kUnitsPerPass ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) +
+                                                       " warps"
+                                                 : "") +
+                      (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
+      }
+    }
+  }
+  if (!best.feasible) best.reason = limit;
+}
+
 inline StackPlanReport stack_plan(const StackPlanQuery& q) {
   const simt::DeviceProperties props = simt::device_properties();
   const cost::Constants& model = cost::kH200;
@@ -990,13 +1091,19 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                   std::to_string(q.layers);
     return best;
   }
-  if (!props.cooperative_launch) {
+  // Where one CTA holds a layer's rows of both kinds (H <= 128) the Block path's stack, else the
+  // Cluster path's (forward only).
+  const bool one_cta = stack_rows(q.hidden, kUnitsPerPass) <= kMaxUnitsPerCta;
+  if (!one_cta) {
+    plan_cluster_stack(q, best);
+  } else if (!props.cooperative_launch) {
     best.reason = "the device does not support cooperative launches";
     return best;
   }
-  std::string limit = "one CTA holds at most " + std::to_string(kMaxUnitsPerCta) + " weight rows, and a stack's CTA " +
-                      std::to_string(stack_rows(q.hidden, kUnitsPerPass)) +
-                      " (its layer's W_hh and the next layer's W_ih, in whole passes)";
+  std::string limit = one_cta ? "one CTA holds at most " + std::to_string(kMaxUnitsPerCta) +
+                                    " weight rows, and a stack's CTA " + std::to_string(stack_rows(q.hidden, kUnitsPerPass)) +
+                                    " (its layer's W_hh and the next layer's W_ih, in whole passes)"
+                              : best.reason;
   for (int64_t samples : {1, 2, 4, 8}) {
     if (request.forced.samples != 0 && samples != request.forced.samples) continue;
     if (request.forced.samples == 0 && samples > 1 && samples / 2 >= q.batch) break;
@@ -1067,7 +1174,8 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
     if (!std::isnan(us)) layer_step_us = std::min(layer_step_us, us);
   }
   const std::string key = plan_key<float>(request) + std::to_string(q.layers) + "," + std::to_string(best.samples) +
-                          "," + std::to_string(best.units_per_pass) + "," + std::to_string(setting.steps) + "," +
+                          "," + std::to_string(best.units_per_pass) + "," + std::to_string(best.cluster) + "," +
+                          std::to_string(best.units_per_cta) + "," + std::to_string(setting.steps) + "," +
                           kernel_device_name();
   static std::mutex mutex;
   static std::unordered_map<std::string, double> measured;
@@ -1083,33 +1191,50 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
     const std::lock_guard<std::mutex> lock(mutex);
     measured.emplace(key, stack_step_us);
   }
-  best.measured_stack_us = stack_step_us * double(q.steps + 1);
+  best.measured_stack_us = stack_step_us * double(q.steps + best.lead_steps);
   best.measured_layers_us = layer_step_us * double(q.steps) * double(q.layers);
   best.faster = best.measured_stack_us < best.measured_layers_us;
   return best;
 }
 
 // The plan of a stack's launch, or ValueError naming the limit (`what`: the op).
-inline StackPlanReport feasible_stack_plan(const LayerShape& shape, int64_t layers, const char* what) {
-  const StackPlanReport plan =
-      stack_plan({.hidden = shape.hidden, .batch = shape.batch, .steps = shape.steps, .layers = layers});
+inline StackPlanReport feasible_stack_plan(const LayerShape& shape, int64_t layers, const char* what, bool backward) {
+  const StackPlanReport plan = stack_plan(
+      {.hidden = shape.hidden, .batch = shape.batch, .steps = shape.steps, .layers = layers, .backward = backward});
   TORCH_CHECK_VALUE(plan.feasible, "rnn_fused.", what, ": cannot run ", layers, " layers of hidden_size=", shape.hidden,
                     ", batch_size=", shape.batch, " in one launch on this device: ", plan.reason);
   return plan;
 }
 
-inline RecurrenceTiling stack_tiling(const StackPlanReport& plan, const LayerShape& shape) {
+// The kernels' tiling: the Block path's stack one CTA of stack_rows per layer and group; the
+// Cluster path's one layer's CTAs of a group (forward_cluster_stack_kernel).
+inline RecurrenceTiling stack_tiling(const StackPlanReport& plan, const LayerShape& shape, int64_t layers) {
+  const bool cluster = plan.cluster > 1;
   return {.samples = static_cast<int32_t>(plan.samples),
           .chunks = 1,
           .groups = static_cast<int32_t>((shape.batch + plan.samples - 1) / plan.samples),
-          .ctas_per_group = 1,
-          .units_per_cta = static_cast<int32_t>(stack_rows(shape.hidden, plan.units_per_pass)),
+          .ctas_per_group = static_cast<int32_t>(cluster ? plan.cluster / layers : 1),
+          .units_per_cta = static_cast<int32_t>(cluster ? plan.units_per_cta
+                                                        : stack_rows(shape.hidden, plan.units_per_pass)),
           .units_per_pass = static_cast<int32_t>(plan.units_per_pass)};
 }
 
 template <class Args>
-void launch_stack(const StackPlanReport& plan, const LayerShape& shape, bool backward, const Args& args) {
-  const RecurrenceTiling tiling = stack_tiling(plan, shape);
+void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t layers, bool backward,
+                  const Args& args) {
+  const RecurrenceTiling tiling = stack_tiling(plan, shape, layers);
+  if (plan.cluster > 1) {
+    TORCH_CHECK(!backward, "rnn_fused: the Cluster path's layer stack has no backward kernel");
+    with_cluster_stack_kernel(plan.samples, [&](auto kernel) {
+      if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
+        if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
+        simt::launch_cluster(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
+                             static_cast<std::size_t>(plan.shared_mem_bytes), static_cast<unsigned>(plan.cluster), args,
+                             tiling);
+      }
+    });
+    return;
+  }
   with_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
     if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
       simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
@@ -1128,7 +1253,8 @@ inline double measured_stack_step_us(const StackPlanReport& plan, const StackPla
   const at::Tensor h_n = at::empty({L, B, H}, options);
   std::unordered_map<int64_t, std::pair<at::Tensor, at::Tensor>> runs;  // steps -> (out, words)
   for (const int64_t n : {kTimedShortSteps, kTimedShortSteps + steps}) {
-    runs[n] = {at::full({L, n, B, H}, 0.25, options), at::empty({L - 1, n, B, H}, options.dtype(at::kLong))};
+    runs[n] = {at::full({L, n, B, H}, 0.25, options),
+               at::empty({plan.cluster > 1 ? 0 : L - 1, n, B, H}, options.dtype(at::kLong))};  // (no words: Cluster)
   }
   return per_step_us(steps, [&](int64_t n) {
     const auto& [out, words] = runs.at(n);
@@ -1146,7 +1272,7 @@ inline double measured_stack_step_us(const StackPlanReport& plan, const StackPla
     return simt::stream_time_us([&] {
       at::Tensor cleared = words;
       cleared.zero_();
-      launch_stack(plan, shape, false, args);
+      launch_stack(plan, shape, L, false, args);
     });
   });
 }
@@ -1155,15 +1281,19 @@ inline double measured_stack_step_us(const StackPlanReport& plan, const StackPla
 inline at::Tensor forward_stack(const ForwardStack& r) {
   const LayerShape& shape = r.first.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
-  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_forward");
+  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_forward", false);
   const at::TensorOptions options = r.out.options();
   at::Tensor h_n = at::empty({L, B, H}, options);
-  // Layer l >= 1's input projections in tagged words, zero (untagged) before the launch.
-  at::Tensor words = at::zeros({L - 1, T, B, H}, options.dtype(at::kLong));
+  const bool cluster = plan.cluster > 1;
+  TORCH_CHECK_VALUE(!cluster || !r.dropout_masks.defined(), "rnn_fused.rnn_stack_forward: the Cluster path's stack "
+                    "(hidden_size=", H, ") runs without dropout between layers");
+  // The Block path's layer l >= 1 input projections in tagged words, zero (untagged) before the
+  // launch; the Cluster path's stack computes them in its dot products.
+  at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, options.dtype(at::kLong));
   const ForwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                               .bias_next = r.bias_next.defined() ? r.bias_next.data_ptr<float>() : nullptr,
                               .out = r.out.data_ptr<float>(),
-                              .xw_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
+                              .xw_tagged = cluster ? nullptr : reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
                               .h0 = r.h0.defined() ? r.h0.data_ptr<float>() : nullptr,
                               .h_n = h_n.data_ptr<float>(),
                               .lengths = lengths_pointer(r.first),
@@ -1171,7 +1301,7 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
                               .layers = L,
                               .activation = r.first.options.activation,
                               .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr};
-  launch_stack(plan, shape, false, args);
+  launch_stack(plan, shape, L, false, args);
   return h_n;
 }
 
@@ -1179,7 +1309,7 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
 inline void backward_stack(const BackwardStack& r) {
   const LayerShape& shape = r.first.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
-  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_backward");
+  const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_backward", true);
   // Layer l < L-1's output gradients in tagged words, zero (untagged) before the launch.
   at::Tensor words = at::zeros({L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
   const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
@@ -1196,7 +1326,7 @@ inline void backward_stack(const BackwardStack& r) {
                                .truncation = r.first.options.truncation,
                                .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr,
                                .step_sq = r.step_sq.defined() ? r.step_sq.data_ptr<double>() : nullptr};
-  launch_stack(plan, shape, true, args);
+  launch_stack(plan, shape, L, true, args);
 }
 
 // The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in

@@ -159,6 +159,84 @@ SIMT_DEVICE __forceinline__ StackPlace stack_place(const RecurrenceTiling& tilin
   return {layer, int64_t(blockIdx.x) % tiling.groups, layer == layers - 1, layer == 0};
 }
 
+// The layer stack on the Cluster path (forward_cluster_stack_kernel): one thread-block cluster
+// of L x P CTAs per sample group, P per layer, every layer computing in every step of a
+// wavefront (layer l at time t = step - l). A CTA of layer l owns units [unit_begin, unit_end)
+// of that layer; its rows are [W_ih^l | W_hh^l] (layer 0: [0 | W_hh^0], its input projection
+// coming from one GEMM before the launch), 2 x half columns, half = padded_row(H), and its
+// state rows [h^{l-1} | h^l] per sample, so that one dot product over the whole row gives
+// W_ih^l h^{l-1}_t + W_hh^l h^l_{t-1}.
+struct ClusterStackPlace {
+  int64_t layer;
+  int64_t layer_rank;  // among the layer's P CTAs
+  int64_t block;       // the CTA's index among one layer's CTAs of every group: group x P + layer_rank
+};
+SIMT_DEVICE __forceinline__ ClusterStackPlace cluster_stack_place(const RecurrenceTiling& tiling, int64_t layers) {
+  const int64_t cluster = layers * tiling.ctas_per_group;
+  const int64_t within = int64_t(blockIdx.x) % cluster;
+  return {within / tiling.ctas_per_group, within % tiling.ctas_per_group,
+          int64_t(blockIdx.x) / cluster * tiling.ctas_per_group + within % tiling.ctas_per_group};
+}
+
+// rows [count][2 half] (shared) = units [first, first + count) of layer `layer`'s [W_ih | W_hh]
+// from the stack's w_stacked [L,2H,H] (layer l's W_hh is block l's first H rows, its W_ih block
+// l - 1's last H rows), zero-padded past H in each half; layer 0's first half zero. All threads
+// call it.
+SIMT_DEVICE void load_cluster_stack_rows(const float* w_stacked, float* rows, int64_t layer, int64_t first,
+                                                int64_t count, int64_t hidden, int64_t half) {
+  const int64_t row = 2 * half;
+  for (int64_t i = threadIdx.x; i < count * row; i += blockDim.x) {
+    const int64_t u = first + i / row, k = i % row;
+    float w = 0.0f;
+    if (k < half) {
+      if (layer > 0 && k < hidden) w = w_stacked[((layer - 1) * 2 * hidden + hidden + u) * hidden + k];
+    } else if (k - half < hidden) {
+      w = w_stacked[(layer * 2 * hidden + u) * hidden + k - half];
+    }
+    rows[i] = w;
+  }
+}
+
+// After a step's epilogues wrote the CTA's slice of its layer's new state into the second half
+// of its own `next` rows: the slice into the same place of the layer's other CTAs (their
+// recurrence) and into the first half of the next layer's CTAs (their input), through
+// distributed shared memory: 16-byte vectors where the slice starts and ends on whole vectors
+// (the slice that ends at H runs on into the half's zero padding), else scalars, the (piece,
+// destination) pairs split over the CTA's threads. Costs a __syncthreads; the cluster barrier
+// that ends the step orders the stores.
+template <int kSamples>
+SIMT_DEVICE void share_cluster_stack_slice(float* next, const ClusterStackPlace& at, const CtaPlace& place,
+                                           const RecurrenceTiling& tiling, int64_t layers, int64_t hidden,
+                                           int64_t half) {
+  __syncthreads();
+  constexpr int kVec = vec_size<float>();
+  const int64_t per_layer = tiling.ctas_per_group, row = 2 * half;
+  const int64_t begin = place.unit_begin, end = place.unit_end >= hidden ? half : place.unit_end;
+  const bool vectors = begin % kVec == 0 && end % kVec == 0;
+  const int64_t width = vectors ? kVec : 1;
+  const int64_t per_row = (end - begin) / width, pieces = kSamples * per_row;
+  const int64_t destinations = per_layer - 1 + (at.layer + 1 < layers ? per_layer : 0);
+  for (int64_t i = threadIdx.x; i < pieces * destinations; i += blockDim.x) {
+    const int64_t d = i / pieces, piece = i % pieces;
+    const int64_t j = piece / per_row, offset = begin + (piece % per_row) * width;
+    const int64_t from = j * row + half + offset;
+    int64_t rank, to;
+    if (d < per_layer - 1) {  // the layer's other CTAs: the same place
+      rank = at.layer * per_layer + (d < at.layer_rank ? d : d + 1);
+      to = from;
+    } else {  // the next layer's CTAs: their input half
+      rank = (at.layer + 1) * per_layer + d - (per_layer - 1);
+      to = j * row + offset;
+    }
+    if (vectors) {
+      *reinterpret_cast<Vec16<float>*>(simt::cluster_map_shared(next + to, static_cast<unsigned>(rank))) =
+          load_vec(next + from);
+    } else {
+      *simt::cluster_map_shared(next + to, static_cast<unsigned>(rank)) = next[from];
+    }
+  }
+}
+
 // The passes a persistent kernel is compiled for (its kPasses), so that its step is
 // straight-line code around the dot products: the batches and the units of each known to the
 // compiler, no branch on them and no empty pass in the reduce-scatter (sm_90 SASS:
