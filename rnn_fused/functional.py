@@ -162,10 +162,10 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
     eager mode, no autocast; H <= 128 on the block path, path None or 'block'; beyond, the
     cluster path's stack, path None or 'cluster', without dropout, whose backward runs the
-    layers one by one), False never, True always (ValueError saying why a call cannot). With dropout in training the stack draws the
-    layers' masks first, as the layers one by one would (the same calls, shapes and order), and
-    applies each to its layer's output where the next layer reads it. The results are the
-    layers' run one by one, within rounding.
+    layers one by one), False never, True always (ValueError saying why a call cannot). With
+    dropout in training the stack draws the layers' masks first, as the layers one by one would
+    (the same calls, shapes and order), and applies each to its layer's output where the next
+    layer reads it. The results are the layers' run one by one, within rounding.
     side_by_side: whether the two directions of a bidirectional layer on the GPU kernels run at
     once, each planned for half the SMs (rnn_layer's side_by_side=2; on CUDA in eager mode the
     reverse one on a side stream), or one after the other, each on the whole device: None where

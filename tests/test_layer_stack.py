@@ -125,6 +125,26 @@ def test_stack_matches_the_float64_step_loop_under_every_schedule(case):
             assert torch.all(ours[0][n:, b] == 0)
 
 
+@pytest.mark.parametrize("units_per_pass,compiled_passes", [(16, 0), (32, 2)])
+def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(units_per_pass, compiled_passes):
+    """4 layers of 200 units in one cluster of 4 x 4 CTAs of 52 units per sample group: 4 passes
+    of 16 units (a kernel reading its passes at run time) or 2 of 32 (a kernel compiled for
+    them); each against the float64 step loop under the tolerance rule."""
+    steps, batch, hidden, layers = 3, 2, 200, 4
+    lengths = torch.tensor([3, 2])
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=7)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=8)
+    with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass):
+        plan = launch_plan.stack_plan(hidden, batch, steps, layers)
+        assert (plan.path, plan.cluster, plan.units_per_cta, plan.compiled_passes) == (
+            "cluster", 16, 52, compiled_passes), plan.reason
+        ours = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated", stack=True)
+    reference = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float64, layer_fn=reference_layer)
+    stock = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, layer_fn=reference_layer)
+    for name, r, s, o in zip(names_for(len(ours)), reference, stock, ours):
+        assert_within_tolerance(r, s, o, name=name, ulps=8)
+
+
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])
 def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, lengths):
     """Layer 0 of the stack bitwise equals the block path's layer (the same input projection

@@ -355,11 +355,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // Grid = groups x L x P CTAs of kRecurrenceThreads threads in clusters of L x P; tiling: one
 // layer's (ctas_per_group P, units_per_cta, samples, units_per_pass, chunks 1, step_sync 0);
 // SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, false).bytes of dynamic shared
-// memory.
-template <int kSamples>
+// memory; kPasses == compiled_passes_of(Cluster, tiling, 2 * padded_row(H), false) (1 or 2, as
+// the cluster path's layer kernels; 0: read at run time).
+template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_cluster_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {
-  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Cluster, 0>;
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Cluster, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden, L = a.layers;
   const int64_t half = padded_row(H, vec_size<float>());
   const ClusterStackPlace at = cluster_stack_place(tiling, L);
@@ -367,6 +368,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false);
   Cta cta(smem, layout, tiling, a.shape, H, at.block);
+  cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;  // 2 * half
   load_cluster_stack_rows(a.w_stacked, cta.weights, layer, cta.place.unit_begin, cta.units, H, half);

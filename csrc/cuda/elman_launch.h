@@ -979,14 +979,16 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 // once per shape and device in a process; not while the stream captures a CUDA graph).
 inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
 
-// Calls f(kernel) with forward_cluster_stack_kernel for `samples`.
+// Calls f(kernel) with forward_cluster_stack_kernel for (samples, compiled passes).
 template <class F>
-void with_cluster_stack_kernel(int64_t samples, F&& f) {
+void with_cluster_stack_kernel(int64_t samples, int passes, F&& f) {
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
-    f(forward_cluster_stack_kernel<decltype(samples_constant)::value>);
-    return true;
+    return with_passes_constant<kMaxCompiledClusterPasses>(passes, [&](auto passes_constant) {
+      f(forward_cluster_stack_kernel<decltype(samples_constant)::value, decltype(passes_constant)::value>);
+    });
   });
-  TORCH_CHECK(found, "rnn_fused: no cluster layer stack kernel for ", samples, " samples per group");
+  TORCH_CHECK(found, "rnn_fused: no cluster layer stack kernel for ", samples, " samples per group compiled for ",
+              passes, " passes");
 }
 
 // stack_plan's Cluster path (forward_cluster_stack_kernel), for hidden sizes whose stack CTA
@@ -1038,7 +1040,8 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
           continue;
         }
         int occupancy = 0, clusters = 0;
-        with_cluster_stack_kernel(samples, [&](auto kernel) {
+        const int passes = compiled_passes_of(RecurrencePath::Cluster, tiling, 2 * half, false);
+        with_cluster_stack_kernel(samples, passes, [&](auto kernel) {
           occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
           if (cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
           clusters = simt::max_active_clusters(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem),
@@ -1056,16 +1059,16 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
         const double stack_us =
             predicted_step_us(cost::kH200, RecurrencePath::Cluster, row, priced, waves) * double(q.steps + q.layers - 1);
         if (best.feasible && stack_us >= best.stack_us) continue;
-        best.feasible = true;
-        best.stack_us = stack_us;
-        best.grid = int64_t(tiling.groups) * cluster;
-        best.samples = samples;
-        best.units_per_pass = per_pass;
-        best.shared_mem_bytes = smem;
-        best.compiled_passes = 0;
-        best.cluster = cluster;
-        best.units_per_cta = units;
-        best.lead_steps = q.layers - 1;
+        best = {.feasible = true,
+                .stack_us = stack_us,
+                .grid = int64_t(tiling.groups) * cluster,
+                .samples = samples,
+                .units_per_pass = per_pass,
+                .shared_mem_bytes = smem,
+                .compiled_passes = passes,
+                .cluster = cluster,
+                .units_per_cta = units,
+                .lead_steps = q.layers - 1};
         best.reason = std::to_string(tiling.groups) + " sample group(s) of " + std::to_string(samples) +
                       ", each a cluster of " + std::to_string(q.layers) + " layers x " + std::to_string(per_layer) +
                       " CTA(s) of " + std::to_string(units) + " units with [W_ih | W_hh] rows (" +
@@ -1073,6 +1076,7 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
                       (per_pass != kUnitsPerPass ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) +
                                                        " warps"
                                                  : "") +
+                      (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
                       (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
       }
     }
@@ -1142,13 +1146,13 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
       const double us = predicted_step_us(model, RecurrencePath::Block, request, tiling, 1);
       const double stack_us = us * double(q.steps + 1);
       if (best.feasible && stack_us >= best.stack_us) continue;
-      best.feasible = true;
-      best.stack_us = stack_us;
-      best.grid = ctas;
-      best.samples = samples;
-      best.units_per_pass = per_pass;
-      best.shared_mem_bytes = smem;
-      best.compiled_passes = passes;
+      best = {.feasible = true,
+              .stack_us = stack_us,
+              .grid = ctas,
+              .samples = samples,
+              .units_per_pass = per_pass,
+              .shared_mem_bytes = smem,
+              .compiled_passes = passes};
       best.reason = std::to_string(q.layers) + " layers x " + std::to_string(tiling.groups) + " sample group(s) of " +
                     std::to_string(samples) + ", one CTA of " + std::to_string(rows) + " weight rows each (" +
                     std::to_string(smem) + " bytes of shared memory)" +
@@ -1225,7 +1229,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
   const RecurrenceTiling tiling = stack_tiling(plan, shape, layers);
   if (plan.cluster > 1) {
     TORCH_CHECK(!backward, "rnn_fused: the Cluster path's layer stack has no backward kernel");
-    with_cluster_stack_kernel(plan.samples, [&](auto kernel) {
+    with_cluster_stack_kernel(plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
       if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
         if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
         simt::launch_cluster(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
