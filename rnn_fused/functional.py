@@ -161,8 +161,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
     eager mode, no autocast; H <= 128 on the block path, path None or 'block'; beyond, the
-    cluster path's stack, path None or 'cluster', without dropout, whose backward runs the
-    layers one by one), False never, True always (ValueError saying why a call cannot). With
+    cluster path's stack, path None or 'cluster', whose backward runs the layers one by one),
+    False never, True always (ValueError saying why a call cannot). With
     dropout in training the stack draws the layers' masks first, as the layers one by one would
     (the same calls, shapes and order), and applies each to its layer's output where the next
     layer reads it. The results are the layers' run one by one, within rounding.
@@ -186,7 +186,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     args = resolve_truncation(truncation)
     if stack is not False:
         why_not = _why_no_stack(input, hx, weights, num_layers, bidirectional, layer_fn, backend, path,
-                                decide=stack is None, dropout_in_training=dropout > 0 and training)
+                                decide=stack is None)
         if why_not is None:
             p = dropout if training else 0.0
             sinks = None if record is None else [record.sink(layer, 0, tuple(weights[layer]))
@@ -233,7 +233,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
 
 
 def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, layer_fn,
-                  backend: str | None, path: str | None, decide: bool, dropout_in_training: bool) -> str | None:
+                  backend: str | None, path: str | None, decide: bool) -> str | None:
     """None where rnn() may run the stack's forward in one launch (_LayerStack), else why not;
     with `decide`, also None only where the cost model predicts it faster."""
     if num_layers < 2 or bidirectional:
@@ -263,8 +263,6 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return layers_step_us  # the limit the stack's kernel exceeds
     if path not in (None, stack_path):
         return f"path={path!r} forces another kernel than the {stack_path} path's, whose stack this shape takes"
-    if stack_path == "cluster" and dropout_in_training:
-        return "the cluster path's stack (hidden_size > 128) runs without dropout between layers"
     steps = input.shape[0]
     if decide and not (steps + lead_steps) * stack_step_us < steps * layers_step_us:
         return ("the layers one after another measured faster" if measured else
@@ -374,11 +372,11 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def _backward_layer_by_layer(ctx, grad_output, grad_h_n):
-        """The cluster path's stack (no dropout between its layers) has a forward kernel only:
-        each layer's fused backward in turn, from the top, on the outputs the stack saved (a
-        layer's input: the output of the layer below), with each layer's truncation draws and
-        norms, as the layers run one by one would compute them."""
-        input, hx, lengths, _, outputs, *flat = ctx.saved_tensors
+        """The cluster path's stack has a forward kernel only: each layer's fused backward in
+        turn, from the top, on the outputs the stack saved (a layer's input: the output of the
+        layer below, times its dropout mask), with each layer's truncation draws and norms, as
+        the layers run one by one would compute them."""
+        input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases, _, sinks = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
@@ -387,8 +385,9 @@ class _LayerStack(torch.autograd.Function):
         for layer in reversed(range(num_layers)):
             at = 5 + layer * per_layer  # this layer's weight_ih among the Function's inputs
             weight_ih, weight_hh, *biases = flat[layer * per_layer:(layer + 1) * per_layer]
-            inputs = _ops.LayerInputs(input if layer == 0 else outputs[layer - 1], None if hx is None else hx[layer],
-                                      weight_ih, weight_hh, *(biases or (None, None)), lengths)
+            below = input if layer == 0 else outputs[layer - 1] if masks is None else outputs[layer - 1] * masks[layer - 1]
+            inputs = _ops.LayerInputs(below, None if hx is None else hx[layer], weight_ih, weight_hh,
+                                      *(biases or (None, None)), lengths)
             options = _ops.LayerOptions.make(nonlinearity, False, truncation, layer, backend, path)
             mask = [layer > 0 or needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
                     has_biases and (needs[at + 2] or needs[at + 3])]
@@ -403,7 +402,7 @@ class _LayerStack(torch.autograd.Function):
                 sinks[layer](step_norms, grad_sq_norms, nonfinite, returned + tuple(layer_grads))
             grad_weights = layer_grads + grad_weights
             grad_states.insert(0, grad_hx)
-            upstream = grad_in
+            upstream = grad_in * masks[layer - 1] if masks is not None and layer > 0 else grad_in
         grad_h = torch.stack(grad_states) if hx is not None and needs[1] else None
         return (upstream if needs[0] else None, grad_h, None, None, None, *grad_weights)
 

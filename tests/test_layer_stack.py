@@ -292,15 +292,18 @@ def run_masked_layers(x, hx, groups, lengths, masks, cotangents, dtype):
     return [t.detach() for t in (layer_input, h_n, *grads)]
 
 
+@pytest.mark.parametrize("hidden", [20, 132], ids=["block", "cluster"])
 @pytest.mark.parametrize("p", [0.4, 1.0])
 @pytest.mark.parametrize("lengths", [None, [6, 2, 0, 5]], ids=["all-steps", "lengths"])
-def test_stack_with_dropout_draws_the_masks_of_the_layers_one_by_one(lengths, p):
+def test_stack_with_dropout_draws_the_masks_of_the_layers_one_by_one(lengths, p, hidden):
     """Dropout between layers in a stack: the masks are drawn before the launch with the calls
     the layers one by one make (the generator ends in the same state), each layer's output is
     scaled by its mask where the next layer reads it and the gradient handed down by the same
     mask. Outputs, final states and every gradient against the float64 step loop with those
-    masks (tolerance rule), bitwise alike under every schedule; p = 1 drops every element."""
-    steps, batch, hidden, layers = 6, 4, 20, 3
+    masks (tolerance rule), bitwise alike under every schedule; p = 1 drops every element. The
+    cluster path's stack (H = 132) sends the next layer its state times the mask, and its
+    backward runs the layers one by one on the masked outputs."""
+    steps, batch, layers = 6, 4, 3
     lengths = None if lengths is None else torch.tensor(lengths)
     x, h0, groups = stack_inputs(steps, batch, 5, hidden, layers, seed=12)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=13)
@@ -460,11 +463,10 @@ def test_planner_rules_the_stack_out_with_its_limits():
         assert "needs thread-block clusters (compute capability 9.0)" in launch_plan.stack_plan(129, 4, 100, 2).reason
 
 
-def test_the_cluster_stack_runs_its_forward_only_and_without_dropout():
+def test_the_cluster_stack_runs_its_forward_only():
     """At H > 128 the stack's forward runs on the cluster path, which has no backward kernel
-    (functional.rnn runs the layers' backward one by one) and no dropout between layers: the
-    backward op refuses the shape, and stack=True says why a call with dropout in training, or
-    with another path forced, cannot run."""
+    (functional.rnn runs the layers' backward one by one): the backward op refuses the shape,
+    and stack=True says why a call with another path forced cannot run."""
     steps, batch, hidden = 3, 2, 130
     x, h0, groups = stack_inputs(steps, batch, 4, hidden, 2)
     x32, h32 = x.float(), h0.float()
@@ -477,10 +479,9 @@ def test_the_cluster_stack_runs_its_forward_only_and_without_dropout():
                                              "to 128 only"):
             OPS.rnn_stack_backward(torch.ones(steps, batch, hidden), torch.zeros(2, batch, hidden), outputs,
                                    [True] * 10, x32, h32, flat, True, None, "tanh", backend="emulated")
-        for kwargs, message in ((dict(dropout=0.5, training=True), "runs without dropout between layers"),
-                                (dict(path="block"), "path='block' forces another kernel than the cluster path's")):
-            with pytest.raises(ValueError, match=f"cannot run its layers in one launch: .*{message}"):
-                functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, **kwargs)
+        with pytest.raises(ValueError, match="cannot run its layers in one launch: path='block' forces another kernel "
+                                             "than the cluster path's"):
+            functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, path="block")
         out, _ = functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, path="cluster")
         assert torch.equal(out, outputs[1])
 

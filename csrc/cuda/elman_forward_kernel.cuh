@@ -345,12 +345,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // its start its rows hold h0 in both buffers, nothing is sent; after a sample's end its state
 // carries over). A step's new slice of h^l goes into the layer's other CTAs and into the first
 // half of the next layer's (share_cluster_stack_slice), then one cluster barrier: T + L - 1
-// steps and barriers for the stack, where its layers one after another take L x T. No dropout
-// between layers (the caller runs those stacks otherwise).
+// steps and barriers for the stack, where its layers one after another take L x T. With
+// dropout between layers the next layer's copy is the state times its mask (loaded one step
+// ahead like XW_t), written after the step's dot products into the CTA's current rows, which
+// nothing reads any more in that step.
 //
 // Arguments: ForwardStackArgs as forward_stack_kernel's (w_stacked [L,2H,H] per layer its W_hh,
-// then the next layer's W_ih; bias_next [L,H] the next layer's b_ih + b_hh; xw_tagged and
-// dropout_masks unused, null).
+// then the next layer's W_ih; bias_next [L,H] the next layer's b_ih + b_hh; dropout_masks
+// [L-1,T,B,H] or null; xw_tagged unused, null).
 //
 // Grid = groups x L x P CTAs of kRecurrenceThreads threads in clusters of L x P; tiling: one
 // layer's (ctas_per_group P, units_per_cta, samples, units_per_pass, chunks 1, step_sync 0);
@@ -391,11 +393,17 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, -layer);  // at time t = -layer: step 0
-  // Layer 0's XW_t, read one step ahead (the lane at step w, time t = w).
-  float xw[Cta::kBatches][kOwned] = {}, h_out[Cta::kBatches][kOwned] = {};
+  // The mask of this layer's output in the next layer's input (dropout), or null.
+  const float* masks = a.dropout_masks != nullptr && layer + 1 < L ? a.dropout_masks + layer * T * state : nullptr;
+  // Layer 0's XW_t and the masks, read one step ahead (the lane at step w, time t = w - layer).
+  float xw[Cta::kBatches][kOwned] = {}, mask[Cta::kBatches][kOwned] = {};
+  float h_out[Cta::kBatches][kOwned] = {}, masked[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t t, int64_t ahead) {  // time t + ahead's (the lane at time t)
-    if (layer != 0) return;
-    lane.for_each_valid(cta, t, ahead, [&](int batch, int k, int64_t offset) { xw[batch][k] = out[offset]; });
+    if ((layer != 0 && masks == nullptr) || t + ahead < 0) return;
+    lane.for_each_valid(cta, t, ahead, [&](int batch, int k, int64_t offset) {
+      if (layer == 0) xw[batch][k] = out[offset];
+      if (masks != nullptr) mask[batch][k] = masks[offset];
+    });
   };
   load_operands(0, 0);
   for (int64_t w = 0; w < T + L - 1; ++w) {
@@ -409,13 +417,23 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (t < lane.length[k]) {
         h = activate_runtime(a.activation, (layer == 0 ? xw[batch][k] : bias[batch]) + total);
         h_out[batch][k] = h;
+        masked[batch][k] = h * mask[batch][k];
       } else {
-        h = current[j * R + half + u];  // frozen: the state carries over
+        h = current[j * R + half + u];  // frozen: the state carries over (the next layer is frozen too)
+        masked[batch][k] = h;
       }
       next[j * R + half + u] = h;
       if (t == T - 1) h_n[b * H + u] = h;
     });
-    share_cluster_stack_slice<kSamples>(next, at, cta.place, tiling, L, H, half);
+    float* input_rows = next;  // what the next layer's CTAs get: the state, or times its mask
+    if (masks != nullptr) {
+      __syncthreads();  // every dot product of the step has read `current`
+      input_rows = cta.states + (w % 2) * kSamples * R;
+      cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
+        if (t >= 0) input_rows[(cta.first_sample + k) * R + half + u] = masked[batch][k];
+      });
+    }
+    share_cluster_stack_slice<kSamples>(next, input_rows, at, cta.place, tiling, L, H, half);
     barrier.arrive();
     load_operands(t, 1);  // (after the arrival: StepBarrier::arrive)
     barrier.wait();

@@ -1289,8 +1289,6 @@ inline at::Tensor forward_stack(const ForwardStack& r) {
   const at::TensorOptions options = r.out.options();
   at::Tensor h_n = at::empty({L, B, H}, options);
   const bool cluster = plan.cluster > 1;
-  TORCH_CHECK_VALUE(!cluster || !r.dropout_masks.defined(), "rnn_fused.rnn_stack_forward: the Cluster path's stack "
-                    "(hidden_size=", H, ") runs without dropout between layers");
   // The Block path's layer l >= 1 input projections in tagged words, zero (untagged) before the
   // launch; the Cluster path's stack computes them in its dot products.
   at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, options.dtype(at::kLong));

@@ -202,12 +202,14 @@ SIMT_DEVICE void load_cluster_stack_rows(const float* w_stacked, float* rows, in
 // recurrence) and into the first half of the next layer's CTAs (their input), through
 // distributed shared memory: 16-byte vectors where the slice starts and ends on whole vectors
 // (the slice that ends at H runs on into the half's zero padding), else scalars, the (piece,
-// destination) pairs split over the CTA's threads. Costs a __syncthreads; the cluster barrier
-// that ends the step orders the stores.
+// destination) pairs split over the CTA's threads. The next layer's copy comes from the same
+// place of `input_rows`: `next`, or with dropout between layers the rows the state times its
+// mask was written into. Costs a __syncthreads; the cluster barrier that ends the step orders
+// the stores.
 template <int kSamples>
-SIMT_DEVICE void share_cluster_stack_slice(float* next, const ClusterStackPlace& at, const CtaPlace& place,
-                                           const RecurrenceTiling& tiling, int64_t layers, int64_t hidden,
-                                           int64_t half) {
+SIMT_DEVICE void share_cluster_stack_slice(float* next, const float* input_rows, const ClusterStackPlace& at,
+                                           const CtaPlace& place, const RecurrenceTiling& tiling, int64_t layers,
+                                           int64_t hidden, int64_t half) {
   __syncthreads();
   constexpr int kVec = vec_size<float>();
   const int64_t per_layer = tiling.ctas_per_group, row = 2 * half;
@@ -221,18 +223,20 @@ SIMT_DEVICE void share_cluster_stack_slice(float* next, const ClusterStackPlace&
     const int64_t j = piece / per_row, offset = begin + (piece % per_row) * width;
     const int64_t from = j * row + half + offset;
     int64_t rank, to;
+    const float* source = next;
     if (d < per_layer - 1) {  // the layer's other CTAs: the same place
       rank = at.layer * per_layer + (d < at.layer_rank ? d : d + 1);
       to = from;
     } else {  // the next layer's CTAs: their input half
       rank = (at.layer + 1) * per_layer + d - (per_layer - 1);
       to = j * row + offset;
+      source = input_rows;
     }
     if (vectors) {
       *reinterpret_cast<Vec16<float>*>(simt::cluster_map_shared(next + to, static_cast<unsigned>(rank))) =
-          load_vec(next + from);
+          load_vec(source + from);
     } else {
-      *simt::cluster_map_shared(next + to, static_cast<unsigned>(rank)) = next[from];
+      *simt::cluster_map_shared(next + to, static_cast<unsigned>(rank)) = source[from];
     }
   }
 }
