@@ -1,6 +1,7 @@
 """A small workload for NVIDIA compute-sanitizer: every CUDA recurrence path, and the grid
 path with each step synchronisation, forward and backward, on a 2-layer bidirectional packed
-batch with randomized truncation and recorded norms. Checks each result against the CPU op
+batch with randomized truncation and recorded norms; and a 2-layer unidirectional stack in one
+launch (the block path's stack at H <= 128, the cluster path's beyond). Checks each result against the CPU op
 op under the project's tolerance rule (float64 reference, the CPU op in float32 as the
 baseline), so a run under the sanitizer also says the numbers held. `--emulated` runs the
 same cases on the SIMT emulator (CPU tensors), to rehearse the script without a GPU.
@@ -23,19 +24,23 @@ from rnn_fused.modules import RNN
 from rnn_fused.tools.testing import measure, true_float32_on_cuda
 from rnn_fused.truncation import RandomTruncation
 
-# (path, step synchronisation of the grid or cluster path); None: the planner's own choice.
+# (path, step synchronisation of the grid or cluster path); None: the planner's own choice;
+# "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path.
 CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), ("grid", "grid_barrier"),
-         ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange")]
+         ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None)]
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
         dtype=torch.float32):
     """Output, h_n and every gradient of one forward+backward (on the CPU), and the recorded
-    step norms."""
+    step norms. path "stack": the layers unidirectional, in one launch each way."""
     torch.manual_seed(0)
-    module = RNN(7, hidden, num_layers=2, bidirectional=True, truncation=RandomTruncation(0.8, seed=5))
+    stack = path == "stack"
+    module = RNN(7, hidden, num_layers=2, bidirectional=not stack, truncation=RandomTruncation(0.8, seed=5))
     module = module.to(device=device, dtype=dtype)
-    module.backend, module.path = backend, path
+    module.backend, module.path = backend, None if stack else path
+    if stack:  # (one launch on the GPU kernels; the CPU op runs the layers one by one)
+        module.stack = device == "cuda" or backend == "emulated"
     x = (torch.randn(steps, batch, 7, generator=torch.Generator().manual_seed(1), dtype=dtype) * 0.5)
     x = x.to(device).requires_grad_()
     lengths = torch.tensor([steps - (b % 4) for b in range(batch)])
@@ -58,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for hidden in args.hidden:
         shape = (hidden, args.batch, args.steps)
-        reference, _ = run("cpu", None, None, *shape, dtype=torch.float64)
-        stock, _ = run("cpu", None, None, *shape)
+        baselines = {}
+        for layers in (None, "stack"):  # (the CPU runs the stack's layers one by one)
+            baselines[layers] = (run("cpu", None, layers, *shape, dtype=torch.float64)[0],
+                                 run("cpu", None, layers, *shape)[0])
         for path, sync in CASES:
+            reference, stock = baselines["stack" if path == "stack" else None]
             name = f"H={hidden} path={path or 'planned'}" + (f" {sync}" if sync else "")
             try:
                 with rnn_fused.launch_plan.forced_tiling(step_sync=sync), true_float32_on_cuda():

@@ -753,3 +753,17 @@ def test_a_crashing_test_process_leaves_its_native_frames(tmp_path):
                    if "::rnn_layer_forward(" in line and "[clone" not in line)
     resolved = stages.resolve_extension_frames(f"{extension.__file__}(+{address:#x}) [0x1]\n", extension.__file__)
     assert "rnn_layer_forward" in resolved.splitlines()[1] and "ops.cpp" in resolved
+
+
+def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
+    """benchmarks/sanitizer_workload.py (run under compute-sanitizer on a GPU machine) with
+    --emulated: every path and step synchronisation of a bidirectional 2-layer model, and a
+    unidirectional stack in one launch, each matching the CPU op under the tolerance rule."""
+    spec = importlib.util.spec_from_file_location("sanitizer_workload",
+                                                  os.path.join(REPO, "benchmarks", "sanitizer_workload.py"))
+    workload = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workload)
+    assert workload.main(["--emulated", "--hidden", "33", "200", "--steps", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "H=33 path=stack: ok" in printed and "H=200 path=stack: ok" in printed
+    assert printed.rstrip().endswith("all cases matched")
