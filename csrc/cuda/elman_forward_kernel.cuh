@@ -405,7 +405,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (masks != nullptr) mask[batch][k] = masks[offset];
     });
   };
-  load_operands(0, 0);
+  load_operands(-layer, 0);  // (layer 0's at time 0; the others' are loaded the step before their first)
   for (int64_t w = 0; w < T + L - 1; ++w) {
     const int64_t t = w - layer;
     const float* current = cta.states + (w % 2) * kSamples * R;

@@ -183,7 +183,7 @@ SIMT_DEVICE __forceinline__ ClusterStackPlace cluster_stack_place(const Recurren
 // l - 1's last H rows), zero-padded past H in each half; layer 0's first half zero. All threads
 // call it.
 SIMT_DEVICE void load_cluster_stack_rows(const float* w_stacked, float* rows, int64_t layer, int64_t first,
-                                                int64_t count, int64_t hidden, int64_t half) {
+                                         int64_t count, int64_t hidden, int64_t half) {
   const int64_t row = 2 * half;
   for (int64_t i = threadIdx.x; i < count * row; i += blockDim.x) {
     const int64_t u = first + i / row, k = i % row;
