@@ -29,7 +29,7 @@ import sass_dot_loop  # noqa: E402  (benchmarks/ is not a package)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ("80", "90")
 KERNELS = ("forward_recurrence_kernel", "backward_recurrence_kernel", "forward_stack_kernel", "backward_stack_kernel",
-           "forward_cluster_stack_kernel",
+           "forward_cluster_stack_kernel", "backward_cluster_stack_kernel",
            "forward_step_epilogue_kernel", "backward_step_epilogue_kernel")
 
 

@@ -40,8 +40,8 @@ PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)EE")
 # The layer stack's kernels (float32, the block path's tiling): samples, compiled passes.
 STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)EE")
-# The cluster path's layer stack (forward only): samples, compiled passes.
-CLUSTER_STACK_KERNEL = re.compile(r"forward_cluster_stack_kernelILi(\d+)ELi(\d+)EE")
+# The cluster path's layer stack: samples, compiled passes.
+CLUSTER_STACK_KERNEL = re.compile(r"(forward|backward)_cluster_stack_kernelILi(\d+)ELi(\d+)EE")
 MAX_DIFFERENCE = 2.0  # instructions per iteration
 
 
@@ -98,7 +98,8 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
                 direction, samples, passes = stack.groups()
                 current = (f"{direction} stack", "float", int(samples), "block", int(passes))
             elif cluster_stack:
-                current = ("forward stack", "float", int(cluster_stack.group(1)), "cluster", int(cluster_stack.group(2)))
+                direction, samples, passes = cluster_stack.groups()
+                current = (f"{direction} stack", "float", int(samples), "cluster", int(passes))
             if current is not None:
                 kernels[current] = []
             continue

@@ -161,7 +161,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     kernels, and its backward recurrences in another (layer l a few steps behind layer l - 1;
     _LayerStack): None where the cost model predicts it faster and the call allows it (float32,
     eager mode, no autocast; H <= 128 on the block path, path None or 'block'; beyond, the
-    cluster path's stack, path None or 'cluster', whose backward runs the layers one by one),
+    cluster path's stack, path None or 'cluster', whose backward with recorded norms runs the
+    layers one by one),
     False never, True always (ValueError saying why a call cannot). With
     dropout in training the stack draws the layers' masks first, as the layers one by one would
     (the same calls, shapes and order), and applies each to its layer's output where the next
@@ -301,7 +302,7 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
         # (dropout of ones is its mask: 0 or 1 / (1 - p)), in layer order.
         ones = input.new_ones(input.shape[0], input.shape[1], weights[0][1].shape[0])
         masks = torch.stack([dropout_between_layers(ones, dropout, lengths) for _ in range(num_layers - 1)])
-    # (The cluster path's stack has no backward kernel: its backward runs the layers one by one.)
+    # (The cluster path's stack records no norms in its backward kernel: see _LayerStack.backward.)
     stack_path = _stack_step_costs(input.device, backend == "emulated", weights[0][1].shape[0], input.shape[1],
                                    num_layers)[3]
     output, h_n = _LayerStack.apply(input, hx, lengths, masks, (nonlinearity, backend, path, truncation, num_layers,
@@ -339,7 +340,7 @@ class _LayerStack(torch.autograd.Function):
             if sinks is not None:
                 raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
-        if ctx.config[-2] == "cluster":
+        if ctx.config[-2] == "cluster" and sinks is not None:  # (its kernel records no norms)
             return _LayerStack._backward_layer_by_layer(ctx, grad_output, grad_h_n)
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = ctx.config
@@ -372,10 +373,10 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def _backward_layer_by_layer(ctx, grad_output, grad_h_n):
-        """The cluster path's stack has a forward kernel only: each layer's fused backward in
-        turn, from the top, on the outputs the stack saved (a layer's input: the output of the
-        layer below, times its dropout mask), with each layer's truncation draws and norms, as
-        the layers run one by one would compute them."""
+        """The cluster path's stack with recorded norms (its backward kernel records none): each
+        layer's fused backward in turn, from the top, on the outputs the stack saved (a layer's
+        input: the output of the layer below, times its dropout mask), with each layer's
+        truncation draws and norms, as the layers run one by one would compute them."""
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases, _, sinks = ctx.config
         per_layer = 4 if has_biases else 2

@@ -120,7 +120,7 @@ class StackPlan:
     steps behind layer l - 1, each CTA holding its layer's W_hh and the next layer's W_ih
     (forward_stack_kernel); beyond, on the cluster path, one cluster of L x P CTAs per sample
     group, each holding [W_ih | W_hh] rows of its layer, layer l one step behind layer l - 1
-    (forward_cluster_stack_kernel, forward only: the backward runs the layers one by one).
+    (forward_cluster_stack_kernel; its backward, the mirror, backward_cluster_stack_kernel).
     And what the cost model predicts for it and for the same layers one launch after another,
     and under autotune() what the device measured."""
 

@@ -540,6 +540,110 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   }
 }
 
+// The backward of the Cluster path's layer stack (forward_cluster_stack_kernel's launch shape and
+// clusters) in one launch, the mirror of its forward: a CTA of layer l holds its units' rows of
+// W_hh^T (the carry) against the layer's dz rows, and of the layer above's W_ih^T against that
+// layer's dz rows (its output gradient dy^l_t = W_ih^{l+1 T} dz^{l+1}_t, times layer l's dropout
+// mask; the top layer reads dy), two dot products on one tiling, so that truncation scales the
+// carry alone. A wavefront from the top: at step w layer l is at time t = T - 1 - w + (L - 1 -
+// l), one step after the layer above, whose dz^{l+1}_t it received at the end of step w - 1.
+// Each CTA's slice of dz^l goes into its layer's other CTAs and into the layer below's CTAs'
+// above rows; one cluster barrier per step. Truncation as each layer's own backward (stream
+// 2 l). No recorded norms (the caller runs the layers' backward one by one for those).
+//
+// Arguments: BackwardStackArgs as backward_stack_kernel's (w_stacked [L,2H,H] per layer W_hh^T,
+// then its W_ih^T; dy [T,B,H] the top layer's; out, dz [L,T,B,H]; dz_first, dh_n [L,B,H];
+// dropout_masks [L-1,T,B,H] or null; dy_tagged and step_sq unused, null). Grid, tiling, shared
+// memory and kPasses as for forward_cluster_stack_kernel (the layout's 2 x padded_row(H) columns
+// hold the two kinds of rows side by side: [U][half] each, then two pairs of state buffers).
+template <int kSamples, int kPasses>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
+    backward_cluster_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
+  using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Cluster, kPasses>;
+  const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden, L = a.layers;
+  const int64_t half = padded_row(H, vec_size<float>());
+  const ClusterStackPlace at = cluster_stack_place(tiling, L);
+  const int64_t layer = at.layer, sequence = T * B * H, state = B * H, delay = L - 1 - layer;
+  const bool top = layer == L - 1;
+  SIMT_DYNAMIC_SHARED(float, smem);
+  // The forward's layout, its rows and state buffers each split in two of `half` columns: the
+  // layer's own (W_hh^T, dz^l) and the layer above's (W_ih^{l+1 T}, dz^{l+1}).
+  const SharedLayout<float> whole = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false);
+  SharedLayout<float> own_layout = whole, above_layout = whole;
+  own_layout.row = above_layout.row = half;
+  above_layout.weights = whole.weights + int64_t(tiling.units_per_cta) * half;
+  above_layout.states = whole.states + 2 * kSamples * half;
+  Cta cta(smem, own_layout, tiling, a.shape, H, at.block);
+  const Cta above(smem, above_layout, tiling, a.shape, H, at.block);
+  cta.check_compiled_passes();
+  constexpr int kOwned = Cta::kOwned;
+  load_cluster_stack_rows_transposed(a.w_stacked, cta.weights, above.weights, layer, L, cta.place.unit_begin,
+                                     cta.units, H, half);
+  for (int64_t i = threadIdx.x; i < 4 * kSamples * half; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
+  __syncthreads();
+  StepBarrier<RecurrencePath::Cluster> barrier(tiling, cta.place, nullptr, nullptr, 0, false);
+  barrier.start();
+  const float* out = a.out + layer * sequence;
+  float* dz = a.dz + layer * sequence;
+  const float* dh_n = a.dh_n + layer * state;
+  float* dz_first = a.dz_first + layer * state;
+  const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
+  TruncationParams truncation = a.truncation;
+  truncation.stream = static_cast<uint32_t>(2 * layer);
+  const bool cuts = truncation.cuts();  // (as in backward_recurrence_kernel)
+  PhaseClock<false> clock(nullptr, nullptr);
+  const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
+  LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0
+  // The lane's saved h_t, dy_t (the top layer) and mask (with dropout), read one step ahead.
+  float h[Cta::kBatches][kOwned] = {}, dy[Cta::kBatches][kOwned] = {}, mask[Cta::kBatches][kOwned] = {};
+  float dz_out[Cta::kBatches][kOwned] = {}, from_above[Cta::kBatches][kOwned] = {};
+  auto load_operands = [&](int64_t t, int64_t ahead) {  // time t + ahead's (the lane at time t)
+    if (t + ahead < 0) return;
+    lane.for_each_valid(cta, t, ahead, [&](int batch, int k, int64_t offset) {
+      h[batch][k] = out[offset];
+      if (top) dy[batch][k] = a.dy[offset];
+      if (masks != nullptr) mask[batch][k] = masks[offset];
+    });
+  };
+  load_operands(T - 1 + delay, 0);
+  for (int64_t w = 0; w < T + L - 1; ++w) {
+    const int64_t t = T - 1 - w + delay;
+    float* own_now = cta.states + (w % 2) * kSamples * half;
+    float* own_next = cta.states + (1 - w % 2) * kSamples * half;
+    const float* above_now = above.states + (w % 2) * kSamples * half;
+    float* above_next = above.states + (1 - w % 2) * kSamples * half;
+    if (!top) {
+      above.for_each_output(above_now, clock, [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
+    }
+    cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
+      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+      if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
+      float d = 0.0f;  // a sample past its length passes no gradient on
+      if (t < lane.length[k]) {
+        const float edge = t + 1 >= lane.length[k] ? 0.0f
+                           : cuts                  ? static_cast<float>(edge_scale(truncation, t + 1, b))
+                                                   : 1.0f;
+        const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
+                                                                            : from_above[batch][k];
+        const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge);
+        d = g * slope_runtime(a.activation, h[batch][k]);
+        dz_out[batch][k] = d;
+      }
+      own_next[j * half + u] = d;
+      if (t == 0) dz_first[b * H + u] = d;
+    });
+    share_cluster_stack_slice<kSamples>(own_next, own_next, above_next, layer - 1, at, cta.place, tiling, H, half,
+                                        half);
+    barrier.arrive();
+    load_operands(t, -1);  // (after the arrival: StepBarrier::arrive)
+    barrier.wait();
+    if (t >= 0 && t < T) {  // step w's dz_t (stored after the barrier: Cta::kStoresAfterBarrier)
+      lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { dz[offset] = dz_out[batch][k]; });
+    }
+    lane.move(-1);
+  }
+}
+
 // Stepwise path, processing step s: the epilogue of the backward step after the cuBLAS
 // product carry = dz_{s+1} W_hh. One CTA per sample b (grid = B, kRecurrenceThreads threads);
 // thread i takes units i, i + blockDim.x, ... in order and the CTA sums g^2 in a fixed tree.

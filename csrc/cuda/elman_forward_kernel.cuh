@@ -433,7 +433,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (t >= 0) input_rows[(cta.first_sample + k) * R + half + u] = masked[batch][k];
       });
     }
-    share_cluster_stack_slice<kSamples>(next, input_rows, at, cta.place, tiling, L, H, half);
+    share_cluster_stack_slice<kSamples>(next + half, input_rows + half, next, layer + 1 < L ? layer + 1 : -1, at,
+                                        cta.place, tiling, H, half, R);
     barrier.arrive();
     load_operands(t, 1);  // (after the arrival: StepBarrier::arrive)
     barrier.wait();

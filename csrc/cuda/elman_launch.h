@@ -979,12 +979,18 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 // once per shape and device in a process; not while the stream captures a CUDA graph).
 inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
 
-// Calls f(kernel) with forward_cluster_stack_kernel for (samples, compiled passes).
+// Calls f(kernel) with forward_cluster_stack_kernel or backward_cluster_stack_kernel for
+// (samples, compiled passes).
 template <class F>
-void with_cluster_stack_kernel(int64_t samples, int passes, F&& f) {
+void with_cluster_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     return with_passes_constant<kMaxCompiledClusterPasses>(passes, [&](auto passes_constant) {
-      f(forward_cluster_stack_kernel<decltype(samples_constant)::value, decltype(passes_constant)::value>);
+      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+      if (backward) {
+        f(backward_cluster_stack_kernel<S, P>);
+      } else {
+        f(forward_cluster_stack_kernel<S, P>);
+      }
     });
   });
   TORCH_CHECK(found, "rnn_fused: no cluster layer stack kernel for ", samples, " samples per group compiled for ",
@@ -994,16 +1000,12 @@ void with_cluster_stack_kernel(int64_t samples, int passes, F&& f) {
 // stack_plan's Cluster path (forward_cluster_stack_kernel), for hidden sizes whose stack CTA
 // would not fit one CTA: per layer P CTAs of U units (P = 1 .. 16 / L, U rounded to whole
 // 16-byte vectors where P stays), 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as
-// forced_tiling allows; one cluster of L x P CTAs per group, at least one co-resident. Priced as
-// a cluster step of U rows of 2 x padded_row(H) columns on L x P CTAs, T + L - 1 of them. Sets
-// `best` to the fastest, or its reason to the limit.
+// forced_tiling allows; one cluster of L x P CTAs per group, at least one co-resident (the lower
+// of the forward's and the backward's kernel: one plan serves both). Priced as a cluster step of
+// U rows of 2 x padded_row(H) columns on L x P CTAs, T + L - 1 of them. Sets `best` to the
+// fastest, or its reason to the limit.
 inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
   const simt::DeviceProperties props = simt::device_properties();
-  if (q.backward) {
-    best.reason = "the stack's backward runs in one launch at hidden sizes up to " + std::to_string(kMaxUnitsPerCta / 2) +
-                  " only (the Cluster path's stack has its forward only)";
-    return;
-  }
   if (props.compute_capability_major < 9) {
     best.reason = "a stack of " + std::to_string(q.hidden) + "-unit layers needs thread-block clusters (compute "
                   "capability 9.0), the device has " + std::to_string(props.compute_capability_major) + "." +
@@ -1039,14 +1041,18 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
                   " samples), more than shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
           continue;
         }
-        int occupancy = 0, clusters = 0;
+        int occupancy = INT32_MAX, clusters = INT32_MAX;
         const int passes = compiled_passes_of(RecurrencePath::Cluster, tiling, 2 * half, false);
-        with_cluster_stack_kernel(samples, passes, [&](auto kernel) {
-          occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
-          if (cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
-          clusters = simt::max_active_clusters(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem),
-                                               static_cast<unsigned>(cluster));
-        });
+        for (const bool backward : {false, true}) {
+          with_cluster_stack_kernel(backward, samples, passes, [&](auto kernel) {
+            occupancy = std::min(occupancy, simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads,
+                                                                           static_cast<std::size_t>(smem)));
+            if (cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
+            clusters = std::min(clusters, simt::max_active_clusters(kernel, kRecurrenceThreads,
+                                                                    static_cast<std::size_t>(smem),
+                                                                    static_cast<unsigned>(cluster)));
+          });
+        }
         if (occupancy < 1 || clusters < 1) {
           limit = "no cluster of " + std::to_string(cluster) + " CTAs with " + std::to_string(smem) +
                   " bytes of shared memory each fits on the device";
@@ -1228,8 +1234,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
                   const Args& args) {
   const RecurrenceTiling tiling = stack_tiling(plan, shape, layers);
   if (plan.cluster > 1) {
-    TORCH_CHECK(!backward, "rnn_fused: the Cluster path's layer stack has no backward kernel");
-    with_cluster_stack_kernel(plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+    with_cluster_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
       if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
         if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
         simt::launch_cluster(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
@@ -1312,15 +1317,20 @@ inline void backward_stack(const BackwardStack& r) {
   const LayerShape& shape = r.first.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
   const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_backward", true);
-  // Layer l < L-1's output gradients in tagged words, zero (untagged) before the launch.
-  at::Tensor words = at::zeros({L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
+  const bool cluster = plan.cluster > 1;
+  TORCH_CHECK_VALUE(!cluster || !r.step_sq.defined(), "rnn_fused.rnn_stack_backward: the Cluster path's stack ",
+                    "(hidden_size=", H, ") records no norms in one launch (record_norms=False, or run its layers' ",
+                    "backward one by one)");
+  // The Block path's layer l < L-1 output gradients in tagged words, zero (untagged) before the
+  // launch; the Cluster path's stack sends them through distributed shared memory.
+  at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
   const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                                .dy = r.dy.data_ptr<float>(),
                                .dh_n = r.dh_n.data_ptr<float>(),
                                .out = r.out.data_ptr<float>(),
                                .dz = r.dz.data_ptr<float>(),
                                .dz_first = r.dz_first.data_ptr<float>(),
-                               .dy_tagged = reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
+                               .dy_tagged = cluster ? nullptr : reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()),
                                .lengths = lengths_pointer(r.first),
                                .shape = shape,
                                .layers = L,

@@ -197,46 +197,62 @@ SIMT_DEVICE void load_cluster_stack_rows(const float* w_stacked, float* rows, in
   }
 }
 
-// After a step's epilogues wrote the CTA's slice of its layer's new state into the second half
-// of its own `next` rows: the slice into the same place of the layer's other CTAs (their
-// recurrence) and into the first half of the next layer's CTAs (their input), through
+// The backward's rows (backward_cluster_stack_kernel): `own` [count][half] (shared) = units
+// [first, first + count) of layer `layer`'s W_hh^T, `above` [count][half] = the same units of the
+// layer above's W_ih^T (zeros for the top layer), from the stack backward's w_stacked [L,2H,H]
+// (block l: W_hh^T of layer l, then its W_ih^T), zero-padded past H. All threads call it.
+SIMT_DEVICE void load_cluster_stack_rows_transposed(const float* w_stacked, float* own, float* above, int64_t layer,
+                                                    int64_t layers, int64_t first, int64_t count, int64_t hidden,
+                                                    int64_t half) {
+  for (int64_t i = threadIdx.x; i < count * half; i += blockDim.x) {
+    const int64_t u = first + i / half, k = i % half;
+    own[i] = k < hidden ? w_stacked[(layer * 2 * hidden + u) * hidden + k] : 0.0f;
+    above[i] = k < hidden && layer + 1 < layers ? w_stacked[((layer + 1) * 2 * hidden + hidden + u) * hidden + k]
+                                                : 0.0f;
+  }
+}
+
+// After a step's epilogues wrote the CTA's slice of its layer's new state (units [unit_begin,
+// unit_end) of each sample's row in `own`, rows `row` apart, each a half of padded_row(H)
+// starting at the pointer): the slice into the same place of the layer's other CTAs (their
+// recurrence), and from `from_adjacent` (the same place of other rows: the state times its
+// dropout mask, or `own` itself) into `to_adjacent` of every CTA of layer `adjacent` (the next
+// layer's input in the forward, the layer below's in the backward; -1: none), through
 // distributed shared memory: 16-byte vectors where the slice starts and ends on whole vectors
 // (the slice that ends at H runs on into the half's zero padding), else scalars, the (piece,
-// destination) pairs split over the CTA's threads. The next layer's copy comes from the same
-// place of `input_rows`: `next`, or with dropout between layers the rows the state times its
-// mask was written into. Costs a __syncthreads; the cluster barrier that ends the step orders
-// the stores.
+// destination) pairs split over the CTA's threads. Every CTA's layout is the same, so a place
+// in this CTA names the same place in the others. Costs a __syncthreads; the cluster barrier
+// that ends the step orders the stores.
 template <int kSamples>
-SIMT_DEVICE void share_cluster_stack_slice(float* next, const float* input_rows, const ClusterStackPlace& at,
-                                           const CtaPlace& place, const RecurrenceTiling& tiling, int64_t layers,
-                                           int64_t hidden, int64_t half) {
+SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacent, float* to_adjacent,
+                                           int64_t adjacent, const ClusterStackPlace& at, const CtaPlace& place,
+                                           const RecurrenceTiling& tiling, int64_t hidden, int64_t half, int64_t row) {
   __syncthreads();
   constexpr int kVec = vec_size<float>();
-  const int64_t per_layer = tiling.ctas_per_group, row = 2 * half;
+  const int64_t per_layer = tiling.ctas_per_group;
   const int64_t begin = place.unit_begin, end = place.unit_end >= hidden ? half : place.unit_end;
   const bool vectors = begin % kVec == 0 && end % kVec == 0;
   const int64_t width = vectors ? kVec : 1;
   const int64_t per_row = (end - begin) / width, pieces = kSamples * per_row;
-  const int64_t destinations = per_layer - 1 + (at.layer + 1 < layers ? per_layer : 0);
+  const int64_t destinations = per_layer - 1 + (adjacent >= 0 ? per_layer : 0);
   for (int64_t i = threadIdx.x; i < pieces * destinations; i += blockDim.x) {
     const int64_t d = i / pieces, piece = i % pieces;
-    const int64_t j = piece / per_row, offset = begin + (piece % per_row) * width;
-    const int64_t from = j * row + half + offset;
-    int64_t rank, to;
-    const float* source = next;
-    if (d < per_layer - 1) {  // the layer's other CTAs: the same place
+    const int64_t offset = piece / per_row * row + begin + (piece % per_row) * width;
+    int64_t rank;
+    const float* source = own;
+    float* target = own;
+    if (d < per_layer - 1) {  // the layer's other CTAs
       rank = at.layer * per_layer + (d < at.layer_rank ? d : d + 1);
-      to = from;
-    } else {  // the next layer's CTAs: their input half
-      rank = (at.layer + 1) * per_layer + d - (per_layer - 1);
-      to = j * row + offset;
-      source = input_rows;
+    } else {  // the adjacent layer's CTAs
+      rank = adjacent * per_layer + d - (per_layer - 1);
+      source = from_adjacent;
+      target = to_adjacent;
     }
     if (vectors) {
-      *reinterpret_cast<Vec16<float>*>(simt::cluster_map_shared(next + to, static_cast<unsigned>(rank))) =
-          load_vec(source + from);
+      *reinterpret_cast<Vec16<float>*>(simt::cluster_map_shared(target + offset, static_cast<unsigned>(rank))) =
+          load_vec(source + offset);
     } else {
-      *simt::cluster_map_shared(next + to, static_cast<unsigned>(rank)) = source[from];
+      *simt::cluster_map_shared(target + offset, static_cast<unsigned>(rank)) = source[offset];
     }
   }
 }
