@@ -229,22 +229,28 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
                                            const RecurrenceTiling& tiling, int64_t hidden, int64_t half, int64_t row) {
   __syncthreads();
   constexpr int kVec = vec_size<float>();
-  const int64_t per_layer = tiling.ctas_per_group;
-  const int64_t begin = place.unit_begin, end = place.unit_end >= hidden ? half : place.unit_end;
+  // 32-bit index arithmetic (a slice has at most 8 x 448 pieces, a row 896 scalars), the
+  // thread's (destination, piece) pairs stepped rather than divided out each time: a 64-bit
+  // division is a call of about a hundred instructions in the SASS, and this runs every step.
+  const int per_layer = tiling.ctas_per_group;
+  const int begin = static_cast<int>(place.unit_begin);
+  const int end = place.unit_end >= hidden ? static_cast<int>(half) : static_cast<int>(place.unit_end);
   const bool vectors = begin % kVec == 0 && end % kVec == 0;
-  const int64_t width = vectors ? kVec : 1;
-  const int64_t per_row = (end - begin) / width, pieces = kSamples * per_row;
-  const int64_t destinations = per_layer - 1 + (adjacent >= 0 ? per_layer : 0);
-  for (int64_t i = threadIdx.x; i < pieces * destinations; i += blockDim.x) {
-    const int64_t d = i / pieces, piece = i % pieces;
-    const int64_t offset = piece / per_row * row + begin + (piece % per_row) * width;
-    int64_t rank;
+  const int width = vectors ? kVec : 1;
+  const int per_row = (end - begin) / width, pieces = kSamples * per_row;
+  const int destinations = per_layer - 1 + (adjacent >= 0 ? per_layer : 0);
+  const int stride = static_cast<int>(blockDim.x);
+  int d = static_cast<int>(threadIdx.x) / pieces, piece = static_cast<int>(threadIdx.x) % pieces;
+  while (d < destinations) {
+    const int j = piece / per_row;
+    const int64_t offset = int64_t(j) * row + begin + (piece - j * per_row) * width;
+    int rank;
     const float* source = own;
     float* target = own;
     if (d < per_layer - 1) {  // the layer's other CTAs
-      rank = at.layer * per_layer + (d < at.layer_rank ? d : d + 1);
+      rank = static_cast<int>(at.layer) * per_layer + (d < at.layer_rank ? d : d + 1);
     } else {  // the adjacent layer's CTAs
-      rank = adjacent * per_layer + d - (per_layer - 1);
+      rank = static_cast<int>(adjacent) * per_layer + d - (per_layer - 1);
       source = from_adjacent;
       target = to_adjacent;
     }
@@ -253,6 +259,11 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
           load_vec(source + offset);
     } else {
       *simt::cluster_map_shared(target + offset, static_cast<unsigned>(rank)) = source[offset];
+    }
+    piece += stride;
+    while (piece >= pieces) {
+      piece -= pieces;
+      ++d;
     }
   }
 }
