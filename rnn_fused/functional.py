@@ -302,11 +302,8 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
         # (dropout of ones is its mask: 0 or 1 / (1 - p)), in layer order.
         ones = input.new_ones(input.shape[0], input.shape[1], weights[0][1].shape[0])
         masks = torch.stack([dropout_between_layers(ones, dropout, lengths) for _ in range(num_layers - 1)])
-    # (The cluster path's stack records no norms in its backward kernel: see _LayerStack.backward.)
-    stack_path = _stack_step_costs(input.device, backend == "emulated", weights[0][1].shape[0], input.shape[1],
-                                   num_layers)[3]
     output, h_n = _LayerStack.apply(input, hx, lengths, masks, (nonlinearity, backend, path, truncation, num_layers,
-                                                                len(weights[0]) == 4, stack_path, sinks), *flat)
+                                                                len(weights[0]) == 4, sinks), *flat)
     if output.grad_fn is None:
         # No backward will read the layers below: the top layer's output on its own, so that the
         # [L,T,B,H] outputs are freed now rather than kept alive by a view.
@@ -325,7 +322,7 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, hx, lengths, masks, config, *flat):
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = config
         outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(input, hx, list(flat), has_biases, lengths, nonlinearity,
                                                              backend, masks)
         ctx.save_for_backward(input, hx, lengths, masks, outputs, *flat)
@@ -340,10 +337,8 @@ class _LayerStack(torch.autograd.Function):
             if sinks is not None:
                 raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
-        if ctx.config[-2] == "cluster" and sinks is not None:  # (its kernel records no norms)
-            return _LayerStack._backward_layer_by_layer(ctx, grad_output, grad_h_n)
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
         mask = []
@@ -372,45 +367,9 @@ class _LayerStack(torch.autograd.Function):
         return (grad_input, grad_h, None, None, None, *grad_weights)
 
     @staticmethod
-    def _backward_layer_by_layer(ctx, grad_output, grad_h_n):
-        """The cluster path's stack with recorded norms (its backward kernel records none): each
-        layer's fused backward in turn, from the top, on the outputs the stack saved (a layer's
-        input: the output of the layer below, times its dropout mask), with each layer's
-        truncation draws and norms, as the layers run one by one would compute them."""
-        input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _, sinks = ctx.config
-        per_layer = 4 if has_biases else 2
-        needs = ctx.needs_input_grad
-        grad_weights, grad_states = [], []
-        upstream = grad_output  # the gradient of the current layer's output
-        for layer in reversed(range(num_layers)):
-            at = 5 + layer * per_layer  # this layer's weight_ih among the Function's inputs
-            weight_ih, weight_hh, *biases = flat[layer * per_layer:(layer + 1) * per_layer]
-            below = input if layer == 0 else outputs[layer - 1] if masks is None else outputs[layer - 1] * masks[layer - 1]
-            inputs = _ops.LayerInputs(below, None if hx is None else hx[layer], weight_ih, weight_hh,
-                                      *(biases or (None, None)), lengths)
-            options = _ops.LayerOptions.make(nonlinearity, False, truncation, layer, backend, path)
-            mask = [layer > 0 or needs[0], hx is not None and needs[1], needs[at], needs[at + 1],
-                    has_biases and (needs[at + 2] or needs[at + 3])]
-            (grad_in, grad_hx, grad_ih, grad_hh, grad_bias, step_norms, grad_sq_norms,
-             nonfinite) = _ops.layer_backward(upstream, grad_h_n[layer], outputs[layer], mask, sinks is not None,
-                                              inputs, options)
-            layer_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
-            if has_biases:  # each bias its own tensor
-                layer_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
-            if sinks is not None:
-                returned = (grad_in if layer == 0 and needs[0] else None, grad_hx if hx is not None and needs[1] else None)
-                sinks[layer](step_norms, grad_sq_norms, nonfinite, returned + tuple(layer_grads))
-            grad_weights = layer_grads + grad_weights
-            grad_states.insert(0, grad_hx)
-            upstream = grad_in * masks[layer - 1] if masks is not None and layer > 0 else grad_in
-        grad_h = torch.stack(grad_states) if hx is not None and needs[1] else None
-        return (upstream if needs[0] else None, grad_h, None, None, None, *grad_weights)
-
-    @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
         input, hx, lengths, masks, _, *flat = ctx.saved_tensors
-        nonlinearity, backend, path, truncation, num_layers, has_biases, _, _ = ctx.config
+        nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
         candidates = [input, hx, None, None, None, *flat]
         wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]

@@ -11,6 +11,9 @@ on a GPU machine)."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 
@@ -619,6 +622,44 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
                          *([] if bias else [None, None]), lengths, nonlinearity, path="block")
     assert torch.equal(outputs[0], first)
+
+
+@pytest.mark.parametrize("hidden", [20, 150], ids=["block-stack", "cluster-stack"])
+def test_recorded_norms_of_a_stack_in_one_launch_on_the_gpu(hidden):
+    """record_gradients on a 3-layer stack run in one launch each way (the block path's stack;
+    past H = 128 the cluster path's, whose layers' first CTAs gather the norm sums by
+    distributed shared memory), packed, randomized truncation: step norms against the CPU
+    layers in float64 under the tolerance rule, and the gradients bitwise those of the same
+    stack unrecorded."""
+    steps, batch, layers = 40, 5, 3
+    plan = rnn_fused.launch_plan.stack_plan(hidden, batch, steps, layers, PLAN_DEVICE)
+    if hidden > 128 and not clusters_supported():
+        assert not plan.feasible and "compute capability 9.0" in plan.reason, plan.reason
+        return
+    assert plan.feasible and plan.path == ("block" if hidden <= 128 else "cluster"), plan.reason
+    torch.manual_seed(21)
+    base = RNN(7, hidden, num_layers=layers, truncation=RandomTruncation(0.7, seed=4))
+    x64 = torch.randn(steps, batch, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(22))
+    lengths = torch.tensor([40, 13, 1, 39, 22])
+
+    def run(dtype, device, backend, stack, record):
+        module = copy.deepcopy(base).to(device=device, dtype=dtype)
+        module.backend, module.stack = backend, stack
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x64.to(device=device, dtype=dtype), lengths,
+                                                         enforce_sorted=False)
+        with rnn_fused.record_gradients(module) if record else contextlib.nullcontext() as recording:
+            out, h_n = module(packed)
+        (out.data.sin().sum() + h_n.cos().sum()).backward()
+        return [p.grad.cpu() for p in module.parameters()], recording
+
+    grads, recording = run(torch.float32, DEVICE, BACKEND, True, True)
+    unrecorded, _ = run(torch.float32, DEVICE, BACKEND, True, False)
+    for a, b in zip(grads, unrecorded, strict=True):
+        assert torch.equal(a, b), "recording changed a gradient"
+    _, reference = run(torch.float64, "cpu", None, False, True)
+    _, stock = run(torch.float32, "cpu", None, False, True)
+    assert_within_tolerance(reference.step_norms, stock.step_norms, recording.step_norms.cpu(), name="step norms",
+                            ulps=8)
 
 
 def _good_call_still_runs():

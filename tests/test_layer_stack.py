@@ -85,7 +85,7 @@ STACK_CASES = [
     (4, 4, 3, 33, 3, "tanh", True, False, [4, 3, 1, 4]),  # 66 rows: three passes
     (4, 2, 6, 64, 4, "tanh", True, True, None),         # 128 rows: four passes, weights in registers
     (3, 9, 4, 100, 2, "tanh", True, True, [3, 1, 2, 3, 3, 0, 1, 2, 3]),  # 200 rows, 8 samples per group
-    # H > 128: the cluster path's stack (its forward; the backward runs the layers one by one)
+    # H > 128: the cluster path's stack
     (4, 3, 5, 129, 2, "tanh", True, True, [4, 0, 2]),   # scalar slices (129 over whole vectors fails)
     (3, 2, 4, 150, 3, "relu", False, False, None),      # 3 layers in one cluster
 ]
@@ -376,10 +376,9 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_
     the tolerance rule, stock: the CPU layers in float32), the host reduces each parameter
     gradient's squared norm (equal to ||p.grad||^2 of the gradient the stack returned, within
     the rounding of a sum of squares, and clip_grad_norm_ takes them), recording changes no
-    value or gradient, and a recorded backward with create_graph=True is refused. The cluster
-    path's stack (H = 130), whose backward kernel records no norms, runs its layers' backward
-    one by one when recording: its gradients are then the unrecorded kernel's within the
-    tolerance rule (both against the CPU layers in float64), not bitwise."""
+    value or gradient, and a recorded backward with create_graph=True is refused. On the cluster
+    path's stack (H = 130: 3 layers of 5 CTAs in one cluster) each layer's first CTA adds up its
+    CTAs' sums, gathered by distributed shared memory."""
     steps, batch, layers = 6, 4, 3
     torch.manual_seed(21)
     base = RNN(5, hidden, num_layers=layers, truncation=truncation)
@@ -399,6 +398,7 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_
         return module, rec
 
     with simt.emulated_device(**STACK_GPU):
+        assert launch_plan.stack_plan(hidden, batch, steps, layers).path == ("block" if hidden <= 128 else "cluster")
         module, rec = run(torch.float32, "emulated", True)
         assert len(stack_launches) == 1, "the module did not run its stack in one launch"
         unrecorded, _ = run(torch.float32, "emulated", True, record=False)
@@ -411,11 +411,8 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_
     for (name, param), (_, same), (_, r), (_, s) in zip(module.named_parameters(), unrecorded.named_parameters(),
                                                           reference_module.named_parameters(),
                                                           stock_module.named_parameters(), strict=True):
-        if hidden <= 128:
-            assert torch.equal(param.grad, same.grad), name
-        else:
-            for grad in (param.grad, same.grad):
-                assert_within_tolerance(r.grad, s.grad, grad, name=name, ulps=8)
+        assert torch.equal(param.grad, same.grad), name
+        assert_within_tolerance(r.grad, s.grad, param.grad, name=name, ulps=8)
         value, exact = rec.parameter_sq_norms[name], param.grad.double().pow(2).sum()
         assert abs(value - exact) <= (param.numel() + 2) * eps * exact, (name, value, exact)
         exact_total += exact.item()
@@ -471,29 +468,49 @@ def test_planner_rules_the_stack_out_with_its_limits():
         assert "needs thread-block clusters (compute capability 9.0)" in launch_plan.stack_plan(129, 4, 100, 2).reason
 
 
-def test_the_cluster_stack_backward_records_no_norms():
-    """At H > 128 the stack runs on the cluster path, whose backward kernel records no norms:
-    the backward op refuses record_norms there (functional.rnn then runs the layers' backward
-    one by one), and stack=True says why a call with another path forced cannot run."""
-    steps, batch, hidden = 3, 2, 130
+@pytest.mark.parametrize("samples", [1, 2], ids=["1-sample", "2-samples"])
+def test_the_cluster_stack_backward_op_records_norms_and_changes_nothing_else(samples):
+    """At H > 128 the stack runs on the cluster path (2 layers of 8 CTAs of 17 units): its
+    backward op with record_norms returns each layer's five gradients bitwise as without it,
+    then that layer's step norms (zero past each sample's length), squared gradient norms and
+    non-finite flag, bitwise alike under every emulator schedule (each layer's CTAs' sums
+    gathered in its first CTA; the values against the float64 layers in
+    test_recorded_norms_of_a_stack_run_in_one_launch); and stack=True says why a call with
+    another path forced cannot run."""
+    steps, batch, hidden = 4, 3, 130
     x, h0, groups = stack_inputs(steps, batch, 4, hidden, 2)
     x32, h32 = x.float(), h0.float()
     flat = [w.float() for group in groups for w in group]
     weights = [tuple(w.float() for w in group) for group in groups]
-    with simt.emulated_device(**STACK_GPU):
-        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated")
+    lengths = torch.tensor([4, 1, 3])
+    with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(samples=samples):
+        plan = launch_plan.stack_plan(hidden, batch, steps, 2)
+        assert (plan.path, plan.cluster, plan.units_per_cta, plan.samples) == ("cluster", 16, 17, samples)
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, lengths, "tanh", "emulated")
         arguments = (torch.ones(steps, batch, hidden), torch.zeros(2, batch, hidden), outputs, [True] * 10, x32, h32,
-                     flat, True, None, "tanh")
+                     flat, True, lengths, "tanh")
         grads = OPS.rnn_stack_backward(*arguments, backend="emulated")
-        assert len(grads) == 10 and grads[0].shape == x32.shape
-        with pytest.raises(ValueError, match=r"the Cluster path's stack \(hidden_size=130\) records no norms in one "
-                                             "launch"):
-            OPS.rnn_stack_backward(*arguments, backend="emulated", record_norms=True)
+        runs = []
+        for mode, seed in simt.ALL_SCHEDULES:
+            with simt.schedule(mode, seed):
+                runs.append(OPS.rnn_stack_backward(*arguments, backend="emulated", record_norms=True))
+        for other in runs[1:]:
+            for a, b in zip(runs[0], other, strict=True):
+                assert torch.equal(a, b), "results differ between emulator schedules"
+        recorded = runs[0]
+        assert len(grads) == 10 and grads[0].shape == x32.shape and len(recorded) == 16
+        for layer in range(2):
+            for a, b in zip(grads[5 * layer:5 * layer + 5], recorded[8 * layer:8 * layer + 5], strict=True):
+                assert torch.equal(a, b)
+            step_norms = recorded[8 * layer + 5]
+            assert step_norms.shape == (steps, batch)
+            for b, n in enumerate(lengths.tolist()):
+                assert bool((step_norms[:n, b] > 0).all()) and bool((step_norms[n:, b] == 0).all()), step_norms
         with pytest.raises(ValueError, match="cannot run its layers in one launch: path='block' forces another kernel "
                                              "than the cluster path's"):
             functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, path="block")
         out, _ = functional.rnn(x32, h32, weights, 2, False, backend="emulated", stack=True, path="cluster")
-        assert torch.equal(out, outputs[1])
+        assert torch.equal(out, OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated")[0][1])
 
 
 def test_stack_true_says_why_a_call_cannot():

@@ -100,6 +100,15 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
   a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = sum;
 }
 
+// The CTA's sum of g^2 of sample row j: its computing unit groups' sums of one phase
+// (phase_sums [kUnitsPerPass][kSamples], the first units_per_pass rows written) in order.
+template <int kSamples>
+SIMT_DEVICE __forceinline__ double cta_sample_sum(const double* phase_sums, int units_per_pass, int64_t j) {
+  double sum = 0.0;
+  for (int i = 0; i < units_per_pass; ++i) sum += phase_sums[i * kSamples + j];
+  return sum;
+}
+
 // The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
 // unit_sums writes of this phase (the computing unit groups in order): the step's norm on the
 // Block path, a partial on the Grid path. Threads j < kSamples.
@@ -112,8 +121,7 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
   const int64_t j = threadIdx.x;
   if (j >= kSamples || first + j >= a.shape.batch) return;
   const int64_t b = first + j;
-  double cta_sum = 0.0;
-  for (int i = 0; i < tiling.units_per_pass; ++i) cta_sum += unit_sums[i * kSamples + j];
+  const double cta_sum = cta_sample_sum<kSamples>(unit_sums, tiling.units_per_pass, j);
   if constexpr (kPath == RecurrencePath::Grid) {
     simt::store_cross_block(a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group + place.rank,
                             cta_sum);
@@ -532,9 +540,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       __syncthreads();
       const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
       if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
-        double sum = 0.0;
-        for (int i = 0; i < tiling.units_per_pass; ++i) sum += phase_sums[i * kSamples + j];
-        a.step_sq[(layer * T + s) * B + b] = sum;
+        a.step_sq[(layer * T + s) * B + b] = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
       }
     }
   }
@@ -549,13 +555,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // l), one step after the layer above, whose dz^{l+1}_t it received at the end of step w - 1.
 // Each CTA's slice of dz^l goes into its layer's other CTAs and into the layer below's CTAs'
 // above rows; one cluster barrier per step. Truncation as each layer's own backward (stream
-// 2 l). No recorded norms (the caller runs the layers' backward one by one for those).
+// 2 l). Recorded norms as the Cluster path's layer kernel sums them: each lane's g^2, its unit
+// group's butterfly, the CTA's unit groups in order after the step's barrier, then the layer's
+// CTAs in rank order by its first CTA, which gathers their sums in its shared memory by
+// distributed shared memory and writes the step's norm after the next barrier.
 //
 // Arguments: BackwardStackArgs as backward_stack_kernel's (w_stacked [L,2H,H] per layer W_hh^T,
 // then its W_ih^T; dy [T,B,H] the top layer's; out, dz [L,T,B,H]; dz_first, dh_n [L,B,H];
-// dropout_masks [L-1,T,B,H] or null; dy_tagged and step_sq unused, null). Grid, tiling, shared
-// memory and kPasses as for forward_cluster_stack_kernel (the layout's 2 x padded_row(H) columns
-// hold the two kinds of rows side by side: [U][half] each, then two pairs of state buffers).
+// dropout_masks [L-1,T,B,H] or null; step_sq [L,T,B] or null; dy_tagged unused, null). Grid,
+// tiling and kPasses as for forward_cluster_stack_kernel, shared memory
+// SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, true).bytes for both (the 2 x
+// padded_row(H) columns hold the two kinds of rows side by side: [U][half] each, then two pairs
+// of state buffers; then the norm sums: unit_sums, and cta_sums [3][P][S] of the layer's CTAs).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_cluster_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
@@ -565,10 +576,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const ClusterStackPlace at = cluster_stack_place(tiling, L);
   const int64_t layer = at.layer, sequence = T * B * H, state = B * H, delay = L - 1 - layer;
   const bool top = layer == L - 1;
+  const bool norms = a.step_sq != nullptr;  // uniform over the launch
   SIMT_DYNAMIC_SHARED(float, smem);
   // The forward's layout, its rows and state buffers each split in two of `half` columns: the
   // layer's own (W_hh^T, dz^l) and the layer above's (W_ih^{l+1 T}, dz^{l+1}).
-  const SharedLayout<float> whole = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false);
+  const SharedLayout<float> whole = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, true);
   SharedLayout<float> own_layout = whole, above_layout = whole;
   own_layout.row = above_layout.row = half;
   above_layout.weights = whole.weights + int64_t(tiling.units_per_cta) * half;
@@ -582,6 +594,21 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   for (int64_t i = threadIdx.x; i < 4 * kSamples * half; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
   __syncthreads();
   StepBarrier<RecurrencePath::Cluster> barrier(tiling, cta.place, nullptr, nullptr, 0, false);
+  // Norms: per step parity the unit groups' sums (unit_sums [2][kUnitsPerPass][S]), per step
+  // modulo 3 the layer's CTAs' sums in its first CTA (cta_sums [3][P][S]: written after the
+  // step's barrier, read after the next one, rewritten three steps later).
+  double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + whole.unit_sums_offset);
+  double* cta_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + whole.cta_sums_offset);
+  const int64_t per_layer = tiling.ctas_per_group;
+  const unsigned gatherer = static_cast<unsigned>(layer * per_layer);  // the layer's first CTA (cluster rank)
+  // The first CTA's norm of the layer's step `done` (wavefront step), from its CTAs' sums. Threads j < S.
+  auto finish_norms = [&](int64_t done) {
+    const int64_t j = threadIdx.x, b = cta.place.sample_begin + j, t = T - 1 - done + delay;
+    if (at.layer_rank != 0 || j >= kSamples || b >= B || t < 0 || t >= sample_length(a.lengths, b, B, T)) return;
+    double sum = 0.0;
+    for (int64_t r = 0; r < per_layer; ++r) sum += cta_sums[((done % 3) * per_layer + r) * kSamples + j];
+    a.step_sq[(layer * T + t) * B + b] = sum;
+  };
   barrier.start();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
@@ -615,6 +642,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     if (!top) {
       above.for_each_output(above_now, clock, [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
     }
+    double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
     cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
       if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
@@ -626,12 +654,21 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
                                                                             : from_above[batch][k];
         const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge);
+        if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
         d = g * slope_runtime(a.activation, h[batch][k]);
         dz_out[batch][k] = d;
       }
       own_next[j * half + u] = d;
       if (t == 0) dz_first[b * H + u] = d;
     });
+    double* phase_sums = unit_sums + (w % 2) * kUnitsPerPass * kSamples;
+    if (norms) {  // the unit group's sums per sample, read after the step's barrier
+      cta.sum_over_unit_group(g_sq);
+      if (cta.computes && cta.holds_sample_sums()) {
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+      }
+    }
     share_cluster_stack_slice<kSamples>(own_next, own_next, above_next, layer - 1, at, cta.place, tiling, H, half,
                                         half);
     barrier.arrive();
@@ -640,7 +677,27 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     if (t >= 0 && t < T) {  // step w's dz_t (stored after the barrier: Cta::kStoresAfterBarrier)
       lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { dz[offset] = dz_out[batch][k]; });
     }
+    if (norms) {
+      // The CTA's sums of step w into the layer's first CTA, which adds them up after the next
+      // barrier, as it now does those of step w - 1.
+      const int64_t j = threadIdx.x;
+      if (j < kSamples && t >= 0 && t < T) {
+        const double sum = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
+        const int64_t slot = ((w % 3) * per_layer + at.layer_rank) * kSamples + j;
+        if (at.layer_rank == 0) {
+          cta_sums[slot] = sum;
+        } else {
+          simt::cluster_map_shared(cta_sums, gatherer)[slot] = sum;
+        }
+      }
+      if (w > 0) finish_norms(w - 1);
+    }
     lane.move(-1);
+  }
+  if (norms) {  // the last step's sums are complete after one more barrier
+    barrier.arrive();
+    barrier.wait();
+    finish_norms(T + L - 2);
   }
 }
 

@@ -1034,7 +1034,8 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
                                 .ctas_per_group = static_cast<int32_t>(per_layer),
                                 .units_per_cta = static_cast<int32_t>(units),
                                 .units_per_pass = per_pass};
-        const int64_t smem = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, false).bytes;
+        // (one size for both kernels: the backward's norm sums included)
+        const int64_t smem = SharedLayout<float>::make(2 * half, tiling, RecurrencePath::Cluster, true).bytes;
         if (smem > props.shared_mem_per_block_optin) {
           limit = "a CTA of the stack's cluster needs " + std::to_string(smem) + " bytes of shared memory (" +
                   std::to_string(units) + " rows of [W_ih | W_hh] and the state rows of " + std::to_string(samples) +
@@ -1318,9 +1319,6 @@ inline void backward_stack(const BackwardStack& r) {
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, L = r.layers;
   const StackPlanReport plan = feasible_stack_plan(shape, L, "rnn_stack_backward", true);
   const bool cluster = plan.cluster > 1;
-  TORCH_CHECK_VALUE(!cluster || !r.step_sq.defined(), "rnn_fused.rnn_stack_backward: the Cluster path's stack ",
-                    "(hidden_size=", H, ") records no norms in one launch (record_norms=False, or run its layers' ",
-                    "backward one by one)");
   // The Block path's layer l < L-1 output gradients in tagged words, zero (untagged) before the
   // launch; the Cluster path's stack sends them through distributed shared memory.
   at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
