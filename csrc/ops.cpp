@@ -486,7 +486,8 @@ TORCH_LIBRARY(rnn_fused, m) {
 
 // One entry point per op for both devices: the host layer picks the backend, and a CUDA
 // input in a build without CUDA kernels gets a message saying so.
-TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
+namespace {
+void register_device_entry_points(torch::Library& m) {
   m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
   m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
   m.impl("rnn_stack_backward", &rnn_fused::rnn_stack_backward);
@@ -495,13 +496,8 @@ TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) {
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
   m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
 }
+}  // namespace
 
-TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) {
-  m.impl("rnn_layer_forward", &rnn_fused::rnn_layer_forward);
-  m.impl("rnn_stack_forward", &rnn_fused::rnn_stack_forward);
-  m.impl("rnn_stack_backward", &rnn_fused::rnn_stack_backward);
-  m.impl("stack_plan", &rnn_fused::stack_plan);
-  m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
-  m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
-  m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
-}
+TORCH_LIBRARY_IMPL(rnn_fused, CPU, m) { register_device_entry_points(m); }
+
+TORCH_LIBRARY_IMPL(rnn_fused, CUDA, m) { register_device_entry_points(m); }
