@@ -69,7 +69,7 @@ class PathEstimate:
     blocks_per_sm: int           # co-resident CTAs per SM at that shared memory
     waves: int                   # times the groups take turns on the device (1: all at once)
     compiled_passes: int         # the passes per CTA its kernels are compiled for (1-4: the block path
-                                 # with its weight rows in registers, 1-2: the cluster path, float32);
+                                 # with its weight rows in registers and the cluster path, float32);
                                  # 0: read at run time
     predicted_us_per_step: float
     reason: str                  # the shape's description, or the limit that rules it out

@@ -316,7 +316,7 @@ def _truncated_run_with_norms(path, hidden, batch, dtype=torch.float32, bidirect
 @pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("cluster", 256, 8),
                                                ("cluster", 200, 9)])
 def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hidden, batch):
-    """The block path at H <= 128 and the cluster path at 1-2 passes per CTA run kernels
+    """The block path at H <= 128 and the cluster path at 1-4 passes per CTA run kernels
     compiled for their pass count (plan.compiled_passes); the grid path's kernels read it at run
     time. With the same samples per chunk and units per pass, forward and backward with
     lengths, randomized truncation and recorded norms are bitwise alike on this GPU (the norms

@@ -279,10 +279,11 @@ def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
 @pytest.mark.parametrize("path,other,hidden,units_per_pass", [
     ("block", "grid", 7, 32), ("block", "grid", 40, 32), ("block", "grid", 80, 32), ("block", "grid", 128, 32),
     ("block", "grid", 20, 16), ("block", "grid", 50, 16), ("cluster", "grid", 64, 32), ("cluster", "grid", 100, 32),
-    ("cluster", "grid", 60, 16), ("cluster", "grid", 33, 16)])
+    ("cluster", "grid", 60, 16), ("cluster", "grid", 33, 16), ("cluster", "grid", 90, 16),
+    ("cluster", "grid", 100, 16)])
 def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidden, units_per_pass):
     """In float32 the block path where it holds its weight rows in registers (H <= 128) and the
-    cluster path at 1 or 2 passes per CTA run kernels compiled for their passes
+    cluster path at 1 to 4 passes per CTA run kernels compiled for their passes
     (recurrence_paths.cuh compiled_passes): a tile of no more passes than there are (1 to 16
     values, whose reduce-scatter leaves copies of a total on several lanes, one of which runs
     the epilogue and adds to the norms), the lane's output offsets moved a step at a time, no
@@ -290,8 +291,8 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     recorded norms give bitwise the results of `other`, whose kernels read their pass count at
     run time (the same tile shape), at every samples per chunk: block 1 to 4 passes of 32
     units and of 16 (warps 0-3 computing: fewer chunk iterations than passes), cluster slices
-    of one or two passes (H = 33 on 2 CTAs: the last CTA owns 16 units, a pass fewer than the
-    kernel's 2 of 16)."""
+    of one to four passes (H = 33 on 2 CTAs: the last CTA owns 16 units, a pass fewer than the
+    kernel's 2 of 16; H = 90 on 2 CTAs: 3 passes of 16; H = 100: 4, the last CTA's 48 units 3)."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs = []

@@ -29,8 +29,10 @@ from rnn_fused.truncation import RandomTruncation, TruncationArgs
 from rnn_cases import RNNCase
 
 OPS = torch.ops.rnn_fused
-# Enough SMs for every CTA of the stacks below to be co-resident (a cooperative launch).
-STACK_GPU = dict(sm_count=16)
+# Enough SMs for every CTA of the stacks below to be co-resident (the block path's stack: a
+# cooperative launch), and for the cluster path's stacks, whose CTAs take an SM each (their
+# registers), to run every sample group's cluster of up to 16 CTAs at once.
+STACK_GPU = dict(sm_count=64)
 
 
 def stack_inputs(steps, batch, input_size, hidden, layers, *, bias=True, hx=True, seed=0):
@@ -125,19 +127,21 @@ def test_stack_matches_the_float64_step_loop_under_every_schedule(case):
             assert torch.all(ours[0][n:, b] == 0)
 
 
-@pytest.mark.parametrize("units_per_pass,compiled_passes", [(16, 0), (32, 2)])
-def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(units_per_pass, compiled_passes):
-    """4 layers of 200 units in one cluster of 4 x 4 CTAs of 52 units per sample group: 4 passes
-    of 16 units (a kernel reading its passes at run time) or 2 of 32 (a kernel compiled for
-    them); each against the float64 step loop under the tolerance rule."""
-    steps, batch, hidden, layers = 3, 2, 200, 4
+@pytest.mark.parametrize("layers,units_per_pass,units,compiled_passes", [(4, 16, 52, 4), (4, 32, 52, 2),
+                                                                         (8, 16, 100, 0)])
+def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, units_per_pass, units, compiled_passes):
+    """Layers of 200 units in one cluster of 16 CTAs per sample group: 4 layers x 4 CTAs of 52
+    units, 4 passes of 16 or 2 of 32 (kernels compiled for them), and 8 layers x 2 CTAs of 100
+    units, 7 passes of 16 (a kernel reading its passes at run time); each against the float64
+    step loop under the tolerance rule."""
+    steps, batch, hidden = 3, 2, 200
     lengths = torch.tensor([3, 2])
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=7)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=8)
     with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass):
         plan = launch_plan.stack_plan(hidden, batch, steps, layers)
         assert (plan.path, plan.cluster, plan.units_per_cta, plan.compiled_passes) == (
-            "cluster", 16, 52, compiled_passes), plan.reason
+            "cluster", 16, units, compiled_passes), plan.reason
         ours = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated", stack=True)
     reference = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float64, layer_fn=reference_layer)
     stock = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, layer_fn=reference_layer)
@@ -446,7 +450,7 @@ def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
 
 
 def test_planner_rules_the_stack_out_with_its_limits():
-    with simt.emulated_device(**STACK_GPU):
+    with simt.emulated_device(sm_count=16):
         plan = launch_plan.stack_plan(64, 8, 100, 4)
         assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 4
         assert "128 weight rows" in plan.reason

@@ -357,8 +357,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // Grid = groups x L x P CTAs of kRecurrenceThreads threads in clusters of L x P; tiling: one
 // layer's (ctas_per_group P, units_per_cta, samples, units_per_pass, chunks 1, step_sync 0);
 // SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, true).bytes of dynamic shared
-// memory (one size for both stack kernels: the backward's norm sums included); kPasses == compiled_passes_of(Cluster, tiling, 2 * padded_row(H), false) (1 or 2, as
-// the cluster path's layer kernels; 0: read at run time).
+// memory (one size for both stack kernels: the backward's norm sums included); kPasses ==
+// compiled_passes_of(Cluster, tiling, 2 * padded_row(H), false) (1 to 4, as the cluster path's
+// layer kernels; 0: read at run time).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_cluster_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {

@@ -99,7 +99,11 @@ RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 1);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 2);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 3);
+RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 4);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
+// (The lists above and below name every compiled pass count: 1-4 on both paths.)
+static_assert(kRegisterPasses == 4 && kMaxCompiledClusterPasses == 4, "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
@@ -110,7 +114,10 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
 #define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>)
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                       \
+                         forward_cluster_stack_kernel<samples, passes>);                                       \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
 #define RNN_FUSED_STACK_ATTRIBUTES(passes)    \
   RNN_FUSED_STACK_ATTRIBUTES_OF(1, passes);   \
   RNN_FUSED_STACK_ATTRIBUTES_OF(2, passes);   \

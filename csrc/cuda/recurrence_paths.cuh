@@ -275,9 +275,11 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
 //  - the Block path where the weight rows are held in registers (H <= 128): 1 to 4 passes,
 //    the chunk iterations then known too (a chunk iteration never outnumbers the passes there:
 //    ceil(H / 32) iterations, ceil(H / units per pass) >= that passes, so kPasses bounds both);
-//  - the Cluster path at 1 or 2 passes (up to 64 units per CTA: H <= 1024 on 16 CTAs).
+//  - the Cluster path at 1 to 4 passes (up to 128 units per CTA at 32 per pass, 64 at 16:
+//    the planner's cluster shapes from H = 129 to 1024 but the widest slices), its chunk
+//    iterations read at run time (up to 1024 columns).
 // Else 0: the count is read at run time.
-inline constexpr int kMaxCompiledClusterPasses = 2;
+inline constexpr int kMaxCompiledClusterPasses = 4;
 SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
                                                bool fp64) {
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return static_cast<int>(passes);
