@@ -313,20 +313,22 @@ def _truncated_run_with_norms(path, hidden, batch, dtype=torch.float32, bidirect
     return [out.data.detach(), h_n.detach(), x.grad, *[p.grad for p in module.parameters()], recording.step_norms]
 
 
-@pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("cluster", 256, 8),
-                                               ("cluster", 200, 9)])
-def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hidden, batch):
+@pytest.mark.parametrize("path,hidden,batch,units_per_pass", [("block", 64, 8, 32), ("block", 100, 9, 32),
+                                                              ("cluster", 256, 8, 32), ("cluster", 200, 9, 32),
+                                                              ("cluster", 256, 32, 16)])
+def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hidden, batch, units_per_pass):
     """The block path at H <= 128 and the cluster path at 1-4 passes per CTA run kernels
-    compiled for their pass count (plan.compiled_passes); the grid path's kernels read it at run
-    time. With the same samples per chunk and units per pass, forward and backward with
-    lengths, randomized truncation and recorded norms are bitwise alike on this GPU (the norms
-    once rounded to float32), at 1 and 8 samples per chunk."""
+    compiled for their pass count (plan.compiled_passes; H = 256, B = 32 at 16 units per pass
+    and 1 sample per chunk: 4 CTAs of 64 units, 4 passes, on an H100/H200); the grid path's
+    kernels read it at run time. With the same samples per chunk and units per pass, forward
+    and backward with lengths, randomized truncation and recorded norms are bitwise alike on
+    this GPU (the norms once rounded to float32), at 1 and 8 samples per chunk."""
     if path == "cluster" and not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     for samples in (1, 8):
         runs, plans = [], []
         for p in (path, "grid"):
-            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=32):
+            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
                 plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
                 assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
                 runs.append(_truncated_run_with_norms(p, hidden, batch))
