@@ -194,12 +194,16 @@ void dispatch_elman(at::ScalarType compute, Activation activation, F&& f) {
 // the kernels' register tiles), units per pass (16 or 32: RecurrenceTiling::units_per_pass),
 // each 0 for each plan's own choice, and the step synchronisation (RecurrenceTiling::step_sync:
 // 0 the Grid and Cluster paths' barriers, Grid: 1 flag barrier, 2 tagged exchange, Cluster: 3
-// asynchronous exchange; a code binds only the paths that have it; -1 for each plan's own). To run or time other launch shapes at one size than the cost model picks
+// asynchronous exchange; a code binds only the paths that have it; -1 for each plan's own), and
+// whether the kernels must read their passes at run time even where a kernel compiled for the
+// launch shape's passes exists (compiled_passes in recurrence_paths.cuh): to time the one
+// against the other. To run or time other launch shapes at one size than the cost model picks
 // (rnn_fused.launch_plan.forced_tiling: gpu-check, tests). Process-wide.
 struct ForcedTiling {
   int64_t samples = 0;
   int64_t units_per_pass = 0;
   int64_t step_sync = -1;
+  bool run_time_passes = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

@@ -447,13 +447,15 @@ TORCH_LIBRARY(rnn_fused, m) {
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
       "str term=\"total\", int units_per_pass=32, int step_sync=0) -> float",
       &rnn_fused::step_cost_us);
-  // The samples per chunk, units per pass (0: each plan's own choice) and grid-path step
-  // synchronisation (-1: each plan's own) every planner must use (host_layer.h ForcedTiling);
-  // returns the previous setting.
-  m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1) -> int[]",
-        [](int64_t samples, int64_t units_per_pass, int64_t step_sync) {
-          const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling({samples, units_per_pass, step_sync});
-          return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync};
+  // The samples per chunk, units per pass (0: each plan's own choice), grid-path step
+  // synchronisation (-1: each plan's own) and whether kernels read their passes at run time
+  // every planner must use (host_layer.h ForcedTiling); returns the previous setting.
+  m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1, int run_time_passes=0) -> int[]",
+        [](int64_t samples, int64_t units_per_pass, int64_t step_sync, int64_t run_time_passes) {
+          const rnn_fused::ForcedTiling previous =
+              rnn_fused::set_forced_tiling({samples, units_per_pass, step_sync, run_time_passes != 0});
+          return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync,
+                                      int64_t(previous.run_time_passes)};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

@@ -207,7 +207,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
 
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
-                  step_sync: str | None = None) -> Iterator[None]:
+                  step_sync: str | None = None, run_time_passes: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -218,9 +218,13 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     step's tag in one 8-byte word; float32 only), on the cluster path "async_exchange" (no
     barrier: each CTA's slice of the state goes into the others' shared memory by asynchronous
     stores that an mbarrier per state buffer counts); a path that has not the forced one
-    chooses its own. None leaves that part to each plan. For running or timing launch shapes
-    the cost model would not pick (gpu-check, tests). Process-wide; a path that cannot run the shape so is infeasible, and
-    forcing it says why. The previous setting is restored on exit."""
+    chooses its own. None leaves that part to each plan. `run_time_passes=True`: the kernels
+    read their pass count at run time even where one compiled for the launch shape's passes
+    exists (the block path at H <= 128, the cluster path at 1-4 passes per CTA: a plan's
+    compiled_passes is then 0), to time the one against the other. For running or timing
+    launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
+    cannot run the shape so is infeasible, and forcing it says why. The previous setting is
+    restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
     for name, value in (("samples", samples), ("units_per_pass", units_per_pass)):
         if value == 0:
@@ -230,8 +234,10 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     if step_sync is not None and step_sync not in STEP_SYNCS:
         raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
+    if not isinstance(run_time_passes, bool):
+        raise TypeError(f"rnn_fused.launch_plan.forced_tiling: run_time_passes must be a bool, got {run_time_passes!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
-                          -1 if step_sync is None else STEP_SYNCS.index(step_sync)):
+                          -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes)):
         yield
 
 

@@ -289,7 +289,8 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     the epilogue and adds to the norms), the lane's output offsets moved a step at a time, no
     phase clock when untimed. Forward and backward with lengths, randomized truncation and
     recorded norms give bitwise the results of `other`, whose kernels read their pass count at
-    run time (the same tile shape), at every samples per chunk: block 1 to 4 passes of 32
+    run time (the same tile shape), and of the same path's launch shape run on those kernels
+    (forced_tiling's run_time_passes), at every samples per chunk: block 1 to 4 passes of 32
     units and of 16 (warps 0-3 computing: fewer chunk iterations than passes), cluster slices
     of one to four passes (H = 33 on 2 CTAs: the last CTA owns 16 units, a pass fewer than the
     kernel's 2 of 16; H = 90 on 2 CTAs: 3 passes of 16; H = 100: 4, the last CTA's 48 units 3)."""
@@ -302,12 +303,19 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
                                                    units_per_pass=units_per_pass)
             assert tiles == {(samples, units_per_pass)}
             runs.append(results)
+        results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=samples,
+                                           units_per_pass=units_per_pass, run_time_passes=True)
+        runs.append(results)
         with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
             compiled, general = (rnn_fused.plan(hidden, batch, path=p) for p in (path, other))
+            with launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, run_time_passes=True):
+                run_time = rnn_fused.plan(hidden, batch, path=path)
         passes = -(-compiled.units_per_cta // units_per_pass)
         assert compiled.compiled_passes == passes and general.compiled_passes == 0
         assert f"the step compiled for its {passes} pass(es)" in compiled.reason, compiled.reason
         assert "compiled for" not in general.reason, general.reason
+        assert run_time.compiled_passes == 0 and "compiled for" not in run_time.reason, run_time.reason
+        assert (run_time.units_per_cta, run_time.ctas_per_group) == (compiled.units_per_cta, compiled.ctas_per_group)
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 

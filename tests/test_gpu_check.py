@@ -335,14 +335,43 @@ def test_step_sync_verdicts_compare_each_with_the_grid_barrier():
     assert gpu_check.warp_count_verdicts([row("grid_barrier", 2.0, 3.0), row("flag_barrier", 1.6, 3.0)]) == []
 
 
+def test_compiled_passes_verdicts_set_the_two_kernels_side_by_side(rehearsal):
+    """The rows timed again on the kernels that read their passes at run time: the rehearsal
+    ran them (a run-time plan, the same launch shape), and each pair with a compiled kernel
+    gives one line with both times."""
+    _, _, report = rehearsal
+    rows = {(r["label"], r["direction"], r["path"]): r for r in report["phase_rows"]}
+    for label, path in (("9, 3", "block"), ("33, 2", "cluster")):
+        for direction in ("forward", "backward"):
+            compiled = rows[(label, direction, path)]
+            run_time = rows[(f"{label} (passes at run time)", direction, path)]
+            assert compiled["plan"]["compiled_passes"] > 0 and run_time["plan"]["compiled_passes"] == 0
+            assert run_time["forced_run_time_passes"] and not compiled["forced_run_time_passes"]
+            shape = ("path", "samples", "ctas_per_group", "units_per_cta", "units_per_pass")
+            assert [compiled["plan"][k] for k in shape] == [run_time["plan"][k] for k in shape]
+    row = _phase_row(32, 2.0, 3.0, forced_units_per_pass=None, plan={"compiled_passes": 2})
+    verdicts = gpu_check.compiled_passes_verdicts(
+        [row, dataclasses.replace(row, forced_run_time_passes=True, measured_us_per_step=3.0, plan={}),
+         dataclasses.replace(row, direction="backward"),  # (no twin: no verdict)
+         dataclasses.replace(row, direction="backward", forced_run_time_passes=True, error="boom")])
+    assert verdicts == ["grid at H, B = 1024, 32, forward: compiled for its 2 pass(es) 2.000 µs/step, reading them at "
+                        "run time 3.000: 1.50x (> 1: compiled faster; both with the step-phase clock's reads)."]
+    # The twins are not warp-count rows.
+    twin = _phase_row(32, 2.0, 3.5, forced_run_time_passes=True)
+    assert gpu_check.warp_count_verdicts([_phase_row(16, 1.5, 3.1), twin]) == []
+
+
 def test_rehearsal_report_is_what_fit_model_reads(rehearsal):
     """rnn-fused fit-model refits the model from this JSON: every single-layer (shape, path)
     row with a measured step becomes an observation priced at the plan that ran, and every
-    part of a step the phase table measured an observation of that term."""
+    part of a step the phase table measured an observation of that term, but for the rows
+    forced onto the kernels that read their passes at run time (not the planner's kernels)."""
     from rnn_fused.tools import fit_model
 
     _, _, report = rehearsal
     observations = fit_model.observations_from_report(report)
+    assert not any("passes at run time" in o.label for o in observations)
+    assert any("passes at run time" in r["label"] for r in report["phase_rows"])
     totals = [o for o in observations if o.term == "total"]
     assert {o.plan["path"] for o in totals} == set(PATHS)
     for o in totals:

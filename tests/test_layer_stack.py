@@ -149,6 +149,33 @@ def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, unit
         assert_within_tolerance(r, s, o, name=name, ulps=8)
 
 
+@pytest.mark.parametrize("hidden,layers,units_per_pass", [(64, 3, 32), (200, 4, 16)], ids=["block", "cluster"])
+def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_at_run_time(hidden, layers,
+                                                                                          units_per_pass):
+    """The stack's launch shape on the kernels compiled for its passes (the block path's stack
+    at H = 64: 4 passes with the weight rows in registers; the cluster path's at 200: 4 passes
+    of 16 units) and on those reading them at run time (forced_tiling's run_time_passes, which
+    the plan reports as compiled_passes 0): outputs, final states and every gradient bitwise
+    alike."""
+    steps, batch = 4, 3
+    lengths = torch.tensor([4, 1, 3])
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
+    runs, plans = [], []
+    for run_time in (False, True):
+        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
+                                                                         run_time_passes=run_time):
+            plans.append(launch_plan.stack_plan(hidden, batch, steps, layers))
+            runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                                  stack=True))
+    compiled, run_time = plans
+    assert compiled.compiled_passes == 4 and run_time.compiled_passes == 0, (compiled.reason, run_time.reason)
+    assert (compiled.path, compiled.cluster, compiled.units_per_cta) == (run_time.path, run_time.cluster,
+                                                                         run_time.units_per_cta)
+    for name, a, b in zip(names_for(len(runs[0])), *runs, strict=True):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])
 def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, lengths):
     """Layer 0 of the stack bitwise equals the block path's layer (the same input projection

@@ -63,6 +63,7 @@ struct RecurrencePlan {
   int64_t shared_mem_bytes = 0;  // dynamic shared memory per CTA
   int64_t blocks_per_sm = 0;     // co-resident CTAs per SM at that shared memory
   int64_t waves = 1;             // times the groups take turns (1: all co-resident)
+  int compiled_passes = 0;       // the passes its kernels are compiled for (compiled_passes_of; 0: at run time)
   double us_per_step = 0.0;      // the cost model's prediction
   std::string reason;            // why this shape, or the limit it exceeds
 };
@@ -131,8 +132,11 @@ RNN_FUSED_STACK_ATTRIBUTES(4);
 #undef RNN_FUSED_STACK_ATTRIBUTES
 #undef RNN_FUSED_STACK_ATTRIBUTES_OF
 
-// The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time).
-inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64) {
+// The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time, as
+// always where `forced` says so).
+inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64,
+                              const ForcedTiling& forced) {
+  if (forced.run_time_passes) return 0;
   const int64_t vec = fp64 ? 2 : 4;
   const int64_t chunk_iterations = (padded_row(hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
   const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
@@ -401,7 +405,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         continue;
       }
       int occupancy = 0, clusters = 0;
-      const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64);
+      const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
         occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
         if (kPath == RecurrencePath::Cluster) {
@@ -471,6 +475,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       best.shared_mem_bytes = smem;
       best.blocks_per_sm = occupancy;
       best.waves = waves;
+      best.compiled_passes = passes;
       best.us_per_step = us;
       best.reason = std::to_string(groups) + " sample group(s) of " +
                     (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
@@ -513,7 +518,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync, r.side_by_side}) {
+                    r.forced.step_sync, int64_t(r.forced.run_time_passes), r.side_by_side}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -561,8 +566,7 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
 template <typename scalar_t, class Args>
 void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
   const dim3 block(kRecurrenceThreads);
-  const int passes = compiled_passes_of(plan.path, plan.tiling, args.shape.hidden, sizeof(scalar_t) == 8);
-  with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, passes, [&](auto kernel) {
+  with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, plan.compiled_passes, [&](auto kernel) {
     using Kernel = decltype(kernel);
     if constexpr (std::is_invocable_v<Kernel, Args, RecurrenceTiling>) {
       const auto grid = static_cast<unsigned>(plan.grid);
@@ -1050,7 +1054,7 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
           continue;
         }
         int occupancy = INT32_MAX, clusters = INT32_MAX;
-        const int passes = compiled_passes_of(RecurrencePath::Cluster, tiling, 2 * half, false);
+        const int passes = compiled_passes_of(RecurrencePath::Cluster, tiling, 2 * half, false, forced);
         for (const bool backward : {false, true}) {
           with_cluster_stack_kernel(backward, samples, passes, [&](auto kernel) {
             occupancy = std::min(occupancy, simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads,
@@ -1142,7 +1146,7 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                 "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
         continue;
       }
-      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false);
+      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false, request.forced);
       int occupancy = INT32_MAX;  // the lower of the forward's and the backward's kernel
       for (const bool backward : {false, true}) {
         with_stack_kernel(backward, samples, passes, [&](auto kernel) {
@@ -1377,10 +1381,7 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .shared_mem_bytes = p.shared_mem_bytes,
                                          .blocks_per_sm = p.blocks_per_sm,
                                          .waves = p.waves,
-                                         .compiled_passes = p.feasible && p.path != RecurrencePath::Stepwise
-                                                                ? compiled_passes_of(p.path, p.tiling, request.hidden,
-                                                                                     request.fp64)
-                                                                : 0,
+                                         .compiled_passes = p.compiled_passes,
                                          .us_per_step = p.us_per_step,
                                          .reason = p.reason};
     };

@@ -132,7 +132,8 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 class PhaseShape:
     """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
     units per pass and the step synchronisation (one of launch_plan.STEP_SYNCS; None: the
-    planner's; launch_plan.forced_tiling)."""
+    planner's; launch_plan.forced_tiling), and whether its kernels read their passes at run
+    time where a kernel compiled for them exists (forced_tiling's run_time_passes)."""
 
     hidden: int
     batch: int
@@ -140,10 +141,12 @@ class PhaseShape:
     steps: int = 200
     units_per_pass: int | None = None
     step_sync: str | None = None
+    run_time_passes: bool = False
 
     def label(self) -> str:
         forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
         forced += [self.step_sync.replace("_", " ")] if self.step_sync else []
+        forced += ["passes at run time"] if self.run_time_passes else []
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
@@ -152,17 +155,24 @@ class PhaseShape:
 # H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
 # its issue term, counted in SASS, not measured); the grid path at H = 1024, B = 1 and 32
 # with each step synchronisation; and the cluster path at H = 256, B = 1 and 8 with the cluster
-# barrier and with the asynchronous exchange (not yet run on a GPU).
+# barrier and with the asynchronous exchange (not yet run on a GPU); and the kernels compiled
+# for their passes against those reading them at run time (block: H = 64, B = 8, 2 passes;
+# cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
                     *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
                     *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
-                      for sync in CLUSTER_STEP_SYNCS]]
+                      for sync in CLUSTER_STEP_SYNCS],
+                    PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, run_time_passes=True),
+                    *[PhaseShape(256, 32, "cluster", units_per_pass=16, run_time_passes=run_time)
+                      for run_time in (False, True)]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16),
                          *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in GRID_STEP_SYNCS],
-                         *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS]]
+                         *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS],
+                         PhaseShape(9, 3, "block", 4, run_time_passes=True),
+                         PhaseShape(33, 2, "cluster", 4, run_time_passes=True)]
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -320,6 +330,7 @@ class PhaseRow:
     plan: dict = field(default_factory=dict)  # the launch shape that ran (estimate_fields): what fit-model prices
     forced_units_per_pass: int | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     forced_step_sync: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
+    forced_run_time_passes: bool = False  # launch_plan.forced_tiling's run_time_passes
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -839,9 +850,11 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
     for shape in shapes:
         for backward in (False, True):
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
-                           forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync)
+                           forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync,
+                           forced_run_time_passes=shape.run_time_passes)
             try:
-                with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync):
+                with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync,
+                                   run_time_passes=shape.run_time_passes):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -881,7 +894,7 @@ def _forced_pair_verdicts(rows: list[PhaseRow], setting: str, names: dict, subje
     timed: dict[tuple, dict] = {}
     for row in rows:
         value = getattr(row, setting)
-        if row.error or row.measured_us_per_step is None or value is None:
+        if row.error or row.measured_us_per_step is None or value is None or row.forced_run_time_passes:
             continue
         timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[value] = row
     (first, first_name), (second, second_name) = names.items()
@@ -919,6 +932,31 @@ def step_sync_verdicts(rows: list[PhaseRow]) -> list[str]:
         barrier = "with the cluster barrier" if other == "async_exchange" else "with the grid barrier"
         verdicts += _forced_pair_verdicts([r for r in rows if r.forced_step_sync in (other, "grid_barrier")],
                                           "forced_step_sync", {other: name, "grid_barrier": barrier}, "steps")
+    return verdicts
+
+
+def compiled_passes_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """Each recurrence timed with its kernels compiled for their passes and again reading them
+    at run time (forced_tiling's run_time_passes; the same launch shape otherwise): both
+    measured times and the ratio. The cost model prices both alike (it was fitted to the
+    run-time kernels), so there is no prediction to compare with."""
+    pairs: dict[tuple, dict] = {}
+    for row in rows:
+        if row.error or row.measured_us_per_step is None:
+            continue
+        key = (row.hidden, row.batch, row.path, row.direction, row.forced_units_per_pass, row.forced_step_sync)
+        pairs.setdefault(key, {})[row.forced_run_time_passes] = row
+    verdicts = []
+    for (hidden, batch, path, direction, _, _), pair in pairs.items():
+        if set(pair) != {False, True} or not pair[False].plan.get("compiled_passes"):
+            continue
+        compiled, run_time = pair[False], pair[True]
+        gain = _ratio_text(_ratio(run_time.measured_us_per_step, compiled.measured_us_per_step))
+        verdicts.append(
+            f"{path} at H, B = {hidden}, {batch}, {direction}: compiled for its {compiled.plan['compiled_passes']} "
+            f"pass(es) {compiled.measured_us_per_step:.3f} µs/step, reading them at run time "
+            f"{run_time.measured_us_per_step:.3f}: {gain}x (> 1: compiled faster; both with the step-phase clock's "
+            f"reads).")
     return verdicts
 
 
@@ -1229,6 +1267,11 @@ def format_report(result: GpuCheckResult) -> str:
     verdicts = warp_count_verdicts(result.phase_rows)
     if verdicts:
         lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
+    verdicts = compiled_passes_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "Kernels compiled for their passes against those reading them at run time (the same launch "
+                  "shape):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = step_sync_verdicts(result.phase_rows)
     if verdicts:
