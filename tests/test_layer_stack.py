@@ -429,7 +429,9 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_
         return module, rec
 
     with simt.emulated_device(**STACK_GPU):
-        assert launch_plan.stack_plan(hidden, batch, steps, layers).path == ("block" if hidden <= 128 else "cluster")
+        plan = launch_plan.stack_plan(hidden, batch, steps, layers)
+        assert plan.path == ("block" if hidden <= 128 else "cluster")
+        assert hidden <= 128 or plan.cluster == 5 * layers, plan.reason  # (5 CTAs per layer gather their sums)
         module, rec = run(torch.float32, "emulated", True)
         assert len(stack_launches) == 1, "the module did not run its stack in one launch"
         unrecorded, _ = run(torch.float32, "emulated", True, record=False)
