@@ -14,7 +14,7 @@ for used x S x (4 float32 or 2 float64) multiply-adds, S the kernel's samples pe
 loop is unrolled by 2, so a trip holds 2 iterations (or 1, or 4).
 
 For the kernels compiled for their passes (recurrence_paths.cuh compiled_passes: the block
-path with its weight rows in registers, which has no dot loop, and the cluster path at 1 to 4
+path with its weight rows in registers, which has no dot loop, and the cluster path at 1 to 8
 passes) and the layer stack's kernels the report also counts the step loop of their untimed copy (the loop with the step's
 barrier and no read of the cycle counter) by kind of instruction, and fails where it is
 missing: a count of the code every warp may issue per step (branches skip parts of it), not

@@ -69,8 +69,8 @@ class PathEstimate:
     blocks_per_sm: int           # co-resident CTAs per SM at that shared memory
     waves: int                   # times the groups take turns on the device (1: all at once)
     compiled_passes: int         # the passes per CTA its kernels are compiled for (1-4: the block path
-                                 # with its weight rows in registers and the cluster path, float32);
-                                 # 0: read at run time
+                                 # with its weight rows in registers; 1-8 the cluster path, 1-4 at 8
+                                 # samples; float32); 0: read at run time
     predicted_us_per_step: float
     reason: str                  # the shape's description, or the limit that rules it out
     measured_us_per_step: float | None = None  # timed on the device where autotune() measured it
@@ -220,7 +220,7 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     stores that an mbarrier per state buffer counts); a path that has not the forced one
     chooses its own. None leaves that part to each plan. `run_time_passes=True`: the kernels
     read their pass count at run time even where one compiled for the launch shape's passes
-    exists (the block path at H <= 128, the cluster path at 1-4 passes per CTA: a plan's
+    exists (the block path at H <= 128, the cluster path at 1-8 passes per CTA: a plan's
     compiled_passes is then 0), to time the one against the other. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is

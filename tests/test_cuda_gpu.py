@@ -317,7 +317,7 @@ def _truncated_run_with_norms(path, hidden, batch, dtype=torch.float32, bidirect
                                                               ("cluster", 256, 8, 32), ("cluster", 200, 9, 32),
                                                               ("cluster", 256, 32, 16)])
 def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hidden, batch, units_per_pass):
-    """The block path at H <= 128 and the cluster path at 1-4 passes per CTA run kernels
+    """The block path at H <= 128 and the cluster path at 1-8 passes per CTA run kernels
     compiled for their pass count (plan.compiled_passes; H = 256, B = 32 at 16 units per pass
     and 1 sample per chunk: 4 CTAs of 64 units, 4 passes, on an H100/H200); the grid path's
     kernels read it at run time. With the same samples per chunk and units per pass, forward

@@ -280,10 +280,11 @@ def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
     ("block", "grid", 7, 32), ("block", "grid", 40, 32), ("block", "grid", 80, 32), ("block", "grid", 128, 32),
     ("block", "grid", 20, 16), ("block", "grid", 50, 16), ("cluster", "grid", 64, 32), ("cluster", "grid", 100, 32),
     ("cluster", "grid", 60, 16), ("cluster", "grid", 33, 16), ("cluster", "grid", 90, 16),
-    ("cluster", "grid", 100, 16)])
+    ("cluster", "grid", 100, 16), ("cluster", "grid", 200, 16)])
 def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidden, units_per_pass):
     """In float32 the block path where it holds its weight rows in registers (H <= 128) and the
-    cluster path at 1 to 4 passes per CTA run kernels compiled for their passes
+    cluster path at 1 to 8 passes per CTA (1 to 4 at 8 samples per chunk) run kernels compiled
+    for their passes
     (recurrence_paths.cuh compiled_passes): a tile of no more passes than there are (1 to 16
     values, whose reduce-scatter leaves copies of a total on several lanes, one of which runs
     the epilogue and adds to the norms), the lane's output offsets moved a step at a time, no
@@ -293,7 +294,8 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     (forced_tiling's run_time_passes), at every samples per chunk: block 1 to 4 passes of 32
     units and of 16 (warps 0-3 computing: fewer chunk iterations than passes), cluster slices
     of one to four passes (H = 33 on 2 CTAs: the last CTA owns 16 units, a pass fewer than the
-    kernel's 2 of 16; H = 90 on 2 CTAs: 3 passes of 16; H = 100: 4, the last CTA's 48 units 3)."""
+    kernel's 2 of 16; H = 90 on 2 CTAs: 3 passes of 16; H = 100: 4, the last CTA's 48 units 3;
+    H = 200 on 2 CTAs: 7, read at run time at 8 samples)."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs = []
@@ -311,8 +313,10 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
             with launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, run_time_passes=True):
                 run_time = rnn_fused.plan(hidden, batch, path=path)
         passes = -(-compiled.units_per_cta // units_per_pass)
+        if path == "cluster" and passes > (4 if samples == 8 else 8):
+            passes = 0  # (read at run time: the 8-sample tile unrolled over more passes would spill)
         assert compiled.compiled_passes == passes and general.compiled_passes == 0
-        assert f"the step compiled for its {passes} pass(es)" in compiled.reason, compiled.reason
+        assert passes == 0 or f"the step compiled for its {passes} pass(es)" in compiled.reason, compiled.reason
         assert "compiled for" not in general.reason, general.reason
         assert run_time.compiled_passes == 0 and "compiled for" not in run_time.reason, run_time.reason
         assert (run_time.units_per_cta, run_time.ctas_per_group) == (compiled.units_per_cta, compiled.ctas_per_group)

@@ -127,18 +127,21 @@ def test_stack_matches_the_float64_step_loop_under_every_schedule(case):
             assert torch.all(ours[0][n:, b] == 0)
 
 
-@pytest.mark.parametrize("layers,units_per_pass,units,compiled_passes", [(4, 16, 52, 4), (4, 32, 52, 2),
-                                                                         (8, 16, 100, 0)])
-def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, units_per_pass, units, compiled_passes):
+@pytest.mark.parametrize("layers,units_per_pass,samples,units,compiled_passes", [
+    (4, 16, 1, 52, 4), (4, 32, 1, 52, 2), (8, 16, 1, 100, 7), (8, 16, 8, 100, 0)])
+def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, units_per_pass, samples, units,
+                                                                    compiled_passes):
     """Layers of 200 units in one cluster of 16 CTAs per sample group: 4 layers x 4 CTAs of 52
-    units, 4 passes of 16 or 2 of 32 (kernels compiled for them), and 8 layers x 2 CTAs of 100
-    units, 7 passes of 16 (a kernel reading its passes at run time); each against the float64
-    step loop under the tolerance rule."""
+    units, 4 passes of 16 or 2 of 32, and 8 layers x 2 CTAs of 100 units, 7 passes of 16
+    (kernels compiled for them), or the same at 8 samples per chunk (a kernel reading its
+    passes at run time: compiled for at most 4 there); each against the float64 step loop
+    under the tolerance rule."""
     steps, batch, hidden = 3, 2, 200
     lengths = torch.tensor([3, 2])
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=7)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=8)
-    with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass):
+    with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
+                                                                     samples=samples):
         plan = launch_plan.stack_plan(hidden, batch, steps, layers)
         assert (plan.path, plan.cluster, plan.units_per_cta, plan.compiled_passes) == (
             "cluster", 16, units, compiled_passes), plan.reason

@@ -358,7 +358,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // layer's (ctas_per_group P, units_per_cta, samples, units_per_pass, chunks 1, step_sync 0);
 // SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, true).bytes of dynamic shared
 // memory (one size for both stack kernels: the backward's norm sums included); kPasses ==
-// compiled_passes_of(Cluster, tiling, 2 * padded_row(H), false) (1 to 4, as the cluster path's
+// compiled_passes_of(Cluster, tiling, 2 * padded_row(H), false) (1 to 8, as the cluster path's
 // layer kernels; 0: read at run time).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)

@@ -102,9 +102,28 @@ RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 1);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 2);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 3);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 4);
+// 5-8 passes: up to 4 samples per chunk (max_compiled_cluster_passes).
+#define RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)                                                    \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
+                         forward_cluster_stack_kernel<samples, passes>);                                     \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
+#define RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(passes)                                                \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 1, Cluster, passes);                                               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 2, Cluster, passes);                                               \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 4, Cluster, passes);                                               \
+  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(1, passes);                                                            \
+  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(2, passes);                                                            \
+  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(4, passes)
+RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(5);
+RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(6);
+RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(7);
+RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
+#undef RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
-// (The lists above and below name every compiled pass count: 1-4 on both paths.)
-static_assert(kRegisterPasses == 4 && kMaxCompiledClusterPasses == 4, "register the new compiled kernels");
+// (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes,
+// cluster 1-4 at every sample count and 5-8 at up to 4.)
+static_assert(kRegisterPasses == 4 && max_compiled_cluster_passes(8) == 4 && max_compiled_cluster_passes(4) == 8,
+              "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
@@ -116,9 +135,7 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 #define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>); \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                       \
-                         forward_cluster_stack_kernel<samples, passes>);                                       \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
+  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)
 #define RNN_FUSED_STACK_ATTRIBUTES(passes)    \
   RNN_FUSED_STACK_ATTRIBUTES_OF(1, passes);   \
   RNN_FUSED_STACK_ATTRIBUTES_OF(2, passes);   \
@@ -131,6 +148,7 @@ RNN_FUSED_STACK_ATTRIBUTES(3);
 RNN_FUSED_STACK_ATTRIBUTES(4);
 #undef RNN_FUSED_STACK_ATTRIBUTES
 #undef RNN_FUSED_STACK_ATTRIBUTES_OF
+#undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time, as
 // always where `forced` says so).
@@ -140,7 +158,7 @@ inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tilin
   const int64_t vec = fp64 ? 2 : 4;
   const int64_t chunk_iterations = (padded_row(hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
   const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
-  return compiled_passes(path, passes, chunk_iterations, fp64);
+  return compiled_passes(path, passes, chunk_iterations, fp64, tiling.samples);
 }
 
 // Calls f(std::integral_constant<int, S>{}) for a kernel's samples per group S (1, 2, 4 or 8);
@@ -156,33 +174,37 @@ bool with_samples_constant(int64_t samples, F&& f) {
   }
 }
 
-// Calls f(std::integral_constant<int, P>{}) for compiled passes P in 0 .. kMax (kMax <= 4); false
+// Calls f(std::integral_constant<int, P>{}) for compiled passes P in 0 .. kMax (kMax <= 8); false
 // past kMax.
-template <int kMax, class F>
+template <int kMax, int P = 0, class F>
 bool with_passes_constant(int passes, F&& f) {
-  static_assert(kMax >= 0 && kMax <= kRegisterPasses, "one case per compiled pass count");
-  if (passes < 0 || passes > kMax) return false;
-  switch (passes) {
-    case 0: f(std::integral_constant<int, 0>{}); break;
-    case 1: if constexpr (kMax >= 1) f(std::integral_constant<int, 1>{}); break;
-    case 2: if constexpr (kMax >= 2) f(std::integral_constant<int, 2>{}); break;
-    case 3: if constexpr (kMax >= 3) f(std::integral_constant<int, 3>{}); break;
-    default: if constexpr (kMax >= 4) f(std::integral_constant<int, 4>{}); break;
+  static_assert(kMax >= 0 && kMax <= kMaxCompiledClusterPasses, "a compiled pass count of some path");
+  if constexpr (P > kMax) {
+    return false;
+  } else {
+    if (passes == P) {
+      f(std::integral_constant<int, P>{});
+      return true;
+    }
+    return with_passes_constant<kMax, P + 1>(passes, f);
   }
-  return true;
 }
+
+// The most passes the float32 kernels of `path` with S samples per chunk are compiled for.
+template <RecurrencePath kPath, int S>
+inline constexpr int kMaxCompiledPasses = kPath == RecurrencePath::Block     ? kRegisterPasses
+                                          : kPath == RecurrencePath::Cluster ? max_compiled_cluster_passes(S)
+                                                                             : 0;
 
 // Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
 // the one switch from a plan to a template instantiation.
 template <typename scalar_t, RecurrencePath kPath, class F>
 void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
-  constexpr int kMaxCompiled = kPath == RecurrencePath::Block && kFloat     ? kRegisterPasses
-                               : kPath == RecurrencePath::Cluster && kFloat ? kMaxCompiledClusterPasses
-                                                                            : 0;
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
-    return with_passes_constant<kMaxCompiled>(passes, [&](auto passes_constant) {
-      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+    constexpr int S = decltype(samples_constant)::value;
+    return with_passes_constant<kFloat ? kMaxCompiledPasses<kPath, S> : 0>(passes, [&](auto passes_constant) {
+      constexpr int P = decltype(passes_constant)::value;
       if (backward) {
         f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
       } else {
@@ -995,8 +1017,9 @@ inline double measured_stack_step_us(const StackPlanReport& plan, const StackPla
 template <class F>
 void with_cluster_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
-    return with_passes_constant<kMaxCompiledClusterPasses>(passes, [&](auto passes_constant) {
-      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
+    constexpr int S = decltype(samples_constant)::value;
+    return with_passes_constant<kMaxCompiledPasses<RecurrencePath::Cluster, S>>(passes, [&](auto passes_constant) {
+      constexpr int P = decltype(passes_constant)::value;
       if (backward) {
         f(backward_cluster_stack_kernel<S, P>);
       } else {

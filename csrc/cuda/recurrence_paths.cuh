@@ -275,15 +275,19 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
 //  - the Block path where the weight rows are held in registers (H <= 128): 1 to 4 passes,
 //    the chunk iterations then known too (a chunk iteration never outnumbers the passes there:
 //    ceil(H / 32) iterations, ceil(H / units per pass) >= that passes, so kPasses bounds both);
-//  - the Cluster path at 1 to 4 passes (up to 128 units per CTA at 32 per pass, 64 at 16:
-//    the planner's cluster shapes from H = 129 to 1024 but the widest slices), its chunk
-//    iterations read at run time (up to 1024 columns).
+//  - the Cluster path at 1 to 8 passes with up to 4 samples per chunk, 1 to 4 with 8 (whose
+//    tile unrolled over more passes spills: benchmarks/nvcc_resource_usage.txt), its chunk
+//    iterations read at run time (up to 1024 columns): every slice of up to 128 units at 16 per
+//    pass, 256 at 32 (a bidirectional layer's half-device plans, 2 CTAs of 100-128 units, too).
 // Else 0: the count is read at run time.
-inline constexpr int kMaxCompiledClusterPasses = 4;
+SIMT_HOST_DEVICE constexpr int max_compiled_cluster_passes(int64_t samples) { return samples >= 8 ? 4 : 8; }
+inline constexpr int kMaxCompiledClusterPasses = max_compiled_cluster_passes(1);  // (over every sample count)
 SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
-                                               bool fp64) {
+                                               bool fp64, int64_t samples) {
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return static_cast<int>(passes);
-  if (path == RecurrencePath::Cluster && !fp64 && passes <= kMaxCompiledClusterPasses) return static_cast<int>(passes);
+  if (path == RecurrencePath::Cluster && !fp64 && passes <= max_compiled_cluster_passes(samples)) {
+    return static_cast<int>(passes);
+  }
   return 0;
 }
 
@@ -793,7 +797,7 @@ struct SliceCopies {
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, 1, sizeof(scalar_t) == 8) == kPasses,
+  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, 1, sizeof(scalar_t) == 8, kSamples) == kPasses,
                 "a fixed pass count only where compiled_passes gives one");
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
                 "chunk iterations bounded by the passes");
