@@ -280,7 +280,8 @@ def test_dot_products_on_half_the_warps_round_alike(path, hidden, sm_count):
     ("block", "grid", 7, 32), ("block", "grid", 40, 32), ("block", "grid", 80, 32), ("block", "grid", 128, 32),
     ("block", "grid", 20, 16), ("block", "grid", 50, 16), ("cluster", "grid", 64, 32), ("cluster", "grid", 100, 32),
     ("cluster", "grid", 60, 16), ("cluster", "grid", 33, 16), ("cluster", "grid", 90, 16),
-    ("cluster", "grid", 100, 16), ("cluster", "grid", 200, 16)])
+    ("cluster", "grid", 100, 16), ("cluster", "grid", 150, 16), ("cluster", "grid", 200, 16),
+    ("cluster", "grid", 256, 16)])
 def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidden, units_per_pass):
     """In float32 the block path where it holds its weight rows in registers (H <= 128) and the
     cluster path at 1 to 8 passes per CTA (1 to 4 at 8 samples per chunk) run kernels compiled
@@ -295,7 +296,7 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     units and of 16 (warps 0-3 computing: fewer chunk iterations than passes), cluster slices
     of one to four passes (H = 33 on 2 CTAs: the last CTA owns 16 units, a pass fewer than the
     kernel's 2 of 16; H = 90 on 2 CTAs: 3 passes of 16; H = 100: 4, the last CTA's 48 units 3;
-    H = 200 on 2 CTAs: 7, read at run time at 8 samples)."""
+    H = 150, 200, 256 on 2 CTAs: 5, 7, 8, read at run time at 8 samples)."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     runs = []
