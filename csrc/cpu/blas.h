@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -31,6 +32,10 @@ namespace rnn_fused::cpu {
 class SingleThreadedBlas {
  public:
   explicit SingleThreadedBlas(bool enable) : active_(enable && MKL_Set_Num_Threads_Local != nullptr) {
+    // ATen sizes a thread's OpenMP team at the thread's first parallel region, from MKL's
+    // thread count where torch.set_num_threads was never called: first reached in this scope
+    // (the epilogue's parallel_for), it sized the team to 1 for the rest of the thread's life.
+    at::internal::lazy_init_num_threads();
     if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
   }
   ~SingleThreadedBlas() {
