@@ -1,13 +1,20 @@
 // The host layer's frame (host_layer.h): backend registry, casts, whole-sequence GEMMs.
 #include "host_layer.h"
 
+#include "cpu/blas.h"  // kParallelStepMacs: which time loops run single-threaded
+
+#include <ATen/ops/add.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+
 #include <algorithm>
+#include <functional>
 #include <mutex>
 #include <sstream>
 
@@ -126,29 +133,104 @@ const RecurrenceBackend& backend_for(const LayerForwardCall& call) {
 
 }  // namespace
 
+namespace {
+
+// A forward call between the host layer's stages: the compute-dtype operands and the output
+// buffer, which holds XW_t + b_ih + b_hh once the input projection has run.
+struct PreparedForward {
+  const LayerForwardCall& call;
+  const RecurrenceBackend& backend;
+  at::Tensor w_hh, h0, out;
+  at::Tensor h_n;  // set by run_recurrence
+};
+
+// Casts and the input projection.
+PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBackend& backend) {
+  const LayerShape& s = call.shape;
+  const at::ScalarType ct = compute_dtype(call.input.scalar_type());
+  const at::Tensor x = call.input.to(ct).contiguous();
+  PreparedForward p{.call = call,
+                    .backend = backend,
+                    .w_hh = call.weight_hh.to(ct).contiguous(),
+                    // No hx: no tensor of zeros either (on a GPU, a launch per call); the recurrences start from zero.
+                    .h0 = call.hx.has_value() ? call.hx->to(ct).contiguous() : at::Tensor(),
+                    .out = at::empty({s.steps, s.batch, s.hidden}, x.options())};
+  if (s.empty()) {
+    p.out.zero_();
+    // Never the caller's hx itself: an op's outputs do not alias its inputs.
+    p.h_n = p.h0.defined() ? p.h0.clone() : at::zeros({s.batch, s.hidden}, x.options());
+  } else {
+    at::Tensor out2d = p.out.view({s.steps * s.batch, s.hidden});
+    input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), call.weight_ih.to(ct).contiguous(),
+                     call.bias_ih, call.bias_hh);
+  }
+  return p;
+}
+
+// The time loop (none for an empty shape: prepare_forward set h_n).
+void run_recurrence(PreparedForward& p) {
+  if (p.call.shape.empty()) return;
+  p.h_n = p.backend.forward(ForwardRecurrence{.call = p.call, .w_hh = p.w_hh, .out = p.out, .h0 = p.h0});
+}
+
+// (output, h_n) in the input's dtype.
+std::tuple<at::Tensor, at::Tensor> finish_forward(const PreparedForward& p) {
+  const at::ScalarType dtype = p.call.input.scalar_type();
+  return {p.out.to(dtype), p.h_n.to(dtype).contiguous()};
+}
+
+// tasks[0]() and tasks[1]() at once, each on a thread of the caller's OpenMP team; returns when
+// both have, rethrowing a task's exception. One after the other where torch runs one thread, and
+// where a step's product has kParallelStepMacs multiply-adds or more: BLAS runs those on every
+// thread of the team, which a task inside the region does not have (its results could then
+// differ in the last bits from the directions' in turn). The team's second thread, not a thread
+// of its own: libgomp's idle team threads spin for milliseconds after each parallel region (such
+// as the input projection's GEMM just before), so on a 2-core host a separate thread found its
+// core taken (measured on the development CPU: no gain), and a thread that keeps a team of its
+// own makes libgomp throttle every team's spinning (nn.RNN's CPU forward 2x slower after one
+// matrix product on a second Python thread). Inside the region ATen's parallel_for runs
+// serially, as the time loops' small steps do anyway. The tasks run with the caller's
+// thread-local state (grad mode, dispatch exclusions).
+void run_at_once(const LayerShape& shape, const std::array<std::function<void()>, 2>& tasks) {
+  if (shape.batch * shape.hidden * shape.hidden >= cpu::kParallelStepMacs) {
+    tasks[0]();
+    tasks[1]();
+    return;
+  }
+  const at::ThreadLocalState state;
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
+    for (int64_t i = begin; i < end; ++i) tasks[static_cast<size_t>(i)]();
+  });
+}
+
+// The two directions' calls of rnn_directions_forward / backward: one backend, which runs its
+// own time loops (GPU kernels run the directions side by side on streams instead).
+const RecurrenceBackend& directions_backend_for(const char* what, const LayerForwardCall& call) {
+  const RecurrenceBackend& backend = backend_for(call);
+  TORCH_CHECK_VALUE(backend.plan == nullptr, "rnn_fused.", what, ": runs the directions' time loops on two CPU "
+                    "threads; backend '", backend.name, "' runs GPU kernels, whose directions run side by side on "
+                    "two streams (rnn_fused.functional.rnn)");
+  return backend;
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call) {
   const RecurrenceBackend& backend = backend_for(call);
   const c10::OptionalDeviceGuard guard(call.input.device());
-  const LayerShape& s = call.shape;
-  const at::ScalarType dtype = call.input.scalar_type();
-  const at::ScalarType ct = compute_dtype(dtype);
-  const at::Tensor x = call.input.to(ct).contiguous();
-  const at::Tensor w_ih = call.weight_ih.to(ct).contiguous();
-  const at::Tensor w_hh = call.weight_hh.to(ct).contiguous();
-  // No hx: no tensor of zeros either (on a GPU, a launch per call); the recurrences start from zero.
-  const at::Tensor h0 = call.hx.has_value() ? call.hx->to(ct).contiguous() : at::Tensor();
-  at::Tensor out = at::empty({s.steps, s.batch, s.hidden}, x.options());
-  at::Tensor h_n;
-  if (s.empty()) {
-    out.zero_();
-    // Never the caller's hx itself: an op's outputs do not alias its inputs.
-    h_n = h0.defined() ? h0.clone() : at::zeros({s.batch, s.hidden}, x.options());
-  } else {
-    at::Tensor out2d = out.view({s.steps * s.batch, s.hidden});
-    input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), w_ih, call.bias_ih, call.bias_hh);
-    h_n = backend.forward(ForwardRecurrence{.call = call, .w_hh = w_hh, .out = out, .h0 = h0});
-  }
-  return {out.to(dtype), h_n.to(dtype).contiguous()};
+  PreparedForward p = prepare_forward(call, backend);
+  run_recurrence(p);
+  return finish_forward(p);
+}
+
+std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls) {
+  const RecurrenceBackend& backend = directions_backend_for("rnn_directions_forward", calls[0]);
+  std::array<PreparedForward, 2> p{prepare_forward(calls[0], backend), prepare_forward(calls[1], backend)};
+  run_at_once(calls[0].shape, {[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
+  auto [out, h_n] = finish_forward(p[0]);
+  auto [out_reverse, h_n_reverse] = finish_forward(p[1]);
+  return {at::cat({out, out_reverse}, 2), at::stack({h_n, h_n_reverse})};
 }
 
 namespace {
@@ -324,31 +406,77 @@ StackPlanReport plan_stack(c10::DeviceType device, const std::string& backend_na
   return backend.stack_plan(query);
 }
 
-LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
+namespace {
+
+// A backward call between the host layer's stages: the compute-dtype operands and the
+// recurrence's outputs.
+struct PreparedBackward {
+  const LayerBackwardCall& call;
+  const RecurrenceBackend& backend;
+  BackwardOperands operands;
+  at::Tensor dz, step_norms;
+  at::Tensor dz_first;  // set by run_recurrence
+};
+
+PreparedBackward prepare_backward(const LayerBackwardCall& call, const RecurrenceBackend& backend) {
   const LayerForwardCall& f = call.forward;
-  const RecurrenceBackend& backend = backend_for(f);
-  const c10::OptionalDeviceGuard guard(f.input.device());
   const LayerShape& s = f.shape;
-  const at::ScalarType dtype = f.input.scalar_type();
-  const at::ScalarType ct = compute_dtype(dtype);
-  BackwardOperands operands =
-      backward_operands(ct, f.input, f.weight_ih, f.weight_hh, call.output, call.grad_output, call.grad_h_n);
+  BackwardOperands operands = backward_operands(compute_dtype(f.input.scalar_type()), f.input, f.weight_ih,
+                                                f.weight_hh, call.output, call.grad_output, call.grad_h_n);
   const at::TensorOptions options = operands.out.options();
   // The recurrences write dz and the step norms at every valid step: without lengths that is
   // every entry, and the buffers need no clearing (on a GPU, a [T,B,H] memset per call).
   const auto buffer = [&](at::IntArrayRef sizes) {
     return f.lengths.has_value() ? at::zeros(sizes, options) : at::empty(sizes, options);
   };
-  at::Tensor dz = buffer({s.steps, s.batch, s.hidden});
-  at::Tensor step_norms = call.record_norms ? buffer({s.steps, s.batch}) : at::empty({0}, options);
-  const at::Tensor dz_first =
-      s.empty() ? at::zeros({s.batch, s.hidden}, options)
-                : backend.backward(BackwardRecurrence{
-                      .call = call, .operands = operands, .dz = dz, .step_norms = step_norms});
-  operands.dy = at::Tensor();  // read by the time loop only: its compute-dtype copy goes before the GEMMs
-  return gradients_from_dz(operands.input, operands.w_ih, operands.w_hh, operands.out, dz, dz_first, operands.dh_n, f.hx,
-                           f.valid_lengths.on_device, f.options.reverse, call.output_mask, dtype, call.record_norms,
-                           std::move(step_norms), /*launch_bound=*/backend.plan != nullptr);
+  return PreparedBackward{.call = call,
+                          .backend = backend,
+                          .operands = std::move(operands),
+                          .dz = buffer({s.steps, s.batch, s.hidden}),
+                          .step_norms = call.record_norms ? buffer({s.steps, s.batch}) : at::empty({0}, options)};
+}
+
+void run_recurrence(PreparedBackward& p) {
+  const LayerShape& s = p.call.forward.shape;
+  p.dz_first = s.empty() ? at::zeros({s.batch, s.hidden}, p.dz.options())
+                         : p.backend.backward(BackwardRecurrence{
+                               .call = p.call, .operands = p.operands, .dz = p.dz, .step_norms = p.step_norms});
+}
+
+// The whole-sequence GEMMs from dz (gradients_from_dz).
+LayerBackwardResult finish_backward(PreparedBackward& p) {
+  const LayerForwardCall& f = p.call.forward;
+  p.operands.dy = at::Tensor();  // read by the time loop only: its compute-dtype copy goes before the GEMMs
+  return gradients_from_dz(p.operands.input, p.operands.w_ih, p.operands.w_hh, p.operands.out, p.dz, p.dz_first,
+                           p.operands.dh_n, f.hx, f.valid_lengths.on_device, f.options.reverse, p.call.output_mask,
+                           f.input.scalar_type(), p.call.record_norms, std::move(p.step_norms),
+                           /*launch_bound=*/p.backend.plan != nullptr);
+}
+
+}  // namespace
+
+LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
+  const RecurrenceBackend& backend = backend_for(call.forward);
+  const c10::OptionalDeviceGuard guard(call.forward.input.device());
+  PreparedBackward p = prepare_backward(call, backend);
+  run_recurrence(p);
+  return finish_backward(p);
+}
+
+std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCall, 2>& calls) {
+  const RecurrenceBackend& backend = directions_backend_for("rnn_directions_backward", calls[0].forward);
+  std::array<PreparedBackward, 2> p{prepare_backward(calls[0], backend), prepare_backward(calls[1], backend)};
+  run_at_once(calls[0].forward.shape, {[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
+  std::vector<at::Tensor> grads;
+  at::Tensor grad_input;
+  for (PreparedBackward& direction : p) {
+    const LayerBackwardResult r = finish_backward(direction);
+    // The input's gradient is the sum of the directions' (as autograd adds them: a + b == b + a).
+    if (direction.call.output_mask[0]) grad_input = grad_input.defined() ? at::add(grad_input, std::get<0>(r)) : std::get<0>(r);
+    grads.insert(grads.end(), {std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)});
+  }
+  grads.insert(grads.begin(), grad_input.defined() ? grad_input : at::empty({0}, calls[0].forward.input.options()));
+  return grads;
 }
 
 }  // namespace rnn_fused

@@ -236,6 +236,19 @@ std::vector<std::string> recurrence_backend_names();
 // rnn_fused::rnn_layer_forward: (output [T,B,H], h_n [B,H]) in the input's dtype.
 std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call);
 
+// rnn_fused::rnn_directions_forward: both directions of a bidirectional layer (calls[0] the
+// forward one, calls[1] the reverse one, checked, one input and lengths), each time loop on a
+// thread of its own at once, the casts and GEMMs on the calling thread: (output [T,B,2H], the
+// directions' outputs side by side, h_n [2,B,H]) in the input's dtype, each direction's values
+// those of run_layer_forward. Backends that run their own time loops (the CPU's) only.
+std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls);
+
+// rnn_fused::rnn_directions_backward: the directions' backward likewise: grad_input (the sum of
+// the directions', empty [0] unless output_mask[0] of both), then per direction grad_hx,
+// grad_weight_ih, grad_weight_hh and grad_bias (run_layer_backward's, empty [0] where not in its
+// output_mask). No recorded norms.
+std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCall, 2>& calls);
+
 // rnn_fused::rnn_stack_forward: (outputs [L,T,B,H], h_n [L,B,H]) of a stack of unidirectional
 // layers, one checked call per layer (layer l >= 1's input a [T,B,H] placeholder: only its
 // shape is read), in one launch of a backend with forward_stack. dropout_masks [L-1,T,B,H]

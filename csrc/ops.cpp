@@ -1,5 +1,6 @@
 // The product's operators (namespace rnn_fused): the single-layer, single-direction op pair
-// that every backend implements (layers and directions are composed in Python above it),
+// that every backend implements (layers and directions are composed in Python above it), the
+// CPU loops' pair for both directions of a layer at once, the stack ops,
 // edge_scales (the truncation draws the backward applies), recurrence_plan (what a
 // GPU-kernel backend would launch), cost_model (its predicted time of a layer) and backends
 // (the registered backends' names). The op entry points build the call descriptor
@@ -92,6 +93,74 @@ LayerBackwardResult rnn_layer_backward(
                          .record_norms = record_norms};
   check_backward_call(call);
   return run_layer_backward(call);
+}
+
+// The two directions' calls of a bidirectional layer from the rnn_directions_* ops' arguments:
+// hx [2,B,H] or None; weights the directions' (weight_ih, weight_hh[, bias_ih, bias_hh]), the
+// forward direction's first.
+std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tensor& input,
+                                                const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
+                                                bool has_biases, const std::optional<at::Tensor>& lengths,
+                                                c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
+                                                const std::optional<at::Tensor>& seed, int64_t layer,
+                                                std::optional<c10::string_view> backend) {
+  const size_t per_direction = has_biases ? 4 : 2;
+  TORCH_CHECK_VALUE(weights.size() == 2 * per_direction, "rnn_fused.", what, ": expected ", 2 * per_direction,
+                    " weights (per direction weight_ih, weight_hh", has_biases ? ", bias_ih, bias_hh" : "",
+                    "), got ", weights.size());
+  TORCH_CHECK_VALUE(!hx.has_value() || (hx->dim() == 3 && hx->size(0) == 2), "rnn_fused.", what,
+                    ": hx must be None or [2, B, H] (one initial state per direction), got shape ",
+                    hx.has_value() ? hx->sizes() : at::IntArrayRef{});
+  std::array<LayerForwardCall, 2> calls;
+  for (size_t d = 0; d < 2; ++d) {
+    const at::Tensor* w = weights.data() + d * per_direction;
+    const std::optional<at::Tensor> none;
+    calls[d] = forward_call(input, hx.has_value() ? std::optional<at::Tensor>((*hx)[int64_t(d)]) : none, w[0], w[1],
+                            has_biases ? std::optional<at::Tensor>(w[2]) : none,
+                            has_biases ? std::optional<at::Tensor>(w[3]) : none, lengths, nonlinearity,
+                            /*reverse=*/d == 1, truncate_every, keep_prob, seed, layer, backend, std::nullopt, 1);
+    check_forward_call(calls[d]);
+  }
+  return calls;
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_directions_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
+    bool has_biases, const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, int64_t truncate_every,
+    double keep_prob, const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend) {
+  return run_directions_forward(direction_calls("rnn_directions_forward", input, hx, weights, has_biases, lengths,
+                                                nonlinearity, truncate_every, keep_prob, seed, layer, backend));
+}
+
+std::vector<at::Tensor> rnn_directions_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& output,
+    std::array<bool, 9> output_mask, const at::Tensor& input, const std::optional<at::Tensor>& hx,
+    const std::vector<at::Tensor>& weights, bool has_biases, const std::optional<at::Tensor>& lengths,
+    c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
+    int64_t layer, std::optional<c10::string_view> backend) {
+  const char* what = "rnn_directions_backward";
+  std::array<LayerForwardCall, 2> calls = direction_calls(what, input, hx, weights, has_biases, lengths, nonlinearity,
+                                                          truncate_every, keep_prob, seed, layer, backend);
+  const LayerShape& s = calls[0].shape;
+  const auto check = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
+    TORCH_CHECK(t.device() == input.device() && t.scalar_type() == input.scalar_type() && t.sizes() == shape,
+                "rnn_fused.", what, ": ", name, " must be a ", input.scalar_type(), " tensor of shape ", shape, " on ",
+                input.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+  };
+  check(grad_output, {s.steps, s.batch, 2 * s.hidden}, "grad_output");
+  check(output, {s.steps, s.batch, 2 * s.hidden}, "output");
+  check(grad_h_n, {2, s.batch, s.hidden}, "grad_h_n");
+  std::array<LayerBackwardCall, 2> backward_calls;
+  for (int64_t d = 0; d < 2; ++d) {
+    const auto m = output_mask.begin() + 1 + 4 * d;
+    backward_calls[d] = LayerBackwardCall{.forward = std::move(calls[d]),
+                                          .grad_output = grad_output.narrow(2, d * s.hidden, s.hidden),
+                                          .grad_h_n = grad_h_n[d],
+                                          .output = output.narrow(2, d * s.hidden, s.hidden),
+                                          .output_mask = {output_mask[0], m[0], m[1], m[2], m[3]}};
+    check_backward_call(backward_calls[d]);
+  }
+  return run_directions_backward(backward_calls);
 }
 
 // Step-phase timing of one recurrence on a GPU-kernel backend (a persistent path): the
@@ -482,6 +551,24 @@ TORCH_LIBRARY(rnn_fused, m) {
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, float measured_stack_us, "
       "float measured_layers_us, int[] shape, str reason)");
+  // Both directions of a bidirectional layer at once, each time loop on a CPU thread of its own
+  // (host_layer.h run_directions_forward): input [T,B,I]; hx [2,B,H] or None; weights per
+  // direction, the forward one first: weight_ih [H,I], weight_hh [H,H] and, with has_biases,
+  // bias_ih, bias_hh [H]; the other arguments as rnn_layer_forward's (layer keys each
+  // direction's truncation draws as the layer op does). Returns output [T,B,2H] (the directions'
+  // side by side) and h_n [2,B,H]: each direction's values those of rnn_layer_forward.
+  m.def(
+      "rnn_directions_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
+      "str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, "
+      "str? backend=None) -> (Tensor output, Tensor h_n)");
+  // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H], the forward's output [T,B,2H], then
+  // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
+  // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),
+  // grad_input the sum of the directions'.
+  m.def(
+      "rnn_directions_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[9] output_mask, "
+      "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
+      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None) -> Tensor[]");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }
@@ -495,6 +582,8 @@ void register_device_entry_points(torch::Library& m) {
   m.impl("rnn_stack_backward", &rnn_fused::rnn_stack_backward);
   m.impl("stack_plan", &rnn_fused::stack_plan);
   m.impl("rnn_layer_backward", &rnn_fused::rnn_layer_backward);
+  m.impl("rnn_directions_forward", &rnn_fused::rnn_directions_forward);
+  m.impl("rnn_directions_backward", &rnn_fused::rnn_directions_backward);
   m.impl("recurrence_plan", &rnn_fused::recurrence_plan);
   m.impl("recurrence_step_phases", &rnn_fused::recurrence_step_phases);
 }

@@ -167,10 +167,12 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     dropout in training the stack draws the layers' masks first, as the layers one by one would
     (the same calls, shapes and order), and applies each to its layer's output where the next
     layer reads it. The results are the layers' run one by one, within rounding.
-    side_by_side: whether the two directions of a bidirectional layer on the GPU kernels run at
-    once, each planned for half the SMs (rnn_layer's side_by_side=2; on CUDA in eager mode the
-    reverse one on a side stream), or one after the other, each on the whole device: None where
-    the planner prices them faster at once (directions_side_by_side), True, False.
+    side_by_side: whether the two directions of a bidirectional layer run at once or one after the
+    other: on the GPU kernels each planned for half the SMs (rnn_layer's side_by_side=2; on CUDA
+    in eager mode the reverse one on a side stream), None where the planner prices them faster
+    at once (directions_side_by_side); on the CPU kernels each time loop on a thread of torch's
+    team (_DirectionsOnTwoThreads: the same results), None where a direction's loop is long
+    enough (_cpu_directions_on_two_threads); True, False.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -198,10 +200,14 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     layer_input = input
     final_states = []
     for layer in range(num_layers):
-        # The directions of a bidirectional layer at once (each on half the SMs) or one after the other.
-        share = 1
+        # The directions of a bidirectional layer at once (on the GPU kernels each on half the SMs, on
+        # the CPU each time loop on a thread of its own) or one after the other.
+        share, on_two_threads = 1, False
         if directions == 2 and layer_fn is None and side_by_side is not False:
-            share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
+            if _cpu_loops(layer_input, backend, path, record):
+                on_two_threads = side_by_side or _cpu_directions_on_two_threads(layer_input, weights[layer * 2][1])
+            else:
+                share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
 
         def run_direction(direction):
             index = layer * directions + direction
@@ -217,14 +223,21 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                              reverse, backend=backend, path=path, truncation=args, layer=layer, sink=sink,
                              side_by_side=share)
 
-        if share == 2 and _streams_usable(layer_input):
-            results = _run_concurrently(run_direction, layer_input)
+        if on_two_threads:
+            layer_output, layer_states = _DirectionsOnTwoThreads.apply(
+                layer_input, None if hx is None else hx[2 * layer:2 * layer + 2], lengths,
+                (nonlinearity, backend, args, layer, len(weights[2 * layer]) == 4),
+                *weights[2 * layer], *weights[2 * layer + 1])
+            final_states.extend(layer_states.unbind(0))
         else:
-            results = [run_direction(direction) for direction in range(directions)]
-        direction_outputs = [out for out, _ in results]
-        final_states.extend(h_n for _, h_n in results)
-        layer_output = (direction_outputs[0] if directions == 1
-                        else torch.cat(direction_outputs, dim=2))
+            if share == 2 and _streams_usable(layer_input):
+                results = _run_concurrently(run_direction, layer_input)
+            else:
+                results = [run_direction(direction) for direction in range(directions)]
+            direction_outputs = [out for out, _ in results]
+            final_states.extend(h_n for _, h_n in results)
+            layer_output = (direction_outputs[0] if directions == 1
+                            else torch.cat(direction_outputs, dim=2))
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
@@ -383,6 +396,101 @@ class _LayerStack(torch.autograd.Function):
             states.append(state)
             layer_input = out * masks[layer] if masks is not None and layer < num_layers - 1 else out
         output, h_n = layer_input, torch.stack(states)
+        grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
+                                    create_graph=True, allow_unused=True)
+        result = [None] * len(candidates)
+        for i, grad in zip(wanted, grads):
+            result[i] = grad if grad is not None else torch.zeros_like(candidates[i])
+        return tuple(result)
+
+
+def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None, record) -> bool:
+    """Whether a bidirectional layer's directions can run their time loops on two CPU threads
+    (_DirectionsOnTwoThreads): the CPU backend's own loops, in eager mode without autocast (the
+    ops have no fake or autocast kernels) and without recorded norms (each direction hands its own
+    to a sink from its own backward)."""
+    return (layer_input.is_cpu and backend in (None, "cpu") and path is None and record is None
+            and not torch.compiler.is_compiling() and _ops.autocast_dtype("cpu") is None)
+
+
+# The directions' time loops on two threads (the second thread of torch's OpenMP team) pay for the
+# hand-off from about this many multiply-adds of a direction's recurrence (T x B x H^2) on
+# (measured on the 2-core development CPU, 2026-12-01: 1.3-1.6x forward from 4e5 on, 1.0-1.2x at
+# 1e5, within noise below).
+_MIN_TWO_THREAD_DIRECTION_MACS = 1 << 18
+
+
+def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bool:
+    """Whether the directions of a bidirectional CPU layer run faster with each time loop on a
+    thread of its own than one after the other: torch may use 2 threads or more, and the loop is
+    long enough to pay for the second thread."""
+    if layer_input.dim() != 3 or weight_hh.dim() != 2:
+        return False  # the op's checks say what is wrong
+    steps, batch = layer_input.shape[0], layer_input.shape[1]
+    return torch.get_num_threads() >= 2 and steps * batch * weight_hh.shape[0] ** 2 >= _MIN_TWO_THREAD_DIRECTION_MACS
+
+
+class _DirectionsOnTwoThreads(torch.autograd.Function):
+    """A bidirectional layer on the CPU kernels whose two time loops run at once, each on a thread
+    of its own, forward and backward (rnn_fused::rnn_directions_forward / _backward; the casts and
+    GEMMs stay on the calling thread): each direction's values are those of its layer op
+    (rnn_layer), so the results are those of the directions one after the other. With
+    create_graph=True it differentiates the directions' layer ops instead (their own double
+    backward), recomputing the forward. config: (nonlinearity, backend, truncation, layer,
+    has_biases); flat: the forward direction's weights, then the reverse one's."""
+
+    @staticmethod
+    def forward(ctx, input, hx, lengths, config, *flat):
+        nonlinearity, backend, truncation, layer, has_biases = config
+        output, h_n = torch.ops.rnn_fused.rnn_directions_forward(
+            input, hx, list(flat), has_biases, lengths, nonlinearity, truncation.every, truncation.keep_prob,
+            truncation.seed_tensor(), layer, backend)
+        ctx.save_for_backward(input, hx, lengths, output, *flat)
+        ctx.config = config
+        ctx.set_materialize_grads(True)
+        return output, h_n
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        if torch.is_grad_enabled():
+            return _DirectionsOnTwoThreads._backward_with_graph(ctx, grad_output, grad_h_n)
+        input, hx, lengths, output, *flat = ctx.saved_tensors
+        nonlinearity, backend, truncation, layer, has_biases = ctx.config
+        needs = ctx.needs_input_grad
+        per_direction = len(flat) // 2
+        mask = [needs[0]]
+        for direction in range(2):
+            at = 4 + direction * per_direction  # this direction's weight_ih among the Function's inputs
+            mask += [hx is not None and needs[1], needs[at], needs[at + 1],
+                     has_biases and (needs[at + 2] or needs[at + 3])]
+        grads = torch.ops.rnn_fused.rnn_directions_backward(
+            grad_output, grad_h_n, output, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer, backend)
+        grad_weights = []
+        for direction in range(2):
+            at = 4 + direction * per_direction
+            _, grad_ih, grad_hh, grad_bias = grads[1 + 4 * direction:5 + 4 * direction]
+            grad_weights += [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            if has_biases:  # each bias its own tensor
+                grad_weights += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+        grad_hx = torch.stack([grads[1], grads[5]]) if hx is not None and needs[1] else None
+        return (grads[0] if needs[0] else None, grad_hx, None, None, *grad_weights)
+
+    @staticmethod
+    def _backward_with_graph(ctx, grad_output, grad_h_n):
+        input, hx, lengths, _, *flat = ctx.saved_tensors
+        nonlinearity, backend, truncation, layer, _ = ctx.config
+        per_direction = len(flat) // 2
+        candidates = [input, hx, None, None, *flat]
+        wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]
+        results = []
+        for direction in range(2):
+            weight_ih, weight_hh, *biases = flat[direction * per_direction:(direction + 1) * per_direction]
+            results.append(rnn_layer(input, None if hx is None else hx[direction], weight_ih, weight_hh,
+                                     *(biases or (None, None)), lengths, nonlinearity, reverse=direction == 1,
+                                     backend=backend, truncation=truncation, layer=layer))
+        output = torch.cat([out for out, _ in results], dim=2)
+        h_n = torch.stack([state for _, state in results])
         grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
                                     create_graph=True, allow_unused=True)
         result = [None] * len(candidates)

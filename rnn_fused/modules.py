@@ -117,8 +117,9 @@ class RNN(nn.Module):
         path, stack, side_by_side: the GPU kernels' recurrence path (rnn_fused.plan),
             whether a unidirectional float32 stack runs its recurrences in one launch each
             (rnn_fused.functional.rnn's `stack`), and whether a bidirectional layer's two
-            directions run at once, each on half the SMs (its `side_by_side`); None: the
-            planner's choice. Set on an instance, like backend.
+            directions run at once, on the GPU kernels each on half the SMs, on the CPU each
+            time loop on a thread (its `side_by_side`); None: the planner's choice. Set on an
+            instance, like backend.
 
     Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
     tensors are left alone). torch.compile(fullgraph=True) traces the module without a
@@ -141,8 +142,9 @@ class RNN(nn.Module):
     # Whether a unidirectional stack's recurrences run in one launch each on the GPU kernels
     # (functional.rnn's `stack`): None where the planner predicts it faster, True or False.
     stack: bool | None = None
-    # Whether a bidirectional layer's directions run at once on the GPU kernels, each planned for
-    # half the SMs (functional.rnn's `side_by_side`): None where the planner prices it faster.
+    # Whether a bidirectional layer's directions run at once: on the GPU kernels each planned for
+    # half the SMs, on the CPU each time loop on a thread (functional.rnn's `side_by_side`): None
+    # where that is priced (GPU) or sized (CPU) to be faster.
     side_by_side: bool | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None

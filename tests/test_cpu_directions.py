@@ -1,0 +1,185 @@
+"""A bidirectional layer on the CPU kernels with its two time loops at once, each on a thread of
+torch's OpenMP team (rnn_fused::rnn_directions_forward / _backward, functional._DirectionsOnTwoThreads):
+the same values as the directions one after the other, bit for bit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused import functional
+from rnn_fused.tools.testing import assert_within_tolerance
+
+OPS = torch.ops.rnn_fused
+
+
+def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool):
+    """Outputs and every gradient (input, hx, parameters) of one forward and backward."""
+    module.side_by_side = side_by_side
+    for p in module.parameters():
+        p.grad = None
+    x = x.detach().requires_grad_()
+    hx = None if hx is None else hx.detach().requires_grad_()
+    if lengths is None:
+        out, h_n = module(x, hx)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, h_n = module(packed, hx)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    ((out * weights).sum() + (h_n * h_n).sum()).backward()
+    grads = [x.grad] + ([] if hx is None else [hx.grad]) + [p.grad for p in module.parameters()]
+    return [out, h_n] + grads
+
+
+def _as_module(stock: torch.nn.RNN, dtype: torch.dtype) -> torch.nn.RNN:
+    """A copy of stock nn.RNN in dtype that _run can drive (it sets side_by_side on it)."""
+    import copy
+    module = copy.deepcopy(stock).to(dtype)
+    module.side_by_side = None
+    return module
+
+
+def _names(with_hx: bool, module: torch.nn.Module) -> list[str]:
+    return ["output", "h_n", "grad input"] + (["grad hx"] if with_hx else []) + \
+        [f"grad {n}" for n, _ in module.named_parameters()]
+
+
+CASES = [
+    # steps, batch, input, hidden, layers, bias, hx, lengths, nonlinearity, truncation, dtype
+    (40, 3, 5, 16, 1, True, False, None, "tanh", None, torch.float32),
+    (40, 3, 5, 16, 2, False, True, [40, 7, 1], "relu", 3, torch.float32),
+    (33, 4, 6, 9, 1, True, True, [5, 33, 12, 1], "tanh", rnn_fused.RandomTruncation(0.7, seed=11), torch.float64),
+    (25, 1, 2, 24, 1, True, False, None, "tanh", None, torch.float32),  # one row per step: vector_matrix
+    (6, 2, 3, 1024, 1, True, True, None, "tanh", None, torch.float32),  # a step of 2^21 multiply-adds: in turn
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c[:9]))
+def test_directions_on_two_threads_agree_bitwise_with_the_directions_in_turn(case):
+    steps, batch, input_size, hidden, layers, bias, with_hx, lengths, nonlinearity, truncation, dtype = case
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(input_size, hidden, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
+                           bidirectional=True, truncation=truncation).to(dtype)
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
+    hx = torch.randn(2 * layers, batch, hidden, dtype=dtype) if with_hx else None
+    lengths = None if lengths is None else torch.tensor(lengths)
+    in_turn = _run(module, x, hx, lengths, side_by_side=False)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        at_once = _run(module, x, hx, lengths, side_by_side=True)
+    names = [e.name for e in profile.events()]
+    assert names.count("rnn_fused::rnn_directions_forward") == layers
+    assert names.count("rnn_fused::rnn_directions_backward") == layers
+    for a, b in zip(in_turn, at_once):
+        assert torch.equal(a, b)
+    # And against torch.nn.RNN under the tolerance rule (its float64 run the reference) where the
+    # gradients are full BPTT's.
+    if truncation is None:
+        stock = torch.nn.RNN(input_size, hidden, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
+                             bidirectional=True).to(dtype)
+        stock.load_state_dict(module.state_dict())
+        reference = _run(_as_module(stock, torch.float64), x.double(), None if hx is None else hx.double(), lengths,
+                         side_by_side=False)
+        stock_values = _run(_as_module(stock, dtype), x, hx, lengths, side_by_side=False)
+        for name, r, s, o in zip(_names(with_hx, module), reference, stock_values, at_once):
+            assert_within_tolerance(r, s, o, name=name)
+
+
+def test_double_backward_through_the_directions_on_two_threads():
+    """gradcheck and gradgradcheck (full BPTT: a truncated gradient is not the Jacobian's); with
+    randomized truncation the gradients with a graph equal the directions' in turn bitwise, and a
+    second-order gradient within float64 rounding."""
+    torch.manual_seed(1)
+    module = rnn_fused.RNN(3, 4, bidirectional=True).double()
+    module.side_by_side = True
+    names = [n for n, _ in module.named_parameters()]
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    hx = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, hx, *weights):
+        return torch.func.functional_call(module, dict(zip(names, weights)), (x, hx))
+
+    params = [p.detach().requires_grad_() for p in module.parameters()]
+    assert torch.autograd.gradcheck(f, (x, hx, *params))
+    assert torch.autograd.gradgradcheck(f, (x, hx, *params))
+
+    module.truncation = rnn_fused.RandomTruncation(0.6, seed=5)
+    results = []
+    for side_by_side in (False, True):
+        module.side_by_side = side_by_side
+        out, h_n = f(x, hx, *params)
+        grads = torch.autograd.grad((out * out).sum() + h_n.sum(), [x, hx, *params], create_graph=True)
+        second = torch.autograd.grad(sum((g * g).sum() for g in grads), [x, *params])
+        results.append(list(grads) + list(second))
+    first_order = 2 + len(params)
+    for a, b in zip(results[0][:first_order], results[1][:first_order]):
+        assert torch.equal(a, b)
+    # The second-order graph adds the directions' terms in another order: float64 rounding apart.
+    for a, b in zip(results[0][first_order:], results[1][first_order:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_the_planner_of_the_cpu_directions():
+    """None runs the time loops on two threads from 2^18 multiply-adds of a direction's loop on and
+    where torch has 2 threads or more; False never; record_gradients keeps the directions in turn."""
+    x_long, x_short = torch.randn(100, 8, 4), torch.randn(3, 1, 4)
+    module = rnn_fused.RNN(4, 64, bidirectional=True)
+
+    def ops_run(x, **context):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            module(x)
+        return {e.name for e in profile.events() if e.name.startswith("rnn_fused::")}
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert "rnn_fused::rnn_directions_forward" in ops_run(x_long)  # 100 x 8 x 64^2 multiply-adds
+        assert ops_run(x_short) == {"rnn_fused::rnn_layer_forward"}
+        module.side_by_side = False
+        assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
+        module.side_by_side = None
+        with rnn_fused.record_gradients(module):
+            assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
+        torch.set_num_threads(1)
+        assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
+    finally:
+        torch.set_num_threads(threads)
+    assert functional._cpu_directions_on_two_threads(x_long, module.weight_hh_l0) == (threads >= 2)
+
+
+def test_directions_ops_refuse_what_they_cannot_run_before_anything_runs():
+    x, w_ih, w_hh = torch.randn(4, 2, 3), torch.randn(5, 3), torch.randn(5, 5)
+    weights = [w_ih, w_hh, w_ih, w_hh]
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 9 is outside \[0, 4\]"):
+        OPS.rnn_directions_forward(x, None, weights, False, torch.tensor([4, 9]))
+    with pytest.raises(ValueError, match=r"expected 4 weights \(per direction weight_ih, weight_hh\), got 3"):
+        OPS.rnn_directions_forward(x, None, weights[:3], False, None)
+    with pytest.raises(ValueError, match=r"hx must be None or \[2, B, H\]"):
+        OPS.rnn_directions_forward(x, torch.zeros(2, 5), weights, False, None)
+    with pytest.raises(ValueError, match="backend 'emulated' runs GPU kernels, whose directions run side by side"):
+        OPS.rnn_directions_forward(x, None, weights, False, None, backend="emulated")
+    out, h_n = OPS.rnn_directions_forward(x, None, weights, False, None)
+    with pytest.raises(RuntimeError, match=r"grad_output must be a Float tensor of shape \[4, 2, 10\]"):
+        OPS.rnn_directions_backward(torch.zeros(4, 2, 5), torch.zeros_like(h_n), out, [True] * 9, x, None, weights,
+                                    False, None)
+
+
+def test_directions_on_two_threads_leave_no_thread_behind():
+    """The second time loop runs on the second thread of the calling thread's OpenMP team, not on a
+    thread of its own (one that keeps an OpenMP team makes libgomp throttle every team's
+    spin-waits: nn.RNN's CPU forward measured 2x slower after it): the process has as many threads
+    after as before, and torch's thread count is unchanged."""
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("no /proc/self/task on this host to count the process's threads")
+    module = rnn_fused.RNN(4, 64, bidirectional=True)
+    module.side_by_side = True
+    x = torch.randn(50, 4, 4, requires_grad=True)
+    torch.mm(torch.randn(256, 256), torch.randn(256, 256))  # the calling thread's team exists
+    before = (len(os.listdir("/proc/self/task")), torch.get_num_threads())
+    for _ in range(3):
+        out, h_n = module(x)
+        (out.sum() + h_n.sum()).backward()
+    assert (len(os.listdir("/proc/self/task")), torch.get_num_threads()) == before
