@@ -20,7 +20,6 @@ def _differentiable_backward(grad_output: Tensor, grad_h_n: Tensor, needs, input
     (input, hx, weight_ih, weight_hh, bias_ih, bias_hh) to differentiate. Returns those six
     gradients (None where not needed)."""
     args = list(inputs[:6])
-    wanted = [i for i, a in enumerate(args) if a is not None and needs[i]]
     scales = None
     truncation = options.truncation
     if not truncation.full:
@@ -30,12 +29,7 @@ def _differentiable_backward(grad_output: Tensor, grad_h_n: Tensor, needs, input
         scales = scales.to(inputs.input.device, inputs.input.dtype)
     with torch.enable_grad():
         out, h_n = reference_layer(*args, inputs.lengths, options.nonlinearity, options.reverse, scales)
-        grads = torch.autograd.grad((out, h_n), [args[i] for i in wanted], (grad_output, grad_h_n),
-                                    create_graph=True, allow_unused=True)
-    result = [None] * 6
-    for i, g in zip(wanted, grads):
-        result[i] = g if g is not None else torch.zeros_like(args[i])
-    return result
+        return list(_gradients_with_graph((out, h_n), (grad_output, grad_h_n), args, needs))
 
 
 def _backward_with_graph(grad_output, grad_h_n, needs, *forward_args):
@@ -324,6 +318,19 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
     return output, h_n
 
 
+def _gradients_with_graph(outputs, cotangents, candidates, needs) -> tuple:
+    """A Function's double-backward gradients from its recomputed outputs: for each candidate
+    input (None where the input is no tensor) that autograd needs (needs_input_grad), its
+    gradient with a graph of its own, zeros where it does not reach the outputs; None for the rest."""
+    wanted = [i for i, (t, need) in enumerate(zip(candidates, needs)) if need and t is not None]
+    grads = torch.autograd.grad(outputs, [candidates[i] for i in wanted], cotangents, create_graph=True,
+                                allow_unused=True)
+    result = [None] * len(candidates)
+    for i, grad in zip(wanted, grads):
+        result[i] = grad if grad is not None else torch.zeros_like(candidates[i])
+    return tuple(result)
+
+
 class _LayerStack(torch.autograd.Function):
     """A unidirectional stack whose forward and backward recurrences each run in one launch
     (rnn_fused::rnn_stack_forward / rnn_stack_backward): the gradients of the layers run one by
@@ -385,7 +392,6 @@ class _LayerStack(torch.autograd.Function):
         nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
         candidates = [input, hx, None, None, None, *flat]
-        wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]
         # The layers one by one, each output times its mask where the next layer reads it.
         layer_input, states = input, []
         for layer in range(num_layers):
@@ -396,12 +402,7 @@ class _LayerStack(torch.autograd.Function):
             states.append(state)
             layer_input = out * masks[layer] if masks is not None and layer < num_layers - 1 else out
         output, h_n = layer_input, torch.stack(states)
-        grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
-                                    create_graph=True, allow_unused=True)
-        result = [None] * len(candidates)
-        for i, grad in zip(wanted, grads):
-            result[i] = grad if grad is not None else torch.zeros_like(candidates[i])
-        return tuple(result)
+        return _gradients_with_graph((output, h_n), (grad_output, grad_h_n), candidates, ctx.needs_input_grad)
 
 
 def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None, record) -> bool:
@@ -482,7 +483,6 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
         nonlinearity, backend, truncation, layer, _ = ctx.config
         per_direction = len(flat) // 2
         candidates = [input, hx, None, None, *flat]
-        wanted = [i for i, (t, need) in enumerate(zip(candidates, ctx.needs_input_grad)) if need and t is not None]
         results = []
         for direction in range(2):
             weight_ih, weight_hh, *biases = flat[direction * per_direction:(direction + 1) * per_direction]
@@ -491,12 +491,7 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
                                      backend=backend, truncation=truncation, layer=layer))
         output = torch.cat([out for out, _ in results], dim=2)
         h_n = torch.stack([state for _, state in results])
-        grads = torch.autograd.grad((output, h_n), [candidates[i] for i in wanted], (grad_output, grad_h_n),
-                                    create_graph=True, allow_unused=True)
-        result = [None] * len(candidates)
-        for i, grad in zip(wanted, grads):
-            result[i] = grad if grad is not None else torch.zeros_like(candidates[i])
-        return tuple(result)
+        return _gradients_with_graph((output, h_n), (grad_output, grad_h_n), candidates, ctx.needs_input_grad)
 
 
 # One side stream per CUDA device for the reverse direction of a bidirectional layer.
