@@ -467,15 +467,17 @@ std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCa
   const RecurrenceBackend& backend = directions_backend_for("rnn_directions_backward", calls[0].forward);
   std::array<PreparedBackward, 2> p{prepare_backward(calls[0], backend), prepare_backward(calls[1], backend)};
   run_at_once(calls[0].forward.shape, {[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
-  std::vector<at::Tensor> grads;
+  std::vector<at::Tensor> grads, norms;
   at::Tensor grad_input;
   for (PreparedBackward& direction : p) {
     const LayerBackwardResult r = finish_backward(direction);
     // The input's gradient is the sum of the directions' (as autograd adds them: a + b == b + a).
     if (direction.call.output_mask[0]) grad_input = grad_input.defined() ? at::add(grad_input, std::get<0>(r)) : std::get<0>(r);
     grads.insert(grads.end(), {std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)});
+    if (direction.call.record_norms) norms.insert(norms.end(), {std::get<5>(r), std::get<6>(r), std::get<7>(r)});
   }
   grads.insert(grads.begin(), grad_input.defined() ? grad_input : at::empty({0}, calls[0].forward.input.options()));
+  grads.insert(grads.end(), norms.begin(), norms.end());
   return grads;
 }
 

@@ -246,7 +246,8 @@ std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<Layer
 // rnn_fused::rnn_directions_backward: the directions' backward likewise: grad_input (the sum of
 // the directions', empty [0] unless output_mask[0] of both), then per direction grad_hx,
 // grad_weight_ih, grad_weight_hh and grad_bias (run_layer_backward's, empty [0] where not in its
-// output_mask). No recorded norms.
+// output_mask); where the calls record norms, then per direction its step_norms, grad_sq_norms
+// and nonfinite flag (LayerBackwardResult's last three).
 std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCall, 2>& calls);
 
 // rnn_fused::rnn_stack_forward: (outputs [L,T,B,H], h_n [L,B,H]) of a stack of unidirectional

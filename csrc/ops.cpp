@@ -137,7 +137,7 @@ std::vector<at::Tensor> rnn_directions_backward(
     std::array<bool, 9> output_mask, const at::Tensor& input, const std::optional<at::Tensor>& hx,
     const std::vector<at::Tensor>& weights, bool has_biases, const std::optional<at::Tensor>& lengths,
     c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
-    int64_t layer, std::optional<c10::string_view> backend) {
+    int64_t layer, std::optional<c10::string_view> backend, bool record_norms) {
   const char* what = "rnn_directions_backward";
   std::array<LayerForwardCall, 2> calls = direction_calls(what, input, hx, weights, has_biases, lengths, nonlinearity,
                                                           truncate_every, keep_prob, seed, layer, backend);
@@ -157,7 +157,8 @@ std::vector<at::Tensor> rnn_directions_backward(
                                           .grad_output = grad_output.narrow(2, d * s.hidden, s.hidden),
                                           .grad_h_n = grad_h_n[d],
                                           .output = output.narrow(2, d * s.hidden, s.hidden),
-                                          .output_mask = {output_mask[0], m[0], m[1], m[2], m[3]}};
+                                          .output_mask = {output_mask[0], m[0], m[1], m[2], m[3]},
+                                          .record_norms = record_norms};
     check_backward_call(backward_calls[d]);
   }
   return run_directions_backward(backward_calls);
@@ -564,11 +565,13 @@ TORCH_LIBRARY(rnn_fused, m) {
   // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H], the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),
-  // grad_input the sum of the directions'.
+  // grad_input the sum of the directions'; with record_norms then per direction step_norms,
+  // grad_sq_norms and nonfinite (as rnn_layer_backward's, grad_input's squared norm the direction's own).
   m.def(
       "rnn_directions_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[9] output_mask, "
       "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
-      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None) -> Tensor[]");
+      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
+      "bool record_norms=False) -> Tensor[]");
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }

@@ -198,7 +198,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         # the CPU each time loop on a thread of its own) or one after the other.
         share, on_two_threads = 1, False
         if directions == 2 and layer_fn is None and side_by_side is not False:
-            if _cpu_loops(layer_input, backend, path, record):
+            if _cpu_loops(layer_input, backend, path):
                 on_two_threads = side_by_side or _cpu_directions_on_two_threads(layer_input, weights[layer * 2][1])
             else:
                 share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
@@ -218,9 +218,11 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                              side_by_side=share)
 
         if on_two_threads:
+            sinks = None if record is None else tuple(record.sink(layer, direction, tuple(weights[2 * layer + direction]))
+                                                      for direction in range(2))
             layer_output, layer_states = _DirectionsOnTwoThreads.apply(
                 layer_input, None if hx is None else hx[2 * layer:2 * layer + 2], lengths,
-                (nonlinearity, backend, args, layer, len(weights[2 * layer]) == 4),
+                (nonlinearity, backend, args, layer, len(weights[2 * layer]) == 4, sinks),
                 *weights[2 * layer], *weights[2 * layer + 1])
             final_states.extend(layer_states.unbind(0))
         else:
@@ -405,12 +407,11 @@ class _LayerStack(torch.autograd.Function):
         return _gradients_with_graph((output, h_n), (grad_output, grad_h_n), candidates, ctx.needs_input_grad)
 
 
-def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None, record) -> bool:
+def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
     """Whether a bidirectional layer's directions can run their time loops on two CPU threads
     (_DirectionsOnTwoThreads): the CPU backend's own loops, in eager mode without autocast (the
-    ops have no fake or autocast kernels) and without recorded norms (each direction hands its own
-    to a sink from its own backward)."""
-    return (layer_input.is_cpu and backend in (None, "cpu") and path is None and record is None
+    ops have no fake or autocast kernels)."""
+    return (layer_input.is_cpu and backend in (None, "cpu") and path is None
             and not torch.compiler.is_compiling() and _ops.autocast_dtype("cpu") is None)
 
 
@@ -438,11 +439,12 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
     (rnn_layer), so the results are those of the directions one after the other. With
     create_graph=True it differentiates the directions' layer ops instead (their own double
     backward), recomputing the forward. config: (nonlinearity, backend, truncation, layer,
-    has_biases); flat: the forward direction's weights, then the reverse one's."""
+    has_biases, sinks: one recording.LayerSink per direction, handed the norms the backward
+    reduces, or None); flat: the forward direction's weights, then the reverse one's."""
 
     @staticmethod
     def forward(ctx, input, hx, lengths, config, *flat):
-        nonlinearity, backend, truncation, layer, has_biases = config
+        nonlinearity, backend, truncation, layer, has_biases, _ = config
         output, h_n = torch.ops.rnn_fused.rnn_directions_forward(
             input, hx, list(flat), has_biases, lengths, nonlinearity, truncation.every, truncation.keep_prob,
             truncation.seed_tensor(), layer, backend)
@@ -453,10 +455,13 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        sinks = ctx.config[-1]
         if torch.is_grad_enabled():
+            if sinks is not None:
+                raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _DirectionsOnTwoThreads._backward_with_graph(ctx, grad_output, grad_h_n)
         input, hx, lengths, output, *flat = ctx.saved_tensors
-        nonlinearity, backend, truncation, layer, has_biases = ctx.config
+        nonlinearity, backend, truncation, layer, has_biases, _ = ctx.config
         needs = ctx.needs_input_grad
         per_direction = len(flat) // 2
         mask = [needs[0]]
@@ -466,21 +471,27 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
                      has_biases and (needs[at + 2] or needs[at + 3])]
         grads = torch.ops.rnn_fused.rnn_directions_backward(
             grad_output, grad_h_n, output, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
-            truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer, backend)
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer, backend, sinks is not None)
+        grad_input = grads[0] if needs[0] else None
         grad_weights = []
         for direction in range(2):
             at = 4 + direction * per_direction
-            _, grad_ih, grad_hh, grad_bias = grads[1 + 4 * direction:5 + 4 * direction]
-            grad_weights += [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
+            grad_hx, grad_ih, grad_hh, grad_bias = grads[1 + 4 * direction:5 + 4 * direction]
+            direction_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
             if has_biases:  # each bias its own tensor
-                grad_weights += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+                direction_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+            if sinks is not None:  # (a sink reads the weights' gradients, which autograd is handed next)
+                step_norms, grad_sq_norms, nonfinite = grads[9 + 3 * direction:12 + 3 * direction]
+                sinks[direction](step_norms, grad_sq_norms, nonfinite,
+                                 (grad_input, grad_hx if hx is not None and needs[1] else None, *direction_grads))
+            grad_weights += direction_grads
         grad_hx = torch.stack([grads[1], grads[5]]) if hx is not None and needs[1] else None
-        return (grads[0] if needs[0] else None, grad_hx, None, None, *grad_weights)
+        return (grad_input, grad_hx, None, None, *grad_weights)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
         input, hx, lengths, _, *flat = ctx.saved_tensors
-        nonlinearity, backend, truncation, layer, _ = ctx.config
+        nonlinearity, backend, truncation, layer, _, _ = ctx.config
         per_direction = len(flat) // 2
         candidates = [input, hx, None, None, *flat]
         results = []

@@ -88,6 +88,42 @@ def test_directions_on_two_threads_agree_bitwise_with_the_directions_in_turn(cas
             assert_within_tolerance(r, s, o, name=name)
 
 
+@pytest.mark.parametrize("lengths", [None, [30, 4, 17]])
+def test_recorded_norms_of_the_directions_on_two_threads_are_those_in_turn(lengths):
+    """record_gradients on a bidirectional CPU layer with its loops at once: the step norms, the
+    parameters' squared norms and the nonfinite flag equal the directions' in turn bitwise, and
+    clip_grad_norm_ reads the recorded norms (its result equals torch's)."""
+    torch.manual_seed(2)
+    module = rnn_fused.RNN(5, 16, num_layers=2, bidirectional=True, truncation=rnn_fused.RandomTruncation(0.8, seed=3))
+    x = torch.randn(30, 3, 5)
+    seen = []
+    for side_by_side in (False, True):
+        module.side_by_side = side_by_side
+        module.zero_grad(set_to_none=True)
+        with rnn_fused.record_gradients(module) as recorder:
+            if lengths is None:
+                out, h_n = module(x)
+            else:
+                packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+                out, h_n = module(packed)
+                out, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+            ((out * out).sum() + h_n.sum()).backward()
+        grads = [p.grad.clone() for p in module.parameters()]
+        # The total norm under the tolerance rule: exact (float64) reference, torch's own
+        # clip_grad_norm_ on copies of the gradients as the stock value.
+        exact = torch.linalg.vector_norm(torch.cat([g.double().flatten() for g in grads]))
+        copies = [torch.zeros_like(g, requires_grad=True) for g in grads]
+        for copy, g in zip(copies, grads):
+            copy.grad = g.clone()
+        stock = torch.nn.utils.clip_grad_norm_(copies, 1e9)
+        assert_within_tolerance(exact, stock, rnn_fused.clip_grad_norm_(module.parameters(), 1e9), name="total norm")
+        seen.append((recorder.step_norms, recorder.parameter_sq_norms, recorder.nonfinite, grads))
+    (norms_a, sq_a, flag_a, grads_a), (norms_b, sq_b, flag_b, grads_b) = seen
+    assert torch.equal(norms_a, norms_b) and flag_a == flag_b is False
+    assert sq_a.keys() == sq_b.keys() and all(torch.equal(sq_a[k], sq_b[k]) for k in sq_a)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+
+
 def test_double_backward_through_the_directions_on_two_threads():
     """gradcheck and gradgradcheck (full BPTT: a truncated gradient is not the Jacobian's); with
     randomized truncation the gradients with a graph equal the directions' in turn bitwise, and a
@@ -124,7 +160,7 @@ def test_double_backward_through_the_directions_on_two_threads():
 
 def test_the_planner_of_the_cpu_directions():
     """None runs the time loops on two threads from 2^18 multiply-adds of a direction's loop on and
-    where torch has 2 threads or more; False never; record_gradients keeps the directions in turn."""
+    where torch has 2 threads or more, recorded norms included; False never."""
     x_long, x_short = torch.randn(100, 8, 4), torch.randn(3, 1, 4)
     module = rnn_fused.RNN(4, 64, bidirectional=True)
 
@@ -142,7 +178,7 @@ def test_the_planner_of_the_cpu_directions():
         assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
         module.side_by_side = None
         with rnn_fused.record_gradients(module):
-            assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
+            assert "rnn_fused::rnn_directions_forward" in ops_run(x_long)
         torch.set_num_threads(1)
         assert ops_run(x_long) == {"rnn_fused::rnn_layer_forward"}
     finally:
