@@ -219,3 +219,13 @@ def test_directions_on_two_threads_leave_no_thread_behind():
         out, h_n = module(x)
         (out.sum() + h_n.sum()).backward()
     assert (len(os.listdir("/proc/self/task")), torch.get_num_threads()) == before
+
+
+def test_no_graph_of_the_backward_while_recording_the_directions_on_two_threads():
+    module = rnn_fused.RNN(3, 8, bidirectional=True)
+    module.side_by_side = True
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    with rnn_fused.record_gradients(module):
+        out, _ = module(x)
+    with pytest.raises(RuntimeError, match="record without create_graph=True"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
