@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import rnn_fused
 from rnn_fused.tools import benchmark, bptt_benchmark, check, demo, experiments
 from rnn_fused.tools.cli import build_parser, main, shapes_argument
-from rnn_fused.tools.benchmark import BenchResult, Row, format_table, layer_flops
+from rnn_fused.tools.benchmark import BenchResult, Row, build_pair, default_shapes, format_table, layer_flops
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -510,3 +510,16 @@ def test_a_cudnn_refusal_is_reported_not_raised():
     assert baseline_refusal(ValueError("CUDNN_STATUS_NOT_SUPPORTED")) is None
     with pytest.raises(RuntimeError, match="out of memory"):
         refused_by_baseline(lambda: (_ for _ in ()).throw(RuntimeError("CUDA out of memory")))
+
+
+def test_the_cpu_bench_has_a_bidirectional_row():
+    """The CPU grid ends with one bidirectional layer (T, B, I, H, 2): both modules bidirectional
+    with the same weights, the gradient of the output 2H wide, the table's label says so."""
+    shape = default_shapes(torch.device("cpu"))[-1]
+    assert len(shape) == 5 and shape[4] == 2
+    stock, ours, x, grad_out = build_pair((5, 2, 3, 4, 2), torch.device("cpu"), torch.float32)
+    assert stock.bidirectional and ours.bidirectional and grad_out.shape == (5, 2, 8)
+    assert torch.equal(stock.weight_hh_l0_reverse, ours.weight_hh_l0_reverse)
+    row = Row((5, 2, 3, 4, 2), "fwd", 1.0, 0.5, 2.0, 1.0, 0.01)
+    table = format_table(BenchResult("cpu", "CPU", 2, 1e11, [row]))
+    assert "| 5, 2, 3, 4, bidirectional | fwd | 1.00 | 0.50 | 2.00x |" in table

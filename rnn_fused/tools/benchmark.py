@@ -35,6 +35,10 @@ CPU_SHAPES = [  # (T, B, I, H)
     (200, 32, 128, 256),
     (100, 64, 512, 1024),
 ]
+# A shape may carry a fifth element, its directions: 2 for one bidirectional layer. The CPU
+# table adds one (its two time loops at once: docs/architecture.md, "The CPU backend").
+BIDIRECTIONAL = 2
+CPU_BENCH_SHAPES = CPU_SHAPES + [(1000, 8, 32, 64, BIDIRECTIONAL)]
 # Long and short sequences, batch 1 to 128, hidden 128 to 1024 (all of which the planner
 # keeps on chip on an H100-class GPU).
 CUDA_SHAPES = [
@@ -53,8 +57,18 @@ QUICK_SHAPES = [(20, 2, 4, 8), (10, 4, 8, 16)]
 LONG_SEQUENCE_SHAPES = {"cpu": (100_000, 4, 32, 64), "cuda": (100_000, 4, 256, 256)}
 
 
-def default_shapes(device: torch.device) -> list[tuple[int, int, int, int]]:
-    return CUDA_SHAPES if device.type == "cuda" else CPU_SHAPES
+def default_shapes(device: torch.device) -> list[tuple[int, ...]]:
+    return CUDA_SHAPES if device.type == "cuda" else CPU_BENCH_SHAPES
+
+
+def directions_of(shape) -> int:
+    """1, or 2 for a shape (T, B, I, H, 2): one bidirectional layer."""
+    return shape[4] if len(shape) > 4 else 1
+
+
+def shape_label(shape) -> str:
+    """'T, B, I, H', with ', bidirectional' for a bidirectional layer."""
+    return ", ".join(map(str, shape[:4])) + (", bidirectional" if directions_of(shape) == BIDIRECTIONAL else "")
 
 
 @dataclass(frozen=True)
@@ -128,12 +142,13 @@ def gemm_rate(device: torch.device, dtype: torch.dtype = torch.float32, size: in
 def build_pair(shape, device, dtype, seed: int = 0):
     from ..modules import RNN
 
-    steps, batch, input_size, hidden = shape
+    steps, batch, input_size, hidden = shape[:4]
+    directions = directions_of(shape)
     torch.manual_seed(seed)
-    stock = torch.nn.RNN(input_size, hidden).to(device, dtype)
+    stock = torch.nn.RNN(input_size, hidden, bidirectional=directions == BIDIRECTIONAL).to(device, dtype)
     ours = RNN.from_torch(stock)
     x = torch.randn(steps, batch, input_size, device=device, dtype=dtype)
-    grad_out = torch.randn(steps, batch, hidden, device=device, dtype=dtype)
+    grad_out = torch.randn(steps, batch, directions * hidden, device=device, dtype=dtype)
     return stock, ours, x, grad_out
 
 
@@ -157,7 +172,7 @@ def forward_backward_fn(module, x, grad_out):
 
 @dataclass
 class Row:
-    shape: tuple[int, int, int, int]
+    shape: tuple[int, ...]  # (T, B, I, H) or (T, B, I, H, directions)
     pass_: str
     torch_ms: float  # nan where nn.RNN refused the shape (baseline_note says why)
     ours_ms: float
@@ -289,8 +304,8 @@ def _benchmark_settings(device: torch.device, threads: int):
 
 def measure_table(shapes, device: torch.device, threads: int = 2, measure_memory: bool = True,
                   timing: Timing = Timing(), progress=None) -> BenchResult:
-    """Rows for forward and forward+backward at each (T, B, I, H) shape, float32, one layer;
-    progress(row) is called after each row."""
+    """Rows for forward and forward+backward at each (T, B, I, H[, directions]) shape, float32,
+    one layer; progress(row) is called after each row."""
     with _benchmark_settings(device, threads):
         rate_before = gemm_rate(device, size=timing.gemm_size)
         rows: list[Row] = []
@@ -307,7 +322,7 @@ def measure_table(shapes, device: torch.device, threads: int = 2, measure_memory
                     t_torch = math.nan
                     t_ours = median_seconds(make(ours), device=device, min_repeats=timing.min_repeats,
                                             min_seconds=timing.min_seconds)
-                flops = layer_flops(*shape, backward=backward)
+                flops = directions_of(shape) * layer_flops(*shape[:4], backward=backward)
                 row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0,
                           baseline_note=refusal)
                 if backward and measure_memory and refusal is None:
@@ -348,7 +363,7 @@ def format_table(result: BenchResult) -> str:
         mem = ("", "") if r.torch_peak_mb is None else (f"{r.torch_peak_mb:.1f}", f"{r.ours_peak_mb:.1f}")
         torch_ms, ratio = (r.baseline_note, "") if r.baseline_note else (f"{r.torch_ms:.2f}", f"{r.ratio:.2f}x")
         lines.append(
-            f"| {', '.join(map(str, r.shape))} | {r.pass_} | {torch_ms} | {r.ours_ms:.2f} | "
+            f"| {shape_label(r.shape)} | {r.pass_} | {torch_ms} | {r.ours_ms:.2f} | "
             f"{ratio} | {r.gflops:.1f} | {100 * r.gemm_fraction:.0f}% | {mem[0]} | {mem[1]} |"
         )
     return "\n".join(lines)
@@ -372,8 +387,9 @@ def plot_ratios(result: BenchResult, ax) -> None:
         bars = ax.bar(xs, [ratios[shape] for shape in shapes if shape in ratios], width, label=pass_)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(shapes)), [",".join(map(str, s)) for s in shapes], fontsize=8, rotation=15)
-    ax.set_xlabel("T, B, I, H")
+    ax.set_xticks(range(len(shapes)), [shape_label(s).replace(", bidirectional", " x2").replace(", ", ",")
+                                       for s in shapes], fontsize=8, rotation=15)
+    ax.set_xlabel("T, B, I, H (x2: bidirectional)")
     ax.set_ylabel("nn.RNN time / rnn_fused time")
     baseline = "cuDNN" if result.device == "cuda" else "CPU"
     ax.set_title(f"rnn_fused vs torch.nn.RNN ({baseline}), float32: > 1 means rnn_fused is faster")
@@ -406,7 +422,7 @@ def run(*, device: torch.device, shapes, threads: int, measure_memory: bool, qui
     shapes = shapes if shapes is not None else (QUICK_SHAPES if quick else default_shapes(device))
     with progress_bar(2 * len(shapes), f"bench on {device.type}") as bar:
         def progress(row: Row) -> None:
-            bar.set_postfix_str(f"{row.shape} {row.pass_}: {row.ratio:.2f}x")
+            bar.set_postfix_str(f"({shape_label(row.shape)}) {row.pass_}: {row.ratio:.2f}x")
             bar.update()
 
         result = measure_table(shapes, device, threads, measure_memory, timing, progress)
