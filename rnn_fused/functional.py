@@ -195,7 +195,7 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     final_states = []
     for layer in range(num_layers):
         # The directions of a bidirectional layer at once (on the GPU kernels each on half the SMs, on
-        # the CPU each time loop on a thread of its own) or one after the other.
+        # the CPU each time loop on a thread of torch's team) or one after the other.
         share, on_two_threads = 1, False
         if directions == 2 and layer_fn is None and side_by_side is not False:
             if _cpu_loops(layer_input, backend, path):
@@ -434,7 +434,7 @@ def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bo
 
 class _DirectionsOnTwoThreads(torch.autograd.Function):
     """A bidirectional layer on the CPU kernels whose two time loops run at once, each on a thread
-    of its own, forward and backward (rnn_fused::rnn_directions_forward / _backward; the casts and
+    of torch's OpenMP team, forward and backward (rnn_fused::rnn_directions_forward / _backward; the casts and
     GEMMs stay on the calling thread): each direction's values are those of its layer op
     (rnn_layer), so the results are those of the directions one after the other. With
     create_graph=True it differentiates the directions' layer ops instead (their own double
