@@ -105,14 +105,16 @@ def test_cuda_index_is_accepted_below_the_device_count(capsys, monkeypatch):
     assert code == 2 and "torch.cuda.device_count() is 1; use cuda:0" in _one_line(err)
 
 
-@pytest.mark.parametrize("shapes", ["10,2,3", "10,2,3,x", "10,2,3,0", "1,2,3,4;5,6", "1,2,3,4,5"])
+@pytest.mark.parametrize("shapes", ["10,2,3", "10,2,3,x", "10,2,3,0", "1,2,3,4;5,6", "1,2,3,4,5", "1,2,3,4,0",
+                                    "1,2,3,4,2,2"])
 def test_malformed_shapes_are_a_usage_error(shapes, capsys):
     code, err = _exit_message(["bench", "--shapes", shapes], capsys)
-    assert code == 2 and "expected the form T,B,I,H[;T,B,I,H...]" in _one_line(err)
+    assert code == 2 and "expected the form T,B,I,H[,D][;T,B,I,H[,D]...]" in _one_line(err)
 
 
 def test_shapes_parse():
     assert shapes_argument("1000,8,32,64; 200, 32,128,256") == [(1000, 8, 32, 64), (200, 32, 128, 256)]
+    assert shapes_argument("10,2,3,4,2;10,2,3,4,1") == [(10, 2, 3, 4, 2), (10, 2, 3, 4)]
 
 
 @pytest.mark.parametrize("argv,message", [

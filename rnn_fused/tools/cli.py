@@ -61,16 +61,19 @@ def best_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def shapes_argument(text: str) -> list[tuple[int, int, int, int]]:
-    """'T,B,I,H[;T,B,I,H...]' -> [(T, B, I, H), ...], every size a positive integer."""
+def shapes_argument(text: str) -> list[tuple[int, ...]]:
+    """'T,B,I,H[,D][;T,B,I,H[,D]...]' -> [(T, B, I, H), (T, B, I, H, 2), ...]: four positive
+    integers, then optionally the directions, 1 or 2 (2: one bidirectional layer; 1 is dropped)."""
     shapes = []
     for group in text.split(";"):
         fields = [f.strip() for f in group.split(",")]
-        if len(fields) != 4 or not all(f.isdigit() and int(f) > 0 for f in fields):
+        sizes_ok = len(fields) in (4, 5) and all(f.isdigit() and int(f) > 0 for f in fields[:4])
+        if not sizes_ok or (len(fields) == 5 and fields[4] not in ("1", "2")):
             raise argparse.ArgumentTypeError(
-                f"{group.strip()!r} is not four positive integers T,B,I,H; expected the form "
-                "T,B,I,H[;T,B,I,H...], e.g. '1000,8,32,64;200,32,128,256'")
-        shapes.append(tuple(int(f) for f in fields))
+                f"{group.strip()!r} is not four positive integers T,B,I,H, optionally followed by the directions "
+                "D (1 or 2); expected the form T,B,I,H[,D][;T,B,I,H[,D]...], e.g. '1000,8,32,64;1000,8,32,64,2'")
+        shape = tuple(int(f) for f in fields)
+        shapes.append(shape[:4] if shape[4:] == (1,) else shape)
     return shapes
 
 
@@ -174,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", "rnn_fused.RNN vs torch.nn.RNN: time, ratio, GFLOP/s, peak memory",
                     _bench, "bench_out", 2)
     bench.add_argument("--shapes", type=shapes_argument, default=None,
-                       help="T,B,I,H[;T,B,I,H...] (default: a grid for the device)")
+                       help="T,B,I,H[,D][;T,B,I,H[,D]...], D = 2 for a bidirectional layer (default: a grid "
+                            "for the device)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     bench.add_argument("--long", action="store_true",
                        help="instead: one very long sequence (T = 100,000), rnn_fused against nn.RNN, one timed "
