@@ -237,10 +237,11 @@ std::vector<std::string> recurrence_backend_names();
 std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& call);
 
 // rnn_fused::rnn_directions_forward: both directions of a bidirectional layer (calls[0] the
-// forward one, calls[1] the reverse one, checked, one input and lengths), each time loop on a
-// thread of its own at once, the casts and GEMMs on the calling thread: (output [T,B,2H], the
-// directions' outputs side by side, h_n [2,B,H]) in the input's dtype, each direction's values
-// those of run_layer_forward. Backends that run their own time loops (the CPU's) only.
+// forward one, calls[1] the reverse one, checked, one input and lengths), the two time loops at
+// once, each on a thread of the caller's OpenMP team, the casts and GEMMs on the calling thread:
+// (output [T,B,2H], the directions' outputs side by side, h_n [2,B,H]) in the input's dtype,
+// each direction's values those of run_layer_forward. Backends that run their own time loops
+// (the CPU's) only.
 std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls);
 
 // rnn_fused::rnn_directions_backward: the directions' backward likewise: grad_input (the sum of

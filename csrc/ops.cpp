@@ -552,8 +552,8 @@ TORCH_LIBRARY(rnn_fused, m) {
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, float measured_stack_us, "
       "float measured_layers_us, int[] shape, str reason)");
-  // Both directions of a bidirectional layer at once, each time loop on a CPU thread of its own
-  // (host_layer.h run_directions_forward): input [T,B,I]; hx [2,B,H] or None; weights per
+  // Both directions of a bidirectional layer at once, each time loop on a thread of the caller's
+  // OpenMP team (host_layer.h run_directions_forward): input [T,B,I]; hx [2,B,H] or None; weights per
   // direction, the forward one first: weight_ih [H,I], weight_hh [H,H] and, with has_biases,
   // bias_ih, bias_hh [H]; the other arguments as rnn_layer_forward's (layer keys each
   // direction's truncation draws as the layer op does). Returns output [T,B,2H] (the directions'

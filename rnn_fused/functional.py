@@ -423,8 +423,8 @@ _MIN_TWO_THREAD_DIRECTION_MACS = 1 << 18
 
 
 def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bool:
-    """Whether the directions of a bidirectional CPU layer run faster with each time loop on a
-    thread of its own than one after the other: torch may use 2 threads or more, and the loop is
+    """Whether the directions of a bidirectional CPU layer run faster with their time loops at once
+    (each on a thread of torch's team) than one after the other: torch may use 2 threads or more, and the loop is
     long enough to pay for the second thread."""
     if layer_input.dim() != 3 or weight_hh.dim() != 2:
         return False  # the op's checks say what is wrong
