@@ -472,7 +472,9 @@ std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCa
   for (PreparedBackward& direction : p) {
     const LayerBackwardResult r = finish_backward(direction);
     // The input's gradient is the sum of the directions' (as autograd adds them: a + b == b + a).
-    if (direction.call.output_mask[0]) grad_input = grad_input.defined() ? at::add(grad_input, std::get<0>(r)) : std::get<0>(r);
+    if (direction.call.output_mask[0]) {
+      grad_input = grad_input.defined() ? at::add(grad_input, std::get<0>(r)) : std::get<0>(r);
+    }
     grads.insert(grads.end(), {std::get<1>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)});
     if (direction.call.record_norms) norms.insert(norms.end(), {std::get<5>(r), std::get<6>(r), std::get<7>(r)});
   }

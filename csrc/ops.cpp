@@ -99,8 +99,9 @@ LayerBackwardResult rnn_layer_backward(
 // hx [2,B,H] or None; weights the directions' (weight_ih, weight_hh[, bias_ih, bias_hh]), the
 // forward direction's first.
 std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tensor& input,
-                                                const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
-                                                bool has_biases, const std::optional<at::Tensor>& lengths,
+                                                const std::optional<at::Tensor>& hx,
+                                                const std::vector<at::Tensor>& weights, bool has_biases,
+                                                const std::optional<at::Tensor>& lengths,
                                                 c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
                                                 const std::optional<at::Tensor>& seed, int64_t layer,
                                                 std::optional<c10::string_view> backend) {

@@ -218,8 +218,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                              side_by_side=share)
 
         if on_two_threads:
-            sinks = None if record is None else tuple(record.sink(layer, direction, tuple(weights[2 * layer + direction]))
-                                                      for direction in range(2))
+            sinks = None if record is None else tuple(
+                record.sink(layer, direction, tuple(weights[2 * layer + direction])) for direction in range(2))
             layer_output, layer_states = _DirectionsOnTwoThreads.apply(
                 layer_input, None if hx is None else hx[2 * layer:2 * layer + 2], lengths,
                 (nonlinearity, backend, args, layer, len(weights[2 * layer]) == 4, sinks),
@@ -320,6 +320,17 @@ def _run_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, nonli
     return output, h_n
 
 
+def _backward_with_graph_if_asked(ctx, backward_with_graph, grad_output, grad_h_n):
+    """In a Function's backward under create_graph=True (grad mode on): its differentiable
+    backward, refused while the Function records norms (the sinks, last in ctx.config); else
+    None, for its fused backward."""
+    if not torch.is_grad_enabled():
+        return None
+    if ctx.config[-1] is not None:
+        raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
+    return backward_with_graph(ctx, grad_output, grad_h_n)
+
+
 def _gradients_with_graph(outputs, cotangents, candidates, needs) -> tuple:
     """A Function's double-backward gradients from its recomputed outputs: for each candidate
     input (None where the input is no tensor) that autograd needs (needs_input_grad), its
@@ -354,11 +365,10 @@ class _LayerStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        with_graph = _backward_with_graph_if_asked(ctx, _LayerStack._backward_with_graph, grad_output, grad_h_n)
+        if with_graph is not None:
+            return with_graph
         sinks = ctx.config[-1]
-        if torch.is_grad_enabled():
-            if sinks is not None:
-                raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
-            return _LayerStack._backward_with_graph(ctx, grad_output, grad_h_n)
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
         per_layer = 4 if has_biases else 2
@@ -455,11 +465,11 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
+        with_graph = _backward_with_graph_if_asked(ctx, _DirectionsOnTwoThreads._backward_with_graph, grad_output,
+                                                   grad_h_n)
+        if with_graph is not None:
+            return with_graph
         sinks = ctx.config[-1]
-        if torch.is_grad_enabled():
-            if sinks is not None:
-                raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
-            return _DirectionsOnTwoThreads._backward_with_graph(ctx, grad_output, grad_h_n)
         input, hx, lengths, output, *flat = ctx.saved_tensors
         nonlinearity, backend, truncation, layer, has_biases, _ = ctx.config
         needs = ctx.needs_input_grad
