@@ -1,7 +1,6 @@
 // The host layer's frame (host_layer.h): backend registry, casts, whole-sequence GEMMs.
 #include "host_layer.h"
 
-#include "cpu/blas.h"  // kParallelStepMacs: which time loops run single-threaded
 
 #include <ATen/ops/add.h>
 #include <ATen/ops/arange.h>
@@ -180,23 +179,17 @@ std::tuple<at::Tensor, at::Tensor> finish_forward(const PreparedForward& p) {
 }
 
 // tasks[0]() and tasks[1]() at once, each on a thread of the caller's OpenMP team; returns when
-// both have, rethrowing a task's exception. One after the other where torch runs one thread, and
-// where a step's product has kParallelStepMacs multiply-adds or more: BLAS runs those on every
-// thread of the team, which a task inside the region does not have (its results could then
-// differ in the last bits from the directions' in turn). The team's second thread, not a thread
-// of its own: libgomp's idle team threads spin for milliseconds after each parallel region (such
-// as the input projection's GEMM just before), so on a 2-core host a separate thread found its
-// core taken (measured on the development CPU: no gain), and a thread that keeps a team of its
-// own makes libgomp throttle every team's spinning (nn.RNN's CPU forward 2x slower after one
-// matrix product on a second Python thread). Inside the region ATen's parallel_for runs
-// serially, as the time loops' small steps do anyway. The tasks run with the caller's
-// thread-local state (grad mode, dispatch exclusions).
-void run_at_once(const LayerShape& shape, const std::array<std::function<void()>, 2>& tasks) {
-  if (shape.batch * shape.hidden * shape.hidden >= cpu::kParallelStepMacs) {
-    tasks[0]();
-    tasks[1]();
-    return;
-  }
+// both have, rethrowing a task's exception. One after the other where torch runs one thread.
+// Inside the region each time loop runs on its one thread (cpu/step_team.h), whose slice is all
+// of its units: the same products and epilogues as on a team, so each direction's values are
+// its layer op's bit for bit. The team's second thread, not a thread of its own: libgomp's idle
+// team threads spin for milliseconds after each parallel region (such as the input
+// projection's GEMM just before), so on a 2-core host a separate thread found its core taken
+// (measured on the development CPU: no gain), and a thread that keeps a team of its own makes
+// libgomp throttle every team's spinning (nn.RNN's CPU forward 2x slower after one matrix
+// product on a second Python thread). The tasks run with the caller's thread-local state (grad
+// mode, dispatch exclusions).
+void run_at_once(const std::array<std::function<void()>, 2>& tasks) {
   const at::ThreadLocalState state;
   at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard guard(state);
@@ -227,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls) {
   const RecurrenceBackend& backend = directions_backend_for("rnn_directions_forward", calls[0]);
   std::array<PreparedForward, 2> p{prepare_forward(calls[0], backend), prepare_forward(calls[1], backend)};
-  run_at_once(calls[0].shape, {[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
+  run_at_once({[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
   auto [out, h_n] = finish_forward(p[0]);
   auto [out_reverse, h_n_reverse] = finish_forward(p[1]);
   return {at::cat({out, out_reverse}, 2), at::stack({h_n, h_n_reverse})};
@@ -466,7 +459,7 @@ LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
 std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCall, 2>& calls) {
   const RecurrenceBackend& backend = directions_backend_for("rnn_directions_backward", calls[0].forward);
   std::array<PreparedBackward, 2> p{prepare_backward(calls[0], backend), prepare_backward(calls[1], backend)};
-  run_at_once(calls[0].forward.shape, {[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
+  run_at_once({[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
   std::vector<at::Tensor> grads, norms;
   at::Tensor grad_input;
   for (PreparedBackward& direction : p) {

@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/step_team.h"
 #include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
@@ -573,6 +574,20 @@ TORCH_LIBRARY(rnn_fused, m) {
       "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
       "bool record_norms=False) -> Tensor[]");
+  // The threads the CPU time loops of a [batch, hidden] layer run on from the calling thread
+  // (cpu/step_team.h): 1 below the team's step size, else torch's threads, at most one per 16
+  // units; the forced count where one is set.
+  m.def("cpu_loop_threads(int batch, int hidden) -> int", [](int64_t batch, int64_t hidden) {
+    TORCH_CHECK_VALUE(batch >= 0 && hidden >= 0, "rnn_fused.cpu_loop_threads: batch and hidden must be >= 0, got ",
+                      batch, " and ", hidden);
+    return rnn_fused::cpu::team_threads(batch, hidden);
+  });
+  // Forces the CPU time loops' thread count (0: their own choice); returns the previous setting.
+  m.def("set_cpu_loop_threads(int threads) -> int", [](int64_t threads) {
+    TORCH_CHECK_VALUE(threads >= 0, "rnn_fused.set_cpu_loop_threads: threads must be >= 0 (0: the loops' own "
+                      "choice), got ", threads);
+    return rnn_fused::cpu::forced_loop_threads.exchange(threads);
+  });
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });
 }

@@ -292,6 +292,31 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
         yield
 
 
+def cpu_loop_threads(batch_size: int, hidden_size: int) -> int:
+    """How many threads the CPU time loops of a layer of this batch and hidden size run on, called
+    from this thread: each thread owns a slice of the hidden units (whole blocks of 16) for the
+    whole loop and waits for the others once per step, so a step needs 2^16 multiply-adds
+    (batch x H^2) or more to gain from it; then torch's threads, one per 2^15 multiply-adds of a
+    step at most. 1 inside a parallel region (a bidirectional layer's directions at once). The
+    results are bitwise the same on any number (csrc/cpu/step_team.h)."""
+    return torch.ops.rnn_fused.cpu_loop_threads(batch_size, hidden_size)
+
+
+@contextlib.contextmanager
+def forced_cpu_loop_threads(threads: int) -> Iterator[None]:
+    """Inside, the CPU time loops run on `threads` threads whatever their step's size and torch's
+    thread count (at most one per 16 units; a thread owns several slices where torch's team has
+    fewer threads), to time or test one count against another. Process-wide; the previous
+    setting is restored on exit."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"rnn_fused.launch_plan.forced_cpu_loop_threads: threads must be an int >= 1, got {threads!r}")
+    previous = torch.ops.rnn_fused.set_cpu_loop_threads(threads)
+    try:
+        yield
+    finally:
+        torch.ops.rnn_fused.set_cpu_loop_threads(previous)
+
+
 @dataclass(frozen=True)
 class StepPhases:
     """Where the steps of a persistent recurrence kernel go (step_phases). Thread 0 of every

@@ -11,13 +11,21 @@ import torch
 
 import rnn_fused
 from rnn_fused import functional
+from rnn_fused.launch_plan import forced_cpu_loop_threads
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
 
 
 def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool):
-    """Outputs and every gradient (input, hx, parameters) of one forward and backward."""
+    """Outputs and every gradient (input, hx, parameters) of one forward and backward. Each time loop
+    on one thread: the directions in turn would otherwise run theirs on torch's team, whose
+    slices of a step BLAS may round differently (tests/test_cpu_team.py)."""
+    with forced_cpu_loop_threads(1):
+        return _run_once(module, x, hx, lengths, side_by_side)
+
+
+def _run_once(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool):
     module.side_by_side = side_by_side
     for p in module.parameters():
         p.grad = None
@@ -54,7 +62,7 @@ CASES = [
     (40, 3, 5, 16, 2, False, True, [40, 7, 1], "relu", 3, torch.float32),
     (33, 4, 6, 9, 1, True, True, [5, 33, 12, 1], "tanh", rnn_fused.RandomTruncation(0.7, seed=11), torch.float64),
     (25, 1, 2, 24, 1, True, False, None, "tanh", None, torch.float32),  # one row per step: vector_matrix
-    (6, 2, 3, 1024, 1, True, True, None, "tanh", None, torch.float32),  # a step of 2^21 multiply-adds: in turn
+    (6, 2, 3, 1024, 1, True, True, None, "tanh", None, torch.float32),  # a step of 2^21 multiply-adds
 ]
 
 
@@ -185,6 +193,17 @@ def test_the_planner_of_the_cpu_directions():
     finally:
         torch.set_num_threads(threads)
     assert functional._cpu_directions_on_two_threads(x_long, module.weight_hh_l0) == (threads >= 2)
+    # With more threads than two, a loop that has a team of its own larger than two runs in turn.
+    try:
+        torch.set_num_threads(8)
+        wide, w_wide = torch.randn(100, 64, 3), torch.randn(256, 256)
+        assert rnn_fused.launch_plan.cpu_loop_threads(64, 256) == 8
+        assert not functional._cpu_directions_on_two_threads(wide, w_wide)
+        assert functional._cpu_directions_on_two_threads(x_long, module.weight_hh_l0)  # a team of 1
+        with forced_cpu_loop_threads(2):
+            assert functional._cpu_directions_on_two_threads(wide, w_wide)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_directions_ops_refuse_what_they_cannot_run_before_anything_runs():

@@ -26,16 +26,18 @@ int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace rnn_fused::cpu {
 
-// While alive, BLAS calls from this thread run single-threaded (where the BLAS allows it).
-// A per-step product of a few hundred thousand multiply-adds costs less than handing it
-// to a second thread and joining it, once per time step.
+// While alive, BLAS calls from this thread run single-threaded (where the BLAS allows it):
+// the time loops' threads each multiply their own slice of a step (step_team.h), where a BLAS
+// that split each step's product over threads would fork and join once per step.
 class SingleThreadedBlas {
  public:
-  explicit SingleThreadedBlas(bool enable) : active_(enable && MKL_Set_Num_Threads_Local != nullptr) {
+  // on_calling_thread: the thread that called the op, not a worker of its OpenMP team.
+  explicit SingleThreadedBlas(bool on_calling_thread) : active_(MKL_Set_Num_Threads_Local != nullptr) {
     // ATen sizes a thread's OpenMP team at the thread's first parallel region, from MKL's
     // thread count where torch.set_num_threads was never called: first reached in this scope
-    // (the epilogue's parallel_for), it sized the team to 1 for the rest of the thread's life.
-    at::internal::lazy_init_num_threads();
+    // (the loop's parallel_for), it sized the team to 1 for the rest of the thread's life. Not
+    // on a team's worker: there it would set the worker's MKL count to torch's for good.
+    if (on_calling_thread) at::internal::lazy_init_num_threads();
     if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
   }
   ~SingleThreadedBlas() {
@@ -49,77 +51,80 @@ class SingleThreadedBlas {
   int previous_ = 0;
 };
 
-// Per-step products below this many multiply-adds run single-threaded.
-constexpr int64_t kParallelStepMacs = int64_t(1) << 20;
-
 inline bool have_direct_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
 
-// y[n] = x[k] @ w[k,n] for one row: n-wide multiply-adds over the rows of w, whose n
-// independent accumulators vectorize. About twice as fast as a BLAS call at the hidden
-// sizes of this loop, where the call's fixed cost dominates.
+// y[n] = x[k] @ w[k,n] for one row, w's rows ldw apart: n-wide multiply-adds over the rows of
+// w, whose n independent accumulators vectorize. About twice as fast as a BLAS call at the
+// hidden sizes of this loop, where the call's fixed cost dominates. Each y[j] is the same sum
+// in the same order whatever n and the offset of w (a slice of a wider matrix).
 template <typename scalar_t>
 inline void vector_matrix_body(const scalar_t* __restrict x, const scalar_t* __restrict w,
-                               scalar_t* __restrict y, int64_t k, int64_t n) {
+                               scalar_t* __restrict y, int64_t k, int64_t n, int64_t ldw) {
   std::fill_n(y, n, scalar_t(0));
   for (int64_t i = 0; i < k; ++i) {
     const scalar_t xi = x[i];
-    const scalar_t* __restrict wi = w + i * n;
+    const scalar_t* __restrict wi = w + i * ldw;
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) y[j] += xi * wi[j];
   }
 }
 
-RNN_FUSED_SIMD_CLONES inline void vector_matrix(const float* x, const float* w, float* y, int64_t k, int64_t n) {
-  vector_matrix_body(x, w, y, k, n);
+RNN_FUSED_SIMD_CLONES inline void vector_matrix(const float* x, const float* w, float* y, int64_t k, int64_t n,
+                                                int64_t ldw) {
+  vector_matrix_body(x, w, y, k, n, ldw);
 }
 RNN_FUSED_SIMD_CLONES inline void vector_matrix(const double* x, const double* w, double* y, int64_t k,
-                                                int64_t n) {
-  vector_matrix_body(x, w, y, k, n);
+                                                int64_t n, int64_t ldw) {
+  vector_matrix_body(x, w, y, k, n, ldw);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ op(w): w is [k,n] (op = identity) or, with
-// w_transposed, [n,k] (op = transpose: a weight [out, in] as stored, as nn.Linear multiplies
-// it). BLAS is column-major, so it computes c^T = op(w)^T a^T, seeing each row-major matrix as
-// its transpose. One home for the call and its fallback.
+// Row-major c[rows,n] = a[rows,k] @ op(w), c's rows ldc apart: w is [k,n] (op = identity) or,
+// with w_transposed, [n,k] (op = transpose: a weight [out, in] as stored, as nn.Linear
+// multiplies it), its rows ldw apart, so that n columns of a wider matrix can be taken. BLAS is
+// column-major, so it computes c^T = op(w)^T a^T, seeing each row-major matrix as its
+// transpose. One home for the call and its fallback.
 template <typename scalar_t>
-inline void blas_rows_product(const scalar_t* a, const scalar_t* w, bool w_transposed, scalar_t* c, int64_t rows,
-                              int64_t n, int64_t k) {
+inline void blas_rows_product(const scalar_t* a, const scalar_t* w, bool w_transposed, int64_t ldw, scalar_t* c,
+                              int64_t ldc, int64_t rows, int64_t n, int64_t k) {
   if (have_direct_blas()) {
     const char transa = w_transposed ? 'T' : 'N', no_transpose = 'N';
     const int m_ = static_cast<int>(n), n_ = static_cast<int>(rows), k_ = static_cast<int>(k);
-    const int lda = w_transposed ? k_ : m_, ldb = k_, ldc = m_;
+    const int lda = static_cast<int>(ldw), ldb = k_, ldc_ = static_cast<int>(ldc);
     const scalar_t one = 1, zero = 0;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      sgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+      sgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc_);
     } else {
-      dgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc);
+      dgemm_(&transa, &no_transpose, &m_, &n_, &k_, &one, w, &lda, a, &ldb, &zero, c, &ldc_);
     }
     return;
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  at::Tensor c_t = at::from_blob(c, {rows, n}, options);
-  const at::Tensor w_t = w_transposed ? at::from_blob(const_cast<scalar_t*>(w), {n, k}, options).t()
-                                      : at::from_blob(const_cast<scalar_t*>(w), {k, n}, options);
+  at::Tensor c_t = at::from_blob(c, {rows, n}, {ldc, 1}, options);
+  const at::Tensor w_t = w_transposed ? at::from_blob(const_cast<scalar_t*>(w), {n, k}, {ldw, 1}, options).t()
+                                      : at::from_blob(const_cast<scalar_t*>(w), {k, n}, {ldw, 1}, options);
   at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options), w_t);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[k,n]; one row by vector_matrix.
+// Row-major c[rows,n] = a[rows,k] @ w[k,n] (rows of w and c ldw and ldc apart); one row by
+// vector_matrix.
 template <typename scalar_t>
-inline void matmul_rows(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n, int64_t k) {
+inline void matmul_rows(const scalar_t* a, const scalar_t* w, int64_t ldw, scalar_t* c, int64_t ldc, int64_t rows,
+                        int64_t n, int64_t k) {
   if (rows == 0 || n == 0) return;
   if (rows == 1) {
-    vector_matrix(a, w, c, k, n);
+    vector_matrix(a, w, c, k, n, ldw);
     return;
   }
-  blas_rows_product(a, w, /*w_transposed=*/false, c, rows, n, k);
+  blas_rows_product(a, w, /*w_transposed=*/false, ldw, c, ldc, rows, n, k);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T: w as stored, no transposed copy.
+// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T (rows of w and c ldw and ldc apart): w as
+// stored, no transposed copy.
 template <typename scalar_t>
-inline void matmul_rows_transposed(const scalar_t* a, const scalar_t* w, scalar_t* c, int64_t rows, int64_t n,
-                                   int64_t k) {
+inline void matmul_rows_transposed(const scalar_t* a, const scalar_t* w, int64_t ldw, scalar_t* c, int64_t ldc,
+                                   int64_t rows, int64_t n, int64_t k) {
   if (rows == 0 || n == 0) return;
-  blas_rows_product(a, w, /*w_transposed=*/true, c, rows, n, k);
+  blas_rows_product(a, w, /*w_transposed=*/true, ldw, c, ldc, rows, n, k);
 }
 
 }  // namespace rnn_fused::cpu

@@ -4,11 +4,11 @@
 // is one C++ time loop with preallocated buffers: per step one BLAS call (W_hh against the
 // batch's states) and one fused epilogue (bias already folded into the projection,
 // activation, write of output and state). No dispatcher call and no allocation per step.
+// Steps large enough run on torch's threads, each thread on its own units (step_team.h).
 //
 // Processing step s of sample b touches time t = step_time(s, len_b, reverse);
 // samples whose length is <= s are frozen (state kept, output zero).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -18,6 +18,7 @@
 
 #include "cpu/activation.h"
 #include "cpu/blas.h"
+#include "cpu/step_team.h"
 #include "host_layer.h"
 
 namespace rnn_fused::cpu {
@@ -26,9 +27,6 @@ namespace {
 // One-row steps from which the forward transposes W_hh once for vector_matrix (below that,
 // BLAS multiplies by W_hh as stored): see forward_recurrence.
 constexpr int64_t kTransposeMinSteps = 64;
-
-// Rows per parallel chunk: enough elementwise work to pay for a thread hand-off.
-int64_t epilogue_grain(int64_t hidden) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(hidden, 1)); }
 
 // Per-sample lengths as a host vector (all T when none are given).
 struct Lengths {
@@ -58,72 +56,86 @@ int64_t active_rows(const Lengths& len, int64_t s) {
          len.values.begin();
 }
 
-// Forward time loop.
+// Forward time loop, run by each thread of the step team on its units (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u)
 // w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k), or null: read by
 //                the steps with one active row, whose product vector_matrix computes
-// out   [T,B,H]  in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
-// state [B,H]    in: h_0; out: h_n
-// rec   [B,H]    scratch
+// out    [T,B,H] in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
+// states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
+//                 so that no thread overwrites a row another still multiplies; out: h_n in
+//                 states[max_len % 2]
+// rec    [B,H]   scratch: each thread's product columns
 template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh,
-                       const scalar_t* w_hh_t, scalar_t* out, scalar_t* state, scalar_t* rec) {
+                       const scalar_t* w_hh_t, scalar_t* out, const std::array<scalar_t*, 2>& states,
+                       scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
-  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
-  for (int64_t s = 0; s < len.max_len; ++s) {
-    const int64_t rows = active_rows(len, s);
-    // rec = h_{t-1} W_hh^T
-    if (rows == 1 && w_hh_t != nullptr) {
-      vector_matrix(state, w_hh_t, rec, H, H);
-    } else {
-      matmul_rows_transposed(state, w_hh, rec, rows, H, H);
-    }
-    at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t length = len.values[b];
-        if (s >= length) continue;
-        const int64_t t = step_time(s, length, reverse);
-        activate_row(A, out + time_major_offset(t, b, 0, B, H), rec + b * H, state + b * H, H);
+  run_on_team(H, team_threads(B, H), [&](UnitRange units, StepBarrier& barrier, int64_t owned) {
+    const int64_t u0 = units.begin, U = units.size();
+    for (int64_t s = 0; s < len.max_len; ++s) {
+      const scalar_t* state = states[s % 2];
+      scalar_t* next = states[(s + 1) % 2];
+      const int64_t rows = active_rows(len, s);
+      // rec[:, units] = h_{t-1} W_hh[units]^T
+      if (rows == 1 && w_hh_t != nullptr) {
+        vector_matrix(state, w_hh_t + u0, rec + u0, H, U, H);
+      } else {
+        matmul_rows_transposed(state, w_hh + u0 * H, H, rec + u0, H, rows, U, H);
       }
-    });
-  }
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t length = len.values[b];
+        if (s >= length) {  // frozen: the state carries over into the other buffer
+          std::copy_n(state + b * H + u0, U, next + b * H + u0);
+          continue;
+        }
+        const int64_t t = step_time(s, length, reverse);
+        activate_row(A, out + time_major_offset(t, b, u0, B, H), rec + b * H + u0, next + b * H + u0, U);
+      }
+      barrier.arrive_and_wait(s, owned);
+    }
+  });
   // Steps past a sample's length still hold the projection: outputs there are zero.
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = len.values[b]; t < shape.steps; ++t) std::fill_n(out + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
   }
 }
 
-// Backward time loop, s = max_len-1 .. 0.
+// Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units.
 // dy [T,B,H] gradient of the output; dh_n [B,H]; out [T,B,H] saved h_t
-// dz [T,B,H] out: dL/dz_t (zero where t >= len); dz_step [B,H] out: dz at each
-// sample's processing step 0; carry [B,H] scratch; zero_row [H] zeros (the carry of a cut edge)
-// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded
+// dz [T,B,H] out: dL/dz_t (zero where t >= len)
+// dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
+//          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
+// carry [B,H] scratch: each thread's product columns; zero_row [H] zeros (the carry of a cut edge)
+// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded (then one
+//            thread: a step's norm sums its whole row)
 template <typename scalar_t, Activation A>
 void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
                         const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
-                        scalar_t* dz, scalar_t* dz_step, scalar_t* carry, const scalar_t* zero_row,
-                        scalar_t* step_norms) {
+                        scalar_t* dz, const std::array<scalar_t*, 2>& dz_steps, scalar_t* carry,
+                        const scalar_t* zero_row, scalar_t* step_norms) {
   const int64_t B = shape.batch, H = shape.hidden;
-  std::fill_n(dz_step, B * H, scalar_t(0));
   std::fill_n(carry, B * H, scalar_t(0));
-  const SingleThreadedBlas serial(B * H * H < kParallelStepMacs);
-  for (int64_t s = len.max_len - 1; s >= 0; --s) {
-    const int64_t rows = active_rows(len, s);
-    // Rows that were not active at s+1 hold dz_step = 0, so their carry is 0.
-    // carry = dz_{s+1} W_hh: the gradient reaching h_{t-1} through W_hh.
-    if (s + 1 < len.max_len) matmul_rows(dz_step, w_hh, carry, rows, H, H);
-    at::parallel_for(0, rows, epilogue_grain(H), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
+  const int64_t threads = step_norms != nullptr ? 1 : team_threads(B, H);
+  run_on_team(H, threads, [&](UnitRange units, StepBarrier& barrier, int64_t owned) {
+    const int64_t u0 = units.begin, U = units.size();
+    for (int64_t s = len.max_len - 1; s >= 0; --s) {
+      const scalar_t* dz_next = dz_steps[(s + 1) % 2];
+      scalar_t* dz_step = dz_steps[s % 2];
+      const int64_t rows = active_rows(len, s);
+      // carry[:, units] = dz_{s+1} W_hh[:, units]: the gradient reaching h_{t-1} through W_hh.
+      // Rows that were not active at s+1 hold dz = 0 in both buffers, so their carry is 0.
+      if (s + 1 < len.max_len) matmul_rows(dz_next, w_hh + u0, H, carry + u0, H, rows, U, H);
+      for (int64_t b = 0; b < rows; ++b) {
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
-        const int64_t at_t = time_major_offset(t, b, 0, B, H);
-        const scalar_t* extra = (s == length - 1) ? dh_n + b * H : nullptr;
+        const int64_t at_t = time_major_offset(t, b, u0, B, H);
+        const scalar_t* extra = (s == length - 1) ? dh_n + b * H + u0 : nullptr;
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
-        const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H : zero_row;
+        const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H + u0 : zero_row;
         double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
-                                          dz_step + b * H, H, step_norms != nullptr);
+                                          dz_step + b * H + u0, U, step_norms != nullptr);
         if (step_norms != nullptr) {
           if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
             g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, H);
@@ -131,8 +143,9 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
           step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
         }
       }
-    });
-  }
+      barrier.arrive_and_wait(len.max_len - 1 - s, owned);
+    }
+  });
 }
 
 // The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.
@@ -147,16 +160,19 @@ at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   int64_t one_row_steps = 0;
   for (int64_t s = 0; s < len.max_len; ++s) one_row_steps += active_rows(len, s) == 1 ? 1 : 0;
   const at::Tensor w_hh_t = one_row_steps >= kTransposeMinSteps ? r.w_hh.t().contiguous() : at::Tensor();
-  at::Tensor state = r.h0.defined() ? r.h0.clone() : at::zeros({call.shape.batch, call.shape.hidden}, r.out.options());
-  at::Tensor rec = at::empty({call.shape.batch, call.shape.hidden}, r.out.options());
+  const int64_t B = call.shape.batch, H = call.shape.hidden;
+  const std::array<at::Tensor, 2> states = {r.h0.defined() ? r.h0.clone() : at::zeros({B, H}, r.out.options()),
+                                            at::empty({B, H}, r.out.options())};
+  at::Tensor rec = at::empty({B, H}, r.out.options());
   dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);
     forward_time_loop<scalar_t, decltype(activation)::value>(
         call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(),
         w_hh_t.defined() ? w_hh_t.data_ptr<scalar_t>() : nullptr, r.out.data_ptr<scalar_t>(),
-        state.data_ptr<scalar_t>(), rec.data_ptr<scalar_t>());
+        std::array<scalar_t*, 2>{states[0].data_ptr<scalar_t>(), states[1].data_ptr<scalar_t>()},
+        rec.data_ptr<scalar_t>());
   });
-  return state;
+  return states[len.max_len % 2];
 }
 
 // The CPU backend's backward recurrence (host_layer.h BackwardRecurrence); returns dz at
@@ -167,7 +183,7 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   const BackwardOperands& op = r.operands;
   const int64_t B = call.shape.batch, H = call.shape.hidden;
   const at::TensorOptions options = op.out.options();
-  at::Tensor dz_step = at::empty({B, H}, options);
+  const std::array<at::Tensor, 2> dz_steps = {at::zeros({B, H}, options), at::zeros({B, H}, options)};
   at::Tensor carry = at::empty({B, H}, options);
   const at::Tensor zero_row = at::zeros({H}, options);
   const bool record = r.call.record_norms;
@@ -176,10 +192,12 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
     backward_time_loop<scalar_t, decltype(activation)::value>(
         call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),
         op.dy.data_ptr<scalar_t>(), op.dh_n.data_ptr<scalar_t>(), op.out.data_ptr<scalar_t>(),
-        r.dz.data_ptr<scalar_t>(), dz_step.data_ptr<scalar_t>(), carry.data_ptr<scalar_t>(),
+        r.dz.data_ptr<scalar_t>(),
+        std::array<scalar_t*, 2>{dz_steps[0].data_ptr<scalar_t>(), dz_steps[1].data_ptr<scalar_t>()},
+        carry.data_ptr<scalar_t>(),
         zero_row.data_ptr<scalar_t>(), record ? r.step_norms.data_ptr<scalar_t>() : nullptr);
   });
-  return dz_step;
+  return dz_steps[0];
 }
 
 const bool registered = register_recurrence_backend(RecurrenceBackend{.name = "cpu",

@@ -1,0 +1,186 @@
+"""The CPU time loops on torch's threads (csrc/cpu/step_team.h): each thread owns a slice of the
+hidden units and computes its slice of every step, one barrier per step.
+
+Each entry of a step's product is one dot product over the whole state row on any number of
+threads, but BLAS may sum it in another order for a narrower matrix (MKL does, for some slice
+widths: H = 33 in 3 slices, float64 H = 100 in 3), so the loops' last bits may change with their
+thread count, as MKL's own GEMMs' do with torch's. Hence: the same bits run to run for a given
+count, and the team's values within the tolerance rule of the float64 reference, with one
+thread's float32 values as the stock yardstick (tools/testing.py). The tests hold torch's
+threads and force the loops' own (launch_plan.forced_cpu_loop_threads)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import rnn_fused
+from rnn_fused.launch_plan import cpu_loop_threads, forced_cpu_loop_threads
+from rnn_fused.tools.testing import DEFAULT_ULPS, FLOAT64_PARITY_ULPS, assert_within_tolerance
+
+OPS = torch.ops.rnn_fused
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths):
+    """Outputs and every gradient (input, hx, parameters) of one forward and backward."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    hx = None if hx is None else hx.detach().requires_grad_()
+    if lengths is None:
+        out, h_n = module(x, hx)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, h_n = module(packed, hx)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    ((out * weights).sum() + (h_n * h_n).sum()).backward()
+    grads = [x.grad] + ([] if hx is None else [hx.grad]) + [p.grad for p in module.parameters()]
+    return [out, h_n] + grads
+
+
+CASES = [
+    # steps, batch, input, hidden, layers, bidirectional, bias, hx, lengths, nonlinearity, truncation, dtype
+    (20, 8, 16, 128, 1, False, True, False, None, "tanh", None, torch.float32),
+    (15, 4, 8, 129, 2, False, False, True, [15, 2, 9, 1], "tanh", 4, torch.float32),  # a short last slice
+    (12, 7, 5, 100, 1, True, True, True, [12, 3, 12, 1, 7, 9, 2], "relu", rnn_fused.RandomTruncation(0.7, seed=5),
+     torch.float64),
+    (70, 1, 4, 256, 1, False, True, False, None, "tanh", None, torch.float32),  # one row: vector_matrix's slices
+    (10, 64, 6, 33, 1, False, True, True, None, "tanh", 3, torch.float32),  # 3 blocks of 16 units, 2 then 1
+    (9, 32, 40, 200, 1, True, True, False, None, "relu", None, torch.float32),
+]
+
+
+def _assert_team_agrees(run, module: torch.nn.Module, threads: int, names: list[str]) -> None:
+    """run(module) on `threads` threads twice (the same bits) against one thread under the
+    tolerance rule, the float64 module on one thread the reference."""
+    with forced_cpu_loop_threads(1):
+        alone = run(module)
+        reference = run(copy.deepcopy(module).double())
+    with forced_cpu_loop_threads(threads):
+        on_team = run(module)
+        again = run(module)
+    assert len(names) == len(on_team)
+    for name, a, b in zip(names, on_team, again):
+        assert torch.equal(a, b), name
+    ulps = FLOAT64_PARITY_ULPS if on_team[0].dtype == torch.float64 else DEFAULT_ULPS
+    for name, r, s, o in zip(names, reference, alone, on_team):
+        assert_within_tolerance(r, s, o, name=name, ulps=ulps)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c[:10]))
+def test_time_loops_on_the_team(case, threads, restore_threads):
+    """torch's team of 2 threads throughout; the loops forced to 1, 2 or 3 threads. Three on
+    a team of two: one OpenMP thread owns two slices, the other one (the barrier counts slices)."""
+    steps, batch, input_size, hidden, layers, bidirectional, bias, with_hx, lengths, nonlinearity, truncation, \
+        dtype = case
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(input_size, hidden, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
+                           bidirectional=bidirectional, truncation=truncation).to(dtype)
+    module.side_by_side = False  # each direction's loops on the team, not the two directions at once
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
+    directions = 2 if bidirectional else 1
+    hx = torch.randn(directions * layers, batch, hidden, dtype=dtype) if with_hx else None
+    lengths = None if lengths is None else torch.tensor(lengths)
+    assert cpu_loop_threads(batch, hidden) == 2  # every case's steps are large enough for the team
+    with forced_cpu_loop_threads(threads):
+        assert cpu_loop_threads(batch, hidden) == threads
+
+    def run(m):
+        to = next(m.parameters()).dtype
+        return _run(m, x.to(to), None if hx is None else hx.to(to), lengths)
+
+    names = ["output", "h_n", "grad input"] + (["grad hx"] if with_hx else []) + \
+        [f"grad {n}" for n, _ in module.named_parameters()]
+    _assert_team_agrees(run, module, threads, names)
+
+
+def test_zero_lengths_on_the_team(restore_threads):
+    """A sample of length 0 keeps h_0 and gets zero gradients but for grad hx, on the team as on
+    one thread (rnn_layer directly: a packed sequence cannot hold an empty sample)."""
+    torch.manual_seed(1)
+    T, B, I, H = 11, 6, 5, 112
+    x = torch.randn(T, B, I)
+    hx = torch.randn(B, H)
+    weights = [torch.randn(H, I) / H**0.5, torch.randn(H, H) / H**0.5, torch.randn(H), torch.randn(H)]
+    lengths = torch.tensor([11, 0, 4, 11, 0, 7])
+    torch.set_num_threads(2)
+
+    def run(dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, hx, *weights)]
+        out, h_n = rnn_fused.rnn_layer(*leaves[:2], *leaves[2:], lengths=lengths)
+        return [out, h_n, *torch.autograd.grad(out.sin().sum() + h_n.square().sum(), leaves)]
+
+    with forced_cpu_loop_threads(1):
+        alone, reference = run(torch.float32), run(torch.float64)
+    with forced_cpu_loop_threads(2):
+        on_team = run(torch.float32)
+    names = ["output", "h_n", "grad input", "grad hx", "grad weight_ih", "grad weight_hh", "grad bias_ih",
+             "grad bias_hh"]
+    for name, r, s, o in zip(names, reference, alone, on_team):
+        assert_within_tolerance(r, s, o, name=name)
+    out, h_n, grad_x, grad_hx = on_team[:4]
+    assert torch.equal(h_n[1], hx[1]) and torch.equal(h_n[4], hx[4])
+    assert not out[:, 1].any() and not grad_x[:, 4].any()
+    assert torch.equal(grad_hx[1], 2 * hx[1])
+
+
+def test_recorded_norms_with_the_forward_on_the_team(restore_threads):
+    """With recorded norms the backward loop runs on one thread (a step's norm sums its whole
+    row), the forward on the team: the values, step norms and parameters' squared norms on two
+    threads within the tolerance rule of the float64 module's, one thread's as the yardstick."""
+    torch.manual_seed(3)
+    module = rnn_fused.RNN(7, 128, num_layers=2, truncation=rnn_fused.RandomTruncation(0.8, seed=4))
+    x = torch.randn(25, 8, 7)
+    torch.set_num_threads(2)
+    assert cpu_loop_threads(8, 128) == 2
+
+    def run(m):
+        m.zero_grad(set_to_none=True)
+        with rnn_fused.record_gradients(m) as recorder:
+            out, h_n = m(x.to(next(m.parameters()).dtype))
+            (out.square().sum() + h_n.sum()).backward()
+        return [out, h_n, recorder.step_norms, *recorder.parameter_sq_norms.values(),
+                *[p.grad for p in m.parameters()]]
+
+    names = ["output", "h_n", "step norms"] + [f"sq norm {n}" for n, _ in module.named_parameters()] + \
+        [f"grad {n}" for n, _ in module.named_parameters()]
+    _assert_team_agrees(run, module, 2, names)
+
+
+def test_which_loops_run_on_the_team(restore_threads):
+    torch.set_num_threads(2)
+    with forced_cpu_loop_threads(5):
+        assert cpu_loop_threads(1, 64) == 4  # forced: any step, but one thread per block at most
+        assert cpu_loop_threads(1, 8) == 1
+    assert cpu_loop_threads(1, 64) == 1  # restored
+    assert cpu_loop_threads(4, 128) == 2  # 2^16 multiply-adds per step: the threshold
+    assert cpu_loop_threads(3, 128) == 1  # below it
+    assert cpu_loop_threads(1, 256) == 2
+    assert cpu_loop_threads(4096, 16) == 1  # one block of 16 units
+    assert cpu_loop_threads(0, 512) == 1
+    torch.set_num_threads(8)
+    assert cpu_loop_threads(8, 128) == 4  # at least 2^15 multiply-adds per slice
+    assert cpu_loop_threads(64, 1024) == 8
+    assert cpu_loop_threads(256, 40) == 3  # at most one thread per block of 16 units
+    torch.set_num_threads(1)
+    assert cpu_loop_threads(64, 1024) == 1
+    with pytest.raises(ValueError, match="batch and hidden must be >= 0, got -1 and 64"):
+        OPS.cpu_loop_threads(-1, 64)
+    with pytest.raises(ValueError, match=r"threads must be >= 0 \(0: the loops' own choice\), got -2"):
+        OPS.set_cpu_loop_threads(-2)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=f"threads must be an int >= 1, got {bad!r}"):
+            with forced_cpu_loop_threads(bad):
+                pass
+    assert OPS.set_cpu_loop_threads(0) == 0  # nothing left forced
