@@ -173,6 +173,15 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     if len(weights) != num_layers * directions:
         raise ValueError(f"expected {num_layers * directions} weight groups "
                          f"(num_layers={num_layers}, bidirectional={bidirectional}), got {len(weights)}")
+    if hx is not None and input.dim() == 3 and weights and len(weights[0]) >= 2:
+        # nn.RNN's checks and messages (RNN.forward's, for a module), before any path takes a slice
+        # of hx: an extra layer's state would otherwise go unnoticed, a short one fail in whichever
+        # op reads it first.
+        if hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        expected = (num_layers * directions, input.shape[1], weights[0][1].shape[0])
+        if tuple(hx.shape) != expected:
+            raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.shape)}")
     check_truncation(truncation)
     if layer_fn is not None and (truncation is not None or record is not None):
         raise ValueError("rnn: a custom layer_fn takes neither truncation nor record")

@@ -139,3 +139,18 @@ def test_forward_errors_under_autocast(module_kwargs, make_args):
     input, hx = make_args()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert_same_error(lambda: theirs(input, hx), lambda: ours(input, hx))
+
+
+@pytest.mark.parametrize("side_by_side", [False, True])
+@pytest.mark.parametrize("hx_shape", [(2, 8, 63), (3, 8, 64), (8, 64), (2, 7, 64)])
+def test_functional_rnn_checks_hx_as_nn_rnn_does(hx_shape, side_by_side):
+    """rnn_fused.functional.rnn, called directly (no module to check hx first), refuses a
+    malformed hx with nn.RNN's error on every path, before any path takes a slice of it (an extra
+    layer's state was once taken silently, and a short one failed in whichever op read it)."""
+    torch.manual_seed(0)
+    stock = nn.RNN(5, 64, bidirectional=True)
+    x, hx = torch.randn(300, 8, 5), torch.randn(hx_shape)
+    weights = [list(stock.parameters())[0:4], list(stock.parameters())[4:8]]
+    assert_same_error(lambda: stock(x, hx),
+                      lambda: rnn_fused.functional.rnn(x, hx, weights, num_layers=1, bidirectional=True,
+                                                       side_by_side=side_by_side))
