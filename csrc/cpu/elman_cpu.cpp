@@ -70,8 +70,8 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
                        const scalar_t* w_hh_t, scalar_t* out, const std::array<scalar_t*, 2>& states,
                        scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
-  run_on_team(H, team_threads(B, H), [&](UnitRange units, StepBarrier& barrier, int64_t owned) {
-    const int64_t u0 = units.begin, U = units.size();
+  run_on_team(H, team_threads(B, H), [&](const TeamShare& share, StepBarrier& barrier) {
+    const int64_t u0 = share.units.begin, U = share.units.size();
     for (int64_t s = 0; s < len.max_len; ++s) {
       const scalar_t* state = states[s % 2];
       scalar_t* next = states[(s + 1) % 2];
@@ -91,7 +91,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
         const int64_t t = step_time(s, length, reverse);
         activate_row(A, out + time_major_offset(t, b, u0, B, H), rec + b * H + u0, next + b * H + u0, U);
       }
-      barrier.arrive_and_wait(s, owned);
+      barrier.arrive_and_wait(s, share.count);
     }
   });
   // Steps past a sample's length still hold the projection: outputs there are zero.
@@ -106,8 +106,9 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 // dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
 //          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
 // carry [B,H] scratch: each thread's product columns; zero_row [H] zeros (the carry of a cut edge)
-// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded (then one
-//            thread: a step's norm sums its whole row)
+// step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded. Each thread
+//            sums g^2 over its units; after the step's barrier the thread of the first slice
+//            adds the threads' sums in slice order (on one thread: the row's own sum).
 template <typename scalar_t, Activation A>
 void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
                         const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
@@ -115,12 +116,17 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
                         const scalar_t* zero_row, scalar_t* step_norms) {
   const int64_t B = shape.batch, H = shape.hidden;
   std::fill_n(carry, B * H, scalar_t(0));
-  const int64_t threads = step_norms != nullptr ? 1 : team_threads(B, H);
-  run_on_team(H, threads, [&](UnitRange units, StepBarrier& barrier, int64_t owned) {
-    const int64_t u0 = units.begin, U = units.size();
+  const int64_t threads = team_threads(B, H);
+  const bool record = step_norms != nullptr;
+  // [2][threads][B]: by step parity, each thread's (first slice's) sum of g^2 per sample; the
+  // entries of slices that are not a thread's first stay 0.
+  std::vector<double> partial_sq(record ? 2 * threads * B : 0, 0.0);
+  run_on_team(H, threads, [&](const TeamShare& share, StepBarrier& barrier) {
+    const int64_t u0 = share.units.begin, U = share.units.size();
     for (int64_t s = len.max_len - 1; s >= 0; --s) {
       const scalar_t* dz_next = dz_steps[(s + 1) % 2];
       scalar_t* dz_step = dz_steps[s % 2];
+      double* step_sq = record ? partial_sq.data() + (s % 2) * threads * B : nullptr;
       const int64_t rows = active_rows(len, s);
       // carry[:, units] = dz_{s+1} W_hh[:, units]: the gradient reaching h_{t-1} through W_hh.
       // Rows that were not active at s+1 hold dz = 0 in both buffers, so their carry is 0.
@@ -135,15 +141,25 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
         const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H + u0 : zero_row;
         double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
-                                          dz_step + b * H + u0, U, step_norms != nullptr);
-        if (step_norms != nullptr) {
+                                          dz_step + b * H + u0, U, record);
+        if (record) {
           if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
-            g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, H);
+            g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, U);
           }
-          step_norms[t * B + b] = scalar_t(std::sqrt(g_sq));
+          step_sq[share.first * B + b] = g_sq;
         }
       }
-      barrier.arrive_and_wait(len.max_len - 1 - s, owned);
+      barrier.arrive_and_wait(len.max_len - 1 - s, share.count);
+      // The other threads write the other parity's sums until the next barrier.
+      if (record && share.first == 0) {
+        for (int64_t b = 0; b < rows; ++b) {
+          const int64_t length = len.values[b];
+          if (s >= length) continue;
+          double total = 0.0;
+          for (int64_t i = 0; i < threads; ++i) total += step_sq[i * B + b];
+          step_norms[step_time(s, length, reverse) * B + b] = scalar_t(std::sqrt(total));
+        }
+      }
     }
   });
 }

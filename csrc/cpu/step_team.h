@@ -107,17 +107,25 @@ inline UnitRange slice_units(int64_t hidden, int64_t threads, int64_t slice) {
   return {start(slice), start(slice + 1)};
 }
 
-// Runs body(units, barrier, owned) on `threads` threads of the calling thread's OpenMP team,
-// each with its own units; one thread runs body(all units) when threads is 1. The body must
-// not throw: a thread that left the loop would leave the others waiting at the barrier. BLAS
-// runs single-threaded inside (the team is the parallelism), with the caller's thread-local
-// state (grad mode, dispatch exclusions).
+// One thread's share of a team: its units (the union of its slices, which are consecutive),
+// its first slice and how many it owns. Slice indices are fixed by the team's size, so `first`
+// names the thread's partial results (of sums over its units) whatever ATen's partition.
+struct TeamShare {
+  UnitRange units;
+  int64_t first = 0, count = 1;
+};
+
+// Runs body(share, barrier) on `threads` threads of the calling thread's OpenMP team, each
+// with its own units; one thread runs body(all units) when threads is 1. The body must not
+// throw: a thread that left the loop would leave the others waiting at the barrier. BLAS runs
+// single-threaded inside (the team is the parallelism), with the caller's thread-local state
+// (grad mode, dispatch exclusions).
 template <typename Body>
 void run_on_team(int64_t hidden, int64_t threads, const Body& body) {
   if (threads <= 1) {
     const SingleThreadedBlas serial(/*on_calling_thread=*/!at::in_parallel_region());
     StepBarrier barrier(1);
-    body(UnitRange{0, hidden}, barrier, int64_t(1));
+    body(TeamShare{UnitRange{0, hidden}, 0, 1}, barrier);
     return;
   }
   StepBarrier barrier(threads);
@@ -125,8 +133,8 @@ void run_on_team(int64_t hidden, int64_t threads, const Body& body) {
   at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
     const at::ThreadLocalStateGuard guard(state);
     const SingleThreadedBlas serial(/*on_calling_thread=*/false);  // parallel_for initialised the caller
-    body(UnitRange{slice_units(hidden, threads, first).begin, slice_units(hidden, threads, last - 1).end},
-         barrier, last - first);
+    const UnitRange units{slice_units(hidden, threads, first).begin, slice_units(hidden, threads, last - 1).end};
+    body(TeamShare{units, first, last - first}, barrier);
   });
 }
 
