@@ -15,7 +15,10 @@ Stages, each run to its end (or its time limit) whatever the others did:
 Each stage's output goes to the terminal and to OUT/<stage>.log; OUT/stages.md and
 OUT/stages.json sum them up. A test process that dies of a signal leaves its native frames in
 OUT/native_backtrace.txt (benchmarks/native_backtrace.c, preloaded where a C compiler is
-found), with the extension's frames resolved to functions and lines (addr2line).
+found), with the extension's frames resolved to functions and lines (addr2line). After the
+stages OUT/toolchain.txt says what the extension was built with and runs against (compilers,
+C++ ABI, libstdc++) and whether a C++ error raised by the extension survives, with CUDA
+initialised and without.
 Exit status 0 when every stage passed, else 1.
 
 This script imports torch but not rnn_fused (which is not built yet when it starts).
@@ -150,6 +153,82 @@ def resolve_extension_frames(text: str, extension: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Raises a C++ error (TORCH_CHECK_VALUE in the extension's own op) in a fresh interpreter, with CUDA
+# initialised first or not: the GPU tests of 2026-11-30 died of SIGSEGV in such raises.
+_RAISE_SCRIPT = """
+import sys, torch
+if sys.argv[1] == "cuda":
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+import rnn_fused
+try:
+    torch.ops.rnn_fused.cpu_loop_threads(-1, 1)
+except ValueError as error:
+    print("raised ValueError:", str(error).splitlines()[0])
+"""
+
+
+def _glibcxx_versions(path: str) -> str:
+    """The highest GLIBCXX_3.4.N symbol version named in a shared library (needed or provided)."""
+    try:
+        with open(path, "rb") as f:
+            found = {int(m) for m in re.findall(rb"GLIBCXX_3\.4\.(\d+)", f.read())}
+    except OSError as error:
+        return f"unreadable ({error})"
+    return f"up to GLIBCXX_3.4.{max(found)}" if found else "no GLIBCXX versions"
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"could not run: {error}"
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[0] if lines else f"no output (exit status {done.returncode})"
+
+
+def toolchain_report(python: str) -> str:
+    """What the extension was built with and what it runs against, for the SIGSEGV of
+    2026-11-30 (docs/benchmarks.md): the compilers, torch's C++ ABI against the flag the build
+    used, the libstdc++ the process loads against the GLIBCXX versions the extension needs, and a
+    C++ error raised in a fresh interpreter with CUDA initialised first and without."""
+    import torch
+
+    lines = [f"python: {sys.version.split()[0]} ({python})",
+             f"torch: {torch.__version__}, CUDA {torch.version.cuda}, "
+             f"built with the C++11 ABI: {torch.compiled_with_cxx11_abi()}",
+             f"c++: {_first_line([shutil.which('c++') or 'c++', '--version'])}"]
+    nvcc = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")
+    nvcc_out = subprocess.run([nvcc, "--version"], capture_output=True, text=True) if os.path.isfile(nvcc) else None
+    lines.append(f"nvcc: {nvcc_out.stdout.strip().splitlines()[-1] if nvcc_out and nvcc_out.stdout.strip() else 'not found at ' + nvcc}")
+    for ninja in sorted(glob.glob(os.path.join(ROOT, "build", "temp*", "build.ninja"))):
+        text = open(ninja).read()
+        flags = sorted(set(re.findall(r"-D_GLIBCXX_USE_CXX11_ABI=\d", text)))
+        lines.append(f"build flags ({os.path.relpath(ninja, ROOT)}): {', '.join(flags) or 'no -D_GLIBCXX_USE_CXX11_ABI'}")
+    extension = next(iter(glob.glob(os.path.join(ROOT, "rnn_fused", "_C*.so"))), "")
+    if extension:
+        lines.append(f"extension needs: {_glibcxx_versions(extension)}")
+        ldd = subprocess.run(["ldd", extension], capture_output=True, text=True).stdout if shutil.which("ldd") else ""
+        resolved = [line.strip() for line in ldd.splitlines() if "libstdc++" in line]
+        lines.append(f"extension resolves: {resolved[0] if resolved else 'libstdc++ not listed by ldd'}")
+    with open("/proc/self/maps") as f:
+        loaded = sorted({line.split()[-1] for line in f if "libstdc++" in line})
+    for library in loaded:
+        lines.append(f"this process (torch imported) loaded: {library}, {_glibcxx_versions(library)}")
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    for mode in ("cpu", "cuda"):
+        try:
+            done = subprocess.run([python, "-c", _RAISE_SCRIPT, mode], capture_output=True, text=True, timeout=120,
+                                  env={**os.environ, "PYTHONPATH": path}, cwd=ROOT)
+            outcome = (done.stdout.strip().splitlines() or [""])[-1] if done.returncode == 0 else \
+                f"exit status {done.returncode} ({'signal ' + str(-done.returncode) if done.returncode < 0 else 'error'}): " \
+                f"{(done.stderr.strip().splitlines() or [''])[-1][:300]}"
+        except subprocess.TimeoutExpired:
+            outcome = "timed out after 120 s"
+        lines.append(f"a C++ error raised {'after CUDA initialised' if mode == 'cuda' else 'without CUDA'}: {outcome}")
+    return "\n".join(lines) + "\n"
+
+
 def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
     """The four stages of the check: build, GPU tests, benchmark, and the cost model refitted
     to the benchmark's measurements (fit_model.md beside its report). Without a GPU
@@ -245,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     stages = gpu_check_stages(sys.executable, out, arch, args.budget_s)
     stages[1].env.update(native_backtrace_env(out))  # the GPU tests
     status = run_stages(stages, out, device)
+    try:
+        report = toolchain_report(sys.executable)
+    except Exception as error:  # the report is a diagnosis: its own failure must not hide the stages'
+        report = f"toolchain report failed: {type(error).__name__}: {error}\n"
+    with open(os.path.join(out, "toolchain.txt"), "w") as f:
+        f.write(report)
+    print(report, flush=True)
     crashes = os.path.join(out, "native_backtrace.txt")
     if os.path.isfile(crashes) and os.path.getsize(crashes) > 0:
         extension = next(iter(glob.glob(os.path.join(ROOT, "rnn_fused", "_C*.so"))), "")

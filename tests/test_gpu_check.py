@@ -796,3 +796,19 @@ def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     printed = capsys.readouterr().out
     assert "H=33 path=stack: ok" in printed and "H=200 path=stack: ok" in printed
     assert printed.rstrip().endswith("all cases matched")
+
+
+def test_the_toolchain_report_says_what_the_extension_was_built_with_and_whether_its_errors_survive():
+    """After its stages gpu-check writes OUT/toolchain.txt, for the SIGSEGV of 2026-11-30 (a C++
+    error raised by the extension's own op killed the GPU test process): compilers, torch's C++
+    ABI, the libstdc++ loaded and needed, and a C++ error raised in a fresh interpreter without
+    CUDA (here: a ValueError, as everywhere) and after initialising CUDA (here: no driver)."""
+    report = stages.toolchain_report(sys.executable)
+    fields = [line.split(":")[0] for line in report.splitlines()]
+    for expected in ("python", "torch", "c++", "nvcc", "extension needs", "extension resolves",
+                     "a C++ error raised without CUDA", "a C++ error raised after CUDA initialised"):
+        assert expected in fields, report
+    without_cuda = next(line for line in report.splitlines() if line.startswith("a C++ error raised without CUDA"))
+    assert without_cuda.endswith("raised ValueError: rnn_fused.cpu_loop_threads: batch and hidden must be >= 0, "
+                                 "got -1 and 1"), report
+    assert "this process (torch imported) loaded:" in report and "GLIBCXX_3.4." in report
