@@ -162,7 +162,7 @@ if sys.argv[1] == "cuda":
     torch.zeros(1, device="cuda")
 import rnn_fused
 try:
-    torch.ops.rnn_fused.cpu_loop_threads(-1, 1)
+    torch.ops.rnn_fused.cpu_loop_team(-1, 1, 1)
 except ValueError as error:
     print("raised ValueError:", str(error).splitlines()[0])
 """

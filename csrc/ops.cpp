@@ -574,19 +574,30 @@ TORCH_LIBRARY(rnn_fused, m) {
       "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
       "bool record_norms=False) -> Tensor[]");
-  // The threads the CPU time loops of a [batch, hidden] layer run on from the calling thread
-  // (cpu/step_team.h): 1 below the team's step size, else torch's threads, at most one per 16
-  // units; the forced count where one is set.
-  m.def("cpu_loop_threads(int batch, int hidden) -> int", [](int64_t batch, int64_t hidden) {
-    TORCH_CHECK_VALUE(batch >= 0 && hidden >= 0, "rnn_fused.cpu_loop_threads: batch and hidden must be >= 0, got ",
-                      batch, " and ", hidden);
-    return rnn_fused::cpu::team_threads(batch, hidden);
-  });
-  // Forces the CPU time loops' thread count (0: their own choice); returns the previous setting.
-  m.def("set_cpu_loop_threads(int threads) -> int", [](int64_t threads) {
-    TORCH_CHECK_VALUE(threads >= 0, "rnn_fused.set_cpu_loop_threads: threads must be >= 0 (0: the loops' own "
-                      "choice), got ", threads);
-    return rnn_fused::cpu::forced_loop_threads.exchange(threads);
+  // The team the CPU time loops of a layer of this many steps, samples and units run on from the
+  // calling thread (cpu/step_team.h): its threads and how the loop is split among them
+  // ("rows": by samples, "units": by hidden units; "none" on one thread).
+  m.def("cpu_loop_team(int steps, int batch, int hidden) -> (int threads, str split)",
+        [](int64_t steps, int64_t batch, int64_t hidden) {
+          TORCH_CHECK_VALUE(steps >= 0 && batch >= 0 && hidden >= 0, "rnn_fused.cpu_loop_team: steps, batch and "
+                            "hidden must be >= 0, got ", steps, ", ", batch, " and ", hidden);
+          const rnn_fused::cpu::TeamPlan plan = rnn_fused::cpu::team_plan(steps, batch, hidden);
+          const char* split = plan.threads <= 1 ? "none" : plan.split == rnn_fused::cpu::TeamSplit::Rows ? "rows" : "units";
+          return std::make_tuple(plan.threads, std::string(split));
+        });
+  // Forces the CPU time loops' team: threads (0: their own choice) and split ("rows", "units", or
+  // "": their own choice); returns the previous setting.
+  m.def("set_cpu_loop_team(int threads, str split=\"\") -> (int, str)", [](int64_t threads, const std::string& split) {
+    TORCH_CHECK_VALUE(threads >= 0, "rnn_fused.set_cpu_loop_team: threads must be >= 0 (0: the loops' own choice), "
+                      "got ", threads);
+    TORCH_CHECK_VALUE(split.empty() || split == "rows" || split == "units", "rnn_fused.set_cpu_loop_team: split "
+                      "must be 'rows', 'units' or '' (the loops' own choice), got '", split, "'");
+    namespace cpu = rnn_fused::cpu;
+    const int code = split.empty() ? 0 : split == "rows" ? int(cpu::TeamSplit::Rows) : int(cpu::TeamSplit::Units);
+    const int64_t previous_threads = cpu::forced_loop_threads.exchange(threads);
+    const int previous_code = cpu::forced_loop_split.exchange(code);
+    const char* previous_split = previous_code == 0 ? "" : previous_code == int(cpu::TeamSplit::Rows) ? "rows" : "units";
+    return std::make_tuple(previous_threads, std::string(previous_split));
   });
   // The registered backends' names.
   m.def("backends() -> str[]", [] { return rnn_fused::recurrence_backend_names(); });

@@ -445,15 +445,16 @@ def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bo
     """Whether the directions of a bidirectional CPU layer run faster with their time loops at once
     (each on a thread of torch's team) than one after the other: torch may use 2 threads or more, the loop
     is long enough to pay for the second thread, and one direction's loop would not run on more than 2
-    threads by itself (launch_plan.cpu_loop_threads). On 2 threads the pair was as fast as or faster than
-    the directions in turn with each loop on both threads (measured on the 2-core development CPU,
-    2026-12-01: 1.1-1.2x at 500, 16, 64, 128 and 200, 32, 128, 256; 1.0x at 100, 64, 512, 1024); with
-    more threads a loop's own team is predicted faster (not measured: no such CPU here)."""
+    threads by itself (launch_plan.cpu_loop_team). On 2 threads the pair was about as fast as the
+    directions in turn with each loop on both threads, and faster where a loop could not be shared
+    out (measured on the 2-core development CPU, 2026-12-01, docs/benchmarks.md: 0.93-1.09x by rows
+    at B = 8-32, 1.0-1.2x by units, 1.16-1.58x at 1000, 1, 32, 128); with more threads a loop's own
+    team is predicted faster (not measured: no such CPU here)."""
     if layer_input.dim() != 3 or weight_hh.dim() != 2:
         return False  # the op's checks say what is wrong
     steps, batch, hidden = layer_input.shape[0], layer_input.shape[1], weight_hh.shape[0]
     return (torch.get_num_threads() >= 2 and steps * batch * hidden ** 2 >= _MIN_TWO_THREAD_DIRECTION_MACS
-            and torch.ops.rnn_fused.cpu_loop_threads(batch, hidden) <= 2)
+            and torch.ops.rnn_fused.cpu_loop_team(steps, batch, hidden)[0] <= 2)
 
 
 class _DirectionsOnTwoThreads(torch.autograd.Function):

@@ -30,6 +30,7 @@ import math
 import threading
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -292,29 +293,45 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
         yield
 
 
-def cpu_loop_threads(batch_size: int, hidden_size: int) -> int:
-    """How many threads the CPU time loops of a layer of this batch and hidden size run on, called
-    from this thread: each thread owns a slice of the hidden units (whole blocks of 16) for the
-    whole loop and waits for the others once per step, so a step needs 2^16 multiply-adds
-    (batch x H^2) or more to gain from it; then torch's threads, one per 2^15 multiply-adds of a
-    step at most. 1 inside a parallel region (a bidirectional layer's directions at once). The
-    results are bitwise the same on any number (csrc/cpu/step_team.h)."""
-    return torch.ops.rnn_fused.cpu_loop_threads(batch_size, hidden_size)
+class CpuLoopTeam(NamedTuple):
+    """The threads a CPU time loop runs on and how it is split among them: "rows" (each thread runs
+    the whole loop for its own samples; the threads never wait for each other), "units" (each
+    thread owns a slice of the hidden units and waits for the others once per step), or "none"
+    (one thread)."""
+
+    threads: int
+    split: str
+
+
+def cpu_loop_team(steps: int, batch_size: int, hidden_size: int) -> CpuLoopTeam:
+    """The team the CPU time loops of a layer of this many steps, samples and units run on, called
+    from this thread (csrc/cpu/step_team.h). By rows where the batch gives each thread 4 samples or
+    more and H < 512 (W_hh fits a core's L2), from 2^18 multiply-adds in the loop (T x B x H^2); by
+    units otherwise, from 2^16 multiply-adds in a step (B x H^2), at most one thread per 2^15 of
+    them and per 16 units; torch's threads at most. One thread inside a parallel region (a
+    bidirectional layer's directions at once). The last bits of the results may change with the
+    team (BLAS may sum a narrower product in another order); for a given team they are the same
+    run to run."""
+    return CpuLoopTeam(*torch.ops.rnn_fused.cpu_loop_team(steps, batch_size, hidden_size))
 
 
 @contextlib.contextmanager
-def forced_cpu_loop_threads(threads: int) -> Iterator[None]:
-    """Inside, the CPU time loops run on `threads` threads whatever their step's size and torch's
-    thread count (at most one per 16 units; a thread owns several slices where torch's team has
-    fewer threads), to time or test one count against another. Process-wide; the previous
+def forced_cpu_loop_team(threads: int, split: str | None = None) -> Iterator[None]:
+    """Inside, the CPU time loops run on `threads` threads whatever their size and torch's thread
+    count (at most one per sample by rows, per 16 units by units; a thread owns several shares
+    where torch's OpenMP team has fewer threads), split by `split` ("rows" or "units"; None: each
+    loop's own choice), to time or test one team against another. Process-wide; the previous
     setting is restored on exit."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"rnn_fused.launch_plan.forced_cpu_loop_threads: threads must be an int >= 1, got {threads!r}")
-    previous = torch.ops.rnn_fused.set_cpu_loop_threads(threads)
+        raise ValueError(f"rnn_fused.launch_plan.forced_cpu_loop_team: threads must be an int >= 1, got {threads!r}")
+    if split not in (None, "rows", "units"):
+        raise ValueError(f"rnn_fused.launch_plan.forced_cpu_loop_team: split must be 'rows', 'units' or None (each "
+                         f"loop's own choice), got {split!r}")
+    previous = torch.ops.rnn_fused.set_cpu_loop_team(threads, split or "")
     try:
         yield
     finally:
-        torch.ops.rnn_fused.set_cpu_loop_threads(previous)
+        torch.ops.rnn_fused.set_cpu_loop_team(*previous)
 
 
 @dataclass(frozen=True)

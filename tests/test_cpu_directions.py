@@ -11,7 +11,7 @@ import torch
 
 import rnn_fused
 from rnn_fused import functional
-from rnn_fused.launch_plan import forced_cpu_loop_threads
+from rnn_fused.launch_plan import cpu_loop_team, forced_cpu_loop_team
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
@@ -21,7 +21,7 @@ def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool
     """Outputs and every gradient (input, hx, parameters) of one forward and backward. Each time loop
     on one thread: the directions in turn would otherwise run theirs on torch's team, whose
     slices of a step BLAS may round differently (tests/test_cpu_team.py)."""
-    with forced_cpu_loop_threads(1):
+    with forced_cpu_loop_team(1):
         return _run_once(module, x, hx, lengths, side_by_side)
 
 
@@ -197,10 +197,10 @@ def test_the_planner_of_the_cpu_directions():
     try:
         torch.set_num_threads(8)
         wide, w_wide = torch.randn(100, 64, 3), torch.randn(256, 256)
-        assert rnn_fused.launch_plan.cpu_loop_threads(64, 256) == 8
+        assert cpu_loop_team(100, 64, 256) == (8, "rows")
         assert not functional._cpu_directions_on_two_threads(wide, w_wide)
         assert functional._cpu_directions_on_two_threads(x_long, module.weight_hh_l0)  # a team of 1
-        with forced_cpu_loop_threads(2):
+        with forced_cpu_loop_team(2):
             assert functional._cpu_directions_on_two_threads(wide, w_wide)
     finally:
         torch.set_num_threads(threads)

@@ -1,13 +1,14 @@
-"""The CPU time loops on torch's threads (csrc/cpu/step_team.h): each thread owns a slice of the
-hidden units and computes its slice of every step, one barrier per step.
+"""The CPU time loops on torch's threads (csrc/cpu/step_team.h), split by rows (each thread runs the
+whole loop for its own samples) or by units (each thread owns a slice of the hidden units and
+computes its slice of every step, one barrier per step).
 
-Each entry of a step's product is one dot product over the whole state row on any number of
-threads, but BLAS may sum it in another order for a narrower matrix (MKL does, for some slice
-widths: H = 33 in 3 slices, float64 H = 100 in 3), so the loops' last bits may change with their
-thread count, as MKL's own GEMMs' do with torch's. Hence: the same bits run to run for a given
-count, and the team's values within the tolerance rule of the float64 reference, with one
-thread's float32 values as the stock yardstick (tools/testing.py). The tests hold torch's
-threads and force the loops' own (launch_plan.forced_cpu_loop_threads)."""
+Each entry of a step's product is one dot product over the whole state row on any team, but BLAS
+may sum it in another order for a narrower or shorter matrix (MKL does for some: H = 33 in 3 unit
+slices, float64 H = 100 in 3), so the loops' last bits may change with their team, as MKL's own
+GEMMs' do with torch's thread count. Hence: the same bits run to run for a given team, and the
+team's values within the tolerance rule of the float64 reference, with one thread's float32
+values as the stock yardstick (tools/testing.py). The tests hold torch's threads and force the
+loops' own (launch_plan.forced_cpu_loop_team)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 import rnn_fused
-from rnn_fused.launch_plan import cpu_loop_threads, forced_cpu_loop_threads
+from rnn_fused.launch_plan import cpu_loop_team, forced_cpu_loop_team
 from rnn_fused.tools.testing import DEFAULT_ULPS, FLOAT64_PARITY_ULPS, assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
@@ -59,13 +60,13 @@ CASES = [
 ]
 
 
-def _assert_team_agrees(run, module: torch.nn.Module, threads: int, names: list[str]) -> None:
-    """run(module) on `threads` threads twice (the same bits) against one thread under the
-    tolerance rule, the float64 module on one thread the reference."""
-    with forced_cpu_loop_threads(1):
+def _assert_team_agrees(run, module: torch.nn.Module, threads: int, split: str, names: list[str]) -> None:
+    """run(module) on `threads` threads split by `split`, twice (the same bits), against one
+    thread under the tolerance rule, the float64 module on one thread the reference."""
+    with forced_cpu_loop_team(1):
         alone = run(module)
         reference = run(copy.deepcopy(module).double())
-    with forced_cpu_loop_threads(threads):
+    with forced_cpu_loop_team(threads, split):
         on_team = run(module)
         again = run(module)
     assert len(names) == len(on_team)
@@ -76,11 +77,19 @@ def _assert_team_agrees(run, module: torch.nn.Module, threads: int, names: list[
         assert_within_tolerance(r, s, o, name=name, ulps=ulps)
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c[:10]))
-def test_time_loops_on_the_team(case, threads, restore_threads):
+TEAMS = [(threads, split) for threads in (2, 3) for split in ("rows", "units")]
+
+
+# Every case on every team but one sample split by rows (which has nothing to share out).
+CASE_TEAMS = [pytest.param(case, threads, split, id="-".join(str(v) for v in case[:10]) + f"-{threads}-{split}")
+              for case in CASES for threads, split in TEAMS if split == "units" or case[1] >= 2]
+
+
+@pytest.mark.parametrize("case,threads,split", CASE_TEAMS)
+def test_time_loops_on_the_team(case, threads, split, restore_threads):
     """torch's team of 2 threads throughout; the loops forced to 1, 2 or 3 threads. Three on
-    a team of two: one OpenMP thread owns two slices, the other one (the barrier counts slices)."""
+    a team of two: one OpenMP thread owns two shares, the other one (a split by units' barrier
+    counts slices)."""
     steps, batch, input_size, hidden, layers, bidirectional, bias, with_hx, lengths, nonlinearity, truncation, \
         dtype = case
     torch.set_num_threads(2)
@@ -92,9 +101,8 @@ def test_time_loops_on_the_team(case, threads, restore_threads):
     directions = 2 if bidirectional else 1
     hx = torch.randn(directions * layers, batch, hidden, dtype=dtype) if with_hx else None
     lengths = None if lengths is None else torch.tensor(lengths)
-    assert cpu_loop_threads(batch, hidden) == 2  # every case's steps are large enough for the team
-    with forced_cpu_loop_threads(threads):
-        assert cpu_loop_threads(batch, hidden) == threads
+    with forced_cpu_loop_team(threads, split):
+        assert cpu_loop_team(steps, batch, hidden) == (min(threads, batch) if split == "rows" else threads, split)
 
     def run(m):
         to = next(m.parameters()).dtype
@@ -102,10 +110,11 @@ def test_time_loops_on_the_team(case, threads, restore_threads):
 
     names = ["output", "h_n", "grad input"] + (["grad hx"] if with_hx else []) + \
         [f"grad {n}" for n, _ in module.named_parameters()]
-    _assert_team_agrees(run, module, threads, names)
+    _assert_team_agrees(run, module, threads, split, names)
 
 
-def test_zero_lengths_on_the_team(restore_threads):
+@pytest.mark.parametrize("split", ["rows", "units"])
+def test_zero_lengths_on_the_team(split, restore_threads):
     """A sample of length 0 keeps h_0 and gets zero gradients but for grad hx, on the team as on
     one thread (rnn_layer directly: a packed sequence cannot hold an empty sample)."""
     torch.manual_seed(1)
@@ -121,9 +130,9 @@ def test_zero_lengths_on_the_team(restore_threads):
         out, h_n = rnn_fused.rnn_layer(*leaves[:2], *leaves[2:], lengths=lengths)
         return [out, h_n, *torch.autograd.grad(out.sin().sum() + h_n.square().sum(), leaves)]
 
-    with forced_cpu_loop_threads(1):
+    with forced_cpu_loop_team(1):
         alone, reference = run(torch.float32), run(torch.float64)
-    with forced_cpu_loop_threads(2):
+    with forced_cpu_loop_team(2, split):
         on_team = run(torch.float32)
     names = ["output", "h_n", "grad input", "grad hx", "grad weight_ih", "grad weight_hh", "grad bias_ih",
              "grad bias_hh"]
@@ -135,54 +144,77 @@ def test_zero_lengths_on_the_team(restore_threads):
     assert torch.equal(grad_hx[1], 2 * hx[1])
 
 
-def test_recorded_norms_on_the_team(restore_threads):
-    """Recorded norms with both loops on the team: each thread sums g^2 over its units, and after
-    the step's barrier the first slice's thread adds the threads' sums in slice order. The values,
-    step norms and parameters' squared norms within the tolerance rule of the float64 module's,
-    one thread's as the yardstick (on one thread a step's norm is its row's own sum, as before)."""
+@pytest.mark.parametrize("threads,split", TEAMS)
+def test_recorded_norms_on_the_team(threads, split, restore_threads):
+    """Recorded norms with both loops on the team: by units each thread sums g^2 over its units,
+    and after the step's barrier the first slice's thread adds the threads' sums in slice order; by
+    rows each thread sums its samples' whole rows. The values, step norms and gradients within the
+    tolerance rule of the float64 module's, one thread's as the yardstick (on one thread a step's
+    norm is its row's own sum, as before); each run's parameters' squared norms (float64 sums) those
+    of its own gradients, within float64 rounding."""
     torch.manual_seed(3)
     module = rnn_fused.RNN(7, 129, num_layers=2, truncation=rnn_fused.RandomTruncation(0.8, seed=4))
     x = torch.randn(25, 8, 7)
     torch.set_num_threads(2)
-    assert cpu_loop_threads(8, 129) == 2
 
     def run(m):
         m.zero_grad(set_to_none=True)
         with rnn_fused.record_gradients(m) as recorder:
             out, h_n = m(x.to(next(m.parameters()).dtype))
             (out.square().sum() + h_n.sum()).backward()
-        return [out, h_n, recorder.step_norms, *recorder.parameter_sq_norms.values(),
-                *[p.grad for p in m.parameters()]]
+        assert recorder.parameter_sq_norms.keys() == dict(m.named_parameters()).keys()
+        for name, p in m.named_parameters():
+            exact = p.grad.double().square().sum()
+            assert_within_tolerance(exact, exact, recorder.parameter_sq_norms[name], name=f"sq norm {name}",
+                                    ulps=FLOAT64_PARITY_ULPS)
+        return [out, h_n, recorder.step_norms, *[p.grad for p in m.parameters()]]
 
-    names = ["output", "h_n", "step norms"] + [f"sq norm {n}" for n, _ in module.named_parameters()] + \
-        [f"grad {n}" for n, _ in module.named_parameters()]
-    for threads in (2, 3):
-        _assert_team_agrees(run, module, threads, names)
+    names = ["output", "h_n", "step norms"] + [f"grad {n}" for n, _ in module.named_parameters()]
+    _assert_team_agrees(run, module, threads, split, names)
 
 
-def test_which_loops_run_on_the_team(restore_threads):
+def test_which_team_runs_a_loop(restore_threads):
     torch.set_num_threads(2)
-    with forced_cpu_loop_threads(5):
-        assert cpu_loop_threads(1, 64) == 4  # forced: any step, but one thread per block at most
-        assert cpu_loop_threads(1, 8) == 1
-    assert cpu_loop_threads(1, 64) == 1  # restored
-    assert cpu_loop_threads(4, 128) == 2  # 2^16 multiply-adds per step: the threshold
-    assert cpu_loop_threads(3, 128) == 1  # below it
-    assert cpu_loop_threads(1, 256) == 2
-    assert cpu_loop_threads(4096, 16) == 1  # one block of 16 units
-    assert cpu_loop_threads(0, 512) == 1
+    assert cpu_loop_team(1000, 8, 64) == (2, "rows")  # 4 samples per thread
+    assert cpu_loop_team(10, 8, 64) == (2, "rows")  # 2^18 multiply-adds in the loop: the threshold
+    assert cpu_loop_team(5, 8, 64) == (1, "none")  # below it
+    assert cpu_loop_team(1000, 4096, 16) == (2, "rows")
+    assert cpu_loop_team(1000, 4, 128) == (2, "units")  # 2^16 multiply-adds per step: the threshold
+    assert cpu_loop_team(1000, 3, 128) == (1, "none")  # below it
+    assert cpu_loop_team(1000, 1, 256) == (2, "units")
+    assert cpu_loop_team(1000, 64, 512) == (2, "units")  # W_hh beyond a core's L2: each thread its rows of it
+    assert cpu_loop_team(1000, 0, 512) == (1, "none")
     torch.set_num_threads(8)
-    assert cpu_loop_threads(8, 128) == 4  # at least 2^15 multiply-adds per slice
-    assert cpu_loop_threads(64, 1024) == 8
-    assert cpu_loop_threads(256, 40) == 3  # at most one thread per block of 16 units
+    assert cpu_loop_team(1000, 8, 128) == (2, "rows")  # at least 4 samples per thread
+    assert cpu_loop_team(1000, 64, 256) == (8, "rows")
+    assert cpu_loop_team(1000, 4, 128) == (2, "units")  # at least 2^15 multiply-adds per slice
+    assert cpu_loop_team(1000, 64, 1024) == (8, "units")
+    assert cpu_loop_team(1000, 7, 40) == (1, "none")
+    assert cpu_loop_team(1000, 4, 1024) == (8, "units")
+    assert cpu_loop_team(1000, 4, 100) == (1, "none")  # a step of 40000 multiply-adds
     torch.set_num_threads(1)
-    assert cpu_loop_threads(64, 1024) == 1
-    with pytest.raises(ValueError, match="batch and hidden must be >= 0, got -1 and 64"):
-        OPS.cpu_loop_threads(-1, 64)
+    assert cpu_loop_team(1000, 64, 1024) == (1, "none")
+    torch.set_num_threads(2)
+    with forced_cpu_loop_team(5):  # any size; at most one thread per sample or per block of 16 units
+        assert cpu_loop_team(3, 1, 64) == (4, "units")
+        assert cpu_loop_team(3, 1, 8) == (1, "none")
+        assert cpu_loop_team(3, 16, 8) == (5, "rows")
+    with forced_cpu_loop_team(5, "rows"):
+        assert cpu_loop_team(3, 3, 64) == (3, "rows")
+    with forced_cpu_loop_team(3, "units"):
+        assert cpu_loop_team(3, 64, 64) == (3, "units")
+    assert cpu_loop_team(3, 1, 64) == (1, "none")  # restored
+    with pytest.raises(ValueError, match="steps, batch and hidden must be >= 0, got -1, 1 and 64"):
+        OPS.cpu_loop_team(-1, 1, 64)
     with pytest.raises(ValueError, match=r"threads must be >= 0 \(0: the loops' own choice\), got -2"):
-        OPS.set_cpu_loop_threads(-2)
+        OPS.set_cpu_loop_team(-2)
+    with pytest.raises(ValueError, match="split must be 'rows', 'units' or '' \\(the loops' own choice\\), got 'cols'"):
+        OPS.set_cpu_loop_team(2, "cols")
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match=f"threads must be an int >= 1, got {bad!r}"):
-            with forced_cpu_loop_threads(bad):
+            with forced_cpu_loop_team(bad):
                 pass
-    assert OPS.set_cpu_loop_threads(0) == 0  # nothing left forced
+    with pytest.raises(ValueError, match="split must be 'rows', 'units' or None .* got 'cols'"):
+        with forced_cpu_loop_team(2, "cols"):
+            pass
+    assert OPS.set_cpu_loop_team(0) == (0, "")  # nothing left forced

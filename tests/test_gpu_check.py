@@ -809,6 +809,6 @@ def test_the_toolchain_report_says_what_the_extension_was_built_with_and_whether
                      "a C++ error raised without CUDA", "a C++ error raised after CUDA initialised"):
         assert expected in fields, report
     without_cuda = next(line for line in report.splitlines() if line.startswith("a C++ error raised without CUDA"))
-    assert without_cuda.endswith("raised ValueError: rnn_fused.cpu_loop_threads: batch and hidden must be >= 0, "
-                                 "got -1 and 1"), report
+    assert without_cuda.endswith("raised ValueError: rnn_fused.cpu_loop_team: steps, batch and hidden must be >= 0, "
+                                 "got -1, 1 and 1"), report
     assert "this process (torch imported) loaded:" in report and "GLIBCXX_3.4." in report

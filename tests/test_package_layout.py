@@ -19,8 +19,8 @@ PRODUCT_OPS = {"rnn_layer_forward", "rnn_layer_backward", "rnn_layer_backward_wi
                "rnn_directions_backward", "rnn_stack_forward",
                "rnn_stack_backward", "stack_plan", "edge_scales", "recurrence_plan",
                "cost_model", "step_cost", "cost_constants", "set_forced_tiling", "set_autotune",
-               "recurrence_step_phases", "backends", "cpu_loop_threads",
-               "set_cpu_loop_threads"}
+               "recurrence_step_phases", "backends", "cpu_loop_team",
+               "set_cpu_loop_team"}
 
 
 def _modules_after(statement: str) -> set[str]:

@@ -56,7 +56,7 @@ int64_t active_rows(const Lengths& len, int64_t s) {
          len.values.begin();
 }
 
-// Forward time loop, run by each thread of the step team on its units (step_team.h).
+// Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u)
 // w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k), or null: read by
 //                the steps with one active row, whose product vector_matrix computes
@@ -64,25 +64,27 @@ int64_t active_rows(const Lengths& len, int64_t s) {
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
 //                 states[max_len % 2]
-// rec    [B,H]   scratch: each thread's product columns
+// rec    [B,H]   scratch: each thread's rows and product columns
 template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh,
                        const scalar_t* w_hh_t, scalar_t* out, const std::array<scalar_t*, 2>& states,
                        scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
-  run_on_team(H, team_threads(B, H), [&](const TeamShare& share, StepBarrier& barrier) {
+  const TeamPlan plan = team_plan(len.max_len, B, H);
+  run_on_team(plan, B, H, [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
+    const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     for (int64_t s = 0; s < len.max_len; ++s) {
       const scalar_t* state = states[s % 2];
       scalar_t* next = states[(s + 1) % 2];
-      const int64_t rows = active_rows(len, s);
-      // rec[:, units] = h_{t-1} W_hh[units]^T
+      const int64_t rows = std::clamp(active_rows(len, s), r0, r1) - r0;  // the share's, from r0
+      // rec[rows, units] = h_{t-1}[rows] W_hh[units]^T
       if (rows == 1 && w_hh_t != nullptr) {
-        vector_matrix(state, w_hh_t + u0, rec + u0, H, U, H);
+        vector_matrix(state + r0 * H, w_hh_t + u0, rec + r0 * H + u0, H, U, H);
       } else {
-        matmul_rows_transposed(state, w_hh + u0 * H, H, rec + u0, H, rows, U, H);
+        matmul_rows_transposed(state + r0 * H, w_hh + u0 * H, H, rec + r0 * H + u0, H, rows, U, H);
       }
-      for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b = r0; b < r1; ++b) {
         const int64_t length = len.values[b];
         if (s >= length) {  // frozen: the state carries over into the other buffer
           std::copy_n(state + b * H + u0, U, next + b * H + u0);
@@ -100,15 +102,17 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
   }
 }
 
-// Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units.
+// Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units and
+// rows.
 // dy [T,B,H] gradient of the output; dh_n [B,H]; out [T,B,H] saved h_t
 // dz [T,B,H] out: dL/dz_t (zero where t >= len)
 // dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
 //          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
-// carry [B,H] scratch: each thread's product columns; zero_row [H] zeros (the carry of a cut edge)
+// carry [B,H] scratch: each thread's rows and product columns; zero_row [H] zeros (the carry of
+//       a cut edge)
 // step_norms [T,B] out: ||g_t|| (zero where t >= len), or null when not recorded. Each thread
-//            sums g^2 over its units; after the step's barrier the thread of the first slice
-//            adds the threads' sums in slice order (on one thread: the row's own sum).
+//            sums g^2 over its units; after the step's barrier the thread of the first unit
+//            slice adds the slices' sums in order for its rows (one slice: the row's own sum).
 template <typename scalar_t, Activation A>
 void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
                         const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
@@ -116,22 +120,25 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
                         const scalar_t* zero_row, scalar_t* step_norms) {
   const int64_t B = shape.batch, H = shape.hidden;
   std::fill_n(carry, B * H, scalar_t(0));
-  const int64_t threads = team_threads(B, H);
+  const TeamPlan plan = team_plan(len.max_len, B, H);
+  const int64_t slices = plan.split == TeamSplit::Units ? plan.threads : 1;
   const bool record = step_norms != nullptr;
-  // [2][threads][B]: by step parity, each thread's (first slice's) sum of g^2 per sample; the
-  // entries of slices that are not a thread's first stay 0.
-  std::vector<double> partial_sq(record ? 2 * threads * B : 0, 0.0);
-  run_on_team(H, threads, [&](const TeamShare& share, StepBarrier& barrier) {
+  // [2][slices][B]: by step parity, each unit slice's sum of g^2 per sample (a thread's sum in
+  // the slot of its first slice; the others stay 0).
+  std::vector<double> partial_sq(record ? 2 * slices * B : 0, 0.0);
+  run_on_team(plan, B, H, [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
+    const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     for (int64_t s = len.max_len - 1; s >= 0; --s) {
       const scalar_t* dz_next = dz_steps[(s + 1) % 2];
       scalar_t* dz_step = dz_steps[s % 2];
-      double* step_sq = record ? partial_sq.data() + (s % 2) * threads * B : nullptr;
-      const int64_t rows = active_rows(len, s);
-      // carry[:, units] = dz_{s+1} W_hh[:, units]: the gradient reaching h_{t-1} through W_hh.
-      // Rows that were not active at s+1 hold dz = 0 in both buffers, so their carry is 0.
-      if (s + 1 < len.max_len) matmul_rows(dz_next, w_hh + u0, H, carry + u0, H, rows, U, H);
-      for (int64_t b = 0; b < rows; ++b) {
+      double* step_sq = record ? partial_sq.data() + (s % 2) * slices * B : nullptr;
+      const int64_t rows = std::clamp(active_rows(len, s), r0, r1) - r0;  // the share's, from r0
+      // carry[rows, units] = dz_{s+1}[rows] W_hh[:, units]: the gradient reaching h_{t-1}
+      // through W_hh. Rows that were not active at s+1 hold dz = 0 in both buffers, so their
+      // carry is 0.
+      if (s + 1 < len.max_len) matmul_rows(dz_next + r0 * H, w_hh + u0, H, carry + r0 * H + u0, H, rows, U, H);
+      for (int64_t b = r0; b < r0 + rows; ++b) {
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
@@ -146,17 +153,17 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
           if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
             g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, U);
           }
-          step_sq[share.first * B + b] = g_sq;
+          step_sq[share.unit_slice * B + b] = g_sq;
         }
       }
       barrier.arrive_and_wait(len.max_len - 1 - s, share.count);
       // The other threads write the other parity's sums until the next barrier.
-      if (record && share.first == 0) {
-        for (int64_t b = 0; b < rows; ++b) {
+      if (record && share.unit_slice == 0) {
+        for (int64_t b = r0; b < r0 + rows; ++b) {
           const int64_t length = len.values[b];
           if (s >= length) continue;
           double total = 0.0;
-          for (int64_t i = 0; i < threads; ++i) total += step_sq[i * B + b];
+          for (int64_t i = 0; i < slices; ++i) total += step_sq[i * B + b];
           step_norms[step_time(s, length, reverse) * B + b] = scalar_t(std::sqrt(total));
         }
       }

@@ -1,12 +1,15 @@
-// A time loop's steps split over torch's threads: each thread owns a slice of the hidden
-// units for the whole loop, computes its slice of every step's product and epilogue, and
-// waits for the other slices before the next step (one barrier per step, the state double
-// buffered so that no thread overwrites a state row another still reads).
+// A time loop split over torch's threads, in one of two ways:
+// - by samples (TeamSplit::Rows): each thread runs the whole loop for its own rows of the batch.
+//   The samples of a batch never meet, so the threads never wait for each other; each reads all
+//   of W_hh every step.
+// - by hidden units (TeamSplit::Units): each thread owns a slice of the units for the whole
+//   loop, computes its slice of every step's product and epilogue, and waits for the other
+//   slices before the next step (one barrier per step, the state double buffered so that no
+//   thread overwrites a state row another still reads). For batches too small to share out.
 //
-// Every unit's value is computed by the same arithmetic whatever the slicing: the epilogues
-// are elementwise and each product's entry is one dot product over the whole state row (BLAS
-// sees a narrower matrix, not a shorter sum). tests/test_cpu_team.py checks the results bit for
-// bit against one thread.
+// Each entry of a product is one dot product over the whole state row either way (BLAS sees a
+// narrower or shorter matrix, not a shorter sum), but BLAS may sum it in another order for
+// another shape, so the last bits can change with the team (tests/test_cpu_team.py).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -23,45 +26,73 @@
 
 namespace rnn_fused::cpu {
 
-// Steps of fewer multiply-adds (batch x H^2) run on one thread: the barrier's two cache-line
-// trips between cores (a few hundred ns) cost more than half such a step. Measured on the
-// 2-core development CPU (float32, 2026-12-01): two threads 1.5x faster at 8 x 128^2 (2^17),
-// 1.1-1.2x at 16 x 64^2 (2^16), no faster at 8 x 64^2.
-constexpr int64_t kTeamStepMacs = int64_t(1) << 16;
-// A slice's fewest multiply-adds per step and its units' multiple: BLAS's float kernels tile
-// the output in blocks of 8-16 units, and a slice of whole blocks keeps its products on the
-// kernels the whole matrix would use.
+// Measured on the 2-core development CPU (float32, 2026-12-01; a stand-alone loop of MKL's sgemm
+// and an epilogue, then the loops themselves):
+// - split by units, two threads were 1.5x faster than one at 8 x 128^2 multiply-adds per step
+//   (2^17), 1.1-1.2x at 16 x 64^2 (2^16) and no faster at 8 x 64^2: the barrier's two
+//   cache-line trips between cores (a few hundred ns) cost more than half a smaller step;
+// - split by rows, with 4 rows or more per thread, as fast as by units from 2^16 on
+//   (0.94-1.47x of it) and 1.2-3.9x faster than by units below (a step's fixed costs, the BLAS
+//   call's and the epilogue's, are paid on both threads at once without a barrier); with 2 rows
+//   per thread no faster than one thread.
+constexpr int64_t kUnitsStepMacs = int64_t(1) << 16;  // fewest multiply-adds per step split by units
+constexpr int64_t kRowsLoopMacs = int64_t(1) << 18;   // fewest multiply-adds per loop split by rows
+constexpr int64_t kMinRowsPerThread = 4;
+// W_hh of H >= this many units does not fit a core's L2 (512 KB here): split by units, so that
+// each thread reads only its rows of it.
+constexpr int64_t kRowsMaxHidden = 512;
+// A unit slice's fewest multiply-adds per step and its units' multiple: BLAS's float kernels
+// tile the output in blocks of 8-16 units.
 constexpr int64_t kSliceMinMacs = int64_t(1) << 15;
 constexpr int64_t kSliceUnitMultiple = 16;
 
-// Threads forced by rnn_fused::set_cpu_loop_threads (launch_plan.forced_cpu_loop_threads): 0
-// leaves the choice to team_threads. Process-wide; for tests and timing.
-inline std::atomic<int64_t> forced_loop_threads{0};
+enum class TeamSplit { Units = 1, Rows = 2 };
 
-// The threads a time loop of this shape runs on: 1 below kTeamStepMacs, when torch has one
-// thread, inside a parallel region (a bidirectional layer's directions, each on a thread of
-// the team already), or where torch's threads are not an OpenMP team that runs every task at
-// once (the barrier would wait for a task queued behind it); never more than the units' blocks.
-// A forced count holds whatever the step's size and torch's threads (more threads than the
-// team has: a thread then owns several slices).
-inline int64_t team_threads(int64_t batch, int64_t hidden) {
+// How a time loop runs: on `threads` threads (1: the calling thread alone), split by `split`.
+struct TeamPlan {
+  int64_t threads = 1;
+  TeamSplit split = TeamSplit::Units;
+};
+
+// A team forced by rnn_fused::set_cpu_loop_team (launch_plan.forced_cpu_loop_team): threads 0
+// leave the choice to team_plan; split 0 leaves the split to it. Process-wide; for tests and
+// timing.
+inline std::atomic<int64_t> forced_loop_threads{0};
+inline std::atomic<int> forced_loop_split{0};
+
+// The team a time loop of this shape runs on, by the rules above: torch's threads, at most one
+// per 4 rows (by rows) or per 2^15 multiply-adds of a step and per 16 units (by units). One
+// thread inside a parallel region (a bidirectional layer's directions, each on a thread of the
+// team already) and where torch's threads are not an OpenMP team that runs every task at once
+// (a barrier would wait for a task queued behind it). A forced team holds whatever the loop's
+// size and torch's threads (more threads than the OpenMP team has: a thread then owns several
+// slices), capped at one thread per row or per block of 16 units.
+inline TeamPlan team_plan(int64_t steps, int64_t batch, int64_t hidden) {
 #if AT_PARALLEL_OPENMP
-  if (at::in_parallel_region()) return 1;
-  const int64_t by_units = (hidden + kSliceUnitMultiple - 1) / kSliceUnitMultiple;
+  if (at::in_parallel_region()) return {};
+  const int64_t blocks = (hidden + kSliceUnitMultiple - 1) / kSliceUnitMultiple;
   const int64_t forced = forced_loop_threads.load(std::memory_order_relaxed);
-  if (forced > 0) return std::max<int64_t>(1, std::min(forced, by_units));
+  const int forced_split = forced_loop_split.load(std::memory_order_relaxed);
+  const bool by_rows = forced_split != 0 ? forced_split == int(TeamSplit::Rows)
+                                         : batch >= 2 * kMinRowsPerThread && hidden < kRowsMaxHidden;
+  const TeamSplit split = by_rows ? TeamSplit::Rows : TeamSplit::Units;
+  const int64_t most = by_rows ? batch : blocks;
+  if (forced > 0) return {std::max<int64_t>(1, std::min(forced, most)), split};
   const int64_t step_macs = batch * hidden * hidden;
-  if (step_macs < kTeamStepMacs) return 1;
+  if (by_rows ? steps * step_macs < kRowsLoopMacs : step_macs < kUnitsStepMacs) return {};
   at::internal::lazy_init_num_threads();
-  return std::max<int64_t>(1, std::min({int64_t(at::get_num_threads()), by_units, step_macs / kSliceMinMacs}));
+  const int64_t limit = by_rows ? batch / kMinRowsPerThread : std::min(blocks, step_macs / kSliceMinMacs);
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), limit);
+  return threads > 1 ? TeamPlan{threads, split} : TeamPlan{};
 #else
+  (void)steps;
   (void)batch;
   (void)hidden;
-  return 1;
+  return {};
 #endif
 }
 
-// Units [begin, end) of a slice.
+// Units [begin, end) of a slice, or rows [begin, end) of a share of the batch.
 struct UnitRange {
   int64_t begin = 0, end = 0;
   int64_t size() const { return end - begin; }
@@ -72,13 +103,14 @@ struct UnitRange {
 // leaves it correct however ATen hands the slices to threads.
 class StepBarrier {
  public:
-  explicit StepBarrier(int64_t slices) : slices_(slices) {}
+  // waits false: the threads share nothing between steps (a split by rows), nothing to wait for.
+  StepBarrier(int64_t slices, bool waits) : slices_(waits ? slices : 0) {}
 
   // Processing step `step` (0, 1, ... in the loop's order) is done for `owned` slices; returns
   // when it is done for all. Spins briefly, then yields the core: a thread of the team may be
   // descheduled (more threads than cores), and spinning against it would only delay it.
   void arrive_and_wait(int64_t step, int64_t owned) {
-    if (owned == slices_) return;  // one thread owns every slice
+    if (slices_ == 0 || owned == slices_) return;  // nothing shared, or one thread owns every slice
     arrived_.fetch_add(owned, std::memory_order_acq_rel);
     const int64_t target = (step + 1) * slices_;
     for (int spins = 0; arrived_.load(std::memory_order_acquire) < target; ++spins) {
@@ -107,34 +139,49 @@ inline UnitRange slice_units(int64_t hidden, int64_t threads, int64_t slice) {
   return {start(slice), start(slice + 1)};
 }
 
-// One thread's share of a team: its units (the union of its slices, which are consecutive),
-// its first slice and how many it owns. Slice indices are fixed by the team's size, so `first`
-// names the thread's partial results (of sums over its units) whatever ATen's partition.
+// Share `share` of B rows on `threads` threads: balanced, none empty (threads <= B).
+inline UnitRange share_rows(int64_t batch, int64_t threads, int64_t share) {
+  return {share * batch / threads, (share + 1) * batch / threads};
+}
+
+// One thread's share of a team: its units and rows (all of the other dimension), its first
+// unit slice of `unit_slices` (slices are fixed by the team, so the index names the thread's
+// partial sums over its units whatever ATen's partition; 0 of 1 when split by rows), and how
+// many slices or row shares it owns (consecutive ones: their union is one range).
 struct TeamShare {
-  UnitRange units;
-  int64_t first = 0, count = 1;
+  UnitRange units, rows;
+  int64_t unit_slice = 0, unit_slices = 1, count = 1;
 };
 
-// Runs body(share, barrier) on `threads` threads of the calling thread's OpenMP team, each
-// with its own units; one thread runs body(all units) when threads is 1. The body must not
-// throw: a thread that left the loop would leave the others waiting at the barrier. BLAS runs
+// Runs body(share, barrier) on the plan's threads of the calling thread's OpenMP team; the
+// calling thread runs body(everything) when the plan has one thread. The body must not throw:
+// a thread that left the loop would leave the others waiting at the barrier. BLAS runs
 // single-threaded inside (the team is the parallelism), with the caller's thread-local state
 // (grad mode, dispatch exclusions).
 template <typename Body>
-void run_on_team(int64_t hidden, int64_t threads, const Body& body) {
-  if (threads <= 1) {
+void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const Body& body) {
+  const UnitRange all_units{0, hidden}, all_rows{0, batch};
+  if (plan.threads <= 1) {
     const SingleThreadedBlas serial(/*on_calling_thread=*/!at::in_parallel_region());
-    StepBarrier barrier(1);
-    body(TeamShare{UnitRange{0, hidden}, 0, 1}, barrier);
+    StepBarrier barrier(1, /*waits=*/false);
+    body(TeamShare{all_units, all_rows}, barrier);
     return;
   }
-  StepBarrier barrier(threads);
+  const bool by_rows = plan.split == TeamSplit::Rows;
+  StepBarrier barrier(plan.threads, /*waits=*/!by_rows);
   const at::ThreadLocalState state;
-  at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, plan.threads, 1, [&](int64_t first, int64_t last) {
     const at::ThreadLocalStateGuard guard(state);
     const SingleThreadedBlas serial(/*on_calling_thread=*/false);  // parallel_for initialised the caller
-    const UnitRange units{slice_units(hidden, threads, first).begin, slice_units(hidden, threads, last - 1).end};
-    body(TeamShare{units, first, last - first}, barrier);
+    const int64_t count = last - first;
+    if (by_rows) {
+      const UnitRange rows{share_rows(batch, plan.threads, first).begin, share_rows(batch, plan.threads, last - 1).end};
+      body(TeamShare{all_units, rows, 0, 1, count}, barrier);
+    } else {
+      const UnitRange units{slice_units(hidden, plan.threads, first).begin,
+                            slice_units(hidden, plan.threads, last - 1).end};
+      body(TeamShare{units, all_rows, first, plan.threads, count}, barrier);
+    }
   });
 }
 
