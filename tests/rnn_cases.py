@@ -45,3 +45,21 @@ def assert_norm_partials_match(actual, cpu):
     hidden = 40
     torch.testing.assert_close(actual.cpu(), cpu, rtol=2 * hidden * torch.finfo(torch.float32).eps, atol=0)
     assert (actual[3:, 1] == 0).all() and (actual[4:, 2] == 0).all()
+
+
+def module_outputs_and_gradients(module, x, hx, lengths):
+    """Outputs and every gradient (input, hx, parameters) of one forward and backward of a module
+    (time-major x; lengths: a packed batch, unsorted, padded back), under a fixed cotangent."""
+    module.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()
+    hx = None if hx is None else hx.detach().requires_grad_()
+    if lengths is None:
+        out, h_n = module(x, hx)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, h_n = module(packed, hx)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    ((out * weights).sum() + (h_n * h_n).sum()).backward()
+    grads = [x.grad] + ([] if hx is None else [hx.grad]) + [p.grad for p in module.parameters()]
+    return [out, h_n] + grads

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rnn_fused
+from rnn_cases import module_outputs_and_gradients
 from rnn_fused import functional
 from rnn_fused.launch_plan import cpu_loop_team, forced_cpu_loop_team
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
@@ -21,26 +22,9 @@ def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool
     """Outputs and every gradient (input, hx, parameters) of one forward and backward. Each time loop
     on one thread: the directions in turn would otherwise run theirs on torch's team, whose
     slices of a step BLAS may round differently (tests/test_cpu_team.py)."""
-    with forced_cpu_loop_team(1):
-        return _run_once(module, x, hx, lengths, side_by_side)
-
-
-def _run_once(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths, side_by_side: bool):
     module.side_by_side = side_by_side
-    for p in module.parameters():
-        p.grad = None
-    x = x.detach().requires_grad_()
-    hx = None if hx is None else hx.detach().requires_grad_()
-    if lengths is None:
-        out, h_n = module(x, hx)
-    else:
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, h_n = module(packed, hx)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
-    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-    ((out * weights).sum() + (h_n * h_n).sum()).backward()
-    grads = [x.grad] + ([] if hx is None else [hx.grad]) + [p.grad for p in module.parameters()]
-    return [out, h_n] + grads
+    with forced_cpu_loop_team(1):
+        return module_outputs_and_gradients(module, x, hx, lengths)
 
 
 def _as_module(stock: torch.nn.RNN, dtype: torch.dtype) -> torch.nn.RNN:

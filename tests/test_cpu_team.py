@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import rnn_fused
+from rnn_cases import module_outputs_and_gradients
 from rnn_fused.launch_plan import cpu_loop_team, forced_cpu_loop_team
 from rnn_fused.tools.testing import DEFAULT_ULPS, FLOAT64_PARITY_ULPS, assert_within_tolerance
 
@@ -29,23 +30,6 @@ def restore_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
-
-
-def _run(module: rnn_fused.RNN, x: torch.Tensor, hx, lengths):
-    """Outputs and every gradient (input, hx, parameters) of one forward and backward."""
-    module.zero_grad(set_to_none=True)
-    x = x.detach().requires_grad_()
-    hx = None if hx is None else hx.detach().requires_grad_()
-    if lengths is None:
-        out, h_n = module(x, hx)
-    else:
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out, h_n = module(packed, hx)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
-    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-    ((out * weights).sum() + (h_n * h_n).sum()).backward()
-    grads = [x.grad] + ([] if hx is None else [hx.grad]) + [p.grad for p in module.parameters()]
-    return [out, h_n] + grads
 
 
 CASES = [
@@ -106,7 +90,7 @@ def test_time_loops_on_the_team(case, threads, split, restore_threads):
 
     def run(m):
         to = next(m.parameters()).dtype
-        return _run(m, x.to(to), None if hx is None else hx.to(to), lengths)
+        return module_outputs_and_gradients(m, x.to(to), None if hx is None else hx.to(to), lengths)
 
     names = ["output", "h_n", "grad input"] + (["grad hx"] if with_hx else []) + \
         [f"grad {n}" for n, _ in module.named_parameters()]
