@@ -1,7 +1,6 @@
 // The host layer's frame (host_layer.h): backend registry, casts, whole-sequence GEMMs.
 #include "host_layer.h"
 
-
 #include <ATen/ops/add.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
@@ -180,9 +179,9 @@ std::tuple<at::Tensor, at::Tensor> finish_forward(const PreparedForward& p) {
 
 // tasks[0]() and tasks[1]() at once, each on a thread of the caller's OpenMP team; returns when
 // both have, rethrowing a task's exception. One after the other where torch runs one thread.
-// Inside the region each time loop runs on its one thread (cpu/step_team.h), whose slice is all
-// of its units: the same products and epilogues as on a team, so each direction's values are
-// its layer op's bit for bit. The team's second thread, not a thread of its own: libgomp's idle
+// Inside the region each time loop runs on its one thread (cpu/step_team.h), as the layer op's
+// loop does on one thread: each direction's values are those of its layer op on one thread, bit
+// for bit. The team's second thread, not a thread of its own: libgomp's idle
 // team threads spin for milliseconds after each parallel region (such as the input
 // projection's GEMM just before), so on a 2-core host a separate thread found its core taken
 // (measured on the development CPU: no gain), and a thread that keeps a team of its own makes

@@ -145,12 +145,12 @@ inline UnitRange share_rows(int64_t batch, int64_t threads, int64_t share) {
 }
 
 // One thread's share of a team: its units and rows (all of the other dimension), its first
-// unit slice of `unit_slices` (slices are fixed by the team, so the index names the thread's
-// partial sums over its units whatever ATen's partition; 0 of 1 when split by rows), and how
-// many slices or row shares it owns (consecutive ones: their union is one range).
+// unit slice (slices are fixed by the team, so the index names the thread's partial sums over
+// its units whatever ATen's partition; 0 when split by rows), and how many slices or row shares
+// it owns (consecutive ones: their union is one range).
 struct TeamShare {
   UnitRange units, rows;
-  int64_t unit_slice = 0, unit_slices = 1, count = 1;
+  int64_t unit_slice = 0, count = 1;
 };
 
 // Runs body(share, barrier) on the plan's threads of the calling thread's OpenMP team; the
@@ -176,11 +176,11 @@ void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const Body
     const int64_t count = last - first;
     if (by_rows) {
       const UnitRange rows{share_rows(batch, plan.threads, first).begin, share_rows(batch, plan.threads, last - 1).end};
-      body(TeamShare{all_units, rows, 0, 1, count}, barrier);
+      body(TeamShare{all_units, rows, 0, count}, barrier);
     } else {
       const UnitRange units{slice_units(hidden, plan.threads, first).begin,
                             slice_units(hidden, plan.threads, last - 1).end};
-      body(TeamShare{units, all_rows, first, plan.threads, count}, barrier);
+      body(TeamShare{units, all_rows, first, count}, barrier);
     }
   });
 }
