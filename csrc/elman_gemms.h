@@ -75,13 +75,22 @@ inline void zero_past_lengths(at::Tensor& out, const std::optional<at::Tensor>& 
   out.masked_fill_(past_end.unsqueeze(2), 0);
 }
 
+// Widest H at which the CPU backend takes the batched products below: there one BLAS call per
+// chunk (K = steps_per_chunk * B, an H x H result) splits a small product over the threads,
+// where the batched call gives each thread whole chunks. Measured on the 2-core development
+// CPU (2026-12-02, the dW_hh sum alone): batched 1.1-3x faster at H = 64-128 (T = 300-1000,
+// B = 1-16), 0.8-1.0x at H = 256-1024, where each product is large enough to split.
+constexpr int64_t kCpuBatchedMaxHidden = 128;
+
 // sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
 // sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
 // one long chain, about twice the rounding error of stock PyTorch's per-step sum.
-// batched: the GPU kernels' backends (CUDA, and the emulated one that mirrors it), where each
-// product is a kernel launch.
-inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b, bool batched) {
+// launch_bound: the GPU kernels' backends (CUDA, and the emulated one that mirrors it), where
+// each product is a kernel launch: always batched. On the CPU, batched up to
+// kCpuBatchedMaxHidden.
+inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b, bool launch_bound) {
   const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
+  const bool batched = launch_bound || (a.is_cpu() && H <= kCpuBatchedMaxHidden);
   const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
   const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
   const int64_t full = S / steps_per_chunk;
