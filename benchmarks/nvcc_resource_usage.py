@@ -52,6 +52,43 @@ def demangle(lines: list[str]) -> list[str]:
     return out.splitlines()
 
 
+REGISTERS_PER_SM = 65536  # sm_80 and sm_90
+RECURRENCE_THREADS = 256  # kRecurrenceThreads
+
+
+def ctas_per_sm_by_registers(registers: int) -> int:
+    """CTAs of RECURRENCE_THREADS threads an SM holds at `registers` per thread (a warp's
+    registers allocated in units of 256)."""
+    per_warp = -(-registers * 32 // 256) * 256
+    return REGISTERS_PER_SM // (RECURRENCE_THREADS // 32 * per_warp)
+
+
+def plain_copies_with_fewer_ctas(report: list[str]) -> list[str]:
+    """Each backward kernel's plain copy (kPlain = true) whose registers fit fewer CTAs per SM than
+    its general kernel's: the planner sizes occupancy on the general kernel and launches the copy
+    (elman_launch.h with_persistent_kernel)."""
+    registers, current = {}, None
+    for line in report:
+        entry = re.match(r"(sm_\d+)  .*backward_recurrence_kernel<(.*)>\(", line)
+        if entry:
+            current = (entry.group(1), entry.group(2))
+            continue
+        used = re.search(r"Used (\d+) registers", line)
+        if used and current:
+            registers[current] = int(used.group(1))
+            current = None
+    fewer = []
+    for (arch, arguments), plain in registers.items():
+        if not arguments.endswith(", true"):
+            continue
+        general = registers.get((arch, arguments[:-len("true")] + "false"))
+        if general is None:
+            fewer.append(f"{arch} <{arguments}>: no general kernel in the report")
+        elif ctas_per_sm_by_registers(plain) < ctas_per_sm_by_registers(general):
+            fewer.append(f"{arch} <{arguments}>: {plain} registers against the general kernel's {general}")
+    return fewer
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "nvcc_resource_usage.txt"))
@@ -112,6 +149,11 @@ def reports(args: argparse.Namespace, nvcc: str, object_file: str) -> int:
         return 1
     if spills:
         print("recurrence kernels spill:\n  " + "\n  ".join(spills), file=sys.stderr)
+        return 1
+    fewer = plain_copies_with_fewer_ctas(report)
+    if fewer:
+        print("plain backward kernels fit fewer CTAs per SM than the general kernels the planner sizes:\n  " +
+              "\n  ".join(fewer), file=sys.stderr)
         return 1
     loops, error = sass_dot_loop.report(object_file)
     sass_header = ["# The recurrence kernels' innermost loops with multiply-adds in sm_90 SASS (cuobjdump -sass),",

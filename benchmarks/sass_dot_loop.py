@@ -35,9 +35,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST_MODEL = os.path.join(ROOT, "csrc", "cuda", "recurrence_cost_model.h")
 ARCH = "sm_90"
 # Mangled-name pieces: forward/backward kernel, float (f) or double (d), samples, path
-# (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time).
+# (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time), and the
+# backward's kPlain (1: the copy without truncation and norms, reported as "backward plain").
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
-KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)EE")
+KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)E"
+                    r"(?:Lb([01])E)?E")
 # The layer stack's kernels (float32, the block path's tiling): samples, compiled passes.
 STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)EE")
 # The cluster path's layer stack: samples, compiled passes.
@@ -91,9 +93,9 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
             cluster_stack = CLUSTER_STACK_KERNEL.search(function.group(1)) if in_arch else None
             current = None
             if match:
-                direction, dtype, samples, path, passes = match.groups()
-                current = (direction, "float" if dtype == "f" else "double", int(samples), PATH_NAMES[path],
-                           int(passes))
+                direction, dtype, samples, path, passes, plain = match.groups()
+                current = (direction + (" plain" if plain == "1" else ""), "float" if dtype == "f" else "double",
+                           int(samples), PATH_NAMES[path], int(passes))
             elif stack:
                 direction, samples, passes = stack.groups()
                 current = (f"{direction} stack", "float", int(samples), "block", int(passes))

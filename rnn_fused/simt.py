@@ -122,6 +122,21 @@ def schedule(mode: str, seed: int = 0) -> Iterator[None]:
         _ops.set_schedule(*previous)
 
 
+@contextlib.contextmanager
+def recording_launches() -> Iterator[list[str]]:
+    """Record the emulated kernel launches made inside the block: yields a list that holds, on
+    exit, the name of each launched kernel in launch order (as the kernel's
+    SIMT_KERNEL_ATTRIBUTES spells it, e.g. 'backward_recurrence_kernel<float, 1,
+    RecurrencePath::Block, 1, true>'). Recording is process wide; blocks do not nest."""
+    launches: list[str] = []
+    _ops.record_launches(True)
+    try:
+        yield launches
+    finally:
+        launches.extend(_ops.recorded_launches())
+        _ops.record_launches(False)
+
+
 # Schedules a race-sensitive test should run under: their results must agree bitwise.
 ALL_SCHEDULES = (("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2))
 

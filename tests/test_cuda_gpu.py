@@ -337,6 +337,36 @@ def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hid
             assert torch.equal(a, b), (samples, plans[0].reason)
 
 
+@pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("cluster", 256, 8),
+                                               ("cluster", 200, 9)])
+def test_plain_backward_kernels_give_the_general_kernels_gradients(path, hidden, batch):
+    """Full BPTT without recorded norms, on a plan whose kernels are compiled for their passes,
+    runs the backward copy compiled without the truncation's edge scales and the norm sums
+    (backward_recurrence_kernel's kPlain); its gradients are bitwise those of the same call with
+    norms recorded, which runs the general kernel, on this GPU (lengths 8-12 of 12 steps)."""
+    if path == "cluster" and not clusters_supported():
+        pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
+    plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=True, path=path)
+    assert plan.compiled_passes > 0, plan.reason
+    lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
+    runs = []
+    for record in (False, True):
+        torch.manual_seed(0)
+        module = RNN(5, hidden).to(DEVICE)
+        module.backend, module.path = BACKEND, path
+        x = (torch.randn(12, batch, 5, generator=torch.Generator().manual_seed(11)) * 0.5).to(DEVICE)
+        x.requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with contextlib.ExitStack() as stack:
+            if record:
+                stack.enter_context(rnn_fused.record_gradients(module))
+            out, h_n = module(packed)
+        (out.data.sin().sum() + h_n.cos().sum()).backward()
+        runs.append([x.grad, *[p.grad for p in module.parameters()]])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b), plan.reason
+
+
 @pytest.mark.parametrize("path,hidden,batch", [("block", 112, 9), ("cluster", 256, 8), ("grid", 300, 9),
                                                ("grid", 1024, 32)])
 def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):

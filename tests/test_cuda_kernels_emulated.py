@@ -324,6 +324,63 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
+def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling):
+    """The backward's launches and every gradient of a 1-layer float32 module on the emulated
+    path the tiling names (4 SMs), with norms recorded or not and `truncation`."""
+    torch.manual_seed(0)
+    module = RNN(5, hidden, truncation=truncation)
+    module.backend = "emulated"
+    module.path = tiling.pop("path")
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(6, batch, 5, generator=g, dtype=torch.float64) * 0.5).float().requires_grad_()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(**tiling):
+        with contextlib.ExitStack() as stack:
+            if record:
+                stack.enter_context(rnn_fused.record_gradients(module))
+            out, h_n = module(packed)
+        with simt.recording_launches() as launches:
+            (out.data.sin().sum() + h_n.cos().sum()).backward()
+    return [name for name in launches if name.startswith("backward_recurrence_kernel")], \
+        [x.grad] + [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
+    ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("cluster", 33, 2, 16, 2),
+    ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8)])
+def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
+                                                                              passes):
+    """A backward of full BPTT without recorded norms on a kernel compiled for its passes runs
+    the copy compiled without the truncation's edge scales and the norm sums
+    (backward_recurrence_kernel's kPlain), and gives bitwise the gradients of the general
+    kernels: the same launch shape's with norms recorded, with truncation every 7 steps of 6
+    (cuts() is true, no edge is cut), and read at run time (no plain copy)."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
+    kernel = f"backward_recurrence_kernel<float, {samples}, RecurrencePath::{path.capitalize()}, {passes}"
+    plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=None, **tiling)
+    assert plain_launches == [kernel + ", true>"]
+    for record, truncation, run_time_passes in ((True, None, False), (False, 7, False), (False, None, True)):
+        launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
+                                                run_time_passes=run_time_passes, **tiling)
+        general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else kernel + ">"
+        assert launches == [general_kernel], (record, truncation, run_time_passes)
+        for a, b in zip(plain, general):
+            assert torch.equal(a, b), (record, truncation, run_time_passes)
+
+
+def test_recording_launches_names_each_launch_in_order():
+    """simt.recording_launches lists the kernels an emulated call launched, in order, and
+    nothing once the block has ended."""
+    x, w_ih, w_hh = torch.randn(4, 2, 3), torch.randn(8, 3), 0.3 * torch.randn(8, 8)
+    with simt.recording_launches() as launches:
+        rnn_fused.rnn_layer(x, None, w_ih, w_hh, None, None, backend="emulated", path="stepwise")
+    assert launches == ["forward_step_epilogue_kernel<float>"] * 4
+    rnn_fused.rnn_layer(x, None, w_ih, w_hh, None, None, backend="emulated", path="stepwise")
+    assert len(launches) == 4
+
+
 @pytest.mark.parametrize("hidden,sm_count,samples,dtype,slices,vectors", [
     (128, 2, 8, torch.float32, (64, 2), True), (70, 3, 2, torch.float32, (24, 3), True),
     (300, 2, 8, torch.float32, (152, 2), True), (96, 3, 1, torch.float64, (32, 3), True),

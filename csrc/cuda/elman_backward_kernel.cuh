@@ -180,13 +180,22 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
-template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses>
+// kPlain: full BPTT without recorded norms (step_sq null, truncation.cuts() false), compiled
+// without the edge scales' draws and the norm sums. Only the kernels compiled for their passes
+// have a plain copy (with_persistent_kernel): there a step is a few hundred instructions, and
+// that code, never run by such a call, still took registers and kept the compiler from stepping
+// the operands' addresses (sm_90 SASS, counted: the block step loop at 1 sample and 1 pass
+// 395 -> 99 static instructions, about 126 -> 92 executed).
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  if constexpr (kPlain) {
+    SIMT_KERNEL_CHECK(a.step_sq == nullptr && !a.truncation.cuts(), "the plain kernel records no norms and cuts no edge");
+  }
+  const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
   // parameters (about 15 instructions per step and sample in the sm_90 SASS).
-  const bool cuts = a.truncation.cuts();
+  const bool cuts = !kPlain && a.truncation.cuts();
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);

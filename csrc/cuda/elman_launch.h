@@ -91,26 +91,39 @@ constexpr int kEpilogueKernelRegisters = 40;
   RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 2, path, passes);               \
   RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 4, path, passes);               \
   RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path, passes)
+// The float32 kernels compiled for their passes, with the backward's plain copy (kPlain).
+#define RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES(samples, path, passes) \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,  \
+                         backward_recurrence_kernel<float, samples, RecurrencePath::path, passes, true>)
+#define RNN_FUSED_COMPILED_ATTRIBUTES(samples, path, passes)    \
+  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, samples, path, passes); \
+  RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES(samples, path, passes)
+#define RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(path, passes) \
+  RNN_FUSED_COMPILED_ATTRIBUTES(1, path, passes);               \
+  RNN_FUSED_COMPILED_ATTRIBUTES(2, path, passes);               \
+  RNN_FUSED_COMPILED_ATTRIBUTES(4, path, passes);               \
+  RNN_FUSED_COMPILED_ATTRIBUTES(8, path, passes)
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 0);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 1);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 2);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 3);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 4);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 1);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 2);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 3);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 4);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 1);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 2);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 3);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 4);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 1);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 2);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 3);
+RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 4);
+#undef RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES
 // 5-8 passes: up to 4 samples per chunk (max_compiled_cluster_passes).
 #define RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)                                                    \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
                          forward_cluster_stack_kernel<samples, passes>);                                     \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
 #define RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(passes)                                                \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 1, Cluster, passes);                                               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 2, Cluster, passes);                                               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, 4, Cluster, passes);                                               \
+  RNN_FUSED_COMPILED_ATTRIBUTES(1, Cluster, passes);                                                        \
+  RNN_FUSED_COMPILED_ATTRIBUTES(2, Cluster, passes);                                                        \
+  RNN_FUSED_COMPILED_ATTRIBUTES(4, Cluster, passes);                                                        \
   RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(1, passes);                                                            \
   RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(2, passes);                                                            \
   RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(4, passes)
@@ -119,6 +132,8 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(6);
 RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(7);
 RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES
+#undef RNN_FUSED_COMPILED_ATTRIBUTES
+#undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
 // (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes,
 // cluster 1-4 at every sample count and 5-8 at up to 4.)
@@ -197,18 +212,28 @@ inline constexpr int kMaxCompiledPasses = kPath == RecurrencePath::Block     ? k
                                                                              : 0;
 
 // Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
-// the one switch from a plan to a template instantiation.
+// the one switch from a plan to a template instantiation. plain_backward: a backward of full
+// BPTT without recorded norms, which takes the kernel compiled without them where one exists
+// (backward_recurrence_kernel's kPlain: the kernels compiled for their passes). The planner
+// sizes occupancy on the general kernel: the plain one runs a subset of its code, and its
+// registers fit as many CTAs per SM (make resource-usage fails where they would not).
 template <typename scalar_t, RecurrencePath kPath, class F>
-void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f) {
+void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     constexpr int S = decltype(samples_constant)::value;
     return with_passes_constant<kFloat ? kMaxCompiledPasses<kPath, S> : 0>(passes, [&](auto passes_constant) {
       constexpr int P = decltype(passes_constant)::value;
-      if (backward) {
-        f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
-      } else {
+      if (!backward) {
         f(forward_recurrence_kernel<scalar_t, S, kPath, P>);
+      } else if constexpr (P > 0) {
+        if (plain_backward) {
+          f(backward_recurrence_kernel<scalar_t, S, kPath, P, true>);
+        } else {
+          f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
+        }
+      } else {
+        f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
       }
     });
   });
@@ -217,16 +242,17 @@ void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f) {
 }
 
 template <typename scalar_t, class F>
-void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, int passes, F&& f) {
+void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, int passes, F&& f,
+                            bool plain_backward = false) {
   switch (path) {
     case RecurrencePath::Block:
-      with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, passes, f);
+      with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, passes, f, plain_backward);
       break;
     case RecurrencePath::Cluster:
-      with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, passes, f);
+      with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, passes, f, plain_backward);
       break;
     case RecurrencePath::Grid:
-      with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, passes, f);
+      with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, passes, f, plain_backward);
       break;
     default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel");
   }
@@ -588,6 +614,10 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
 template <typename scalar_t, class Args>
 void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
   const dim3 block(kRecurrenceThreads);
+  bool plain_backward = false;
+  if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<scalar_t>>) {
+    plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
+  }
   with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, plan.compiled_passes, [&](auto kernel) {
     using Kernel = decltype(kernel);
     if constexpr (std::is_invocable_v<Kernel, Args, RecurrenceTiling>) {
@@ -596,12 +626,14 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
       if (plan.path == RecurrencePath::Grid) {
         simt::launch_cooperative(kernel, grid, block, smem, args, plan.tiling);
       } else if (plan.path == RecurrencePath::Cluster) {
+        // (The planner allowed it for the general kernel it sized; a plain backward launches another.)
+        if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
         simt::launch_cluster(kernel, grid, block, smem, static_cast<unsigned>(plan.cluster), args, plan.tiling);
       } else {
         simt::launch(kernel, grid, block, smem, args, plan.tiling);
       }
     }
-  });
+  }, plain_backward);
 }
 
 // The Grid and Stepwise paths exchange the state through global memory: [2,B,H], by parity

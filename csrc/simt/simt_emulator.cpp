@@ -825,6 +825,10 @@ Schedule schedule_mode_value = Schedule::Forward;
 uint64_t schedule_seed_value = 0;
 uint64_t launches_since_schedule_set = 0;
 
+// The names of the kernels launched while recording (record_launches), in launch order.
+bool recording_launches = false;
+std::vector<std::string> launch_log;
+
 struct KernelEntry {
   KernelAttributes attrs;
   std::string name;
@@ -1391,6 +1395,10 @@ void run_launch(const LaunchRequest& request) {
   L.attrs = entry.attrs;
   L.kernel_name = entry.name;
   detail::validate_launch(L.props, L.attrs, request.grid, request.block, request.dynamic_smem, request.where);
+  {
+    std::lock_guard<std::mutex> lock(config_mutex);
+    if (recording_launches) launch_log.push_back(entry.name);
+  }
   L.threads_per_block = static_cast<unsigned>(detail::volume(request.block));
   const unsigned long long blocks = detail::volume(request.grid);
   if (request.kind == LaunchKind::Cluster) {
@@ -1523,6 +1531,17 @@ Schedule schedule_mode() {
 uint64_t schedule_seed() {
   std::lock_guard<std::mutex> lock(emu::config_mutex);
   return emu::schedule_seed_value;
+}
+
+void record_launches(bool on) {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  emu::recording_launches = on;
+  emu::launch_log.clear();
+}
+
+std::vector<std::string> recorded_launches() {
+  std::lock_guard<std::mutex> lock(emu::config_mutex);
+  return emu::launch_log;
 }
 
 }  // namespace simt

@@ -21,6 +21,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace simt {
 
@@ -423,6 +424,11 @@ uint64_t schedule_seed();
 
 // Cost of one fiber switch (nanoseconds), measured over `switches` switches.
 double measure_fiber_switch_ns(int64_t switches);
+
+// Recording of launches: on or off (either clears the record); the names of the kernels
+// launched since it was turned on (as SIMT_KERNEL_ATTRIBUTES spells them), in launch order.
+void record_launches(bool on);
+std::vector<std::string> recorded_launches();
 
 namespace emu {
 

@@ -83,6 +83,9 @@ TORCH_LIBRARY(rnn_fused_simt, m) {
   m.def("reset_device_properties() -> ()", [] { simt::reset_device_properties(); });
   // Order in which threads run between barriers: 'forward', 'reverse' or 'shuffle' (seeded).
   m.def("set_schedule(str mode, int seed=0) -> ()", &set_schedule);
+  // Launch recording (rnn_fused.simt.recording_launches): on or off, clearing the record.
+  m.def("record_launches(bool on) -> ()", [](bool on) { simt::record_launches(on); });
+  m.def("recorded_launches() -> str[]", [] { return simt::recorded_launches(); });
   m.def("get_schedule() -> (str, int)", &get_schedule);
   m.def("measure_fiber_switch_ns(int switches) -> float",
         [](int64_t switches) { return simt::measure_fiber_switch_ns(switches); });
