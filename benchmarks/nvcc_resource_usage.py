@@ -64,12 +64,12 @@ def ctas_per_sm_by_registers(registers: int) -> int:
 
 
 def plain_copies_with_fewer_ctas(report: list[str]) -> list[str]:
-    """Each backward kernel's plain copy (kPlain = true) whose registers fit fewer CTAs per SM than
-    its general kernel's: the planner sizes occupancy on the general kernel and launches the copy
-    (elman_launch.h with_persistent_kernel)."""
+    """Each backward kernel's plain copy (kPlain = true: layer and stack kernels) whose registers
+    fit fewer CTAs per SM than its general kernel's: the planner sizes occupancy on the general
+    kernel and launches the copy (elman_launch.h with_persistent_kernel, with_stack_kernel)."""
     registers, current = {}, None
     for line in report:
-        entry = re.match(r"(sm_\d+)  .*backward_recurrence_kernel<(.*)>\(", line)
+        entry = re.match(r"(sm_\d+)  .*(backward_(?:recurrence|stack|cluster_stack)_kernel<.*)>\(", line)
         if entry:
             current = (entry.group(1), entry.group(2))
             continue
@@ -81,6 +81,8 @@ def plain_copies_with_fewer_ctas(report: list[str]) -> list[str]:
     for (arch, arguments), plain in registers.items():
         if not arguments.endswith(", true"):
             continue
+        if arch == "sm_80" and ("cluster" in arguments or "RecurrencePath)1" in arguments):
+            continue  # (no clusters below sm_90: these kernels only trap there, and the host never launches them)
         general = registers.get((arch, arguments[:-len("true")] + "false"))
         if general is None:
             fewer.append(f"{arch} <{arguments}>: no general kernel in the report")

@@ -40,10 +40,10 @@ ARCH = "sm_90"
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)E"
                     r"(?:Lb([01])E)?E")
-# The layer stack's kernels (float32, the block path's tiling): samples, compiled passes.
-STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)EE")
-# The cluster path's layer stack: samples, compiled passes.
-CLUSTER_STACK_KERNEL = re.compile(r"(forward|backward)_cluster_stack_kernelILi(\d+)ELi(\d+)EE")
+# The layer stack's kernels (float32, the block path's tiling): samples, compiled passes, kPlain.
+STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)E(?:Lb([01])E)?E")
+# The cluster path's layer stack: samples, compiled passes, kPlain.
+CLUSTER_STACK_KERNEL = re.compile(r"(forward|backward)_cluster_stack_kernelILi(\d+)ELi(\d+)E(?:Lb([01])E)?E")
 MAX_DIFFERENCE = 2.0  # instructions per iteration
 
 
@@ -97,11 +97,13 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
                 current = (direction + (" plain" if plain == "1" else ""), "float" if dtype == "f" else "double",
                            int(samples), PATH_NAMES[path], int(passes))
             elif stack:
-                direction, samples, passes = stack.groups()
-                current = (f"{direction} stack", "float", int(samples), "block", int(passes))
+                direction, samples, passes, plain = stack.groups()
+                current = (f"{direction} stack" + (" plain" if plain == "1" else ""), "float", int(samples), "block",
+                           int(passes))
             elif cluster_stack:
-                direction, samples, passes = cluster_stack.groups()
-                current = (f"{direction} stack", "float", int(samples), "cluster", int(passes))
+                direction, samples, passes, plain = cluster_stack.groups()
+                current = (f"{direction} stack" + (" plain" if plain == "1" else ""), "float", int(samples), "cluster",
+                           int(passes))
             if current is not None:
                 kernels[current] = []
             continue
@@ -189,7 +191,7 @@ def report(object_file: str) -> tuple[list[str], str | None]:
     lines, misses, errors = [], {"float": [], "double": []}, []
     for key in sorted(kernels):
         name = f"{key[0]} {key[1]} {key[2]} samples {key[3]}" + (f" compiled for {key[4]} passes" if key[4] else "")
-        if key[4] > 0 or key[0].endswith("stack"):  # (the stack kernels have no timed copy)
+        if key[4] > 0 or " stack" in key[0]:  # (the stack kernels have no timed copy)
             step = untimed_step_loop(kernels[key])
             if step is None:
                 errors.append(f"{name}: no untimed step loop found")

@@ -179,6 +179,35 @@ def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_a
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("hidden,layers,units_per_pass,kernel", [
+    (64, 3, 32, "backward_stack_kernel"), (200, 4, 16, "backward_cluster_stack_kernel")], ids=["block", "cluster"])
+def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_results(hidden, layers, units_per_pass,
+                                                                                 kernel):
+    """Full BPTT without recorded norms on a stack compiled for its passes runs the backward copy
+    compiled without the truncation's edge scales and the norm sums (kPlain), and gives bitwise
+    the results of the general kernels: the same launch shape's with truncation every 5 of 4
+    steps (no edge cut), and read at run time (no plain copy)."""
+    steps, batch = 4, 3
+    lengths = torch.tensor([4, 1, 3])
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
+    runs, kernels = [], []
+    for truncation, run_time in ((None, False), (steps + 1, False), (None, True)):
+        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
+                                                                         run_time_passes=run_time):
+            plan = launch_plan.stack_plan(hidden, batch, steps, layers)
+            with simt.recording_launches() as launches:
+                runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                                      stack=True, truncation=truncation))
+        kernels.append([name for name in launches if name.startswith(kernel)])
+        assert plan.compiled_passes == (0 if run_time else 4), plan.reason
+    samples = plan.samples
+    assert kernels == [[f"{kernel}<{samples}, 4, true>"], [f"{kernel}<{samples}, 4>"], [f"{kernel}<{samples}, 0>"]]
+    for run in runs[1:]:
+        for name, a, b in zip(names_for(len(runs[0])), runs[0], run, strict=True):
+            assert torch.equal(a, b), name
+
+
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])
 def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, lengths):
     """Layer 0 of the stack bitwise equals the block path's layer (the same input projection

@@ -176,6 +176,15 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
   }
 }
 
+// A backward kernel's plain copy (kPlain, below) runs only calls that need neither truncation nor
+// norms: a kernel's arguments `a` (step_sq, truncation) say so.
+template <bool kPlain, class Args>
+SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
+  if constexpr (kPlain) {
+    SIMT_KERNEL_CHECK(a.step_sq == nullptr && !a.truncation.cuts(), "the plain kernel records no norms and cuts no edge");
+  }
+}
+
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
@@ -189,9 +198,7 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  if constexpr (kPlain) {
-    SIMT_KERNEL_CHECK(a.step_sq == nullptr && !a.truncation.cuts(), "the plain kernel records no norms and cuts no edge");
-  }
+  check_plain_call<kPlain>(a);
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
   // parameters (about 15 instructions per step and sample in the sm_90 SASS).
@@ -423,10 +430,13 @@ struct BackwardStackArgs {
   double* step_sq = nullptr;
 };
 
-// Grid, tiling, shared memory and kPasses as for forward_stack_kernel.
-template <int kSamples, int kPasses>
+// Grid, tiling, shared memory and kPasses as for forward_stack_kernel; kPlain as for
+// backward_recurrence_kernel (block step loop at 1 sample and 1 pass, sm_90: 459 -> 190 static
+// instructions).
+template <int kSamples, int kPasses, bool kPlain = false>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
+  check_plain_call<kPlain>(a);
   using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Block, kPasses, stack_iterations(kPasses)>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   const StackPlace place = stack_place(tiling, a.layers);
@@ -439,7 +449,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row, per_pass = tiling.units_per_pass;
-  const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   double* unit_sums = reinterpret_cast<double*>(reinterpret_cast<unsigned char*>(smem) + layout.unit_sums_offset);
   load_stack_rows(a.w_stacked + layer * 2 * H * H, cta.weights, cta.units, per_pass, H, R);
   for (int64_t i = threadIdx.x; i < 2 * kSamples * R; i += blockDim.x) cta.states[i] = 0.0f;  // dz_T = 0
@@ -454,7 +464,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const float* masks_below = a.dropout_masks != nullptr && !bottom ? a.dropout_masks + (layer - 1) * sequence : nullptr;
   TruncationParams truncation = a.truncation;
   truncation.stream = static_cast<uint32_t>(2 * layer);
-  const bool cuts = truncation.cuts();  // (as in backward_recurrence_kernel)
+  const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   // The row this lane owns in each batch (the same every step).
@@ -576,16 +586,19 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, true).bytes for both (the 2 x
 // padded_row(H) columns hold the two kinds of rows side by side: [U][half] each, then two pairs
 // of state buffers; then the norm sums: unit_sums, and cta_sums [3][P][S] of the layer's CTAs).
-template <int kSamples, int kPasses>
+// kPlain as for backward_recurrence_kernel (step loop at 1 sample and 1 pass, sm_90: 865 -> 435
+// static instructions).
+template <int kSamples, int kPasses, bool kPlain = false>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_cluster_stack_kernel(BackwardStackArgs a, RecurrenceTiling tiling) {
+  check_plain_call<kPlain>(a);
   using Cta = RecurrenceCta<float, kSamples, RecurrencePath::Cluster, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden, L = a.layers;
   const int64_t half = padded_row(H, vec_size<float>());
   const ClusterStackPlace at = cluster_stack_place(tiling, L);
   const int64_t layer = at.layer, sequence = T * B * H, state = B * H, delay = L - 1 - layer;
   const bool top = layer == L - 1;
-  const bool norms = a.step_sq != nullptr;  // uniform over the launch
+  const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   SIMT_DYNAMIC_SHARED(float, smem);
   // The forward's layout, its rows and state buffers each split in two of `half` columns: the
   // layer's own (W_hh^T, dz^l) and the layer above's (W_ih^{l+1 T}, dz^{l+1}).
@@ -626,7 +639,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
   TruncationParams truncation = a.truncation;
   truncation.stream = static_cast<uint32_t>(2 * layer);
-  const bool cuts = truncation.cuts();  // (as in backward_recurrence_kernel)
+  const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0

@@ -120,13 +120,17 @@ RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 4);
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
                          forward_cluster_stack_kernel<samples, passes>);                                     \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
+// (passes > 0: the backward's plain copy too)
+#define RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(samples, passes) \
+  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes);               \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes, true>)
 #define RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(passes)                                                \
   RNN_FUSED_COMPILED_ATTRIBUTES(1, Cluster, passes);                                                        \
   RNN_FUSED_COMPILED_ATTRIBUTES(2, Cluster, passes);                                                        \
   RNN_FUSED_COMPILED_ATTRIBUTES(4, Cluster, passes);                                                        \
-  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(1, passes);                                                            \
-  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(2, passes);                                                            \
-  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(4, passes)
+  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(1, passes);                                                   \
+  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(2, passes);                                                   \
+  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(4, passes)
 RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(5);
 RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(6);
 RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(7);
@@ -151,18 +155,30 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>); \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
   RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)
+#define RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(samples, passes)                                                 \
+  RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes);                                                               \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes, true>); \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes, true>)
 #define RNN_FUSED_STACK_ATTRIBUTES(passes)    \
   RNN_FUSED_STACK_ATTRIBUTES_OF(1, passes);   \
   RNN_FUSED_STACK_ATTRIBUTES_OF(2, passes);   \
   RNN_FUSED_STACK_ATTRIBUTES_OF(4, passes);   \
   RNN_FUSED_STACK_ATTRIBUTES_OF(8, passes)
+#define RNN_FUSED_COMPILED_STACK_ATTRIBUTES(passes)    \
+  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(1, passes);   \
+  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(2, passes);   \
+  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(4, passes);   \
+  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(8, passes)
 RNN_FUSED_STACK_ATTRIBUTES(0);
-RNN_FUSED_STACK_ATTRIBUTES(1);
-RNN_FUSED_STACK_ATTRIBUTES(2);
-RNN_FUSED_STACK_ATTRIBUTES(3);
-RNN_FUSED_STACK_ATTRIBUTES(4);
+RNN_FUSED_COMPILED_STACK_ATTRIBUTES(1);
+RNN_FUSED_COMPILED_STACK_ATTRIBUTES(2);
+RNN_FUSED_COMPILED_STACK_ATTRIBUTES(3);
+RNN_FUSED_COMPILED_STACK_ATTRIBUTES(4);
+#undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES
 #undef RNN_FUSED_STACK_ATTRIBUTES
+#undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF
 #undef RNN_FUSED_STACK_ATTRIBUTES_OF
+#undef RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES
 #undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time, as
@@ -1015,16 +1031,23 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   return dz_first;
 }
 
-// Calls f(kernel) with forward_stack_kernel or backward_stack_kernel for (samples, compiled passes).
+// Calls f(kernel) with forward_stack_kernel or backward_stack_kernel for (samples, compiled
+// passes); plain_backward as for with_persistent_kernel.
 template <class F>
-void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
+void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     return with_passes_constant<kRegisterPasses>(passes, [&](auto passes_constant) {
       constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
-      if (backward) {
-        f(backward_stack_kernel<S, P>);
-      } else {
+      if (!backward) {
         f(forward_stack_kernel<S, P>);
+      } else if constexpr (P > 0) {
+        if (plain_backward) {
+          f(backward_stack_kernel<S, P, true>);
+        } else {
+          f(backward_stack_kernel<S, P>);
+        }
+      } else {
+        f(backward_stack_kernel<S, P>);
       }
     });
   });
@@ -1045,17 +1068,23 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
 inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
 
 // Calls f(kernel) with forward_cluster_stack_kernel or backward_cluster_stack_kernel for
-// (samples, compiled passes).
+// (samples, compiled passes); plain_backward as for with_persistent_kernel.
 template <class F>
-void with_cluster_stack_kernel(bool backward, int64_t samples, int passes, F&& f) {
+void with_cluster_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     constexpr int S = decltype(samples_constant)::value;
     return with_passes_constant<kMaxCompiledPasses<RecurrencePath::Cluster, S>>(passes, [&](auto passes_constant) {
       constexpr int P = decltype(passes_constant)::value;
-      if (backward) {
-        f(backward_cluster_stack_kernel<S, P>);
-      } else {
+      if (!backward) {
         f(forward_cluster_stack_kernel<S, P>);
+      } else if constexpr (P > 0) {
+        if (plain_backward) {
+          f(backward_cluster_stack_kernel<S, P, true>);
+        } else {
+          f(backward_cluster_stack_kernel<S, P>);
+        }
+      } else {
+        f(backward_cluster_stack_kernel<S, P>);
       }
     });
   });
@@ -1300,6 +1329,10 @@ template <class Args>
 void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t layers, bool backward,
                   const Args& args) {
   const RecurrenceTiling tiling = stack_tiling(plan, shape, layers);
+  bool plain_backward = false;
+  if constexpr (std::is_same_v<Args, BackwardStackArgs>) {
+    plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
+  }
   if (plan.cluster > 1) {
     with_cluster_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
       if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
@@ -1308,7 +1341,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
                              static_cast<std::size_t>(plan.shared_mem_bytes), static_cast<unsigned>(plan.cluster), args,
                              tiling);
       }
-    });
+    }, plain_backward);
     return;
   }
   with_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
@@ -1316,7 +1349,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
       simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
                                static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
     }
-  });
+  }, plain_backward);
 }
 
 // The stack's forward step on this device (per_step_us) at the launch shape `plan`: L layers
