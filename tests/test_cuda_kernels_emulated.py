@@ -324,6 +324,45 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
+@pytest.mark.parametrize("hidden", [129, 200, 256])
+def test_split_weights_round_like_the_other_paths(hidden):
+    """Past H = 128 the block path's kernels compiled for their passes (5 to 8 of 32 units, one
+    sample per chunk) hold the first 4 passes' weight rows in registers, read from global memory
+    once per launch, and only the others' in shared memory (split weights: kernel_common.cuh
+    weights_split). Forward and backward with lengths, randomized truncation and recorded norms
+    give bitwise the results of the grid and cluster paths' kernels and, where every row fits in
+    shared memory (H <= 200 here), of the block path's kernel reading its passes at run time;
+    at H = 256 the block path runs only with split weights (256 KB of W_hh). H = 129: one unit
+    past the register passes, a last pass of one row."""
+    batch = 5
+    lengths = torch.tensor([6, 2, 5, 6, 1])
+    split, tiles = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32)
+    assert tiles == {(1, 32)}
+    runs = [split]
+    for path in ("grid", "cluster"):
+        results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=1)
+        runs.append(results)
+    with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(samples=1, units_per_pass=32):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
+            passes = -(-hidden // 32)
+            assert (plan.compiled_passes, plan.units_per_cta) == (passes, hidden), plan.reason
+            assert "the weight rows of 4 passes in registers, the others in shared memory" in plan.reason, plan.reason
+            # Shared memory holds the rows past 128 (and the state rows, the norm sums): under 227 KB at H = 256.
+            row = -(-hidden // 4) * 4
+            assert (hidden - 128) * row * 4 < plan.shared_mem_bytes < (hidden - 128 + 3) * row * 4 + 1024, plan
+        with launch_plan.forced_tiling(samples=1, units_per_pass=32, run_time_passes=True):
+            run_time = rnn_fused.plan(hidden, batch).candidate("block")
+    if hidden <= 200:
+        assert run_time.feasible and run_time.compiled_passes == 0, run_time.reason
+        results, _ = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32,
+                                           run_time_passes=True)
+        runs.append(results)
+    else:
+        assert not run_time.feasible and "bytes of shared memory (256 rows of W_hh" in run_time.reason, run_time.reason
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
 def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling):
     """The backward's launches and every gradient of a 1-layer float32 module on the emulated
     path the tiling names (4 SMs), with norms recorded or not and `truncation`."""
@@ -346,8 +385,8 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling)
 
 
 @pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
-    ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("cluster", 33, 2, 16, 2),
-    ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8)])
+    ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("block", 150, 1, 32, 5),
+    ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8)])
 def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
                                                                               passes):
     """A backward of full BPTT without recorded norms on a kernel compiled for its passes runs
@@ -959,14 +998,15 @@ def test_plan_large_batches_take_chunks_on_the_grid_path():
 PLANNED_PATHS = [
     (64, 1, torch.float32, (9, 0), "block"), (64, 8, torch.float64, (9, 0), "block"),  # W_hh in one CTA
     (128, 32, torch.float32, (9, 0), "block"),  # W_hh rows in registers: no cluster barrier needed
-    (256, 8, torch.float32, (9, 0), "cluster"),
+    (256, 8, torch.float32, (9, 0), "block"),  # split weights: 128 rows in registers, 128 in shared memory
+    (300, 8, torch.float32, (9, 0), "cluster"),
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
     (1024, 8, torch.float32, (9, 0), "grid"),  # W_hh over the SMs
     # Measured on an H200: the stepwise path 21.6 us per backward step, the grid path 27.0.
     (1024, 128, torch.float32, (9, 0), "stepwise"),
     (1024, 256, torch.float64, (9, 0), "stepwise"),  # float64: half the FMA rate, twice the W_hh bytes
     (4096, 4, torch.float32, (9, 0), "stepwise"),  # 64 MB of W_hh: beyond the chip
-    (128, 32, torch.float32, (8, 0), "block"), (256, 8, torch.float32, (8, 0), "grid"),
+    (128, 32, torch.float32, (8, 0), "block"), (256, 8, torch.float32, (8, 0), "block"), (300, 8, torch.float32, (8, 0), "grid"),
     (512, 32, torch.float32, (8, 0), "grid"), (4096, 4, torch.float32, (8, 0), "stepwise"),
 ]
 
@@ -1020,14 +1060,14 @@ def test_plan_float64_halves_what_fits():
 
 def test_plan_side_by_side_takes_its_share_of_the_device():
     """side_by_side=n plans one of n recurrences that run at once (the directions of a
-    bidirectional layer: 2) for 1/n of the SMs. H = 256, B = 32 on the H100/H200-like device:
-    the whole device's plan takes 128 CTAs (32 clusters of 4), half of it at most 66; the
+    bidirectional layer: 2) for 1/n of the SMs. H = 384, B = 32 on the H100/H200-like device:
+    the whole device's plan takes 128 CTAs of the cluster path, half of it at most 66; the
     model prices the half-device step slower, but less than twice as slow, so two such
     recurrences at once beat two one after the other. The grid path is ruled out beside
     another recurrence (every CTA of a cooperative grid must be resident at once), and where
     1/n of the SMs is none only the stepwise path is left. Each setting is planned apart."""
     simt.reset_device_properties()
-    whole, half = (rnn_fused.plan(256, 32, side_by_side=n) for n in (1, 2))
+    whole, half = (rnn_fused.plan(384, 32, side_by_side=n) for n in (1, 2))
     assert (whole.path, half.path) == ("cluster", "cluster")
     assert whole.grid == 128 and half.grid <= 66 * half.blocks_per_sm, (whole.reason, half.reason)
     assert whole.predicted_us_per_step < half.predicted_us_per_step < 2 * whole.predicted_us_per_step

@@ -56,7 +56,7 @@ struct ForwardRecurrenceArgs {
 };
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
-// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false).bytes of dynamic
+// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false, 0, kPasses).bytes of dynamic
 // shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses>
@@ -65,7 +65,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
-  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false);
+  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false, 0, kPasses);
   Cta cta(smem, layout, tiling, a.shape, a.shape.hidden, blockIdx.x);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;

@@ -108,6 +108,11 @@ RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 1);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 2);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 3);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 4);
+// 5-8 passes (split weights): kSplitMaxSamples sample per chunk.
+RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 5);
+RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 6);
+RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 7);
+RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 8);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 1);
@@ -139,9 +144,10 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_COMPILED_ATTRIBUTES
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
-// (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes,
-// cluster 1-4 at every sample count and 5-8 at up to 4.)
-static_assert(kRegisterPasses == 4 && max_compiled_cluster_passes(8) == 4 && max_compiled_cluster_passes(4) == 8,
+// (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
+// every sample count and 5-8 at 1, cluster 1-4 at every sample count and 5-8 at up to 4.)
+static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 1 && max_compiled_cluster_passes(8) == 4 &&
+                  max_compiled_cluster_passes(4) == 8,
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
@@ -223,7 +229,7 @@ bool with_passes_constant(int passes, F&& f) {
 
 // The most passes the float32 kernels of `path` with S samples per chunk are compiled for.
 template <RecurrencePath kPath, int S>
-inline constexpr int kMaxCompiledPasses = kPath == RecurrencePath::Block     ? kRegisterPasses
+inline constexpr int kMaxCompiledPasses = kPath == RecurrencePath::Block     ? (S <= kSplitMaxSamples ? kMaxPasses : kRegisterPasses)
                                           : kPath == RecurrencePath::Cluster ? max_compiled_cluster_passes(S)
                                                                              : 0;
 
@@ -292,6 +298,16 @@ inline std::string shape_text(const PlanRequest& r) {
          (r.side_by_side > 1 ? ", one of " + std::to_string(r.side_by_side) + " side by side," : "");
 }
 
+// The passes whose weight rows a CTA of this launch shape holds in registers
+// (cost::StepWork::register_passes): all of them where they fit, the first kRegisterPasses where
+// its kernel splits them. (The model prices a kernel forced to read its passes at run time as
+// the compiled one, as it did when it was fitted.)
+inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
+                                  int64_t chunk_iterations, bool fp64) {
+  if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
+  return split_weights(path, passes, chunk_iterations, fp64, tiling.samples) ? kRegisterPasses : 0;
+}
+
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
 // figure for the shape, and what rnn_fused::step_cost reports for a shape a GPU ran).
 // `tiling.ctas_per_group` is the cluster size on the Cluster path.
@@ -313,7 +329,7 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .weights_in_registers = weights_in_registers(path, passes, chunk_iterations, r.fp64)};
+                            .register_passes = register_passes_of(path, tiling, passes, chunk_iterations, r.fp64)};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -461,15 +477,17 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .units_per_cta = static_cast<int32_t>(units),
                               .units_per_pass = per_pass,
                               .step_sync = step_sync};
-      int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
+      const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
+      const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
+      int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes).bytes;
       if (smem > props.shared_mem_per_block_optin) {
-        limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" + std::to_string(units) +
-                " rows of W_hh and the state rows of " + std::to_string(samples) +
-                " samples), more than shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
+        limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" +
+                std::to_string(units - register_rows) + " rows of W_hh and the state rows of " +
+                std::to_string(samples) + " samples), more than shared_mem_per_block_optin = " +
+                std::to_string(props.shared_mem_per_block_optin);
         continue;
       }
       int occupancy = 0, clusters = 0;
-      const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
         occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
         if (kPath == RecurrencePath::Cluster) {
@@ -505,7 +523,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         tiling.groups = static_cast<int32_t>((sample_chunks + tiling.chunks - 1) / tiling.chunks);
         if (tiling.chunks > 1) {
           // Several chunks per CTA: a second buffer of state rows, filled while the first is read.
-          smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward).bytes;
+          smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes).bytes;
           if (smem > props.shared_mem_per_block_optin) {
             limit = "a CTA taking " + std::to_string(tiling.chunks) + " chunks per step needs " + std::to_string(smem) +
                     " bytes of shared memory (" + std::to_string(units) + " rows of W_hh and two buffers of " +
@@ -549,7 +567,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                          ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
-                    (kPath == RecurrencePath::Block && passes > 0 ? ", weight rows in registers" : "") +
+                    (kPath == RecurrencePath::Block && passes > 0
+                         ? register_rows > 0 ? ", the weight rows of " + std::to_string(kRegisterPasses) +
+                                                   " passes in registers, the others in shared memory"
+                                             : ", weight rows in registers"
+                         : "") +
                     (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
                     step_sync_text(static_cast<StepSync>(step_sync)) +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");

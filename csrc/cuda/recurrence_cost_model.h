@@ -177,7 +177,10 @@ struct StepWork {
   bool fp64;
   int64_t pass_batch;        // pass_batch(kSamples, scalar bytes): passes computed together
   int64_t outputs_per_lane;  // outputs_per_lane(kSamples, scalar bytes): epilogues per lane and batch
-  bool weights_in_registers; // weights_fit_registers(passes, chunk_iterations): no weight loads
+  // Passes whose weight rows a lane holds in registers (no weight loads for them): all where
+  // they fit (weights_fit_registers), the first kRegisterPasses where the kernel splits them
+  // (weights_split: the rest from shared memory), else 0.
+  int64_t register_passes;
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
@@ -188,16 +191,21 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const int64_t batches = (w.passes + w.pass_batch - 1) / w.pass_batch;
   // Issue: 4 schedulers per SM, one instruction each per cycle, every computing warp's loop
   // instructions on one of them. Per warp, chunk iteration and batch: the state and weight
-  // loads with their address instructions, the multiply-adds, and the loop's own (none where
-  // the weights are in registers: those dot products are unrolled whole, kernel_common.cuh
-  // register_unit_dots, and their loads take immediate offsets). A scheduler with a single warp also waits for the
-  // loads that the unrolled loop issues ahead of its first multiply-add, every second iteration.
+  // loads (none for the passes in registers) with their address instructions, the multiply-adds,
+  // and the loop's own (none where some weights are in registers: those dot products are
+  // unrolled whole, kernel_common.cuh register_unit_dots, and their loads, of the state and of
+  // any weight rows in shared memory, take immediate offsets). A scheduler with a single warp
+  // also waits for the loads that the unrolled loop issues ahead of its first multiply-add,
+  // every second iteration.
   const double warps_per_scheduler = double(w.warps) / 4.0;
+  const bool unrolled = w.register_passes > 0;
   double issue_cycles = 0.0;
   for (int64_t batch = 0; batch < batches; ++batch) {
-    const int64_t used = std::min(w.pass_batch, w.passes - batch * w.pass_batch);
-    const double loads = double(w.samples + (w.weights_in_registers ? 0 : used));
-    const double other = w.weights_in_registers ? 0.0 : loads * c.address_instructions_per_load + c.loop_instructions;
+    const int64_t first = batch * w.pass_batch;
+    const int64_t used = std::min(w.pass_batch, w.passes - first);
+    const int64_t shared_rows = used - std::clamp<int64_t>(w.register_passes - first, 0, used);
+    const double loads = double(w.samples + shared_rows);
+    const double other = unrolled ? 0.0 : loads * c.address_instructions_per_load + c.loop_instructions;
     const double instructions = loads + double(used * w.samples * w.vector) + other;
     const double exposed = warps_per_scheduler < 2.0 ? c.smem_latency_cycles / 2.0 : 0.0;
     issue_cycles += double(w.chunk_iterations) * (warps_per_scheduler * instructions + exposed);
@@ -207,11 +215,11 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const double fma_rate = c.fma_per_sm_per_us * (w.fp64 ? c.fp64_fma_fraction : 1.0);
   const double warps = double(w.warps);
   const double throughput = 32.0 * warps * fmas_per_thread / fma_rate;
-  // Per warp and chunk: a weight load spans 4 units (4 wavefronts) for each pass of the
-  // batch, unless the weights are in registers; each state load is one 128-byte row segment
+  // Per warp and chunk: a weight load spans 4 units (4 wavefronts) for each pass whose
+  // weights are not in registers; each state load is one 128-byte row segment
   // shared by the warp's 4 unit groups and the batch's passes (1 wavefront), and every
   // computing warp loads it.
-  const double weight_wavefronts = w.weights_in_registers ? 0.0 : 4.0 * w.passes;
+  const double weight_wavefronts = 4.0 * double(w.passes - w.register_passes);
   const double wavefronts = warps * w.chunk_iterations * (weight_wavefronts + double(batches) * w.samples);
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);

@@ -98,6 +98,17 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
                                                      bool fp64) {
   return path == RecurrencePath::Block && weights_fit_registers(passes, chunk_iterations, fp64);
 }
+// Whether a CTA of `path` splits its weight rows between registers and shared memory
+// (kernel_common.cuh weights_split): the Block path's kernels at H = 129..256.
+SIMT_HOST_DEVICE constexpr bool split_weights(RecurrencePath path, int64_t passes, int64_t chunk_iterations, bool fp64,
+                                              int64_t samples) {
+  return path == RecurrencePath::Block && weights_split(passes, chunk_iterations, fp64, samples);
+}
+// The chunk iterations of a dot product over rows of `hidden` scalars (16-byte chunks, 8 lanes).
+SIMT_HOST_DEVICE constexpr int64_t chunk_iterations_of(int64_t hidden, bool fp64) {
+  const int64_t vec = fp64 ? 2 : 4;
+  return ((hidden + vec - 1) / vec + 7) / 8;
+}
 
 // The layer stack's kernels (forward_stack_kernel, backward_stack_kernel): at most this many
 // layers per launch, and the tag of a word one layer hands the next (simt::tag_word; the
@@ -275,6 +286,8 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
 //  - the Block path where the weight rows are held in registers (H <= 128): 1 to 4 passes,
 //    the chunk iterations then known too (a chunk iteration never outnumbers the passes there:
 //    ceil(H / 32) iterations, ceil(H / units per pass) >= that passes, so kPasses bounds both);
+//    and where they are split between registers and shared memory (H = 129..256 at one
+//    sample per chunk): 5 to 8 passes;
 //  - the Cluster path at 1 to 8 passes with up to 4 samples per chunk, 1 to 4 with 8 (whose
 //    tile unrolled over more passes spills: benchmarks/nvcc_resource_usage.txt), its chunk
 //    iterations read at run time (up to 1024 columns): every slice of up to 128 units at 16 per
@@ -284,7 +297,10 @@ SIMT_HOST_DEVICE constexpr int max_compiled_cluster_passes(int64_t samples) { re
 inline constexpr int kMaxCompiledClusterPasses = max_compiled_cluster_passes(1);  // (over every sample count)
 SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
                                                bool fp64, int64_t samples) {
-  if (weights_in_registers(path, passes, chunk_iterations, fp64)) return static_cast<int>(passes);
+  if (weights_in_registers(path, passes, chunk_iterations, fp64) ||
+      split_weights(path, passes, chunk_iterations, fp64, samples)) {
+    return static_cast<int>(passes);
+  }
   if (path == RecurrencePath::Cluster && !fp64 && passes <= max_compiled_cluster_passes(samples)) {
     return static_cast<int>(passes);
   }
@@ -339,12 +355,14 @@ struct SharedLayout {
 
   // extra_buffers: more state buffers after the path's (the layer stack's kernels: 2, the
   // state with dropout's mask applied, which the next layer's projection reads).
+  // compiled_passes: the kernel's kPasses (compiled_passes; 0: read at run time); a kernel that
+  // splits its weights (split_weights) keeps only the rows past its register passes here.
   SIMT_HOST_DEVICE static SharedLayout make(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
-                                            bool with_norms, int64_t extra_buffers = 0) {
+                                            bool with_norms, int64_t extra_buffers = 0, int compiled_passes = 0) {
     SharedLayout l{};
     l.row = padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
-    l.states = int64_t(t.units_per_cta) * l.row;
+    l.states = (int64_t(t.units_per_cta) - register_rows(hidden, t, path, compiled_passes)) * l.row;
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
@@ -356,6 +374,16 @@ struct SharedLayout {
     const bool arrivals = path == RecurrencePath::Cluster && t.step_sync == int32_t(StepSync::AsyncExchange);
     l.bytes = l.arrivals_offset + (arrivals ? 2 * int64_t(sizeof(unsigned long long)) : 0);
     return l;
+  }
+
+  // The CTA's weight rows held in registers and not in shared memory: those of the first
+  // kRegisterPasses passes where the kernel splits its weights, else none.
+  SIMT_HOST_DEVICE static int64_t register_rows(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
+                                                int compiled_passes) {
+    constexpr bool kFp64 = sizeof(scalar_t) == 8;
+    const bool split = compiled_passes > 0 &&
+                       split_weights(path, compiled_passes, chunk_iterations_of(hidden, kFp64), kFp64, t.samples);
+    return split ? int64_t(kRegisterPasses) * kUnitsPerPass : 0;  // (RecurrenceCta::kFirstSharedUnit)
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
@@ -797,13 +825,20 @@ struct SliceCopies {
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, 1, sizeof(scalar_t) == 8, kSamples) == kPasses,
+  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples) == kPasses,
                 "a fixed pass count only where compiled_passes gives one");
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
                 "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
-  // The weight rows in registers: exactly the Block path's kernels compiled for their passes.
+  // The weight rows in registers: exactly the Block path's kernels compiled for their passes;
+  // those of more than kRegisterPasses passes split them (split_weights): the first
+  // kRegisterPasses passes' rows in registers, the others' in shared memory.
   static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
+  static constexpr bool kSplitWeights = kRegisterWeights && kPasses > kRegisterPasses;
+  static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
+  // The CTA's first unit (local) whose weight row is in shared memory. (A split CTA owns more
+  // than 128 units, so its passes are of 32: the planner's block path takes 16 at most 128.)
+  static constexpr int64_t kFirstSharedUnit = kSplitWeights ? int64_t(kRegisterPasses) * kUnitsPerPass : 0;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
   static constexpr int kBatch = pass_batch(kSamples, kScalarBytes, kPasses);  // passes computed together
   static constexpr int kBatches = ((kPasses > 0 ? kPasses : kMaxPasses) + kBatch - 1) / kBatch;  // at most, per step and chunk
@@ -833,7 +868,7 @@ struct RecurrenceCta {
   scalar_t* weights;
   scalar_t* states;
   SliceCopies slice_copies;  // Cluster path (share_slice)
-  Vec16<scalar_t> weight_registers[kRegisterPasses][kRegisterIterations];  // cache_weights()
+  Vec16<scalar_t> weight_registers[kRegisterPasses][kHeldIterations];  // cache_weights(), load_weights()
 
   // rows: the weight rows the group's CTAs split (H, or 2H for forward_stack_kernel); block:
   // the CTA's index among its layer's CTAs.
@@ -958,14 +993,19 @@ struct RecurrenceCta {
   SIMT_DEVICE void check_compiled_passes() const {
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
-                            (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations),
+                            (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
+                            (!kSplitWeights || tiling.units_per_pass == kUnitsPerPass),
                         "the launch shape's passes are not the kernel's kPasses");
     }
   }
 
-  // The CTA's rows of a [rows_total,H] weight into shared memory (zero-padded). All threads call it.
+  // The CTA's rows of a [rows_total,H] weight into shared memory (zero-padded); with split
+  // weights only those past the register passes, the others straight into registers. All
+  // threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) {
-    load_padded_rows(w, weights, place.unit_begin, units, rows_total, hidden, row);
+    load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, units - kFirstSharedUnit, rows_total, hidden,
+                     row);
+    load_register_rows(w, false);
   }
 
   // The same for the rows of w^T, read from w itself (the backward's W_hh^T without a
@@ -973,32 +1013,62 @@ struct RecurrenceCta {
   // threads read consecutive units of one row of w, so the global loads are coalesced; the
   // strided shared-memory stores happen once per launch. All threads call it.
   SIMT_DEVICE void load_weights_transposed(const scalar_t* w) {
-    const int64_t total = units * row;
+    const int64_t shared_units = units - kFirstSharedUnit;
+    const int64_t total = shared_units * row;
     for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
-      const int64_t k = i / units, u = place.unit_begin + i % units;
-      weights[(i % units) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
+      const int64_t k = i / shared_units, u = place.unit_begin + kFirstSharedUnit + i % shared_units;
+      weights[(i % shared_units) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
+    }
+    load_register_rows(w, true);
+  }
+
+  // Split weights: the lane's chunks of its rows in the register passes (cache_weights' share),
+  // read from global memory once per launch, since shared memory has no room to stage them:
+  // row u of w, or of w^T (column u of w). Else nothing.
+  SIMT_DEVICE void load_register_rows(const scalar_t* w, bool transposed) {
+    if constexpr (kSplitWeights) {
+      constexpr int kVec = vec_size<scalar_t>();
+      // 32-bit offsets (H <= 256 here): with 64-bit ones the transposed loads' addresses took
+      // more registers than the kernel has left (sm_80's backward spilled).
+      const int h = static_cast<int>(hidden);
+      SIMT_UNROLL
+      for (int p = 0; p < kRegisterPasses; ++p) {
+        // (units past the register passes exist: a split CTA owns more than kRegisterPasses passes)
+        const int u = static_cast<int>(place.unit_begin) + role.unit_in_pass + p * units_per_pass;
+        SIMT_UNROLL
+        for (int it = 0; it < kHeldIterations; ++it) {
+          Vec16<scalar_t> v{};
+          SIMT_UNROLL
+          for (int e = 0; e < kVec; ++e) {
+            const int k = (role.q + it * kUnitLanes) * kVec + e;
+            if (computes && k < h) v.v[e] = w[transposed ? k * h + u : u * h + k];
+          }
+          weight_registers[p][it] = v;
+        }
+      }
     }
   }
 
   // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
   // last row: their warp stays whole for the shuffles, and the result is dropped).
+  // With split weights, only for passes at or past kRegisterPasses.
   SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
     const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
-    return weights + (u_local < units ? u_local : units - 1) * row;
+    return weights + ((u_local < units ? u_local : units - 1) - kFirstSharedUnit) * row;
   }
 
   // In the kernels compiled for their passes, the lane's weight chunks into registers for the
   // whole sequence (read from shared memory every step otherwise). After the barrier that
-  // follows load_weights.
+  // follows load_weights. (Split weights: load_weights put them there.)
   SIMT_DEVICE void cache_weights() {
-    if constexpr (kRegisterWeights) {
+    if constexpr (kRegisterWeights && !kSplitWeights) {
       SIMT_UNROLL
       for (int p = 0; p < kRegisterPasses; ++p) {
         SIMT_UNROLL
-        for (int it = 0; it < kRegisterIterations; ++it) {
+        for (int it = 0; it < kHeldIterations; ++it) {
           const int c = role.q + it * kUnitLanes;
           Vec16<scalar_t> w{};
-          if (p < kPasses && it < kIterations && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
+          if (p < kPasses && c < vectors) w = load_vec(weight_row(p) + c * vec_size<scalar_t>());
           weight_registers[p][it] = w;
         }
       }
@@ -1175,9 +1245,14 @@ struct RecurrenceCta {
       scalar_t acc[kBatch][kSamples];
       if constexpr (kRegisterWeights) {  // (the Block path: no staging)
         if (!computes) continue;  // uniform over the warp
+        const scalar_t* shared_rows[kBatch];  // (split weights: the passes past the registers')
+        SIMT_UNROLL
+        for (int i = 0; i < kBatch; ++i) {
+          shared_rows[i] = kSplitWeights && first_pass + i >= kRegisterPasses ? weight_row(first_pass + i) : weights;
+        }
         with_used_units<kBatch>(used, [&](auto units) {
-          register_unit_dots<decltype(units)::value, kIterations>(weight_registers, first_pass, current, row, vectors,
-                                                              role.q, acc);
+          register_unit_dots<decltype(units)::value, kIterations>(weight_registers, shared_rows, first_pass, current,
+                                                              row, vectors, role.q, acc);
         });
       } else {
         const scalar_t* rows[kBatch];

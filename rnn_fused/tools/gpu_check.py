@@ -150,20 +150,22 @@ class PhaseShape:
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
-# One shape per persistent path the planner takes on an H200 (block, cluster, grid with one
-# chunk, grid with several chunks per CTA), forward and backward; the grid path at
+# One shape per persistent path the planner takes on an H200 (block, and at H = 256 block with
+# split weights since 2026-12-02, grid with one chunk, grid with several chunks per CTA), forward
+# and backward, and the cluster path at H = 256, B = 8, which the planner took there before; the grid path at
 # H = 1024, B = 32 with the dot products on all 8 warps and on 4 (the cost model prefers 4 by
 # its issue term, counted in SASS, not measured); the grid path at H = 1024, B = 1 and 32
 # with each step synchronisation; and the cluster path at H = 256, B = 1 and 8 with the cluster
 # barrier and with the asynchronous exchange (not yet run on a GPU); and the kernels compiled
 # for their passes against those reading them at run time (block: H = 64, B = 8, 2 passes;
 # cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU).
-GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(1024, 32), PhaseShape(1024, 128),
+GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
+                    PhaseShape(1024, 128),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
                     *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
                     *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
                       for sync in CLUSTER_STEP_SYNCS],
-                    PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, run_time_passes=True),
+                    PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, "cluster", run_time_passes=True),
                     *[PhaseShape(256, 32, "cluster", units_per_pass=16, run_time_passes=run_time)
                       for run_time in (False, True)]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
