@@ -60,6 +60,7 @@ LAYER_CASES = [
     (6, 4, 3, 33, "tanh", True, True, False, [6, 5, 3, 1]),     # packed (sorted) order
     (4, 2, 5, 100, "tanh", False, True, True, None),
     (3, 1, 2, 1, "relu", True, True, True, None),
+    (4, 3, 2, 150, "tanh", True, True, True, [4, 0, 3]),  # block: split weights in float32
 ]
 
 
@@ -361,6 +362,25 @@ def test_split_weights_round_like_the_other_paths(hidden):
     else:
         assert not run_time.feasible and "bytes of shared memory (256 rows of W_hh" in run_time.reason, run_time.reason
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+def test_split_weights_on_an_a100_like_device():
+    """Compute capability 8.0 with an A100's 163 KB of shared memory per block (no clusters):
+    the block path with split weights fits H = 256 (128 KB of rows in shared memory) and the
+    planner takes it; the results are bitwise those of the H100/H200-like device."""
+    batch = 3
+    lengths = torch.tensor([5, 6, 2])
+    a100_like = dict(compute_capability=(8, 0), shared_mem_per_block_optin=163 * 1024)
+    simt.reset_device_properties()
+    with simt.emulated_device(**a100_like):
+        for backward in (False, True):
+            plan = rnn_fused.plan(256, batch, backward=backward)
+            assert plan.path == "block" and plan.compiled_passes == 8, plan.reason
+            assert plan.shared_mem_bytes <= 163 * 1024, plan
+        a100, _ = _block_run_with_norms(2, 256, batch, lengths, samples=1)
+    h100, _ = _block_run_with_norms(2, 256, batch, lengths, samples=1)
+    for a, b in zip(a100, h100, strict=True):
+        assert torch.equal(a, b)
 
 
 def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling):
@@ -693,6 +713,8 @@ MODULE_CASES = [
     RNNCase(num_layers=1, bidirectional=False, unbatched=True, with_hx=True, seq_len=4, hidden_size=5),
     RNNCase(num_layers=1, bidirectional=True, packing="sorted", nonlinearity="relu", bias=False, seq_len=2, batch=1,
             hidden_size=1),
+    RNNCase(num_layers=1, bidirectional=True, packing="unsorted", with_hx=True, seq_len=3, batch=2,
+            hidden_size=200),  # block: split weights in float32, the directions side by side
 ]
 
 
