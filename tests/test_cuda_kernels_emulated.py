@@ -325,16 +325,17 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden", [129, 200, 256])
+@pytest.mark.parametrize("hidden", [129, 170, 256])
 def test_split_weights_round_like_the_other_paths(hidden):
     """Past H = 128 the block path's kernels compiled for their passes (5 to 8 of 32 units, one
-    sample per chunk) hold the first 4 passes' weight rows in registers, read from global memory
-    once per launch, and only the others' in shared memory (split weights: kernel_common.cuh
+    sample per chunk) hold the weight rows of as many passes as 128 registers take in registers
+    (read from global memory once per launch: all 5 at H = 129, 5 of 6 at H = 170, 4 of 8 at
+    H = 256) and only the others' in shared memory (split weights: kernel_common.cuh
     weights_split). Forward and backward with lengths, randomized truncation and recorded norms
-    give bitwise the results of the grid and cluster paths' kernels and, where every row fits in
-    shared memory (H <= 200 here), of the block path's kernel reading its passes at run time;
-    at H = 256 the block path runs only with split weights (256 KB of W_hh). H = 129: one unit
-    past the register passes, a last pass of one row."""
+    give bitwise the results of the grid and cluster paths' kernels and, where every row fits
+    in shared memory (H < 256 here), of the block path's kernel reading its passes at run time;
+    at H = 256 the block path runs only with split weights (256 KB of W_hh). H = 129: a last
+    pass of one row, its other lanes' registers zero."""
     batch = 5
     lengths = torch.tensor([6, 2, 5, 6, 1])
     split, tiles = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32)
@@ -343,18 +344,22 @@ def test_split_weights_round_like_the_other_paths(hidden):
     for path in ("grid", "cluster"):
         results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=1)
         runs.append(results)
+    passes = -(-hidden // 32)
+    held = min(passes, 32 // passes)  # (chunk iterations = passes at 32 units per pass)
+    shared_rows = max(0, hidden - 32 * held)
+    row = -(-hidden // 4) * 4
     with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(samples=1, units_per_pass=32):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
-            passes = -(-hidden // 32)
             assert (plan.compiled_passes, plan.units_per_cta) == (passes, hidden), plan.reason
-            assert "the weight rows of 4 passes in registers, the others in shared memory" in plan.reason, plan.reason
-            # Shared memory holds the rows past 128 (and the state rows, the norm sums): under 227 KB at H = 256.
-            row = -(-hidden // 4) * 4
-            assert (hidden - 128) * row * 4 < plan.shared_mem_bytes < (hidden - 128 + 3) * row * 4 + 1024, plan
+            held_text = (f"the weight rows of {held} passes in registers, the others in shared memory" if shared_rows
+                         else "weight rows in registers")
+            assert held_text in plan.reason, plan.reason
+            # Shared memory holds the rows past the held passes, the state rows and the norm sums.
+            assert shared_rows * row * 4 <= plan.shared_mem_bytes < (shared_rows + 3) * row * 4 + 1024, plan
         with launch_plan.forced_tiling(samples=1, units_per_pass=32, run_time_passes=True):
             run_time = rnn_fused.plan(hidden, batch).candidate("block")
-    if hidden <= 200:
+    if hidden < 256:
         assert run_time.feasible and run_time.compiled_passes == 0, run_time.reason
         results, _ = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32,
                                            run_time_passes=True)
@@ -1061,16 +1066,25 @@ def test_plan_computes_on_half_the_warps_where_it_saves_instructions():
     assert rnn_fused.plan(2048, 64).candidate("stepwise").units_per_pass == 0
 
 
-@pytest.mark.parametrize("hidden,dtype,in_registers", [(128, torch.float32, True), (129, torch.float32, False),
-                                                        (8, torch.float64, False)])
-def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, in_registers):
-    """A lane holds its weight chunks in registers when they take at most 4 passes x 4
-    chunk iterations (64 registers): H <= 128 in float32 on the block path; never in float64
-    (it would spill), nor on the cluster and grid paths (whose kernels have no room for them)."""
-    plan = rnn_fused.plan(hidden, 8, dtype, path="block")
-    assert ("weight rows in registers" in plan.reason) == in_registers, plan.reason
-    for path in ("cluster", "grid"):
-        assert "weight rows in registers" not in rnn_fused.plan(hidden, 8, dtype, path=path).reason
+@pytest.mark.parametrize("hidden,dtype,held", [(128, torch.float32, "all"), (160, torch.float32, "all"),
+                                               (200, torch.float32, "4 passes"), (8, torch.float64, None)])
+def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held):
+    """A lane holds its weight chunks in registers when they take at most 4 passes x 4 chunk
+    iterations (64 registers): H <= 128 in float32 on the block path; past that, at one sample
+    per chunk, as many whole passes as 32 chunks take (split weights: all 5 passes to H = 160,
+    4 of 7 at H = 200, the others' rows in shared memory); never in float64 (it would spill),
+    nor on the cluster and grid paths (whose kernels have no room for them)."""
+    with launch_plan.forced_tiling(samples=1):
+        plan = rnn_fused.plan(hidden, 8, dtype, path="block")
+        others = [rnn_fused.plan(hidden, 8, dtype, path=path).reason for path in ("cluster", "grid")]
+    if held == "all":
+        assert "weight rows in registers" in plan.reason and "the others in shared memory" not in plan.reason, plan.reason
+    elif held:
+        assert f"the weight rows of {held} in registers, the others in shared memory" in plan.reason, plan.reason
+    else:
+        assert "in registers" not in plan.reason, plan.reason
+    for reason in others:
+        assert "in registers" not in reason, reason
 
 
 def test_plan_float64_halves_what_fits():

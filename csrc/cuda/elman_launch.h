@@ -299,13 +299,15 @@ inline std::string shape_text(const PlanRequest& r) {
 }
 
 // The passes whose weight rows a CTA of this launch shape holds in registers
-// (cost::StepWork::register_passes): all of them where they fit, the first kRegisterPasses where
-// its kernel splits them. (The model prices a kernel forced to read its passes at run time as
+// (cost::StepWork::register_passes): all of them where they fit, the first
+// split_register_passes where its kernel splits them. (The model prices a kernel forced to read its passes at run time as
 // the compiled one, as it did when it was fitted.)
 inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
                                   int64_t chunk_iterations, bool fp64) {
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
-  return split_weights(path, passes, chunk_iterations, fp64, tiling.samples) ? kRegisterPasses : 0;
+  return split_weights(path, passes, chunk_iterations, fp64, tiling.samples)
+             ? split_register_passes(passes, chunk_iterations)
+             : 0;
 }
 
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
@@ -568,9 +570,10 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
                     (kPath == RecurrencePath::Block && passes > 0
-                         ? register_rows > 0 ? ", the weight rows of " + std::to_string(kRegisterPasses) +
-                                                   " passes in registers, the others in shared memory"
-                                             : ", weight rows in registers"
+                         ? register_rows > 0 && register_rows < units
+                               ? ", the weight rows of " + std::to_string(register_rows / kUnitsPerPass) +
+                                     " passes in registers, the others in shared memory"
+                               : ", weight rows in registers"
                          : "") +
                     (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
                     step_sync_text(static_cast<StepSync>(step_sync)) +

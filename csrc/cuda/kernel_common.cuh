@@ -235,12 +235,20 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 
 // Past H = 128 one CTA cannot hold a layer's rows in shared memory alone (H = 256: 256 KB of
 // W_hh against 227 KB) nor in registers alone (256 per lane). Split weights: the rows of the
-// first kRegisterPasses passes in registers (up to kSplitIterations chunks each: 128 registers
-// at H = 256) and only the others' in shared memory (128 KB at H = 256), the Block path's
-// float32 kernels compiled for 5 to 8 passes at kSplitMaxSamples sample per chunk (at 1 sample
-// ptxas gave them 216-231 registers, no spills, at sm_90; at 2 the backward spilled).
+// first passes in registers, as many whole passes as kSplitRegisterChunks 16-byte chunks (128
+// registers) hold at up to kSplitIterations chunks each, and only the others' in shared memory
+// (128 KB at H = 256), the Block path's float32 kernels compiled for 5 to 8 passes at
+// kSplitMaxSamples sample per chunk (at 1 sample ptxas gave them 157-238 registers, no spills,
+// at sm_80 and sm_90; at 2 the sm_90 backward spilled).
 constexpr int kSplitIterations = 8;
 constexpr int kSplitMaxSamples = 1;
+constexpr int kSplitRegisterChunks = 32;
+// The passes a split CTA holds in registers: all 5 at H = 129-160, 5 of 6 at 161-192, 4 of 7
+// or 8 at 193-256.
+SIMT_HOST_DEVICE constexpr int split_register_passes(int64_t passes, int64_t chunk_iterations) {
+  const int64_t fit = kSplitRegisterChunks / (chunk_iterations > 0 ? chunk_iterations : 1);
+  return static_cast<int>(passes < fit ? passes : fit);
+}
 SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iterations, bool fp64, int64_t samples) {
   return !fp64 && samples <= kSplitMaxSamples && passes > kRegisterPasses && passes <= kMaxPasses &&
          chunk_iterations > kRegisterIterations && chunk_iterations <= kSplitIterations;
@@ -248,15 +256,15 @@ SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iter
 
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row) for the passes below
-// kRegisterPasses, and from the shared-memory rows shared_rows[i] for those at or past it (split
+// kHeldPasses, and from the shared-memory rows shared_rows[i] for those at or past it (split
 // weights), over at most kIterations chunk iterations. The same sums in the same order. The
 // state chunks of up to kLoadedTogether iterations are loaded before their multiply-adds (a lane
 // past the row's last chunk loads chunk 0 and skips its products): with a test between them,
 // as in a loop that stops at the row's end, each load waited for the previous iteration's
 // multiply-adds to be issued, one shared-memory latency per iteration on the step's critical
 // path (sm_90 SASS).
-template <int kUsed, int kIterations, typename scalar_t, int kHeld, int kUnits, int kSamples>
-SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kRegisterPasses][kHeld],
+template <int kUsed, int kIterations, typename scalar_t, int kHeldPasses, int kHeld, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kHeldPasses][kHeld],
                                                     const scalar_t* const (&shared_rows)[kUnits], int first_pass,
                                                     const scalar_t* states, int64_t row_stride, int chunks, int q,
                                                     scalar_t (&acc)[kUnits][kSamples]) {
@@ -283,7 +291,7 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
       SIMT_UNROLL
       for (int i = 0; i < kUsed; ++i) {
         const int p = first_pass + i;
-        if (p < kRegisterPasses) {
+        if (p < kHeldPasses) {
           accumulate_chunk(w[p][it], h[g], acc[i]);
         } else {
           accumulate_chunk(load_vec(shared_rows[i] + c * vec_size<scalar_t>()), h[g], acc[i]);

@@ -178,8 +178,8 @@ struct StepWork {
   int64_t pass_batch;        // pass_batch(kSamples, scalar bytes): passes computed together
   int64_t outputs_per_lane;  // outputs_per_lane(kSamples, scalar bytes): epilogues per lane and batch
   // Passes whose weight rows a lane holds in registers (no weight loads for them): all where
-  // they fit (weights_fit_registers), the first kRegisterPasses where the kernel splits them
-  // (weights_split: the rest from shared memory), else 0.
+  // they fit (weights_fit_registers), the first split_register_passes where the kernel splits
+  // them (weights_split: the rest from shared memory), else 0.
   int64_t register_passes;
 };
 

@@ -376,14 +376,18 @@ struct SharedLayout {
     return l;
   }
 
-  // The CTA's weight rows held in registers and not in shared memory: those of the first
-  // kRegisterPasses passes where the kernel splits its weights, else none.
+  // The CTA's weight rows held in registers and not in shared memory: those of its first
+  // split_register_passes passes where the kernel splits its weights (all of them at
+  // H = 129-160), else none.
   SIMT_HOST_DEVICE static int64_t register_rows(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
                                                 int compiled_passes) {
     constexpr bool kFp64 = sizeof(scalar_t) == 8;
     const bool split = compiled_passes > 0 &&
                        split_weights(path, compiled_passes, chunk_iterations_of(hidden, kFp64), kFp64, t.samples);
-    return split ? int64_t(kRegisterPasses) * kUnitsPerPass : 0;  // (RecurrenceCta::kFirstSharedUnit)
+    if (!split) return 0;
+    const int64_t held = int64_t(split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64))) *
+                         kUnitsPerPass;  // (RecurrenceCta::kFirstSharedUnit)
+    return held < t.units_per_cta ? held : t.units_per_cta;
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
@@ -832,13 +836,14 @@ struct RecurrenceCta {
   static constexpr bool kStateInShared = state_in_shared(kPath);
   // The weight rows in registers: exactly the Block path's kernels compiled for their passes;
   // those of more than kRegisterPasses passes split them (split_weights): the first
-  // kRegisterPasses passes' rows in registers, the others' in shared memory.
+  // kHeldPasses passes' rows in registers, the others' in shared memory.
   static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
   static constexpr bool kSplitWeights = kRegisterWeights && kPasses > kRegisterPasses;
+  static constexpr int kHeldPasses = kSplitWeights ? split_register_passes(kPasses, kIterations) : kRegisterPasses;
   static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
   // The CTA's first unit (local) whose weight row is in shared memory. (A split CTA owns more
   // than 128 units, so its passes are of 32: the planner's block path takes 16 at most 128.)
-  static constexpr int64_t kFirstSharedUnit = kSplitWeights ? int64_t(kRegisterPasses) * kUnitsPerPass : 0;
+  static constexpr int64_t kFirstSharedUnit = kSplitWeights ? int64_t(kHeldPasses) * kUnitsPerPass : 0;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
   static constexpr int kBatch = pass_batch(kSamples, kScalarBytes, kPasses);  // passes computed together
   static constexpr int kBatches = ((kPasses > 0 ? kPasses : kMaxPasses) + kBatch - 1) / kBatch;  // at most, per step and chunk
@@ -868,7 +873,7 @@ struct RecurrenceCta {
   scalar_t* weights;
   scalar_t* states;
   SliceCopies slice_copies;  // Cluster path (share_slice)
-  Vec16<scalar_t> weight_registers[kRegisterPasses][kHeldIterations];  // cache_weights(), load_weights()
+  Vec16<scalar_t> weight_registers[kHeldPasses][kHeldIterations];  // cache_weights(), load_weights()
 
   // rows: the weight rows the group's CTAs split (H, or 2H for forward_stack_kernel); block:
   // the CTA's index among its layer's CTAs.
@@ -1003,9 +1008,13 @@ struct RecurrenceCta {
   // weights only those past the register passes, the others straight into registers. All
   // threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) {
-    load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, units - kFirstSharedUnit, rows_total, hidden,
-                     row);
+    load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, shared_units(), rows_total, hidden, row);
     load_register_rows(w, false);
+  }
+
+  // The CTA's units whose weight rows are in shared memory (all but split weights' held ones).
+  SIMT_DEVICE __forceinline__ int64_t shared_units() const {
+    return units > kFirstSharedUnit ? units - kFirstSharedUnit : 0;
   }
 
   // The same for the rows of w^T, read from w itself (the backward's W_hh^T without a
@@ -1013,11 +1022,11 @@ struct RecurrenceCta {
   // threads read consecutive units of one row of w, so the global loads are coalesced; the
   // strided shared-memory stores happen once per launch. All threads call it.
   SIMT_DEVICE void load_weights_transposed(const scalar_t* w) {
-    const int64_t shared_units = units - kFirstSharedUnit;
-    const int64_t total = shared_units * row;
+    const int64_t count = shared_units();
+    const int64_t total = count * row;
     for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
-      const int64_t k = i / shared_units, u = place.unit_begin + kFirstSharedUnit + i % shared_units;
-      weights[(i % shared_units) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
+      const int64_t k = i / count, u = place.unit_begin + kFirstSharedUnit + i % count;
+      weights[(i % count) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
     }
     load_register_rows(w, true);
   }
@@ -1032,16 +1041,17 @@ struct RecurrenceCta {
       // more registers than the kernel has left (sm_80's backward spilled).
       const int h = static_cast<int>(hidden);
       SIMT_UNROLL
-      for (int p = 0; p < kRegisterPasses; ++p) {
-        // (units past the register passes exist: a split CTA owns more than kRegisterPasses passes)
+      for (int p = 0; p < kHeldPasses; ++p) {
+        // (zeros past the CTA's last unit: those lanes' results are dropped)
         const int u = static_cast<int>(place.unit_begin) + role.unit_in_pass + p * units_per_pass;
+        const bool owned = computes && u < place.unit_end;
         SIMT_UNROLL
         for (int it = 0; it < kHeldIterations; ++it) {
           Vec16<scalar_t> v{};
           SIMT_UNROLL
           for (int e = 0; e < kVec; ++e) {
             const int k = (role.q + it * kUnitLanes) * kVec + e;
-            if (computes && k < h) v.v[e] = w[transposed ? k * h + u : u * h + k];
+            if (owned && k < h) v.v[e] = w[transposed ? k * h + u : u * h + k];
           }
           weight_registers[p][it] = v;
         }
@@ -1051,7 +1061,7 @@ struct RecurrenceCta {
 
   // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
   // last row: their warp stays whole for the shuffles, and the result is dropped).
-  // With split weights, only for passes at or past kRegisterPasses.
+  // With split weights, only for passes at or past kHeldPasses.
   SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
     const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
     return weights + ((u_local < units ? u_local : units - 1) - kFirstSharedUnit) * row;
@@ -1248,7 +1258,7 @@ struct RecurrenceCta {
         const scalar_t* shared_rows[kBatch];  // (split weights: the passes past the registers')
         SIMT_UNROLL
         for (int i = 0; i < kBatch; ++i) {
-          shared_rows[i] = kSplitWeights && first_pass + i >= kRegisterPasses ? weight_row(first_pass + i) : weights;
+          shared_rows[i] = kSplitWeights && first_pass + i >= kHeldPasses ? weight_row(first_pass + i) : weights;
         }
         with_used_units<kBatch>(used, [&](auto units) {
           register_unit_dots<decltype(units)::value, kIterations>(weight_registers, shared_rows, first_pass, current,
