@@ -229,9 +229,10 @@ bool with_passes_constant(int passes, F&& f) {
 
 // The most passes the float32 kernels of `path` with S samples per chunk are compiled for.
 template <RecurrencePath kPath, int S>
-inline constexpr int kMaxCompiledPasses = kPath == RecurrencePath::Block     ? (S <= kSplitMaxSamples ? kMaxPasses : kRegisterPasses)
-                                          : kPath == RecurrencePath::Cluster ? max_compiled_cluster_passes(S)
-                                                                             : 0;
+inline constexpr int kMaxCompiledPasses =
+    kPath == RecurrencePath::Block     ? (S <= kSplitMaxSamples ? kMaxPasses : kRegisterPasses)  // (split weights)
+    : kPath == RecurrencePath::Cluster ? max_compiled_cluster_passes(S)
+                                       : 0;
 
 // Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
 // the one switch from a plan to a template instantiation. plain_backward: a backward of full
@@ -300,8 +301,8 @@ inline std::string shape_text(const PlanRequest& r) {
 
 // The passes whose weight rows a CTA of this launch shape holds in registers
 // (cost::StepWork::register_passes): all of them where they fit, the first
-// split_register_passes where its kernel splits them. (The model prices a kernel forced to read its passes at run time as
-// the compiled one, as it did when it was fitted.)
+// split_register_passes where its kernel splits them. (The model prices a kernel forced to read
+// its passes at run time as the compiled one, as it did when it was fitted.)
 inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
                                   int64_t chunk_iterations, bool fp64) {
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;

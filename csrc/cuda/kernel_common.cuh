@@ -269,11 +269,8 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
                                                     const scalar_t* states, int64_t row_stride, int chunks, int q,
                                                     scalar_t (&acc)[kUnits][kSamples]) {
   static_assert(kIterations >= 1 && kIterations <= kHeld && kHeld <= kSplitIterations, "the iterations the registers hold");
-  // At most 8 vectors (32 registers) of state chunks in flight; 4 beside split weights' 128
-  // registers (8 spilled in sm_80's backward).
-  constexpr int kInFlight = 8;
-  constexpr int kLoadedTogether =
-      kSamples >= kInFlight ? 1 : kInFlight / kSamples < kIterations ? kInFlight / kSamples : kIterations;
+  // At most 8 vectors (32 registers) of state chunks in flight.
+  constexpr int kLoadedTogether = kSamples >= 8 ? 1 : 8 / kSamples < kIterations ? 8 / kSamples : kIterations;
   zero_tile(acc);
   SIMT_UNROLL
   for (int first = 0; first < kIterations; first += kLoadedTogether) {
