@@ -1033,7 +1033,8 @@ PLANNED_PATHS = [
     (1024, 128, torch.float32, (9, 0), "stepwise"),
     (1024, 256, torch.float64, (9, 0), "stepwise"),  # float64: half the FMA rate, twice the W_hh bytes
     (4096, 4, torch.float32, (9, 0), "stepwise"),  # 64 MB of W_hh: beyond the chip
-    (128, 32, torch.float32, (8, 0), "block"), (256, 8, torch.float32, (8, 0), "block"), (300, 8, torch.float32, (8, 0), "grid"),
+    (128, 32, torch.float32, (8, 0), "block"), (256, 8, torch.float32, (8, 0), "block"),
+    (300, 8, torch.float32, (8, 0), "grid"),
     (512, 32, torch.float32, (8, 0), "grid"), (4096, 4, torch.float32, (8, 0), "stepwise"),
 ]
 
@@ -1078,7 +1079,8 @@ def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held)
         plan = rnn_fused.plan(hidden, 8, dtype, path="block")
         others = [rnn_fused.plan(hidden, 8, dtype, path=path).reason for path in ("cluster", "grid")]
     if held == "all":
-        assert "weight rows in registers" in plan.reason and "the others in shared memory" not in plan.reason, plan.reason
+        assert "weight rows in registers" in plan.reason, plan.reason
+        assert "the others in shared memory" not in plan.reason, plan.reason
     elif held:
         assert f"the weight rows of {held} in registers, the others in shared memory" in plan.reason, plan.reason
     else:

@@ -829,7 +829,8 @@ struct SliceCopies {
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
-  static_assert(kPasses == 0 || compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples) == kPasses,
+  static_assert(kPasses == 0 ||
+                    compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples) == kPasses,
                 "a fixed pass count only where compiled_passes gives one");
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
                 "chunk iterations bounded by the passes");
