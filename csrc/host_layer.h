@@ -147,6 +147,7 @@ struct StepCostQuery {
   std::vector<std::string> constant_names;
   std::vector<double> constant_values;
   std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
+  bool block_stack = false;     // a CTA of the Block path's layer stack (its rows 2H: stack_plan)
 };
 
 struct RecurrenceBackend {

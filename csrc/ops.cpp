@@ -384,10 +384,11 @@ std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std
 // `dtype` (float32 or float64), with the constants named in constant_names replaced by
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
 // term: "total", or the part step-phase timing measures apart: "stage", "compute", "barrier".
+// block_stack: the shape is a CTA of the Block path's layer stack (units_per_cta its 2H rows).
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,
-                    c10::string_view term, int64_t units_per_pass, int64_t step_sync) {
+                    c10::string_view term, int64_t units_per_pass, int64_t step_sync, bool block_stack) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -402,7 +403,8 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .step_sync = step_sync,
                                    .constant_names = std::move(constant_names),
                                    .constant_values = std::move(constant_values),
-                                   .term = std::string(term)});
+                                   .term = std::string(term),
+                                   .block_stack = block_stack});
 }
 
 // The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
@@ -517,7 +519,7 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
-      "str term=\"total\", int units_per_pass=32, int step_sync=0) -> float",
+      "str term=\"total\", int units_per_pass=32, int step_sync=0, bool block_stack=False) -> float",
       &rnn_fused::step_cost_us);
   // The samples per chunk, units per pass (0: each plan's own choice), grid-path step
   // synchronisation (-1: each plan's own) and whether kernels read their passes at run time

@@ -186,7 +186,7 @@ def cost_constants(first_kernels: bool = False) -> dict[str, float]:
 
 
 def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32,
-                 constants: dict[str, float] | None = None, term: str = "total") -> float:
+                 constants: dict[str, float] | None = None, term: str = "total", block_stack: bool = False) -> float:
     """The cost model's microseconds per step of the launch shape `estimate` (a plan, or a
     plan's fields as gpu-check's JSON keeps them: anything with path, samples, chunks,
     ctas_per_group, units_per_cta and waves, and units_per_pass where it is not 32 and
@@ -195,7 +195,9 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     replacing the built-in values.
     The same shape is priced, not searched for: what refitting the model to a GPU's
     measurements needs. term: "total" (the time per step), or the part of it that step-phase
-    timing measures apart (step_phases): "stage", "compute" or "barrier"."""
+    timing measures apart (step_phases): "stage", "compute" or "barrier". block_stack=True:
+    the shape is a CTA of the block path's layer stack (units_per_cta its rows, 2H in whole
+    passes), whose weights are in registers where its kernels are compiled for its passes."""
     fields = estimate if isinstance(estimate, dict) else vars(estimate)
     constants = constants or {}
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -203,7 +205,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
                                          term, fields.get("units_per_pass") or 32,
-                                         int(fields.get("step_sync") or 0))
+                                         int(fields.get("step_sync") or 0), block_stack)
 
 
 @contextlib.contextmanager

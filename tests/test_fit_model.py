@@ -73,6 +73,13 @@ def test_step_cost_refuses_shapes_no_kernel_has():
         step_cost_us({**fields, "samples": 1, "units_per_pass": 8}, 128, 3)
     with pytest.raises(ValueError, match=r"units_per_cta in \[1, 128\], got 1, 4, 1, 160"):
         step_cost_us({**fields, "samples": 1, "units_per_cta": 160, "units_per_pass": 16}, 128, 3)
+    with pytest.raises(ValueError, match="block_stack=True prices the Block path's layer stack \\(float32\\), got "
+                                         "path 'grid' in Float"):
+        step_cost_us({**fields, "samples": 1}, 128, 3, block_stack=True)
+    with pytest.raises(ValueError, match="block_stack=True prices the Block path's layer stack \\(float32\\), got "
+                                         "path 'block' in Double"):
+        step_cost_us({**fields, "path": "block", "samples": 1, "ctas_per_group": 1}, 128, 3, torch.float64,
+                     block_stack=True)
 
 
 def test_issue_term_counts_the_dot_loops_instructions():

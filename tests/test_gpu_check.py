@@ -291,7 +291,8 @@ def test_the_benchmark_says_which_rows_run_as_a_stack():
     bidirectional, single-layer, bfloat16 and too wide ones not."""
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=4), gpu_check.Shape(300, 7, 50, 100, layers=3),
-                  gpu_check.Shape(300, 7, 50, 129, layers=3), gpu_check.Shape(1000, 8, 256, 256, layers=2)):
+                  gpu_check.Shape(1000, 8, 128, 128, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3),
+                  gpu_check.Shape(1000, 8, 256, 256, layers=2)):
         assert gpu_check.runs_as_stack(shape, target), shape
     for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
                   gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),

@@ -86,6 +86,8 @@ STACK_CASES = [
     (5, 2, 3, 16, 3, "relu", False, False, None),       # 32 rows: one pass
     (4, 4, 3, 33, 3, "tanh", True, False, [4, 3, 1, 4]),  # 66 rows: three passes
     (4, 2, 6, 64, 4, "tanh", True, True, None),         # 128 rows: four passes, weights in registers
+    (4, 3, 5, 72, 3, "relu", True, False, [4, 2, 3]),   # 160 rows: five passes, all in registers
+    (3, 2, 4, 128, 2, "tanh", True, True, [3, 0]),      # 256 rows: eight passes, all in registers
     (3, 9, 4, 100, 2, "tanh", True, True, [3, 1, 2, 3, 3, 0, 1, 2, 3]),  # 200 rows, 8 samples per group
     # H > 128: the cluster path's stack
     (4, 3, 5, 129, 2, "tanh", True, True, [4, 0, 2]),   # scalar slices (129 over whole vectors fails)
@@ -152,37 +154,42 @@ def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, unit
         assert_within_tolerance(r, s, o, name=name, ulps=8)
 
 
-@pytest.mark.parametrize("hidden,layers,units_per_pass", [(64, 3, 32), (200, 4, 16)], ids=["block", "cluster"])
+@pytest.mark.parametrize("hidden,layers,units_per_pass,passes", [
+    (64, 3, 32, 4), (72, 3, 32, 5), (128, 2, 32, 8), (64, 2, 16, 8), (200, 4, 16, 4)],
+    ids=["block", "block-5-passes", "block-8-passes", "block-8-passes-of-16", "cluster"])
 def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_at_run_time(hidden, layers,
-                                                                                          units_per_pass):
-    """The stack's launch shape on the kernels compiled for its passes (the block path's stack
-    at H = 64: 4 passes with the weight rows in registers; the cluster path's at 200: 4 passes
-    of 16 units) and on those reading them at run time (forced_tiling's run_time_passes, which
-    the plan reports as compiled_passes 0): outputs, final states and every gradient bitwise
-    alike."""
+                                                                                          units_per_pass, passes):
+    """The stack's launch shape at one sample per chunk on the kernels compiled for its passes
+    (the block path's stack at H = 64: 4 passes; at H = 72 and 128, 5 and 8 passes of 3 and 4
+    chunk iterations, and at H = 64 8 passes of 16 units: all with every weight row in
+    registers; the cluster path's at 200: 4 passes of 16 units) and on those reading them at
+    run time (forced_tiling's run_time_passes, which the plan reports as compiled_passes 0,
+    their rows read from shared memory every step): outputs, final states and every gradient
+    bitwise alike."""
     steps, batch = 4, 3
     lengths = torch.tensor([4, 1, 3])
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
     runs, plans = [], []
     for run_time in (False, True):
-        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
+        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(samples=1, units_per_pass=units_per_pass,
                                                                          run_time_passes=run_time):
             plans.append(launch_plan.stack_plan(hidden, batch, steps, layers))
             runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
                                   stack=True))
     compiled, run_time = plans
-    assert compiled.compiled_passes == 4 and run_time.compiled_passes == 0, (compiled.reason, run_time.reason)
+    assert compiled.compiled_passes == passes and run_time.compiled_passes == 0, (compiled.reason, run_time.reason)
     assert (compiled.path, compiled.cluster, compiled.units_per_cta) == (run_time.path, run_time.cluster,
                                                                          run_time.units_per_cta)
     for name, a, b in zip(names_for(len(runs[0])), *runs, strict=True):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("hidden,layers,units_per_pass,kernel", [
-    (64, 3, 32, "backward_stack_kernel"), (200, 4, 16, "backward_cluster_stack_kernel")], ids=["block", "cluster"])
+@pytest.mark.parametrize("hidden,layers,units_per_pass,kernel,passes", [
+    (64, 3, 32, "backward_stack_kernel", 4), (100, 2, 32, "backward_stack_kernel", 7),
+    (200, 4, 16, "backward_cluster_stack_kernel", 4)], ids=["block", "block-7-passes", "cluster"])
 def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_results(hidden, layers, units_per_pass,
-                                                                                 kernel):
+                                                                                 kernel, passes):
     """Full BPTT without recorded norms on a stack compiled for its passes runs the backward copy
     compiled without the truncation's edge scales and the norm sums (kPlain), and gives bitwise
     the results of the general kernels: the same launch shape's with truncation every 5 of 4
@@ -200,9 +207,10 @@ def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_resul
                 runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
                                       stack=True, truncation=truncation))
         kernels.append([name for name in launches if name.startswith(kernel)])
-        assert plan.compiled_passes == (0 if run_time else 4), plan.reason
+        assert plan.compiled_passes == (0 if run_time else passes), plan.reason
     samples = plan.samples
-    assert kernels == [[f"{kernel}<{samples}, 4, true>"], [f"{kernel}<{samples}, 4>"], [f"{kernel}<{samples}, 0>"]]
+    assert kernels == [[f"{kernel}<{samples}, {passes}, true>"], [f"{kernel}<{samples}, {passes}>"],
+                       [f"{kernel}<{samples}, 0>"]]
     for run in runs[1:]:
         for name, a, b in zip(names_for(len(runs[0])), runs[0], run, strict=True):
             assert torch.equal(a, b), name
@@ -495,15 +503,22 @@ def test_recorded_norms_of_a_stack_run_in_one_launch(lengths, truncation, stack_
 
 def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
     """The model prices a stack's step as the block path's step of its CTA's rows (2H in whole
-    passes, each warp one kind of epilogue), for (T + 1) steps, against the layers' T steps
-    each on their own forward plans."""
+    passes, each warp one kind of epilogue) with the weight rows in registers where its kernels
+    are compiled for its passes (block_stack: at H = 65-128 its 5-8 passes at one sample per
+    chunk, where a layer's kernel of as many passes would split them), for (T + 1) steps,
+    against the layers' T steps each on their own forward plans."""
     for hidden, batch, layers in ((64, 8, 4), (64, 8, 2), (48, 3, 2), (100, 8, 3), (128, 32, 2)):
         plan = launch_plan.stack_plan(hidden, batch, 1000, layers)
         assert plan.feasible
         rows = 2 * -(-hidden // (plan.units_per_pass // 2)) * (plan.units_per_pass // 2)
         step = OPS.step_cost("block", hidden, batch, torch.float32, plan.samples, 1, 1, rows, 1, [], [], "total",
-                             plan.units_per_pass, 0)
+                             plan.units_per_pass, 0, block_stack=True)
         assert plan.predicted_stack_us == pytest.approx(1001 * step)
+        if hidden > 64:  # (5-8 passes: priced as a layer's CTA, every row would be read from shared memory)
+            assert plan.samples == 1 and plan.compiled_passes == rows // plan.units_per_pass, plan.reason
+            as_layer = OPS.step_cost("block", hidden, batch, torch.float32, 1, 1, 1, rows, 1, [], [], "total",
+                                     plan.units_per_pass, 0)
+            assert step < as_layer
         one_layer = rnn_fused.plan(hidden, batch).predicted_us_per_step
         assert plan.predicted_layers_us == pytest.approx(1000 * layers * one_layer)
         assert plan.faster == (plan.predicted_stack_us < plan.predicted_layers_us)

@@ -180,6 +180,20 @@ RNN_FUSED_COMPILED_STACK_ATTRIBUTES(1);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(2);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(3);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(4);
+// The Block stack at 5-8 passes: one sample per chunk (stack_compiled_passes). (The Cluster
+// stack's are with the Cluster path's above.)
+#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES(passes)                                                                  \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<1, passes>);        \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<1, passes>);       \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<1, passes, true>)
+RNN_FUSED_BLOCK_STACK_ATTRIBUTES(5);
+RNN_FUSED_BLOCK_STACK_ATTRIBUTES(6);
+RNN_FUSED_BLOCK_STACK_ATTRIBUTES(7);
+RNN_FUSED_BLOCK_STACK_ATTRIBUTES(8);
+static_assert(stack_compiled_passes(kMaxPasses, 4, kSplitMaxSamples) == kMaxPasses && kSplitMaxSamples == 1 &&
+                  stack_compiled_passes(kRegisterPasses + 1, 3, 2) == 0,
+              "register the new compiled stack kernels");
+#undef RNN_FUSED_BLOCK_STACK_ATTRIBUTES
 #undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES
 #undef RNN_FUSED_STACK_ATTRIBUTES
 #undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF
@@ -187,14 +201,15 @@ RNN_FUSED_COMPILED_STACK_ATTRIBUTES(4);
 #undef RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES
 #undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
 
-// The passes the kernel of a launch shape is compiled for (compiled_passes; 0: at run time, as
-// always where `forced` says so).
+// The passes the kernel of a launch shape is compiled for (compiled_passes; the Block path's
+// layer stack, whose CTAs hold 2H rows: stack_compiled_passes; 0: at run time, as always where
+// `forced` says so).
 inline int compiled_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t hidden, bool fp64,
-                              const ForcedTiling& forced) {
+                              const ForcedTiling& forced, bool block_stack = false) {
   if (forced.run_time_passes) return 0;
-  const int64_t vec = fp64 ? 2 : 4;
-  const int64_t chunk_iterations = (padded_row(hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
+  const int64_t chunk_iterations = chunk_iterations_of(hidden, fp64);
   const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
+  if (block_stack) return stack_compiled_passes(passes, chunk_iterations, tiling.samples);
   return compiled_passes(path, passes, chunk_iterations, fp64, tiling.samples);
 }
 
@@ -291,6 +306,9 @@ struct PlanRequest {
   // Recurrences running side by side on the device (LayerOptions::side_by_side): this one is
   // planned for 1/side_by_side of its SMs (and of the clusters that fit at once).
   int64_t side_by_side = 1;
+  // A CTA of the Block path's layer stack (stack_plan: 2H rows over H columns), whose weights
+  // are in registers where stack_compiled_passes compiles its kernels.
+  bool block_stack = false;
 };
 
 inline std::string shape_text(const PlanRequest& r) {
@@ -304,7 +322,8 @@ inline std::string shape_text(const PlanRequest& r) {
 // split_register_passes where its kernel splits them. (The model prices a kernel forced to read
 // its passes at run time as the compiled one, as it did when it was fitted.)
 inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
-                                  int64_t chunk_iterations, bool fp64) {
+                                  int64_t chunk_iterations, bool fp64, bool block_stack) {
+  if (block_stack) return stack_compiled_passes(passes, chunk_iterations, tiling.samples) > 0 ? passes : 0;
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
   return split_weights(path, passes, chunk_iterations, fp64, tiling.samples)
              ? split_register_passes(passes, chunk_iterations)
@@ -332,7 +351,7 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .register_passes = register_passes_of(path, tiling, passes, chunk_iterations, r.fp64)};
+                            .register_passes = register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack)};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -1057,28 +1076,39 @@ inline at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   return dz_first;
 }
 
-// Calls f(kernel) with forward_stack_kernel or backward_stack_kernel for (samples, compiled
-// passes); plain_backward as for with_persistent_kernel.
-template <class F>
+// Calls f(kernel) with the layer stack's kernel of `kPath` (Block: forward_stack_kernel or
+// backward_stack_kernel; Cluster: forward_cluster_stack_kernel or backward_cluster_stack_kernel)
+// for (samples, compiled passes); plain_backward as for with_persistent_kernel.
+template <RecurrencePath kPath, class F>
 void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
+  static_assert(kPath == RecurrencePath::Block || kPath == RecurrencePath::Cluster, "the paths with a layer stack");
+  constexpr bool kCluster = kPath == RecurrencePath::Cluster;
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
-    return with_passes_constant<kRegisterPasses>(passes, [&](auto passes_constant) {
-      constexpr int S = decltype(samples_constant)::value, P = decltype(passes_constant)::value;
-      if (!backward) {
-        f(forward_stack_kernel<S, P>);
-      } else if constexpr (P > 0) {
-        if (plain_backward) {
-          f(backward_stack_kernel<S, P, true>);
+    constexpr int S = decltype(samples_constant)::value;
+    return with_passes_constant<kMaxCompiledPasses<kPath, S>>(passes, [&](auto passes_constant) {
+      constexpr int P = decltype(passes_constant)::value;
+      // (the plain copies exist for compiled passes only)
+      constexpr bool kPlainCompiled = P > 0;
+      const bool plain = kPlainCompiled && plain_backward;
+      if constexpr (kCluster) {
+        if (!backward) {
+          f(forward_cluster_stack_kernel<S, P>);
+        } else if (plain) {
+          f(backward_cluster_stack_kernel<S, P, kPlainCompiled>);
         } else {
-          f(backward_stack_kernel<S, P>);
+          f(backward_cluster_stack_kernel<S, P>);
         }
+      } else if (!backward) {
+        f(forward_stack_kernel<S, P>);
+      } else if (plain) {
+        f(backward_stack_kernel<S, P, kPlainCompiled>);
       } else {
         f(backward_stack_kernel<S, P>);
       }
     });
   });
-  TORCH_CHECK(found, "rnn_fused: no layer stack kernel for ", samples, " samples per group compiled for ", passes,
-              " passes");
+  TORCH_CHECK(found, "rnn_fused: no ", kCluster ? "cluster " : "", "layer stack kernel for ", samples,
+              " samples per group compiled for ", passes, " passes");
 }
 
 // The launch shape of forward_stack_kernel for L layers of H units and B samples (float32): the
@@ -1092,31 +1122,6 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool p
 // (the stack's step by measured_stack_step_us, a layer's step as its own autotuned plan's;
 // once per shape and device in a process; not while the stream captures a CUDA graph).
 inline double measured_stack_step_us(const StackPlanReport& plan, const StackPlanQuery& q, int64_t steps);
-
-// Calls f(kernel) with forward_cluster_stack_kernel or backward_cluster_stack_kernel for
-// (samples, compiled passes); plain_backward as for with_persistent_kernel.
-template <class F>
-void with_cluster_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
-  const bool found = with_samples_constant(samples, [&](auto samples_constant) {
-    constexpr int S = decltype(samples_constant)::value;
-    return with_passes_constant<kMaxCompiledPasses<RecurrencePath::Cluster, S>>(passes, [&](auto passes_constant) {
-      constexpr int P = decltype(passes_constant)::value;
-      if (!backward) {
-        f(forward_cluster_stack_kernel<S, P>);
-      } else if constexpr (P > 0) {
-        if (plain_backward) {
-          f(backward_cluster_stack_kernel<S, P, true>);
-        } else {
-          f(backward_cluster_stack_kernel<S, P>);
-        }
-      } else {
-        f(backward_cluster_stack_kernel<S, P>);
-      }
-    });
-  });
-  TORCH_CHECK(found, "rnn_fused: no cluster layer stack kernel for ", samples, " samples per group compiled for ",
-              passes, " passes");
-}
 
 // stack_plan's Cluster path (forward_cluster_stack_kernel), for hidden sizes whose stack CTA
 // would not fit one CTA: per layer P CTAs of U units (P = 1 .. 16 / L, U rounded to whole
@@ -1166,7 +1171,7 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
         int occupancy = INT32_MAX, clusters = INT32_MAX;
         const int passes = compiled_passes_of(RecurrencePath::Cluster, tiling, 2 * half, false, forced);
         for (const bool backward : {false, true}) {
-          with_cluster_stack_kernel(backward, samples, passes, [&](auto kernel) {
+          with_stack_kernel<RecurrencePath::Cluster>(backward, samples, passes, [&](auto kernel) {
             occupancy = std::min(occupancy, simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads,
                                                                            static_cast<std::size_t>(smem)));
             if (cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
@@ -1256,10 +1261,10 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                 "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
         continue;
       }
-      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false, request.forced);
+      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false, request.forced, true);
       int occupancy = INT32_MAX;  // the lower of the forward's and the backward's kernel
       for (const bool backward : {false, true}) {
-        with_stack_kernel(backward, samples, passes, [&](auto kernel) {
+        with_stack_kernel<RecurrencePath::Block>(backward, samples, passes, [&](auto kernel) {
           occupancy = std::min(occupancy, simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads,
                                                                          static_cast<std::size_t>(smem)));
         });
@@ -1271,7 +1276,9 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                 " bytes of shared memory each cannot all be co-resident";
         continue;
       }
-      const double us = predicted_step_us(model, RecurrencePath::Block, request, tiling, 1);
+      PlanRequest stack_request = request;
+      stack_request.block_stack = true;
+      const double us = predicted_step_us(model, RecurrencePath::Block, stack_request, tiling, 1);
       const double stack_us = us * double(q.steps + 1);
       if (best.feasible && stack_us >= best.stack_us) continue;
       best = {.feasible = true,
@@ -1287,7 +1294,9 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                     (per_pass != kUnitsPerPass ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) +
                                                      " warps"
                                                : "") +
-                    (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "");
+                    (passes > 0 ? ", the step compiled for its " + std::to_string(passes) +
+                                      " pass(es), every weight row in registers"
+                                : "");
     }
   }
   if (!best.feasible) {
@@ -1360,7 +1369,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
     plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
   }
   if (plan.cluster > 1) {
-    with_cluster_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+    with_stack_kernel<RecurrencePath::Cluster>(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
       if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
         if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
         simt::launch_cluster(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
@@ -1370,7 +1379,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
     }, plain_backward);
     return;
   }
-  with_stack_kernel(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+  with_stack_kernel<RecurrencePath::Block>(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
     if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
       simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
                                static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);
@@ -1559,7 +1568,11 @@ inline double step_cost(const StepCostQuery& q) {
     TORCH_CHECK_VALUE(cost::set_constant(model, q.constant_names[i], value), "rnn_fused.step_cost: unknown constant '",
                       q.constant_names[i], "' (rnn_fused.launch_plan.cost_constants() lists them)");
   }
-  const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .fp64 = q.compute == at::kDouble};
+  TORCH_CHECK_VALUE(!q.block_stack || (*path == RecurrencePath::Block && q.compute == at::kFloat),
+                    "rnn_fused.step_cost: block_stack=True prices the Block path's layer stack (float32), got path '",
+                    q.path, "' in ", q.compute);
+  const PlanRequest request{
+      .hidden = q.hidden, .batch = q.batch, .fp64 = q.compute == at::kDouble, .block_stack = q.block_stack};
   const RecurrenceTiling tiling{.samples = static_cast<int32_t>(q.samples),
                                 .chunks = static_cast<int32_t>(q.chunks),
                                 .groups = 1,

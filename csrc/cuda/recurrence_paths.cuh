@@ -307,6 +307,21 @@ SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t pass
   return 0;
 }
 
+// The passes the layer stack's Block kernels (forward_stack_kernel, backward_stack_kernel) are
+// compiled for, given their CTA's passes over 2H rows and the chunk iterations of H: 1 to 4 as
+// on the Block path; and at one sample per chunk 5 to 8 (H = 65-128), whose 2H rows of 3-4
+// chunk iterations all fit the split kernels' kSplitRegisterChunks (8 x 4 at H = 128): the
+// stack CTA stages them in shared memory and holds every pass in registers. 0: at run time.
+SIMT_HOST_DEVICE constexpr int stack_compiled_passes(int64_t passes, int64_t chunk_iterations, int64_t samples) {
+  if (weights_fit_registers(passes, chunk_iterations, false)) return static_cast<int>(passes);
+  if (samples <= kSplitMaxSamples && passes > kRegisterPasses && passes <= kMaxPasses &&
+      chunk_iterations <= stack_iterations(static_cast<int>(passes))) {
+    return static_cast<int>(passes);
+  }
+  return 0;
+}
+static_assert(kMaxPasses * stack_iterations(kMaxPasses) <= kSplitRegisterChunks, "a stack CTA's rows fit its registers");
+
 // The paths that keep the whole state of a group in each CTA's shared memory (two buffers,
 // current and next step); the Grid path stages one chunk of rows at a time from global memory.
 constexpr bool state_in_shared(RecurrencePath p) { return p != RecurrencePath::Grid; }
@@ -829,9 +844,14 @@ struct SliceCopies {
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
+  // The layer stack's CTAs (kIterations < kPasses: stack_iterations) stage all their rows in
+  // shared memory (load_stack_rows), and the passes in registers are cached from there.
+  static constexpr bool kStagedRows = kIterations < kPasses;
   static_assert(kPasses == 0 ||
-                    compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples) == kPasses,
-                "a fixed pass count only where compiled_passes gives one");
+                    (kStagedRows ? stack_compiled_passes(kPasses, kIterations, kSamples)
+                                 : compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples)) ==
+                        kPasses,
+                "a fixed pass count only where compiled_passes (stack_compiled_passes) gives one");
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
                 "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
@@ -842,9 +862,12 @@ struct RecurrenceCta {
   static constexpr bool kSplitWeights = kRegisterWeights && kPasses > kRegisterPasses;
   static constexpr int kHeldPasses = kSplitWeights ? split_register_passes(kPasses, kIterations) : kRegisterPasses;
   static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
-  // The CTA's first unit (local) whose weight row is in shared memory. (A split CTA owns more
-  // than 128 units, so its passes are of 32: the planner's block path takes 16 at most 128.)
-  static constexpr int64_t kFirstSharedUnit = kSplitWeights ? int64_t(kHeldPasses) * kUnitsPerPass : 0;
+  static_assert(!kStagedRows || !kSplitWeights || kHeldPasses == kPasses, "a stack CTA holds all its passes");
+  // The CTA's first unit (local) whose weight row is in shared memory, and where weight_row
+  // counts from. (A split layer CTA owns more than 128 units, so its passes are of 32: the
+  // planner's block path takes 16 at most 128.)
+  static constexpr int64_t kFirstSharedUnit =
+      kSplitWeights && !kStagedRows ? int64_t(kHeldPasses) * kUnitsPerPass : 0;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
   static constexpr int kBatch = pass_batch(kSamples, kScalarBytes, kPasses);  // passes computed together
   static constexpr int kBatches = ((kPasses > 0 ? kPasses : kMaxPasses) + kBatch - 1) / kBatch;  // at most, per step and chunk
@@ -1000,7 +1023,7 @@ struct RecurrenceCta {
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
-                            (!kSplitWeights || tiling.units_per_pass == kUnitsPerPass),
+                            (!kSplitWeights || kHeldPasses == kPasses || tiling.units_per_pass == kUnitsPerPass),
                         "the launch shape's passes are not the kernel's kPasses");
     }
   }
@@ -1070,11 +1093,11 @@ struct RecurrenceCta {
 
   // In the kernels compiled for their passes, the lane's weight chunks into registers for the
   // whole sequence (read from shared memory every step otherwise). After the barrier that
-  // follows load_weights. (Split weights: load_weights put them there.)
+  // follows load_weights (load_stack_rows). (A split layer CTA: load_weights put them there.)
   SIMT_DEVICE void cache_weights() {
-    if constexpr (kRegisterWeights && !kSplitWeights) {
+    if constexpr (kRegisterWeights && (!kSplitWeights || kStagedRows)) {
       SIMT_UNROLL
-      for (int p = 0; p < kRegisterPasses; ++p) {
+      for (int p = 0; p < kHeldPasses; ++p) {
         SIMT_UNROLL
         for (int it = 0; it < kHeldIterations; ++it) {
           const int c = role.q + it * kUnitLanes;
