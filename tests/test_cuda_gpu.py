@@ -676,19 +676,19 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     assert torch.equal(outputs[0], first)
 
 
-@pytest.mark.parametrize("hidden,passes", [(72, 5), (128, 8)])
-def test_stack_with_every_weight_row_in_registers_on_the_gpu(hidden, passes):
-    """The block path's stack at H = 65-128, one sample per group: its kernels compiled for 5-8
-    passes hold every weight row in registers (stack_compiled_passes). Outputs, final states and
-    every gradient bitwise those of the kernels reading their rows from shared memory at run
-    time, with lengths (an empty sample among them)."""
+@pytest.mark.parametrize("hidden,samples,passes", [(72, 1, 5), (128, 1, 8), (128, 2, 8)])
+def test_stack_with_every_weight_row_in_registers_on_the_gpu(hidden, samples, passes):
+    """The block path's stack at H = 65-128, 1 or 2 samples per group: its kernels compiled for
+    5-8 passes hold every weight row in registers (stack_compiled_passes). Outputs, final states
+    and every gradient bitwise those of the kernels reading their rows from shared memory at
+    run time, with lengths (an empty sample among them)."""
     steps, batch, layers = 30, 4, 3
     lengths = torch.tensor([30, 7, 0, 29])
     x, h0, groups = stack_inputs(steps, batch, 5, hidden, layers, seed=3)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=4)
     runs = []
     for run_time in (False, True):
-        with rnn_fused.launch_plan.forced_tiling(samples=1, run_time_passes=run_time):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, run_time_passes=run_time):
             plan = rnn_fused.launch_plan.stack_plan(hidden, batch, steps, layers, PLAN_DEVICE)
             assert plan.feasible and plan.path == "block", plan.reason
             assert plan.compiled_passes == (0 if run_time else passes), plan.reason

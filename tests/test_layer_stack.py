@@ -154,15 +154,18 @@ def test_cluster_stack_with_its_passes_read_at_run_time_or_compiled(layers, unit
         assert_within_tolerance(r, s, o, name=name, ulps=8)
 
 
-@pytest.mark.parametrize("hidden,layers,units_per_pass,passes", [
-    (64, 3, 32, 4), (72, 3, 32, 5), (128, 2, 32, 8), (64, 2, 16, 8), (200, 4, 16, 4)],
-    ids=["block", "block-5-passes", "block-8-passes", "block-8-passes-of-16", "cluster"])
+@pytest.mark.parametrize("hidden,layers,units_per_pass,samples,passes", [
+    (64, 3, 32, 1, 4), (72, 3, 32, 1, 5), (128, 2, 32, 1, 8), (100, 2, 32, 2, 7), (64, 2, 16, 1, 8),
+    (200, 4, 16, 1, 4)],
+    ids=["block", "block-5-passes", "block-8-passes", "block-7-passes-2-samples", "block-8-passes-of-16",
+         "cluster"])
 def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_at_run_time(hidden, layers,
-                                                                                          units_per_pass, passes):
-    """The stack's launch shape at one sample per chunk on the kernels compiled for its passes
-    (the block path's stack at H = 64: 4 passes; at H = 72 and 128, 5 and 8 passes of 3 and 4
-    chunk iterations, and at H = 64 8 passes of 16 units: all with every weight row in
-    registers; the cluster path's at 200: 4 passes of 16 units) and on those reading them at
+                                                                                          units_per_pass, samples,
+                                                                                          passes):
+    """The stack's launch shape on the kernels compiled for its passes (the block path's stack
+    at H = 64: 4 passes; at H = 72, 128 and 100, 5, 8 and 7 passes of 3-4 chunk iterations, the
+    last at 2 samples per chunk, and at H = 64 8 passes of 16 units: all with every weight row
+    in registers; the cluster path's at 200: 4 passes of 16 units) and on those reading them at
     run time (forced_tiling's run_time_passes, which the plan reports as compiled_passes 0,
     their rows read from shared memory every step): outputs, final states and every gradient
     bitwise alike."""
@@ -172,7 +175,8 @@ def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_a
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
     runs, plans = [], []
     for run_time in (False, True):
-        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(samples=1, units_per_pass=units_per_pass,
+        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(samples=samples,
+                                                                         units_per_pass=units_per_pass,
                                                                          run_time_passes=run_time):
             plans.append(launch_plan.stack_plan(hidden, batch, steps, layers))
             runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",

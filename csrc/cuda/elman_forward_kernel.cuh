@@ -221,7 +221,7 @@ struct ForwardStackArgs {
 // units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, true,
 // kStackStateBuffers).bytes of dynamic shared memory (one size for both stack kernels: the
 // backward's norm sums included); kPasses == compiled_passes_of(Block, tiling, H, false, forced, true)
-// (stack_compiled_passes: at 5-8 passes, one sample per chunk, every row in registers too).
+// (stack_compiled_passes: at 5-8 passes, 1-2 samples per chunk, every row in registers too).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_stack_kernel(ForwardStackArgs a, RecurrenceTiling tiling) {

@@ -180,20 +180,24 @@ RNN_FUSED_COMPILED_STACK_ATTRIBUTES(1);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(2);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(3);
 RNN_FUSED_COMPILED_STACK_ATTRIBUTES(4);
-// The Block stack at 5-8 passes: one sample per chunk (stack_compiled_passes). (The Cluster
-// stack's are with the Cluster path's above.)
-#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES(passes)                                                                  \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<1, passes>);        \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<1, passes>);       \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<1, passes, true>)
+// The Block stack at 5-8 passes: 1 or 2 samples per chunk (stack_compiled_passes). (The
+// Cluster stack's are with the Cluster path's above.)
+#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(samples, passes)                                                     \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>);  \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes, true>)
+#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES(passes) \
+  RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(1, passes);  \
+  RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(2, passes)
 RNN_FUSED_BLOCK_STACK_ATTRIBUTES(5);
 RNN_FUSED_BLOCK_STACK_ATTRIBUTES(6);
 RNN_FUSED_BLOCK_STACK_ATTRIBUTES(7);
 RNN_FUSED_BLOCK_STACK_ATTRIBUTES(8);
-static_assert(stack_compiled_passes(kMaxPasses, 4, kSplitMaxSamples) == kMaxPasses && kSplitMaxSamples == 1 &&
-                  stack_compiled_passes(kRegisterPasses + 1, 3, 2) == 0,
+static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses, 4, 2) == kMaxPasses &&
+                  stack_compiled_passes(kRegisterPasses + 1, 3, 4) == 0,
               "register the new compiled stack kernels");
 #undef RNN_FUSED_BLOCK_STACK_ATTRIBUTES
+#undef RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF
 #undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES
 #undef RNN_FUSED_STACK_ATTRIBUTES
 #undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF
@@ -248,6 +252,11 @@ inline constexpr int kMaxCompiledPasses =
     kPath == RecurrencePath::Block     ? (S <= kSplitMaxSamples ? kMaxPasses : kRegisterPasses)  // (split weights)
     : kPath == RecurrencePath::Cluster ? max_compiled_cluster_passes(S)
                                        : 0;
+// The same for the layer stack's kernels of `path` (stack_compiled_passes on the Block path).
+template <RecurrencePath kPath, int S>
+inline constexpr int kMaxCompiledStackPasses =
+    kPath == RecurrencePath::Block ? (S <= kStackRegisterMaxSamples ? kMaxPasses : kRegisterPasses)
+                                   : kMaxCompiledPasses<kPath, S>;
 
 // Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
 // the one switch from a plan to a template instantiation. plain_backward: a backward of full
@@ -1085,7 +1094,7 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool p
   constexpr bool kCluster = kPath == RecurrencePath::Cluster;
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     constexpr int S = decltype(samples_constant)::value;
-    return with_passes_constant<kMaxCompiledPasses<kPath, S>>(passes, [&](auto passes_constant) {
+    return with_passes_constant<kMaxCompiledStackPasses<kPath, S>>(passes, [&](auto passes_constant) {
       constexpr int P = decltype(passes_constant)::value;
       // (the plain copies exist for compiled passes only)
       constexpr bool kPlainCompiled = P > 0;

@@ -309,12 +309,15 @@ SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t pass
 
 // The passes the layer stack's Block kernels (forward_stack_kernel, backward_stack_kernel) are
 // compiled for, given their CTA's passes over 2H rows and the chunk iterations of H: 1 to 4 as
-// on the Block path; and at one sample per chunk 5 to 8 (H = 65-128), whose 2H rows of 3-4
-// chunk iterations all fit the split kernels' kSplitRegisterChunks (8 x 4 at H = 128): the
-// stack CTA stages them in shared memory and holds every pass in registers. 0: at run time.
+// on the Block path; and at up to kStackRegisterMaxSamples samples per chunk 5 to 8
+// (H = 65-128), whose 2H rows of 3-4 chunk iterations all fit the split kernels'
+// kSplitRegisterChunks (8 x 4 at H = 128): the stack CTA stages them in shared memory and
+// holds every pass in registers. 0: at run time. (ptxas at 2 samples: 171-250 registers, no
+// spills, sm_80 and sm_90; at 4 the sm_80 backward of 8 passes spilled.)
+inline constexpr int kStackRegisterMaxSamples = 2;
 SIMT_HOST_DEVICE constexpr int stack_compiled_passes(int64_t passes, int64_t chunk_iterations, int64_t samples) {
   if (weights_fit_registers(passes, chunk_iterations, false)) return static_cast<int>(passes);
-  if (samples <= kSplitMaxSamples && passes > kRegisterPasses && passes <= kMaxPasses &&
+  if (samples <= kStackRegisterMaxSamples && passes > kRegisterPasses && passes <= kMaxPasses &&
       chunk_iterations <= stack_iterations(static_cast<int>(passes))) {
     return static_cast<int>(passes);
   }
