@@ -325,30 +325,32 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden", [129, 170, 256])
-def test_split_weights_round_like_the_other_paths(hidden):
-    """Past H = 128 the block path's kernels compiled for their passes (5 to 8 of 32 units, one
-    sample per chunk) hold the weight rows of as many passes as 128 registers take in registers
-    (read from global memory once per launch: all 5 at H = 129, 5 of 6 at H = 170, 4 of 8 at
-    H = 256) and only the others' in shared memory (split weights: kernel_common.cuh
-    weights_split). Forward and backward with lengths, randomized truncation and recorded norms
-    give bitwise the results of the grid and cluster paths' kernels and, where every row fits
-    in shared memory (H < 256 here), of the block path's kernel reading its passes at run time;
-    at H = 256 the block path runs only with split weights (256 KB of W_hh). H = 129: a last
-    pass of one row, its other lanes' registers zero."""
+@pytest.mark.parametrize("hidden,samples", [(129, 1), (170, 1), (256, 1), (129, 2), (256, 2)])
+def test_split_weights_round_like_the_other_paths(hidden, samples):
+    """Past H = 128 the block path's kernels compiled for their passes (5 to 8 of 32 units, 1 or
+    2 samples per chunk) hold the weight rows of as many passes as 128 registers take in
+    registers at one sample, 96 at two (read from global memory once per launch: all 5 at
+    H = 129, 5 of 6 at H = 170, 4 of 8 at H = 256; at two samples 4 of 5 and 3 of 8), and only
+    the others' in shared memory (split weights: kernel_common.cuh weights_split). Forward and
+    backward with lengths, randomized truncation and recorded norms give bitwise the results of
+    the grid and cluster paths' kernels and, where every row fits in shared memory (H < 256
+    here), of the block path's kernel reading its passes at run time; at H = 256 the block path
+    runs only with split weights (256 KB of W_hh). H = 129: a last pass of one row, its other
+    lanes' registers zero."""
     batch = 5
     lengths = torch.tensor([6, 2, 5, 6, 1])
-    split, tiles = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32)
-    assert tiles == {(1, 32)}
+    split, tiles = _block_run_with_norms(2, hidden, batch, lengths, samples=samples, units_per_pass=32)
+    assert tiles == {(samples, 32)}
     runs = [split]
     for path in ("grid", "cluster"):
-        results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=1)
+        results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=samples)
         runs.append(results)
     passes = -(-hidden // 32)
-    held = min(passes, 32 // passes)  # (chunk iterations = passes at 32 units per pass)
+    chunks = 32 if samples == 1 else 24  # (16-byte chunks a lane holds: 128 or 96 registers)
+    held = min(passes, chunks // passes)  # (chunk iterations = passes at 32 units per pass)
     shared_rows = max(0, hidden - 32 * held)
     row = -(-hidden // 4) * 4
-    with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(samples=1, units_per_pass=32):
+    with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(samples=samples, units_per_pass=32):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
             assert (plan.compiled_passes, plan.units_per_cta) == (passes, hidden), plan.reason
@@ -356,12 +358,13 @@ def test_split_weights_round_like_the_other_paths(hidden):
                          else "weight rows in registers")
             assert held_text in plan.reason, plan.reason
             # Shared memory holds the rows past the held passes, the state rows and the norm sums.
-            assert shared_rows * row * 4 <= plan.shared_mem_bytes < (shared_rows + 3) * row * 4 + 1024, plan
-        with launch_plan.forced_tiling(samples=1, units_per_pass=32, run_time_passes=True):
+            assert shared_rows * row * 4 <= plan.shared_mem_bytes < (shared_rows + 2 * samples + 1) * row * 4 + 1024, \
+                plan
+        with launch_plan.forced_tiling(samples=samples, units_per_pass=32, run_time_passes=True):
             run_time = rnn_fused.plan(hidden, batch).candidate("block")
     if hidden < 256:
         assert run_time.feasible and run_time.compiled_passes == 0, run_time.reason
-        results, _ = _block_run_with_norms(2, hidden, batch, lengths, samples=1, units_per_pass=32,
+        results, _ = _block_run_with_norms(2, hidden, batch, lengths, samples=samples, units_per_pass=32,
                                            run_time_passes=True)
         runs.append(results)
     else:
@@ -371,17 +374,25 @@ def test_split_weights_round_like_the_other_paths(hidden):
 
 def test_split_weights_on_an_a100_like_device():
     """Compute capability 8.0 with an A100's 163 KB of shared memory per block (no clusters):
-    the block path with split weights fits H = 256 (128 KB of rows in shared memory) and the
-    planner takes it; the results are bitwise those of the H100/H200-like device."""
+    the block path with split weights fits H = 256 at one sample per chunk (128 KB of rows in
+    shared memory) and the planner takes it; the results are bitwise those of the
+    H100/H200-like device. At two samples per chunk (160 KB of rows) it does not fit there, so
+    B = 200 takes two waves of one sample per CTA, where the H100/H200-like device takes one
+    of two."""
     batch = 3
     lengths = torch.tensor([5, 6, 2])
     a100_like = dict(compute_capability=(8, 0), shared_mem_per_block_optin=163 * 1024)
     simt.reset_device_properties()
+    with simt.emulated_device():
+        wide = rnn_fused.plan(256, 200)
+        assert (wide.path, wide.samples, wide.compiled_passes) == ("block", 2, 8), wide.reason
     with simt.emulated_device(**a100_like):
         for backward in (False, True):
             plan = rnn_fused.plan(256, batch, backward=backward)
             assert plan.path == "block" and plan.compiled_passes == 8, plan.reason
             assert plan.shared_mem_bytes <= 163 * 1024, plan
+            wide = rnn_fused.plan(256, 200, backward=backward)
+            assert (wide.path, wide.samples) == ("block", 1) and "in 2 waves" in wide.reason, wide.reason
         a100, _ = _block_run_with_norms(2, 256, batch, lengths, samples=1)
     h100, _ = _block_run_with_norms(2, 256, batch, lengths, samples=1)
     for a, b in zip(a100, h100, strict=True):

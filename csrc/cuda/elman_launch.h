@@ -108,11 +108,15 @@ RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 1);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 2);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 3);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 4);
-// 5-8 passes (split weights): kSplitMaxSamples sample per chunk.
+// 5-8 passes (split weights): up to kSplitMaxSamples samples per chunk.
 RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 5);
 RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 6);
 RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 7);
 RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 8);
+RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 5);
+RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 6);
+RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 7);
+RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 8);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
 RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 1);
@@ -145,8 +149,8 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
 // (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
-// every sample count and 5-8 at 1, cluster 1-4 at every sample count and 5-8 at up to 4.)
-static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 1 && max_compiled_cluster_passes(8) == 4 &&
+// every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4.)
+static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
                   max_compiled_cluster_passes(4) == 8,
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
@@ -335,7 +339,7 @@ inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& t
   if (block_stack) return stack_compiled_passes(passes, chunk_iterations, tiling.samples) > 0 ? passes : 0;
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
   return split_weights(path, passes, chunk_iterations, fp64, tiling.samples)
-             ? split_register_passes(passes, chunk_iterations)
+             ? split_register_passes(passes, chunk_iterations, tiling.samples)
              : 0;
 }
 

@@ -235,18 +235,23 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 
 // Past H = 128 one CTA cannot hold a layer's rows in shared memory alone (H = 256: 256 KB of
 // W_hh against 227 KB) nor in registers alone (256 per lane). Split weights: the rows of the
-// first passes in registers, as many whole passes as kSplitRegisterChunks 16-byte chunks (128
-// registers) hold at up to kSplitIterations chunks each, and only the others' in shared memory
-// (128 KB at H = 256), the Block path's float32 kernels compiled for 5 to 8 passes at
-// kSplitMaxSamples sample per chunk (at 1 sample ptxas gave them 157-238 registers, no spills,
-// at sm_80 and sm_90; at 2 the sm_90 backward spilled).
+// first passes in registers, as many whole passes as split_register_chunks 16-byte chunks hold
+// at up to kSplitIterations chunks each, and only the others' in shared memory, the Block
+// path's float32 kernels compiled for 5 to 8 passes at up to kSplitMaxSamples samples per
+// chunk. At 1 sample kSplitRegisterChunks (128 registers; 128 KB of shared memory at H = 256):
+// ptxas gave the kernels 157-238 registers, no spills, at sm_80 and sm_90. At 2 samples, whose
+// state chunks and accumulators take more, 32 chunks spilled the sm_90 backward, and 24 (96
+// registers; 160 KB of shared memory at H = 256) left 149-232, no spills.
 constexpr int kSplitIterations = 8;
-constexpr int kSplitMaxSamples = 1;
+constexpr int kSplitMaxSamples = 2;
 constexpr int kSplitRegisterChunks = 32;
-// The passes a split CTA holds in registers: all 5 at H = 129-160, 5 of 6 at 161-192, 4 of 7
-// or 8 at 193-256.
-SIMT_HOST_DEVICE constexpr int split_register_passes(int64_t passes, int64_t chunk_iterations) {
-  const int64_t fit = kSplitRegisterChunks / (chunk_iterations > 0 ? chunk_iterations : 1);
+SIMT_HOST_DEVICE constexpr int64_t split_register_chunks(int64_t samples) {
+  return samples <= 1 ? kSplitRegisterChunks : 24;
+}
+// The passes a split CTA holds in registers: at 1 sample all 5 at H = 129-160, 5 of 6 at
+// 161-192, 4 of 7 or 8 at 193-256; at 2 samples 4 of 5 or 6 at 129-192, 3 of 7 or 8 at 193-256.
+SIMT_HOST_DEVICE constexpr int split_register_passes(int64_t passes, int64_t chunk_iterations, int64_t samples) {
+  const int64_t fit = split_register_chunks(samples) / (chunk_iterations > 0 ? chunk_iterations : 1);
   return static_cast<int>(passes < fit ? passes : fit);
 }
 SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iterations, bool fp64, int64_t samples) {

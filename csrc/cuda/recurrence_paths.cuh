@@ -403,7 +403,7 @@ struct SharedLayout {
     const bool split = compiled_passes > 0 &&
                        split_weights(path, compiled_passes, chunk_iterations_of(hidden, kFp64), kFp64, t.samples);
     if (!split) return 0;
-    const int64_t held = int64_t(split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64))) *
+    const int64_t held = int64_t(split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64), t.samples)) *
                          kUnitsPerPass;  // (RecurrenceCta::kFirstSharedUnit)
     return held < t.units_per_cta ? held : t.units_per_cta;
   }
@@ -863,7 +863,8 @@ struct RecurrenceCta {
   // kHeldPasses passes' rows in registers, the others' in shared memory.
   static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
   static constexpr bool kSplitWeights = kRegisterWeights && kPasses > kRegisterPasses;
-  static constexpr int kHeldPasses = kSplitWeights ? split_register_passes(kPasses, kIterations) : kRegisterPasses;
+  static constexpr int kHeldPasses =
+      !kSplitWeights ? kRegisterPasses : kStagedRows ? kPasses : split_register_passes(kPasses, kIterations, kSamples);
   static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
   static_assert(!kStagedRows || !kSplitWeights || kHeldPasses == kPasses, "a stack CTA holds all its passes");
   // The CTA's first unit (local) whose weight row is in shared memory, and where weight_row
