@@ -364,7 +364,8 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .fp64 = r.fp64,
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .register_passes = register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack)};
+                            .register_passes =
+                                register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack)};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -1381,8 +1382,9 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
   if constexpr (std::is_same_v<Args, BackwardStackArgs>) {
     plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
   }
+  const int passes = static_cast<int>(plan.compiled_passes);
   if (plan.cluster > 1) {
-    with_stack_kernel<RecurrencePath::Cluster>(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+    with_stack_kernel<RecurrencePath::Cluster>(backward, plan.samples, passes, [&](auto kernel) {
       if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
         if (plan.cluster > simt::detail::kPortableClusterSize) simt::allow_nonportable_cluster_size(kernel);
         simt::launch_cluster(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
@@ -1392,7 +1394,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
     }, plain_backward);
     return;
   }
-  with_stack_kernel<RecurrencePath::Block>(backward, plan.samples, static_cast<int>(plan.compiled_passes), [&](auto kernel) {
+  with_stack_kernel<RecurrencePath::Block>(backward, plan.samples, passes, [&](auto kernel) {
     if constexpr (std::is_invocable_v<decltype(kernel), Args, RecurrenceTiling>) {
       simt::launch_cooperative(kernel, static_cast<unsigned>(plan.grid), dim3(kRecurrenceThreads),
                                static_cast<std::size_t>(plan.shared_mem_bytes), args, tiling);

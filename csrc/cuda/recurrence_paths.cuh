@@ -323,7 +323,8 @@ SIMT_HOST_DEVICE constexpr int stack_compiled_passes(int64_t passes, int64_t chu
   }
   return 0;
 }
-static_assert(kMaxPasses * stack_iterations(kMaxPasses) <= kSplitRegisterChunks, "a stack CTA's rows fit its registers");
+static_assert(kMaxPasses * stack_iterations(kMaxPasses) <= kSplitRegisterChunks,
+              "a stack CTA's rows fit its registers");
 
 // The paths that keep the whole state of a group in each CTA's shared memory (two buffers,
 // current and next step); the Grid path stages one chunk of rows at a time from global memory.
@@ -403,8 +404,8 @@ struct SharedLayout {
     const bool split = compiled_passes > 0 &&
                        split_weights(path, compiled_passes, chunk_iterations_of(hidden, kFp64), kFp64, t.samples);
     if (!split) return 0;
-    const int64_t held = int64_t(split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64), t.samples)) *
-                         kUnitsPerPass;  // (RecurrenceCta::kFirstSharedUnit)
+    const int64_t passes_held = split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64), t.samples);
+    const int64_t held = passes_held * kUnitsPerPass;  // (RecurrenceCta::kFirstSharedUnit)
     return held < t.units_per_cta ? held : t.units_per_cta;
   }
 
