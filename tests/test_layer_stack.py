@@ -18,6 +18,8 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rnn_fused
 from rnn_fused import functional, launch_plan, simt
@@ -187,6 +189,36 @@ def test_stack_kernels_compiled_for_their_passes_round_like_those_reading_them_a
                                                                          run_time.units_per_cta)
     for name, a, b in zip(names_for(len(runs[0])), *runs, strict=True):
         assert torch.equal(a, b), name
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(hidden=st.integers(65, 128), layers=st.integers(2, 3), samples=st.sampled_from([1, 2]),
+       steps=st.integers(1, 4), batch=st.integers(1, 4), random_truncation=st.booleans(), data=st.data())
+def test_stack_rows_in_registers_at_any_hidden_size_from_65_to_128(hidden, layers, samples, steps, batch,
+                                                                   random_truncation, data):
+    """Drawn shapes of the block path's stack whose 2H rows take 5-8 passes (stack_compiled_passes,
+    every row in registers at 1 or 2 samples per chunk), with drawn lengths (empty samples
+    among them) and randomized truncation or none: bitwise the kernels reading their rows from
+    shared memory at run time, and within the tolerance rule of the float64 step loop."""
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, steps), min_size=batch, max_size=batch)))
+    truncation = RandomTruncation(0.6, seed=3) if random_truncation else None
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=hidden)
+    cotangents = cotangents_for(steps, batch, hidden, layers, seed=hidden + 1)
+    runs = []
+    for run_time in (False, True):
+        with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(samples=samples, units_per_pass=32,
+                                                                         run_time_passes=run_time):
+            plan = launch_plan.stack_plan(hidden, batch, steps, layers)
+            assert plan.path == "block" and plan.compiled_passes == (0 if run_time else -(-hidden // 16)), plan.reason
+            runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
+                                  stack=True, truncation=truncation))
+    for name, a, b in zip(names_for(len(runs[0])), *runs, strict=True):
+        assert torch.equal(a, b), name
+    if truncation is None:
+        reference = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float64, layer_fn=reference_layer)
+        stock = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, layer_fn=reference_layer)
+        for name, r, f32, o in zip(names_for(len(runs[0])), reference, stock, runs[0]):
+            assert_within_tolerance(r, f32, o, name=name, ulps=8)
 
 
 @pytest.mark.parametrize("hidden,layers,units_per_pass,kernel,passes", [
