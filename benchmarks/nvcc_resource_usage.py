@@ -79,11 +79,13 @@ def plain_copies_with_fewer_ctas(report: list[str]) -> list[str]:
             current = None
     fewer = []
     for (arch, arguments), plain in registers.items():
-        if not arguments.endswith(", true"):
+        # (kPlain is the last argument but the layer kernels' chunk iterations)
+        copy = re.fullmatch(r"(.*), true((?:, \d+)?)", arguments)
+        if not copy:
             continue
         if arch == "sm_80" and ("cluster" in arguments or "RecurrencePath)1" in arguments):
             continue  # (no clusters below sm_90: these kernels only trap there, and the host never launches them)
-        general = registers.get((arch, arguments[:-len("true")] + "false"))
+        general = registers.get((arch, copy.group(1) + ", false" + copy.group(2)))
         if general is None:
             fewer.append(f"{arch} <{arguments}>: no general kernel in the report")
         elif ctas_per_sm_by_registers(plain) < ctas_per_sm_by_registers(general):

@@ -36,10 +36,12 @@ COST_MODEL = os.path.join(ROOT, "csrc", "cuda", "recurrence_cost_model.h")
 ARCH = "sm_90"
 # Mangled-name pieces: forward/backward kernel, float (f) or double (d), samples, path
 # (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time), and the
-# backward's kPlain (1: the copy without truncation and norms, reported as "backward plain").
+# backward's kPlain (1: the copy without truncation and norms, reported as "backward plain"), and
+# the chunk iterations held in registers where they differ from the passes (the cluster path's
+# split kernels, reported as "cluster split").
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)E"
-                    r"(?:Lb([01])E)?E")
+                    r"(?:Lb([01])E)?(?:Li(\d+)E)?E")
 # The layer stack's kernels (float32, the block path's tiling): samples, compiled passes, kPlain.
 STACK_KERNEL = re.compile(r"(forward|backward)_stack_kernelILi(\d+)ELi(\d+)E(?:Lb([01])E)?E")
 # The cluster path's layer stack: samples, compiled passes, kPlain.
@@ -93,9 +95,10 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
             cluster_stack = CLUSTER_STACK_KERNEL.search(function.group(1)) if in_arch else None
             current = None
             if match:
-                direction, dtype, samples, path, passes, plain = match.groups()
+                direction, dtype, samples, path, passes, plain, iterations = match.groups()
                 current = (direction + (" plain" if plain == "1" else ""), "float" if dtype == "f" else "double",
-                           int(samples), PATH_NAMES[path], int(passes))
+                           int(samples), PATH_NAMES[path] + (" split" if iterations not in (None, passes) else ""),
+                           int(passes))
             elif stack:
                 direction, samples, passes, plain = stack.groups()
                 current = (f"{direction} stack" + (" plain" if plain == "1" else ""), "float", int(samples), "block",
@@ -200,8 +203,8 @@ def report(object_file: str) -> tuple[list[str], str | None]:
                 shown = " + ".join(f"{step[kind]} {kind}" for kind in kinds)
                 other = sum(step.values()) - sum(step[kind] for kind in kinds)
                 lines.append(f"{name}: untimed step loop {sum(step.values())} = {shown} + {other} other")
-            if key[3] == "block" and key[4] > 0:
-                continue  # (the weight rows in registers: no dot loop)
+            if (key[3] == "block" and key[4] > 0) or key[3].endswith(" split"):
+                continue  # (the weight rows in registers, all or some: no dot loop)
         loops = sorted(innermost_fma_loops(kernels[key]), key=lambda loop: -loop.fmas)
         shown = ", ".join(f"{loop.instructions} = {loop.loads} LDS + {loop.fmas} FMA + {loop.other} other"
                           for loop in loops)

@@ -357,8 +357,27 @@ def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
         assert torch.equal(a, b), plans[0].reason
 
 
+@pytest.mark.parametrize("hidden,batch", [(777, 3), (1024, 5)])
+def test_cluster_split_weights_round_like_the_grid_path(hidden, batch):
+    """Past H = 768 the cluster path's kernels at one sample per chunk hold the first of a CTA's
+    two passes of 32 units in registers and the second in shared memory (cluster_weights_split:
+    H = 1024 fits a 16-CTA cluster only so). Forward and backward with lengths, randomized
+    truncation and recorded norms are bitwise those of the grid path's kernels on this GPU."""
+    if not clusters_supported():
+        pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
+    runs, plans = [], []
+    for p in ("cluster", "grid"):
+        with rnn_fused.launch_plan.forced_tiling(samples=1, units_per_pass=32):
+            plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
+            assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
+            runs.append(_truncated_run_with_norms(p, hidden, batch))
+    assert plans[0].compiled_passes == 2 and "1 pass in registers" in plans[0].reason, plans[0].reason
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b), plans[0].reason
+
+
 @pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("block", 256, 8),
-                                               ("cluster", 256, 8), ("cluster", 200, 9)])
+                                               ("cluster", 256, 8), ("cluster", 200, 9), ("cluster", 1024, 2)])
 def test_plain_backward_kernels_give_the_general_kernels_gradients(path, hidden, batch):
     """Full BPTT without recorded norms, on a plan whose kernels are compiled for their passes,
     runs the backward copy compiled without the truncation's edge scales and the norm sums

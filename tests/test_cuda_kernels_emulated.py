@@ -372,6 +372,45 @@ def test_split_weights_round_like_the_other_paths(hidden, samples):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
+@pytest.mark.parametrize("hidden,step_sync", [(777, "grid_barrier"), (1000, "async_exchange"),
+                                              (1024, "grid_barrier")])
+def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
+    """Past H = 768 a CTA of a 16-CTA cluster owns up to 64 units of up to 1024 columns (256 KB
+    of W_hh at H = 1024, more than a CTA's shared memory). At one sample per chunk and two
+    passes of 32 units the cluster path's kernels hold the first pass's rows in registers (32
+    chunks a lane, read from global memory once per launch) and only the second's in shared
+    memory (kernel_common.cuh cluster_weights_split). Forward and backward with lengths,
+    randomized truncation and recorded norms, with the cluster barrier and with the
+    asynchronous exchange, give bitwise the results of the grid path's kernels; H = 777: 25
+    chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 1000: a row
+    of 250 chunks, not a multiple of 8 lanes'. The kernels that read their passes at run time
+    cannot hold H = 1024 (the plan says why)."""
+    batch = 3
+    lengths = torch.tensor([5, 6, 2])
+    split, tiles = _block_run_with_norms(16, hidden, batch, lengths, path="cluster", samples=1, units_per_pass=32,
+                                         step_sync=step_sync)
+    assert tiles == {(1, 32)}
+    # (the grid path's rows fit its CTAs' shared memory on 32 SMs)
+    grid, _ = _block_run_with_norms(32, hidden, batch, lengths, path="grid", samples=1, units_per_pass=32)
+    units = -(-hidden // 16)
+    if -(-hidden // (-(-units // 4) * 4)) == 16:
+        units = -(-units // 4) * 4  # (whole 16-byte vectors where the cluster stays 16 CTAs: 64 at H = 1000)
+    row = -(-hidden // 4) * 4
+    with simt.emulated_device(sm_count=16), launch_plan.forced_tiling(samples=1, units_per_pass=32,
+                                                                      step_sync=step_sync):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster")
+            assert (plan.compiled_passes, plan.cluster, plan.units_per_cta) == (2, 16, units), plan.reason
+            assert "the weight rows of 1 pass in registers, the others in shared memory" in plan.reason, plan.reason
+            shared_rows = units - 32
+            assert shared_rows * row * 4 <= plan.shared_mem_bytes < (shared_rows + 3) * row * 4 + 1024, plan
+        with launch_plan.forced_tiling(samples=1, units_per_pass=32, run_time_passes=True):
+            run_time = rnn_fused.plan(hidden, batch).candidate("cluster")
+    if hidden == 1024:
+        assert not run_time.feasible and "bytes of shared memory (64 rows of W_hh" in run_time.reason, run_time.reason
+    _assert_tiles_round_alike(hidden, batch, lengths, [split, grid])
+
+
 def test_split_weights_on_an_a100_like_device():
     """Compute capability 8.0 with an A100's 163 KB of shared memory per block (no clusters):
     the block path with split weights fits H = 256 at one sample per chunk (128 KB of rows in
@@ -1039,7 +1078,9 @@ PLANNED_PATHS = [
     (256, 8, torch.float32, (9, 0), "block"),  # split weights: 128 rows in registers, 128 in shared memory
     (300, 8, torch.float32, (9, 0), "cluster"),
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
-    (1024, 8, torch.float32, (9, 0), "grid"),  # W_hh over the SMs
+    (1024, 8, torch.float32, (9, 0), "cluster"),  # split weights: 32 rows in registers, 32 in shared memory
+    (1024, 32, torch.float32, (9, 0), "grid"),  # W_hh over the SMs (4 waves of one-sample clusters lose)
+    (1024, 8, torch.float32, (8, 0), "grid"),
     # Measured on an H200: the stepwise path 21.6 us per backward step, the grid path 27.0.
     (1024, 128, torch.float32, (9, 0), "stepwise"),
     (1024, 256, torch.float64, (9, 0), "stepwise"),  # float64: half the FMA rate, twice the W_hh bytes

@@ -188,14 +188,15 @@ SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null, 0, kPasses).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
-// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
-// kPlain: full BPTT without recorded norms (step_sq null, truncation.cuts() false), compiled
+// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
+// kIterations == compiled_iterations(...). kPlain: full BPTT without recorded norms (step_sq null, truncation.cuts() false), compiled
 // without the edge scales' draws and the norm sums. Only the kernels compiled for their passes
 // have a plain copy (with_persistent_kernel): there a step is a few hundred instructions, and
 // that code, never run by such a call, still took registers and kept the compiler from stepping
 // the operands' addresses (sm_90 SASS, counted: the block step loop at 1 sample and 1 pass
 // 395 -> 99 static instructions, about 126 -> 92 executed).
-template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false>
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false,
+          int kIterations = kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   check_plain_call<kPlain>(a);
@@ -203,7 +204,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
   // parameters (about 15 instructions per step and sample in the sm_90 SASS).
   const bool cuts = !kPlain && a.truncation.cuts();
-  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms, 0, kPasses);

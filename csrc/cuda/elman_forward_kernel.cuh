@@ -58,11 +58,12 @@ struct ForwardRecurrenceArgs {
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false, 0, kPasses).bytes of dynamic
 // shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
-// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time).
-template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses>
+// kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
+// kIterations == compiled_iterations(...).
+template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, int kIterations = kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     forward_recurrence_kernel(ForwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
-  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses>;
+  using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
   const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, false, 0, kPasses);

@@ -148,10 +148,23 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_COMPILED_ATTRIBUTES
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
+// The Cluster path's split weights (cluster_weights_split): 2 passes at 1 sample, the first's
+// rows in registers.
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
+                       forward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses,
+                                                 kClusterSplitIterations>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
+                       backward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses, false,
+                                                  kClusterSplitIterations>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
+                       backward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses, true,
+                                                  kClusterSplitIterations>);
 // (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
-// every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4.)
+// every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4,
+// and the cluster's split kernels.)
 static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
-                  max_compiled_cluster_passes(4) == 8,
+                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 1) &&
+                  !cluster_weights_split(2, 32, false, 2),
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
@@ -262,48 +275,65 @@ inline constexpr int kMaxCompiledStackPasses =
     kPath == RecurrencePath::Block ? (S <= kStackRegisterMaxSamples ? kMaxPasses : kRegisterPasses)
                                    : kMaxCompiledPasses<kPath, S>;
 
-// Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes):
-// the one switch from a plan to a template instantiation. plain_backward: a backward of full
-// BPTT without recorded norms, which takes the kernel compiled without them where one exists
-// (backward_recurrence_kernel's kPlain: the kernels compiled for their passes). The planner
-// sizes occupancy on the general kernel: the plain one runs a subset of its code, and its
-// registers fit as many CTAs per SM (make resource-usage fails where they would not).
+// Calls f(kernel) with the persistent kernel for (direction, samples, path, compiled passes,
+// compiled iterations): the one switch from a plan to a template instantiation. plain_backward:
+// a backward of full BPTT without recorded norms, which takes the kernel compiled without them
+// where one exists (backward_recurrence_kernel's kPlain: the kernels compiled for their passes).
+// The planner sizes occupancy on the general kernel: the plain one runs a subset of its code,
+// and its registers fit as many CTAs per SM (make resource-usage fails where they would not).
+// iterations: compiled_iterations of the launch shape (0: the passes'), kClusterSplitIterations
+// for the Cluster path's split kernels.
 template <typename scalar_t, RecurrencePath kPath, class F>
-void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false) {
+void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false,
+                            int iterations = 0) {
   constexpr bool kFloat = std::is_same_v<scalar_t, float>;
+  bool split = false;  // the Cluster path's split kernels
   const bool found = with_samples_constant(samples, [&](auto samples_constant) {
     constexpr int S = decltype(samples_constant)::value;
     return with_passes_constant<kFloat ? kMaxCompiledPasses<kPath, S> : 0>(passes, [&](auto passes_constant) {
       constexpr int P = decltype(passes_constant)::value;
-      if (!backward) {
-        f(forward_recurrence_kernel<scalar_t, S, kPath, P>);
-      } else if constexpr (P > 0) {
-        if (plain_backward) {
-          f(backward_recurrence_kernel<scalar_t, S, kPath, P, true>);
+      auto with_iterations = [&](auto iterations_constant) {
+        constexpr int I = decltype(iterations_constant)::value;
+        if (!backward) {
+          f(forward_recurrence_kernel<scalar_t, S, kPath, P, I>);
+        } else if constexpr (P > 0) {
+          if (plain_backward) {
+            f(backward_recurrence_kernel<scalar_t, S, kPath, P, true, I>);
+          } else {
+            f(backward_recurrence_kernel<scalar_t, S, kPath, P, false, I>);
+          }
         } else {
           f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
         }
-      } else {
-        f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
+      };
+      if constexpr (kFloat && kPath == RecurrencePath::Cluster && S == 1 && P == kClusterSplitPasses) {
+        if (iterations == kClusterSplitIterations) {
+          split = true;
+          with_iterations(std::integral_constant<int, kClusterSplitIterations>{});
+          return;
+        }
       }
+      with_iterations(std::integral_constant<int, P>{});
     });
   });
-  TORCH_CHECK(found, "rnn_fused: no ", path_name(kPath), " recurrence kernel for ", samples,
-              " samples per group compiled for ", passes, " passes");
+  TORCH_CHECK(found && (iterations == 0 || iterations == passes || split), "rnn_fused: no ", path_name(kPath),
+              " recurrence kernel for ", samples, " samples per group compiled for ", passes, " passes and ",
+              iterations, " chunk iterations");
 }
 
 template <typename scalar_t, class F>
 void with_persistent_kernel(RecurrencePath path, bool backward, int64_t samples, int passes, F&& f,
-                            bool plain_backward = false) {
+                            bool plain_backward = false, int iterations = 0) {
   switch (path) {
     case RecurrencePath::Block:
-      with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, passes, f, plain_backward);
+      with_persistent_kernel<scalar_t, RecurrencePath::Block>(backward, samples, passes, f, plain_backward, iterations);
       break;
     case RecurrencePath::Cluster:
-      with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, passes, f, plain_backward);
+      with_persistent_kernel<scalar_t, RecurrencePath::Cluster>(backward, samples, passes, f, plain_backward,
+                                                                iterations);
       break;
     case RecurrencePath::Grid:
-      with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, passes, f, plain_backward);
+      with_persistent_kernel<scalar_t, RecurrencePath::Grid>(backward, samples, passes, f, plain_backward, iterations);
       break;
     default: TORCH_CHECK(false, "rnn_fused: path '", path_name(path), "' has no persistent kernel");
   }
@@ -322,6 +352,10 @@ struct PlanRequest {
   // A CTA of the Block path's layer stack (stack_plan: 2H rows over H columns), whose weights
   // are in registers where stack_compiled_passes compiles its kernels.
   bool block_stack = false;
+  // A CTA of the Cluster path's layer stack (stack_plan's Cluster path), whose kernels read every
+  // weight row from shared memory (they never split them: cluster_weights_split is the layer
+  // kernels').
+  bool cluster_stack = false;
 };
 
 inline std::string shape_text(const PlanRequest& r) {
@@ -335,8 +369,9 @@ inline std::string shape_text(const PlanRequest& r) {
 // split_register_passes where its kernel splits them. (The model prices a kernel forced to read
 // its passes at run time as the compiled one, as it did when it was fitted.)
 inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
-                                  int64_t chunk_iterations, bool fp64, bool block_stack) {
+                                  int64_t chunk_iterations, bool fp64, bool block_stack, bool cluster_stack) {
   if (block_stack) return stack_compiled_passes(passes, chunk_iterations, tiling.samples) > 0 ? passes : 0;
+  if (cluster_stack) return 0;
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
   return split_weights(path, passes, chunk_iterations, fp64, tiling.samples)
              ? split_register_passes(passes, chunk_iterations, tiling.samples)
@@ -365,7 +400,8 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                             .pass_batch = pass_batch(tiling.samples, scalar_bytes),
                             .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
                             .register_passes =
-                                register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack)};
+                                register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack,
+                                                   r.cluster_stack)};
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -514,6 +550,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .units_per_pass = per_pass,
                               .step_sync = step_sync};
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
+      const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
       int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes).bytes;
       if (smem > props.shared_mem_per_block_optin) {
@@ -531,7 +568,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
           clusters = simt::max_active_clusters(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem),
                                                static_cast<unsigned>(ctas));
         }
-      });
+      }, false, iterations);
       if (occupancy < 1) {
         limit = "a CTA with " + std::to_string(smem) + " bytes of shared memory does not fit on an SM";
         continue;
@@ -569,7 +606,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
           }
           with_persistent_kernel<scalar_t, kPath>(r.backward, samples, passes, [&](auto kernel) {
             occupancy = simt::max_active_blocks_per_sm(kernel, kRecurrenceThreads, static_cast<std::size_t>(smem));
-          });
+          }, false, iterations);
           const int64_t groups_at_once = int64_t(occupancy) * sm_count / ctas;
           if (groups_at_once < 1) {
             limit = std::to_string(ctas) + " CTAs of " + std::to_string(units) + " units with two buffers of state "
@@ -603,10 +640,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                          ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
-                    (kPath == RecurrencePath::Block && passes > 0
+                    ((kPath == RecurrencePath::Block && passes > 0) || register_rows > 0
                          ? register_rows > 0 && register_rows < units
                                ? ", the weight rows of " + std::to_string(register_rows / kUnitsPerPass) +
-                                     " passes in registers, the others in shared memory"
+                                     (register_rows > kUnitsPerPass ? " passes" : " pass") +
+                                     " in registers, the others in shared memory"
                                : ", weight rows in registers"
                          : "") +
                     (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
@@ -693,6 +731,9 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<scalar_t>>) {
     plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
   }
+  constexpr bool kFp64 = std::is_same_v<scalar_t, double>;
+  const int iterations = compiled_iterations(plan.path, plan.compiled_passes,
+                                             chunk_iterations_of(args.shape.hidden, kFp64), kFp64, plan.tiling.samples);
   with_persistent_kernel<scalar_t>(plan.path, backward, plan.tiling.samples, plan.compiled_passes, [&](auto kernel) {
     using Kernel = decltype(kernel);
     if constexpr (std::is_invocable_v<Kernel, Args, RecurrenceTiling>) {
@@ -708,7 +749,7 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
         simt::launch(kernel, grid, block, smem, args, plan.tiling);
       }
     }
-  }, plain_backward);
+  }, plain_backward, iterations);
 }
 
 // The Grid and Stepwise paths exchange the state through global memory: [2,B,H], by parity
@@ -1202,7 +1243,7 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
         const int64_t waves = (int64_t(tiling.groups) + clusters - 1) / clusters;
         RecurrenceTiling priced = tiling;  // (the cluster step's cost counts the cluster's CTAs)
         priced.ctas_per_group = static_cast<int32_t>(cluster);
-        const PlanRequest row{.hidden = 2 * half, .batch = q.batch};
+        const PlanRequest row{.hidden = 2 * half, .batch = q.batch, .cluster_stack = true};
         const double stack_us =
             predicted_step_us(cost::kH200, RecurrencePath::Cluster, row, priced, waves) * double(q.steps + q.layers - 1);
         if (best.feasible && stack_us >= best.stack_us) continue;

@@ -259,6 +259,21 @@ SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iter
          chunk_iterations > kRegisterIterations && chunk_iterations <= kSplitIterations;
 }
 
+// The Cluster path past H = 768: a CTA of a 16-CTA cluster owns up to 64 units of up to 1024
+// columns, 256 KB of W_hh against 227 KB of shared memory. Its rows split too: the first pass's
+// 32 rows in registers (kClusterSplitIterations chunks a lane, 128 registers, one sample per
+// chunk as the split kernels' kSplitRegisterChunks), the second pass's in shared memory. At
+// H <= 768 a CTA's rows fit in shared memory (48 units x 768 columns: 144 KB).
+constexpr int kClusterSplitPasses = 2;
+constexpr int kClusterSplitIterations = 32;
+constexpr int kClusterSplitMinIterations = 25;  // (H >= 769)
+SIMT_HOST_DEVICE constexpr bool cluster_weights_split(int64_t passes, int64_t chunk_iterations, bool fp64,
+                                                      int64_t samples) {
+  return !fp64 && samples == 1 && passes == kClusterSplitPasses && chunk_iterations >= kClusterSplitMinIterations &&
+         chunk_iterations <= kClusterSplitIterations;
+}
+static_assert(kClusterSplitIterations <= kSplitRegisterChunks, "a lane holds one pass of the cluster split");
+
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row) for the passes below
 // kHeldPasses, and from the shared-memory rows shared_rows[i] for those at or past it (split
@@ -267,13 +282,19 @@ SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iter
 // past the row's last chunk loads chunk 0 and skips its products): with a test between them,
 // as in a loop that stops at the row's end, each load waited for the previous iteration's
 // multiply-adds to be issued, one shared-memory latency per iteration on the step's critical
-// path (sm_90 SASS).
-template <int kUsed, int kIterations, typename scalar_t, int kHeldPasses, int kHeld, int kUnits, int kSamples>
+// path (sm_90 SASS). The first kWholeIterations iterations are whole on every lane (the
+// kernel's rows have more chunks than they span: a split kernel's, more than
+// kRegisterIterations or kClusterSplitMinIterations - 1 iterations), so they need no test:
+// without one the compiler issues their shared-memory weight loads ahead of the multiply-adds
+// (behind a test, each waited for its chunk's test and was used at once: sm_90 SASS).
+template <int kUsed, int kIterations, int kWholeIterations = 0, typename scalar_t, int kHeldPasses, int kHeld,
+          int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kHeldPasses][kHeld],
                                                     const scalar_t* const (&shared_rows)[kUnits], int first_pass,
                                                     const scalar_t* states, int64_t row_stride, int chunks, int q,
                                                     scalar_t (&acc)[kUnits][kSamples]) {
-  static_assert(kIterations >= 1 && kIterations <= kHeld && kHeld <= kSplitIterations, "the iterations the registers hold");
+  static_assert(kIterations >= 1 && kIterations <= kHeld && kHeld <= kClusterSplitIterations,
+                "the iterations the registers hold");
   // At most 8 vectors (32 registers) of state chunks in flight.
   constexpr int kLoadedTogether = kSamples >= 8 ? 1 : 8 / kSamples < kIterations ? 8 / kSamples : kIterations;
   zero_tile(acc);
@@ -283,13 +304,15 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
     SIMT_UNROLL
     for (int g = 0; g < kLoadedTogether; ++g) {
       const int c = q + (first + g) * kUnitLanes;
-      if (first + g < kIterations) load_state_chunks(states, row_stride, c < chunks ? c : 0, h[g]);
+      if (first + g < kIterations) {
+        load_state_chunks(states, row_stride, first + g < kWholeIterations || c < chunks ? c : 0, h[g]);
+      }
     }
     SIMT_UNROLL
     for (int g = 0; g < kLoadedTogether; ++g) {
       const int it = first + g;
       const int c = q + it * kUnitLanes;
-      if (it >= kIterations || c >= chunks) continue;
+      if (it >= kIterations || (it >= kWholeIterations && c >= chunks)) continue;
       SIMT_UNROLL
       for (int i = 0; i < kUsed; ++i) {
         const int p = first_pass + i;

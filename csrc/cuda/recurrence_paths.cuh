@@ -99,10 +99,13 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
   return path == RecurrencePath::Block && weights_fit_registers(passes, chunk_iterations, fp64);
 }
 // Whether a CTA of `path` splits its weight rows between registers and shared memory
-// (kernel_common.cuh weights_split): the Block path's kernels at H = 129..256.
+// (kernel_common.cuh weights_split, cluster_weights_split): the Block path's kernels at
+// H = 129..256, the Cluster path's at H = 769..1024.
 SIMT_HOST_DEVICE constexpr bool split_weights(RecurrencePath path, int64_t passes, int64_t chunk_iterations, bool fp64,
                                               int64_t samples) {
-  return path == RecurrencePath::Block && weights_split(passes, chunk_iterations, fp64, samples);
+  return path == RecurrencePath::Block     ? weights_split(passes, chunk_iterations, fp64, samples)
+         : path == RecurrencePath::Cluster ? cluster_weights_split(passes, chunk_iterations, fp64, samples)
+                                           : false;
 }
 // The chunk iterations of a dot product over rows of `hidden` scalars (16-byte chunks, 8 lanes).
 SIMT_HOST_DEVICE constexpr int64_t chunk_iterations_of(int64_t hidden, bool fp64) {
@@ -291,7 +294,9 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
 //  - the Cluster path at 1 to 8 passes with up to 4 samples per chunk, 1 to 4 with 8 (whose
 //    tile unrolled over more passes spills: benchmarks/nvcc_resource_usage.txt), its chunk
 //    iterations read at run time (up to 1024 columns): every slice of up to 128 units at 16 per
-//    pass, 256 at 32 (a bidirectional layer's half-device plans, 2 CTAs of 100-128 units, too).
+//    pass, 256 at 32 (a bidirectional layer's half-device plans, 2 CTAs of 100-128 units, too);
+//    at H = 769-1024 (two passes of 32 at one sample per chunk) its kernels that split their
+//    weights (cluster_weights_split), compiled for kClusterSplitIterations chunk iterations too.
 // Else 0: the count is read at run time.
 SIMT_HOST_DEVICE constexpr int max_compiled_cluster_passes(int64_t samples) { return samples >= 8 ? 4 : 8; }
 inline constexpr int kMaxCompiledClusterPasses = max_compiled_cluster_passes(1);  // (over every sample count)
@@ -305,6 +310,16 @@ SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t pass
     return static_cast<int>(passes);
   }
   return 0;
+}
+
+// The chunk iterations a kernel compiled for `passes` (compiled_passes) holds in registers:
+// its kIterations (RecurrenceCta), kClusterSplitIterations where the Cluster path splits its
+// weights, else its passes.
+SIMT_HOST_DEVICE constexpr int compiled_iterations(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
+                                                   bool fp64, int64_t samples) {
+  return path == RecurrencePath::Cluster && split_weights(path, passes, chunk_iterations, fp64, samples)
+             ? kClusterSplitIterations
+             : static_cast<int>(passes);
 }
 
 // The passes the layer stack's Block kernels (forward_stack_kernel, backward_stack_kernel) are
@@ -844,33 +859,45 @@ struct SliceCopies {
 // computes the unit dot products and hands each owned result to the kernel's epilogue.
 // kIterations: the chunk iterations the weight registers hold (kernel_common.cuh
 // register_unit_dots), at most kPasses; the layer stack's CTAs, whose rows are 2H, need half
-// their passes (stack_iterations).
+// their passes (stack_iterations); the Cluster path's split kernels (cluster_weights_split)
+// kClusterSplitIterations, more than their passes.
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
   // The layer stack's CTAs (kIterations < kPasses: stack_iterations) stage all their rows in
   // shared memory (load_stack_rows), and the passes in registers are cached from there.
   static constexpr bool kStagedRows = kIterations < kPasses;
+  static constexpr bool kClusterSplit = kPath == RecurrencePath::Cluster && kPasses > 0 && kIterations > kPasses;
+  static_assert(!kClusterSplit || split_weights(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples),
+                "a Cluster kernel holds registers only where it splits its weights");
   static_assert(kPasses == 0 ||
                     (kStagedRows ? stack_compiled_passes(kPasses, kIterations, kSamples)
                                  : compiled_passes(kPath, kPasses, kIterations, sizeof(scalar_t) == 8, kSamples)) ==
                         kPasses,
                 "a fixed pass count only where compiled_passes (stack_compiled_passes) gives one");
-  static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && kIterations <= kPasses,
+  static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && (kIterations <= kPasses || kClusterSplit),
                 "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
-  // The weight rows in registers: exactly the Block path's kernels compiled for their passes;
-  // those of more than kRegisterPasses passes split them (split_weights): the first
-  // kHeldPasses passes' rows in registers, the others' in shared memory.
-  static constexpr bool kRegisterWeights = kPasses > 0 && kPath == RecurrencePath::Block;
-  static constexpr bool kSplitWeights = kRegisterWeights && kPasses > kRegisterPasses;
+  // The weight rows in registers: the Block path's kernels compiled for their passes, and the
+  // Cluster path's split ones; those of more than kRegisterPasses passes, and the Cluster
+  // path's, split them (split_weights): the first kHeldPasses passes' rows in registers, the
+  // others' in shared memory.
+  static constexpr bool kRegisterWeights = kPasses > 0 && (kPath == RecurrencePath::Block || kClusterSplit);
+  static constexpr bool kSplitWeights = kRegisterWeights && (kPasses > kRegisterPasses || kClusterSplit);
   static constexpr int kHeldPasses =
       !kSplitWeights ? kRegisterPasses : kStagedRows ? kPasses : split_register_passes(kPasses, kIterations, kSamples);
   static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
+  // The chunk iterations whole on every lane of every row the kernel runs (register_unit_dots):
+  // a split layer kernel's rows have more than kRegisterIterations (Block) or
+  // kClusterSplitMinIterations - 1 (Cluster) iterations (weights_split, cluster_weights_split).
+  static constexpr int kWholeIterations = !kSplitWeights || kStagedRows ? 0
+                                          : kClusterSplit              ? kClusterSplitMinIterations - 1
+                                                                       : kRegisterIterations;
   static_assert(!kStagedRows || !kSplitWeights || kHeldPasses == kPasses, "a stack CTA holds all its passes");
   // The CTA's first unit (local) whose weight row is in shared memory, and where weight_row
   // counts from. (A split layer CTA owns more than 128 units, so its passes are of 32: the
-  // planner's block path takes 16 at most 128.)
+  // planner's block path takes 16 at most 128; a Cluster split CTA's passes are of 32 by
+  // cluster_weights_split's two passes of up to 64 units.)
   static constexpr int64_t kFirstSharedUnit =
       kSplitWeights && !kStagedRows ? int64_t(kHeldPasses) * kUnitsPerPass : 0;
   static constexpr int kScalarBytes = static_cast<int>(sizeof(scalar_t));
@@ -1028,6 +1055,7 @@ struct RecurrenceCta {
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
+                            vectors >= kWholeIterations * kUnitLanes &&
                             (!kSplitWeights || kHeldPasses == kPasses || tiling.units_per_pass == kUnitsPerPass),
                         "the launch shape's passes are not the kernel's kPasses");
     }
@@ -1066,7 +1094,7 @@ struct RecurrenceCta {
   SIMT_DEVICE void load_register_rows(const scalar_t* w, bool transposed) {
     if constexpr (kSplitWeights) {
       constexpr int kVec = vec_size<scalar_t>();
-      // 32-bit offsets (H <= 256 here): with 64-bit ones the transposed loads' addresses took
+      // 32-bit offsets (H <= 1024 here): with 64-bit ones the transposed loads' addresses took
       // more registers than the kernel has left (sm_80's backward spilled).
       const int h = static_cast<int>(hidden);
       SIMT_UNROLL
@@ -1282,7 +1310,7 @@ struct RecurrenceCta {
       if (first_pass >= passes) break;  // uniform over the CTA
       const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
       scalar_t acc[kBatch][kSamples];
-      if constexpr (kRegisterWeights) {  // (the Block path: no staging)
+      if constexpr (kRegisterWeights) {  // (the Block and Cluster paths: no staging)
         if (!computes) continue;  // uniform over the warp
         const scalar_t* shared_rows[kBatch];  // (split weights: the passes past the registers')
         SIMT_UNROLL
@@ -1290,8 +1318,8 @@ struct RecurrenceCta {
           shared_rows[i] = kSplitWeights && first_pass + i >= kHeldPasses ? weight_row(first_pass + i) : weights;
         }
         with_used_units<kBatch>(used, [&](auto units) {
-          register_unit_dots<decltype(units)::value, kIterations>(weight_registers, shared_rows, first_pass, current,
-                                                              row, vectors, role.q, acc);
+          register_unit_dots<decltype(units)::value, kIterations, kWholeIterations>(
+              weight_registers, shared_rows, first_pass, current, row, vectors, role.q, acc);
         });
       } else {
         const scalar_t* rows[kBatch];

@@ -161,9 +161,11 @@ class PhaseShape:
 # with each step synchronisation; and the cluster path at H = 256, B = 1 and 8 with the cluster
 # barrier and with the asynchronous exchange (not yet run on a GPU); and the kernels compiled
 # for their passes against those reading them at run time (block: H = 64, B = 8, 2 passes;
-# cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU).
+# cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU); and
+# the cluster path at H = 1024, B = 8 with split weights (cluster_weights_split, since
+# 2026-12-02: the planner's choice there, the model's step 2.43 us against the grid path's 4.91).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
-                    PhaseShape(1024, 128),
+                    PhaseShape(1024, 128), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
                     *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
                     *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
