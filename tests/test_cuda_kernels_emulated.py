@@ -411,6 +411,50 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
     _assert_tiles_round_alike(hidden, batch, lengths, [split, grid])
 
 
+@pytest.mark.parametrize("truncation", [2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["K2", "random"])
+def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation):
+    """The cluster path's split kernels (H = 800: 16 CTAs of 50 units, 25 chunk iterations, one
+    sample per cluster) in a bidirectional relu layer, its directions side by side on 32 SMs
+    (each on its own 16-CTA cluster), lengths with an empty sample, truncation every 2 steps or
+    randomized: bitwise alike under the forward, reverse and shuffled schedules and like the grid
+    path's kernels, and within the tolerance rule of the float64 loop."""
+    steps, batch, input_size, hidden = 5, 3, 4, 800
+    lengths = torch.tensor([5, 0, 3])
+    g = torch.Generator().manual_seed(0)
+    bound = hidden ** -0.5
+    weights = [torch.empty(*shape, dtype=torch.float64).uniform_(-bound, bound, generator=g)
+               for _ in range(2) for shape in ((hidden, input_size), (hidden, hidden), (hidden,), (hidden,))]
+    x = torch.randn(steps, batch, input_size, dtype=torch.float64, generator=g)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64, generator=g) * 0.5
+    cotangents = [torch.randn(steps, batch, 2 * hidden, dtype=torch.float64, generator=g),
+                  torch.randn(2, batch, hidden, dtype=torch.float64, generator=g)]
+
+    def run(dtype, **kwargs):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, h0, *weights)]
+        groups = [tuple(leaves[2:6]), tuple(leaves[6:10])]
+        out, h_n = rnn_fused.functional.rnn(leaves[0], leaves[1], groups, 1, True, "relu", lengths=lengths,
+                                            truncation=truncation, **kwargs)
+        grads = torch.autograd.grad((out, h_n), leaves, [c.to(dtype) for c in cotangents])
+        return [out.detach(), h_n.detach(), *grads]
+
+    runs = []
+    with simt.emulated_device(sm_count=32), launch_plan.forced_tiling(samples=1, units_per_pass=32):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster", side_by_side=2)
+            assert (plan.compiled_passes, plan.cluster) == (2, 16) and "1 pass in registers" in plan.reason, plan
+        for mode in ("forward", "reverse", "shuffle"):
+            with simt.schedule(mode, seed=5):
+                runs.append(run(torch.float32, backend="emulated", path="cluster"))
+        runs.append(run(torch.float32, backend="emulated", path="grid"))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+    reference, stock = run(torch.float64), run(torch.float32)
+    names = ["output", "h_n", "grad_input", "grad_hx"] + [f"grad_weight_{i}" for i in range(8)]
+    for name, r, st, o in zip(names, reference, stock, runs[0], strict=True):
+        assert_within_tolerance(r, st, o, name=name)
+
+
 def test_split_weights_on_an_a100_like_device():
     """Compute capability 8.0 with an A100's 163 KB of shared memory per block (no clusters):
     the block path with split weights fits H = 256 at one sample per chunk (128 KB of rows in
