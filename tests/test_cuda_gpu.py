@@ -357,12 +357,13 @@ def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
         assert torch.equal(a, b), plans[0].reason
 
 
-@pytest.mark.parametrize("hidden,batch", [(777, 3), (1024, 5)])
+@pytest.mark.parametrize("hidden,batch", [(777, 3), (800, 2), (1024, 5)])
 def test_cluster_split_weights_round_like_the_grid_path(hidden, batch):
     """Past H = 768 the cluster path's kernels at one sample per chunk hold the first of a CTA's
     two passes of 32 units in registers and the second in shared memory (cluster_weights_split:
-    H = 1024 fits a 16-CTA cluster only so). Forward and backward with lengths, randomized
-    truncation and recorded norms are bitwise those of the grid path's kernels on this GPU."""
+    H = 1024 fits a 16-CTA cluster only so; H = 800: the last of 16 CTAs of 52 units owns 20,
+    no row in shared memory). Forward and backward with lengths, randomized truncation and
+    recorded norms are bitwise those of the grid path's kernels on this GPU."""
     if not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     runs, plans = [], []

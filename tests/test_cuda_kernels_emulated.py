@@ -372,8 +372,8 @@ def test_split_weights_round_like_the_other_paths(hidden, samples):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden,step_sync", [(777, "grid_barrier"), (1000, "async_exchange"),
-                                              (1024, "grid_barrier")])
+@pytest.mark.parametrize("hidden,step_sync", [(777, "grid_barrier"), (800, "grid_barrier"),
+                                              (1000, "async_exchange"), (1024, "grid_barrier")])
 def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
     """Past H = 768 a CTA of a 16-CTA cluster owns up to 64 units of up to 1024 columns (256 KB
     of W_hh at H = 1024, more than a CTA's shared memory). At one sample per chunk and two
@@ -382,9 +382,11 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
     memory (kernel_common.cuh cluster_weights_split). Forward and backward with lengths,
     randomized truncation and recorded norms, with the cluster barrier and with the
     asynchronous exchange, give bitwise the results of the grid path's kernels; H = 777: 25
-    chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 1000: a row
-    of 250 chunks, not a multiple of 8 lanes'. The kernels that read their passes at run time
-    cannot hold H = 1024 (the plan says why)."""
+    chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 800: 16 CTAs
+    of 52 units, the last one 20, with no row in shared memory (its second pass computes on a
+    stand-in row and drops the results; make sanitize catches a read outside its shared
+    memory); H = 1000: a row of 250 chunks, not a multiple of 8 lanes'. The kernels that read
+    their passes at run time cannot hold H = 1024 (the plan says why)."""
     batch = 3
     lengths = torch.tensor([5, 6, 2])
     split, tiles = _block_run_with_norms(16, hidden, batch, lengths, path="cluster", samples=1, units_per_pass=32,
@@ -413,11 +415,12 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
 
 @pytest.mark.parametrize("truncation", [2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["K2", "random"])
 def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation):
-    """The cluster path's split kernels (H = 800: 16 CTAs of 50 units, 25 chunk iterations, one
-    sample per cluster) in a bidirectional relu layer, its directions side by side on 32 SMs
-    (each on its own 16-CTA cluster), lengths with an empty sample, truncation every 2 steps or
-    randomized: bitwise alike under the forward, reverse and shuffled schedules and like the grid
-    path's kernels, and within the tolerance rule of the float64 loop."""
+    """The cluster path's split kernels (H = 800: 25 chunk iterations, one sample per cluster,
+    16 CTAs of 52 units, the last one 20, with no row in shared memory) in a bidirectional relu
+    layer, its directions side by side on 32 SMs (each on its own 16-CTA cluster), lengths with
+    an empty sample, truncation every 2 steps or randomized: bitwise alike under the forward,
+    reverse and shuffled schedules and like the grid path's kernels, and within the tolerance
+    rule of the float64 loop."""
     steps, batch, input_size, hidden = 5, 3, 4, 800
     lengths = torch.tensor([5, 0, 3])
     g = torch.Generator().manual_seed(0)
@@ -442,6 +445,7 @@ def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sampl
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster", side_by_side=2)
             assert (plan.compiled_passes, plan.cluster) == (2, 16) and "1 pass in registers" in plan.reason, plan
+            assert hidden - 15 * plan.units_per_cta == 20, plan
         for mode in ("forward", "reverse", "shuffle"):
             with simt.schedule(mode, seed=5):
                 runs.append(run(torch.float32, backend="emulated", path="cluster"))

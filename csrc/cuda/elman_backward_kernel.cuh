@@ -189,12 +189,13 @@ SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null, 0, kPasses).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
-// kIterations == compiled_iterations(...). kPlain: full BPTT without recorded norms (step_sq null, truncation.cuts() false), compiled
-// without the edge scales' draws and the norm sums. Only the kernels compiled for their passes
-// have a plain copy (with_persistent_kernel): there a step is a few hundred instructions, and
-// that code, never run by such a call, still took registers and kept the compiler from stepping
-// the operands' addresses (sm_90 SASS, counted: the block step loop at 1 sample and 1 pass
-// 395 -> 99 static instructions, about 126 -> 92 executed).
+// kIterations == compiled_iterations(...). kPlain: full BPTT without recorded norms (step_sq
+// null, truncation.cuts() false), compiled without the edge scales' draws and the norm sums.
+// Only the kernels compiled for their passes have a plain copy (with_persistent_kernel): there
+// a step is a few hundred instructions, and that code, never run by such a call, still took
+// registers and kept the compiler from stepping the operands' addresses (sm_90 SASS, counted:
+// the block step loop at 1 sample and 1 pass 395 -> 99 static instructions, about 126 -> 92
+// executed).
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false,
           int kIterations = kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)

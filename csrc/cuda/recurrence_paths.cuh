@@ -1118,10 +1118,14 @@ struct RecurrenceCta {
 
   // The weight row of this lane's unit in pass p (lanes past the last unit take a copy of the
   // last row: their warp stays whole for the shuffles, and the result is dropped).
-  // With split weights, only for passes at or past kHeldPasses.
+  // With split weights, only for passes at or past kHeldPasses. A split cluster CTA may own no
+  // unit there (the last CTA of a cluster, a pass fewer: H = 800 on 16 CTAs of 52 units leaves
+  // the last 20), and so no row in shared memory: its lanes read the buffer's first row (state
+  // rows there) and drop the results.
   SIMT_DEVICE __forceinline__ const scalar_t* weight_row(int p) const {
     const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
-    return weights + ((u_local < units ? u_local : units - 1) - kFirstSharedUnit) * row;
+    const int64_t shared_row = (u_local < units ? u_local : units - 1) - kFirstSharedUnit;
+    return weights + (shared_row > 0 ? shared_row : 0) * row;
   }
 
   // In the kernels compiled for their passes, the lane's weight chunks into registers for the
