@@ -385,7 +385,7 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
     chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 800: 16 CTAs
     of 52 units, the last one 20, with no row in shared memory (its second pass computes on a
     stand-in row and drops the results; make sanitize catches a read outside its shared
-    memory); H = 1000: a row of 250 chunks, not a multiple of 8 lanes'. The kernels that read
+    memory); H = 1000: a row of 250 chunks, not a multiple of 8 lanes. The kernels that read
     their passes at run time cannot hold H = 1024 (the plan says why)."""
     batch = 3
     lengths = torch.tensor([5, 6, 2])
