@@ -372,55 +372,66 @@ def test_split_weights_round_like_the_other_paths(hidden, samples):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("hidden,step_sync", [(777, "grid_barrier"), (800, "grid_barrier"),
-                                              (1000, "async_exchange"), (1024, "grid_barrier")])
-def test_cluster_split_weights_round_like_the_grid_path(hidden, step_sync):
+@pytest.mark.parametrize("hidden,samples,step_sync", [(777, 1, "grid_barrier"), (800, 1, "grid_barrier"),
+                                                      (1000, 1, "async_exchange"), (1024, 1, "grid_barrier"),
+                                                      (800, 2, "grid_barrier"), (1000, 2, "async_exchange"),
+                                                      (1024, 2, "grid_barrier")])
+def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sync):
     """Past H = 768 a CTA of a 16-CTA cluster owns up to 64 units of up to 1024 columns (256 KB
     of W_hh at H = 1024, more than a CTA's shared memory). At one sample per chunk and two
     passes of 32 units the cluster path's kernels hold the first pass's rows in registers (32
     chunks a lane, read from global memory once per launch) and only the second's in shared
-    memory (kernel_common.cuh cluster_weights_split). Forward and backward with lengths,
+    memory (kernel_common.cuh cluster_weights_split); at two samples a lane holds 24 chunks, so
+    the first pass's rows past column 768 (their tails) are in shared memory too, and batch 3
+    leaves the second cluster one sample and a padding row. Forward and backward with lengths,
     randomized truncation and recorded norms, with the cluster barrier and with the
     asynchronous exchange, give bitwise the results of the grid path's kernels; H = 777: 25
     chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 800: 16 CTAs
     of 52 units, the last one 20, with no row in shared memory (its second pass computes on a
     stand-in row and drops the results; make sanitize catches a read outside its shared
-    memory); H = 1000: a row of 250 chunks, not a multiple of 8 lanes. The kernels that read
-    their passes at run time cannot hold H = 1024 (the plan says why)."""
+    memory; at two samples its held rows' tails are 20); H = 1000: a row of 250 chunks, not a
+    multiple of 8 lanes. The kernels that read their passes at run time cannot hold H = 1024 (the
+    plan says why)."""
     batch = 3
     lengths = torch.tensor([5, 6, 2])
-    split, tiles = _block_run_with_norms(16, hidden, batch, lengths, path="cluster", samples=1, units_per_pass=32,
-                                         step_sync=step_sync)
-    assert tiles == {(1, 32)}
+    split, tiles = _block_run_with_norms(16, hidden, batch, lengths, path="cluster", samples=samples,
+                                         units_per_pass=32, step_sync=step_sync)
+    assert tiles == {(samples, 32)}
     # (the grid path's rows fit its CTAs' shared memory on 32 SMs)
     grid, _ = _block_run_with_norms(32, hidden, batch, lengths, path="grid", samples=1, units_per_pass=32)
     units = -(-hidden // 16)
     if -(-hidden // (-(-units // 4) * 4)) == 16:
         units = -(-units // 4) * 4  # (whole 16-byte vectors where the cluster stays 16 CTAs: 64 at H = 1000)
     row = -(-hidden // 4) * 4
-    with simt.emulated_device(sm_count=16), launch_plan.forced_tiling(samples=1, units_per_pass=32,
+    tail = row - 768 if samples == 2 else 0  # (the held rows' columns past 24 chunk iterations of 8 lanes)
+    with simt.emulated_device(sm_count=16), launch_plan.forced_tiling(samples=samples, units_per_pass=32,
                                                                       step_sync=step_sync):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster")
             assert (plan.compiled_passes, plan.cluster, plan.units_per_cta) == (2, 16, units), plan.reason
-            assert "the weight rows of 1 pass in registers, the others in shared memory" in plan.reason, plan.reason
-            shared_rows = units - 32
-            assert shared_rows * row * 4 <= plan.shared_mem_bytes < (shared_rows + 3) * row * 4 + 1024, plan
-        with launch_plan.forced_tiling(samples=1, units_per_pass=32, run_time_passes=True):
+            held_text = " up to column 768" if samples == 2 else ""
+            assert f"the weight rows of 1 pass in registers{held_text}, the others in shared memory" in plan.reason, \
+                plan.reason
+            # Shared memory: the second pass's rows, the first's tails, the state rows and the norm sums.
+            weights = (units - 32) * row + 32 * tail
+            assert weights * 4 <= plan.shared_mem_bytes < (weights + (2 * samples + 1) * row) * 4 + 1024, plan
+        with launch_plan.forced_tiling(samples=samples, units_per_pass=32, run_time_passes=True):
             run_time = rnn_fused.plan(hidden, batch).candidate("cluster")
     if hidden == 1024:
         assert not run_time.feasible and "bytes of shared memory (64 rows of W_hh" in run_time.reason, run_time.reason
     _assert_tiles_round_alike(hidden, batch, lengths, [split, grid])
 
 
-@pytest.mark.parametrize("truncation", [2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["K2", "random"])
-def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation):
-    """The cluster path's split kernels (H = 800: 25 chunk iterations, one sample per cluster,
-    16 CTAs of 52 units, the last one 20, with no row in shared memory) in a bidirectional relu
-    layer, its directions side by side on 32 SMs (each on its own 16-CTA cluster), lengths with
-    an empty sample, truncation every 2 steps or randomized: bitwise alike under the forward,
-    reverse and shuffled schedules and like the grid path's kernels, and within the tolerance
-    rule of the float64 loop."""
+@pytest.mark.parametrize("truncation,samples", [(2, 1), (rnn_fused.RandomTruncation(0.6, seed=11), 2)],
+                         ids=["K2-1-sample", "random-2-samples"])
+def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation, samples):
+    """The cluster path's split kernels (H = 800: 25 chunk iterations, one or two samples per
+    cluster, 16 CTAs of 52 units, the last one 20, with no row of its second pass in shared
+    memory; at two samples the held rows' tails past column 768 in shared memory, two clusters
+    per direction taking turns) in a bidirectional relu layer, its directions side by side on
+    32 SMs (each on its own 16-CTA cluster), lengths with an empty sample, truncation every 2
+    steps or randomized: bitwise alike under the forward, reverse and shuffled schedules and
+    like the grid path's kernels, and within the tolerance rule of the float64 loop."""
     steps, batch, input_size, hidden = 5, 3, 4, 800
     lengths = torch.tensor([5, 0, 3])
     g = torch.Generator().manual_seed(0)
@@ -441,10 +452,11 @@ def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sampl
         return [out.detach(), h_n.detach(), *grads]
 
     runs = []
-    with simt.emulated_device(sm_count=32), launch_plan.forced_tiling(samples=1, units_per_pass=32):
+    with simt.emulated_device(sm_count=32), launch_plan.forced_tiling(samples=samples, units_per_pass=32):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster", side_by_side=2)
-            assert (plan.compiled_passes, plan.cluster) == (2, 16) and "1 pass in registers" in plan.reason, plan
+            assert (plan.compiled_passes, plan.cluster, plan.samples) == (2, 16, samples), plan
+            assert "1 pass in registers" + (" up to column 768" if samples == 2 else ",") in plan.reason, plan
             assert hidden - 15 * plan.units_per_cta == 20, plan
         for mode in ("forward", "reverse", "shuffle"):
             with simt.schedule(mode, seed=5):
@@ -1127,7 +1139,9 @@ PLANNED_PATHS = [
     (300, 8, torch.float32, (9, 0), "cluster"),
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
     (1024, 8, torch.float32, (9, 0), "cluster"),  # split weights: 32 rows in registers, 32 in shared memory
-    (1024, 32, torch.float32, (9, 0), "grid"),  # W_hh over the SMs (4 waves of one-sample clusters lose)
+    # split weights at 2 samples (the first pass's rows to column 768 in registers): one wave of
+    # 8 clusters, two at B = 32 (4 waves of one-sample clusters would lose to the grid path)
+    (1024, 16, torch.float32, (9, 0), "cluster"), (1024, 32, torch.float32, (9, 0), "cluster"),
     (1024, 8, torch.float32, (8, 0), "grid"),
     # Measured on an H200: the stepwise path 21.6 us per backward step, the grid path 27.0.
     (1024, 128, torch.float32, (9, 0), "stepwise"),
@@ -1152,16 +1166,16 @@ def test_plan_per_shape_dtype_and_architecture(hidden, batch, dtype, capability,
 
 
 def test_plan_computes_on_half_the_warps_where_it_saves_instructions():
-    """H = 1024, B = 32 on the H100/H200-like device: 4 sample groups x 32 CTAs of 32 units,
-    8 samples per chunk. With all 8 warps computing, a lane's tile holds one unit x 8 samples
-    and each warp loads every state chunk for 4 units; on warps 0-3, a tile of 2 units x 8
-    samples halves those loads per multiply-add, and the model (issue term) takes it. At
-    H = 128 the block path keeps its weights in registers and all 8 warps compute."""
+    """H = 1024, B = 32 on the grid path of the H100/H200-like device: 4 sample groups x 32
+    CTAs of 32 units, 8 samples per chunk. With all 8 warps computing, a lane's tile holds one
+    unit x 8 samples and each warp loads every state chunk for 4 units; on warps 0-3, a tile of
+    2 units x 8 samples halves those loads per multiply-add, and the model (issue term) takes
+    it. At H = 128 the block path keeps its weights in registers and all 8 warps compute."""
     simt.reset_device_properties()
-    grid = rnn_fused.plan(1024, 32)
+    grid = rnn_fused.plan(1024, 32, path="grid")
     assert (grid.path, grid.samples, grid.units_per_cta, grid.units_per_pass) == ("grid", 8, 32, 16), grid.reason
     with launch_plan.forced_tiling(units_per_pass=32):
-        assert rnn_fused.plan(1024, 32).predicted_us_per_step > grid.predicted_us_per_step
+        assert rnn_fused.plan(1024, 32, path="grid").predicted_us_per_step > grid.predicted_us_per_step
     block = rnn_fused.plan(128, 8)
     assert (block.path, block.units_per_pass) == ("block", 32) and "registers" in block.reason, block.reason
     assert rnn_fused.plan(2048, 64).candidate("stepwise").units_per_pass == 0

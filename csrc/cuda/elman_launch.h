@@ -148,23 +148,27 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_COMPILED_ATTRIBUTES
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
-// The Cluster path's split weights (cluster_weights_split): 2 passes at 1 sample, the first's
-// rows in registers.
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
-                       forward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses,
-                                                 kClusterSplitIterations>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
-                       backward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses, false,
-                                                  kClusterSplitIterations>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,
-                       backward_recurrence_kernel<float, 1, RecurrencePath::Cluster, kClusterSplitPasses, true,
-                                                  kClusterSplitIterations>);
+// The Cluster path's split weights (cluster_weights_split): 2 passes at 1 or 2 samples, the
+// first's rows in registers (at 2 samples their first 24 chunk iterations).
+#define RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(samples)                                                                 \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
+                         forward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
+                                                   kClusterSplitIterations>);                                    \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
+                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
+                                                    false, kClusterSplitIterations>);                             \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
+                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
+                                                    true, kClusterSplitIterations>)
+RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(1);
+RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(2);
+#undef RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES
 // (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
 // every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4,
 // and the cluster's split kernels.)
 static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
-                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 1) &&
-                  !cluster_weights_split(2, 32, false, 2),
+                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 2) &&
+                  !cluster_weights_split(2, 32, false, 4),
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
@@ -306,7 +310,7 @@ void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, b
           f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
         }
       };
-      if constexpr (kFloat && kPath == RecurrencePath::Cluster && S == 1 && P == kClusterSplitPasses) {
+      if constexpr (kFloat && kPath == RecurrencePath::Cluster && S <= kSplitMaxSamples && P == kClusterSplitPasses) {
         if (iterations == kClusterSplitIterations) {
           split = true;
           with_iterations(std::integral_constant<int, kClusterSplitIterations>{});
@@ -366,16 +370,19 @@ inline std::string shape_text(const PlanRequest& r) {
 
 // The passes whose weight rows a CTA of this launch shape holds in registers
 // (cost::StepWork::register_passes): all of them where they fit, the first
-// split_register_passes where its kernel splits them. (The model prices a kernel forced to read
-// its passes at run time as the compiled one, as it did when it was fitted.)
-inline int64_t register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
+// held_register_passes where its kernel splits them, a fraction of the one pass where it holds
+// part of its rows (the Cluster path's split at 2 samples: 24 of the rows' 25-32 chunk
+// iterations). (The model prices a kernel forced to read its passes at run time as the compiled
+// one, as it did when it was fitted.)
+inline double register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,
                                   int64_t chunk_iterations, bool fp64, bool block_stack, bool cluster_stack) {
   if (block_stack) return stack_compiled_passes(passes, chunk_iterations, tiling.samples) > 0 ? passes : 0;
   if (cluster_stack) return 0;
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
-  return split_weights(path, passes, chunk_iterations, fp64, tiling.samples)
-             ? split_register_passes(passes, chunk_iterations, tiling.samples)
-             : 0;
+  if (!split_weights(path, passes, chunk_iterations, fp64, tiling.samples)) return 0;
+  const int64_t held = held_register_passes(path, passes, chunk_iterations, tiling.samples);
+  const int64_t held_iterations = held_register_iterations(path, kClusterSplitIterations, tiling.samples);
+  return held_iterations < chunk_iterations ? double(held * held_iterations) / double(chunk_iterations) : double(held);
 }
 
 // The cost model's time per step for one launch shape of `path`, and its parts (the planner's
@@ -552,7 +559,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
-      int64_t smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes).bytes;
+      const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes);
+      int64_t smem = layout.bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" +
                 std::to_string(units - register_rows) + " rows of W_hh and the state rows of " +
@@ -643,8 +651,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     ((kPath == RecurrencePath::Block && passes > 0) || register_rows > 0
                          ? register_rows > 0 && register_rows < units
                                ? ", the weight rows of " + std::to_string(register_rows / kUnitsPerPass) +
-                                     (register_rows > kUnitsPerPass ? " passes" : " pass") +
-                                     " in registers, the others in shared memory"
+                                     (register_rows > kUnitsPerPass ? " passes" : " pass") + " in registers" +
+                                     (layout.tail_row > 0
+                                          ? " up to column " + std::to_string(layout.row - layout.tail_row)
+                                          : std::string()) +
+                                     ", the others in shared memory"
                                : ", weight rows in registers"
                          : "") +
                     (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +

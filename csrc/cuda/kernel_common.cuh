@@ -260,24 +260,39 @@ SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iter
 }
 
 // The Cluster path past H = 768: a CTA of a 16-CTA cluster owns up to 64 units of up to 1024
-// columns, 256 KB of W_hh against 227 KB of shared memory. Its rows split too: the first pass's
-// 32 rows in registers (kClusterSplitIterations chunks a lane, 128 registers, one sample per
-// chunk as the split kernels' kSplitRegisterChunks), the second pass's in shared memory. At
-// H <= 768 a CTA's rows fit in shared memory (48 units x 768 columns: 144 KB).
+// columns, 256 KB of W_hh against 227 KB of shared memory. Its rows split too: at 1 sample per
+// chunk the first pass's 32 rows wholly in registers (kClusterSplitIterations chunks a lane, 128
+// registers, as the split kernels' kSplitRegisterChunks), the second pass's in shared memory. At
+// 2 samples a lane holds split_register_chunks(2) = 24 chunks, so the first pass's rows are
+// split along their columns as well: chunk iterations 0-23 in registers, the rest of those rows
+// (256 columns at H = 1024, 32 KB) in shared memory beside the second pass's rows: 176 KB a CTA
+// with the state rows. At H <= 768 a CTA's rows fit in shared memory (48 units x 768 columns:
+// 144 KB).
 constexpr int kClusterSplitPasses = 2;
 constexpr int kClusterSplitIterations = 32;
 constexpr int kClusterSplitMinIterations = 25;  // (H >= 769)
 SIMT_HOST_DEVICE constexpr bool cluster_weights_split(int64_t passes, int64_t chunk_iterations, bool fp64,
                                                       int64_t samples) {
-  return !fp64 && samples == 1 && passes == kClusterSplitPasses && chunk_iterations >= kClusterSplitMinIterations &&
-         chunk_iterations <= kClusterSplitIterations;
+  return !fp64 && samples >= 1 && samples <= kSplitMaxSamples && passes == kClusterSplitPasses &&
+         chunk_iterations >= kClusterSplitMinIterations && chunk_iterations <= kClusterSplitIterations;
+}
+// The chunk iterations of the first pass's rows that a split cluster CTA holds in registers
+// (the rest of those rows in shared memory: its held rows' tails).
+SIMT_HOST_DEVICE constexpr int cluster_split_held_iterations(int64_t samples) {
+  return static_cast<int>(split_register_chunks(samples) < kClusterSplitIterations ? split_register_chunks(samples)
+                                                                                     : kClusterSplitIterations);
 }
 static_assert(kClusterSplitIterations <= kSplitRegisterChunks, "a lane holds one pass of the cluster split");
+static_assert(cluster_split_held_iterations(kSplitMaxSamples) < kClusterSplitMinIterations,
+              "at 2 samples every row has a tail past the registers' iterations");
 
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row) for the passes below
 // kHeldPasses, and from the shared-memory rows shared_rows[i] for those at or past it (split
-// weights), over at most kIterations chunk iterations. The same sums in the same order. The
+// weights), over at most kIterations chunk iterations. Where kIterations exceeds kHeld (the
+// Cluster path's split at 2 samples), the held passes' chunk iterations from kHeld on come from
+// shared_rows[i] too, which for such a pass addresses its row's tail (chunk c at c *
+// vec_size from it, for c >= kHeld * 8). The same sums in the same order. The
 // state chunks of up to kLoadedTogether iterations are loaded before their multiply-adds (a lane
 // past the row's last chunk loads chunk 0 and skips its products): with a test between them,
 // as in a loop that stops at the row's end, each load waited for the previous iteration's
@@ -293,7 +308,7 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
                                                     const scalar_t* const (&shared_rows)[kUnits], int first_pass,
                                                     const scalar_t* states, int64_t row_stride, int chunks, int q,
                                                     scalar_t (&acc)[kUnits][kSamples]) {
-  static_assert(kIterations >= 1 && kIterations <= kHeld && kHeld <= kClusterSplitIterations,
+  static_assert(kIterations >= 1 && kHeld <= kClusterSplitIterations && kIterations <= kClusterSplitIterations,
                 "the iterations the registers hold");
   // At most 8 vectors (32 registers) of state chunks in flight.
   constexpr int kLoadedTogether = kSamples >= 8 ? 1 : 8 / kSamples < kIterations ? 8 / kSamples : kIterations;
@@ -316,8 +331,8 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
       SIMT_UNROLL
       for (int i = 0; i < kUsed; ++i) {
         const int p = first_pass + i;
-        if (p < kHeldPasses) {
-          accumulate_chunk(w[p][it], h[g], acc[i]);
+        if (p < kHeldPasses && it < kHeld) {
+          accumulate_chunk(w[p][it < kHeld ? it : 0], h[g], acc[i]);
         } else {
           accumulate_chunk(load_vec(shared_rows[i] + c * vec_size<scalar_t>()), h[g], acc[i]);
         }

@@ -178,9 +178,10 @@ struct StepWork {
   int64_t pass_batch;        // pass_batch(kSamples, scalar bytes): passes computed together
   int64_t outputs_per_lane;  // outputs_per_lane(kSamples, scalar bytes): epilogues per lane and batch
   // Passes whose weight rows a lane holds in registers (no weight loads for them): all where
-  // they fit (weights_fit_registers), the first split_register_passes where the kernel splits
-  // them (weights_split: the rest from shared memory), else 0.
-  int64_t register_passes;
+  // they fit (weights_fit_registers), the first held_register_passes where the kernel splits
+  // them (split_weights: the rest from shared memory), a fraction of one where it holds part
+  // of its rows (the Cluster path's split at 2 samples), else 0.
+  double register_passes;
 };
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
@@ -203,7 +204,7 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   for (int64_t batch = 0; batch < batches; ++batch) {
     const int64_t first = batch * w.pass_batch;
     const int64_t used = std::min(w.pass_batch, w.passes - first);
-    const int64_t shared_rows = used - std::clamp<int64_t>(w.register_passes - first, 0, used);
+    const double shared_rows = double(used) - std::clamp(w.register_passes - double(first), 0.0, double(used));
     const double loads = double(w.samples + shared_rows);
     const double other = unrolled ? 0.0 : loads * c.address_instructions_per_load + c.loop_instructions;
     const double instructions = loads + double(used * w.samples * w.vector) + other;
@@ -219,7 +220,7 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   // weights are not in registers; each state load is one 128-byte row segment
   // shared by the warp's 4 unit groups and the batch's passes (1 wavefront), and every
   // computing warp loads it.
-  const double weight_wavefronts = 4.0 * double(w.passes - w.register_passes);
+  const double weight_wavefronts = 4.0 * (double(w.passes) - w.register_passes);
   const double wavefronts = warps * w.chunk_iterations * (weight_wavefronts + double(batches) * w.samples);
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);

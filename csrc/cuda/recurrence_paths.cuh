@@ -107,6 +107,20 @@ SIMT_HOST_DEVICE constexpr bool split_weights(RecurrencePath path, int64_t passe
          : path == RecurrencePath::Cluster ? cluster_weights_split(passes, chunk_iterations, fp64, samples)
                                            : false;
 }
+// The passes whose weight rows a split CTA holds in registers: split_register_passes on the
+// Block path (whole rows), the first one on the Cluster path (cluster_weights_split).
+SIMT_HOST_DEVICE constexpr int held_register_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
+                                                    int64_t samples) {
+  return path == RecurrencePath::Cluster ? 1 : split_register_passes(passes, chunk_iterations, samples);
+}
+// The chunk iterations of those rows in registers, of the `iterations` a kernel is compiled for:
+// all of them, but on the Cluster path at 2 samples cluster_split_held_iterations (the rows'
+// tails in shared memory).
+SIMT_HOST_DEVICE constexpr int held_register_iterations(RecurrencePath path, int iterations, int64_t samples) {
+  return path == RecurrencePath::Cluster && cluster_split_held_iterations(samples) < iterations
+             ? cluster_split_held_iterations(samples)
+             : iterations;
+}
 // The chunk iterations of a dot product over rows of `hidden` scalars (16-byte chunks, 8 lanes).
 SIMT_HOST_DEVICE constexpr int64_t chunk_iterations_of(int64_t hidden, bool fp64) {
   const int64_t vec = fp64 ? 2 : 4;
@@ -380,7 +394,9 @@ template <typename scalar_t>
 struct SharedLayout {
   int64_t row;                // R
   int64_t weights;            // offsets in scalars
+  int64_t held_tails;         // the tails of the rows held in registers in part (RecurrenceCta::kHeldTails)
   int64_t states;
+  int64_t tail_row;           // scalars of one held row's tail (0: none)
   int64_t unit_sums_offset;   // byte offsets of the double arrays (16-byte aligned)
   int64_t cta_sums_offset;
   int64_t phase_offset;       // byte offset of phase_running (8-byte aligned)
@@ -396,7 +412,10 @@ struct SharedLayout {
     SharedLayout l{};
     l.row = padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
-    l.states = (int64_t(t.units_per_cta) - register_rows(hidden, t, path, compiled_passes)) * l.row;
+    const int64_t held = register_rows(hidden, t, path, compiled_passes);
+    l.held_tails = (int64_t(t.units_per_cta) - held) * l.row;
+    l.tail_row = held > 0 ? held_row_tail(hidden, t, path) : 0;
+    l.states = l.held_tails + held * l.tail_row;
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
@@ -419,9 +438,20 @@ struct SharedLayout {
     const bool split = compiled_passes > 0 &&
                        split_weights(path, compiled_passes, chunk_iterations_of(hidden, kFp64), kFp64, t.samples);
     if (!split) return 0;
-    const int64_t passes_held = split_register_passes(compiled_passes, chunk_iterations_of(hidden, kFp64), t.samples);
+    const int64_t passes_held =
+        held_register_passes(path, compiled_passes, chunk_iterations_of(hidden, kFp64), t.samples);
     const int64_t held = passes_held * kUnitsPerPass;  // (RecurrenceCta::kFirstSharedUnit)
     return held < t.units_per_cta ? held : t.units_per_cta;
+  }
+
+  // The scalars of a held row past the chunk iterations in registers, kept in shared memory
+  // (padded to the row's end): the Cluster path's split at 2 samples. (RecurrenceCta::kTailBegin)
+  SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path) {
+    constexpr int64_t kVec = vec_size<scalar_t>();
+    const int64_t row = padded_row(hidden, kVec);
+    const int64_t in_registers =
+        int64_t(held_register_iterations(path, kClusterSplitIterations, t.samples)) * kUnitLanes * kVec;
+    return path == RecurrencePath::Cluster && row > in_registers ? row - in_registers : 0;
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
@@ -884,9 +914,15 @@ struct RecurrenceCta {
   // others' in shared memory.
   static constexpr bool kRegisterWeights = kPasses > 0 && (kPath == RecurrencePath::Block || kClusterSplit);
   static constexpr bool kSplitWeights = kRegisterWeights && (kPasses > kRegisterPasses || kClusterSplit);
-  static constexpr int kHeldPasses =
-      !kSplitWeights ? kRegisterPasses : kStagedRows ? kPasses : split_register_passes(kPasses, kIterations, kSamples);
-  static constexpr int kHeldIterations = kRegisterWeights ? kIterations : 1;
+  static constexpr int kHeldPasses = !kSplitWeights ? kRegisterPasses
+                                     : kStagedRows  ? kPasses
+                                                    : held_register_passes(kPath, kPasses, kIterations, kSamples);
+  static constexpr int kHeldIterations = kRegisterWeights ? held_register_iterations(kPath, kIterations, kSamples) : 1;
+  // The held rows' chunk iterations past the registers' in shared memory (the Cluster path's
+  // split at 2 samples): from column kTailBegin on, held_tail_row.
+  static constexpr bool kHeldTails = kRegisterWeights && kHeldIterations < kIterations;
+  static constexpr int64_t kTailBegin = int64_t(kHeldIterations) * kUnitLanes * vec_size<scalar_t>();
+  static_assert(!kHeldTails || (kClusterSplit && kHeldPasses == 1), "only the Cluster split holds part of a row");
   // The chunk iterations whole on every lane of every row the kernel runs (register_unit_dots):
   // a split layer kernel's rows have more than kRegisterIterations (Block) or
   // kClusterSplitMinIterations - 1 (Cluster) iterations (weights_split, cluster_weights_split).
@@ -927,6 +963,8 @@ struct RecurrenceCta {
   int owned_pass;    // the pass of this lane's outputs within every batch
   int first_sample;  // its outputs' samples (rows j of every chunk): first_sample .. + kOwned - 1
   scalar_t* weights;
+  scalar_t* held_tails;  // kHeldTails: [kUnitsPerPass][tail_row]
+  int64_t tail_row;
   scalar_t* states;
   SliceCopies slice_copies;  // Cluster path (share_slice)
   Vec16<scalar_t> weight_registers[kHeldPasses][kHeldIterations];  // cache_weights(), load_weights()
@@ -951,6 +989,8 @@ struct RecurrenceCta {
         owned_pass(tile_base(kSamples, kScalarBytes, role.q, kPasses) / kSamples),
         first_sample(tile_base(kSamples, kScalarBytes, role.q, kPasses) % kSamples),
         weights(smem + layout.weights),
+        held_tails(smem + layout.held_tails),
+        tail_row(layout.tail_row),
         states(smem + layout.states),
         slice_copies(slice_copies_of(place, t.ctas_per_group, shape.hidden, layout.row)) {}
 
@@ -1056,6 +1096,7 @@ struct RecurrenceCta {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
                             vectors >= kWholeIterations * kUnitLanes &&
+                            tail_row == (kHeldTails ? row - kTailBegin : 0) &&
                             (!kSplitWeights || kHeldPasses == kPasses || tiling.units_per_pass == kUnitsPerPass),
                         "the launch shape's passes are not the kernel's kPasses");
     }
@@ -1067,6 +1108,7 @@ struct RecurrenceCta {
   SIMT_DEVICE void load_weights(const scalar_t* w) {
     load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, shared_units(), rows_total, hidden, row);
     load_register_rows(w, false);
+    load_held_tails(w, false);
   }
 
   // The CTA's units whose weight rows are in shared memory (all but split weights' held ones).
@@ -1086,6 +1128,24 @@ struct RecurrenceCta {
       weights[(i % count) * row + k] = (k < hidden && u < hidden) ? w[k * hidden + u] : scalar_t(0);
     }
     load_register_rows(w, true);
+    load_held_tails(w, true);
+  }
+
+  // kHeldTails: the columns from kTailBegin on of the rows held in registers (row u of w, or
+  // of w^T), zero-padded, for the CTA's units among them. Once per launch; with w^T consecutive
+  // threads read consecutive units of one row of w, as load_weights_transposed. All threads call it.
+  SIMT_DEVICE void load_held_tails(const scalar_t* w, bool transposed) {
+    if constexpr (kHeldTails) {
+      const int64_t count = units < kFirstSharedUnit ? units : kFirstSharedUnit;
+      const int64_t total = count * tail_row;
+      for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+        const int64_t r = transposed ? i % count : i / tail_row;
+        const int64_t k = kTailBegin + (transposed ? i / count : i % tail_row);
+        const int64_t u = place.unit_begin + r;
+        held_tails[r * tail_row + k - kTailBegin] =
+            (k < hidden && u < hidden) ? w[transposed ? k * hidden + u : u * hidden + k] : scalar_t(0);
+      }
+    }
   }
 
   // Split weights: the lane's chunks of its rows in the register passes (cache_weights' share),
@@ -1126,6 +1186,14 @@ struct RecurrenceCta {
     const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
     const int64_t shared_row = (u_local < units ? u_local : units - 1) - kFirstSharedUnit;
     return weights + (shared_row > 0 ? shared_row : 0) * row;
+  }
+
+  // kHeldTails: the tail of this lane's row in held pass p, addressed as the whole row would be
+  // (its chunk c at c * vec_size for c >= kHeldIterations * kUnitLanes; the address of column 0
+  // lies in the rows before the tails, never read). Lanes past the last unit: the last row's.
+  SIMT_DEVICE __forceinline__ const scalar_t* held_tail_row(int p) const {
+    const int64_t u_local = role.unit_in_pass + int64_t(p) * units_per_pass;
+    return held_tails + (u_local < units ? u_local : units - 1) * tail_row - kTailBegin;
   }
 
   // In the kernels compiled for their passes, the lane's weight chunks into registers for the
@@ -1319,7 +1387,9 @@ struct RecurrenceCta {
         const scalar_t* shared_rows[kBatch];  // (split weights: the passes past the registers')
         SIMT_UNROLL
         for (int i = 0; i < kBatch; ++i) {
-          shared_rows[i] = kSplitWeights && first_pass + i >= kHeldPasses ? weight_row(first_pass + i) : weights;
+          shared_rows[i] = kSplitWeights && first_pass + i >= kHeldPasses ? weight_row(first_pass + i)
+                           : kHeldTails                                    ? held_tail_row(first_pass + i)
+                                                                           : weights;
         }
         with_used_units<kBatch>(used, [&](auto units) {
           register_unit_dots<decltype(units)::value, kIterations, kWholeIterations>(

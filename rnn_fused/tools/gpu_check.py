@@ -120,7 +120,7 @@ GPU_SHAPES = FACTS_SHAPES + ODD_SHAPES + [LONG_SHAPE]
 GPU_PATH_SHAPES = [
     Shape(1000, 1, 64, 64), Shape(1000, 8, 64, 64), Shape(1000, 32, 128, 128), Shape(1000, 8, 256, 256),
     Shape(1000, 128, 256, 256), Shape(1000, 32, 512, 512), Shape(1000, 8, 1024, 1024),
-    Shape(1000, 128, 1024, 1024), Shape(777, 3, 97, 333), Shape(100, 64, 2048, 2048),
+    Shape(1000, 32, 1024, 1024), Shape(1000, 128, 1024, 1024), Shape(777, 3, 97, 333), Shape(100, 64, 2048, 2048),
 ]
 GPU_QUICK_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333),
                     Shape(500, 32, 256, 256, layers=2, bidirectional=True), Shape(1000, 8, 256, 256, dtype="bfloat16")]
@@ -163,7 +163,11 @@ class PhaseShape:
 # for their passes against those reading them at run time (block: H = 64, B = 8, 2 passes;
 # cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU); and
 # the cluster path at H = 1024, B = 8 with split weights (cluster_weights_split, since
-# 2026-12-02: the planner's choice there, the model's step 2.43 us against the grid path's 4.91).
+# 2026-12-02: the planner's choice there, the model's step 2.43 us against the grid path's 4.91);
+# at H = 1024, B = 32 the planner's choice is the cluster path at 2 samples per cluster since
+# 2026-12-02 (split weights, the first pass's rows to column 768 in registers: two waves of 8
+# clusters, the model's 6.38 us against the grid path's 8.34), the grid path's one-chunk step
+# there is the forced rows that follow it.
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
