@@ -186,7 +186,8 @@ SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
 }
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
-// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null, 0, kPasses).bytes of
+// on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, step_sq != null, 0, kPasses,
+// kIterations).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
 // kIterations == compiled_iterations(...). kPlain: full BPTT without recorded norms (step_sq
@@ -208,7 +209,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
-  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms, 0, kPasses);
+  const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(H, tiling, kPath, norms, 0, kPasses, kIterations);
   Cta cta(smem, layout, tiling, a.shape, a.shape.hidden, blockIdx.x);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;

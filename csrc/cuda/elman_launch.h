@@ -559,7 +559,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
-      const SharedLayout<scalar_t> layout = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes);
+      const SharedLayout<scalar_t> layout =
+          SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes, iterations);
       int64_t smem = layout.bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a CTA needs " + std::to_string(smem) + " bytes of shared memory (" +
@@ -604,7 +605,7 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
         tiling.groups = static_cast<int32_t>((sample_chunks + tiling.chunks - 1) / tiling.chunks);
         if (tiling.chunks > 1) {
           // Several chunks per CTA: a second buffer of state rows, filled while the first is read.
-          smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes).bytes;
+          smem = SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes, iterations).bytes;
           if (smem > props.shared_mem_per_block_optin) {
             limit = "a CTA taking " + std::to_string(tiling.chunks) + " chunks per step needs " + std::to_string(smem) +
                     " bytes of shared memory (" + std::to_string(units) + " rows of W_hh and two buffers of " +

@@ -406,15 +406,20 @@ struct SharedLayout {
   // extra_buffers: more state buffers after the path's (the layer stack's kernels: 2, the
   // state with dropout's mask applied, which the next layer's projection reads).
   // compiled_passes: the kernel's kPasses (compiled_passes; 0: read at run time); a kernel that
-  // splits its weights (split_weights) keeps only the rows past its register passes here.
+  // splits its weights (split_weights) keeps only the rows past its register passes here, and
+  // their tails past its registers' chunk iterations where it holds part of them (its
+  // kIterations, compiled_iterations, a compile-time constant in the kernels: the tail's
+  // arithmetic then folds away where there is none, which kept the other kernels' step loops
+  // as they were, sm_90 SASS).
   SIMT_HOST_DEVICE static SharedLayout make(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
-                                            bool with_norms, int64_t extra_buffers = 0, int compiled_passes = 0) {
+                                            bool with_norms, int64_t extra_buffers = 0, int compiled_passes = 0,
+                                            int compiled_iterations = 0) {
     SharedLayout l{};
     l.row = padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
     const int64_t held = register_rows(hidden, t, path, compiled_passes);
     l.held_tails = (int64_t(t.units_per_cta) - held) * l.row;
-    l.tail_row = held > 0 ? held_row_tail(hidden, t, path) : 0;
+    l.tail_row = held > 0 ? held_row_tail(hidden, t, path, compiled_iterations) : 0;
     l.states = l.held_tails + held * l.tail_row;
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
@@ -445,13 +450,13 @@ struct SharedLayout {
   }
 
   // The scalars of a held row past the chunk iterations in registers, kept in shared memory
-  // (padded to the row's end): the Cluster path's split at 2 samples. (RecurrenceCta::kTailBegin)
-  SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path) {
+  // (padded to the row's end), of a kernel holding `iterations` chunk iterations: the Cluster
+  // path's split at 2 samples. (RecurrenceCta::kHeldTails, kTailBegin)
+  SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
+                                                int iterations) {
     constexpr int64_t kVec = vec_size<scalar_t>();
-    const int64_t row = padded_row(hidden, kVec);
-    const int64_t in_registers =
-        int64_t(held_register_iterations(path, kClusterSplitIterations, t.samples)) * kUnitLanes * kVec;
-    return path == RecurrencePath::Cluster && row > in_registers ? row - in_registers : 0;
+    const int held_iterations = held_register_iterations(path, iterations, t.samples);
+    return held_iterations < iterations ? padded_row(hidden, kVec) - int64_t(held_iterations) * kUnitLanes * kVec : 0;
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
