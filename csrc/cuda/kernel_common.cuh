@@ -312,15 +312,39 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
                 "the iterations the registers hold");
   // At most 8 vectors (32 registers) of state chunks in flight.
   constexpr int kLoadedTogether = kSamples >= 8 ? 1 : 8 / kSamples < kIterations ? 8 / kSamples : kIterations;
+  // Over more than kSplitIterations chunk iterations at several samples (the Cluster path's
+  // split at 2), each state row's chunk q is addressed once and every iteration's chunk at an
+  // immediate offset from it: from states + j * row_stride + c the compiler derived the second
+  // row's address anew every iteration (sm_90 SASS: that forward's step loop 1071 -> 1002
+  // instructions). Elsewhere the two forms counted within a few instructions, or this one more.
+  constexpr bool kLaneRowBases = kSamples > 1 && kIterations > kSplitIterations;
+  constexpr int kVec = vec_size<scalar_t>();
+  const scalar_t* sample_rows[kSamples];  // (kLaneRowBases) row j's chunk 0, and chunk q
+  const scalar_t* lane_chunks[kSamples];
+  if constexpr (kLaneRowBases) {
+    SIMT_UNROLL
+    for (int j = 0; j < kSamples; ++j) {
+      sample_rows[j] = states + j * row_stride;
+      lane_chunks[j] = sample_rows[j] + q * kVec;
+    }
+  }
   zero_tile(acc);
   SIMT_UNROLL
   for (int first = 0; first < kIterations; first += kLoadedTogether) {
     Vec16<scalar_t> h[kLoadedTogether][kSamples];
     SIMT_UNROLL
     for (int g = 0; g < kLoadedTogether; ++g) {
-      const int c = q + (first + g) * kUnitLanes;
-      if (first + g < kIterations) {
-        load_state_chunks(states, row_stride, first + g < kWholeIterations || c < chunks ? c : 0, h[g]);
+      const int it = first + g;
+      const int c = q + it * kUnitLanes;
+      if (it >= kIterations) continue;
+      const bool whole = it < kWholeIterations || c < chunks;  // (else chunk 0: its products are skipped)
+      if constexpr (kLaneRowBases) {
+        SIMT_UNROLL
+        for (int j = 0; j < kSamples; ++j) {
+          h[g][j] = load_vec(whole ? lane_chunks[j] + it * kUnitLanes * kVec : sample_rows[j]);
+        }
+      } else {
+        load_state_chunks(states, row_stride, whole ? c : 0, h[g]);
       }
     }
     SIMT_UNROLL
@@ -334,7 +358,7 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
         if (p < kHeldPasses && it < kHeld) {
           accumulate_chunk(w[p][it < kHeld ? it : 0], h[g], acc[i]);
         } else {
-          accumulate_chunk(load_vec(shared_rows[i] + c * vec_size<scalar_t>()), h[g], acc[i]);
+          accumulate_chunk(load_vec(shared_rows[i] + c * kVec), h[g], acc[i]);
         }
       }
     }
