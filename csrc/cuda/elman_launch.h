@@ -381,7 +381,8 @@ inline double register_passes_of(RecurrencePath path, const RecurrenceTiling& ti
   if (weights_in_registers(path, passes, chunk_iterations, fp64)) return passes;
   if (!split_weights(path, passes, chunk_iterations, fp64, tiling.samples)) return 0;
   const int64_t held = held_register_passes(path, passes, chunk_iterations, tiling.samples);
-  const int64_t held_iterations = held_register_iterations(path, kClusterSplitIterations, tiling.samples);
+  const int64_t held_iterations = held_register_iterations(
+      path, compiled_iterations(path, passes, chunk_iterations, fp64, tiling.samples), tiling.samples);
   return held_iterations < chunk_iterations ? double(held * held_iterations) / double(chunk_iterations) : double(held);
 }
 
