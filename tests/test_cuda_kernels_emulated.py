@@ -349,7 +349,7 @@ def test_split_weights_round_like_the_other_paths(hidden, samples):
     chunks = 32 if samples == 1 else 24  # (16-byte chunks a lane holds: 128 or 96 registers)
     held = min(passes, chunks // passes)  # (chunk iterations = passes at 32 units per pass)
     shared_rows = max(0, hidden - 32 * held)
-    row = -(-hidden // 4) * 4
+    row = 32 * passes  # (rows padded with zeros over the kernel's chunk iterations: 32 columns a pass)
     with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(samples=samples, units_per_pass=32):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
@@ -383,8 +383,10 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sy
     chunks a lane, read from global memory once per launch) and only the second's in shared
     memory (kernel_common.cuh cluster_weights_split); at two samples a lane holds 24 chunks, so
     the first pass's rows past column 768 (their tails) are in shared memory too, and batch 3
-    leaves the second cluster one sample and a padding row (H = 777: tails of 12 columns, 3
-    chunks, one each to 3 of the 8 lanes in the last iteration). Forward and backward with lengths,
+    leaves the second cluster one sample and a padding row. The rows are padded with zeros over
+    the kernels' 32 chunk iterations (H = 777: the tails hold 9 columns, 3 chunks, one each to 3
+    of the 8 lanes in iteration 24, whose other lanes multiply zeros; iterations 25-31 are
+    skipped by the whole warp). Forward and backward with lengths,
     randomized truncation and recorded norms, with the cluster barrier and with the
     asynchronous exchange, give bitwise the results of the grid path's kernels; H = 777: 25
     chunk iterations of the 32 compiled, the last CTA's second pass 17 units; H = 800: 16 CTAs
@@ -403,8 +405,8 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sy
     units = -(-hidden // 16)
     if -(-hidden // (-(-units // 4) * 4)) == 16:
         units = -(-units // 4) * 4  # (whole 16-byte vectors where the cluster stays 16 CTAs: 64 at H = 1000)
-    row = -(-hidden // 4) * 4
-    tail = row - 768 if samples == 2 else 0  # (the held rows' columns past 24 chunk iterations of 8 lanes)
+    row = 1024  # (the split kernels' rows padded with zeros over their 32 chunk iterations of 8 lanes)
+    tail = row - 768 if samples == 2 else 0  # (the held rows' columns past 24 chunk iterations)
     with simt.emulated_device(sm_count=16), launch_plan.forced_tiling(samples=samples, units_per_pass=32,
                                                                       step_sync=step_sync):
         for backward in (False, True):

@@ -447,7 +447,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool top = place.top, bottom = place.bottom;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout =
-      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, true, kStackStateBuffers);
+      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, true, kStackStateBuffers, kPasses,
+                                stack_iterations(kPasses));
   Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;

@@ -218,10 +218,10 @@ struct ForwardStackArgs {
 };
 
 // Grid = layers * tiling.groups CTAs of kRecurrenceThreads threads, cooperative; block index
-// = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with
-// units_per_cta = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, true,
-// kStackStateBuffers).bytes of dynamic shared memory (one size for both stack kernels: the
-// backward's norm sums included); kPasses == compiled_passes_of(Block, tiling, H, false, forced, true)
+// = layer * groups + group. tiling: the Block path's (ctas_per_group 1, chunks 1) with units_per_cta
+// = stack_rows(H, units_per_pass); SharedLayout<float>::make(H, tiling, Block, true, kStackStateBuffers,
+// kPasses, stack_iterations(kPasses)).bytes of dynamic shared memory (one size for both stack kernels:
+// the backward's norm sums included); kPasses == compiled_passes_of(Block, tiling, H, false, forced, true)
 // (stack_compiled_passes: at 5-8 passes, 1-2 samples per chunk, every row in registers too).
 template <int kSamples, int kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
@@ -233,7 +233,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool top = place.top;
   SIMT_DYNAMIC_SHARED(float, smem);
   const SharedLayout<float> layout =
-      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false, kStackStateBuffers);
+      SharedLayout<float>::make(H, tiling, RecurrencePath::Block, false, kStackStateBuffers, kPasses,
+                                stack_iterations(kPasses));
   Cta cta(smem, layout, tiling, a.shape, tiling.units_per_cta, place.block);
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;

@@ -1322,14 +1322,15 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
                                     .ctas_per_group = 1,
                                     .units_per_cta = static_cast<int32_t>(rows),
                                     .units_per_pass = per_pass};
-      const int64_t smem =
-          SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, true, kStackStateBuffers).bytes;
+      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false, request.forced, true);
+      const int64_t smem = SharedLayout<float>::make(q.hidden, tiling, RecurrencePath::Block, true, kStackStateBuffers,
+                                                     passes, stack_iterations(passes))
+                               .bytes;
       if (smem > props.shared_mem_per_block_optin) {
         limit = "a stack's CTA needs " + std::to_string(smem) + " bytes of shared memory, more than "
                 "shared_mem_per_block_optin = " + std::to_string(props.shared_mem_per_block_optin);
         continue;
       }
-      const int passes = compiled_passes_of(RecurrencePath::Block, tiling, q.hidden, false, request.forced, true);
       int occupancy = INT32_MAX;  // the lower of the forward's and the backward's kernel
       for (const bool backward : {false, true}) {
         with_stack_kernel<RecurrencePath::Block>(backward, samples, passes, [&](auto kernel) {

@@ -302,8 +302,15 @@ static_assert(cluster_split_held_iterations(kSplitMaxSamples) < kClusterSplitMin
 // kRegisterIterations or kClusterSplitMinIterations - 1 iterations), so they need no test:
 // without one the compiler issues their shared-memory weight loads ahead of the multiply-adds
 // (behind a test, each waited for its chunk's test and was used at once: sm_90 SASS).
-template <int kUsed, int kIterations, int kWholeIterations = 0, typename scalar_t, int kHeldPasses, int kHeld,
-          int kUnits, int kSamples>
+// kWholeRows (RecurrenceCta::kWholeRows: the kernels with weight rows in registers): the rows,
+// state rows and tails are padded with zeros over all kIterations, `chunks` counts those that
+// hold columns below H, and no lane is tested: a lane past the row's end in an iteration some
+// lane needs adds products of zeros, as the padding of a row's last chunk always did (they
+// leave every sum as it was, but for the sign of a sum that is exactly -0). Counted (sm_90
+// SASS, untimed step loop): the cluster split forward at 2 samples 1002 -> 931 instructions,
+// the block forward at 4 passes 206 -> 178.
+template <int kUsed, int kIterations, int kWholeIterations = 0, bool kWholeRows = false, typename scalar_t,
+          int kHeldPasses, int kHeld, int kUnits, int kSamples>
 SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[kHeldPasses][kHeld],
                                                     const scalar_t* const (&shared_rows)[kUnits], int first_pass,
                                                     const scalar_t* states, int64_t row_stride, int chunks, int q,
@@ -328,6 +335,13 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
       lane_chunks[j] = sample_rows[j] + q * kVec;
     }
   }
+  // kWholeRows: the rows are padded with zeros over all kIterations, so every chunk loads as it
+  // is, and an iteration's products are skipped only where they are past the row on every lane:
+  // one test per iteration, the same for the whole warp.
+  const int row_iterations = (chunks + kUnitLanes - 1) / kUnitLanes;
+  auto in_row = [&](int it, int c) {  // (a row has at least one chunk: iteration 0 is whole with whole rows)
+    return it < kWholeIterations || (kWholeRows ? it == 0 || it < row_iterations : c < chunks);
+  };
   zero_tile(acc);
   SIMT_UNROLL
   for (int first = 0; first < kIterations; first += kLoadedTogether) {
@@ -337,7 +351,7 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
       const int it = first + g;
       const int c = q + it * kUnitLanes;
       if (it >= kIterations) continue;
-      const bool whole = it < kWholeIterations || c < chunks;  // (else chunk 0: its products are skipped)
+      const bool whole = kWholeRows || in_row(it, c);  // (else chunk 0: its products are skipped)
       if constexpr (kLaneRowBases) {
         SIMT_UNROLL
         for (int j = 0; j < kSamples; ++j) {
@@ -351,7 +365,7 @@ SIMT_DEVICE __forceinline__ void register_unit_dots(const Vec16<scalar_t> (&w)[k
     for (int g = 0; g < kLoadedTogether; ++g) {
       const int it = first + g;
       const int c = q + it * kUnitLanes;
-      if (it >= kIterations || (it >= kWholeIterations && c >= chunks)) continue;
+      if (it >= kIterations || !in_row(it, c)) continue;
       SIMT_UNROLL
       for (int i = 0; i < kUsed; ++i) {
         const int p = first_pass + i;

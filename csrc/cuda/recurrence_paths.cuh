@@ -380,7 +380,9 @@ enum StepPhase : int {
 //                       step) on the Block and Cluster paths; on the Grid path 1 (the chunk
 //                       being computed), 2 with several chunks (and the next one's); plus
 //                       extra_buffers (the layer stack's masked state: kStackStateBuffers)
-// with R = padded_row(H); then, for the backward with norms recorded, in doubles:
+// with R = padded_row(H) (on the kernels with weight rows in registers the span of their compiled
+// chunk iterations: 32 float32 columns a pass on the Block path, 1024 on the Cluster path's split
+// kernels; whole_rows); then, for the backward with norms recorded, in doubles:
 //   unit_sums [2][kUnitsPerPass][S]  per phase parity, unit group and sample: sum of g^2
 //                                    (the first units_per_pass unit groups written)
 //   cta_sums  [3][C][S]              Cluster path: the group's CTA sums, gathered in rank 0
@@ -415,11 +417,13 @@ struct SharedLayout {
                                             bool with_norms, int64_t extra_buffers = 0, int compiled_passes = 0,
                                             int compiled_iterations = 0) {
     SharedLayout l{};
-    l.row = padded_row(hidden, vec_size<scalar_t>());
+    l.row = whole_rows(path, compiled_passes, compiled_iterations)
+                ? int64_t(compiled_iterations) * kUnitLanes * vec_size<scalar_t>()
+                : padded_row(hidden, vec_size<scalar_t>());
     l.weights = 0;
     const int64_t held = register_rows(hidden, t, path, compiled_passes);
     l.held_tails = (int64_t(t.units_per_cta) - held) * l.row;
-    l.tail_row = held > 0 ? held_row_tail(hidden, t, path, compiled_iterations) : 0;
+    l.tail_row = held > 0 ? held_row_tail(l.row, t, path, compiled_iterations) : 0;
     l.states = l.held_tails + held * l.tail_row;
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
@@ -449,14 +453,26 @@ struct SharedLayout {
     return held < t.units_per_cta ? held : t.units_per_cta;
   }
 
+  // Rows padded with zeros over all the chunk iterations the kernel is compiled for
+  // (RecurrenceCta::kWholeRows): the kernels with weight rows in registers (the Block path's and
+  // the layer stack's compiled for their passes, the Cluster path's split ones, compiled for
+  // more iterations than passes), whose dot products then load every iteration's chunks without
+  // testing a lane for the row's end. Of the kernel's compile-time constants only: in a kernel
+  // that holds no register rows a row length decided at run time took a few dozen instructions
+  // per step (sm_90 SASS, the cluster path's 2-pass kernels).
+  SIMT_HOST_DEVICE static constexpr bool whole_rows(RecurrencePath path, int compiled_passes, int compiled_iterations) {
+    return compiled_passes > 0 && (path == RecurrencePath::Block ||
+                                   (path == RecurrencePath::Cluster && compiled_iterations > compiled_passes));
+  }
+
   // The scalars of a held row past the chunk iterations in registers, kept in shared memory
-  // (padded to the row's end), of a kernel holding `iterations` chunk iterations: the Cluster
-  // path's split at 2 samples. (RecurrenceCta::kHeldTails, kTailBegin)
-  SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t hidden, const RecurrenceTiling& t, RecurrencePath path,
+  // (to the end of the padded row of `row` scalars), of a kernel holding `iterations` chunk
+  // iterations: the Cluster path's split at 2 samples. (RecurrenceCta::kHeldTails, kTailBegin)
+  SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t row, const RecurrenceTiling& t, RecurrencePath path,
                                                 int iterations) {
     constexpr int64_t kVec = vec_size<scalar_t>();
     const int held_iterations = held_register_iterations(path, iterations, t.samples);
-    return held_iterations < iterations ? padded_row(hidden, kVec) - int64_t(held_iterations) * kUnitLanes * kVec : 0;
+    return held_iterations < iterations ? row - int64_t(held_iterations) * kUnitLanes * kVec : 0;
   }
 
   SIMT_DEVICE long long* phase_running(scalar_t* smem) const {
@@ -934,6 +950,13 @@ struct RecurrenceCta {
   static constexpr int kWholeIterations = !kSplitWeights || kStagedRows ? 0
                                           : kClusterSplit              ? kClusterSplitMinIterations - 1
                                                                        : kRegisterIterations;
+  // The rows of the kernels with weights in registers are padded with zeros over all
+  // kIterations (SharedLayout::whole_rows): past kWholeIterations a step loads every chunk and
+  // tests each iteration once for the whole warp, not each lane's chunk for the row's end
+  // (register_unit_dots).
+  static constexpr bool kWholeRows = kRegisterWeights;
+  static_assert(kWholeRows == SharedLayout<scalar_t>::whole_rows(kPath, kPasses, kIterations),
+                "the shared layout pads the rows of the kernels that hold registers");
   static_assert(!kStagedRows || !kSplitWeights || kHeldPasses == kPasses, "a stack CTA holds all its passes");
   // The CTA's first unit (local) whose weight row is in shared memory, and where weight_row
   // counts from. (A split layer CTA owns more than 128 units, so its passes are of 32: the
@@ -1101,6 +1124,7 @@ struct RecurrenceCta {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
                             vectors >= kWholeIterations * kUnitLanes &&
+                            (!kWholeRows || vectors == kIterations * kUnitLanes) &&
                             tail_row == (kHeldTails ? row - kTailBegin : 0) &&
                             (!kSplitWeights || kHeldPasses == kPasses || tiling.units_per_pass == kUnitsPerPass),
                         "the launch shape's passes are not the kernel's kPasses");
@@ -1114,6 +1138,11 @@ struct RecurrenceCta {
     load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, shared_units(), rows_total, hidden, row);
     load_register_rows(w, false);
     load_held_tails(w, false);
+  }
+
+  // The 16-byte chunks of a row that hold columns below H (`vectors` past them: zeros).
+  SIMT_DEVICE __forceinline__ int hidden_vectors() const {
+    return static_cast<int>((hidden + vec_size<scalar_t>() - 1) / vec_size<scalar_t>());
   }
 
   // The CTA's units whose weight rows are in shared memory (all but split weights' held ones).
@@ -1397,8 +1426,9 @@ struct RecurrenceCta {
                                                                            : weights;
         }
         with_used_units<kBatch>(used, [&](auto units) {
-          register_unit_dots<decltype(units)::value, kIterations, kWholeIterations>(
-              weight_registers, shared_rows, first_pass, current, row, vectors, role.q, acc);
+          register_unit_dots<decltype(units)::value, kIterations, kWholeIterations, kWholeRows>(
+              weight_registers, shared_rows, first_pass, current, row, kWholeRows ? hidden_vectors() : vectors, role.q,
+              acc);
         });
       } else {
         const scalar_t* rows[kBatch];
