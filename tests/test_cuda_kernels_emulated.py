@@ -1138,7 +1138,9 @@ def test_plan_large_batches_take_chunks_on_the_grid_path():
 PLANNED_PATHS = [
     (64, 1, torch.float32, (9, 0), "block"), (64, 8, torch.float64, (9, 0), "block"),  # W_hh in one CTA
     (128, 32, torch.float32, (9, 0), "block"),  # W_hh rows in registers: no cluster barrier needed
-    (256, 8, torch.float32, (9, 0), "block"),  # split weights: 128 rows in registers, 128 in shared memory
+    # H = 256: one CTA with split weights (128 rows in registers) streams 128 KB of rows through its
+    # shared memory each step; 16 CTAs of a cluster stream 16 KB each and pay the cluster barrier
+    (256, 8, torch.float32, (9, 0), "cluster"),
     (300, 8, torch.float32, (9, 0), "cluster"),
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
     (1024, 8, torch.float32, (9, 0), "cluster"),  # split weights: 32 rows in registers, 32 in shared memory

@@ -84,24 +84,27 @@ def test_step_cost_refuses_shapes_no_kernel_has():
 
 def test_issue_term_counts_the_dot_loops_instructions():
     """The grid path at H = 1024, B = 32 (32 units and 8 samples per CTA, 32 chunk
-    iterations) is issue-bound in the model. Per scheduler and iteration: 8 computing warps
-    (2 per scheduler) x (9 loads with an address instruction each + 32 FMAs + 1 for the loop,
-    as counted in the kernels' machine code); or 4 warps (1 per scheduler) x (10 loads x 2 +
-    64 FMAs + 1) + half a shared load latency (30 cycles) exposed. Plus one batch's epilogue
-    tail, 2 outputs per lane x 80 cycles. At 1980 cycles per us. (The constants the first
-    kernels were priced with: the architecture's figures and the counted instructions.)"""
+    iterations). Per scheduler and iteration the issue: 8 computing warps (2 per scheduler) x
+    (9 loads with an address instruction each + 32 FMAs + 1 for the loop, as counted in the
+    kernels' machine code); or 4 warps (1 per scheduler) x (10 loads x 2 + 64 FMAs + 1) + half
+    a shared load latency (30 cycles) exposed. Then the SM's shared-memory wavefronts, one per
+    cycle: per warp and iteration 4 for each weight row's load (4 units) and 4 for each state
+    chunk's (512 bytes to the lanes, though the warp's 4 unit groups read the same 128). Plus
+    one batch's epilogue tail, 2 outputs per lane x 80 cycles. At 1980 cycles per us. (The
+    constants the first kernels were priced with: the architecture's figures and the counted
+    instructions.)"""
     fields = dict(path="grid", samples=8, chunks=1, ctas_per_group=32, units_per_cta=32, waves=1)
     first = cost_constants(first_kernels=True)
     tail = 2 * 80
     all_warps = step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=first, term="compute")
-    assert all_warps == pytest.approx((32 * 2 * (9 * 2 + 32 + 1) + tail) / 1980, rel=1e-12)
+    assert all_warps == pytest.approx((32 * 2 * (9 * 2 + 32 + 1) + 8 * 32 * (4 + 8 * 4) + tail) / 1980, rel=1e-12)
     half_warps = step_cost_us({**fields, "units_per_pass": 16}, 1024, 32, constants=first, term="compute")
-    assert half_warps == pytest.approx((32 * (10 * 2 + 64 + 1 + 15) + tail) / 1980, rel=1e-12)
-    # Without address and loop instructions, shared-memory wavefronts bound the 8 warps:
-    # 8 warps x 32 iterations x (4 weight + 8 state wavefronts), one per cycle.
-    free_loop = {**first, "address_instructions_per_load": 1e-9, "loop_instructions": 1e-9}
-    assert step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=free_loop, term="compute") == \
-        pytest.approx((8 * 32 * 12 + tail) / 1980, rel=1e-6)
+    assert half_warps == pytest.approx((32 * (10 * 2 + 64 + 1 + 15) + 4 * 32 * (2 * 4 + 8 * 4) + tail) / 1980,
+                                       rel=1e-12)
+    # A state load of one wavefront (as the first fit priced it) leaves 8 x 32 x (4 + 8).
+    packed = {**first, "state_load_wavefronts": 1}
+    assert step_cost_us({**fields, "units_per_pass": 32}, 1024, 32, constants=packed, term="compute") == \
+        pytest.approx((32 * 2 * (9 * 2 + 32 + 1) + 8 * 32 * 12 + tail) / 1980, rel=1e-12)
 
 
 def _observations(constants: dict[str, float], paths=("block", "cluster", "grid"), shapes=SHAPES,

@@ -564,7 +564,7 @@ def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
 def test_planner_rules_the_stack_out_with_its_limits():
     with simt.emulated_device(sm_count=16):
         plan = launch_plan.stack_plan(64, 8, 100, 4)
-        assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 4
+        assert plan.feasible and plan.grid == 4 * 8 // plan.samples and plan.compiled_passes == 2 * 64 // plan.units_per_pass
         assert "128 weight rows" in plan.reason
         # Past H = 128 one CTA cannot hold a layer's W_hh and the next layer's W_ih (288 rows at
         # 129): the cluster path's stack, 8 CTAs of 17 units per layer in a cluster of 16.
