@@ -647,19 +647,21 @@ def test_shape_labels():
 
 
 def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projects_addopts(tmp_path):
-    build, tests, benchmark, fit = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
+    build, tests, benchmark, fit, counters = stages.gpu_check_stages("python3", str(tmp_path), "9.0",
+                                                                     stages.BENCHMARK_BUDGET_S)
     assert build.argv == ["python3", "setup.py", "-q", "build_ext", "--inplace"]
     assert build.env["TORCH_CUDA_ARCH_LIST"] == "9.0" and build.env["RNN_FUSED_SELFTESTS"] == "1"
     assert build.env["RNN_FUSED_CUDA"] == "1" and int(build.env["MAX_JOBS"]) == stages.cores()
     assert tests.argv[:8] == ["python3", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts="]
     assert tests.argv[-3:] == ["tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py"]
     assert tests.env["PYTHONPATH"].split(os.pathsep)[0] == REPO
-    assert benchmark.argv == ["python3", "-m", "rnn_fused", "gpu-check", "--out", str(tmp_path), "--budget-s", "240"]
-    assert benchmark.timeout_s > 240
+    assert benchmark.argv == ["python3", "-m", "rnn_fused", "gpu-check", "--out", str(tmp_path), "--budget-s", "200"]
+    assert benchmark.timeout_s > 200
     assert fit.argv == ["python3", "-m", "rnn_fused", "fit-model", str(tmp_path / "gpu_check.json"), "--out",
                         str(tmp_path)]
+    assert counters.argv == ["python3", os.path.join(REPO, "benchmarks", "smem_counters.py"), "--out", str(tmp_path)]
     # The worst case (every stage at its limit) still ends within a 10-minute session.
-    assert build.timeout_s + tests.timeout_s + benchmark.timeout_s + fit.timeout_s <= 600
+    assert sum(s.timeout_s for s in (build, tests, benchmark, fit, counters)) <= 600
 
 
 def test_without_a_gpu_the_build_stage_fails_and_says_why(tmp_path):
@@ -813,3 +815,55 @@ def test_the_toolchain_report_says_what_the_extension_was_built_with_and_whether
     assert without_cuda.endswith("raised ValueError: rnn_fused.cpu_loop_team: steps, batch and hidden must be >= 0, "
                                  "got -1, 1 and 1"), report
     assert "this process (torch imported) loaded:" in report and "GLIBCXX_3.4." in report
+
+
+def _load_smem_counters():
+    spec = importlib.util.spec_from_file_location("smem_counters", os.path.join(REPO, "benchmarks", "smem_counters.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smem_counters_read_ncus_csv_per_launch_beside_the_plans(tmp_path):
+    """benchmarks/smem_counters.py (gpu-check's last stage, ncu on a GPU machine): the metric
+    rows of `ncu --csv --print-units base`, with ncu's own lines and the workload's plan lines
+    mixed in, become one set of counters per launch in launch order (thousands separators
+    dropped), and each sits beside its plan with its wavefronts per shared load."""
+    counters = _load_smem_counters()
+    header = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size",' \
+             '"Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
+
+    def row(launch, kernel, metric, value):
+        return f'"{launch}","7","python3","h","{kernel}","1","7","(256, 1, 1)","(128, 1, 1)","0","9.0","Command line ' \
+               f'profiler metrics","{metric}","{"" if metric == counters.CYCLES else "inst"}","{value}"'
+
+    plans = [{"path": "grid", "hidden": 1024, "batch": 128, "direction": d, "samples": 8, "units_per_cta": 32,
+              "units_per_pass": 16, "ctas": 128} for d in ("forward", "backward")]
+    lines = ["==PROF== Connected to process 7", json.dumps(plans[0]), header]
+    for launch, kernel, loads in ((10, "forward_recurrence_kernel", "40,960"), (2, "backward_recurrence_kernel", "81920")):
+        lines += [row(launch, kernel, counters.LOADS, loads), row(launch, kernel, counters.WAVEFRONTS, "163,840"),
+                  row(launch, kernel, counters.CONFLICTS, "0"), row(launch, kernel, "other__metric.sum", "5")]
+    lines += [json.dumps(plans[1]), "==PROF== Disconnected from process 7"]
+    text = "\n".join(lines)
+    launches = counters.parse_ncu_csv(text)
+    assert [launch["kernel"] for launch in launches] == ["backward_recurrence_kernel", "forward_recurrence_kernel"]
+    assert launches[1][counters.LOADS] == 40960 and launches[1][counters.WAVEFRONTS] == 163840
+    assert "other__metric.sum" not in launches[0]
+    assert counters.plans_in(text) == plans
+    table, rows = counters.report(plans, [launches[1], launches[0]])
+    assert [r["wavefronts_per_load"] for r in rows] == [4.0, 2.0]
+    assert "| grid | 1024 | 128 | forward | 8 | 32 / 16 | 40960 | 163840 | 4.00 | 0 |" in table
+    with pytest.raises(SystemExit, match="1 kernel launches profiled for 2 plans"):
+        counters.report(plans, launches[:1])
+
+
+def test_smem_counters_workloads_rehearse_on_the_emulator(capsys):
+    """The workload ncu profiles, at small shapes on the SIMT emulator: each forced path's
+    forward and backward run, and a plan line per launch in order."""
+    counters = _load_smem_counters()
+    counters.run_workloads((("grid", 40, 9), ("block", 33, 1), ("cluster", 70, 2)), emulated=True)
+    plans = counters.plans_in(capsys.readouterr().out)
+    assert [(p["path"], p["hidden"], p["direction"]) for p in plans] == [
+        (path, hidden, direction) for path, hidden in (("grid", 40), ("block", 33), ("cluster", 70))
+        for direction in ("forward", "backward")]
+    assert all(p["ctas"] >= 1 and p["samples"] >= 1 for p in plans)
