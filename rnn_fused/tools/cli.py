@@ -145,7 +145,7 @@ def _gpu_check(args: argparse.Namespace) -> int:
 def _fit_model(args: argparse.Namespace) -> int:
     from . import fit_model
 
-    return fit_model.run(args.report, args.out)
+    return fit_model.run(args.report, args.out, args.hold)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -208,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                               description="the cost model's constants refitted to a gpu-check run's measured "
                               "times per step: every row's ratio before and after, and the constants to put in "
                               "csrc/cuda/recurrence_cost_model.h (docs/gpu_check.md)")
-    fit.add_argument("report", help="gpu-check's JSON (gpu_out/gpu_check.json)")
+    fit.add_argument("report", help="gpu-check's JSON (gpu_out/gpu_check.json), or stored autotuning timings "
+                     "(tests/data/h200_autotune_2026-11-30.json)")
+    fit.add_argument("--hold", action="append", default=[], metavar="NAME[=VALUE]",
+                     help="keep a constant at VALUE (or at this build's value) instead of fitting it; repeat, or "
+                     "separate names with commas")
     fit.add_argument("--out", default="gpu_out", help="output directory for fit_model.md and fit_model.json "
                      "(default gpu_out)")
     fit.add_argument("--debug", action="store_true",

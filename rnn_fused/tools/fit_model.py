@@ -1,6 +1,8 @@
 """`rnn-fused fit-model`: the cost model's constants refitted to what a GPU measured.
 
-Input: the JSON of `rnn-fused gpu-check` (gpu_out/gpu_check.json). Every (shape, path) row
+Input: the JSON of `rnn-fused gpu-check` (gpu_out/gpu_check.json), or a stored set of
+autotuning timings (tests/data/h200_autotune_2026-11-30.json: "recurrences", each with every
+launch shape timed). Every (shape, path) row
 with a measured time per step is an observation, forward and backward apart: the launch
 shape that ran (the plan's samples, chunks, CTAs per group, units per CTA, waves), H, B and
 the dtype, and the measured microseconds per step. So is each part of a step that the
@@ -11,7 +13,8 @@ rnn_fused::step_cost (launch_plan.step_cost_us), so a fit needs no rebuild and n
 C++ formulas. "Before" is this build's constants.
 
 The fit: the constants that the probes of the same run measure directly (launch_us;
-op_fixed_us from the one-step layer call) are set first; the others listed in FITTED are
+op_fixed_us from the one-step layer call) are set first, and those held (--hold NAME[=VALUE]:
+at VALUE, or at this build's value) stay; the others listed in FITTED are
 fitted by damped Gauss-Newton on log(predicted / measured), on a log scale (every constant
 stays positive), each pulled toward its current value by a weak prior so that a constant the
 rows cannot tell apart stays where it was. The report gives the constants before and after,
@@ -76,6 +79,7 @@ class FitResult:
     set_from_probes: tuple[str, ...]
     observations: tuple[Observation, ...]
     iterations: int
+    held: tuple[str, ...] = ()      # kept at a given value (--hold), not fitted
 
     def ratios(self, constants: dict[str, float]) -> list[float]:
         """predicted / measured for every observation."""
@@ -101,7 +105,7 @@ def observations_from_report(report: dict) -> list[Observation]:
                                  "written before plans reported their register tile; run gpu-check again")
             found.append(Observation(row["label"], direction, plan, shape["hidden"], shape["batch"],
                                      _DTYPES[shape.get("dtype", "float32")], float(measured)))
-    return found + phase_observations(report) + tune_observations(report)
+    return found + phase_observations(report) + tune_observations(report) + stored_tune_observations(report)
 
 
 def phase_observations(report: dict) -> list[Observation]:
@@ -145,6 +149,33 @@ def tune_observations(report: dict) -> list[Observation]:
                 found.append(Observation(f"{row['hidden']}, {row['batch']} (autotune)", row["direction"], plan,
                                          row["hidden"], row["batch"], torch.float32, float(measured)))
     return found
+
+
+def stored_tune_observations(report: dict) -> list[Observation]:
+    """A stored set of autotuning timings ("recurrences": hidden, batch, direction and every
+    launch shape timed, tests/data/h200_autotune_2026-11-30.json): each timed shape ran, so
+    each is an observation as in tune_observations."""
+    recurrences = [dict(r, timed=[{"feasible": True, **p} for p in r.get("timed", [])])
+                   for r in report.get("recurrences", [])]
+    return tune_observations({"tune_rows": recurrences})
+
+
+def held_constants(specs: list[str], current: dict[str, float]) -> dict[str, float]:
+    """--hold NAME or NAME=VALUE (each, or comma-separated): the constants to keep, at VALUE or
+    at their value in `current`. A name the model lacks or a value that is not a positive
+    number is a usage error."""
+    held = {}
+    for spec in (part.strip() for item in specs for part in item.split(",") if part.strip()):
+        name, _, value = spec.partition("=")
+        if name not in current:
+            raise UsageError(f"--hold: {name!r} is not a constant of the cost model (known: {', '.join(current)})")
+        try:
+            held[name] = float(value) if value else current[name]
+        except ValueError:
+            raise UsageError(f"--hold: {name}={value!r} is not a number") from None
+        if not held[name] > 0:
+            raise UsageError(f"--hold: {name} must be positive, got {held[name]}")
+    return held
 
 
 def probe_constants(report: dict) -> dict[str, float]:
@@ -215,14 +246,15 @@ def fit(observations: list[Observation], start: dict[str, float] | None = None,
     return constants_at(theta), iterations
 
 
-def fit_report(report: dict) -> FitResult:
+def fit_report(report: dict, held: dict[str, float] | None = None) -> FitResult:
     observations = observations_from_report(report)
     before = cost_constants()
     probes = probe_constants(report)
-    start = {**before, **probes}
-    # What the probes measured is not refitted from the rows.
-    after, iterations = fit(observations, start, tuple(n for n in FITTED if n not in probes))
-    return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations)
+    kept = {**probes, **(held or {})}
+    start = {**before, **kept}
+    # What the probes measured, and what is held, is not refitted from the rows.
+    after, iterations = fit(observations, start, tuple(n for n in FITTED if n not in kept))
+    return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations, tuple(sorted(held or {})))
 
 
 @dataclass(frozen=True)
@@ -269,7 +301,8 @@ def format_report(result: FitResult, source: str) -> str:
              f"- before: {spread(before)}", f"- after: {spread(after)}", ""]
     constants = []
     for name, new in result.after.items():
-        how = "probe" if name in result.set_from_probes else "fitted" if name in FITTED else "kept"
+        how = ("probe" if name in result.set_from_probes else "held" if name in result.held
+               else "fitted" if name in FITTED else "kept")
         constants.append([name, f"{result.before[name]:.6g}", f"{new:.6g}", how])
     lines += markdown_table(["constant", "before", "after", "how"], constants, range(1, 3)) + [""]
     rows = [[o.label, o.direction, o.plan["path"], o.term, f"{o.measured_us:.3f}", f"{o.measured_us * r0:.3f}", f"{r0:.2f}",
@@ -286,7 +319,7 @@ def format_report(result: FitResult, source: str) -> str:
                                 range(0)) + [""]
     lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted and probe-set ones):", "", "```cpp"]
     for name, new in result.after.items():
-        if name not in result.set_from_probes and name not in FITTED:
+        if name not in result.set_from_probes and name not in FITTED and name not in result.held:
             continue
         if name == "cluster_barrier_scale":
             lines.append(f"// cluster_barrier_us: every entry times {new:.4g}")
@@ -295,8 +328,9 @@ def format_report(result: FitResult, source: str) -> str:
     return "\n".join(lines + ["```", ""])
 
 
-def run(report_path: str, out: str) -> int:
-    """Fits the model to gpu-check's JSON at report_path; prints the report and writes
+def run(report_path: str, out: str, hold: list[str] | None = None) -> int:
+    """Fits the model to gpu-check's JSON (or stored autotuning timings) at report_path, with
+    the constants `hold` names kept (held_constants); prints the report and writes
     fit_model.md and fit_model.json to `out`."""
     path = Path(report_path)
     if not path.is_file():
@@ -305,15 +339,17 @@ def run(report_path: str, out: str) -> int:
         report = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{report_path} is not JSON: {error}") from None
+    held = held_constants(hold or [], cost_constants())
     directory = output_directory(out)
     started = time.monotonic()
-    result = fit_report(report)
+    result = fit_report(report, held)
     text = format_report(result, str(path))
     print(text)
     write_text(directory, "fit_model.md", text)
     write_json(directory, "fit_model.json", {
         "source": str(path), "seconds": time.monotonic() - started, "iterations": result.iterations,
         "before": result.before, "after": result.after, "set_from_probes": list(result.set_from_probes),
+        "held": list(result.held),
         "path_choices": [dataclasses.asdict(c) for c in path_choices(result)],
         "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "term": o.term,
                   "measured_us": o.measured_us,
