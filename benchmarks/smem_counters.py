@@ -119,6 +119,11 @@ def report(plans: list[dict], launches: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", rows
 
 
+def _text(output) -> str:
+    """A timed-out subprocess's captured output: bytes or None, whatever text= asked for."""
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_out")
@@ -134,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     command = [ncu, "--csv", "--print-units", "base", "--clock-control", "none", "--kernel-name", KERNELS,
                "--metrics", ",".join(METRICS), sys.executable, os.path.abspath(__file__), "--workload"]
     print("==> " + " ".join(command), flush=True)
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
     os.makedirs(args.out, exist_ok=True)
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as expired:
+        with open(os.path.join(args.out, "smem_counters.log"), "w") as f:
+            f.write(_text(expired.stdout) + _text(expired.stderr))
+        print(f"smem-counters: ncu ran past {TIMEOUT_S} s; its output so far is in smem_counters.log", flush=True)
+        return 1
     with open(os.path.join(args.out, "smem_counters.log"), "w") as f:
         f.write(done.stdout + done.stderr)
     if done.returncode != 0:

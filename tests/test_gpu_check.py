@@ -867,3 +867,18 @@ def test_smem_counters_workloads_rehearse_on_the_emulator(capsys):
         (path, hidden, direction) for path, hidden in (("grid", 40), ("block", 33), ("cluster", 70))
         for direction in ("forward", "backward")]
     assert all(p["ctas"] >= 1 and p["samples"] >= 1 for p in plans)
+
+
+def test_smem_counters_report_ncu_running_past_its_limit(tmp_path, monkeypatch, capsys):
+    """An ncu that does not finish within the stage's time: a line that says so, its output
+    so far kept in smem_counters.log, exit status 1 (not a traceback)."""
+    counters = _load_smem_counters()
+    monkeypatch.setattr(counters, "ncu_executable", lambda: "/usr/bin/ncu")
+
+    def too_slow(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"], output=b"==PROF== Connected", stderr=None)
+
+    monkeypatch.setattr(counters.subprocess, "run", too_slow)
+    assert counters.main(["--out", str(tmp_path)]) == 1
+    assert f"ncu ran past {counters.TIMEOUT_S} s" in capsys.readouterr().out
+    assert (tmp_path / "smem_counters.log").read_text() == "==PROF== Connected"

@@ -317,7 +317,7 @@ def format_report(result: FitResult, source: str) -> str:
         lines += markdown_table(["shape", "direction", "measured fastest", "model before", "model after"],
                                 [[c.label, c.direction, c.measured, c.before, c.after] for c in choices],
                                 range(0)) + [""]
-    lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted and probe-set ones):", "", "```cpp"]
+    lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted, probe-set and held ones):", "", "```cpp"]
     for name, new in result.after.items():
         if name not in result.set_from_probes and name not in FITTED and name not in result.held:
             continue
