@@ -678,7 +678,7 @@ CLUSTER_LENGTHS = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
 @pytest.mark.parametrize("hidden,sm_count,samples,dtype,bidirectional,optin,vectors", [
     (128, 2, 8, torch.float32, False, None, True), (70, 3, 2, torch.float32, True, None, True),
     (300, 2, 8, torch.float32, False, None, True), (96, 3, 1, torch.float64, False, None, True),
-    (129, 132, 2, torch.float64, False, 15800, False)])
+    (204, 3, 8, torch.float32, False, None, True), (129, 132, 2, torch.float64, False, 15800, False)])
 def test_cluster_async_exchange_rounds_as_the_cluster_barrier(hidden, sm_count, samples, dtype, bidirectional, optin,
                                                               vectors):
     """The cluster path's steps may end without the cluster barrier: each CTA stores its slice
@@ -687,8 +687,10 @@ def test_cluster_async_exchange_rounds_as_the_cluster_barrier(hidden, sm_count, 
     same way, counted by its phase of the next step). Forward and backward with uneven lengths,
     randomized truncation, recorded norms and a reversed direction give bitwise the cluster
     barrier's results: slices in 16-byte vectors (H = 128, 70, 96 in float64; 300 at 8 samples,
-    several pieces per thread) and in scalars (H = 129 in float64 with the shared memory per CTA
-    cut so that the planner takes 12 CTAs of 11 units forward, 15 of 9 backward). The step norms
+    several pieces per thread; 204 on 3 CTAs at 8 samples: 136 pieces, each for both other ranks,
+    which threads 136-255 would store again were they given pieces: each CTA's mbarrier counts
+    every byte once) and in scalars (H = 129 in float64 with the shared memory per CTA cut so
+    that the planner takes 12 CTAs of 11 units forward, 15 of 9 backward). The step norms
     are summed CTA by CTA: bitwise where both backward plans split H alike, else within a
     rounding per term."""
     batch = 9

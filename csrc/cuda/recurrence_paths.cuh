@@ -892,17 +892,21 @@ SIMT_DEVICE __forceinline__ void run_with_phase_clock(int64_t* cycles, long long
 // [unit_begin, unit_end) of each of the kSamples state rows) into the other CTAs of the group
 // (RecurrenceCta::share_slice). The slice is cut into pieces, 16-byte vectors where it starts and
 // ends on whole vectors (the slice that ends at H runs on to the row's zero padding), else
-// scalars; the CTA's threads split the pieces x other ranks, each thread the same pieces every
-// step: pieces first_within, + within_stride, ... for the ranks first_other, + other_stride, ...
-// after its own (first_other past the ranks: a thread with nothing to copy).
+// scalars. Where the pieces are no more than the CTA's threads (all but slices of several
+// samples of 128 units or more), each thread takes one piece and the same `copies` other ranks
+// every step, decided once per launch: per step it loads the piece once and stores it `copies`
+// times, with no loop over pieces and no division (sm_90 SASS: the copy code a thread runs per
+// step about 49 -> 27 instructions at one copy). Otherwise (per_rank > threads) thread t takes
+// the pieces t, t + threads, ... to every other rank.
 struct SliceCopies {
   int per_rank = 0;        // pieces of the slice (all its rows)
   int pieces_per_row = 1;
-  int first_within = 0, within_stride = 1;
-  int first_other = 0, other_stride = 1;
   int begin = 0;           // the slice's first unit
   bool vectors = false;
-  int64_t first_offset = 0;  // of piece first_within in a state buffer, in scalars
+  bool one_piece = false;  // per_rank <= threads: this thread's one piece, `copies` times
+  int copies = 0;          // (one_piece) the ranks this thread stores its piece into
+  unsigned first_rank = 0, rank_step = 1;  // (one_piece) the first of them (absolute), the step between them
+  int offset = 0;          // (one_piece) of the piece in a state buffer, in scalars
 };
 
 // What a persistent kernel's CTA knows and does every step, whichever the direction: its
@@ -1055,18 +1059,16 @@ struct RecurrenceCta {
     if constexpr (kPath == RecurrencePath::Cluster) {
       c = slice_of(place, hidden, row);
       const int threads = static_cast<int>(blockDim.x), t = static_cast<int>(threadIdx.x);
-      if (c.per_rank == 0) {
-        c.first_other = static_cast<int>(ctas);  // nothing to copy
-      } else if (c.per_rank <= threads) {  // each thread one piece, the ranks split over the threads
-        c.other_stride = threads / c.per_rank;
-        c.first_within = t % c.per_rank;
-        c.within_stride = c.per_rank;
-        c.first_other = t < c.other_stride * c.per_rank ? t / c.per_rank : static_cast<int>(ctas);
-      } else {  // each thread its pieces, to every rank
-        c.first_within = t;
-        c.within_stride = threads;
+      const int others = static_cast<int>(ctas) - 1;
+      c.one_piece = c.per_rank <= threads;
+      if (c.one_piece && c.per_rank > 0) {  // piece t % per_rank to the other ranks t / per_rank, + stride, ...
+        const int stride = threads / c.per_rank, first_other = t / c.per_rank;
+        // (threads past stride x per_rank copy nothing: their ranks are another thread's)
+        c.copies = first_other < stride && first_other < others ? (others - first_other + stride - 1) / stride : 0;
+        c.first_rank = static_cast<unsigned>((place.rank + 1 + first_other) % ctas);
+        c.rank_step = static_cast<unsigned>(stride % ctas);
+        c.offset = static_cast<int>(piece_offset(c, t % c.per_rank, row));
       }
-      c.first_offset = piece_offset(c, c.first_within, row);
     }
     return c;
   }
@@ -1089,28 +1091,56 @@ struct RecurrenceCta {
     if constexpr (kPath == RecurrencePath::Cluster) {
       __syncthreads();  // the CTA's slice is whole in its own buffer
       const SliceCopies& c = slice_copies;
-      const int others = static_cast<int>(tiling.ctas_per_group) - 1;
-      const unsigned own = static_cast<unsigned>(place.rank), ctas = static_cast<unsigned>(tiling.ctas_per_group);
-      int64_t offset = c.first_offset;
-      for (int within = c.first_within; within < c.per_rank;) {
-        for (int other = c.first_other; other < others; other += c.other_stride) {
-          unsigned rank = own + 1 + static_cast<unsigned>(other);
-          if (rank >= ctas) rank -= ctas;
-          if (c.vectors) {
-            const Vec16<scalar_t> piece = load_vec(next + offset);
-            if (arrivals != nullptr) {
-              simt::store_async(next + offset, rank, piece, arrivals);
-            } else {
-              *reinterpret_cast<Vec16<scalar_t>*>(simt::cluster_map_shared(next + offset, rank)) = piece;
-            }
-          } else if (arrivals != nullptr) {
-            simt::store_async(next + offset, rank, next[offset], arrivals);
-          } else {
-            *simt::cluster_map_shared(next + offset, rank) = next[offset];
-          }
+      if (!c.one_piece) {
+        share_many_pieces(next, arrivals);
+      } else if (c.copies > 0) {
+        if (c.vectors) {
+          copy_piece<Vec16<scalar_t>>(next + c.offset, c.first_rank, c.rank_step, c.copies, arrivals);
+        } else {
+          copy_piece<scalar_t>(next + c.offset, c.first_rank, c.rank_step, c.copies, arrivals);
         }
-        within += c.within_stride;
-        if (within < c.per_rank) offset = piece_offset(c, within, row);
+      }
+    }
+  }
+
+  // The piece of type Piece (a 16-byte vector or a scalar) at `local` into `copies` >= 1 ranks
+  // from `rank` on, `step` apart (mod the cluster's CTAs). Not unrolled: a thread has 1-2 copies at
+  // most planned shapes, and unrolled by 4 the copies nearly tripled the cluster step loop's
+  // machine code (sm_90 SASS: 342 -> 899 instructions at 1 sample and 1 pass).
+  template <typename Piece>
+  SIMT_DEVICE __forceinline__ void copy_piece(scalar_t* local, unsigned rank, unsigned step, int copies,
+                                              unsigned long long* arrivals) const {
+    const unsigned ctas = static_cast<unsigned>(tiling.ctas_per_group);
+    const Piece piece = *reinterpret_cast<const Piece*>(local);
+    auto store = [&](unsigned to) {
+      if (arrivals != nullptr) {
+        simt::store_async(local, to, piece, arrivals);
+      } else {
+        *reinterpret_cast<Piece*>(simt::cluster_map_shared(local, to)) = piece;
+      }
+    };
+    store(rank);  // (copies >= 1; the loop only for the others)
+    SIMT_NO_UNROLL
+    for (int i = 1; i < copies; ++i) {
+      rank += step;
+      if (rank >= ctas) rank -= ctas;
+      store(rank);
+    }
+  }
+
+  // share_slice where the slice has more pieces than the CTA has threads (SliceCopies). (Out of
+  // line, the call's register saves took 400-848 bytes of stack per thread: ptxas, sm_90.)
+  SIMT_DEVICE __forceinline__ void share_many_pieces(scalar_t* next, unsigned long long* arrivals) const {
+    const SliceCopies& c = slice_copies;
+    const unsigned ctas = static_cast<unsigned>(tiling.ctas_per_group), own = static_cast<unsigned>(place.rank);
+    if (ctas < 2) return;  // (no other CTA)
+    const unsigned first = own + 1 < ctas ? own + 1 : 0u;
+    for (int within = static_cast<int>(threadIdx.x); within < c.per_rank; within += static_cast<int>(blockDim.x)) {
+      scalar_t* local = next + piece_offset(c, within, row);
+      if (c.vectors) {
+        copy_piece<Vec16<scalar_t>>(local, first, 1u, static_cast<int>(ctas) - 1, arrivals);
+      } else {
+        copy_piece<scalar_t>(local, first, 1u, static_cast<int>(ctas) - 1, arrivals);
       }
     }
   }

@@ -8,7 +8,7 @@
 //
 // Kernel-facing spellings (identical in both worlds):
 //   SIMT_GLOBAL, SIMT_DEVICE, SIMT_HOST_DEVICE, SIMT_LAUNCH_BOUNDS(n[, min_blocks]), SIMT_UNROLL,
-//   SIMT_UNROLL_2 (unroll a loop of unknown trip count by 2), SIMT_NOINLINE
+//   SIMT_UNROLL_2 (unroll a loop of unknown trip count by 2), SIMT_NO_UNROLL, SIMT_NOINLINE
 //   threadIdx, blockIdx, blockDim, gridDim, warpSize (dim3 / uint3)
 //   __syncthreads(), __syncwarp(mask), __shfl_sync / __shfl_xor_sync / __shfl_up_sync /
 //   __shfl_down_sync, __ballot_sync, __any_sync, __all_sync

@@ -25,6 +25,7 @@
 #define SIMT_LAUNCH_BOUNDS(...) __launch_bounds__(__VA_ARGS__)
 #define SIMT_UNROLL _Pragma("unroll")
 #define SIMT_UNROLL_2 _Pragma("unroll 2")
+#define SIMT_NO_UNROLL _Pragma("unroll 1")
 #define SIMT_NOINLINE __noinline__
 
 // Static shared memory: SIMT_SHARED(float[32][33], tile);

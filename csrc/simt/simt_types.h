@@ -44,4 +44,5 @@ using simt::emu::uint3;
 // Loop unrolling hint spelled for both compilers (g++ ignores `#pragma unroll` with a warning).
 #define SIMT_UNROLL _Pragma("GCC unroll 8")
 #define SIMT_UNROLL_2 _Pragma("GCC unroll 2")
+#define SIMT_NO_UNROLL _Pragma("GCC unroll 1")
 #define SIMT_NOINLINE __attribute__((noinline))
