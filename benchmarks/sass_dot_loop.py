@@ -16,9 +16,10 @@ loop is unrolled by 2, so a trip holds 2 iterations (or 1, or 4).
 For the kernels compiled for their passes (recurrence_paths.cuh compiled_passes: the block
 path with its weight rows in registers, which has no dot loop, and the cluster path at 1 to 8
 passes) and the layer stack's kernels the report also counts the step loop of their untimed copy (the loop with the step's
-barrier and no read of the cycle counter) by kind of instruction, and fails where it is
-missing: a count of the code every warp may issue per step (branches skip parts of it), not
-a timing.
+barrier and no read of the cycle counter; the layer backward's plain copy has two, smaller
+first: its steps without and with the test for a cut every K steps) by kind of instruction,
+and fails where it is missing: a count of the code every warp may issue per step (branches
+skip parts of it), not a timing.
 """
 
 from __future__ import annotations
@@ -132,21 +133,25 @@ def opcode(text: str) -> str:
     return re.sub(r"^@!?U?P\w+ ", "", text).split()[0].split(".")[0]
 
 
-def untimed_step_loop(instructions: list[tuple[int, str]]) -> collections.Counter | None:
-    """Opcode counts of the largest loop that holds a barrier (BAR.SYNC) and no read of the
-    cycle counter (SR_CLOCKLO): the step loop of a kernel's untimed copy, or None. Only loops
-    closed by a conditional branch count (the step loop's test of s): the unconditional
-    branches back are the returns of out-of-line code (a divergent shuffle's fallback) into
-    the middle of a loop, whose spans cover parts of two loops."""
-    best = None
+def untimed_step_loops(instructions: list[tuple[int, str]]) -> list[collections.Counter]:
+    """Opcode counts of each loop that holds a barrier (BAR.SYNC) and no read of the cycle counter
+    (SR_CLOCKLO) and lies in no other such loop, smallest first: the step loops of a kernel's
+    untimed copy (one; two in the backward's plain copy, whose calls truncated every K steps run
+    a copy of the steps with the test for a cut). Only loops closed by a conditional branch count
+    (the step loop's test of s): the unconditional branches back are the returns of out-of-line
+    code (a divergent shuffle's fallback) into the middle of a loop, whose spans cover parts of
+    two loops."""
+    spans = []
     for start, end in loop_spans(instructions):
         if not instructions[end][1].startswith("@"):
             continue
         body = [text for _, text in instructions[start:end + 1]]
         if any("BAR.SYNC" in text for text in body) and not any("SR_CLOCKLO" in text for text in body):
-            if best is None or len(body) > sum(best.values()):
-                best = collections.Counter(opcode(text) for text in body)
-    return best
+            spans.append((start, end))
+    outermost = [(start, end) for start, end in spans
+                 if not any(s <= start and end <= e and (s, e) != (start, end) for s, e in spans)]
+    loops = [collections.Counter(opcode(text) for _, text in instructions[start:end + 1]) for start, end in outermost]
+    return sorted(loops, key=lambda loop: sum(loop.values()))
 
 
 def innermost_fma_loops(instructions: list[tuple[int, str]], min_fmas: int = 8) -> list[Loop]:
@@ -195,11 +200,11 @@ def report(object_file: str) -> tuple[list[str], str | None]:
     for key in sorted(kernels):
         name = f"{key[0]} {key[1]} {key[2]} samples {key[3]}" + (f" compiled for {key[4]} passes" if key[4] else "")
         if key[4] > 0 or " stack" in key[0]:  # (the stack kernels have no timed copy)
-            step = untimed_step_loop(kernels[key])
-            if step is None:
+            steps = untimed_step_loops(kernels[key])
+            if not steps:
                 errors.append(f"{name}: no untimed step loop found")
-            else:
-                kinds = ("FFMA", "LDS", "SHFL", "BRA", "MUFU")
+            kinds = ("FFMA", "LDS", "SHFL", "BRA", "MUFU")
+            for step in steps:
                 shown = " + ".join(f"{step[kind]} {kind}" for kind in kinds)
                 other = sum(step.values()) - sum(step[kind] for kind in kinds)
                 lines.append(f"{name}: untimed step loop {sum(step.values())} = {shown} + {other} other")

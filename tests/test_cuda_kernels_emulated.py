@@ -525,26 +525,32 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling)
 @pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
     ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("block", 150, 1, 32, 5),
     ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8)])
+@pytest.mark.parametrize("truncation", [None, 2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["full", "K2", "random"])
 def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
-                                                                              passes):
-    """A backward of full BPTT without recorded norms on a kernel compiled for its passes runs
-    the copy compiled without the truncation's edge scales and the norm sums
-    (backward_recurrence_kernel's kPlain), and gives bitwise the gradients of the general
-    kernels: the same launch shape's with norms recorded, with truncation every 7 steps of 6
-    (cuts() is true, no edge is cut), and read at run time (no plain copy)."""
+                                                                              passes, truncation):
+    """A backward without recorded norms or randomized truncation on a kernel compiled for its
+    passes runs the copy compiled without the norm sums and the randomized draws
+    (backward_recurrence_kernel's kPlain; it finds the cuts every K steps by PeriodicCut), and gives bitwise
+    the gradients of the general kernels: the same launch shape's with norms recorded, and read
+    at run time (no plain copy). Randomized truncation runs the general kernel. Truncation every
+    2 of 6 steps and the randomized one cut edges: their gradients differ from full BPTT's."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
     kernel = f"backward_recurrence_kernel<float, {samples}, RecurrencePath::{path.capitalize()}, {passes}"
-    plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=None, **tiling)
-    assert plain_launches == [kernel + ", true>"]
-    for record, truncation, run_time_passes in ((True, None, False), (False, 7, False), (False, None, True)):
+    plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=truncation, **tiling)
+    randomized = isinstance(truncation, rnn_fused.RandomTruncation)
+    assert plain_launches == [kernel + (">" if randomized else ", true>")]
+    for record, run_time_passes in ((True, False), (False, True)):
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
                                                 run_time_passes=run_time_passes, **tiling)
         general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else kernel + ">"
-        assert launches == [general_kernel], (record, truncation, run_time_passes)
-        for a, b in zip(plain, general):
-            assert torch.equal(a, b), (record, truncation, run_time_passes)
+        assert launches == [general_kernel], (record, run_time_passes)
+        for a, b in zip(plain, general, strict=True):
+            assert torch.equal(a, b), (record, run_time_passes)
+    if truncation is not None:
+        _, full = _plain_backward_run(hidden, batch, lengths, record=False, truncation=None, **tiling)
+        assert not torch.equal(plain[0], full[0])
 
 
 def test_recording_launches_names_each_launch_in_order():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 
 import pytest
 import torch
@@ -226,30 +227,31 @@ def test_stack_rows_in_registers_at_any_hidden_size_from_65_to_128(hidden, layer
     (200, 4, 16, "backward_cluster_stack_kernel", 4)], ids=["block", "block-7-passes", "cluster"])
 def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_results(hidden, layers, units_per_pass,
                                                                                  kernel, passes):
-    """Full BPTT without recorded norms on a stack compiled for its passes runs the backward copy
-    compiled without the truncation's edge scales and the norm sums (kPlain), and gives bitwise
-    the results of the general kernels: the same launch shape's with truncation every 5 of 4
-    steps (no edge cut), and read at run time (no plain copy)."""
+    """A stack's backward without recorded norms or randomized truncation on kernels compiled for
+    their passes runs the copy compiled without the norm sums and the randomized draws (kPlain),
+    full BPTT or truncated every K steps (PeriodicCut), and gives bitwise the results of the
+    general kernels that read their passes at run time (no plain copy). Truncation every 2 of 4
+    steps cuts edges: its gradients differ from full BPTT's."""
     steps, batch = 4, 3
     lengths = torch.tensor([4, 1, 3])
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
-    runs, kernels = [], []
-    for truncation, run_time in ((None, False), (steps + 1, False), (None, True)):
+    results = {}
+    for truncation, run_time in itertools.product((None, 2), (False, True)):
         with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
                                                                          run_time_passes=run_time):
             plan = launch_plan.stack_plan(hidden, batch, steps, layers)
             with simt.recording_launches() as launches:
-                runs.append(run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32, backend="emulated",
-                                      stack=True, truncation=truncation))
-        kernels.append([name for name in launches if name.startswith(kernel)])
+                results[truncation, run_time] = run_stack(x, h0, groups, lengths, "tanh", cotangents, torch.float32,
+                                                          backend="emulated", stack=True, truncation=truncation)
         assert plan.compiled_passes == (0 if run_time else passes), plan.reason
-    samples = plan.samples
-    assert kernels == [[f"{kernel}<{samples}, {passes}, true>"], [f"{kernel}<{samples}, {passes}>"],
-                       [f"{kernel}<{samples}, 0>"]]
-    for run in runs[1:]:
-        for name, a, b in zip(names_for(len(runs[0])), runs[0], run, strict=True):
-            assert torch.equal(a, b), name
+        expected = f"{kernel}<{plan.samples}, 0>" if run_time else f"{kernel}<{plan.samples}, {passes}, true>"
+        assert [name for name in launches if name.startswith(kernel)] == [expected], (truncation, run_time)
+    for truncation in (None, 2):
+        for name, a, b in zip(names_for(len(results[None, False])), results[truncation, False],
+                              results[truncation, True], strict=True):
+            assert torch.equal(a, b), (name, truncation)
+    assert not torch.equal(results[None, False][2], results[2, False][2])
 
 
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])

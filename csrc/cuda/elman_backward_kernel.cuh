@@ -176,12 +176,18 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
   }
 }
 
-// A backward kernel's plain copy (kPlain, below) runs only calls that need neither truncation nor
-// norms: a kernel's arguments `a` (step_sq, truncation) say so.
+// A backward kernel's plain copy (kPlain, below) runs only calls that record no norms and draw
+// no randomized truncation, and truncate every K steps only where PeriodicCut can count the
+// steps (plain_backward_call): a kernel's arguments `a` say so.
+template <class Args>
+SIMT_HOST_DEVICE __forceinline__ bool plain_backward_call(const Args& a) {
+  return a.step_sq == nullptr && !a.truncation.randomized() &&
+         (a.truncation.every == 0 || a.shape.steps < kPeriodicCutSteps);
+}
 template <bool kPlain, class Args>
 SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
   if constexpr (kPlain) {
-    SIMT_KERNEL_CHECK(a.step_sq == nullptr && !a.truncation.cuts(), "the plain kernel records no norms and cuts no edge");
+    SIMT_KERNEL_CHECK(plain_backward_call(a), "the plain kernel records no norms and draws no randomized truncation");
   }
 }
 
@@ -190,13 +196,15 @@ SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
 // kIterations).bytes of
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
-// kIterations == compiled_iterations(...). kPlain: full BPTT without recorded norms (step_sq
-// null, truncation.cuts() false), compiled without the edge scales' draws and the norm sums.
-// Only the kernels compiled for their passes have a plain copy (with_persistent_kernel): there
-// a step is a few hundred instructions, and that code, never run by such a call, still took
-// registers and kept the compiler from stepping the operands' addresses (sm_90 SASS, counted:
-// the block step loop at 1 sample and 1 pass 395 -> 99 static instructions, about 126 -> 92
-// executed).
+// kIterations == compiled_iterations(...). kPlain: BPTT without recorded norms (step_sq null),
+// full or truncated every K steps (truncation.randomized() false), compiled without the norm
+// sums and the randomized draws; it finds the cut edges by PeriodicCut. Only the
+// kernels compiled for their passes have a plain copy (with_persistent_kernel): there a step is
+// a few hundred instructions, and that code, never run by such a call, still took registers and
+// kept the compiler from stepping the operands' addresses (sm_90 SASS, counted: the block step
+// loop at 1 sample and 1 pass 395 -> 99 static instructions, about 126 -> 92 executed). The
+// draws inline (edge_scale in the plain copy) doubled its static step loop and took 8-30 more
+// registers: randomized truncation stays with the general kernel.
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false,
           int kIterations = kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
@@ -204,7 +212,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   check_plain_call<kPlain>(a);
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
-  // parameters (about 15 instructions per step and sample in the sm_90 SASS).
+  // parameters (about 15 instructions per step and sample in the sm_90 SASS). The plain copy
+  // cuts every K steps by `periodic` instead (run's kCutsEveryK).
   const bool cuts = !kPlain && a.truncation.cuts();
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
@@ -229,8 +238,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // With the asynchronous exchange, what rank 0's phase of a step also counts: the other CTAs'
   // norm sums of the step before (none before the first step).
   const unsigned sums_in = norms && barrier.async_exchange() ? norm_sum_bytes<kSamples>(tiling, place, B) : 0u;
-  // The steps, timed by `clock` (a PhaseClock).
-  auto run = [&](auto clock) {
+  // The steps, timed by `clock` (a PhaseClock); `cuts_every_k` (std::bool_constant): the plain
+  // copy's steps of a call truncated every K steps, which test `periodic` for a cut (its other
+  // calls run a copy of the steps without the test: in the sm_90 SASS the test and the registers
+  // it holds cost the block step loop at 1 sample and 1 pass 9 static instructions, 96 -> 105).
+  auto run = [&](auto clock, auto cuts_every_k) {
+    constexpr bool kCutsEveryK = decltype(cuts_every_k)::value;
     clock.start();
     // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:
     // with one chunk (LaneOutputs), step s - kOperandL1Steps's into L1 and step s - 1's into
@@ -265,7 +278,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
 
     int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
+    PeriodicCut periodic(kPlain ? a.truncation.every : 0, T);
     for (int64_t s = T - 1; s >= 0; --s) {
+      const bool cut_later = kCutsEveryK && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
       scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
       unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
       // `later` holds dz at step s+1; `now` takes dz at step s.
@@ -282,6 +297,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           const int64_t b = first + cta.first_sample + k;
           edge[k] = s + 1 >= rows.length[k] ? scalar_t(0)
                     : cuts             ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b))
+                    : cut_later        ? scalar_t(0)
                                        : scalar_t(1);
         }
         double g_sq[kOwned] = {};  // this lane's outputs of each sample, in batch order
@@ -383,7 +399,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
     barrier.finish();
   };
-  run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), run);
+  run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), [&](auto clock) {
+    if constexpr (kPlain) {
+      if (a.truncation.every > 0) {
+        run(clock, std::true_type{});
+        return;
+      }
+    }
+    run(clock, std::false_type{});
+  });
 }
 
 // The backward of a stack of L unidirectional layers in one launch, the mirror of
@@ -469,6 +493,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   TruncationParams truncation = a.truncation;
   truncation.stream = static_cast<uint32_t>(2 * layer);
   const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
+  PeriodicCut periodic(kPlain ? truncation.every : 0, T);
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   // The row this lane owns in each batch (the same every step).
@@ -505,6 +530,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   };
   load_operands(T - 1, 0);
   for (int64_t s = T - 1; s >= -1; --s) {
+    const bool cut_later = kPlain && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
     const int64_t parity = (T - 1 - s) % 2;
     const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
     float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
@@ -514,6 +540,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const int64_t b = cta.place.sample_begin + cta.first_sample + k;
       edge[k] = s < 0 || s + 1 >= lane.length[k] ? 0.0f
                 : cuts                            ? static_cast<float>(edge_scale(truncation, s + 1, b))
+                : cut_later                       ? 0.0f
                                                   : 1.0f;
     }
     double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
@@ -644,6 +671,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   TruncationParams truncation = a.truncation;
   truncation.stream = static_cast<uint32_t>(2 * layer);
   const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
+  PeriodicCut periodic(kPlain ? truncation.every : 0, T + delay);  // (t + 1 at w = 0)
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0
@@ -661,6 +689,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   load_operands(T - 1 + delay, 0);
   for (int64_t w = 0; w < T + L - 1; ++w) {
     const int64_t t = T - 1 - w + delay;
+    const bool cut_later = kPlain && periodic.cut(t + 1);  // the edge into step t + 1 (plain copy)
     float* own_now = cta.states + (w % 2) * kSamples * half;
     float* own_next = cta.states + (1 - w % 2) * kSamples * half;
     const float* above_now = above.states + (w % 2) * kSamples * half;
@@ -676,6 +705,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (t < lane.length[k]) {
         const float edge = t + 1 >= lane.length[k] ? 0.0f
                            : cuts                  ? static_cast<float>(edge_scale(truncation, t + 1, b))
+                           : cut_later             ? 0.0f
                                                    : 1.0f;
         const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
                                                                             : from_above[batch][k];

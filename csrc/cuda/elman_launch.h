@@ -742,7 +742,7 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   const dim3 block(kRecurrenceThreads);
   bool plain_backward = false;
   if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<scalar_t>>) {
-    plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
+    plain_backward = plain_backward_call(args);
   }
   constexpr bool kFp64 = std::is_same_v<scalar_t, double>;
   const int iterations = compiled_iterations(plan.path, plan.compiled_passes,
@@ -1435,7 +1435,7 @@ void launch_stack(const StackPlanReport& plan, const LayerShape& shape, int64_t 
   const RecurrenceTiling tiling = stack_tiling(plan, shape, layers);
   bool plain_backward = false;
   if constexpr (std::is_same_v<Args, BackwardStackArgs>) {
-    plain_backward = args.step_sq == nullptr && !args.truncation.cuts();
+    plain_backward = plain_backward_call(args);
   }
   const int passes = static_cast<int>(plan.compiled_passes);
   if (plan.cluster > 1) {
