@@ -530,10 +530,11 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
                                                                               passes, truncation):
     """A backward without recorded norms or randomized truncation on a kernel compiled for its
     passes runs the copy compiled without the norm sums and the randomized draws
-    (backward_recurrence_kernel's kPlain; it finds the cuts every K steps by PeriodicCut), and gives bitwise
-    the gradients of the general kernels: the same launch shape's with norms recorded, and read
-    at run time (no plain copy). Randomized truncation runs the general kernel. Truncation every
-    2 of 6 steps and the randomized one cut edges: their gradients differ from full BPTT's."""
+    (backward_recurrence_kernel's kPlain; it finds the cuts every K steps by PeriodicCut), and
+    gives bitwise the gradients of the general kernels: the same launch shape's with norms
+    recorded, and read at run time (no plain copy). Randomized truncation runs the general
+    kernel. Truncation every 2 of 6 steps and the randomized one cut edges: their gradients
+    differ from full BPTT's."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
