@@ -39,8 +39,10 @@ ARCH = "sm_90"
 # (RecurrencePath: 0 block, 1 cluster, 2 grid), compiled passes (0: read at run time), and the
 # backward's kPlain (1: the copy without truncation and norms, reported as "backward plain"), and
 # the chunk iterations held in registers where they differ from the passes (the cluster path's
-# split kernels, reported as "cluster split").
+# split kernels, 32, reported as "cluster split"; those with every row in registers, 8, as
+# "cluster registers").
 PATH_NAMES = {"0": "block", "1": "cluster", "2": "grid"}
+CLUSTER_SPLIT_ITERATIONS = 32  # (kernel_common.cuh kClusterSplitIterations)
 KERNEL = re.compile(r"(forward|backward)_recurrence_kernelI([fd])Li(\d+)ELNS0_14RecurrencePathE(\d)ELi(\d+)E"
                     r"(?:Lb([01])E)?(?:Li(\d+)E)?E")
 # The layer stack's kernels (float32, the block path's tiling): samples, compiled passes, kPlain.
@@ -79,6 +81,13 @@ def find_cuobjdump() -> str | None:
     return None
 
 
+def _held_rows(iterations: str | None, passes: str) -> str:
+    """The name's suffix for a cluster kernel compiled for more chunk iterations than passes."""
+    if iterations in (None, passes):
+        return ""
+    return " split" if int(iterations) == CLUSTER_SPLIT_ITERATIONS else " registers"
+
+
 def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]]]:
     """(direction, dtype, samples, path, passes) -> [(address, instruction)] of each recurrence
     kernel compiled for `arch` in cuobjdump -sass output."""
@@ -98,7 +107,7 @@ def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]
             if match:
                 direction, dtype, samples, path, passes, plain, iterations = match.groups()
                 current = (direction + (" plain" if plain == "1" else ""), "float" if dtype == "f" else "double",
-                           int(samples), PATH_NAMES[path] + (" split" if iterations not in (None, passes) else ""),
+                           int(samples), PATH_NAMES[path] + _held_rows(iterations, passes),
                            int(passes))
             elif stack:
                 direction, samples, passes, plain = stack.groups()
@@ -208,7 +217,7 @@ def report(object_file: str) -> tuple[list[str], str | None]:
                 shown = " + ".join(f"{step[kind]} {kind}" for kind in kinds)
                 other = sum(step.values()) - sum(step[kind] for kind in kinds)
                 lines.append(f"{name}: untimed step loop {sum(step.values())} = {shown} + {other} other")
-            if (key[3] == "block" and key[4] > 0) or key[3].endswith(" split"):
+            if (key[3] == "block" and key[4] > 0) or key[3].endswith((" split", " registers")):
                 continue  # (the weight rows in registers, all or some: no dot loop)
         loops = sorted(innermost_fma_loops(kernels[key]), key=lambda loop: -loop.fmas)
         shown = ", ".join(f"{loop.instructions} = {loop.loads} LDS + {loop.fmas} FMA + {loop.other} other"

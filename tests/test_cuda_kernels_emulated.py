@@ -425,6 +425,51 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sy
     _assert_tiles_round_alike(hidden, batch, lengths, [split, grid])
 
 
+@pytest.mark.parametrize("hidden,sm_count,units_per_pass,step_sync,passes", [
+    (256, 48, 16, "grid_barrier", 1), (200, 48, 32, "grid_barrier", 1), (129, 48, 16, "grid_barrier", 1),
+    (129, 3, 32, "async_exchange", 2), (200, 48, 16, "async_exchange", 2), (129, 16, 16, "grid_barrier", 2)])
+def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_count, units_per_pass, step_sync,
+                                                                    passes):
+    """At H = 129-256 and one sample per chunk the cluster path's kernels for 1 or 2 passes hold
+    every weight row of their CTA in registers (8 chunk iterations a lane, rows padded with
+    zeros to 256 columns; kernel_common.cuh cluster_rows_in_registers) and none in shared
+    memory. Forward and backward with lengths, randomized truncation and recorded norms, with
+    the cluster barrier and with the asynchronous exchange, give bitwise the results of the
+    cluster kernels that read their passes (and every row from shared memory) at run time and
+    of the grid path's kernels. H = 256: 16 CTAs of 16 units, a pass on 4 warps; H = 200 on 16
+    CTAs of 13 units (slices of single scalars) and on 7 of 32, the last one 8; H = 129: rows
+    of 5 chunk iterations, the last with one column, on 15 CTAs of 9 units, 3 of 44 and 5 of 28
+    (the last one 17)."""
+    batch = 3
+    lengths = torch.tensor([5, 6, 2])
+    tiling = dict(samples=1, units_per_pass=units_per_pass, step_sync=step_sync)
+    with simt.recording_launches() as launches:
+        held, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", **tiling)
+    assert tiles == {(1, units_per_pass)}
+    kernel = f"recurrence_kernel<float, 1, RecurrencePath::Cluster, {passes}"
+    assert [name for name in launches if "recurrence_kernel" in name] == [
+        f"forward_{kernel}, kClusterRowIterations>", f"backward_{kernel}, false, kClusterRowIterations>"
+    ], launches  # (norms recorded: the general backward)
+    run_time, _ = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", run_time_passes=True,
+                                        **tiling)
+    grid, _ = _block_run_with_norms(4, hidden, batch, lengths, path="grid", samples=1, units_per_pass=32)
+    with simt.emulated_device(sm_count=sm_count):
+        for backward in (False, True):
+            with launch_plan.forced_tiling(**tiling):
+                plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster")
+            assert plan.compiled_passes == passes, plan.reason
+            assert -(-plan.units_per_cta // units_per_pass) == passes, plan.reason
+            assert "weight rows in registers" in plan.reason, plan.reason
+            # Shared memory: the state rows (two buffers of 256 columns) and the norm sums, no weight row.
+            assert 2 * 256 * 4 <= plan.shared_mem_bytes < 2 * 256 * 4 + 1024, plan
+            with launch_plan.forced_tiling(run_time_passes=True, **tiling):
+                general = rnn_fused.plan(hidden, batch, backward=backward, path="cluster")
+            assert general.compiled_passes == 0 and "in registers" not in general.reason, general.reason
+            assert (general.units_per_cta, general.cluster) == (plan.units_per_cta, plan.cluster)
+            assert general.shared_mem_bytes > plan.units_per_cta * hidden * 4, general  # (its rows)
+    _assert_tiles_round_alike(hidden, batch, lengths, [held, run_time, grid])
+
+
 @pytest.mark.parametrize("truncation,samples", [(2, 1), (rnn_fused.RandomTruncation(0.6, seed=11), 2)],
                          ids=["K2-1-sample", "random-2-samples"])
 def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation, samples):
@@ -501,9 +546,9 @@ def test_split_weights_on_an_a100_like_device():
         assert torch.equal(a, b)
 
 
-def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling):
+def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=4, **tiling):
     """The backward's launches and every gradient of a 1-layer float32 module on the emulated
-    path the tiling names (4 SMs), with norms recorded or not and `truncation`."""
+    path the tiling names (sm_count SMs), with norms recorded or not and `truncation`."""
     torch.manual_seed(0)
     module = RNN(5, hidden, truncation=truncation)
     module.backend = "emulated"
@@ -511,7 +556,7 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling)
     g = torch.Generator().manual_seed(11)
     x = (torch.randn(6, batch, 5, generator=g, dtype=torch.float64) * 0.5).float().requires_grad_()
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(**tiling):
+    with simt.emulated_device(sm_count=sm_count), launch_plan.forced_tiling(**tiling):
         with contextlib.ExitStack() as stack:
             if record:
                 stack.enter_context(rnn_fused.record_gradients(module))
@@ -524,7 +569,7 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, **tiling)
 
 @pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
     ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("block", 150, 1, 32, 5),
-    ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8)])
+    ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8), ("cluster", 129, 1, 32, 2)])
 @pytest.mark.parametrize("truncation", [None, 2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["full", "K2", "random"])
 def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
                                                                               passes, truncation):
@@ -539,13 +584,19 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
     kernel = f"backward_recurrence_kernel<float, {samples}, RecurrencePath::{path.capitalize()}, {passes}"
+    # (H = 129 on the cluster path, 16 SMs: 3 CTAs of 44 units, every row in registers, the
+    # kernels' chunk iterations named last)
+    held = ", kClusterRowIterations" if path == "cluster" and 128 < hidden <= 256 and passes <= 2 else ""
+    if held:
+        tiling.update(sm_count=16)
+    general_compiled = kernel + (", false" + held if held else "") + ">"
     plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=truncation, **tiling)
     randomized = isinstance(truncation, rnn_fused.RandomTruncation)
-    assert plain_launches == [kernel + (">" if randomized else ", true>")]
+    assert plain_launches == [general_compiled if randomized else kernel + ", true" + held + ">"]
     for record, run_time_passes in ((True, False), (False, True)):
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
                                                 run_time_passes=run_time_passes, **tiling)
-        general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else kernel + ">"
+        general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else general_compiled
         assert launches == [general_kernel], (record, run_time_passes)
         for a, b in zip(plain, general, strict=True):
             assert torch.equal(a, b), (record, run_time_passes)
@@ -1202,10 +1253,12 @@ def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held)
     iterations (64 registers): H <= 128 in float32 on the block path; past that, at one sample
     per chunk, as many whole passes as 32 chunks take (split weights: all 5 passes to H = 160,
     4 of 7 at H = 200, the others' rows in shared memory); never in float64 (it would spill),
-    nor on the cluster and grid paths (whose kernels have no room for them)."""
+    nor on the grid path (whose kernels have no room for them). The cluster path's CTAs of 1
+    or 2 passes hold all theirs past H = 128 in float32 (cluster_rows_in_registers: H = 160 on
+    3 CTAs, 200 on 16), none below."""
     with launch_plan.forced_tiling(samples=1):
         plan = rnn_fused.plan(hidden, 8, dtype, path="block")
-        others = [rnn_fused.plan(hidden, 8, dtype, path=path).reason for path in ("cluster", "grid")]
+        cluster, grid = (rnn_fused.plan(hidden, 8, dtype, path=path) for path in ("cluster", "grid"))
     if held == "all":
         assert "weight rows in registers" in plan.reason, plan.reason
         assert "the others in shared memory" not in plan.reason, plan.reason
@@ -1213,8 +1266,11 @@ def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held)
         assert f"the weight rows of {held} in registers, the others in shared memory" in plan.reason, plan.reason
     else:
         assert "in registers" not in plan.reason, plan.reason
-    for reason in others:
-        assert "in registers" not in reason, reason
+    assert "in registers" not in grid.reason, grid.reason
+    if hidden > 128 and dtype == torch.float32:
+        assert cluster.compiled_passes <= 2 and ", weight rows in registers" in cluster.reason, cluster.reason
+    else:
+        assert "in registers" not in cluster.reason, cluster.reason
 
 
 def test_plan_float64_halves_what_fits():

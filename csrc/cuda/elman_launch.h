@@ -148,27 +148,31 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_COMPILED_ATTRIBUTES
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
-// The Cluster path's split weights (cluster_weights_split): 2 passes at 1 or 2 samples, the
-// first's rows in registers (at 2 samples their first 24 chunk iterations).
-#define RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(samples)                                                                 \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
-                         forward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
-                                                   kClusterSplitIterations>);                                    \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
-                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
-                                                    false, kClusterSplitIterations>);                             \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                         \
-                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, kClusterSplitPasses, \
-                                                    true, kClusterSplitIterations>)
-RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(1);
-RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES(2);
-#undef RNN_FUSED_CLUSTER_SPLIT_ATTRIBUTES
+// The Cluster path's kernels compiled for more chunk iterations than passes, whose rows are
+// held in registers: its split weights (cluster_weights_split: 2 passes at 1 or 2 samples,
+// the first's rows in registers, at 2 samples their first 24 chunk iterations), and every row
+// in registers (cluster_rows_in_registers: 1 or 2 passes at 1 sample).
+#define RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(samples, passes, iterations)                                     \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
+                         forward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, iterations>); \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
+                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, false,  \
+                                                    iterations>);                                            \
+  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
+                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, true,   \
+                                                    iterations>)
+RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, kClusterSplitPasses, kClusterSplitIterations);
+RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(2, kClusterSplitPasses, kClusterSplitIterations);
+RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 1, kClusterRowIterations);
+RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 2, kClusterRowIterations);
+#undef RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES
 // (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
 // every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4,
-// and the cluster's split kernels.)
+// the cluster's split kernels and those with every row in registers.)
 static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
                   max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 2) &&
-                  !cluster_weights_split(2, 32, false, 4),
+                  !cluster_weights_split(2, 32, false, 4) && cluster_rows_in_registers(2, 8, false, 1) &&
+                  !cluster_rows_in_registers(3, 8, false, 1) && !cluster_rows_in_registers(1, 8, false, 2),
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
@@ -286,7 +290,7 @@ inline constexpr int kMaxCompiledStackPasses =
 // The planner sizes occupancy on the general kernel: the plain one runs a subset of its code,
 // and its registers fit as many CTAs per SM (make resource-usage fails where they would not).
 // iterations: compiled_iterations of the launch shape (0: the passes'), kClusterSplitIterations
-// for the Cluster path's split kernels.
+// for the Cluster path's split kernels, kClusterRowIterations for those with every row in registers.
 template <typename scalar_t, RecurrencePath kPath, class F>
 void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, bool plain_backward = false,
                             int iterations = 0) {
@@ -314,6 +318,14 @@ void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, b
         if (iterations == kClusterSplitIterations) {
           split = true;
           with_iterations(std::integral_constant<int, kClusterSplitIterations>{});
+          return;
+        }
+      }
+      if constexpr (kFloat && kPath == RecurrencePath::Cluster && cluster_rows_in_registers(P, kClusterRowIterations,
+                                                                                            false, S)) {
+        if (iterations == kClusterRowIterations) {
+          split = true;
+          with_iterations(std::integral_constant<int, kClusterRowIterations>{});
           return;
         }
       }

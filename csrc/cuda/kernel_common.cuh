@@ -283,6 +283,27 @@ SIMT_HOST_DEVICE constexpr int cluster_split_held_iterations(int64_t samples) {
                                                                                      : kClusterSplitIterations);
 }
 static_assert(kClusterSplitIterations <= kSplitRegisterChunks, "a lane holds one pass of the cluster split");
+
+// The Cluster path at H = 129-256 (5-8 chunk iterations), one sample per chunk: a CTA's rows,
+// 1 or 2 passes of them, all in registers, kClusterRowIterations chunks a lane each (32
+// registers a pass), rows padded with zeros to 256 columns. Its kernels compiled for their
+// passes alone read every row from shared memory each step, in a loop over the row's chunks
+// whose trips each waited for their loads (sm_90 SASS: 4 trips of 4 16-byte loads and 8
+// multiply-adds at H = 256 on 16 CTAs of 16 units). Not 3 or 4 passes, which 128 registers
+// would hold too (tried: 179-227 registers at sm_90, no spills): the cost model prices 1 to 4
+// passes in registers alike (its step there is its fitted latency chain and epilogue), so it
+// moved every cluster plan at H = 129-256 to 2-CTA clusters of 4 passes on a 1% predicted
+// difference that no GPU has measured, where 2026-11-30 measured the 8-16 CTA clusters it
+// took before.
+constexpr int kClusterRowIterations = kSplitIterations;
+constexpr int kClusterRowPasses = 2;
+SIMT_HOST_DEVICE constexpr bool cluster_rows_in_registers(int64_t passes, int64_t chunk_iterations, bool fp64,
+                                                          int64_t samples) {
+  return !fp64 && samples == 1 && passes >= 1 && passes <= kClusterRowPasses &&
+         chunk_iterations > kRegisterIterations && chunk_iterations <= kClusterRowIterations;
+}
+static_assert(kClusterRowPasses * kClusterRowIterations <= kSplitRegisterChunks, "a lane holds the rows");
+static_assert(kClusterRowIterations < kClusterSplitMinIterations, "the cluster path's register kernels by H");
 static_assert(cluster_split_held_iterations(kSplitMaxSamples) < kClusterSplitMinIterations,
               "at 2 samples every row has a tail past the registers' iterations");
 

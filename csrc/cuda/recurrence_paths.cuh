@@ -100,18 +100,26 @@ SIMT_HOST_DEVICE constexpr bool weights_in_registers(RecurrencePath path, int64_
 }
 // Whether a CTA of `path` splits its weight rows between registers and shared memory
 // (kernel_common.cuh weights_split, cluster_weights_split): the Block path's kernels at
-// H = 129..256, the Cluster path's at H = 769..1024.
+// H = 129..256, the Cluster path's at H = 769..1024; and the Cluster path's at H = 129..256
+// (cluster_rows_in_registers), a split whose passes are all in registers: the split kernels'
+// code (rows read from global memory into registers once per launch, padded over compiled
+// chunk iterations) with no row left in shared memory.
 SIMT_HOST_DEVICE constexpr bool split_weights(RecurrencePath path, int64_t passes, int64_t chunk_iterations, bool fp64,
                                               int64_t samples) {
-  return path == RecurrencePath::Block     ? weights_split(passes, chunk_iterations, fp64, samples)
-         : path == RecurrencePath::Cluster ? cluster_weights_split(passes, chunk_iterations, fp64, samples)
-                                           : false;
+  return path == RecurrencePath::Block ? weights_split(passes, chunk_iterations, fp64, samples)
+         : path == RecurrencePath::Cluster
+             ? cluster_weights_split(passes, chunk_iterations, fp64, samples) ||
+                   cluster_rows_in_registers(passes, chunk_iterations, fp64, samples)
+             : false;
 }
 // The passes whose weight rows a split CTA holds in registers: split_register_passes on the
-// Block path (whole rows), the first one on the Cluster path (cluster_weights_split).
+// Block path (whole rows); on the Cluster path the first one (cluster_weights_split), or all
+// (cluster_rows_in_registers).
 SIMT_HOST_DEVICE constexpr int held_register_passes(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
                                                     int64_t samples) {
-  return path == RecurrencePath::Cluster ? 1 : split_register_passes(passes, chunk_iterations, samples);
+  return path != RecurrencePath::Cluster ? split_register_passes(passes, chunk_iterations, samples)
+         : cluster_rows_in_registers(passes, chunk_iterations, false, samples) ? static_cast<int>(passes)
+                                                                               : 1;
 }
 // The chunk iterations of those rows in registers, of the `iterations` a kernel is compiled for:
 // all of them, but on the Cluster path at 2 samples cluster_split_held_iterations (the rows'
@@ -310,7 +318,9 @@ SIMT_DEVICE void share_cluster_stack_slice(float* own, const float* from_adjacen
 //    iterations read at run time (up to 1024 columns): every slice of up to 128 units at 16 per
 //    pass, 256 at 32 (a bidirectional layer's half-device plans, 2 CTAs of 100-128 units, too);
 //    at H = 769-1024 (two passes of 32 at one sample per chunk) its kernels that split their
-//    weights (cluster_weights_split), compiled for kClusterSplitIterations chunk iterations too.
+//    weights (cluster_weights_split), compiled for kClusterSplitIterations chunk iterations too,
+//    and at H = 129-256 (1-2 passes at one sample) those that hold every row in registers
+//    (cluster_rows_in_registers), compiled for kClusterRowIterations.
 // Else 0: the count is read at run time.
 SIMT_HOST_DEVICE constexpr int max_compiled_cluster_passes(int64_t samples) { return samples >= 8 ? 4 : 8; }
 inline constexpr int kMaxCompiledClusterPasses = max_compiled_cluster_passes(1);  // (over every sample count)
@@ -328,12 +338,14 @@ SIMT_HOST_DEVICE constexpr int compiled_passes(RecurrencePath path, int64_t pass
 
 // The chunk iterations a kernel compiled for `passes` (compiled_passes) holds in registers:
 // its kIterations (RecurrenceCta), kClusterSplitIterations where the Cluster path splits its
-// weights, else its passes.
+// weights (kClusterRowIterations where it holds all its passes), else its passes.
 SIMT_HOST_DEVICE constexpr int compiled_iterations(RecurrencePath path, int64_t passes, int64_t chunk_iterations,
                                                    bool fp64, int64_t samples) {
-  return path == RecurrencePath::Cluster && split_weights(path, passes, chunk_iterations, fp64, samples)
-             ? kClusterSplitIterations
-             : static_cast<int>(passes);
+  if (path == RecurrencePath::Cluster && split_weights(path, passes, chunk_iterations, fp64, samples)) {
+    return cluster_rows_in_registers(passes, chunk_iterations, fp64, samples) ? kClusterRowIterations
+                                                                              : kClusterSplitIterations;
+  }
+  return static_cast<int>(passes);
 }
 
 // The passes the layer stack's Block kernels (forward_stack_kernel, backward_stack_kernel) are
@@ -915,7 +927,8 @@ struct SliceCopies {
 // kIterations: the chunk iterations the weight registers hold (kernel_common.cuh
 // register_unit_dots), at most kPasses; the layer stack's CTAs, whose rows are 2H, need half
 // their passes (stack_iterations); the Cluster path's split kernels (cluster_weights_split)
-// kClusterSplitIterations, more than their passes.
+// kClusterSplitIterations, and those with every row in registers (cluster_rows_in_registers)
+// kClusterRowIterations, more than their passes.
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses = 0, int kIterations = kPasses>
 struct RecurrenceCta {
   static_assert(kPath != RecurrencePath::Stepwise, "the Stepwise path has no persistent kernel");
@@ -949,11 +962,12 @@ struct RecurrenceCta {
   static constexpr int64_t kTailBegin = int64_t(kHeldIterations) * kUnitLanes * vec_size<scalar_t>();
   static_assert(!kHeldTails || (kClusterSplit && kHeldPasses == 1), "only the Cluster split holds part of a row");
   // The chunk iterations whole on every lane of every row the kernel runs (register_unit_dots):
-  // a split layer kernel's rows have more than kRegisterIterations (Block) or
-  // kClusterSplitMinIterations - 1 (Cluster) iterations (weights_split, cluster_weights_split).
-  static constexpr int kWholeIterations = !kSplitWeights || kStagedRows ? 0
-                                          : kClusterSplit              ? kClusterSplitMinIterations - 1
-                                                                       : kRegisterIterations;
+  // a split layer kernel's rows have more than kRegisterIterations (Block, and the Cluster
+  // kernels with every row in registers) or kClusterSplitMinIterations - 1 (the Cluster split)
+  // iterations (weights_split, cluster_rows_in_registers, cluster_weights_split).
+  static constexpr int kWholeIterations = !kSplitWeights || kStagedRows           ? 0
+                                          : kClusterSplit && kIterations > kSplitIterations ? kClusterSplitMinIterations - 1
+                                                                                            : kRegisterIterations;
   // The rows of the kernels with weights in registers are padded with zeros over all
   // kIterations (SharedLayout::whole_rows): past kWholeIterations a step loads every chunk and
   // tests each iteration once for the whole warp, not each lane's chunk for the row's end
