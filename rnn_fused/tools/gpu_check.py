@@ -161,7 +161,10 @@ class PhaseShape:
 # with each step synchronisation; and the cluster path at H = 256, B = 1 and 8 with the cluster
 # barrier and with the asynchronous exchange (not yet run on a GPU); and the kernels compiled
 # for their passes against those reading them at run time (block: H = 64, B = 8, 2 passes;
-# cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units; not yet timed on a GPU); and
+# cluster: 256, 8 at 1 pass and 256, 32 at 4 passes of 16 units, and 256, 32 at 2 passes of 32,
+# the planner's shape there; not yet timed on a GPU; the cluster kernels at 1 or 2 passes hold
+# their rows in registers since 2026-12-03, cluster_rows_in_registers, those reading their
+# passes at run time read the rows from shared memory); and
 # the cluster path at H = 1024, B = 8 with split weights (cluster_weights_split, since
 # 2026-12-02: the planner's choice there, the model's step 2.43 us against the grid path's 4.91);
 # at H = 1024, B = 32 the planner's choice is the cluster path at 2 samples per cluster since
@@ -175,8 +178,8 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "c
                     *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
                       for sync in CLUSTER_STEP_SYNCS],
                     PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, "cluster", run_time_passes=True),
-                    *[PhaseShape(256, 32, "cluster", units_per_pass=16, run_time_passes=run_time)
-                      for run_time in (False, True)]]
+                    *[PhaseShape(256, 32, "cluster", units_per_pass=per_pass, run_time_passes=run_time)
+                      for per_pass in (16, 32) for run_time in (False, True)]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16),
