@@ -56,6 +56,9 @@ struct TruncationParams {
   constexpr bool randomized() const { return keep_prob < 1.0; }
   // Whether any edge may be cut or scaled (else every edge_scale is 1).
   constexpr bool cuts() const { return every > 0 || keep_prob < 1.0; }
+  // The cuts every K steps alone: edge_scale of it compiles without the draws (the CUDA
+  // kernels read randomized truncation's scales drawn before their launch).
+  constexpr TruncationParams periodic_part() const { return TruncationParams{.every = every}; }
 };
 
 // First 32-bit output of Philox4x32-10 (a counter-based generator: the draw is a pure

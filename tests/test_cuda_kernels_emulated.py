@@ -563,7 +563,7 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=
             out, h_n = module(packed)
         with simt.recording_launches() as launches:
             (out.data.sin().sum() + h_n.cos().sum()).backward()
-    return [name for name in launches if name.startswith("backward_recurrence_kernel")], \
+    return [name for name in launches if name.startswith(("backward_recurrence_kernel", "edge_scale_table_kernel"))], \
         [x.grad] + [p.grad for p in module.parameters()]
 
 
@@ -573,13 +573,13 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=
 @pytest.mark.parametrize("truncation", [None, 2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["full", "K2", "random"])
 def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
                                                                               passes, truncation):
-    """A backward without recorded norms or randomized truncation on a kernel compiled for its
-    passes runs the copy compiled without the norm sums and the randomized draws
-    (backward_recurrence_kernel's kPlain; it finds the cuts every K steps by PeriodicCut), and
-    gives bitwise the gradients of the general kernels: the same launch shape's with norms
-    recorded, and read at run time (no plain copy). Randomized truncation runs the general
-    kernel. Truncation every 2 of 6 steps and the randomized one cut edges: their gradients
-    differ from full BPTT's."""
+    """A backward without recorded norms on a kernel compiled for its passes runs the copy
+    compiled without the norm sums (backward_recurrence_kernel's kPlain; it finds the cuts every
+    K steps by PeriodicCut, and reads randomized truncation's scales, drawn before the launch by
+    edge_scale_table_kernel, as the general kernels do), and gives bitwise the gradients of the
+    general kernels: the same launch shape's with norms recorded, and read at run time (no plain
+    copy). Only randomized truncation launches the draws. Truncation every 2 of 6 steps and the
+    randomized one cut edges: their gradients differ from full BPTT's."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
@@ -591,13 +591,13 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
         tiling.update(sm_count=16)
     general_compiled = kernel + (", false" + held if held else "") + ">"
     plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=truncation, **tiling)
-    randomized = isinstance(truncation, rnn_fused.RandomTruncation)
-    assert plain_launches == [general_compiled if randomized else kernel + ", true" + held + ">"]
+    draws = ["edge_scale_table_kernel<float>"] if isinstance(truncation, rnn_fused.RandomTruncation) else []
+    assert plain_launches == draws + [kernel + ", true" + held + ">"]
     for record, run_time_passes in ((True, False), (False, True)):
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
                                                 run_time_passes=run_time_passes, **tiling)
         general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else general_compiled
-        assert launches == [general_kernel], (record, run_time_passes)
+        assert launches == draws + [general_kernel], (record, run_time_passes)
         for a, b in zip(plain, general, strict=True):
             assert torch.equal(a, b), (record, run_time_passes)
     if truncation is not None:

@@ -227,17 +227,19 @@ def test_stack_rows_in_registers_at_any_hidden_size_from_65_to_128(hidden, layer
     (200, 4, 16, "backward_cluster_stack_kernel", 4)], ids=["block", "block-7-passes", "cluster"])
 def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_results(hidden, layers, units_per_pass,
                                                                                  kernel, passes):
-    """A stack's backward without recorded norms or randomized truncation on kernels compiled for
-    their passes runs the copy compiled without the norm sums and the randomized draws (kPlain),
-    full BPTT or truncated every K steps (PeriodicCut), and gives bitwise the results of the
-    general kernels that read their passes at run time (no plain copy). Truncation every 2 of 4
-    steps cuts edges: its gradients differ from full BPTT's."""
+    """A stack's backward without recorded norms on kernels compiled for their passes runs the
+    copy compiled without the norm sums (kPlain), full BPTT, truncated every K steps
+    (PeriodicCut) or randomized (each layer's scales drawn before the launch, one launch of
+    edge_scale_table_kernel for the stack), and gives bitwise the results of the general kernels
+    that read their passes at run time (no plain copy). Truncation every 2 of 4 steps and the
+    randomized one cut edges: their gradients differ from full BPTT's."""
     steps, batch = 4, 3
     lengths = torch.tensor([4, 1, 3])
     x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=5)
     cotangents = cotangents_for(steps, batch, hidden, layers, seed=6)
+    randomized = RandomTruncation(0.6, seed=11)
     results = {}
-    for truncation, run_time in itertools.product((None, 2), (False, True)):
+    for truncation, run_time in itertools.product((None, 2, randomized), (False, True)):
         with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(units_per_pass=units_per_pass,
                                                                          run_time_passes=run_time):
             plan = launch_plan.stack_plan(hidden, batch, steps, layers)
@@ -246,12 +248,15 @@ def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_resul
                                                           backend="emulated", stack=True, truncation=truncation)
         assert plan.compiled_passes == (0 if run_time else passes), plan.reason
         expected = f"{kernel}<{plan.samples}, 0>" if run_time else f"{kernel}<{plan.samples}, {passes}, true>"
-        assert [name for name in launches if name.startswith(kernel)] == [expected], (truncation, run_time)
-    for truncation in (None, 2):
+        draws = ["edge_scale_table_kernel<float>"] if truncation is randomized else []
+        assert [name for name in launches if name.startswith((kernel, "edge_scale_table_kernel"))] == \
+            draws + [expected], (truncation, run_time)
+    for truncation in (None, 2, randomized):
         for name, a, b in zip(names_for(len(results[None, False])), results[truncation, False],
                               results[truncation, True], strict=True):
             assert torch.equal(a, b), (name, truncation)
-    assert not torch.equal(results[None, False][2], results[2, False][2])
+    for truncation in (2, randomized):
+        assert not torch.equal(results[None, False][2], results[truncation, False][2]), truncation
 
 
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])

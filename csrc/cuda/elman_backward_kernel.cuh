@@ -4,7 +4,7 @@
 //   dz_s  = g_s * act'(h_t)            (from the saved output h_t)
 // with t = step_time(s, lengths[b], reverse) and c the edge scale of truncation
 // (recurrence_math.h edge_scale: 1, 0 for a cut edge, or 1/p for a kept randomized one,
-// drawn here from the counter-based generator). The weight, input, bias and h_0 gradients
+// drawn from the counter-based generator before the launch: edge_scale_table_kernel). The weight, input, bias and h_0 gradients
 // follow from dz as whole-sequence GEMMs on the host (elman_gemms.h).
 //
 // backward_recurrence_kernel<scalar_t, kSamples, kPath, kPasses> mirrors the forward kernel
@@ -28,6 +28,8 @@
 //                     uninitialised (the last step stages zeros); each slot written before read
 //   lengths  [B]      int64 valid steps per sample, or null (all T)
 //   truncation        the edge scales' parameters (TruncationParams)
+//   drawn_scales [T,B] randomized truncation's edge scales c_s (processing step s, sample b),
+//                     drawn before the launch by edge_scale_table_kernel; null without it
 //   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
@@ -58,6 +60,7 @@ struct BackwardRecurrenceArgs {
   bool reverse;
   Activation activation;
   TruncationParams truncation;
+  const scalar_t* drawn_scales;
   double* step_sq;
   double* norm_partials;
   int64_t* phase_cycles = nullptr;
@@ -176,18 +179,49 @@ SIMT_DEVICE void finish_group_norms(const BackwardRecurrenceArgs<scalar_t>& a, c
   }
 }
 
-// A backward kernel's plain copy (kPlain, below) runs only calls that record no norms and draw
-// no randomized truncation, and truncate every K steps only where PeriodicCut can count the
-// steps (plain_backward_call): a kernel's arguments `a` say so.
+// Randomized truncation's edge scales, drawn before the backward's launch: scales[l, s, b] =
+// edge_scale(truncation with stream truncation.stream + 2 l, s, b) for layer l < layers,
+// processing step s < steps and sample b < batch (rounded once to scalar_t, as the kernels
+// round edge_scale). Any grid of 1-D CTAs (each thread takes every grid-th entry).
+//   scales [layers,T,B] written
+// The recurrence kernels read a sample's scale once per step instead of running ten Philox
+// rounds: drawn inline, the draws doubled the plain backward's static step loop and took 8-30
+// more registers (sm_90 SASS), which kept randomized truncation off the plain copies.
+template <typename scalar_t>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    edge_scale_table_kernel(TruncationParams truncation, int64_t steps, int64_t batch, int64_t layers,
+                            scalar_t* scales) {
+  const int64_t per_layer = steps * batch, total = layers * per_layer;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    const int64_t layer = i / per_layer, s = (i % per_layer) / batch, b = i % batch;
+    TruncationParams drawn = truncation;
+    drawn.stream = truncation.stream + static_cast<uint32_t>(2 * layer);
+    scales[i] = static_cast<scalar_t>(edge_scale(drawn, s, b));
+  }
+}
+
+// Randomized truncation comes drawn (drawn_scales, which then holds every edge's scale, the
+// cuts every K steps too), and only randomized truncation: the kernels run no draws.
+template <class Args>
+SIMT_DEVICE __forceinline__ void check_drawn_scales(const Args& a) {
+  SIMT_KERNEL_CHECK(a.truncation.randomized() == (a.drawn_scales != nullptr),
+                    "randomized truncation's edge scales come drawn (drawn_scales), and only they");
+}
+
+// A backward kernel's plain copy (kPlain, below) runs only calls that record no norms, and
+// truncate every K steps without drawn scales only where PeriodicCut can count the steps
+// (plain_backward_call): a kernel's arguments `a` say so.
 template <class Args>
 SIMT_HOST_DEVICE __forceinline__ bool plain_backward_call(const Args& a) {
-  return a.step_sq == nullptr && !a.truncation.randomized() &&
-         (a.truncation.every == 0 || a.shape.steps < kPeriodicCutSteps);
+  return a.step_sq == nullptr &&
+         (a.truncation.every == 0 || a.truncation.randomized() || a.shape.steps < kPeriodicCutSteps);
 }
 template <bool kPlain, class Args>
 SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
+  check_drawn_scales(a);
   if constexpr (kPlain) {
-    SIMT_KERNEL_CHECK(plain_backward_call(a), "the plain kernel records no norms and draws no randomized truncation");
+    SIMT_KERNEL_CHECK(plain_backward_call(a), "the plain kernel records no norms");
   }
 }
 
@@ -197,14 +231,12 @@ SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
 // dynamic shared memory. kSamples == tiling.samples; tiling.chunks == 1 except on the Grid path;
 // kPasses == compiled_passes(...) of the launch shape (recurrence_paths.cuh; 0: read at run time),
 // kIterations == compiled_iterations(...). kPlain: BPTT without recorded norms (step_sq null),
-// full or truncated every K steps (truncation.randomized() false), compiled without the norm
-// sums and the randomized draws; it finds the cut edges by PeriodicCut. Only the
+// full, truncated every K steps or randomized, compiled without the norm sums; it finds the
+// cut edges by PeriodicCut, or reads the drawn scales. Only the
 // kernels compiled for their passes have a plain copy (with_persistent_kernel): there a step is
 // a few hundred instructions, and that code, never run by such a call, still took registers and
 // kept the compiler from stepping the operands' addresses (sm_90 SASS, counted: the block step
-// loop at 1 sample and 1 pass 395 -> 99 static instructions, about 126 -> 92 executed). The
-// draws inline (edge_scale in the plain copy) doubled its static step loop and took 8-30 more
-// registers: randomized truncation stays with the general kernel.
+// loop at 1 sample and 1 pass 395 -> 99 static instructions, about 126 -> 92 executed).
 template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bool kPlain = false,
           int kIterations = kPasses>
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
@@ -213,8 +245,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
   // parameters (about 15 instructions per step and sample in the sm_90 SASS). The plain copy
-  // cuts every K steps by `periodic` instead (run's kCutsEveryK).
-  const bool cuts = !kPlain && a.truncation.cuts();
+  // cuts every K steps by `periodic` instead (run's kTruncates). Randomized truncation reads
+  // its drawn scales (`drawn`), so edge_scale is asked for the cuts every K steps alone.
+  const bool drawn = a.drawn_scales != nullptr;
+  const bool cuts = !kPlain && !drawn && a.truncation.cuts();
+  const TruncationParams periodic_truncation = a.truncation.periodic_part();
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
@@ -238,12 +273,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // With the asynchronous exchange, what rank 0's phase of a step also counts: the other CTAs'
   // norm sums of the step before (none before the first step).
   const unsigned sums_in = norms && barrier.async_exchange() ? norm_sum_bytes<kSamples>(tiling, place, B) : 0u;
-  // The steps, timed by `clock` (a PhaseClock); `cuts_every_k` (std::bool_constant): the plain
-  // copy's steps of a call truncated every K steps, which test `periodic` for a cut (its other
-  // calls run a copy of the steps without the test: in the sm_90 SASS the test and the registers
-  // it holds cost the block step loop at 1 sample and 1 pass 9 static instructions, 96 -> 105).
-  auto run = [&](auto clock, auto cuts_every_k) {
-    constexpr bool kCutsEveryK = decltype(cuts_every_k)::value;
+  // The steps, timed by `clock` (a PhaseClock); `truncates` (std::bool_constant): the plain
+  // copy's steps of a truncated call, which test `periodic` for a cut every K steps or read the
+  // drawn scales (its other calls run a copy of the steps without either: in the sm_90 SASS the
+  // cut test and the registers it holds cost the block step loop at 1 sample and 1 pass 9 static
+  // instructions, 96 -> 105).
+  auto run = [&](auto clock, auto truncates) {
+    constexpr bool kTruncates = decltype(truncates)::value;
+    const bool reads_drawn = (!kPlain || kTruncates) && drawn;  // (false in the plain copy's other steps)
     clock.start();
     // The lane's dy_t and saved h_t, read ahead (Cta::kOperandL1Steps) as the forward reads XW_t:
     // with one chunk (LaneOutputs), step s - kOperandL1Steps's into L1 and step s - 1's into
@@ -257,11 +294,23 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     scalar_t dz_out[Cta::kBatches][kOwned] = {};
     const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
     LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);
+    // With one chunk, the drawn scale of the edge into step s of each of the lane's samples, read
+    // during step s for step s - 1 (with the operands: the edge of step T - 1 is never read).
+    scalar_t drawn_ahead[kOwned] = {};
     auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
       lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t at) {
         dy[batch][k] = a.dy[at];
         h[batch][k] = a.out[at];
       });
+      if (reads_drawn) {
+        const int64_t into = s + ahead + 1;  // the edge that step s + ahead reads
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) {
+          if (into < lane_rows.length[k]) {
+            drawn_ahead[k] = a.drawn_scales[into * B + place.sample_begin + cta.first_sample + k];
+          }
+        }
+      }
     };
     auto prefetch_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's into L1, one chunk
       if constexpr (Cta::kOperandsAheadInL1) {
@@ -278,16 +327,17 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
 
     int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
-    PeriodicCut periodic(kPlain ? a.truncation.every : 0, T);
+    PeriodicCut periodic(kPlain && !drawn ? a.truncation.every : 0, T);
     for (int64_t s = T - 1; s >= 0; --s) {
-      const bool cut_later = kCutsEveryK && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
+      const bool cut_later = kTruncates && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
       scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
       unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
       // `later` holds dz at step s+1; `now` takes dz at step s.
       auto step_chunk = [&](int64_t first, const scalar_t* later, scalar_t* now) {
         double* phase_sums = unit_sums + (phase % 2) * kUnitsPerPass * kSamples;
-        // The lane's samples (SampleRows), and the edge into step s+1 (one Philox evaluation per
-        // sample and step, not per unit).
+        // The lane's samples (SampleRows), and the edge into step s+1 (once per sample and step,
+        // not per unit; with several chunks the drawn scale is read here, before the chunk's dot
+        // products, which its latency overlaps).
         const SampleRows<kOwned> rows =
             one_chunk ? lane_rows : SampleRows<kOwned>(a.lengths, first + cta.first_sample, a.shape, a.reverse);
         const int64_t shift = one_chunk ? 0 : rows.shift(s);
@@ -296,7 +346,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         for (int k = 0; k < kOwned; ++k) {
           const int64_t b = first + cta.first_sample + k;
           edge[k] = s + 1 >= rows.length[k] ? scalar_t(0)
-                    : cuts             ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b))
+                    : reads_drawn      ? (one_chunk ? drawn_ahead[k] : a.drawn_scales[(s + 1) * B + b])
+                    : cuts             ? static_cast<scalar_t>(edge_scale(periodic_truncation, s + 1, b))
                     : cut_later        ? scalar_t(0)
                                        : scalar_t(1);
         }
@@ -401,7 +452,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   };
   run_with_phase_clock<kPasses>(a.phase_cycles, layout.phase_running(smem), [&](auto clock) {
     if constexpr (kPlain) {
-      if (a.truncation.every > 0) {
+      if (a.truncation.cuts()) {
         run(clock, std::true_type{});
         return;
       }
@@ -437,6 +488,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //                     l + 1's CTAs at valid steps; zero on entry
 //   lengths   [B]      int64 valid steps per sample, or null (all T)
 //   truncation         layer 0's edge-scale parameters (layer l's: stream 2 l)
+//   drawn_scales [L,T,B] randomized truncation's edge scales of each layer (edge_scale_table_kernel
+//                     with `layers` L), or null without it
 //   dropout_masks [L-1,T,B,H] read: as for forward_stack_kernel, or null
 //   step_sq   [L,T,B]  float64: ||g_t||^2 of each layer written at each sample's valid steps (the
 //                     host zeroes it first where lengths were given), or null: no norms
@@ -455,6 +508,7 @@ struct BackwardStackArgs {
   TruncationParams truncation;
   const float* dropout_masks = nullptr;
   double* step_sq = nullptr;
+  const float* drawn_scales = nullptr;
 };
 
 // Grid, tiling, shared memory and kPasses as for forward_stack_kernel; kPlain as for
@@ -490,10 +544,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const unsigned long long* dy_words = top ? nullptr : a.dy_tagged + layer * sequence;
   unsigned long long* below_words = bottom ? nullptr : a.dy_tagged + (layer - 1) * sequence;
   const float* masks_below = a.dropout_masks != nullptr && !bottom ? a.dropout_masks + (layer - 1) * sequence : nullptr;
-  TruncationParams truncation = a.truncation;
-  truncation.stream = static_cast<uint32_t>(2 * layer);
-  const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
-  PeriodicCut periodic(kPlain ? truncation.every : 0, T);
+  // (as in backward_recurrence_kernel; the layer's drawn scales [T,B], or null)
+  const float* drawn = a.drawn_scales != nullptr ? a.drawn_scales + layer * T * B : nullptr;
+  const bool cuts = !kPlain && drawn == nullptr && a.truncation.cuts();
+  const TruncationParams periodic_truncation = a.truncation.periodic_part();
+  PeriodicCut periodic(kPlain && drawn == nullptr ? a.truncation.every : 0, T);
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   // The row this lane owns in each batch (the same every step).
@@ -539,7 +594,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     for (int k = 0; k < kOwned; ++k) {
       const int64_t b = cta.place.sample_begin + cta.first_sample + k;
       edge[k] = s < 0 || s + 1 >= lane.length[k] ? 0.0f
-                : cuts                            ? static_cast<float>(edge_scale(truncation, s + 1, b))
+                : drawn != nullptr                ? drawn[(s + 1) * B + b]
+                : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, s + 1, b))
                 : cut_later                       ? 0.0f
                                                   : 1.0f;
     }
@@ -668,10 +724,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const float* dh_n = a.dh_n + layer * state;
   float* dz_first = a.dz_first + layer * state;
   const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
-  TruncationParams truncation = a.truncation;
-  truncation.stream = static_cast<uint32_t>(2 * layer);
-  const bool cuts = !kPlain && truncation.cuts();  // (as in backward_recurrence_kernel)
-  PeriodicCut periodic(kPlain ? truncation.every : 0, T + delay);  // (t + 1 at w = 0)
+  // (as in backward_recurrence_kernel; the layer's drawn scales [T,B], or null)
+  const float* drawn = a.drawn_scales != nullptr ? a.drawn_scales + layer * T * B : nullptr;
+  const bool cuts = !kPlain && drawn == nullptr && a.truncation.cuts();
+  const TruncationParams periodic_truncation = a.truncation.periodic_part();
+  PeriodicCut periodic(kPlain && drawn == nullptr ? a.truncation.every : 0, T + delay);  // (t + 1 at w = 0)
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0
@@ -697,19 +754,27 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     if (!top) {
       above.for_each_output(above_now, clock, [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
     }
+    // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
+    // time a drawn scale's load overlaps).
+    float edge[kOwned];
+    SIMT_UNROLL
+    for (int k = 0; k < kOwned; ++k) {
+      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+      edge[k] = t < 0 || t + 1 >= lane.length[k] ? 0.0f
+                : drawn != nullptr                ? drawn[(t + 1) * B + b]
+                : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, t + 1, b))
+                : cut_later                       ? 0.0f
+                                                  : 1.0f;
+    }
     double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
     cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
       if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
       float d = 0.0f;  // a sample past its length passes no gradient on
       if (t < lane.length[k]) {
-        const float edge = t + 1 >= lane.length[k] ? 0.0f
-                           : cuts                  ? static_cast<float>(edge_scale(truncation, t + 1, b))
-                           : cut_later             ? 0.0f
-                                                   : 1.0f;
         const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
                                                                             : from_above[batch][k];
-        const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge);
+        const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge[k]);
         if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
         d = g * slope_runtime(a.activation, h[batch][k]);
         dz_out[batch][k] = d;
@@ -767,11 +832,14 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
     backward_step_epilogue_kernel(BackwardRecurrenceArgs<scalar_t> a, const scalar_t* carry, scalar_t* dz_now,
                                   int64_t s) {
   SIMT_SHARED(double[kRecurrenceThreads / kWarp], warp_sums);
+  check_drawn_scales(a);
   const int64_t B = a.shape.batch, H = a.shape.hidden, T = a.shape.steps;
   const int64_t b = blockIdx.x;
   const int64_t length = sample_length(a.lengths, b, B, T);
   const int64_t t = step_time(s, length, a.reverse);
-  const scalar_t edge = s + 1 < length ? static_cast<scalar_t>(edge_scale(a.truncation, s + 1, b)) : scalar_t(0);
+  const scalar_t edge = s + 1 >= length           ? scalar_t(0)
+                        : a.drawn_scales != nullptr ? a.drawn_scales[(s + 1) * B + b]
+                                                    : static_cast<scalar_t>(edge_scale(a.truncation.periodic_part(), s + 1, b));
   double g_sq = 0.0;
   for (int64_t u = threadIdx.x; u < H; u += blockDim.x) {
     scalar_t d = scalar_t(0);

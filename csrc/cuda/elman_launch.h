@@ -180,6 +180,8 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_ste
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
 #define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
@@ -821,6 +823,29 @@ inline unsigned long long* tagged_words_pointer(const at::Tensor& words) {
   return words.defined() ? reinterpret_cast<unsigned long long*>(words.data_ptr<int64_t>()) : nullptr;
 }
 
+// Randomized truncation's edge scales of `layers` layers (layer l's drawn with stream
+// truncation.stream + 2 l), drawn on the kernels' device before a backward launch reads them:
+// [layers,T,B] in the compute dtype (edge_scale_table_kernel); without randomized truncation an
+// undefined tensor (the kernels then cut every K steps themselves, or not at all).
+template <typename scalar_t>
+at::Tensor drawn_edge_scales(const TruncationParams& truncation, int64_t steps, int64_t batch, int64_t layers,
+                             const at::TensorOptions& options) {
+  if (!truncation.randomized()) return {};
+  at::Tensor scales = at::empty({layers, steps, batch}, options);
+  const int64_t total = scales.numel();
+  if (total == 0) return scales;
+  constexpr int64_t kMaxBlocks = 1024;  // (each thread then takes every grid-th entry)
+  const int64_t blocks = std::min((total + kRecurrenceThreads - 1) / kRecurrenceThreads, kMaxBlocks);
+  simt::launch(edge_scale_table_kernel<scalar_t>, static_cast<unsigned>(blocks), dim3(kRecurrenceThreads), 0,
+               truncation, steps, batch, layers, scales.data_ptr<scalar_t>());
+  return scales;
+}
+
+template <typename scalar_t>
+const scalar_t* drawn_scales_pointer(const at::Tensor& scales) {
+  return scales.defined() ? scales.data_ptr<scalar_t>() : nullptr;
+}
+
 // The forward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns h_n.
 template <typename scalar_t>
 at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const RecurrencePlan& plan) {
@@ -886,6 +911,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
     step_sq = call.lengths.has_value() ? at::zeros({T, B}, f64) : at::empty({T, B}, f64);
     if (plan.path == RecurrencePath::Grid) norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
   }
+  const at::Tensor drawn = drawn_edge_scales<scalar_t>(call.options.truncation, T, B, 1, options);
   const BackwardRecurrenceArgs<scalar_t> args{
       .w_hh = op.w_hh.data_ptr<scalar_t>(),
       .dy = op.dy.data_ptr<scalar_t>(),
@@ -899,6 +925,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
       .reverse = call.options.reverse,
       .activation = call.options.activation,
       .truncation = call.options.truncation,
+      .drawn_scales = drawn_scales_pointer<scalar_t>(drawn),
       .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
       .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr,
       .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options),
@@ -1538,6 +1565,8 @@ inline void backward_stack(const BackwardStack& r) {
   // The Block path's layer l < L-1 output gradients in tagged words, zero (untagged) before the
   // launch; the Cluster path's stack sends them through distributed shared memory.
   at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
+  // Layer l's scales drawn with stream 2 l (layer 0's is 0), as its own backward would draw them.
+  const at::Tensor drawn = drawn_edge_scales<float>(r.first.options.truncation, T, B, L, r.dz.options());
   const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                                .dy = r.dy.data_ptr<float>(),
                                .dh_n = r.dh_n.data_ptr<float>(),
@@ -1551,7 +1580,8 @@ inline void backward_stack(const BackwardStack& r) {
                                .activation = r.first.options.activation,
                                .truncation = r.first.options.truncation,
                                .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr,
-                               .step_sq = r.step_sq.defined() ? r.step_sq.data_ptr<double>() : nullptr};
+                               .step_sq = r.step_sq.defined() ? r.step_sq.data_ptr<double>() : nullptr,
+                               .drawn_scales = drawn_scales_pointer<float>(drawn)};
   launch_stack(plan, shape, L, true, args);
 }
 
