@@ -25,6 +25,7 @@ import rnn_fused
 from rnn_fused import simt
 from rnn_fused.launch_plan import PATHS, cost_constants
 from rnn_fused.tools import gpu_check
+from rnn_fused.tools.bptt_benchmark import OVERHEAD_VARIANTS
 from rnn_fused.tools.cli import main
 from rnn_fused.tools.gpu_check import (EMULATED_PATH_SHAPES, EMULATED_SHAPES, GpuCheckResult, PathRow, PhaseRow, Probe,
                                        Shape, ShapeRow, baseline_refusal, format_path_table, format_report,
@@ -131,6 +132,18 @@ def test_rehearsal_forces_every_path(rehearsal):
             assert row["fwd_ms"] is None and row["note"]
     # On the emulated H100-like device every path runs these shapes.
     assert all(r["forward_plan"]["feasible"] for r in rows)
+
+
+def test_rehearsal_times_what_norms_and_truncation_cost(rehearsal):
+    """Each of bptt_benchmark's variants (norms, truncation every K steps, randomized, both)
+    against plain forward+backward on the emulated kernels, in the report and the JSON."""
+    _, out, report = rehearsal
+    rows = report["bptt_rows"]
+    assert [(tuple(r["shape"]), r["variant"]) for r in rows] == \
+        [(shape, variant) for shape in gpu_check.EMULATED_BPTT_SHAPES for variant in OVERHEAD_VARIANTS]
+    assert all(r["baseline_ms"] > 0 and r["variant_ms"] > 0 for r in rows)
+    text = (out / "gpu_check.md").read_text()
+    assert "## What recorded norms and truncation cost" in text and "random p=0.9" in text
 
 
 def test_rehearsal_probes_the_model_constants(rehearsal):

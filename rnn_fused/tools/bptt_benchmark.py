@@ -121,10 +121,14 @@ class PyTorchWayRow:
 
 
 def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, device=torch.device("cpu"),
-                  **timing) -> list[OverheadRow]:
+                  backend: str | None = None, **timing) -> list[OverheadRow]:
+    """Each variant against full BPTT with nothing recorded, per shape; `backend` sets the
+    module's (None: the device's default; "emulated": the CUDA kernels on the CPU)."""
     rows = []
     for shape in shapes:
         _, ours, x, grad_out = build_pair(shape, device, torch.float32)
+        if backend is not None:
+            ours.backend = backend
         baseline = fused_step(ours, x, grad_out, record=False, truncation=None)
         for name, variant in variants.items():
             t_base, t_variant = paired_median_seconds(baseline, fused_step(ours, x, grad_out, **variant),

@@ -48,6 +48,7 @@ from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
                         gemm_rate, median_seconds, paired_median_seconds)
+from .bptt_benchmark import OverheadRow, format_overhead, overhead_rows
 from .command_output import output_directory, write_json, write_text
 
 
@@ -187,6 +188,10 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluste
                          *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS],
                          PhaseShape(9, 3, "block", 4, run_time_passes=True),
                          PhaseShape(33, 2, "cluster", 4, run_time_passes=True)]
+# What recorded norms and truncation cost over plain forward+backward (bptt_benchmark's
+# variants), one layer: where a backward runs its plain copy or its general kernel.
+GPU_BPTT_SHAPES = [(1000, 8, 64, 64), (1000, 8, 256, 256)]
+EMULATED_BPTT_SHAPES = [(5, 2, 3, 9)]
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -388,6 +393,8 @@ class GpuCheckResult:
     tune_rows: list[TuneRow] = field(default_factory=list)
     shape_rows: list[ShapeRow] = field(default_factory=list)
     path_rows: list[PathRow] = field(default_factory=list)
+    bptt_rows: list[OverheadRow] = field(default_factory=list)
+    bptt_error: str | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -396,7 +403,8 @@ class GpuCheckResult:
                [f"{r.label} path {r.path}: {r.error}" for r in self.path_rows if r.error] + \
                [f"step phases {r.label} {r.direction}: {r.error}" for r in self.phase_rows if r.error] + \
                [f"autotune {r.hidden}, {r.batch} {r.direction}: {r.error}" for r in self.tune_rows if r.error] + \
-               [f"{r.label} under autotune: {r.tuned_error}" for r in self.shape_rows if r.tuned_error]
+               [f"{r.label} under autotune: {r.tuned_error}" for r in self.shape_rows if r.tuned_error] + \
+               ([f"norms and truncation overhead: {self.bptt_error}"] if self.bptt_error else [])
 
 
 # --- issue 11's goals -----------------------------------------------------------------------
@@ -1310,6 +1318,12 @@ def format_report(result: GpuCheckResult) -> str:
                       "the shape rows above timed again with `launch_plan.autotune` (ratio = " + baseline +
                       " time / rnn_fused time; the same " + baseline + " times):", "",
                       format_tuned_rows_table(result.shape_rows)]
+    if result.bptt_rows:
+        lines += ["", "## What recorded norms and truncation cost (one layer, fp32, forward+backward)", "",
+                  "Each variant against the same module with full BPTT and nothing recorded, timed alternately "
+                  "(medians). A backward without recorded norms runs its kernel's plain copy (full BPTT, every K "
+                  "steps and, since 2026-12-03, randomized truncation, whose scales are drawn before the launch); "
+                  "with norms the general kernel.", "", format_overhead(result.bptt_rows)]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in result.notes]
@@ -1330,6 +1344,7 @@ def result_as_json(result: GpuCheckResult) -> dict:
                        for r in result.shape_rows],
         "path_rows": [row_json(r, ("predicted_fwd_us_per_step", "predicted_bwd_us_per_step"))
                       for r in result.path_rows],
+        "bptt_rows": [dict(dataclasses.asdict(r), overhead=r.overhead) for r in result.bptt_rows],
         "goals": [dataclasses.asdict(g) for g in issue_goals(result.shape_rows)],
         "notes": result.notes,
         "failures": result.failures,
@@ -1447,7 +1462,8 @@ def _on_target(target: Target, threads: int):
 
 def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, timing: Timing, long_timing: Timing,
             probe_sizes: ProbeSizes, budget_s: float, threads: int, out: str, measure_error: bool = True,
-            progress=None, phase_shapes: list[PhaseShape] = (), tune_steps: int = 0) -> GpuCheckResult:
+            progress=None, phase_shapes: list[PhaseShape] = (), tune_steps: int = 0,
+            bptt_shapes: list[tuple[int, int, int, int]] = ()) -> GpuCheckResult:
     """Every part of the check; the outputs are rewritten after each row."""
     start = time.perf_counter()
     deadline = start + budget_s
@@ -1517,6 +1533,17 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
                 row.tuned_error = _one_line(error)
                 traceback.print_exc(file=sys.stderr)
             save()
+        if bptt_shapes and time.perf_counter() > deadline:
+            result.notes.append("norms and truncation overhead skipped: over the time budget")
+        elif bptt_shapes:
+            log("timing recorded norms and truncation against plain forward+backward")
+            try:
+                result.bptt_rows = overhead_rows(list(bptt_shapes), device=target.device, backend=target.backend,
+                                                 min_repeats=timing.min_repeats, min_seconds=timing.min_seconds)
+            except Exception as error:  # recorded in the exit status; the rows before it stand
+                result.bptt_error = _one_line(error)
+                traceback.print_exc(file=sys.stderr)
+            save()
     skipped = sum(1 for r in [*result.shape_rows, *result.path_rows] if r.skipped)
     if skipped:
         result.notes.append(f"{skipped} rows skipped: the run went over its time budget of {budget_s:.0f} s")
@@ -1541,7 +1568,8 @@ def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, t
                                                            GPU_PROBE_SIZES)
     result = measure(target, shapes, path_shapes, timing=timing, long_timing=long_timing, probe_sizes=sizes,
                      budget_s=budget_s, threads=threads, out=out, phase_shapes=phase_shapes,
-                     tune_steps=EMULATED_TUNE_STEPS if emulated else GPU_TUNE_STEPS)
+                     tune_steps=EMULATED_TUNE_STEPS if emulated else GPU_TUNE_STEPS,
+                     bptt_shapes=EMULATED_BPTT_SHAPES if emulated else GPU_BPTT_SHAPES)
     write_figure(result, out)
     write_outputs(result, out)
     print(format_report(result))
