@@ -583,73 +583,89 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       }
     });
   };
-  load_operands(T - 1, 0);
-  for (int64_t s = T - 1; s >= -1; --s) {
-    const bool cut_later = kPlain && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
-    const int64_t parity = (T - 1 - s) % 2;
-    const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
-    float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
-    float edge[kOwned];
-    SIMT_UNROLL
-    for (int k = 0; k < kOwned; ++k) {
-      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
-      edge[k] = s < 0 || s + 1 >= lane.length[k] ? 0.0f
-                : drawn != nullptr                ? drawn[(s + 1) * B + b]
-                : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, s + 1, b))
-                : cut_later                       ? 0.0f
-                                                  : 1.0f;
-    }
-    double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
-    cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
-      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
-      const StackRow& row = lane_row[batch];
-      const int64_t u = row.unit;
-      if (b >= B || u >= H) return;
-      if (row.projection) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
-        if (bottom || s + 1 >= lane.length[k]) return;
-        const int64_t at = lane.at[batch][k] + lane.time_stride;  // (unit u, step s + 1)
-        const float handed = masks_below != nullptr ? total * mask_below[batch][k] : total;
-        simt::store_relaxed(below_words + at, simt::tag_word(handed, kStackTag));
-        return;
+  // The steps; `truncates` (std::bool_constant) as in backward_recurrence_kernel's run: the plain
+  // copy's steps of a truncated call, which test `periodic` for a cut every K steps or read the
+  // drawn scales (its full-BPTT steps carry neither).
+  auto run = [&](auto truncates) {
+    constexpr bool kTruncates = decltype(truncates)::value;
+    const float* step_drawn = kPlain && !kTruncates ? nullptr : drawn;  // (null in the plain copy's other steps)
+    load_operands(T - 1, 0);
+    for (int64_t s = T - 1; s >= -1; --s) {
+      const bool cut_later = kTruncates && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
+      const int64_t parity = (T - 1 - s) % 2;
+      const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
+      float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
+      float edge[kOwned];
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) {
+        const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+        edge[k] = s < 0 || s + 1 >= lane.length[k] ? 0.0f
+                  : step_drawn != nullptr           ? step_drawn[(s + 1) * B + b]
+                  : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, s + 1, b))
+                  : cut_later                       ? 0.0f
+                                                    : 1.0f;
       }
-      if (s < 0) return;
-      float d = 0.0f;  // a sample past its length passes no gradient on
-      if (s < lane.length[k]) {
-        const int64_t at = lane.at[batch][k];
-        float gradient_in = dy[batch][k];
-        if (dy_words != nullptr) {
-          unsigned long long word = dy_word[batch][k];
-          if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(dy_words + at, kStackTag);
-          gradient_in = simt::word_value(word);
+      double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
+      cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
+        const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+        const StackRow& row = lane_row[batch];
+        const int64_t u = row.unit;
+        if (b >= B || u >= H) return;
+        if (row.projection) {  // the layer below's dy at step s + 1: W_ih^T dz_{s+1}
+          if (bottom || s + 1 >= lane.length[k]) return;
+          const int64_t at = lane.at[batch][k] + lane.time_stride;  // (unit u, step s + 1)
+          const float handed = masks_below != nullptr ? total * mask_below[batch][k] : total;
+          simt::store_relaxed(below_words + at, simt::tag_word(handed, kStackTag));
+          return;
         }
-        const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
-        if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
-        d = g * slope_runtime(a.activation, h[batch][k]);
-        dz[at] = d;
+        if (s < 0) return;
+        float d = 0.0f;  // a sample past its length passes no gradient on
+        if (s < lane.length[k]) {
+          const int64_t at = lane.at[batch][k];
+          float gradient_in = dy[batch][k];
+          if (dy_words != nullptr) {
+            unsigned long long word = dy_word[batch][k];
+            if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(dy_words + at, kStackTag);
+            gradient_in = simt::word_value(word);
+          }
+          const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
+          if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
+          d = g * slope_runtime(a.activation, h[batch][k]);
+          dz[at] = d;
+        }
+        publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
+        if (s == 0) dz_first[b * H + u] = d;
+      });
+      double* phase_sums = unit_sums + parity * kUnitsPerPass * kSamples;
+      if (norms && s >= 0) {
+        // The unit group's sums per sample (zero on the projection warps), read after the step's
+        // barrier; this parity is written again two steps later.
+        cta.sum_over_unit_group(g_sq);
+        if (cta.computes && cta.holds_sample_sums()) {
+          SIMT_UNROLL
+          for (int k = 0; k < kOwned; ++k) {
+            phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+          }
+        }
       }
-      publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
-      if (s == 0) dz_first[b * H + u] = d;
-    });
-    double* phase_sums = unit_sums + parity * kUnitsPerPass * kSamples;
-    if (norms && s >= 0) {
-      // The unit group's sums per sample (zero on the projection warps), read after the step's
-      // barrier; this parity is written again two steps later.
-      cta.sum_over_unit_group(g_sq);
-      if (cta.computes && cta.holds_sample_sums()) {
-        SIMT_UNROLL
-        for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+      if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)
+        load_operands(s, -1);
+        lane.move(-1);
+        __syncthreads();
+        const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
+        if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
+          a.step_sq[(layer * T + s) * B + b] = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
+        }
       }
     }
-    if (s >= 0) {  // (step -1 only hands down dy_0: the loop ends without a barrier)
-      load_operands(s, -1);
-      lane.move(-1);
-      __syncthreads();
-      const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
-      if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
-        a.step_sq[(layer * T + s) * B + b] = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
-      }
+  };
+  if constexpr (kPlain) {
+    if (a.truncation.cuts()) {
+      run(std::true_type{});
+      return;
     }
   }
+  run(std::false_type{});
 }
 
 // The backward of the Cluster path's layer stack (forward_cluster_stack_kernel's launch shape and
@@ -743,78 +759,93 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (masks != nullptr) mask[batch][k] = masks[offset];
     });
   };
-  load_operands(T - 1 + delay, 0);
-  for (int64_t w = 0; w < T + L - 1; ++w) {
-    const int64_t t = T - 1 - w + delay;
-    const bool cut_later = kPlain && periodic.cut(t + 1);  // the edge into step t + 1 (plain copy)
-    float* own_now = cta.states + (w % 2) * kSamples * half;
-    float* own_next = cta.states + (1 - w % 2) * kSamples * half;
-    const float* above_now = above.states + (w % 2) * kSamples * half;
-    float* above_next = above.states + (1 - w % 2) * kSamples * half;
-    if (!top) {
-      above.for_each_output(above_now, clock, [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
-    }
-    // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
-    // time a drawn scale's load overlaps).
-    float edge[kOwned];
-    SIMT_UNROLL
-    for (int k = 0; k < kOwned; ++k) {
-      const int64_t b = cta.place.sample_begin + cta.first_sample + k;
-      edge[k] = t < 0 || t + 1 >= lane.length[k] ? 0.0f
-                : drawn != nullptr                ? drawn[(t + 1) * B + b]
-                : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, t + 1, b))
-                : cut_later                       ? 0.0f
-                                                  : 1.0f;
-    }
-    double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
-    cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
-      const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
-      if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
-      float d = 0.0f;  // a sample past its length passes no gradient on
-      if (t < lane.length[k]) {
-        const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
-                                                                            : from_above[batch][k];
-        const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge[k]);
-        if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
-        d = g * slope_runtime(a.activation, h[batch][k]);
-        dz_out[batch][k] = d;
+  // The steps; `truncates` as in backward_stack_kernel.
+  auto run = [&](auto truncates) {
+    constexpr bool kTruncates = decltype(truncates)::value;
+    const float* step_drawn = kPlain && !kTruncates ? nullptr : drawn;  // (null in the plain copy's other steps)
+    load_operands(T - 1 + delay, 0);
+    for (int64_t w = 0; w < T + L - 1; ++w) {
+      const int64_t t = T - 1 - w + delay;
+      const bool cut_later = kTruncates && periodic.cut(t + 1);  // the edge into step t + 1 (plain copy)
+      float* own_now = cta.states + (w % 2) * kSamples * half;
+      float* own_next = cta.states + (1 - w % 2) * kSamples * half;
+      const float* above_now = above.states + (w % 2) * kSamples * half;
+      float* above_next = above.states + (1 - w % 2) * kSamples * half;
+      if (!top) {
+        above.for_each_output(above_now, clock,
+                              [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
       }
-      own_next[j * half + u] = d;
-      if (t == 0) dz_first[b * H + u] = d;
-    });
-    double* phase_sums = unit_sums + (w % 2) * kUnitsPerPass * kSamples;
-    if (norms) {  // the unit group's sums per sample, read after the step's barrier
-      cta.sum_over_unit_group(g_sq);
-      if (cta.computes && cta.holds_sample_sums()) {
-        SIMT_UNROLL
-        for (int k = 0; k < kOwned; ++k) phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+      // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
+      // time a drawn scale's load overlaps).
+      float edge[kOwned];
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) {
+        const int64_t b = cta.place.sample_begin + cta.first_sample + k;
+        edge[k] = t < 0 || t + 1 >= lane.length[k] ? 0.0f
+                  : step_drawn != nullptr           ? step_drawn[(t + 1) * B + b]
+                  : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, t + 1, b))
+                  : cut_later                       ? 0.0f
+                                                    : 1.0f;
       }
-    }
-    share_cluster_stack_slice<kSamples>(own_next, own_next, above_next, layer - 1, at, cta.place, tiling, H, half,
-                                        half);
-    barrier.arrive();
-    load_operands(t, -1);  // (after the arrival: StepBarrier::arrive)
-    barrier.wait();
-    if (t >= 0 && t < T) {  // step w's dz_t (stored after the barrier: Cta::kStoresAfterBarrier)
-      lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { dz[offset] = dz_out[batch][k]; });
-    }
-    if (norms) {
-      // The CTA's sums of step w into the layer's first CTA, which adds them up after the next
-      // barrier, as it now does those of step w - 1.
-      const int64_t j = threadIdx.x;
-      if (j < kSamples && t >= 0 && t < T) {
-        const double sum = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
-        const int64_t slot = ((w % 3) * per_layer + at.layer_rank) * kSamples + j;
-        if (at.layer_rank == 0) {
-          cta_sums[slot] = sum;
-        } else {
-          simt::cluster_map_shared(cta_sums, gatherer)[slot] = sum;
+      double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
+      cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
+        const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
+        if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
+        float d = 0.0f;  // a sample past its length passes no gradient on
+        if (t < lane.length[k]) {
+          const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
+                                                                              : from_above[batch][k];
+          const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge[k]);
+          if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
+          d = g * slope_runtime(a.activation, h[batch][k]);
+          dz_out[batch][k] = d;
+        }
+        own_next[j * half + u] = d;
+        if (t == 0) dz_first[b * H + u] = d;
+      });
+      double* phase_sums = unit_sums + (w % 2) * kUnitsPerPass * kSamples;
+      if (norms) {  // the unit group's sums per sample, read after the step's barrier
+        cta.sum_over_unit_group(g_sq);
+        if (cta.computes && cta.holds_sample_sums()) {
+          SIMT_UNROLL
+          for (int k = 0; k < kOwned; ++k) {
+            phase_sums[cta.role.unit_in_pass * kSamples + cta.first_sample + k] = g_sq[k];
+          }
         }
       }
-      if (w > 0) finish_norms(w - 1);
+      share_cluster_stack_slice<kSamples>(own_next, own_next, above_next, layer - 1, at, cta.place, tiling, H, half,
+                                          half);
+      barrier.arrive();
+      load_operands(t, -1);  // (after the arrival: StepBarrier::arrive)
+      barrier.wait();
+      if (t >= 0 && t < T) {  // step w's dz_t (stored after the barrier: Cta::kStoresAfterBarrier)
+        lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { dz[offset] = dz_out[batch][k]; });
+      }
+      if (norms) {
+        // The CTA's sums of step w into the layer's first CTA, which adds them up after the next
+        // barrier, as it now does those of step w - 1.
+        const int64_t j = threadIdx.x;
+        if (j < kSamples && t >= 0 && t < T) {
+          const double sum = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
+          const int64_t slot = ((w % 3) * per_layer + at.layer_rank) * kSamples + j;
+          if (at.layer_rank == 0) {
+            cta_sums[slot] = sum;
+          } else {
+            simt::cluster_map_shared(cta_sums, gatherer)[slot] = sum;
+          }
+        }
+        if (w > 0) finish_norms(w - 1);
+      }
+      lane.move(-1);
     }
-    lane.move(-1);
+  };
+  if constexpr (kPlain) {
+    if (a.truncation.cuts()) {
+      run(std::true_type{});
+      return;  // (the plain copy records no norms)
+    }
   }
+  run(std::false_type{});
   if (norms) {  // the last step's sums are complete after one more barrier
     barrier.arrive();
     barrier.wait();
@@ -837,9 +868,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   const int64_t b = blockIdx.x;
   const int64_t length = sample_length(a.lengths, b, B, T);
   const int64_t t = step_time(s, length, a.reverse);
-  const scalar_t edge = s + 1 >= length           ? scalar_t(0)
-                        : a.drawn_scales != nullptr ? a.drawn_scales[(s + 1) * B + b]
-                                                    : static_cast<scalar_t>(edge_scale(a.truncation.periodic_part(), s + 1, b));
+  const scalar_t edge =
+      s + 1 >= length             ? scalar_t(0)
+      : a.drawn_scales != nullptr ? a.drawn_scales[(s + 1) * B + b]
+                                  : static_cast<scalar_t>(edge_scale(a.truncation.periodic_part(), s + 1, b));
   double g_sq = 0.0;
   for (int64_t u = threadIdx.x; u < H; u += blockDim.x) {
     scalar_t d = scalar_t(0);
