@@ -511,6 +511,24 @@ struct BackwardStackArgs {
   const float* drawn_scales = nullptr;
 };
 
+// A stack lane's edge scales into processing step `into` (>= 1 inside the sequence) of its
+// samples first, first + 1, ... (lengths[k] valid steps each; 0 past a sample's end and outside the
+// sequence): from the layer's drawn scales [T,B] (`drawn`, or null), by edge_scale every K steps
+// (`cuts`: the general kernels), or the plain copy's cut (`cut`, PeriodicCut's), else 1.
+template <int kOwned>
+SIMT_DEVICE __forceinline__ void stack_edge_scales(float (&edge)[kOwned], int64_t into, const int64_t (&lengths)[kOwned],
+                                                   int64_t first, int64_t batch, const float* drawn, bool cuts,
+                                                   const TruncationParams& periodic, bool cut) {
+  SIMT_UNROLL
+  for (int k = 0; k < kOwned; ++k) {
+    edge[k] = into < 1 || into >= lengths[k] ? 0.0f
+              : drawn != nullptr             ? drawn[into * batch + first + k]
+              : cuts                         ? static_cast<float>(edge_scale(periodic, into, first + k))
+              : cut                          ? 0.0f
+                                             : 1.0f;
+  }
+}
+
 // Grid, tiling, shared memory and kPasses as for forward_stack_kernel; kPlain as for
 // backward_recurrence_kernel (block step loop at 1 sample and 1 pass, sm_90: 459 -> 190 static
 // instructions).
@@ -596,15 +614,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
       float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
       float edge[kOwned];
-      SIMT_UNROLL
-      for (int k = 0; k < kOwned; ++k) {
-        const int64_t b = cta.place.sample_begin + cta.first_sample + k;
-        edge[k] = s < 0 || s + 1 >= lane.length[k] ? 0.0f
-                  : step_drawn != nullptr           ? step_drawn[(s + 1) * B + b]
-                  : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, s + 1, b))
-                  : cut_later                       ? 0.0f
-                                                    : 1.0f;
-      }
+      stack_edge_scales(edge, s + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cuts,
+                        periodic_truncation, cut_later);
       double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
       cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
         const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
@@ -622,12 +633,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         float d = 0.0f;  // a sample past its length passes no gradient on
         if (s < lane.length[k]) {
           const int64_t at = lane.at[batch][k];
-          float gradient_in = dy[batch][k];
-          if (dy_words != nullptr) {
-            unsigned long long word = dy_word[batch][k];
-            if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(dy_words + at, kStackTag);
-            gradient_in = simt::word_value(word);
-          }
+          const float gradient_in = handed_operand(dy[batch][k], dy_word[batch][k], dy_words, at);
           const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
@@ -778,15 +784,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
       // time a drawn scale's load overlaps).
       float edge[kOwned];
-      SIMT_UNROLL
-      for (int k = 0; k < kOwned; ++k) {
-        const int64_t b = cta.place.sample_begin + cta.first_sample + k;
-        edge[k] = t < 0 || t + 1 >= lane.length[k] ? 0.0f
-                  : step_drawn != nullptr           ? step_drawn[(t + 1) * B + b]
-                  : cuts                            ? static_cast<float>(edge_scale(periodic_truncation, t + 1, b))
-                  : cut_later                       ? 0.0f
-                                                    : 1.0f;
-      }
+      stack_edge_scales(edge, t + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cuts,
+                        periodic_truncation, cut_later);
       double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
       cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
         const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;

@@ -314,12 +314,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       float h;
       if (s < lane.length[k]) {
         const int64_t at = lane.at[batch][k];
-        float x = xw[batch][k];
-        if (xw_words != nullptr) {
-          unsigned long long word = xw_word[batch][k];
-          if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(xw_words + at, kStackTag);
-          x = simt::word_value(word);
-        }
+        const float x = handed_operand(xw[batch][k], xw_word[batch][k], xw_words, at);
         h = activate_runtime(a.activation, x + total);
         out[at] = h;
         if (masks != nullptr) masked_next[j * R + u] = h * mask[batch][k];

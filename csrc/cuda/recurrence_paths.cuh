@@ -140,6 +140,15 @@ SIMT_HOST_DEVICE constexpr int64_t chunk_iterations_of(int64_t hidden, bool fp64
 // words start at zero and each is stored once).
 inline constexpr int kMaxStackLayers = 16;
 inline constexpr unsigned kStackTag = 1;
+// A stack lane's operand that the neighbouring layer hands over in tagged words (`words` [T,B,H],
+// null: `value`, read from its own tensor): the word read ahead, or, where that did not carry the
+// tag yet, the word at `at` waited for.
+SIMT_DEVICE __forceinline__ float handed_operand(float value, unsigned long long word, const unsigned long long* words,
+                                                 int64_t at) {
+  if (words == nullptr) return value;
+  if (simt::word_tag(word) != kStackTag) word = simt::wait_word_tag(words + at, kStackTag);
+  return simt::word_value(word);
+}
 // A stack CTA's state buffers beyond the Block path's two: the state times its layer's
 // dropout mask (current and next step), which the next layer's projection reads. Always
 // reserved (at most 8 samples x 128 units x 2 x 4 bytes), used with dropout between layers.
