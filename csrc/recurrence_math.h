@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define RNN_FUSED_HOST_DEVICE __host__ __device__
@@ -99,33 +100,39 @@ constexpr double edge_scale(const TruncationParams& tp, int64_t s, int64_t b) {
 
 // Truncation every K steps alone (no randomized draws), as the backward's step loop meets the
 // edges: whether the edge into processing step s is cut (edge_scale's s % every == 0), asked
-// for s = first, first - 1, ... (0 <= first < kPeriodicCutSteps), once per step. A 32-bit
-// compare with the next cut step and a predicated subtraction per call instead of a 64-bit
-// remainder: the backward kernels' plain copies (about 4 instructions per step in the sm_90
-// SASS; 64-bit, 12 with the register moves it caused). edge_scale stays the definition.
-// every == 0 never cuts.
+// for s = first, first - 1, ... once per step: a compare with the next cut step and a
+// predicated subtraction per call instead of a remainder per step and sample. `Step`: int32_t
+// where 0 <= first < kPeriodicCutSteps (the backward kernels' plain copies: about 4 instructions
+// per step in the sm_90 SASS; 64-bit, 12 with the register moves it caused), int64_t for any
+// first (the general kernels; a 64-bit remainder there was ~40 instructions per step and sample
+// with its division call). edge_scale stays the definition. every == 0 never cuts.
 inline constexpr int64_t kPeriodicCutSteps = int64_t(1) << 30;
-class PeriodicCut {
+template <typename Step>
+class BasicPeriodicCut {
  public:
-  constexpr PeriodicCut(int64_t every, int64_t first)
-      : every_(every > 0 && every <= first ? int32_t(every) : 0),
-        next_(every_ > 0 ? int32_t(first - first % every) : INT32_MIN) {}
+  static constexpr Step kNone = std::numeric_limits<Step>::min();
+  constexpr BasicPeriodicCut(int64_t every, int64_t first)
+      : every_(every > 0 && every <= first ? Step(every) : 0),
+        next_(every_ > 0 ? Step(first - first % every) : kNone) {}
   constexpr bool cut(int64_t s) {
-    const bool at = int32_t(s) == next_;
+    const bool at = Step(s) == next_;
     if (at) next_ -= every_;
     return at;
   }
 
  private:
-  int32_t every_;  // 0: no cut (none, or none before first)
-  int32_t next_;   // the largest cut step not yet passed (INT32_MIN: none)
+  Step every_;  // 0: no cut (none, or none before first)
+  Step next_;   // the largest cut step not yet passed (kNone: none)
 };
+using PeriodicCut = BasicPeriodicCut<int32_t>;
+using WidePeriodicCut = BasicPeriodicCut<int64_t>;
 
-// PeriodicCut walks edge_scale's cuts, checked at compile time over small periods and starts.
+// The cuts walk edge_scale's, checked at compile time over small periods and starts.
+template <typename Cut>
 constexpr bool periodic_cut_matches_edge_scale() {
   for (int64_t every = 0; every <= 5; ++every) {
     for (int64_t first = 1; first <= 12; ++first) {
-      PeriodicCut periodic(every, first);
+      Cut periodic(every, first);
       for (int64_t s = first; s >= 1; --s) {
         if (periodic.cut(s) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
       }
@@ -133,7 +140,20 @@ constexpr bool periodic_cut_matches_edge_scale() {
   }
   return true;
 }
-static_assert(periodic_cut_matches_edge_scale());
+static_assert(periodic_cut_matches_edge_scale<PeriodicCut>());
+static_assert(periodic_cut_matches_edge_scale<WidePeriodicCut>());
+// ... and past 32 bits for the 64-bit one.
+constexpr bool wide_periodic_cut_matches_edge_scale_past_32_bits() {
+  const int64_t first = (int64_t(1) << 33) + 5;
+  for (int64_t every : {int64_t(3), (int64_t(1) << 32) + 1}) {
+    WidePeriodicCut periodic(every, first);
+    for (int64_t s = first; s > first - 12; --s) {
+      if (periodic.cut(s) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
+    }
+  }
+  return true;
+}
+static_assert(wide_periodic_cut_matches_edge_scale_past_32_bits());
 
 // ---- Elman cell: h_t = act(z_t) ----------------------------------------------------------
 

@@ -10,7 +10,9 @@ the same seeds. The CPU digests date from the forward that multiplies by W_hh as
 transposes it; a transposed copy only for 64 or more one-row steps), whose products round
 differently from the copy's at small batches;
 the emulated ones from the rewrite of the GPU kernels into block/grid/stepwise paths, whose
-new summation order (8-lane dot products, a fixed reduce-scatter) changed their rounding.
+new summation order (8-lane dot products, a fixed reduce-scatter) changed their rounding, and
+the emulated float64 step norms from the CTA's sums of g^2 in 16 partial sums
+(cta_sample_sum, 2026-12-03).
 
 Bitwise equality needs the same BLAS code path: the stored digests name the CPU capability
 they were made on (torch.backends.cpu.get_cpu_capability()) and the test runs single-threaded,

@@ -91,6 +91,34 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int
 // on); after the step's barrier (or wait), rank 0 of each group adds the ranks' sums (rank
 // order) into step_sq.
 
+// The CTA's sum of g^2 of sample row j: its computing unit groups' sums of one phase
+// (phase_sums [kUnitsPerPass][kSamples], the first units_per_pass rows written), in a fixed
+// order: kNormPartials partial sums (unit groups p, p + kNormPartials, ...) added pairwise.
+// One thread adds them after a step's barrier, on the way to its next dot products: added in
+// one chain they were 32 dependent double additions (sm_90 SASS: 32 DADD) on every step of a
+// call that records norms; now one or two rounds of 16 loads issued together and 16
+// independent additions each, then a tree 4 deep. (The ranks' sums that rank 0 then adds on the
+// cluster and grid paths are at most 16, mostly 2-8: a chain, as predicated rounds of 16 would
+// execute more than they save.)
+inline constexpr int kNormPartials = 16;
+static_assert(kUnitsPerPassOptions[0] % kNormPartials == 0 && kUnitsPerPassOptions[1] % kNormPartials == 0,
+              "cta_sample_sum adds whole rounds of partial sums");
+template <int kSamples>
+SIMT_DEVICE __forceinline__ double cta_sample_sum(const double* phase_sums, int units_per_pass, int64_t j) {
+  double partial[kNormPartials] = {};
+  SIMT_NO_UNROLL  // (unrolled, nvcc copied the rounds into every step loop: 258 DADD at 1 sample, 8 partials)
+  for (int i = 0; i < units_per_pass; i += kNormPartials) {
+    SIMT_UNROLL
+    for (int p = 0; p < kNormPartials; ++p) partial[p] += phase_sums[(i + p) * kSamples + j];
+  }
+  SIMT_UNROLL
+  for (int width = kNormPartials / 2; width >= 1; width /= 2) {
+    SIMT_UNROLL
+    for (int p = 0; p < width; ++p) partial[p] += partial[p + width];
+  }
+  return partial[0];
+}
+
 // step_sq of sample b at processing step s = the sum over the group's ranks (Grid path).
 template <typename scalar_t>
 SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling, int64_t b,
@@ -101,15 +129,6 @@ SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, cons
   double sum = 0.0;
   for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += simt::load_cross_block(partials + r);
   a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = sum;
-}
-
-// The CTA's sum of g^2 of sample row j: its computing unit groups' sums of one phase
-// (phase_sums [kUnitsPerPass][kSamples], the first units_per_pass rows written) in order.
-template <int kSamples>
-SIMT_DEVICE __forceinline__ double cta_sample_sum(const double* phase_sums, int units_per_pass, int64_t j) {
-  double sum = 0.0;
-  for (int i = 0; i < units_per_pass; ++i) sum += phase_sums[i * kSamples + j];
-  return sum;
 }
 
 // The CTA's sum of g^2 per sample of a chunk, after the barrier that follows the owners'
@@ -243,13 +262,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   check_plain_call<kPlain>(a);
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
-  // Without truncation every edge scale is 1: the step skips edge_scale's tests of the
-  // parameters (about 15 instructions per step and sample in the sm_90 SASS). The plain copy
-  // cuts every K steps by `periodic` instead (run's kTruncates). Randomized truncation reads
-  // its drawn scales (`drawn`), so edge_scale is asked for the cuts every K steps alone.
+  // Randomized truncation reads its drawn scales (`drawn`, which hold the cuts every K steps
+  // too); else the cuts every K steps come from `periodic` (run's): the plain copy's in 32 bits
+  // (plain_backward_call), the general kernels' in 64.
   const bool drawn = a.drawn_scales != nullptr;
-  const bool cuts = !kPlain && !drawn && a.truncation.cuts();
-  const TruncationParams periodic_truncation = a.truncation.periodic_part();
   using Cta = RecurrenceCta<scalar_t, kSamples, kPath, kPasses, kIterations>;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
   SIMT_DYNAMIC_SHARED(scalar_t, smem);
@@ -327,9 +343,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     }
 
     int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
-    PeriodicCut periodic(kPlain && !drawn ? a.truncation.every : 0, T);
+    std::conditional_t<kPlain, PeriodicCut, WidePeriodicCut> periodic(drawn ? 0 : a.truncation.every, T);
     for (int64_t s = T - 1; s >= 0; --s) {
-      const bool cut_later = kTruncates && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1);  // the edge into step s + 1
       scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
       unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
       // `later` holds dz at step s+1; `now` takes dz at step s.
@@ -347,7 +363,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           const int64_t b = first + cta.first_sample + k;
           edge[k] = s + 1 >= rows.length[k] ? scalar_t(0)
                     : reads_drawn      ? (one_chunk ? drawn_ahead[k] : a.drawn_scales[(s + 1) * B + b])
-                    : cuts             ? static_cast<scalar_t>(edge_scale(periodic_truncation, s + 1, b))
                     : cut_later        ? scalar_t(0)
                                        : scalar_t(1);
         }
@@ -513,17 +528,15 @@ struct BackwardStackArgs {
 
 // A stack lane's edge scales into processing step `into` (>= 1 inside the sequence) of its
 // samples first, first + 1, ... (lengths[k] valid steps each; 0 past a sample's end and outside the
-// sequence): from the layer's drawn scales [T,B] (`drawn`, or null), by edge_scale every K steps
-// (`cuts`: the general kernels), or the plain copy's cut (`cut`, PeriodicCut's), else 1.
+// sequence): from the layer's drawn scales [T,B] (`drawn`, or null), or 0 at a cut every K steps
+// (`cut`, the kernel's periodic cut), else 1.
 template <int kOwned>
 SIMT_DEVICE __forceinline__ void stack_edge_scales(float (&edge)[kOwned], int64_t into, const int64_t (&lengths)[kOwned],
-                                                   int64_t first, int64_t batch, const float* drawn, bool cuts,
-                                                   const TruncationParams& periodic, bool cut) {
+                                                   int64_t first, int64_t batch, const float* drawn, bool cut) {
   SIMT_UNROLL
   for (int k = 0; k < kOwned; ++k) {
     edge[k] = into < 1 || into >= lengths[k] ? 0.0f
               : drawn != nullptr             ? drawn[into * batch + first + k]
-              : cuts                         ? static_cast<float>(edge_scale(periodic, into, first + k))
               : cut                          ? 0.0f
                                              : 1.0f;
   }
@@ -564,9 +577,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const float* masks_below = a.dropout_masks != nullptr && !bottom ? a.dropout_masks + (layer - 1) * sequence : nullptr;
   // (as in backward_recurrence_kernel; the layer's drawn scales [T,B], or null)
   const float* drawn = a.drawn_scales != nullptr ? a.drawn_scales + layer * T * B : nullptr;
-  const bool cuts = !kPlain && drawn == nullptr && a.truncation.cuts();
-  const TruncationParams periodic_truncation = a.truncation.periodic_part();
-  PeriodicCut periodic(kPlain && drawn == nullptr ? a.truncation.every : 0, T);
+  std::conditional_t<kPlain, PeriodicCut, WidePeriodicCut> periodic(drawn == nullptr ? a.truncation.every : 0, T);
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   // The row this lane owns in each batch (the same every step).
@@ -609,13 +620,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     const float* step_drawn = kPlain && !kTruncates ? nullptr : drawn;  // (null in the plain copy's other steps)
     load_operands(T - 1, 0);
     for (int64_t s = T - 1; s >= -1; --s) {
-      const bool cut_later = kTruncates && periodic.cut(s + 1);  // the edge into step s + 1 (plain copy)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1);  // the edge into step s + 1
       const int64_t parity = (T - 1 - s) % 2;
       const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
       float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
       float edge[kOwned];
-      stack_edge_scales(edge, s + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cuts,
-                        periodic_truncation, cut_later);
+      stack_edge_scales(edge, s + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cut_later);
       double g_sq[kOwned] = {};  // this lane's recurrence outputs of each sample (norms)
       cta.for_each_output(later, clock, [&](int batch, int k, int64_t, float total) {
         const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
@@ -748,9 +758,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
   // (as in backward_recurrence_kernel; the layer's drawn scales [T,B], or null)
   const float* drawn = a.drawn_scales != nullptr ? a.drawn_scales + layer * T * B : nullptr;
-  const bool cuts = !kPlain && drawn == nullptr && a.truncation.cuts();
-  const TruncationParams periodic_truncation = a.truncation.periodic_part();
-  PeriodicCut periodic(kPlain && drawn == nullptr ? a.truncation.every : 0, T + delay);  // (t + 1 at w = 0)
+  std::conditional_t<kPlain, PeriodicCut, WidePeriodicCut> periodic(drawn == nullptr ? a.truncation.every : 0,
+                                                                    T + delay);  // (t + 1 at w = 0)
   PhaseClock<false> clock(nullptr, nullptr);
   const SampleRows<kOwned> lane_rows(a.lengths, cta.place.sample_begin + cta.first_sample, a.shape, false);
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0
@@ -772,7 +781,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     load_operands(T - 1 + delay, 0);
     for (int64_t w = 0; w < T + L - 1; ++w) {
       const int64_t t = T - 1 - w + delay;
-      const bool cut_later = kTruncates && periodic.cut(t + 1);  // the edge into step t + 1 (plain copy)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(t + 1);  // the edge into step t + 1
       float* own_now = cta.states + (w % 2) * kSamples * half;
       float* own_next = cta.states + (1 - w % 2) * kSamples * half;
       const float* above_now = above.states + (w % 2) * kSamples * half;
@@ -784,8 +793,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
       // time a drawn scale's load overlaps).
       float edge[kOwned];
-      stack_edge_scales(edge, t + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cuts,
-                        periodic_truncation, cut_later);
+      stack_edge_scales(edge, t + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cut_later);
       double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
       cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
         const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
