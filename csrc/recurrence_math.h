@@ -112,17 +112,18 @@ class BasicPeriodicCut {
  public:
   static constexpr Step kNone = std::numeric_limits<Step>::min();
   constexpr BasicPeriodicCut(int64_t every, int64_t first)
-      : every_(every > 0 && every <= first ? Step(every) : 0),
-        next_(every_ > 0 ? Step(first - first % every) : kNone) {}
-  constexpr bool cut(int64_t s) {
+      : next_(every > 0 && every <= first ? Step(first - first % every) : kNone) {}
+  // `every`: the constructor's (read again at each call rather than held: in the kernels a
+  // kernel parameter, so no register holds it; held, it spilled the float64 grid kernel at 8
+  // samples on sm_80, at 255 registers).
+  constexpr bool cut(int64_t s, int64_t every) {
     const bool at = Step(s) == next_;
-    if (at) next_ -= every_;
+    if (at) next_ -= Step(every);
     return at;
   }
 
  private:
-  Step every_;  // 0: no cut (none, or none before first)
-  Step next_;   // the largest cut step not yet passed (kNone: none)
+  Step next_;  // the largest cut step not yet passed (kNone: none, or every == 0)
 };
 using PeriodicCut = BasicPeriodicCut<int32_t>;
 using WidePeriodicCut = BasicPeriodicCut<int64_t>;
@@ -134,7 +135,7 @@ constexpr bool periodic_cut_matches_edge_scale() {
     for (int64_t first = 1; first <= 12; ++first) {
       Cut periodic(every, first);
       for (int64_t s = first; s >= 1; --s) {
-        if (periodic.cut(s) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
+        if (periodic.cut(s, every) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
       }
     }
   }
@@ -148,7 +149,7 @@ constexpr bool wide_periodic_cut_matches_edge_scale_past_32_bits() {
   for (int64_t every : {int64_t(3), (int64_t(1) << 32) + 1}) {
     WidePeriodicCut periodic(every, first);
     for (int64_t s = first; s > first - 12; --s) {
-      if (periodic.cut(s) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
+      if (periodic.cut(s, every) != (edge_scale(TruncationParams{.every = every}, s, 0) == 0.0)) return false;
     }
   }
   return true;

@@ -11,7 +11,7 @@ transposes it; a transposed copy only for 64 or more one-row steps), whose produ
 differently from the copy's at small batches;
 the emulated ones from the rewrite of the GPU kernels into block/grid/stepwise paths, whose
 new summation order (8-lane dot products, a fixed reduce-scatter) changed their rounding, and
-the emulated float64 step norms from the CTA's sums of g^2 in 16 partial sums
+the emulated float64 step norms from the CTA's sums of g^2 in 8 partial sums
 (cta_sample_sum, 2026-12-03).
 
 Bitwise equality needs the same BLAS code path: the stored digests name the CPU capability

@@ -96,17 +96,17 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int
 // order: kNormPartials partial sums (unit groups p, p + kNormPartials, ...) added pairwise.
 // One thread adds them after a step's barrier, on the way to its next dot products: added in
 // one chain they were 32 dependent double additions (sm_90 SASS: 32 DADD) on every step of a
-// call that records norms; now one or two rounds of 16 loads issued together and 16
-// independent additions each, then a tree 4 deep. (The ranks' sums that rank 0 then adds on the
-// cluster and grid paths are at most 16, mostly 2-8: a chain, as predicated rounds of 16 would
-// execute more than they save.)
-inline constexpr int kNormPartials = 16;
+// call that records norms; now rounds of 8 loads issued together and 8 independent additions,
+// then a tree 3 deep (16 partial sums took up to 63 more registers in some kernels). (The
+// ranks' sums that rank 0 then adds on the cluster and grid paths are at most 16, mostly 2-8:
+// a chain, as predicated rounds would execute more than they save.)
+inline constexpr int kNormPartials = 8;
 static_assert(kUnitsPerPassOptions[0] % kNormPartials == 0 && kUnitsPerPassOptions[1] % kNormPartials == 0,
               "cta_sample_sum adds whole rounds of partial sums");
 template <int kSamples>
 SIMT_DEVICE __forceinline__ double cta_sample_sum(const double* phase_sums, int units_per_pass, int64_t j) {
   double partial[kNormPartials] = {};
-  SIMT_NO_UNROLL  // (unrolled, nvcc copied the rounds into every step loop: 258 DADD at 1 sample, 8 partials)
+  SIMT_NO_UNROLL  // (unrolled, nvcc copied the rounds into every step loop: 258 DADD at 1 sample)
   for (int i = 0; i < units_per_pass; i += kNormPartials) {
     SIMT_UNROLL
     for (int p = 0; p < kNormPartials; ++p) partial[p] += phase_sums[(i + p) * kSamples + j];
@@ -345,7 +345,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     int64_t phase = 0;  // chunks computed so far: its parity picks the unit_sums buffer
     std::conditional_t<kPlain, PeriodicCut, WidePeriodicCut> periodic(drawn ? 0 : a.truncation.every, T);
     for (int64_t s = T - 1; s >= 0; --s) {
-      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1);  // the edge into step s + 1
+      // (the edge into step s + 1)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1, a.truncation.every);
       scalar_t* exchange_now = a.exchange != nullptr ? a.exchange + (s % 2) * B * H : nullptr;
       unsigned long long* tagged_now = a.tagged_exchange != nullptr ? a.tagged_exchange + (s % 2) * B * H : nullptr;
       // `later` holds dz at step s+1; `now` takes dz at step s.
@@ -620,7 +621,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     const float* step_drawn = kPlain && !kTruncates ? nullptr : drawn;  // (null in the plain copy's other steps)
     load_operands(T - 1, 0);
     for (int64_t s = T - 1; s >= -1; --s) {
-      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1);  // the edge into step s + 1
+      // (the edge into step s + 1)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(s + 1, a.truncation.every);
       const int64_t parity = (T - 1 - s) % 2;
       const float* later = cta.states + parity * kSamples * R;  // dz_{s+1}
       float* now = cta.states + (1 - parity) * kSamples * R;     // takes dz_s
@@ -781,7 +783,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     load_operands(T - 1 + delay, 0);
     for (int64_t w = 0; w < T + L - 1; ++w) {
       const int64_t t = T - 1 - w + delay;
-      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(t + 1);  // the edge into step t + 1
+      // (the edge into step t + 1)
+      const bool cut_later = (!kPlain || kTruncates) && periodic.cut(t + 1, a.truncation.every);
       float* own_now = cta.states + (w % 2) * kSamples * half;
       float* own_next = cta.states + (1 - w % 2) * kSamples * half;
       const float* above_now = above.states + (w % 2) * kSamples * half;
