@@ -93,8 +93,10 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
         # CPU tensors have no streams: no directions run at once, so none are timed again in turn.
         assert row["in_turn_fwd_ms"] is None and row["in_turn_fwd_bwd_ms"] is None
         assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
-        # The recurrence per step is estimated for single-layer rows only.
+        # The recurrence per step is estimated for single-layer rows only, the backward from the
+        # backward pass timed alone.
         assert (row["measured_fwd_us_per_step"] is not None) == shape.single_layer
+        assert (row["ours_bwd_ms"] is not None) == (row["measured_bwd_us_per_step"] is not None) == shape.single_layer
         if shape.dtype == "float32" and not shape.long:
             assert 0 < row["ours_rel_error"] < FLOAT32_RELATIVE_ERROR
             assert 0 < row["baseline_rel_error"] < FLOAT32_RELATIVE_ERROR
@@ -127,6 +129,9 @@ def test_rehearsal_forces_every_path(rehearsal):
         if plan["feasible"]:
             assert row["fwd_ms"] > 0 and row["fwd_bwd_ms"] > 0 and row["predicted_fwd_us_per_step"] > 0
             assert row["measured_fwd_us_per_step"] is not None and row["forward_gemms_ms"] > 0
+            # The backward's step from the backward pass timed alone, not from fwd_bwd - fwd.
+            assert row["bwd_ms"] > 0 and row["measured_bwd_us_per_step"] == pytest.approx(
+                (row["bwd_ms"] - row["backward_gemms_ms"]) * 1e3 / row["shape"]["steps"])
             assert row["rel_error"] < FLOAT32_RELATIVE_ERROR
         else:
             assert row["fwd_ms"] is None and row["note"]
@@ -220,6 +225,29 @@ def test_rehearsal_times_again_under_autotune_where_it_takes_another_shape(rehea
         else:
             assert r["tuned_fwd_ms"] is None and r["tuned_paths"] is None
     assert "Where autotuning takes another launch shape than the model" in (out / "gpu_check.md").read_text()
+
+
+def test_backward_fn_times_the_backward_alone_through_one_retained_graph():
+    """benchmark.backward_fn, which gives gpu-check its backward times: every call returns the
+    gradients a fresh forward+backward gives (bitwise: the same kernels on the same operands),
+    runs no forward (the module is not called again) and leaves .grad alone."""
+    from rnn_fused.tools.benchmark import backward_fn
+
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(3, 5)
+    x, grad_out = torch.randn(7, 2, 3), torch.randn(7, 2, 5)
+    params = list(module.parameters())
+    out, _ = module(x)
+    expected = torch.autograd.grad(out, params, grad_out)
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    run = backward_fn(lambda: module(x)[0], params, grad_out)
+    assert len(calls) == 1
+    for _ in range(3):
+        for got, want in zip(run(), expected, strict=True):
+            assert torch.equal(got, want)
+    handle.remove()
+    assert len(calls) == 1 and all(p.grad is None for p in params)
 
 
 def test_tuned_rows_table_lists_only_the_retimed_rows():

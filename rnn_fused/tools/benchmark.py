@@ -170,6 +170,18 @@ def forward_backward_fn(module, x, grad_out):
     return run
 
 
+def backward_fn(forward, leaves, grad_out):
+    """The backward pass alone: `forward()` (returning the output) runs once here, with autograd
+    on, and each call of the returned function computes the gradients of `leaves` through that
+    graph (retained, and nothing accumulated into .grad), so a timing of it holds no forward."""
+    out = forward()
+    leaves = list(leaves)
+
+    def run():
+        return torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+    return run
+
+
 @dataclass
 class Row:
     shape: tuple[int, ...]  # (T, B, I, H) or (T, B, I, H, directions)

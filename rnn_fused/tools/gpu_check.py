@@ -13,9 +13,10 @@ short still leaves its rows):
 3. the path table: for a subset of shapes, rnn_fused.rnn_layer with each path forced.
 
 Timing is benchmark.py's (CUDA events, medians; the two implementations alternate run by
-run). The measured time per step of the recurrence is the layer pass minus the same
-whole-sequence GEMMs the host layer runs around it (csrc/elman_gemms.h) timed alone,
-divided by T: an estimate by subtraction, documented as such in the report.
+run). The measured time per step of the recurrence is the layer pass (the forward, or the
+backward timed alone through a retained graph) minus the same whole-sequence GEMMs the host
+layer runs around it (csrc/elman_gemms.h) timed alone, divided by T: an estimate by
+subtraction, documented as such in the report.
 
 --emulated rehearses everything on the CPU (CI has no GPU): the CUDA kernels run through
 the SIMT emulator (backend "emulated") on tiny shapes, nn.RNN on the CPU stands in for
@@ -46,7 +47,7 @@ from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNC
                            cost_constants, forced_tiling, plan, predicted_layer_us, stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
-from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, forward_backward_fn, forward_fn,
+from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
                         gemm_rate, median_seconds, paired_median_seconds)
 from .bptt_benchmark import OverheadRow, format_overhead, overhead_rows
 from .command_output import output_directory, write_json, write_text
@@ -245,9 +246,11 @@ class ShapeRow:
     backward_path: str | None = None
     predicted_fwd_us_per_step: float | None = None
     predicted_bwd_us_per_step: float | None = None
-    # Single-layer rows: (layer pass - the same whole-sequence GEMMs timed alone) / T.
+    # Single-layer rows: (layer pass - the same whole-sequence GEMMs timed alone) / T; the
+    # backward pass timed alone (benchmark.backward_fn) in ours_bwd_ms.
     measured_fwd_us_per_step: float | None = None
     measured_bwd_us_per_step: float | None = None
+    ours_bwd_ms: float | None = None
     # The cost model's whole-layer time (GEMMs included), summed over layers and directions.
     predicted_fwd_ms: float | None = None
     predicted_fwd_bwd_ms: float | None = None
@@ -305,6 +308,7 @@ class PathRow:
     backward_plan: dict = field(default_factory=dict)
     fwd_ms: float | None = None
     fwd_bwd_ms: float | None = None
+    bwd_ms: float | None = None             # the backward pass alone (benchmark.backward_fn)
     forward_gemms_ms: float | None = None   # the host layer's whole-sequence GEMMs alone
     backward_gemms_ms: float | None = None
     measured_fwd_us_per_step: float | None = None
@@ -672,8 +676,13 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                                        min_repeats=timing.min_repeats, min_seconds=0)
         backward_gemms = median_seconds(whole_sequence_work(shape, target, True), device=target.device,
                                         min_repeats=timing.min_repeats, min_seconds=0)
+        # The backward alone, through one retained forward's graph (not forward+backward minus
+        # forward: the difference of two noisy medians).
+        backward_s = median_seconds(backward_fn(lambda: ours(x)[0], ours.parameters(), grad_out), device=target.device,
+                                    min_repeats=timing.min_repeats, min_seconds=0)
+        row.ours_bwd_ms = backward_s * 1e3
         row.measured_fwd_us_per_step = per_step_us(seconds["fwd"], forward_gemms, shape.steps)
-        row.measured_bwd_us_per_step = per_step_us(seconds["fwd_bwd"] - seconds["fwd"], backward_gemms, shape.steps)
+        row.measured_bwd_us_per_step = per_step_us(backward_s, backward_gemms, shape.steps)
     if target.device.type == "cuda":
         if row.note is None:
             row.baseline_peak_mb = cuda_peak_memory_mb(stock, x, grad_out)
@@ -756,7 +765,10 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
                 fwd_bwd_s = median_seconds(forward_backward, device=target.device, min_repeats=timing.min_repeats,
                                            min_seconds=timing.min_seconds)
                 row.fwd_bwd_ms = fwd_bwd_s * 1e3
-                row.measured_bwd_us_per_step = per_step_us(fwd_bwd_s - fwd_s, backward_gemms, shape.steps)
+                bwd_s = median_seconds(backward_fn(lambda: layer(x, None, *leaves)[0], leaves, grad_out),
+                                       device=target.device, min_repeats=timing.min_repeats, min_seconds=0)
+                row.bwd_ms = bwd_s * 1e3
+                row.measured_bwd_us_per_step = per_step_us(bwd_s, backward_gemms, shape.steps)
                 if reference is not None:
                     row.rel_error = relative_error(layer_results(x, weights, grad_out, layer, dtype), reference)
         except Exception as error:  # recorded in the row and the exit status; the next path still runs
@@ -1243,7 +1255,7 @@ def format_report(result: GpuCheckResult) -> str:
         " (W_hh halved so the dynamics contract); fp32 rows only. Path and predicted µs/step: "
         "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
         "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
-        "by subtraction. Predicted ms: the cost model's layer time (GEMMs included), summed over layers and "
+        "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: the cost model's layer time (GEMMs included), summed over layers and "
         "directions.",
         "",
         format_shape_table(result.shape_rows, baseline),
