@@ -1255,8 +1255,8 @@ def format_report(result: GpuCheckResult) -> str:
         " (W_hh halved so the dynamics contract); fp32 rows only. Path and predicted µs/step: "
         "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
         "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
-        "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: the cost model's layer time (GEMMs included), summed over layers and "
-        "directions.",
+        "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: "
+        "the cost model's layer time (GEMMs included), summed over layers and directions.",
         "",
         format_shape_table(result.shape_rows, baseline),
         "",
