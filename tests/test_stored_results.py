@@ -45,6 +45,7 @@ import tempfile
 import pytest
 import torch
 
+import rnn_fused
 from rnn_fused import _ops, simt
 from rnn_fused.truncation import TruncationArgs
 
@@ -132,8 +133,11 @@ def pinned_digests():
     """all_digests() in a child process on the pinned code paths: (capability, records)."""
     with tempfile.TemporaryDirectory() as folder:
         out = os.path.join(folder, "digests.json")
+        # (the child imports the rnn_fused this process imported, installed or not)
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(rnn_fused.__file__)))
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         subprocess.run([sys.executable, os.path.abspath(__file__), "--digests", out], check=True,
-                       env={**os.environ, **PINNED_ENV})
+                       env={**os.environ, **PINNED_ENV, "PYTHONPATH": path})
         with open(out) as f:
             child = json.load(f)
     return child["cpu_capability"], child["records"]
