@@ -22,10 +22,9 @@ child process with the paths pinned (PINNED_ENV): MKL's AVX2 code (MKL_ENABLE_IN
 with conditional numerical reproducibility on that branch (MKL_CBWR=AVX2,STRICT: the same bits
 on any processor with AVX2; the branch also decided the float64 step norms of the emulated
 paths here, whose square roots ATen takes), ATen's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2),
-one thread. Where that cannot
-hold (no MKL in torch, or no AVX2) the test skips and says why. The file was regenerated so
-on 2026-12-03 from commit 38f5856's arithmetic, which matched the digests before on the
-machine they were made on (its CI run passed).
+one thread. Where that cannot hold (no MKL in torch, or no AVX2) the test skips and says why.
+The file was regenerated so on 2026-12-03 from commit 38f5856's arithmetic, which matched the
+digests before on the machine they were made on (its CI run passed).
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit.
