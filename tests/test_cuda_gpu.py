@@ -357,12 +357,13 @@ def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
         assert torch.equal(a, b), plans[0].reason
 
 
-@pytest.mark.parametrize("hidden,batch,samples", [(777, 3, 1), (800, 2, 1), (1024, 5, 1), (800, 3, 2), (1024, 5, 2)])
+@pytest.mark.parametrize("hidden,batch,samples", [(777, 3, 1), (800, 2, 1), (1024, 5, 1), (800, 3, 2), (1024, 5, 2),
+                                                  (800, 5, 4), (1024, 7, 4)])
 def test_cluster_split_weights_round_like_the_grid_path(hidden, batch, samples):
-    """Past H = 768 the cluster path's kernels at one or two samples per chunk hold the first of
-    a CTA's two passes of 32 units in registers and the second in shared memory
-    (cluster_weights_split: H = 1024 fits a 16-CTA cluster only so; at two samples the first
-    pass's rows past column 768 stay in shared memory too; H = 800: the last of 16 CTAs of 52
+    """Past H = 768 the cluster path's kernels at one, two or four samples per chunk hold the
+    first of a CTA's two passes of 32 units in registers and the second in shared memory
+    (cluster_weights_split: H = 1024 fits a 16-CTA cluster only so; at two (four) samples the
+    first pass's rows past column 768 (640) stay in shared memory too; H = 800: the last of 16 CTAs of 52
     units owns 20, no row of its second pass in shared memory). Forward and backward with
     lengths, randomized truncation and recorded norms are bitwise those of the grid path's
     kernels on this GPU."""
@@ -375,21 +376,22 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, batch, samples):
             assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
             runs.append(_truncated_run_with_norms(p, hidden, batch))
     assert plans[0].compiled_passes == 2 and plans[0].samples == samples, plans[0].reason
-    assert "1 pass in registers" + (" up to column 768" if samples == 2 else ",") in plans[0].reason, plans[0].reason
+    held = {1: ",", 2: " up to column 768", 4: " up to column 640"}[samples]
+    assert "1 pass in registers" + held in plans[0].reason, plans[0].reason
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b), plans[0].reason
 
 
 @pytest.mark.parametrize("path,hidden,batch", [("block", 64, 8), ("block", 100, 9), ("block", 256, 8),
                                                ("cluster", 256, 8), ("cluster", 200, 9), ("cluster", 1024, 2),
-                                               ("cluster", 1024, 16)])
+                                               ("cluster", 1024, 16), ("cluster", 1024, 32)])
 def test_plain_backward_kernels_give_the_general_kernels_gradients(path, hidden, batch):
     """Full BPTT without recorded norms, on a plan whose kernels are compiled for their passes,
     runs the backward copy compiled without the truncation's edge scales and the norm sums
     (backward_recurrence_kernel's kPlain); its gradients are bitwise those of the same call with
     norms recorded, which runs the general kernel, on this GPU (lengths 8-12 of 12 steps). The
-    cluster path at H = 1024 runs its split kernels, at B = 16 with two samples per cluster where
-    the planner takes them (one wave of 8 clusters on an H200)."""
+    cluster path at H = 1024 runs its split kernels, at B = 16 with two samples per cluster and
+    at B = 32 with four, where the planner takes them (one wave of 8 clusters on an H200)."""
     if path == "cluster" and not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=True, path=path)

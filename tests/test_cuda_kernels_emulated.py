@@ -375,7 +375,9 @@ def test_split_weights_round_like_the_other_paths(hidden, samples):
 @pytest.mark.parametrize("hidden,samples,step_sync", [(777, 1, "grid_barrier"), (800, 1, "grid_barrier"),
                                                       (1000, 1, "async_exchange"), (1024, 1, "grid_barrier"),
                                                       (777, 2, "grid_barrier"), (800, 2, "grid_barrier"),
-                                                      (1000, 2, "async_exchange"), (1024, 2, "grid_barrier")])
+                                                      (1000, 2, "async_exchange"), (1024, 2, "grid_barrier"),
+                                                      (800, 4, "grid_barrier"), (1000, 4, "async_exchange"),
+                                                      (1024, 4, "grid_barrier")])
 def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sync):
     """Past H = 768 a CTA of a 16-CTA cluster owns up to 64 units of up to 1024 columns (256 KB
     of W_hh at H = 1024, more than a CTA's shared memory). At one sample per chunk and two
@@ -383,7 +385,8 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sy
     chunks a lane, read from global memory once per launch) and only the second's in shared
     memory (kernel_common.cuh cluster_weights_split); at two samples a lane holds 24 chunks, so
     the first pass's rows past column 768 (their tails) are in shared memory too, and batch 3
-    leaves the second cluster one sample and a padding row. The rows are padded with zeros over
+    leaves the second cluster one sample and a padding row; at four samples 20 chunks, the tails
+    past column 640, and one cluster of 3 samples and a padding row. The rows are padded with zeros over
     the kernels' 32 chunk iterations (H = 777: the tails hold 9 columns, 3 chunks, one each to 3
     of the 8 lanes in iteration 24, whose other lanes multiply zeros; iterations 25-31 are
     skipped by the whole warp). Forward and backward with lengths,
@@ -406,13 +409,14 @@ def test_cluster_split_weights_round_like_the_grid_path(hidden, samples, step_sy
     if -(-hidden // (-(-units // 4) * 4)) == 16:
         units = -(-units // 4) * 4  # (whole 16-byte vectors where the cluster stays 16 CTAs: 64 at H = 1000)
     row = 1024  # (the split kernels' rows padded with zeros over their 32 chunk iterations of 8 lanes)
-    tail = row - 768 if samples == 2 else 0  # (the held rows' columns past 24 chunk iterations)
+    held_columns = {1: row, 2: 768, 4: 640}[samples]  # (24 or 20 chunk iterations of 8 lanes at 2 or 4 samples)
+    tail = row - held_columns  # (the held rows' columns past the registers')
     with simt.emulated_device(sm_count=16), launch_plan.forced_tiling(samples=samples, units_per_pass=32,
                                                                       step_sync=step_sync):
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster")
             assert (plan.compiled_passes, plan.cluster, plan.units_per_cta) == (2, 16, units), plan.reason
-            held_text = " up to column 768" if samples == 2 else ""
+            held_text = f" up to column {held_columns}" if samples > 1 else ""
             assert f"the weight rows of 1 pass in registers{held_text}, the others in shared memory" in plan.reason, \
                 plan.reason
             # Shared memory: the second pass's rows, the first's tails, the state rows and the norm sums.
@@ -470,13 +474,13 @@ def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_co
     _assert_tiles_round_alike(hidden, batch, lengths, [held, run_time, grid])
 
 
-@pytest.mark.parametrize("truncation,samples", [(2, 1), (rnn_fused.RandomTruncation(0.6, seed=11), 2)],
-                         ids=["K2-1-sample", "random-2-samples"])
+@pytest.mark.parametrize("truncation,samples", [(2, 1), (rnn_fused.RandomTruncation(0.6, seed=11), 2), (3, 4)],
+                         ids=["K2-1-sample", "random-2-samples", "K3-4-samples"])
 def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sample(truncation, samples):
     """The cluster path's split kernels (H = 800: 25 chunk iterations, one or two samples per
     cluster, 16 CTAs of 52 units, the last one 20, with no row of its second pass in shared
     memory; at two samples the held rows' tails past column 768 in shared memory, two clusters
-    per direction taking turns) in a bidirectional relu layer, its directions side by side on
+    per direction taking turns; at four, past column 640, one cluster) in a bidirectional relu layer, its directions side by side on
     32 SMs (each on its own 16-CTA cluster), lengths with an empty sample, truncation every 2
     steps or randomized: bitwise alike under the forward, reverse and shuffled schedules and
     like the grid path's kernels, and within the tolerance rule of the float64 loop."""
@@ -504,7 +508,8 @@ def test_cluster_split_weights_in_a_bidirectional_relu_layer_with_an_empty_sampl
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="cluster", side_by_side=2)
             assert (plan.compiled_passes, plan.cluster, plan.samples) == (2, 16, samples), plan
-            assert "1 pass in registers" + (" up to column 768" if samples == 2 else ",") in plan.reason, plan
+            held = {1: ",", 2: " up to column 768", 4: " up to column 640"}[samples]
+            assert "1 pass in registers" + held in plan.reason, plan
             assert hidden - 15 * plan.units_per_cta == 20, plan
         for mode in ("forward", "reverse", "shuffle"):
             with simt.schedule(mode, seed=5):
@@ -569,7 +574,8 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=
 
 @pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
     ("block", 40, 1, 32, 2), ("block", 128, 8, 32, 4), ("block", 50, 4, 16, 4), ("block", 150, 1, 32, 5),
-    ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8), ("cluster", 129, 1, 32, 2)])
+    ("cluster", 33, 2, 16, 2), ("cluster", 100, 8, 16, 4), ("cluster", 256, 1, 16, 8), ("cluster", 129, 1, 32, 2),
+    ("cluster", 800, 2, 32, 2), ("cluster", 1024, 4, 32, 2)])
 @pytest.mark.parametrize("truncation", [None, 2, rnn_fused.RandomTruncation(0.6, seed=11)], ids=["full", "K2", "random"])
 def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(path, hidden, samples, units_per_pass,
                                                                               passes, truncation):
@@ -578,22 +584,25 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
     K steps by PeriodicCut, and reads randomized truncation's scales, drawn before the launch by
     edge_scale_table_kernel, as the general kernels do), and gives bitwise the gradients of the
     general kernels: the same launch shape's with norms recorded, and read at run time (no plain
-    copy). Only randomized truncation launches the draws. Truncation every 2 of 6 steps and the
+    copy, where the rows fit shared memory: not the cluster path's split kernels past H = 768).
+    Only randomized truncation launches the draws. Truncation every 2 of 6 steps and the
     randomized one cut edges: their gradients differ from full BPTT's."""
     batch = 9
     lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
     tiling = dict(path=path, samples=samples, units_per_pass=units_per_pass)
-    kernel = f"backward_recurrence_kernel<float, {samples}, RecurrencePath::{path.capitalize()}, {passes}"
-    # (H = 129 on the cluster path, 16 SMs: 3 CTAs of 44 units, every row in registers, the
-    # kernels' chunk iterations named last)
-    held = ", kClusterRowIterations" if path == "cluster" and 128 < hidden <= 256 and passes <= 2 else ""
+    passes_name = "kClusterSplitPasses" if hidden > 768 else passes  # (as the kernels' registration names them)
+    kernel = f"backward_recurrence_kernel<float, {samples}, RecurrencePath::{path.capitalize()}, {passes_name}"
+    # (H = 129 on the cluster path, 16 SMs: 3 CTAs of 44 units, every row in registers; H = 800
+    # and 1024: 16 CTAs with split weights; the kernels' chunk iterations named last)
+    held = "" if path != "cluster" or passes > 2 else \
+        ", kClusterRowIterations" if 128 < hidden <= 256 else ", kClusterSplitIterations" if hidden > 768 else ""
     if held:
         tiling.update(sm_count=16)
     general_compiled = kernel + (", false" + held if held else "") + ">"
     plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=truncation, **tiling)
     draws = ["edge_scale_table_kernel<float>"] if isinstance(truncation, rnn_fused.RandomTruncation) else []
     assert plain_launches == draws + [kernel + ", true" + held + ">"]
-    for record, run_time_passes in ((True, False), (False, True)):
+    for record, run_time_passes in ((True, False), (False, True))[:1 if hidden > 768 else 2]:
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
                                                 run_time_passes=run_time_passes, **tiling)
         general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else general_compiled
@@ -1205,7 +1214,7 @@ PLANNED_PATHS = [
     (512, 32, torch.float32, (9, 0), "cluster"), (256, 8, torch.float64, (9, 0), "cluster"),
     (1024, 8, torch.float32, (9, 0), "cluster"),  # split weights: 32 rows in registers, 32 in shared memory
     # split weights at 2 samples (the first pass's rows to column 768 in registers): one wave of
-    # 8 clusters, two at B = 32 (4 waves of one-sample clusters would lose to the grid path)
+    # 8 clusters; at B = 32 one wave of 8 four-sample clusters (test_plan_h1024_sample_tiles)
     (1024, 16, torch.float32, (9, 0), "cluster"), (1024, 32, torch.float32, (9, 0), "cluster"),
     (1024, 8, torch.float32, (8, 0), "grid"),
     # Measured on an H200: the stepwise path 21.6 us per backward step, the grid path 27.0.
@@ -1228,6 +1237,25 @@ def test_plan_per_shape_dtype_and_architecture(hidden, batch, dtype, capability,
     assert plan.candidate("stepwise").feasible
     if capability < (9, 0):
         assert "compute capability 9.0" in plan.candidate("cluster").reason
+
+
+@pytest.mark.parametrize("batch,samples,waves", [(8, 1, 1), (16, 2, 1), (24, 4, 1), (32, 4, 1), (64, 4, 2)])
+@pytest.mark.parametrize("backward", [False, True])
+def test_plan_h1024_sample_tiles(batch, samples, waves, backward):
+    """H = 1024 on the H100/H200-like device: 16-CTA clusters with split weights, of which 8 fit
+    at once (one CTA per SM). The planner takes one sample per cluster to B = 8, two to B = 16,
+    and past that four (the first pass's rows to column 640 in registers, 208 KB of shared
+    memory with the norm sums): B = 32 in one wave of 8 clusters, where two-sample clusters
+    would take two; B = 64 in two waves (the grid path's 4 sample groups: slower in the model)."""
+    simt.reset_device_properties()
+    plan = rnn_fused.plan(1024, batch, backward=backward)
+    assert (plan.path, plan.samples, plan.cluster, plan.waves) == ("cluster", samples, 16, waves), plan.reason
+    assert plan.compiled_passes == 2 and "1 pass in registers" in plan.reason, plan.reason
+    if samples == 4:
+        assert "up to column 640" in plan.reason and plan.shared_mem_bytes <= 232448, plan
+        with launch_plan.forced_tiling(samples=2):
+            two = rnn_fused.plan(1024, batch, backward=backward, path="cluster")
+        assert two.waves == 2 * waves and two.predicted_us_per_step > plan.predicted_us_per_step, two
 
 
 def test_plan_computes_on_half_the_warps_where_it_saves_instructions():

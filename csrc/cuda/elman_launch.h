@@ -149,8 +149,8 @@ RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
 #undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
 // The Cluster path's kernels compiled for more chunk iterations than passes, whose rows are
-// held in registers: its split weights (cluster_weights_split: 2 passes at 1 or 2 samples,
-// the first's rows in registers, at 2 samples their first 24 chunk iterations), and every row
+// held in registers: its split weights (cluster_weights_split: 2 passes at 1, 2 or 4 samples,
+// the first's rows in registers, at 2 and 4 samples their first 24 or 20 chunk iterations), and every row
 // in registers (cluster_rows_in_registers: 1 or 2 passes at 1 sample).
 #define RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(samples, passes, iterations)                                     \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
@@ -163,6 +163,7 @@ RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
                                                     iterations>)
 RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, kClusterSplitPasses, kClusterSplitIterations);
 RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(2, kClusterSplitPasses, kClusterSplitIterations);
+RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(4, kClusterSplitPasses, kClusterSplitIterations);
 RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 1, kClusterRowIterations);
 RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 2, kClusterRowIterations);
 #undef RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES
@@ -170,8 +171,8 @@ RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 2, kClusterRowIterations);
 // every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4,
 // the cluster's split kernels and those with every row in registers.)
 static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
-                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 2) &&
-                  !cluster_weights_split(2, 32, false, 4) && cluster_rows_in_registers(2, 8, false, 1) &&
+                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 4) &&
+                  !cluster_weights_split(2, 32, false, 8) && cluster_rows_in_registers(2, 8, false, 1) &&
                   !cluster_rows_in_registers(3, 8, false, 1) && !cluster_rows_in_registers(1, 8, false, 2),
               "register the new compiled kernels");
 RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
@@ -316,7 +317,8 @@ void with_persistent_kernel(bool backward, int64_t samples, int passes, F&& f, b
           f(backward_recurrence_kernel<scalar_t, S, kPath, P>);
         }
       };
-      if constexpr (kFloat && kPath == RecurrencePath::Cluster && S <= kSplitMaxSamples && P == kClusterSplitPasses) {
+      if constexpr (kFloat && kPath == RecurrencePath::Cluster && S <= kClusterSplitMaxSamples &&
+                    P == kClusterSplitPasses) {
         if (iterations == kClusterSplitIterations) {
           split = true;
           with_iterations(std::integral_constant<int, kClusterSplitIterations>{});

@@ -241,12 +241,13 @@ SIMT_HOST_DEVICE constexpr bool weights_fit_registers(int64_t passes, int64_t ch
 // chunk. At 1 sample kSplitRegisterChunks (128 registers; 128 KB of shared memory at H = 256):
 // ptxas gave the kernels 157-238 registers, no spills, at sm_80 and sm_90. At 2 samples, whose
 // state chunks and accumulators take more, 32 chunks spilled the sm_90 backward, and 24 (96
-// registers; 160 KB of shared memory at H = 256) left 149-232, no spills.
+// registers; 160 KB of shared memory at H = 256) left 149-232, no spills. At 4 samples (the
+// Cluster path's split only, below) 20 chunks, 80 registers: 250-254 at sm_90, no spills.
 constexpr int kSplitIterations = 8;
 constexpr int kSplitMaxSamples = 2;
 constexpr int kSplitRegisterChunks = 32;
 SIMT_HOST_DEVICE constexpr int64_t split_register_chunks(int64_t samples) {
-  return samples <= 1 ? kSplitRegisterChunks : 24;
+  return samples <= 1 ? kSplitRegisterChunks : samples == 2 ? 24 : 20;
 }
 // The passes a split CTA holds in registers: at 1 sample all 5 at H = 129-160, 5 of 6 at
 // 161-192, 4 of 7 or 8 at 193-256; at 2 samples 4 of 5 or 6 at 129-192, 3 of 7 or 8 at 193-256.
@@ -266,14 +267,18 @@ SIMT_HOST_DEVICE constexpr bool weights_split(int64_t passes, int64_t chunk_iter
 // 2 samples a lane holds split_register_chunks(2) = 24 chunks, so the first pass's rows are
 // split along their columns as well: chunk iterations 0-23 in registers, the rest of those rows
 // (256 columns at H = 1024, 32 KB) in shared memory beside the second pass's rows: 176 KB a CTA
-// with the state rows. At H <= 768 a CTA's rows fit in shared memory (48 units x 768 columns:
-// 144 KB).
+// with the state rows. At 4 samples (kClusterSplitMaxSamples: 8 clusters of 4 samples hold
+// B = 32 in one wave on 132 SMs, where 2 samples took two) 20 chunks, 80 registers: the tails
+// past column 640 take 48 KB, 208 KB a CTA with two buffers of 4 state rows (at 16 chunks the
+// backward with recorded norms, 233040 bytes, would exceed the 232448 of an H100/H200 CTA). At
+// H <= 768 a CTA's rows fit in shared memory (48 units x 768 columns: 144 KB).
+constexpr int kClusterSplitMaxSamples = 4;
 constexpr int kClusterSplitPasses = 2;
 constexpr int kClusterSplitIterations = 32;
 constexpr int kClusterSplitMinIterations = 25;  // (H >= 769)
 SIMT_HOST_DEVICE constexpr bool cluster_weights_split(int64_t passes, int64_t chunk_iterations, bool fp64,
                                                       int64_t samples) {
-  return !fp64 && samples >= 1 && samples <= kSplitMaxSamples && passes == kClusterSplitPasses &&
+  return !fp64 && samples >= 1 && samples <= kClusterSplitMaxSamples && passes == kClusterSplitPasses &&
          chunk_iterations >= kClusterSplitMinIterations && chunk_iterations <= kClusterSplitIterations;
 }
 // The chunk iterations of the first pass's rows that a split cluster CTA holds in registers
@@ -304,8 +309,9 @@ SIMT_HOST_DEVICE constexpr bool cluster_rows_in_registers(int64_t passes, int64_
 }
 static_assert(kClusterRowPasses * kClusterRowIterations <= kSplitRegisterChunks, "a lane holds the rows");
 static_assert(kClusterRowIterations < kClusterSplitMinIterations, "the cluster path's register kernels by H");
-static_assert(cluster_split_held_iterations(kSplitMaxSamples) < kClusterSplitMinIterations,
-              "at 2 samples every row has a tail past the registers' iterations");
+static_assert(cluster_split_held_iterations(2) < kClusterSplitMinIterations &&
+                  cluster_split_held_iterations(kClusterSplitMaxSamples) < kClusterSplitMinIterations,
+              "at 2 and 4 samples every row has a tail past the registers' iterations");
 
 // unit_dots with the weights of passes first_pass .. first_pass + kUnits - 1 from registers
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row) for the passes below
