@@ -387,7 +387,7 @@ inline std::string shape_text(const PlanRequest& r) {
 // The passes whose weight rows a CTA of this launch shape holds in registers
 // (cost::StepWork::register_passes): all of them where they fit, the first
 // held_register_passes where its kernel splits them, a fraction of the one pass where it holds
-// part of its rows (the Cluster path's split at 2 samples: 24 of the rows' 25-32 chunk
+// part of its rows (the Cluster path's split at 2 and 4 samples: 24 or 20 of the rows' 25-32 chunk
 // iterations). (The model prices a kernel forced to read its passes at run time as the compiled
 // one, as it did when it was fitted.)
 inline double register_passes_of(RecurrencePath path, const RecurrenceTiling& tiling, int64_t passes,

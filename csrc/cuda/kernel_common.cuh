@@ -317,7 +317,7 @@ static_assert(cluster_split_held_iterations(2) < kClusterSplitMinIterations &&
 // (w[p][i]: chunk q + 8 i of the lane's row in pass p, zero past the row) for the passes below
 // kHeldPasses, and from the shared-memory rows shared_rows[i] for those at or past it (split
 // weights), over at most kIterations chunk iterations. Where kIterations exceeds kHeld (the
-// Cluster path's split at 2 samples), the held passes' chunk iterations from kHeld on come from
+// Cluster path's split at 2 and 4 samples), the held passes' chunk iterations from kHeld on come from
 // shared_rows[i] too, which for such a pass addresses its row's tail (chunk c at c *
 // vec_size from it, for c >= kHeld * 8). The same sums in the same order. The
 // state chunks of up to kLoadedTogether iterations are loaded before their multiply-adds (a lane

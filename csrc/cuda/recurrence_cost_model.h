@@ -190,7 +190,7 @@ struct StepWork {
   // Passes whose weight rows a lane holds in registers (no weight loads for them): all where
   // they fit (weights_fit_registers), the first held_register_passes where the kernel splits
   // them (split_weights: the rest from shared memory), a fraction of one where it holds part
-  // of its rows (the Cluster path's split at 2 samples), else 0.
+  // of its rows (the Cluster path's split at 2 and 4 samples), else 0.
   double register_passes;
 };
 

@@ -122,7 +122,7 @@ SIMT_HOST_DEVICE constexpr int held_register_passes(RecurrencePath path, int64_t
                                                                                : 1;
 }
 // The chunk iterations of those rows in registers, of the `iterations` a kernel is compiled for:
-// all of them, but on the Cluster path at 2 samples cluster_split_held_iterations (the rows'
+// all of them, but on the Cluster path at 2 and 4 samples cluster_split_held_iterations (the rows'
 // tails in shared memory).
 SIMT_HOST_DEVICE constexpr int held_register_iterations(RecurrencePath path, int iterations, int64_t samples) {
   return path == RecurrencePath::Cluster && cluster_split_held_iterations(samples) < iterations
@@ -488,7 +488,7 @@ struct SharedLayout {
 
   // The scalars of a held row past the chunk iterations in registers, kept in shared memory
   // (to the end of the padded row of `row` scalars), of a kernel holding `iterations` chunk
-  // iterations: the Cluster path's split at 2 samples. (RecurrenceCta::kHeldTails, kTailBegin)
+  // iterations: the Cluster path's split at 2 and 4 samples. (RecurrenceCta::kHeldTails, kTailBegin)
   SIMT_HOST_DEVICE static int64_t held_row_tail(int64_t row, const RecurrenceTiling& t, RecurrencePath path,
                                                 int iterations) {
     constexpr int64_t kVec = vec_size<scalar_t>();
@@ -966,7 +966,7 @@ struct RecurrenceCta {
                                                     : held_register_passes(kPath, kPasses, kIterations, kSamples);
   static constexpr int kHeldIterations = kRegisterWeights ? held_register_iterations(kPath, kIterations, kSamples) : 1;
   // The held rows' chunk iterations past the registers' in shared memory (the Cluster path's
-  // split at 2 samples): from column kTailBegin on, held_tail_row.
+  // split at 2 and 4 samples): from column kTailBegin on, held_tail_row.
   static constexpr bool kHeldTails = kRegisterWeights && kHeldIterations < kIterations;
   static constexpr int64_t kTailBegin = int64_t(kHeldIterations) * kUnitLanes * vec_size<scalar_t>();
   static_assert(!kHeldTails || (kClusterSplit && kHeldPasses == 1), "only the Cluster split holds part of a row");
