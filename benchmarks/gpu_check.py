@@ -25,7 +25,9 @@ Exit status 0 when every stage passed, else 1.
 
 This script imports torch but not rnn_fused (which is not built yet when it starts).
 
-Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 200]
+Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 200] [--stages build,tests,...]
+(--stages: which stages, in that order; e.g. a call that built the extension itself first, with
+no time limit, passes benchmark,tests,fit-model,smem-counters)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE_NAMES = ("build", "tests", "benchmark", "fit-model", "smem-counters")
 TEST_FILES = ("tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py")
 # Generous limits that still end the whole check within a 10-minute session if a stage hangs
 # (a kernel that never returns): they add up to 600 s with the benchmark's default budget. On an
@@ -257,6 +260,18 @@ def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -
     ]
 
 
+def select_stages(stages: list[Stage], names: str) -> list[Stage]:
+    """The stages named in `names` (comma-separated), in that order. ValueError for an unknown
+    or repeated name, or none."""
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    by_name = {stage.name: stage for stage in stages}
+    unknown = [name for name in chosen if name not in by_name]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"--stages {names!r}: expected distinct names among {', '.join(by_name)}"
+                         + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return [by_name[name] for name in chosen]
+
+
 def run_stage(stage: Stage, log_path: str, echo=sys.stdout) -> Stage:
     """Runs one stage in its own process group, copying its output to `echo` and the log;
     kills the group when the stage runs past its limit."""
@@ -325,12 +340,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu_out", help="output directory (default gpu_out)")
     parser.add_argument("--budget-s", type=float, default=BENCHMARK_BUDGET_S,
                         help=f"the benchmark's time budget (default {BENCHMARK_BUDGET_S})")
+    parser.add_argument("--stages", default=",".join(STAGE_NAMES),
+                        help=f"the stages to run, comma-separated, in that order (default {','.join(STAGE_NAMES)})")
     args = parser.parse_args(argv)
+    try:
+        select_stages(gpu_check_stages(sys.executable, "", "0.0", args.budget_s), args.stages)
+    except ValueError as error:
+        parser.error(str(error))
     out = os.path.abspath(args.out)
     arch, device = cuda_arch_list()
     print(f"==> gpu-check on {device}; TORCH_CUDA_ARCH_LIST={arch}; MAX_JOBS={cores()}", flush=True)
-    stages = gpu_check_stages(sys.executable, out, arch, args.budget_s)
-    stages[1].env.update(native_backtrace_env(out))  # the GPU tests
+    stages = select_stages(gpu_check_stages(sys.executable, out, arch, args.budget_s), args.stages)
+    for stage in stages:
+        if stage.name == "tests":
+            stage.env.update(native_backtrace_env(out))
     status = run_stages(stages, out, device)
     try:
         report = toolchain_report(sys.executable)

@@ -705,6 +705,21 @@ def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projec
     assert sum(s.timeout_s for s in (build, tests, benchmark, fit, counters)) <= 600
 
 
+def test_stages_run_as_chosen_in_the_order_given(tmp_path):
+    every = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
+    assert [s.name for s in every] == list(stages.STAGE_NAMES)
+    chosen = stages.select_stages(every, "benchmark, tests,smem-counters")
+    assert [s.name for s in chosen] == ["benchmark", "tests", "smem-counters"]
+    assert chosen[0] is every[2]
+    for bad, said in (("benchmark,bench", "bench unknown"), ("tests,tests", "distinct"), (" , ", "distinct")):
+        with pytest.raises(ValueError, match=said):
+            stages.select_stages(every, bad)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_check.py"), "--out",
+                           str(tmp_path / "out"), "--stages", "build,fit"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--stages 'build,fit'" in done.stderr and "fit unknown" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_without_a_gpu_the_build_stage_fails_and_says_why(tmp_path):
     build = stages.gpu_check_stages(sys.executable, str(tmp_path), None, 240)[0]
     stages.run_stage(build, str(tmp_path / "build.log"), echo=open(os.devnull, "w"))
