@@ -25,7 +25,7 @@ Exit status 0 when every stage passed, else 1.
 
 This script imports torch but not rnn_fused (which is not built yet when it starts).
 
-Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 200] [--stages build,tests,...]
+Usage: python3 benchmarks/gpu_check.py [--out gpu_out] [--budget-s 200] [--min-seconds S] [--stages build,tests,...]
 (--stages: which stages, in that order; e.g. a call that built the extension itself first, with
 no time limit, passes benchmark,tests,fit-model,smem-counters)
 """
@@ -236,7 +236,8 @@ def toolchain_report(python: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -> list[Stage]:
+def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float,
+                     min_seconds: float | None = None) -> list[Stage]:
     """The five stages of the check: build, GPU tests, benchmark, the cost model refitted to
     the benchmark's measurements (fit_model.md beside its report), and the kernels'
     shared-memory counters (smem_counters.md). Without a GPU
@@ -251,7 +252,8 @@ def gpu_check_stages(python: str, out: str, arch: str | None, budget_s: float) -
         Stage("tests", [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-ra",
                         *crash_isolation(), f"--junitxml={os.path.join(out, 'tests.xml')}", *TEST_FILES],
               {"PYTHONPATH": path}, TESTS_TIMEOUT_S),
-        Stage("benchmark", [python, "-m", "rnn_fused", "gpu-check", "--out", out, "--budget-s", str(int(budget_s))],
+        Stage("benchmark", [python, "-m", "rnn_fused", "gpu-check", "--out", out, "--budget-s", str(int(budget_s)),
+                            *([] if min_seconds is None else ["--min-seconds", str(min_seconds)])],
               {"PYTHONPATH": path}, budget_s + BENCHMARK_SLACK_S),
         Stage("fit-model", [python, "-m", "rnn_fused", "fit-model", os.path.join(out, "gpu_check.json"), "--out", out],
               {"PYTHONPATH": path}, FIT_TIMEOUT_S),
@@ -340,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="gpu_out", help="output directory (default gpu_out)")
     parser.add_argument("--budget-s", type=float, default=BENCHMARK_BUDGET_S,
                         help=f"the benchmark's time budget (default {BENCHMARK_BUDGET_S})")
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help="the benchmark's minimum seconds per measurement (default: its own, 0.3)")
     parser.add_argument("--stages", default=",".join(STAGE_NAMES),
                         help=f"the stages to run, comma-separated, in that order (default {','.join(STAGE_NAMES)})")
     args = parser.parse_args(argv)
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     out = os.path.abspath(args.out)
     arch, device = cuda_arch_list()
     print(f"==> gpu-check on {device}; TORCH_CUDA_ARCH_LIST={arch}; MAX_JOBS={cores()}", flush=True)
-    stages = select_stages(gpu_check_stages(sys.executable, out, arch, args.budget_s), args.stages)
+    stages = select_stages(gpu_check_stages(sys.executable, out, arch, args.budget_s, args.min_seconds), args.stages)
     for stage in stages:
         if stage.name == "tests":
             stage.env.update(native_backtrace_env(out))

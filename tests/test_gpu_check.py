@@ -454,6 +454,36 @@ def test_emulated_with_a_cuda_device_is_a_usage_error(tmp_path, capsys, monkeypa
     assert "--emulated rehearses on the CPU; drop --device cuda" in capsys.readouterr().err
 
 
+def test_min_seconds_shortens_each_measurement_not_its_runs(tmp_path, capsys, monkeypatch):
+    seen = []
+
+    class Measured(Exception):
+        pass
+
+    def measure(target, shapes, path_shapes, *, timing, long_timing, **kwargs):
+        seen.append((timing, long_timing))
+        raise Measured
+
+    monkeypatch.setattr(gpu_check, "measure", measure)
+    with pytest.raises(Measured):
+        gpu_check.run(device=torch.device("cpu"), emulated=True, quick=False, budget_s=10, threads=1,
+                      out=str(tmp_path), min_seconds=0.05)
+    with pytest.raises(Measured):
+        gpu_check.run(device=torch.device("cpu"), emulated=True, quick=False, budget_s=10, threads=1,
+                      out=str(tmp_path))
+    (timing, long_timing), (default, _) = seen
+    assert timing == dataclasses.replace(gpu_check.QUICK_TIMING, min_seconds=0.05)
+    assert long_timing == gpu_check.QUICK_TIMING and default == gpu_check.QUICK_TIMING
+    runs = []
+    monkeypatch.setattr(gpu_check, "run", lambda **kwargs: runs.append(kwargs) or 0)
+    assert main(["gpu-check", "--emulated", "--min-seconds", "0.05", "--out", str(tmp_path)]) == 0
+    assert main(["gpu-check", "--emulated", "--out", str(tmp_path)]) == 0
+    assert [r["min_seconds"] for r in runs] == [0.05, None]
+    for bad in ("0", "-1", "inf", "soon"):
+        assert main(["gpu-check", "--emulated", "--min-seconds", bad, "--out", str(tmp_path)]) == 2
+        assert f"--min-seconds" in capsys.readouterr().err
+
+
 def test_unusable_out_is_a_usage_error(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
@@ -708,6 +738,7 @@ def test_stages_build_for_the_gpu_architecture_and_run_pytest_without_the_projec
 def test_stages_run_as_chosen_in_the_order_given(tmp_path):
     every = stages.gpu_check_stages("python3", str(tmp_path), "9.0", 240)
     assert [s.name for s in every] == list(stages.STAGE_NAMES)
+    assert stages.gpu_check_stages("python3", "o", "9.0", 240, 0.15)[2].argv[-2:] == ["--min-seconds", "0.15"]
     chosen = stages.select_stages(every, "benchmark, tests,smem-counters")
     assert [s.name for s in chosen] == ["benchmark", "tests", "smem-counters"]
     assert chosen[0] is every[2]

@@ -87,6 +87,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 def seeds_argument(text: str) -> list[int]:
     """'0,1,2' -> [0, 1, 2]: distinct integers from 0 to 2^32 - 1."""
     fields = [f.strip() for f in text.split(",")]
@@ -139,7 +149,7 @@ def _gpu_check(args: argparse.Namespace) -> int:
     from . import gpu_check
 
     return gpu_check.run(device=device, emulated=args.emulated, quick=args.quick, budget_s=args.budget_s,
-                         threads=args.threads, out=args.out)
+                         threads=args.threads, out=args.out, min_seconds=args.min_seconds)
 
 
 def _fit_model(args: argparse.Namespace) -> int:
@@ -202,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--budget-s", type=positive_int, default=240,
                      help="stop starting new rows after this many seconds (default 240); the rest are listed as "
                           "skipped")
+    gpu.add_argument("--min-seconds", type=positive_float, default=None,
+                     help="run each measurement at least this long (default 0.3 on a GPU; at least 7 runs "
+                          "whatever it is): less fits more rows into a short session, at more noise")
 
     fit = commands.add_parser("fit-model", help="the cost model's constants refitted to a gpu-check run's "
                               "measured times per step (docs/gpu_check.md)",

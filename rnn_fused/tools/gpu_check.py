@@ -1563,9 +1563,11 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
     return result
 
 
-def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, threads: int, out: str) -> int:
+def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, threads: int, out: str,
+        min_seconds: float | None = None) -> int:
     """`rnn-fused gpu-check`: measure, print the report, write gpu_check.{md,json,png}. Exit
-    status 1 when a row failed unexpectedly (the report lists it), else 0."""
+    status 1 when a row failed unexpectedly (the report lists it), else 0. min_seconds replaces
+    the timing's minimum seconds per measurement (not its minimum runs)."""
     output_directory(out)
     target = Target(device, emulated)
     phase_shapes = EMULATED_PHASE_SHAPES if emulated else GPU_PHASE_SHAPES
@@ -1578,6 +1580,8 @@ def run(*, device: torch.device, emulated: bool, quick: bool, budget_s: float, t
     else:
         shapes, path_shapes, timing, long_timing, sizes = (GPU_SHAPES, GPU_PATH_SHAPES, GPU_TIMING, LONG_TIMING,
                                                            GPU_PROBE_SIZES)
+    if min_seconds is not None:
+        timing = dataclasses.replace(timing, min_seconds=min_seconds)
     result = measure(target, shapes, path_shapes, timing=timing, long_timing=long_timing, probe_sizes=sizes,
                      budget_s=budget_s, threads=threads, out=out, phase_shapes=phase_shapes,
                      tune_steps=EMULATED_TUNE_STEPS if emulated else GPU_TUNE_STEPS,
