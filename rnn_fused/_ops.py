@@ -120,10 +120,17 @@ def device_type_of(tensor: Tensor) -> str:
     return "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type
 
 
-def autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast runs RNNs in on this device type, or None when it is off there."""
+def autocast_dtype(device_type: str, input_dtype: torch.dtype | None = None) -> torch.dtype | None:
+    """The dtype autocast runs RNNs in on this device type, or None when it is off there. On
+    CUDA that is float16 whatever dtype autocast was given, wherever torch would run the layer
+    on cuDNN (cuDNN enabled and available, an input of float16, float32 or float64): ATen's
+    autocast kernel of the cuDNN RNN casts to float16 (measured on an H200: torch.rnn_tanh under
+    autocast(dtype=torch.bfloat16) returns float16). Elsewhere, the autocast dtype."""
     if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
         return None
+    if device_type == "cuda" and input_dtype in (torch.float16, torch.float32, torch.float64) \
+            and torch.backends.cudnn.enabled and torch.backends.cudnn.is_available():
+        return torch.float16
     return torch.get_autocast_dtype(device_type)
 
 
@@ -139,7 +146,7 @@ def autocast_cast(value, device_type: str, dtype: torch.dtype):
 def autocast_layer_inputs(inputs: LayerInputs) -> LayerInputs:
     """inputs as the forward op's autocast kernel casts them (unchanged without autocast)."""
     device_type = device_type_of(inputs.input)
-    dtype = autocast_dtype(device_type)
+    dtype = autocast_dtype(device_type, inputs.input.dtype)
     if dtype is None:
         return inputs
     return LayerInputs(*(autocast_cast(value, device_type, dtype) for value in inputs))
@@ -153,7 +160,9 @@ def _register_autocast_kernel(op: torch._ops.OpOverload, device_type: str) -> No
     key = getattr(torch._C.DispatchKey, key_name)
 
     def kernel(*args, **kwargs):
-        dtype = torch.get_autocast_dtype(device_type)
+        first = args[0] if args else next(iter(kwargs.values()), None)  # the layer's input
+        dtype = autocast_dtype(device_type, first.dtype if isinstance(first, Tensor) else None) \
+            or torch.get_autocast_dtype(device_type)
         args = tuple(autocast_cast(value, device_type, dtype) for value in args)
         kwargs = {name: autocast_cast(value, device_type, dtype) for name, value in kwargs.items()}
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):

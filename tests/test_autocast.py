@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import rnn_fused
-from rnn_fused import functional
+from rnn_fused import _ops, functional
 from rnn_fused.tools.testing import assert_within_tolerance, layer_args
 
 AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
@@ -154,3 +154,23 @@ def test_module_compiles_fullgraph_under_autocast():
 @pytest.mark.parametrize("key", ["AutocastCPU", "AutocastCUDA"])
 def test_forward_op_has_autocast_kernels_for_both_devices(key):
     assert torch._C._dispatch_has_kernel_for_dispatch_key("rnn_fused::rnn_layer_forward", key)
+
+
+def test_cuda_autocast_runs_rnns_in_float16_where_torch_runs_cudnn(monkeypatch):
+    """ATen's autocast kernel of the cuDNN RNN casts to float16 whatever dtype autocast was given
+    (seen on an H200: torch.rnn_tanh under autocast(dtype=torch.bfloat16) returned float16), so
+    the op's CUDA autocast kernel does too wherever torch would take cuDNN; without cuDNN, or for
+    an input cuDNN refuses (bfloat16), the autocast dtype. No GPU here: autocast's state is
+    stubbed; tests/test_cuda_gpu.py compares the dtypes with torch's on a GPU."""
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    with torch.backends.cudnn.flags(enabled=True):
+        assert _ops.autocast_dtype("cuda", torch.float32) == torch.float16
+        assert _ops.autocast_dtype("cuda", torch.float64) == torch.float16  # (float64 arguments stay)
+        assert _ops.autocast_dtype("cuda", torch.bfloat16) == torch.bfloat16
+        assert _ops.autocast_dtype("cpu", torch.float32) is None
+    with torch.backends.cudnn.flags(enabled=False):
+        assert _ops.autocast_dtype("cuda", torch.float32) == torch.bfloat16
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
+    assert _ops.autocast_dtype("cuda", torch.float32) == torch.bfloat16

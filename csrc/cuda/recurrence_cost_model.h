@@ -7,12 +7,11 @@
 //   reference models (the first grid kernel, cuDNN's per-step GEMMs) were fitted with these,
 //   and tests/test_cost_model.py holds them to those measurements: within 30% at every row.
 // - kH200, what the planner prices with: the same with every per-step constant refitted
-//   (rnn-fused fit-model) to the run of `make gpu-check` of 2026-11-30 22:56 UTC on an H200
-//   (commit 99f6f49; 1100 measured steps and step phases of today's kernels on every path,
-//   tile and step synchronisation), its shared-memory terms refitted on 2026-12-02 with the
-//   architecture's figures (fitted_h200). Under them the model's choice among the launch
-//   shapes autotuning timed there is within 2% of the measured fastest (geometric mean over
-//   42 recurrences; 8% with kFirstKernels), tests/test_planner_measured.py.
+//   (rnn-fused fit-model) to the run of `make gpu-check` of 2026-12-04 10:54 UTC on an H200
+//   (fitted_h200; before it, to the run of 2026-11-30 22:56 UTC). Under them the model's choice
+//   among the launch shapes autotuning timed there is within 3% of the measured fastest
+//   (geometric mean over 44 recurrences; 17% with the 2026-11-30 fit),
+//   tests/test_planner_measured.py.
 #pragma once
 
 #include <algorithm>
@@ -38,8 +37,7 @@ struct Constants {
   double tagged_exchange_us = 0.97;
   // The Cluster path with the asynchronous exchange (StepSync::AsyncExchange: no cluster
   // barrier), the wait of a CTA for the last of the other CTAs' stores after its own epilogue.
-  // Not yet run on a GPU: the largest cluster barrier of the table, so that the planner takes
-  // the cluster barrier (the first option on a tie) until a fit of measured steps sets it.
+  // The largest cluster barrier of the table here (it had not run then); kH200 holds its fit.
   double async_exchange_us = 0.205;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
   // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
@@ -81,41 +79,41 @@ struct Constants {
 
 inline constexpr Constants kFirstKernels{};
 
-// The per-step constants refitted to the H200 run of 2026-11-30 22:56 UTC (see the top). The
-// barrier constants include the wait for the slowest CTA. output_issue_cycles is far from the
-// architecture's figure: it takes up the integer and branch instructions of the kernels that
-// ran (Nsight Compute on the block path at H = 64, B = 8: about 350 instructions per warp and
-// step, of them 22 FFMA). Shared memory is priced at the architecture's figures (one wavefront
-// per clock, 4 per warp-wide 16-byte load, one address instruction per load as counted in the
-// SASS) since 2026-12-02: the first fit had taken 17 address instructions per load and 3,926
-// wavefronts per us, a stand-in for the wavefronts' wait, which the model then took to overlap
-// the multiply-adds; refitted to that run's 1106 autotuning rows with the barrier and exchange
-// constants held (they came from its step phases), the physical figures fit as well (median
-// error 6.9%, 7.0% with the stand-in; docs/benchmarks.md). The whole-layer constants
-// (gemm_tflops) and clock_per_us are kept; launch_us and op_fixed_us were measured by the
-// run's probes.
+// The per-step constants refitted (rnn-fused fit-model) to the H200 run of `make gpu-check` of
+// 2026-12-04 10:54 UTC (benchmarks/h200_2026-12-04/: the kernels of f623b1f; 1581 measured
+// steps, parts of steps and autotuning rows of every path, tile and step synchronisation).
+// The barrier constants are fitted, not the barriers' floors: they include the wait for the
+// slowest warp and CTA (grid 3.2 us where one grid.sync() measured 0.97). The asynchronous
+// exchange of the Cluster path ran for the first time there and fitted 0.18 us, against 0.26-0.48
+// for the cluster barrier it replaces: the planner takes it now (no recorded norms). The issue
+// constants (output_issue_cycles, address_instructions_per_load, loop_instructions) stand for
+// the integer and branch instructions around the dot products (the 2026-11-30 fit had put most
+// of them in output_issue_cycles, 1440); smem_latency_cycles (73) takes up the exposed latency
+// of a step's first loads. The model's order against that run's autotuning:
+// tests/test_planner_measured.py. gemm_tflops and clock_per_us are kept; launch_us and
+// op_fixed_us were measured by the run's probes (10.5 us per ATen launch under torch 2.11).
 inline constexpr Constants fitted_h200() {
   Constants c{};
-  c.block_barrier_us = 0.0182009;
-  c.grid_barrier_us = 2.28374;
-  c.flag_barrier_us = 2.45782;
-  c.tagged_exchange_us = 1.17097;
-  c.launch_us = 7.10757;
+  c.block_barrier_us = 0.0373575;
+  c.grid_barrier_us = 3.21332;
+  c.flag_barrier_us = 3.22866;
+  c.tagged_exchange_us = 2.14116;
+  c.async_exchange_us = 0.177958;
+  c.launch_us = 10.5481;
   c.fma_per_sm_per_us = 225271;
-  c.l2_dependent_load_us = 0.213089;
-  c.l2_bytes_per_sm_per_us = 28018.6;
-  c.op_fixed_us = 25.418;
-  c.fma_latency_cycles = 17.7125;
-  c.smem_latency_cycles = 14.9143;
+  c.smem_wavefronts_per_us = 2420.03;
+  c.l2_dependent_load_us = 0.0163697;
+  c.l2_bytes_per_sm_per_us = 61211.6;
+  c.op_fixed_us = 45.273;
+  c.fma_latency_cycles = 21.6843;
+  c.smem_latency_cycles = 73.411;
   c.shuffle_latency_cycles = 25;
   c.epilogue_cycles = 60;
-  c.remote_store_cycles = 6.55746;
-  c.output_issue_cycles = 1440.22;
-  c.loop_instructions = 0.844938;
-  for (double& barrier : c.cluster_barrier_us) barrier *= 1.752;  // fitted scale of the measured table
-  for (double barrier : c.cluster_barrier_us) {  // not measured: the largest fitted cluster barrier (see Constants)
-    c.async_exchange_us = std::max(c.async_exchange_us, barrier);
-  }
+  c.remote_store_cycles = 4.68839;
+  c.output_issue_cycles = 340.496;
+  c.address_instructions_per_load = 4.24682;
+  c.loop_instructions = 9.51427;
+  for (double& barrier : c.cluster_barrier_us) barrier *= 1.752 * 1.374;  // fitted scale of the measured table
   return c;
 }
 inline constexpr Constants kH200 = fitted_h200();

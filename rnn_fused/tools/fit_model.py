@@ -87,16 +87,18 @@ class FitResult:
 
 
 def observations_from_report(report: dict) -> list[Observation]:
-    """Every (shape, path, direction) of gpu-check's path_rows with a measured time per step and
+    """Every (shape, path) of gpu-check's path_rows with a measured forward time per step and
     the plan that ran (one layer, one direction: the per-step time of a deeper or
-    bidirectional model mixes several launches)."""
+    bidirectional model mixes several launches). Not their backward: its time by subtraction
+    (the backward pass less a replay of its GEMMs) came out below zero or near it at H <= 256
+    on the H200 on 2026-12-04 (the replay outlasts the op's own GEMMs), so autotuning's direct
+    backward times (tune_rows) stand for it."""
     found = []
     for row in report.get("path_rows", []):
         shape = row.get("shape") or {}
         if shape.get("layers", 1) != 1 or shape.get("bidirectional") or row.get("error"):
             continue
-        for direction, key, plan_key in (("forward", "measured_fwd_us_per_step", "forward_plan"),
-                                         ("backward", "measured_bwd_us_per_step", "backward_plan")):
+        for direction, key, plan_key in (("forward", "measured_fwd_us_per_step", "forward_plan"),):
             measured, plan = row.get(key), row.get(plan_key)
             if not measured or measured <= 0 or not plan or not plan.get("feasible"):
                 continue

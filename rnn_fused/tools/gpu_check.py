@@ -172,9 +172,10 @@ class PhaseShape:
 # at H = 1024, B = 32 the planner's choice is the cluster path at 2 samples per cluster since
 # 2026-12-02 (split weights, the first pass's rows to column 768 in registers: two waves of 8
 # clusters, the model's 6.38 us against the grid path's 8.34), the grid path's one-chunk step
-# there is the forced rows that follow it.
+# there is the forced rows that follow it. 1024, 128 is forced onto the grid path (several chunks
+# per CTA): the planner took the stepwise path there on 2026-12-04, which has no phases.
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
-                    PhaseShape(1024, 128), PhaseShape(1024, 8, "cluster"),
+                    PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
                     *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
                     *[PhaseShape(256, batch, "cluster", step_sync=sync) for batch in (1, 8)
