@@ -802,8 +802,7 @@ def test_cluster_async_exchange_under_every_schedule():
 def test_cluster_async_exchange_is_priced_apart_and_forced_on_the_cluster_path_only():
     """Measured on an H200 (2026-12-04): the fastest way to end the cluster path's steps at
     every recurrence autotuning timed; its fitted wait is below every cluster barrier's, so the
-    planner takes it (a backward that records norms keeps the barrier: rank 0 gathers them
-    under it). A forced step synchronisation binds only the path that has it."""
+    planner takes it. A forced step synchronisation binds only the path that has it."""
     for backward in (False, True):
         assert rnn_fused.plan(256, 8, path="cluster", backward=backward).step_sync == 3
     constants = launch_plan.cost_constants()

@@ -85,7 +85,7 @@ inline constexpr Constants kFirstKernels{};
 // The barrier constants are fitted, not the barriers' floors: they include the wait for the
 // slowest warp and CTA (grid 3.2 us where one grid.sync() measured 0.97). The asynchronous
 // exchange of the Cluster path ran for the first time there and fitted 0.18 us, against 0.26-0.48
-// for the cluster barrier it replaces: the planner takes it now (no recorded norms). The issue
+// for the cluster barrier it replaces: the planner takes it now. The issue
 // constants (output_issue_cycles, address_instructions_per_load, loop_instructions) stand for
 // the integer and branch instructions around the dot products (the 2026-11-30 fit had put most
 // of them in output_issue_cycles, 1440); smem_latency_cycles (73) takes up the exposed latency
