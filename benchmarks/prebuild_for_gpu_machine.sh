@@ -48,7 +48,8 @@ else
     git clone -q "$ROOT" "$src"
 fi
 
-(cd "$src" && PATH="$venv/bin:$(dirname "$nvcc"):$PATH" CUDA_HOME="$(dirname "$(dirname "$nvcc")")" \
+# (setup.py finds the toolkit's root from nvcc itself, which may be a wrapper outside it.)
+(cd "$src" && PATH="$venv/bin:$(dirname "$nvcc"):$PATH" \
     TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$(nproc)" RNN_FUSED_CUDA=1 RNN_FUSED_SELFTESTS=1 \
     "$venv/bin/python" setup.py -q build_ext --inplace)
 
