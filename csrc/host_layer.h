@@ -129,6 +129,7 @@ struct RecurrencePlanReport {
     double us_per_step = 0.0;           // the cost model's prediction
     double measured_us_per_step = NAN;  // timed on the device (Autotune), else NaN
     std::string reason;
+    bool lane_rows = false;  // the Block path's lane-row kernels (a thread per hidden unit)
   };
   Entry chosen;
   std::vector<Entry> candidates;  // per path: its best shape (the fastest timed, where autotuning timed them)
@@ -148,6 +149,7 @@ struct StepCostQuery {
   std::vector<double> constant_values;
   std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
   bool block_stack = false;     // a CTA of the Block path's layer stack (its rows 2H: stack_plan)
+  bool lane_rows = false;       // the Block path's lane-row step (elman_lane_rows_kernel.cuh)
 };
 
 struct RecurrenceBackend {
@@ -205,6 +207,9 @@ struct ForcedTiling {
   int64_t units_per_pass = 0;
   int64_t step_sync = -1;
   bool run_time_passes = false;
+  // The Block path runs its general kernels (8 lanes per weight row) where it would run the
+  // lane-row ones (elman_lane_rows_kernel.cuh), to time the one against the other.
+  bool general_block_step = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

@@ -75,6 +75,10 @@ class PathEstimate:
     predicted_us_per_step: float
     reason: str                  # the shape's description, or the limit that rules it out
     measured_us_per_step: float | None = None  # timed on the device where autotune() measured it
+    # "block" at H <= 128 in float32: the lane-row step (a thread per hidden unit holding its weight
+    # row, block_threads of them; csrc/cuda/elman_lane_rows_kernel.cuh) instead of the general
+    # kernels' 8 lanes per row
+    lane_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 15
+_SHAPE_FIELDS = 16
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -107,8 +111,9 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     like = torch.empty(0, dtype=dtype, device=target)
     paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
         like, hidden_size, batch_size, backward, path, "emulated" if emulated else None, side_by_side)
-    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS],
-                              predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i])
+    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 1],
+                              predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i],
+                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 1]))
                  for i in range(len(paths))]
     chosen, candidates, timed = estimates[0], estimates[1:1 + len(PATHS)], estimates[1 + len(PATHS):]
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
@@ -197,7 +202,9 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     measurements needs. term: "total" (the time per step), or the part of it that step-phase
     timing measures apart (step_phases): "stage", "compute" or "barrier". block_stack=True:
     the shape is a CTA of the block path's layer stack (units_per_cta its rows, 2H in whole
-    passes), whose weights are in registers where its kernels are compiled for its passes."""
+    passes), whose weights are in registers where its kernels are compiled for its passes.
+    A shape with lane_rows (runs from before it existed have none) is priced as the block
+    path's lane-row step."""
     fields = estimate if isinstance(estimate, dict) else vars(estimate)
     constants = constants or {}
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -205,12 +212,14 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                                          fields["chunks"], fields["ctas_per_group"], fields["units_per_cta"],
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
                                          term, fields.get("units_per_pass") or 32,
-                                         int(fields.get("step_sync") or 0), block_stack)
+                                         int(fields.get("step_sync") or 0), block_stack,
+                                         bool(fields.get("lane_rows") or False))
 
 
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
-                  step_sync: str | None = None, run_time_passes: bool = False) -> Iterator[None]:
+                  step_sync: str | None = None, run_time_passes: bool = False,
+                  general_block_step: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -224,7 +233,11 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     chooses its own. None leaves that part to each plan. `run_time_passes=True`: the kernels
     read their pass count at run time even where one compiled for the launch shape's passes
     exists (the block path at H <= 128, the cluster path at 1-8 passes per CTA: a plan's
-    compiled_passes is then 0), to time the one against the other. For running or timing
+    compiled_passes is then 0), to time the one against the other (and so the block path's general
+    kernels, not its lane-row step). `general_block_step=True`: the block path runs its general
+    kernels (8 lanes per weight row, the reduce-scatter) where it would run the lane-row step
+    (float32, H <= 128: a thread per hidden unit holding its weight row in registers); so does
+    units_per_pass=16 or samples=8. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -237,10 +250,12 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     if step_sync is not None and step_sync not in STEP_SYNCS:
         raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
-    if not isinstance(run_time_passes, bool):
-        raise TypeError(f"rnn_fused.launch_plan.forced_tiling: run_time_passes must be a bool, got {run_time_passes!r}")
+    for name, value in (("run_time_passes", run_time_passes), ("general_block_step", general_block_step)):
+        if not isinstance(value, bool):
+            raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
-                          -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes)):
+                          -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
+                          int(general_block_step)):
         yield
 
 

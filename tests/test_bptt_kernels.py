@@ -17,7 +17,7 @@ import rnn_fused
 from rnn_fused import _ops, simt
 from rnn_fused.recording import fused_sq_norm
 from rnn_fused.reference import reference_layer
-from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
 from rnn_fused.truncation import RandomTruncation, TruncationArgs, resolve_truncation
 
 from rnn_cases import (EMULATED_PATHS, assert_close64, assert_norm_partials_match, layer_args, norm_partials_case,
@@ -334,3 +334,61 @@ def test_more_samples_than_a_chunk(path):
             assert torch.equal(a, b)
         else:
             assert_close64(a, b)
+
+
+def _lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samples, general, record_norms=True):
+    """Forward and backward of the op pair on the emulated block path with `samples` per CTA, on the
+    lane-row kernels or (general) the general ones: [output, h_n, the backward's eight results]."""
+    inputs = _ops.LayerInputs(*args, lengths)
+    options = _ops.LayerOptions.make(nonlinearity, reverse, targs, 1, "emulated", "block")
+    with rnn_fused.launch_plan.forced_tiling(samples=samples, general_block_step=general):
+        out, h_n = _ops.layer_forward(inputs, options)
+        back = _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, record_norms, inputs, options)
+    return [out, h_n, *back]
+
+
+@pytest.mark.parametrize("truncation", ["full", "K2", "random"])
+@pytest.mark.parametrize("samples", [1, 2, 4])
+@pytest.mark.parametrize("hidden", [5, 33, 64, 128])
+def test_lane_rows_match_float64_with_the_general_kernels_as_stock(hidden, samples, truncation, monkeypatch):
+    """The block path's lane-row step (a thread per hidden unit, its weight row in registers;
+    float32, H <= 128) at 1, 2 and 4 samples per CTA, with uneven lengths (an empty sample and a
+    short last group), reverse at odd H, relu at H = 33, truncation and recorded norms: every
+    result within the tolerance rule of float64 autograd through the step loop, the general block
+    kernels' float32 results as the stock side; bitwise equal under every emulator schedule; its
+    backward without norms (its own kernel) gives the same gradients bitwise."""
+    steps, batch = 6, 5
+    reverse, nonlinearity = hidden % 2 == 1, "relu" if hidden == 33 else "tanh"
+    lengths = torch.tensor([6, 0, 3, 6, 1])
+    args = layer_args(steps, batch, 4, hidden, bias=True, hx=True, dtype=torch.float32)
+    g = torch.Generator().manual_seed(5)
+    cotangents = [torch.randn(steps, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
+    targs = resolve_truncation(TRUNCATIONS[truncation])
+    scales = rnn_fused.edge_scales(steps, batch, TRUNCATIONS[truncation], layer=1, reverse=reverse)
+    args64 = [None if a is None else a.double() for a in args]
+    cot64 = [c.double() for c in cotangents]
+    leaves = [None if a is None else a.detach().requires_grad_() for a in args64]
+    ref_out, ref_h_n = reference_layer(*leaves, lengths, nonlinearity, reverse, scales)
+    ref_grads, ref_norms = _reference(args64, lengths, nonlinearity, reverse, scales, cot64, monkeypatch)
+    with simt.emulated_device(sm_count=2):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
+            assert plan.lane_rows and plan.block_threads == -(-hidden // 32) * 32, plan.reason
+        runs = []
+        for mode in ("forward", "reverse", "shuffle"):
+            with simt.schedule(mode, seed=3):
+                runs.append(_lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samples, False))
+        plain = _lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samples, False, False)
+        general = _lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samples, True)
+    for other in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], other)), "results differ between emulator schedules"
+    lane = runs[0]
+    assert all(torch.equal(a, b) for a, b in zip(lane[2:7], plain[2:7])), "the backward without norms differs"
+    assert plain[7].numel() == 0
+    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order (input, hx, w_ih, w_hh, b_ih, b_hh)
+    references = [ref_out.detach(), ref_h_n.detach(), *ref_grads[:5], ref_norms]
+    names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_bias", "step_norms"]
+    for name, reference, stock, ours in zip(names, references, general[:8], lane[:8]):
+        assert_within_tolerance(reference, stock, ours, name=name, ulps=8)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.all(lane[0][n:, b] == 0)

@@ -117,7 +117,12 @@ def test_rehearsal_runs_a_stack_row(rehearsal):
 def test_rehearsal_forces_every_path(rehearsal):
     _, _, report = rehearsal
     rows = report["path_rows"]
-    assert [(r["label"], r["path"]) for r in rows] == [(s.label(), p) for s in EMULATED_PATH_SHAPES for p in PATHS]
+    # (H <= 128 in float32: the block path's lane-row step, and its general kernels beside it)
+    assert [(r["label"], r["path"], r["general_block_step"]) for r in rows] == [
+        (s.label(), p, general) for s in EMULATED_PATH_SHAPES
+        for p, general in [("block", False), ("block", True), *[(p, False) for p in PATHS[1:]]]]
+    for row in rows:
+        assert row["forward_plan"]["lane_rows"] == (row["path"] == "block" and not row["general_block_step"])
     for shape in EMULATED_PATH_SHAPES:
         mine = [r for r in rows if r["label"] == shape.label()]
         assert sum(r["planned_forward"] for r in mine) == 1 and sum(r["planned_backward"] for r in mine) == 1
@@ -546,8 +551,9 @@ def test_rows_past_the_budget_are_listed_as_skipped(tmp_path, monkeypatch):
                                long_timing=gpu_check.QUICK_TIMING, probe_sizes=gpu_check.SMALL_PROBE_SIZES,
                                budget_s=0, threads=1, out=str(tmp_path), progress=lambda line: None)
     assert all(r.skipped == "over the time budget" for r in result.shape_rows + result.path_rows)
-    assert len(result.path_rows) == len(PATHS) and not result.failures
-    assert f"{len(EMULATED_SHAPES) + len(PATHS)} rows skipped" in result.notes[0]
+    # (every path, and the block path's general kernels beside its lane-row step)
+    assert len(result.path_rows) == len(PATHS) + 1 and not result.failures
+    assert f"{len(EMULATED_SHAPES) + len(PATHS) + 1} rows skipped" in result.notes[0]
 
 
 # --- cuDNN's refusal ----------------------------------------------------------------------------

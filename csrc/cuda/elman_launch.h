@@ -30,6 +30,7 @@
 
 #include "cuda/elman_backward_kernel.cuh"
 #include "cuda/elman_forward_kernel.cuh"
+#include "cuda/elman_lane_rows_kernel.cuh"
 #include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
@@ -64,6 +65,10 @@ struct RecurrencePlan {
   int64_t blocks_per_sm = 0;     // co-resident CTAs per SM at that shared memory
   int64_t waves = 1;             // times the groups take turns (1: all co-resident)
   int compiled_passes = 0;       // the passes its kernels are compiled for (compiled_passes_of; 0: at run time)
+  // The Block path's lane-row step (elman_lane_rows_kernel.cuh): a thread per hidden unit,
+  // block_threads of them, instead of the general kernels' kRecurrenceThreads.
+  bool lane_rows = false;
+  int64_t block_threads = kRecurrenceThreads;
   double us_per_step = 0.0;      // the cost model's prediction
   std::string reason;            // why this shape, or the limit it exceeds
 };
@@ -232,6 +237,58 @@ static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses,
 #undef RNN_FUSED_STACK_ATTRIBUTES_OF
 #undef RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES
 #undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
+
+// The lane-row kernels (elman_lane_rows_kernel.cuh): 1, 2 or 4 samples per CTA, rows of 8, 16
+// or 32 vectors; the backward with and without norms. Registers for the emulator's occupancy
+// model: the row, four accumulators per sample and about 48 others.
+#define RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, vectors)                                                     \
+  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
+                         forward_lane_rows_kernel<samples, vectors>);                                      \
+  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
+                         backward_lane_rows_kernel<samples, vectors, false>);                              \
+  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
+                         backward_lane_rows_kernel<samples, vectors, true>)
+#define RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(samples) \
+  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 8);               \
+  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 16);              \
+  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 32)
+RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(1);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(2);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(4);
+#undef RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS
+#undef RNN_FUSED_LANE_ROWS_ATTRIBUTES
+static_assert(kLaneRowsMaxSamples == 4 && lane_row_vectors(kLaneRowsMaxHidden) == 32);
+
+// Calls f(kernel) with the lane-row kernel for (direction, samples, the vectors of H's rows,
+// norms); false where none is compiled.
+template <class F>
+bool with_lane_rows_kernel(bool backward, int64_t samples, int64_t hidden, bool norms, F&& f) {
+  auto with_vectors = [&](auto samples_constant, auto vectors_constant) {
+    constexpr int S = decltype(samples_constant)::value, V = decltype(vectors_constant)::value;
+    if (!backward) {
+      f(forward_lane_rows_kernel<S, V>);
+    } else if (norms) {
+      f(backward_lane_rows_kernel<S, V, true>);
+    } else {
+      f(backward_lane_rows_kernel<S, V, false>);
+    }
+    return true;
+  };
+  auto with_samples = [&](auto samples_constant) {
+    switch (lane_row_vectors(hidden)) {
+      case 8: return with_vectors(samples_constant, std::integral_constant<int, 8>{});
+      case 16: return with_vectors(samples_constant, std::integral_constant<int, 16>{});
+      default: return with_vectors(samples_constant, std::integral_constant<int, 32>{});
+    }
+  };
+  if (hidden < 1 || hidden > kLaneRowsMaxHidden) return false;
+  switch (samples) {
+    case 1: return with_samples(std::integral_constant<int, 1>{});
+    case 2: return with_samples(std::integral_constant<int, 2>{});
+    case 4: return with_samples(std::integral_constant<int, 4>{});
+    default: return false;
+  }
+}
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; the Block path's
 // layer stack, whose CTAs hold 2H rows: stack_compiled_passes; 0: at run time, as always where
@@ -440,6 +497,15 @@ inline double predicted_step_us(const cost::Constants& model, RecurrencePath pat
   return predicted_step_terms(model, path, r, tiling, waves).total;
 }
 
+// The lane-row step's time (cost::lane_rows_step_terms) for `samples` per CTA, the CTAs of
+// `groups` sample groups spread over `sm_count` SMs, up to `blocks_per_sm` on one.
+inline cost::StepTerms lane_rows_terms(const cost::Constants& model, const PlanRequest& r, int64_t samples,
+                                       int64_t groups, int64_t sm_count, int64_t blocks_per_sm, int64_t waves) {
+  const int64_t ctas_on_sm = std::clamp<int64_t>((groups + sm_count - 1) / sm_count, 1, std::max<int64_t>(blocks_per_sm, 1));
+  const double warps_per_scheduler = double(lane_rows_threads(r.hidden) / kWarp * ctas_on_sm) / 4.0;
+  return cost::lane_rows_step_terms(model, samples, lane_row_vectors(r.hidden), warps_per_scheduler, waves, r.backward);
+}
+
 // How a plan's reason says the steps hand over their state ("" for the path's barrier).
 inline std::string step_sync_text(StepSync sync) {
   switch (sync) {
@@ -458,10 +524,76 @@ inline StepSync step_sync_of(const RecurrencePlan& plan) {
              : StepSync::GridBarrier;
 }
 
+// Whether the Block path runs a request with the lane-row kernels (elman_lane_rows_kernel.cuh):
+// float32 layers (not a stack's CTA) of H <= 128, unless the forced tiling asks for the general
+// kernels (general_block_step, run_time_passes, 16 units per pass or 8 samples per chunk).
+template <typename scalar_t>
+bool lane_rows_apply(const PlanRequest& r) {
+  return std::is_same_v<scalar_t, float> && !r.block_stack && !r.cluster_stack && r.hidden <= kLaneRowsMaxHidden &&
+         !r.forced.general_block_step && !r.forced.run_time_passes && r.forced.units_per_pass != kUnitsPerPassOptions[1] &&
+         r.forced.samples <= kLaneRowsMaxSamples;
+}
+
+// The Block path's best lane-row launch over 1, 2 or 4 samples per CTA (the forced count where
+// one is), or an infeasible plan.
+inline RecurrencePlan plan_lane_rows(const PlanRequest& r) {
+  const simt::DeviceProperties props = simt::device_properties();
+  const int64_t sm_count = std::max<int64_t>(props.sm_count / r.side_by_side, 1);
+  const int64_t threads = lane_rows_threads(r.hidden);
+  RecurrencePlan best;
+  best.path = RecurrencePath::Block;
+  best.reason = "no lane-row kernel fits";
+  for (int64_t samples : {1, 2, 4}) {
+    if (r.forced.samples != 0 && samples != r.forced.samples) continue;
+    if (r.forced.samples == 0 && samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
+    const int64_t groups = (r.batch + samples - 1) / samples;
+    const int64_t smem = lane_rows_shared_bytes(samples, lane_row_vectors(r.hidden));
+    int occupancy = 0;
+    // (the backward with norms: its registers bound the copy without them)
+    with_lane_rows_kernel(r.backward, samples, r.hidden, r.backward, [&](auto kernel) {
+      occupancy = simt::max_active_blocks_per_sm(kernel, static_cast<int>(threads), static_cast<std::size_t>(smem));
+    });
+    if (occupancy < 1) continue;
+    // Independent CTAs: those that do not fit at once run after the others (waves).
+    const int64_t resident = int64_t(occupancy) * sm_count;
+    const int64_t waves = (groups + resident - 1) / resident;
+    const double us = lane_rows_terms(cost::kH200, r, samples, groups, sm_count, occupancy, waves).total;
+    if (best.feasible && us >= best.us_per_step) continue;
+    best.feasible = true;
+    best.tiling = RecurrenceTiling{.samples = static_cast<int32_t>(samples),
+                                   .chunks = 1,
+                                   .groups = static_cast<int32_t>(groups),
+                                   .ctas_per_group = 1,
+                                   .units_per_cta = static_cast<int32_t>(r.hidden),
+                                   .units_per_pass = kUnitsPerPassOptions[0],
+                                   .step_sync = 0};
+    best.grid = groups;
+    best.shared_mem_bytes = smem;
+    best.blocks_per_sm = occupancy;
+    best.waves = waves;
+    best.compiled_passes = 0;
+    best.lane_rows = true;
+    best.block_threads = threads;
+    best.us_per_step = us;
+    best.reason = std::to_string(groups) + " sample group(s) of " + std::to_string(samples) + " x 1 CTA of " +
+                  std::to_string(threads) + " threads, one lane per hidden unit with its weight row in registers "
+                  "(the lane-row step), " + std::to_string(smem) + " bytes of shared memory each" +
+                  (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
+  }
+  return best;
+}
+
 // The best launch shape of a persistent path (kPath) over samples per group and CTAs per
-// group, or an infeasible plan whose reason names the limit.
+// group, or an infeasible plan whose reason names the limit. The Block path takes the lane-row
+// kernels where they apply (lane_rows_apply).
 template <typename scalar_t, RecurrencePath kPath>
 RecurrencePlan plan_persistent(const PlanRequest& r) {
+  if constexpr (kPath == RecurrencePath::Block) {
+    if (lane_rows_apply<scalar_t>(r)) {
+      RecurrencePlan lane = plan_lane_rows(r);
+      if (lane.feasible) return lane;
+    }
+  }
   const simt::DeviceProperties props = simt::device_properties();
   const cost::Constants& model = cost::kH200;
   RecurrencePlan best;
@@ -708,7 +840,8 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync, int64_t(r.forced.run_time_passes), r.side_by_side}) {
+                    r.forced.step_sync, int64_t(r.forced.run_time_passes), int64_t(r.forced.general_block_step),
+                    r.side_by_side}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -755,6 +888,21 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
 
 template <typename scalar_t, class Args>
 void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (plan.lane_rows) {
+      bool norms = false;
+      if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<float>>) norms = args.step_sq != nullptr;
+      const bool found = with_lane_rows_kernel(backward, plan.tiling.samples, args.shape.hidden, norms, [&](auto kernel) {
+        if constexpr (std::is_invocable_v<decltype(kernel), Args>) {
+          simt::launch(kernel, static_cast<unsigned>(plan.grid), dim3(static_cast<unsigned>(plan.block_threads)),
+                       static_cast<std::size_t>(plan.shared_mem_bytes), args);
+        }
+      });
+      TORCH_CHECK(found, "rnn_fused: no lane-row kernel for ", plan.tiling.samples, " samples and hidden size ",
+                  args.shape.hidden);
+      return;
+    }
+  }
   const dim3 block(kRecurrenceThreads);
   bool plain_backward = false;
   if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<scalar_t>>) {
@@ -1613,14 +1761,15 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                              p.path == RecurrencePath::Stepwise ? 0 : p.tiling.units_per_pass,
                                          .step_sync = p.tiling.step_sync,
                                          .grid = p.grid,
-                                         .block_threads = kRecurrenceThreads,
+                                         .block_threads = p.block_threads,
                                          .cluster = p.cluster,
                                          .shared_mem_bytes = p.shared_mem_bytes,
                                          .blocks_per_sm = p.blocks_per_sm,
                                          .waves = p.waves,
                                          .compiled_passes = p.compiled_passes,
                                          .us_per_step = p.us_per_step,
-                                         .reason = p.reason};
+                                         .reason = p.reason,
+                                         .lane_rows = p.lane_rows};
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
@@ -1694,7 +1843,16 @@ inline double step_cost(const StepCostQuery& q) {
                                 .units_per_cta = static_cast<int32_t>(q.units_per_cta),
                                 .units_per_pass = static_cast<int32_t>(q.units_per_pass),
                                 .step_sync = static_cast<int32_t>(q.step_sync)};
-  const cost::StepTerms terms = predicted_step_terms(model, *path, request, tiling, q.waves);
+  TORCH_CHECK_VALUE(!q.lane_rows || (*path == RecurrencePath::Block && q.compute == at::kFloat &&
+                                      q.hidden <= kLaneRowsMaxHidden && q.samples <= kLaneRowsMaxSamples),
+                    "rnn_fused.step_cost: lane_rows=True prices the Block path's lane-row step (float32, hidden_size "
+                    "<= ", kLaneRowsMaxHidden, ", 1, 2 or 4 samples), got path '", q.path, "' in ", q.compute,
+                    ", hidden_size=", q.hidden, ", samples=", q.samples);
+  // (the lane-row launch's waves are the query's; the CTAs on one SM those of a device of kH200's SMs)
+  const cost::StepTerms terms =
+      q.lane_rows ? lane_rows_terms(model, request, q.samples, (q.batch + q.samples - 1) / q.samples,
+                                    simt::DeviceProperties{}.sm_count, 1 << 10, q.waves)
+                  : predicted_step_terms(model, *path, request, tiling, q.waves);
   if (q.term == "total") return terms.total;
   if (q.term == "stage") return terms.stage;
   if (q.term == "compute") return terms.compute;

@@ -318,6 +318,13 @@ class PathRow:
     note: str | None = None                 # why the path was not run (the planner's limit)
     error: str | None = None
     skipped: str | None = None
+    # The block path's general kernels forced (forced_tiling's general_block_step) where it would
+    # run the lane-row step: the two side by side
+    general_block_step: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path + (" (general step)" if self.general_block_step else "")
 
     @property
     def predicted_fwd_us_per_step(self) -> float | None:
@@ -727,12 +734,22 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
     reference = (layer_results(x, weights, grad_out, reference_layer, torch.float64)
                  if measure_error else None)
     rows = []
-    for path in PATHS:
+    # Every path as planned; and where the block path's plan is the lane-row step, its general
+    # kernels too (forced_tiling's general_block_step), to time the one against the other.
+    variants = [(path, False) for path in PATHS]
+    if forward_plan.candidate("block").lane_rows:
+        variants.insert(1, ("block", True))
+    for path, general in variants:
+        with forced_tiling(general_block_step=general):
+            forward_estimate = plan(shape.hidden, shape.batch, dtype, target.plan_device).candidate(path)
+            backward_estimate = plan(shape.hidden, shape.batch, dtype, target.plan_device,
+                                     backward=True).candidate(path)
         row = PathRow(shape.label(), dataclasses.asdict(shape), path,
-                      planned_forward=forward_plan.path == path, planned_backward=backward_plan.path == path,
-                      forward_plan=estimate_fields(forward_plan.candidate(path)),
-                      backward_plan=estimate_fields(backward_plan.candidate(path)),
-                      forward_gemms_ms=forward_gemms * 1e3, backward_gemms_ms=backward_gemms * 1e3)
+                      planned_forward=forward_plan.path == path and not general,
+                      planned_backward=backward_plan.path == path and not general,
+                      forward_plan=estimate_fields(forward_estimate), backward_plan=estimate_fields(backward_estimate),
+                      forward_gemms_ms=forward_gemms * 1e3, backward_gemms_ms=backward_gemms * 1e3,
+                      general_block_step=general)
         rows.append(row)
         if time.perf_counter() > deadline:
             row.skipped = "over the time budget"
@@ -744,7 +761,11 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
             row.note = "; ".join(limits)
             if not row.forward_plan["feasible"]:
                 continue
+        # (the general kernels' setting held for the whole row: no setting changes inside a timing)
+        setting = forced_tiling(general_block_step=True) if general else contextlib.nullcontext()
         try:
+            setting.__enter__()
+
             def layer(*args, path=path):
                 return rnn_layer(*args, backend=target.backend, path=path)
 
@@ -775,7 +796,9 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
         except Exception as error:  # recorded in the row and the exit status; the next path still runs
             row.error = _one_line(error)
             traceback.print_exc(file=sys.stderr)
-        progress(f"path {path} at {shape.label()}: " + _path_summary(row))
+        finally:
+            setting.__exit__(None, None, None)
+        progress(f"path {row.name} at {shape.label()}: " + _path_summary(row))
     return rows
 
 
@@ -1179,6 +1202,9 @@ def _launch_text(plan: dict) -> str:
     if plan["path"] == "stepwise":
         return f"per step: a GEMM and {plan['grid']}×{plan['block_threads']} epilogue"
     text = f"{plan['grid']}×{plan['block_threads']}"
+    if plan.get("lane_rows"):  # (absent from the JSON of runs before it existed)
+        return text + (f", a lane per unit, {plan['samples_per_group']} samples/CTA"
+                       + (f", {plan['waves']} waves" if plan["waves"] > 1 else ""))
     if plan["cluster"] > 1:
         text += f", cluster {plan['cluster']}"
     text += f", {plan['units_per_cta']} units/CTA, {plan['samples_per_group']} samples/group"
@@ -1198,7 +1224,7 @@ def fastest_paths(rows: list[PathRow]) -> dict[tuple[str, str], str]:
         for pass_, ms in (("fwd", r.fwd_ms), ("fwd_bwd", r.fwd_bwd_ms)):
             key = (r.label, pass_)
             if ms is not None and (key not in best or ms < best[key][0]):
-                best[key] = (ms, r.path)
+                best[key] = (ms, r.name)
     return {key: path for key, (_, path) in best.items()}
 
 
@@ -1214,11 +1240,11 @@ def format_path_table(rows: list[PathRow]) -> str:
         if r.planned_forward or r.planned_backward:
             marks.append("planned" + ("" if r.planned_forward and r.planned_backward
                                       else " (fwd)" if r.planned_forward else " (bwd)"))
-        if fastest.get((r.label, "fwd")) == r.path:
+        if fastest.get((r.label, "fwd")) == r.name:
             marks.append("fastest fwd")
-        if fastest.get((r.label, "fwd_bwd")) == r.path:
+        if fastest.get((r.label, "fwd_bwd")) == r.name:
             marks.append("fastest fwd+bwd")
-        path = r.path + (f" ({', '.join(marks)})" if marks else "")
+        path = r.name + (f" ({', '.join(marks)})" if marks else "")
         note = "; ".join(text for text in (r.skipped and f"skipped: {r.skipped}", r.error and f"ERROR: {r.error}",
                                            r.note) if text)
         lines.append(
