@@ -25,7 +25,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT="$ROOT/.prebuilt"
 
 python=$(command -v "python$PY_VERSION" || true)
-if [ -z "$python" ] || ! "$python" -c pass 2>/dev/null; then  # pyenv's (its shim may refuse the version) 
+if [ -z "$python" ] || ! "$python" -c pass 2>/dev/null; then  # pyenv's (its shim may refuse the version)
     python=$(ls -d "$HOME"/.pyenv/versions/"$PY_VERSION"*/bin/python"$PY_VERSION" 2>/dev/null | tail -1 || true)
 fi
 [ -n "$python" ] || { echo "prebuild: no python$PY_VERSION found" >&2; exit 1; }

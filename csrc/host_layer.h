@@ -130,6 +130,7 @@ struct RecurrencePlanReport {
     double measured_us_per_step = NAN;  // timed on the device (Autotune), else NaN
     std::string reason;
     bool lane_rows = false;  // the Block path's lane-row kernels (a thread per hidden unit)
+    int64_t ctas_per_sm = 1;  // (lane rows) the CTAs sharing an SM, as priced
   };
   Entry chosen;
   std::vector<Entry> candidates;  // per path: its best shape (the fastest timed, where autotuning timed them)
@@ -150,6 +151,7 @@ struct StepCostQuery {
   std::string term = "total";  // or a part that step-phase timing measures: "stage", "compute", "barrier"
   bool block_stack = false;     // a CTA of the Block path's layer stack (its rows 2H: stack_plan)
   bool lane_rows = false;       // the Block path's lane-row step (elman_lane_rows_kernel.cuh)
+  int64_t ctas_per_sm = 1;      // (lane rows) the CTAs sharing an SM's schedulers
 };
 
 struct RecurrenceBackend {

@@ -270,7 +270,8 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
     shapes.insert(shapes.end(), {e.samples_per_group, e.samples, e.chunks, e.groups, e.ctas_per_group,
                                  e.units_per_cta, e.units_per_pass, e.step_sync, e.grid, e.block_threads,
                                  e.cluster,
-                                 e.shared_mem_bytes, e.blocks_per_sm, e.waves, e.compiled_passes, int64_t(e.lane_rows)});
+                                 e.shared_mem_bytes, e.blocks_per_sm, e.waves, e.compiled_passes, int64_t(e.lane_rows),
+                                 e.ctas_per_sm});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
     measured.push_back(e.measured_us_per_step);
@@ -389,7 +390,7 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,
                     c10::string_view term, int64_t units_per_pass, int64_t step_sync, bool block_stack,
-                    bool lane_rows) {
+                    bool lane_rows, int64_t ctas_per_sm) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -406,7 +407,8 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .constant_values = std::move(constant_values),
                                    .term = std::string(term),
                                    .block_stack = block_stack,
-                                   .lane_rows = lane_rows});
+                                   .lane_rows = lane_rows,
+                                   .ctas_per_sm = ctas_per_sm});
 }
 
 // The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
@@ -521,7 +523,8 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
-      "str term=\"total\", int units_per_pass=32, int step_sync=0, bool block_stack=False, bool lane_rows=False) -> float",
+      "str term=\"total\", int units_per_pass=32, int step_sync=0, bool block_stack=False, bool lane_rows=False, "
+      "int ctas_per_sm=1) -> float",
       &rnn_fused::step_cost_us);
   // The samples per chunk, units per pass (0: each plan's own choice), grid-path step
   // synchronisation (-1: each plan's own) and whether kernels read their passes at run time

@@ -79,6 +79,7 @@ class PathEstimate:
     # row, block_threads of them; csrc/cuda/elman_lane_rows_kernel.cuh) instead of the general
     # kernels' 8 lanes per row
     lane_rows: bool = False
+    ctas_per_sm: int = 1         # (lane_rows) the CTAs that share an SM at once, as the model priced them
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 16
+_SHAPE_FIELDS = 17
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -111,9 +112,10 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     like = torch.empty(0, dtype=dtype, device=target)
     paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
         like, hidden_size, batch_size, backward, path, "emulated" if emulated else None, side_by_side)
-    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 1],
+    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 2],
                               predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i],
-                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 1]))
+                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 2]),
+                              ctas_per_sm=shapes[(i + 1) * _SHAPE_FIELDS - 1])
                  for i in range(len(paths))]
     chosen, candidates, timed = estimates[0], estimates[1:1 + len(PATHS)], estimates[1 + len(PATHS):]
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
@@ -213,7 +215,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
                                          term, fields.get("units_per_pass") or 32,
                                          int(fields.get("step_sync") or 0), block_stack,
-                                         bool(fields.get("lane_rows") or False))
+                                         bool(fields.get("lane_rows") or False), int(fields.get("ctas_per_sm") or 1))
 
 
 @contextlib.contextmanager

@@ -1189,22 +1189,23 @@ def test_plan_reports_every_path_with_a_prediction():
 @pytest.mark.parametrize("hidden,threads", [(1, 32), (33, 64), (64, 64), (100, 128), (128, 128)])
 def test_block_path_takes_the_lane_rows_where_they_apply(hidden, threads):
     """float32 at H <= 128: the block path's launch is the lane-row step (a thread per hidden
-    unit, H rounded up to whole warps; a CTA per 1, 2 or 4 samples), forward and backward,
-    and the planner's choice on an H200-like device; not in float64, not at H = 129, and not
-    where the forced tiling asks for the general kernels (general_block_step, 16 units per
-    pass, 8 samples per chunk, passes read at run time)."""
+    unit, H rounded up to whole warps; a CTA per sample, or per 2 at H <= 64), forward and
+    backward, and the planner's choice on an H200-like device; not in float64, not at H = 129,
+    and not where the forced tiling asks for the general kernels (general_block_step, 16 units
+    per pass, 4 or 8 samples per chunk, 2 past H = 64, passes read at run time)."""
     with simt.emulated_device():
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, 8, torch.float32, backward=backward)
             assert plan.path == "block" and plan.lane_rows, plan.reason
             assert plan.block_threads == threads and plan.units_per_cta == hidden and plan.ctas_per_group == 1
-            assert plan.samples in (1, 2, 4) and plan.grid == plan.groups == -(-8 // plan.samples)
+            assert plan.samples in (1, 2) and plan.grid == plan.groups == -(-8 // plan.samples)
             assert "lane-row step" in plan.reason and plan.predicted_us_per_step > 0
         with launch_plan.forced_tiling(samples=2):
-            assert rnn_fused.plan(hidden, 8, path="block").samples == 2
+            two = rnn_fused.plan(hidden, 8, path="block")
+        assert two.samples == 2 and two.lane_rows == (hidden <= 64), two.reason
         assert not rnn_fused.plan(hidden, 8, torch.float64, path="block").lane_rows
         assert not rnn_fused.plan(129, 8, torch.float32, path="block").lane_rows
-        for forced in (dict(general_block_step=True), dict(units_per_pass=16), dict(samples=8),
+        for forced in (dict(general_block_step=True), dict(units_per_pass=16), dict(samples=4), dict(samples=8),
                        dict(run_time_passes=True)):
             with launch_plan.forced_tiling(**forced):
                 general = rnn_fused.plan(hidden, 8, torch.float32, path="block")
@@ -1331,7 +1332,7 @@ def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held)
     nor on the grid path (whose kernels have no room for them). The cluster path's CTAs of 1
     or 2 passes hold all theirs past H = 128 in float32 (cluster_rows_in_registers: H = 160 on
     3 CTAs, 200 on 16), none below."""
-    with launch_plan.forced_tiling(samples=1):
+    with launch_plan.forced_tiling(samples=1, general_block_step=True):  # (not the lane-row step: a row per lane)
         plan = rnn_fused.plan(hidden, 8, dtype, path="block")
         cluster, grid = (rnn_fused.plan(hidden, 8, dtype, path=path) for path in ("cluster", "grid"))
     if held == "all":
@@ -1399,7 +1400,10 @@ def test_layer_side_by_side_matches_the_reference(path):
         out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", True, backend="emulated", path=path, side_by_side=2)
         present = [a for a in leaves if a is not None]
         grads = torch.autograd.grad((out, h_n), present, [c.to(out.dtype) for c in cotangents])
-    assert plans[1].grid <= 2 * plans[1].blocks_per_sm < plans[0].grid, [p.reason for p in plans]
+    if plans[0].lane_rows:  # (the block path's lane-row step: CTAs of two warps, all resident on half the SMs)
+        assert plans[1].lane_rows and plans[1].grid == plans[0].grid <= 2 * plans[1].blocks_per_sm
+    else:
+        assert plans[1].grid <= 2 * plans[1].blocks_per_sm < plans[0].grid, [p.reason for p in plans]
     ours = [out.detach(), h_n.detach(), *grads]
     reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
     stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)

@@ -353,6 +353,26 @@ def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> P
     return dataclasses.replace(row, **changes)
 
 
+def test_lane_rows_verdicts_set_the_lane_row_step_beside_the_general_kernels(rehearsal):
+    """The phase rows at H = 9 on the lane-row step (the planner's) and on the general kernels
+    (forced): one line per direction with both times and whether the model orders them so."""
+    _, out, report = rehearsal
+    rows = {(r["label"], r["direction"]): r for r in report["phase_rows"]}
+    for direction in ("forward", "backward"):
+        assert rows[("9, 3", direction)]["plan"]["lane_rows"]
+        general = rows[("9, 3 (general step)", direction)]
+        assert general["forced_general_block_step"] and not general["plan"]["lane_rows"]
+    assert "The block path's lane-row step against its general kernels" in (out / "gpu_check.md").read_text()
+    lane = _phase_row(32, 0.2, 0.14, plan={"lane_rows": True}, forced_units_per_pass=None)
+    lane = dataclasses.replace(lane, path="block", hidden=64, batch=8)
+    general = dataclasses.replace(lane, plan={"compiled_passes": 2}, forced_general_block_step=True,
+                                  measured_us_per_step=0.4, predicted_us_per_step=0.82)
+    assert gpu_check.lane_rows_verdicts([lane, general]) == [
+        "block at H, B = 64, 8, forward: the lane-row step 0.200 µs/step, the general kernels 0.400 (predicted 0.14 "
+        "and 0.82): 2.00x (> 1: the lane-row step faster), as the model orders them."]
+    assert gpu_check.lane_rows_verdicts([lane]) == []
+
+
 def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
     agree = gpu_check.warp_count_verdicts([_phase_row(32, 2.0, 3.58), _phase_row(16, 1.5, 3.14)])
     assert agree == ["grid at H, B = 1024, 32, forward: dot products on 4 warps 1.500 µs/step, on 8 warps 2.000 "
@@ -388,9 +408,10 @@ def test_compiled_passes_verdicts_set_the_two_kernels_side_by_side(rehearsal):
     gives one line with both times."""
     _, _, report = rehearsal
     rows = {(r["label"], r["direction"], r["path"]): r for r in report["phase_rows"]}
-    for label, path in (("9, 3", "block"), ("33, 2", "cluster")):
+    # (at H = 9 the planner's block path is the lane-row step: the general kernels are the forced twin)
+    for label, compiled_label, path in (("9, 3", "9, 3 (general step)", "block"), ("33, 2", "33, 2", "cluster")):
         for direction in ("forward", "backward"):
-            compiled = rows[(label, direction, path)]
+            compiled = rows[(compiled_label, direction, path)]
             run_time = rows[(f"{label} (passes at run time)", direction, path)]
             assert compiled["plan"]["compiled_passes"] > 0 and run_time["plan"]["compiled_passes"] == 0
             assert run_time["forced_run_time_passes"] and not compiled["forced_run_time_passes"]

@@ -1,5 +1,5 @@
 // The Block path's lane-row step: float32 recurrences of H <= 128 units, one CTA per group of
-// kSamples samples, one thread per hidden unit (blockDim.x = H rounded up to whole warps). Each
+// kSamples samples (1, or 2 at H <= 64: lane_rows_compiled), one thread per hidden unit (blockDim.x = H rounded up to whole warps). Each
 // lane holds its unit's whole weight row in registers (forward: row u of W_hh; backward: column u,
 // a row of W_hh^T), reads the group's previous state rows from shared memory as 16-byte
 // broadcasts, and computes its dot products alone: four accumulators per sample (the row's
@@ -23,7 +23,7 @@
 // summed over the warp by a fixed butterfly, the warps' sums added in warp order by thread k
 // for sample k after the step's barrier.
 //
-// Grid = ceil(B / kSamples) CTAs of lane_rows_threads(H) threads (independent CTAs: no
+// Grid = ceil(B / kSamples) CTAs of lane_rows_threads(H) threads (lane_rows_compiled pairs; independent CTAs: no
 // co-residency needed), lane_rows_shared_bytes(kSamples, kVectors) bytes of dynamic shared
 // memory:
 //   states        [2][kSamples][4 kVectors] float  the state rows (h, or dz backward) by step
@@ -40,7 +40,7 @@ namespace rnn_fused::kernels {
 inline constexpr int64_t kLaneRowsMaxHidden = 128;
 inline constexpr int kLaneRowsMaxThreads = 128;
 inline constexpr int kLaneRowsMaxWarps = kLaneRowsMaxThreads / 32;
-inline constexpr int kLaneRowsMaxSamples = 4;
+inline constexpr int kLaneRowsMaxSamples = 2;
 
 // The 16-byte vectors of a lane's row the kernels are compiled for: the hidden sizes are
 // bucketed (H <= 32, 64, 128; the row's tail past H is zeros) so that three row lengths serve
@@ -48,6 +48,13 @@ inline constexpr int kLaneRowsMaxSamples = 4;
 SIMT_HOST_DEVICE constexpr int lane_row_vectors(int64_t hidden) { return hidden <= 32 ? 8 : hidden <= 64 ? 16 : 32; }
 // One thread per unit, whole warps.
 SIMT_HOST_DEVICE constexpr int64_t lane_rows_threads(int64_t hidden) { return (hidden + 31) / 32 * 32; }
+// The (samples per CTA, row) pairs compiled: 1 or 2 samples per CTA with rows of up to 64
+// columns, 1 sample with rows of 128. (ptxas spilled the backward at 4 samples, and at 2 with
+// 128 columns: the row's 128 registers beside the samples' operands and offsets.)
+SIMT_HOST_DEVICE constexpr bool lane_rows_compiled(int64_t samples, int64_t hidden) {
+  return hidden >= 1 && hidden <= kLaneRowsMaxHidden &&
+         (samples == 1 || (samples == 2 && lane_row_vectors(hidden) <= 16));
+}
 
 // Byte offsets of the layout above.
 SIMT_HOST_DEVICE constexpr int64_t lane_rows_states_bytes(int64_t samples, int64_t vectors) {
@@ -255,7 +262,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
       float* now = states + (s % 2) * kSamples * kRow;
       float carry[kSamples];
       lane_row_dots<kSamples, kVectors>(row, later, carry);
-      double g_sq[kSamples] = {};
+      [[maybe_unused]] double g_sq[kSamples] = {};
       if (owns) {
         SIMT_UNROLL
         for (int k = 0; k < kSamples; ++k) {

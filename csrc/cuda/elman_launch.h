@@ -69,6 +69,7 @@ struct RecurrencePlan {
   // block_threads of them, instead of the general kernels' kRecurrenceThreads.
   bool lane_rows = false;
   int64_t block_threads = kRecurrenceThreads;
+  int64_t ctas_per_sm = 1;  // (lane rows) CTAs that share an SM at once, as the cost model priced them
   double us_per_step = 0.0;      // the cost model's prediction
   std::string reason;            // why this shape, or the limit it exceeds
 };
@@ -238,9 +239,10 @@ static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses,
 #undef RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES
 #undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
 
-// The lane-row kernels (elman_lane_rows_kernel.cuh): 1, 2 or 4 samples per CTA, rows of 8, 16
-// or 32 vectors; the backward with and without norms. Registers for the emulator's occupancy
-// model: the row, four accumulators per sample and about 48 others.
+// The lane-row kernels (elman_lane_rows_kernel.cuh): 1 or 2 samples per CTA with rows of 8 or 16
+// vectors, 1 with rows of 32 (lane_rows_compiled); the backward with and without norms.
+// Registers for the emulator's occupancy model: the row, four accumulators per sample and
+// about 48 others.
 #define RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, vectors)                                                     \
   SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
                          forward_lane_rows_kernel<samples, vectors>);                                      \
@@ -248,31 +250,33 @@ static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses,
                          backward_lane_rows_kernel<samples, vectors, false>);                              \
   SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
                          backward_lane_rows_kernel<samples, vectors, true>)
-#define RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(samples) \
-  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 8);               \
-  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 16);              \
-  RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, 32)
-RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(1);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(2);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS(4);
-#undef RNN_FUSED_LANE_ROWS_ATTRIBUTES_ALL_VECTORS
+RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 8);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 16);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 32);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES(2, 8);
+RNN_FUSED_LANE_ROWS_ATTRIBUTES(2, 16);
 #undef RNN_FUSED_LANE_ROWS_ATTRIBUTES
-static_assert(kLaneRowsMaxSamples == 4 && lane_row_vectors(kLaneRowsMaxHidden) == 32);
+static_assert(kLaneRowsMaxSamples == 2 && lane_row_vectors(kLaneRowsMaxHidden) == 32 && lane_rows_compiled(1, 128) &&
+              lane_rows_compiled(2, 64) && !lane_rows_compiled(2, 65));
 
 // Calls f(kernel) with the lane-row kernel for (direction, samples, the vectors of H's rows,
-// norms); false where none is compiled.
+// norms); false where none is compiled (lane_rows_compiled).
 template <class F>
 bool with_lane_rows_kernel(bool backward, int64_t samples, int64_t hidden, bool norms, F&& f) {
   auto with_vectors = [&](auto samples_constant, auto vectors_constant) {
     constexpr int S = decltype(samples_constant)::value, V = decltype(vectors_constant)::value;
-    if (!backward) {
-      f(forward_lane_rows_kernel<S, V>);
-    } else if (norms) {
-      f(backward_lane_rows_kernel<S, V, true>);
+    if constexpr (S == 1 || V <= 16) {
+      if (!backward) {
+        f(forward_lane_rows_kernel<S, V>);
+      } else if (norms) {
+        f(backward_lane_rows_kernel<S, V, true>);
+      } else {
+        f(backward_lane_rows_kernel<S, V, false>);
+      }
+      return true;
     } else {
-      f(backward_lane_rows_kernel<S, V, false>);
+      return false;
     }
-    return true;
   };
   auto with_samples = [&](auto samples_constant) {
     switch (lane_row_vectors(hidden)) {
@@ -281,13 +285,8 @@ bool with_lane_rows_kernel(bool backward, int64_t samples, int64_t hidden, bool 
       default: return with_vectors(samples_constant, std::integral_constant<int, 32>{});
     }
   };
-  if (hidden < 1 || hidden > kLaneRowsMaxHidden) return false;
-  switch (samples) {
-    case 1: return with_samples(std::integral_constant<int, 1>{});
-    case 2: return with_samples(std::integral_constant<int, 2>{});
-    case 4: return with_samples(std::integral_constant<int, 4>{});
-    default: return false;
-  }
+  if (!lane_rows_compiled(samples, hidden)) return false;
+  return samples == 1 ? with_samples(std::integral_constant<int, 1>{}) : with_samples(std::integral_constant<int, 2>{});
 }
 
 // The passes the kernel of a launch shape is compiled for (compiled_passes; the Block path's
@@ -497,12 +496,17 @@ inline double predicted_step_us(const cost::Constants& model, RecurrencePath pat
   return predicted_step_terms(model, path, r, tiling, waves).total;
 }
 
-// The lane-row step's time (cost::lane_rows_step_terms) for `samples` per CTA, the CTAs of
-// `groups` sample groups spread over `sm_count` SMs, up to `blocks_per_sm` on one.
+// The CTAs of `groups` sample groups that share an SM at once, spread over `sm_count` SMs, up to
+// `blocks_per_sm` on one (the lane-row step's independent CTAs).
+inline int64_t lane_rows_ctas_per_sm(int64_t groups, int64_t sm_count, int64_t blocks_per_sm) {
+  return std::clamp<int64_t>((groups + sm_count - 1) / sm_count, 1, std::max<int64_t>(blocks_per_sm, 1));
+}
+
+// The lane-row step's time (cost::lane_rows_step_terms) for `samples` per CTA, `ctas_per_sm` CTAs
+// sharing an SM's four schedulers.
 inline cost::StepTerms lane_rows_terms(const cost::Constants& model, const PlanRequest& r, int64_t samples,
-                                       int64_t groups, int64_t sm_count, int64_t blocks_per_sm, int64_t waves) {
-  const int64_t ctas_on_sm = std::clamp<int64_t>((groups + sm_count - 1) / sm_count, 1, std::max<int64_t>(blocks_per_sm, 1));
-  const double warps_per_scheduler = double(lane_rows_threads(r.hidden) / kWarp * ctas_on_sm) / 4.0;
+                                       int64_t ctas_per_sm, int64_t waves) {
+  const double warps_per_scheduler = double(lane_rows_threads(r.hidden) / kWarp * ctas_per_sm) / 4.0;
   return cost::lane_rows_step_terms(model, samples, lane_row_vectors(r.hidden), warps_per_scheduler, waves, r.backward);
 }
 
@@ -526,25 +530,31 @@ inline StepSync step_sync_of(const RecurrencePlan& plan) {
 
 // Whether the Block path runs a request with the lane-row kernels (elman_lane_rows_kernel.cuh):
 // float32 layers (not a stack's CTA) of H <= 128, unless the forced tiling asks for the general
-// kernels (general_block_step, run_time_passes, 16 units per pass or 8 samples per chunk).
+// kernels (general_block_step, run_time_passes, 16 units per pass, or samples per chunk the
+// lane-row kernels are not compiled for: lane_rows_compiled).
 template <typename scalar_t>
 bool lane_rows_apply(const PlanRequest& r) {
   return std::is_same_v<scalar_t, float> && !r.block_stack && !r.cluster_stack && r.hidden <= kLaneRowsMaxHidden &&
          !r.forced.general_block_step && !r.forced.run_time_passes && r.forced.units_per_pass != kUnitsPerPassOptions[1] &&
-         r.forced.samples <= kLaneRowsMaxSamples;
+         (r.forced.samples == 0 || lane_rows_compiled(r.forced.samples, r.hidden));
 }
 
-// The Block path's best lane-row launch over 1, 2 or 4 samples per CTA (the forced count where
-// one is), or an infeasible plan.
+// The Block path's best lane-row launch over the samples per CTA its kernels are compiled for
+// (lane_rows_compiled; the forced count where one is), or an infeasible plan.
 inline RecurrencePlan plan_lane_rows(const PlanRequest& r) {
   const simt::DeviceProperties props = simt::device_properties();
-  const int64_t sm_count = std::max<int64_t>(props.sm_count / r.side_by_side, 1);
+  const int64_t sm_count = props.sm_count / r.side_by_side;
   const int64_t threads = lane_rows_threads(r.hidden);
   RecurrencePlan best;
   best.path = RecurrencePath::Block;
   best.reason = "no lane-row kernel fits";
-  for (int64_t samples : {1, 2, 4}) {
+  if (sm_count < 1) {
+    best.reason = "1/" + std::to_string(r.side_by_side) + " of " + std::to_string(props.sm_count) + " SMs is no SM";
+    return best;
+  }
+  for (int64_t samples : {1, 2}) {
     if (r.forced.samples != 0 && samples != r.forced.samples) continue;
+    if (!lane_rows_compiled(samples, r.hidden)) continue;
     if (r.forced.samples == 0 && samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
     const int64_t groups = (r.batch + samples - 1) / samples;
     const int64_t smem = lane_rows_shared_bytes(samples, lane_row_vectors(r.hidden));
@@ -557,7 +567,8 @@ inline RecurrencePlan plan_lane_rows(const PlanRequest& r) {
     // Independent CTAs: those that do not fit at once run after the others (waves).
     const int64_t resident = int64_t(occupancy) * sm_count;
     const int64_t waves = (groups + resident - 1) / resident;
-    const double us = lane_rows_terms(cost::kH200, r, samples, groups, sm_count, occupancy, waves).total;
+    const int64_t ctas_per_sm = lane_rows_ctas_per_sm(groups, sm_count, occupancy);
+    const double us = lane_rows_terms(cost::kH200, r, samples, ctas_per_sm, waves).total;
     if (best.feasible && us >= best.us_per_step) continue;
     best.feasible = true;
     best.tiling = RecurrenceTiling{.samples = static_cast<int32_t>(samples),
@@ -574,6 +585,7 @@ inline RecurrencePlan plan_lane_rows(const PlanRequest& r) {
     best.compiled_passes = 0;
     best.lane_rows = true;
     best.block_threads = threads;
+    best.ctas_per_sm = ctas_per_sm;
     best.us_per_step = us;
     best.reason = std::to_string(groups) + " sample group(s) of " + std::to_string(samples) + " x 1 CTA of " +
                   std::to_string(threads) + " threads, one lane per hidden unit with its weight row in registers "
@@ -1769,7 +1781,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .compiled_passes = p.compiled_passes,
                                          .us_per_step = p.us_per_step,
                                          .reason = p.reason,
-                                         .lane_rows = p.lane_rows};
+                                         .lane_rows = p.lane_rows,
+                                         .ctas_per_sm = p.ctas_per_sm};
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
@@ -1844,15 +1857,13 @@ inline double step_cost(const StepCostQuery& q) {
                                 .units_per_pass = static_cast<int32_t>(q.units_per_pass),
                                 .step_sync = static_cast<int32_t>(q.step_sync)};
   TORCH_CHECK_VALUE(!q.lane_rows || (*path == RecurrencePath::Block && q.compute == at::kFloat &&
-                                      q.hidden <= kLaneRowsMaxHidden && q.samples <= kLaneRowsMaxSamples),
+                                      lane_rows_compiled(q.samples, q.hidden)),
                     "rnn_fused.step_cost: lane_rows=True prices the Block path's lane-row step (float32, hidden_size "
-                    "<= ", kLaneRowsMaxHidden, ", 1, 2 or 4 samples), got path '", q.path, "' in ", q.compute,
-                    ", hidden_size=", q.hidden, ", samples=", q.samples);
-  // (the lane-row launch's waves are the query's; the CTAs on one SM those of a device of kH200's SMs)
-  const cost::StepTerms terms =
-      q.lane_rows ? lane_rows_terms(model, request, q.samples, (q.batch + q.samples - 1) / q.samples,
-                                    simt::DeviceProperties{}.sm_count, 1 << 10, q.waves)
-                  : predicted_step_terms(model, *path, request, tiling, q.waves);
+                    "<= ", kLaneRowsMaxHidden, ", 1 sample per CTA, or 2 at hidden_size <= 64), got path '", q.path,
+                    "' in ", q.compute, ", hidden_size=", q.hidden, ", samples=", q.samples);
+  TORCH_CHECK_VALUE(q.ctas_per_sm >= 1, "rnn_fused.step_cost: ctas_per_sm must be at least 1, got ", q.ctas_per_sm);
+  const cost::StepTerms terms = q.lane_rows ? lane_rows_terms(model, request, q.samples, q.ctas_per_sm, q.waves)
+                                            : predicted_step_terms(model, *path, request, tiling, q.waves);
   if (q.term == "total") return terms.total;
   if (q.term == "stage") return terms.stage;
   if (q.term == "compute") return terms.compute;

@@ -137,8 +137,10 @@ EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 class PhaseShape:
     """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
     units per pass and the step synchronisation (one of launch_plan.STEP_SYNCS; None: the
-    planner's; launch_plan.forced_tiling), and whether its kernels read their passes at run
-    time where a kernel compiled for them exists (forced_tiling's run_time_passes)."""
+    planner's; launch_plan.forced_tiling), whether its kernels read their passes at run
+    time where a kernel compiled for them exists (forced_tiling's run_time_passes), and whether
+    the block path runs its general kernels where it would run the lane-row step
+    (forced_tiling's general_block_step)."""
 
     hidden: int
     batch: int
@@ -147,11 +149,13 @@ class PhaseShape:
     units_per_pass: int | None = None
     step_sync: str | None = None
     run_time_passes: bool = False
+    general_block_step: bool = False
 
     def label(self) -> str:
         forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
         forced += [self.step_sync.replace("_", " ")] if self.step_sync else []
         forced += ["passes at run time"] if self.run_time_passes else []
+        forced += ["general step"] if self.general_block_step else []
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
@@ -173,8 +177,10 @@ class PhaseShape:
 # 2026-12-02 (split weights, the first pass's rows to column 768 in registers: two waves of 8
 # clusters, the model's 6.38 us against the grid path's 8.34), the grid path's one-chunk step
 # there is the forced rows that follow it. 1024, 128 is forced onto the grid path (several chunks
-# per CTA): the planner took the stepwise path there on 2026-12-04, which has no phases.
-GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
+# per CTA): the planner took the stepwise path there on 2026-12-04, which has no phases. At H = 64,
+# B = 8 the planner's block path is the lane-row step since 2026-12-04 (not yet timed): its general
+# kernels beside it, compiled for their 2 passes and reading them at run time.
+GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, general_block_step=True), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
                     *[PhaseShape(1024, batch, "grid", step_sync=sync) for batch in (1, 32) for sync in GRID_STEP_SYNCS],
@@ -183,7 +189,8 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(256, 8), PhaseShape(256, 8, "c
                     PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, "cluster", run_time_passes=True),
                     *[PhaseShape(256, 32, "cluster", units_per_pass=per_pass, run_time_passes=run_time)
                       for per_pass in (16, 32) for run_time in (False, True)]]
-EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
+EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block", 4, general_block_step=True),
+                         PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=16),
                          *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in GRID_STEP_SYNCS],
@@ -362,6 +369,7 @@ class PhaseRow:
     forced_units_per_pass: int | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     forced_step_sync: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     forced_run_time_passes: bool = False  # launch_plan.forced_tiling's run_time_passes
+    forced_general_block_step: bool = False  # launch_plan.forced_tiling's general_block_step
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -909,10 +917,11 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
         for backward in (False, True):
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
                            forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync,
-                           forced_run_time_passes=shape.run_time_passes)
+                           forced_run_time_passes=shape.run_time_passes,
+                           forced_general_block_step=shape.general_block_step)
             try:
                 with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync,
-                                   run_time_passes=shape.run_time_passes):
+                                   run_time_passes=shape.run_time_passes, general_block_step=shape.general_block_step):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -1000,8 +1009,8 @@ def compiled_passes_verdicts(rows: list[PhaseRow]) -> list[str]:
     run-time kernels), so there is no prediction to compare with."""
     pairs: dict[tuple, dict] = {}
     for row in rows:
-        if row.error or row.measured_us_per_step is None:
-            continue
+        if row.error or row.measured_us_per_step is None or row.plan.get("lane_rows"):
+            continue  # (the lane-row step has no passes: lane_rows_verdicts)
         key = (row.hidden, row.batch, row.path, row.direction, row.forced_units_per_pass, row.forced_step_sync)
         pairs.setdefault(key, {})[row.forced_run_time_passes] = row
     verdicts = []
@@ -1015,6 +1024,29 @@ def compiled_passes_verdicts(rows: list[PhaseRow]) -> list[str]:
             f"pass(es) {compiled.measured_us_per_step:.3f} µs/step, reading them at run time "
             f"{run_time.measured_us_per_step:.3f}: {gain}x (> 1: compiled faster; both with the step-phase clock's "
             f"reads).")
+    return verdicts
+
+
+def lane_rows_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """Each block-path recurrence timed on the lane-row step (the planner's) and again on the
+    general kernels compiled for their passes (forced_tiling's general_block_step): both
+    measured and predicted times, and whether the model orders them as measured."""
+    lane = {(r.hidden, r.batch, r.direction): r for r in rows
+            if not r.error and r.measured_us_per_step is not None and r.plan.get("lane_rows")}
+    verdicts = []
+    for r in rows:
+        key = (r.hidden, r.batch, r.direction)
+        if r.error or r.measured_us_per_step is None or not r.forced_general_block_step or key not in lane:
+            continue
+        ours = lane[key]
+        gain = _ratio_text(_ratio(r.measured_us_per_step, ours.measured_us_per_step))
+        agree = (ours.measured_us_per_step < r.measured_us_per_step) == \
+            (ours.predicted_us_per_step < r.predicted_us_per_step)
+        verdicts.append(
+            f"block at H, B = {r.hidden}, {r.batch}, {r.direction}: the lane-row step {ours.measured_us_per_step:.3f} "
+            f"µs/step, the general kernels {r.measured_us_per_step:.3f} (predicted {_num(ours.predicted_us_per_step)} "
+            f"and {_num(r.predicted_us_per_step)}): {gain}x (> 1: the lane-row step faster)"
+            + (", as the model orders them." if agree else ", the model ordered them the other way."))
     return verdicts
 
 
@@ -1328,6 +1360,10 @@ def format_report(result: GpuCheckResult) -> str:
     verdicts = warp_count_verdicts(result.phase_rows)
     if verdicts:
         lines += ["", "Units per pass (the rows forced to 16 and to 32):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
+    verdicts = lane_rows_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "The block path's lane-row step against its general kernels (the same H and B):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = compiled_passes_verdicts(result.phase_rows)
     if verdicts:
