@@ -27,7 +27,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (path, H, B): the grid path where shared memory bounds it (B >= 32), the split block kernel
-# and the cluster path at H = 256, the lean block kernel at H = 64, the split cluster at 1024.
+# and the cluster path at H = 256, the block path's lane-row step at H = 64 (the lean general block
+# kernel there until 2026-12-04), the split cluster at 1024.
 WORKLOADS = (("grid", 1024, 128), ("grid", 1024, 32), ("block", 256, 1), ("cluster", 256, 1), ("block", 64, 1),
              ("cluster", 1024, 8))
 STEPS = 16
@@ -37,7 +38,9 @@ CONFLICTS = "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"
 INSTRUCTIONS = "smsp__inst_executed.sum"
 CYCLES = "sm__cycles_elapsed.max"
 METRICS = (LOADS, WAVEFRONTS, CONFLICTS, INSTRUCTIONS, CYCLES)
-KERNELS = "regex:recurrence_kernel"  # forward_recurrence_kernel, backward_recurrence_kernel
+# forward_recurrence_kernel, backward_recurrence_kernel; forward_lane_rows_kernel, backward_lane_rows_kernel
+# (the block path at H <= 128 in float32 since 2026-12-04: the workload at H = 64)
+KERNELS = "regex:recurrence_kernel|lane_rows_kernel"
 TIMEOUT_S = 35  # the stage's limit in gpu_check.py is 40 s
 
 
