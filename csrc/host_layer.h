@@ -209,9 +209,9 @@ struct ForcedTiling {
   int64_t units_per_pass = 0;
   int64_t step_sync = -1;
   bool run_time_passes = false;
-  // The Block path runs its general kernels (8 lanes per weight row) where it would run the
-  // lane-row ones (elman_lane_rows_kernel.cuh), to time the one against the other.
-  bool general_block_step = false;
+  // The Block path runs the lane-row kernels (elman_lane_rows_kernel.cuh: a thread per hidden
+  // unit) where they apply instead of its general ones (8 lanes per weight row).
+  bool lane_rows_step = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

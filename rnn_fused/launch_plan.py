@@ -221,7 +221,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
-                  general_block_step: bool = False) -> Iterator[None]:
+                  lane_rows_step: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -236,10 +236,10 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     read their pass count at run time even where one compiled for the launch shape's passes
     exists (the block path at H <= 128, the cluster path at 1-8 passes per CTA: a plan's
     compiled_passes is then 0), to time the one against the other (and so the block path's general
-    kernels, not its lane-row step). `general_block_step=True`: the block path runs its general
-    kernels (8 lanes per weight row, the reduce-scatter) where it would run the lane-row step
-    (float32, H <= 128: a thread per hidden unit holding its weight row in registers); so does
-    units_per_pass=16 or samples=8. For running or timing
+    kernels). `lane_rows_step=True`: the block path runs the lane-row step (float32, H <= 128, 1
+    sample per CTA or 2 at H <= 64: a thread per hidden unit holding its weight row in registers)
+    instead of its general kernels (8 lanes per weight row, the reduce-scatter); not with
+    units_per_pass=16 or run_time_passes=True. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -252,12 +252,12 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     if step_sync is not None and step_sync not in STEP_SYNCS:
         raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
-    for name, value in (("run_time_passes", run_time_passes), ("general_block_step", general_block_step)):
+    for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
-                          int(general_block_step)):
+                          int(lane_rows_step)):
         yield
 
 

@@ -341,7 +341,7 @@ def _lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samp
     lane-row kernels or (general) the general ones: [output, h_n, the backward's eight results]."""
     inputs = _ops.LayerInputs(*args, lengths)
     options = _ops.LayerOptions.make(nonlinearity, reverse, targs, 1, "emulated", "block")
-    with rnn_fused.launch_plan.forced_tiling(samples=samples, general_block_step=general):
+    with rnn_fused.launch_plan.forced_tiling(samples=samples, lane_rows_step=not general):
         out, h_n = _ops.layer_forward(inputs, options)
         back = _ops.layer_backward(cotangents[0], cotangents[1], out, [True] * 5, record_norms, inputs, options)
     return [out, h_n, *back]
@@ -350,8 +350,9 @@ def _lane_rows_run(args, lengths, nonlinearity, reverse, targs, cotangents, samp
 @pytest.mark.parametrize("truncation", ["full", "K2", "random"])
 @pytest.mark.parametrize("hidden,samples", [(5, 1), (5, 2), (33, 1), (33, 2), (64, 1), (64, 2), (100, 1), (128, 1)])
 def test_lane_rows_match_float64_with_the_general_kernels_as_stock(hidden, samples, truncation, monkeypatch):
-    """The block path's lane-row step (a thread per hidden unit, its weight row in registers;
-    float32, H <= 128) at 1 and 2 samples per CTA (2 at H <= 64), with uneven lengths (an empty sample and a
+    """The block path's lane-row step (forced_tiling's lane_rows_step: a thread per hidden unit, its
+    weight row in registers; float32, H <= 128) at 1 and 2 samples per CTA (2 at H <= 64), with
+    uneven lengths (an empty sample and a
     short last group), reverse at odd H, relu at H = 33, truncation and recorded norms: every
     result within the tolerance rule of float64 autograd through the step loop, the general block
     kernels' float32 results as the stock side; bitwise equal under every emulator schedule; its
@@ -371,7 +372,7 @@ def test_lane_rows_match_float64_with_the_general_kernels_as_stock(hidden, sampl
     ref_grads, ref_norms = _reference(args64, lengths, nonlinearity, reverse, scales, cot64, monkeypatch)
     with simt.emulated_device(sm_count=2):
         for backward in (False, True):
-            with rnn_fused.launch_plan.forced_tiling(samples=samples):
+            with rnn_fused.launch_plan.forced_tiling(samples=samples, lane_rows_step=True):
                 plan = rnn_fused.plan(hidden, batch, backward=backward, path="block")
             assert plan.lane_rows and plan.samples == samples, plan.reason
             assert plan.block_threads == -(-hidden // 32) * 32 and plan.grid == -(-batch // samples), plan.reason

@@ -323,15 +323,13 @@ def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hid
     and 1 sample per chunk: 4 CTAs of 64 units, 4 passes, on an H100/H200); the grid path's
     kernels read it at run time. With the same samples per chunk and units per pass, forward
     and backward with lengths, randomized truncation and recorded norms are bitwise alike on
-    this GPU (the norms once rounded to float32), at 1 and 8 samples per chunk (the block path's
-    general kernels: at H <= 128 its planned step is the lane-row step, which sums in another order)."""
+    this GPU (the norms once rounded to float32), at 1 and 8 samples per chunk."""
     if path == "cluster" and not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     for samples in (1, 8):
         runs, plans = [], []
         for p in (path, "grid"):
-            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass,
-                                                     general_block_step=True):
+            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
                 plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
                 assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
                 runs.append(_truncated_run_with_norms(p, hidden, batch))
@@ -342,17 +340,16 @@ def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hid
 
 @pytest.mark.parametrize("hidden,batch", [(5, 7), (64, 8), (100, 9), (128, 130)])
 def test_lane_rows_within_the_tolerance_rule_with_the_general_kernels_as_stock(hidden, batch):
-    """The block path's lane-row step (float32, H <= 128: a thread per hidden unit) at 1 and 2
+    """The block path's lane-row step (forced_tiling's lane_rows_step; float32, H <= 128: a thread per hidden unit) at 1 and 2
     samples per CTA (2 at H <= 64) on this GPU: a module with randomized truncation, lengths and recorded norms,
     forward and backward, within the tolerance rule of the CPU module in float64, the general
     block kernels' float32 results as the stock side; bitwise alike run to run (B = 130: more
     CTAs than SMs at one sample per CTA)."""
     reference = _truncated_run_with_norms(None, hidden, batch, torch.float64, device="cpu", backend="cpu")
-    with rnn_fused.launch_plan.forced_tiling(general_block_step=True):
-        stock = _truncated_run_with_norms("block", hidden, batch)
+    stock = _truncated_run_with_norms("block", hidden, batch)
     names = ["output", "h_n", "grad_input", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "step_norms"]
     for samples in (1, 2) if hidden <= 64 else (1,):
-        with rnn_fused.launch_plan.forced_tiling(samples=samples):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, lane_rows_step=True):
             for backward in (False, True):
                 plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward, path="block")
                 assert plan.lane_rows and plan.samples == samples, plan.reason
@@ -418,13 +415,11 @@ def test_plain_backward_kernels_give_the_general_kernels_gradients(path, hidden,
     (backward_recurrence_kernel's kPlain); its gradients are bitwise those of the same call with
     norms recorded, which runs the general kernel, on this GPU (lengths 8-12 of 12 steps). The
     cluster path at H = 1024 runs its split kernels, at B = 16 with two samples per cluster and
-    at B = 32 with four, where the planner takes them (one wave of 8 clusters on an H200). The
-    block path at H <= 128 runs the lane-row step, whose backward also has a copy compiled
-    without the norms."""
+    at B = 32 with four, where the planner takes them (one wave of 8 clusters on an H200)."""
     if path == "cluster" and not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=True, path=path)
-    assert plan.compiled_passes > 0 or (plan.lane_rows and hidden <= 128), plan.reason
+    assert plan.compiled_passes > 0, plan.reason
     lengths = torch.tensor([12 - (b % 5) for b in range(batch)])
     runs = []
     for record in (False, True):
@@ -455,12 +450,8 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
     The grid path also ends its steps in the flag barrier over each sample group's CTAs, or
     exchanges its state in tagged words without a barrier (their release stores, acquire spins
     and relaxed 8-byte words run only here, on a GPU's memory model), bitwise alike."""
-    # (the block path's general kernels: at H <= 128 its planned step is the lane-row step)
-    general = path == "block"
-
     def once():
-        with rnn_fused.launch_plan.forced_tiling(general_block_step=general):
-            return _truncated_run_with_norms(path, hidden, batch)
+        return _truncated_run_with_norms(path, hidden, batch)
 
     refusal = path_refusal(path, hidden, batch, torch.float32)
     if refusal is not None:
@@ -473,15 +464,14 @@ def test_every_tile_and_warp_count_rounds_alike(path, hidden, batch):
         tilings += [(1, 32, "flag_barrier"), (8, 16, "flag_barrier"), (2, 16, "grid_barrier"),
                     (1, 32, "tagged_exchange"), (8, 16, "tagged_exchange"), (4, 32, "tagged_exchange")]
     for samples, units_per_pass, sync in tilings:
-        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, step_sync=sync,
-                                                 general_block_step=general):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, step_sync=sync):
             for backward in (False, True):
                 forced = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward).candidate(path)
                 assert forced.feasible and (forced.samples, forced.units_per_pass) == (samples, units_per_pass), \
                     forced.reason
                 if sync is not None:
                     assert forced.step_sync == rnn_fused.launch_plan.STEP_SYNCS.index(sync), forced.reason
-            got = _truncated_run_with_norms(path, hidden, batch)
+            got = once()
         for a, b in zip(expected, got, strict=True):
             assert torch.equal(a, b), (samples, units_per_pass, sync)
 
@@ -741,9 +731,8 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     flat = [_cuda(w.float()) for group in groups for w in group]
     outputs, _ = torch.ops.rnn_fused.rnn_stack_forward(_cuda(x.float()), None if h0 is None else _cuda(h0.float()),
                                                        flat, bias, lengths, nonlinearity, BACKEND)
-    with rnn_fused.launch_plan.forced_tiling(general_block_step=True):  # (the general kernels' sums)
-        first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
-                             *([] if bias else [None, None]), lengths, nonlinearity, path="block")
+    first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
+                         *([] if bias else [None, None]), lengths, nonlinearity, path="block")
     assert torch.equal(outputs[0], first)
 
 

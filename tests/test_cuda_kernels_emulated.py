@@ -18,6 +18,7 @@ import torch
 
 import rnn_fused
 from rnn_fused import launch_plan, simt
+from rnn_fused.launch_plan import step_cost_us
 from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
@@ -113,8 +114,7 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, path):
 @pytest.mark.parametrize("hidden", [7, 33, 100])
 def test_block_and_grid_paths_agree_bitwise(hidden):
     """The persistent paths share the dot products and their fixed reduction tree, whatever
-    the samples per chunk, the CTAs per group or the chunks per CTA: they round identically
-    (the block path's general kernels; its lane-row step sums in another order)."""
+    the samples per chunk, the CTAs per group or the chunks per CTA: they round identically."""
     args = layer_args(5, 3, 4, hidden, dtype=torch.float32)
     lengths = torch.tensor([5, 1, 3])
     g = torch.Generator().manual_seed(3)
@@ -122,7 +122,7 @@ def test_block_and_grid_paths_agree_bitwise(hidden):
     results = []
     for device, path in [(SMALL_GPU, "block"), (SMALL_GPU, "grid"), (dict(sm_count=1, max_blocks_per_sm=1), "grid"),
                          (dict(sm_count=1, max_blocks_per_sm=1), "block")]:
-        with simt.emulated_device(**device), launch_plan.forced_tiling(general_block_step=True):
+        with simt.emulated_device(**device):
             results.append(run_layer(args, lengths, "tanh", True, "emulated", cotangents, path))
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -143,8 +143,7 @@ def test_grid_chunks_prefetched_asynchronously_agree_with_the_block_path(hidden)
     cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     one_cta = dict(sm_count=1, max_blocks_per_sm=1)
     with simt.emulated_device(**one_cta):
-        with launch_plan.forced_tiling(general_block_step=True):  # (the general kernels' sums)
-            expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "block")
+        expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "block")
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="grid")
             assert plan.grid == 1 and "chunks of" in plan.reason, plan.reason
@@ -169,9 +168,7 @@ def test_grid_rows_staged_in_pieces_agree_with_the_block_path(hidden):
     cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     # (The pieces are the barriers' way with one chunk of samples per step; the tagged exchange
     # stages each chunk whole.)
-    # (the block path's general kernels: its lane-row step sums in another order)
-    one_chunk_with_a_barrier = rnn_fused.launch_plan.forced_tiling(samples=4, step_sync="grid_barrier",
-                                                                   general_block_step=True)
+    one_chunk_with_a_barrier = rnn_fused.launch_plan.forced_tiling(samples=4, step_sync="grid_barrier")
     with simt.emulated_device(**SMALL_GPU), one_chunk_with_a_barrier:
         reference_path = "block" if hidden <= 256 else "cluster"
         expected = run_layer(args, None, "tanh", False, "emulated", cotangents, reference_path)
@@ -209,10 +206,8 @@ def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32,
                           **tiling):
     """Output, h_n, every gradient and the recorded step norms of a 1-layer module in dtype
     with randomized truncation, on `path` of an emulated device of sm_count SMs with the
-    launch shape's `tiling` forced (launch_plan.forced_tiling; the block path's general kernels
-    unless general_block_step=False is given), or on the CPU backend; and the forward and
-    backward plans' (samples per group, units per pass)."""
-    tiling.setdefault("general_block_step", True)
+    launch shape's `tiling` forced (launch_plan.forced_tiling), or on the CPU backend; and the
+    forward and backward plans' (samples per group, units per pass)."""
     torch.manual_seed(0)
     module = RNN(5, hidden, truncation=rnn_fused.RandomTruncation(0.7, seed=3)).to(dtype)
     module.backend = backend
@@ -316,8 +311,7 @@ def test_steps_compiled_for_their_passes_round_like_the_others(path, other, hidd
         results, _ = _block_run_with_norms(4, hidden, batch, lengths, path=path, samples=samples,
                                            units_per_pass=units_per_pass, run_time_passes=True)
         runs.append(results)
-        with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass,
-                                                                         general_block_step=True):
+        with simt.emulated_device(sm_count=4), launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
             compiled, general = (rnn_fused.plan(hidden, batch, path=p) for p in (path, other))
             with launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass, run_time_passes=True):
                 run_time = rnn_fused.plan(hidden, batch, path=path)
@@ -561,9 +555,7 @@ def test_split_weights_on_an_a100_like_device():
 
 def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=4, **tiling):
     """The backward's launches and every gradient of a 1-layer float32 module on the emulated
-    path the tiling names (sm_count SMs; the block path's general kernels), with norms recorded
-    or not and `truncation`."""
-    tiling.setdefault("general_block_step", True)
+    path the tiling names (sm_count SMs), with norms recorded or not and `truncation`."""
     torch.manual_seed(0)
     module = RNN(5, hidden, truncation=truncation)
     module.backend = "emulated"
@@ -883,8 +875,8 @@ def test_forced_tiling_is_checked_and_restored():
     with pytest.raises(ValueError, match=r"units_per_pass must be 16 or 32 .*got 0"):
         with launch_plan.forced_tiling(units_per_pass=0):
             pass
-    with pytest.raises(TypeError, match=r"forced_tiling: general_block_step must be a bool, got 1"):
-        with launch_plan.forced_tiling(general_block_step=1):
+    with pytest.raises(TypeError, match=r"forced_tiling: lane_rows_step must be a bool, got 1"):
+        with launch_plan.forced_tiling(lane_rows_step=1):
             pass
     chosen = rnn_fused.plan(200, 9)
     with launch_plan.forced_tiling(samples=2, units_per_pass=16):
@@ -1181,33 +1173,36 @@ def test_plan_reports_every_path_with_a_prediction():
     assert plan.predicted_us_per_step == min(c.predicted_us_per_step for c in feasible)
     assert plan.path == "block" and "fastest" in plan.reason
     block = plan.candidate("block")
-    # (the lane-row step: a thread per hidden unit, test_block_path_takes_the_lane_rows_where_they_apply)
-    assert block.units_per_cta == 33 and block.ctas_per_group == 1 and block.block_threads == 64
+    assert block.units_per_cta == 33 and block.ctas_per_group == 1 and block.block_threads == 256
     assert block.groups * block.samples_per_group >= 5 and block.grid == block.groups
 
 
 @pytest.mark.parametrize("hidden,threads", [(1, 32), (33, 64), (64, 64), (100, 128), (128, 128)])
-def test_block_path_takes_the_lane_rows_where_they_apply(hidden, threads):
-    """float32 at H <= 128: the block path's launch is the lane-row step (a thread per hidden
-    unit, H rounded up to whole warps; a CTA per sample, or per 2 at H <= 64), forward and
-    backward, and the planner's choice on an H200-like device; not in float64, not at H = 129,
-    and not where the forced tiling asks for the general kernels (general_block_step, 16 units
-    per pass, 4 or 8 samples per chunk, 2 past H = 64, passes read at run time)."""
+def test_block_path_takes_the_lane_rows_where_forced(hidden, threads):
+    """forced_tiling(lane_rows_step=True), float32 at H <= 128: the block path's launch is the
+    lane-row step (a thread per hidden unit, H rounded up to whole warps; a CTA per sample, or
+    per 2 at H <= 64), forward and backward, priced from its counts and the wait measured on the
+    H200; not the planner's own choice (measured no faster there), not in float64, not at
+    H = 129, and not with what only the general kernels have (16 units per pass, passes read at
+    run time) or samples per CTA it is not compiled for (4, 8; 2 past H = 64)."""
     with simt.emulated_device():
         for backward in (False, True):
-            plan = rnn_fused.plan(hidden, 8, torch.float32, backward=backward)
+            assert not rnn_fused.plan(hidden, 8, torch.float32, backward=backward, path="block").lane_rows
+            with launch_plan.forced_tiling(lane_rows_step=True):
+                plan = rnn_fused.plan(hidden, 8, torch.float32, backward=backward, path="block")
             assert plan.path == "block" and plan.lane_rows, plan.reason
             assert plan.block_threads == threads and plan.units_per_cta == hidden and plan.ctas_per_group == 1
             assert plan.samples in (1, 2) and plan.grid == plan.groups == -(-8 // plan.samples)
             assert "lane-row step" in plan.reason and plan.predicted_us_per_step > 0
-        with launch_plan.forced_tiling(samples=2):
+            assert plan.predicted_us_per_step == step_cost_us(plan, hidden, 8)
+        with launch_plan.forced_tiling(samples=2, lane_rows_step=True):
             two = rnn_fused.plan(hidden, 8, path="block")
         assert two.samples == 2 and two.lane_rows == (hidden <= 64), two.reason
-        assert not rnn_fused.plan(hidden, 8, torch.float64, path="block").lane_rows
-        assert not rnn_fused.plan(129, 8, torch.float32, path="block").lane_rows
-        for forced in (dict(general_block_step=True), dict(units_per_pass=16), dict(samples=4), dict(samples=8),
-                       dict(run_time_passes=True)):
-            with launch_plan.forced_tiling(**forced):
+        with launch_plan.forced_tiling(lane_rows_step=True):
+            assert not rnn_fused.plan(hidden, 8, torch.float64, path="block").lane_rows
+            assert not rnn_fused.plan(129, 8, torch.float32, path="block").lane_rows
+        for forced in (dict(units_per_pass=16), dict(samples=4), dict(samples=8), dict(run_time_passes=True)):
+            with launch_plan.forced_tiling(lane_rows_step=True, **forced):
                 general = rnn_fused.plan(hidden, 8, torch.float32, path="block")
             assert general.feasible and not general.lane_rows and general.block_threads == 256, forced
             assert "lane-row" not in general.reason
@@ -1332,7 +1327,7 @@ def test_plan_keeps_weight_rows_in_registers_where_they_fit(hidden, dtype, held)
     nor on the grid path (whose kernels have no room for them). The cluster path's CTAs of 1
     or 2 passes hold all theirs past H = 128 in float32 (cluster_rows_in_registers: H = 160 on
     3 CTAs, 200 on 16), none below."""
-    with launch_plan.forced_tiling(samples=1, general_block_step=True):  # (not the lane-row step: a row per lane)
+    with launch_plan.forced_tiling(samples=1):
         plan = rnn_fused.plan(hidden, 8, dtype, path="block")
         cluster, grid = (rnn_fused.plan(hidden, 8, dtype, path=path) for path in ("cluster", "grid"))
     if held == "all":
@@ -1400,10 +1395,7 @@ def test_layer_side_by_side_matches_the_reference(path):
         out, h_n = rnn_fused.rnn_layer(*leaves, lengths, "tanh", True, backend="emulated", path=path, side_by_side=2)
         present = [a for a in leaves if a is not None]
         grads = torch.autograd.grad((out, h_n), present, [c.to(out.dtype) for c in cotangents])
-    if plans[0].lane_rows:  # (the block path's lane-row step: CTAs of two warps, all resident on half the SMs)
-        assert plans[1].lane_rows and plans[1].grid == plans[0].grid <= 2 * plans[1].blocks_per_sm
-    else:
-        assert plans[1].grid <= 2 * plans[1].blocks_per_sm < plans[0].grid, [p.reason for p in plans]
+    assert plans[1].grid <= 2 * plans[1].blocks_per_sm < plans[0].grid, [p.reason for p in plans]
     ours = [out.detach(), h_n.detach(), *grads]
     reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
     stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)

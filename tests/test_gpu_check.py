@@ -109,21 +109,20 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
 def test_rehearsal_runs_a_stack_row(rehearsal):
     _, out, report = rehearsal
     stacked = [r for r in report["shape_rows"] if r["forward_path"] == "stack"]
-    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers, stack forced"]
-    assert "30, 1, 3, 5, 2 layers, stack forced: rnn_fused's layers in one launch each against the same layers one " \
-           "by one" in \
+    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers"]
+    assert "30, 1, 3, 5, 2 layers: rnn_fused's layers in one launch each against the same layers one by one" in \
         (out / "gpu_check.md").read_text()
 
 
 def test_rehearsal_forces_every_path(rehearsal):
     _, _, report = rehearsal
     rows = report["path_rows"]
-    # (H <= 128 in float32: the block path's lane-row step, and its general kernels beside it)
-    assert [(r["label"], r["path"], r["general_block_step"]) for r in rows] == [
-        (s.label(), p, general) for s in EMULATED_PATH_SHAPES
-        for p, general in [("block", False), ("block", True), *[(p, False) for p in PATHS[1:]]]]
+    # (H <= 128 in float32: the block path's lane-row step forced beside its general kernels)
+    assert [(r["label"], r["path"], r["lane_rows_step"]) for r in rows] == [
+        (s.label(), p, lane) for s in EMULATED_PATH_SHAPES
+        for p, lane in [("block", False), ("block", True), *[(p, False) for p in PATHS[1:]]]]
     for row in rows:
-        assert row["forward_plan"]["lane_rows"] == (row["path"] == "block" and not row["general_block_step"])
+        assert row["forward_plan"]["lane_rows"] == row["lane_rows_step"]
     for shape in EMULATED_PATH_SHAPES:
         mine = [r for r in rows if r["label"] == shape.label()]
         assert sum(r["planned_forward"] for r in mine) == 1 and sum(r["planned_backward"] for r in mine) == 1
@@ -338,14 +337,12 @@ def test_the_benchmark_says_which_rows_run_as_a_stack():
     bidirectional, single-layer, bfloat16 and too wide ones not."""
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=4), gpu_check.Shape(300, 7, 50, 100, layers=3),
-                  gpu_check.Shape(300, 7, 50, 129, layers=3), gpu_check.Shape(1000, 8, 256, 256, layers=2),
-                  gpu_check.Shape(1000, 8, 128, 128, layers=2, stack=True)):
+                  gpu_check.Shape(1000, 8, 128, 128, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3),
+                  gpu_check.Shape(1000, 8, 256, 256, layers=2), gpu_check.Shape(11, 3, 20, 48, layers=2, stack=True)):
         assert gpu_check.runs_as_stack(shape, target), shape
-    # (2 layers at H <= 128: one by one on the lane-row step, predicted faster than the block path's stack)
     for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
                   gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),
-                  gpu_check.Shape(100, 8, 64, 1024, layers=2), gpu_check.Shape(1000, 8, 128, 128, layers=2),
-                  gpu_check.Shape(300, 7, 50, 129, layers=3, stack=False)):
+                  gpu_check.Shape(100, 8, 64, 1024, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3, stack=False)):
         assert not gpu_check.runs_as_stack(shape, target), shape
 
 
@@ -357,18 +354,18 @@ def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> P
 
 
 def test_lane_rows_verdicts_set_the_lane_row_step_beside_the_general_kernels(rehearsal):
-    """The phase rows at H = 9 on the lane-row step (the planner's) and on the general kernels
-    (forced): one line per direction with both times and whether the model orders them so."""
+    """The phase rows at H = 9 on the lane-row step (forced) and on the general kernels (the
+    planner's): one line per direction with both times and whether the model orders them so."""
     _, out, report = rehearsal
     rows = {(r["label"], r["direction"]): r for r in report["phase_rows"]}
     for direction in ("forward", "backward"):
-        assert rows[("9, 3", direction)]["plan"]["lane_rows"]
-        general = rows[("9, 3 (general step)", direction)]
-        assert general["forced_general_block_step"] and not general["plan"]["lane_rows"]
+        assert not rows[("9, 3", direction)]["plan"]["lane_rows"]
+        lane = rows[("9, 3 (lane-row step)", direction)]
+        assert lane["forced_lane_rows_step"] and lane["plan"]["lane_rows"]
     assert "The block path's lane-row step against its general kernels" in (out / "gpu_check.md").read_text()
-    lane = _phase_row(32, 0.2, 0.14, plan={"lane_rows": True}, forced_units_per_pass=None)
+    lane = _phase_row(32, 0.2, 0.14, plan={"lane_rows": True}, forced_units_per_pass=None, forced_lane_rows_step=True)
     lane = dataclasses.replace(lane, path="block", hidden=64, batch=8)
-    general = dataclasses.replace(lane, plan={"compiled_passes": 2}, forced_general_block_step=True,
+    general = dataclasses.replace(lane, plan={"compiled_passes": 2}, forced_lane_rows_step=False,
                                   measured_us_per_step=0.4, predicted_us_per_step=0.82)
     assert gpu_check.lane_rows_verdicts([lane, general]) == [
         "block at H, B = 64, 8, forward: the lane-row step 0.200 µs/step, the general kernels 0.400 (predicted 0.14 "
@@ -411,10 +408,9 @@ def test_compiled_passes_verdicts_set_the_two_kernels_side_by_side(rehearsal):
     gives one line with both times."""
     _, _, report = rehearsal
     rows = {(r["label"], r["direction"], r["path"]): r for r in report["phase_rows"]}
-    # (at H = 9 the planner's block path is the lane-row step: the general kernels are the forced twin)
-    for label, compiled_label, path in (("9, 3", "9, 3 (general step)", "block"), ("33, 2", "33, 2", "cluster")):
+    for label, path in (("9, 3", "block"), ("33, 2", "cluster")):
         for direction in ("forward", "backward"):
-            compiled = rows[(compiled_label, direction, path)]
+            compiled = rows[(label, direction, path)]
             run_time = rows[(f"{label} (passes at run time)", direction, path)]
             assert compiled["plan"]["compiled_passes"] > 0 and run_time["plan"]["compiled_passes"] == 0
             assert run_time["forced_run_time_passes"] and not compiled["forced_run_time_passes"]

@@ -1,19 +1,17 @@
-// The Block path's lane-row step: float32 recurrences of H <= 128 units, one CTA per group of
-// kSamples samples (1, or 2 at H <= 64: lane_rows_compiled), one thread per hidden unit (blockDim.x = H rounded up to whole warps). Each
-// lane holds its unit's whole weight row in registers (forward: row u of W_hh; backward: column u,
-// a row of W_hh^T), reads the group's previous state rows from shared memory as 16-byte
-// broadcasts, and computes its dot products alone: four accumulators per sample (the row's
-// columns by their index modulo 4), added pairwise at the end. No reduce-scatter, no passes,
-// no shuffles (but the norms' warp sums); one __syncthreads per step.
+// The Block path's lane-row step, opt-in (ForcedTiling::lane_rows_step): float32 recurrences of
+// H <= 128 units, one CTA per group of kSamples samples (1, or 2 at H <= 64: lane_rows_compiled),
+// one thread per hidden unit (blockDim.x = H rounded up to whole warps). Each lane holds its
+// unit's whole weight row in registers (forward: row u of W_hh; backward: column u, a row of
+// W_hh^T), reads the group's previous state rows from shared memory as 16-byte broadcasts, and
+// computes its dot products alone: four accumulators per sample (the row's columns by their index
+// modulo 4), added pairwise at the end. No reduce-scatter, no passes, no shuffles (but the norms'
+// warp sums); one __syncthreads per step.
 //
-// Why: on the H200 the general block step (8 lanes per row, elman_forward_kernel.cuh) measured
-// 0.32-0.42 us per step at H = 64, a latency chain of about 115 instructions per warp (load,
-// 8-deep multiply-adds, 3 shuffle levels of the reduce-scatter, the epilogue, the barrier:
-// benchmarks/ncu_block_step_h64.txt). Here a lane's chain is a shared-memory load, H/4 dependent
-// multiply-adds per accumulator (4 * S chains issued interleaved), three additions, the
-// epilogue and the barrier: at H = 64, 1 sample, 16 loads and 64 multiply-adds per warp on a
-// scheduler of its own (two warps). The cost model's lane_rows_step_terms prices it from those
-// counts (predicted, not yet measured).
+// Built to shorten the general block step (8 lanes per row: about 115 dependent instructions per
+// warp at H = 64, 0.32-0.42 us a step on the H200). By its counts a step here is 205 cycles of
+// compute at H = 64; the H200 measured about 535 forward and 840 backward (2026-12-04): no faster
+// than the general kernels forward, slower backward, so the planner does not choose it
+// (docs/cuda_backend.md; the cost model's lane_rows_step_terms adds the measured wait).
 //
 // Same arguments and results as forward_recurrence_kernel / backward_recurrence_kernel on the
 // Block path (ForwardRecurrenceArgs, BackwardRecurrenceArgs: exchange, step_flags, tagged_exchange

@@ -529,13 +529,16 @@ inline StepSync step_sync_of(const RecurrencePlan& plan) {
 }
 
 // Whether the Block path runs a request with the lane-row kernels (elman_lane_rows_kernel.cuh):
-// float32 layers (not a stack's CTA) of H <= 128, unless the forced tiling asks for the general
-// kernels (general_block_step, run_time_passes, 16 units per pass, or samples per chunk the
-// lane-row kernels are not compiled for: lane_rows_compiled).
+// where the forced tiling asks for them (lane_rows_step), for float32 layers (not a stack's CTA)
+// of H <= 128 at the samples per CTA they are compiled for (lane_rows_compiled), unless it also
+// asks for what only the general kernels have (run_time_passes, 16 units per pass). Not the
+// planner's own choice: on the H200 (2026-12-04) they measured no faster than the general
+// kernels forward and slower backward (docs/benchmarks.md).
 template <typename scalar_t>
 bool lane_rows_apply(const PlanRequest& r) {
-  return std::is_same_v<scalar_t, float> && !r.block_stack && !r.cluster_stack && r.hidden <= kLaneRowsMaxHidden &&
-         !r.forced.general_block_step && !r.forced.run_time_passes && r.forced.units_per_pass != kUnitsPerPassOptions[1] &&
+  return r.forced.lane_rows_step && std::is_same_v<scalar_t, float> && !r.block_stack && !r.cluster_stack &&
+         r.hidden <= kLaneRowsMaxHidden && !r.forced.run_time_passes &&
+         r.forced.units_per_pass != kUnitsPerPassOptions[1] &&
          (r.forced.samples == 0 || lane_rows_compiled(r.forced.samples, r.hidden));
 }
 
@@ -852,7 +855,7 @@ std::string plan_key(const PlanRequest& r) {
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
-                    r.forced.step_sync, int64_t(r.forced.run_time_passes), int64_t(r.forced.general_block_step),
+                    r.forced.step_sync, int64_t(r.forced.run_time_passes), int64_t(r.forced.lane_rows_step),
                     r.side_by_side}) {
     key += std::to_string(v) + ",";
   }

@@ -266,22 +266,28 @@ inline StepTerms block_step_terms(const Constants& c, const StepWork& w, int64_t
           .total = waves * (compute + c.block_barrier_us)};
 }
 
-// The Block path's lane-row step (elman_lane_rows_kernel.cuh), predicted from its instruction
-// counts (no GPU has run it yet; nothing here is fitted to it): per warp and step, samples x
+// The Block path's lane-row step (elman_lane_rows_kernel.cuh), from its instruction counts plus
+// a wait measured on the H200 (kLaneRowsWaitCycles): per warp and step, samples x
 // vectors 16-byte state loads and 4 x that many multiply-adds plus about
 // kLaneRowsOtherInstructions per sample (sums, activation, stores, the next step's operands),
 // issued by a scheduler that `warps_per_scheduler` warps share; the longest dependent chain
 // is a state load, one accumulator's `vectors` multiply-adds and two additions. Then one
 // output's epilogue (epilogue_cycles) and the barrier; the same both ways, as for the general
-// kernels (step_cost prices a shape without its direction).
+// kernels (step_cost prices a shape without its direction). The counts alone gave 205 cycles of
+// compute at H = 64, one sample (0.14 us a step); the H200 (2026-12-04, H = 64, B = 8) took about
+// 535 forward (0.307 us a step timed directly) and 840 backward (0.576 us under the phase clock,
+// 0.46 scaled as the general kernels' phase-clock step to their direct one): kLaneRowsWaitCycles
+// is the mean of the differences, a wait the counts do not explain (the step's operand loads
+// from L2 are the suspect: docs/benchmarks.md).
 inline constexpr double kLaneRowsOtherInstructions = 40;
+inline constexpr double kLaneRowsWaitCycles = 480;
 inline constexpr double kFmaDependentCycles = 4;  // (the architecture's figure)
 inline StepTerms lane_rows_step_terms(const Constants& c, int64_t samples, int64_t vectors, double warps_per_scheduler,
                                       int64_t waves) {
   const double per_warp = double(samples * vectors) * 5.0 + kLaneRowsOtherInstructions * double(samples);
   const double issue = std::max(1.0, warps_per_scheduler) * per_warp;
   const double chain = c.smem_latency_cycles + (double(vectors) + 2.0) * kFmaDependentCycles;
-  const double compute = (std::max(issue, chain) + c.epilogue_cycles) / c.clock_per_us;
+  const double compute = (std::max(issue, chain) + c.epilogue_cycles + kLaneRowsWaitCycles) / c.clock_per_us;
   return {.stage = 0.0,
           .compute = waves * compute,
           .barrier = waves * c.block_barrier_us,
