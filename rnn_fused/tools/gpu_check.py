@@ -778,9 +778,10 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
             if not row.forward_plan["feasible"]:
                 continue
         # (the lane-row setting held for the whole row: no setting changes inside a timing)
-        setting = forced_tiling(lane_rows_step=True) if lane else contextlib.nullcontext()
+        setting = contextlib.ExitStack()
         try:
-            setting.__enter__()
+            if lane:
+                setting.enter_context(forced_tiling(lane_rows_step=True))
 
             def layer(*args, path=path):
                 return rnn_layer(*args, backend=target.backend, path=path)
@@ -813,7 +814,7 @@ def measure_path_rows(shape: Shape, target: Target, timing: Timing, measure_erro
             row.error = _one_line(error)
             traceback.print_exc(file=sys.stderr)
         finally:
-            setting.__exit__(None, None, None)
+            setting.close()
         progress(f"path {row.name} at {shape.label()}: " + _path_summary(row))
     return rows
 
