@@ -25,9 +25,12 @@ from rnn_fused.tools.testing import measure, true_float32_on_cuda
 from rnn_fused.truncation import RandomTruncation
 
 # (path, step synchronisation of the grid or cluster path); None: the planner's own choice;
-# "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path.
+# "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path;
+# ("block", "lane_rows_step"): the block path's opt-in lane-row kernels (H <= 128 only).
+LANE_ROWS = "lane_rows_step"
 CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), ("grid", "grid_barrier"),
-         ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None)]
+         ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None),
+         ("block", LANE_ROWS)]
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
@@ -70,9 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         for path, sync in CASES:
             reference, stock = baselines["stack" if path == "stack" else None]
             name = f"H={hidden} path={path or 'planned'}" + (f" {sync}" if sync else "")
+            lane_rows = sync == LANE_ROWS
+            if lane_rows and hidden > 128:
+                print(f"{name}: not run (the lane-row kernels take H <= 128)", flush=True)
+                continue
+            forced = {"lane_rows_step": True} if lane_rows else {"step_sync": sync}
             try:
-                with rnn_fused.launch_plan.forced_tiling(step_sync=sync), true_float32_on_cuda():
-                    if sync is not None:  # the path must really end its steps so, both directions
+                with rnn_fused.launch_plan.forced_tiling(**forced), true_float32_on_cuda():
+                    if lane_rows:  # the block path must really run them, both directions
+                        for backward in (False, True):
+                            plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,
+                                                  backward=backward, path="block")
+                            if not plan.lane_rows:
+                                raise AssertionError(f"{name}: the block plan is not a lane-row one: {plan.reason}")
+                    elif sync is not None:  # the path must really end its steps so, both directions
                         for backward in (False, True):
                             plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,
                                                   backward=backward).candidate(path)

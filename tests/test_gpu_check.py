@@ -82,7 +82,8 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
             assert row[name] > 0, (row["label"], name)
         assert row["fwd_ratio"] == pytest.approx(row["baseline_fwd_ms"] / row["ours_fwd_ms"])
         with simt.emulated_device(**gpu_check.EMULATED_DEVICE):
-            stacked = gpu_check.runs_as_stack(shape, gpu_check.Target(torch.device("cpu"), emulated=True))
+            target = gpu_check.Target(torch.device("cpu"), emulated=True)
+            stacked, could = gpu_check.runs_as_stack(shape, target), gpu_check.could_run_as_stack(shape, target)
         if stacked:
             # A stack in one launch each way, timed again with its layers one by one.
             assert row["forward_path"] == row["backward_path"] == "stack"
@@ -90,6 +91,10 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
         else:
             assert row["forward_path"] in PATHS and row["backward_path"] in PATHS
             assert row["one_by_one_fwd_ms"] is None
+        # A stack run layer by layer that its kernel could take in one launch, timed so too.
+        assert not (stacked and could)
+        assert (row["as_stack_fwd_ms"] is not None) == (row["as_stack_fwd_bwd_ms"] is not None) == could
+        assert row["as_stack_fwd_ms"] is None or row["as_stack_fwd_ms"] > 0
         # CPU tensors have no streams: no directions run at once, so none are timed again in turn.
         assert row["in_turn_fwd_ms"] is None and row["in_turn_fwd_bwd_ms"] is None
         assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
@@ -302,6 +307,11 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
     assert gpu_check.layer_overlap_verdicts([stacked], "cuDNN") == [
         "1000, 8, 64, 64, 4 layers: rnn_fused's layers in one launch each against the same layers one by one "
         "(RNN.stack = False; > 1: the stack faster): forward 2.00x, forward+backward 1.50x."]
+    # A stack run layer by layer, timed again in one launch each.
+    layer_by_layer = dataclasses.replace(row(4, 0.8, 0.5), as_stack_fwd_ms=0.6, as_stack_fwd_bwd_ms=1.2)
+    assert gpu_check.layer_overlap_verdicts([layer_by_layer], "cuDNN") == [
+        "1000, 8, 64, 64, 4 layers: rnn_fused's layers one by one (the planner's choice) against the same layers in "
+        "one launch each (RNN.stack = True; > 1: one by one faster): forward 1.20x, forward+backward 1.50x."]
     # Directions that ran at once, timed again one after the other.
     at_once = dataclasses.replace(row(2, 1.0, 0.5, bidirectional=True), in_turn_fwd_ms=0.8, in_turn_fwd_bwd_ms=1.5)
     assert gpu_check.layer_overlap_verdicts([at_once], "cuDNN") == [
@@ -902,8 +912,9 @@ def test_a_crashing_test_process_leaves_its_native_frames(tmp_path):
 
 def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     """benchmarks/sanitizer_workload.py (run under compute-sanitizer on a GPU machine) with
-    --emulated: every path and step synchronisation of a bidirectional 2-layer model, and a
-    unidirectional stack in one launch, each matching the CPU op under the tolerance rule."""
+    --emulated: every path and step synchronisation of a bidirectional 2-layer model (and the
+    block path's lane-row kernels at H <= 128), and a unidirectional stack in one launch, each
+    matching the CPU op under the tolerance rule."""
     spec = importlib.util.spec_from_file_location("sanitizer_workload",
                                                   os.path.join(REPO, "benchmarks", "sanitizer_workload.py"))
     workload = importlib.util.module_from_spec(spec)
@@ -911,6 +922,8 @@ def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     assert workload.main(["--emulated", "--hidden", "33", "200", "--steps", "4"]) == 0
     printed = capsys.readouterr().out
     assert "H=33 path=stack: ok" in printed and "H=200 path=stack: ok" in printed
+    assert "H=33 path=block lane_rows_step: ok" in printed
+    assert "H=200 path=block lane_rows_step: not run (the lane-row kernels take H <= 128)" in printed
     assert printed.rstrip().endswith("all cases matched")
 
 

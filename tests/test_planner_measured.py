@@ -118,3 +118,42 @@ def test_the_grid_path_ends_its_steps_as_measured_fastest(run):
                                           STEP_SYNCS[plan.step_sync], taken, fastest)
         checked += 1
     assert checked == 14
+
+
+# Every shape row of both 2026-12-04 runs whose forward ran a layer stack, beside the same layers
+# one launch after another.
+with open(os.path.join(os.path.dirname(__file__), "data", "h200_stack_rows_2026-12-04.json")) as _f:
+    STACK_ROWS = json.load(_f)["shape_rows"]
+# Where the stack and the layers one by one measured within 10% of each other (run to run, the
+# same row moved by up to 16%), either choice is right.
+DECIDED_STACK_ROWS = [r for r in STACK_ROWS if abs(math.log(r["one_by_one_fwd_ms"] / r["ours_fwd_ms"])) > math.log(1.1)]
+
+
+def test_the_stack_waits_are_fitted_to_the_measured_stacks():
+    """The stack waits of this build (block_stack_wait_us, cluster_stack_wait_us) are what
+    fit-model fits to the stored stack rows: each path's median of measured less modelled
+    step. Without them the model priced the cluster path's stack at 1.1 us a step (3.3-3.8
+    measured) and the block path's at 0.33 (0.80-1.0)."""
+    from rnn_fused.tools import fit_model
+
+    constants = cost_constants()
+    steps = fit_model.stack_steps({"shape_rows": STACK_ROWS}, constants)
+    assert {s.path for s in steps} == {"block", "cluster"} and len(steps) == 7  # (the 11-step row is host time)
+    waits = fit_model.fit_stack_waits(steps)
+    assert set(waits) == {"block_stack_wait_us", "cluster_stack_wait_us"}
+    for name, wait in waits.items():
+        assert constants[name] == pytest.approx(wait, rel=1e-3), name
+
+
+@pytest.mark.parametrize("row", DECIDED_STACK_ROWS, ids=lambda r: f"{r['run']}: {r['label']}")
+def test_the_stack_is_chosen_where_it_measured_faster(row):
+    """stack_plan's verdict (what rnn() runs, RNN.stack = None) against the measured one, at
+    every row where the two differed by more than 10%: the cluster path's stacks (H = 129, 3
+    layers; H = 256, 2 layers) measured 0.47-0.81x of the layers one by one, the block path's 4
+    layers of 64 units 1.44-1.76x, 2 layers of 48 units over 11 steps 0.62x."""
+    from rnn_fused.launch_plan import stack_plan
+
+    shape = row["shape"]
+    plan = stack_plan(shape["hidden"], shape["batch"], shape["steps"], shape["layers"], "emulated")
+    assert plan.feasible
+    assert plan.faster == (row["ours_fwd_ms"] < row["one_by_one_fwd_ms"]), plan

@@ -11,7 +11,9 @@
 // warp at H = 64, 0.32-0.42 us a step on the H200). By its counts a step here is 205 cycles of
 // compute at H = 64; the H200 measured about 535 forward and 840 backward (2026-12-04): no faster
 // than the general kernels forward, slower backward, so the planner does not choose it
-// (docs/cuda_backend.md; the cost model's lane_rows_step_terms adds the measured wait).
+// (docs/cuda_backend.md; the cost model's lane_rows_step_terms adds the measured wait). Its
+// operands were then loaded one step ahead; they now come kLaneRowsAhead (2-4) steps ahead, to
+// tell whether their latency is that wait.
 //
 // Same arguments and results as forward_recurrence_kernel / backward_recurrence_kernel on the
 // Block path (ForwardRecurrenceArgs, BackwardRecurrenceArgs: exchange, step_flags, tagged_exchange
@@ -29,6 +31,9 @@
 //   warp_sums     [2][kLaneRowsMaxWarps][kSamples] double  backward with norms: per step parity
 //   phase_running [kStepPhases + 1] long long     the step-phase clock's (PhaseClock)
 #pragma once
+
+#include <type_traits>
+#include <utility>
 
 #include "cuda/elman_backward_kernel.cuh"
 #include "cuda/elman_forward_kernel.cuh"
@@ -122,12 +127,40 @@ struct LaneRowOperands {
   }
 };
 
-// Steps ahead of the current one whose operands a lane prefetches into L1 (the next step's go
-// into registers): a lane-row step is about as long as an L2 round trip.
-inline constexpr int kLaneRowsL1Steps = 4;
+// Steps whose operands a lane holds in registers: a step's loads (XW_t; dy_t and h_t backward)
+// are issued this many steps before it, into the ring slot the step it replaces freed. A lane-row
+// step measured about as long as an L2 round trip (0.3 us), and with the loads issued one step
+// ahead (and L1 prefetches further) the step did not shorten: this tests whether the loads'
+// latency is what it waits for. The time loop is unrolled by the ring's depth so that every slot
+// is a register (for_each_ring_step). 4 steps; 1 (the next step's, as before) with 128-column
+// rows, whose backward spilled under sm_80's ptxas at 2 and 4 (254 registers; 182 at 1).
+template <int kVectors>
+inline constexpr int kLaneRowsAhead = kVectors >= 32 ? 1 : 4;
+// The kernels' __launch_bounds__ minimum of CTAs per SM: 1 lets ptxas use up to 255 registers,
+// which the unrolled ring needs (without it sm_80's ptxas held the backward to 96 and 128
+// registers and spilled); 0 (none) with 128-column rows, which spilled at 1 (254 registers)
+// and not without (182).
+template <int kVectors>
+inline constexpr int kLaneRowsMinBlocks = kVectors >= 32 ? 0 : 1;
+
+template <class Step, int... kSlots>
+SIMT_DEVICE __forceinline__ void ring_steps_from(int64_t first, int64_t steps, Step& step,
+                                                 std::integer_sequence<int, kSlots...>) {
+  // (steps is uniform over the CTA: every thread takes the same steps, barriers included)
+  ((first + kSlots < steps ? step(first + kSlots, std::integral_constant<int, kSlots>{}) : void()), ...);
+}
+
+// Calls step(s, slot) for s = 0 .. steps - 1 in order, slot = s % kDepth as a constant
+// (std::integral_constant) so that `ring[slot]` names a register.
+template <int kDepth, class Step>
+SIMT_DEVICE __forceinline__ void for_each_ring_step(int64_t steps, Step&& step) {
+  for (int64_t first = 0; first < steps; first += kDepth) {
+    ring_steps_from(first, steps, step, std::make_integer_sequence<int, kDepth>{});
+  }
+}
 
 template <int kSamples, int kVectors>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVectors>)
     forward_lane_rows_kernel(ForwardRecurrenceArgs<float> a) {
   constexpr int kRow = 4 * kVectors;
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden;
@@ -147,19 +180,21 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
   }
   __syncthreads();
   LaneRowOperands<kSamples> lane(a.lengths, first, a.shape, a.reverse, u, 0);
-  float xw[kSamples] = {};
+  // XW_t of the next kAhead steps, step s's in slot s % kAhead.
+  constexpr int kAhead = kLaneRowsAhead<kVectors>;
+  float xw[kAhead][kSamples] = {};
   if (owns) {
     SIMT_UNROLL
-    for (int k = 0; k < kSamples; ++k) {
-      if (lane.length[k] > 0) xw[k] = a.out[lane.at[k]];
-      for (int64_t ahead = 1; ahead < kLaneRowsL1Steps; ++ahead) {
-        if (ahead < lane.length[k]) simt::prefetch_l1(a.out + lane.at[k] + ahead * lane.stride);
+    for (int j = 0; j < kAhead; ++j) {
+      SIMT_UNROLL
+      for (int k = 0; k < kSamples; ++k) {
+        if (j < lane.length[k]) xw[j][k] = a.out[lane.at[k] + j * lane.stride];
       }
     }
   }
   auto run = [&](auto clock) {
     clock.start();
-    for (int64_t s = 0; s < T; ++s) {
+    for_each_ring_step<kAhead>(T, [&](int64_t s, auto slot) {
       const float* current = states + (s % 2) * kSamples * kRow;
       float* next = states + ((s + 1) % 2) * kSamples * kRow;
       float recurrent[kSamples];
@@ -171,7 +206,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
           if (b >= B) continue;
           float h;
           if (s < lane.length[k]) {
-            h = activate_runtime(a.activation, xw[k] + recurrent[k]);
+            h = activate_runtime(a.activation, xw[slot][k] + recurrent[k]);
             a.out[lane.at[k]] = h;
           } else {
             h = current[k * kRow + u];  // frozen: the state carries over
@@ -179,21 +214,17 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
           next[k * kRow + u] = h;
           if (s == T - 1) a.h_n[b * H + u] = h;
         }
-        // The next step's XW_t (from L1), and step s + kLaneRowsL1Steps's into L1, before the
-        // barrier, whose wait their latency overlaps.
+        // Step s + kAhead's XW_t into the slot just read, before the barrier.
         SIMT_UNROLL
         for (int k = 0; k < kSamples; ++k) {
+          if (s + kAhead < lane.length[k]) xw[slot][k] = a.out[lane.at[k] + kAhead * lane.stride];
           lane.at[k] += lane.stride;
-          if (s + 1 < lane.length[k]) xw[k] = a.out[lane.at[k]];
-          if (s + kLaneRowsL1Steps < lane.length[k]) {
-            simt::prefetch_l1(a.out + lane.at[k] + (kLaneRowsL1Steps - 1) * lane.stride);
-          }
         }
       }
       clock.lap(kComputePhase);
       __syncthreads();
       clock.lap(kBarrierPhase);
-    }
+    });
     clock.store();
   };
   // (compiled for its passes: the untimed steps carry no clock code)
@@ -202,7 +233,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
 
 // kNorms: step_sq is recorded (not null); the copy without compiles none of the norms' code.
 template <int kSamples, int kVectors, bool kNorms>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVectors>)
     backward_lane_rows_kernel(BackwardRecurrenceArgs<float> a) {
   constexpr int kRow = 4 * kVectors;
   SIMT_KERNEL_CHECK((a.step_sq != nullptr) == kNorms, "the lane-row backward compiled for the call's norms");
@@ -219,42 +250,37 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
   const int64_t first = int64_t(blockIdx.x) * kSamples;
   Vec16<float> row[kVectors];
   load_lane_row<kVectors>(a.w_hh, H, u, true, row);
+  // Randomized truncation reads its drawn scales (which hold the cuts every K steps too); else
+  // the cuts every K steps come from `periodic`. (Before the barrier: its 64-bit remainder is a
+  // call, across which ptxas spilled the operands loaded below when they came before it.)
+  const bool drawn = a.drawn_scales != nullptr;
+  WidePeriodicCut periodic(drawn ? 0 : a.truncation.every, T);
   // No step after the last: dz_T = 0 (and the padding stays zero).
   for (int64_t i = threadIdx.x; i < 2 * kSamples * kRow; i += blockDim.x) states[i] = 0.0f;
   __syncthreads();
-  // Randomized truncation reads its drawn scales (which hold the cuts every K steps too); else
-  // the cuts every K steps come from `periodic`.
-  const bool drawn = a.drawn_scales != nullptr;
-  WidePeriodicCut periodic(drawn ? 0 : a.truncation.every, T);
   LaneRowOperands<kSamples> lane(a.lengths, first, a.shape, a.reverse, u, T - 1);
-  // dy_t and the saved h_t of the current step; the drawn scale of the edge into it (read
-  // during the step after it, for the step before).
-  float dy[kSamples] = {}, h[kSamples] = {}, drawn_edge[kSamples] = {};
-  auto load_operands = [&](int64_t s) {  // step s's, the lane at step s
-    SIMT_UNROLL
-    for (int k = 0; k < kSamples; ++k) {
-      if (s < lane.length[k]) {
-        dy[k] = a.dy[lane.at[k]];
-        h[k] = a.out[lane.at[k]];
-      }
-      if (drawn && s + 1 < lane.length[k]) drawn_edge[k] = a.drawn_scales[(s + 1) * B + first + k];
-    }
-  };
+  // dy_t and the saved h_t of the next kAhead steps (processing step T - 1 - i's in slot
+  // i % kAhead); the drawn scale of the edge into the current step (read during the step after
+  // it: none into step T - 1).
+  constexpr int kAhead = kLaneRowsAhead<kVectors>;
+  float dy[kAhead][kSamples] = {}, h[kAhead][kSamples] = {}, drawn_edge[kSamples] = {};
   if (owns) {
-    load_operands(T - 1);
     SIMT_UNROLL
-    for (int k = 0; k < kSamples; ++k) {
-      for (int64_t ahead = 1; ahead < kLaneRowsL1Steps; ++ahead) {
-        if (T - 1 - ahead >= 0 && T - 1 - ahead < lane.length[k]) {
-          simt::prefetch_l1(a.dy + lane.at[k] - ahead * lane.stride);
-          simt::prefetch_l1(a.out + lane.at[k] - ahead * lane.stride);
+    for (int j = 0; j < kAhead; ++j) {
+      SIMT_UNROLL
+      for (int k = 0; k < kSamples; ++k) {
+        const int64_t s = T - 1 - j;
+        if (s >= 0 && s < lane.length[k]) {
+          dy[j][k] = a.dy[lane.at[k] - j * lane.stride];
+          h[j][k] = a.out[lane.at[k] - j * lane.stride];
         }
       }
     }
   }
   auto run = [&](auto clock) {
     clock.start();
-    for (int64_t s = T - 1; s >= 0; --s) {
+    for_each_ring_step<kAhead>(T, [&](int64_t i, auto slot) {
+      const int64_t s = T - 1 - i;
       const bool cut_later = periodic.cut(s + 1, a.truncation.every);  // (the edge into step s + 1)
       const float* later = states + ((s + 1) % 2) * kSamples * kRow;  // dz at step s + 1
       float* now = states + (s % 2) * kSamples * kRow;
@@ -269,9 +295,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
           float d = 0.0f;  // a sample past its length passes no gradient on
           if (s < lane.length[k]) {
             const float edge = s + 1 >= lane.length[k] ? 0.0f : drawn ? drawn_edge[k] : cut_later ? 0.0f : 1.0f;
-            const float g = backward_gradient(a.dh_n, H, s, lane.length[k], b, u, dy[k], carry[k], edge);
+            const float g = backward_gradient(a.dh_n, H, s, lane.length[k], b, u, dy[slot][k], carry[k], edge);
             if constexpr (kNorms) g_sq[k] = static_cast<double>(g) * static_cast<double>(g);
-            d = g * slope_runtime(a.activation, h[k]);
+            d = g * slope_runtime(a.activation, h[slot][k]);
             a.dz[lane.at[k]] = d;
           }
           now[k * kRow + u] = d;
@@ -291,17 +317,18 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
           for (int k = 0; k < kSamples; ++k) warp_sums[((s % 2) * kLaneRowsMaxWarps + warp) * kSamples + k] = g_sq[k];
         }
       }
-      if (owns && s > 0) {
-        SIMT_UNROLL
-        for (int k = 0; k < kSamples; ++k) lane.at[k] -= lane.stride;
-        load_operands(s - 1);
+      if (owns) {
+        // Step s - kAhead's operands into the slots just read, and the drawn scale of the edge into
+        // step s - 1, before the barrier.
         SIMT_UNROLL
         for (int k = 0; k < kSamples; ++k) {
-          const int64_t ahead = s - kLaneRowsL1Steps;
+          const int64_t ahead = s - kAhead;
           if (ahead >= 0 && ahead < lane.length[k]) {
-            simt::prefetch_l1(a.dy + lane.at[k] - (kLaneRowsL1Steps - 1) * lane.stride);
-            simt::prefetch_l1(a.out + lane.at[k] - (kLaneRowsL1Steps - 1) * lane.stride);
+            dy[slot][k] = a.dy[lane.at[k] - kAhead * lane.stride];
+            h[slot][k] = a.out[lane.at[k] - kAhead * lane.stride];
           }
+          if (drawn && s > 0 && s < lane.length[k]) drawn_edge[k] = a.drawn_scales[s * B + first + k];
+          lane.at[k] -= lane.stride;
         }
       }
       clock.lap(kComputePhase);
@@ -318,7 +345,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads)
         }
       }
       clock.lap(kBarrierPhase);
-    }
+    });
     clock.store();
   };
   run_with_phase_clock<1>(a.phase_cycles, running, run);

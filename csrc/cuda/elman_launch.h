@@ -1387,7 +1387,8 @@ void with_stack_kernel(bool backward, int64_t samples, int passes, F&& f, bool p
 // Block path's tilings with stack_rows(H, units per pass) rows per CTA (2H, in whole passes;
 // 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as forced_tiling allows), every CTA
 // of every layer co-resident; the fastest by the cost model, which prices its step as a block
-// step of that many units (each warp runs one kind of epilogue: stack_row). The stack is worth
+// step of that many units (each warp runs one kind of epilogue: stack_row) plus the measured
+// hand-over between layers (cost::Constants::block_stack_wait_us). The stack is worth
 // it where (T + 1) of its steps are faster than the layers' T steps each on their own forward
 // plans (the GEMMs and launches between layers, which the stack also saves, left out of the
 // comparison): as the model predicts, or under launch_plan.autotune as measured on the device
@@ -1400,7 +1401,8 @@ inline double measured_stack_step_us(const StackPlanReport& plan, const StackPla
 // 16-byte vectors where P stays), 1, 2, 4 or 8 samples per group, 32 or 16 units per pass, as
 // forced_tiling allows; one cluster of L x P CTAs per group, at least one co-resident (the lower
 // of the forward's and the backward's kernel: one plan serves both). Priced as a cluster step of
-// U rows of 2 x padded_row(H) columns on L x P CTAs, T + L - 1 of them. Sets `best` to the
+// U rows of 2 x padded_row(H) columns on L x P CTAs plus the measured hand-over between layers
+// (cost::Constants::cluster_stack_wait_us), T + L - 1 of them. Sets `best` to the
 // fastest, or its reason to the limit.
 inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
   const simt::DeviceProperties props = simt::device_properties();
@@ -1462,7 +1464,9 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
         priced.ctas_per_group = static_cast<int32_t>(cluster);
         const PlanRequest row{.hidden = 2 * half, .batch = q.batch, .cluster_stack = true};
         const double stack_us =
-            predicted_step_us(cost::kH200, RecurrencePath::Cluster, row, priced, waves) * double(q.steps + q.layers - 1);
+            (predicted_step_us(cost::kH200, RecurrencePath::Cluster, row, priced, waves) +
+             cost::kH200.cluster_stack_wait_us) *
+            double(q.steps + q.layers - 1);
         if (best.feasible && stack_us >= best.stack_us) continue;
         best = {.feasible = true,
                 .stack_us = stack_us,
@@ -1489,7 +1493,13 @@ inline void plan_cluster_stack(const StackPlanQuery& q, StackPlanReport& best) {
   if (!best.feasible) best.reason = limit;
 }
 
-inline StackPlanReport stack_plan(const StackPlanQuery& q) {
+// stack_plan's search over launch shapes by the cost model, for one step (q.steps is ignored:
+// stack_us and layers_us are those of T = 1). It queries the occupancy of a dozen kernels and
+// the layers' plan, so stack_plan keeps its result per (device properties, forced tiling,
+// H, B, L): a stack's forward and backward each ask for it on every call.
+inline StackPlanReport searched_stack_plan(const StackPlanQuery& query) {
+  StackPlanQuery q = query;
+  q.steps = 1;
   const simt::DeviceProperties props = simt::device_properties();
   const cost::Constants& model = cost::kH200;
   StackPlanReport best;
@@ -1551,7 +1561,8 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
       }
       PlanRequest stack_request = request;
       stack_request.block_stack = true;
-      const double us = predicted_step_us(model, RecurrencePath::Block, stack_request, tiling, 1);
+      const double us = predicted_step_us(model, RecurrencePath::Block, stack_request, tiling, 1) +
+                        model.block_stack_wait_us;
       const double stack_us = us * double(q.steps + 1);
       if (best.feasible && stack_us >= best.stack_us) continue;
       best = {.feasible = true,
@@ -1577,7 +1588,35 @@ inline StackPlanReport stack_plan(const StackPlanQuery& q) {
     return best;
   }
   const RecurrencePlan layer = choose_plan<float>(request, "");
-  best.layers_us = layer.us_per_step * double(q.steps) * double(q.layers);
+  best.layers_us = layer.us_per_step * double(q.layers);
+  return best;
+}
+
+inline StackPlanReport stack_plan(const StackPlanQuery& q) {
+  const PlanRequest request{.hidden = q.hidden, .batch = q.batch, .backward = false, .fp64 = false,
+                            .forced = forced_tiling()};
+  StackPlanReport best;
+  {
+    // (choose_plan's layer step is the measured one under autotuning)
+    const std::string key = plan_key<float>(request) + std::to_string(q.layers) + "," +
+                            std::to_string(int(autotune().enabled));
+    static std::mutex mutex;
+    static std::unordered_map<std::string, StackPlanReport> searched;
+    std::unique_lock<std::mutex> lock(mutex);
+    const auto it = searched.find(key);
+    if (it != searched.end()) {
+      best = it->second;
+    } else {
+      lock.unlock();  // (not held while the search takes the planner's locks)
+      best = searched_stack_plan(q);
+      lock.lock();
+      searched.emplace(key, best);
+    }
+  }
+  if (!best.feasible) return best;
+  // From one step to T: T + lead_steps steps of the stack, T of each layer.
+  best.stack_us *= double(q.steps + best.lead_steps) / double(1 + best.lead_steps);
+  best.layers_us *= double(q.steps);
   best.faster = best.stack_us < best.layers_us;
   const Autotune setting = autotune();
   if (!setting.enabled) return best;

@@ -39,6 +39,13 @@ struct Constants {
   // barrier), the wait of a CTA for the last of the other CTAs' stores after its own epilogue.
   // The largest cluster barrier of the table here (it had not run then); kH200 holds its fit.
   double async_exchange_us = 0.205;
+  // A layer stack's step beyond the model's step of its CTAs (elman_launch.h stack_plan): the
+  // hand-over of each layer's new state to the layer above, through tagged words in global
+  // memory (the Block path's stack) or through distributed shared memory and a barrier over
+  // every layer's CTAs (the Cluster path's). No stack ran on the first kernels: 0 here; kH200
+  // holds what fit-model fitted to the stack rows of gpu-check (fit_model.stack_steps).
+  double block_stack_wait_us = 0;
+  double cluster_stack_wait_us = 0;
   double launch_us = 5.0;  // an empty kernel launch in a stream loop
   // Arithmetic: about 60 TFLOP/s of float32 FFMA over 132 SMs (docs/benchmarks.md).
   double fma_per_sm_per_us = 60e12 / 2 / 132 / 1e6;
@@ -114,6 +121,12 @@ inline constexpr Constants fitted_h200() {
   c.address_instructions_per_load = 4.24682;
   c.loop_instructions = 9.51427;
   for (double& barrier : c.cluster_barrier_us) barrier *= 1.752 * 1.374;  // fitted scale of the measured table
+  // The layer stacks' waits, fitted (fit_model.stack_steps) to the stack rows of both H200 runs
+  // of 2026-12-04 (tests/data/h200_stack_rows_2026-12-04.json: 4 block-path and 3 cluster-path
+  // stacks, T >= 300): measured steps of 0.80-1.0 us and 3.3-3.8 us where the model's steps of
+  // their CTAs were 0.33-0.42 and 1.1-1.5.
+  c.block_stack_wait_us = 0.575101;
+  c.cluster_stack_wait_us = 2.13086;
   return c;
 }
 inline constexpr Constants kH200 = fitted_h200();
@@ -132,6 +145,8 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"flag_barrier_us", &Constants::flag_barrier_us},
     {"tagged_exchange_us", &Constants::tagged_exchange_us},
     {"async_exchange_us", &Constants::async_exchange_us},
+    {"block_stack_wait_us", &Constants::block_stack_wait_us},
+    {"cluster_stack_wait_us", &Constants::cluster_stack_wait_us},
     {"launch_us", &Constants::launch_us},
     {"fma_per_sm_per_us", &Constants::fma_per_sm_per_us},
     {"fp64_fma_fraction", &Constants::fp64_fma_fraction},

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..launch_plan import STEP_SYNCS, cost_constants, step_cost_us
+from ..launch_plan import STEP_SYNCS, cost_constants, stack_plan, step_cost_us
 from .command_output import UsageError, markdown_table, output_directory, write_json, write_text
 
 # The constants the per-step rows can inform (the launch shape's compute, staging, exchange
@@ -72,6 +72,63 @@ class Observation:
         return step_cost_us(self.plan, self.hidden, self.batch, self.dtype, constants, self.term)
 
 
+# The wait per step of a layer stack beyond its model step (the hand-over between layers), by
+# the stack kernel's path: fitted apart from the per-step rows (stack_steps).
+STACK_WAITS = {"block": "block_stack_wait_us", "cluster": "cluster_stack_wait_us"}
+# Stack rows shorter than this are not observations of a step: their time is the calls' own
+# (11 steps of 2 layers took 0.5 ms on the H200 on 2026-12-04, 40 us a step).
+STACK_MIN_STEPS = 100
+
+
+@dataclass(frozen=True)
+class StackStep:
+    """One layer stack's forward as gpu-check measured it (a shape row that ran the stack)."""
+
+    label: str
+    path: str            # the stack kernel's: "block" or "cluster"
+    measured_us: float   # per stack step: (the forward less the first layer's GEMM and op) / (T + lead steps)
+    model_us: float      # the build's model step of the stack's launch shape, without its wait
+
+    @property
+    def wait_us(self) -> float:
+        return self.measured_us - self.model_us
+
+
+def stack_steps(report: dict, constants: dict[str, float]) -> list[StackStep]:
+    """The shape rows with a layer stack's forward timed, T >= STACK_MIN_STEPS: the row's own
+    where it ran as a stack, else its stack timed beside it (as_stack_fwd_ms), as measured steps
+    beside the model's. The stack's launch shape is the one this build plans for an emulated
+    H100/H200-class device (the run's rows record only that a stack ran); the first layer's input
+    GEMM and the op's fixed cost are the model's (constants: op_fixed_us, gemm_tflops,
+    launch_us)."""
+    found = []
+    for row in report.get("shape_rows", []):
+        shape = row.get("shape") or {}
+        forward_ms = row.get("ours_fwd_ms") if row.get("forward_path") == "stack" else row.get("as_stack_fwd_ms")
+        if row.get("error") or not forward_ms:
+            continue
+        steps, batch, inputs, hidden, layers = (shape.get(k) for k in ("steps", "batch", "input_size", "hidden",
+                                                                        "layers"))
+        if None in (steps, batch, inputs, hidden, layers) or steps < STACK_MIN_STEPS:
+            continue
+        plan = stack_plan(hidden, batch, 1, layers, "emulated")
+        if not plan.feasible:
+            continue
+        model_us = plan.predicted_stack_us / (1 + plan.lead_steps) - constants[STACK_WAITS[plan.path]]
+        outside_us = (constants["op_fixed_us"] + constants["launch_us"] +
+                      2.0 * steps * batch * inputs * hidden / (constants["gemm_tflops"] * 1e6))
+        measured_us = (forward_ms * 1e3 - outside_us) / (steps + plan.lead_steps)
+        if measured_us > 0:
+            found.append(StackStep(row.get("label", ""), plan.path, measured_us, model_us))
+    return found
+
+
+def fit_stack_waits(steps: list[StackStep]) -> dict[str, float]:
+    """Each stack path's wait: the median of its rows' measured less modelled step (>= 0)."""
+    return {STACK_WAITS[path]: max(0.0, float(np.median([s.wait_us for s in steps if s.path == path])))
+            for path in sorted({s.path for s in steps})}
+
+
 @dataclass(frozen=True)
 class FitResult:
     before: dict[str, float]        # the constants the run was predicted with (this build's)
@@ -80,6 +137,7 @@ class FitResult:
     observations: tuple[Observation, ...]
     iterations: int
     held: tuple[str, ...] = ()      # kept at a given value (--hold), not fitted
+    stacks: tuple[StackStep, ...] = ()  # the stack rows that set STACK_WAITS (unless held)
 
     def ratios(self, constants: dict[str, float]) -> list[float]:
         """predicted / measured for every observation."""
@@ -256,7 +314,10 @@ def fit_report(report: dict, held: dict[str, float] | None = None) -> FitResult:
     start = {**before, **kept}
     # What the probes measured, and what is held, is not refitted from the rows.
     after, iterations = fit(observations, start, tuple(n for n in FITTED if n not in kept))
-    return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations, tuple(sorted(held or {})))
+    stacks = stack_steps(report, before)
+    after.update({name: wait for name, wait in fit_stack_waits(stacks).items() if name not in kept})
+    return FitResult(before, after, tuple(sorted(probes)), tuple(observations), iterations, tuple(sorted(held or {})),
+                     tuple(stacks))
 
 
 @dataclass(frozen=True)
@@ -304,7 +365,7 @@ def format_report(result: FitResult, source: str) -> str:
     constants = []
     for name, new in result.after.items():
         how = ("probe" if name in result.set_from_probes else "held" if name in result.held
-               else "fitted" if name in FITTED else "kept")
+               else "fitted" if name in FITTED else "stack rows" if _stack_fitted(result, name) else "kept")
         constants.append([name, f"{result.before[name]:.6g}", f"{new:.6g}", how])
     lines += markdown_table(["constant", "before", "after", "how"], constants, range(1, 3)) + [""]
     rows = [[o.label, o.direction, o.plan["path"], o.term, f"{o.measured_us:.3f}", f"{o.measured_us * r0:.3f}", f"{r0:.2f}",
@@ -319,15 +380,26 @@ def format_report(result: FitResult, source: str) -> str:
         lines += markdown_table(["shape", "direction", "measured fastest", "model before", "model after"],
                                 [[c.label, c.direction, c.measured, c.before, c.after] for c in choices],
                                 range(0)) + [""]
+    if result.stacks:
+        lines += ["Layer stacks (forward, T >= %d): the measured step against the model's step of the stack's "
+                  "launch shape without its wait; each path's wait is the median difference." % STACK_MIN_STEPS, ""]
+        lines += markdown_table(["shape", "stack path", "measured us/step", "model us/step (no wait)", "wait us"],
+                                [[s.label, s.path, f"{s.measured_us:.3f}", f"{s.model_us:.3f}", f"{s.wait_us:.3f}"]
+                                 for s in result.stacks], range(2, 5)) + [""]
     lines += ["Constants for csrc/cuda/recurrence_cost_model.h (the fitted, probe-set and held ones):", "", "```cpp"]
     for name, new in result.after.items():
-        if name not in result.set_from_probes and name not in FITTED and name not in result.held:
+        if (name not in result.set_from_probes and name not in FITTED and name not in result.held
+                and not _stack_fitted(result, name)):
             continue
         if name == "cluster_barrier_scale":
             lines.append(f"// cluster_barrier_us: every entry times {new:.4g}")
         else:
             lines.append(f"double {name} = {new:.6g};")
     return "\n".join(lines + ["```", ""])
+
+
+def _stack_fitted(result: FitResult, name: str) -> bool:
+    return name not in result.held and any(STACK_WAITS[s.path] == name for s in result.stacks)
 
 
 def run(report_path: str, out: str, hold: list[str] | None = None) -> int:
@@ -353,6 +425,7 @@ def run(report_path: str, out: str, hold: list[str] | None = None) -> int:
         "before": result.before, "after": result.after, "set_from_probes": list(result.set_from_probes),
         "held": list(result.held),
         "path_choices": [dataclasses.asdict(c) for c in path_choices(result)],
+        "stacks": [dataclasses.asdict(s) for s in result.stacks],
         "rows": [{"label": o.label, "direction": o.direction, "path": o.plan["path"], "term": o.term,
                   "measured_us": o.measured_us,
                   "predicted_before_us": o.predicted_us(result.before),

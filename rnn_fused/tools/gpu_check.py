@@ -275,6 +275,11 @@ class ShapeRow:
     # again with the layers one by one (RNN.stack = False).
     one_by_one_fwd_ms: float | None = None
     one_by_one_fwd_bwd_ms: float | None = None
+    # Stacks the planner runs layer by layer though their kernel could take them in one launch
+    # (could_run_as_stack): rnn_fused timed again with RNN.stack = True, so that every run
+    # measures both (fit-model's stack waits).
+    as_stack_fwd_ms: float | None = None
+    as_stack_fwd_bwd_ms: float | None = None
     # Bidirectional rows whose directions ran at once, each on half the SMs (functional.rnn's
     # side_by_side): rnn_fused timed again with them one after the other (RNN.side_by_side = False).
     in_turn_fwd_ms: float | None = None
@@ -628,6 +633,15 @@ def runs_as_stack(shape: Shape, target: Target) -> bool:
     return stack_plan(shape.hidden, shape.batch, shape.steps, shape.layers, target.plan_device).faster
 
 
+def could_run_as_stack(shape: Shape, target: Target) -> bool:
+    """Whether rnn_fused.RNN runs this shape's layers one by one (stack=None) where the stack's
+    kernel could run them in one launch each: the planner predicts the stack slower."""
+    if shape.layers < 2 or shape.bidirectional or shape.torch_dtype != torch.float32 or shape.stack is not None:
+        return False
+    report = stack_plan(shape.hidden, shape.batch, shape.steps, shape.layers, target.plan_device)
+    return report.feasible and not report.faster
+
+
 def runs_side_by_side(shape: Shape, target: Target) -> bool:
     """Whether rnn_fused.RNN runs this bidirectional shape's directions at once, each on half the
     SMs (functional.rnn's side_by_side=None: on CUDA, where the planner prices it faster)."""
@@ -682,12 +696,14 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
         setattr(row, f"ours_{pass_}_ms", ours_s * 1e3)
         seconds[pass_] = ours_s
     # What the planner overlaps, timed again without the overlap: a stack's layers one by one, a
-    # bidirectional layer's directions one after the other.
-    for overlapped, setting, prefix in ((stacked, "stack", "one_by_one"),
-                                        (runs_side_by_side(shape, target), "side_by_side", "in_turn")):
-        if not overlapped:
+    # bidirectional layer's directions one after the other; and a stack it runs layer by layer,
+    # timed in one launch each.
+    for chosen, setting, prefix, other in ((stacked, "stack", "one_by_one", False),
+                                           (runs_side_by_side(shape, target), "side_by_side", "in_turn", False),
+                                           (could_run_as_stack(shape, target), "stack", "as_stack", True)):
+        if not chosen:
             continue
-        setattr(ours, setting, False)
+        setattr(ours, setting, other)
         for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
                             ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
             setattr(row, f"{prefix}_{pass_}_ms",
@@ -1097,6 +1113,13 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
         if gains:
             verdicts.append(f"{row.label}: rnn_fused's layers in one launch each against the same layers one by one "
                             f"(RNN.stack = False; > 1: the stack faster): " + ", ".join(gains) + ".")
+        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
+            ("forward", _ratio(row.as_stack_fwd_ms, row.ours_fwd_ms)),
+            ("forward+backward", _ratio(row.as_stack_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
+        if gains:
+            verdicts.append(f"{row.label}: rnn_fused's layers one by one (the planner's choice) against the same "
+                            f"layers in one launch each (RNN.stack = True; > 1: one by one faster): "
+                            + ", ".join(gains) + ".")
         gains = [f"{name} {ratio:.2f}x" for name, ratio in (
             ("forward", _ratio(row.in_turn_fwd_ms, row.ours_fwd_ms)),
             ("forward+backward", _ratio(row.in_turn_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]

@@ -1,0 +1,150 @@
+"""Where the host time of a short sequence goes, on a CUDA device: rnn_fused.RNN against
+torch.nn.RNN (cuDNN) at shapes whose GPU work is a few microseconds, so that each call's time is
+the host's (Python, dispatch, planning, allocations and launches).
+
+    PYTHONPATH=. python3 benchmarks/host_overhead.py --out gpu_out
+
+Writes host_overhead.md (and prints it):
+- per-call wall time of forward and of forward+backward, calls back to back with one
+  synchronisation at the end (the rate a training loop sees when the host is the bottleneck),
+  median of 7 repetitions, for cuDNN, rnn_fused as planned, and rnn_fused with its layers one
+  launch after another and in one launch (RNN.stack False / True, where the stack runs);
+- torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward;
+- cProfile's Python functions by own time over 200 calls of the forward.
+Measured only: nothing here is a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import time
+
+import torch
+
+import rnn_fused
+
+# (T, B, I, H, layers): the short rows of gpu-check (11, 3, 20, 48, 2 layers measured 0.70x
+# forward on the H200 on 2026-12-04), one step of one layer, and a short single layer.
+SHAPES = ((11, 3, 20, 48, 2), (1, 1, 16, 32, 1), (50, 8, 64, 64, 1))
+CALLS = 200
+REPEATS = 7
+
+
+def per_call_us(fn, calls: int = CALLS) -> float:
+    """Median over REPEATS of the wall time per call of `calls` calls, synchronised at the end."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - started) / calls * 1e6)
+    return statistics.median(times)
+
+
+def models(shape, device):
+    steps, batch, inputs, hidden, layers = shape
+    torch.manual_seed(0)
+    cudnn = torch.nn.RNN(inputs, hidden, layers).to(device)
+    ours = rnn_fused.RNN(inputs, hidden, layers).to(device)
+    ours.load_state_dict(cudnn.state_dict())
+    x = torch.randn(steps, batch, inputs, device=device, requires_grad=True)
+    return cudnn, ours, x
+
+
+def calls(model, x):
+    def forward():
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward():
+        out, h_n = model(x)
+        (out.sum() + h_n.sum()).backward()
+
+    return forward, forward_backward
+
+
+def timing_rows(device) -> list[str]:
+    lines = ["| T, B, I, H, layers | model | forward us/call | forward+backward us/call |", "|---|---|---:|---:|"]
+    for shape in SHAPES:
+        cudnn, ours, x = models(shape, device)
+        variants = [("nn.RNN (cuDNN)", cudnn, None), ("rnn_fused (planned)", ours, None)]
+        if shape[4] > 1:
+            variants += [("rnn_fused, stack=False", ours, False), ("rnn_fused, stack=True", ours, True)]
+        label = ", ".join(map(str, shape))
+        for name, model, stack in variants:
+            if model is ours:
+                ours.stack = stack
+            try:
+                forward, forward_backward = calls(model, x)
+                lines.append(f"| {label} | {name} | {per_call_us(forward):.1f} | {per_call_us(forward_backward):.1f} |")
+            except (RuntimeError, ValueError) as error:  # a stack the device cannot run: said, not hidden
+                lines.append(f"| {label} | {name} | error: {str(error).splitlines()[0][:120]} | |")
+        ours.stack = None
+    return lines
+
+
+def profiler_rows(device) -> list[str]:
+    _, ours, x = models(SHAPES[0], device)
+    _, forward_backward = calls(ours, x)
+    for _ in range(5):
+        forward_backward()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(20):
+            forward_backward()
+        torch.cuda.synchronize()
+    table = profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    return [f"torch.profiler, rnn_fused forward+backward at {SHAPES[0]}, 20 calls (host time):", "", "```",
+            table, "```"]
+
+
+def cprofile_rows(device) -> list[str]:
+    _, ours, x = models(SHAPES[0], device)
+    forward, _ = calls(ours, x)
+    for _ in range(5):
+        forward()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(CALLS):
+        forward()
+    torch.cuda.synchronize()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(30)
+    return [f"cProfile, rnn_fused forward at {SHAPES[0]}, {CALLS} calls (own time per function):", "", "```",
+            text.getvalue().strip(), "```"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="gpu_out", help="directory for host_overhead.md")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("a CUDA device is needed: this measures the host time of GPU calls")
+    device = torch.device("cuda")
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lines = [f"# Host time per call: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", "",
+             f"Wall time per call, {CALLS} calls back to back, one synchronisation after them; "
+             f"median of {REPEATS}.", ""]
+    lines += timing_rows(device) + [""]
+    lines += profiler_rows(device) + [""]
+    lines += cprofile_rows(device) + [""]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "host_overhead.md"), "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
