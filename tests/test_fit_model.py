@@ -58,6 +58,7 @@ def test_replaced_constants_move_only_their_terms():
     ({"warp_speed": 2.0}, "unknown constant 'warp_speed'"),
     ({"grid_barrier_us": 0.0}, "constant 'grid_barrier_us' must be a positive finite number, got 0"),
     ({"launch_us": float("inf")}, "constant 'launch_us' must be a positive finite number"),
+    ({"block_stack_wait_us": -0.5}, "constant 'block_stack_wait_us' must be a non-negative finite number, got -0.5"),
 ])
 def test_step_cost_refuses_bad_constants(constants, message):
     with pytest.raises(ValueError, match=message):

@@ -114,9 +114,13 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
 def test_rehearsal_runs_a_stack_row(rehearsal):
     _, out, report = rehearsal
     stacked = [r for r in report["shape_rows"] if r["forward_path"] == "stack"]
-    assert [r["label"] for r in stacked] == ["30, 1, 3, 5, 2 layers"]
-    assert "30, 1, 3, 5, 2 layers: rnn_fused's layers in one launch each against the same layers one by one" in \
-        (out / "gpu_check.md").read_text()
+    assert [r["label"] for r in stacked] == ["20, 1, 3, 5, 2 layers, stack forced"]
+    text = (out / "gpu_check.md").read_text()
+    assert "20, 1, 3, 5, 2 layers, stack forced: rnn_fused's layers in one launch each against the same layers one " \
+           "by one" in text
+    # The planner runs 2 layers of 5 units one by one; the stack is timed beside them.
+    assert "30, 1, 3, 5, 2 layers: rnn_fused's layers one by one (the planner's choice) against the same layers in " \
+           "one launch each" in text
 
 
 def test_rehearsal_forces_every_path(rehearsal):
@@ -308,7 +312,7 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
         "1000, 8, 64, 64, 4 layers: rnn_fused's layers in one launch each against the same layers one by one "
         "(RNN.stack = False; > 1: the stack faster): forward 2.00x, forward+backward 1.50x."]
     # A stack run layer by layer, timed again in one launch each.
-    layer_by_layer = dataclasses.replace(row(4, 0.8, 0.5), as_stack_fwd_ms=0.6, as_stack_fwd_bwd_ms=1.2)
+    layer_by_layer = dataclasses.replace(row(4, 0.8, 0.5), as_stack_fwd_ms=0.6, as_stack_fwd_bwd_ms=1.5)
     assert gpu_check.layer_overlap_verdicts([layer_by_layer], "cuDNN") == [
         "1000, 8, 64, 64, 4 layers: rnn_fused's layers one by one (the planner's choice) against the same layers in "
         "one launch each (RNN.stack = True; > 1: one by one faster): forward 1.20x, forward+backward 1.50x."]
@@ -343,17 +347,21 @@ def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeyp
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():
     """runs_as_stack: unidirectional float32 stacks the planner predicts faster in one launch (or forced),
-    on the emulated H100/H200-like device (at H = 129 and 256 the cluster path's stack); the
-    bidirectional, single-layer, bfloat16 and too wide ones not."""
+    on the emulated H100/H200-like device; could_run_as_stack: those it runs layer by layer though
+    the stack's kernel could take them (at H = 128, 2 layers; at H = 129 and 256 the cluster path's
+    stack, measured slower on the H200), which gpu-check times as a stack too; neither the
+    bidirectional, single-layer, bfloat16, too wide or forced ones."""
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=4), gpu_check.Shape(300, 7, 50, 100, layers=3),
-                  gpu_check.Shape(1000, 8, 128, 128, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3),
-                  gpu_check.Shape(1000, 8, 256, 256, layers=2), gpu_check.Shape(11, 3, 20, 48, layers=2, stack=True)):
-        assert gpu_check.runs_as_stack(shape, target), shape
+                  gpu_check.Shape(11, 3, 20, 48, layers=2, stack=True)):
+        assert gpu_check.runs_as_stack(shape, target) and not gpu_check.could_run_as_stack(shape, target), shape
+    for shape in (gpu_check.Shape(1000, 8, 64, 64, layers=2), gpu_check.Shape(1000, 8, 128, 128, layers=2),
+                  gpu_check.Shape(300, 7, 50, 129, layers=3), gpu_check.Shape(1000, 8, 256, 256, layers=2)):
+        assert not gpu_check.runs_as_stack(shape, target) and gpu_check.could_run_as_stack(shape, target), shape
     for shape in (gpu_check.Shape(1000, 8, 64, 64), gpu_check.Shape(500, 32, 256, 64, layers=2, bidirectional=True),
                   gpu_check.Shape(1000, 8, 64, 64, layers=4, dtype="bfloat16"),
                   gpu_check.Shape(100, 8, 64, 1024, layers=2), gpu_check.Shape(300, 7, 50, 129, layers=3, stack=False)):
-        assert not gpu_check.runs_as_stack(shape, target), shape
+        assert not gpu_check.runs_as_stack(shape, target) and not gpu_check.could_run_as_stack(shape, target), shape
 
 
 def _phase_row(per_pass: int, measured: float, predicted: float, **changes) -> PhaseRow:

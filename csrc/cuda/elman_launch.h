@@ -1881,8 +1881,11 @@ inline double step_cost(const StepCostQuery& q) {
   cost::Constants model = cost::kH200;
   for (size_t i = 0; i < q.constant_names.size(); ++i) {
     const double value = q.constant_values[i];
-    TORCH_CHECK_VALUE(value > 0.0 && std::isfinite(value), "rnn_fused.step_cost: constant '", q.constant_names[i],
-                      "' must be a positive finite number, got ", value);
+    // (a wait may be none: the first kernels' set has no stack waits)
+    const bool wait = q.constant_names[i].ends_with("_wait_us");
+    TORCH_CHECK_VALUE((wait ? value >= 0.0 : value > 0.0) && std::isfinite(value), "rnn_fused.step_cost: constant '",
+                      q.constant_names[i], "' must be a ", wait ? "non-negative" : "positive", " finite number, got ",
+                      value);
     TORCH_CHECK_VALUE(cost::set_constant(model, q.constant_names[i], value), "rnn_fused.step_cost: unknown constant '",
                       q.constant_names[i], "' (rnn_fused.launch_plan.cost_constants() lists them)");
   }

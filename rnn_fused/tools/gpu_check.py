@@ -132,7 +132,8 @@ GPU_QUICK_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333),
 GPU_QUICK_PATH_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333)]
 # The CPU rehearsal: every kind of row, at sizes the emulator runs in seconds.
 EMULATED_SHAPES = [Shape(6, 2, 3, 5), Shape(5, 3, 2, 9, layers=2, bidirectional=True),
-                   Shape(30, 1, 3, 5, layers=2), Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
+                   Shape(30, 1, 3, 5, layers=2), Shape(20, 1, 3, 5, layers=2, stack=True),
+                   Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
 EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 
 
