@@ -123,10 +123,10 @@ def cprofile_rows(device) -> list[str]:
             text.getvalue().strip(), "```"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="gpu_out", help="directory for host_overhead.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("a CUDA device is needed: this measures the host time of GPU calls")
     device = torch.device("cuda")

@@ -1016,3 +1016,16 @@ def test_smem_counters_report_ncu_running_past_its_limit(tmp_path, monkeypatch, 
     assert counters.main(["--out", str(tmp_path)]) == 1
     assert f"ncu ran past {counters.TIMEOUT_S} s" in capsys.readouterr().out
     assert (tmp_path / "smem_counters.log").read_text() == "==PROF== Connected"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_host_time_probe_says_it_needs_a_gpu(capsys):
+    """benchmarks/host_overhead.py (run by benchmarks/gpu_session.sh on a GPU machine) measures
+    the host time of GPU calls; without a CUDA device it stops with a usage error saying so."""
+    spec = importlib.util.spec_from_file_location("host_overhead", os.path.join(REPO, "benchmarks", "host_overhead.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    with pytest.raises(SystemExit) as stopped:
+        probe.main([])
+    assert stopped.value.code == 2
+    assert "a CUDA device is needed" in capsys.readouterr().err
