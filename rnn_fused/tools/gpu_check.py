@@ -1083,7 +1083,8 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
     and for rnn_fused, forward and forward+backward. L times means the layers ran one after the
     other (rnn_fused does); well under L, that they overlap. Then what rnn_fused's own overlaps
     gained where they ran: a stack in one launch each way against its layers one by one, a
-    bidirectional layer's directions at once against one after the other."""
+    bidirectional layer's directions at once against one after the other; and what a stack the
+    planner declined would have given (its layers one by one against them in one launch)."""
     def key(shape: dict) -> tuple:
         return shape["steps"], shape["batch"], shape["input_size"], shape["hidden"], shape["dtype"], shape["long"]
 
@@ -1107,27 +1108,21 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
             layers = shape["layers"]
             verdicts.append(f"{row.label}: the stack's time over one layer's (one after another: {layers}x): "
                             + "; ".join(parts) + ".")
+    # (the other choice's timing, what it compares): rnn_fused's own choice against it
+    others = (("one_by_one", "rnn_fused's layers in one launch each against the same layers one by one "
+                             "(RNN.stack = False; > 1: the stack faster)"),
+              ("as_stack", "rnn_fused's layers one by one (the planner's choice) against the same layers in one "
+                           "launch each (RNN.stack = True; > 1: one by one faster)"),
+              ("in_turn", "rnn_fused's directions at once, each on half the SMs, against one after the other on "
+                          "the whole device (RNN.side_by_side = False; > 1: at once faster)"))
     for row in rows:
-        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
-            ("forward", _ratio(row.one_by_one_fwd_ms, row.ours_fwd_ms)),
-            ("forward+backward", _ratio(row.one_by_one_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
-        if gains:
-            verdicts.append(f"{row.label}: rnn_fused's layers in one launch each against the same layers one by one "
-                            f"(RNN.stack = False; > 1: the stack faster): " + ", ".join(gains) + ".")
-        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
-            ("forward", _ratio(row.as_stack_fwd_ms, row.ours_fwd_ms)),
-            ("forward+backward", _ratio(row.as_stack_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
-        if gains:
-            verdicts.append(f"{row.label}: rnn_fused's layers one by one (the planner's choice) against the same "
-                            f"layers in one launch each (RNN.stack = True; > 1: one by one faster): "
-                            + ", ".join(gains) + ".")
-        gains = [f"{name} {ratio:.2f}x" for name, ratio in (
-            ("forward", _ratio(row.in_turn_fwd_ms, row.ours_fwd_ms)),
-            ("forward+backward", _ratio(row.in_turn_fwd_bwd_ms, row.ours_fwd_bwd_ms))) if ratio is not None]
-        if gains:
-            verdicts.append(f"{row.label}: rnn_fused's directions at once, each on half the SMs, against one after the "
-                            f"other on the whole device (RNN.side_by_side = False; > 1: at once faster): "
-                            + ", ".join(gains) + ".")
+        for prefix, compared in others:
+            gains = [f"{name} {ratio:.2f}x" for name, ratio in (
+                ("forward", _ratio(getattr(row, f"{prefix}_fwd_ms"), row.ours_fwd_ms)),
+                ("forward+backward", _ratio(getattr(row, f"{prefix}_fwd_bwd_ms"), row.ours_fwd_bwd_ms)))
+                if ratio is not None]
+            if gains:
+                verdicts.append(f"{row.label}: {compared}: " + ", ".join(gains) + ".")
     return verdicts
 
 
