@@ -12,8 +12,8 @@
 // compute at H = 64; the H200 measured about 535 forward and 840 backward (2026-12-04): no faster
 // than the general kernels forward, slower backward, so the planner does not choose it
 // (docs/cuda_backend.md; the cost model's lane_rows_step_terms adds the measured wait). Its
-// operands were then loaded one step ahead; they now come kLaneRowsAhead (2-4) steps ahead, to
-// tell whether their latency is that wait.
+// operands were then loaded one step ahead; they now come kLaneRowsAhead steps ahead (4; 1 at
+// H > 64), to tell whether their latency is that wait.
 //
 // Same arguments and results as forward_recurrence_kernel / backward_recurrence_kernel on the
 // Block path (ForwardRecurrenceArgs, BackwardRecurrenceArgs: exchange, step_flags, tagged_exchange
