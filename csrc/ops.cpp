@@ -2,8 +2,9 @@
 // that every backend implements (layers and directions are composed in Python above it), the
 // CPU loops' pair for both directions of a layer at once, the stack ops,
 // edge_scales (the truncation draws the backward applies), recurrence_plan (what a
-// GPU-kernel backend would launch), cost_model (its predicted time of a layer) and backends
-// (the registered backends' names). The op entry points build the call descriptor
+// GPU-kernel backend would launch), cost_model (its predicted time of a layer), backends
+// (the registered backends' names) and the layer's whole-sequence GEMMs on their own
+// (layer_input_projection, layer_gradients_from_dz: what gpu-check times beside a layer). The op entry points build the call descriptor
 // (layer_call.h) and hand it to the host layer (host_layer.h), which picks the backend.
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -232,6 +233,72 @@ at::Tensor edge_scales(int64_t steps, int64_t batch, int64_t truncate_every, dou
     for (int64_t b = 0; b < batch; ++b) c[s * batch + b] = edge_scale(tp, s, b);
   }
   return scales;
+}
+
+// The whole-sequence GEMMs the host layer runs around one layer's recurrence, on their own
+// (gpu-check times them to estimate a recurrence's time by subtraction), through the same
+// code as the layer ops (elman_gemms.h). input [T,B,I], weight_ih [H,I], weight_hh [H,H],
+// output and dz [T,B,H], biases [H] or None.
+void check_gemm_operands(const char* what, const at::Tensor& input, const at::Tensor& weight_ih,
+                         const std::vector<std::pair<const char*, const at::Tensor*>>& others) {
+  TORCH_CHECK_VALUE(input.dim() == 3, "rnn_fused.", what, ": input must be [T, B, input_size], got shape ",
+                    input.sizes());
+  TORCH_CHECK_VALUE(weight_ih.dim() == 2 && weight_ih.size(1) == input.size(2), "rnn_fused.", what,
+                    ": weight_ih must be [hidden_size, ", input.size(2), "], got shape ", weight_ih.sizes());
+  for (const auto& [name, t] : others) {
+    TORCH_CHECK_VALUE(t->scalar_type() == input.scalar_type() && t->device() == input.device(), "rnn_fused.", what,
+                      ": ", name, " must be a ", input.scalar_type(), " tensor on ", input.device(), " like input, got ",
+                      t->scalar_type(), " on ", t->device());
+  }
+}
+
+// The forward's input projection: [T,B,H] = input @ weight_ih^T (+ bias_ih + bias_hh).
+at::Tensor layer_input_projection(const at::Tensor& input, const at::Tensor& weight_ih,
+                                  const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh) {
+  check_gemm_operands("layer_input_projection", input, weight_ih, {{"weight_ih", &weight_ih}});
+  TORCH_CHECK_VALUE(bias_ih.has_value() == bias_hh.has_value(), "rnn_fused.layer_input_projection: bias_ih and "
+                    "bias_hh must both be tensors or both None");
+  const int64_t T = input.size(0), B = input.size(1), H = weight_ih.size(0);
+  if (bias_ih.has_value()) {
+    check_gemm_operands("layer_input_projection", input, weight_ih, {{"bias_ih", &*bias_ih}, {"bias_hh", &*bias_hh}});
+    for (const auto& [name, bias] : {std::pair{"bias_ih", &*bias_ih}, std::pair{"bias_hh", &*bias_hh}}) {
+      TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == H, "rnn_fused.layer_input_projection: ", name,
+                        " must be [", H, "], got shape ", bias->sizes());
+    }
+  }
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  const at::Tensor x = input.to(ct).contiguous();
+  at::Tensor out = at::empty({T, B, H}, x.options());
+  at::Tensor out2d = out.view({T * B, H});
+  input_projection(out2d, x.view({T * B, input.size(2)}), weight_ih.to(ct).contiguous(), bias_ih, bias_hh);
+  return out;
+}
+
+// The backward's gradients from dz (gradients_from_dz, no hx, no lengths, forward in time):
+// grad_input, grad_weight_ih, grad_weight_hh, grad_bias (empty [0] where output_mask, in that
+// order, says not wanted). launch_bound: the GPU kernels' products (sum_of_outer_products).
+std::vector<at::Tensor> layer_gradients_from_dz(const at::Tensor& input, const at::Tensor& weight_ih,
+                                                const at::Tensor& weight_hh, const at::Tensor& output,
+                                                const at::Tensor& dz, std::array<bool, 4> output_mask,
+                                                bool launch_bound) {
+  check_gemm_operands("layer_gradients_from_dz", input, weight_ih,
+                      {{"weight_ih", &weight_ih}, {"weight_hh", &weight_hh}, {"output", &output}, {"dz", &dz}});
+  const int64_t T = input.size(0), B = input.size(1), H = weight_ih.size(0);
+  TORCH_CHECK_VALUE(weight_hh.sizes() == at::IntArrayRef({H, H}), "rnn_fused.layer_gradients_from_dz: weight_hh ",
+                    "must be [", H, ", ", H, "], got shape ", weight_hh.sizes());
+  for (const auto& [name, t] : {std::pair{"output", &output}, std::pair{"dz", &dz}}) {
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef({T, B, H}), "rnn_fused.layer_gradients_from_dz: ", name,
+                      " must be [", T, ", ", B, ", ", H, "], got shape ", t->sizes());
+  }
+  TORCH_CHECK_VALUE(T > 0, "rnn_fused.layer_gradients_from_dz: needs T > 0 steps");
+  const at::ScalarType ct = compute_dtype(input.scalar_type());
+  const at::Tensor dz_c = dz.to(ct).contiguous();
+  const LayerBackwardResult r = gradients_from_dz(
+      input, weight_ih.to(ct).contiguous(), weight_hh.to(ct).contiguous(), output.to(ct).contiguous(), dz_c, dz_c[0],
+      dz_c[T - 1], std::nullopt, std::nullopt, /*reverse=*/false,
+      {output_mask[0], false, output_mask[1], output_mask[2], output_mask[3]}, input.scalar_type(),
+      /*record_norms=*/false, at::empty({0}, dz_c.options()), launch_bound);
+  return {std::get<0>(r), std::get<2>(r), std::get<3>(r), std::get<4>(r)};
 }
 
 // What backend `backend` (None: like's device's own) would launch for a recurrence of
@@ -544,6 +611,14 @@ TORCH_LIBRARY(rnn_fused, m) {
     const rnn_fused::Autotune previous = rnn_fused::set_autotune({.enabled = enabled, .steps = steps});
     return std::make_tuple(previous.enabled, previous.steps);
   });
+  // The host layer's whole-sequence GEMMs of one layer, on their own (layer_input_projection
+  // and layer_gradients_from_dz above): what gpu-check subtracts from a timed layer pass.
+  m.def("layer_input_projection(Tensor input, Tensor weight_ih, Tensor? bias_ih, Tensor? bias_hh) -> Tensor",
+        &rnn_fused::layer_input_projection);
+  m.def(
+      "layer_gradients_from_dz(Tensor input, Tensor weight_ih, Tensor weight_hh, Tensor output, Tensor dz, "
+      "bool[4] output_mask, bool launch_bound) -> Tensor[]",
+      &rnn_fused::layer_gradients_from_dz);
   m.def("cost_constants(bool first_kernels=False) -> (str[] names, float[] values)", &rnn_fused::cost_constants);
   // Step-phase timing of a recurrence kernel (see recurrence_step_phases above):
   // (phase_cycles [CTAs, 3] int64, result [T,B,H]).

@@ -353,3 +353,55 @@ def test_cpu_layer_leaves_torch_thread_count_alone():
     if before == 1:
         pytest.skip("torch runs one thread on this host: a drop to one thread cannot show")
     assert (main_thread, new_thread) == (before, before)
+
+
+@pytest.mark.parametrize("launch_bound", [False, True])
+@pytest.mark.parametrize("steps, batch, input_size, hidden", [(1, 2, 3, 4), (11, 3, 5, 4), (40, 8, 6, 16)])
+def test_whole_sequence_gemm_ops_against_float64(steps, batch, input_size, hidden, launch_bound, generator):
+    # The ops gpu-check times beside a layer run the host layer's GEMMs (elman_gemms.h):
+    # checked against the same sums in float64 and in stock float32 ops.
+    def draw(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    x, w_ih, w_hh = draw(steps, batch, input_size), draw(hidden, input_size), draw(hidden, hidden)
+    b_ih, b_hh, out, dz = draw(hidden), draw(hidden), draw(steps, batch, hidden), draw(steps, batch, hidden)
+
+    def projection(t):
+        return t(x) @ t(w_ih).T + t(b_ih) + t(b_hh)
+
+    assert_within_tolerance(projection(torch.Tensor.double), projection(lambda t: t),
+                            OPS.layer_input_projection(x, w_ih, b_ih, b_hh), name="projection")
+    torch.testing.assert_close(OPS.layer_input_projection(x, w_ih, None, None), x @ w_ih.T, rtol=0, atol=1e-5)
+
+    def gradients(t):
+        dz2d = t(dz).reshape(-1, hidden)
+        dw_hh = sum((t(dz)[s].T @ t(out)[s - 1] for s in range(1, steps)), torch.zeros_like(t(w_hh)))
+        return [dz2d.T @ t(x).reshape(-1, input_size), dw_hh, dz2d.sum(0)]
+
+    got = OPS.layer_gradients_from_dz(x, w_ih, w_hh, out, dz, [True, True, True, True], launch_bound)
+    torch.testing.assert_close(got[0], (dz.reshape(-1, hidden) @ w_ih).view(steps, batch, input_size),
+                               rtol=1e-5, atol=1e-5)
+    for name, want, stock, ours in zip(["dW_ih", "dW_hh", "db"], gradients(torch.Tensor.double),
+                                       gradients(lambda t: t), got[1:], strict=True):
+        assert_within_tolerance(want, stock, ours, name=name)
+    skipped = OPS.layer_gradients_from_dz(x, w_ih, w_hh, out, dz, [False, True, False, True], launch_bound)
+    assert skipped[0].numel() == 0 and skipped[2].numel() == 0
+    assert torch.equal(skipped[1], got[1]) and torch.equal(skipped[3], got[3])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, w, h, o: OPS.layer_input_projection(x[0], w, None, None), r"input must be \[T, B, input_size\]"),
+    (lambda x, w, h, o: OPS.layer_input_projection(x, w.T, None, None), r"weight_ih must be \[hidden_size, 3\]"),
+    (lambda x, w, h, o: OPS.layer_input_projection(x, w, torch.zeros(4), None), "both be tensors or both None"),
+    (lambda x, w, h, o: OPS.layer_input_projection(x, w, torch.zeros(5), torch.zeros(4)),
+     r"bias_ih must be \[4\], got shape \[5\]"),
+    (lambda x, w, h, o: OPS.layer_input_projection(x, w.double(), None, None), "weight_ih must be a Float tensor"),
+    (lambda x, w, h, o: OPS.layer_gradients_from_dz(x, w, h[:, :3], o, o, [True] * 4, True),
+     r"weight_hh must be \[4, 4\]"),
+    (lambda x, w, h, o: OPS.layer_gradients_from_dz(x, w, h, o, o[1:], [True] * 4, True), r"dz must be \[2, 2, 4\]"),
+    (lambda x, w, h, o: OPS.layer_gradients_from_dz(x[:0], w, h, o[:0], o[:0], [True] * 4, True), "needs T > 0"),
+])
+def test_whole_sequence_gemm_ops_reject_bad_arguments(call, message):
+    x, w_ih, w_hh, out = torch.zeros(2, 2, 3), torch.zeros(4, 3), torch.zeros(4, 4), torch.zeros(2, 2, 4)
+    with pytest.raises(ValueError, match=message):
+        call(x, w_ih, w_hh, out)

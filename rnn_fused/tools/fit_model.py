@@ -37,6 +37,7 @@ import torch
 
 from ..launch_plan import STEP_SYNCS, cost_constants, stack_plan, step_cost_us
 from .command_output import UsageError, markdown_table, output_directory, write_json, write_text
+from .gpu_check import GEMMS_ALONE
 
 # The constants the per-step rows can inform (the launch shape's compute, staging, exchange
 # and barrier terms), in the order the report lists them. Not fitted here: clock_per_us
@@ -147,16 +148,20 @@ class FitResult:
 def observations_from_report(report: dict) -> list[Observation]:
     """Every (shape, path) of gpu-check's path_rows with a measured forward time per step and
     the plan that ran (one layer, one direction: the per-step time of a deeper or
-    bidirectional model mixes several launches). Not their backward: its time by subtraction
-    (the backward pass less a replay of its GEMMs) came out below zero or near it at H <= 256
-    on the H200 on 2026-12-04 (the replay outlasts the op's own GEMMs), so autotuning's direct
-    backward times (tune_rows) stand for it."""
+    bidirectional model mixes several launches), and their backward where the run replayed the
+    layer ops' own GEMMs (meta "gemms_alone"): before, a hand-written replay of more launches
+    outlasted them, and the backward's time by subtraction came out below zero or near it at
+    H <= 256 (H200, 2026-12-04); autotuning's direct backward times (tune_rows) stand for
+    those runs' backward."""
     found = []
+    directions = [("forward", "measured_fwd_us_per_step", "forward_plan")]
+    if report.get("meta", {}).get("gemms_alone") == GEMMS_ALONE:
+        directions.append(("backward", "measured_bwd_us_per_step", "backward_plan"))
     for row in report.get("path_rows", []):
         shape = row.get("shape") or {}
         if shape.get("layers", 1) != 1 or shape.get("bidirectional") or row.get("error"):
             continue
-        for direction, key, plan_key in (("forward", "measured_fwd_us_per_step", "forward_plan"),):
+        for direction, key, plan_key in directions:
             measured, plan = row.get(key), row.get(plan_key)
             if not measured or measured <= 0 or not plan or not plan.get("feasible"):
                 continue

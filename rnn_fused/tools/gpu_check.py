@@ -254,6 +254,8 @@ class ShapeRow:
     ours_peak_mb: float | None = None
     baseline_rel_error: float | None = None
     ours_rel_error: float | None = None
+    baseline_rel_error_of: str | None = None  # the result with the worst error: "output", "grad weight_hh_l0", ...
+    ours_rel_error_of: str | None = None
     forward_path: str | None = None
     backward_path: str | None = None
     predicted_fwd_us_per_step: float | None = None
@@ -521,7 +523,6 @@ def format_goal_table(goals: list[GoalVerdict]) -> str:
 
 
 # --- measuring ------------------------------------------------------------------------------
-# --- measuring ------------------------------------------------------------------------------
 
 
 def build_modules(shape: Shape, target: Target, seed: int = 0):
@@ -544,19 +545,32 @@ def build_modules(shape: Shape, target: Target, seed: int = 0):
     return stock, ours, x, grad_out
 
 
-def relative_error(results: list[Tensor], reference: list[Tensor]) -> float:
-    """Worst ||x - ref|| / ||ref|| over the results (absolute where ref is all zeros)."""
-    worst = 0.0
+def relative_errors(results: list[Tensor], reference: list[Tensor]) -> list[float]:
+    """||x - ref|| / ||ref|| of each result (absolute where ref is all zeros)."""
+    errors = []
     for got, want in zip(results, reference, strict=True):
         want = want.detach().double()
         difference = (got.detach().double() - want).norm().item()
         norm = want.norm().item()
-        worst = max(worst, difference / norm if norm > 0 else difference)
-    return worst
+        errors.append(difference / norm if norm > 0 else difference)
+    return errors
+
+
+def relative_error(results: list[Tensor], reference: list[Tensor]) -> float:
+    """The worst of relative_errors."""
+    return max(relative_errors(results, reference))
+
+
+def worst_error_of(results: list[Tensor], reference: list[Tensor], names: list[str]) -> tuple[float, str]:
+    """(the worst relative error, the name of the result that has it)."""
+    errors = relative_errors(results, reference)
+    worst = max(range(len(errors)), key=errors.__getitem__)
+    return errors[worst], names[worst]
 
 
 def module_results(module: nn.Module, x: Tensor, grad_out: Tensor, dtype: torch.dtype) -> list[Tensor]:
-    """[output, h_n, grad of x, grads of every parameter] of `module` run in dtype."""
+    """[output, h_n, grad of x, grads of every parameter] of `module` run in dtype
+    (module_result_names names them)."""
     module = copy.deepcopy(module).to(dtype)
     leaf = x.detach().to(dtype).requires_grad_()
     out, h_n = module(leaf)
@@ -566,36 +580,38 @@ def module_results(module: nn.Module, x: Tensor, grad_out: Tensor, dtype: torch.
     return [out.detach(), h_n.detach(), *grads]
 
 
+def module_result_names(module: nn.Module) -> list[str]:
+    """The names of module_results' entries: output, h_n, grad input, then grad <parameter>."""
+    return ["output", "h_n", "grad input"] + [f"grad {name}" for name, _ in module.named_parameters()]
+
+
+GEMMS_ALONE = "layer ops"  # describe()'s "gemms_alone": whole_sequence_work runs the layer ops' own GEMMs
+
+
 def whole_sequence_work(shape: Shape, target: Target, backward: bool):
-    """A function that runs the ATen work the host layer (csrc/host_layer.cpp, elman_gemms.h)
-    does around one layer's recurrence, in the compute dtype: the input projection before the
-    forward; dz's allocation, dW_ih, the bias gradient and dW_hh's chunked sum of outer
-    products after the backward (no input gradient: the timed input needs none)."""
+    """A function that runs the whole-sequence GEMMs the host layer runs around one layer's
+    recurrence, through the layer ops' own code (csrc/elman_gemms.h, the ops
+    layer_input_projection and layer_gradients_from_dz), in the compute dtype: the input
+    projection before the forward; dW_ih, the bias gradient and dW_hh's chunked sum of outer
+    products after the backward (no input gradient: the timed input needs none). As on the GPU
+    kernels' backends (CUDA, emulated), each product a launch."""
     steps, batch, inputs, hidden = shape.steps, shape.batch, shape.input_size, shape.hidden
     compute = torch.float64 if shape.torch_dtype == torch.float64 else torch.float32
     options = dict(device=target.device, dtype=compute)
-    x2d = torch.randn(steps * batch, inputs, **options)
+    x = torch.randn(steps, batch, inputs, **options)
     w_ih = torch.randn(hidden, inputs, **options)
-    bias_ih, bias_hh = torch.randn(hidden, **options), torch.randn(hidden, **options)
-    out2d = torch.empty(steps * batch, hidden, **options)
     if not backward:
+        bias_ih, bias_hh = torch.randn(hidden, **options), torch.randn(hidden, **options)
+
         def forward_gemms():
-            torch.addmm(bias_ih + bias_hh, x2d, w_ih.t(), out=out2d)
+            torch.ops.rnn_fused.layer_input_projection(x, w_ih, bias_ih, bias_hh)
         return forward_gemms
+    w_hh = torch.randn(hidden, hidden, **options)
     outputs = torch.randn(steps, batch, hidden, **options)
-    chunks = max(1, round(math.sqrt(steps)))
-    per_chunk = -(-steps // chunks)
+    dz = torch.randn(steps, batch, hidden, **options)
 
     def backward_gemms():
-        dz = torch.zeros(steps, batch, hidden, **options)
-        dz2d = dz.view(steps * batch, hidden)
-        torch.mm(dz2d.t(), x2d)
-        dz2d.sum(0)
-        grad_w_hh = torch.zeros(hidden, hidden, **options)
-        for start in range(0, steps, per_chunk):
-            n = min(per_chunk, steps - start)
-            grad_w_hh.add_(torch.mm(dz[start:start + n].reshape(n * batch, hidden).t(),
-                                    outputs[start:start + n].reshape(n * batch, hidden)))
+        torch.ops.rnn_fused.layer_gradients_from_dz(x, w_ih, w_hh, outputs, dz, [False, True, True, True], True)
     return backward_gemms
 
 
@@ -729,8 +745,11 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
         row.ours_peak_mb = cuda_peak_memory_mb(ours, x, grad_out)
     if measure_error and dtype == torch.float32 and not shape.long:
         reference = module_results(stock, x, grad_out, torch.float64)
-        row.baseline_rel_error = relative_error(module_results(stock, x, grad_out, dtype), reference)
-        row.ours_rel_error = relative_error(module_results(ours, x, grad_out, dtype), reference)
+        names = module_result_names(stock)
+        row.baseline_rel_error, row.baseline_rel_error_of = worst_error_of(
+            module_results(stock, x, grad_out, dtype), reference, names)
+        row.ours_rel_error, row.ours_rel_error_of = worst_error_of(module_results(ours, x, grad_out, dtype),
+                                                                   reference, names)
     return row
 
 
@@ -1244,7 +1263,8 @@ def format_shape_table(rows: list[ShapeRow], baseline: str) -> str:
         baseline_fwd = _num(r.baseline_fwd_ms) if r.baseline_fwd_ms is not None else (r.note or "–")
         baseline_fwd_bwd = _num(r.baseline_fwd_bwd_ms) if r.baseline_fwd_bwd_ms is not None else (r.note or "–")
         errors = ("–" if r.ours_rel_error is None
-                  else _pair(f"{r.baseline_rel_error:.1e}", f"{r.ours_rel_error:.1e}"))
+                  else _pair(f"{r.baseline_rel_error:.1e}", f"{r.ours_rel_error:.1e}"
+                             + (f" ({r.ours_rel_error_of})" if r.ours_rel_error_of else "")))
         lines.append(
             f"| {r.label} | {baseline_fwd} | {_num(r.ours_fwd_ms)} | {_ratio_text(r.fwd_ratio)} | {baseline_fwd_bwd} | "
             f"{_num(r.ours_fwd_bwd_ms)} | {_ratio_text(r.fwd_bwd_ratio)} | "
@@ -1340,7 +1360,7 @@ def format_report(result: GpuCheckResult) -> str:
         "",
         f"ratio = {baseline} time / rnn_fused time (> 1: rnn_fused faster). Relative error = worst "
         "‖x − ref‖/‖ref‖ over output, h_n and every gradient against a float64 run of " + baseline +
-        " (W_hh halved so the dynamics contract); fp32 rows only. Path and predicted µs/step: "
+        " (W_hh halved so the dynamics contract; in brackets the result with rnn_fused's worst); fp32 rows only. Path and predicted µs/step: "
         "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
         "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
         "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: "
@@ -1546,6 +1566,9 @@ def describe(target: Target, timing: Timing, budget_s: float) -> dict:
         "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         "version": __version__, "commit": _commit(), "budget_s": budget_s, "elapsed_s": 0.0,
         "model_constants": cost_constants(),
+        # What the measured µs/step subtract (fit-model reads the backward's only from runs that
+        # replayed the layer ops' own GEMMs: a hand-written replay before outlasted them).
+        "gemms_alone": GEMMS_ALONE,
         "timing": (f"fp32 with TF32 off (and bf16 rows); medians of at least {timing.min_repeats} runs and "
                    f"{timing.min_seconds} s timed with {clock} (long rows: {LONG_TIMING.min_repeats} runs), "
                    f"after warm-up; {target.baseline} and rnn_fused alternate run by run."),
