@@ -29,6 +29,8 @@
 #include <tuple>
 #include <utility>
 
+#include "outer_product_chunks.h"
+
 namespace rnn_fused {
 
 // Reduced-precision inputs run in float32 (float32 accumulation) and are rounded back once.
@@ -82,25 +84,22 @@ inline void zero_past_lengths(at::Tensor& out, const std::optional<at::Tensor>& 
 // B = 1-16), 0.8-1.0x at H = 256-1024, where each product is large enough to split.
 constexpr int64_t kCpuBatchedMaxHidden = 128;
 
-// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of about
-// sqrt(S) steps, chunk results added up. One GEMM with K = S*B accumulates each entry in
-// one long chain, about twice the rounding error of stock PyTorch's per-step sum.
+// sum_t a[t]^T b[t] for a, b [S,B,H], as a two-level sum: one GEMM per chunk of steps, the
+// chunks' results added up (outer_product_chunks says how many and whether batched). One GEMM
+// with K = S*B accumulates each entry in one long chain, about twice the rounding error of
+// stock PyTorch's per-step sum.
 // launch_bound: the GPU kernels' backends (CUDA, and the emulated one that mirrors it), where
 // each product is a kernel launch: always batched. On the CPU, batched up to
 // kCpuBatchedMaxHidden.
 inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b, bool launch_bound) {
   const int64_t S = a.size(0), B = a.size(1), H = a.size(2);
   const bool batched = launch_bound || (a.is_cpu() && H <= kCpuBatchedMaxHidden);
-  const int64_t chunks = std::max<int64_t>(1, std::lround(std::sqrt(double(S))));
-  const int64_t steps_per_chunk = (S + chunks - 1) / chunks;
-  const int64_t full = S / steps_per_chunk;
-  // Full chunks per batched product: as many as keep its [group, H, H] partials within the
-  // memory of a (or b).
-  const int64_t group = std::min(full, S * B / H);
-  if (batched && group > 1) {
+  const OuterProductChunks c = outer_product_chunks(S, B, H, batched);
+  const int64_t steps_per_chunk = c.steps_per_chunk, full = c.full, group = c.group;
+  if (group > 1) {
     // On a GPU each product is a launch (about 5 us: 2 sqrt(T) of them cost more than a small
     // layer's whole recurrence): groups of full chunks as one batched product and one sum
-    // each (one group where H <= steps_per_chunk * B), the rest as one more product.
+    // each, the rest as one more product.
     at::Tensor result;
     for (int64_t first = 0; first < full; first += group) {
       const int64_t n = std::min(group, full - first);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -405,3 +406,28 @@ def test_whole_sequence_gemm_ops_reject_bad_arguments(call, message):
     x, w_ih, w_hh, out = torch.zeros(2, 2, 3), torch.zeros(4, 3), torch.zeros(4, 4), torch.zeros(2, 2, 4)
     with pytest.raises(ValueError, match=message):
         call(x, w_ih, w_hh, out)
+
+
+@pytest.mark.parametrize("steps, batch, hidden, rows, products", [
+    (1000, 1, 64, 32, 3),       # sqrt(T) steps of one row: 31 chunks of 32 rows, 15 per product (their
+                                # partials within the memory of dz)
+    (1000, 32, 128, 192, 1),    # balanced: 166 chunks of 6 steps, 192 rows (not 32 steps: 1024 rows)
+    (1000, 32, 256, 256, 1),    # 8 steps: 6 would need 2 products where 32 steps need 1
+    (1000, 128, 256, 384, 1),   # 333 chunks of 3 steps
+    (100, 32, 1024, 320, 3),    # sqrt(T) steps: shorter chunks would need more products
+])
+def test_dw_hh_chunks_balance_their_rows_against_their_count(steps, batch, hidden, rows, products):
+    # dW_hh's two-level sum on the GPU kernels' backends: each chunk product sums its rows in one
+    # chain and the chunks' partials are summed in another; the longer chain sets the rounding
+    # error. The chunks are the shortest from sqrt(T / B) steps up that make no more launches
+    # than chunks of sqrt(T) steps (csrc/outer_product_chunks.h).
+    pairs = steps - 1
+    dz, out = torch.zeros(steps, batch, hidden), torch.zeros(steps, batch, hidden)
+    x, w_ih, w_hh = torch.zeros(steps, batch, 1), torch.zeros(hidden, 1), torch.zeros(hidden, hidden)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        OPS.layer_gradients_from_dz(x, w_ih, w_hh, out, dz, [False, False, True, False], True)
+    batched = [e for e in profile.events() if e.name == "aten::bmm"]
+    assert len(batched) == products
+    assert {e.input_shapes[0][2] for e in batched} == {rows}  # [n, H, rows] x [n, rows, H]
+    chunks = sum(e.input_shapes[0][0] for e in batched)
+    assert chunks * rows <= pairs * batch < (chunks + 1) * rows  # every full chunk; the rest, one mm more

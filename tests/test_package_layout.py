@@ -20,7 +20,7 @@ PRODUCT_OPS = {"rnn_layer_forward", "rnn_layer_backward", "rnn_layer_backward_wi
                "rnn_stack_backward", "stack_plan", "edge_scales", "recurrence_plan",
                "cost_model", "step_cost", "cost_constants", "set_forced_tiling", "set_autotune",
                "recurrence_step_phases", "backends", "cpu_loop_team",
-               "set_cpu_loop_team"}
+               "set_cpu_loop_team", "layer_input_projection", "layer_gradients_from_dz"}
 
 
 def _modules_after(statement: str) -> set[str]:

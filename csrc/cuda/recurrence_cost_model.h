@@ -19,6 +19,8 @@
 #include <cstdint>
 #include <string>
 
+#include "outer_product_chunks.h"
+
 namespace rnn_fused::cost {
 
 struct Constants {
@@ -391,16 +393,13 @@ inline double forward_gemms_us(const Constants& c, int64_t steps, int64_t batch,
   return gemm_us(c, double(steps) * batch, hidden, input) + c.op_fixed_us;
 }
 
-// dW_hh is a two-level sum over chunks of about sqrt(T) steps (elman_gemms.h): on the GPU a
-// batched product and a sum per group of chunks whose [group,H,H] partials fit in the memory
-// of one [T,B,H] tensor (one group where H <= chunk * B), and one product for the rest; a
-// product and an add per chunk where not even two fit (the first kernels always did the
-// latter: legacy_dw_hh_launches).
+// dW_hh is a two-level sum over chunks of steps (elman_gemms.h sum_of_outer_products, over
+// the T - 1 steps after the first): on the GPU batched products and a sum each, the launches
+// outer_product_launches counts (the first kernels made a product and an add per chunk of
+// about sqrt(T) steps: legacy_dw_hh_launches).
 inline double dw_hh_launches(int64_t steps, int64_t batch, int64_t hidden) {
-  const double chunk = std::ceil(std::sqrt(double(steps)));
-  const double full = std::floor(double(steps) / chunk);
-  const double group = std::min(full, std::floor(double(steps) * batch / hidden));
-  return group > 1 ? 3.0 * std::ceil(full / group) : 2.0 * chunk;
+  const int64_t pairs = steps - 1;
+  return double(outer_product_launches(outer_product_chunks(pairs, batch, hidden, true), pairs));
 }
 inline double legacy_dw_hh_launches(int64_t steps) { return 4.0 * std::sqrt(double(steps)); }
 
