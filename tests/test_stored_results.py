@@ -29,7 +29,9 @@ depends on the processor's vendor: on 2026-12-04 an AMD EPYC gave other digests 
 machine for every backend, the CPU's and float64 included (MKL's AVX2 code is not the same
 there). The digests carry the vendor they were made on, and on another vendor the test skips and
 says so. Regenerated on 2026-12-04 on the AMD EPYC, with the block path's lane-row step (float32,
-H <= 128: its own summation order) in the emulated block results.
+H <= 128: its own summation order) in the emulated block results; again that night for dW_hh's
+balanced chunks (csrc/outer_product_chunks.h: another summation order of grad_weight_hh, and so
+of the squared norms; no other result moved).
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit.
