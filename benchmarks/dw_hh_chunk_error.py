@@ -1,4 +1,5 @@
-"""The rounding error of dW_hh's two-level sum by chunk length, simulated in float32.
+"""The rounding error of dW_hh's two-level sum by chunk length, simulated in float32, and
+(--time) the time of the sum as the host layer batches it, on this CPU.
 
 dW_hh = sum_t dz_t^T h_{t-1} is summed as chunk products (csrc/outer_product_chunks.h): each
 product adds its steps_per_chunk * B rows in one chain, then the chunks' partials are added in
@@ -7,13 +8,18 @@ after another; the partials' sum runs along the chunks) in float32 and reports t
 error against float64, on random data of the given shape (dz normal, h = tanh of normal).
 It is a model of the chains, not of cuBLAS's kernels: read the ratios between rows.
 
-    python benchmarks/dw_hh_chunk_error.py 1000 32 128 32 6 1
+    python benchmarks/dw_hh_chunk_error.py 1000 32 128 32 6 0
         (T, B, H, then chunk lengths in steps; 0 = split each chunk of 32 steps 8 ways along K)
+    python benchmarks/dw_hh_chunk_error.py --time 999 8 64 32 11
+        (S pairs of steps, B, H, chunk lengths: the batched product of the full chunks and its
+        sum, and one product for the rest, at 2 threads; medians of 50 runs)
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 
 import numpy as np
 
@@ -40,7 +46,38 @@ def two_level(a: np.ndarray, b: np.ndarray, rows: int, split: int = 1) -> np.nda
                        np.stack(partials).reshape(len(partials), -1)).reshape(a.shape[1], b.shape[1])
 
 
+def batched_sum_ms(pairs: int, batch: int, hidden: int, steps: int) -> float:
+    """Median time of sum_of_outer_products' batched branch (one group) with chunks of `steps`."""
+    import torch
+
+    torch.set_num_threads(2)
+    a, b = torch.randn(pairs, batch, hidden), torch.randn(pairs, batch, hidden)
+    full = pairs // steps
+
+    def run():
+        rows = full * steps
+        total = torch.bmm(a[:rows].reshape(full, steps * batch, hidden).transpose(1, 2),
+                          b[:rows].reshape(full, steps * batch, hidden)).sum(0)
+        if rows < pairs:
+            total.add_(a[rows:].reshape(-1, hidden).t() @ b[rows:].reshape(-1, hidden))
+
+    for _ in range(5):
+        run()
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
 def main(argv: list[str]) -> None:
+    if argv and argv[0] == "--time":
+        pairs, batch, hidden, *chunk_steps = (int(v) for v in argv[1:])
+        for n in chunk_steps:
+            print(f"S, B, H = {pairs}, {batch}, {hidden}, chunks of {n} steps: "
+                  f"{batched_sum_ms(pairs, batch, hidden, n):.3f} ms")
+        return
     steps, batch, hidden, *chunk_steps = (int(v) for v in argv)
     rng = np.random.default_rng(0)
     dz = rng.standard_normal((steps * batch, hidden)).astype(np.float32)
