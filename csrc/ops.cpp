@@ -4,8 +4,9 @@
 // edge_scales (the truncation draws the backward applies), recurrence_plan (what a
 // GPU-kernel backend would launch), cost_model (its predicted time of a layer), backends
 // (the registered backends' names) and the layer's whole-sequence GEMMs on their own
-// (layer_input_projection, layer_gradients_from_dz: what gpu-check times beside a layer). The op entry points build the call descriptor
-// (layer_call.h) and hand it to the host layer (host_layer.h), which picks the backend.
+// (layer_input_projection, layer_gradients_from_dz: what gpu-check times beside a layer).
+// The op entry points build the call descriptor (layer_call.h) and hand it to the host layer
+// (host_layer.h), which picks the backend.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <Python.h>
@@ -293,6 +294,7 @@ std::vector<at::Tensor> layer_gradients_from_dz(const at::Tensor& input, const a
   TORCH_CHECK_VALUE(T > 0, "rnn_fused.layer_gradients_from_dz: needs T > 0 steps");
   const at::ScalarType ct = compute_dtype(input.scalar_type());
   const at::Tensor dz_c = dz.to(ct).contiguous();
+  // (dz_first is dz at step 0; dh_n is read only with lengths, which this op has none of)
   const LayerBackwardResult r = gradients_from_dz(
       input, weight_ih.to(ct).contiguous(), weight_hh.to(ct).contiguous(), output.to(ct).contiguous(), dz_c, dz_c[0],
       dz_c[T - 1], std::nullopt, std::nullopt, /*reverse=*/false,

@@ -1360,7 +1360,8 @@ def format_report(result: GpuCheckResult) -> str:
         "",
         f"ratio = {baseline} time / rnn_fused time (> 1: rnn_fused faster). Relative error = worst "
         "‖x − ref‖/‖ref‖ over output, h_n and every gradient against a float64 run of " + baseline +
-        " (W_hh halved so the dynamics contract; in brackets the result with rnn_fused's worst); fp32 rows only. Path and predicted µs/step: "
+        " (W_hh halved so the dynamics contract; in brackets the result with rnn_fused's worst); fp32 rows "
+        "only. Path and predicted µs/step: "
         "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
         "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
         "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: "
