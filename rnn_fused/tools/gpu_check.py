@@ -112,11 +112,16 @@ FACTS_SHAPES = [
 # Two layers of 1000, 8, 256, 256 and three of 300, 7, 50, 129: the cluster path's stack (forward
 # and backward in one launch each) against its layers one by one and cuDNN's overlap. And
 # 500, 256, 128, 256: a batch past the SMs, the block path's split weights at 2 samples per CTA.
+# Then corners no row had touched (added 2026-12-04, not yet run): a long sequence of a tiny layer
+# (cuDNN's persistent kernel at its fastest step against ours), a batch of 512 at H = 32, a short
+# sequence at an H past 256 that is no multiple of 128, and one bidirectional layer at H = 128.
 ODD_SHAPES = [
     Shape(777, 3, 97, 333), Shape(64, 5, 1, 1000), Shape(300, 7, 50, 129, layers=3),
     Shape(257, 33, 40, 200, layers=2, bidirectional=True), Shape(1, 1, 16, 32), Shape(11, 3, 20, 48, layers=2),
     Shape(1000, 8, 64, 64, layers=2), Shape(1000, 8, 64, 64, layers=4), Shape(1000, 8, 128, 128, layers=2),
     Shape(1000, 8, 256, 256, layers=2), Shape(500, 256, 128, 256),
+    Shape(5000, 1, 8, 16), Shape(200, 512, 32, 32), Shape(50, 16, 64, 384),
+    Shape(400, 16, 64, 128, bidirectional=True),
 ]
 # cuDNN refuses this one (CUDNN_STATUS_NOT_SUPPORTED on an H200; docs/long_sequences.md).
 LONG_SHAPE = Shape(100_000, 4, 256, 256, long=True)
