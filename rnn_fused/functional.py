@@ -113,11 +113,69 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     keys the randomized draws (with the direction).
     Under torch.autocast the op runs in the autocast dtype (float64 arguments excepted).
     sink: where the backward hands the norms it reduces (recording.LayerSink), or None.
+    On the GPU kernels with path=None the batch may run as two layer ops, one after the other,
+    where the cost model prices that faster (launch_plan.batch_pieces: a last wave of few groups).
     Returns output [T,B,H] (zeros at t >= lengths[b]) and h_n [B,H].
     """
     args = truncation if isinstance(truncation, TruncationArgs) else resolve_truncation(truncation)
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(f"rnn_layer: layer must be an int >= 0, got {layer!r}")
+    pieces = _batch_pieces(input, hx, (weight_ih, weight_hh, bias_ih, bias_hh), lengths, backend, path, args,
+                           sink, side_by_side)
+    if len(pieces) > 1:
+        return _split_layer(pieces, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                            reverse, backend, args, layer)
+    return _one_layer(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity, reverse, backend,
+                      path, args, layer, sink, side_by_side)
+
+
+def _batch_pieces(input: Tensor, hx: Tensor | None, weights, lengths: Tensor | None, backend: str | None,
+                  path: str | None, truncation: TruncationArgs, sink, side_by_side: int) -> tuple[int, ...]:
+    """launch_plan.batch_pieces for a call of rnn_layer, or the whole batch where the call is not
+    split: on the CPU loops, under torch.compile, with a forced path or half the SMs, or where a
+    sample's results would depend on its index in the batch (randomized truncation draws by it)
+    or the backward's norms must reach one sink."""
+    emulated = backend == "emulated"
+    if (input.dim() != 3 or path is not None or side_by_side != 1 or sink is not None or truncation.randomized
+            or not (input.is_cpu if emulated else input.is_cuda and backend in (None, "cuda"))
+            or torch.compiler.is_compiling()):
+        return (input.shape[1],) if input.dim() == 3 else (0,)
+    steps, batch, input_size = input.shape
+    weight_hh = weights[1]
+    # Malformed arguments are the op's to reject, with its messages: never split them.
+    if (batch < 2 or steps < 1 or weight_hh.dim() != 2 or weight_hh.shape[0] < 1
+            or not input.dtype.is_floating_point or (hx is not None and hx.shape[:1] != (batch,))
+            or (lengths is not None and lengths.shape != (batch,))):
+        return (batch,)
+    # (In the input's dtype: under autocast float16 and bfloat16 plan as float32 does.)
+    hidden, device = weight_hh.shape[0], "emulated" if emulated else input.device
+    if not launch_plan.runs_in_waves(hidden, batch, input.dtype, device):  # the common case, cached
+        return (batch,)
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *weights))
+    return launch_plan.batch_pieces(steps, batch, input_size, hidden, input.dtype, device, backward)
+
+
+def _split_layer(pieces: tuple[int, ...], input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
+                 bias_ih: Tensor | None, bias_hh: Tensor | None, lengths: Tensor | None, nonlinearity: str,
+                 reverse: bool, backend: str | None, truncation: TruncationArgs, layer: int) -> tuple[Tensor, Tensor]:
+    """rnn_layer over the batch's samples in pieces (launch_plan.batch_pieces), one layer op each,
+    one after the other. Each sample's values are its own whatever the piece (no kernel mixes
+    samples), up to the summation order of the whole-sequence GEMMs; autograd adds the pieces'
+    weight gradients and joins their input gradients."""
+    count = len(pieces)
+    states = (None,) * count if hx is None else hx.split(pieces, dim=0)
+    piece_lengths = (None,) * count if lengths is None else lengths.split(pieces)
+    results = [_one_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, piece_length, nonlinearity, reverse,
+                          backend, None, truncation, layer, None, 1)
+               for x, h0, piece_length in zip(input.split(pieces, dim=1), states, piece_lengths)]
+    return torch.cat([out for out, _ in results], dim=1), torch.cat([h_n for _, h_n in results], dim=0)
+
+
+def _one_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None,
+               bias_hh: Tensor | None, lengths: Tensor | None, nonlinearity: str, reverse: bool,
+               backend: str | None, path: str | None, args: TruncationArgs, layer: int, sink,
+               side_by_side: int) -> tuple[Tensor, Tensor]:
+    """rnn_layer's one op call (after its checks; args resolved)."""
     log_layer_plan(input, weight_hh.shape[0], path, side_by_side)
     inputs = _ops.LayerInputs(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths)
     options = _ops.LayerOptions.make(nonlinearity, reverse, args, layer, backend, path, side_by_side)

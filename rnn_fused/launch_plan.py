@@ -25,6 +25,7 @@ once it asks for it (logging.getLogger("rnn_fused").setLevel(logging.INFO) and a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -182,6 +183,60 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
 
 
+def split_layer_us(steps: int, pieces: tuple[int, ...], input_size: int, hidden_size: int,
+                   dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated",
+                   backward: bool = False) -> float:
+    """The cost model's time of a layer's forward (or backward) with its batch in `pieces`, one
+    layer op after another (batch_pieces): each piece's planned layer, whole-sequence GEMMs and the
+    op's fixed cost included, and for more than one piece the copies of the samples: the input's
+    and the output's (forward), the output gradient's and the input gradient's (backward), T B
+    (I + H) elements read and as many written, at memory_bytes_per_us."""
+    total = sum(predicted_layer_us("planned", steps, samples, input_size, hidden_size, backward, dtype, device)
+                for samples in pieces)
+    if len(pieces) > 1:
+        moved_bytes = 2.0 * steps * sum(pieces) * (input_size + hidden_size) * dtype.itemsize
+        total += moved_bytes / cost_constants()["memory_bytes_per_us"]
+    return total
+
+
+@functools.lru_cache(maxsize=1024)
+def runs_in_waves(hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32,
+                  device: str | torch.device = "emulated") -> bool:
+    """Whether the plan of the forward or of the backward recurrence takes more than one wave."""
+    return any(plan(hidden_size, batch_size, dtype, device, backward=backward).waves > 1
+               for backward in (False, True))
+
+
+@functools.lru_cache(maxsize=1024)
+def batch_pieces(steps: int, batch_size: int, input_size: int, hidden_size: int, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "emulated", backward: bool = False) -> tuple[int, ...]:
+    """How many samples each launch of a layer's recurrences takes: (batch_size,) for one launch,
+    or (first, rest), first >= rest, for the first samples' layer and then the rest's, where
+    split_layer_us prices the two faster (the forward, plus the backward with `backward`).
+    rnn_layer splits so (functional._split_layer).
+
+    A persistent kernel whose sample groups do not all fit on the device at once runs them in
+    waves, each a whole sequence, and every wave costs a step of the plan's sample tile however
+    few groups the last one holds. Two launches give the last samples a tile of their own: at
+    H = 1024, B = 32 an H200 holds 7 clusters of 16 CTAs, so the planner's 16 groups of 2 samples
+    run in 3 waves (7.7 us a step), where 28 samples in 7 groups of 4 and then 4 in 4 groups of 1
+    take a wave each (4.05 + 1.83 us). Only where a plan takes more than one wave
+    (runs_in_waves) is a split priced."""
+    if batch_size < 2 or steps < 1 or not runs_in_waves(hidden_size, batch_size, dtype, device):
+        return (batch_size,)
+
+    def layer_us(pieces: tuple[int, ...]) -> float:
+        total = split_layer_us(steps, pieces, input_size, hidden_size, dtype, device)
+        if backward:
+            total += split_layer_us(steps, pieces, input_size, hidden_size, dtype, device, backward=True)
+        return total
+
+    # Of splits priced alike (to a nanosecond: sums of the same terms in another order), the one
+    # with the most samples first; the whole batch before any split.
+    splits = [(first, batch_size - first) for first in range(batch_size - 1, (batch_size - 1) // 2, -1)]
+    return min([(batch_size,)] + splits, key=lambda pieces: (round(layer_us(pieces), 3), -pieces[0]))
+
+
 def cost_constants(first_kernels: bool = False) -> dict[str, float]:
     """The cost model's named constants and their values in this build
     (csrc/cuda/recurrence_cost_model.h): those the planner prices with (fitted to an H200's
@@ -261,14 +316,22 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
         yield
 
 
+def forget_cached_plans() -> None:
+    """Drops what the Python side keeps from plans (functional's decisions per shape): after a
+    planner setting or the emulated device changed, plans may differ."""
+    from . import functional
+
+    functional.directions_side_by_side.cache_clear()
+    functional._stack_step_costs.cache_clear()
+    runs_in_waves.cache_clear()
+    batch_pieces.cache_clear()
+
+
 def _apply_planner_setting(set_op, *values):
     """Sets a process-wide setting of the planner through `set_op`; returns the previous values.
     Plans change with it, so what is cached from plans is dropped."""
-    from . import functional
-
     previous = set_op(*values)
-    functional.directions_side_by_side.cache_clear()
-    functional._stack_step_costs.cache_clear()
+    forget_cached_plans()
     return previous
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _build  # noqa: F401  (loads rnn_fused._C)
+from . import launch_plan
 
 _ops = torch.ops.rnn_fused_simt
 
@@ -28,10 +29,14 @@ SCHEDULE_MODES = ("forward", "reverse", "shuffle")
 @dataclass(frozen=True)
 class DeviceProperties:
     """The emulated GPU. Defaults resemble an H100 SXM (132 SMs, 227 KB opt-in shared,
-    compute capability 9.0: thread-block clusters). The field order is the C++ side's
-    (SIMT_DEVICE_PROPERTY_FIELDS in csrc/simt/simt.cuh); device_properties() checks it."""
+    compute capability 9.0: thread-block clusters). sms_per_gpc: a cluster's blocks share a GPC,
+    and the SMs are taken as GPCs of that many, the last one the rest (0: no GPCs); the default's
+    7 x 18 + 6 fits what an H200 measured (7 clusters of 16 blocks of one per SM, not 8). The field
+    order is the C++ side's (SIMT_DEVICE_PROPERTY_FIELDS in csrc/simt/simt.cuh);
+    device_properties() checks it."""
 
     sm_count: int = 132
+    sms_per_gpc: int = 18
     max_threads_per_block: int = 1024
     max_threads_per_sm: int = 2048
     max_blocks_per_sm: int = 32
@@ -71,11 +76,13 @@ def device_properties() -> DeviceProperties:
 
 def set_device_properties(props: DeviceProperties) -> None:
     _ops.set_device_properties([int(getattr(props, name)) for name in _field_names()])
+    launch_plan.forget_cached_plans()  # the planner's answers for the old device
 
 
 def reset_device_properties() -> None:
     """Back to the defaults (DeviceProperties())."""
     _ops.reset_device_properties()
+    launch_plan.forget_cached_plans()
 
 
 @contextlib.contextmanager

@@ -34,8 +34,9 @@ from rnn_cases import RNNCase
 OPS = torch.ops.rnn_fused
 # Enough SMs for every CTA of the stacks below to be co-resident (the block path's stack: a
 # cooperative launch), and for the cluster path's stacks, whose CTAs take an SM each (their
-# registers), to run every sample group's cluster of up to 16 CTAs at once.
-STACK_GPU = dict(sm_count=64)
+# registers), to run every sample group's cluster of up to 16 CTAs at once (in one GPC of all
+# 64 SMs: no GPC boundary).
+STACK_GPU = dict(sm_count=64, sms_per_gpc=0)
 
 
 def stack_inputs(steps, batch, input_size, hidden, layers, *, bias=True, hx=True, seed=0):

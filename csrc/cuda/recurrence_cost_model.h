@@ -63,6 +63,10 @@ struct Constants {
   // load from L2 in the middle of a step, and the serialized per-sample epilogue around it.
   double l2_dependent_load_us = 0.22;
   double l2_bytes_per_sm_per_us = 75e3;  // assumed: ~10 TB/s of L2 reads over 132 SMs
+  // Device memory, read: what a copy of a tensor larger than L2 moves per microsecond in each
+  // direction (an H200 read 4245 GB/s: gpu-check's probe, 2026-12-04). Prices the copies of a
+  // batch split into launches (rnn_fused.launch_plan.batch_pieces).
+  double memory_bytes_per_us = 4.245e6;
   // Whole-sequence GEMMs (cuBLAS, TF32 off) and per-op overhead, fitted to the same rows.
   double gemm_tflops = 40.0;
   double op_fixed_us = 96.0;
@@ -157,6 +161,7 @@ inline constexpr NamedConstant kNamedConstants[] = {
     {"state_load_wavefronts", &Constants::state_load_wavefronts},
     {"l2_dependent_load_us", &Constants::l2_dependent_load_us},
     {"l2_bytes_per_sm_per_us", &Constants::l2_bytes_per_sm_per_us},
+    {"memory_bytes_per_us", &Constants::memory_bytes_per_us},
     {"gemm_tflops", &Constants::gemm_tflops},
     {"op_fixed_us", &Constants::op_fixed_us},
     {"fma_latency_cycles", &Constants::fma_latency_cycles},

@@ -74,6 +74,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -119,6 +120,9 @@ class Error : public std::runtime_error {
 // current CUDA device; in emulation they are configurable (set_device_properties).
 struct DeviceProperties {
   int sm_count = 132;
+  // SMs per GPC for the cluster occupancy model (cluster_occupancy_model), the last GPC holding
+  // the rest; 0: not modelled (a GPU's own occupancy query answers, so nvcc builds leave it 0).
+  int sms_per_gpc = 18;
   int max_threads_per_block = 1024;
   int max_threads_per_sm = 2048;
   int max_blocks_per_sm = 32;
@@ -137,7 +141,7 @@ struct DeviceProperties {
 // Every DeviceProperties field once, in the order the emulator's controls exchange them
 // (csrc/simt/simt_ops.cpp; rnn_fused/simt.py checks its own field list against it).
 #define SIMT_DEVICE_PROPERTY_FIELDS(X)                                                                       \
-  X(sm_count) X(max_threads_per_block) X(max_threads_per_sm) X(max_blocks_per_sm) X(shared_mem_per_block)    \
+  X(sm_count) X(sms_per_gpc) X(max_threads_per_block) X(max_threads_per_sm) X(max_blocks_per_sm) X(shared_mem_per_block)    \
   X(shared_mem_per_block_optin) X(shared_mem_per_sm) X(reserved_shared_mem_per_block) X(regs_per_block)      \
   X(regs_per_sm) X(cooperative_launch) X(compute_capability_major) X(compute_capability_minor)
 
@@ -270,14 +274,18 @@ inline std::string cluster_size_problem(const DeviceProperties& p, const KernelA
   return "";
 }
 
-// The emulator's cluster occupancy: blocks per SM x SMs / cluster size, 0 without clusters.
-// Real GPUs place a cluster inside one GPC (16-18 SMs on an H100), so cudaOccupancyMaxActiveClusters
-// can be lower, e.g. for 16-block clusters of one block per SM; the emulator ignores GPCs.
+// The emulator's cluster occupancy, 0 without clusters. A cluster's blocks share one GPC, so each
+// GPC holds blocks per SM x its SMs / cluster size of them: the SMs in GPCs of sms_per_gpc, the
+// last one the rest (all in one where sms_per_gpc is 0). The default, 132 SMs as 7 x 18 + 6,
+// reproduces what an H200 measured (docs/simt.md): 7 clusters of 16 or of 12 blocks at one block
+// per SM, where 132 SMs without GPCs would hold 8 and 11.
 inline int cluster_occupancy_model(const DeviceProperties& p, const KernelAttributes& a, int block_threads,
                                    int64_t dynamic_smem, unsigned cluster_size) {
   if (!cluster_size_problem(p, a, cluster_size).empty()) return 0;
-  const int64_t blocks = static_cast<int64_t>(occupancy_model(p, a, block_threads, dynamic_smem)) * p.sm_count;
-  return static_cast<int>(blocks / cluster_size);
+  const int64_t per_sm = occupancy_model(p, a, block_threads, dynamic_smem);
+  const int64_t gpc = p.sms_per_gpc > 0 ? std::min(p.sms_per_gpc, p.sm_count) : p.sm_count;
+  const int64_t full_gpcs = p.sm_count / gpc, rest = p.sm_count % gpc;
+  return static_cast<int>(full_gpcs * (per_sm * gpc / cluster_size) + per_sm * rest / cluster_size);
 }
 
 // Checks a cluster launch makes (both worlds) on top of validate_launch: the device has

@@ -320,6 +320,7 @@ inline DeviceProperties query_device_properties(int device) {
   };
   DeviceProperties p;
   p.sm_count = attr(cudaDevAttrMultiProcessorCount);
+  p.sms_per_gpc = 0;  // no attribute says; cudaOccupancyMaxActiveClusters places clusters itself
   p.max_threads_per_block = attr(cudaDevAttrMaxThreadsPerBlock);
   p.max_threads_per_sm = attr(cudaDevAttrMaxThreadsPerMultiProcessor);
   p.max_blocks_per_sm = attr(cudaDevAttrMaxBlocksPerMultiprocessor);

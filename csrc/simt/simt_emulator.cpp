@@ -1496,6 +1496,7 @@ void set_device_properties(const DeviceProperties& p) {
     if (!ok) throw Error(std::string("simt: invalid emulated device properties: ") + what);
   };
   require(p.sm_count >= 1, "sm_count must be >= 1");
+  require(p.sms_per_gpc >= 0, "sms_per_gpc must be >= 0 (0: clusters placed without GPCs)");
   require(p.warp_size == 32, "warp_size must be 32");
   require(p.max_threads_per_block >= 32 && p.max_threads_per_block <= 1024, "max_threads_per_block must be in [32, 1024]");
   require(p.max_threads_per_sm >= 32, "max_threads_per_sm must be >= 32");

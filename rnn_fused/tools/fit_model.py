@@ -244,10 +244,14 @@ def held_constants(specs: list[str], current: dict[str, float]) -> dict[str, flo
 
 
 def probe_constants(report: dict) -> dict[str, float]:
-    """Constants the run's probes measured directly: launch_us (back-to-back launches) and
-    op_fixed_us (the one-step layer call less its two launches)."""
+    """Constants the run's probes measured directly: launch_us (back-to-back launches),
+    op_fixed_us (the one-step layer call less its two launches) and memory_bytes_per_us (a read
+    of a tensor larger than L2)."""
     probes = {p["name"]: p for p in report.get("probes", [])}
     constants = {}
+    memory = next((p for p in probes.values() if p.get("model_constant") == "memory_bytes_per_us"), None)
+    if memory and memory.get("measured") and memory["measured"] > 0:
+        constants["memory_bytes_per_us"] = float(memory["measured"])
     launch = probes.get("launch", {}).get("measured")
     if launch and launch > 0:
         constants["launch_us"] = float(launch)

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from .. import __version__
 from ..functional import directions_side_by_side, rnn_layer
 from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNCS, PathEstimate, autotune,
-                           cost_constants, forced_tiling, plan, predicted_layer_us, stack_plan, step_phases)
+                           batch_pieces, cost_constants, forced_tiling, plan, split_layer_us,
+                           stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
@@ -634,13 +635,19 @@ def estimate_fields(estimate: PathEstimate) -> dict:
 
 def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
     """The cost model's time of the planned path, whole-sequence GEMMs included, summed over
-    the layers and directions (as if they ran one after the other)."""
+    the layers and directions (as if they ran one after the other): the forward, or with
+    `backward` the forward and the backward. A unidirectional layer's batch in the pieces
+    rnn_layer runs it in (batch_pieces: chosen for the forward alone, or for both), the copies
+    of a split included."""
     directions = 2 if shape.bidirectional else 1
     total_us = 0.0
     for layer in range(shape.layers):
         inputs = shape.input_size if layer == 0 else directions * shape.hidden
-        total_us += directions * predicted_layer_us("planned", shape.steps, shape.batch, inputs, shape.hidden,
-                                                    backward, shape.torch_dtype, target.plan_device)
+        pieces = (batch_pieces(shape.steps, shape.batch, inputs, shape.hidden, shape.torch_dtype, target.plan_device,
+                               backward) if directions == 1 else (shape.batch,))
+        for part in (False, True) if backward else (False,):
+            total_us += directions * split_layer_us(shape.steps, pieces, inputs, shape.hidden, shape.torch_dtype,
+                                                    target.plan_device, part)
     return total_us / 1e3
 
 
@@ -693,16 +700,21 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
     stock, ours, x, grad_out = build_modules(shape, target)
     ours.stack = shape.stack
     dtype = shape.torch_dtype
-    forward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device)
-    backward_plan = plan(shape.hidden, shape.batch, dtype, target.plan_device, backward=True)
-    row.forward_path, row.backward_path = forward_plan.path, backward_plan.path
+    # A single layer's batch may run in two layer ops (batch_pieces: the forward alone's, and
+    # forward+backward's for the backward): the path then names the pieces, and the predicted
+    # step is the pieces' steps summed.
+    for backward, direction in ((False, "fwd"), (True, "bwd")):
+        pieces = (batch_pieces(shape.steps, shape.batch, shape.input_size, shape.hidden, dtype, target.plan_device,
+                               backward) if shape.single_layer else (shape.batch,))
+        plans = [plan(shape.hidden, samples, dtype, target.plan_device, backward) for samples in pieces]
+        path = plans[0].path + ("" if len(pieces) == 1 else " in " + " + ".join(map(str, pieces)))
+        setattr(row, "forward_path" if direction == "fwd" else "backward_path", path)
+        setattr(row, f"predicted_{direction}_us_per_step", sum(p.predicted_us_per_step for p in plans))
     stacked = runs_as_stack(shape, target)
     if stacked:
         row.forward_path = row.backward_path = "stack"
-    row.predicted_fwd_us_per_step = forward_plan.predicted_us_per_step
-    row.predicted_bwd_us_per_step = backward_plan.predicted_us_per_step
     row.predicted_fwd_ms = predicted_model_ms(shape, target, False)
-    row.predicted_fwd_bwd_ms = row.predicted_fwd_ms + predicted_model_ms(shape, target, True)
+    row.predicted_fwd_bwd_ms = predicted_model_ms(shape, target, True)
     seconds = {}
     for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
                         ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
@@ -925,6 +937,8 @@ def measure_probes(target: Target, sizes: ProbeSizes) -> list[Probe]:
     memory_s = _seconds_per_call(lambda: far.sum(), target, 5)
     add("device memory read bandwidth", "GB/s", sizes.memory_bytes / memory_s / 1e9, None,
         f"sum of a {sizes.memory_bytes >> 20} MB tensor")
+    add("device memory bytes per us", "bytes/us", sizes.memory_bytes / memory_s / 1e6, "memory_bytes_per_us",
+        "the above (prices the copies of a batch split into launches)")
     del far
     add("square GEMM rate", "TFLOP/s", gemm_rate(target.device, size=sizes.gemm_size) / 1e12, None,
         f"fp32 {sizes.gemm_size}^3 matrix product, TF32 off")
@@ -1367,10 +1381,12 @@ def format_report(result: GpuCheckResult) -> str:
         "‖x − ref‖/‖ref‖ over output, h_n and every gradient against a float64 run of " + baseline +
         " (W_hh halved so the dynamics contract; in brackets the result with rnn_fused's worst); fp32 rows "
         "only. Path and predicted µs/step: "
-        "`plan(H, B, dtype, device)` for the forward and the backward recurrence. Measured µs/step "
+        "`plan(H, B, dtype, device)` for the forward and the backward recurrence (a single layer whose "
+        "batch runs as two layer ops, `batch_pieces`: the pieces named, their steps summed). Measured µs/step "
         "(single-layer rows): (rnn_fused pass − the same whole-sequence GEMMs timed alone) / T, an estimate "
         "by subtraction; the backward pass timed alone, through a retained forward graph. Predicted ms: "
-        "the cost model's layer time (GEMMs included), summed over layers and directions.",
+        "the cost model's layer time (GEMMs included; a split's copies too), summed over layers and "
+        "directions.",
         "",
         format_shape_table(result.shape_rows, baseline),
         "",
