@@ -152,7 +152,11 @@ def _batch_pieces(input: Tensor, hx: Tensor | None, weights, lengths: Tensor | N
     if not launch_plan.runs_in_waves(hidden, batch, input.dtype, device):  # the common case, cached
         return (batch,)
     backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *weights))
-    return launch_plan.batch_pieces(steps, batch, input_size, hidden, input.dtype, device, backward)
+    pieces = launch_plan.batch_pieces(steps, batch, input_size, hidden, input.dtype, device, backward)
+    if len(pieces) > 1 and input.is_cuda:
+        launch_plan.log_split_once(pieces, (str(input.device), input.dtype, steps, batch, input_size, hidden,
+                                            backward))
+    return pieces
 
 
 def _split_layer(pieces: tuple[int, ...], input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,

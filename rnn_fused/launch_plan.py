@@ -494,6 +494,20 @@ def log_stack_plan_once(report: StackPlan, steps: int, layers: int, key: Hashabl
     return True
 
 
+def log_split_once(pieces: tuple[int, ...], key: Hashable) -> bool:
+    """Log at INFO, once per `key` (device, dtype, steps, batch_size, input_size, hidden_size,
+    backward), that a layer's batch runs as one layer op per piece (batch_pieces), one after the
+    other; each piece's plan is then logged as any layer's. Returns whether it logged."""
+    with _logged_plan_keys_lock:
+        if ("split", key) in _logged_plan_keys:
+            return False
+        _logged_plan_keys.add(("split", key))
+    logger.info("rnn_fused: %s: the layer's batch runs as %d layer ops of %s samples, one after the other: the "
+                "cost model prices that faster than one launch whose last wave holds few sample groups",
+                key, len(pieces), " + ".join(map(str, pieces)))
+    return True
+
+
 def log_layer_plan(input: torch.Tensor, hidden_size: int, path: str | None, side_by_side: int = 1) -> None:
     """Before a layer runs on CUDA tensors: log the planner's choice once per (device, dtype,
     hidden_size, batch_size, side_by_side). Eager only (under torch.compile nothing is logged). An empty

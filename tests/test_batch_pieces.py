@@ -129,3 +129,13 @@ def test_what_is_never_split(monkeypatch):
         functional._one_layer(x, hx[:2], *weights, None, "tanh", False, "emulated", None, full, 0, None, 1)
     with pytest.raises(RuntimeError, match=f"^{re.escape(str(whole.value))}$"):
         rnn_fused.rnn_layer(x, hx[:2], *weights, backend="emulated")
+
+
+def test_a_split_is_logged_once_per_shape(caplog):
+    key = ("cuda:0", torch.float32, 1000, 32, 1024, 1024, True)
+    with caplog.at_level("INFO", logger="rnn_fused"):
+        assert launch_plan.log_split_once((25, 7), key)
+        assert not launch_plan.log_split_once((25, 7), key)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rnn_fused: {key}: the layer's batch runs as 2 layer ops of 25 + 7 samples, one after the other: the cost "
+        "model prices that faster than one launch whose last wave holds few sample groups"]
