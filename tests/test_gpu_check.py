@@ -327,6 +327,11 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
         "1000, 8, 64, 64, 2 layers, bidirectional: rnn_fused's directions at once, each on half the SMs, against one "
         "after the other on the whole device (RNN.side_by_side = False; > 1: at once faster): forward 1.60x, "
         "forward+backward 1.50x."]
+    # A batch that ran as two layer ops, timed again in one launch.
+    split = dataclasses.replace(row(1, 1.0, 0.5), whole_batch_fwd_ms=0.6, whole_batch_fwd_bwd_ms=1.2)
+    assert gpu_check.layer_overlap_verdicts([split], "cuDNN") == [
+        "1000, 8, 64, 64: rnn_fused's batch in two layer ops (batch_pieces) against the whole batch in one launch "
+        "(RNN.path forced; > 1: the split faster): forward 1.20x, forward+backward 1.20x."]
 
 
 def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeypatch):
@@ -1061,3 +1066,32 @@ def test_gemms_timed_alone_are_the_layer_passes_own(backward):
             layer_counts = counts(lambda: rnn_fused.rnn_layer(x, None, *leaves, backend="emulated"))
     assert layer_counts.get("aten::mm" if backward else "aten::addmm", 0) >= 1
     assert counts(gpu_check.whole_sequence_work(shape, target, backward)) == layer_counts
+
+
+def test_a_split_row_names_its_pieces_and_is_timed_whole_too(monkeypatch):
+    """measure_shape_row on a single layer whose batch the planner splits (batch_pieces stubbed to
+    3 + 2 on the emulated kernels): the path columns name the pieces, the predicted step is the
+    pieces' summed, and the row is timed again with the whole batch in one launch."""
+    from rnn_fused import _ops, launch_plan
+
+    layer_ops = []
+    real_forward = _ops.layer_forward
+
+    def counting(inputs, options):
+        layer_ops.append((inputs.input.shape[1], options.path))
+        return real_forward(inputs, options)
+
+    monkeypatch.setattr(launch_plan, "runs_in_waves", lambda *args, **kwargs: True)
+    monkeypatch.setattr(launch_plan, "batch_pieces", lambda *args, **kwargs: (3, 2))
+    monkeypatch.setattr(gpu_check, "batch_pieces", lambda *args, **kwargs: (3, 2))
+    monkeypatch.setattr(_ops, "layer_forward", counting)
+    shape = gpu_check.Shape(4, 5, 3, 9)
+    target = gpu_check.Target(torch.device("cpu"), emulated=True)
+    row = gpu_check.measure_shape_row(shape, target, gpu_check.QUICK_TIMING, False)
+    assert row.forward_path.endswith(" in 3 + 2") and row.backward_path.endswith(" in 3 + 2"), row
+    pieces = [launch_plan.plan(9, b) for b in (3, 2)]
+    assert row.predicted_fwd_us_per_step == pytest.approx(sum(p.predicted_us_per_step for p in pieces))
+    assert row.whole_batch_fwd_ms > 0 and row.whole_batch_fwd_bwd_ms > 0
+    # The split's layer ops choose their path; the whole batch's were forced to the planned one.
+    whole_path = launch_plan.plan(9, 5).path
+    assert {(3, None), (2, None), (5, whole_path)} <= set(layer_ops), set(layer_ops)

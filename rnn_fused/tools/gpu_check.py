@@ -293,6 +293,10 @@ class ShapeRow:
     # side_by_side): rnn_fused timed again with them one after the other (RNN.side_by_side = False).
     in_turn_fwd_ms: float | None = None
     in_turn_fwd_bwd_ms: float | None = None
+    # Single layers whose batch runs as two layer ops (batch_pieces): rnn_fused timed again with the
+    # whole batch in one launch (RNN.path = the whole batch's planned path).
+    whole_batch_fwd_ms: float | None = None
+    whole_batch_fwd_bwd_ms: float | None = None
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -703,6 +707,7 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
     # A single layer's batch may run in two layer ops (batch_pieces: the forward alone's, and
     # forward+backward's for the backward): the path then names the pieces, and the predicted
     # step is the pieces' steps summed.
+    split, whole_paths = False, set()
     for backward, direction in ((False, "fwd"), (True, "bwd")):
         pieces = (batch_pieces(shape.steps, shape.batch, shape.input_size, shape.hidden, dtype, target.plan_device,
                                backward) if shape.single_layer else (shape.batch,))
@@ -710,6 +715,8 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
         path = plans[0].path + ("" if len(pieces) == 1 else " in " + " + ".join(map(str, pieces)))
         setattr(row, "forward_path" if direction == "fwd" else "backward_path", path)
         setattr(row, f"predicted_{direction}_us_per_step", sum(p.predicted_us_per_step for p in plans))
+        split = split or len(pieces) > 1
+        whole_paths.add(plan(shape.hidden, shape.batch, dtype, target.plan_device, backward).path)
     stacked = runs_as_stack(shape, target)
     if stacked:
         row.forward_path = row.backward_path = "stack"
@@ -732,8 +739,12 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
     # What the planner overlaps, timed again without the overlap: a stack's layers one by one, a
     # bidirectional layer's directions one after the other; and a stack it runs layer by layer,
     # timed in one launch each.
+    # A split batch: the whole batch in one launch, its plan's path forced (which no call splits;
+    # only where the forward's and the backward's whole-batch plans take the same path).
     for chosen, setting, prefix, other in ((stacked, "stack", "one_by_one", False),
                                            (runs_side_by_side(shape, target), "side_by_side", "in_turn", False),
+                                           (split and len(whole_paths) == 1, "path", "whole_batch",
+                                            next(iter(whole_paths))),
                                            (could_run_as_stack(shape, target), "stack", "as_stack", True)):
         if not chosen:
             continue
@@ -1152,7 +1163,9 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
               ("as_stack", "rnn_fused's layers one by one (the planner's choice) against the same layers in one "
                            "launch each (RNN.stack = True; > 1: one by one faster)"),
               ("in_turn", "rnn_fused's directions at once, each on half the SMs, against one after the other on "
-                          "the whole device (RNN.side_by_side = False; > 1: at once faster)"))
+                          "the whole device (RNN.side_by_side = False; > 1: at once faster)"),
+              ("whole_batch", "rnn_fused's batch in two layer ops (batch_pieces) against the whole batch in one "
+                              "launch (RNN.path forced; > 1: the split faster)"))
     for row in rows:
         for prefix, compared in others:
             gains = [f"{name} {ratio:.2f}x" for name, ratio in (
