@@ -1095,3 +1095,18 @@ def test_a_split_row_names_its_pieces_and_is_timed_whole_too(monkeypatch):
     # The split's layer ops choose their path; the whole batch's were forced to the planned one.
     whole_path = launch_plan.plan(9, 5).path
     assert {(3, None), (2, None), (5, whole_path)} <= set(layer_ops), set(layer_ops)
+
+
+def test_the_stored_cluster_waves_are_the_h200_runs_own():
+    """tests/data/h200_cluster_waves_2026-12-04.json (the emulator's cluster occupancy is held to
+    it in test_simt_cluster.py, which make sanitize runs without benchmarks/) lists exactly the
+    feasible cluster-path launch shapes of both H200 runs' autotuning, with their waves."""
+    launches = set()
+    for run in ("h200_2026-12-04", "h200_2026-12-04b"):
+        with open(os.path.join(REPO, "benchmarks", run, "gpu_check.json")) as f:
+            for recurrence in json.load(f)["tune_rows"]:
+                launches |= {(shape["ctas_per_group"], shape["blocks_per_sm"], shape["groups"], shape["waves"])
+                             for shape in recurrence["timed"] if shape["path"] == "cluster" and shape["feasible"]}
+    with open(os.path.join(REPO, "tests", "data", "h200_cluster_waves_2026-12-04.json")) as f:
+        stored = {tuple(launch) for launch in json.load(f)["launches"]}
+    assert stored == launches and len(stored) == 69

@@ -338,8 +338,9 @@ def test_max_active_clusters_model():
 
 # The cluster path's launch shapes the H200 ran (make gpu-check's autotuning, both runs of
 # 2026-12-04): CTAs per cluster, CTAs per SM, sample groups and the waves the GPU's own occupancy
-# query gave them. (3, 2) over-counts there: 88 clusters by the model, at most 85 on the GPU.
-H200_RUNS = ("h200_2026-12-04", "h200_2026-12-04b")
+# query gave them (tests/data; test_gpu_check.py holds the file to the runs' JSON). (3, 2)
+# over-counts there: 88 clusters by the model, at most 85 on the GPU.
+H200_CLUSTER_WAVES = "h200_cluster_waves_2026-12-04.json"
 MODEL_OVERCOUNTS = {(3, 2)}
 
 
@@ -347,17 +348,8 @@ def _h200_cluster_launches() -> set[tuple[int, int, int, int]]:
     import json
     import os
 
-    launches = set()
-    for run in H200_RUNS:
-        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", run,
-                            "gpu_check.json")
-        with open(path) as f:
-            for recurrence in json.load(f)["tune_rows"]:
-                for shape in recurrence["timed"]:
-                    if shape["path"] == "cluster" and shape["feasible"]:
-                        launches.add((shape["ctas_per_group"], shape["blocks_per_sm"], shape["groups"],
-                                      shape["waves"]))
-    return launches
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", H200_CLUSTER_WAVES)) as f:
+        return {tuple(launch) for launch in json.load(f)["launches"]}
 
 
 def test_cluster_occupancy_model_gives_the_h200s_waves():
