@@ -22,6 +22,7 @@ def test_a_partly_empty_last_wave_gets_a_launch_of_its_own():
     """H = 1024, B = 32 on the emulated H200: 16 groups of 2 samples in 3 waves of 7 clusters
     (the last holds 2); 28 samples in 7 groups of 4 and the other 4 in 4 groups of 1 take one
     wave each, and the model prices the two layers, copies included, faster than the one."""
+    simt.reset_device_properties()
     whole = plan(1024, 32)
     assert (whole.path, whole.samples, whole.groups, whole.waves) == ("cluster", 2, 16, 3)
     first, rest = plan(1024, 28), plan(1024, 4)
@@ -38,6 +39,7 @@ def test_a_partly_empty_last_wave_gets_a_launch_of_its_own():
 
 
 def test_no_split_where_the_groups_fit_or_a_split_gains_nothing():
+    simt.reset_device_properties()
     assert not launch_plan.runs_in_waves(64, 8) and batch_pieces(1000, 8, 64, 64, backward=True) == (8,)
     assert launch_plan.runs_in_waves(1024, 32) and launch_plan.runs_in_waves(1024, 128)
     # 32 groups of 4 in 5 waves; any two pieces take as many waves of 4-sample groups.
