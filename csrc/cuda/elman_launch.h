@@ -850,8 +850,8 @@ template <typename scalar_t>
 std::string plan_key(const PlanRequest& r) {
   const simt::DeviceProperties d = simt::device_properties();
   std::string key;
-  for (int64_t v : {int64_t(d.sm_count), int64_t(d.sms_per_gpc), int64_t(d.compute_capability_major), int64_t(d.max_threads_per_sm),
-                    int64_t(d.max_blocks_per_sm),
+  for (int64_t v : {int64_t(d.sm_count), int64_t(d.sms_per_gpc), int64_t(d.compute_capability_major),
+                    int64_t(d.max_threads_per_sm), int64_t(d.max_blocks_per_sm),
                     d.shared_mem_per_block_optin, d.shared_mem_per_sm, d.reserved_shared_mem_per_block,
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,

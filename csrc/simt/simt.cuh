@@ -140,10 +140,11 @@ struct DeviceProperties {
 
 // Every DeviceProperties field once, in the order the emulator's controls exchange them
 // (csrc/simt/simt_ops.cpp; rnn_fused/simt.py checks its own field list against it).
-#define SIMT_DEVICE_PROPERTY_FIELDS(X)                                                                       \
-  X(sm_count) X(sms_per_gpc) X(max_threads_per_block) X(max_threads_per_sm) X(max_blocks_per_sm) X(shared_mem_per_block)    \
-  X(shared_mem_per_block_optin) X(shared_mem_per_sm) X(reserved_shared_mem_per_block) X(regs_per_block)      \
-  X(regs_per_sm) X(cooperative_launch) X(compute_capability_major) X(compute_capability_minor)
+#define SIMT_DEVICE_PROPERTY_FIELDS(X)                                                           \
+  X(sm_count) X(sms_per_gpc) X(max_threads_per_block) X(max_threads_per_sm) X(max_blocks_per_sm) \
+  X(shared_mem_per_block) X(shared_mem_per_block_optin) X(shared_mem_per_sm)                     \
+  X(reserved_shared_mem_per_block) X(regs_per_block) X(regs_per_sm) X(cooperative_launch)        \
+  X(compute_capability_major) X(compute_capability_minor)
 
 // Per-kernel numbers from the compiler (nvcc) or from SIMT_KERNEL_ATTRIBUTES (emulation).
 struct KernelAttributes {
