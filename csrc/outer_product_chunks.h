@@ -50,6 +50,15 @@ inline int64_t sqrt_chunk_steps(int64_t S) {
   return (S + chunks - 1) / chunks;
 }
 
+// A sum of at most this many rows is one product. Chunks would cost a launch per product and
+// per add on a GPU (3 chunks, 5 launches, at T = 11, B = 3: the backward's host time there) and
+// a BLAS call and an add each on the CPU (the sum alone took 28.8-112 us at 30-64 rows in 3-8
+// chunks, 17.5-27.4 us in one product, on the 2-core development CPU), against a rounding error that stays small at this length: simulated in
+// float32 (benchmarks/dw_hh_chunk_error.py), 1.0-1.5e-7 for one product of 30-64 rows against
+// 0.75-0.9e-7 for the chunks (cuDNN's worst relative error at T = 11, B = 3, H = 48 measured
+// 5.1e-6 on the H200).
+inline constexpr int64_t kOneProductRows = 64;
+
 // A product sums its rows in one chain and the chunks' partials are summed in another, so the
 // rounding error grows with the longer of the two. Chunks of sqrt(S) steps make a chain of
 // sqrt(S) * B rows: at T = 1000, B = 32 the H200 measured the worst error 1.7x the first
@@ -58,10 +67,16 @@ inline int64_t sqrt_chunk_steps(int64_t S) {
 // Batched (the GPU kernels' backends, and the CPU at small H), the chunks are the shortest
 // from the balanced sqrt(S / B) steps
 // (sqrt(S * B) rows, as many chunks) up to sqrt(S) that make no more launches than chunks of
-// sqrt(S) steps would. Unbatched, or where not two chunks fit: sqrt(S) steps.
+// sqrt(S) steps would. Unbatched, or where not two chunks fit: sqrt(S) steps. At most
+// kOneProductRows rows: one product.
 inline OuterProductChunks outer_product_chunks(int64_t S, int64_t B, int64_t H, bool batched) {
   OuterProductChunks c;
   if (S <= 0 || B <= 0 || H <= 0) return c;
+  if (S * B <= kOneProductRows) {
+    c.steps_per_chunk = S;
+    c.full = 1;
+    return c;
+  }
   const int64_t sqrt_steps = sqrt_chunk_steps(S);
   if (batched) {
     const OuterProductChunks wide = batched_chunks(S, B, H, sqrt_steps);

@@ -431,3 +431,26 @@ def test_dw_hh_chunks_balance_their_rows_against_their_count(steps, batch, hidde
     assert {e.input_shapes[0][2] for e in batched} == {rows}  # [n, H, rows] x [n, rows, H]
     chunks = sum(e.input_shapes[0][0] for e in batched)
     assert chunks * rows <= pairs * batch < (chunks + 1) * rows  # every full chunk; the rest, one mm more
+
+
+@pytest.mark.parametrize("launch_bound", [False, True])
+@pytest.mark.parametrize("steps, batch, hidden, products", [
+    (11, 3, 48, 1),    # 30 rows: one product (three chunks and two adds before)
+    (65, 1, 128, 1),   # 64 rows, the most that are one product
+    (33, 2, 64, 1),    # 64 rows again, two to a step
+    (66, 1, 128, 15),  # 65 rows: 7 chunks of 9 steps and one of 2, a product each and an add for each
+                       # after the first (not batched: their partials would not fit in dz's memory)
+])
+def test_dw_hh_sum_of_few_rows_is_one_product(steps, batch, hidden, products, launch_bound):
+    # Chunks would cost a launch (GPU) or a BLAS call (CPU) each, where a short sum rounds little
+    # (csrc/outer_product_chunks.h kOneProductRows); longer sums keep their chunks.
+    dz, out = torch.randn(steps, batch, hidden, dtype=torch.float64), torch.randn(steps, batch, hidden,
+                                                                               dtype=torch.float64)
+    x, w_ih, w_hh = torch.zeros(steps, batch, 1, dtype=torch.float64), torch.zeros(hidden, 1, dtype=torch.float64), \
+        torch.zeros(hidden, hidden, dtype=torch.float64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        grads = OPS.layer_gradients_from_dz(x, w_ih, w_hh, out, dz, [False, False, True, False], launch_bound)
+    calls = [e.name for e in profile.events() if e.name in ("aten::mm", "aten::bmm", "aten::add_", "aten::sum")]
+    assert len(calls) == products, calls
+    expected = torch.einsum("tbi,tbj->ij", dz[1:], out[:-1])  # sum_t dz_t^T h_{t-1}, no h_0 term
+    torch.testing.assert_close(grads[2], expected)

@@ -31,7 +31,9 @@ there). The digests carry the vendor they were made on, and on another vendor th
 says so. Regenerated on 2026-12-04 on the AMD EPYC, with the block path's lane-row step (float32,
 H <= 128: its own summation order) in the emulated block results; again that night for dW_hh's
 balanced chunks (csrc/outer_product_chunks.h: another summation order of grad_weight_hh, and so
-of the squared norms; no other result moved).
+of the squared norms; no other result moved), and on 2026-12-05 for dW_hh's sums of at most 64
+rows in one product (kOneProductRows: every case here has T = 7; grad_weight_hh and the squared
+norms moved, nothing else).
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit.
