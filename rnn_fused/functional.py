@@ -326,6 +326,13 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return "the stack runs on the GPU kernels (a CUDA input, or backend='emulated' with a CPU input)"
     if torch.compiler.is_compiling() or _ops.autocast_dtype(_ops.device_type_of(input)) is not None:
         return "it runs in eager mode without autocast"
+    if decide and input.dim() == 3 and input.shape[0] > 0 and input.shape[1] > 0 and \
+            input.dtype == torch.float32 and weights[0][1].dim() == 2:
+        # The cost model first: at most shapes it keeps the layers one by one, and its answer is
+        # cached per shape, where the checks below read every weight (about 5 us a call).
+        why_not = _stack_cost_reason(input, weights[0][1].shape[0], num_layers, emulated, path, decide)
+        if why_not is not None:
+            return why_not
     hidden = weights[0][1].shape[0]
     float32 = [input] + ([] if hx is None else [hx]) + [w for group in weights for w in group]
     if any(t.dtype != torch.float32 or t.device != input.device for t in float32):
@@ -338,6 +345,13 @@ def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
         return "its layers must have one hidden size and all or none have biases"
     if hx is not None and hx.shape != (num_layers, input.shape[1], hidden):
         return f"hx must have shape [{num_layers}, {input.shape[1]}, {hidden}]"
+    return _stack_cost_reason(input, hidden, num_layers, emulated, path, decide)
+
+
+def _stack_cost_reason(input: Tensor, hidden: int, num_layers: int, emulated: bool, path: str | None,
+                       decide: bool) -> str | None:
+    """_why_no_stack's questions to the planner (cached per shape): whether the stack's kernel can
+    run the shape on the path asked for, and with `decide` whether it is the faster."""
     stack_step_us, layers_step_us, measured, stack_path, lead_steps = _stack_step_costs(
         input.device, emulated, hidden, input.shape[1], num_layers)
     if stack_step_us is None:

@@ -581,6 +581,30 @@ def test_planner_prices_the_stack_step_as_a_block_step_of_its_rows():
     assert launch_plan.stack_plan(64, 8, 1000, 4).faster and not launch_plan.stack_plan(64, 8, 1000, 2).faster
 
 
+def test_the_decision_asks_the_cost_model_before_reading_every_weight():
+    """rnn() with stack=None asks the (cached) cost model first: where it keeps the layers one by
+    one no weight is read; where it prices the stack faster, every structural check still runs."""
+    def weights_of(layers, odd=None):
+        groups = [tuple(w.float() for w in group) for group in stack_inputs(2, 8, 64, 64, layers)[2]]
+        if odd is not None:
+            groups[odd] = (groups[odd][0].double(),) + groups[odd][1:]
+        return groups
+
+    x = torch.zeros(1000, 8, 64)
+    why = functional._why_no_stack
+    assert why(x, None, weights_of(4), 4, False, None, "emulated", None, True) is None
+    assert why(x, None, weights_of(4, odd=2), 4, False, None, "emulated", None, True) == \
+        "it runs float32 tensors on one device"
+    # Two layers: the model keeps them one by one, whatever the weights (the layer ops check them).
+    cost = "the cost model predicts the layers one after another faster"
+    assert why(x, None, weights_of(2), 2, False, None, "emulated", None, True) == cost
+    assert why(x, None, weights_of(2, odd=1), 2, False, None, "emulated", None, True) == cost
+    # Asked for (stack=True): the structural checks, then the kernel's limits, no cost.
+    assert why(x, None, weights_of(2, odd=1), 2, False, None, "emulated", None, False) == \
+        "it runs float32 tensors on one device"
+    assert why(x, None, weights_of(2), 2, False, None, "emulated", None, False) is None
+
+
 def test_planner_rules_the_stack_out_with_its_limits():
     with simt.emulated_device(sm_count=16):
         plan = launch_plan.stack_plan(64, 8, 100, 4)
