@@ -9,7 +9,9 @@ Writes host_overhead.md (and prints it):
   synchronisation at the end (the rate a training loop sees when the host is the bottleneck),
   median of 7 repetitions, for cuDNN, rnn_fused as planned, and rnn_fused with its layers one
   launch after another and in one launch (RNN.stack False / True, where the stack runs);
-- torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward;
+- torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward: the ATen
+  ops and the host layer's own scopes (rnn_fused::plan, ::launch, ::input_projection,
+  ::gradients_from_dz), so that the op's self time is what lies between them;
 - cProfile's Python functions by own time over 200 calls of the forward.
 Measured only: nothing here is a prediction.
 """

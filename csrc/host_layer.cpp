@@ -10,6 +10,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <functional>
@@ -158,6 +159,7 @@ PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBa
     // Never the caller's hx itself: an op's outputs do not alias its inputs.
     p.h_n = p.h0.defined() ? p.h0.clone() : at::zeros({s.batch, s.hidden}, x.options());
   } else {
+    RECORD_USER_SCOPE("rnn_fused::input_projection");
     at::Tensor out2d = p.out.view({s.steps * s.batch, s.hidden});
     input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), call.weight_ih.to(ct).contiguous(),
                      call.bias_ih, call.bias_hh);
@@ -437,6 +439,7 @@ void run_recurrence(PreparedBackward& p) {
 
 // The whole-sequence GEMMs from dz (gradients_from_dz).
 LayerBackwardResult finish_backward(PreparedBackward& p) {
+  RECORD_USER_SCOPE("rnn_fused::gradients_from_dz");
   const LayerForwardCall& f = p.call.forward;
   p.operands.dy = at::Tensor();  // read by the time loop only: its compute-dtype copy goes before the GEMMs
   return gradients_from_dz(p.operands.input, p.operands.w_ih, p.operands.w_hh, p.operands.out, p.dz, p.dz_first,

@@ -1095,6 +1095,46 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
     assert backward == collections.Counter({"aten::mm": 3, "aten::sum": 1})
 
 
+def test_host_layer_names_its_stages_to_the_profiler():
+    """A short layer's host time is the whole cost on a GPU: torch.profiler sees the host layer's
+    stages as scopes (the plan, the launch, the input projection, the gradients after the time
+    loop; benchmarks/host_overhead.py reads them), each once per forward or backward call, the
+    ATen work inside them."""
+    args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
+    forward_args = (*args, None, "tanh", False)
+    with simt.emulated_device(**SMALL_GPU):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            out, _ = OPS.rnn_layer_forward(*forward_args, backend="emulated")
+            OPS.rnn_layer_backward(torch.ones(5, 2, 8), torch.ones(2, 8), out, [True] * 5, False, *forward_args,
+                                   backend="emulated")
+    events = [e for e in profile.events() if e.name.startswith("rnn_fused::")]
+    counts = collections.Counter(e.name for e in events)
+    assert counts == {"rnn_fused::rnn_layer_forward": 1, "rnn_fused::rnn_layer_backward": 1, "rnn_fused::plan": 2,
+                      "rnn_fused::launch": 2, "rnn_fused::input_projection": 1, "rnn_fused::gradients_from_dz": 1}
+    projection = next(e for e in events if e.name == "rnn_fused::input_projection")
+    assert {c.name for c in projection.cpu_children} >= {"aten::addmm"}
+
+
+def test_the_planner_keeps_its_answer_per_request():
+    """The planner's choice is kept per request (shape, dtype, forced tiling, path asked for):
+    asked again, the same plan; another request, its own; a forced path the shape cannot take is
+    refused every time; under autotuning the measured choice, not the kept one."""
+    with simt.emulated_device(**SMALL_GPU):
+        first, again = rnn_fused.plan(200, 9), rnn_fused.plan(200, 9)
+        assert first == again
+        forced = rnn_fused.plan(200, 9, path="grid")
+        assert forced.path == "grid" and forced.reason.startswith("forced: ") and rnn_fused.plan(200, 9) == first
+        with launch_plan.forced_tiling(samples=2, units_per_pass=16):
+            assert rnn_fused.plan(200, 9, path="grid").samples == 2
+            for _ in range(2):
+                with pytest.raises(ValueError, match=r"path 'block' cannot run hidden_size=200"):
+                    rnn_fused.plan(200, 9, path="block")
+        assert rnn_fused.plan(200, 9, path="grid") == forced
+        with launch_plan.autotune(steps=2):
+            assert rnn_fused.plan(23, 2).measured_us_per_step > 0
+        assert rnn_fused.plan(23, 2).measured_us_per_step is None
+
+
 @pytest.mark.parametrize("path", ["block", "cluster", "grid"])
 def test_step_phase_timing_changes_no_result(path):
     """recurrence_step_phases runs the layer kernels with the phase clock on. Its forward is a

@@ -13,6 +13,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/record_function.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -903,6 +904,8 @@ inline const int64_t* lengths_pointer(const LayerForwardCall& call) {
 
 template <typename scalar_t, class Args>
 void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& args) {
+  // (Host time of a short layer: the profiler's scopes name the launch, the plan and the GEMMs.)
+  RECORD_USER_SCOPE("rnn_fused::launch");
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (plan.lane_rows) {
       bool norms = false;
@@ -1277,7 +1280,7 @@ const TunedPaths* tuned_paths(const PlanRequest& request, const std::vector<Recu
 // planner's choice is the fastest feasible launch shape: as measured on the device where
 // autotuning is on (tuned_paths), else the fastest path's best shape as the cost model predicts.
 template <typename scalar_t>
-RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
+RecurrencePlan choose_plan_uncached(const PlanRequest& r, const std::string& requested) {
   const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(r);
   if (!requested.empty()) {
     const std::optional<RecurrencePath> path = parse_path(requested);
@@ -1307,9 +1310,34 @@ RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
   return chosen;
 }
 
+// choose_plan_uncached's answer, kept per (request, forced tiling, path asked for): every layer
+// call asks, and building it (the candidates copied, the reason's text formatted) took about
+// 14,000 host instructions a call (callgrind, the emulated backend's host path). Not kept under
+// autotuning, whose answer its setting and its measurements decide (tuned_paths keeps those);
+// a forced path that cannot run the shape raises every time.
+template <typename scalar_t>
+RecurrencePlan choose_plan(const PlanRequest& r, const std::string& requested) {
+  if (autotune().enabled) return choose_plan_uncached<scalar_t>(r, requested);
+  PlanRequest keyed = r;
+  keyed.forced = forced_tiling();
+  const std::string key = plan_key<scalar_t>(keyed) + requested;
+  static std::mutex mutex;
+  static std::unordered_map<std::string, RecurrencePlan> chosen;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = chosen.find(key);
+    if (it != chosen.end()) return it->second;
+  }
+  RecurrencePlan plan = choose_plan_uncached<scalar_t>(r, requested);
+  const std::lock_guard<std::mutex> lock(mutex);
+  chosen.emplace(key, plan);
+  return plan;
+}
+
 // The plan of a call's forward or backward recurrence.
 template <typename scalar_t>
 RecurrencePlan plan_for(const LayerForwardCall& call, bool backward) {
+  RECORD_USER_SCOPE("rnn_fused::plan");
   return choose_plan<scalar_t>(
       {.hidden = call.shape.hidden,
        .batch = call.shape.batch,
