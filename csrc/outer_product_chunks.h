@@ -53,10 +53,10 @@ inline int64_t sqrt_chunk_steps(int64_t S) {
 // A sum of at most this many rows is one product. Chunks would cost a launch per product and
 // per add on a GPU (3 chunks, 5 launches, at T = 11, B = 3: the backward's host time there) and
 // a BLAS call and an add each on the CPU (the sum alone took 28.8-112 us at 30-64 rows in 3-8
-// chunks, 17.5-27.4 us in one product, on the 2-core development CPU), against a rounding error that stays small at this length: simulated in
-// float32 (benchmarks/dw_hh_chunk_error.py), 1.0-1.5e-7 for one product of 30-64 rows against
-// 0.75-0.9e-7 for the chunks (cuDNN's worst relative error at T = 11, B = 3, H = 48 measured
-// 5.1e-6 on the H200).
+// chunks, 17.5-27.4 us in one product, on the 2-core development CPU), against a rounding error
+// that stays small at this length: simulated in float32 (benchmarks/dw_hh_chunk_error.py),
+// 1.0-1.5e-7 for one product of 30-64 rows against 0.75-0.9e-7 for the chunks (cuDNN's worst
+// relative error at T = 11, B = 3, H = 48 measured 5.1e-6 on the H200).
 inline constexpr int64_t kOneProductRows = 64;
 
 // A product sums its rows in one chain and the chunks' partials are summed in another, so the
