@@ -7,8 +7,10 @@ the host's (Python, dispatch, planning, allocations and launches).
 Writes host_overhead.md (and prints it):
 - per-call wall time of forward and of forward+backward, calls back to back with one
   synchronisation at the end (the rate a training loop sees when the host is the bottleneck),
-  median of 7 repetitions, for cuDNN, rnn_fused as planned, and rnn_fused with its layers one
-  launch after another and in one launch (RNN.stack False / True, where the stack runs);
+  median of 7 repetitions, for cuDNN, rnn_fused as planned, rnn_fused with every input
+  projection on the host (forced_tiling(input_projection_on_host=True): the bias sum and the
+  GEMM that the block kernel saves at these shapes), and rnn_fused with its layers one launch
+  after another and in one launch (RNN.stack False / True, where the stack runs);
 - torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward: the ATen
   ops and the host layer's own scopes (rnn_fused::plan, ::launch, ::input_projection,
   ::gradients_from_dz), so that the op's self time is what lies between them;
@@ -77,16 +79,20 @@ def timing_rows(device) -> list[str]:
     lines = ["| T, B, I, H, layers | model | forward us/call | forward+backward us/call |", "|---|---|---:|---:|"]
     for shape in SHAPES:
         cudnn, ours, x = models(shape, device)
-        variants = [("nn.RNN (cuDNN)", cudnn, None), ("rnn_fused (planned)", ours, None)]
+        # (name, model, RNN.stack, inputs projected on the host: forced_tiling's input_projection_on_host)
+        variants = [("nn.RNN (cuDNN)", cudnn, None, False), ("rnn_fused (planned)", ours, None, False),
+                    ("rnn_fused, inputs projected on the host", ours, None, True)]
         if shape[4] > 1:
-            variants += [("rnn_fused, stack=False", ours, False), ("rnn_fused, stack=True", ours, True)]
+            variants += [("rnn_fused, stack=False", ours, False, False), ("rnn_fused, stack=True", ours, True, False)]
         label = ", ".join(map(str, shape))
-        for name, model, stack in variants:
+        for name, model, stack, on_host in variants:
             if model is ours:
                 ours.stack = stack
             try:
-                forward, forward_backward = calls(model, x)
-                lines.append(f"| {label} | {name} | {per_call_us(forward):.1f} | {per_call_us(forward_backward):.1f} |")
+                with rnn_fused.launch_plan.forced_tiling(input_projection_on_host=on_host):
+                    forward, forward_backward = calls(model, x)
+                    lines.append(f"| {label} | {name} | {per_call_us(forward):.1f} | "
+                                 f"{per_call_us(forward_backward):.1f} |")
             except (RuntimeError, ValueError) as error:  # a stack the device cannot run: said, not hidden
                 lines.append(f"| {label} | {name} | error: {str(error).splitlines()[0][:120]} | |")
         ours.stack = None

@@ -17,6 +17,8 @@
 #include <mutex>
 #include <sstream>
 
+#include "cuda/recurrence_cost_model.h"
+
 namespace rnn_fused {
 namespace {
 
@@ -84,6 +86,12 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   return forced_tiling_setting.exchange(tiling);
 }
 
+bool projects_input_in_kernel(bool block_general_kernels, int64_t steps, int64_t samples, int64_t input_size,
+                              int64_t hidden) {
+  return block_general_kernels && cost::kernel_projects_input(cost::kH200, steps, samples, input_size, hidden) &&
+         !forced_tiling().input_projection_on_host;
+}
+
 Autotune autotune() { return autotune_setting.get(); }
 
 Autotune set_autotune(const Autotune& setting) {
@@ -119,6 +127,11 @@ const RecurrenceBackend& find_recurrence_backend(c10::DeviceType device, const s
                     " or None (the input device's own), got '", requested, "'");
 }
 
+void project_input_on_host(at::Tensor& out2d, const InputProjection& projection) {
+  RECORD_USER_SCOPE("rnn_fused::input_projection");
+  input_projection(out2d, projection.x2d, projection.w_ih, projection.bias_ih, projection.bias_hh);
+}
+
 namespace {
 
 // The backend of a call; a requested GPU path needs a backend that runs GPU kernels.
@@ -135,15 +148,17 @@ const RecurrenceBackend& backend_for(const LayerForwardCall& call) {
 namespace {
 
 // A forward call between the host layer's stages: the compute-dtype operands and the output
-// buffer, which holds XW_t + b_ih + b_hh once the input projection has run.
+// buffer, which holds XW_t + b_ih + b_hh once the input projection has run (here, or in the
+// backend where it projects the input itself: then `projection` holds the operands).
 struct PreparedForward {
   const LayerForwardCall& call;
   const RecurrenceBackend& backend;
   at::Tensor w_hh, h0, out;
+  std::optional<InputProjection> projection;
   at::Tensor h_n;  // set by run_recurrence
 };
 
-// Casts and the input projection.
+// Casts, and the input projection unless the backend makes it.
 PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBackend& backend) {
   const LayerShape& s = call.shape;
   const at::ScalarType ct = compute_dtype(call.input.scalar_type());
@@ -158,11 +173,21 @@ PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBa
     p.out.zero_();
     // Never the caller's hx itself: an op's outputs do not alias its inputs.
     p.h_n = p.h0.defined() ? p.h0.clone() : at::zeros({s.batch, s.hidden}, x.options());
+    return p;
+  }
+  auto in_compute_dtype = [ct](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t.has_value()) return std::nullopt;
+    return t->to(ct).contiguous();
+  };
+  InputProjection projection{.x2d = x.view({s.steps * s.batch, s.input_size}),
+                             .w_ih = call.weight_ih.to(ct).contiguous(),
+                             .bias_ih = in_compute_dtype(call.bias_ih),
+                             .bias_hh = in_compute_dtype(call.bias_hh)};
+  if (backend.projects_input) {
+    p.projection = std::move(projection);
   } else {
-    RECORD_USER_SCOPE("rnn_fused::input_projection");
     at::Tensor out2d = p.out.view({s.steps * s.batch, s.hidden});
-    input_projection(out2d, x.view({s.steps * s.batch, s.input_size}), call.weight_ih.to(ct).contiguous(),
-                     call.bias_ih, call.bias_hh);
+    project_input_on_host(out2d, projection);
   }
   return p;
 }
@@ -170,7 +195,11 @@ PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBa
 // The time loop (none for an empty shape: prepare_forward set h_n).
 void run_recurrence(PreparedForward& p) {
   if (p.call.shape.empty()) return;
-  p.h_n = p.backend.forward(ForwardRecurrence{.call = p.call, .w_hh = p.w_hh, .out = p.out, .h0 = p.h0});
+  p.h_n = p.backend.forward(ForwardRecurrence{.call = p.call,
+                                              .w_hh = p.w_hh,
+                                              .out = p.out,
+                                              .h0 = p.h0,
+                                              .projection = p.projection.has_value() ? &*p.projection : nullptr});
 }
 
 // (output, h_n) in the input's dtype.

@@ -19,6 +19,7 @@
 #include <c10/core/DeviceType.h>
 
 #include <cmath>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <array>
@@ -30,12 +31,29 @@
 
 namespace rnn_fused {
 
+// A forward's input projection, XW_t + b_ih + b_hh at every step, still to be made: its
+// operands in the compute dtype, contiguous.
+struct InputProjection {
+  at::Tensor x2d;   // [T*B,I] read: the layer's input
+  at::Tensor w_ih;  // [H,I] read
+  std::optional<at::Tensor> bias_ih, bias_hh;  // [H] read, or none (no biases)
+};
+
+// out2d [T*B,H] = the projection (elman_gemms.h input_projection: the bias sum and one GEMM),
+// named rnn_fused::input_projection to the profiler.
+void project_input_on_host(at::Tensor& out2d, const InputProjection& projection);
+
 // The forward time loop's problem, in the compute dtype, contiguous.
 struct ForwardRecurrence {
   const LayerForwardCall& call;
   at::Tensor w_hh;  // [H,H] read
-  at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step; out: h_t, zero at t >= lengths[b]
+  at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step (unless projection is set);
+                    // out: h_t, zero at t >= lengths[b]
   at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state; undefined: zeros
+  // Set for a backend that projects the input itself (RecurrenceBackend::projects_input): out
+  // holds nothing on entry, and the backend makes the projection, in its kernel or by
+  // project_input_on_host, before its time loop.
+  const InputProjection* projection = nullptr;
   // Step-phase timing (GPU-kernel backends, persistent paths): when set, receives [CTAs, 3]
   // int64 cycles per CTA staging, computing and in the step barrier (recurrence_step_phases).
   at::Tensor* phase_cycles = nullptr;
@@ -160,6 +178,10 @@ struct RecurrenceBackend {
   bool device_default = false; // chosen for `device` when no backend is named
   // Runs the forward loop; returns h_n [B,H] in the compute dtype.
   at::Tensor (*forward)(const ForwardRecurrence&) = nullptr;
+  // Whether forward takes the input projection (ForwardRecurrence::projection) and makes it
+  // itself: the GPU-kernel backends, whose Block path can make it inside its kernel (two
+  // launches fewer); else the host layer makes it before the loop.
+  bool projects_input = false;
   // Runs the backward loop; returns dz at each sample's processing step 0 [B,H] (zero for an
   // empty sample), the gradient that reaches h_0 through W_hh.
   at::Tensor (*backward)(const BackwardRecurrence&) = nullptr;
@@ -212,10 +234,21 @@ struct ForcedTiling {
   // The Block path runs the lane-row kernels (elman_lane_rows_kernel.cuh: a thread per hidden
   // unit) where they apply instead of its general ones (8 lanes per weight row).
   bool lane_rows_step = false;
+  // No kernel projects the input itself (kernel_projects_input): every path's z_t starts from
+  // the host's GEMM, so that paths can be compared bit for bit and the one timed against the other.
+  bool input_projection_on_host = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.
 ForcedTiling set_forced_tiling(const ForcedTiling& tiling);
+
+// Whether a GPU-kernel backend's forward makes a layer's input projection inside its kernel
+// instead of by the host's GEMM: the Block path's general kernels (`block_general_kernels`, S
+// samples per CTA) where the cost model prices it so (cost::kernel_projects_input), unless
+// forced_tiling keeps every projection on the host. Asked by the planner's launch
+// (elman_launch.h) and by the cost_model and kernel_projects_input ops.
+bool projects_input_in_kernel(bool block_general_kernels, int64_t steps, int64_t samples, int64_t input_size,
+                              int64_t hidden);
 
 // Autotuning (rnn_fused.launch_plan.autotune): where enabled, a GPU-kernel planner times
 // every feasible path's launch shape on the device at the first unforced plan of each

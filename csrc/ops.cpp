@@ -497,6 +497,24 @@ std::tuple<std::vector<std::string>, std::vector<double>> cost_constants(bool fi
   return {names, values};
 }
 
+// The plan the GPU kernels of like's device (CPU: the emulated device) would run a layer's
+// forward or backward recurrence with.
+RecurrencePlanReport::Entry planned_entry(const at::Tensor& like, int64_t hidden_size, int64_t batch, bool backward) {
+  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), like.is_cpu() ? "emulated" : "");
+  const c10::OptionalDeviceGuard guard(like.device());
+  return b.plan(RecurrencePlanQuery{
+                    .compute = compute_dtype(like.scalar_type()), .hidden = hidden_size, .batch = batch,
+                    .backward = backward})
+      .chosen;
+}
+
+// host_layer.h projects_input_in_kernel for a plan as reported.
+bool plan_projects_input(const RecurrencePlanReport::Entry& plan, int64_t steps, int64_t input_size,
+                         int64_t hidden_size) {
+  return projects_input_in_kernel(plan.path == "block" && !plan.lane_rows, steps, plan.samples, input_size,
+                                  hidden_size);
+}
+
 // The cost model's prediction, in microseconds, for one layer and direction (forward, or
 // backward after a forward) of `kernel`: a reference model ("legacy-grid": the first grid
 // kernel; "cudnn": cuDNN's per-step GEMM regime) or "planned" (the path the planner of
@@ -521,11 +539,21 @@ double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t st
   }
   TORCH_CHECK_VALUE(name == "planned", "rnn_fused: cost_model kernel must be 'planned', 'legacy-grid' or 'cudnn', got '",
                     name, "'");
-  const RecurrenceBackend& b = find_recurrence_backend(like.device().type(), like.is_cpu() ? "emulated" : "");
-  const c10::OptionalDeviceGuard guard(like.device());
-  const RecurrencePlanReport report = b.plan(RecurrencePlanQuery{
-      .compute = compute_dtype(like.scalar_type()), .hidden = hidden_size, .batch = batch, .backward = backward});
-  return steps * report.chosen.us_per_step + gemms;
+  const RecurrencePlanReport::Entry chosen = planned_entry(like, hidden_size, batch, backward);
+  if (!backward && plan_projects_input(chosen, steps, input_size, hidden_size)) {
+    return steps * chosen.us_per_step + cost::forward_without_gemm_us(c, steps, chosen.samples, input_size, hidden_size);
+  }
+  return steps * chosen.us_per_step + gemms;
+}
+
+// Whether a forward layer call of this shape on like's device (CPU: the emulated device) has
+// its input projected inside the recurrence kernel rather than by the host's GEMM.
+bool kernel_projects_input(const at::Tensor& like, int64_t steps, int64_t batch, int64_t input_size,
+                           int64_t hidden_size) {
+  TORCH_CHECK_VALUE(steps > 0 && batch > 0 && input_size > 0 && hidden_size > 0,
+                    "rnn_fused: kernel_projects_input needs positive steps, batch, input_size and hidden_size, got ",
+                    steps, ", ", batch, ", ", input_size, ", ", hidden_size);
+  return plan_projects_input(planned_entry(like, hidden_size, batch, false), steps, input_size, hidden_size);
 }
 
 }  // namespace
@@ -588,6 +616,9 @@ TORCH_LIBRARY(rnn_fused, m) {
       "cost_model(Tensor like, str kernel, int steps, int batch, int input_size, int hidden_size, bool backward) "
       "-> float",
       &rnn_fused::cost_model_us);
+  // like: as for recurrence_plan. Whether a forward layer call's kernel projects the input itself.
+  m.def("kernel_projects_input(Tensor like, int steps, int batch, int input_size, int hidden_size) -> bool",
+        &rnn_fused::kernel_projects_input);
   // Microseconds per step of a given launch shape under replaced constants (step_cost_us above).
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
@@ -599,13 +630,15 @@ TORCH_LIBRARY(rnn_fused, m) {
   // synchronisation (-1: each plan's own) and whether kernels read their passes at run time
   // every planner must use (host_layer.h ForcedTiling); returns the previous setting.
   m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1, int run_time_passes=0, "
-        "int lane_rows_step=0) -> int[]",
+        "int lane_rows_step=0, int input_projection_on_host=0) -> int[]",
         [](int64_t samples, int64_t units_per_pass, int64_t step_sync, int64_t run_time_passes,
-           int64_t lane_rows_step) {
+           int64_t lane_rows_step, int64_t input_projection_on_host) {
           const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling(
-              {samples, units_per_pass, step_sync, run_time_passes != 0, lane_rows_step != 0});
+              {samples, units_per_pass, step_sync, run_time_passes != 0, lane_rows_step != 0,
+               input_projection_on_host != 0});
           return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync,
-                                      int64_t(previous.run_time_passes), int64_t(previous.lane_rows_step)};
+                                      int64_t(previous.run_time_passes), int64_t(previous.lane_rows_step),
+                                      int64_t(previous.input_projection_on_host)};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

@@ -183,6 +183,18 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
 
 
+def kernel_projects_input(steps: int, batch_size: int, input_size: int, hidden_size: int,
+                          dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated") -> bool:
+    """Whether a layer's forward of this shape on `device` makes its input projection (XW_t +
+    b_ih + b_hh at every step) inside the recurrence kernel instead of by the host's bias sum and
+    GEMM: the block path's general kernels do where the cost model prices the projection's
+    multiply-adds on one CTA under a quarter of a launch (short sequences of small layers, whose
+    time is the host's launches), unless forced_tiling(input_projection_on_host=True)."""
+    emulated = device == "emulated"
+    like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
+    return torch.ops.rnn_fused.kernel_projects_input(like, steps, batch_size, input_size, hidden_size)
+
+
 def split_layer_us(steps: int, pieces: tuple[int, ...], input_size: int, hidden_size: int,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated",
                    backward: bool = False) -> float:
@@ -276,7 +288,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
-                  lane_rows_step: bool = False) -> Iterator[None]:
+                  lane_rows_step: bool = False, input_projection_on_host: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -294,7 +306,11 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     kernels). `lane_rows_step=True`: the block path runs the lane-row step (float32, H <= 128, 1
     sample per CTA or 2 at H <= 64: a thread per hidden unit holding its weight row in registers)
     instead of its general kernels (8 lanes per weight row, the reduce-scatter); not with
-    units_per_pass=16 or run_time_passes=True. For running or timing
+    units_per_pass=16 or run_time_passes=True. `input_projection_on_host=True`: no kernel
+    projects a layer's input itself (the block path's general kernels do where the cost model
+    prices it below the host's bias sum and GEMM, two launches: short sequences of small
+    layers), so every path starts from the same GEMM's XW_t (comparing paths bit for bit;
+    timing the one against the other). For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -307,12 +323,13 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     if step_sync is not None and step_sync not in STEP_SYNCS:
         raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
-    for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step)):
+    for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step),
+                        ("input_projection_on_host", input_projection_on_host)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
-                          int(lane_rows_step)):
+                          int(lane_rows_step), int(input_projection_on_host)):
         yield
 
 

@@ -53,6 +53,17 @@ def reference_results(args, lengths, nonlinearity, reverse, cotangents, dtype):
     return [out.detach(), h_n.detach(), *grads]
 
 
+def case_inputs(steps, batch, input_size, hidden, bias, hx, lengths, dtype, seed):
+    """(lengths tensor or None, the layer's float64 arguments, float64 cotangents of output and
+    h_n drawn from `seed`, the arguments in dtype) of a layer case."""
+    lengths = None if lengths is None else torch.tensor(lengths)
+    args = layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)
+    g = torch.Generator().manual_seed(seed)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    return lengths, args, cotangents, [None if a is None else a.to(dtype) for a in args]
+
+
 # steps, batch, input, hidden, nonlinearity, reverse, bias, hx, lengths
 LAYER_CASES = [
     (5, 3, 4, 7, "tanh", False, True, True, [5, 2, 4]),
@@ -77,12 +88,7 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, path):
     step loop in dtype) and vs the CPU backend; bitwise-equal results under every emulator
     schedule and from run to run."""
     steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
-    lengths = None if lengths is None else torch.tensor(lengths)
-    args = layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)
-    g = torch.Generator().manual_seed(7)
-    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
-                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
-    cast = [None if a is None else a.to(dtype) for a in args]
+    lengths, args, cotangents, cast = case_inputs(steps, batch, input_size, hidden, bias, hx, lengths, dtype, seed=7)
     with simt.emulated_device(**SMALL_GPU):
         if path is not None and not rnn_fused.plan(hidden, batch, dtype, path=None).candidate(path).feasible:
             # e.g. a cluster needs two CTAs, so at least two hidden units: refused, not skipped.
@@ -114,7 +120,9 @@ def test_layer_matches_reference_under_every_schedule(case, dtype, path):
 @pytest.mark.parametrize("hidden", [7, 33, 100])
 def test_block_and_grid_paths_agree_bitwise(hidden):
     """The persistent paths share the dot products and their fixed reduction tree, whatever
-    the samples per chunk, the CTAs per group or the chunks per CTA: they round identically."""
+    the samples per chunk, the CTAs per group or the chunks per CTA: they round identically
+    (from the same input projection: the host's, as forced_tiling's input_projection_on_host
+    keeps it; the block kernel would project so short an input itself)."""
     args = layer_args(5, 3, 4, hidden, dtype=torch.float32)
     lengths = torch.tensor([5, 1, 3])
     g = torch.Generator().manual_seed(3)
@@ -122,7 +130,7 @@ def test_block_and_grid_paths_agree_bitwise(hidden):
     results = []
     for device, path in [(SMALL_GPU, "block"), (SMALL_GPU, "grid"), (dict(sm_count=1, max_blocks_per_sm=1), "grid"),
                          (dict(sm_count=1, max_blocks_per_sm=1), "block")]:
-        with simt.emulated_device(**device):
+        with simt.emulated_device(**device), launch_plan.forced_tiling(input_projection_on_host=True):
             results.append(run_layer(args, lengths, "tanh", True, "emulated", cotangents, path))
     for other in results[1:]:
         for a, b in zip(results[0], other):
@@ -136,13 +144,13 @@ def test_grid_chunks_prefetched_asynchronously_agree_with_the_block_path(hidden)
     performs a thread's copies only when it waits for them, so a missing wait or barrier reads
     the previous chunk's rows: under every schedule the results must equal the block path's,
     bitwise, forward and backward (13 samples on one CTA: the last chunk has rows past the
-    batch, stored as zeros)."""
+    batch, stored as zeros; the input projected on the host for both)."""
     batch = 13
     args = layer_args(4, batch, 3, hidden, dtype=torch.float32)
     g = torch.Generator().manual_seed(6)
     cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     one_cta = dict(sm_count=1, max_blocks_per_sm=1)
-    with simt.emulated_device(**one_cta):
+    with simt.emulated_device(**one_cta), launch_plan.forced_tiling(input_projection_on_host=True):
         expected = run_layer(args, None, "tanh", False, "emulated", cotangents, "block")
         for backward in (False, True):
             plan = rnn_fused.plan(hidden, batch, backward=backward, path="grid")
@@ -168,7 +176,8 @@ def test_grid_rows_staged_in_pieces_agree_with_the_block_path(hidden):
     cotangents = [torch.randn(4, batch, hidden, generator=g), torch.randn(batch, hidden, generator=g)]
     # (The pieces are the barriers' way with one chunk of samples per step; the tagged exchange
     # stages each chunk whole.)
-    one_chunk_with_a_barrier = rnn_fused.launch_plan.forced_tiling(samples=4, step_sync="grid_barrier")
+    one_chunk_with_a_barrier = rnn_fused.launch_plan.forced_tiling(samples=4, step_sync="grid_barrier",
+                                                                   input_projection_on_host=True)
     with simt.emulated_device(**SMALL_GPU), one_chunk_with_a_barrier:
         reference_path = "block" if hidden <= 256 else "cluster"
         expected = run_layer(args, None, "tanh", False, "emulated", cotangents, reference_path)
@@ -206,7 +215,8 @@ def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32,
                           **tiling):
     """Output, h_n, every gradient and the recorded step norms of a 1-layer module in dtype
     with randomized truncation, on `path` of an emulated device of sm_count SMs with the
-    launch shape's `tiling` forced (launch_plan.forced_tiling), or on the CPU backend; and the
+    launch shape's `tiling` forced (launch_plan.forced_tiling; the input projected on the host
+    unless `tiling` says otherwise), or on the CPU backend; and the
     forward and backward plans' (samples per group, units per pass)."""
     torch.manual_seed(0)
     module = RNN(5, hidden, truncation=rnn_fused.RandomTruncation(0.7, seed=3)).to(dtype)
@@ -220,7 +230,9 @@ def _block_run_with_norms(sm_count, hidden, batch, lengths, dtype=torch.float32,
         if emulated:
             # (the launch shapes asked for are a device's of sm_count SMs without GPC boundaries)
             stack.enter_context(simt.emulated_device(sm_count=sm_count, sms_per_gpc=0))
-            stack.enter_context(launch_plan.forced_tiling(**tiling))
+            # (every path's XW_t from the host's GEMM: a short input would be projected in the
+            # block kernel, in its own summation order)
+            stack.enter_context(launch_plan.forced_tiling(**{"input_projection_on_host": True, **tiling}))
         plans = [rnn_fused.plan(hidden, batch, dtype, path=path, backward=bwd) for bwd in (False, True)
                  if emulated]
         with rnn_fused.record_gradients(module) as rec:
@@ -1077,10 +1089,11 @@ def _device_work(call) -> collections.Counter:
 def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
     """At small sizes a GPU waits for the host, and each ATen call is a launch. The emulated
     backend runs the CUDA backend's host code, so its ATen calls are the GPU's launches: with
-    no hx and no lengths the forward issues the bias sum and the input projection; the
-    backward dX, dW_ih, dW_hh (a sum of 8 rows: one product) and the bias gradient. No
-    state, dz or W_hh^T is materialised, and the grid path's exchange buffer is not cleared
-    (its kernels stage the first state from h0, or zeros, themselves)."""
+    no hx and no lengths the forward issues the bias sum and the input projection (none on the
+    block path, whose kernel projects so short an input itself); the backward dX, dW_ih, dW_hh
+    (a sum of 8 rows: one product) and the bias gradient. No state, dz or W_hh^T is
+    materialised, and the grid path's exchange buffer is not cleared (its kernels stage the
+    first state from h0, or zeros, themselves)."""
     args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
     forward_args = (*args, None, "tanh", False)
     kwargs = dict(backend="emulated", path=path)
@@ -1088,11 +1101,79 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
     with simt.emulated_device(**SMALL_GPU):
         out, _ = OPS.rnn_layer_forward(*forward_args, **kwargs)
         forward = _device_work(lambda: OPS.rnn_layer_forward(*forward_args, **kwargs))
+        with launch_plan.forced_tiling(input_projection_on_host=True):
+            forward_projected_on_host = _device_work(lambda: OPS.rnn_layer_forward(*forward_args, **kwargs))
         mask = [True, False, True, True, True]
         backward = _device_work(
             lambda: OPS.rnn_layer_backward(grad_output, grad_h_n, out, mask, False, *forward_args, **kwargs))
-    assert forward == collections.Counter({"aten::add": 1, "aten::addmm": 1})
+    host_projection = collections.Counter({"aten::add": 1, "aten::addmm": 1})
+    assert forward == (collections.Counter() if path == "block" else host_projection)
+    assert forward_projected_on_host == host_projection
     assert backward == collections.Counter({"aten::mm": 3, "aten::sum": 1})
+
+
+# steps, batch, input, hidden, nonlinearity, reverse, bias, hx, lengths, samples per CTA (None: the plan's)
+KERNEL_PROJECTION_CASES = [
+    (5, 3, 4, 7, "tanh", False, True, True, [5, 2, 4], None),
+    (6, 4, 3, 33, "relu", True, False, False, [2, 6, 0, 4], None),
+    (4, 9, 5, 20, "tanh", False, True, False, [4, 0, 2, 4, 1, 3, 4, 4, 2], 2),  # 5 CTAs, the last one half empty
+    (3, 1, 1, 1, "relu", True, True, True, None, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", KERNEL_PROJECTION_CASES, ids=_case_id)
+def test_block_kernel_projects_a_short_input_within_the_tolerance_rule(case, dtype):
+    """Where the block path's kernel projects the input itself (each CTA its samples' XW_t +
+    b_ih + b_hh at every step, before its first step), the forward issues no ATen work, and the
+    results keep to the tolerance rule against the float64 step loop, as those from the host's
+    projection (forced_tiling(input_projection_on_host=True)) do; they come out the same under
+    every emulator schedule."""
+    steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths, samples = case
+    lengths, args, cotangents, cast = case_inputs(steps, batch, input_size, hidden, bias, hx, lengths, dtype, seed=5)
+    forward_args = (*cast, lengths, nonlinearity, reverse)
+    results = {}
+    with simt.emulated_device(**SMALL_GPU):
+        for on_host in (False, True):
+            with launch_plan.forced_tiling(samples=samples, input_projection_on_host=on_host):
+                work = _device_work(lambda: OPS.rnn_layer_forward(*forward_args, backend="emulated", path="block"))
+                assert ("aten::addmm" in work or "aten::mm" in work) == on_host
+                runs = []
+                for mode, seed in (*simt.ALL_SCHEDULES, ("forward", 0)):
+                    with simt.schedule(mode, seed):
+                        runs.append(run_layer(cast, lengths, nonlinearity, reverse, "emulated", cotangents, "block"))
+            for other in runs[1:]:
+                for a, b in zip(runs[0], other):
+                    assert torch.equal(a, b), "results differ between emulator schedules"
+            results[on_host] = runs[0]
+    reference = reference_results(args, lengths, nonlinearity, reverse, cotangents, torch.float64)
+    stock = reference_results(cast, lengths, nonlinearity, reverse, cotangents, dtype)
+    ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(reference) - 2)]
+    for on_host, ours in results.items():
+        for name, r, s, o in zip(names, reference, stock, ours, strict=True):
+            assert_within_tolerance(r, s, o, name=f"{name} (input projected on the host: {on_host})", ulps=ulps)
+    if lengths is not None:
+        for b, n in enumerate(lengths.tolist()):
+            assert torch.all(results[False][0][n:, b] == 0)
+
+
+def test_block_kernel_projects_the_input_only_below_a_quarter_launch():
+    """The cost model's rule (cost::kernel_projects_input): the kernel projects the input where
+    its T S H I multiply-adds on one CTA, at a quarter of an SM's rate, take under a quarter of
+    a launch; one input column more and the host makes the projection."""
+    constants = launch_plan.cost_constants()
+    steps, batch, hidden = 4, 2, 16
+    with simt.emulated_device(**SMALL_GPU):
+        plan = rnn_fused.plan(hidden, batch)
+        assert plan.path == "block" and not plan.lane_rows
+        rate = constants["fma_per_sm_per_us"] * 0.25
+        limit = 0.25 * constants["launch_us"]
+        widest = max(i for i in range(1, 100_000) if steps * plan.samples * hidden * i / rate < limit)
+        for input_size, in_kernel in ((widest, True), (widest + 1, False)):
+            args = layer_args(steps, batch, input_size, hidden, dtype=torch.float32, hx=False)
+            work = _device_work(lambda: OPS.rnn_layer_forward(*args, None, "tanh", False, backend="emulated"))
+            assert ("aten::addmm" not in work) == in_kernel, input_size
 
 
 def test_host_layer_names_its_stages_to_the_profiler():
@@ -1102,7 +1183,8 @@ def test_host_layer_names_its_stages_to_the_profiler():
     ATen work inside them."""
     args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
     forward_args = (*args, None, "tanh", False)
-    with simt.emulated_device(**SMALL_GPU):
+    # (on the host: the block kernel would project so short an input itself)
+    with simt.emulated_device(**SMALL_GPU), launch_plan.forced_tiling(input_projection_on_host=True):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             out, _ = OPS.rnn_layer_forward(*forward_args, backend="emulated")
             OPS.rnn_layer_backward(torch.ones(5, 2, 8), torch.ones(2, 8), out, [True] * 5, False, *forward_args,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -332,6 +333,24 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
     assert gpu_check.layer_overlap_verdicts([split], "cuDNN") == [
         "1000, 8, 64, 64: rnn_fused's batch in two layer ops (batch_pieces) against the whole batch in one launch "
         "(RNN.path forced; > 1: the split faster): forward 1.20x, forward+backward 1.20x."]
+    # Inputs projected in the block kernel, timed again with the projections on the host.
+    in_kernel = dataclasses.replace(row(1, 1.0, 0.5), host_projection_fwd_ms=0.55, host_projection_fwd_bwd_ms=1.1)
+    assert gpu_check.layer_overlap_verdicts([in_kernel], "cuDNN") == [
+        "1000, 8, 64, 64: rnn_fused's input projection inside the block kernel against the host's bias sum and GEMM "
+        "(forced_tiling(input_projection_on_host=True); > 1: in the kernel faster): forward 1.10x, "
+        "forward+backward 1.10x."]
+
+
+def test_rows_whose_block_kernel_projects_the_input_are_timed_with_the_host_projection_too():
+    """measure_shape_row on the emulated kernels: a short 2-layer row whose block kernels project
+    their inputs themselves is timed again with every projection on the host; a row whose
+    projections are too long for a kernel (launch_plan.kernel_projects_input) is not."""
+    target = gpu_check.Target(torch.device("cpu"), emulated=True)
+    short = gpu_check.Shape(3, 2, 5, 9, layers=2)
+    assert gpu_check.projects_input_in_kernel(short, target)
+    assert not gpu_check.projects_input_in_kernel(gpu_check.Shape(1000, 8, 256, 64), target)
+    row = gpu_check.measure_shape_row(short, target, gpu_check.QUICK_TIMING, False)
+    assert row.host_projection_fwd_ms > 0 and row.host_projection_fwd_bwd_ms > 0
 
 
 def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeypatch):
@@ -1041,13 +1060,17 @@ def test_the_host_time_probe_says_it_needs_a_gpu(capsys):
     assert "a CUDA device is needed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("backward", [False, True])
-def test_gemms_timed_alone_are_the_layer_passes_own(backward):
+@pytest.mark.parametrize("backward,input_size", [(False, 5), (True, 5), (False, 2000)],
+                         ids=["forward-projected-in-the-kernel", "backward", "forward-projected-on-the-host"])
+def test_gemms_timed_alone_are_the_layer_passes_own(backward, input_size):
     # The recurrence per step is a layer pass less these GEMMs timed alone: they must be the
     # pass's own, op for op (a hand-written copy once drifted from the host layer and made the
     # backward's estimate negative on the GPU). Counted on the emulated backend, which runs the
-    # CUDA backend's host layer.
-    shape = gpu_check.Shape(12, 3, 5, 16)
+    # CUDA backend's host layer. At I = 5 the block kernel projects the input itself: no GEMM
+    # either way; at I = 2000 the host does.
+    shape = gpu_check.Shape(12, 3, input_size, 16)
+    assert rnn_fused.launch_plan.kernel_projects_input(12, 3, input_size, 16) == (input_size == 5)
+    in_kernel = not backward and input_size == 5
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     products = {"aten::mm", "aten::bmm", "aten::addmm", "aten::sum", "aten::add", "aten::add_", "aten::cat"}
 
@@ -1064,7 +1087,7 @@ def test_gemms_timed_alone_are_the_layer_passes_own(backward):
     else:
         with torch.no_grad():
             layer_counts = counts(lambda: rnn_fused.rnn_layer(x, None, *leaves, backend="emulated"))
-    assert layer_counts.get("aten::mm" if backward else "aten::addmm", 0) >= 1
+    assert (layer_counts.get("aten::mm" if backward else "aten::addmm", 0) >= 1) != in_kernel
     assert counts(gpu_check.whole_sequence_work(shape, target, backward)) == layer_counts
 
 
@@ -1081,9 +1104,11 @@ def test_a_split_row_names_its_pieces_and_is_timed_whole_too(monkeypatch):
         layer_ops.append((inputs.input.shape[1], options.path))
         return real_forward(inputs, options)
 
-    monkeypatch.setattr(launch_plan, "runs_in_waves", lambda *args, **kwargs: True)
-    monkeypatch.setattr(launch_plan, "batch_pieces", lambda *args, **kwargs: (3, 2))
-    monkeypatch.setattr(gpu_check, "batch_pieces", lambda *args, **kwargs: (3, 2))
+    # (cached, as the stubbed ones are: a planner setting clears their caches)
+    monkeypatch.setattr(launch_plan, "runs_in_waves", functools.lru_cache()(lambda *args, **kwargs: True))
+    pieces = functools.lru_cache()(lambda *args, **kwargs: (3, 2))
+    monkeypatch.setattr(launch_plan, "batch_pieces", pieces)
+    monkeypatch.setattr(gpu_check, "batch_pieces", pieces)
     monkeypatch.setattr(_ops, "layer_forward", counting)
     shape = gpu_check.Shape(4, 5, 3, 9)
     target = gpu_check.Target(torch.device("cpu"), emulated=True)

@@ -263,7 +263,8 @@ def test_plain_stack_backward_runs_its_own_kernel_with_the_general_kernels_resul
 @pytest.mark.parametrize("hidden,layers,lengths", [(7, 2, [5, 0, 3]), (64, 3, None), (100, 2, [5, 5, 1])])
 def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, lengths):
     """Layer 0 of the stack bitwise equals the block path's layer (the same input projection
-    GEMM, the same dot-product tree); each layer above equals the block path's layer run on the
+    GEMM, which forced_tiling's input_projection_on_host keeps on the host where the block kernel
+    would make so short a projection itself; the same dot-product tree); each layer above equals the block path's layer run on the
     stack's own layer below within the tolerance rule (its input projection is the kernel's dot
     product instead of a GEMM), and so does h_n."""
     steps, batch = 5, 3
@@ -271,7 +272,7 @@ def test_every_layer_of_the_stack_agrees_with_the_block_path(hidden, layers, len
     x, h0, groups = stack_inputs(steps, batch, 4, hidden, layers)
     x32, h32 = x.float(), h0.float()
     groups32 = [tuple(w.float() for w in group) for group in groups]
-    with simt.emulated_device(**STACK_GPU):
+    with simt.emulated_device(**STACK_GPU), launch_plan.forced_tiling(input_projection_on_host=True):
         outputs, h_n = OPS.rnn_stack_forward(x32, h32, [w for group in groups32 for w in group], True, lengths, "tanh",
                                              "emulated")
         layer_input = x32

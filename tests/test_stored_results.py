@@ -33,7 +33,10 @@ H <= 128: its own summation order) in the emulated block results; again that nig
 balanced chunks (csrc/outer_product_chunks.h: another summation order of grad_weight_hh, and so
 of the squared norms; no other result moved), and on 2026-12-05 for dW_hh's sums of at most 64
 rows in one product (kOneProductRows: every case here has T = 7; grad_weight_hh and the squared
-norms moved, nothing else).
+norms moved, nothing else); later that day for the block kernel's own projection of a short
+input (elman_forward_kernel.cuh project_input, its summation order instead of the GEMM's):
+the emulated block results of the H = 33 float32 and float64 cases moved, every one of their
+results; at H = 6 (three input columns) and in bfloat16 none did, nor any other backend's.
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit.

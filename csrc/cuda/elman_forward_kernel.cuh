@@ -16,8 +16,13 @@
 //
 // Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
 //   w_hh     [H,H]    read: recurrent weight (row u produces unit u)
-//   out      [T,B,H]  in: XW_t + b_ih + b_hh at every step; out: h_t at each sample's valid
-//                     steps (steps t >= lengths[b] are left as they are; the host zeroes them)
+//   out      [T,B,H]  in: XW_t + b_ih + b_hh at every step (where x is null); out: h_t at each
+//                     sample's valid steps (steps t >= lengths[b] are left as they are; the
+//                     host zeroes them)
+//   x        [T,B,I]  read: the layer's input, where the kernel projects it itself (Block path,
+//                     project_input: out's contents on entry unused); else null
+//   w_ih     [H,I]    read with x: the input weight (else null)
+//   b_ih, b_hh [H]    read with x: the biases, or null (no biases)
 //   h0       [B,H]    read: initial state; null for zeros
 //   h_n      [B,H]    written: state after each sample's last valid step (h0 if it has none)
 //   exchange [2,B,H]  Grid and Stepwise paths: the state at each step (by parity); null on
@@ -47,13 +52,41 @@ struct ForwardRecurrenceArgs {
   scalar_t* h_n;
   scalar_t* exchange;
   const int64_t* lengths;
-  LayerShape shape;  // input_size unused
+  LayerShape shape;  // input_size: x's columns (used only with x)
   bool reverse;
   Activation activation;
   int64_t* phase_cycles = nullptr;
   unsigned* step_flags = nullptr;
   unsigned long long* tagged_exchange = nullptr;
+  const scalar_t* x = nullptr;
+  const scalar_t* w_ih = nullptr;
+  const scalar_t* b_ih = nullptr;
+  const scalar_t* b_hh = nullptr;
 };
+
+// The input projection of the CTA's outputs, out[t, b, u] = sum_i w_ih[u, i] x[t, b, i] +
+// (b_ih[u] + b_hh[u]), at every step, for its samples [sample_begin, sample_begin + samples)
+// and units [unit_begin, unit_end): what the host's bias sum and GEMM would have written there,
+// for a CTA that reads no other CTA's outputs (the Block path). The launch asks for it only
+// where that is at most about 150,000 multiply-adds (host_layer.h projects_input_in_kernel), so
+// each thread takes one output at a time, its row of w_ih and of x read through L1. The caller's
+// __syncthreads before the steps makes the outputs visible to the whole CTA.
+template <typename scalar_t>
+SIMT_DEVICE void project_input(const ForwardRecurrenceArgs<scalar_t>& a, const CtaPlace& place, int64_t samples) {
+  const int64_t B = a.shape.batch, H = a.shape.hidden, I = a.shape.input_size;
+  const int64_t units = place.unit_end - place.unit_begin, per_step = samples * units;
+  for (int64_t i = threadIdx.x; i < a.shape.steps * per_step; i += blockDim.x) {
+    const int64_t t = i / per_step, b = place.sample_begin + (i % per_step) / units;
+    const int64_t u = place.unit_begin + i % units;
+    if (b >= B) continue;
+    const scalar_t* x = a.x + time_major_offset(t, b, 0, B, I);
+    const scalar_t* w = a.w_ih + u * I;
+    scalar_t sum = 0;
+    for (int64_t k = 0; k < I; ++k) sum += w[k] * x[k];
+    if (a.b_ih != nullptr) sum += a.b_ih[u] + a.b_hh[u];
+    a.out[time_major_offset(t, b, u, B, H)] = sum;
+  }
+}
 
 // Grid = tiling.groups * tiling.ctas_per_group CTAs of kRecurrenceThreads threads (cooperative
 // on the Grid path), SharedLayout<scalar_t>::make(H, tiling, kPath, false, 0, kPasses, kIterations).bytes of dynamic
@@ -71,6 +104,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.check_compiled_passes();
   constexpr int kOwned = Cta::kOwned;
   const int64_t R = cta.row;
+  if constexpr (kPath == RecurrencePath::Block) {
+    if (a.x != nullptr) project_input(a, cta.place, kSamples);
+  }
   cta.load_weights(a.w_hh);
   // Every buffer starts as h0 so that its padding past H is zero (the Grid path's chunk buffers
   // are restaged from exchange every step, the padding never). No h0: all zeros.

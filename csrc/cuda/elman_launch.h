@@ -1014,12 +1014,36 @@ const scalar_t* drawn_scales_pointer(const at::Tensor& scales) {
   return scales.defined() ? scales.data_ptr<scalar_t>() : nullptr;
 }
 
+// Whether the kernel of `plan` projects the layer's input itself (ForwardRecurrenceArgs::x):
+// host_layer.h projects_input_in_kernel for its kernels.
+inline bool kernel_projects_input(const RecurrencePlan& plan, const LayerShape& shape) {
+  return projects_input_in_kernel(plan.path == RecurrencePath::Block && !plan.lane_rows, shape.steps,
+                                  plan.tiling.samples, shape.input_size, shape.hidden);
+}
+
+// ForwardRecurrenceArgs' x, w_ih, b_ih and b_hh: the projection's operands where the kernel
+// makes it (null: none, or no biases).
+template <typename scalar_t>
+std::array<const scalar_t*, 4> projection_pointers(const InputProjection* projection) {
+  if (projection == nullptr) return {nullptr, nullptr, nullptr, nullptr};
+  auto optional = [](const std::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr<scalar_t>() : nullptr; };
+  return {projection->x2d.data_ptr<scalar_t>(), projection->w_ih.data_ptr<scalar_t>(), optional(projection->bias_ih),
+          optional(projection->bias_hh)};
+}
+
 // The forward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns h_n.
 template <typename scalar_t>
 at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const RecurrencePlan& plan) {
   const LayerForwardCall& call = r.call;
   const LayerShape& shape = call.shape;
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
+  const InputProjection* in_kernel = r.projection != nullptr && kernel_projects_input(plan, shape) ? r.projection
+                                                                                                  : nullptr;
+  if (r.projection != nullptr && in_kernel == nullptr) {
+    at::Tensor out2d = r.out.view({T * B, H});
+    project_input_on_host(out2d, *r.projection);
+  }
+  const std::array<const scalar_t*, 4> projection = projection_pointers<scalar_t>(in_kernel);
   at::Tensor h_n = at::empty({B, H}, r.out.options());
   at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
   const at::Tensor flags = step_flags_buffer(plan, r.out.options(), false);
@@ -1035,7 +1059,11 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
                                              .activation = call.options.activation,
                                              .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, r.out.options()),
                                              .step_flags = step_flags_pointer(flags),
-                                             .tagged_exchange = tagged_words_pointer(tagged)};
+                                             .tagged_exchange = tagged_words_pointer(tagged),
+                                             .x = projection[0],
+                                             .w_ih = projection[1],
+                                             .b_ih = projection[2],
+                                             .b_hh = projection[3]};
   if (plan.path == RecurrencePath::Stepwise) {
     // exchange[s % 2] holds h_{s-1}; the product of each step goes to a [B,H] buffer. The
     // views are made once: the host issues two launches per step and must keep ahead of them.
@@ -1950,6 +1978,7 @@ inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType devic
                            .device = device,
                            .device_default = device_default,
                            .forward = &forward_recurrence,
+                           .projects_input = true,
                            .backward = &backward_recurrence,
                            .plan = &recurrence_plan,
                            .step_cost = &step_cost,

@@ -398,6 +398,29 @@ inline double forward_gemms_us(const Constants& c, int64_t steps, int64_t batch,
   return gemm_us(c, double(steps) * batch, hidden, input) + c.op_fixed_us;
 }
 
+// The Block path's general forward kernel can project its sample group's input itself before
+// its first step (elman_forward_kernel.cuh project_input: T S H I multiply-adds on one CTA,
+// two loads from L1 each, priced at a quarter of an SM's multiply-add rate; predicted, not
+// measured). That saves the host's bias sum and GEMM, two launches: at short shapes the GPU
+// waits for the host, and each launch is about launch_us of host time. It is taken only where
+// it costs under a quarter of a launch, so that a call the GPU bounds (whose launches hide
+// behind the recurrence) loses at most that much.
+inline constexpr double kProjectionFmaRateFraction = 0.25;
+inline constexpr double kProjectionLaunchFraction = 0.25;
+inline double kernel_projection_us(const Constants& c, int64_t steps, int64_t samples, int64_t input,
+                                   int64_t hidden) {
+  return double(steps) * samples * input * hidden / (c.fma_per_sm_per_us * kProjectionFmaRateFraction);
+}
+inline bool kernel_projects_input(const Constants& c, int64_t steps, int64_t samples, int64_t input, int64_t hidden) {
+  return kernel_projection_us(c, steps, samples, input, hidden) < kProjectionLaunchFraction * c.launch_us;
+}
+// forward_gemms_us of a layer whose kernel projects the input: the op's fixed cost and the
+// projection inside the kernel.
+inline double forward_without_gemm_us(const Constants& c, int64_t steps, int64_t samples, int64_t input,
+                                      int64_t hidden) {
+  return kernel_projection_us(c, steps, samples, input, hidden) + c.op_fixed_us;
+}
+
 // dW_hh is a two-level sum over chunks of steps (elman_gemms.h sum_of_outer_products, over
 // the T - 1 steps after the first): on the GPU batched products and a sum each, the launches
 // outer_product_launches counts (the first kernels made a product and an add per chunk of

@@ -44,8 +44,8 @@ from torch import Tensor, nn
 from .. import __version__
 from ..functional import directions_side_by_side, rnn_layer
 from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNCS, PathEstimate, autotune,
-                           batch_pieces, cost_constants, forced_tiling, plan, split_layer_us,
-                           stack_plan, step_phases)
+                           batch_pieces, cost_constants, forced_tiling, kernel_projects_input, plan,
+                           split_layer_us, stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
@@ -297,6 +297,11 @@ class ShapeRow:
     # whole batch in one launch (RNN.path = the whole batch's planned path).
     whole_batch_fwd_ms: float | None = None
     whole_batch_fwd_bwd_ms: float | None = None
+    # Layers whose block kernel projects the input itself (launch_plan.kernel_projects_input):
+    # rnn_fused timed again with every projection on the host
+    # (forced_tiling(input_projection_on_host=True): the bias sum and the GEMM, two launches).
+    host_projection_fwd_ms: float | None = None
+    host_projection_fwd_bwd_ms: float | None = None
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -604,7 +609,8 @@ def whole_sequence_work(shape: Shape, target: Target, backward: bool):
     layer_input_projection and layer_gradients_from_dz), in the compute dtype: the input
     projection before the forward; dW_ih, the bias gradient and dW_hh's chunked sum of outer
     products after the backward (no input gradient: the timed input needs none). As on the GPU
-    kernels' backends (CUDA, emulated), each product a launch."""
+    kernels' backends (CUDA, emulated), each product a launch. Where the planned forward's kernel
+    projects the input itself (launch_plan.kernel_projects_input), the forward has none."""
     steps, batch, inputs, hidden = shape.steps, shape.batch, shape.input_size, shape.hidden
     compute = torch.float64 if shape.torch_dtype == torch.float64 else torch.float32
     options = dict(device=target.device, dtype=compute)
@@ -612,9 +618,11 @@ def whole_sequence_work(shape: Shape, target: Target, backward: bool):
     w_ih = torch.randn(hidden, inputs, **options)
     if not backward:
         bias_ih, bias_hh = torch.randn(hidden, **options), torch.randn(hidden, **options)
+        in_kernel = kernel_projects_input(steps, batch, inputs, hidden, shape.torch_dtype, target.plan_device)
 
         def forward_gemms():
-            torch.ops.rnn_fused.layer_input_projection(x, w_ih, bias_ih, bias_hh)
+            if not in_kernel:
+                torch.ops.rnn_fused.layer_input_projection(x, w_ih, bias_ih, bias_hh)
         return forward_gemms
     w_hh = torch.randn(hidden, hidden, **options)
     outputs = torch.randn(steps, batch, hidden, **options)
@@ -653,6 +661,16 @@ def predicted_model_ms(shape: Shape, target: Target, backward: bool) -> float:
             total_us += directions * split_layer_us(shape.steps, pieces, inputs, shape.hidden, shape.torch_dtype,
                                                     target.plan_device, part)
     return total_us / 1e3
+
+
+def projects_input_in_kernel(shape: Shape, target: Target) -> bool:
+    """Whether a layer of this shape, run one by one, has its block kernel project its input
+    (launch_plan.kernel_projects_input; the input of a layer above the first is the layer
+    below's output)."""
+    directions = 2 if shape.bidirectional else 1
+    inputs = [shape.input_size] + [directions * shape.hidden] * (shape.layers - 1)
+    return any(kernel_projects_input(shape.steps, shape.batch, size, shape.hidden, shape.torch_dtype, target.plan_device)
+               for size in inputs)
 
 
 def runs_as_stack(shape: Shape, target: Target) -> bool:
@@ -755,6 +773,13 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                     median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
                                    min_seconds=timing.min_seconds, warmup=1) * 1e3)
         setattr(ours, setting, shape.stack if setting == "stack" else None)
+    if not stacked and projects_input_in_kernel(shape, target):
+        with forced_tiling(input_projection_on_host=True):
+            for pass_, make in (("fwd", lambda m: forward_fn(m, x)),
+                                ("fwd_bwd", lambda m: forward_backward_fn(m, x, grad_out))):
+                setattr(row, f"host_projection_{pass_}_ms",
+                        median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
+                                       min_seconds=timing.min_seconds, warmup=1) * 1e3)
     if shape.single_layer:
         forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
                                        min_repeats=timing.min_repeats, min_seconds=0)
@@ -1165,7 +1190,10 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
               ("in_turn", "rnn_fused's directions at once, each on half the SMs, against one after the other on "
                           "the whole device (RNN.side_by_side = False; > 1: at once faster)"),
               ("whole_batch", "rnn_fused's batch in two layer ops (batch_pieces) against the whole batch in one "
-                              "launch (RNN.path forced; > 1: the split faster)"))
+                              "launch (RNN.path forced; > 1: the split faster)"),
+              ("host_projection", "rnn_fused's input projection inside the block kernel against the host's bias "
+                                  "sum and GEMM (forced_tiling(input_projection_on_host=True); > 1: in the kernel "
+                                  "faster)"))
     for row in rows:
         for prefix, compared in others:
             gains = [f"{name} {ratio:.2f}x" for name, ratio in (
