@@ -28,7 +28,7 @@ from rnn_fused.truncation import RandomTruncation, resolve_truncation
 from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_partials_match, norm_partials_case,
                         run_layer_op)
 from test_autocast import _stock_layer
-from test_cuda_kernels_emulated import LAYER_CASES, MODULE_CASES, _case_id, layer_args
+from test_cuda_kernels_emulated import KERNEL_PROJECTION_CASES, LAYER_CASES, MODULE_CASES, _case_id, layer_args
 from test_layer_stack import STACK_CASES, cotangents_for, run_stack, stack_inputs
 from test_layer_stack import _case_id as _stack_case_id
 from test_layer_stack import names_for as stack_names
@@ -140,6 +140,35 @@ def test_layer_matches_reference_on_every_path(case, dtype, path):
     if lengths is not None:
         for b, n in enumerate(lengths):
             assert torch.all(ours[0][n:, b] == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", KERNEL_PROJECTION_CASES, ids=_case_id)
+def test_block_kernel_projects_a_short_input_on_the_gpu(case, dtype):
+    """The block kernel's own projection of a short input (launch_plan.kernel_projects_input on
+    this GPU) and the host's GEMM (forced_tiling(input_projection_on_host=True)): each within the
+    tolerance rule of the float64 step loop, each bitwise alike run to run."""
+    steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths, samples = case
+    lengths = None if lengths is None else _cuda(torch.tensor(lengths))
+    args = [None if a is None else _cuda(a.to(dtype))
+            for a in layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)]
+    g = torch.Generator().manual_seed(5)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    reference = reference_results([None if a is None else a.double() for a in args], lengths, nonlinearity, reverse,
+                                  cotangents, torch.float64)
+    stock = reference_results(args, lengths, nonlinearity, reverse, cotangents, dtype)
+    ulps = FLOAT64_PARITY_ULPS if dtype == torch.float64 else 8
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(reference) - 2)]
+    for on_host in (False, True):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, input_projection_on_host=on_host):
+            assert rnn_fused.launch_plan.kernel_projects_input(steps, batch, input_size, hidden, dtype,
+                                                               PLAN_DEVICE) != on_host
+            ours = run_layer(args, lengths, nonlinearity, reverse, cotangents, "block")
+            again = run_layer(args, lengths, nonlinearity, reverse, cotangents, "block")
+        for name, r, s_, o, a in zip(names, reference, stock, ours, again, strict=True):
+            assert torch.equal(o, a), name
+            assert_within_tolerance(r, s_, o, name=f"{name} (input projected on the host: {on_host})", ulps=ulps)
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
@@ -323,13 +352,15 @@ def test_kernels_compiled_for_their_passes_round_like_the_general_ones(path, hid
     and 1 sample per chunk: 4 CTAs of 64 units, 4 passes, on an H100/H200); the grid path's
     kernels read it at run time. With the same samples per chunk and units per pass, forward
     and backward with lengths, randomized truncation and recorded norms are bitwise alike on
-    this GPU (the norms once rounded to float32), at 1 and 8 samples per chunk."""
+    this GPU (the norms once rounded to float32), at 1 and 8 samples per chunk; every input
+    projected by the host's GEMM (the block kernel would project so short an input itself)."""
     if path == "cluster" and not clusters_supported():
         pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
     for samples in (1, 8):
         runs, plans = [], []
         for p in (path, "grid"):
-            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass):
+            with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=units_per_pass,
+                                                     input_projection_on_host=True):
                 plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
                 assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
                 runs.append(_truncated_run_with_norms(p, hidden, batch))
@@ -368,10 +399,11 @@ def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
     memory (split weights, 1 or 2 samples per chunk: plan.compiled_passes 5 to 8; all 5 passes
     in registers at H = 129 and one sample). Forward and backward with lengths, randomized
     truncation and recorded norms are bitwise those of the grid path's kernels at the same
-    samples per chunk on this GPU (the norms once rounded to float32)."""
+    samples per chunk on this GPU (the norms once rounded to float32; the input projected by the
+    host's GEMM for both)."""
     runs, plans = [], []
     for p in ("block", "grid"):
-        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=32):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, units_per_pass=32, input_projection_on_host=True):
             plans.append(rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE).candidate(p))
             assert path_refusal(p, hidden, batch, torch.float32) is None, plans[-1].reason
             runs.append(_truncated_run_with_norms(p, hidden, batch))
@@ -711,7 +743,8 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     """A unidirectional stack's forward in one launch (stack=True): outputs, final states and
     every gradient against the float64 step loop (tolerance rule, stock: the loop in float32),
     bitwise alike run to run; on the block path's stack (H <= 128) layer 0 bitwise equal to the
-    block path's layer (the cluster path's stack dots whole [W_ih | W_hh] rows: another sum)."""
+    block path's layer with its input projected by the host's GEMM, as the stack's is (the
+    cluster path's stack dots whole [W_ih | W_hh] rows: another sum)."""
     steps, batch, input_size, hidden, layers, nonlinearity, bias, hx, lengths = case
     lengths = None if lengths is None else torch.tensor(lengths)
     x, h0, groups = stack_inputs(steps, batch, input_size, hidden, layers, bias=bias, hx=hx)
@@ -731,8 +764,9 @@ def test_layer_stack_in_one_launch_on_the_gpu(case):
     flat = [_cuda(w.float()) for group in groups for w in group]
     outputs, _ = torch.ops.rnn_fused.rnn_stack_forward(_cuda(x.float()), None if h0 is None else _cuda(h0.float()),
                                                        flat, bias, lengths, nonlinearity, BACKEND)
-    first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
-                         *([] if bias else [None, None]), lengths, nonlinearity, path="block")
+    with rnn_fused.launch_plan.forced_tiling(input_projection_on_host=True):
+        first, _ = gpu_layer(_cuda(x.float()), None if h0 is None else _cuda(h0[0].float()), *flat[:4 if bias else 2],
+                             *([] if bias else [None, None]), lengths, nonlinearity, path="block")
     assert torch.equal(outputs[0], first)
 
 
