@@ -69,22 +69,27 @@ struct ForwardRecurrenceArgs {
 // and units [unit_begin, unit_end): what the host's bias sum and GEMM would have written there,
 // for a CTA that reads no other CTA's outputs (the Block path). The launch asks for it only
 // where that is at most about 150,000 multiply-adds (host_layer.h projects_input_in_kernel), so
-// each thread takes one output at a time, its row of w_ih and of x read through L1. The caller's
-// __syncthreads before the steps makes the outputs visible to the whole CTA.
+// each thread takes one output of a step at a time, its row of w_ih and of x read through L1,
+// with 32-bit indices within a step: the time loop's registers, not this loop's, set the
+// kernel's count. The caller's __syncthreads before the steps makes the outputs visible to
+// the whole CTA.
 template <typename scalar_t>
-SIMT_DEVICE void project_input(const ForwardRecurrenceArgs<scalar_t>& a, const CtaPlace& place, int64_t samples) {
+SIMT_DEVICE void project_input(const ForwardRecurrenceArgs<scalar_t>& a, const CtaPlace& place, int samples) {
   const int64_t B = a.shape.batch, H = a.shape.hidden, I = a.shape.input_size;
-  const int64_t units = place.unit_end - place.unit_begin, per_step = samples * units;
-  for (int64_t i = threadIdx.x; i < a.shape.steps * per_step; i += blockDim.x) {
-    const int64_t t = i / per_step, b = place.sample_begin + (i % per_step) / units;
-    const int64_t u = place.unit_begin + i % units;
-    if (b >= B) continue;
-    const scalar_t* x = a.x + time_major_offset(t, b, 0, B, I);
-    const scalar_t* w = a.w_ih + u * I;
-    scalar_t sum = 0;
-    for (int64_t k = 0; k < I; ++k) sum += w[k] * x[k];
-    if (a.b_ih != nullptr) sum += a.b_ih[u] + a.b_hh[u];
-    a.out[time_major_offset(t, b, u, B, H)] = sum;
+  const unsigned units = static_cast<unsigned>(place.unit_end - place.unit_begin);
+  const unsigned per_step = static_cast<unsigned>(samples) * units;
+  for (int64_t t = 0; t < a.shape.steps; ++t) {
+    for (unsigned k = threadIdx.x; k < per_step; k += blockDim.x) {
+      const int64_t b = place.sample_begin + k / units, u = place.unit_begin + k % units;
+      if (b >= B) continue;
+      const scalar_t* x = a.x + time_major_offset(t, b, 0, B, I);
+      const scalar_t* w = a.w_ih + u * I;
+      scalar_t sum = 0;
+      SIMT_NO_UNROLL  // (unrolled, its loads in flight raised the small kernels' registers by a half)
+      for (int i = 0; i < static_cast<int>(I); ++i) sum += w[i] * x[i];
+      if (a.b_ih != nullptr) sum += a.b_ih[u] + a.b_hh[u];
+      a.out[time_major_offset(t, b, u, B, H)] = sum;
+    }
   }
 }
 
