@@ -78,6 +78,39 @@ def test_planned_prediction_is_the_chosen_paths_steps_plus_the_layers_gemms():
     assert 0 < gemms < 1000 * plan.predicted_us_per_step
 
 
+def test_a_short_forward_is_priced_with_the_kernels_projection_instead_of_the_gemm():
+    """Where the block kernel projects the input itself (launch_plan.kernel_projects_input), the
+    planned forward is priced with that projection (T S H I multiply-adds at a quarter of an
+    SM's rate) instead of the bias sum and GEMM, a launch and the GEMM's own: below the same
+    layer with its projection kept on the host (forced_tiling(input_projection_on_host=True)) by
+    exactly the difference. A backward is priced alike either way."""
+    import rnn_fused
+    from rnn_fused import launch_plan
+
+    steps, batch, inputs, hidden = 11, 3, 20, 48
+    constants = launch_plan.cost_constants()
+    samples = rnn_fused.plan(hidden, batch, device="emulated").samples
+    assert launch_plan.kernel_projects_input(steps, batch, inputs, hidden)
+    in_kernel = predicted_layer_us("planned", steps, batch, inputs, hidden)
+    backward = predicted_layer_us("planned", steps, batch, inputs, hidden, backward=True)
+    with launch_plan.forced_tiling(input_projection_on_host=True):
+        assert not launch_plan.kernel_projects_input(steps, batch, inputs, hidden)
+        on_host = predicted_layer_us("planned", steps, batch, inputs, hidden)
+        assert predicted_layer_us("planned", steps, batch, inputs, hidden, backward=True) == backward
+    gemm_us = 2.0 * steps * batch * inputs * hidden / (constants["gemm_tflops"] * 1e6) + constants["launch_us"]
+    projection_us = steps * samples * inputs * hidden / (constants["fma_per_sm_per_us"] * 0.25)
+    assert on_host - in_kernel == pytest.approx(gemm_us - projection_us, rel=1e-9)
+    assert in_kernel < on_host
+
+
+def test_whether_a_kernel_projects_the_input_needs_a_positive_shape():
+    from rnn_fused import launch_plan
+
+    with pytest.raises(ValueError, match="kernel_projects_input needs positive steps, batch, input_size and "
+                                         "hidden_size, got 0, 3, 20, 48"):
+        launch_plan.kernel_projects_input(0, 3, 20, 48)
+
+
 def test_unknown_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel must be 'planned', 'legacy-grid' or 'cudnn', got 'magic'"):
         predicted_layer_us("magic", 10, 1, 1, 1)
