@@ -178,9 +178,8 @@ def predicted_layer_us(kernel: str, steps: int, batch_size: int, input_size: int
     (backward=True) its backward, whole-sequence GEMMs included. kernel: "planned" (the path
     plan() chooses on `device`), or a reference model measured on an H200: "legacy-grid" (the
     first grid kernel, commit 54a1037) or "cudnn" (cuDNN where it runs one GEMM per step)."""
-    emulated = device == "emulated"
-    like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
-    return torch.ops.rnn_fused.cost_model(like, kernel, steps, batch_size, input_size, hidden_size, backward)
+    return torch.ops.rnn_fused.cost_model(_planned_for(dtype, device), kernel, steps, batch_size, input_size,
+                                          hidden_size, backward)
 
 
 def kernel_projects_input(steps: int, batch_size: int, input_size: int, hidden_size: int,
@@ -190,9 +189,15 @@ def kernel_projects_input(steps: int, batch_size: int, input_size: int, hidden_s
     GEMM: the block path's general kernels do where the cost model prices the projection's
     multiply-adds on one CTA under a quarter of a launch (short sequences of small layers, whose
     time is the host's launches), unless forced_tiling(input_projection_on_host=True)."""
-    emulated = device == "emulated"
-    like = torch.empty(0, dtype=dtype, device=torch.device("cpu") if emulated else torch.device(device))
-    return torch.ops.rnn_fused.kernel_projects_input(like, steps, batch_size, input_size, hidden_size)
+    return torch.ops.rnn_fused.kernel_projects_input(_planned_for(dtype, device), steps, batch_size, input_size,
+                                                     hidden_size)
+
+
+def _planned_for(dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+    """The ops' `like`: an empty tensor of the layer's dtype on the device to plan for (a CPU
+    tensor for the emulated device)."""
+    target = torch.device("cpu") if device == "emulated" else torch.device(device)
+    return torch.empty(0, dtype=dtype, device=target)
 
 
 def split_layer_us(steps: int, pieces: tuple[int, ...], input_size: int, hidden_size: int,
