@@ -40,7 +40,7 @@ inline at::ScalarType compute_dtype(at::ScalarType t) {
 
 // The backward's tensor operands in the compute dtype, contiguous, as the backends'
 // time loops read them: weights [H,I] and [H,H], saved output [T,B,H], grad_output [T,B,H],
-// grad_h_n [B,H]. The input [T,B,I] stays as given: only dW_ih reads it, after the time loop
+// grad_h_n [B,H] (undefined where h_n was not used). The input [T,B,I] stays as given: only dW_ih reads it, after the time loop
 // (in reduced precision its float32 copy is made there, when dy's copy is gone).
 struct BackwardOperands {
   at::Tensor input, w_ih, w_hh, out, dy, dh_n;
@@ -54,7 +54,7 @@ inline BackwardOperands backward_operands(at::ScalarType ct, const at::Tensor& i
           weight_hh.to(ct).contiguous(),
           output.to(ct).contiguous(),
           grad_output.to(ct).contiguous(),
-          grad_h_n.to(ct).contiguous()};
+          grad_h_n.defined() ? grad_h_n.to(ct).contiguous() : at::Tensor()};
 }
 
 // out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
@@ -193,11 +193,11 @@ inline std::pair<at::Tensor, at::Tensor> reduce_gradient_norms(const std::array<
 // Everything the backward returns, from dz. All tensors in the compute dtype except
 // that results are converted to `result_dtype`.
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
-//   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H],
+//   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H] or undefined (zero),
 //   hx [B,H] or None, lengths int64 [B] or None, step_norms [T,B] ||g_t|| from the time
 //   loop when norms are recorded, else empty [0]. launch_bound: the backend runs GPU kernels
 //   (each product a launch; see sum_of_outer_products).
-// Returns a LayerBackwardResult; gradients not in output_mask are empty [0] tensors. When
+// Returns a LayerBackwardResult (grad_bias [2,H]); gradients not in output_mask are empty [0] tensors. When
 // norms are recorded, grad_sq_norms holds the squared norm of each of the five gradients
 // (0 for those not computed) and nonfinite whether any gradient or g_t is NaN/Inf;
 // otherwise both are empty [0].
@@ -216,7 +216,8 @@ inline LayerBackwardResult gradients_from_dz(
     grad_hx = at::mm(dz_first, w_hh);
     if (lengths.has_value()) {
       // h_n is h_0 for an empty sample. A device-side select: no host read of lengths.
-      grad_hx = at::where(lengths->eq(0).unsqueeze(1), dh_n, grad_hx);
+      const at::Tensor empty_sample = lengths->eq(0).unsqueeze(1);
+      grad_hx = dh_n.defined() ? at::where(empty_sample, dh_n, grad_hx) : grad_hx.masked_fill(empty_sample, 0);
     }
   }
   const at::Tensor dz2d = dz.view({T * B, H});
@@ -224,7 +225,9 @@ inline LayerBackwardResult gradients_from_dz(
   // (reduced precision): the two [T,B,I] float32 tensors are never live together.
   if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I}).to(result_dtype);
   if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), input.to(compute.dtype()).contiguous().view({T * B, I}));
-  if (output_mask[4]) grad_bias = dz2d.sum(0);
+  // grad_bias [2,H]: a row for each bias (equal, in one reduction over an expanded dz), so
+  // that autograd hands each bias its own row: one tensor for both would be copied for one.
+  if (output_mask[4]) grad_bias = dz2d.unsqueeze(0).expand({2, T * B, H}).sum(1);
   if (output_mask[3]) {
     // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
     // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
@@ -245,7 +248,11 @@ inline LayerBackwardResult gradients_from_dz(
                                      grad_bias.to(result_dtype)};
   at::Tensor sq_norms = at::empty({0}, compute.dtype(at::kDouble));
   at::Tensor nonfinite = at::empty({0}, compute.dtype(at::kBool));
-  if (record_norms) std::tie(sq_norms, nonfinite) = reduce_gradient_norms(grads, step_norms);
+  if (record_norms) {
+    std::array<at::Tensor, 5> one_each = grads;  // one bias row: the norm of one parameter's gradient
+    if (output_mask[4]) one_each[4] = grads[4][0];
+    std::tie(sq_norms, nonfinite) = reduce_gradient_norms(one_each, step_norms);
+  }
   return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
 }
 

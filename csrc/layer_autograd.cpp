@@ -41,7 +41,7 @@ using OptionalName = std::optional<c10::string_view>;
 using ForwardSignature = std::tuple<at::Tensor, at::Tensor>(RNN_FUSED_LAYER_ARGUMENTS);
 using BackwardSignature =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
-        const at::Tensor&, const at::Tensor&, const at::Tensor&, std::array<bool, 5>, bool, RNN_FUSED_LAYER_ARGUMENTS);
+        const at::Tensor&, const OptionalTensor&, const at::Tensor&, std::array<bool, 5>, bool, RNN_FUSED_LAYER_ARGUMENTS);
 using BackwardWithGraphSignature =
     std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, std::array<bool, 6>, RNN_FUSED_LAYER_ARGUMENTS);
 #undef RNN_FUSED_LAYER_ARGUMENTS
@@ -91,6 +91,9 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
                                const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path,
                                int64_t side_by_side) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // An unused output's gradient stays undefined (autograd would fill zeros, a launch apiece
+    // on a GPU): the backward reads an absent h_n gradient as zero.
+    ctx->set_materialize_grads(false);
     auto [output, h_n] = forward_op().call(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
                                            reverse, truncate_every, keep_prob, seed, layer, backend, path,
                                            side_by_side);
@@ -108,7 +111,7 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     return {output, h_n};
   }
 
-  // grads: dL/d output [T,B,H] and dL/d h_n [B,H] (zeros where the graph gave none).
+  // grads: dL/d output [T,B,H] and dL/d h_n [B,H], each undefined where the graph gave none.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor &input = saved[0], &weight_ih = saved[2], &weight_hh = saved[3], &output = saved[8];
@@ -133,10 +136,14 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
       if (present_input[i]) needs[i] = ctx->needs_input_grad(edge++);
     }
 
+    // Only h_n used: the output's gradient is zeros (the time loops read every step's).
+    const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
     variable_list result(kForwardArguments);
     if (at::GradMode::is_enabled()) {  // create_graph=True: a gradient with a graph of its own
+      const at::Tensor grad_h_n =
+          grads[1].defined() ? grads[1] : at::zeros({output.size(1), output.size(2)}, output.options());
       const std::vector<at::Tensor> with_graph = backward_with_graph_op().call(
-          grads[0], grads[1], needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+          grad_output, grad_h_n, needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
           reverse, truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
       for (int i = 0; i < kDifferentiable; ++i) {
         if (needs[i]) result[i] = with_graph[i];
@@ -146,16 +153,16 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     const std::array<bool, 5> mask{needs[kInput], needs[kHx], needs[kWeightIh], needs[kWeightHh],
                                    needs[kBiasIh] || needs[kBiasHh]};
     auto [grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, step_norms, grad_sq_norms, nonfinite] =
-        backward_op().call(grads[0], grads[1], output, mask, /*record_norms=*/false, input, hx, weight_ih, weight_hh,
+        backward_op().call(grad_output, present(grads[1]), output, mask, /*record_norms=*/false, input, hx, weight_ih, weight_hh,
                            bias_ih, bias_hh, lengths, nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
                            backend, path, side_by_side);
     if (needs[kInput]) result[kInput] = grad_input;
     if (needs[kHx]) result[kHx] = grad_hx;
     if (needs[kWeightIh]) result[kWeightIh] = grad_weight_ih;
     if (needs[kWeightHh]) result[kWeightHh] = grad_weight_hh;
-    // One gradient for both biases (d/db_ih = d/db_hh); autograd copies it where it must.
-    if (needs[kBiasIh]) result[kBiasIh] = grad_bias;
-    if (needs[kBiasHh]) result[kBiasHh] = grad_bias;
+    // grad_bias [2,H]: d/db_ih = d/db_hh, a row each, so that autograd copies neither.
+    if (needs[kBiasIh]) result[kBiasIh] = grad_bias[0];
+    if (needs[kBiasHh]) result[kBiasHh] = grad_bias[1];
     return result;
   }
 };

@@ -55,7 +55,7 @@ struct LayerForwardCall {
 struct LayerBackwardCall {
   LayerForwardCall forward;      // the forward's arguments (the biases are checked, not read)
   at::Tensor grad_output;        // [T,B,H]
-  at::Tensor grad_h_n;           // [B,H]
+  at::Tensor grad_h_n;           // [B,H]; undefined: h_n was not used (a zero gradient, never materialised)
   at::Tensor output;             // [T,B,H] the forward's output (saved h_t)
   std::array<bool, 5> output_mask{};  // grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias
   bool record_norms = false;
@@ -191,11 +191,13 @@ inline void check_backward_call(LayerBackwardCall& call) {
   const at::Tensor& input = call.forward.input;
   const LayerShape& s = call.forward.shape;
   detail::check_same_device_dtype(input, call.grad_output, "grad_output");
-  detail::check_same_device_dtype(input, call.grad_h_n, "grad_h_n");
   detail::check_same_device_dtype(input, call.output, "output");
   detail::check_shape(call.grad_output, {s.steps, s.batch, s.hidden}, "grad_output");
   detail::check_shape(call.output, {s.steps, s.batch, s.hidden}, "output");
-  detail::check_shape(call.grad_h_n, {s.batch, s.hidden}, "grad_h_n");
+  if (call.grad_h_n.defined()) {
+    detail::check_same_device_dtype(input, call.grad_h_n, "grad_h_n");
+    detail::check_shape(call.grad_h_n, {s.batch, s.hidden}, "grad_h_n");
+  }
 }
 
 }  // namespace rnn_fused

@@ -79,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_forward(
 }
 
 LayerBackwardResult rnn_layer_backward(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& output,
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_h_n, const at::Tensor& output,
     std::array<bool, 5> output_mask, bool record_norms, const at::Tensor& input, const std::optional<at::Tensor>& hx,
     const at::Tensor& weight_ih, const at::Tensor& weight_hh, const std::optional<at::Tensor>& bias_ih,
     const std::optional<at::Tensor>& bias_hh, const std::optional<at::Tensor>& lengths,
@@ -90,7 +90,7 @@ LayerBackwardResult rnn_layer_backward(
                                                  nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
                                                  backend, path, side_by_side),
                          .grad_output = grad_output,
-                         .grad_h_n = grad_h_n,
+                         .grad_h_n = grad_h_n.value_or(at::Tensor()),
                          .output = output,
                          .output_mask = output_mask,
                          .record_norms = record_norms};
@@ -574,16 +574,18 @@ TORCH_LIBRARY(rnn_fused, m) {
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
       "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None, "
       "int side_by_side=1) -> (Tensor output, Tensor h_n)");
-  // grad_output [T,B,H]; grad_h_n [B,H]; the forward's output [T,B,H]; then the forward's
-  // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H],
-  // grad_bias [H] (the gradient of bias_ih and of bias_hh alike); output_mask says which of
-  // these five are wanted, in that order; the others come back as empty [0] tensors.
+  // grad_output [T,B,H]; grad_h_n [B,H] or None (h_n not used: a zero gradient, read as such
+  // by the time loops, never materialised); the forward's output [T,B,H]; then the forward's
+  // arguments, exactly (the biases are checked, not read). Returns grad_input [T,B,I], grad_hx
+  // [B,H], grad_weight_ih [H,I], grad_weight_hh [H,H], grad_bias [2,H] (the gradients of bias_ih
+  // and of bias_hh, equal rows: each bias gets memory of its own without a copy); output_mask
+  // says which of these five are wanted, in that order; the others come back as empty [0] tensors.
   // With record_norms also step_norms [T,B] (||dL/dh_t||, compute dtype, zero at t >=
   // lengths[b]), grad_sq_norms [5] float64 (squared norms of the five gradients, 0 for those
   // not computed) and nonfinite (bool 0-d: some gradient or g_t is NaN/Inf); without, those
   // three are empty [0].
   m.def(
-      "rnn_layer_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[5] output_mask, "
+      "rnn_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor output, bool[5] output_mask, "
       "bool record_norms, Tensor input, Tensor? hx, Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, "
       "Tensor? bias_hh, Tensor? lengths, str nonlinearity, bool reverse, int truncate_every=0, "
       "float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None, "

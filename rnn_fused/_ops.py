@@ -97,11 +97,13 @@ def layer_forward(inputs: LayerInputs, options: LayerOptions) -> tuple[Tensor, T
     return ops.rnn_layer_forward(*inputs, *options)
 
 
-def layer_backward(grad_output: Tensor, grad_h_n: Tensor, output: Tensor, output_mask: list[bool],
+def layer_backward(grad_output: Tensor, grad_h_n: Tensor | None, output: Tensor, output_mask: list[bool],
                    record_norms: bool, inputs: LayerInputs, options: LayerOptions):
     """output_mask: which of (grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias)
-    to compute; the others come back as empty tensors. Returns those five, then step_norms
-    [T,B], grad_sq_norms [5] float64 and nonfinite (empty unless record_norms)."""
+    to compute; the others come back as empty tensors. grad_h_n None: h_n was not used (a
+    zero gradient). Returns those five (grad_bias [2,H]: the gradients of bias_ih and bias_hh,
+    equal rows), then step_norms [T,B], grad_sq_norms [5] float64 and nonfinite (empty unless
+    record_norms)."""
     return ops.rnn_layer_backward(grad_output, grad_h_n, output, output_mask, record_norms, *inputs, *options)
 
 
@@ -195,7 +197,7 @@ def _layer_backward_fake(*args, **kwargs):
     input = inputs.input
     steps, batch, _ = input.shape
     hidden = inputs.weight_hh.shape[0]
-    shapes = (input.shape, (batch, hidden), inputs.weight_ih.shape, inputs.weight_hh.shape, (hidden,))
+    shapes = (input.shape, (batch, hidden), inputs.weight_ih.shape, inputs.weight_hh.shape, (2, hidden))
     grads = tuple(input.new_empty(shape if wanted else (0,)) for shape, wanted in zip(shapes, output_mask))
     # Norms are in the compute dtype: float32 for float16/bfloat16 inputs.
     norm_dtype = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype

@@ -81,10 +81,11 @@ class _RecordingLayer(torch.autograd.Function):
             grad_hx if needs[1] else None,
             grad_w_ih if needs[2] else None,
             grad_w_hh if needs[3] else None,
-            grad_bias if needs[4] else None,
-            # Its own tensor, so that autograd can hand each bias its gradient without a copy
-            # and the recorded norm stays tied to it (recording.py).
-            (grad_bias.clone() if needs[4] else grad_bias) if needs[5] else None,
+            # grad_bias [2,H]: a row for each bias, in memory of its own, so that autograd hands
+            # each bias its gradient without a copy and the recorded norm stays tied to it
+            # (recording.py).
+            grad_bias[0] if needs[4] else None,
+            grad_bias[1] if needs[5] else None,
         )
         ctx.sink(step_norms, grad_sq_norms, nonfinite, grads)
         # No gradient for lengths, the options and the sink.
@@ -473,8 +474,8 @@ class _LayerStack(torch.autograd.Function):
             at = 5 + layer * per_layer
             _, grad_hx, grad_ih, grad_hh, grad_bias = grads[per * layer:per * layer + 5]
             layer_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
-            if has_biases:  # each bias its own tensor
-                layer_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+            if has_biases:  # each bias its own row of grad_bias [2,H]
+                layer_grads += [grad_bias[0] if needs[at + 2] else None, grad_bias[1] if needs[at + 3] else None]
             if sinks is not None:
                 step_norms, grad_sq_norms, nonfinite = grads[per * layer + 5:per * layer + 8]
                 returned = (grad_input if layer == 0 else None, grad_hx if hx is not None and needs[1] else None)
@@ -579,8 +580,9 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
             at = 4 + direction * per_direction
             grad_hx, grad_ih, grad_hh, grad_bias = grads[1 + 4 * direction:5 + 4 * direction]
             direction_grads = [grad_ih if needs[at] else None, grad_hh if needs[at + 1] else None]
-            if has_biases:  # each bias its own tensor
-                direction_grads += [grad_bias if needs[at + 2] else None, grad_bias.clone() if needs[at + 3] else None]
+            if has_biases:  # each bias its own row of grad_bias [2,H]
+                direction_grads += [grad_bias[0] if needs[at + 2] else None,
+                                    grad_bias[1] if needs[at + 3] else None]
             if sinks is not None:  # (a sink reads the weights' gradients, which autograd is handed next)
                 step_norms, grad_sq_norms, nonfinite = grads[9 + 3 * direction:12 + 3 * direction]
                 sinks[direction](step_norms, grad_sq_norms, nonfinite,

@@ -29,10 +29,13 @@ _SQ_INDEX = {"input": 0, "hx": 1, "weight_ih": 2, "weight_hh": 3, "bias": 4}
 class _FusedNorm:
     """The squared norm the backward reduced for the gradient it returned for a parameter,
     with what identifies that gradient tensor later: its storage (held, so its memory
-    cannot be reused by another tensor while this entry lives) and its version counter
-    (bumped by any in-place change, e.g. a second backward accumulating into it)."""
+    cannot be reused by another tensor while this entry lives), its place in it (the two
+    biases' gradients are the rows of one [2,H] tensor) and its version counter (bumped by
+    any in-place change, e.g. a second backward accumulating into it; the two rows share
+    one, so a change to either forgets both norms)."""
 
     storage: torch.UntypedStorage | None
+    offset: int
     version: int
     numel: int
     sq_norm: Tensor | None  # None: the parameter got several contributions in one backward
@@ -49,9 +52,10 @@ def _register_fused_norm(param: Tensor, grad: Tensor, sq_norm: Tensor) -> None:
     if previous is not None and previous.graph_task == task:
         # Used twice in one graph (e.g. the module called twice): autograd sums the parts,
         # whose norms do not add up to the norm of the sum.
-        _FUSED_SQ_NORMS[param] = _FusedNorm(None, 0, 0, None, task)
+        _FUSED_SQ_NORMS[param] = _FusedNorm(None, 0, 0, 0, None, task)
         return
-    _FUSED_SQ_NORMS[param] = _FusedNorm(grad.untyped_storage(), grad._version, grad.numel(), sq_norm, task)
+    _FUSED_SQ_NORMS[param] = _FusedNorm(grad.untyped_storage(), grad.storage_offset(), grad._version, grad.numel(),
+                                         sq_norm, task)
 
 
 def fused_sq_norm(param: Tensor) -> Tensor | None:
@@ -61,8 +65,9 @@ def fused_sq_norm(param: Tensor) -> Tensor | None:
     grad = param.grad
     if entry is None or entry.sq_norm is None or grad is None:
         return None
-    same_tensor = (grad.untyped_storage().data_ptr() == entry.storage.data_ptr() and grad.storage_offset() == 0
-                   and grad.numel() == entry.numel and grad._version == entry.version)
+    same_tensor = (grad.untyped_storage().data_ptr() == entry.storage.data_ptr()
+                   and grad.storage_offset() == entry.offset and grad.numel() == entry.numel
+                   and grad._version == entry.version)
     return entry.sq_norm if same_tensor else None
 
 

@@ -88,8 +88,8 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, capabil
     targs = resolve_truncation(TRUNCATIONS[truncation])
     scales = rnn_fused.edge_scales(steps, batch, TRUNCATIONS[truncation], layer=layer, reverse=reverse)
     ref_grads, ref_norms = _reference(args, lengths, nonlinearity, reverse, scales, cotangents, monkeypatch)
-    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order
-    # (input, hx, w_ih, w_hh, b_ih, b_hh).
+    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias [2,H]: b_ih's and b_hh's) vs the leaves'
+    # order (input, hx, w_ih, w_hh, b_ih, b_hh).
     results = {"cpu": _run_op(args, lengths, nonlinearity, reverse, targs, "cpu", cotangents, layer)}
     paths = [p for p in EMULATED_PATHS if capability >= (9, 0) or p != "cluster"]
     with simt.emulated_device(sm_count=2, compute_capability=capability):
@@ -103,11 +103,11 @@ def test_truncated_gradients_and_norms_match_step_loop(case, truncation, capabil
                                                   cotangents, layer, path)
     for name, result in results.items():
         grads, step_norms, sq_norms, nonfinite = result[:5], result[5], result[6], result[7]
-        for got, want in zip(grads, ref_grads[:5]):
+        for got, want in zip(grads, [*ref_grads[:4], torch.stack(ref_grads[4:6])], strict=True):
             assert_close64(got, want)
-        assert_close64(grads[4], ref_grads[5])
         assert_close64(step_norms, ref_norms)
-        expected_sq = torch.stack([gr.pow(2).sum() for gr in grads])
+        # (the bias's squared norm: one parameter's, one row)
+        expected_sq = torch.stack([gr.pow(2).sum() for gr in (*grads[:4], grads[4][0])])
         assert_close64(sq_norms, expected_sq)
         assert not nonfinite.item(), name
     for path in paths:
@@ -387,8 +387,9 @@ def test_lane_rows_match_float64_with_the_general_kernels_as_stock(hidden, sampl
     lane = runs[0]
     assert all(torch.equal(a, b) for a, b in zip(lane[2:7], plain[2:7])), "the backward without norms differs"
     assert plain[7].numel() == 0
-    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias) vs the leaves' order (input, hx, w_ih, w_hh, b_ih, b_hh)
-    references = [ref_out.detach(), ref_h_n.detach(), *ref_grads[:5], ref_norms]
+    # (grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias [2,H]) vs the leaves' order (input, hx, w_ih, w_hh, b_ih,
+    # b_hh)
+    references = [ref_out.detach(), ref_h_n.detach(), *ref_grads[:4], torch.stack(ref_grads[4:6]), ref_norms]
     names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_bias", "step_norms"]
     for name, reference, stock, ours in zip(names, references, general[:8], lane[:8]):
         assert_within_tolerance(reference, stock, ours, name=name, ulps=8)

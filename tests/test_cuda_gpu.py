@@ -624,6 +624,29 @@ def test_truncation_and_norms_equal_the_cpu_op_on_every_path(hidden, truncation,
             assert_close64(d.cpu(), c)
 
 
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+def test_an_absent_h_n_gradient_reads_as_zeros_on_the_gpu(path):
+    """float32, as on the emulator: grad_h_n None (an unused h_n) gives bitwise the results of
+    grad_h_n = zeros, with hx, lengths with an empty sample, reverse and truncation every 3
+    steps; the two rows of grad_bias (one reduction over dz expanded to two rows) are bitwise
+    equal; and through the module each bias gets its own row, equal to the other's."""
+    steps, batch, hidden = 12, 5, 33
+    args = [_cuda(a) for a in layer_args(steps, batch, 8, hidden, dtype=torch.float32)]
+    lengths = _cuda(torch.tensor([12, 0, 7, 3, 12]))
+    grad_output = _cuda(torch.randn(steps, batch, hidden, generator=torch.Generator().manual_seed(2)))
+    targs = resolve_truncation(3)
+    runs = [_run_op(args, lengths, "tanh", True, targs, (grad_output, grad_h_n), path=path)
+            for grad_h_n in (None, torch.zeros_like(args[1]))]
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(runs[0][4][0], runs[0][4][1])
+    leaves = [a.detach().clone().requires_grad_() for a in args]
+    out, _ = gpu_layer(*leaves, lengths, "tanh", True, path=path, truncation=3)
+    torch.autograd.backward(out, grad_output)
+    assert torch.equal(leaves[4].grad, leaves[5].grad) and leaves[4].grad.data_ptr() != leaves[5].grad.data_ptr()
+    assert torch.equal(leaves[4].grad, runs[0][4][0])
+
+
 @pytest.mark.parametrize("path", EMULATED_PATHS)
 def test_norm_partials_of_every_path_agree_with_cpu(path):
     """float32, H = 40: every path reduces the same step norms as the CPU loop, to float32

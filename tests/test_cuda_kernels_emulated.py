@@ -22,8 +22,9 @@ from rnn_fused.launch_plan import step_cost_us
 from rnn_fused.modules import RNN
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
+from rnn_fused.truncation import TruncationArgs
 
-from rnn_cases import EMULATED_PATHS, RNNCase, layer_args
+from rnn_cases import EMULATED_PATHS, RNNCase, layer_args, run_layer_op
 
 OPS = torch.ops.rnn_fused
 
@@ -1106,10 +1107,58 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
         mask = [True, False, True, True, True]
         backward = _device_work(
             lambda: OPS.rnn_layer_backward(grad_output, grad_h_n, out, mask, False, *forward_args, **kwargs))
+        backward_without_h_n = _device_work(
+            lambda: OPS.rnn_layer_backward(grad_output, None, out, mask, False, *forward_args, **kwargs))
     host_projection = collections.Counter({"aten::add": 1, "aten::addmm": 1})
     assert forward == (collections.Counter() if path == "block" else host_projection)
     assert forward_projected_on_host == host_projection
-    assert backward == collections.Counter({"aten::mm": 3, "aten::sum": 1})
+    assert backward == backward_without_h_n == collections.Counter({"aten::mm": 3, "aten::sum": 1})
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_modules_backward_issues_only_its_layer_ops_work(layers):
+    """Through autograd a layer's backward adds no device work to its op's: h_n unused gets
+    no zeros (its absent gradient goes to the op as None, read as zero by the time loops), and
+    the biases get the two rows of the op's grad_bias [2,H] (AccumulateGrad would copy one
+    tensor handed to both). Per layer: dX (not for layer 0, whose input needs no gradient),
+    dW_ih, dW_hh (one product) and the bias rows."""
+    torch.manual_seed(0)
+    model = RNN(3, 8, layers)
+    model.backend = "emulated"
+    x, grad_output = torch.randn(5, 2, 3), torch.randn(5, 2, 8)
+    with simt.emulated_device(**SMALL_GPU):
+        out, _ = model(x)
+        work = _device_work(lambda: torch.autograd.backward(out, grad_output))
+    assert work == collections.Counter({"aten::mm": 3 * layers - 1, "aten::sum": layers})
+    for layer in range(layers):
+        b_ih, b_hh = getattr(model, f"bias_ih_l{layer}").grad, getattr(model, f"bias_hh_l{layer}").grad
+        assert torch.equal(b_ih, b_hh) and b_ih.data_ptr() != b_hh.data_ptr()
+
+
+@pytest.mark.parametrize("backend,path", [("cpu", None)] + [("emulated", p) for p in EMULATED_PATHS])
+def test_an_absent_h_n_gradient_reads_as_zeros(backend, path):
+    """grad_h_n None (an unused h_n, whose gradient the layer's autograd node no longer fills
+    with zeros) gives bitwise the results of grad_h_n = zeros on every backend and path: the
+    five gradients (an empty sample's grad_hx, which is h_n's gradient: zero), the step norms and
+    the squared norms; with hx, lengths, reverse, relu and truncation every 2 steps. grad_bias
+    holds the bias gradient twice, as its two equal rows."""
+    args = layer_args(5, 4, 3, 9, dtype=torch.float32)
+    lengths = torch.tensor([5, 0, 3, 2])
+    g = torch.Generator().manual_seed(4)
+    grad_output = torch.randn(5, 4, 9, generator=g)
+    with simt.emulated_device(**SMALL_GPU):
+        runs = [run_layer_op(args, lengths, "relu", True, TruncationArgs(every=2), (grad_output, grad_h_n),
+                             path=path, backend=backend)
+                for grad_h_n in (None, torch.zeros(4, 9))]
+    names = ["grad_input", "grad_hx", "grad_weight_ih", "grad_weight_hh", "grad_bias", "step_norms",
+             "grad_sq_norms", "nonfinite"]
+    for name, a, b in zip(names, *runs, strict=True):
+        assert torch.equal(a, b), name
+    grad_bias, grad_sq_norms = runs[0][4], runs[0][6]
+    assert grad_bias.shape == (2, 9) and torch.equal(grad_bias[0], grad_bias[1])
+    # (the norm of one bias's gradient: one row, summed in float64 in some order)
+    torch.testing.assert_close(grad_sq_norms[4], grad_bias[0].double().pow(2).sum(), rtol=1e-12, atol=0)
+    assert not runs[0][1][1].any()
 
 
 # steps, batch, input, hidden, nonlinearity, reverse, bias, hx, lengths, samples per CTA (None: the plan's)

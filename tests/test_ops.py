@@ -377,7 +377,7 @@ def test_whole_sequence_gemm_ops_against_float64(steps, batch, input_size, hidde
     def gradients(t):
         dz2d = t(dz).reshape(-1, hidden)
         dw_hh = sum((t(dz)[s].T @ t(out)[s - 1] for s in range(1, steps)), torch.zeros_like(t(w_hh)))
-        return [dz2d.T @ t(x).reshape(-1, input_size), dw_hh, dz2d.sum(0)]
+        return [dz2d.T @ t(x).reshape(-1, input_size), dw_hh, dz2d.sum(0).expand(2, hidden)]  # (a row per bias)
 
     got = OPS.layer_gradients_from_dz(x, w_ih, w_hh, out, dz, [True, True, True, True], launch_bound)
     torch.testing.assert_close(got[0], (dz.reshape(-1, hidden) @ w_ih).view(steps, batch, input_size),

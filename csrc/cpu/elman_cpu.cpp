@@ -104,7 +104,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 
 // Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units and
 // rows.
-// dy [T,B,H] gradient of the output; dh_n [B,H]; out [T,B,H] saved h_t
+// dy [T,B,H] gradient of the output; dh_n [B,H] or null (h_n not used: zero); out [T,B,H] saved h_t
 // dz [T,B,H] out: dL/dz_t (zero where t >= len)
 // dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
 //          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
@@ -143,7 +143,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
         const int64_t at_t = time_major_offset(t, b, u0, B, H);
-        const scalar_t* extra = (s == length - 1) ? dh_n + b * H + u0 : nullptr;
+        const scalar_t* extra = (dh_n != nullptr && s == length - 1) ? dh_n + b * H + u0 : nullptr;
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
         const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H + u0 : zero_row;
@@ -214,7 +214,8 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
     using scalar_t = decltype(zero);
     backward_time_loop<scalar_t, decltype(activation)::value>(
         call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),
-        op.dy.data_ptr<scalar_t>(), op.dh_n.data_ptr<scalar_t>(), op.out.data_ptr<scalar_t>(),
+        op.dy.data_ptr<scalar_t>(), op.dh_n.defined() ? op.dh_n.data_ptr<scalar_t>() : nullptr,
+        op.out.data_ptr<scalar_t>(),
         r.dz.data_ptr<scalar_t>(),
         std::array<scalar_t*, 2>{dz_steps[0].data_ptr<scalar_t>(), dz_steps[1].data_ptr<scalar_t>()},
         carry.data_ptr<scalar_t>(),

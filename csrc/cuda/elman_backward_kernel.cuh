@@ -18,7 +18,7 @@
 // Arguments (BackwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
 //   w_hh     [H,H]    read: the recurrent weight (a CTA loads the columns of its units: rows of W_hh^T)
 //   dy       [T,B,H]  read: gradient of the output
-//   dh_n     [B,H]    read: gradient of h_n
+//   dh_n     [B,H]    read: gradient of h_n; null: h_n was not used (zero)
 //   out      [T,B,H]  read: saved h_t
 //   dz       [T,B,H]  written at each sample's valid steps (the host zeroes it first only when
 //                     some steps are not valid: lengths given)
@@ -70,7 +70,7 @@ struct BackwardRecurrenceArgs {
 
 // g of one (sample, unit) at processing step s < length (the arithmetic every path and the
 // layer stack share). carry = (W_hh^T dz_{s+1})_u; edge = c_{s+1}, read only when s + 1 <
-// length; dh_n [B,H] the gradient of h_n.
+// length; dh_n [B,H] the gradient of h_n, or null where h_n was not used (zero).
 template <typename scalar_t>
 SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int64_t hidden, int64_t s,
                                                        int64_t length, int64_t b, int64_t u, scalar_t dy,
@@ -79,7 +79,7 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int
   // A cut edge adds nothing (not 0 * carry, which would let an inf/NaN carry through,
   // unlike a detached state).
   if (s + 1 < length && edge != scalar_t(0)) g += edge * carry;
-  if (s == length - 1) g += dh_n[b * hidden + u];
+  if (dh_n != nullptr && s == length - 1) g += dh_n[b * hidden + u];
   return g;
 }
 

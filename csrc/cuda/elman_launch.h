@@ -1111,7 +1111,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   const BackwardRecurrenceArgs<scalar_t> args{
       .w_hh = op.w_hh.data_ptr<scalar_t>(),
       .dy = op.dy.data_ptr<scalar_t>(),
-      .dh_n = op.dh_n.data_ptr<scalar_t>(),
+      .dh_n = op.dh_n.defined() ? op.dh_n.data_ptr<scalar_t>() : nullptr,
       .out = op.out.data_ptr<scalar_t>(),
       .dz = r.dz.data_ptr<scalar_t>(),
       .dz_first = dz_first.data_ptr<scalar_t>(),
