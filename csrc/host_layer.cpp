@@ -366,7 +366,7 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
                 first.input.device(), ", got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
   };
   check(grad_output, {T, B, H}, "grad_output");
-  check(grad_h_n, {L, B, H}, "grad_h_n");
+  if (grad_h_n.defined()) check(grad_h_n, {L, B, H}, "grad_h_n");
   check(outputs, {L, T, B, H}, "outputs");
   check_dropout_masks("rnn_stack_backward", calls, dropout_masks);
   const at::Tensor masks = dropout_masks.defined() ? dropout_masks.contiguous() : at::Tensor();
@@ -382,7 +382,7 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
     step_sq = first.lengths.has_value() || s.empty() ? at::zeros({L, T, B}, f64) : at::empty({L, T, B}, f64);
   }
   const at::Tensor out = outputs.contiguous();
-  const at::Tensor dh_n = grad_h_n.contiguous();
+  const at::Tensor dh_n = grad_h_n.defined() ? grad_h_n.contiguous() : at::Tensor();
   if (!s.empty()) {
     // One copy (a launch on a GPU): per layer W_hh^T and W_ih^T (layer 0's second half repeats
     // its W_hh^T: dotted, dropped).
@@ -409,7 +409,8 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
     // Layer l's input: layer l - 1's output as the next layer read it (its mask applied).
     const at::Tensor input = l == 0 ? first.input : masks.defined() ? out[l - 1].mul(masks[l - 1]) : out[l - 1];
     const LayerBackwardResult r = gradients_from_dz(
-        input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l], dh_n[l], c.hx,
+        input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l],
+        dh_n.defined() ? dh_n[l] : at::Tensor(), c.hx,
         first.valid_lengths.on_device, /*reverse=*/false, output_masks[static_cast<size_t>(l)], at::kFloat,
         record_norms, record_norms ? step_sq[l].sqrt().to(at::kFloat) : at::empty({0}, options),
         /*launch_bound=*/true);

@@ -137,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_directions_forward(
 }
 
 std::vector<at::Tensor> rnn_directions_backward(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& output,
+    const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_h_n, const at::Tensor& output,
     std::array<bool, 9> output_mask, const at::Tensor& input, const std::optional<at::Tensor>& hx,
     const std::vector<at::Tensor>& weights, bool has_biases, const std::optional<at::Tensor>& lengths,
     c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
@@ -153,13 +153,13 @@ std::vector<at::Tensor> rnn_directions_backward(
   };
   check(grad_output, {s.steps, s.batch, 2 * s.hidden}, "grad_output");
   check(output, {s.steps, s.batch, 2 * s.hidden}, "output");
-  check(grad_h_n, {2, s.batch, s.hidden}, "grad_h_n");
+  if (grad_h_n.has_value()) check(*grad_h_n, {2, s.batch, s.hidden}, "grad_h_n");
   std::array<LayerBackwardCall, 2> backward_calls;
   for (int64_t d = 0; d < 2; ++d) {
     const auto m = output_mask.begin() + 1 + 4 * d;
     backward_calls[d] = LayerBackwardCall{.forward = std::move(calls[d]),
                                           .grad_output = grad_output.narrow(2, d * s.hidden, s.hidden),
-                                          .grad_h_n = grad_h_n[d],
+                                          .grad_h_n = grad_h_n.has_value() ? (*grad_h_n)[d] : at::Tensor(),
                                           .output = output.narrow(2, d * s.hidden, s.hidden),
                                           .output_mask = {output_mask[0], m[0], m[1], m[2], m[3]},
                                           .record_norms = record_norms};
@@ -404,13 +404,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_stack_forward(const at::Tensor& input, co
 }
 
 // Its backward (host_layer.h run_stack_backward): grad_output [T,B,H] of the top layer,
-// grad_h_n [L,B,H], the forward's outputs [L,T,B,H]; output_mask: 5 per layer (grad_input,
+// grad_h_n [L,B,H] or None (zero), the forward's outputs [L,T,B,H]; output_mask: 5 per layer (grad_input,
 // grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, as for rnn_layer_backward); then the
 // forward's arguments and the truncation (layer l's draws keyed as rnn_layer_backward's with
 // layer = l), and the forward's dropout masks. Returns the 5 gradients of each layer in layer
 // order, empty [0] where not wanted; with record_norms each layer's 5 are followed by its step
 // norms [T,B], grad_sq_norms [5] (float64) and nonfinite flag, as rnn_layer_backward's.
-std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const std::optional<at::Tensor>& grad_h_n,
                                            const at::Tensor& outputs, c10::List<bool> output_mask,
                                            const at::Tensor& input, const std::optional<at::Tensor>& hx,
                                            const std::vector<at::Tensor>& weights, bool has_biases,
@@ -426,7 +426,8 @@ std::vector<at::Tensor> rnn_stack_backward(const at::Tensor& grad_output, const 
                     "entries per layer (", 5 * calls.size(), "), got ", output_mask.size());
   std::vector<std::array<bool, 5>> masks(calls.size());
   for (size_t i = 0; i < output_mask.size(); ++i) masks[i / 5][i % 5] = output_mask.get(i);
-  return run_stack_backward(calls, grad_output, grad_h_n, outputs, masks, dropout_masks.value_or(at::Tensor()),
+  return run_stack_backward(calls, grad_output, grad_h_n.value_or(at::Tensor()), outputs, masks,
+                            dropout_masks.value_or(at::Tensor()),
                             record_norms);
 }
 
@@ -667,7 +668,7 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_stack_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
       "str nonlinearity=\"tanh\", str? backend=None, Tensor? dropout_masks=None) -> (Tensor outputs, Tensor h_n)");
   m.def(
-      "rnn_stack_backward(Tensor grad_output, Tensor grad_h_n, Tensor outputs, bool[] output_mask, Tensor input, "
+      "rnn_stack_backward(Tensor grad_output, Tensor? grad_h_n, Tensor outputs, bool[] output_mask, Tensor input, "
       "Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, str? backend=None, "
       "Tensor? dropout_masks=None, bool record_norms=False) -> Tensor[]");
@@ -685,13 +686,13 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_directions_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
       "str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, "
       "str? backend=None) -> (Tensor output, Tensor h_n)");
-  // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H], the forward's output [T,B,2H], then
+  // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H] or None (zero), the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),
   // grad_input the sum of the directions'; with record_norms then per direction step_norms,
   // grad_sq_norms and nonfinite (as rnn_layer_backward's, grad_input's squared norm the direction's own).
   m.def(
-      "rnn_directions_backward(Tensor grad_output, Tensor grad_h_n, Tensor output, bool[9] output_mask, "
+      "rnn_directions_backward(Tensor grad_output, Tensor? grad_h_n, Tensor output, bool[9] output_mask, "
       "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
       "bool record_norms=False) -> Tensor[]");

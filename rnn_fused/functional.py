@@ -63,7 +63,7 @@ class _RecordingLayer(torch.autograd.Function):
         ctx.save_for_backward(*inputs, output[0])
         ctx.options = options
         ctx.sink = sink
-        ctx.set_materialize_grads(True)
+        ctx.set_materialize_grads(False)  # (as the op's autograd node: an unused h_n costs no zeros)
         return output
 
     @staticmethod
@@ -71,6 +71,8 @@ class _RecordingLayer(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
         *saved, out = ctx.saved_tensors
+        if grad_output is None:  # only h_n used
+            grad_output = torch.zeros_like(out)
         inputs = _ops.LayerInputs(*saved)
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1] and inputs.hx is not None, needs[2], needs[3], needs[4] or needs[5]]
@@ -420,7 +422,9 @@ def _backward_with_graph_if_asked(ctx, backward_with_graph, grad_output, grad_h_
 def _gradients_with_graph(outputs, cotangents, candidates, needs) -> tuple:
     """A Function's double-backward gradients from its recomputed outputs: for each candidate
     input (None where the input is no tensor) that autograd needs (needs_input_grad), its
-    gradient with a graph of its own, zeros where it does not reach the outputs; None for the rest."""
+    gradient with a graph of its own, zeros where it does not reach the outputs; None for the rest.
+    A cotangent None (an unused output: the Functions leave such gradients unmaterialised) is zero."""
+    cotangents = [torch.zeros_like(output) if c is None else c for output, c in zip(outputs, cotangents)]
     wanted = [i for i, (t, need) in enumerate(zip(candidates, needs)) if need and t is not None]
     grads = torch.autograd.grad(outputs, [candidates[i] for i in wanted], cotangents, create_graph=True,
                                 allow_unused=True)
@@ -446,7 +450,9 @@ class _LayerStack(torch.autograd.Function):
                                                              backend, masks)
         ctx.save_for_backward(input, hx, lengths, masks, outputs, *flat)
         ctx.config = config
-        ctx.set_materialize_grads(True)
+        # An unused output's gradient stays None (no zeros launched): the op reads an absent
+        # h_n gradient as zero; an absent output gradient becomes zeros in the backward.
+        ctx.set_materialize_grads(False)
         return outputs[num_layers - 1], h_n
 
     @staticmethod
@@ -457,6 +463,8 @@ class _LayerStack(torch.autograd.Function):
         sinks = ctx.config[-1]
         input, hx, lengths, masks, outputs, *flat = ctx.saved_tensors
         nonlinearity, backend, path, truncation, num_layers, has_biases, _ = ctx.config
+        if grad_output is None:  # only h_n used
+            grad_output = torch.zeros_like(outputs[num_layers - 1])
         per_layer = 4 if has_biases else 2
         needs = ctx.needs_input_grad
         mask = []
@@ -552,7 +560,7 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
             truncation.seed_tensor(), layer, backend)
         ctx.save_for_backward(input, hx, lengths, output, *flat)
         ctx.config = config
-        ctx.set_materialize_grads(True)
+        ctx.set_materialize_grads(False)  # (as _LayerStack's)
         return output, h_n
 
     @staticmethod
@@ -564,6 +572,8 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
         sinks = ctx.config[-1]
         input, hx, lengths, output, *flat = ctx.saved_tensors
         nonlinearity, backend, truncation, layer, has_biases, _ = ctx.config
+        if grad_output is None:  # only h_n used
+            grad_output = torch.zeros_like(output)
         needs = ctx.needs_input_grad
         per_direction = len(flat) // 2
         mask = [needs[0]]

@@ -235,3 +235,36 @@ def test_no_graph_of_the_backward_while_recording_the_directions_on_two_threads(
         out, _ = module(x)
     with pytest.raises(RuntimeError, match="record without create_graph=True"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("used", ["output", "h_n"])
+def test_an_unused_output_of_the_directions_on_two_threads(used):
+    """Only the output, or only h_n, reaches the loss: the Function leaves the other's gradient
+    unmaterialised (an absent h_n gradient goes to the op as None, read as zero by the time loops;
+    an absent output gradient becomes zeros), and the gradients are bitwise those of the
+    directions in turn. At the op, grad_h_n None gives bitwise the results of grad_h_n = zeros
+    (an empty sample, hx, norms recorded)."""
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(5, 16, bidirectional=True)
+    x, hx = torch.randn(12, 3, 5), torch.randn(2, 3, 16)
+    cotangent = torch.randn(12, 3, 32) if used == "output" else torch.randn(2, 3, 16)
+    runs = []
+    for side_by_side in (False, True):
+        module.side_by_side = side_by_side
+        leaves = [x.clone().requires_grad_(), hx.clone().requires_grad_()]
+        with forced_cpu_loop_team(1), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+            output, h_n = module(*leaves)
+            loss = ((output if used == "output" else h_n) * cotangent).sum()
+            runs.append(torch.autograd.grad(loss, leaves + list(module.parameters())))
+        assert [e.name for e in p.events()].count("rnn_fused::rnn_directions_backward") == side_by_side
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    weights = [w.detach() for w in module.parameters()]
+    lengths = torch.tensor([12, 0, 5])
+    output, h_n = OPS.rnn_directions_forward(x, hx, weights, True, lengths)
+    grad_output = torch.randn_like(output)
+    absent, zeros = (OPS.rnn_directions_backward(grad_output, grad_h_n, output, [True] * 9, x, hx, weights, True,
+                                                 lengths, record_norms=True)
+                     for grad_h_n in (None, torch.zeros_like(h_n)))
+    for a, b in zip(absent, zeros, strict=True):
+        assert torch.equal(a, b)

@@ -816,6 +816,26 @@ def test_stack_with_every_weight_row_in_registers_on_the_gpu(hidden, samples, pa
 
 
 @pytest.mark.parametrize("hidden", [20, 150], ids=["block-stack", "cluster-stack"])
+def test_an_absent_h_n_gradient_of_a_stack_reads_as_zeros_on_the_gpu(hidden):
+    """As on the emulator: the stack's backward with grad_h_n None gives bitwise the results of
+    grad_h_n = zeros (hx, lengths with an empty sample, truncation every 2 steps, norms)."""
+    if hidden > 128 and not clusters_supported():
+        pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
+    x, h0, groups = stack_inputs(5, 3, 2, hidden, 2, hx=True, seed=8)
+    flat = [w.float().to(DEVICE) for group in groups for w in group]
+    x, h0 = x.float().to(DEVICE), h0.float().to(DEVICE)
+    lengths = _cuda(torch.tensor([5, 0, 3]))
+    grad_output = _cuda(torch.randn(5, 3, hidden, generator=torch.Generator().manual_seed(2)))
+    outputs, h_n = torch.ops.rnn_fused.rnn_stack_forward(x, h0, flat, True, lengths, "tanh", BACKEND)
+    absent, zeros = (torch.ops.rnn_fused.rnn_stack_backward(grad_output, g, outputs, [True] * 10, x, h0, flat, True,
+                                                            lengths, truncate_every=2, backend=BACKEND,
+                                                            record_norms=True)
+                     for g in (None, torch.zeros_like(h_n)))
+    for a, b in zip(absent, zeros, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("hidden", [20, 150], ids=["block-stack", "cluster-stack"])
 def test_recorded_norms_of_a_stack_in_one_launch_on_the_gpu(hidden):
     """record_gradients on a 3-layer stack run in one launch each way (the block path's stack;
     past H = 128 the cluster path's, whose layers' first CTAs gather the norm sums by

@@ -826,11 +826,32 @@ def test_stack_host_work_is_one_copy_of_the_weights_and_the_layer_gemms(monkeypa
         outputs, _ = OPS.rnn_stack_forward(x32, None, flat, True, None, "tanh", "emulated")
         forward = layer_tests._device_work(
             lambda: OPS.rnn_stack_forward(x32, None, flat, True, None, "tanh", "emulated"))
-        backward = layer_tests._device_work(
-            lambda: OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, mask, x32, None, flat, True, None,
-                                           backend="emulated"))
+        backward, backward_without_h_n = (layer_tests._device_work(
+            lambda: OPS.rnn_stack_backward(grad_output, g, outputs, mask, x32, None, flat, True, None,
+                                           backend="emulated")) for g in (grad_h_n, None))
     assert forward == {"aten::cat": 3, "aten::add_": 1, "aten::add": 1, "aten::addmm": 1, "aten::zero_": 1}
-    assert backward == {"aten::cat": 1, "aten::zero_": 1, "aten::mm": 3 + 2 + 2, "aten::sum": 3}
+    assert backward == backward_without_h_n == {"aten::cat": 1, "aten::zero_": 1, "aten::mm": 3 + 2 + 2,
+                                                 "aten::sum": 3}
+
+
+@pytest.mark.parametrize("hidden", [20, 150], ids=["block-stack", "cluster-stack"])
+def test_an_absent_h_n_gradient_of_a_stack_reads_as_zeros(hidden):
+    """grad_h_n None (no final state used: the stack's Function leaves that gradient
+    unmaterialised) gives bitwise the results of grad_h_n = zeros in both stack kernels: with
+    hx, lengths with an empty sample, truncation every 2 steps and norms recorded."""
+    x, h0, groups = stack_inputs(5, 3, 2, hidden, 2, hx=True, seed=8)
+    flat = [w.float() for group in groups for w in group]
+    lengths = torch.tensor([5, 0, 3])
+    grad_output = torch.randn(5, 3, hidden, generator=torch.Generator().manual_seed(2))
+    with simt.emulated_device(**STACK_GPU):
+        outputs, h_n = OPS.rnn_stack_forward(x.float(), h0.float(), flat, True, lengths, "tanh", "emulated")
+        absent, zeros = (OPS.rnn_stack_backward(grad_output, g, outputs, [True] * 10, x.float(), h0.float(), flat,
+                                                True, lengths, truncate_every=2, backend="emulated",
+                                                record_norms=True)
+                         for g in (None, torch.zeros_like(h_n)))
+    assert len(absent) == 16
+    for a, b in zip(absent, zeros, strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.slow
