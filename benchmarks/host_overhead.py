@@ -5,7 +5,11 @@ the host's (Python, dispatch, planning, allocations and launches).
     PYTHONPATH=. python3 benchmarks/host_overhead.py --out gpu_out
 
 Writes host_overhead.md (and prints it):
-- per-call wall time of forward and of forward+backward, calls back to back with one
+- what any backward costs on this host: forward and forward+backward of one element-wise op on a
+  one-element leaf (a launch each way; the rest is autograd's own time, the engine's hand-off to
+  its device thread among it), the floor under every forward+backward row below;
+- per-call wall time of forward and of forward+backward (the loss on the output alone, h_n
+  unused, as in a training loop and in gpu-check), calls back to back with one
   synchronisation at the end (the rate a training loop sees when the host is the bottleneck),
   median of 7 repetitions, for cuDNN, rnn_fused as planned, rnn_fused with every input
   projection on the host (forced_tiling(input_projection_on_host=True): the bias sum and the
@@ -69,10 +73,27 @@ def calls(model, x):
             model(x)
 
     def forward_backward():
-        out, h_n = model(x)
-        (out.sum() + h_n.sum()).backward()
+        out, _ = model(x)
+        out.sum().backward()
 
     return forward, forward_backward
+
+
+def autograd_floor_rows(device) -> list[str]:
+    leaf = torch.zeros(1, device=device, requires_grad=True)
+    cotangent = torch.ones(1, device=device)
+
+    def forward():
+        with torch.no_grad():
+            leaf.mul(2)
+
+    def forward_backward():
+        leaf.grad = None
+        leaf.mul(2).backward(cotangent)
+
+    return ["| what | forward us/call | forward+backward us/call |", "|---|---:|---:|",
+            f"| one element-wise op on a one-element leaf | {per_call_us(forward):.1f} | "
+            f"{per_call_us(forward_backward):.1f} |"]
 
 
 def timing_rows(device) -> list[str]:
@@ -143,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Host time per call: {torch.cuda.get_device_name(device)}, torch {torch.__version__}", "",
              f"Wall time per call, {CALLS} calls back to back, one synchronisation after them; "
              f"median of {REPEATS}.", ""]
+    lines += autograd_floor_rows(device) + [""]
     lines += timing_rows(device) + [""]
     lines += profiler_rows(device) + [""]
     lines += cprofile_rows(device) + [""]

@@ -382,7 +382,9 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
     step_sq = first.lengths.has_value() || s.empty() ? at::zeros({L, T, B}, f64) : at::empty({L, T, B}, f64);
   }
   const at::Tensor out = outputs.contiguous();
-  const at::Tensor dh_n = grad_h_n.defined() ? grad_h_n.contiguous() : at::Tensor();
+  // The stack kernels read dh_n unconditionally (a null test there cost their block kernels up
+  // to 18 registers in the nvcc report): an absent one is a zero fill, one per call.
+  const at::Tensor dh_n = grad_h_n.defined() ? grad_h_n.contiguous() : at::zeros({L, B, H}, options);
   if (!s.empty()) {
     // One copy (a launch on a GPU): per layer W_hh^T and W_ih^T (layer 0's second half repeats
     // its W_hh^T: dotted, dropped).
@@ -409,8 +411,7 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
     // Layer l's input: layer l - 1's output as the next layer read it (its mask applied).
     const at::Tensor input = l == 0 ? first.input : masks.defined() ? out[l - 1].mul(masks[l - 1]) : out[l - 1];
     const LayerBackwardResult r = gradients_from_dz(
-        input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l],
-        dh_n.defined() ? dh_n[l] : at::Tensor(), c.hx,
+        input, c.weight_ih.contiguous(), c.weight_hh.contiguous(), out[l], dz[l], dz_first[l], dh_n[l], c.hx,
         first.valid_lengths.on_device, /*reverse=*/false, output_masks[static_cast<size_t>(l)], at::kFloat,
         record_norms, record_norms ? step_sq[l].sqrt().to(at::kFloat) : at::empty({0}, options),
         /*launch_bound=*/true);

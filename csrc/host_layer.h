@@ -90,7 +90,7 @@ struct BackwardStack {
   int64_t layers = 0;
   at::Tensor w_stacked;  // [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0: unused rows)
   at::Tensor dy;         // [T,B,H] read: the gradient of the top layer's output
-  at::Tensor dh_n;       // [L,B,H] read; undefined: no final state was used (zero)
+  at::Tensor dh_n;       // [L,B,H] read
   at::Tensor out;        // [L,T,B,H] read: every layer's saved h_t
   at::Tensor dz;         // [L,T,B,H] written at valid steps (zero on entry where lengths were given)
   at::Tensor dz_first;   // [L,B,H] written: dz at each sample's step 0 (zero for an empty sample)
@@ -301,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
 
 // rnn_fused::rnn_stack_backward: the five gradients of each layer (LayerBackwardResult's first
 // five, in layer order; output_masks[l] says which of layer l's are wanted, the others empty
-// [0]) from grad_output [T,B,H] of the top layer, grad_h_n [L,B,H] (undefined: zero) and the forward's outputs
+// [0]) from grad_output [T,B,H] of the top layer, grad_h_n [L,B,H] (undefined: zeros) and the forward's outputs
 // [L,T,B,H]; the recurrences in one launch of a backend with backward_stack, the GEMMs of each
 // layer after it (elman_gemms.h gradients_from_dz). With record_norms each layer's five are
 // followed by its step norms [T,B], grad_sq_norms [5] and nonfinite flag (LayerBackwardResult).

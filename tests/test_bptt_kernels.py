@@ -278,6 +278,11 @@ def test_fused_norm_is_reused_only_while_the_gradient_is_unchanged():
         torch.testing.assert_close(rec.parameter_sq_norms[name], sq, rtol=0, atol=0)
     model.weight_hh_l0.grad.mul_(2)  # changed in place
     assert fused_sq_norm(model.weight_hh_l0) is None
+    # The biases' gradients are the two rows of one tensor, with one version counter: a change
+    # to either forgets both norms (recomputed, never wrong); the other direction's stay.
+    model.bias_ih_l0.grad.add_(1)
+    assert fused_sq_norm(model.bias_ih_l0) is None and fused_sq_norm(model.bias_hh_l0) is None
+    assert fused_sq_norm(model.bias_hh_l0_reverse) is not None
     with rnn_fused.record_gradients(model):
         out, _ = model(x)
     out.pow(2).sum().backward()  # accumulates into the existing grads

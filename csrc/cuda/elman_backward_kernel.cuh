@@ -495,7 +495,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0's second half: rows whose
 //                     dot products are dropped)
 //   dy        [T,B,H]  read: the gradient of the top layer's output
-//   dh_n      [L,B,H]  read: the gradients of the final states; null: none used (zero)
+//   dh_n      [L,B,H]  read: the gradients of the final states
 //   out       [L,T,B,H] read: every layer's saved h_t
 //   dz        [L,T,B,H] written at each sample's valid steps (the host zeroes it first where
 //                     lengths were given)
@@ -571,7 +571,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
-  const float* dh_n = a.dh_n != nullptr ? a.dh_n + layer * state : nullptr;
+  const float* dh_n = a.dh_n + layer * state;
   float* dz_first = a.dz_first + layer * state;
   const unsigned long long* dy_words = top ? nullptr : a.dy_tagged + layer * sequence;
   unsigned long long* below_words = bottom ? nullptr : a.dy_tagged + (layer - 1) * sequence;
@@ -701,7 +701,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 // distributed shared memory and writes the step's norm after the next barrier.
 //
 // Arguments: BackwardStackArgs as backward_stack_kernel's (w_stacked [L,2H,H] per layer W_hh^T,
-// then its W_ih^T; dy [T,B,H] the top layer's; out, dz [L,T,B,H]; dz_first, dh_n [L,B,H] (or null);
+// then its W_ih^T; dy [T,B,H] the top layer's; out, dz [L,T,B,H]; dz_first, dh_n [L,B,H];
 // dropout_masks [L-1,T,B,H] or null; step_sq [L,T,B] or null; dy_tagged unused, null). Grid,
 // tiling and kPasses as for forward_cluster_stack_kernel, shared memory
 // SharedLayout<float>::make(2 * padded_row(H), tiling, Cluster, true).bytes for both (the 2 x
@@ -755,7 +755,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   barrier.start();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
-  const float* dh_n = a.dh_n != nullptr ? a.dh_n + layer * state : nullptr;
+  const float* dh_n = a.dh_n + layer * state;
   float* dz_first = a.dz_first + layer * state;
   const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
   // (as in backward_recurrence_kernel; the layer's drawn scales [T,B], or null)

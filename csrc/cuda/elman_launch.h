@@ -1829,7 +1829,7 @@ inline void backward_stack(const BackwardStack& r) {
   const at::Tensor drawn = drawn_edge_scales<float>(r.first.options.truncation, T, B, L, r.dz.options());
   const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                                .dy = r.dy.data_ptr<float>(),
-                               .dh_n = r.dh_n.defined() ? r.dh_n.data_ptr<float>() : nullptr,
+                               .dh_n = r.dh_n.data_ptr<float>(),
                                .out = r.out.data_ptr<float>(),
                                .dz = r.dz.data_ptr<float>(),
                                .dz_first = r.dz_first.data_ptr<float>(),
