@@ -820,7 +820,8 @@ def test_an_absent_h_n_gradient_of_a_stack_reads_as_zeros_on_the_gpu(hidden):
     """As on the emulator: the stack's backward with grad_h_n None gives bitwise the results of
     grad_h_n = zeros (hx, lengths with an empty sample, truncation every 2 steps, norms)."""
     if hidden > 128 and not clusters_supported():
-        pytest.skip("thread-block clusters need compute capability 9.0 (the refusal is tested elsewhere)")
+        pytest.skip("the cluster path's stack needs compute capability 9.0; its refusal there is checked by "
+                    "test_recorded_norms_of_a_stack_in_one_launch_on_the_gpu")
     x, h0, groups = stack_inputs(5, 3, 2, hidden, 2, hx=True, seed=8)
     flat = [w.float().to(DEVICE) for group in groups for w in group]
     x, h0 = x.float().to(DEVICE), h0.float().to(DEVICE)
