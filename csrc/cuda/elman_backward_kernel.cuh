@@ -71,7 +71,9 @@ struct BackwardRecurrenceArgs {
 // g of one (sample, unit) at processing step s < length (the arithmetic every path and the
 // layer stack share). carry = (W_hh^T dz_{s+1})_u; edge = c_{s+1}, read only when s + 1 <
 // length; dh_n [B,H] the gradient of h_n, or null where h_n was not used (zero).
-template <typename scalar_t>
+// kStateGradientGiven: dh_n is never null (the layer stack's kernels: their op fills zeros), so
+// the null test is not compiled (it cost those kernels up to 2 registers).
+template <bool kStateGradientGiven = false, typename scalar_t>
 SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int64_t hidden, int64_t s,
                                                        int64_t length, int64_t b, int64_t u, scalar_t dy,
                                                        scalar_t carry, scalar_t edge) {
@@ -79,7 +81,7 @@ SIMT_DEVICE __forceinline__ scalar_t backward_gradient(const scalar_t* dh_n, int
   // A cut edge adds nothing (not 0 * carry, which would let an inf/NaN carry through,
   // unlike a detached state).
   if (s + 1 < length && edge != scalar_t(0)) g += edge * carry;
-  if (dh_n != nullptr && s == length - 1) g += dh_n[b * hidden + u];
+  if ((kStateGradientGiven || dh_n != nullptr) && s == length - 1) g += dh_n[b * hidden + u];
   return g;
 }
 
@@ -495,7 +497,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   w_stacked [L,2H,H] read: per layer W_hh^T, then W_ih^T (layer 0's second half: rows whose
 //                     dot products are dropped)
 //   dy        [T,B,H]  read: the gradient of the top layer's output
-//   dh_n      [L,B,H]  read: the gradients of the final states
+//   dh_n      [L,B,H]  read: the gradients of the final states (never null: zeros where unused)
 //   out       [L,T,B,H] read: every layer's saved h_t
 //   dz        [L,T,B,H] written at each sample's valid steps (the host zeroes it first where
 //                     lengths were given)
@@ -646,7 +648,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (s < lane.length[k]) {
           const int64_t at = lane.at[batch][k];
           const float gradient_in = handed_operand(dy[batch][k], dy_word[batch][k], dy_words, at);
-          const float g = backward_gradient(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
+          const float g = backward_gradient<true>(dh_n, H, s, lane.length[k], b, u, gradient_in, total, edge[k]);
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz[at] = d;
@@ -805,7 +807,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (t < lane.length[k]) {
           const float output_gradient = top ? dy[batch][k] : masks != nullptr ? from_above[batch][k] * mask[batch][k]
                                                                               : from_above[batch][k];
-          const float g = backward_gradient(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge[k]);
+          const float g = backward_gradient<true>(dh_n, H, t, lane.length[k], b, u, output_gradient, carry, edge[k]);
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz_out[batch][k] = d;
