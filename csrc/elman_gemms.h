@@ -190,22 +190,37 @@ inline std::pair<at::Tensor, at::Tensor> reduce_gradient_norms(const std::array<
   return {sq_norms, at::logical_not(at::isfinite(total))};
 }
 
-// Everything the backward returns, from dz. All tensors in the compute dtype except
-// that results are converted to `result_dtype`.
+// The backward's results from its five gradients (compute dtype; those not in output_mask
+// empty): each converted to `result_dtype`, and with record_norms the squared norm of each
+// (grad_bias's of one row: one parameter's gradient; 0 for those not computed) and whether any
+// gradient or g_t (step_norms [T,B], from the time loop) is NaN/Inf; otherwise both empty [0].
+inline LayerBackwardResult finish_gradients(const std::array<at::Tensor, 5>& computed, std::array<bool, 5> output_mask,
+                                            at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms) {
+  std::array<at::Tensor, 5> grads;
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = computed[i].to(result_dtype);
+  const at::TensorOptions options = step_norms.options();
+  at::Tensor sq_norms = at::empty({0}, options.dtype(at::kDouble));
+  at::Tensor nonfinite = at::empty({0}, options.dtype(at::kBool));
+  if (record_norms) {
+    std::array<at::Tensor, 5> one_each = grads;  // one bias row: the norm of one parameter's gradient
+    if (output_mask[4]) one_each[4] = grads[4][0];
+    std::tie(sq_norms, nonfinite) = reduce_gradient_norms(one_each, step_norms);
+  }
+  return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
+}
+
+// The backward's five gradients from dz by the host's GEMMs, in the compute dtype (dz's), those
+// not in output_mask empty [0] tensors (of result_dtype).
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
 //   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H] or undefined (zero),
-//   hx [B,H] or None, lengths int64 [B] or None, step_norms [T,B] ||g_t|| from the time
-//   loop when norms are recorded, else empty [0]. launch_bound: the backend runs GPU kernels
+//   hx [B,H] or None, lengths int64 [B] or None. launch_bound: the backend runs GPU kernels
 //   (each product a launch; see sum_of_outer_products).
-// Returns a LayerBackwardResult (grad_bias [2,H]); gradients not in output_mask are empty [0] tensors. When
-// norms are recorded, grad_sq_norms holds the squared norm of each of the five gradients
-// (0 for those not computed) and nonfinite whether any gradient or g_t is NaN/Inf;
-// otherwise both are empty [0].
-inline LayerBackwardResult gradients_from_dz(
+// grad_bias is [2,H], a row for each bias.
+inline std::array<at::Tensor, 5> whole_sequence_gemms(
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
     const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
-    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound) {
+    at::ScalarType result_dtype, bool launch_bound) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
   const at::TensorOptions compute = dz.options();
   const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));
@@ -243,17 +258,18 @@ inline LayerBackwardResult gradients_from_dz(
       grad_w_hh = first_term.has_value() ? *first_term : at::zeros({H, H}, compute);
     }
   }
-  std::array<at::Tensor, 5> grads = {grad_input.to(result_dtype), grad_hx.to(result_dtype),
-                                     grad_w_ih.to(result_dtype), grad_w_hh.to(result_dtype),
-                                     grad_bias.to(result_dtype)};
-  at::Tensor sq_norms = at::empty({0}, compute.dtype(at::kDouble));
-  at::Tensor nonfinite = at::empty({0}, compute.dtype(at::kBool));
-  if (record_norms) {
-    std::array<at::Tensor, 5> one_each = grads;  // one bias row: the norm of one parameter's gradient
-    if (output_mask[4]) one_each[4] = grads[4][0];
-    std::tie(sq_norms, nonfinite) = reduce_gradient_norms(one_each, step_norms);
-  }
-  return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
+  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+// Everything the backward returns, from dz: whole_sequence_gemms, then finish_gradients.
+inline LayerBackwardResult gradients_from_dz(
+    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
+    const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
+    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound) {
+  return finish_gradients(whole_sequence_gemms(input, w_ih, w_hh, out, dz, dz_first, dh_n, hx, lengths, reverse,
+                                               output_mask, result_dtype, launch_bound),
+                          output_mask, result_dtype, record_norms, std::move(step_norms));
 }
 
 }  // namespace rnn_fused

@@ -92,6 +92,11 @@ bool projects_input_in_kernel(bool block_general_kernels, int64_t steps, int64_t
          !forced_tiling().input_projection_on_host;
 }
 
+bool gradients_in_kernel(at::ScalarType compute, const LayerShape& shape, const std::array<bool, 5>& asked) {
+  return compute == at::kFloat && !forced_tiling().gradients_on_host &&
+         cost::kernel_makes_gradients(cost::kH200, shape, asked[0], asked[1], asked[2], asked[3], asked[4]);
+}
+
 Autotune autotune() { return autotune_setting.get(); }
 
 Autotune set_autotune(const Autotune& setting) {
@@ -468,11 +473,20 @@ void run_recurrence(PreparedBackward& p) {
                                .call = p.call, .operands = p.operands, .dz = p.dz, .step_norms = p.step_norms});
 }
 
-// The whole-sequence GEMMs from dz (gradients_from_dz).
+// The whole-sequence gradients from dz: the backend's own launch where it makes them
+// (RecurrenceBackend::whole_sequence_gradients), else the host's GEMMs (gradients_from_dz).
 LayerBackwardResult finish_backward(PreparedBackward& p) {
   RECORD_USER_SCOPE("rnn_fused::gradients_from_dz");
   const LayerForwardCall& f = p.call.forward;
   p.operands.dy = at::Tensor();  // read by the time loop only: its compute-dtype copy goes before the GEMMs
+  if (p.backend.whole_sequence_gradients != nullptr) {
+    const std::optional<std::array<at::Tensor, 5>> made = p.backend.whole_sequence_gradients(
+        WholeSequenceGradients{.call = p.call, .operands = p.operands, .dz = p.dz, .dz_first = p.dz_first});
+    if (made.has_value()) {
+      return finish_gradients(*made, p.call.output_mask, f.input.scalar_type(), p.call.record_norms,
+                              std::move(p.step_norms));
+    }
+  }
   return gradients_from_dz(p.operands.input, p.operands.w_ih, p.operands.w_hh, p.operands.out, p.dz, p.dz_first,
                            p.operands.dh_n, f.hx, f.valid_lengths.on_device, f.options.reverse, p.call.output_mask,
                            f.input.scalar_type(), p.call.record_norms, std::move(p.step_norms),

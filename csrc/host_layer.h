@@ -70,6 +70,15 @@ struct BackwardRecurrence {
   at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };
 
+// A layer backward's whole-sequence gradients after its recurrence (what gradients_from_dz
+// makes with the host's GEMMs), for a backend that can make them in a launch of its own.
+struct WholeSequenceGradients {
+  const LayerBackwardCall& call;
+  const BackwardOperands& operands;  // input, w_ih, w_hh, saved out, dh_n (dy no longer held)
+  const at::Tensor& dz;              // [T,B,H]: dL/dz_t, zero past each sample's length
+  const at::Tensor& dz_first;        // [B,H]: dz at each sample's first processing step
+};
+
 // The forward of a stack of L >= 2 unidirectional layers of one hidden size in one launch
 // (GPU-kernel backends: elman_forward_kernel.cuh forward_stack_kernel), float32.
 struct ForwardStack {
@@ -185,6 +194,10 @@ struct RecurrenceBackend {
   // Runs the backward loop; returns dz at each sample's processing step 0 [B,H] (zero for an
   // empty sample), the gradient that reaches h_0 through W_hh.
   at::Tensor (*backward)(const BackwardRecurrence&) = nullptr;
+  // Makes the five gradients of gradients_from_dz (those the call's output_mask asks for; the
+  // others empty) in the compute dtype in one launch where it prices that faster than the host's
+  // GEMMs (GPU-kernel backends: short layers), else returns nullopt and the host makes them; or null.
+  std::optional<std::array<at::Tensor, 5>> (*whole_sequence_gradients)(const WholeSequenceGradients&) = nullptr;
   // The planner's report (GPU-kernel backends), or null.
   RecurrencePlanReport (*plan)(const RecurrencePlanQuery& query) = nullptr;
   // The cost model's microseconds per step of a given launch shape (GPU-kernel backends), or null.
@@ -237,6 +250,10 @@ struct ForcedTiling {
   // No kernel projects the input itself (kernel_projects_input): every path's z_t starts from
   // the host's GEMM, so that paths can be compared bit for bit and the one timed against the other.
   bool input_projection_on_host = false;
+  // No backend makes a layer's whole-sequence gradients in a launch of its own
+  // (RecurrenceBackend::whole_sequence_gradients): every backward takes the host's GEMMs, as the
+  // CPU backend's does, to compare the two bit for bit or time the one against the other.
+  bool gradients_on_host = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.
@@ -249,6 +266,12 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling);
 // (elman_launch.h) and by the cost_model and kernel_projects_input ops.
 bool projects_input_in_kernel(bool block_general_kernels, int64_t steps, int64_t samples, int64_t input_size,
                               int64_t hidden);
+// Whether a GPU-kernel backend's backward makes a layer's whole-sequence gradients in one launch
+// of its gradients kernel (elman_gradients_kernel.cuh) instead of the host's GEMMs: float32
+// compute, where the cost model prices it so for the gradients asked (`asked` as a backward's
+// output_mask: cost::kernel_makes_gradients), unless forced_tiling keeps them on the host. Asked
+// by the backends' whole_sequence_gradients (elman_launch.h) and by the cost_model op.
+bool gradients_in_kernel(at::ScalarType compute, const LayerShape& shape, const std::array<bool, 5>& asked);
 
 // Autotuning (rnn_fused.launch_plan.autotune): where enabled, a GPU-kernel planner times
 // every feasible path's launch shape on the device at the first unforced plan of each

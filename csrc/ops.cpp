@@ -519,7 +519,8 @@ bool plan_projects_input(const RecurrencePlanReport::Entry& plan, int64_t steps,
 // The cost model's prediction, in microseconds, for one layer and direction (forward, or
 // backward after a forward) of `kernel`: a reference model ("legacy-grid": the first grid
 // kernel; "cudnn": cuDNN's per-step GEMM regime) or "planned" (the path the planner of
-// like's device would choose, with the layer's whole-sequence GEMMs).
+// like's device would choose, with the layer's whole-sequence work: the GEMMs, or at short
+// shapes the kernels that do it instead).
 double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t steps, int64_t batch,
                      int64_t input_size, int64_t hidden_size, bool backward) {
   TORCH_CHECK_VALUE(steps > 0 && batch > 0 && input_size > 0 && hidden_size > 0,
@@ -544,6 +545,11 @@ double cost_model_us(const at::Tensor& like, c10::string_view kernel, int64_t st
   if (!backward && plan_projects_input(chosen, steps, input_size, hidden_size)) {
     return steps * chosen.us_per_step + cost::forward_without_gemm_us(c, steps, chosen.samples, input_size, hidden_size);
   }
+  const LayerShape shape{.steps = steps, .batch = batch, .input_size = input_size, .hidden = hidden_size};
+  // (the layer call gpu-check times: dX, dW_ih, dW_hh and the biases', no hx)
+  if (backward && gradients_in_kernel(compute_dtype(like.scalar_type()), shape, {true, false, true, true, true})) {
+    return steps * chosen.us_per_step + cost::backward_without_gemms_us(c, shape);
+  }
   return steps * chosen.us_per_step + gemms;
 }
 
@@ -555,6 +561,18 @@ bool kernel_projects_input(const at::Tensor& like, int64_t steps, int64_t batch,
                     "rnn_fused: kernel_projects_input needs positive steps, batch, input_size and hidden_size, got ",
                     steps, ", ", batch, ", ", input_size, ", ", hidden_size);
   return plan_projects_input(planned_entry(like, hidden_size, batch, false), steps, input_size, hidden_size);
+}
+
+// Whether a layer backward of this shape on like's device (CPU: the emulated device) makes its
+// whole-sequence gradients in the GPU kernels' gradients kernel rather than by the host's GEMMs
+// (dW_ih, dW_hh and the biases' asked; dX with input_grad, h_0's with hx_grad).
+bool kernel_makes_gradients(const at::Tensor& like, int64_t steps, int64_t batch, int64_t input_size,
+                            int64_t hidden_size, bool input_grad, bool hx_grad) {
+  TORCH_CHECK_VALUE(steps > 0 && batch > 0 && input_size > 0 && hidden_size > 0,
+                    "rnn_fused: kernel_makes_gradients needs positive steps, batch, input_size and hidden_size, got ",
+                    steps, ", ", batch, ", ", input_size, ", ", hidden_size);
+  const LayerShape shape{.steps = steps, .batch = batch, .input_size = input_size, .hidden = hidden_size};
+  return gradients_in_kernel(compute_dtype(like.scalar_type()), shape, {input_grad, hx_grad, true, true, true});
 }
 
 }  // namespace
@@ -622,6 +640,9 @@ TORCH_LIBRARY(rnn_fused, m) {
   // like: as for recurrence_plan. Whether a forward layer call's kernel projects the input itself.
   m.def("kernel_projects_input(Tensor like, int steps, int batch, int input_size, int hidden_size) -> bool",
         &rnn_fused::kernel_projects_input);
+  m.def("kernel_makes_gradients(Tensor like, int steps, int batch, int input_size, int hidden_size, "
+        "bool input_grad, bool hx_grad) -> bool",
+        &rnn_fused::kernel_makes_gradients);
   // Microseconds per step of a given launch shape under replaced constants (step_cost_us above).
   m.def(
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
@@ -633,15 +654,16 @@ TORCH_LIBRARY(rnn_fused, m) {
   // synchronisation (-1: each plan's own) and whether kernels read their passes at run time
   // every planner must use (host_layer.h ForcedTiling); returns the previous setting.
   m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1, int run_time_passes=0, "
-        "int lane_rows_step=0, int input_projection_on_host=0) -> int[]",
+        "int lane_rows_step=0, int input_projection_on_host=0, int gradients_on_host=0) -> int[]",
         [](int64_t samples, int64_t units_per_pass, int64_t step_sync, int64_t run_time_passes,
-           int64_t lane_rows_step, int64_t input_projection_on_host) {
+           int64_t lane_rows_step, int64_t input_projection_on_host, int64_t gradients_on_host) {
           const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling(
               {samples, units_per_pass, step_sync, run_time_passes != 0, lane_rows_step != 0,
-               input_projection_on_host != 0});
+               input_projection_on_host != 0, gradients_on_host != 0});
           return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync,
                                       int64_t(previous.run_time_passes), int64_t(previous.lane_rows_step),
-                                      int64_t(previous.input_projection_on_host)};
+                                      int64_t(previous.input_projection_on_host),
+                                      int64_t(previous.gradients_on_host)};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

@@ -156,6 +156,15 @@ constexpr bool wide_periodic_cut_matches_edge_scale_past_32_bits() {
 }
 static_assert(wide_periodic_cut_matches_edge_scale_past_32_bits());
 
+// The whole-sequence gradients of a layer's backward: the number of outputs among those asked
+// for (dX [T,B,I], h_0's [B,H], dW_ih [H,I], dW_hh [H,H], the biases' [H] once), in the order the
+// gradients kernel's threads take them (cuda/elman_gradients_kernel.cuh).
+RNN_FUSED_HOST_DEVICE constexpr int64_t whole_sequence_gradient_outputs(const LayerShape& s, bool x, bool hx,
+                                                                        bool w_ih, bool w_hh, bool bias) {
+  return (x ? s.steps * s.batch * s.input_size : 0) + (hx ? s.batch * s.hidden : 0) +
+         (w_ih ? s.hidden * s.input_size : 0) + (w_hh ? s.hidden * s.hidden : 0) + (bias ? s.hidden : 0);
+}
+
 // ---- Elman cell: h_t = act(z_t) ----------------------------------------------------------
 
 enum class Activation : int32_t { Tanh = 0, Relu = 1 };

@@ -193,6 +193,19 @@ def kernel_projects_input(steps: int, batch_size: int, input_size: int, hidden_s
                                                      hidden_size)
 
 
+def kernel_makes_gradients(steps: int, batch_size: int, input_size: int, hidden_size: int,
+                           dtype: torch.dtype = torch.float32, device: str | torch.device = "emulated", *,
+                           input_grad: bool = True, hx_grad: bool = False) -> bool:
+    """Whether a layer's backward of this shape on `device` (the GPU kernels) makes its
+    whole-sequence gradients (dW_ih, dW_hh, the biases'; dX with `input_grad`, h_0's with
+    `hx_grad`) in one launch of the gradients kernel instead of by the host's GEMMs: float32
+    compute, at most 64 rows (steps x batch_size), where the cost model prices the kernel under a
+    quarter of a launch (short layers, whose backward time is the host's launches), unless
+    forced_tiling(gradients_on_host=True)."""
+    return torch.ops.rnn_fused.kernel_makes_gradients(_planned_for(dtype, device), steps, batch_size, input_size,
+                                                      hidden_size, input_grad, hx_grad)
+
+
 def _planned_for(dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
     """The ops' `like`: an empty tensor of the layer's dtype on the device to plan for (a CPU
     tensor for the emulated device)."""
@@ -293,7 +306,8 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
-                  lane_rows_step: bool = False, input_projection_on_host: bool = False) -> Iterator[None]:
+                  lane_rows_step: bool = False, input_projection_on_host: bool = False,
+                  gradients_on_host: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -315,7 +329,10 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     projects a layer's input itself (the block path's general kernels do where the cost model
     prices it below the host's bias sum and GEMM, two launches: short sequences of small
     layers), so every path starts from the same GEMM's XW_t (comparing paths bit for bit;
-    timing the one against the other). For running or timing
+    timing the one against the other). `gradients_on_host=True`: no layer's backward makes its
+    whole-sequence gradients (dX, dW_ih, dW_hh, the biases', h_0's) in one launch of its own (the
+    GPU-kernel backends do where the cost model prices it below a quarter of a launch: short
+    layers), so every backward takes the host's GEMMs, as the CPU backend does. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -329,12 +346,13 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
         raise ValueError(f"rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
     for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step),
-                        ("input_projection_on_host", input_projection_on_host)):
+                        ("input_projection_on_host", input_projection_on_host),
+                        ("gradients_on_host", gradients_on_host)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
-                          int(lane_rows_step), int(input_projection_on_host)):
+                          int(lane_rows_step), int(input_projection_on_host), int(gradients_on_host)):
         yield
 
 

@@ -10,6 +10,7 @@ step) reproduces cuDNN's. The constants live in csrc/cuda/recurrence_cost_model.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rnn_fused.launch_plan import predicted_layer_us
 
@@ -101,6 +102,44 @@ def test_a_short_forward_is_priced_with_the_kernels_projection_instead_of_the_ge
     projection_us = steps * samples * inputs * hidden / (constants["fma_per_sm_per_us"] * 0.25)
     assert on_host - in_kernel == pytest.approx(gemm_us - projection_us, rel=1e-9)
     assert in_kernel < on_host
+
+
+def test_a_short_backward_is_priced_with_the_gradients_kernel_instead_of_the_gemms():
+    """Where the backward makes its whole-sequence gradients in the gradients kernel
+    (cost::kernel_makes_gradients: T B <= 64 rows, under a quarter of a launch), the planned
+    backward is priced with that kernel (its CTAs' sums at a quarter of an SM's multiply-add
+    rate, per wave over 132 SMs, and its launch) instead of the GEMMs and their launches: below
+    the same layer with its gradients on the host (forced_tiling(gradients_on_host=True)). At
+    65 rows the GEMMs either way."""
+    import math
+
+    import rnn_fused
+    from rnn_fused import launch_plan
+
+    steps, batch, inputs, hidden = 11, 3, 20, 48
+    constants = launch_plan.cost_constants()
+    step_us = rnn_fused.plan(hidden, batch, backward=True, device="emulated").predicted_us_per_step
+    assert launch_plan.kernel_makes_gradients(steps, batch, inputs, hidden)
+    assert not launch_plan.kernel_makes_gradients(steps, batch, inputs, hidden, torch.float64)
+    in_kernel = predicted_layer_us("planned", steps, batch, inputs, hidden, backward=True)
+    with launch_plan.forced_tiling(gradients_on_host=True):
+        assert not launch_plan.kernel_makes_gradients(steps, batch, inputs, hidden)
+        on_host = predicted_layer_us("planned", steps, batch, inputs, hidden, backward=True)
+    rows = steps * batch
+    outputs = rows * inputs + hidden * inputs + hidden * hidden + hidden  # dX, dW_ih, dW_hh, the biases'
+    waves = math.ceil(math.ceil(outputs / 256) / 132)
+    kernel_us = waves * 256 * max(rows, hidden) / (constants["fma_per_sm_per_us"] * 0.25)
+    assert in_kernel - steps * step_us == pytest.approx(kernel_us + constants["launch_us"] + constants["op_fixed_us"],
+                                                        rel=1e-9)
+    assert in_kernel < on_host - 2 * constants["launch_us"]  # the GEMMs' launches, three at least
+    long = (13, 5, inputs, hidden)  # 65 rows
+    assert not launch_plan.kernel_makes_gradients(*long)
+    with pytest.raises(ValueError, match="kernel_makes_gradients needs positive steps, batch, input_size and "
+                                         "hidden_size, got 0, 3, 20, 48"):
+        launch_plan.kernel_makes_gradients(0, batch, inputs, hidden)
+    with launch_plan.forced_tiling(gradients_on_host=True):
+        long_on_host = predicted_layer_us("planned", *long, backward=True)
+    assert predicted_layer_us("planned", *long, backward=True) == long_on_host
 
 
 def test_whether_a_kernel_projects_the_input_needs_a_positive_shape():

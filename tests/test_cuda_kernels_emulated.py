@@ -1091,8 +1091,10 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
     """At small sizes a GPU waits for the host, and each ATen call is a launch. The emulated
     backend runs the CUDA backend's host code, so its ATen calls are the GPU's launches: with
     no hx and no lengths the forward issues the bias sum and the input projection (none on the
-    block path, whose kernel projects so short an input itself); the backward dX, dW_ih, dW_hh
-    (a sum of 8 rows: one product) and the bias gradient. No state, dz or W_hh^T is
+    block path, whose kernel projects so short an input itself); the backward no ATen work at
+    all: its recurrence kernel, then the gradients kernel (short_gradients_kernel: 10 rows),
+    and with the gradients on the host (forced_tiling(gradients_on_host=True)) dX, dW_ih, dW_hh
+    (a sum of 8 rows: one product) and the bias gradient instead. No state, dz or W_hh^T is
     materialised, and the grid path's exchange buffer is not cleared (its kernels stage the
     first state from h0, or zeros, themselves)."""
     args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
@@ -1105,14 +1107,21 @@ def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
         with launch_plan.forced_tiling(input_projection_on_host=True):
             forward_projected_on_host = _device_work(lambda: OPS.rnn_layer_forward(*forward_args, **kwargs))
         mask = [True, False, True, True, True]
-        backward = _device_work(
-            lambda: OPS.rnn_layer_backward(grad_output, grad_h_n, out, mask, False, *forward_args, **kwargs))
+        with simt.recording_launches() as launches:
+            backward = _device_work(
+                lambda: OPS.rnn_layer_backward(grad_output, grad_h_n, out, mask, False, *forward_args, **kwargs))
         backward_without_h_n = _device_work(
             lambda: OPS.rnn_layer_backward(grad_output, None, out, mask, False, *forward_args, **kwargs))
+        with launch_plan.forced_tiling(gradients_on_host=True), simt.recording_launches() as launches_on_host:
+            backward_on_host = _device_work(
+                lambda: OPS.rnn_layer_backward(grad_output, None, out, mask, False, *forward_args, **kwargs))
     host_projection = collections.Counter({"aten::add": 1, "aten::addmm": 1})
     assert forward == (collections.Counter() if path == "block" else host_projection)
     assert forward_projected_on_host == host_projection
-    assert backward == backward_without_h_n == collections.Counter({"aten::mm": 3, "aten::sum": 1})
+    assert backward == backward_without_h_n == collections.Counter()
+    assert len(launches) == 2 and "backward" in launches[0] and launches[1] == "short_gradients_kernel", launches
+    assert backward_on_host == collections.Counter({"aten::mm": 3, "aten::sum": 1})
+    assert launches_on_host == launches[:1]
 
 
 @pytest.mark.parametrize("layers", [1, 2])
@@ -1120,19 +1129,113 @@ def test_a_modules_backward_issues_only_its_layer_ops_work(layers):
     """Through autograd a layer's backward adds no device work to its op's: h_n unused gets
     no zeros (its absent gradient goes to the op as None, read as zero by the time loops), and
     the biases get the two rows of the op's grad_bias [2,H] (AccumulateGrad would copy one
-    tensor handed to both). Per layer: dX (not for layer 0, whose input needs no gradient),
-    dW_ih, dW_hh (one product) and the bias rows."""
+    tensor handed to both). Per layer, with the gradients on the host: dX (not for layer 0, whose
+    input needs no gradient), dW_ih, dW_hh (one product) and the bias rows; as planned, none of
+    them (the gradients kernel makes them: no ATen work at all)."""
     torch.manual_seed(0)
     model = RNN(3, 8, layers)
     model.backend = "emulated"
     x, grad_output = torch.randn(5, 2, 3), torch.randn(5, 2, 8)
+    works = []
     with simt.emulated_device(**SMALL_GPU):
         out, _ = model(x)
-        work = _device_work(lambda: torch.autograd.backward(out, grad_output))
-    assert work == collections.Counter({"aten::mm": 3 * layers - 1, "aten::sum": layers})
-    for layer in range(layers):
-        b_ih, b_hh = getattr(model, f"bias_ih_l{layer}").grad, getattr(model, f"bias_hh_l{layer}").grad
-        assert torch.equal(b_ih, b_hh) and b_ih.data_ptr() != b_hh.data_ptr()
+        for on_host in (False, True):
+            model.zero_grad(set_to_none=True)  # (else AccumulateGrad adds to the first run's)
+            with launch_plan.forced_tiling(gradients_on_host=on_host):
+                works.append(_device_work(lambda: torch.autograd.backward(out, grad_output, retain_graph=True)))
+            for layer in range(layers):
+                b_ih, b_hh = getattr(model, f"bias_ih_l{layer}").grad, getattr(model, f"bias_hh_l{layer}").grad
+                assert torch.equal(b_ih, b_hh) and b_ih.data_ptr() != b_hh.data_ptr()
+    assert works[0] == collections.Counter()
+    assert works[1] == collections.Counter({"aten::mm": 3 * layers - 1, "aten::sum": layers})
+
+
+# steps, batch, input, hidden, nonlinearity, reverse, bias, hx, lengths: layers whose backward
+# makes its whole-sequence gradients in the gradients kernel (T B <= 64 rows, a small kernel).
+GRADIENT_KERNEL_CASES = [
+    (5, 3, 4, 7, "tanh", False, True, True, [5, 2, 4]),
+    (6, 4, 3, 33, "relu", True, False, True, [2, 6, 0, 4]),  # an empty sample: grad_hx is h_n's
+    (1, 1, 2, 5, "tanh", False, True, False, None),        # one row: dW_hh has no term
+    (8, 8, 5, 40, "tanh", True, True, True, None),         # 64 rows, the limit
+]
+GRADIENT_NAMES = ["grad_input", "grad_hx", "grad_weight_ih", "grad_weight_hh", "grad_bias"]
+
+
+def _gradients_with_mask(args, lengths, nonlinearity, reverse, cotangents, mask, path, record_norms=False):
+    """The op's forward, then its backward asked for `mask`'s gradients, on the emulated backend."""
+    inputs = rnn_fused._ops.LayerInputs(*args, lengths)
+    options = rnn_fused._ops.LayerOptions.make(nonlinearity, reverse, TruncationArgs(every=3), 0, "emulated", path)
+    out, _ = rnn_fused._ops.layer_forward(inputs, options)
+    return rnn_fused._ops.layer_backward(cotangents[0], cotangents[1], out, mask, record_norms, inputs, options)
+
+
+@pytest.mark.parametrize("path", ["block", "grid"])
+@pytest.mark.parametrize("case", GRADIENT_KERNEL_CASES, ids=_case_id)
+def test_the_gradients_kernel_makes_a_short_layers_gradients(case, path):
+    """A short float32 layer's backward makes dX, h_0's gradient, dW_ih, dW_hh and the biases'
+    in one launch of short_gradients_kernel after its recurrence: within the
+    tolerance rule of the float64 results, with the host's GEMMs (forced_tiling's
+    gradients_on_host) as the stock float32 implementation; the norms of its gradients are the
+    norms the GEMMs' would have, within rounding. Each gradient's bits do not depend on which
+    others the call asks for (every mask of one gradient gives the full mask's bits) nor on the
+    emulator's schedule. Truncation every 3 steps."""
+    steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
+    lengths, args, cotangents, cast = case_inputs(steps, batch, input_size, hidden, bias, hx, lengths,
+                                                  torch.float32, seed=3)
+    cast_cotangents = [c.float() for c in cotangents]
+    full = [True, hx, True, True, bias]
+    with simt.emulated_device(**SMALL_GPU):
+        runs = []
+        for mode, seed in simt.ALL_SCHEDULES:
+            with simt.schedule(mode, seed), simt.recording_launches() as launches:
+                runs.append(_gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, full, path,
+                                                 True))
+            # the forward's recurrence, the backward's, then the gradients kernel
+            assert len(launches) == 3 and "backward" in launches[1] and launches[2] == "short_gradients_kernel", \
+                launches
+        with launch_plan.forced_tiling(gradients_on_host=True), simt.recording_launches() as launches:
+            stock = _gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, full, path, True)
+        assert "short_gradients_kernel" not in launches
+        reference = _gradients_with_mask(args, lengths, nonlinearity, reverse, cotangents, full, path, True)
+        single = {}
+        for i in range(5):
+            if full[i]:
+                mask = [j == i for j in range(5)]
+                single[i] = _gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, mask, path)[i]
+    ours = runs[0]
+    for other in runs[1:]:
+        for name, a, b in zip(GRADIENT_NAMES, ours, other):
+            assert torch.equal(a, b), name
+    for i, name in enumerate(GRADIENT_NAMES):
+        if not full[i]:
+            assert ours[i].numel() == 0, name
+            continue
+        assert torch.equal(single[i], ours[i]), name
+        assert_within_tolerance(reference[i], stock[i], ours[i], name=name, ulps=8)
+    assert torch.equal(ours[4][0], ours[4][1]) if bias else True
+    # The squared norms of the five gradients: those of the GEMMs' results, within the rounding
+    # the gradients differ by.
+    torch.testing.assert_close(ours[6], stock[6], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("steps,batch,hidden,dtype,taken", [
+    (8, 8, 40, torch.float32, True),      # 64 rows
+    (13, 5, 40, torch.float32, False),    # 65 rows: dW_hh is not one product on the host either
+    (4, 2, 256, torch.float32, True),     # 263 CTAs of sums of 256 terms: 2 waves, 2.3 us
+    (4, 2, 320, torch.float32, False),    # 407 CTAs: 4 waves, 5.8 us, over a quarter launch (2.6 us)
+    (8, 8, 40, torch.float64, False),     # float32 only
+])
+def test_the_gradients_kernel_runs_where_the_cost_model_prices_it(steps, batch, hidden, dtype, taken):
+    """Where the backward makes its gradients in one launch (cost::kernel_makes_gradients): at
+    most 64 rows (T B), as long as dW_hh's single product on the host, and under a quarter of a
+    launch of GPU time by the model (the waves of 256-thread CTAs over 132 SMs, each thread's
+    sum at a quarter of an SM's multiply-add rate); float32 only. Elsewhere the host's GEMMs."""
+    args = layer_args(steps, batch, 3, hidden, dtype=dtype, hx=True)
+    g = torch.Generator().manual_seed(1)
+    cotangents = [torch.randn(steps, batch, hidden, generator=g, dtype=dtype), None]
+    with simt.emulated_device(**SMALL_GPU), simt.recording_launches() as launches:
+        _gradients_with_mask(args, None, "tanh", False, cotangents, [True] * 5, "stepwise")
+    assert ("short_gradients_kernel" in launches) == taken, launches
 
 
 @pytest.mark.parametrize("backend,path", [("cpu", None)] + [("emulated", p) for p in EMULATED_PATHS])

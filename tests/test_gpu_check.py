@@ -339,6 +339,12 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
         "1000, 8, 64, 64: rnn_fused's input projection inside the block kernel against the host's bias sum and GEMM "
         "(forced_tiling(input_projection_on_host=True); > 1: in the kernel faster): forward 1.10x, "
         "forward+backward 1.10x."]
+    # Gradients made in the gradients kernel, timed again with them on the host (forward+backward only).
+    kernel_gradients = dataclasses.replace(row(1, 1.0, 0.5), host_gradients_fwd_bwd_ms=1.2)
+    assert gpu_check.layer_overlap_verdicts([kernel_gradients], "cuDNN") == [
+        "1000, 8, 64, 64: rnn_fused's whole-sequence gradients in one launch of the gradients kernel against the "
+        "host's GEMMs and bias sum (forced_tiling(gradients_on_host=True); > 1: the kernel faster): "
+        "forward+backward 1.20x."]
 
 
 def test_rows_whose_block_kernel_projects_the_input_are_timed_with_the_host_projection_too():
@@ -351,6 +357,18 @@ def test_rows_whose_block_kernel_projects_the_input_are_timed_with_the_host_proj
     assert not gpu_check.projects_input_in_kernel(gpu_check.Shape(1000, 8, 256, 64), target)
     row = gpu_check.measure_shape_row(short, target, gpu_check.QUICK_TIMING, False)
     assert row.host_projection_fwd_ms > 0 and row.host_projection_fwd_bwd_ms > 0
+
+
+def test_rows_whose_backward_makes_its_gradients_in_a_kernel_are_timed_with_them_on_the_host_too():
+    """measure_shape_row on the emulated kernels: a short row whose backward makes its
+    whole-sequence gradients in the gradients kernel is timed forward+backward again with them on
+    the host (forced_tiling(gradients_on_host=True)); a row of more than 64 rows is not."""
+    target = gpu_check.Target(torch.device("cpu"), emulated=True)
+    short = gpu_check.Shape(3, 2, 5, 9)
+    assert gpu_check.makes_gradients_in_kernel(short, target)
+    assert not gpu_check.makes_gradients_in_kernel(gpu_check.Shape(1000, 8, 256, 64), target)
+    row = gpu_check.measure_shape_row(short, target, gpu_check.QUICK_TIMING, False)
+    assert row.host_gradients_fwd_bwd_ms > 0 and row.host_gradients_fwd_ms is None
 
 
 def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeypatch):
@@ -1060,17 +1078,20 @@ def test_the_host_time_probe_says_it_needs_a_gpu(capsys):
     assert "a CUDA device is needed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("backward,input_size", [(False, 5), (True, 5), (False, 2000)],
-                         ids=["forward-projected-in-the-kernel", "backward", "forward-projected-on-the-host"])
-def test_gemms_timed_alone_are_the_layer_passes_own(backward, input_size):
+@pytest.mark.parametrize("backward,steps,input_size", [(False, 12, 5), (True, 12, 5), (True, 30, 5), (False, 12, 2000)],
+                         ids=["forward-projected-in-the-kernel", "backward-gradients-in-the-kernel",
+                              "backward-gradients-on-the-host", "forward-projected-on-the-host"])
+def test_gemms_timed_alone_are_the_layer_passes_own(backward, steps, input_size):
     # The recurrence per step is a layer pass less these GEMMs timed alone: they must be the
     # pass's own, op for op (a hand-written copy once drifted from the host layer and made the
     # backward's estimate negative on the GPU). Counted on the emulated backend, which runs the
-    # CUDA backend's host layer. At I = 5 the block kernel projects the input itself: no GEMM
-    # either way; at I = 2000 the host does.
-    shape = gpu_check.Shape(12, 3, input_size, 16)
-    assert rnn_fused.launch_plan.kernel_projects_input(12, 3, input_size, 16) == (input_size == 5)
-    in_kernel = not backward and input_size == 5
+    # CUDA backend's host layer. At T = 12, I = 5 the block kernel projects the input itself and
+    # the backward makes its gradients in the gradients kernel (36 rows): no GEMM either way; at
+    # I = 2000 the host projects, at T = 30 (90 rows) the host makes the gradients.
+    shape = gpu_check.Shape(steps, 3, input_size, 16)
+    assert rnn_fused.launch_plan.kernel_projects_input(steps, 3, input_size, 16) == (input_size == 5)
+    assert rnn_fused.launch_plan.kernel_makes_gradients(steps, 3, input_size, 16, input_grad=False) == (steps == 12)
+    in_kernel = input_size == 5 if not backward else steps == 12
     target = gpu_check.Target(torch.device("cpu"), emulated=True)
     products = {"aten::mm", "aten::bmm", "aten::addmm", "aten::sum", "aten::add", "aten::add_", "aten::cat"}
 

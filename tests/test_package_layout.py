@@ -18,7 +18,7 @@ CORE_MODULES = {"rnn_fused", "rnn_fused._C", "rnn_fused._build", "rnn_fused._ops
 PRODUCT_OPS = {"rnn_layer_forward", "rnn_layer_backward", "rnn_layer_backward_with_graph", "rnn_directions_forward",
                "rnn_directions_backward", "rnn_stack_forward",
                "rnn_stack_backward", "stack_plan", "edge_scales", "recurrence_plan",
-               "cost_model", "kernel_projects_input", "step_cost", "cost_constants", "set_forced_tiling",
+               "cost_model", "kernel_projects_input", "kernel_makes_gradients", "step_cost", "cost_constants", "set_forced_tiling",
                "set_autotune",
                "recurrence_step_phases", "backends", "cpu_loop_team",
                "set_cpu_loop_team", "layer_input_projection", "layer_gradients_from_dz"}

@@ -31,6 +31,7 @@
 
 #include "cuda/elman_backward_kernel.cuh"
 #include "cuda/elman_forward_kernel.cuh"
+#include "cuda/elman_gradients_kernel.cuh"
 #include "cuda/elman_lane_rows_kernel.cuh"
 #include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
@@ -190,6 +191,7 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
+SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kEpilogueKernelRegisters, short_gradients_kernel);
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
 #define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
@@ -1847,6 +1849,48 @@ inline void backward_stack(const BackwardStack& r) {
 
 // The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in
 // elman_emulated.cpp).
+// RecurrenceBackend::whole_sequence_gradients: the five gradients of a float32 layer in one
+// launch of short_gradients_kernel, where host_layer.h's gradients_in_kernel says so; else
+// nullopt (the host's GEMMs).
+inline std::optional<std::array<at::Tensor, 5>> whole_sequence_gradients(const WholeSequenceGradients& w) {
+  const LayerForwardCall& call = w.call.forward;
+  const LayerShape& shape = call.shape;
+  const int64_t T = shape.steps, B = shape.batch, H = shape.hidden, I = shape.input_size;
+  const std::array<bool, 5>& mask = w.call.output_mask;
+  static_assert(kShortGradientThreads == cost::kGradientKernelThreads, "the cost model prices the kernel's CTAs");
+  if (!gradients_in_kernel(w.dz.scalar_type(), shape, mask)) return std::nullopt;
+  const at::TensorOptions options = w.dz.options();
+  const auto result = [&](bool asked, at::IntArrayRef sizes) {
+    return asked ? at::empty(sizes, options) : at::empty({0}, options);
+  };
+  std::array<at::Tensor, 5> grads = {result(mask[0], {T, B, I}), result(mask[1], {B, H}), result(mask[2], {H, I}),
+                                     result(mask[3], {H, H}), result(mask[4], {2, H})};
+  const auto written = [&](size_t i) { return mask[i] ? grads[i].data_ptr<float>() : nullptr; };
+  // (x and hx: float32 copies only where the caller's are not, alive until the launch)
+  const at::Tensor x = mask[2] ? w.operands.input.to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor hx = mask[3] && call.hx.has_value() ? call.hx->to(at::kFloat).contiguous() : at::Tensor();
+  ShortGradientArgs args{.dz = w.dz.data_ptr<float>(),
+                         .dz_first = w.dz_first.data_ptr<float>(),
+                         .x = x.defined() ? x.data_ptr<float>() : nullptr,
+                         .out = w.operands.out.data_ptr<float>(),
+                         .hx = hx.defined() ? hx.data_ptr<float>() : nullptr,
+                         .w_ih = w.operands.w_ih.data_ptr<float>(),
+                         .w_hh = w.operands.w_hh.data_ptr<float>(),
+                         .dh_n = w.operands.dh_n.defined() ? w.operands.dh_n.data_ptr<float>() : nullptr,
+                         .lengths = lengths_pointer(call),
+                         .shape = shape,
+                         .reverse = call.options.reverse,
+                         .grad_x = written(0),
+                         .grad_hx = written(1),
+                         .grad_w_ih = written(2),
+                         .grad_w_hh = written(3),
+                         .grad_bias = written(4)};
+  const int64_t outputs = whole_sequence_gradient_outputs(shape, mask[0], mask[1], mask[2], mask[3], mask[4]);
+  const int64_t ctas = (outputs + kShortGradientThreads - 1) / kShortGradientThreads;
+  simt::launch(short_gradients_kernel, static_cast<unsigned>(ctas), dim3(kShortGradientThreads), 0, args);
+  return grads;
+}
+
 inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default);
 
 // The plan report of rnn_fused.plan(): the chosen (or forced) plan and every path's best shape.
@@ -1980,6 +2024,7 @@ inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType devic
                            .forward = &forward_recurrence,
                            .projects_input = true,
                            .backward = &backward_recurrence,
+                           .whole_sequence_gradients = &whole_sequence_gradients,
                            .plan = &recurrence_plan,
                            .step_cost = &step_cost,
                            .forward_stack = &forward_stack,

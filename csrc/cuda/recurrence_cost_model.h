@@ -20,6 +20,7 @@
 #include <string>
 
 #include "outer_product_chunks.h"
+#include "recurrence_math.h"
 
 namespace rnn_fused::cost {
 
@@ -419,6 +420,42 @@ inline bool kernel_projects_input(const Constants& c, int64_t steps, int64_t sam
 inline double forward_without_gemm_us(const Constants& c, int64_t steps, int64_t samples, int64_t input,
                                       int64_t hidden) {
   return kernel_projection_us(c, steps, samples, input, hidden) + c.op_fixed_us;
+}
+
+// A short layer's backward can make its whole-sequence gradients (dX, h_0's, dW_ih, dW_hh, the
+// biases') in one launch of its own (elman_gradients_kernel.cuh) instead of the host's three to
+// five: a thread per output, each a sum of `terms` products (the rows T B, or H for dX and h_0's
+// gradient). Priced as the kernel's projection is: the multiply-adds of a CTA's threads at a
+// quarter of an SM's rate, one such time per wave of CTAs over the SMs (predicted, not
+// measured). Taken where that is under a quarter of a launch (kProjectionLaunchFraction) and
+// the host would make dW_hh in one product too (rows <= kOneProductRows): its sums are then as
+// long as the GEMMs' (the rounding the same order of size), and a call the GPU bounds loses at
+// most a quarter of a launch. The waves are counted on the H200's 132 SMs, whose rate the
+// constants hold, on every device: the choice depends on the call alone. x, hx, w_ih, w_hh,
+// bias: the gradients asked for.
+inline constexpr int64_t kGradientKernelSms = 132;
+inline constexpr int64_t kGradientKernelThreads = 256;  // kShortGradientThreads
+inline double kernel_gradients_us(const Constants& c, const LayerShape& s, bool x, bool hx, bool w_ih, bool w_hh,
+                                  bool bias) {
+  const int64_t outputs = whole_sequence_gradient_outputs(s, x, hx, w_ih, w_hh, bias);
+  const int64_t ctas = (outputs + kGradientKernelThreads - 1) / kGradientKernelThreads;
+  const int64_t waves = (ctas + kGradientKernelSms - 1) / kGradientKernelSms;
+  const int64_t terms = std::max(s.steps * s.batch, s.hidden);
+  return double(waves) * kGradientKernelThreads * terms / (c.fma_per_sm_per_us * kProjectionFmaRateFraction);
+}
+inline bool kernel_makes_gradients(const Constants& c, const LayerShape& s, bool x, bool hx, bool w_ih, bool w_hh,
+                                   bool bias) {
+  const int64_t rows = s.steps * s.batch;
+  return rows >= 1 && rows <= kOneProductRows && s.hidden >= 1 &&
+         whole_sequence_gradient_outputs(s, x, hx, w_ih, w_hh, bias) > 0 &&
+         kernel_gradients_us(c, s, x, hx, w_ih, w_hh, bias) < kProjectionLaunchFraction * c.launch_us;
+}
+
+// backward_gemms_us of a layer whose backward makes its gradients in the gradients kernel (dX,
+// dW_ih, dW_hh and the biases', as backward_gemms_us prices them): the kernel, its launch and the
+// op's fixed cost.
+inline double backward_without_gemms_us(const Constants& c, const LayerShape& s) {
+  return kernel_gradients_us(c, s, true, false, true, true, true) + c.launch_us + c.op_fixed_us;
 }
 
 // dW_hh is a two-level sum over chunks of steps (elman_gemms.h sum_of_outer_products, over

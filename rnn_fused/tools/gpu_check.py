@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from .. import __version__
 from ..functional import directions_side_by_side, rnn_layer
 from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNCS, PathEstimate, autotune,
-                           batch_pieces, cost_constants, forced_tiling, kernel_projects_input, plan,
+                           batch_pieces, cost_constants, forced_tiling, kernel_makes_gradients,
+                           kernel_projects_input, plan,
                            split_layer_us, stack_plan, step_phases)
 from ..modules import RNN
 from ..reference import reference_layer
@@ -302,6 +303,12 @@ class ShapeRow:
     # (forced_tiling(input_projection_on_host=True): the bias sum and the GEMM, two launches).
     host_projection_fwd_ms: float | None = None
     host_projection_fwd_bwd_ms: float | None = None
+    # Layers whose backward makes its whole-sequence gradients in the gradients kernel
+    # (launch_plan.kernel_makes_gradients): forward+backward timed again with them on the host
+    # (forced_tiling(gradients_on_host=True): the GEMMs and the bias sum, three or four launches).
+    # (No forward: it does not change.)
+    host_gradients_fwd_ms: float | None = None
+    host_gradients_fwd_bwd_ms: float | None = None
     note: str | None = None    # e.g. "cuDNN: not supported"
     error: str | None = None   # an unexpected failure of this row (the run's exit status is then 1)
     skipped: str | None = None
@@ -610,7 +617,9 @@ def whole_sequence_work(shape: Shape, target: Target, backward: bool):
     projection before the forward; dW_ih, the bias gradient and dW_hh's chunked sum of outer
     products after the backward (no input gradient: the timed input needs none). As on the GPU
     kernels' backends (CUDA, emulated), each product a launch. Where the planned forward's kernel
-    projects the input itself (launch_plan.kernel_projects_input), the forward has none."""
+    projects the input itself (launch_plan.kernel_projects_input), the forward has none; where the
+    backward makes its gradients in the gradients kernel (launch_plan.kernel_makes_gradients), the
+    backward has none (that kernel's microseconds stay in the step's estimate)."""
     steps, batch, inputs, hidden = shape.steps, shape.batch, shape.input_size, shape.hidden
     compute = torch.float64 if shape.torch_dtype == torch.float64 else torch.float32
     options = dict(device=target.device, dtype=compute)
@@ -627,9 +636,12 @@ def whole_sequence_work(shape: Shape, target: Target, backward: bool):
     w_hh = torch.randn(hidden, hidden, **options)
     outputs = torch.randn(steps, batch, hidden, **options)
     dz = torch.randn(steps, batch, hidden, **options)
+    in_kernel = kernel_makes_gradients(steps, batch, inputs, hidden, shape.torch_dtype, target.plan_device,
+                                       input_grad=False)
 
     def backward_gemms():
-        torch.ops.rnn_fused.layer_gradients_from_dz(x, w_ih, w_hh, outputs, dz, [False, True, True, True], True)
+        if not in_kernel:
+            torch.ops.rnn_fused.layer_gradients_from_dz(x, w_ih, w_hh, outputs, dz, [False, True, True, True], True)
     return backward_gemms
 
 
@@ -671,6 +683,17 @@ def projects_input_in_kernel(shape: Shape, target: Target) -> bool:
     inputs = [shape.input_size] + [directions * shape.hidden] * (shape.layers - 1)
     return any(kernel_projects_input(shape.steps, shape.batch, size, shape.hidden, shape.torch_dtype, target.plan_device)
                for size in inputs)
+
+
+def makes_gradients_in_kernel(shape: Shape, target: Target) -> bool:
+    """Whether a layer of this shape, run one by one, makes its whole-sequence gradients in the
+    gradients kernel (launch_plan.kernel_makes_gradients; the timed input needs no gradient, a
+    layer above the first hands one down)."""
+    directions = 2 if shape.bidirectional else 1
+    inputs = [shape.input_size] + [directions * shape.hidden] * (shape.layers - 1)
+    return any(kernel_makes_gradients(shape.steps, shape.batch, size, shape.hidden, shape.torch_dtype,
+                                      target.plan_device, input_grad=layer > 0)
+               for layer, size in enumerate(inputs))
 
 
 def runs_as_stack(shape: Shape, target: Target) -> bool:
@@ -780,6 +803,11 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                 setattr(row, f"host_projection_{pass_}_ms",
                         median_seconds(make(ours), device=target.device, min_repeats=timing.min_repeats,
                                        min_seconds=timing.min_seconds, warmup=1) * 1e3)
+    if not stacked and makes_gradients_in_kernel(shape, target):
+        with forced_tiling(gradients_on_host=True):
+            row.host_gradients_fwd_bwd_ms = median_seconds(
+                forward_backward_fn(ours, x, grad_out), device=target.device, min_repeats=timing.min_repeats,
+                min_seconds=timing.min_seconds, warmup=1) * 1e3
     if shape.single_layer:
         forward_gemms = median_seconds(whole_sequence_work(shape, target, False), device=target.device,
                                        min_repeats=timing.min_repeats, min_seconds=0)
@@ -1193,7 +1221,10 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
                               "launch (RNN.path forced; > 1: the split faster)"),
               ("host_projection", "rnn_fused's input projection inside the block kernel against the host's bias "
                                   "sum and GEMM (forced_tiling(input_projection_on_host=True); > 1: in the kernel "
-                                  "faster)"))
+                                  "faster)"),
+              ("host_gradients", "rnn_fused's whole-sequence gradients in one launch of the gradients kernel "
+                                 "against the host's GEMMs and bias sum (forced_tiling(gradients_on_host=True); "
+                                 "> 1: the kernel faster)"))
     for row in rows:
         for prefix, compared in others:
             gains = [f"{name} {ratio:.2f}x" for name, ratio in (
