@@ -13,7 +13,9 @@ Writes host_overhead.md (and prints it):
   synchronisation at the end (the rate a training loop sees when the host is the bottleneck),
   median of 7 repetitions, for cuDNN, rnn_fused as planned, rnn_fused with every input
   projection on the host (forced_tiling(input_projection_on_host=True): the bias sum and the
-  GEMM that the block kernel saves at these shapes), and rnn_fused with its layers one launch
+  GEMM that the block kernel saves at these shapes), rnn_fused with every backward's gradients by
+  the host's GEMMs (forced_tiling(gradients_on_host=True): the launches the gradients kernel
+  saves), and rnn_fused with its layers one launch
   after another and in one launch (RNN.stack False / True, where the stack runs);
 - torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward: the ATen
   ops and the host layer's own scopes (rnn_fused::plan, ::launch, ::input_projection,
@@ -100,17 +102,20 @@ def timing_rows(device) -> list[str]:
     lines = ["| T, B, I, H, layers | model | forward us/call | forward+backward us/call |", "|---|---|---:|---:|"]
     for shape in SHAPES:
         cudnn, ours, x = models(shape, device)
-        # (name, model, RNN.stack, inputs projected on the host: forced_tiling's input_projection_on_host)
-        variants = [("nn.RNN (cuDNN)", cudnn, None, False), ("rnn_fused (planned)", ours, None, False),
-                    ("rnn_fused, inputs projected on the host", ours, None, True)]
+        # (name, model, RNN.stack, the forced_tiling that keeps work on the host: input projections,
+        # the backward's whole-sequence gradients)
+        on_host = dict(input_projection_on_host=True)
+        variants = [("nn.RNN (cuDNN)", cudnn, None, {}), ("rnn_fused (planned)", ours, None, {}),
+                    ("rnn_fused, inputs projected on the host", ours, None, on_host),
+                    ("rnn_fused, gradients by the host's GEMMs", ours, None, dict(gradients_on_host=True))]
         if shape[4] > 1:
-            variants += [("rnn_fused, stack=False", ours, False, False), ("rnn_fused, stack=True", ours, True, False)]
+            variants += [("rnn_fused, stack=False", ours, False, {}), ("rnn_fused, stack=True", ours, True, {})]
         label = ", ".join(map(str, shape))
-        for name, model, stack, on_host in variants:
+        for name, model, stack, setting in variants:
             if model is ours:
                 ours.stack = stack
             try:
-                with rnn_fused.launch_plan.forced_tiling(input_projection_on_host=on_host):
+                with rnn_fused.launch_plan.forced_tiling(**setting):
                     forward, forward_backward = calls(model, x)
                     lines.append(f"| {label} | {name} | {per_call_us(forward):.1f} | "
                                  f"{per_call_us(forward_backward):.1f} |")

@@ -28,7 +28,8 @@ from rnn_fused.truncation import RandomTruncation, resolve_truncation
 from rnn_cases import (EMULATED_PATHS, RNNCase, assert_close64, assert_norm_partials_match, norm_partials_case,
                         run_layer_op)
 from test_autocast import _stock_layer
-from test_cuda_kernels_emulated import KERNEL_PROJECTION_CASES, LAYER_CASES, MODULE_CASES, _case_id, layer_args
+from test_cuda_kernels_emulated import (GRADIENT_KERNEL_CASES, KERNEL_PROJECTION_CASES, LAYER_CASES, MODULE_CASES,
+                                       _case_id, layer_args)
 from test_layer_stack import STACK_CASES, cotangents_for, run_stack, stack_inputs
 from test_layer_stack import _case_id as _stack_case_id
 from test_layer_stack import names_for as stack_names
@@ -169,6 +170,44 @@ def test_block_kernel_projects_a_short_input_on_the_gpu(case, dtype):
         for name, r, s_, o, a in zip(names, reference, stock, ours, again, strict=True):
             assert torch.equal(o, a), name
             assert_within_tolerance(r, s_, o, name=f"{name} (input projected on the host: {on_host})", ulps=ulps)
+
+
+@pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
+@pytest.mark.parametrize("case", GRADIENT_KERNEL_CASES, ids=_case_id)
+def test_the_gradients_kernel_on_the_gpu(case, path):
+    """A short float32 layer's whole-sequence gradients made by the gradients kernel
+    (launch_plan.kernel_makes_gradients on this GPU) and by the host's GEMMs
+    (forced_tiling(gradients_on_host=True)), after each path's recurrence: each within the
+    tolerance rule of the float64 step loop, each bitwise alike run to run; the forward results
+    of the two runs bitwise equal (the kernel changes nothing but the gradients)."""
+    steps, batch, input_size, hidden, nonlinearity, reverse, bias, hx, lengths = case
+    refusal = path_refusal(path, hidden, batch, torch.float32)
+    lengths = None if lengths is None else _cuda(torch.tensor(lengths))
+    args = [None if a is None else _cuda(a.float())
+            for a in layer_args(steps, batch, input_size, hidden, bias=bias, hx=hx)]
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=g),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=g)]
+    if refusal is not None:
+        with expect_refusal(path, hidden, refusal):
+            run_layer(args, lengths, nonlinearity, reverse, cotangents, path)
+        return
+    reference = reference_results([None if a is None else a.double() for a in args], lengths, nonlinearity, reverse,
+                                  cotangents, torch.float64)
+    stock = reference_results(args, lengths, nonlinearity, reverse, cotangents, torch.float32)
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(reference) - 2)]
+    runs = {}
+    for on_host in (False, True):
+        with rnn_fused.launch_plan.forced_tiling(gradients_on_host=on_host):
+            assert rnn_fused.launch_plan.kernel_makes_gradients(steps, batch, input_size, hidden, torch.float32,
+                                                                PLAN_DEVICE, hx_grad=hx) != on_host
+            ours = run_layer(args, lengths, nonlinearity, reverse, cotangents, path)
+            again = run_layer(args, lengths, nonlinearity, reverse, cotangents, path)
+        for name, r, s_, o, a in zip(names, reference, stock, ours, again, strict=True):
+            assert torch.equal(o, a), name
+            assert_within_tolerance(r, s_, o, name=f"{name} (gradients on the host: {on_host})", ulps=8)
+        runs[on_host] = ours
+    assert torch.equal(runs[False][0], runs[True][0]) and torch.equal(runs[False][1], runs[True][1])
 
 
 @pytest.mark.parametrize("path", PATH_CHOICES, ids=PATH_IDS)
