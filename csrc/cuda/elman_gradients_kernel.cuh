@@ -46,72 +46,53 @@ SIMT_BEGIN_WORLD
 
 inline constexpr int kShortGradientThreads = 256;  // cost::kGradientKernelThreads prices it
 
-// Grid: any number of CTAs of kShortGradientThreads threads (the host: one output per thread
-// where the grid allows); no shared memory, no barrier.
+// sum + sum_k a[k a_stride] b[k b_stride] over k < count, by fused multiply-adds in order of k.
+SIMT_DEVICE __forceinline__ float strided_dot(int64_t count, const float* a, int64_t a_stride, const float* b,
+                                              int64_t b_stride, float sum = 0.0f) {
+  for (int64_t k = 0; k < count; ++k) sum = fmaf(a[k * a_stride], b[k * b_stride], sum);
+  return sum;
+}
+
+// Grid: any number of CTAs of kShortGradientThreads threads (the host: one output per thread);
+// no shared memory, no barrier.
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kShortGradientThreads) short_gradients_kernel(ShortGradientArgs a) {
   const int64_t T = a.shape.steps, B = a.shape.batch, H = a.shape.hidden, I = a.shape.input_size, rows = T * B;
   const int64_t total = whole_sequence_gradient_outputs(a.shape, a.grad_x != nullptr, a.grad_hx != nullptr,
                                                        a.grad_w_ih != nullptr, a.grad_w_hh != nullptr,
                                                        a.grad_bias != nullptr);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t at = i;
-    if (a.grad_x != nullptr) {
-      if (at < rows * I) {  // dX[r, c] = sum_u dz[r, u] W_ih[u, c]
-        const int64_t r = at / I, c = at % I;
-        float sum = 0.0f;
-        for (int64_t u = 0; u < H; ++u) sum = fmaf(a.dz[r * H + u], a.w_ih[u * I + c], sum);
-        a.grad_x[at] = sum;
-        continue;
-      }
-      at -= rows * I;
+    int64_t at = i;  // the output's index within the result it falls in
+    // Whether output `at` is one of `result`'s `count` (asked for: not null); else at moves past them.
+    const auto falls_in = [&at](const float* result, int64_t count) {
+      if (result == nullptr) return false;
+      if (at < count) return true;
+      at -= count;
+      return false;
+    };
+    if (falls_in(a.grad_x, rows * I)) {  // dX[r, c] = sum_u dz[r, u] W_ih[u, c]
+      a.grad_x[at] = strided_dot(H, a.dz + at / I * H, 1, a.w_ih + at % I, I);
+    } else if (falls_in(a.grad_hx, B * H)) {
+      // h_0's gradient: dz_first[b] W_hh; an empty sample's is h_n's (its h_n is h_0)
+      const int64_t b = at / H, c = at % H;
+      const bool empty = a.lengths != nullptr && a.lengths[b] == 0;
+      a.grad_hx[at] = !empty ? strided_dot(H, a.dz_first + b * H, 1, a.w_hh + c, H)
+                             : a.dh_n != nullptr ? a.dh_n[at] : 0.0f;
+    } else if (falls_in(a.grad_w_ih, H * I)) {  // dW_ih[u, c] = sum_r dz[r, u] x[r, c]
+      a.grad_w_ih[at] = strided_dot(rows, a.dz + at / I, H, a.x + at % I, I);
+    } else if (falls_in(a.grad_w_hh, H * H)) {
+      // dW_hh[u, c] = sum_b dz_first[b, u] h_0[b, c] (with hx), then the sum over the processing
+      // steps after the first of dz_t[b, u] h_{t-1}[b, c], h_{t-1} the neighbouring output in
+      // processing order (zero past a sample's end, so those pairs add nothing).
+      const int64_t u = at / H, c = at % H;
+      const float first = a.hx != nullptr ? strided_dot(B, a.dz_first + u, H, a.hx + c, H) : 0.0f;
+      const int64_t dz_from = a.reverse ? 0 : B, h_from = a.reverse ? B : 0;
+      a.grad_w_hh[at] = strided_dot(rows - B, a.dz + dz_from * H + u, H, a.out + h_from * H + c, H, first);
+    } else {  // the biases' gradient: sum_r dz[r, u], in both rows
+      float sum = 0.0f;
+      for (int64_t r = 0; r < rows; ++r) sum += a.dz[r * H + at];
+      a.grad_bias[at] = sum;
+      a.grad_bias[H + at] = sum;
     }
-    if (a.grad_hx != nullptr) {
-      if (at < B * H) {  // h_0's gradient: dz_first[b] W_hh; an empty sample's is h_n's (h_n is h_0)
-        const int64_t b = at / H, c = at % H;
-        float sum = 0.0f;
-        if (a.lengths != nullptr && a.lengths[b] == 0) {
-          sum = a.dh_n != nullptr ? a.dh_n[at] : 0.0f;
-        } else {
-          for (int64_t u = 0; u < H; ++u) sum = fmaf(a.dz_first[b * H + u], a.w_hh[u * H + c], sum);
-        }
-        a.grad_hx[at] = sum;
-        continue;
-      }
-      at -= B * H;
-    }
-    if (a.grad_w_ih != nullptr) {
-      if (at < H * I) {  // dW_ih[u, c] = sum_r dz[r, u] x[r, c]
-        const int64_t u = at / I, c = at % I;
-        float sum = 0.0f;
-        for (int64_t r = 0; r < rows; ++r) sum = fmaf(a.dz[r * H + u], a.x[r * I + c], sum);
-        a.grad_w_ih[at] = sum;
-        continue;
-      }
-      at -= H * I;
-    }
-    if (a.grad_w_hh != nullptr) {
-      if (at < H * H) {
-        // dW_hh[u, c] = sum_b dz_first[b, u] h_0[b, c] (with hx) + the sum over the processing
-        // steps after the first of dz_t[b, u] h_{t-1}[b, c], h_{t-1} the neighbouring output in
-        // processing order (zero past a sample's end, so those pairs add nothing).
-        const int64_t u = at / H, c = at % H;
-        float sum = 0.0f;
-        if (a.hx != nullptr) {
-          for (int64_t b = 0; b < B; ++b) sum = fmaf(a.dz_first[b * H + u], a.hx[b * H + c], sum);
-        }
-        const int64_t dz_from = a.reverse ? 0 : B, h_from = a.reverse ? B : 0;
-        for (int64_t r = 0; r < rows - B; ++r) sum = fmaf(a.dz[(dz_from + r) * H + u], a.out[(h_from + r) * H + c], sum);
-        a.grad_w_hh[at] = sum;
-        continue;
-      }
-      at -= H * H;
-    }
-    // The biases' gradient: sum_r dz[r, u], in both rows.
-    const int64_t u = at;
-    float sum = 0.0f;
-    for (int64_t r = 0; r < rows; ++r) sum += a.dz[r * H + u];
-    a.grad_bias[u] = sum;
-    a.grad_bias[H + u] = sum;
   }
 }
 
