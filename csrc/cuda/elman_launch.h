@@ -88,6 +88,7 @@ static_assert(kTaggedWordsAtOnce == cost::kTaggedWordsAtOnce && kRecurrenceThrea
 // numbers are queried.
 constexpr int kPersistentKernelRegisters = 255;
 constexpr int kEpilogueKernelRegisters = 40;
+constexpr int kShortGradientKernelRegisters = 80;  // ptxas unrolls its dot loops: 80 on sm_80, 64 on sm_90
 
 #define RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, samples, path, passes)                                      \
   SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
@@ -191,7 +192,7 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
-SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kEpilogueKernelRegisters, short_gradients_kernel);
+SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kShortGradientKernelRegisters, short_gradients_kernel);
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
 #undef RNN_FUSED_RECURRENCE_ATTRIBUTES
 #define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
