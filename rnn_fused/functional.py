@@ -701,11 +701,21 @@ def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | Non
     """
     if lengths is None:
         return torch.nn.functional.dropout(layer_output, p, training=True)
-    steps = layer_output.shape[0]
-    valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
-    valid = valid.to(layer_output.device, non_blocking=True)
-    dropped = torch.nn.functional.dropout(layer_output[valid], p, training=True)  # [N,F]
-    return layer_output.new_zeros(layer_output.shape).masked_scatter(valid.unsqueeze(2), dropped)
+    steps, features = layer_output.shape[0], layer_output.shape[2]
+    positions = valid_positions(lengths, steps, layer_output.device)
+    flat = layer_output.reshape(-1, features)
+    dropped = torch.nn.functional.dropout(flat.index_select(0, positions), p, training=True)  # [N,F]
+    return flat.new_zeros(flat.shape).index_copy_(0, positions, dropped).view(layer_output.shape)
+
+
+def valid_positions(lengths: Tensor, steps: int, device: torch.device | str) -> Tensor:
+    """The rows of a flattened time-major batch [T*B,F] at steps t < lengths[b], in (step,
+    sample) order: int64 [N] on `device`. That is a PackedSequence's data order when the batch
+    is padded in its own order (packed_to_padded). From CPU lengths they are found on the host
+    and copied without waiting for the device, where indexing a GPU tensor by a boolean mask
+    reads the mask's count back (a host synchronisation per call)."""
+    valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T,B]
+    return valid.view(-1).nonzero().squeeze(1).to(device, non_blocking=True)
 
 
 def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -714,20 +724,20 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor,
     data [N,I] (N = sum of batch_sizes); batch_sizes int64 [T] on the CPU, non-increasing.
     Returns padded [T,B,I] with zeros past each sample's length, lengths int64 [B] on the CPU
     (the layers check CPU lengths on the host and copy them to the device without waiting for
-    it; device lengths would cost a host synchronisation per layer) and valid bool [T,B] on
-    data's device, B = batch_sizes[0].
+    it; device lengths would cost a host synchronisation per layer) and positions int64 [N] on
+    data's device (valid_positions: the padded rows that hold the packed data), B =
+    batch_sizes[0]. Two device operations (the zeros, one copy by index) and no
+    synchronisation: no mask is counted on the device.
     """
     steps = batch_sizes.numel()
     batch = int(batch_sizes[0])
-    # Packed data lists, step by step, samples 0..batch_sizes[t]-1: exactly the row-major
-    # order of the True entries of `valid`.
-    valid = torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)
-    lengths = valid.sum(0)
-    valid = valid.to(data.device, non_blocking=True)
-    padded = data.new_zeros(steps, batch, data.shape[1]).masked_scatter(valid.unsqueeze(2), data)
-    return padded, lengths, valid
+    # Sample b has a step t where b < batch_sizes[t].
+    lengths = (torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)).sum(0)
+    positions = valid_positions(lengths, steps, data.device)
+    padded = data.new_zeros(steps * batch, data.shape[1]).index_copy_(0, positions, data)
+    return padded.view(steps, batch, data.shape[1]), lengths, positions
 
 
-def padded_to_packed_data(padded: Tensor, valid: Tensor) -> Tensor:
-    """Inverse of packed_to_padded: padded [T,B,F] and valid [T,B] -> packed data [N,F]."""
-    return padded[valid]
+def padded_to_packed_data(padded: Tensor, positions: Tensor) -> Tensor:
+    """Inverse of packed_to_padded: padded [T,B,F] and its positions [N] -> packed data [N,F]."""
+    return padded.reshape(-1, padded.shape[-1]).index_select(0, positions)

@@ -418,9 +418,9 @@ class RNN(nn.Module):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(data, hx, batch_sizes)
         self._check_kernel_args(data, hx, packed=True)
-        padded, lengths, valid = functional.packed_to_padded(data, batch_sizes)
+        padded, lengths, positions = functional.packed_to_padded(data, batch_sizes)
         output, h_n = self._run(padded, hx, lengths, truncation, batch_order=unsorted_indices)
-        packed_output = PackedSequence(functional.padded_to_packed_data(output, valid),
+        packed_output = PackedSequence(functional.padded_to_packed_data(output, positions),
                                        batch_sizes, sorted_indices, unsorted_indices)
         return packed_output, self.permute_hidden(h_n, unsorted_indices)
 

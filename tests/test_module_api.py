@@ -295,10 +295,21 @@ def test_packed_input_lengths_stay_on_the_cpu():
     """A PackedSequence's lengths come from its CPU batch_sizes and stay there: the layers
     check CPU lengths on the host and copy them to the device without waiting for it, where
     lengths on the GPU would cost a host synchronisation per layer (a reduction read back).
-    The data (here on the meta device, standing in for a GPU) and the mask follow the input."""
-    from rnn_fused.functional import packed_to_padded
+    The data (here on the meta device, standing in for a GPU: it holds no values, so any
+    operation that reads one back fails there) goes to the padded batch and back, and through
+    the dropout between layers, by positions found on the host: no mask is counted on the
+    device (a boolean index would read its count back, a synchronisation per call)."""
+    from rnn_fused.functional import dropout_between_layers, packed_to_padded, padded_to_packed_data
 
     batch_sizes = torch.tensor([3, 2, 2, 1])
-    padded, lengths, valid = packed_to_padded(torch.randn(8, 4, device="meta"), batch_sizes)
+    data = torch.randn(8, 4)
+    padded, lengths, positions = packed_to_padded(data.to("meta"), batch_sizes)
     assert lengths.device.type == "cpu" and lengths.tolist() == [4, 3, 1]
-    assert padded.device.type == "meta" and padded.shape == (4, 3, 4) and valid.device.type == "meta"
+    assert padded.device.type == "meta" and padded.shape == (4, 3, 4) and positions.device.type == "meta"
+    assert padded_to_packed_data(padded, positions).shape == (8, 4)
+    assert dropout_between_layers(padded, 0.5, lengths).shape == (4, 3, 4)
+    # The same on the CPU, with values: the padded batch is nn.utils.rnn's, and back.
+    padded, _, positions = packed_to_padded(data, batch_sizes)
+    expected, _ = torch.nn.utils.rnn.pad_packed_sequence(torch.nn.utils.rnn.PackedSequence(data, batch_sizes))
+    assert torch.equal(padded, expected)
+    assert torch.equal(padded_to_packed_data(padded, positions), data)
