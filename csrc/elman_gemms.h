@@ -69,14 +69,6 @@ inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at:
   }
 }
 
-// Zeroes out [T,B,H] at steps t >= lengths[b] (lengths int64 [B] on out's device).
-inline void zero_past_lengths(at::Tensor& out, const std::optional<at::Tensor>& lengths) {
-  if (!lengths.has_value()) return;
-  const at::Tensor steps = at::arange(out.size(0), lengths->options());
-  const at::Tensor past_end = steps.unsqueeze(1).ge(lengths->unsqueeze(0));  // [T,B]
-  out.masked_fill_(past_end.unsqueeze(2), 0);
-}
-
 // Widest H at which the CPU backend takes the batched products below: there one BLAS call per
 // chunk (K = steps_per_chunk * B, an H x H result) splits a small product over the threads,
 // where the batched call gives each thread whole chunks. Measured on the 2-core development

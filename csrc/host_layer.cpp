@@ -343,12 +343,7 @@ std::tuple<at::Tensor, at::Tensor> run_stack_forward(const std::vector<LayerForw
                                            .h0 = initial.empty() ? at::Tensor() : at::stack(initial),
                                            .dropout_masks = dropout_masks.defined() ? dropout_masks.contiguous()
                                                                                     : at::Tensor()});
-  if (first.valid_lengths.on_device.has_value()) {
-    const at::Tensor& lengths = *first.valid_lengths.on_device;
-    const at::Tensor past_end = at::arange(T, lengths.options()).unsqueeze(1).ge(lengths.unsqueeze(0));  // [T,B]
-    out.masked_fill_(past_end.view({1, T, B, 1}), 0);
-  }
-  return {out, h_n};
+  return {out, h_n};  // (zero past each sample's length: the kernels write every entry)
 }
 
 std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& calls, const at::Tensor& grad_output,
@@ -377,14 +372,15 @@ std::vector<at::Tensor> run_stack_backward(const std::vector<LayerForwardCall>& 
   const at::Tensor masks = dropout_masks.defined() ? dropout_masks.contiguous() : at::Tensor();
   const c10::OptionalDeviceGuard guard(first.input.device());
   const at::TensorOptions options = first.input.options();
-  // The recurrences write dz at every valid step: without lengths that is every entry.
-  at::Tensor dz = first.lengths.has_value() ? at::zeros({L, T, B, H}, options) : at::empty({L, T, B, H}, options);
+  // The recurrences write every entry of dz and of the norms (zero past a sample's length): no
+  // clearing (on a GPU, a memset per call), but where no kernel runs.
+  at::Tensor dz = at::empty({L, T, B, H}, options);
   at::Tensor dz_first = at::empty({L, B, H}, options);
-  // ||g_t||^2 per layer, written at valid steps (every entry where every step is valid).
+  // ||g_t||^2 per layer.
   at::Tensor step_sq;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
-    step_sq = first.lengths.has_value() || s.empty() ? at::zeros({L, T, B}, f64) : at::empty({L, T, B}, f64);
+    step_sq = s.empty() ? at::zeros({L, T, B}, f64) : at::empty({L, T, B}, f64);
   }
   const at::Tensor out = outputs.contiguous();
   // The stack kernels read dh_n unconditionally (a null test there cost their block kernels up
@@ -454,10 +450,11 @@ PreparedBackward prepare_backward(const LayerBackwardCall& call, const Recurrenc
   BackwardOperands operands = backward_operands(compute_dtype(f.input.scalar_type()), f.input, f.weight_ih,
                                                 f.weight_hh, call.output, call.grad_output, call.grad_h_n);
   const at::TensorOptions options = operands.out.options();
-  // The recurrences write dz and the step norms at every valid step: without lengths that is
-  // every entry, and the buffers need no clearing (on a GPU, a [T,B,H] memset per call).
+  // The recurrences write every entry of dz and of the step norms (zero past a sample's
+  // length): the buffers need no clearing (on a GPU, a [T,B,H] memset per call), but where no
+  // recurrence runs (an empty shape).
   const auto buffer = [&](at::IntArrayRef sizes) {
-    return f.lengths.has_value() ? at::zeros(sizes, options) : at::empty(sizes, options);
+    return s.empty() ? at::zeros(sizes, options) : at::empty(sizes, options);
   };
   return PreparedBackward{.call = call,
                           .backend = backend,

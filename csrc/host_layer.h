@@ -63,10 +63,10 @@ struct ForwardRecurrence {
 struct BackwardRecurrence {
   const LayerBackwardCall& call;
   const BackwardOperands& operands;  // input, w_ih, w_hh, saved out, dy, dh_n
-  at::Tensor dz;                     // [T,B,H] out: dL/dz_t written at every valid step; zero
-                                     // on entry where lengths were given (else uninitialised)
-  at::Tensor step_norms;             // [T,B] out: ||g_t|| at valid steps, entered like dz; empty
-                                     // [0] unless the call records norms
+  at::Tensor dz;                     // [T,B,H] out (uninitialised on entry): dL/dz_t at valid
+                                     // steps, zero past each sample's length: every entry written
+  at::Tensor step_norms;             // [T,B] out, written like dz: ||g_t|| at valid steps, zero
+                                     // past the end; empty [0] unless the call records norms
   at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };
 
@@ -87,7 +87,7 @@ struct ForwardStack {
   at::Tensor w_stacked;  // [L,2H,H] read: per layer its W_hh, then the next layer's W_ih (the top: unused rows)
   at::Tensor bias_next;  // [L,H] read: the next layer's b_ih + b_hh (row L-1 unused); undefined: no biases
   at::Tensor out;        // [L,T,B,H] in: out[0] = layer 0's XW_t + b_ih + b_hh; out: every layer's h_t at
-                         // valid steps (the host zeroes the rest)
+                         // valid steps, zero past each sample's length (every entry written)
   at::Tensor h0;         // [L,B,H] read: the initial states; undefined: zeros
   at::Tensor dropout_masks;  // [L-1,T,B,H] read: each element's scale in the next layer's input
                              // (0 or 1 / (1 - p)); undefined: no dropout between layers
@@ -101,10 +101,10 @@ struct BackwardStack {
   at::Tensor dy;         // [T,B,H] read: the gradient of the top layer's output
   at::Tensor dh_n;       // [L,B,H] read
   at::Tensor out;        // [L,T,B,H] read: every layer's saved h_t
-  at::Tensor dz;         // [L,T,B,H] written at valid steps (zero on entry where lengths were given)
+  at::Tensor dz;         // [L,T,B,H] written: dz_t at valid steps, zero past each sample's length
   at::Tensor dz_first;   // [L,B,H] written: dz at each sample's step 0 (zero for an empty sample)
   at::Tensor dropout_masks;  // [L-1,T,B,H] read, as ForwardStack's; undefined: none
-  at::Tensor step_sq;        // [L,T,B] float64 written: ||g_t||^2 at valid steps; undefined: no norms
+  at::Tensor step_sq;        // [L,T,B] float64 written: ||g_t||^2 at valid steps, zero past the end; undefined: no norms
 };
 
 // Whether a backend runs such a stack for a shape, and what the cost model predicts for it and

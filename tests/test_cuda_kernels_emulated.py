@@ -1035,24 +1035,32 @@ def uninitialized_memory_is_nan():
         torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
-@pytest.mark.parametrize("backend,path", [("cpu", None), *[("emulated", p) for p in EMULATED_PATHS]])
+@pytest.mark.parametrize("backend,path", [("cpu", None), *[("emulated", p) for p in EMULATED_PATHS],
+                                          ("emulated", "lane-rows")])
 @pytest.mark.parametrize("lengths", [None, [4, 1, 0]], ids=["all-steps", "lengths"])
 @pytest.mark.parametrize("hx", [False, True], ids=["no-hx", "hx"])
-def test_buffers_left_uncleared_are_written_everywhere(backend, path, lengths, hx):
-    """Without hx no initial state is materialised, and without lengths dz and the step norms
-    are not cleared before the recurrences write them: every entry must be written. The same
-    calls with every new buffer full of NaN give bitwise the results of an ordinary run."""
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_buffers_left_uncleared_are_written_everywhere(backend, path, lengths, hx, reverse):
+    """Without hx no initial state is materialised, and neither the output nor dz nor the step
+    norms are cleared before the recurrences write them, lengths or not (the kernels write zero
+    past each sample's length): every entry must be written. The same calls with every new
+    buffer full of NaN give bitwise the results of an ordinary run. "lane-rows": the block
+    path's lane-row step (forced_tiling(lane_rows_step=True))."""
     args = layer_args(4, 3, 2, 9, dtype=torch.float32, hx=hx)
     length_tensor = None if lengths is None else torch.tensor(lengths)
     g = torch.Generator().manual_seed(5)
     grad_output, grad_h_n = torch.randn(4, 3, 9, generator=g), torch.randn(3, 9, generator=g)
-    forward_args = (*args, length_tensor, "tanh", False)
-    kwargs = dict(backend=backend, path=path)
+    forward_args = (*args, length_tensor, "tanh", reverse)
+    lane_rows = path == "lane-rows"
+    kwargs = dict(backend=backend, path="block" if lane_rows else path)
 
     def run():
-        out, h_n = OPS.rnn_layer_forward(*forward_args, **kwargs)
-        grads = OPS.rnn_layer_backward(grad_output, grad_h_n, out, [True, hx, True, True, True], True,
-                                       *forward_args, **kwargs)
+        with launch_plan.forced_tiling(lane_rows_step=lane_rows), simt.recording_launches() as launches:
+            out, h_n = OPS.rnn_layer_forward(*forward_args, **kwargs)
+            grads = OPS.rnn_layer_backward(grad_output, grad_h_n, out, [True, hx, True, True, True], True,
+                                           *forward_args, **kwargs)
+        assert not lane_rows or ("forward_lane_rows_kernel" in launches[0]
+                                 and "backward_lane_rows_kernel" in launches[1]), launches
         return [out, h_n, *grads]
 
     with simt.emulated_device(**SMALL_GPU):
@@ -1067,7 +1075,8 @@ def test_buffers_left_uncleared_are_written_everywhere(backend, path, lengths, h
 
 # ATen ops that do device work (each a kernel launch or memset on a GPU).
 _WORK_OPS = {"aten::fill_", "aten::zero_", "aten::copy_", "aten::add", "aten::add_", "aten::addmm", "aten::mm",
-             "aten::bmm", "aten::sum", "aten::where", "aten::masked_fill_", "aten::mul", "aten::sqrt_"}
+             "aten::bmm", "aten::sum", "aten::where", "aten::masked_fill_", "aten::masked_fill", "aten::mul",
+             "aten::sqrt_", "aten::arange", "aten::ge", "aten::lt", "aten::eq"}
 
 
 def _device_work(call) -> collections.Counter:
@@ -1087,18 +1096,20 @@ def _device_work(call) -> collections.Counter:
 
 
 @pytest.mark.parametrize("path", ["block", "grid"])
-def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path):
+@pytest.mark.parametrize("lengths", [None, [5, 2]], ids=["all-steps", "lengths"])
+def test_host_issues_only_the_layer_gemms_beside_the_recurrence(path, lengths):
     """At small sizes a GPU waits for the host, and each ATen call is a launch. The emulated
     backend runs the CUDA backend's host code, so its ATen calls are the GPU's launches: with
-    no hx and no lengths the forward issues the bias sum and the input projection (none on the
+    no hx the forward issues the bias sum and the input projection (none on the
     block path, whose kernel projects so short an input itself); the backward no ATen work at
     all: its recurrence kernel, then the gradients kernel (short_gradients_kernel: 10 rows),
     and with the gradients on the host (forced_tiling(gradients_on_host=True)) dX, dW_ih, dW_hh
     (a sum of 8 rows: one product) and the bias gradient instead. No state, dz or W_hh^T is
     materialised, and the grid path's exchange buffer is not cleared (its kernels stage the
-    first state from h0, or zeros, themselves)."""
+    first state from h0, or zeros, themselves). Lengths add nothing: the kernels write zero past
+    each sample's length, so neither the output nor dz is cleared or masked by the host."""
     args = layer_args(5, 2, 3, 8, dtype=torch.float32, hx=False)
-    forward_args = (*args, None, "tanh", False)
+    forward_args = (*args, None if lengths is None else torch.tensor(lengths), "tanh", False)
     kwargs = dict(backend="emulated", path=path)
     grad_output, grad_h_n = torch.ones(5, 2, 8), torch.ones(2, 8)
     with simt.emulated_device(**SMALL_GPU):

@@ -782,24 +782,26 @@ def test_without_a_graph_the_output_keeps_no_other_layer_alive():
         assert out.untyped_storage().nbytes() == 3 * out.numel() * out.element_size()
 
 
+@pytest.mark.parametrize("hidden", [9, 129], ids=["block", "cluster"])
 @pytest.mark.parametrize("lengths", [None, [4, 1, 0]], ids=["all-steps", "lengths"])
 @pytest.mark.parametrize("hx", [False, True], ids=["no-hx", "hx"])
-def test_stack_buffers_left_uncleared_are_written_everywhere(lengths, hx):
-    """The stack's outputs and, without lengths, its dz are not cleared before the kernels
-    write them: with every new buffer full of NaN the forward and backward give bitwise the
-    results of an ordinary run."""
+def test_stack_buffers_left_uncleared_are_written_everywhere(lengths, hx, hidden):
+    """The stack's outputs, its dz and its step norms are not cleared before the kernels write
+    them, lengths or not (zero past each sample's length): with every new buffer full of NaN
+    the forward and the backward (norms recorded) give bitwise the results of an ordinary run,
+    on the block path's stack and the cluster path's (H = 129)."""
     from test_cuda_kernels_emulated import uninitialized_memory_is_nan
 
-    x, h0, groups = stack_inputs(4, 3, 2, 9, 3, hx=hx, seed=6)
+    x, h0, groups = stack_inputs(4, 3, 2, hidden, 3, hx=hx, seed=6)
     flat = [w.float() for group in groups for w in group]
     h32 = None if h0 is None else h0.float()
     length_tensor = None if lengths is None else torch.tensor(lengths)
-    grad_output, grad_h_n = (c.float() for c in cotangents_for(4, 3, 9, 3, seed=7))
+    grad_output, grad_h_n = (c.float() for c in cotangents_for(4, 3, hidden, 3, seed=7))
 
     def run():
         outputs, h_n = OPS.rnn_stack_forward(x.float(), h32, flat, True, length_tensor, "tanh", "emulated")
         grads = OPS.rnn_stack_backward(grad_output, grad_h_n, outputs, [True] * 15, x.float(), h32, flat, True,
-                                       length_tensor, backend="emulated")
+                                       length_tensor, backend="emulated", record_norms=True)
         return [outputs, h_n, *[g for g in grads if g.numel()]]
 
     with simt.emulated_device(**STACK_GPU):

@@ -169,6 +169,13 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
       }
     }
   });
+  // Steps past a sample's length: dz and the norm zero (every entry written: no buffer is cleared first).
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = len.values[b]; t < shape.steps; ++t) {
+      std::fill_n(dz + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
+      if (record) step_norms[t * B + b] = scalar_t(0);
+    }
+  }
 }
 
 // The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.

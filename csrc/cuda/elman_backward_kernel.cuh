@@ -20,8 +20,7 @@
 //   dy       [T,B,H]  read: gradient of the output
 //   dh_n     [B,H]    read: gradient of h_n; null: h_n was not used (zero)
 //   out      [T,B,H]  read: saved h_t
-//   dz       [T,B,H]  written at each sample's valid steps (the host zeroes it first only when
-//                     some steps are not valid: lengths given)
+//   dz       [T,B,H]  written: dz_t at each sample's valid steps, zero at steps t >= lengths[b]
 //   dz_first [B,H]    written: dz at each sample's processing step 0 (zero for an empty sample)
 //   exchange [2,B,H]  Grid and Stepwise paths: dz at each step (by parity); else null.
 //                     Stepwise: slot T % 2 (dz after the last step) zero on entry; Grid:
@@ -30,7 +29,7 @@
 //   truncation        the edge scales' parameters (TruncationParams)
 //   drawn_scales [T,B] randomized truncation's edge scales c_s (processing step s, sample b),
 //                     drawn before the launch by edge_scale_table_kernel; null without it
-//   step_sq  [T,B]    float64: ||g_t||^2 written at each sample's valid steps (zeroed first as dz is); or null
+//   step_sq  [T,B]    float64 written: ||g_t||^2 at each sample's valid steps, zero past its end; or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
 //   step_flags [CTAs] unsigned: Grid path with StepSync::FlagBarrier, or with the tagged exchange
@@ -126,7 +125,10 @@ template <typename scalar_t>
 SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling, int64_t b,
                                  int64_t s) {
   const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-  if (s >= length) return;
+  if (s >= length) {
+    a.step_sq[s * a.shape.batch + b] = 0.0;  // (time s is past the sample's end)
+    return;
+  }
   const double* partials = a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group;
   double sum = 0.0;
   for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += simt::load_cross_block(partials + r);
@@ -160,7 +162,8 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
     }
   } else {
     const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-    if (s < length) a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = cta_sum;
+    // (time s past the sample's end: zero)
+    a.step_sq[(s < length ? step_time(s, length, a.reverse) : s) * a.shape.batch + b] = s < length ? cta_sum : 0.0;
   }
 }
 
@@ -183,7 +186,10 @@ SIMT_DEVICE void finish_cluster_norms(const BackwardRecurrenceArgs<scalar_t>& a,
   const int64_t b = place.sample_begin + j;
   if (place.rank != 0 || j >= kSamples || b >= a.shape.batch) return;
   const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-  if (finished >= length) return;
+  if (finished >= length) {
+    a.step_sq[finished * a.shape.batch + b] = 0.0;  // (time `finished` is past the sample's end)
+    return;
+  }
   double sum = 0.0;
   for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += cta_sums[((finished % 3) * tiling.ctas_per_group + r) * kSamples + j];
   a.step_sq[step_time(finished, length, a.reverse) * a.shape.batch + b] = sum;
@@ -392,6 +398,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             } else {
               a.dz[at] = d;
             }
+          } else {
+            a.dz[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
           }
           publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H, d);
           if (s == 0) a.dz_first[b * H + u] = d;
@@ -499,8 +507,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   dy        [T,B,H]  read: the gradient of the top layer's output
 //   dh_n      [L,B,H]  read: the gradients of the final states (never null: zeros where unused)
 //   out       [L,T,B,H] read: every layer's saved h_t
-//   dz        [L,T,B,H] written at each sample's valid steps (the host zeroes it first where
-//                     lengths were given)
+//   dz        [L,T,B,H] written: each layer's dz_t at each sample's valid steps, zero past its end
 //   dz_first  [L,B,H]  written: dz at each sample's step 0 (zero for an empty sample)
 //   dy_tagged [L-1,T,B,H] words: slot l holds layer l's dy_t in tagged words, stored by layer
 //                     l + 1's CTAs at valid steps; zero on entry
@@ -509,8 +516,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   drawn_scales [L,T,B] randomized truncation's edge scales of each layer (edge_scale_table_kernel
 //                     with `layers` L), or null without it
 //   dropout_masks [L-1,T,B,H] read: as for forward_stack_kernel, or null
-//   step_sq   [L,T,B]  float64: ||g_t||^2 of each layer written at each sample's valid steps (the
-//                     host zeroes it first where lengths were given), or null: no norms
+//   step_sq   [L,T,B]  float64 written: ||g_t||^2 of each layer at each sample's valid steps, zero
+//                     past its end; or null: no norms
 struct BackwardStackArgs {
   const float* w_stacked;
   const float* dy;
@@ -652,6 +659,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz[at] = d;
+        } else {
+          dz[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
         }
         publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
         if (s == 0) dz_first[b * H + u] = d;
@@ -673,8 +682,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         lane.move(-1);
         __syncthreads();
         const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
-        if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
-          a.step_sq[(layer * T + s) * B + b] = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
+        if (norms && j < kSamples && b < B) {  // (zero past the sample's end)
+          a.step_sq[(layer * T + s) * B + b] = s < sample_length(a.lengths, b, B, T)
+                                                   ? cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j)
+                                                   : 0.0;
         }
       }
     }
@@ -749,9 +760,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // The first CTA's norm of the layer's step `done` (wavefront step), from its CTAs' sums. Threads j < S.
   auto finish_norms = [&](int64_t done) {
     const int64_t j = threadIdx.x, b = cta.place.sample_begin + j, t = T - 1 - done + delay;
-    if (at.layer_rank != 0 || j >= kSamples || b >= B || t < 0 || t >= sample_length(a.lengths, b, B, T)) return;
-    double sum = 0.0;
-    for (int64_t r = 0; r < per_layer; ++r) sum += cta_sums[((done % 3) * per_layer + r) * kSamples + j];
+    if (at.layer_rank != 0 || j >= kSamples || b >= B || t < 0 || t >= T) return;
+    double sum = 0.0;  // (zero past the sample's end)
+    if (t < sample_length(a.lengths, b, B, T)) {
+      for (int64_t r = 0; r < per_layer; ++r) sum += cta_sums[((done % 3) * per_layer + r) * kSamples + j];
+    }
     a.step_sq[(layer * T + t) * B + b] = sum;
   };
   barrier.start();
@@ -811,6 +824,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz_out[batch][k] = d;
+        } else {
+          dz[time_major_offset(t, b, u, B, H)] = 0.0f;  // (time t is past the sample's end)
         }
         own_next[j * half + u] = d;
         if (t == 0) dz_first[b * H + u] = d;
@@ -893,11 +908,17 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
       g_sq += static_cast<double>(g) * static_cast<double>(g);
       d = g * slope_runtime(a.activation, a.out[at]);
       a.dz[at] = d;
+    } else {
+      a.dz[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
     }
     dz_now[b * H + u] = d;
     if (s == 0) a.dz_first[b * H + u] = d;
   }
-  if (a.step_sq == nullptr || s >= length) return;  // uniform over the CTA
+  if (a.step_sq == nullptr) return;  // uniform over the CTA
+  if (s >= length) {
+    if (threadIdx.x == 0) a.step_sq[s * B + b] = 0.0;  // (time s is past the sample's end)
+    return;
+  }
   for (int offset = kWarp / 2; offset > 0; offset /= 2) g_sq += __shfl_xor_sync(kFullMask, g_sq, offset);
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   if (threadIdx.x % kWarp == 0) warp_sums[warp] = g_sq;

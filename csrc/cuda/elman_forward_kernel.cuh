@@ -17,8 +17,7 @@
 // Arguments (ForwardRecurrenceArgs, all contiguous, compute dtype scalar_t):
 //   w_hh     [H,H]    read: recurrent weight (row u produces unit u)
 //   out      [T,B,H]  in: XW_t + b_ih + b_hh at every step (where x is null); out: h_t at each
-//                     sample's valid steps (steps t >= lengths[b] are left as they are; the
-//                     host zeroes them)
+//                     sample's valid steps, zero at steps t >= lengths[b] (every entry written)
 //   x        [T,B,I]  read: the layer's input, where the kernel projects it itself (Block path,
 //                     project_input: out's contents on entry unused); else null
 //   w_ih     [H,I]    read with x: the input weight (else null)
@@ -36,7 +35,8 @@
 //                     tag s + 1 in slot (s + 1) % 2 (uninitialised, zeroed by the kernel; exchange
 //                     is then null); else null
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
-// a sample with lengths[b] <= s is frozen: its state carries over, nothing is written to out.
+// a sample with lengths[b] <= s is frozen: its state carries over, and out at time s (past the
+// sample's end) is written zero, so that every entry of out is written.
 #pragma once
 
 #include "cuda/recurrence_paths.cuh"
@@ -180,6 +180,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             }
           } else {
             h = current[j * R + u];  // frozen: the state carries over
+            a.out[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
           }
           publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H, h);
           if (s == T - 1) a.h_n[b * H + u] = h;
@@ -235,8 +236,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //                     second half: rows whose dot products are dropped)
 //   bias_next [L,H]    read: the next layer's b_ih + b_hh (row L-1 unused); null: no biases
 //   out       [L,T,B,H] out[0] in: layer 0's XW_t + b_ih + b_hh; out[l]: h_t of layer l at each
-//                     sample's valid steps (the other positions are left as they are: the host
-//                     zeroes them)
+//                     sample's valid steps, zero at steps t >= lengths[b] (every entry written)
 //   xw_tagged [L-1,T,B,H] words: slot l - 1 holds layer l's XW_t + b_ih + b_hh in tagged words,
 //                     stored by layer l - 1's CTAs at valid steps; zero on entry
 //   h0        [L,B,H] read: the initial states; null for zeros
@@ -361,6 +361,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (masks != nullptr) masked_next[j * R + u] = h * mask[batch][k];
       } else {
         h = current[j * R + u];  // frozen: the state carries over (its projections are dropped)
+        out[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
       }
       publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, h);
       if (s == T - 1) h_n[b * H + u] = h;
@@ -461,6 +462,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       } else {
         h = current[j * R + half + u];  // frozen: the state carries over (the next layer is frozen too)
         masked[batch][k] = h;
+        if (t < T) out[time_major_offset(t, b, u, B, H)] = 0.0f;  // (time t is past the sample's end)
       }
       next[j * R + half + u] = h;
       if (t == T - 1) h_n[b * H + u] = h;
@@ -504,6 +506,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
       a.out[at] = h;
     } else {
       h = h_prev[i];
+      a.out[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
     }
     h_next[i] = h;
     if (s == T - 1) a.h_n[i] = h;

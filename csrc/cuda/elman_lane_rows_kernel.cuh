@@ -210,6 +210,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
             a.out[lane.at[k]] = h;
           } else {
             h = current[k * kRow + u];  // frozen: the state carries over
+            a.out[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
           }
           next[k * kRow + u] = h;
           if (s == T - 1) a.h_n[b * H + u] = h;
@@ -299,6 +300,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
             if constexpr (kNorms) g_sq[k] = static_cast<double>(g) * static_cast<double>(g);
             d = g * slope_runtime(a.activation, h[slot][k]);
             a.dz[lane.at[k]] = d;
+          } else {
+            a.dz[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
           }
           now[k * kRow + u] = d;
           if (s == 0) a.dz_first[b * H + u] = d;
@@ -337,11 +340,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
         const int k = static_cast<int>(threadIdx.x);
         if (k < kSamples && first + k < B) {
           const int64_t length = sample_length(a.lengths, first + k, B, T);
+          double sum = 0.0;  // (time s past the sample's end: zero)
           if (s < length) {
-            double sum = 0.0;
             for (int w = 0; w < warps; ++w) sum += warp_sums[((s % 2) * kLaneRowsMaxWarps + w) * kSamples + k];
-            a.step_sq[step_time(s, length, a.reverse) * B + first + k] = sum;
           }
+          a.step_sq[(s < length ? step_time(s, length, a.reverse) : s) * B + first + k] = sum;
         }
       }
       clock.lap(kBarrierPhase);

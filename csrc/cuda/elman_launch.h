@@ -1083,9 +1083,7 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
   } else {
     launch_persistent<scalar_t>(plan, false, args);
   }
-  at::Tensor out = r.out;
-  zero_past_lengths(out, call.valid_lengths.on_device);
-  return h_n;
+  return h_n;  // (out is zero past each sample's length: the kernels write every entry)
 }
 
 // The backward recurrence of the host layer (host_layer.h) on the launch shape `plan`; returns
@@ -1106,8 +1104,8 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   at::Tensor step_sq, norm_partials;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
-    // Every entry is written where every step is valid.
-    step_sq = call.lengths.has_value() ? at::zeros({T, B}, f64) : at::empty({T, B}, f64);
+    // Every entry is written (zero past a sample's length).
+    step_sq = at::empty({T, B}, f64);
     if (plan.path == RecurrencePath::Grid) norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
   }
   const at::Tensor drawn = drawn_edge_scales<scalar_t>(call.options.truncation, T, B, 1, options);

@@ -159,6 +159,11 @@ def forward_fn(module, x):
     return run
 
 
+def output_tensor(output):
+    """A module's output as one tensor: a PackedSequence's data [N, D*H], else itself."""
+    return output.data if isinstance(output, torch.nn.utils.rnn.PackedSequence) else output
+
+
 def forward_backward_fn(module, x, grad_out):
     params = list(module.parameters())
 
@@ -166,7 +171,7 @@ def forward_backward_fn(module, x, grad_out):
         for p in params:
             p.grad = None
         out, _ = module(x)
-        torch.autograd.backward(out, grad_out)
+        torch.autograd.backward(output_tensor(out), grad_out)
     return run
 
 

@@ -50,7 +50,7 @@ from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNC
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
-                        gemm_rate, median_seconds, paired_median_seconds)
+                        gemm_rate, median_seconds, output_tensor, paired_median_seconds)
 from .bptt_benchmark import OverheadRow, format_overhead, overhead_rows
 from .command_output import output_directory, write_json, write_text
 
@@ -68,6 +68,7 @@ class Shape:
     dtype: str = "float32"
     long: bool = False  # few repeats and no float64 reference (a long sequence)
     stack: bool | None = None  # RNN.stack forced (True: the layers in one launch each way), or None: the planner's
+    packed: bool = False  # the input a PackedSequence of lengths from T down to about T / 4 (packed_lengths)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -85,7 +86,16 @@ class Shape:
             text += ", bidirectional"
         if self.stack is not None:
             text += ", stack forced" if self.stack else ", one by one forced"
+        if self.packed:
+            text += ", packed"
         return text if self.dtype == "float32" else f"{_short_dtype(self.dtype)}: {text}"
+
+
+def packed_lengths(steps: int, batch: int) -> list[int]:
+    """A packed row's sample lengths: from T down to about T / 4, evenly, in decreasing order
+    (what pack_padded_sequence's enforce_sorted asks)."""
+    shortest = max(1, steps // 4)
+    return [steps - (b * (steps - shortest)) // max(batch - 1, 1) for b in range(batch)]
 
 
 def _short_dtype(name: str) -> str:
@@ -117,6 +127,9 @@ FACTS_SHAPES = [
 # Then corners no row had touched (added 2026-12-04, not yet run): a long sequence of a tiny layer
 # (cuDNN's persistent kernel at its fastest step against ours), a batch of 512 at H = 32, a short
 # sequence at an H past 256 that is no multiple of 128, and one bidirectional layer at H = 128.
+# Then (added 2026-12-05, not yet run) what a user's training loop often feeds: packed batches of
+# uneven lengths (one layer, and two short layers), and a short bidirectional model, whose host
+# time per call decides.
 ODD_SHAPES = [
     Shape(777, 3, 97, 333), Shape(64, 5, 1, 1000), Shape(300, 7, 50, 129, layers=3),
     Shape(257, 33, 40, 200, layers=2, bidirectional=True), Shape(1, 1, 16, 32), Shape(11, 3, 20, 48, layers=2),
@@ -124,6 +137,8 @@ ODD_SHAPES = [
     Shape(1000, 8, 256, 256, layers=2), Shape(500, 256, 128, 256),
     Shape(5000, 1, 8, 16), Shape(200, 512, 32, 32), Shape(50, 16, 64, 384),
     Shape(400, 16, 64, 128, bidirectional=True),
+    Shape(200, 16, 64, 128, packed=True), Shape(50, 8, 32, 64, layers=2, packed=True),
+    Shape(11, 3, 20, 48, layers=2, bidirectional=True),
 ]
 # cuDNN refuses this one (CUDNN_STATUS_NOT_SUPPORTED on an H200; docs/long_sequences.md).
 LONG_SHAPE = Shape(100_000, 4, 256, 256, long=True)
@@ -140,7 +155,7 @@ GPU_QUICK_PATH_SHAPES = [Shape(1000, 8, 256, 256), Shape(777, 3, 97, 333)]
 # The CPU rehearsal: every kind of row, at sizes the emulator runs in seconds.
 EMULATED_SHAPES = [Shape(6, 2, 3, 5), Shape(5, 3, 2, 9, layers=2, bidirectional=True),
                    Shape(30, 1, 3, 5, layers=2), Shape(20, 1, 3, 5, layers=2, stack=True),
-                   Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True)]
+                   Shape(4, 2, 3, 7, dtype="bfloat16"), Shape(40, 2, 3, 4, long=True), Shape(6, 3, 3, 5, packed=True)]
 EMULATED_PATH_SHAPES = [Shape(5, 3, 4, 9), Shape(4, 2, 3, 33)]
 
 
@@ -564,6 +579,10 @@ def build_modules(shape: Shape, target: Target, seed: int = 0):
     x = torch.randn(shape.steps, shape.batch, shape.input_size, device=target.device, dtype=shape.torch_dtype)
     grad_out = torch.randn(shape.steps, shape.batch, directions * shape.hidden, device=target.device,
                            dtype=shape.torch_dtype)
+    if shape.packed:  # the packed batch, and the gradient of the packed output's data [N, D*H]
+        lengths = packed_lengths(shape.steps, shape.batch)
+        x = nn.utils.rnn.pack_padded_sequence(x, lengths)
+        grad_out = nn.utils.rnn.pack_padded_sequence(grad_out, lengths).data
     return stock, ours, x, grad_out
 
 
@@ -594,8 +613,10 @@ def module_results(module: nn.Module, x: Tensor, grad_out: Tensor, dtype: torch.
     """[output, h_n, grad of x, grads of every parameter] of `module` run in dtype
     (module_result_names names them)."""
     module = copy.deepcopy(module).to(dtype)
-    leaf = x.detach().to(dtype).requires_grad_()
-    out, h_n = module(leaf)
+    packed = isinstance(x, nn.utils.rnn.PackedSequence)
+    leaf = (x.data if packed else x).detach().to(dtype).requires_grad_()
+    out, h_n = module(x._replace(data=leaf) if packed else leaf)
+    out = output_tensor(out)
     grad_h_n = torch.ones_like(h_n)
     params = list(module.parameters())
     grads = torch.autograd.grad((out, h_n), [leaf, *params], (grad_out.to(dtype), grad_h_n))
@@ -815,7 +836,8 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                                         min_repeats=timing.min_repeats, min_seconds=0)
         # The backward alone, through one retained forward's graph (not forward+backward minus
         # forward: the difference of two noisy medians).
-        backward_s = median_seconds(backward_fn(lambda: ours(x)[0], ours.parameters(), grad_out), device=target.device,
+        backward_s = median_seconds(backward_fn(lambda: output_tensor(ours(x)[0]), ours.parameters(), grad_out),
+                                    device=target.device,
                                     min_repeats=timing.min_repeats, min_seconds=0)
         row.ours_bwd_ms = backward_s * 1e3
         row.measured_fwd_us_per_step = per_step_us(seconds["fwd"], forward_gemms, shape.steps)
