@@ -125,10 +125,7 @@ template <typename scalar_t>
 SIMT_DEVICE void write_step_norm(const BackwardRecurrenceArgs<scalar_t>& a, const RecurrenceTiling& tiling, int64_t b,
                                  int64_t s) {
   const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-  if (s >= length) {
-    a.step_sq[s * a.shape.batch + b] = 0.0;  // (time s is past the sample's end)
-    return;
-  }
+  if (s >= length) return;
   const double* partials = a.norm_partials + ((s % 3) * a.shape.batch + b) * tiling.ctas_per_group;
   double sum = 0.0;
   for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += simt::load_cross_block(partials + r);
@@ -162,8 +159,7 @@ SIMT_DEVICE void store_cta_norms(const BackwardRecurrenceArgs<scalar_t>& a, cons
     }
   } else {
     const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-    // (time s past the sample's end: zero)
-    a.step_sq[(s < length ? step_time(s, length, a.reverse) : s) * a.shape.batch + b] = s < length ? cta_sum : 0.0;
+    if (s < length) a.step_sq[step_time(s, length, a.reverse) * a.shape.batch + b] = cta_sum;
   }
 }
 
@@ -186,10 +182,7 @@ SIMT_DEVICE void finish_cluster_norms(const BackwardRecurrenceArgs<scalar_t>& a,
   const int64_t b = place.sample_begin + j;
   if (place.rank != 0 || j >= kSamples || b >= a.shape.batch) return;
   const int64_t length = sample_length(a.lengths, b, a.shape.batch, a.shape.steps);
-  if (finished >= length) {
-    a.step_sq[finished * a.shape.batch + b] = 0.0;  // (time `finished` is past the sample's end)
-    return;
-  }
+  if (finished >= length) return;
   double sum = 0.0;
   for (int64_t r = 0; r < tiling.ctas_per_group; ++r) sum += cta_sums[((finished % 3) * tiling.ctas_per_group + r) * kSamples + j];
   a.step_sq[step_time(finished, length, a.reverse) * a.shape.batch + b] = sum;
@@ -289,6 +282,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   for (int64_t i = threadIdx.x; i < state_buffers(kPath, tiling.chunks) * kSamples * cta.row; i += blockDim.x) {
     cta.states[i] = scalar_t(0);
   }
+  // dz, and the norms by each group's first CTA, zero past each sample's end (before the steps,
+  // which write only valid ones).
+  const int64_t group_end = place.sample_begin + int64_t(kSamples) * tiling.chunks;
+  zero_past_lengths(a.dz, a.lengths, a.shape, place.sample_begin, group_end, place.unit_begin, place.unit_end);
+  if (place.rank == 0) zero_norms_past_lengths(a.step_sq, a.lengths, a.shape, place.sample_begin, group_end);
   __syncthreads();
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, place, a.step_flags, a.tagged_exchange, 2 * B * H, norms,
@@ -398,8 +396,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             } else {
               a.dz[at] = d;
             }
-          } else {
-            a.dz[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
           }
           publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H, d);
           if (s == 0) a.dz_first[b * H + u] = d;
@@ -580,6 +576,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
+  // The layer's dz and norms zero past each sample's end (the CTA holds all its units), before
+  // the steps, which write only valid ones.
+  zero_past_lengths(dz, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples, 0, H);
+  if (norms) {
+    zero_norms_past_lengths(a.step_sq + layer * T * B, a.lengths, a.shape, cta.place.sample_begin,
+                            cta.place.sample_begin + kSamples);
+  }
   const float* dh_n = a.dh_n + layer * state;
   float* dz_first = a.dz_first + layer * state;
   const unsigned long long* dy_words = top ? nullptr : a.dy_tagged + layer * sequence;
@@ -659,8 +662,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz[at] = d;
-        } else {
-          dz[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
         }
         publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
         if (s == 0) dz_first[b * H + u] = d;
@@ -682,10 +683,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         lane.move(-1);
         __syncthreads();
         const int64_t j = threadIdx.x, b = cta.place.sample_begin + j;
-        if (norms && j < kSamples && b < B) {  // (zero past the sample's end)
-          a.step_sq[(layer * T + s) * B + b] = s < sample_length(a.lengths, b, B, T)
-                                                   ? cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j)
-                                                   : 0.0;
+        if (norms && j < kSamples && b < B && s < sample_length(a.lengths, b, B, T)) {
+          a.step_sq[(layer * T + s) * B + b] = cta_sample_sum<kSamples>(phase_sums, tiling.units_per_pass, j);
         }
       }
     }
@@ -760,16 +759,22 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   // The first CTA's norm of the layer's step `done` (wavefront step), from its CTAs' sums. Threads j < S.
   auto finish_norms = [&](int64_t done) {
     const int64_t j = threadIdx.x, b = cta.place.sample_begin + j, t = T - 1 - done + delay;
-    if (at.layer_rank != 0 || j >= kSamples || b >= B || t < 0 || t >= T) return;
-    double sum = 0.0;  // (zero past the sample's end)
-    if (t < sample_length(a.lengths, b, B, T)) {
-      for (int64_t r = 0; r < per_layer; ++r) sum += cta_sums[((done % 3) * per_layer + r) * kSamples + j];
-    }
+    if (at.layer_rank != 0 || j >= kSamples || b >= B || t < 0 || t >= sample_length(a.lengths, b, B, T)) return;
+    double sum = 0.0;
+    for (int64_t r = 0; r < per_layer; ++r) sum += cta_sums[((done % 3) * per_layer + r) * kSamples + j];
     a.step_sq[(layer * T + t) * B + b] = sum;
   };
   barrier.start();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
+  // The CTA's dz outputs, and the layer's norms by its first CTA, zero past each sample's end,
+  // before the steps, which write only valid ones.
+  zero_past_lengths(dz, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples,
+                    cta.place.unit_begin, cta.place.unit_end);
+  if (norms && at.layer_rank == 0) {
+    zero_norms_past_lengths(a.step_sq + layer * T * B, a.lengths, a.shape, cta.place.sample_begin,
+                            cta.place.sample_begin + kSamples);
+  }
   const float* dh_n = a.dh_n + layer * state;
   float* dz_first = a.dz_first + layer * state;
   const float* masks = a.dropout_masks != nullptr && !top ? a.dropout_masks + layer * sequence : nullptr;
@@ -824,8 +829,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz_out[batch][k] = d;
-        } else {
-          dz[time_major_offset(t, b, u, B, H)] = 0.0f;  // (time t is past the sample's end)
         }
         own_next[j * half + u] = d;
         if (t == 0) dz_first[b * H + u] = d;

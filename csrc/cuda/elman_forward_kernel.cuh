@@ -35,8 +35,9 @@
 //                     tag s + 1 in slot (s + 1) % 2 (uninitialised, zeroed by the kernel; exchange
 //                     is then null); else null
 // Processing step s of sample b is time step_time(s, lengths[b], reverse) (recurrence_math.h);
-// a sample with lengths[b] <= s is frozen: its state carries over, and out at time s (past the
-// sample's end) is written zero, so that every entry of out is written.
+// a sample with lengths[b] <= s is frozen: its state carries over. Before the time loop each CTA
+// writes zero at its outputs past each sample's end (zero_past_lengths): every entry of out is
+// written.
 #pragma once
 
 #include "cuda/recurrence_paths.cuh"
@@ -119,7 +120,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     load_padded_rows(a.h0, cta.states + buffer * kSamples * R, cta.place.sample_begin, kSamples,
                      a.h0 != nullptr ? B : 0, H, R);
   }
-  __syncthreads();
+  __syncthreads();  // (and the input projection's writes are complete: the zeros overwrite some)
+  zero_past_lengths(a.out, a.lengths, a.shape, cta.place.sample_begin,
+                    cta.place.sample_begin + int64_t(kSamples) * tiling.chunks, cta.place.unit_begin, cta.place.unit_end);
   cta.cache_weights();
   StepBarrier<kPath> barrier(tiling, cta.place, a.step_flags, a.tagged_exchange, 2 * B * H, false,
                              layout.exchange_arrivals(smem), cta.exchange_bytes_in(layout));
@@ -180,7 +183,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             }
           } else {
             h = current[j * R + u];  // frozen: the state carries over
-            a.out[time_major_offset(s, b, u, B, H)] = scalar_t(0);  // (time s is past the sample's end)
           }
           publish_state<kPath>(next, exchange_next, tagged_next, static_cast<unsigned>(s + 1), j, b, u, R, H, h);
           if (s == T - 1) a.h_n[b * H + u] = h;
@@ -298,6 +300,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   __syncthreads();
   cta.cache_weights();
   float* out = a.out + layer * sequence;
+  // (before the steps: layer 0's XW_t is read at valid steps only)
+  zero_past_lengths(out, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples, 0, H);
   float* h_n = a.h_n + layer * state;
   const unsigned long long* xw_words = layer > 0 ? a.xw_tagged + (layer - 1) * sequence : nullptr;
   unsigned long long* next_words = top ? nullptr : a.xw_tagged + layer * sequence;
@@ -361,7 +365,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         if (masks != nullptr) masked_next[j * R + u] = h * mask[batch][k];
       } else {
         h = current[j * R + u];  // frozen: the state carries over (its projections are dropped)
-        out[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
       }
       publish_state<RecurrencePath::Block>(next, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, h);
       if (s == T - 1) h_n[b * H + u] = h;
@@ -425,6 +428,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   StepBarrier<RecurrencePath::Cluster> barrier(tiling, cta.place, nullptr, nullptr, 0, false);
   barrier.start();
   float* out = a.out + layer * T * state;
+  // (before the steps: layer 0's XW_t is read at valid steps only)
+  zero_past_lengths(out, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples,
+                    cta.place.unit_begin, cta.place.unit_end);
   float* h_n = a.h_n + layer * state;
   // Layers above the first add their b_ih + b_hh (the next-layer biases of the layer below).
   float bias[Cta::kBatches] = {};
@@ -462,7 +468,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       } else {
         h = current[j * R + half + u];  // frozen: the state carries over (the next layer is frozen too)
         masked[batch][k] = h;
-        if (t < T) out[time_major_offset(t, b, u, B, H)] = 0.0f;  // (time t is past the sample's end)
       }
       next[j * R + half + u] = h;
       if (t == T - 1) h_n[b * H + u] = h;

@@ -179,6 +179,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
     states[i] = i < kSamples * kRow && a.h0 != nullptr && c < H && b < B ? a.h0[b * H + c] : 0.0f;
   }
   __syncthreads();
+  zero_past_lengths(a.out, a.lengths, a.shape, first, first + kSamples, 0, H);  // (read at valid steps only)
   LaneRowOperands<kSamples> lane(a.lengths, first, a.shape, a.reverse, u, 0);
   // XW_t of the next kAhead steps, step s's in slot s % kAhead.
   constexpr int kAhead = kLaneRowsAhead<kVectors>;
@@ -210,7 +211,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
             a.out[lane.at[k]] = h;
           } else {
             h = current[k * kRow + u];  // frozen: the state carries over
-            a.out[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
           }
           next[k * kRow + u] = h;
           if (s == T - 1) a.h_n[b * H + u] = h;
@@ -259,6 +259,8 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
   // No step after the last: dz_T = 0 (and the padding stays zero).
   for (int64_t i = threadIdx.x; i < 2 * kSamples * kRow; i += blockDim.x) states[i] = 0.0f;
   __syncthreads();
+  zero_past_lengths(a.dz, a.lengths, a.shape, first, first + kSamples, 0, H);
+  if constexpr (kNorms) zero_norms_past_lengths(a.step_sq, a.lengths, a.shape, first, first + kSamples);
   LaneRowOperands<kSamples> lane(a.lengths, first, a.shape, a.reverse, u, T - 1);
   // dy_t and the saved h_t of the next kAhead steps (processing step T - 1 - i's in slot
   // i % kAhead); the drawn scale of the edge into the current step (read during the step after
@@ -300,8 +302,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
             if constexpr (kNorms) g_sq[k] = static_cast<double>(g) * static_cast<double>(g);
             d = g * slope_runtime(a.activation, h[slot][k]);
             a.dz[lane.at[k]] = d;
-          } else {
-            a.dz[time_major_offset(s, b, u, B, H)] = 0.0f;  // (time s is past the sample's end)
           }
           now[k * kRow + u] = d;
           if (s == 0) a.dz_first[b * H + u] = d;
@@ -340,11 +340,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kLaneRowsMaxThreads, kLaneRowsMinBlocks<kVec
         const int k = static_cast<int>(threadIdx.x);
         if (k < kSamples && first + k < B) {
           const int64_t length = sample_length(a.lengths, first + k, B, T);
-          double sum = 0.0;  // (time s past the sample's end: zero)
           if (s < length) {
+            double sum = 0.0;
             for (int w = 0; w < warps; ++w) sum += warp_sums[((s % 2) * kLaneRowsMaxWarps + w) * kSamples + k];
+            a.step_sq[step_time(s, length, a.reverse) * B + first + k] = sum;
           }
-          a.step_sq[(s < length ? step_time(s, length, a.reverse) : s) * B + first + k] = sum;
         }
       }
       clock.lap(kBarrierPhase);

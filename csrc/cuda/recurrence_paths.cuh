@@ -525,6 +525,39 @@ SIMT_DEVICE __forceinline__ int64_t sample_length(const int64_t* lengths, int64_
   return lengths != nullptr ? lengths[b] : steps;
 }
 
+// Zero at the steps t >= lengths[b] past each sample's end, for samples [sample_begin,
+// sample_end) and units [unit_begin, unit_end) of a time-major [T,B,H] tensor (`values`: a
+// recurrence's output or dz), so that every entry is written and the host clears nothing. A
+// persistent kernel's CTA calls it before its time loop for the outputs it owns, all threads
+// (nothing reads these entries during the launch; XW_t there is never read): written inside
+// the loop instead, a store per frozen step, the zeros cost the step loops up to 25 registers
+// (sm_90, the lane-row forward; 448 kernels 3.2 more on average) and some kernels a CTA per SM.
+template <typename scalar_t>
+SIMT_DEVICE void zero_past_lengths(scalar_t* values, const int64_t* lengths, const LayerShape& shape,
+                                   int64_t sample_begin, int64_t sample_end, int64_t unit_begin, int64_t unit_end) {
+  if (lengths == nullptr) return;
+  const int64_t B = shape.batch, H = shape.hidden;
+  // (a step's units across the threads: no index division, whose 64-bit routine took a grid
+  // kernel at 254 registers over the limit)
+  for (int64_t b = sample_begin; b < sample_end && b < B; ++b) {
+    for (int64_t t = lengths[b]; t < shape.steps; ++t) {
+      scalar_t* row = values + time_major_offset(t, b, 0, B, H);
+      for (int64_t u = unit_begin + threadIdx.x; u < unit_end; u += blockDim.x) row[u] = scalar_t(0);
+    }
+  }
+}
+
+// step_sq [T,B] zero past each sample's end for samples [sample_begin, sample_end) (the norms'
+// companion of zero_past_lengths: one CTA per sample group calls it, all threads).
+SIMT_DEVICE __forceinline__ void zero_norms_past_lengths(double* step_sq, const int64_t* lengths, const LayerShape& shape,
+                                                       int64_t sample_begin, int64_t sample_end) {
+  if (lengths == nullptr || step_sq == nullptr) return;
+  const int64_t B = shape.batch;
+  for (int64_t b = sample_begin; b < sample_end && b < B; ++b) {
+    for (int64_t t = lengths[b] + threadIdx.x; t < shape.steps; t += blockDim.x) step_sq[t * B + b] = 0.0;
+  }
+}
+
 // A lane's kOwned consecutive samples (from sample `first`) in the time-major [T,B,H] tensors
 // the epilogues read and write (out, dy, dz): each sample's valid steps, and the offset of its
 // unit 0 at processing step 0, so that unit u's offset at step s is origin[k] + u + shift(s)
