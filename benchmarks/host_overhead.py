@@ -16,7 +16,9 @@ Writes host_overhead.md (and prints it):
   GEMM that the block kernel saves at these shapes), rnn_fused with every backward's gradients by
   the host's GEMMs (forced_tiling(gradients_on_host=True): the launches the gradients kernel
   saves), and rnn_fused with its layers one launch
-  after another and in one launch (RNN.stack False / True, where the stack runs);
+  after another and in one launch (RNN.stack False / True, where the stack runs), and for a
+  bidirectional model with its directions one after the other (RNN.side_by_side = False: no
+  second stream, whose events the planned call pays on the host);
 - torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward: the ATen
   ops and the host layer's own scopes (rnn_fused::plan, ::launch, ::input_projection,
   ::gradients_from_dz), so that the op's self time is what lies between them;
@@ -37,10 +39,15 @@ import time
 import torch
 
 import rnn_fused
+import rnn_fused.tools.benchmark
+import rnn_fused.tools.gpu_check
 
-# (T, B, I, H, layers): the short rows of gpu-check (11, 3, 20, 48, 2 layers measured 0.70x
-# forward on the H200 on 2026-12-04), one step of one layer, and a short single layer.
-SHAPES = ((11, 3, 20, 48, 2), (1, 1, 16, 32, 1), (50, 8, 64, 64, 1))
+# (T, B, I, H, layers[, "bidirectional" | "packed"]): the short rows of gpu-check (11, 3, 20, 48,
+# 2 layers measured 0.70x forward on the H200 on 2026-12-04), one step of one layer, a short
+# single layer, and (added 2026-12-05, not yet run) the short rows' bidirectional model, whose
+# directions may run on two streams, and a packed batch of uneven lengths.
+SHAPES = ((11, 3, 20, 48, 2), (1, 1, 16, 32, 1), (50, 8, 64, 64, 1), (11, 3, 20, 48, 2, "bidirectional"),
+          (11, 3, 20, 48, 2, "packed"))
 CALLS = 200
 REPEATS = 7
 
@@ -60,12 +67,16 @@ def per_call_us(fn, calls: int = CALLS) -> float:
 
 
 def models(shape, device):
-    steps, batch, inputs, hidden, layers = shape
+    steps, batch, inputs, hidden, layers, *kind = shape
+    bidirectional = kind == ["bidirectional"]
     torch.manual_seed(0)
-    cudnn = torch.nn.RNN(inputs, hidden, layers).to(device)
-    ours = rnn_fused.RNN(inputs, hidden, layers).to(device)
+    cudnn = torch.nn.RNN(inputs, hidden, layers, bidirectional=bidirectional).to(device)
+    ours = rnn_fused.RNN(inputs, hidden, layers, bidirectional=bidirectional).to(device)
     ours.load_state_dict(cudnn.state_dict())
     x = torch.randn(steps, batch, inputs, device=device, requires_grad=True)
+    if kind == ["packed"]:  # lengths from T down to T / 4, as gpu-check's packed rows; the data a leaf
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), rnn_fused.tools.gpu_check.packed_lengths(steps, batch))
+        x = packed._replace(data=packed.data.requires_grad_())
     return cudnn, ours, x
 
 
@@ -76,7 +87,7 @@ def calls(model, x):
 
     def forward_backward():
         out, _ = model(x)
-        out.sum().backward()
+        rnn_fused.tools.benchmark.output_tensor(out).sum().backward()
 
     return forward, forward_backward
 
@@ -108,12 +119,15 @@ def timing_rows(device) -> list[str]:
         variants = [("nn.RNN (cuDNN)", cudnn, None, {}), ("rnn_fused (planned)", ours, None, {}),
                     ("rnn_fused, inputs projected on the host", ours, None, on_host),
                     ("rnn_fused, gradients by the host's GEMMs", ours, None, dict(gradients_on_host=True))]
-        if shape[4] > 1:
+        if "bidirectional" in shape:  # the directions on two streams, or one after the other
+            variants += [("rnn_fused, side_by_side=False", ours, None, {})]
+        elif shape[4] > 1:
             variants += [("rnn_fused, stack=False", ours, False, {}), ("rnn_fused, stack=True", ours, True, {})]
         label = ", ".join(map(str, shape))
         for name, model, stack, setting in variants:
             if model is ours:
                 ours.stack = stack
+                ours.side_by_side = False if "side_by_side=False" in name else None
             try:
                 with rnn_fused.launch_plan.forced_tiling(**setting):
                     forward, forward_backward = calls(model, x)
@@ -121,7 +135,7 @@ def timing_rows(device) -> list[str]:
                                  f"{per_call_us(forward_backward):.1f} |")
             except (RuntimeError, ValueError) as error:  # a stack the device cannot run: said, not hidden
                 lines.append(f"| {label} | {name} | error: {str(error).splitlines()[0][:120]} | |")
-        ours.stack = None
+        ours.stack = ours.side_by_side = None
     return lines
 
 
