@@ -56,6 +56,19 @@ int64_t active_rows(const Lengths& len, int64_t s) {
          len.values.begin();
 }
 
+// values [T,B,H] and, where not null, norms [T,B] zero at steps t >= len[b]: the time loops
+// write only valid steps, and every entry of their results is written.
+template <typename scalar_t>
+void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* values, scalar_t* norms) {
+  const int64_t B = shape.batch, H = shape.hidden;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = len.values[b]; t < shape.steps; ++t) {
+      std::fill_n(values + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
+      if (norms != nullptr) norms[t * B + b] = scalar_t(0);
+    }
+  }
+}
+
 // Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u)
 // w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k), or null: read by
@@ -97,9 +110,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
     }
   });
   // Steps past a sample's length still hold the projection: outputs there are zero.
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = len.values[b]; t < shape.steps; ++t) std::fill_n(out + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
-  }
+  zero_past_lengths(shape, len, out, static_cast<scalar_t*>(nullptr));
 }
 
 // Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units and
@@ -170,12 +181,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
     }
   });
   // Steps past a sample's length: dz and the norm zero (every entry written: no buffer is cleared first).
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t t = len.values[b]; t < shape.steps; ++t) {
-      std::fill_n(dz + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
-      if (record) step_norms[t * B + b] = scalar_t(0);
-    }
-  }
+  zero_past_lengths(shape, len, dz, step_norms);
 }
 
 // The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.
