@@ -726,8 +726,8 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor,
     (the layers check CPU lengths on the host and copy them to the device without waiting for
     it; device lengths would cost a host synchronisation per layer) and positions int64 [N] on
     data's device (valid_positions: the padded rows that hold the packed data), B =
-    batch_sizes[0]. Two device operations (the zeros, one copy by index) and no
-    synchronisation: no mask is counted on the device.
+    batch_sizes[0]. On a GPU: the positions' copy, the zeros and one copy by index, and no
+    synchronisation (no mask is counted on the device).
     """
     steps = batch_sizes.numel()
     batch = int(batch_sizes[0])
