@@ -160,7 +160,7 @@ struct PreparedForward {
   const RecurrenceBackend& backend;
   at::Tensor w_hh, h0, out;
   std::optional<InputProjection> projection;
-  at::Tensor h_n;  // set by run_recurrence
+  at::Tensor h_n;  // set by run_recurrence; where it goes if set before (ForwardRecurrence::h_n)
 };
 
 // Casts, and the input projection unless the backend makes it.
@@ -200,11 +200,18 @@ PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBa
 // The time loop (none for an empty shape: prepare_forward set h_n).
 void run_recurrence(PreparedForward& p) {
   if (p.call.shape.empty()) return;
-  p.h_n = p.backend.forward(ForwardRecurrence{.call = p.call,
-                                              .w_hh = p.w_hh,
-                                              .out = p.out,
-                                              .h0 = p.h0,
-                                              .projection = p.projection.has_value() ? &*p.projection : nullptr});
+  const at::Tensor h_n = p.backend.forward(ForwardRecurrence{.call = p.call,
+                                                             .w_hh = p.w_hh,
+                                                             .out = p.out,
+                                                             .h0 = p.h0,
+                                                             .h_n = p.h_n,
+                                                             .projection = p.projection.has_value() ? &*p.projection
+                                                                                                    : nullptr});
+  if (!p.h_n.defined()) {
+    p.h_n = h_n;
+  } else if (!h_n.is_same(p.h_n)) {
+    p.h_n.copy_(h_n);
+  }
 }
 
 // (output, h_n) in the input's dtype.
@@ -233,13 +240,29 @@ void run_at_once(const std::array<std::function<void()>, 2>& tasks) {
 }
 
 // The two directions' calls of rnn_directions_forward / backward: one backend, which runs its
-// own time loops (GPU kernels run the directions side by side on streams instead).
+// own time loops (on two CPU threads) or GPU kernels (on two streams where both calls were
+// planned for half the SMs).
 const RecurrenceBackend& directions_backend_for(const char* what, const LayerForwardCall& call) {
   const RecurrenceBackend& backend = backend_for(call);
-  TORCH_CHECK_VALUE(backend.plan == nullptr, "rnn_fused.", what, ": runs the directions' time loops on two CPU "
-                    "threads; backend '", backend.name, "' runs GPU kernels, whose directions run side by side on "
-                    "two streams (rnn_fused.functional.rnn)");
+  TORCH_CHECK_VALUE(backend.plan == nullptr || backend.side_by_side != nullptr, "rnn_fused.", what, ": backend '",
+                    backend.name, "' cannot run two recurrences at once");
   return backend;
+}
+
+// The directions' time loops at once: on two threads of the caller's team (a backend running
+// its own loops), side by side on the device (GPU kernels planned for half the SMs each), or one
+// after the other (GPU kernels planned for the whole device). tasks[1] returns the tensors it
+// made that outlive it.
+void run_directions(const RecurrenceBackend& backend, const LayerForwardCall& first,
+                    const std::array<std::function<std::vector<at::Tensor>()>, 2>& tasks) {
+  if (backend.plan == nullptr) {
+    run_at_once({[&] { tasks[0](); }, [&] { tasks[1](); }});
+  } else if (first.options.side_by_side >= 2) {
+    backend.side_by_side([&] { tasks[0](); }, tasks[1]);
+  } else {
+    tasks[0]();
+    tasks[1]();
+  }
 }
 
 }  // namespace
@@ -254,11 +277,25 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 
 std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls) {
   const RecurrenceBackend& backend = directions_backend_for("rnn_directions_forward", calls[0]);
+  const c10::OptionalDeviceGuard guard(calls[0].input.device());
   std::array<PreparedForward, 2> p{prepare_forward(calls[0], backend), prepare_forward(calls[1], backend)};
-  run_at_once({[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
-  auto [out, h_n] = finish_forward(p[0]);
-  auto [out_reverse, h_n_reverse] = finish_forward(p[1]);
-  return {at::cat({out, out_reverse}, 2), at::stack({h_n, h_n_reverse})};
+  const LayerShape& s = calls[0].shape;
+  // Both final states in one tensor, each direction's written into its row (no stack after).
+  at::Tensor states;
+  if (!s.empty()) {
+    states = at::empty({2, s.batch, s.hidden}, p[0].out.options());
+    p[0].h_n = states[0];
+    p[1].h_n = states[1];
+  }
+  const auto run = [&](PreparedForward& direction) {
+    run_recurrence(direction);
+    return std::vector<at::Tensor>{direction.h_n};
+  };
+  run_directions(backend, calls[0], {[&] { return run(p[0]); }, [&] { return run(p[1]); }});
+  // (as finish_forward's: joined in the compute dtype, then cast once)
+  const at::ScalarType dtype = calls[0].input.scalar_type();
+  if (!states.defined()) states = at::stack({p[0].h_n, p[1].h_n});  // (an empty shape: prepare_forward's)
+  return {at::cat({p[0].out, p[1].out}, 2).to(dtype), states.to(dtype)};
 }
 
 namespace {
@@ -502,8 +539,13 @@ LayerBackwardResult run_layer_backward(const LayerBackwardCall& call) {
 
 std::vector<at::Tensor> run_directions_backward(const std::array<LayerBackwardCall, 2>& calls) {
   const RecurrenceBackend& backend = directions_backend_for("rnn_directions_backward", calls[0].forward);
+  const c10::OptionalDeviceGuard guard(calls[0].forward.input.device());
   std::array<PreparedBackward, 2> p{prepare_backward(calls[0], backend), prepare_backward(calls[1], backend)};
-  run_at_once({[&] { run_recurrence(p[0]); }, [&] { run_recurrence(p[1]); }});
+  const auto run = [&](PreparedBackward& direction) {
+    run_recurrence(direction);
+    return std::vector<at::Tensor>{direction.dz_first};
+  };
+  run_directions(backend, calls[0].forward, {[&] { return run(p[0]); }, [&] { return run(p[1]); }});
   std::vector<at::Tensor> grads, norms;
   at::Tensor grad_input;
   for (PreparedBackward& direction : p) {

@@ -19,6 +19,7 @@
 #include <c10/core/DeviceType.h>
 
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -50,6 +51,10 @@ struct ForwardRecurrence {
   at::Tensor out;   // [T,B,H] in: XW_t + b_ih + b_hh at every step (unless projection is set);
                     // out: h_t, zero at t >= lengths[b]
   at::Tensor h0;    // [B,H] read only (may be the caller's hx): the initial state; undefined: zeros
+  // [B,H] contiguous, or undefined: where a backend that allocates h_n itself writes it instead
+  // (the GPU kernels; a backend may also return a tensor of its own, which the host layer then
+  // copies here). The directions' op pair hands each direction a row of one [2,B,H] tensor.
+  at::Tensor h_n;
   // Set for a backend that projects the input itself (RecurrenceBackend::projects_input): out
   // holds nothing on entry, and the backend makes the projection, in its kernel or by
   // project_input_on_host, before its time loop.
@@ -208,6 +213,10 @@ struct RecurrenceBackend {
   void (*backward_stack)(const BackwardStack&) = nullptr;
   // Whether and how it would (GPU-kernel backends), or null.
   StackPlanReport (*stack_plan)(const StackPlanQuery& query) = nullptr;
+  // Runs first() and second() at once (GPU-kernel backends: second() on a side stream,
+  // simt::run_side_by_side, which second() tells the tensors it made that outlive it), or null.
+  void (*side_by_side)(const std::function<void()>& first,
+                       const std::function<std::vector<at::Tensor>()>& second) = nullptr;
 };
 
 // Calls f(std::integral_constant<Activation, A>{}, scalar_t{}) for a compute dtype (float or
@@ -302,10 +311,11 @@ std::tuple<at::Tensor, at::Tensor> run_layer_forward(const LayerForwardCall& cal
 
 // rnn_fused::rnn_directions_forward: both directions of a bidirectional layer (calls[0] the
 // forward one, calls[1] the reverse one, checked, one input and lengths), the two time loops at
-// once, each on a thread of the caller's OpenMP team, the casts and GEMMs on the calling thread:
-// (output [T,B,2H], the directions' outputs side by side, h_n [2,B,H]) in the input's dtype,
-// each direction's values those of run_layer_forward. Backends that run their own time loops
-// (the CPU's) only.
+// once: on a backend that runs its own loops (the CPU's) each on a thread of the caller's OpenMP
+// team, on the GPU kernels the reverse one's launches on a side stream where the calls were
+// planned for half the SMs each (side_by_side 2; else one after the other), the casts and GEMMs
+// on the calling thread and stream: (output [T,B,2H], the directions' outputs side by side,
+// h_n [2,B,H]) in the input's dtype, each direction's values those of run_layer_forward.
 std::tuple<at::Tensor, at::Tensor> run_directions_forward(const std::array<LayerForwardCall, 2>& calls);
 
 // rnn_fused::rnn_directions_backward: the directions' backward likewise: grad_input (the sum of

@@ -8,11 +8,15 @@
 // calls rnn_layer_backward_with_graph instead, whose Python composite kernel builds the
 // gradient from differentiable ATen ops (rnn_fused/functional.py).
 //
+// The directions' op pair of a bidirectional layer (rnn_directions_forward / _backward) gets
+// the same: its node saves the layer's input, hx, both directions' weights and the output
+// [T,B,2H], and its double backward calls rnn_directions_backward_with_graph.
+//
 // Why C++: at small sizes host time is the whole cost of a call, and a Python
 // autograd.Function costs about 10 us per forward on the development CPU in its context
 // and saved tensors alone (docs/architecture.md has the measured figures). Recording
-// gradient norms stays in Python (functional._RecordingLayer): the norms leave the backward
-// as a Python side effect.
+// gradient norms stays in Python (functional._RecordingLayer, _LayerDirections): the norms
+// leave the backward as a Python side effect.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
@@ -45,6 +49,22 @@ using BackwardSignature =
 using BackwardWithGraphSignature =
     std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, std::array<bool, 6>, RNN_FUSED_LAYER_ARGUMENTS);
 #undef RNN_FUSED_LAYER_ARGUMENTS
+// The directions' ops: after their own arguments, the layer's input, hx [2,B,H], the weights of
+// both directions and the options (ops.cpp).
+#define RNN_FUSED_DIRECTIONS_ARGUMENTS                                                                        \
+  const at::Tensor &, const OptionalTensor &, const std::vector<at::Tensor> &, bool, const OptionalTensor &,   \
+      c10::string_view,                                                                                     \
+      int64_t, double, const OptionalTensor &, int64_t, OptionalName
+using DirectionsForwardSignature = std::tuple<at::Tensor, at::Tensor>(RNN_FUSED_DIRECTIONS_ARGUMENTS, OptionalName,
+                                                                      int64_t);
+using DirectionsBackwardSignature = std::vector<at::Tensor>(const at::Tensor&, const OptionalTensor&, const at::Tensor&,
+                                                            std::array<bool, 9>, RNN_FUSED_DIRECTIONS_ARGUMENTS, bool,
+                                                            OptionalName, int64_t);
+using DirectionsBackwardWithGraphSignature = std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                     std::array<bool, 10>,
+                                                                     RNN_FUSED_DIRECTIONS_ARGUMENTS, OptionalName,
+                                                                     int64_t);
+#undef RNN_FUSED_DIRECTIONS_ARGUMENTS
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
@@ -63,6 +83,22 @@ const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
 
 const c10::TypedOperatorHandle<BackwardWithGraphSignature>& backward_with_graph_op() {
   static const auto op = typed_op<BackwardWithGraphSignature>("rnn_fused::rnn_layer_backward_with_graph");
+  return op;
+}
+
+const c10::TypedOperatorHandle<DirectionsForwardSignature>& directions_forward_op() {
+  static const auto op = typed_op<DirectionsForwardSignature>("rnn_fused::rnn_directions_forward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<DirectionsBackwardSignature>& directions_backward_op() {
+  static const auto op = typed_op<DirectionsBackwardSignature>("rnn_fused::rnn_directions_backward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<DirectionsBackwardWithGraphSignature>& directions_backward_with_graph_op() {
+  static const auto op =
+      typed_op<DirectionsBackwardWithGraphSignature>("rnn_fused::rnn_directions_backward_with_graph");
   return op;
 }
 
@@ -167,9 +203,129 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
   }
 };
 
+// Differentiable inputs of the directions' forward: input, hx, then the weights (kMaxWeights at
+// most: 4 per direction with biases); its other arguments follow them.
+constexpr int kDirectionsWeightsAt = 2, kMaxWeights = 8, kDirectionsOtherArguments = 10;
+
+class FusedRnnDirections : public torch::autograd::Function<FusedRnnDirections> {
+ public:
+  // weights: at::TensorList, so that autograd makes an edge for each (a std::vector would not).
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& input, const OptionalTensor& hx,
+                               at::TensorList weights, bool has_biases, const OptionalTensor& lengths,
+                               c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
+                               const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path,
+                               int64_t side_by_side) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    ctx->set_materialize_grads(false);  // (as FusedRnnLayer's)
+    auto [output, h_n] = directions_forward_op().call(input, hx, weights.vec(), has_biases, lengths, nonlinearity,
+                                                      truncate_every, keep_prob, seed, layer, backend, path,
+                                                      side_by_side);
+    const at::Tensor none;
+    std::vector<at::Tensor> saved{input, hx.value_or(none), lengths.value_or(none), seed.value_or(none), output};
+    saved.insert(saved.end(), weights.begin(), weights.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["has_biases"] = has_biases;
+    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
+    ctx->saved_data["truncate_every"] = truncate_every;
+    ctx->saved_data["keep_prob"] = keep_prob;
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
+    ctx->saved_data["path"] = path ? c10::IValue(std::string(*path)) : c10::IValue();
+    ctx->saved_data["side_by_side"] = side_by_side;
+    return {output, h_n};
+  }
+
+  // grads: dL/d output [T,B,2H] and dL/d h_n [2,B,H], each undefined where the graph gave none.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const at::Tensor &input = saved[0], &output = saved[4];
+    const OptionalTensor hx = present(saved[1]), lengths = present(saved[2]), seed = present(saved[3]);
+    const std::vector<at::Tensor> weights(saved.begin() + 5, saved.end());
+    const bool has_biases = ctx->saved_data["has_biases"].toBool();
+    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
+    const int64_t truncate_every = ctx->saved_data["truncate_every"].toInt();
+    const double keep_prob = ctx->saved_data["keep_prob"].toDouble();
+    const int64_t layer = ctx->saved_data["layer"].toInt();
+    std::string backend_storage, path_storage;
+    const OptionalName backend = name_of(ctx->saved_data["backend"], backend_storage);
+    const OptionalName path = name_of(ctx->saved_data["path"], path_storage);
+    const int64_t side_by_side = ctx->saved_data["side_by_side"].toInt();
+    const int64_t count = static_cast<int64_t>(weights.size()), per_direction = count / 2;
+
+    // needs[i]: input, hx, then each weight (edges only for the tensors present: hx may be None).
+    std::array<bool, kDirectionsWeightsAt + kMaxWeights> needs{};
+    size_t edge = 0;
+    needs[0] = ctx->needs_input_grad(edge++);
+    if (hx.has_value()) needs[1] = ctx->needs_input_grad(edge++);
+    for (int64_t w = 0; w < count; ++w) needs[kDirectionsWeightsAt + w] = ctx->needs_input_grad(edge++);
+
+    const at::Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    variable_list result(kDirectionsWeightsAt + count + kDirectionsOtherArguments);
+    if (at::GradMode::is_enabled()) {  // create_graph=True: a gradient with a graph of its own
+      const at::Tensor grad_h_n = grads[1].defined()
+                                      ? grads[1]
+                                      : at::zeros({2, output.size(1), output.size(2) / 2}, output.options());
+      const std::vector<at::Tensor> with_graph = directions_backward_with_graph_op().call(
+          grad_output, grad_h_n, needs, input, hx, weights, has_biases, lengths, nonlinearity, truncate_every,
+          keep_prob, seed, layer, backend, path, side_by_side);
+      for (int64_t i = 0; i < kDirectionsWeightsAt + count; ++i) {
+        if (needs[static_cast<size_t>(i)]) result[static_cast<size_t>(i)] = with_graph[static_cast<size_t>(i)];
+      }
+      return result;
+    }
+    // The op's mask: grad_input, then per direction grad_hx, grad_weight_ih, grad_weight_hh, grad_bias.
+    std::array<bool, 9> mask{};
+    mask[0] = needs[0];
+    for (int64_t d = 0; d < 2; ++d) {
+      const bool* w = needs.data() + kDirectionsWeightsAt + d * per_direction;
+      mask[static_cast<size_t>(1 + 4 * d)] = needs[1];
+      mask[static_cast<size_t>(2 + 4 * d)] = w[0];
+      mask[static_cast<size_t>(3 + 4 * d)] = w[1];
+      mask[static_cast<size_t>(4 + 4 * d)] = has_biases && (w[2] || w[3]);
+    }
+    const std::vector<at::Tensor> g =
+        directions_backward_op().call(grad_output, present(grads[1]), output, mask, input, hx, weights, has_biases,
+                                      lengths, nonlinearity, truncate_every, keep_prob, seed, layer, backend,
+                                      /*record_norms=*/false, path, side_by_side);
+    if (needs[0]) result[0] = g[0];
+    if (needs[1]) result[1] = at::stack({g[1], g[5]});
+    for (int64_t d = 0; d < 2; ++d) {
+      const size_t first = static_cast<size_t>(kDirectionsWeightsAt + d * per_direction);  // its weight_ih
+      const at::Tensor& grad_bias = g[static_cast<size_t>(4 + 4 * d)];
+      if (needs[first]) result[first] = g[static_cast<size_t>(2 + 4 * d)];
+      if (needs[first + 1]) result[first + 1] = g[static_cast<size_t>(3 + 4 * d)];
+      // grad_bias [2,H]: a row for each bias, so that autograd copies neither.
+      if (has_biases && needs[first + 2]) result[first + 2] = grad_bias[0];
+      if (has_biases && needs[first + 3]) result[first + 3] = grad_bias[1];
+    }
+    return result;
+  }
+};
+
 namespace {
 
 bool requires_grad(const OptionalTensor& t) { return t.has_value() && t->requires_grad(); }
+
+std::tuple<at::Tensor, at::Tensor> rnn_directions_forward_autograd(
+    const at::Tensor& input, const OptionalTensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
+    const OptionalTensor& lengths, c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
+    const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path, int64_t side_by_side) {
+  bool records = at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(hx));
+  for (const at::Tensor& w : weights) records = records || (at::GradMode::is_enabled() && w.requires_grad());
+  if (!records) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return directions_forward_op().call(input, hx, weights, has_biases, lengths, nonlinearity, truncate_every,
+                                        keep_prob, seed, layer, backend, path, side_by_side);
+  }
+  // (the op's own checks of the weights' count run in its forward, before anything is launched)
+  TORCH_CHECK_VALUE(weights.size() <= static_cast<size_t>(kMaxWeights), "rnn_fused.rnn_directions_forward: expected ",
+                    "at most ", kMaxWeights, " weights, got ", weights.size());
+  const variable_list outputs = FusedRnnDirections::apply(input, hx, at::TensorList(weights), has_biases, lengths,
+                                                          nonlinearity,
+                                                          truncate_every, keep_prob, seed, layer, backend, path,
+                                                          side_by_side);
+  return {outputs[0], outputs[1]};
+}
 
 // The Autograd kernel: a graph node only where autograd would record one; otherwise straight
 // to the backend kernel (no context, nothing saved).
@@ -196,6 +352,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_layer_forward_autograd(
 
 TORCH_LIBRARY_IMPL(rnn_fused, Autograd, m) {
   m.impl("rnn_layer_forward", &rnn_layer_forward_autograd);
+  m.impl("rnn_directions_forward", &rnn_directions_forward_autograd);
 }
 
 }  // namespace rnn_fused

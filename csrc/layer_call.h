@@ -153,8 +153,10 @@ inline SequenceLengths check_lengths(const std::optional<at::Tensor>& lengths, c
 
 }  // namespace detail
 
-// Checks the forward's tensors and fills call.shape and call.valid_lengths.
-inline void check_forward_call(LayerForwardCall& call) {
+// Checks the forward's tensors and fills call.shape and call.valid_lengths. lengths_checked: the
+// same lengths already checked for this input by another call (the other direction of a
+// bidirectional layer), taken as they are: no second host check, no second copy to the device.
+inline void check_forward_call(LayerForwardCall& call, const SequenceLengths* lengths_checked = nullptr) {
   const at::Tensor& input = call.input;
   TORCH_CHECK(input.dim() == 3, "rnn_fused: input must be 3-D [T, B, I], got ", input.dim(), "-D");
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), "rnn_fused: input must be a floating-point tensor, got ",
@@ -181,13 +183,15 @@ inline void check_forward_call(LayerForwardCall& call) {
     detail::check_same_device_dtype(input, *call.hx, "hx");
     detail::check_shape(*call.hx, {shape.batch, H}, "hx");
   }
-  call.valid_lengths = detail::check_lengths(call.lengths, input, shape.steps, shape.batch);
+  call.valid_lengths = lengths_checked != nullptr ? *lengths_checked
+                                                  : detail::check_lengths(call.lengths, input, shape.steps, shape.batch);
   call.shape = shape;
 }
 
 // The backward takes the forward's arguments plus the gradients and the saved output.
-inline void check_backward_call(LayerBackwardCall& call) {
-  check_forward_call(call.forward);
+// forward_checked: call.forward has been through check_forward_call already.
+inline void check_backward_call(LayerBackwardCall& call, bool forward_checked = false) {
+  if (!forward_checked) check_forward_call(call.forward);
   const at::Tensor& input = call.forward.input;
   const LayerShape& s = call.forward.shape;
   detail::check_same_device_dtype(input, call.grad_output, "grad_output");

@@ -107,7 +107,8 @@ std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tens
                                                 const std::optional<at::Tensor>& lengths,
                                                 c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
                                                 const std::optional<at::Tensor>& seed, int64_t layer,
-                                                std::optional<c10::string_view> backend) {
+                                                std::optional<c10::string_view> backend,
+                                                std::optional<c10::string_view> path, int64_t side_by_side) {
   const size_t per_direction = has_biases ? 4 : 2;
   TORCH_CHECK_VALUE(weights.size() == 2 * per_direction, "rnn_fused.", what, ": expected ", 2 * per_direction,
                     " weights (per direction weight_ih, weight_hh", has_biases ? ", bias_ih, bias_hh" : "",
@@ -115,6 +116,7 @@ std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tens
   TORCH_CHECK_VALUE(!hx.has_value() || (hx->dim() == 3 && hx->size(0) == 2), "rnn_fused.", what,
                     ": hx must be None or [2, B, H] (one initial state per direction), got shape ",
                     hx.has_value() ? hx->sizes() : at::IntArrayRef{});
+  // One check of the lengths (and, from the CPU, one copy to the device) for both directions.
   std::array<LayerForwardCall, 2> calls;
   for (size_t d = 0; d < 2; ++d) {
     const at::Tensor* w = weights.data() + d * per_direction;
@@ -122,8 +124,8 @@ std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tens
     calls[d] = forward_call(input, hx.has_value() ? std::optional<at::Tensor>((*hx)[int64_t(d)]) : none, w[0], w[1],
                             has_biases ? std::optional<at::Tensor>(w[2]) : none,
                             has_biases ? std::optional<at::Tensor>(w[3]) : none, lengths, nonlinearity,
-                            /*reverse=*/d == 1, truncate_every, keep_prob, seed, layer, backend, std::nullopt, 1);
-    check_forward_call(calls[d]);
+                            /*reverse=*/d == 1, truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
+    check_forward_call(calls[d], d == 1 ? &calls[0].valid_lengths : nullptr);
   }
   return calls;
 }
@@ -131,9 +133,11 @@ std::array<LayerForwardCall, 2> direction_calls(const char* what, const at::Tens
 std::tuple<at::Tensor, at::Tensor> rnn_directions_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
     bool has_biases, const std::optional<at::Tensor>& lengths, c10::string_view nonlinearity, int64_t truncate_every,
-    double keep_prob, const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend) {
+    double keep_prob, const std::optional<at::Tensor>& seed, int64_t layer, std::optional<c10::string_view> backend,
+    std::optional<c10::string_view> path, int64_t side_by_side) {
   return run_directions_forward(direction_calls("rnn_directions_forward", input, hx, weights, has_biases, lengths,
-                                                nonlinearity, truncate_every, keep_prob, seed, layer, backend));
+                                                nonlinearity, truncate_every, keep_prob, seed, layer, backend, path,
+                                                side_by_side));
 }
 
 std::vector<at::Tensor> rnn_directions_backward(
@@ -141,10 +145,12 @@ std::vector<at::Tensor> rnn_directions_backward(
     std::array<bool, 9> output_mask, const at::Tensor& input, const std::optional<at::Tensor>& hx,
     const std::vector<at::Tensor>& weights, bool has_biases, const std::optional<at::Tensor>& lengths,
     c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, const std::optional<at::Tensor>& seed,
-    int64_t layer, std::optional<c10::string_view> backend, bool record_norms) {
+    int64_t layer, std::optional<c10::string_view> backend, bool record_norms, std::optional<c10::string_view> path,
+    int64_t side_by_side) {
   const char* what = "rnn_directions_backward";
   std::array<LayerForwardCall, 2> calls = direction_calls(what, input, hx, weights, has_biases, lengths, nonlinearity,
-                                                          truncate_every, keep_prob, seed, layer, backend);
+                                                          truncate_every, keep_prob, seed, layer, backend, path,
+                                                          side_by_side);
   const LayerShape& s = calls[0].shape;
   const auto check = [&](const at::Tensor& t, at::IntArrayRef shape, const char* name) {
     TORCH_CHECK(t.device() == input.device() && t.scalar_type() == input.scalar_type() && t.sizes() == shape,
@@ -163,7 +169,7 @@ std::vector<at::Tensor> rnn_directions_backward(
                                           .output = output.narrow(2, d * s.hidden, s.hidden),
                                           .output_mask = {output_mask[0], m[0], m[1], m[2], m[3]},
                                           .record_norms = record_norms};
-    check_backward_call(backward_calls[d]);
+    check_backward_call(backward_calls[d], /*forward_checked=*/true);
   }
   return run_directions_backward(backward_calls);
 }
@@ -698,8 +704,10 @@ TORCH_LIBRARY(rnn_fused, m) {
       "stack_plan(Tensor like, int hidden_size, int batch_size, int steps, int num_layers, str? backend=None) "
       "-> (bool feasible, bool faster, float stack_us, float layers_us, float measured_stack_us, "
       "float measured_layers_us, int[] shape, str reason)");
-  // Both directions of a bidirectional layer at once, each time loop on a thread of the caller's
-  // OpenMP team (host_layer.h run_directions_forward): input [T,B,I]; hx [2,B,H] or None; weights per
+  // Both directions of a bidirectional layer at once: each time loop on a thread of the caller's
+  // OpenMP team on the CPU backend; on the GPU kernels, with side_by_side 2, each direction planned
+  // for half the SMs and the reverse one's launches on a side stream, else one after the other
+  // (host_layer.h run_directions_forward): input [T,B,I]; hx [2,B,H] or None; weights per
   // direction, the forward one first: weight_ih [H,I], weight_hh [H,H] and, with has_biases,
   // bias_ih, bias_hh [H]; the other arguments as rnn_layer_forward's (layer keys each
   // direction's truncation draws as the layer op does). Returns output [T,B,2H] (the directions'
@@ -707,7 +715,7 @@ TORCH_LIBRARY(rnn_fused, m) {
   m.def(
       "rnn_directions_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, "
       "str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, "
-      "str? backend=None) -> (Tensor output, Tensor h_n)");
+      "str? backend=None, str? path=None, int side_by_side=1) -> (Tensor output, Tensor h_n)");
   // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H] or None (zero), the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),
@@ -717,7 +725,16 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_directions_backward(Tensor grad_output, Tensor? grad_h_n, Tensor output, bool[9] output_mask, "
       "Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
       "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, "
-      "bool record_norms=False) -> Tensor[]");
+      "bool record_norms=False, str? path=None, int side_by_side=1) -> Tensor[]");
+  // Its gradients with a graph of their own (create_graph=True), which the forward's C++ autograd
+  // (csrc/layer_autograd.cpp) calls: CompositeImplicitAutograd in Python (rnn_fused/functional.py),
+  // the directions' layer ops run again. needs: input, hx, then each of the weights (up to 8);
+  // returns a gradient for each of those (an empty tensor for each one not needed).
+  m.def(
+      "rnn_directions_backward_with_graph(Tensor grad_output, Tensor grad_h_n, bool[10] needs, Tensor input, "
+      "Tensor? hx, Tensor[] weights, bool has_biases, Tensor? lengths, str nonlinearity=\"tanh\", "
+      "int truncate_every=0, float keep_prob=1.0, Tensor? seed=None, int layer=0, str? backend=None, str? path=None, "
+      "int side_by_side=1) -> Tensor[]");
   // The team the CPU time loops of a layer of this many steps, samples and units run on from the
   // calling thread (cpu/step_team.h): its threads and how the loop is split among them
   // ("rows": by samples, "units": by hidden units; "none" on one thread).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -228,10 +229,13 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     layer reads it. The results are the layers' run one by one, within rounding.
     side_by_side: whether the two directions of a bidirectional layer run at once or one after the
     other: on the GPU kernels each planned for half the SMs (rnn_layer's side_by_side=2; on CUDA
-    in eager mode the reverse one on a side stream), None where the planner prices them faster
-    at once (directions_side_by_side); on the CPU kernels each time loop on a thread of torch's
-    team (_DirectionsOnTwoThreads: the same results), None where a direction's loop is long
-    enough (_cpu_directions_on_two_threads); True, False.
+    the reverse one's launches on a side stream), None where the planner prices them faster at
+    once (directions_side_by_side); on the CPU kernels each time loop on a thread of torch's team,
+    None where a direction's loop is long enough (_cpu_directions_on_two_threads); True, False.
+    Either way the results are those of each direction's layer op planned so. In eager mode the
+    GPU kernels run a layer's directions in one op pair (rnn_directions_forward / _backward, at
+    once or not; not where the batch runs in pieces, launch_plan.batch_pieces), as do the CPU
+    kernels where they run them at once.
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
@@ -266,16 +270,23 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         if stack:
             raise ValueError(f"rnn: stack=True, but this call cannot run its layers in one launch: {why_not}")
     layer_input = input
-    final_states = []
+    state_groups = []  # the final states, [directions run in one op, B, H] per op (or per direction)
     for layer in range(num_layers):
-        # The directions of a bidirectional layer at once (on the GPU kernels each on half the SMs, on
-        # the CPU each time loop on a thread of torch's team) or one after the other.
-        share, on_two_threads = 1, False
-        if directions == 2 and layer_fn is None and side_by_side is not False:
+        # A bidirectional layer's directions in one op pair (rnn_directions_forward / _backward): on the
+        # GPU kernels in eager mode at once (each planned for half the SMs, the reverse one's launches
+        # on a side stream) or one after the other, on the CPU kernels at once (each time loop on a
+        # thread of torch's team); else in two layer ops, one after the other.
+        share, in_one_op = 1, False
+        if directions == 2 and layer_fn is None:
             if _cpu_loops(layer_input, backend, path):
-                on_two_threads = side_by_side or _cpu_directions_on_two_threads(layer_input, weights[layer * 2][1])
+                in_one_op = side_by_side is not False and (
+                    side_by_side or _cpu_directions_on_two_threads(layer_input, weights[layer * 2][1]))
             else:
-                share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
+                if side_by_side is not False:
+                    share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
+                in_one_op = _gpu_kernels_in_eager_mode(layer_input, backend) and (share == 2 or len(_batch_pieces(
+                    layer_input, None if hx is None else hx[2 * layer], weights[2 * layer], lengths, backend, path,
+                    args, None, 1)) == 1)
 
         def run_direction(direction):
             index = layer * directions + direction
@@ -291,28 +302,32 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
                              reverse, backend=backend, path=path, truncation=args, layer=layer, sink=sink,
                              side_by_side=share)
 
-        if on_two_threads:
-            sinks = None if record is None else tuple(
-                record.sink(layer, direction, tuple(weights[2 * layer + direction])) for direction in range(2))
-            layer_output, layer_states = _DirectionsOnTwoThreads.apply(
-                layer_input, None if hx is None else hx[2 * layer:2 * layer + 2], lengths,
-                (nonlinearity, backend, args, layer, len(weights[2 * layer]) == 4, sinks),
-                *weights[2 * layer], *weights[2 * layer + 1])
-            final_states.extend(layer_states.unbind(0))
-        else:
-            if share == 2 and _streams_usable(layer_input):
-                results = _run_concurrently(run_direction, layer_input)
+        if in_one_op:
+            tensors = _autocast_directions((layer_input, None if hx is None else hx[2 * layer:2 * layer + 2],
+                                            *weights[2 * layer], *weights[2 * layer + 1]))
+            has_biases = len(weights[2 * layer]) == 4
+            if record is None:  # the op pair's own autograd (C++)
+                layer_output, layer_states = torch.ops.rnn_fused.rnn_directions_forward(
+                    tensors[0], tensors[1], list(tensors[2:]), has_biases, lengths, nonlinearity, args.every,
+                    args.keep_prob, args.seed_tensor(), layer, backend, path, share)
             else:
-                results = [run_direction(direction) for direction in range(directions)]
+                sinks = tuple(record.sink(layer, direction, tuple(weights[2 * layer + direction]))
+                              for direction in range(2))
+                config = _DirectionsConfig(nonlinearity, backend, path, share, args, layer, has_biases, sinks)
+                layer_output, layer_states = _LayerDirections.apply(tensors[0], tensors[1], lengths, config,
+                                                                    *tensors[2:])
+            state_groups.append(layer_states)
+        else:
+            results = [run_direction(direction) for direction in range(directions)]
             direction_outputs = [out for out, _ in results]
-            final_states.extend(h_n for _, h_n in results)
+            state_groups.extend(h_n.unsqueeze(0) for _, h_n in results)
             layer_output = (direction_outputs[0] if directions == 1
                             else torch.cat(direction_outputs, dim=2))
         if dropout > 0 and training and layer < num_layers - 1:
             layer_output = dropout_between_layers(layer_output, dropout, lengths)
         layer_input = layer_output
-    # One state needs no stack (a launch on a GPU): a view with the layers' dimension.
-    h_n = final_states[0].unsqueeze(0) if len(final_states) == 1 else torch.stack(final_states)
+    # One group needs no concatenation (a launch on a GPU): a one-layer model's h_n is its op's.
+    h_n = state_groups[0] if len(state_groups) == 1 else torch.cat(state_groups)
     return layer_input, h_n
 
 
@@ -513,10 +528,28 @@ class _LayerStack(torch.autograd.Function):
 
 def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
     """Whether a bidirectional layer's directions can run their time loops on two CPU threads
-    (_DirectionsOnTwoThreads): the CPU backend's own loops, in eager mode without autocast (the
+    (_LayerDirections): the CPU backend's own loops, in eager mode without autocast (the
     ops have no fake or autocast kernels)."""
     return (layer_input.is_cpu and backend in (None, "cpu") and path is None
             and not torch.compiler.is_compiling() and _ops.autocast_dtype("cpu") is None)
+
+
+def _gpu_kernels_in_eager_mode(layer_input: Tensor, backend: str | None) -> bool:
+    """Whether a bidirectional layer runs on the GPU kernels (a CUDA input on backend None or
+    'cuda', a CPU input on 'emulated') in eager mode, where its directions can run in one op pair
+    (the ops have no fake kernels; autocast is applied before them, _autocast_directions)."""
+    gpu_kernels = layer_input.is_cpu if backend == "emulated" else layer_input.is_cuda and backend in (None, "cuda")
+    return gpu_kernels and not torch.compiler.is_compiling()
+
+
+def _autocast_directions(tensors: tuple) -> tuple:
+    """The layer's input, hx and both directions' weights as the layer op's autocast kernel casts
+    its arguments (unchanged without autocast): the directions' op pair has no autocast kernel."""
+    device_type = _ops.device_type_of(tensors[0])
+    dtype = _ops.autocast_dtype(device_type, tensors[0].dtype)
+    if dtype is None:
+        return tensors
+    return tuple(_ops.autocast_cast(value, device_type, dtype) for value in tensors)
 
 
 # The directions' time loops on two threads (the second thread of torch's OpenMP team) pay for the
@@ -542,22 +575,36 @@ def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bo
             and torch.ops.rnn_fused.cpu_loop_team(steps, batch, hidden)[0] <= 2)
 
 
-class _DirectionsOnTwoThreads(torch.autograd.Function):
-    """A bidirectional layer on the CPU kernels whose two time loops run at once, each on a thread
-    of torch's OpenMP team, forward and backward (rnn_fused::rnn_directions_forward / _backward; the casts and
-    GEMMs stay on the calling thread): each direction's values are those of its layer op
-    (rnn_layer), so the results are those of the directions one after the other. With
-    create_graph=True it differentiates the directions' layer ops instead (their own double
-    backward), recomputing the forward. config: (nonlinearity, backend, truncation, layer,
-    has_biases, sinks: one recording.LayerSink per direction, handed the norms the backward
-    reduces, or None); flat: the forward direction's weights, then the reverse one's."""
+class _DirectionsConfig(NamedTuple):
+    """_LayerDirections' arguments that are not tensors. path: the GPU kernels' forced path or
+    None; side_by_side: 2 where the GPU kernels run the directions at once, each planned for half
+    the SMs (the reverse one's launches on a side stream), else 1 (ignored by the CPU loops);
+    sinks: one recording.LayerSink per direction, handed the norms the backward reduces."""
+
+    nonlinearity: str
+    backend: str | None
+    path: str | None
+    side_by_side: int
+    truncation: TruncationArgs
+    layer: int
+    has_biases: bool
+    sinks: tuple
+
+
+class _LayerDirections(torch.autograd.Function):
+    """A bidirectional layer with its directions at once (rnn_fused::rnn_directions_forward /
+    _backward) whose backward hands the gradient norms it reduces to a sink per direction
+    (recording.LayerSink). Eager only, and no graph of the backward (as _RecordingLayer); every
+    other call differentiates through the op pair's own autograd (csrc/layer_autograd.cpp), the
+    same ops in C++. flat: the forward direction's weights, then the reverse one's."""
 
     @staticmethod
-    def forward(ctx, input, hx, lengths, config, *flat):
-        nonlinearity, backend, truncation, layer, has_biases, _ = config
+    def forward(ctx, input, hx, lengths, config: _DirectionsConfig, *flat):
+        truncation = config.truncation
         output, h_n = torch.ops.rnn_fused.rnn_directions_forward(
-            input, hx, list(flat), has_biases, lengths, nonlinearity, truncation.every, truncation.keep_prob,
-            truncation.seed_tensor(), layer, backend)
+            input, hx, list(flat), config.has_biases, lengths, config.nonlinearity, truncation.every,
+            truncation.keep_prob, truncation.seed_tensor(), config.layer, config.backend, config.path,
+            config.side_by_side)
         ctx.save_for_backward(input, hx, lengths, output, *flat)
         ctx.config = config
         ctx.set_materialize_grads(False)  # (as _LayerStack's)
@@ -565,13 +612,11 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, grad_h_n):
-        with_graph = _backward_with_graph_if_asked(ctx, _DirectionsOnTwoThreads._backward_with_graph, grad_output,
-                                                   grad_h_n)
-        if with_graph is not None:
-            return with_graph
-        sinks = ctx.config[-1]
+        if torch.is_grad_enabled():
+            raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
+        config = ctx.config
+        sinks, has_biases, truncation = config.sinks, config.has_biases, config.truncation
         input, hx, lengths, output, *flat = ctx.saved_tensors
-        nonlinearity, backend, truncation, layer, has_biases, _ = ctx.config
         if grad_output is None:  # only h_n used
             grad_output = torch.zeros_like(output)
         needs = ctx.needs_input_grad
@@ -582,8 +627,9 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
             mask += [hx is not None and needs[1], needs[at], needs[at + 1],
                      has_biases and (needs[at + 2] or needs[at + 3])]
         grads = torch.ops.rnn_fused.rnn_directions_backward(
-            grad_output, grad_h_n, output, mask, input, hx, list(flat), has_biases, lengths, nonlinearity,
-            truncation.every, truncation.keep_prob, truncation.seed_tensor(), layer, backend, sinks is not None)
+            grad_output, grad_h_n, output, mask, input, hx, list(flat), has_biases, lengths, config.nonlinearity,
+            truncation.every, truncation.keep_prob, truncation.seed_tensor(), config.layer, config.backend,
+            True, config.path, config.side_by_side)
         grad_input = grads[0] if needs[0] else None
         grad_weights = []
         for direction in range(2):
@@ -593,45 +639,45 @@ class _DirectionsOnTwoThreads(torch.autograd.Function):
             if has_biases:  # each bias its own row of grad_bias [2,H]
                 direction_grads += [grad_bias[0] if needs[at + 2] else None,
                                     grad_bias[1] if needs[at + 3] else None]
-            if sinks is not None:  # (a sink reads the weights' gradients, which autograd is handed next)
-                step_norms, grad_sq_norms, nonfinite = grads[9 + 3 * direction:12 + 3 * direction]
-                sinks[direction](step_norms, grad_sq_norms, nonfinite,
-                                 (grad_input, grad_hx if hx is not None and needs[1] else None, *direction_grads))
+            # (a sink reads the weights' gradients, which autograd is handed next)
+            step_norms, grad_sq_norms, nonfinite = grads[9 + 3 * direction:12 + 3 * direction]
+            sinks[direction](step_norms, grad_sq_norms, nonfinite,
+                             (grad_input, grad_hx if hx is not None and needs[1] else None, *direction_grads))
             grad_weights += direction_grads
         grad_hx = torch.stack([grads[1], grads[5]]) if hx is not None and needs[1] else None
         return (grad_input, grad_hx, None, None, *grad_weights)
 
-    @staticmethod
-    def _backward_with_graph(ctx, grad_output, grad_h_n):
-        input, hx, lengths, _, *flat = ctx.saved_tensors
-        nonlinearity, backend, truncation, layer, _, _ = ctx.config
-        per_direction = len(flat) // 2
-        candidates = [input, hx, None, None, *flat]
-        results = []
-        for direction in range(2):
-            weight_ih, weight_hh, *biases = flat[direction * per_direction:(direction + 1) * per_direction]
-            results.append(rnn_layer(input, None if hx is None else hx[direction], weight_ih, weight_hh,
-                                     *(biases or (None, None)), lengths, nonlinearity, reverse=direction == 1,
-                                     backend=backend, truncation=truncation, layer=layer))
-        output = torch.cat([out for out, _ in results], dim=2)
-        h_n = torch.stack([state for _, state in results])
-        return _gradients_with_graph((output, h_n), (grad_output, grad_h_n), candidates, ctx.needs_input_grad)
+
+def _directions_backward_with_graph(grad_output, grad_h_n, needs, input, hx, weights, has_biases, lengths,
+                                    nonlinearity="tanh", truncate_every=0, keep_prob=1.0, seed=None, layer=0,
+                                    backend=None, path=None, side_by_side=1):
+    """Kernel of rnn_fused::rnn_directions_backward_with_graph, which the directions' C++ autograd
+    (csrc/layer_autograd.cpp) calls for a double backward. Registered as
+    CompositeImplicitAutograd: the directions' layer ops run again (each differentiable by its own
+    double backward), and autograd records the ATen ops. needs: input, hx, then each weight."""
+    truncation = TruncationArgs(truncate_every, keep_prob, 0 if seed is None else seed)
+    per_direction = len(weights) // 2
+    results = []
+    for direction in range(2):
+        weight_ih, weight_hh, *biases = weights[direction * per_direction:(direction + 1) * per_direction]
+        results.append(rnn_layer(input, None if hx is None else hx[direction], weight_ih, weight_hh,
+                                 *(biases or (None, None)), lengths, nonlinearity, reverse=direction == 1,
+                                 backend=backend, path=path, truncation=truncation, layer=layer))
+    output = torch.cat([out for out, _ in results], dim=2)
+    h_n = torch.stack([state for _, state in results])
+    candidates = [input, hx, *weights]
+    grads = _gradients_with_graph((output, h_n), (grad_output, grad_h_n), candidates, needs[:len(candidates)])
+    return [grad if grad is not None else grad_output.new_empty(0) for grad in grads]
 
 
-# One side stream per CUDA device for the reverse direction of a bidirectional layer.
-_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
-
-
-def _streams_usable(layer_input: Tensor) -> bool:
-    """Whether a layer's directions can go to two CUDA streams: CUDA tensors in eager mode, and
-    a batch to launch anything for."""
-    return layer_input.is_cuda and not torch.compiler.is_compiling() and layer_input.shape[1] > 0
+_library.impl("rnn_directions_backward_with_graph", _directions_backward_with_graph, "CompositeImplicitAutograd")
 
 
 def _directions_side_by_side(layer_input: Tensor, weight_hh: Tensor, path: str | None) -> int:
     """How many directions of a bidirectional layer the planner runs at once where they can go
-    to two streams (_streams_usable): directions_side_by_side's answer for the shape; else 1."""
-    if not _streams_usable(layer_input):
+    to two streams (CUDA tensors in eager mode, and a batch to launch anything for):
+    directions_side_by_side's answer for the shape; else 1."""
+    if not layer_input.is_cuda or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
         return 1
     return directions_side_by_side(layer_input.device, layer_input.dtype, weight_hh.shape[0], layer_input.shape[1],
                                    path)
@@ -664,26 +710,6 @@ def directions_side_by_side(device: torch.device | str, dtype: torch.dtype, hidd
 
     whole, half = step_us(1), step_us(2)
     return 2 if half is not None and whole is not None and half < 2 * whole else 1
-
-
-def _run_concurrently(run_direction, layer_input: Tensor) -> list:
-    """run_direction(0) on the current stream and run_direction(1) on a side stream, which
-    waits for the current stream's work first; the current stream then waits for the side
-    stream. Autograd runs each direction's backward on the stream of its forward."""
-    device = layer_input.device
-    current = torch.cuda.current_stream(device)
-    side = _SIDE_STREAMS.get(device.index)
-    if side is None:
-        side = _SIDE_STREAMS.setdefault(device.index, torch.cuda.Stream(device))
-    side.wait_stream(current)
-    layer_input.record_stream(side)  # the side stream reads it: keep its memory until then
-    forward = run_direction(0)
-    with torch.cuda.stream(side):
-        reverse = run_direction(1)
-    current.wait_stream(side)
-    for tensor in reverse:
-        tensor.record_stream(current)  # made on the side stream, used on the current one
-    return [forward, reverse]
 
 
 def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:

@@ -771,6 +771,65 @@ def test_bidirectional_directions_side_by_side_match_cudnn(hidden, batch):
     compare_with_torch(stock, torch.randn(12, batch, 16, device=DEVICE), dtype=torch.float32)
 
 
+def test_the_directions_op_pair_copies_cpu_lengths_to_the_gpu_once_a_call():
+    """Lengths on the CPU are checked on the host and copied to the device once per call of the
+    directions' ops, for both directions (one aten::_to_copy forward, one backward), not once per
+    direction and check."""
+    torch.manual_seed(2)
+    x = torch.randn(6, 3, 4, device=DEVICE)
+    weights = [torch.randn(shape, device=DEVICE) * 0.3 for shape in ((5, 4), (5, 5), (5,), (5,))] * 2
+    lengths = torch.tensor([6, 2, 0])
+
+    def copies(call):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            result = call()
+        return result, [e.name for e in profile.events()].count("aten::_to_copy")
+
+    ops = torch.ops.rnn_fused
+    (output, h_n), forward = copies(lambda: ops.rnn_directions_forward(x, None, weights, True, lengths,
+                                                                       backend=BACKEND))
+    _, backward = copies(lambda: ops.rnn_directions_backward(torch.randn_like(output), None, output, [True] * 9, x,
+                                                             None, weights, True, lengths, backend=BACKEND))
+    assert (forward, backward) == ((1, 1) if x.is_cuda else (0, 0))  # (CPU tensors: the rehearsal's, no copy)
+
+
+def test_bidirectional_directions_on_two_streams_replay_from_a_cuda_graph():
+    """The directions at once (side_by_side=True: one op pair per layer, the reverse direction's
+    launches on a side stream forked from and joined to the current one by events) captured in a
+    CUDA graph and replayed on new inputs give bitwise what eager calls give; eager, every layer
+    ran the directions' op pair, forward and backward."""
+    torch.manual_seed(4)
+    module = RNN(6, 40, num_layers=2, bidirectional=True).to(DEVICE)
+    module.backend = BACKEND
+    module.side_by_side = True
+    x = torch.randn(9, 3, 6, device=DEVICE, requires_grad=True)
+
+    def run(values):
+        out, h_n = module(values)
+        return [out, h_n, *torch.autograd.grad(out.square().sum() + h_n.sum(), [values, *module.parameters()])]
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        run(x)
+    names = [e.name for e in profile.events()]
+    assert names.count("rnn_fused::rnn_directions_forward") == 2
+    assert names.count("rnn_fused::rnn_directions_backward") == 2
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch advises
+        run(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run(x)
+    fresh = torch.randn(9, 3, 6, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(5))
+    with torch.no_grad():
+        x.copy_(fresh)
+    graph.replay()
+    eager = run(fresh.clone().requires_grad_())
+    for index, (got, expected) in enumerate(zip(captured, eager, strict=True)):
+        assert torch.equal(got, expected), index
+
+
 # ---- double backward: the op's C++ autograd calls the composite backward ----
 
 

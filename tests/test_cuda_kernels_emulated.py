@@ -953,8 +953,9 @@ def test_module_matches_nn_rnn(case, dtype, path, monkeypatch, generator):
 @pytest.mark.parametrize("case", [1, 2])
 def test_bidirectional_module_directions_side_by_side_match_nn_rnn(case, side_by_side, monkeypatch, generator):
     """RNN.side_by_side: True plans each direction of a bidirectional layer for half the SMs
-    (side_by_side=2; on CUDA they also run at once on two streams), False for the whole device,
-    None as the planner prices it (on CPU tensors, which have no streams: the whole device).
+    (side_by_side=2; on CUDA the reverse one's launches on a side stream), False for the whole
+    device, None as the planner prices it (on CPU tensors, which have no streams: the whole
+    device); either way both directions in one op pair (rnn_directions_forward), none in a layer op.
     4-SM emulated device, packed input, vs torch.nn.RNN (tolerance rule); a value other than
     None, True or False is refused."""
     from rnn_fused import functional
@@ -962,18 +963,23 @@ def test_bidirectional_module_directions_side_by_side_match_nn_rnn(case, side_by
     rnn_case = MODULE_CASES[case]
     input, hx = rnn_case.inputs(generator)
     shares = []
-    layer = functional.rnn_layer
+    layer, directions = functional.rnn_layer, OPS.rnn_directions_forward
 
     def spy(*args, side_by_side=1, **kwargs):
-        shares.append(side_by_side)
+        shares.append(("layer", side_by_side))
         return layer(*args, side_by_side=side_by_side, **kwargs)
 
+    def directions_spy(*args):
+        shares.append(("directions", args[-1]))  # (side_by_side, the op's last argument)
+        return directions(*args)
+
     monkeypatch.setattr(functional, "rnn_layer", spy)
+    monkeypatch.setattr(functional.torch.ops.rnn_fused, "rnn_directions_forward", directions_spy)
     monkeypatch.setattr(RNN, "backend", "emulated")
     monkeypatch.setattr(RNN, "side_by_side", side_by_side)
     with simt.emulated_device(sm_count=4):
         compare_with_torch(rnn_case.torch_module(), input, hx, dtype=torch.float32)
-    assert shares and set(shares) == {2 if side_by_side else 1}
+    assert shares and set(shares) == {("directions", 2 if side_by_side else 1)}
     monkeypatch.setattr(RNN, "side_by_side", "yes")
     with pytest.raises(ValueError, match="rnn: side_by_side must be None, True or False, got 'yes'"):
         RNN.from_torch(rnn_case.torch_module().double())(input, hx)

@@ -1047,7 +1047,7 @@ at::Tensor forward_recurrence_planned(const ForwardRecurrence& r, const Recurren
     project_input_on_host(out2d, *r.projection);
   }
   const std::array<const scalar_t*, 4> projection = projection_pointers<scalar_t>(in_kernel);
-  at::Tensor h_n = at::empty({B, H}, r.out.options());
+  at::Tensor h_n = r.h_n.defined() ? r.h_n : at::empty({B, H}, r.out.options());
   at::Tensor exchange = exchange_buffer(plan, shape, r.out.options(), 0, r.h0);  // h0 (or zeros) at step 0
   const at::Tensor flags = step_flags_buffer(plan, r.out.options(), false);
   const at::Tensor tagged = tagged_exchange_buffer(plan, shape, r.out.options());
@@ -2016,6 +2016,12 @@ inline double step_cost(const StepCostQuery& q) {
   return terms.barrier;
 }
 
+// RecurrenceBackend::side_by_side: the reverse direction's launches on a side stream.
+inline void directions_side_by_side(const std::function<void()>& first,
+                                    const std::function<std::vector<at::Tensor>()>& second) {
+  simt::run_side_by_side(first, second);
+}
+
 inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType device, bool device_default) {
   return RecurrenceBackend{.name = name,
                            .device = device,
@@ -2028,7 +2034,8 @@ inline RecurrenceBackend kernels_backend(const char* name, c10::DeviceType devic
                            .step_cost = &step_cost,
                            .forward_stack = &forward_stack,
                            .backward_stack = &backward_stack,
-                           .stack_plan = &stack_plan};
+                           .stack_plan = &stack_plan,
+                           .side_by_side = &directions_side_by_side};
 }
 
 SIMT_END_WORLD

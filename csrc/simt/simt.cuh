@@ -64,6 +64,9 @@
 //     clusters of cluster_size consecutive blocks along x (compute capability >= 9.0)
 //   int simt::max_active_clusters(kernel, block_threads, dynamic_smem_bytes, cluster_size)
 //   simt::allow_nonportable_cluster_size(kernel[, allowed])  clusters of 9..16 blocks
+//   simt::run_side_by_side(first, second)  first() on the current stream, second() at the same
+//     time on a side stream (joined back; in emulation one after the other); second() returns
+//     the tensors it made that the current stream goes on to use
 //   SIMT_KERNEL_ATTRIBUTES(max_threads, regs_per_thread, kernel)  register estimate for
 //     the emulator's occupancy model and launch-bounds check (no-op under nvcc, where the
 //     compiler's numbers are queried instead).

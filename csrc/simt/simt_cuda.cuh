@@ -8,7 +8,9 @@
 #error "simt_cuda.cuh is for nvcc; include simt/simt.cuh"
 #endif
 
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
@@ -548,6 +550,61 @@ inline bool stream_capturing() {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
   return status != cudaStreamCaptureStatusNone;
+}
+
+namespace detail {
+
+// The side stream of run_side_by_side on the current device: one per device from torch's pool,
+// taken once (per-stream memory pools: a new pool stream per call would spread the caching
+// allocator's free blocks over up to 32 streams), or another pool stream when the caller's
+// current stream is that one.
+inline c10::cuda::CUDAStream side_stream(const c10::cuda::CUDAStream& current) {
+  static std::mutex mutex;
+  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = streams.find(current.device_index());
+  if (it == streams.end()) {
+    it = streams.emplace(current.device_index(), c10::cuda::getStreamFromPool(false, current.device_index())).first;
+  }
+  return it->second != current ? it->second : c10::cuda::getStreamFromPool(false, current.device_index());
+}
+
+}  // namespace detail
+
+// first() on the current stream and, at the same time, second() on a side stream of the current
+// device (detail::side_stream): the side stream first waits for the work queued on the current stream
+// so far, and the current stream then waits for all of the side stream's. Memory that second()
+// allocates comes from the side stream's pool; second() returns the tensors it made that outlive
+// it (read by the current stream's later work), whose memory is then also tied to the current
+// stream (recordStream), so that freeing them cannot hand it to the side stream's next work
+// before that reading is done. Memory allocated before, on the current stream, needs nothing:
+// its later reuse there is ordered after the join. Works while the current stream captures a
+// CUDA graph (the events fork and join the capture).
+template <class First, class Second>
+void run_side_by_side(First&& first, Second&& second) {
+  const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
+  const c10::cuda::CUDAStream side = detail::side_stream(current);
+  struct Events {
+    cudaEvent_t forked = nullptr, joined = nullptr;
+    ~Events() {
+      if (forked != nullptr) cudaEventDestroy(forked);
+      if (joined != nullptr) cudaEventDestroy(joined);
+    }
+  } events;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&events.forked, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&events.joined, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(events.forked, current));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(side, events.forked, 0));
+  first();
+  {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    const auto made = second();
+    C10_CUDA_CHECK(cudaEventRecord(events.joined, side));
+    for (const auto& tensor : made) {
+      if (tensor.defined()) c10::cuda::CUDACachingAllocator::recordStream(tensor.storage().data_ptr(), current);
+    }
+  }
+  C10_CUDA_CHECK(cudaStreamWaitEvent(current, events.joined, 0));
 }
 
 // The device time, in microseconds, of the work `queue_work()` puts on the current stream:

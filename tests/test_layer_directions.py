@@ -1,6 +1,8 @@
-"""A bidirectional layer on the CPU kernels with its two time loops at once, each on a thread of
-torch's OpenMP team (rnn_fused::rnn_directions_forward / _backward, functional._DirectionsOnTwoThreads):
-the same values as the directions one after the other, bit for bit."""
+"""A bidirectional layer with its two directions at once in one op pair (rnn_fused::rnn_directions_forward
+/ _backward, functional._LayerDirections): on the CPU kernels each time loop on a thread of torch's
+OpenMP team, the same values as the directions one after the other, bit for bit; on the GPU kernels
+(here emulated) each direction planned for half the SMs, the reverse one's launches on a side stream
+on CUDA, the same values as the two layer ops planned so, bit for bit."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 import rnn_fused
 from rnn_cases import module_outputs_and_gradients
-from rnn_fused import functional
+from rnn_fused import functional, simt
 from rnn_fused.launch_plan import cpu_loop_team, forced_cpu_loop_team
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
 
@@ -201,8 +203,13 @@ def test_directions_ops_refuse_what_they_cannot_run_before_anything_runs():
         OPS.rnn_directions_forward(x, None, weights[:3], False, None)
     with pytest.raises(ValueError, match=r"hx must be None or \[2, B, H\]"):
         OPS.rnn_directions_forward(x, torch.zeros(2, 5), weights, False, None)
-    with pytest.raises(ValueError, match="backend 'emulated' runs GPU kernels, whose directions run side by side"):
-        OPS.rnn_directions_forward(x, None, weights, False, None, backend="emulated")
+    with pytest.raises(ValueError, match="path='block' chooses among the GPU kernels' paths"):
+        OPS.rnn_directions_forward(x, None, weights, False, None, path="block")
+    with pytest.raises(ValueError, match="side_by_side must be >= 1"):
+        OPS.rnn_directions_forward(x, None, weights, False, None, backend="emulated", side_by_side=0)
+    with pytest.raises(ValueError, match="path must be 'block', 'cluster', 'grid', 'stepwise' or None, got 'warp'"):
+        OPS.rnn_directions_backward(torch.zeros(4, 2, 10), None, torch.zeros(4, 2, 10), [True] * 9, x, None, weights,
+                                    False, None, backend="emulated", path="warp")
     out, h_n = OPS.rnn_directions_forward(x, None, weights, False, None)
     with pytest.raises(RuntimeError, match=r"grad_output must be a Float tensor of shape \[4, 2, 10\]"):
         OPS.rnn_directions_backward(torch.zeros(4, 2, 5), torch.zeros_like(h_n), out, [True] * 9, x, None, weights,
@@ -268,3 +275,47 @@ def test_an_unused_output_of_the_directions_on_two_threads(used):
                      for grad_h_n in (None, torch.zeros_like(h_n)))
     for a, b in zip(absent, zeros, strict=True):
         assert torch.equal(a, b)
+
+
+# steps, batch, input, hidden, bias, hx, lengths, nonlinearity, truncation, path: the GPU kernels'
+# directions at once, emulated (the planner's path, and a forced one).
+EMULATED_CASES = [
+    (6, 3, 4, 9, True, True, [6, 2, 0], "tanh", 2, None),
+    (5, 2, 3, 33, False, False, None, "relu", rnn_fused.RandomTruncation(0.7, seed=3), "cluster"),
+]
+
+
+@pytest.mark.parametrize("case", EMULATED_CASES, ids=lambda c: "-".join(str(v) for v in c[:8]))
+def test_directions_at_once_on_the_gpu_kernels_are_their_layer_ops_planned_for_half_the_sms(case):
+    """side_by_side=True on the GPU kernels (emulated: no streams, the side stream's work runs
+    second): one directions op pair for the layer, whose output, h_n and every gradient are
+    bitwise those of the two layer ops planned for half the SMs each (rnn_layer's side_by_side=2)
+    and joined as rnn() joins them."""
+    steps, batch, input_size, hidden, bias, with_hx, lengths, nonlinearity, truncation, path = case
+    torch.manual_seed(7)
+    x = torch.randn(steps, batch, input_size, requires_grad=True)
+    hx = torch.randn(2, batch, hidden, requires_grad=True) if with_hx else None
+    shapes = [(hidden, input_size), (hidden, hidden)] + ([(hidden,), (hidden,)] if bias else [])
+    weights = [tuple((torch.randn(*shape) * 0.3).requires_grad_() for shape in shapes) for _ in range(2)]
+    lengths = None if lengths is None else torch.tensor(lengths)
+    args = functional.resolve_truncation(truncation)
+    leaves = [x, *([hx] if with_hx else []), *(w for group in weights for w in group)]
+    cotangents = (torch.randn(steps, batch, 2 * hidden), torch.randn(2, batch, hidden))
+
+    def gradients(out, h_n):
+        return [out, h_n, *torch.autograd.grad((out, h_n), leaves, cotangents)]
+
+    with simt.emulated_device():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            at_once = gradients(*functional.rnn(x, hx, weights, 1, True, nonlinearity, lengths=lengths,
+                                                backend="emulated", path=path, truncation=truncation, side_by_side=True))
+        names = [e.name for e in profile.events()]
+        assert names.count("rnn_fused::rnn_directions_forward") == 1
+        assert names.count("rnn_fused::rnn_directions_backward") == 1
+        assert "rnn_fused::rnn_layer_forward" not in names
+        results = [functional.rnn_layer(x, None if hx is None else hx[d], *weights[d], *(() if bias else (None, None)),
+                                        lengths, nonlinearity, reverse=d == 1, backend="emulated", path=path,
+                                        truncation=args, side_by_side=2) for d in range(2)]
+        in_turn = gradients(torch.cat([out for out, _ in results], dim=2), torch.stack([h for _, h in results]))
+    for index, (a, b) in enumerate(zip(at_once, in_turn, strict=True)):
+        assert torch.equal(a, b), index
