@@ -104,11 +104,50 @@ const c10::TypedOperatorHandle<DirectionsBackwardWithGraphSignature>& directions
 
 OptionalTensor present(const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
 
-OptionalName name_of(const c10::IValue& saved, std::string& storage) {
-  if (saved.isNone()) return std::nullopt;
-  storage = saved.toStringRef();
-  return c10::string_view(storage);
-}
+// The options a node keeps for its backward: the ops' arguments after the tensors that both
+// nodes' ops share (the layer's `reverse` and the directions' `has_biases` are their own).
+struct SavedOptions {
+  std::string nonlinearity;
+  int64_t truncate_every = 0;
+  double keep_prob = 1.0;
+  int64_t layer = 0;
+  std::optional<std::string> backend, path;
+  int64_t side_by_side = 1;
+
+  SavedOptions(c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, int64_t layer,
+               OptionalName backend, OptionalName path, int64_t side_by_side)
+      : nonlinearity(nonlinearity),
+        truncate_every(truncate_every),
+        keep_prob(keep_prob),
+        layer(layer),
+        backend(backend ? std::optional<std::string>(std::string(*backend)) : std::nullopt),
+        path(path ? std::optional<std::string>(std::string(*path)) : std::nullopt),
+        side_by_side(side_by_side) {}
+
+  void save(AutogradContext* ctx) const {
+    ctx->saved_data["nonlinearity"] = nonlinearity;
+    ctx->saved_data["truncate_every"] = truncate_every;
+    ctx->saved_data["keep_prob"] = keep_prob;
+    ctx->saved_data["layer"] = layer;
+    ctx->saved_data["backend"] = backend ? c10::IValue(*backend) : c10::IValue();
+    ctx->saved_data["path"] = path ? c10::IValue(*path) : c10::IValue();
+    ctx->saved_data["side_by_side"] = side_by_side;
+  }
+
+  static SavedOptions load(AutogradContext* ctx) {
+    const auto name = [&](const char* key) -> OptionalName {
+      const c10::IValue& saved = ctx->saved_data[key];
+      return saved.isNone() ? OptionalName() : OptionalName(saved.toStringRef());
+    };
+    return SavedOptions(ctx->saved_data["nonlinearity"].toStringRef(), ctx->saved_data["truncate_every"].toInt(),
+                        ctx->saved_data["keep_prob"].toDouble(), ctx->saved_data["layer"].toInt(), name("backend"),
+                        name("path"), ctx->saved_data["side_by_side"].toInt());
+  }
+
+  // (views of the strings above: valid while this object lives)
+  OptionalName backend_name() const { return backend ? OptionalName(*backend) : std::nullopt; }
+  OptionalName path_name() const { return path ? OptionalName(*path) : std::nullopt; }
+};
 
 // Differentiable inputs in the order of the forward's arguments (their gradients come back in it).
 constexpr int kInput = 0, kHx = 1, kWeightIh = 2, kWeightHh = 3, kBiasIh = 4, kBiasHh = 5, kDifferentiable = 6;
@@ -136,14 +175,8 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     const at::Tensor none;
     ctx->save_for_backward({input, hx.value_or(none), weight_ih, weight_hh, bias_ih.value_or(none),
                             bias_hh.value_or(none), lengths.value_or(none), seed.value_or(none), output});
-    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
     ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["truncate_every"] = truncate_every;
-    ctx->saved_data["keep_prob"] = keep_prob;
-    ctx->saved_data["layer"] = layer;
-    ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
-    ctx->saved_data["path"] = path ? c10::IValue(std::string(*path)) : c10::IValue();
-    ctx->saved_data["side_by_side"] = side_by_side;
+    SavedOptions(nonlinearity, truncate_every, keep_prob, layer, backend, path, side_by_side).save(ctx);
     return {output, h_n};
   }
 
@@ -153,15 +186,9 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
     const at::Tensor &input = saved[0], &weight_ih = saved[2], &weight_hh = saved[3], &output = saved[8];
     const OptionalTensor hx = present(saved[1]), bias_ih = present(saved[4]), bias_hh = present(saved[5]),
                          lengths = present(saved[6]), seed = present(saved[7]);
-    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
     const bool reverse = ctx->saved_data["reverse"].toBool();
-    const int64_t truncate_every = ctx->saved_data["truncate_every"].toInt();
-    const double keep_prob = ctx->saved_data["keep_prob"].toDouble();
-    const int64_t layer = ctx->saved_data["layer"].toInt();
-    std::string backend_storage, path_storage;
-    const OptionalName backend = name_of(ctx->saved_data["backend"], backend_storage);
-    const OptionalName path = name_of(ctx->saved_data["path"], path_storage);
-    const int64_t side_by_side = ctx->saved_data["side_by_side"].toInt();
+    const SavedOptions o = SavedOptions::load(ctx);
+    const OptionalName backend = o.backend_name(), path = o.path_name();
 
     // needs_input_grad counts only the arguments that were tensors: absent optionals have no edge.
     std::array<bool, kDifferentiable> needs{};
@@ -179,8 +206,8 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
       const at::Tensor grad_h_n =
           grads[1].defined() ? grads[1] : at::zeros({output.size(1), output.size(2)}, output.options());
       const std::vector<at::Tensor> with_graph = backward_with_graph_op().call(
-          grad_output, grad_h_n, needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-          reverse, truncate_every, keep_prob, seed, layer, backend, path, side_by_side);
+          grad_output, grad_h_n, needs, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, o.nonlinearity,
+          reverse, o.truncate_every, o.keep_prob, seed, o.layer, backend, path, o.side_by_side);
       for (int i = 0; i < kDifferentiable; ++i) {
         if (needs[i]) result[i] = with_graph[i];
       }
@@ -190,8 +217,8 @@ class FusedRnnLayer : public torch::autograd::Function<FusedRnnLayer> {
                                    needs[kBiasIh] || needs[kBiasHh]};
     auto [grad_input, grad_hx, grad_weight_ih, grad_weight_hh, grad_bias, step_norms, grad_sq_norms, nonfinite] =
         backward_op().call(grad_output, present(grads[1]), output, mask, /*record_norms=*/false, input, hx, weight_ih, weight_hh,
-                           bias_ih, bias_hh, lengths, nonlinearity, reverse, truncate_every, keep_prob, seed, layer,
-                           backend, path, side_by_side);
+                           bias_ih, bias_hh, lengths, o.nonlinearity, reverse, o.truncate_every, o.keep_prob, seed,
+                           o.layer, backend, path, o.side_by_side);
     if (needs[kInput]) result[kInput] = grad_input;
     if (needs[kHx]) result[kHx] = grad_hx;
     if (needs[kWeightIh]) result[kWeightIh] = grad_weight_ih;
@@ -225,13 +252,7 @@ class FusedRnnDirections : public torch::autograd::Function<FusedRnnDirections> 
     saved.insert(saved.end(), weights.begin(), weights.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["has_biases"] = has_biases;
-    ctx->saved_data["nonlinearity"] = std::string(nonlinearity);
-    ctx->saved_data["truncate_every"] = truncate_every;
-    ctx->saved_data["keep_prob"] = keep_prob;
-    ctx->saved_data["layer"] = layer;
-    ctx->saved_data["backend"] = backend ? c10::IValue(std::string(*backend)) : c10::IValue();
-    ctx->saved_data["path"] = path ? c10::IValue(std::string(*path)) : c10::IValue();
-    ctx->saved_data["side_by_side"] = side_by_side;
+    SavedOptions(nonlinearity, truncate_every, keep_prob, layer, backend, path, side_by_side).save(ctx);
     return {output, h_n};
   }
 
@@ -242,14 +263,8 @@ class FusedRnnDirections : public torch::autograd::Function<FusedRnnDirections> 
     const OptionalTensor hx = present(saved[1]), lengths = present(saved[2]), seed = present(saved[3]);
     const std::vector<at::Tensor> weights(saved.begin() + 5, saved.end());
     const bool has_biases = ctx->saved_data["has_biases"].toBool();
-    const std::string nonlinearity = ctx->saved_data["nonlinearity"].toStringRef();
-    const int64_t truncate_every = ctx->saved_data["truncate_every"].toInt();
-    const double keep_prob = ctx->saved_data["keep_prob"].toDouble();
-    const int64_t layer = ctx->saved_data["layer"].toInt();
-    std::string backend_storage, path_storage;
-    const OptionalName backend = name_of(ctx->saved_data["backend"], backend_storage);
-    const OptionalName path = name_of(ctx->saved_data["path"], path_storage);
-    const int64_t side_by_side = ctx->saved_data["side_by_side"].toInt();
+    const SavedOptions o = SavedOptions::load(ctx);
+    const OptionalName backend = o.backend_name(), path = o.path_name();
     const int64_t count = static_cast<int64_t>(weights.size()), per_direction = count / 2;
 
     // needs[i]: input, hx, then each weight (edges only for the tensors present: hx may be None).
@@ -266,8 +281,8 @@ class FusedRnnDirections : public torch::autograd::Function<FusedRnnDirections> 
                                       ? grads[1]
                                       : at::zeros({2, output.size(1), output.size(2) / 2}, output.options());
       const std::vector<at::Tensor> with_graph = directions_backward_with_graph_op().call(
-          grad_output, grad_h_n, needs, input, hx, weights, has_biases, lengths, nonlinearity, truncate_every,
-          keep_prob, seed, layer, backend, path, side_by_side);
+          grad_output, grad_h_n, needs, input, hx, weights, has_biases, lengths, o.nonlinearity, o.truncate_every,
+          o.keep_prob, seed, o.layer, backend, path, o.side_by_side);
       for (int64_t i = 0; i < kDirectionsWeightsAt + count; ++i) {
         if (needs[static_cast<size_t>(i)]) result[static_cast<size_t>(i)] = with_graph[static_cast<size_t>(i)];
       }
@@ -285,8 +300,8 @@ class FusedRnnDirections : public torch::autograd::Function<FusedRnnDirections> 
     }
     const std::vector<at::Tensor> g =
         directions_backward_op().call(grad_output, present(grads[1]), output, mask, input, hx, weights, has_biases,
-                                      lengths, nonlinearity, truncate_every, keep_prob, seed, layer, backend,
-                                      /*record_norms=*/false, path, side_by_side);
+                                      lengths, o.nonlinearity, o.truncate_every, o.keep_prob, seed, o.layer, backend,
+                                      /*record_norms=*/false, path, o.side_by_side);
     if (needs[0]) result[0] = g[0];
     if (needs[1]) result[1] = at::stack({g[1], g[5]});
     for (int64_t d = 0; d < 2; ++d) {
