@@ -70,8 +70,11 @@ def test_functional_rnn_runs_in_the_autocast_dtype():
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES)
 @pytest.mark.parametrize("packed", [False, True])
-def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed):
-    """Result dtypes (outputs and every gradient) equal nn.RNN's; values within the rule.
+@pytest.mark.parametrize("backend", [None, "emulated"])
+def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed, backend):
+    """Result dtypes (outputs and every gradient) equal nn.RNN's; values within the rule. On the
+    CPU kernels and on the GPU kernels (emulated), whose bidirectional layers run as one op pair
+    with their arguments cast before it (functional._autocast_directions).
 
     The float32 gradients of the leaves are gradients of their casts, computed in the
     autocast dtype and cast back: they carry that dtype's precision, so the rule is applied
@@ -80,6 +83,7 @@ def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed):
     torch.manual_seed(0)
     theirs = nn.RNN(3, 6, 2, bidirectional=True)
     ours = rnn_fused.RNN.from_torch(theirs)
+    ours.backend = backend
     reference_module = rnn_fused.RNN.from_torch(theirs).double().to_torch()
     x = torch.randn(5, 3, 3)
     hx = torch.randn(4, 3, 6)
