@@ -676,25 +676,52 @@ _library.impl("rnn_directions_backward_with_graph", _directions_backward_with_gr
 def _directions_side_by_side(layer_input: Tensor, weight_hh: Tensor, path: str | None) -> int:
     """How many directions of a bidirectional layer the planner runs at once where they can go
     to two streams (CUDA tensors in eager mode, and a batch to launch anything for):
-    directions_side_by_side's answer for the shape; else 1."""
+    directions_side_by_side's answer for the layer's shape and steps; else 1."""
     if not layer_input.is_cuda or torch.compiler.is_compiling() or layer_input.shape[1] == 0:
         return 1
     return directions_side_by_side(layer_input.device, layer_input.dtype, weight_hh.shape[0], layer_input.shape[1],
-                                   path)
+                                   path, layer_input.shape[0])
+
+
+# The host's cost of running a layer's directions at once, in launches: the side stream's fork and
+# join (two events created, recorded, waited for and destroyed in the op: about one ATen launch's
+# host time; predicted, not measured), in the forward and again in the backward.
+_SIDE_STREAM_LAUNCHES = 2.0
 
 
 @functools.lru_cache(maxsize=1024)
 def directions_side_by_side(device: torch.device | str, dtype: torch.dtype, hidden: int, batch: int,
-                            path: str | None) -> int:
+                            path: str | None, steps: int | None = None) -> int:
     """2 where the two directions of a bidirectional layer are faster at once, each planned for
     half the SMs (side_by_side=2: the reverse one on a side stream), than one after the other,
     each on the whole device; else 1. Per direction, the forward and backward step on the
     block or cluster path (a cooperative grid wants the whole device, and the stepwise path's
     launches are priced alone) against twice those of the whole-device plans, as autotuning
-    measured them where it did, else as the cost model predicts. Asked of the planner once per
-    shape in a process: a plan query costs about 24 us of host time (measured on the emulated
-    device), which a small bidirectional layer would pay on every call, and a device's answer
-    does not change. `device` as for launch_plan.plan ('emulated' or a CUDA device)."""
+    measured them where it did, else as the cost model predicts (_directions_step_us). With
+    `steps`, also only where the GPU time the steps save exceeds the side stream's host cost
+    (_SIDE_STREAM_LAUNCHES launches at the cost model's launch_us): a short sequence's call waits
+    for its host, not for its few microseconds of recurrence. Answered once per shape and
+    process: a device's answer does not change. `device` as for launch_plan.plan ('emulated' or a
+    CUDA device)."""
+    whole, half = _directions_step_us(device, dtype, hidden, batch, path)
+    if half is None or whole is None or half >= 2 * whole:
+        return 1
+    if steps is not None:
+        from .launch_plan import cost_constants
+
+        if steps * (2 * whole - half) < _SIDE_STREAM_LAUNCHES * cost_constants()["launch_us"]:
+            return 1
+    return 2
+
+
+@functools.lru_cache(maxsize=1024)
+def _directions_step_us(device: torch.device | str, dtype: torch.dtype, hidden: int, batch: int,
+                        path: str | None) -> tuple[float | None, float | None]:
+    """(whole, half): a direction's forward plus backward microseconds per step planned for the
+    whole device and for half of it (side_by_side=2), None where that plan is infeasible or (half)
+    not on the block or cluster path. Asked of the planner once per shape in a process: a plan
+    query costs about 24 us of host time (measured on the emulated device), which a small
+    bidirectional layer would pay on every call."""
     from .launch_plan import plan
 
     def step_us(side_by_side: int) -> float | None:
@@ -708,8 +735,7 @@ def directions_side_by_side(device: torch.device | str, dtype: torch.dtype, hidd
             total += chosen.measured_us_per_step or chosen.predicted_us_per_step
         return total
 
-    whole, half = step_us(1), step_us(2)
-    return 2 if half is not None and whole is not None and half < 2 * whole else 1
+    return step_us(1), step_us(2)
 
 
 def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | None) -> Tensor:

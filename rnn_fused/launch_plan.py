@@ -362,6 +362,7 @@ def forget_cached_plans() -> None:
     from . import functional
 
     functional.directions_side_by_side.cache_clear()
+    functional._directions_step_us.cache_clear()
     functional._stack_step_costs.cache_clear()
     runs_in_waves.cache_clear()
     batch_pieces.cache_clear()

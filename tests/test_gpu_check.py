@@ -373,12 +373,12 @@ def test_rows_whose_backward_makes_its_gradients_in_a_kernel_are_timed_with_them
 
 def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeypatch):
     """runs_side_by_side: bidirectional rows on CUDA whose directions the planner runs at once
-    (functional.directions_side_by_side, asked for the layer's compute dtype); never on CPU
+    (functional.directions_side_by_side, asked for the layer's compute dtype and steps); never on CPU
     tensors (no streams), never unidirectional. Stubbed planner: at once below H = 512."""
     asked = []
 
-    def fake(device, dtype, hidden, batch, path):
-        asked.append((device.type, dtype, hidden, batch, path))
+    def fake(device, dtype, hidden, batch, path, steps):
+        asked.append((device.type, dtype, hidden, batch, path, steps))
         return 2 if hidden < 512 else 1
 
     monkeypatch.setattr(gpu_check, "directions_side_by_side", fake)
@@ -388,8 +388,8 @@ def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeyp
     assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 512, bidirectional=True), cuda)
     assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, bidirectional=True), cpu)
     assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, layers=2), cuda)
-    assert asked == [("cuda", torch.float32, 256, 32, None), ("cuda", torch.float32, 256, 8, None),
-                     ("cuda", torch.float32, 512, 32, None)]
+    assert asked == [("cuda", torch.float32, 256, 32, None, 500), ("cuda", torch.float32, 256, 8, None, 10),
+                     ("cuda", torch.float32, 512, 32, None, 500)]
 
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():

@@ -247,9 +247,11 @@ def test_bidirectional_directions_side_by_side_where_the_planner_prices_it_faste
     """Whether a bidirectional layer's directions run at once on CUDA (each planned for half the
     SMs, the reverse one on a side stream) or one after the other (each on the whole device)
     is the planner's answer for the shape: at once where one half-device forward and backward
-    step costs less than two whole-device ones, and only on the block or cluster path. Asked
-    once per process rather than on every call (a plan query costs tens of microseconds of
-    host time). Stubbed planner: (path, us per step) per hidden size and share."""
+    step costs less than two whole-device ones, only on the block or cluster path, and only where
+    the layer's steps save more GPU time than the side stream's fork and join cost the host (2
+    launches at the model's launch_us). Asked once per shape and process rather than on every
+    call (a plan query costs tens of microseconds of host time). Stubbed planner: (path, us per
+    step) per hidden size and share."""
     from types import SimpleNamespace
 
     from rnn_fused import functional, launch_plan
@@ -270,14 +272,21 @@ def test_bidirectional_directions_side_by_side_where_the_planner_prices_it_faste
         return chosen
 
     monkeypatch.setattr(launch_plan, "plan", fake_plan)
-    functional.directions_side_by_side.cache_clear()
+    launch_plan.forget_cached_plans()
     weight = {h: torch.empty(h, h) for h in (64, 256, 512, 1024)}
 
-    def layer_input(batch, cuda=True):
-        return SimpleNamespace(is_cuda=cuda, shape=(5, batch, 3), device=torch.device("cuda", 0), dtype=torch.float32)
+    def layer_input(batch, cuda=True, steps=100):
+        return SimpleNamespace(is_cuda=cuda, shape=(steps, batch, 3), device=torch.device("cuda", 0),
+                               dtype=torch.float32)
 
+    # H = 64 saves 2 x 2 - 2 = 2 us a step at once: worth the fork and join from 2 launches' time on.
+    fork_join_steps = 2 * launch_plan.cost_constants()["launch_us"] / 2.0
     try:
         for _ in range(3):
+            assert functional._directions_side_by_side(layer_input(8, steps=int(fork_join_steps) + 1),
+                                                       weight[64], None) == 2
+            assert functional._directions_side_by_side(layer_input(8, steps=int(fork_join_steps) - 1),
+                                                       weight[64], None) == 1
             assert functional._directions_side_by_side(layer_input(8), weight[64], None) == 2
             assert functional._directions_side_by_side(layer_input(8), weight[256], None) == 2
             assert functional._directions_side_by_side(layer_input(8), weight[512], None) == 1
@@ -290,7 +299,7 @@ def test_bidirectional_directions_side_by_side_where_the_planner_prices_it_faste
         shapes.remove((1024, 8, True, 2))  # (its half-device forward has no persistent path: no need to ask)
         assert asked == shapes
     finally:
-        functional.directions_side_by_side.cache_clear()  # nothing stubbed stays cached
+        launch_plan.forget_cached_plans()  # nothing stubbed stays cached
 
 
 @pytest.mark.parametrize("steps, batch, lengths, transposes", [

@@ -739,11 +739,12 @@ def could_run_as_stack(shape: Shape, target: Target) -> bool:
 
 def runs_side_by_side(shape: Shape, target: Target) -> bool:
     """Whether rnn_fused.RNN runs this bidirectional shape's directions at once, each on half the
-    SMs (functional.rnn's side_by_side=None: on CUDA, where the planner prices it faster)."""
+    SMs (functional.rnn's side_by_side=None: on CUDA, where the planner prices it faster over the
+    shape's steps)."""
     if not shape.bidirectional or target.device.type != "cuda":
         return False
     dtype = torch.float32 if shape.torch_dtype in (torch.float16, torch.bfloat16) else shape.torch_dtype
-    return directions_side_by_side(target.plan_device, dtype, shape.hidden, shape.batch, None) == 2
+    return directions_side_by_side(target.plan_device, dtype, shape.hidden, shape.batch, None, shape.steps) == 2
 
 
 def measure_tuned(row: ShapeRow, shape: Shape, target: Target, timing: Timing, tune_steps: int) -> None:
