@@ -18,7 +18,9 @@ Writes host_overhead.md (and prints it):
   saves), and rnn_fused with its layers one launch
   after another and in one launch (RNN.stack False / True, where the stack runs), and for a
   bidirectional model with its directions one after the other (RNN.side_by_side = False: no
-  second stream, whose events the planned call pays on the host);
+  second stream) and at once (True: the side stream's fork and join, whose host time
+  functional._SIDE_STREAM_LAUNCHES predicts; at 11, 3, 20, 48 the planned call runs them in
+  turn);
 - torch.profiler's operators by host time (self CPU) over 20 calls of forward+backward: the ATen
   ops and the host layer's own scopes (rnn_fused::plan, ::launch, ::input_projection,
   ::gradients_from_dz), so that the op's self time is what lies between them;
@@ -120,14 +122,16 @@ def timing_rows(device) -> list[str]:
                     ("rnn_fused, inputs projected on the host", ours, None, on_host),
                     ("rnn_fused, gradients by the host's GEMMs", ours, None, dict(gradients_on_host=True))]
         if "bidirectional" in shape:  # the directions on two streams, or one after the other
-            variants += [("rnn_fused, side_by_side=False", ours, None, {})]
+            variants += [("rnn_fused, side_by_side=False", ours, None, {}),
+                         ("rnn_fused, side_by_side=True", ours, None, {})]
         elif shape[4] > 1:
             variants += [("rnn_fused, stack=False", ours, False, {}), ("rnn_fused, stack=True", ours, True, {})]
         label = ", ".join(map(str, shape))
         for name, model, stack, setting in variants:
             if model is ours:
                 ours.stack = stack
-                ours.side_by_side = False if "side_by_side=False" in name else None
+                ours.side_by_side = (False if "side_by_side=False" in name else True if "side_by_side=True" in name
+                                     else None)
             try:
                 with rnn_fused.launch_plan.forced_tiling(**setting):
                     forward, forward_backward = calls(model, x)
