@@ -794,6 +794,38 @@ def test_the_directions_op_pair_copies_cpu_lengths_to_the_gpu_once_a_call():
     assert (forward, backward) == ((1, 1) if x.is_cuda else (0, 0))  # (CPU tensors: the rehearsal's, no copy)
 
 
+def test_bidirectional_directions_at_once_run_their_recurrences_on_two_streams():
+    """side_by_side=True: the reverse direction's recurrence kernel runs on another stream than
+    the forward one's, forward and backward (the op pair's side stream); False: every recurrence
+    kernel on the caller's stream. The values are bitwise the same: at H = 40, B = 3 the block
+    path's plan (3 one-sample CTAs) is the same on half the SMs as on all of them."""
+    torch.manual_seed(3)
+    module = RNN(6, 40, bidirectional=True).to(DEVICE)
+    module.backend = BACKEND
+    x = torch.randn(20, 3, 6, device=DEVICE, requires_grad=True)
+    streams, values = {}, {}
+    for at_once in (True, False):
+        module.side_by_side = at_once
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as profile:
+            out, h_n = module(x)
+            grad_x, = torch.autograd.grad(out.square().sum() + h_n.sum(), x)
+            torch.cuda.synchronize()
+        kernels = [e for e in profile.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and "_recurrence_kernel" in e.name]
+        assert len(kernels) == 4, [e.name for e in kernels]  # each direction's forward and backward
+        streams[at_once] = {e.device_resource_id for e in kernels}
+        values[at_once] = (out, h_n, grad_x)
+    assert len(streams[True]) == 2 and len(streams[False]) == 1
+    for backward in (False, True):
+        whole, half = (rnn_fused.plan(40, 3, torch.float32, PLAN_DEVICE, backward=backward, side_by_side=share)
+                       for share in (1, 2))
+        shape = ("path", "samples", "units_per_cta", "units_per_pass", "grid", "block_threads", "compiled_passes")
+        assert [getattr(whole, f) for f in shape] == [getattr(half, f) for f in shape]
+    for a, b in zip(values[True], values[False], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_bidirectional_directions_on_two_streams_replay_from_a_cuda_graph():
     """The directions at once (side_by_side=True: one op pair per layer, the reverse direction's
     launches on a side stream forked from and joined to the current one by events) captured in a
