@@ -96,8 +96,10 @@ def test_rehearsal_measures_every_shape_row(rehearsal):
         assert not (stacked and could)
         assert (row["as_stack_fwd_ms"] is not None) == (row["as_stack_fwd_bwd_ms"] is not None) == could
         assert row["as_stack_fwd_ms"] is None or row["as_stack_fwd_ms"] > 0
-        # CPU tensors have no streams: no directions run at once, so none are timed again in turn.
+        # CPU tensors have no streams: no directions run at once, so none are timed again in turn,
+        # nor at once.
         assert row["in_turn_fwd_ms"] is None and row["in_turn_fwd_bwd_ms"] is None
+        assert row["at_once_fwd_ms"] is None and row["at_once_fwd_bwd_ms"] is None
         assert row["predicted_fwd_us_per_step"] > 0 and row["predicted_fwd_bwd_ms"] > row["predicted_fwd_ms"] > 0
         # The recurrence per step is estimated for single-layer rows only, the backward from the
         # backward pass timed alone.
@@ -328,6 +330,12 @@ def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():
         "1000, 8, 64, 64, 2 layers, bidirectional: rnn_fused's directions at once, each on half the SMs, against one "
         "after the other on the whole device (RNN.side_by_side = False; > 1: at once faster): forward 1.60x, "
         "forward+backward 1.50x."]
+    # Directions that ran one after the other for their few steps, timed again at once.
+    in_turn = dataclasses.replace(row(2, 1.0, 0.5, bidirectional=True), at_once_fwd_ms=0.6, at_once_fwd_bwd_ms=0.9)
+    assert gpu_check.layer_overlap_verdicts([in_turn], "cuDNN") == [
+        "1000, 8, 64, 64, 2 layers, bidirectional: rnn_fused's directions one after the other (the planner's "
+        "choice: too few steps for the side stream's fork and join) against at once, each on half the SMs "
+        "(RNN.side_by_side = True; > 1: one after the other faster): forward 1.20x, forward+backward 0.90x."]
     # A batch that ran as two layer ops, timed again in one launch.
     split = dataclasses.replace(row(1, 1.0, 0.5), whole_batch_fwd_ms=0.6, whole_batch_fwd_bwd_ms=1.2)
     assert gpu_check.layer_overlap_verdicts([split], "cuDNN") == [
@@ -390,6 +398,23 @@ def test_the_benchmark_says_which_rows_run_their_directions_side_by_side(monkeyp
     assert not gpu_check.runs_side_by_side(gpu_check.Shape(500, 32, 256, 256, layers=2), cuda)
     assert asked == [("cuda", torch.float32, 256, 32, None, 500), ("cuda", torch.float32, 256, 8, None, 10),
                      ("cuda", torch.float32, 512, 32, None, 500)]
+
+
+def test_the_benchmark_times_directions_run_in_turn_for_their_steps_at_once_too(monkeypatch):
+    """could_run_side_by_side: a bidirectional CUDA row whose directions are faster at once per step
+    but run one after the other for their few steps (the side stream's fork and join) is timed
+    at once too; not one that runs them at once, nor one slower at once per step, nor on CPU
+    tensors. Stubbed planner: at once per step below H = 512, worth it from 32 steps."""
+    def fake(device, dtype, hidden, batch, path, steps=None):
+        return 2 if hidden < 512 and (steps is None or steps >= 32) else 1
+
+    monkeypatch.setattr(gpu_check, "directions_side_by_side", fake)
+    cuda, cpu = (gpu_check.Target(torch.device(d), emulated=False) for d in ("cuda", "cpu"))
+    assert gpu_check.could_run_side_by_side(gpu_check.Shape(11, 3, 20, 48, layers=2, bidirectional=True), cuda)
+    assert not gpu_check.could_run_side_by_side(gpu_check.Shape(500, 32, 256, 256, bidirectional=True), cuda)
+    assert not gpu_check.could_run_side_by_side(gpu_check.Shape(11, 3, 20, 512, bidirectional=True), cuda)
+    assert not gpu_check.could_run_side_by_side(gpu_check.Shape(11, 3, 20, 48, bidirectional=True), cpu)
+    assert not gpu_check.could_run_side_by_side(gpu_check.Shape(11, 3, 20, 48, layers=2), cuda)
 
 
 def test_the_benchmark_says_which_rows_run_as_a_stack():

@@ -309,6 +309,11 @@ class ShapeRow:
     # side_by_side): rnn_fused timed again with them one after the other (RNN.side_by_side = False).
     in_turn_fwd_ms: float | None = None
     in_turn_fwd_bwd_ms: float | None = None
+    # Bidirectional rows whose directions ran one after the other because their steps save less GPU
+    # time than the side stream costs the host (could_run_side_by_side): timed again at once
+    # (RNN.side_by_side = True), which measures that cost.
+    at_once_fwd_ms: float | None = None
+    at_once_fwd_bwd_ms: float | None = None
     # Single layers whose batch runs as two layer ops (batch_pieces): rnn_fused timed again with the
     # whole batch in one launch (RNN.path = the whole batch's planned path).
     whole_batch_fwd_ms: float | None = None
@@ -737,6 +742,17 @@ def could_run_as_stack(shape: Shape, target: Target) -> bool:
     return report.feasible and not report.faster
 
 
+def could_run_side_by_side(shape: Shape, target: Target) -> bool:
+    """Whether rnn_fused.RNN runs this bidirectional shape's directions one after the other only
+    for its steps: at once faster per step, but too few steps to pay for the side stream's fork
+    and join (functional.directions_side_by_side with and without the steps)."""
+    if not shape.bidirectional or target.device.type != "cuda":
+        return False
+    dtype = torch.float32 if shape.torch_dtype in (torch.float16, torch.bfloat16) else shape.torch_dtype
+    per_step = directions_side_by_side(target.plan_device, dtype, shape.hidden, shape.batch, None)
+    return per_step == 2 and not runs_side_by_side(shape, target)
+
+
 def runs_side_by_side(shape: Shape, target: Target) -> bool:
     """Whether rnn_fused.RNN runs this bidirectional shape's directions at once, each on half the
     SMs (functional.rnn's side_by_side=None: on CUDA, where the planner prices it faster over the
@@ -808,7 +824,8 @@ def measure_shape_row(shape: Shape, target: Target, timing: Timing, measure_erro
                                            (runs_side_by_side(shape, target), "side_by_side", "in_turn", False),
                                            (split and len(whole_paths) == 1, "path", "whole_batch",
                                             next(iter(whole_paths))),
-                                           (could_run_as_stack(shape, target), "stack", "as_stack", True)):
+                                           (could_run_as_stack(shape, target), "stack", "as_stack", True),
+                                           (could_run_side_by_side(shape, target), "side_by_side", "at_once", True)):
         if not chosen:
             continue
         setattr(ours, setting, other)
@@ -1240,6 +1257,9 @@ def layer_overlap_verdicts(rows: list[ShapeRow], baseline: str) -> list[str]:
                            "launch each (RNN.stack = True; > 1: one by one faster)"),
               ("in_turn", "rnn_fused's directions at once, each on half the SMs, against one after the other on "
                           "the whole device (RNN.side_by_side = False; > 1: at once faster)"),
+              ("at_once", "rnn_fused's directions one after the other (the planner's choice: too few steps for "
+                          "the side stream's fork and join) against at once, each on half the SMs "
+                          "(RNN.side_by_side = True; > 1: one after the other faster)"),
               ("whole_batch", "rnn_fused's batch in two layer ops (batch_pieces) against the whole batch in one "
                               "launch (RNN.path forced; > 1: the split faster)"),
               ("host_projection", "rnn_fused's input projection inside the block kernel against the host's bias "
