@@ -69,7 +69,8 @@ def _schema_names(op) -> tuple[str, ...]:
 
 if _schema_names(ops.rnn_layer_forward) != FORWARD_ARGUMENTS or \
         _schema_names(ops.rnn_layer_backward) != BACKWARD_PREFIX + FORWARD_ARGUMENTS or \
-        _schema_names(ops.rnn_layer_backward_with_graph) != ("grad_output", "grad_h_n", "needs") + FORWARD_ARGUMENTS:
+        _schema_names(ops.rnn_layer_backward_with_graph) != ("grad_output", "grad_h_n", "needs") + FORWARD_ARGUMENTS or \
+        not hasattr(ops, "rnn_layers_forward"):
     raise ImportError("rnn_fused: the compiled extension's op schemas do not match this Python package; "
                       "rebuild it (make build, or pip install --no-build-isolation .)")
 

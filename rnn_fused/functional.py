@@ -136,31 +136,39 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
 def _batch_pieces(input: Tensor, hx: Tensor | None, weights, lengths: Tensor | None, backend: str | None,
                   path: str | None, truncation: TruncationArgs, sink, side_by_side: int) -> tuple[int, ...]:
     """launch_plan.batch_pieces for a call of rnn_layer, or the whole batch where the call is not
-    split: on the CPU loops, under torch.compile, with a forced path or half the SMs, or where a
-    sample's results would depend on its index in the batch (randomized truncation draws by it)
-    or the backward's norms must reach one sink."""
+    split (_may_split)."""
+    if not _may_split(input, hx, weights[1], lengths, backend, path, truncation, sink, side_by_side):
+        return (input.shape[1],) if input.dim() == 3 else (0,)
+    steps, batch, input_size = input.shape
+    device = "emulated" if backend == "emulated" else input.device
+    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *weights))
+    pieces = launch_plan.batch_pieces(steps, batch, input_size, weights[1].shape[0], input.dtype, device, backward)
+    if len(pieces) > 1 and input.is_cuda:
+        launch_plan.log_split_once(pieces, (str(input.device), input.dtype, steps, batch, input_size,
+                                            weights[1].shape[0], backward))
+    return pieces
+
+
+def _may_split(input: Tensor, hx: Tensor | None, weight_hh: Tensor, lengths: Tensor | None, backend: str | None,
+               path: str | None, truncation: TruncationArgs, sink, side_by_side: int) -> bool:
+    """Whether a call of rnn_layer must ask launch_plan.batch_pieces how to split its batch: not
+    on the CPU loops, under torch.compile, with a forced path or half the SMs, where a sample's
+    results would depend on its index in the batch (randomized truncation draws by it) or the
+    backward's norms must reach one sink; and only where the layer's plan runs in waves
+    (launch_plan.runs_in_waves, which depends on neither the steps nor the input size)."""
     emulated = backend == "emulated"
     if (input.dim() != 3 or path is not None or side_by_side != 1 or sink is not None or truncation.randomized
             or not (input.is_cpu if emulated else input.is_cuda and backend in (None, "cuda"))
             or torch.compiler.is_compiling()):
-        return (input.shape[1],) if input.dim() == 3 else (0,)
-    steps, batch, input_size = input.shape
-    weight_hh = weights[1]
+        return False
+    steps, batch = input.shape[0], input.shape[1]
     # Malformed arguments are the op's to reject, with its messages: never split them.
     if (batch < 2 or steps < 1 or weight_hh.dim() != 2 or weight_hh.shape[0] < 1
             or not input.dtype.is_floating_point or (hx is not None and hx.shape[:1] != (batch,))
             or (lengths is not None and lengths.shape != (batch,))):
-        return (batch,)
+        return False
     # (In the input's dtype: under autocast float16 and bfloat16 plan as float32 does.)
-    hidden, device = weight_hh.shape[0], "emulated" if emulated else input.device
-    if not launch_plan.runs_in_waves(hidden, batch, input.dtype, device):  # the common case, cached
-        return (batch,)
-    backward = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, hx, *weights))
-    pieces = launch_plan.batch_pieces(steps, batch, input_size, hidden, input.dtype, device, backward)
-    if len(pieces) > 1 and input.is_cuda:
-        launch_plan.log_split_once(pieces, (str(input.device), input.dtype, steps, batch, input_size, hidden,
-                                            backward))
-    return pieces
+    return launch_plan.runs_in_waves(weight_hh.shape[0], batch, input.dtype, "emulated" if emulated else input.device)
 
 
 def _split_layer(pieces: tuple[int, ...], input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Tensor,
@@ -269,6 +277,16 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
             return _run_stack(input, hx, weights, num_layers, nonlinearity, lengths, backend, path, args, p, sinks)
         if stack:
             raise ValueError(f"rnn: stack=True, but this call cannot run its layers in one launch: {why_not}")
+    directions_op = _layers_route(input, hx, weights, num_layers, bidirectional, dropout, training, lengths,
+                                  layer_fn, backend, path, args, record, side_by_side)
+    if directions_op is not None:
+        # Every layer takes the same route: the loop below in one op call (C++), the same layer
+        # ops in the same order (host time: a short call's whole cost).
+        if directions_op == 0:
+            log_layer_plan(input, weights[0][1].shape[0], path, 1)
+        return _ops.ops.rnn_layers_forward(input, hx, [w for group in weights for w in group], len(weights[0]) == 4,
+                                           num_layers, bidirectional, lengths, nonlinearity, args.every,
+                                           args.keep_prob, args.seed_tensor(), backend, path, directions_op)
     layer_input = input
     state_groups = []  # the final states, [directions run in one op, B, H] per op (or per direction)
     for layer in range(num_layers):
@@ -278,15 +296,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
         # thread of torch's team); else in two layer ops, one after the other.
         share, in_one_op = 1, False
         if directions == 2 and layer_fn is None:
-            if _cpu_loops(layer_input, backend, path):
-                in_one_op = side_by_side is not False and (
-                    side_by_side or _cpu_directions_on_two_threads(layer_input, weights[layer * 2][1]))
-            else:
-                if side_by_side is not False:
-                    share = 2 if side_by_side else _directions_side_by_side(layer_input, weights[layer * 2][1], path)
-                in_one_op = _gpu_kernels_in_eager_mode(layer_input, backend) and (share == 2 or len(_batch_pieces(
-                    layer_input, None if hx is None else hx[2 * layer], weights[2 * layer], lengths, backend, path,
-                    args, None, 1)) == 1)
+            share, in_one_op = _directions_route(layer_input, None if hx is None else hx[2 * layer], weights[2 * layer],
+                                                 lengths, backend, path, args, side_by_side)
 
         def run_direction(direction):
             index = layer * directions + direction
@@ -329,6 +340,58 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     # One group needs no concatenation (a launch on a GPU): a one-layer model's h_n is its op's.
     h_n = state_groups[0] if len(state_groups) == 1 else torch.cat(state_groups)
     return layer_input, h_n
+
+
+def _directions_route(layer_input: Tensor, hx_forward: Tensor | None, forward_weights, lengths: Tensor | None,
+                      backend: str | None, path: str | None, args: TruncationArgs,
+                      side_by_side: bool | None) -> tuple[int, bool]:
+    """(share, in_one_op) of a bidirectional layer in rnn(): share, rnn_layer's side_by_side for
+    each direction (2: each planned for half the SMs); in_one_op, whether the directions run in
+    one call of the op pair (rnn_directions_forward) instead of two layer ops: on the GPU kernels
+    in eager mode at once (the reverse one's launches on a side stream) or one after the other,
+    on the CPU kernels at once (each time loop on a thread of torch's team). hx_forward and
+    forward_weights: the forward direction's."""
+    weight_hh = forward_weights[1]
+    if _cpu_loops(layer_input, backend, path):
+        return 1, side_by_side is not False and (side_by_side or _cpu_directions_on_two_threads(layer_input,
+                                                                                               weight_hh))
+    share = 1
+    if side_by_side is not False:
+        share = 2 if side_by_side else _directions_side_by_side(layer_input, weight_hh, path)
+    in_one_op = _gpu_kernels_in_eager_mode(layer_input, backend) and (
+        share == 2 or len(_batch_pieces(layer_input, hx_forward, forward_weights, lengths, backend, path, args, None,
+                                        1)) == 1)
+    return share, in_one_op
+
+
+def _layers_route(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, dropout: float,
+                  training: bool, lengths: Tensor | None, layer_fn, backend: str | None, path: str | None,
+                  args: TruncationArgs, record, side_by_side: bool | None) -> int | None:
+    """rnn_layers_forward's directions_op where rnn() can hand it all its layers, else None (the
+    loop in Python). It can where every layer takes the route the first one takes: no custom
+    layer_fn, no recorder (its sinks are Python), no dropout between layers (drawn in Python),
+    eager mode without autocast (the directions' op pair is cast in Python), one weight layout,
+    and no layer's batch in pieces (_may_split: only where the plan runs in waves, which the
+    layers' shared hidden size and batch decide). Each layer's route depends on its input only
+    through T, B, the device and the dtype, which every layer shares (_directions_route: the
+    first layer's answer is every layer's). 0: each direction a layer op; 1 or 2: the directions'
+    op pair with that side_by_side."""
+    if (layer_fn is not None or record is not None or (dropout > 0 and training) or num_layers < 1
+            or input.dim() != 3 or torch.compiler.is_compiling()
+            or _ops.autocast_dtype(_ops.device_type_of(input)) is not None):
+        return None
+    width = len(weights[0])
+    if width not in (2, 4) or any(len(group) != width for group in weights):
+        return None
+    if _may_split(input, None if hx is None else hx[0], weights[0][1], lengths, backend, path, args, None, 1):
+        return None
+    if not bidirectional:
+        return 0
+    share, in_one_op = _directions_route(input, None if hx is None else hx[0], weights[0], lengths, backend, path,
+                                         args, side_by_side)
+    if in_one_op:
+        return share
+    return 0 if share == 1 else None
 
 
 def _why_no_stack(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectional: bool, layer_fn,

@@ -973,8 +973,14 @@ def test_bidirectional_module_directions_side_by_side_match_nn_rnn(case, side_by
         shares.append(("directions", args[-1]))  # (side_by_side, the op's last argument)
         return directions(*args)
 
+    def layers_spy(*args):  # every layer in one op: its directions_op (the last argument) is each layer's
+        shares.append(("directions", args[-1]) if args[-1] else ("layer", 1))
+        return layers(*args)
+
+    layers = OPS.rnn_layers_forward
     monkeypatch.setattr(functional, "rnn_layer", spy)
     monkeypatch.setattr(functional.torch.ops.rnn_fused, "rnn_directions_forward", directions_spy)
+    monkeypatch.setattr(functional.torch.ops.rnn_fused, "rnn_layers_forward", layers_spy)
     monkeypatch.setattr(RNN, "backend", "emulated")
     monkeypatch.setattr(RNN, "side_by_side", side_by_side)
     with simt.emulated_device(sm_count=4):

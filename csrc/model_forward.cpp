@@ -1,0 +1,90 @@
+// A model's forward over its layers in one op call (rnn_fused::rnn_layers_forward).
+//
+// functional.rnn runs each layer and direction as a layer op (or a bidirectional layer as the
+// directions' op pair); where every layer takes the same route, which it decides once per call,
+// it hands the whole loop to this op instead. The op calls the same layer ops through the
+// dispatcher (layer_ops.h), in the same order and with the same arguments, so autograd records
+// the same nodes and every value is bitwise what the loop in Python gives. What it saves is host
+// time: a short call's cost is the host's, and per layer the Python of the loop and of the op call
+// (its arguments parsed and boxed) came to about as much as the op's own C++ (measured on the
+// development CPU: docs/architecture.md).
+//
+// Its kernel is CompositeImplicitAutograd: it only composes differentiable ops (the layer ops,
+// select, slice, cat, stack), whose own kernels do the rest.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "layer_ops.h"
+
+namespace rnn_fused {
+namespace {
+
+using layer_ops::OptionalName;
+using layer_ops::OptionalTensor;
+
+// How a bidirectional layer runs (directions_op): 0, as two layer ops, the forward direction's
+// first; 1 or 2, as one call of the directions' op pair with that side_by_side (2: at once).
+constexpr int64_t kDirectionsAsLayerOps = 0;
+
+// input [T,B,I]; hx [L*D,B,H] or None; weights: per layer and direction (nn.RNN's order) its
+// weight_ih [H,I or D*H], weight_hh [H,H] and, with has_biases, bias_ih and bias_hh [H].
+// Returns output [T,B,D*H] and h_n [L*D,B,H], as functional.rnn's loop.
+std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
+    const at::Tensor& input, const OptionalTensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
+    int64_t num_layers, bool bidirectional, const OptionalTensor& lengths, c10::string_view nonlinearity,
+    int64_t truncate_every, double keep_prob, const OptionalTensor& seed, OptionalName backend, OptionalName path,
+    int64_t directions_op) {
+  const int64_t directions = bidirectional ? 2 : 1, per_direction = has_biases ? 4 : 2;
+  TORCH_CHECK_VALUE(num_layers >= 1, "rnn_fused.rnn_layers_forward: num_layers must be >= 1, got ", num_layers);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * directions * per_direction,
+                    "rnn_fused.rnn_layers_forward: expected ", num_layers * directions * per_direction,
+                    " weights (num_layers=", num_layers, ", bidirectional=", bidirectional ? "True" : "False",
+                    ", has_biases=", has_biases ? "True" : "False", "), got ", weights.size());
+  TORCH_CHECK_VALUE(directions_op >= 0 && directions_op <= 2,
+                    "rnn_fused.rnn_layers_forward: directions_op must be 0, 1 or 2, got ", directions_op);
+  const bool directions_in_one_op = bidirectional && directions_op != kDirectionsAsLayerOps;
+  at::Tensor layer_input = input;
+  // The final states: [B,H] per layer op, or [2,B,H] per directions' op.
+  std::vector<at::Tensor> states;
+  states.reserve(static_cast<size_t>(num_layers * directions));
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    const auto first = weights.begin() + layer * directions * per_direction;
+    if (directions_in_one_op) {
+      const OptionalTensor layer_hx = hx.has_value() ? OptionalTensor(hx->slice(0, 2 * layer, 2 * layer + 2))
+                                                     : std::nullopt;
+      auto [output, h_n] = layer_ops::directions_forward_op().call(
+          layer_input, layer_hx, std::vector<at::Tensor>(first, first + 2 * per_direction), has_biases, lengths,
+          nonlinearity, truncate_every, keep_prob, seed, layer, backend, path, directions_op);
+      states.push_back(std::move(h_n));
+      layer_input = std::move(output);
+      continue;
+    }
+    std::vector<at::Tensor> outputs;
+    for (int64_t direction = 0; direction < directions; ++direction) {
+      const int64_t index = layer * directions + direction;
+      const auto w = first + direction * per_direction;
+      auto [output, h_n] = layer_ops::forward_op().call(
+          layer_input, hx.has_value() ? OptionalTensor(hx->select(0, index)) : std::nullopt, w[0], w[1],
+          has_biases ? OptionalTensor(w[2]) : std::nullopt, has_biases ? OptionalTensor(w[3]) : std::nullopt,
+          lengths, nonlinearity, /*reverse=*/direction == 1, truncate_every, keep_prob, seed, layer, backend, path,
+          /*side_by_side=*/1);
+      outputs.push_back(std::move(output));
+      states.push_back(std::move(h_n));
+    }
+    layer_input = directions == 1 ? std::move(outputs[0]) : at::cat(outputs, 2);
+  }
+  // One op's final states need no copy (a launch on a GPU).
+  if (directions_in_one_op) return {layer_input, states.size() == 1 ? states[0] : at::cat(states)};
+  return {layer_input, states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnn_fused, CompositeImplicitAutograd, m) { m.impl("rnn_layers_forward", &rnn_layers_forward); }
+
+}  // namespace rnn_fused
