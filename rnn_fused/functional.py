@@ -243,7 +243,9 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     Either way the results are those of each direction's layer op planned so. In eager mode the
     GPU kernels run a layer's directions in one op pair (rnn_directions_forward / _backward, at
     once or not; not where the batch runs in pieces, launch_plan.batch_pieces), as do the CPU
-    kernels where they run them at once.
+    kernels where they run them at once. Where every layer takes the same route (_layers_route),
+    the loop over layers runs in one op call, rnn_layers_forward (C++, the same ops in the same
+    order: the same values bit for bit, less host time).
     Returns output [T,B,D*H] (zeros at t >= lengths[b]) and h_n [num_layers*D,B,H].
     """
     directions = 2 if bidirectional else 1
