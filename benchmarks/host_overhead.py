@@ -15,7 +15,8 @@ Writes host_overhead.md (and prints it):
   projection on the host (forced_tiling(input_projection_on_host=True): the bias sum and the
   GEMM that the block kernel saves at these shapes), rnn_fused with every backward's gradients by
   the host's GEMMs (forced_tiling(gradients_on_host=True): the launches the gradients kernel
-  saves), and rnn_fused with its layers one launch
+  saves), rnn_fused with its loop over layers in Python (one layer op call after another: what
+  one call of rnn_layers_forward saves), and rnn_fused with its layers one launch
   after another and in one launch (RNN.stack False / True, where the stack runs), and for a
   bidirectional model with its directions one after the other (RNN.side_by_side = False: no
   second stream) and at once (True: the side stream's fork and join, whose host time
@@ -31,6 +32,7 @@ Measured only: nothing here is a prediction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import os
@@ -111,6 +113,22 @@ def autograd_floor_rows(device) -> list[str]:
             f"{per_call_us(forward_backward):.1f} |"]
 
 
+# The variant whose loop over layers runs in Python, one layer op call after another, instead of in
+# one call of rnn_layers_forward (C++): the host time the op saves.
+LOOP_IN_PYTHON = "rnn_fused, the layers' loop in Python"
+
+
+@contextlib.contextmanager
+def layers_loop_in_python(enabled: bool):
+    saved = rnn_fused.functional._layers_route
+    if enabled:
+        rnn_fused.functional._layers_route = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        rnn_fused.functional._layers_route = saved
+
+
 def timing_rows(device) -> list[str]:
     lines = ["| T, B, I, H, layers | model | forward us/call | forward+backward us/call |", "|---|---|---:|---:|"]
     for shape in SHAPES:
@@ -120,7 +138,8 @@ def timing_rows(device) -> list[str]:
         on_host = dict(input_projection_on_host=True)
         variants = [("nn.RNN (cuDNN)", cudnn, None, {}), ("rnn_fused (planned)", ours, None, {}),
                     ("rnn_fused, inputs projected on the host", ours, None, on_host),
-                    ("rnn_fused, gradients by the host's GEMMs", ours, None, dict(gradients_on_host=True))]
+                    ("rnn_fused, gradients by the host's GEMMs", ours, None, dict(gradients_on_host=True)),
+                    (LOOP_IN_PYTHON, ours, None, {})]
         if "bidirectional" in shape:  # the directions on two streams, or one after the other
             variants += [("rnn_fused, side_by_side=False", ours, None, {}),
                          ("rnn_fused, side_by_side=True", ours, None, {})]
@@ -133,7 +152,7 @@ def timing_rows(device) -> list[str]:
                 ours.side_by_side = (False if "side_by_side=False" in name else True if "side_by_side=True" in name
                                      else None)
             try:
-                with rnn_fused.launch_plan.forced_tiling(**setting):
+                with rnn_fused.launch_plan.forced_tiling(**setting), layers_loop_in_python(name == LOOP_IN_PYTHON):
                     forward, forward_backward = calls(model, x)
                     lines.append(f"| {label} | {name} | {per_call_us(forward):.1f} | "
                                  f"{per_call_us(forward_backward):.1f} |")

@@ -1103,6 +1103,26 @@ def test_the_host_time_probe_says_it_needs_a_gpu(capsys):
     assert "a CUDA device is needed" in capsys.readouterr().err
 
 
+def test_the_host_time_probes_python_loop_variant_runs_the_layer_ops_from_python():
+    """host_overhead.py's variant with the layers' loop in Python: inside it a model's forward calls
+    no rnn_layers_forward, outside it (and after it) one."""
+    spec = importlib.util.spec_from_file_location("host_overhead", os.path.join(REPO, "benchmarks", "host_overhead.py"))
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model, x = rnn_fused.RNN(3, 4, num_layers=2), torch.randn(5, 2, 3)
+
+    def ops_called():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            model(x)
+        return {event.name for event in profile.events()}
+
+    with probe.layers_loop_in_python(True):
+        assert "rnn_fused::rnn_layers_forward" not in ops_called()
+    with probe.layers_loop_in_python(False):
+        assert "rnn_fused::rnn_layers_forward" in ops_called()
+    assert "rnn_fused::rnn_layers_forward" in ops_called()
+
+
 @pytest.mark.parametrize("backward,steps,input_size", [(False, 12, 5), (True, 12, 5), (True, 30, 5), (False, 12, 2000)],
                          ids=["forward-projected-in-the-kernel", "backward-gradients-in-the-kernel",
                               "backward-gradients-on-the-host", "forward-projected-on-the-host"])
