@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) traces a model using rnn_fused.RNN without a graph break."""
+"""torch.compile(fullgraph=True) traces a model using rnn_fused.RNN without a graph break; torch.export
+exports one."""
 
 from __future__ import annotations
 
@@ -111,3 +112,19 @@ def test_eager_seed_is_the_default_generators_next_draw():
     with rnn_fused.record_gradients(model) as recorder:
         model(x)[0].sum().backward()
     assert type(recorder.seed) is int and recorder.seed == expected
+
+
+@pytest.mark.parametrize("backend", [None, "emulated"])
+def test_torch_export_gives_the_eager_models_values(backend):
+    """torch.export traces the model into the layer ops (their fake kernels: no loop in C++ there,
+    rnn_layers_forward is eager's) and the exported program gives eager's values bit for bit."""
+    torch.manual_seed(0)
+    model = Tagger()
+    model.rnn.backend = backend
+    x, hx = torch.randn(3, 6, 5), torch.randn(4, 3, 8)
+    exported = torch.export.export(model, (x, hx))
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert "rnn_fused.rnn_layer_forward.default" in ops and "rnn_fused.rnn_layers_forward.default" not in ops
+    with torch.no_grad():
+        for ours, eager in zip(exported.module()(x, hx), model(x, hx)):
+            assert torch.equal(ours, eager)
