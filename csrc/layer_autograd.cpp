@@ -20,6 +20,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <optional>
 #include <string>
@@ -259,8 +260,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_directions_forward_autograd(
     const at::Tensor& input, const OptionalTensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
     const OptionalTensor& lengths, c10::string_view nonlinearity, int64_t truncate_every, double keep_prob,
     const OptionalTensor& seed, int64_t layer, OptionalName backend, OptionalName path, int64_t side_by_side) {
-  bool records = at::GradMode::is_enabled() && (input.requires_grad() || requires_grad(hx));
-  for (const at::Tensor& w : weights) records = records || (at::GradMode::is_enabled() && w.requires_grad());
+  const bool records = at::GradMode::is_enabled() &&
+                       (input.requires_grad() || requires_grad(hx) ||
+                        std::any_of(weights.begin(), weights.end(), [](const at::Tensor& w) { return w.requires_grad(); }));
   if (!records) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return directions_forward_op().call(input, hx, weights, has_biases, lengths, nonlinearity, truncate_every,
