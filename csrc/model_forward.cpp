@@ -32,13 +32,15 @@ using layer_ops::OptionalTensor;
 constexpr int64_t kDirectionsAsLayerOps = 0;
 
 // input [T,B,I]; hx [L*D,B,H] or None; weights: per layer and direction (nn.RNN's order) its
-// weight_ih [H,I or D*H], weight_hh [H,H] and, with has_biases, bias_ih and bias_hh [H].
+// weight_ih [H,I or D*H], weight_hh [H,H] and, with has_biases, bias_ih and bias_hh [H];
+// dropout: the probability of dropout on every layer's output but the last (0: none), as in
+// training (the caller passes 0 in evaluation).
 // Returns output [T,B,D*H] and h_n [L*D,B,H], as functional.rnn's loop.
 std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
     const at::Tensor& input, const OptionalTensor& hx, const std::vector<at::Tensor>& weights, bool has_biases,
     int64_t num_layers, bool bidirectional, const OptionalTensor& lengths, c10::string_view nonlinearity,
     int64_t truncate_every, double keep_prob, const OptionalTensor& seed, OptionalName backend, OptionalName path,
-    int64_t directions_op) {
+    int64_t directions_op, double dropout) {
   const int64_t directions = bidirectional ? 2 : 1, per_direction = has_biases ? 4 : 2;
   TORCH_CHECK_VALUE(num_layers >= 1, "rnn_fused.rnn_layers_forward: num_layers must be >= 1, got ", num_layers);
   TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * directions * per_direction,
@@ -47,6 +49,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
                     ", has_biases=", has_biases ? "True" : "False", "), got ", weights.size());
   TORCH_CHECK_VALUE(directions_op >= 0 && directions_op <= 2,
                     "rnn_fused.rnn_layers_forward: directions_op must be 0, 1 or 2, got ", directions_op);
+  TORCH_CHECK_VALUE(dropout >= 0.0 && dropout <= 1.0,
+                    "rnn_fused.rnn_layers_forward: dropout must be in [0, 1], got ", dropout);
   const bool directions_in_one_op = bidirectional && directions_op != kDirectionsAsLayerOps;
   at::Tensor layer_input = input;
   // The final states: [B,H] per layer op, or [2,B,H] per directions' op.
@@ -62,21 +66,24 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
           nonlinearity, truncate_every, keep_prob, seed, layer, backend, path, directions_op);
       states.push_back(std::move(h_n));
       layer_input = std::move(output);
-      continue;
+    } else {
+      std::vector<at::Tensor> outputs;
+      for (int64_t direction = 0; direction < directions; ++direction) {
+        const int64_t index = layer * directions + direction;
+        const auto w = first + direction * per_direction;
+        auto [output, h_n] = layer_ops::forward_op().call(
+            layer_input, hx.has_value() ? OptionalTensor(hx->select(0, index)) : std::nullopt, w[0], w[1],
+            has_biases ? OptionalTensor(w[2]) : std::nullopt, has_biases ? OptionalTensor(w[3]) : std::nullopt,
+            lengths, nonlinearity, /*reverse=*/direction == 1, truncate_every, keep_prob, seed, layer, backend,
+            path, /*side_by_side=*/1);
+        outputs.push_back(std::move(output));
+        states.push_back(std::move(h_n));
+      }
+      layer_input = directions == 1 ? std::move(outputs[0]) : at::cat(outputs, 2);
     }
-    std::vector<at::Tensor> outputs;
-    for (int64_t direction = 0; direction < directions; ++direction) {
-      const int64_t index = layer * directions + direction;
-      const auto w = first + direction * per_direction;
-      auto [output, h_n] = layer_ops::forward_op().call(
-          layer_input, hx.has_value() ? OptionalTensor(hx->select(0, index)) : std::nullopt, w[0], w[1],
-          has_biases ? OptionalTensor(w[2]) : std::nullopt, has_biases ? OptionalTensor(w[3]) : std::nullopt,
-          lengths, nonlinearity, /*reverse=*/direction == 1, truncate_every, keep_prob, seed, layer, backend, path,
-          /*side_by_side=*/1);
-      outputs.push_back(std::move(output));
-      states.push_back(std::move(h_n));
-    }
-    layer_input = directions == 1 ? std::move(outputs[0]) : at::cat(outputs, 2);
+    // Dropout between layers, drawn as functional.dropout_between_layers draws it for a padded
+    // batch (at::dropout of the whole output, in layer order: nn.RNN's draws).
+    if (dropout > 0 && layer < num_layers - 1) layer_input = at::dropout(layer_input, dropout, /*train=*/true);
   }
   // One op's final states need no copy (a launch on a GPU).
   if (directions_in_one_op) return {layer_input, states.size() == 1 ? states[0] : at::cat(states)};

@@ -720,11 +720,14 @@ TORCH_LIBRARY(rnn_fused, m) {
   // every layer takes the same route): input [T,B,I], hx [L*D,B,H] or None, weights per layer and
   // direction in nn.RNN's order (weight_ih, weight_hh[, bias_ih, bias_hh]), the layer options as
   // above; directions_op: 0, a bidirectional layer as two rnn_layer_forward calls, 1 or 2, as one
-  // rnn_directions_forward call with that side_by_side. Returns output [T,B,D*H] and h_n [L*D,B,H].
+  // rnn_directions_forward call with that side_by_side; dropout: on every layer's output but the
+  // last, as in training (at::dropout, nn.RNN's draws for a padded batch; 0: none). Returns
+  // output [T,B,D*H] and h_n [L*D,B,H].
   m.def(
       "rnn_layers_forward(Tensor input, Tensor? hx, Tensor[] weights, bool has_biases, int num_layers, "
       "bool bidirectional, Tensor? lengths, str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, "
-      "Tensor? seed=None, str? backend=None, str? path=None, int directions_op=0) -> (Tensor output, Tensor h_n)");
+      "Tensor? seed=None, str? backend=None, str? path=None, int directions_op=0, float dropout=0.0) -> "
+      "(Tensor output, Tensor h_n)");
   // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H] or None (zero), the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),

@@ -973,8 +973,8 @@ def test_bidirectional_module_directions_side_by_side_match_nn_rnn(case, side_by
         shares.append(("directions", args[-1]))  # (side_by_side, the op's last argument)
         return directions(*args)
 
-    def layers_spy(*args):  # every layer in one op: its directions_op (the last argument) is each layer's
-        shares.append(("directions", args[-1]) if args[-1] else ("layer", 1))
+    def layers_spy(*args):  # every layer in one op: its directions_op (argument 13) is each layer's
+        shares.append(("directions", args[13]) if args[13] else ("layer", 1))
         return layers(*args)
 
     layers = OPS.rnn_layers_forward

@@ -68,6 +68,30 @@ def test_the_op_gives_the_python_loops_values_and_gradients_bitwise(case, backen
         assert torch.equal(ours, loop)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
+def test_dropout_between_layers_draws_as_the_python_loop(bidirectional, monkeypatch):
+    """In training with dropout (a padded batch) the op draws each layer's mask as the loop does
+    (at::dropout of the whole output, in layer order, from the default generator): the same values,
+    gradients and generator state afterwards."""
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(4, 5, num_layers=3, dropout=0.4, bidirectional=bidirectional).double().train()
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+
+    def run():
+        torch.manual_seed(7)
+        results = module_outputs_and_gradients(module, x, None, None)
+        return results + [torch.rand(3, dtype=torch.float64)]  # (the generator's state after the call)
+
+    assert OP_NAME in _ops_called(run)
+    in_one_op = run()
+    with monkeypatch.context() as patch:
+        _in_python(patch)
+        in_python = run()
+    for ours, loop in zip(in_one_op, in_python, strict=True):
+        assert torch.equal(ours, loop)
+    assert not torch.equal(in_one_op[0], module.eval()(x)[0])  # (dropout did drop)
+
+
 def test_a_model_without_grad_and_its_final_states_one_op_each():
     """Under no_grad the op's results are plain tensors; one layer's h_n is its op's (a view, no copy)."""
     torch.manual_seed(0)
@@ -90,9 +114,11 @@ def test_which_calls_take_the_op():
     model.eval()
     assert OP_NAME in _ops_called(lambda: model(x))  # no dropout in eval
     model.train()
-    assert OP_NAME not in _ops_called(lambda: model(x))  # dropout's draws are Python's
+    assert OP_NAME in _ops_called(lambda: model(x))  # dropout of the padded batch's outputs
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])
+    assert OP_NAME not in _ops_called(lambda: model(packed))  # drawn over the valid positions, in Python
     model.dropout = 0.0
-    assert OP_NAME in _ops_called(lambda: model(x))
+    assert OP_NAME in _ops_called(lambda: model(packed))
     with rnn_fused.record_gradients(model):
         assert OP_NAME not in _ops_called(lambda: model(x))  # the recorder's sinks are Python's
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -139,6 +165,8 @@ def test_the_ops_own_errors():
         OPS.rnn_layers_forward(x, None, [], True, 0, False, None)
     with pytest.raises(ValueError, match="directions_op must be 0, 1 or 2, got 3"):
         OPS.rnn_layers_forward(x, None, weights, True, 2, False, None, directions_op=3)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\], got 1.5"):
+        OPS.rnn_layers_forward(x, None, weights, True, 2, False, None, dropout=1.5)
     # A layer's own mistakes are its op's, with its messages, before anything runs.
     with pytest.raises(RuntimeError, match=r"weight_ih must have shape \[3, 5\], got \[3, 2\]"):
         OPS.rnn_layers_forward(torch.randn(3, 2, 5), None, weights, True, 2, False, None)
