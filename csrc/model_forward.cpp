@@ -31,6 +31,23 @@ using layer_ops::OptionalTensor;
 // first; 1 or 2, as one call of the directions' op pair with that side_by_side (2: at once).
 constexpr int64_t kDirectionsAsLayerOps = 0;
 
+// functional.valid_positions: the rows of a flattened time-major batch [T*B,F] at steps
+// t < lengths[b], in (step, sample) order, int64 [N] on input's device (from CPU lengths found on
+// the host and copied without waiting for the device).
+at::Tensor valid_positions(const at::Tensor& lengths, const at::Tensor& input) {
+  const at::Tensor valid = at::arange(input.size(0), lengths.options()).unsqueeze(1) < lengths.unsqueeze(0);
+  return valid.view(-1).nonzero().squeeze(1).to(input.device(), at::kLong, /*non_blocking=*/true);
+}
+
+// functional.dropout_between_layers (nn.RNN's draws): at::dropout of a layer's output [T,B,F] in
+// training; with lengths (positions: valid_positions) of its valid positions only, the rest zero.
+at::Tensor dropout_between_layers(const at::Tensor& output, double p, const at::Tensor& positions) {
+  if (!positions.defined()) return at::dropout(output, p, /*train=*/true);
+  const at::Tensor flat = output.reshape({-1, output.size(2)});
+  const at::Tensor dropped = at::dropout(flat.index_select(0, positions), p, /*train=*/true);
+  return at::zeros(flat.sizes(), flat.options()).index_copy_(0, positions, dropped).view(output.sizes());
+}
+
 // input [T,B,I]; hx [L*D,B,H] or None; weights: per layer and direction (nn.RNN's order) its
 // weight_ih [H,I or D*H], weight_hh [H,H] and, with has_biases, bias_ih and bias_hh [H];
 // dropout: the probability of dropout on every layer's output but the last (0: none), as in
@@ -52,6 +69,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
   TORCH_CHECK_VALUE(dropout >= 0.0 && dropout <= 1.0,
                     "rnn_fused.rnn_layers_forward: dropout must be in [0, 1], got ", dropout);
   const bool directions_in_one_op = bidirectional && directions_op != kDirectionsAsLayerOps;
+  // With lengths, dropout draws over the valid positions: found once, after the first layer's op
+  // has checked the lengths.
+  at::Tensor positions;
   at::Tensor layer_input = input;
   // The final states: [B,H] per layer op, or [2,B,H] per directions' op.
   std::vector<at::Tensor> states;
@@ -81,9 +101,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
       }
       layer_input = directions == 1 ? std::move(outputs[0]) : at::cat(outputs, 2);
     }
-    // Dropout between layers, drawn as functional.dropout_between_layers draws it for a padded
-    // batch (at::dropout of the whole output, in layer order: nn.RNN's draws).
-    if (dropout > 0 && layer < num_layers - 1) layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+    if (dropout > 0 && layer < num_layers - 1) {
+      if (lengths.has_value() && !positions.defined()) positions = valid_positions(*lengths, input);
+      layer_input = dropout_between_layers(layer_input, dropout, positions);
+    }
   }
   // One op's final states need no copy (a launch on a GPU).
   if (directions_in_one_op) return {layer_input, states.size() == 1 ? states[0] : at::cat(states)};

@@ -372,17 +372,16 @@ def _layers_route(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
                   args: TruncationArgs, record, side_by_side: bool | None) -> int | None:
     """rnn_layers_forward's directions_op where rnn() can hand it all its layers, else None (the
     loop in Python). It can where every layer takes the route the first one takes: no custom
-    layer_fn, no recorder (its sinks are Python), no dropout between layers of a batch with
-    lengths (its draws over the valid positions are Python's; a padded batch's, at::dropout of
-    the whole output, the op draws alike),
+    layer_fn, no recorder (its sinks are Python; dropout between layers the op draws as
+    dropout_between_layers does),
     eager mode without autocast (the directions' op pair is cast in Python), one weight layout,
     and no layer's batch in pieces (_may_split: only where the plan runs in waves, which the
     layers' shared hidden size and batch decide). Each layer's route depends on its input only
     through T, B, the device and the dtype, which every layer shares (_directions_route: the
     first layer's answer is every layer's). 0: each direction a layer op; 1 or 2: the directions'
     op pair with that side_by_side."""
-    if (layer_fn is not None or record is not None or (dropout > 0 and training and lengths is not None)
-            or num_layers < 1 or input.dim() != 3 or torch.compiler.is_compiling()
+    if (layer_fn is not None or record is not None or num_layers < 1 or input.dim() != 3
+            or torch.compiler.is_compiling()
             or _ops.autocast_dtype(_ops.device_type_of(input)) is not None):
         return None
     width = len(weights[0])

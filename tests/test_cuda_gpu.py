@@ -826,6 +826,35 @@ def test_bidirectional_directions_at_once_run_their_recurrences_on_two_streams()
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
+def test_a_models_layers_in_one_op_call_give_the_python_loops_values(bidirectional, monkeypatch):
+    """On the GPU a model's forward runs its layers in one call of rnn_layers_forward (the directions
+    at once where planned: the side stream inside each directions' op), with dropout and a packed
+    batch; values, every gradient and the CUDA generator's state afterwards are bitwise the loop's
+    in Python (functional._layers_route forced to None)."""
+    from rnn_fused import functional
+
+    torch.manual_seed(6)
+    module = RNN(6, 40, num_layers=3, dropout=0.3, bidirectional=bidirectional).to(DEVICE)
+    module.backend, module.stack = BACKEND, False
+    x = torch.randn(12, 3, 6, device=DEVICE)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [12, 5, 9], enforce_sorted=False)
+
+    def run():
+        torch.manual_seed(8)
+        out, h_n = module(packed)
+        data = out.data
+        grads = torch.autograd.grad(data.square().sum() + h_n.sum(), list(module.parameters()))
+        return [data, h_n, *grads, torch.rand(4, device=DEVICE)]
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        in_one_op = run()
+    assert "rnn_fused::rnn_layers_forward" in {e.name for e in profile.events()}
+    monkeypatch.setattr(functional, "_layers_route", lambda *args, **kwargs: None)
+    for a, b in zip(in_one_op, run(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_bidirectional_directions_on_two_streams_replay_from_a_cuda_graph():
     """The directions at once (side_by_side=True: one op pair per layer, the reverse direction's
     launches on a side stream forked from and joined to the current one by events) captured in a

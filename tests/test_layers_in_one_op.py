@@ -68,18 +68,21 @@ def test_the_op_gives_the_python_loops_values_and_gradients_bitwise(case, backen
         assert torch.equal(ours, loop)
 
 
+@pytest.mark.parametrize("backend", [None, "emulated"])
+@pytest.mark.parametrize("lengths", [None, [6, 2, 4]], ids=["padded", "packed"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
-def test_dropout_between_layers_draws_as_the_python_loop(bidirectional, monkeypatch):
-    """In training with dropout (a padded batch) the op draws each layer's mask as the loop does
-    (at::dropout of the whole output, in layer order, from the default generator): the same values,
-    gradients and generator state afterwards."""
+def test_dropout_between_layers_draws_as_the_python_loop(bidirectional, lengths, backend, monkeypatch):
+    """In training with dropout the op draws each layer's mask as the loop does (at::dropout of the
+    whole output, or of a packed batch's valid positions, in layer order, from the default
+    generator): the same values, gradients and generator state afterwards."""
     torch.manual_seed(0)
     module = rnn_fused.RNN(4, 5, num_layers=3, dropout=0.4, bidirectional=bidirectional).double().train()
+    module.backend = backend
     x = torch.randn(6, 3, 4, dtype=torch.float64)
 
     def run():
         torch.manual_seed(7)
-        results = module_outputs_and_gradients(module, x, None, None)
+        results = module_outputs_and_gradients(module, x, None, lengths)
         return results + [torch.rand(3, dtype=torch.float64)]  # (the generator's state after the call)
 
     assert OP_NAME in _ops_called(run)
@@ -114,11 +117,8 @@ def test_which_calls_take_the_op():
     model.eval()
     assert OP_NAME in _ops_called(lambda: model(x))  # no dropout in eval
     model.train()
-    assert OP_NAME in _ops_called(lambda: model(x))  # dropout of the padded batch's outputs
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])
-    assert OP_NAME not in _ops_called(lambda: model(packed))  # drawn over the valid positions, in Python
-    model.dropout = 0.0
-    assert OP_NAME in _ops_called(lambda: model(packed))
+    assert OP_NAME in _ops_called(lambda: model(x))  # dropout drawn by the op
+    assert OP_NAME in _ops_called(lambda: model(torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])))
     with rnn_fused.record_gradients(model):
         assert OP_NAME not in _ops_called(lambda: model(x))  # the recorder's sinks are Python's
     with torch.autocast("cpu", dtype=torch.bfloat16):
