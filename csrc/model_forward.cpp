@@ -1,4 +1,5 @@
-// A model's forward over its layers in one op call (rnn_fused::rnn_layers_forward).
+// A model's forward over its layers in one op call (rnn_fused::rnn_layers_forward), and a packed
+// batch's way into the padded batch the layers run (rnn_fused::packed_to_padded).
 //
 // functional.rnn runs each layer and direction as a layer op (or a bidirectional layer as the
 // directions' op pair); where every layer takes the same route, which it decides once per call,
@@ -16,6 +17,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -111,8 +113,52 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
   return {layer_input, states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states)};
 }
 
+// A PackedSequence's data [N,F] as a time-major padded batch [T,B,F] in the packed (length-sorted)
+// order, zeros past each sample's length (functional.packed_to_padded); batch_sizes int64 [T] on
+// the CPU, non-increasing, B = batch_sizes[0]. Returns (padded, lengths int64 [B] on the CPU,
+// positions int64 [N] on data's device: the padded rows holding the packed rows, in (step, sample)
+// order). Lengths and positions are found by a loop on the host, one copy to the device and no
+// synchronisation; padded is one zero fill and one copy by index, differentiable in data.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_to_padded(const at::Tensor& data, const at::Tensor& batch_sizes) {
+  TORCH_CHECK_VALUE(batch_sizes.device().is_cpu() && batch_sizes.scalar_type() == at::kLong &&
+                        batch_sizes.dim() == 1 && batch_sizes.numel() >= 1,
+                    "rnn_fused.packed_to_padded: batch_sizes must be a non-empty 1-D int64 CPU tensor, got a ",
+                    batch_sizes.scalar_type(), " tensor of shape ", batch_sizes.sizes(), " on ", batch_sizes.device());
+  const at::Tensor sizes = batch_sizes.contiguous();
+  const int64_t* per_step = sizes.data_ptr<int64_t>();
+  const int64_t steps = sizes.numel(), batch = per_step[0];
+  TORCH_CHECK_VALUE(data.dim() == 2, "rnn_fused.packed_to_padded: data must be 2-D [N, F], got ", data.dim(), "-D");
+  int64_t rows = 0;
+  for (int64_t t = 0; t < steps; ++t) {
+    TORCH_CHECK_VALUE(per_step[t] >= 0 && per_step[t] <= (t == 0 ? batch : per_step[t - 1]),
+                      "rnn_fused.packed_to_padded: batch_sizes must be non-increasing and >= 0, got batch_sizes[",
+                      t, "] = ", per_step[t], (t == 0 ? "" : " after "),
+                      (t == 0 ? std::string() : std::to_string(per_step[t - 1])));
+    rows += per_step[t];
+  }
+  TORCH_CHECK_VALUE(data.size(0) == rows, "rnn_fused.packed_to_padded: data has ", data.size(0),
+                    " rows, batch_sizes sum to ", rows);
+  at::Tensor lengths = at::zeros({batch}, sizes.options());
+  at::Tensor host_positions = at::empty({rows}, sizes.options());
+  int64_t* length = lengths.data_ptr<int64_t>();
+  int64_t* position = host_positions.data_ptr<int64_t>();
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t b = 0; b < per_step[t]; ++b) {
+      *position++ = t * batch + b;
+      ++length[b];
+    }
+  }
+  // (non_blocking: the copy from pageable memory is staged before the call returns)
+  const at::Tensor positions = host_positions.to(data.device(), at::kLong, /*non_blocking=*/true);
+  const at::Tensor padded = at::zeros({steps * batch, data.size(1)}, data.options()).index_copy_(0, positions, data);
+  return {padded.view({steps, batch, data.size(1)}), lengths, positions};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rnn_fused, CompositeImplicitAutograd, m) { m.impl("rnn_layers_forward", &rnn_layers_forward); }
+TORCH_LIBRARY_IMPL(rnn_fused, CompositeImplicitAutograd, m) {
+  m.impl("rnn_layers_forward", &rnn_layers_forward);
+  m.impl("packed_to_padded", &packed_to_padded);
+}
 
 }  // namespace rnn_fused

@@ -728,6 +728,9 @@ TORCH_LIBRARY(rnn_fused, m) {
       "bool bidirectional, Tensor? lengths, str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, "
       "Tensor? seed=None, str? backend=None, str? path=None, int directions_op=0, float dropout=0.0) -> "
       "(Tensor output, Tensor h_n)");
+  // A PackedSequence's data [N,F] and CPU batch_sizes [T] as the padded batch [T,B,F] (packed
+  // order), its CPU lengths [B] and the padded rows [N] of the packed ones (model_forward.cpp).
+  m.def("packed_to_padded(Tensor data, Tensor batch_sizes) -> (Tensor padded, Tensor lengths, Tensor positions)");
   // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H] or None (zero), the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),

@@ -844,17 +844,12 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor,
     Returns padded [T,B,I] with zeros past each sample's length, lengths int64 [B] on the CPU
     (the layers check CPU lengths on the host and copy them to the device without waiting for
     it; device lengths would cost a host synchronisation per layer) and positions int64 [N] on
-    data's device (valid_positions: the padded rows that hold the packed data), B =
-    batch_sizes[0]. On a GPU: the positions' copy, the zeros and one copy by index, and no
-    synchronisation (no mask is counted on the device).
+    data's device (valid_positions' rows: the padded rows that hold the packed data), B =
+    batch_sizes[0]. One op call (rnn_fused::packed_to_padded, C++): lengths and positions found
+    by a loop on the host, then on a GPU the positions' copy, the zeros and one copy by index,
+    and no synchronisation (no mask is counted on the device).
     """
-    steps = batch_sizes.numel()
-    batch = int(batch_sizes[0])
-    # Sample b has a step t where b < batch_sizes[t].
-    lengths = (torch.arange(batch).unsqueeze(0) < batch_sizes.unsqueeze(1)).sum(0)
-    positions = valid_positions(lengths, steps, data.device)
-    padded = data.new_zeros(steps * batch, data.shape[1]).index_copy_(0, positions, data)
-    return padded.view(steps, batch, data.shape[1]), lengths, positions
+    return _ops.ops.packed_to_padded(data, batch_sizes)
 
 
 def padded_to_packed_data(padded: Tensor, positions: Tensor) -> Tensor:

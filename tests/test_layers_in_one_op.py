@@ -170,3 +170,35 @@ def test_the_ops_own_errors():
     # A layer's own mistakes are its op's, with its messages, before anything runs.
     with pytest.raises(RuntimeError, match=r"weight_ih must have shape \[3, 5\], got \[3, 2\]"):
         OPS.rnn_layers_forward(torch.randn(3, 2, 5), None, weights, True, 2, False, None)
+
+
+@pytest.mark.parametrize("batch_sizes", [[3, 2, 2, 1], [1], [4, 4, 4], [5, 3, 3, 0, 0]])
+def test_a_packed_batch_goes_to_the_padded_batch_by_rows_found_on_the_host(batch_sizes):
+    """rnn_fused::packed_to_padded: the padded batch nn.utils.rnn pads (zeros past each length), the
+    lengths it counts (on the CPU), and positions equal to functional.valid_positions of them; the
+    padded batch differentiable in the data (the gradient of each packed row is its padded row's)."""
+    sizes = torch.tensor(batch_sizes)
+    data = torch.randn(int(sizes.sum()), 3, dtype=torch.float64, requires_grad=True)
+    padded, lengths, positions = OPS.packed_to_padded(data, sizes)
+    if sizes[-1] > 0:  # (pad_packed_sequence refuses trailing empty steps)
+        expected, expected_lengths = torch.nn.utils.rnn.pad_packed_sequence(
+            torch.nn.utils.rnn.PackedSequence(data.detach(), sizes))
+        assert torch.equal(padded.detach(), expected) and torch.equal(lengths, expected_lengths)
+    assert lengths.device.type == "cpu" and lengths.tolist() == [int((sizes > b).sum()) for b in range(batch_sizes[0])]
+    assert torch.equal(positions, functional.valid_positions(lengths, len(batch_sizes), "cpu"))
+    cotangent = torch.randn_like(padded)
+    grad, = torch.autograd.grad(padded, data, cotangent)
+    assert torch.equal(grad, cotangent.reshape(-1, 3).index_select(0, positions))
+
+
+def test_packed_to_padded_refuses_what_no_packed_sequence_holds():
+    data = torch.randn(5, 2)
+    with pytest.raises(ValueError, match=r"batch_sizes must be non-increasing and >= 0, got batch_sizes\[2\] = 3 "
+                                         r"after 1"):
+        OPS.packed_to_padded(data, torch.tensor([1, 1, 3]))
+    with pytest.raises(ValueError, match="batch_sizes must be a non-empty 1-D int64 CPU tensor"):
+        OPS.packed_to_padded(data, torch.tensor([3.0, 2.0]))
+    with pytest.raises(ValueError, match="data has 5 rows, batch_sizes sum to 4"):
+        OPS.packed_to_padded(data, torch.tensor([2, 2]))
+    with pytest.raises(ValueError, match="data must be 2-D"):
+        OPS.packed_to_padded(torch.randn(4), torch.tensor([2, 2]))
