@@ -1,5 +1,7 @@
-// A model's forward over its layers in one op call (rnn_fused::rnn_layers_forward), and a packed
-// batch's way into the padded batch the layers run (rnn_fused::packed_to_padded).
+// A model's forward over its layers in one op call (rnn_fused::rnn_layers_forward), a packed
+// batch's way into the padded batch the layers run (rnn_fused::packed_to_padded), and the dropout
+// between layers both the op and functional.rnn's loop in Python apply (valid_positions,
+// dropout_between_layers).
 //
 // functional.rnn runs each layer and direction as a layer op (or a bidirectional layer as the
 // directions' op pair); where every layer takes the same route, which it decides once per call,
@@ -33,21 +35,44 @@ using layer_ops::OptionalTensor;
 // first; 1 or 2, as one call of the directions' op pair with that side_by_side (2: at once).
 constexpr int64_t kDirectionsAsLayerOps = 0;
 
-// functional.valid_positions: the rows of a flattened time-major batch [T*B,F] at steps
-// t < lengths[b], in (step, sample) order, int64 [N] on input's device (from CPU lengths found on
-// the host and copied without waiting for the device).
-at::Tensor valid_positions(const at::Tensor& lengths, const at::Tensor& input) {
-  const at::Tensor valid = at::arange(input.size(0), lengths.options()).unsqueeze(1) < lengths.unsqueeze(0);
-  return valid.view(-1).nonzero().squeeze(1).to(input.device(), at::kLong, /*non_blocking=*/true);
+// The rows of a flattened time-major batch [T*B,F] at steps t < lengths[b], in (step, sample)
+// order: int64 [N] on `device` (functional.valid_positions). A PackedSequence's data order when the
+// batch is padded in its own order (packed_to_padded). Found by a loop on the host and copied
+// without waiting for the device (lengths on a GPU are read back first: a synchronisation, paid
+// only by callers who pass them there).
+at::Tensor valid_positions(const at::Tensor& lengths, int64_t steps, at::Device device) {
+  TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.scalar_type() == at::kLong,
+                    "rnn_fused.valid_positions: lengths must be a 1-D int64 tensor, got a ", lengths.scalar_type(),
+                    " tensor of shape ", lengths.sizes());
+  const at::Tensor host = lengths.to(at::kCPU).contiguous();
+  const int64_t* length = host.const_data_ptr<int64_t>();
+  const int64_t batch = host.numel();
+  std::vector<int64_t> rows;
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      if (t < length[b]) rows.push_back(t * batch + b);
+    }
+  }
+  const at::Tensor positions = at::tensor(rows, host.options());
+  // (non_blocking: the copy from pageable memory is staged before the call returns)
+  return positions.to(device, at::kLong, /*non_blocking=*/true);
 }
 
-// functional.dropout_between_layers (nn.RNN's draws): at::dropout of a layer's output [T,B,F] in
-// training; with lengths (positions: valid_positions) of its valid positions only, the rest zero.
-at::Tensor dropout_between_layers(const at::Tensor& output, double p, const at::Tensor& positions) {
+// Dropout of one layer's output [T,B,F] with nn.RNN's draws (functional.dropout_between_layers):
+// at::dropout of the whole output, or with lengths (positions: valid_positions) of its valid
+// positions only, in (step, sample) order, the rest zero.
+at::Tensor dropout_at(const at::Tensor& output, double p, const at::Tensor& positions) {
   if (!positions.defined()) return at::dropout(output, p, /*train=*/true);
   const at::Tensor flat = output.reshape({-1, output.size(2)});
   const at::Tensor dropped = at::dropout(flat.index_select(0, positions), p, /*train=*/true);
   return at::zeros(flat.sizes(), flat.options()).index_copy_(0, positions, dropped).view(output.sizes());
+}
+
+at::Tensor dropout_between_layers(const at::Tensor& output, double p, const OptionalTensor& lengths) {
+  TORCH_CHECK_VALUE(output.dim() == 3, "rnn_fused.dropout_between_layers: output must be 3-D [T, B, F], got ",
+                    output.dim(), "-D");
+  return dropout_at(output, p,
+                    lengths.has_value() ? valid_positions(*lengths, output.size(0), output.device()) : at::Tensor());
 }
 
 // input [T,B,I]; hx [L*D,B,H] or None; weights: per layer and direction (nn.RNN's order) its
@@ -104,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
       layer_input = directions == 1 ? std::move(outputs[0]) : at::cat(outputs, 2);
     }
     if (dropout > 0 && layer < num_layers - 1) {
-      if (lengths.has_value() && !positions.defined()) positions = valid_positions(*lengths, input);
-      layer_input = dropout_between_layers(layer_input, dropout, positions);
+      if (lengths.has_value() && !positions.defined()) positions = valid_positions(*lengths, input.size(0), input.device());
+      layer_input = dropout_at(layer_input, dropout, positions);
     }
   }
   // One op's final states need no copy (a launch on a GPU).
@@ -138,18 +163,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_to_padded(const at::Tensor
   }
   TORCH_CHECK_VALUE(data.size(0) == rows, "rnn_fused.packed_to_padded: data has ", data.size(0),
                     " rows, batch_sizes sum to ", rows);
+  // Sample b has a step t where b < batch_sizes[t].
   at::Tensor lengths = at::zeros({batch}, sizes.options());
-  at::Tensor host_positions = at::empty({rows}, sizes.options());
   int64_t* length = lengths.data_ptr<int64_t>();
-  int64_t* position = host_positions.data_ptr<int64_t>();
   for (int64_t t = 0; t < steps; ++t) {
-    for (int64_t b = 0; b < per_step[t]; ++b) {
-      *position++ = t * batch + b;
-      ++length[b];
-    }
+    for (int64_t b = 0; b < per_step[t]; ++b) ++length[b];
   }
-  // (non_blocking: the copy from pageable memory is staged before the call returns)
-  const at::Tensor positions = host_positions.to(data.device(), at::kLong, /*non_blocking=*/true);
+  const at::Tensor positions = valid_positions(lengths, steps, data.device());
   const at::Tensor padded = at::zeros({steps * batch, data.size(1)}, data.options()).index_copy_(0, positions, data);
   return {padded.view({steps, batch, data.size(1)}), lengths, positions};
 }
@@ -159,6 +179,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_to_padded(const at::Tensor
 TORCH_LIBRARY_IMPL(rnn_fused, CompositeImplicitAutograd, m) {
   m.impl("rnn_layers_forward", &rnn_layers_forward);
   m.impl("packed_to_padded", &packed_to_padded);
+  m.impl("valid_positions", &valid_positions);
+  m.impl("dropout_between_layers", &dropout_between_layers);
 }
 
 }  // namespace rnn_fused

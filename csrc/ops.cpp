@@ -731,6 +731,11 @@ TORCH_LIBRARY(rnn_fused, m) {
   // A PackedSequence's data [N,F] and CPU batch_sizes [T] as the padded batch [T,B,F] (packed
   // order), its CPU lengths [B] and the padded rows [N] of the packed ones (model_forward.cpp).
   m.def("packed_to_padded(Tensor data, Tensor batch_sizes) -> (Tensor padded, Tensor lengths, Tensor positions)");
+  // The rows [N] of a flattened time-major batch [T*B,F] at steps t < lengths[b], (step, sample)
+  // order, on `device`; and dropout of a layer's output [T,B,F] as nn.RNN draws it (over those
+  // rows with lengths), the rest zero (model_forward.cpp).
+  m.def("valid_positions(Tensor lengths, int steps, Device device) -> Tensor");
+  m.def("dropout_between_layers(Tensor output, float p, Tensor? lengths) -> Tensor");
   // Its backward: grad_output [T,B,2H], grad_h_n [2,B,H] or None (zero), the forward's output [T,B,2H], then
   // the forward's arguments. output_mask (9): grad_input, then per direction grad_hx,
   // grad_weight_ih, grad_weight_hh, grad_bias; returns those nine (empty [0] where not wanted),

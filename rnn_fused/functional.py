@@ -372,9 +372,9 @@ def _layers_route(input: Tensor, hx: Tensor | None, weights, num_layers: int, bi
                   args: TruncationArgs, record, side_by_side: bool | None) -> int | None:
     """rnn_layers_forward's directions_op where rnn() can hand it all its layers, else None (the
     loop in Python). It can where every layer takes the route the first one takes: no custom
-    layer_fn, no recorder (its sinks are Python; dropout between layers the op draws as
-    dropout_between_layers does),
-    eager mode without autocast (the directions' op pair is cast in Python), one weight layout,
+    layer_fn, no recorder (its sinks are Python; the op draws dropout between layers as
+    dropout_between_layers does), eager mode without autocast (the directions' op pair is cast
+    in Python), one weight layout,
     and no layer's batch in pieces (_may_split: only where the plan runs in waves, which the
     layers' shared hidden size and batch decide). Each layer's route depends on its input only
     through T, B, the device and the dtype, which every layer shares (_directions_route: the
@@ -816,27 +816,33 @@ def dropout_between_layers(layer_output: Tensor, p: float, lengths: Tensor | Non
     over [T,B,F]; with lengths over the valid positions t < lengths[b] in (step, sample)
     order, which is the packed data's order when the batch is a PackedSequence padded in its
     own order (packed_to_padded). Same calls, same shapes, same order: same masks and the
-    same generator state afterwards. Positions past a sample's length stay zero.
+    same generator state afterwards. Positions past a sample's length stay zero. With lengths
+    this is the op rnn_fused::dropout_between_layers (C++, csrc/model_forward.cpp, which
+    rnn_layers_forward applies too), run eagerly under torch.compile (its rows are found on the
+    host: data-dependent, a graph break, as the boolean mask's count was before).
     """
     if lengths is None:
         return torch.nn.functional.dropout(layer_output, p, training=True)
-    steps, features = layer_output.shape[0], layer_output.shape[2]
-    positions = valid_positions(lengths, steps, layer_output.device)
-    flat = layer_output.reshape(-1, features)
-    dropped = torch.nn.functional.dropout(flat.index_select(0, positions), p, training=True)  # [N,F]
-    return flat.new_zeros(flat.shape).index_copy_(0, positions, dropped).view(layer_output.shape)
+    return _dropout_over_valid_positions(layer_output, p, lengths)
 
 
+@torch.compiler.disable
+def _dropout_over_valid_positions(layer_output: Tensor, p: float, lengths: Tensor) -> Tensor:
+    return _ops.ops.dropout_between_layers(layer_output, p, lengths)
+
+
+@torch.compiler.disable
 def valid_positions(lengths: Tensor, steps: int, device: torch.device | str) -> Tensor:
     """The rows of a flattened time-major batch [T*B,F] at steps t < lengths[b], in (step,
     sample) order: int64 [N] on `device`. That is a PackedSequence's data order when the batch
-    is padded in its own order (packed_to_padded). From CPU lengths they are found on the host
-    and copied without waiting for the device, where indexing a GPU tensor by a boolean mask
-    reads the mask's count back (a host synchronisation per call)."""
-    valid = torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)  # [T,B]
-    return valid.view(-1).nonzero().squeeze(1).to(device, non_blocking=True)
+    is padded in its own order (packed_to_padded). Found on the host (rnn_fused::valid_positions,
+    C++) and copied without waiting for the device, where indexing a GPU tensor by a boolean mask
+    reads the mask's count back (a host synchronisation per call); lengths on a GPU are read back
+    first."""
+    return _ops.ops.valid_positions(lengths, steps, torch.device(device))
 
 
+@torch.compiler.disable
 def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """A PackedSequence's data as a time-major padded batch, in the packed (sorted) order.
 
@@ -847,7 +853,8 @@ def packed_to_padded(data: Tensor, batch_sizes: Tensor) -> tuple[Tensor, Tensor,
     data's device (valid_positions' rows: the padded rows that hold the packed data), B =
     batch_sizes[0]. One op call (rnn_fused::packed_to_padded, C++): lengths and positions found
     by a loop on the host, then on a GPU the positions' copy, the zeros and one copy by index,
-    and no synchronisation (no mask is counted on the device).
+    and no synchronisation (no mask is counted on the device). Run eagerly under torch.compile
+    (B is data: a graph break, as reading batch_sizes[0] was before).
     """
     return _ops.ops.packed_to_padded(data, batch_sizes)
 

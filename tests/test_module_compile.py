@@ -128,3 +128,18 @@ def test_torch_export_gives_the_eager_models_values(backend):
     with torch.no_grad():
         for ours, eager in zip(exported.module()(x, hx), model(x, hx)):
             assert torch.equal(ours, eager)
+
+
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")
+def test_a_packed_batch_compiles_with_its_conversion_run_eagerly():
+    """torch.compile of a model called on a PackedSequence: the packed batch's conversion to the
+    padded batch (rnn_fused::packed_to_padded, whose batch size is data) runs eagerly (a graph
+    break, as before it became an op), and the compiled model gives eager's values."""
+    torch.manual_seed(0)
+    model = rnn_fused.RNN(3, 4, num_layers=2, dropout=0.3).eval()
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 3), [5, 3, 2])
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        (out, h_n), (expected, expected_h_n) = compiled(packed), model(packed)
+    torch.testing.assert_close(out.data, expected.data, rtol=0, atol=0)
+    torch.testing.assert_close(h_n, expected_h_n, rtol=0, atol=0)
