@@ -50,8 +50,8 @@ STAGE_NAMES = ("build", "tests", "benchmark", "fit-model", "smem-counters")
 TEST_FILES = ("tests/test_cuda_gpu.py", "tests/test_simt.py", "tests/test_simt_cluster.py")
 # Limits that still end the whole check within a 10-minute session if a stage hangs (a kernel
 # that never returns): they add up to 600 s with the benchmark's default budget. On the H200 of
-# 2026-12-04: the build did not finish in 338 s (the SIMT emulator's translation unit,
-# csrc/simt/elman_emulated.cpp, is one g++ job of several minutes; the CUDA one took less with
+# 2026-12-04: the build did not finish in 338 s (the SIMT emulator's kernels were one g++ job of
+# several minutes, now eight: csrc/cuda/elman_kernel_list.h; the CUDA one took less with
 # --split-compile), the tests 41 s, the benchmark 79 s at 0.15 s per measurement (every row
 # inside a 120 s budget), the shared-memory counters 9 s, the fit 1 s on 2026-11-30 (and more
 # than 10 s on the second run of 2026-12-04, whose report held the lane-row shapes too).

@@ -2,8 +2,9 @@
 # Builds the extension here, on a CPU-only machine, for the GPU machine's Python and torch, and
 # packs it into .prebuilt/ for the device tool's `carry` (docs/gpu_check.md, "Where the build
 # would not fit"). The GPU machine of 2026-12-04 did not finish the build in 338 s: the SIMT
-# emulator's translation unit is one long g++ job there. Built here from PyPI's torch wheel of
-# the same version and CUDA build, the extension loaded and ran there unchanged.
+# emulator's kernels were then one long g++ job (eight side by side since 2026-12-06, so
+# gpu_session.sh now builds there where nothing is carried). Built here from PyPI's torch wheel
+# of the same version and CUDA build, the extension loaded and ran there unchanged.
 #
 #   benchmarks/prebuild_for_gpu_machine.sh        # HEAD of this checkout, committed work only
 #

@@ -29,10 +29,8 @@
 #include <utility>
 #include <vector>
 
-#include "cuda/elman_backward_kernel.cuh"
-#include "cuda/elman_forward_kernel.cuh"
 #include "cuda/elman_gradients_kernel.cuh"
-#include "cuda/elman_lane_rows_kernel.cuh"
+#include "cuda/elman_kernel_list.h"
 #include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
@@ -82,110 +80,10 @@ SIMT_BEGIN_WORLD
 static_assert(RecurrenceCta<float, 1, RecurrencePath::Grid>::kStagePieces == cost::kGridStagePieces);
 static_assert(kTaggedWordsAtOnce == cost::kTaggedWordsAtOnce && kRecurrenceThreads == cost::kGridThreads);
 
-// Registers per thread for the emulator's occupancy model, at least what ptxas reports over
-// float/double and sm_80/sm_90 (benchmarks/nvcc_resource_usage.txt: up to 255 for the
-// persistent kernels, whose launch bounds allow 255 at one CTA per SM); under nvcc the real
-// numbers are queried.
-constexpr int kPersistentKernelRegisters = 255;
+// Registers per thread of the kernels launched beside the persistent ones (the persistent
+// kernels' own: elman_kernel_list.h), for the emulator's occupancy model.
 constexpr int kEpilogueKernelRegisters = 40;
 constexpr int kShortGradientKernelRegisters = 80;  // ptxas unrolls its dot loops: 80 on sm_80, 64 on sm_90
-
-#define RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, samples, path, passes)                                      \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
-                         forward_recurrence_kernel<scalar_t, samples, RecurrencePath::path, passes>);       \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                    \
-                         backward_recurrence_kernel<scalar_t, samples, RecurrencePath::path, passes>)
-#define RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(scalar_t, path, passes) \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 1, path, passes);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 2, path, passes);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 4, path, passes);               \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(scalar_t, 8, path, passes)
-// The float32 kernels compiled for their passes, with the backward's plain copy (kPlain).
-#define RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES(samples, path, passes) \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,  \
-                         backward_recurrence_kernel<float, samples, RecurrencePath::path, passes, true>)
-#define RNN_FUSED_COMPILED_ATTRIBUTES(samples, path, passes)    \
-  RNN_FUSED_RECURRENCE_ATTRIBUTES(float, samples, path, passes); \
-  RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES(samples, path, passes)
-#define RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(path, passes) \
-  RNN_FUSED_COMPILED_ATTRIBUTES(1, path, passes);               \
-  RNN_FUSED_COMPILED_ATTRIBUTES(2, path, passes);               \
-  RNN_FUSED_COMPILED_ATTRIBUTES(4, path, passes);               \
-  RNN_FUSED_COMPILED_ATTRIBUTES(8, path, passes)
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Block, 0);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 1);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 2);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 3);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Block, 4);
-// 5-8 passes (split weights): up to kSplitMaxSamples samples per chunk.
-RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 5);
-RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 6);
-RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 7);
-RNN_FUSED_COMPILED_ATTRIBUTES(1, Block, 8);
-RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 5);
-RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 6);
-RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 7);
-RNN_FUSED_COMPILED_ATTRIBUTES(2, Block, 8);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Block, 0);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Cluster, 0);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 1);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 2);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 3);
-RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES(Cluster, 4);
-#undef RNN_FUSED_COMPILED_ATTRIBUTES_ALL_SAMPLES
-// 5-8 passes: up to 4 samples per chunk (max_compiled_cluster_passes).
-#define RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)                                                    \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
-                         forward_cluster_stack_kernel<samples, passes>);                                     \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes>)
-// (passes > 0: the backward's plain copy too)
-#define RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(samples, passes) \
-  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes);               \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes, true>)
-#define RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(passes)                                                \
-  RNN_FUSED_COMPILED_ATTRIBUTES(1, Cluster, passes);                                                        \
-  RNN_FUSED_COMPILED_ATTRIBUTES(2, Cluster, passes);                                                        \
-  RNN_FUSED_COMPILED_ATTRIBUTES(4, Cluster, passes);                                                        \
-  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(1, passes);                                                   \
-  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(2, passes);                                                   \
-  RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES(4, passes)
-RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(5);
-RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(6);
-RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(7);
-RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES(8);
-#undef RNN_FUSED_CLUSTER_ATTRIBUTES_UP_TO_4_SAMPLES
-#undef RNN_FUSED_COMPILED_ATTRIBUTES
-#undef RNN_FUSED_PLAIN_BACKWARD_ATTRIBUTES
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Cluster, 0);
-// The Cluster path's kernels compiled for more chunk iterations than passes, whose rows are
-// held in registers: its split weights (cluster_weights_split: 2 passes at 1, 2 or 4 samples,
-// the first's rows in registers, at 2 and 4 samples their first 24 or 20 chunk iterations), and every row
-// in registers (cluster_rows_in_registers: 1 or 2 passes at 1 sample).
-#define RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(samples, passes, iterations)                                     \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
-                         forward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, iterations>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
-                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, false,  \
-                                                    iterations>);                                            \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters,                                     \
-                         backward_recurrence_kernel<float, samples, RecurrencePath::Cluster, passes, true,   \
-                                                    iterations>)
-RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, kClusterSplitPasses, kClusterSplitIterations);
-RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(2, kClusterSplitPasses, kClusterSplitIterations);
-RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(4, kClusterSplitPasses, kClusterSplitIterations);
-RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 1, kClusterRowIterations);
-RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES(1, 2, kClusterRowIterations);
-#undef RNN_FUSED_CLUSTER_HELD_ROW_ATTRIBUTES
-// (These lists, and the layer stacks' below, name every compiled kernel: block 1-4 passes at
-// every sample count and 5-8 at 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4,
-// the cluster's split kernels and those with every row in registers.)
-static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
-                  max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 4) &&
-                  !cluster_weights_split(2, 32, false, 8) && cluster_rows_in_registers(2, 8, false, 1) &&
-                  !cluster_rows_in_registers(3, 8, false, 1) && !cluster_rows_in_registers(1, 8, false, 2),
-              "register the new compiled kernels");
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(float, Grid, 0);
-RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES(double, Grid, 0);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, forward_step_epilogue_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_step_epilogue_kernel<float>);
@@ -193,75 +91,6 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kShortGradientKernelRegisters, short_gradients_kernel);
-#undef RNN_FUSED_RECURRENCE_ATTRIBUTES_ALL_SAMPLES
-#undef RNN_FUSED_RECURRENCE_ATTRIBUTES
-#define RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes)                                                         \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
-  RNN_FUSED_CLUSTER_STACK_ATTRIBUTES(samples, passes)
-#define RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(samples, passes)                                                 \
-  RNN_FUSED_STACK_ATTRIBUTES_OF(samples, passes);                                                               \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes, true>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_cluster_stack_kernel<samples, passes, true>)
-#define RNN_FUSED_STACK_ATTRIBUTES(passes)    \
-  RNN_FUSED_STACK_ATTRIBUTES_OF(1, passes);   \
-  RNN_FUSED_STACK_ATTRIBUTES_OF(2, passes);   \
-  RNN_FUSED_STACK_ATTRIBUTES_OF(4, passes);   \
-  RNN_FUSED_STACK_ATTRIBUTES_OF(8, passes)
-#define RNN_FUSED_COMPILED_STACK_ATTRIBUTES(passes)    \
-  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(1, passes);   \
-  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(2, passes);   \
-  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(4, passes);   \
-  RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF(8, passes)
-RNN_FUSED_STACK_ATTRIBUTES(0);
-RNN_FUSED_COMPILED_STACK_ATTRIBUTES(1);
-RNN_FUSED_COMPILED_STACK_ATTRIBUTES(2);
-RNN_FUSED_COMPILED_STACK_ATTRIBUTES(3);
-RNN_FUSED_COMPILED_STACK_ATTRIBUTES(4);
-// The Block stack at 5-8 passes: 1 or 2 samples per chunk (stack_compiled_passes). (The
-// Cluster stack's are with the Cluster path's above.)
-#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(samples, passes)                                                     \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, forward_stack_kernel<samples, passes>);  \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes>); \
-  SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kPersistentKernelRegisters, backward_stack_kernel<samples, passes, true>)
-#define RNN_FUSED_BLOCK_STACK_ATTRIBUTES(passes) \
-  RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(1, passes);  \
-  RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF(2, passes)
-RNN_FUSED_BLOCK_STACK_ATTRIBUTES(5);
-RNN_FUSED_BLOCK_STACK_ATTRIBUTES(6);
-RNN_FUSED_BLOCK_STACK_ATTRIBUTES(7);
-RNN_FUSED_BLOCK_STACK_ATTRIBUTES(8);
-static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses, 4, 2) == kMaxPasses &&
-                  stack_compiled_passes(kRegisterPasses + 1, 3, 4) == 0,
-              "register the new compiled stack kernels");
-#undef RNN_FUSED_BLOCK_STACK_ATTRIBUTES
-#undef RNN_FUSED_BLOCK_STACK_ATTRIBUTES_OF
-#undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES
-#undef RNN_FUSED_STACK_ATTRIBUTES
-#undef RNN_FUSED_COMPILED_STACK_ATTRIBUTES_OF
-#undef RNN_FUSED_STACK_ATTRIBUTES_OF
-#undef RNN_FUSED_COMPILED_CLUSTER_STACK_ATTRIBUTES
-#undef RNN_FUSED_CLUSTER_STACK_ATTRIBUTES
-
-// The lane-row kernels (elman_lane_rows_kernel.cuh): 1 or 2 samples per CTA with rows of 8 or 16
-// vectors, 1 with rows of 32 (lane_rows_compiled); the backward with and without norms.
-// Registers for the emulator's occupancy model: the row, four accumulators per sample and
-// about 48 others.
-#define RNN_FUSED_LANE_ROWS_ATTRIBUTES(samples, vectors)                                                     \
-  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
-                         forward_lane_rows_kernel<samples, vectors>);                                      \
-  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
-                         backward_lane_rows_kernel<samples, vectors, false>);                              \
-  SIMT_KERNEL_ATTRIBUTES(kLaneRowsMaxThreads, 4 * (vectors) + 4 * (samples) + 48,                          \
-                         backward_lane_rows_kernel<samples, vectors, true>)
-RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 8);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 16);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES(1, 32);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES(2, 8);
-RNN_FUSED_LANE_ROWS_ATTRIBUTES(2, 16);
-#undef RNN_FUSED_LANE_ROWS_ATTRIBUTES
-static_assert(kLaneRowsMaxSamples == 2 && lane_row_vectors(kLaneRowsMaxHidden) == 32 && lane_rows_compiled(1, 128) &&
-              lane_rows_compiled(2, 64) && !lane_rows_compiled(2, 65));
 
 // Calls f(kernel) with the lane-row kernel for (direction, samples, the vectors of H's rows,
 // norms); false where none is compiled (lane_rows_compiled).

@@ -27,9 +27,12 @@ struct dim3 {
 using simt::emu::dim3;
 using simt::emu::uint3;
 
-// Function qualifiers. A kernel gets internal linkage under g++: nvcc emits a host stub
-// with the kernel's mangled name in the .cu objects of the same library, and the emulated
-// body must never be merged with it.
+// Function qualifiers. A plain __global__ kernel gets internal linkage under g++: nvcc emits
+// a host stub with the kernel's mangled name in the .cu objects of the same library, and the
+// emulated body must never be merged with it. A SIMT_GLOBAL kernel is declared in a world
+// namespace (SIMT_BEGIN_WORLD: `gpu` under nvcc, `emulated` here), so the two never share a
+// name, and keeps external linkage: a template's instances can be compiled in one translation
+// unit and launched from another (csrc/cuda/elman_kernel_list.h).
 #define __global__ [[maybe_unused]] static
 #define __device__ inline
 #define __host__
@@ -37,7 +40,7 @@ using simt::emu::uint3;
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 
-#define SIMT_GLOBAL __global__
+#define SIMT_GLOBAL [[maybe_unused]]
 #define SIMT_DEVICE __device__
 #define SIMT_HOST_DEVICE __host__ __device__
 #define SIMT_LAUNCH_BOUNDS(...)
