@@ -147,8 +147,8 @@ constexpr int kPersistentKernelRegisters = 255;
 // The lists below name every compiled kernel: block 1-4 passes at every sample count and 5-8 at
 // 1 and 2, cluster 1-4 at every sample count and 5-8 at up to 4, the cluster's split kernels and
 // those with every row in registers, the grid's at run-time passes, the stacks' and the lane rows'.
-// Eight parts of 36-76 kernels (about as long to compile), one for each of
-// csrc/simt/elman_emulated_part_0.cpp .. _7.cpp.
+// Eight parts of 24-76 kernels (about as long to compile: the split-weight kernels take longest),
+// one for each of csrc/simt/elman_emulated_part_0.cpp .. _7.cpp.
 static_assert(kRegisterPasses == 4 && kMaxPasses == 8 && kSplitMaxSamples == 2 && max_compiled_cluster_passes(8) == 4 &&
                   max_compiled_cluster_passes(4) == 8 && cluster_weights_split(2, 32, false, 4) &&
                   !cluster_weights_split(2, 32, false, 8) && cluster_rows_in_registers(2, 8, false, 1) &&
@@ -160,22 +160,22 @@ static_assert(kStackRegisterMaxSamples == 2 && stack_compiled_passes(kMaxPasses,
 static_assert(kLaneRowsMaxSamples == 2 && lane_row_vectors(kLaneRowsMaxHidden) == 32 && lane_rows_compiled(1, 128) &&
               lane_rows_compiled(2, 64) && !lane_rows_compiled(2, 65));
 
-#if RNN_FUSED_IN_KERNEL_PART(0)  // the Block path at up to 2 passes (40 kernels)
+#if RNN_FUSED_IN_KERNEL_PART(0)  // the Block path at up to 2 passes and at 7-8 (52 kernels)
 RNN_FUSED_RECURRENCE_KERNELS_ALL_SAMPLES(float, Block, 0);
 RNN_FUSED_COMPILED_KERNELS_ALL_SAMPLES(Block, 1);
 RNN_FUSED_COMPILED_KERNELS_ALL_SAMPLES(Block, 2);
 RNN_FUSED_RECURRENCE_KERNELS_ALL_SAMPLES(double, Block, 0);
+RNN_FUSED_COMPILED_KERNELS(1, Block, 7);
+RNN_FUSED_COMPILED_KERNELS(1, Block, 8);
+RNN_FUSED_COMPILED_KERNELS(2, Block, 7);
+RNN_FUSED_COMPILED_KERNELS(2, Block, 8);
 #endif
-#if RNN_FUSED_IN_KERNEL_PART(1)  // the Block path at 4-8 passes (36)
+#if RNN_FUSED_IN_KERNEL_PART(1)  // the Block path at 4-6 passes (24)
 RNN_FUSED_COMPILED_KERNELS_ALL_SAMPLES(Block, 4);
 RNN_FUSED_COMPILED_KERNELS(1, Block, 5);
 RNN_FUSED_COMPILED_KERNELS(1, Block, 6);
-RNN_FUSED_COMPILED_KERNELS(1, Block, 7);
-RNN_FUSED_COMPILED_KERNELS(1, Block, 8);
 RNN_FUSED_COMPILED_KERNELS(2, Block, 5);
 RNN_FUSED_COMPILED_KERNELS(2, Block, 6);
-RNN_FUSED_COMPILED_KERNELS(2, Block, 7);
-RNN_FUSED_COMPILED_KERNELS(2, Block, 8);
 #endif
 #if RNN_FUSED_IN_KERNEL_PART(2)  // the Cluster path at up to 2 passes, the Grid path (56)
 RNN_FUSED_RECURRENCE_KERNELS_ALL_SAMPLES(float, Cluster, 0);
