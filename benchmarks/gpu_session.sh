@@ -4,8 +4,9 @@
 # another machine is carried: benchmarks/prebuild_for_gpu_machine.sh, into .prebuilt/), the
 # host-time probe and compute-sanitizer on the sanitizer workload, each under its own limit,
 # everything written under $OUT/g and packed into $OUT/g.tgz. Without the build about 300 s
-# (the stages took 135 s on 2026-12-04); the build is predicted at 2-4 minutes on a 16-core
-# host since the emulated kernels compile in eight files (not yet timed on a GPU machine).
+# (the stages took 135 s on 2026-12-04); the build is predicted at 1-2 minutes on a 16-core
+# host since the emulated kernels compile in eight files (docs/gpu_check.md; not yet timed on a
+# GPU machine).
 #
 #   (on the GPU machine)  bash benchmarks/gpu_session.sh
 set -uo pipefail
