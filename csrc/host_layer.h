@@ -263,6 +263,10 @@ struct ForcedTiling {
   // (RecurrenceBackend::whole_sequence_gradients): every backward takes the host's GEMMs, as the
   // CPU backend's does, to compare the two bit for bit or time the one against the other.
   bool gradients_on_host = false;
+  // A backward that records norms sums them in its steps (the general kernels) even where its
+  // kernel's plain copy would store g_t for step_norms_kernel to sum after the launch
+  // (elman_launch.h defers_step_norms): to compare or time the one against the other.
+  bool norms_in_steps = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

@@ -307,7 +307,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
                   lane_rows_step: bool = False, input_projection_on_host: bool = False,
-                  gradients_on_host: bool = False) -> Iterator[None]:
+                  gradients_on_host: bool = False, norms_in_steps: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -332,7 +332,10 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     timing the one against the other). `gradients_on_host=True`: no layer's backward makes its
     whole-sequence gradients (dX, dW_ih, dW_hh, the biases', h_0's) in one launch of its own (the
     GPU-kernel backends do where the cost model prices it below a quarter of a launch: short
-    layers), so every backward takes the host's GEMMs, as the CPU backend does. For running or timing
+    layers), so every backward takes the host's GEMMs, as the CPU backend does. `norms_in_steps=True`:
+    a backward that records norms sums them in its steps (the general kernels) even where the
+    plain copy of a kernel compiled for its passes would store each g_t and one launch after it
+    sum them (docs/cuda_backend.md, deferred norms). For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -347,12 +350,13 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
     for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step),
                         ("input_projection_on_host", input_projection_on_host),
-                        ("gradients_on_host", gradients_on_host)):
+                        ("gradients_on_host", gradients_on_host), ("norms_in_steps", norms_in_steps)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
-                          int(lane_rows_step), int(input_projection_on_host), int(gradients_on_host)):
+                          int(lane_rows_step), int(input_projection_on_host), int(gradients_on_host),
+                          int(norms_in_steps)):
         yield
 
 

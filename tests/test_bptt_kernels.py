@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import rnn_fused
-from rnn_fused import _ops, simt
+from rnn_fused import _ops, launch_plan, simt
 from rnn_fused.recording import fused_sq_norm
 from rnn_fused.reference import reference_layer
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance
@@ -129,6 +129,43 @@ def test_norm_partials_of_every_path_agree_with_cpu(path):
         plan = rnn_fused.plan(40, 3, backward=True, path=path)
     assert plan.path == path and (path != "grid" or plan.ctas_per_group > 1)
     assert_norm_partials_match(emulated[5], cpu[5])
+
+
+@pytest.mark.parametrize("truncation", ["full", "K2", "random"])
+@pytest.mark.parametrize("path", ["block", "cluster"])
+def test_norms_are_summed_after_the_plain_backward(path, truncation):
+    """On a kernel compiled for its passes, a backward that records norms runs the kernel's plain
+    copy, which stores each g_t, then one launch of step_norms_kernel sums them (deferred
+    norms); with its passes read at run time (no plain copy) the general kernel sums them in its
+    steps. Both agree with the CPU loop to float32 rounding, zero past each sample's length; the
+    deferred run's gradients are bitwise those of the same backward recording nothing, and every
+    result is bitwise the same under a shuffled schedule."""
+    args, lengths, cot, _ = norm_partials_case()
+    targs = resolve_truncation(TRUNCATIONS[truncation])
+    cpu = _run_op(args, lengths, "tanh", False, targs, "cpu", cot)
+    for run_time in (False, True):
+        runs = {}
+        with simt.emulated_device(sm_count=2), launch_plan.forced_tiling(run_time_passes=run_time):
+            plan = rnn_fused.plan(40, 3, backward=True, path=path)
+            assert plan.path == path and (plan.compiled_passes == 0) == run_time, plan.reason
+            for mode in ("forward", "shuffle"):
+                with simt.schedule(mode, seed=3), simt.recording_launches() as launches:
+                    runs[mode] = _run_op(args, lengths, "tanh", False, targs, "emulated", cot, path=path)
+                recurrence = [name for name in launches if name.startswith("backward_recurrence_kernel<")]
+                assert len(recurrence) == 1, launches
+                if run_time:  # the general kernel, no launch after it
+                    assert recurrence[0].endswith(", 0>") and "step_norms_kernel<float>" not in launches, launches
+                else:
+                    after = launches[launches.index(recurrence[0]) + 1]
+                    assert recurrence[0].endswith(", true>") and after == "step_norms_kernel<float>", launches
+            inputs = _ops.LayerInputs(*args, lengths)
+            options = _ops.LayerOptions.make("tanh", False, targs, 0, "emulated", path)
+            out, _ = _ops.layer_forward(inputs, options)
+            unrecorded = _ops.layer_backward(cot[0], cot[1], out, [True] * 5, False, inputs, options)
+        assert all(torch.equal(a, b) for a, b in zip(runs["forward"], runs["shuffle"], strict=True))
+        assert_norm_partials_match(runs["forward"][5], cpu[5])
+        if not run_time:
+            assert all(torch.equal(a, b) for a, b in zip(runs["forward"][:5], unrecorded[:5], strict=True))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "emulated"])

@@ -452,7 +452,8 @@ def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_co
     """At H = 129-256 and one sample per chunk the cluster path's kernels for 1 or 2 passes hold
     every weight row of their CTA in registers (8 chunk iterations a lane, rows padded with
     zeros to 256 columns; kernel_common.cuh cluster_rows_in_registers) and none in shared
-    memory. Forward and backward with lengths, randomized truncation and recorded norms, with
+    memory. Forward and backward with lengths, randomized truncation and recorded norms (summed
+    in the general kernel's steps, and by the plain copy's g_t and step_norms_kernel), with
     the cluster barrier and with the asynchronous exchange, give bitwise the results of the
     cluster kernels that read their passes (and every row from shared memory) at run time and
     of the grid path's kernels. H = 256: 16 CTAs of 16 units, a pass on 4 warps; H = 200 on 16
@@ -462,13 +463,17 @@ def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_co
     batch = 3
     lengths = torch.tensor([5, 6, 2])
     tiling = dict(samples=1, units_per_pass=units_per_pass, step_sync=step_sync)
-    with simt.recording_launches() as launches:
-        held, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", **tiling)
-    assert tiles == {(1, units_per_pass)}
     kernel = f"recurrence_kernel<float, 1, RecurrencePath::Cluster, {passes}"
-    assert [name for name in launches if "recurrence_kernel" in name] == [
-        f"forward_{kernel}, kClusterRowIterations>", f"backward_{kernel}, false, kClusterRowIterations>"
-    ], launches  # (norms recorded: the general backward)
+    held = {}
+    for in_steps, copy in ((True, "false"), (False, "true")):
+        with simt.recording_launches() as launches:
+            held[in_steps], tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster",
+                                                          norms_in_steps=in_steps, **tiling)
+        assert tiles == {(1, units_per_pass)}
+        # (norms summed in the steps: the general backward; else the plain copy, then their sum)
+        assert [name for name in launches if "recurrence_kernel" in name or name.startswith("step_norms")] == [
+            f"forward_{kernel}, kClusterRowIterations>", f"backward_{kernel}, {copy}, kClusterRowIterations>",
+            *([] if in_steps else ["step_norms_kernel<float>"])], launches
     run_time, _ = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", run_time_passes=True,
                                         **tiling)
     grid, _ = _block_run_with_norms(4, hidden, batch, lengths, path="grid", samples=1, units_per_pass=32)
@@ -486,7 +491,7 @@ def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_co
             assert general.compiled_passes == 0 and "in registers" not in general.reason, general.reason
             assert (general.units_per_cta, general.cluster) == (plan.units_per_cta, plan.cluster)
             assert general.shared_mem_bytes > plan.units_per_cta * hidden * 4, general  # (its rows)
-    _assert_tiles_round_alike(hidden, batch, lengths, [held, run_time, grid])
+    _assert_tiles_round_alike(hidden, batch, lengths, [held[True], held[False], run_time, grid])
 
 
 @pytest.mark.parametrize("truncation,samples", [(2, 1), (rnn_fused.RandomTruncation(0.6, seed=11), 2), (3, 4)],
@@ -584,8 +589,8 @@ def _plain_backward_run(hidden, batch, lengths, *, record, truncation, sm_count=
             out, h_n = module(packed)
         with simt.recording_launches() as launches:
             (out.data.sin().sum() + h_n.cos().sum()).backward()
-    return [name for name in launches if name.startswith(("backward_recurrence_kernel", "edge_scale_table_kernel"))], \
-        [x.grad] + [p.grad for p in module.parameters()]
+    kept = ("backward_recurrence_kernel", "edge_scale_table_kernel", "step_norms_kernel")
+    return [name for name in launches if name.startswith(kept)], [x.grad] + [p.grad for p in module.parameters()]
 
 
 @pytest.mark.parametrize("path,hidden,samples,units_per_pass,passes", [
@@ -599,8 +604,10 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
     compiled without the norm sums (backward_recurrence_kernel's kPlain; it finds the cuts every
     K steps by PeriodicCut, and reads randomized truncation's scales, drawn before the launch by
     edge_scale_table_kernel, as the general kernels do), and gives bitwise the gradients of the
-    general kernels: the same launch shape's with norms recorded, and read at run time (no plain
-    copy, where the rows fit shared memory: not the cluster path's split kernels past H = 768).
+    general kernels: the same launch shape's with norms summed in its steps (forced_tiling's
+    norms_in_steps), and read at run time (no plain copy, where the rows fit shared memory: not
+    the cluster path's split kernels past H = 768). With norms recorded and not forced into the
+    steps it runs the plain copy too, then step_norms_kernel (deferred norms).
     Only randomized truncation launches the draws. Truncation every 2 of 6 steps and the
     randomized one cut edges: their gradients differ from full BPTT's."""
     batch = 9
@@ -618,9 +625,13 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
     plain_launches, plain = _plain_backward_run(hidden, batch, lengths, record=False, truncation=truncation, **tiling)
     draws = ["edge_scale_table_kernel<float>"] if isinstance(truncation, rnn_fused.RandomTruncation) else []
     assert plain_launches == draws + [kernel + ", true" + held + ">"]
+    deferred_launches, deferred = _plain_backward_run(hidden, batch, lengths, record=True, truncation=truncation,
+                                                      **tiling)
+    assert deferred_launches == draws + [kernel + ", true" + held + ">", "step_norms_kernel<float>"]
+    assert all(torch.equal(a, b) for a, b in zip(plain, deferred, strict=True))
     for record, run_time_passes in ((True, False), (False, True))[:1 if hidden > 768 else 2]:
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
-                                                run_time_passes=run_time_passes, **tiling)
+                                                run_time_passes=run_time_passes, norms_in_steps=record, **tiling)
         general_kernel = kernel.rsplit(",", 1)[0] + ", 0>" if run_time_passes else general_compiled
         assert launches == draws + [general_kernel], (record, run_time_passes)
         for a, b in zip(plain, general, strict=True):
@@ -1213,9 +1224,10 @@ def test_the_gradients_kernel_makes_a_short_layers_gradients(case, path):
             with simt.schedule(mode, seed), simt.recording_launches() as launches:
                 runs.append(_gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, full, path,
                                                  True))
-            # the forward's recurrence, the backward's, then the gradients kernel
-            assert len(launches) == 3 and "backward" in launches[1] and launches[2] == "short_gradients_kernel", \
-                launches
+            # the forward's recurrence, the backward's (and the sum of its deferred norms where the
+            # plain copy ran it), then the gradients kernel
+            deferred = ["step_norms_kernel<float>"] if launches[1].endswith(", true>") else []
+            assert launches[2:] == deferred + ["short_gradients_kernel"] and "backward" in launches[1], launches
         with launch_plan.forced_tiling(gradients_on_host=True), simt.recording_launches() as launches:
             stock = _gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, full, path, True)
         assert "short_gradients_kernel" not in launches

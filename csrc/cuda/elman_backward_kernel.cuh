@@ -31,6 +31,8 @@
 //                     drawn before the launch by edge_scale_table_kernel; null without it
 //   step_sq  [T,B]    float64 written: ||g_t||^2 at each sample's valid steps, zero past its end; or null
 //   norm_partials [3,B,C] float64 scratch of the Grid path's norm sums (C CTAs per group); or null
+//   step_g   [T,B,H]  written by the plain copy (kPlain) only: g_t at each sample's valid steps, for
+//                     step_norms_kernel to sum after the launch (deferred norms); or null
 //   phase_cycles [CTAs,3] int64 written: step-phase timing (PhaseClock), or null (untimed)
 //   step_flags [CTAs] unsigned: Grid path with StepSync::FlagBarrier, or with the tagged exchange
 //                     and step_sq: the step barrier's flags (StepBarrier; uninitialised, zeroed by
@@ -62,6 +64,7 @@ struct BackwardRecurrenceArgs {
   const scalar_t* drawn_scales;
   double* step_sq;
   double* norm_partials;
+  scalar_t* step_g = nullptr;
   int64_t* phase_cycles = nullptr;
   unsigned* step_flags = nullptr;
   unsigned long long* tagged_exchange = nullptr;
@@ -221,6 +224,39 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   }
 }
 
+// Deferred step norms (the plain backward wrote g_t: step_g): step_sq[t, b] = the sum over units
+// u of g[t, b, u]^2 in float64 at each sample's valid steps t < lengths[b], zero past its end.
+// One warp per (t, b) row: lane l adds u = l, l + 32, ... in turn, then a fixed butterfly, so
+// the sum is bitwise-reproducible and the same whatever launch shape wrote g. Summed in the step,
+// the norms cost each step of a latency-bound recurrence a butterfly before its barrier and
+// one thread's ordered sum after it (H200, 2026-12-04: +0.57 ms, 55%, over 1000 steps at H = 64,
+// B = 8); here they cost a store per output and step, and this launch.
+// Any grid of 1-D CTAs of whole warps (each warp takes every warps-th row):
+//   step_g  [T,B,H] read at valid steps
+//   lengths [B]     int64 valid steps per sample, or null (all T)
+//   step_sq [T,B]   float64 written
+template <typename scalar_t>
+SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
+    step_norms_kernel(const scalar_t* step_g, const int64_t* lengths, LayerShape shape, double* step_sq) {
+  const int64_t rows = shape.steps * shape.batch, H = shape.hidden;
+  const int64_t warps_per_cta = blockDim.x / kWarp, warps = int64_t(gridDim.x) * warps_per_cta;
+  const int64_t lane = threadIdx.x % kWarp;
+  // (row is uniform over a warp: the shuffles see every lane)
+  for (int64_t row = int64_t(blockIdx.x) * warps_per_cta + threadIdx.x / kWarp; row < rows; row += warps) {
+    const int64_t t = row / shape.batch, b = row % shape.batch;
+    const bool valid = t < sample_length(lengths, b, shape.batch, shape.steps);
+    double sum = 0.0;
+    if (valid) {
+      for (int64_t u = lane; u < H; u += kWarp) {
+        const double g = static_cast<double>(step_g[row * H + u]);
+        sum += g * g;
+      }
+    }
+    for (int bit = kWarp / 2; bit >= 1; bit /= 2) sum += __shfl_xor_sync(kFullMask, sum, bit);
+    if (lane == 0) step_sq[row] = sum;
+  }
+}
+
 // Randomized truncation comes drawn (drawn_scales, which then holds every edge's scale, the
 // cuts every K steps too), and only randomized truncation: the kernels run no draws.
 template <class Args>
@@ -229,13 +265,16 @@ SIMT_DEVICE __forceinline__ void check_drawn_scales(const Args& a) {
                     "randomized truncation's edge scales come drawn (drawn_scales), and only they");
 }
 
-// A backward kernel's plain copy (kPlain, below) runs only calls that record no norms, and
-// truncate every K steps without drawn scales only where PeriodicCut can count the steps
-// (plain_backward_call): a kernel's arguments `a` say so.
+// A backward kernel's plain copy (kPlain, below) runs only calls that sum no norms in their steps
+// (it may write g for deferred norms: step_norms_kernel), and truncate every K steps without
+// drawn scales only where PeriodicCut can count the steps (plain_backward_call): a kernel's
+// arguments `a` say so.
+SIMT_HOST_DEVICE __forceinline__ bool plain_backward_truncation(const TruncationParams& truncation, int64_t steps) {
+  return truncation.every == 0 || truncation.randomized() || steps < kPeriodicCutSteps;
+}
 template <class Args>
 SIMT_HOST_DEVICE __forceinline__ bool plain_backward_call(const Args& a) {
-  return a.step_sq == nullptr &&
-         (a.truncation.every == 0 || a.truncation.randomized() || a.shape.steps < kPeriodicCutSteps);
+  return a.step_sq == nullptr && plain_backward_truncation(a.truncation, a.shape.steps);
 }
 template <bool kPlain, class Args>
 SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
@@ -262,6 +301,7 @@ template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bo
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   check_plain_call<kPlain>(a);
+  SIMT_KERNEL_CHECK(kPlain || a.step_g == nullptr, "only the plain backward writes g for deferred norms");
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Randomized truncation reads its drawn scales (`drawn`, which hold the cuts every K steps
   // too); else the cuts every K steps come from `periodic` (run's): the plain copy's in 32 bits
@@ -390,6 +430,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
             const scalar_t g = backward_gradient(a.dh_n, H, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
             g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
+            if constexpr (kPlain) {
+              if (a.step_g != nullptr) a.step_g[at] = g;  // (deferred norms: a store, off the step's path)
+            }
             d = g * slope_runtime(a.activation, h[batch][k]);
             if (stores_after_barrier) {
               dz_out[batch][k] = d;

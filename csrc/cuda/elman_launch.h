@@ -91,6 +91,8 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kShortGradientKernelRegisters, short_gradients_kernel);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, step_norms_kernel<float>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, step_norms_kernel<double>);
 
 // Calls f(kernel) with the lane-row kernel for (direction, samples, the vectors of H's rows,
 // norms); false where none is compiled (lane_rows_compiled).
@@ -846,6 +848,31 @@ const scalar_t* drawn_scales_pointer(const at::Tensor& scales) {
   return scales.defined() ? scales.data_ptr<scalar_t>() : nullptr;
 }
 
+// Whether a backward that records norms sums them after the launch (step_norms_kernel over the
+// g_t its plain copy writes) instead of in its steps: where the plan's kernel has a plain copy
+// (compiled for its passes: float32 on the block and cluster paths, not the lane-row step) and the
+// call is one the plain copy runs once norms leave it (plain_backward_call). Priced by nothing:
+// the store per output and step is off the step's path, and the launch costs less than the
+// norms' sums in the steps (step_norms_kernel).
+template <typename scalar_t>
+bool defers_step_norms(const RecurrencePlan& plan, const TruncationParams& truncation, int64_t steps) {
+  if (!std::is_same_v<scalar_t, float> || plan.lane_rows || plan.compiled_passes <= 0) return false;
+  if (forced_tiling().norms_in_steps) return false;
+  if (plan.path != RecurrencePath::Block && plan.path != RecurrencePath::Cluster) return false;
+  return plain_backward_truncation(truncation, steps);
+}
+
+// step_sq [T,B] from the g_t [T,B,H] a plain backward wrote (step_norms_kernel).
+template <typename scalar_t>
+void sum_step_norms(const at::Tensor& step_g, const int64_t* lengths, const LayerShape& shape, at::Tensor& step_sq) {
+  const int64_t rows = shape.steps * shape.batch;
+  if (rows == 0) return;
+  constexpr int64_t kWarpsPerCta = kRecurrenceThreads / kWarp, kMaxBlocks = 1024;
+  const int64_t blocks = std::min((rows + kWarpsPerCta - 1) / kWarpsPerCta, kMaxBlocks);
+  simt::launch(step_norms_kernel<scalar_t>, static_cast<unsigned>(blocks), dim3(kRecurrenceThreads), 0,
+               static_cast<const scalar_t*>(step_g.data_ptr<scalar_t>()), lengths, shape, step_sq.data_ptr<double>());
+}
+
 // Whether the kernel of `plan` projects the layer's input itself (ForwardRecurrenceArgs::x):
 // host_layer.h projects_input_in_kernel for its kernels.
 inline bool kernel_projects_input(const RecurrencePlan& plan, const LayerShape& shape) {
@@ -924,18 +951,23 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   const int64_t T = shape.steps, B = shape.batch, H = shape.hidden;
   const BackwardOperands& op = r.operands;
   const bool record_norms = r.call.record_norms;
+  const bool deferred_norms = record_norms && defers_step_norms<scalar_t>(plan, call.options.truncation, T);
+  const bool norms_in_kernel = record_norms && !deferred_norms;
   const at::TensorOptions options = op.out.options();
   at::Tensor dz_first = at::empty({B, H}, options);
   // Step T-1 reads slot T % 2: dz after the last step, zero.
   at::Tensor exchange = exchange_buffer(plan, shape, options, T % 2, at::Tensor());
-  const at::Tensor flags = step_flags_buffer(plan, options, record_norms);
+  const at::Tensor flags = step_flags_buffer(plan, options, norms_in_kernel);
   const at::Tensor tagged = tagged_exchange_buffer(plan, shape, options);
-  at::Tensor step_sq, norm_partials;
+  at::Tensor step_sq, norm_partials, step_g;
   if (record_norms) {
     const at::TensorOptions f64 = options.dtype(at::kDouble);
     // Every entry is written (zero past a sample's length).
     step_sq = at::empty({T, B}, f64);
-    if (plan.path == RecurrencePath::Grid) norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
+    if (norms_in_kernel && plan.path == RecurrencePath::Grid) {
+      norm_partials = at::empty({3, B, plan.tiling.ctas_per_group}, f64);
+    }
+    if (deferred_norms) step_g = at::empty({T, B, H}, options);  // (read at valid steps only)
   }
   const at::Tensor drawn = drawn_edge_scales<scalar_t>(call.options.truncation, T, B, 1, options);
   const BackwardRecurrenceArgs<scalar_t> args{
@@ -952,8 +984,9 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
       .activation = call.options.activation,
       .truncation = call.options.truncation,
       .drawn_scales = drawn_scales_pointer<scalar_t>(drawn),
-      .step_sq = record_norms ? step_sq.data_ptr<double>() : nullptr,
+      .step_sq = norms_in_kernel ? step_sq.data_ptr<double>() : nullptr,
       .norm_partials = norm_partials.defined() ? norm_partials.data_ptr<double>() : nullptr,
+      .step_g = deferred_norms ? step_g.data_ptr<scalar_t>() : nullptr,
       .phase_cycles = phase_cycles_pointer(r.phase_cycles, plan, options),
       .step_flags = step_flags_pointer(flags),
       .tagged_exchange = tagged_words_pointer(tagged)};
@@ -970,6 +1003,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   } else {
     launch_persistent<scalar_t>(plan, true, args);
   }
+  if (deferred_norms) sum_step_norms<scalar_t>(step_g, lengths_pointer(call), shape, step_sq);
   if (record_norms) r.step_norms.copy_(step_sq.sqrt_());
   return dz_first;
 }
