@@ -162,12 +162,14 @@ def test_rehearsal_forces_every_path(rehearsal):
 
 
 def test_rehearsal_times_what_norms_and_truncation_cost(rehearsal):
-    """Each of bptt_benchmark's variants (norms, truncation every K steps, randomized, both)
-    against plain forward+backward on the emulated kernels, in the report and the JSON."""
+    """Each of bptt_benchmark's variants (norms, truncation every K steps, randomized, both), and
+    norms summed in the general kernel's steps (forced_tiling's norms_in_steps), against plain
+    forward+backward on the emulated kernels, in the report and the JSON."""
     _, out, report = rehearsal
     rows = report["bptt_rows"]
     assert [(tuple(r["shape"]), r["variant"]) for r in rows] == \
-        [(shape, variant) for shape in gpu_check.EMULATED_BPTT_SHAPES for variant in OVERHEAD_VARIANTS]
+        [(shape, variant) for shape in gpu_check.EMULATED_BPTT_SHAPES for variant in OVERHEAD_VARIANTS] + \
+        [(shape, gpu_check.NORMS_IN_STEPS_VARIANT) for shape in gpu_check.EMULATED_BPTT_SHAPES]
     assert all(r["baseline_ms"] > 0 and r["variant_ms"] > 0 for r in rows)
     text = (out / "gpu_check.md").read_text()
     assert "## What recorded norms and truncation cost" in text and "random p=0.9" in text

@@ -51,7 +51,7 @@ from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
                         gemm_rate, median_seconds, output_tensor, paired_median_seconds)
-from .bptt_benchmark import OverheadRow, format_overhead, overhead_rows
+from .bptt_benchmark import OVERHEAD_VARIANTS, OverheadRow, format_overhead, overhead_rows
 from .command_output import output_directory, write_json, write_text
 
 
@@ -227,6 +227,10 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block",
 # variants), one layer: where a backward runs its plain copy or its general kernel.
 GPU_BPTT_SHAPES = [(1000, 8, 64, 64), (1000, 8, 256, 256)]
 EMULATED_BPTT_SHAPES = [(5, 2, 3, 9)]
+# Norms recorded and summed in the general kernel's steps (forced_tiling's norms_in_steps), as
+# every such backward did before 2026-12-06, beside the plain copy's g_t summed after the launch
+# (the "norms" row): what deferring the sums saves, in one run.
+NORMS_IN_STEPS_VARIANT = "norms, summed in the steps"
 # Steps of autotuning's timed runs (launch_plan.autotune) in the table of every path's time.
 GPU_TUNE_STEPS = 64
 EMULATED_TUNE_STEPS = 3
@@ -1584,7 +1588,9 @@ def format_report(result: GpuCheckResult) -> str:
                   "Each variant against the same module with full BPTT and nothing recorded, timed alternately "
                   "(medians). A backward without recorded norms runs its kernel's plain copy (full BPTT, every K "
                   "steps and, since 2026-12-03, randomized truncation, whose scales are drawn before the launch); "
-                  "with norms the general kernel.", "", format_overhead(result.bptt_rows)]
+                  "with norms, since 2026-12-06, the same plain copy, which stores each g_t, and one launch that "
+                  "sums them, where the kernel is compiled for its passes; \"" + NORMS_IN_STEPS_VARIANT + "\": the "
+                  "general kernel summing them in its steps, as before.", "", format_overhead(result.bptt_rows)]
     if result.notes or result.failures:
         lines += ["", "## Notes", ""]
         lines += [f"- {note}" for note in result.notes]
@@ -1802,8 +1808,13 @@ def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, ti
         elif bptt_shapes:
             log("timing recorded norms and truncation against plain forward+backward")
             try:
-                result.bptt_rows = overhead_rows(list(bptt_shapes), device=target.device, backend=target.backend,
-                                                 min_repeats=timing.min_repeats, min_seconds=timing.min_seconds)
+                bptt_timing = dict(device=target.device, backend=target.backend, min_repeats=timing.min_repeats,
+                                   min_seconds=timing.min_seconds)
+                result.bptt_rows = overhead_rows(list(bptt_shapes), **bptt_timing)
+                with forced_tiling(norms_in_steps=True):
+                    result.bptt_rows += overhead_rows(list(bptt_shapes),
+                                                      variants={NORMS_IN_STEPS_VARIANT: OVERHEAD_VARIANTS["norms"]},
+                                                      **bptt_timing)
             except Exception as error:  # recorded in the exit status; the rows before it stand
                 result.bptt_error = _one_line(error)
                 traceback.print_exc(file=sys.stderr)
