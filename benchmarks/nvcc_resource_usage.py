@@ -2,8 +2,8 @@
 
 Compiles csrc/cuda/elman_cuda.cu for sm_80 and sm_90 with the build's flags plus
 -Xptxas -v, keeps ptxas's lines for the kernels of elman_forward_kernel.cuh /
-elman_backward_kernel.cuh / elman_lane_rows_kernel.cuh / elman_gradients_kernel.cuh (names
-demangled), writes them to benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when any of
+elman_backward_kernel.cuh / elman_lane_rows_kernel.cuh / elman_gradients_kernel.cuh /
+elman_norms_kernel.cuh (names demangled), writes them to benchmarks/nvcc_resource_usage.txt, and fails (exit 1) when any of
 them spills to local memory. Then counts the dot-product loops in the same object's sm_90 machine code
 (benchmarks/sass_dot_loop.py: benchmarks/sass_dot_loop.txt) and fails when they no longer
 match the cost model's instruction counts. No GPU needed, only nvcc and cuobjdump.
@@ -31,7 +31,7 @@ ARCHS = ("80", "90")
 KERNELS = ("forward_recurrence_kernel", "backward_recurrence_kernel", "forward_stack_kernel", "backward_stack_kernel",
            "forward_cluster_stack_kernel", "backward_cluster_stack_kernel",
            "forward_step_epilogue_kernel", "backward_step_epilogue_kernel", "forward_lane_rows_kernel",
-           "backward_lane_rows_kernel", "short_gradients_kernel")
+           "backward_lane_rows_kernel", "short_gradients_kernel", "step_norms_kernel")
 
 
 def include_dirs() -> list[str]:

@@ -473,7 +473,7 @@ def test_cluster_rows_in_registers_round_like_the_run_time_kernels(hidden, sm_co
         # (norms summed in the steps: the general backward; else the plain copy, then their sum)
         assert [name for name in launches if "recurrence_kernel" in name or name.startswith("step_norms")] == [
             f"forward_{kernel}, kClusterRowIterations>", f"backward_{kernel}, {copy}, kClusterRowIterations>",
-            *([] if in_steps else ["step_norms_kernel<float>"])], launches
+            *([] if in_steps else ["step_norms_kernel"])], launches
     run_time, _ = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", run_time_passes=True,
                                         **tiling)
     grid, _ = _block_run_with_norms(4, hidden, batch, lengths, path="grid", samples=1, units_per_pass=32)
@@ -627,7 +627,7 @@ def test_plain_backward_runs_its_own_kernel_with_the_general_kernels_results(pat
     assert plain_launches == draws + [kernel + ", true" + held + ">"]
     deferred_launches, deferred = _plain_backward_run(hidden, batch, lengths, record=True, truncation=truncation,
                                                       **tiling)
-    assert deferred_launches == draws + [kernel + ", true" + held + ">", "step_norms_kernel<float>"]
+    assert deferred_launches == draws + [kernel + ", true" + held + ">", "step_norms_kernel"]
     assert all(torch.equal(a, b) for a, b in zip(plain, deferred, strict=True))
     for record, run_time_passes in ((True, False), (False, True))[:1 if hidden > 768 else 2]:
         launches, general = _plain_backward_run(hidden, batch, lengths, record=record, truncation=truncation,
@@ -1226,7 +1226,7 @@ def test_the_gradients_kernel_makes_a_short_layers_gradients(case, path):
                                                  True))
             # the forward's recurrence, the backward's (and the sum of its deferred norms where the
             # plain copy ran it), then the gradients kernel
-            deferred = ["step_norms_kernel<float>"] if launches[1].endswith(", true>") else []
+            deferred = ["step_norms_kernel"] if launches[1].endswith(", true>") else []
             assert launches[2:] == deferred + ["short_gradients_kernel"] and "backward" in launches[1], launches
         with launch_plan.forced_tiling(gradients_on_host=True), simt.recording_launches() as launches:
             stock = _gradients_with_mask(cast, lengths, nonlinearity, reverse, cast_cotangents, full, path, True)

@@ -164,7 +164,8 @@ def test_rehearsal_forces_every_path(rehearsal):
 def test_rehearsal_times_what_norms_and_truncation_cost(rehearsal):
     """Each of bptt_benchmark's variants (norms, truncation every K steps, randomized, both), and
     norms summed in the general kernel's steps (forced_tiling's norms_in_steps), against plain
-    forward+backward on the emulated kernels, in the report and the JSON."""
+    forward+backward on the emulated kernels, in the report and the JSON: one layer, and a stack
+    of two run in one launch."""
     _, out, report = rehearsal
     rows = report["bptt_rows"]
     assert [(tuple(r["shape"]), r["variant"]) for r in rows] == \
@@ -173,6 +174,7 @@ def test_rehearsal_times_what_norms_and_truncation_cost(rehearsal):
     assert all(r["baseline_ms"] > 0 and r["variant_ms"] > 0 for r in rows)
     text = (out / "gpu_check.md").read_text()
     assert "## What recorded norms and truncation cost" in text and "random p=0.9" in text
+    assert "| 5, 2, 3, 9, 2 layers | norms |" in text
 
 
 def test_rehearsal_probes_the_model_constants(rehearsal):

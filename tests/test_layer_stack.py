@@ -678,6 +678,57 @@ def test_the_cluster_stack_backward_op_records_norms_and_changes_nothing_else(sa
         assert torch.equal(out, OPS.rnn_stack_forward(x32, h32, flat, True, None, "tanh", "emulated")[0][1])
 
 
+@pytest.mark.parametrize("truncation", [TruncationArgs(), TruncationArgs(2, 1.0, 0), TruncationArgs(0, 0.6, 7)],
+                         ids=["full", "every-2", "random"])
+@pytest.mark.parametrize("hidden,kernel,passes", [(40, "backward_stack_kernel", 3),
+                                                  (140, "backward_cluster_stack_kernel", 1)],
+                         ids=["block", "cluster"])
+def test_stack_norms_are_summed_after_the_plain_backward(hidden, kernel, passes, truncation):
+    """A stack's backward that records norms on kernels compiled for their passes runs the plain
+    copy, which stores each layer's g_t (on the cluster path after the step's barrier, as dz),
+    then one launch of step_norms_kernel sums every layer's rows (deferred norms);
+    forced_tiling(norms_in_steps=True) keeps the general kernel, which sums them in its steps.
+    The gradients are bitwise those of the backward recording nothing either way, every result
+    is bitwise the same under a shuffled schedule, and the two ways' step norms agree to the last
+    float32 place (float64 sums of the same squares in another order, rounded once)."""
+    steps, batch, layers = 5, 3, 2
+    x, h0, groups = stack_inputs(steps, batch, 4, hidden, layers, seed=8)
+    x32, h32 = x.float(), h0.float()
+    flat = [w.float() for group in groups for w in group]
+    lengths = torch.tensor([5, 0, 3])
+    grad_output = torch.randn(steps, batch, hidden, generator=torch.Generator().manual_seed(9))
+    seed = torch.tensor(truncation.seed)
+    runs = {}
+    with simt.emulated_device(**STACK_GPU):
+        plan = launch_plan.stack_plan(hidden, batch, steps, layers)
+        assert plan.path == ("block" if hidden <= 128 else "cluster") and plan.compiled_passes == passes, plan.reason
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, lengths, "tanh", "emulated")
+        arguments = (grad_output, torch.zeros(layers, batch, hidden), outputs, [True] * 5 * layers, x32, h32, flat,
+                     True, lengths, "tanh", truncation.every, truncation.keep_prob, seed)
+        unrecorded = OPS.rnn_stack_backward(*arguments, backend="emulated")
+        for in_steps, mode in itertools.product((False, True), ("forward", "shuffle")):
+            with launch_plan.forced_tiling(norms_in_steps=in_steps), simt.schedule(mode, seed=3), \
+                    simt.recording_launches() as launches:
+                runs[in_steps, mode] = OPS.rnn_stack_backward(*arguments, backend="emulated", record_norms=True)
+            stack = [name for name in launches if name.startswith(kernel)]
+            assert len(stack) == 1, launches
+            if in_steps:
+                assert stack == [f"{kernel}<{plan.samples}, {passes}>"] and "step_norms_kernel" not in launches
+            else:
+                assert stack == [f"{kernel}<{plan.samples}, {passes}, true>"], launches
+                assert launches[launches.index(stack[0]) + 1:] == ["step_norms_kernel"], launches
+    eps = torch.finfo(torch.float32).eps
+    for key, run in runs.items():
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[key[0], "forward"], strict=True)), key
+        for layer in range(layers):
+            assert all(torch.equal(a, b) for a, b in zip(run[8 * layer:8 * layer + 5],
+                                                         unrecorded[5 * layer:5 * layer + 5], strict=True)), key
+            norms, summed_in_steps = run[8 * layer + 5], runs[True, "forward"][8 * layer + 5]
+            assert bool((norms[:, 1] == 0).all()) and bool((norms[3:, 2] == 0).all()), norms
+            assert bool(((norms - summed_in_steps).abs() <= eps * summed_in_steps).all()), (key, layer)
+            assert bool((norms[:3, 2] > 0).all()) and bool((norms[:, 0] > 0).all()), norms
+
+
 def test_stack_true_says_why_a_call_cannot():
     x, h0, groups = stack_inputs(4, 2, 3, 8, 2)
     x32 = x.float()

@@ -224,39 +224,6 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
   }
 }
 
-// Deferred step norms (the plain backward wrote g_t: step_g): step_sq[t, b] = the sum over units
-// u of g[t, b, u]^2 in float64 at each sample's valid steps t < lengths[b], zero past its end.
-// One warp per (t, b) row: lane l adds u = l, l + 32, ... in turn, then a fixed butterfly, so
-// the sum is bitwise-reproducible and the same whatever launch shape wrote g. Summed in the step,
-// the norms cost each step of a latency-bound recurrence a butterfly before its barrier and
-// one thread's ordered sum after it (H200, 2026-12-04: +0.57 ms, 55%, over 1000 steps at H = 64,
-// B = 8); here they cost a store per output and step, and this launch.
-// Any grid of 1-D CTAs of whole warps (each warp takes every warps-th row):
-//   step_g  [T,B,H] read at valid steps
-//   lengths [B]     int64 valid steps per sample, or null (all T)
-//   step_sq [T,B]   float64 written
-template <typename scalar_t>
-SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads)
-    step_norms_kernel(const scalar_t* step_g, const int64_t* lengths, LayerShape shape, double* step_sq) {
-  const int64_t rows = shape.steps * shape.batch, H = shape.hidden;
-  const int64_t warps_per_cta = blockDim.x / kWarp, warps = int64_t(gridDim.x) * warps_per_cta;
-  const int64_t lane = threadIdx.x % kWarp;
-  // (row is uniform over a warp: the shuffles see every lane)
-  for (int64_t row = int64_t(blockIdx.x) * warps_per_cta + threadIdx.x / kWarp; row < rows; row += warps) {
-    const int64_t t = row / shape.batch, b = row % shape.batch;
-    const bool valid = t < sample_length(lengths, b, shape.batch, shape.steps);
-    double sum = 0.0;
-    if (valid) {
-      for (int64_t u = lane; u < H; u += kWarp) {
-        const double g = static_cast<double>(step_g[row * H + u]);
-        sum += g * g;
-      }
-    }
-    for (int bit = kWarp / 2; bit >= 1; bit /= 2) sum += __shfl_xor_sync(kFullMask, sum, bit);
-    if (lane == 0) step_sq[row] = sum;
-  }
-}
-
 // Randomized truncation comes drawn (drawn_scales, which then holds every edge's scale, the
 // cuts every K steps too), and only randomized truncation: the kernels run no draws.
 template <class Args>
@@ -279,6 +246,7 @@ SIMT_HOST_DEVICE __forceinline__ bool plain_backward_call(const Args& a) {
 template <bool kPlain, class Args>
 SIMT_DEVICE __forceinline__ void check_plain_call(const Args& a) {
   check_drawn_scales(a);
+  SIMT_KERNEL_CHECK(kPlain || a.step_g == nullptr, "only the plain backward writes g for deferred norms");
   if constexpr (kPlain) {
     SIMT_KERNEL_CHECK(plain_backward_call(a), "the plain kernel records no norms");
   }
@@ -301,7 +269,6 @@ template <typename scalar_t, int kSamples, RecurrencePath kPath, int kPasses, bo
 SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerSm)
     backward_recurrence_kernel(BackwardRecurrenceArgs<scalar_t> a, RecurrenceTiling tiling) {
   check_plain_call<kPlain>(a);
-  SIMT_KERNEL_CHECK(kPlain || a.step_g == nullptr, "only the plain backward writes g for deferred norms");
   const bool norms = !kPlain && a.step_sq != nullptr;  // uniform over the launch
   // Randomized truncation reads its drawn scales (`drawn`, which hold the cuts every K steps
   // too); else the cuts every K steps come from `periodic` (run's): the plain copy's in 32 bits
@@ -350,10 +317,10 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // products start.
     const bool one_chunk = cta.chunk_count() == 1;
     scalar_t dy[Cta::kBatches][kOwned] = {}, h[Cta::kBatches][kOwned] = {};
-    // With one chunk on the cluster and grid paths, dz_s waits here for the step's barrier
-    // (Cta::kStoresAfterBarrier).
+    // With one chunk on the cluster and grid paths, dz_s (and the plain copy's g_s for deferred
+    // norms) waits here for the step's barrier (Cta::kStoresAfterBarrier).
     const bool stores_after_barrier = Cta::kStoresAfterBarrier && one_chunk;
-    scalar_t dz_out[Cta::kBatches][kOwned] = {};
+    scalar_t dz_out[Cta::kBatches][kOwned] = {}, g_out[Cta::kBatches][kOwned] = {};
     const SampleRows<kOwned> lane_rows(a.lengths, place.sample_begin + cta.first_sample, a.shape, a.reverse);
     LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1);
     // With one chunk, the drawn scale of the edge into step s of each of the lane's samples, read
@@ -430,14 +397,15 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
             const int64_t at = one_chunk ? lane.at[batch][k] : rows.origin[k] + u + shift;
             const scalar_t g = backward_gradient(a.dh_n, H, s, rows.length[k], b, u, dy[batch][k], carry, edge[k]);
             g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
-            if constexpr (kPlain) {
-              if (a.step_g != nullptr) a.step_g[at] = g;  // (deferred norms: a store, off the step's path)
-            }
             d = g * slope_runtime(a.activation, h[batch][k]);
             if (stores_after_barrier) {
               dz_out[batch][k] = d;
+              if constexpr (kPlain) g_out[batch][k] = g;
             } else {
               a.dz[at] = d;
+              if constexpr (kPlain) {
+                if (a.step_g != nullptr) a.step_g[at] = g;  // (deferred norms)
+              }
             }
           }
           publish_state<kPath>(now, exchange_now, tagged_now, static_cast<unsigned>(T - s), j, b, u, cta.row, H, d);
@@ -477,8 +445,13 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       }
       barrier.wait();
       clock.lap(kBarrierPhase);
-      if (stores_after_barrier) {  // step s's dz (the lane is at step s - 1)
-        lane.for_each_valid(cta, s - 1, 1, [&](int batch, int k, int64_t at) { a.dz[at] = dz_out[batch][k]; });
+      if (stores_after_barrier) {  // step s's dz and g (the lane is at step s - 1)
+        lane.for_each_valid(cta, s - 1, 1, [&](int batch, int k, int64_t at) {
+          a.dz[at] = dz_out[batch][k];
+          if constexpr (kPlain) {
+            if (a.step_g != nullptr) a.step_g[at] = g_out[batch][k];
+          }
+        });
       }
       if (norms) {
         if constexpr (Cta::kStateInShared) {  // (the asynchronous exchange's: counted by the next step's phase)
@@ -557,6 +530,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
 //   dropout_masks [L-1,T,B,H] read: as for forward_stack_kernel, or null
 //   step_sq   [L,T,B]  float64 written: ||g_t||^2 of each layer at each sample's valid steps, zero
 //                     past its end; or null: no norms
+//   step_g    [L,T,B,H] written by the plain copy (kPlain) only: each layer's g_t at each sample's
+//                     valid steps, for step_norms_kernel to sum after the launch (deferred norms);
+//                     or null
 struct BackwardStackArgs {
   const float* w_stacked;
   const float* dy;
@@ -573,6 +549,7 @@ struct BackwardStackArgs {
   const float* dropout_masks = nullptr;
   double* step_sq = nullptr;
   const float* drawn_scales = nullptr;
+  float* step_g = nullptr;
 };
 
 // A stack lane's edge scales into processing step `into` (>= 1 inside the sequence) of its
@@ -619,6 +596,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   cta.cache_weights();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
+  float* step_g = a.step_g != nullptr ? a.step_g + layer * sequence : nullptr;  // (the plain copy's only)
   // The layer's dz and norms zero past each sample's end (the CTA holds all its units), before
   // the steps, which write only valid ones.
   zero_past_lengths(dz, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples, 0, H);
@@ -705,6 +683,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz[at] = d;
+          if constexpr (kPlain) {
+            if (step_g != nullptr) step_g[at] = g;  // (deferred norms)
+          }
         }
         publish_state<RecurrencePath::Block>(now, static_cast<float*>(nullptr), nullptr, 0u, j, b, u, R, H, d);
         if (s == 0) dz_first[b * H + u] = d;
@@ -810,6 +791,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   barrier.start();
   const float* out = a.out + layer * sequence;
   float* dz = a.dz + layer * sequence;
+  float* step_g = a.step_g != nullptr ? a.step_g + layer * sequence : nullptr;  // (the plain copy's only)
   // The CTA's dz outputs, and the layer's norms by its first CTA, zero past each sample's end,
   // before the steps, which write only valid ones.
   zero_past_lengths(dz, a.lengths, a.shape, cta.place.sample_begin, cta.place.sample_begin + kSamples,
@@ -830,7 +812,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
   LaneOutputs<Cta::kBatches, kOwned> lane(cta, lane_rows, T - 1 + delay);  // at time t of step 0
   // The lane's saved h_t, dy_t (the top layer) and mask (with dropout), read one step ahead.
   float h[Cta::kBatches][kOwned] = {}, dy[Cta::kBatches][kOwned] = {}, mask[Cta::kBatches][kOwned] = {};
-  float dz_out[Cta::kBatches][kOwned] = {}, from_above[Cta::kBatches][kOwned] = {};
+  // dz_t (and the plain copy's g_t for deferred norms), stored after the step's barrier.
+  float dz_out[Cta::kBatches][kOwned] = {}, g_out[Cta::kBatches][kOwned] = {};
+  float from_above[Cta::kBatches][kOwned] = {};
   auto load_operands = [&](int64_t t, int64_t ahead) {  // time t + ahead's (the lane at time t)
     if (t + ahead < 0) return;
     lane.for_each_valid(cta, t, ahead, [&](int batch, int k, int64_t offset) {
@@ -872,6 +856,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
           if (norms) g_sq[k] += static_cast<double>(g) * static_cast<double>(g);
           d = g * slope_runtime(a.activation, h[batch][k]);
           dz_out[batch][k] = d;
+          if constexpr (kPlain) g_out[batch][k] = g;
         }
         own_next[j * half + u] = d;
         if (t == 0) dz_first[b * H + u] = d;
@@ -892,7 +877,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       load_operands(t, -1);  // (after the arrival: StepBarrier::arrive)
       barrier.wait();
       if (t >= 0 && t < T) {  // step w's dz_t (stored after the barrier: Cta::kStoresAfterBarrier)
-        lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) { dz[offset] = dz_out[batch][k]; });
+        lane.for_each_valid(cta, t, 0, [&](int batch, int k, int64_t offset) {
+          dz[offset] = dz_out[batch][k];
+          if constexpr (kPlain) {
+            if (step_g != nullptr) step_g[offset] = g_out[batch][k];
+          }
+        });
       }
       if (norms) {
         // The CTA's sums of step w into the layer's first CTA, which adds them up after the next

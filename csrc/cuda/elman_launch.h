@@ -31,6 +31,7 @@
 
 #include "cuda/elman_gradients_kernel.cuh"
 #include "cuda/elman_kernel_list.h"
+#include "cuda/elman_norms_kernel.cuh"
 #include "cuda/recurrence_cost_model.h"
 #include "host_layer.h"
 
@@ -91,8 +92,7 @@ SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, backward_st
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<float>);
 SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, edge_scale_table_kernel<double>);
 SIMT_KERNEL_ATTRIBUTES(kShortGradientThreads, kShortGradientKernelRegisters, short_gradients_kernel);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, step_norms_kernel<float>);
-SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, step_norms_kernel<double>);
+SIMT_KERNEL_ATTRIBUTES(kRecurrenceThreads, kEpilogueKernelRegisters, step_norms_kernel);
 
 // Calls f(kernel) with the lane-row kernel for (direction, samples, the vectors of H's rows,
 // norms); false where none is compiled (lane_rows_compiled).
@@ -849,28 +849,36 @@ const scalar_t* drawn_scales_pointer(const at::Tensor& scales) {
 }
 
 // Whether a backward that records norms sums them after the launch (step_norms_kernel over the
-// g_t its plain copy writes) instead of in its steps: where the plan's kernel has a plain copy
-// (compiled for its passes: float32 on the block and cluster paths, not the lane-row step) and the
-// call is one the plain copy runs once norms leave it (plain_backward_call). Priced by nothing:
-// the store per output and step is off the step's path, and the launch costs less than the
-// norms' sums in the steps (step_norms_kernel).
-template <typename scalar_t>
-bool defers_step_norms(const RecurrencePlan& plan, const TruncationParams& truncation, int64_t steps) {
-  if (!std::is_same_v<scalar_t, float> || plan.lane_rows || plan.compiled_passes <= 0) return false;
-  if (forced_tiling().norms_in_steps) return false;
-  if (plan.path != RecurrencePath::Block && plan.path != RecurrencePath::Cluster) return false;
-  return plain_backward_truncation(truncation, steps);
+// g_t its plain copy writes) instead of in its steps: where its kernel has a plain copy
+// (`plain_copy`: compiled for its passes, float32) and the call is one the plain copy runs once
+// norms leave it (plain_backward_call), unless forced_tiling's norms_in_steps asks for the sums in
+// the steps. Priced by nothing: the store per output and step is off the step's path (after the
+// barrier on the cluster and grid paths, whose release would wait for it), and the launch costs
+// less than the norms' sums in the steps (step_norms_kernel).
+inline bool defers_norms(bool plain_copy, const TruncationParams& truncation, int64_t steps) {
+  return plain_copy && !forced_tiling().norms_in_steps && plain_backward_truncation(truncation, steps);
 }
 
-// step_sq [T,B] from the g_t [T,B,H] a plain backward wrote (step_norms_kernel).
+// defers_norms for a layer's backward on `plan`: the block and cluster paths' kernels compiled
+// for their passes have plain copies (float32; not the lane-row step).
 template <typename scalar_t>
-void sum_step_norms(const at::Tensor& step_g, const int64_t* lengths, const LayerShape& shape, at::Tensor& step_sq) {
-  const int64_t rows = shape.steps * shape.batch;
+bool defers_step_norms(const RecurrencePlan& plan, const TruncationParams& truncation, int64_t steps) {
+  const bool plain_copy = std::is_same_v<scalar_t, float> && !plan.lane_rows && plan.compiled_passes > 0 &&
+                          (plan.path == RecurrencePath::Block || plan.path == RecurrencePath::Cluster);
+  return defers_norms(plain_copy, truncation, steps);
+}
+
+// step_sq [L,T,B] from the g_t [L,T,B,H] of `layers` layers a plain backward wrote
+// (step_norms_kernel).
+inline void sum_step_norms(const at::Tensor& step_g, const int64_t* lengths, const LayerShape& shape, int64_t layers,
+                           const at::Tensor& step_sq) {
+  const int64_t rows = layers * shape.steps * shape.batch;
   if (rows == 0) return;
   constexpr int64_t kWarpsPerCta = kRecurrenceThreads / kWarp, kMaxBlocks = 1024;
   const int64_t blocks = std::min((rows + kWarpsPerCta - 1) / kWarpsPerCta, kMaxBlocks);
-  simt::launch(step_norms_kernel<scalar_t>, static_cast<unsigned>(blocks), dim3(kRecurrenceThreads), 0,
-               static_cast<const scalar_t*>(step_g.data_ptr<scalar_t>()), lengths, shape, step_sq.data_ptr<double>());
+  simt::launch(step_norms_kernel, static_cast<unsigned>(blocks), dim3(kRecurrenceThreads), 0,
+               static_cast<const float*>(step_g.data_ptr<float>()), lengths, shape, layers,
+               step_sq.data_ptr<double>());
 }
 
 // Whether the kernel of `plan` projects the layer's input itself (ForwardRecurrenceArgs::x):
@@ -1003,7 +1011,7 @@ at::Tensor backward_recurrence_planned(const BackwardRecurrence& r, const Recurr
   } else {
     launch_persistent<scalar_t>(plan, true, args);
   }
-  if (deferred_norms) sum_step_norms<scalar_t>(step_g, lengths_pointer(call), shape, step_sq);
+  if (deferred_norms) sum_step_norms(step_g, lengths_pointer(call), shape, 1, step_sq);
   if (record_norms) r.step_norms.copy_(step_sq.sqrt_());
   return dz_first;
 }
@@ -1691,6 +1699,10 @@ inline void backward_stack(const BackwardStack& r) {
   at::Tensor words = at::zeros({cluster ? 0 : L - 1, T, B, H}, r.dz.options().dtype(at::kLong));
   // Layer l's scales drawn with stream 2 l (layer 0's is 0), as its own backward would draw them.
   const at::Tensor drawn = drawn_edge_scales<float>(r.first.options.truncation, T, B, L, r.dz.options());
+  // Recorded norms summed after the launch where the plain copy runs it (defers_norms).
+  const bool deferred_norms =
+      r.step_sq.defined() && defers_norms(plan.compiled_passes > 0, r.first.options.truncation, T);
+  const at::Tensor step_g = deferred_norms ? at::empty({L, T, B, H}, r.dz.options()) : at::Tensor();
   const BackwardStackArgs args{.w_stacked = r.w_stacked.data_ptr<float>(),
                                .dy = r.dy.data_ptr<float>(),
                                .dh_n = r.dh_n.data_ptr<float>(),
@@ -1704,9 +1716,12 @@ inline void backward_stack(const BackwardStack& r) {
                                .activation = r.first.options.activation,
                                .truncation = r.first.options.truncation,
                                .dropout_masks = r.dropout_masks.defined() ? r.dropout_masks.data_ptr<float>() : nullptr,
-                               .step_sq = r.step_sq.defined() ? r.step_sq.data_ptr<double>() : nullptr,
-                               .drawn_scales = drawn_scales_pointer<float>(drawn)};
+                               .step_sq = r.step_sq.defined() && !deferred_norms ? r.step_sq.data_ptr<double>()
+                                                                                  : nullptr,
+                               .drawn_scales = drawn_scales_pointer<float>(drawn),
+                               .step_g = deferred_norms ? step_g.data_ptr<float>() : nullptr};
   launch_stack(plan, shape, L, true, args);
+  if (deferred_norms) sum_step_norms(step_g, lengths_pointer(r.first), shape, L, r.step_sq);
 }
 
 // The registry entry of these kernels (backend "cuda" in elman_cuda.cu, "emulated" in

@@ -66,9 +66,16 @@ def directions_of(shape) -> int:
     return shape[4] if len(shape) > 4 else 1
 
 
+def layers_of(shape) -> int:
+    """1, or L for a shape (T, B, I, H, directions, L): a stack of L layers."""
+    return shape[5] if len(shape) > 5 else 1
+
+
 def shape_label(shape) -> str:
-    """'T, B, I, H', with ', bidirectional' for a bidirectional layer."""
-    return ", ".join(map(str, shape[:4])) + (", bidirectional" if directions_of(shape) == BIDIRECTIONAL else "")
+    """'T, B, I, H', with ', L layers' for a stack and ', bidirectional' for bidirectional layers."""
+    layers = layers_of(shape)
+    return (", ".join(map(str, shape[:4])) + (f", {layers} layers" if layers > 1 else "")
+            + (", bidirectional" if directions_of(shape) == BIDIRECTIONAL else ""))
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,8 @@ def build_pair(shape, device, dtype, seed: int = 0):
     steps, batch, input_size, hidden = shape[:4]
     directions = directions_of(shape)
     torch.manual_seed(seed)
-    stock = torch.nn.RNN(input_size, hidden, bidirectional=directions == BIDIRECTIONAL).to(device, dtype)
+    stock = torch.nn.RNN(input_size, hidden, layers_of(shape), bidirectional=directions == BIDIRECTIONAL)
+    stock = stock.to(device, dtype)
     ours = RNN.from_torch(stock)
     x = torch.randn(steps, batch, input_size, device=device, dtype=dtype)
     grad_out = torch.randn(steps, batch, directions * hidden, device=device, dtype=dtype)

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .benchmark import CPU_SHAPES, QUICK_TIMING, Timing, _benchmark_settings, build_pair, paired_median_seconds
+from .benchmark import (CPU_SHAPES, QUICK_TIMING, Timing, _benchmark_settings, build_pair, layers_of,
+                        paired_median_seconds, shape_label)
 from ..recording import record_gradients
 from ..truncation import RandomTruncation
 from .command_output import markdown_table
@@ -97,7 +98,7 @@ def chunked_stock(stock: torch.nn.RNN, x, grad_out, *, every: int):
 
 @dataclass
 class OverheadRow:
-    shape: tuple[int, int, int, int]
+    shape: tuple[int, ...]  # (T, B, I, H), or with directions and layers (benchmark.shape_label)
     variant: str
     baseline_ms: float
     variant_ms: float
@@ -123,12 +124,15 @@ class PyTorchWayRow:
 def overhead_rows(shapes=CPU_SHAPES, variants=OVERHEAD_VARIANTS, progress=None, device=torch.device("cpu"),
                   backend: str | None = None, **timing) -> list[OverheadRow]:
     """Each variant against full BPTT with nothing recorded, per shape; `backend` sets the
-    module's (None: the device's default; "emulated": the CUDA kernels on the CPU)."""
+    module's (None: the device's default; "emulated": the CUDA kernels on the CPU). A shape of
+    several layers (benchmark.layers_of) runs them in one launch each way (RNN.stack = True)."""
     rows = []
     for shape in shapes:
         _, ours, x, grad_out = build_pair(shape, device, torch.float32)
         if backend is not None:
             ours.backend = backend
+        if layers_of(shape) > 1:
+            ours.stack = True
         baseline = fused_step(ours, x, grad_out, record=False, truncation=None)
         for name, variant in variants.items():
             t_base, t_variant = paired_median_seconds(baseline, fused_step(ours, x, grad_out, **variant),
@@ -161,7 +165,7 @@ def pytorch_way_rows(shapes=PYTORCH_WAY_SHAPES, every: int = PYTORCH_WAY_K, prog
 
 
 def format_overhead(rows: list[OverheadRow]) -> str:
-    cells = [[", ".join(map(str, r.shape)), r.variant, f"{r.baseline_ms:.2f}", f"{r.variant_ms:.2f}",
+    cells = [[shape_label(r.shape), r.variant, f"{r.baseline_ms:.2f}", f"{r.variant_ms:.2f}",
               f"{100 * r.overhead:+.1f}%"] for r in rows]
     return "\n".join(markdown_table(["T, B, I, H", "variant", "full BPTT ms", "variant ms", "overhead"], cells, range(2, 5)))
 

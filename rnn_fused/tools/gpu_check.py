@@ -224,9 +224,12 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block",
                          PhaseShape(9, 3, "block", 4, run_time_passes=True),
                          PhaseShape(33, 2, "cluster", 4, run_time_passes=True)]
 # What recorded norms and truncation cost over plain forward+backward (bptt_benchmark's
-# variants), one layer: where a backward runs its plain copy or its general kernel.
-GPU_BPTT_SHAPES = [(1000, 8, 64, 64), (1000, 8, 256, 256)]
-EMULATED_BPTT_SHAPES = [(5, 2, 3, 9)]
+# variants): one layer, where a backward runs its plain copy or its general kernel; and layer
+# stacks run in one launch ((T, B, I, H, directions, layers), RNN.stack = True: the block path's
+# stack at 1000, 8, 64, 64 in 4 layers, the cluster path's at 300, 7, 50, 129 in 3), whose plain
+# copies defer the norms too.
+GPU_BPTT_SHAPES = [(1000, 8, 64, 64), (1000, 8, 256, 256), (1000, 8, 64, 64, 1, 4), (300, 7, 50, 129, 1, 3)]
+EMULATED_BPTT_SHAPES = [(5, 2, 3, 9), (5, 2, 3, 9, 1, 2)]
 # Norms recorded and summed in the general kernel's steps (forced_tiling's norms_in_steps), as
 # every such backward did before 2026-12-06, beside the plain copy's g_t summed after the launch
 # (the "norms" row): what deferring the sums saves, in one run.
@@ -1733,7 +1736,7 @@ def _on_target(target: Target, threads: int):
 def measure(target: Target, shapes: list[Shape], path_shapes: list[Shape], *, timing: Timing, long_timing: Timing,
             probe_sizes: ProbeSizes, budget_s: float, threads: int, out: str, measure_error: bool = True,
             progress=None, phase_shapes: list[PhaseShape] = (), tune_steps: int = 0,
-            bptt_shapes: list[tuple[int, int, int, int]] = ()) -> GpuCheckResult:
+            bptt_shapes: list[tuple[int, ...]] = ()) -> GpuCheckResult:
     """Every part of the check; the outputs are rewritten after each row."""
     start = time.perf_counter()
     deadline = start + budget_s
