@@ -729,6 +729,42 @@ def test_stack_norms_are_summed_after_the_plain_backward(hidden, kernel, passes,
             assert bool((norms[:3, 2] > 0).all()) and bool((norms[:, 0] > 0).all()), norms
 
 
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(hidden=st.integers(1, 160), layers=st.integers(2, 3), steps=st.integers(1, 5), batch=st.integers(1, 4),
+       truncation=st.sampled_from([TruncationArgs(), TruncationArgs(2, 1.0, 0), TruncationArgs(0, 0.6, 7)]),
+       data=st.data())
+def test_deferred_stack_norms_at_drawn_shapes(hidden, layers, steps, batch, truncation, data):
+    """Drawn stacks (the block path's to H = 128, the cluster path's beyond), lengths (empty
+    samples among them) and truncations: the norms deferred to step_norms_kernel agree with
+    those summed in the steps to the last float32 place and are zero past each sample's length,
+    and the gradients are bitwise the same either way."""
+    lengths = torch.tensor(data.draw(st.lists(st.integers(0, steps), min_size=batch, max_size=batch)))
+    x, h0, groups = stack_inputs(steps, batch, 3, hidden, layers, seed=hidden)
+    x32, h32 = x.float(), h0.float()
+    flat = [w.float() for group in groups for w in group]
+    grad_output = torch.randn(steps, batch, hidden, generator=torch.Generator().manual_seed(steps))
+    runs = []
+    with simt.emulated_device(**STACK_GPU):
+        assert launch_plan.stack_plan(hidden, batch, steps, layers).compiled_passes > 0
+        outputs, _ = OPS.rnn_stack_forward(x32, h32, flat, True, lengths, "tanh", "emulated")
+        arguments = (grad_output, torch.zeros(layers, batch, hidden), outputs, [True] * 5 * layers, x32, h32, flat,
+                     True, lengths, "tanh", truncation.every, truncation.keep_prob, torch.tensor(truncation.seed))
+        for in_steps in (False, True):
+            with launch_plan.forced_tiling(norms_in_steps=in_steps), simt.recording_launches() as launches:
+                runs.append(OPS.rnn_stack_backward(*arguments, backend="emulated", record_norms=True))
+            assert ("step_norms_kernel" in launches) != in_steps, launches
+    deferred, in_steps = runs
+    eps = torch.finfo(torch.float32).eps
+    for layer in range(layers):
+        first = 8 * layer
+        assert all(torch.equal(a, b) for a, b in zip(deferred[first:first + 5], in_steps[first:first + 5],
+                                                     strict=True)), layer
+        norms, summed_in_steps = deferred[first + 5], in_steps[first + 5]
+        assert bool(((norms - summed_in_steps).abs() <= eps * summed_in_steps).all()), (layer, norms, summed_in_steps)
+        for b, n in enumerate(lengths.tolist()):
+            assert bool((norms[n:, b] == 0).all()), norms
+
+
 def test_stack_true_says_why_a_call_cannot():
     x, h0, groups = stack_inputs(4, 2, 3, 8, 2)
     x32 = x.float()
