@@ -315,7 +315,7 @@ std::vector<at::Tensor> layer_gradients_from_dz(const at::Tensor& input, const a
 // grid, stepwise), then every launch shape autotuning timed (none unless it did). Per entry:
 // path, feasible (0 or 1), 15 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
 // units_per_cta, units_per_pass, step_sync, grid, block_threads, cluster, shared_mem_bytes,
-// blocks_per_sm, waves, compiled_passes),
+// blocks_per_sm, waves, compiled_passes) and 3 more (lane_rows, ctas_per_sm, tiled_dots),
 // us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
 // measured it: host_layer.h Autotune).
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
@@ -346,7 +346,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
                                  e.units_per_cta, e.units_per_pass, e.step_sync, e.grid, e.block_threads,
                                  e.cluster,
                                  e.shared_mem_bytes, e.blocks_per_sm, e.waves, e.compiled_passes, int64_t(e.lane_rows),
-                                 e.ctas_per_sm});
+                                 e.ctas_per_sm, int64_t(e.tiled_dots)});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
     measured.push_back(e.measured_us_per_step);
@@ -462,11 +462,12 @@ std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
 // term: "total", or the part step-phase timing measures apart: "stage", "compute", "barrier".
 // block_stack: the shape is a CTA of the Block path's layer stack (units_per_cta its 2H rows).
+// tiled_dots: the Grid path's tiled dot products (RecurrenceTiling::tiled_dots).
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,
                     c10::string_view term, int64_t units_per_pass, int64_t step_sync, bool block_stack,
-                    bool lane_rows, int64_t ctas_per_sm) {
+                    bool lane_rows, int64_t ctas_per_sm, bool tiled_dots) {
   const RecurrenceBackend& b = find_recurrence_backend(c10::DeviceType::CPU, "emulated");
   return b.step_cost(StepCostQuery{.path = std::string(path),
                                    .compute = dtype,
@@ -484,7 +485,8 @@ double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_si
                                    .term = std::string(term),
                                    .block_stack = block_stack,
                                    .lane_rows = lane_rows,
-                                   .ctas_per_sm = ctas_per_sm});
+                                   .ctas_per_sm = ctas_per_sm,
+                                   .tiled_dots = tiled_dots});
 }
 
 // The cost model's named constants (recurrence_cost_model.h kNamedConstants) and their values
@@ -654,24 +656,25 @@ TORCH_LIBRARY(rnn_fused, m) {
       "step_cost(str path, int hidden_size, int batch_size, ScalarType dtype, int samples, int chunks, "
       "int ctas_per_group, int units_per_cta, int waves, str[] constant_names, float[] constant_values, "
       "str term=\"total\", int units_per_pass=32, int step_sync=0, bool block_stack=False, bool lane_rows=False, "
-      "int ctas_per_sm=1) -> float",
+      "int ctas_per_sm=1, bool tiled_dots=False) -> float",
       &rnn_fused::step_cost_us);
   // The samples per chunk, units per pass (0: each plan's own choice), grid-path step
   // synchronisation (-1: each plan's own) and whether kernels read their passes at run time
   // every planner must use (host_layer.h ForcedTiling); returns the previous setting.
   m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1, int run_time_passes=0, "
-        "int lane_rows_step=0, int input_projection_on_host=0, int gradients_on_host=0, int norms_in_steps=0) "
-        "-> int[]",
+        "int lane_rows_step=0, int input_projection_on_host=0, int gradients_on_host=0, int norms_in_steps=0, "
+        "int tiled_dots=0) -> int[]",
         [](int64_t samples, int64_t units_per_pass, int64_t step_sync, int64_t run_time_passes,
            int64_t lane_rows_step, int64_t input_projection_on_host, int64_t gradients_on_host,
-           int64_t norms_in_steps) {
+           int64_t norms_in_steps, int64_t tiled_dots) {
           const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling(
               {samples, units_per_pass, step_sync, run_time_passes != 0, lane_rows_step != 0,
-               input_projection_on_host != 0, gradients_on_host != 0, norms_in_steps != 0});
+               input_projection_on_host != 0, gradients_on_host != 0, norms_in_steps != 0, tiled_dots != 0});
           return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync,
                                       int64_t(previous.run_time_passes), int64_t(previous.lane_rows_step),
                                       int64_t(previous.input_projection_on_host),
-                                      int64_t(previous.gradients_on_host), int64_t(previous.norms_in_steps)};
+                                      int64_t(previous.gradients_on_host), int64_t(previous.norms_in_steps),
+                                      int64_t(previous.tiled_dots)};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

@@ -81,6 +81,9 @@ class PathEstimate:
     # kernels' 8 lanes per row
     lane_rows: bool = False
     ctas_per_sm: int = 1         # (lane_rows) the CTAs that share an SM at once, as the model priced them
+    # "grid" in float32 at 4 or 8 samples per chunk: the tiled dot products (a warp splits the columns
+    # of 32 / samples units x samples; forced_tiling's tiled_dots, or autotune()'s pick)
+    tiled_dots: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 17
+_SHAPE_FIELDS = 18
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -113,10 +116,11 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     like = torch.empty(0, dtype=dtype, device=target)
     paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
         like, hidden_size, batch_size, backward, path, "emulated" if emulated else None, side_by_side)
-    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 2],
+    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 3],
                               predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i],
-                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 2]),
-                              ctas_per_sm=shapes[(i + 1) * _SHAPE_FIELDS - 1])
+                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 3]),
+                              ctas_per_sm=shapes[(i + 1) * _SHAPE_FIELDS - 2],
+                              tiled_dots=bool(shapes[(i + 1) * _SHAPE_FIELDS - 1]))
                  for i in range(len(paths))]
     chosen, candidates, timed = estimates[0], estimates[1:1 + len(PATHS)], estimates[1 + len(PATHS):]
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
@@ -291,7 +295,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     the shape is a CTA of the block path's layer stack (units_per_cta its rows, 2H in whole
     passes), whose weights are in registers where its kernels are compiled for its passes.
     A shape with lane_rows (runs from before it existed have none) is priced as the block
-    path's lane-row step."""
+    path's lane-row step, one with tiled_dots as the grid path's tiled dot products."""
     fields = estimate if isinstance(estimate, dict) else vars(estimate)
     constants = constants or {}
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -300,14 +304,16 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
                                          fields["waves"], list(constants), [float(v) for v in constants.values()],
                                          term, fields.get("units_per_pass") or 32,
                                          int(fields.get("step_sync") or 0), block_stack,
-                                         bool(fields.get("lane_rows") or False), int(fields.get("ctas_per_sm") or 1))
+                                         bool(fields.get("lane_rows") or False), int(fields.get("ctas_per_sm") or 1),
+                                         bool(fields.get("tiled_dots") or False))
 
 
 @contextlib.contextmanager
 def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
                   lane_rows_step: bool = False, input_projection_on_host: bool = False,
-                  gradients_on_host: bool = False, norms_in_steps: bool = False) -> Iterator[None]:
+                  gradients_on_host: bool = False, norms_in_steps: bool = False,
+                  tiled_dots: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -335,7 +341,11 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     layers), so every backward takes the host's GEMMs, as the CPU backend does. `norms_in_steps=True`:
     a backward that records norms sums them in its steps (the general kernels) even where the
     plain copy of a kernel compiled for its passes would store each g_t and one launch after it
-    sum them (docs/cuda_backend.md, deferred norms). For running or timing
+    sum them (docs/cuda_backend.md, deferred norms). `tiled_dots=True`: the grid path computes
+    its dot products in warp-wide tiles (a warp splits the columns of 32 / S units x S samples,
+    S = 4 or 8 samples per chunk, float32; its plans at 1 and 2 samples, and in float64, are ruled
+    out), whose results equal the other paths' within rounding, not bitwise (docs/cuda_backend.md,
+    the grid path's tiled dot products); not the planner's own choice yet. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -350,13 +360,14 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                          f"'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got {step_sync!r}")
     for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step),
                         ("input_projection_on_host", input_projection_on_host),
-                        ("gradients_on_host", gradients_on_host), ("norms_in_steps", norms_in_steps)):
+                        ("gradients_on_host", gradients_on_host), ("norms_in_steps", norms_in_steps),
+                        ("tiled_dots", tiled_dots)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
                           int(lane_rows_step), int(input_projection_on_host), int(gradients_on_host),
-                          int(norms_in_steps)):
+                          int(norms_in_steps), int(tiled_dots)):
         yield
 
 
@@ -405,15 +416,16 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
     the device, a persistent path's with every sample tile it considers and the dot products
     on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on fitted
-    terms), the grid path's with each step synchronisation (STEP_SYNCS),
+    terms), the grid path's with each step synchronisation (STEP_SYNCS) and, in float32 at 4
+    and 8 samples per chunk, with its tiled dot products too (forced_tiling's tiled_dots),
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its
     prediction, and `.timed` every shape measured. The measurements are kept for the
     process, so tuning costs one such set of runs per shape (it waits for the device). Like
     torch.backends.cudnn.benchmark, it can pick another path in another process: block,
-    cluster and grid give bitwise the same results, the stepwise path (cuBLAS products) the
-    same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
+    cluster and grid give bitwise the same results, the stepwise path (cuBLAS products) and the
+    grid path's tiled dot products (32 partial sums per output) the same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
     the current stream captures a CUDA graph (the model chooses then). Process-wide; the
     previous setting is restored on exit."""
     with _planner_setting(torch.ops.rnn_fused.set_autotune, True, steps):

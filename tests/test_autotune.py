@@ -53,8 +53,8 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     # What was timed: each feasible persistent path's best shape by the model for each sample
     # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
     # each number of units per pass (the model's own pick among them) and on the grid and
-    # cluster paths each step synchronisation, the stepwise path's; each path's candidate is its
-    # fastest of those.
+    # cluster paths each step synchronisation (and the grid path's tiled dot products at 4 and 8
+    # samples), the stepwise path's; each path's candidate is its fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -68,8 +68,10 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
         model = predicted.candidate(c.path)
         tiles = [samples for samples in (1, 2, 4, 8) if samples == 1 or samples // 2 < batch]
         syncs = {"grid": (0, 1, 2), "cluster": (0, 3)}.get(c.path, (0,))
-        assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in shapes) == [
-            (s, u, f) for s in tiles for u in (16, 32) for f in syncs]
+        # (the grid path at 4 and 8 samples in float32 also with its tiled dot products)
+        tiled = {s: (False, True) if c.path == "grid" and s >= 4 else (False,) for s in tiles}
+        assert sorted((t.samples, t.units_per_pass, t.step_sync, t.tiled_dots) for t in shapes) == [
+            (s, u, f, d) for s in tiles for u in (16, 32) for f in syncs for d in tiled[s]]
         assert any((t.grid, t.samples, t.units_per_pass, t.step_sync)
                    == (model.grid, model.samples, model.units_per_pass, model.step_sync) for t in shapes)
     assert all(math.isfinite(t.measured_us_per_step) and t.measured_us_per_step > 0 for t in tuned.timed)
@@ -94,11 +96,18 @@ def test_a_forced_tiling_is_the_only_one_timed():
         with launch_plan.forced_tiling(samples=2, units_per_pass=32, step_sync="flag_barrier"):
             forced = rnn_fused.plan(40, 2)
         fp64 = rnn_fused.plan(40, 2, torch.float64)
+        with launch_plan.forced_tiling(tiled_dots=True):
+            tiled = rnn_fused.plan(40, 3)
     assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in per_pass.timed if t.path == "grid") == [
         (s, 16, f) for s in (1, 2) for f in (0, 1, 2)]
     assert [(t.samples, t.units_per_pass, t.step_sync) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
     # The tagged exchange carries float32 only: float64 grids are timed with the two barriers.
     assert {t.step_sync for t in fp64.timed if t.path == "grid"} == {0, 1}
+    # Forced, the tiled dot products are the grid path's only shapes (4 samples per chunk at B = 3);
+    # the other paths are timed as before.
+    assert {(t.samples, t.tiled_dots) for t in tiled.timed if t.path == "grid"} == {(4, True)}
+    assert {t.path for t in tiled.timed} >= {"block", "cluster", "grid", "stepwise"}
+    assert not any(t.tiled_dots for t in tiled.timed if t.path != "grid")
 
 
 def test_a_forced_path_is_not_timed():

@@ -744,6 +744,102 @@ def test_step_syncs_round_alike_under_every_schedule(sync):
                         assert torch.equal(a, b), (sm_count, mode, seed)
 
 
+@pytest.mark.parametrize("hidden", [37, 300])
+def test_grid_tiled_dots_round_alike_whatever_the_launch_shape(hidden):
+    """The grid path's tiled dot products (forced_tiling(tiled_dots=True): a warp splits the
+    columns of 32 / S units x S samples, lane l taking the chunks l, l + 32, ...; a 32-lane
+    reduce-scatter) sum each output in one order whatever the launch shape: at 4 and 8 samples
+    per chunk, under each step synchronisation, on 2 and 6 SMs (H = 300: rows staged in pieces,
+    several groups, several chunks per CTA; H = 37: CTAs whose units are not whole tiles), the
+    forward and the backward with lengths, randomized truncation and recorded norms give bitwise
+    the same results, within the tolerance rule of the float64 run. (Not bitwise the 8-lane
+    mapping's: 32 partial sums per output instead of 8.)"""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    runs, shapes = [], set()
+    for samples, sync, sm_count in itertools.product((4, 8), launch_plan.GRID_STEP_SYNCS, (2, 6)):
+        with simt.emulated_device(sm_count=sm_count, sms_per_gpc=0), \
+                launch_plan.forced_tiling(samples=samples, step_sync=sync, tiled_dots=True):
+            plans = [rnn_fused.plan(hidden, batch, path="grid", backward=b) for b in (False, True)]
+        assert all(f"tiled dot products (a warp's columns over {32 // samples} units x {samples} samples)" in p.reason
+                   for p in plans), [p.reason for p in plans]
+        shapes |= {(p.chunks > 1, p.groups > 1, p.units_per_cta % (32 // samples) != 0) for p in plans}
+        results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="grid", samples=samples,
+                                               step_sync=sync, tiled_dots=True)
+        assert {t[0] for t in tiles} == {samples}
+        runs.append(results)
+    if hidden == 300:
+        assert (True, False, False) in shapes and (False, True, False) in shapes, shapes
+    else:
+        assert any(partial for _, _, partial in shapes), shapes
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+@pytest.mark.parametrize("samples,sm_count", [(8, 9), (4, 3), (8, 2)], ids=["pieces", "groups", "chunks"])
+def test_grid_tiled_dots_under_every_schedule(samples, sm_count):
+    """A lane that read another warp's tile total before it was written (the barrier between
+    the tiles and the epilogues), or a piece of the state rows before it landed, would differ
+    under some schedule: the tiled forward and backward are bitwise alike under every schedule,
+    with the rows staged in pieces (one chunk, several CTAs per group), several groups, and
+    several chunks per CTA; and within the tolerance rule of the float64 reference."""
+    batch, hidden = 5, 300
+    args = layer_args(4, batch, 3, hidden, dtype=torch.float64)
+    cast = [a.to(torch.float32) for a in args]
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(4, batch, hidden, generator=g, dtype=torch.float64),
+                  torch.randn(batch, hidden, generator=g, dtype=torch.float64)]
+    lengths = torch.tensor([4, 1, 3, 0, 2])
+    with simt.emulated_device(sm_count=sm_count, sms_per_gpc=0), \
+            launch_plan.forced_tiling(samples=samples, step_sync="grid_barrier", tiled_dots=True):
+        plan = rnn_fused.plan(hidden, batch, path="grid", backward=True)
+        expected_shape = {"pieces": plan.chunks == 1 and plan.groups == 1 and plan.ctas_per_group > 1,
+                          "groups": plan.groups > 1, "chunks": plan.chunks > 1}
+        assert sum(expected_shape.values()) >= 1, plan.reason
+        runs = []
+        for mode, seed in (("forward", 0), *simt.ALL_SCHEDULES):
+            with simt.schedule(mode, seed):
+                runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, "grid"))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b), "results differ between emulator schedules"
+    reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
+    stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(runs[0]) - 2)]
+    for name, r, s_, o in zip(names, reference, stock, runs[0], strict=True):
+        assert_within_tolerance(r, s_, o, name=name)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.all(runs[0][0][n:, b] == 0)
+
+
+def test_grid_tiled_dots_are_planned_only_where_they_run():
+    """Forced, the tiled dot products bind the grid path alone: float64 rules it out (named),
+    the samples per chunk are 4 or 8 (2 forced: ruled out, named), the block and cluster
+    paths plan as before; their totals take shared memory of their own (where both plans take
+    the same launch shape); and the cost model
+    prices them faster at H = 1024, B = 32 and 128 on the emulated H200 (fewer shared-memory
+    wavefronts per multiply-add), a prediction until a GPU times it (gpu-check)."""
+    with launch_plan.forced_tiling(tiled_dots=True):
+        refused = rnn_fused.plan(1024, 32, torch.float64, path=None).candidate("grid")
+        assert not refused.feasible and "float32 only" in refused.reason
+        block = rnn_fused.plan(64, 8, path=None).candidate("block")
+        assert block.feasible and "tiled" not in block.reason
+    with launch_plan.forced_tiling(tiled_dots=True, samples=2):
+        refused = rnn_fused.plan(1024, 32, path=None).candidate("grid")
+        assert not refused.feasible and "4 or 8 samples per chunk, not 2" in refused.reason
+    with pytest.raises(TypeError, match="tiled_dots must be a bool"):
+        with launch_plan.forced_tiling(tiled_dots=1):
+            pass
+    for batch in (32, 128):
+        with launch_plan.forced_tiling(samples=8, step_sync="grid_barrier"):
+            plain = rnn_fused.plan(1024, batch, path="grid")
+        with launch_plan.forced_tiling(samples=8, step_sync="grid_barrier", tiled_dots=True):
+            tiled = rnn_fused.plan(1024, batch, path="grid")
+        assert tiled.predicted_us_per_step < 0.8 * plain.predicted_us_per_step, (plain.reason, tiled.reason)
+        if tiled.units_per_cta == plain.units_per_cta and tiled.chunks == plain.chunks:
+            totals = -(-plain.units_per_cta // 4) * 4 * 8 * 4  # whole tiles of 4 units x 8 samples, float32
+            assert tiled.shared_mem_bytes == plain.shared_mem_bytes + totals
+
+
 def _cluster_device(sm_count, optin):
     """An emulated device of sm_count SMs, with at most `optin` bytes of shared memory per CTA
     (None: the default's)."""

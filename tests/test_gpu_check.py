@@ -467,6 +467,27 @@ def test_lane_rows_verdicts_set_the_lane_row_step_beside_the_general_kernels(reh
     assert gpu_check.lane_rows_verdicts([lane]) == []
 
 
+def test_tiled_dots_verdicts_set_the_tiled_step_beside_the_eight_lane_rows(rehearsal):
+    """The phase rows at H = 33 forced to the grid path's tiled dot products (with the grid
+    barrier) and the same shape on 8 lanes per row: one line per direction with both times,
+    both predictions and whether the model orders them as measured; the tiled rows take no
+    part in the step-sync and warp-count verdicts."""
+    _, out, report = rehearsal
+    rows = {(r["label"], r["direction"]): r for r in report["phase_rows"]}
+    for direction in ("forward", "backward"):
+        tiled = rows[("33, 2 (grid barrier, tiled dot products)", direction)]
+        assert tiled["forced_tiled_dots"] and tiled["plan"]["tiled_dots"] and tiled["path"] == "grid", tiled
+        assert not rows[("33, 2 (grid barrier)", direction)]["plan"]["tiled_dots"]
+    assert "The grid path's tiled dot products against its 8 lanes per weight row" in (out / "gpu_check.md").read_text()
+    plain = _phase_row(32, 2.0, 3.0, forced_units_per_pass=None, forced_step_sync="grid_barrier")
+    tiled = dataclasses.replace(plain, forced_tiled_dots=True, measured_us_per_step=1.5, predicted_us_per_step=2.2)
+    assert gpu_check.tiled_dots_verdicts([plain, tiled]) == [
+        "grid at H, B = 1024, 32, forward: the tiled dot products 1.500 µs/step, 8 lanes per row 2.000 (predicted "
+        "2.20 and 3.00): 1.33x (> 1: the tiled dot products faster), as the model orders them."]
+    assert gpu_check.tiled_dots_verdicts([tiled]) == []
+    assert gpu_check.step_sync_verdicts([plain, tiled]) == []
+
+
 def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
     agree = gpu_check.warp_count_verdicts([_phase_row(32, 2.0, 3.58), _phase_row(16, 1.5, 3.14)])
     assert agree == ["grid at H, B = 1024, 32, forward: dot products on 4 warps 1.500 µs/step, on 8 warps 2.000 "

@@ -306,17 +306,28 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
   const int64_t vec = 16 / scalar_bytes;
   const int64_t chunk_iterations = (padded_row(r.hidden, vec) / vec + kUnitLanes - 1) / kUnitLanes;
   const int64_t passes = (int64_t(tiling.units_per_cta) + tiling.units_per_pass - 1) / tiling.units_per_pass;
-  const cost::StepWork work{.samples = tiling.samples,
-                            .warps = tiling.units_per_pass * kUnitLanes / kWarp,
-                            .passes = passes,
-                            .chunk_iterations = chunk_iterations,
-                            .vector = vec,
-                            .fp64 = r.fp64,
-                            .pass_batch = pass_batch(tiling.samples, scalar_bytes),
-                            .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
-                            .register_passes =
-                                register_passes_of(path, tiling, passes, chunk_iterations, r.fp64, r.block_stack,
-                                                   r.cluster_stack)};
+  cost::StepWork work{.samples = tiling.samples,
+                      .warps = tiling.units_per_pass * kUnitLanes / kWarp,
+                      .passes = passes,
+                      .chunk_iterations = chunk_iterations,
+                      .vector = vec,
+                      .fp64 = r.fp64,
+                      .pass_batch = pass_batch(tiling.samples, scalar_bytes),
+                      .outputs_per_lane = outputs_per_lane(tiling.samples, scalar_bytes),
+                      .register_passes = register_passes_of(path, tiling, passes, chunk_iterations, r.fp64,
+                                                            r.block_stack, r.cluster_stack)};
+  if (tiling.tiled_dots != 0) {
+    // The tiled dot products in the model's terms: each round of up to 8 warps' tiles a batch of
+    // tiled_units passes of one unit per lane, over the row's chunks split 32 ways.
+    const int64_t tile_units = tiled_units(tiling.samples), warps = kRecurrenceThreads / kWarp;
+    const int64_t tiles = (int64_t(tiling.units_per_cta) + tile_units - 1) / tile_units;
+    work.warps = std::min(tiles, warps);
+    work.passes = (tiles + warps - 1) / warps * tile_units;
+    work.pass_batch = tile_units;
+    work.chunk_iterations = (padded_row(r.hidden, vec) / vec + kWarp - 1) / kWarp;
+    work.outputs_per_lane = 1;
+    work.tile_lanes = kWarp;
+  }
   switch (path) {
     case RecurrencePath::Grid:
       return cost::grid_step_terms(model, work, r.hidden, scalar_bytes, tiling.chunks, tiling.step_sync);
@@ -540,9 +551,21 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   for (const Slice& slice : slices) {
     for (const int32_t step_sync : step_syncs) slice_syncs.emplace_back(slice, step_sync);
   }
+  // The Grid path's tiled dot products where forced (not yet the planner's own choice).
+  const bool tiled = kPath == RecurrencePath::Grid && forced.tiled_dots;
+  if (tiled && r.fp64) {
+    best.reason = "the tiled dot products run float32 only";
+    return best;
+  }
   for (int64_t samples : {1, 2, 4, 8}) {
     if (forced.samples != 0 && samples != forced.samples) continue;
-    if (forced.samples == 0 && samples > 1 && samples / 2 >= r.batch) break;  // more rows than samples: wasted work
+    if (tiled && !tiled_dots_allowed(kPath, r.fp64, samples)) {
+      limit = "the tiled dot products take 4 or 8 samples per chunk, not " + std::to_string(samples);
+      continue;
+    }
+    if (forced.samples == 0 && samples > 1 && samples / 2 >= r.batch && !(tiled && samples == 4)) {
+      break;  // more rows than samples: wasted work
+    }
     const int64_t sample_chunks = (r.batch + samples - 1) / samples;
     for (const auto& [slice, step_sync] : slice_syncs) {
       const int64_t units = slice.units;
@@ -554,7 +577,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .ctas_per_group = static_cast<int32_t>(ctas),
                               .units_per_cta = static_cast<int32_t>(units),
                               .units_per_pass = per_pass,
-                              .step_sync = step_sync};
+                              .step_sync = step_sync,
+                              .tiled_dots = tiled ? 1 : 0};
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
@@ -644,7 +668,9 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                     (tiling.chunks > 1 ? std::to_string(tiling.chunks) + " chunks of " : std::string()) +
                     std::to_string(samples) + " x " + std::to_string(ctas) + " CTA(s) of " + std::to_string(units) +
                     " units, " + std::to_string(smem) + " bytes of shared memory each" +
-                    (per_pass != kUnitsPerPass
+                    (tiled ? ", tiled dot products (a warp's columns over " + std::to_string(tiled_units(samples)) +
+                                 " units x " + std::to_string(samples) + " samples)"
+                     : per_pass != kUnitsPerPass
                          ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
@@ -691,7 +717,7 @@ std::string plan_key(const PlanRequest& r) {
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
                     r.forced.step_sync, int64_t(r.forced.run_time_passes), int64_t(r.forced.lane_rows_step),
-                    r.side_by_side}) {
+                    int64_t(r.forced.tiled_dots), r.side_by_side}) {
     key += std::to_string(v) + ",";
   }
   return key;
@@ -1113,7 +1139,9 @@ struct TunedPaths {
 // persistent path's best shape by the model for each sample tile the planner considers (1, 2,
 // 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
 // model's choices between them rest on fitted terms) and, on the Grid path, each step
-// synchronisation, only the forced ones where they are forced; the stepwise path's shape.
+// synchronisation, and at 4 and 8 samples in float32 the tiled dot products too (the planner's
+// model alone does not take them: RecurrenceTiling::tiled_dots), only the forced ones where they
+// are forced; the stepwise path's shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
@@ -1130,10 +1158,14 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
         for (int64_t sync = 0; sync < kStepSyncs; ++sync) {
           if (!step_sync_allowed(c.path, StepSync(sync), r.fp64)) continue;
           if (sync_forced_on(c.path, r.forced.step_sync) && sync != r.forced.step_sync) continue;
-          PlanRequest variant = r;
-          variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync};
-          const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
-          if (p.feasible) shapes.push_back(p);
+          const bool tiles = tiled_dots_allowed(c.path, r.fp64, samples);
+          for (const bool tiled : {false, true}) {
+            if (tiled ? !tiles : r.forced.tiled_dots && c.path == RecurrencePath::Grid) continue;
+            PlanRequest variant = r;
+            variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync, .tiled_dots = tiled};
+            const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
+            if (p.feasible) shapes.push_back(p);
+          }
         }
       }
     }
@@ -1801,7 +1833,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .us_per_step = p.us_per_step,
                                          .reason = p.reason,
                                          .lane_rows = p.lane_rows,
-                                         .ctas_per_sm = p.ctas_per_sm};
+                                         .ctas_per_sm = p.ctas_per_sm,
+                                         .tiled_dots = p.tiling.tiled_dots != 0};
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);
@@ -1877,7 +1910,11 @@ inline double step_cost(const StepCostQuery& q) {
                                 .ctas_per_group = static_cast<int32_t>(q.ctas_per_group),
                                 .units_per_cta = static_cast<int32_t>(q.units_per_cta),
                                 .units_per_pass = static_cast<int32_t>(q.units_per_pass),
-                                .step_sync = static_cast<int32_t>(q.step_sync)};
+                                .step_sync = static_cast<int32_t>(q.step_sync),
+                                .tiled_dots = q.tiled_dots ? 1 : 0};
+  TORCH_CHECK_VALUE(!q.tiled_dots || tiled_dots_allowed(*path, q.compute == at::kDouble, q.samples),
+                    "rnn_fused.step_cost: tiled_dots=True prices the Grid path's tiled dot products (float32, 4 or 8 "
+                    "samples per chunk), got path '", q.path, "' in ", q.compute, ", samples=", q.samples);
   TORCH_CHECK_VALUE(!q.lane_rows || (*path == RecurrencePath::Block && q.compute == at::kFloat &&
                                       lane_rows_compiled(q.samples, q.hidden)),
                     "rnn_fused.step_cost: lane_rows=True prices the Block path's lane-row step (float32, hidden_size "

@@ -445,5 +445,60 @@ SIMT_DEVICE __forceinline__ void reduce_scatter_tile(scalar_t (&acc)[kUnits][kSa
   }
 }
 
+// The Grid path's tiled dot products (RecurrenceTiling::tiled_dots; float32 at 4 or 8 samples
+// per chunk): a whole warp splits the columns of one tile of kTileValues outputs, tiled_units(S)
+// units x S samples, instead of 8 lanes splitting one unit's. Lane l takes the 16-byte chunks l,
+// l + 32, l + 64, ... of the tile's weight rows and of the S state rows, so each chunk a lane
+// loads feeds tiled_units(S) or S multiply-add chains: per 4 columns a lane loads 4 + 8 (8
+// samples) or 8 + 4 chunks for 128 multiply-adds, where the 8-lane mapping loads 10 for 64 (2
+// units x 8 samples a lane on 4 warps: the measured H = 1024 grid steps' bound, 4 wavefronts
+// per warp-wide 16-byte load, docs/benchmarks.md). A 32-lane reduce-scatter then leaves lane l
+// with output l of the tile. The sums' order differs from the other paths' (32 partial sums
+// per output, not 8): these results equal the other paths' within rounding, not bitwise.
+constexpr int kTileValues = kWarp;
+SIMT_HOST_DEVICE constexpr int tiled_units(int samples) { return kTileValues / samples; }
+
+// acc[i][j] += the products of the tile's rows w_rows[i] and state rows j (at states +
+// j * row_stride) over this lane's chunks in [first_chunk, end_chunk): those c with
+// c % kWarp == lane, in increasing order, so that splitting a row at any chunk boundaries
+// gives bitwise the sums of one call over the whole row.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ void add_tile_dots(const scalar_t* const (&w_rows)[kUnits], const scalar_t* states,
+                                               int64_t row_stride, int first_chunk, int end_chunk, int lane,
+                                               scalar_t (&acc)[kUnits][kSamples]) {
+  const int skip = (lane - first_chunk % kWarp + kWarp) % kWarp;
+  for (int c = first_chunk + skip; c < end_chunk; c += kWarp) {
+    Vec16<scalar_t> h[kSamples];
+    load_state_chunks(states, row_stride, c, h);
+    SIMT_UNROLL
+    for (int i = 0; i < kUnits; ++i) accumulate_chunk(load_vec(w_rows[i] + c * vec_size<scalar_t>()), h, acc[i]);
+  }
+}
+
+// The 32 lanes of a warp hold partial sums of the same tile of kTileValues outputs.
+// Reduce-scatter over lane bits 16, 8, 4, 2, 1 (as reduce_scatter_tile over 8 lanes): at each
+// level a lane keeps the upper half of its values if its bit is set, else the lower, and adds
+// the partner's partial sums of that half. Returns the total of tile value `lane` (v = unit *
+// kSamples + sample): the same tree over the 32 lanes for every value, bitwise reproducible.
+// Every lane of the warp must call it.
+template <typename scalar_t, int kUnits, int kSamples>
+SIMT_DEVICE __forceinline__ scalar_t reduce_scatter_warp_tile(scalar_t (&acc)[kUnits][kSamples], int lane) {
+  static_assert(kUnits * kSamples == kTileValues, "a tile of one value per lane");
+  SIMT_UNROLL
+  for (int level = 0; level < 5; ++level) {
+    const int bit = (kWarp / 2) >> level;  // 16, 8, 4, 2, 1
+    const int half = kTileValues >> (level + 1);
+    const bool upper = (lane & bit) != 0;
+    SIMT_UNROLL
+    for (int v = 0; v < kTileValues / 2; ++v) {
+      if (v < half) {
+        const scalar_t low = tile_at(acc, v), high = tile_at(acc, v + half);
+        tile_at(acc, v) = (upper ? high : low) + __shfl_xor_sync(kFullMask, upper ? low : high, bit);
+      }
+    }
+  }
+  return acc[0][0];
+}
+
 SIMT_END_WORLD
 }  // namespace rnn_fused::kernels

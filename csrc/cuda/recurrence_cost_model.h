@@ -213,7 +213,17 @@ struct StepWork {
   // them (split_weights: the rest from shared memory), a fraction of one where it holds part
   // of its rows (the Cluster path's split at 2 and 4 samples), else 0.
   double register_passes;
+  // Lanes that split a tile's columns and reduce its sums: 8 (a unit group), or 32 for the Grid
+  // path's tiled dot products (kernel_common.cuh add_tile_dots: a warp's tile of pass_batch
+  // units x samples, a 5-level reduce-scatter of one value per lane, then the totals through
+  // shared memory and a block barrier before the epilogues).
+  int64_t tile_lanes = 8;
 };
+
+// The tiled dot products' loop (kernel_common.cuh add_tile_dots, not unrolled): the instructions
+// per iteration beside its loads and multiply-adds, counted in the sm_90 SASS at 4 and 8 samples
+// (benchmarks/sass_dot_loop.txt: "168 = 12 LDS + 128 FMA + 28 other").
+constexpr double kTiledLoopOtherInstructions = 28;
 
 // Compute, reduction and epilogue of one CTA's step, in microseconds: the slowest of the
 // multiply-add throughput, the dependent chains and the instruction issue followed by the
@@ -237,7 +247,9 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
     const int64_t used = std::min(w.pass_batch, w.passes - first);
     const double shared_rows = double(used) - std::clamp(w.register_passes - double(first), 0.0, double(used));
     const double loads = double(w.samples + shared_rows);
-    const double other = unrolled ? 0.0 : loads * c.address_instructions_per_load + c.loop_instructions;
+    const double other = unrolled             ? 0.0
+                         : w.tile_lanes > 8 ? kTiledLoopOtherInstructions
+                                            : loads * c.address_instructions_per_load + c.loop_instructions;
     const double instructions = loads + double(used * w.samples * w.vector) + other;
     const double exposed = warps_per_scheduler < 2.0 ? c.smem_latency_cycles / 2.0 : 0.0;
     issue_cycles += double(w.chunk_iterations) * (warps_per_scheduler * instructions + exposed);
@@ -257,12 +269,19 @@ inline double cta_step_compute_us(const Constants& c, const StepWork& w) {
   const double shared = wavefronts / c.smem_wavefronts_per_us;
   const double chain_cycles = double(batches) * (w.chunk_iterations * w.vector * c.fma_latency_cycles + c.smem_latency_cycles);
   const double chain = chain_cycles / c.clock_per_us;
+  const double levels = std::log2(double(w.tile_lanes));
+  // The tiled reduce-scatter's shuffles, selects and adds (3 per value a level sends), issued by
+  // every computing warp of a scheduler.
+  const double reduce_issue =
+      w.tile_lanes > 8 ? warps_per_scheduler * 3.0 * double(w.pass_batch * w.samples - 1) : 0.0;
   const double tail_cycles =
-      double(batches) * std::max(3 * c.shuffle_latency_cycles + c.epilogue_cycles, w.outputs_per_lane * c.output_issue_cycles);
+      double(batches) * std::max(levels * c.shuffle_latency_cycles + c.epilogue_cycles + reduce_issue,
+                                 w.outputs_per_lane * c.output_issue_cycles);
+  const double totals_barrier = w.tile_lanes > 8 ? c.block_barrier_us : 0.0;
   // With 1-2 warps per scheduler the loads of a chunk iteration are issued ahead of its
   // multiply-adds and these wait for their data: the wavefronts add to the issue rather than
   // overlap it (the H200's measured steps, refitted: docs/benchmarks.md).
-  return std::max({throughput, chain, issue + shared}) + tail_cycles / c.clock_per_us;
+  return std::max({throughput, chain, issue + shared}) + tail_cycles / c.clock_per_us + totals_barrier;
 }
 
 // Per step of the three persistent paths (waves: how many times the groups' CTAs must take

@@ -71,7 +71,22 @@ struct RecurrenceTiling {
   int32_t units_per_cta = 0;   // U: hidden units per CTA (the last CTA of a group may own fewer)
   int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
   int32_t step_sync = 0;       // Grid path: a StepSync (else 0)
+  int32_t tiled_dots = 0;      // Grid path: 1 = the tiled dot products (kernel_common.cuh add_tile_dots)
 };
+
+// Whether a launch of `path` can take the tiled dot products (RecurrenceTiling::tiled_dots): the
+// Grid path's float32 kernels at 4 or 8 samples per chunk (a warp's tile of tiled_units(S) x S
+// values, one per lane).
+SIMT_HOST_DEVICE constexpr bool tiled_dots_allowed(RecurrencePath path, bool fp64, int64_t samples) {
+  return path == RecurrencePath::Grid && !fp64 && (samples == 4 || samples == 8);
+}
+// The tiled dot products' totals in shared memory: one per unit and sample, the units rounded
+// up to whole tiles (RecurrenceCta::for_each_tiled_output); 0 without them.
+SIMT_HOST_DEVICE constexpr int64_t tile_totals_of(const RecurrenceTiling& t) {
+  if (t.tiled_dots == 0) return 0;
+  const int64_t units = tiled_units(t.samples);
+  return (int64_t(t.units_per_cta) + units - 1) / units * units * t.samples;
+}
 
 SIMT_BEGIN_WORLD
 
@@ -401,6 +416,8 @@ enum StepPhase : int {
 //                       step) on the Block and Cluster paths; on the Grid path 1 (the chunk
 //                       being computed), 2 with several chunks (and the next one's); plus
 //                       extra_buffers (the layer stack's masked state: kStackStateBuffers)
+//   tile_totals [U'][S] the Grid path's tiled dot products: each output's total, U' = U rounded
+//                       up to whole tiles (tile_totals_of; else none)
 // with R = padded_row(H) (on the kernels with weight rows in registers the span of their compiled
 // chunk iterations: 32 float32 columns a pass on the Block path, 1024 on the Cluster path's split
 // kernels; whole_rows); then, for the backward with norms recorded, in doubles:
@@ -419,6 +436,7 @@ struct SharedLayout {
   int64_t weights;            // offsets in scalars
   int64_t held_tails;         // the tails of the rows held in registers in part (RecurrenceCta::kHeldTails)
   int64_t states;
+  int64_t tile_totals;        // (tile_totals_of)
   int64_t tail_row;           // scalars of one held row's tail (0: none)
   int64_t unit_sums_offset;   // byte offsets of the double arrays (16-byte aligned)
   int64_t cta_sums_offset;
@@ -447,7 +465,8 @@ struct SharedLayout {
     l.tail_row = held > 0 ? held_row_tail(l.row, t, path, compiled_iterations) : 0;
     l.states = l.held_tails + held * l.tail_row;
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
-    const int64_t scalar_bytes = (l.states + buffers * int64_t(t.samples) * l.row) * int64_t(sizeof(scalar_t));
+    l.tile_totals = l.states + buffers * int64_t(t.samples) * l.row;
+    const int64_t scalar_bytes = (l.tile_totals + tile_totals_of(t)) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
     const int64_t unit_sums = with_norms ? 2 * int64_t(kUnitsPerPass) * t.samples : 0;
     l.cta_sums_offset = l.unit_sums_offset + unit_sums * int64_t(sizeof(double));
@@ -988,6 +1007,10 @@ struct RecurrenceCta {
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && (kIterations <= kPasses || kClusterSplit),
                 "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
+  // The tiled dot products compiled in (taken where RecurrenceTiling::tiled_dots asks): the Grid
+  // path's float32 kernels at 4 or 8 samples, a warp's tile kTileUnits units x kSamples samples.
+  static constexpr bool kTiledDots = tiled_dots_allowed(kPath, sizeof(scalar_t) == 8, kSamples) && kPasses == 0;
+  static constexpr int kTileUnits = kTiledDots ? tiled_units(kSamples) : 1;
   // The weight rows in registers: the Block path's kernels compiled for their passes, and the
   // Cluster path's split ones; those of more than kRegisterPasses passes, and the Cluster
   // path's, split them (split_weights): the first kHeldPasses passes' rows in registers, the
@@ -1054,6 +1077,7 @@ struct RecurrenceCta {
   scalar_t* held_tails;  // kHeldTails: [kUnitsPerPass][tail_row]
   int64_t tail_row;
   scalar_t* states;
+  scalar_t* tile_totals;  // [units rounded up to tiles][kSamples] (kTiledDots with tiling.tiled_dots)
   SliceCopies slice_copies;  // Cluster path (share_slice)
   Vec16<scalar_t> weight_registers[kHeldPasses][kHeldIterations];  // cache_weights(), load_weights()
 
@@ -1080,6 +1104,7 @@ struct RecurrenceCta {
         held_tails(smem + layout.held_tails),
         tail_row(layout.tail_row),
         states(smem + layout.states),
+        tile_totals(smem + layout.tile_totals),
         slice_copies(slice_copies_of(place, t.ctas_per_group, shape.hidden, layout.row)) {}
 
   // The pieces of the slice of a CTA at `place` (SliceCopies: begin, vectors, pieces_per_row, per_rank).
@@ -1206,6 +1231,8 @@ struct RecurrenceCta {
   // cluster may own fewer units, even a pass fewer: it computes that pass on copies of its last
   // row and drops the results (as lanes past the last unit do).
   SIMT_DEVICE void check_compiled_passes() const {
+    SIMT_KERNEL_CHECK(tiling.tiled_dots == 0 || kTiledDots,
+                      "tiled dot products run only in the Grid path's float32 kernels at 4 or 8 samples");
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
@@ -1495,6 +1522,12 @@ struct RecurrenceCta {
   // and join those barriers.
   template <class Epilogue, class Clock>
   SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, Clock& clock, Epilogue&& epilogue) const {
+    if constexpr (kTiledDots) {
+      if (tiling.tiled_dots != 0) {  // (uniform over the launch)
+        for_each_tiled_output(current, clock, epilogue);
+        return;
+      }
+    }
     const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1 && !tagged_exchange();  // uniform
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
@@ -1546,6 +1579,60 @@ struct RecurrenceCta {
       if (owned_pass < used && u_local < units && owns_outputs()) {
         SIMT_UNROLL
         for (int k = 0; k < kOwned; ++k) epilogue(batch, k, place.unit_begin + u_local, acc[0][k]);
+      }
+    }
+  }
+
+  // for_each_output with the tiled dot products (kernel_common.cuh add_tile_dots): warp w
+  // computes the tiles w, w + 8, ... of kTileUnits units x kSamples samples (all 8 warps, whatever
+  // units_per_pass), each lane's total into tile_totals; after a barrier the lanes that own
+  // outputs in the 8-lane mapping run the same epilogues in the same order as for_each_output.
+  // With one chunk per step staged in pieces, the first round of tiles waits for each piece and
+  // takes its columns as it lands (a lane's chunks keep their order: the sums are those of one
+  // pass). Every thread calls it once per chunk.
+  template <class Epilogue, class Clock>
+  SIMT_DEVICE __forceinline__ void for_each_tiled_output(const scalar_t* current, Clock& clock,
+                                                         Epilogue&& epilogue) const {
+    constexpr int kWarps = kRecurrenceThreads / kWarp;
+    const int warp = static_cast<int>(threadIdx.x) / kWarp, lane = static_cast<int>(threadIdx.x) % kWarp;
+    const int64_t tiles = (units + kTileUnits - 1) / kTileUnits;
+    const bool staged_in_pieces = tiling.chunks == 1 && !tagged_exchange();  // uniform
+    for (int64_t round = 0; round * kWarps < tiles; ++round) {  // (uniform over the CTA)
+      const int64_t tile = round * kWarps + warp;
+      const bool computes_tile = tile < tiles;  // uniform over the warp
+      const scalar_t* rows[kTileUnits];
+      SIMT_UNROLL
+      for (int i = 0; i < kTileUnits; ++i) {  // (units past the CTA's last: a copy of its last row, dropped)
+        const int64_t u = tile * kTileUnits + i;
+        rows[i] = weights + (u < units ? u : units - 1) * row;
+      }
+      scalar_t acc[kTileUnits][kSamples];
+      zero_tile(acc);
+      if (staged_in_pieces && round == 0) {
+        for (int piece = 0; piece < kStagePieces; ++piece) {
+          clock.lap(kComputePhase);
+          wait_for_copies(kStagePieces - 1 - piece);
+          __syncthreads();
+          clock.lap(kStagePhase);
+          if (computes_tile) add_tile_dots(rows, current, row, piece_begin(piece), piece_begin(piece + 1), lane, acc);
+        }
+      } else if (computes_tile) {
+        add_tile_dots(rows, current, row, 0, vectors, lane, acc);
+      }
+      if (computes_tile) tile_totals[tile * kTileValues + lane] = reduce_scatter_warp_tile(acc, lane);
+    }
+    __syncthreads();  // every tile's totals
+    SIMT_UNROLL
+    for (int batch = 0; batch < kBatches; ++batch) {
+      const int first_pass = batch * kBatch;
+      if (first_pass >= passes) break;  // uniform over the CTA
+      const int used = passes - first_pass < kBatch ? passes - first_pass : kBatch;
+      const int64_t u_local = role.unit_in_pass + int64_t(first_pass + owned_pass) * units_per_pass;
+      if (computes && owned_pass < used && u_local < units && owns_outputs()) {
+        SIMT_UNROLL
+        for (int k = 0; k < kOwned; ++k) {
+          epilogue(batch, k, place.unit_begin + u_local, tile_totals[u_local * kSamples + first_sample + k]);
+        }
       }
     }
   }

@@ -182,7 +182,8 @@ def phase_observations(report: dict) -> list[Observation]:
     clock = report.get("meta", {}).get("model_constants", {}).get("clock_per_us") or cost_constants()["clock_per_us"]
     found = []
     for row in report.get("phase_rows", []):
-        # (A row forced to the kernels that read their passes at run time is not the planner's kernel.)
+        # (A row forced to the kernels that read their passes at run time is not the planner's kernel;
+        # one forced to the grid path's tiled dot products is, its plan's tiled_dots priced by step_cost.)
         if row.get("error") or not row.get("plan", {}).get("feasible") or row.get("forced_run_time_passes"):
             continue
         for term in ("stage", "compute", "barrier"):

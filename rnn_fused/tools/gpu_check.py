@@ -164,9 +164,10 @@ class PhaseShape:
     """A recurrence whose step phases are timed: H, B, the path (None: the planner's), the
     units per pass and the step synchronisation (one of launch_plan.STEP_SYNCS; None: the
     planner's; launch_plan.forced_tiling), whether its kernels read their passes at run
-    time where a kernel compiled for them exists (forced_tiling's run_time_passes), and whether
+    time where a kernel compiled for them exists (forced_tiling's run_time_passes), whether
     the block path runs the lane-row step instead of its general kernels (forced_tiling's
-    lane_rows_step)."""
+    lane_rows_step), and whether the grid path computes its dot products in warp-wide tiles
+    (forced_tiling's tiled_dots)."""
 
     hidden: int
     batch: int
@@ -176,12 +177,14 @@ class PhaseShape:
     step_sync: str | None = None
     run_time_passes: bool = False
     lane_rows_step: bool = False
+    tiled_dots: bool = False
 
     def label(self) -> str:
         forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
         forced += [self.step_sync.replace("_", " ")] if self.step_sync else []
         forced += ["passes at run time"] if self.run_time_passes else []
         forced += ["lane-row step"] if self.lane_rows_step else []
+        forced += ["tiled dot products"] if self.tiled_dots else []
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
@@ -205,7 +208,9 @@ class PhaseShape:
 # there is the forced rows that follow it. 1024, 128 is forced onto the grid path (several chunks
 # per CTA): the planner took the stepwise path there on 2026-12-04, which has no phases. At H = 64,
 # B = 8 the block path's lane-row step beside the planner's general kernels (on 2026-12-04 it
-# measured 0.91x their step forward, 0.73x backward, under the phase clock).
+# measured 0.91x their step forward, 0.73x backward, under the phase clock). The grid path's tiled
+# dot products (forced_tiling's tiled_dots; never timed) beside its 8-lane rows at H = 1024, B = 32
+# with the grid barrier and at B = 128 (tiled_dots_verdicts).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
@@ -214,7 +219,9 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), P
                       for sync in CLUSTER_STEP_SYNCS],
                     PhaseShape(64, 8, run_time_passes=True), PhaseShape(256, 8, "cluster", run_time_passes=True),
                     *[PhaseShape(256, 32, "cluster", units_per_pass=per_pass, run_time_passes=run_time)
-                      for per_pass in (16, 32) for run_time in (False, True)]]
+                      for per_pass in (16, 32) for run_time in (False, True)],
+                    PhaseShape(1024, 32, "grid", step_sync="grid_barrier", tiled_dots=True),
+                    PhaseShape(1024, 128, "grid", tiled_dots=True)]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block", 4, lane_rows_step=True),
                          PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
@@ -222,7 +229,8 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block",
                          *[PhaseShape(33, 2, "grid", 4, step_sync=sync) for sync in GRID_STEP_SYNCS],
                          *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS],
                          PhaseShape(9, 3, "block", 4, run_time_passes=True),
-                         PhaseShape(33, 2, "cluster", 4, run_time_passes=True)]
+                         PhaseShape(33, 2, "cluster", 4, run_time_passes=True),
+                         PhaseShape(33, 2, "grid", 4, step_sync="grid_barrier", tiled_dots=True)]
 # What recorded norms and truncation cost over plain forward+backward (bptt_benchmark's
 # variants): one layer, where a backward runs its plain copy or its general kernel; and layer
 # stacks run in one launch ((T, B, I, H, directions, layers), RNN.stack = True: the block path's
@@ -430,6 +438,7 @@ class PhaseRow:
     forced_step_sync: str | None = None  # launch_plan.forced_tiling's, or None (the planner's)
     forced_run_time_passes: bool = False  # launch_plan.forced_tiling's run_time_passes
     forced_lane_rows_step: bool = False  # launch_plan.forced_tiling's lane_rows_step
+    forced_tiled_dots: bool = False  # launch_plan.forced_tiling's tiled_dots
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -1093,10 +1102,11 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
                            forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync,
                            forced_run_time_passes=shape.run_time_passes,
-                           forced_lane_rows_step=shape.lane_rows_step)
+                           forced_lane_rows_step=shape.lane_rows_step, forced_tiled_dots=shape.tiled_dots)
             try:
                 with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync,
-                                   run_time_passes=shape.run_time_passes, lane_rows_step=shape.lane_rows_step):
+                                   run_time_passes=shape.run_time_passes, lane_rows_step=shape.lane_rows_step,
+                                   tiled_dots=shape.tiled_dots):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -1136,7 +1146,8 @@ def _forced_pair_verdicts(rows: list[PhaseRow], setting: str, names: dict, subje
     timed: dict[tuple, dict] = {}
     for row in rows:
         value = getattr(row, setting)
-        if row.error or row.measured_us_per_step is None or value is None or row.forced_run_time_passes:
+        if row.error or row.measured_us_per_step is None or value is None or row.forced_run_time_passes or \
+                row.forced_tiled_dots:
             continue
         timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[value] = row
     (first, first_name), (second, second_name) = names.items()
@@ -1184,8 +1195,8 @@ def compiled_passes_verdicts(rows: list[PhaseRow]) -> list[str]:
     run-time kernels), so there is no prediction to compare with."""
     pairs: dict[tuple, dict] = {}
     for row in rows:
-        if row.error or row.measured_us_per_step is None or row.plan.get("lane_rows"):
-            continue  # (the lane-row step has no passes: lane_rows_verdicts)
+        if row.error or row.measured_us_per_step is None or row.plan.get("lane_rows") or row.forced_tiled_dots:
+            continue  # (the lane-row step has no passes: lane_rows_verdicts; tiled rows: tiled_dots_verdicts)
         key = (row.hidden, row.batch, row.path, row.direction, row.forced_units_per_pass, row.forced_step_sync)
         pairs.setdefault(key, {})[row.forced_run_time_passes] = row
     verdicts = []
@@ -1214,15 +1225,38 @@ def lane_rows_verdicts(rows: list[PhaseRow]) -> list[str]:
         if r.error or r.measured_us_per_step is None or r.path != "block" or r.plan.get("lane_rows") or \
                 r.forced_run_time_passes or r.forced_units_per_pass or key not in lane:
             continue
-        ours = lane[key]
-        gain = _ratio_text(_ratio(r.measured_us_per_step, ours.measured_us_per_step))
-        agree = (ours.measured_us_per_step < r.measured_us_per_step) == \
-            (ours.predicted_us_per_step < r.predicted_us_per_step)
-        verdicts.append(
-            f"block at H, B = {r.hidden}, {r.batch}, {r.direction}: the lane-row step {ours.measured_us_per_step:.3f} "
-            f"µs/step, the general kernels {r.measured_us_per_step:.3f} (predicted {_num(ours.predicted_us_per_step)} "
-            f"and {_num(r.predicted_us_per_step)}): {gain}x (> 1: the lane-row step faster)"
-            + (", as the model orders them." if agree else ", the model ordered them the other way."))
+        verdicts.append(_alternative_verdict(lane[key], r, "the lane-row step", "the general kernels"))
+    return verdicts
+
+
+def _alternative_verdict(ours: PhaseRow, baseline: PhaseRow, ours_name: str, baseline_name: str) -> str:
+    """One line for a kernel timed beside the one it would replace (the same H, B, direction):
+    both measured and predicted times, the ratio, and whether the model orders them as measured."""
+    gain = _ratio_text(_ratio(baseline.measured_us_per_step, ours.measured_us_per_step))
+    agree = (ours.measured_us_per_step < baseline.measured_us_per_step) == \
+        (ours.predicted_us_per_step < baseline.predicted_us_per_step)
+    return (f"{ours.path} at H, B = {ours.hidden}, {ours.batch}, {ours.direction}: {ours_name} "
+            f"{ours.measured_us_per_step:.3f} µs/step, {baseline_name} {baseline.measured_us_per_step:.3f} (predicted "
+            f"{_num(ours.predicted_us_per_step)} and {_num(baseline.predicted_us_per_step)}): {gain}x (> 1: "
+            f"{ours_name} faster)" + (", as the model orders them." if agree else ", the model ordered them the other way."))
+
+
+def tiled_dots_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """Each grid-path recurrence timed with the tiled dot products (forced_tiling's tiled_dots)
+    beside the same H, B, direction and forced step synchronisation on the 8-lane rows (nothing
+    else forced): both measured and predicted times, the ratio, and whether the model orders them
+    as measured (the planner takes the tiled dot products only once a GPU has timed them)."""
+    def key(r: PhaseRow) -> tuple:
+        return r.hidden, r.batch, r.direction, r.forced_step_sync
+
+    usable = [r for r in rows if not r.error and r.measured_us_per_step is not None and r.path == "grid"
+              and not r.forced_run_time_passes and r.forced_units_per_pass is None]
+    rows_of = {key(r): r for r in usable if not r.forced_tiled_dots}
+    verdicts = []
+    for tiled in (r for r in usable if r.forced_tiled_dots):
+        if key(tiled) in rows_of:
+            verdicts.append(_alternative_verdict(tiled, rows_of[key(tiled)], "the tiled dot products",
+                                                 "8 lanes per row"))
     return verdicts
 
 
@@ -1557,6 +1591,11 @@ def format_report(result: GpuCheckResult) -> str:
     verdicts = lane_rows_verdicts(result.phase_rows)
     if verdicts:
         lines += ["", "The block path's lane-row step against its general kernels (the same H and B):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
+    verdicts = tiled_dots_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "The grid path's tiled dot products against its 8 lanes per weight row (the same H, B and "
+                  "step synchronisation):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = compiled_passes_verdicts(result.phase_rows)
     if verdicts:
