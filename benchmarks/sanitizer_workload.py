@@ -1,5 +1,5 @@
 """A small workload for NVIDIA compute-sanitizer: every CUDA recurrence path, and the grid
-path with each step synchronisation, forward and backward, on a 2-layer bidirectional packed
+path with each step synchronisation and with its tiled dot products, forward and backward, on a 2-layer bidirectional packed
 batch with randomized truncation and recorded norms; and a 2-layer unidirectional stack in one
 launch (the block path's stack at H <= 128, the cluster path's beyond). Checks each result against the CPU op
 op under the project's tolerance rule (float64 reference, the CPU op in float32 as the
@@ -26,11 +26,13 @@ from rnn_fused.truncation import RandomTruncation
 
 # (path, step synchronisation of the grid or cluster path); None: the planner's own choice;
 # "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path;
-# ("block", "lane_rows_step"): the block path's opt-in lane-row kernels (H <= 128 only).
+# ("block", "lane_rows_step"): the block path's opt-in lane-row kernels (H <= 128 only);
+# ("grid", "tiled_dots"): the grid path's opt-in tiled dot products (float32, 4 or 8 samples).
 LANE_ROWS = "lane_rows_step"
+TILED_DOTS = "tiled_dots"
 CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), ("grid", "grid_barrier"),
          ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None),
-         ("block", LANE_ROWS)]
+         ("block", LANE_ROWS), ("grid", TILED_DOTS)]
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             if lane_rows and hidden > 128:
                 print(f"{name}: not run (the lane-row kernels take H <= 128)", flush=True)
                 continue
-            forced = {"lane_rows_step": True} if lane_rows else {"step_sync": sync}
+            tiled = sync == TILED_DOTS
+            forced = {"lane_rows_step": True} if lane_rows else {"tiled_dots": True} if tiled else {"step_sync": sync}
             try:
                 with rnn_fused.launch_plan.forced_tiling(**forced), true_float32_on_cuda():
                     if lane_rows:  # the block path must really run them, both directions
@@ -86,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   backward=backward, path="block")
                             if not plan.lane_rows:
                                 raise AssertionError(f"{name}: the block plan is not a lane-row one: {plan.reason}")
+                    elif tiled:  # the grid path must really take them, both directions
+                        for backward in (False, True):
+                            plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,
+                                                  backward=backward).candidate(path)
+                            if not plan.tiled_dots:
+                                raise AssertionError(f"{name}: the grid plan has no tiled dot products: {plan.reason}")
                     elif sync is not None:  # the path must really end its steps so, both directions
                         for backward in (False, True):
                             plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,

@@ -1018,8 +1018,8 @@ def test_a_crashing_test_process_leaves_its_native_frames(tmp_path):
 def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     """benchmarks/sanitizer_workload.py (run under compute-sanitizer on a GPU machine) with
     --emulated: every path and step synchronisation of a bidirectional 2-layer model (and the
-    block path's lane-row kernels at H <= 128), and a unidirectional stack in one launch, each
-    matching the CPU op under the tolerance rule."""
+    block path's lane-row kernels at H <= 128, the grid path's tiled dot products), and a
+    unidirectional stack in one launch, each matching the CPU op under the tolerance rule."""
     spec = importlib.util.spec_from_file_location("sanitizer_workload",
                                                   os.path.join(REPO, "benchmarks", "sanitizer_workload.py"))
     workload = importlib.util.module_from_spec(spec)
@@ -1028,6 +1028,7 @@ def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     printed = capsys.readouterr().out
     assert "H=33 path=stack: ok" in printed and "H=200 path=stack: ok" in printed
     assert "H=33 path=block lane_rows_step: ok" in printed
+    assert "H=33 path=grid tiled_dots: ok" in printed and "H=200 path=grid tiled_dots: ok" in printed
     assert "H=200 path=block lane_rows_step: not run (the lane-row kernels take H <= 128)" in printed
     assert printed.rstrip().endswith("all cases matched")
 
