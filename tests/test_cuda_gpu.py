@@ -431,6 +431,31 @@ def test_lane_rows_within_the_tolerance_rule_with_the_general_kernels_as_stock(h
                                     ulps=8)
 
 
+@pytest.mark.parametrize("hidden,batch", [(37, 9), (300, 9), (1024, 40)])
+def test_grid_tiled_dots_within_the_tolerance_rule_with_the_grid_path_as_stock(hidden, batch):
+    """The grid path's tiled dot products (forced_tiling's tiled_dots; float32 at 4 and 8 samples
+    per chunk: a warp splits the columns of 32 / S units x S samples) on this GPU: a module with
+    randomized truncation, lengths and recorded norms, forward and backward, within the tolerance
+    rule of the CPU module in float64, the grid path's 8-lane float32 results as the stock side;
+    bitwise alike run to run and at either sample count (each output's sum has one order)."""
+    reference = _truncated_run_with_norms(None, hidden, batch, torch.float64, device="cpu", backend="cpu")
+    stock = _truncated_run_with_norms("grid", hidden, batch)
+    names = ["output", "h_n", "grad_input", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "step_norms"]
+    runs = []
+    for samples in (4, 8):
+        with rnn_fused.launch_plan.forced_tiling(samples=samples, tiled_dots=True):
+            for backward in (False, True):
+                plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward, path="grid")
+                assert plan.tiled_dots and plan.samples == samples, plan.reason
+            runs.append(_truncated_run_with_norms("grid", hidden, batch))
+            again = _truncated_run_with_norms("grid", hidden, batch)
+        for name, o, a in zip(names, runs[-1], again, strict=True):
+            assert torch.equal(o, a), name
+    for name, r, s_, o, other in zip(names, reference, stock, runs[0], runs[1], strict=True):
+        assert torch.equal(o, other), name
+        assert_within_tolerance(r, s_.double().cpu(), o.double().cpu(), name=name, ulps=8)
+
+
 @pytest.mark.parametrize("hidden,batch,samples", [(129, 5, 1), (170, 3, 1), (256, 8, 1), (129, 5, 2), (256, 8, 2)])
 def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
     """Past H = 128 the block path's kernels hold the weight rows of the passes that 128
