@@ -781,6 +781,10 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
       return;
     }
   }
+  // (Only the kernels that compile the tiled dot products take a launch shape with them.)
+  TORCH_INTERNAL_ASSERT(plan.tiling.tiled_dots == 0 ||
+                            tiled_dots_allowed(plan.path, std::is_same_v<scalar_t, double>, plan.tiling.samples),
+                        "rnn_fused: a tiled launch shape for a kernel without tiled dot products");
   const dim3 block(kRecurrenceThreads);
   bool plain_backward = false;
   if constexpr (std::is_same_v<Args, BackwardRecurrenceArgs<scalar_t>>) {

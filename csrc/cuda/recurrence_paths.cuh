@@ -1009,6 +1009,8 @@ struct RecurrenceCta {
   static constexpr bool kStateInShared = state_in_shared(kPath);
   // The tiled dot products compiled in (taken where RecurrenceTiling::tiled_dots asks): the Grid
   // path's float32 kernels at 4 or 8 samples, a warp's tile kTileUnits units x kSamples samples.
+  // (The host launches no other kernel with tiled_dots set: launch_persistent asserts it. A
+  // device-side check cost the float64 grid backward at 8 samples, at 255 registers, a spill.)
   static constexpr bool kTiledDots = tiled_dots_allowed(kPath, sizeof(scalar_t) == 8, kSamples) && kPasses == 0;
   static constexpr int kTileUnits = kTiledDots ? tiled_units(kSamples) : 1;
   // The weight rows in registers: the Block path's kernels compiled for their passes, and the
@@ -1231,8 +1233,6 @@ struct RecurrenceCta {
   // cluster may own fewer units, even a pass fewer: it computes that pass on copies of its last
   // row and drops the results (as lanes past the last unit do).
   SIMT_DEVICE void check_compiled_passes() const {
-    SIMT_KERNEL_CHECK(tiling.tiled_dots == 0 || kTiledDots,
-                      "tiled dot products run only in the Grid path's float32 kernels at 4 or 8 samples");
     if constexpr (kPasses > 0) {
       SIMT_KERNEL_CHECK((tiling.units_per_cta + tiling.units_per_pass - 1) / tiling.units_per_pass == kPasses &&
                             (!kRegisterWeights || (vectors + kUnitLanes - 1) / kUnitLanes <= kIterations) &&
