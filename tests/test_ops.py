@@ -174,6 +174,43 @@ def test_empty_batch_and_single_step():
     assert args[2].grad.abs().sum() == 0
 
 
+def _cpu_tanh(values):
+    """The CPU backend's tanh of each value: one step of a layer whose input weight is 1 and whose
+    state enters through a zero W_hh (z = x exactly)."""
+    x = values.reshape(1, -1, 1)
+    ones, zeros = torch.ones(1, 1, dtype=values.dtype), torch.zeros(1, 1, dtype=values.dtype)
+    out, _ = rnn_fused.rnn_layer(x, None, ones, zeros, None, None, backend="cpu")
+    return out.flatten()
+
+
+def _ulps_from(exact, result):
+    """|result - exact| in units of the last place of `result`'s dtype at |exact| (float64 exact)."""
+    rounded = exact.to(result.dtype).abs()
+    spacing = torch.nextafter(rounded, torch.tensor(math.inf, dtype=result.dtype)) - rounded
+    return (result.double() - exact).abs() / spacing.double()
+
+
+def test_cpu_tanh_rounds_as_well_as_torch_tanh():
+    # Results summed from many cancelling terms (an input gradient of one feature, a hidden size
+    # of 1) carry each step's tanh error far beyond its ulps, so the CPU backend's tanh must
+    # round as torch.tanh does: correctly, but within 2^-35 of a tie (it is evaluated in double).
+    # The float-evaluated polynomial it replaced was off by up to 2.2 ulps (0.38 on average).
+    generator = torch.Generator().manual_seed(0)
+    magnitudes = 10.0 ** (torch.rand(1 << 16, generator=generator, dtype=torch.float64) * 9 - 7)  # 1e-7 .. 100
+    signs = torch.randint(0, 2, magnitudes.shape, generator=generator) * 2 - 1
+    edges = torch.tensor([0.0, -0.0, 0.5493061443340548, 9.0, 10.0, 20.0, 1e-30, math.inf, -math.inf],
+                         dtype=torch.float64)
+    x = torch.cat([magnitudes * signs, edges]).float()
+    ulps = _ulps_from(torch.tanh(x.double()), _cpu_tanh(x))
+    assert ulps.max().item() <= 0.5 + 2.0**-8
+    assert ulps.mean().item() <= _ulps_from(torch.tanh(x.double()), torch.tanh(x)).mean().item() + 0.01
+    nan = _cpu_tanh(torch.tensor([math.nan]))
+    assert nan.isnan().all()
+    # float64: the same evaluation with more terms and a second formula past tanh = 1/2.
+    x64 = magnitudes * signs
+    assert _ulps_from(torch.tanh(x64), _cpu_tanh(x64)).max().item() <= 2.0
+
+
 def _opcheck_samples():
     samples = []
     for reverse, lengths in [(False, None), (True, torch.tensor([4, 2, 3]))]:
