@@ -107,8 +107,8 @@ def test_a_short_forward_is_priced_with_the_kernels_projection_instead_of_the_ge
 def test_a_short_backward_is_priced_with_the_gradients_kernel_instead_of_the_gemms():
     """Where the backward makes its whole-sequence gradients in the gradients kernel
     (cost::kernel_makes_gradients: T B <= 64 rows, under a quarter of a launch), the planned
-    backward is priced with that kernel (its CTAs' sums at a quarter of an SM's multiply-add
-    rate, per wave over 132 SMs, and its launch) instead of the GEMMs and their launches: below
+    backward is priced with that kernel (its CTAs' float64 sums at a quarter of an SM's float64
+    multiply-add rate, per wave over 132 SMs, and its launch) instead of the GEMMs and their launches: below
     the same layer with its gradients on the host (forced_tiling(gradients_on_host=True)). At
     65 rows the GEMMs either way."""
     import math
@@ -128,7 +128,7 @@ def test_a_short_backward_is_priced_with_the_gradients_kernel_instead_of_the_gem
     rows = steps * batch
     outputs = rows * inputs + hidden * inputs + hidden * hidden + hidden  # dX, dW_ih, dW_hh, the biases'
     waves = math.ceil(math.ceil(outputs / 256) / 132)
-    kernel_us = waves * 256 * max(rows, hidden) / (constants["fma_per_sm_per_us"] * 0.25)
+    kernel_us = waves * 256 * max(rows, hidden) / (constants["fma_per_sm_per_us"] * constants["fp64_fma_fraction"] * 0.25)
     assert in_kernel - steps * step_us == pytest.approx(kernel_us + constants["launch_us"] + constants["op_fixed_us"],
                                                         rel=1e-9)
     assert in_kernel < on_host - 2 * constants["launch_us"]  # the GEMMs' launches, three at least

@@ -1352,15 +1352,16 @@ def test_the_gradients_kernel_makes_a_short_layers_gradients(case, path):
 @pytest.mark.parametrize("steps,batch,hidden,dtype,taken", [
     (8, 8, 40, torch.float32, True),      # 64 rows
     (13, 5, 40, torch.float32, False),    # 65 rows: dW_hh is not one product on the host either
-    (4, 2, 256, torch.float32, True),     # 263 CTAs of sums of 256 terms: 2 waves, 2.3 us
-    (4, 2, 320, torch.float32, False),    # 407 CTAs: 4 waves, 5.8 us, over a quarter launch (2.6 us)
+    (4, 2, 180, torch.float32, True),     # 131 CTAs of float64 sums of 180 terms: 1 wave, 1.6 us
+    (4, 2, 190, torch.float32, False),    # 146 CTAs: 2 waves, 3.5 us, over a quarter launch (2.6 us)
     (8, 8, 40, torch.float64, False),     # float32 only
 ])
 def test_the_gradients_kernel_runs_where_the_cost_model_prices_it(steps, batch, hidden, dtype, taken):
     """Where the backward makes its gradients in one launch (cost::kernel_makes_gradients): at
     most 64 rows (T B), as long as dW_hh's single product on the host, and under a quarter of a
     launch of GPU time by the model (the waves of 256-thread CTAs over 132 SMs, each thread's
-    sum at a quarter of an SM's multiply-add rate); float32 only. Elsewhere the host's GEMMs."""
+    float64 sum at a quarter of an SM's float64 multiply-add rate); float32 only. Elsewhere the
+    host's GEMMs."""
     args = layer_args(steps, batch, 3, hidden, dtype=dtype, hx=True)
     g = torch.Generator().manual_seed(1)
     cotangents = [torch.randn(steps, batch, hidden, generator=g, dtype=dtype), None]

@@ -63,6 +63,10 @@ float32 tanh correctly rounded but within 2^-35 of a tie): 33 CPU digests moved,
 float32 and bfloat16 case with tanh (30 and 3); no float64, relu or emulated digest did. Regenerated
 here (`cpu/avx2`); the `cpu/avx512f` digests, which no machine here can remake, were dropped, so
 on an AVX-512 machine the CPU test skips and says so until they are made there.
+Then for the gradients kernel's sums in float64, rounded once (elman_gradients_kernel.cuh): 163
+emulated digests moved, float32 and bfloat16 gradients and squared norms only (grad_input,
+grad_weight_ih, grad_weight_hh and grad_bias in every float32 case, grad_hx in half of them, the
+squared norms where recorded; three bfloat16 results); no forward result, step norm or CPU digest.
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit (and, where

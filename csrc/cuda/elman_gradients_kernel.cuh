@@ -7,8 +7,12 @@
 // T B <= 64 rows and a small kernel).
 //
 // One thread per output element (grid-stride), its sum in a fixed order with fused
-// multiply-adds: bitwise reproducible run to run, whatever the grid, and the same bits in
-// emulation as on a GPU. Consecutive threads take consecutive columns of one output row, so each
+// multiply-adds in float64, rounded once to float32: bitwise reproducible run to run, whatever
+// the grid, and the same bits in emulation as on a GPU. (In float32, a sum in order of the rows
+// rounded worse than the GEMMs' blocked sums where its terms cancel, as a hidden size of 1's
+// gradients do. A product of two floats is exact in float64, and the sum's error, under 2^-43 of
+// the terms' magnitudes, is far below a float's rounding but for terms that cancel by more than
+// 2^19.) Consecutive threads take consecutive columns of one output row, so each
 // term's loads are a coalesced row of the column operand and a broadcast element of dz. Float32
 // only (the compute dtype of float32, bfloat16 and float16 layers); the host rounds to the result
 // dtype.
@@ -46,10 +50,11 @@ SIMT_BEGIN_WORLD
 
 inline constexpr int kShortGradientThreads = 256;  // cost::kGradientKernelThreads prices it
 
-// sum + sum_k a[k a_stride] b[k b_stride] over k < count, by fused multiply-adds in order of k.
-SIMT_DEVICE __forceinline__ float strided_dot(int64_t count, const float* a, int64_t a_stride, const float* b,
-                                              int64_t b_stride, float sum = 0.0f) {
-  for (int64_t k = 0; k < count; ++k) sum = fmaf(a[k * a_stride], b[k * b_stride], sum);
+// sum + sum_k a[k a_stride] b[k b_stride] over k < count, by float64 fused multiply-adds in order
+// of k.
+SIMT_DEVICE __forceinline__ double strided_dot(int64_t count, const float* a, int64_t a_stride, const float* b,
+                                               int64_t b_stride, double sum = 0.0) {
+  for (int64_t k = 0; k < count; ++k) sum = fma(double(a[k * a_stride]), double(b[k * b_stride]), sum);
   return sum;
 }
 
@@ -70,28 +75,28 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kShortGradientThreads) short_gradients_kerne
       return false;
     };
     if (falls_in(a.grad_x, rows * I)) {  // dX[r, c] = sum_u dz[r, u] W_ih[u, c]
-      a.grad_x[at] = strided_dot(H, a.dz + at / I * H, 1, a.w_ih + at % I, I);
+      a.grad_x[at] = float(strided_dot(H, a.dz + at / I * H, 1, a.w_ih + at % I, I));
     } else if (falls_in(a.grad_hx, B * H)) {
       // h_0's gradient: dz_first[b] W_hh; an empty sample's is h_n's (its h_n is h_0)
       const int64_t b = at / H, c = at % H;
       const bool empty = a.lengths != nullptr && a.lengths[b] == 0;
-      a.grad_hx[at] = !empty ? strided_dot(H, a.dz_first + b * H, 1, a.w_hh + c, H)
+      a.grad_hx[at] = !empty ? float(strided_dot(H, a.dz_first + b * H, 1, a.w_hh + c, H))
                              : a.dh_n != nullptr ? a.dh_n[at] : 0.0f;
     } else if (falls_in(a.grad_w_ih, H * I)) {  // dW_ih[u, c] = sum_r dz[r, u] x[r, c]
-      a.grad_w_ih[at] = strided_dot(rows, a.dz + at / I, H, a.x + at % I, I);
+      a.grad_w_ih[at] = float(strided_dot(rows, a.dz + at / I, H, a.x + at % I, I));
     } else if (falls_in(a.grad_w_hh, H * H)) {
       // dW_hh[u, c] = sum_b dz_first[b, u] h_0[b, c] (with hx), then the sum over the processing
       // steps after the first of dz_t[b, u] h_{t-1}[b, c], h_{t-1} the neighbouring output in
       // processing order (zero past a sample's end, so those pairs add nothing).
       const int64_t u = at / H, c = at % H;
-      const float first = a.hx != nullptr ? strided_dot(B, a.dz_first + u, H, a.hx + c, H) : 0.0f;
+      const double first = a.hx != nullptr ? strided_dot(B, a.dz_first + u, H, a.hx + c, H) : 0.0;
       const int64_t dz_from = a.reverse ? 0 : B, h_from = a.reverse ? B : 0;
-      a.grad_w_hh[at] = strided_dot(rows - B, a.dz + dz_from * H + u, H, a.out + h_from * H + c, H, first);
+      a.grad_w_hh[at] = float(strided_dot(rows - B, a.dz + dz_from * H + u, H, a.out + h_from * H + c, H, first));
     } else {  // the biases' gradient: sum_r dz[r, u], in both rows
-      float sum = 0.0f;
-      for (int64_t r = 0; r < rows; ++r) sum += a.dz[r * H + at];
-      a.grad_bias[at] = sum;
-      a.grad_bias[H + at] = sum;
+      double sum = 0.0;
+      for (int64_t r = 0; r < rows; ++r) sum += double(a.dz[r * H + at]);
+      a.grad_bias[at] = float(sum);
+      a.grad_bias[H + at] = float(sum);
     }
   }
 }

@@ -444,9 +444,9 @@ inline double forward_without_gemm_us(const Constants& c, int64_t steps, int64_t
 // A short layer's backward can make its whole-sequence gradients (dX, h_0's, dW_ih, dW_hh, the
 // biases') in one launch of its own (elman_gradients_kernel.cuh) instead of the host's three to
 // five: a thread per output, each a sum of `terms` products (the rows T B, or H for dX and h_0's
-// gradient). Priced as the kernel's projection is: the multiply-adds of a CTA's threads at a
-// quarter of an SM's rate, one such time per wave of CTAs over the SMs (predicted, not
-// measured). Taken where that is under a quarter of a launch (kProjectionLaunchFraction) and
+// gradient) in float64. Priced as the kernel's projection is, at the float64 rate: the
+// multiply-adds of a CTA's threads at a quarter of an SM's rate, one such time per wave of CTAs
+// over the SMs (predicted, not measured). Taken where that is under a quarter of a launch (kProjectionLaunchFraction) and
 // the host would make dW_hh in one product too (rows <= kOneProductRows): its sums are then as
 // long as the GEMMs' (the rounding the same order of size), and a call the GPU bounds loses at
 // most a quarter of a launch. The waves are counted on the H200's 132 SMs, whose rate the
@@ -460,7 +460,8 @@ inline double kernel_gradients_us(const Constants& c, const LayerShape& s, bool 
   const int64_t ctas = (outputs + kGradientKernelThreads - 1) / kGradientKernelThreads;
   const int64_t waves = (ctas + kGradientKernelSms - 1) / kGradientKernelSms;
   const int64_t terms = std::max(s.steps * s.batch, s.hidden);
-  return double(waves) * kGradientKernelThreads * terms / (c.fma_per_sm_per_us * kProjectionFmaRateFraction);
+  return double(waves) * kGradientKernelThreads * terms /
+         (c.fma_per_sm_per_us * c.fp64_fma_fraction * kProjectionFmaRateFraction);
 }
 inline bool kernel_makes_gradients(const Constants& c, const LayerShape& s, bool x, bool hx, bool w_ih, bool w_hh,
                                    bool bias) {
