@@ -76,3 +76,34 @@ def test_ill_conditioned_cases_found_by_the_long_campaign(case, seed):
     torch.manual_seed(seed)
     input, hx = case.inputs(generator)
     compare_with_torch(case.torch_module(), input, hx, dtype=torch.float32, seed=seed, ulps=DEFAULT_ULPS)
+
+
+def _campaign_module():
+    """benchmarks/fuzz_campaign.py, imported from its path (benchmarks/ is not a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "fuzz_campaign.py")
+    spec = importlib.util.spec_from_file_location("fuzz_campaign", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_long_campaign_replays_its_examples(capsys, monkeypatch):
+    """The campaign's example i depends on (seed, i) alone, so a line it printed reproduces with
+    --replay; a replayed example runs the suite's comparison and reports its count."""
+    campaign = _campaign_module()
+    drawn = [campaign.draw_example(3, index) for index in range(40)]
+    assert drawn == [campaign.draw_example(3, index) for index in range(40)]
+    assert drawn != [campaign.draw_example(4, index) for index in range(40)]
+    cases = [case for case, _, _ in drawn]
+    assert {case.hidden_size for case in cases} <= set(campaign.HIDDEN_SIZES)
+    assert any(case.packing != "none" for case in cases) and any(case.unbatched for case in cases)
+    monkeypatch.setattr("sys.argv", ["fuzz_campaign.py", "--backend", "cpu", "--seed", "3", "--replay", "5"])
+    threads = torch.get_num_threads()
+    try:
+        assert campaign.main() == 0
+    finally:
+        torch.set_num_threads(threads)  # (the campaign runs on one thread)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("1 examples on the cpu backend in ")
