@@ -3,13 +3,14 @@
 //
 // From one evaluation of expm1(r), r = y - k ln2 with y = -2|x| and |r| <= ln2/2 (a
 // Taylor polynomial whose truncation error is below the evaluation's rounding), it forms
-// exp(y) and expm1(y) and picks the well-conditioned formula for tanh|x|.
+// expm1(y) (and exp(y) for a double result) and the well-conditioned formula for tanh|x|.
 //
 // Always evaluated in double: in float the formulas' few roundings left up to 2.2 ulps (0.38
 // on average) where torch.tanh is within 0.51 (0.25 on average), and a result summed from many
 // cancelling terms (a gradient of hidden size 1, an input gradient of one feature) carried the
 // difference. Rounded once from double, a float result is the correctly rounded one but for
-// the rare inputs within 2^-35 of a tie (measured: the same 0.51 / 0.25 as torch.tanh).
+// the rare inputs within 2^-35 of a tie (measured: at most 0.500 ulp, 0.245 on average;
+// torch.tanh 0.51 / 0.245).
 #pragma once
 
 #include <array>
