@@ -12,10 +12,9 @@
 // rounded worse than the GEMMs' blocked sums where its terms cancel, as a hidden size of 1's
 // gradients do. A product of two floats is exact in float64, and the sum's error, under 2^-43 of
 // the terms' magnitudes, is far below a float's rounding but for terms that cancel by more than
-// 2^19.) Consecutive threads take consecutive columns of one output row, so each
-// term's loads are a coalesced row of the column operand and a broadcast element of dz. Float32
-// only (the compute dtype of float32, bfloat16 and float16 layers); the host rounds to the result
-// dtype.
+// 2^19.) Consecutive threads take consecutive columns of one output row, so each term's loads
+// are a coalesced row of the column operand and a broadcast element of dz. Float32 only (the
+// compute dtype of float32, bfloat16 and float16 layers); the host rounds to the result dtype.
 #pragma once
 
 #include <cmath>

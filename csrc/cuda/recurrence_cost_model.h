@@ -445,10 +445,10 @@ inline double forward_without_gemm_us(const Constants& c, int64_t steps, int64_t
 // biases') in one launch of its own (elman_gradients_kernel.cuh) instead of the host's three to
 // five: a thread per output, each a sum of `terms` products (the rows T B, or H for dX and h_0's
 // gradient) in float64. Priced as the kernel's projection is, at the float64 rate: the
-// multiply-adds of a CTA's threads at a quarter of an SM's rate, one such time per wave of CTAs
-// over the SMs (predicted, not measured). Taken where that is under a quarter of a launch (kProjectionLaunchFraction) and
-// the host would make dW_hh in one product too (rows <= kOneProductRows): its sums are then as
-// long as the GEMMs' (the rounding the same order of size), and a call the GPU bounds loses at
+// multiply-adds of a CTA's threads at a quarter of an SM's float64 rate, one such time per wave
+// of CTAs over the SMs (predicted, not measured). Taken where that is under a quarter of a
+// launch (kProjectionLaunchFraction) and the host would make dW_hh in one product too (rows <=
+// kOneProductRows): its sums are then as long as the GEMMs', and a call the GPU bounds loses at
 // most a quarter of a launch. The waves are counted on the H200's 132 SMs, whose rate the
 // constants hold, on every device: the choice depends on the call alone. x, hx, w_ih, w_hh,
 // bias: the gradients asked for.
