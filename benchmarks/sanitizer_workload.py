@@ -27,12 +27,13 @@ from rnn_fused.truncation import RandomTruncation
 # (path, step synchronisation of the grid or cluster path); None: the planner's own choice;
 # "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path;
 # ("block", "lane_rows_step"): the block path's opt-in lane-row kernels (H <= 128 only);
-# ("grid", "tiled_dots"): the grid path's opt-in tiled dot products (float32, 4 or 8 samples).
+# ("grid", "tiled_dots"), ("cluster", "tiled_dots"): the opt-in tiled dot products (float32; the
+# grid path at 4 or 8 samples per chunk, the cluster path at 4).
 LANE_ROWS = "lane_rows_step"
 TILED_DOTS = "tiled_dots"
 CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), ("grid", "grid_barrier"),
          ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None),
-         ("block", LANE_ROWS), ("grid", TILED_DOTS)]
+         ("block", LANE_ROWS), ("grid", TILED_DOTS), ("cluster", TILED_DOTS)]
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   backward=backward, path="block")
                             if not plan.lane_rows:
                                 raise AssertionError(f"{name}: the block plan is not a lane-row one: {plan.reason}")
-                    elif tiled:  # the grid path must really take them, both directions
+                    elif tiled:  # the path must really take them, both directions
                         for backward in (False, True):
                             plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,
                                                   backward=backward).candidate(path)
                             if not plan.tiled_dots:
-                                raise AssertionError(f"{name}: the grid plan has no tiled dot products: {plan.reason}")
+                                raise AssertionError(f"{name}: the {path} plan has no tiled dot products: {plan.reason}")
                     elif sync is not None:  # the path must really end its steps so, both directions
                         for backward in (False, True):
                             plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,

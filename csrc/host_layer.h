@@ -163,7 +163,7 @@ struct RecurrencePlanReport {
     std::string reason;
     bool lane_rows = false;  // the Block path's lane-row kernels (a thread per hidden unit)
     int64_t ctas_per_sm = 1;  // (lane rows) the CTAs sharing an SM, as priced
-    bool tiled_dots = false;  // the Grid path's tiled dot products (RecurrenceTiling::tiled_dots)
+    bool tiled_dots = false;  // the Grid or Cluster path's tiled dot products (RecurrenceTiling::tiled_dots)
   };
   Entry chosen;
   std::vector<Entry> candidates;  // per path: its best shape (the fastest timed, where autotuning timed them)
@@ -185,7 +185,7 @@ struct StepCostQuery {
   bool block_stack = false;     // a CTA of the Block path's layer stack (its rows 2H: stack_plan)
   bool lane_rows = false;       // the Block path's lane-row step (elman_lane_rows_kernel.cuh)
   int64_t ctas_per_sm = 1;      // (lane rows) the CTAs sharing an SM's schedulers
-  bool tiled_dots = false;      // the Grid path's tiled dot products (RecurrenceTiling::tiled_dots)
+  bool tiled_dots = false;      // the Grid or Cluster path's tiled dot products (RecurrenceTiling::tiled_dots)
 };
 
 struct RecurrenceBackend {
@@ -269,10 +269,11 @@ struct ForcedTiling {
   // kernel's plain copy would store g_t for step_norms_kernel to sum after the launch
   // (elman_launch.h defers_step_norms): to compare or time the one against the other.
   bool norms_in_steps = false;
-  // The Grid path computes its dot products in warp-wide tiles (RecurrenceTiling::tiled_dots:
-  // float32 at 4 or 8 samples per chunk; those at 1 and 2 samples, and float64, are then ruled
-  // out there) instead of 8 lanes per weight row: not the planner's own choice until a GPU has
-  // timed it (docs/cuda_backend.md, the Grid path's tiled dot products).
+  // The Grid and Cluster paths compute their dot products in warp-wide tiles
+  // (RecurrenceTiling::tiled_dots: float32, the Grid path at 4 or 8 samples per chunk, the
+  // Cluster path at 4 with every weight row in shared memory; their other shapes, and float64,
+  // are then ruled out there) instead of 8 lanes per weight row: not the planner's own choice
+  // until a GPU has timed them (docs/cuda_backend.md, the tiled dot products).
   bool tiled_dots = false;
 };
 ForcedTiling forced_tiling();

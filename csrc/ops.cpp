@@ -462,7 +462,7 @@ std::tuple<bool, bool, double, double, double, double, std::vector<int64_t>, std
 // constant_values: a shape a GPU ran, priced under other constants (refitting the model).
 // term: "total", or the part step-phase timing measures apart: "stage", "compute", "barrier".
 // block_stack: the shape is a CTA of the Block path's layer stack (units_per_cta its 2H rows).
-// tiled_dots: the Grid path's tiled dot products (RecurrenceTiling::tiled_dots).
+// tiled_dots: the tiled dot products of the Grid or Cluster path (RecurrenceTiling::tiled_dots).
 double step_cost_us(c10::string_view path, int64_t hidden_size, int64_t batch_size, at::ScalarType dtype,
                     int64_t samples, int64_t chunks, int64_t ctas_per_group, int64_t units_per_cta, int64_t waves,
                     std::vector<std::string> constant_names, std::vector<double> constant_values,

@@ -295,7 +295,7 @@ def step_cost_us(estimate: PathEstimate, hidden_size: int, batch_size: int, dtyp
     the shape is a CTA of the block path's layer stack (units_per_cta its rows, 2H in whole
     passes), whose weights are in registers where its kernels are compiled for its passes.
     A shape with lane_rows (runs from before it existed have none) is priced as the block
-    path's lane-row step, one with tiled_dots as the grid path's tiled dot products."""
+    path's lane-row step, one with tiled_dots as the grid or cluster path's tiled dot products."""
     fields = estimate if isinstance(estimate, dict) else vars(estimate)
     constants = constants or {}
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -341,11 +341,12 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     layers), so every backward takes the host's GEMMs, as the CPU backend does. `norms_in_steps=True`:
     a backward that records norms sums them in its steps (the general kernels) even where the
     plain copy of a kernel compiled for its passes would store each g_t and one launch after it
-    sum them (docs/cuda_backend.md, deferred norms). `tiled_dots=True`: the grid path computes
-    its dot products in warp-wide tiles (a warp splits the columns of 32 / S units x S samples,
-    S = 4 or 8 samples per chunk, float32; its plans at 1 and 2 samples, and in float64, are ruled
+    sum them (docs/cuda_backend.md, deferred norms). `tiled_dots=True`: the grid and cluster paths
+    compute their dot products in warp-wide tiles (a warp splits the columns of 32 / S units x S
+    samples, float32: the grid path at S = 4 or 8 samples per chunk, the cluster path at 4 where
+    every weight row of a CTA fits its shared memory; their other plans, and float64, are ruled
     out), whose results equal the other paths' within rounding, not bitwise (docs/cuda_backend.md,
-    the grid path's tiled dot products); not the planner's own choice yet. For running or timing
+    the tiled dot products); not the planner's own choice yet. For running or timing
     launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
@@ -416,8 +417,9 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     hidden_size, batch_size, direction, dtype) it times every feasible path's launch shape on
     the device, a persistent path's with every sample tile it considers and the dot products
     on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on fitted
-    terms), the grid path's with each step synchronisation (STEP_SYNCS) and, in float32 at 4
-    and 8 samples per chunk, with its tiled dot products too (forced_tiling's tiled_dots),
+    terms), the grid path's with each step synchronisation (STEP_SYNCS) and, in float32, the
+    grid path at 4 and 8 samples per chunk and the cluster path at 4, with their tiled dot
+    products too (forced_tiling's tiled_dots),
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its
@@ -425,7 +427,7 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     process, so tuning costs one such set of runs per shape (it waits for the device). Like
     torch.backends.cudnn.benchmark, it can pick another path in another process: block,
     cluster and grid give bitwise the same results, the stepwise path (cuBLAS products) and the
-    grid path's tiled dot products (32 partial sums per output) the same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
+    tiled dot products (32 partial sums per output) the same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
     the current stream captures a CUDA graph (the model chooses then). Process-wide; the
     previous setting is restored on exit."""
     with _planner_setting(torch.ops.rnn_fused.set_autotune, True, steps):

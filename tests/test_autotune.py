@@ -53,8 +53,9 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     # What was timed: each feasible persistent path's best shape by the model for each sample
     # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
     # each number of units per pass (the model's own pick among them) and on the grid and
-    # cluster paths each step synchronisation (and the grid path's tiled dot products at 4 and 8
-    # samples), the stepwise path's; each path's candidate is its fastest of those.
+    # cluster paths each step synchronisation (and the tiled dot products: the grid path's at 4
+    # and 8 samples, the cluster path's at 4), the stepwise path's; each path's candidate is its
+    # fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -68,8 +69,10 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
         model = predicted.candidate(c.path)
         tiles = [samples for samples in (1, 2, 4, 8) if samples == 1 or samples // 2 < batch]
         syncs = {"grid": (0, 1, 2), "cluster": (0, 3)}.get(c.path, (0,))
-        # (the grid path at 4 and 8 samples in float32 also with its tiled dot products)
-        tiled = {s: (False, True) if c.path == "grid" and s >= 4 else (False,) for s in tiles}
+        # (in float32 the grid path at 4 and 8 samples and the cluster path at 4 also with their
+        # tiled dot products)
+        tiled = {s: (False, True) if (c.path, s) in {("grid", 4), ("grid", 8), ("cluster", 4)} else (False,)
+                 for s in tiles}
         assert sorted((t.samples, t.units_per_pass, t.step_sync, t.tiled_dots) for t in shapes) == [
             (s, u, f, d) for s in tiles for u in (16, 32) for f in syncs for d in tiled[s]]
         assert any((t.grid, t.samples, t.units_per_pass, t.step_sync)
@@ -103,11 +106,12 @@ def test_a_forced_tiling_is_the_only_one_timed():
     assert [(t.samples, t.units_per_pass, t.step_sync) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
     # The tagged exchange carries float32 only: float64 grids are timed with the two barriers.
     assert {t.step_sync for t in fp64.timed if t.path == "grid"} == {0, 1}
-    # Forced, the tiled dot products are the grid path's only shapes (4 samples per chunk at B = 3);
-    # the other paths are timed as before.
-    assert {(t.samples, t.tiled_dots) for t in tiled.timed if t.path == "grid"} == {(4, True)}
+    # Forced, the tiled dot products are the grid and cluster paths' only shapes (4 samples per
+    # chunk at B = 3); the block and stepwise paths are timed as before.
+    for path in ("grid", "cluster"):
+        assert {(t.samples, t.tiled_dots) for t in tiled.timed if t.path == path} == {(4, True)}, path
     assert {t.path for t in tiled.timed} >= {"block", "cluster", "grid", "stepwise"}
-    assert not any(t.tiled_dots for t in tiled.timed if t.path != "grid")
+    assert not any(t.tiled_dots for t in tiled.timed if t.path in ("block", "stepwise"))
 
 
 def test_a_forced_path_is_not_timed():

@@ -456,6 +456,31 @@ def test_grid_tiled_dots_within_the_tolerance_rule_with_the_grid_path_as_stock(h
         assert_within_tolerance(r, s_.double().cpu(), o.double().cpu(), name=name, ulps=8)
 
 
+@pytest.mark.parametrize("hidden,batch", [(37, 9), (300, 9), (512, 40)])
+def test_cluster_tiled_dots_round_as_the_grid_paths_on_this_gpu(hidden, batch):
+    """The cluster path's tiled dot products (forced_tiling's tiled_dots; float32 at 4 samples
+    per chunk, every weight row of a CTA in shared memory) on this GPU: bitwise the grid path's
+    tiled results at 4 samples and bitwise alike run to run, with randomized truncation, lengths
+    and recorded norms, forward and backward; within the tolerance rule of the CPU module in
+    float64, the cluster path's 8-lane float32 results as the stock side."""
+    if not clusters_supported():
+        pytest.skip("thread-block clusters need compute capability 9.0")
+    reference = _truncated_run_with_norms(None, hidden, batch, torch.float64, device="cpu", backend="cpu")
+    stock = _truncated_run_with_norms("cluster", hidden, batch)
+    names = ["output", "h_n", "grad_input", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "step_norms"]
+    runs = {}
+    with rnn_fused.launch_plan.forced_tiling(samples=4, tiled_dots=True):
+        for path in ("grid", "cluster"):
+            for backward in (False, True):
+                plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward, path=path)
+                assert plan.tiled_dots and plan.samples == 4, plan.reason
+            runs[path] = _truncated_run_with_norms(path, hidden, batch)
+        again = _truncated_run_with_norms("cluster", hidden, batch)
+    for name, r, s_, o, a, g in zip(names, reference, stock, runs["cluster"], again, runs["grid"], strict=True):
+        assert torch.equal(o, a) and torch.equal(o, g), name
+        assert_within_tolerance(r, s_.double().cpu(), o.double().cpu(), name=name, ulps=8)
+
+
 @pytest.mark.parametrize("hidden,batch,samples", [(129, 5, 1), (170, 3, 1), (256, 8, 1), (129, 5, 2), (256, 8, 2)])
 def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
     """Past H = 128 the block path's kernels hold the weight rows of the passes that 128

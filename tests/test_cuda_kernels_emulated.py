@@ -775,30 +775,23 @@ def test_grid_tiled_dots_round_alike_whatever_the_launch_shape(hidden):
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 
-@pytest.mark.parametrize("samples,sm_count", [(8, 9), (4, 3), (8, 2)], ids=["pieces", "groups", "chunks"])
-def test_grid_tiled_dots_under_every_schedule(samples, sm_count):
-    """A lane that read another warp's tile total before it was written (the barrier between
-    the tiles and the epilogues), or a piece of the state rows before it landed, would differ
-    under some schedule: the tiled forward and backward are bitwise alike under every schedule,
-    with the rows staged in pieces (one chunk, several CTAs per group), several groups, and
-    several chunks per CTA; and within the tolerance rule of the float64 reference."""
-    batch, hidden = 5, 300
+def _tiled_layer_under_every_schedule(path, batch, hidden, lengths, sm_count, **forced):
+    """The backward plan of `path` with the tiled dot products and `forced` on an emulated
+    device of sm_count SMs, after checking that the layer's forward and backward (reverse, the
+    given lengths) are bitwise alike under the forward schedule and every other, within the
+    tolerance rule of the float64 reference, and zero past each sample's length."""
     args = layer_args(4, batch, 3, hidden, dtype=torch.float64)
     cast = [a.to(torch.float32) for a in args]
     g = torch.Generator().manual_seed(3)
     cotangents = [torch.randn(4, batch, hidden, generator=g, dtype=torch.float64),
                   torch.randn(batch, hidden, generator=g, dtype=torch.float64)]
-    lengths = torch.tensor([4, 1, 3, 0, 2])
-    with simt.emulated_device(sm_count=sm_count, sms_per_gpc=0), \
-            launch_plan.forced_tiling(samples=samples, step_sync="grid_barrier", tiled_dots=True):
-        plan = rnn_fused.plan(hidden, batch, path="grid", backward=True)
-        expected_shape = {"pieces": plan.chunks == 1 and plan.groups == 1 and plan.ctas_per_group > 1,
-                          "groups": plan.groups > 1, "chunks": plan.chunks > 1}
-        assert sum(expected_shape.values()) >= 1, plan.reason
+    with simt.emulated_device(sm_count=sm_count, sms_per_gpc=0), launch_plan.forced_tiling(tiled_dots=True, **forced):
+        plan = rnn_fused.plan(hidden, batch, path=path, backward=True)
+        assert plan.tiled_dots, plan.reason
         runs = []
         for mode, seed in (("forward", 0), *simt.ALL_SCHEDULES):
             with simt.schedule(mode, seed):
-                runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, "grid"))
+                runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, path))
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b), "results differ between emulator schedules"
@@ -809,23 +802,61 @@ def test_grid_tiled_dots_under_every_schedule(samples, sm_count):
         assert_within_tolerance(r, s_, o, name=name)
     for b, n in enumerate(lengths.tolist()):
         assert torch.all(runs[0][0][n:, b] == 0)
+    return plan
 
 
-def test_grid_tiled_dots_are_planned_only_where_they_run():
-    """Forced, the tiled dot products bind the grid path alone: float64 rules it out (named),
-    the samples per chunk are 4 or 8 (2 forced: ruled out, named), the block and cluster
-    paths plan as before; their totals take shared memory of their own (where both plans take
-    the same launch shape); and the cost model
-    prices them faster at H = 1024, B = 32 and 128 on the emulated H200 (fewer shared-memory
-    wavefronts per multiply-add), a prediction until a GPU times it (gpu-check)."""
+@pytest.mark.parametrize("samples,sm_count", [(8, 9), (4, 3), (8, 2)], ids=["pieces", "groups", "chunks"])
+def test_grid_tiled_dots_under_every_schedule(samples, sm_count):
+    """A lane that read another warp's tile total before it was written (the barrier between
+    the tiles and the epilogues), or a piece of the state rows before it landed, would differ
+    under some schedule: the tiled forward and backward are bitwise alike under every schedule,
+    with the rows staged in pieces (one chunk, several CTAs per group), several groups, and
+    several chunks per CTA; and within the tolerance rule of the float64 reference."""
+    plan = _tiled_layer_under_every_schedule("grid", 5, 300, torch.tensor([4, 1, 3, 0, 2]), sm_count,
+                                             samples=samples, step_sync="grid_barrier")
+    expected_shape = {"pieces": plan.chunks == 1 and plan.groups == 1 and plan.ctas_per_group > 1,
+                      "groups": plan.groups > 1, "chunks": plan.chunks > 1}
+    assert sum(expected_shape.values()) >= 1, plan.reason
+
+
+def test_tiled_dots_are_planned_only_where_they_run():
+    """Forced, the tiled dot products bind the grid and cluster paths: float64 rules them out
+    (named), the samples per chunk are 4 or 8 on the grid path and 4 on the cluster path (others
+    forced: ruled out, named), a cluster CTA that would hold weight rows in registers (H = 1024:
+    the split kernels) is ruled out, named; the block path plans as before; their totals take
+    shared memory of their own (where both plans take the same launch shape); and the cost
+    model prices them faster at H = 1024, B = 32 and 128 (grid) and H = 512, B = 32 (cluster)
+    on the emulated H200 (fewer shared-memory wavefronts per multiply-add), a prediction until
+    a GPU times it (gpu-check)."""
     with launch_plan.forced_tiling(tiled_dots=True):
-        refused = rnn_fused.plan(1024, 32, torch.float64, path=None).candidate("grid")
-        assert not refused.feasible and "float32 only" in refused.reason
+        for path in ("grid", "cluster"):
+            refused = rnn_fused.plan(512, 32, torch.float64, path=None).candidate(path)
+            assert not refused.feasible and "float32 only" in refused.reason, path
         block = rnn_fused.plan(64, 8, path=None).candidate("block")
         assert block.feasible and "tiled" not in block.reason
+        # (H = 1024: 64 rows a CTA over 16 CTAs, too many for shared memory, held in part in
+        # registers by the 8-lane kernels at 2 passes of 32, refused for 4 passes of 16)
+        split = rnn_fused.plan(1024, 32, path=None).candidate("cluster")
+        assert not split.feasible and "shared memory" in split.reason, split.reason
+        with pytest.raises(ValueError, match="cluster.*shared memory"):
+            rnn_fused.plan(1024, 32, path="cluster")
+        with launch_plan.forced_tiling(tiled_dots=True, units_per_pass=32):
+            split = rnn_fused.plan(1024, 32, path=None).candidate("cluster")
+        assert "tiled dot products read every weight row from shared memory" in split.reason, split.reason
     with launch_plan.forced_tiling(tiled_dots=True, samples=2):
         refused = rnn_fused.plan(1024, 32, path=None).candidate("grid")
-        assert not refused.feasible and "4 or 8 samples per chunk, not 2" in refused.reason
+        assert not refused.feasible and "grid path's tiled dot products take 4 or 8 samples per chunk, not 2" in \
+            refused.reason
+    with launch_plan.forced_tiling(tiled_dots=True, samples=8):
+        refused = rnn_fused.plan(512, 32, path=None).candidate("cluster")
+        assert not refused.feasible and "cluster path's tiled dot products take 4 samples per chunk, not 8" in \
+            refused.reason
+    with launch_plan.forced_tiling(samples=4):
+        plain = rnn_fused.plan(512, 32, path="cluster")
+    with launch_plan.forced_tiling(samples=4, tiled_dots=True):
+        tiled = rnn_fused.plan(512, 32, path="cluster")
+    assert tiled.tiled_dots and tiled.predicted_us_per_step < 0.8 * plain.predicted_us_per_step, (plain.reason,
+                                                                                                   tiled.reason)
     with pytest.raises(TypeError, match="tiled_dots must be a bool"):
         with launch_plan.forced_tiling(tiled_dots=1):
             pass
@@ -838,6 +869,50 @@ def test_grid_tiled_dots_are_planned_only_where_they_run():
         if tiled.units_per_cta == plain.units_per_cta and tiled.chunks == plain.chunks:
             totals = -(-plain.units_per_cta // 4) * 4 * 8 * 4  # whole tiles of 4 units x 8 samples, float32
             assert tiled.shared_mem_bytes == plain.shared_mem_bytes + totals
+
+
+@pytest.mark.parametrize("hidden", [37, 300])
+def test_cluster_tiled_dots_round_as_the_grid_paths(hidden):
+    """The cluster path's tiled dot products (forced_tiling(tiled_dots=True): 4 samples per chunk,
+    every weight row of a CTA in its shared memory) sum each output in the grid path's tiled
+    order (lane l's chunks l, l + 32, ... over the whole row, the same 32-lane tree), so under
+    the cluster barrier and the asynchronous exchange, with 32 and 16 units per pass, on 3 and 6
+    SMs (clusters of several CTAs; H = 37: CTAs whose units are not whole tiles), the forward and
+    the backward with lengths, randomized truncation and recorded norms give bitwise the grid
+    path's tiled results, within the tolerance rule of the float64 run."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    grid, tiles = _block_run_with_norms(2, hidden, batch, lengths, path="grid", samples=4, step_sync="grid_barrier",
+                                        tiled_dots=True)
+    assert tiles == {(4, 32)}
+    runs, shapes = [grid], set()
+    for sync, per_pass, sm_count in itertools.product(launch_plan.CLUSTER_STEP_SYNCS, (16, 32), (3, 6)):
+        with simt.emulated_device(sm_count=sm_count, sms_per_gpc=0), \
+                launch_plan.forced_tiling(samples=4, step_sync=sync, units_per_pass=per_pass, tiled_dots=True):
+            plans = [rnn_fused.plan(hidden, batch, path="cluster", backward=b) for b in (False, True)]
+        assert all(p.tiled_dots and "tiled dot products (a warp's columns over 8 units x 4 samples)" in p.reason
+                   for p in plans), [p.reason for p in plans]
+        shapes |= {(p.ctas_per_group, p.units_per_cta % 8 != 0) for p in plans}
+        results, tiles = _block_run_with_norms(sm_count, hidden, batch, lengths, path="cluster", samples=4,
+                                               step_sync=sync, units_per_pass=per_pass, tiled_dots=True)
+        assert tiles == {(4, per_pass)}
+        runs.append(results)
+    assert any(ctas > 1 for ctas, _ in shapes), shapes
+    if hidden == 37:
+        assert any(partial for _, partial in shapes), shapes
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+@pytest.mark.parametrize("step_sync", launch_plan.CLUSTER_STEP_SYNCS)
+def test_cluster_tiled_dots_under_every_schedule(step_sync):
+    """A lane that read another warp's tile total before it was written, or a tile of the next
+    step that overwrote a total before every epilogue had read it (the CTA barrier of the
+    state's exchange between them), would differ under some schedule: the cluster path's tiled
+    forward and backward, several CTAs a cluster and two sample groups, are bitwise alike under
+    every schedule and within the tolerance rule of the float64 reference."""
+    plan = _tiled_layer_under_every_schedule("cluster", 6, 70, torch.tensor([4, 1, 3, 0, 2, 4]), 3, samples=4,
+                                             step_sync=step_sync)
+    assert plan.ctas_per_group > 1 and plan.groups == 2, plan.reason
 
 
 def _cluster_device(sm_count, optin):

@@ -469,16 +469,23 @@ def test_lane_rows_verdicts_set_the_lane_row_step_beside_the_general_kernels(reh
 
 def test_tiled_dots_verdicts_set_the_tiled_step_beside_the_eight_lane_rows(rehearsal):
     """The phase rows at H = 33 forced to the grid path's tiled dot products (with the grid
-    barrier) and the same shape on 8 lanes per row: one line per direction with both times,
-    both predictions and whether the model orders them as measured; the tiled rows take no
-    part in the step-sync and warp-count verdicts."""
+    barrier) and to the cluster path's, and the same shapes on 8 lanes per row: one line per
+    path and direction with both times, both predictions and whether the model orders them as
+    measured; the tiled rows take no part in the step-sync and warp-count verdicts."""
     _, out, report = rehearsal
     rows = {(r["label"], r["direction"]): r for r in report["phase_rows"]}
     for direction in ("forward", "backward"):
         tiled = rows[("33, 2 (grid barrier, tiled dot products)", direction)]
         assert tiled["forced_tiled_dots"] and tiled["plan"]["tiled_dots"] and tiled["path"] == "grid", tiled
         assert not rows[("33, 2 (grid barrier)", direction)]["plan"]["tiled_dots"]
-    assert "The grid path's tiled dot products against its 8 lanes per weight row" in (out / "gpu_check.md").read_text()
+        by_path = {(r["label"], r["path"]): r for r in report["phase_rows"] if r["direction"] == direction}
+        tiled = by_path[("33, 2 (tiled dot products)", "cluster")]
+        assert tiled["forced_tiled_dots"] and tiled["plan"]["tiled_dots"] and tiled["plan"]["samples"] == 4, tiled
+        assert not by_path[("33, 2", "cluster")]["plan"]["tiled_dots"]
+    text = (out / "gpu_check.md").read_text()
+    assert "The tiled dot products against 8 lanes per weight row" in text
+    for path in ("grid", "cluster"):
+        assert text.count(f"{path} at H, B = 33, 2, forward: the tiled dot products") == 1, path
     plain = _phase_row(32, 2.0, 3.0, forced_units_per_pass=None, forced_step_sync="grid_barrier")
     tiled = dataclasses.replace(plain, forced_tiled_dots=True, measured_us_per_step=1.5, predicted_us_per_step=2.2)
     assert gpu_check.tiled_dots_verdicts([plain, tiled]) == [
@@ -1018,7 +1025,7 @@ def test_a_crashing_test_process_leaves_its_native_frames(tmp_path):
 def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     """benchmarks/sanitizer_workload.py (run under compute-sanitizer on a GPU machine) with
     --emulated: every path and step synchronisation of a bidirectional 2-layer model (and the
-    block path's lane-row kernels at H <= 128, the grid path's tiled dot products), and a
+    block path's lane-row kernels at H <= 128, the grid and cluster paths' tiled dot products), and a
     unidirectional stack in one launch, each matching the CPU op under the tolerance rule."""
     spec = importlib.util.spec_from_file_location("sanitizer_workload",
                                                   os.path.join(REPO, "benchmarks", "sanitizer_workload.py"))
@@ -1029,6 +1036,7 @@ def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     assert "H=33 path=stack: ok" in printed and "H=200 path=stack: ok" in printed
     assert "H=33 path=block lane_rows_step: ok" in printed
     assert "H=33 path=grid tiled_dots: ok" in printed and "H=200 path=grid tiled_dots: ok" in printed
+    assert "H=33 path=cluster tiled_dots: ok" in printed and "H=200 path=cluster tiled_dots: ok" in printed
     assert "H=200 path=block lane_rows_step: not run (the lane-row kernels take H <= 128)" in printed
     assert printed.rstrip().endswith("all cases matched")
 

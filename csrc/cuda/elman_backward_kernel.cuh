@@ -837,7 +837,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       const float* above_now = above.states + (w % 2) * kSamples * half;
       float* above_next = above.states + (1 - w % 2) * kSamples * half;
       if (!top) {
-        above.for_each_output(above_now, clock,
+        above.template for_each_output<false>(above_now, clock,
                               [&](int batch, int k, int64_t, float total) { from_above[batch][k] = total; });
       }
       // The edge into step t + 1 of each of the lane's samples, before the dot products (whose
@@ -845,7 +845,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       float edge[kOwned];
       stack_edge_scales(edge, t + 1, lane.length, cta.place.sample_begin + cta.first_sample, B, step_drawn, cut_later);
       double g_sq[kOwned] = {};  // this lane's outputs of each sample (norms)
-      cta.for_each_output(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
+      cta.template for_each_output<false>(own_now, clock, [&](int batch, int k, int64_t u, float carry) {
         const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
         if (b >= B || t >= T || t < 0) return;  // (before its first step dz_{t+1} stays zero; after t = 0, done)
         float d = 0.0f;  // a sample past its length passes no gradient on

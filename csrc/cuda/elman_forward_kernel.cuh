@@ -457,7 +457,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     const int64_t t = w - layer;
     const float* current = cta.states + (w % 2) * kSamples * R;
     float* next = cta.states + (1 - w % 2) * kSamples * R;
-    cta.for_each_output(current, clock, [&](int batch, int k, int64_t u, float total) {
+    cta.template for_each_output<false>(current, clock, [&](int batch, int k, int64_t u, float total) {
       const int64_t j = cta.first_sample + k, b = cta.place.sample_begin + j;
       if (b >= B || t < 0) return;  // (not started: both buffers hold h0, the next layer waits)
       float h;

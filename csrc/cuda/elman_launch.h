@@ -318,7 +318,9 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
                                                             r.block_stack, r.cluster_stack)};
   if (tiling.tiled_dots != 0) {
     // The tiled dot products in the model's terms: each round of up to 8 warps' tiles a batch of
-    // tiled_units passes of one unit per lane, over the row's chunks split 32 ways.
+    // tiled_units passes of one unit per lane, over the row's chunks split 32 ways. (The Cluster
+    // path's exchange keeps its slice: the units of the 8-lane mapping's passes.)
+    work.slice_units = passes * tiling.units_per_pass;
     const int64_t tile_units = tiled_units(tiling.samples), warps = kRecurrenceThreads / kWarp;
     const int64_t tiles = (int64_t(tiling.units_per_cta) + tile_units - 1) / tile_units;
     work.warps = std::min(tiles, warps);
@@ -551,8 +553,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   for (const Slice& slice : slices) {
     for (const int32_t step_sync : step_syncs) slice_syncs.emplace_back(slice, step_sync);
   }
-  // The Grid path's tiled dot products where forced (not yet the planner's own choice).
-  const bool tiled = kPath == RecurrencePath::Grid && forced.tiled_dots;
+  // The Grid and Cluster paths' tiled dot products where forced (not yet the planner's own choice).
+  const bool tiled = (kPath == RecurrencePath::Grid || kPath == RecurrencePath::Cluster) && forced.tiled_dots;
   if (tiled && r.fp64) {
     best.reason = "the tiled dot products run float32 only";
     return best;
@@ -560,7 +562,12 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   for (int64_t samples : {1, 2, 4, 8}) {
     if (forced.samples != 0 && samples != forced.samples) continue;
     if (tiled && !tiled_dots_allowed(kPath, r.fp64, samples)) {
-      limit = "the tiled dot products take 4 or 8 samples per chunk, not " + std::to_string(samples);
+      // (said where nothing else rules the shape out: a sample count tried after this one may)
+      if (limit.empty() || forced.samples != 0) {
+        limit = std::string("the ") + (kPath == RecurrencePath::Grid ? "grid" : "cluster") +
+                " path's tiled dot products take " + (kPath == RecurrencePath::Grid ? "4 or 8" : "4") +
+                " samples per chunk, not " + std::to_string(samples);
+      }
       continue;
     }
     if (forced.samples == 0 && samples > 1 && samples / 2 >= r.batch && !(tiled && samples == 4)) {
@@ -582,6 +589,12 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
+      if (tiled && register_rows > 0) {
+        limit = "the cluster path's tiled dot products read every weight row from shared memory, and a CTA of " +
+                std::to_string(units) + " units at hidden_size " + std::to_string(r.hidden) + " holds " +
+                std::to_string(register_rows) + " of its rows in registers";
+        continue;
+      }
       const SharedLayout<scalar_t> layout =
           SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes, iterations);
       int64_t smem = layout.bytes;
@@ -783,7 +796,9 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   }
   // (Only the kernels that compile the tiled dot products take a launch shape with them.)
   TORCH_INTERNAL_ASSERT(plan.tiling.tiled_dots == 0 ||
-                            tiled_dots_allowed(plan.path, std::is_same_v<scalar_t, double>, plan.tiling.samples),
+                            (tiled_dots_allowed(plan.path, std::is_same_v<scalar_t, double>, plan.tiling.samples) &&
+                             SharedLayout<scalar_t>::register_rows(args.shape.hidden, plan.tiling, plan.path,
+                                                                   plan.compiled_passes) == 0),
                         "rnn_fused: a tiled launch shape for a kernel without tiled dot products");
   const dim3 block(kRecurrenceThreads);
   bool plain_backward = false;
@@ -1143,9 +1158,10 @@ struct TunedPaths {
 // persistent path's best shape by the model for each sample tile the planner considers (1, 2,
 // 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
 // model's choices between them rest on fitted terms) and, on the Grid path, each step
-// synchronisation, and at 4 and 8 samples in float32 the tiled dot products too (the planner's
-// model alone does not take them: RecurrenceTiling::tiled_dots), only the forced ones where they
-// are forced; the stepwise path's shape.
+// synchronisation, and where tiled_dots_allowed (float32; the Grid path at 4 and 8 samples, the
+// Cluster path at 4 where its rows are all in shared memory) the tiled dot products too (the
+// planner's model alone does not take them: RecurrenceTiling::tiled_dots), only the forced ones
+// where they are forced; the stepwise path's shape.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
@@ -1164,7 +1180,7 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
           if (sync_forced_on(c.path, r.forced.step_sync) && sync != r.forced.step_sync) continue;
           const bool tiles = tiled_dots_allowed(c.path, r.fp64, samples);
           for (const bool tiled : {false, true}) {
-            if (tiled ? !tiles : r.forced.tiled_dots && c.path == RecurrencePath::Grid) continue;
+            if (tiled ? !tiles : r.forced.tiled_dots && c.path != RecurrencePath::Block) continue;
             PlanRequest variant = r;
             variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync, .tiled_dots = tiled};
             const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
@@ -1917,8 +1933,9 @@ inline double step_cost(const StepCostQuery& q) {
                                 .step_sync = static_cast<int32_t>(q.step_sync),
                                 .tiled_dots = q.tiled_dots ? 1 : 0};
   TORCH_CHECK_VALUE(!q.tiled_dots || tiled_dots_allowed(*path, q.compute == at::kDouble, q.samples),
-                    "rnn_fused.step_cost: tiled_dots=True prices the Grid path's tiled dot products (float32, 4 or 8 "
-                    "samples per chunk), got path '", q.path, "' in ", q.compute, ", samples=", q.samples);
+                    "rnn_fused.step_cost: tiled_dots=True prices the tiled dot products (float32: the grid path's at 4 "
+                    "or 8 samples per chunk, the cluster path's at 4), got path '", q.path, "' in ", q.compute,
+                    ", samples=", q.samples);
   TORCH_CHECK_VALUE(!q.lane_rows || (*path == RecurrencePath::Block && q.compute == at::kFloat &&
                                       lane_rows_compiled(q.samples, q.hidden)),
                     "rnn_fused.step_cost: lane_rows=True prices the Block path's lane-row step (float32, hidden_size "

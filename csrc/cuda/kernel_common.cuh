@@ -445,9 +445,10 @@ SIMT_DEVICE __forceinline__ void reduce_scatter_tile(scalar_t (&acc)[kUnits][kSa
   }
 }
 
-// The Grid path's tiled dot products (RecurrenceTiling::tiled_dots; float32 at 4 or 8 samples
-// per chunk): a whole warp splits the columns of one tile of kTileValues outputs, tiled_units(S)
-// units x S samples, instead of 8 lanes splitting one unit's. Lane l takes the 16-byte chunks l,
+// The tiled dot products (RecurrenceTiling::tiled_dots; float32, the Grid path at 4 or 8
+// samples per chunk, the Cluster path at 4): a whole warp splits the columns of one tile of
+// kTileValues outputs, tiled_units(S) units x S samples, instead of 8 lanes splitting one
+// unit's. Lane l takes the 16-byte chunks l,
 // l + 32, l + 64, ... of the tile's weight rows and of the S state rows, so each chunk a lane
 // loads feeds tiled_units(S) or S multiply-add chains: per 4 columns a lane loads 4 + 8 (8
 // samples) or 8 + 4 chunks for 128 multiply-adds, where the 8-lane mapping loads 10 for 64 (2

@@ -218,6 +218,9 @@ struct StepWork {
   // units x samples, a 5-level reduce-scatter of one value per lane, then the totals through
   // shared memory and a block barrier before the epilogues).
   int64_t tile_lanes = 8;
+  // The CTA's units as the Cluster path's exchange counts them (passes x units per pass); 0:
+  // passes x 4 x warps, the same where each lane of a unit group owns a unit of every pass.
+  int64_t slice_units = 0;
 };
 
 // The tiled dot products' loop (kernel_common.cuh add_tile_dots, not unrolled): the instructions
@@ -344,7 +347,8 @@ inline StepTerms lane_rows_step_terms(const Constants& c, int64_t samples, int64
 inline StepTerms cluster_step_terms(const Constants& c, const StepWork& w, int64_t cluster, int64_t waves,
                                     int32_t step_sync = 0) {
   constexpr int64_t kThreads = 256;  // kRecurrenceThreads
-  const int64_t slice_vectors = w.samples * ((w.passes * 4 * w.warps + w.vector - 1) / w.vector);
+  const int64_t units = w.slice_units > 0 ? w.slice_units : w.passes * 4 * w.warps;
+  const int64_t slice_vectors = w.samples * ((units + w.vector - 1) / w.vector);
   const int64_t stores_per_thread = (slice_vectors * (cluster - 1) + kThreads - 1) / kThreads;
   const double exchange_cycles = double(stores_per_thread) * c.remote_store_cycles;
   const double compute = cta_step_compute_us(c, w) + c.block_barrier_us + exchange_cycles / c.clock_per_us;

@@ -71,14 +71,19 @@ struct RecurrenceTiling {
   int32_t units_per_cta = 0;   // U: hidden units per CTA (the last CTA of a group may own fewer)
   int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
   int32_t step_sync = 0;       // Grid path: a StepSync (else 0)
-  int32_t tiled_dots = 0;      // Grid path: 1 = the tiled dot products (kernel_common.cuh add_tile_dots)
+  int32_t tiled_dots = 0;      // Grid and Cluster paths: 1 = the tiled dot products (kernel_common.cuh add_tile_dots)
 };
 
-// Whether a launch of `path` can take the tiled dot products (RecurrenceTiling::tiled_dots): the
-// Grid path's float32 kernels at 4 or 8 samples per chunk (a warp's tile of tiled_units(S) x S
-// values, one per lane).
+// Whether a launch of `path` can take the tiled dot products (RecurrenceTiling::tiled_dots), a
+// warp's tile of tiled_units(S) x S values, one per lane: float32, the Grid path's kernels at 4 or
+// 8 samples per chunk, the Cluster path's at 4 whose weight rows are all in shared memory (not
+// the kernels that hold rows in registers: the planner rules those shapes out). The Cluster
+// path's 8-sample kernels are left out: their registers (up to 246 on sm_90 without the tile,
+// benchmarks/nvcc_resource_usage.txt) leave no room for a second dot-product mapping.
 SIMT_HOST_DEVICE constexpr bool tiled_dots_allowed(RecurrencePath path, bool fp64, int64_t samples) {
-  return path == RecurrencePath::Grid && !fp64 && (samples == 4 || samples == 8);
+  if (fp64) return false;
+  if (path == RecurrencePath::Grid) return samples == 4 || samples == 8;
+  return path == RecurrencePath::Cluster && samples == 4;
 }
 // The tiled dot products' totals in shared memory: one per unit and sample, the units rounded
 // up to whole tiles (RecurrenceCta::for_each_tiled_output); 0 without them.
@@ -416,7 +421,7 @@ enum StepPhase : int {
 //                       step) on the Block and Cluster paths; on the Grid path 1 (the chunk
 //                       being computed), 2 with several chunks (and the next one's); plus
 //                       extra_buffers (the layer stack's masked state: kStackStateBuffers)
-//   tile_totals [U'][S] the Grid path's tiled dot products: each output's total, U' = U rounded
+//   tile_totals [U'][S] the tiled dot products (Grid, Cluster): each output's total, U' = U rounded
 //                       up to whole tiles (tile_totals_of; else none)
 // with R = padded_row(H) (on the kernels with weight rows in registers the span of their compiled
 // chunk iterations: 32 float32 columns a pass on the Block path, 1024 on the Cluster path's split
@@ -1007,18 +1012,21 @@ struct RecurrenceCta {
   static_assert(kPasses == 0 ? kIterations == 0 : kIterations >= 1 && (kIterations <= kPasses || kClusterSplit),
                 "chunk iterations bounded by the passes");
   static constexpr bool kStateInShared = state_in_shared(kPath);
-  // The tiled dot products compiled in (taken where RecurrenceTiling::tiled_dots asks): the Grid
-  // path's float32 kernels at 4 or 8 samples, a warp's tile kTileUnits units x kSamples samples.
-  // (The host launches no other kernel with tiled_dots set: launch_persistent asserts it. A
-  // device-side check cost the float64 grid backward at 8 samples, at 255 registers, a spill.)
-  static constexpr bool kTiledDots = tiled_dots_allowed(kPath, sizeof(scalar_t) == 8, kSamples) && kPasses == 0;
-  static constexpr int kTileUnits = kTiledDots ? tiled_units(kSamples) : 1;
   // The weight rows in registers: the Block path's kernels compiled for their passes, and the
   // Cluster path's split ones; those of more than kRegisterPasses passes, and the Cluster
   // path's, split them (split_weights): the first kHeldPasses passes' rows in registers, the
   // others' in shared memory.
   static constexpr bool kRegisterWeights = kPasses > 0 && (kPath == RecurrencePath::Block || kClusterSplit);
   static constexpr bool kSplitWeights = kRegisterWeights && (kPasses > kRegisterPasses || kClusterSplit);
+  // The tiled dot products compiled in (taken where RecurrenceTiling::tiled_dots asks): the Grid
+  // path's float32 kernels at 4 or 8 samples and the Cluster path's at 4 with every weight row in
+  // shared memory, a warp's tile kTileUnits units x kSamples samples. (The host launches no other
+  // kernel with tiled_dots set: launch_persistent asserts it. A device-side check cost the
+  // float64 grid backward at 8 samples, at 255 registers, a spill.) The layer stacks' CTAs, of
+  // the same type, leave them out (for_each_output's kMayTile).
+  static constexpr bool kTiledDots =
+      tiled_dots_allowed(kPath, sizeof(scalar_t) == 8, kSamples) && !kRegisterWeights;
+  static constexpr int kTileUnits = kTiledDots ? tiled_units(kSamples) : 1;
   static constexpr int kHeldPasses = !kSplitWeights ? kRegisterPasses
                                      : kStagedRows  ? kPasses
                                                     : held_register_passes(kPath, kPasses, kIterations, kSamples);
@@ -1519,10 +1527,12 @@ struct RecurrenceCta {
   // calls it once per chunk (for_each_chunk's body): with one chunk per step on the Grid path
   // the first batch waits for the staged rows piece by piece (a barrier each), `clock` timing
   // the waits as staging. Lanes of the warps that do not compute (units_per_pass 16) only wait
-  // and join those barriers.
-  template <class Epilogue, class Clock>
+  // and join those barriers. kMayTile = false: the 8-lane mapping whatever the tiling (the
+  // Cluster path's layer stack, whose CTAs share this type: the tiled branch, never taken there,
+  // would cost its kernels registers).
+  template <bool kMayTile = true, class Epilogue, class Clock>
   SIMT_DEVICE __forceinline__ void for_each_output(const scalar_t* current, Clock& clock, Epilogue&& epilogue) const {
-    if constexpr (kTiledDots) {
+    if constexpr (kTiledDots && kMayTile) {
       if (tiling.tiled_dots != 0) {  // (uniform over the launch)
         for_each_tiled_output(current, clock, epilogue);
         return;
@@ -1596,7 +1606,7 @@ struct RecurrenceCta {
     constexpr int kWarps = kRecurrenceThreads / kWarp;
     const int warp = static_cast<int>(threadIdx.x) / kWarp, lane = static_cast<int>(threadIdx.x) % kWarp;
     const int64_t tiles = (units + kTileUnits - 1) / kTileUnits;
-    const bool staged_in_pieces = tiling.chunks == 1 && !tagged_exchange();  // uniform
+    const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1 && !tagged_exchange();  // uniform
     for (int64_t round = 0; round * kWarps < tiles; ++round) {  // (uniform over the CTA)
       const int64_t tile = round * kWarps + warp;
       const bool computes_tile = tile < tiles;  // uniform over the warp

@@ -166,8 +166,8 @@ class PhaseShape:
     planner's; launch_plan.forced_tiling), whether its kernels read their passes at run
     time where a kernel compiled for them exists (forced_tiling's run_time_passes), whether
     the block path runs the lane-row step instead of its general kernels (forced_tiling's
-    lane_rows_step), and whether the grid path computes its dot products in warp-wide tiles
-    (forced_tiling's tiled_dots)."""
+    lane_rows_step), and whether the grid or cluster path computes its dot products in warp-wide
+    tiles (forced_tiling's tiled_dots)."""
 
     hidden: int
     batch: int
@@ -210,7 +210,8 @@ class PhaseShape:
 # B = 8 the block path's lane-row step beside the planner's general kernels (on 2026-12-04 it
 # measured 0.91x their step forward, 0.73x backward, under the phase clock). The grid path's tiled
 # dot products (forced_tiling's tiled_dots; never timed) beside its 8-lane rows at H = 1024, B = 32
-# with the grid barrier and at B = 128 (tiled_dots_verdicts).
+# with the grid barrier and at B = 128, and the cluster path's beside its own at H = 256 and 512,
+# B = 32 (every weight row in shared memory; tiled_dots_verdicts).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
@@ -221,7 +222,9 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), P
                     *[PhaseShape(256, 32, "cluster", units_per_pass=per_pass, run_time_passes=run_time)
                       for per_pass in (16, 32) for run_time in (False, True)],
                     PhaseShape(1024, 32, "grid", step_sync="grid_barrier", tiled_dots=True),
-                    PhaseShape(1024, 128, "grid", tiled_dots=True)]
+                    PhaseShape(1024, 128, "grid", tiled_dots=True),
+                    *[PhaseShape(hidden, 32, "cluster", tiled_dots=tiled) for hidden in (256, 512)
+                      for tiled in (False, True)]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block", 4, lane_rows_step=True),
                          PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
@@ -230,7 +233,8 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block",
                          *[PhaseShape(33, 2, "cluster", 4, step_sync=sync) for sync in CLUSTER_STEP_SYNCS],
                          PhaseShape(9, 3, "block", 4, run_time_passes=True),
                          PhaseShape(33, 2, "cluster", 4, run_time_passes=True),
-                         PhaseShape(33, 2, "grid", 4, step_sync="grid_barrier", tiled_dots=True)]
+                         PhaseShape(33, 2, "grid", 4, step_sync="grid_barrier", tiled_dots=True),
+                         PhaseShape(33, 2, "cluster", 4, tiled_dots=True)]
 # What recorded norms and truncation cost over plain forward+backward (bptt_benchmark's
 # variants): one layer, where a backward runs its plain copy or its general kernel; and layer
 # stacks run in one launch ((T, B, I, H, directions, layers), RNN.stack = True: the block path's
@@ -1242,14 +1246,15 @@ def _alternative_verdict(ours: PhaseRow, baseline: PhaseRow, ours_name: str, bas
 
 
 def tiled_dots_verdicts(rows: list[PhaseRow]) -> list[str]:
-    """Each grid-path recurrence timed with the tiled dot products (forced_tiling's tiled_dots)
-    beside the same H, B, direction and forced step synchronisation on the 8-lane rows (nothing
-    else forced): both measured and predicted times, the ratio, and whether the model orders them
-    as measured (the planner takes the tiled dot products only once a GPU has timed them)."""
+    """Each grid- or cluster-path recurrence timed with the tiled dot products (forced_tiling's
+    tiled_dots) beside the same path, H, B, direction and forced step synchronisation on the
+    8-lane rows (nothing else forced): both measured and predicted times, the ratio, and whether
+    the model orders them as measured (the planner takes the tiled dot products only once a GPU
+    has timed them)."""
     def key(r: PhaseRow) -> tuple:
-        return r.hidden, r.batch, r.direction, r.forced_step_sync
+        return r.path, r.hidden, r.batch, r.direction, r.forced_step_sync
 
-    usable = [r for r in rows if not r.error and r.measured_us_per_step is not None and r.path == "grid"
+    usable = [r for r in rows if not r.error and r.measured_us_per_step is not None and r.path in ("grid", "cluster")
               and not r.forced_run_time_passes and r.forced_units_per_pass is None]
     rows_of = {key(r): r for r in usable if not r.forced_tiled_dots}
     verdicts = []
@@ -1594,7 +1599,7 @@ def format_report(result: GpuCheckResult) -> str:
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = tiled_dots_verdicts(result.phase_rows)
     if verdicts:
-        lines += ["", "The grid path's tiled dot products against its 8 lanes per weight row (the same H, B and "
+        lines += ["", "The tiled dot products against 8 lanes per weight row (the same path, H, B and "
                   "step synchronisation):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = compiled_passes_verdicts(result.phase_rows)
