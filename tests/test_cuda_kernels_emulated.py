@@ -822,27 +822,26 @@ def test_grid_tiled_dots_under_every_schedule(samples, sm_count):
 def test_tiled_dots_are_planned_only_where_they_run():
     """Forced, the tiled dot products bind the grid and cluster paths: float64 rules them out
     (named), the samples per chunk are 4 or 8 on the grid path and 4 on the cluster path (others
-    forced: ruled out, named), a cluster CTA that would hold weight rows in registers (H = 1024:
-    the split kernels) is ruled out, named; the block path plans as before; their totals take
-    shared memory of their own (where both plans take the same launch shape); and the cost
-    model prices them faster at H = 1024, B = 32 and 128 (grid) and H = 512, B = 32 (cluster)
-    on the emulated H200 (fewer shared-memory wavefronts per multiply-add), a prediction until
-    a GPU times it (gpu-check)."""
+    forced: ruled out, named); the cluster path's split kernels take them at H = 1024 (two passes
+    of 32 units; four passes of 16 do not fit, named); the block path plans as before; their
+    totals take shared memory of their own (where both plans take the same launch shape); and
+    the cost model prices them faster at H = 1024, B = 32 and 128 (grid; cluster) and H = 512,
+    B = 32 (cluster) on the emulated H200 (fewer shared-memory wavefronts per multiply-add), a
+    prediction until a GPU times it (gpu-check)."""
     with launch_plan.forced_tiling(tiled_dots=True):
         for path in ("grid", "cluster"):
             refused = rnn_fused.plan(512, 32, torch.float64, path=None).candidate(path)
             assert not refused.feasible and "float32 only" in refused.reason, path
         block = rnn_fused.plan(64, 8, path=None).candidate("block")
         assert block.feasible and "tiled" not in block.reason
-        # (H = 1024: 64 rows a CTA over 16 CTAs, too many for shared memory, held in part in
-        # registers by the 8-lane kernels at 2 passes of 32, refused for 4 passes of 16)
+        # (H = 1024: 64 rows a CTA over 16 CTAs, too many for shared memory: the split kernels
+        # hold part of each in registers, in the tile's layout; 4 passes of 16 do not fit)
         split = rnn_fused.plan(1024, 32, path=None).candidate("cluster")
-        assert not split.feasible and "shared memory" in split.reason, split.reason
-        with pytest.raises(ValueError, match="cluster.*shared memory"):
-            rnn_fused.plan(1024, 32, path="cluster")
-        with launch_plan.forced_tiling(tiled_dots=True, units_per_pass=32):
-            split = rnn_fused.plan(1024, 32, path=None).candidate("cluster")
-        assert "tiled dot products read every weight row from shared memory" in split.reason, split.reason
+        assert split.feasible and split.tiled_dots and split.samples == 4 and split.units_per_pass == 32
+        assert "each tile's first 4 rows in registers up to column 384 and its last 4 up to 256" in split.reason
+        with launch_plan.forced_tiling(tiled_dots=True, units_per_pass=16):
+            with pytest.raises(ValueError, match="cluster.*shared memory"):
+                rnn_fused.plan(1024, 32, path="cluster")
     with launch_plan.forced_tiling(tiled_dots=True, samples=2):
         refused = rnn_fused.plan(1024, 32, path=None).candidate("grid")
         assert not refused.feasible and "grid path's tiled dot products take 4 or 8 samples per chunk, not 2" in \
@@ -851,12 +850,13 @@ def test_tiled_dots_are_planned_only_where_they_run():
         refused = rnn_fused.plan(512, 32, path=None).candidate("cluster")
         assert not refused.feasible and "cluster path's tiled dot products take 4 samples per chunk, not 8" in \
             refused.reason
-    with launch_plan.forced_tiling(samples=4):
-        plain = rnn_fused.plan(512, 32, path="cluster")
-    with launch_plan.forced_tiling(samples=4, tiled_dots=True):
-        tiled = rnn_fused.plan(512, 32, path="cluster")
-    assert tiled.tiled_dots and tiled.predicted_us_per_step < 0.8 * plain.predicted_us_per_step, (plain.reason,
-                                                                                                   tiled.reason)
+    for hidden, batch in ((512, 32), (1024, 28), (1024, 128)):
+        with launch_plan.forced_tiling(samples=4):
+            plain = rnn_fused.plan(hidden, batch, path="cluster")
+        with launch_plan.forced_tiling(samples=4, tiled_dots=True):
+            tiled = rnn_fused.plan(hidden, batch, path="cluster")
+        assert tiled.tiled_dots and tiled.predicted_us_per_step < 0.8 * plain.predicted_us_per_step, (plain.reason,
+                                                                                                       tiled.reason)
     with pytest.raises(TypeError, match="tiled_dots must be a bool"):
         with launch_plan.forced_tiling(tiled_dots=1):
             pass
@@ -900,6 +900,36 @@ def test_cluster_tiled_dots_round_as_the_grid_paths(hidden):
     assert any(ctas > 1 for ctas, _ in shapes), shapes
     if hidden == 37:
         assert any(partial for _, partial in shapes), shapes
+    _assert_tiles_round_alike(hidden, batch, lengths, runs)
+
+
+@pytest.mark.parametrize("hidden", [777, 800, 1024])
+def test_cluster_split_tiled_dots_round_as_the_grid_paths(hidden):
+    """Past H = 768 the cluster path's split kernels at 4 samples (16 CTAs of up to 64 units,
+    part of each row in registers) take the tiled dot products with their registers and shared
+    rows in the tile's layout (each tile's first 4 rows to column 384, its last 4 to 256;
+    recurrence_paths.cuh kTiledSplitTileRows), in the other tiled paths' order: forward and
+    backward with lengths, randomized truncation and recorded norms, under the cluster barrier
+    and the asynchronous exchange, bitwise the grid path's tiled results and within the
+    tolerance rule of float64. H = 777 and 800: rows of 195 and 200 chunks of the 256 compiled,
+    CTAs of 49-56 units (a partial tile or a warp without one, a last CTA of fewer); H = 1024: 16
+    CTAs of 64 (8 tiles)."""
+    batch = 5
+    lengths = torch.tensor([5, 6, 2, 6, 1])
+    grid, tiles = _block_run_with_norms(32, hidden, batch, lengths, path="grid", samples=4, step_sync="grid_barrier",
+                                        tiled_dots=True)
+    assert tiles == {(4, 32)}
+    runs = [grid]
+    for sync in launch_plan.CLUSTER_STEP_SYNCS:
+        with simt.emulated_device(sm_count=16, sms_per_gpc=0), \
+                launch_plan.forced_tiling(samples=4, step_sync=sync, tiled_dots=True):
+            plans = [rnn_fused.plan(hidden, batch, path="cluster", backward=b) for b in (False, True)]
+        assert all(p.tiled_dots and p.compiled_passes == 2 and
+                   "each tile's first 4 rows in registers" in p.reason for p in plans), [p.reason for p in plans]
+        results, tiles = _block_run_with_norms(16, hidden, batch, lengths, path="cluster", samples=4,
+                                               step_sync=sync, tiled_dots=True)
+        assert tiles == {(4, 32)}
+        runs.append(results)
     _assert_tiles_round_alike(hidden, batch, lengths, runs)
 
 

@@ -329,6 +329,11 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
     work.chunk_iterations = (padded_row(r.hidden, vec) / vec + kWarp - 1) / kWarp;
     work.outputs_per_lane = 1;
     work.tile_lanes = kWarp;
+    // The Cluster path's split kernels in the tile's layout: 20 of the 64 chunks of a lane's 8
+    // rows in registers (kTiledSplitFirstChunks and kTiledSplitLastChunks), as whole rows of it.
+    if (work.register_passes > 0) {
+      work.register_passes = double(4 * (kTiledSplitFirstChunks + kTiledSplitLastChunks)) / double(work.chunk_iterations);
+    }
   }
   switch (path) {
     case RecurrencePath::Grid:
@@ -589,12 +594,6 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
-      if (tiled && register_rows > 0) {
-        limit = "the cluster path's tiled dot products read every weight row from shared memory, and a CTA of " +
-                std::to_string(units) + " units at hidden_size " + std::to_string(r.hidden) + " holds " +
-                std::to_string(register_rows) + " of its rows in registers";
-        continue;
-      }
       const SharedLayout<scalar_t> layout =
           SharedLayout<scalar_t>::make(r.hidden, tiling, kPath, r.backward, 0, passes, iterations);
       int64_t smem = layout.bytes;
@@ -687,7 +686,11 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                          ? ", dot products on " + std::to_string(per_pass * kUnitLanes / kWarp) + " warps (" +
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
-                    ((kPath == RecurrencePath::Block && passes > 0) || register_rows > 0
+                    (tiled && register_rows > 0
+                         ? ", each tile's first 4 rows in registers up to column " +
+                               std::to_string(kTiledSplitFirstColumn) + " and its last 4 up to " +
+                               std::to_string(kTiledSplitLastColumn) + ", the rest in shared memory"
+                     : (kPath == RecurrencePath::Block && passes > 0) || register_rows > 0
                          ? register_rows > 0 && register_rows < units
                                ? ", the weight rows of " + std::to_string(register_rows / kUnitsPerPass) +
                                      (register_rows > kUnitsPerPass ? " passes" : " pass") + " in registers" +
@@ -796,9 +799,7 @@ void launch_persistent(const RecurrencePlan& plan, bool backward, const Args& ar
   }
   // (Only the kernels that compile the tiled dot products take a launch shape with them.)
   TORCH_INTERNAL_ASSERT(plan.tiling.tiled_dots == 0 ||
-                            (tiled_dots_allowed(plan.path, std::is_same_v<scalar_t, double>, plan.tiling.samples) &&
-                             SharedLayout<scalar_t>::register_rows(args.shape.hidden, plan.tiling, plan.path,
-                                                                   plan.compiled_passes) == 0),
+                            tiled_dots_allowed(plan.path, std::is_same_v<scalar_t, double>, plan.tiling.samples),
                         "rnn_fused: a tiled launch shape for a kernel without tiled dot products");
   const dim3 block(kRecurrenceThreads);
   bool plain_backward = false;

@@ -76,10 +76,10 @@ struct RecurrenceTiling {
 
 // Whether a launch of `path` can take the tiled dot products (RecurrenceTiling::tiled_dots), a
 // warp's tile of tiled_units(S) x S values, one per lane: float32, the Grid path's kernels at 4 or
-// 8 samples per chunk, the Cluster path's at 4 whose weight rows are all in shared memory (not
-// the kernels that hold rows in registers: the planner rules those shapes out). The Cluster
-// path's 8-sample kernels are left out: their registers (up to 246 on sm_90 without the tile,
-// benchmarks/nvcc_resource_usage.txt) leave no room for a second dot-product mapping.
+// 8 samples per chunk, the Cluster path's at 4 (those with every weight row in shared memory, and
+// its split kernels at H = 769-1024 with their held rows in the tile's layout: kTiledSplit). The
+// Cluster path's 8-sample kernels are left out: their registers (up to 246 on sm_90 without the
+// tile, benchmarks/nvcc_resource_usage.txt) leave no room for a second dot-product mapping.
 SIMT_HOST_DEVICE constexpr bool tiled_dots_allowed(RecurrencePath path, bool fp64, int64_t samples) {
   if (fp64) return false;
   if (path == RecurrencePath::Grid) return samples == 4 || samples == 8;
@@ -92,6 +92,18 @@ SIMT_HOST_DEVICE constexpr int64_t tile_totals_of(const RecurrenceTiling& t) {
   const int64_t units = tiled_units(t.samples);
   return (int64_t(t.units_per_cta) + units - 1) / units * units * t.samples;
 }
+
+// The Cluster path's split kernels at 4 samples with the tiled dot products
+// (RecurrenceCta::kTiledSplit): a lane holds, in the same 20 registers of 16-byte chunks as the
+// 8-lane split's, the chunks l, l + 32, l + 64 of its warp's tile's first 4 rows (columns below
+// kTiledSplitFirstColumn) and l, l + 32 of its last 4 (below kTiledSplitLastColumn); shared
+// memory holds the rest of every row: the last 4 rows of each tile at `weights`
+// ([tiles x 4][R - 256]), the first 4 at `held_tails` ([tiles x 4][R - 384]); at 64 units a CTA
+// 45,056 floats, as many as the 8-lane split's.
+inline constexpr int kTiledSplitTileRows = 8;             // tiled_units(4)
+inline constexpr int kTiledSplitFirstChunks = 3, kTiledSplitLastChunks = 2;  // chunk iterations of 32 lanes
+inline constexpr int64_t kTiledSplitFirstColumn = kTiledSplitFirstChunks * kWarp * 4;  // 384
+inline constexpr int64_t kTiledSplitLastColumn = kTiledSplitLastChunks * kWarp * 4;    // 256
 
 SIMT_BEGIN_WORLD
 
@@ -469,6 +481,11 @@ struct SharedLayout {
     l.held_tails = (int64_t(t.units_per_cta) - held) * l.row;
     l.tail_row = held > 0 ? held_row_tail(l.row, t, path, compiled_iterations) : 0;
     l.states = l.held_tails + held * l.tail_row;
+    if (held > 0 && t.tiled_dots != 0) {  // the Cluster split's tiled layout (RecurrenceCta::kTiledSplit)
+      const int64_t rows = (int64_t(t.units_per_cta) + kTiledSplitTileRows - 1) / kTiledSplitTileRows * (kTiledSplitTileRows / 2);
+      l.held_tails = rows * (l.row - kTiledSplitLastColumn);
+      l.states = l.held_tails + rows * (l.row - kTiledSplitFirstColumn);
+    }
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     l.tile_totals = l.states + buffers * int64_t(t.samples) * l.row;
     const int64_t scalar_bytes = (l.tile_totals + tile_totals_of(t)) * int64_t(sizeof(scalar_t));
@@ -1020,17 +1037,26 @@ struct RecurrenceCta {
   static constexpr bool kSplitWeights = kRegisterWeights && (kPasses > kRegisterPasses || kClusterSplit);
   // The tiled dot products compiled in (taken where RecurrenceTiling::tiled_dots asks): the Grid
   // path's float32 kernels at 4 or 8 samples and the Cluster path's at 4 with every weight row in
-  // shared memory, a warp's tile kTileUnits units x kSamples samples. (The host launches no other
+  // shared memory, a warp's tile kTileUnits units x kSamples samples (the Cluster path's split
+  // kernels: kTiledSplit below). (The host launches no other
   // kernel with tiled_dots set: launch_persistent asserts it. A device-side check cost the
   // float64 grid backward at 8 samples, at 255 registers, a spill.) The layer stacks' CTAs, of
   // the same type, leave them out (for_each_output's kMayTile).
   static constexpr bool kTiledDots =
       tiled_dots_allowed(kPath, sizeof(scalar_t) == 8, kSamples) && !kRegisterWeights;
   static constexpr int kTileUnits = kTiledDots ? tiled_units(kSamples) : 1;
+  // The Cluster path's split kernels at 4 samples take the tiled dot products at run time too
+  // (tiling.tiled_dots), with their held registers and shared rows in the tile's layout
+  // (kTiledSplitTileRows; for_each_tiled_split_output).
+  static constexpr bool kTiledSplit = kClusterSplit && sizeof(scalar_t) == 4 && kSamples == 4;
   static constexpr int kHeldPasses = !kSplitWeights ? kRegisterPasses
                                      : kStagedRows  ? kPasses
                                                     : held_register_passes(kPath, kPasses, kIterations, kSamples);
   static constexpr int kHeldIterations = kRegisterWeights ? held_register_iterations(kPath, kIterations, kSamples) : 1;
+  static_assert(!kTiledSplit || (kHeldPasses == 1 && kHeldIterations == 4 * kTiledSplitFirstChunks +
+                                                                         4 * kTiledSplitLastChunks &&
+                                 kIterations * kUnitLanes == 8 * kWarp),
+                "the tiled split holds the 8-lane split's registers, over rows of 8 chunks a lane");
   // The held rows' chunk iterations past the registers' in shared memory (the Cluster path's
   // split at 2 and 4 samples): from column kTailBegin on, held_tail_row.
   static constexpr bool kHeldTails = kRegisterWeights && kHeldIterations < kIterations;
@@ -1256,6 +1282,12 @@ struct RecurrenceCta {
   // weights only those past the register passes, the others straight into registers. All
   // threads call it.
   SIMT_DEVICE void load_weights(const scalar_t* w) {
+    if constexpr (kTiledSplit) {
+      if (tiling.tiled_dots != 0) {
+        load_tiled_split(w, false);
+        return;
+      }
+    }
     load_padded_rows(w, weights, place.unit_begin + kFirstSharedUnit, shared_units(), rows_total, hidden, row);
     load_register_rows(w, false);
     load_held_tails(w, false);
@@ -1276,6 +1308,12 @@ struct RecurrenceCta {
   // threads read consecutive units of one row of w, so the global loads are coalesced; the
   // strided shared-memory stores happen once per launch. All threads call it.
   SIMT_DEVICE void load_weights_transposed(const scalar_t* w) {
+    if constexpr (kTiledSplit) {
+      if (tiling.tiled_dots != 0) {
+        load_tiled_split(w, true);
+        return;
+      }
+    }
     const int64_t count = shared_units();
     const int64_t total = count * row;
     for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
@@ -1284,6 +1322,56 @@ struct RecurrenceCta {
     }
     load_register_rows(w, true);
     load_held_tails(w, true);
+  }
+
+  // kTiledSplit with the tiled dot products: the lane's chunks of its warp's tile rows into
+  // registers (weight_registers[0], tiled_split_register), read from global memory once per
+  // launch, and the rest of every row of the CTA into the two shared regions (row u of w, or of
+  // w^T; rows past the CTA's units zero). All threads call it.
+  SIMT_DEVICE void load_tiled_split(const scalar_t* w, bool transposed) {
+    if constexpr (kTiledSplit) {
+      const int warp = static_cast<int>(threadIdx.x) / kWarp, lane = static_cast<int>(threadIdx.x) % kWarp;
+      const int h = static_cast<int>(hidden);  // (32-bit offsets, as load_register_rows)
+      SIMT_UNROLL
+      for (int i = 0; i < kTiledSplitTileRows; ++i) {
+        const int u_local = warp * kTiledSplitTileRows + i, u = static_cast<int>(place.unit_begin) + u_local;
+        const bool owned = u_local < units;
+        SIMT_UNROLL
+        for (int j = 0; j < kTiledSplitFirstChunks; ++j) {  // (a bound known to every compiler)
+          if (j >= (i < 4 ? kTiledSplitFirstChunks : kTiledSplitLastChunks)) break;
+          Vec16<scalar_t> v{};
+          SIMT_UNROLL
+          for (int e = 0; e < 4; ++e) {
+            const int k = (lane + j * kWarp) * 4 + e;
+            if (owned && k < h) v.v[e] = w[transposed ? k * h + u : u * h + k];
+          }
+          weight_registers[0][tiled_split_register(i, j)] = v;
+        }
+      }
+      const int64_t rows = (units + kTiledSplitTileRows - 1) / kTiledSplitTileRows * kTiledSplitTileRows;
+      const int64_t total = rows * row;
+      for (int64_t at = threadIdx.x; at < total; at += blockDim.x) {
+        // (w^T: consecutive threads read consecutive units of one row of w)
+        const int64_t u_local = transposed ? at % rows : at / row, k = transposed ? at / rows : at % row;
+        const int i = static_cast<int>(u_local % kTiledSplitTileRows);
+        scalar_t* to = tiled_split_row(u_local / kTiledSplitTileRows, i);
+        const int64_t begin = i < 4 ? kTiledSplitFirstColumn : kTiledSplitLastColumn;
+        if (k < begin) continue;
+        const int64_t u = place.unit_begin + u_local;
+        to[k] = (u_local < units && k < hidden) ? w[transposed ? k * hidden + u : u * hidden + k] : scalar_t(0);
+      }
+    }
+  }
+
+  // kTiledSplit: the register of weight_registers[0] holding chunk l + 32 j of tile row i.
+  static SIMT_HOST_DEVICE constexpr int tiled_split_register(int i, int j) {
+    return i < 4 ? i * kTiledSplitFirstChunks + j : 4 * kTiledSplitFirstChunks + (i - 4) * kTiledSplitLastChunks + j;
+  }
+  // kTiledSplit: row i of tile `tile` in shared memory, addressed as the whole row would be (its
+  // column k at k, for k past the row's registers; the addresses before never read).
+  SIMT_DEVICE __forceinline__ scalar_t* tiled_split_row(int64_t tile, int i) const {
+    return i < 4 ? held_tails + (tile * 4 + i) * (row - kTiledSplitFirstColumn) - kTiledSplitFirstColumn
+                 : weights + (tile * 4 + i - 4) * (row - kTiledSplitLastColumn) - kTiledSplitLastColumn;
   }
 
   // kHeldTails: the columns from kTailBegin on of the rows held in registers (row u of w, or
@@ -1538,6 +1626,12 @@ struct RecurrenceCta {
         return;
       }
     }
+    if constexpr (kTiledSplit && kMayTile) {
+      if (tiling.tiled_dots != 0) {  // (uniform over the launch)
+        for_each_tiled_split_output(current, epilogue);
+        return;
+      }
+    }
     const bool staged_in_pieces = !kStateInShared && tiling.chunks == 1 && !tagged_exchange();  // uniform
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
@@ -1632,6 +1726,13 @@ struct RecurrenceCta {
       if (computes_tile) tile_totals[tile * kTileValues + lane] = reduce_scatter_warp_tile(acc, lane);
     }
     __syncthreads();  // every tile's totals
+    run_tiled_epilogues(epilogue);
+  }
+
+  // After the tiles' totals are in tile_totals (and a barrier): the epilogues of the lanes that
+  // own outputs in the 8-lane mapping, in its order (for_each_output's).
+  template <class Epilogue>
+  SIMT_DEVICE __forceinline__ void run_tiled_epilogues(Epilogue&& epilogue) const {
     SIMT_UNROLL
     for (int batch = 0; batch < kBatches; ++batch) {
       const int first_pass = batch * kBatch;
@@ -1644,6 +1745,42 @@ struct RecurrenceCta {
           epilogue(batch, k, place.unit_begin + u_local, tile_totals[u_local * kSamples + first_sample + k]);
         }
       }
+    }
+  }
+
+  // for_each_tiled_output for kTiledSplit: warp w's tile is the CTA's units 8w .. 8w + 7 (one
+  // round: 64 units at most), lane l adds chunks l, l + 32, ... of each tile row, from its
+  // registers or from shared memory (tiled_split_row), in the order of add_tile_dots, so the
+  // sums are the other tiled paths' bit for bit. Every thread calls it once per step.
+  template <class Epilogue>
+  SIMT_DEVICE __forceinline__ void for_each_tiled_split_output(const scalar_t* current, Epilogue&& epilogue) const {
+    if constexpr (kTiledSplit) {
+      constexpr int kRows = kTiledSplitTileRows;
+      constexpr int kChunkRounds = kIterations * kUnitLanes / kWarp;  // 8: the rows' chunks over 32 lanes
+      const int warp = static_cast<int>(threadIdx.x) / kWarp, lane = static_cast<int>(threadIdx.x) % kWarp;
+      if (int64_t(warp) * kRows < units) {  // (uniform over the warp)
+        scalar_t acc[kRows][kSamples];
+        zero_tile(acc);
+        const scalar_t* rows[kRows];
+        SIMT_UNROLL
+        for (int i = 0; i < kRows; ++i) rows[i] = tiled_split_row(warp, i);
+        SIMT_UNROLL
+        for (int j = 0; j < kChunkRounds; ++j) {
+          const int c = lane + j * kWarp;
+          Vec16<scalar_t> h[kSamples];
+          load_state_chunks(current, row, c, h);
+          SIMT_UNROLL
+          for (int i = 0; i < kRows; ++i) {
+            const bool held = j < (i < 4 ? kTiledSplitFirstChunks : kTiledSplitLastChunks);
+            accumulate_chunk(held ? weight_registers[0][tiled_split_register(i, held ? j : 0)]
+                                  : load_vec(rows[i] + c * vec_size<scalar_t>()),
+                             h, acc[i]);
+          }
+        }
+        tile_totals[warp * kTileValues + lane] = reduce_scatter_warp_tile(acc, lane);
+      }
+      __syncthreads();  // every tile's totals
+      run_tiled_epilogues(epilogue);
     }
   }
 

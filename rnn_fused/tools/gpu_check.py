@@ -210,8 +210,8 @@ class PhaseShape:
 # B = 8 the block path's lane-row step beside the planner's general kernels (on 2026-12-04 it
 # measured 0.91x their step forward, 0.73x backward, under the phase clock). The grid path's tiled
 # dot products (forced_tiling's tiled_dots; never timed) beside its 8-lane rows at H = 1024, B = 32
-# with the grid barrier and at B = 128, and the cluster path's beside its own at H = 256 and 512,
-# B = 32 (every weight row in shared memory; tiled_dots_verdicts).
+# with the grid barrier and at B = 128, and the cluster path's beside its own at H = 256, 512 and
+# 1024, B = 32 (every weight row in shared memory; at 1024 the split kernels; tiled_dots_verdicts).
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
@@ -223,7 +223,7 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), P
                       for per_pass in (16, 32) for run_time in (False, True)],
                     PhaseShape(1024, 32, "grid", step_sync="grid_barrier", tiled_dots=True),
                     PhaseShape(1024, 128, "grid", tiled_dots=True),
-                    *[PhaseShape(hidden, 32, "cluster", tiled_dots=tiled) for hidden in (256, 512)
+                    *[PhaseShape(hidden, 32, "cluster", tiled_dots=tiled) for hidden in (256, 512, 1024)
                       for tiled in (False, True)]]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block", 4, lane_rows_step=True),
                          PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
