@@ -332,7 +332,7 @@ inline cost::StepTerms predicted_step_terms(const cost::Constants& model, Recurr
     // The Cluster path's split kernels in the tile's layout: 20 of the 64 chunks of a lane's 8
     // rows in registers (kTiledSplitFirstChunks and kTiledSplitLastChunks), as whole rows of it.
     if (work.register_passes > 0) {
-      work.register_passes = double(4 * (kTiledSplitFirstChunks + kTiledSplitLastChunks)) / double(work.chunk_iterations);
+      work.register_passes = double(kTiledSplitHalfRows * (kTiledSplitFirstChunks + kTiledSplitLastChunks)) / double(work.chunk_iterations);
     }
   }
   switch (path) {

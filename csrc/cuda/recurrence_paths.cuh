@@ -101,6 +101,7 @@ SIMT_HOST_DEVICE constexpr int64_t tile_totals_of(const RecurrenceTiling& t) {
 // ([tiles x 4][R - 256]), the first 4 at `held_tails` ([tiles x 4][R - 384]); at 64 units a CTA
 // 45,056 floats, as many as the 8-lane split's.
 inline constexpr int kTiledSplitTileRows = 8;             // tiled_units(4)
+inline constexpr int kTiledSplitHalfRows = kTiledSplitTileRows / 2;  // the first rows (First*), then the last (Last*)
 inline constexpr int kTiledSplitFirstChunks = 3, kTiledSplitLastChunks = 2;  // chunk iterations of 32 lanes
 inline constexpr int64_t kTiledSplitFirstColumn = kTiledSplitFirstChunks * kWarp * 4;  // 384
 inline constexpr int64_t kTiledSplitLastColumn = kTiledSplitLastChunks * kWarp * 4;    // 256
@@ -482,7 +483,7 @@ struct SharedLayout {
     l.tail_row = held > 0 ? held_row_tail(l.row, t, path, compiled_iterations) : 0;
     l.states = l.held_tails + held * l.tail_row;
     if (held > 0 && t.tiled_dots != 0) {  // the Cluster split's tiled layout (RecurrenceCta::kTiledSplit)
-      const int64_t rows = (int64_t(t.units_per_cta) + kTiledSplitTileRows - 1) / kTiledSplitTileRows * (kTiledSplitTileRows / 2);
+      const int64_t rows = (int64_t(t.units_per_cta) + kTiledSplitTileRows - 1) / kTiledSplitTileRows * kTiledSplitHalfRows;
       l.held_tails = rows * (l.row - kTiledSplitLastColumn);
       l.states = l.held_tails + rows * (l.row - kTiledSplitFirstColumn);
     }
@@ -1053,8 +1054,8 @@ struct RecurrenceCta {
                                      : kStagedRows  ? kPasses
                                                     : held_register_passes(kPath, kPasses, kIterations, kSamples);
   static constexpr int kHeldIterations = kRegisterWeights ? held_register_iterations(kPath, kIterations, kSamples) : 1;
-  static_assert(!kTiledSplit || (kHeldPasses == 1 && kHeldIterations == 4 * kTiledSplitFirstChunks +
-                                                                         4 * kTiledSplitLastChunks &&
+  static_assert(!kTiledSplit || (kHeldPasses == 1 && kHeldIterations == kTiledSplitHalfRows * (kTiledSplitFirstChunks +
+                                                                                         kTiledSplitLastChunks) &&
                                  kIterations * kUnitLanes == 8 * kWarp),
                 "the tiled split holds the 8-lane split's registers, over rows of 8 chunks a lane");
   // The held rows' chunk iterations past the registers' in shared memory (the Cluster path's
@@ -1338,7 +1339,7 @@ struct RecurrenceCta {
         const bool owned = u_local < units;
         SIMT_UNROLL
         for (int j = 0; j < kTiledSplitFirstChunks; ++j) {  // (a bound known to every compiler)
-          if (j >= (i < 4 ? kTiledSplitFirstChunks : kTiledSplitLastChunks)) break;
+          if (j >= (i < kTiledSplitHalfRows ? kTiledSplitFirstChunks : kTiledSplitLastChunks)) break;
           Vec16<scalar_t> v{};
           SIMT_UNROLL
           for (int e = 0; e < 4; ++e) {
@@ -1355,7 +1356,7 @@ struct RecurrenceCta {
         const int64_t u_local = transposed ? at % rows : at / row, k = transposed ? at / rows : at % row;
         const int i = static_cast<int>(u_local % kTiledSplitTileRows);
         scalar_t* to = tiled_split_row(u_local / kTiledSplitTileRows, i);
-        const int64_t begin = i < 4 ? kTiledSplitFirstColumn : kTiledSplitLastColumn;
+        const int64_t begin = i < kTiledSplitHalfRows ? kTiledSplitFirstColumn : kTiledSplitLastColumn;
         if (k < begin) continue;
         const int64_t u = place.unit_begin + u_local;
         to[k] = (u_local < units && k < hidden) ? w[transposed ? k * hidden + u : u * hidden + k] : scalar_t(0);
@@ -1365,13 +1366,15 @@ struct RecurrenceCta {
 
   // kTiledSplit: the register of weight_registers[0] holding chunk l + 32 j of tile row i.
   static SIMT_HOST_DEVICE constexpr int tiled_split_register(int i, int j) {
-    return i < 4 ? i * kTiledSplitFirstChunks + j : 4 * kTiledSplitFirstChunks + (i - 4) * kTiledSplitLastChunks + j;
+    return i < kTiledSplitHalfRows ? i * kTiledSplitFirstChunks + j
+                                   : kTiledSplitHalfRows * kTiledSplitFirstChunks + (i - kTiledSplitHalfRows) * kTiledSplitLastChunks + j;
   }
   // kTiledSplit: row i of tile `tile` in shared memory, addressed as the whole row would be (its
   // column k at k, for k past the row's registers; the addresses before never read).
   SIMT_DEVICE __forceinline__ scalar_t* tiled_split_row(int64_t tile, int i) const {
-    return i < 4 ? held_tails + (tile * 4 + i) * (row - kTiledSplitFirstColumn) - kTiledSplitFirstColumn
-                 : weights + (tile * 4 + i - 4) * (row - kTiledSplitLastColumn) - kTiledSplitLastColumn;
+    constexpr int kHalf = kTiledSplitHalfRows;
+    return i < kHalf ? held_tails + (tile * kHalf + i) * (row - kTiledSplitFirstColumn) - kTiledSplitFirstColumn
+                     : weights + (tile * kHalf + i - kHalf) * (row - kTiledSplitLastColumn) - kTiledSplitLastColumn;
   }
 
   // kHeldTails: the columns from kTailBegin on of the rows held in registers (row u of w, or
@@ -1771,7 +1774,7 @@ struct RecurrenceCta {
           load_state_chunks(current, row, c, h);
           SIMT_UNROLL
           for (int i = 0; i < kRows; ++i) {
-            const bool held = j < (i < 4 ? kTiledSplitFirstChunks : kTiledSplitLastChunks);
+            const bool held = j < (i < kTiledSplitHalfRows ? kTiledSplitFirstChunks : kTiledSplitLastChunks);
             accumulate_chunk(held ? weight_registers[0][tiled_split_register(i, held ? j : 0)]
                                   : load_vec(rows[i] + c * vec_size<scalar_t>()),
                              h, acc[i]);
