@@ -28,12 +28,15 @@ from rnn_fused.truncation import RandomTruncation
 # "stack": a unidirectional stack in one launch (RNN.stack = True), the planner's path;
 # ("block", "lane_rows_step"): the block path's opt-in lane-row kernels (H <= 128 only);
 # ("grid", "tiled_dots"), ("cluster", "tiled_dots"): the opt-in tiled dot products (float32; the
-# grid path at 4 or 8 samples per chunk, the cluster path at 4).
+# grid path at 4 or 8 samples per chunk, the cluster path at 4); ("block", "operand_ring"): the
+# block path's general kernels with their step operands through the opt-in ring in shared memory
+# (cp.async copies ahead).
 LANE_ROWS = "lane_rows_step"
 TILED_DOTS = "tiled_dots"
+OPERAND_RING = "operand_ring"
 CASES = [(None, None), ("block", None), ("cluster", None), ("stepwise", None), ("grid", "grid_barrier"),
          ("grid", "flag_barrier"), ("grid", "tagged_exchange"), ("cluster", "async_exchange"), ("stack", None),
-         ("block", LANE_ROWS), ("grid", TILED_DOTS), ("cluster", TILED_DOTS)]
+         ("block", LANE_ROWS), ("grid", TILED_DOTS), ("cluster", TILED_DOTS), ("block", OPERAND_RING)]
 
 
 def run(device: str, backend: str | None, path: str | None, hidden: int, batch: int, steps: int,
@@ -80,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             if lane_rows and hidden > 128:
                 print(f"{name}: not run (the lane-row kernels take H <= 128)", flush=True)
                 continue
-            tiled = sync == TILED_DOTS
-            forced = {"lane_rows_step": True} if lane_rows else {"tiled_dots": True} if tiled else {"step_sync": sync}
+            tiled, ring = sync == TILED_DOTS, sync == OPERAND_RING
+            forced = ({"lane_rows_step": True} if lane_rows else {"tiled_dots": True} if tiled
+                      else {"operand_ring": True} if ring else {"step_sync": sync})
             try:
                 with rnn_fused.launch_plan.forced_tiling(**forced), true_float32_on_cuda():
                     if lane_rows:  # the block path must really run them, both directions
@@ -96,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
                                                   backward=backward).candidate(path)
                             if not plan.tiled_dots:
                                 raise AssertionError(f"{name}: the {path} plan has no tiled dot products: {plan.reason}")
+                    elif ring:  # the block path must really take its operands through the ring, both directions
+                        for backward in (False, True):
+                            plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,
+                                                  backward=backward, path="block")
+                            if "step operands" not in plan.reason:
+                                raise AssertionError(f"{name}: the block plan has no operand ring: {plan.reason}")
                     elif sync is not None:  # the path must really end its steps so, both directions
                         for backward in (False, True):
                             plan = rnn_fused.plan(hidden, args.batch, torch.float32, backend or device,

@@ -83,6 +83,9 @@ ForcedTiling set_forced_tiling(const ForcedTiling& tiling) {
   TORCH_CHECK_VALUE(sync >= -1 && sync <= 3,
                     "rnn_fused.launch_plan.forced_tiling: step_sync must be 'grid_barrier', 'flag_barrier', "
                     "'tagged_exchange' or 'async_exchange' (or None: each plan's own choice), got code ", sync);
+  TORCH_CHECK_VALUE(!(tiling.operand_ring && tiling.lane_rows_step),
+                    "rnn_fused.launch_plan.forced_tiling: operand_ring=True is the block path's general kernels' "
+                    "and lane_rows_step=True runs the lane-row step instead: force one of them, not both");
   return forced_tiling_setting.exchange(tiling);
 }
 

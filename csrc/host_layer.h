@@ -275,6 +275,11 @@ struct ForcedTiling {
   // are then ruled out there) instead of 8 lanes per weight row: not the planner's own choice
   // until a GPU has timed them (docs/cuda_backend.md, the tiled dot products).
   bool tiled_dots = false;
+  // The Block path's general kernels take each lane's step operands through a ring in shared
+  // memory, copied kOperandRingSteps steps ahead (RecurrenceTiling::operand_ring, OperandRing)
+  // instead of into registers one step ahead behind L1 prefetches: not the planner's own choice
+  // until a GPU has timed it.
+  bool operand_ring = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

@@ -481,6 +481,23 @@ def test_cluster_tiled_dots_round_as_the_grid_paths_on_this_gpu(hidden, batch):
         assert_within_tolerance(r, s_.double().cpu(), o.double().cpu(), name=name, ulps=8)
 
 
+@pytest.mark.parametrize("hidden,batch", [(64, 8), (128, 32), (200, 9)])
+def test_operand_ring_gives_the_results_of_the_loads_ahead_on_this_gpu(hidden, batch):
+    """The block path's general kernels with their step operands through the ring in shared
+    memory (forced_tiling's operand_ring: cp.async copies 4 steps ahead) on this GPU: bitwise
+    the results of the operands loaded one step ahead, and run to run, with randomized
+    truncation, lengths and recorded norms, forward and backward."""
+    loads_ahead = _truncated_run_with_norms("block", hidden, batch)
+    with rnn_fused.launch_plan.forced_tiling(operand_ring=True):
+        for backward in (False, True):
+            plan = rnn_fused.plan(hidden, batch, torch.float32, PLAN_DEVICE, backward=backward, path="block")
+            assert "step operands 4 steps ahead in shared memory" in plan.reason, plan.reason
+        ring = _truncated_run_with_norms("block", hidden, batch)
+        again = _truncated_run_with_norms("block", hidden, batch)
+    for a, r, g in zip(loads_ahead, ring, again, strict=True):
+        assert torch.equal(a, r) and torch.equal(r, g)
+
+
 @pytest.mark.parametrize("hidden,batch,samples", [(129, 5, 1), (170, 3, 1), (256, 8, 1), (129, 5, 2), (256, 8, 2)])
 def test_split_weights_round_like_the_grid_path(hidden, batch, samples):
     """Past H = 128 the block path's kernels hold the weight rows of the passes that 128

@@ -945,6 +945,92 @@ def test_cluster_tiled_dots_under_every_schedule(step_sync):
     assert plan.ctas_per_group > 1 and plan.groups == 2, plan.reason
 
 
+@pytest.mark.parametrize("hidden,samples,dtype,run_time_passes", [
+    (37, 1, torch.float32, False), (64, 4, torch.float32, False), (128, 8, torch.float32, False),
+    (200, 2, torch.float32, False), (100, 2, torch.float32, True), (45, 2, torch.float64, False)])
+def test_operand_ring_gives_the_results_of_the_loads_ahead(hidden, samples, dtype, run_time_passes):
+    """The block path's general kernels with their step operands through the ring in shared
+    memory (forced_tiling(operand_ring=True): XW_t forward, dy_t and h_t backward, each lane's
+    copied 4 steps ahead) compute the same sums of the same values: bitwise the results with
+    the operands loaded one step ahead, with lengths shorter than the ring (a lane's copies
+    stop at its sample's length), randomized truncation and recorded norms; on the kernels
+    compiled for their passes (H = 37-128 at 1, 4 and 8 samples per CTA; H = 200, split weights),
+    on those reading them at run time (forced), and in float64."""
+    batch = 9
+    lengths = torch.tensor([6, 2, 5, 6, 1, 1, 3, 6, 4])
+    forced = {"samples": samples, "run_time_passes": run_time_passes}
+    with simt.emulated_device(sm_count=2, sms_per_gpc=0), launch_plan.forced_tiling(**forced):
+        plain = [rnn_fused.plan(hidden, batch, dtype, path="block", backward=b) for b in (False, True)]
+        with launch_plan.forced_tiling(**forced, operand_ring=True):
+            ringed = [rnn_fused.plan(hidden, batch, dtype, path="block", backward=b) for b in (False, True)]
+    for p, r in zip(plain, ringed):
+        assert "step operands" not in p.reason and \
+            ", each lane's step operands 4 steps ahead in shared memory" in r.reason, r.reason
+        # the ring's room: 4 steps of 2 operands for each of the CTA's samples and units
+        ring_bytes = 4 * 2 * samples * r.units_per_cta * dtype.itemsize
+        assert r.shared_mem_bytes == p.shared_mem_bytes + ring_bytes, (p.shared_mem_bytes, r.shared_mem_bytes)
+    assert (plain[0].compiled_passes > 0) == (not run_time_passes and dtype == torch.float32), plain[0].reason
+    loads_ahead, _ = _block_run_with_norms(2, hidden, batch, lengths, dtype, **forced)
+    through_ring, _ = _block_run_with_norms(2, hidden, batch, lengths, dtype, **forced, operand_ring=True)
+    for a, b in zip(loads_ahead, through_ring, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_operand_ring_under_every_schedule():
+    """A lane that read its ring slot before waiting for the copies into it (the emulator makes
+    a copy when its group is waited for), or that refilled a slot it had yet to read, would see
+    stale values: the ring's forward and backward (reverse, full BPTT: the backward's plain copy)
+    are bitwise alike under every schedule, bitwise the loads ahead, within the tolerance rule of
+    the float64 reference and zero past each sample's length. The input is short enough for the
+    kernel to project it itself: the ring's first copies read what the CTA's threads wrote before
+    the barrier that ends the projection."""
+    batch, hidden = 5, 70
+    lengths = torch.tensor([7, 1, 3, 0, 5])
+    args = layer_args(7, batch, 3, hidden, dtype=torch.float64)
+    cast = [a.to(torch.float32) for a in args]
+    g = torch.Generator().manual_seed(3)
+    cotangents = [torch.randn(7, batch, hidden, generator=g, dtype=torch.float64),
+                  torch.randn(batch, hidden, generator=g, dtype=torch.float64)]
+    with simt.emulated_device(sm_count=2, sms_per_gpc=0):
+        with launch_plan.forced_tiling(samples=2):
+            assert launch_plan.kernel_projects_input(7, batch, 3, hidden)
+            loads_ahead = run_layer(cast, lengths, "tanh", True, "emulated", cotangents, "block")
+        with launch_plan.forced_tiling(samples=2, operand_ring=True):
+            assert "step operands 4 steps ahead" in rnn_fused.plan(hidden, batch, path="block", backward=True).reason
+            runs = []
+            for mode, seed in (("forward", 0), *simt.ALL_SCHEDULES):
+                with simt.schedule(mode, seed):
+                    runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, "block"))
+    for other in [loads_ahead, *runs[1:]]:
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b)
+    reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
+    stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)
+    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(runs[0]) - 2)]
+    for name, r, s_, o in zip(names, reference, stock, runs[0], strict=True):
+        assert_within_tolerance(r, s_, o, name=name)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.all(runs[0][0][n:, b] == 0)
+
+
+def test_operand_ring_is_the_block_paths_and_refused_with_the_lane_row_step():
+    """operand_ring binds the block path's general kernels only (the other paths plan as
+    before); with the lane-row step, which has its own operands' ring in registers, it is
+    refused, naming both; a value that is not a bool is refused as the other switches are."""
+    with simt.emulated_device(sm_count=4, sms_per_gpc=0):
+        before = rnn_fused.plan(256, 8, path="cluster")
+        with launch_plan.forced_tiling(operand_ring=True):
+            after = rnn_fused.plan(256, 8, path="cluster")
+    assert (before.reason, before.shared_mem_bytes) == (after.reason, after.shared_mem_bytes)
+    with pytest.raises(ValueError, match="operand_ring=True is the block path's general kernels' and "
+                                         "lane_rows_step=True runs the lane-row step instead"):
+        with launch_plan.forced_tiling(operand_ring=True, lane_rows_step=True):
+            pass
+    with pytest.raises(TypeError, match="operand_ring must be a bool, got 1"):
+        with launch_plan.forced_tiling(operand_ring=1):
+            pass
+
+
 def _cluster_device(sm_count, optin):
     """An emulated device of sm_count SMs, with at most `optin` bytes of shared memory per CTA
     (None: the default's)."""

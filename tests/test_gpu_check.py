@@ -495,6 +495,34 @@ def test_tiled_dots_verdicts_set_the_tiled_step_beside_the_eight_lane_rows(rehea
     assert gpu_check.step_sync_verdicts([plain, tiled]) == []
 
 
+def test_operand_ring_verdicts_set_the_ring_beside_the_loads_ahead(rehearsal):
+    """The phase rows at H = 9 with the block path's operand ring (forced) and without it (the
+    planner's general kernels): one line per direction with both times, both computes and the
+    ratio (the model prices the two alike: no ordering to check); the ring's rows take no part in
+    the lane-row, compiled-passes or warp-count verdicts, nor in fit-model's observations."""
+    _, out, report = rehearsal
+    rows = {(r["label"], r["direction"]): r for r in report["phase_rows"]}
+    for direction in ("forward", "backward"):
+        ring = rows[("9, 3 (operand ring)", direction)]
+        assert ring["forced_operand_ring"] and ring["path"] == "block", ring
+        assert "each lane's step operands 4 steps ahead in shared memory" in ring["plan"]["reason"], ring
+        assert "step operands" not in rows[("9, 3", direction)]["plan"]["reason"]
+    text = (out / "gpu_check.md").read_text()
+    assert "The block path's step operands through a ring in shared memory" in text
+    assert text.count("block at H, B = 9, 3, forward: the operand ring") == 1
+    from rnn_fused.tools import fit_model
+    assert not any("operand ring" in o.label for o in fit_model.phase_observations(report))
+    plain = _phase_row(32, 0.4, 0.33, path="block", hidden=64, batch=8, forced_units_per_pass=None,
+                       plan={"compiled_passes": 2}, compute_cycles=678.0)
+    ring = dataclasses.replace(plain, forced_operand_ring=True, measured_us_per_step=0.25, compute_cycles=380.0)
+    assert gpu_check.operand_ring_verdicts([plain, ring]) == [
+        "block at H, B = 64, 8, forward: the operand ring 0.250 µs/step (compute 380 cycles), operands one step "
+        "ahead 0.400 (compute 678): 1.60x (> 1: the ring faster; the model prices both alike)."]
+    assert gpu_check.operand_ring_verdicts([ring]) == []
+    assert gpu_check.compiled_passes_verdicts([plain, ring]) == []
+    assert gpu_check.lane_rows_verdicts([ring]) == []
+
+
 def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
     agree = gpu_check.warp_count_verdicts([_phase_row(32, 2.0, 3.58), _phase_row(16, 1.5, 3.14)])
     assert agree == ["grid at H, B = 1024, 32, forward: dot products on 4 warps 1.500 µs/step, on 8 warps 2.000 "
@@ -1038,6 +1066,7 @@ def test_the_sanitizer_workload_rehearses_on_the_emulator(capsys):
     assert "H=33 path=grid tiled_dots: ok" in printed and "H=200 path=grid tiled_dots: ok" in printed
     assert "H=33 path=cluster tiled_dots: ok" in printed and "H=200 path=cluster tiled_dots: ok" in printed
     assert "H=200 path=block lane_rows_step: not run (the lane-row kernels take H <= 128)" in printed
+    assert "H=33 path=block operand_ring: ok" in printed and "H=200 path=block operand_ring: ok" in printed
     assert printed.rstrip().endswith("all cases matched")
 
 

@@ -326,11 +326,26 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     // With one chunk, the drawn scale of the edge into step s of each of the lane's samples, read
     // during step s for step s - 1 (with the operands: the edge of step T - 1 is never read).
     scalar_t drawn_ahead[kOwned] = {};
+    // Or through shared memory (the Block path's OperandRing, where the tiling asks for it).
+    using Ring = OperandRing<scalar_t, Cta::kBatches, kOwned>;
+    std::conditional_t<Cta::kOperandRing, Ring, NoOperandRing> ring(cta, smem + layout.operand_ring, tiling);
+    const bool in_ring = Cta::kOperandRing && tiling.operand_ring != 0 && one_chunk;
+    const scalar_t* const ring_sources[2] = {a.dy, a.out};
     auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
-      lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t at) {
-        dy[batch][k] = a.dy[at];
-        h[batch][k] = a.out[at];
-      });
+      if (in_ring) {
+        if constexpr (Cta::kOperandRing) {
+          ring.wait_oldest();
+          lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t) {
+            dy[batch][k] = *ring.at(s + ahead, 0, batch, k);
+            h[batch][k] = *ring.at(s + ahead, 1, batch, k);
+          });
+        }
+      } else {
+        lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t at) {
+          dy[batch][k] = a.dy[at];
+          h[batch][k] = a.out[at];
+        });
+      }
       if (reads_drawn) {
         const int64_t into = s + ahead + 1;  // the edge that step s + ahead reads
         SIMT_UNROLL
@@ -350,7 +365,12 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         });
       }
     };
-    if (one_chunk) {
+    if (in_ring) {
+      if constexpr (Cta::kOperandRing) {
+        for (int64_t ahead = 0; ahead < kOperandRingSteps; ++ahead) ring.issue(cta, lane, T - 1, -ahead, ring_sources);
+      }
+      load_operands(T - 1, 0);
+    } else if (one_chunk) {
       for (int64_t ahead = 1; ahead < Cta::kOperandL1Steps; ++ahead) prefetch_operands(T - 1, -ahead);
       load_operands(T - 1, 0);
     }
@@ -438,7 +458,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                          (s + 1) % 2, step_chunk, after_chunk, clock, barrier.step_arrivals());
       clock.lap(kComputePhase);
       barrier.arrive(s < T - 1 ? sums_in : 0u);
-      if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
+      if (in_ring) {  // (step s's slot, read during step s + 1, takes step s - kOperandRingSteps's)
+        if constexpr (Cta::kOperandRing) ring.issue(cta, lane, s, -kOperandRingSteps, ring_sources);
+        if (s > 0) load_operands(s, -1);
+        lane.move(-1);
+      } else if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, -Cta::kOperandL1Steps);
         if (s > 0) load_operands(s, -1);
         lane.move(-1);
@@ -465,6 +489,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         }
         clock.lap(kComputePhase);
       }
+    }
+    if constexpr (Cta::kOperandRing) {
+      if (in_ring) ring.finish();  // (the copies of the steps before 0: empty groups)
     }
     clock.store();
     if (norms) {

@@ -151,7 +151,23 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
         lane.for_each_valid(cta, s, ahead, [&](int, int, int64_t at) { simt::prefetch_l1(a.out + at); });
       }
     };
-    if (one_chunk) {
+    // Or through shared memory (the Block path's OperandRing, where the tiling asks for it).
+    using Ring = OperandRing<scalar_t, Cta::kBatches, kOwned>;
+    std::conditional_t<Cta::kOperandRing, Ring, NoOperandRing> ring(cta, smem + layout.operand_ring, tiling);
+    const bool in_ring = Cta::kOperandRing && tiling.operand_ring != 0 && one_chunk;
+    const scalar_t* const ring_sources[1] = {a.out};
+    auto read_ring = [&](int64_t s, int64_t ahead) {  // step s + ahead's from its slot (the lane at step s)
+      if constexpr (Cta::kOperandRing) {
+        ring.wait_oldest();
+        lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t) { xw[batch][k] = *ring.at(s + ahead, 0, batch, k); });
+      }
+    };
+    if (in_ring) {
+      if constexpr (Cta::kOperandRing) {
+        for (int64_t ahead = 0; ahead < kOperandRingSteps; ++ahead) ring.issue(cta, lane, 0, ahead, ring_sources);
+      }
+      read_ring(0, 0);
+    } else if (one_chunk) {
       for (int64_t ahead = 1; ahead < Cta::kOperandL1Steps; ++ahead) prefetch_operands(0, ahead);
       load_operands(0, 0);
     }
@@ -198,7 +214,11 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
                          s % 2, step_chunk, [](int64_t) {}, clock, barrier.step_arrivals());
       clock.lap(kComputePhase);
       barrier.arrive();
-      if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
+      if (in_ring) {  // (step s's slot, read during step s - 1, takes step s + kOperandRingSteps's)
+        if constexpr (Cta::kOperandRing) ring.issue(cta, lane, s, kOperandRingSteps, ring_sources);
+        read_ring(s, 1);
+        lane.move(1);
+      } else if (one_chunk) {  // (after the arrival: StepBarrier::arrive)
         prefetch_operands(s, Cta::kOperandL1Steps);  // (none past a sample's length, so none past T)
         load_operands(s, 1);
         lane.move(1);
@@ -208,6 +228,9 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
       if (stores_after_barrier) {  // step s's h_t (the lane is at step s + 1)
         lane.for_each_valid(cta, s + 1, -1, [&](int batch, int k, int64_t at) { a.out[at] = h_out[batch][k]; });
       }
+    }
+    if constexpr (Cta::kOperandRing) {
+      if (in_ring) ring.finish();  // (the copies of the steps past T: empty groups)
     }
     clock.store();
     barrier.finish();

@@ -560,6 +560,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
   }
   // The Grid and Cluster paths' tiled dot products where forced (not yet the planner's own choice).
   const bool tiled = (kPath == RecurrencePath::Grid || kPath == RecurrencePath::Cluster) && forced.tiled_dots;
+  // The Block path's operand ring where forced (RecurrenceTiling::operand_ring; opt-in).
+  const bool ring = kPath == RecurrencePath::Block && forced.operand_ring;
   if (tiled && r.fp64) {
     best.reason = "the tiled dot products run float32 only";
     return best;
@@ -590,7 +592,8 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                               .units_per_cta = static_cast<int32_t>(units),
                               .units_per_pass = per_pass,
                               .step_sync = step_sync,
-                              .tiled_dots = tiled ? 1 : 0};
+                              .tiled_dots = tiled ? 1 : 0,
+                              .operand_ring = ring ? 1 : 0};
       const int passes = compiled_passes_of(kPath, tiling, r.hidden, r.fp64, r.forced);
       const int iterations = compiled_iterations(kPath, passes, chunk_iterations_of(r.hidden, r.fp64), r.fp64, samples);
       const int64_t register_rows = SharedLayout<scalar_t>::register_rows(r.hidden, tiling, kPath, passes);
@@ -687,8 +690,9 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                                std::to_string(per_pass) + " units per pass)"
                          : "") +
                     (tiled && register_rows > 0
-                         ? ", each tile's first 4 rows in registers up to column " +
-                               std::to_string(kTiledSplitFirstColumn) + " and its last 4 up to " +
+                         ? ", each tile's first " + std::to_string(kTiledSplitHalfRows) +
+                               " rows in registers up to column " + std::to_string(kTiledSplitFirstColumn) +
+                               " and its last " + std::to_string(kTiledSplitHalfRows) + " up to " +
                                std::to_string(kTiledSplitLastColumn) + ", the rest in shared memory"
                      : (kPath == RecurrencePath::Block && passes > 0) || register_rows > 0
                          ? register_rows > 0 && register_rows < units
@@ -702,6 +706,9 @@ RecurrencePlan plan_persistent(const PlanRequest& r) {
                          : "") +
                     (passes > 0 ? ", the step compiled for its " + std::to_string(passes) + " pass(es)" : "") +
                     step_sync_text(static_cast<StepSync>(step_sync)) +
+                    (ring ? ", each lane's step operands " + std::to_string(kOperandRingSteps) +
+                                " steps ahead in shared memory"
+                          : "") +
                     (waves > 1 ? ", in " + std::to_string(waves) + " waves" : "");
     }
   }
@@ -733,7 +740,7 @@ std::string plan_key(const PlanRequest& r) {
                     int64_t(d.regs_per_block), int64_t(d.regs_per_sm), int64_t(d.cooperative_launch), r.hidden, r.batch,
                     int64_t(r.backward), int64_t(sizeof(scalar_t)), r.forced.samples, r.forced.units_per_pass,
                     r.forced.step_sync, int64_t(r.forced.run_time_passes), int64_t(r.forced.lane_rows_step),
-                    int64_t(r.forced.tiled_dots), r.side_by_side}) {
+                    int64_t(r.forced.tiled_dots), int64_t(r.forced.operand_ring), r.side_by_side}) {
     key += std::to_string(v) + ",";
   }
   return key;

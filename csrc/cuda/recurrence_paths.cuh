@@ -72,7 +72,17 @@ struct RecurrenceTiling {
   int32_t units_per_pass = 32; // 32 (every warp computes) or 16 (warps 0-3): kUnitsPerPassOptions
   int32_t step_sync = 0;       // Grid path: a StepSync (else 0)
   int32_t tiled_dots = 0;      // Grid and Cluster paths: 1 = the tiled dot products (kernel_common.cuh add_tile_dots)
+  int32_t operand_ring = 0;    // Block path: 1 = the step operands through shared memory (OperandRing)
 };
+
+// The Block path's operand ring (RecurrenceTiling::operand_ring, OperandRing): the steps ahead
+// a lane's operands are copied, and the operands per step it holds room for (the backward's two).
+inline constexpr int kOperandRingSteps = 4;  // (a power of 2: the slot is step & (steps - 1))
+inline constexpr int kOperandRingOperands = 2;
+SIMT_HOST_DEVICE constexpr int64_t operand_ring_scalars(const RecurrenceTiling& t) {
+  return t.operand_ring == 0 ? 0
+                             : int64_t(kOperandRingSteps) * kOperandRingOperands * t.samples * int64_t(t.units_per_cta);
+}
 
 // Whether a launch of `path` can take the tiled dot products (RecurrenceTiling::tiled_dots), a
 // warp's tile of tiled_units(S) x S values, one per lane: float32, the Grid path's kernels at 4 or
@@ -455,6 +465,7 @@ struct SharedLayout {
   int64_t held_tails;         // the tails of the rows held in registers in part (RecurrenceCta::kHeldTails)
   int64_t states;
   int64_t tile_totals;        // (tile_totals_of)
+  int64_t operand_ring;       // (operand_ring_scalars)
   int64_t tail_row;           // scalars of one held row's tail (0: none)
   int64_t unit_sums_offset;   // byte offsets of the double arrays (16-byte aligned)
   int64_t cta_sums_offset;
@@ -489,7 +500,8 @@ struct SharedLayout {
     }
     const int64_t buffers = state_buffers(path, t.chunks) + extra_buffers;
     l.tile_totals = l.states + buffers * int64_t(t.samples) * l.row;
-    const int64_t scalar_bytes = (l.tile_totals + tile_totals_of(t)) * int64_t(sizeof(scalar_t));
+    l.operand_ring = l.tile_totals + tile_totals_of(t);
+    const int64_t scalar_bytes = (l.operand_ring + operand_ring_scalars(t)) * int64_t(sizeof(scalar_t));
     l.unit_sums_offset = (scalar_bytes + 15) / 16 * 16;
     const int64_t unit_sums = with_norms ? 2 * int64_t(kUnitsPerPass) * t.samples : 0;
     l.cta_sums_offset = l.unit_sums_offset + unit_sums * int64_t(sizeof(double));
@@ -678,6 +690,67 @@ struct LaneOutputs {
       for (int k = 0; k < kOwned; ++k) at[batch][k] += shift;
     }
   }
+};
+
+// The Block path's operand ring (RecurrenceTiling::operand_ring; opt-in, forced_tiling's
+// operand_ring): a lane's step operands (XW_t forward; dy_t and h_t backward) copied from global
+// memory into shared memory kOperandRingSteps steps before the step that reads them
+// (simt::copy_async_scalar, one commit group per step), instead of into registers one step
+// ahead behind L1 prefetches. What it tests: whether a wait for those loads is what bounds the
+// short steps at H <= 128 (about 400 cycles a step that the instruction counts do not explain,
+// measured on the H200: docs/benchmarks.md). A lane copies and reads only its own outputs'
+// entries, so its own wait orders them: no barrier. Every lane issues and commits a group each
+// step (empty where it owns no valid output), so the groups' count is the same in every thread.
+template <typename scalar_t, int kBatches, int kOwned>
+struct OperandRing {
+  scalar_t* slots;                  // [kOperandRingSteps][kOperandRingOperands][S][U] (shared)
+  int64_t operand_stride;           // S * U
+  int32_t entry[kBatches][kOwned];  // output (batch, k)'s place in an operand's [S][U]
+
+  template <class Cta>
+  SIMT_DEVICE OperandRing(const Cta& cta, scalar_t* ring, const RecurrenceTiling& t)
+      : slots(ring), operand_stride(int64_t(t.samples) * t.units_per_cta) {
+    SIMT_UNROLL
+    for (int batch = 0; batch < kBatches; ++batch) {
+      SIMT_UNROLL
+      for (int k = 0; k < kOwned; ++k) entry[batch][k] = 0;
+    }
+    cta.for_each_owned_output(cta.place.sample_begin, [&](int batch, int k, int64_t, int64_t u) {
+      entry[batch][k] = static_cast<int32_t>((cta.first_sample + k) * int64_t(t.units_per_cta) + u -
+                                             cta.place.unit_begin);
+    });
+  }
+
+  SIMT_DEVICE __forceinline__ scalar_t* at(int64_t step, int operand, int batch, int k) const {
+    return slots + ((step & (kOperandRingSteps - 1)) * kOperandRingOperands + operand) * operand_stride +
+           entry[batch][k];
+  }
+
+  // Copies step s + ahead's operands (the lane at step s) from sources[o] into its slot; commits
+  // a group (an empty one for a step before 0).
+  template <class Cta, class Lane, int kOperands>
+  SIMT_DEVICE __forceinline__ void issue(const Cta& cta, const Lane& lane, int64_t s, int64_t ahead,
+                                         const scalar_t* const (&sources)[kOperands]) const {
+    static_assert(kOperands <= kOperandRingOperands, "the ring holds kOperandRingOperands operands a step");
+    if (s + ahead >= 0) {
+      lane.for_each_valid(cta, s, ahead, [&](int batch, int k, int64_t offset) {
+        SIMT_UNROLL
+        for (int o = 0; o < kOperands; ++o) simt::copy_async_scalar(at(s + ahead, o, batch, k), sources[o] + offset);
+      });
+    }
+    simt::commit_async();
+  }
+
+  // Waits for the oldest of the kOperandRingSteps groups in flight (the next step's operands).
+  SIMT_DEVICE __forceinline__ void wait_oldest() const { simt::wait_async<kOperandRingSteps - 1>(); }
+  // Waits for every group (before the thread exits).
+  SIMT_DEVICE __forceinline__ void finish() const { simt::wait_async<0>(); }
+};
+
+// The ring where a path's kernels have none (RecurrenceCta::kOperandRing false): nothing.
+struct NoOperandRing {
+  template <class Cta, class T>
+  SIMT_DEVICE NoOperandRing(const Cta&, T*, const RecurrenceTiling&) {}
 };
 
 // Grid path: rows [S][R] (shared) = rows [first, first + S) of the global state [B,H] (zero
@@ -1473,6 +1546,8 @@ struct RecurrenceCta {
   // one step ahead suffices.
   static constexpr int kOperandL1Steps = 4;
   static constexpr bool kOperandsAheadInL1 = kPath == RecurrencePath::Block && kSamples <= 4;
+  // The Block path's kernels can take the operands through shared memory instead (OperandRing).
+  static constexpr bool kOperandRing = kPath == RecurrencePath::Block;
 
   // f(batch, k, b, u) for each output this lane owns in the chunk of samples starting at
   // `first`: sample b = first + first_sample + k (those past the batch left out), unit u.

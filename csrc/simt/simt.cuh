@@ -53,6 +53,7 @@
 //   simt::copy_async_16(dst_shared, src_global), simt::commit_async(), simt::wait_async<N>()
 //                                  16-byte asynchronous copies into shared memory (cp.async) in
 //                                  groups; wait until at most N of this thread's groups are pending
+//   simt::copy_async_scalar(dst_shared, src_global)   the same for one 4- or 8-byte scalar
 //   SIMT_KERNEL_CHECK(cond, msg)   device-side assertion (trap on GPU, error in emulation)
 // Host-facing (launch planning, shared by both builds):
 //   simt::DeviceProperties simt::device_properties()

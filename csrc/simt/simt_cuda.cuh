@@ -84,6 +84,18 @@ __device__ inline void copy_async_16(T* dst_shared, const T* src_global) {
   *reinterpret_cast<uint4*>(dst_shared) = *reinterpret_cast<const uint4*>(src_global);
 #endif
 }
+// The same for one 4- or 8-byte scalar (cp.async.ca, through L1: the only sizes below 16 bytes
+// it takes).
+template <class T>
+__device__ inline void copy_async_scalar(T* dst_shared, const T* src_global) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(dst_shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(src_global), "n"(sizeof(T)) : "memory");
+#else
+  *dst_shared = *src_global;
+#endif
+}
 __device__ inline void commit_async() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");

@@ -462,7 +462,7 @@ void fiber_main(void* arg) {
   }
   if (!f->open_copies.empty() || !f->copy_groups.empty()) {
     const AsyncCopy& first = f->copy_groups.empty() ? f->open_copies.front() : f->copy_groups.front().front();
-    fail(L, "simt::copy_async_16 at " + site(first.where) + ": thread " + coords(*f) +
+    fail(L, std::string(first.bytes == 16 ? "simt::copy_async_16" : "simt::copy_async_scalar") + " at " + site(first.where) + ": thread " + coords(*f) +
                 " exited with asynchronous copies it never waited for (" + std::to_string(f->copy_groups.size()) +
                 " committed group(s), " + std::to_string(f->open_copies.size()) +
                 " uncommitted): simt::wait_async<0>() before they are read or the thread exits");
@@ -1054,7 +1054,7 @@ void* block_static_shared(const void* key, std::size_t bytes, std::size_t align,
 }
 
 void copy_async(void* dst, const void* src, std::size_t bytes, const std::source_location& where) {
-  constexpr const char* op = "simt::copy_async_16";
+  const char* op = bytes == 16 ? "simt::copy_async_16" : "simt::copy_async_scalar";
   Fiber* f = running_fiber(op);
   const Block& b = *f->block;
   const auto* last = static_cast<const char*>(dst) + bytes - 1;

@@ -296,6 +296,12 @@ template <class T>
 void copy_async_16(T* dst_shared, const T* src_global, std::source_location where = std::source_location::current()) {
   emu::copy_async(dst_shared, src_global, 16, where);
 }
+template <class T>
+void copy_async_scalar(T* dst_shared, const T* src_global,
+                       std::source_location where = std::source_location::current()) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "cp.async copies 4, 8 or 16 bytes");
+  emu::copy_async(dst_shared, src_global, sizeof(T), where);
+}
 inline void commit_async(std::source_location where = std::source_location::current()) { emu::commit_async(where); }
 template <int kPending>
 void wait_async(std::source_location where = std::source_location::current()) {

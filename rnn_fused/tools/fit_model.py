@@ -183,8 +183,10 @@ def phase_observations(report: dict) -> list[Observation]:
     found = []
     for row in report.get("phase_rows", []):
         # (A row forced to the kernels that read their passes at run time is not the planner's kernel;
-        # one forced to the grid or cluster path's tiled dot products is, its plan's tiled_dots priced by step_cost.)
-        if row.get("error") or not row.get("plan", {}).get("feasible") or row.get("forced_run_time_passes"):
+        # one forced to the grid or cluster path's tiled dot products is, its plan's tiled_dots priced by step_cost;
+        # one forced to the block path's operand ring is not either, and the model has no term for what it changes.)
+        if row.get("error") or not row.get("plan", {}).get("feasible") or row.get("forced_run_time_passes") or \
+                row.get("forced_operand_ring"):
             continue
         for term in ("stage", "compute", "barrier"):
             cycles = row.get(f"{term}_cycles")

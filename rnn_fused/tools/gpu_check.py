@@ -166,8 +166,9 @@ class PhaseShape:
     planner's; launch_plan.forced_tiling), whether its kernels read their passes at run
     time where a kernel compiled for them exists (forced_tiling's run_time_passes), whether
     the block path runs the lane-row step instead of its general kernels (forced_tiling's
-    lane_rows_step), and whether the grid or cluster path computes its dot products in warp-wide
-    tiles (forced_tiling's tiled_dots)."""
+    lane_rows_step), whether the grid or cluster path computes its dot products in warp-wide
+    tiles (forced_tiling's tiled_dots), and whether the block path's general kernels take their
+    step operands through a ring in shared memory (forced_tiling's operand_ring)."""
 
     hidden: int
     batch: int
@@ -178,6 +179,7 @@ class PhaseShape:
     run_time_passes: bool = False
     lane_rows_step: bool = False
     tiled_dots: bool = False
+    operand_ring: bool = False
 
     def label(self) -> str:
         forced = [f"{self.units_per_pass} units/pass"] if self.units_per_pass else []
@@ -185,6 +187,7 @@ class PhaseShape:
         forced += ["passes at run time"] if self.run_time_passes else []
         forced += ["lane-row step"] if self.lane_rows_step else []
         forced += ["tiled dot products"] if self.tiled_dots else []
+        forced += ["operand ring"] if self.operand_ring else []
         return f"{self.hidden}, {self.batch}" + (f" ({', '.join(forced)})" if forced else "")
 
 
@@ -212,6 +215,9 @@ class PhaseShape:
 # dot products (forced_tiling's tiled_dots; never timed) beside its 8-lane rows at H = 1024, B = 32
 # with the grid barrier and at B = 128, and the cluster path's beside its own at H = 256, 512 and
 # 1024, B = 32 (every weight row in shared memory; at 1024 the split kernels; tiled_dots_verdicts).
+# The block path's general kernels with their step operands through a ring in shared memory
+# (forced_tiling's operand_ring; never timed) beside the planner's at H, B = 64, 8 and 128, 32
+# (operand_ring_verdicts): whether a wait for the operands' loads bounds those steps.
 GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), PhaseShape(256, 8), PhaseShape(256, 8, "cluster"), PhaseShape(1024, 32),
                     PhaseShape(1024, 128, "grid"), PhaseShape(1024, 8, "cluster"),
                     PhaseShape(1024, 32, "grid", units_per_pass=32), PhaseShape(1024, 32, "grid", units_per_pass=16),
@@ -224,7 +230,9 @@ GPU_PHASE_SHAPES = [PhaseShape(64, 8), PhaseShape(64, 8, lane_rows_step=True), P
                     PhaseShape(1024, 32, "grid", step_sync="grid_barrier", tiled_dots=True),
                     PhaseShape(1024, 128, "grid", tiled_dots=True),
                     *[PhaseShape(hidden, 32, "cluster", tiled_dots=tiled) for hidden in (256, 512, 1024)
-                      for tiled in (False, True)]]
+                      for tiled in (False, True)],
+                    PhaseShape(64, 8, operand_ring=True), PhaseShape(128, 32),
+                    PhaseShape(128, 32, operand_ring=True)]
 EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block", 4, lane_rows_step=True),
                          PhaseShape(33, 2, "cluster", 4), PhaseShape(33, 2, "grid", 4),
                          PhaseShape(33, 2, "grid", 4, units_per_pass=32),
@@ -234,7 +242,8 @@ EMULATED_PHASE_SHAPES = [PhaseShape(9, 3, "block", 4), PhaseShape(9, 3, "block",
                          PhaseShape(9, 3, "block", 4, run_time_passes=True),
                          PhaseShape(33, 2, "cluster", 4, run_time_passes=True),
                          PhaseShape(33, 2, "grid", 4, step_sync="grid_barrier", tiled_dots=True),
-                         PhaseShape(33, 2, "cluster", 4, tiled_dots=True)]
+                         PhaseShape(33, 2, "cluster", 4, tiled_dots=True),
+                         PhaseShape(9, 3, "block", 4, operand_ring=True)]
 # What recorded norms and truncation cost over plain forward+backward (bptt_benchmark's
 # variants): one layer, where a backward runs its plain copy or its general kernel; and layer
 # stacks run in one launch ((T, B, I, H, directions, layers), RNN.stack = True: the block path's
@@ -443,6 +452,7 @@ class PhaseRow:
     forced_run_time_passes: bool = False  # launch_plan.forced_tiling's run_time_passes
     forced_lane_rows_step: bool = False  # launch_plan.forced_tiling's lane_rows_step
     forced_tiled_dots: bool = False  # launch_plan.forced_tiling's tiled_dots
+    forced_operand_ring: bool = False  # launch_plan.forced_tiling's operand_ring
     stage_cycles: float | None = None
     compute_cycles: float | None = None
     barrier_cycles: float | None = None
@@ -1106,11 +1116,12 @@ def measure_phase_rows(target: Target, shapes: list[PhaseShape]) -> list[PhaseRo
             row = PhaseRow(shape.label(), "backward" if backward else "forward", shape.hidden, shape.batch,
                            forced_units_per_pass=shape.units_per_pass, forced_step_sync=shape.step_sync,
                            forced_run_time_passes=shape.run_time_passes,
-                           forced_lane_rows_step=shape.lane_rows_step, forced_tiled_dots=shape.tiled_dots)
+                           forced_lane_rows_step=shape.lane_rows_step, forced_tiled_dots=shape.tiled_dots,
+                           forced_operand_ring=shape.operand_ring)
             try:
                 with forced_tiling(units_per_pass=shape.units_per_pass, step_sync=shape.step_sync,
                                    run_time_passes=shape.run_time_passes, lane_rows_step=shape.lane_rows_step,
-                                   tiled_dots=shape.tiled_dots):
+                                   tiled_dots=shape.tiled_dots, operand_ring=shape.operand_ring):
                     phases = step_phases(shape.hidden, shape.batch, shape.steps, backward, torch.float32,
                                          target.plan_device, shape.path)
                     row.plan = estimate_fields(plan(shape.hidden, shape.batch, torch.float32, target.plan_device,
@@ -1151,7 +1162,7 @@ def _forced_pair_verdicts(rows: list[PhaseRow], setting: str, names: dict, subje
     for row in rows:
         value = getattr(row, setting)
         if row.error or row.measured_us_per_step is None or value is None or row.forced_run_time_passes or \
-                row.forced_tiled_dots:
+                row.forced_tiled_dots or row.forced_operand_ring:
             continue
         timed.setdefault((row.hidden, row.batch, row.path, row.direction), {})[value] = row
     (first, first_name), (second, second_name) = names.items()
@@ -1199,8 +1210,10 @@ def compiled_passes_verdicts(rows: list[PhaseRow]) -> list[str]:
     run-time kernels), so there is no prediction to compare with."""
     pairs: dict[tuple, dict] = {}
     for row in rows:
-        if row.error or row.measured_us_per_step is None or row.plan.get("lane_rows") or row.forced_tiled_dots:
-            continue  # (the lane-row step has no passes: lane_rows_verdicts; tiled rows: tiled_dots_verdicts)
+        if row.error or row.measured_us_per_step is None or row.plan.get("lane_rows") or row.forced_tiled_dots or \
+                row.forced_operand_ring:
+            continue  # (the lane-row step has no passes: lane_rows_verdicts; tiled rows: tiled_dots_verdicts;
+            # the operand ring's: operand_ring_verdicts)
         key = (row.hidden, row.batch, row.path, row.direction, row.forced_units_per_pass, row.forced_step_sync)
         pairs.setdefault(key, {})[row.forced_run_time_passes] = row
     verdicts = []
@@ -1227,7 +1240,7 @@ def lane_rows_verdicts(rows: list[PhaseRow]) -> list[str]:
     for r in rows:
         key = (r.hidden, r.batch, r.direction)
         if r.error or r.measured_us_per_step is None or r.path != "block" or r.plan.get("lane_rows") or \
-                r.forced_run_time_passes or r.forced_units_per_pass or key not in lane:
+                r.forced_run_time_passes or r.forced_units_per_pass or r.forced_operand_ring or key not in lane:
             continue
         verdicts.append(_alternative_verdict(lane[key], r, "the lane-row step", "the general kernels"))
     return verdicts
@@ -1262,6 +1275,33 @@ def tiled_dots_verdicts(rows: list[PhaseRow]) -> list[str]:
         if key(tiled) in rows_of:
             verdicts.append(_alternative_verdict(tiled, rows_of[key(tiled)], "the tiled dot products",
                                                  "8 lanes per row"))
+    return verdicts
+
+
+def operand_ring_verdicts(rows: list[PhaseRow]) -> list[str]:
+    """Each block-path recurrence timed with its step operands through the ring in shared memory
+    (forced_tiling's operand_ring) beside the planner's general kernels at the same H, B and
+    direction (nothing else forced): both measured times and the ratio. The cost model prices the
+    two alike (it has no term for a wait on the operands), so there is no prediction to compare
+    with: a ring faster by about the unexplained wait (some 400 cycles a step at H = 64 on the
+    H200) says that wait was the operands' loads."""
+    def key(r: PhaseRow) -> tuple:
+        return r.hidden, r.batch, r.direction
+
+    usable = [r for r in rows if not r.error and r.measured_us_per_step is not None and r.path == "block"
+              and not r.plan.get("lane_rows") and not r.forced_run_time_passes and r.forced_units_per_pass is None]
+    plain = {key(r): r for r in usable if not r.forced_operand_ring}
+    verdicts = []
+    for ring in (r for r in usable if r.forced_operand_ring):
+        if key(ring) not in plain:
+            continue
+        base = plain[key(ring)]
+        gain = _ratio_text(_ratio(base.measured_us_per_step, ring.measured_us_per_step))
+        verdicts.append(f"block at H, B = {ring.hidden}, {ring.batch}, {ring.direction}: the operand ring "
+                        f"{ring.measured_us_per_step:.3f} µs/step (compute {_num(ring.compute_cycles, 0)} cycles), "
+                        f"operands one step ahead {base.measured_us_per_step:.3f} (compute "
+                        f"{_num(base.compute_cycles, 0)}): {gain}x (> 1: the ring faster; the model prices both "
+                        f"alike).")
     return verdicts
 
 
@@ -1601,6 +1641,11 @@ def format_report(result: GpuCheckResult) -> str:
     if verdicts:
         lines += ["", "The tiled dot products against 8 lanes per weight row (the same path, H, B and "
                   "step synchronisation):", ""]
+        lines += [f"- {verdict}" for verdict in verdicts]
+    verdicts = operand_ring_verdicts(result.phase_rows)
+    if verdicts:
+        lines += ["", "The block path's step operands through a ring in shared memory against one step ahead in "
+                  "registers (the same H and B):", ""]
         lines += [f"- {verdict}" for verdict in verdicts]
     verdicts = compiled_passes_verdicts(result.phase_rows)
     if verdicts:
