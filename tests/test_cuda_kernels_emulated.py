@@ -792,9 +792,17 @@ def _tiled_layer_under_every_schedule(path, batch, hidden, lengths, sm_count, **
         for mode, seed in (("forward", 0), *simt.ALL_SCHEDULES):
             with simt.schedule(mode, seed):
                 runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, path))
+    _assert_reverse_runs_alike_and_within_tolerance(args, cast, lengths, cotangents, runs)
+    return plan
+
+
+def _assert_reverse_runs_alike_and_within_tolerance(args, cast, lengths, cotangents, runs):
+    """runs: run_layer's results of the float32 `cast` of the float64 layer `args` (reverse,
+    tanh): bitwise alike, the first within the tolerance rule of the float64 reference (stock:
+    the reference in float32), its output zero past each sample's length."""
     for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            assert torch.equal(a, b), "results differ between emulator schedules"
+        for a, b in zip(runs[0], other, strict=True):
+            assert torch.equal(a, b), "results differ between runs"
     reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
     stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)
     names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(runs[0]) - 2)]
@@ -802,7 +810,6 @@ def _tiled_layer_under_every_schedule(path, batch, hidden, lengths, sm_count, **
         assert_within_tolerance(r, s_, o, name=name)
     for b, n in enumerate(lengths.tolist()):
         assert torch.all(runs[0][0][n:, b] == 0)
-    return plan
 
 
 @pytest.mark.parametrize("samples,sm_count", [(8, 9), (4, 3), (8, 2)], ids=["pieces", "groups", "chunks"])
@@ -1001,16 +1008,7 @@ def test_operand_ring_under_every_schedule():
             for mode, seed in (("forward", 0), *simt.ALL_SCHEDULES):
                 with simt.schedule(mode, seed):
                     runs.append(run_layer(cast, lengths, "tanh", True, "emulated", cotangents, "block"))
-    for other in [loads_ahead, *runs[1:]]:
-        for a, b in zip(runs[0], other, strict=True):
-            assert torch.equal(a, b)
-    reference = reference_results(args, lengths, "tanh", True, cotangents, torch.float64)
-    stock = reference_results(cast, lengths, "tanh", True, cotangents, torch.float32)
-    names = ["output", "h_n"] + [f"grad_{i}" for i in range(len(runs[0]) - 2)]
-    for name, r, s_, o in zip(names, reference, stock, runs[0], strict=True):
-        assert_within_tolerance(r, s_, o, name=name)
-    for b, n in enumerate(lengths.tolist()):
-        assert torch.all(runs[0][0][n:, b] == 0)
+    _assert_reverse_runs_alike_and_within_tolerance(args, cast, lengths, cotangents, [*runs, loads_ahead])
 
 
 def test_operand_ring_is_the_block_paths_and_refused_with_the_lane_row_step():

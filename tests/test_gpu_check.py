@@ -519,8 +519,13 @@ def test_operand_ring_verdicts_set_the_ring_beside_the_loads_ahead(rehearsal):
         "block at H, B = 64, 8, forward: the operand ring 0.250 µs/step (compute 380 cycles), operands one step "
         "ahead 0.400 (compute 678): 1.60x (> 1: the ring faster; the model prices both alike)."]
     assert gpu_check.operand_ring_verdicts([ring]) == []
-    assert gpu_check.compiled_passes_verdicts([plain, ring]) == []
-    assert gpu_check.lane_rows_verdicts([ring]) == []
+    # beside a run-time-passes row and a lane-row one, only the planner's kernels are compared
+    run_time = dataclasses.replace(plain, forced_run_time_passes=True, measured_us_per_step=0.6)
+    [compiled] = gpu_check.compiled_passes_verdicts([plain, ring, run_time])
+    assert "compiled for its 2 pass(es) 0.400 µs/step, reading them at run time 0.600" in compiled, compiled
+    lane = dataclasses.replace(plain, plan={"lane_rows": True}, forced_lane_rows_step=True, measured_us_per_step=0.3)
+    [lane_verdict] = gpu_check.lane_rows_verdicts([lane, plain, ring])
+    assert "the lane-row step 0.300 µs/step, the general kernels 0.400" in lane_verdict, lane_verdict
 
 
 def test_warp_count_verdicts_say_whether_the_model_picked_the_faster():
