@@ -330,7 +330,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     using Ring = OperandRing<scalar_t, Cta::kBatches, kOwned>;
     std::conditional_t<Cta::kOperandRing, Ring, NoOperandRing> ring(cta, smem + layout.operand_ring, tiling);
     const bool in_ring = Cta::kOperandRing && tiling.operand_ring != 0 && one_chunk;
-    const scalar_t* const ring_sources[2] = {a.dy, a.out};
+    [[maybe_unused]] const scalar_t* const ring_sources[2] = {a.dy, a.out};  // (Block path only)
     auto load_operands = [&](int64_t s, int64_t ahead) {  // step s + ahead's (the lane at step s), one chunk
       if (in_ring) {
         if constexpr (Cta::kOperandRing) {

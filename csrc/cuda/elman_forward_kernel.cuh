@@ -155,7 +155,7 @@ SIMT_GLOBAL void SIMT_LAUNCH_BOUNDS(kRecurrenceThreads, kPersistentMinBlocksPerS
     using Ring = OperandRing<scalar_t, Cta::kBatches, kOwned>;
     std::conditional_t<Cta::kOperandRing, Ring, NoOperandRing> ring(cta, smem + layout.operand_ring, tiling);
     const bool in_ring = Cta::kOperandRing && tiling.operand_ring != 0 && one_chunk;
-    const scalar_t* const ring_sources[1] = {a.out};
+    [[maybe_unused]] const scalar_t* const ring_sources[1] = {a.out};  // (Block path only)
     auto read_ring = [&](int64_t s, int64_t ahead) {  // step s + ahead's from its slot (the lane at step s)
       if constexpr (Cta::kOperandRing) {
         ring.wait_oldest();
