@@ -164,6 +164,7 @@ struct RecurrencePlanReport {
     bool lane_rows = false;  // the Block path's lane-row kernels (a thread per hidden unit)
     int64_t ctas_per_sm = 1;  // (lane rows) the CTAs sharing an SM, as priced
     bool tiled_dots = false;  // the Grid or Cluster path's tiled dot products (RecurrenceTiling::tiled_dots)
+    bool operand_ring = false;  // the Block path's operand ring (RecurrenceTiling::operand_ring)
   };
   Entry chosen;
   std::vector<Entry> candidates;  // per path: its best shape (the fastest timed, where autotuning timed them)

@@ -315,7 +315,7 @@ std::vector<at::Tensor> layer_gradients_from_dz(const at::Tensor& input, const a
 // grid, stepwise), then every launch shape autotuning timed (none unless it did). Per entry:
 // path, feasible (0 or 1), 15 integers (samples_per_group, samples, chunks, groups, ctas_per_group,
 // units_per_cta, units_per_pass, step_sync, grid, block_threads, cluster, shared_mem_bytes,
-// blocks_per_sm, waves, compiled_passes) and 3 more (lane_rows, ctas_per_sm, tiled_dots),
+// blocks_per_sm, waves, compiled_passes) and 4 more (lane_rows, ctas_per_sm, tiled_dots, operand_ring),
 // us_per_step, reason, and the time per step measured on the device (NaN unless autotuning
 // measured it: host_layer.h Autotune).
 std::tuple<std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>, std::vector<double>,
@@ -346,7 +346,7 @@ recurrence_plan(const at::Tensor& like, int64_t hidden_size, int64_t batch_size,
                                  e.units_per_cta, e.units_per_pass, e.step_sync, e.grid, e.block_threads,
                                  e.cluster,
                                  e.shared_mem_bytes, e.blocks_per_sm, e.waves, e.compiled_passes, int64_t(e.lane_rows),
-                                 e.ctas_per_sm, int64_t(e.tiled_dots)});
+                                 e.ctas_per_sm, int64_t(e.tiled_dots), int64_t(e.operand_ring)});
     us.push_back(e.us_per_step);
     reasons.push_back(e.reason);
     measured.push_back(e.measured_us_per_step);

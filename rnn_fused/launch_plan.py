@@ -84,6 +84,10 @@ class PathEstimate:
     # "grid" in float32 at 4 or 8 samples per chunk: the tiled dot products (a warp splits the columns
     # of 32 / samples units x samples; forced_tiling's tiled_dots, or autotune()'s pick)
     tiled_dots: bool = False
+    # "block" (its general kernels): each lane's step operands copied into a ring in shared memory
+    # 4 steps ahead instead of loaded into registers one step ahead (forced_tiling's operand_ring,
+    # or autotune()'s pick)
+    operand_ring: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class LaunchPlan(PathEstimate):
         return next(c for c in self.candidates if c.path == path)
 
 
-_SHAPE_FIELDS = 18
+_SHAPE_FIELDS = 19
 
 
 def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float32,
@@ -116,12 +120,14 @@ def plan(hidden_size: int, batch_size: int = 1, dtype: torch.dtype = torch.float
     like = torch.empty(0, dtype=dtype, device=target)
     paths, feasible, shapes, predicted, reasons, measured = torch.ops.rnn_fused.recurrence_plan(
         like, hidden_size, batch_size, backward, path, "emulated" if emulated else None, side_by_side)
-    estimates = [PathEstimate(paths[i], bool(feasible[i]), *shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS - 3],
-                              predicted[i], reasons[i], None if math.isnan(measured[i]) else measured[i],
-                              lane_rows=bool(shapes[(i + 1) * _SHAPE_FIELDS - 3]),
-                              ctas_per_sm=shapes[(i + 1) * _SHAPE_FIELDS - 2],
-                              tiled_dots=bool(shapes[(i + 1) * _SHAPE_FIELDS - 1]))
-                 for i in range(len(paths))]
+    def estimate(i: int) -> PathEstimate:
+        fields = shapes[i * _SHAPE_FIELDS:(i + 1) * _SHAPE_FIELDS]
+        lane_rows, ctas_per_sm, tiled_dots, operand_ring = fields[-4:]
+        return PathEstimate(paths[i], bool(feasible[i]), *fields[:-4], predicted[i], reasons[i],
+                            None if math.isnan(measured[i]) else measured[i], lane_rows=bool(lane_rows),
+                            ctas_per_sm=ctas_per_sm, tiled_dots=bool(tiled_dots), operand_ring=bool(operand_ring))
+
+    estimates = [estimate(i) for i in range(len(paths))]
     chosen, candidates, timed = estimates[0], estimates[1:1 + len(PATHS)], estimates[1 + len(PATHS):]
     return LaunchPlan(**vars(chosen), candidates=tuple(candidates), timed=tuple(timed))
 
@@ -424,14 +430,15 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on fitted
     terms), the grid path's with each step synchronisation (STEP_SYNCS) and, in float32, the
     grid path at 4 and 8 samples per chunk and the cluster path at 4, with their tiled dot
-    products too (forced_tiling's tiled_dots),
+    products too (forced_tiling's tiled_dots), the block path's general kernels with the operand
+    ring too (forced_tiling's operand_ring); what forced_tiling forces holds for every shape timed;
     the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
     each; their difference over `steps` is the time per step), and takes the fastest;
     plan() reports each path's fastest shape with its measured_us_per_step beside its
     prediction, and `.timed` every shape measured. The measurements are kept for the
     process, so tuning costs one such set of runs per shape (it waits for the device). Like
     torch.backends.cudnn.benchmark, it can pick another path in another process: block,
-    cluster and grid give bitwise the same results, the stepwise path (cuBLAS products) and the
+    cluster and grid give bitwise the same results (with the operand ring or without), the stepwise path (cuBLAS products) and the
     tiled dot products (32 partial sums per output) the same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
     the current stream captures a CUDA graph (the model chooses then). Process-wide; the
     previous setting is restored on exit."""

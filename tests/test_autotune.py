@@ -54,8 +54,8 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
     # tile the planner considers (1, 2, 4, 8 samples per chunk, fewer than twice the batch),
     # each number of units per pass (the model's own pick among them) and on the grid and
     # cluster paths each step synchronisation (and the tiled dot products: the grid path's at 4
-    # and 8 samples, the cluster path's at 4), the stepwise path's; each path's candidate is its
-    # fastest of those.
+    # and 8 samples, the cluster path's at 4; the block path's general kernels with the operand
+    # ring and without), the stepwise path's; each path's candidate is its fastest of those.
     for c in tuned.candidates:
         shapes = [t for t in tuned.timed if t.path == c.path]
         if not c.feasible:
@@ -73,8 +73,9 @@ def test_every_feasible_path_is_timed_and_the_fastest_taken(hidden, batch, backw
         # tiled dot products)
         tiled = {s: (False, True) if (c.path, s) in {("grid", 4), ("grid", 8), ("cluster", 4)} else (False,)
                  for s in tiles}
-        assert sorted((t.samples, t.units_per_pass, t.step_sync, t.tiled_dots) for t in shapes) == [
-            (s, u, f, d) for s in tiles for u in (16, 32) for f in syncs for d in tiled[s]]
+        rings = (False, True) if c.path == "block" else (False,)
+        assert sorted((t.samples, t.units_per_pass, t.step_sync, t.tiled_dots, t.operand_ring) for t in shapes) == [
+            (s, u, f, d, o) for s in tiles for u in (16, 32) for f in syncs for d in tiled[s] for o in rings]
         assert any((t.grid, t.samples, t.units_per_pass, t.step_sync)
                    == (model.grid, model.samples, model.units_per_pass, model.step_sync) for t in shapes)
     assert all(math.isfinite(t.measured_us_per_step) and t.measured_us_per_step > 0 for t in tuned.timed)
@@ -101,6 +102,12 @@ def test_a_forced_tiling_is_the_only_one_timed():
         fp64 = rnn_fused.plan(40, 2, torch.float64)
         with launch_plan.forced_tiling(tiled_dots=True):
             tiled = rnn_fused.plan(40, 3)
+        with launch_plan.forced_tiling(operand_ring=True):
+            ring = rnn_fused.plan(40, 2)
+        with launch_plan.forced_tiling(lane_rows_step=True):
+            lane = rnn_fused.plan(40, 2)
+        with launch_plan.forced_tiling(run_time_passes=True):
+            run_time = rnn_fused.plan(40, 2)
     assert sorted((t.samples, t.units_per_pass, t.step_sync) for t in per_pass.timed if t.path == "grid") == [
         (s, 16, f) for s in (1, 2) for f in (0, 1, 2)]
     assert [(t.samples, t.units_per_pass, t.step_sync) for t in forced.timed if t.path == "grid"] == [(2, 32, 1)]
@@ -112,6 +119,18 @@ def test_a_forced_tiling_is_the_only_one_timed():
         assert {(t.samples, t.tiled_dots) for t in tiled.timed if t.path == path} == {(4, True)}, path
     assert {t.path for t in tiled.timed} >= {"block", "cluster", "grid", "stepwise"}
     assert not any(t.tiled_dots for t in tiled.timed if t.path in ("block", "stepwise"))
+    # Forced, the operand ring is the block path's only shape; the other paths have none.
+    assert sorted((t.samples, t.units_per_pass) for t in ring.timed if t.operand_ring) == [
+        (s, u) for s in (1, 2) for u in (16, 32)]
+    assert all(t.operand_ring == (t.path == "block") for t in ring.timed)
+    # The rest of a forced tiling holds for every shape timed: the lane-row step (at 32 units per
+    # pass; 16 are the general kernels' alone) without the ring, the kernels reading their passes
+    # at run time.
+    assert sorted((t.samples, t.units_per_pass, t.lane_rows) for t in lane.timed if t.path == "block") == [
+        (s, u, u == 32) for s in (1, 2) for u in (16, 32)]
+    assert not any(t.operand_ring for t in lane.timed)
+    assert all(t.compiled_passes == 0 for t in run_time.timed if t.path != "stepwise")
+    assert any(t.compiled_passes > 0 for t in ring.timed if t.path == "block")
 
 
 def test_a_forced_path_is_not_timed():

@@ -332,17 +332,20 @@ def test_autotune_times_every_path_on_this_gpu_and_the_layer_runs_its_pick():
         assert plan.measured_us_per_step == min(t.measured_us_per_step for t in plan.timed)
         assert plan.reason.startswith(f"{plan.path} (measured ")
         # The block path fits H = 65 at 1, 2 and 4 samples per chunk (8 would be more than twice
-        # the batch), each with 32 and with 16 units per pass: all six were timed.
-        assert sorted((t.samples, t.units_per_pass) for t in plan.timed if t.path == "block") == [
-            (s, u) for s in (1, 2, 4) for u in (16, 32)]
+        # the batch), each with 32 and with 16 units per pass, with the operand ring and without:
+        # all twelve were timed.
+        assert sorted((t.samples, t.units_per_pass, t.operand_ring) for t in plan.timed if t.path == "block") == [
+            (s, u, o) for s in (1, 2, 4) for u in (16, 32) for o in (False, True)]
         # The grid and cluster paths' shapes were timed with each of their step synchronisations.
         assert {t.step_sync for t in plan.timed if t.path == "grid"} == {0, 1, 2}
         assert {t.step_sync for t in plan.timed if t.path == "cluster"} in ({0, 3}, set())  # (set(): no clusters)
     assert untimed.measured_us_per_step is None and "measured" not in untimed.reason
     # path= forces both directions: the forward's results always compare, the gradients where
-    # the backward took the same path as the forward.
-    forced = once(plans[0].path)
-    compared = len(tuned) if plans[0].path == plans[1].path else 2
+    # the backward took the same path as the forward. (The operand ring gives bitwise the
+    # results without it; the tiled dot products round otherwise, so they are forced with it.)
+    with rnn_fused.launch_plan.forced_tiling(tiled_dots=plans[0].tiled_dots):
+        forced = once(plans[0].path)
+    compared = len(tuned) if (plans[0].path, plans[0].tiled_dots) == (plans[1].path, plans[1].tiled_dots) else 2
     for a, b in zip(tuned[:compared], forced[:compared], strict=True):
         assert torch.equal(a, b)
 

@@ -1017,9 +1017,16 @@ def test_operand_ring_is_the_block_paths_and_refused_with_the_lane_row_step():
     refused, naming both; a value that is not a bool is refused as the other switches are."""
     with simt.emulated_device(sm_count=4, sms_per_gpc=0):
         before = rnn_fused.plan(256, 8, path="cluster")
+        block = rnn_fused.plan(64, 8, path="block")
         with launch_plan.forced_tiling(operand_ring=True):
             after = rnn_fused.plan(256, 8, path="cluster")
+            ring = rnn_fused.plan(64, 8, path="block")
     assert (before.reason, before.shared_mem_bytes) == (after.reason, after.shared_mem_bytes)
+    assert not after.operand_ring and not block.operand_ring
+    # The plan reports the ring, and counts its slots (4 steps x 2 operands x S x U scalars).
+    assert ring.operand_ring and "each lane's step operands 4 steps ahead in shared memory" in ring.reason
+    assert (ring.samples, ring.units_per_cta) == (block.samples, block.units_per_cta)
+    assert ring.shared_mem_bytes - block.shared_mem_bytes == 4 * 2 * ring.samples * ring.units_per_cta * 4
     with pytest.raises(ValueError, match="operand_ring=True is the block path's general kernels' and "
                                          "lane_rows_step=True runs the lane-row step instead"):
         with launch_plan.forced_tiling(operand_ring=True, lane_rows_step=True):

@@ -251,12 +251,14 @@ def test_report_rows_and_probes_become_observations_and_constants():
 
 def test_autotuned_path_times_become_observations_at_the_shape_that_ran():
     """gpu-check's tune_rows: every path autotuning timed, priced at its own launch shape;
-    an errored row, an infeasible plan and a non-positive time are left out."""
+    an errored row, an infeasible plan, a non-positive time and the block path's operand ring
+    (which the model prices as the loads it replaces) are left out."""
     truth = {**cost_constants(), "grid_barrier_us": 1.3}
     observations = _observations(truth, paths=("block", "cluster", "grid", "stepwise"), shapes=[(64, 8)])
     timed = [{**o.plan, "measured_us_per_step": o.measured_us} for o in observations if o.direction == "forward"]
     timed[1]["measured_us_per_step"] = 0.0
-    row = {"hidden": 64, "batch": 8, "direction": "forward", "error": None, "timed": timed}
+    ring = {**next(t for t in timed if t["path"] == "block"), "operand_ring": True, "measured_us_per_step": 0.01}
+    row = {"hidden": 64, "batch": 8, "direction": "forward", "error": None, "timed": timed + [ring]}
     infeasible = {**row, "direction": "backward", "timed": [{**t, "feasible": False} for t in timed]}
     errored = {**row, "error": "boom"}
     read = fit_model.tune_observations({"tune_rows": [row, infeasible, errored]})

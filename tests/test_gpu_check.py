@@ -225,8 +225,8 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
         assert {t["path"] for t in r["timed"]} >= {"block", "grid", "stepwise"}
         assert all(t["measured_us_per_step"] > 0 and t["predicted_us_per_step"] > 0 for t in r["timed"])
         fastest = min(r["timed"], key=lambda t: t["measured_us_per_step"])
-        assert (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"]) == (
-            fastest["path"], fastest["units_per_pass"], fastest["step_sync"])
+        assert (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"], r["tuned_kernels"]) == (
+            fastest["path"], fastest["units_per_pass"], fastest["step_sync"], gpu_check.kernel_variant(fastest))
         assert r["model_path"] == plan_of(r).path
     assert report["meta"]["tune_steps"] == gpu_check.EMULATED_TUNE_STEPS
     text = (out / "gpu_check.md").read_text()
@@ -237,8 +237,8 @@ def test_rehearsal_times_every_path_of_each_single_layer_shape_with_autotune(reh
 def test_rehearsal_times_again_under_autotune_where_it_takes_another_shape(rehearsal):
     _, out, report = rehearsal
     retuned = {(r["hidden"], r["batch"]) for r in report["tune_rows"]
-               if (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"])
-               != (r["model_path"], r["model_units_per_pass"], r["model_step_sync"])}
+               if (r["tuned_path"], r["tuned_units_per_pass"], r["tuned_step_sync"], r["tuned_kernels"])
+               != (r["model_path"], r["model_units_per_pass"], r["model_step_sync"], r["model_kernels"])}
     assert retuned, "on the emulator the stepwise path's CPU products win: some shape must be retuned"
     tuned_path = {(r["hidden"], r["batch"], r["direction"]): r["tuned_path"] for r in report["tune_rows"]}
     for r in report["shape_rows"]:
@@ -300,6 +300,26 @@ def test_tune_verdict_names_the_recurrences_the_model_got_wrong():
         "The model picked the measured fastest path in 1 of 2 recurrences; not in: 1024, 32 backward (grid predicted, "
         "stepwise measured) (run fit-model, docs/gpu_check.md).")
     assert gpu_check.tune_verdict([failed]) is None
+
+
+def test_a_kernel_variant_autotuning_took_is_named_and_timed_again():
+    """Where autotuning takes the operand ring (or another kernel variant) on the model's own
+    path and tile, the shape is still one it took differently: timed again under autotune, and
+    the tune table names the variant."""
+    timed = {"path": "block", "samples": 1, "units_per_pass": 32, "measured_us_per_step": 0.2,
+             "predicted_us_per_step": 0.3, "operand_ring": True}
+    ring = gpu_check.TuneRow(64, 8, "forward", model_path="block", model_units_per_pass=32, model_step_sync=0,
+                             tuned_path="block", tuned_units_per_pass=32, tuned_step_sync=0,
+                             tuned_kernels=gpu_check.kernel_variant(timed), timed=[timed])
+    same = dataclasses.replace(ring, hidden=128, tuned_kernels="")
+    assert gpu_check.retuned_sizes([ring, same]) == {(64, 8)}
+    table = gpu_check.format_tune_table([ring])
+    assert "| 0.200 (0.300, 1 s x 32 u/p, operand ring) |" in table
+    assert table.rstrip().endswith("| block | block (32 u/p, operand ring) |")
+    # JSON of runs before a variant existed has no such field: the path's usual kernels.
+    assert gpu_check.kernel_variant({"path": "grid"}) == ""
+    assert gpu_check.kernel_variant({"path": "grid", "tiled_dots": True}) == "tiled dot products"
+    assert gpu_check.kernel_variant({"path": "block", "lane_rows": True}) == "lane-row step"
 
 
 def test_layer_overlap_verdicts_compare_a_stack_with_its_one_layer_row():

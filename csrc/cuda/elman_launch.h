@@ -1167,9 +1167,10 @@ struct TunedPaths {
 // 4, 8 samples per chunk, fewer than twice the batch), each number of units per pass (the
 // model's choices between them rest on fitted terms) and, on the Grid path, each step
 // synchronisation, and where tiled_dots_allowed (float32; the Grid path at 4 and 8 samples, the
-// Cluster path at 4 where its rows are all in shared memory) the tiled dot products too (the
-// planner's model alone does not take them: RecurrenceTiling::tiled_dots), only the forced ones
-// where they are forced; the stepwise path's shape.
+// Cluster path at 4 where its rows are all in shared memory) the tiled dot products too, and on
+// the Block path its general kernels with the operand ring too (the planner's model alone takes
+// neither: RecurrenceTiling::tiled_dots, ::operand_ring), only the forced ones where they are
+// forced; the stepwise path's shape. The rest of the forced tiling holds for every shape timed.
 template <typename scalar_t>
 std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vector<RecurrencePlan>& candidates) {
   std::vector<RecurrencePlan> shapes;
@@ -1179,6 +1180,9 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
       shapes.push_back(c);
       continue;
     }
+    // The Block path's general kernels with and without the operand ring (the ring alone where it
+    // is forced; neither beside a forced lane-row step, which has no ring).
+    const bool rings = c.path == RecurrencePath::Block && !r.forced.lane_rows_step;
     for (int64_t samples : {1, 2, 4, 8}) {
       if (r.forced.samples != 0 ? samples != r.forced.samples : samples > 1 && samples / 2 >= r.batch) continue;
       for (int per_pass : kUnitsPerPassOptions) {
@@ -1189,10 +1193,17 @@ std::vector<RecurrencePlan> tuning_shapes(const PlanRequest& r, const std::vecto
           const bool tiles = tiled_dots_allowed(c.path, r.fp64, samples);
           for (const bool tiled : {false, true}) {
             if (tiled ? !tiles : r.forced.tiled_dots && c.path != RecurrencePath::Block) continue;
-            PlanRequest variant = r;
-            variant.forced = {.samples = samples, .units_per_pass = per_pass, .step_sync = sync, .tiled_dots = tiled};
-            const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
-            if (p.feasible) shapes.push_back(p);
+            for (const bool ring : {false, true}) {
+              if (ring ? !rings : r.forced.operand_ring && c.path == RecurrencePath::Block) continue;
+              PlanRequest variant = r;  // (the rest of the forced tiling holds: the lane-row step, run-time passes)
+              variant.forced.samples = samples;
+              variant.forced.units_per_pass = per_pass;
+              variant.forced.step_sync = sync;
+              variant.forced.tiled_dots = tiled;
+              variant.forced.operand_ring = ring;
+              const RecurrencePlan p = plan_of_path<scalar_t>(c.path, variant);
+              if (p.feasible) shapes.push_back(p);
+            }
           }
         }
       }
@@ -1862,7 +1873,8 @@ inline RecurrencePlanReport recurrence_plan(const RecurrencePlanQuery& q) {
                                          .reason = p.reason,
                                          .lane_rows = p.lane_rows,
                                          .ctas_per_sm = p.ctas_per_sm,
-                                         .tiled_dots = p.tiling.tiled_dots != 0};
+                                         .tiled_dots = p.tiling.tiled_dots != 0,
+                                         .operand_ring = p.tiling.operand_ring != 0};
     };
     report.chosen = describe(choose_plan<scalar_t>(request, q.path));
     const std::vector<RecurrencePlan> candidates = plan_candidates<scalar_t>(request);

@@ -163,7 +163,7 @@ def observations_from_report(report: dict) -> list[Observation]:
             continue
         for direction, key, plan_key in directions:
             measured, plan = row.get(key), row.get(plan_key)
-            if not measured or measured <= 0 or not plan or not plan.get("feasible"):
+            if not measured or measured <= 0 or not plan or not plan.get("feasible") or not _priced(plan):
                 continue
             if "samples" not in plan:
                 raise UsageError(f"row {row.get('label')!r}: its {plan_key} has no 'samples' field: the JSON was "
@@ -186,7 +186,7 @@ def phase_observations(report: dict) -> list[Observation]:
         # one forced to the grid or cluster path's tiled dot products is, its plan's tiled_dots priced by step_cost;
         # one forced to the block path's operand ring is not either, and the model has no term for what it changes.)
         if row.get("error") or not row.get("plan", {}).get("feasible") or row.get("forced_run_time_passes") or \
-                row.get("forced_operand_ring"):
+                row.get("forced_operand_ring") or not _priced(row["plan"]):
             continue
         for term in ("stage", "compute", "barrier"):
             cycles = row.get(f"{term}_cycles")
@@ -197,6 +197,12 @@ def phase_observations(report: dict) -> list[Observation]:
             found.append(Observation(f"{row['label']} ({term})", row["direction"], row["plan"], row["hidden"],
                                      row["batch"], torch.float32, cycles / clock, term))
     return found
+
+
+def _priced(plan: dict) -> bool:
+    """Whether the model has terms for what the launch shape runs: not for the block path's
+    operand ring (priced as the loads it replaces, so its time would only blur the fit)."""
+    return not plan.get("operand_ring")
 
 
 def _tagged_exchange(plan: dict) -> bool:
@@ -213,7 +219,7 @@ def tune_observations(report: dict) -> list[Observation]:
             continue
         for plan in row.get("timed", []):
             measured = plan.get("measured_us_per_step")
-            if plan.get("feasible") and measured and measured > 0:
+            if plan.get("feasible") and measured and measured > 0 and _priced(plan):
                 found.append(Observation(f"{row['hidden']}, {row['batch']} (autotune)", row["direction"], plan,
                                          row["hidden"], row["batch"], torch.float32, float(measured)))
     return found

@@ -479,6 +479,8 @@ class TuneRow:
     tuned_path: str | None = None
     tuned_units_per_pass: int | None = None
     tuned_step_sync: int | None = None
+    model_kernels: str = ""  # kernel_variant of the model's plan ("" its path's usual kernels)
+    tuned_kernels: str = ""  # kernel_variant of the shape timed fastest
     timed: list = field(default_factory=list)  # estimate_fields of each shape timed: what fit-model prices
     error: str | None = None
 
@@ -1390,6 +1392,7 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
                     tuned = plan(hidden, batch, torch.float32, target.plan_device, backward)
                 row.tuned_path, row.tuned_units_per_pass = tuned.path, tuned.units_per_pass
                 row.tuned_step_sync = tuned.step_sync
+                row.model_kernels, row.tuned_kernels = kernel_variant(model), kernel_variant(tuned)
                 row.timed = [estimate_fields(t) for t in tuned.timed]
             except Exception as error:  # recorded in the row and the exit status; the next row still runs
                 row.error = _one_line(error)
@@ -1398,21 +1401,34 @@ def measure_tune_rows(target: Target, sizes: list[tuple[int, int]], steps: int) 
     return rows
 
 
+def kernel_variant(plan: PathEstimate | dict) -> str:
+    """Which of its path's kernel variants a launch shape runs: "lane-row step", "tiled dot
+    products", "operand ring", or "" for the path's usual kernels (also in JSON from runs before
+    a variant existed)."""
+    fields = plan if isinstance(plan, dict) else vars(plan)
+    for key, name in (("lane_rows", "lane-row step"), ("tiled_dots", "tiled dot products"),
+                      ("operand_ring", "operand ring")):
+        if fields.get(key):
+            return name
+    return ""
+
+
 def _timed_cell(shape: dict | None) -> str:
     """A path's fastest timed shape: measured (predicted) µs per step, its samples per chunk and
-    units per pass."""
+    units per pass, and its kernel variant where it is not the path's usual kernels."""
     if shape is None:
         return "–"
     tile = f", {shape['samples']} s x {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
-    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{tile})"
+    variant = f", {kernel_variant(shape)}" if kernel_variant(shape) else ""
+    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{tile}{variant})"
 
 
 def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
-    """(H, B) where autotuning took another launch shape (path, units per pass or the grid
-    path's step synchronisation) than the model, in either direction."""
+    """(H, B) where autotuning took another launch shape (path, units per pass, the grid
+    path's step synchronisation or a kernel variant) than the model, in either direction."""
     return {(r.hidden, r.batch) for r in rows
-            if not r.error and (r.tuned_path, r.tuned_units_per_pass, r.tuned_step_sync)
-            != (r.model_path, r.model_units_per_pass, r.model_step_sync)}
+            if not r.error and (r.tuned_path, r.tuned_units_per_pass, r.tuned_step_sync, r.tuned_kernels)
+            != (r.model_path, r.model_units_per_pass, r.model_step_sync, r.model_kernels)}
 
 
 def format_tuned_rows_table(rows: list[ShapeRow]) -> str:
@@ -1436,7 +1452,8 @@ def format_tune_table(rows: list[TuneRow]) -> str:
             continue
         cells = [_timed_cell(r.fastest(p)) for p in PATHS]
         sync = f", {STEP_SYNCS[r.tuned_step_sync].replace('_', ' ')}" if r.tuned_step_sync else ""
-        per_pass = f" ({r.tuned_units_per_pass} u/p{sync})" if r.tuned_units_per_pass else ""
+        variant = f", {r.tuned_kernels}" if r.tuned_kernels else ""
+        per_pass = f" ({r.tuned_units_per_pass} u/p{sync}{variant})" if r.tuned_units_per_pass else ""
         lines.append(f"| {r.hidden}, {r.batch} | {r.direction} | " + " | ".join(cells) +
                      f" | {r.model_path} | {r.tuned_path}{per_pass} |")
     return "\n".join(lines)
@@ -1513,6 +1530,8 @@ def _launch_text(plan: dict) -> str:
         text += f", dot products on {plan['units_per_pass'] // 4} warps"
     if plan.get("compiled_passes"):  # (likewise)
         text += f", step compiled for {plan['compiled_passes']} pass(es)"
+    if kernel_variant(plan):
+        text += f", {kernel_variant(plan)}"
     if plan["waves"] > 1:
         text += f", {plan['waves']} waves"
     return text
