@@ -429,19 +429,20 @@ def autotune(steps: int = DEFAULT_AUTOTUNE_STEPS) -> Iterator[None]:
     the device, a persistent path's with every sample tile it considers and the dot products
     on 8 and on 4 warps (32 and 16 units per pass: the model's choices there rest on fitted
     terms), the grid path's with each step synchronisation (STEP_SYNCS) and, in float32, the
-    grid path at 4 and 8 samples per chunk and the cluster path at 4, with their tiled dot
-    products too (forced_tiling's tiled_dots), the block path's general kernels with the operand
-    ring too (forced_tiling's operand_ring); what forced_tiling forces holds for every shape timed;
-    the recurrence alone on constant data (runs of 2 and 2 + `steps` steps, the fastest of 3
-    each; their difference over `steps` is the time per step), and takes the fastest;
-    plan() reports each path's fastest shape with its measured_us_per_step beside its
-    prediction, and `.timed` every shape measured. The measurements are kept for the
-    process, so tuning costs one such set of runs per shape (it waits for the device). Like
-    torch.backends.cudnn.benchmark, it can pick another path in another process: block,
-    cluster and grid give bitwise the same results (with the operand ring or without), the stepwise path (cuBLAS products) and the
-    tiled dot products (32 partial sums per output) the same within rounding. A forced path (path=...) is never tuned, and nothing is timed while
-    the current stream captures a CUDA graph (the model chooses then). Process-wide; the
-    previous setting is restored on exit."""
+    grid path at 4 and 8 samples per chunk and the cluster path at 4 with their tiled dot
+    products too (forced_tiling's tiled_dots), the block path's general kernels with the
+    operand ring too (forced_tiling's operand_ring); what forced_tiling forces holds for every
+    shape timed. It times the recurrence alone on constant data (runs of 2 and 2 + `steps`
+    steps, the fastest of 3 each; their difference over `steps` is the time per step) and
+    takes the fastest; plan() reports each path's fastest shape with its measured_us_per_step
+    beside its prediction, and `.timed` every shape measured. The measurements are kept for
+    the process, so tuning costs one such set of runs per shape (it waits for the device).
+    Like torch.backends.cudnn.benchmark, it can pick another path in another process: block,
+    cluster and grid give bitwise the same results (with the operand ring or without), the
+    stepwise path (cuBLAS products) and the tiled dot products (32 partial sums per output)
+    the same within rounding. A forced path (path=...) is never tuned, and nothing is timed
+    while the current stream captures a CUDA graph (the model chooses then). Process-wide;
+    the previous setting is restored on exit."""
     with _planner_setting(torch.ops.rnn_fused.set_autotune, True, steps):
         yield
 
