@@ -1419,8 +1419,9 @@ def _timed_cell(shape: dict | None) -> str:
     if shape is None:
         return "–"
     tile = f", {shape['samples']} s x {shape['units_per_pass']} u/p" if shape["units_per_pass"] else ""
-    variant = f", {kernel_variant(shape)}" if kernel_variant(shape) else ""
-    return f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{tile}{variant})"
+    variant = kernel_variant(shape)
+    return (f"{_num(shape['measured_us_per_step'], 3)} ({_num(shape['predicted_us_per_step'], 3)}{tile}"
+            f"{', ' + variant if variant else ''})")
 
 
 def retuned_sizes(rows: list[TuneRow]) -> set[tuple[int, int]]:
@@ -1530,8 +1531,9 @@ def _launch_text(plan: dict) -> str:
         text += f", dot products on {plan['units_per_pass'] // 4} warps"
     if plan.get("compiled_passes"):  # (likewise)
         text += f", step compiled for {plan['compiled_passes']} pass(es)"
-    if kernel_variant(plan):
-        text += f", {kernel_variant(plan)}"
+    variant = kernel_variant(plan)
+    if variant:
+        text += f", {variant}"
     if plan["waves"] > 1:
         text += f", {plan['waves']} waves"
     return text
