@@ -12,6 +12,7 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/logical_not.h>
@@ -28,8 +29,10 @@
 #include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "outer_product_chunks.h"
+#include "valid_rows.h"
 
 namespace rnn_fused {
 
@@ -58,9 +61,17 @@ inline BackwardOperands backward_operands(at::ScalarType ct, const at::Tensor& i
 }
 
 // out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
-// projection in one GEMM, biases folded in.
+// projection in one GEMM, biases folded in. With `rows` (int64 [N], valid_rows.h) only those
+// rows are projected and written; the others are left as they are.
 inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at::Tensor& w_ih,
-                             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh) {
+                             const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
+                             const at::Tensor& rows = at::Tensor()) {
+  if (rows.defined()) {
+    at::Tensor projected = at::empty({rows.size(0), out2d.size(1)}, out2d.options());
+    input_projection(projected, x2d.index_select(0, rows), w_ih, bias_ih, bias_hh);
+    out2d.index_copy_(0, rows, projected);
+    return;
+  }
   if (bias_ih.has_value()) {
     const at::Tensor b = bias_ih->to(out2d.scalar_type()).add(bias_hh->to(out2d.scalar_type()));
     at::addmm_out(out2d, b, x2d, w_ih.t());
@@ -123,6 +134,26 @@ inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b
     }
   }
   return result;
+}
+
+// dW_hh's operands over the valid pairs alone (valid_pair_index: dz2d's and out2d's rows, both
+// [T*B,H]), as [T-1,W,H] each: the M pairs in time order in W = ceil(M / (T-1)) rows a step,
+// zero rows after them, so that sum_of_outer_products chunks them by steps as it does the
+// padded batch's pairs (zero pairs add nothing).
+inline std::pair<at::Tensor, at::Tensor> valid_pairs_by_step(const at::Tensor& dz2d, const at::Tensor& out2d,
+                                                             int64_t T, const std::vector<int64_t>& lengths,
+                                                             bool reverse) {
+  const auto [dz_rows, state_rows] = valid_pair_index(T, lengths, reverse);
+  const int64_t pairs = dz_rows.size(0), steps = T - 1, H = dz2d.size(1);
+  const int64_t width = std::max<int64_t>(1, (pairs + steps - 1) / steps);
+  const auto by_step = [&](const at::Tensor& from, const at::Tensor& index) {
+    at::Tensor operand = at::empty({steps * width, H}, from.options());
+    at::Tensor taken = operand.narrow(0, 0, pairs);
+    at::index_select_out(taken, from, 0, index);
+    operand.narrow(0, pairs, steps * width - pairs).zero_();
+    return operand.view({steps, width, H});
+  };
+  return {by_step(dz2d, dz_rows), by_step(out2d, state_rows)};
 }
 
 // What rnn_layer_backward returns (schema in csrc/ops.cpp): grad_input, grad_hx,
@@ -206,13 +237,15 @@ inline LayerBackwardResult finish_gradients(const std::array<at::Tensor, 5>& com
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
 //   steps), dz_first [B,H] dz at each sample's processing step 0, dh_n [B,H] or undefined (zero),
 //   hx [B,H] or None, lengths int64 [B] or None. launch_bound: the backend runs GPU kernels
-//   (each product a launch; see sum_of_outer_products).
+//   (each product a launch; see sum_of_outer_products). valid_only: the same lengths on the
+//   host where the products multiply only the rows of valid steps (multiplies_valid_rows_only),
+//   or null: every row.
 // grad_bias is [2,H], a row for each bias.
 inline std::array<at::Tensor, 5> whole_sequence_gemms(
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
     const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
-    at::ScalarType result_dtype, bool launch_bound) {
+    at::ScalarType result_dtype, bool launch_bound, const std::vector<int64_t>* valid_only) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
   const at::TensorOptions compute = dz.options();
   const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));
@@ -228,13 +261,24 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     }
   }
   const at::Tensor dz2d = dz.view({T * B, H});
+  // The rows multiplied: every row, or the valid ones (dz is zero at the others).
+  const at::Tensor rows = valid_only != nullptr ? valid_row_index(T, *valid_only) : at::Tensor();
+  const at::Tensor dz_rows = rows.defined() ? dz2d.index_select(0, rows) : dz2d;
   // grad_input is rounded to the result dtype before the input's compute-dtype copy is made
   // (reduced precision): the two [T,B,I] float32 tensors are never live together.
-  if (output_mask[0]) grad_input = at::mm(dz2d, w_ih).view({T, B, I}).to(result_dtype);
-  if (output_mask[2]) grad_w_ih = at::mm(dz2d.t(), input.to(compute.dtype()).contiguous().view({T * B, I}));
+  if (output_mask[0]) {
+    const at::Tensor product = at::mm(dz_rows, w_ih);
+    grad_input = (rows.defined() ? at::zeros({T * B, I}, compute).index_copy_(0, rows, product) : product)
+                     .view({T, B, I})
+                     .to(result_dtype);
+  }
+  if (output_mask[2]) {
+    const at::Tensor x2d = input.to(compute.dtype()).contiguous().view({T * B, I});
+    grad_w_ih = at::mm(dz_rows.t(), rows.defined() ? x2d.index_select(0, rows) : x2d);
+  }
   // grad_bias [2,H]: a row for each bias (equal, in one reduction over an expanded dz), so
   // that autograd hands each bias its own row: one tensor for both would be copied for one.
-  if (output_mask[4]) grad_bias = dz2d.unsqueeze(0).expand({2, T * B, H}).sum(1);
+  if (output_mask[4]) grad_bias = dz_rows.unsqueeze(0).expand({2, dz_rows.size(0), H}).sum(1);
   if (output_mask[3]) {
     // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
     // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
@@ -242,8 +286,9 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     const std::optional<at::Tensor> first_term =
         hx.has_value() ? std::optional<at::Tensor>(at::mm(dz_first.t(), hx->to(compute.dtype()))) : std::nullopt;
     if (T > 1) {
-      const at::Tensor dz_tail = dz.narrow(0, reverse ? 0 : 1, T - 1);
-      const at::Tensor h_prev = out.narrow(0, reverse ? 1 : 0, T - 1);
+      const auto [dz_tail, h_prev] =
+          rows.defined() ? valid_pairs_by_step(dz2d, out.view({T * B, H}), T, *valid_only, reverse)
+                         : std::pair{dz.narrow(0, reverse ? 0 : 1, T - 1), out.narrow(0, reverse ? 1 : 0, T - 1)};
       grad_w_hh = sum_of_outer_products(dz_tail, h_prev, launch_bound);
       if (first_term.has_value()) grad_w_hh = first_term->add_(grad_w_hh);
     } else {
@@ -258,9 +303,10 @@ inline LayerBackwardResult gradients_from_dz(
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
     const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
-    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound) {
+    at::ScalarType result_dtype, bool record_norms, at::Tensor step_norms, bool launch_bound,
+    const std::vector<int64_t>* valid_only = nullptr) {
   return finish_gradients(whole_sequence_gemms(input, w_ih, w_hh, out, dz, dz_first, dh_n, hx, lengths, reverse,
-                                               output_mask, result_dtype, launch_bound),
+                                               output_mask, result_dtype, launch_bound, valid_only),
                           output_mask, result_dtype, record_norms, std::move(step_norms));
 }
 

@@ -137,7 +137,7 @@ const RecurrenceBackend& find_recurrence_backend(c10::DeviceType device, const s
 
 void project_input_on_host(at::Tensor& out2d, const InputProjection& projection) {
   RECORD_USER_SCOPE("rnn_fused::input_projection");
-  input_projection(out2d, projection.x2d, projection.w_ih, projection.bias_ih, projection.bias_hh);
+  input_projection(out2d, projection.x2d, projection.w_ih, projection.bias_ih, projection.bias_hh, projection.rows);
 }
 
 namespace {
@@ -149,6 +149,16 @@ const RecurrenceBackend& backend_for(const LayerForwardCall& call) {
                     "' chooses among the GPU kernels' paths (backends 'cuda' and 'emulated'); backend '", backend.name,
                     "' runs its own loops: pass path=None");
   return backend;
+}
+
+// The host lengths whose valid rows alone the whole-sequence GEMMs multiply (valid_rows.h:
+// the CPU backend, with lengths), or null: every row.
+const std::vector<int64_t>* valid_rows_only(const LayerForwardCall& call, const RecurrenceBackend& backend) {
+  const LayerShape& s = call.shape;
+  const bool valid_only = !forced_tiling().every_row &&
+                          multiplies_valid_rows_only(s.steps, s.batch, s.input_size, s.hidden,
+                                                     call.valid_lengths.host, /*launch_bound=*/backend.plan != nullptr);
+  return valid_only ? &call.valid_lengths.host : nullptr;
 }
 
 }  // namespace
@@ -191,6 +201,10 @@ PreparedForward prepare_forward(const LayerForwardCall& call, const RecurrenceBa
                              .w_ih = call.weight_ih.to(ct).contiguous(),
                              .bias_ih = in_compute_dtype(call.bias_ih),
                              .bias_hh = in_compute_dtype(call.bias_hh)};
+  if (const std::vector<int64_t>* lengths = valid_rows_only(call, backend)) {
+    // Rows past the lengths are left unprojected: the time loop reads none and zeroes them.
+    projection.rows = valid_row_index(s.steps, *lengths);
+  }
   if (backend.projects_input) {
     p.projection = std::move(projection);
   } else {
@@ -527,7 +541,7 @@ LayerBackwardResult finish_backward(PreparedBackward& p) {
   return gradients_from_dz(p.operands.input, p.operands.w_ih, p.operands.w_hh, p.operands.out, p.dz, p.dz_first,
                            p.operands.dh_n, f.hx, f.valid_lengths.on_device, f.options.reverse, p.call.output_mask,
                            f.input.scalar_type(), p.call.record_norms, std::move(p.step_norms),
-                           /*launch_bound=*/p.backend.plan != nullptr);
+                           /*launch_bound=*/p.backend.plan != nullptr, valid_rows_only(f, p.backend));
 }
 
 }  // namespace

@@ -38,10 +38,11 @@ struct InputProjection {
   at::Tensor x2d;   // [T*B,I] read: the layer's input
   at::Tensor w_ih;  // [H,I] read
   std::optional<at::Tensor> bias_ih, bias_hh;  // [H] read, or none (no biases)
+  at::Tensor rows;  // int64 [N]: the only rows projected (valid_rows.h), or undefined: every row
 };
 
-// out2d [T*B,H] = the projection (elman_gemms.h input_projection: the bias sum and one GEMM),
-// named rnn_fused::input_projection to the profiler.
+// out2d [T*B,H] = the projection (elman_gemms.h input_projection: the bias sum and one GEMM;
+// only projection.rows where given), named rnn_fused::input_projection to the profiler.
 void project_input_on_host(at::Tensor& out2d, const InputProjection& projection);
 
 // The forward time loop's problem, in the compute dtype, contiguous.
@@ -281,6 +282,10 @@ struct ForcedTiling {
   // instead of into registers one step ahead behind L1 prefetches: not the planner's own choice
   // until a GPU has timed it.
   bool operand_ring = false;
+  // The host's whole-sequence GEMMs multiply every row of a batch with lengths (its T*B), even
+  // where the CPU backend would multiply only the valid steps' rows (valid_rows.h): to compare
+  // or time the one against the other.
+  bool every_row = false;
 };
 ForcedTiling forced_tiling();
 // Sets them (ValueError naming a value not allowed, and nothing set); returns the previous ones.

@@ -663,19 +663,20 @@ TORCH_LIBRARY(rnn_fused, m) {
   // every planner must use (host_layer.h ForcedTiling); returns the previous setting.
   m.def("set_forced_tiling(int samples, int units_per_pass, int step_sync=-1, int run_time_passes=0, "
         "int lane_rows_step=0, int input_projection_on_host=0, int gradients_on_host=0, int norms_in_steps=0, "
-        "int tiled_dots=0, int operand_ring=0) -> int[]",
+        "int tiled_dots=0, int operand_ring=0, int every_row=0) -> int[]",
         [](int64_t samples, int64_t units_per_pass, int64_t step_sync, int64_t run_time_passes,
            int64_t lane_rows_step, int64_t input_projection_on_host, int64_t gradients_on_host,
-           int64_t norms_in_steps, int64_t tiled_dots, int64_t operand_ring) {
+           int64_t norms_in_steps, int64_t tiled_dots, int64_t operand_ring, int64_t every_row) {
           const rnn_fused::ForcedTiling previous = rnn_fused::set_forced_tiling(
               {samples, units_per_pass, step_sync, run_time_passes != 0, lane_rows_step != 0,
                input_projection_on_host != 0, gradients_on_host != 0, norms_in_steps != 0, tiled_dots != 0,
-               operand_ring != 0});
+               operand_ring != 0, every_row != 0});
           return std::vector<int64_t>{previous.samples, previous.units_per_pass, previous.step_sync,
                                       int64_t(previous.run_time_passes), int64_t(previous.lane_rows_step),
                                       int64_t(previous.input_projection_on_host),
                                       int64_t(previous.gradients_on_host), int64_t(previous.norms_in_steps),
-                                      int64_t(previous.tiled_dots), int64_t(previous.operand_ring)};
+                                      int64_t(previous.tiled_dots), int64_t(previous.operand_ring),
+                                      int64_t(previous.every_row)};
         });
   // Autotuning on or off, and the steps of its timed runs (host_layer.h Autotune); returns the
   // previous setting.

@@ -319,7 +319,7 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
                   step_sync: str | None = None, run_time_passes: bool = False,
                   lane_rows_step: bool = False, input_projection_on_host: bool = False,
                   gradients_on_host: bool = False, norms_in_steps: bool = False,
-                  tiled_dots: bool = False, operand_ring: bool = False) -> Iterator[None]:
+                  tiled_dots: bool = False, operand_ring: bool = False, every_row: bool = False) -> Iterator[None]:
     """Inside, every plan (and so every layer launched on a GPU-kernel backend) takes `samples`
     samples per chunk (1, 2, 4 or 8: the kernels' register tiles), `units_per_pass` units
     per pass (32: all 8 warps of a CTA compute the dot products; 16: warps 0-3, each holding
@@ -357,8 +357,12 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     into a ring in shared memory 4 steps before the step reads them (asynchronous copies)
     instead of loading them into registers one step ahead behind L1 prefetches; the same
     arithmetic, so the same results bit for bit (docs/cuda_backend.md, the operand ring); not
-    with lane_rows_step=True; not the planner's own choice yet. For running or timing
-    launch shapes the cost model would not pick (gpu-check, tests). Process-wide; a path that
+    with lane_rows_step=True; not the planner's own choice yet. `every_row=True`: the host's
+    whole-sequence GEMMs (the input projection; dX, dW_ih, dW_hh and the biases' gradients)
+    multiply every row of a batch with lengths, T * B, even where the CPU backend multiplies
+    only the rows of valid steps (csrc/valid_rows.h: as torch.nn.RNN does a PackedSequence's);
+    results equal within rounding. For running or timing launch shapes and routes the cost model
+    would not pick (gpu-check, tests). Process-wide; a path that
     cannot run the shape so is infeasible, and forcing it says why. The previous setting is
     restored on exit."""
     # 0 means "each plan's own choice" to the op: refuse it here rather than take it for None.
@@ -373,13 +377,13 @@ def forced_tiling(samples: int | None = None, units_per_pass: int | None = None,
     for name, value in (("run_time_passes", run_time_passes), ("lane_rows_step", lane_rows_step),
                         ("input_projection_on_host", input_projection_on_host),
                         ("gradients_on_host", gradients_on_host), ("norms_in_steps", norms_in_steps),
-                        ("tiled_dots", tiled_dots), ("operand_ring", operand_ring)):
+                        ("tiled_dots", tiled_dots), ("operand_ring", operand_ring), ("every_row", every_row)):
         if not isinstance(value, bool):
             raise TypeError(f"rnn_fused.launch_plan.forced_tiling: {name} must be a bool, got {value!r}")
     with _planner_setting(torch.ops.rnn_fused.set_forced_tiling, samples or 0, units_per_pass or 0,
                           -1 if step_sync is None else STEP_SYNCS.index(step_sync), int(run_time_passes),
                           int(lane_rows_step), int(input_projection_on_host), int(gradients_on_host),
-                          int(norms_in_steps), int(tiled_dots), int(operand_ring)):
+                          int(norms_in_steps), int(tiled_dots), int(operand_ring), int(every_row)):
         yield
 
 

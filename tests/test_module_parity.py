@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rnn_cases import RNNCase
+from rnn_fused import RNN, launch_plan
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 
 FACTORS = {
@@ -96,3 +97,38 @@ def test_float64_matches_stock(case, generator):
     input, hx = rnn_case.inputs(generator)
     compare_with_torch(rnn_case.torch_module(), input, hx, dtype=torch.float64,
                        ulps=FLOAT64_PARITY_ULPS)
+
+
+# Packed batches at sizes where the CPU backend's GEMMs multiply only the valid rows
+# (csrc/valid_rows.h: the multiply-adds of the padding outweigh the valid rows' copies), in two
+# layers, one of them bidirectional; the grid's sizes above are all smaller.
+VALID_ROW_CASES = [
+    dict(num_layers=2, bidirectional=True, packing="sorted", with_hx=True, seq_len=20, batch=12, input_size=192,
+         hidden_size=256),
+    dict(num_layers=2, nonlinearity="relu", packing="unsorted", batch_first=True, seq_len=20, batch=12, input_size=192,
+         hidden_size=256),
+]
+
+
+def _index_selects(module, input) -> int:
+    """The aten::index_select calls of one forward and backward of module on input."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        output, h_n = module(input)
+        (output.data.sum() + h_n.sum()).backward()
+    return sum(1 for e in profile.events() if e.name == "aten::index_select")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", VALID_ROW_CASES, ids=_case_id)
+def test_packed_batches_whose_gemms_take_the_valid_rows_alone_match_stock(case, dtype, generator):
+    """A PackedSequence at sizes where the CPU's whole-sequence GEMMs multiply the rows of valid
+    steps alone (more gathers than with every row forced: the route is taken) meets the
+    tolerance rule against torch.nn.RNN, which multiplies only those rows too."""
+    rnn_case = RNNCase(**case)
+    input, hx = rnn_case.inputs(generator)
+    compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype,
+                       **({"ulps": FLOAT64_PARITY_ULPS} if dtype == torch.float64 else {}))
+    ours = RNN.from_torch(rnn_case.torch_module())
+    with launch_plan.forced_tiling(every_row=True):
+        every_row = _index_selects(ours, input.float())
+    assert _index_selects(ours, input.float()) > every_row

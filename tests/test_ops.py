@@ -10,8 +10,9 @@ import torch
 
 import rnn_fused
 from rnn_cases import layer_args
-from rnn_fused import _ops, simt
+from rnn_fused import _ops, launch_plan, simt
 from rnn_fused.reference import reference_layer
+from rnn_fused.truncation import edge_scales
 from rnn_fused.tools.testing import assert_within_tolerance
 
 OPS = torch.ops.rnn_fused
@@ -362,6 +363,65 @@ def test_cpu_forward_transposes_w_hh_only_where_the_one_row_steps_pay_for_it(ste
     stock = reference_layer(*args, lengths)
     for name, r, s, o in zip(("output", "h_n"), reference, stock, (out, h_n)):
         assert_within_tolerance(r, s, o, name=name)
+
+
+# Lengths of T = 10 steps and B = 6 samples: a PackedSequence's order, and unsorted with an empty
+# sample; 23 and 22 of the 60 rows valid.
+VALID_ROW_LENGTHS = [[10, 6, 3, 2, 1, 1], [1, 0, 10, 3, 6, 2]]
+
+
+def _gathers(fn) -> tuple[list[torch.Tensor], int]:
+    """fn()'s results and the row gathers (aten::index_select) it ran."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        results = fn()
+    return results, sum(1 for e in profile.events() if e.name == "aten::index_select")
+
+
+@pytest.mark.parametrize("hidden, valid_only", [(64, True), (8, False)])
+@pytest.mark.parametrize("lengths", VALID_ROW_LENGTHS, ids=["packed_order", "unsorted"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("truncation", [None, 3, rnn_fused.RandomTruncation(0.6, seed=5)], ids=["full", "K3", "random"])
+def test_cpu_gemms_multiply_only_the_valid_rows_where_that_saves_time(hidden, valid_only, lengths, reverse,
+                                                                      truncation):
+    """The CPU backend's whole-sequence GEMMs (the input projection forward; dX, dW_ih, dW_hh and
+    the biases' gradients backward) multiply only the rows of valid steps where the
+    multiply-adds saved outweigh the rows' copies (csrc/valid_rows.h: at I = H = 64 here, not at
+    H = 8), as torch.nn.RNN's do a PackedSequence's N rows: the operands' valid rows gathered,
+    and the input past the lengths never read (NaN there moves no bit of any result). Either way,
+    and with every row forced (forced_tiling(every_row=True)), every result meets the tolerance
+    rule against the float64 step loop, truncation included."""
+    steps, batch, input_size = 10, 6, 64
+    args64 = layer_args(steps, batch, input_size, hidden, generator=torch.Generator().manual_seed(11))
+    lengths = torch.tensor(lengths)
+    valid = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # [T,B,1]
+    generator = torch.Generator().manual_seed(12)
+    cotangents = [torch.randn(steps, batch, hidden, dtype=torch.float64, generator=generator),
+                  torch.randn(batch, hidden, dtype=torch.float64, generator=generator)]
+    scales = None if truncation is None else edge_scales(steps, batch, truncation, reverse=reverse, lengths=lengths)
+
+    def run(dtype, ours=True, padding=0.0):
+        leaves = [a.detach().to(dtype).requires_grad_() for a in args64]
+        x = leaves[0].masked_fill(~valid, padding)  # the input past the lengths: `padding`
+        if ours:
+            out, h_n = rnn_fused.rnn_layer(x, *leaves[1:], lengths, "tanh", reverse, truncation=truncation)
+        else:
+            out, h_n = reference_layer(x, *leaves[1:], lengths, "tanh", reverse, edge_scales=scales)
+        return [out, h_n, *torch.autograd.grad((out, h_n), leaves, [c.to(dtype) for c in cotangents])]
+
+    reference, stock = run(torch.float64, ours=False), run(torch.float32, ours=False)
+    ours, gathers = _gathers(lambda: run(torch.float32))
+    with launch_plan.forced_tiling(every_row=True):
+        every_row, every_row_gathers = _gathers(lambda: run(torch.float32))
+    # Forward the input's rows; backward dz's, the input's, and dW_hh's pairs (dz's and the states').
+    assert (gathers, every_row_gathers) == ((5, 0) if valid_only else (0, 0))
+    names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
+    for name, r, s, o, e in zip(names, reference, stock, ours, every_row):
+        assert_within_tolerance(r, s, o, name=name)
+        assert_within_tolerance(r, s, e, name=f"{name} (every row)")
+    if valid_only:
+        with_nan_padding = run(torch.float32, padding=math.nan)
+        for name, o, n in zip(names, ours, with_nan_padding):
+            assert torch.equal(o, n), name
 
 
 _THREAD_COUNT_SCRIPT = r"""

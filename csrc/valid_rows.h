@@ -1,0 +1,83 @@
+// The rows of a time-major [T,B,*] batch that hold valid steps (t < lengths[b]), for the
+// host's whole-sequence GEMMs (elman_gemms.h): where a product costs its multiply-adds (the
+// CPU backend), multiplying only those rows does the work torch.nn.RNN does on a
+// PackedSequence (N rows, the sum of the lengths) instead of the padded batch's T*B.
+// Plain ATen on CPU tensors: the indices are built on the host from the lengths' host copy.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+
+#include <cstdint>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+namespace rnn_fused {
+
+// The multiply-adds the valid rows' GEMMs must save per element they copy: the rows past the
+// lengths are (T*B - N) * I * H multiply-adds of the input projection (of dX and dW_ih alike),
+// against a gather and a scatter of N * (I + H) elements. Measured on the 2-core development CPU
+// (2026-12-07, float32, packed batches; docs/benchmarks.md, packed sequences on the CPU): at
+// this ratio the two ways took about the same time (I = H = 64 and 128 at 55% and 71% valid
+// rows; I = H = 256 and 512 at 80-88%), below it the copies cost more (I = H = 32, I = 128 and
+// H = 16), above it the valid rows alone were up to 1.27x faster (I = H = 512 at 54%).
+inline constexpr int64_t kValidRowsMultiplyAddsPerCopy = 32;
+
+inline int64_t valid_row_count(const std::vector<int64_t>& lengths) {
+  return std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
+}
+
+// Whether the host's GEMMs multiply only the valid rows of a [T,B,I] -> [T,B,H] layer:
+// lengths given on the host (empty: none, or given on a GPU), the backend's products not
+// launch-bound (the CPU: on a GPU each gather and scatter is a launch more), and the
+// multiply-adds saved worth the copies (kValidRowsMultiplyAddsPerCopy).
+inline bool multiplies_valid_rows_only(int64_t steps, int64_t batch, int64_t input_size, int64_t hidden,
+                                       const std::vector<int64_t>& lengths, bool launch_bound) {
+  if (launch_bound || lengths.empty()) return false;
+  const int64_t valid = valid_row_count(lengths);
+  return (steps * batch - valid) * input_size * hidden >= kValidRowsMultiplyAddsPerCopy * valid * (input_size + hidden);
+}
+
+// int64 [N]: the rows t * B + b of the valid steps, by time then sample (with non-increasing
+// lengths, a PackedSequence's order of its data).
+inline at::Tensor valid_row_index(int64_t steps, const std::vector<int64_t>& lengths) {
+  const int64_t batch = static_cast<int64_t>(lengths.size());
+  at::Tensor index = at::empty({valid_row_count(lengths)}, at::TensorOptions().dtype(at::kLong));
+  int64_t* out = index.data_ptr<int64_t>();
+  for (int64_t t = 0; t < steps; ++t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      if (t < lengths[static_cast<size_t>(b)]) *out++ = t * batch + b;
+    }
+  }
+  return index;
+}
+
+// dW_hh's pairs among the valid rows: int64 [M] each, the row of dz_t and the row of the state
+// the step at t read (h_{t-1}; h_{t+1} for a reverse layer), for every step but each sample's
+// first in processing order (whose state is h_0: elman_gemms.h adds that term apart). The
+// pairs of the padded batch left out hold a zero dz or a zero state (past a sample's length),
+// so they add nothing.
+inline std::pair<at::Tensor, at::Tensor> valid_pair_index(int64_t steps, const std::vector<int64_t>& lengths,
+                                                          bool reverse) {
+  const int64_t batch = static_cast<int64_t>(lengths.size());
+  int64_t pairs = 0;
+  for (int64_t length : lengths) pairs += length > 1 ? length - 1 : 0;
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kLong);
+  at::Tensor dz_rows = at::empty({pairs}, options), state_rows = at::empty({pairs}, options);
+  int64_t* dz_out = dz_rows.data_ptr<int64_t>();
+  int64_t* state_out = state_rows.data_ptr<int64_t>();
+  // Forward: dz at t = 1 .. len-1 with h at t - 1. Reverse: dz at t = 0 .. len-2 with h at t + 1.
+  for (int64_t t = reverse ? 0 : 1; t < (reverse ? steps - 1 : steps); ++t) {
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t last = lengths[static_cast<size_t>(b)] - 1;
+      if (reverse ? t < last : t <= last) {
+        *dz_out++ = t * batch + b;
+        *state_out++ = (reverse ? t + 1 : t - 1) * batch + b;
+      }
+    }
+  }
+  return {dz_rows, state_rows};
+}
+
+}  // namespace rnn_fused
