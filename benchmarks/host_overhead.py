@@ -79,7 +79,7 @@ def models(shape, device):
     ours.load_state_dict(cudnn.state_dict())
     x = torch.randn(steps, batch, inputs, device=device, requires_grad=True)
     if kind == ["packed"]:  # lengths from T down to T / 4, as gpu-check's packed rows; the data a leaf
-        packed = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), rnn_fused.tools.gpu_check.packed_lengths(steps, batch))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x.detach(), rnn_fused.tools.benchmark.packed_lengths(steps, batch))
         x = packed._replace(data=packed.data.requires_grad_())
     return cudnn, ours, x
 

@@ -62,14 +62,16 @@ inline BackwardOperands backward_operands(at::ScalarType ct, const at::Tensor& i
 
 // out2d [T*B,H] = x2d [T*B,I] @ w_ih^T (+ bias_ih + bias_hh): every step's input
 // projection in one GEMM, biases folded in. With `rows` (int64 [N], valid_rows.h) only those
-// rows are projected and written; the others are left as they are.
+// rows are projected and written, piece by piece; the others are left as they are.
 inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at::Tensor& w_ih,
                              const std::optional<at::Tensor>& bias_ih, const std::optional<at::Tensor>& bias_hh,
                              const at::Tensor& rows = at::Tensor()) {
   if (rows.defined()) {
-    at::Tensor projected = at::empty({rows.size(0), out2d.size(1)}, out2d.options());
-    input_projection(projected, x2d.index_select(0, rows), w_ih, bias_ih, bias_hh);
-    out2d.index_copy_(0, rows, projected);
+    for (const at::Tensor& piece : valid_row_pieces(rows)) {
+      at::Tensor projected = at::empty({piece.size(0), out2d.size(1)}, out2d.options());
+      input_projection(projected, x2d.index_select(0, piece), w_ih, bias_ih, bias_hh);
+      out2d.index_copy_(0, piece, projected);
+    }
     return;
   }
   if (bias_ih.has_value()) {
@@ -134,26 +136,6 @@ inline at::Tensor sum_of_outer_products(const at::Tensor& a, const at::Tensor& b
     }
   }
   return result;
-}
-
-// dW_hh's operands over the valid pairs alone (valid_pair_index: dz2d's and out2d's rows, both
-// [T*B,H]), as [T-1,W,H] each: the M pairs in time order in W = ceil(M / (T-1)) rows a step,
-// zero rows after them, so that sum_of_outer_products chunks them by steps as it does the
-// padded batch's pairs (zero pairs add nothing).
-inline std::pair<at::Tensor, at::Tensor> valid_pairs_by_step(const at::Tensor& dz2d, const at::Tensor& out2d,
-                                                             int64_t T, const std::vector<int64_t>& lengths,
-                                                             bool reverse) {
-  const auto [dz_rows, state_rows] = valid_pair_index(T, lengths, reverse);
-  const int64_t pairs = dz_rows.size(0), steps = T - 1, H = dz2d.size(1);
-  const int64_t width = std::max<int64_t>(1, (pairs + steps - 1) / steps);
-  const auto by_step = [&](const at::Tensor& from, const at::Tensor& index) {
-    at::Tensor operand = at::empty({steps * width, H}, from.options());
-    at::Tensor taken = operand.narrow(0, 0, pairs);
-    at::index_select_out(taken, from, 0, index);
-    operand.narrow(0, pairs, steps * width - pairs).zero_();
-    return operand.view({steps, width, H});
-  };
-  return {by_step(dz2d, dz_rows), by_step(out2d, state_rows)};
 }
 
 // What rnn_layer_backward returns (schema in csrc/ops.cpp): grad_input, grad_hx,
@@ -232,6 +214,41 @@ inline LayerBackwardResult finish_gradients(const std::array<at::Tensor, 5>& com
   return {grads[0], grads[1], grads[2], grads[3], grads[4], std::move(step_norms), sq_norms, nonfinite};
 }
 
+// whole_sequence_gemms' products over the valid rows alone (valid_rows.h), piece by piece
+// (kValidRowsPieceRows), those not in output_mask undefined: grad_input [T*B,I] (zero at the
+// other rows), grad_w_ih, grad_bias [2,H], and dW_hh's sum over the pairs of steps (h_0's term
+// apart). dz2d [T*B,H] (zero past the lengths), out2d [T*B,H] the saved h_t, x2d [T*B,I] the
+// input in its own dtype (read only for grad_w_ih, each piece's rows cast to dz's).
+struct ValidRowProducts {
+  at::Tensor grad_input, grad_w_ih, grad_bias, grad_w_hh;
+};
+
+inline ValidRowProducts valid_row_products(const at::Tensor& dz2d, const at::Tensor& out2d, const at::Tensor& x2d,
+                                           const at::Tensor& w_ih, int64_t steps, const std::vector<int64_t>& lengths,
+                                           bool reverse, std::array<bool, 5> output_mask) {
+  const auto add_into = [](at::Tensor& sum, const at::Tensor& term) { sum = sum.defined() ? sum.add_(term) : term; };
+  ValidRowProducts r;
+  if (output_mask[0]) r.grad_input = at::zeros({dz2d.size(0), w_ih.size(1)}, dz2d.options());
+  if (output_mask[0] || output_mask[2] || output_mask[4]) {
+    at::Tensor dz_sum;
+    for (const at::Tensor& piece : valid_row_pieces(valid_row_index(steps, lengths))) {
+      const at::Tensor dz = dz2d.index_select(0, piece);
+      if (output_mask[0]) r.grad_input.index_copy_(0, piece, at::mm(dz, w_ih));
+      if (output_mask[2]) add_into(r.grad_w_ih, at::mm(dz.t(), x2d.index_select(0, piece).to(dz.scalar_type())));
+      if (output_mask[4]) add_into(dz_sum, dz.sum(0));
+    }
+    if (output_mask[4]) r.grad_bias = dz_sum.unsqueeze(0).repeat({2, 1});
+  }
+  if (output_mask[3]) {
+    const auto [dz_rows, state_rows] = valid_pair_index(steps, lengths, reverse);
+    const std::vector<at::Tensor> dz_pieces = valid_row_pieces(dz_rows), state_pieces = valid_row_pieces(state_rows);
+    for (size_t i = 0; i < dz_pieces.size(); ++i) {
+      add_into(r.grad_w_hh, at::mm(dz2d.index_select(0, dz_pieces[i]).t(), out2d.index_select(0, state_pieces[i])));
+    }
+  }
+  return r;
+}
+
 // The backward's five gradients from dz by the host's GEMMs, in the compute dtype (dz's), those
 // not in output_mask empty [0] tensors (of result_dtype).
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
@@ -261,24 +278,26 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     }
   }
   const at::Tensor dz2d = dz.view({T * B, H});
-  // The rows multiplied: every row, or the valid ones (dz is zero at the others).
-  const at::Tensor rows = valid_only != nullptr ? valid_row_index(T, *valid_only) : at::Tensor();
-  const at::Tensor dz_rows = rows.defined() ? dz2d.index_select(0, rows) : dz2d;
+  ValidRowProducts valid;
+  if (valid_only != nullptr) {
+    valid = valid_row_products(dz2d, out.view({T * B, H}), input.reshape({T * B, I}), w_ih, T, *valid_only, reverse,
+                               output_mask);
+  }
   // grad_input is rounded to the result dtype before the input's compute-dtype copy is made
   // (reduced precision): the two [T,B,I] float32 tensors are never live together.
   if (output_mask[0]) {
-    const at::Tensor product = at::mm(dz_rows, w_ih);
-    grad_input = (rows.defined() ? at::zeros({T * B, I}, compute).index_copy_(0, rows, product) : product)
-                     .view({T, B, I})
-                     .to(result_dtype);
+    grad_input = (valid_only != nullptr ? valid.grad_input : at::mm(dz2d, w_ih)).view({T, B, I}).to(result_dtype);
   }
   if (output_mask[2]) {
-    const at::Tensor x2d = input.to(compute.dtype()).contiguous().view({T * B, I});
-    grad_w_ih = at::mm(dz_rows.t(), rows.defined() ? x2d.index_select(0, rows) : x2d);
+    grad_w_ih = valid_only != nullptr
+                    ? valid.grad_w_ih
+                    : at::mm(dz2d.t(), input.to(compute.dtype()).contiguous().view({T * B, I}));
   }
   // grad_bias [2,H]: a row for each bias (equal, in one reduction over an expanded dz), so
   // that autograd hands each bias its own row: one tensor for both would be copied for one.
-  if (output_mask[4]) grad_bias = dz_rows.unsqueeze(0).expand({2, dz_rows.size(0), H}).sum(1);
+  if (output_mask[4]) {
+    grad_bias = valid_only != nullptr ? valid.grad_bias : dz2d.unsqueeze(0).expand({2, T * B, H}).sum(1);
+  }
   if (output_mask[3]) {
     // dW_hh = sum_t dz_t^T h_{t-1}: h_{t-1} is the neighbouring output in processing order
     // (zero past a sample's end, so those pairs add nothing), or h_0 at step 0.
@@ -286,10 +305,10 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     const std::optional<at::Tensor> first_term =
         hx.has_value() ? std::optional<at::Tensor>(at::mm(dz_first.t(), hx->to(compute.dtype()))) : std::nullopt;
     if (T > 1) {
-      const auto [dz_tail, h_prev] =
-          rows.defined() ? valid_pairs_by_step(dz2d, out.view({T * B, H}), T, *valid_only, reverse)
-                         : std::pair{dz.narrow(0, reverse ? 0 : 1, T - 1), out.narrow(0, reverse ? 1 : 0, T - 1)};
-      grad_w_hh = sum_of_outer_products(dz_tail, h_prev, launch_bound);
+      grad_w_hh = valid_only != nullptr
+                      ? valid.grad_w_hh
+                      : sum_of_outer_products(dz.narrow(0, reverse ? 0 : 1, T - 1),
+                                              out.narrow(0, reverse ? 1 : 0, T - 1), launch_bound);
       if (first_term.has_value()) grad_w_hh = first_term->add_(grad_w_hh);
     } else {
       grad_w_hh = first_term.has_value() ? *first_term : at::zeros({H, H}, compute);

@@ -24,6 +24,13 @@ namespace rnn_fused {
 // H = 16), above it the valid rows alone were up to 1.27x faster (I = H = 512 at 54%).
 inline constexpr int64_t kValidRowsMultiplyAddsPerCopy = 32;
 
+// The valid rows' products run in pieces of at most this many rows: each gathered operand and
+// product stays a piece's size (the whole N rows' copies at once raised the peak memory of a
+// packed 100, 64, 256, 512 forward+backward from 54 to 78 MB, nn.RNN's 33), and each entry sums
+// at most this many rows in one chain before the pieces' partial sums are added, as dW_hh's
+// chunks do (elman_gemms.h).
+inline constexpr int64_t kValidRowsPieceRows = 1024;
+
 inline int64_t valid_row_count(const std::vector<int64_t>& lengths) {
   return std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
 }
@@ -79,5 +86,8 @@ inline std::pair<at::Tensor, at::Tensor> valid_pair_index(int64_t steps, const s
   }
   return {dz_rows, state_rows};
 }
+
+// An index [N] in pieces of at most kValidRowsPieceRows (one piece, maybe empty, at least).
+inline std::vector<at::Tensor> valid_row_pieces(const at::Tensor& index) { return index.split(kValidRowsPieceRows); }
 
 }  // namespace rnn_fused

@@ -18,7 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import rnn_fused
 from rnn_fused.tools import benchmark, bptt_benchmark, check, demo, experiments
 from rnn_fused.tools.cli import build_parser, main, shapes_argument
-from rnn_fused.tools.benchmark import BenchResult, Row, build_pair, default_shapes, format_table, layer_flops
+from rnn_fused.tools.benchmark import (PACKED, BenchResult, Row, build_pair, default_shapes, format_table, layer_flops,
+                                      shape_flops)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -515,13 +516,29 @@ def test_a_cudnn_refusal_is_reported_not_raised():
 
 
 def test_the_cpu_bench_has_a_bidirectional_row():
-    """The CPU grid ends with one bidirectional layer (T, B, I, H, 2): both modules bidirectional
+    """The CPU grid has one bidirectional layer (T, B, I, H, 2): both modules bidirectional
     with the same weights, the gradient of the output 2H wide, the table's label says so."""
-    shape = default_shapes(torch.device("cpu"))[-1]
-    assert len(shape) == 5 and shape[4] == 2
+    assert [shape for shape in default_shapes(torch.device("cpu")) if len(shape) == 5 and shape[4] == 2]
     stock, ours, x, grad_out = build_pair((5, 2, 3, 4, 2), torch.device("cpu"), torch.float32)
     assert stock.bidirectional and ours.bidirectional and grad_out.shape == (5, 2, 8)
     assert torch.equal(stock.weight_hh_l0_reverse, ours.weight_hh_l0_reverse)
     row = Row((5, 2, 3, 4, 2), "fwd", 1.0, 0.5, 2.0, 1.0, 0.01)
     table = format_table(BenchResult("cpu", "CPU", 2, 1e11, [row]))
     assert "| 5, 2, 3, 4, bidirectional | fwd | 1.00 | 0.50 | 2.00x |" in table
+
+
+def test_the_cpu_bench_has_a_packed_row():
+    """The CPU grid ends with a PackedSequence of uneven lengths (T, B, I, H, 1, 1, "packed"): both
+    modules get the same packed batch (lengths from T down to about T / 4), the gradient is the packed
+    output's data's, the label says so, and the FLOPs count its valid steps alone."""
+    shape = default_shapes(torch.device("cpu"))[-1]
+    assert len(shape) == 7 and shape[4:] == (1, 1, PACKED)
+    stock, ours, x, grad_out = build_pair((6, 3, 4, 5, 1, 1, PACKED), torch.device("cpu"), torch.float32)
+    assert isinstance(x, torch.nn.utils.rnn.PackedSequence) and x.batch_sizes.tolist() == [3, 2, 2, 2, 1, 1]
+    assert grad_out.shape == (11, 5)  # lengths 6, 4, 1
+    out, _ = ours(x)
+    assert torch.equal(out.batch_sizes, stock(x)[0].batch_sizes)
+    assert shape_flops((6, 3, 4, 5, 1, 1, PACKED), backward=False) == layer_flops(11, 1, 4, 5, backward=False)
+    row = Row((6, 3, 4, 5, 1, 1, PACKED), "fwd", 1.0, 0.5, 2.0, 1.0, 0.01)
+    table = format_table(BenchResult("cpu", "CPU", 2, 1e11, [row]))
+    assert "| 6, 3, 4, 5, packed | fwd | 1.00 | 0.50 | 2.00x |" in table

@@ -390,7 +390,19 @@ def test_cpu_gemms_multiply_only_the_valid_rows_where_that_saves_time(hidden, va
     and the input past the lengths never read (NaN there moves no bit of any result). Either way,
     and with every row forced (forced_tiling(every_row=True)), every result meets the tolerance
     rule against the float64 step loop, truncation included."""
-    steps, batch, input_size = 10, 6, 64
+    # Forward the input's rows; backward dz's, the input's, and dW_hh's pairs (dz's and the states').
+    _check_valid_rows(10, 6, 64, hidden, lengths, reverse, truncation, gathers=5 if valid_only else 0)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cpu_valid_rows_in_pieces(reverse):
+    """Over kValidRowsPieceRows (1024) valid rows the products run piece by piece (1,318 rows and
+    1,278 pairs of steps here: two pieces each, every gather twice), with the same guarantees."""
+    lengths = [64 - (b * 63) // 39 for b in range(40)]  # 64 down to 1: 1,318 of 2,560 rows valid
+    _check_valid_rows(64, 40, 96, 96, lengths, reverse, None, gathers=10)
+
+
+def _check_valid_rows(steps, batch, input_size, hidden, lengths, reverse, truncation, gathers):
     args64 = layer_args(steps, batch, input_size, hidden, generator=torch.Generator().manual_seed(11))
     lengths = torch.tensor(lengths)
     valid = (torch.arange(steps).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1)  # [T,B,1]
@@ -409,16 +421,15 @@ def test_cpu_gemms_multiply_only_the_valid_rows_where_that_saves_time(hidden, va
         return [out, h_n, *torch.autograd.grad((out, h_n), leaves, [c.to(dtype) for c in cotangents])]
 
     reference, stock = run(torch.float64, ours=False), run(torch.float32, ours=False)
-    ours, gathers = _gathers(lambda: run(torch.float32))
+    ours, ours_gathers = _gathers(lambda: run(torch.float32))
     with launch_plan.forced_tiling(every_row=True):
         every_row, every_row_gathers = _gathers(lambda: run(torch.float32))
-    # Forward the input's rows; backward dz's, the input's, and dW_hh's pairs (dz's and the states').
-    assert (gathers, every_row_gathers) == ((5, 0) if valid_only else (0, 0))
+    assert (ours_gathers, every_row_gathers) == (gathers, 0)
     names = ["output", "h_n", "grad_input", "grad_hx", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh"]
     for name, r, s, o, e in zip(names, reference, stock, ours, every_row):
         assert_within_tolerance(r, s, o, name=name)
         assert_within_tolerance(r, s, e, name=f"{name} (every row)")
-    if valid_only:
+    if gathers:
         with_nan_padding = run(torch.float32, padding=math.nan)
         for name, o, n in zip(names, ours, with_nan_padding):
             assert torch.equal(o, n), name

@@ -35,10 +35,14 @@ CPU_SHAPES = [  # (T, B, I, H)
     (200, 32, 128, 256),
     (100, 64, 512, 1024),
 ]
-# A shape may carry a fifth element, its directions: 2 for one bidirectional layer. The CPU
-# table adds one (its two time loops at once: docs/architecture.md, "The CPU backend").
+# A shape may carry a fifth element, its directions: 2 for one bidirectional layer, a sixth,
+# its layers, and a seventh, PACKED: the input a PackedSequence of uneven lengths
+# (packed_lengths), as a training loop over sentences feeds nn.RNN. The CPU table adds a
+# bidirectional layer (its two time loops at once: docs/architecture.md, "The CPU backend") and
+# a packed batch (whose GEMMs multiply only the valid steps' rows, as nn.RNN's do).
 BIDIRECTIONAL = 2
-CPU_BENCH_SHAPES = CPU_SHAPES + [(1000, 8, 32, 64, BIDIRECTIONAL)]
+PACKED = "packed"
+CPU_BENCH_SHAPES = CPU_SHAPES + [(1000, 8, 32, 64, BIDIRECTIONAL), (100, 64, 256, 512, 1, 1, PACKED)]
 # Long and short sequences, batch 1 to 128, hidden 128 to 1024 (all of which the planner
 # keeps on chip on an H100-class GPU).
 CUDA_SHAPES = [
@@ -71,11 +75,37 @@ def layers_of(shape) -> int:
     return shape[5] if len(shape) > 5 else 1
 
 
+def packed_of(shape) -> bool:
+    """Whether a shape's input is a PackedSequence (its seventh element PACKED)."""
+    return len(shape) > 6 and shape[6] == PACKED
+
+
+def packed_lengths(steps: int, batch: int) -> list[int]:
+    """A packed row's sample lengths: from T down to about T / 4, evenly, in decreasing order
+    (what pack_padded_sequence's enforce_sorted asks)."""
+    shortest = max(1, steps // 4)
+    return [steps - (b * (steps - shortest)) // max(batch - 1, 1) for b in range(batch)]
+
+
 def shape_label(shape) -> str:
-    """'T, B, I, H', with ', L layers' for a stack and ', bidirectional' for bidirectional layers."""
+    """'T, B, I, H', with ', L layers' for a stack, ', bidirectional' for bidirectional layers
+    and ', packed' for a PackedSequence."""
     layers = layers_of(shape)
     return (", ".join(map(str, shape[:4])) + (f", {layers} layers" if layers > 1 else "")
-            + (", bidirectional" if directions_of(shape) == BIDIRECTIONAL else ""))
+            + (", bidirectional" if directions_of(shape) == BIDIRECTIONAL else "")
+            + (", packed" if packed_of(shape) else ""))
+
+
+def shape_flops(shape, backward: bool) -> float:
+    """layer_flops of every layer and direction of a shape (the layers above the first with their
+    input's gradient, 2 rows H I more backward); a packed batch's over its valid steps alone
+    (the sum of its lengths)."""
+    steps, batch, input_size, hidden = shape[:4]
+    directions = directions_of(shape)
+    rows = sum(packed_lengths(steps, batch)) if packed_of(shape) else steps * batch
+    upper_input = directions * hidden
+    upper = layer_flops(rows, 1, upper_input, hidden, backward) + (2.0 * rows * hidden * upper_input if backward else 0)
+    return directions * (layer_flops(rows, 1, input_size, hidden, backward) + (layers_of(shape) - 1) * upper)
 
 
 @dataclass(frozen=True)
@@ -157,6 +187,10 @@ def build_pair(shape, device, dtype, seed: int = 0):
     ours = RNN.from_torch(stock)
     x = torch.randn(steps, batch, input_size, device=device, dtype=dtype)
     grad_out = torch.randn(steps, batch, directions * hidden, device=device, dtype=dtype)
+    if packed_of(shape):  # the packed batch, and the gradient of the packed output's data [N, D*H]
+        lengths = packed_lengths(steps, batch)
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, lengths)
+        grad_out = torch.randn(sum(lengths), directions * hidden, device=device, dtype=dtype)
     return stock, ours, x, grad_out
 
 
@@ -347,7 +381,7 @@ def measure_table(shapes, device: torch.device, threads: int = 2, measure_memory
                     t_torch = math.nan
                     t_ours = median_seconds(make(ours), device=device, min_repeats=timing.min_repeats,
                                             min_seconds=timing.min_seconds)
-                flops = directions_of(shape) * layer_flops(*shape[:4], backward=backward)
+                flops = shape_flops(shape, backward)
                 row = Row(shape, pass_, t_torch * 1e3, t_ours * 1e3, t_torch / t_ours, flops / t_ours / 1e9, 0.0,
                           baseline_note=refusal)
                 if backward and measure_memory and refusal is None:

@@ -50,7 +50,7 @@ from ..launch_plan import (CLUSTER_STEP_SYNCS, GRID_STEP_SYNCS, PATHS, STEP_SYNC
 from ..modules import RNN
 from ..reference import reference_layer
 from .benchmark import (Timing, _benchmark_settings, baseline_refusal, refused_by_baseline, cuda_peak_memory_mb, backward_fn, forward_backward_fn, forward_fn,
-                        gemm_rate, median_seconds, output_tensor, paired_median_seconds)
+                        gemm_rate, median_seconds, output_tensor, packed_lengths, paired_median_seconds)
 from .bptt_benchmark import OVERHEAD_VARIANTS, OverheadRow, format_overhead, overhead_rows
 from .command_output import output_directory, write_json, write_text
 
@@ -89,13 +89,6 @@ class Shape:
         if self.packed:
             text += ", packed"
         return text if self.dtype == "float32" else f"{_short_dtype(self.dtype)}: {text}"
-
-
-def packed_lengths(steps: int, batch: int) -> list[int]:
-    """A packed row's sample lengths: from T down to about T / 4, evenly, in decreasing order
-    (what pack_padded_sequence's enforce_sorted asks)."""
-    shortest = max(1, steps // 4)
-    return [steps - (b * (steps - shortest)) // max(batch - 1, 1) for b in range(batch)]
 
 
 def _short_dtype(name: str) -> str:
