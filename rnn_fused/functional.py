@@ -103,6 +103,8 @@ def rnn_layer(input: Tensor, hx: Tensor | None, weight_ih: Tensor, weight_hh: Te
     """One fused layer and direction.
 
     input [T,B,I] time-major; hx [B,H] or None (zeros); lengths int64 [B] or None (all T).
+    The input past a sample's length changes no result where it is finite (the GEMMs may
+    multiply it by zero: NaN or inf there can reach weight_ih's gradient).
     backend: None (the input device's own: 'cpu' or 'cuda'), or 'emulated' (the CUDA
     kernels run on CPU tensors by the SIMT emulator, rnn_fused.simt).
     path: for the GPU kernels ('cuda', 'emulated'), force a recurrence path: 'block',
@@ -217,7 +219,8 @@ def rnn(input: Tensor, hx: Tensor | None, weights, num_layers: int, bidirectiona
     weights: one sequence per (layer, direction) in nn.RNN's order (l0, l0_reverse, l1, ...),
     each (weight_ih, weight_hh) or (weight_ih, weight_hh, bias_ih, bias_hh);
     lengths int64 [B] (valid steps per sample, on the CPU or input's device; the CPU costs no
-    host synchronisation) or None (all T).
+    host synchronisation) or None (all T); the input past a sample's length must be finite, as
+    for rnn_layer (a PackedSequence through RNN pads with zeros).
     Dropout with probability `dropout` is applied to every layer's output but the last,
     only when `training`, with nn.RNN's random draws (dropout_between_layers).
     truncation: None, an int K >= 1 or a RandomTruncation (as for rnn_layer), for every
