@@ -12,7 +12,6 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/index_select.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/logical_not.h>
@@ -69,8 +68,8 @@ inline void input_projection(at::Tensor& out2d, const at::Tensor& x2d, const at:
   if (rows.defined()) {
     for (const at::Tensor& piece : valid_row_pieces(rows)) {
       at::Tensor projected = at::empty({piece.size(0), out2d.size(1)}, out2d.options());
-      input_projection(projected, x2d.index_select(0, piece), w_ih, bias_ih, bias_hh);
-      out2d.index_copy_(0, piece, projected);
+      input_projection(projected, gather_rows(x2d, piece), w_ih, bias_ih, bias_hh);
+      scatter_rows(out2d, piece, projected);
     }
     return;
   }
@@ -232,9 +231,9 @@ inline ValidRowProducts valid_row_products(const at::Tensor& dz2d, const at::Ten
   if (output_mask[0] || output_mask[2] || output_mask[4]) {
     at::Tensor dz_sum;
     for (const at::Tensor& piece : valid_row_pieces(valid_row_index(steps, lengths))) {
-      const at::Tensor dz = dz2d.index_select(0, piece);
-      if (output_mask[0]) r.grad_input.index_copy_(0, piece, at::mm(dz, w_ih));
-      if (output_mask[2]) add_into(r.grad_w_ih, at::mm(dz.t(), x2d.index_select(0, piece).to(dz.scalar_type())));
+      const at::Tensor dz = gather_rows(dz2d, piece);
+      if (output_mask[0]) scatter_rows(r.grad_input, piece, at::mm(dz, w_ih));
+      if (output_mask[2]) add_into(r.grad_w_ih, at::mm(dz.t(), gather_rows(x2d, piece).to(dz.scalar_type())));
       if (output_mask[4]) add_into(dz_sum, dz.sum(0));
     }
     if (output_mask[4]) r.grad_bias = dz_sum.unsqueeze(0).repeat({2, 1});
@@ -243,7 +242,7 @@ inline ValidRowProducts valid_row_products(const at::Tensor& dz2d, const at::Ten
     const auto [dz_rows, state_rows] = valid_pair_index(steps, lengths, reverse);
     const std::vector<at::Tensor> dz_pieces = valid_row_pieces(dz_rows), state_pieces = valid_row_pieces(state_rows);
     for (size_t i = 0; i < dz_pieces.size(); ++i) {
-      add_into(r.grad_w_hh, at::mm(dz2d.index_select(0, dz_pieces[i]).t(), out2d.index_select(0, state_pieces[i])));
+      add_into(r.grad_w_hh, at::mm(gather_rows(dz2d, dz_pieces[i]).t(), gather_rows(out2d, state_pieces[i])));
     }
   }
   return r;

@@ -773,6 +773,17 @@ TORCH_LIBRARY(rnn_fused, m) {
           const char* split = plan.threads <= 1 ? "none" : plan.split == rnn_fused::cpu::TeamSplit::Rows ? "rows" : "units";
           return std::make_tuple(plan.threads, std::string(split));
         });
+  // The first row of each of `threads` shares of a time loop split by rows, and B last, for rows of
+  // these step counts (a sample's length each; cpu/step_team.h row_share_starts).
+  m.def("cpu_row_shares(int[] row_steps, int threads) -> int[]", [](std::vector<int64_t> row_steps, int64_t threads) {
+    const int64_t batch = static_cast<int64_t>(row_steps.size());
+    TORCH_CHECK_VALUE(threads >= 1 && threads <= batch, "rnn_fused.cpu_row_shares: threads must be in [1, ",
+                      batch, "] (one row at least per share), got ", threads);
+    for (int64_t steps : row_steps) {
+      TORCH_CHECK_VALUE(steps >= 0, "rnn_fused.cpu_row_shares: row_steps must be >= 0, got ", steps);
+    }
+    return rnn_fused::cpu::row_share_starts(batch, threads, &row_steps);
+  });
   // Forces the CPU time loops' team: threads (0: their own choice) and split ("rows", "units", or
   // "": their own choice); returns the previous setting.
   m.def("set_cpu_loop_team(int threads, str split=\"\") -> (int, str)", [](int64_t threads, const std::string& split) {

@@ -41,6 +41,9 @@ CASES = [
     (70, 1, 4, 256, 1, False, True, False, None, "tanh", None, torch.float32),  # one row: vector_matrix's slices
     (10, 64, 6, 33, 1, False, True, True, None, "tanh", 3, torch.float32),  # 3 blocks of 16 units, 2 then 1
     (9, 32, 40, 200, 1, True, True, False, None, "relu", None, torch.float32),
+    # packed lengths from 30 down to 1: shares of equal summed steps, not of equal row counts
+    (30, 16, 5, 48, 1, False, True, True, [30, 2, 27, 1, 25, 20, 3, 18, 15, 4, 12, 9, 7, 6, 5, 1], "tanh", None,
+     torch.float32),
 ]
 
 
@@ -98,15 +101,18 @@ def test_time_loops_on_the_team(case, threads, split, restore_threads):
 
 
 @pytest.mark.parametrize("split", ["rows", "units"])
-def test_zero_lengths_on_the_team(split, restore_threads):
+@pytest.mark.parametrize("lengths,empty", [([11, 0, 4, 11, 0, 7], [1, 4]), ([11, 11, 7, 4, 0, 0], [4, 5])],
+                         ids=["unsorted", "non-increasing"])
+def test_zero_lengths_on_the_team(split, lengths, empty, restore_threads):
     """A sample of length 0 keeps h_0 and gets zero gradients but for grad hx, on the team as on
-    one thread (rnn_layer directly: a packed sequence cannot hold an empty sample)."""
+    one thread (rnn_layer directly: a packed sequence cannot hold an empty sample). Non-increasing
+    lengths take finished samples out of each step's product and balance a split by rows by them."""
     torch.manual_seed(1)
     T, B, I, H = 11, 6, 5, 112
     x = torch.randn(T, B, I)
     hx = torch.randn(B, H)
     weights = [torch.randn(H, I) / H**0.5, torch.randn(H, H) / H**0.5, torch.randn(H), torch.randn(H)]
-    lengths = torch.tensor([11, 0, 4, 11, 0, 7])
+    lengths = torch.tensor(lengths)
     torch.set_num_threads(2)
 
     def run(dtype):
@@ -123,9 +129,10 @@ def test_zero_lengths_on_the_team(split, restore_threads):
     for name, r, s, o in zip(names, reference, alone, on_team):
         assert_within_tolerance(r, s, o, name=name)
     out, h_n, grad_x, grad_hx = on_team[:4]
-    assert torch.equal(h_n[1], hx[1]) and torch.equal(h_n[4], hx[4])
-    assert not out[:, 1].any() and not grad_x[:, 4].any()
-    assert torch.equal(grad_hx[1], 2 * hx[1])
+    for b in empty:
+        assert torch.equal(h_n[b], hx[b])
+        assert not out[:, b].any() and not grad_x[:, b].any()
+        assert torch.equal(grad_hx[b], 2 * hx[b])
 
 
 @pytest.mark.parametrize("threads,split", TEAMS)
@@ -155,6 +162,33 @@ def test_recorded_norms_on_the_team(threads, split, restore_threads):
 
     names = ["output", "h_n", "step norms"] + [f"grad {n}" for n, _ in module.named_parameters()]
     _assert_team_agrees(run, module, threads, split, names)
+
+
+def test_row_shares_hold_equal_summed_steps():
+    """A split by rows gives each thread about the same sum of its samples' lengths (a packed
+    batch's rows run from the longest sample to the shortest), never an empty share; equal row
+    counts where the lengths are all equal."""
+    shares = OPS.cpu_row_shares
+    assert shares([5] * 8, 2) == [0, 4, 8]
+    assert shares([5] * 7, 3) == [0, 2, 4, 7]
+    assert shares([0] * 4, 2) == [0, 2, 4]
+    assert shares(list(range(10, 0, -1)), 2) == [0, 3, 10]  # 27 and 28 steps
+    assert shares(list(range(9, 0, -1)), 3) == [0, 2, 4, 9]  # 17, 13 and 15: no split does better than 17
+    assert shares([100] + [1] * 9, 2) == [0, 1, 10]
+    assert shares([100, 0, 0, 0], 3) == [0, 1, 2, 4]  # one row at least per share
+    assert shares([3, 2, 2, 1], 1) == [0, 4]
+    assert shares([9, 9] + [1] * 6, 2) == [0, 1, 8]  # 9 against 15 (a row more: 18 against 6)
+    for lengths in ([7, 7, 6, 6, 6, 5, 3, 3, 2, 1, 1, 1], [64] * 3 + list(range(40, 0, -3))):
+        for threads in (2, 3, 4):
+            starts = shares(lengths, threads)
+            sums = [sum(lengths[a:b]) for a, b in zip(starts, starts[1:])]
+            # Each boundary within one row of the sum's exact share.
+            assert all(b > a for a, b in zip(starts, starts[1:])), starts
+            assert max(sums) - min(sums) <= 2 * max(lengths), (starts, sums)
+    with pytest.raises(ValueError, match=r"threads must be in \[1, 3\] \(one row at least per share\), got 4"):
+        shares([1, 2, 3], 4)
+    with pytest.raises(ValueError, match="row_steps must be >= 0, got -1"):
+        shares([1, -1], 2)
 
 
 def test_which_team_runs_a_loop(restore_threads):

@@ -371,10 +371,10 @@ VALID_ROW_LENGTHS = [[10, 6, 3, 2, 1, 1], [1, 0, 10, 3, 6, 2]]
 
 
 def _gathers(fn) -> tuple[list[torch.Tensor], int]:
-    """fn()'s results and the row gathers (aten::index_select) it ran."""
+    """fn()'s results and the row gathers (rnn_fused::gather_rows, csrc/valid_rows.h) it ran."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         results = fn()
-    return results, sum(1 for e in profile.events() if e.name == "aten::index_select")
+    return results, sum(1 for e in profile.events() if e.name == "rnn_fused::gather_rows")
 
 
 @pytest.mark.parametrize("hidden, valid_only", [(64, True), (8, False)])

@@ -48,6 +48,11 @@ Lengths host_lengths(const LayerForwardCall& call) {
   return out;
 }
 
+// Each row's step count as a split by rows balances it (step_team.h run_on_team): the lengths where
+// they are non-increasing, since then a finished row leaves the step's product; null otherwise
+// (every row is multiplied every step).
+const std::vector<int64_t>* row_steps(const Lengths& len) { return len.nonincreasing ? &len.values : nullptr; }
+
 // Samples still running at processing step s: the first `active` rows when the
 // lengths are non-increasing (packed order), else every row (the epilogue masks).
 int64_t active_rows(const Lengths& len, int64_t s) {
@@ -84,7 +89,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
                        scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
   const TeamPlan plan = team_plan(len.max_len, B, H);
-  run_on_team(plan, B, H, [&](const TeamShare& share, StepBarrier& barrier) {
+  run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     for (int64_t s = 0; s < len.max_len; ++s) {
@@ -99,8 +104,9 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
       }
       for (int64_t b = r0; b < r1; ++b) {
         const int64_t length = len.values[b];
-        if (s >= length) {  // frozen: the state carries over into the other buffer
-          std::copy_n(state + b * H + u0, U, next + b * H + u0);
+        if (s >= length) {
+          // Frozen: the state carries over into the other buffer once; from then on both hold it.
+          if (s == length) std::copy_n(state + b * H + u0, U, next + b * H + u0);
           continue;
         }
         const int64_t t = step_time(s, length, reverse);
@@ -137,7 +143,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
   // [2][slices][B]: by step parity, each unit slice's sum of g^2 per sample (a thread's sum in
   // the slot of its first slice; the others stay 0).
   std::vector<double> partial_sq(record ? 2 * slices * B : 0, 0.0);
-  run_on_team(plan, B, H, [&](const TeamShare& share, StepBarrier& barrier) {
+  run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     for (int64_t s = len.max_len - 1; s >= 0; --s) {

@@ -20,7 +20,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <thread>
+#include <vector>
 
 #include "cpu/blas.h"
 
@@ -144,6 +146,39 @@ inline UnitRange share_rows(int64_t batch, int64_t threads, int64_t share) {
   return {share * batch / threads, (share + 1) * batch / threads};
 }
 
+// The first row of each share of a split by rows, and B last: [threads + 1]. A thread's loop costs
+// about the steps of its rows summed, so where the rows' step counts (row_steps [B]: each sample's
+// length) differ, the shares hold equal sums of them (a packed batch's rows run from its longest
+// sample to its shortest: equal row counts gave the first thread most of the work, 1.5x the
+// balanced share with lengths spread evenly). Equal counts otherwise (share_rows), and none empty.
+inline std::vector<int64_t> row_share_starts(int64_t batch, int64_t threads, const std::vector<int64_t>* row_steps) {
+  std::vector<int64_t> starts(static_cast<size_t>(threads + 1));
+  for (int64_t share = 0; share <= threads; ++share) starts[share] = share * batch / threads;
+  if (row_steps == nullptr || std::adjacent_find(row_steps->begin(), row_steps->end(),
+                                                 std::not_equal_to<int64_t>()) == row_steps->end()) {
+    return starts;
+  }
+  int64_t total = 0;
+  for (int64_t steps : *row_steps) total += steps;
+  int64_t row = 0, summed = 0;
+  for (int64_t share = 1; share < threads; ++share) {
+    // The row boundary whose sum before it is nearest the share's part of the total, leaving at
+    // least one row to each share on either side.
+    const int64_t target = total * share / threads;
+    while (row < batch - (threads - share) && (row < starts[share - 1] + 1 || summed < target)) {
+      summed += (*row_steps)[row];
+      ++row;
+    }
+    const int64_t last = row > 0 ? (*row_steps)[row - 1] : 0;
+    if (row > starts[share - 1] + 1 && summed >= target && summed - target > target - (summed - last)) {
+      --row;
+      summed -= last;
+    }
+    starts[share] = row;
+  }
+  return starts;
+}
+
 // One thread's share of a team: its units and rows (all of the other dimension), its first
 // unit slice (slices are fixed by the team, so the index names the thread's partial sums over
 // its units whatever ATen's partition; 0 when split by rows), and how many slices or row shares
@@ -158,8 +193,10 @@ struct TeamShare {
 // a thread that left the loop would leave the others waiting at the barrier. BLAS runs
 // single-threaded inside (the team is the parallelism), with the caller's thread-local state
 // (grad mode, dispatch exclusions).
+// row_steps [B] or null: each row's step count, which a split by rows balances (row_share_starts).
 template <typename Body>
-void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const Body& body) {
+void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const std::vector<int64_t>* row_steps,
+                 const Body& body) {
   const UnitRange all_units{0, hidden}, all_rows{0, batch};
   if (plan.threads <= 1) {
     const SingleThreadedBlas serial(/*on_calling_thread=*/!at::in_parallel_region());
@@ -168,6 +205,8 @@ void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const Body
     return;
   }
   const bool by_rows = plan.split == TeamSplit::Rows;
+  const std::vector<int64_t> row_starts = by_rows ? row_share_starts(batch, plan.threads, row_steps)
+                                                  : std::vector<int64_t>();
   StepBarrier barrier(plan.threads, /*waits=*/!by_rows);
   const at::ThreadLocalState state;
   at::parallel_for(0, plan.threads, 1, [&](int64_t first, int64_t last) {
@@ -175,7 +214,7 @@ void run_on_team(const TeamPlan& plan, int64_t batch, int64_t hidden, const Body
     const SingleThreadedBlas serial(/*on_calling_thread=*/false);  // parallel_for initialised the caller
     const int64_t count = last - first;
     if (by_rows) {
-      const UnitRange rows{share_rows(batch, plan.threads, first).begin, share_rows(batch, plan.threads, last - 1).end};
+      const UnitRange rows{row_starts[first], row_starts[last]};
       body(TeamShare{all_units, rows, 0, count}, barrier);
     } else {
       const UnitRange units{slice_units(hidden, plan.threads, first).begin,
