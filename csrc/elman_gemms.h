@@ -248,6 +248,22 @@ inline ValidRowProducts valid_row_products(const at::Tensor& dz2d, const at::Ten
   return r;
 }
 
+// The whole-sequence products of a float32 layer this small (their multiply-adds, T B H (2 I + H))
+// are summed in float64 on the host and rounded once: each gradient is then the correctly rounded
+// sum of its float32 terms (a float product is exact in float64) unless they cancel by more than
+// about 2^29, where float32 GEMMs round every partial sum. Found by fuzzing: a gradient that is one
+// heavily cancelled sum (an input gradient of one feature, the biases' of a hidden size of 1)
+// rounded by MKL in float32 came out over the tolerance rule's bound on one CPU and not on
+// another, whose GEMM kernels sum in another order. At this size the float64 products cost a few
+// microseconds at most, against a layer call's tens of host time. The GPU kernels' short-layer
+// gradients do the same (kernel_makes_gradients); on the GPU every product is a launch, so the
+// host's GEMMs there stay float32.
+inline constexpr int64_t kFloat64SumMaxMultiplyAdds = int64_t(1) << 17;
+
+inline bool sums_in_float64(at::ScalarType compute, int64_t multiply_adds, bool launch_bound) {
+  return compute == at::kFloat && !launch_bound && multiply_adds <= kFloat64SumMaxMultiplyAdds;
+}
+
 // The backward's five gradients from dz by the host's GEMMs, in the compute dtype (dz's), those
 // not in output_mask empty [0] tensors (of result_dtype).
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
@@ -263,6 +279,12 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
     at::ScalarType result_dtype, bool launch_bound, const std::vector<int64_t>* valid_only) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
+  if (sums_in_float64(dz.scalar_type(), T * B * H * (2 * I + H), launch_bound)) {
+    const auto wide = [](const at::Tensor& t) { return t.defined() ? t.to(at::kDouble) : t; };
+    return whole_sequence_gemms(wide(input), wide(w_ih), wide(w_hh), wide(out), wide(dz), wide(dz_first),
+                                wide(dh_n), hx.has_value() ? std::optional<at::Tensor>(wide(*hx)) : std::nullopt,
+                                lengths, reverse, output_mask, result_dtype, launch_bound, valid_only);
+  }
   const at::TensorOptions compute = dz.options();
   const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));
   at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,

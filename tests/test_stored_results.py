@@ -68,6 +68,16 @@ emulated digests moved, float32 and bfloat16 gradients and squared norms only (g
 grad_weight_ih, grad_weight_hh and grad_bias in every float32 case, grad_hx in half of them, the
 squared norms where recorded; three bfloat16 results); no forward result, step norm or CPU digest.
 
+On 2026-12-07 the CPU backend's small float32 layers began to sum their whole-sequence
+gradients in float64, rounded once (csrc/elman_gemms.h sums_in_float64: every case here), and its
+backward epilogue to evaluate g and dz in double, rounded once (csrc/cpu/activation.h): on an
+Intel Xeon with AVX-512, pinned, 51 of the 240 CPU results moved between the two builds (float32
+gradients and step norms in every float32 case, 6 bfloat16 gradients; no forward result, no float64
+result) and none of the 960 emulated ones. The stored file was from an AMD EPYC (`cpu/avx2`), which
+no machine here could remake and whose CPU digests that change made stale, and it skipped on Intel
+machines; it was regenerated on the Intel machine (`cpu/avx512f` and the emulated digests), so the
+test runs there and skips on AMD processors until they are made on one.
+
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit (and, where
 the CPU backend's arithmetic moved, on a machine of each stored ISA).
