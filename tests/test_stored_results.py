@@ -70,7 +70,8 @@ squared norms where recorded; three bfloat16 results); no forward result, step n
 
 On 2026-12-07 the CPU backend's small float32 layers began to sum their whole-sequence
 gradients in float64, rounded once (csrc/elman_gemms.h sums_in_float64: every case here), and its
-backward epilogue to evaluate g and dz in double, rounded once (csrc/cpu/activation.h): on an
+backward epilogue to evaluate g and dz in double, rounded once, and to sum the step norms' squares
+in double (csrc/cpu/activation.h; the float32 row cloned per vector ISA since): on an
 Intel Xeon with AVX-512, pinned, 51 of the 240 CPU results moved between the two builds (float32
 gradients and step norms in every float32 case, 6 bfloat16 gradients; no forward result, no float64
 result) and none of the 960 emulated ones. The stored file was from an AMD EPYC (`cpu/avx2`), which

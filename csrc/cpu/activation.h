@@ -2,9 +2,10 @@
 // projection already holds both biases) and its derivative written in terms of the
 // saved output h (tanh' = 1 - h^2, relu' = [h > 0]).
 //
-// On x86-64 the forward's row function is compiled once per instruction set (target_clones)
-// and picked at load time, so one binary runs everywhere and uses AVX-512/AVX2 where the CPU
-// has them. Other targets (aarch64) compile it once for the target's own vector unit.
+// On x86-64 the row functions (the float64 backward's excepted, below) are compiled once per
+// instruction set (target_clones) and picked at load time, so one binary runs everywhere and uses
+// AVX-512/AVX2 where the CPU has them. Other targets (aarch64) compile them once for the target's
+// own vector unit.
 #pragma once
 
 #include <cstdint>
@@ -48,8 +49,8 @@ inline void activate_row_body(scalar_t* __restrict xw, const scalar_t* __restric
 // value of its float32 operands, where float arithmetic rounded g's sums and 1 - h^2 apart, up
 // to about 1.5 ulps; a fuzzed gradient that sums a few heavily cancelling dz (the biases' of a
 // hidden size of 1) carried that past the tolerance rule on one CPU. With kNorm the row also
-// returns sum_j g_j^2 of g rounded to scalar_t, accumulated in scalar_t at full vector width
-// (see row_sum_of_squares for when a float32 sum is redone in float64).
+// returns sum_j g_j^2 of g rounded to scalar_t, summed in double (a float g's square is exact
+// there, and no finite one underflows or overflows).
 // dy [H] output gradient; carry [H] W_hh^T dz_{next}; extra [H] gradient of h_n (kExtra);
 // h [H] saved output; dz, dz_step [H] out: dL/dz
 template <Activation A, bool kExtra, bool kNorm, typename scalar_t>
@@ -57,36 +58,20 @@ inline double activation_grad_row_body(const scalar_t* __restrict dy, const scal
                                        scalar_t scale, const scalar_t* __restrict extra,
                                        const scalar_t* __restrict h, scalar_t* __restrict dz,
                                        scalar_t* __restrict dz_step, int64_t H) {
-  scalar_t g_sq = 0;
+  double g_sq = 0;
 #pragma omp simd reduction(+ : g_sq)
   for (int64_t j = 0; j < H; ++j) {
     double g = double(dy[j]) + double(scale) * double(carry[j]);
     if constexpr (kExtra) g += double(extra[j]);
-    if constexpr (kNorm) g_sq += scalar_t(g) * scalar_t(g);
+    if constexpr (kNorm) {
+      const double rounded = double(scalar_t(g));
+      g_sq += rounded * rounded;
+    }
     const scalar_t d = scalar_t(g * activation_slope<A>(double(h[j])));
     dz[j] = d;
     dz_step[j] = d;
   }
-  return double(g_sq);
-}
-
-// sum_j g_j^2 of the row that activation_grad_row_body formed, in float64. Used when the
-// float32 sum left [kSafeLow, kSafeHigh): below, squares of |g| < 1e-19 may have underflowed
-// (vanishing gradients reach far lower); above, the sum may have overflowed. Inside, the
-// float32 sum is as accurate as a float32 norm can be.
-constexpr double kSafeLow = 1e-20, kSafeHigh = 1e36;
-
-template <typename scalar_t>
-inline double row_sum_of_squares(const scalar_t* dy, const scalar_t* carry, scalar_t scale, const scalar_t* extra,
-                                 int64_t H) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < H; ++j) {
-    double g = double(dy[j]) + double(scale) * double(carry[j]);
-    if (extra != nullptr) g += double(extra[j]);
-    const double rounded = double(scalar_t(g));  // g as activation_grad_row_body rounds it
-    sum += rounded * rounded;
-  }
-  return sum;
+  return g_sq;
 }
 
 template <Activation A, typename scalar_t>
@@ -101,11 +86,14 @@ inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry,
                    : activation_grad_row_body<A, false, false>(dy, carry, scale, extra, h, dz, dz_step, H);
 }
 
-// activate_row is cloned per instruction set. activation_grad_row is compiled once, for the
-// baseline ISA: its float results would otherwise depend on the machine (FMA contraction of
-// g = dy + c * carry, and the vector width that orders the g^2 reduction), and the backward's
-// rounding is kept the same on every x86-64 CPU; it is a small part of the step's cost.
-#define RNN_FUSED_DEFINE_ROWS(scalar_t)                                                                 \
+// activate_row is cloned per instruction set, and so is the float32 activation_grad_row: its dz
+// is the same on every clone (each product FMA contraction could fuse, scale * carry, h * h and
+// a rounded g's square, is exact in double, so fused or not it rounds alike), only the norms'
+// double sums may add in another order by vector width; evaluated in double on the baseline ISA
+// it took 2.5x the float row's time. The float64 activation_grad_row is compiled once, for the
+// baseline ISA: there FMA contraction would round g = dy + scale * carry otherwise per machine,
+// and the float64 backward rounds alike on every x86-64 CPU.
+#define RNN_FUSED_DEFINE_ROWS(scalar_t, GRAD_CLONES)                                                    \
   RNN_FUSED_SIMD_CLONES inline void activate_row(Activation a, scalar_t* xw, const scalar_t* rec,      \
                                                  scalar_t* state, int64_t H) {                          \
     if (a == Activation::Tanh) {                                                                        \
@@ -114,7 +102,7 @@ inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry,
       activate_row_body<Activation::Relu>(xw, rec, state, H);                                          \
     }                                                                                                   \
   }                                                                                                     \
-  inline double activation_grad_row(                                                                    \
+  GRAD_CLONES inline double activation_grad_row(                                                        \
       Activation a, const scalar_t* dy, const scalar_t* carry, scalar_t scale, const scalar_t* extra,      \
       const scalar_t* h, scalar_t* dz, scalar_t* dz_step, int64_t H, bool want_norm) {                  \
     return a == Activation::Tanh                                                                        \
@@ -124,8 +112,8 @@ inline double activation_grad_row_any(const scalar_t* dy, const scalar_t* carry,
                                                            want_norm);                                  \
   }
 
-RNN_FUSED_DEFINE_ROWS(float)
-RNN_FUSED_DEFINE_ROWS(double)
+RNN_FUSED_DEFINE_ROWS(float, RNN_FUSED_SIMD_CLONES)
+RNN_FUSED_DEFINE_ROWS(double, )
 #undef RNN_FUSED_DEFINE_ROWS
 
 }  // namespace rnn_fused::cpu

@@ -164,14 +164,9 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
         const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H + u0 : zero_row;
-        double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
-                                          dz_step + b * H + u0, U, record);
-        if (record) {
-          if (std::is_same_v<scalar_t, float> && !(g_sq >= kSafeLow && g_sq < kSafeHigh)) {
-            g_sq = row_sum_of_squares(dy + at_t, carry_row, scale, extra, U);
-          }
-          step_sq[share.unit_slice * B + b] = g_sq;
-        }
+        const double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
+                                                dz_step + b * H + u0, U, record);
+        if (record) step_sq[share.unit_slice * B + b] = g_sq;
       }
       barrier.arrive_and_wait(len.max_len - 1 - s, share.count);
       // The other threads write the other parity's sums until the next barrier.
