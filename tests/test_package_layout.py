@@ -21,7 +21,7 @@ PRODUCT_OPS = {"rnn_layer_forward", "rnn_layer_backward", "rnn_layer_backward_wi
                "rnn_stack_backward", "stack_plan", "edge_scales", "recurrence_plan",
                "cost_model", "kernel_projects_input", "kernel_makes_gradients", "step_cost", "cost_constants", "set_forced_tiling",
                "set_autotune",
-               "recurrence_step_phases", "backends", "cpu_loop_team",
+               "recurrence_step_phases", "backends", "cpu_loop_team", "cpu_row_shares",
                "set_cpu_loop_team", "layer_input_projection", "layer_gradients_from_dz"}
 
 
