@@ -280,10 +280,15 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     at::ScalarType result_dtype, bool launch_bound, const std::vector<int64_t>* valid_only) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
   if (sums_in_float64(dz.scalar_type(), T * B * H * (2 * I + H), launch_bound)) {
-    const auto wide = [](const at::Tensor& t) { return t.defined() ? t.to(at::kDouble) : t; };
-    return whole_sequence_gemms(wide(input), wide(w_ih), wide(w_hh), wide(out), wide(dz), wide(dz_first),
-                                wide(dh_n), hx.has_value() ? std::optional<at::Tensor>(wide(*hx)) : std::nullopt,
-                                lengths, reverse, output_mask, result_dtype, launch_bound, valid_only);
+    // Only the operands of the gradients asked for are widened (each a conversion's host time,
+    // which is most of such a call's); the others are read for their sizes alone.
+    const auto wide = [](const at::Tensor& t, bool used) { return used && t.defined() ? t.to(at::kDouble) : t; };
+    const bool h0_term = output_mask[3] && hx.has_value();
+    return whole_sequence_gemms(
+        wide(input, output_mask[2]), wide(w_ih, output_mask[0]), wide(w_hh, output_mask[1]),
+        wide(out, output_mask[3]), wide(dz, true), wide(dz_first, output_mask[1] || h0_term),
+        wide(dh_n, output_mask[1]), h0_term ? std::optional<at::Tensor>(wide(*hx, true)) : std::nullopt, lengths,
+        reverse, output_mask, result_dtype, launch_bound, valid_only);
   }
   const at::TensorOptions compute = dz.options();
   const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));
