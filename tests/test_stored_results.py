@@ -8,7 +8,8 @@ truncation, norms recorded or not), on the CPU backend and through the emulated 
 kernels on each recurrence path (2-SM emulated device). The inputs are drawn again here from
 the same seeds. The CPU digests date from the forward that multiplies by W_hh as stored (BLAS
 transposes it; a transposed copy only for 64 or more one-row steps), whose products round
-differently from the copy's at small batches;
+differently from the copy's at small batches; since 2026-12-07 a loop of 8 steps or more
+multiplies by the copy (csrc/cpu/blas.h StepWeights), and every case here has T = 7, so none moved;
 the emulated ones from the rewrite of the GPU kernels into block/grid/stepwise paths, whose
 new summation order (8-lane dot products, a fixed reduce-scatter) changed their rounding, and
 the emulated float64 step norms from the CTA's sums of g^2 in 8 partial sums

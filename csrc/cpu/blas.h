@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -118,13 +119,65 @@ inline void matmul_rows(const scalar_t* a, const scalar_t* w, int64_t ldw, scala
   blas_rows_product(a, w, /*w_transposed=*/false, ldw, c, ldc, rows, n, k);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[n,k]^T (rows of w and c ldw and ldc apart): w as
-// stored, no transposed copy.
+// dst[k,n] = src[n,k]^T: src's rows lds apart, dst's n. In tiles of 16 x 16 whose whole ones
+// have compile-time bounds, which the compiler unrolls: 0.3-0.7 ns an element on the development
+// CPU (H = 64-1024), where element by element down the columns took 0.5-4.6.
 template <typename scalar_t>
-inline void matmul_rows_transposed(const scalar_t* a, const scalar_t* w, int64_t ldw, scalar_t* c, int64_t ldc,
-                                   int64_t rows, int64_t n, int64_t k) {
-  if (rows == 0 || n == 0) return;
-  blas_rows_product(a, w, /*w_transposed=*/true, ldw, c, ldc, rows, n, k);
+inline void transpose_into(const scalar_t* __restrict src, int64_t lds, int64_t n, int64_t k,
+                           scalar_t* __restrict dst) {
+  constexpr int64_t kTile = 16;
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    for (int64_t j0 = 0; j0 < k; j0 += kTile) {
+      if (i0 + kTile <= n && j0 + kTile <= k) {
+        for (int64_t j = 0; j < kTile; ++j) {
+          for (int64_t i = 0; i < kTile; ++i) dst[(j0 + j) * n + i0 + i] = src[(i0 + i) * lds + j0 + j];
+        }
+        continue;
+      }
+      for (int64_t j = j0; j < std::min(k, j0 + kTile); ++j) {
+        for (int64_t i = i0; i < std::min(n, i0 + kTile); ++i) dst[j * n + i] = src[i * lds + j];
+      }
+    }
+  }
 }
+
+// Loops of this many steps or more multiply by a transposed copy of their weights (StepWeights).
+// BLAS repacks a transposed operand at every call: single-threaded on the development CPU (Xeon,
+// AVX-512, 2026-12-07), MKL's sgemm multiplied 4-64 rows by W_hh [H,H] as stored (transposed in
+// the product) 1.2-2.6x slower than by its transposed copy (H = 64-1024; as fast at one row of
+// H = 1024), and the copy costs one to three such products (16 x 16 tiles: 1.2 us at H = 64, 116
+// at 512, 750 at 1024).
+constexpr int64_t kTransposeMinSteps = 8;
+
+// The weights a time loop multiplies at every step, c[rows,n] = a[rows,k] @ w[n,k]^T, w's rows ldw
+// apart (the forward's W_hh[units], as stored). With `transposed_copy` the calling thread (each
+// thread of a team, its own slice) copies w^T [k,n] once and every product reads it: one row by
+// vector_matrix, more by BLAS untransposed; otherwise BLAS multiplies w as stored.
+template <typename scalar_t>
+class StepWeights {
+ public:
+  StepWeights(const scalar_t* w, int64_t ldw, int64_t n, int64_t k, bool transposed_copy)
+      : w_(w), ldw_(ldw), n_(n), k_(k) {
+    if (transposed_copy && n > 0 && k > 0) {
+      RECORD_USER_SCOPE("rnn_fused::transpose_step_weights");
+      copy_ = at::empty({k, n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+      transpose_into(w, ldw, n, k, copy_.data_ptr<scalar_t>());
+    }
+  }
+
+  // c[rows,n] = a[rows,k] @ w^T: a's rows k apart, c's ldc apart.
+  void multiply(const scalar_t* a, scalar_t* c, int64_t ldc, int64_t rows) const {
+    if (copy_.defined()) {
+      matmul_rows(a, copy_.data_ptr<scalar_t>(), n_, c, ldc, rows, n_, k_);
+    } else if (rows > 0 && n_ > 0) {
+      blas_rows_product(a, w_, /*w_transposed=*/true, ldw_, c, ldc, rows, n_, k_);
+    }
+  }
+
+ private:
+  const scalar_t* w_;
+  int64_t ldw_, n_, k_;
+  at::Tensor copy_;  // w^T [k,n], or undefined
+};
 
 }  // namespace rnn_fused::cpu

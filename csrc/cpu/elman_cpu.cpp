@@ -24,10 +24,6 @@
 namespace rnn_fused::cpu {
 namespace {
 
-// One-row steps from which the forward transposes W_hh once for vector_matrix (below that,
-// BLAS multiplies by W_hh as stored): see forward_recurrence.
-constexpr int64_t kTransposeMinSteps = 64;
-
 // Per-sample lengths as a host vector (all T when none are given).
 struct Lengths {
   std::vector<int64_t> values;
@@ -75,9 +71,8 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 }
 
 // Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
-// w_hh   [H,H]   W_hh (row u holds the weights into unit u)
-// w_hh_t [H,H]   W_hh transposed (row k holds the weights of input unit k), or null: read by
-//                the steps with one active row, whose product vector_matrix computes
+// w_hh   [H,H]   W_hh (row u holds the weights into unit u); each thread multiplies its rows of
+//                it (its units), transposed once where the loop has kTransposeMinSteps steps
 // out    [T,B,H] in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
@@ -85,23 +80,20 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 // rec    [B,H]   scratch: each thread's rows and product columns
 template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh,
-                       const scalar_t* w_hh_t, scalar_t* out, const std::array<scalar_t*, 2>& states,
-                       scalar_t* rec) {
+                       scalar_t* out, const std::array<scalar_t*, 2>& states, scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
   const TeamPlan plan = team_plan(len.max_len, B, H);
   run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
+    // This thread's W_hh[units], transposed once where the loop is long enough to pay for it.
+    const StepWeights<scalar_t> weights(w_hh + u0 * H, H, U, H, len.max_len >= kTransposeMinSteps);
     for (int64_t s = 0; s < len.max_len; ++s) {
       const scalar_t* state = states[s % 2];
       scalar_t* next = states[(s + 1) % 2];
       const int64_t rows = std::clamp(active_rows(len, s), r0, r1) - r0;  // the share's, from r0
       // rec[rows, units] = h_{t-1}[rows] W_hh[units]^T
-      if (rows == 1 && w_hh_t != nullptr) {
-        vector_matrix(state + r0 * H, w_hh_t + u0, rec + r0 * H + u0, H, U, H);
-      } else {
-        matmul_rows_transposed(state + r0 * H, w_hh + u0 * H, H, rec + r0 * H + u0, H, rows, U, H);
-      }
+      weights.multiply(state + r0 * H, rec + r0 * H + u0, H, rows);
       for (int64_t b = r0; b < r1; ++b) {
         const int64_t length = len.values[b];
         if (s >= length) {
@@ -189,14 +181,6 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
 at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   const LayerForwardCall& call = r.call;
   const Lengths len = host_lengths(call);
-  // Steps with one active row (B = 1, or the last sample of a packed batch) multiply by a
-  // transposed copy of W_hh (vector_matrix: 10-45% faster than BLAS's one-row product at
-  // H = 128-1024); the copy costs about as much as 15 (H = 128) to 100 (H = 1024) such steps,
-  // so it is made only for a sequence with at least kTransposeMinSteps of them. Every other
-  // product is BLAS's on W_hh as stored. Measured on the development CPU, 2026-11-30.
-  int64_t one_row_steps = 0;
-  for (int64_t s = 0; s < len.max_len; ++s) one_row_steps += active_rows(len, s) == 1 ? 1 : 0;
-  const at::Tensor w_hh_t = one_row_steps >= kTransposeMinSteps ? r.w_hh.t().contiguous() : at::Tensor();
   const int64_t B = call.shape.batch, H = call.shape.hidden;
   const std::array<at::Tensor, 2> states = {r.h0.defined() ? r.h0.clone() : at::zeros({B, H}, r.out.options()),
                                             at::empty({B, H}, r.out.options())};
@@ -204,8 +188,7 @@ at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);
     forward_time_loop<scalar_t, decltype(activation)::value>(
-        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(),
-        w_hh_t.defined() ? w_hh_t.data_ptr<scalar_t>() : nullptr, r.out.data_ptr<scalar_t>(),
+        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(), r.out.data_ptr<scalar_t>(),
         std::array<scalar_t*, 2>{states[0].data_ptr<scalar_t>(), states[1].data_ptr<scalar_t>()},
         rec.data_ptr<scalar_t>());
   });
