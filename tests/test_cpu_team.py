@@ -164,6 +164,30 @@ def test_recorded_norms_on_the_team(threads, split, restore_threads):
     _assert_team_agrees(run, module, threads, split, names)
 
 
+@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("steps", [8, 9])
+def test_each_thread_copies_its_weights_once(split, steps, restore_threads):
+    """Each thread of a team copies the W_hh it multiplies once per loop (csrc/cpu/blas.h
+    StepWeights): the forward's rows of its units transposed, from 8 steps; the backward's columns
+    of its units contiguous, from 8 products (T - 1), only where they are a slice (split by
+    units: rows H apart otherwise)."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    module = rnn_fused.RNN(3, 64)
+    x = torch.randn(steps, 8, 3, requires_grad=True)
+
+    def copies(fn):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            result = fn()
+        return result, sum(1 for e in profile.events() if e.name == "rnn_fused::copy_step_weights")
+
+    with forced_cpu_loop_team(2, split):
+        (out, _), forward_copies = copies(lambda: module(x))
+        _, backward_copies = copies(lambda: out.sum().backward())
+    assert forward_copies == 2
+    assert backward_copies == (2 if split == "units" and steps - 1 >= 8 else 0)
+
+
 def test_row_shares_hold_equal_summed_steps():
     """A split by rows gives each thread about the same sum of its samples' lengths (a packed
     batch's rows run from the longest sample to the shortest), never an empty share; equal row

@@ -359,7 +359,7 @@ def test_cpu_forward_transposes_w_hh_only_where_the_loop_pays_for_it(steps, batc
     lengths = None if lengths is None else torch.tensor(lengths)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         out, h_n = OPS.rnn_layer_forward(*args, lengths, "tanh", False)
-    copies = [e for e in profile.events() if e.name == "rnn_fused::transpose_step_weights"]
+    copies = [e for e in profile.events() if e.name == "rnn_fused::copy_step_weights"]
     assert len(copies) == (1 if transposes else 0)
     reference = reference_layer(*[a.double() for a in args], lengths)
     stock = reference_layer(*args, lengths)

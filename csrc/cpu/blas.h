@@ -106,19 +106,6 @@ inline void blas_rows_product(const scalar_t* a, const scalar_t* w, bool w_trans
   at::mm_out(c_t, at::from_blob(const_cast<scalar_t*>(a), {rows, k}, options), w_t);
 }
 
-// Row-major c[rows,n] = a[rows,k] @ w[k,n] (rows of w and c ldw and ldc apart); one row by
-// vector_matrix.
-template <typename scalar_t>
-inline void matmul_rows(const scalar_t* a, const scalar_t* w, int64_t ldw, scalar_t* c, int64_t ldc, int64_t rows,
-                        int64_t n, int64_t k) {
-  if (rows == 0 || n == 0) return;
-  if (rows == 1) {
-    vector_matrix(a, w, c, k, n, ldw);
-    return;
-  }
-  blas_rows_product(a, w, /*w_transposed=*/false, ldw, c, ldc, rows, n, k);
-}
-
 // dst[k,n] = src[n,k]^T: src's rows lds apart, dst's n. In tiles of 16 x 16 whose whole ones
 // have compile-time bounds, which the compiler unrolls: 0.3-0.7 ns an element on the development
 // CPU (H = 64-1024), where element by element down the columns took 0.5-4.6.
@@ -141,43 +128,59 @@ inline void transpose_into(const scalar_t* __restrict src, int64_t lds, int64_t 
   }
 }
 
-// Loops of this many steps or more multiply by a transposed copy of their weights (StepWeights).
-// BLAS repacks a transposed operand at every call: single-threaded on the development CPU (Xeon,
-// AVX-512, 2026-12-07), MKL's sgemm multiplied 4-64 rows by W_hh [H,H] as stored (transposed in
-// the product) 1.2-2.6x slower than by its transposed copy (H = 64-1024; as fast at one row of
-// H = 1024), and the copy costs one to three such products (16 x 16 tiles: 1.2 us at H = 64, 116
-// at 512, 750 at 1024).
-constexpr int64_t kTransposeMinSteps = 8;
+// Loops of this many steps or more multiply by a copy of their weights (StepWeights).
+// - The forward's W_hh, transposed in its product: BLAS repacks a transposed operand at every
+//   call. Single-threaded on the development CPU (Xeon, AVX-512, 2026-12-07), MKL's sgemm multiplied
+//   4-64 rows by W_hh [H,H] as stored 1.2-2.6x slower than by its transposed copy (H = 64-1024; as
+//   fast at one row of H = 1024), and the copy costs one to three such products (16 x 16 tiles:
+//   1.2 us at H = 64, 116 at 512, 750 at 1024).
+// - The backward's columns of W_hh for a thread's units (a split by units): rows H apart, which at
+//   H = 1024 (4 KB) fall into the same cache sets. From a contiguous copy of the slice, a product of
+//   8-140 rows by 512 of its 1024 columns was 1.2-1.44x faster (1.0-1.1x at H = 256-768), for a
+//   copy that costs less than one of them.
+constexpr int64_t kCopyMinSteps = 8;
 
-// The weights a time loop multiplies at every step, c[rows,n] = a[rows,k] @ w[n,k]^T, w's rows ldw
-// apart (the forward's W_hh[units], as stored). With `transposed_copy` the calling thread (each
-// thread of a team, its own slice) copies w^T [k,n] once and every product reads it: one row by
-// vector_matrix, more by BLAS untransposed; otherwise BLAS multiplies w as stored.
+// The weights a time loop multiplies at every step, c[rows,n] = a[rows,k] @ op(w): w [n,k] (op =
+// transpose: the forward's W_hh[units] as stored) or [k,n] (op = identity: the backward's
+// W_hh[:, units]), its rows ldw apart. With `copy` the calling thread (each thread of a team, its
+// own slice) copies op(w) once into a contiguous [k,n] that every product reads: one row by
+// vector_matrix, more by BLAS untransposed; otherwise BLAS multiplies w where it lies (one row of
+// an untransposed w by vector_matrix).
 template <typename scalar_t>
 class StepWeights {
  public:
-  StepWeights(const scalar_t* w, int64_t ldw, int64_t n, int64_t k, bool transposed_copy)
-      : w_(w), ldw_(ldw), n_(n), k_(k) {
-    if (transposed_copy && n > 0 && k > 0) {
-      RECORD_USER_SCOPE("rnn_fused::transpose_step_weights");
+  StepWeights(const scalar_t* w, bool w_transposed, int64_t ldw, int64_t n, int64_t k, bool copy)
+      : w_(w), transposed_(w_transposed), ldw_(ldw), n_(n), k_(k) {
+    if (copy && n > 0 && k > 0) {
+      RECORD_USER_SCOPE("rnn_fused::copy_step_weights");
       copy_ = at::empty({k, n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
-      transpose_into(w, ldw, n, k, copy_.data_ptr<scalar_t>());
+      scalar_t* dst = copy_.data_ptr<scalar_t>();
+      if (w_transposed) {
+        transpose_into(w, ldw, n, k, dst);
+      } else {
+        for (int64_t row = 0; row < k; ++row) std::copy_n(w + row * ldw, n, dst + row * n);
+      }
+      w_ = dst;
+      transposed_ = false;
+      ldw_ = n;
     }
   }
 
-  // c[rows,n] = a[rows,k] @ w^T: a's rows k apart, c's ldc apart.
+  // c[rows,n] = a[rows,k] @ op(w): a's rows k apart, c's ldc apart.
   void multiply(const scalar_t* a, scalar_t* c, int64_t ldc, int64_t rows) const {
-    if (copy_.defined()) {
-      matmul_rows(a, copy_.data_ptr<scalar_t>(), n_, c, ldc, rows, n_, k_);
-    } else if (rows > 0 && n_ > 0) {
-      blas_rows_product(a, w_, /*w_transposed=*/true, ldw_, c, ldc, rows, n_, k_);
+    if (rows == 0 || n_ == 0) return;
+    if (rows == 1 && !transposed_) {
+      vector_matrix(a, w_, c, k_, n_, ldw_);
+      return;
     }
+    blas_rows_product(a, w_, transposed_, ldw_, c, ldc, rows, n_, k_);
   }
 
  private:
   const scalar_t* w_;
+  bool transposed_;
   int64_t ldw_, n_, k_;
-  at::Tensor copy_;  // w^T [k,n], or undefined
+  at::Tensor copy_;  // op(w) [k,n], or undefined
 };
 
 }  // namespace rnn_fused::cpu

@@ -72,7 +72,7 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 
 // Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u); each thread multiplies its rows of
-//                it (its units), transposed once where the loop has kTransposeMinSteps steps
+//                it (its units), transposed once where the loop has kCopyMinSteps steps
 // out    [T,B,H] in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
@@ -87,7 +87,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     // This thread's W_hh[units], transposed once where the loop is long enough to pay for it.
-    const StepWeights<scalar_t> weights(w_hh + u0 * H, H, U, H, len.max_len >= kTransposeMinSteps);
+    const StepWeights<scalar_t> weights(w_hh + u0 * H, /*w_transposed=*/true, H, U, H, len.max_len >= kCopyMinSteps);
     for (int64_t s = 0; s < len.max_len; ++s) {
       const scalar_t* state = states[s % 2];
       scalar_t* next = states[(s + 1) % 2];
@@ -138,6 +138,10 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
   run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
+    // This thread's columns of W_hh (its units), copied contiguous once where a slice's rows lie H
+    // apart and the loop is long enough to pay for it.
+    const StepWeights<scalar_t> weights(w_hh + u0, /*w_transposed=*/false, H, U, H,
+                                        U < H && len.max_len - 1 >= kCopyMinSteps);
     for (int64_t s = len.max_len - 1; s >= 0; --s) {
       const scalar_t* dz_next = dz_steps[(s + 1) % 2];
       scalar_t* dz_step = dz_steps[s % 2];
@@ -146,7 +150,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
       // carry[rows, units] = dz_{s+1}[rows] W_hh[:, units]: the gradient reaching h_{t-1}
       // through W_hh. Rows that were not active at s+1 hold dz = 0 in both buffers, so their
       // carry is 0.
-      if (s + 1 < len.max_len) matmul_rows(dz_next + r0 * H, w_hh + u0, H, carry + r0 * H + u0, H, rows, U, H);
+      if (s + 1 < len.max_len) weights.multiply(dz_next + r0 * H, carry + r0 * H + u0, H, rows);
       for (int64_t b = r0; b < r0 + rows; ++b) {
         const int64_t length = len.values[b];
         if (s >= length) continue;
