@@ -264,6 +264,128 @@ inline bool sums_in_float64(at::ScalarType compute, int64_t multiply_adds, bool 
   return compute == at::kFloat && !launch_bound && multiply_adds <= kFloat64SumMaxMultiplyAdds;
 }
 
+// whole_sequence_gemms's five results for a small float32 layer on the host (sums_in_float64):
+// each product's terms summed in double by plain loops that read the float32 operands where they
+// lie, so that the call pays no conversion to float64 nor an ATen product per gradient (their
+// host time was most of such a call's: about 8% of a one-step call of 4 units). Float64 results
+// (grad_input rounded to result_dtype), as whole_sequence_gemms makes from float64 operands, and
+// the same sums: only their order within double differs. Arguments as whole_sequence_gemms's, on
+// the CPU.
+inline std::array<at::Tensor, 5> small_sums_in_float64(
+    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& out,
+    const at::Tensor& dz, const at::Tensor& dz_first, const at::Tensor& dh_n, const std::optional<at::Tensor>& hx,
+    const std::optional<at::Tensor>& lengths, bool reverse, std::array<bool, 5> output_mask,
+    at::ScalarType result_dtype, const std::vector<int64_t>* valid_only) {
+  const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
+  // Every operand as contiguous float32 (a no-op for those already so; reduced-precision ones
+  // convert exactly).
+  const auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const at::Tensor dz_c = f32(dz);
+  const float* g = dz_c.const_data_ptr<float>();
+  const at::TensorOptions wide = dz.options().dtype(at::kDouble);
+  const at::Tensor skipped = at::empty({0}, dz.options().dtype(result_dtype));
+  // Step t of sample b enters the sums: every step, or (valid_only) t < its length.
+  const auto counted = [&](int64_t t, int64_t b) { return valid_only == nullptr || t < (*valid_only)[b]; };
+  // acc[r, c] = sum over counted (t, b) of left(t, b)[r] * right(t, b)[c]: the outer products'
+  // sum, left and right rows of a [T*B, *] matrix (right null: a row of ones, c = 0 only).
+  const auto outer_sum = [&](double* acc, const float* left, int64_t rows, const float* right, int64_t cols,
+                             int64_t t_begin, int64_t t_end, int64_t right_shift) {
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (!counted(t, b) || !counted(t + right_shift, b)) continue;
+        const float* l = left + (t * B + b) * rows;
+        const float* r = right != nullptr ? right + ((t + right_shift) * B + b) * cols : nullptr;
+        for (int64_t i = 0; i < rows; ++i) {
+          const double li = l[i];
+          double* a = acc + i * cols;
+          if (r == nullptr) {
+            a[0] += li;
+            continue;
+          }
+          for (int64_t j = 0; j < cols; ++j) a[j] += li * double(r[j]);
+        }
+      }
+    }
+  };
+  at::Tensor grad_hx = skipped, grad_input = skipped, grad_w_ih = skipped, grad_w_hh = skipped,
+             grad_bias = skipped;
+  if (output_mask[1]) {
+    // dz_first [B,H] @ W_hh [H,H]; h_n is h_0 for an empty sample.
+    const at::Tensor first = f32(dz_first), w = f32(w_hh);
+    grad_hx = at::zeros({B, H}, wide);
+    double* r = grad_hx.data_ptr<double>();
+    const float *d = first.const_data_ptr<float>(), *wp = w.const_data_ptr<float>();
+    const at::Tensor n = dh_n.defined() ? f32(dh_n) : at::Tensor();
+    const at::Tensor host_lengths = lengths.has_value() ? lengths->contiguous() : at::Tensor();
+    for (int64_t b = 0; b < B; ++b) {
+      if (host_lengths.defined() && host_lengths.const_data_ptr<int64_t>()[b] == 0) {
+        if (n.defined()) {
+          for (int64_t k = 0; k < H; ++k) r[b * H + k] = n.const_data_ptr<float>()[b * H + k];
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < H; ++j) {
+        const double dj = d[b * H + j];
+        for (int64_t k = 0; k < H; ++k) r[b * H + k] += dj * double(wp[j * H + k]);
+      }
+    }
+  }
+  if (output_mask[0]) {
+    // dz [T*B,H] @ W_ih [H,I]: rows not counted stay zero.
+    const at::Tensor w = f32(w_ih);
+    const float* wp = w.const_data_ptr<float>();
+    at::Tensor sums = at::zeros({T, B, I}, wide);
+    double* r = sums.data_ptr<double>();
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (!counted(t, b)) continue;
+        const float* d = g + (t * B + b) * H;
+        double* row = r + (t * B + b) * I;
+        for (int64_t j = 0; j < H; ++j) {
+          const double dj = d[j];
+          for (int64_t i = 0; i < I; ++i) row[i] += dj * double(wp[j * I + i]);
+        }
+      }
+    }
+    grad_input = sums.to(result_dtype);
+  }
+  if (output_mask[2]) {
+    // dz^T x: the input's counted rows only.
+    const at::Tensor x = f32(input);
+    grad_w_ih = at::zeros({H, I}, wide);
+    outer_sum(grad_w_ih.data_ptr<double>(), g, H, x.const_data_ptr<float>(), I, 0, T, 0);
+  }
+  if (output_mask[4]) {
+    // A row for each bias (equal), as whole_sequence_gemms gives them.
+    at::Tensor column = at::zeros({H, 1}, wide);
+    outer_sum(column.data_ptr<double>(), g, H, nullptr, 1, 0, T, 0);
+    grad_bias = column.view({1, H}).expand({2, H}).contiguous();
+  }
+  if (output_mask[3]) {
+    // sum_t dz_t^T h_{t-1} over the steps in processing order, then the h_0 term added.
+    const at::Tensor h = f32(out);
+    grad_w_hh = at::zeros({H, H}, wide);
+    if (T > 1) {
+      outer_sum(grad_w_hh.data_ptr<double>(), g, H, h.const_data_ptr<float>(), H, reverse ? 0 : 1,
+                reverse ? T - 1 : T, reverse ? 1 : -1);
+    }
+    if (hx.has_value()) {
+      const at::Tensor first = f32(dz_first), h0 = f32(*hx);
+      at::Tensor term = at::zeros({H, H}, wide);
+      double* a = term.data_ptr<double>();
+      const float *d = first.const_data_ptr<float>(), *h0p = h0.const_data_ptr<float>();
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < H; ++j) {
+          const double dj = d[b * H + j];
+          for (int64_t k = 0; k < H; ++k) a[j * H + k] += dj * double(h0p[b * H + k]);
+        }
+      }
+      grad_w_hh = term.add_(grad_w_hh);
+    }
+  }
+  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+}
+
 // The backward's five gradients from dz by the host's GEMMs, in the compute dtype (dz's), those
 // not in output_mask empty [0] tensors (of result_dtype).
 //   x [T,B,I], w_ih [H,I], w_hh [H,H], out [T,B,H] saved h_t, dz [T,B,H] (zero at invalid
@@ -280,15 +402,8 @@ inline std::array<at::Tensor, 5> whole_sequence_gemms(
     at::ScalarType result_dtype, bool launch_bound, const std::vector<int64_t>* valid_only) {
   const int64_t T = dz.size(0), B = dz.size(1), H = dz.size(2), I = input.size(2);
   if (sums_in_float64(dz.scalar_type(), T * B * H * (2 * I + H), launch_bound)) {
-    // Only the operands of the gradients asked for are widened (each a conversion's host time,
-    // which is most of such a call's); the others are read for their sizes alone.
-    const auto wide = [](const at::Tensor& t, bool used) { return used && t.defined() ? t.to(at::kDouble) : t; };
-    const bool h0_term = output_mask[3] && hx.has_value();
-    return whole_sequence_gemms(
-        wide(input, output_mask[2]), wide(w_ih, output_mask[0]), wide(w_hh, output_mask[1]),
-        wide(out, output_mask[3]), wide(dz, true), wide(dz_first, output_mask[1] || h0_term),
-        wide(dh_n, output_mask[1]), h0_term ? std::optional<at::Tensor>(wide(*hx, true)) : std::nullopt, lengths,
-        reverse, output_mask, result_dtype, launch_bound, valid_only);
+    return small_sums_in_float64(input, w_ih, w_hh, out, dz, dz_first, dh_n, hx, lengths, reverse, output_mask,
+                                 result_dtype, valid_only);
   }
   const at::TensorOptions compute = dz.options();
   const at::Tensor skipped = at::empty({0}, compute.dtype(result_dtype));

@@ -78,7 +78,9 @@ gradients and step norms in every float32 case, 6 bfloat16 gradients; no forward
 result) and none of the 960 emulated ones. The stored file was from an AMD EPYC (`cpu/avx2`), which
 no machine here could remake and whose CPU digests that change made stale, and it skipped on Intel
 machines; it was regenerated on the Intel machine (`cpu/avx512f` and the emulated digests), so the
-test runs there and skips on AMD processors until they are made on one.
+test runs there and skips on AMD processors until they are made on one. That afternoon those
+float64 sums became plain loops of double products (csrc/elman_gemms.h small_sums_in_float64, in
+another order within double than ATen's float64 products): every digest stayed the same.
 
 When a change of the kernels' arithmetic is intended (a new summation order), regenerate the
 file with `python tests/test_stored_results.py --write` and say why in the commit (and, where
