@@ -345,16 +345,17 @@ def test_bidirectional_directions_side_by_side_where_the_planner_prices_it_faste
     (1, 1, None, False),     # one step: BLAS multiplies by W_hh as stored
     (7, 3, None, False),     # below the threshold of steps
     (8, 3, None, True),      # from it on, one transposed copy that every step's product reads
-    (64, 1, None, True),     # one row a step: vector_matrix reads the copy
+    (63, 1, None, False),    # one row a step: BLAS's one-row product on W_hh as stored below 64 steps
+    (64, 1, None, True),     # from 64 on, vector_matrix on the copy
     (80, 3, [80, 10, 5], True),  # a packed batch whose last sample runs alone for 70 steps
     (7, 3, [7, 7, 0], False),    # the loop's steps are the longest sample's
 ])
 def test_cpu_forward_transposes_w_hh_only_where_the_loop_pays_for_it(steps, batch, lengths, transposes, dtype):
     """The CPU forward multiplies by a transposed copy of W_hh, made once by the loop's thread
-    (csrc/cpu/blas.h StepWeights), in a loop of 8 steps or more (BLAS repacks a transposed
-    operand at every call: 1.2-2.6x slower products at 4-64 rows); a shorter loop multiplies
-    by W_hh as stored. Either way the results meet the tolerance rule against the float64
-    step loop."""
+    (csrc/cpu/blas.h StepWeights), in a loop of 8 products of two rows or more (BLAS repacks a
+    transposed operand at every call: 1.2-2.6x slower products at 4-64 rows) or of 64 of one row
+    (vector_matrix reads the copy); any other loop multiplies by W_hh as stored. Either way the
+    results meet the tolerance rule against the float64 step loop."""
     args = layer_args(steps, batch, 3, 24, dtype=dtype)
     lengths = None if lengths is None else torch.tensor(lengths)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

@@ -128,7 +128,8 @@ inline void transpose_into(const scalar_t* __restrict src, int64_t lds, int64_t 
   }
 }
 
-// Loops of this many steps or more multiply by a copy of their weights (StepWeights).
+// Loops of this many products of two rows or more (kCopyMinSteps), or of one row
+// (kCopyMinOneRowSteps), multiply by a copy of their weights (StepWeights).
 // - The forward's W_hh, transposed in its product: BLAS repacks a transposed operand at every
 //   call. Single-threaded on the development CPU (Xeon, AVX-512, 2026-12-07), MKL's sgemm multiplied
 //   4-64 rows by W_hh [H,H] as stored 1.2-2.6x slower than by its transposed copy (H = 64-1024; as
@@ -138,7 +139,17 @@ inline void transpose_into(const scalar_t* __restrict src, int64_t lds, int64_t 
 //   H = 1024 (4 KB) fall into the same cache sets. From a contiguous copy of the slice, a product of
 //   8-140 rows by 512 of its 1024 columns was 1.2-1.44x faster (1.0-1.1x at H = 256-768), for a
 //   copy that costs less than one of them.
+// - One row: vector_matrix on the copy was 10-45% faster than BLAS's one-row product at H = 128-1024
+//   (2026-11-30, another machine), and the copy costs as much as 15 (H = 128) to 100 (H = 1024) of
+//   them; on the Xeon of 2026-12-07 20 one-row steps of H = 1024 took 4.2-5.4 ms with a copy made
+//   for them against 1.6-1.8 without.
 constexpr int64_t kCopyMinSteps = 8;
+constexpr int64_t kCopyMinOneRowSteps = 64;
+
+// Whether a loop whose products have these many rows copies its weights (StepWeights).
+inline bool copies_step_weights(int64_t multi_row_products, int64_t one_row_products) {
+  return multi_row_products >= kCopyMinSteps || one_row_products >= kCopyMinOneRowSteps;
+}
 
 // The weights a time loop multiplies at every step, c[rows,n] = a[rows,k] @ op(w): w [n,k] (op =
 // transpose: the forward's W_hh[units] as stored) or [k,n] (op = identity: the backward's

@@ -57,6 +57,18 @@ int64_t active_rows(const Lengths& len, int64_t s) {
          len.values.begin();
 }
 
+// Whether a share of rows [r0, r1) copies the weights it multiplies at processing steps
+// [0, steps) (copies_step_weights: by its products of two rows or more and of one row).
+bool share_copies_weights(const Lengths& len, int64_t steps, int64_t r0, int64_t r1) {
+  int64_t multi_row = 0, one_row = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t rows = std::clamp(active_rows(len, s), r0, r1) - r0;
+    multi_row += rows >= 2 ? 1 : 0;
+    one_row += rows == 1 ? 1 : 0;
+  }
+  return copies_step_weights(multi_row, one_row);
+}
+
 // values [T,B,H] and, where not null, norms [T,B] zero at steps t >= len[b]: the time loops
 // write only valid steps, and every entry of their results is written.
 template <typename scalar_t>
@@ -72,7 +84,7 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 
 // Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u); each thread multiplies its rows of
-//                it (its units), transposed once where the loop has kCopyMinSteps steps
+//                it (its units), transposed once where its products pay for it (StepWeights)
 // out    [T,B,H] in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
@@ -87,7 +99,8 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
     const int64_t u0 = share.units.begin, U = share.units.size();
     const int64_t r0 = share.rows.begin, r1 = share.rows.end;
     // This thread's W_hh[units], transposed once where the loop is long enough to pay for it.
-    const StepWeights<scalar_t> weights(w_hh + u0 * H, /*w_transposed=*/true, H, U, H, len.max_len >= kCopyMinSteps);
+    const StepWeights<scalar_t> weights(w_hh + u0 * H, /*w_transposed=*/true, H, U, H,
+                                        share_copies_weights(len, len.max_len, r0, r1));
     for (int64_t s = 0; s < len.max_len; ++s) {
       const scalar_t* state = states[s % 2];
       scalar_t* next = states[(s + 1) % 2];
@@ -141,7 +154,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
     // This thread's columns of W_hh (its units), copied contiguous once where a slice's rows lie H
     // apart and the loop is long enough to pay for it.
     const StepWeights<scalar_t> weights(w_hh + u0, /*w_transposed=*/false, H, U, H,
-                                        U < H && len.max_len - 1 >= kCopyMinSteps);
+                                        U < H && share_copies_weights(len, len.max_len - 1, r0, r1));
     for (int64_t s = len.max_len - 1; s >= 0; --s) {
       const scalar_t* dz_next = dz_steps[(s + 1) % 2];
       scalar_t* dz_step = dz_steps[s % 2];
