@@ -286,24 +286,34 @@ inline std::array<at::Tensor, 5> small_sums_in_float64(
   const at::Tensor skipped = at::empty({0}, dz.options().dtype(result_dtype));
   // Step t of sample b enters the sums: every step, or (valid_only) t < its length.
   const auto counted = [&](int64_t t, int64_t b) { return valid_only == nullptr || t < (*valid_only)[b]; };
-  // acc[r, c] = sum over counted (t, b) of left(t, b)[r] * right(t, b)[c]: the outer products'
-  // sum, left and right rows of a [T*B, *] matrix (right null: a row of ones, c = 0 only).
+  // acc[rows, cols] += l[rows] r[cols]^T (r null: a row of ones, cols = 1).
+  const auto add_outer = [](double* acc, const float* l, int64_t rows, const float* r, int64_t cols) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const double li = l[i];
+      double* a = acc + i * cols;
+      if (r == nullptr) {
+        a[0] += li;
+        continue;
+      }
+      for (int64_t j = 0; j < cols; ++j) a[j] += li * double(r[j]);
+    }
+  };
+  // row[cols] += d[rows] @ w[rows, cols].
+  const auto add_row_product = [](double* row, const float* d, const float* w, int64_t rows, int64_t cols) {
+    for (int64_t j = 0; j < rows; ++j) {
+      const double dj = d[j];
+      for (int64_t i = 0; i < cols; ++i) row[i] += dj * double(w[j * cols + i]);
+    }
+  };
+  // acc[r, c] = sum over counted (t, b) of left(t, b)[r] * right(t + right_shift, b)[c]: the outer
+  // products' sum, left and right rows of a [T*B, *] matrix (right null: a row of ones).
   const auto outer_sum = [&](double* acc, const float* left, int64_t rows, const float* right, int64_t cols,
                              int64_t t_begin, int64_t t_end, int64_t right_shift) {
     for (int64_t t = t_begin; t < t_end; ++t) {
       for (int64_t b = 0; b < B; ++b) {
         if (!counted(t, b) || !counted(t + right_shift, b)) continue;
-        const float* l = left + (t * B + b) * rows;
-        const float* r = right != nullptr ? right + ((t + right_shift) * B + b) * cols : nullptr;
-        for (int64_t i = 0; i < rows; ++i) {
-          const double li = l[i];
-          double* a = acc + i * cols;
-          if (r == nullptr) {
-            a[0] += li;
-            continue;
-          }
-          for (int64_t j = 0; j < cols; ++j) a[j] += li * double(r[j]);
-        }
+        add_outer(acc, left + (t * B + b) * rows, rows,
+                  right != nullptr ? right + ((t + right_shift) * B + b) * cols : nullptr, cols);
       }
     }
   };
@@ -324,10 +334,7 @@ inline std::array<at::Tensor, 5> small_sums_in_float64(
         }
         continue;
       }
-      for (int64_t j = 0; j < H; ++j) {
-        const double dj = d[b * H + j];
-        for (int64_t k = 0; k < H; ++k) r[b * H + k] += dj * double(wp[j * H + k]);
-      }
+      add_row_product(r + b * H, d + b * H, wp, H, H);
     }
   }
   if (output_mask[0]) {
@@ -338,13 +345,7 @@ inline std::array<at::Tensor, 5> small_sums_in_float64(
     double* r = sums.data_ptr<double>();
     for (int64_t t = 0; t < T; ++t) {
       for (int64_t b = 0; b < B; ++b) {
-        if (!counted(t, b)) continue;
-        const float* d = g + (t * B + b) * H;
-        double* row = r + (t * B + b) * I;
-        for (int64_t j = 0; j < H; ++j) {
-          const double dj = d[j];
-          for (int64_t i = 0; i < I; ++i) row[i] += dj * double(wp[j * I + i]);
-        }
+        if (counted(t, b)) add_row_product(r + (t * B + b) * I, g + (t * B + b) * H, wp, H, I);
       }
     }
     grad_input = sums.to(result_dtype);
@@ -374,12 +375,7 @@ inline std::array<at::Tensor, 5> small_sums_in_float64(
       at::Tensor term = at::zeros({H, H}, wide);
       double* a = term.data_ptr<double>();
       const float *d = first.const_data_ptr<float>(), *h0p = h0.const_data_ptr<float>();
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t j = 0; j < H; ++j) {
-          const double dj = d[b * H + j];
-          for (int64_t k = 0; k < H; ++k) a[j * H + k] += dj * double(h0p[b * H + k]);
-        }
-      }
+      for (int64_t b = 0; b < B; ++b) add_outer(a, d + b * H, H, h0p + b * H, H);
       grad_w_hh = term.add_(grad_w_hh);
     }
   }
