@@ -163,6 +163,14 @@ const std::vector<int64_t>* valid_rows_only(const LayerForwardCall& call, const 
 
 }  // namespace
 
+void run_at_once(const std::array<std::function<void()>, 2>& tasks) {
+  const at::ThreadLocalState state;
+  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
+    for (int64_t i = begin; i < end; ++i) tasks[static_cast<size_t>(i)]();
+  });
+}
+
 namespace {
 
 // A forward call between the host layer's stages: the compute-dtype operands and the output
@@ -237,24 +245,6 @@ std::tuple<at::Tensor, at::Tensor> finish_forward(const PreparedForward& p) {
   return {p.out.to(dtype), p.h_n.to(dtype).contiguous()};
 }
 
-// tasks[0]() and tasks[1]() at once, each on a thread of the caller's OpenMP team; returns when
-// both have, rethrowing a task's exception. One after the other where torch runs one thread.
-// Inside the region each time loop runs on its one thread (cpu/step_team.h), as the layer op's
-// loop does on one thread: each direction's values are those of its layer op on one thread, bit
-// for bit. The team's second thread, not a thread of its own: libgomp's idle
-// team threads spin for milliseconds after each parallel region (such as the input
-// projection's GEMM just before), so on a 2-core host a separate thread found its core taken
-// (measured on the development CPU: no gain), and a thread that keeps a team of its own makes
-// libgomp throttle every team's spinning (nn.RNN's CPU forward 2x slower after one matrix
-// product on a second Python thread). The tasks run with the caller's thread-local state (grad
-// mode, dispatch exclusions).
-void run_at_once(const std::array<std::function<void()>, 2>& tasks) {
-  const at::ThreadLocalState state;
-  at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-    const at::ThreadLocalStateGuard guard(state);
-    for (int64_t i = begin; i < end; ++i) tasks[static_cast<size_t>(i)]();
-  });
-}
 
 // The two directions' calls of rnn_directions_forward / backward: one backend, which runs its
 // own time loops (on two CPU threads) or GPU kernels (on two streams where both calls were

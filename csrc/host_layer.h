@@ -45,6 +45,19 @@ struct InputProjection {
 // only projection.rows where given), named rnn_fused::input_projection to the profiler.
 void project_input_on_host(at::Tensor& out2d, const InputProjection& projection);
 
+// tasks[0]() and tasks[1]() at once, each on a thread of the caller's OpenMP team; returns when
+// both have, rethrowing a task's exception. One after the other where torch runs one thread.
+// Inside the region each time loop runs on its one thread (cpu/step_team.h), as the layer op's
+// loop does on one thread: each direction's values are those of its layer op on one thread, bit
+// for bit. The team's second thread, not a thread of its own: libgomp's idle
+// team threads spin for milliseconds after each parallel region (such as the input
+// projection's GEMM just before), so on a 2-core host a separate thread found its core taken
+// (measured on the development CPU: no gain), and a thread that keeps a team of its own makes
+// libgomp throttle every team's spinning (nn.RNN's CPU forward 2x slower after one matrix
+// product on a second Python thread). The tasks run with the caller's thread-local state (grad
+// mode, dispatch exclusions).
+void run_at_once(const std::array<std::function<void()>, 2>& tasks);
+
 // The forward time loop's problem, in the compute dtype, contiguous.
 struct ForwardRecurrence {
   const LayerForwardCall& call;
@@ -60,6 +73,10 @@ struct ForwardRecurrence {
   // holds nothing on entry, and the backend makes the projection, in its kernel or by
   // project_input_on_host, before its time loop.
   const InputProjection* projection = nullptr;
+  // Set (backends that run the packed layout: RecurrenceBackend::runs_packed_layout): out is a
+  // PackedSequence's data [N,H], the lengths non-increasing, and step t's rows (its batch_sizes[t]
+  // samples) start at row (*packed_step_rows)[t] [T]; h0 and h_n stay [B,H]. Null: out is [T,B,H].
+  const std::vector<int64_t>* packed_step_rows = nullptr;
   // Step-phase timing (GPU-kernel backends, persistent paths): when set, receives [CTAs, 3]
   // int64 cycles per CTA staging, computing and in the step barrier (recurrence_step_phases).
   at::Tensor* phase_cycles = nullptr;
@@ -196,6 +213,9 @@ struct RecurrenceBackend {
   bool device_default = false; // chosen for `device` when no backend is named
   // Runs the forward loop; returns h_n [B,H] in the compute dtype.
   at::Tensor (*forward)(const ForwardRecurrence&) = nullptr;
+  // Whether forward runs a PackedSequence's layout (ForwardRecurrence::packed_step_rows): the CPU
+  // loops, for the packed inference op (packed_inference.cpp).
+  bool runs_packed_layout = false;
   // Whether forward takes the input projection (ForwardRecurrence::projection) and makes it
   // itself: the GPU-kernel backends, whose Block path can make it inside its kernel (two
   // launches fewer); else the host layer makes it before the loop.

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "layer_ops.h"
+#include "valid_rows.h"
 
 namespace rnn_fused {
 namespace {
@@ -145,30 +146,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_layers_forward(
 // order). Lengths and positions are found by a loop on the host, one copy to the device and no
 // synchronisation; padded is one zero fill and one copy by index, differentiable in data.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_to_padded(const at::Tensor& data, const at::Tensor& batch_sizes) {
-  TORCH_CHECK_VALUE(batch_sizes.device().is_cpu() && batch_sizes.scalar_type() == at::kLong &&
-                        batch_sizes.dim() == 1 && batch_sizes.numel() >= 1,
-                    "rnn_fused.packed_to_padded: batch_sizes must be a non-empty 1-D int64 CPU tensor, got a ",
-                    batch_sizes.scalar_type(), " tensor of shape ", batch_sizes.sizes(), " on ", batch_sizes.device());
-  const at::Tensor sizes = batch_sizes.contiguous();
-  const int64_t* per_step = sizes.data_ptr<int64_t>();
-  const int64_t steps = sizes.numel(), batch = per_step[0];
-  TORCH_CHECK_VALUE(data.dim() == 2, "rnn_fused.packed_to_padded: data must be 2-D [N, F], got ", data.dim(), "-D");
-  int64_t rows = 0;
-  for (int64_t t = 0; t < steps; ++t) {
-    TORCH_CHECK_VALUE(per_step[t] >= 0 && per_step[t] <= (t == 0 ? batch : per_step[t - 1]),
-                      "rnn_fused.packed_to_padded: batch_sizes must be non-increasing and >= 0, got batch_sizes[",
-                      t, "] = ", per_step[t], (t == 0 ? "" : " after "),
-                      (t == 0 ? std::string() : std::to_string(per_step[t - 1])));
-    rows += per_step[t];
-  }
-  TORCH_CHECK_VALUE(data.size(0) == rows, "rnn_fused.packed_to_padded: data has ", data.size(0),
-                    " rows, batch_sizes sum to ", rows);
-  // Sample b has a step t where b < batch_sizes[t].
-  at::Tensor lengths = at::zeros({batch}, sizes.options());
-  int64_t* length = lengths.data_ptr<int64_t>();
-  for (int64_t t = 0; t < steps; ++t) {
-    for (int64_t b = 0; b < per_step[t]; ++b) ++length[b];
-  }
+  const PackedLayout layout = packed_layout("rnn_fused.packed_to_padded", data, batch_sizes);
+  const int64_t steps = layout.steps, batch = layout.batch;
+  const at::Tensor lengths = at::tensor(layout.lengths, batch_sizes.options());
   const at::Tensor positions = valid_positions(lengths, steps, data.device());
   const at::Tensor padded = at::zeros({steps * batch, data.size(1)}, data.options()).index_copy_(0, positions, data);
   return {padded.view({steps, batch, data.size(1)}), lengths, positions};

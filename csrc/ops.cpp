@@ -735,6 +735,14 @@ TORCH_LIBRARY(rnn_fused, m) {
       "bool bidirectional, Tensor? lengths, str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, "
       "Tensor? seed=None, str? backend=None, str? path=None, int directions_op=0, float dropout=0.0) -> "
       "(Tensor output, Tensor h_n)");
+  // A model's inference over a PackedSequence in its own layout (packed_inference.cpp): data
+  // [N,I] and CPU batch_sizes [T]; hx [L*D,B,H] or None, in the packed (sorted) order; weights as
+  // rnn_layers_forward's. No gradients; dropout between layers as at::dropout of the packed
+  // data (0: none). Returns output [N,D*H] and h_n [L*D,B,H].
+  m.def(
+      "rnn_packed_inference(Tensor data, Tensor batch_sizes, Tensor? hx, Tensor[] weights, bool has_biases, "
+      "int num_layers, bool bidirectional, str nonlinearity=\"tanh\", str? backend=None, "
+      "bool directions_at_once=False, float dropout=0.0) -> (Tensor output, Tensor h_n)");
   // A PackedSequence's data [N,F] and CPU batch_sizes [T] as the padded batch [T,B,F] (packed
   // order), its CPU lengths [B] and the padded rows [N] of the packed ones (model_forward.cpp).
   m.def("packed_to_padded(Tensor data, Tensor batch_sizes) -> (Tensor padded, Tensor lengths, Tensor positions)");

@@ -7,6 +7,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
 #include <ATen/record_function.h>
 #include <ATen/ops/empty.h>
 
@@ -14,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -62,6 +64,42 @@ inline at::Tensor valid_row_index(int64_t steps, const std::vector<int64_t>& len
     }
   }
   return index;
+}
+
+// A PackedSequence's layout, from its batch_sizes [T] (int64 on the CPU, non-increasing, >= 0):
+// step t holds batch_sizes[t] rows from step_rows[t] on, the first samples of the batch; sample
+// b's length is the count of steps with b < batch_sizes[t]. Checked before anything is read.
+struct PackedLayout {
+  int64_t steps = 0, batch = 0, rows = 0;  // T, B = batch_sizes[0], N = their sum
+  std::vector<int64_t> step_rows;          // [T]
+  std::vector<int64_t> lengths;            // [B], non-increasing
+};
+
+// what: the op's name for the messages. data [N,F] is checked against the layout's N.
+inline PackedLayout packed_layout(const char* what, const at::Tensor& data, const at::Tensor& batch_sizes) {
+  TORCH_CHECK_VALUE(batch_sizes.device().is_cpu() && batch_sizes.scalar_type() == at::kLong &&
+                        batch_sizes.dim() == 1 && batch_sizes.numel() >= 1,
+                    what, ": batch_sizes must be a non-empty 1-D int64 CPU tensor, got a ", batch_sizes.scalar_type(),
+                    " tensor of shape ", batch_sizes.sizes(), " on ", batch_sizes.device());
+  TORCH_CHECK_VALUE(data.dim() == 2, what, ": data must be 2-D [N, F], got ", data.dim(), "-D");
+  const at::Tensor sizes = batch_sizes.contiguous();
+  const int64_t* per_step = sizes.const_data_ptr<int64_t>();
+  PackedLayout layout{.steps = sizes.numel(), .batch = per_step[0]};
+  layout.step_rows.resize(static_cast<size_t>(layout.steps));
+  for (int64_t t = 0; t < layout.steps; ++t) {
+    TORCH_CHECK_VALUE(per_step[t] >= 0 && per_step[t] <= (t == 0 ? layout.batch : per_step[t - 1]), what,
+                      ": batch_sizes must be non-increasing and >= 0, got batch_sizes[", t, "] = ", per_step[t],
+                      (t == 0 ? "" : " after "), (t == 0 ? std::string() : std::to_string(per_step[t - 1])));
+    layout.step_rows[t] = layout.rows;
+    layout.rows += per_step[t];
+  }
+  TORCH_CHECK_VALUE(data.size(0) == layout.rows, what, ": data has ", data.size(0), " rows, batch_sizes sum to ",
+                    layout.rows);
+  layout.lengths.assign(static_cast<size_t>(layout.batch), 0);
+  for (int64_t t = 0; t < layout.steps; ++t) {
+    for (int64_t b = 0; b < per_step[t]; ++b) ++layout.lengths[b];
+  }
+  return layout;
 }
 
 // dW_hh's pairs among the valid rows: int64 [M] each, the row of dz_t and the row of the state

@@ -640,7 +640,11 @@ def _cpu_directions_on_two_threads(layer_input: Tensor, weight_hh: Tensor) -> bo
     team is predicted faster (not measured: no such CPU here)."""
     if layer_input.dim() != 3 or weight_hh.dim() != 2:
         return False  # the op's checks say what is wrong
-    steps, batch, hidden = layer_input.shape[0], layer_input.shape[1], weight_hh.shape[0]
+    return _cpu_directions_at_once(layer_input.shape[0], layer_input.shape[1], weight_hh.shape[0])
+
+
+def _cpu_directions_at_once(steps: int, batch: int, hidden: int) -> bool:
+    """_cpu_directions_on_two_threads for a loop of T steps of B samples of H units."""
     return (torch.get_num_threads() >= 2 and steps * batch * hidden ** 2 >= _MIN_TWO_THREAD_DIRECTION_MACS
             and torch.ops.rnn_fused.cpu_loop_team(steps, batch, hidden)[0] <= 2)
 
@@ -843,6 +847,47 @@ def valid_positions(lengths: Tensor, steps: int, device: torch.device | str) -> 
     reads the mask's count back (a host synchronisation per call); lengths on a GPU are read back
     first."""
     return _ops.ops.valid_positions(lengths, steps, torch.device(device))
+
+
+def runs_packed_inference(data: Tensor, hx: Tensor | None, weights, backend: str | None, path: str | None,
+                          stack: bool | None) -> bool:
+    """Whether a PackedSequence's call can run in the packed layout itself (packed_inference): the
+    CPU backend's loops (a CPU input, backend None or 'cpu', no path) without autocast, no stack
+    asked for (stack=True: rnn() says why a CPU call has none), and no gradient wanted (grad mode
+    off, or no tensor requiring grad). Under torch.compile as in eager mode: packed_inference runs
+    eagerly there, so a compiled model gives eager's values."""
+    if (stack or not data.is_cpu or backend not in (None, "cpu") or path is not None
+            or _ops.autocast_dtype("cpu") is not None):
+        return False
+    if not torch.is_grad_enabled():
+        return True
+    tensors = [data, hx, *(w for group in weights for w in group)]
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
+@torch.compiler.disable
+def packed_inference(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weights, num_layers: int,
+                     bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
+                     *, backend: str | None = None, side_by_side: bool | None = None) -> tuple[Tensor, Tensor]:
+    """A multi-layer, optionally bidirectional Elman RNN over a PackedSequence's data, without
+    gradients, in the packed layout (rnn_fused::rnn_packed_inference, C++; runs_packed_inference
+    says where it can): each layer's input projection one GEMM of the packed rows, its time loop
+    reading and writing each step's rows where the packed data holds them, instead of the padded
+    batch rnn() runs (packed_to_padded and back). The values are rnn()'s on the padded batch within
+    rounding (the same loops; the projection's GEMM of all N rows at once).
+
+    data [N,I] and batch_sizes [T] (int64, CPU) of a PackedSequence; hx [num_layers*D,B,H] or None,
+    in the packed (sorted) order; weights as for rnn(); dropout between layers as rnn() draws it
+    (only when `training`); side_by_side as for rnn() (the CPU loops of a bidirectional layer's
+    directions at once). Returns output [N,D*H] (the packed data) and h_n [num_layers*D,B,H].
+    Run eagerly under torch.compile (B is data, as for packed_to_padded; the op has no fake kernel).
+    """
+    hidden = weights[0][1].shape[0]
+    at_once = bidirectional and side_by_side is not False and (
+        side_by_side or _cpu_directions_at_once(batch_sizes.numel(), int(batch_sizes[0]), hidden))
+    return torch.ops.rnn_fused.rnn_packed_inference(
+        data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
+        bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
 
 
 @torch.compiler.disable

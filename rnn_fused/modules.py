@@ -148,6 +148,10 @@ class RNN(nn.Module):
     side_by_side: bool | None = None
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
+    # What a subclass's _run passes functional.rnn as layer_fn in place of the fused layer op (the
+    # test tools' step loop over stock torch ops, rnn_fused.tools.testing), or None: the fused
+    # layers, which alone run a PackedSequence's inference in the packed layout (_forward_packed).
+    _layer_fn = None
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -418,6 +422,17 @@ class RNN(nn.Module):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(data, hx, batch_sizes)
         self._check_kernel_args(data, hx, packed=True)
+        if self._gradient_recorder is None and self._layer_fn is None and functional.runs_packed_inference(
+                data, hx, self.all_weights, self.backend, self.path, self.stack):
+            # Inference in the packed layout itself. The padded route would draw a RandomTruncation's
+            # seed (rnn()): drawn here too, so that torch's generator ends the call in the same state.
+            resolve_truncation(truncation)
+            output, h_n = functional.packed_inference(data, batch_sizes, hx, self.all_weights, self.num_layers,
+                                                      self.bidirectional, self.nonlinearity, self.dropout,
+                                                      self.training, backend=self.backend,
+                                                      side_by_side=self.side_by_side)
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(h_n, unsorted_indices))
         padded, lengths, positions = functional.packed_to_padded(data, batch_sizes)
         output, h_n = self._run(padded, hx, lengths, truncation, batch_order=unsorted_indices)
         packed_output = PackedSequence(functional.padded_to_packed_data(output, positions),

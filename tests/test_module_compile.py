@@ -3,6 +3,8 @@ exports one."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -131,15 +133,18 @@ def test_torch_export_gives_the_eager_models_values(backend):
 
 
 @pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled:UserWarning")
-def test_a_packed_batch_compiles_with_its_conversion_run_eagerly():
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "no_grad"])
+def test_a_packed_batch_compiles_with_its_conversion_run_eagerly(inference):
     """torch.compile of a model called on a PackedSequence: the packed batch's conversion to the
     padded batch (rnn_fused::packed_to_padded, whose batch size is data) runs eagerly (a graph
-    break, as before it became an op), and the compiled model gives eager's values."""
+    break, as before it became an op), as does inference in the packed layout
+    (rnn_fused::rnn_packed_inference, under no_grad), and the compiled model gives eager's values."""
     torch.manual_seed(0)
     model = rnn_fused.RNN(3, 4, num_layers=2, dropout=0.3).eval()
     packed = torch.nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 3), [5, 3, 2])
     compiled = torch.compile(model)
-    with torch.no_grad():
+    with torch.no_grad() if inference else contextlib.nullcontext():
         (out, h_n), (expected, expected_h_n) = compiled(packed), model(packed)
+    assert out.data.requires_grad != inference
     torch.testing.assert_close(out.data, expected.data, rtol=0, atol=0)
     torch.testing.assert_close(h_n, expected_h_n, rtol=0, atol=0)

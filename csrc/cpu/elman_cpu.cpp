@@ -85,14 +85,19 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 // Forward time loop, run by each thread of the step team on its units and rows (step_team.h).
 // w_hh   [H,H]   W_hh (row u holds the weights into unit u); each thread multiplies its rows of
 //                it (its units), transposed once where its products pay for it (StepWeights)
-// out    [T,B,H] in: X W_ih^T + b_ih + b_hh for every step; out: h_t (zero where t >= len)
+// out    [rows,H] in: X W_ih^T + b_ih + b_hh at every valid step; out: h_t there. Sample b's
+//                 step t is row step_rows[t] + b: the padded batch [T,B,H] (step_rows[t] = t B)
+//                 or a PackedSequence's data [N,H] (step t's batch_sizes[t] rows from
+//                 step_rows[t]); rows of steps past a sample's length are left as they are
+// step_rows [T]  the first row of each step in out
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
 //                 states[max_len % 2]
 // rec    [B,H]   scratch: each thread's rows and product columns
 template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh,
-                       scalar_t* out, const std::array<scalar_t*, 2>& states, scalar_t* rec) {
+                       scalar_t* out, const int64_t* step_rows, const std::array<scalar_t*, 2>& states,
+                       scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
   const TeamPlan plan = team_plan(len.max_len, B, H);
   run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
@@ -115,13 +120,11 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
           continue;
         }
         const int64_t t = step_time(s, length, reverse);
-        activate_row(A, out + time_major_offset(t, b, u0, B, H), rec + b * H + u0, next + b * H + u0, U);
+        activate_row(A, out + (step_rows[t] + b) * H + u0, rec + b * H + u0, next + b * H + u0, U);
       }
       barrier.arrive_and_wait(s, share.count);
     }
   });
-  // Steps past a sample's length still hold the projection: outputs there are zero.
-  zero_past_lengths(shape, len, out, static_cast<scalar_t*>(nullptr));
 }
 
 // Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units and
@@ -198,16 +201,26 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
 at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   const LayerForwardCall& call = r.call;
   const Lengths len = host_lengths(call);
-  const int64_t B = call.shape.batch, H = call.shape.hidden;
+  const int64_t T = call.shape.steps, B = call.shape.batch, H = call.shape.hidden;
   const std::array<at::Tensor, 2> states = {r.h0.defined() ? r.h0.clone() : at::zeros({B, H}, r.out.options()),
                                             at::empty({B, H}, r.out.options())};
   at::Tensor rec = at::empty({B, H}, r.out.options());
+  std::vector<int64_t> padded_step_rows;
+  if (r.packed_step_rows == nullptr) {
+    padded_step_rows.resize(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) padded_step_rows[t] = t * B;
+  }
+  const int64_t* step_rows = r.packed_step_rows != nullptr ? r.packed_step_rows->data() : padded_step_rows.data();
   dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);
+    scalar_t* out = r.out.data_ptr<scalar_t>();
     forward_time_loop<scalar_t, decltype(activation)::value>(
-        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(), r.out.data_ptr<scalar_t>(),
+        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(), out, step_rows,
         std::array<scalar_t*, 2>{states[0].data_ptr<scalar_t>(), states[1].data_ptr<scalar_t>()},
         rec.data_ptr<scalar_t>());
+    // The padded batch's steps past a sample's length still hold the projection: outputs there
+    // are zero (a packed batch has no such rows).
+    if (r.packed_step_rows == nullptr) zero_past_lengths(call.shape, len, out, static_cast<scalar_t*>(nullptr));
   });
   return states[len.max_len % 2];
 }
@@ -242,6 +255,7 @@ const bool registered = register_recurrence_backend(RecurrenceBackend{.name = "c
                                                                        .device = c10::DeviceType::CPU,
                                                                        .device_default = true,
                                                                        .forward = &forward_recurrence,
+                                                                       .runs_packed_layout = true,
                                                                        .backward = &backward_recurrence});
 
 }  // namespace

@@ -39,10 +39,12 @@ CPU_SHAPES = [  # (T, B, I, H)
 # its layers, and a seventh, PACKED: the input a PackedSequence of uneven lengths
 # (packed_lengths), as a training loop over sentences feeds nn.RNN. The CPU table adds a
 # bidirectional layer (its two time loops at once: docs/architecture.md, "The CPU backend") and
-# a packed batch (whose GEMMs multiply only the valid steps' rows, as nn.RNN's do).
+# two packed batches (whose GEMMs multiply only the valid steps' rows, as nn.RNN's do; the short
+# one of large layers, whose inference ran below nn.RNN's speed in the padded layout).
 BIDIRECTIONAL = 2
 PACKED = "packed"
-CPU_BENCH_SHAPES = CPU_SHAPES + [(1000, 8, 32, 64, BIDIRECTIONAL), (100, 64, 256, 512, 1, 1, PACKED)]
+CPU_BENCH_SHAPES = CPU_SHAPES + [(1000, 8, 32, 64, BIDIRECTIONAL), (100, 64, 256, 512, 1, 1, PACKED),
+                                 (10, 256, 512, 512, 1, 1, PACKED)]
 # Long and short sequences, batch 1 to 128, hidden 128 to 1024 (all of which the planner
 # keeps on chip on an H100-class GPU).
 CUDA_SHAPES = [

@@ -375,10 +375,12 @@ def _step_loop_rnn_class():
         """rnn_fused.RNN's composition of layers over reference.py's step loop: stock torch
         ops in a second valid evaluation order."""
 
+        _layer_fn = staticmethod(reference_layer)
+
         def _run(self, time_major, hx, lengths, truncation, batch_order):
             return functional.rnn(time_major.contiguous(), hx, self.all_weights, self.num_layers,
                                   self.bidirectional, self.nonlinearity, self.dropout,
-                                  self.training, lengths, layer_fn=reference_layer, truncation=truncation)
+                                  self.training, lengths, layer_fn=self._layer_fn, truncation=truncation)
 
     return StepLoopRNN
 
