@@ -245,7 +245,6 @@ std::tuple<at::Tensor, at::Tensor> finish_forward(const PreparedForward& p) {
   return {p.out.to(dtype), p.h_n.to(dtype).contiguous()};
 }
 
-
 // The two directions' calls of rnn_directions_forward / backward: one backend, which runs its
 // own time loops (on two CPU threads) or GPU kernels (on two streams where both calls were
 // planned for half the SMs).

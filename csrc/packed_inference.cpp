@@ -29,7 +29,7 @@ namespace {
 
 constexpr const char* kWhat = "rnn_fused.rnn_packed_inference";
 
-// One direction of a layer: its weights in nn.RNN's order and its index in hx and h_n.
+// One direction of a layer: its weights, as nn.RNN names them (weight_ih_l0, ...).
 struct DirectionWeights {
   at::Tensor w_ih, w_hh;
   std::optional<at::Tensor> bias_ih, bias_hh;
