@@ -600,8 +600,14 @@ def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None) -> bo
     """Whether a bidirectional layer's directions can run their time loops on two CPU threads
     (_LayerDirections): the CPU backend's own loops, in eager mode without autocast (the
     ops have no fake or autocast kernels)."""
+    return _cpu_backend_without_autocast(layer_input, backend, path) and not torch.compiler.is_compiling()
+
+
+def _cpu_backend_without_autocast(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
+    """Whether a call runs the CPU backend's own loops (a CPU input, backend None or 'cpu', no GPU
+    path) without autocast."""
     return (layer_input.is_cpu and backend in (None, "cpu") and path is None
-            and not torch.compiler.is_compiling() and _ops.autocast_dtype("cpu") is None)
+            and _ops.autocast_dtype("cpu") is None)
 
 
 def _gpu_kernels_in_eager_mode(layer_input: Tensor, backend: str | None) -> bool:
@@ -856,8 +862,7 @@ def runs_packed_inference(data: Tensor, hx: Tensor | None, weights, backend: str
     asked for (stack=True: rnn() says why a CPU call has none), and no gradient wanted (grad mode
     off, or no tensor requiring grad). Under torch.compile as in eager mode: packed_inference runs
     eagerly there, so a compiled model gives eager's values."""
-    if (stack or not data.is_cpu or backend not in (None, "cpu") or path is not None
-            or _ops.autocast_dtype("cpu") is not None):
+    if stack or not _cpu_backend_without_autocast(data, backend, path):
         return False
     if not torch.is_grad_enabled():
         return True
