@@ -90,6 +90,11 @@ struct BackwardRecurrence {
                                      // steps, zero past each sample's length: every entry written
   at::Tensor step_norms;             // [T,B] out, written like dz: ||g_t|| at valid steps, zero
                                      // past the end; empty [0] unless the call records norms
+  // Set (backends that run the packed layout), as in ForwardRecurrence: operands.dy, operands.out
+  // and dz are a PackedSequence's rows [N,H] (dz written at every row: a packed batch has no
+  // steps past a sample's length), step t's from row (*packed_step_rows)[t]; dh_n, step_norms
+  // and the returned dz at each sample's first step keep their [B,H] / [T,B] shapes.
+  const std::vector<int64_t>* packed_step_rows = nullptr;
   at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };
 
@@ -213,8 +218,9 @@ struct RecurrenceBackend {
   bool device_default = false; // chosen for `device` when no backend is named
   // Runs the forward loop; returns h_n [B,H] in the compute dtype.
   at::Tensor (*forward)(const ForwardRecurrence&) = nullptr;
-  // Whether forward runs a PackedSequence's layout (ForwardRecurrence::packed_step_rows): the CPU
-  // loops, for the packed inference op (packed_inference.cpp).
+  // Whether forward and backward run a PackedSequence's layout (ForwardRecurrence and
+  // BackwardRecurrence::packed_step_rows): the CPU loops, for the packed ops (packed_inference.cpp,
+  // packed_layer.cpp).
   bool runs_packed_layout = false;
   // Whether forward takes the input projection (ForwardRecurrence::projection) and makes it
   // itself: the GPU-kernel backends, whose Block path can make it inside its kernel (two

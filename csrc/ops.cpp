@@ -743,6 +743,17 @@ TORCH_LIBRARY(rnn_fused, m) {
       "rnn_packed_inference(Tensor data, Tensor batch_sizes, Tensor? hx, Tensor[] weights, bool has_biases, "
       "int num_layers, bool bidirectional, str nonlinearity=\"tanh\", str? backend=None, "
       "bool directions_at_once=False, float dropout=0.0) -> (Tensor output, Tensor h_n)");
+  // One layer's gradients over a PackedSequence in its own layout (packed_training.cpp), the
+  // backward of rnn_packed_inference run for that layer alone (num_layers 1, functional._PackedLayer):
+  // grad_output [N,D*H], grad_h_n [D,B,H] or None (zero), the forward's output [N,D*H], then the
+  // forward's arguments and the truncation (as rnn_layer_backward's; seed an int). needs: data,
+  // hx, then each weight (up to 8); returns a gradient for each of those (empty [0] where not
+  // needed), the data's the directions' sum.
+  m.def(
+      "rnn_packed_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor output, bool[10] needs, "
+      "Tensor data, Tensor batch_sizes, Tensor? hx, Tensor[] weights, bool has_biases, bool bidirectional, "
+      "str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, int seed=0, int layer=0, "
+      "str? backend=None, bool directions_at_once=False) -> Tensor[]");
   // A PackedSequence's data [N,F] and CPU batch_sizes [T] as the padded batch [T,B,F] (packed
   // order), its CPU lengths [B] and the padded rows [N] of the packed ones (model_forward.cpp).
   m.def("packed_to_padded(Tensor data, Tensor batch_sizes) -> (Tensor padded, Tensor lengths, Tensor positions)");

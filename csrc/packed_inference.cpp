@@ -1,5 +1,6 @@
 // A model's inference (no gradients) over a PackedSequence on the CPU, in the packed layout
-// itself (rnn_fused::rnn_packed_inference).
+// itself (rnn_fused::rnn_packed_inference); run for one layer alone, also the forward of packed
+// training (functional._PackedLayer, whose backward is packed_training.cpp's).
 //
 // A layer op runs the padded batch [T,B,F]: a PackedSequence reaches it through packed_to_padded
 // (a zero fill of the padded input and a copy of its rows), and its output goes back by rows, the
@@ -22,24 +23,12 @@
 #include <vector>
 
 #include "host_layer.h"
-#include "valid_rows.h"
+#include "packed_arguments.h"
 
 namespace rnn_fused {
 namespace {
 
 constexpr const char* kWhat = "rnn_fused.rnn_packed_inference";
-
-// One direction of a layer: its weights, as nn.RNN names them (weight_ih_l0, ...).
-struct DirectionWeights {
-  at::Tensor w_ih, w_hh;
-  std::optional<at::Tensor> bias_ih, bias_hh;
-};
-
-void check_operand(const at::Tensor& t, const at::Tensor& data, at::IntArrayRef shape, const std::string& name) {
-  TORCH_CHECK(t.device() == data.device() && t.scalar_type() == data.scalar_type() && t.sizes() == shape, kWhat, ": ",
-              name, " must be a ", data.scalar_type(), " tensor of shape ", shape, " on ", data.device(), ", got ",
-              t.scalar_type(), " ", t.sizes(), " on ", t.device());
-}
 
 std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, const at::Tensor& batch_sizes,
                                                         const std::optional<at::Tensor>& hx,
@@ -49,44 +38,16 @@ std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, 
                                                         std::optional<c10::string_view> backend_name,
                                                         bool directions_at_once, double dropout) {
   // Every argument is checked before anything runs.
-  const PackedLayout layout = packed_layout(kWhat, data, batch_sizes);
-  const int64_t directions = bidirectional ? 2 : 1, per_direction = has_biases ? 4 : 2;
-  TORCH_CHECK_VALUE(num_layers >= 1, kWhat, ": num_layers must be >= 1, got ", num_layers);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(weights.size()) == num_layers * directions * per_direction, kWhat,
-                    ": expected ", num_layers * directions * per_direction, " weights (num_layers=", num_layers,
-                    ", bidirectional=", bidirectional ? "True" : "False", ", has_biases=",
-                    has_biases ? "True" : "False", "), got ", weights.size());
   TORCH_CHECK_VALUE(dropout >= 0.0 && dropout <= 1.0, kWhat, ": dropout must be in [0, 1], got ", dropout);
-  TORCH_CHECK(at::isFloatingType(data.scalar_type()), kWhat, ": data must be a floating-point tensor, got ",
-              data.scalar_type());
-  const RecurrenceBackend& backend =
-      find_recurrence_backend(data.device().type(), backend_name.has_value() ? std::string(*backend_name) : "");
-  TORCH_CHECK_VALUE(backend.runs_packed_layout, kWhat, ": backend '", backend.name,
-                    "' runs padded batches only; the packed layout runs on the CPU backend ('cpu')");
-  const Activation activation = parse_activation(std::string(nonlinearity));
-  TORCH_CHECK(weights[1].dim() == 2, kWhat, ": weight_hh must be 2-D [H, H], got shape ", weights[1].sizes());
-  const int64_t T = layout.steps, B = layout.batch, N = layout.rows, H = weights[1].size(0);
-  std::vector<DirectionWeights> layer_weights;
-  for (int64_t index = 0; index < num_layers * directions; ++index) {
-    const auto w = weights.begin() + index * per_direction;
-    const int64_t in_features = index < directions ? data.size(1) : directions * H;
-    const std::string suffix = "_l" + std::to_string(index / directions) + (index % directions == 1 ? "_reverse" : "");
-    check_operand(w[0], data, {H, in_features}, "weight_ih" + suffix);
-    check_operand(w[1], data, {H, H}, "weight_hh" + suffix);
-    if (has_biases) {
-      check_operand(w[2], data, {H}, "bias_ih" + suffix);
-      check_operand(w[3], data, {H}, "bias_hh" + suffix);
-    }
-    layer_weights.push_back({w[0], w[1], has_biases ? std::optional(w[2]) : std::nullopt,
-                             has_biases ? std::optional(w[3]) : std::nullopt});
-  }
-  if (hx.has_value()) check_operand(*hx, data, {num_layers * directions, B, H}, "hx");
+  const PackedArguments a = check_packed_arguments(kWhat, data, batch_sizes, hx, weights, has_biases, num_layers,
+                                                   bidirectional, nonlinearity, backend_name);
   if (at::GradMode::is_enabled()) {
     bool wants_grad = data.requires_grad() || (hx.has_value() && hx->requires_grad());
     for (const at::Tensor& w : weights) wants_grad = wants_grad || w.requires_grad();
     TORCH_CHECK(!wants_grad, kWhat, " makes no gradients: call it under torch.no_grad() or with tensors that do not "
                 "require grad (rnn_fused.RNN takes the layer ops where gradients are wanted)");
   }
+  const int64_t directions = a.directions, B = a.layout.batch, N = a.layout.rows, H = a.hidden;
 
   const at::ScalarType ct = compute_dtype(data.scalar_type());
   const at::TensorOptions options = data.options().dtype(ct);
@@ -94,25 +55,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, 
   // [N,F] in data's dtype: each layer's output is rounded to it, as the layer ops' are.
   at::Tensor layer_input = data;
   if (N == 0 || H == 0) return {at::zeros({N, directions * H}, data.options()), h_n.to(data.scalar_type())};
-  // Each direction's call as the CPU backend's loop reads it: the shape, the lengths and the
-  // options (the op checked its operands itself: no call reaches check_forward_call).
-  const at::Tensor lengths = at::tensor(layout.lengths, at::TensorOptions().dtype(at::kLong));
-  const auto direction_call = [&](int64_t layer, int64_t direction, int64_t in_features) {
-    return LayerForwardCall{.input = data,
-                            .weight_ih = layer_weights[layer * directions + direction].w_ih,
-                            .weight_hh = layer_weights[layer * directions + direction].w_hh,
-                            .options = LayerOptions{.activation = activation, .reverse = direction == 1,
-                                                    .backend = backend.name},
-                            .shape = LayerShape{.steps = T, .batch = B, .input_size = in_features, .hidden = H},
-                            .valid_lengths = SequenceLengths{.on_device = lengths, .host = layout.lengths}};
-  };
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const int64_t in_features = layer_input.size(1);
     const at::Tensor x2d = layer_input.to(ct).contiguous();
     std::array<at::Tensor, 2> outputs;
     std::array<std::optional<LayerForwardCall>, 2> calls;
     for (int64_t direction = 0; direction < directions; ++direction) {
-      const DirectionWeights& w = layer_weights[layer * directions + direction];
+      const DirectionWeights& w = a.weights[layer * directions + direction];
       outputs[direction] = at::empty({N, H}, options);
       project_input_on_host(outputs[direction],
                             InputProjection{.x2d = x2d,
@@ -121,18 +70,18 @@ std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, 
                                                                              : std::nullopt,
                                             .bias_hh = w.bias_hh.has_value() ? std::optional(w.bias_hh->to(ct))
                                                                              : std::nullopt});
-      calls[direction].emplace(direction_call(layer, direction, in_features));
+      calls[direction].emplace(a.direction_call(data, layer, direction, in_features));
     }
     const auto run = [&](int64_t direction) {
       const int64_t index = layer * directions + direction;
-      const at::Tensor w_hh = layer_weights[index].w_hh.to(ct).contiguous();
+      const at::Tensor w_hh = a.weights[index].w_hh.to(ct).contiguous();
       // h_n[index] holds h_0 until the loop (which starts from a copy of it) is over.
       const at::Tensor state = h_n[index];
-      state.copy_(backend.forward(ForwardRecurrence{.call = *calls[direction],
-                                                    .w_hh = w_hh,
-                                                    .out = outputs[direction],
-                                                    .h0 = state,
-                                                    .packed_step_rows = &layout.step_rows}));
+      state.copy_(a.backend->forward(ForwardRecurrence{.call = *calls[direction],
+                                                       .w_hh = w_hh,
+                                                       .out = outputs[direction],
+                                                       .h0 = state,
+                                                       .packed_step_rows = &a.layout.step_rows}));
     };
     if (directions == 2 && directions_at_once) {
       run_at_once({[&] { run(0); }, [&] { run(1); }});

@@ -855,19 +855,28 @@ def valid_positions(lengths: Tensor, steps: int, device: torch.device | str) -> 
     return _ops.ops.valid_positions(lengths, steps, torch.device(device))
 
 
+def runs_packed_layout(data: Tensor, backend: str | None, path: str | None, stack: bool | None) -> bool:
+    """Whether a PackedSequence's call can run in the packed layout itself (packed_inference
+    without gradients, packed_training with): the CPU backend's loops (a CPU input, backend None or
+    'cpu', no path) without autocast, and no stack asked for (stack=True: rnn() says why a CPU call
+    has none). Under torch.compile as in eager mode: both run eagerly there, so a compiled model
+    gives eager's values."""
+    return not stack and _cpu_backend_without_autocast(data, backend, path)
+
+
+def wants_gradients(data: Tensor, hx: Tensor | None, weights) -> bool:
+    """Whether a call records a graph: grad mode on and some tensor requiring grad."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [data, hx, *(w for group in weights for w in group)]
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
 def runs_packed_inference(data: Tensor, hx: Tensor | None, weights, backend: str | None, path: str | None,
                           stack: bool | None) -> bool:
-    """Whether a PackedSequence's call can run in the packed layout itself (packed_inference): the
-    CPU backend's loops (a CPU input, backend None or 'cpu', no path) without autocast, no stack
-    asked for (stack=True: rnn() says why a CPU call has none), and no gradient wanted (grad mode
-    off, or no tensor requiring grad). Under torch.compile as in eager mode: packed_inference runs
-    eagerly there, so a compiled model gives eager's values."""
-    if stack or not _cpu_backend_without_autocast(data, backend, path):
-        return False
-    if not torch.is_grad_enabled():
-        return True
-    tensors = [data, hx, *(w for group in weights for w in group)]
-    return not any(t is not None and t.requires_grad for t in tensors)
+    """Whether a PackedSequence's call runs packed_inference: runs_packed_layout, and no gradient
+    wanted (grad mode off, or no tensor requiring grad)."""
+    return runs_packed_layout(data, backend, path, stack) and not wants_gradients(data, hx, weights)
 
 
 @torch.compiler.disable
@@ -893,6 +902,108 @@ def packed_inference(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weigh
     return torch.ops.rnn_fused.rnn_packed_inference(
         data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
         bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
+
+
+class _PackedConfig(NamedTuple):
+    """_PackedLayer's arguments that are not tensors. at_once: the CPU loops of a bidirectional
+    layer's directions at once (each on a thread of torch's team)."""
+
+    bidirectional: bool
+    has_biases: bool
+    nonlinearity: str
+    backend: str | None
+    at_once: bool
+    truncation: TruncationArgs
+    layer: int
+
+
+class _PackedLayer(torch.autograd.Function):
+    """One layer (both directions where bidirectional) of a PackedSequence in the packed layout:
+    its forward the packed inference op for that layer alone (rnn_packed_inference with one layer,
+    grad mode off inside the Function), its backward rnn_packed_layer_backward (C++: the CPU
+    backend's backward loops on the packed rows and the whole-sequence gradients as products of
+    them, truncation as the layer ops draw it). With create_graph=True it differentiates the layer
+    ops run again on the padded batch instead (their own double backward): the packed ops' saved
+    output carries no graph. flat: the forward direction's weights, then the reverse one's."""
+
+    @staticmethod
+    def forward(ctx, data, batch_sizes, hx, config: _PackedConfig, *flat):
+        output, h_n = torch.ops.rnn_fused.rnn_packed_inference(
+            data, batch_sizes, hx, list(flat), config.has_biases, 1, config.bidirectional, config.nonlinearity,
+            config.backend, config.at_once, 0.0)
+        ctx.save_for_backward(data, batch_sizes, hx, output, *flat)
+        ctx.config = config
+        ctx.set_materialize_grads(False)  # an unused h_n costs no zeros
+        return output, h_n
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        data, batch_sizes, hx, output, *flat = ctx.saved_tensors
+        config = ctx.config
+        needs = ctx.needs_input_grad  # data, batch_sizes, hx, config, then each weight
+        if grad_output is None:  # only h_n used
+            grad_output = torch.zeros_like(output)
+        if torch.is_grad_enabled():
+            return _PackedLayer._backward_with_graph(ctx, grad_output, grad_h_n)
+        mask = [needs[0], hx is not None and needs[2], *needs[4:]]
+        truncation = config.truncation
+        grads = torch.ops.rnn_fused.rnn_packed_layer_backward(
+            grad_output, grad_h_n, output, mask + [False] * (10 - len(mask)), data, batch_sizes, hx, flat,
+            config.has_biases, config.bidirectional, config.nonlinearity, truncation.every, truncation.keep_prob,
+            truncation.seed_int(), config.layer, config.backend, config.at_once)
+        grad_weights = [grad if need else None for grad, need in zip(grads[2:], needs[4:])]
+        return (grads[0] if needs[0] else None, None, grads[1] if mask[1] else None, None, *grad_weights)
+
+    @staticmethod
+    def _backward_with_graph(ctx, grad_output, grad_h_n):
+        data, batch_sizes, hx, _, *flat = ctx.saved_tensors
+        config = ctx.config
+        padded, lengths, positions = packed_to_padded(data, batch_sizes)
+        per_direction = len(flat) // (2 if config.bidirectional else 1)
+        outputs, states = [], []
+        for direction in range(2 if config.bidirectional else 1):
+            weight_ih, weight_hh, *biases = flat[direction * per_direction:(direction + 1) * per_direction]
+            out, state = rnn_layer(padded, None if hx is None else hx[direction], weight_ih, weight_hh,
+                                   *(biases or (None, None)), lengths, config.nonlinearity, reverse=direction == 1,
+                                   backend=config.backend, truncation=config.truncation, layer=config.layer)
+            outputs.append(out)
+            states.append(state)
+        output = padded_to_packed_data(torch.cat(outputs, dim=2), positions)
+        needs = ctx.needs_input_grad
+        grads = _gradients_with_graph((output, torch.stack(states)), (grad_output, grad_h_n), [data, hx, *flat],
+                                      [needs[0], needs[2], *needs[4:]])
+        return (grads[0], None, grads[1], None, *grads[2:])
+
+
+@torch.compiler.disable
+def packed_training(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weights, num_layers: int,
+                    bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
+                    *, backend: str | None = None, side_by_side: bool | None = None,
+                    truncation=None) -> tuple[Tensor, Tensor]:
+    """packed_inference's model where gradients are wanted: each layer one _PackedLayer (the packed
+    inference op for that layer, and a backward in the packed layout, rnn_packed_layer_backward),
+    dropout between layers as nn.RNN draws it on the packed data (torch's dropout, differentiable),
+    truncation as for rnn() (a RandomTruncation without seed draws one seed for this call). The
+    values are rnn()'s on the padded batch within rounding, the gradients too (the same loops; the
+    products of the packed rows instead of the padded ones). Arguments and results as
+    packed_inference's. Run eagerly under torch.compile (as packed_inference)."""
+    args = resolve_truncation(truncation)
+    directions = 2 if bidirectional else 1
+    hidden = weights[0][1].shape[0]
+    at_once = bidirectional and side_by_side is not False and (
+        side_by_side or _cpu_directions_at_once(batch_sizes.numel(), int(batch_sizes[0]), hidden))
+    has_biases = len(weights[0]) == 4
+    layer_input, states = data, []
+    for layer in range(num_layers):
+        group = weights[layer * directions:(layer + 1) * directions]
+        config = _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, layer)
+        layer_hx = None if hx is None else hx[layer * directions:(layer + 1) * directions]
+        layer_input, layer_states = _PackedLayer.apply(layer_input, batch_sizes, layer_hx, config,
+                                                       *(w for direction in group for w in direction))
+        states.append(layer_states)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, training=True)
+    return layer_input, states[0] if len(states) == 1 else torch.cat(states)
 
 
 @torch.compiler.disable

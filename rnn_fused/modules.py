@@ -120,6 +120,10 @@ class RNN(nn.Module):
             directions run at once, on the GPU kernels each on half the SMs, on the CPU each
             time loop on a thread (its `side_by_side`); None: the planner's choice. Set on an
             instance, like backend.
+        packed_layout: whether a PackedSequence on the CPU kernels runs in its packed layout
+            itself (True, the default: each layer's projection and gradients products of the
+            packed rows, no padded batch) or through the padded batch (False: to compare or
+            time the two). Set on an instance, like backend.
 
     Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
     tensors are left alone). torch.compile(fullgraph=True) traces the module without a
@@ -146,11 +150,16 @@ class RNN(nn.Module):
     # half the SMs, on the CPU each time loop on a thread (functional.rnn's `side_by_side`): None
     # where that is priced (GPU) or sized (CPU) to be faster.
     side_by_side: bool | None = None
+    # Whether a PackedSequence runs in its packed layout itself where the call allows it (the CPU
+    # backend's loops without autocast, no stack, no recorder: functional.runs_packed_layout):
+    # inference in one op, training a layer at a time. False: always through the padded batch (to
+    # compare or time the two routes). Like backend, set on an instance.
+    packed_layout: bool = True
     # The GradientRecorder of an enclosing record_gradients(self) block, or None.
     _gradient_recorder = None
     # What a subclass's _run passes functional.rnn as layer_fn in place of the fused layer op (the
     # test tools' step loop over stock torch ops, rnn_fused.tools.testing), or None: the fused
-    # layers, which alone run a PackedSequence's inference in the packed layout (_forward_packed).
+    # layers, which alone run a PackedSequence in the packed layout (_forward_packed).
     _layer_fn = None
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
@@ -422,15 +431,22 @@ class RNN(nn.Module):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(data, hx, batch_sizes)
         self._check_kernel_args(data, hx, packed=True)
-        if self._gradient_recorder is None and self._layer_fn is None and functional.runs_packed_inference(
-                data, hx, self.all_weights, self.backend, self.path, self.stack):
-            # Inference in the packed layout itself. The padded route would draw a RandomTruncation's
-            # seed (rnn()): drawn here too, so that torch's generator ends the call in the same state.
-            resolve_truncation(truncation)
-            output, h_n = functional.packed_inference(data, batch_sizes, hx, self.all_weights, self.num_layers,
-                                                      self.bidirectional, self.nonlinearity, self.dropout,
-                                                      self.training, backend=self.backend,
-                                                      side_by_side=self.side_by_side)
+        if (self.packed_layout and self._gradient_recorder is None and self._layer_fn is None
+                and functional.runs_packed_layout(data, self.backend, self.path, self.stack)):
+            # The packed layout itself: inference in one op, training a layer at a time. The padded
+            # route would draw a RandomTruncation's seed (rnn()): drawn here too, so that torch's
+            # generator ends the call in the same state.
+            truncation = resolve_truncation(truncation)
+            if functional.wants_gradients(data, hx, self.all_weights):
+                output, h_n = functional.packed_training(data, batch_sizes, hx, self.all_weights, self.num_layers,
+                                                         self.bidirectional, self.nonlinearity, self.dropout,
+                                                         self.training, backend=self.backend,
+                                                         side_by_side=self.side_by_side, truncation=truncation)
+            else:
+                output, h_n = functional.packed_inference(data, batch_sizes, hx, self.all_weights, self.num_layers,
+                                                          self.bidirectional, self.nonlinearity, self.dropout,
+                                                          self.training, backend=self.backend,
+                                                          side_by_side=self.side_by_side)
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(h_n, unsorted_indices))
         padded, lengths, positions = functional.packed_to_padded(data, batch_sizes)

@@ -122,14 +122,16 @@ def _row_gathers(module, input) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", VALID_ROW_CASES, ids=_case_id)
 def test_packed_batches_whose_gemms_take_the_valid_rows_alone_match_stock(case, dtype, generator):
-    """A PackedSequence at sizes where the CPU's whole-sequence GEMMs multiply the rows of valid
-    steps alone (their gathers run, none with every row forced: the route is taken) meets the
-    tolerance rule against torch.nn.RNN, which multiplies only those rows too."""
+    """A PackedSequence through the padded batch (RNN.packed_layout False) at sizes where the CPU's
+    whole-sequence GEMMs multiply the rows of valid steps alone (their gathers run, none with every
+    row forced: the route is taken) meets the tolerance rule against torch.nn.RNN, which multiplies
+    only those rows too."""
     rnn_case = RNNCase(**case)
     input, hx = rnn_case.inputs(generator)
-    compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype,
+    compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype, packed_layout=False,
                        **({"ulps": FLOAT64_PARITY_ULPS} if dtype == torch.float64 else {}))
     ours = RNN.from_torch(rnn_case.torch_module())
+    ours.packed_layout = False
     with launch_plan.forced_tiling(every_row=True):
         assert _row_gathers(ours, input.float()) == 0
     assert _row_gathers(ours, input.float()) > 0

@@ -17,7 +17,8 @@ CORE_MODULES = {"rnn_fused", "rnn_fused._C", "rnn_fused._build", "rnn_fused._ops
                 "rnn_fused.truncation"}
 PRODUCT_OPS = {"rnn_layer_forward", "rnn_layer_backward", "rnn_layer_backward_with_graph", "rnn_directions_forward",
                "rnn_directions_backward", "rnn_directions_backward_with_graph", "rnn_layers_forward",
-               "rnn_packed_inference", "packed_to_padded", "valid_positions", "dropout_between_layers", "rnn_stack_forward",
+               "rnn_packed_inference", "rnn_packed_layer_backward", "packed_to_padded", "valid_positions",
+               "dropout_between_layers", "rnn_stack_forward",
                "rnn_stack_backward", "stack_plan", "edge_scales", "recurrence_plan",
                "cost_model", "kernel_projects_input", "kernel_makes_gradients", "step_cost", "cost_constants", "set_forced_tiling",
                "set_autotune",

@@ -62,15 +62,17 @@ def test_packed_inference_in_low_precision_meets_the_tolerance_rule(dtype):
 
 
 def test_packed_inference_is_taken_only_where_no_gradient_is_wanted():
+    """The model in one call where no gradient is wanted; where one is, packed training calls the op
+    once per layer (test_packed_training.py)."""
     ours = RNN(4, 6, 2)
     packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 4, 2]))
-    assert _packed_inference_calls(ours, packed) == 0  # the parameters require grad
+    assert _packed_inference_calls(ours, packed) == 2  # the parameters require grad
     with torch.no_grad():
         assert _packed_inference_calls(ours, packed) == 1
     ours.requires_grad_(False)
     assert _packed_inference_calls(ours, packed) == 1
     assert _packed_inference_calls(ours, pack_padded_sequence(torch.randn(5, 3, 4, requires_grad=True),
-                                                              torch.tensor([5, 4, 2]))) == 0
+                                                              torch.tensor([5, 4, 2]))) == 2
     with torch.no_grad():
         # The padded route where the call asks for what only it runs: a recorder, the emulated GPU
         # kernels, or a stack (whose error on the CPU the padded route raises).
@@ -85,13 +87,14 @@ def test_packed_inference_is_taken_only_where_no_gradient_is_wanted():
 
 
 def test_packed_inference_output_is_the_padded_routes(generator):
-    """The packed layout's output against the padded route's (the same module and input with
-    gradients wanted) under the float64 parity bound: the same loops on the same rows."""
+    """The packed layout's output against the padded route's (the same module and input, recording
+    gradient norms) under the float64 parity bound: the same loops on the same rows."""
     rnn_case = RNNCase(packing="unsorted", num_layers=2, bidirectional=True, with_hx=True, seq_len=8, batch=5,
                        input_size=4, hidden_size=6)
     input, hx = rnn_case.inputs(generator)
     ours = RNN.from_torch(rnn_case.torch_module().double())
-    padded_output, padded_h_n = ours(input, hx)
+    with rnn_fused.record_gradients(ours):  # (which only the padded route runs)
+        padded_output, padded_h_n = ours(input, hx)
     with torch.no_grad():
         packed_output, packed_h_n = ours(input, hx)
     for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
@@ -109,7 +112,8 @@ def test_packed_inference_draws_the_padded_routes_dropout_and_seed(truncation):
     ours = RNN(4, 6, 3, dropout=0.5).double()
     packed = pack_padded_sequence(torch.randn(7, 4, 4, dtype=torch.float64), torch.tensor([7, 5, 5, 2]))
     torch.manual_seed(7)
-    padded_output, _ = ours(packed, truncation=truncation)
+    with rnn_fused.record_gradients(ours):  # (which only the padded route runs)
+        padded_output, _ = ours(packed, truncation=truncation)
     padded_state = torch.get_rng_state()
     torch.manual_seed(7)
     with torch.no_grad():

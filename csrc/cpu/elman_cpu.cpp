@@ -69,14 +69,14 @@ bool share_copies_weights(const Lengths& len, int64_t steps, int64_t r0, int64_t
   return copies_step_weights(multi_row, one_row);
 }
 
-// values [T,B,H] and, where not null, norms [T,B] zero at steps t >= len[b]: the time loops
+// values [T,B,H] and norms [T,B], each where not null, zero at steps t >= len[b]: the time loops
 // write only valid steps, and every entry of their results is written.
 template <typename scalar_t>
 void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* values, scalar_t* norms) {
   const int64_t B = shape.batch, H = shape.hidden;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = len.values[b]; t < shape.steps; ++t) {
-      std::fill_n(values + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
+      if (values != nullptr) std::fill_n(values + time_major_offset(t, b, 0, B, H), H, scalar_t(0));
       if (norms != nullptr) norms[t * B + b] = scalar_t(0);
     }
   }
@@ -129,8 +129,10 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 
 // Backward time loop, s = max_len-1 .. 0, run by each thread of the step team on its units and
 // rows.
-// dy [T,B,H] gradient of the output; dh_n [B,H] or null (h_n not used: zero); out [T,B,H] saved h_t
-// dz [T,B,H] out: dL/dz_t (zero where t >= len)
+// dy [rows,H] gradient of the output; out [rows,H] saved h_t; dz [rows,H] out: dL/dz_t. Sample
+//    b's step t is row step_rows[t] + b of each, as in the forward loop (the padded batch [T,B,H]
+//    or a PackedSequence's data [N,H]); rows past a sample's length are left as they are
+// dh_n [B,H] or null (h_n not used: zero)
 // dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
 //          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
 // carry [B,H] scratch: each thread's rows and product columns; zero_row [H] zeros (the carry of
@@ -141,7 +143,8 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 template <typename scalar_t, Activation A>
 void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
                         const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
-                        scalar_t* dz, const std::array<scalar_t*, 2>& dz_steps, scalar_t* carry,
+                        scalar_t* dz, const int64_t* step_rows, const std::array<scalar_t*, 2>& dz_steps,
+                        scalar_t* carry,
                         const scalar_t* zero_row, scalar_t* step_norms) {
   const int64_t B = shape.batch, H = shape.hidden;
   std::fill_n(carry, B * H, scalar_t(0));
@@ -171,7 +174,7 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
-        const int64_t at_t = time_major_offset(t, b, u0, B, H);
+        const int64_t at_t = (step_rows[t] + b) * H + u0;
         const scalar_t* extra = (dh_n != nullptr && s == length - 1) ? dh_n + b * H + u0 : nullptr;
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
@@ -193,8 +196,15 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
       }
     }
   });
-  // Steps past a sample's length: dz and the norm zero (every entry written: no buffer is cleared first).
-  zero_past_lengths(shape, len, dz, step_norms);
+}
+
+// The first row of each step: the packed batch's, or the padded batch's t B (into `padded`).
+const int64_t* step_rows_of(const std::vector<int64_t>* packed, int64_t steps, int64_t batch,
+                            std::vector<int64_t>& padded) {
+  if (packed != nullptr) return packed->data();
+  padded.resize(static_cast<size_t>(steps));
+  for (int64_t t = 0; t < steps; ++t) padded[t] = t * batch;
+  return padded.data();
 }
 
 // The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.
@@ -206,11 +216,7 @@ at::Tensor forward_recurrence(const ForwardRecurrence& r) {
                                             at::empty({B, H}, r.out.options())};
   at::Tensor rec = at::empty({B, H}, r.out.options());
   std::vector<int64_t> padded_step_rows;
-  if (r.packed_step_rows == nullptr) {
-    padded_step_rows.resize(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) padded_step_rows[t] = t * B;
-  }
-  const int64_t* step_rows = r.packed_step_rows != nullptr ? r.packed_step_rows->data() : padded_step_rows.data();
+  const int64_t* step_rows = step_rows_of(r.packed_step_rows, T, B, padded_step_rows);
   dispatch_elman(r.out.scalar_type(), call.options.activation, [&](auto activation, auto zero) {
     using scalar_t = decltype(zero);
     scalar_t* out = r.out.data_ptr<scalar_t>();
@@ -231,8 +237,10 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   const LayerForwardCall& call = r.call.forward;
   const Lengths len = host_lengths(call);
   const BackwardOperands& op = r.operands;
-  const int64_t B = call.shape.batch, H = call.shape.hidden;
+  const int64_t T = call.shape.steps, B = call.shape.batch, H = call.shape.hidden;
   const at::TensorOptions options = op.out.options();
+  std::vector<int64_t> padded_step_rows;
+  const int64_t* step_rows = step_rows_of(r.packed_step_rows, T, B, padded_step_rows);
   const std::array<at::Tensor, 2> dz_steps = {at::zeros({B, H}, options), at::zeros({B, H}, options)};
   at::Tensor carry = at::empty({B, H}, options);
   const at::Tensor zero_row = at::zeros({H}, options);
@@ -243,10 +251,18 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
         call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),
         op.dy.data_ptr<scalar_t>(), op.dh_n.defined() ? op.dh_n.data_ptr<scalar_t>() : nullptr,
         op.out.data_ptr<scalar_t>(),
-        r.dz.data_ptr<scalar_t>(),
+        r.dz.data_ptr<scalar_t>(), step_rows,
         std::array<scalar_t*, 2>{dz_steps[0].data_ptr<scalar_t>(), dz_steps[1].data_ptr<scalar_t>()},
         carry.data_ptr<scalar_t>(),
         zero_row.data_ptr<scalar_t>(), record ? r.step_norms.data_ptr<scalar_t>() : nullptr);
+    // The padded batch's steps past a sample's length: dz and the norm zero (every entry written:
+    // no buffer is cleared first). A packed batch has no such rows; its norms [T,B] do.
+    if (r.packed_step_rows == nullptr) {
+      zero_past_lengths(call.shape, len, r.dz.data_ptr<scalar_t>(),
+                        record ? r.step_norms.data_ptr<scalar_t>() : nullptr);
+    } else if (record) {
+      zero_past_lengths(call.shape, len, static_cast<scalar_t*>(nullptr), r.step_norms.data_ptr<scalar_t>());
+    }
   });
   return dz_steps[0];
 }

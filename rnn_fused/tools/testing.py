@@ -244,13 +244,14 @@ _EXACT_FIELDS = ("batch_sizes", "sorted_indices", "unsorted_indices")
 def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
                        hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
                        backward: bool = True, ulps: float = DEFAULT_ULPS,
-                       seed: int = 0) -> list[ToleranceResult]:
+                       seed: int = 0, packed_layout: bool = True) -> list[ToleranceResult]:
     """Check rnn_fused.RNN against torch.nn.RNN under the tolerance rule (measure_against_torch).
 
     Raises AssertionError listing every quantity out of tolerance; returns the measured results.
     """
     results, mismatches = measure_against_torch(torch_module, input, hx, dtype=dtype,
-                                                backward=backward, ulps=ulps, seed=seed)
+                                                backward=backward, ulps=ulps, seed=seed,
+                                                packed_layout=packed_layout)
     failures = mismatches + [str(r) for r in results if not r.passed]
     if failures:
         raise AssertionError("outside tolerance vs torch.nn.RNN:\n  " + "\n  ".join(failures))
@@ -260,12 +261,13 @@ def compare_with_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
 def measure_against_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
                           hx: Tensor | None = None, *, dtype: torch.dtype = torch.float32,
                           backward: bool = True, ulps: float = DEFAULT_ULPS, seed: int = 0,
-                          backend: str | None = None,
+                          backend: str | None = None, packed_layout: bool = True,
                           ) -> tuple[list[ToleranceResult], list[str]]:
     """Measure rnn_fused.RNN against torch.nn.RNN under the tolerance rule, without judging.
 
     The reference is a float64 copy of torch_module, stock a copy in `dtype`, ours
-    RNN.from_torch(stock) (on `backend` when given). All three see the same input,
+    RNN.from_torch(stock) (on `backend` when given; a PackedSequence through the padded batch
+    where packed_layout is False: RNN.packed_layout). All three see the same input,
     hx and output cotangents (drawn from `seed`, float64, then cast). Returns the result of
     every output and gradient, and a line for each packed-sequence field that differs.
     """
@@ -276,6 +278,7 @@ def measure_against_torch(torch_module: nn.RNN, input: Tensor | PackedSequence,
     ours_module = RNN.from_torch(stock_module)
     if backend is not None:
         ours_module.backend = backend
+    ours_module.packed_layout = packed_layout
 
     def leaves(cast_dtype):
         x = cast_input(input, cast_dtype, backward)

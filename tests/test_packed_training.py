@@ -1,0 +1,204 @@
+"""Training on a PackedSequence in the packed layout itself (functional.packed_training: per layer the
+packed inference op forward and rnn_fused::rnn_packed_layer_backward, csrc/packed_training.cpp):
+where rnn_fused.RNN takes it, that its outputs and gradients meet the tolerance rule against
+torch.nn.RNN, that they are the padded route's (truncation, dropout, hx) within the float64 parity
+bound, that gradcheck and gradgradcheck pass, and the backward op's errors."""
+
+import contextlib
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnn_fused
+from rnn_cases import RNNCase
+from rnn_fused import RNN, functional, launch_plan
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
+
+OPS = torch.ops.rnn_fused
+BOUND = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps
+
+CASES = [
+    dict(packing="sorted", seq_len=9, batch=5, input_size=4, hidden_size=7),
+    dict(packing="unsorted", with_hx=True, nonlinearity="relu", bias=False, seq_len=6, batch=4, input_size=3,
+         hidden_size=5),
+    dict(packing="unsorted", num_layers=3, bidirectional=True, with_hx=True, batch_first=True, seq_len=11, batch=6,
+         input_size=5, hidden_size=9),
+    # Large enough that the time loops run on a team (by rows; by units at 2 threads forced below),
+    # and that the whole-sequence products run in float32 (not the small layers' float64 sums).
+    dict(packing="sorted", num_layers=2, with_hx=True, seq_len=20, batch=24, input_size=48, hidden_size=64),
+    dict(packing="unsorted", bidirectional=True, with_hx=True, seq_len=30, batch=40, input_size=32, hidden_size=48),
+]
+
+
+def _case_id(case):
+    return "-".join(f"{key}={value}" for key, value in case.items())
+
+
+def _op_calls(module, input, hx=None, **kwargs) -> dict:
+    """Calls of the packed ops and of the padded route's layer ops in one forward and backward."""
+    names = ("rnn_fused::rnn_packed_inference", "rnn_fused::rnn_packed_layer_backward",
+             "rnn_fused::rnn_layer_forward", "rnn_fused::rnn_directions_forward", "rnn_fused::rnn_layers_forward")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        output, h_n = module(input, hx, **kwargs)
+        (output.data.sum() + h_n.sum()).backward()
+    return {name.split("::")[1]: sum(1 for e in profile.events() if e.name == name) for name in names}
+
+
+@pytest.mark.parametrize("team", [None, ("units", 2), ("rows", 3)], ids=["own-team", "units-2", "rows-3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_packed_training_meets_the_tolerance_rule(case, dtype, team, generator):
+    rnn_case = RNNCase(**case)
+    input, hx = rnn_case.inputs(generator)
+    ours = RNN.from_torch(rnn_case.torch_module().to(dtype))
+    calls = _op_calls(ours, input.to(dtype), None if hx is None else hx.to(dtype).requires_grad_())
+    # The route is the one compared below: a layer at a time, no padded layer op.
+    assert calls == {"rnn_packed_inference": rnn_case.num_layers, "rnn_packed_layer_backward": rnn_case.num_layers,
+                     "rnn_layer_forward": 0, "rnn_directions_forward": 0, "rnn_layers_forward": 0}
+    with (launch_plan.forced_cpu_loop_team(team[1], team[0]) if team else contextlib.nullcontext()):
+        compare_with_torch(rnn_case.torch_module(), input, hx, dtype=dtype,
+                           **({"ulps": FLOAT64_PARITY_ULPS} if dtype == torch.float64 else {}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_packed_training_in_low_precision_meets_the_tolerance_rule(dtype):
+    theirs = torch.nn.RNN(5, 8, 2, bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(7, 3, 5), torch.tensor([7, 3, 5]), enforce_sorted=False)
+    assert _op_calls(RNN.from_torch(theirs).to(dtype), packed.to(dtype))["rnn_packed_layer_backward"] == 2
+    compare_with_torch(theirs, packed, torch.randn(4, 3, 8), dtype=dtype)
+
+
+def _padded_route(module):
+    """The padded route for a module's call with gradients: a recorder of its gradient norms (which
+    only the padded route runs) changes none of its values."""
+    return rnn_fused.record_gradients(module)
+
+
+def _outputs_and_gradients(module, packed, hx, cotangent, **kwargs):
+    leaves = [packed.data, *([] if hx is None else [hx]), *module.parameters()]
+    output, h_n = module(packed, hx, **kwargs)
+    grads = torch.autograd.grad((output.data * cotangent).sum() + h_n.sum(), leaves)
+    return [output.data, h_n, *grads]
+
+
+@pytest.mark.parametrize("truncation", [None, 3, rnn_fused.RandomTruncation(0.5, seed=11),
+                                        rnn_fused.RandomTruncation(0.7)], ids=["full", "every-3", "random-seeded",
+                                                                               "random-drawn"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+def test_packed_training_is_the_padded_routes(truncation, bidirectional):
+    """Outputs and every gradient (data, hx, each weight) against the padded route's under the float64
+    parity bound: the same loops, truncation draws (keyed by layer, direction and sample), dropout
+    masks between layers and RandomTruncation seed (torch's generator ends in the same state)."""
+    ours = RNN(4, 6, 3, dropout=0.3, bidirectional=bidirectional).double()
+    lengths = torch.tensor([9, 9, 7, 4, 4, 1])
+    packed = pack_padded_sequence(torch.randn(9, 6, 4, dtype=torch.float64), lengths)
+    packed = PackedSequence(packed.data.requires_grad_(), packed.batch_sizes)
+    hx = torch.randn(3 * (2 if bidirectional else 1), 6, 6, dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(packed.data.shape[0], 6 * (2 if bidirectional else 1), dtype=torch.float64)
+    torch.manual_seed(3)
+    with _padded_route(ours):
+        assert _op_calls(ours, packed, hx, truncation=truncation)["rnn_packed_layer_backward"] == 0
+    torch.manual_seed(3)
+    assert _op_calls(ours, packed, hx, truncation=truncation)["rnn_packed_layer_backward"] == 3
+    torch.manual_seed(3)
+    with _padded_route(ours):
+        expected = _outputs_and_gradients(ours, packed, hx, cotangent, truncation=truncation)
+    expected_state = torch.get_rng_state()
+    torch.manual_seed(3)
+    actual = _outputs_and_gradients(ours, packed, hx, cotangent, truncation=truncation)
+    assert torch.equal(torch.get_rng_state(), expected_state)
+    for a, e in zip(actual, expected):
+        assert (a - e).abs().max().item() <= BOUND * max(1.0, e.abs().max().item())
+    if truncation is not None:  # the truncation changed the gradients: they are not full BPTT's
+        torch.manual_seed(3)
+        full = _outputs_and_gradients(ours, packed, hx, cotangent)
+        assert (full[5] - actual[5]).abs().max().item() > 1e-6  # weight_ih_l0's gradient
+
+
+def test_packed_training_with_only_some_gradients_and_only_h_n_used():
+    """Frozen weights, an input that needs no gradient, an hx that does, and a loss of h_n alone (the
+    output's gradient None: zeros)."""
+    ours = RNN(3, 5, 2, bidirectional=True).double()
+    ours.weight_ih_l0.requires_grad_(False)
+    ours.bias_hh_l1_reverse.requires_grad_(False)
+    packed = pack_padded_sequence(torch.randn(6, 4, 3, dtype=torch.float64), torch.tensor([6, 5, 5, 2]))
+    hx = torch.randn(4, 4, 5, dtype=torch.float64, requires_grad=True)
+    _, h_n = ours(packed, hx)
+    actual = torch.autograd.grad(h_n.square().sum(), [hx, ours.weight_hh_l1, ours.bias_ih_l1_reverse])
+    with _padded_route(ours):
+        _, h_n = ours(packed, hx)
+        expected = torch.autograd.grad(h_n.square().sum(), [hx, ours.weight_hh_l1, ours.bias_ih_l1_reverse])
+    for a, e in zip(actual, expected):
+        assert (a - e).abs().max().item() <= BOUND * max(1.0, e.abs().max().item())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+def test_packed_training_gradcheck_and_gradgradcheck(bidirectional):
+    """First derivatives against finite differences, and second ones (create_graph: the layer ops'
+    double backward on the padded batch) likewise, of the data, hx and the weights."""
+    ours = RNN(2, 3, 2, bidirectional=bidirectional).double()
+    lengths = torch.tensor([4, 3, 1])
+    data = pack_padded_sequence(torch.randn(4, 3, 2, dtype=torch.float64), lengths).data.requires_grad_()
+    batch_sizes = torch.tensor([3, 2, 2, 1])
+    hx = torch.randn(2 * (2 if bidirectional else 1), 3, 3, dtype=torch.float64, requires_grad=True)
+    weights = list(ours.parameters())
+
+    def run(data, hx, *flat):
+        per = 4
+        groups = [flat[i:i + per] for i in range(0, len(flat), per)]
+        output, h_n = functional.packed_training(data, batch_sizes, hx, groups, 2, bidirectional)
+        return output, h_n
+
+    assert torch.autograd.gradcheck(run, (data, hx, *weights))
+    assert torch.autograd.gradgradcheck(run, (data, hx, *weights))
+
+
+def test_packed_training_route_and_padded_route_where_the_call_asks():
+    ours = RNN(4, 6, 2)
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 4, 2]))
+    assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 2
+    with _padded_route(ours):
+        assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 0
+    ours.backend = "emulated"
+    assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 0
+
+
+def _backward_args(**overrides):
+    weights = [torch.randn(6, 4), torch.randn(6, 6), torch.randn(6), torch.randn(6)]
+    args = dict(grad_output=torch.randn(6, 6), grad_h_n=None, output=torch.randn(6, 6), needs=[True] * 6 + [False] * 4,
+                data=torch.randn(6, 4), batch_sizes=torch.tensor([3, 2, 1]), hx=None, weights=weights,
+                has_biases=True, bidirectional=False)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,error,message", [
+    (dict(batch_sizes=torch.tensor([2, 3, 1])), ValueError, r"batch_sizes must be non-increasing and >= 0, got "
+                                                             r"batch_sizes\[1\] = 3 after 2"),
+    (dict(bidirectional=True), ValueError, r"expected 8 weights \(num_layers=1, bidirectional=True, "
+                                           r"has_biases=True\), got 4"),
+    (dict(grad_output=torch.randn(6, 5)), RuntimeError, r"grad_output must be a Float tensor of shape \[6, 6\] on "
+                                                        r"cpu, got Float \[6, 5\] on cpu"),
+    (dict(output=torch.randn(6, 6).double()), RuntimeError, r"output must be a Float tensor of shape \[6, 6\]"),
+    (dict(grad_h_n=torch.randn(3, 6)), RuntimeError, r"grad_h_n must be a Float tensor of shape \[1, 3, 6\]"),
+    (dict(truncate_every=-1), ValueError, r"truncate_every must be >= 0 \(0 = full BPTT\), got -1"),
+    (dict(keep_prob=0.0), ValueError, r"keep_prob must be in \(0, 1\], got 0"),
+    (dict(backend="emulated"), ValueError, "backend 'emulated' runs padded batches only; the packed layout runs on "
+                                           "the CPU backend"),
+])
+def test_packed_layer_backward_op_errors(overrides, error, message):
+    with pytest.raises(error, match=message):
+        OPS.rnn_packed_layer_backward(**_backward_args(**overrides))
+
+
+def test_packed_layer_backward_op_with_steps_of_no_rows_and_an_empty_batch():
+    """Trailing steps of no rows (batch_sizes may end in zeros) change no gradient; a batch of none
+    has zero gradients of the weights."""
+    args = _backward_args()
+    expected = OPS.rnn_packed_layer_backward(**args)
+    actual = OPS.rnn_packed_layer_backward(**{**args, "batch_sizes": torch.tensor([3, 2, 1, 0, 0])})
+    assert all(torch.equal(a, e) for a, e in zip(actual, expected))
+    empty = OPS.rnn_packed_layer_backward(**_backward_args(grad_output=torch.randn(0, 6), output=torch.randn(0, 6),
+                                                           data=torch.randn(0, 4), batch_sizes=torch.tensor([0])))
+    assert empty[0].shape == (0, 4) and all(torch.equal(g, torch.zeros_like(g)) for g in empty[2:6])
