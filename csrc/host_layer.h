@@ -92,8 +92,10 @@ struct BackwardRecurrence {
                                      // past the end; empty [0] unless the call records norms
   // Set (backends that run the packed layout), as in ForwardRecurrence: operands.dy, operands.out
   // and dz are a PackedSequence's rows [N,H] (dz written at every row: a packed batch has no
-  // steps past a sample's length), step t's from row (*packed_step_rows)[t]; dh_n, step_norms
-  // and the returned dz at each sample's first step keep their [B,H] / [T,B] shapes.
+  // steps past a sample's length), step t's from row (*packed_step_rows)[t]; dy's and out's rows
+  // may lie further apart than H (a direction's columns of a bidirectional layer's [N,2H], unit
+  // stride within a row); dh_n, step_norms and the returned dz at each sample's first step keep
+  // their [B,H] / [T,B] shapes.
   const std::vector<int64_t>* packed_step_rows = nullptr;
   at::Tensor* phase_cycles = nullptr;  // as in ForwardRecurrence
 };

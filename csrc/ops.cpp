@@ -748,12 +748,13 @@ TORCH_LIBRARY(rnn_fused, m) {
   // grad_output [N,D*H], grad_h_n [D,B,H] or None (zero), the forward's output [N,D*H], then the
   // forward's arguments and the truncation (as rnn_layer_backward's; seed an int). needs: data,
   // hx, then each weight (up to 8); returns a gradient for each of those (empty [0] where not
-  // needed), the data's the directions' sum.
+  // needed), the data's the directions' sum; with record_norms then per direction its step_norms
+  // [T,B], grad_sq_norms [5] and nonfinite (as rnn_directions_backward's).
   m.def(
       "rnn_packed_layer_backward(Tensor grad_output, Tensor? grad_h_n, Tensor output, bool[10] needs, "
       "Tensor data, Tensor batch_sizes, Tensor? hx, Tensor[] weights, bool has_biases, bool bidirectional, "
       "str nonlinearity=\"tanh\", int truncate_every=0, float keep_prob=1.0, int seed=0, int layer=0, "
-      "str? backend=None, bool directions_at_once=False) -> Tensor[]");
+      "str? backend=None, bool directions_at_once=False, bool record_norms=False) -> Tensor[]");
   // A PackedSequence's data [N,F] and CPU batch_sizes [T] as the padded batch [T,B,F] (packed
   // order), its CPU lengths [B] and the padded rows [N] of the packed ones (model_forward.cpp).
   m.def("packed_to_padded(Tensor data, Tensor batch_sizes) -> (Tensor padded, Tensor lengths, Tensor positions)");

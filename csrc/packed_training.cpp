@@ -86,6 +86,15 @@ at::Tensor row_products(const at::Tensor& a, const at::Tensor& b) {
   return sum;
 }
 
+// A direction's columns [N,H] of t [N,D*H] in the compute dtype, as the backward loop reads them
+// (BackwardRecurrence): a view where their rows are dense in that dtype (a bidirectional layer's
+// dy and saved output need no copy of each direction's half), else a contiguous copy.
+at::Tensor direction_columns(const at::Tensor& t, int64_t direction, int64_t hidden, at::ScalarType compute) {
+  const at::Tensor columns = t.narrow(1, direction * hidden, hidden);
+  if (columns.scalar_type() == compute && columns.stride(1) == 1 && columns.stride(0) >= hidden) return columns;
+  return columns.to(compute).contiguous();
+}
+
 // Indices of the op's needs and of its results: the data, hx, then each weight of the layer.
 constexpr size_t kNeedsData = 0, kNeedsHx = 1, kNeedsWeightsAt = 2, kMaxNeeds = 10;
 
@@ -94,7 +103,7 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
     std::array<bool, kMaxNeeds> needs, const at::Tensor& data, const at::Tensor& batch_sizes,
     const std::optional<at::Tensor>& hx, const std::vector<at::Tensor>& weights, bool has_biases, bool bidirectional,
     c10::string_view nonlinearity, int64_t truncate_every, double keep_prob, int64_t seed, int64_t layer,
-    std::optional<c10::string_view> backend_name, bool directions_at_once) {
+    std::optional<c10::string_view> backend_name, bool directions_at_once, bool record_norms) {
   // Every argument is checked before anything runs.
   const PackedArguments a = check_packed_arguments(kWhat, data, batch_sizes, hx, weights, has_biases, 1,
                                                    bidirectional, nonlinearity, backend_name);
@@ -121,34 +130,41 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
     for (size_t w = kNeedsWeightsAt; w < results; ++w) {
       if (needs[w]) grads[w] = at::zeros_like(weights[w - kNeedsWeightsAt]);
     }
+    for (int64_t d = 0; record_norms && d < D; ++d) {
+      grads.insert(grads.end(), {at::zeros({a.layout.steps, B}, options), at::zeros({5}, options.dtype(at::kDouble)),
+                                 at::scalar_tensor(false, options.dtype(at::kBool))});
+    }
     return grads;
   }
 
-  // The backward loops: dz [N,H] per direction, and dz at each sample's first processing step.
-  std::array<at::Tensor, 2> dz, dz_first, out;
+  // The backward loops: dz [N,H] per direction, and dz at each sample's first processing step;
+  // with record_norms each direction's ||g_t|| [T,B] (zero past each sample's length).
+  std::array<at::Tensor, 2> dz, dz_first, out, step_norms;
   std::array<std::optional<LayerBackwardCall>, 2> calls;
   std::array<std::optional<BackwardOperands>, 2> operands;
   for (int64_t d = 0; d < D; ++d) {
     const DirectionWeights& w = a.weights[static_cast<size_t>(d)];
-    out[d] = output.narrow(1, d * H, H).to(ct).contiguous();
+    out[d] = direction_columns(output, d, H, ct);
     calls[d].emplace(LayerBackwardCall{.forward = a.direction_call(data, 0, d, F, truncation[d]),
                                        .grad_output = grad_output,
                                        .grad_h_n = grad_h_n.has_value() ? (*grad_h_n)[d] : at::Tensor(),
-                                       .output = output});
+                                       .output = output,
+                                       .record_norms = record_norms});
     operands[d].emplace(BackwardOperands{
         .input = data,
         .w_ih = w.w_ih.to(ct).contiguous(),
         .w_hh = w.w_hh.to(ct).contiguous(),
         .out = out[d],
-        .dy = grad_output.narrow(1, d * H, H).to(ct).contiguous(),
+        .dy = direction_columns(grad_output, d, H, ct),
         .dh_n = grad_h_n.has_value() ? (*grad_h_n)[d].to(ct).contiguous() : at::Tensor()});
     dz[d] = at::empty({N, H}, options);
+    step_norms[d] = record_norms ? at::empty({a.layout.steps, B}, options) : at::empty({0}, options);
   }
   const auto run = [&](int64_t d) {
     dz_first[d] = a.backend->backward(BackwardRecurrence{.call = *calls[d],
                                                          .operands = *operands[d],
                                                          .dz = dz[d],
-                                                         .step_norms = at::empty({0}, options),
+                                                         .step_norms = step_norms[d],
                                                          .packed_step_rows = &a.layout.step_rows});
   };
   if (D == 2 && directions_at_once) {
@@ -163,15 +179,15 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
       sums_in_float64(ct, N * H * (2 * F + H), /*launch_bound=*/false) ? at::kDouble : ct;
   const at::Tensor x = data.to(wide).contiguous();
   at::Tensor grad_data_sum;
+  std::vector<at::Tensor> norms;  // with record_norms, per direction: step_norms, grad_sq_norms, nonfinite
   for (int64_t d = 0; d < D; ++d) {
     operands[d]->dy = at::Tensor();  // no longer read: its copy (if any) goes before the products'
     const size_t at_weights = kNeedsWeightsAt + static_cast<size_t>(d * per_direction);
     const BackwardOperands& o = *operands[d];
     const at::Tensor g = dz[d].to(wide);
-    if (wants_data) {  // the directions' sum
-      const at::Tensor w_ih = o.w_ih.to(wide);
-      grad_data_sum = grad_data_sum.defined() ? grad_data_sum.addmm_(g, w_ih) : at::mm(g, w_ih);
-    }
+    // The data's gradient is the directions' sum; each direction's own part is its norm's.
+    const at::Tensor own_grad_data = wants_data ? at::mm(g, o.w_ih.to(wide)) : at::Tensor();
+    if (wants_data) grad_data_sum = grad_data_sum.defined() ? grad_data_sum.add_(own_grad_data) : own_grad_data;
     if (needs[at_weights]) grads[at_weights] = row_products(g, x).to(result_dtype);
     if (needs[at_weights + 1]) {
       at::Tensor sum = packed_pair_products(g, out[d].to(wide), a.layout, /*reverse=*/d == 1);
@@ -187,8 +203,23 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
     }
     // Every sample's first step read h_0 (a packed batch has no empty sample).
     if (wants_hx) grad_hx[d].copy_(at::mm(dz_first[d].to(wide), o.w_hh.to(wide)));
+    if (record_norms) {
+      // As the layer op reduces them (elman_gemms.h finish_gradients): each gradient as returned,
+      // the biases' one row, 0 for those not computed.
+      const at::Tensor skipped = at::empty({0}, data.options());
+      const auto returned = [&](size_t i) { return needs[i] ? grads[i] : skipped; };
+      const at::Tensor bias_row = has_biases && (needs[at_weights + 2] || needs[at_weights + 3])
+                                      ? (needs[at_weights + 2] ? grads[at_weights + 2] : grads[at_weights + 3])
+                                      : skipped;
+      const auto [sq_norms, nonfinite] = reduce_gradient_norms(
+          {wants_data ? own_grad_data.to(result_dtype) : skipped, wants_hx ? grad_hx[d] : skipped,
+           returned(at_weights), returned(at_weights + 1), bias_row},
+          step_norms[d]);
+      norms.insert(norms.end(), {step_norms[d], sq_norms, nonfinite});
+    }
   }
   if (wants_data) grads[kNeedsData] = grad_data_sum.to(result_dtype);
+  grads.insert(grads.end(), norms.begin(), norms.end());
   return grads;
 }
 

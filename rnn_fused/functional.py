@@ -906,7 +906,8 @@ def packed_inference(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weigh
 
 class _PackedConfig(NamedTuple):
     """_PackedLayer's arguments that are not tensors. at_once: the CPU loops of a bidirectional
-    layer's directions at once (each on a thread of torch's team)."""
+    layer's directions at once (each on a thread of torch's team); sinks: one recording.LayerSink
+    per direction, handed the norms the backward reduces, or None."""
 
     bidirectional: bool
     has_biases: bool
@@ -915,6 +916,7 @@ class _PackedConfig(NamedTuple):
     at_once: bool
     truncation: TruncationArgs
     layer: int
+    sinks: tuple | None
 
 
 class _PackedLayer(torch.autograd.Function):
@@ -922,9 +924,12 @@ class _PackedLayer(torch.autograd.Function):
     its forward the packed inference op for that layer alone (rnn_packed_inference with one layer,
     grad mode off inside the Function), its backward rnn_packed_layer_backward (C++: the CPU
     backend's backward loops on the packed rows and the whole-sequence gradients as products of
-    them, truncation as the layer ops draw it). With create_graph=True it differentiates the layer
-    ops run again on the padded batch instead (their own double backward): the packed ops' saved
-    output carries no graph. flat: the forward direction's weights, then the reverse one's."""
+    them, truncation as the layer ops draw it), which with sinks also reduces the gradient norms
+    the layer ops' would (step norms [T,B] in the packed batch's order, which is the padded one's)
+    and hands them to a sink per direction. With create_graph=True it differentiates the layer
+    ops run again on the padded batch instead (their own double backward; refused while
+    recording, as the layer ops' Functions refuse it): the packed ops' saved output carries no
+    graph. flat: the forward direction's weights, then the reverse one's."""
 
     @staticmethod
     def forward(ctx, data, batch_sizes, hx, config: _PackedConfig, *flat):
@@ -944,15 +949,28 @@ class _PackedLayer(torch.autograd.Function):
         if grad_output is None:  # only h_n used
             grad_output = torch.zeros_like(output)
         if torch.is_grad_enabled():
+            if config.sinks is not None:
+                raise RuntimeError(_NO_GRAPH_WHILE_RECORDING)
             return _PackedLayer._backward_with_graph(ctx, grad_output, grad_h_n)
         mask = [needs[0], hx is not None and needs[2], *needs[4:]]
         truncation = config.truncation
         grads = torch.ops.rnn_fused.rnn_packed_layer_backward(
             grad_output, grad_h_n, output, mask + [False] * (10 - len(mask)), data, batch_sizes, hx, flat,
             config.has_biases, config.bidirectional, config.nonlinearity, truncation.every, truncation.keep_prob,
-            truncation.seed_int(), config.layer, config.backend, config.at_once)
-        grad_weights = [grad if need else None for grad, need in zip(grads[2:], needs[4:])]
-        return (grads[0] if needs[0] else None, None, grads[1] if mask[1] else None, None, *grad_weights)
+            truncation.seed_int(), config.layer, config.backend, config.at_once, config.sinks is not None)
+        weights_end = 2 + len(flat)
+        grad_weights = [grad if need else None for grad, need in zip(grads[2:weights_end], needs[4:])]
+        grad_data = grads[0] if needs[0] else None
+        grad_hx = grads[1] if mask[1] else None
+        if config.sinks is not None:
+            per_direction = len(flat) // len(config.sinks)
+            for direction, sink in enumerate(config.sinks):
+                step_norms, grad_sq_norms, nonfinite = grads[weights_end + 3 * direction:weights_end + 3 * direction + 3]
+                # (a sink reads the weights' gradients, which autograd is handed next)
+                sink(step_norms, grad_sq_norms, nonfinite,
+                     (grad_data, None if grad_hx is None else grad_hx[direction],
+                      *grad_weights[direction * per_direction:(direction + 1) * per_direction]))
+        return (grad_data, None, grad_hx, None, *grad_weights)
 
     @staticmethod
     def _backward_with_graph(ctx, grad_output, grad_h_n):
@@ -979,13 +997,14 @@ class _PackedLayer(torch.autograd.Function):
 def packed_training(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weights, num_layers: int,
                     bidirectional: bool, nonlinearity: str = "tanh", dropout: float = 0.0, training: bool = False,
                     *, backend: str | None = None, side_by_side: bool | None = None,
-                    truncation=None) -> tuple[Tensor, Tensor]:
+                    truncation=None, record=None) -> tuple[Tensor, Tensor]:
     """packed_inference's model where gradients are wanted: each layer one _PackedLayer (the packed
     inference op for that layer, and a backward in the packed layout, rnn_packed_layer_backward),
     dropout between layers as nn.RNN draws it on the packed data (torch's dropout, differentiable),
     truncation as for rnn() (a RandomTruncation without seed draws one seed for this call). The
     values are rnn()'s on the padded batch within rounding, the gradients too (the same loops; the
-    products of the packed rows instead of the padded ones). Arguments and results as
+    products of the packed rows instead of the padded ones). record: a recording.ForwardRecord
+    whose sinks receive each layer's gradient norms (as rnn()'s), or None. Arguments and results as
     packed_inference's. Run eagerly under torch.compile (as packed_inference)."""
     args = resolve_truncation(truncation)
     directions = 2 if bidirectional else 1
@@ -996,7 +1015,9 @@ def packed_training(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weight
     layer_input, states = data, []
     for layer in range(num_layers):
         group = weights[layer * directions:(layer + 1) * directions]
-        config = _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, layer)
+        sinks = None if record is None else tuple(record.sink(layer, direction, tuple(group[direction]))
+                                                  for direction in range(directions))
+        config = _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, layer, sinks)
         layer_hx = None if hx is None else hx[layer * directions:(layer + 1) * directions]
         layer_input, layer_states = _PackedLayer.apply(layer_input, batch_sizes, layer_hx, config,
                                                        *(w for direction in group for w in direction))

@@ -122,8 +122,8 @@ class RNN(nn.Module):
             instance, like backend.
         packed_layout: whether a PackedSequence on the CPU kernels runs in its packed layout
             itself (True, the default: each layer's projection and gradients products of the
-            packed rows, no padded batch) or through the padded batch (False: to compare or
-            time the two). Set on an instance, like backend.
+            packed rows, no padded batch; recorded gradient norms included) or through the
+            padded batch (False: to compare or time the two). Set on an instance, like backend.
 
     Under torch.autocast the layers run in the autocast dtype, like torch.nn.RNN (float64
     tensors are left alone). torch.compile(fullgraph=True) traces the module without a
@@ -151,7 +151,7 @@ class RNN(nn.Module):
     # where that is priced (GPU) or sized (CPU) to be faster.
     side_by_side: bool | None = None
     # Whether a PackedSequence runs in its packed layout itself where the call allows it (the CPU
-    # backend's loops without autocast, no stack, no recorder: functional.runs_packed_layout):
+    # backend's loops without autocast, no stack: functional.runs_packed_layout):
     # inference in one op, training a layer at a time. False: always through the padded batch (to
     # compare or time the two routes). Like backend, set on an instance.
     packed_layout: bool = True
@@ -431,17 +431,27 @@ class RNN(nn.Module):
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(data, hx, batch_sizes)
         self._check_kernel_args(data, hx, packed=True)
-        if (self.packed_layout and self._gradient_recorder is None and self._layer_fn is None
+        # (a recorder's sinks are Python side effects: under torch.compile the padded route says so)
+        if (self.packed_layout and self._layer_fn is None
+                and (self._gradient_recorder is None or not torch.compiler.is_compiling())
                 and functional.runs_packed_layout(data, self.backend, self.path, self.stack)):
             # The packed layout itself: inference in one op, training a layer at a time. The padded
             # route would draw a RandomTruncation's seed (rnn()): drawn here too, so that torch's
             # generator ends the call in the same state.
             truncation = resolve_truncation(truncation)
             if functional.wants_gradients(data, hx, self.all_weights):
+                record = None
+                if self._gradient_recorder is not None:
+                    batch = int(batch_sizes[0])
+                    lengths = (batch_sizes.unsqueeze(0) > torch.arange(batch).unsqueeze(1)).sum(1)
+                    record = ForwardRecord(self.num_layers, 2 if self.bidirectional else 1, batch_sizes.numel(),
+                                           batch, self._all_weights, unsorted_indices, lengths, truncation)
+                    self._gradient_recorder.records.append(record)
                 output, h_n = functional.packed_training(data, batch_sizes, hx, self.all_weights, self.num_layers,
                                                          self.bidirectional, self.nonlinearity, self.dropout,
                                                          self.training, backend=self.backend,
-                                                         side_by_side=self.side_by_side, truncation=truncation)
+                                                         side_by_side=self.side_by_side, truncation=truncation,
+                                                         record=record)
             else:
                 output, h_n = functional.packed_inference(data, batch_sizes, hx, self.all_weights, self.num_layers,
                                                           self.bidirectional, self.nonlinearity, self.dropout,

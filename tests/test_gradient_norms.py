@@ -136,10 +136,6 @@ def test_nothing_is_recorded_outside_a_recorder(backend):
 def test_recording_does_not_change_values_or_gradients(dtype, backend):
     torch_module, input, hx = _random_leaves(CASES["2layer-bi-unsorted-hx"])
     model = ours_from(torch_module, dtype, backend, truncation=3)
-    # A recorder takes the padded route: a PackedSequence takes it without one too, so that the
-    # values compared are one route's (the packed layout's agree within rounding:
-    # test_packed_training.py).
-    model.packed_layout = False
     plain, _ = run_ours(model, input, hx, cotangents(3), dtype)
     recorded, _ = run_ours(model, input, hx, cotangents(3), dtype, record=True)
     assert plain.keys() == recorded.keys()

@@ -49,6 +49,7 @@ def test_the_op_gives_the_python_loops_values_and_gradients_bitwise(case, backen
     module = rnn_fused.RNN(input_size, hidden, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
                            bidirectional=bidirectional, truncation=truncation).double()
     module.backend, module.side_by_side = backend, side_by_side
+    module.packed_layout = False  # a packed batch through the padded one, whose layers the op runs
     directions = 2 if bidirectional else 1
     x = torch.randn(steps, batch, input_size, dtype=torch.float64)
     hx = torch.randn(layers * directions, batch, hidden, dtype=torch.float64) if with_hx else None
@@ -78,6 +79,7 @@ def test_dropout_between_layers_draws_as_the_python_loop(bidirectional, lengths,
     torch.manual_seed(0)
     module = rnn_fused.RNN(4, 5, num_layers=3, dropout=0.4, bidirectional=bidirectional).double().train()
     module.backend = backend
+    module.packed_layout = False  # a packed batch through the padded one, whose layers the op runs
     x = torch.randn(6, 3, 4, dtype=torch.float64)
 
     def run():
@@ -118,7 +120,11 @@ def test_which_calls_take_the_op():
     assert OP_NAME in _ops_called(lambda: model(x))  # no dropout in eval
     model.train()
     assert OP_NAME in _ops_called(lambda: model(x))  # dropout drawn by the op
-    assert OP_NAME in _ops_called(lambda: model(torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])))
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [4, 2])
+    assert OP_NAME not in _ops_called(lambda: model(packed))  # the packed layout's own ops
+    model.packed_layout = False
+    assert OP_NAME in _ops_called(lambda: model(packed))  # through the padded batch
+    model.packed_layout = True
     with rnn_fused.record_gradients(model):
         assert OP_NAME not in _ops_called(lambda: model(x))  # the recorder's sinks are Python's
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -74,10 +74,14 @@ def test_packed_inference_is_taken_only_where_no_gradient_is_wanted():
     assert _packed_inference_calls(ours, pack_padded_sequence(torch.randn(5, 3, 4, requires_grad=True),
                                                               torch.tensor([5, 4, 2]))) == 2
     with torch.no_grad():
-        # The padded route where the call asks for what only it runs: a recorder, the emulated GPU
-        # kernels, or a stack (whose error on the CPU the padded route raises).
+        # The padded route where the call asks for it (packed_layout False) or for what only it runs:
+        # the emulated GPU kernels, or a stack (whose error on the CPU the padded route raises). A
+        # recorder records nothing without gradients.
         with rnn_fused.record_gradients(ours):
-            assert _packed_inference_calls(ours, packed) == 0
+            assert _packed_inference_calls(ours, packed) == 1
+        ours.packed_layout = False
+        assert _packed_inference_calls(ours, packed) == 0
+        ours.packed_layout = True
         ours.backend = "emulated"
         assert _packed_inference_calls(ours, packed) == 0
         ours.backend = None
@@ -87,14 +91,15 @@ def test_packed_inference_is_taken_only_where_no_gradient_is_wanted():
 
 
 def test_packed_inference_output_is_the_padded_routes(generator):
-    """The packed layout's output against the padded route's (the same module and input, recording
-    gradient norms) under the float64 parity bound: the same loops on the same rows."""
+    """The packed layout's output against the padded route's (the same module and input,
+    RNN.packed_layout False) under the float64 parity bound: the same loops on the same rows."""
     rnn_case = RNNCase(packing="unsorted", num_layers=2, bidirectional=True, with_hx=True, seq_len=8, batch=5,
                        input_size=4, hidden_size=6)
     input, hx = rnn_case.inputs(generator)
     ours = RNN.from_torch(rnn_case.torch_module().double())
-    with rnn_fused.record_gradients(ours):  # (which only the padded route runs)
-        padded_output, padded_h_n = ours(input, hx)
+    ours.packed_layout = False
+    padded_output, padded_h_n = ours(input, hx)
+    ours.packed_layout = True
     with torch.no_grad():
         packed_output, packed_h_n = ours(input, hx)
     for name in ("batch_sizes", "sorted_indices", "unsorted_indices"):
@@ -112,8 +117,9 @@ def test_packed_inference_draws_the_padded_routes_dropout_and_seed(truncation):
     ours = RNN(4, 6, 3, dropout=0.5).double()
     packed = pack_padded_sequence(torch.randn(7, 4, 4, dtype=torch.float64), torch.tensor([7, 5, 5, 2]))
     torch.manual_seed(7)
-    with rnn_fused.record_gradients(ours):  # (which only the padded route runs)
-        padded_output, _ = ours(packed, truncation=truncation)
+    ours.packed_layout = False
+    padded_output, _ = ours(packed, truncation=truncation)
+    ours.packed_layout = True
     padded_state = torch.get_rng_state()
     torch.manual_seed(7)
     with torch.no_grad():

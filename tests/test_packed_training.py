@@ -11,8 +11,9 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnn_fused
-from rnn_cases import RNNCase
+from rnn_cases import RNNCase, module_outputs_and_gradients
 from rnn_fused import RNN, functional, launch_plan
+from rnn_fused.recording import fused_sq_norm
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 
 OPS = torch.ops.rnn_fused
@@ -69,10 +70,14 @@ def test_packed_training_in_low_precision_meets_the_tolerance_rule(dtype):
     compare_with_torch(theirs, packed, torch.randn(4, 3, 8), dtype=dtype)
 
 
+@contextlib.contextmanager
 def _padded_route(module):
-    """The padded route for a module's call with gradients: a recorder of its gradient norms (which
-    only the padded route runs) changes none of its values."""
-    return rnn_fused.record_gradients(module)
+    """A module's PackedSequence through the padded batch (RNN.packed_layout False)."""
+    module.packed_layout = False
+    try:
+        yield
+    finally:
+        module.packed_layout = True
 
 
 def _outputs_and_gradients(module, packed, hx, cotangent, **kwargs):
@@ -160,6 +165,8 @@ def test_packed_training_route_and_padded_route_where_the_call_asks():
     assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 2
     with _padded_route(ours):
         assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 0
+    with rnn_fused.record_gradients(ours):  # recorded in the packed layout too
+        assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 2
     ours.backend = "emulated"
     assert _op_calls(ours, packed)["rnn_packed_layer_backward"] == 0
 
@@ -202,3 +209,78 @@ def test_packed_layer_backward_op_with_steps_of_no_rows_and_an_empty_batch():
     empty = OPS.rnn_packed_layer_backward(**_backward_args(grad_output=torch.randn(0, 6), output=torch.randn(0, 6),
                                                            data=torch.randn(0, 4), batch_sizes=torch.tensor([0])))
     assert empty[0].shape == (0, 4) and all(torch.equal(g, torch.zeros_like(g)) for g in empty[2:6])
+
+
+@pytest.mark.parametrize("case", [
+    # steps, batch, input, hidden, layers, hx, lengths, nonlinearity, truncation, dtype
+    (40, 3, 5, 16, 2, True, [40, 7, 1], "relu", 3, torch.float32),
+    (33, 4, 6, 9, 1, True, [5, 33, 12, 1], "tanh", rnn_fused.RandomTruncation(0.7, seed=11), torch.float64),
+    (12, 5, 3, 40, 1, False, [12, 12, 9, 9, 2], "tanh", None, torch.float32),
+], ids=lambda c: "-".join(str(v) for v in c[:9]))
+def test_packed_training_directions_at_once_agree_bitwise_with_the_directions_in_turn(case):
+    """A bidirectional layer's two backward loops at once (each on a thread of torch's team) against
+    one after the other, each loop on one thread (a loop on torch's team may round its step's
+    products otherwise: tests/test_cpu_team.py): every output and gradient bit for bit."""
+    steps, batch, input_size, hidden, layers, with_hx, lengths, nonlinearity, truncation, dtype = case
+    torch.manual_seed(0)
+    module = RNN(input_size, hidden, num_layers=layers, nonlinearity=nonlinearity, bidirectional=True,
+                 truncation=truncation).to(dtype)
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
+    hx = torch.randn(2 * layers, batch, hidden, dtype=dtype) if with_hx else None
+    results = []
+    for side_by_side in (False, True):
+        module.side_by_side = side_by_side
+        with launch_plan.forced_cpu_loop_team(1):
+            assert _op_calls(module, pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False),
+                             hx)["rnn_packed_layer_backward"] == layers
+            # (copies: the next backward accumulates into the parameters' .grad)
+            results.append([t.clone() for t in module_outputs_and_gradients(module, x, hx, torch.tensor(lengths))])
+    for in_turn, at_once in zip(*results, strict=True):
+        assert torch.equal(in_turn, at_once)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+def test_packed_training_records_the_padded_routes_norms(bidirectional):
+    """record_gradients in the packed layout: the step norms (caller's sample order, zero past each
+    length), the parameters' squared norms and the nonfinite flag are the padded route's within the
+    float64 parity bound, clip_grad_norm_ reads them, and recording changes no value or gradient."""
+    torch.manual_seed(5)
+    ours = RNN(3, 7, 2, bidirectional=bidirectional, truncation=rnn_fused.RandomTruncation(0.8, seed=2)).double()
+    x = torch.randn(8, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([3, 8, 5, 5])
+    hx = torch.randn(2 * (2 if bidirectional else 1), 4, 7, dtype=torch.float64)
+    seen = {}
+    for route in ("packed", "padded"):
+        ours.packed_layout = route == "packed"
+        with rnn_fused.record_gradients(ours) as recorder:
+            results = module_outputs_and_gradients(ours, x, hx, lengths)
+        seen[route] = (results, recorder.step_norms, recorder.parameter_sq_norms, recorder.nonfinite)
+    ours.packed_layout = True
+    (packed, packed_steps, packed_sq, packed_nonfinite) = seen["packed"]
+    (padded, padded_steps, padded_sq, padded_nonfinite) = seen["padded"]
+    assert packed_steps.shape == padded_steps.shape == (2, 2 if bidirectional else 1, 8, 4)
+    assert (packed_steps - padded_steps).abs().max().item() <= BOUND * padded_steps.abs().max().item()
+    assert torch.equal(packed_steps[..., 0][:, :, 3:], torch.zeros_like(packed_steps[..., 0][:, :, 3:]))
+    assert packed_sq.keys() == padded_sq.keys()
+    for name in padded_sq:
+        assert abs(packed_sq[name].item() - padded_sq[name].item()) <= BOUND * padded_sq[name].item(), name
+    assert packed_nonfinite is False and padded_nonfinite is False
+    # Recording changes nothing: the packed layout without a recorder gives the same bits.
+    for recorded, plain in zip(packed, module_outputs_and_gradients(ours, x, hx, lengths), strict=True):
+        assert torch.equal(recorded, plain)
+    # clip_grad_norm_ reads the recorded norms (each gradient's is known); its total is torch's.
+    with rnn_fused.record_gradients(ours):
+        module_outputs_and_gradients(ours, x, hx, lengths)
+    assert all(fused_sq_norm(p) is not None for p in ours.parameters())
+    expected = torch.nn.utils.get_total_norm([p.grad for p in ours.parameters()])
+    assert abs(rnn_fused.clip_grad_norm_(ours.parameters(), 1e9).item() - expected.item()) <= 1e-12 * expected.item()
+
+
+def test_packed_training_refuses_a_graph_of_the_backward_while_recording():
+    ours = RNN(3, 4).double()
+    packed = pack_padded_sequence(torch.randn(5, 2, 3, dtype=torch.float64), torch.tensor([5, 3]))
+    with rnn_fused.record_gradients(ours):
+        output, _ = ours(packed)
+        with pytest.raises(RuntimeError, match="rnn_fused.record_gradients: gradient norms are reduced by the fused "
+                                               "backward, which has no graph of its own"):
+            torch.autograd.grad(output.data.sum(), list(ours.parameters()), create_graph=True)

@@ -131,7 +131,9 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 // rows.
 // dy [rows,H] gradient of the output; out [rows,H] saved h_t; dz [rows,H] out: dL/dz_t. Sample
 //    b's step t is row step_rows[t] + b of each, as in the forward loop (the padded batch [T,B,H]
-//    or a PackedSequence's data [N,H]); rows past a sample's length are left as they are
+//    or a PackedSequence's data [N,H]); rows past a sample's length are left as they are. dy's
+//    and out's rows lie dy_row_stride and out_row_stride elements apart (H, or a direction's
+//    columns of a bidirectional layer's [N,2H]: 2H), dz's H
 // dh_n [B,H] or null (h_n not used: zero)
 // dz_steps [2][B,H] zeros in; step s reads dz_{s+1} from dz_steps[(s+1) % 2] and writes dz_s
 //          into dz_steps[s % 2]; out: dz at each sample's processing step 0 in dz_steps[0]
@@ -142,8 +144,9 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
 //            slice adds the slices' sums in order for its rows (one slice: the row's own sum).
 template <typename scalar_t, Activation A>
 void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationParams& tp, const Lengths& len,
-                        const scalar_t* w_hh, const scalar_t* dy, const scalar_t* dh_n, const scalar_t* out,
-                        scalar_t* dz, const int64_t* step_rows, const std::array<scalar_t*, 2>& dz_steps,
+                        const scalar_t* w_hh, const scalar_t* dy, int64_t dy_row_stride, const scalar_t* dh_n,
+                        const scalar_t* out, int64_t out_row_stride, scalar_t* dz, const int64_t* step_rows,
+                        const std::array<scalar_t*, 2>& dz_steps,
                         scalar_t* carry,
                         const scalar_t* zero_row, scalar_t* step_norms) {
   const int64_t B = shape.batch, H = shape.hidden;
@@ -174,12 +177,13 @@ void backward_time_loop(const LayerShape& shape, bool reverse, const TruncationP
         const int64_t length = len.values[b];
         if (s >= length) continue;
         const int64_t t = step_time(s, length, reverse);
-        const int64_t at_t = (step_rows[t] + b) * H + u0;
+        const int64_t row = step_rows[t] + b;
         const scalar_t* extra = (dh_n != nullptr && s == length - 1) ? dh_n + b * H + u0 : nullptr;
         // The carry crosses the edge into step s+1 (none past the sample's last step).
         const scalar_t scale = s + 1 < length ? scalar_t(edge_scale(tp, s + 1, b)) : scalar_t(1);
         const scalar_t* carry_row = scale != scalar_t(0) ? carry + b * H + u0 : zero_row;
-        const double g_sq = activation_grad_row(A, dy + at_t, carry_row, scale, extra, out + at_t, dz + at_t,
+        const double g_sq = activation_grad_row(A, dy + row * dy_row_stride + u0, carry_row, scale, extra,
+                                                out + row * out_row_stride + u0, dz + row * H + u0,
                                                 dz_step + b * H + u0, U, record);
         if (record) step_sq[share.unit_slice * B + b] = g_sq;
       }
@@ -241,6 +245,12 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   const at::TensorOptions options = op.out.options();
   std::vector<int64_t> padded_step_rows;
   const int64_t* step_rows = step_rows_of(r.packed_step_rows, T, B, padded_step_rows);
+  // The packed layout's dy and out may be a direction's columns of [N,2H] (BackwardRecurrence).
+  const auto row_stride = [&](const at::Tensor& t) {
+    if (r.packed_step_rows == nullptr) return H;
+    TORCH_INTERNAL_ASSERT(t.dim() == 2 && t.size(1) == H && t.stride(1) == 1 && t.stride(0) >= H);
+    return t.stride(0);
+  };
   const std::array<at::Tensor, 2> dz_steps = {at::zeros({B, H}, options), at::zeros({B, H}, options)};
   at::Tensor carry = at::empty({B, H}, options);
   const at::Tensor zero_row = at::zeros({H}, options);
@@ -249,8 +259,8 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
     using scalar_t = decltype(zero);
     backward_time_loop<scalar_t, decltype(activation)::value>(
         call.shape, call.options.reverse, call.options.truncation, len, op.w_hh.data_ptr<scalar_t>(),
-        op.dy.data_ptr<scalar_t>(), op.dh_n.defined() ? op.dh_n.data_ptr<scalar_t>() : nullptr,
-        op.out.data_ptr<scalar_t>(),
+        op.dy.data_ptr<scalar_t>(), row_stride(op.dy), op.dh_n.defined() ? op.dh_n.data_ptr<scalar_t>() : nullptr,
+        op.out.data_ptr<scalar_t>(), row_stride(op.out),
         r.dz.data_ptr<scalar_t>(), step_rows,
         std::array<scalar_t*, 2>{dz_steps[0].data_ptr<scalar_t>(), dz_steps[1].data_ptr<scalar_t>()},
         carry.data_ptr<scalar_t>(),
