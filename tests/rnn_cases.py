@@ -10,6 +10,25 @@ from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, RNNCase, layer_args  # 
 # The GPU kernels' recurrence paths the emulated backend is tested on (rnn_fused.plan).
 EMULATED_PATHS = ("block", "cluster", "grid", "stepwise")
 
+# PackedSequence cases of the packed layout's own route (test_packed_inference.py,
+# test_packed_training.py): RNNCase fields.
+PACKED_LAYOUT_CASES = [
+    dict(packing="sorted", seq_len=9, batch=5, input_size=4, hidden_size=7),
+    dict(packing="unsorted", with_hx=True, nonlinearity="relu", bias=False, seq_len=6, batch=4, input_size=3,
+         hidden_size=5),
+    dict(packing="unsorted", num_layers=3, bidirectional=True, with_hx=True, batch_first=True, seq_len=11, batch=6,
+         input_size=5, hidden_size=9),
+    # Large enough that the time loops run on a team (by rows; by units at 2 threads where forced),
+    # and that the whole-sequence products of a backward run in float32 (not a small layer's
+    # float64 sums).
+    dict(packing="sorted", num_layers=2, with_hx=True, seq_len=20, batch=24, input_size=48, hidden_size=64),
+]
+
+
+def case_id(case: dict) -> str:
+    """A test id of an RNNCase's fields."""
+    return "-".join(f"{key}={value}" for key, value in case.items())
+
 
 def run_layer_op(args, lengths, nonlinearity, reverse, truncation_args, cotangents, layer=0, path=None,
                  backend=None):

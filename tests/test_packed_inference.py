@@ -9,26 +9,11 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnn_fused
-from rnn_cases import RNNCase
+from rnn_cases import PACKED_LAYOUT_CASES, RNNCase, case_id
 from rnn_fused import RNN, functional, launch_plan
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 
 OPS = torch.ops.rnn_fused
-
-CASES = [
-    dict(packing="sorted", seq_len=9, batch=5, input_size=4, hidden_size=7),
-    dict(packing="unsorted", with_hx=True, nonlinearity="relu", bias=False, seq_len=6, batch=4, input_size=3,
-         hidden_size=5),
-    dict(packing="unsorted", num_layers=3, bidirectional=True, with_hx=True, batch_first=True, seq_len=11, batch=6,
-         input_size=5, hidden_size=9),
-    # Large enough that the time loop runs on a team (by rows; by units at 2 threads forced below).
-    dict(packing="sorted", num_layers=2, with_hx=True, seq_len=20, batch=24, input_size=48, hidden_size=64),
-]
-
-
-def _case_id(case):
-    return "-".join(f"{key}={value}" for key, value in case.items())
-
 
 def _packed_inference_calls(module, *args, **kwargs) -> int:
     """Calls of the packed layout's op in one run of module(*args, **kwargs)."""
@@ -39,7 +24,7 @@ def _packed_inference_calls(module, *args, **kwargs) -> int:
 
 @pytest.mark.parametrize("team", [None, ("units", 2), ("rows", 3)], ids=["own-team", "units-2", "rows-3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", PACKED_LAYOUT_CASES, ids=case_id)
 def test_packed_inference_meets_the_tolerance_rule(case, dtype, team, generator):
     rnn_case = RNNCase(**case)
     input, hx = rnn_case.inputs(generator)

@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnn_fused
-from rnn_cases import RNNCase, module_outputs_and_gradients
+from rnn_cases import PACKED_LAYOUT_CASES, RNNCase, case_id, module_outputs_and_gradients
 from rnn_fused import RNN, functional, launch_plan
 from rnn_fused.recording import fused_sq_norm
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
@@ -19,21 +19,10 @@ from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 OPS = torch.ops.rnn_fused
 BOUND = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps
 
-CASES = [
-    dict(packing="sorted", seq_len=9, batch=5, input_size=4, hidden_size=7),
-    dict(packing="unsorted", with_hx=True, nonlinearity="relu", bias=False, seq_len=6, batch=4, input_size=3,
-         hidden_size=5),
-    dict(packing="unsorted", num_layers=3, bidirectional=True, with_hx=True, batch_first=True, seq_len=11, batch=6,
-         input_size=5, hidden_size=9),
-    # Large enough that the time loops run on a team (by rows; by units at 2 threads forced below),
-    # and that the whole-sequence products run in float32 (not the small layers' float64 sums).
-    dict(packing="sorted", num_layers=2, with_hx=True, seq_len=20, batch=24, input_size=48, hidden_size=64),
+CASES = PACKED_LAYOUT_CASES + [
+    # A bidirectional layer large enough for float32 products and its two loops at once.
     dict(packing="unsorted", bidirectional=True, with_hx=True, seq_len=30, batch=40, input_size=32, hidden_size=48),
 ]
-
-
-def _case_id(case):
-    return "-".join(f"{key}={value}" for key, value in case.items())
 
 
 def _op_calls(module, input, hx=None, **kwargs) -> dict:
@@ -48,7 +37,7 @@ def _op_calls(module, input, hx=None, **kwargs) -> dict:
 
 @pytest.mark.parametrize("team", [None, ("units", 2), ("rows", 3)], ids=["own-team", "units-2", "rows-3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_packed_training_meets_the_tolerance_rule(case, dtype, team, generator):
     rnn_case = RNNCase(**case)
     input, hx = rnn_case.inputs(generator)
