@@ -185,7 +185,8 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
     const size_t at_weights = kNeedsWeightsAt + static_cast<size_t>(d * per_direction);
     const BackwardOperands& o = *operands[d];
     const at::Tensor g = dz[d].to(wide);
-    // The data's gradient is the directions' sum; each direction's own part is its norm's.
+    // The data's gradient is the directions' sum; each direction's own part is its norm's (taken
+    // below, before the next direction's part is added in place).
     const at::Tensor own_grad_data = wants_data ? at::mm(g, o.w_ih.to(wide)) : at::Tensor();
     if (wants_data) grad_data_sum = grad_data_sum.defined() ? grad_data_sum.add_(own_grad_data) : own_grad_data;
     if (needs[at_weights]) grads[at_weights] = row_products(g, x).to(result_dtype);
@@ -225,6 +226,8 @@ std::vector<at::Tensor> rnn_packed_layer_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(rnn_fused, CompositeExplicitAutograd, m) { m.impl("rnn_packed_layer_backward", &rnn_packed_layer_backward); }
+TORCH_LIBRARY_IMPL(rnn_fused, CompositeExplicitAutograd, m) {
+  m.impl("rnn_packed_layer_backward", &rnn_packed_layer_backward);
+}
 
 }  // namespace rnn_fused

@@ -965,7 +965,8 @@ class _PackedLayer(torch.autograd.Function):
         if config.sinks is not None:
             per_direction = len(flat) // len(config.sinks)
             for direction, sink in enumerate(config.sinks):
-                step_norms, grad_sq_norms, nonfinite = grads[weights_end + 3 * direction:weights_end + 3 * direction + 3]
+                first = weights_end + 3 * direction
+                step_norms, grad_sq_norms, nonfinite = grads[first:first + 3]
                 # (a sink reads the weights' gradients, which autograd is handed next)
                 sink(step_norms, grad_sq_norms, nonfinite,
                      (grad_data, None if grad_hx is None else grad_hx[direction],
