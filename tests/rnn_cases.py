@@ -25,6 +25,12 @@ PACKED_LAYOUT_CASES = [
 ]
 
 
+# The CPU time loops' teams the packed tests force (launch_plan.forced_cpu_loop_team): their own,
+# split by units on 2 threads, by rows on 3.
+FORCED_LOOP_TEAMS = [None, ("units", 2), ("rows", 3)]
+FORCED_LOOP_TEAM_IDS = ["own-team", "units-2", "rows-3"]
+
+
 def case_id(case: dict) -> str:
     """A test id of an RNNCase's fields."""
     return "-".join(f"{key}={value}" for key, value in case.items())

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnn_fused
-from rnn_cases import PACKED_LAYOUT_CASES, RNNCase, case_id
+from rnn_cases import FORCED_LOOP_TEAM_IDS, FORCED_LOOP_TEAMS, PACKED_LAYOUT_CASES, RNNCase, case_id
 from rnn_fused import RNN, functional, launch_plan
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
 
@@ -22,7 +22,7 @@ def _packed_inference_calls(module, *args, **kwargs) -> int:
     return sum(1 for e in profile.events() if e.name == "rnn_fused::rnn_packed_inference")
 
 
-@pytest.mark.parametrize("team", [None, ("units", 2), ("rows", 3)], ids=["own-team", "units-2", "rows-3"])
+@pytest.mark.parametrize("team", FORCED_LOOP_TEAMS, ids=FORCED_LOOP_TEAM_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", PACKED_LAYOUT_CASES, ids=case_id)
 def test_packed_inference_meets_the_tolerance_rule(case, dtype, team, generator):

@@ -11,7 +11,8 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnn_fused
-from rnn_cases import PACKED_LAYOUT_CASES, RNNCase, case_id, module_outputs_and_gradients
+from rnn_cases import (FORCED_LOOP_TEAM_IDS, FORCED_LOOP_TEAMS, PACKED_LAYOUT_CASES, RNNCase, case_id,
+                       module_outputs_and_gradients)
 from rnn_fused import RNN, functional, launch_plan
 from rnn_fused.recording import fused_sq_norm
 from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
@@ -35,7 +36,7 @@ def _op_calls(module, input, hx=None, **kwargs) -> dict:
     return {name.split("::")[1]: sum(1 for e in profile.events() if e.name == name) for name in names}
 
 
-@pytest.mark.parametrize("team", [None, ("units", 2), ("rows", 3)], ids=["own-team", "units-2", "rows-3"])
+@pytest.mark.parametrize("team", FORCED_LOOP_TEAMS, ids=FORCED_LOOP_TEAM_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_packed_training_meets_the_tolerance_rule(case, dtype, team, generator):
