@@ -5,9 +5,9 @@
 # make demo   - same set-up, then rnn-fused demo: the BPTT experiments as demo_out/report.md with figures
 #               (under a minute on 2 cores)
 # make build  - (re)build rnn_fused._C in place; RNN_FUSED_CUDA=0 skips the CUDA sources
-# make resource-usage - nvcc's register/shared-memory/spill report of the recurrence kernels and the instruction
-#                  counts of their dot loops (benchmarks/nvcc_resource_usage.txt, benchmarks/sass_dot_loop.txt;
-#                  no GPU needed)
+# make resource-usage - the register/stack/spill report of the compiled recurrence kernels and the instruction
+#                  counts of their dot loops, read from the build's object with cuobjdump
+#                  (benchmarks/nvcc_resource_usage.txt, benchmarks/sass_dot_loop.txt; no GPU needed)
 # make gpu-check - on a machine with an NVIDIA GPU and torch already installed (no venv, no downloads;
 #                  PYTHON=python3 make gpu-check): build for that GPU's architecture only, run the GPU
 #                  tests, benchmark against cuDNN with predicted and measured time per step for each path,
@@ -55,7 +55,8 @@ demo: build
 gpu-check:
 	$(PYTHON) benchmarks/gpu_check.py --out gpu_out
 
-resource-usage: $(DEPS)
+# After `build`, the report reads the object the build compiled instead of compiling elman_cuda.cu again.
+resource-usage: build
 	$(BIN)/python benchmarks/nvcc_resource_usage.py
 
 # The ASan copy is CPU-only and -O0. libasan must be loaded before python's own libraries,

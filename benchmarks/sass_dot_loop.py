@@ -4,8 +4,8 @@ The cost model's issue term (csrc/cuda/recurrence_cost_model.h) prices a chunk i
 the dot products (kernel_common.cuh add_unit_dots) as its shared-memory loads, each with
 `address_instructions_per_load` address instructions, its multiply-adds and
 `loop_instructions` more. Those constants are counts, not timings: this module reads them off
-the compiled kernels. benchmarks/nvcc_resource_usage.py calls it on the object it compiles (no
-second compile), writes every kernel's loops to benchmarks/sass_dot_loop.txt and fails when,
+the compiled kernels. benchmarks/nvcc_resource_usage.py calls it on the object it reads (no
+second listing), writes every kernel's loops to benchmarks/sass_dot_loop.txt and fails when,
 over a dtype's dot loops, the other instructions per iteration differ from the model's count
 by more than MAX_DIFFERENCE on average.
 
@@ -33,7 +33,7 @@ import importlib.util
 import os
 import re
 import shutil
-import subprocess
+from collections.abc import Iterable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST_MODEL = os.path.join(ROOT, "csrc", "cuda", "recurrence_cost_model.h")
@@ -91,12 +91,13 @@ def _held_rows(iterations: str | None, passes: str) -> str:
     return " split" if int(iterations) == CLUSTER_SPLIT_ITERATIONS else " registers"
 
 
-def kernel_sass(sass: str, arch: str = ARCH) -> dict[tuple, list[tuple[int, str]]]:
+def kernel_sass(lines: Iterable[str], arch: str = ARCH) -> dict[tuple, list[tuple[int, str]]]:
     """(direction, dtype, samples, path, passes) -> [(address, instruction)] of each recurrence
-    kernel compiled for `arch` in cuobjdump -sass output."""
+    kernel compiled for `arch` in cuobjdump -sass output (its lines: the listing of the whole
+    object is some 600 MB, read as it comes)."""
     kernels: dict[tuple, list[tuple[int, str]]] = {}
     current, in_arch = None, False
-    for line in sass.splitlines():
+    for line in lines:
         arch_line = re.match(r"\s*arch = (sm_\d+)", line)
         if arch_line:
             in_arch, current = arch_line.group(1) == arch, None
@@ -210,13 +211,8 @@ def per_iteration(key: tuple, loop: Loop) -> tuple[float, float] | None:
     return None
 
 
-def report(object_file: str) -> tuple[list[str], str | None]:
-    """(report lines, error or None) for the recurrence kernels in `object_file`."""
-    tool = find_cuobjdump()
-    if tool is None:
-        return [], "cuobjdump not found (PATH, CUDA_HOME/bin, or the triton wheel's copy)"
-    sass = subprocess.run([tool, "-sass", object_file], capture_output=True, text=True, check=True).stdout
-    kernels = kernel_sass(sass)
+def report(kernels: dict[tuple, list[tuple[int, str]]]) -> tuple[list[str], str | None]:
+    """(report lines, error or None) for the recurrence kernels' machine code (kernel_sass's)."""
     constants = model_constants()
     lines, misses, errors = [], {"float": [], "double": [], "float tiled": []}, []
     for key in sorted(kernels):
