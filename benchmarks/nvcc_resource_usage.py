@@ -106,7 +106,9 @@ def built_object() -> str | None:
     file its compile read (ninja's dependency log), else None."""
     build_dir = os.path.join(ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
     object_file = os.path.join(build_dir, "csrc", "cuda", "elman_cuda.o")
-    ninja = shutil.which("ninja", path=os.path.dirname(sys.executable)) or shutil.which("ninja")
+    # The ninja on PATH, as torch's build runs it: another version would rewrite (or drop) the
+    # build log in its own format, and the next build would recompile every source.
+    ninja = shutil.which("ninja")
     if not os.path.isfile(object_file) or ninja is None:
         return None
     listed = subprocess.run([ninja, "-C", build_dir, "-t", "deps", object_file], capture_output=True, text=True)

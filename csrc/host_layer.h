@@ -58,7 +58,7 @@ void project_input_on_host(at::Tensor& out2d, const InputProjection& projection)
 // mode, dispatch exclusions).
 void run_at_once(const std::array<std::function<void()>, 2>& tasks);
 
-// The forward time loop's problem, in the compute dtype, contiguous.
+// The forward time loop's problem, in the compute dtype, contiguous (but packed_step_rows' out).
 struct ForwardRecurrence {
   const LayerForwardCall& call;
   at::Tensor w_hh;  // [H,H] read
@@ -75,7 +75,9 @@ struct ForwardRecurrence {
   const InputProjection* projection = nullptr;
   // Set (backends that run the packed layout: RecurrenceBackend::runs_packed_layout): out is a
   // PackedSequence's data [N,H], the lengths non-increasing, and step t's rows (its batch_sizes[t]
-  // samples) start at row (*packed_step_rows)[t] [T]; h0 and h_n stay [B,H]. Null: out is [T,B,H].
+  // samples) start at row (*packed_step_rows)[t] [T]; out's rows may lie further apart than H (a
+  // direction's columns of a bidirectional layer's [N,2H], unit stride within a row); h0 and h_n
+  // stay [B,H]. Null: out is [T,B,H].
   const std::vector<int64_t>* packed_step_rows = nullptr;
   // Step-phase timing (GPU-kernel backends, persistent paths): when set, receives [CTAs, 3]
   // int64 cycles per CTA staging, computing and in the step barrier (recurrence_step_phases).

@@ -7,8 +7,9 @@
 // input projection's valid rows gathered and scattered on the way. Measured at 10, 256, 512, 512
 // (development CPU, 2026-12-07: docs/benchmarks.md) those copies came to about 3 ms of a 10 ms
 // call, where nn.RNN's whole call took 8. Without gradients nothing needs the padded batch: here
-// each layer projects the packed rows in one GEMM, and the CPU backend's time loop reads and
-// writes step t's rows where the packed data holds them (ForwardRecurrence::packed_step_rows).
+// each layer projects the packed rows in one GEMM (a bidirectional layer's two directions into its
+// [N,2H] at once), and the CPU backend's time loop reads and writes step t's rows where the
+// packed data holds them (ForwardRecurrence::packed_step_rows), a direction's own columns.
 // The same GEMM, loop and epilogue as the layer op's, on the same rows: values within rounding of
 // it (the projection's GEMM takes the N rows at once, the layer op's in pieces), and the time loop
 // the same sums.
@@ -58,18 +59,28 @@ std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, 
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     const int64_t in_features = layer_input.size(1);
     const at::Tensor x2d = layer_input.to(ct).contiguous();
+    // [N,D*H]: one GEMM projects every direction ([F,D*H]: the directions' W_ih^T side by side),
+    // and each direction's time loop runs on its own columns (rows D*H apart), so no direction's
+    // output is copied into the layer's.
+    at::Tensor layer_output = at::empty({N, directions * H}, options);
+    std::vector<at::Tensor> w_ih, b_ih, b_hh;
+    for (int64_t direction = 0; direction < directions; ++direction) {
+      const DirectionWeights& w = a.weights[layer * directions + direction];
+      w_ih.push_back(w.w_ih);
+      if (w.bias_ih.has_value()) b_ih.push_back(*w.bias_ih), b_hh.push_back(*w.bias_hh);
+    }
+    const auto joined = [&](const std::vector<at::Tensor>& parts) {
+      return (parts.size() == 1 ? parts[0] : at::cat(parts, 0)).to(ct).contiguous();
+    };
+    project_input_on_host(layer_output,
+                          InputProjection{.x2d = x2d,
+                                          .w_ih = joined(w_ih),
+                                          .bias_ih = b_ih.empty() ? std::nullopt : std::optional(joined(b_ih)),
+                                          .bias_hh = b_hh.empty() ? std::nullopt : std::optional(joined(b_hh))});
     std::array<at::Tensor, 2> outputs;
     std::array<std::optional<LayerForwardCall>, 2> calls;
     for (int64_t direction = 0; direction < directions; ++direction) {
-      const DirectionWeights& w = a.weights[layer * directions + direction];
-      outputs[direction] = at::empty({N, H}, options);
-      project_input_on_host(outputs[direction],
-                            InputProjection{.x2d = x2d,
-                                            .w_ih = w.w_ih.to(ct).contiguous(),
-                                            .bias_ih = w.bias_ih.has_value() ? std::optional(w.bias_ih->to(ct))
-                                                                             : std::nullopt,
-                                            .bias_hh = w.bias_hh.has_value() ? std::optional(w.bias_hh->to(ct))
-                                                                             : std::nullopt});
+      outputs[direction] = layer_output.narrow(1, direction * H, H);
       calls[direction].emplace(a.direction_call(data, layer, direction, in_features));
     }
     const auto run = [&](int64_t direction) {
@@ -88,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_packed_inference(const at::Tensor& data, 
     } else {
       for (int64_t direction = 0; direction < directions; ++direction) run(direction);
     }
-    layer_input = (directions == 1 ? outputs[0] : at::cat({outputs[0], outputs[1]}, 1)).to(data.scalar_type());
+    layer_input = layer_output.to(data.scalar_type());
     // nn.RNN's draws: its dropout of the packed data between layers.
     if (dropout > 0 && layer < num_layers - 1) layer_input = at::dropout(layer_input, dropout, /*train=*/true);
   }

@@ -88,7 +88,9 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 // out    [rows,H] in: X W_ih^T + b_ih + b_hh at every valid step; out: h_t there. Sample b's
 //                 step t is row step_rows[t] + b: the padded batch [T,B,H] (step_rows[t] = t B)
 //                 or a PackedSequence's data [N,H] (step t's batch_sizes[t] rows from
-//                 step_rows[t]); rows of steps past a sample's length are left as they are
+//                 step_rows[t]); rows of steps past a sample's length are left as they are.
+//                 Rows lie out_row_stride elements apart (H, or a direction's columns of a
+//                 bidirectional layer's [N,2H], which both directions write in place)
 // step_rows [T]  the first row of each step in out
 // states [2][B,H] states[0] in: h_0; step s reads states[s % 2] and writes states[(s+1) % 2],
 //                 so that no thread overwrites a row another still multiplies; out: h_n in
@@ -96,8 +98,8 @@ void zero_past_lengths(const LayerShape& shape, const Lengths& len, scalar_t* va
 // rec    [B,H]   scratch: each thread's rows and product columns
 template <typename scalar_t, Activation A>
 void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len, const scalar_t* w_hh,
-                       scalar_t* out, const int64_t* step_rows, const std::array<scalar_t*, 2>& states,
-                       scalar_t* rec) {
+                       scalar_t* out, int64_t out_row_stride, const int64_t* step_rows,
+                       const std::array<scalar_t*, 2>& states, scalar_t* rec) {
   const int64_t B = shape.batch, H = shape.hidden;
   const TeamPlan plan = team_plan(len.max_len, B, H);
   run_on_team(plan, B, H, row_steps(len), [&](const TeamShare& share, StepBarrier& barrier) {
@@ -120,7 +122,7 @@ void forward_time_loop(const LayerShape& shape, bool reverse, const Lengths& len
           continue;
         }
         const int64_t t = step_time(s, length, reverse);
-        activate_row(A, out + (step_rows[t] + b) * H + u0, rec + b * H + u0, next + b * H + u0, U);
+        activate_row(A, out + (step_rows[t] + b) * out_row_stride + u0, rec + b * H + u0, next + b * H + u0, U);
       }
       barrier.arrive_and_wait(s, share.count);
     }
@@ -211,6 +213,14 @@ const int64_t* step_rows_of(const std::vector<int64_t>* packed, int64_t steps, i
   return padded.data();
 }
 
+// Elements between t's rows: H in the padded batch; in the packed layout t's own row stride,
+// which may exceed H (a direction's columns of a bidirectional layer's [N,2H]).
+int64_t row_stride_of(const std::vector<int64_t>* packed, const at::Tensor& t, int64_t H) {
+  if (packed == nullptr) return H;
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && t.size(1) == H && t.stride(1) == 1 && t.stride(0) >= H);
+  return t.stride(0);
+}
+
 // The CPU backend's forward recurrence (host_layer.h ForwardRecurrence); returns h_n.
 at::Tensor forward_recurrence(const ForwardRecurrence& r) {
   const LayerForwardCall& call = r.call;
@@ -225,7 +235,8 @@ at::Tensor forward_recurrence(const ForwardRecurrence& r) {
     using scalar_t = decltype(zero);
     scalar_t* out = r.out.data_ptr<scalar_t>();
     forward_time_loop<scalar_t, decltype(activation)::value>(
-        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(), out, step_rows,
+        call.shape, call.options.reverse, len, r.w_hh.data_ptr<scalar_t>(), out,
+        row_stride_of(r.packed_step_rows, r.out, H), step_rows,
         std::array<scalar_t*, 2>{states[0].data_ptr<scalar_t>(), states[1].data_ptr<scalar_t>()},
         rec.data_ptr<scalar_t>());
     // The padded batch's steps past a sample's length still hold the projection: outputs there
@@ -246,11 +257,7 @@ at::Tensor backward_recurrence(const BackwardRecurrence& r) {
   std::vector<int64_t> padded_step_rows;
   const int64_t* step_rows = step_rows_of(r.packed_step_rows, T, B, padded_step_rows);
   // The packed layout's dy and out may be a direction's columns of [N,2H] (BackwardRecurrence).
-  const auto row_stride = [&](const at::Tensor& t) {
-    if (r.packed_step_rows == nullptr) return H;
-    TORCH_INTERNAL_ASSERT(t.dim() == 2 && t.size(1) == H && t.stride(1) == 1 && t.stride(0) >= H);
-    return t.stride(0);
-  };
+  const auto row_stride = [&](const at::Tensor& t) { return row_stride_of(r.packed_step_rows, t, H); };
   const std::array<at::Tensor, 2> dz_steps = {at::zeros({B, H}, options), at::zeros({B, H}, options)};
   at::Tensor carry = at::empty({B, H}, options);
   const at::Tensor zero_row = at::zeros({H}, options);
