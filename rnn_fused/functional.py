@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 from typing import NamedTuple
 
@@ -603,11 +605,15 @@ def _cpu_loops(layer_input: Tensor, backend: str | None, path: str | None) -> bo
     return _cpu_backend_without_autocast(layer_input, backend, path) and not torch.compiler.is_compiling()
 
 
-def _cpu_backend_without_autocast(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
+def _cpu_backend(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
     """Whether a call runs the CPU backend's own loops (a CPU input, backend None or 'cpu', no GPU
-    path) without autocast."""
-    return (layer_input.is_cpu and backend in (None, "cpu") and path is None
-            and _ops.autocast_dtype("cpu") is None)
+    path)."""
+    return layer_input.is_cpu and backend in (None, "cpu") and path is None
+
+
+def _cpu_backend_without_autocast(layer_input: Tensor, backend: str | None, path: str | None) -> bool:
+    """_cpu_backend, without autocast."""
+    return _cpu_backend(layer_input, backend, path) and _ops.autocast_dtype("cpu") is None
 
 
 def _gpu_kernels_in_eager_mode(layer_input: Tensor, backend: str | None) -> bool:
@@ -858,10 +864,26 @@ def valid_positions(lengths: Tensor, steps: int, device: torch.device | str) -> 
 def runs_packed_layout(data: Tensor, backend: str | None, path: str | None, stack: bool | None) -> bool:
     """Whether a PackedSequence's call can run in the packed layout itself (packed_inference
     without gradients, packed_training with): the CPU backend's loops (a CPU input, backend None or
-    'cpu', no path) without autocast, and no stack asked for (stack=True: rnn() says why a CPU call
-    has none). Under torch.compile as in eager mode: both run eagerly there, so a compiled model
-    gives eager's values."""
-    return not stack and _cpu_backend_without_autocast(data, backend, path)
+    'cpu', no path), and no stack asked for (stack=True: rnn() says why a CPU call has none). Under
+    autocast too (its casts made before the packed ops, _packed_autocast), and under torch.compile
+    as in eager mode: both run eagerly there, so a compiled model gives eager's values."""
+    return not stack and _cpu_backend(data, backend, path)
+
+
+def _packed_autocast(data: Tensor, hx: Tensor | None, weights) -> tuple:
+    """(data, hx, weights, context) for the packed ops: under autocast the floating arguments cast
+    as the layer op's autocast kernel casts its own (float64 excepted; _autocast_directions) and a
+    context that runs the ops below autocast (their matrix products in the compute dtype, as the
+    layer op's); without autocast all unchanged and a context that does nothing."""
+    if _ops.autocast_dtype(_ops.device_type_of(data), data.dtype) is None:
+        return data, hx, weights, contextlib.nullcontext()
+    sizes = [len(group) for group in weights]
+    data, hx, *flat = _autocast_directions((data, hx, *(w for group in weights for w in group)))
+    groups, start = [], 0
+    for size in sizes:
+        groups.append(tuple(flat[start:start + size]))
+        start += size
+    return data, hx, groups, torch.autocast(_ops.device_type_of(data), enabled=False)
 
 
 def wants_gradients(data: Tensor, hx: Tensor | None, weights) -> bool:
@@ -899,9 +921,11 @@ def packed_inference(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weigh
     hidden = weights[0][1].shape[0]
     at_once = bidirectional and side_by_side is not False and (
         side_by_side or _cpu_directions_at_once(batch_sizes.numel(), int(batch_sizes[0]), hidden))
-    return torch.ops.rnn_fused.rnn_packed_inference(
-        data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
-        bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
+    data, hx, weights, below_autocast = _packed_autocast(data, hx, weights)
+    with below_autocast:
+        return torch.ops.rnn_fused.rnn_packed_inference(
+            data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
+            bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
 
 
 class _PackedConfig(NamedTuple):
@@ -1013,12 +1037,27 @@ def packed_training(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weight
     at_once = bidirectional and side_by_side is not False and (
         side_by_side or _cpu_directions_at_once(batch_sizes.numel(), int(batch_sizes[0]), hidden))
     has_biases = len(weights[0]) == 4
+    # A sink per layer and direction, holding the weights as passed (the parameters, not their casts).
+    sinks = [None if record is None else
+             tuple(record.sink(layer, direction, tuple(weights[layer * directions + direction]))
+                   for direction in range(directions)) for layer in range(num_layers)]
+    # (the casts are autograd's: the leaves' gradients come back through them, in their dtype)
+    data, hx, weights, below_autocast = _packed_autocast(data, hx, weights)
+    with below_autocast:
+        return _packed_layers(data, batch_sizes, hx, weights, num_layers, dropout, training,
+                              _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, 0, None),
+                              sinks)
+
+
+def _packed_layers(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weights, num_layers: int, dropout: float,
+                   training: bool, base: _PackedConfig, sinks: list) -> tuple[Tensor, Tensor]:
+    """packed_training's layers, its arguments cast: one _PackedLayer each, configured as `base`
+    but for its layer and its sinks (sinks[layer])."""
+    directions = 2 if base.bidirectional else 1
     layer_input, states = data, []
     for layer in range(num_layers):
         group = weights[layer * directions:(layer + 1) * directions]
-        sinks = None if record is None else tuple(record.sink(layer, direction, tuple(group[direction]))
-                                                  for direction in range(directions))
-        config = _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, layer, sinks)
+        config = base._replace(layer=layer, sinks=sinks[layer])
         layer_hx = None if hx is None else hx[layer * directions:(layer + 1) * directions]
         layer_input, layer_states = _PackedLayer.apply(layer_input, batch_sizes, layer_hx, config,
                                                        *(w for direction in group for w in direction))

@@ -151,7 +151,7 @@ class RNN(nn.Module):
     # where that is priced (GPU) or sized (CPU) to be faster.
     side_by_side: bool | None = None
     # Whether a PackedSequence runs in its packed layout itself where the call allows it (the CPU
-    # backend's loops without autocast, no stack: functional.runs_packed_layout):
+    # backend's loops, no stack: functional.runs_packed_layout):
     # inference in one op, training a layer at a time. False: always through the padded batch (to
     # compare or time the two routes). Like backend, set on an instance.
     packed_layout: bool = True

@@ -69,12 +69,15 @@ def test_functional_rnn_runs_in_the_autocast_dtype():
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST_DTYPES)
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed", [False, True, "padded route"], ids=["padded", "packed", "packed-padded-route"])
 @pytest.mark.parametrize("backend", [None, "emulated"])
 def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed, backend):
     """Result dtypes (outputs and every gradient) equal nn.RNN's; values within the rule. On the
     CPU kernels and on the GPU kernels (emulated), whose bidirectional layers run as one op pair
-    with their arguments cast before it (functional._autocast_directions).
+    with their arguments cast before it (functional._autocast_directions). A PackedSequence on
+    the CPU kernels runs in the packed layout (its ops below autocast, functional._packed_autocast)
+    unless packed_layout is off ("padded route"); on the emulated GPU kernels through the padded
+    batch.
 
     The float32 gradients of the leaves are gradients of their casts, computed in the
     autocast dtype and cast back: they carry that dtype's precision, so the rule is applied
@@ -84,6 +87,7 @@ def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed, backend):
     theirs = nn.RNN(3, 6, 2, bidirectional=True)
     ours = rnn_fused.RNN.from_torch(theirs)
     ours.backend = backend
+    ours.packed_layout = packed != "padded route"
     reference_module = rnn_fused.RNN.from_torch(theirs).double().to_torch()
     x = torch.randn(5, 3, 3)
     hx = torch.randn(4, 3, 6)
@@ -103,7 +107,10 @@ def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed, backend):
 
     reference = run(reference_module, torch.float64, autocast=False)
     stock = run(theirs, torch.float32, autocast=True)
-    got = run(ours, torch.float32, autocast=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        got = run(ours, torch.float32, autocast=True)
+    packed_layer_backwards = sum(1 for e in profile.events() if e.name == "rnn_fused::rnn_packed_layer_backward")
+    assert packed_layer_backwards == (2 if packed is True and backend is None else 0)
     assert stock["output"].dtype == autocast_dtype
     for name in reference:
         assert got[name].dtype == stock[name].dtype, (name, stock[name].dtype, got[name].dtype)

@@ -15,7 +15,7 @@ from rnn_cases import (FORCED_LOOP_TEAM_IDS, FORCED_LOOP_TEAMS, PACKED_LAYOUT_CA
                        module_outputs_and_gradients)
 from rnn_fused import RNN, functional, launch_plan
 from rnn_fused.recording import fused_sq_norm
-from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, compare_with_torch
+from rnn_fused.tools.testing import FLOAT64_PARITY_ULPS, assert_within_tolerance, compare_with_torch
 
 OPS = torch.ops.rnn_fused
 BOUND = FLOAT64_PARITY_ULPS * torch.finfo(torch.float64).eps
@@ -274,3 +274,48 @@ def test_packed_training_refuses_a_graph_of_the_backward_while_recording():
         with pytest.raises(RuntimeError, match="rnn_fused.record_gradients: gradient norms are reduced by the fused "
                                                "backward, which has no graph of its own"):
             torch.autograd.grad(output.data.sum(), list(ours.parameters()), create_graph=True)
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+def test_packed_layout_under_autocast_is_the_padded_routes(autocast_dtype):
+    """Under autocast a PackedSequence runs in the packed layout too, its arguments cast as the
+    layer op's autocast kernel casts them and its ops below autocast (functional._packed_autocast).
+    Both routes' forwards then compute in float32 from the same casts and round once to the
+    autocast dtype: outputs and h_n agree within one unit in its last place. Their gradients round
+    at other places (the padded route sums a layer input's gradient over the directions in float32,
+    the packed op returns the sum in the autocast dtype): the rule against a float64 run of the same
+    inputs, the padded route's errors the baseline."""
+    torch.manual_seed(0)
+    ours = RNN(16, 32, 2, bidirectional=True)
+    lengths = torch.tensor([9, 8, 8, 6, 3, 1])
+    padded = pack_padded_sequence(torch.randn(9, 6, 16), lengths)
+    hx0 = torch.randn(4, 6, 32)
+
+    def run(module, dtype, autocast):
+        data = padded.data.to(dtype).requires_grad_()
+        hx = hx0.to(dtype).requires_grad_()
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast):
+            output, h_n = module(PackedSequence(data, padded.batch_sizes), hx)
+        leaves = [data, hx, *module.parameters()]
+        grads = torch.autograd.grad(output.data.double().square().sum() + h_n.double().sum(), leaves)
+        return [output.data, h_n, *grads]
+
+    def layer_backwards():
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            return _op_calls(ours, PackedSequence(padded.data, padded.batch_sizes), hx0)["rnn_packed_layer_backward"]
+
+    reference = run(RNN.from_torch(ours.to_torch()).double(), torch.float64, autocast=False)
+    with _padded_route(ours):
+        assert layer_backwards() == 0
+        expected = run(ours, torch.float32, autocast=True)
+    assert layer_backwards() == 2
+    actual = run(ours, torch.float32, autocast=True)
+    eps = torch.finfo(autocast_dtype).eps
+    for a, e in zip(actual[:2], expected[:2]):
+        assert a.dtype == e.dtype == autocast_dtype
+        a, e = a.double(), e.double()
+        assert ((a - e).abs() <= eps * torch.maximum(a.abs(), e.abs())).all()
+    names = ["output", "h_n", "grad_data", "grad_hx", *(f"grad_{n}" for n, _ in ours.named_parameters())]
+    for name, r, a, e in zip(names, reference, actual, expected):
+        assert a.dtype == e.dtype
+        assert_within_tolerance(r, e.to(autocast_dtype), a.to(autocast_dtype), name=name)
