@@ -113,8 +113,12 @@ def layer_backward(grad_output: Tensor, grad_h_n: Tensor | None, output: Tensor,
 # arguments (float64 excepted) are cast to the autocast dtype of their device, which the
 # user chooses (torch.autocast(..., dtype=...)). torch.library.register_autocast casts to
 # one fixed dtype, so the forward op gets kernels of its own for the Autocast keys, built
-# the same way: cast, then run the op below autocast. The backward needs none: autograd
-# hands it gradients in the dtype of the outputs, and it saved the cast inputs.
+# the same way: cast, then run the op below autocast. The backward ops cast nothing (autograd
+# hands them gradients in the dtype of the outputs, and they saved the cast inputs), and
+# neither do the ops whose arguments functional casts before calling them (the directions'
+# op pair, the packed inference op); their Autocast kernels only run them below autocast, so
+# that a backward called inside an autocast region makes its products in the compute dtype,
+# as one outside it does.
 
 
 def device_type_of(tensor: Tensor) -> str:
@@ -158,16 +162,19 @@ def autocast_layer_inputs(inputs: LayerInputs) -> LayerInputs:
 _autocast_library = torch.library.Library("rnn_fused", "IMPL")
 
 
-def _register_autocast_kernel(op: torch._ops.OpOverload, device_type: str) -> None:
+def _register_autocast_kernel(op: torch._ops.OpOverload, device_type: str, cast: bool = True) -> None:
+    """op's kernel for the device type's Autocast key: the floating arguments cast (with `cast`),
+    then op run below autocast."""
     key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
     key = getattr(torch._C.DispatchKey, key_name)
 
     def kernel(*args, **kwargs):
-        first = args[0] if args else next(iter(kwargs.values()), None)  # the layer's input
-        dtype = autocast_dtype(device_type, first.dtype if isinstance(first, Tensor) else None) \
-            or torch.get_autocast_dtype(device_type)
-        args = tuple(autocast_cast(value, device_type, dtype) for value in args)
-        kwargs = {name: autocast_cast(value, device_type, dtype) for name, value in kwargs.items()}
+        if cast:
+            first = args[0] if args else next(iter(kwargs.values()), None)  # the layer's input
+            dtype = autocast_dtype(device_type, first.dtype if isinstance(first, Tensor) else None) \
+                or torch.get_autocast_dtype(device_type)
+            args = tuple(autocast_cast(value, device_type, dtype) for value in args)
+            kwargs = {name: autocast_cast(value, device_type, dtype) for name, value in kwargs.items()}
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
             return op(*args, **kwargs)
 
@@ -178,8 +185,14 @@ def _register_autocast_kernel(op: torch._ops.OpOverload, device_type: str) -> No
                            key_name, with_keyset=True)
 
 
+BELOW_AUTOCAST_OPS = ("rnn_layer_backward", "rnn_layer_backward_with_graph", "rnn_directions_forward",
+                      "rnn_directions_backward", "rnn_directions_backward_with_graph", "rnn_stack_backward",
+                      "rnn_packed_inference", "rnn_packed_layer_backward")
+
 for _device_type in ("cpu", "cuda"):
     _register_autocast_kernel(ops.rnn_layer_forward.default, _device_type)
+    for _name in BELOW_AUTOCAST_OPS:
+        _register_autocast_kernel(getattr(ops, _name).default, _device_type, cast=False)
 
 
 @torch.library.register_fake("rnn_fused::rnn_layer_forward")

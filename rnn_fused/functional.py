@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import functools
 from typing import NamedTuple
 
@@ -871,19 +869,19 @@ def runs_packed_layout(data: Tensor, backend: str | None, path: str | None, stac
 
 
 def _packed_autocast(data: Tensor, hx: Tensor | None, weights) -> tuple:
-    """(data, hx, weights, context) for the packed ops: under autocast the floating arguments cast
-    as the layer op's autocast kernel casts its own (float64 excepted; _autocast_directions) and a
-    context that runs the ops below autocast (their matrix products in the compute dtype, as the
-    layer op's); without autocast all unchanged and a context that does nothing."""
+    """(data, hx, weights) for the packed ops: under autocast the floating ones cast as the layer
+    op's autocast kernel casts its own (float64 excepted; _autocast_directions), unchanged without.
+    The packed ops run below autocast (their Autocast kernels, _ops.BELOW_AUTOCAST_OPS): their
+    products in the compute dtype, as the layer op's."""
     if _ops.autocast_dtype(_ops.device_type_of(data), data.dtype) is None:
-        return data, hx, weights, contextlib.nullcontext()
+        return data, hx, weights
     sizes = [len(group) for group in weights]
     data, hx, *flat = _autocast_directions((data, hx, *(w for group in weights for w in group)))
     groups, start = [], 0
     for size in sizes:
         groups.append(tuple(flat[start:start + size]))
         start += size
-    return data, hx, groups, torch.autocast(_ops.device_type_of(data), enabled=False)
+    return data, hx, groups
 
 
 def wants_gradients(data: Tensor, hx: Tensor | None, weights) -> bool:
@@ -921,11 +919,10 @@ def packed_inference(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weigh
     hidden = weights[0][1].shape[0]
     at_once = bidirectional and side_by_side is not False and (
         side_by_side or _cpu_directions_at_once(batch_sizes.numel(), int(batch_sizes[0]), hidden))
-    data, hx, weights, below_autocast = _packed_autocast(data, hx, weights)
-    with below_autocast:
-        return torch.ops.rnn_fused.rnn_packed_inference(
-            data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
-            bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
+    data, hx, weights = _packed_autocast(data, hx, weights)
+    return torch.ops.rnn_fused.rnn_packed_inference(
+        data, batch_sizes, hx, [w for group in weights for w in group], len(weights[0]) == 4, num_layers,
+        bidirectional, nonlinearity, backend, at_once, dropout if training else 0.0)
 
 
 class _PackedConfig(NamedTuple):
@@ -1042,22 +1039,11 @@ def packed_training(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weight
              tuple(record.sink(layer, direction, tuple(weights[layer * directions + direction]))
                    for direction in range(directions)) for layer in range(num_layers)]
     # (the casts are autograd's: the leaves' gradients come back through them, in their dtype)
-    data, hx, weights, below_autocast = _packed_autocast(data, hx, weights)
-    with below_autocast:
-        return _packed_layers(data, batch_sizes, hx, weights, num_layers, dropout, training,
-                              _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, 0, None),
-                              sinks)
-
-
-def _packed_layers(data: Tensor, batch_sizes: Tensor, hx: Tensor | None, weights, num_layers: int, dropout: float,
-                   training: bool, base: _PackedConfig, sinks: list) -> tuple[Tensor, Tensor]:
-    """packed_training's layers, its arguments cast: one _PackedLayer each, configured as `base`
-    but for its layer and its sinks (sinks[layer])."""
-    directions = 2 if base.bidirectional else 1
+    data, hx, weights = _packed_autocast(data, hx, weights)
     layer_input, states = data, []
     for layer in range(num_layers):
         group = weights[layer * directions:(layer + 1) * directions]
-        config = base._replace(layer=layer, sinks=sinks[layer])
+        config = _PackedConfig(bidirectional, has_biases, nonlinearity, backend, at_once, args, layer, sinks[layer])
         layer_hx = None if hx is None else hx[layer * directions:(layer + 1) * directions]
         layer_input, layer_states = _PackedLayer.apply(layer_input, batch_sizes, layer_hx, config,
                                                        *(w for direction in group for w in direction))

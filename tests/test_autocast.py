@@ -75,7 +75,7 @@ def test_module_under_autocast_matches_nn_rnn(autocast_dtype, packed, backend):
     """Result dtypes (outputs and every gradient) equal nn.RNN's; values within the rule. On the
     CPU kernels and on the GPU kernels (emulated), whose bidirectional layers run as one op pair
     with their arguments cast before it (functional._autocast_directions). A PackedSequence on
-    the CPU kernels runs in the packed layout (its ops below autocast, functional._packed_autocast)
+    the CPU kernels runs in the packed layout (its arguments cast by functional._packed_autocast)
     unless packed_layout is off ("padded route"); on the emulated GPU kernels through the padded
     batch.
 
@@ -185,3 +185,29 @@ def test_cuda_autocast_runs_rnns_in_float16_where_torch_runs_cudnn(monkeypatch):
         assert _ops.autocast_dtype("cuda", torch.float32) == torch.bfloat16
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: False)
     assert _ops.autocast_dtype("cuda", torch.float32) == torch.bfloat16
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["one-direction", "bidirectional"])
+@pytest.mark.parametrize("route", ["padded", "packed", "packed-padded-route"])
+def test_backward_inside_autocast_gives_the_gradients_of_one_outside(route, bidirectional):
+    """The backward ops have Autocast kernels that only run them below autocast (_ops.py
+    BELOW_AUTOCAST_OPS): a backward called inside an autocast region makes its products in the
+    compute dtype, as one outside it does, so the gradients are the same bit for bit."""
+    torch.manual_seed(0)
+    model = rnn_fused.RNN(64, 64, 2, bidirectional=bidirectional)
+    model.packed_layout = route == "packed"
+    x = torch.randn(20, 8, 64)
+    input = (x if route == "padded" else
+             torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([20] * 4 + [10] * 4)))
+
+    def gradients(backward_under_autocast):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, _ = model(input)
+        output = output.data if route != "padded" else output
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=backward_under_autocast):
+            output.float().square().sum().backward()
+        return [p.grad for p in model.parameters()]
+
+    for outside, inside in zip(gradients(False), gradients(True)):
+        assert torch.equal(outside, inside)

@@ -279,7 +279,7 @@ def test_packed_training_refuses_a_graph_of_the_backward_while_recording():
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
 def test_packed_layout_under_autocast_is_the_padded_routes(autocast_dtype):
     """Under autocast a PackedSequence runs in the packed layout too, its arguments cast as the
-    layer op's autocast kernel casts them and its ops below autocast (functional._packed_autocast).
+    layer op's autocast kernel casts them (functional._packed_autocast) and its ops below autocast.
     Both routes' forwards then compute in float32 from the same casts and round once to the
     autocast dtype: outputs and h_n agree within one unit in its last place. Their gradients round
     at other places (the padded route sums a layer input's gradient over the directions in float32,
