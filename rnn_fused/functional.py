@@ -870,18 +870,17 @@ def runs_packed_layout(data: Tensor, backend: str | None, path: str | None, stac
 
 def _packed_autocast(data: Tensor, hx: Tensor | None, weights) -> tuple:
     """(data, hx, weights) for the packed ops: under autocast the floating ones cast as the layer
-    op's autocast kernel casts its own (float64 excepted; _autocast_directions), unchanged without.
+    op's autocast kernel casts its own (float64 excepted), unchanged without.
     The packed ops run below autocast (their Autocast kernels, _ops.BELOW_AUTOCAST_OPS): their
     products in the compute dtype, as the layer op's."""
-    if _ops.autocast_dtype(_ops.device_type_of(data), data.dtype) is None:
+    device_type = _ops.device_type_of(data)
+    dtype = _ops.autocast_dtype(device_type, data.dtype)
+    if dtype is None:
         return data, hx, weights
-    sizes = [len(group) for group in weights]
-    data, hx, *flat = _autocast_directions((data, hx, *(w for group in weights for w in group)))
-    groups, start = [], 0
-    for size in sizes:
-        groups.append(tuple(flat[start:start + size]))
-        start += size
-    return data, hx, groups
+
+    def cast(value):
+        return _ops.autocast_cast(value, device_type, dtype)
+    return cast(data), cast(hx), [tuple(cast(w) for w in group) for group in weights]
 
 
 def wants_gradients(data: Tensor, hx: Tensor | None, weights) -> bool:
